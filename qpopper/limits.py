@@ -1,0 +1,76 @@
+"""Named limits, each with its unit and the reason for its value.
+
+Everything that bounds untrusted input or a wait lives here, so a reviewer can audit the
+numbers in one place (popa3d's params.h habit).
+"""
+
+# --- client input -------------------------------------------------------------------------
+MAX_COMMAND_OCTETS = 255
+"""RFC 2449 §4: a command line is at most 255 octets including CRLF."""
+
+MAX_ARG_OCTETS = 40
+"""RFC 1939 §3: each argument is at most 40 characters."""
+
+MAX_AUTH_LINE_OCTETS = 16 * 1024
+"""RFC 5034 lets SASL continuation lines exceed 255 octets; bound them anyway (GSSAPI tokens)."""
+
+MAX_BAD_COMMANDS = 10
+"""Unknown or malformed commands tolerated per connection before `-ERR Too many bad commands`
+and disconnect (Dovecot's habit; stops a client looping on junk)."""
+
+MAX_PARAMETERS = 5
+"""Qpopper's MAXPARMCOUNT: more words than this on a line is a syntax error."""
+
+MAX_REPLY_OCTETS = 512
+"""RFC 1939 §3: a response line is at most 512 octets including CRLF."""
+
+# --- time ---------------------------------------------------------------------------------
+IDLE_TIMEOUT_S = 120
+"""Qpopper's built-in `timeout` default (seconds). RFC 1939 asks for at least 600; the shipped
+/etc/qpopper/qpopper.config sets 600 (reference decision §7.7)."""
+
+AUTH_FAILURE_DELAY_S = 2.0
+"""Qpopper's fixed SLEEP_SECONDS after a failed login, before the -ERR reply."""
+
+# --- users ----------------------------------------------------------------------------------
+MAX_USER_NAME_OCTETS = 64
+"""Longer user names are refused before any lookup (no system allows longer login names in
+practice; glibc's LOGIN_NAME_MAX is 256 but useradd caps at 32)."""
+
+BLOCKED_UID_MAX = 10
+"""Qpopper's BLOCK_UID: accounts with uid at or below this value may not log in."""
+
+# --- locking ----------------------------------------------------------------------------------
+DOTLOCK_STALE_S = 300
+"""Qpopper's LOCK_LIFE: a dot-lock whose mtime is older than this is stale and taken over."""
+
+DOTLOCK_REFRESH_S = 60
+"""Touch the dot-lock at least this often while copying (maillock.h asks for every 1-3 min)."""
+
+DOTLOCK_RETRIES_LOGIN = 2
+"""Attempts to take the dot-lock at login before `[IN-USE]` (Qpopper: 2, sleeping attempt*5 s)."""
+
+DOTLOCK_RETRIES_UPDATE = 4
+"""Attempts to take the dot-lock at update/restore (Qpopper: 4, sleeping attempt*5 s)."""
+
+LOCK_RETRY_STEP_S = 5
+"""Qpopper sleeps attempt * this many seconds between lock attempts."""
+
+# --- spool I/O --------------------------------------------------------------------------------
+COPY_CHUNK_OCTETS = 64 * 1024
+"""Read/write unit when copying or streaming spool data: memory stays bounded by this, not by
+the spool or message size."""
+
+MAX_SPOOL_LINE_OCTETS = 1024
+"""Qpopper reads the spool in lines of this many octets; the line after an over-long line is
+never taken as a `From ` separator."""
+
+# --- configuration ----------------------------------------------------------------------------
+MAX_STRING_OPTION_CHARS = 255
+"""Qpopper's config.c: string option values are at most 255 printable characters."""
+
+MAX_CONFIG_FILE_DEPTH = 100
+"""config-file chaining recursion limit (Qpopper: 100 levels)."""
+
+MAX_CONFIG_LINE_CHARS = 1024
+"""A configuration line longer than this is an error, not silently truncated."""

@@ -1,0 +1,30 @@
+"""qpopper-py: Qpopper, the classic UNIX POP3 server, in Python."""
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+# Read the version without importing the package (its dependencies may not be installed yet).
+__version__ = re.search(r'__version__ = "([^"]+)"',
+                        Path(__file__).with_name("qpopper").joinpath("__init__.py").read_text()).group(1)
+
+setup(
+    name="qpopper-py",
+    version=__version__,
+    description="Qpopper POP3 server rebuilt in Python",
+    license="BSD-3-Clause",
+    python_requires=">=3.11",
+    packages=find_packages(include=["qpopper", "qpopper.*"]),
+    install_requires=[
+        "python-daemon",
+        "setproctitle",
+        "python-pam",
+        "pyOpenSSL",
+        "lockfile",
+    ],
+    entry_points={
+        "console_scripts": [
+            "popper = qpopper.cli:popper_main",
+        ],
+    },
+)
