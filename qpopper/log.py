@@ -1,0 +1,215 @@
+"""Logging: syslog with Qpopper's ident and facility, `-d` debug records, `-t` tracefile, and the
+exact formats of the lines administrators grep for (Stats, Timing, log-login, timeout).
+
+Every module logs through a `log(priority, text)` callable (priorities from the `syslog`
+module); a `Logger` is that callable. We speak the syslog datagram protocol ourselves instead
+of using the `syslog` module so that the socket can be kept open across daemonizing and
+privilege drops, reopened after a syslog restart, and pointed at a test listener.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import syslog
+import time
+
+from . import QPOPPER_VERSION
+
+IDENT = "popper"
+"""Qpopper logs under its program name."""
+
+DEFAULT_SYSLOG_SOCKET = "/dev/log"
+SYSLOG_SOCKET_ENV = "QPOPPER_SYSLOG_SOCKET"
+"""Where syslog datagrams go when set (tests bind a listener there); `/dev/log` otherwise."""
+
+MAX_LOG_LINE_CHARS = 2048
+"""A log record longer than this is cut: log lines carry client-supplied names."""
+
+FACILITIES = {
+    "mail": syslog.LOG_MAIL,
+    "daemon": syslog.LOG_DAEMON,
+    "auth": syslog.LOG_AUTH,
+    "authpriv": syslog.LOG_AUTHPRIV,
+    "user": syslog.LOG_USER,
+    "news": syslog.LOG_NEWS,
+    **{f"local{n}": getattr(syslog, f"LOG_LOCAL{n}") for n in range(8)},
+}
+DEFAULT_FACILITY = "mail"   # reference decision §7.6
+
+DEFAULT_LOG_LOGIN = '(v%0) POP login by user "%1" at (%2) %3'
+
+
+def facility_code(name: str | None) -> int:
+    """The syslog facility for a log-facility mnemonic ('mail', 'local0'..'local7', ...)."""
+    if not name:
+        return FACILITIES[DEFAULT_FACILITY]
+    try:
+        return FACILITIES[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown log facility {name!r}") from None
+
+
+def _clean(text: str) -> str:
+    # One record per line; never let a client put a fake record or a NUL into the log.
+    text = text.replace("\r", " ").replace("\n", " ").replace("\0", " ")
+    return text[:MAX_LOG_LINE_CHARS]
+
+
+class Logger:
+    """`log(priority, text)`: to syslog, or to a tracefile (`-t`) instead; debug records only
+    with `-d`. Safe to use from forked children (the pid is taken at each record)."""
+
+    def __init__(self, *, facility: int = syslog.LOG_MAIL, debug: bool = False,
+                 tracefile: str | None = None, socket_path: str | None = None,
+                 stream=None, ident: str = IDENT):
+        self.facility = facility
+        self.debug = debug
+        self.ident = ident
+        self.socket_path = socket_path or os.environ.get(SYSLOG_SOCKET_ENV) or DEFAULT_SYSLOG_SOCKET
+        self._stream = stream              # demo mode: records on the terminal
+        self._trace_fd: int | None = None
+        self._sock: socket.socket | None = None
+        if tracefile:
+            # O_APPEND: master and children write whole lines to the same file.
+            self._trace_fd = os.open(tracefile, os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                                     | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+
+    @classmethod
+    def from_config(cls, cfg, **kw) -> "Logger":
+        return cls(facility=facility_code(getattr_option(cfg, "log_facility", None)),
+                   debug=bool(getattr_option(cfg, "debug", False)),
+                   tracefile=getattr_option(cfg, "tracefile", None) or None, **kw)
+
+    # --- the callable every module uses -----------------------------------------------------
+    def __call__(self, priority: int, text: str) -> None:
+        if priority == syslog.LOG_DEBUG and not self.debug:
+            return
+        text = _clean(text)
+        if self._trace_fd is not None:
+            self._write_trace(text)
+        elif self._stream is not None:
+            self._stream.write(f"{time.strftime('%H:%M:%S')} {self.ident}[{os.getpid()}]: {text}\n")
+            self._stream.flush()
+        else:
+            self._send_syslog(priority, text)
+
+    def fds(self) -> list[int]:
+        """Descriptors to keep open when daemonizing."""
+        fds = []
+        if self._trace_fd is not None:
+            fds.append(self._trace_fd)
+        if self._sock is not None:
+            fds.append(self._sock.fileno())
+        return fds
+
+    def open(self) -> None:
+        """Connect to syslog now (before chroot-like changes or daemonizing); optional."""
+        if self._trace_fd is None and self._stream is None:
+            self._connect()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self._trace_fd is not None:
+            os.close(self._trace_fd)
+            self._trace_fd = None
+
+    # --- destinations -------------------------------------------------------------------------
+    def _write_trace(self, text: str) -> None:
+        # Qpopper's trace format: "Nov 27 13:21:29.123 2026 [pid] text".
+        now = time.time()
+        stamp = time.strftime("%b %e %H:%M:%S", time.localtime(now))
+        millis = int((now % 1) * 1000)
+        year = time.strftime("%Y", time.localtime(now))
+        line = f"{stamp}.{millis:03d} {year} [{os.getpid()}] {text}\n"
+        try:
+            os.write(self._trace_fd, line.encode("utf-8", "replace"))
+        except OSError:
+            pass   # a full disk must not end the session; nothing else to tell
+
+    def _connect(self) -> bool:
+        if self._sock is not None:
+            return True
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.connect(self.socket_path)
+        except OSError:
+            sock.close()
+            return False
+        self._sock = sock
+        return True
+
+    def _send_syslog(self, priority: int, text: str) -> None:
+        # RFC 3164 framing, as glibc's syslog(3) sends it: <PRI>Mmm dd hh:mm:ss ident[pid]: text
+        stamp = time.strftime("%b %e %H:%M:%S")
+        record = f"<{self.facility | priority}>{stamp} {self.ident}[{os.getpid()}]: {text}"
+        data = record.encode("utf-8", "replace")
+        for _attempt in range(2):          # second try after reconnecting (syslog restarted)
+            if not self._connect():
+                return
+            try:
+                self._sock.send(data)
+                return
+            except OSError as exc:
+                self._sock.close()
+                self._sock = None
+                if exc.errno not in (errno.ECONNREFUSED, errno.ENOTCONN, errno.EPIPE, errno.ENOENT):
+                    return
+
+
+def getattr_option(cfg, attr: str, default):
+    """An option value, or `default` when the option table does not have it."""
+    try:
+        return getattr(cfg, attr)
+    except AttributeError:
+        return default
+
+
+# --- line formats -------------------------------------------------------------------------------
+def stats_line(user: str, deleted_msgs: int, deleted_octets: int, msgs_left: int,
+               octets_left: int, client_host: str, client_ip: str) -> str:
+    """`-s`: reference §1.8 / decision §7.5, logged at LOG_NOTICE when the update starts."""
+    return (f"Stats: {user} {deleted_msgs} {deleted_octets} {msgs_left} {octets_left} "
+            f"{client_host} {client_ip}")
+
+
+def timing_line(user: str, client_host: str, error: bool, auth_s: float, init_s: float,
+                clean_s: float) -> str:
+    """`timing`: Qpopper's end-of-session record, whole seconds, at LOG_INFO."""
+    return (f"(v{QPOPPER_VERSION}) Timing for {user}@{client_host} "
+            f"({'error' if error else 'normal'}) "
+            f"auth={int(auth_s)} init={int(init_s)} clean={int(clean_s)}")
+
+
+def timeout_line(seconds: int, user: str, client_host: str, client_ip: str) -> str:
+    """Qpopper's record when a client read times out, at LOG_NOTICE."""
+    return (f"(v{QPOPPER_VERSION}) Timeout ({seconds} secs) during nw read from {user} "
+            f"at {client_host} ({client_ip})")
+
+
+def log_login_line(template: str, user: str, client_host: str, client_ip: str, *,
+                   authid: str = "", mechanism: str = "", ssf: int | str = "") -> str:
+    """Expand a log-login / sasl-log-login template: %0 version, %1 user, %2 client host,
+    %3 client ip, %4 SASL authid, %5 mechanism, %6 SSF, %% a percent sign. Other escapes are
+    kept as written (Qpopper's behaviour)."""
+    values = {"0": QPOPPER_VERSION, "1": user, "2": client_host, "3": client_ip,
+              "4": authid, "5": mechanism, "6": str(ssf)}
+    out, i = [], 0
+    while i < len(template):
+        ch = template[i]
+        if ch == "%" and i + 1 < len(template):
+            nxt = template[i + 1]
+            if nxt in values:
+                out.append(values[nxt])
+                i += 2
+                continue
+            if nxt == "%":
+                out.append("%")
+                i += 2
+                continue
+        out.append(ch)
+        i += 1
+    return "".join(out)

@@ -1,0 +1,50 @@
+"""The systemd service notification protocol (sd_notify(3)) and socket activation (sd_listen_fds(3)),
+without libsystemd: a datagram to $NOTIFY_SOCKET, and descriptors from $LISTEN_FDS.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+LISTEN_FDS_START = 3
+"""SD_LISTEN_FDS_START: systemd passes activated sockets from this descriptor on."""
+
+
+def notify(state: str, environ=os.environ) -> bool:
+    """Send `state` ("READY=1", "RELOADING=1", "STOPPING=1", "STATUS=...") when NOTIFY_SOCKET is
+    set. Returns whether a message was sent. Never raises: a service manager that went away
+    must not stop the server."""
+    address = environ.get("NOTIFY_SOCKET")
+    if not address or address[0] not in "/@":
+        return False
+    if address[0] == "@":
+        address = "\0" + address[1:]      # abstract namespace
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError:
+        return False
+    return True
+
+
+def listen_fds(environ=os.environ, unset: bool = True) -> list[socket.socket]:
+    """The sockets systemd passed us (LISTEN_FDS / LISTEN_PID), as socket objects, marked
+    close-on-exec; [] when none are meant for this process. With `unset`, the variables are
+    removed so that children do not take them for theirs."""
+    try:
+        pid = int(environ.get("LISTEN_PID", ""))
+        count = int(environ.get("LISTEN_FDS", ""))
+    except ValueError:
+        return []
+    if unset:
+        for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+            environ.pop(name, None)
+    if pid != os.getpid() or count <= 0:
+        return []
+    sockets = []
+    for fd in range(LISTEN_FDS_START, LISTEN_FDS_START + count):
+        os.set_inheritable(fd, False)
+        sockets.append(socket.socket(fileno=fd))
+    return sockets

@@ -1,0 +1,180 @@
+"""qpopper.log: syslog records as syslog(3) frames them, tracefile, debug records, line formats."""
+
+import os
+import re
+import socket
+import syslog
+
+import pytest
+
+from qpopper import QPOPPER_VERSION
+from qpopper.log import (Logger, facility_code, log_login_line, stats_line, timeout_line,
+                         timing_line)
+
+pytestmark = pytest.mark.timeout(30)
+
+RECORD_RE = re.compile(r"<(?P<pri>\d+)>(?P<stamp>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d) "
+                       r"popper\[(?P<pid>\d+)\]: (?P<text>.*)", re.S)
+
+
+@pytest.fixture
+def syslog_listener(tmp_path):
+    path = str(tmp_path / "log.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(5)
+    yield path, sock
+    sock.close()
+
+
+def receive(sock) -> re.Match:
+    data = sock.recv(65536).decode()
+    match = RECORD_RE.fullmatch(data)
+    assert match, data
+    return match
+
+
+def test_record_is_framed_like_syslog3_with_facility_pid_and_ident(syslog_listener):
+    path, sock = syslog_listener
+    log = Logger(facility=syslog.LOG_MAIL, socket_path=path)
+    try:
+        log(syslog.LOG_NOTICE, "hello")
+    finally:
+        log.close()
+    rec = receive(sock)
+    assert int(rec["pri"]) == syslog.LOG_MAIL | syslog.LOG_NOTICE == 21
+    assert int(rec["pid"]) == os.getpid()
+    assert rec["text"] == "hello"
+
+
+def test_facility_from_config_name(syslog_listener):
+    path, sock = syslog_listener
+    log = Logger(facility=facility_code("local3"), socket_path=path)
+    try:
+        log(syslog.LOG_INFO, "x")
+    finally:
+        log.close()
+    assert int(receive(sock)["pri"]) == (19 << 3) | 6
+    with pytest.raises(ValueError):
+        facility_code("kern-nope")
+
+
+def test_debug_records_only_with_debug(syslog_listener):
+    path, sock = syslog_listener
+    quiet = Logger(socket_path=path)
+    loud = Logger(socket_path=path, debug=True)
+    try:
+        quiet(syslog.LOG_DEBUG, "hidden")
+        quiet(syslog.LOG_INFO, "shown")
+        loud(syslog.LOG_DEBUG, "debug shown")
+    finally:
+        quiet.close()
+        loud.close()
+    assert receive(sock)["text"] == "shown"
+    assert receive(sock)["text"] == "debug shown"
+
+
+def test_newlines_and_nul_cannot_forge_records(syslog_listener):
+    path, sock = syslog_listener
+    log = Logger(socket_path=path)
+    try:
+        log(syslog.LOG_NOTICE, "user evil\n<13>Jan  1 00:00:00 popper[1]: forged\0x")
+    finally:
+        log.close()
+    text = receive(sock)["text"]
+    assert "\n" not in text and "\0" not in text
+    assert text.startswith("user evil <13>")
+
+
+def test_reconnects_after_syslog_restarts(tmp_path):
+    path = str(tmp_path / "log.sock")
+    first = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    first.bind(path)
+    log = Logger(socket_path=path)
+    try:
+        log(syslog.LOG_INFO, "one")
+        assert first.recv(4096).endswith(b"one")
+        first.close()
+        os.unlink(path)
+        log(syslog.LOG_INFO, "lost while syslog is down")   # must not raise
+        second = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        second.bind(path)
+        second.settimeout(5)
+        try:
+            log(syslog.LOG_INFO, "two")
+            assert second.recv(4096).endswith(b"two")
+        finally:
+            second.close()
+    finally:
+        log.close()
+
+
+def test_no_syslog_socket_is_not_an_error(tmp_path):
+    log = Logger(socket_path=str(tmp_path / "absent.sock"))
+    log(syslog.LOG_ERR, "nobody listens")
+    log.close()
+
+
+def test_socket_path_from_environment(syslog_listener, monkeypatch):
+    path, sock = syslog_listener
+    monkeypatch.setenv("QPOPPER_SYSLOG_SOCKET", path)
+    log = Logger()
+    try:
+        log(syslog.LOG_INFO, "via env")
+    finally:
+        log.close()
+    assert receive(sock)["text"] == "via env"
+
+
+def test_tracefile_gets_everything_instead_of_syslog(tmp_path, syslog_listener):
+    path, sock = syslog_listener
+    trace = tmp_path / "trace"
+    log = Logger(socket_path=path, tracefile=str(trace), debug=True)
+    try:
+        log(syslog.LOG_NOTICE, "first")
+        log(syslog.LOG_DEBUG, "second")
+    finally:
+        log.close()
+    lines = trace.read_text().splitlines()
+    pattern = r"[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d\.\d{3} \d{4} \[%d\] %s"
+    assert re.fullmatch(pattern % (os.getpid(), "first"), lines[0]), lines[0]
+    assert re.fullmatch(pattern % (os.getpid(), "second"), lines[1]), lines[1]
+    assert oct(trace.stat().st_mode & 0o777) == "0o600"
+    sock.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        sock.recv(4096)
+
+
+def test_tracefile_refuses_a_symlink(tmp_path):
+    target = tmp_path / "victim"
+    target.write_text("")
+    (tmp_path / "trace").symlink_to(target)
+    with pytest.raises(OSError):
+        Logger(tracefile=str(tmp_path / "trace"))
+
+
+# --- formats ----------------------------------------------------------------------------------
+def test_stats_line_format():
+    assert (stats_line("randy", 0, 0, 1, 385, "randy.examp.org", "192.168.2.4")
+            == "Stats: randy 0 0 1 385 randy.examp.org 192.168.2.4")
+
+
+def test_timing_line_format():
+    assert (timing_line("alice", "client.example", False, 1.9, 0.2, 3.0)
+            == f"(v{QPOPPER_VERSION}) Timing for alice@client.example (normal) "
+               "auth=1 init=0 clean=3")
+    assert "(error)" in timing_line("alice", "h", True, 0, 0, 0)
+
+
+def test_timeout_line_format():
+    assert (timeout_line(120, "bob", "host.example", "10.0.0.5")
+            == f"(v{QPOPPER_VERSION}) Timeout (120 secs) during nw read from bob "
+               "at host.example (10.0.0.5)")
+
+
+def test_log_login_expands_qpopper_escapes():
+    template = '(v%0) POP login by user "%1" at (%2) %3'
+    assert (log_login_line(template, "alice", "client.example", "10.1.2.3")
+            == f'(v{QPOPPER_VERSION}) POP login by user "alice" at (client.example) 10.1.2.3')
+    assert (log_login_line("%5 %4 %6 100%% %9 %", "u", "h", "i", authid="a",
+                           mechanism="PLAIN", ssf=0) == "PLAIN a 0 100% %9 %")
