@@ -1,21 +1,67 @@
 """Resolve every layer of configuration into one frozen Config.
 
-Layers, later wins: built-in defaults → global files (-f, config-file chains) → argv →
-<spool-dir>/<user>.qpopper-options → ~/.qpopper-options (both scope-checked; a refused option
-is logged and ignored, as in Qpopper).
+Layers, later wins: built-in defaults → argv, processed in order, where `-f FILE` (and
+`config-file` lines inside files) read a global file at that point → the per-user files, applied
+by the session after login with `apply_user_file`: ~/.qpopper-options first, then
+<spool-dir>/<user>.qpopper-options, so the administrator's file wins (Qpopper's order, reference
+§1.4 A1). Per-user files are scope-checked: a refused option is logged and ignored, as in Qpopper.
+
+The configuration-file grammar (the manual's BNF, as Qpopper's config.c reads it):
+
+    # comment                      comment lines and blank lines are ignored
+    set OPTION                     boolean options only: sets it to true
+    set OPTION = VALUE             VALUE: true/false/1/0, an integer, a mnemonic or a string
+    reset OPTION                   boolean options only: sets it to false
+
+Spaces or tabs may surround every token; option names and mnemonics are case-insensitive; a
+`#` after the value starts a comment. A string is one word of at most 255 printable characters,
+or a quoted string ("...", '...' or `...`, with \\ escaping the quote or a backslash) that may
+contain spaces; an empty quoted string unsets a string option. `set OPTION VALUE` (no `=`) is an
+error, as in Qpopper.
+
+Every mistake is a ConfigError whose text is one line: `FILE:LINE: what was expected`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+import difflib
+import errno
+import os
+import re
+import stat
+import syslog
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
-from .options import OPTIONS, Option, lookup
+from . import limits
+from .options import (BY_FLAG, BY_NAME, E_FLAG_KEYS, EXPIRE_FLAG, OPTIONS, OptType, Option,
+                      lookup)
 
 DEFAULT_SOURCE = "default"
+USER_FILE_KINDS = {"spool": "a spool-directory options file", "home": "a home-directory "
+                   "~/.qpopper-options file"}
+
+# Invocation flags: they choose what popper does, they are not options.
+INVOCATION_FLAGS = {"--check-config": "check_config", "--demo": "demo", "--help": "show_help",
+                    "--version": "show_version"}
+
+Log = Callable[[int, str], None]
 
 
 class ConfigError(Exception):
     """A configuration problem, rendered as one line: `FILE:LINE: what was expected`."""
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """How popper was started, apart from the options (kept so HUP can re-run load())."""
+
+    check_config: bool = False
+    demo: bool = False
+    argv: tuple[str, ...] = ()
+    config_files: tuple[str, ...] = ()         # every global file read, in order (chains included)
+    show_help: bool = False
+    show_version: bool = False
 
 
 class Config:
@@ -40,12 +86,25 @@ class Config:
     def __setattr__(self, attr, value):
         raise AttributeError("Config is frozen; use replace()")
 
+    def __reduce__(self):
+        return (Config, (self._values, self._sources))
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Config) and self._values == other._values
+
+    def __hash__(self):
+        return hash(tuple(sorted((k, repr(v)) for k, v in self._values.items())))
+
+    def __repr__(self) -> str:
+        changed = [f"{o.name}={v!r}" for o, v, s in self.items() if s != DEFAULT_SOURCE]
+        return f"Config({', '.join(changed)})"
+
     def get(self, name: str) -> Any:
-        return self._values[lookup(name).name]
+        return self._values[_option(name).name]
 
     def source(self, name: str) -> str:
         """Where the effective value came from: 'default', 'argv -T', '/etc/...:12', ..."""
-        return self._sources[lookup(name).name]
+        return self._sources[_option(name).name]
 
     def items(self) -> Iterator[tuple[Option, Any, str]]:
         for opt in OPTIONS:
@@ -61,3 +120,338 @@ class Config:
             values[opt.name] = value
             sources[opt.name] = source
         return Config(values, sources)
+
+
+def _option(name: str) -> Option:
+    opt = lookup(name.replace("_", "-"))
+    if opt is None:
+        raise KeyError(f"no option {name!r}")
+    return opt
+
+
+# ---- loading ---------------------------------------------------------------------------------
+class _Layers:
+    """The values being built while files and argv are read (mutable; becomes a Config)."""
+
+    def __init__(self, base: Config):
+        self.values = dict(base._values)
+        self.sources = dict(base._sources)
+        self.files_read: list[str] = []
+
+    def set(self, opt: Option, value: Any, source: str) -> None:
+        self.values[opt.name] = opt.combine(self.values[opt.name], value)
+        self.sources[opt.name] = source
+
+    def config(self) -> Config:
+        return Config(self.values, self.sources)
+
+
+def load(argv: list[str] | tuple[str, ...]) -> tuple[Config, Invocation]:
+    """Parse popper's command line (reading -f files where they appear) into a Config.
+
+    Raises ConfigError with one readable line for any mistake.
+    """
+    layers = _Layers(Config.defaults())
+    flags = _read_argv(list(argv), layers)
+    invocation = Invocation(argv=tuple(argv), config_files=tuple(layers.files_read), **flags)
+    return layers.config(), invocation
+
+
+load_config = load  # the name docs/internals.md used first
+
+
+def read_files(paths: list[str], base: Config | None = None) -> Config:
+    """`base` (defaults) with the global files `paths` applied in order (tests, tools)."""
+    layers = _Layers(base or Config.defaults())
+    for path in paths:
+        _read_file(layers, path, stack=(), kind=None, named_by="argv -f")
+    return layers.config()
+
+
+def apply_user_file(cfg: Config, path: str, kind: str, log: Log) -> Config:
+    """`cfg` with the per-user options file `path` applied; kind is "spool" or "home".
+
+    Options the file may not set (Scope) are logged and ignored. A file with a syntax error is
+    logged and ignored as a whole: a user's mistake never breaks the login. A missing file is
+    no file. Ownership and privilege checks are the caller's job; the file itself is opened
+    with O_NOFOLLOW, and must be a regular file.
+    """
+    if kind not in USER_FILE_KINDS:
+        raise ValueError(f"user file kind must be 'spool' or 'home', not {kind!r}")
+    layers = _Layers(cfg)
+    try:
+        _read_file(layers, path, stack=(), kind=kind, named_by=None, log=log)
+    except FileNotFoundError:
+        return cfg
+    except ConfigError as error:
+        log(syslog.LOG_ERR, f"{error}; options file ignored")
+        return cfg
+    return layers.config()
+
+
+# ---- argv --------------------------------------------------------------------------------------
+def _read_argv(argv: list[str], layers: _Layers) -> dict[str, bool]:
+    flags = dict.fromkeys(INVOCATION_FLAGS.values(), False)
+    rest = iter(argv)
+    only_positional = False
+    for arg in rest:
+        if only_positional or not arg.startswith("-") or arg == "-":
+            _read_positional(arg, layers)
+        elif arg == "--":
+            only_positional = True
+        elif arg in INVOCATION_FLAGS:
+            flags[INVOCATION_FLAGS[arg]] = True
+        elif arg.startswith("--"):
+            _read_long_option(arg, rest, layers)
+        else:
+            _read_short_flags(arg, rest, layers)
+    return flags
+
+
+def _read_positional(arg: str, layers: _Layers) -> None:
+    """The standalone server's [ADDRESS:]PORT argument: one more listener."""
+    opt = BY_NAME["listen"]
+    try:
+        value = opt.parse(arg)
+    except ValueError:
+        raise ConfigError(f"argv: unexpected argument '{_clip(arg)}' (expected [ADDRESS:]PORT, "
+                          f"IPv6 addresses in brackets)") from None
+    layers.set(opt, value, "argv [ADDRESS:]PORT")
+
+
+def _next_argument(rest: Iterator[str], what: str, metavar: str) -> str:
+    try:
+        return next(rest)
+    except StopIteration:
+        raise ConfigError(f"argv: {what} needs an argument ({metavar})") from None
+
+
+def _read_long_option(arg: str, rest: Iterator[str], layers: _Layers) -> None:
+    name, has_value, value = arg[2:].partition("=")
+    if f"--{name}" in INVOCATION_FLAGS:
+        raise ConfigError(f"argv: {arg.partition('=')[0]} takes no value")
+    opt = lookup(name)
+    if opt is None:
+        raise ConfigError(f"argv: unknown option '--{name}'{_suggestion(name)}")
+    if not has_value:
+        value = "true" if opt.type is OptType.BOOL else _next_argument(rest, f"--{name}", "value")
+    source = f"argv --{opt.name}"
+    if opt.name == "config-file":
+        _chain(layers, value, source, stack=(), kind=None, named_by=source)
+    else:
+        _set_from_text(layers, opt, value, source, f"argv --{name}")
+
+
+def _read_short_flags(arg: str, rest: Iterator[str], layers: _Layers) -> None:
+    """One argv word of getopt-style flags: -s, -sS, -T600, -T 600, -eexpire=0."""
+    position = 1
+    while position < len(arg):
+        flag = "-" + arg[position]
+        position += 1
+        attached = arg[position:]
+        if flag == EXPIRE_FLAG:
+            _read_e_flag(attached or _next_argument(rest, flag, "login_delay=N,expire=N"), layers)
+            return
+        opt = BY_FLAG.get(flag)
+        if opt is None:
+            raise ConfigError(f"argv: unknown flag '{flag}' (popper --help lists them)")
+        source = f"argv {flag}"
+        if not opt.flag_takes_argument:
+            layers.set(opt, opt.flag_value, source)
+            continue
+        value = attached or _next_argument(rest, flag, opt.flag_arg)
+        if opt.name == "config-file":
+            _chain(layers, value, source, stack=(), kind=None, named_by=source)
+        elif opt.flag_numbers and value.isdigit():
+            if int(value) >= len(opt.flag_numbers):
+                raise ConfigError(f"argv {flag}: expects 0..{len(opt.flag_numbers) - 1} or one "
+                                  f"of {', '.join(opt.accepted_words)}, got '{value}'")
+            layers.set(opt, opt.flag_numbers[int(value)], source)
+        else:
+            _set_from_text(layers, opt, value, source, source)
+        return
+
+
+def _read_e_flag(text: str, layers: _Layers) -> None:
+    """-e login_delay=N,expire=N (either or both, any order)."""
+    for item in text.split(","):
+        key, equals, value = item.partition("=")
+        opt = E_FLAG_KEYS.get(key.strip().lower().replace("-", "_"))
+        if opt is None or not equals:
+            raise ConfigError(f"argv -e: expected login_delay=N,expire=N, got '{text}'")
+        _set_from_text(layers, opt, value.strip(), "argv -e", "argv -e")
+
+
+def _set_from_text(layers: _Layers, opt: Option, text: str, source: str, where: str) -> None:
+    try:
+        layers.set(opt, opt.parse(text), source)
+    except ValueError as error:
+        raise ConfigError(f"{where}: {error}") from None
+
+
+def _suggestion(name: str) -> str:
+    close = difflib.get_close_matches(name.lower(), BY_NAME, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+# ---- files ------------------------------------------------------------------------------------
+_NAME_RE = re.compile(r"[A-Za-z0-9-]+")
+_QUOTES = "\"'`"
+
+
+def _chain(layers: _Layers, path: str, source: str, *, stack: tuple[str, ...],
+           kind: str | None, named_by: str, log: Log | None = None) -> None:
+    """Record config-file = path and read that file now."""
+    opt = BY_NAME["config-file"]
+    layers.set(opt, opt.parse(path), source)
+    _read_file(layers, path, stack=stack, kind=kind, named_by=named_by, log=log)
+
+
+def _read_file(layers: _Layers, path: str, *, stack: tuple[str, ...], kind: str | None,
+               named_by: str | None, log: Log | None = None) -> None:
+    """Apply one configuration file. `stack` holds the files that chained to it."""
+    where = named_by or path
+    if len(stack) >= limits.MAX_CONFIG_FILE_DEPTH:
+        raise ConfigError(f"{where}: config-file nesting deeper than "
+                          f"{limits.MAX_CONFIG_FILE_DEPTH} levels")
+    identity = os.path.realpath(path)
+    chain_ids = [os.path.realpath(p) for p in stack]
+    if identity in chain_ids:
+        loop = stack[chain_ids.index(identity):] + (path,)
+        raise ConfigError(f"{where}: config-file loop: {' -> '.join(loop)}")
+    lines = _read_lines(path, kind, where)
+    if kind is None:
+        layers.files_read.append(path)
+    for number, raw in enumerate(lines, start=1):
+        location = f"{path}:{number}"
+        parsed = _parse_line(raw, location)
+        if parsed is None:
+            continue
+        opt, value_text = parsed
+        if kind is not None and not opt.scope.allows(kind):
+            if log is not None:
+                log(syslog.LOG_WARNING, f"{location}: option '{opt.name}' may not be set in "
+                                        f"{USER_FILE_KINDS[kind]}; ignored")
+            continue
+        if opt.name == "config-file":
+            if value_text == "":
+                raise ConfigError(f"{location}: 'config-file' needs a file name")
+            target = os.path.join(os.path.dirname(path), value_text)
+            _chain(layers, target, location, stack=stack + (path,), kind=kind,
+                   named_by=location, log=log)
+            continue
+        try:
+            layers.set(opt, opt.parse(value_text), location)
+        except ValueError as error:
+            raise ConfigError(f"{location}: {error}") from None
+
+
+def _read_lines(path: str, kind: str | None, where: str) -> list[str]:
+    """The file's lines as text; user files are opened without following symlinks."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
+    if kind is not None:
+        flags |= os.O_NOFOLLOW
+    prefix = where if where == path else f"{where}: '{path}'"
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        if kind is not None and where == path:
+            raise                              # a missing user file is simply no file
+        raise ConfigError(f"{prefix}: cannot read configuration file: "
+                          f"No such file or directory") from None
+    except OSError as error:
+        reason = "is a symbolic link" if error.errno == errno.ELOOP else error.strerror
+        raise ConfigError(f"{prefix}: cannot read configuration file: {reason}") from None
+    with open(fd, "rb") as stream:
+        if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
+            raise ConfigError(f"{prefix}: cannot read configuration file: not a regular file")
+        try:
+            data = stream.read()
+        except OSError as error:
+            raise ConfigError(f"{prefix}: cannot read configuration file: "
+                              f"{error.strerror}") from None
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    text_lines = []
+    for number, line in enumerate(lines, start=1):
+        if len(line) > limits.MAX_CONFIG_LINE_CHARS:
+            raise ConfigError(f"{path}:{number}: line longer than "
+                              f"{limits.MAX_CONFIG_LINE_CHARS} characters")
+        try:
+            text_lines.append(line.decode("utf-8").removesuffix("\r"))
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}:{number}: not UTF-8 text") from None
+    return text_lines
+
+
+def _parse_line(line: str, location: str) -> tuple[Option, str] | None:
+    """(option, value text) for a set/reset line, None for blank and comment lines.
+
+    Booleans come back as "true"/"false" text so one path types every value.
+    """
+    text = line.lstrip(" \t")
+    if not text or text.startswith("#"):
+        return None
+    verb = _NAME_RE.match(text)
+    word = verb.group() if verb else text.split()[0]
+    if not verb or word.lower() not in ("set", "reset"):
+        raise ConfigError(f"{location}: expected 'set' or 'reset', got '{_clip(word)}'")
+    rest = text[verb.end():]
+    name_match = _NAME_RE.match(rest.lstrip(" \t")) if rest[:1] in (" ", "\t") else None
+    if not name_match:
+        raise ConfigError(f"{location}: expected an option name after '{word}'")
+    name = name_match.group()
+    opt = lookup(name)
+    if opt is None:
+        raise ConfigError(f"{location}: unknown option '{name}'{_suggestion(name)}")
+    rest = rest.lstrip(" \t")[name_match.end():].lstrip(" \t")
+    resetting = word.lower() == "reset"
+    if resetting and opt.type is not OptType.BOOL:
+        raise ConfigError(f"{location}: 'reset' needs a boolean option; '{opt.name}' is "
+                          f"{'an' if opt.type is OptType.INT else 'a'} {opt.type.value}")
+    if not rest or rest.startswith("#"):
+        if opt.type is not OptType.BOOL:
+            raise ConfigError(f"{location}: '{opt.name}' needs '= value' ({opt.type_text})")
+        return opt, "false" if resetting else "true"
+    if resetting:
+        raise ConfigError(f"{location}: 'reset {opt.name}' takes no value, got '{_clip(rest)}'")
+    if not rest.startswith("="):
+        raise ConfigError(f"{location}: expected '=' after '{opt.name}', got '{_clip(rest)}'")
+    value, rest = _value_token(rest[1:].lstrip(" \t"), opt, location)
+    rest = rest.lstrip(" \t")
+    if rest and not rest.startswith("#"):
+        hint = " (quote a value that contains spaces)" if opt.type is OptType.STRING else ""
+        raise ConfigError(f"{location}: unexpected '{_clip(rest)}' after the value of "
+                          f"'{opt.name}'{hint}")
+    return opt, value
+
+
+def _value_token(text: str, opt: Option, location: str) -> tuple[str, str]:
+    """(value, rest of the line): a quoted string or a run of non-blank characters."""
+    if not text or text.startswith("#") and opt.type is not OptType.STRING:
+        raise ConfigError(f"{location}: '{opt.name}' needs a value after '=' ({opt.type_text})")
+    quote = text[0]
+    if quote not in _QUOTES:
+        end = len(text)
+        for blank in (" ", "\t"):
+            found = text.find(blank)
+            if found != -1:
+                end = min(end, found)
+        return text[:end], text[end:]
+    value, position = [], 1
+    while position < len(text):
+        char = text[position]
+        if char == "\\" and position + 1 < len(text) and text[position + 1] in (quote, "\\"):
+            value.append(text[position + 1])
+            position += 2
+            continue
+        if char == quote:
+            return "".join(value), text[position + 1:]
+        value.append(char)
+        position += 1
+    raise ConfigError(f"{location}: unterminated quoted value for '{opt.name}'")
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= 40 else text[:37] + "..."

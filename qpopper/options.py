@@ -1,18 +1,24 @@
 """THE option table: every run-time option of Qpopper 4.1, plus our extensions.
 
 One entry per option drives everything that knows about options: argv parsing, the
-configuration-file grammar, `popper --check-config`, the generated example
+configuration-file grammar, `popper --check-config`, `popper --help`, the generated example
 etc/qpopper/qpopper.config and the man pages. Adding an option means adding one entry here.
 
 Attribute access on Config uses the canonical name with '-' replaced by '_':
 `cfg.clear_text_password`, `cfg.update_on_abort`.
+
+Sources: the manual's tables "Configure Options", "Run-Time Command Line Options" and
+"Run-Time Options from a Configuration File", Qpopper's config.c option table (for the
+restriction column where the manual is silent) and reference §1.7 / §7 for conflicts.
+Values are typed here, once: command code never parses option strings.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
-from typing import Any
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from . import limits
 
@@ -20,7 +26,7 @@ from . import limits
 class OptType(enum.Enum):
     BOOL = "boolean"
     INT = "integer"
-    STRING = "string"        # at most limits.MAX_STRING_OPTION_CHARS printable characters, no spaces
+    STRING = "string"        # at most limits.MAX_STRING_OPTION_CHARS printable characters
     MNEMONIC = "mnemonic"    # one of Option.choices
 
 
@@ -36,6 +42,41 @@ class Scope(enum.Enum):
     NOT_USER = "not-user"          # global files and argv only
     STARTUP = "startup"            # like NOT_USER, and only read when the server starts (needs a restart or HUP)
 
+    def allows(self, user_file_kind: str) -> bool:
+        """May a per-user file of this kind ("spool" or "home") set an option of this scope?"""
+        if self is Scope.ANYWHERE:
+            return True
+        if self is Scope.NOT_HOME:
+            return user_file_kind == "spool"
+        return False
+
+    @property
+    def description(self) -> str:
+        return _SCOPE_TEXT[self]
+
+
+_SCOPE_TEXT = {
+    Scope.ANYWHERE: "any configuration file, including the users' own files",
+    Scope.NOT_HOME: "global files, argv and the spool-dir <user>.qpopper-options file "
+                    "(not ~/.qpopper-options)",
+    Scope.NOT_USER: "global files and argv only (not in per-user files)",
+    Scope.STARTUP: "global files and argv only; takes effect at start-up or HUP",
+}
+
+BOOL_WORDS = {"true": True, "1": True, "false": False, "0": False}
+_INT_RE = re.compile(r"[+-]?[0-9]+|0[xX][0-9a-fA-F]+")
+
+
+def _format_scalar(opt_type: OptType, value: Any) -> str:
+    if value is None:
+        return "(unset)"
+    if opt_type is OptType.BOOL:
+        return "true" if value else "false"
+    text = str(value)
+    if opt_type is OptType.STRING and (not text or any(c in text for c in " \t\"'`#\\")):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return text
+
 
 @dataclass(frozen=True)
 class Option:
@@ -47,13 +88,16 @@ class Option:
     flag: str | None = None                    # command-line flag, e.g. "-s"
     flag_arg: str | None = None                # metavar when the flag takes an argument
     flag_value: Any = None                     # value a no-argument flag sets (bools: True unless given)
-    choices: tuple[str, ...] = ()              # MNEMONIC: allowed values, canonical spelling first
-    numeric_choices: bool = False              # MNEMONIC set by number on argv (-p 0..4: index in choices)
+    choices: tuple[str, ...] = ()              # MNEMONIC: allowed values, canonical spelling
+    choice_aliases: tuple[tuple[str, str], ...] = ()  # MNEMONIC: (other spelling, canonical value)
+    flag_numbers: tuple[str, ...] = ()         # MNEMONIC set by number on argv: -p 3 -> flag_numbers[3]
     minimum: int | None = None                 # INT range
     maximum: int | None = None
     scope: Scope = Scope.ANYWHERE
     extension: bool = False                    # ours, not in Qpopper 4.1
-    repeatable: bool = False                   # setting it again adds (e.g. listen)
+    repeatable: bool = False                   # setting it again adds (listen: list; tls-options: sum)
+    example: str | None = None                 # a sample value for the generated example config
+    check: Callable[[str], str | None] | None = None  # extra validation: returns a complaint or None
 
     @property
     def attr(self) -> str:
@@ -63,8 +107,140 @@ class Option:
     def spellings(self) -> tuple[str, ...]:
         return (self.name, *self.aliases)
 
+    @property
+    def flag_takes_argument(self) -> bool:
+        return self.flag_arg is not None
 
+    # ---- values ---------------------------------------------------------------------------
+    def parse(self, text: str) -> Any:
+        """The typed value for `text` (already unquoted), or ValueError with a readable reason.
+
+        Repeatable options parse one item; `combine()` merges it into the current value.
+        """
+        if self.type is OptType.BOOL:
+            try:
+                return BOOL_WORDS[text.lower()]
+            except KeyError:
+                raise ValueError(f"'{self.name}' expects a boolean (true, false, 1 or 0), "
+                                 f"got '{_show(text)}'") from None
+        if self.type is OptType.INT:
+            if not _INT_RE.fullmatch(text):
+                raise ValueError(f"'{self.name}' expects an integer, got '{_show(text)}'")
+            number = int(text, 0) if text.lower().startswith("0x") else int(text, 10)
+            self._check_range(number)
+            return number
+        if self.type is OptType.MNEMONIC:
+            return self.parse_mnemonic(text)
+        return self._parse_string(text)
+
+    def parse_mnemonic(self, text: str) -> str:
+        wanted = text.lower()
+        for choice in self.choices:
+            if choice.lower() == wanted:
+                return choice
+        for other, canonical in self.choice_aliases:
+            if other.lower() == wanted:
+                return canonical
+        raise ValueError(f"'{self.name}' must be one of {', '.join(self.accepted_words)}, "
+                         f"got '{_show(text)}'")
+
+    @property
+    def accepted_words(self) -> tuple[str, ...]:
+        return self.choices + tuple(other for other, _ in self.choice_aliases)
+
+    def _check_range(self, number: int) -> None:
+        low, high = self.minimum, self.maximum
+        if (low is not None and number < low) or (high is not None and number > high):
+            if high is None:
+                raise ValueError(f"'{self.name}' must be at least {low}, got {number}")
+            if low is None:
+                raise ValueError(f"'{self.name}' must be at most {high}, got {number}")
+            raise ValueError(f"'{self.name}' must be between {low} and {high}, got {number}")
+
+    def _parse_string(self, text: str) -> str | None:
+        if text == "":
+            return None                        # an empty quoted string unsets the option
+        if len(text) > limits.MAX_STRING_OPTION_CHARS:
+            raise ValueError(f"'{self.name}' value is longer than "
+                             f"{limits.MAX_STRING_OPTION_CHARS} characters ({len(text)})")
+        if not text.replace(" ", "").isprintable() or "\t" in text:
+            raise ValueError(f"'{self.name}' value contains a control character")
+        if self.check is not None:
+            complaint = self.check(text)
+            if complaint:
+                raise ValueError(f"'{self.name}' {complaint}, got '{_show(text)}'")
+        return text
+
+    def combine(self, current: Any, item: Any) -> Any:
+        """The new value when `item` is set on top of `current` (repeatable options)."""
+        if not self.repeatable:
+            return item
+        if self.type is OptType.INT:
+            return current + item              # tls-options: SSL_OP_* values are summed (config.c)
+        if item is None:
+            return ()                          # `set listen = ""` clears the list
+        return current if item in current else (*current, item)
+
+    def format(self, value: Any) -> str:
+        """The value as config-file text (strings quoted when needed); '(unset)' for None."""
+        if self.repeatable and isinstance(value, tuple):
+            return ", ".join(_format_scalar(self.type, v) for v in value) if value else "(none)"
+        return _format_scalar(self.type, value)
+
+    @property
+    def type_text(self) -> str:
+        if self.type is OptType.MNEMONIC:
+            return "one of " + ", ".join(self.choices)
+        if self.type is OptType.INT and (self.minimum is not None or self.maximum is not None):
+            if self.maximum is None:
+                return f"integer >= {self.minimum}"
+            if self.minimum is None:
+                return f"integer <= {self.maximum}"
+            return f"integer {self.minimum}..{self.maximum}"
+        return self.type.value
+
+
+def _show(text: str) -> str:
+    """Client-supplied text shortened for error messages."""
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# ---- validators ----------------------------------------------------------------------------
+_LISTEN_RE = re.compile(
+    r"(?:(?P<host>\[[0-9A-Fa-f:.%a-zA-Z]+\]|[A-Za-z0-9_.-]+|\*):)?(?P<port>[0-9]{1,5})"
+    r"(?:/(?P<mode>[A-Za-z0-9-]+))?")
+
+
+def parse_listen(text: str) -> tuple[str, int, str | None]:
+    """Split a listen value `[ADDRESS:]PORT[/MODE]` into (address, port, mode).
+
+    ADDRESS is an IPv4 address, a host name, `*` or an IPv6 address in brackets; it is ""
+    when omitted (all addresses). MODE is an optional word reserved for per-listener TLS.
+    Raises ValueError for anything else.
+    """
+    match = _LISTEN_RE.fullmatch(text)
+    if not match or int(match["port"]) > 65535:
+        raise ValueError(f"expected [ADDRESS:]PORT with PORT 0..65535, got '{_show(text)}'")
+    host = match["host"] or ""
+    if host.startswith("["):
+        host = host[1:-1]
+    if host == "*":
+        host = ""
+    return host, int(match["port"]), match["mode"]
+
+
+def _check_listen(text: str) -> str | None:
+    try:
+        parse_listen(text)
+    except ValueError:
+        return "expects [ADDRESS:]PORT (IPv6 addresses in brackets, PORT 0..65535)"
+    return None
+
+
+# ---- constructors --------------------------------------------------------------------------
 def _b(name, default, help, **kw) -> Option:
+    if "flag" in kw and "flag_value" not in kw:
+        kw["flag_value"] = True
     return Option(name, OptType.BOOL, default, help, **kw)
 
 
@@ -80,31 +256,341 @@ def _m(name, default, choices, help, **kw) -> Option:
     return Option(name, OptType.MNEMONIC, default, help, choices=tuple(choices), **kw)
 
 
-# The table. Keep entries in manual order within each group; extensions say "Extension:" in help.
+_SSF_MAX = 4294967295
+_FACILITIES = ("mail", "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7")
+
+# The table. Qpopper's options in alphabetical order (as the manual lists them), then ours.
+# Scope follows the manual's "not permitted in ..." notes; where the manual is silent, Qpopper's
+# config.c restriction column: CfgResUser -> NOT_HOME (config.c refuses it only in the home
+# file), CfgResInit -> STARTUP. Extensions say "Extension:" in their help.
 OPTIONS: tuple[Option, ...] = (
-    # ---- core: from the manual (to be completed from "Run-Time Options from a Configuration File")
-    _b("statistics", False, "Log a Stats: line for each session.", flag="-s"),
-    _i("timeout", limits.IDLE_TIMEOUT_S, "Seconds of client inactivity before the session is aborted.",
-       flag="-T", flag_arg="secs", minimum=1),
-    _b("update-on-abort", True,
-       "On abort (EOF, timeout, signal) commit deletions as if QUIT were sent (Qpopper's default; "
-       "violates RFC 1939)."),
+    _i("announce-expire", -1,
+       "Days announced in CAPA as EXPIRE (-1 announces EXPIRE NEVER). Only 0 (delete each "
+       "message once it has been retrieved) is enforced; other values are the site's policy "
+       "to enforce by other means.",
+       flag="-e", flag_arg="expire=N", minimum=-1),
+    _i("announce-login-delay", -1,
+       "Seconds announced in CAPA as LOGIN-DELAY (-1 announces nothing). Not enforced.",
+       flag="-e", flag_arg="login_delay=N", minimum=-1),
+    _s("auth-file", None,
+       "File listing, one per line, the only users allowed to use the server (configure "
+       "--enable-auth-file).",
+       scope=Scope.STARTUP, example="/etc/qpopper/allowed-users"),
+    _b("auto-delete", False,
+       "Delete every message retrieved with RETR at the end of the session, unconditionally. "
+       "Caution: this can lose mail; tell your users before enabling it. Applies only when "
+       "update-on-abort is false or the session ends with QUIT.",
+       scope=Scope.NOT_HOME),
+    _i("bulldb-max-tries", 75,
+       "Attempts to lock the bulletin database before giving up (random waits of up to 0.5 s "
+       "between attempts).",
+       aliases=("bulldb-max-retries", "bulldb-max-retires"), minimum=1),
+    _b("bulldb-nonfatal", False,
+       "Let sessions continue when the bulletin database cannot be opened (users may miss "
+       "bulletins) instead of failing with [SYS/TEMP].",
+       flag="-B"),
+    _s("bulldir", None,
+       "Bulletin directory; setting it enables bulletins (configure --enable-bulletins; the "
+       "usual place is /var/spool/bulls).",
+       flag="-b", flag_arg="bulldir", example="/var/spool/bulls"),
+    _s("cache-dir", None,
+       "Directory for the users' .user.cache files (server mode). Unset: the temp-drop "
+       "directory. Not /tmp: a reboot deletes it.",
+       scope=Scope.NOT_HOME, example="/var/cache/qpopper"),
+    _s("cache-name", ".%s.cache",
+       "Name of the cache file; %s is the user name. You should not normally set this.",
+       scope=Scope.NOT_HOME),
+    _b("check-hash-dir", True,
+       "With hash-spool, create missing hashed spool directories (mode and owner of the spool "
+       "directory). Reset it when the directories are pre-created.",
+       aliases=("check-hash-spool",)),
+    _b("check-old-spool-loc", True,
+       "With hash-spool or home-dir-mail, look for a leftover .user.pop in the plain spool "
+       "directory first, so no mail is stranded there."),
+    _b("check-password-expired", True,
+       "Refuse logins whose password has expired (PAM account management).",
+       scope=Scope.STARTUP),
+    _m("chunky-writes", "default", ("default", "always", "never", "tls"),
+       "Aggregate output into large chunks: default and always (always), never, tls (only "
+       "when TLS is active; 'ssl' is accepted for tls).",
+       choice_aliases=(("ssl", "tls"),)),
     _m("clear-text-password", "default", ("default", "never", "always", "local", "tls"),
-       "When USER/PASS is allowed: default (not for pop.auth users), never, always, local "
-       "(127.* only), tls (only after TLS).", flag="-p", flag_arg="0..4", numeric_choices=True,
-       aliases=()),
-    _s("spool-dir", "/var/mail", "Directory holding the users' mail spools.", scope=Scope.NOT_HOME),
-    # ---- extensions (ours)
-    _s("pam-service", "pop3", "Extension: PAM service name used for USER/PASS.", extension=True,
+       "When USER/PASS is allowed: default (everyone except users in the pop.auth store, who "
+       "must use APOP), never, always (even for pop.auth users), local (only from 127.*), tls "
+       "(only after TLS; 'ssl' is accepted for tls). -p takes 0..4 in that order.",
+       flag="-p", flag_arg="0..4", flag_numbers=("default", "never", "always", "local", "tls"),
+       choice_aliases=(("ssl", "tls"),), scope=Scope.NOT_USER),
+    _s("config-file", None,
+       "Read more options from this file at this point (relative names are relative to the "
+       "file that names them). Caution: files named with -f or chained from them may set "
+       "anything; keep them unwritable by users. Nesting is limited to "
+       f"{limits.MAX_CONFIG_FILE_DEPTH} levels.",
+       flag="-f", flag_arg="config-file", example="/etc/qpopper/qpopper-local.config"),
+    _b("conservative-cache", False,
+       "Ignore the user's cache file when the spool was modified after it (use when programs "
+       "other than the server and the delivery agent change spools).",
+       scope=Scope.NOT_HOME),
+    _b("debug", False,
+       "Log debug records (to syslog, or to tracefile).",
+       flag="-d"),
+    _b("downcase-user", False,
+       "Lower-case user names before use, so clients may type them in any case.",
+       flag="-c", scope=Scope.NOT_USER),
+    _s("drac-host", None,
+       "DRAC server to notify after each login (POP-before-SMTP). Unset: no DRAC (Qpopper "
+       "built --with-drac used localhost).",
+       flag="-D", flag_arg="drac-host", example="localhost"),
+    _b("fast-update", False,
+       "Server mode: rename the temporary drop over the spool instead of copying it back "
+       "(one third less I/O; breaks biff and shell mail checks).",
+       flag="-F"),
+    _b("group-bulletins", False,
+       "Bulletins by group: the second dot-separated part of a bulletin's file name is the "
+       "group that receives it (ALL: everyone).",
+       scope=Scope.NOT_HOME),
+    _s("group-no-server-mode", None,
+       "Members of this group do not use server mode, whatever the default.",
+       scope=Scope.NOT_HOME, example="shellusers"),
+    _s("group-server-mode", None,
+       "Members of this group use server mode, whatever the default (exclusion wins).",
+       aliases=("group-sever-mode",), scope=Scope.NOT_HOME, example="popusers"),
+    _i("hash-spool", 0,
+       "Hashed spool directories: 0 none; 1 one directory named by the sum of the first five "
+       "characters of the user name modulo 26 (maida -> o/maida); 2 first and second letter "
+       "(maida -> m/a/maida).",
+       minimum=0, maximum=2, scope=Scope.NOT_HOME),
+    _s("home-dir-mail", None,
+       "Spool file inside the user's home directory instead of the spool directory "
+       "(Qpopper's usual name is .mail).",
+       scope=Scope.NOT_USER, example=".mail"),
+    _b("home-dir-misc", False,
+       "Put the .user.pop and .user.cache files in the user's home directory.",
        scope=Scope.NOT_USER),
+    _b("keep-temp-drop", False,
+       "Keep the (empty) temporary drop .user.pop after the session; its time shows the "
+       "user's last access.",
+       scope=Scope.NOT_HOME),
+    _b("kerberos", False,
+       "Offer Kerberos authentication (served as SASL GSSAPI through the system Kerberos).",
+       flag="-k", scope=Scope.NOT_USER),
+    _s("kerberos-service", "rcmd",
+       "Kerberos service name (pop is popular; GSSAPI clients ask for pop).",
+       flag="-K", flag_arg="service", scope=Scope.NOT_USER),
+    _m("log-facility", "mail", _FACILITIES,
+       "Syslog facility for the server's log records.",
+       flag="-y", flag_arg="facility", scope=Scope.STARTUP),
+    _s("log-login", None,
+       "Log each successful login with this text: %0 version, %1 user, %2 client host name, "
+       "%3 client address (configure --enable-log-login used "
+       "'(v%0) POP login by user \"%1\" at (%2) %3').",
+       scope=Scope.STARTUP, example="(v%0) POP login by user \"%1\" at (%2) %3"),
+    _s("mail-command", "/usr/sbin/sendmail",
+       "Program that submits messages sent with XTND XMIT (run as 'sendmail -t -i -oem').",
+       scope=Scope.NOT_HOME),
+    _i("mail-lock-check", 5000,
+       "Check whether the mail lock needs refreshing every this many messages while copying "
+       "(the lock is also refreshed at least every minute).",
+       flag="-L", flag_arg="msgs", minimum=1),
+    _i("max-bulletins", 1,
+       "Most bulletins a new user (no record of bulletins seen) receives.",
+       minimum=0),
+    _b("no-atomic-open", False,
+       "Take the dot-lock with a unique file and link(2), which works over NFS, instead of "
+       "O_EXCL.",
+       scope=Scope.NOT_HOME),
+    _s("nonauth-file", None,
+       "File listing, one per line, users refused access to the server (configure "
+       "--enable-nonauth-file).",
+       scope=Scope.STARTUP, example="/etc/qpopper/denied-users"),
+    _b("old-style-uid", False,
+       "Generate pre-3.x (hex MD5) unique ids; only useful with update-status-headers off and "
+       "old spools whose ids must not change."),
+    _b("reverse-lookup", True,
+       "Look up the client's host name for logs. -R turns it off (same as reset "
+       "reverse-lookup).",
+       aliases=("reverse-lookups",), flag="-R", flag_value=False, scope=Scope.NOT_USER),
+    _b("sasl-forward-secrecy", False,
+       "Offer only SASL mechanisms with forward secrecy.",
+       scope=Scope.NOT_USER),
+    _s("sasl-log-login", None,
+       "Like log-login for SASL logins, with %4 authenticated identity, %5 mechanism, %6 "
+       "security strength factor. Unset: log-login is used.",
+       scope=Scope.STARTUP, example="(v%0) POP login by \"%1\" (%4) at (%2) %3 with %5"),
+    _i("sasl-max-ssf", _SSF_MAX,
+       "Highest SASL security layer strength negotiated (0 disables SASL encryption).",
+       minimum=0, maximum=_SSF_MAX, scope=Scope.NOT_USER),
+    _i("sasl-min-ssf", 0,
+       "Lowest SASL security layer strength accepted (raise it to require SASL encryption).",
+       minimum=0, maximum=_SSF_MAX, scope=Scope.NOT_USER),
+    _b("sasl-no-active", False,
+       "Offer only SASL mechanisms not open to active (non-dictionary) attacks.",
+       scope=Scope.NOT_USER),
+    _b("sasl-no-anonymous", True,
+       "Do not offer SASL mechanisms that allow anonymous login.",
+       scope=Scope.NOT_USER),
+    _b("sasl-no-dictionary", False,
+       "Offer only SASL mechanisms not open to passive dictionary attacks.",
+       scope=Scope.NOT_USER),
+    _b("sasl-no-plaintext", True,
+       "Do not offer SASL mechanisms that send the password in the clear (PLAIN, LOGIN) "
+       "unless TLS is active.",
+       scope=Scope.NOT_USER),
+    _b("server-mode", False,
+       "Work on the spool in place instead of copying it to a temporary drop (less I/O; only "
+       "when nothing but the server and the delivery agent touch spools).",
+       flag="-S"),
+    _b("shy", False,
+       "Do not show the version in the greeting or in CAPA IMPLEMENTATION before login.",
+       scope=Scope.STARTUP),
+    _s("spool-dir", "/var/mail",
+       "Directory holding the users' mail spools.",
+       scope=Scope.NOT_HOME),
+    _b("spool-options", False,
+       "Read <user>.qpopper-options in the spool directory after login (must not be owned by "
+       "or writable by the user).",
+       flag="-U", scope=Scope.NOT_HOME),
+    _b("statistics", False,
+       "Log a Stats: line at the end of each session (user, deleted messages and octets, "
+       "messages and octets left, client host and address).",
+       flag="-s"),
+    _s("temp-dir", None,
+       "Directory for the temporary drops .user.pop (same owner and mode as the spool "
+       "directory). Unset: the spool directory. Not /tmp: a reboot would lose mail.",
+       scope=Scope.NOT_HOME, example="/var/spool/qpopper"),
+    _s("temp-name", ".%s.pop",
+       "Name of the temporary drop; %s is the user name. You should not normally set this.",
+       scope=Scope.NOT_HOME),
+    _i("timeout", limits.IDLE_TIMEOUT_S,
+       "Seconds without client input before the session is aborted. RFC 1939 asks for at "
+       "least 600; Qpopper's default is 120.",
+       flag="-T", flag_arg="secs", minimum=1),
+    _b("timing", False,
+       "Log the seconds spent in authentication, initialization and clean-up at the end of "
+       "each session."),
+    _s("tls-cipher-list", None,
+       "OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are OpenSSL's). Unset: OpenSSL's "
+       "defaults.",
+       scope=Scope.STARTUP, example="ECDHE+AESGCM:ECDHE+CHACHA20"),
+    _s("tls-identity-file", None,
+       "PEM file holding the certificate and an encrypted private key (Qpopper's SSL Plus "
+       "identity file); decrypted with tls-passphrase.",
+       scope=Scope.STARTUP, example="/etc/mail/certs/identity.pem"),
+    _i("tls-options", 0,
+       "OpenSSL SSL_OP_* option bits; setting it again adds the value (Qpopper's config.c).",
+       minimum=0, repeatable=True, scope=Scope.STARTUP),
+    _s("tls-passphrase", None,
+       "Passphrase of the private key in tls-identity-file. Keep this file readable by root "
+       "only.",
+       scope=Scope.STARTUP, example="secret"),
+    _s("tls-private-key-file", None,
+       "PEM file with the server's unencrypted private key. Unset: it is in "
+       "tls-server-cert-file.",
+       scope=Scope.STARTUP, example="/etc/ssl/private/ssl-cert-snakeoil.key"),
+    _s("tls-server-cert-file", None,
+       "PEM file with the server's certificate chain (and possibly its private key).",
+       scope=Scope.STARTUP, example="/etc/ssl/certs/ssl-cert-snakeoil.pem"),
+    _m("tls-support", "default", ("default", "none", "stls", "alternate-port"),
+       "TLS: default and none (no TLS), stls (the STLS command on the normal port), "
+       "alternate-port (TLS from the first byte, usually port 995). -l takes 0..2: default, "
+       "stls, alternate-port.",
+       flag="-l", flag_arg="0..2", flag_numbers=("default", "stls", "alternate-port"),
+       scope=Scope.STARTUP),
+    _m("tls-version", "default", ("default", "SSLv2", "SSLv3", "TLSv1", "SSLv23"),
+       "Qpopper's protocol restriction, kept for old configuration files: every value now "
+       "means 'TLS versions from tls-min-version up' (SSLv2, SSLv3 and TLSv1 are raised to "
+       "that minimum with a log warning; 'all' is accepted for SSLv23).",
+       choice_aliases=(("all", "SSLv23"),), scope=Scope.STARTUP),
+    _b("tls-workarounds", False,
+       "Enable OpenSSL's bug workarounds (SSL_OP_ALL).",
+       scope=Scope.STARTUP),
+    _s("tracefile", None,
+       "Write all log records (and debug records with debug) to this file instead of "
+       "syslog. Not settable in ~/.qpopper-options: sessions run with the mail group, so a "
+       "user-chosen file could be another user's spool.",
+       flag="-t", flag_arg="logfile", scope=Scope.NOT_HOME, example="/var/log/qpopper.trace"),
+    _b("trim-domain", False,
+       "Remove @domain from user names before use (maida@example.org -> maida).",
+       flag="-C", scope=Scope.NOT_USER),
+    _b("update-on-abort", True,
+       "On abort (EOF, timeout, signal) commit deletions as if QUIT were sent. Qpopper's "
+       "default; RFC 1939 section 6 forbids it (reset it to obey the RFC)."),
+    _b("update-status-headers", True,
+       "Write Status: and X-UIDL: headers back to the spool, so read state and unique ids "
+       "survive (off: ids are recomputed each session)."),
+    _b("user-options", False,
+       "Read ~/.qpopper-options after login (many options are refused there).",
+       flag="-u", scope=Scope.NOT_USER),
+    _b("uw-kluge", False,
+       "Hide the University of Washington IMAP folder-status message at the top of a spool.",
+       aliases=("uw-kludge",)),
+
+    # ---- extensions (ours; compile-time choices and what a modern service needs) ----------
+    _b("bulldb", False,
+       "Extension: record the bulletins each user has seen in a database in bulldir instead "
+       "of ~/.popbull files, which are read once for compatibility (Qpopper: configure "
+       "--enable-bulldb).",
+       extension=True, scope=Scope.NOT_USER),
+    _s("popbulldir", None,
+       "Extension: directory of the users' <user>.popbull files instead of ~/.popbull "
+       "(Qpopper: configure --enable-popbulldir).",
+       extension=True, scope=Scope.NOT_USER, example="/var/spool/popbull"),
+    _s("listen", (),
+       "Extension: [ADDRESS:]PORT to listen on as a standalone server (IPv6 in brackets); "
+       "repeat to add more; the positional [ADDRESS:]PORT argument adds one. None: inetd "
+       "mode (the connection is on stdin).",
+       extension=True, repeatable=True, check=_check_listen, scope=Scope.STARTUP,
+       example="110"),
+    _b("daemon", False,
+       "Extension: detach from the terminal (SysV-style start); under systemd stay in the "
+       "foreground.",
+       extension=True, scope=Scope.STARTUP),
+    _s("pid-file", "/run/qpopper.pid",
+       "Extension: file the standalone master writes its process id to.",
+       extension=True, scope=Scope.STARTUP),
+    _i("max-children", 200,
+       "Extension: most sessions served at once by the standalone master; further "
+       "connections wait in the listen queue.",
+       extension=True, minimum=1, scope=Scope.STARTUP),
+    _i("max-children-per-address", 20,
+       "Extension: most sessions at once from one client address (popa3d's "
+       "MAX_SESSIONS_PER_SOURCE); more are refused.",
+       extension=True, minimum=1, scope=Scope.STARTUP),
+    _i("shutdown-grace", 30,
+       "Extension: seconds the master waits for running sessions after TERM before "
+       "killing them.",
+       extension=True, minimum=0, scope=Scope.STARTUP),
+    _s("pam-service", "pop3",
+       "Extension: PAM service name used for USER/PASS (Qpopper: configure "
+       "--with-pam=service).",
+       extension=True, scope=Scope.NOT_USER),
+    _s("pop-auth-file", "/etc/qpopper/pop.auth",
+       "Extension: the pop.auth store of APOP and SCRAM secrets, an SQLite file managed with "
+       "popauth (Qpopper: configure --enable-apop=path).",
+       extension=True, scope=Scope.NOT_USER),
+    _m("user-database", "system", ("system", "pop-auth"),
+       "Extension: where users and passwords come from: system (PAM and the passwd "
+       "database) or pop-auth (only the pop.auth store, for mail-only users).",
+       extension=True, scope=Scope.NOT_USER),
+    _i("auth-failure-delay", int(limits.AUTH_FAILURE_DELAY_S),
+       "Extension: seconds to wait before answering a failed login (Qpopper's fixed "
+       "SLEEP_SECONDS).",
+       extension=True, minimum=0, maximum=60, scope=Scope.NOT_USER),
+    _m("tls-min-version", "TLSv1.2", ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"),
+       "Extension: oldest TLS version accepted (RFC 8996 deprecates TLS 1.0 and 1.1).",
+       extension=True, scope=Scope.STARTUP),
 )
 
 BY_NAME: dict[str, Option] = {}
 for _opt in OPTIONS:
     for _spelling in _opt.spellings:
-        assert _spelling not in BY_NAME, f"duplicate option spelling {_spelling}"
-        BY_NAME[_spelling] = _opt
-BY_FLAG: dict[str, Option] = {o.flag: o for o in OPTIONS if o.flag}
+        assert _spelling.lower() not in BY_NAME, f"duplicate option spelling {_spelling}"
+        BY_NAME[_spelling.lower()] = _opt
+
+# -e sets two options; every other flag sets exactly one.
+EXPIRE_FLAG = "-e"
+BY_FLAG: dict[str, Option] = {o.flag: o for o in OPTIONS if o.flag and o.flag != EXPIRE_FLAG}
+E_FLAG_KEYS: dict[str, Option] = {"login_delay": BY_NAME["announce-login-delay"],
+                                  "expire": BY_NAME["announce-expire"]}
 
 
 def lookup(name: str) -> Option | None:

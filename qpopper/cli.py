@@ -1,0 +1,41 @@
+"""Entry points. `popper` (console script): parse argv and files, then check the
+configuration, or run the demo, the standalone master or one inetd session.
+
+The server modules are imported only when needed, so `popper --check-config` and `--help`
+work without them and start fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from . import QPOPPER_VERSION, __version__
+from .config import ConfigError, load
+
+
+def popper_main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--help" in argv or "--version" in argv:
+        # Answer these even when the rest of the command line is wrong.
+        from .docgen import usage
+        sys.stdout.write(usage() if "--help" in argv else
+                         f"popper (qpopper-py) {__version__}, Qpopper {QPOPPER_VERSION} "
+                         f"compatible\n")
+        return 0
+    try:
+        cfg, invocation = load(argv)
+    except ConfigError as error:
+        print(f"popper: {error}", file=sys.stderr)
+        return 2
+    if invocation.check_config:
+        from .docgen import effective_config
+        sys.stdout.write(effective_config(cfg, invocation))
+        return 0
+    if invocation.demo:
+        from .demo import run_demo
+        return run_demo(invocation)
+    if cfg.listen:
+        from .master import run_master
+        return run_master(cfg, invocation)
+    from .session import serve_inetd
+    return serve_inetd(cfg, invocation)
