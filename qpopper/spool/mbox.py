@@ -1,0 +1,817 @@
+"""Qpopper-compatible UNIX mbox: scan a spool, stream RETR/TOP, write messages back at update.
+
+Reference: ../shared/reference/qpopper-behaviour.md S11-S17, P12/P14/P15, §2.4, decision §7.9.
+
+The file is never read whole: `scan` makes one pass in chunks of limits.COPY_CHUNK_OCTETS and
+keeps only per-message offsets, so memory follows the number of messages, not the spool size.
+Bodies are searched with bytes methods (find/count), header lines are parsed one by one.
+
+One model serves LIST, RETR and the write-back, so their numbers cannot drift apart:
+- a message is `offset` (separator line) .. `content_start` .. `header_end` (blank line) ..
+  `body_start` .. `body_end` (where RETR stops: next separator or MMDF trailer) ..
+  `trailer_end` .. `end` (next message's separator, or the end of the scanned region);
+- RETR sends [content_start, body_end) minus the `stripped` header lines (Content-Length,
+  X-UIDL), with `X-UIDL: <uid>` inserted at `uidl_insert_at` (the first Status: line, else the
+  end of the headers), LF turned into CRLF (a CRLF already in the spool stays one CRLF), NUL sent
+  as a space, CRLF added after a last line that lacks one, then dot-stuffed;
+- `octets` is the length of exactly that output before dot-stuffing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass, field
+from typing import BinaryIO, Callable, Iterable
+
+from .. import limits
+from ..responses import PopError, RespCode
+
+LF = 0x0A
+CR = 0x0D
+SPACE = 0x20
+MMDF_SEP_CHAR = b"\x01"
+
+FORMAT_ERROR_TEXT = ("Unable to process From lines (envelopes), change recognition modes or "
+                     "check for corrupted mail drop.")
+
+CONTENT_LENGTH_FUZZ = 25
+"""Octets a Content-Length may be off by and still be honoured (Qpopper's slack)."""
+
+UID_MIN_CHARS = 13
+UID_MAX_CHARS = 32
+"""An existing X-UIDL value is kept when it has this many printable characters (§2.4, §7.9)."""
+
+UIDL_HEADER = b"X-UIDL: "
+_UID_ALPHABET = bytes(0x21 + d if 0x21 + d != ord(".") else ord("~") for d in range(80))
+_NUL_TO_SPACE = bytes.maketrans(b"\0", b" ")
+_HASHED_HEADERS = (b"received:", b"date:", b"message-id:", b"subject:")
+_UW_SUBJECT_MARKS = (b"DO NOT DELETE", b"DON'T DELETE THIS MESSAGE", b"FOLDER INTERNAL DATA")
+
+WriteFn = Callable[[bytes], object]
+
+
+class MboxFormatError(PopError):
+    """The spool does not start with a `From ` envelope line or an MMDF separator."""
+
+    def __init__(self, offset: int = 0):
+        super().__init__(FORMAT_ERROR_TEXT, RespCode.SYS_PERM,
+                         log=f"mbox: no From line or MMDF separator at offset {offset}")
+        self.offset = offset
+
+
+@dataclass(eq=False)
+class Message:
+    """One message of a scanned spool; every position is an absolute file offset."""
+
+    number: int                 # 1-based among all messages of the file (hidden ones included)
+    offset: int                 # start of the separator line (`From ` or MMDF)
+    end: int                    # just past the message, its MMDF trailer and any junk after it
+    octets: int                 # exactly what RETR sends, before dot-stuffing, no terminator
+    uid: str
+    uid_from_header: bool       # uid came from an X-UIDL header already in the spool
+    retrieved: bool             # a Status: header had R when the spool was scanned
+    hidden: bool                # uw-kludge: the IMAP folder pseudo-message (never listed)
+    content_start: int          # just past the separator line
+    header_end: int             # start of the blank line that ends the headers (or body_end)
+    body_start: int             # just past that blank line (== header_end when there is none)
+    body_end: int               # where the content RETR sends stops
+    trailer_end: int            # just past the MMDF trailer (== body_end without one)
+    uidl_insert_at: int         # where RETR inserts `X-UIDL: <uid>`
+    stripped: tuple[tuple[int, int], ...] = ()      # header lines RETR leaves out
+    uidl_lines: tuple[tuple[int, int], ...] = ()    # X-UIDL header lines (dropped at update)
+    status_lines: tuple[tuple[int, int], ...] = ()  # Status header lines
+    mmdf: bool = False
+    ends_with_newline: bool = True      # content's last byte is LF (or there is no content)
+    ends_with_empty_line: bool = True   # separator + content end with an empty line
+
+    @property
+    def uidl_line(self) -> bytes:
+        """The header line RETR inserts (and LIST counts)."""
+        return UIDL_HEADER + self.uid.encode("ascii") + b"\r\n"
+
+
+# --- From_ line recognition ---------------------------------------------------------------------
+
+def is_from_line(line: bytes) -> bool:
+    """True when `line` is a `From ` envelope line with a ctime-like date (c-client's VALID).
+
+    Accepts `From user Wed Dec  2 05:53[:22] [TZ|+0700] 1992 [TZ|+0700]` and all of these with
+    ` remote from host` appended. A line of limits.MAX_SPOOL_LINE_OCTETS or more is never one:
+    Qpopper only sees its first 1023 octets.
+    """
+    if not line.startswith(b"From ") or len(line) >= limits.MAX_SPOOL_LINE_OCTETS:
+        return False
+    n = len(line)
+    if line.endswith(b"\n"):
+        n -= 1
+    if n and line[n - 1] == CR:
+        n -= 1
+    x = n
+
+    def at(i: int) -> int:
+        j = x + i
+        return line[j] if 0 <= j < n else -1
+
+    if x >= 41:
+        zn = -1
+        while at(zn) != SPACE:
+            zn -= 1
+        if line[x + zn - 12:x + zn] == b" remote from":
+            x += zn - 12
+    if x < 27:
+        return False
+    ti = 0
+    if at(-5) == SPACE:
+        if at(-8) == ord(":"):
+            ti = -5
+        elif at(-9) == SPACE:
+            ti = -9
+        elif at(-11) == SPACE and at(-10) in (ord("+"), ord("-")):
+            ti = -11
+    elif at(-4) == SPACE:
+        if at(-9) == SPACE:
+            ti = -9
+    elif at(-6) == SPACE:
+        if at(-11) == SPACE and at(-5) in (ord("+"), ord("-")):
+            ti = -11
+    if not ti or at(ti - 3) != ord(":"):
+        return False
+    ti -= 9 if at(ti - 6) == ord(":") else 6
+    return at(ti) == SPACE and at(ti - 3) == SPACE and at(ti - 7) == SPACE and at(ti - 11) == SPACE
+
+
+def _is_empty_line_before(buf: bytes, k: int) -> bool:
+    """buf[k] is LF: is the line it ends empty (just LF or CRLF)?"""
+    return (k >= 1 and buf[k - 1] == LF) or (k >= 2 and buf[k - 1] == CR and buf[k - 2] == LF)
+
+
+def _is_empty(line: bytes) -> bool:
+    return line == b"\n" or line == b"\r\n"
+
+
+# --- UIDs ----------------------------------------------------------------------------------------
+
+def encode_uid(digest: bytes, old_style: bool = False) -> str:
+    """Qpopper's UID text for an MD5 digest: 20 base-80 chars, or 32 hex chars (old-style-uid)."""
+    if old_style:
+        return digest.hex()
+    out = bytearray()
+    for g in range(0, 16, 4):
+        v = 0
+        for b in digest[g:g + 4]:
+            v = (v << 4) + b        # Qpopper shifts by 4, not 8: lossy, kept for its alphabet
+        for _ in range(5):
+            out.append(_UID_ALPHABET[v % 80])
+            v //= 80
+    return out.decode("ascii")
+
+
+def _header_uid(line: bytes) -> str | None:
+    """The value of an `X-UIDL:` line when Qpopper would keep it, else None."""
+    value = line[7:].strip(b" \t\r\n")
+    if UID_MIN_CHARS <= len(value) <= UID_MAX_CHARS and all(0x21 <= c <= 0x7E for c in value):
+        return value.decode("ascii")
+    return None
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+class _Window:
+    """A bounded window over [pos, region_end) of an open binary file.
+
+    `buf[i]` is the byte at file offset `base + i`; `cur` is the read position inside `buf`.
+    A few bytes before `cur` are kept when the window slides, so "is the previous line empty"
+    can always be answered from the buffer.
+    """
+
+    KEEP_BEHIND = 8
+
+    def __init__(self, f: BinaryIO, start: int, region_end: int):
+        self.f = f
+        self.base = start
+        self.buf = b""
+        self.cur = 0
+        self.region_end = region_end
+
+    @property
+    def pos(self) -> int:
+        return self.base + self.cur
+
+    @property
+    def at_eof(self) -> bool:
+        """The buffer reaches the end of the region."""
+        return self.base + len(self.buf) >= self.region_end
+
+    def more(self, want: int = limits.COPY_CHUNK_OCTETS) -> bool:
+        """Slide the window forward and read at least `want` more bytes; False at region end."""
+        if self.at_eof:
+            return False
+        drop = max(0, self.cur - self.KEEP_BEHIND)
+        if drop:
+            self.buf = self.buf[drop:]
+            self.base += drop
+            self.cur -= drop
+        have_to = self.base + len(self.buf)
+        n = min(max(want, limits.COPY_CHUNK_OCTETS), self.region_end - have_to)
+        self.f.seek(have_to)
+        data = self.f.read(n)
+        if not data:                      # file shorter than we were told: treat as its end
+            self.region_end = have_to
+            return False
+        self.buf += data
+        return True
+
+    def readline(self, limit: int) -> bytes:
+        """The next line through its LF, or `limit` octets of it, or what is left of the region."""
+        while True:
+            j = self.buf.find(b"\n", self.cur, self.cur + limit)
+            if j != -1:
+                line = self.buf[self.cur:j + 1]
+                break
+            if len(self.buf) - self.cur >= limit or not self.more(limit):
+                line = self.buf[self.cur:self.cur + limit]
+                break
+        self.cur += len(line)
+        return line
+
+
+def _read_at(f: BinaryIO, pos: int, n: int) -> bytes:
+    f.seek(pos)
+    return f.read(n)
+
+
+def _file_end(f: BinaryIO) -> int:
+    return f.seek(0, 2)
+
+
+def _octets(data: bytes, after_cr: bool = False) -> int:
+    """Length of `data` on the wire: every LF becomes CRLF unless it already follows a CR."""
+    n = len(data) + data.count(b"\n") - data.count(b"\r\n")
+    if after_cr and data[:1] == b"\n":
+        n -= 1
+    return n
+
+
+# --- scanning ------------------------------------------------------------------------------------
+
+@dataclass
+class _Draft:
+    """A message being scanned."""
+
+    number: int
+    offset: int
+    content_start: int
+    separator: bytes
+    digest: "hashlib._Hash"
+    octets: int = 0
+    header_end: int = -1
+    body_start: int = -1
+    body_end: int = -1
+    trailer_end: int = -1
+    uidl_insert_at: int = -1
+    content_length: int | None = None
+    header_uid: str | None = None
+    retrieved: bool = False
+    uw_marks: int = 0
+    stripped: list = field(default_factory=list)
+    uidl_lines: list = field(default_factory=list)
+    status_lines: list = field(default_factory=list)
+    last_line_unterminated: bool = False  # the last kept line lacks LF: RETR adds CRLF
+
+
+class _Scanner:
+    def __init__(self, f, start, end, *, update_status_headers, old_style_uid, uw_kludge,
+                 content_length, unique_num, first_number):
+        self.f = f
+        self.start = start
+        self.region_end = end
+        self.w = _Window(f, start, end)
+        self.new_style = not old_style_uid
+        self.feed_unique_num = (unique_num is not None and update_status_headers
+                                and not old_style_uid)
+        self.unique_num = unique_num
+        self.uw_kludge = uw_kludge
+        self.content_length = content_length
+        self.number = first_number
+        self.first_number = first_number
+        self.mmdf_sep: bytes | None = None
+        self.drafts: list[_Draft] = []
+
+    # the whole region
+    def run(self) -> list[_Draft]:
+        w = self.w
+        first = w.readline(limits.MAX_SPOOL_LINE_OCTETS)
+        if not first:
+            return []
+        if first.startswith(MMDF_SEP_CHAR):
+            self.mmdf_sep = first
+        elif not is_from_line(first):
+            raise MboxFormatError(self.start)
+        sep = first
+        sep_at = self.start
+        while sep is not None:
+            sep, sep_at = self._message(sep, sep_at)
+        return self.drafts
+
+    def _message(self, sep: bytes, sep_at: int):
+        """Scan one message whose separator line `sep` starts at `sep_at` (already consumed).
+
+        Returns the next separator line and its offset, or (None, None) at the region end.
+        """
+        digest = hashlib.md5(sep.translate(_NUL_TO_SPACE))
+        if self.feed_unique_num:
+            digest.update(struct.pack("=q", self.unique_num))
+            self.unique_num += 1
+        d = _Draft(self.number, sep_at, sep_at + len(sep), sep, digest)
+        self.number += 1
+        self.drafts.append(d)
+        trailer = self._headers(d)
+        if trailer is None and d.body_start >= 0:
+            nxt = self._body(d)
+        else:
+            nxt = trailer
+        if self.new_style:
+            d.digest.update(sep.translate(_NUL_TO_SPACE))
+        return self._after_body(d, nxt)
+
+    def _headers(self, d: _Draft):
+        """Header lines up to the blank line. Returns an MMDF separator met inside the headers
+        (a message without a blank line) as the trailer, else None."""
+        w = self.w
+        hashing = False          # the previous line was a hashed header: hash its continuations
+        kind = None              # kind of the line a long-line piece belongs to
+        prev_cr = False
+        first_message = d.number == 1 and self.first_number == 1
+        line_start = w.pos
+        while True:
+            piece_at = w.pos
+            piece = w.readline(limits.MAX_SPOOL_LINE_OCTETS)
+            if not piece:                                   # region ends inside the headers
+                d.header_end = d.body_start = d.body_end = piece_at
+                return None
+            continuing = kind is not None
+            if not continuing:
+                line_start = piece_at
+                if _is_empty(piece):
+                    d.header_end = piece_at
+                    d.body_start = w.pos
+                    d.octets += _octets(piece)
+                    d.last_line_unterminated = False
+                    return None
+                if self.mmdf_sep is not None and piece == self.mmdf_sep:
+                    d.header_end = d.body_start = d.body_end = piece_at
+                    return piece
+                kind = self._classify(d, piece, hashing, first_message)
+                hashing = kind == "hash" or (kind == "cont" and hashing)
+            elif kind == "hash" or (kind == "cont" and hashing):
+                d.digest.update(piece.translate(_NUL_TO_SPACE))
+            if kind in ("uidl", "clen"):
+                if continuing:
+                    d.stripped[-1] = (d.stripped[-1][0], w.pos)
+                    if kind == "uidl":
+                        d.uidl_lines[-1] = (d.uidl_lines[-1][0], w.pos)
+                else:
+                    d.stripped.append((line_start, w.pos))
+                    if kind == "uidl":
+                        d.uidl_lines.append((line_start, w.pos))
+            else:
+                d.octets += _octets(piece, prev_cr and continuing)
+                if kind == "status":
+                    if continuing:
+                        d.status_lines[-1] = (d.status_lines[-1][0], w.pos)
+                    else:
+                        d.status_lines.append((line_start, w.pos))
+                d.last_line_unterminated = not piece.endswith(b"\n")
+            prev_cr = piece.endswith(b"\r")
+            if piece.endswith(b"\n"):
+                kind = None
+
+    def _classify(self, d: _Draft, line: bytes, hashing: bool, first_message: bool) -> str:
+        low = line[:16].lower()
+        if self.content_length and line.startswith(b"Content-Length:"):
+            d.digest.update(line.translate(_NUL_TO_SPACE))
+            digits = line[15:].strip(b" \t\r\n")
+            if digits.isdigit() and d.content_length is None:
+                d.content_length = int(digits)
+            return "clen"
+        if low.startswith(b"x-uidl:"):
+            if d.header_uid is None:
+                d.header_uid = _header_uid(line)
+            return "uidl"
+        if first_message and self.uw_kludge:
+            if low.startswith(b"subject:") and any(m in line for m in _UW_SUBJECT_MARKS):
+                d.uw_marks += 1
+            elif low.startswith(b"x-imap:"):
+                d.uw_marks += 1
+            elif low.startswith(b"from:") and line[5:].lstrip(b" \t").startswith(
+                    b"Mail System Internal Data"):
+                d.uw_marks += 1
+        if low.startswith(b"status:"):
+            if b"R" in line[7:]:
+                d.retrieved = True
+            if d.uidl_insert_at < 0:
+                d.uidl_insert_at = self.w.pos - len(line)
+            return "status"
+        if low.startswith(_HASHED_HEADERS):
+            d.digest.update(line.translate(_NUL_TO_SPACE))
+            return "hash"
+        if line[:1] in (b" ", b"\t"):
+            if hashing and self.new_style:
+                d.digest.update(line.translate(_NUL_TO_SPACE))
+            return "cont"
+        return "other"
+
+    def _content_length_trusted(self, d: _Draft) -> bool:
+        """Honour Content-Length only when it points (within the fuzz) at a separator or at the
+        region end: a forged or stale value must not swallow the messages after it."""
+        target = d.body_start + d.content_length
+        if abs(self.region_end - target) <= CONTENT_LENGTH_FUZZ:
+            return True
+        if target > self.region_end:
+            return False
+        lo = max(d.body_start, target - CONTENT_LENGTH_FUZZ)
+        read_from = max(d.content_start, lo - 3)
+        window = _read_at(self.f, read_from,
+                          target + CONTENT_LENGTH_FUZZ + limits.MAX_SPOOL_LINE_OCTETS - read_from)
+        k = window.find(b"\nFrom ", lo - 1 - read_from)
+        while k != -1 and read_from + k + 1 <= target + CONTENT_LENGTH_FUZZ:
+            if _is_empty_line_before(window, k):
+                eol = window.find(b"\n", k + 1)
+                if is_from_line(window[k + 1:eol + 1] if eol != -1 else window[k + 1:]):
+                    return True
+            k = window.find(b"\nFrom ", k + 1)
+        return False
+
+    def _body(self, d: _Draft):
+        """Scan the body for the next separator. Returns (line, offset) or None at region end."""
+        w = self.w
+        pattern = b"\nFrom " if self.mmdf_sep is None else b"\n" + self.mmdf_sep
+        recognise_from = d.body_start
+        if (self.mmdf_sep is None and d.content_length is not None
+                and self._content_length_trusted(d)):
+            recognise_from = max(d.body_start, d.body_start + d.content_length
+                                 - CONTENT_LENGTH_FUZZ)
+        counted = w.cur            # buf index up to which body octets are counted
+        search = w.cur - 1         # the LF ending the blank line may precede a separator
+        octets = 0
+        prev_cr = False
+        while True:
+            buf = w.buf
+            k = buf.find(pattern, search)
+            if k != -1 and w.base + k + 1 < recognise_from:
+                search = k + 1
+                continue
+            if k == -1:
+                if w.at_eof:
+                    stop = len(buf)
+                else:
+                    stop = max(counted, len(buf) - len(pattern))
+                if stop > counted:
+                    seg = buf[counted:stop]
+                    octets += _octets(seg, prev_cr)
+                    prev_cr = seg.endswith(b"\r")
+                    counted = stop
+                if w.at_eof:
+                    w.cur = counted
+                    d.body_end = w.pos
+                    d.octets += octets
+                    d.last_line_unterminated = (d.body_end > d.body_start
+                                                and not buf[:counted].endswith(b"\n"))
+                    return None
+                w.cur = counted
+                shift = w.base
+                w.more()
+                delta = w.base - shift
+                counted -= delta
+                search = max(0, stop - delta - len(pattern))
+                continue
+            line_at = k + 1
+            eol = buf.find(b"\n", line_at, line_at + limits.MAX_SPOOL_LINE_OCTETS)
+            if eol == -1 and len(buf) - line_at < limits.MAX_SPOOL_LINE_OCTETS and not w.at_eof:
+                seg = buf[counted:line_at]
+                octets += _octets(seg, prev_cr)
+                prev_cr = False
+                counted = line_at
+                w.cur = counted
+                shift = w.base
+                w.more(limits.MAX_SPOOL_LINE_OCTETS)
+                delta = w.base - shift
+                counted -= delta
+                search = max(0, k - delta)
+                continue
+            line = buf[line_at:eol + 1] if eol != -1 else buf[line_at:line_at
+                                                              + limits.MAX_SPOOL_LINE_OCTETS]
+            if self.mmdf_sep is not None:
+                found = line == self.mmdf_sep
+            else:
+                found = _is_empty_line_before(buf, k) and is_from_line(line)
+            if not found:
+                search = k + 1
+                continue
+            seg = buf[counted:line_at]
+            octets += _octets(seg, prev_cr)
+            d.octets += octets
+            w.cur = line_at + len(line)
+            d.body_end = w.base + line_at
+            return line
+
+    def _after_body(self, d: _Draft, nxt: bytes | None):
+        """Close the message: MMDF trailer and junk, ends, next separator."""
+        w = self.w
+        if d.body_end < 0:
+            d.body_end = d.body_start
+        if d.uidl_insert_at < 0:
+            d.uidl_insert_at = d.header_end
+        if nxt is None:
+            d.trailer_end = d.end = d.body_end
+            return None, None
+        line_at = w.pos - len(nxt)
+        if self.mmdf_sep is None:
+            d.trailer_end = d.end = line_at
+            return nxt, line_at
+        # MMDF: `nxt` is this message's trailer; the next separator follows, maybe after junk.
+        d.trailer_end = w.pos
+        at_line_start = True
+        while True:
+            at = w.pos
+            line = w.readline(limits.MAX_SPOOL_LINE_OCTETS)
+            if not line:
+                d.end = at
+                return None, None
+            if at_line_start and line == self.mmdf_sep:
+                d.end = at
+                return line, at
+            at_line_start = line.endswith(b"\n")
+
+
+def _finish(drafts: list[_Draft], f: BinaryIO, *, old_style_uid: bool, uw_kludge: bool,
+            taken_uids: Iterable[str]) -> list[Message]:
+    """Turn drafts into Messages: ends of the last message, UIDs made unique."""
+    taken = set(taken_uids)
+    uids: list[str | None] = []
+    for d in drafts:                    # existing X-UIDL headers first: the first one wins
+        uid = d.header_uid
+        if uid is not None and uid in taken:
+            uid = None
+        if uid is not None:
+            taken.add(uid)
+        uids.append(uid)
+    messages = []
+    for d, uid in zip(drafts, uids):
+        from_header = uid is not None
+        if uid is None:
+            digest = d.digest.digest()
+            uid = encode_uid(digest, old_style_uid)
+            n = 0
+            while uid in taken:         # identical envelopes and headers: derive, do not count
+                n += 1
+                uid = encode_uid(hashlib.md5(digest + b"#%d" % n).digest(), old_style_uid)
+            taken.add(uid)
+        uidl_line_octets = len(UIDL_HEADER) + len(uid) + 2
+        tail = _read_at(f, max(d.offset, d.body_end - 3), min(3, d.body_end - d.offset))
+        hidden = uw_kludge and d.uw_marks >= 2
+        messages.append(Message(
+            number=d.number, offset=d.offset, end=d.end,
+            octets=d.octets + uidl_line_octets + (2 if d.last_line_unterminated else 0),
+            uid=uid, uid_from_header=from_header, retrieved=d.retrieved, hidden=hidden,
+            content_start=d.content_start, header_end=d.header_end, body_start=d.body_start,
+            body_end=d.body_end, trailer_end=d.trailer_end, uidl_insert_at=d.uidl_insert_at,
+            stripped=tuple(d.stripped), uidl_lines=tuple(d.uidl_lines),
+            status_lines=tuple(d.status_lines), mmdf=d.separator.startswith(MMDF_SEP_CHAR),
+            ends_with_newline=tail.endswith(b"\n"),
+            ends_with_empty_line=tail.endswith(b"\n\n") or tail.endswith(b"\n\r\n")))
+    return messages
+
+
+def scan(f: BinaryIO, *, start: int = 0, end: int | None = None,
+         update_status_headers: bool = True, old_style_uid: bool = False,
+         uw_kludge: bool = False, content_length: bool = True, unique_num: int | None = None,
+         first_number: int = 1, taken_uids: Iterable[str] = ()) -> list[Message]:
+    """Scan the mbox region [start, end) of the open binary file `f` (end: end of file).
+
+    `start` must be the start of a separator line; raises MboxFormatError when it is not.
+    `first_number` numbers the messages of a region scanned after others, `taken_uids` are the
+    UIDs of those others (generated UIDs avoid them). `unique_num` reproduces Qpopper's
+    per-session counter in the UID hash (only with update-status-headers and new-style UIDs);
+    leave it None to get UIDs that are stable across sessions even before they are saved.
+    uw-kludge hides message 1 of the file when it is the IMAP folder pseudo-message.
+    """
+    region_end = _file_end(f) if end is None else end
+    if region_end <= start:
+        return []
+    scanner = _Scanner(f, start, region_end, update_status_headers=update_status_headers,
+                       old_style_uid=old_style_uid, uw_kludge=uw_kludge,
+                       content_length=content_length, unique_num=unique_num,
+                       first_number=first_number)
+    drafts = scanner.run()
+    return _finish(drafts, f, old_style_uid=old_style_uid, uw_kludge=uw_kludge,
+                   taken_uids=taken_uids)
+
+
+# --- output ---------------------------------------------------------------------------------------
+
+class _Coalescer:
+    """Collects small pieces and hands `write` buffers of about limits.COPY_CHUNK_OCTETS."""
+
+    def __init__(self, write: WriteFn):
+        self.write = write
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def add(self, data: bytes) -> None:
+        if not data:
+            return
+        self.parts.append(data)
+        self.size += len(data)
+        if self.size >= limits.COPY_CHUNK_OCTETS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.parts:
+            data = b"".join(self.parts)
+            self.parts = []
+            self.size = 0
+            self.write(data)
+
+
+def _chunks(f: BinaryIO, start: int, end: int):
+    pos = start
+    while pos < end:
+        data = _read_at(f, pos, min(limits.COPY_CHUNK_OCTETS, end - pos))
+        if not data:
+            return
+        pos += len(data)
+        yield data
+
+
+class _WireLines:
+    """Turns spool bytes into POP3 multi-line data: CRLF line ends, NUL as space, dot-stuffing."""
+
+    def __init__(self, out: _Coalescer):
+        self.out = out
+        self.at_line_start = True
+        self.pending_cr = b""
+
+    def feed(self, data: bytes, final: bool = False) -> None:
+        data = self.pending_cr + data
+        self.pending_cr = b""
+        if not final and data.endswith(b"\r"):     # may be the CR of a CRLF split by a chunk
+            self.pending_cr = b"\r"
+            data = data[:-1]
+        if not data:
+            return
+        data = data.translate(_NUL_TO_SPACE).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        data = data.replace(b"\n.", b"\n..")
+        if self.at_line_start and data[:1] == b".":
+            data = b"." + data
+        self.at_line_start = data.endswith(b"\n")
+        self.out.add(data)
+
+    def raw_line(self, line: bytes) -> None:
+        """A line we generate (X-UIDL): already CRLF, cannot start with a dot."""
+        self.out.add(line)
+        self.at_line_start = True
+
+    def close_line(self) -> None:
+        """Add CRLF when the data so far does not end a line (a last line without LF)."""
+        if self.pending_cr:
+            self.feed(b"", final=True)
+        if not self.at_line_start:
+            self.out.add(b"\r\n")
+            self.at_line_start = True
+
+
+def _kept_ranges(msg: Message, stop: int) -> list[tuple[int, int]]:
+    """[content_start, stop) minus the stripped header lines, split at the X-UIDL insert point."""
+    ranges = []
+    cur = msg.content_start
+    for a, b in msg.stripped:
+        if a > cur:
+            ranges.append((cur, min(a, stop)))
+        cur = max(cur, b)
+    if cur < stop:
+        ranges.append((cur, stop))
+    split = []
+    p = msg.uidl_insert_at
+    for a, b in ranges:
+        if a < p < b:
+            split += [(a, p), (p, b)]
+        elif a < b:
+            split.append((a, b))
+    return split
+
+
+def _top_stop(f: BinaryIO, msg: Message, body_lines: int) -> int:
+    """File offset just past the headers, the blank line and `body_lines` body lines."""
+    if body_lines <= 0 or msg.body_start >= msg.body_end:
+        return msg.body_start
+    need = body_lines
+    for base, data in _positioned_chunks(f, msg.body_start, msg.body_end):
+        n = data.count(b"\n")
+        if n < need:
+            need -= n
+            continue
+        i = -1
+        for _ in range(need):
+            i = data.index(b"\n", i + 1)
+        return base + i + 1
+    return msg.body_end
+
+
+def _positioned_chunks(f: BinaryIO, start: int, end: int):
+    pos = start
+    for data in _chunks(f, start, end):
+        yield pos, data
+        pos += len(data)
+
+
+def send_message(f: BinaryIO, msg: Message, write: WriteFn, body_lines: int | None = None) -> None:
+    """Stream RETR (or TOP with `body_lines`) data for `msg`: CRLF lines, dot-stuffed.
+
+    Not the `+OK` line, not the `.` terminator. Writes come in buffers of about
+    limits.COPY_CHUNK_OCTETS, so a big message is a few big writes, and memory stays bounded.
+    """
+    stop = msg.body_end if body_lines is None else _top_stop(f, msg, body_lines)
+    out = _Coalescer(write)
+    wire = _WireLines(out)
+    inserted = False
+    for a, b in _kept_ranges(msg, stop):
+        if not inserted and a >= msg.uidl_insert_at:
+            wire.raw_line(msg.uidl_line)
+            inserted = True
+        for data in _chunks(f, a, b):
+            wire.feed(data)
+        if b == msg.body_end:
+            wire.close_line()
+        elif wire.pending_cr:
+            wire.feed(b"", final=True)
+    if not inserted:
+        wire.close_line()
+        wire.raw_line(msg.uidl_line)
+    out.flush()
+
+
+def copy_range(f: BinaryIO, start: int, end: int, write: WriteFn) -> int:
+    """Copy the raw bytes [start, end) of `f` to `write` in bounded chunks; returns the count."""
+    n = 0
+    for data in _chunks(f, start, end):
+        write(data)
+        n += len(data)
+    return n
+
+
+def copy_for_update(f: BinaryIO, msg: Message, write: WriteFn, *, retrieved: bool,
+                    update_status_headers: bool) -> None:
+    """Write `msg` back in mbox form for the update at QUIT (reference S16/S17).
+
+    With update_status_headers: the separator line, `X-UIDL: <uid>` right after it, the
+    headers without other X-UIDL lines, `Status: RO` replacing existing Status lines when
+    retrieved, or a new `Status: RO`/`Status: U` at the end of headers when there was none, then
+    the body as stored (LF line ends). Without it, and for a hidden message, the bytes unchanged.
+    Either way the message is closed so what follows stays a separate message: a From_ message
+    ends with an empty line (LF or LF LF added when missing), an MMDF message with its trailer.
+    """
+    out = _Coalescer(write)
+    if update_status_headers and not msg.hidden:
+        out.add(_read_at(f, msg.offset, msg.content_start - msg.offset))
+        out.add(UIDL_HEADER + msg.uid.encode("ascii") + b"\n")
+        cur = msg.content_start
+        status = b"Status: RO\n" if retrieved else b"Status: U\n"
+        edits = [(a, b, b"") for a, b in msg.uidl_lines]
+        if retrieved:
+            edits += [(a, b, status) for a, b in msg.status_lines]
+        for a, b, replacement in sorted(edits):
+            for data in _chunks(f, cur, a):
+                out.add(data)
+            out.add(replacement)
+            cur = b
+        for data in _chunks(f, cur, msg.header_end):
+            out.add(data)
+        if not msg.status_lines:
+            if msg.header_end == msg.body_end and not msg.ends_with_newline:
+                out.add(b"\n")          # headers ran to the end without a final LF
+            out.add(status)
+        for data in _chunks(f, max(cur, msg.header_end), msg.body_end):
+            out.add(data)
+        ends_nl, ends_empty = msg.ends_with_newline, msg.ends_with_empty_line
+        if msg.header_end == msg.body_end and not msg.status_lines:
+            ends_nl, ends_empty = True, False
+    else:
+        for data in _chunks(f, msg.offset, msg.body_end):
+            out.add(data)
+        ends_nl, ends_empty = msg.ends_with_newline, msg.ends_with_empty_line
+    if msg.mmdf:
+        if not ends_nl:
+            out.add(b"\n")
+        if msg.trailer_end > msg.body_end:
+            for data in _chunks(f, msg.body_end, msg.end):
+                out.add(data)
+        else:
+            out.add(_read_at(f, msg.offset, msg.content_start - msg.offset))
+    else:
+        if not ends_nl:
+            out.add(b"\n\n")
+        elif not ends_empty:
+            out.add(b"\n")
+    out.flush()
