@@ -1,0 +1,318 @@
+"""The authenticator the protocol is given: who may log in, how, and from where.
+
+Runs as root in the session child, before privsep drops privileges (system users: pwd and PAM
+need it). It implements the protocol's authenticator contract (docs/internals.md):
+
+    apop_enabled, has_apop_secret(user),
+    check_password(user, password, client_ip, *, client_host=None, tls_active=False) -> Login
+    check_apop(user, timestamp, digest, client_ip, *, client_host=None) -> Login
+
+and raises PopError on refusal. Order of the checks, and why:
+ 1. the name itself (empty, too long, control characters, '/'): refused like a bad password;
+ 2. clear-text-password (USER/PASS only; reference P8), auth-file / nonauth-file (P6): they
+    depend only on the name and configuration, so they reveal nothing about accounts;
+ 3. the account: unknown users get exactly the bad-password reply (reference P4), and
+    uid <= BLOCKED_UID_MAX is refused before PAM is asked (P5);
+ 4. the password through PAM (auth + account management), or the APOP digest against the
+    pop.auth store (P7) followed by PAM account management;
+ 5. CHECK_SHELL (reference A3), only after the credentials were proved, so it reveals nothing
+    to someone guessing.
+Every refusal logs Qpopper's failure line, waits `auth-failure-delay` seconds, then raises.
+
+User databases (`user-database`):
+  system    accounts from NSS (pwd), passwords through PAM service `pam-service`; the pop.auth
+            store, when present, holds their APOP secrets (C Qpopper's model).
+  pop-auth  the store is the only user database (demo mode, POP-only users): its secrets are
+            the passwords for USER/PASS and APOP. Those users have no system account of their
+            own: they all map to ONE account, whose uid/gid/home the Login carries — the
+            invoking user when the server does not run as root (demo), the `pop-auth-owner`
+            account when it does. The low-UID block applies to that account.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import os
+import pwd
+import syslog
+import time
+from typing import NoReturn
+
+from .. import limits
+from ..log import log_login_line
+from ..responses import PopError, RespCode
+from . import Login
+from . import pam as pam_auth
+from .store import PopAuthStore
+
+SHELLS_FILE = "/etc/shells"
+WILDCARD_SHELL = "/POPPER/ANY/SHELL/"
+"""Listed in /etc/shells, it lets every shell through CHECK_SHELL (Qpopper's WILDCARD_SHELL)."""
+
+# Reply texts (reference P4-P8). One text for "no such user" and "wrong password".
+BAD_PASSWORD = 'Password supplied for "{user}" is incorrect.'
+BAD_DIGEST = "authentication failure"
+UID_BLOCKED = f"Access is blocked for UIDs below {limits.BLOCKED_UID_MAX}"
+PERMISSION_DENIED = "Permission denied."
+NEEDS_STRONGER_AUTH = ("You must use stronger authentication such as AUTH or APOP to access "
+                       "this account")
+CLEAR_TEXT_LOCAL_ONLY = "Clear text passwords are permitted only from the local host"
+CLEAR_TEXT_TLS_ONLY = "Clear text passwords are permitted only over TLS; use STLS first"
+NO_SHELL = "No user shell defined"
+SHELL_NOT_FOUND = '"{user}": shell not found.'
+
+USER_DB_SYSTEM = "system"
+USER_DB_POP_AUTH = "pop-auth"
+
+
+def failure_line(user: str, client_host: str, client_ip: str) -> str:
+    """Qpopper's record of a failed login (reference P4, §1.8), logged at LOG_NOTICE."""
+    return f"[AUTH] Failed attempted login to {user} from host ({client_host}) {client_ip}"
+
+
+def is_loopback(client_ip: str) -> bool:
+    """127.0.0.0/8, ::1 and IPv4-mapped 127.* (clear-text-password=local)."""
+    try:
+        address = ipaddress.ip_address(client_ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+def shell_allowed(shell: str, shells_file: str = SHELLS_FILE) -> str | None:
+    """CHECK_SHELL: None when the shell may log in, else the refusal text's template.
+
+    Debian's mail-only accounts have /usr/sbin/nologin, which is not in /etc/shells: with
+    check-shell on they are refused, as Qpopper refuses them (hence check-shell is off by
+    default, like Qpopper's CHECK_SHELL compile switch)."""
+    if not shell:
+        return NO_SHELL
+    try:
+        with open(shells_file, encoding="utf-8", errors="replace") as f:
+            listed = {line.strip() for line in f if line.strip() and not line.startswith("#")}
+    except OSError:
+        listed = set()
+    if shell in listed or WILDCARD_SHELL in listed or WILDCARD_SHELL.rstrip("/") in listed:
+        return None
+    return SHELL_NOT_FOUND
+
+
+def _name_is_sane(user: str) -> bool:
+    return (bool(user) and len(user.encode("utf-8", "replace")) <= limits.MAX_USER_NAME_OCTETS
+            and user.isprintable() and "/" not in user and " " not in user)
+
+
+class Authenticator:
+    """One per session (cheap): `Authenticator(cfg, log)`."""
+
+    def __init__(self, cfg, log, *, store: PopAuthStore | None = None):
+        self.cfg = cfg
+        self.log = log
+        self.user_database = cfg.user_database
+        self.store = store if store is not None else self._store_from_config()
+
+    # ---- the contract ---------------------------------------------------------------------
+    @property
+    def apop_enabled(self) -> bool:
+        """APOP is offered (banner timestamp, APOP verb) when a pop.auth store exists."""
+        return self.store is not None and self.store.exists()
+
+    def has_apop_secret(self, user: str) -> bool:
+        """The user has an APOP secret. A store with the wrong mode or owner raises
+        PopError [SYS/PERM]; no store at all is simply False."""
+        if not self.apop_enabled or not _name_is_sane(user):
+            return False
+        return self.store.get_secret(user) is not None
+
+    def check_password(self, user: str, password: str, client_ip: str, *,
+                       client_host: str | None = None, tls_active: bool = False) -> Login:
+        """USER/PASS. `tls_active`: the session runs inside TLS (clear-text-password=tls)."""
+        host = client_host or client_ip
+        bad_password = BAD_PASSWORD.format(user=user)
+        if not _name_is_sane(user):
+            self._refuse(user, host, client_ip, bad_password, "invalid user name")
+        self._check_clear_text_policy(user, host, client_ip, tls_active)
+        self._check_auth_files(user, host, client_ip)
+        if self.user_database == USER_DB_POP_AUTH:
+            account = self._store_account(user, host, client_ip)
+            secret = self.store.get_secret(user)
+            if secret is None or not hmac.compare_digest(
+                    secret.encode("utf-8"), password.encode("utf-8", "surrogateescape")):
+                self._refuse(user, host, client_ip, bad_password, "wrong pop.auth password")
+            return self._success(user, account, "USER", host, client_ip)
+
+        account = self._system_account(user, host, client_ip, bad_password)
+        result = pam_auth.authenticate(self.cfg.pam_service, user, password, client_ip,
+                                       check_password_expired=self._check_password_expired())
+        if not result.ok:
+            self._refuse(user, host, client_ip, bad_password,
+                         f"PAM service {self.cfg.pam_service}: {result.reason} ({result.code})")
+        self._note_password_expired(user, result)
+        self._check_shell(user, account, host, client_ip)
+        return self._success(user, account, "USER", host, client_ip)
+
+    def check_apop(self, user: str, timestamp: str, digest: str, client_ip: str, *,
+                   client_host: str | None = None) -> Login:
+        """APOP: `digest` must be the hex MD5 of `timestamp` (with its <>) + the secret."""
+        host = client_host or client_ip
+        if not _name_is_sane(user) or not self.apop_enabled:
+            self._refuse(user, host, client_ip, BAD_DIGEST,
+                         "invalid user name" if self.apop_enabled else "APOP without a store")
+        self._check_auth_files(user, host, client_ip)
+        self.store.check_file()            # [SYS/PERM] wrong mode or owner: not an auth failure
+        if self.user_database == USER_DB_POP_AUTH:
+            account = self._store_account(user, host, client_ip)
+        else:
+            account = self._system_account(user, host, client_ip, BAD_DIGEST)
+        secret = self.store.get_secret(user)
+        # One reply for "not in the store" and "wrong digest": neither reveals which names
+        # have APOP secrets (Qpopper said "not authenticated" for the first).
+        if secret is None or not _digest_matches(timestamp, secret, digest):
+            self._refuse(user, host, client_ip, BAD_DIGEST,
+                         "no APOP secret" if secret is None else "wrong APOP digest")
+        if self.user_database == USER_DB_SYSTEM:
+            # The digest proved the secret; PAM still decides whether the account may log in
+            # now (expired, locked by the administrator, pam_access, ...).
+            result = pam_auth.check_account(self.cfg.pam_service, user, client_ip,
+                                            check_password_expired=self._check_password_expired())
+            if not result.ok:
+                self._refuse(user, host, client_ip, BAD_DIGEST,
+                             f"PAM account check ({self.cfg.pam_service}): {result.reason} "
+                             f"({result.code})")
+            self._note_password_expired(user, result)
+            self._check_shell(user, account, host, client_ip)
+        return self._success(user, account, "APOP", host, client_ip)
+
+    # ---- policies -------------------------------------------------------------------------
+    def _check_clear_text_policy(self, user, host, client_ip, tls_active) -> None:
+        """clear-text-password (reference P8)."""
+        policy = self.cfg.clear_text_password
+        if policy == "always":
+            return
+        if policy == "never":
+            self._refuse(user, host, client_ip, NEEDS_STRONGER_AUTH, "clear-text-password never")
+        if policy == "local" and not is_loopback(client_ip):
+            self._refuse(user, host, client_ip, CLEAR_TEXT_LOCAL_ONLY,
+                         "clear-text-password local, client not on loopback")
+        if policy in ("tls", "ssl") and not tls_active:
+            self._refuse(user, host, client_ip, CLEAR_TEXT_TLS_ONLY,
+                         "clear-text-password tls, session not in TLS")
+        if policy == "default" and self.user_database == USER_DB_SYSTEM and self.apop_enabled:
+            # Users with an APOP secret must use it, so their system password never crosses
+            # the wire in clear. (With user-database pop-auth the store's secret IS the POP
+            # password; there is no other password to protect, so `default` lets it through.)
+            if self.store.has_user(user):
+                self._refuse(user, host, client_ip, NEEDS_STRONGER_AUTH,
+                             "clear-text-password default, user is in the APOP database")
+
+    def _check_auth_files(self, user, host, client_ip) -> None:
+        """auth-file: only listed users; nonauth-file: listed users refused (reference P6).
+
+        A configured file that cannot be read refuses everyone: it is a policy we cannot
+        honour, and the log says why."""
+        auth_file = self.cfg.auth_file
+        if auth_file:
+            listed = self._read_user_list(auth_file)
+            if listed is None or user not in listed:
+                self._refuse(user, host, client_ip, PERMISSION_DENIED,
+                             f"not listed in auth-file {auth_file}" if listed is not None
+                             else f"auth-file {auth_file} unreadable")
+        nonauth_file = self.cfg.nonauth_file
+        if nonauth_file:
+            listed = self._read_user_list(nonauth_file)
+            if listed is None or user in listed:
+                self._refuse(user, host, client_ip, PERMISSION_DENIED,
+                             f"listed in nonauth-file {nonauth_file}" if listed is not None
+                             else f"nonauth-file {nonauth_file} unreadable")
+
+    def _read_user_list(self, path: str) -> set[str] | None:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                return {line.strip() for line in f if line.strip() and not line.startswith("#")}
+        except OSError as exc:
+            self.log(syslog.LOG_ERR, f"cannot read user list {path}: {exc.strerror}")
+            return None
+
+    def _check_shell(self, user, account: pwd.struct_passwd, host, client_ip) -> None:
+        if not self.cfg.check_shell:
+            return
+        refusal = shell_allowed(account.pw_shell)
+        if refusal is not None:
+            self._refuse(user, host, client_ip, refusal.format(user=user),
+                         f"shell {account.pw_shell!r} not in {SHELLS_FILE}")
+
+    def _check_password_expired(self) -> bool:
+        return bool(self.cfg.check_password_expired)
+
+    def _note_password_expired(self, user, result: pam_auth.PamResult) -> None:
+        if result.password_expired:
+            self.log(syslog.LOG_INFO, f'password of "{user}" has expired; login allowed '
+                                      f"(check-password-expired is off)")
+
+    # ---- accounts -------------------------------------------------------------------------
+    def _system_account(self, user, host, client_ip, unknown_text) -> pwd.struct_passwd:
+        try:
+            account = pwd.getpwnam(user)
+        except KeyError:
+            account = None
+        if account is None:
+            self._refuse(user, host, client_ip, unknown_text, "no such user")
+        self._check_uid(user, account, host, client_ip)
+        return account
+
+    def _store_account(self, user, host, client_ip) -> pwd.struct_passwd:
+        """The account every pop.auth-only user maps to (see the module docstring)."""
+        try:
+            if os.geteuid() == 0:
+                account = pwd.getpwnam(self.cfg.pop_auth_owner)
+            else:
+                account = pwd.getpwuid(os.getuid())
+        except KeyError:
+            raise PopError("POP authentication DB owner account not found", RespCode.SYS_PERM,
+                           log="user-database pop-auth: the pop-auth-owner account does not exist"
+                           ) from None
+        self._check_uid(user, account, host, client_ip)
+        return account
+
+    def _check_uid(self, user, account: pwd.struct_passwd, host, client_ip) -> None:
+        if account.pw_uid <= limits.BLOCKED_UID_MAX:
+            self._refuse(user, host, client_ip, UID_BLOCKED, f"uid {account.pw_uid} is blocked")
+
+    def _store_from_config(self) -> PopAuthStore | None:
+        path = self.cfg.pop_auth_file
+        if not path:
+            return None
+        owner_uid = None                    # not root: the store must be our own file
+        if os.geteuid() == 0:
+            try:
+                owner_uid = pwd.getpwnam(self.cfg.pop_auth_owner).pw_uid
+            except KeyError:
+                owner_uid = -1              # no such account: nothing can own the file right
+        return PopAuthStore(path, owner_uid)
+
+    # ---- outcomes -------------------------------------------------------------------------
+    def _refuse(self, user, host, client_ip, text, reason) -> NoReturn:
+        """Log, wait the failure delay, raise `-ERR [AUTH] text` (already formatted: a
+        user name may hold braces). `reason` goes to the log only. Never returns."""
+        self.log(syslog.LOG_NOTICE, failure_line(user, host, client_ip))
+        self.log(syslog.LOG_INFO, f'login of "{user}" refused: {reason}')
+        delay = self.cfg.auth_failure_delay
+        if delay and delay > 0:
+            time.sleep(delay)
+        raise PopError(text, RespCode.AUTH)
+
+    def _success(self, user, account: pwd.struct_passwd, mechanism, host, client_ip) -> Login:
+        template = self.cfg.log_login
+        if template:
+            self.log(syslog.LOG_NOTICE, log_login_line(template, user, host, client_ip))
+        return Login(user=user, uid=account.pw_uid, gid=account.pw_gid, home=account.pw_dir,
+                     mechanism=mechanism)
+
+
+def _digest_matches(timestamp: str, secret: str, digest: str) -> bool:
+    expected = hashlib.md5((timestamp + secret).encode("utf-8")).hexdigest().encode("ascii")
+    given = digest.strip().lower().encode("ascii", "replace")
+    return hmac.compare_digest(expected, given)

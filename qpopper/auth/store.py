@@ -1,0 +1,208 @@
+"""The pop.auth store: APOP secrets (and, later, SCRAM verifiers) in one SQLite file.
+
+Reference §2.8 / decision §7.13. C Qpopper kept a dbm file (`/etc/pop.auth`, owned by the
+`pop` account, mode exactly 0600, secrets XOR 0xFF). We keep the ownership and mode rules and
+move to SQLite: every change is one transaction, so a crash never leaves the file half
+written, and concurrent sessions read it safely.
+
+The APOP secret is stored in clear: APOP's digest is MD5(timestamp + secret), so the server
+needs the secret itself (the reason RFC 1939 calls APOP's secret a shared secret). The file's
+owner and 0600 mode are what protect it. SCRAM (issue 5) stores salted verifiers instead, in
+their own table, so a user may have either or both.
+
+Lookups open the file read-only and refuse it unless it is a regular file, mode 0600, owned
+by the configured owner: `-ERR [SYS/PERM] POP authentication DB has wrong mode (0%o)`.
+
+Schema history (PRAGMA user_version):
+  1  users(name, apop_secret, changed), scram(name, mechanism, salt, iterations,
+     stored_key, server_key), ON DELETE CASCADE from users.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import time
+import urllib.parse
+from contextlib import closing
+
+from ..responses import PopError, RespCode
+
+SCHEMA_VERSION = 1
+STORE_MODE = 0o600
+
+_SCHEMA = (
+    """CREATE TABLE users (
+           name        TEXT PRIMARY KEY NOT NULL,
+           apop_secret TEXT,                       -- NULL: no APOP for this user
+           changed     INTEGER NOT NULL            -- unix time of the last change
+       )""",
+    # SCRAM (RFC 5802 / 7677) verifiers, one row per mechanism ("SCRAM-SHA-256", ...).
+    """CREATE TABLE scram (
+           name        TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+           mechanism   TEXT NOT NULL,
+           salt        BLOB NOT NULL,
+           iterations  INTEGER NOT NULL,
+           stored_key  BLOB NOT NULL,
+           server_key  BLOB NOT NULL,
+           PRIMARY KEY (name, mechanism)
+       )""",
+)
+
+_BUSY_TIMEOUT_S = 5.0
+"""A writer (popauth) holds the lock for one short transaction; readers wait this long."""
+
+
+class StoreError(Exception):
+    """A pop.auth problem for tools (popauth): one readable line."""
+
+
+class PopAuthStore:
+    """One pop.auth file. Cheap to construct; every call opens and closes its connection,
+    so a session child never keeps the file open after authentication."""
+
+    def __init__(self, path: str, owner_uid: int | None = None):
+        self.path = path
+        # The account that must own the file (Qpopper's popuid). None: the current process
+        # (demo mode, where the invoking user owns everything).
+        self.owner_uid = os.getuid() if owner_uid is None else owner_uid
+
+    # ---- creation -------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str, owner_uid: int | None = None, owner_gid: int | None = None
+               ) -> "PopAuthStore":
+        """`popauth -init`: a new, empty store at `path`, mode 0600, owned by the owner.
+
+        Refuses to overwrite an existing file (StoreError)."""
+        store = cls(path, owner_uid)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, STORE_MODE)
+        except FileExistsError:
+            raise StoreError(f"{path}: already exists") from None
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot create: {exc.strerror}") from None
+        try:
+            os.fchmod(fd, STORE_MODE)      # whatever the umask
+            if os.geteuid() == 0:
+                os.fchown(fd, store.owner_uid, -1 if owner_gid is None else owner_gid)
+        finally:
+            os.close(fd)
+        try:
+            with closing(store._connect(read_only=False, new=True)) as db, db:
+                db.execute("BEGIN IMMEDIATE")      # DDL too: all of the schema or nothing
+                for statement in _SCHEMA:
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            os.unlink(path)
+            raise
+        return store
+
+    # ---- lookups (the server) ---------------------------------------------------------------
+    def exists(self) -> bool:
+        return os.path.lexists(self.path)
+
+    def get_secret(self, user: str) -> str | None:
+        """The user's APOP secret, or None when the user has none (or is not in the store)."""
+        self.check_file()
+        with closing(self._connect(read_only=True)) as db:
+            row = db.execute("SELECT apop_secret FROM users WHERE name = ?", (user,)).fetchone()
+        return None if row is None else row[0]
+
+    def has_user(self, user: str) -> bool:
+        self.check_file()
+        with closing(self._connect(read_only=True)) as db:
+            row = db.execute("SELECT 1 FROM users WHERE name = ?", (user,)).fetchone()
+        return row is not None
+
+    def list_users(self) -> list[str]:
+        self.check_file()
+        with closing(self._connect(read_only=True)) as db:
+            return [name for (name,) in db.execute("SELECT name FROM users ORDER BY name")]
+
+    def check_file(self) -> None:
+        """Reference P7: the file must be a regular file, 0600, owned by the owner account.
+
+        A missing file or one we cannot open is `[SYS/TEMP]`; a wrong mode or owner is
+        `[SYS/PERM]` with Qpopper's text (details, like the owner found, go to the log only).
+        """
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            raise PopError("POP authentication DB not available", RespCode.SYS_TEMP,
+                           log=f"pop.auth store {self.path} does not exist") from None
+        except OSError as exc:
+            raise PopError("POP authentication DB not available", RespCode.SYS_TEMP,
+                           log=f"pop.auth store {self.path}: {exc.strerror}") from None
+        mode = stat.S_IMODE(st.st_mode)
+        regular = stat.S_ISREG(st.st_mode)
+        if not regular or mode != STORE_MODE or st.st_uid != self.owner_uid:
+            kind = "" if regular else " (not a regular file)"
+            raise PopError(f"POP authentication DB has wrong mode (0{mode:o})", RespCode.SYS_PERM,
+                           log=(f"pop.auth store {self.path}{kind}: mode 0{mode:o}, owner uid "
+                                f"{st.st_uid}; it must be a regular file, mode 0600, owned by "
+                                f"uid {self.owner_uid}"))
+
+    # ---- changes (popauth, demo mode, tests) ------------------------------------------------
+    def set_secret(self, user: str, secret: str) -> None:
+        """Add the user or replace their APOP secret, in one transaction."""
+        _check_name(user)
+        if not secret or "\0" in secret:
+            raise StoreError("the secret must be non-empty and contain no NUL")
+        self.check_file_for_change()
+        with closing(self._connect(read_only=False)) as db, db:
+            db.execute(
+                "INSERT INTO users (name, apop_secret, changed) VALUES (?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET apop_secret = excluded.apop_secret, "
+                "changed = excluded.changed",
+                (user, secret, int(time.time())))
+
+    def delete(self, user: str) -> bool:
+        """Remove the user (and their SCRAM verifiers). False when they were not there."""
+        self.check_file_for_change()
+        with closing(self._connect(read_only=False)) as db, db:
+            cursor = db.execute("DELETE FROM users WHERE name = ?", (user,))
+            return cursor.rowcount > 0
+
+    def check_file_for_change(self) -> None:
+        """Like check_file, but for tools: a readable StoreError instead of a PopError."""
+        try:
+            self.check_file()
+        except PopError as exc:
+            raise StoreError(exc.log or exc.text) from None
+
+    # ---- internals ----------------------------------------------------------------------------
+    def _connect(self, read_only: bool, new: bool = False) -> sqlite3.Connection:
+        # URI form so read-only really is read-only (no journal is created by a reader), and
+        # `mode=rw` never creates a missing file behind our mode checks.
+        uri = f"file:{_uri_path(self.path)}?mode={'ro' if read_only else 'rw'}"
+        try:
+            db = sqlite3.connect(uri, uri=True, timeout=_BUSY_TIMEOUT_S,
+                                 isolation_level="IMMEDIATE" if not read_only else "DEFERRED")
+        except sqlite3.Error as exc:
+            raise PopError("POP authentication DB not available", RespCode.SYS_TEMP,
+                           log=f"pop.auth store {self.path}: {exc}") from None
+        try:
+            db.execute("PRAGMA foreign_keys = ON")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.Error as exc:
+            db.close()
+            raise PopError("POP authentication DB not available", RespCode.SYS_TEMP,
+                           log=f"pop.auth store {self.path}: not a pop.auth database ({exc})"
+                           ) from None
+        if version != (0 if new else SCHEMA_VERSION):
+            db.close()
+            raise PopError("POP authentication DB not available", RespCode.SYS_TEMP,
+                           log=(f"pop.auth store {self.path}: schema version {version}, "
+                                f"this server reads version {SCHEMA_VERSION}"))
+        return db
+
+
+def _check_name(user: str) -> None:
+    if not user or any(c in user for c in "\0\r\n/") or len(user.encode()) > 255:
+        raise StoreError(f"invalid user name {user!r}")
+
+
+def _uri_path(path: str) -> str:
+    return urllib.parse.quote(os.path.abspath(path), safe="/")

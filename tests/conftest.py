@@ -1,0 +1,47 @@
+"""Fixtures shared by every test module.
+
+Root-only fixtures skip the test (with the reason) when not running as root.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers import pam_service as _pam
+from tests.helpers import sysusers as _users
+
+
+@pytest.fixture
+def system_users():
+    """A factory of real `qpt*` users: `system_users.create(password=..., locked=True, ...)`;
+    every user made is removed (userdel -r) when the test ends, even on failure."""
+    if not _users.is_root():
+        pytest.skip("needs root: creates real system users with useradd")
+    with _users.SystemUsers() as users:
+        yield users
+
+
+@pytest.fixture
+def pam_service():
+    """The name of a test PAM service in /etc/pam.d: pam_unix with `nodelay` (fast failures)."""
+    if not _users.is_root():
+        pytest.skip("needs root: installs a PAM service file in /etc/pam.d")
+    with _pam.installed_pam_service(_pam.FAST_UNIX) as name:
+        yield name
+
+
+@pytest.fixture
+def stock_pam_service():
+    """The name of a test PAM service with the shipped /etc/pam.d/pop3 stack
+    (@include common-auth / common-account): real, but each failure costs ~2.2 s."""
+    if not _users.is_root():
+        pytest.skip("needs root: installs a PAM service file in /etc/pam.d")
+    with _pam.installed_pam_service(_pam.STOCK_POP3, tag="stock-") as name:
+        yield name
+
+
+@pytest.fixture
+def world_tmp():
+    """A 0755 temp directory under /tmp (reachable by children that dropped privileges)."""
+    with _users.world_readable_tmpdir() as path:
+        yield path

@@ -1,0 +1,130 @@
+"""Real system users for tests (root only): useradd + chpasswd, removed with userdel -r.
+
+Every user is named `qpt<tag><random>` so a leftover is recognisable and never collides with a
+real account. Use the context manager (or the `system_users` fixture in tests/conftest.py):
+
+    with SystemUsers() as users:
+        alice = users.create(password="S3cret-alice")            # /bin/bash, home dir
+        old = users.create(account_expired=True)                  # usermod -e 1970-01-02
+        locked = users.create(locked=True)                        # usermod -L
+        stale = users.create(password_expired=True)               # chage -d 0
+        nologin = users.create(shell="/usr/sbin/nologin")
+    # all removed here, even when the body raised
+
+`world_readable_tmpdir()` makes a 0755 temp directory under /tmp: pytest's tmp_path lives in
+a 0700 root directory that a dropped-privilege child cannot even traverse.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import pwd
+import secrets
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+
+PREFIX = "qpt"
+MAX_NAME = 32                     # useradd's limit on Debian
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def mail_gid() -> int:
+    """The group that owns /var/mail on Debian (`mail`, gid 8)."""
+    return grp.getgrnam("mail").gr_gid
+
+
+@dataclass(frozen=True)
+class SysUser:
+    name: str
+    password: str
+    uid: int
+    gid: int
+    home: str
+    shell: str
+
+
+def _run(*cmd: str, stdin: str | None = None) -> None:
+    subprocess.run(cmd, input=stdin, text=True, check=True, capture_output=True, timeout=30)
+
+
+class SystemUsers:
+    """Creates users on demand; removes every one of them on exit."""
+
+    def __init__(self):
+        self.created: list[str] = []
+
+    def __enter__(self) -> "SystemUsers":
+        if not is_root():
+            raise PermissionError("creating system users needs root")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove_all()
+
+    def create(self, tag: str = "", *, password: str | None = None, shell: str = "/bin/bash",
+               home: bool = True, account_expired: bool = False, locked: bool = False,
+               password_expired: bool = False) -> SysUser:
+        name = f"{PREFIX}{tag}{secrets.token_hex(4)}"[:MAX_NAME]
+        password = password if password is not None else "pw-" + secrets.token_urlsafe(12)
+        args = ["useradd", "--shell", shell, "--user-group"]
+        args += ["--create-home"] if home else ["--no-create-home", "--home-dir", "/nonexistent"]
+        _run(*args, name)
+        self.created.append(name)             # from here on, __exit__ removes it
+        # chpasswd reads "name:password" on stdin, so the password never shows in `ps`.
+        _run("chpasswd", stdin=f"{name}:{password}\n")
+        if account_expired:
+            _run("usermod", "--expiredate", "1970-01-02", name)   # expired since day 1
+        if locked:
+            _run("usermod", "--lock", name)
+        if password_expired:
+            _run("chage", "--lastday", "0", name)                  # must change at next login
+        entry = pwd.getpwnam(name)
+        return SysUser(name, password, entry.pw_uid, entry.pw_gid, entry.pw_dir, entry.pw_shell)
+
+    def remove_all(self) -> None:
+        errors = []
+        while self.created:
+            name = self.created.pop()
+            # -r: home and mail spool; -f: even if a stray test process still runs as the user.
+            result = subprocess.run(["userdel", "-r", "-f", name], capture_output=True, text=True,
+                                    timeout=30)
+            try:
+                pwd.getpwnam(name)
+                errors.append(f"{name}: userdel: {result.stderr.strip()}")
+            except KeyError:
+                pass
+        if errors:
+            raise RuntimeError("could not remove test users: " + "; ".join(errors))
+
+
+@contextlib.contextmanager
+def world_readable_tmpdir(prefix: str = "qpt-"):
+    """A 0755 directory under /tmp, removed afterwards (children that dropped privileges
+    can reach files inside it, subject to each file's own mode)."""
+    path = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    try:
+        os.chmod(path, 0o755)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def make_spool(directory: str, user: SysUser, content: bytes = b"", mode: int = 0o600) -> str:
+    """`<directory>/<user>` owned user:mail with `mode` (0600 is what Debian's delivery agents
+    create), as a real /var/mail spool would be."""
+    path = os.path.join(directory, user.name)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        os.write(fd, content)
+        os.fchown(fd, user.uid, mail_gid())
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+    return path
