@@ -362,9 +362,10 @@ def _read_lines(path: str, kind: str | None, where: str) -> list[str]:
     except OSError as error:
         reason = "is a symbolic link" if error.errno == errno.ELOOP else error.strerror
         raise ConfigError(f"{prefix}: cannot read configuration file: {reason}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigError(f"{prefix}: cannot read configuration file: not a regular file")
     with open(fd, "rb") as stream:
-        if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
-            raise ConfigError(f"{prefix}: cannot read configuration file: not a regular file")
         try:
             data = stream.read()
         except OSError as error:

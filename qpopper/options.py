@@ -206,33 +206,13 @@ def _show(text: str) -> str:
 
 
 # ---- validators ----------------------------------------------------------------------------
-_LISTEN_RE = re.compile(
-    r"(?:(?P<host>\[[0-9A-Fa-f:.%a-zA-Z]+\]|[A-Za-z0-9_.-]+|\*):)?(?P<port>[0-9]{1,5})"
-    r"(?:/(?P<mode>[A-Za-z0-9-]+))?")
-
-
-def parse_listen(text: str) -> tuple[str, int, str | None]:
-    """Split a listen value `[ADDRESS:]PORT[/MODE]` into (address, port, mode).
-
-    ADDRESS is an IPv4 address, a host name, `*` or an IPv6 address in brackets; it is ""
-    when omitted (all addresses). MODE is an optional word reserved for per-listener TLS.
-    Raises ValueError for anything else.
-    """
-    match = _LISTEN_RE.fullmatch(text)
-    if not match or int(match["port"]) > 65535:
-        raise ValueError(f"expected [ADDRESS:]PORT with PORT 0..65535, got '{_show(text)}'")
-    host = match["host"] or ""
-    if host.startswith("["):
-        host = host[1:-1]
-    if host == "*":
-        host = ""
-    return host, int(match["port"]), match["mode"]
+_LISTEN_RE = re.compile(r"(?:(?P<host>\[[0-9A-Fa-f:.%A-Za-z]+\]|[A-Za-z0-9_.-]+):)?(?P<port>[0-9]{1,5})")
 
 
 def _check_listen(text: str) -> str | None:
-    try:
-        parse_listen(text)
-    except ValueError:
+    """The forms master.py binds: PORT, ADDRESS:PORT, [IPV6]:PORT (PORT 0..65535)."""
+    match = _LISTEN_RE.fullmatch(text)
+    if not match or int(match["port"]) > 65535:
         return "expects [ADDRESS:]PORT (IPv6 addresses in brackets, PORT 0..65535)"
     return None
 
@@ -566,6 +546,16 @@ OPTIONS: tuple[Option, ...] = (
     _s("pop-auth-file", "/etc/qpopper/pop.auth",
        "Extension: the pop.auth store of APOP and SCRAM secrets, an SQLite file managed with "
        "popauth (Qpopper: configure --enable-apop=path).",
+       extension=True, scope=Scope.NOT_USER),
+    _s("pop-auth-owner", "pop",
+       "Extension: the account that must own the pop.auth store (mode 0600), and the account "
+       "users of 'user-database pop-auth' run as when the server runs as root (Qpopper: "
+       "configure --enable-popuid=name).",
+       extension=True, scope=Scope.NOT_USER),
+    _b("check-shell", False,
+       "Extension: refuse users whose login shell is not listed in /etc/shells, unless "
+       "/POPPER/ANY/SHELL/ is listed there (Qpopper's CHECK_SHELL compile switch; refuses "
+       "nologin accounts).",
        extension=True, scope=Scope.NOT_USER),
     _m("user-database", "system", ("system", "pop-auth"),
        "Extension: where users and passwords come from: system (PAM and the passwd "
