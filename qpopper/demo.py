@@ -1,0 +1,261 @@
+"""`popper --demo` (what `make run` starts): the real server, for a newcomer, in one command.
+
+It runs the real master and session code as the invoking user, on 127.0.0.1:8110 (a positional
+`[127.0.0.1:]PORT` overrides the port; only loopback addresses are accepted), with a data folder
+`./demo-data` holding a spool directory and a pop.auth store with user `demo`, password `demo`
+(`user-database = pop-auth`). Log records go to the terminal.
+
+Decisions:
+- Existing data is kept across restarts (mail you leave on the server stays). When the demo
+  user's mail is all gone (spool empty, no temporary drop left), the sample messages are put
+  back at start-up, so `curl pop3://demo:demo@127.0.0.1:8110/1` always has something to show.
+- Started as root (a container, `sudo make run`), the demo first becomes $SUDO_USER, or
+  `nobody`, through privsep.drop_privileges: the demo never serves as root.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import os
+import pwd
+import socket
+import sys
+import time
+
+from . import config as config_mod
+from . import privsep
+from .auth import Login
+from .auth.store import PopAuthStore
+from .log import Logger
+from .master import ListenError, Master, bind_listeners, format_sockaddr, parse_listen
+
+DEMO_DIR = "demo-data"
+DEMO_HOST = "127.0.0.1"
+DEMO_PORT = 8110
+DEMO_USER = "demo"
+DEMO_PASSWORD = "demo"
+DEMO_SHUTDOWN_GRACE_S = 3
+"""Ctrl-C should not keep a newcomer waiting for a forgotten telnet session."""
+
+FALLBACK_ACCOUNT = "nobody"
+
+
+def run_demo(inv) -> int:
+    try:
+        base_cfg, _ = config_mod.load(list(inv.argv))
+        host, port = _demo_address(base_cfg)
+    except (config_mod.ConfigError, ValueError, ListenError) as exc:
+        print(f"popper --demo: {exc}", file=sys.stderr)
+        return 2
+    data_dir = os.path.abspath(DEMO_DIR)
+    log = Logger(stream=sys.stderr)
+    try:
+        if os.geteuid() == 0:
+            account = _unprivileged_account()
+            _prepare_data(data_dir, account)
+            privsep.drop_privileges(_login_for(account, data_dir), account.pw_gid, log)
+        else:
+            _prepare_data(data_dir, None)
+        cfg = demo_config(base_cfg, data_dir)
+        listeners = bind_listeners([(host, port)])
+    except (OSError, ListenError) as exc:
+        print(f"popper --demo: {exc}", file=sys.stderr)
+        log.close()
+        return 1
+    try:
+        _print_welcome(listeners[0].getsockname(), data_dir)
+
+        def reload():
+            return demo_config(config_mod.load(list(inv.argv))[0], data_dir)
+
+        return Master(cfg, inv, listeners, log, notify_systemd=False, reload=reload).serve()
+    finally:
+        for sock in listeners:
+            sock.close()
+        log.close()
+
+
+def demo_config(cfg, data_dir: str):
+    """The demo's settings on top of whatever the command line said."""
+    return cfg.replace(
+        source="demo mode",
+        spool_dir=os.path.join(data_dir, "spool"),
+        pop_auth_file=os.path.join(data_dir, "pop.auth"),
+        user_database="pop-auth",
+        clear_text_password="local",      # USER/PASS and curl work; only from this machine
+        statistics=True,                  # show the Stats and Timing records on the terminal
+        timing=True,
+        shutdown_grace=DEMO_SHUTDOWN_GRACE_S,
+        daemon=False,
+    )
+
+
+def _demo_address(cfg) -> tuple[str, int]:
+    listen = tuple(getattr(cfg, "listen", ()) or ())
+    if len(listen) > 1:
+        raise ValueError("the demo listens on one address")
+    if not listen:
+        return DEMO_HOST, DEMO_PORT
+    host, port = parse_listen(listen[0])
+    host = host or DEMO_HOST
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ValueError(f"{host}: {exc.strerror}") from None
+    import ipaddress
+    if not all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos):
+        raise ValueError(f"{host} is not a loopback address; the demo only serves this machine")
+    return host, port
+
+
+# --- the data folder ---------------------------------------------------------------------------
+def _unprivileged_account() -> pwd.struct_passwd:
+    name = os.environ.get("SUDO_USER")
+    for candidate in (name, FALLBACK_ACCOUNT):
+        if not candidate:
+            continue
+        try:
+            account = pwd.getpwnam(candidate)
+        except KeyError:
+            continue
+        if account.pw_uid > 0:
+            return account
+    raise OSError("running as root and no unprivileged account (SUDO_USER or nobody) to "
+                  "run the demo as")
+
+
+def _login_for(account: pwd.struct_passwd, data_dir: str) -> Login:
+    return Login(user=account.pw_name, uid=account.pw_uid, gid=account.pw_gid, home=data_dir,
+                 mechanism="demo")
+
+
+def _prepare_data(data_dir: str, account: pwd.struct_passwd | None) -> None:
+    """Create what is missing; keep what is there. Runs as the account that will serve it,
+    or as root on its behalf (then everything created is handed to that account)."""
+    spool_dir = os.path.join(data_dir, "spool")
+    for path in (data_dir, spool_dir):
+        if not os.path.isdir(path):
+            os.mkdir(path, 0o700)
+        _own(path, account)
+    store_path = os.path.join(data_dir, "pop.auth")
+    owner = account.pw_uid if account else None
+    if not os.path.exists(store_path):
+        PopAuthStore.create(store_path, owner_uid=owner,
+                            owner_gid=account.pw_gid if account else None)
+    store = PopAuthStore(store_path, owner_uid=owner)
+    if not store.has_user(DEMO_USER):
+        store.set_secret(DEMO_USER, DEMO_PASSWORD)
+    spool = os.path.join(spool_dir, DEMO_USER)
+    temp_drop = os.path.join(spool_dir, f".{DEMO_USER}.pop")
+    if _size(spool) == 0 and _size(temp_drop) == 0:
+        fd = os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(sample_mailbox())
+        _own(spool, account)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.lstat(path).st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _own(path: str, account: pwd.struct_passwd | None) -> None:
+    if account is not None:
+        os.chown(path, account.pw_uid, account.pw_gid, follow_symlinks=False)
+
+
+SAMPLES = (
+    ("Welcome to qpopper-py", """\
+Hello!
+
+This message comes from a real POP3 server: qpopper-py, Qpopper 4.1 rebuilt in
+Python. It runs here in demo mode, as you, with its spool under ./demo-data/.
+
+Things to try:
+  curl pop3://demo:demo@127.0.0.1:8110/        list the messages
+  curl pop3://demo:demo@127.0.0.1:8110/2       fetch message 2
+  telnet 127.0.0.1 8110                        speak POP3 yourself (see message 2)
+
+Deleted messages are gone for good once a session ends with QUIT.
+When every message is gone, restarting the demo brings these back.
+"""),
+    ("Speaking POP3 by hand", """\
+A POP3 session, as RFC 1939 describes it:
+
+  USER demo            +OK Password required for demo.
+  PASS demo            +OK demo has 3 visible messages (0 hidden) in ... octets.
+  STAT                 +OK 3 <octets>
+  LIST                 one line per message: number and size
+  UIDL                 one line per message: number and unique id
+  TOP 1 0              the headers of message 1
+  RETR 1               message 1
+  DELE 1               mark message 1 for deletion
+  RSET                 unmark everything
+  QUIT                 commit the deletions and sign off
+
+A line of the message that starts with a dot is sent with a second dot
+("dot-stuffing"); the client removes it again:
+.this line starts with a dot
+"""),
+    ("Using a mail client", """\
+Any mail client can read this mailbox. Its incoming-server settings:
+
+  Protocol:        POP3
+  Server:          127.0.0.1
+  Port:            8110
+  Security:        none (the demo serves this machine only)
+  Authentication:  normal password
+  User name:       demo
+  Password:        demo
+
+Python:
+  import poplib
+  box = poplib.POP3("127.0.0.1", 8110)
+  box.user("demo"); box.pass_("demo")
+  print(box.stat())
+  print(b"\\n".join(box.retr(1)[1]).decode())
+  box.quit()
+"""),
+)
+
+
+def sample_mailbox(now: float | None = None) -> bytes:
+    """The demo's sample messages as an mbox spool."""
+    now = time.time() if now is None else now
+    parts = []
+    for number, (subject, body) in enumerate(SAMPLES, 1):
+        stamp = now - (len(SAMPLES) - number) * 60
+        envelope = time.strftime("%a %b %e %H:%M:%S %Y", time.gmtime(stamp))
+        parts.append(
+            f"From qpopper-demo@localhost {envelope}\n"
+            f"From: qpopper-py demo <qpopper-demo@localhost>\n"
+            f"To: {DEMO_USER}@localhost\n"
+            f"Subject: {subject}\n"
+            f"Date: {email.utils.formatdate(stamp, localtime=False)}\n"
+            f"Message-ID: <demo-{number}-{int(stamp)}@localhost>\n"
+            f"MIME-Version: 1.0\n"
+            f"Content-Type: text/plain; charset=us-ascii\n"
+            f"\n"
+            f"{body}\n")
+    return "".join(parts).encode("ascii")
+
+
+def _print_welcome(sockaddr, data_dir: str) -> None:
+    where = format_sockaddr(sockaddr)
+    host, port = sockaddr[0], sockaddr[1]
+    url_host = f"[{host}]" if ":" in host else host
+    print(f"""\
+qpopper-py demo: a real POP3 server on {where}, running as {pwd.getpwuid(os.getuid()).pw_name}.
+Data (spool and pop.auth store): {data_dir}
+User: {DEMO_USER}   Password: {DEMO_PASSWORD}
+
+Try it from another terminal:
+  curl pop3://{DEMO_USER}:{DEMO_PASSWORD}@{url_host}:{port}/1      # prints the first message
+  curl pop3://{DEMO_USER}:{DEMO_PASSWORD}@{url_host}:{port}/       # lists the messages
+  telnet {host} {port}                                  # USER demo, PASS demo, LIST, RETR 1, QUIT
+  python3 -c 'import poplib; p = poplib.POP3("{host}", {port}); p.user("demo"); p.pass_("demo"); print(p.stat()); p.quit()'
+A mail client: POP3, server {host}, port {port}, no encryption, user {DEMO_USER}, password {DEMO_PASSWORD}.
+
+Log records follow. Stop with Ctrl-C.""", flush=True)

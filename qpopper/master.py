@@ -1,0 +1,469 @@
+"""The standalone master: `popper [ADDRESS:]PORT [flags]`.
+
+Binds the listeners (or takes them from systemd), accepts, and forks one child per connection
+from the already-imported interpreter; the child runs session.Session and _exits. The master
+keeps no per-connection state beyond a pid → address table of live children, so its memory
+does not grow with the number of sessions served.
+
+What runs as root (audit these):
+  master.py     listeners, fork, signals, child accounting, daemonizing, pid file
+  sdnotify.py   systemd notification and socket activation
+  log.py        syslog socket and tracefile
+  config.py, options.py       global configuration files and argv (and HUP reloads)
+  session.py    the connection until login: reads, writes, reverse lookup, option-file checks
+  protocol.py   the AUTHORIZATION state (USER/PASS/APOP/CAPA/QUIT parsing)
+  auth/         pam.py (PAM conversation), policy.py (auth-file, nonauth-file, low-UID block,
+                user-name checks), store.py (the pop.auth store)
+  privsep.py    the drop itself: setgroups → setgid(spool group) → setuid(user), verified
+  responses.py, limits.py
+Everything that touches a spool, a temp drop, a cache, bulletins or a user's option file runs
+after privsep.drop_privileges, as the user with the mail group.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import os
+import selectors
+import signal
+import socket
+import syslog
+import time
+
+import setproctitle
+
+from . import config as config_mod
+from . import sdnotify
+from .log import Logger, getattr_option
+from .responses import RespCode, err
+from .session import Channel, Session, normalize_ip
+
+LISTEN_BACKLOG = 128
+"""Pending connections per listener; the kernel caps it at net.core.somaxconn."""
+
+DEFAULT_PORT = 110
+DEFAULT_SHUTDOWN_GRACE_S = 30
+"""How long TERM waits for running sessions before terminating them."""
+
+KILL_AFTER_TERM_S = 5
+"""After the grace period children get SIGTERM (they abort like a hangup); this long later,
+SIGKILL (a crash the maildrop recovers from at the next login)."""
+
+REAP_INTERVAL_S = 1.0
+"""The loop also wakes this often, so a lost SIGCHLD never leaves zombies for long."""
+
+OVER_LIMIT_TEXT = "Too many connections; try again later"
+
+
+class ListenError(Exception):
+    """A listener could not be set up: one readable line for the administrator."""
+
+
+# --- listeners -----------------------------------------------------------------------------------
+def parse_listen(spec) -> tuple[str | None, int]:
+    """A `listen` value — `PORT`, `ADDRESS:PORT`, `[IPV6]:PORT` — or a (host, port) pair →
+    (host, or None for every address; port)."""
+    if isinstance(spec, (tuple, list)):
+        host, port = spec
+        return (host or None), int(port)
+    text = str(spec).strip()
+    host: str | None = None
+    port_text = text
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0 or not text[close + 1:].startswith(":"):
+            raise ListenError(f"listen address {text!r}: expected [IPV6]:PORT")
+        host, port_text = text[1:close], text[close + 2:]
+    elif ":" in text:
+        if text.count(":") > 1:
+            raise ListenError(f"listen address {text!r}: write IPv6 addresses as [ADDRESS]:PORT")
+        host, port_text = text.rsplit(":", 1)
+    if not port_text.isdigit() or int(port_text) > 65535:
+        raise ListenError(f"listen address {text!r}: the port must be a number 0..65535")
+    if host == "*":
+        host = None
+    return (host or None), int(port_text)
+
+
+def _has_ipv6() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_listeners(specs) -> list[tuple[int, tuple, bool]]:
+    """Each spec → (family, sockaddr, v6only). A bare port is every address: `[::]` dual stack
+    (or 0.0.0.0 without IPv6). `[::]` is made v6-only when an IPv4 wildcard on the same port is
+    also asked for, so both can be bound."""
+    parsed = [parse_listen(s) for s in specs] or [(None, DEFAULT_PORT)]
+    result = []
+    for host, port in parsed:
+        if host is None:
+            if _has_ipv6():
+                result.append((socket.AF_INET6, ("::", port, 0, 0), False))
+            else:
+                result.append((socket.AF_INET, ("0.0.0.0", port), False))
+            continue
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE | socket.AI_NUMERICSERV)
+        except socket.gaierror as exc:
+            raise ListenError(f"listen address {host}:{port}: {exc.strerror}") from None
+        family, _, _, _, sockaddr = infos[0]
+        result.append((family, sockaddr, False))
+    v4_wildcards = {sa[1] for fam, sa, _ in result if fam == socket.AF_INET and sa[0] == "0.0.0.0"}
+    return [(fam, sa, fam == socket.AF_INET6 and sa[0] == "::" and sa[1] in v4_wildcards)
+            for fam, sa, _ in result]
+
+
+def bind_listeners(specs) -> list[socket.socket]:
+    listeners = []
+    try:
+        for family, sockaddr, v6only in resolve_listeners(specs):
+            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            listeners.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if v6only else 0)
+            try:
+                sock.bind(sockaddr)
+            except OSError as exc:
+                raise ListenError(f"cannot listen on {format_sockaddr(sockaddr)}: "
+                                  f"{exc.strerror}") from None
+            sock.listen(LISTEN_BACKLOG)
+    except BaseException:
+        for sock in listeners:
+            sock.close()
+        raise
+    return listeners
+
+
+def format_sockaddr(sockaddr) -> str:
+    host, port = sockaddr[0], sockaddr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# --- the master ------------------------------------------------------------------------------------
+class Master:
+    """The accept loop. Signal handlers only enqueue; the loop handles them by name."""
+
+    def __init__(self, cfg, inv, listeners: list[socket.socket], log: Logger,
+                 notify_systemd: bool = True, reload=None):
+        self.cfg = cfg
+        self.inv = inv
+        self.reload = reload or self._load_configuration
+        self.listeners = listeners
+        self.log = log
+        self.notify_systemd = notify_systemd
+        self.hostname = socket.gethostname()
+        self.children: dict[int, str] = {}                 # pid → client address
+        self.per_address: collections.Counter[str] = collections.Counter()
+        self.pending_signals: collections.deque[int] = collections.deque()
+        self.stopping = False
+        self.selector: selectors.BaseSelector | None = None
+        self._wake_r = self._wake_w = -1
+
+    # --- setup and teardown ----------------------------------------------------------------------
+    def _install_signals(self) -> None:
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        for signum in (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._enqueue_signal)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+    def _enqueue_signal(self, signum, frame) -> None:
+        self.pending_signals.append(signum)
+
+    def _uninstall_signals(self) -> None:
+        signal.set_wakeup_fd(-1)
+        for signum in (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_DFL)
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+
+    def _close_listeners(self) -> None:
+        for sock in self.listeners:
+            if self.selector is not None:
+                try:
+                    self.selector.unregister(sock)
+                except (KeyError, ValueError):
+                    pass
+            sock.close()
+        self.listeners = []
+
+    # --- the loop ------------------------------------------------------------------------------
+    def serve(self) -> int:
+        setproctitle.setproctitle("popper: master")
+        self._install_signals()
+        self.selector = selectors.DefaultSelector()
+        try:
+            for sock in self.listeners:
+                sock.setblocking(False)
+                self.selector.register(sock, selectors.EVENT_READ)
+            self.selector.register(self._wake_r, selectors.EVENT_READ)
+            where = ", ".join(format_sockaddr(s.getsockname()) for s in self.listeners)
+            self.log(syslog.LOG_INFO, f"master listening on {where}")
+            self._notify("READY=1\nSTATUS=accepting connections")
+            while not self.stopping:
+                for key, _ in self.selector.select(REAP_INTERVAL_S):
+                    if key.fileobj == self._wake_r:
+                        self._drain_wakeup()
+                    else:
+                        self._accept(key.fileobj)
+                self._handle_signals()
+                self._reap()
+            return self._drain_children()
+        finally:
+            self._close_listeners()
+            self.selector.close()
+            self.selector = None
+            self._uninstall_signals()
+
+    def _drain_wakeup(self) -> None:
+        try:
+            while os.read(self._wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _handle_signals(self) -> None:
+        while self.pending_signals:
+            signum = self.pending_signals.popleft()
+            if signum == signal.SIGHUP:
+                self.on_reload()
+            elif signum in (signal.SIGTERM, signal.SIGINT):
+                self.on_stop(signum)
+            # SIGCHLD: _reap runs after every wakeup anyway
+
+    # --- accepting -----------------------------------------------------------------------------
+    def _accept(self, listener: socket.socket) -> None:
+        for _ in range(LISTEN_BACKLOG):          # take what is queued, but stay fair to signals
+            try:
+                conn, addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self.log(syslog.LOG_ERR, f"accept: {exc.strerror}; pausing")
+                    time.sleep(0.1)
+                    return
+                raise
+            client_ip = normalize_ip(addr[0]) if isinstance(addr, tuple) else "unknown"
+            refusal = self._over_limit(client_ip)
+            if refusal:
+                self._refuse(conn, client_ip, refusal)
+                continue
+            self._fork_session(conn, (client_ip, addr[1] if isinstance(addr, tuple) else 0))
+
+    def _over_limit(self, client_ip: str) -> str | None:
+        total = int(getattr_option(self.cfg, "max_children", 0) or 0)
+        per_address = int(getattr_option(self.cfg, "max_children_per_address", 0) or 0)
+        if total and len(self.children) >= total:
+            return f"{len(self.children)} sessions running (max-children {total})"
+        if per_address and self.per_address[client_ip] >= per_address:
+            return (f"{self.per_address[client_ip]} sessions from {client_ip} "
+                    f"(max-children-per-address {per_address})")
+        return None
+
+    def _refuse(self, conn: socket.socket, client_ip: str, why: str) -> None:
+        """Over a limit: answer from the master, without forking, and close."""
+        self.log(syslog.LOG_NOTICE, f"Refused connection from {client_ip}: {why}")
+        try:
+            conn.setblocking(False)
+            conn.send(err(OVER_LIMIT_TEXT, RespCode.SYS_TEMP))
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def _fork_session(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            self.log(syslog.LOG_ERR, f"fork: {exc.strerror}")
+            self._refuse(conn, peer[0], "fork failed")
+            return
+        if pid == 0:
+            self._child(conn, peer)            # never returns
+        conn.close()
+        self.children[pid] = peer[0]
+        self.per_address[peer[0]] += 1
+
+    def _child(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        status = 1
+        try:
+            self._uninstall_signals()
+            signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+            # Ctrl-C on the master's terminal reaches the whole process group: the master
+            # decides when sessions end (TERM after the grace period), not the keyboard.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            for sock in self.listeners:
+                sock.close()
+            self.listeners = []
+            self.selector.close()
+            self.selector = None
+            self.children.clear()
+            self.per_address.clear()
+            conn.setblocking(True)
+            channel = Channel(conn.fileno(), conn.fileno(), conn)
+            status = Session(self.cfg, channel, log=self.log, hostname=self.hostname,
+                             peer=peer).run()
+        except BaseException as exc:           # never let a child fall back into the loop
+            try:
+                self.log(syslog.LOG_ERR, f"session for {peer[0]} failed: "
+                                         f"{type(exc).__name__}: {exc}")
+            except BaseException:
+                pass
+        finally:
+            os._exit(status)
+
+    # --- children ------------------------------------------------------------------------------
+    def _reap(self) -> None:
+        while self.children:
+            try:
+                pid, _status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.children.clear()
+                self.per_address.clear()
+                return
+            if pid == 0:
+                return
+            client_ip = self.children.pop(pid, None)
+            if client_ip is not None:
+                self.per_address[client_ip] -= 1
+                if self.per_address[client_ip] <= 0:
+                    del self.per_address[client_ip]      # no state left behind per address
+
+    # --- HUP and TERM --------------------------------------------------------------------------------
+    def on_reload(self) -> None:
+        """HUP: read the configuration again for new connections; a bad one is logged and
+        the running one kept. Listeners and log settings are startup options."""
+        self._notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            new_cfg = self.reload()
+        except Exception as exc:
+            self.log(syslog.LOG_ERR, f"reload failed, keeping the running configuration: {exc}")
+        else:
+            self.cfg = new_cfg
+            self.log(syslog.LOG_NOTICE, "configuration reloaded")
+        self._notify("READY=1\nSTATUS=accepting connections")
+
+    def _load_configuration(self):
+        return config_mod.load(list(self.inv.argv))[0]
+
+    def on_stop(self, signum: int) -> None:
+        self.stopping = True
+        self._notify("STOPPING=1")
+        self.log(syslog.LOG_NOTICE, f"{signal.Signals(signum).name}: no new connections; "
+                                    f"waiting for {len(self.children)} session(s)")
+        self._close_listeners()
+
+    def _drain_children(self) -> int:
+        grace = float(getattr_option(self.cfg, "shutdown_grace", DEFAULT_SHUTDOWN_GRACE_S))
+        self._wait_children(time.monotonic() + grace)
+        if self.children:
+            self.log(syslog.LOG_NOTICE, f"terminating {len(self.children)} session(s)")
+            self._signal_children(signal.SIGTERM)
+            self._wait_children(time.monotonic() + KILL_AFTER_TERM_S)
+        if self.children:
+            self._signal_children(signal.SIGKILL)
+            self._wait_children(time.monotonic() + KILL_AFTER_TERM_S)
+        self.log(syslog.LOG_INFO, "master stopped")
+        return 0
+
+    def _wait_children(self, deadline: float) -> None:
+        while self.children and time.monotonic() < deadline:
+            self._reap()
+            if not self.children:
+                return
+            timeout = min(REAP_INTERVAL_S, max(0.0, deadline - time.monotonic()))
+            for key, _ in self.selector.select(timeout):
+                if key.fileobj == self._wake_r:
+                    self._drain_wakeup()
+            self.pending_signals.clear()           # a second TERM changes nothing
+
+    def _signal_children(self, signum: int) -> None:
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def _notify(self, state: str) -> None:
+        if self.notify_systemd:
+            sdnotify.notify(state)
+
+
+# --- entry point -----------------------------------------------------------------------------------
+def run_master(cfg, inv) -> int:
+    """`popper [ADDRESS:]PORT ...`: serve until TERM/INT. Returns the exit status."""
+    log = Logger.from_config(cfg)
+    try:
+        listeners = sdnotify.listen_fds()
+        if not listeners:
+            listeners = bind_listeners(getattr_option(cfg, "listen", []) or [])
+    except ListenError as exc:
+        log(syslog.LOG_ERR, str(exc))
+        print(f"popper: {exc}", file=_stderr())
+        log.close()
+        return 1
+    log.open()
+    try:
+        if getattr_option(cfg, "daemon", False):
+            return _run_daemonized(cfg, inv, listeners, log)
+        return Master(cfg, inv, listeners, log).serve()
+    finally:
+        for sock in listeners:
+            sock.close()
+        log.close()
+
+
+def _run_daemonized(cfg, inv, listeners, log) -> int:
+    """SysV-style: detach with python-daemon, write the pid file, keep the listeners and the
+    syslog socket open across the detach."""
+    import daemon
+    import daemon.pidfile
+
+    pid_file = getattr_option(cfg, "pid_file", None)
+    if pid_file and _pid_file_is_stale(pid_file):
+        os.unlink(pid_file)
+    context = daemon.DaemonContext(
+        working_directory="/",
+        umask=0o022,
+        pidfile=daemon.pidfile.TimeoutPIDLockFile(pid_file, acquire_timeout=0) if pid_file else None,
+        files_preserve=[s.fileno() for s in listeners] + log.fds(),
+        signal_map={},                 # the master installs its own handlers
+        prevent_core=True,
+    )
+    with context:
+        return Master(cfg, inv, listeners, log, notify_systemd=False).serve()
+
+
+def _pid_file_is_stale(path: str) -> bool:
+    """A pid file left by a master that is gone (kill -9, a crash) must not block the start."""
+    try:
+        with open(path) as f:
+            pid = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return os.path.exists(path)            # unreadable garbage: stale as well
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _stderr():
+    import sys
+    return sys.stderr

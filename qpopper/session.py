@@ -1,0 +1,506 @@
+"""One POP3 connection, run to its end in the current process.
+
+The process is a child forked by the master, an inetd / systemd `Accept=yes` instance, or the
+demo's child. This module owns the I/O around the pure state machine in protocol.py: bounded
+reads with the `timeout` option, buffered writes flushed once per reply batch (chunky-writes),
+TCP_NODELAY so a reply never waits for a delayed ACK, the client's name, the privilege drop and
+per-user option files at the moment of login, and the end-of-session log lines.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import signal
+import socket
+import stat
+import syslog
+import threading
+import time
+
+import setproctitle
+
+from . import config as config_mod
+from . import limits
+from . import privsep
+from .auth.policy import Authenticator
+from .log import Logger, getattr_option, stats_line, timeout_line, timing_line
+from .protocol import Protocol
+from .responses import PopError, RespCode
+from .spool.maildrop import Maildrop
+from .spool.paths import SpoolPaths
+
+READ_CHUNK_OCTETS = 16 * 1024
+"""One read from the client. Pipelined commands arrive in batches; protocol.py bounds lines."""
+
+REVERSE_LOOKUP_TIMEOUT_S = 5.0
+"""Longest wait for the client's host name; past it the address stands in (logs stay readable,
+a broken resolver does not hold the session). The lookup runs while the client logs in."""
+
+HANGUP_SIGNALS = (signal.SIGHUP, signal.SIGTERM)
+"""Qpopper's catchSIGHUP: the session aborts (update-on-abort semantics) at the next read."""
+
+CRASH_AT_ENV = "QPOPPER_TEST_CRASH_AT"
+STEP_LOG_ENV = "QPOPPER_TEST_STEP_LOG"
+"""Test-only fault injection (tests/test_server_faults.py): with QPOPPER_TEST_CRASH_AT=<step>
+the session process SIGKILLs itself when the maildrop reaches that update step (a crash the
+design must survive anyway); QPOPPER_TEST_STEP_LOG=<file> appends each step's name. Both are
+read from the environment of the process, which only its administrator controls."""
+
+USER_OPTIONS_FILE = ".qpopper-options"
+SPOOL_OPTIONS_SUFFIX = ".qpopper-options"
+
+
+# --- the byte channel -----------------------------------------------------------------------------
+class ChannelClosed(Exception):
+    """The client went away (EOF on write, reset, or it stopped reading past the timeout)."""
+
+
+class Channel:
+    """Raw descriptor I/O for one connection: a socket (in_fd == out_fd) or an inetd pair.
+
+    Non-blocking descriptors plus poll(): every wait is bounded by the session timeout, and a
+    hangup signal (via the wakeup pipe) interrupts a wait for input.
+    """
+
+    def __init__(self, in_fd: int, out_fd: int, sock: socket.socket | None = None):
+        self.in_fd, self.out_fd, self.sock = in_fd, out_fd, sock
+        self._saved_flags = {}
+        for fd in {in_fd, out_fd}:
+            flags = os.get_blocking(fd)
+            self._saved_flags[fd] = flags
+            os.set_blocking(fd, False)
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # Replies are flushed whole; never let Nagle hold the tail of one back waiting for
+            # the client's delayed ACK (~40 ms per RETR otherwise).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def peer(self) -> tuple[str, int] | None:
+        sock = self.sock
+        if sock is None:
+            return None
+        try:
+            addr = sock.getpeername()
+        except OSError:
+            return None
+        if isinstance(addr, tuple) and len(addr) >= 2:
+            return normalize_ip(addr[0]), addr[1]
+        return None
+
+    def read(self, timeout_s: float, wake_fd: int | None = None,
+             interrupted=lambda: False) -> bytes | None:
+        """Up to READ_CHUNK_OCTETS; b'' at EOF; None on timeout, or when a signal arrived on
+        `wake_fd` and `interrupted()` says the wait must end."""
+        poller = select.poll()
+        poller.register(self.in_fd, select.POLLIN | select.POLLPRI)
+        if wake_fd is not None:
+            poller.register(wake_fd, select.POLLIN)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            events = poller.poll(remaining * 1000)
+            if any(fd == wake_fd for fd, _ in events):
+                _drain(wake_fd)
+                if interrupted():
+                    return None
+            if not any(fd == self.in_fd for fd, _ in events):
+                continue
+            try:
+                return os.read(self.in_fd, READ_CHUNK_OCTETS)
+            except BlockingIOError:
+                continue
+            except (ConnectionResetError, BrokenPipeError, TimeoutError):
+                return b""
+            except OSError as exc:
+                if exc.errno in (errno.EIO, errno.ENOTCONN, errno.ETIMEDOUT, errno.EBADF):
+                    return b""
+                raise
+
+    def write_all(self, data: bytes | memoryview, timeout_s: float) -> None:
+        """Everything, or ChannelClosed when the peer is gone or reads nothing for timeout_s."""
+        view = memoryview(data)
+        poller = None
+        while view:
+            try:
+                sent = os.write(self.out_fd, view)
+            except BlockingIOError:
+                sent = 0
+            except (BrokenPipeError, ConnectionResetError, TimeoutError) as exc:
+                raise ChannelClosed(str(exc)) from None
+            except OSError as exc:
+                if exc.errno in (errno.EIO, errno.ENOTCONN, errno.EBADF):
+                    raise ChannelClosed(str(exc)) from None
+                raise
+            if sent:
+                view = view[sent:]
+                continue
+            if poller is None:
+                poller = select.poll()
+                poller.register(self.out_fd, select.POLLOUT)
+            if not poller.poll(timeout_s * 1000):
+                raise ChannelClosed("client stopped reading")
+
+    def close(self) -> None:
+        for fd, blocking in self._saved_flags.items():
+            try:
+                os.set_blocking(fd, blocking)
+            except OSError:
+                pass
+        if self.sock is not None:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self.sock.close()
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def normalize_ip(address: str) -> str:
+    """`::ffff:10.0.0.5` (a v4 client on a dual-stack socket) → `10.0.0.5`; scope ids dropped."""
+    address = address.split("%", 1)[0]
+    if address.lower().startswith("::ffff:") and "." in address:
+        return address[7:]
+    return address
+
+
+# --- the client's name ----------------------------------------------------------------------------
+class ReverseLookup:
+    """The client's host name, looked up in the background and waited for at most
+    REVERSE_LOOKUP_TIMEOUT_S in total. A name counts only if it resolves back to the address
+    (Qpopper's check against DNS spoofing); otherwise the address is the name."""
+
+    def __init__(self, ip: str):
+        self.ip = ip
+        self._name: str | None = None
+        self._done = threading.Event()
+        self._deadline = time.monotonic() + REVERSE_LOOKUP_TIMEOUT_S
+        threading.Thread(target=self._lookup, name="reverse-lookup", daemon=True).start()
+
+    def _lookup(self) -> None:
+        try:
+            name = socket.gethostbyaddr(self.ip)[0]
+            addresses = {normalize_ip(info[4][0]) for info in
+                         socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)}
+            if self.ip in addresses:
+                self._name = name
+        except (OSError, UnicodeError):
+            pass
+        finally:
+            self._done.set()
+
+    def result(self) -> str:
+        self._done.wait(max(0.0, self._deadline - time.monotonic()))
+        return self._name or self.ip
+
+
+# --- the session ------------------------------------------------------------------------------------
+class Session:
+    """One connection; also the `env` the protocol talks to (see docs/internals.md)."""
+
+    def __init__(self, cfg, channel: Channel, *, log: Logger, hostname: str | None = None,
+                 peer: tuple[str, int] | None = None, authenticator=None):
+        self.cfg = cfg
+        self.channel = channel
+        self.log = log
+        self.pid = os.getpid()
+        self.hostname = hostname or socket.gethostname()
+        peer = peer or channel.peer()
+        self.client_ip = peer[0] if peer else "127.0.0.1"
+        self.client_port = peer[1] if peer else 0
+        self._client_host: str | None = None
+        self._lookup = (ReverseLookup(self.client_ip)
+                        if peer and getattr_option(cfg, "reverse_lookup", True) else None)
+        self.tls_active = False
+        self.start_tls = None          # STLS arrives with the TLS issue
+        self.authenticator = authenticator or Authenticator(cfg, log)
+        self.user = ""
+        self.login = None
+        self.protocol = None
+        self._out = bytearray()
+        self._closed = False           # the client is gone: drop output, end at next read
+        self._hangup = False
+        self._wake_r: int | None = None
+        self._wake_w: int | None = None
+        self._title_state = None
+        self.started = time.monotonic()
+        self.auth_s = self.init_s = self.clean_s = 0.0
+        self.maildrop = None
+
+    # --- env contract ---------------------------------------------------------------------------
+    @property
+    def client_host(self) -> str:
+        if self._client_host is None:
+            self._client_host = self._lookup.result() if self._lookup else self.client_ip
+        return self._client_host
+
+    def write(self, data: bytes) -> None:
+        if self._closed or not data:
+            return
+        self._out += data
+        if not self._aggregate() or len(self._out) >= limits.COPY_CHUNK_OCTETS:
+            self.flush()
+
+    def open_maildrop(self, login):
+        """Called by the protocol once the user is authenticated (docs/internals.md)."""
+        begun = time.monotonic()
+        self.auth_s = begun - self.started
+        self.login = login
+        self.user = login.user
+        self._set_title()
+        try:
+            spool_gid = os.stat(self.cfg.spool_dir).st_gid
+        except OSError as exc:
+            raise PopError("Unable to open the mail spool; contact your administrator",
+                           RespCode.SYS_TEMP, log=f"stat {self.cfg.spool_dir}: {exc}") from None
+        privsep.drop_privileges(login, spool_gid, self.log)   # verifies; as non-root, checks
+        self._apply_user_option_files(login)
+        paths = SpoolPaths.for_user(self.cfg, login.user, login.home)
+        try:
+            drop = Maildrop.open(self.cfg, paths, login.user, step_hook=test_step_hook(),
+                                 log=self.log)
+        except OSError as exc:
+            raise PopError("Unable to open your maildrop; contact your administrator",
+                           RespCode.SYS_TEMP, log=f"opening maildrop of {login.user}: {exc}") from None
+        self.init_s = time.monotonic() - begun
+        self.maildrop = SessionMaildrop(drop, self)
+        return self.maildrop
+
+    # --- per-user option files (reference §1.4 A1, decision §7.4) ---------------------------------
+    def _apply_user_option_files(self, login) -> None:
+        """After the privilege drop: ~/.qpopper-options (-u), then the administrator's
+        <spool-dir>/<user>.qpopper-options (-U), so the administrator has the last word."""
+        cfg = self.cfg
+        if getattr_option(cfg, "user_options", False) and login.home:
+            path = os.path.join(login.home, USER_OPTIONS_FILE)
+            if self._readable_regular_file(path):
+                cfg = config_mod.apply_user_file(cfg, path, "home", self.log)
+        if getattr_option(cfg, "spool_options", False):
+            path = os.path.join(self.cfg.spool_dir, login.user + SPOOL_OPTIONS_SUFFIX)
+            if "/" not in login.user and self._admin_owned_file(path, login):
+                cfg = config_mod.apply_user_file(cfg, path, "spool", self.log)
+        if cfg is not self.cfg:
+            self.cfg = cfg
+            if self.protocol is not None and hasattr(self.protocol, "cfg"):
+                self.protocol.cfg = cfg
+
+    def _readable_regular_file(self, path: str) -> bool:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            self.log(syslog.LOG_NOTICE, f"Unable to check {path}: {exc}")
+            return False
+        if not stat.S_ISREG(st.st_mode):
+            self.log(syslog.LOG_NOTICE, f"Ignoring {path}: not a regular file")
+            return False
+        return True
+
+    def _admin_owned_file(self, path: str, login) -> bool:
+        if not self._readable_regular_file(path):
+            return False
+        st = os.lstat(path)
+        # "should not be owned by nor writable by the user": we run as the user now, so
+        # access(W_OK) answers "writable by the user" including through the mail group.
+        if st.st_uid == login.uid or os.access(path, os.W_OK) or st.st_mode & stat.S_IWOTH:
+            self.log(syslog.LOG_WARNING,
+                     f"Ignoring {path}: owned by or writable by {login.user}")
+            return False
+        return True
+
+    # --- the loop ------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Serve the connection to its end; returns the process exit status."""
+        self._install_hangup_handlers()
+        error = False
+        try:
+            self.protocol = Protocol(self.cfg, self)
+            self._set_title()
+            self._emit(self.protocol.greeting())
+            self.flush()
+            while not self.protocol.closed:
+                if self._closed or self._hangup:
+                    self.protocol.eof()
+                    break
+                data = self.channel.read(self.cfg.timeout, self._wake_r, lambda: self._hangup)
+                if data is None and self._hangup:
+                    continue                      # loop top ends it as a hangup
+                if data is None:
+                    self.log(syslog.LOG_NOTICE, timeout_line(
+                        self.cfg.timeout, self._protocol_user(), self.client_host, self.client_ip))
+                    self._emit(self.protocol.timeout())
+                    error = True
+                    break
+                if not data:
+                    self._emit(self.protocol.eof())
+                    error = True
+                    break
+                self._emit(self.protocol.feed(data))
+                self.flush()
+                self._set_title()
+            self.flush()
+        except ChannelClosed:
+            error = True
+        finally:
+            self._finish(error)
+        return 0
+
+    def _emit(self, reply) -> None:
+        # The protocol writes through env.write; a handler may also return bytes.
+        if isinstance(reply, (bytes, bytearray)) and reply:
+            self.write(bytes(reply))
+
+    def flush(self) -> None:
+        if self._closed or not self._out:
+            self._out.clear()
+            return
+        data, self._out = bytes(self._out), bytearray()
+        try:
+            self.channel.write_all(data, self.cfg.timeout)
+        except ChannelClosed as exc:
+            self._closed = True
+            self.log(syslog.LOG_DEBUG, f"client {self.client_ip} gone during write: {exc}")
+
+    def _aggregate(self) -> bool:
+        """chunky-writes: default/always aggregate; never: write each piece as it comes;
+        tls/ssl: aggregate only when TLS is active (small TLS records are expensive)."""
+        mode = str(getattr_option(self.cfg, "chunky_writes", "default")).lower()
+        if mode in ("never",):
+            return False
+        if mode in ("tls", "ssl"):
+            return self.tls_active
+        return True
+
+    def _finish(self, error: bool) -> None:
+        try:
+            self.flush()
+        except Exception:
+            pass
+        self.channel.close()
+        if getattr_option(self.cfg, "timing", False):
+            self.log(syslog.LOG_INFO, timing_line(self._protocol_user(), self.client_host,
+                                                  error, self.auth_s, self.init_s, self.clean_s))
+        self._remove_hangup_handlers()
+
+    def _protocol_user(self) -> str:
+        return self.user or str(getattr(self.protocol, "user", "") or "")
+
+    # --- signals ---------------------------------------------------------------------------------
+    def _install_hangup_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        for signum in HANGUP_SIGNALS:
+            signal.signal(signum, self._on_hangup)
+
+    def _on_hangup(self, signum, frame) -> None:
+        self._hangup = True        # acted on at the next read (the wakeup pipe ends the wait)
+
+    def _remove_hangup_handlers(self) -> None:
+        if self._wake_r is None:
+            return
+        signal.set_wakeup_fd(-1)
+        for signum in HANGUP_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        self._wake_r = self._wake_w = None
+
+    # --- process title ----------------------------------------------------------------------------
+    def _set_title(self) -> None:
+        state = getattr(self.protocol, "state", None)
+        state = getattr(state, "name", state) or "AUTHORIZATION"
+        key = (self.user, state)
+        if key == self._title_state:
+            return
+        self._title_state = key
+        who = f"{self.user}@{self.client_ip}" if self.user else self.client_ip
+        setproctitle.setproctitle(f"popper: {who} {str(state).upper()}")
+
+
+class SessionMaildrop:
+    """The Maildrop as the protocol sees it, plus what the session logs around the update:
+    the Stats line (`-s`, at the start of the update, as Qpopper) and the cleanup time."""
+
+    def __init__(self, drop: Maildrop, session: Session):
+        self._drop = drop
+        self._session = session
+
+    def __getattr__(self, name):
+        return getattr(self._drop, name)
+
+    def update(self, deleted, retrieved):
+        session = self._session
+        if getattr_option(session.cfg, "statistics", False):
+            messages = self._drop.messages
+            deleted_octets = sum(messages[i].octets for i in deleted)
+            total_octets = sum(m.octets for m in messages)
+            session.log(syslog.LOG_NOTICE, stats_line(
+                session.user, len(deleted), deleted_octets, len(messages) - len(deleted),
+                total_octets - deleted_octets, session.client_host, session.client_ip))
+        begun = time.monotonic()
+        try:
+            return self._drop.update(deleted, retrieved)
+        finally:
+            session.clean_s += time.monotonic() - begun
+
+    def restore(self, *args, **kwargs):
+        begun = time.monotonic()
+        try:
+            return self._drop.restore(*args, **kwargs)
+        finally:
+            self._session.clean_s += time.monotonic() - begun
+
+
+def test_step_hook():
+    """The test-only maildrop step hook (see CRASH_AT_ENV), or None in normal operation."""
+    crash_at = os.environ.get(CRASH_AT_ENV)
+    step_log = os.environ.get(STEP_LOG_ENV)
+    if not crash_at and not step_log:
+        return None
+
+    def hook(name: str) -> None:
+        if step_log:
+            fd = os.open(step_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            try:
+                os.write(fd, name.encode() + b"\n")
+            finally:
+                os.close(fd)
+        if crash_at and name == crash_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
+
+
+# --- inetd mode -------------------------------------------------------------------------------------
+def serve_inetd(cfg, inv) -> int:
+    """`popper [flags]` with no port: the connection is on descriptors 0 and 1 (inetd's nowait
+    line, or a systemd Accept=yes unit with StandardInput=socket)."""
+    log = Logger.from_config(cfg)
+    sock = None
+    fd = os.dup(0)
+    try:
+        probe = socket.socket(fileno=fd)
+    except OSError:
+        os.close(fd)                                  # a pipe or a terminal: no peer address
+    else:
+        if probe.type == socket.SOCK_STREAM:
+            sock = probe
+        else:
+            probe.close()
+    channel = Channel(0, 1, sock)
+    try:
+        return Session(cfg, channel, log=log).run()
+    finally:
+        log.close()

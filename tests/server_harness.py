@@ -1,0 +1,269 @@
+"""Running the real `popper` for server tests: free ports, a syslog listener, a spool directory
+like /var/mail, the server process started and waited for by connecting (never by sleeping).
+Used by tests/test_server_*.py and tests/test_demo.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+POPPER = str(Path(sys.executable).with_name("popper"))
+START_TIMEOUT_S = 15.0
+
+GREETING_RE = re.compile(rb"^\+OK .*\r\n")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def mbox(*messages: tuple[str, str]) -> bytes:
+    """A spool with the given (subject, body) messages."""
+    out = []
+    for n, (subject, body) in enumerate(messages, 1):
+        out.append(f"From sender{n}@example.org Mon Nov  2 10:0{n % 10}:00 2026\n"
+                   f"From: Sender {n} <sender{n}@example.org>\n"
+                   f"Subject: {subject}\n"
+                   f"Message-ID: <m{n}.{subject.replace(' ', '-')}@example.org>\n"
+                   f"\n{body}\n")
+    return "".join(out).encode()
+
+
+def make_spool_dir(parent: str) -> str:
+    """`<parent>/spool`, root:mail 2775 like Debian's /var/mail."""
+    path = os.path.join(parent, "spool")
+    os.mkdir(path)
+    os.chown(path, 0, grp.getgrnam("mail").gr_gid)
+    os.chmod(path, 0o2775)
+    return path
+
+
+def write_config(path: str, **options) -> str:
+    """A global configuration file; True/False booleans become set/reset lines."""
+    lines = []
+    for attr, value in options.items():
+        name = attr.replace("_", "-")
+        if value is True:
+            lines.append(f"set {name}")
+        elif value is False:
+            lines.append(f"reset {name}")
+        else:
+            lines.append(f'set {name} = "{value}"' if isinstance(value, str) else
+                         f"set {name} = {value}")
+    Path(path).write_text("\n".join(lines) + "\n")
+    return path
+
+
+def read_greeting(sock: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\r\n"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def wait_for_greeting(host: str, port: int, proc: subprocess.Popen | None = None,
+                      timeout: float = START_TIMEOUT_S) -> bytes:
+    """Connect until the server answers with +OK (or the process died: then fail)."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"popper exited with {proc.returncode} before serving")
+        try:
+            with socket.create_connection((host, port), timeout=2) as s:
+                greeting = read_greeting(s)
+                s.sendall(b"QUIT\r\n")
+                read_greeting(s)
+            if GREETING_RE.match(greeting):
+                return greeting
+            last_error = RuntimeError(f"unexpected greeting {greeting!r}")
+        except OSError as exc:
+            last_error = exc
+        time.sleep(0.02)                 # between connection attempts, not instead of them
+    raise TimeoutError(f"popper on {host}:{port} did not answer: {last_error}")
+
+
+class SyslogCapture:
+    """A datagram listener standing in for /dev/log (QPOPPER_SYSLOG_SOCKET)."""
+
+    RECORD_RE = re.compile(r"<(?P<pri>\d+)>\w{3} [ \d]\d \d\d:\d\d:\d\d "
+                           r"(?P<ident>[^\[]+)\[(?P<pid>\d+)\]: (?P<text>.*)", re.S)
+
+    def __init__(self, directory: str):
+        self.path = os.path.join(directory, "syslog.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        os.chmod(self.path, 0o666)       # children that dropped privileges may reconnect
+        self.sock.settimeout(0.2)
+        self.records: list[tuple[int, int, str]] = []     # (priority, pid, text)
+        self._lock = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._collect, daemon=True)
+        self._thread.start()
+
+    def _collect(self) -> None:
+        while not self._stop:
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            match = self.RECORD_RE.fullmatch(data.decode("utf-8", "replace"))
+            if match:
+                with self._lock:
+                    self.records.append((int(match["pri"]), int(match["pid"]), match["text"]))
+                    self._lock.notify_all()
+
+    def texts(self) -> list[str]:
+        with self._lock:
+            return [text for _, _, text in self.records]
+
+    def wait_for(self, pattern: str, timeout: float = 10.0) -> tuple[int, int, str]:
+        """The first record whose text matches `pattern` (a regex, fullmatch)."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                for record in self.records:
+                    if regex.fullmatch(record[2]):
+                        return record
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"no syslog record matching {pattern!r}; got:\n" +
+                                         "\n".join(t for _, _, t in self.records))
+                self._lock.wait(remaining)
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(timeout=5)
+        self.sock.close()
+
+
+class PopperServer:
+    """The real standalone master as a subprocess: `popper ADDRESS:PORT -f CONFIG ...`."""
+
+    def __init__(self, workdir: str, config: str | None, *, host: str = "127.0.0.1",
+                 port: int | None = None, extra_args=(), env=None, syslog: SyslogCapture | None = None):
+        self.host = host
+        self.port = port or free_port(host)
+        self.workdir = workdir
+        listen = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        self.argv = [POPPER, listen, *(["-f", config] if config else []), *extra_args]
+        self.env = dict(os.environ, **(env or {}))
+        if syslog is not None:
+            self.env["QPOPPER_SYSLOG_SOCKET"] = syslog.path
+        self.proc: subprocess.Popen | None = None
+        self.stderr_path = os.path.join(workdir, f"popper-{self.port}.stderr")
+
+    def start(self) -> "PopperServer":
+        with open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=err,
+                                         start_new_session=True)
+        try:
+            wait_for_greeting(self.host, self.port, self.proc)
+        except BaseException:
+            self.stop()
+            raise RuntimeError(f"popper did not start: {self.stderr()}")
+        return self
+
+    def stderr(self) -> str:
+        with contextlib.suppress(OSError):
+            return Path(self.stderr_path).read_text()
+        return ""
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def children(self) -> list[int]:
+        return children_of(self.proc.pid)
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        # children of a killed master must not outlive the test
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        return self.proc.returncode
+
+    def __enter__(self) -> "PopperServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def children_of(pid: int) -> list[int]:
+    result = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # the command may contain spaces and parentheses: ppid is after the last ')'
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[1]) == pid:
+            result.append(int(entry))
+    return result
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+def proc_title(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+
+
+def wait_until(predicate, timeout: float = 10.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def rss_kib(pid: int) -> int:
+    return int(proc_status(pid)["VmRSS"].split()[0])

@@ -1,0 +1,390 @@
+"""The real standalone master (`popper ADDRESS:PORT -f CONFIG`) with real users, a real PAM
+service and Python's poplib, on 127.0.0.1 and ::1 (root only: useradd, PAM, privilege drop)."""
+
+from __future__ import annotations
+
+import grp
+import os
+import poplib
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from tests.helpers.sysusers import make_spool
+from tests.server_harness import (PopperServer, SyslogCapture, free_port, has_ipv6_loopback,
+                                  make_spool_dir, mbox, proc_status, proc_title, read_greeting,
+                                  wait_for_greeting, wait_until, write_config)
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
+
+MESSAGES = (("first", "Body one.\n.dot line\n"), ("second", "Body two.\n"),
+            ("third", "Body three.\n"))
+SPOOL = mbox(*MESSAGES)
+
+
+class Site:
+    """A spool directory, a syslog listener, a config file, and the server using them."""
+
+    def __init__(self, root: str, pam_service: str, **options):
+        self.root = root
+        self.spool_dir = make_spool_dir(root)
+        self.syslog = SyslogCapture(root)
+        self.config = os.path.join(root, "qpopper.config")
+        self.options = dict(spool_dir=self.spool_dir, pam_service=pam_service, timeout=30,
+                            auth_failure_delay=0, reverse_lookup=False, statistics=True,
+                            timing=True, log_login='(v%0) POP login by user "%1" at (%2) %3')
+        self.options.update(options)
+        write_config(self.config, **self.options)
+        self.servers: list[PopperServer] = []
+
+    def server(self, host="127.0.0.1", **kw) -> PopperServer:
+        srv = PopperServer(self.root, self.config, host=host, syslog=self.syslog, **kw)
+        self.servers.append(srv)
+        return srv.start()
+
+    def close(self):
+        for srv in self.servers:
+            srv.stop()
+        self.syslog.close()
+
+
+@pytest.fixture
+def site(world_tmp, pam_service):
+    s = Site(world_tmp, pam_service)
+    yield s
+    s.close()
+
+
+def login(server, user, password=None):
+    client = poplib.POP3(server.host, server.port, timeout=20)
+    client.user(user.name)
+    client.pass_(user.password if password is None else password)
+    return client
+
+
+def spool_text(site, user) -> str:
+    with open(os.path.join(site.spool_dir, user.name), "rb") as f:
+        return f.read().decode()
+
+
+# --- a whole session ---------------------------------------------------------------------------
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_login_fetch_delete_quit(site, system_users, host):
+    if host == "::1" and not has_ipv6_loopback():
+        pytest.skip("no IPv6 loopback in this environment")
+    user = system_users.create()
+    make_spool(site.spool_dir, user, SPOOL)
+    server = site.server(host)
+
+    client = login(server, user)
+    count, octets = client.stat()
+    assert count == 3 and octets > 0
+    sizes = [int(line.split()[1]) for line in client.list()[1]]
+    assert len(sizes) == 3 and sum(sizes) == octets
+    uids = [line.split()[1] for line in client.uidl()[1]]
+    assert len(set(uids)) == 3
+    lines = client.retr(1)[1]
+    assert b"Subject: first" in lines and b".dot line" in lines
+    assert sum(len(line) + 2 for line in lines) == sizes[0]
+    top = client.top(2, 0)[1]
+    assert b"Subject: second" in top and b"Body two." not in top
+    client.dele(2)
+    assert client.quit().startswith(b"+OK")
+
+    text = spool_text(site, user)
+    assert text.count("Subject: first") == 1 and text.count("Subject: third") == 1
+    assert "Subject: second" not in text
+    assert f"X-UIDL: {uids[0].decode()}" in text and f"X-UIDL: {uids[2].decode()}" in text
+    assert not os.path.exists(os.path.join(site.spool_dir, f".{user.name}.pop"))
+
+    # the next session sees the two kept messages with the same UIDs
+    client = login(server, user)
+    assert [line.split()[1] for line in client.uidl()[1]] == [uids[0], uids[2]]
+    client.quit()
+
+
+def test_wrong_password_is_auth_error_and_logged(site, system_users):
+    user = system_users.create()
+    make_spool(site.spool_dir, user, SPOOL)
+    server = site.server()
+    with pytest.raises(poplib.error_proto, match=r"^b'-ERR \[AUTH\]"):
+        login(server, user, password="not-the-password")
+    site.syslog.wait_for(
+        rf"\[AUTH\] Failed attempted login to {user.name} from host \(127\.0\.0\.1\) 127\.0\.0\.1")
+    assert spool_text(site, user) == SPOOL.decode()
+
+
+def test_low_uid_account_is_refused(site):
+    server = site.server()
+    client = poplib.POP3(server.host, server.port, timeout=20)
+    client.user("daemon")                        # uid 1 on Debian
+    with pytest.raises(poplib.error_proto, match=r"^b'-ERR \[AUTH\]"):
+        client.pass_("anything")
+    client.close()
+    assert os.listdir(site.spool_dir) == []
+
+
+def test_expired_account_is_refused(site, system_users):
+    user = system_users.create(account_expired=True)
+    make_spool(site.spool_dir, user, SPOOL)
+    server = site.server()
+    with pytest.raises(poplib.error_proto, match=r"^b'-ERR \[AUTH\]"):
+        login(server, user)
+    assert spool_text(site, user) == SPOOL.decode()
+
+
+def test_second_concurrent_session_is_in_use(site, system_users):
+    user = system_users.create()
+    make_spool(site.spool_dir, user, SPOOL)
+    server = site.server()
+    first = login(server, user)
+    assert first.stat()[0] == 3
+    with pytest.raises(poplib.error_proto, match=r"^b'-ERR \[IN-USE\]"):
+        login(server, user)
+    assert first.stat()[0] == 3                  # the first session is unharmed
+    first.quit()
+
+
+# --- privileges --------------------------------------------------------------------------------
+def test_logged_in_child_runs_as_the_user_with_the_mail_group_only(site, system_users):
+    user = system_users.create()
+    other = system_users.create()
+    make_spool(site.spool_dir, user, SPOOL)
+    other_spool = make_spool(site.spool_dir, other, SPOOL)       # 0600 other:mail
+    server = site.server()
+    client = login(server, user)
+    client.stat()
+
+    def child_of_user():
+        return [pid for pid in server.children() if f"popper: {user.name}@" in proc_title(pid)]
+
+    pid = wait_until(child_of_user, what="the logged-in child")[0]
+    assert "TRANSACTION" in proc_title(pid)
+    status = proc_status(pid)
+    mail = grp.getgrnam("mail").gr_gid
+    assert status["Uid"].split() == [str(user.uid)] * 4         # real, effective, saved, fs
+    assert status["Gid"].split() == [str(mail)] * 4
+    assert status["Groups"].strip() == ""
+    # no capabilities at all: it can neither regain root nor bypass file permissions
+    for cap in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
+        assert int(status[cap], 16) == 0, cap
+    # and with exactly those credentials another user's 0600 spool cannot be opened
+    probe = subprocess.run(
+        ["python3", "-c", f"import os\ntry:\n open({other_spool!r}).close(); print('opened')\n"
+                          f"except PermissionError: print('denied')\n"
+                          f"try:\n os.setuid(0); print('root')\nexcept PermissionError: "
+                          f"print('no root')"],
+        user=user.uid, group=mail, extra_groups=[], capture_output=True, text=True, timeout=20)
+    assert probe.stdout.split() == ["denied", "no", "root"]
+    client.quit()
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "..", "x" * 70, "/etc/passwd",
+                                  "evil\x01name"])
+def test_hostile_user_names_are_refused_without_touching_the_filesystem(site, name):
+    victim_dir = os.path.dirname(site.spool_dir)
+    before = sorted(os.listdir(victim_dir)), sorted(os.listdir(site.spool_dir))
+    server = site.server()
+    with socket.create_connection((server.host, server.port), timeout=10) as s:
+        read_greeting(s)
+        s.sendall(f"USER {name}\r\n".encode())
+        reply = read_greeting(s)
+        if reply.startswith(b"+OK"):
+            s.sendall(b"PASS whatever\r\n")
+            reply = read_greeting(s)
+        assert reply.startswith(b"-ERR"), reply
+        s.sendall(b"QUIT\r\n")
+        read_greeting(s)
+    assert (sorted(os.listdir(victim_dir)), sorted(os.listdir(site.spool_dir))) == before
+
+
+def test_nul_and_empty_user_names_are_refused(site):
+    server = site.server()
+    with socket.create_connection((server.host, server.port), timeout=10) as s:
+        read_greeting(s)
+        for line in (b"USER a\0b\r\n", b"USER\r\n", b"USER \r\n"):
+            s.sendall(line)
+            assert read_greeting(s).startswith(b"-ERR")
+    assert os.listdir(site.spool_dir) == []
+
+
+# --- log lines ---------------------------------------------------------------------------------
+def test_stats_timing_and_log_login_lines(site, system_users):
+    user = system_users.create()
+    make_spool(site.spool_dir, user, SPOOL)
+    server = site.server()
+    client = login(server, user)
+    sizes = [int(line.split()[1]) for line in client.list()[1]]
+    client.dele(1)
+    client.quit()
+    from qpopper import QPOPPER_VERSION as V
+    site.syslog.wait_for(rf'\(v{V}\) POP login by user "{user.name}" at \(127\.0\.0\.1\) 127\.0\.0\.1')
+    pri, _pid, text = site.syslog.wait_for(rf"Stats: {user.name} .*")
+    assert text == (f"Stats: {user.name} 1 {sizes[0]} 2 {sizes[1] + sizes[2]} "
+                    f"127.0.0.1 127.0.0.1")
+    assert pri & 7 == 5 and pri >> 3 == 2        # mail.notice
+    site.syslog.wait_for(rf"\(v{V}\) Timing for {user.name}@127\.0\.0\.1 \(normal\) "
+                         r"auth=\d+ init=\d+ clean=\d+")
+
+
+def test_reverse_lookup_names_the_client(world_tmp, pam_service, system_users):
+    s = Site(world_tmp, pam_service, reverse_lookup=True)
+    try:
+        user = system_users.create()
+        server = s.server()
+        with pytest.raises(poplib.error_proto):
+            login(server, user, password="wrong")
+        name = socket.gethostbyaddr("127.0.0.1")[0]
+        s.syslog.wait_for(rf"\[AUTH\] Failed attempted login to {user.name} from host "
+                          rf"\({name}\) 127\.0\.0\.1")
+    finally:
+        s.close()
+
+
+def test_idle_client_times_out_with_qpopper_log_line(world_tmp, pam_service, system_users):
+    s = Site(world_tmp, pam_service, timeout=1)
+    try:
+        user = system_users.create()
+        make_spool(s.spool_dir, user, SPOOL)
+        server = s.server()
+        client = login(server, user)
+        client.dele(1)
+        time.sleep(1.5)                       # the behaviour under test is the idle time
+        with pytest.raises((poplib.error_proto, OSError, EOFError)):
+            client.stat()
+        client.close()
+        from qpopper import QPOPPER_VERSION as V
+        s.syslog.wait_for(rf"\(v{V}\) Timeout \(1 secs\) during nw read from {user.name} at "
+                          r"127\.0\.0\.1 \(127\.0\.0\.1\)")
+        # update-on-abort (Qpopper's default): the deletion was committed
+        wait_until(lambda: "Subject: first" not in spool_text(s, user), what="the update")
+    finally:
+        s.close()
+
+
+# --- the master's own behaviour ----------------------------------------------------------------
+def test_per_address_limit_refuses_with_sys_temp(world_tmp, pam_service):
+    s = Site(world_tmp, pam_service, max_children_per_address=2)
+    try:
+        server = s.server()
+        held = [socket.create_connection((server.host, server.port), timeout=10) for _ in range(2)]
+        try:
+            for sock in held:
+                assert read_greeting(sock).startswith(b"+OK")
+            with socket.create_connection((server.host, server.port), timeout=10) as extra:
+                reply = read_greeting(extra)
+                assert reply.startswith(b"-ERR [SYS/TEMP]"), reply
+                assert extra.recv(100) == b""              # and closed
+        finally:
+            for sock in held:
+                sock.close()
+        # once they are gone, connections are served again
+        wait_until(lambda: len(server.children()) == 0, what="children to exit")
+        wait_for_greeting(server.host, server.port)
+    finally:
+        s.close()
+
+
+def test_hup_rereads_the_configuration_for_new_connections(site):
+    server = site.server()
+    assert wait_for_greeting(server.host, server.port).startswith(b"+OK Qpopper")
+    with open(site.config, "a") as f:
+        f.write("set shy\n")
+    os.kill(server.pid, signal.SIGHUP)
+    site.syslog.wait_for("configuration reloaded")
+    assert wait_for_greeting(server.host, server.port).startswith(b"+OK ready")
+    # a broken file is reported and the running configuration kept
+    with open(site.config, "a") as f:
+        f.write("set no-such-option = 1\n")
+    os.kill(server.pid, signal.SIGHUP)
+    site.syslog.wait_for(r"reload failed, keeping the running configuration: .*no-such-option.*")
+    assert wait_for_greeting(server.host, server.port).startswith(b"+OK ready")
+
+
+def test_term_lets_a_running_session_finish(site, system_users):
+    user = system_users.create()
+    make_spool(site.spool_dir, user, SPOOL)
+    server = site.server()
+    client = login(server, user)
+    os.kill(server.pid, signal.SIGTERM)
+    site.syslog.wait_for(r"SIGTERM: no new connections; waiting for 1 session\(s\)")
+    with pytest.raises(OSError):
+        socket.create_connection((server.host, server.port), timeout=2).close()
+    client.dele(3)
+    assert client.quit().startswith(b"+OK")
+    assert server.proc.wait(20) == 0
+    assert "Subject: third" not in spool_text(site, user)
+
+
+def test_term_ends_sessions_that_outlive_the_grace_period(world_tmp, pam_service, system_users):
+    s = Site(world_tmp, pam_service, shutdown_grace=1)
+    try:
+        user = system_users.create()
+        make_spool(s.spool_dir, user, SPOOL)
+        server = s.server()
+        client = login(server, user)
+        started = time.monotonic()
+        os.kill(server.pid, signal.SIGTERM)
+        assert server.proc.wait(20) == 0
+        assert time.monotonic() - started < 10
+        client.close()
+        # the session was aborted, not killed mid-way: nothing is left in the temp drop
+        assert spool_text(s, user).count("Subject: ") == 3
+        assert not os.path.exists(os.path.join(s.spool_dir, f".{user.name}.pop"))
+    finally:
+        s.close()
+
+
+def test_dual_stack_wildcards_bind_together(site):
+    if not has_ipv6_loopback():
+        pytest.skip("no IPv6 loopback in this environment")
+    port = free_port("::1")
+    server = PopperServer(site.root, site.config, host="0.0.0.0", port=port,
+                          extra_args=[f"[::]:{port}"], syslog=site.syslog)
+    site.servers.append(server)
+    server.host = "127.0.0.1"
+    server.start()
+    assert wait_for_greeting("::1", port).startswith(b"+OK")
+    assert wait_for_greeting("127.0.0.1", port).startswith(b"+OK")
+
+
+def test_notify_socket_gets_ready_reloading_stopping(site):
+    notify_path = os.path.join(site.root, "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(notify_path)
+        notify.settimeout(15)
+        server = PopperServer(site.root, site.config, env={"NOTIFY_SOCKET": notify_path},
+                              syslog=site.syslog)
+        site.servers.append(server)
+        server.start()
+        assert notify.recv(4096).startswith(b"READY=1")
+        os.kill(server.pid, signal.SIGHUP)
+        assert notify.recv(4096).startswith(b"RELOADING=1\nMONOTONIC_USEC=")
+        assert notify.recv(4096).startswith(b"READY=1")
+        os.kill(server.pid, signal.SIGTERM)
+        assert notify.recv(4096) == b"STOPPING=1"
+        assert server.proc.wait(20) == 0
+
+
+def test_daemon_mode_detaches_and_writes_the_pid_file(site):
+    pid_file = os.path.join(site.root, "popper.pid")
+    port = free_port()
+    result = subprocess.run(
+        [PopperServer(site.root, None).argv[0], f"127.0.0.1:{port}", "-f", site.config,
+         "--daemon", f"--pid-file={pid_file}"],
+        env=dict(os.environ, QPOPPER_SYSLOG_SOCKET=site.syslog.path),
+        stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    wait_until(lambda: os.path.exists(pid_file) and open(pid_file).read().strip(),
+               what="the pid file")
+    pid = int(open(pid_file).read())
+    try:
+        assert wait_for_greeting("127.0.0.1", port).startswith(b"+OK")
+        assert proc_status(pid)["PPid"] != str(os.getpid())       # detached
+        assert "popper: master" in proc_title(pid)
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: not os.path.exists(pid_file), what="the pid file to go")
