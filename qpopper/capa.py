@@ -1,0 +1,65 @@
+"""CAPA (RFC 2449): Qpopper's capability list, in Qpopper's order (reference §2.1).
+
+Differences from Qpopper 4.1, each on purpose:
+- STLS is listed only before TLS is active and only in AUTHORIZATION (RFC 2595 §4; decision
+  §7.8): Qpopper kept listing it inside TLS.
+- USER is also left out while clear-text-password = tls and the session is not yet in TLS
+  (RFC 2595 §2.1 asks servers not to offer plaintext logins they would refuse).
+- PIPELINING is listed. Qpopper had it commented out although its buffered reader coped; our
+  reader handles any number of commands per packet, in order, and tests prove it
+  (tests/test_protocol_pipelining.py), which is what RFC 2449 §6.6 asks before advertising it.
+- X-MANGLE and X-MACRO appear only once the mangling feature plugs in (Extensions.mangle and
+  an MDEF verb): a capability is never announced before it works.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from typing import TYPE_CHECKING
+
+from . import QPOPPER_VERSION
+from .responses import ok
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .protocol import Protocol
+
+CAPABILITY_LIST_FOLLOWS = "Capability list follows"
+
+
+def capabilities(proto: "Protocol") -> list[str]:
+    cfg, env, ext = proto.cfg, proto.env, proto.extensions
+    in_transaction = proto.state == "TRANSACTION"
+    lines = ["TOP"]
+    mechanisms = list(ext.sasl_mechanisms(proto)) if ext.sasl_mechanisms else []
+    if mechanisms:
+        lines.append("SASL " + " ".join(mechanisms))
+    if offers_user_pass(cfg, env.tls_active):
+        lines.append("USER")
+    if cfg.announce_login_delay >= 0:
+        lines.append(f"LOGIN-DELAY {cfg.announce_login_delay}")
+    lines.append(f"EXPIRE {cfg.announce_expire}" if cfg.announce_expire >= 0 else "EXPIRE NEVER")
+    lines += ["UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"]
+    if ext.mangle is not None:
+        lines.append("X-MANGLE")
+    if "MDEF" in ext.transaction_verbs:
+        lines.append("X-MACRO")
+    lines.append("X-LOCALTIME " + email.utils.formatdate(proto.now(), localtime=True))
+    if env.start_tls is not None and not env.tls_active and not in_transaction:
+        lines.append("STLS")
+    if in_transaction or not cfg.shy:
+        lines.append(f"IMPLEMENTATION Qpopper-version-{QPOPPER_VERSION}")
+    return lines
+
+
+def offers_user_pass(cfg, tls_active: bool) -> bool:
+    policy = cfg.clear_text_password
+    if policy == "never":
+        return False
+    if policy in ("tls", "ssl"):
+        return tls_active
+    return True
+
+
+def cmd_capa(proto: "Protocol", args: list[str]) -> None:
+    proto.reply_lines(ok(CAPABILITY_LIST_FOLLOWS),
+                      (line.encode("ascii") for line in capabilities(proto)))

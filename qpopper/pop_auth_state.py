@@ -1,0 +1,144 @@
+"""AUTHORIZATION state (RFC 1939 §4): USER, PASS, APOP, CAPA, QUIT, and the AUTH / STLS entries
+that the SASL and TLS features take over.
+
+Qpopper's sub-states are kept: after USER the session expects PASS (auth2); a failed PASS goes
+back to expecting USER (auth1). User names are normalised here, as Qpopper's pop_user does:
+downcase-user, trim-domain, the `-no-mime` suffix. Names that could never be an account (empty,
+too long, `/`, control characters, `.`/`..`) are refused with the wrong-password reply after the
+same delay, so a refused name tells the client nothing the wrong password would not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from . import limits
+from .capa import cmd_capa
+from .pop_command import Command, command_table
+from .responses import PopError, RespCode, ok
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .protocol import Protocol
+
+NO_MIME_SUFFIX = "-no-mime"
+
+# The two login-failure replies. The authenticator (auth/policy.py BAD_PASSWORD, BAD_DIGEST)
+# answers unknown users and wrong credentials with exactly these; a test holds them equal.
+BAD_PASSWORD = 'Password supplied for "{user}" is incorrect.'
+BAD_DIGEST = "authentication failure"
+
+PASSWORD_REQUIRED = "Password required for {user}."
+USER_FIRST = "No user name given: send USER before PASS."
+COMMAND_NOT_ENABLED = "Command not enabled"      # Qpopper's reply for a feature switched off
+TLS_ALREADY_ACTIVE = "TLS in progress"
+BEGIN_TLS = "STLS"                                # reference P23: `+OK STLS`, then the handshake
+SASL_NOT_AVAILABLE = "No SASL mechanisms are available."
+
+
+@dataclass(frozen=True)
+class PendingUser:
+    """What USER said, after normalisation."""
+
+    name: str        # what the authenticator sees
+    no_mime: bool    # the name carried the -no-mime suffix
+    valid: bool      # could be an account at all
+
+    @property
+    def shown(self) -> str:
+        """The name as replies and logs may show it."""
+        return printable(self.name)
+
+
+def printable(text: str) -> str:
+    """Control characters and undecodable bytes as `?`: client text echoed in replies."""
+    return "".join(ch if ch.isprintable() and not 0xDC80 <= ord(ch) <= 0xDCFF else "?"
+                   for ch in text)
+
+
+def normalise_user(raw: str, cfg) -> PendingUser:
+    """Qpopper's pop_user rules, in this order: downcase-user (-c), trim-domain (-C: drop
+    `@domain`), then a trailing `-no-mime` (reference P2, P27)."""
+    name = raw
+    if cfg.downcase_user:
+        name = name.lower()
+    if cfg.trim_domain:
+        name = name.split("@", 1)[0]
+    no_mime = name.endswith(NO_MIME_SUFFIX) and len(name) > len(NO_MIME_SUFFIX)
+    if no_mime:
+        name = name[:-len(NO_MIME_SUFFIX)]
+    return PendingUser(name, no_mime, is_possible_user_name(name))
+
+
+def is_possible_user_name(name: str) -> bool:
+    """Could `name` be an account? It becomes part of file names (spool, temp drop, options
+    files), so anything that could leave a directory or fool a log is refused up front."""
+    if not name or name in (".", ".."):
+        return False
+    if len(name.encode("utf-8", "surrogateescape")) > limits.MAX_USER_NAME_OCTETS:
+        return False
+    return "/" not in name and printable(name) == name and not any(ch.isspace() for ch in name)
+
+
+# --- the verbs -------------------------------------------------------------------------------------
+def cmd_user(proto: "Protocol", args: list[str]) -> None:
+    pending = normalise_user(args[0], proto.cfg)
+    proto.pending_user = pending
+    proto.reply(ok(PASSWORD_REQUIRED.format(user=pending.shown)))
+
+
+def cmd_pass(proto: "Protocol", args: list[str]) -> None:
+    pending = proto.pending_user
+    if pending is None:
+        raise PopError(USER_FIRST)
+    proto.pending_user = None          # whatever happens next, the next login starts at USER
+    if not pending.valid:
+        proto.refuse_user_name(PopError(BAD_PASSWORD.format(user=pending.shown), RespCode.AUTH))
+    env = proto.env
+    login = env.authenticator.check_password(
+        pending.name, args[0], env.client_ip,
+        client_host=env.client_host, tls_active=env.tls_active)
+    proto.login_succeeded(login, no_mime=pending.no_mime)
+
+
+def cmd_apop(proto: "Protocol", args: list[str]) -> None:
+    if proto.apop_timestamp is None:
+        raise PopError(COMMAND_NOT_ENABLED)   # no timestamp in the banner: no APOP (RFC 1939 §7)
+    proto.pending_user = None
+    pending = normalise_user(args[0], proto.cfg)
+    if not pending.valid:
+        proto.refuse_user_name(PopError(BAD_DIGEST, RespCode.AUTH))
+    env = proto.env
+    login = env.authenticator.check_apop(pending.name, proto.apop_timestamp, args[1],
+                                         env.client_ip, client_host=env.client_host)
+    proto.login_succeeded(login, no_mime=pending.no_mime)
+
+
+def cmd_auth(proto: "Protocol", args: list[str]) -> None:
+    # Taken over by the SASL feature through Extensions.authorization_verbs.
+    raise PopError(SASL_NOT_AVAILABLE, RespCode.AUTH)
+
+
+def cmd_stls(proto: "Protocol", args: list[str]) -> None:
+    """RFC 2595 §4: STLS, then the TLS handshake; the client must forget what it knew."""
+    if proto.env.start_tls is None:
+        raise PopError(COMMAND_NOT_ENABLED)
+    if proto.env.tls_active:
+        raise PopError(TLS_ALREADY_ACTIVE)
+    proto.reply(ok(BEGIN_TLS))
+    proto.start_tls()
+
+
+def cmd_quit(proto: "Protocol", args: list[str]) -> None:
+    proto.quit_authorization()
+
+
+AUTHORIZATION_COMMANDS = command_table({
+    "USER": Command(cmd_user, 1, 1),
+    "PASS": Command(cmd_pass, 1, 1, rest_of_line=True),
+    "APOP": Command(cmd_apop, 2, 2),
+    "AUTH": Command(cmd_auth, 0, 2),
+    "STLS": Command(cmd_stls),
+    "CAPA": Command(cmd_capa),
+    "QUIT": Command(cmd_quit),
+})

@@ -1,0 +1,317 @@
+"""The POP3 state machine (RFC 1939, RFC 2449), Qpopper 4.1 flavoured. Pure logic.
+
+The session (session.py, or a transcript test) creates `Protocol(cfg, env)`, calls
+`greeting()`, then `feed(data)` with whatever bytes arrive, `eof()` on end of input,
+`timeout()` when the client was idle too long, and stops once `closed` is true. Everything the
+protocol needs from the outside comes through `env` (docs/internals.md, "Protocol"): it imports
+no socket, no os and no privsep.
+
+This file owns framing and dispatch: the generic rules every line passes (length, NUL, ASCII
+verb, argument count, bad-command budget), the per-state command tables, and the session's
+life (greeting, login → TRANSACTION, QUIT/abort → UPDATE). The verbs themselves live in
+pop_auth_state.py (AUTHORIZATION) and pop_trans_state.py (TRANSACTION); CAPA in capa.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import secrets
+import syslog
+import time
+from typing import Callable, Mapping
+
+from . import QPOPPER_VERSION, limits
+from .auth import Login
+from .pop_auth_state import AUTHORIZATION_COMMANDS, PendingUser
+from .pop_command import NO_EXTENSIONS, Command, CommandSyntaxError, Extensions
+from .pop_lines import TOO_LONG, LineReader
+from .pop_trans_state import (TRANSACTION_COMMANDS, TRANSACTION_COMMANDS_WITH_MANGLE, SessionStats,
+                              Transaction, login_reply)
+from .responses import CRLF, TERMINATOR, PopError, dot_stuff, err, ok
+
+__all__ = ["Protocol", "State", "Command", "Extensions", "CommandSyntaxError", "SessionStats"]
+
+
+class State(enum.StrEnum):
+    AUTHORIZATION = "AUTHORIZATION"
+    TRANSACTION = "TRANSACTION"
+    UPDATE = "UPDATE"
+    CLOSED = "CLOSED"
+
+
+# Replies of the framing layer. Each counts against the bad-command budget.
+LINE_TOO_LONG = "Line too long (more than {limit} octets)."
+NUL_IN_COMMAND = "NUL byte in command."
+EMPTY_COMMAND = "Null command."
+INVALID_VERB = "Invalid command: a command is an ASCII keyword."
+UNKNOWN_COMMAND = 'Unknown command: "{verb}".'
+TOO_FEW_ARGUMENTS = "Too few arguments for the {verb} command."
+TOO_MANY_ARGUMENTS = "Too many arguments for the {verb} command."
+TOO_MANY_BAD_COMMANDS = "Too many bad commands"
+
+_REPLY_CHUNK = limits.COPY_CHUNK_OCTETS
+
+
+class Protocol:
+    """One POP3 conversation. All per-session state lives on this object (and on its
+    Transaction once logged in)."""
+
+    def __init__(self, cfg, env, extensions: Extensions | None = None):
+        self.cfg = cfg
+        self.env = env
+        self.extensions = extensions or NO_EXTENSIONS
+        self.state = State.AUTHORIZATION
+        self.closed = False
+        self.bad_commands = 0
+        self.apop_timestamp: str | None = None
+        self.pending_user: PendingUser | None = None   # USER given, PASS expected (Qpopper auth2)
+        self.login: Login | None = None
+        self.trans: Transaction | None = None
+        # Seams for tests: the clock (X-LOCALTIME, APOP timestamp) and the wait that a refused
+        # user name costs (auth-failure-delay, as a failed password: no enumeration by timing).
+        self.now: Callable[[], float] = time.time
+        self.sleep: Callable[[float], None] = time.sleep
+        self._lines = LineReader()
+        self._continuation: tuple[Callable[[bytes], None], int] | None = None
+        ext = self.extensions
+        transaction = TRANSACTION_COMMANDS_WITH_MANGLE if ext.mangle else TRANSACTION_COMMANDS
+        self._tables: dict[State, Mapping[str, Command]] = {
+            State.AUTHORIZATION: {**AUTHORIZATION_COMMANDS, **ext.authorization_verbs},
+            State.TRANSACTION: {**transaction, **ext.transaction_verbs},
+        }
+
+    # --- what the session calls -----------------------------------------------------------
+    def greeting(self) -> None:
+        """Write the banner (reference P1, §2.2)."""
+        if self.env.authenticator.apop_enabled:
+            # RFC 1939 §7: unique per connection. pid.time alone is guessable (§2.2): add 64
+            # random bits.
+            self.apop_timestamp = (f"<{self.env.pid}.{int(self.now())}."
+                                   f"{secrets.randbits(64):016x}@{self.env.hostname}>")
+        if self.cfg.shy:
+            text = "ready"
+        else:
+            text = f"Qpopper (version {QPOPPER_VERSION}) at {self.env.hostname} starting."
+        if self.apop_timestamp:
+            text = f"{text}  {self.apop_timestamp}"
+        self.reply(ok(text))
+
+    def feed(self, data: bytes) -> None:
+        """Handle client bytes: any number of lines, partial lines included, in order."""
+        if self.closed:
+            return
+        self._lines.append(data)
+        while not self.closed:
+            if self._continuation is not None:
+                limit = self._continuation[1]
+            else:
+                limit = limits.MAX_COMMAND_OCTETS
+            line = self._lines.next_line(limit)
+            if line is None:
+                return
+            if line is TOO_LONG:
+                self._continuation = None
+                self.env.log(syslog.LOG_NOTICE, f"Excessive input from {self._who()}")
+                self._bad_command(CommandSyntaxError(LINE_TOO_LONG.format(limit=limit)))
+            elif self._continuation is not None:
+                callback, _ = self._continuation
+                self._continuation = None
+                self._run(callback, line)
+            else:
+                self._run(self._dispatch, line)
+
+    def eof(self) -> None:
+        """The client went away without QUIT (no reply: nobody is listening)."""
+        if self.closed:
+            return
+        if self.state == State.TRANSACTION:
+            self.env.log(syslog.LOG_NOTICE, f"EOF from {self._who()} without QUIT")
+        self._abort()
+
+    def timeout(self) -> None:
+        """The client sent nothing for cfg.timeout seconds.
+
+        RFC 1939 §3: an autologout sends no response, so nothing is written. Qpopper logs the
+        timeout (the session does: log.timeout_line) and aborts; with update-on-abort, its
+        default, the abort commits deletions.
+        """
+        if self.closed:
+            return
+        self._abort()
+
+    def stats(self) -> SessionStats | None:
+        """Counters for the session's Stats line; None before login."""
+        return self.trans.stats() if self.trans else None
+
+    @property
+    def user(self) -> str | None:
+        """The logged-in user, else the name USER gave (for logs and the process title)."""
+        if self.login is not None:
+            return self.login.user
+        return self.pending_user.shown if self.pending_user else None
+
+    # --- what handlers and extensions call -------------------------------------------------
+    def reply(self, data: bytes) -> None:
+        self.env.write(data)
+
+    def reply_lines(self, first: bytes, lines) -> None:
+        """A multi-line reply: `first` (rendered), then each line dot-stuffed with CRLF, then
+        the terminator; written in bounded chunks however long the listing."""
+        out = bytearray(first)
+        for line in lines:
+            out += dot_stuff(line)
+            out += CRLF
+            if len(out) >= _REPLY_CHUNK:
+                self.env.write(bytes(out))
+                out.clear()
+        out += TERMINATOR
+        self.env.write(bytes(out))
+
+    def read_continuation(self, callback: Callable[[bytes], None],
+                          limit: int = limits.MAX_AUTH_LINE_OCTETS) -> None:
+        """Send the client's next line (without its line end) to `callback` instead of the
+        command table: SASL continuations (RFC 5034), XTND XMIT message lines. One line per
+        call; the callback calls again for more. An over-long line cancels the exchange."""
+        self._continuation = (callback, limit)
+
+    def start_tls(self) -> bool:
+        """After the `+OK` of STLS: throw away buffered plaintext (it must not be read as if it
+        came through TLS), then let the session do the handshake. True when TLS is active."""
+        self._lines.discard()
+        self.pending_user = None
+        active = bool(self.env.start_tls())
+        if not active:
+            # Qpopper: a failed handshake is not fatal; the state stays AUTHORIZATION.
+            self.env.log(syslog.LOG_NOTICE, f"TLS handshake failed with {self._who()}")
+        return active
+
+    def refuse_user_name(self, refusal: PopError) -> None:
+        """A user name we never pass on (`/`, `..`, control characters, too long, ...): cost
+        the client the same delay and the same reply as a wrong password."""
+        delay = self.cfg.auth_failure_delay
+        if delay > 0:
+            self.sleep(delay)
+        raise refusal
+
+    def login_succeeded(self, login: Login, *, no_mime: bool = False) -> None:
+        """Authentication done (USER/PASS, APOP, or an AUTH mechanism): open the maildrop and
+        enter TRANSACTION, or reply the maildrop's refusal and close (Qpopper)."""
+        if no_mime and not login.no_mime:
+            login = dataclasses.replace(login, no_mime=True)
+        self.pending_user = None
+        self.login = login
+        try:
+            maildrop = self.env.open_maildrop(login)
+        except PopError as refusal:
+            self._log_refusal(refusal)
+            self.reply(refusal.render())
+            self._close()
+            return
+        self.trans = Transaction(maildrop)
+        self.state = State.TRANSACTION
+        self.reply(login_reply(login.user, self.trans))
+
+    def quit_authorization(self) -> None:
+        self.reply(ok(f"Pop server at {self.env.hostname} signing off."))
+        self._close()
+
+    def quit_transaction(self) -> None:
+        """QUIT in TRANSACTION: UPDATE, then sign off (RFC 1939 §6)."""
+        try:
+            self._update(quit=True)
+        except PopError as refusal:
+            self._log_refusal(refusal, priority=syslog.LOG_ERR)
+            self.reply(refusal.render())
+        else:
+            self.reply(ok(f"Pop server at {self.env.hostname} signing off."))
+        self._close()
+
+    # --- dispatch --------------------------------------------------------------------------
+    def _run(self, step: Callable[[bytes], None], line: bytes) -> None:
+        try:
+            step(line)
+        except CommandSyntaxError as refusal:
+            self._bad_command(refusal)
+        except PopError as refusal:
+            self._log_refusal(refusal)
+            self.reply(refusal.render())
+            if refusal.close:
+                self._abort()
+
+    def _dispatch(self, line: bytes) -> None:
+        if b"\0" in line:
+            raise CommandSyntaxError(NUL_IN_COMMAND)
+        words = line.split()
+        if not words:
+            raise CommandSyntaxError(EMPTY_COMMAND)
+        verb_bytes = words[0]
+        if not (verb_bytes.isascii() and verb_bytes.isalpha()):
+            raise CommandSyntaxError(INVALID_VERB)
+        verb = verb_bytes.decode("ascii").upper()
+        command = self._tables.get(self.state, {}).get(verb)
+        if command is None:
+            raise CommandSyntaxError(UNKNOWN_COMMAND.format(verb=verb_bytes.decode("ascii")))
+        if command.rest_of_line:
+            rest = line.lstrip()[len(verb_bytes) + 1:]
+            args = [rest.decode("utf-8", "surrogateescape")] if rest else []
+        else:
+            args = [word.decode("utf-8", "surrogateescape") for word in words[1:]]
+        if len(args) < command.min_args:
+            raise CommandSyntaxError(TOO_FEW_ARGUMENTS.format(verb=verb))
+        if len(args) > command.max_args:
+            raise CommandSyntaxError(TOO_MANY_ARGUMENTS.format(verb=verb))
+        command.handler(self, args)
+
+    def _bad_command(self, refusal: PopError) -> None:
+        self.bad_commands += 1
+        if self.bad_commands > limits.MAX_BAD_COMMANDS:
+            self.env.log(syslog.LOG_NOTICE, f"Too many bad commands from {self._who()}")
+            self.reply(err(TOO_MANY_BAD_COMMANDS))
+            self._abort()
+        else:
+            self.reply(refusal.render())
+
+    # --- the session's end -----------------------------------------------------------------
+    def _abort(self) -> None:
+        """End without QUIT (EOF, timeout, bad-command budget, fatal refusal).
+
+        In TRANSACTION, Qpopper's update-on-abort (its default, against RFC 1939 §6) commits
+        as QUIT would; otherwise the maildrop is restored untouched.
+        """
+        if self.state == State.TRANSACTION and self.trans is not None:
+            try:
+                if self.cfg.update_on_abort:
+                    self._update(quit=False)
+                else:
+                    self.trans.maildrop.restore()
+            except PopError as refusal:
+                self._log_refusal(refusal, priority=syslog.LOG_ERR)
+        self._close()
+
+    def _update(self, *, quit: bool) -> None:
+        self.state = State.UPDATE
+        self.trans.update(delete_retrieved=quit and self._deletes_retrieved())
+
+    def _deletes_retrieved(self) -> bool:
+        # auto-delete (reference P31) and announce-expire 0 (reference §2.11, "deleted once
+        # retrieved", the one EXPIRE value Qpopper enforces) delete every RETR'd message, at
+        # QUIT only: P31 says Qpopper skips it when update-on-abort is on, i.e. an aborted
+        # session (a client cut off mid-RETR) never loses messages to it. The option's help
+        # text says the same ("applies only when update-on-abort is false or at QUIT").
+        return bool(self.cfg.auto_delete) or self.cfg.announce_expire == 0
+
+    def _close(self) -> None:
+        self.state = State.CLOSED
+        self.closed = True
+        self._continuation = None
+        self._lines.discard()
+
+    def _log_refusal(self, refusal: PopError, priority: int = syslog.LOG_NOTICE) -> None:
+        if refusal.log:
+            self.env.log(priority, refusal.log)
+
+    def _who(self) -> str:
+        user = self.user
+        where = f"{self.env.client_host} ({self.env.client_ip})"
+        return f"{user} at {where}" if user else where
