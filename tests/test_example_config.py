@@ -1,0 +1,77 @@
+"""etc/qpopper/qpopper.config is generated from the option table and must stay in step."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from qpopper import docgen
+from qpopper.config import Config, load, read_files
+from qpopper.options import OPTIONS, lookup
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / docgen.EXAMPLE_CONFIG_PATH
+COMMENTED_SET = re.compile(r"^# (set \S+ = .*)$")
+
+
+def test_committed_example_config_is_up_to_date():
+    assert EXAMPLE.read_text() == docgen.example_config(), (
+        f"{docgen.EXAMPLE_CONFIG_PATH} is out of date; regenerate it: {docgen.REGENERATE}")
+
+
+def test_example_config_parses_to_the_defaults():
+    cfg, invocation = load(["-f", str(EXAMPLE)])
+    assert invocation.config_files == (str(EXAMPLE),)
+    for opt, value, source in cfg.items():
+        if opt.name != "config-file":
+            assert (value, source) == (opt.default, "default"), opt.name
+
+
+def test_every_option_is_shown_once_with_a_valid_example_line(tmp_path):
+    lines = [m.group(1) for m in map(COMMENTED_SET.match, EXAMPLE.read_text().splitlines()) if m]
+    shown = [line.split()[1] for line in lines]
+    assert shown == [opt.name for opt in OPTIONS]
+    # Uncommented, every sample line is valid (config-file would read a file; skip it).
+    uncommented = tmp_path / "uncommented.config"
+    uncommented.write_text("\n".join(l for l in lines if not l.startswith("set config-file"))
+                           + "\n")
+    cfg = read_files([str(uncommented)])
+    for opt, value, _ in cfg.items():
+        if opt.name == "config-file":
+            continue
+        expected = opt.default
+        if opt.default is None or opt.default == ():
+            expected = opt.combine(opt.default, opt.parse(opt.example))
+        assert value == expected, opt.name
+
+
+def test_the_header_explains_how_to_regenerate():
+    head = EXAMPLE.read_text().splitlines()[:6]
+    assert any(docgen.REGENERATE in line for line in head)
+
+
+def test_shipped_settings_are_uncommented_with_their_reason(tmp_path):
+    shipped = (docgen.ShippedSetting("timeout", "600", "RFC 1939 asks for at least 10 minutes."),
+               docgen.ShippedSetting("update-on-abort", "false", "RFC 1939 section 6."))
+    text = docgen.example_config(shipped)
+    assert "# Shipped setting: RFC 1939 asks for at least 10 minutes.\nset timeout = 600\n" in text
+    path = tmp_path / "shipped.config"
+    path.write_text(text)
+    cfg = read_files([str(path)])
+    assert cfg.timeout == 600 and cfg.update_on_abort is False
+    changed = {opt.name for opt, _, source in cfg.items() if source != "default"}
+    assert changed == {"timeout", "update-on-abort"}
+
+
+def test_shipped_settings_are_checked():
+    with pytest.raises(ValueError, match="unknown option"):
+        docgen.example_config((docgen.ShippedSetting("no-such", "1", "because"),))
+    with pytest.raises(ValueError, match="'timeout' expects an integer"):
+        docgen.example_config((docgen.ShippedSetting("timeout", "ten", "because"),))
+
+
+def test_docgen_command_line(capsys):
+    assert docgen.main(["example-config"]) == 0
+    assert capsys.readouterr().out == EXAMPLE.read_text()
+    assert docgen.main(["bogus"]) == 2
+    assert "usage:" in capsys.readouterr().err
