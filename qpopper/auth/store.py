@@ -150,20 +150,26 @@ class PopAuthStore:
         _check_name(user)
         if not secret or "\0" in secret:
             raise StoreError("the secret must be non-empty and contain no NUL")
-        self.check_file_for_change()
-        with closing(self._connect(read_only=False)) as db, db:
-            db.execute(
-                "INSERT INTO users (name, apop_secret, changed) VALUES (?, ?, ?) "
-                "ON CONFLICT(name) DO UPDATE SET apop_secret = excluded.apop_secret, "
-                "changed = excluded.changed",
-                (user, secret, int(time.time())))
+        self._change("INSERT INTO users (name, apop_secret, changed) VALUES (?, ?, ?) "
+                     "ON CONFLICT(name) DO UPDATE SET apop_secret = excluded.apop_secret, "
+                     "changed = excluded.changed",
+                     (user, secret, int(time.time())))
 
     def delete(self, user: str) -> bool:
         """Remove the user (and their SCRAM verifiers). False when they were not there."""
+        return self._change("DELETE FROM users WHERE name = ?", (user,)) > 0
+
+    def _change(self, statement: str, parameters: tuple) -> int:
+        """Run one changing statement in its own transaction; the number of rows changed."""
         self.check_file_for_change()
-        with closing(self._connect(read_only=False)) as db, db:
-            cursor = db.execute("DELETE FROM users WHERE name = ?", (user,))
-            return cursor.rowcount > 0
+        try:
+            with closing(self._connect(read_only=False)) as db, db:
+                return db.execute(statement, parameters).rowcount
+        except PopError as exc:
+            raise StoreError(exc.log or exc.text) from None
+        except sqlite3.Error as exc:
+            # The transaction was rolled back: the store is as it was before.
+            raise StoreError(f"{self.path}: {exc}; nothing was changed") from None
 
     def check_file_for_change(self) -> None:
         """Like check_file, but for tools: a readable StoreError instead of a PopError."""

@@ -1,0 +1,417 @@
+"""The authenticator: real PAM service files, real users, a real pop.auth store.
+
+Root-only tests (system users, /etc/pam.d) skip with the reason otherwise; the pop-auth user
+database tests run either way (as root the store's users map to a `qpt` owner account).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import syslog
+import time
+
+import pytest
+
+from qpopper import limits
+from qpopper.auth import Login
+from qpopper.auth import policy
+from qpopper.auth.policy import Authenticator
+from qpopper.auth.store import PopAuthStore
+from qpopper.config import Config
+from qpopper.responses import PopError, RespCode
+from tests.helpers import pam_service as pam_files
+from tests.helpers import sysusers
+
+pytestmark = pytest.mark.timeout(60)
+
+needs_root = pytest.mark.skipif(not sysusers.is_root(),
+                                reason="needs root: real users, /etc/pam.d and /etc/shadow")
+
+LOG_LOGIN = '(v%0) POP login by user "%1" at (%2) %3'
+CLIENT_IP = "127.0.0.1"
+CLIENT_HOST = "localhost"
+TIMESTAMP = "<4242.1700000000.abcdef@mail.example>"
+
+
+class Log:
+    """The `log(priority, text)` callable, keeping what it was given."""
+
+    def __init__(self):
+        self.records: list[tuple[int, str]] = []
+
+    def __call__(self, priority, text):
+        self.records.append((priority, text))
+
+    def texts(self) -> list[str]:
+        return [text for _, text in self.records]
+
+    def assert_never_mentions(self, secret: str) -> None:
+        assert all(secret not in text for text in self.texts()), self.texts()
+
+
+def config(**changes) -> Config:
+    base = dict(auth_failure_delay=0, pop_auth_file=None)
+    base.update(changes)
+    return Config.defaults().replace(**base)
+
+
+def refused(call) -> PopError:
+    with pytest.raises(PopError) as info:
+        call()
+    return info.value
+
+
+def apop_digest(timestamp: str, secret: str) -> str:
+    return hashlib.md5((timestamp + secret).encode()).hexdigest()
+
+
+def failure_record(user: str) -> tuple[int, str]:
+    return (syslog.LOG_NOTICE,
+            f"[AUTH] Failed attempted login to {user} from host ({CLIENT_HOST}) {CLIENT_IP}")
+
+
+# ---- fixtures ------------------------------------------------------------------------------
+@pytest.fixture
+def owned_store(tmp_path, request):
+    """A pop.auth store owned as the server expects, and the config keys that find it.
+
+    Not root: owned by the current user. Root: owned by a fresh `qpt` account, which is
+    also the account pop-auth users run as."""
+    path = str(tmp_path / "pop.auth")
+    if sysusers.is_root():
+        users = request.getfixturevalue("system_users")
+        owner = users.create("own")
+        store = PopAuthStore.create(path, owner.uid, owner.gid)
+        return store, {"pop_auth_file": path, "pop_auth_owner": owner.name}, owner.uid
+    store = PopAuthStore.create(path)
+    return store, {"pop_auth_file": path}, os.getuid()
+
+
+@pytest.fixture
+def pam_probe(tmp_path):
+    """A PAM service that records each module call (PAM_TYPE, PAM_USER, PAM_RHOST, via
+    pam_exec) before pam_unix decides: proves when PAM was, or was not, asked."""
+    if not sysusers.is_root():
+        pytest.skip("needs root: installs a PAM service file in /etc/pam.d")
+    record = tmp_path / "pam-calls"
+    script = tmp_path / "probe.sh"
+    script.write_text(f'#!/bin/sh\necho "$PAM_TYPE $PAM_USER $PAM_RHOST" >> {record}\n')
+    script.chmod(0o700)
+    stack = (f"auth     required  pam_exec.so quiet {script}\n"
+             "auth     required  pam_unix.so nodelay\n"
+             f"account  required  pam_exec.so quiet {script}\n"
+             "account  required  pam_unix.so\n")
+    with pam_files.installed_pam_service(stack, tag="probe-") as service:
+        yield service, (lambda: record.read_text().splitlines() if record.exists() else [])
+
+
+# ---- system users through PAM ------------------------------------------------------------------
+@needs_root
+def test_pam_login_through_the_shipped_pop3_stack(system_users, stock_pam_service):
+    alice = system_users.create(password="S3cret-alice")
+    log = Log()
+    auth = Authenticator(config(pam_service=stock_pam_service, log_login=LOG_LOGIN), log)
+    login = auth.check_password(alice.name, "S3cret-alice", CLIENT_IP, client_host=CLIENT_HOST)
+    assert login == Login(user=alice.name, uid=alice.uid, gid=alice.gid, home=alice.home,
+                          mechanism="USER")
+    assert log.records == [(syslog.LOG_NOTICE,
+                            f'(v4.1.0) POP login by user "{alice.name}" at ({CLIENT_HOST}) '
+                            f"{CLIENT_IP}")]
+    log.assert_never_mentions("S3cret-alice")
+
+
+@needs_root
+def test_no_log_login_line_unless_configured(system_users, pam_service):
+    bob = system_users.create(password="pw-bob")
+    log = Log()
+    Authenticator(config(pam_service=pam_service), log).check_password(bob.name, "pw-bob",
+                                                                        CLIENT_IP)
+    assert log.records == []
+
+
+@needs_root
+def test_wrong_password_and_unknown_user_get_the_same_reply(system_users, pam_service):
+    carol = system_users.create(password="right-pw")
+    log = Log()
+    auth = Authenticator(config(pam_service=pam_service), log)
+    wrong = refused(lambda: auth.check_password(carol.name, "wrong-pw", CLIENT_IP,
+                                                client_host=CLIENT_HOST))
+    ghost_name = carol.name[:-1] + ("x" if carol.name[-1] != "x" else "y")
+    ghost = refused(lambda: auth.check_password(ghost_name, "wrong-pw", CLIENT_IP,
+                                                client_host=CLIENT_HOST))
+    assert wrong.render() == f'-ERR [AUTH] Password supplied for "{carol.name}" is incorrect.\r\n'.encode()
+    assert ghost.render() == f'-ERR [AUTH] Password supplied for "{ghost_name}" is incorrect.\r\n'.encode()
+    assert failure_record(carol.name) in log.records
+    assert failure_record(ghost_name) in log.records
+    log.assert_never_mentions("wrong-pw")
+    log.assert_never_mentions("right-pw")
+
+
+@needs_root
+@pytest.mark.parametrize("state", ["account_expired", "locked"])
+def test_expired_or_locked_account_is_refused_with_the_right_password(system_users, pam_service,
+                                                                       state):
+    user = system_users.create(password="pw-ok", **{state: True})
+    log = Log()
+    auth = Authenticator(config(pam_service=pam_service), log)
+    error = refused(lambda: auth.check_password(user.name, "pw-ok", CLIENT_IP))
+    assert error.code is RespCode.AUTH
+    assert error.text == f'Password supplied for "{user.name}" is incorrect.'
+    reasons = " ".join(log.texts())
+    assert ("expired" in reasons) if state == "account_expired" else ("Authentication failure" in reasons)
+
+
+@needs_root
+def test_expired_password_follows_check_password_expired(system_users, pam_service):
+    dave = system_users.create(password="pw-dave", password_expired=True)
+    strict = Authenticator(config(pam_service=pam_service), Log())
+    assert refused(lambda: strict.check_password(dave.name, "pw-dave", CLIENT_IP)).code is RespCode.AUTH
+    lenient_log = Log()
+    lenient = Authenticator(config(pam_service=pam_service, check_password_expired=False),
+                            lenient_log)
+    assert lenient.check_password(dave.name, "pw-dave", CLIENT_IP).uid == dave.uid
+    assert any("has expired" in text for text in lenient_log.texts())
+    # ... but never with a wrong password
+    assert refused(lambda: lenient.check_password(dave.name, "nope", CLIENT_IP)).code is RespCode.AUTH
+
+
+@needs_root
+@pytest.mark.parametrize("low_user", ["root", "daemon", "bin"])
+def test_low_uids_are_blocked_before_pam_is_asked(system_users, pam_probe, low_user):
+    service, pam_calls = pam_probe
+    log = Log()
+    auth = Authenticator(config(pam_service=service), log)
+    error = refused(lambda: auth.check_password(low_user, "anything", CLIENT_IP,
+                                                client_host=CLIENT_HOST))
+    assert error.render() == b"-ERR [AUTH] Access is blocked for UIDs below 10\r\n"
+    assert pam_calls() == []
+    assert failure_record(low_user) in log.records
+    # The probe itself works: a normal user's login goes through both PAM phases, with the
+    # client address as PAM_RHOST.
+    erin = system_users.create(password="pw-erin")
+    auth.check_password(erin.name, "pw-erin", "127.0.0.9")
+    assert pam_calls() == [f"auth {erin.name} 127.0.0.9", f"account {erin.name} 127.0.0.9"]
+
+
+@needs_root
+def test_auth_file_admits_only_listed_users(system_users, pam_service, tmp_path):
+    fay, gus = system_users.create(password="pw-f"), system_users.create(password="pw-g")
+    listed = tmp_path / "allowed"
+    listed.write_text(f"# allowed POP users\n{fay.name}\n\n")
+    auth = Authenticator(config(pam_service=pam_service, auth_file=str(listed)), Log())
+    assert auth.check_password(fay.name, "pw-f", CLIENT_IP).user == fay.name
+    error = refused(lambda: auth.check_password(gus.name, "pw-g", CLIENT_IP))
+    assert error.render() == b"-ERR [AUTH] Permission denied.\r\n"
+    # An auth-file that cannot be read admits nobody (and the log says why).
+    log = Log()
+    broken = Authenticator(config(pam_service=pam_service, auth_file=str(tmp_path / "gone")), log)
+    assert refused(lambda: broken.check_password(fay.name, "pw-f", CLIENT_IP)).text == "Permission denied."
+    assert any("cannot read user list" in text for text in log.texts())
+
+
+@needs_root
+def test_nonauth_file_refuses_listed_users(system_users, pam_service, tmp_path):
+    hank, iris = system_users.create(password="pw-h"), system_users.create(password="pw-i")
+    denied = tmp_path / "denied"
+    denied.write_text(f"{hank.name}\n")
+    auth = Authenticator(config(pam_service=pam_service, nonauth_file=str(denied)), Log())
+    assert refused(lambda: auth.check_password(hank.name, "pw-h", CLIENT_IP)).text == "Permission denied."
+    assert auth.check_password(iris.name, "pw-i", CLIENT_IP).user == iris.name
+
+
+@needs_root
+def test_check_shell_refuses_nologin_accounts_only_after_the_password(system_users, pam_service):
+    mail_only = system_users.create(password="pw-m", shell="/usr/sbin/nologin")
+    shell_user = system_users.create(password="pw-s", shell="/bin/bash")
+    auth = Authenticator(config(pam_service=pam_service, check_shell=True), Log())
+    error = refused(lambda: auth.check_password(mail_only.name, "pw-m", CLIENT_IP))
+    assert error.render() == f'-ERR [AUTH] "{mail_only.name}": shell not found.\r\n'.encode()
+    # A wrong password says nothing about the shell.
+    assert refused(lambda: auth.check_password(mail_only.name, "bad", CLIENT_IP)).text.startswith(
+        "Password supplied for")
+    assert auth.check_password(shell_user.name, "pw-s", CLIENT_IP).user == shell_user.name
+    # check-shell off (the default, like Qpopper's CHECK_SHELL): nologin users may read mail.
+    default = Authenticator(config(pam_service=pam_service), Log())
+    assert default.check_password(mail_only.name, "pw-m", CLIENT_IP).user == mail_only.name
+
+
+def test_shells_file_rules(tmp_path):
+    shells = tmp_path / "shells"
+    shells.write_text("# comment\n/bin/sh\n/bin/bash\n")
+    assert policy.shell_allowed("/bin/bash", str(shells)) is None
+    assert policy.shell_allowed("/usr/sbin/nologin", str(shells)) == policy.SHELL_NOT_FOUND
+    assert policy.shell_allowed("", str(shells)) == policy.NO_SHELL
+    shells.write_text("/bin/sh\n/POPPER/ANY/SHELL/\n")
+    assert policy.shell_allowed("/usr/sbin/nologin", str(shells)) is None
+
+
+# ---- clear-text-password (reference P8) ---------------------------------------------------------
+def test_loopback_detection():
+    for address in ("127.0.0.1", "127.1.2.3", "::1", "::ffff:127.0.0.1"):
+        assert policy.is_loopback(address)
+    for address in ("192.0.2.1", "::ffff:192.0.2.1", "2001:db8::1", "", "garbage"):
+        assert not policy.is_loopback(address)
+
+
+@needs_root
+def test_clear_text_password_never_local_tls(system_users, pam_service):
+    jan = system_users.create(password="pw-j")
+
+    def attempt(policy_value, client_ip=CLIENT_IP, tls_active=False):
+        auth = Authenticator(config(pam_service=pam_service, clear_text_password=policy_value),
+                             Log())
+        return auth.check_password(jan.name, "pw-j", client_ip, tls_active=tls_active)
+
+    assert refused(lambda: attempt("never")).render() == (
+        b"-ERR [AUTH] You must use stronger authentication such as AUTH or APOP to access "
+        b"this account\r\n")
+    assert attempt("local", "127.0.0.1").user == jan.name
+    assert attempt("local", "::1").user == jan.name
+    assert refused(lambda: attempt("local", "192.0.2.7")).code is RespCode.AUTH
+    assert refused(lambda: attempt("tls")).text == policy.CLEAR_TEXT_TLS_ONLY
+    assert attempt("tls", tls_active=True).user == jan.name
+    assert attempt("always", "192.0.2.7").user == jan.name
+
+
+@needs_root
+def test_default_policy_makes_apop_users_use_apop(system_users, pam_service, owned_store):
+    store, store_cfg, _ = owned_store
+    kim, lee = system_users.create(password="pw-k"), system_users.create(password="pw-l")
+    store.set_secret(kim.name, "kim-apop-secret")
+    log = Log()
+    auth = Authenticator(config(pam_service=pam_service, **store_cfg), log)
+    assert auth.apop_enabled and auth.has_apop_secret(kim.name) and not auth.has_apop_secret(lee.name)
+    assert refused(lambda: auth.check_password(kim.name, "pw-k", CLIENT_IP)).text == policy.NEEDS_STRONGER_AUTH
+    assert auth.check_password(lee.name, "pw-l", CLIENT_IP).user == lee.name
+    # APOP works for kim, with PAM's account check (PAM_TYPE account only, no password step)
+    login = auth.check_apop(kim.name, TIMESTAMP, apop_digest(TIMESTAMP, "kim-apop-secret"),
+                            CLIENT_IP)
+    assert (login.user, login.uid, login.mechanism) == (kim.name, kim.uid, "APOP")
+    always = Authenticator(config(pam_service=pam_service, clear_text_password="always",
+                                  **store_cfg), Log())
+    assert always.check_password(kim.name, "pw-k", CLIENT_IP).user == kim.name
+    log.assert_never_mentions("kim-apop-secret")
+
+
+@needs_root
+def test_apop_for_system_users_runs_pam_account_management_only(system_users, pam_probe,
+                                                                 owned_store):
+    service, pam_calls = pam_probe
+    store, store_cfg, _ = owned_store
+    ok_user = system_users.create(password="pw-1")
+    expired = system_users.create(password="pw-2", account_expired=True)
+    for user in (ok_user, expired):
+        store.set_secret(user.name, "apop-" + user.name)
+    auth = Authenticator(config(pam_service=service, **store_cfg), Log())
+    auth.check_apop(ok_user.name, TIMESTAMP, apop_digest(TIMESTAMP, "apop-" + ok_user.name),
+                    "127.0.0.5")
+    assert pam_calls() == [f"account {ok_user.name} 127.0.0.5"]
+    error = refused(lambda: auth.check_apop(expired.name, TIMESTAMP,
+                                            apop_digest(TIMESTAMP, "apop-" + expired.name),
+                                            CLIENT_IP))
+    assert error.render() == b"-ERR [AUTH] authentication failure\r\n"
+
+
+@needs_root
+def test_apop_blocks_low_uids(pam_service, owned_store):
+    store, store_cfg, _ = owned_store
+    store.set_secret("daemon", "daemon-secret")
+    auth = Authenticator(config(pam_service=pam_service, **store_cfg), Log())
+    error = refused(lambda: auth.check_apop("daemon", TIMESTAMP,
+                                            apop_digest(TIMESTAMP, "daemon-secret"), CLIENT_IP))
+    assert error.text == policy.UID_BLOCKED
+
+
+# ---- the pop-auth user database (demo mode; runs with or without root) ---------------------------
+def test_pop_auth_users_log_in_with_user_pass_and_apop(owned_store):
+    store, store_cfg, owner_uid = owned_store
+    store.set_secret("demo", "demo-pw")
+    log = Log()
+    auth = Authenticator(config(user_database="pop-auth", log_login=LOG_LOGIN, **store_cfg), log)
+    assert auth.apop_enabled
+    login = auth.check_password("demo", "demo-pw", CLIENT_IP, client_host=CLIENT_HOST)
+    assert (login.user, login.uid, login.mechanism) == ("demo", owner_uid, "USER")
+    digest = apop_digest(TIMESTAMP, "demo-pw")
+    assert auth.check_apop("demo", TIMESTAMP, digest, CLIENT_IP).mechanism == "APOP"
+    assert auth.check_apop("demo", TIMESTAMP, digest.upper(), CLIENT_IP).user == "demo"
+    assert log.texts().count(f'(v4.1.0) POP login by user "demo" at ({CLIENT_HOST}) {CLIENT_IP}') == 1
+    log.assert_never_mentions("demo-pw")
+
+
+def test_pop_auth_refusals_do_not_reveal_who_exists(owned_store):
+    store, store_cfg, _ = owned_store
+    store.set_secret("demo", "demo-pw")
+    log = Log()
+    auth = Authenticator(config(user_database="pop-auth", **store_cfg), log)
+    assert refused(lambda: auth.check_password("demo", "nope", CLIENT_IP)).text == \
+        'Password supplied for "demo" is incorrect.'
+    assert refused(lambda: auth.check_password("nobody-here", "nope", CLIENT_IP)).text == \
+        'Password supplied for "nobody-here" is incorrect.'
+    wrong_digest = refused(lambda: auth.check_apop("demo", TIMESTAMP,
+                                                   apop_digest(TIMESTAMP, "guess"), CLIENT_IP))
+    not_in_store = refused(lambda: auth.check_apop("nobody-here", TIMESTAMP,
+                                                   apop_digest(TIMESTAMP, "guess"), CLIENT_IP))
+    other_timestamp = refused(lambda: auth.check_apop(
+        "demo", TIMESTAMP, apop_digest("<1.2@elsewhere>", "demo-pw"), CLIENT_IP))
+    for error in (wrong_digest, not_in_store, other_timestamp):
+        assert error.render() == b"-ERR [AUTH] authentication failure\r\n"
+    assert log.texts().count(
+        f"[AUTH] Failed attempted login to demo from host ({CLIENT_IP}) {CLIENT_IP}") == 3
+    log.assert_never_mentions("demo-pw")
+
+
+def test_store_with_wrong_mode_is_sys_perm(owned_store):
+    store, store_cfg, _ = owned_store
+    store.set_secret("demo", "demo-pw")
+    os.chmod(store.path, 0o640)
+    auth = Authenticator(config(user_database="pop-auth", **store_cfg), Log())
+    for attempt in (lambda: auth.check_apop("demo", TIMESTAMP, apop_digest(TIMESTAMP, "demo-pw"),
+                                            CLIENT_IP),
+                    lambda: auth.check_password("demo", "demo-pw", CLIENT_IP)):
+        assert refused(attempt).render() == (
+            b"-ERR [SYS/PERM] POP authentication DB has wrong mode (0640)\r\n")
+
+
+@needs_root
+def test_store_owned_by_the_wrong_account_is_sys_perm(system_users, owned_store):
+    store, store_cfg, _ = owned_store
+    store.set_secret("demo", "demo-pw")
+    stranger = system_users.create("str")
+    os.chown(store.path, stranger.uid, -1)
+    assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o600
+    auth = Authenticator(config(user_database="pop-auth", **store_cfg), Log())
+    error = refused(lambda: auth.check_password("demo", "demo-pw", CLIENT_IP))
+    assert error.code is RespCode.SYS_PERM
+
+
+def test_no_store_means_no_apop(tmp_path):
+    auth = Authenticator(config(pop_auth_file=str(tmp_path / "absent")), Log())
+    assert not auth.apop_enabled
+    assert not auth.has_apop_secret("anyone")
+    error = refused(lambda: auth.check_apop("anyone", TIMESTAMP, "0" * 32, CLIENT_IP))
+    assert error.code is RespCode.AUTH
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "x" * (limits.MAX_USER_NAME_OCTETS + 1),
+                                  "tab\there", "nul\0", "sp ace"])
+def test_malformed_names_get_the_bad_password_reply(owned_store, name):
+    store, store_cfg, _ = owned_store
+    auth = Authenticator(config(user_database="pop-auth", **store_cfg), Log())
+    error = refused(lambda: auth.check_password(name, "pw", CLIENT_IP))
+    assert error.code is RespCode.AUTH and error.text.startswith("Password supplied for")
+
+
+# ---- the failure delay ----------------------------------------------------------------------------
+def test_failures_wait_the_failure_delay_successes_do_not(owned_store):
+    store, store_cfg, _ = owned_store
+    store.set_secret("demo", "demo-pw")
+    auth = Authenticator(config(user_database="pop-auth", auth_failure_delay=1, **store_cfg),
+                         Log())
+    started = time.monotonic()
+    refused(lambda: auth.check_password("demo", "wrong", CLIENT_IP))
+    assert time.monotonic() - started >= 1.0
+    started = time.monotonic()
+    auth.check_password("demo", "demo-pw", CLIENT_IP)
+    assert time.monotonic() - started < 0.5

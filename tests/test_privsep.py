@@ -1,0 +1,158 @@
+"""privsep.drop_privileges, for real: a forked child of the test drops to a `qpt` user with
+the mail group and reports what the kernel says about it (/proc/self/status)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+
+import pytest
+
+from qpopper import privsep
+from qpopper.auth import Login
+from tests.helpers import sysusers
+
+pytestmark = [pytest.mark.timeout(60),
+              pytest.mark.skipif(not sysusers.is_root(),
+                                 reason="needs root: changes uid/gid in a forked child")]
+
+
+def login_for(user) -> Login:
+    return Login(user=user.name, uid=user.uid, gid=user.gid, home=user.home, mechanism="USER")
+
+
+def in_child(body) -> tuple[int, list]:
+    """Run body(report) in a forked child; returns (exit status, what it reported).
+
+    The child always leaves through os._exit, so pytest's own state is never run twice."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        status = 0
+        try:
+            with os.fdopen(write_end, "w") as out:
+                def report(*items):
+                    out.write(json.dumps(items) + "\n")
+                    out.flush()
+                body(report)
+        except BaseException:
+            status = 99
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end) as reader:
+        lines = [json.loads(line) for line in reader]
+    _, wait_status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(wait_status), lines
+
+
+def status_fields() -> dict[str, list[str]]:
+    with open("/proc/self/status") as f:
+        fields = dict(line.rstrip("\n").split(":", 1) for line in f)
+    return {key: fields[key].split() for key in ("Uid", "Gid", "Groups")}
+
+
+def test_drop_leaves_only_the_user_and_the_mail_group(system_users, world_tmp):
+    alice, bob = system_users.create(), system_users.create()
+    mail = sysusers.mail_gid()
+    own = sysusers.make_spool(world_tmp, alice, b"From x\n\nmine\n")
+    other = sysusers.make_spool(world_tmp, bob, b"From y\n\nnot yours\n")
+
+    def body(report):
+        privsep.drop_privileges(login_for(alice), mail)
+        report("status", status_fields())
+        report("umask", os.umask(0o007))
+        with open(own, "rb") as f:
+            report("own", f.read().decode())
+        try:
+            open(other, "rb").close()
+            report("other", "opened")
+        except PermissionError:
+            report("other", "PermissionError")
+        for name, attempt in (("setuid", lambda: os.setuid(0)),
+                              ("seteuid", lambda: os.seteuid(0)),
+                              ("setgroups", lambda: os.setgroups([0]))):
+            try:
+                attempt()
+                report(name, "regained")
+            except PermissionError:
+                report(name, "PermissionError")
+
+    code, lines = in_child(body)
+    assert code == 0
+    facts = {line[0]: line[1] for line in lines}
+    assert facts["status"]["Uid"] == [str(alice.uid)] * 4      # real, effective, saved, fs
+    assert facts["status"]["Gid"] == [str(mail)] * 4
+    assert facts["status"]["Groups"] == []
+    assert facts["umask"] == 0o007
+    assert facts["own"] == "From x\n\nmine\n"
+    assert facts["other"] == "PermissionError"
+    assert facts["setuid"] == facts["seteuid"] == facts["setgroups"] == "PermissionError"
+
+
+@pytest.mark.parametrize("low_user", ["root", "daemon", "mail"])
+def test_drop_aborts_for_low_uids(low_user):
+    entry = pwd.getpwnam(low_user)
+    login = Login(user=low_user, uid=entry.pw_uid, gid=entry.pw_gid, home=entry.pw_dir,
+                  mechanism="USER")
+
+    def body(report):
+        privsep.drop_privileges(login, sysusers.mail_gid(),
+                                log=lambda priority, text: report("log", priority, text))
+        report("continued", os.getuid())
+
+    code, lines = in_child(body)
+    assert code == privsep.EXIT_PRIVSEP_FAILED
+    assert not any(line[0] == "continued" for line in lines)
+    logged = [line for line in lines if line[0] == "log"]
+    assert logged and "refusing to run a session as uid" in logged[0][2]
+
+
+def test_drop_aborts_for_gid_zero(system_users):
+    carol = system_users.create()
+
+    def body(report):
+        privsep.drop_privileges(login_for(carol), 0)
+        report("continued")
+
+    code, lines = in_child(body)
+    assert code == privsep.EXIT_PRIVSEP_FAILED and lines == []
+
+
+def test_a_failed_setuid_aborts_instead_of_continuing(system_users, monkeypatch):
+    """If the kernel refused a step (here: setresuid made to fail), the child must not go
+    on as root: it exits with the privsep status."""
+    dave = system_users.create()
+
+    def refuse(*ids):
+        raise PermissionError(1, "Operation not permitted")
+
+    def body(report):
+        monkeypatch.setattr(os, "setresuid", refuse)
+        privsep.drop_privileges(login_for(dave), sysusers.mail_gid(),
+                                log=lambda priority, text: report("log", text))
+        report("continued")
+
+    code, lines = in_child(body)
+    assert code == privsep.EXIT_PRIVSEP_FAILED
+    assert lines == [["log", f"privilege drop to uid {dave.uid} gid {sysusers.mail_gid()} "
+                             "failed: Operation not permitted"]]
+
+
+def test_a_drop_that_silently_did_nothing_is_caught(system_users, monkeypatch):
+    """The checks after the calls are what count: a setresuid that 'succeeds' without effect
+    leaves uid 0, and the verification aborts the child."""
+    erin = system_users.create()
+
+    def body(report):
+        monkeypatch.setattr(os, "setresuid", lambda *ids: None)
+        privsep.drop_privileges(login_for(erin), sysusers.mail_gid(),
+                                log=lambda priority, text: report("log", text))
+        report("continued")
+
+    code, lines = in_child(body)
+    assert code == privsep.EXIT_PRIVSEP_FAILED
+    assert len(lines) == 1 and "not effective" in lines[0][1]
+    assert "uids (0, 0, 0)" in lines[0][1] and "setuid(0) succeeded" in lines[0][1]
