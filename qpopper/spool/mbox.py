@@ -82,8 +82,6 @@ class Message:
     uidl_lines: tuple[tuple[int, int], ...] = ()    # X-UIDL header lines (dropped at update)
     status_lines: tuple[tuple[int, int], ...] = ()  # Status header lines
     mmdf: bool = False
-    ends_with_newline: bool = True      # content's last byte is LF (or there is no content)
-    ends_with_empty_line: bool = True   # separator + content end with an empty line
 
     @property
     def uidl_line(self) -> bytes:
@@ -545,7 +543,7 @@ class _Scanner:
             at_line_start = line.endswith(b"\n")
 
 
-def _finish(drafts: list[_Draft], f: BinaryIO, *, old_style_uid: bool, uw_kludge: bool,
+def _finish(drafts: list[_Draft], *, old_style_uid: bool, uw_kludge: bool,
             taken_uids: Iterable[str]) -> list[Message]:
     """Turn drafts into Messages: ends of the last message, UIDs made unique."""
     taken = set(taken_uids)
@@ -569,7 +567,6 @@ def _finish(drafts: list[_Draft], f: BinaryIO, *, old_style_uid: bool, uw_kludge
                 uid = encode_uid(hashlib.md5(digest + b"#%d" % n).digest(), old_style_uid)
             taken.add(uid)
         uidl_line_octets = len(UIDL_HEADER) + len(uid) + 2
-        tail = _read_at(f, max(d.offset, d.body_end - 3), min(3, d.body_end - d.offset))
         hidden = uw_kludge and d.uw_marks >= 2
         messages.append(Message(
             number=d.number, offset=d.offset, end=d.end,
@@ -578,9 +575,7 @@ def _finish(drafts: list[_Draft], f: BinaryIO, *, old_style_uid: bool, uw_kludge
             content_start=d.content_start, header_end=d.header_end, body_start=d.body_start,
             body_end=d.body_end, trailer_end=d.trailer_end, uidl_insert_at=d.uidl_insert_at,
             stripped=tuple(d.stripped), uidl_lines=tuple(d.uidl_lines),
-            status_lines=tuple(d.status_lines), mmdf=d.separator.startswith(MMDF_SEP_CHAR),
-            ends_with_newline=tail.endswith(b"\n"),
-            ends_with_empty_line=tail.endswith(b"\n\n") or tail.endswith(b"\n\r\n")))
+            status_lines=tuple(d.status_lines), mmdf=d.separator.startswith(MMDF_SEP_CHAR)))
     return messages
 
 
@@ -605,7 +600,7 @@ def scan(f: BinaryIO, *, start: int = 0, end: int | None = None,
                        content_length=content_length, unique_num=unique_num,
                        first_number=first_number)
     drafts = scanner.run()
-    return _finish(drafts, f, old_style_uid=old_style_uid, uw_kludge=uw_kludge,
+    return _finish(drafts, old_style_uid=old_style_uid, uw_kludge=uw_kludge,
                    taken_uids=taken_uids)
 
 
@@ -618,10 +613,12 @@ class _Coalescer:
         self.write = write
         self.parts: list[bytes] = []
         self.size = 0
+        self.tail = b""             # the last few bytes added
 
     def add(self, data: bytes) -> None:
         if not data:
             return
+        self.tail = (self.tail + data[-3:])[-3:]
         self.parts.append(data)
         self.size += len(data)
         if self.size >= limits.COPY_CHUNK_OCTETS:
@@ -752,6 +749,11 @@ def send_message(f: BinaryIO, msg: Message, write: WriteFn, body_lines: int | No
     out.flush()
 
 
+def _copy(f: BinaryIO, start: int, end: int, out: _Coalescer) -> None:
+    for data in _chunks(f, start, end):
+        out.add(data)
+
+
 def copy_range(f: BinaryIO, start: int, end: int, write: WriteFn) -> int:
     """Copy the raw bytes [start, end) of `f` to `write` in bounded chunks; returns the count."""
     n = 0
@@ -782,36 +784,26 @@ def copy_for_update(f: BinaryIO, msg: Message, write: WriteFn, *, retrieved: boo
         if retrieved:
             edits += [(a, b, status) for a, b in msg.status_lines]
         for a, b, replacement in sorted(edits):
-            for data in _chunks(f, cur, a):
-                out.add(data)
+            _copy(f, cur, a, out)
             out.add(replacement)
             cur = b
-        for data in _chunks(f, cur, msg.header_end):
-            out.add(data)
+        _copy(f, cur, msg.header_end, out)
         if not msg.status_lines:
-            if msg.header_end == msg.body_end and not msg.ends_with_newline:
-                out.add(b"\n")          # headers ran to the end without a final LF
+            if not out.tail.endswith(b"\n"):
+                out.add(b"\n")         # headers ran to the end of the file without a final LF
             out.add(status)
-        for data in _chunks(f, max(cur, msg.header_end), msg.body_end):
-            out.add(data)
-        ends_nl, ends_empty = msg.ends_with_newline, msg.ends_with_empty_line
-        if msg.header_end == msg.body_end and not msg.status_lines:
-            ends_nl, ends_empty = True, False
+        _copy(f, max(cur, msg.header_end), msg.body_end, out)
     else:
-        for data in _chunks(f, msg.offset, msg.body_end):
-            out.add(data)
-        ends_nl, ends_empty = msg.ends_with_newline, msg.ends_with_empty_line
+        _copy(f, msg.offset, msg.body_end, out)
     if msg.mmdf:
-        if not ends_nl:
+        if not out.tail.endswith(b"\n"):
             out.add(b"\n")
         if msg.trailer_end > msg.body_end:
-            for data in _chunks(f, msg.body_end, msg.end):
-                out.add(data)
+            _copy(f, msg.body_end, msg.end, out)
         else:
             out.add(_read_at(f, msg.offset, msg.content_start - msg.offset))
-    else:
-        if not ends_nl:
-            out.add(b"\n\n")
-        elif not ends_empty:
-            out.add(b"\n")
+    elif not out.tail.endswith(b"\n"):
+        out.add(b"\n\n")
+    elif not (out.tail.endswith(b"\n\n") or out.tail.endswith(b"\n\r\n")):
+        out.add(b"\n")
     out.flush()
