@@ -1,0 +1,475 @@
+"""Spool locks that every Debian delivery agent honours, and the one-session-per-user lock.
+
+Reference L1-L7, §2.7. Three locks, each for its own reason:
+
+- `DotLock`: `<spool>.lock`, the convention of liblockfile/dotlockfile, procmail, Postfix
+  (`mailbox_delivery_lock = fcntl, dotlock`), Exim (`use_lockfile`) and Dovecot. Created with
+  O_CREAT|O_EXCL|O_NOFOLLOW (or a unique file + link(2) with no-atomic-open, L4, for NFS),
+  mode 0644 like liblockfile, content `pid@host` without newline like Qpopper. liblockfile reads
+  the leading number with atoi, so it sees our pid and, like us, treats the lock as stale once
+  that process is gone; everyone else goes by age: stale after limits.DOTLOCK_STALE_S of mtime.
+  We refresh the mtime while we copy (L3).
+- `SpoolLock`: the dot-lock, then the spool opened with O_NOFOLLOW, then flock(LOCK_EX) AND an
+  fcntl write lock on it (procmail, Postfix and Exim use fcntl; Postfix can add flock; Qpopper
+  used flock): holding both excludes every agent whatever it was configured with. The order
+  (dot-lock before open) is Postfix's, so nobody waits on a kernel lock of a file we replace
+  (we never replace the spool: see maildrop.py). Held only for the short copy steps (L7).
+- `SessionLock`: a non-blocking flock on the temporary drop for the whole session (L6). A
+  second session gets `-ERR [IN-USE] .user.pop lock busy!  Is another session active?` - the
+  file name only, not the path: clients never see paths.
+
+Waits: Qpopper tries the dot-lock 2 times at login and 4 times at update, sleeping attempt*5 s
+(L2). We keep that total patience but poll every POLL_S within it, so a lock held for a few
+milliseconds by a delivery agent costs milliseconds, not 5 s. `LockTiming` lets tests shorten it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import secrets
+import socket
+import stat
+import syslog
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from .. import limits
+from ..responses import PopError, RespCode
+
+StepHook = Callable[[str], None]
+Log = Callable[[int, str], None]
+
+DOTLOCK_MODE = 0o644
+"""liblockfile's mode: other lockers (dotlockfile runs setgid mail) can read the pid in it."""
+
+TEMP_DROP_MODE = 0o600
+"""The temporary drop holds the user's mail: owner only (reference S6 accepts 0600/0660)."""
+
+POLL_S = 0.1
+"""How often a busy lock is tried again within the waiting budget."""
+
+IN_USE_TEXT = "{name} lock busy!  Is another session active?"
+UNLOCKING_TEXT = "Maildrop being unlocked; try again."
+BUSY_SPOOL_TEXT = "Unable to lock the maildrop; try again later."
+
+
+@dataclass(frozen=True)
+class LockTiming:
+    """How long to wait for a busy lock: Qpopper's `attempts` with attempt*step_s sleeps."""
+
+    attempts: int
+    step_s: float = limits.LOCK_RETRY_STEP_S
+    poll_s: float = POLL_S
+
+    @property
+    def budget_s(self) -> float:
+        return self.step_s * sum(range(1, max(self.attempts, 1)))
+
+    @classmethod
+    def login(cls, step_s: float = limits.LOCK_RETRY_STEP_S) -> "LockTiming":
+        return cls(limits.DOTLOCK_RETRIES_LOGIN, step_s)
+
+    @classmethod
+    def update(cls, step_s: float = limits.LOCK_RETRY_STEP_S) -> "LockTiming":
+        return cls(limits.DOTLOCK_RETRIES_UPDATE, step_s)
+
+
+def _no_hook(name: str) -> None:
+    pass
+
+
+def _wait(try_once: Callable[[], bool], timing: LockTiming) -> bool:
+    """Call try_once until it succeeds or the budget is spent (at least one try)."""
+    deadline = time.monotonic() + timing.budget_s
+    while True:
+        if try_once():
+            return True
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(timing.poll_s, left))
+
+
+def lock_content(pid: int | None = None, host: str | None = None) -> bytes:
+    """Qpopper's dot-lock content: `pid@host`, no newline."""
+    return f"{os.getpid() if pid is None else pid}@{host or socket.gethostname()}".encode()
+
+
+def parse_lock_content(data: bytes) -> tuple[int, str | None]:
+    """(pid, host) from `pid@host` (Qpopper) or `pid\\n` (liblockfile -p); pid 0 when none."""
+    text = data[:256].decode("ascii", "replace").strip()
+    digits, _, host = text.partition("@")
+    digits = digits.strip()
+    pid = int(digits) if digits.isdigit() else 0
+    return pid, (host.strip() or None) if _ else None
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class DotLock:
+    """`<spool>.lock`. One instance per acquisition; not reentrant."""
+
+    def __init__(self, lock_path: str, *, nfs_safe: bool = False,
+                 stale_s: float = limits.DOTLOCK_STALE_S,
+                 refresh_s: float = limits.DOTLOCK_REFRESH_S,
+                 step_hook: StepHook | None = None, log: Log | None = None):
+        self.path = lock_path
+        self.nfs_safe = nfs_safe
+        self.stale_s = stale_s
+        self.refresh_s = refresh_s
+        self.hook = step_hook or _no_hook
+        self.log = log
+        self.host = socket.gethostname()
+        self.held = False
+        self._ident: tuple[int, int] | None = None     # (dev, ino) of our lock file
+        self._refreshed = 0.0
+
+    # --- taking it ----------------------------------------------------------------------------
+    def acquire(self, timing: LockTiming) -> bool:
+        """Take the lock within `timing`'s budget; False when it stayed busy."""
+        return _wait(self.try_acquire, timing)
+
+    def try_acquire(self) -> bool:
+        """One attempt: create the lock, or take over a stale one and create it. Raises OSError
+        for anything but "someone holds it" (EEXIST)."""
+        if self.held:
+            raise RuntimeError("dot-lock already held")
+        if self._create():
+            return True
+        if self._remove_if_stale():
+            return self._create()
+        return False
+
+    def _create(self) -> bool:
+        content = lock_content(host=self.host)
+        self.hook("dotlock-create")
+        if self.nfs_safe:
+            created = self._create_by_link(content)
+        else:
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, DOTLOCK_MODE)
+            except FileExistsError:
+                return False
+            try:
+                os.write(fd, content)
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
+            created = (st.st_dev, st.st_ino)
+        if not created:
+            return False
+        self._ident = created
+        self.held = True
+        self._refreshed = time.monotonic()
+        return True
+
+    def _create_by_link(self, content: bytes) -> tuple[int, int] | None:
+        """no-atomic-open (L4): a unique file, then link(2) to the lock name. Over NFS link can
+        report failure after succeeding, so the link count of our file decides."""
+        directory = os.path.dirname(self.path) or "."
+        unique = os.path.join(directory, f".lk{os.getpid()}{secrets.token_hex(4)}{self.host[:16]}")
+        fd = os.open(unique, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     DOTLOCK_MODE)
+        try:
+            os.write(fd, content)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            self.hook("dotlock-link")
+            try:
+                os.link(unique, self.path)
+            except OSError:
+                pass
+            st = os.lstat(unique)
+            return (st.st_dev, st.st_ino) if st.st_nlink == 2 else None
+        finally:
+            os.unlink(unique)
+
+    def _remove_if_stale(self) -> bool:
+        """A lock whose holder is gone (its pid on this host no longer runs) or whose mtime is
+        older than stale_s is removed, as liblockfile does. True when it was removed (or had
+        vanished meanwhile)."""
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return True
+        why = None
+        if time.time() - st.st_mtime > self.stale_s:
+            why = f"older than {self.stale_s:g} s"
+        elif stat.S_ISREG(st.st_mode):
+            pid, host = self._read_holder()
+            if pid > 0 and host in (None, self.host) and _process_gone(pid):
+                why = f"holder pid {pid} is gone"
+        if why is None:
+            return False
+        try:
+            again = os.lstat(self.path)
+        except FileNotFoundError:
+            return True
+        if (again.st_ino, again.st_mtime_ns) != (st.st_ino, st.st_mtime_ns):
+            return False                 # someone replaced it meanwhile: not the stale one
+        self.hook("dotlock-remove-stale")
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        if self.log:
+            self.log(syslog.LOG_NOTICE, f"removed stale lock {self.path} ({why})")
+        return True
+
+    def _read_holder(self) -> tuple[int, str | None]:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return 0, None
+        try:
+            return parse_lock_content(os.read(fd, 256))
+        finally:
+            os.close(fd)
+
+    # --- holding it -----------------------------------------------------------------------------
+    def still_ours(self) -> bool:
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return False
+        return self.held and (st.st_dev, st.st_ino) == self._ident
+
+    def refresh(self) -> None:
+        """Touch the lock so age-based lockers keep waiting (L3)."""
+        if not self.held:
+            return
+        self._refreshed = time.monotonic()
+        if not self.still_ours():
+            if self.log:
+                self.log(syslog.LOG_WARNING, f"lock {self.path} was taken from us")
+            return
+        try:
+            os.utime(self.path)
+        except OSError as exc:
+            if self.log:
+                self.log(syslog.LOG_WARNING, f"cannot refresh {self.path}: {exc.strerror}")
+
+    def refresh_if_due(self) -> None:
+        if self.held and time.monotonic() - self._refreshed >= self.refresh_s:
+            self.refresh()
+
+    def release(self) -> None:
+        """Remove the lock if it is still ours (never someone else's that replaced a stale one)."""
+        if not self.held:
+            return
+        ours = self.still_ours()
+        self.held = False
+        if ours:
+            self.hook("dotlock-unlink")
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+
+def _kernel_lock(fd: int) -> bool:
+    """flock and fcntl write locks on the whole file, non-blocking; both or neither."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+class SpoolLock:
+    """The spool locked against delivery agents: dot-lock + open fd + flock + fcntl.
+
+    `fd` is the spool opened read-write (None when the spool does not exist and `create` is
+    False). Keep this the only descriptor of the spool in the process: closing any descriptor of
+    a file drops the process's fcntl locks on it.
+    """
+
+    def __init__(self, spool_path: str, lock_path: str, *, create: bool, create_mode: int,
+                 nfs_safe: bool = False, step_hook: StepHook | None = None,
+                 log: Log | None = None):
+        self.path = spool_path
+        self.create = create
+        self.create_mode = create_mode
+        self.hook = step_hook or _no_hook
+        self.log = log
+        self.dotlock = DotLock(lock_path, nfs_safe=nfs_safe, step_hook=step_hook, log=log)
+        self.fd: int | None = None
+        self.created = False
+
+    def acquire(self, timing: LockTiming) -> None:
+        """Raises PopError [SYS/TEMP] when a lock stays busy past the budget."""
+        if not self.dotlock.acquire(timing):
+            raise PopError(BUSY_SPOOL_TEXT, RespCode.SYS_TEMP,
+                           log=f"{self.dotlock.path} stayed busy for {timing.budget_s:g} s")
+        try:
+            for _ in range(3):
+                self._open()
+                if self.fd is None:
+                    return
+                if not _wait(lambda: _kernel_lock(self.fd), timing):
+                    raise PopError(BUSY_SPOOL_TEXT, RespCode.SYS_TEMP,
+                                   log=f"flock/fcntl on {self.path} stayed busy")
+                if self.verify_same_file():
+                    return
+                os.close(self.fd)       # replaced while we waited for the kernel locks
+                self.fd = None
+            raise PopError(BUSY_SPOOL_TEXT, RespCode.SYS_TEMP, log=f"{self.path} kept changing")
+        except BaseException:
+            self.release()
+            raise
+
+    def _open(self) -> None:
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        try:
+            fd = os.open(self.path, flags)
+        except FileNotFoundError:
+            if not self.create:
+                return
+            self.hook("spool-create")
+            fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, self.create_mode)
+            self.created = True
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+                raise PopError("Your maildrop is not a plain file; contact your administrator",
+                               RespCode.SYS_PERM,
+                               log=f"{self.path}: not a regular file with one link")
+            if st.st_uid != os.geteuid():
+                raise PopError("Your maildrop has the wrong owner; contact your administrator",
+                               RespCode.SYS_PERM,
+                               log=f"{self.path} is owned by uid {st.st_uid}, not {os.geteuid()}")
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+
+    def verify_same_file(self) -> bool:
+        """After locking: the name still refers to our descriptor (Postfix's sanity check)."""
+        if self.fd is None:
+            return not os.path.lexists(self.path)
+        try:
+            a, b = os.fstat(self.fd), os.lstat(self.path)
+        except FileNotFoundError:
+            return False
+        return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) and a.st_nlink == 1
+
+    def refresh_if_due(self) -> None:
+        self.dotlock.refresh_if_due()
+
+    def release(self) -> None:
+        """Kernel locks go with the descriptor; the dot-lock last (reverse order of taking)."""
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
+        self.dotlock.release()
+
+
+class SessionLock:
+    """The temporary drop, opened and flock'ed for the whole session (L6).
+
+    It is created if missing (O_NOFOLLOW, mode 0600) and must be a regular file owned by us,
+    with one link and no access for others (S6), else [SYS/PERM].
+    """
+
+    def __init__(self, path: str, *, step_hook: StepHook | None = None, log: Log | None = None):
+        self.path = path
+        self.name = os.path.basename(path)
+        self.hook = step_hook or _no_hook
+        self.log = log
+        self.fd: int | None = None
+        self.created = False
+
+    def acquire(self, attempts: int = 3) -> int:
+        for _ in range(attempts):
+            fd = self._open()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise PopError(IN_USE_TEXT.format(name=self.name), RespCode.IN_USE,
+                               log=f"{self.path} is locked by another session") from None
+            if self._same_file(fd):
+                self.fd = fd
+                return fd
+            os.close(fd)            # the previous session unlinked it under us: reopen
+        raise PopError(UNLOCKING_TEXT, RespCode.IN_USE, log=f"{self.path} kept changing")
+
+    def _open(self) -> int:
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(self.path, flags)
+        except FileNotFoundError:
+            self.hook("temp-drop-create")
+            try:
+                fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, TEMP_DROP_MODE)
+                self.created = True
+            except FileExistsError:
+                fd = os.open(self.path, flags)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise PopError("Unable to use your temporary maildrop; contact your administrator",
+                               RespCode.SYS_PERM, log=f"{self.path} is a symbolic link") from None
+            raise
+        try:
+            st = os.fstat(fd)
+            problem = None
+            if not stat.S_ISREG(st.st_mode):
+                problem = "not a regular file"
+            elif st.st_uid != os.geteuid():
+                problem = f"owned by uid {st.st_uid}"
+            elif st.st_nlink != 1:
+                problem = f"has {st.st_nlink} links"
+            elif st.st_mode & 0o007:
+                problem = f"mode {st.st_mode & 0o777:o} gives others access"
+            if problem:
+                raise PopError("Unable to use your temporary maildrop; contact your administrator",
+                               RespCode.SYS_PERM, log=f"{self.path}: {problem}")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _same_file(self, fd: int) -> bool:
+        try:
+            a, b = os.fstat(fd), os.lstat(self.path)
+        except FileNotFoundError:
+            return False
+        return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+    def release(self, *, unlink: bool) -> None:
+        """Unlink (when asked) while still holding the flock, so a session that opened the old
+        file notices the change; then close."""
+        if self.fd is None:
+            return
+        try:
+            if unlink:
+                self.hook("temp-drop-unlink")
+                try:
+                    os.unlink(self.path)
+                except FileNotFoundError:
+                    pass
+        finally:
+            fd, self.fd = self.fd, None
+            os.close(fd)

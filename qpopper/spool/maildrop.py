@@ -1,0 +1,667 @@
+"""The session's maildrop: Qpopper's normal mode, made crash-safe (DESIGN invariants 1 and 2).
+
+Normal mode (reference §1.9, §2.6, L1-L7, S6, S9, S16, S17, P30, P31), as Qpopper:
+- open: flock the temporary drop `.user.pop` for the whole session ([IN-USE] otherwise); put a
+  leftover drop's mail first (a crashed session), then move the spool's mail in (lock, copy,
+  truncate, unlock); scan the drop. The spool is locked only for that copy (invariant 2).
+- update at QUIT: if every message was deleted, empty the drop and leave the spool alone.
+  Otherwise lock the spool and rewrite it as the kept messages (X-UIDL/Status written by
+  mbox.copy_for_update) followed by the mail that arrived during the session, bytes unchanged.
+- restore (abort without update): the drop's bytes go back in front of the new mail.
+
+Exactly once after a kill at any step. A redo journal beside the drop (`.user.pop.journal`,
+replaced atomically: write, fsync, rename, fsync dir) says which multi-file step is in flight:
+
+  absorb   {K, pad, M}  the source's bytes [0,M) are being copied to the drop at K+pad.
+           Recovery: the copy is not trusted; cut the drop back to K. The source is only
+           truncated after `absorbed` is durable, so it still has everything.
+  absorbed {K, pad, M}  the copy is durable; the source is being truncated. Recovery: if the
+           source still starts with the copied bytes, it was not truncated: cut the drop back
+           to K and copy again; otherwise the copy is the mail and stays.
+  commit   {L, Z}       the new spool image (`.user.pop.new`, L bytes, fsync'ed) replaces the
+           spool's first Z bytes, which the image already contains. Recovery rolls forward.
+
+The spool is rewritten in place, never renamed over: its inode, owner, group and mode stay, and
+a delivery agent that opened it before locking (Postfix's comment about GNU pop3d replacing
+mailboxes names the problem) or a mail checker that watches it keeps working. In-place writing
+is made recoverable like this: the spool is first extended from Z to L (ftruncate, then
+posix_fallocate so the writes cannot hit ENOSPC half way; an ENOSPC there is rolled back), so its
+byte at Z is NUL; the image is written with byte Z last; then fsync. After a crash, mail a
+delivery agent appended (it may remove our dead dot-lock, as liblockfile does) starts at our
+end-of-file of that moment, which recovery finds without ambiguity: the spool already equals the
+image (done, new mail after L); or it is shorter than L (not extended yet, new mail after Z); or
+its byte Z is NUL (extended, new mail after L; no delivered message starts with NUL); or it was
+not extended. Recovery then appends the new mail to the image, journals the longer image and
+applies it again. The drop is emptied only after the spool is durable, and the journal cleared
+only after that; a commit journal with its spool already equal to the image just finishes.
+The one assumption: a message delivered after a crash is never a byte-for-byte copy of the
+whole spool prefix we were working on (From_ lines carry the delivery time, so it cannot be
+one unless the same mail is delivered twice in the same second); if it were, one of the two
+identical copies would be dropped, never a distinct message.
+
+`step_hook(name)` is called before every write, truncate, rename, fsync and unlink, named
+`<phase>:<step>` (phase: open, recover, update, restore); chunked copies call it per chunk.
+Server mode (-S) is a later issue: `Maildrop.open` is the place that will choose a strategy.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+import syslog
+from typing import Callable
+
+from .. import limits
+from ..responses import PopError, RespCode
+from . import mbox
+from .locking import LockTiming, SessionLock, SpoolLock
+from .paths import SpoolPaths
+
+StepHook = Callable[[str], None]
+Log = Callable[[int, str], None]
+
+JOURNAL_VERSION = 1
+NEW_SPOOL_MODE = 0o660
+"""A spool we create in the spool directory: user and mail group, as Debian's adduser makes it."""
+NEW_HOME_SPOOL_MODE = 0o600
+"""A spool we create in the user's home (home-dir-mail): nobody else needs it."""
+IMAGE_MODE = 0o600
+
+UPDATE_FAILED_TEXT = "Error updating primary drop.  Mail left in temporary maildrop"
+OVERQUOTA_UPDATE_TEXT = "Overquota: error updating primary drop.  Mail left in temporary maildrop"
+OPEN_FAILED_TEXT = "Unable to copy your mail to the temporary maildrop; contact your administrator"
+OVERQUOTA_OPEN_TEXT = "Overquota: unable to copy your mail to the temporary maildrop"
+JOURNAL_BAD_TEXT = "Maildrop recovery needs attention; contact your administrator"
+QUOTA_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class _OverQuota(Exception):
+    """posix_fallocate found no room for the new spool image (nothing was overwritten)."""
+
+
+def separator_padding(tail: bytes) -> bytes:
+    """What must follow `tail` (the end of an mbox) before another message can start: From_
+    needs an empty line before it; MMDF messages end with their trailer line."""
+    if not tail or tail.endswith((b"\n\n", b"\n\r\n", b"\x01\x01\x01\x01\n")):
+        return b""
+    return b"\n" if tail.endswith(b"\n") else b"\n\n"
+
+
+class Maildrop:
+    """One user's maildrop for one session. Build it with `Maildrop.open`."""
+
+    def __init__(self, cfg, paths: SpoolPaths, user: str, step_hook: StepHook | None,
+                 log: Log | None, lock_step_s: float):
+        self.cfg = cfg
+        self.paths = paths
+        self.user = user
+        self._hook = step_hook
+        self._log = log
+        self._lock_step_s = lock_step_s
+        self._phase = "open"
+        self._session: SessionLock | None = None
+        self._spool: SpoolLock | None = None
+        self._drop_file = None
+        self._all: list[mbox.Message] = []
+        self.messages: list[mbox.Message] = []
+        self.hidden_count = 0
+        self._journal = _Journal(paths.journal, self._step)
+
+    # --- the contract -------------------------------------------------------------------------
+    @classmethod
+    def open(cls, cfg, paths: SpoolPaths, user: str, step_hook: StepHook | None = None,
+             log: Log | None = None, *, lock_step_s: float = limits.LOCK_RETRY_STEP_S
+             ) -> "Maildrop":
+        """Lock the session, recover, move new mail in, scan. Raises PopError."""
+        drop = cls(cfg, paths, user, step_hook, log, lock_step_s)
+        try:
+            drop._open_normal()
+        except BaseException:
+            drop.close()
+            raise
+        return drop
+
+    def send(self, index: int, write, body_lines: int | None = None) -> None:
+        """RETR (or TOP) data of visible message `index` (0-based), streamed from the drop."""
+        mbox.send_message(self._drop_file, self.messages[index], write, body_lines)
+
+    def update(self, deleted: set[int], retrieved: set[int]) -> None:
+        """UPDATE: delete `deleted` (visible 0-based indices), mark `retrieved`, write back."""
+        self._phase = "update"
+        doomed = {id(self.messages[i]) for i in deleted}
+        kept = [m for m in self._all if id(m) not in doomed]
+        marked = {id(self.messages[i]) for i in retrieved}
+        try:
+            if not kept:
+                self._empty_drop()
+            else:
+                self._commit_with_lock(lambda write: self._write_kept(kept, marked, write))
+        except OSError as exc:
+            raise self._failure(exc, UPDATE_FAILED_TEXT, OVERQUOTA_UPDATE_TEXT) from None
+        except PopError as refusal:
+            raise self._update_refused(refusal) from None
+        finally:
+            self.close()
+
+    def restore(self) -> None:
+        """Abort without update (pop_restore): the drop goes back in front of any new mail."""
+        self._phase = "restore"
+        try:
+            if os.fstat(self._session.fd).st_size:
+                self._commit_with_lock(self._write_drop_raw)
+        except OSError as exc:
+            raise self._failure(exc, UPDATE_FAILED_TEXT, OVERQUOTA_UPDATE_TEXT) from None
+        except PopError as refusal:
+            raise self._update_refused(refusal) from None
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """End the session lock. The drop is unlinked only when it is empty (and not kept)."""
+        if self._drop_file is not None:
+            self._drop_file.close()
+            self._drop_file = None
+        if self._session is not None and self._session.fd is not None:
+            empty = os.fstat(self._session.fd).st_size == 0
+            keep = bool(getattr(self.cfg, "keep_temp_drop", False))
+            self._session.release(unlink=empty and not keep)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # --- steps ----------------------------------------------------------------------------------
+    def _step(self, name: str) -> None:
+        if self._hook is not None:
+            self._hook(f"{self._phase}:{name}")
+
+    def _note(self, priority: int, text: str) -> None:
+        if self._log is not None:
+            self._log(priority, text)
+
+    def _failure(self, exc: OSError, text: str, quota_text: str) -> PopError:
+        where = getattr(exc, "filename", None) or "maildrop"
+        self._note(syslog.LOG_ERR, f"{self._phase} of {self.user}'s maildrop failed: {where}: "
+                                   f"{exc.strerror or exc}")
+        if exc.errno in QUOTA_ERRNOS:
+            return PopError(quota_text, RespCode.SYS_TEMP, close=True)
+        return PopError(text, RespCode.SYS_TEMP, close=True)
+
+    def _update_refused(self, refusal: PopError) -> PopError:
+        """A lock or permission refusal at update: the mail stays in the drop (Qpopper's text)."""
+        self._note(syslog.LOG_ERR, f"{self._phase} of {self.user}'s maildrop refused: "
+                                   f"{refusal.log or refusal.text}")
+        return PopError(UPDATE_FAILED_TEXT, refusal.code or RespCode.SYS_TEMP, close=True,
+                        log=refusal.log)
+
+    def _spool_lock(self, *, create: bool) -> SpoolLock:
+        home_mail = bool(getattr(self.cfg, "home_dir_mail", None))
+        lock = SpoolLock(self.paths.spool, self.paths.lock, create=create,
+                         create_mode=NEW_HOME_SPOOL_MODE if home_mail else NEW_SPOOL_MODE,
+                         nfs_safe=bool(getattr(self.cfg, "no_atomic_open", False)),
+                         step_hook=self._step, log=self._log)
+        timing = (LockTiming.login if self._phase == "open" else LockTiming.update)(
+            self._lock_step_s)
+        lock.acquire(timing)
+        return lock
+
+    # --- open -------------------------------------------------------------------------------------
+    def _open_normal(self) -> None:
+        if getattr(self.cfg, "check_hash_dir", True):
+            self.paths.ensure_hash_dirs(self._log)
+        self._session = SessionLock(self.paths.temp_drop, step_hook=self._step, log=self._log)
+        try:
+            self._session.acquire()
+            if self._session.created:
+                self._step("fsync-temp-drop-dir")
+                _fsync_dir(self.paths.temp_drop)
+            self._journal.remove_leftover_tmp()
+            if self._journal.read() is not None:
+                self._phase = "recover"
+                self._recover()
+                self._phase = "open"
+            elif os.path.lexists(self.paths.new_image):
+                self._step("unlink-leftover-image")     # the journal was cleared, not the image
+                _unlink(self.paths.new_image)
+            if self.paths.old_temp_drop:
+                self._absorb_old_temp_drop()
+            spool = self._spool_lock(create=False)
+            try:
+                if spool.fd is not None:
+                    self._absorb(spool.fd, "spool", spool.refresh_if_due)
+            finally:
+                spool.release()
+        except OSError as exc:
+            raise self._failure(exc, OPEN_FAILED_TEXT, OVERQUOTA_OPEN_TEXT) from None
+        self._scan()
+
+    def _scan(self) -> None:
+        self._drop_file = open(self._session.fd, "rb", closefd=False)
+        self._all = mbox.scan(
+            self._drop_file,
+            update_status_headers=bool(getattr(self.cfg, "update_status_headers", True)),
+            old_style_uid=bool(getattr(self.cfg, "old_style_uid", False)),
+            uw_kludge=bool(getattr(self.cfg, "uw_kluge", False)))
+        self.messages = [m for m in self._all if not m.hidden]
+        self.hidden_count = len(self._all) - len(self.messages)
+
+    def _absorb_old_temp_drop(self) -> None:
+        """check-old-spool-loc (S7): a drop left by an old Qpopper in the plain spool dir."""
+        path = self.paths.old_temp_drop
+        old = SessionLock(path, step_hook=self._step, log=self._log)
+        if not os.path.lexists(path):
+            return
+        old.acquire()
+        try:
+            self._absorb(old.fd, "old-temp-drop", lambda: None)
+        finally:
+            old.release(unlink=os.fstat(old.fd).st_size == 0)
+
+    def _absorb(self, src: int, source: str, refresh: Callable[[], None]) -> None:
+        """Append the source's bytes to the drop, then truncate the source (journaled)."""
+        size = os.fstat(src).st_size
+        if size == 0:
+            return
+        drop = self._session.fd
+        start = os.fstat(drop).st_size
+        pad = separator_padding(_tail(drop, start))
+        st = os.fstat(src)
+        record = {"op": "absorb", "source": source, "dev": st.st_dev, "ino": st.st_ino,
+                  "temp_len": start, "pad": len(pad), "len": size}
+        self._journal.write(record)
+        self._step("truncate-temp-drop")
+        os.ftruncate(drop, start)
+        if pad:
+            self._step("pad-temp-drop")
+            _pwrite_all(drop, pad, start)
+        _copy(src, 0, size, drop, start + len(pad), self._step, f"copy-{source}", refresh)
+        self._step("fsync-temp-drop")
+        os.fsync(drop)
+        self._journal.write(dict(record, op="absorbed"))
+        self._step(f"truncate-{source}")
+        os.ftruncate(src, 0)
+        self._step(f"fsync-{source}")
+        os.fsync(src)
+        self._journal.clear()
+
+    # --- update and restore ---------------------------------------------------------------------
+    def _empty_drop(self) -> None:
+        """Everything deleted: the drop's mail goes; the spool (and new mail in it) stays."""
+        self._step("truncate-temp-drop")
+        os.ftruncate(self._session.fd, 0)
+        self._step("fsync-temp-drop")
+        os.fsync(self._session.fd)
+
+    def _write_kept(self, kept, marked, write) -> None:
+        every = int(getattr(self.cfg, "mail_lock_check", 0) or 0)
+        status = bool(getattr(self.cfg, "update_status_headers", True))
+        for n, msg in enumerate(kept, 1):
+            mbox.copy_for_update(self._drop_file, msg, write, retrieved=id(msg) in marked,
+                                 update_status_headers=status)
+            if every and n % every == 0:
+                self._spool.dotlock.refresh()
+            else:
+                self._spool.refresh_if_due()
+
+    def _write_drop_raw(self, write) -> None:
+        drop = self._session.fd
+        size = os.fstat(drop).st_size
+        pos = 0
+        while pos < size:
+            data = os.pread(drop, min(limits.COPY_CHUNK_OCTETS, size - pos), pos)
+            if not data:
+                break
+            write(data)
+            pos += len(data)
+            self._spool.refresh_if_due()
+
+    def _commit_with_lock(self, write_front: Callable) -> None:
+        self._spool = self._spool_lock(create=True)
+        try:
+            if self._spool.created:
+                self._step("fsync-spool-dir")
+                _fsync_dir(self.paths.spool)
+            self._commit(write_front)
+        finally:
+            self._spool.release()
+            self._spool = None
+
+    def _commit(self, write_front: Callable) -> None:
+        """New image = write_front's bytes + the spool's current bytes; apply it (journaled)."""
+        spool = self._spool.fd
+        spool_len = os.fstat(spool).st_size
+        image = self._open_image(truncate=True)
+        try:
+            writer = _ChunkWriter(image, self._step, "write-image")
+            try:
+                write_front(writer.write)
+                writer.flush()
+                if spool_len:
+                    pad = separator_padding(_tail(image, writer.pos))
+                    if pad:
+                        writer.write(pad)
+                        writer.flush()
+                    _copy(spool, 0, spool_len, image, writer.pos, self._step, "copy-spool-to-image",
+                          self._spool.refresh_if_due)
+                self._step("fsync-image")
+                os.fsync(image)
+            except OSError:
+                self._step("unlink-image")
+                _unlink(self.paths.new_image)
+                raise
+            image_len = os.fstat(image).st_size
+            self._apply(spool, image, image_len, spool_len)
+        finally:
+            os.close(image)
+        self._finish_commit()
+
+    def _open_image(self, *, truncate: bool) -> int:
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+        if truncate:
+            self._step("create-image")
+            flags |= os.O_CREAT | os.O_TRUNC
+        fd = os.open(self.paths.new_image, flags, IMAGE_MODE)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != os.geteuid():
+            os.close(fd)
+            raise PopError(JOURNAL_BAD_TEXT, RespCode.SYS_PERM,
+                           log=f"{self.paths.new_image}: not our plain file")
+        return fd
+
+    def _apply(self, spool: int, image: int, image_len: int, spool_len: int) -> None:
+        """Journal `commit`, then make the spool's first image_len bytes the image (see top)."""
+        if image_len < spool_len:
+            raise PopError(UPDATE_FAILED_TEXT, RespCode.SYS_TEMP,
+                           log=f"image of {image_len} octets shorter than spool {spool_len}")
+        st = os.fstat(spool)
+        self._journal.write({"op": "commit", "dev": st.st_dev, "ino": st.st_ino,
+                             "len": image_len, "spool_len": spool_len})
+        if image_len > spool_len:
+            self._step("extend-spool")
+            os.ftruncate(spool, image_len)
+            try:
+                self._step("allocate-spool")
+                os.posix_fallocate(spool, spool_len, image_len - spool_len)
+            except OSError as exc:
+                if exc.errno in QUOTA_ERRNOS:
+                    self._roll_back_extension(spool, spool_len)
+                    raise
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
+                # This filesystem cannot reserve space; the writes below may still fail.
+            self._step("fsync-spool-size")
+            os.fsync(spool)
+        refresh = self._spool.refresh_if_due
+        _copy(image, 0, spool_len, spool, 0, self._step, "write-spool", refresh)
+        if image_len > spool_len:
+            _copy(image, spool_len + 1, image_len - spool_len - 1, spool, spool_len + 1,
+                  self._step, "write-spool", refresh)
+            _copy(image, spool_len, 1, spool, spool_len, self._step, "write-spool-marker", refresh)
+        self._step("fsync-spool")
+        os.fsync(spool)
+
+    def _roll_back_extension(self, spool: int, spool_len: int) -> None:
+        """No room: nothing of the spool was overwritten yet; undo the extension."""
+        self._step("truncate-spool-back")
+        os.ftruncate(spool, spool_len)
+        self._step("fsync-spool")
+        os.fsync(spool)
+        self._journal.clear()
+        self._step("unlink-image")
+        _unlink(self.paths.new_image)
+
+    def _finish_commit(self) -> None:
+        """The spool holds everything: empty the drop, then forget the journal and image."""
+        self._step("truncate-temp-drop")
+        os.ftruncate(self._session.fd, 0)
+        self._step("fsync-temp-drop")
+        os.fsync(self._session.fd)
+        self._journal.clear()
+        self._step("unlink-image")
+        _unlink(self.paths.new_image)
+
+    # --- recovery -----------------------------------------------------------------------------
+    def _recover(self) -> None:
+        record = self._journal.read()
+        op = record.get("op")
+        self._note(syslog.LOG_NOTICE, f"recovering {self.user}'s maildrop from journal: {op}")
+        if op == "absorb":
+            self._step("truncate-temp-drop")
+            os.ftruncate(self._session.fd, record["temp_len"])
+            self._step("fsync-temp-drop")
+            os.fsync(self._session.fd)
+            self._journal.clear()
+        elif op == "absorbed":
+            self._recover_absorbed(record)
+        elif op == "commit":
+            self._spool = self._spool_lock(create=True)
+            try:
+                self._recover_commit(record)
+            finally:
+                self._spool.release()
+                self._spool = None
+        else:
+            raise PopError(JOURNAL_BAD_TEXT, RespCode.SYS_TEMP,
+                           log=f"{self.paths.journal}: unknown operation {op!r}")
+
+    def _recover_absorbed(self, record: dict) -> None:
+        start = record["temp_len"] + record["pad"]
+        size = record["len"]
+        if record.get("source") == "old-temp-drop":
+            holder = None
+            if os.path.lexists(self.paths.old_temp_drop or ""):
+                holder = SessionLock(self.paths.old_temp_drop, step_hook=self._step, log=self._log)
+                holder.acquire()
+            src = holder.fd if holder else None
+        else:
+            holder = self._spool_lock(create=False)
+            src = holder.fd
+        try:
+            untouched = False
+            if src is not None:
+                st = os.fstat(src)
+                untouched = ((st.st_dev, st.st_ino) == (record["dev"], record["ino"])
+                             and st.st_size >= size
+                             and _same_bytes(src, 0, self._session.fd, start, size))
+            if untouched:
+                # The source was not truncated: it still has the mail; take it again later.
+                self._step("truncate-temp-drop")
+                os.ftruncate(self._session.fd, record["temp_len"])
+                self._step("fsync-temp-drop")
+                os.fsync(self._session.fd)
+            self._journal.clear()
+        finally:
+            if isinstance(holder, SessionLock):
+                holder.release(unlink=False)
+            elif holder is not None:
+                holder.release()
+
+    def _recover_commit(self, record: dict) -> None:
+        spool = self._spool.fd
+        image_len, spool_len = record["len"], record["spool_len"]
+        try:
+            image = self._open_image(truncate=False)
+        except FileNotFoundError:
+            image = None
+        if image is None or os.fstat(image).st_size < image_len:
+            if image is not None:
+                os.close(image)
+            raise PopError(JOURNAL_BAD_TEXT, RespCode.SYS_TEMP,
+                           log=f"{self.paths.journal}: commit without its image; left as is")
+        try:
+            st = os.fstat(spool)
+            size = st.st_size
+            if (st.st_dev, st.st_ino) != (record["dev"], record["ino"]):
+                eof = 0                                  # a different file: all of it is new
+            elif size >= image_len and _same_bytes(spool, 0, image, 0, image_len):
+                eof = None                               # the image is in place
+            elif size < image_len:
+                eof = min(spool_len, size)               # not extended yet
+            elif image_len > spool_len and os.pread(spool, 1, spool_len) == b"\0":
+                eof = image_len                          # extended, partly written
+            elif image_len == spool_len:
+                eof = image_len
+            else:
+                eof = spool_len                          # not extended; mail after it
+            if eof is not None:
+                self._note(syslog.LOG_NOTICE, f"rolling {self.user}'s update forward "
+                                              f"({size - eof} octets of new mail)")
+                self._step("truncate-image")
+                os.ftruncate(image, image_len)
+                new_len = image_len
+                if size > eof:
+                    pad = separator_padding(_tail(image, image_len))
+                    if pad:
+                        self._step("pad-image")
+                        _pwrite_all(image, pad, image_len)
+                    _copy(spool, eof, size - eof, image, image_len + len(pad), self._step,
+                          "copy-spool-to-image", self._spool.refresh_if_due)
+                    new_len = image_len + len(pad) + size - eof
+                self._step("fsync-image")
+                os.fsync(image)
+                self._apply(spool, image, new_len, size)
+        finally:
+            os.close(image)
+        self._finish_commit()
+
+
+class _Journal:
+    """The redo record: one JSON object, replaced atomically."""
+
+    def __init__(self, path: str, step: StepHook):
+        self.path = path
+        self.tmp = path + ".tmp"
+        self.step = step
+
+    def read(self) -> dict | None:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            st = os.fstat(fd)
+            data = os.read(fd, 4096)
+        finally:
+            os.close(fd)
+        try:
+            if st.st_uid != os.geteuid() or not stat.S_ISREG(st.st_mode):
+                raise ValueError("not our plain file")
+            record = json.loads(data)
+            if record.get("v") != JOURNAL_VERSION:
+                raise ValueError(f"version {record.get('v')!r}")
+        except ValueError as exc:
+            raise PopError(JOURNAL_BAD_TEXT, RespCode.SYS_TEMP,
+                           log=f"{self.path}: unreadable journal ({exc}); left as is") from None
+        return record
+
+    def write(self, record: dict) -> None:
+        data = json.dumps(dict(record, v=JOURNAL_VERSION), sort_keys=True).encode() + b"\n"
+        name = f"journal-{record['op']}"
+        self.step(f"{name}-write")
+        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+        try:
+            _pwrite_all(fd, data, 0)
+            self.step(f"{name}-fsync")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.step(f"{name}-rename")
+        os.rename(self.tmp, self.path)
+        self.step(f"{name}-fsync-dir")
+        _fsync_dir(self.path)
+
+    def clear(self) -> None:
+        self.step("journal-unlink")
+        _unlink(self.path)
+        self.step("journal-fsync-dir")
+        _fsync_dir(self.path)
+
+    def remove_leftover_tmp(self) -> None:
+        if os.path.lexists(self.tmp):
+            self.step("journal-tmp-unlink")
+            _unlink(self.tmp)
+
+
+class _ChunkWriter:
+    """Appends to a file in limits.COPY_CHUNK_OCTETS writes, one step per write."""
+
+    def __init__(self, fd: int, step: StepHook, name: str):
+        self.fd = fd
+        self.step = step
+        self.name = name
+        self.pos = 0
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(bytes(data))
+        self.size += len(data)
+        if self.size >= limits.COPY_CHUNK_OCTETS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.parts:
+            return
+        data = b"".join(self.parts)
+        self.parts, self.size = [], 0
+        self.step(self.name)
+        _pwrite_all(self.fd, data, self.pos)
+        self.pos += len(data)
+
+
+# --- small file helpers ---------------------------------------------------------------------------
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+def _copy(src: int, src_off: int, length: int, dst: int, dst_off: int, step: StepHook,
+          name: str, refresh: Callable[[], None]) -> None:
+    """Copy [src_off, src_off+length) of src to dst at dst_off, in bounded chunks."""
+    done = 0
+    while done < length:
+        data = os.pread(src, min(limits.COPY_CHUNK_OCTETS, length - done), src_off + done)
+        if not data:
+            raise OSError(errno.EIO, "source shorter than expected")
+        step(name)
+        _pwrite_all(dst, data, dst_off + done)
+        done += len(data)
+        refresh()
+
+
+def _same_bytes(a: int, a_off: int, b: int, b_off: int, length: int) -> bool:
+    done = 0
+    while done < length:
+        n = min(limits.COPY_CHUNK_OCTETS, length - done)
+        x = os.pread(a, n, a_off + done)
+        if x != os.pread(b, n, b_off + done) or len(x) != n:
+            return False
+        done += n
+    return True
+
+
+def _tail(fd: int, size: int, n: int = 8) -> bytes:
+    return os.pread(fd, min(n, size), max(0, size - n)) if size else b""
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
