@@ -71,7 +71,9 @@ def write_config(path: str, **options) -> str:
         elif value is False:
             lines.append(f"reset {name}")
         else:
-            lines.append(f'set {name} = "{value}"' if isinstance(value, str) else
+            # Quoted strings escape their quotes and backslashes (config.py's grammar).
+            quoted = str(value).replace("\\", "\\\\").replace('"', '\\"')
+            lines.append(f'set {name} = "{quoted}"' if isinstance(value, str) else
                          f"set {name} = {value}")
     Path(path).write_text("\n".join(lines) + "\n")
     return path
