@@ -495,6 +495,14 @@ def serve_inetd(cfg, inv) -> int:
     except OSError:
         os.close(fd)                                  # a pipe or a terminal: no peer address
     else:
+        if probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            # inetd "wait" / systemd Accept=no hands over the listening socket: that is the
+            # standalone master's job (`popper PORT`, which also takes LISTEN_FDS).
+            probe.close()
+            log(syslog.LOG_ERR, "stdin is a listening socket, not a connection: use inetd "
+                                "'nowait' / systemd Accept=yes, or run `popper [ADDRESS:]PORT`")
+            log.close()
+            return 1
         if probe.type == socket.SOCK_STREAM:
             sock = probe
         else:

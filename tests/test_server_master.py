@@ -60,8 +60,12 @@ def site(world_tmp, pam_service):
 
 def login(server, user, password=None):
     client = poplib.POP3(server.host, server.port, timeout=20)
-    client.user(user.name)
-    client.pass_(user.password if password is None else password)
+    try:
+        client.user(user.name)
+        client.pass_(user.password if password is None else password)
+    except BaseException:
+        client.close()
+        raise
     return client
 
 
@@ -120,10 +124,12 @@ def test_wrong_password_is_auth_error_and_logged(site, system_users):
 def test_low_uid_account_is_refused(site):
     server = site.server()
     client = poplib.POP3(server.host, server.port, timeout=20)
-    client.user("daemon")                        # uid 1 on Debian
-    with pytest.raises(poplib.error_proto, match=r"^b'-ERR \[AUTH\]"):
-        client.pass_("anything")
-    client.close()
+    try:
+        client.user("daemon")                        # uid 1 on Debian
+        with pytest.raises(poplib.error_proto, match=r"^b'-ERR \[AUTH\]"):
+            client.pass_("anything")
+    finally:
+        client.close()
     assert os.listdir(site.spool_dir) == []
 
 
@@ -186,8 +192,9 @@ def test_logged_in_child_runs_as_the_user_with_the_mail_group_only(site, system_
                                   "evil\x01name"])
 def test_hostile_user_names_are_refused_without_touching_the_filesystem(site, name):
     victim_dir = os.path.dirname(site.spool_dir)
-    before = sorted(os.listdir(victim_dir)), sorted(os.listdir(site.spool_dir))
     server = site.server()
+    wait_until(lambda: not server.children(), what="the start-up probe to end")
+    before = sorted(os.listdir(victim_dir)), sorted(os.listdir(site.spool_dir))
     with socket.create_connection((server.host, server.port), timeout=10) as s:
         read_greeting(s)
         s.sendall(f"USER {name}\r\n".encode())
@@ -270,6 +277,7 @@ def test_per_address_limit_refuses_with_sys_temp(world_tmp, pam_service):
     s = Site(world_tmp, pam_service, max_children_per_address=2)
     try:
         server = s.server()
+        wait_until(lambda: not server.children(), what="the start-up probe to end")
         held = [socket.create_connection((server.host, server.port), timeout=10) for _ in range(2)]
         try:
             for sock in held:
@@ -311,8 +319,15 @@ def test_term_lets_a_running_session_finish(site, system_users):
     client = login(server, user)
     os.kill(server.pid, signal.SIGTERM)
     site.syslog.wait_for(r"SIGTERM: no new connections; waiting for 1 session\(s\)")
-    with pytest.raises(OSError):
-        socket.create_connection((server.host, server.port), timeout=2).close()
+
+    def refused():
+        try:
+            socket.create_connection((server.host, server.port), timeout=2).close()
+        except ConnectionRefusedError:
+            return True
+        return False
+
+    wait_until(refused, what="the listener to close")
     client.dele(3)
     assert client.quit().startswith(b"+OK")
     assert server.proc.wait(20) == 0
@@ -378,9 +393,14 @@ def test_daemon_mode_detaches_and_writes_the_pid_file(site):
         env=dict(os.environ, QPOPPER_SYSLOG_SOCKET=site.syslog.path),
         stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
     assert result.returncode == 0, result.stderr
-    wait_until(lambda: os.path.exists(pid_file) and open(pid_file).read().strip(),
-               what="the pid file")
-    pid = int(open(pid_file).read())
+    def read_pid():
+        try:
+            with open(pid_file) as f:
+                return int(f.read())
+        except (OSError, ValueError):
+            return None
+
+    pid = wait_until(read_pid, what="the pid file")
     try:
         assert wait_for_greeting("127.0.0.1", port).startswith(b"+OK")
         assert proc_status(pid)["PPid"] != str(os.getpid())       # detached
