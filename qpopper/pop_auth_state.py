@@ -73,8 +73,8 @@ def normalise_user(raw: str, cfg) -> PendingUser:
 def is_possible_user_name(name: str) -> bool:
     """Could `name` be an account? It becomes part of file names (spool, temp drop, options
     files), so anything that could leave a directory or fool a log is refused up front."""
-    if not name or name in (".", ".."):
-        return False
+    if not name or name in (".", "..") or name.startswith("-"):
+        return False            # "-x" could pass for an option to a program (mail-command)
     if len(name.encode("utf-8", "surrogateescape")) > limits.MAX_USER_NAME_OCTETS:
         return False
     return "/" not in name and printable(name) == name and not any(ch.isspace() for ch in name)

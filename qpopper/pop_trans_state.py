@@ -162,8 +162,8 @@ def cmd_retr(proto: "Protocol", args: list[str]) -> None:
 
 def cmd_top(proto: "Protocol", args: list[str]) -> None:
     trans = proto.trans
+    body_lines = parse_line_count(args[1])      # syntax first, then existence (as Dovecot)
     index = trans.message_index(args[0])
-    body_lines = parse_line_count(args[1])
     send_message(proto, index, body_lines, args[2:], TOP_FOLLOWS)   # TOP does not mark retrieved
     trans.touch(index + 1)
 

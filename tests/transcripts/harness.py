@@ -92,7 +92,6 @@ class Env:
         self.start_tls = start_tls
         self.authenticator = authenticator
         self.maildrops: list = []
-        self.refuse_maildrop: PopError | None = None
 
     def write(self, data: bytes) -> None:
         assert isinstance(data, bytes)
@@ -105,8 +104,6 @@ class Env:
         from qpopper.spool.maildrop import Maildrop
         from qpopper.spool.paths import SpoolPaths
 
-        if self.refuse_maildrop is not None:
-            raise self.refuse_maildrop
         paths = SpoolPaths.for_user(self.cfg, login.user, login.home)
         drop = Maildrop.open(self.cfg, paths, login.user)
         self.maildrops.append(drop)
@@ -191,6 +188,7 @@ class Spool:
         self.home.mkdir(exist_ok=True)
         cfg = cfg or Config.defaults()
         self.cfg = cfg.replace(spool_dir=str(self.dir), auth_failure_delay=0, **cfg_changes)
+        self._sessions: list[Pop] = []
 
     def write(self, user: str, mbox: bytes) -> Path:
         path = self.dir / user
@@ -210,7 +208,15 @@ class Spool:
         proto.now = lambda: NOW
         pop = Pop(proto, env, self.dir)
         proto.sleep = pop.sleeps.append
+        self._sessions.append(pop)
         return pop
+
+    def close(self) -> None:
+        """End what a test left open: release the maildrops' locks and files, no update."""
+        for pop in self._sessions:
+            for drop in pop.env.maildrops:
+                drop.close()
+        self._sessions.clear()
 
 
 # --- running transcripts ---------------------------------------------------------------------------
