@@ -5,9 +5,10 @@ Reference L1-L7, §2.7. Three locks, each for its own reason:
 - `DotLock`: `<spool>.lock`, the convention of liblockfile/dotlockfile, procmail, Postfix
   (`mailbox_delivery_lock = fcntl, dotlock`), Exim (`use_lockfile`) and Dovecot. Created with
   O_CREAT|O_EXCL|O_NOFOLLOW (or a unique file + link(2) with no-atomic-open, L4, for NFS),
-  mode 0644 like liblockfile, content `pid@host` without newline like Qpopper. liblockfile reads
-  the leading number with atoi, so it sees our pid and, like us, treats the lock as stale once
-  that process is gone; everyone else goes by age: stale after limits.DOTLOCK_STALE_S of mtime.
+  mode 0644 like liblockfile, content `pid@host` without newline like Qpopper. liblockfile in
+  pid mode (`dotlockfile -p`, L_PID) reads the leading number with atoi, so it sees our pid
+  and, like us, treats the lock as stale once that process is gone; everyone else goes by
+  age: stale after limits.DOTLOCK_STALE_S of mtime.
   We refresh the mtime while we copy (L3).
 - `SpoolLock`: the dot-lock, then the spool opened with O_NOFOLLOW, then flock(LOCK_EX) AND an
   fcntl write lock on it (procmail, Postfix and Exim use fcntl; Postfix can add flock; Qpopper
@@ -133,6 +134,7 @@ class DotLock:
         self.host = socket.gethostname()
         self.held = False
         self._ident: tuple[int, int] | None = None     # (dev, ino) of our lock file
+        self._content = b""
         self._refreshed = 0.0
 
     # --- taking it ----------------------------------------------------------------------------
@@ -152,7 +154,7 @@ class DotLock:
         return False
 
     def _create(self) -> bool:
-        content = lock_content(host=self.host)
+        content = self._content = lock_content(host=self.host)
         self.hook("dotlock-create")
         if self.nfs_safe:
             created = self._create_by_link(content)
@@ -242,11 +244,19 @@ class DotLock:
 
     # --- holding it -----------------------------------------------------------------------------
     def still_ours(self) -> bool:
-        try:
-            st = os.lstat(self.path)
-        except FileNotFoundError:
+        """The lock file is the one we created: same inode and our `pid@host` (an inode number
+        can be reused by a lock someone created after removing ours as stale)."""
+        if not self.held:
             return False
-        return self.held and (st.st_dev, st.st_ino) == self._ident
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            st = os.fstat(fd)
+            return (st.st_dev, st.st_ino) == self._ident and os.read(fd, 256) == self._content
+        finally:
+            os.close(fd)
 
     def refresh(self) -> None:
         """Touch the lock so age-based lockers keep waiting (L3)."""

@@ -115,6 +115,8 @@ class SpoolPaths:
         def hashed_dir(base: str) -> str:
             path = base
             for part in subdirs:
+                if part == ".":
+                    continue        # `a.b` under hash-spool 2: Qpopper's `a/./a.b` is `a/a.b`
                 path = _inside(path, part)
                 hashed.append(path)
             return path
