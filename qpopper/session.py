@@ -48,6 +48,8 @@ the session process SIGKILLs itself when the maildrop reaches that update step (
 design must survive anyway); QPOPPER_TEST_STEP_LOG=<file> appends each step's name. Both are
 read from the environment of the process, which only its administrator controls."""
 
+UNKNOWN_CLIENT = "unknown"
+
 USER_OPTIONS_FILE = ".qpopper-options"
 SPOOL_OPTIONS_SUFFIX = ".qpopper-options"
 
@@ -215,7 +217,9 @@ class Session:
         self.pid = os.getpid()
         self.hostname = hostname or socket.gethostname()
         peer = peer or channel.peer()
-        self.client_ip = peer[0] if peer else "127.0.0.1"
+        # No peer address (a pipe: inetd-style tunnels such as fetchmail's ssh plugin): never
+        # pretend to be local, clear-text-password=local must not apply.
+        self.client_ip = peer[0] if peer else UNKNOWN_CLIENT
         self.client_port = peer[1] if peer else 0
         self._client_host: str | None = None
         self._lookup = (ReverseLookup(self.client_ip)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import grp
 import os
+import poplib
 import re
 import signal
 import socket
@@ -269,3 +270,45 @@ def wait_until(predicate, timeout: float = 10.0, what: str = "condition"):
 
 def rss_kib(pid: int) -> int:
     return int(proc_status(pid)["VmRSS"].split()[0])
+
+
+class Site:
+    """A spool directory, a syslog listener, a config file, and the server using them."""
+
+    def __init__(self, root: str, pam_service: str, **options):
+        self.root = root
+        self.spool_dir = make_spool_dir(root)
+        self.syslog = SyslogCapture(root)
+        self.config = os.path.join(root, "qpopper.config")
+        self.options = dict(spool_dir=self.spool_dir, pam_service=pam_service, timeout=30,
+                            auth_failure_delay=0, reverse_lookup=False, statistics=True,
+                            timing=True, log_login='(v%0) POP login by user "%1" at (%2) %3')
+        self.options.update(options)
+        write_config(self.config, **self.options)
+        self.servers: list[PopperServer] = []
+
+    def server(self, host="127.0.0.1", **kw) -> PopperServer:
+        srv = PopperServer(self.root, self.config, host=host, syslog=self.syslog, **kw)
+        self.servers.append(srv)
+        return srv.start()
+
+    def close(self):
+        for srv in self.servers:
+            srv.stop()
+        self.syslog.close()
+
+
+def login(server, user, password=None):
+    client = poplib.POP3(server.host, server.port, timeout=20)
+    try:
+        client.user(user.name)
+        client.pass_(user.password if password is None else password)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def spool_text(site, user) -> str:
+    with open(os.path.join(site.spool_dir, user.name), "rb") as f:
+        return f.read().decode()

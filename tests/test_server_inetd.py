@@ -1,0 +1,148 @@
+"""The session without the master: inetd / systemd Accept=yes (the connection on stdin and
+stdout), and the master with its listening socket from systemd (LISTEN_FDS). Root only: real
+users, a real PAM service, the privilege drop."""
+
+from __future__ import annotations
+
+import os
+import poplib
+import shutil
+import signal
+import socket
+import subprocess
+import types
+
+import pytest
+
+from tests.helpers.sysusers import make_spool
+from tests.server_harness import (POPPER, Site, free_port, login, mbox, read_greeting,
+                                  spool_text, wait_for_greeting)
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
+
+SPOOL = mbox(("first", "Body one.\n"), ("second", "Body two.\n"))
+
+
+@pytest.fixture
+def site(world_tmp, pam_service):
+    s = Site(world_tmp, pam_service)
+    yield s
+    s.close()
+
+
+class Activator:
+    """systemd-socket-activate running popper, as a systemd socket unit would."""
+
+    def __init__(self, site, *args, popper_args=()):
+        if shutil.which("systemd-socket-activate") is None:
+            pytest.skip("systemd-socket-activate is not installed")
+        self.host, self.port = "127.0.0.1", free_port()
+        env = dict(os.environ, QPOPPER_SYSLOG_SOCKET=site.syslog.path)
+        self.proc = subprocess.Popen(
+            ["systemd-socket-activate", *args, "-l", f"{self.host}:{self.port}",
+             "-E", f"QPOPPER_SYSLOG_SOCKET={site.syslog.path}", POPPER,
+             *popper_args, "-f", site.config],
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def stop(self):
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+
+def fetch_and_delete(server, user, site):
+    wait_for_greeting(server.host, server.port)
+    client = login(server, user)
+    assert client.stat()[0] == 2
+    assert b"Subject: first" in client.retr(1)[1]
+    assert b"Subject: second" in client.top(2, 0)[1]
+    client.dele(1)
+    assert client.quit().startswith(b"+OK")
+    text = spool_text(site, user)
+    assert "Subject: first" not in text and text.count("Subject: second") == 1
+
+
+def test_inetd_mode_under_systemd_socket_activate_accept(site, system_users):
+    """`systemd-socket-activate --inetd --accept`: one popper per connection, on stdin/stdout
+    (the inetd.conf line and an Accept=yes unit with StandardInput=socket)."""
+    user = system_users.create()
+    make_spool(site.spool_dir, user, SPOOL)
+    activator = Activator(site, "--inetd", "--accept")
+    try:
+        fetch_and_delete(activator, user, site)
+        with pytest.raises(poplib.error_proto, match=r"^b'-ERR \[AUTH\]"):
+            login(activator, user, password="wrong")
+        site.syslog.wait_for(rf"\[AUTH\] Failed attempted login to {user.name} from host "
+                             r"\(127\.0\.0\.1\) 127\.0\.0\.1")
+    finally:
+        activator.stop()
+
+
+def test_master_takes_its_socket_from_listen_fds(site, system_users):
+    """`systemd-socket-activate` without --accept: LISTEN_FDS=1, the listener on fd 3."""
+    user = system_users.create()
+    make_spool(site.spool_dir, user, SPOOL)
+    activator = Activator(site, popper_args=["1"])      # the port argument selects the master
+    try:
+        fetch_and_delete(activator, user, site)
+        site.syslog.wait_for(rf"master listening on 127\.0\.0\.1:{activator.port}")
+    finally:
+        activator.stop()
+
+
+def test_master_with_a_socket_handed_over_by_the_caller(site, system_users):
+    """The LISTEN_FDS protocol done by hand: the socket at fd 3, LISTEN_PID = popper's pid."""
+    user = system_users.create()
+    make_spool(site.spool_dir, user, SPOOL)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def place_socket():
+        os.dup2(listener.fileno(), 3)
+
+    proc = subprocess.Popen(
+        ["sh", "-c", f'LISTEN_PID=$$ LISTEN_FDS=1 exec "{POPPER}" 1 -f "{site.config}"'],
+        env=dict(os.environ, QPOPPER_SYSLOG_SOCKET=site.syslog.path), preexec_fn=place_socket,
+        pass_fds=(3,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True)
+    listener.close()
+    try:
+        fetch_and_delete(types.SimpleNamespace(host="127.0.0.1", port=port), user, site)
+    finally:
+        proc.terminate()
+        assert proc.wait(20) == 0
+
+
+def test_inetd_mode_over_pipes(site, system_users):
+    """stdin/stdout as pipes (e.g. a tunnel): the real session, no peer address."""
+    user = system_users.create()
+    make_spool(site.spool_dir, user, SPOOL)
+    script = (f"USER {user.name}\r\nPASS {user.password}\r\nSTAT\r\nRETR 2\r\nDELE 2\r\n"
+              f"QUIT\r\n").encode()
+    result = subprocess.run([POPPER, "-f", site.config], input=script, capture_output=True,
+                            env=dict(os.environ, QPOPPER_SYSLOG_SOCKET=site.syslog.path),
+                            timeout=30)
+    replies = result.stdout.split(b"\r\n")
+    assert replies[0].startswith(b"+OK Qpopper")
+    assert replies[3].startswith(b"+OK 2 ")                       # STAT
+    assert b"Subject: second" in result.stdout
+    assert result.stdout.endswith(b"+OK Pop server at " + socket.gethostname().encode() +
+                                  b" signing off.\r\n")
+    assert "Subject: second" not in spool_text(site, user)
+    site.syslog.wait_for(rf"Stats: {user.name} 1 \d+ 1 \d+ unknown unknown")
+
+
+def test_inetd_refuses_a_listening_socket_on_stdin(site):
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        result = subprocess.run([POPPER, "-f", site.config], stdin=listener.fileno(),
+                                capture_output=True, timeout=30,
+                                env=dict(os.environ, QPOPPER_SYSLOG_SOCKET=site.syslog.path))
+    finally:
+        listener.close()
+    assert result.returncode == 1
+    site.syslog.wait_for(r"stdin is a listening socket, not a connection: .*")
