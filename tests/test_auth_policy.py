@@ -141,8 +141,9 @@ def test_wrong_password_and_unknown_user_get_the_same_reply(system_users, pam_se
     ghost_name = carol.name[:-1] + ("x" if carol.name[-1] != "x" else "y")
     ghost = refused(lambda: auth.check_password(ghost_name, "wrong-pw", CLIENT_IP,
                                                 client_host=CLIENT_HOST))
-    assert wrong.render() == f'-ERR [AUTH] Password supplied for "{carol.name}" is incorrect.\r\n'.encode()
-    assert ghost.render() == f'-ERR [AUTH] Password supplied for "{ghost_name}" is incorrect.\r\n'.encode()
+    for error, name in ((wrong, carol.name), (ghost, ghost_name)):
+        expected = f'-ERR [AUTH] Password supplied for "{name}" is incorrect.\r\n'
+        assert error.render() == expected.encode()
     assert failure_record(carol.name) in log.records
     assert failure_record(ghost_name) in log.records
     log.assert_never_mentions("wrong-pw")
@@ -160,21 +161,24 @@ def test_expired_or_locked_account_is_refused_with_the_right_password(system_use
     assert error.code is RespCode.AUTH
     assert error.text == f'Password supplied for "{user.name}" is incorrect.'
     reasons = " ".join(log.texts())
-    assert ("expired" in reasons) if state == "account_expired" else ("Authentication failure" in reasons)
+    expected_reason = "expired" if state == "account_expired" else "Authentication failure"
+    assert expected_reason in reasons
 
 
 @needs_root
 def test_expired_password_follows_check_password_expired(system_users, pam_service):
     dave = system_users.create(password="pw-dave", password_expired=True)
     strict = Authenticator(config(pam_service=pam_service), Log())
-    assert refused(lambda: strict.check_password(dave.name, "pw-dave", CLIENT_IP)).code is RespCode.AUTH
+    error = refused(lambda: strict.check_password(dave.name, "pw-dave", CLIENT_IP))
+    assert error.code is RespCode.AUTH
     lenient_log = Log()
     lenient = Authenticator(config(pam_service=pam_service, check_password_expired=False),
                             lenient_log)
     assert lenient.check_password(dave.name, "pw-dave", CLIENT_IP).uid == dave.uid
     assert any("has expired" in text for text in lenient_log.texts())
     # ... but never with a wrong password
-    assert refused(lambda: lenient.check_password(dave.name, "nope", CLIENT_IP)).code is RespCode.AUTH
+    error = refused(lambda: lenient.check_password(dave.name, "nope", CLIENT_IP))
+    assert error.code is RespCode.AUTH
 
 
 @needs_root
@@ -207,7 +211,8 @@ def test_auth_file_admits_only_listed_users(system_users, pam_service, tmp_path)
     # An auth-file that cannot be read admits nobody (and the log says why).
     log = Log()
     broken = Authenticator(config(pam_service=pam_service, auth_file=str(tmp_path / "gone")), log)
-    assert refused(lambda: broken.check_password(fay.name, "pw-f", CLIENT_IP)).text == "Permission denied."
+    error = refused(lambda: broken.check_password(fay.name, "pw-f", CLIENT_IP))
+    assert error.text == "Permission denied."
     assert any("cannot read user list" in text for text in log.texts())
 
 
@@ -217,7 +222,8 @@ def test_nonauth_file_refuses_listed_users(system_users, pam_service, tmp_path):
     denied = tmp_path / "denied"
     denied.write_text(f"{hank.name}\n")
     auth = Authenticator(config(pam_service=pam_service, nonauth_file=str(denied)), Log())
-    assert refused(lambda: auth.check_password(hank.name, "pw-h", CLIENT_IP)).text == "Permission denied."
+    error = refused(lambda: auth.check_password(hank.name, "pw-h", CLIENT_IP))
+    assert error.text == "Permission denied."
     assert auth.check_password(iris.name, "pw-i", CLIENT_IP).user == iris.name
 
 
@@ -282,8 +288,10 @@ def test_default_policy_makes_apop_users_use_apop(system_users, pam_service, own
     store.set_secret(kim.name, "kim-apop-secret")
     log = Log()
     auth = Authenticator(config(pam_service=pam_service, **store_cfg), log)
-    assert auth.apop_enabled and auth.has_apop_secret(kim.name) and not auth.has_apop_secret(lee.name)
-    assert refused(lambda: auth.check_password(kim.name, "pw-k", CLIENT_IP)).text == policy.NEEDS_STRONGER_AUTH
+    assert auth.apop_enabled
+    assert auth.has_apop_secret(kim.name) and not auth.has_apop_secret(lee.name)
+    error = refused(lambda: auth.check_password(kim.name, "pw-k", CLIENT_IP))
+    assert error.text == policy.NEEDS_STRONGER_AUTH
     assert auth.check_password(lee.name, "pw-l", CLIENT_IP).user == lee.name
     # APOP works for kim, with PAM's account check (PAM_TYPE account only, no password step)
     login = auth.check_apop(kim.name, TIMESTAMP, apop_digest(TIMESTAMP, "kim-apop-secret"),
@@ -336,7 +344,8 @@ def test_pop_auth_users_log_in_with_user_pass_and_apop(owned_store):
     digest = apop_digest(TIMESTAMP, "demo-pw")
     assert auth.check_apop("demo", TIMESTAMP, digest, CLIENT_IP).mechanism == "APOP"
     assert auth.check_apop("demo", TIMESTAMP, digest.upper(), CLIENT_IP).user == "demo"
-    assert log.texts().count(f'(v4.1.0) POP login by user "demo" at ({CLIENT_HOST}) {CLIENT_IP}') == 1
+    login_line = f'(v4.1.0) POP login by user "demo" at ({CLIENT_HOST}) {CLIENT_IP}'
+    assert log.texts().count(login_line) == 1
     log.assert_never_mentions("demo-pw")
 
 
@@ -403,7 +412,7 @@ def test_malformed_names_get_the_bad_password_reply(owned_store, name):
     assert error.code is RespCode.AUTH and error.text.startswith("Password supplied for")
 
 
-# ---- the failure delay ----------------------------------------------------------------------------
+# ---- the failure delay --------------------------------------------------------------------
 def test_failures_wait_the_failure_delay_successes_do_not(owned_store):
     store, store_cfg, _ = owned_store
     store.set_secret("demo", "demo-pw")
@@ -415,3 +424,20 @@ def test_failures_wait_the_failure_delay_successes_do_not(owned_store):
     started = time.monotonic()
     auth.check_password("demo", "demo-pw", CLIENT_IP)
     assert time.monotonic() - started < 0.5
+
+
+@needs_root
+def test_a_missing_owner_account_makes_the_store_unusable(owned_store, pam_service):
+    store, store_cfg, _ = owned_store
+    store.set_secret("demo", "demo-pw")
+    log = Log()
+    auth = Authenticator(config(pam_service=pam_service, pop_auth_file=store.path,
+                                pop_auth_owner="qptnosuchowner"), log)
+    error = refused(lambda: auth.check_apop("demo", TIMESTAMP, apop_digest(TIMESTAMP, "demo-pw"),
+                                            CLIENT_IP))
+    assert error.code is RespCode.SYS_PERM
+    assert any("'qptnosuchowner' does not exist" in text for text in log.texts())
+    pop_auth = Authenticator(config(user_database="pop-auth", pop_auth_file=store.path,
+                                    pop_auth_owner="qptnosuchowner"), Log())
+    assert refused(lambda: pop_auth.check_password("demo", "demo-pw", CLIENT_IP)).code is \
+        RespCode.SYS_PERM

@@ -29,7 +29,8 @@ def test_create_makes_a_0600_file_with_the_current_schema(tmp_path):
     assert st.st_uid == os.getuid()
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        tables = {name for (name,) in
+                  db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     db.close()
     assert {"users", "scram"} <= tables
 

@@ -290,7 +290,13 @@ class Authenticator:
             try:
                 owner_uid = pwd.getpwnam(self.cfg.pop_auth_owner).pw_uid
             except KeyError:
-                owner_uid = -1              # no such account: nothing can own the file right
+                # No such account: nothing can own the file rightly, so every lookup refuses
+                # it ([SYS/PERM]); when there is a store, say why.
+                owner_uid = -1
+                if os.path.lexists(path):
+                    self.log(syslog.LOG_ERR,
+                             f"pop-auth-owner account {self.cfg.pop_auth_owner!r} does not "
+                             f"exist: the pop.auth store {path} cannot be used")
         return PopAuthStore(path, owner_uid)
 
     # ---- outcomes -------------------------------------------------------------------------
