@@ -434,6 +434,29 @@ def test_mail_appended_after_written_back_messages_stays_separate(tmp_path):
                     b"\r\n" if appended is new_mail else b""))
 
 
+def test_mmdf_trailer_in_headers_junk_and_missing_last_trailer(tmp_path):
+    sep = b"\x01\x01\x01\x01\n"
+    spool = tmp_path / "spool"
+    data = (sep + b"Subject: no blank line\n" + sep + b"junk between\n"
+            + sep + b"Subject: b\n\nbody b\n" + sep
+            + sep + b"Subject: c\n\nno trailer at the end\n")
+    spool.write_bytes(data)
+    with open(spool, "rb") as f:
+        a, b, c = mbox.scan(f)
+        assert (a.offset, a.end) == (0, data.index(sep + b"Subject: b"))
+        assert (b.end, c.end) == (data.rindex(sep + b"Subject: c"), len(data))
+        assert retr(f, a) == b"Subject: no blank line\r\n" + a.uidl_line
+        assert retr(f, b) == b"Subject: b\r\n" + b.uidl_line + b"\r\nbody b\r\n"
+        assert retr(f, c) == b"Subject: c\r\n" + c.uidl_line + b"\r\nno trailer at the end\r\n"
+        assert [m.octets for m in (a, b, c)] == [len(retr(f, m)) for m in (a, b, c)]
+    dst = tmp_path / "dst"
+    write_back(spool, dst, update_status_headers=False)
+    assert dst.read_bytes() == data + sep            # the missing trailer is added
+    write_back(spool, dst)
+    assert [m.uid for m in scan_path(dst)] == [a.uid, b.uid, c.uid]
+    assert b"junk between\n" in dst.read_bytes()
+
+
 def test_copy_range_copies_raw_bytes_in_bounded_chunks(tmp_path):
     src = tmp_path / "src"
     data = bytes(random.Random(5).randbytes(3 * limits.COPY_CHUNK_OCTETS + 17))
@@ -520,7 +543,12 @@ def random_spool(rng: random.Random, chunk: int) -> bytes:
 
 
 @pytest.mark.timeout(120)
-def test_scan_and_retr_match_line_by_line_oracle_on_random_spools(tmp_path):
+@pytest.mark.parametrize("header_window", [None, 0])
+def test_scan_and_retr_match_line_by_line_oracle_on_random_spools(tmp_path, monkeypatch,
+                                                                   header_window):
+    """header_window 0 forces the line-by-line header parser everywhere."""
+    if header_window is not None:
+        monkeypatch.setattr(mbox._Scanner, "HEADER_WINDOW", header_window)
     rng = random.Random(20261127)
     spool = tmp_path / "spool"
     for _ in range(40):
@@ -538,6 +566,59 @@ def test_scan_and_retr_match_line_by_line_oracle_on_random_spools(tmp_path):
                 assert m.octets == len(unstuff(want))
                 if not m.uid_from_header:
                     assert m.uid == oracle_uid(raw)
+
+
+FEATURES = {
+    # name: (bytes, index inside them that must land on the boundary)
+    "dot line": (b".dot line\n", 0),
+    "crlf split": (b"crlf line\r\n", len(b"crlf line\r")),
+    "empty line, separator": (b"\nFrom b@x Wed Nov 25 10:00:00 2026\nSubject: b\n\nb\n", 0),
+    "separator": (b"\nFrom b@x Wed Nov 25 10:00:00 2026\nSubject: b\n\nb\n", 1),
+    "crlf empty line, separator": (b"\r\nFrom b@x Wed Nov 25 10:00:00 2026\nSubject: b\n\nb\n", 1),
+    "nul": (b"\0nul line\n", 0),
+}
+
+
+def spool_with_feature_at(position: int, feature: bytes, index: int) -> bytes:
+    head = b"From a@x Wed Nov 25 10:00:00 2026\nSubject: a\n\n"
+    need = position - index - len(head)
+    filler = []
+    while need > 0:
+        n = min(need, 70)
+        if need - n in range(1, 2):             # never leave a 1-byte gap: it could not end a line
+            n -= 1
+        filler.append(b"f" * (n - 1) + b"\n")
+        need -= n
+    tail = b"".join(b"after %d\n" % i for i in range(40))
+    data = head + b"".join(filler) + feature + tail
+    assert data[position - index:position - index + len(feature)] == feature
+    return data + b"\nFrom z@x Wed Nov 25 10:00:00 2026\nSubject: z\n\nz\n"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("feature", sorted(FEATURES))
+def test_features_on_read_and_send_chunk_boundaries(tmp_path, feature):
+    """Reads are aligned on COPY_CHUNK_OCTETS from the region start (scan) and from the start of
+    each range RETR sends (the range after the X-UIDL insert point begins at the blank line):
+    put each tricky byte sequence on and around those boundaries."""
+    content, index = FEATURES[feature]
+    chunk = limits.COPY_CHUNK_OCTETS
+    header_end = len(b"From a@x Wed Nov 25 10:00:00 2026\nSubject: a\n")
+    positions = [base + delta for base in (chunk, 2 * chunk, header_end + chunk,
+                                           header_end + 2 * chunk)
+                 for delta in range(-3, 4)]
+    spool = tmp_path / "spool"
+    for position in positions:
+        data = spool_with_feature_at(position, content, index)
+        spool.write_bytes(data)
+        expected = naive_messages(data)
+        with open(spool, "rb") as f:
+            messages = mbox.scan(f)
+            assert [m.offset for m in messages] == [off for off, _ in expected], position
+            for m, (_, raw) in zip(messages, expected):
+                want = naive_retr(raw, m.uid)
+                assert retr(f, m) == want, position
+                assert m.octets == len(unstuff(want)), position
 
 
 # --- a bigger generated spool ------------------------------------------------------------------------

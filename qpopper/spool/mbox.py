@@ -245,7 +245,9 @@ def _file_end(f: BinaryIO) -> int:
 
 def _octets(data: bytes, after_cr: bool = False) -> int:
     """Length of `data` on the wire: every LF becomes CRLF unless it already follows a CR."""
-    n = len(data) + data.count(b"\n") - data.count(b"\r\n")
+    n = len(data) + data.count(b"\n")
+    if b"\r" in data:                   # rare: skip the second pass over plain LF data
+        n -= data.count(b"\r\n")
     if after_cr and data[:1] == b"\n":
         n -= 1
     return n
@@ -333,9 +335,62 @@ class _Scanner:
             d.digest.update(sep.translate(_NUL_TO_SPACE))
         return self._after_body(d, nxt)
 
+    HEADER_WINDOW = 16 * 1024
+    """Headers are parsed from one slice when they and their blank line fit in this much."""
+
     def _headers(self, d: _Draft):
         """Header lines up to the blank line. Returns an MMDF separator met inside the headers
         (a message without a blank line) as the trailer, else None."""
+        if self._headers_in_buffer(d):
+            return None
+        return self._headers_by_line(d)
+
+    def _headers_in_buffer(self, d: _Draft) -> bool:
+        """Fast path: the whole header block and its blank line are in the buffer (and no MMDF
+        separator in it). Same results as _headers_by_line, from one slice."""
+        w = self.w
+        if len(w.buf) - w.cur < self.HEADER_WINDOW:
+            w.more()
+        buf, i = w.buf, w.cur
+        lf = buf.find(b"\n\n", i - 1, i + self.HEADER_WINDOW)
+        crlf = buf.find(b"\n\r\n", i - 1, lf + 1 if lf != -1 else i + self.HEADER_WINDOW)
+        if crlf != -1 and (lf == -1 or crlf < lf):
+            blank_at, blank_len = crlf + 1, 2
+        elif lf != -1:
+            blank_at, blank_len = lf + 1, 1
+        else:
+            return False
+        block = buf[i:blank_at]
+        sep = self.mmdf_sep
+        if sep is not None and (block.startswith(sep) or b"\n" + sep in block):
+            return False
+        first_message = d.number == 1 and self.first_number == 1
+        octets = _octets(block) + 2
+        hashing = False
+        start = 0
+        base = w.base + i
+        end = len(block)
+        while start < end:
+            stop = block.find(b"\n", start) + 1
+            line = block[start:stop]
+            kind = self._classify(d, line, base + start, hashing, first_message)
+            hashing = kind == "hash" or (kind == "cont" and hashing)
+            if kind == "uidl" or kind == "clen":
+                octets -= _octets(line)
+                d.stripped.append((base + start, base + stop))
+                if kind == "uidl":
+                    d.uidl_lines.append((base + start, base + stop))
+            elif kind == "status":
+                d.status_lines.append((base + start, base + stop))
+            start = stop
+        d.octets += octets
+        d.header_end = w.base + blank_at
+        w.cur = blank_at + blank_len
+        d.body_start = w.pos
+        return True
+
+    def _headers_by_line(self, d: _Draft):
+        """Slow path: line by line, long lines in pieces of limits.MAX_SPOOL_LINE_OCTETS."""
         w = self.w
         hashing = False          # the previous line was a hashed header: hash its continuations
         kind = None              # kind of the line a long-line piece belongs to
@@ -360,7 +415,7 @@ class _Scanner:
                 if self.mmdf_sep is not None and piece == self.mmdf_sep:
                     d.header_end = d.body_start = d.body_end = piece_at
                     return piece
-                kind = self._classify(d, piece, hashing, first_message)
+                kind = self._classify(d, piece, line_start, hashing, first_message)
                 hashing = kind == "hash" or (kind == "cont" and hashing)
             elif kind == "hash" or (kind == "cont" and hashing):
                 d.digest.update(piece.translate(_NUL_TO_SPACE))
@@ -385,17 +440,21 @@ class _Scanner:
             if piece.endswith(b"\n"):
                 kind = None
 
-    def _classify(self, d: _Draft, line: bytes, hashing: bool, first_message: bool) -> str:
+    def _classify(self, d: _Draft, line: bytes, line_start: int, hashing: bool,
+                  first_message: bool) -> str:
+        """Kind of a header line from its first MAX_SPOOL_LINE_OCTETS (all Qpopper looks at);
+        feeds the UID digest and notes Content-Length, X-UIDL, Status and uw-kludge marks."""
         low = line[:16].lower()
+        head = line[:limits.MAX_SPOOL_LINE_OCTETS]
         if self.content_length and line.startswith(b"Content-Length:"):
             d.digest.update(line.translate(_NUL_TO_SPACE))
-            digits = line[15:].strip(b" \t\r\n")
+            digits = head[15:].strip(b" \t\r\n")
             if digits.isdigit() and d.content_length is None:
                 d.content_length = int(digits)
             return "clen"
         if low.startswith(b"x-uidl:"):
             if d.header_uid is None:
-                d.header_uid = _header_uid(line)
+                d.header_uid = _header_uid(head)
             return "uidl"
         if first_message and self.uw_kludge:
             if low.startswith(b"subject:") and any(m in line for m in _UW_SUBJECT_MARKS):
@@ -406,10 +465,10 @@ class _Scanner:
                     b"Mail System Internal Data"):
                 d.uw_marks += 1
         if low.startswith(b"status:"):
-            if b"R" in line[7:]:
+            if b"R" in head[7:]:
                 d.retrieved = True
             if d.uidl_insert_at < 0:
-                d.uidl_insert_at = self.w.pos - len(line)
+                d.uidl_insert_at = line_start
             return "status"
         if low.startswith(_HASHED_HEADERS):
             d.digest.update(line.translate(_NUL_TO_SPACE))
