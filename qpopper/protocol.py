@@ -28,7 +28,7 @@ from .pop_command import NO_EXTENSIONS, Command, CommandSyntaxError, Extensions
 from .pop_lines import TOO_LONG, LineReader
 from .pop_trans_state import (TRANSACTION_COMMANDS, TRANSACTION_COMMANDS_WITH_MANGLE, SessionStats,
                               Transaction, login_reply)
-from .responses import CRLF, TERMINATOR, PopError, dot_stuff, err, ok
+from .responses import CRLF, TERMINATOR, PopError, RespCode, dot_stuff, err, ok
 
 __all__ = ["Protocol", "State", "Command", "Extensions", "CommandSyntaxError", "SessionStats"]
 
@@ -49,6 +49,7 @@ UNKNOWN_COMMAND = 'Unknown command: "{verb}".'
 TOO_FEW_ARGUMENTS = "Too few arguments for the {verb} command."
 TOO_MANY_ARGUMENTS = "Too many arguments for the {verb} command."
 TOO_MANY_BAD_COMMANDS = "Too many bad commands"
+MAILDROP_UNAVAILABLE = "Unable to open your maildrop; contact your administrator"
 
 _REPLY_CHUNK = limits.COPY_CHUNK_OCTETS
 
@@ -202,7 +203,7 @@ class Protocol:
         self.pending_user = None
         self.login = login
         try:
-            maildrop = self.env.open_maildrop(login)
+            maildrop = self._open_maildrop(login)
         except PopError as refusal:
             self._log_refusal(refusal)
             self.reply(refusal.render())
@@ -211,6 +212,13 @@ class Protocol:
         self.trans = Transaction(maildrop)
         self.state = State.TRANSACTION
         self.reply(login_reply(login.user, self.trans))
+
+    def _open_maildrop(self, login: Login):
+        try:
+            return self.env.open_maildrop(login)
+        except OSError as exc:      # the maildrop maps its own errors; a stray one lands here
+            raise PopError(MAILDROP_UNAVAILABLE, RespCode.SYS_TEMP,
+                           log=f"opening the maildrop of {login.user}: {exc}") from None
 
     def quit_authorization(self) -> None:
         self.reply(ok(f"Pop server at {self.env.hostname} signing off."))
@@ -286,7 +294,9 @@ class Protocol:
                 else:
                     self.trans.maildrop.restore()
             except PopError as refusal:
-                self._log_refusal(refusal, priority=syslog.LOG_ERR)
+                # Nobody reads a reply now: the log is the only place this can be told.
+                self.env.log(syslog.LOG_ERR, f"ending the session of {self._who()}: "
+                                             f"{refusal.log or refusal.text}")
         self._close()
 
     def _update(self, *, quit: bool) -> None:

@@ -12,7 +12,6 @@ import pytest
 from qpopper import limits
 from tests.transcripts.harness import Spool, parse, run_lockstep
 
-GREETING_NO_APOP = "+OK Qpopper (version 4.1.0) at mail.example.org starting."
 PASSWORD_REQUIRED_ALICE = b"+OK Password required for alice.\r\n"
 LINE_TOO_LONG = b"-ERR Line too long (more than 255 octets).\r\n"
 NUL_IN_COMMAND = b"-ERR NUL byte in command.\r\n"

@@ -424,6 +424,31 @@ def test_quit_without_changes_keeps_every_message_and_uid(pop, spool):
     assert uids(after) == before
 
 
+UPDATE_FAILED = (b"-ERR [SYS/TEMP] Error updating primary drop.  Mail left in temporary "
+                 b"maildrop\r\n")
+
+
+def test_quit_answers_the_update_failure_and_the_mail_stays(pop, spool):
+    # The spool turned into a directory behind our back: the write-back cannot happen.
+    (spool.dir / "alice").unlink()
+    (spool.dir / "alice").mkdir()
+    pop.send("DELE 1")
+    assert pop.send("QUIT") == UPDATE_FAILED
+    assert pop.proto.closed
+    assert (spool.dir / ".alice.pop").read_bytes() == SPOOL      # nothing lost, nothing deleted
+
+
+def test_update_failure_on_abort_is_logged(spool):
+    pop = logged_in(spool, update_on_abort=True)
+    (spool.dir / "alice").unlink()
+    (spool.dir / "alice").mkdir()
+    pop.proto.eof()
+    assert pop.env.take() == b""
+    assert any(text.startswith("ending the session of alice at client.example.net (127.0.0.1): "
+                               "Error updating primary drop") for _, text in pop.env.logs)
+    assert (spool.dir / ".alice.pop").read_bytes() == SPOOL
+
+
 def test_rset_undeletes_before_quit(pop, spool):
     pop.send("DELE 1")
     pop.send("RSET")

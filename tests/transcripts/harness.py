@@ -105,7 +105,7 @@ class Env:
         from qpopper.spool.paths import SpoolPaths
 
         paths = SpoolPaths.for_user(self.cfg, login.user, login.home)
-        drop = Maildrop.open(self.cfg, paths, login.user)
+        drop = Maildrop.open(self.cfg, paths, login.user, log=self.log)
         self.maildrops.append(drop)
         return drop
 
