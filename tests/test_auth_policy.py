@@ -441,3 +441,17 @@ def test_a_missing_owner_account_makes_the_store_unusable(owned_store, pam_servi
                                     pop_auth_owner="qptnosuchowner"), Log())
     assert refused(lambda: pop_auth.check_password("demo", "demo-pw", CLIENT_IP)).code is \
         RespCode.SYS_PERM
+
+
+@needs_root
+def test_a_broken_pam_stack_is_a_temporary_system_failure(system_users):
+    """A module that will not load is the administrator's problem: [SYS/TEMP], logged, and
+    not a 'wrong password' that would make the user doubt their password."""
+    kai = system_users.create(password="pw-kai")
+    broken_stack = "auth required pam_qpt_no_such_module.so\naccount required pam_unix.so\n"
+    with pam_files.installed_pam_service(broken_stack, tag="broken-") as service:
+        auth = Authenticator(config(pam_service=service), Log())
+        error = refused(lambda: auth.check_password(kai.name, "pw-kai", CLIENT_IP))
+    assert error.render() == (b"-ERR [SYS/TEMP] Unable to check your credentials now; "
+                              b"try again later\r\n")
+    assert "Module is unknown" in error.log and service in error.log

@@ -27,6 +27,15 @@ PAM_ACCT_EXPIRED = python_pam.PAM_ACCT_EXPIRED            # account expired (cha
 PAM_NEW_AUTHTOK_REQD = python_pam.PAM_NEW_AUTHTOK_REQD    # password expired (chage -d 0, max age)
 PAM_RHOST = python_pam.PAM_RHOST
 
+SYSTEM_ERRORS = frozenset({
+    python_pam.PAM_OPEN_ERR, python_pam.PAM_SYMBOL_ERR, python_pam.PAM_SERVICE_ERR,
+    python_pam.PAM_SYSTEM_ERR, python_pam.PAM_BUF_ERR, python_pam.PAM_AUTHINFO_UNAVAIL,
+    python_pam.PAM_CONV_ERR, python_pam.PAM_ABORT, python_pam.PAM_MODULE_UNKNOWN,
+    python_pam.PAM_BAD_ITEM,
+})
+"""Codes that say "PAM could not decide" (a broken stack, a module that will not load, an
+unreachable directory), not "these credentials are wrong": the client gets [SYS/TEMP]."""
+
 
 @dataclass(frozen=True)
 class PamResult:
@@ -36,6 +45,10 @@ class PamResult:
     code: int
     reason: str
     password_expired: bool = False   # acct_mgmt's only objection was an expired password
+
+    @property
+    def system_error(self) -> bool:
+        return self.code in SYSTEM_ERRORS
 
 
 def _with_rhost(authenticator, rhost: str | None, replace_auth_step: bool):
@@ -60,7 +73,10 @@ def _with_rhost(authenticator, rhost: str | None, replace_auth_step: bool):
 
 def _run(service: str, user: str, password: str, rhost: str | None, *,
          check_password_expired: bool, account_only: bool) -> PamResult:
-    authenticator = python_pam.PamAuthenticator()
+    try:
+        authenticator = python_pam.PamAuthenticator()
+    except (OSError, AttributeError, TypeError) as exc:     # libpam missing or unloadable
+        return PamResult(False, python_pam.PAM_SYSTEM_ERR, f"cannot load libpam: {exc}")
     _with_rhost(authenticator, rhost, replace_auth_step=account_only)
     try:
         authenticator.authenticate(user, password, service=service, resetcreds=False)

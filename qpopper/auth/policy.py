@@ -60,6 +60,7 @@ NEEDS_STRONGER_AUTH = ("You must use stronger authentication such as AUTH or APO
                        "this account")
 CLEAR_TEXT_LOCAL_ONLY = "Clear text passwords are permitted only from the local host"
 CLEAR_TEXT_TLS_ONLY = "Clear text passwords are permitted only over TLS; use STLS first"
+PAM_UNAVAILABLE = "Unable to check your credentials now; try again later"
 NO_SHELL = "No user shell defined"
 SHELL_NOT_FOUND = '"{user}": shell not found.'
 
@@ -147,6 +148,7 @@ class Authenticator:
         account = self._system_account(user, host, client_ip, bad_password)
         result = pam_auth.authenticate(self.cfg.pam_service, user, password, client_ip,
                                        check_password_expired=self._check_password_expired())
+        self._check_pam_worked(result)
         if not result.ok:
             self._refuse(user, host, client_ip, bad_password,
                          f"PAM service {self.cfg.pam_service}: {result.reason} ({result.code})")
@@ -178,6 +180,7 @@ class Authenticator:
             # now (expired, locked by the administrator, pam_access, ...).
             result = pam_auth.check_account(self.cfg.pam_service, user, client_ip,
                                             check_password_expired=self._check_password_expired())
+            self._check_pam_worked(result)
             if not result.ok:
                 self._refuse(user, host, client_ip, BAD_DIGEST,
                              f"PAM account check ({self.cfg.pam_service}): {result.reason} "
@@ -243,6 +246,13 @@ class Authenticator:
         if refusal is not None:
             self._refuse(user, host, client_ip, refusal.format(user=user),
                          f"shell {account.pw_shell!r} not in {SHELLS_FILE}")
+
+    def _check_pam_worked(self, result: pam_auth.PamResult) -> None:
+        """A PAM stack that could not decide is a system failure, not a wrong password."""
+        if result.system_error:
+            raise PopError(PAM_UNAVAILABLE, RespCode.SYS_TEMP,
+                           log=f"PAM service {self.cfg.pam_service}: {result.reason} "
+                               f"({result.code})")
 
     def _check_password_expired(self) -> bool:
         return bool(self.cfg.check_password_expired)
