@@ -44,9 +44,10 @@ HANGUP_SIGNALS = (signal.SIGHUP, signal.SIGTERM)
 CRASH_AT_ENV = "QPOPPER_TEST_CRASH_AT"
 STEP_LOG_ENV = "QPOPPER_TEST_STEP_LOG"
 """Test-only fault injection (tests/test_server_faults.py): with QPOPPER_TEST_CRASH_AT=<step>
-the session process SIGKILLs itself when the maildrop reaches that update step (a crash the
-design must survive anyway); QPOPPER_TEST_STEP_LOG=<file> appends each step's name. Both are
-read from the environment of the process, which only its administrator controls."""
+(or <step>#<n> for its n-th occurrence) the session process SIGKILLs itself when the maildrop
+reaches that step (a crash the design must survive anyway); QPOPPER_TEST_STEP_LOG=<file>
+appends each step's name. Both come from the environment of the server process, which only
+its administrator controls; unset, no hook is installed at all."""
 
 UNKNOWN_CLIENT = "unknown"
 
@@ -391,6 +392,13 @@ class Session:
         except Exception:
             pass
         self.channel.close()
+        if self.maildrop is not None:
+            # After update/restore this is a no-op; after a failure it releases the session
+            # lock and leaves the temp drop for the next login's recovery.
+            try:
+                self.maildrop.close()
+            except OSError as exc:
+                self.log(syslog.LOG_ERR, f"closing the maildrop of {self.user}: {exc}")
         if getattr_option(self.cfg, "timing", False):
             self.log(syslog.LOG_INFO, timing_line(self._protocol_user(), self.client_host,
                                                   error, self.auth_s, self.init_s, self.clean_s))
@@ -474,15 +482,21 @@ def test_step_hook():
     if not crash_at and not step_log:
         return None
 
+    crash_step, _, nth = (crash_at or "").partition("#")
+    remaining = int(nth) if nth else 1
+
     def hook(name: str) -> None:
+        nonlocal remaining
         if step_log:
             fd = os.open(step_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
             try:
                 os.write(fd, name.encode() + b"\n")
             finally:
                 os.close(fd)
-        if crash_at and name == crash_at:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if crash_step and name == crash_step:
+            remaining -= 1
+            if remaining == 0:
+                os.kill(os.getpid(), signal.SIGKILL)
 
     return hook
 
