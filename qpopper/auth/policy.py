@@ -177,7 +177,9 @@ class Authenticator:
                          "no APOP secret" if secret is None else "wrong APOP digest")
         if self.user_database == USER_DB_SYSTEM:
             # The digest proved the secret; PAM still decides whether the account may log in
-            # now (expired, locked by the administrator, pam_access, ...).
+            # now (expired account, pam_access or pam_time rules, ...). `usermod -L` locks
+            # only the system password, so, as in Qpopper, it does not stop APOP: expire the
+            # account (usermod -e 1) or remove the user's secret to stop it.
             result = pam_auth.check_account(self.cfg.pam_service, user, client_ip,
                                             check_password_expired=self._check_password_expired())
             self._check_pam_worked(result)
