@@ -1,8 +1,11 @@
-"""Text generated from the option table: the example configuration file, `popper --help` and
-the `popper --check-config` report. Nothing here knows an option that options.py does not.
+"""Text generated from the option table: the example configuration file, `popper --help`,
+the `popper --check-config` report and the man pages popper(8) and qpopper.config(5).
+Nothing here knows an option that options.py does not.
 
     python -m qpopper.docgen example-config > etc/qpopper/qpopper.config
     python -m qpopper.docgen usage
+    python -m qpopper.docgen man popper > man/popper.8
+    python -m qpopper.docgen man qpopper.config > man/qpopper.config.5
 """
 
 from __future__ import annotations
@@ -29,10 +32,33 @@ class ShippedSetting:
     reason: str
 
 
-# The settings the packaged /etc/qpopper/qpopper.config changes from the built-in defaults.
-# Empty for now: the example file shows only defaults. (A later issue adds e.g. timeout = 600,
-# "RFC 1939 asks for at least 10 minutes", reference §7.7.)
-SHIPPED_SETTINGS: tuple[ShippedSetting, ...] = ()
+# The settings the packaged /etc/qpopper/qpopper.config changes from the built-in defaults
+# (reference §7.7 and §7.11). The built-in defaults stay Qpopper's; the packages ship these.
+SNAKEOIL_CERT = "/etc/ssl/certs/ssl-cert-snakeoil.pem"
+SNAKEOIL_KEY = "/etc/ssl/private/ssl-cert-snakeoil.key"
+SHIPPED_SETTINGS: tuple[ShippedSetting, ...] = (
+    ShippedSetting("clear-text-password", "tls",
+                   "passwords travel only inside TLS (STLS on port 110, or port 995), as "
+                   "Debian's other mail servers ship (RFC 8314). Set it to default to allow "
+                   "USER/PASS without TLS, e.g. on a trusted network."),
+    ShippedSetting("timeout", "600",
+                   "RFC 1939 section 3 asks for an inactivity timer of at least 10 minutes; "
+                   "Qpopper's built-in 120 seconds cuts off slow clients."),
+    ShippedSetting("tls-private-key-file", SNAKEOIL_KEY,
+                   "the key of the ssl-cert package's self-signed snake-oil certificate; "
+                   "read by the master as root (/etc/ssl/private is not world-readable)."),
+    ShippedSetting("tls-server-cert-file", SNAKEOIL_CERT,
+                   "the self-signed certificate the ssl-cert package makes at install time, "
+                   "so TLS works out of the box; replace it with your host's real "
+                   "certificate (clients warn about a self-signed one)."),
+    ShippedSetting("tls-support", "stls",
+                   "offer STLS (RFC 2595) on the plain POP3 port. Port 995 (TLS from the "
+                   "first byte) is served by qpopper-tls.service or qpopper-tls.socket, "
+                   "which add -l 2 (alternate-port) on their command line."),
+    ShippedSetting("update-on-abort", "false",
+                   "RFC 1939 section 6: a session that ends without QUIT must not enter the "
+                   "UPDATE state, so messages marked as deleted stay in the mailbox."),
+)
 
 
 # ---- example configuration file ----------------------------------------------------------------
@@ -77,6 +103,9 @@ def _example_header() -> list[str]:
         "# no default, an example value). 'Where' says which files may set it: the",
         "# per-user files (~/.qpopper-options with -u / user-options, and",
         "# <spool-dir>/<user>.qpopper-options with -U / spool-options) are restricted.",
+        "#",
+        "# The settings the packages change from the built-in defaults are the",
+        "# uncommented 'set' lines below, each after a 'Shipped setting:' reason.",
     ]
 
 
@@ -198,6 +227,223 @@ def effective_config(cfg: Config, invocation: Invocation) -> str:
     return "\n".join(out) + "\n"
 
 
+# ---- man pages ---------------------------------------------------------------------------------
+# popper(8) and qpopper.config(5). Their option sections come from the option table, like the
+# example configuration; tests/test_manpages.py fails when the committed pages differ.
+MAN_PAGES = {"popper": "man/popper.8", "qpopper.config": "man/qpopper.config.5"}
+MAN_DATE = "2026-11-27"        # fixed, so builds are reproducible; change it with the text
+REGENERATE_MAN = "python -m qpopper.docgen man popper > man/popper.8 (and qpopper.config)"
+
+
+def _roff(text: str) -> str:
+    """Plain text as roff: backslashes and hyphen-minus escaped, no line starting a request."""
+    text = text.replace("\\", "\\e").replace("-", "\\-")
+    return "\n".join("\\&" + line if line[:1] in (".", "'") else line
+                     for line in text.split("\n"))
+
+
+def _bold(text: str) -> str:
+    return f"\\fB{_roff(text)}\\fR"
+
+
+def _italic(text: str) -> str:
+    return f"\\fI{_roff(text)}\\fR"
+
+
+def _man_header(name: str, section: int, title: str) -> list[str]:
+    manual = "System Manager's Manual" if section == 8 else "File Formats Manual"
+    return [
+        f'.\\" GENERATED from qpopper/options.py by: {REGENERATE_MAN}',
+        '.\\" Edit the option table or qpopper/docgen.py, not this file.',
+        f'.TH {name.upper()} {section} {MAN_DATE} "qpopper\\-py {__version__}" '
+        f'"{manual}"',
+        ".nh",                 # option names must not be hyphenated
+        ".SH NAME",
+        f"{_roff(name)} \\- {_roff(title)}",
+    ]
+
+
+def _option_facts(opt: Option) -> str:
+    facts = [opt.type_text]
+    facts.append("default: unset" if opt.default is None or opt.default == ()
+                 else f"default: {opt.format(opt.default)}")
+    return "; ".join(facts)
+
+
+def man_popper() -> str:
+    """popper(8)."""
+    out = _man_header("popper", 8, "the Qpopper POP3 server (qpopper-py)")
+    out += [
+        ".SH SYNOPSIS",
+        f"{_bold('popper')} [[{_italic('ADDRESS')}:]{_italic('PORT')} ...] "
+        f"[{_italic('FLAGS')}] [{_bold('--')}{_italic('OPTION')}[={_italic('VALUE')}] ...]",
+        ".br",
+        f"{_bold('popper --check-config')} [{_bold('-f')} {_italic('FILE')} ...] "
+        f"[{_italic('FLAGS')}]",
+        ".br",
+        f"{_bold('popper')} {_bold('--demo')} | {_bold('--help')} | {_bold('--version')}",
+        ".SH DESCRIPTION",
+        _roff("popper is Qpopper 4.1's POP3 server (RFC 1939, RFC 2449) rebuilt in Python. "
+              "It serves the users' mbox spools, authenticates them through PAM (service "
+              "pop3, /etc/pam.d/pop3) or the pop.auth store, and runs each session in a "
+              "process that has switched to the user's identity and the mail group."),
+        ".PP",
+        _roff("With one or more [ADDRESS:]PORT arguments (or the listen option) popper is a "
+              "standalone server: a master process, running as root, listens and forks one "
+              "child per connection. It stays in the foreground (systemd's qpopper.service, "
+              "Type=notify) unless --daemon is given. It also accepts listening sockets "
+              "passed by systemd (LISTEN_FDS)."),
+        ".PP",
+        _roff("Without a port popper serves the single connection on its standard input and "
+              "output, as started by inetd or by systemd's qpopper.socket and "
+              "qpopper@.service (Accept=yes, StandardInput=socket)."),
+        ".PP",
+        _roff("Flags, --OPTION arguments and configuration files are read from left to "
+              "right; a later setting overrides an earlier one. -f FILE reads a "
+              "configuration file at that point (see qpopper.config(5)). The packaged "
+              "units run popper -f /etc/qpopper/qpopper.config."),
+        ".SH OPTIONS",
+        _roff("The flags of Qpopper 4.1:"),
+    ]
+    flagged = sorted((o for o in OPTIONS if o.flag and o.flag != EXPIRE_FLAG),
+                     key=lambda o: (o.flag.lower(), o.flag))
+    for opt in flagged:
+        head = _bold(opt.flag) + (f" {_italic(opt.flag_arg)}" if opt.flag_arg else "")
+        out += [".TP", head,
+                f"Sets {_bold(opt.name)} ({_roff(_option_facts(opt))}). {_roff(opt.help)}"]
+    out += [".TP", f"{_bold('-e')} {_italic('login_delay=N,expire=N')}",
+            f"Sets {_bold('announce-login-delay')} and {_bold('announce-expire')}: "
+            + _roff("the LOGIN-DELAY and EXPIRE values announced in CAPA.")]
+    out += [".PP", _roff("Extensions of qpopper-py (also settable in configuration files):")]
+    for opt in (o for o in OPTIONS if o.extension):
+        arg = "" if opt.type is OptType.BOOL else f"={_italic('VALUE')}"
+        out += [".TP", f"{_bold('--' + opt.name)}{arg}",
+                f"({_roff(_option_facts(opt))}) {_roff(opt.help.removeprefix('Extension: '))}"]
+    out += [
+        ".PP",
+        _roff("Every option of qpopper.config(5) also works on the command line as "
+              "--NAME=VALUE (booleans: --NAME); --listen= with an empty value clears the "
+              "listen list."),
+        ".SS Invocation",
+        ".TP", _bold("--check-config"),
+        _roff("Read the flags and files, print every option's value and where it came "
+              "from. Exit 0 when valid, 2 with one line naming the file and line of the "
+              "first mistake."),
+        ".TP", _bold("--demo"),
+        _roff("Run the demo server on 127.0.0.1:8110 as the current user, with its own "
+              "spool and user store (no root needed)."),
+        ".TP", _bold("--help"), _roff("Print a summary of the flags."),
+        ".TP", _bold("--version"), _roff("Print the version."),
+        ".SH SIGNALS",
+        _roff("The standalone master re-reads its configuration files on SIGHUP "
+              "(systemctl reload qpopper) for new sessions; sessions already running keep "
+              "theirs. On SIGTERM it stops listening, lets running sessions finish for "
+              "shutdown-grace seconds, then ends them."),
+        ".SH EXIT STATUS",
+        _roff("0 on success; 1 when the server could not start (for example a port that "
+              "cannot be bound); 2 for a configuration or usage error, reported on one "
+              "line with the file and line number."),
+        ".SH FILES",
+        ".TP", _bold("/etc/qpopper/qpopper.config"),
+        _roff("The configuration file the packaged units read."),
+        ".TP", _bold("/etc/pam.d/pop3"),
+        _roff("The PAM service for USER/PASS (option pam-service)."),
+        ".TP", _bold("/etc/qpopper/pop.auth"),
+        _roff("The store of APOP and SCRAM secrets (option pop-auth-file), owned by the "
+              "pop account."),
+        ".TP", _bold("/var/mail/USER"),
+        _roff("The users' spools (option spool-dir); .USER.pop is the temporary drop "
+              "while a session runs."),
+        ".TP", _bold("/lib/systemd/system/qpopper.service"),
+        _roff("The standalone master on port 110, enabled by default. qpopper-tls.service "
+              "serves port 995; qpopper.socket with qpopper@.service and qpopper-tls.socket "
+              "with qpopper-tls@.service are the one-process-per-connection alternative."),
+        ".SH SEE ALSO",
+        "qpopper.config(5), pam(8), systemd.socket(5), inetd(8)",
+        ".PP",
+        _roff("RFC 1939 (POP3), RFC 2449 (CAPA), RFC 2595 (STLS), RFC 8314 (port 995)."),
+    ]
+    return "\n".join(out) + "\n"
+
+
+def man_config() -> str:
+    """qpopper.config(5)."""
+    out = _man_header("qpopper.config", 5, "configuration file of the Qpopper POP3 server")
+    out += [
+        ".SH SYNOPSIS",
+        _bold("/etc/qpopper/qpopper.config"),
+        ".SH DESCRIPTION",
+        _roff("popper(8) reads configuration files named with -f on its command line (the "
+              "packaged units name /etc/qpopper/qpopper.config) and, after login, the "
+              "per-user files when spool-options or user-options is set. Files and "
+              "command-line settings are applied in order; the last one wins."),
+        ".PP",
+        _roff("Each line is one of:"),
+        ".TP", _roff("# comment"), _roff("Comment and blank lines are ignored."),
+        ".TP", f"{_bold('set')} {_italic('OPTION')}",
+        _roff("A boolean option becomes true."),
+        ".TP", f"{_bold('set')} {_italic('OPTION')} = {_italic('VALUE')}",
+        _roff("true, false, 1 or 0; an integer; one of the option's words; or a string."),
+        ".TP", f"{_bold('reset')} {_italic('OPTION')}",
+        _roff("A boolean option becomes false."),
+        ".PP",
+        _roff("Spaces or tabs may surround each token. Option names and words are "
+              f"case-insensitive. A string is one word of at most "
+              f"{limits.MAX_STRING_OPTION_CHARS} printable characters, or is quoted "
+              "(\"...\" or '...') to include spaces; \"\" unsets a string option. A mistake "
+              "is reported with the file name and line number; check a file with "
+              "popper --check-config -f FILE."),
+        ".SS Where options may be set",
+        _roff("The global files and the command line may set every option. The per-user "
+              "files are restricted: <spool-dir>/<user>.qpopper-options (read with "
+              "spool-options; it must not be owned by or writable by the user) and "
+              "~/.qpopper-options (read with user-options, after the server has taken the "
+              "user's identity). Each option below says where it may be set:"),
+    ]
+    for text in sorted({o.scope.description for o in OPTIONS}):
+        out += [".IP \\(bu 2", _roff(text[:1].upper() + text[1:] + ".")]
+    for title, group in (("OPTIONS", [o for o in OPTIONS if not o.extension]),
+                         ("EXTENSIONS", [o for o in OPTIONS if o.extension])):
+        out += [".SH " + title]
+        if title == "EXTENSIONS":
+            out += [_roff("Options of qpopper-py that Qpopper 4.1 does not have (most "
+                          "replace one of its configure switches).")]
+        for opt in group:
+            facts = _option_facts(opt)
+            if opt.flag:
+                facts += f"; command line: {_flag_text(opt)}"
+            else:
+                facts += f"; command line: --{opt.name}" + (
+                    "" if opt.type is OptType.BOOL else "=VALUE")
+            if opt.aliases:
+                facts += "; also spelled " + ", ".join(opt.aliases)
+            out += [".TP", _bold(opt.name),
+                    f"({_roff(facts)})",
+                    _roff(opt.help.removeprefix("Extension: ")),
+                    ".br", _roff(f"Where: {opt.scope.description}.")]
+    out += [
+        ".SH SHIPPED SETTINGS",
+        _roff("The Debian and RPM packages' /etc/qpopper/qpopper.config lists every option "
+              "commented out with its default and sets these, each with its reason:"),
+    ]
+    for setting in SHIPPED_SETTINGS:
+        out += [".TP", f"{_bold('set ' + setting.option + ' = ' + setting.value)}",
+                _roff(setting.reason[:1].upper() + setting.reason[1:])]
+    out += [
+        ".SH FILES",
+        ".TP", _bold("/etc/qpopper/qpopper.config"), _roff("The global configuration file."),
+        ".TP", _bold("<spool-dir>/<user>.qpopper-options"),
+        _roff("A user's administrator-owned option file (spool-options)."),
+        ".TP", _bold("~/.qpopper-options"), _roff("A user's own option file (user-options)."),
+        ".SH SEE ALSO",
+        "popper(8), pam(8)",
+    ]
+    return "\n".join(out) + "\n"
+
+
+MAN_GENERATORS = {"popper": man_popper, "qpopper.config": man_config}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv == ["example-config"]:
@@ -206,7 +452,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv == ["usage"]:
         sys.stdout.write(usage())
         return 0
-    print("usage: python -m qpopper.docgen example-config | usage", file=sys.stderr)
+    if len(argv) == 2 and argv[0] == "man" and argv[1] in MAN_GENERATORS:
+        sys.stdout.write(MAN_GENERATORS[argv[1]]())
+        return 0
+    print("usage: python -m qpopper.docgen example-config | usage | man popper|qpopper.config",
+          file=sys.stderr)
     return 2
 
 

@@ -47,7 +47,7 @@ def test_check_config_prints_every_option_value_and_source():
     assert by_name["statistics"].split()[1:] == ["true", "argv", "-s"]
     assert by_name["listen"].split()[1:] == ["8110", "argv", "[ADDRESS:]PORT"]
     assert by_name["config-file"].split()[1:] == [str(EXAMPLE), "argv", "-f"]
-    assert by_name["update-on-abort"].split()[1:] == ["true", "default"]
+    assert by_name["update-status-headers"].split()[1:] == ["true", "default"]
     assert by_name["auth-file"].split()[1:] == ["(unset)", "default"]
     # aligned: the source column starts at the same place on every row
     source_column = lines[1].index("SOURCE")

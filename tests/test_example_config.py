@@ -19,12 +19,60 @@ def test_committed_example_config_is_up_to_date():
         f"{docgen.EXAMPLE_CONFIG_PATH} is out of date; regenerate it: {docgen.REGENERATE}")
 
 
-def test_example_config_parses_to_the_defaults():
+def test_example_config_parses_to_the_defaults_plus_the_shipped_settings():
     cfg, invocation = load(["-f", str(EXAMPLE)])
     assert invocation.config_files == (str(EXAMPLE),)
+    shipped = {lookup(s.option).name: s.value for s in docgen.SHIPPED_SETTINGS}
     for opt, value, source in cfg.items():
-        if opt.name != "config-file":
+        if opt.name in shipped:
+            assert value == opt.parse(shipped[opt.name]), opt.name
+            assert source.startswith(str(EXAMPLE)), (opt.name, source)
+        elif opt.name != "config-file":
             assert (value, source) == (opt.default, "default"), opt.name
+
+
+# Reference §7.7 and §7.11: what the packages must ship, whatever the built-in defaults are.
+PACKAGED_DECISIONS = {
+    "timeout": 600,                        # RFC 1939 section 3: at least 10 minutes
+    "update-on-abort": False,              # RFC 1939 section 6
+    "clear-text-password": "tls",          # passwords only inside TLS
+    "tls-support": "stls",                 # STLS on 110; 995 via qpopper-tls units (-l 2)
+    "tls-server-cert-file": "/etc/ssl/certs/ssl-cert-snakeoil.pem",
+    "tls-private-key-file": "/etc/ssl/private/ssl-cert-snakeoil.key",
+}
+
+
+def test_shipped_config_carries_the_packaging_decisions():
+    cfg = read_files([str(EXAMPLE)])
+    for name, expected in PACKAGED_DECISIONS.items():
+        assert getattr(cfg, lookup(name).attr) == expected, name
+    # The built-in defaults stay Qpopper's (§7.7): only the shipped file changes them.
+    defaults = Config.defaults()
+    assert defaults.timeout == 120 and defaults.update_on_abort is True
+    assert defaults.clear_text_password == "default"
+
+
+def test_every_shipped_setting_has_its_reason_right_above_it():
+    lines = EXAMPLE.read_text().splitlines()
+    set_lines = [i for i, line in enumerate(lines) if line.startswith("set ")]
+    assert len(set_lines) == len(docgen.SHIPPED_SETTINGS)
+    for setting in docgen.SHIPPED_SETTINGS:
+        i = lines.index(f"set {setting.option} = {setting.value}")
+        reason_block = []
+        j = i - 1
+        while not lines[j].startswith("# Shipped setting:"):
+            reason_block.insert(0, lines[j].removeprefix("#").strip())
+            j -= 1
+        reason_block.insert(0, lines[j].removeprefix("# Shipped setting:").strip())
+        assert " ".join(reason_block) == setting.reason, setting.option
+        assert len(setting.reason.split()) >= 8, f"{setting.option}: say why, not just what"
+
+
+def test_shipped_config_does_not_turn_inetd_mode_into_a_master():
+    # The same file serves qpopper.service (port on its command line) and qpopper@.service
+    # (connection on stdin): a listen setting in it would break the socket-activated units.
+    cfg = read_files([str(EXAMPLE)])
+    assert cfg.listen == () and cfg.daemon is False
 
 
 def test_every_option_is_shown_once_with_a_valid_example_line(tmp_path):
