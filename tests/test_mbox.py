@@ -266,6 +266,32 @@ def test_from_line_in_body_splits_only_after_an_empty_line(tmp_path):
     assert [m.offset for m in messages] == [0, spool.read_bytes().index(b"From c@x")]
 
 
+@pytest.mark.parametrize("long_line", [limits.MAX_SPOOL_LINE_OCTETS - 1,
+                                       limits.MAX_SPOOL_LINE_OCTETS, 5000])
+def test_line_after_an_over_long_line_is_never_a_separator(tmp_path, long_line):
+    """Qpopper reads lines in 1024-octet pieces; the tail of a long line must not pass for the
+    empty line that would make the next `From ` line a separator."""
+    spool = tmp_path / "spool"
+    spool.write_bytes(b"From a@x Wed Nov 25 10:00:00 2026\nSubject: a\n\n"
+                      + b"y" * long_line + b"\n"
+                      b"From b@x Wed Nov 25 10:00:00 2026\nstill message a\n")
+    [m] = scan_path(spool)
+    assert m.end == spool.stat().st_size
+
+
+def test_content_length_ignored_when_the_option_is_off(tmp_path):
+    """Without content-length handling the header is an ordinary line (kept, counted) and the
+    Solaris-style body splits at its unescaped From line."""
+    spool = tmp_path / "spool"
+    spool.write_bytes((GOLDEN / "content_length.mbox").read_bytes())
+    with open(spool, "rb") as f:
+        messages = mbox.scan(f, content_length=False)
+        assert len(messages) == 4
+        first = retr(f, messages[0])
+        assert b"\r\nContent-Length: " in first and first.endswith(b"\r\nFirst line\r\n\r\n")
+        assert [m.octets for m in messages] == [len(unstuff(retr(f, m))) for m in messages]
+
+
 def test_spool_not_starting_with_envelope_is_refused_with_sys_perm(tmp_path):
     spool = tmp_path / "spool"
     spool.write_bytes(b"Subject: no envelope\n\nbody\nFrom a Wed Nov 25 10:00:00 2026\n\nx\n")

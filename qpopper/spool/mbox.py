@@ -46,6 +46,10 @@ UIDL_HEADER = b"X-UIDL: "
 _UID_ALPHABET = bytes(0x21 + d if 0x21 + d != ord(".") else ord("~") for d in range(80))
 _NUL_TO_SPACE = bytes.maketrans(b"\0", b" ")
 _HASHED_HEADERS = (b"received:", b"date:", b"message-id:", b"subject:")
+_CONTINUATION_BYTES = frozenset(b" \t")
+_NOTED_HEADERS = (b"content-length:", b"x-uidl:", b"status:", b"x-imap:", b"from:",
+                  *_HASHED_HEADERS)
+"""Lowercased names of every header line _classify does something with."""
 _UW_SUBJECT_MARKS = (b"DO NOT DELETE", b"DON'T DELETE THIS MESSAGE", b"FOLDER INTERNAL DATA")
 
 WriteFn = Callable[[bytes], object]
@@ -154,14 +158,15 @@ def encode_uid(digest: bytes, old_style: bool = False) -> str:
     """Qpopper's UID text for an MD5 digest: 20 base-80 chars, or 32 hex chars (old-style-uid)."""
     if old_style:
         return digest.hex()
+    a = _UID_ALPHABET
     out = bytearray()
-    for g in range(0, 16, 4):
-        v = 0
-        for b in digest[g:g + 4]:
-            v = (v << 4) + b        # Qpopper shifts by 4, not 8: lossy, kept for its alphabet
-        for _ in range(5):
-            out.append(_UID_ALPHABET[v % 80])
-            v //= 80
+    for b0, b1, b2, b3 in (digest[0:4], digest[4:8], digest[8:12], digest[12:16]):
+        v = (((b0 << 4) + b1 << 4) + b2 << 4) + b3   # Qpopper shifts by 4, not 8: lossy
+        v, d0 = divmod(v, 80)
+        v, d1 = divmod(v, 80)
+        v, d2 = divmod(v, 80)
+        v, d3 = divmod(v, 80)
+        out += bytes((a[d0], a[d1], a[d2], a[d3], a[v % 80]))
     return out.decode("ascii")
 
 
@@ -372,6 +377,11 @@ class _Scanner:
         end = len(block)
         while start < end:
             stop = block.find(b"\n", start) + 1
+            if (block[start] not in _CONTINUATION_BYTES
+                    and not block[start:start + 16].lower().startswith(_NOTED_HEADERS)):
+                hashing = False                 # most lines: nothing to note, skip the call
+                start = stop
+                continue
             line = block[start:stop]
             kind = self._classify(d, line, base + start, hashing, first_message)
             hashing = kind == "hash" or (kind == "cont" and hashing)
