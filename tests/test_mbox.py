@@ -647,6 +647,64 @@ def test_features_on_read_and_send_chunk_boundaries(tmp_path, feature):
                 assert m.octets == len(unstuff(want)), position
 
 
+MMDF_SEP = b"\x01\x01\x01\x01\n"
+
+
+def naive_mmdf_messages(data: bytes) -> list[tuple[int, int, bytes]]:
+    """(offset, end, separator + content) per S12: a message runs from a separator line to the
+    next identical line (its trailer); lines up to the next separator are junk of the message."""
+    out, pos, state = [], 0, "between"
+    for line in split_lines(data):
+        if state == "between" and line == MMDF_SEP:
+            out.append([pos, None, line])
+            state = "content"
+        elif state == "content" and line == MMDF_SEP:
+            state = "between"
+        elif state == "content":
+            out[-1][2] += line
+        pos += len(line)
+    for i, m in enumerate(out):
+        m[1] = out[i + 1][0] if i + 1 < len(out) else len(data)
+    return [tuple(m) for m in out]
+
+
+@pytest.mark.timeout(60)
+def test_mmdf_scan_and_retr_match_oracle_on_random_spools(tmp_path):
+    rng = random.Random(12)
+    spool = tmp_path / "spool"
+    for _ in range(60):
+        parts = []
+        for i in range(rng.randint(1, 8)):
+            eol = rng.choice([b"\n", b"\r\n"])
+            headers = b"Subject: m%d %d" % (i, rng.randrange(10 ** 9)) + eol
+            if rng.random() < 0.3:
+                headers += b"X-UIDL: " + b"mmdf-%d-uid-value" % i + eol
+            if rng.random() < 0.2:
+                headers += b"Status: RO" + eol
+            body = b"".join(rng.choice([b".", b"..x", b"From x Wed Nov 25 10:00:00 2026", b"",
+                                        b"w" * rng.randint(0, 3000)]) + eol
+                            for _ in range(rng.choice([0, 1, 5, 2000])))
+            shape = rng.random()
+            if shape < 0.15:
+                parts.append(MMDF_SEP + headers + MMDF_SEP)              # no blank line
+            else:
+                parts.append(MMDF_SEP + headers + eol + body + MMDF_SEP)
+            if rng.random() < 0.15:
+                parts.append(b"junk line\n")
+        data = b"".join(parts)
+        if rng.random() < 0.3:
+            data = data[:-len(MMDF_SEP)]                                   # last trailer missing
+        spool.write_bytes(data)
+        expected = naive_mmdf_messages(data)
+        with open(spool, "rb") as f:
+            messages = mbox.scan(f)
+            assert [(m.offset, m.end) for m in messages] == [(o, e) for o, e, _ in expected]
+            for m, (_, _, raw) in zip(messages, expected):
+                want = naive_retr(raw, m.uid)
+                assert retr(f, m) == want
+                assert m.octets == len(unstuff(want))
+
+
 # --- a bigger generated spool ------------------------------------------------------------------------
 
 @pytest.mark.timeout(120)
