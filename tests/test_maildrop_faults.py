@@ -1,0 +1,260 @@
+"""Fault injection (DESIGN invariant 1): SIGKILL the process running the maildrop at EVERY step
+(each write, truncate, rename, fsync and unlink, each chunk of a copy) of session start, of the
+update at QUIT and of the restore, on spools of several shapes; then a new process opens the
+next session, and every surviving message must be there exactly once, byte-identical to what a
+session without the crash would show: either the update committed (deleted messages gone,
+X-UIDL/Status written) or it did not (every message still there) - never partial, never
+duplicated. No root and no server needed: each session is a fork()ed process.
+"""
+
+import os
+import pickle
+import signal
+
+import pytest
+
+from qpopper.config import Config
+from qpopper.spool.locking import LockTiming, SpoolLock
+from qpopper.spool.maildrop import Maildrop
+from qpopper.spool.paths import SpoolPaths
+
+USER = "alice"
+LOCK_STEP_S = 0.05
+
+
+def from_line(n: int) -> bytes:
+    return b"From sender%d@example.org Wed Dec  2 05:53:%02d 1992\n" % (n, n % 60)
+
+
+def message(n: int, body_lines: int = 3, extra_headers: bytes = b"") -> bytes:
+    body = b"".join(b"line %d of message %d\n" % (i, n) for i in range(body_lines))
+    return (from_line(n) + b"Subject: message %d\nMessage-Id: <%d@example.org>\n" % (n, n)
+            + extra_headers + b"\n" + body + b"\n")
+
+
+def mmdf(n: int) -> bytes:
+    return (b"\x01\x01\x01\x01\nFrom: a@b\nSubject: mmdf %d\n\nbody %d\n.dot line\n"
+            b"\x01\x01\x01\x01\n" % (n, n))
+
+
+# name: (initial spool, mail delivered during the session, deleted, retrieved)
+SHAPES = {
+    "one": (message(1), b"", set(), {0}),
+    "many": (b"".join(message(n, body_lines=40) for n in range(1, 41)), b"",
+             {0, 5, 6, 39}, {1, 2, 5}),
+    "mmdf": (b"".join(mmdf(n) for n in range(1, 5)), b"", {1}, {0}),
+    "no-final-newline": (message(1) + message(2) + from_line(3) + b"Subject: cut\n\nno newline",
+                         b"", {0}, {2}),
+    "x-uidl": (b"".join(message(n, extra_headers=b"X-UIDL: existing-uid-%05d\nStatus: RO\n" % n)
+                        for n in range(1, 6)), b"", {2}, {0, 4}),
+    "new-mail": (b"".join(message(n) for n in range(1, 6)),
+                 message(100) + message(101), {0, 4}, {1}),
+    "all-deleted": (b"".join(message(n) for n in range(1, 4)), message(200), {0, 1, 2}, set()),
+}
+
+
+def make_cfg(spool_dir) -> Config:
+    return Config.defaults().replace(spool_dir=str(spool_dir))
+
+
+def deliver(cfg, data: bytes) -> None:
+    """A delivery agent's append: dot-lock + flock + fcntl, write at the end, fsync."""
+    paths = SpoolPaths.for_user(cfg, USER, None)
+    lock = SpoolLock(paths.spool, paths.lock, create=True, create_mode=0o660)
+    lock.acquire(LockTiming(attempts=40, step_s=LOCK_STEP_S))
+    try:
+        os.lseek(lock.fd, 0, os.SEEK_END)
+        os.write(lock.fd, data)
+        os.fsync(lock.fd)
+    finally:
+        lock.release()
+
+
+def run_session(spool_dir, scenario: str, shape: str, hook) -> None:
+    """One session as the protocol drives it: open, (new mail arrives), DELE/RETR, QUIT."""
+    cfg = make_cfg(spool_dir)
+    _spool, new_mail, deleted, retrieved = SHAPES[shape]
+    paths = SpoolPaths.for_user(cfg, USER, None)
+    drop = Maildrop.open(cfg, paths, USER, step_hook=hook, lock_step_s=LOCK_STEP_S)
+    for i in sorted(retrieved):
+        drop.send(i, lambda data: None)
+    if new_mail:
+        deliver(cfg, new_mail)
+    if scenario == "update":
+        drop.update(set(deleted), set(retrieved))
+    elif scenario == "restore":
+        drop.restore()
+    else:
+        drop.close()                     # "crash" after open: the drop keeps the mail
+
+
+def snapshot(spool_dir, hook=None):
+    """The next session, as a client sees it: [(uid, RETR bytes)] (it then ends without
+    update, leaving the mail in the drop - like a crash, which the design must survive)."""
+    cfg = make_cfg(spool_dir)
+    paths = SpoolPaths.for_user(cfg, USER, None)
+    drop = Maildrop.open(cfg, paths, USER, step_hook=hook, lock_step_s=LOCK_STEP_S)
+    out = []
+    for i, msg in enumerate(drop.messages):
+        parts = []
+        drop.send(i, parts.append)
+        out.append((msg.uid, b"".join(parts)))
+    drop.close()
+    leftovers = sorted(name for name in os.listdir(spool_dir)
+                       if name.endswith((".journal", ".new", ".tmp", ".lock")))
+    return out, leftovers
+
+
+def in_child(fn, result_path=None, *, expect_kill: bool) -> object:
+    """Run fn() in a fork()ed process; return what it pickled, or None when killed."""
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            value = fn()
+            if result_path is not None:
+                with open(result_path, "wb") as f:
+                    pickle.dump(value, f)
+        except BaseException as exc:           # the parent reports it
+            try:
+                with open(str(result_path or "/dev/null") + ".err", "w") as f:
+                    f.write(repr(exc))
+            finally:
+                code = 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    if expect_kill:
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, (
+            f"child did not die at the step: status {status:#x}")
+        return None
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, (
+        open(str(result_path) + ".err").read() if result_path else status)
+    if result_path is None:
+        return None
+    with open(result_path, "rb") as f:
+        return pickle.load(f)
+
+
+def killer_at(k: int):
+    count = [0]
+
+    def hook(name: str) -> None:
+        if count[0] == k:
+            os.kill(os.getpid(), signal.SIGKILL)
+        count[0] += 1
+    return hook
+
+
+def prepare(directory, shape: str) -> None:
+    if directory.exists():
+        for name in os.listdir(directory):
+            os.unlink(directory / name)
+    else:
+        directory.mkdir()
+    (directory / USER).write_bytes(SHAPES[shape][0])
+
+
+def record_steps(directory, tmp_path, scenario, shape) -> list[str]:
+    prepare(directory, shape)
+    log = tmp_path / "steps.pickle"
+
+    def run():
+        steps = []
+        run_session(directory, scenario, shape, steps.append)
+        return steps
+    return in_child(run, log, expect_kill=False)
+
+
+def outcome(directory, tmp_path, scenario, shape):
+    """What the next session sees after `scenario` ran WITHOUT a crash."""
+    prepare(directory, shape)
+    in_child(lambda: run_session(directory, scenario, shape, None), expect_kill=False)
+    return in_child(lambda: snapshot(directory), tmp_path / "snap.pickle", expect_kill=False)[0]
+
+
+def expected_outcomes(work, tmp_path, shape):
+    before = outcome(work, tmp_path, "open-only", shape)     # every message, new mail too
+    committed = outcome(work, tmp_path, "update", shape)
+    restored = outcome(work, tmp_path, "restore", shape)
+    prepare(work, shape)
+    untouched = in_child(lambda: snapshot(work), tmp_path / "snap.pickle", expect_kill=False)[0]
+    return untouched, before, committed, restored
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_kill_at_every_step_loses_and_duplicates_nothing(tmp_path, shape):
+    work = tmp_path / "spool"
+    untouched, before, committed, restored = expected_outcomes(work, tmp_path, shape)
+    spool, new_mail, deleted, _ = SHAPES[shape]
+    # The outcomes themselves: deleted messages go only with a committed update.
+    assert restored == before
+    assert len(committed) == len(before) - len(deleted)
+    assert [uid for uid, _ in committed] == [uid for i, (uid, _) in enumerate(before)
+                                             if i not in deleted]
+
+    checked = 0
+    for scenario in ("update", "restore"):
+        steps = record_steps(work, tmp_path, scenario, shape)
+        assert any(s.startswith(f"{scenario}:") for s in steps) or scenario == "update"
+        for k, step in enumerate(steps):
+            prepare(work, shape)
+            in_child(lambda: run_session(work, scenario, shape, killer_at(k)),
+                     expect_kill=True)
+            seen, leftovers = in_child(lambda: snapshot(work), tmp_path / "snap.pickle",
+                                       expect_kill=False)
+            where = f"{shape}: killed at step {k} {step!r} of {scenario}"
+            assert leftovers == [], where
+            if step.startswith("open:"):
+                allowed = [untouched]                 # new mail comes only after open
+            elif scenario == "restore":
+                allowed = [before]
+            else:
+                allowed = [before, committed]
+            assert seen in allowed, where
+            checked += 1
+    assert checked >= 30
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("shape", ["new-mail"])
+def test_kill_during_recovery_after_a_kill_during_update(tmp_path, shape):
+    """Crash in the update, then crash again at every step of the recovering session."""
+    work = tmp_path / "spool"
+    _untouched, before, committed, _ = expected_outcomes(work, tmp_path, shape)
+    steps = record_steps(work, tmp_path, "update", shape)
+    # Kills before the commit is journaled leave nothing to recover but a full drop (the
+    # single-fault test covers that); after it, each distinct step once.
+    first = steps.index("update:journal-commit-write")
+    chosen = {}
+    for k in range(first, len(steps)):
+        chosen.setdefault(steps[k], k)
+    checked = 0
+    for step, k in chosen.items():
+
+        def crash_update():
+            prepare(work, shape)
+            in_child(lambda: run_session(work, "update", shape, killer_at(k)), expect_kill=True)
+
+        crash_update()
+        rec_steps = in_child(lambda: _steps_of_snapshot(work), tmp_path / "r.pickle",
+                             expect_kill=False)
+        for j, rstep in enumerate(rec_steps):
+            if not rstep.startswith("recover:"):
+                continue                # the session's own open steps: covered above
+            crash_update()
+            in_child(lambda: snapshot(work, killer_at(j)), expect_kill=True)
+            seen, leftovers = in_child(lambda: snapshot(work), tmp_path / "snap.pickle",
+                                       expect_kill=False)
+            where = f"{shape}: update killed at {step!r}, recovery killed at {rstep!r}"
+            assert leftovers == [], where
+            assert seen in (before, committed), where
+            checked += 1
+    assert checked >= 10
+
+
+def _steps_of_snapshot(work):
+    steps = []
+    snapshot(work, steps.append)
+    return steps
