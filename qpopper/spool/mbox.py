@@ -4,7 +4,8 @@ Reference: ../shared/reference/qpopper-behaviour.md S11-S17, P12/P14/P15, §2.4,
 
 The file is never read whole: `scan` makes one pass in chunks of limits.COPY_CHUNK_OCTETS and
 keeps only per-message offsets, so memory follows the number of messages, not the spool size.
-Bodies are searched with bytes methods (find/count), header lines are parsed one by one.
+Bodies are searched and counted with bytes methods (find/count); a header block is cut from
+the buffer in one slice and only the lines that matter are looked at.
 
 One model serves LIST, RETR and the write-back, so their numbers cannot drift apart:
 - a message is `offset` (separator line) .. `content_start` .. `header_end` (blank line) ..
@@ -64,7 +65,7 @@ class MboxFormatError(PopError):
         self.offset = offset
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Message:
     """One message of a scanned spool; every position is an absolute file offset."""
 
@@ -260,7 +261,7 @@ def _octets(data: bytes, after_cr: bool = False) -> int:
 
 # --- scanning ------------------------------------------------------------------------------------
 
-@dataclass
+@dataclass(slots=True)
 class _Draft:
     """A message being scanned."""
 
@@ -274,6 +275,7 @@ class _Draft:
     body_start: int = -1
     body_end: int = -1
     trailer_end: int = -1
+    end: int = -1
     uidl_insert_at: int = -1
     content_length: int | None = None
     header_uid: str | None = None
@@ -290,7 +292,6 @@ class _Scanner:
                  content_length, unique_num, first_number):
         self.f = f
         self.start = start
-        self.region_end = end
         self.w = _Window(f, start, end)
         self.new_style = not old_style_uid
         self.feed_unique_num = (unique_num is not None and update_status_headers
@@ -301,10 +302,12 @@ class _Scanner:
         self.number = first_number
         self.first_number = first_number
         self.mmdf_sep: bytes | None = None
-        self.drafts: list[_Draft] = []
+        self.messages: list[Message] = []     # octets still without the X-UIDL line
+        self.header_uids: list[str | None] = []
+        self.digests: list[bytes] = []
 
     # the whole region
-    def run(self) -> list[_Draft]:
+    def run(self) -> list[Message]:
         w = self.w
         first = w.readline(limits.MAX_SPOOL_LINE_OCTETS)
         if not first:
@@ -317,7 +320,7 @@ class _Scanner:
         sep_at = self.start
         while sep is not None:
             sep, sep_at = self._message(sep, sep_at)
-        return self.drafts
+        return self.messages
 
     def _message(self, sep: bytes, sep_at: int):
         """Scan one message whose separator line `sep` starts at `sep_at` (already consumed).
@@ -330,7 +333,6 @@ class _Scanner:
             self.unique_num += 1
         d = _Draft(self.number, sep_at, sep_at + len(sep), sep, digest)
         self.number += 1
-        self.drafts.append(d)
         trailer = self._headers(d)
         if trailer is None and d.body_start >= 0:
             nxt = self._body(d)
@@ -338,7 +340,23 @@ class _Scanner:
             nxt = trailer
         if self.new_style:
             d.digest.update(sep.translate(_NUL_TO_SPACE))
-        return self._after_body(d, nxt)
+        result = self._after_body(d, nxt)
+        self._keep(d)
+        return result
+
+    def _keep(self, d: _Draft) -> None:
+        """Store the finished message compactly: only offsets, flags and a 16-byte digest."""
+        self.header_uids.append(d.header_uid)
+        self.digests.append(d.digest.digest())
+        self.messages.append(Message(
+            number=d.number, offset=d.offset, end=d.end,
+            octets=d.octets + (2 if d.last_line_unterminated else 0),
+            uid="", uid_from_header=False, retrieved=d.retrieved,
+            hidden=self.uw_kludge and d.uw_marks >= 2,
+            content_start=d.content_start, header_end=d.header_end, body_start=d.body_start,
+            body_end=d.body_end, trailer_end=d.trailer_end, uidl_insert_at=d.uidl_insert_at,
+            stripped=tuple(d.stripped), uidl_lines=tuple(d.uidl_lines),
+            status_lines=tuple(d.status_lines), mmdf=self.mmdf_sep is not None))
 
     HEADER_WINDOW = 16 * 1024
     """Headers are parsed from one slice when they and their blank line fit in this much."""
@@ -493,9 +511,10 @@ class _Scanner:
         """Honour Content-Length only when it points (within the fuzz) at a separator or at the
         region end: a forged or stale value must not swallow the messages after it."""
         target = d.body_start + d.content_length
-        if abs(self.region_end - target) <= CONTENT_LENGTH_FUZZ:
+        region_end = self.w.region_end
+        if abs(region_end - target) <= CONTENT_LENGTH_FUZZ:
             return True
-        if target > self.region_end:
+        if target > region_end:
             return False
         lo = max(d.body_start, target - CONTENT_LENGTH_FUZZ)
         read_from = max(d.content_start, lo - 3)
@@ -511,7 +530,8 @@ class _Scanner:
         return False
 
     def _body(self, d: _Draft):
-        """Scan the body for the next separator. Returns (line, offset) or None at region end."""
+        """Scan the body for the next separator (counting its octets in bulk). Returns the
+        separator line, consumed, or None at the region end."""
         w = self.w
         pattern = b"\nFrom " if self.mmdf_sep is None else b"\n" + self.mmdf_sep
         recognise_from = d.body_start
@@ -544,7 +564,7 @@ class _Scanner:
                     d.body_end = w.pos
                     d.octets += octets
                     d.last_line_unterminated = (d.body_end > d.body_start
-                                                and not buf[:counted].endswith(b"\n"))
+                                                and buf[counted - 1] != LF)
                     return None
                 w.cur = counted
                 shift = w.base
@@ -612,40 +632,27 @@ class _Scanner:
             at_line_start = line.endswith(b"\n")
 
 
-def _finish(drafts: list[_Draft], *, old_style_uid: bool, uw_kludge: bool,
-            taken_uids: Iterable[str]) -> list[Message]:
-    """Turn drafts into Messages: ends of the last message, UIDs made unique."""
+def _assign_uids(messages: list[Message], header_uids: list[str | None], digests: list[bytes],
+                 *, old_style_uid: bool, taken_uids: Iterable[str]) -> None:
+    """Give every message a UID unique in the mailbox, and count its X-UIDL line in octets.
+
+    Existing X-UIDL values win (the first of equal ones); the others get the UID of their digest,
+    re-derived deterministically from it while it collides (identical envelope and headers)."""
     taken = set(taken_uids)
-    uids: list[str | None] = []
-    for d in drafts:                    # existing X-UIDL headers first: the first one wins
-        uid = d.header_uid
-        if uid is not None and uid in taken:
-            uid = None
-        if uid is not None:
+    for m, uid in zip(messages, header_uids):
+        if uid is not None and uid not in taken:
             taken.add(uid)
-        uids.append(uid)
-    messages = []
-    for d, uid in zip(drafts, uids):
-        from_header = uid is not None
-        if uid is None:
-            digest = d.digest.digest()
+            m.uid, m.uid_from_header = uid, True
+    for m, digest in zip(messages, digests):
+        if not m.uid_from_header:
             uid = encode_uid(digest, old_style_uid)
             n = 0
-            while uid in taken:         # identical envelopes and headers: derive, do not count
+            while uid in taken:
                 n += 1
                 uid = encode_uid(hashlib.md5(digest + b"#%d" % n).digest(), old_style_uid)
             taken.add(uid)
-        uidl_line_octets = len(UIDL_HEADER) + len(uid) + 2
-        hidden = uw_kludge and d.uw_marks >= 2
-        messages.append(Message(
-            number=d.number, offset=d.offset, end=d.end,
-            octets=d.octets + uidl_line_octets + (2 if d.last_line_unterminated else 0),
-            uid=uid, uid_from_header=from_header, retrieved=d.retrieved, hidden=hidden,
-            content_start=d.content_start, header_end=d.header_end, body_start=d.body_start,
-            body_end=d.body_end, trailer_end=d.trailer_end, uidl_insert_at=d.uidl_insert_at,
-            stripped=tuple(d.stripped), uidl_lines=tuple(d.uidl_lines),
-            status_lines=tuple(d.status_lines), mmdf=d.separator.startswith(MMDF_SEP_CHAR)))
-    return messages
+            m.uid = uid
+        m.octets += len(UIDL_HEADER) + len(m.uid) + 2
 
 
 def scan(f: BinaryIO, *, start: int = 0, end: int | None = None,
@@ -668,9 +675,10 @@ def scan(f: BinaryIO, *, start: int = 0, end: int | None = None,
                        old_style_uid=old_style_uid, uw_kludge=uw_kludge,
                        content_length=content_length, unique_num=unique_num,
                        first_number=first_number)
-    drafts = scanner.run()
-    return _finish(drafts, old_style_uid=old_style_uid, uw_kludge=uw_kludge,
-                   taken_uids=taken_uids)
+    messages = scanner.run()
+    _assign_uids(messages, scanner.header_uids, scanner.digests, old_style_uid=old_style_uid,
+                 taken_uids=taken_uids)
+    return messages
 
 
 # --- output ---------------------------------------------------------------------------------------
