@@ -19,7 +19,9 @@ import email.utils
 import os
 import pwd
 import socket
+import stat
 import sys
+import tempfile
 import time
 
 from . import config as config_mod
@@ -52,6 +54,9 @@ def run_demo(inv) -> int:
     try:
         if os.geteuid() == 0:
             account = _unprivileged_account()
+            if not _reachable(os.path.dirname(data_dir), account):
+                # e.g. a clone under /root (0700): the account could not open its own files
+                data_dir = os.path.join(tempfile.gettempdir(), f"qpopper-demo-{account.pw_name}")
             _prepare_data(data_dir, account)
             privsep.drop_privileges(_login_for(account, data_dir), account.pw_gid, log)
         else:
@@ -83,8 +88,9 @@ def demo_config(cfg, data_dir: str):
         pop_auth_file=os.path.join(data_dir, "pop.auth"),
         user_database="pop-auth",
         clear_text_password="local",      # USER/PASS and curl work; only from this machine
-        statistics=True,                  # show the Stats and Timing records on the terminal
+        statistics=True,                  # show the Stats, Timing and login records on the terminal
         timing=True,
+        log_login='(v%0) POP login by user "%1" at (%2) %3',
         shutdown_grace=DEMO_SHUTDOWN_GRACE_S,
         daemon=False,
     )
@@ -129,14 +135,41 @@ def _login_for(account: pwd.struct_passwd, data_dir: str) -> Login:
                  mechanism="demo")
 
 
+def _reachable(directory: str, account: pwd.struct_passwd) -> bool:
+    """Can `account` search every directory down to `directory` (owner/group/other x bits)?"""
+    path = os.path.abspath(directory)
+    while True:
+        st = os.stat(path)
+        if st.st_uid == account.pw_uid:
+            bit = stat.S_IXUSR
+        elif st.st_gid == account.pw_gid:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not st.st_mode & bit:
+            return False
+        parent = os.path.dirname(path)
+        if parent == path:
+            return True
+        path = parent
+
+
 def _prepare_data(data_dir: str, account: pwd.struct_passwd | None) -> None:
     """Create what is missing; keep what is there. Runs as the account that will serve it,
-    or as root on its behalf (then everything created is handed to that account)."""
+    or as root on its behalf (then everything created is handed to that account, and what
+    exists must already be that account's: never chown someone else's files or a symlink)."""
     spool_dir = os.path.join(data_dir, "spool")
     for path in (data_dir, spool_dir):
-        if not os.path.isdir(path):
+        try:
             os.mkdir(path, 0o700)
-        _own(path, account)
+            _own(path, account)
+        except FileExistsError:
+            st = os.lstat(path)
+            if not stat.S_ISDIR(st.st_mode):
+                raise OSError(f"{path} exists and is not a directory") from None
+            if account is not None and st.st_uid != account.pw_uid:
+                raise OSError(f"{path} belongs to uid {st.st_uid}, not to "
+                              f"{account.pw_name}") from None
     store_path = os.path.join(data_dir, "pop.auth")
     owner = account.pw_uid if account else None
     if not os.path.exists(store_path):

@@ -1,0 +1,176 @@
+"""`popper --demo` (what `make run` starts): the real master and session code serving a local
+data folder; curl, poplib and the Makefile target, as a newcomer would use them."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import poplib
+import re
+import shutil
+import signal
+import subprocess
+
+import pytest
+
+from tests.server_harness import POPPER, REPO, free_port, wait_for_greeting, wait_until
+
+pytestmark = pytest.mark.timeout(90)
+
+
+class Demo:
+    def __init__(self, cwd, port=None, user=None):
+        self.port = port or free_port()
+        self.cwd = cwd
+        self.proc = subprocess.Popen(
+            [POPPER, "--demo", f"127.0.0.1:{self.port}"], cwd=cwd, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, user=user, start_new_session=True)
+        wait_for_greeting("127.0.0.1", self.port, self.proc)
+
+    def stop(self) -> tuple[int, str, str]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)           # Ctrl-C
+        try:
+            out, err = self.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            out, err = self.proc.communicate()
+        return self.proc.returncode, out.decode(), err.decode()
+
+
+def pop(port, password="demo"):
+    client = poplib.POP3("127.0.0.1", port, timeout=20)
+    try:
+        client.user("demo")
+        client.pass_(password)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_prints_the_first_message(world_tmp):
+    tmp_path = pathlib.Path(world_tmp)
+    demo = Demo(tmp_path)
+    try:
+        result = subprocess.run(["curl", "-sS", f"pop3://demo:demo@127.0.0.1:{demo.port}/1"],
+                                capture_output=True, timeout=30)
+        listing = subprocess.run(["curl", "-sS", f"pop3://demo:demo@127.0.0.1:{demo.port}/"],
+                                 capture_output=True, timeout=30)
+    finally:
+        code, out, err = demo.stop()
+    assert result.returncode == 0, result.stderr
+    assert b"Subject: Welcome to qpopper-py" in result.stdout
+    assert b"This message comes from a real POP3 server" in result.stdout
+    assert re.fullmatch(rb"(\d+ \d+\r\n){3}", listing.stdout), listing.stdout
+    assert code == 0, err
+    assert f"curl pop3://demo:demo@127.0.0.1:{demo.port}/1" in out
+    assert "Stop with Ctrl-C" in out
+    assert "Stats: demo 0 0 3 " in err                      # the real session's records
+    assert (tmp_path / "demo-data" / "spool" / "demo").stat().st_size > 0
+
+
+def test_wrong_password_and_data_kept_across_restarts_reseeded_when_empty(world_tmp):
+    tmp_path = pathlib.Path(world_tmp)
+    demo = Demo(tmp_path)
+    try:
+        with pytest.raises(poplib.error_proto, match=r"^b'-ERR \[AUTH\]"):
+            pop(demo.port, password="nope")
+        client = pop(demo.port)
+        assert client.stat()[0] == 3
+        client.dele(1)
+        client.quit()
+    finally:
+        assert demo.stop()[0] == 0
+
+    demo = Demo(tmp_path)                              # mail left on the server stays
+    try:
+        client = pop(demo.port)
+        assert client.stat()[0] == 2
+        client.dele(1)
+        client.dele(2)
+        client.quit()
+    finally:
+        assert demo.stop()[0] == 0
+
+    demo = Demo(tmp_path)                              # all gone: the samples come back
+    try:
+        client = pop(demo.port)
+        assert client.stat()[0] == 3
+        client.quit()
+    finally:
+        assert demo.stop()[0] == 0
+
+
+def test_demo_refuses_a_non_loopback_address(tmp_path):
+    result = subprocess.run([POPPER, "--demo", f"0.0.0.0:{free_port()}"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "not a loopback address" in result.stderr
+    assert not (tmp_path / "demo-data").exists()
+
+
+def test_demo_runs_as_the_invoking_user(world_tmp, system_users):
+    user = system_users.create()
+    os.chown(world_tmp, user.uid, user.gid)
+    try:
+        probe = subprocess.run([POPPER, "--version"], user=user.uid, capture_output=True)
+    except PermissionError:
+        probe = None
+    if probe is None or probe.returncode != 0:
+        pytest.skip("the virtualenv's interpreter is not reachable by other users here")
+    demo = Demo(world_tmp, user=user.uid)
+    try:
+        client = pop(demo.port)
+        assert client.stat()[0] == 3
+        client.quit()
+        assert os.stat(f"/proc/{demo.proc.pid}").st_uid == user.uid
+    finally:
+        code, out, _ = demo.stop()
+    assert code == 0
+    assert f"running as {user.name}" in out
+    assert os.stat(os.path.join(world_tmp, "demo-data", "pop.auth")).st_uid == user.uid
+
+
+def test_as_root_the_demo_serves_as_an_unprivileged_account(world_tmp):
+    if os.geteuid() != 0:
+        pytest.skip("only root drops to an unprivileged account")
+    demo = Demo(world_tmp)
+    try:
+        client = pop(demo.port)
+        assert client.stat()[0] == 3
+        client.quit()
+        assert os.stat(f"/proc/{demo.proc.pid}").st_uid != 0
+    finally:
+        code, out, _ = demo.stop()
+    assert code == 0 and "running as root" not in out
+    assert os.stat(os.path.join(world_tmp, "demo-data")).st_uid != 0
+
+
+def test_make_run_is_exactly_the_demo():
+    makefile = (REPO / "Makefile").read_text()
+    recipe = re.search(r"^run:.*\n((?:\t.*\n)+)", makefile, re.M).group(1)
+    assert recipe.strip() == "$(VENV)/bin/popper --demo"
+
+
+def test_as_root_a_data_folder_the_account_cannot_reach_moves_to_tmp(tmp_path):
+    """A clone under /root (0700): the unprivileged account gets its data under /tmp."""
+    if os.geteuid() != 0:
+        pytest.skip("only root drops to an unprivileged account")
+    existing = {d for d in os.listdir("/tmp") if d.startswith("qpopper-demo-")}
+    demo = Demo(tmp_path)                              # pytest's tmp_path: 0700 ancestors
+    try:
+        client = pop(demo.port)
+        assert client.stat()[0] >= 1
+        client.quit()
+    finally:
+        code, out, _ = demo.stop()
+    assert code == 0
+    where = re.search(r"^Data \(spool and pop.auth store\): (.*)$", out, re.M).group(1)
+    try:
+        assert where.startswith("/tmp/qpopper-demo-") and not (tmp_path / "demo-data").exists()
+        assert os.stat(where).st_uid == os.stat(f"{where}/pop.auth").st_uid != 0
+    finally:
+        if os.path.basename(where) not in existing:
+            shutil.rmtree(where, ignore_errors=True)
