@@ -366,3 +366,67 @@ def test_daemon_mode_detaches_and_writes_the_pid_file(site):
     finally:
         os.kill(pid, signal.SIGTERM)
     wait_until(lambda: not os.path.exists(pid_file), what="the pid file to go")
+
+
+# --- per-user option files (reference §1.4 A1, decision §7.4) -----------------------------------
+def test_spool_options_file_applies_only_when_the_user_cannot_write_it(world_tmp, pam_service,
+                                                                      system_users):
+    s = Site(world_tmp, pam_service, statistics=False, spool_options=True)
+    try:
+        admin_ok = system_users.create()
+        user_owned = system_users.create()
+        for user in (admin_ok, user_owned):
+            make_spool(s.spool_dir, user, SPOOL)
+            path = os.path.join(s.spool_dir, f"{user.name}.qpopper-options")
+            with open(path, "w") as f:
+                f.write("set statistics\n")
+            os.chmod(path, 0o644)
+        os.chown(os.path.join(s.spool_dir, f"{user_owned.name}.qpopper-options"),
+                 user_owned.uid, -1)
+        server = s.server()
+        for user in (admin_ok, user_owned):
+            login(server, user).quit()
+        s.syslog.wait_for(rf"Stats: {admin_ok.name} 0 0 3 \d+ 127\.0\.0\.1 127\.0\.0\.1")
+        s.syslog.wait_for(rf"Ignoring .*/{user_owned.name}\.qpopper-options: owned by or "
+                          rf"writable by {user_owned.name}")
+        assert not any(t.startswith(f"Stats: {user_owned.name} ") for t in s.syslog.texts())
+    finally:
+        s.close()
+
+
+def test_home_options_file_is_read_after_the_drop_and_scope_checked(world_tmp, pam_service,
+                                                                   system_users):
+    s = Site(world_tmp, pam_service, statistics=False, user_options=True)
+    try:
+        user = system_users.create()
+        make_spool(s.spool_dir, user, SPOOL)
+        path = os.path.join(user.home, ".qpopper-options")
+        with open(path, "w") as f:
+            # statistics may be set there; spool-dir may not (not in ~/.qpopper-options)
+            f.write("set statistics\nset spool-dir = /etc\n")
+        os.chown(path, user.uid, user.gid)
+        os.chmod(path, 0o600)                     # readable by the user only: read after the drop
+        server = s.server()
+        client = login(server, user)
+        assert client.stat()[0] == 3              # the spool is still the real one
+        client.quit()
+        s.syslog.wait_for(rf"Stats: {user.name} 0 0 3 .*")
+        s.syslog.wait_for(r".*\.qpopper-options:2: .*spool-dir.*")
+    finally:
+        s.close()
+
+
+def test_hangup_signal_aborts_the_session_with_update_on_abort(site, system_users):
+    user = system_users.create()
+    make_spool(site.spool_dir, user, SPOOL)
+    server = site.server()
+    client = login(server, user)
+    client.dele(1)
+    pid = wait_until(lambda: [p for p in server.children()
+                              if f"popper: {user.name}@" in proc_title(p)],
+                     what="the logged-in child")[0]
+    os.kill(pid, signal.SIGHUP)
+    wait_until(lambda: not os.path.exists(f"/proc/{pid}"), what="the child to end")
+    client.close()
+    assert "Subject: first" not in spool_text(site, user)       # Qpopper's default commits
+    assert spool_text(site, user).count("Subject: ") == 2
