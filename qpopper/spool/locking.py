@@ -167,8 +167,11 @@ class DotLock:
             try:
                 os.write(fd, content)
                 st = os.fstat(fd)
-            finally:
+            except BaseException:
                 os.close(fd)
+                os.unlink(self.path)        # an empty lock would block everyone for 5 min
+                raise
+            os.close(fd)
             created = (st.st_dev, st.st_ino)
         if not created:
             return False
