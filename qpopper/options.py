@@ -528,8 +528,8 @@ OPTIONS: tuple[Option, ...] = (
        "Extension: file the standalone master writes its process id to.",
        extension=True, scope=Scope.STARTUP),
     _i("max-children", 200,
-       "Extension: most sessions served at once by the standalone master; further "
-       "connections wait in the listen queue.",
+       "Extension: most sessions served at once by the standalone master; a connection "
+       "over the limit is answered -ERR [SYS/TEMP] and closed.",
        extension=True, minimum=1, scope=Scope.STARTUP),
     _i("max-children-per-address", 20,
        "Extension: most sessions at once from one client address (popa3d's "
