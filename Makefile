@@ -7,10 +7,13 @@ VENV      := .venv
 VPY       := $(VENV)/bin/python
 STAMP     := $(VENV)/.installed
 # Debian packages the tests use as real peers (curl, socat, ...) or to build the packages.
-DEB_TEST_PACKAGES := curl socat iproute2 openssl procps strace passwd login libpam-modules liblockfile-bin procmail
+DEB_TEST_PACKAGES := curl socat iproute2 openssl procps strace passwd login libpam-modules liblockfile-bin procmail \
+	debhelper dh-python python3-all python3-setuptools python3-pytest python3-pytest-timeout \
+	python3-daemon python3-lockfile python3-openssl python3-pampy python3-setproctitle \
+	man-db lintian rpm rpmlint ssl-cert adduser systemd
 PIP_TEST_PACKAGES := pytest pytest-timeout
 
-.PHONY: run test venv debs clean
+.PHONY: run test venv debs clean package
 
 $(STAMP): setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,3 +42,28 @@ test: $(STAMP) debs
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache demo-data
+
+# The Debian and RPM packages, built and linted in a temporary copy of the tree (nothing is
+# left in the checkout); the .deb, .changes and .rpm land in $(PKG_OUT).
+# pyenv (or any other python3) is kept off PATH: pybuild and rpmbuild must use Debian's.
+PKG_OUT  ?= dist
+SYS_PATH := /usr/sbin:/usr/bin:/sbin:/bin
+package:
+	@set -e; out=$$(realpath -m "$(PKG_OUT)"); mkdir -p "$$out"; \
+	work=$$(mktemp -d /tmp/qpopper-package.XXXXXX); trap 'rm -rf "$$work"' EXIT; \
+	mkdir "$$work/src"; \
+	if [ -d .git ]; then git ls-files -z --cached --others --exclude-standard \
+	  | xargs -0 sh -c 'for f; do [ -e "$$f" ] && printf "%s\0" "$$f"; done' sh \
+	  | tar --null -T - -cf - | tar -C "$$work/src" -xf -; \
+	else tar --exclude=./.venv --exclude=./dist -cf - . | tar -C "$$work/src" -xf -; fi; \
+	echo "== dpkg-buildpackage"; \
+	(cd "$$work/src" && env PATH=$(SYS_PATH) dpkg-buildpackage -us -uc -b); \
+	echo "== lintian"; \
+	lintian --info --fail-on error "$$work"/qpopper-py_*.changes; \
+	echo "== rpmbuild"; \
+	(cd "$$work/src" && env PATH=$(SYS_PATH) rpmbuild -bb --nodeps --build-in-place \
+	  --define "_topdir $$work/rpmtop" rpm/qpopper.spec); \
+	echo "== rpmlint"; \
+	rpmlint -r "$$work/src/rpm/rpmlint-ci.rc" "$$work/src/rpm/qpopper.spec" "$$work"/rpmtop/RPMS/noarch/*.rpm; \
+	cp "$$work"/qpopper-py_*.deb "$$work"/qpopper-py_*.changes "$$work"/rpmtop/RPMS/noarch/*.rpm "$$out"/; \
+	echo "== packages in $$out:"; ls -1 "$$out"

@@ -442,6 +442,20 @@ def man_config() -> str:
 
 
 MAN_GENERATORS = {"popper": man_popper, "qpopper.config": man_config}
+REGENERATE_ALL = "python -m qpopper.docgen regenerate"
+
+
+def regenerate(root: str = ".") -> int:
+    """Rewrite every generated file of the source tree (run from its top directory) after a
+    change to the option table: the example configuration and the man pages."""
+    import os
+    outputs = {EXAMPLE_CONFIG_PATH: example_config()}
+    outputs.update({path: MAN_GENERATORS[name]() for name, path in MAN_PAGES.items()})
+    for path, text in outputs.items():
+        with open(os.path.join(root, path), "w") as f:
+            f.write(text)
+        print(f"wrote {path}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -452,10 +466,13 @@ def main(argv: list[str] | None = None) -> int:
     if argv == ["usage"]:
         sys.stdout.write(usage())
         return 0
+    if argv == ["regenerate"]:
+        return regenerate()
     if len(argv) == 2 and argv[0] == "man" and argv[1] in MAN_GENERATORS:
         sys.stdout.write(MAN_GENERATORS[argv[1]]())
         return 0
-    print("usage: python -m qpopper.docgen example-config | usage | man popper|qpopper.config",
+    print("usage: python -m qpopper.docgen example-config | usage | man popper|qpopper.config"
+          " | regenerate",
           file=sys.stderr)
     return 2
 

@@ -16,7 +16,8 @@ COMMENTED_SET = re.compile(r"^# (set \S+ = .*)$")
 
 def test_committed_example_config_is_up_to_date():
     assert EXAMPLE.read_text() == docgen.example_config(), (
-        f"{docgen.EXAMPLE_CONFIG_PATH} is out of date; regenerate it: {docgen.REGENERATE}")
+        f"{docgen.EXAMPLE_CONFIG_PATH} is out of date; regenerate it: {docgen.REGENERATE} "
+        f"(or every generated file: {docgen.REGENERATE_ALL})")
 
 
 def test_example_config_parses_to_the_defaults_plus_the_shipped_settings():

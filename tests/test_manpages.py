@@ -28,8 +28,8 @@ def rendered(path: Path) -> str:
 @pytest.mark.parametrize("name", sorted(PAGES))
 def test_committed_page_is_up_to_date(name):
     assert PAGES[name].read_text() == docgen.MAN_GENERATORS[name](), (
-        f"{docgen.MAN_PAGES[name]} is out of date; regenerate it: "
-        f"python -m qpopper.docgen man {name} > {docgen.MAN_PAGES[name]}")
+        f"{docgen.MAN_PAGES[name]} is out of date; regenerate every generated file with: "
+        f"{docgen.REGENERATE_ALL}")
 
 
 def test_generation_follows_the_option_table(monkeypatch):
@@ -81,3 +81,12 @@ def test_docgen_command_line_prints_the_pages(capsys):
         assert capsys.readouterr().out == PAGES[name].read_text()
     assert docgen.main(["man", "nope"]) == 2
     assert "usage:" in capsys.readouterr().err
+
+
+def test_regenerate_writes_every_generated_file(tmp_path):
+    (tmp_path / "man").mkdir()
+    (tmp_path / "etc" / "qpopper").mkdir(parents=True)
+    assert docgen.regenerate(str(tmp_path)) == 0
+    assert (tmp_path / docgen.EXAMPLE_CONFIG_PATH).read_text() == docgen.example_config()
+    for name, path in docgen.MAN_PAGES.items():
+        assert (tmp_path / path).read_text() == PAGES[name].read_text()
