@@ -235,9 +235,9 @@ class Maildrop:
                     self._absorb(spool.fd, "spool", spool.refresh_if_due)
             finally:
                 spool.release()
+            self._scan()
         except OSError as exc:
             raise self._failure(exc, OPEN_FAILED_TEXT, OVERQUOTA_OPEN_TEXT) from None
-        self._scan()
 
     def _scan(self) -> None:
         self._drop_file = open(self._session.fd, "rb", closefd=False)
