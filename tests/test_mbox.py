@@ -705,6 +705,35 @@ def test_mmdf_scan_and_retr_match_oracle_on_random_spools(tmp_path):
                 assert m.octets == len(unstuff(want))
 
 
+TOKENS = [b"\n", b"\r\n", b"\r", b"\0", b"From ", b"From x Wed Nov 25 10:00:00 2026\n", b"\n\n",
+          b".", b"X-UIDL: abcdefghijklmnop\n", b"Status: RO\n", b"Content-Length: 5\n",
+          b"Content-Length: 99999\n", MMDF_SEP, b"Subject: s\n", b"x" * 1100, b"a", b"b c", b" ",
+          b"\t", b"Received: r\n"]
+
+
+@pytest.mark.timeout(120)
+def test_garbage_spools_yield_consistent_messages_and_stable_uids(tmp_path):
+    """Invariant 4 and 5 on token soup: every byte belongs to one message, LIST octets equal
+    the RETR bytes, and a write-back (either mode) is scanned back with the same UIDs."""
+    rng = random.Random(4)
+    spool, written = tmp_path / "spool", tmp_path / "written"
+    for _ in range(600):
+        first = rng.choice([b"From x Wed Nov 25 10:00:00 2026\n", MMDF_SEP])
+        data = first + b"".join(rng.choice(TOKENS) for _ in range(rng.randint(0, 60)))
+        spool.write_bytes(data)
+        with open(spool, "rb") as f:
+            messages = mbox.scan(f)
+            assert [m.offset for m in messages[1:]] == [m.end for m in messages[:-1]]
+            assert (messages[0].offset, messages[-1].end) == (0, len(data))
+            for m in messages:
+                data_sent = retr(f, m)
+                assert data_sent.endswith(b"\r\n") and m.octets == len(unstuff(data_sent))
+        for update in (True, False):
+            write_back(spool, written, update_status_headers=update, messages=messages,
+                       retrieved=lambda m: rng.random() < 0.5)
+            assert [m.uid for m in scan_path(written)] == [m.uid for m in messages]
+
+
 # --- a bigger generated spool ------------------------------------------------------------------------
 
 @pytest.mark.timeout(120)

@@ -327,14 +327,16 @@ class _Scanner:
 
         Returns the next separator line and its offset, or (None, None) at the region end.
         """
+        if not sep.endswith(b"\n"):      # hash as the LF the write-back adds: same UID after it
+            sep += b"\n"
         digest = hashlib.md5(sep.translate(_NUL_TO_SPACE))
         if self.feed_unique_num:
             digest.update(struct.pack("=q", self.unique_num))
             self.unique_num += 1
-        d = _Draft(self.number, sep_at, sep_at + len(sep), sep, digest)
+        d = _Draft(self.number, sep_at, self.w.pos, sep, digest)
         self.number += 1
         trailer = self._headers(d)
-        if trailer is None and d.body_start >= 0:
+        if trailer is None and d.body_end < 0:     # headers ended with a blank line
             nxt = self._body(d)
         else:
             nxt = trailer
@@ -432,6 +434,9 @@ class _Scanner:
                 d.header_end = d.body_start = d.body_end = piece_at
                 return None
             continuing = kind is not None
+            hashed = piece
+            if not piece.endswith(b"\n") and w.pos >= w.region_end:
+                hashed = piece + b"\n"     # the write-back ends it with LF: hash it so already
             if not continuing:
                 line_start = piece_at
                 if _is_empty(piece):
@@ -443,10 +448,10 @@ class _Scanner:
                 if self.mmdf_sep is not None and piece == self.mmdf_sep:
                     d.header_end = d.body_start = d.body_end = piece_at
                     return piece
-                kind = self._classify(d, piece, line_start, hashing, first_message)
+                kind = self._classify(d, hashed, line_start, hashing, first_message)
                 hashing = kind == "hash" or (kind == "cont" and hashing)
             elif kind == "hash" or (kind == "cont" and hashing):
-                d.digest.update(piece.translate(_NUL_TO_SPACE))
+                d.digest.update(hashed.translate(_NUL_TO_SPACE))
             if kind in ("uidl", "clen"):
                 if continuing:
                     d.stripped[-1] = (d.stripped[-1][0], w.pos)
