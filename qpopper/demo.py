@@ -51,7 +51,11 @@ def run_demo(inv) -> int:
         return 2
     data_dir = os.path.abspath(DEMO_DIR)
     log = Logger(stream=sys.stderr)
+    listeners: list = []
     try:
+        # Bind first, while we may still read everything (as root, the account we drop to may
+        # not even reach the interpreter's lazily imported modules).
+        listeners = bind_listeners([(host, port)])
         if os.geteuid() == 0:
             account = _unprivileged_account()
             if not _reachable(os.path.dirname(data_dir), account):
@@ -62,9 +66,10 @@ def run_demo(inv) -> int:
         else:
             _prepare_data(data_dir, None)
         cfg = demo_config(base_cfg, data_dir)
-        listeners = bind_listeners([(host, port)])
     except (OSError, ListenError) as exc:
         print(f"popper --demo: {exc}", file=sys.stderr)
+        for sock in listeners:
+            sock.close()
         log.close()
         return 1
     try:

@@ -9,6 +9,9 @@ per-user option files at the moment of login, and the end-of-session log lines.
 
 from __future__ import annotations
 
+# Name lookups import the idna codec on first use; after the privilege drop the interpreter's
+# library may no longer be readable by this process, so load it now.
+import encodings.idna  # noqa: F401
 import errno
 import os
 import select
@@ -196,7 +199,7 @@ class ReverseLookup:
                          socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)}
             if self.ip in addresses:
                 self._name = name
-        except (OSError, UnicodeError):
+        except (OSError, UnicodeError, LookupError):
             pass
         finally:
             self._done.set()

@@ -9,6 +9,7 @@ import poplib
 import re
 import shutil
 import signal
+import socket
 import subprocess
 
 import pytest
@@ -174,3 +175,34 @@ def test_as_root_a_data_folder_the_account_cannot_reach_moves_to_tmp(tmp_path):
     finally:
         if os.path.basename(where) not in existing:
             shutil.rmtree(where, ignore_errors=True)
+
+
+@pytest.mark.skipif(shutil.which("make") is None or shutil.which("git") is None
+                    or shutil.which("curl") is None, reason="needs make, git and curl")
+def test_make_run_in_a_fresh_clone_serves_the_demo_on_8110(tmp_path):
+    """`git clone` + `make run`, as the README says; the clone borrows this checkout's
+    virtualenv (building one needs the network), everything else is the clone's."""
+    try:
+        with socket.create_server(("127.0.0.1", 8110)):
+            pass
+    except OSError:
+        pytest.skip("port 8110 is in use (a demo already running?)")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True, timeout=60,
+                   capture_output=True)
+    (clone / ".venv").symlink_to(REPO / ".venv")
+    # -o: the borrowed virtualenv counts as built although the clone's files are newer
+    proc = subprocess.Popen(["make", "-s", "-o", ".venv/.installed", "run"], cwd=clone,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        wait_for_greeting("127.0.0.1", 8110, proc)
+        result = subprocess.run(["curl", "-sS", "pop3://demo:demo@127.0.0.1:8110/1"],
+                                capture_output=True, timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)            # Ctrl-C on make's terminal
+        out, err = proc.communicate(timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert b"Subject: Welcome to qpopper-py" in result.stdout
+    assert b"curl pop3://demo:demo@127.0.0.1:8110/1" in out
