@@ -483,6 +483,20 @@ def test_mmdf_trailer_in_headers_junk_and_missing_last_trailer(tmp_path):
     assert b"junk between\n" in dst.read_bytes()
 
 
+@pytest.mark.parametrize("update", [True, False])
+def test_spool_cut_right_after_a_from_line(tmp_path, update):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.write_bytes(b"From a@x Wed Nov 25 10:00:00 2026\nSubject: a\n\na\n\n"
+                    b"From b@x Wed Nov 25 10:00:00 2026")
+    before = scan_path(src)
+    with open(src, "rb") as f:
+        assert retr(f, before[1]) == before[1].uidl_line
+        assert before[1].octets == len(before[1].uidl_line)
+    write_back(src, dst, update_status_headers=update)
+    after = scan_path(dst)
+    assert [m.uid for m in after] == [m.uid for m in before]
+
+
 def test_copy_range_copies_raw_bytes_in_bounded_chunks(tmp_path):
     src = tmp_path / "src"
     data = bytes(random.Random(5).randbytes(3 * limits.COPY_CHUNK_OCTETS + 17))
@@ -708,7 +722,7 @@ def test_mmdf_scan_and_retr_match_oracle_on_random_spools(tmp_path):
 TOKENS = [b"\n", b"\r\n", b"\r", b"\0", b"From ", b"From x Wed Nov 25 10:00:00 2026\n", b"\n\n",
           b".", b"X-UIDL: abcdefghijklmnop\n", b"Status: RO\n", b"Content-Length: 5\n",
           b"Content-Length: 99999\n", MMDF_SEP, b"Subject: s\n", b"x" * 1100, b"a", b"b c", b" ",
-          b"\t", b"Received: r\n"]
+          b"\t", b"Received: r\n", b"\n\nFrom y Wed Nov 25 10:00:00 2026"]
 
 
 @pytest.mark.timeout(120)

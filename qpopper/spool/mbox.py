@@ -268,7 +268,6 @@ class _Draft:
     number: int
     offset: int
     content_start: int
-    separator: bytes
     digest: "hashlib._Hash"
     octets: int = 0
     header_end: int = -1
@@ -333,7 +332,7 @@ class _Scanner:
         if self.feed_unique_num:
             digest.update(struct.pack("=q", self.unique_num))
             self.unique_num += 1
-        d = _Draft(self.number, sep_at, self.w.pos, sep, digest)
+        d = _Draft(self.number, sep_at, self.w.pos, digest)
         self.number += 1
         trailer = self._headers(d)
         if trailer is None and d.body_end < 0:     # headers ended with a blank line
@@ -859,6 +858,8 @@ def copy_for_update(f: BinaryIO, msg: Message, write: WriteFn, *, retrieved: boo
     out = _Coalescer(write)
     if update_status_headers and not msg.hidden:
         out.add(_read_at(f, msg.offset, msg.content_start - msg.offset))
+        if not out.tail.endswith(b"\n"):
+            out.add(b"\n")             # a separator line cut by the end of the file
         out.add(UIDL_HEADER + msg.uid.encode("ascii") + b"\n")
         cur = msg.content_start
         status = b"Status: RO\n" if retrieved else b"Status: U\n"
