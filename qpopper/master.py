@@ -28,6 +28,7 @@ import os
 import selectors
 import signal
 import socket
+import sys
 import syslog
 import time
 
@@ -413,7 +414,7 @@ def run_master(cfg, inv) -> int:
             listeners = bind_listeners(getattr_option(cfg, "listen", []) or [])
     except ListenError as exc:
         log(syslog.LOG_ERR, str(exc))
-        print(f"popper: {exc}", file=_stderr())
+        print(f"popper: {exc}", file=sys.stderr)
         log.close()
         return 1
     log.open()
@@ -432,11 +433,18 @@ def _run_daemonized(cfg, inv, listeners, log) -> int:
     syslog socket open across the detach."""
     import daemon
     import daemon.pidfile
+    import lockfile
 
     pid_file = getattr_option(cfg, "pid_file", None)
-    if pid_file and _pid_file_is_stale(pid_file):
+    if pid_file and os.path.lexists(pid_file):
+        if not _pid_file_is_stale(pid_file):
+            # python-daemon takes the pid file after detaching, where nobody would see why
+            # it failed: refuse here, on the administrator's terminal.
+            print(f"popper: pid file {pid_file} is held by a running master", file=sys.stderr)
+            return 1
         os.unlink(pid_file)
     context = daemon.DaemonContext(
+        detach_process=True,           # asked for explicitly: detach even under inetd/init
         working_directory="/",
         umask=0o022,
         pidfile=daemon.pidfile.TimeoutPIDLockFile(pid_file, acquire_timeout=0) if pid_file else None,
@@ -444,8 +452,15 @@ def _run_daemonized(cfg, inv, listeners, log) -> int:
         signal_map={},                 # the master installs its own handlers
         prevent_core=True,
     )
-    with context:
+    try:
+        context.open()
+    except lockfile.Error as exc:
+        print(f"popper: pid file {pid_file}: {exc or 'held by a running master'}", file=sys.stderr)
+        return 1
+    try:
         return Master(cfg, inv, listeners, log, notify_systemd=False).serve()
+    finally:
+        context.close()
 
 
 def _pid_file_is_stale(path: str) -> bool:
@@ -464,6 +479,3 @@ def _pid_file_is_stale(path: str) -> bool:
     return False
 
 
-def _stderr():
-    import sys
-    return sys.stderr

@@ -363,6 +363,12 @@ def test_daemon_mode_detaches_and_writes_the_pid_file(site):
         assert wait_for_greeting("127.0.0.1", port).startswith(b"+OK")
         assert proc_status(pid)["PPid"] != str(os.getpid())       # detached
         assert "popper: master" in proc_title(pid)
+        site.syslog.wait_for(rf"master listening on 127\.0\.0\.1:{port}")   # after detaching
+        again = subprocess.run(
+            [PopperServer(site.root, None).argv[0], f"127.0.0.1:{free_port()}", "-f",
+             site.config, "--daemon", f"--pid-file={pid_file}"],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+        assert again.returncode == 1 and "pid file" in again.stderr
     finally:
         os.kill(pid, signal.SIGTERM)
     wait_until(lambda: not os.path.exists(pid_file), what="the pid file to go")
