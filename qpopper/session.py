@@ -291,15 +291,23 @@ class Session:
         if getattr_option(cfg, "user_options", False) and login.home:
             path = os.path.join(login.home, USER_OPTIONS_FILE)
             if self._readable_regular_file(path):
-                cfg = config_mod.apply_user_file(cfg, path, "home", self.log)
+                cfg = self._apply_file(cfg, path, "home")
         if getattr_option(cfg, "spool_options", False):
             path = os.path.join(self.cfg.spool_dir, login.user + SPOOL_OPTIONS_SUFFIX)
             if "/" not in login.user and self._admin_owned_file(path, login):
-                cfg = config_mod.apply_user_file(cfg, path, "spool", self.log)
+                cfg = self._apply_file(cfg, path, "spool")
         if cfg is not self.cfg:
             self.cfg = cfg
             if self.protocol is not None and hasattr(self.protocol, "cfg"):
                 self.protocol.cfg = cfg
+
+    def _apply_file(self, cfg, path: str, kind: str):
+        try:
+            return config_mod.apply_user_file(cfg, path, kind, self.log)
+        except OSError as exc:
+            # e.g. a home directory the user made unreadable: Qpopper goes on without it
+            self.log(syslog.LOG_NOTICE, f"Ignoring {path}: {exc.strerror}")
+            return cfg
 
     def _readable_regular_file(self, path: str) -> bool:
         try:
@@ -339,6 +347,7 @@ class Session:
             while not self.protocol.closed:
                 if self._closed or self._hangup:
                     self.protocol.eof()
+                    error = True
                     break
                 data = self.channel.read(self.cfg.timeout, self._wake_r, lambda: self._hangup)
                 if data is None and self._hangup:
@@ -531,5 +540,9 @@ def serve_inetd(cfg, inv) -> int:
     channel = Channel(0, 1, sock)
     try:
         return Session(cfg, channel, log=log).run()
+    except Exception as exc:
+        # stdout and maybe stderr are the client: the details go to the log only
+        log(syslog.LOG_ERR, f"session failed: {type(exc).__name__}: {exc}")
+        return 1
     finally:
         log.close()
