@@ -99,6 +99,15 @@ def tree_snapshot(root: str) -> dict[str, tuple]:
     return snap
 
 
+def build_leftovers() -> tuple:
+    """What a build in the checkout would leave: dpkg-buildpackage's outputs in '..', and
+    untracked or ignored files under debian/, rpm/, .pybuild/, build/."""
+    beside = sorted(n for n in os.listdir(REPO.parent) if n.startswith(f"{PACKAGE}_"))
+    status = run("git", "-C", str(REPO), "status", "--porcelain", "--ignored", "--",
+                 "debian", "rpm", ".pybuild", "build", "dist", check=False).stdout
+    return beside, status
+
+
 # ---- the build and the installation, shared by the module ---------------------------------------
 class Installation:
     def __init__(self, workdir: str):
@@ -113,7 +122,7 @@ class Installation:
 def packages():
     if installed_version() is not None:
         pytest.skip(f"{PACKAGE} is already installed on this machine; not touching it")
-    leftovers_before = set(os.listdir(REPO.parent))
+    leftovers_before = build_leftovers()
     with tempfile.TemporaryDirectory(prefix="qpt-pkg-") as workdir:
         inst = Installation(workdir)
         started = time.monotonic()
@@ -124,8 +133,8 @@ def packages():
         inst.build_seconds = time.monotonic() - started
         inst.deb = next(str(p) for p in Path(inst.out).glob(f"{PACKAGE}_*_all.deb"))
         inst.rpm = next(str(p) for p in Path(inst.out).glob(f"{PACKAGE}-*.noarch.rpm"))
-        # dpkg-buildpackage writes to '..': nothing may appear beside the checkout either.
-        assert set(os.listdir(REPO.parent)) == leftovers_before
+        # The build ran in a copy: no build output in the checkout, nor beside it in '..'.
+        assert build_leftovers() == leftovers_before
         try:
             yield inst
         finally:
