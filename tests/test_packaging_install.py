@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.sysusers import SystemUsers, is_root, world_readable_tmpdir
-from tests.server_harness import free_port, mbox
+from tests.server_harness import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = "qpopper-py"
@@ -44,6 +44,10 @@ APT = ["apt-get", "-o", "DPkg::Lock::Timeout=600", "-y", "-q"]
 TOOLS = ("apt-get", "dpkg-buildpackage", "lintian", "rpmbuild", "rpmlint", "rpm",
          "systemd-analyze", "systemd-socket-activate", "make", "git")
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
+SPOOL = (b"From sender1@example.org Mon Nov  2 10:01:00 2026\n"
+         b"From: Sender <sender1@example.org>\nSubject: packaged hello\n\nfirst body line\n\n"
+         b"From sender2@example.org Mon Nov  2 10:02:00 2026\n"
+         b"From: Sender <sender2@example.org>\nSubject: second\n\nanother body\n\n")
 
 pytestmark = [
     pytest.mark.root, pytest.mark.slow,
@@ -158,7 +162,7 @@ def alice(users):
     spool = Path("/var/mail") / user.name
     fd = os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
-        f.write(mbox(("packaged hello", "first body line"), ("second", "another body")))
+        f.write(SPOOL)
     os.chown(spool, user.uid, grp.getgrnam("mail").gr_gid)
     yield user
     with contextlib.suppress(FileNotFoundError):
