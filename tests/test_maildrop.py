@@ -340,3 +340,17 @@ def test_disk_full_at_update_says_overquota_and_keeps_the_mail(small_fs):
     drop = open_drop(cfg, paths)
     assert len(drop.messages) == count
     drop.close()
+
+
+def test_a_planted_hard_link_at_the_image_name_is_not_truncated(tmp_path):
+    cfg, paths = setup(tmp_path, msg(1))
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    drop = open_drop(cfg, paths)
+    os.link(victim, paths.new_image)
+    with pytest.raises(PopError) as info:
+        drop.update(set(), set())
+    assert info.value.text == "Error updating primary drop.  Mail left in temporary maildrop"
+    assert victim.read_bytes() == b"precious"
+    os.unlink(paths.new_image)
+    assert subjects(cfg, paths) == [b"Subject: m1"]

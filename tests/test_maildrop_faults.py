@@ -43,8 +43,8 @@ def mmdf(n: int) -> bytes:
 # name: (initial spool, mail delivered during the session, deleted, retrieved)
 SHAPES = {
     "one": (message(1), b"", set(), {0}),
-    "many": (b"".join(message(n, body_lines=40) for n in range(1, 41)), b"",
-             {0, 5, 6, 39}, {1, 2, 5}),
+    "many": (b"".join(message(n, body_lines=60) for n in range(1, 61)), b"",   # > 64 KiB
+             {0, 5, 6, 59}, {1, 2, 5}),
     "mmdf": (b"".join(mmdf(n) for n in range(1, 5)), b"", {1}, {0}),
     "no-final-newline": (message(1) + message(2) + from_line(3) + b"Subject: cut\n\nno newline",
                          b"", {0}, {2}),

@@ -360,16 +360,12 @@ class Maildrop:
         self._finish_commit()
 
     def _open_image(self, *, truncate: bool) -> int:
-        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
         if truncate:
             self._step("create-image")
-            flags |= os.O_CREAT | os.O_TRUNC
-        fd = os.open(self.paths.new_image, flags, IMAGE_MODE)
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != os.geteuid():
-            os.close(fd)
-            raise PopError(JOURNAL_BAD_TEXT, RespCode.SYS_PERM,
-                           log=f"{self.paths.new_image}: not our plain file")
+        fd = _open_own_file(self.paths.new_image, create=truncate)
+        if truncate:
+            self._step("truncate-image")
+            os.ftruncate(fd, 0)
         return fd
 
     def _apply(self, spool: int, image: int, image_len: int, spool_len: int) -> None:
@@ -562,9 +558,9 @@ class _Journal:
         data = json.dumps(dict(record, v=JOURNAL_VERSION), sort_keys=True).encode() + b"\n"
         name = f"journal-{record['op']}"
         self.step(f"{name}-write")
-        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)
+        fd = _open_own_file(self.tmp, create=True)
         try:
+            os.ftruncate(fd, 0)
             _pwrite_all(fd, data, 0)
             self.step(f"{name}-fsync")
             os.fsync(fd)
@@ -615,6 +611,18 @@ class _ChunkWriter:
 
 
 # --- small file helpers ---------------------------------------------------------------------------
+def _open_own_file(path: str, *, create: bool) -> int:
+    """Open one of our bookkeeping files read-write: never through a symlink, and never a file
+    that is not our own plain single-link file (checked before anything is truncated)."""
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+    fd = os.open(path, flags, IMAGE_MODE)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != os.geteuid():
+        os.close(fd)
+        raise PopError(JOURNAL_BAD_TEXT, RespCode.SYS_PERM, log=f"{path}: not our plain file")
+    return fd
+
+
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
     view = memoryview(data)
     while view:
