@@ -44,6 +44,7 @@ APT = ["apt-get", "-o", "DPkg::Lock::Timeout=600", "-y", "-q"]
 TOOLS = ("apt-get", "dpkg-buildpackage", "lintian", "rpmbuild", "rpmlint", "rpm",
          "systemd-analyze", "systemd-socket-activate", "make", "git")
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
+SNAKEOIL = ("/etc/ssl/certs/ssl-cert-snakeoil.pem", "/etc/ssl/private/ssl-cert-snakeoil.key")
 SPOOL = (b"From sender1@example.org Mon Nov  2 10:01:00 2026\n"
          b"From: Sender <sender1@example.org>\nSubject: packaged hello\n\nfirst body line\n\n"
          b"From sender2@example.org Mon Nov  2 10:02:00 2026\n"
@@ -120,6 +121,7 @@ class Installation:
         self.build_log = ""
         self.deb = self.rpm = ""
         self.pop_account_existed = account_exists("pop")
+        self.snakeoil_existed = os.path.exists(SNAKEOIL[0])
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +148,10 @@ def packages():
                 run(*APT, "purge", PACKAGE, check=False)
             if not inst.pop_account_existed and account_exists("pop"):
                 run("deluser", "--system", "pop", check=False)
+            if not inst.snakeoil_existed:          # made by postinst; ssl-cert's, not ours
+                for path in SNAKEOIL:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
 
 
 @pytest.fixture(scope="module")
@@ -301,6 +307,10 @@ def test_install_with_apt(packages):
     assert not (sockets / "qpopper-tls.socket").exists()
     # postinst: the pop account that owns pop.auth; /var/mail root:mail with group write+setgid.
     assert account_exists("pop")
+    # The snake-oil certificate the shipped config names exists (made by ssl-cert's tool).
+    assert os.path.exists(SNAKEOIL[0])
+    key = os.stat(SNAKEOIL[1])
+    assert key.st_mode & 0o077 in (0, 0o040) and key.st_uid == 0   # root, group ssl-cert at most
     st = os.stat("/var/mail")
     assert st.st_gid == grp.getgrnam("mail").gr_gid and st.st_mode & 0o2070 == 0o2070
 
