@@ -1,7 +1,6 @@
 """Dot-lock, spool kernel locks and the session lock (reference L1-L7), including interop with
 Debian's dotlockfile (liblockfile-bin) and procmail's lockfile."""
 
-import fcntl
 import os
 import shutil
 import socket

@@ -4,7 +4,6 @@ an fcntl lock, while sessions open / RETR / DELE / QUIT (or abort) in a loop. Af
 spool holds exactly the old messages no committed update deleted plus every delivered one, each
 once; and no delivery waited long, because sessions lock the spool only for their copies."""
 
-import os
 import random
 import re
 import shutil
@@ -16,7 +15,6 @@ import time
 import pytest
 
 from qpopper.config import Config
-from qpopper.responses import PopError
 from qpopper.spool.maildrop import Maildrop
 from qpopper.spool.paths import SpoolPaths
 

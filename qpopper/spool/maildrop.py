@@ -77,10 +77,6 @@ JOURNAL_BAD_TEXT = "Maildrop recovery needs attention; contact your administrato
 QUOTA_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
-class _OverQuota(Exception):
-    """posix_fallocate found no room for the new spool image (nothing was overwritten)."""
-
-
 def separator_padding(tail: bytes) -> bytes:
     """What must follow `tail` (the end of an mbox) before another message can start: From_
     needs an empty line before it; MMDF messages end with their trailer line."""
@@ -184,19 +180,18 @@ class Maildrop:
             self._log(priority, text)
 
     def _failure(self, exc: OSError, text: str, quota_text: str) -> PopError:
+        """An OSError as the client sees it (no path, no errno); the details ride in .log,
+        which the protocol writes to syslog."""
         where = getattr(exc, "filename", None) or "maildrop"
-        self._note(syslog.LOG_ERR, f"{self._phase} of {self.user}'s maildrop failed: {where}: "
-                                   f"{exc.strerror or exc}")
-        if exc.errno in QUOTA_ERRNOS:
-            return PopError(quota_text, RespCode.SYS_TEMP, close=True)
-        return PopError(text, RespCode.SYS_TEMP, close=True)
+        detail = f"{self._phase} of {self.user}'s maildrop failed: {where}: {exc.strerror or exc}"
+        return PopError(quota_text if exc.errno in QUOTA_ERRNOS else text, RespCode.SYS_TEMP,
+                        close=True, log=detail)
 
     def _update_refused(self, refusal: PopError) -> PopError:
         """A lock or permission refusal at update: the mail stays in the drop (Qpopper's text)."""
-        self._note(syslog.LOG_ERR, f"{self._phase} of {self.user}'s maildrop refused: "
-                                   f"{refusal.log or refusal.text}")
         return PopError(UPDATE_FAILED_TEXT, refusal.code or RespCode.SYS_TEMP, close=True,
-                        log=refusal.log)
+                        log=f"{self._phase} of {self.user}'s maildrop refused: "
+                            f"{refusal.log or refusal.text}")
 
     def _spool_lock(self, *, create: bool) -> SpoolLock:
         home_mail = bool(getattr(self.cfg, "home_dir_mail", None))
