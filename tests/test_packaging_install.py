@@ -149,7 +149,9 @@ def packages():
             if not inst.pop_account_existed and account_exists("pop"):
                 run("deluser", "--system", "pop", check=False)
             if not inst.snakeoil_existed:          # made by postinst; ssl-cert's, not ours
-                for path in SNAKEOIL:
+                hash_links = [str(p) for p in Path("/etc/ssl/certs").iterdir()
+                              if p.is_symlink() and os.readlink(p) == os.path.basename(SNAKEOIL[0])]
+                for path in (*SNAKEOIL, *hash_links):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(path)
 
