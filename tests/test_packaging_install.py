@@ -359,6 +359,16 @@ def test_master_as_qpopper_service_serves_a_real_user(alice):
 def test_socket_unit_instance_serves_a_real_user(alice):
     with socket_unit_instance("qpopper@.service", "--clear-text-password=always") as port:
         assert b"Subject: packaged hello" in fetch_first_message(port, alice)
+        # The login went through the installed /etc/pam.d/pop3: deny there, and it fails.
+        pam_file = Path("/etc/pam.d/pop3")
+        original = pam_file.read_bytes()
+        try:
+            pam_file.write_bytes(b"auth requisite pam_deny.so\n" + original)
+            with pytest.raises(poplib.error_proto, match="-ERR"):
+                fetch_first_message(port, alice)
+        finally:
+            pam_file.write_bytes(original)
+        assert b"Subject: packaged hello" in fetch_first_message(port, alice)
 
 
 def test_tls_units_stay_down_until_tls_exists():
