@@ -53,11 +53,20 @@ SHAPES = {
     "new-mail": (b"".join(message(n) for n in range(1, 6)),
                  message(100) + message(101), {0, 4}, {1}),
     "all-deleted": (b"".join(message(n) for n in range(1, 4)), message(200), {0, 1, 2}, set()),
+    "leftover-drop": (message(1) + message(2), message(102), {1, 2}, {0}),
+    "old-drop": (message(1) + message(2), b"", {0}, {1}),
 }
 
 
-def make_cfg(spool_dir) -> Config:
-    return Config.defaults().replace(spool_dir=str(spool_dir))
+# A crashed session's temporary drop that the next session must put first.
+LEFTOVER_DROPS = {"leftover-drop": message(50) + message(51)}
+# check-old-spool-loc: with hash-spool 1, an old Qpopper's drop in the plain spool dir.
+OLD_DROPS = {"old-drop": message(60)}
+SHAPE_OPTIONS = {"old-drop": {"hash_spool": 1}}
+
+
+def make_cfg(spool_dir, shape: str = "") -> Config:
+    return Config.defaults().replace(spool_dir=str(spool_dir), **SHAPE_OPTIONS.get(shape, {}))
 
 
 def deliver(cfg, data: bytes) -> None:
@@ -75,7 +84,7 @@ def deliver(cfg, data: bytes) -> None:
 
 def run_session(spool_dir, scenario: str, shape: str, hook) -> None:
     """One session as the protocol drives it: open, (new mail arrives), DELE/RETR, QUIT."""
-    cfg = make_cfg(spool_dir)
+    cfg = make_cfg(spool_dir, shape)
     _spool, new_mail, deleted, retrieved = SHAPES[shape]
     paths = SpoolPaths.for_user(cfg, USER, None)
     drop = Maildrop.open(cfg, paths, USER, step_hook=hook, lock_step_s=LOCK_STEP_S)
@@ -91,10 +100,10 @@ def run_session(spool_dir, scenario: str, shape: str, hook) -> None:
         drop.close()                     # "crash" after open: the drop keeps the mail
 
 
-def snapshot(spool_dir, hook=None):
+def snapshot(spool_dir, shape: str, hook=None):
     """The next session, as a client sees it: [(uid, RETR bytes)] (it then ends without
     update, leaving the mail in the drop - like a crash, which the design must survive)."""
-    cfg = make_cfg(spool_dir)
+    cfg = make_cfg(spool_dir, shape)
     paths = SpoolPaths.for_user(cfg, USER, None)
     drop = Maildrop.open(cfg, paths, USER, step_hook=hook, lock_step_s=LOCK_STEP_S)
     out = []
@@ -103,7 +112,7 @@ def snapshot(spool_dir, hook=None):
         drop.send(i, parts.append)
         out.append((msg.uid, b"".join(parts)))
     drop.close()
-    leftovers = sorted(name for name in os.listdir(spool_dir)
+    leftovers = sorted(name for _, _, names in os.walk(spool_dir) for name in names
                        if name.endswith((".journal", ".new", ".tmp", ".lock")))
     return out, leftovers
 
@@ -151,11 +160,18 @@ def killer_at(k: int):
 
 def prepare(directory, shape: str) -> None:
     if directory.exists():
-        for name in os.listdir(directory):
-            os.unlink(directory / name)
-    else:
-        directory.mkdir()
-    (directory / USER).write_bytes(SHAPES[shape][0])
+        shutil.rmtree(directory)
+    directory.mkdir()
+    cfg = make_cfg(directory, shape)
+    paths = SpoolPaths.for_user(cfg, USER, None)
+    os.makedirs(os.path.dirname(paths.spool), exist_ok=True)
+    with open(paths.spool, "wb") as f:
+        f.write(SHAPES[shape][0])
+    for table, path in ((LEFTOVER_DROPS, paths.temp_drop), (OLD_DROPS, paths.old_temp_drop)):
+        if shape in table:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.write(fd, table[shape])
+            os.close(fd)
 
 
 def record_steps(directory, tmp_path, scenario, shape) -> list[str]:
@@ -173,7 +189,7 @@ def outcome(directory, tmp_path, scenario, shape):
     """What the next session sees after `scenario` ran WITHOUT a crash."""
     prepare(directory, shape)
     in_child(lambda: run_session(directory, scenario, shape, None), expect_kill=False)
-    return in_child(lambda: snapshot(directory), tmp_path / "snap.pickle", expect_kill=False)[0]
+    return in_child(lambda: snapshot(directory, shape), tmp_path / "snap.pickle", expect_kill=False)[0]
 
 
 def expected_outcomes(work, tmp_path, shape):
@@ -181,7 +197,7 @@ def expected_outcomes(work, tmp_path, shape):
     committed = outcome(work, tmp_path, "update", shape)
     restored = outcome(work, tmp_path, "restore", shape)
     prepare(work, shape)
-    untouched = in_child(lambda: snapshot(work), tmp_path / "snap.pickle", expect_kill=False)[0]
+    untouched = in_child(lambda: snapshot(work, shape), tmp_path / "snap.pickle", expect_kill=False)[0]
     return untouched, before, committed, restored
 
 
@@ -197,15 +213,20 @@ def test_kill_at_every_step_loses_and_duplicates_nothing(tmp_path, shape):
     assert [uid for uid, _ in committed] == [uid for i, (uid, _) in enumerate(before)
                                              if i not in deleted]
 
+    if shape in LEFTOVER_DROPS:                   # the crashed session's mail comes first
+        assert [data.split(b"\r\n")[0] for _, data in untouched[:2]] == [
+            b"Subject: message 50", b"Subject: message 51"]
     checked = 0
     for scenario in ("update", "restore"):
         steps = record_steps(work, tmp_path, scenario, shape)
         assert any(s.startswith(f"{scenario}:") for s in steps) or scenario == "update"
+        if shape in OLD_DROPS:
+            assert "open:copy-old-temp-drop" in steps
         for k, step in enumerate(steps):
             prepare(work, shape)
             in_child(lambda: run_session(work, scenario, shape, killer_at(k)),
                      expect_kill=True)
-            seen, leftovers = in_child(lambda: snapshot(work), tmp_path / "snap.pickle",
+            seen, leftovers = in_child(lambda: snapshot(work, shape), tmp_path / "snap.pickle",
                                        expect_kill=False)
             where = f"{shape}: killed at step {k} {step!r} of {scenario}"
             assert leftovers == [], where
@@ -241,14 +262,14 @@ def test_kill_during_recovery_after_a_kill_during_update(tmp_path, shape):
             in_child(lambda: run_session(work, "update", shape, killer_at(k)), expect_kill=True)
 
         crash_update()
-        rec_steps = in_child(lambda: _steps_of_snapshot(work), tmp_path / "r.pickle",
+        rec_steps = in_child(lambda: _steps_of_snapshot(work, shape), tmp_path / "r.pickle",
                              expect_kill=False)
         for j, rstep in enumerate(rec_steps):
             if not rstep.startswith("recover:"):
                 continue                # the session's own open steps: covered above
             crash_update()
-            in_child(lambda: snapshot(work, killer_at(j)), expect_kill=True)
-            seen, leftovers = in_child(lambda: snapshot(work), tmp_path / "snap.pickle",
+            in_child(lambda: snapshot(work, shape, killer_at(j)), expect_kill=True)
+            seen, leftovers = in_child(lambda: snapshot(work, shape), tmp_path / "snap.pickle",
                                        expect_kill=False)
             where = f"{shape}: update killed at {step!r}, recovery killed at {rstep!r}"
             assert leftovers == [], where
@@ -257,9 +278,9 @@ def test_kill_during_recovery_after_a_kill_during_update(tmp_path, shape):
     assert checked >= 10
 
 
-def _steps_of_snapshot(work):
+def _steps_of_snapshot(work, shape):
     steps = []
-    snapshot(work, steps.append)
+    snapshot(work, shape, steps.append)
     return steps
 
 
@@ -273,7 +294,8 @@ def deliver_after_crash(spool_dir, data: bytes) -> None:
     """A delivery agent arriving after the crash: our dot-lock names a dead pid, so it takes
     the lock over (dotlockfile -p does, like liblockfile) and appends - while the spool may be
     half rewritten. Recovery must find where our bytes end and keep this message once."""
-    paths = SpoolPaths.for_user(make_cfg(spool_dir), USER, None)
+    cfg = make_cfg(spool_dir)
+    paths = SpoolPaths.for_user(cfg, USER, None)
     if shutil.which("dotlockfile"):
         subprocess.run(["dotlockfile", "-p", "-l", "-r", "0", paths.lock], check=True,
                        timeout=30, stderr=subprocess.DEVNULL)
@@ -288,7 +310,7 @@ def deliver_after_crash(spool_dir, data: bytes) -> None:
         finally:
             subprocess.run(["dotlockfile", "-u", paths.lock], check=True, timeout=30)
     else:
-        deliver(make_cfg(spool_dir), data)
+        deliver(cfg, data)
 
 
 @pytest.mark.timeout(240)
@@ -306,7 +328,7 @@ def test_mail_delivered_after_a_crash_is_kept_exactly_once(tmp_path, shape):
             in_child(lambda: run_session(work, scenario, shape, killer_at(k)),
                      expect_kill=True)
             deliver_after_crash(work, AFTER_CRASH_MMDF if shape == "mmdf" else AFTER_CRASH)
-            seen, leftovers = in_child(lambda: snapshot(work), tmp_path / "snap.pickle",
+            seen, leftovers = in_child(lambda: snapshot(work, shape), tmp_path / "snap.pickle",
                                        expect_kill=False)
             where = f"{shape}: killed at step {k} {step!r} of {scenario}, then mail came"
             assert leftovers == [], where
