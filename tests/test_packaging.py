@@ -135,6 +135,9 @@ def test_hardening_keeps_what_the_server_needs():
         assert "-/var/mail" in rw and "-/var/spool/mail" in rw
         assert "-/var/spool/postfix/maildrop" in rw
         assert service["PrivateTmp"] == "yes"
+        # Hashed spool directories are made setgid like the spool directory.
+        assert service["RestrictSUIDSGID"] == "no"
+        assert "MemoryDenyWriteExecute" not in service     # ctypes closures (python-pam)
 
 
 def test_only_the_masters_are_enabled_by_default():
