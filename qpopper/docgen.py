@@ -45,12 +45,12 @@ SHIPPED_SETTINGS: tuple[ShippedSetting, ...] = (
                    "RFC 1939 section 3 asks for an inactivity timer of at least 10 minutes; "
                    "Qpopper's built-in 120 seconds cuts off slow clients."),
     ShippedSetting("tls-private-key-file", SNAKEOIL_KEY,
-                   "the key of the ssl-cert package's self-signed snake-oil certificate; "
-                   "read by the master as root (/etc/ssl/private is not world-readable)."),
+                   "the key of that self-signed certificate, read by the master as root "
+                   "(the private key directory is not world-readable)."),
     ShippedSetting("tls-server-cert-file", SNAKEOIL_CERT,
-                   "the self-signed certificate the ssl-cert package makes at install time, "
-                   "so TLS works out of the box; replace it with your host's real "
-                   "certificate (clients warn about a self-signed one)."),
+                   "a self-signed certificate made when the package is installed (Debian: "
+                   "ssl-cert's snake-oil one), so TLS works out of the box; replace it with "
+                   "your host's real certificate (clients warn about a self-signed one)."),
     ShippedSetting("tls-support", "stls",
                    "offer STLS (RFC 2595) on the plain POP3 port. Port 995 (TLS from the "
                    "first byte) is served by qpopper-tls.service or qpopper-tls.socket, "
