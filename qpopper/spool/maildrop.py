@@ -183,15 +183,16 @@ class Maildrop:
         """An OSError as the client sees it (no path, no errno); the details ride in .log,
         which the protocol writes to syslog."""
         where = getattr(exc, "filename", None) or "maildrop"
-        detail = f"{self._phase} of {self.user}'s maildrop failed: {where}: {exc.strerror or exc}"
-        return PopError(quota_text if exc.errno in QUOTA_ERRNOS else text, RespCode.SYS_TEMP,
-                        close=True, log=detail)
+        text = quota_text if exc.errno in QUOTA_ERRNOS else text
+        return PopError(text, RespCode.SYS_TEMP, close=True,
+                        log=f"{text} ({self._phase} of {self.user}'s maildrop: {where}: "
+                            f"{exc.strerror or exc})")
 
     def _update_refused(self, refusal: PopError) -> PopError:
         """A lock or permission refusal at update: the mail stays in the drop (Qpopper's text)."""
         return PopError(UPDATE_FAILED_TEXT, refusal.code or RespCode.SYS_TEMP, close=True,
-                        log=f"{self._phase} of {self.user}'s maildrop refused: "
-                            f"{refusal.log or refusal.text}")
+                        log=f"{UPDATE_FAILED_TEXT} ({self._phase} of {self.user}'s maildrop: "
+                            f"{refusal.log or refusal.text})")
 
     def _spool_lock(self, *, create: bool) -> SpoolLock:
         home_mail = bool(getattr(self.cfg, "home_dir_mail", None))
