@@ -18,6 +18,7 @@ import email.utils
 from typing import TYPE_CHECKING
 
 from . import QPOPPER_VERSION
+from .auth import sasl
 from .responses import ok
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -30,7 +31,12 @@ def capabilities(proto: "Protocol") -> list[str]:
     cfg, env, ext = proto.cfg, proto.env, proto.extensions
     in_transaction = proto.state == "TRANSACTION"
     lines = ["TOP"]
-    mechanisms = list(ext.sasl_mechanisms(proto)) if ext.sasl_mechanisms else []
+    if ext.sasl_mechanisms:
+        mechanisms = list(ext.sasl_mechanisms(proto))
+    elif not in_transaction:
+        mechanisms = sasl.offered_mechanisms(cfg, env)
+    else:
+        mechanisms = []             # AUTH is an AUTHORIZATION-state command
     if mechanisms:
         lines.append("SASL " + " ".join(mechanisms))
     if offers_user_pass(cfg, env.tls_active):
@@ -52,12 +58,7 @@ def capabilities(proto: "Protocol") -> list[str]:
 
 
 def offers_user_pass(cfg, tls_active: bool) -> bool:
-    policy = cfg.clear_text_password
-    if policy == "never":
-        return False
-    if policy in ("tls", "ssl"):
-        return tls_active
-    return True
+    return sasl.plaintext_policy_allows(cfg, tls_active)
 
 
 def cmd_capa(proto: "Protocol", args: list[str]) -> None:

@@ -27,6 +27,11 @@ def popper_main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"popper: {error}", file=sys.stderr)
         return 2
+    from .auth.sasl import kerberos_refusal
+    refusal = kerberos_refusal(cfg)
+    if refusal:
+        print(f"popper: {refusal}", file=sys.stderr)
+        return 2
     if invocation.check_config:
         from .docgen import effective_config
         sys.stdout.write(effective_config(cfg, invocation))

@@ -91,6 +91,7 @@ def demo_config(cfg, data_dir: str):
         source="demo mode",
         spool_dir=os.path.join(data_dir, "spool"),
         pop_auth_file=os.path.join(data_dir, "pop.auth"),
+        auth_brakes_file=os.path.join(data_dir, "auth-brakes.sqlite"),
         user_database="pop-auth",
         clear_text_password="local",      # USER/PASS and curl work; only from this machine
         statistics=True,                  # show the Stats, Timing and login records on the terminal

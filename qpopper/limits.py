@@ -65,6 +65,29 @@ MAX_SPOOL_LINE_OCTETS = 1024
 """Qpopper reads the spool in lines of this many octets; the line after an over-long line is
 never taken as a `From ` separator."""
 
+# --- brute-force brakes (qpopper/auth/brakes.py) -----------------------------------------------
+MAX_AUTH_FAILURES_PER_CONNECTION = 3
+"""Failed logins one connection may make; the last refusal closes it (a guesser must reconnect,
+and each new connection pays the address brake)."""
+
+BRAKE_FREE_FAILURES_PER_ADDRESS = 3
+"""Failures from one client address (within BRAKE_WINDOW_S) that cost nothing extra: a user
+mistyping a password is not punished."""
+
+BRAKE_FREE_FAILURES_PER_USER = 5
+"""Failures against one user name, from anywhere, before its brake applies (higher than the
+address's: a name is shared by the real user and any attacker)."""
+
+BRAKE_FIRST_DELAY_S = 0.25
+"""The first brake delay; each further failure doubles it, up to auth-brakes-max-delay."""
+
+BRAKE_WINDOW_S = 900
+"""A failure is forgotten after this many seconds without another one (15 minutes)."""
+
+BRAKE_MAX_ROWS = 10_000
+"""The brake table's bound: beyond it the oldest records are dropped (a flood of addresses
+cannot fill the disk under /run)."""
+
 # --- configuration ----------------------------------------------------------------------------
 MAX_STRING_OPTION_CHARS = 255
 """Qpopper's config.c: string option values are at most 255 printable characters."""

@@ -565,6 +565,16 @@ OPTIONS: tuple[Option, ...] = (
        "Extension: seconds to wait before answering a failed login (Qpopper's fixed "
        "SLEEP_SECONDS).",
        extension=True, minimum=0, maximum=60, scope=Scope.NOT_USER),
+    _s("auth-brakes-file", "/run/qpopper/auth-brakes.sqlite",
+       "Extension: where failed logins are counted across connections for the brute-force "
+       "brakes (a growing delay per client address and per user name). Its directory is "
+       "created root-only; unset it to keep only the per-connection cap.",
+       extension=True, scope=Scope.STARTUP, example="/run/qpopper/auth-brakes.sqlite"),
+    _i("auth-brakes-max-delay", 30,
+       "Extension: the longest brute-force brake delay in seconds (the delay starts at "
+       "0.25 s after a few failures and doubles with each further one); 0 turns the "
+       "growing delay off.",
+       extension=True, minimum=0, maximum=600, scope=Scope.STARTUP),
     _m("tls-min-version", "TLSv1.2", ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"),
        "Extension: oldest TLS version accepted (RFC 8996 deprecates TLS 1.0 and 1.1).",
        extension=True, scope=Scope.STARTUP),

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import limits
+from .auth import sasl
 from .capa import cmd_capa
 from .pop_command import Command, command_table
 from .responses import PopError, RespCode, ok
@@ -33,7 +34,6 @@ USER_FIRST = "No user name given: send USER before PASS."
 COMMAND_NOT_ENABLED = "Command not enabled"      # Qpopper's reply for a feature switched off
 TLS_ALREADY_ACTIVE = "TLS in progress"
 BEGIN_TLS = "STLS"                                # reference P23: `+OK STLS`, then the handshake
-SASL_NOT_AVAILABLE = "No SASL mechanisms are available."
 
 
 @dataclass(frozen=True)
@@ -115,8 +115,23 @@ def cmd_apop(proto: "Protocol", args: list[str]) -> None:
 
 
 def cmd_auth(proto: "Protocol", args: list[str]) -> None:
-    # Taken over by the SASL feature through Extensions.authorization_verbs.
-    raise PopError(SASL_NOT_AVAILABLE, RespCode.AUTH)
+    """RFC 5034 AUTH (mechanisms and exchanges: auth/sasl.py). Bare `AUTH` lists the
+    mechanisms (RFC 1734 style, as clients probe with it)."""
+    offered = sasl.offered_mechanisms(proto.cfg, proto.env)
+    if not args:
+        proto.reply_lines(ok(sasl.MECHANISMS_FOLLOW), (name.encode("ascii") for name in offered))
+        return
+    name = args[0].upper()
+    if name not in offered:
+        raise sasl.refusal_for(name, proto.cfg, proto.env)
+    proto.pending_user = None
+    initial = (sasl.decode_response(args[1].encode("utf-8", "surrogateescape"), initial=True)
+               if len(args) > 1 else None)
+
+    def normalise(raw: str) -> tuple[str, bool, bool]:
+        pending = normalise_user(raw, proto.cfg)
+        return pending.name, pending.no_mime, pending.valid
+    sasl.Exchange(proto, name, normalise).start(initial)
 
 
 def cmd_stls(proto: "Protocol", args: list[str]) -> None:

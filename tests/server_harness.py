@@ -63,7 +63,11 @@ def make_spool_dir(parent: str) -> str:
 
 
 def write_config(path: str, **options) -> str:
-    """A global configuration file; True/False booleans become set/reset lines."""
+    """A global configuration file; True/False booleans become set/reset lines. The
+    brute-force brakes count failures in a file beside it unless told otherwise: never the
+    host's /run/qpopper, which would carry one test's failures into the next."""
+    options.setdefault("auth_brakes_file", os.path.join(os.path.dirname(os.path.abspath(path)),
+                                                        "auth-brakes.sqlite"))
     lines = []
     for attr, value in options.items():
         name = attr.replace("_", "-")

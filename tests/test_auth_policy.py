@@ -52,7 +52,7 @@ class Log:
 
 
 def config(**changes) -> Config:
-    base = dict(auth_failure_delay=0, pop_auth_file=None)
+    base = dict(auth_failure_delay=0, pop_auth_file=None, auth_brakes_file=None)
     base.update(changes)
     return Config.defaults().replace(**base)
 

@@ -26,7 +26,6 @@ BAD_PASSWORD = '-ERR [AUTH] Password supplied for "{}" is incorrect.\r\n'
 BAD_DIGEST = b"-ERR [AUTH] authentication failure\r\n"
 USER_FIRST = b"-ERR No user name given: send USER before PASS.\r\n"
 NOT_ENABLED = b"-ERR Command not enabled\r\n"
-NO_SASL = b"-ERR [AUTH] No SASL mechanisms are available.\r\n"
 
 MESSAGE_1 = (b"From alice@example.org Tue Nov 14 22:13:20 2023\n"
              b"From: Alice <alice@example.org>\nSubject: one\n\nHello.\n\n")
@@ -335,9 +334,12 @@ def test_unreadable_spool_format_is_sys_perm_and_closes(spool):
 
 
 # --- AUTH and STLS ---------------------------------------------------------------------------------------
-def test_auth_without_sasl_is_refused_with_auth_code(pop):
-    assert pop.send("AUTH PLAIN") == NO_SASL
-    assert pop.send("AUTH") == NO_SASL
+def test_auth_without_sasl_mechanisms(pop):
+    """No mechanism offered (sasl-no-dictionary hides them all): AUTH lists none and refuses
+    each; PLAIN is refused as plaintext (tests/test_sasl_protocol.py has the rest)."""
+    assert pop.send("AUTH PLAIN") == b"-ERR [AUTH] Plaintext authentication is not permitted\r\n"
+    assert pop.send("AUTH X-NONE") == b"-ERR Unrecognized authentication type\r\n"
+    assert pop.send("AUTH") == b"+OK Available authentication mechanisms follow\r\n.\r\n"
     assert pop.proto.bad_commands == 0
 
 

@@ -17,7 +17,15 @@ and raises PopError on refusal. Order of the checks, and why:
     pop.auth store (P7) followed by PAM account management;
  5. CHECK_SHELL (reference A3), only after the credentials were proved, so it reveals nothing
     to someone guessing.
-Every refusal logs Qpopper's failure line, waits `auth-failure-delay` seconds, then raises.
+Every refusal logs Qpopper's failure line and a fail2ban line, waits `auth-failure-delay`
+seconds (longer when the brute-force brakes say so, auth/brakes.py), then raises; the
+limits.MAX_AUTH_FAILURES_PER_CONNECTION-th refusal of a connection also closes it. Every
+attempt from an address that failed too often first waits its address brake.
+
+Mechanisms and the methods they use (each runs the same checks in the same order):
+  USER/PASS, AUTH PLAIN, AUTH LOGIN     check_password (PAM, or the store for pop-auth users)
+  APOP, AUTH CRAM-MD5                   check_apop, check_cram_md5 (the store's clear secret)
+  AUTH SCRAM-SHA-1, AUTH SCRAM-SHA-256  scram_verifier, then check_scram with the outcome
 
 User databases (`user-database`):
   system    accounts from NSS (pwd), passwords through PAM service `pam-service`; the pop.auth
@@ -45,6 +53,8 @@ from ..log import log_login_line
 from ..responses import PopError, RespCode
 from . import Login
 from . import pam as pam_auth
+from .brakes import Brakes, failure_log_line
+from .scram import Verifier
 from .store import PopAuthStore
 
 SHELLS_FILE = "/etc/shells"
@@ -109,11 +119,18 @@ def _name_is_sane(user: str) -> bool:
 class Authenticator:
     """One per session (cheap): `Authenticator(cfg, log)`."""
 
-    def __init__(self, cfg, log, *, store: PopAuthStore | None = None):
+    def __init__(self, cfg, log, *, store: PopAuthStore | None = None,
+                 brakes: Brakes | None = None):
         self.cfg = cfg
         self.log = log
         self.user_database = cfg.user_database
         self.store = store if store is not None else self._store_from_config()
+        self.brakes = brakes if brakes is not None else Brakes(
+            getattr(cfg, "auth_brakes_file", None), getattr(cfg, "auth_brakes_max_delay", 0),
+            log)
+        self.sleep = time.sleep          # a seam for tests
+        self.failures = 0                # refusals on this connection (one Authenticator each)
+        self._mechanism = "USER"         # what the attempt under way uses (for the logs)
 
     # ---- the contract ---------------------------------------------------------------------
     @property
@@ -129,9 +146,13 @@ class Authenticator:
         return self.store.get_secret(user) is not None
 
     def check_password(self, user: str, password: str, client_ip: str, *,
-                       client_host: str | None = None, tls_active: bool = False) -> Login:
-        """USER/PASS. `tls_active`: the session runs inside TLS (clear-text-password=tls)."""
+                       client_host: str | None = None, tls_active: bool = False,
+                       mechanism: str = "USER", authid: str | None = None) -> Login:
+        """USER/PASS, and AUTH PLAIN / LOGIN (`mechanism` "AUTH PLAIN", ...: the same
+        policies, the same password check). `tls_active`: the session runs inside TLS
+        (clear-text-password=tls)."""
         host = client_host or client_ip
+        self._begin(mechanism, client_ip)
         bad_password = BAD_PASSWORD.format(user=user)
         if not _name_is_sane(user):
             self._refuse(user, host, client_ip, bad_password, "invalid user name")
@@ -143,7 +164,7 @@ class Authenticator:
             if secret is None or not hmac.compare_digest(
                     secret.encode("utf-8"), password.encode("utf-8", "surrogateescape")):
                 self._refuse(user, host, client_ip, bad_password, "wrong pop.auth password")
-            return self._success(user, account, "USER", host, client_ip)
+            return self._success(user, account, mechanism, host, client_ip, authid)
 
         account = self._system_account(user, host, client_ip, bad_password)
         result = pam_auth.authenticate(self.cfg.pam_service, user, password, client_ip,
@@ -154,29 +175,68 @@ class Authenticator:
                          f"PAM service {self.cfg.pam_service}: {result.reason} ({result.code})")
         self._note_password_expired(user, result)
         self._check_shell(user, account, host, client_ip)
-        return self._success(user, account, "USER", host, client_ip)
+        return self._success(user, account, mechanism, host, client_ip, authid)
 
     def check_apop(self, user: str, timestamp: str, digest: str, client_ip: str, *,
                    client_host: str | None = None) -> Login:
         """APOP: `digest` must be the hex MD5 of `timestamp` (with its <>) + the secret."""
+        def proved() -> bool:
+            secret = self.store.get_secret(user)
+            return secret is not None and _digest_matches(timestamp, secret, digest)
+        return self._check_store_proof(user, "APOP", proved, client_ip, client_host)
+
+    def check_cram_md5(self, user: str, challenge: bytes, digest: str, client_ip: str, *,
+                       client_host: str | None = None) -> Login:
+        """AUTH CRAM-MD5 (RFC 2195): `digest` is the hex HMAC-MD5 of the challenge keyed
+        with the user's pop.auth secret (the APOP secret: CRAM needs the clear secret)."""
+        def proved() -> bool:
+            secret = self.store.get_secret(user)
+            if secret is None:
+                return False
+            expected = hmac.new(secret.encode("utf-8"), challenge, "md5").hexdigest()
+            return hmac.compare_digest(expected.encode("ascii"),
+                                       digest.lower().encode("ascii", "replace"))
+        return self._check_store_proof(user, "AUTH CRAM-MD5", proved, client_ip, client_host,
+                                       authid=user)
+
+    def scram_verifier(self, user: str, mechanism: str) -> Verifier | None:
+        """The user's SCRAM verifier (None: no store, no such user or no verifier; the
+        mechanism then goes on with a made-up one so the reply reveals nothing). A store
+        with the wrong mode or owner raises [SYS/PERM]."""
+        if not self.apop_enabled or not _name_is_sane(user):
+            return None
+        return self.store.get_scram(user, mechanism)
+
+    def check_scram(self, user: str, mechanism: str, proved: bool, client_ip: str, *,
+                    client_host: str | None = None) -> Login:
+        """The end of a SCRAM exchange: `proved` is whether the client's proof matched the
+        verifier; every other policy is checked here, as for APOP."""
+        return self._check_store_proof(user, f"AUTH {mechanism}", lambda: proved, client_ip,
+                                       client_host, authid=user)
+
+    def _check_store_proof(self, user, mechanism, proved, client_ip, client_host, *,
+                           authid=None) -> Login:
+        """APOP, CRAM-MD5, SCRAM: a proof of the pop.auth secret instead of a password.
+        `proved()` is asked only once every check that needs no secret has passed."""
         host = client_host or client_ip
+        self._begin(mechanism, client_ip)
         if not _name_is_sane(user) or not self.apop_enabled:
             self._refuse(user, host, client_ip, BAD_DIGEST,
-                         "invalid user name" if self.apop_enabled else "APOP without a store")
+                         "invalid user name" if self.apop_enabled else
+                         f"{mechanism} without a store")
         self._check_auth_files(user, host, client_ip)
         self.store.check_file()            # [SYS/PERM] wrong mode or owner: not an auth failure
         if self.user_database == USER_DB_POP_AUTH:
             account = self._store_account(user, host, client_ip)
         else:
             account = self._system_account(user, host, client_ip, BAD_DIGEST)
-        secret = self.store.get_secret(user)
-        # One reply for "not in the store" and "wrong digest": neither reveals which names
-        # have APOP secrets (Qpopper said "not authenticated" for the first).
-        if secret is None or not _digest_matches(timestamp, secret, digest):
+        # One reply for "not in the store" and "wrong proof": neither reveals which names
+        # have secrets (Qpopper said "not authenticated" for the first).
+        if not proved():
             self._refuse(user, host, client_ip, BAD_DIGEST,
-                         "no APOP secret" if secret is None else "wrong APOP digest")
+                         f"wrong {mechanism} proof, or no secret in the pop.auth store")
         if self.user_database == USER_DB_SYSTEM:
-            # The digest proved the secret; PAM still decides whether the account may log in
+            # The proof showed the secret; PAM still decides whether the account may log in
             # now (expired account, pam_access or pam_time rules, ...). `usermod -L` locks
             # only the system password, so, as in Qpopper, it does not stop APOP: expire the
             # account (usermod -e 1) or remove the user's secret to stop it.
@@ -189,7 +249,7 @@ class Authenticator:
                              f"({result.code})")
             self._note_password_expired(user, result)
             self._check_shell(user, account, host, client_ip)
-        return self._success(user, account, "APOP", host, client_ip)
+        return self._success(user, account, mechanism, host, client_ip, authid)
 
     # ---- policies -------------------------------------------------------------------------
     def _check_clear_text_policy(self, user, host, client_ip, tls_active) -> None:
@@ -312,20 +372,45 @@ class Authenticator:
         return PopAuthStore(path, owner_uid)
 
     # ---- outcomes -------------------------------------------------------------------------
+    def _begin(self, mechanism: str, client_ip: str) -> None:
+        """Every attempt: note the mechanism, then wait the address's brake (before anything
+        is checked, so hanging up early cannot shorten it)."""
+        self._mechanism = mechanism
+        delay = self.brakes.address_delay(client_ip)
+        if delay > 0:
+            self.log(syslog.LOG_INFO, f"brute-force brake: {client_ip} waits {delay:.2f}s "
+                                      f"before its next login attempt is checked")
+            self.sleep(delay)
+
     def _refuse(self, user, host, client_ip, text, reason) -> NoReturn:
-        """Log, wait the failure delay, raise `-ERR [AUTH] text` (already formatted: a
-        user name may hold braces). `reason` goes to the log only. Never returns."""
+        """Log, count, wait the failure delay, raise `-ERR [AUTH] text` (already formatted:
+        a user name may hold braces). `reason` goes to the log only. Never returns."""
         self.log(syslog.LOG_NOTICE, failure_line(user, host, client_ip))
         self.log(syslog.LOG_INFO, f'login of "{user}" refused: {reason}')
-        delay = self.cfg.auth_failure_delay
-        if delay and delay > 0:
-            time.sleep(delay)
+        failures, user_delay = self.brakes.record_failure(client_ip, user)
+        delay = max(float(self.cfg.auth_failure_delay or 0), user_delay)
+        self.log(syslog.LOG_NOTICE, failure_log_line(
+            user, self._mechanism.replace("AUTH ", ""), client_ip, failures, delay))
+        if delay > 0:
+            self.sleep(delay)
+        self.failures += 1
+        if self.failures >= limits.MAX_AUTH_FAILURES_PER_CONNECTION:
+            raise PopError(text, RespCode.AUTH, close=True,
+                           log=f"{client_ip}: {self.failures} failed logins on one "
+                               f"connection; closing it")
         raise PopError(text, RespCode.AUTH)
 
-    def _success(self, user, account: pwd.struct_passwd, mechanism, host, client_ip) -> Login:
-        template = self.cfg.log_login
+    def _success(self, user, account: pwd.struct_passwd, mechanism, host, client_ip,
+                 authid: str | None = None) -> Login:
+        sasl = mechanism.startswith("AUTH ")
+        template = (self.cfg.sasl_log_login or self.cfg.log_login) if sasl else self.cfg.log_login
         if template:
-            self.log(syslog.LOG_NOTICE, log_login_line(template, user, host, client_ip))
+            # %4 the authenticated identity, %5 the mechanism, %6 the SSF: no SASL mechanism
+            # here negotiates a security layer, so it is 0 (TLS is not a SASL layer).
+            self.log(syslog.LOG_NOTICE, log_login_line(
+                template, user, host, client_ip, authid=(authid or user) if sasl else "",
+                mechanism=mechanism[5:] if sasl else "", ssf=0 if sasl else ""))
+        self.brakes.record_success(user)
         return Login(user=user, uid=account.pw_uid, gid=account.pw_gid, home=account.pw_dir,
                      mechanism=mechanism)
 

@@ -28,6 +28,7 @@ import urllib.parse
 from contextlib import closing
 
 from ..responses import PopError, RespCode
+from . import scram
 
 SCHEMA_VERSION = 1
 STORE_MODE = 0o600
@@ -145,15 +146,67 @@ class PopAuthStore:
                                 f"uid {self.owner_uid}"))
 
     # ---- changes (popauth, demo mode, tests) ------------------------------------------------
-    def set_secret(self, user: str, secret: str) -> None:
-        """Add the user or replace their APOP secret, in one transaction."""
+    def set_secret(self, user: str, secret: str, *,
+                   iterations: int = scram.DEFAULT_ITERATIONS) -> None:
+        """Add the user or replace their secret, in one transaction: the APOP secret (also
+        CRAM-MD5's, which needs the clear secret too) and fresh SCRAM-SHA-1 and SCRAM-SHA-256
+        verifiers (new random salts), so the user may log in with any of them."""
         _check_name(user)
         if not secret or "\0" in secret:
             raise StoreError("the secret must be non-empty and contain no NUL")
-        self._change("INSERT INTO users (name, apop_secret, changed) VALUES (?, ?, ?) "
-                     "ON CONFLICT(name) DO UPDATE SET apop_secret = excluded.apop_secret, "
-                     "changed = excluded.changed",
-                     (user, secret, int(time.time())))
+        verifiers = [scram.make_verifier(mechanism, secret, iterations=iterations)
+                     for mechanism in scram.MECHANISMS]
+
+        def change(db) -> int:
+            db.execute("INSERT INTO users (name, apop_secret, changed) VALUES (?, ?, ?) "
+                       "ON CONFLICT(name) DO UPDATE SET apop_secret = excluded.apop_secret, "
+                       "changed = excluded.changed",
+                       (user, secret, int(time.time())))
+            db.execute("DELETE FROM scram WHERE name = ?", (user,))
+            db.executemany("INSERT INTO scram (name, mechanism, salt, iterations, stored_key, "
+                           "server_key) VALUES (?, ?, ?, ?, ?, ?)",
+                           [(user, v.mechanism, v.salt, v.iterations, v.stored_key,
+                             v.server_key) for v in verifiers])
+            return 1
+        self._change_with(change)
+
+    def get_scram(self, user: str, mechanism: str) -> "scram.Verifier | None":
+        """The user's SCRAM verifier for `mechanism`, or None."""
+        self.check_file()
+        with closing(self._connect(read_only=True)) as db:
+            row = db.execute("SELECT salt, iterations, stored_key, server_key FROM scram "
+                             "WHERE name = ? AND mechanism = ?", (user, mechanism)).fetchone()
+        if row is None:
+            return None
+        salt, iterations, stored_key, server_key = row
+        return scram.Verifier(mechanism, bytes(salt), int(iterations), bytes(stored_key),
+                              bytes(server_key))
+
+    def import_users(self, entries) -> int:
+        """Add or replace many users' secrets in ONE transaction (popauth --import-dbm):
+        all of them or, on any error, none. Returns how many."""
+        prepared = []
+        for user, secret in entries:
+            _check_name(user)
+            if not secret or "\0" in secret:
+                raise StoreError(f"{user}: the secret must be non-empty and contain no NUL")
+            prepared.append((user, secret, [scram.make_verifier(m, secret)
+                                            for m in scram.MECHANISMS]))
+
+        def change(db) -> int:
+            now = int(time.time())
+            for user, secret, verifiers in prepared:
+                db.execute("INSERT INTO users (name, apop_secret, changed) VALUES (?, ?, ?) "
+                           "ON CONFLICT(name) DO UPDATE SET apop_secret = "
+                           "excluded.apop_secret, changed = excluded.changed",
+                           (user, secret, now))
+                db.execute("DELETE FROM scram WHERE name = ?", (user,))
+                db.executemany("INSERT INTO scram (name, mechanism, salt, iterations, "
+                               "stored_key, server_key) VALUES (?, ?, ?, ?, ?, ?)",
+                               [(user, v.mechanism, v.salt, v.iterations, v.stored_key,
+                                 v.server_key) for v in verifiers])
+            return len(prepared)
+        return self._change_with(change)
 
     def delete(self, user: str) -> bool:
         """Remove the user (and their SCRAM verifiers). False when they were not there."""
@@ -161,10 +214,14 @@ class PopAuthStore:
 
     def _change(self, statement: str, parameters: tuple) -> int:
         """Run one changing statement in its own transaction; the number of rows changed."""
+        return self._change_with(lambda db: db.execute(statement, parameters).rowcount)
+
+    def _change_with(self, change) -> int:
+        """Run `change(db)` in one transaction (committed, or rolled back on any error)."""
         self.check_file_for_change()
         try:
             with closing(self._connect(read_only=False)) as db, db:
-                return db.execute(statement, parameters).rowcount
+                return change(db)
         except PopError as exc:
             raise StoreError(exc.log or exc.text) from None
         except sqlite3.Error as exc:

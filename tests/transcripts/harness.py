@@ -187,6 +187,10 @@ class Spool:
         self.home = base / "home"
         self.home.mkdir(exist_ok=True)
         cfg = cfg or Config.defaults()
+        # The table authenticator knows USER/PASS and APOP only: keep AUTH's mechanisms out
+        # of these transcripts (sasl-no-dictionary hides all of them); the SASL transcripts
+        # (tests/test_sasl*.py) use the real Authenticator and a real pop.auth store.
+        cfg_changes = {"sasl_no_dictionary": True, **cfg_changes}
         self.cfg = cfg.replace(spool_dir=str(self.dir), auth_failure_delay=0, **cfg_changes)
         self._sessions: list[Pop] = []
 

@@ -1,0 +1,171 @@
+"""Brute-force brakes: a growing delay per client address and per user name after failed
+logins, shared by every connection of the host.
+
+Qpopper only slept a fixed SLEEP_SECONDS after a failure: a guesser simply opened more
+connections. Here each failure is counted, per client address and per user name, and
+  - an ADDRESS that failed more than limits.BRAKE_FREE_FAILURES_PER_ADDRESS times waits before
+    each further attempt is even checked (a correct password included: a guesser cannot cut
+    the wait short by hanging up, and every new connection pays it);
+  - a USER NAME that failed more than limits.BRAKE_FREE_FAILURES_PER_USER times (from anywhere:
+    a distributed guesser) makes each further FAILURE wait before its -ERR. Never a success:
+    the real user, from an address of their own, is not slowed by someone guessing at them.
+The delay starts at limits.BRAKE_FIRST_DELAY_S and doubles per failure up to
+`auth-brakes-max-delay`; a record is forgotten limits.BRAKE_WINDOW_S after its last failure,
+and a successful login clears its user's record (never the address's: a guesser with an
+account of their own could otherwise reset it).
+
+Where the counts live, and why: every connection is a separate process (a forked child of
+the master, an inetd child, a systemd Accept=yes instance), so they need a store they all
+see. A table in the master would not exist in inetd/systemd mode; a small SQLite file does in
+all three. It lives in a root-only directory under /run (tmpfs: gone at reboot, never on a
+slow disk), and is written only while the session still runs as root (authentication happens
+before privsep drops privileges), so no user can edit it. It is bounded: expired records are
+purged at each write and at most limits.BRAKE_MAX_ROWS are kept (oldest dropped first).
+A store that cannot be opened (not root, read-only /run) degrades to counting nothing across
+connections: the per-connection cap still applies, and the reason is logged once.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import syslog
+import time
+from contextlib import closing
+
+from .. import limits
+
+ADDRESS = "address"
+USER = "user"
+
+_SCHEMA = """CREATE TABLE IF NOT EXISTS failures (
+                 kind     TEXT NOT NULL,          -- 'address' or 'user'
+                 key      TEXT NOT NULL,
+                 count    INTEGER NOT NULL,
+                 last     REAL NOT NULL,          -- unix time of the last failure
+                 PRIMARY KEY (kind, key))"""
+_BUSY_TIMEOUT_S = 2.0
+
+
+def brake_delay(failures: int, free: int, max_delay: float) -> float:
+    """Seconds to wait given `failures` recorded so far: 0 up to `free`, then
+    BRAKE_FIRST_DELAY_S doubling per failure, capped at `max_delay`."""
+    over = failures - free
+    if over <= 0 or max_delay <= 0:
+        return 0.0
+    return min(float(max_delay), limits.BRAKE_FIRST_DELAY_S * 2.0 ** min(over - 1, 30))
+
+
+def failure_log_line(user: str, mechanism: str, client_ip: str, failures: int,
+                     delay: float) -> str:
+    """The line fail2ban's stock `courier-auth` filter matches (jail: filter =
+    courier-auth[_daemon="popper"]): `LOGIN FAILED, user=U, method=M, ip=[IP], ...`.
+    Commas would end the filter's fields early, so a name carrying one is shown with `?`."""
+    shown = user.replace(",", "?") or "?"
+    return (f"LOGIN FAILED, user={shown}, method={mechanism}, ip=[{client_ip}], "
+            f"failures={failures}, brake={delay:.2f}s")
+
+
+class Brakes:
+    """The shared failure counts. Cheap to construct; each call opens the file briefly."""
+
+    def __init__(self, path: str | None, max_delay: float, log, *,
+                 clock=time.time):
+        self.path = path or None
+        self.max_delay = max_delay
+        self.log = log
+        self.clock = clock
+        self._broken = self.path is None
+
+    # ---- what the authenticator asks ----------------------------------------------------------
+    def address_delay(self, client_ip: str) -> float:
+        """The wait before checking an attempt from this address."""
+        return brake_delay(self._count(ADDRESS, client_ip), limits.BRAKE_FREE_FAILURES_PER_ADDRESS,
+                           self.max_delay)
+
+    def record_failure(self, client_ip: str, user: str) -> tuple[int, float]:
+        """Count one failure; returns (failures of this address, wait before the -ERR that
+        the user name's brake asks for)."""
+        counts = self._bump([(ADDRESS, client_ip), (USER, user)])
+        address_failures = counts.get(ADDRESS, 0)
+        user_delay = brake_delay(counts.get(USER, 0), limits.BRAKE_FREE_FAILURES_PER_USER,
+                                 self.max_delay)
+        return address_failures, user_delay
+
+    def record_success(self, user: str) -> None:
+        self._write(lambda db: db.execute("DELETE FROM failures WHERE kind = ? AND key = ?",
+                                          (USER, user)))
+
+    # ---- the store ----------------------------------------------------------------------------
+    def _count(self, kind: str, key: str) -> int:
+        def read(db):
+            row = db.execute("SELECT count, last FROM failures WHERE kind = ? AND key = ?",
+                             (kind, key)).fetchone()
+            if row is None or self.clock() - row[1] > limits.BRAKE_WINDOW_S:
+                return 0
+            return row[0]
+        return self._with_db(read, default=0)
+
+    def _bump(self, keys) -> dict[str, int]:
+        now = self.clock()
+
+        def bump(db):
+            counts = {}
+            for kind, key in keys:
+                row = db.execute("SELECT count, last FROM failures WHERE kind = ? AND key = ?",
+                                 (kind, key)).fetchone()
+                fresh = row is not None and now - row[1] <= limits.BRAKE_WINDOW_S
+                count = (row[0] if fresh else 0) + 1
+                db.execute("INSERT OR REPLACE INTO failures (kind, key, count, last) "
+                           "VALUES (?, ?, ?, ?)", (kind, key, count, now))
+                counts[kind] = count
+            self._prune(db, now)
+            return counts
+        return self._write(bump) or {}
+
+    def _prune(self, db, now: float) -> None:
+        db.execute("DELETE FROM failures WHERE last < ?", (now - limits.BRAKE_WINDOW_S,))
+        (rows,) = db.execute("SELECT COUNT(*) FROM failures").fetchone()
+        if rows > limits.BRAKE_MAX_ROWS:
+            db.execute("DELETE FROM failures WHERE rowid IN (SELECT rowid FROM failures "
+                       "ORDER BY last LIMIT ?)", (rows - limits.BRAKE_MAX_ROWS,))
+
+    def _write(self, change):
+        return self._with_db(change, default=None, write=True)
+
+    def _with_db(self, step, default, write: bool = False):
+        if self._broken:
+            return default
+        try:
+            with closing(self._connect()) as db:
+                if write:
+                    with db:
+                        return step(db)
+                return step(db)
+        except (sqlite3.Error, OSError) as exc:
+            self._broken = True
+            self.log(syslog.LOG_ERR, f"auth-brakes-file {self.path}: {exc}; failed logins are "
+                                     f"not counted across connections")
+            return default
+
+    def _connect(self) -> sqlite3.Connection:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if os.geteuid() == 0:
+            # /run/qpopper: root's, 0700, so no user can plant or read the counts.
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            st = os.lstat(directory)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+                raise OSError(f"{directory} must be a directory owned by root and writable by "
+                              f"root only")
+        old_umask = os.umask(0o077)
+        try:
+            db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level="IMMEDIATE")
+        finally:
+            os.umask(old_umask)
+        try:
+            db.execute(_SCHEMA)
+        except sqlite3.Error:
+            db.close()
+            raise
+        return db

@@ -1,0 +1,365 @@
+"""SASL for POP3's AUTH command (RFC 5034): PLAIN (RFC 4616), LOGIN, CRAM-MD5 (RFC 2195),
+SCRAM-SHA-1 (RFC 5802) and SCRAM-SHA-256 (RFC 7677).
+
+The AUTH verb (pop_auth_state.cmd_auth) picks a mechanism from `offered_mechanisms` and runs
+an `Exchange`: each mechanism is a generator that yields server challenges and receives the
+client's decoded responses, and finally returns the Login. Every credential check goes
+through the session's Authenticator (auth/policy.py), so auth-file, nonauth-file, the low-UID
+block, clear-text-password, PAM account management and the brute-force brakes apply to AUTH
+exactly as to USER/PASS and APOP:
+  PLAIN, LOGIN          Authenticator.check_password (PAM for system users)
+  CRAM-MD5              Authenticator.check_cram_md5 (the pop.auth secret)
+  SCRAM-SHA-1/-256      Authenticator.scram_verifier + check_scram (pop.auth verifiers)
+
+Which mechanisms are offered (the sasl-* options keep Cyrus SASL's meaning; Qpopper passed
+them to Cyrus as security flags). Each mechanism carries Cyrus' flags for it:
+                 plaintext  dictionary  active    (attack the mechanism is open to)
+  PLAIN, LOGIN   yes        yes         yes
+  CRAM-MD5       no         yes         yes
+  SCRAM-*        no         yes         no        (mutual authentication: the server proves
+                                                   itself, so no active attack)
+  - sasl-no-plaintext: PLAIN and LOGIN are hidden until TLS is active (Cyrus drops the
+    no-plaintext flag once an external security layer is there);
+  - sasl-no-dictionary: hides all five (each exchange lets an eavesdropper test passwords
+    offline; Cyrus marks none of them NODICTIONARY);
+  - sasl-no-active: hides PLAIN, LOGIN and CRAM-MD5;
+  - sasl-no-anonymous: nothing to hide (no ANONYMOUS mechanism is offered at all);
+  - sasl-forward-secrecy: hides all five (none has forward secrecy);
+  - sasl-min-ssf N > 0: none of these mechanisms negotiates a SASL security layer (their SSF
+    is 0), so they are offered only inside TLS, whose strength counts as the external SSF
+    (as Cyrus counts it); sasl-max-ssf only caps SASL layers, of which there are none.
+  - PLAIN and LOGIN also follow clear-text-password, like USER (never: hidden; tls: hidden
+    before TLS and refused with a hint to use STLS).
+  - CRAM-MD5 and SCRAM need the pop.auth store (secrets and verifiers are there).
+  - Channel binding (SCRAM-*-PLUS) is not offered: clients are told so with the `n` / `y`
+    GS2 flags, and `p=` is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import secrets
+import socket
+from dataclasses import dataclass
+from typing import Callable, Generator
+
+from ..responses import PopError, RespCode
+from . import scram
+
+PLAINTEXT_MECHANISMS = ("PLAIN", "LOGIN")
+STORE_MECHANISMS = ("CRAM-MD5", "SCRAM-SHA-1", "SCRAM-SHA-256")
+TLS_SSF = 128
+"""The external SSF TLS counts for against sasl-min-ssf (every cipher the TLS issue allows
+is at least 128 bits strong)."""
+
+
+@dataclass(frozen=True)
+class MechanismFlags:
+    plaintext: bool
+    dictionary: bool
+    active: bool
+
+
+FLAGS = {
+    "SCRAM-SHA-256": MechanismFlags(plaintext=False, dictionary=True, active=False),
+    "SCRAM-SHA-1": MechanismFlags(plaintext=False, dictionary=True, active=False),
+    "CRAM-MD5": MechanismFlags(plaintext=False, dictionary=True, active=True),
+    "PLAIN": MechanismFlags(plaintext=True, dictionary=True, active=True),
+    "LOGIN": MechanismFlags(plaintext=True, dictionary=True, active=True),
+}
+"""In the order CAPA lists them: strongest first."""
+
+# Replies.
+UNKNOWN_MECHANISM = "Unrecognized authentication type"
+CANCELLED = "AUTH exchange cancelled"
+BAD_BASE64 = "Invalid base64 data in AUTH response"
+BAD_EXCHANGE = "Malformed AUTH exchange"
+BAD_NAME = "authentication failure"      # the authenticator's BAD_DIGEST: nothing more revealed
+PLAINTEXT_NEEDS_TLS = ("Plaintext authentication is permitted only over TLS; use STLS first")
+PLAINTEXT_NOT_PERMITTED = "Plaintext authentication is not permitted"
+MECHANISMS_FOLLOW = "Available authentication mechanisms follow"
+GSSAPI_UNAVAILABLE = ("kerberos (-k): Kerberos is served as SASL GSSAPI, which this "
+                      "installation cannot offer: {why}. Remove -k / 'set kerberos' or "
+                      "use APOP, SCRAM or TLS")
+
+
+# --- what is offered ------------------------------------------------------------------------
+def offered_mechanisms(cfg, env) -> list[str]:
+    """The mechanisms this connection may use now, in CAPA order."""
+    if cfg.sasl_forward_secrecy or cfg.sasl_no_dictionary:
+        return []
+    tls = bool(env.tls_active)
+    if cfg.sasl_min_ssf > 0 and not (tls and TLS_SSF >= cfg.sasl_min_ssf):
+        return []
+    store = env.authenticator.apop_enabled
+    names = []
+    for name, flags in FLAGS.items():
+        if name in STORE_MECHANISMS and not store:
+            continue
+        if flags.active and cfg.sasl_no_active:
+            continue
+        if flags.plaintext and (not plaintext_policy_allows(cfg, tls) or
+                                (cfg.sasl_no_plaintext and not tls)):
+            continue
+        names.append(name)
+    return names
+
+
+def plaintext_policy_allows(cfg, tls_active: bool) -> bool:
+    """clear-text-password as CAPA's USER line reads it (never: no; tls: only inside TLS)."""
+    policy = cfg.clear_text_password
+    if policy == "never":
+        return False
+    if policy in ("tls", "ssl"):
+        return tls_active
+    return True
+
+
+def refusal_for(name: str, cfg, env) -> PopError:
+    """Why `name` is not offered now, as the client should hear it."""
+    if name in PLAINTEXT_MECHANISMS and name in FLAGS:
+        policy_needs_tls = cfg.clear_text_password in ("tls", "ssl") or cfg.sasl_no_plaintext
+        if not env.tls_active and policy_needs_tls and cfg.clear_text_password != "never":
+            hint = PLAINTEXT_NEEDS_TLS if env.start_tls is not None else PLAINTEXT_NOT_PERMITTED
+            return PopError(hint, RespCode.AUTH)
+        return PopError(PLAINTEXT_NOT_PERMITTED, RespCode.AUTH)
+    return PopError(UNKNOWN_MECHANISM)
+
+
+def kerberos_refusal(cfg) -> str | None:
+    """Decision §7.10: -k / -K are served as SASL GSSAPI. This build has no GSSAPI mechanism
+    (python-gssapi is not among its dependencies), so asking for Kerberos is refused at
+    start-up rather than silently offering nothing. None when Kerberos was not asked for."""
+    if not cfg.kerberos:
+        return None
+    try:
+        import gssapi  # noqa: F401  (only to say precisely what is missing)
+    except ImportError:
+        why = "the python-gssapi module is not installed"
+    else:
+        why = "GSSAPI is not implemented in this version of qpopper-py"
+    return GSSAPI_UNAVAILABLE.format(why=why)
+
+
+# --- the exchange -------------------------------------------------------------------------------
+Normaliser = Callable[[str], "tuple[str, bool, bool]"]
+"""raw name -> (name, no_mime, valid): pop_auth_state.normalise_user for this session."""
+
+Mechanism = Generator[bytes, bytes, "tuple[object, bool]"]
+
+
+class Exchange:
+    """One AUTH command: drives a mechanism generator over continuation lines."""
+
+    def __init__(self, proto, name: str, normalise: Normaliser):
+        self.proto = proto
+        self.env = proto.env
+        self.name = name
+        self.normalise = normalise
+        self._steps: Mechanism | None = None
+
+    def start(self, initial: bytes | None) -> None:
+        self._steps = MECHANISMS[self.name](self, initial)
+        self._advance(None)
+
+    def _advance(self, response: bytes | None) -> None:
+        try:
+            challenge = self._steps.send(response)
+        except StopIteration as done:
+            login, no_mime = done.value
+            self.proto.login_succeeded(login, no_mime=no_mime)
+            return
+        self.proto.reply(b"+ " + base64.b64encode(challenge) + b"\r\n")
+        self.proto.read_continuation(self._on_line)
+
+    def _on_line(self, line: bytes) -> None:
+        if line.strip() == b"*":
+            raise PopError(CANCELLED)          # RFC 5034 §4: the client gave up
+        self._advance(decode_response(line))
+
+    # helpers the mechanisms use
+    def user(self, raw: str) -> tuple[str, bool]:
+        """Normalise a SASL user name like USER's; an impossible name is refused at once
+        (like a bad password: the authenticator waits and counts it)."""
+        name, no_mime, valid = self.normalise(raw)
+        if not valid:
+            self.proto.refuse_user_name(PopError(BAD_NAME, RespCode.AUTH))
+        return name, no_mime
+
+
+def decode_response(line: bytes, *, initial: bool = False) -> bytes:
+    """Strict base64 (RFC 5034 §4: invalid data is an -ERR); `=` is an empty initial
+    response."""
+    text = line.strip()
+    if initial and text == b"=":
+        return b""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise PopError(BAD_BASE64) from None
+
+
+def _client_first(initial: bytes | None):
+    """For client-first mechanisms: the initial response, or ask for it with an empty
+    challenge (RFC 5034 §4)."""
+    if initial is not None:
+        return initial
+    response = yield b""
+    return response
+
+
+def _text(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PopError(BAD_EXCHANGE, RespCode.AUTH) from None
+
+
+def mech_plain(ex: Exchange, initial: bytes | None) -> Mechanism:
+    """RFC 4616: authzid NUL authcid NUL passwd; authzid must be empty or the authcid
+    (no proxy logins)."""
+    message = yield from _client_first(initial)
+    parts = message.split(b"\0")
+    if len(parts) != 3 or not parts[1]:
+        raise PopError(BAD_EXCHANGE, RespCode.AUTH)
+    authzid, authcid, password = (_text(p) for p in parts)
+    if authzid and authzid != authcid:
+        raise PopError("Authorization identity must be empty or equal the user name",
+                       RespCode.AUTH)
+    return _password_login(ex, authcid, password, "AUTH PLAIN")
+
+
+def mech_login(ex: Exchange, initial: bytes | None) -> Mechanism:
+    """The LOGIN draft: "Username:" then "Password:" (an initial response is the name)."""
+    name = initial if initial is not None else (yield b"Username:")
+    password = yield b"Password:"
+    return _password_login(ex, _text(name), _text(password), "AUTH LOGIN")
+
+
+def _password_login(ex: Exchange, raw_name: str, password: str, mechanism: str):
+    name, no_mime = ex.user(raw_name)
+    env = ex.env
+    login = env.authenticator.check_password(
+        name, password, env.client_ip, client_host=env.client_host,
+        tls_active=env.tls_active, mechanism=mechanism, authid=raw_name)
+    return login, no_mime
+
+
+def mech_cram_md5(ex: Exchange, initial: bytes | None) -> Mechanism:
+    """RFC 2195: challenge `<random.time@host>`, response `user SP hex-hmac-md5`."""
+    if initial is not None:
+        raise PopError(BAD_EXCHANGE, RespCode.AUTH)   # server-first: no initial response
+    challenge = (f"<{secrets.randbits(64):016x}.{os.getpid()}@"
+                 f"{getattr(ex.env, 'hostname', 'localhost')}>").encode("ascii")
+    response = _text((yield challenge))
+    raw_name, _, digest = response.rpartition(" ")
+    if not raw_name or len(digest) != 32:
+        raise PopError(BAD_EXCHANGE, RespCode.AUTH)
+    name, no_mime = ex.user(raw_name)
+    env = ex.env
+    login = env.authenticator.check_cram_md5(name, challenge, digest, env.client_ip,
+                                             client_host=env.client_host)
+    return login, no_mime
+
+
+def _scram(mechanism: str):
+    def mech_scram(ex: Exchange, initial: bytes | None) -> Mechanism:
+        first = _text((yield from _client_first(initial)))
+        gs2_flag, _, rest = first.partition(",")
+        authzid_field, _, bare = rest.partition(",")
+        if gs2_flag.startswith("p="):
+            raise PopError("Channel binding is not supported", RespCode.AUTH)
+        if gs2_flag not in ("n", "y") or not bare:
+            raise PopError(BAD_EXCHANGE, RespCode.AUTH)
+        attrs = _attributes(bare)
+        if attrs is None or "m" in attrs or "n" not in attrs or "r" not in attrs:
+            raise PopError(BAD_EXCHANGE, RespCode.AUTH)
+        raw_name = scram.unescape_name(attrs["n"])
+        if raw_name is None or not raw_name or not attrs["r"]:
+            raise PopError(BAD_EXCHANGE, RespCode.AUTH)
+        if authzid_field:
+            authzid = scram.unescape_name(authzid_field[2:]) if authzid_field.startswith("a=") \
+                else None
+            if authzid != raw_name:
+                raise PopError("Authorization identity must be empty or equal the user name",
+                               RespCode.AUTH)
+        gs2_header = f"{gs2_flag},{authzid_field},"
+        name, no_mime = ex.user(raw_name)
+        env = ex.env
+        verifier = env.authenticator.scram_verifier(name, mechanism)
+        known = verifier is not None
+        if not known:
+            # Carry on with a made-up verifier, so that an unknown name gets the same
+            # exchange as a wrong password (RFC 5802 §9); the salt is stable per name.
+            verifier = _decoy_verifier(mechanism, name)
+        nonce = attrs["r"] + scram.b64(secrets.token_bytes(18))
+        server_first = (f"r={nonce},s={scram.b64(verifier.salt)},"
+                        f"i={verifier.iterations}")
+        final = _text((yield server_first.encode("ascii")))
+        without_proof, sep, proof_b64 = final.rpartition(",p=")
+        final_attrs = _attributes(without_proof) if sep else None
+        if (final_attrs is None or final_attrs.get("r") != nonce or "c" not in final_attrs
+                or not without_proof.startswith("c=")):
+            raise PopError(BAD_EXCHANGE, RespCode.AUTH)
+        try:
+            binding = base64.b64decode(final_attrs["c"], validate=True)
+            proof = base64.b64decode(proof_b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise PopError(BAD_EXCHANGE, RespCode.AUTH) from None
+        if binding != gs2_header.encode("utf-8"):
+            raise PopError(BAD_EXCHANGE, RespCode.AUTH)
+        auth_message = f"{bare},{server_first},{without_proof}".encode("utf-8")
+        proved = known and scram.proof_is_valid(verifier, auth_message, proof)
+        login = env.authenticator.check_scram(name, mechanism, proved, env.client_ip,
+                                              client_host=env.client_host)
+        # RFC 5034 §4 / RFC 5802 §3: the server's signature as the last challenge; the
+        # client answers with an empty line, then +OK.
+        signature = scram.server_signature(verifier, auth_message)
+        answer = yield f"v={scram.b64(signature)}".encode("ascii")
+        if answer:
+            raise PopError(BAD_EXCHANGE, RespCode.AUTH)
+        return login, no_mime
+    mech_scram.__name__ = f"mech_{mechanism.lower().replace('-', '_')}"
+    return mech_scram
+
+
+def _attributes(text: str) -> dict[str, str] | None:
+    """`a=x,b=y` -> {"a": "x", "b": "y"}; None when malformed or a key repeats."""
+    attrs: dict[str, str] = {}
+    for part in text.split(","):
+        key, eq, value = part.partition("=")
+        if not eq or len(key) != 1 or not key.isalpha() or key in attrs:
+            return None
+        attrs[key] = value
+    return attrs
+
+
+def _decoy_verifier(mechanism: str, name: str) -> scram.Verifier:
+    key = (_machine_secret() + name.encode("utf-8", "surrogateescape")
+           + mechanism.encode("ascii"))
+    salt = hashlib.sha256(b"qpopper-scram-decoy" + key).digest()[:scram.SALT_OCTETS]
+    junk = hmac.new(key, b"decoy", "sha256").digest()
+    size = hashlib.new(scram.MECHANISMS[mechanism]).digest_size
+    return scram.Verifier(mechanism, salt, scram.DEFAULT_ITERATIONS, junk[:size], junk[:size])
+
+
+def _machine_secret() -> bytes:
+    """Stable per host, not known to remote clients: /etc/machine-id when readable."""
+    try:
+        with open("/etc/machine-id", "rb") as f:
+            return f.read().strip()
+    except OSError:
+        return socket.gethostname().encode()
+
+
+MECHANISMS: dict[str, Callable[[Exchange, bytes | None], Mechanism]] = {
+    "PLAIN": mech_plain,
+    "LOGIN": mech_login,
+    "CRAM-MD5": mech_cram_md5,
+    "SCRAM-SHA-1": _scram("SCRAM-SHA-1"),
+    "SCRAM-SHA-256": _scram("SCRAM-SHA-256"),
+}
