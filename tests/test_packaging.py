@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from qpopper.config import load
+from qpopper.options import lookup
 
 REPO = Path(__file__).resolve().parent.parent
 UNITS = REPO / "systemd"
@@ -135,6 +136,12 @@ def test_hardening_keeps_what_the_server_needs():
         assert "-/var/mail" in rw and "-/var/spool/mail" in rw
         assert "-/var/spool/postfix/maildrop" in rw
         assert service["PrivateTmp"] == "yes"
+        # The brakes' counts live in a root-only runtime directory systemd makes writable.
+        brakes = lookup("auth-brakes-file")
+        if brakes is not None and brakes.default:
+            assert brakes.default.startswith("/run/" + service["RuntimeDirectory"] + "/")
+            assert service["RuntimeDirectoryMode"] == "0700"
+            assert service["RuntimeDirectoryPreserve"] == "yes"
         # Hashed spool directories are made setgid like the spool directory.
         assert service["RestrictSUIDSGID"] == "no"
         assert "MemoryDenyWriteExecute" not in service     # ctypes closures (python-pam)
