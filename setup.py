@@ -25,6 +25,7 @@ setup(
     entry_points={
         "console_scripts": [
             "popper = qpopper.cli:popper_main",
+            "popauth = qpopper.tools.popauth:main",
         ],
     },
 )

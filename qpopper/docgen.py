@@ -348,7 +348,7 @@ def man_popper() -> str:
         _roff("The configuration file the packaged units read."),
         ".TP", _bold("/etc/pam.d/pop3"),
         _roff("The PAM service for USER/PASS (option pam-service)."),
-        ".TP", _bold("/etc/qpopper/pop.auth"),
+        ".TP", _bold("/var/lib/qpopper/popauth/pop.auth"),
         _roff("The store of APOP and SCRAM secrets (option pop-auth-file), owned by the "
               "pop account."),
         ".TP", _bold("/var/mail/USER"),

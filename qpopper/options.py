@@ -543,9 +543,10 @@ OPTIONS: tuple[Option, ...] = (
        "Extension: PAM service name used for USER/PASS (Qpopper: configure "
        "--with-pam=service).",
        extension=True, scope=Scope.NOT_USER),
-    _s("pop-auth-file", "/etc/qpopper/pop.auth",
-       "Extension: the pop.auth store of APOP and SCRAM secrets, an SQLite file managed with "
-       "popauth (Qpopper: configure --enable-apop=path).",
+    _s("pop-auth-file", "/var/lib/qpopper/popauth/pop.auth",
+       "Extension: the pop.auth store of APOP, CRAM-MD5 and SCRAM secrets, an SQLite file "
+       "managed with popauth (Qpopper: configure --enable-apop=path). popauth -init makes "
+       "its directory owned by pop-auth-owner: SQLite writes a journal beside the file.",
        extension=True, scope=Scope.NOT_USER),
     _s("pop-auth-owner", "pop",
        "Extension: the account that must own the pop.auth store (mode 0600), and the account "

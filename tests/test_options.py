@@ -86,7 +86,7 @@ SCOPES = {
 EXTENSIONS = {
     "listen": (), "pam-service": "pop3", "max-children": 200, "max-children-per-address": 20,
     "auth-failure-delay": 2, "pid-file": "/run/qpopper.pid", "daemon": False,
-    "pop-auth-file": "/etc/qpopper/pop.auth", "user-database": "system",
+    "pop-auth-file": "/var/lib/qpopper/popauth/pop.auth", "user-database": "system",
     "shutdown-grace": 30, "tls-min-version": "TLSv1.2",
 }
 

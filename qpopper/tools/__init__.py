@@ -1,0 +1,1 @@
+"""Administration tools: popauth (the pop.auth store)."""
