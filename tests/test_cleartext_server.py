@@ -1,0 +1,160 @@
+"""clear-text-password (-p 0..4) over real connections to the real server, CAPA's USER line
+included. For `local`, the refused client is a host of the test's own: a network namespace
+joined to this one by a veth pair with addresses of the test's choosing (10.200.N.0/30, used
+only between the two ends), so the server sees a real non-loopback peer."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import poplib
+import secrets
+import shutil
+import subprocess
+
+import pytest
+
+from qpopper.auth.store import PopAuthStore
+from tests.helpers.sysusers import make_spool
+from tests.server_harness import Site, mbox
+
+pytestmark = pytest.mark.timeout(120)
+
+STRONGER = "You must use stronger authentication such as AUTH or APOP to access this account"
+LOCAL_ONLY = "Clear text passwords are permitted only from the local host"
+TLS_ONLY = "Clear text passwords are permitted only over TLS; use STLS first"
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+@pytest.fixture
+def site(system_users, pam_service, world_tmp):
+    """alice has an APOP secret in pop.auth (so `default` refuses her USER/PASS); bob has not."""
+    owner = system_users.create("own")
+    alice = system_users.create("al")
+    bob = system_users.create("bo")
+    store_dir = os.path.join(world_tmp, "popauth")
+    os.mkdir(store_dir, 0o700)
+    os.chown(store_dir, owner.uid, owner.gid)
+    store = PopAuthStore.create(os.path.join(store_dir, "pop.auth"), owner.uid, owner.gid)
+    store.set_secret(alice.name, "apop-secret")
+    s = Site(world_tmp, pam_service, pop_auth_file=store.path, pop_auth_owner=owner.name)
+    for user in (alice, bob):
+        make_spool(s.spool_dir, user, mbox(("hi", "there")))
+    s.alice, s.bob = alice, bob
+    yield s
+    s.close()
+
+
+def user_pass(server, user, password=None) -> str:
+    """'+OK ...' or the -ERR text of PASS; CAPA is checked separately."""
+    client = poplib.POP3(server.host, server.port, timeout=20)
+    try:
+        client.user(user.name)
+        try:
+            return client.pass_(user.password if password is None else password).decode()
+        except poplib.error_proto as refusal:
+            return str(refusal.args[0].decode())
+    finally:
+        client.close()
+
+
+def capa(server) -> dict:
+    client = poplib.POP3(server.host, server.port, timeout=20)
+    try:
+        return client.capa()
+    finally:
+        client.quit()
+
+
+def test_p0_default(site):
+    srv = site.server(extra_args=["-p", "0"])
+    assert "USER" in capa(srv)
+    assert user_pass(srv, site.bob).startswith(f"+OK {site.bob.name} has 1 visible")
+    assert user_pass(srv, site.alice) == f"-ERR [AUTH] {STRONGER}"
+
+
+def test_p1_never(site):
+    srv = site.server(extra_args=["-p", "1"])
+    assert "USER" not in capa(srv)
+    assert user_pass(srv, site.bob) == f"-ERR [AUTH] {STRONGER}"
+    assert user_pass(srv, site.alice) == f"-ERR [AUTH] {STRONGER}"
+    # APOP still works: `never` is about clear text only.
+    client = poplib.POP3(srv.host, srv.port, timeout=20)
+    try:
+        assert client.apop(site.alice.name, "apop-secret").startswith(b"+OK")
+    finally:
+        client.quit()
+
+
+def test_p2_always(site):
+    srv = site.server(extra_args=["-p", "2"])
+    assert "USER" in capa(srv)
+    assert user_pass(srv, site.alice).startswith(f"+OK {site.alice.name} has 1 visible")
+    assert user_pass(srv, site.bob).startswith("+OK")
+
+
+def test_p4_tls_refuses_clear_text_before_tls(site):
+    srv = site.server(extra_args=["-p", "4"])
+    caps = capa(srv)
+    assert "USER" not in caps
+    assert "PLAIN" not in " ".join(caps.get("SASL", []))
+    assert user_pass(srv, site.bob) == f"-ERR [AUTH] {TLS_ONLY}"
+
+
+# --- local: loopback admitted, a real non-loopback peer refused ------------------------------------
+@contextlib.contextmanager
+def namespace_host():
+    """(host-side address, namespace name): a veth pair into a fresh network namespace."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2 to make a network namespace")
+    tag = secrets.token_hex(3)
+    ns, host_if, ns_if = f"qpt{tag}", f"qpth{tag}", f"qptn{tag}"
+    subnet = 200 + secrets.randbelow(50)            # 10.200-249.N.0/30: ours, on this link only
+    third = secrets.randbelow(250)
+    host_ip, ns_ip = f"10.{subnet}.{third}.1", f"10.{subnet}.{third}.2"
+    made = subprocess.run(["ip", "netns", "add", ns], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot make a network namespace here: {made.stderr.strip()}")
+    try:
+        for cmd in (["ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if],
+                    ["ip", "link", "set", ns_if, "netns", ns],
+                    ["ip", "addr", "add", f"{host_ip}/30", "dev", host_if],
+                    ["ip", "link", "set", host_if, "up"],
+                    ["ip", "netns", "exec", ns, "ip", "addr", "add", f"{ns_ip}/30", "dev", ns_if],
+                    ["ip", "netns", "exec", ns, "ip", "link", "set", ns_if, "up"],
+                    ["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"]):
+            step = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+            if step.returncode != 0:
+                pytest.skip(f"cannot set up the veth pair: {' '.join(cmd)}: {step.stderr.strip()}")
+        yield host_ip, ns_ip, ns
+    finally:
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True, timeout=20)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
+
+
+CLIENT = """
+import poplib, sys
+host, port, user, password = sys.argv[1:5]
+c = poplib.POP3(host, int(port), timeout=20)
+c.user(user)
+try:
+    print(c.pass_(password).decode())
+except poplib.error_proto as e:
+    print(e.args[0].decode())
+c.close()
+"""
+
+
+def test_p3_local(site):
+    with namespace_host() as (host_ip, ns_ip, ns):
+        loopback = site.server(extra_args=["-p", "3"])
+        outside = site.server(host=host_ip, extra_args=["-p", "3"])
+        assert "USER" in capa(loopback)
+        assert user_pass(loopback, site.bob).startswith(f"+OK {site.bob.name} has 1 visible")
+        result = subprocess.run(["ip", "netns", "exec", ns, SYSTEM_PYTHON, "-c", CLIENT,
+                                 host_ip, str(outside.port), site.bob.name, site.bob.password],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == f"-ERR [AUTH] {LOCAL_ONLY}"
+        site.syslog.wait_for(rf"\[AUTH\] Failed attempted login to {site.bob.name} from host "
+                             rf"\({ns_ip}\) {ns_ip}")
