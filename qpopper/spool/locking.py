@@ -201,6 +201,7 @@ class DotLock:
             st = os.lstat(unique)
             return (st.st_dev, st.st_ino) if st.st_nlink == 2 else None
         finally:
+            self.hook("dotlock-unlink-unique")
             os.unlink(unique)
 
     def _remove_if_stale(self) -> bool:
