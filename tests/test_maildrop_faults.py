@@ -55,6 +55,7 @@ SHAPES = {
     "all-deleted": (b"".join(message(n) for n in range(1, 4)), message(200), {0, 1, 2}, set()),
     "leftover-drop": (message(1) + message(2), message(102), {1, 2}, {0}),
     "old-drop": (message(1) + message(2), b"", {0}, {1}),
+    "nfs-lock": (message(1) + message(2), message(103), {1}, {0}),
 }
 
 
@@ -62,7 +63,8 @@ SHAPES = {
 LEFTOVER_DROPS = {"leftover-drop": message(50) + message(51)}
 # check-old-spool-loc: with hash-spool 1, an old Qpopper's drop in the plain spool dir.
 OLD_DROPS = {"old-drop": message(60)}
-SHAPE_OPTIONS = {"old-drop": {"hash_spool": 1}}
+SHAPE_OPTIONS = {"old-drop": {"hash_spool": 1},
+                 "nfs-lock": {"no_atomic_open": True}}     # link(2) dot-lock (L4)
 
 
 def make_cfg(spool_dir, shape: str = "") -> Config:
