@@ -1,0 +1,220 @@
+"""Brute-force brakes (qpopper/auth/brakes.py): the delay schedule, the shared SQLite counts
+(several processes, bounded size, forgetting), the fail2ban line, and on the REAL server:
+50 wrong passwords from 127.0.0.2 are slowed measurably and logged, while a correct login
+from 127.0.0.1 is not slowed."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sqlite3
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from qpopper import limits
+from qpopper.auth import brakes as brakes_mod
+from qpopper.auth.brakes import Brakes, brake_delay, failure_log_line
+from tests.helpers.sysusers import make_spool
+from tests.server_harness import Site, mbox
+
+# fail2ban's stock filter.d/courier-auth.conf failregex, with common.conf's syslog prefix
+# reduced to what a syslog file line has (date, host, daemon[pid]:) and _daemon set as the
+# README's jail sets it: filter = courier-auth[_daemon="popper"].
+COURIER_AUTH = re.compile(
+    r"^\w{3} [ \d]\d \d\d:\d\d:\d\d \S+ popper(?:\[\d+\])?: "
+    r"LOGIN FAILED, (?:(?!ip=)(?:user=(?P<user>[^,]*)|\w+=[^,]*), )*ip=\[(?P<host>[^\]]+)\]")
+
+
+def test_delay_schedule():
+    free = limits.BRAKE_FREE_FAILURES_PER_ADDRESS
+    assert [brake_delay(n, free, 30) for n in range(free + 1)] == [0.0] * (free + 1)
+    first = limits.BRAKE_FIRST_DELAY_S
+    assert brake_delay(free + 1, free, 30) == first
+    assert brake_delay(free + 2, free, 30) == 2 * first
+    assert brake_delay(free + 3, free, 30) == 4 * first
+    assert brake_delay(free + 100, free, 30) == 30
+    assert brake_delay(free + 100, free, 0) == 0
+
+
+def test_fail2ban_courier_auth_filter_matches_the_line():
+    line = failure_log_line("alice", "APOP", "192.0.2.7", 4, 0.25)
+    match = COURIER_AUTH.match(f"Nov 27 14:00:01 mailhost popper[4242]: {line}")
+    assert match and match["host"] == "192.0.2.7" and match["user"] == "alice"
+    v6 = failure_log_line("a,b", "PLAIN", "2001:db8::5", 1, 0)
+    match = COURIER_AUTH.match(f"Nov 27 14:00:01 mailhost popper[1]: {v6}")
+    assert match and match["host"] == "2001:db8::5" and match["user"] == "a?b"
+
+
+def test_counts_are_shared_between_processes(tmp_path):
+    path = str(tmp_path / "brakes.sqlite")
+    log = []
+    free = limits.BRAKE_FREE_FAILURES_PER_ADDRESS
+    for _ in range(free + 2):
+        pid = os.fork()
+        if pid == 0:                        # each failure from its own process, as children do
+            Brakes(path, 30, lambda p, t: None).record_failure("192.0.2.9", "carol")
+            os._exit(0)
+        assert os.waitpid(pid, 0)[1] == 0
+    brakes = Brakes(path, 30, lambda p, t: log.append(t))
+    assert brakes.address_delay("192.0.2.9") == 2 * limits.BRAKE_FIRST_DELAY_S
+    assert brakes.address_delay("192.0.2.10") == 0
+    assert log == []
+    assert os.stat(path).st_mode & 0o077 == 0
+
+
+def test_success_clears_the_user_but_not_the_address(tmp_path):
+    brakes = Brakes(str(tmp_path / "b.sqlite"), 30, lambda p, t: None)
+    for _ in range(10):
+        brakes.record_failure("192.0.2.1", "dave")
+    _, user_delay = brakes.record_failure("192.0.2.1", "dave")
+    assert user_delay > 0
+    brakes.record_success("dave")
+    _, user_delay = brakes.record_failure("192.0.2.1", "dave")
+    assert user_delay == 0
+    assert brakes.address_delay("192.0.2.1") > 0
+
+
+def test_failures_are_forgotten_after_the_window(tmp_path):
+    now = [1_000_000.0]
+    brakes = Brakes(str(tmp_path / "b.sqlite"), 30, lambda p, t: None, clock=lambda: now[0])
+    for _ in range(10):
+        brakes.record_failure("192.0.2.1", "erin")
+    assert brakes.address_delay("192.0.2.1") > 0
+    now[0] += limits.BRAKE_WINDOW_S + 1
+    assert brakes.address_delay("192.0.2.1") == 0
+    assert brakes.record_failure("192.0.2.1", "erin") == (1, 0.0)
+
+
+def test_the_table_is_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr(limits, "BRAKE_MAX_ROWS", 50)
+    path = str(tmp_path / "b.sqlite")
+    brakes = Brakes(path, 30, lambda p, t: None)
+    for n in range(100):
+        brakes.record_failure(f"198.51.100.{n}", "frank")
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT COUNT(*) FROM failures").fetchone()[0] <= 50
+    db.close()
+
+
+def test_an_unusable_store_degrades_and_says_so(tmp_path):
+    log = []
+    (tmp_path / "dir").mkdir()
+    brakes = Brakes(str(tmp_path / "dir"), 30, lambda p, t: log.append(t))   # a directory
+    assert brakes.record_failure("192.0.2.1", "gina") == (0, 0.0)
+    assert brakes.address_delay("192.0.2.1") == 0
+    assert len(log) == 1 and "not counted across connections" in log[0]
+
+
+def test_root_refuses_a_brakes_directory_others_can_write(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the directory checks apply to root only")
+    directory = tmp_path / "open"
+    directory.mkdir(mode=0o777)
+    os.chmod(directory, 0o777)
+    log = []
+    brakes = Brakes(str(directory / "b.sqlite"), 30, lambda p, t: log.append(t))
+    brakes.record_failure("192.0.2.1", "hank")
+    assert log and "writable by root only" in log[0]
+    assert not (directory / "b.sqlite").exists()
+
+
+# --- the real server ----------------------------------------------------------------------------
+@pytest.fixture
+def site(system_users, pam_service, world_tmp):
+    victim = system_users.create("vi")
+    s = Site(world_tmp, pam_service, auth_brakes_max_delay=1)
+    make_spool(s.spool_dir, victim, mbox(("hi", "there")))
+    s.victim = victim
+    s.srv = s.server()
+    yield s
+    s.close()
+
+
+class Conn:
+    def __init__(self, srv, source: str):
+        self.sock = socket.create_connection((srv.host, srv.port), timeout=30,
+                                             source_address=(source, 0))
+        self.file = self.sock.makefile("rb")
+        assert self.file.readline().startswith(b"+OK")
+
+    def login_seconds(self, user: str, password: str) -> tuple[bytes, float]:
+        self.sock.sendall(f"USER {user}\r\n".encode())
+        assert self.file.readline().startswith(b"+OK")
+        started = time.monotonic()
+        self.sock.sendall(f"PASS {password}\r\n".encode())
+        reply = self.file.readline()
+        return reply, time.monotonic() - started
+
+    def close(self):
+        self.file.close()
+        self.sock.close()
+
+
+@pytest.mark.timeout(150)
+def test_fifty_wrong_passwords_are_slowed_and_logged_another_address_is_not(site):
+    user = site.victim.name
+    timings: list[tuple[float, float]] = []         # (when the attempt started, how long)
+    lock = threading.Lock()
+    closed_by_cap = []
+
+    def guesser(n_attempts: int) -> None:
+        conn = Conn(site.srv, "127.0.0.2")
+        failures_here = 0
+        try:
+            for i in range(n_attempts):
+                if failures_here == limits.MAX_AUTH_FAILURES_PER_CONNECTION:
+                    rest = conn.file.read()            # the server closed it after the cap
+                    closed_by_cap.append(rest == b"")
+                    conn.close()
+                    conn = Conn(site.srv, "127.0.0.2")
+                    failures_here = 0
+                began = time.monotonic()
+                reply, seconds = conn.login_seconds(user, f"wrong-{i}")
+                assert reply.startswith(b"-ERR [AUTH]"), reply
+                failures_here += 1
+                with lock:
+                    timings.append((began, seconds))
+        finally:
+            conn.close()
+
+    # The first few failures cost nothing extra (a mistyped password is not punished) ...
+    guesser(limits.BRAKE_FREE_FAILURES_PER_ADDRESS)
+    first = list(timings)
+    assert max(s for _, s in first) < 0.5, first
+    # ... the rest, from ten connections at once, pay the growing brakes.
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        list(pool.map(guesser, [5] * 9 + [50 - 45 - limits.BRAKE_FREE_FAILURES_PER_ADDRESS]))
+    assert len(timings) == 50
+    assert closed_by_cap and all(closed_by_cap)
+    timings.sort()
+    last = timings[-10:]
+    # the address brake (up to 1 s, the test's auth-brakes-max-delay) plus the user brake
+    assert min(s for _, s in last) >= 0.9, last
+
+    # A correct login from another address is not slowed; from the guessing address it is.
+    conn = Conn(site.srv, "127.0.0.1")
+    try:
+        reply, seconds = conn.login_seconds(user, site.victim.password)
+    finally:
+        conn.close()
+    assert reply.startswith(b"+OK"), reply
+    assert seconds < 0.5
+    conn = Conn(site.srv, "127.0.0.2")
+    try:
+        reply, seconds = conn.login_seconds(user, site.victim.password)
+    finally:
+        conn.close()
+    assert reply.startswith(b"+OK") and seconds >= 0.9
+
+    failures = [t for t in site.syslog.texts()
+                if t.startswith(f"LOGIN FAILED, user={user}, method=USER, ip=[127.0.0.2]")]
+    assert len(failures) == 50
+    assert any(t.startswith("brute-force brake: 127.0.0.2 waits 1.00s") for t in
+               site.syslog.texts())
+    assert not any("127.0.0.1 waits" in t for t in site.syslog.texts())
+    for text in failures[:3]:
+        assert COURIER_AUTH.match(f"Nov 27 14:00:01 mailhost popper[42]: {text}")
