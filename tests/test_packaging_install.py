@@ -193,12 +193,28 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> N
     raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def private_brakes():
+    """The brute-force brakes count failures per client address in one file for the whole
+    host (auth-brakes-file, /run/qpopper): 127.0.0.1's failures from every other test would
+    delay these logins. Each server here gets a private file instead (a test override)."""
+    directory = tempfile.mkdtemp(prefix="qpt-brakes-")         # 0700 root, like /run/qpopper
+    TEST_OVERRIDES.append(f"--auth-brakes-file={directory}/auth-brakes.sqlite")
+    yield
+    TEST_OVERRIDES.clear()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+TEST_OVERRIDES: list[str] = []
+
+
 @contextlib.contextmanager
 def master_as_service(unit_name: str, *overrides: str):
     """The unit's ExecStart, moved to a free loopback port (`--listen=` clears the unit's
     port), with NOTIFY_SOCKET like Type=notify. Yields (port, proc, notifications)."""
     port = free_port()
-    argv = exec_start(unit_name) + ["--listen=", f"--listen=127.0.0.1:{port}", *overrides]
+    argv = exec_start(unit_name) + ["--listen=", f"--listen=127.0.0.1:{port}",
+                                    *TEST_OVERRIDES, *overrides]
     with tempfile.TemporaryDirectory(prefix="qpt-notify-") as tmp:
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(os.path.join(tmp, "notify"))
@@ -226,7 +242,7 @@ def socket_unit_instance(template: str, *overrides: str):
     """What qpopper.socket + qpopper@.service do (Accept=yes, StandardInput=socket)."""
     port = free_port()
     argv = ["systemd-socket-activate", "--accept", "--inetd", "-l", f"127.0.0.1:{port}",
-            *exec_start(template), *overrides]
+            *exec_start(template), *TEST_OVERRIDES, *overrides]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, cwd="/", env={"PATH": SYS_PATH})
     try:
