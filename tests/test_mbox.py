@@ -26,6 +26,12 @@ SCAN_OPTIONS = {"uw": {"uw_kludge": True}}
 GOLDEN_SPOOLS = sorted(p.stem for p in GOLDEN.glob("*.mbox"))
 
 
+def test_golden_spools_are_present():
+    """A checkout without the fixtures must fail here, not skip every golden test silently."""
+    assert set(GOLDEN_SPOOLS) >= {"basic", "content_length", "duplicates", "malformed", "mmdf",
+                                  "nul_nofinal", "uw"}
+
+
 # --- independent oracles -----------------------------------------------------------------------
 
 _ALPHABET = bytes(0x21 + d if 0x21 + d != 0x2E else 0x7E for d in range(80))
