@@ -39,7 +39,7 @@ def popper_main(argv: list[str] | None = None) -> int:
     if invocation.demo:
         from .demo import run_demo
         return run_demo(invocation)
-    if cfg.listen:
+    if cfg.listen or cfg.tls_listen:
         from .master import run_master
         return run_master(cfg, invocation)
     from .session import serve_inetd

@@ -8,6 +8,7 @@ does not grow with the number of sessions served.
 What runs as root (audit these):
   master.py     listeners, fork, signals, child accounting, daemonizing, pid file
   sdnotify.py   systemd notification and socket activation
+  tls.py        the certificate and key (read at start-up and HUP), the TLS handshake
   log.py        syslog socket and tracefile
   config.py, options.py       global configuration files and argv (and HUP reloads)
   session.py    the connection until login: reads, writes, reverse lookup, option-file checks
@@ -36,9 +37,10 @@ import setproctitle
 
 from . import config as config_mod
 from . import sdnotify
+from . import tls as tls_mod
 from .log import Logger, getattr_option
 from .responses import RespCode, err
-from .session import Channel, Session, normalize_ip
+from .session import Channel, Session, normalize_ip, tls_mode_for_listen_port
 
 LISTEN_BACKLOG = 128
 """Pending connections per listener; the kernel caps it at net.core.somaxconn."""
@@ -154,8 +156,14 @@ class Master:
     """The accept loop. Signal handlers only enqueue; the loop handles them by name."""
 
     def __init__(self, cfg, inv, listeners: list[socket.socket], log: Logger,
-                 notify_systemd: bool = True, reload=None):
+                 notify_systemd: bool = True, reload=None,
+                 tls: tls_mod.ServerTls | None = None, implicit_tls=()):
+        """`implicit_tls`: the listeners (among `listeners`) that speak TLS from the first
+        byte (tls-listen); the others follow tls-support. `tls`: the context built at
+        start-up, inherited by every child."""
         self.cfg = cfg
+        self.tls = tls
+        self.implicit_tls = set(implicit_tls)
         self.inv = inv
         self.reload = reload or self._load_configuration
         self.listeners = listeners
@@ -209,7 +217,7 @@ class Master:
                 sock.setblocking(False)
                 self.selector.register(sock, selectors.EVENT_READ)
             self.selector.register(self._wake_r, selectors.EVENT_READ)
-            where = ", ".join(format_sockaddr(s.getsockname()) for s in self.listeners)
+            where = ", ".join(self._describe_listener(s) for s in self.listeners)
             self.log(syslog.LOG_INFO, f"master listening on {where}")
             self._notify("READY=1\nSTATUS=accepting connections")
             while not self.stopping:
@@ -226,6 +234,18 @@ class Master:
             self.selector.close()
             self.selector = None
             self._uninstall_signals()
+
+    def _describe_listener(self, sock: socket.socket) -> str:
+        mode = self._tls_mode(sock)
+        suffix = {"implicit": " (TLS)", "stls": " (STLS)"}.get(mode, "")
+        return format_sockaddr(sock.getsockname()) + suffix
+
+    def _tls_mode(self, listener: socket.socket) -> str | None:
+        if self.tls is None:
+            return None
+        if listener in self.implicit_tls:
+            return "implicit"
+        return tls_mode_for_listen_port(self.cfg)
 
     def _drain_wakeup(self) -> None:
         try:
@@ -259,11 +279,14 @@ class Master:
                     return
                 raise
             client_ip = normalize_ip(addr[0]) if isinstance(addr, tuple) else "unknown"
+            tls_mode = self._tls_mode(listener)
             refusal = self._over_limit(client_ip)
             if refusal:
-                self._refuse(conn, client_ip, refusal)
+                # a TLS client would read a plain-text -ERR as a broken handshake: just close
+                self._refuse(conn, client_ip, refusal, answer=tls_mode != "implicit")
                 continue
-            self._fork_session(conn, (client_ip, addr[1] if isinstance(addr, tuple) else 0))
+            self._fork_session(conn, (client_ip, addr[1] if isinstance(addr, tuple) else 0),
+                               tls_mode)
 
     def _over_limit(self, client_ip: str) -> str | None:
         total = int(getattr_option(self.cfg, "max_children", 0) or 0)
@@ -275,18 +298,20 @@ class Master:
                     f"(max-children-per-address {per_address})")
         return None
 
-    def _refuse(self, conn: socket.socket, client_ip: str, why: str) -> None:
+    def _refuse(self, conn: socket.socket, client_ip: str, why: str, answer: bool = True) -> None:
         """Over a limit: answer from the master, without forking, and close."""
         self.log(syslog.LOG_NOTICE, f"Refused connection from {client_ip}: {why}")
         try:
             conn.setblocking(False)
-            conn.send(err(OVER_LIMIT_TEXT, RespCode.SYS_TEMP))
+            if answer:
+                conn.send(err(OVER_LIMIT_TEXT, RespCode.SYS_TEMP))
         except OSError:
             pass
         finally:
             conn.close()
 
-    def _fork_session(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+    def _fork_session(self, conn: socket.socket, peer: tuple[str, int],
+                      tls_mode: str | None = None) -> None:
         try:
             pid = os.fork()
         except OSError as exc:
@@ -294,12 +319,12 @@ class Master:
             self._refuse(conn, peer[0], "fork failed")
             return
         if pid == 0:
-            self._child(conn, peer)            # never returns
+            self._child(conn, peer, tls_mode)            # never returns
         conn.close()
         self.children[pid] = peer[0]
         self.per_address[peer[0]] += 1
 
-    def _child(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+    def _child(self, conn: socket.socket, peer: tuple[str, int], tls_mode: str | None) -> None:
         status = 1
         try:
             self._uninstall_signals()
@@ -317,7 +342,7 @@ class Master:
             conn.setblocking(True)
             channel = Channel(conn.fileno(), conn.fileno(), conn)
             status = Session(self.cfg, channel, log=self.log, hostname=self.hostname,
-                             peer=peer).run()
+                             peer=peer, tls=self.tls, tls_mode=tls_mode).run()
         except BaseException as exc:           # never let a child fall back into the loop
             try:
                 self.log(syslog.LOG_ERR, f"session for {peer[0]} failed: "
@@ -351,10 +376,13 @@ class Master:
         self._notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
             new_cfg = self.reload()
+            # a renewed certificate is read here; the listeners stay as they are
+            new_tls = tls_mod.build_server_tls(new_cfg, self.log) if self.tls else None
         except Exception as exc:
             self.log(syslog.LOG_ERR, f"reload failed, keeping the running configuration: {exc}")
         else:
             self.cfg = new_cfg
+            self.tls = new_tls
             self.log(syslog.LOG_NOTICE, "configuration reloaded")
         self._notify("READY=1\nSTATUS=accepting connections")
 
@@ -408,27 +436,51 @@ class Master:
 def run_master(cfg, inv) -> int:
     """`popper [ADDRESS:]PORT ...`: serve until TERM/INT. Returns the exit status."""
     log = Logger.from_config(cfg)
+    listeners: list[socket.socket] = []
     try:
-        listeners = sdnotify.listen_fds()
-        if not listeners:
-            listeners = bind_listeners(getattr_option(cfg, "listen", []) or [])
-    except ListenError as exc:
-        log(syslog.LOG_ERR, str(exc))
-        print(f"popper: {exc}", file=sys.stderr)
+        server_tls = tls_mod.build_server_tls(cfg, log)
+        listeners, implicit_tls = open_listeners(cfg)
+    except (ListenError, tls_mod.TlsSetupError) as exc:
+        for sock in listeners:
+            sock.close()
+        text = f"TLS: {exc}" if isinstance(exc, tls_mod.TlsSetupError) else str(exc)
+        log(syslog.LOG_ERR, text)
+        print(f"popper: {text}", file=sys.stderr)
         log.close()
         return 1
     log.open()
     try:
         if getattr_option(cfg, "daemon", False):
-            return _run_daemonized(cfg, inv, listeners, log)
-        return Master(cfg, inv, listeners, log).serve()
+            return _run_daemonized(cfg, inv, listeners, log, server_tls, implicit_tls)
+        return Master(cfg, inv, listeners, log, tls=server_tls,
+                      implicit_tls=implicit_tls).serve()
     finally:
         for sock in listeners:
             sock.close()
         log.close()
 
 
-def _run_daemonized(cfg, inv, listeners, log) -> int:
+def open_listeners(cfg) -> tuple[list[socket.socket], list[socket.socket]]:
+    """(all listeners, the implicit-TLS ones among them). Sockets from systemd (LISTEN_FDS)
+    count as TLS when their port is a tls-listen port; otherwise `listen` and `tls-listen`
+    are bound here."""
+    tls_specs = list(getattr_option(cfg, "tls_listen", ()) or ())
+    passed = sdnotify.listen_fds()
+    if passed:
+        tls_ports = {parse_listen(spec)[1] for spec in tls_specs}
+        return passed, [s for s in passed if s.getsockname()[1] in tls_ports]
+    plain_specs = list(getattr_option(cfg, "listen", ()) or ())
+    plain = bind_listeners(plain_specs) if plain_specs or not tls_specs else []
+    try:
+        implicit = bind_listeners(tls_specs) if tls_specs else []
+    except BaseException:
+        for sock in plain:
+            sock.close()
+        raise
+    return plain + implicit, implicit
+
+
+def _run_daemonized(cfg, inv, listeners, log, server_tls=None, implicit_tls=()) -> int:
     """SysV-style: detach with python-daemon, write the pid file, keep the listeners and the
     syslog socket open across the detach."""
     import daemon
@@ -458,7 +510,8 @@ def _run_daemonized(cfg, inv, listeners, log) -> int:
         print(f"popper: pid file {pid_file}: {exc or 'held by a running master'}", file=sys.stderr)
         return 1
     try:
-        return Master(cfg, inv, listeners, log, notify_systemd=False).serve()
+        return Master(cfg, inv, listeners, log, notify_systemd=False, tls=server_tls,
+                      implicit_tls=implicit_tls).serve()
     finally:
         context.close()
 

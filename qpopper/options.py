@@ -577,8 +577,17 @@ OPTIONS: tuple[Option, ...] = (
        "growing delay off.",
        extension=True, minimum=0, maximum=600, scope=Scope.STARTUP),
     _m("tls-min-version", "TLSv1.2", ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"),
-       "Extension: oldest TLS version accepted (RFC 8996 deprecates TLS 1.0 and 1.1).",
+       "Extension: oldest TLS version accepted. TLSv1 and TLSv1.1 are UNSAFE (RFC 8996 "
+       "deprecates them) and only for old clients that cannot do better: they also re-admit "
+       "CBC ciphers at OpenSSL security level 0, and start-up logs a warning.",
        extension=True, scope=Scope.STARTUP),
+    _s("tls-listen", (),
+       "Extension: [ADDRESS:]PORT to listen on with TLS from the first byte (POP3S, usually "
+       "995), whatever tls-support says for the listen ports; repeat to add more. One master "
+       "then serves STLS on 110 and TLS on 995 (instead of two instances with different -f "
+       "files, which still works).",
+       extension=True, repeatable=True, check=_check_listen, scope=Scope.STARTUP,
+       example="995"),
 )
 
 BY_NAME: dict[str, Option] = {}

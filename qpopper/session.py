@@ -27,6 +27,7 @@ import setproctitle
 from . import config as config_mod
 from . import limits
 from . import privsep
+from . import tls as tls_mod
 from .auth.policy import Authenticator
 from .log import Logger, getattr_option, stats_line, timeout_line, timing_line
 from .protocol import Protocol
@@ -69,6 +70,8 @@ class Channel:
     Non-blocking descriptors plus poll(): every wait is bounded by the session timeout, and a
     hangup signal (via the wakeup pipe) interrupts a wait for input.
     """
+
+    closed_error = ChannelClosed      # what tls.TlsChannel raises too, over this channel
 
     def __init__(self, in_fd: int, out_fd: int, sock: socket.socket | None = None):
         self.in_fd, self.out_fd, self.sock = in_fd, out_fd, sock
@@ -214,7 +217,10 @@ class Session:
     """One connection; also the `env` the protocol talks to (see docs/internals.md)."""
 
     def __init__(self, cfg, channel: Channel, *, log: Logger, hostname: str | None = None,
-                 peer: tuple[str, int] | None = None, authenticator=None):
+                 peer: tuple[str, int] | None = None, authenticator=None,
+                 tls: tls_mod.ServerTls | None = None, tls_mode: str | None = None):
+        """`tls_mode`: None (plain text), "stls" (STLS offered) or "implicit" (the handshake
+        comes before the banner: port 995); `tls` is the master's context for both."""
         self.cfg = cfg
         self.channel = channel
         self.log = log
@@ -228,8 +234,11 @@ class Session:
         self._client_host: str | None = None
         self._lookup = (ReverseLookup(self.client_ip)
                         if peer and getattr_option(cfg, "reverse_lookup", True) else None)
+        self.tls = tls
+        self.tls_mode = tls_mode if tls is not None else None
         self.tls_active = False
-        self.start_tls = None          # STLS arrives with the TLS issue
+        # the protocol offers STLS exactly when this is callable (docs/internals.md)
+        self.start_tls = self._start_tls if self.tls_mode == "stls" else None
         self.authenticator = authenticator or Authenticator(cfg, log)
         self.user = ""
         self.login = None
@@ -342,6 +351,9 @@ class Session:
         try:
             self.protocol = Protocol(self.cfg, self)
             self._set_title()
+            if self.tls_mode == "implicit" and not self._handshake():
+                # Qpopper: a failed alternate-port handshake ends the process, no banner
+                return 0
             self._emit(self.protocol.greeting())
             self.flush()
             while not self.protocol.closed:
@@ -371,6 +383,36 @@ class Session:
         finally:
             self._finish(error)
         return 0
+
+    # --- TLS ---------------------------------------------------------------------------------
+    def _start_tls(self) -> bool:
+        """env.start_tls for STLS, called by the protocol after its `+OK` and after it threw
+        away every buffered line. Everything read from the socket so far went to the protocol
+        with that read (run() feeds each read whole), so no plaintext survives the upgrade:
+        bytes arriving from now on are handshake bytes. A failed handshake ends the session:
+        the client's TLS state is unknown and plain text cannot resume."""
+        self.flush()                                   # the +OK goes out in plain text
+        if self._closed:
+            return False
+        if not self._handshake():
+            self._closed = True
+            return False
+        return True
+
+    def _handshake(self) -> bool:
+        channel = tls_mod.TlsChannel(self.channel, self.tls.context)
+        try:
+            channel.handshake(self.cfg.timeout, self._wake_r, lambda: self._hangup)
+        except tls_mod.HandshakeFailed as exc:
+            self.log(syslog.LOG_NOTICE,
+                     f"TLS handshake with {self.client_ip} failed: {exc}")
+            self._closed = True
+            return False
+        self.channel = channel
+        self.tls_active = True
+        # the session's TLS line: version and cipher (Qpopper logs its handshake at notice)
+        self.log(syslog.LOG_INFO, f"TLS session with {self.client_ip}: {channel.summary()}")
+        return True
 
     def _emit(self, reply) -> None:
         # The protocol writes through env.write; a handler may also return bytes.
@@ -514,10 +556,22 @@ def test_step_hook():
 
 
 # --- inetd mode -------------------------------------------------------------------------------------
+def tls_mode_for_listen_port(cfg) -> str | None:
+    """The TLS mode tls-support gives a connection on a `listen` port (or on stdin)."""
+    return {"stls": "stls", "alternate-port": "implicit"}.get(cfg.tls_support)
+
+
 def serve_inetd(cfg, inv) -> int:
     """`popper [flags]` with no port: the connection is on descriptors 0 and 1 (inetd's nowait
     line, or a systemd Accept=yes unit with StandardInput=socket)."""
     log = Logger.from_config(cfg)
+    try:
+        server_tls = tls_mod.build_server_tls(cfg, log)
+    except tls_mod.TlsSetupError as exc:
+        # stderr may be the client's socket (classic inetd): the log only
+        log(syslog.LOG_ERR, f"TLS: {exc}")
+        log.close()
+        return 1
     sock = None
     fd = os.dup(0)
     try:
@@ -539,7 +593,8 @@ def serve_inetd(cfg, inv) -> int:
             probe.close()
     channel = Channel(0, 1, sock)
     try:
-        return Session(cfg, channel, log=log).run()
+        return Session(cfg, channel, log=log, tls=server_tls,
+                       tls_mode=tls_mode_for_listen_port(cfg)).run()
     except Exception as exc:
         # stdout and maybe stderr are the client: the details go to the log only
         log(syslog.LOG_ERR, f"session failed: {type(exc).__name__}: {exc}")

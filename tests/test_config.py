@@ -28,7 +28,7 @@ def other_value(opt):
     if opt.type is OptType.MNEMONIC:
         choice = next(c for c in opt.choices if c != opt.default)
         return choice.upper(), choice
-    if opt.name == "listen":
+    if opt.name in ("listen", "tls-listen"):
         return "127.0.0.1:8110", ("127.0.0.1:8110",)
     return "/srv/qpt-value", "/srv/qpt-value"
 

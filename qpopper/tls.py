@@ -1,0 +1,334 @@
+"""TLS with pyOpenSSL: the server context built from the tls-* options, and the TLS byte channel
+a session switches to (implicit TLS on port 995, or after STLS).
+
+The master builds the context ONCE, at start-up and again on HUP, before it forks: children
+inherit it (and with it the session-ticket keys, so a client resumes across children). Every
+mistake in the certificate set-up is a one-line TlsSetupError at start-up, never a failed
+handshake at the first client.
+
+Modern by default (RFC 8996, RFC 9325, decision §7.10):
+- TLS 1.2 and 1.3 only. tls-version keeps Qpopper's values: SSLv2, SSLv3 and TLSv1 are raised
+  to the minimum with a warning; default/SSLv23/all mean "every version from the minimum".
+- TLS 1.2 offers only ECDHE key exchange with AEAD ciphers (AES-GCM, ChaCha20-Poly1305);
+  TLS 1.3 suites are OpenSSL's (all AEAD). tls-cipher-list replaces the TLS 1.2 list.
+- tls-min-version TLSv1 / TLSv1.1 (an extension) re-admits clients that cannot do better. It
+  is unsafe (RFC 8996) and logged as such; it also lowers OpenSSL's security level, without
+  which OpenSSL 3 would refuse those versions anyway.
+
+Certificates, as in Qpopper's manual: tls-server-cert-file (the chain, which may also hold the
+key), tls-private-key-file (a separate unencrypted key), tls-identity-file + tls-passphrase
+(SSL Plus' identity file, now a PEM file with the chain and an encrypted key). The passphrase
+also opens an encrypted key in the other two files.
+
+The session channel works through memory BIOs: the raw descriptors keep their non-blocking
+reads and writes with the session's timeout and hangup handling (session.Channel), and inetd
+mode works on any descriptor pair.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+import syslog
+import time
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL, crypto
+
+MODERN_CIPHERS_TLS12 = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
+"""RFC 9325 §4.2: ECDHE with AEAD only, for TLS 1.2 (TLS 1.3 suites are always AEAD)."""
+
+LEGACY_CIPHERS_EXTRA = "ECDHE+AES:@SECLEVEL=0"
+"""Added when tls-min-version admits TLS 1.0/1.1, which have no AEAD suites. SECLEVEL 0:
+OpenSSL 3 refuses the SHA-1 signatures those versions need at any higher level."""
+
+MIN_VERSIONS = {
+    "TLSv1": SSL.TLS1_VERSION,
+    "TLSv1.1": SSL.TLS1_1_VERSION,
+    "TLSv1.2": SSL.TLS1_2_VERSION,
+    "TLSv1.3": SSL.TLS1_3_VERSION,
+}
+SAFE_MIN_VERSION = "TLSv1.2"
+OBSOLETE_TLS_VERSIONS = ("SSLv2", "SSLv3", "TLSv1")
+"""tls-version values that named a single obsolete protocol (Qpopper's tls-version)."""
+
+BASE_OPTIONS = (SSL.OP_NO_COMPRESSION            # CRIME
+                | SSL.OP_CIPHER_SERVER_PREFERENCE
+                | SSL.OP_NO_RENEGOTIATION)
+
+RECORD_OCTETS = 16 * 1024
+"""One TLS record's worth of plaintext: writes are cut at this size."""
+
+_PEM_KEY_RE = re.compile(rb"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.*?-----END \1PRIVATE KEY-----",
+                         re.S)
+
+
+class TlsSetupError(Exception):
+    """The TLS configuration cannot work: one readable line for the administrator."""
+
+
+class HandshakeFailed(Exception):
+    """The client did not complete a TLS handshake (reason in the text, for the log)."""
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """What the master hands to each session: the context, and a description for the log."""
+
+    context: SSL.Context
+    description: str
+
+
+def tls_wanted(cfg) -> bool:
+    """Does this configuration serve TLS anywhere (STLS, alternate-port, or a tls-listen port)?"""
+    return (cfg.tls_support in ("stls", "alternate-port")
+            or bool(getattr(cfg, "tls_listen", ())))
+
+
+def build_server_tls(cfg, log=None) -> ServerTls | None:
+    """The server context from the tls-* options, or None when no TLS is configured.
+    Raises TlsSetupError (one line) for anything that would break a handshake."""
+    if not tls_wanted(cfg):
+        return None
+    warn = log or (lambda priority, text: None)
+    min_name = _effective_min_version(cfg, warn)
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    context.set_min_proto_version(MIN_VERSIONS[min_name])
+    options = BASE_OPTIONS | int(cfg.tls_options or 0)
+    if cfg.tls_workarounds:
+        options |= SSL.OP_ALL
+    context.set_options(options)
+    ciphers = _cipher_list(cfg, min_name)
+    try:
+        context.set_cipher_list(ciphers.encode("ascii"))
+    except (SSL.Error, UnicodeError):
+        raise TlsSetupError(f"tls-cipher-list {cfg.tls_cipher_list or ciphers!r} selects no "
+                            f"usable cipher") from None
+    chain, key, cert_path, key_path = _load_identity(cfg)
+    _check_validity(chain[0], cert_path)
+    context.use_certificate(crypto.X509.from_cryptography(chain[0]))
+    for extra in chain[1:]:
+        context.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
+    try:
+        context.use_privatekey(crypto.PKey.from_cryptography_key(key))
+        context.check_privatekey()
+    except (SSL.Error, crypto.Error, TypeError):
+        raise TlsSetupError(f"the private key in {key_path} does not match the certificate in "
+                            f"{cert_path}") from None
+    subject = chain[0].subject.rfc4514_string()
+    return ServerTls(context, f"{subject} from {cert_path}, {min_name} and later")
+
+
+def _effective_min_version(cfg, warn) -> str:
+    min_name = cfg.tls_min_version or SAFE_MIN_VERSION
+    if cfg.tls_version in OBSOLETE_TLS_VERSIONS:
+        warn(syslog.LOG_WARNING,
+             f"tls-version {cfg.tls_version} is obsolete and unsafe; using {min_name} and later "
+             f"instead (tls-min-version)")
+    if MIN_VERSIONS[min_name] < MIN_VERSIONS[SAFE_MIN_VERSION]:
+        warn(syslog.LOG_WARNING,
+             f"tls-min-version {min_name} admits TLS versions RFC 8996 deprecated: unsafe, "
+             f"only for clients that cannot do TLS 1.2")
+    return min_name
+
+
+def _cipher_list(cfg, min_name: str) -> str:
+    legacy = MIN_VERSIONS[min_name] < SSL.TLS1_2_VERSION
+    if cfg.tls_cipher_list:
+        ciphers = cfg.tls_cipher_list
+        if legacy and "@SECLEVEL" not in ciphers:
+            ciphers += ":@SECLEVEL=0"
+        return ciphers
+    return f"{MODERN_CIPHERS_TLS12}:{LEGACY_CIPHERS_EXTRA}" if legacy else MODERN_CIPHERS_TLS12
+
+
+# --- the certificate and the key --------------------------------------------------------------
+def _load_identity(cfg):
+    """(certificate chain, private key, certificate path, key path) from the options."""
+    if cfg.tls_server_cert_file:
+        cert_path = cfg.tls_server_cert_file
+        option = "tls-server-cert-file"
+    elif cfg.tls_identity_file:
+        cert_path = cfg.tls_identity_file
+        option = "tls-identity-file"
+    else:
+        raise TlsSetupError(f"tls-support {cfg.tls_support} needs a certificate: set "
+                            f"tls-server-cert-file (or tls-identity-file)")
+    cert_data = _read(cert_path, option)
+    try:
+        chain = x509.load_pem_x509_certificates(cert_data)
+    except ValueError:
+        chain = []
+    if not chain:
+        raise TlsSetupError(f"{option} {cert_path}: no PEM certificate in it")
+    key_path = cfg.tls_private_key_file or cert_path
+    key_data = (cert_data if key_path == cert_path
+                else _read(key_path, "tls-private-key-file"))
+    match = _PEM_KEY_RE.search(key_data)
+    if match is None:
+        hint = "" if cfg.tls_private_key_file else " (set tls-private-key-file)"
+        raise TlsSetupError(f"{key_path}: no PEM private key in it{hint}")
+    passphrase = cfg.tls_passphrase.encode() if cfg.tls_passphrase else None
+    try:
+        key = serialization.load_pem_private_key(match.group(0), password=passphrase)
+    except TypeError:
+        # encrypted without a passphrase, or a passphrase given for a clear key
+        if passphrase is None:
+            raise TlsSetupError(f"{key_path}: the private key is encrypted; set "
+                                f"tls-passphrase") from None
+        key = serialization.load_pem_private_key(match.group(0), password=None)
+    except ValueError:
+        if passphrase is not None:
+            raise TlsSetupError(f"{key_path}: cannot decrypt the private key with "
+                                f"tls-passphrase (wrong passphrase?)") from None
+        raise TlsSetupError(f"{key_path}: the private key cannot be read") from None
+    return chain, key, cert_path, key_path
+
+
+def _read(path: str, option: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise TlsSetupError(f"{option} {path}: {exc.strerror or exc}") from None
+
+
+def _check_validity(cert: x509.Certificate, path: str) -> None:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if cert.not_valid_after_utc < now:
+        raise TlsSetupError(f"the certificate in {path} expired on "
+                            f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+    if cert.not_valid_before_utc > now:
+        raise TlsSetupError(f"the certificate in {path} is not valid before "
+                            f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
+
+
+# --- the session's TLS channel ------------------------------------------------------------------
+class TlsChannel:
+    """session.Channel's interface (read, write_all, close, peer, sock) over TLS.
+
+    `raw` is the plaintext channel: ciphertext goes through its bounded, interruptible reads
+    and writes; OpenSSL works on memory BIOs in between.
+    """
+
+    def __init__(self, raw, context: SSL.Context):
+        self.raw = raw
+        self.sock = raw.sock
+        self.in_fd, self.out_fd = raw.in_fd, raw.out_fd
+        self.conn = SSL.Connection(context, None)
+        self.conn.set_accept_state()
+        # the raw channel's "client gone" exception (session.ChannelClosed): this module sits
+        # below session.py and must not import it
+        self.closed_error = getattr(raw, "closed_error", ConnectionError)
+        self._closed_from = None
+
+    def peer(self):
+        return self.raw.peer()
+
+    # --- handshake -------------------------------------------------------------------------------
+    def handshake(self, timeout_s: float, wake_fd: int | None = None,
+                  interrupted=lambda: False) -> None:
+        """Complete the server side of the handshake within timeout_s, or HandshakeFailed."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self.conn.do_handshake()
+            except SSL.WantReadError:
+                pass
+            except SSL.Error as exc:
+                self._flush_quietly()                 # the alert tells the client why
+                raise HandshakeFailed(describe_ssl_error(exc)) from None
+            else:
+                try:
+                    self._flush(max(0.1, deadline - time.monotonic()))
+                except self.closed_error as exc:
+                    raise HandshakeFailed(f"client gone: {exc}") from None
+                return
+            remaining = deadline - time.monotonic()
+            try:
+                self._flush(max(0.1, remaining))
+            except self.closed_error as exc:
+                raise HandshakeFailed(f"client gone: {exc}") from None
+            data = self.raw.read(max(0.0, remaining), wake_fd, interrupted)
+            if data is None:
+                raise HandshakeFailed("timed out")
+            if not data:
+                raise HandshakeFailed("the client closed the connection")
+            self.conn.bio_write(data)
+
+    def summary(self) -> str:
+        """`TLSv1.3, TLS_AES_256_GCM_SHA384, 256 bits` for the log."""
+        return (f"{self.conn.get_protocol_version_name()}, {self.conn.get_cipher_name()}, "
+                f"{self.conn.get_cipher_bits()} bits")
+
+    # --- the Channel interface ----------------------------------------------------------------
+    def read(self, timeout_s: float, wake_fd: int | None = None,
+             interrupted=lambda: False) -> bytes | None:
+        """Decrypted bytes; b'' at EOF (close_notify, a TCP close or a TLS error); None on
+        timeout or interruption (as Channel.read)."""
+        while True:
+            try:
+                return self.conn.recv(RECORD_OCTETS)
+            except SSL.WantReadError:
+                pass
+            except SSL.ZeroReturnError:
+                return b""
+            except SSL.Error as exc:
+                self._closed_from = describe_ssl_error(exc)
+                return b""
+            try:
+                self._flush(timeout_s)                 # e.g. a KeyUpdate answer
+            except self.closed_error:
+                return b""
+            data = self.raw.read(timeout_s, wake_fd, interrupted)
+            if not data:
+                return data                            # None (timeout) or b'' (EOF)
+            self.conn.bio_write(data)
+
+    def write_all(self, data, timeout_s: float) -> None:
+        view = memoryview(data)
+        try:
+            for start in range(0, len(view), RECORD_OCTETS):
+                self.conn.send(view[start:start + RECORD_OCTETS])
+        except SSL.Error as exc:
+            raise self.closed_error(describe_ssl_error(exc)) from None
+        self._flush(timeout_s)
+
+    def close(self) -> None:
+        try:
+            self.conn.shutdown()                       # close_notify
+        except SSL.Error:
+            pass
+        self._flush_quietly()
+        self.raw.close()
+
+    # --- ciphertext out -----------------------------------------------------------------------
+    def _pending_output(self) -> bytes:
+        out = bytearray()
+        while True:
+            try:
+                out += self.conn.bio_read(65536)
+            except SSL.WantReadError:
+                return bytes(out)
+
+    def _flush(self, timeout_s: float) -> None:
+        data = self._pending_output()
+        if data:
+            self.raw.write_all(data, timeout_s)
+
+    def _flush_quietly(self) -> None:
+        try:
+            self._flush(1.0)
+        except Exception:          # the client may already be gone; nothing to tell anyone
+            pass
+
+
+def describe_ssl_error(exc: SSL.Error) -> str:
+    """OpenSSL's error queue as one short line (`wrong version number`, `no shared cipher`)."""
+    reasons = []
+    for entry in exc.args[0] if exc.args and isinstance(exc.args[0], list) else []:
+        if isinstance(entry, tuple) and entry:
+            reasons.append(str(entry[-1]))
+    return "; ".join(reasons) or type(exc).__name__
