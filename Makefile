@@ -10,7 +10,7 @@ STAMP     := $(VENV)/.installed
 DEB_TEST_PACKAGES := curl socat iproute2 openssl procps strace passwd login libpam-modules liblockfile-bin procmail \
 	debhelper dh-python python3-all python3-setuptools python3-pytest python3-pytest-timeout \
 	python3-daemon python3-lockfile python3-openssl python3-pampy python3-setproctitle \
-	man-db lintian rpm rpmlint ssl-cert adduser systemd
+	man-db lintian rpm rpmlint ssl-cert adduser systemd python3-gdbm
 PIP_TEST_PACKAGES := pytest pytest-timeout
 
 .PHONY: run test venv debs clean package
