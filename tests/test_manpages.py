@@ -90,3 +90,20 @@ def test_regenerate_writes_every_generated_file(tmp_path):
     assert (tmp_path / docgen.EXAMPLE_CONFIG_PATH).read_text() == docgen.example_config()
     for name, path in docgen.MAN_PAGES.items():
         assert (tmp_path / path).read_text() == docgen.MAN_GENERATORS[name]()
+
+
+POPAUTH_PAGE = REPO / "man/popauth.8"
+
+
+@pytest.mark.skipif(shutil.which("man") is None, reason="man (man-db) not installed")
+def test_popauth_page_documents_every_command_of_the_tool():
+    from qpopper.tools import popauth
+    text = rendered(POPAUTH_PAGE)
+    words = set(re.findall(r"(?<![\w-])-{1,2}[a-z][a-z-]*", popauth.USAGE))
+    assert {"-init", "-user", "-delete", "-list", "--import-dbm", "-f", "--file",
+            "--owner"} <= words
+    synopsis = text.split("DESCRIPTION", 1)[0]
+    for word in words:
+        assert re.search(rf"(?<![\w-]){re.escape(word)}(?![\w-])", synopsis), word
+    # Our package installs popauth in /usr/sbin: the sudoers line must name that path.
+    assert 'ALL ALL=(root) /usr/sbin/popauth ""' in text

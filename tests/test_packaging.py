@@ -66,7 +66,8 @@ def test_every_unit_file_is_shipped_by_both_packages():
         assert f"%{{_unitdir}}/{name}\n" in spec, name
     assert "pam.d/pop3 etc/pam.d/" in install
     assert "install -D -m 0644 pam.d/pop3.redhat %{buildroot}%{_pam_confdir}/pop3" in spec
-    for page in ("man/popper.8", "man/qpopper.config.5"):
+    assert "%{_sbindir}/popauth\n" in spec                  # rules moves every script to sbin
+    for page in ("man/popper.8", "man/qpopper.config.5", "man/popauth.8"):
         assert page in (REPO / "debian/manpages").read_text().split()
         assert f"install -D -m 0644 {page} " in spec
 

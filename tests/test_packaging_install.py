@@ -311,8 +311,9 @@ def test_build_and_lint(packages):
 def test_install_with_apt(packages):
     run(*APT, "install", "--no-install-recommends", packages.deb)
     assert installed_version() == "0.1.0"
-    for path in ("/usr/sbin/popper", "/etc/pam.d/pop3", str(CONFIG),
-                 "/usr/share/man/man8/popper.8.gz", "/usr/share/man/man5/qpopper.config.5.gz"):
+    for path in ("/usr/sbin/popper", "/usr/sbin/popauth", "/etc/pam.d/pop3", str(CONFIG),
+                 "/usr/share/man/man8/popper.8.gz", "/usr/share/man/man8/popauth.8.gz",
+                 "/usr/share/man/man5/qpopper.config.5.gz"):
         assert os.path.exists(path), path
     conffiles = run("dpkg-query", "-W", "-f=${Conffiles}", PACKAGE).stdout
     assert "/etc/pam.d/pop3" in conffiles and str(CONFIG) in conffiles
@@ -331,6 +332,16 @@ def test_install_with_apt(packages):
     assert key.st_mode & 0o077 in (0, 0o040) and key.st_uid == 0   # root, group ssl-cert at most
     st = os.stat("/var/mail")
     assert st.st_gid == grp.getgrnam("mail").gr_gid and st.st_mode & 0o2070 == 0o2070
+
+
+def test_installed_popauth_manages_a_store_owned_by_the_pop_account(alice):
+    with world_readable_tmpdir("qpt-popauth-") as top:
+        store = os.path.join(top, "auth", "pop.auth")
+        run("/usr/sbin/popauth", "--file", store, "-init")
+        st = os.stat(store)
+        assert (st.st_uid, st.st_mode & 0o777) == (pwd.getpwnam("pop").pw_uid, 0o600)
+        run("/usr/sbin/popauth", "--file", store, "-user", alice.name, "apop-secret")
+        assert alice.name in run("/usr/sbin/popauth", "--file", store, "-list").stdout.split()
 
 
 def test_installed_units_verify():
@@ -529,7 +540,8 @@ def test_rpm_installs_into_a_private_root(packages):
         run("rpm", "--root", root, "--initdb")
         run("rpm", "--root", root, "--nodeps", "--noscripts", "-i", packages.rpm)
         listed = run("rpm", "--root", root, "-ql", PACKAGE).stdout.split()
-        for path in ("/usr/sbin/popper", "/etc/pam.d/pop3", "/etc/qpopper/qpopper.config",
+        for path in ("/usr/sbin/popper", "/usr/sbin/popauth", "/etc/pam.d/pop3",
+                     "/etc/qpopper/qpopper.config", "/usr/share/man/man8/popauth.8.gz",
                      "/usr/lib/systemd/system/qpopper.service",
                      "/usr/lib/systemd/system/qpopper-tls@.service",
                      "/usr/share/man/man8/popper.8.gz"):
