@@ -22,6 +22,11 @@ setup(
         "pyOpenSSL",
         "lockfile",
     ],
+    extras_require={
+        # -k / -K (Kerberos as SASL GSSAPI); builds against libkrb5-dev, or use Debian's
+        # python3-gssapi with the system Python.
+        "kerberos": ["gssapi"],
+    },
     entry_points={
         "console_scripts": [
             "popper = qpopper.cli:popper_main",

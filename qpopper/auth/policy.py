@@ -26,6 +26,7 @@ Mechanisms and the methods they use (each runs the same checks in the same order
   USER/PASS, AUTH PLAIN, AUTH LOGIN     check_password (PAM, or the store for pop-auth users)
   APOP, AUTH CRAM-MD5                   check_apop, check_cram_md5 (the store's clear secret)
   AUTH SCRAM-SHA-1, AUTH SCRAM-SHA-256  scram_verifier, then check_scram with the outcome
+  AUTH GSSAPI                           check_external (Kerberos proved the principal)
 
 User databases (`user-database`):
   system    accounts from NSS (pwd), passwords through PAM service `pam-service`; the pop.auth
@@ -214,28 +215,46 @@ class Authenticator:
         return self._check_store_proof(user, f"AUTH {mechanism}", lambda: proved, client_ip,
                                        client_host, authid=user)
 
+    def check_external(self, user: str, mechanism: str, proved: bool, client_ip: str, *,
+                       client_host: str | None = None, authid: str | None = None) -> Login:
+        """AUTH GSSAPI: Kerberos proved (or failed to prove) who the client is; every other
+        policy is checked here, as for APOP, but no pop.auth store is involved."""
+        host = client_host or client_ip
+        self._begin(mechanism, client_ip)
+        if not proved:
+            self._refuse(user, host, client_ip, BAD_DIGEST, f"{mechanism} did not prove "
+                                                              f"{authid or user}")
+        return self._check_proof_policies(user, mechanism, host, client_ip, authid,
+                                          store=False)
+
     def _check_store_proof(self, user, mechanism, proved, client_ip, client_host, *,
                            authid=None) -> Login:
         """APOP, CRAM-MD5, SCRAM: a proof of the pop.auth secret instead of a password.
         `proved()` is asked only once every check that needs no secret has passed."""
         host = client_host or client_ip
         self._begin(mechanism, client_ip)
-        if not _name_is_sane(user) or not self.apop_enabled:
+        return self._check_proof_policies(user, mechanism, host, client_ip, authid,
+                                          store=True, proved=proved)
+
+    def _check_proof_policies(self, user, mechanism, host, client_ip, authid, *, store: bool,
+                              proved=None) -> Login:
+        if not _name_is_sane(user) or (store and not self.apop_enabled):
             self._refuse(user, host, client_ip, BAD_DIGEST,
-                         "invalid user name" if self.apop_enabled else
-                         f"{mechanism} without a store")
+                         f"{mechanism} without a store" if _name_is_sane(user) else
+                         "invalid user name")
         self._check_auth_files(user, host, client_ip)
-        self.store.check_file()            # [SYS/PERM] wrong mode or owner: not an auth failure
-        if self.user_database == USER_DB_POP_AUTH:
+        if store:
+            self.store.check_file()        # [SYS/PERM] wrong mode or owner: not an auth failure
+        if store and self.user_database == USER_DB_POP_AUTH:
             account = self._store_account(user, host, client_ip)
         else:
             account = self._system_account(user, host, client_ip, BAD_DIGEST)
         # One reply for "not in the store" and "wrong proof": neither reveals which names
         # have secrets (Qpopper said "not authenticated" for the first).
-        if not proved():
+        if proved is not None and not proved():
             self._refuse(user, host, client_ip, BAD_DIGEST,
                          f"wrong {mechanism} proof, or no secret in the pop.auth store")
-        if self.user_database == USER_DB_SYSTEM:
+        if self.user_database == USER_DB_SYSTEM or not store:
             # The proof showed the secret; PAM still decides whether the account may log in
             # now (expired account, pam_access or pam_time rules, ...). `usermod -L` locks
             # only the system password, so, as in Qpopper, it does not stop APOP: expire the

@@ -1,5 +1,5 @@
 """SASL for POP3's AUTH command (RFC 5034): PLAIN (RFC 4616), LOGIN, CRAM-MD5 (RFC 2195),
-SCRAM-SHA-1 (RFC 5802) and SCRAM-SHA-256 (RFC 7677).
+SCRAM-SHA-1 (RFC 5802), SCRAM-SHA-256 (RFC 7677), and GSSAPI (RFC 4752; Kerberos, -k/-K).
 
 The AUTH verb (pop_auth_state.cmd_auth) picks a mechanism from `offered_mechanisms` and runs
 an `Exchange`: each mechanism is a generator that yields server challenges and receives the
@@ -10,21 +10,24 @@ exactly as to USER/PASS and APOP:
   PLAIN, LOGIN          Authenticator.check_password (PAM for system users)
   CRAM-MD5              Authenticator.check_cram_md5 (the pop.auth secret)
   SCRAM-SHA-1/-256      Authenticator.scram_verifier + check_scram (pop.auth verifiers)
+  GSSAPI                Authenticator.check_external (Kerberos proved `user@REALM`; the
+                        realm must be the service's, no instance; PAM account checks apply)
 
 Which mechanisms are offered (the sasl-* options keep Cyrus SASL's meaning; Qpopper passed
 them to Cyrus as security flags). Each mechanism carries Cyrus' flags for it:
                  plaintext  dictionary  active    (attack the mechanism is open to)
+  GSSAPI         no         yes         no        (offered only with -k, see kerberos_refusal)
   PLAIN, LOGIN   yes        yes         yes
   CRAM-MD5       no         yes         yes
   SCRAM-*        no         yes         no        (mutual authentication: the server proves
                                                    itself, so no active attack)
   - sasl-no-plaintext: PLAIN and LOGIN are hidden until TLS is active (Cyrus drops the
     no-plaintext flag once an external security layer is there);
-  - sasl-no-dictionary: hides all five (each exchange lets an eavesdropper test passwords
+  - sasl-no-dictionary: hides them all (each exchange lets an eavesdropper test passwords
     offline; Cyrus marks none of them NODICTIONARY);
-  - sasl-no-active: hides PLAIN, LOGIN and CRAM-MD5;
+  - sasl-no-active: hides PLAIN, LOGIN and CRAM-MD5 (GSSAPI and SCRAM authenticate the server);
   - sasl-no-anonymous: nothing to hide (no ANONYMOUS mechanism is offered at all);
-  - sasl-forward-secrecy: hides all five (none has forward secrecy);
+  - sasl-forward-secrecy: hides them all (none has forward secrecy);
   - sasl-min-ssf N > 0: none of these mechanisms negotiates a SASL security layer (their SSF
     is 0), so they are offered only inside TLS, whose strength counts as the external SSF
     (as Cyrus counts it); sasl-max-ssf only caps SASL layers, of which there are none.
@@ -44,6 +47,7 @@ import hmac
 import os
 import secrets
 import socket
+import syslog
 from dataclasses import dataclass
 from typing import Callable, Generator
 
@@ -65,6 +69,7 @@ class MechanismFlags:
 
 
 FLAGS = {
+    "GSSAPI": MechanismFlags(plaintext=False, dictionary=True, active=False),
     "SCRAM-SHA-256": MechanismFlags(plaintext=False, dictionary=True, active=False),
     "SCRAM-SHA-1": MechanismFlags(plaintext=False, dictionary=True, active=False),
     "CRAM-MD5": MechanismFlags(plaintext=False, dictionary=True, active=True),
@@ -100,6 +105,8 @@ def offered_mechanisms(cfg, env) -> list[str]:
     for name, flags in FLAGS.items():
         if name in STORE_MECHANISMS and not store:
             continue
+        if name == "GSSAPI" and not cfg.kerberos:
+            continue
         if flags.active and cfg.sasl_no_active:
             continue
         if flags.plaintext and (not plaintext_policy_allows(cfg, tls) or
@@ -131,18 +138,45 @@ def refusal_for(name: str, cfg, env) -> PopError:
 
 
 def kerberos_refusal(cfg) -> str | None:
-    """Decision §7.10: -k / -K are served as SASL GSSAPI. This build has no GSSAPI mechanism
-    (python-gssapi is not among its dependencies), so asking for Kerberos is refused at
-    start-up rather than silently offering nothing. None when Kerberos was not asked for."""
+    """Decision §7.10: -k / -K are served as SASL GSSAPI (RFC 4752) through the system
+    Kerberos. That needs the python-gssapi module (an optional dependency) and a keytab
+    holding `kerberos-service/<this host>` (KRB5_KTNAME, else /etc/krb5.keytab): without
+    them Kerberos is refused at start-up, with the reason, rather than silently offering
+    nothing. None when Kerberos was not asked for or can be served."""
     if not cfg.kerberos:
         return None
     try:
-        import gssapi  # noqa: F401  (only to say precisely what is missing)
+        import gssapi  # noqa: F401
     except ImportError:
-        why = "the python-gssapi module is not installed"
-    else:
-        why = "GSSAPI is not implemented in this version of qpopper-py"
-    return GSSAPI_UNAVAILABLE.format(why=why)
+        return GSSAPI_UNAVAILABLE.format(why="the python-gssapi module is not installed "
+                                             "(pip install gssapi, or Debian's python3-gssapi)")
+    keytab = os.environ.get("KRB5_KTNAME", "/etc/krb5.keytab")
+    keytab_path = keytab.split(":", 1)[1] if keytab.startswith(("FILE:", "WRFILE:")) else keytab
+    if not os.path.isfile(keytab_path) or not os.access(keytab_path, os.R_OK):
+        return GSSAPI_UNAVAILABLE.format(why=f"there is no readable keytab {keytab_path} "
+                                             f"(set KRB5_KTNAME to choose another)")
+    try:
+        acceptor_credentials(cfg)
+    except Exception as exc:          # gssapi's GSSError and its subclasses
+        return GSSAPI_UNAVAILABLE.format(
+            why=f"no key for {service_name(cfg)} in {keytab_path} ({_gss_text(exc)})")
+    return None
+
+
+def service_name(cfg) -> str:
+    """The acceptor's host-based service name: kerberos-service@this host (-K sets it)."""
+    return f"{cfg.kerberos_service or 'pop'}@{socket.gethostname().lower()}"
+
+
+def acceptor_credentials(cfg):
+    import gssapi
+    name = gssapi.Name(service_name(cfg), gssapi.NameType.hostbased_service)
+    return gssapi.Credentials(name=name, usage="accept")
+
+
+def _gss_text(exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    return text[:200]
 
 
 # --- the exchange -------------------------------------------------------------------------------
@@ -356,7 +390,59 @@ def _machine_secret() -> bytes:
         return socket.gethostname().encode()
 
 
+def mech_gssapi(ex: Exchange, initial: bytes | None) -> Mechanism:
+    """RFC 4752: GSS-API context tokens until the context is complete, then the server
+    offers security layers in a wrapped 4-octet message; the client picks "none" (the only
+    one offered: TLS, not SASL, protects the session) and names its authorization identity,
+    which must be empty or the principal's own user name."""
+    import gssapi
+    env = ex.env
+    cfg = ex.proto.cfg
+    token = yield from _client_first(initial)
+    try:
+        context = gssapi.SecurityContext(creds=acceptor_credentials(cfg), usage="accept")
+        while True:
+            out = context.step(token)
+            if context.complete:
+                break
+            token = yield out or b""
+        if out:
+            yield out                      # the mutual-authentication token; answer is empty
+        answer = yield context.wrap(b"\x01\x00\x00\x00", False).message
+        choice = context.unwrap(answer).message
+        principal = str(context.initiator_name)
+        service = str(context.target_name) if context.target_name is not None else ""
+    except gssapi.exceptions.GSSError as exc:
+        env.log(syslog.LOG_NOTICE, f"GSSAPI from {env.client_ip}: {_gss_text(exc)}")
+        return (env.authenticator.check_external(
+            "(gssapi)", "AUTH GSSAPI", False, env.client_ip, client_host=env.client_host,
+            authid="an unverified principal"), False)
+    if len(choice) < 4 or not choice[0] & 0x01:
+        raise PopError(BAD_EXCHANGE, RespCode.AUTH)        # a layer we never offered
+    user = principal_to_user(principal, service)
+    authzid = _text(choice[4:])
+    if user is None or (authzid and authzid != user):
+        return (env.authenticator.check_external(
+            user or "(gssapi)", "AUTH GSSAPI", False, env.client_ip,
+            client_host=env.client_host, authid=principal), False)
+    name, no_mime = ex.user(user)
+    login = env.authenticator.check_external(name, "AUTH GSSAPI", True, env.client_ip,
+                                             client_host=env.client_host, authid=principal)
+    return login, no_mime
+
+
+def principal_to_user(principal: str, service: str) -> str | None:
+    """`user@REALM` -> `user` when REALM is the service's own realm and the principal has
+    no instance (`user/admin` is not the mailbox `user`); else None (refused)."""
+    name, at, realm = principal.rpartition("@")
+    _, service_at, service_realm = service.rpartition("@")
+    if not at or not name or "/" in name or (service_at and realm != service_realm):
+        return None
+    return name
+
+
 MECHANISMS: dict[str, Callable[[Exchange, bytes | None], Mechanism]] = {
+    "GSSAPI": mech_gssapi,
     "PLAIN": mech_plain,
     "LOGIN": mech_login,
     "CRAM-MD5": mech_cram_md5,

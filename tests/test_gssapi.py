@@ -1,0 +1,259 @@
+"""Kerberos (-k / -K) as SASL GSSAPI (RFC 4752), against a real MIT Kerberos KDC that the test
+starts on 127.0.0.1 with its own realm, database and keytab; and the start-up refusals when
+Kerberos cannot be served."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.sysusers import make_spool
+from tests.server_harness import POPPER, Site, free_port, mbox
+
+pytestmark = pytest.mark.timeout(120)
+
+REALM = "QPT.TEST"
+SERVICE = "pop"
+HOST = socket.gethostname().lower()
+KDC_TOOLS = ("/usr/sbin/krb5kdc", "/usr/sbin/kdb5_util", "/usr/sbin/kadmin.local")
+
+try:
+    import gssapi
+    from gssapi.raw import acquire_cred_with_password
+except ImportError:             # the tests that need it skip with the reason below
+    gssapi = None
+
+
+def popper_refusal(*args, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([POPPER, *args, "--check-config"], capture_output=True, text=True,
+                          timeout=60, env=dict(os.environ, **(env or {})))
+
+
+def test_kerberos_without_a_keytab_is_refused_at_start_up(tmp_path):
+    result = popper_refusal("-k", env={"KRB5_KTNAME": str(tmp_path / "none.keytab")})
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    if gssapi is None:
+        assert "the python-gssapi module is not installed" in result.stderr
+    else:
+        assert f"there is no readable keytab {tmp_path / 'none.keytab'}" in result.stderr
+    assert result.stderr.startswith("popper: kerberos (-k): Kerberos is served as SASL GSSAPI")
+
+
+class Kdc:
+    """krb5kdc on 127.0.0.1:<free port> for realm QPT.TEST, everything under `root`."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.port = free_port()
+        self.conf = root / "krb5.conf"
+        self.kdc_conf = root / "kdc.conf"
+        self.keytab = root / "pop.keytab"
+        self.conf.write_text(f"""[libdefaults]
+    default_realm = {REALM}
+    dns_canonicalize_hostname = false
+    rdns = false
+    dns_lookup_kdc = false
+    dns_lookup_realm = false
+[realms]
+    {REALM} = {{
+        kdc = 127.0.0.1:{self.port}
+    }}
+[domain_realm]
+    {HOST} = {REALM}
+""")
+        self.kdc_conf.write_text(f"""[kdcdefaults]
+    kdc_listen = 127.0.0.1:{self.port}
+    kdc_tcp_listen = 127.0.0.1:{self.port}
+[realms]
+    {REALM} = {{
+        database_name = {root}/principal
+        key_stash_file = {root}/stash
+        acl_file = {root}/kadm5.acl
+    }}
+[logging]
+    kdc = FILE:{root}/kdc.log
+""")
+        self.env = dict(os.environ, KRB5_CONFIG=str(self.conf), KRB5_KDC_PROFILE=str(self.kdc_conf))
+        self.proc = None
+
+    def run(self, *cmd, stdin=None):
+        result = subprocess.run(cmd, env=self.env, capture_output=True, text=True, input=stdin,
+                                timeout=60)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)}: {result.stderr.strip()}")
+        return result
+
+    def start(self):
+        self.run("/usr/sbin/kdb5_util", "create", "-s", "-r", REALM, "-P", "master-Pw-1")
+        self.run("/usr/sbin/kadmin.local", "-r", REALM, "-q",
+                 f"addprinc -randkey {SERVICE}/{HOST}")
+        self.run("/usr/sbin/kadmin.local", "-r", REALM, "-q",
+                 f"ktadd -k {self.keytab} {SERVICE}/{HOST}")
+        self.proc = subprocess.Popen(["/usr/sbin/krb5kdc", "-n", "-r", REALM], env=self.env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"krb5kdc exited: {self.proc.stderr.read().decode()}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.05)
+        raise RuntimeError("krb5kdc did not listen")
+
+    def add_user(self, name: str, password: str):
+        self.run("/usr/sbin/kadmin.local", "-r", REALM, "-q",
+                 f"addprinc -pw {password} {name}")
+
+    def stop(self):
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+            self.proc.stderr.close()
+
+
+@pytest.fixture
+def kdc(tmp_path, monkeypatch):
+    if gssapi is None:
+        pytest.skip("python-gssapi is not installed in this Python (pip install gssapi needs "
+                    "libkrb5-dev and gcc; the Makefile installs both)")
+    missing = [tool for tool in KDC_TOOLS if not os.access(tool, os.X_OK)]
+    if missing:
+        pytest.skip(f"MIT Kerberos KDC tools missing: {', '.join(missing)} (Debian krb5-kdc, "
+                    f"krb5-admin-server)")
+    root = tmp_path / "kdc"
+    root.mkdir()
+    server = Kdc(root)
+    try:
+        server.start()
+    except RuntimeError as exc:
+        server.stop()
+        pytest.skip(f"the test KDC cannot start here: {exc}")
+    monkeypatch.setenv("KRB5_CONFIG", str(server.conf))
+    monkeypatch.setenv("KRB5CCNAME", f"MEMORY:qpt{os.getpid()}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def site(kdc, system_users, pam_service, world_tmp):
+    alice = system_users.create("al")
+    kdc.add_user(alice.name, "kerberos-Pw-1")
+    keytab = Path(world_tmp) / "pop.keytab"
+    shutil.copy(kdc.keytab, keytab)
+    os.chmod(keytab, 0o600)
+    s = Site(world_tmp, pam_service, sasl_log_login='sasl "%1" (%4) with %5')
+    make_spool(s.spool_dir, alice, mbox(("kerberos", "hello via GSSAPI")))
+    s.alice = alice
+    s.kdc = kdc
+    s.srv = s.server(extra_args=["-k", "-K", SERVICE],
+                     env={"KRB5_CONFIG": str(kdc.conf), "KRB5_KTNAME": str(keytab)})
+    yield s
+    s.close()
+
+
+def client_context(user: str, password: str):
+    name = gssapi.Name(f"{user}@{REALM}", gssapi.NameType.kerberos_principal)
+    creds = acquire_cred_with_password(name, password.encode(), usage="initiate").creds
+    target = gssapi.Name(f"{SERVICE}@{HOST}", gssapi.NameType.hostbased_service)
+    return gssapi.SecurityContext(name=target, creds=creds, usage="initiate",
+                                  flags=[gssapi.RequirementFlag.mutual_authentication])
+
+
+class Conn:
+    def __init__(self, srv):
+        self.sock = socket.create_connection((srv.host, srv.port), timeout=30)
+        self.file = self.sock.makefile("rb")
+        assert self.file.readline().startswith(b"+OK")
+
+    def send(self, line: bytes) -> bytes:
+        self.sock.sendall(line + b"\r\n")
+        return self.file.readline()
+
+    def close(self):
+        self.file.close()
+        self.sock.close()
+
+
+def gssapi_login(srv, context, authzid: bytes = b"") -> bytes:
+    conn = Conn(srv)
+    try:
+        # RFC 5034 §4: an initial response that would make the command longer than 255
+        # octets (a Kerberos AP-REQ always does) is sent after an empty challenge instead.
+        assert conn.send(b"AUTH GSSAPI") == b"+ \r\n"
+        reply = conn.send(base64.b64encode(context.step()))
+        while not context.complete:
+            assert reply.startswith(b"+ "), reply
+            token = context.step(base64.b64decode(reply[2:]))
+            reply = conn.send(base64.b64encode(token or b""))
+        if reply.startswith(b"+ ") and reply.strip() != b"+":
+            layers = context.unwrap(base64.b64decode(reply[2:])).message
+        else:                                   # the mutual-authentication round was empty
+            reply = conn.send(b"")
+            layers = context.unwrap(base64.b64decode(reply[2:])).message
+        assert layers[0] & 0x01 and len(layers) == 4          # "no security layer" offered
+        answer = context.wrap(b"\x01\x00\x00\x00" + authzid, False).message
+        return conn.send(base64.b64encode(answer))
+    finally:
+        conn.close()
+
+
+def test_capa_lists_gssapi(site):
+    conn = Conn(site.srv)
+    try:
+        conn.sock.sendall(b"CAPA\r\n")
+        lines = []
+        while (line := conn.file.readline()) != b".\r\n":
+            lines.append(line)
+    finally:
+        conn.close()
+    sasl = [line for line in lines if line.startswith(b"SASL ")]
+    assert sasl and sasl[0].split()[1] == b"GSSAPI"
+
+
+def test_gssapi_login(site):
+    context = client_context(site.alice.name, "kerberos-Pw-1")
+    reply = gssapi_login(site.srv, context)
+    assert reply.startswith(f"+OK {site.alice.name} has 1 visible".encode()), reply
+    site.syslog.wait_for(rf'sasl "{site.alice.name}" \({site.alice.name}@{REALM}\) with GSSAPI')
+
+
+def test_gssapi_authzid_of_someone_else_is_refused(site):
+    context = client_context(site.alice.name, "kerberos-Pw-1")
+    reply = gssapi_login(site.srv, context, authzid=b"root")
+    assert reply == b"-ERR [AUTH] authentication failure\r\n"
+
+
+def test_gssapi_principal_without_an_account_is_refused(site):
+    site.kdc.add_user("qptnoaccount", "kerberos-Pw-2")
+    context = client_context("qptnoaccount", "kerberos-Pw-2")
+    assert gssapi_login(site.srv, context) == b"-ERR [AUTH] authentication failure\r\n"
+
+
+def test_garbage_token_is_refused(site):
+    conn = Conn(site.srv)
+    try:
+        reply = conn.send(b"AUTH GSSAPI " + base64.b64encode(b"not a kerberos token"))
+    finally:
+        conn.close()
+    assert reply == b"-ERR [AUTH] authentication failure\r\n"
+
+
+def test_kerberos_with_a_keytab_lacking_the_service_is_refused(kdc, tmp_path):
+    result = popper_refusal("-k", "-K", "imap", env={"KRB5_CONFIG": str(kdc.conf),
+                                                     "KRB5_KTNAME": str(kdc.keytab)})
+    assert result.returncode == 2, result.stderr
+    assert f"no key for imap@{HOST} in {kdc.keytab}" in result.stderr
