@@ -377,7 +377,11 @@ class Master:
         try:
             new_cfg = self.reload()
             # a renewed certificate is read here; the listeners stay as they are
-            new_tls = tls_mod.build_server_tls(new_cfg, self.log) if self.tls else None
+            new_tls = tls_mod.build_server_tls(new_cfg, self.log)
+            if new_tls is None and self.implicit_tls:
+                # the tls-listen ports opened at start-up never fall back to plain text
+                raise tls_mod.TlsSetupError("the TLS listeners opened at start-up still need "
+                                            "tls-listen and a certificate")
         except Exception as exc:
             self.log(syslog.LOG_ERR, f"reload failed, keeping the running configuration: {exc}")
         else:
