@@ -158,3 +158,57 @@ def test_p3_local(site):
         assert result.stdout.strip() == f"-ERR [AUTH] {LOCAL_ONLY}"
         site.syslog.wait_for(rf"\[AUTH\] Failed attempted login to {site.bob.name} from host "
                              rf"\({ns_ip}\) {ns_ip}")
+
+
+# --- tls: inside STLS, clear text and the plaintext SASL mechanisms are admitted ------------------
+@pytest.fixture
+def tls_site(system_users, pam_service, world_tmp, tmp_path):
+    from tests.helpers.testpki import TestPki
+    pki = TestPki(str(tmp_path / "pki"))
+    good = pki.server("good")
+    s = Site(world_tmp, pam_service, tls_support="stls", clear_text_password="tls",
+             tls_server_cert_file=good.cert_file, tls_private_key_file=good.key_file,
+             sasl_log_login='sasl "%1" with %5')
+    user = system_users.create("tl")
+    make_spool(s.spool_dir, user, mbox(("over tls", "secret mail")))
+    s.user, s.pki = user, pki
+    s.srv = s.server()
+    yield s
+    s.close()
+
+
+def test_p4_plain_sasl_only_after_stls(tls_site):
+    import base64
+    import ssl
+    user, srv = tls_site.user, tls_site.srv
+    client = poplib.POP3(srv.host, srv.port, timeout=20)
+    try:
+        caps = client.capa()
+        assert "USER" not in caps and "PLAIN" not in caps.get("SASL", [])
+        token = base64.b64encode(f"\0{user.name}\0{user.password}".encode()).decode()
+        with pytest.raises(poplib.error_proto, match=r"-ERR \[AUTH\] Plaintext authentication "
+                                                     r"is permitted only over TLS; use STLS"):
+            client._shortcmd(f"AUTH PLAIN {token}")
+        client.stls(ssl.create_default_context(cafile=tls_site.pki.ca_file))
+        caps = client.capa()
+        assert "USER" in caps and {"PLAIN", "LOGIN"} <= set(caps["SASL"])
+        assert client._shortcmd(f"AUTH PLAIN {token}").startswith(
+            f"+OK {user.name} has 1 visible".encode())
+        client.quit()
+    finally:
+        client.close()
+    tls_site.syslog.wait_for(rf'sasl "{user.name}" with PLAIN')
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+def test_p4_curl_plaintext_sasl_over_stls(tls_site, mechanism):
+    user, srv = tls_site.user, tls_site.srv
+    result = subprocess.run(["curl", "-sS", "--max-time", "30", "--ssl-reqd", "--cacert",
+                             tls_site.pki.ca_file, "--login-options", f"AUTH={mechanism}",
+                             "-u", f"{user.name}:{user.password}",
+                             f"pop3://127.0.0.1:{srv.port}/1"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "secret mail" in result.stdout
+    tls_site.syslog.wait_for(rf'sasl "{user.name}" with {mechanism}')
