@@ -5,6 +5,8 @@ Differences from Qpopper 4.1, each on purpose:
   §7.8): Qpopper kept listing it inside TLS.
 - USER is also left out while clear-text-password = tls and the session is not yet in TLS
   (RFC 2595 §2.1 asks servers not to offer plaintext logins they would refuse).
+- SASL lists the AUTH mechanisms this connection may use now (auth/sasl.py: the sasl-*
+  options, clear-text-password, TLS, the pop.auth store, -k), in AUTHORIZATION only.
 - PIPELINING is listed. Qpopper had it commented out although its buffered reader coped; our
   reader handles any number of commands per packet, in order, and tests prove it
   (tests/test_protocol_pipelining.py), which is what RFC 2449 §6.6 asks before advertising it.

@@ -128,7 +128,7 @@ def plaintext_policy_allows(cfg, tls_active: bool) -> bool:
 
 def refusal_for(name: str, cfg, env) -> PopError:
     """Why `name` is not offered now, as the client should hear it."""
-    if name in PLAINTEXT_MECHANISMS and name in FLAGS:
+    if name in PLAINTEXT_MECHANISMS:
         policy_needs_tls = cfg.clear_text_password in ("tls", "ssl") or cfg.sasl_no_plaintext
         if not env.tls_active and policy_needs_tls and cfg.clear_text_password != "never":
             hint = PLAINTEXT_NEEDS_TLS if env.start_tls is not None else PLAINTEXT_NOT_PERMITTED
