@@ -158,7 +158,7 @@ def _load_identity(cfg):
                             f"tls-server-cert-file (or tls-identity-file)")
     cert_data = _read(cert_path, option)
     try:
-        chain = x509.load_pem_x509_certificates(cert_data)
+        chain = _pem_certificates(cert_data)
     except ValueError:
         chain = []
     if not chain:
@@ -197,12 +197,30 @@ def _read(path: str, option: str) -> bytes:
 
 def _check_validity(cert: x509.Certificate, path: str) -> None:
     now = datetime.datetime.now(datetime.timezone.utc)
-    if cert.not_valid_after_utc < now:
+    not_after, not_before = _utc(cert, "not_valid_after"), _utc(cert, "not_valid_before")
+    if not_after < now:
         raise TlsSetupError(f"the certificate in {path} expired on "
-                            f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
-    if cert.not_valid_before_utc > now:
+                            f"{not_after:%Y-%m-%d %H:%M} UTC")
+    if not_before > now:
         raise TlsSetupError(f"the certificate in {path} is not valid before "
-                            f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
+                            f"{not_before:%Y-%m-%d %H:%M} UTC")
+
+
+# Debian 12's python3-cryptography is 38 (the packaged server runs on it): it lacks
+# x509.load_pem_x509_certificates (39) and Certificate.not_valid_*_utc (42).
+_PEM_CERT_RE = re.compile(rb"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.S)
+
+
+def _pem_certificates(data: bytes) -> list[x509.Certificate]:
+    """Every certificate of a PEM file, in order (ValueError for a malformed one)."""
+    return [x509.load_pem_x509_certificate(block) for block in _PEM_CERT_RE.findall(data)]
+
+
+def _utc(cert: x509.Certificate, name: str) -> datetime.datetime:
+    aware = getattr(cert, name + "_utc", None)
+    if aware is not None:
+        return aware
+    return getattr(cert, name).replace(tzinfo=datetime.timezone.utc)
 
 
 # --- the session's TLS channel ------------------------------------------------------------------
