@@ -53,8 +53,8 @@ SHIPPED_SETTINGS: tuple[ShippedSetting, ...] = (
                    "your host's real certificate (clients warn about a self-signed one)."),
     ShippedSetting("tls-support", "stls",
                    "offer STLS (RFC 2595) on the plain POP3 port. Port 995 (TLS from the "
-                   "first byte) is served by qpopper-tls.service or qpopper-tls.socket, "
-                   "which add -l 2 (alternate-port) on their command line."),
+                   "first byte) is served by qpopper.service's --tls-listen=995, or by "
+                   "qpopper-tls.socket, whose instances add -l 2 (alternate-port)."),
     ShippedSetting("update-on-abort", "false",
                    "RFC 1939 section 6: a session that ends without QUIT must not enter the "
                    "UPDATE state, so messages marked as deleted stay in the mailbox."),
@@ -355,9 +355,9 @@ def man_popper() -> str:
         _roff("The users' spools (option spool-dir); .USER.pop is the temporary drop "
               "while a session runs."),
         ".TP", _bold("/lib/systemd/system/qpopper.service"),
-        _roff("The standalone master on port 110, enabled by default. qpopper-tls.service "
-              "serves port 995; qpopper.socket with qpopper@.service and qpopper-tls.socket "
-              "with qpopper-tls@.service are the one-process-per-connection alternative."),
+        _roff("The standalone master on port 110 (STLS) and port 995 (TLS), enabled by "
+              "default. qpopper.socket with qpopper@.service and qpopper-tls.socket with "
+              "qpopper-tls@.service are the one-process-per-connection alternative."),
         ".SH SEE ALSO",
         "qpopper.config(5), pam(8), systemd.socket(5), inetd(8)",
         ".PP",

@@ -21,7 +21,7 @@ UNITS = REPO / "systemd"
 EXAMPLE = REPO / "etc/qpopper/qpopper.config"
 INSTALLED_CONFIG = "/etc/qpopper/qpopper.config"
 
-SERVICES = ("qpopper.service", "qpopper-tls.service")            # standalone masters
+SERVICES = ("qpopper.service",)                                  # the standalone master
 SOCKETS = {"qpopper.socket": "qpopper@.service", "qpopper-tls.socket": "qpopper-tls@.service"}
 ALL_UNITS = (*SERVICES, *SOCKETS, *SOCKETS.values())
 
@@ -78,13 +78,14 @@ def test_every_unit_runs_the_installed_popper_with_the_shipped_config():
         assert argv[:3] == ["/usr/sbin/popper", "-f", INSTALLED_CONFIG], name
 
 
-def test_masters_listen_and_instances_serve_stdin():
-    main, tls = effective("qpopper.service"), effective("qpopper-tls.service")
-    assert main.listen == ("110",) and tls.listen == ("995",)
-    assert main.tls_support == "stls" and tls.tls_support == "alternate-port"
+def test_master_listens_and_instances_serve_stdin():
+    main = effective("qpopper.service")
+    # One master: STLS on 110 (the file's tls-support), TLS from the first byte on 995.
+    assert main.listen == ("110",) and main.tls_listen == ("995",)
+    assert main.tls_support == "stls"
     for instance in SOCKETS.values():
         cfg = effective(instance)
-        assert cfg.listen == ()                  # inetd mode: the connection is on stdin
+        assert cfg.listen == () and cfg.tls_listen == ()   # inetd mode: the connection is on stdin
         assert unit(instance)["Service"]["StandardInput"] == "socket"
         assert unit(instance)["Service"]["StandardOutput"] == "socket"
     assert effective("qpopper@.service").tls_support == "stls"
@@ -105,20 +106,13 @@ def test_service_units_are_notify_masters_with_reload():
 
 def test_socket_units_pair_with_their_template_and_conflict_with_the_master():
     ports = {"qpopper.socket": "110", "qpopper-tls.socket": "995"}
-    masters = {"qpopper.socket": "qpopper.service", "qpopper-tls.socket": "qpopper-tls.service"}
     for name, template in SOCKETS.items():
         sock = unit(name)
         assert sock["Socket"]["Accept"] == "yes"
         assert sock["Socket"]["ListenStream"] == ports[name]
         assert (UNITS / template).exists()        # Accept=yes starts NAME@.service
-        assert sock["Unit"]["Conflicts"] == masters[name]
-        assert unit(masters[name])["Unit"]["Conflicts"] == name
-
-
-def test_tls_units_never_serve_plain_text_until_tls_exists():
-    for name in ("qpopper-tls.service", "qpopper-tls@.service"):
-        service = unit(name)["Service"]
-        assert service["ExecCondition"] == '/usr/bin/python3 -c "import qpopper.tls"'
+        assert sock["Unit"]["Conflicts"] == "qpopper.service"
+    assert set(unit("qpopper.service")["Unit"]["Conflicts"].split()) == set(SOCKETS)
 
 
 def test_hardening_keeps_what_the_server_needs():
@@ -150,10 +144,10 @@ def test_hardening_keeps_what_the_server_needs():
 
 def test_only_the_masters_are_enabled_by_default():
     rules = (REPO / "debian/rules").read_text()
-    assert "dh_installsystemd qpopper.service qpopper-tls.service\n" in rules
+    assert "dh_installsystemd qpopper.service\n" in rules
     assert "dh_installsystemd --no-enable --no-start qpopper.socket qpopper-tls.socket\n" in rules
     spec = (REPO / "rpm/qpopper.spec").read_text()
-    assert "preset qpopper.service qpopper-tls.service" in spec
+    assert "preset qpopper.service >" in spec
 
 
 def test_pam_service_files():

@@ -209,22 +209,33 @@ TEST_OVERRIDES: list[str] = []
 
 
 @contextlib.contextmanager
-def master_as_service(unit_name: str, *overrides: str):
-    """The unit's ExecStart, moved to a free loopback port (`--listen=` clears the unit's
-    port), with NOTIFY_SOCKET like Type=notify. Yields (port, proc, notifications)."""
-    port = free_port()
-    argv = exec_start(unit_name) + ["--listen=", f"--listen=127.0.0.1:{port}",
-                                    *TEST_OVERRIDES, *overrides]
+def master_as_service(*overrides: str):
+    """qpopper.service's ExecStart, moved to free loopback ports (`--listen=` and
+    `--tls-listen=` clear the unit's 110 and 995), with NOTIFY_SOCKET like Type=notify.
+    Yields (port, tls_port, proc, notify socket, first notification)."""
+    port, tls_port = free_port(), free_port()
+    argv = exec_start("qpopper.service") + [
+        "--listen=", f"--listen=127.0.0.1:{port}",
+        "--tls-listen=", f"--tls-listen=127.0.0.1:{tls_port}", *TEST_OVERRIDES, *overrides]
     with tempfile.TemporaryDirectory(prefix="qpt-notify-") as tmp:
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(os.path.join(tmp, "notify"))
-        notify.settimeout(15)
+        notify.settimeout(0.2)
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, cwd="/",
                                 env={"PATH": SYS_PATH, "NOTIFY_SOCKET": notify.getsockname()})
         try:
-            ready = notify.recv(4096).decode()
-            yield port, proc, notify, ready
+            ready = ""
+            deadline = time.monotonic() + 20
+            while "READY=1" not in ready:
+                if proc.poll() is not None:
+                    raise AssertionError(f"the installed popper exited with {proc.returncode} "
+                                         f"before READY=1:\n{proc.stderr.read().decode()}")
+                assert time.monotonic() < deadline, "no READY=1 from the installed popper"
+                with contextlib.suppress(socket.timeout):
+                    ready += notify.recv(4096).decode()
+            notify.settimeout(15)
+            yield port, tls_port, proc, notify, ready
         finally:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -320,7 +331,6 @@ def test_install_with_apt(packages):
     # Only the masters are enabled; the socket units are their disabled alternative.
     wants = Path("/etc/systemd/system/multi-user.target.wants")
     assert (wants / "qpopper.service").is_symlink()
-    assert (wants / "qpopper-tls.service").is_symlink()
     sockets = Path("/etc/systemd/system/sockets.target.wants")
     assert not (sockets / "qpopper.socket").exists()
     assert not (sockets / "qpopper-tls.socket").exists()
@@ -346,14 +356,14 @@ def test_installed_popauth_manages_a_store_owned_by_the_pop_account(alice):
 
 def test_installed_units_verify():
     units = sorted(str(p) for p in UNIT_DIR.glob("qpopper*"))
-    assert len(units) == 6
+    assert len(units) == 5
     result = run("systemd-analyze", "verify", "--man=no", *units, check=False)
     assert result.returncode == 0 and result.stdout + result.stderr == "", (
         result.stdout + result.stderr)
 
 
 def test_shipped_policy_refuses_passwords_without_tls(alice):
-    with master_as_service("qpopper.service") as (port, proc, _, ready):
+    with master_as_service() as (port, _, proc, _, ready):
         assert "READY=1" in ready
         pop = poplib.POP3("127.0.0.1", port, timeout=15)
         try:
@@ -368,8 +378,7 @@ def test_shipped_policy_refuses_passwords_without_tls(alice):
 
 def test_master_as_qpopper_service_serves_a_real_user(alice):
     # The unit's command line, plus one override: passwords without TLS (TLS is tested below).
-    with master_as_service("qpopper.service", "--clear-text-password=always") as (
-            port, proc, notify, ready):
+    with master_as_service("--clear-text-password=always") as (port, _, proc, notify, ready):
         assert "READY=1" in ready
         assert b"Subject: packaged hello" in fetch_first_message(port, alice)
         # ExecReload: HUP re-reads the configuration and says so to systemd.
@@ -398,39 +407,26 @@ def test_socket_unit_instance_serves_a_real_user(alice):
         assert b"Subject: packaged hello" in fetch_first_message(port, alice)
 
 
-def test_tls_units_stay_down_until_tls_exists():
-    # ExecCondition of qpopper-tls.service: it must fail exactly when TLS is missing, so that
-    # port 995 never speaks plain text.
-    parser = configparser.ConfigParser(strict=False, interpolation=None, delimiters=("=",))
-    parser.optionxform = str
-    parser.read(UNIT_DIR / "qpopper-tls.service")
-    condition = shlex.split(parser["Service"]["ExecCondition"])
-    result = run(*condition, check=False)
-    tls_built = run("/usr/bin/python3", "-c",
-                    "import importlib.util, sys; "
-                    "sys.exit(importlib.util.find_spec('qpopper.tls') is None)",
-                    check=False).returncode == 0
-    assert (result.returncode == 0) == tls_built
-
-
-def test_stls_on_the_main_service(alice):
+def test_stls_and_port_995_of_the_service(alice):
     reason = installed_tls_missing()
     if reason:
         pytest.skip(reason)
-    with master_as_service("qpopper.service") as (port, _, _, ready):
+    # The shipped configuration, unchanged: passwords are accepted inside TLS.
+    with master_as_service() as (port, tls_port, _, _, ready):
         assert "READY=1" in ready
         assert b"Subject: packaged hello" in fetch_first_message(port, alice, tls="stls")
+        assert b"Subject: packaged hello" in fetch_first_message(tls_port, alice,
+                                                                tls="implicit")
 
 
-def test_port_995_service_and_socket_unit(alice):
+def test_port_995_socket_unit_instance(alice):
     reason = installed_tls_missing()
     if reason:
         pytest.skip(reason)
-    with master_as_service("qpopper-tls.service") as (port, _, _, ready):
-        assert "READY=1" in ready
-        assert b"Subject: packaged hello" in fetch_first_message(port, alice, tls="implicit")
     with socket_unit_instance("qpopper-tls@.service") as port:
         assert b"Subject: packaged hello" in fetch_first_message(port, alice, tls="implicit")
+    with socket_unit_instance("qpopper@.service") as port:
+        assert b"Subject: packaged hello" in fetch_first_message(port, alice, tls="stls")
 
 
 @contextlib.contextmanager
@@ -505,7 +501,7 @@ def test_reinstall_and_install_twice_are_idempotent(packages, alice):
     after = (spool.read_bytes(), STATE.read_text(), pwd.getpwnam("pop").pw_uid,
              os.stat("/var/mail").st_mode)
     assert after == before
-    with master_as_service("qpopper.service", "--clear-text-password=always") as (port, *_):
+    with master_as_service("--clear-text-password=always") as (port, *_):
         assert b"Subject: packaged hello" in fetch_first_message(port, alice)
 
 
