@@ -154,8 +154,10 @@ def _load_identity(cfg):
         cert_path = cfg.tls_identity_file
         option = "tls-identity-file"
     else:
-        raise TlsSetupError(f"tls-support {cfg.tls_support} needs a certificate: set "
-                            f"tls-server-cert-file (or tls-identity-file)")
+        wanted_by = (f"tls-support {cfg.tls_support}" if cfg.tls_support != "default"
+                     else "tls-listen")
+        raise TlsSetupError(f"{wanted_by} needs a certificate: set tls-server-cert-file (or "
+                            f"tls-identity-file)")
     cert_data = _read(cert_path, option)
     try:
         chain = _pem_certificates(cert_data)

@@ -7,6 +7,7 @@ STLS; clear-text-password = tls over both kinds of TLS; HUP re-reads the certifi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import poplib
 import re
@@ -14,7 +15,8 @@ import signal
 import socket
 import ssl
 import subprocess
-import time
+import sys
+import threading
 
 import pytest
 
@@ -465,10 +467,96 @@ def test_hup_reloads_the_certificate_for_new_connections(site, pki, good):
 
 
 # --- chunky-writes over TLS ------------------------------------------------------------------------
-@pytest.mark.parametrize("mode", ["never", "tls"])
-def test_chunky_writes_modes_over_tls(world_tmp, pam_service, system_users, good, pki, mode):
+class RecordCountingProxy:
+    """A loopback TCP relay that counts the TLS records the server sends (RFC 8446 §5.1: a
+    5-octet header, the third and fourth octets the length)."""
+
+    def __init__(self, upstream_port: int):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.upstream_port = upstream_port
+        self.records = 0
+        self._threads = [threading.Thread(target=self._serve, daemon=True)]
+        self._threads[0].start()
+
+    def _serve(self) -> None:
+        client, _ = self.listener.accept()
+        server = socket.create_connection(("127.0.0.1", self.upstream_port))
+        up = threading.Thread(target=self._pump, args=(client, server, False), daemon=True)
+        up.start()
+        self._threads.append(up)
+        self._pump(server, client, True)
+        up.join(10)
+        client.close()
+        server.close()
+
+    def _pump(self, source, sink, count: bool) -> None:
+        pending = b""
+        while True:
+            try:
+                data = source.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                with contextlib.suppress(OSError):
+                    sink.shutdown(socket.SHUT_WR)
+                return
+            sink.sendall(data)
+            if count:
+                pending += data
+                while len(pending) >= 5:
+                    length = 5 + int.from_bytes(pending[3:5], "big")
+                    if len(pending) < length:
+                        break
+                    self.records += 1
+                    pending = pending[length:]
+
+    def close(self) -> None:
+        for thread in self._threads:
+            thread.join(10)
+        self.listener.close()
+
+
+def records_for_pipelined_capas(server, pki, count: int) -> int:
+    proxy = RecordCountingProxy(server.tls_port)
+    try:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=20) as raw, \
+                client_context(pki).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            read_greeting(tls)
+            tls.sendall(b"CAPA\r\n" * count + b"QUIT\r\n")    # one read on the server
+            replies = b""
+            while chunk := tls.recv(65536):
+                replies += chunk
+        assert replies.count(b"+OK Capability list follows") == count
+        assert replies.endswith(b"signing off.\r\n")
+    finally:
+        proxy.close()
+    return proxy.records
+
+
+def test_chunky_writes_decides_how_replies_become_tls_records(world_tmp, pam_service, good,
+                                                               pki):
+    """`tls` (and default) gather a batch of pipelined replies into few TLS records; `never`
+    sends one write, hence at least one record, per reply."""
+    counts = {}
+    for mode in ("never", "tls", "default"):
+        root = os.path.join(world_tmp, mode)
+        os.mkdir(root, 0o755)
+        s = TlsSite(root, pam_service, tls_support="stls", chunky_writes=mode,
+                    tls_server_cert_file=good.combined_file)
+        try:
+            counts[mode] = records_for_pipelined_capas(s.tls_server(pki), pki, 30)
+        finally:
+            s.close()
+    assert counts["never"] >= 30 + 1
+    assert counts["tls"] <= counts["never"] - 25
+    assert counts["default"] <= counts["never"] - 25
+
+
+def test_large_retr_over_tls_with_unbuffered_writes(world_tmp, pam_service, system_users, good,
+                                                    pki):
     body = "".join(f"line {n} of a long message\n" for n in range(20000))
-    s = TlsSite(world_tmp, pam_service, tls_support="stls", chunky_writes=mode,
+    s = TlsSite(world_tmp, pam_service, tls_support="stls", chunky_writes="never",
                 tls_server_cert_file=good.combined_file)
     try:
         u = system_users.create()
@@ -487,3 +575,43 @@ def test_chunky_writes_modes_over_tls(world_tmp, pam_service, system_users, good
         assert sum(1 for line in lines if line.startswith(b"line ")) == 20000
     finally:
         s.close()
+
+
+# --- socket activation ---------------------------------------------------------------------------------
+def test_listen_fds_sockets_take_their_tls_mode_from_tls_listen(site, user, pki):
+    plain = socket.create_server(("127.0.0.1", 0))
+    secure = socket.create_server(("127.0.0.1", 0))
+    plain_port, tls_port = plain.getsockname()[1], secure.getsockname()[1]
+    # what systemd does: the sockets as descriptors 3 and 4, LISTEN_PID = the server's pid
+    launcher = ("import os, sys\n"
+                "plain, secure = os.dup(int(sys.argv[1])), os.dup(int(sys.argv[2]))\n"
+                "os.dup2(plain, 3); os.dup2(secure, 4)\n"
+                "os.set_inheritable(3, True); os.set_inheritable(4, True)\n"
+                "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='2')\n"
+                "os.execv(sys.argv[3], sys.argv[3:])\n")
+    proc = subprocess.Popen([sys.executable, "-c", launcher, str(plain.fileno()),
+                             str(secure.fileno()), POPPER, "-f", site.config,
+                             f"--tls-listen=127.0.0.1:{tls_port}"],
+                            pass_fds=(plain.fileno(), secure.fileno()),
+                            env=dict(os.environ, QPOPPER_SYSLOG_SOCKET=site.syslog.path),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    plain.close()
+    secure.close()
+    try:
+        site.syslog.wait_for(rf"master listening on 127\.0\.0\.1:{plain_port} \(STLS\), "
+                             rf"127\.0\.0\.1:{tls_port} \(TLS\)")
+        client = poplib.POP3_SSL("127.0.0.1", tls_port, context=client_context(pki), timeout=20)
+        try:
+            assert b"Subject: first" in fetch_first_and_quit(client, user)
+        finally:
+            client.close()
+        client = poplib.POP3("127.0.0.1", plain_port, timeout=20)
+        try:
+            assert "STLS" in client.capa()
+        finally:
+            client.quit()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        proc.stderr.close()
