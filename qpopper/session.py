@@ -4,7 +4,8 @@ The process is a child forked by the master, an inetd / systemd `Accept=yes` ins
 demo's child. This module owns the I/O around the pure state machine in protocol.py: bounded
 reads with the `timeout` option, buffered writes flushed once per reply batch (chunky-writes),
 TCP_NODELAY so a reply never waits for a delayed ACK, the client's name, the privilege drop and
-per-user option files at the moment of login, and the end-of-session log lines.
+per-user option files at the moment of login, the end-of-session log lines, and the switch to
+TLS (before the banner on an alternate-port listener, or after STLS) through tls.TlsChannel.
 """
 
 from __future__ import annotations
