@@ -60,6 +60,8 @@ BASE_OPTIONS = (SSL.OP_NO_COMPRESSION            # CRIME
 
 RECORD_OCTETS = 16 * 1024
 """One TLS record's worth of plaintext: writes are cut at this size."""
+RECORD_OVERHEAD_OCTETS = 256
+"""More than a record adds (header, MAC or tag, padding, TLS 1.3 content type)."""
 
 _PEM_KEY_RE = re.compile(rb"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.*?-----END \1PRIVATE KEY-----",
                          re.S)
@@ -243,6 +245,9 @@ class TlsChannel:
         # below session.py and must not import it
         self.closed_error = getattr(raw, "closed_error", ConnectionError)
         self._closed_from = None
+        # ciphertext was fed since OpenSSL last said "want read": a recv() may succeed. Saves
+        # a raised WantReadError (costly in pyOpenSSL) per command.
+        self._input_pending = False
 
     def peer(self):
         return self.raw.peer()
@@ -265,6 +270,7 @@ class TlsChannel:
                     self._flush(max(0.1, deadline - time.monotonic()))
                 except self.closed_error as exc:
                     raise HandshakeFailed(f"client gone: {exc}") from None
+                self._input_pending = True    # commands may have come with the Finished
                 return
             remaining = deadline - time.monotonic()
             try:
@@ -289,23 +295,23 @@ class TlsChannel:
         """Decrypted bytes; b'' at EOF (close_notify, a TCP close or a TLS error); None on
         timeout or interruption (as Channel.read)."""
         while True:
-            try:
-                return self.conn.recv(RECORD_OCTETS)
-            except SSL.WantReadError:
-                pass
-            except SSL.ZeroReturnError:
-                return b""
-            except SSL.Error as exc:
-                self._closed_from = describe_ssl_error(exc)
-                return b""
-            try:
-                self._flush(timeout_s)                 # e.g. a KeyUpdate answer
-            except self.closed_error:
-                return b""
+            if self._input_pending:
+                try:
+                    return self.conn.recv(RECORD_OCTETS)
+                except SSL.WantReadError:
+                    # records OpenSSL wrote meanwhile (a KeyUpdate answer) leave with the
+                    # next reply: every write_all drains the output BIO
+                    self._input_pending = False
+                except SSL.ZeroReturnError:
+                    return b""
+                except SSL.Error as exc:
+                    self._closed_from = describe_ssl_error(exc)
+                    return b""
             data = self.raw.read(timeout_s, wake_fd, interrupted)
             if not data:
                 return data                            # None (timeout) or b'' (EOF)
             self.conn.bio_write(data)
+            self._input_pending = True
 
     def write_all(self, data, timeout_s: float) -> None:
         view = memoryview(data)
@@ -314,7 +320,7 @@ class TlsChannel:
                 self.conn.send(view[start:start + RECORD_OCTETS])
         except SSL.Error as exc:
             raise self.closed_error(describe_ssl_error(exc)) from None
-        self._flush(timeout_s)
+        self._flush(timeout_s, expected=len(view))
 
     def close(self) -> None:
         try:
@@ -325,16 +331,23 @@ class TlsChannel:
         self.raw.close()
 
     # --- ciphertext out -----------------------------------------------------------------------
-    def _pending_output(self) -> bytes:
-        out = bytearray()
+    def _pending_output(self, expected: int = 0) -> bytes:
+        """Everything OpenSSL wrote. Asking for more than the records of `expected` plaintext
+        octets can take means one bio_read usually drains it (an empty BIO raises)."""
+        size = expected + (expected // RECORD_OCTETS + 1) * RECORD_OVERHEAD_OCTETS + 4096
+        chunks = []
         while True:
             try:
-                out += self.conn.bio_read(65536)
+                chunk = self.conn.bio_read(size)
             except SSL.WantReadError:
-                return bytes(out)
+                break
+            chunks.append(chunk)
+            if len(chunk) < size:
+                break
+        return b"".join(chunks)
 
-    def _flush(self, timeout_s: float) -> None:
-        data = self._pending_output()
+    def _flush(self, timeout_s: float, expected: int = 0) -> None:
+        data = self._pending_output(expected)
         if data:
             self.raw.write_all(data, timeout_s)
 
