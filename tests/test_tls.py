@@ -363,6 +363,20 @@ def test_tls_cipher_list_is_applied(world_tmp, pam_service, good, pki):
         s.close()
 
 
+def test_tls_options_bits_and_workarounds_reach_openssl(world_tmp, pam_service, good, pki):
+    """tls-options = 0x20000000 is OpenSSL's SSL_OP_NO_TLSv1_3: the server then speaks 1.2."""
+    s = TlsSite(world_tmp, pam_service, tls_support="stls", tls_options=0x20000000,
+                tls_workarounds=True, tls_server_cert_file=good.combined_file)
+    try:
+        server = s.tls_server(pki)
+        with socket.create_connection((server.host, server.tls_port), timeout=20) as raw, \
+                client_context(pki).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            assert tls.version() == "TLSv1.2"
+            assert read_greeting(tls).startswith(b"+OK")
+    finally:
+        s.close()
+
+
 # --- certificates --------------------------------------------------------------------------------------
 def test_identity_file_with_encrypted_key_and_passphrase(world_tmp, pam_service, system_users,
                                                          pki):
