@@ -23,7 +23,7 @@ import pytest
 from tests.helpers.sysusers import make_spool
 from tests.helpers.testpki import TestPki
 from tests.server_harness import (POPPER, PopperServer, Site, free_port, mbox, read_greeting,
-                                  wait_until)
+                                  wait_until, write_config)
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
@@ -273,6 +273,40 @@ def test_inetd_mode_with_alternate_port(site, user, pki):
     site.syslog.wait_for(r"TLS session with unknown: TLSv1\.3, .*")
 
 
+def test_inetd_mode_logs_a_bad_certificate_and_exits(site, pki):
+    expired = pki.server("inetd-expired", expired=True)
+    config = os.path.join(site.root, "expired.config")
+    write_config(config, **dict(site.options, tls_server_cert_file=expired.combined_file,
+                                tls_private_key_file=""))
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        result = subprocess.run([POPPER, "-f", config, "-l", "2"], stdin=theirs, stdout=theirs,
+                                stderr=subprocess.PIPE, timeout=30,
+                                env=dict(os.environ, QPOPPER_SYSLOG_SOCKET=site.syslog.path))
+        theirs.close()
+        ours.settimeout(5)
+        assert ours.recv(100) == b""                 # nothing at all reached the client
+    assert result.returncode == 1 and result.stderr == b""
+    site.syslog.wait_for(r"TLS: the certificate in .*/inetd-expired\.pem expired on .*")
+
+
+def test_over_the_limit_a_tls_port_closes_without_plain_text(world_tmp, pam_service, good, pki):
+    s = TlsSite(world_tmp, pam_service, tls_support="stls", max_children_per_address=1,
+                tls_server_cert_file=good.combined_file)
+    try:
+        server = s.tls_server(pki)
+        wait_until(lambda: not server.children(), 10, "the start-up probe's session to end")
+        context = client_context(pki)
+        with socket.create_connection((server.host, server.tls_port), timeout=20) as raw, \
+                context.wrap_socket(raw, server_hostname="127.0.0.1") as first:
+            assert read_greeting(first).startswith(b"+OK")
+            with socket.create_connection((server.host, server.tls_port), timeout=20) as second:
+                assert second.recv(100) == b""       # no -ERR a TLS client would choke on
+            s.syslog.wait_for(r"Refused connection from 127\.0\.0\.1: .*")
+    finally:
+        s.close()
+
+
 # --- other clients -----------------------------------------------------------------------------------
 def test_curl_pop3s_and_ssl_reqd(site, user, pki):
     server = site.tls_server(pki)
@@ -402,7 +436,6 @@ def test_identity_file_with_encrypted_key_and_passphrase(world_tmp, pam_service,
 def start_failure(world_tmp, **options) -> tuple[int, str]:
     """Start `popper` with a TLS configuration that must be refused: (exit status, stderr)."""
     config = os.path.join(world_tmp, "bad.config")
-    from tests.server_harness import write_config
     write_config(config, tls_support="stls", **options)
     result = subprocess.run([POPPER, f"127.0.0.1:{free_port()}", "-f", config],
                             capture_output=True, text=True, timeout=30,
