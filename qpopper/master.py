@@ -388,6 +388,8 @@ class Master:
             self.cfg = new_cfg
             self.tls = new_tls
             self.log(syslog.LOG_NOTICE, "configuration reloaded")
+            if new_tls is not None:
+                self.log(syslog.LOG_INFO, f"TLS certificate {new_tls.description}")
         self._notify("READY=1\nSTATUS=accepting connections")
 
     def _load_configuration(self):
@@ -453,6 +455,8 @@ def run_master(cfg, inv) -> int:
         log.close()
         return 1
     log.open()
+    if server_tls is not None:
+        log(syslog.LOG_INFO, f"TLS certificate {server_tls.description}")
     try:
         if getattr_option(cfg, "daemon", False):
             return _run_daemonized(cfg, inv, listeners, log, server_tls, implicit_tls)

@@ -360,6 +360,8 @@ def test_tls_min_version_re_admits_tls_1_0_with_a_warning(world_tmp, pam_service
         assert result.returncode == 0, result.stderr
         assert re.search(rb"Protocol *: TLSv1\n", result.stdout), result.stdout
         assert b"+OK Pop server at" in result.stdout
+        s.syslog.wait_for(r"TLS certificate CN=good\.qpopper-test from .*/good\.pem, TLSv1 and "
+                          r"later")
         s.syslog.wait_for(r"tls-min-version TLSv1 admits TLS versions RFC 8996 deprecated.*")
         s.syslog.wait_for(r"tls-version SSLv3 is obsolete and unsafe; using TLSv1 and later.*")
     finally:
