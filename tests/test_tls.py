@@ -245,6 +245,39 @@ def test_alternate_port_instance_with_dash_l_2(site, user, pki):
     site.syslog.wait_for(r"TLS handshake with 127\.0\.0\.1 failed: .*")
 
 
+def test_manual_three_configuration_files_recipe(site, user, pki):
+    """Two instances, each reading its own -f file (tls-support stls / alternate-port) that
+    chains, with config-file, to a third holding everything else (the manual's recipe)."""
+    common = site.config                    # spool-dir, PAM, certificate, clear-text-password
+    stls_file = os.path.join(site.root, "qpopper-stls.config")
+    alternate_file = os.path.join(site.root, "qpopper-alt.config")
+    with open(stls_file, "w") as f:
+        f.write(f"set tls-support = stls\nset config-file = {common}\n")
+    with open(alternate_file, "w") as f:
+        f.write(f"set tls-support = alternate-port\nset config-file = {common}\n")
+    # the chained file is read where config-file appears: its own tls-support (stls) must
+    # not undo alternate-port, so the common file of the recipe leaves tls-support out
+    site.options.pop("tls_support")
+    write_config(common, **site.options)
+    site.config = stls_file
+    stls = site.server()
+    site.config = alternate_file
+    alternate = site.implicit_only_server(pki, extra_args=())
+    client = poplib.POP3(stls.host, stls.port, timeout=20)
+    try:
+        assert "STLS" in client.capa()
+        client.stls(client_context(pki))
+        assert b"Subject: first" in fetch_first_and_quit(client, user)
+    finally:
+        client.close()
+    client = poplib.POP3_SSL(alternate.host, alternate.port, context=client_context(pki),
+                             timeout=20)
+    try:
+        assert b"Subject: first" in fetch_first_and_quit(client, user)
+    finally:
+        client.close()
+
+
 def test_inetd_mode_with_alternate_port(site, user, pki):
     """`popper -l 2` with the connection on stdin, as qpopper-tls@.service runs it."""
     ours, theirs = socket.socketpair()
