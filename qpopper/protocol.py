@@ -183,8 +183,10 @@ class Protocol:
         self.pending_user = None
         active = bool(self.env.start_tls())
         if not active:
-            # Qpopper: a failed handshake is not fatal; the state stays AUTHORIZATION.
-            self.env.log(syslog.LOG_NOTICE, f"TLS handshake failed with {self._who()}")
+            # Unlike Qpopper, a failed handshake ends the session: the client's TLS state is
+            # unknown, so nothing it sends can be read as plain text again (the session logs
+            # the handshake error itself).
+            self.closed = True
         return active
 
     def refuse_user_name(self, refusal: PopError) -> None:
