@@ -21,6 +21,9 @@ setup(
         "python-pam",
         "pyOpenSSL",
         "lockfile",
+        # tls.py reads certificates (expiry, key match) with it directly; pyOpenSSL already
+        # depends on it, so this only states what we import (Debian: python3-cryptography).
+        "cryptography",
     ],
     extras_require={
         # -k / -K (Kerberos as SASL GSSAPI); builds against libkrb5-dev, or use Debian's
