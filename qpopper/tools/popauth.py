@@ -15,7 +15,7 @@ Qpopper installed popauth setuid to the `pop` account. A setuid Python script is
 (the interpreter trusts its environment), so ordinary users set their own secret through
 sudo, with a sudoers rule that allows exactly the argument-less form:
 
-    ALL ALL=(root) /usr/bin/popauth ""
+    ALL ALL=(root) /usr/sbin/popauth ""
 
 Run as root through sudo with no arguments, popauth changes only the secret of SUDO_USER.
 Every change is one SQLite transaction: a crash leaves the old store or the new one.
