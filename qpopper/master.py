@@ -41,6 +41,7 @@ from . import tls as tls_mod
 from .log import Logger, getattr_option
 from .responses import RespCode, err
 from .session import Channel, Session, normalize_ip, tls_mode_for_listen_port
+from .spool.locking import process_gone
 
 LISTEN_BACKLOG = 128
 """Pending connections per listener; the kernel caps it at net.core.somaxconn."""
@@ -531,12 +532,6 @@ def _pid_file_is_stale(path: str) -> bool:
             pid = int(f.read().split()[0])
     except (OSError, ValueError, IndexError):
         return os.path.exists(path)            # unreadable garbage: stale as well
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return process_gone(pid)
 
 

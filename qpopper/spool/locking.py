@@ -108,7 +108,8 @@ def parse_lock_content(data: bytes) -> tuple[int, str | None]:
     return pid, (host.strip() or None) if _ else None
 
 
-def _process_gone(pid: int) -> bool:
+def process_gone(pid: int) -> bool:
+    """True when no process has this pid (a lock or pid file left by a dead holder)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -217,7 +218,7 @@ class DotLock:
             why = f"older than {self.stale_s:g} s"
         elif stat.S_ISREG(st.st_mode):
             pid, host = self._read_holder()
-            if pid > 0 and host in (None, self.host) and _process_gone(pid):
+            if pid > 0 and host in (None, self.host) and process_gone(pid):
                 why = f"holder pid {pid} is gone"
         if why is None:
             return False
