@@ -97,3 +97,16 @@ MAX_CONFIG_FILE_DEPTH = 100
 
 MAX_CONFIG_LINE_CHARS = 1024
 """A configuration line longer than this is an error, not silently truncated."""
+
+# --- DRAC, POP-before-SMTP (qpopper/drac.py) ---------------------------------------------------
+DRAC_ATTEMPT_TIMEOUT_S = 0.25
+"""Wait for one UDP reply (portmapper or DRAC) before sending the request again: both answer
+from memory in well under a millisecond when alive, and UDP loses packets only rarely."""
+
+DRAC_TOTAL_TIMEOUT_S = 1.5
+"""The whole DRAC notification (portmapper lookup, then DRACPROC_ADD, with their retries)
+never takes longer than this: a dead DRAC server must not delay a login by more than the
+blink of an eye, and DRAC never refuses a login anyway (its failure is only logged)."""
+
+DRAC_MAX_REPLY_OCTETS = 1024
+"""ONC RPC replies to GETPORT and DRACPROC_ADD are 28-40 octets; anything longer is not ours."""

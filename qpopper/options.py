@@ -217,6 +217,22 @@ def _check_listen(text: str) -> str | None:
     return None
 
 
+_DRAC_HOST_FORMS = (re.compile(r"\[[0-9A-Fa-f:.]+\](?::(?P<port>[0-9]{1,5}))?"),
+                    re.compile(r"[0-9A-Fa-f]*:[0-9A-Fa-f]*:[0-9A-Fa-f:.]*"),     # bare IPv6
+                    re.compile(r"[A-Za-z0-9_.-]+(?::(?P<port>[0-9]{1,5}))?"))
+
+
+def _check_drac_host(text: str) -> str | None:
+    """HOST, HOST:PORT, [IPV6]:PORT or a bare IPv6 address (what qpopper/drac.py reads)."""
+    for form in _DRAC_HOST_FORMS:
+        match = form.fullmatch(text)
+        if match:
+            port = match.groupdict().get("port")
+            if port is None or 0 < int(port) <= 65535:
+                return None
+    return "expects HOST or HOST:PORT (IPv6 addresses in brackets before :PORT, PORT 1..65535)"
+
+
 # ---- constructors --------------------------------------------------------------------------
 def _b(name, default, help, **kw) -> Option:
     if "flag" in kw and "flag_value" not in kw:
@@ -317,9 +333,12 @@ OPTIONS: tuple[Option, ...] = (
        "Lower-case user names before use, so clients may type them in any case.",
        flag="-c", scope=Scope.NOT_USER),
     _s("drac-host", None,
-       "DRAC server to notify after each login (POP-before-SMTP). Unset: no DRAC (Qpopper "
-       "built --with-drac used localhost).",
-       flag="-D", flag_arg="drac-host", example="localhost"),
+       "DRAC server to notify after each login (POP-before-SMTP): its portmapper is asked "
+       "for DRAC over UDP. HOST:PORT (extension) names a portmapper on another port than "
+       "111. Unset: no DRAC (Qpopper built --with-drac used localhost). Read before the "
+       "user files, so they cannot set it.",
+       flag="-D", flag_arg="drac-host", example="localhost", check=_check_drac_host,
+       scope=Scope.NOT_USER),
     _b("fast-update", False,
        "Server mode: rename the temporary drop over the spool instead of copying it back "
        "(one third less I/O; breaks biff and shell mail checks).",

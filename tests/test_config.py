@@ -30,6 +30,8 @@ def other_value(opt):
         return choice.upper(), choice
     if opt.name in ("listen", "tls-listen"):
         return "127.0.0.1:8110", ("127.0.0.1:8110",)
+    if opt.name == "drac-host":                    # checked: HOST[:PORT]
+        return "drac.example.org:111", "drac.example.org:111"
     return "/srv/qpt-value", "/srv/qpt-value"
 
 

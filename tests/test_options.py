@@ -74,7 +74,9 @@ SCOPES = {
     "announce-expire": {Scope.ANYWHERE}, "announce-login-delay": {Scope.ANYWHERE},
     "bulldb-max-tries": {Scope.ANYWHERE}, "bulldb-nonfatal": {Scope.ANYWHERE},
     "bulldir": {Scope.ANYWHERE}, "config-file": {Scope.ANYWHERE}, "debug": {Scope.ANYWHERE},
-    "drac-host": {Scope.ANYWHERE}, "fast-update": {Scope.ANYWHERE},
+    # drac-host: the manual allows it anywhere, but the DRAC call is made by the root part
+    # of the session right after the login, before the user files are read (qpopper/drac.py).
+    "drac-host": {Scope.NOT_USER}, "fast-update": {Scope.ANYWHERE},
     "mail-lock-check": {Scope.ANYWHERE}, "server-mode": {Scope.ANYWHERE},
     "statistics": {Scope.ANYWHERE}, "timeout": {Scope.ANYWHERE},
     # Qpopper's CfgResInit options: never in user files.

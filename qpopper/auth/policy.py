@@ -49,7 +49,7 @@ import syslog
 import time
 from typing import NoReturn
 
-from .. import limits
+from .. import drac, limits
 from ..log import log_login_line
 from ..responses import PopError, RespCode
 from . import Login
@@ -430,6 +430,9 @@ class Authenticator:
                 template, user, host, client_ip, authid=(authid or user) if sasl else "",
                 mechanism=mechanism[5:] if sasl else "", ssf=0 if sasl else ""))
         self.brakes.record_success(user)
+        # POP-before-SMTP (reference A5): bounded, logged, never refuses the login. The
+        # global drac-host only: per-user option files are read after this point.
+        drac.notify_login(getattr(self.cfg, "drac_host", None), user, host, client_ip, self.log)
         return Login(user=user, uid=account.pw_uid, gid=account.pw_gid, home=account.pw_dir,
                      mechanism=mechanism)
 
