@@ -110,3 +110,39 @@ blink of an eye, and DRAC never refuses a login anyway (its failure is only logg
 
 DRAC_MAX_REPLY_OCTETS = 1024
 """ONC RPC replies to GETPORT and DRACPROC_ADD are 28-40 octets; anything longer is not ours."""
+
+# --- protocol extensions (qpopper/extensions/) -------------------------------------------------
+MAX_XMIT_OCTETS = 10 * 1024 * 1024
+"""XTND XMIT: largest message accepted for submission (Postfix's default message_size_limit,
+10 MB); a bigger one is read to its end, discarded, and refused."""
+
+XMIT_TIMEOUT_S = 120
+"""XTND XMIT: longest wait for mail-command to take the message; past it the MTA is killed and
+the client told the message was not sent (the session's own idle timeout is of this order)."""
+
+MAX_MDEF_MACROS = 10
+"""MDEF: macros one session may define (Qpopper's MAX_MDEF_INDEX)."""
+
+MAX_MDEF_NAME_CHARS = 32
+"""MDEF: longest macro name (`-ERR MDEF name too long` beyond it)."""
+
+MANGLE_LINE_PREFIX_OCTETS = 1024
+"""X-MANGLE: octets of a line kept to classify it (a MIME delimiter is at most 70 characters
+plus `--` twice, RFC 2046 §5.1.1); the rest of a longer line is passed on or dropped unseen."""
+
+MAX_MANGLE_FIELD_OCTETS = 8 * 1024
+"""X-MANGLE: a Content-Type / -Transfer-Encoding / -Disposition field longer than this (folded
+lines included) is treated as unreadable (that part is never the one kept)."""
+
+MAX_MIME_BOUNDARY_CHARS = 200
+"""X-MANGLE: longest boundary parameter honoured (RFC 2046 allows 70; some mailers exceed it)."""
+
+MAX_MIME_DEPTH = 20
+"""X-MANGLE: nested multiparts followed; deeper ones are skipped as a whole."""
+
+MAX_MANGLE_PARTS = 1000
+"""X-MANGLE: leaf parts remembered by the pre-pass (about 100 octets each); later parts are
+never chosen."""
+
+MAX_XLST_HEADER_OCTETS = 4 * 1024
+"""XTND XLST: octets of one header field (folded lines included) listed per message."""

@@ -30,6 +30,8 @@ from . import limits
 from . import privsep
 from . import tls as tls_mod
 from .auth.policy import Authenticator
+from .extensions import standard_extensions
+from .extensions.submit import MtaSubmitter
 from .log import Logger, getattr_option, stats_line, timeout_line, timing_line
 from .protocol import Protocol
 from .responses import PopError, RespCode
@@ -350,7 +352,7 @@ class Session:
         self._install_hangup_handlers()
         error = False
         try:
-            self.protocol = Protocol(self.cfg, self)
+            self.protocol = Protocol(self.cfg, self, standard_extensions(MtaSubmitter()))
             self._set_title()
             if self.tls_mode == "implicit" and not self._handshake():
                 # Qpopper: a failed alternate-port handshake ends the process, no banner

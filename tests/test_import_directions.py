@@ -29,8 +29,11 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("vocabulary", ("responses", "options")),
     ("configuration", ("config",)),
     ("services", ("log", "sdnotify", "privsep", "tls", "docgen", "proctitle")),
-    ("domain", ("spool.*", "auth.*", "bulletins", "bulletins.*", "extensions.*", "drac")),
-    ("protocol", ("protocol", "capa", "pop_*")),
+    ("domain", ("spool.*", "auth.*", "bulletins", "bulletins.*", "extensions.submit", "drac")),
+    # extensions/ holds verbs and hooks plugged into the state machine (XTND, MDEF, X-MANGLE):
+    # protocol code, pure like it. The one OS action they need, running the MTA for XTND XMIT,
+    # is extensions.submit (domain layer), which the session builds and hands in.
+    ("protocol", ("protocol", "capa", "pop_*", "extensions", "extensions.*")),
     ("session", ("session",)),
     ("master", ("master",)),
     ("programs", ("demo", "tools.*")),
@@ -125,6 +128,8 @@ def test_the_rules_see_the_tree():
         layer_of("qpopper.limits")[0]
     assert layer_of("qpopper.some_new_module")[1] == DEFAULT_LAYER
     assert resolve("qpopper", "QPOPPER_VERSION") == "qpopper"
+    assert layer_of("qpopper.extensions.mangle")[1] == PROTOCOL_LAYER
+    assert layer_of("qpopper.extensions.submit")[1] == DEFAULT_LAYER
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))

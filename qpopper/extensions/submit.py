@@ -1,0 +1,100 @@
+"""XTND XMIT's OS side: the temporary file and the mail-command process (reference §2.3).
+
+The protocol layer (extensions/xtnd.py) is pure; the session hands it an `MtaSubmitter`
+through the Extensions object, so running the MTA stays out of the state machine.
+
+- The message goes to `.xmitXXXXXX`, made with mkstemp (O_EXCL, mode 0600) in the directory of
+  the user's temporary drop: the spool directory (or temp-dir), which the session can write
+  as the user in the spool's group after the privilege drop, as Qpopper's spool-directory
+  choice. The name is unlinked at once: the open file is all the MTA needs, and no `.xmit`
+  file is left behind even if the session is killed.
+- mail-command (default /usr/sbin/sendmail) runs as `<mail-command> -t -i -oem` without a
+  shell, stdin the file, stdout and stderr discarded, a small fixed environment, cwd `/`, as
+  the logged-in user (the session already is that user), killed after limits.XMIT_TIMEOUT_S.
+  Exit status 0 means sent.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import syslog
+import tempfile
+from typing import TYPE_CHECKING, BinaryIO
+
+from .. import limits
+from ..responses import PopError, RespCode
+from ..spool.paths import SpoolPaths
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..protocol import Protocol
+
+DEFAULT_MAIL_COMMAND = "/usr/sbin/sendmail"
+MTA_ARGUMENTS = ("-t", "-i", "-oem")
+"""-t: recipients from the headers; -i: a lone `.` is not the end; -oem: errors by mail."""
+
+CHILD_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+TEMP_PREFIX = ".xmit"
+
+
+class MtaSubmitter:
+    """Makes Drafts for XTND XMIT (one per XMIT command)."""
+
+    def open_draft(self, proto: "Protocol") -> "Draft":
+        cfg, login = proto.cfg, proto.login
+        try:
+            directory = os.path.dirname(SpoolPaths.for_user(cfg, login.user, login.home)
+                                        .temp_drop)
+            fd, path = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=directory)
+            os.unlink(path)
+        except (OSError, PopError) as exc:
+            raise PopError("Unable to create temporary file", RespCode.SYS_TEMP,
+                           log=f"XTND XMIT from {login.user}: temporary file: {exc}") from None
+        return Draft(os.fdopen(fd, "w+b"), proto)
+
+
+class Draft:
+    """The message being received; `submit()` runs the MTA on it. Either ends it."""
+
+    def __init__(self, file: BinaryIO, proto: "Protocol"):
+        self.file = file
+        self.proto = proto
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.file.write(data)
+        except OSError as exc:         # disk full: refuse the message, not the session
+            raise PopError("Unable to write the message", RespCode.SYS_TEMP,
+                           log=f"XTND XMIT: writing the temporary file: {exc}") from None
+
+    def discard(self) -> None:
+        self.file.close()
+
+    def submit(self) -> bool:
+        proto = self.proto
+        command = proto.cfg.mail_command or DEFAULT_MAIL_COMMAND
+        login = proto.login
+        env = {"PATH": CHILD_PATH, "HOME": login.home or "/", "USER": login.user,
+               "LOGNAME": login.user}
+        try:
+            self.file.flush()
+            self.file.seek(0)
+            done = subprocess.run([command, *MTA_ARGUMENTS], stdin=self.file,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  env=env, cwd="/", close_fds=True,
+                                  timeout=limits.XMIT_TIMEOUT_S, check=False)
+        except subprocess.TimeoutExpired:
+            proto.env.log(syslog.LOG_ERR, f"XTND XMIT from {login.user}: {command} took over "
+                                          f"{limits.XMIT_TIMEOUT_S} s; killed")
+            return False
+        except (OSError, subprocess.SubprocessError) as exc:
+            proto.env.log(syslog.LOG_ERR, f"XTND XMIT from {login.user}: running {command}: "
+                                          f"{exc}")
+            return False
+        finally:
+            self.file.close()
+        if done.returncode != 0:
+            proto.env.log(syslog.LOG_ERR, f"XTND XMIT from {login.user}: {command} exited "
+                                          f"with status {done.returncode}")
+            return False
+        return True
