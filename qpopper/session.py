@@ -25,6 +25,7 @@ import time
 
 import setproctitle
 
+from . import bulletins
 from . import config as config_mod
 from . import limits
 from . import privsep
@@ -285,6 +286,10 @@ class Session:
         privsep.drop_privileges(login, spool_gid, self.log)   # verifies; as non-root, checks
         self._apply_user_option_files(login)
         paths = SpoolPaths.for_user(self.cfg, login.user, login.home)
+        # New bulletins go into the spool like a delivery agent's mail, so the maildrop (any
+        # mode) takes them up with its crash-safe machinery (bulletins.py says how).
+        bulletins.deliver(self.cfg, login, paths, self.hostname, self.log,
+                          step_hook=test_step_hook())
         try:
             drop = Maildrop.open(self.cfg, paths, login.user, step_hook=test_step_hook(),
                                  log=self.log)

@@ -1,0 +1,500 @@
+"""Bulletins (reference §1.6 B1-B6, §6; manual "Using Bulletins"), in-process on real files:
+naming and order, groups, the .popbull cases, popbulldir, the bulletin database, the rewritten
+headers, and the crash/failure windows of the append (qpopper/bulletins.py's docstring)."""
+
+from __future__ import annotations
+
+import grp
+import os
+import secrets
+import signal
+import sqlite3
+import subprocess
+import syslog
+
+import pytest
+
+from qpopper import bulletins
+from qpopper.auth import Login
+from qpopper.config import Config
+from qpopper.responses import PopError, RespCode
+from qpopper.spool import mbox
+from qpopper.spool.paths import SpoolPaths
+
+pytestmark = pytest.mark.timeout(60)
+
+USER = "alice"
+HOST = "pop.example.org"
+STAMP = 1764250000
+FAST_LOCKS = 0.05
+SPOOL_MAIL = (b"From someone@example.org Wed Dec  2 05:53:22 1992\nSubject: ordinary mail\n\n"
+              b"hello\n")
+
+
+def bulletin_text(subject: str, extra_headers: bytes = b"", body: bytes = b"Body.\n") -> bytes:
+    return (b"From qpop Wed Nov  9 13:31:08 1994\n"
+            b"Date: Wed, 9 Nov 1994 13:31:07 -0800 (PST)\n"
+            b"To: user@localhost\n"
+            b"From: POP Administrator <postmaster@localhost>\n"
+            + extra_headers + b"Subject: " + subject.encode() + b"\n\n" + body)
+
+
+class Env:
+    """A bulldir, a home, a spool dir and the options, for one user."""
+
+    def __init__(self, tmp_path, user=USER, gid=None, **options):
+        self.root = tmp_path
+        self.bulldir = tmp_path / "bulls"
+        self.bulldir.mkdir(exist_ok=True)
+        self.home = tmp_path / f"home-{user}"
+        self.home.mkdir(exist_ok=True)
+        self.spool_dir = tmp_path / "spool"
+        self.spool_dir.mkdir(exist_ok=True)
+        self.user = user
+        self.login = Login(user, os.geteuid(), os.getegid() if gid is None else gid,
+                           str(self.home), "USER")
+        self.cfg = Config.defaults().replace(spool_dir=str(self.spool_dir),
+                                             bulldir=str(self.bulldir), **options)
+        self.paths = SpoolPaths.for_user(self.cfg, user, str(self.home))
+        self.logged: list[tuple[int, str]] = []
+
+    def log(self, priority, text):
+        self.logged.append((priority, text))
+
+    def post(self, name: str, data: bytes | None = None) -> None:
+        (self.bulldir / name).write_bytes(data if data is not None else bulletin_text(name))
+
+    def deliver(self, *, stamp=STAMP, step_hook=None) -> int:
+        return bulletins.deliver(self.cfg, self.login, self.paths, HOST, self.log,
+                                 step_hook=step_hook, lock_step_s=FAST_LOCKS,
+                                 clock=lambda: stamp)
+
+    @property
+    def popbull(self):
+        return self.home / ".popbull"
+
+    def spool(self) -> bytes:
+        try:
+            with open(self.paths.spool, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return b""
+
+    def messages(self) -> list[tuple[str, str]]:
+        """(Subject, uid) of every message in the spool, parsed as the maildrop will."""
+        with open(self.paths.spool, "rb") as f:
+            found = mbox.scan(f)
+            out = []
+            for m in found:
+                f.seek(m.offset)
+                text = f.read(m.end - m.offset)
+                subject = next(line for line in text.split(b"\n")
+                               if line.startswith(b"Subject: "))[9:].decode()
+                out.append((subject, m.uid))
+        return out
+
+    def subjects(self) -> list[str]:
+        return [s for s, _ in self.messages()] if os.path.exists(self.paths.spool) else []
+
+
+# --- one bulletin as a message ----------------------------------------------------------------------
+def test_render_rewrites_to_adds_uidl_drops_old_uidl_and_status():
+    data = (b"From qpop Wed Nov  9 13:31:08 1994\n"
+            b"X-UIDL: thisisanolduidvalue\n"
+            b"To: user@localhost,\n"
+            b"    second@localhost\n"
+            b"Status: RO\n"
+            b"Subject: notice\n"
+            b"To: third@localhost\n"
+            b"\n"
+            b"Line one.\n"
+            b"From qpop Wed Nov  9 13:31:08 1994\n"
+            b"last line without newline")
+    out = bulletins.render(data, "bob", HOST, "1764250000.007", None)
+    assert out == (b"From qpop Wed Nov  9 13:31:08 1994\n"
+                   b"X-UIDL: 1764250000.007\n"
+                   b"To: bob@pop.example.org\n"
+                   b"Subject: notice\n"
+                   b"To: bob@pop.example.org\n"
+                   b"\n"
+                   b"Line one.\n"
+                   b">From qpop Wed Nov  9 13:31:08 1994\n"
+                   b"last line without newline\n"
+                   b"\n")
+
+
+def test_render_refuses_a_bulletin_without_a_valid_from_line():
+    assert bulletins.render(b"Subject: no envelope\n\nbody\n", "bob", HOST, "1.001", None) is None
+    assert bulletins.render(b"From nobody\nSubject: bad date\n\nx\n", "bob", HOST, "1.001",
+                            None) is None
+    assert bulletins.render(b"", "bob", HOST, "1.001", None) is None
+
+
+def test_bulletins_are_files_starting_with_a_digit_in_number_order(tmp_path):
+    for name in ("10.ten", "9.nine", "00002.two", "x.notes", ".5.hidden", "README", "3"):
+        (tmp_path / name).write_bytes(b"")
+    found = bulletins.list_bulletins(str(tmp_path), group_bulletins=False)
+    assert [(b.number, b.name, b.group) for b in found] == [
+        (2, "00002.two", None), (3, "3", None), (9, "9.nine", None), (10, "10.ten", None)]
+    grouped = bulletins.list_bulletins(str(tmp_path), group_bulletins=True)
+    assert [b.group for b in grouped] == ["two", None, "nine", "ten"]
+
+
+# --- what a user gets ---------------------------------------------------------------------------------
+def test_new_user_gets_the_newest_max_bulletins_with_uidl_and_to(tmp_path):
+    env = Env(tmp_path, max_bulletins=2)
+    for n in (1, 2, 3):
+        env.post(f"0000{n}.notice{n}")
+    assert env.deliver() == 2
+    assert env.messages() == [("00002.notice2", f"{STAMP}.002"),
+                              ("00003.notice3", f"{STAMP}.003")]
+    assert b"To: alice@pop.example.org\n" in env.spool()
+    assert b"user@localhost" not in env.spool()
+    assert env.popbull.read_bytes() == b"3\n"
+    assert os.stat(env.popbull).st_mode & 0o777 == 0o600
+    # the next login: nothing new, nothing twice
+    assert env.deliver(stamp=STAMP + 60) == 0
+    assert env.subjects() == ["00002.notice2", "00003.notice3"]
+
+
+def test_default_max_bulletins_is_one(tmp_path):
+    env = Env(tmp_path)
+    for n in (1, 2, 3):
+        env.post(f"{n}.b")
+    assert env.deliver() == 1
+    assert env.subjects() == ["3.b"]
+
+
+def test_seen_number_delivers_only_newer_ones_after_existing_mail(tmp_path):
+    env = Env(tmp_path)
+    with open(env.paths.spool, "wb") as f:
+        f.write(SPOOL_MAIL)                               # no empty line at its end
+    for n in (1, 2, 3, 4):
+        env.post(f"{n}.b")
+    env.popbull.write_bytes(b"2\n")
+    assert env.deliver() == 2
+    assert env.subjects() == ["ordinary mail", "3.b", "4.b"]
+    assert env.spool().startswith(SPOOL_MAIL + b"\n")      # the separator's empty line added
+    assert env.popbull.read_bytes() == b"4\n"
+    env.post("5.new")
+    assert env.deliver() == 1
+    assert env.subjects() == ["ordinary mail", "3.b", "4.b", "5.new"]
+
+
+def test_empty_popbull_means_everything_seen_and_is_rewritten(tmp_path):
+    env = Env(tmp_path, max_bulletins=5)
+    for n in (1, 2, 3):
+        env.post(f"{n}.b")
+    env.popbull.write_bytes(b"")
+    assert env.deliver() == 0
+    assert env.spool() == b""
+    assert env.popbull.read_bytes() == b"3\n"
+
+
+@pytest.mark.parametrize("garbage", [b"not a number\n", b"-4\n", b"\xff\xfe\n", b"\n"])
+def test_garbage_popbull_counts_as_missing_and_is_rewritten(tmp_path, garbage):
+    env = Env(tmp_path, max_bulletins=2)
+    for n in (1, 2, 3):
+        env.post(f"{n}.b")
+    env.popbull.write_bytes(garbage)
+    assert env.deliver() == 2
+    assert env.subjects() == ["2.b", "3.b"]
+    assert env.popbull.read_bytes() == b"3\n"
+
+
+def test_missing_popbull_with_nothing_to_deliver_records_the_newest(tmp_path):
+    env = Env(tmp_path, max_bulletins=0)
+    env.post("7.b")
+    assert env.deliver() == 0
+    assert env.popbull.read_bytes() == b"7\n"
+
+
+def test_no_bulldir_or_empty_bulldir_touches_nothing(tmp_path):
+    env = Env(tmp_path)
+    assert env.deliver() == 0                             # bulldir exists, no bulletins
+    assert not env.popbull.exists() and not os.path.exists(env.paths.spool)
+    env.cfg = env.cfg.replace(bulldir=None)
+    env.post("1.b")
+    assert env.deliver() == 0
+    assert not env.popbull.exists() and not os.path.exists(env.paths.spool)
+
+
+def test_unreadable_bulldir_is_logged_and_mail_goes_on(tmp_path):
+    env = Env(tmp_path)
+    env.cfg = env.cfg.replace(bulldir=str(tmp_path / "missing"))
+    assert env.deliver() == 0
+    assert any("Unable to read bulletin directory" in t for _, t in env.logged)
+
+
+def test_bulletin_without_from_line_is_skipped_with_a_log_line(tmp_path):
+    env = Env(tmp_path, max_bulletins=3)
+    env.post("1.good")
+    env.post("2.bad", b"Subject: I forgot the From line\n\nbody\n")
+    env.post("3.good")
+    assert env.deliver() == 2
+    assert env.subjects() == ["1.good", "3.good"]
+    assert env.popbull.read_bytes() == b"3\n"             # not offered again
+    assert (syslog.LOG_WARNING,
+            "Bulletin 2.bad skipped: it does not start with a valid 'From ' line") in env.logged
+
+
+def test_popbulldir_holds_the_record_and_reads_home_popbull_first_time(tmp_path):
+    popbulldir = tmp_path / "popbull"
+    popbulldir.mkdir()
+    env = Env(tmp_path, popbulldir=str(popbulldir))
+    for n in (1, 2, 3):
+        env.post(f"{n}.b")
+    env.popbull.write_bytes(b"1\n")                       # the old place
+    assert env.deliver() == 2
+    assert (popbulldir / "alice.popbull").read_bytes() == b"3\n"
+    assert env.popbull.read_bytes() == b"1\n"             # untouched
+    env.post("4.b")
+    assert env.deliver() == 1
+    assert env.subjects() == ["2.b", "3.b", "4.b"]
+
+
+def test_popbulldir_file_of_another_owner_is_ignored(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root: chown")
+    popbulldir = tmp_path / "popbull"
+    popbulldir.mkdir()
+    env = Env(tmp_path, popbulldir=str(popbulldir))
+    env.post("1.b")
+    planted = popbulldir / "alice.popbull"
+    planted.write_bytes(b"999\n")                         # planted by someone else
+    os.chown(planted, 1, 1)
+    assert env.deliver() == 1
+    assert env.subjects() == ["1.b"]
+    assert any("not a plain file of the user" in t for _, t in env.logged)
+
+
+def test_mmdf_spool_gets_mmdf_wrapped_bulletins(tmp_path):
+    env = Env(tmp_path)
+    sep = b"\x01\x01\x01\x01\n"
+    with open(env.paths.spool, "wb") as f:
+        f.write(sep + b"Subject: mmdf mail\n\nbody\n" + sep)
+    env.post("1.b")
+    assert env.deliver() == 1
+    assert env.subjects() == ["mmdf mail", "1.b"]
+    assert env.spool().endswith(sep) and b"From qpop" not in env.spool()
+
+
+# --- the bulletin database ------------------------------------------------------------------------
+def bulldb_env(tmp_path, **options):
+    env = Env(tmp_path, bulldb=True, **options)
+    (env.bulldir / bulletins.BULLDB_DIR).mkdir()
+    return env
+
+
+def db_rows(env):
+    path = env.bulldir / bulletins.BULLDB_DIR / bulletins.BULLDB_FILE
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("SELECT user, last, pending FROM seen ORDER BY user").fetchall()
+    finally:
+        db.close()
+
+
+def test_bulldb_first_use_reads_popbull_but_never_writes_it(tmp_path):
+    env = bulldb_env(tmp_path)
+    for n in (1, 2, 3):
+        env.post(f"{n}.b")
+    env.popbull.write_bytes(b"2\n")
+    assert env.deliver() == 1
+    assert env.subjects() == ["3.b"]
+    assert db_rows(env) == [("alice", 3, None)]
+    assert env.popbull.read_bytes() == b"2\n"
+    db_file = env.bulldir / bulletins.BULLDB_DIR / bulletins.BULLDB_FILE
+    assert os.stat(db_file).st_mode & 0o777 == bulletins.BULLDB_MODE
+    env.post("4.b")
+    env.popbull.write_bytes(b"0\n")                       # read only the first time
+    assert env.deliver() == 1
+    assert env.subjects() == ["3.b", "4.b"]
+    assert db_rows(env) == [("alice", 4, None)]
+
+
+def test_bulldb_keeps_one_record_per_user(tmp_path):
+    alice = bulldb_env(tmp_path, max_bulletins=2)
+    bob = Env(tmp_path, user="bob", bulldb=True, max_bulletins=1)
+    for n in (1, 2, 3):
+        alice.post(f"{n}.b")
+    assert alice.deliver() == 2 and bob.deliver() == 1
+    assert bob.subjects() == ["3.b"]
+    assert db_rows(alice) == [("alice", 3, None), ("bob", 3, None)]
+
+
+def test_bulldb_unusable_is_sys_temp_unless_nonfatal(tmp_path):
+    env = Env(tmp_path, bulldb=True, bulldb_max_tries=2)  # no bulldb directory: cannot open
+    env.post("1.b")
+    with pytest.raises(PopError) as refused:
+        env.deliver()
+    assert refused.value.code == RespCode.SYS_TEMP
+    assert refused.value.render() == (b"-ERR [SYS/TEMP] Unable to open Bulletin database; "
+                                      b"contact your administrator\r\n")
+    assert env.spool() == b""
+    env.cfg = env.cfg.replace(bulldb_nonfatal=True)
+    assert env.deliver() == 0
+    assert env.spool() == b""
+    assert any("goes on without bulletins" in t for _, t in env.logged)
+
+
+def test_bulldb_locked_by_another_writer_is_retried_then_refused(tmp_path):
+    env = bulldb_env(tmp_path, bulldb_max_tries=3)
+    env.post("1.b")
+    env.post("2.b")
+    env.popbull.write_bytes(b"1\n")
+    path = env.bulldir / bulletins.BULLDB_DIR / bulletins.BULLDB_FILE
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute(bulletins.BulletinDb.SCHEMA)
+        holder.execute("BEGIN EXCLUSIVE")                  # another session holds it
+        with pytest.raises(PopError):
+            env.deliver()
+        assert env.spool() == b""                         # cut back or never written
+        holder.execute("COMMIT")
+    finally:
+        holder.close()
+    assert env.deliver() == 1
+    assert env.subjects() == ["2.b"]
+
+
+# --- groups (real groups: groupadd) -------------------------------------------------------------
+@pytest.fixture
+def real_group():
+    if os.geteuid() != 0:
+        pytest.skip("needs root: groupadd")
+    names = []
+
+    def make(members=()):
+        name = "qptg" + secrets.token_hex(4)
+        subprocess.run(["groupadd", name], check=True, capture_output=True, timeout=30)
+        names.append(name)
+        for member in members:
+            subprocess.run(["usermod", "-aG", name, member], check=True, capture_output=True,
+                           timeout=30)
+        return grp.getgrnam(name)
+
+    yield make
+    for name in names:
+        subprocess.run(["groupdel", name], capture_output=True, timeout=30)
+
+
+def test_group_bulletins_go_to_members_all_and_ungrouped(tmp_path, system_users, real_group):
+    member = system_users.create("gb")
+    staff = real_group(members=[member.name])
+    primary = real_group()
+    names = ["1.ALL.everyone", f"2.{staff.gr_name}.staff_only", "3.qptnosuchgroup.nobody",
+             "4", f"5.{primary.gr_name}.by_primary_gid"]
+    results = {}
+    for who, gid in ((member.name, member.gid), ("outsider", primary.gr_gid)):
+        env = Env(tmp_path, user=who, gid=gid, group_bulletins=True, max_bulletins=9)
+        for name in names:
+            env.post(name)
+        assert env.deliver() >= 1
+        results[who] = env.subjects()
+        assert env.popbull.read_bytes() == b"5\n"
+    assert results[member.name] == ["1.ALL.everyone", f"2.{staff.gr_name}.staff_only", "4"]
+    assert results["outsider"] == ["1.ALL.everyone", "4", f"5.{primary.gr_name}.by_primary_gid"]
+
+
+def test_without_group_bulletins_the_group_part_is_just_a_name(tmp_path):
+    env = Env(tmp_path, max_bulletins=9)
+    env.post("1.qptnosuchgroup.x")
+    assert env.deliver() == 1
+
+
+# --- failures and crashes (B6; no loss, no duplicates) -----------------------------------------------
+class Boom(OSError):
+    pass
+
+
+def failing_at(step):
+    def hook(name):
+        if name == step:
+            raise Boom(28, "No space left on device")
+    return hook
+
+
+@pytest.mark.parametrize("step", ["bulletins:extend-spool", "bulletins:write-spool",
+                                  "bulletins:write-spool-marker", "bulletins:fsync-spool",
+                                  "bulletins:record-seen"])
+def test_failure_mid_append_leaves_spool_as_before_and_number_unadvanced(tmp_path, step):
+    env = Env(tmp_path, max_bulletins=3)
+    with open(env.paths.spool, "wb") as f:
+        f.write(SPOOL_MAIL)
+    env.popbull.write_bytes(b"1\n")
+    for n in (1, 2, 3):
+        env.post(f"{n}.b")
+    assert env.deliver(step_hook=failing_at(step)) == 0
+    assert env.spool() == SPOOL_MAIL
+    assert env.popbull.read_bytes() == b"1\n"
+    assert any("not delivered" in t for _, t in env.logged)
+    assert env.deliver() == 2                              # the next login gets them
+    assert env.subjects() == ["ordinary mail", "2.b", "3.b"]
+
+
+def crash_at(env, step, nth=1):
+    """Run a delivery in a child process that SIGKILLs itself at `step` (a real crash)."""
+    pid = os.fork()
+    if pid == 0:
+        count = [0]
+
+        def hook(name):
+            if name == step:
+                count[0] += 1
+                if count[0] == nth:
+                    os.kill(os.getpid(), signal.SIGKILL)
+        try:
+            env.deliver(step_hook=hook)
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return os.WIFSIGNALED(status)
+
+
+CRASH_STEPS = {      # where the child dies → what the next login finds (its log line)
+    "bulletins:record-intent": None,                     # no intent yet: a plain delivery
+    "bulletins:extend-spool": "not delivered",
+    "bulletins:fsync-spool-size": "completed",           # extended, nothing written: rewritten
+    "bulletins:write-spool": "completed",
+    "bulletins:write-spool-marker": "completed",
+    "bulletins:fsync-spool": "delivered",
+    "bulletins:record-seen": "delivered",
+}
+
+
+@pytest.mark.parametrize("step", CRASH_STEPS)
+@pytest.mark.parametrize("store", ["popbull", "bulldb"])
+def test_crash_at_any_step_then_next_login_has_each_bulletin_exactly_once(tmp_path, step, store):
+    env = bulldb_env(tmp_path, max_bulletins=3) if store == "bulldb" else Env(tmp_path,
+                                                                               max_bulletins=3)
+    with open(env.paths.spool, "wb") as f:
+        f.write(SPOOL_MAIL)
+    for n in (1, 2):
+        env.post(f"{n}.b", bulletin_text(f"{n}.b", body=b"x" * 100_000 + b"\n"))  # two chunks
+    assert crash_at(env, step), "the child did not reach the step"
+    os.unlink(env.paths.lock)                              # the dead session's dot-lock
+    env.deliver(stamp=STAMP + 5)
+    verdicts = [t.rsplit(": ", 1)[1] for _, t in env.logged if "earlier session" in t]
+    assert verdicts == ([CRASH_STEPS[step]] if CRASH_STEPS[step] else [])
+    assert env.subjects() == ["ordinary mail", "1.b", "2.b"]
+    assert env.spool().startswith(SPOOL_MAIL)
+    assert b"\0" not in env.spool()
+    env.post("3.b")
+    assert env.deliver(stamp=STAMP + 9) == 1
+    assert env.subjects() == ["ordinary mail", "1.b", "2.b", "3.b"]
+
+
+def test_crash_after_append_with_mail_delivered_meanwhile(tmp_path):
+    """The spool grew after the crash (a delivery agent): the bulletins count as delivered
+    and the new mail stays."""
+    env = Env(tmp_path, max_bulletins=1)
+    env.post("1.b")
+    assert crash_at(env, "bulletins:record-seen")
+    os.unlink(env.paths.lock)
+    with open(env.paths.spool, "ab") as f:
+        f.write(SPOOL_MAIL)
+    assert env.deliver() == 0
+    assert env.subjects() == ["1.b", "ordinary mail"]
+    assert env.popbull.read_bytes() == b"1\n"
+    assert any("earlier session of alice: delivered" in t for _, t in env.logged)
