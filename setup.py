@@ -34,6 +34,7 @@ setup(
         "console_scripts": [
             "popper = qpopper.cli:popper_main",
             "popauth = qpopper.tools.popauth:main",
+            "poppassd = qpopper.tools.poppassd:main",
         ],
     },
 )

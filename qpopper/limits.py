@@ -146,3 +146,23 @@ never chosen."""
 
 MAX_XLST_HEADER_OCTETS = 4 * 1024
 """XTND XLST: octets of one header field (folded lines included) listed per message."""
+
+# --- poppassd (qpopper/tools/poppassd.py) ------------------------------------------------------
+POPPASSD_MAX_LINE_OCTETS = 512
+"""Longest poppassd command line, CRLF included: room for PAM's own password limit
+(PAM_MAX_RESP_SIZE, 512) less a few octets; a longer line is refused and the connection closed."""
+
+POPPASSD_TIMEOUT_S = 60
+"""A person types the dialogue in a client's dialog box: a minute of silence ends it, so an
+idle connection cannot hold a root process."""
+
+POPPASSD_FAILURE_DELAY_S = 3.0
+"""Wait before saying a password check failed (login(1)'s FAIL_DELAY default): slows guessing;
+the connection then closes, so each guess also costs a new connection."""
+
+POPPASSD_MAX_BAD_COMMANDS = 5
+"""Unknown or out-of-order poppassd commands tolerated before the connection is closed."""
+
+CHPASSWD_TIMEOUT_S = 30
+"""Longest wait for chpasswd(8) to write the new password (it locks /etc/shadow; another
+passwd or useradd may hold the lock for a moment)."""

@@ -1,0 +1,334 @@
+"""poppassd: the password-changing daemon Qpopper builds with --enable-poppassd (port 106).
+
+One connection on standard input and output, inetd style (inetd, or systemd's
+poppassd.socket with Accept=yes, or `systemd-socket-activate --inetd -l 106 poppassd`).
+The dialogue (reference §2.10; Eudora's "Change Password" speaks it):
+
+    S: 200 poppassd (qpopper-py 4.1.x) hello, who are you?
+    C: user alice                S: 200 Your password please.
+    C: pass OLD                  S: 200 Your new password please.
+    C: newpass NEW               S: 200 Password changed, thank-you.
+    C: quit                      S: 200 Bye.
+
+Errors start with 500. The argument is the rest of the line after one space, so passwords may
+hold spaces. How the password is changed, and why:
+  - the old password is verified with PAM (pam_authenticate + pam_acct_mgmt, service
+    `poppassd` by default, PAM_RHOST = the client), like a POP login; an expired password
+    is accepted here, since changing it is the point;
+  - the new one is set by chpasswd(8) as root, with "user:password" on its standard input
+    (never in argv, where `ps` would show it). chpasswd goes through PAM's password stack
+    (/etc/pam.d/chpasswd → common-password), so pam_unix writes /etc/shadow as for passwd(1).
+    python-pam has no pam_chauthtok, and driving the user's own chauthtok conversation
+    (old, new, retype prompts that differ between modules) is brittle; the old password has
+    already been proved. Strength rules: pam_pwquality in common-password applies to root
+    only with `enforce_for_root`.
+Safety: passwords are never logged; an unknown user, a user with uid <= 10 (limits.
+BLOCKED_UID_MAX), a locked or expired account and a wrong old password all get the same
+reply (`500 Old password is incorrect.`) after the same delay (limits.POPPASSD_FAILURE_DELAY_S),
+and the connection closes; lines are bounded (POPPASSD_MAX_LINE_OCTETS), every read times
+out (POPPASSD_TIMEOUT_S), bad commands are counted (POPPASSD_MAX_BAD_COMMANDS).
+Qpopper's poppassd said `500 Unknown user, <name>.`: that tells a guesser which names exist.
+
+Usage: poppassd [-s|--pam-service SERVICE] [-t|--timeout SECONDS]
+Log lines go to syslog (facility authpriv, ident poppassd).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import pwd
+import select
+import socket
+import subprocess
+import sys
+import syslog
+import time
+from typing import Callable
+
+from .. import QPOPPER_VERSION, limits
+from ..auth import pam as pam_auth
+from ..log import Logger
+
+DEFAULT_PAM_SERVICE = "poppassd"
+CHPASSWD = "/usr/sbin/chpasswd"
+SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+USAGE = "usage: poppassd [-s|--pam-service SERVICE] [-t|--timeout SECONDS]"
+
+GREETING = f"200 poppassd (qpopper-py {QPOPPER_VERSION}) hello, who are you?"
+ASK_PASSWORD = "200 Your password please."
+ASK_NEW_PASSWORD = "200 Your new password please."
+CHANGED = "200 Password changed, thank-you."
+BYE = "200 Bye."
+BAD_OLD_PASSWORD = "500 Old password is incorrect."
+NEW_PASSWORD_REFUSED = "500 New password not acceptable."
+NOT_CHANGED = "500 Server error, password not changed."
+TRY_LATER = "500 Server error, try again later."
+LINE_TOO_LONG = "500 Line too long."
+TIMED_OUT = "500 Timeout, closing connection."
+TOO_MANY_BAD_COMMANDS = "500 Too many bad commands, closing connection."
+
+
+class State(enum.Enum):
+    USER = "user"            # waiting for `user NAME`
+    PASS = "pass"            # waiting for `pass OLD`
+    NEWPASS = "newpass"      # waiting for `newpass NEW`
+
+
+EXPECTED = {State.USER: "500 Username required.",
+            State.PASS: "500 Password required.",
+            State.NEWPASS: "500 New password required."}
+"""The reply to any other command in that state."""
+
+
+class Channel:
+    """Line I/O on two descriptors, bounded and timed."""
+
+    def __init__(self, in_fd: int, out_fd: int, timeout_s: float):
+        self.in_fd, self.out_fd, self.timeout_s = in_fd, out_fd, timeout_s
+        self.buffer = b""
+
+    def write_line(self, text: str) -> None:
+        data = text.encode("utf-8", "surrogateescape") + b"\r\n"
+        while data:
+            data = data[os.write(self.out_fd, data):]
+
+    def read_line(self) -> bytes | None:
+        """The next line without its CRLF; None at EOF. Raises TimeoutError, or
+        OverflowError for a line longer than the limit."""
+        while b"\n" not in self.buffer:
+            if len(self.buffer) >= limits.POPPASSD_MAX_LINE_OCTETS:
+                raise OverflowError
+            ready, _, _ = select.select([self.in_fd], [], [], self.timeout_s)
+            if not ready:
+                raise TimeoutError
+            chunk = os.read(self.in_fd, limits.POPPASSD_MAX_LINE_OCTETS)
+            if not chunk:
+                return None
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        if len(line) + 1 > limits.POPPASSD_MAX_LINE_OCTETS:
+            raise OverflowError
+        return line.removesuffix(b"\r")
+
+
+def peer_address(fd: int = 0) -> str:
+    """The client's address when `fd` is a socket (inetd), else "unknown"."""
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return "unknown"
+    with sock:
+        try:
+            peer = sock.getpeername()
+        except OSError:
+            return "unknown"
+    return peer[0] if isinstance(peer, tuple) else "unknown"
+
+
+def _name_is_sane(user: str) -> bool:
+    return (bool(user) and len(user.encode("utf-8", "replace")) <= limits.MAX_USER_NAME_OCTETS
+            and user.isprintable() and not any(c in user for c in "/: "))
+
+
+def set_password(user: str, new_password: str) -> str | None:
+    """chpasswd as root, the password on its stdin; None on success, else why (for the log:
+    chpasswd's own message, which never contains the password)."""
+    try:
+        result = subprocess.run([CHPASSWD], input=f"{user}:{new_password}\n".encode("utf-8"),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                env={"PATH": SAFE_PATH, "LANG": "C"}, close_fds=True,
+                                timeout=limits.CHPASSWD_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"cannot run {CHPASSWD}: {exc.__class__.__name__}"
+    if result.returncode == 0:
+        return None
+    message = result.stderr.decode("utf-8", "replace").strip().splitlines()
+    text = message[0] if message else ""
+    if new_password in text:
+        text = "(message withheld)"
+    return f"chpasswd exited {result.returncode}: {text}"
+
+
+class Dialogue:
+    """One poppassd connection: one command table per state."""
+
+    def __init__(self, channel: Channel, log: Callable[[int, str], None], *,
+                 pam_service: str = DEFAULT_PAM_SERVICE, client_ip: str = "unknown"):
+        self.channel = channel
+        self.log = log
+        self.pam_service = pam_service
+        self.client_ip = client_ip
+        self.state = State.USER
+        self.user: str | None = None
+        self.old_password: str | None = None
+        self.bad_commands = 0
+        self.done = False
+        self.commands = {
+            State.USER: {"user": self.cmd_user, "quit": self.cmd_quit},
+            State.PASS: {"pass": self.cmd_pass, "quit": self.cmd_quit},
+            State.NEWPASS: {"newpass": self.cmd_newpass, "quit": self.cmd_quit},
+        }
+
+    def run(self) -> int:
+        self.channel.write_line(GREETING)
+        while not self.done:
+            try:
+                line = self.channel.read_line()
+            except TimeoutError:
+                self.channel.write_line(TIMED_OUT)
+                self.log(syslog.LOG_INFO, f"timeout after {self.channel.timeout_s}s "
+                                          f"from {self.client_ip}")
+                return EXIT_FAILED
+            except OverflowError:
+                self.channel.write_line(LINE_TOO_LONG)
+                self.log(syslog.LOG_NOTICE, f"over-long line from {self.client_ip}; closed")
+                return EXIT_FAILED
+            if line is None:
+                return 0
+            self.dispatch(line.decode("utf-8", "surrogateescape"))
+        return 0
+
+    def dispatch(self, line: str) -> None:
+        verb, _, argument = line.partition(" ")
+        handler = self.commands[self.state].get(verb.lower())
+        if handler is None or (not argument and verb.lower() != "quit"):
+            self.bad_commands += 1
+            if self.bad_commands >= limits.POPPASSD_MAX_BAD_COMMANDS:
+                self.channel.write_line(TOO_MANY_BAD_COMMANDS)
+                self.done = True
+            else:
+                self.channel.write_line(EXPECTED[self.state])
+            return
+        handler(argument)
+
+    # ---- commands ----------------------------------------------------------------------------
+    def cmd_user(self, name: str) -> None:
+        # Whatever the name, the same reply: whether it exists is said by nothing but `pass`.
+        self.user = name
+        self.state = State.PASS
+        self.channel.write_line(ASK_PASSWORD)
+
+    def cmd_pass(self, old_password: str) -> None:
+        started = time.monotonic()
+        refusal = self._check_old_password(self.user, old_password)
+        if refusal is None:
+            self.old_password = old_password
+            self.state = State.NEWPASS
+            self.channel.write_line(ASK_NEW_PASSWORD)
+            return
+        reply, reason = refusal
+        self.log(syslog.LOG_NOTICE, f'password change for "{self.user}" from '
+                                    f"{self.client_ip} refused: {reason}")
+        if reply == BAD_OLD_PASSWORD:
+            # Counted from the command, not from PAM's answer: an unknown name (no PAM call)
+            # and a wrong password (pam_unix's own ~2 s delay) take the same time.
+            time.sleep(max(0.0, started + limits.POPPASSD_FAILURE_DELAY_S - time.monotonic()))
+        self.channel.write_line(reply)
+        self.done = True
+
+    def cmd_newpass(self, new_password: str) -> None:
+        if not _acceptable(new_password, self.old_password):
+            self.channel.write_line(NEW_PASSWORD_REFUSED)
+            return
+        failure = set_password(self.user, new_password)
+        if failure is not None:
+            self.log(syslog.LOG_ERR, f'password change for "{self.user}" from '
+                                     f"{self.client_ip} failed: {failure}")
+            self.channel.write_line(NOT_CHANGED)
+            self.done = True
+            return
+        self.log(syslog.LOG_NOTICE, f'password changed for "{self.user}" from {self.client_ip}')
+        self.channel.write_line(CHANGED)
+        self.state = State.USER          # like Qpopper's: the client says quit next
+        self.user = self.old_password = None
+
+    def cmd_quit(self, _argument: str) -> None:
+        self.channel.write_line(BYE)
+        self.done = True
+
+    # ---- checks ------------------------------------------------------------------------------
+    def _check_old_password(self, user: str, old_password: str) -> tuple[str, str] | None:
+        """None when `user` proved `old_password`; else (reply, reason for the log)."""
+        if not _name_is_sane(user):
+            return BAD_OLD_PASSWORD, "invalid user name"
+        try:
+            account = pwd.getpwnam(user)
+        except KeyError:
+            return BAD_OLD_PASSWORD, "no such user"
+        if account.pw_uid <= limits.BLOCKED_UID_MAX:
+            return BAD_OLD_PASSWORD, f"uid {account.pw_uid} is blocked"
+        try:
+            old_password.encode("utf-8")
+        except UnicodeEncodeError:
+            return BAD_OLD_PASSWORD, "old password is not UTF-8"
+        # check_password_expired=False: an expired password may (must) be changed.
+        result = pam_auth.authenticate(self.pam_service, user, old_password, self.client_ip,
+                                       check_password_expired=False)
+        if result.system_error:
+            return TRY_LATER, f"PAM service {self.pam_service}: {result.reason} ({result.code})"
+        if not result.ok:
+            return BAD_OLD_PASSWORD, (f"PAM service {self.pam_service}: {result.reason} "
+                                      f"({result.code})")
+        return None
+
+
+def _acceptable(new_password: str, old_password: str | None) -> bool:
+    """Not empty, printable (no control characters), valid UTF-8, not the old one."""
+    if not new_password or not new_password.isprintable() or new_password == old_password:
+        return False
+    try:
+        new_password.encode("utf-8")
+    except UnicodeEncodeError:             # undecodable bytes came in as surrogates
+        return False
+    return True
+
+
+def _parse_args(argv: list[str]) -> tuple[str, float]:
+    service, timeout = DEFAULT_PAM_SERVICE, float(limits.POPPASSD_TIMEOUT_S)
+    args = list(argv)
+    while args:
+        flag = args.pop(0)
+        if flag in ("-h", "--help"):
+            raise SystemExit(print(USAGE) or 0)
+        if flag not in ("-s", "--pam-service", "-t", "--timeout") or not args:
+            raise ValueError(f"unexpected argument {flag!r}" if flag not in (
+                "-s", "--pam-service", "-t", "--timeout") else f"{flag} needs a value")
+        value = args.pop(0)
+        if flag in ("-s", "--pam-service"):
+            if not value or "/" in value or not value.isprintable():
+                raise ValueError(f"bad PAM service name {value!r}")
+            service = value
+        else:
+            try:
+                timeout = float(value)
+            except ValueError:
+                raise ValueError(f"--timeout needs a number of seconds, got {value!r}") from None
+            if not 0 < timeout <= 3600:
+                raise ValueError("--timeout must be between 0 and 3600 seconds")
+    return service, timeout
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        service, timeout = _parse_args(sys.argv[1:] if argv is None else argv)
+    except ValueError as exc:
+        print(f"poppassd: {exc}; {USAGE}", file=sys.stderr)
+        return EXIT_USAGE
+    log = Logger(facility=syslog.LOG_AUTHPRIV, ident="poppassd")
+    if os.geteuid() != 0:
+        # PAM reads /etc/shadow and chpasswd writes it: only root can do either.
+        print("poppassd: must run as root (from inetd or poppassd.socket)", file=sys.stderr)
+        return EXIT_FAILED
+    dialogue = Dialogue(Channel(0, 1, timeout), log, pam_service=service,
+                        client_ip=peer_address(0))
+    try:
+        return dialogue.run()
+    except (BrokenPipeError, ConnectionResetError):
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
