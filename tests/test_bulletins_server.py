@@ -1,0 +1,189 @@
+"""Bulletins end to end through the real server with real users (root only): delivered once
+after the privilege drop, files owned by the user, popbulldir, the SQLite bulletin database
+shared by users of the mail group, the [SYS/TEMP] refusal, and a session killed between the
+append and the record (the next login has the bulletin exactly once)."""
+
+from __future__ import annotations
+
+import grp
+import os
+import poplib
+import re
+import socket
+import sqlite3
+import stat
+
+import pytest
+
+from qpopper import bulletins
+from tests.helpers.sysusers import make_spool
+from tests.server_harness import Site, login, mbox
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
+
+BULLETIN = (b"From qpop Wed Nov  9 13:31:08 1994\n"
+            b"Date: Wed, 9 Nov 1994 13:31:07 -0800 (PST)\n"
+            b"To: user@localhost\n"
+            b"From: POP Administrator <postmaster@localhost>\n"
+            b"Subject: Example bulletin\n"
+            b"Status: RO\n"
+            b"\n"
+            b"The system will be down for maintenance\n"
+            b"between 12 Midnight and 6 A.M. on November 30.\n")
+UIDL_RE = re.compile(rb"\d{10}\.001")
+
+
+def make_bulldir(root: str) -> str:
+    """root-owned and not writable by users, as the manual asks; bulletins 0644."""
+    path = os.path.join(root, "bulls")
+    os.mkdir(path, 0o755)
+    with open(os.path.join(path, "00001.Example_bulletin"), "wb") as f:
+        f.write(BULLETIN)
+    return path
+
+
+def mail_dir(root: str, name: str, mode: int) -> str:
+    path = os.path.join(root, name)
+    os.mkdir(path)
+    os.chown(path, 0, grp.getgrnam("mail").gr_gid)
+    os.chmod(path, mode)
+    return path
+
+
+def subjects_and_uids(client) -> list[tuple[bytes, bytes]]:
+    out = []
+    for n in range(1, client.stat()[0] + 1):
+        lines = client.retr(n)[1]
+        subject = next(l for l in lines if l.startswith(b"Subject: "))[9:]
+        out.append((subject, client.uidl(n).split()[2]))
+    return out
+
+
+@pytest.fixture
+def site(world_tmp, pam_service):
+    bulldir = make_bulldir(world_tmp)
+    s = Site(world_tmp, pam_service, bulldir=bulldir, statistics=False, timing=False)
+    yield s
+    s.close()
+
+
+def test_user_gets_the_bulletin_once_with_to_rewritten(site, system_users):
+    user = system_users.create("bu")
+    make_spool(site.spool_dir, user, mbox(("hello", "ordinary mail")))
+    server = site.server()
+    client = login(server, user)
+    try:
+        assert client.stat()[0] == 2
+        lines = client.retr(2)[1]
+        assert b"Subject: Example bulletin" in lines
+        assert f"To: {user.name}@{socket.gethostname()}".encode() in lines
+        assert b"To: user@localhost" not in lines
+        assert not any(l.startswith(b"Status:") for l in lines)
+        uid = client.uidl(2).split()[2]
+        assert UIDL_RE.fullmatch(uid), uid
+        client.quit()
+    finally:
+        client.close()
+    popbull = os.path.join(user.home, ".popbull")
+    st = os.stat(popbull)
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (user.uid, 0o600)   # written as the user
+    with open(popbull, "rb") as f:
+        assert f.read() == b"1\n"
+
+    client = login(server, user)                # again: not twice, same UID
+    try:
+        again = subjects_and_uids(client)
+        assert [s for s, _ in again] == [b"hello", b"Example bulletin"]
+        assert again[1][1] == uid
+        client.dele(2)
+        client.quit()
+    finally:
+        client.close()
+    client = login(server, user)
+    try:
+        assert client.stat()[0] == 1            # deleted stays deleted
+        client.quit()
+    finally:
+        client.close()
+
+
+def test_popbulldir_record_is_created_by_the_user(site, system_users):
+    popbulldir = mail_dir(site.root, "popbull", 0o3770)
+    with open(site.config, "a") as f:
+        f.write(f'set popbulldir = "{popbulldir}"\n')
+    user = system_users.create("bp")
+    server = site.server()
+    client = login(server, user)
+    try:
+        assert client.stat()[0] == 1
+        client.quit()
+    finally:
+        client.close()
+    st = os.stat(os.path.join(popbulldir, user.name + ".popbull"))
+    assert st.st_uid == user.uid
+    assert not os.path.exists(os.path.join(user.home, ".popbull"))
+
+
+def test_bulletin_database_shared_by_users_of_the_mail_group(site, system_users):
+    mail_dir(os.path.join(site.root, "bulls"), bulletins.BULLDB_DIR, 0o2770)
+    with open(site.config, "a") as f:
+        f.write("set bulldb\n")
+    alice, bob = system_users.create("ba"), system_users.create("bb")
+    server = site.server()
+    for user in (alice, bob, alice):
+        client = login(server, user)
+        try:
+            assert client.stat()[0] == 1        # the bulletin, once
+            client.quit()
+        finally:
+            client.close()
+    path = os.path.join(site.root, "bulls", bulletins.BULLDB_DIR, bulletins.BULLDB_FILE)
+    st = os.stat(path)
+    assert st.st_gid == grp.getgrnam("mail").gr_gid and stat.S_IMODE(st.st_mode) == 0o660
+    db = sqlite3.connect(path)
+    try:
+        rows = db.execute("SELECT user, last, pending FROM seen ORDER BY user").fetchall()
+    finally:
+        db.close()
+    assert rows == sorted([(alice.name, 1, None), (bob.name, 1, None)])
+    assert not os.path.exists(os.path.join(alice.home, ".popbull"))
+
+
+def test_unusable_bulletin_database_refuses_the_login_with_sys_temp(site, system_users):
+    with open(site.config, "a") as f:
+        f.write("set bulldb\nset bulldb-max-tries = 1\n")      # no bulldb directory
+    user = system_users.create("bf")
+    make_spool(site.spool_dir, user, mbox(("kept", "mail")))
+    server = site.server()
+    client = poplib.POP3(server.host, server.port, timeout=20)
+    try:
+        client.user(user.name)
+        with pytest.raises(poplib.error_proto) as refused:
+            client.pass_(user.password)
+        assert refused.value.args[0] == (b"-ERR [SYS/TEMP] Unable to open Bulletin database; "
+                                         b"contact your administrator")
+    finally:
+        client.close()
+    site.syslog.wait_for(r"Unable to open Bulletin database for .*")
+    with open(os.path.join(site.spool_dir, user.name), "rb") as f:
+        assert f.read() == mbox(("kept", "mail"))             # untouched
+
+
+def test_session_killed_after_the_append_then_next_login_has_it_once(site, system_users):
+    user = system_users.create("bk")
+    make_spool(site.spool_dir, user, mbox(("hello", "ordinary mail")))
+    crashing = site.server(env={"QPOPPER_TEST_CRASH_AT": "bulletins:record-seen"})
+    with pytest.raises((poplib.error_proto, OSError, EOFError)):
+        client = login(crashing, user)
+        client.close()
+    crashing.stop()
+    with open(os.path.join(site.spool_dir, user.name), "rb") as f:
+        assert f.read().count(b"Subject: Example bulletin") == 1   # appended, record not
+    server = site.server()
+    client = login(server, user)
+    try:
+        assert [s for s, _ in subjects_and_uids(client)] == [b"hello", b"Example bulletin"]
+        client.quit()
+    finally:
+        client.close()
+    site.syslog.wait_for(r"Bulletin delivery of an earlier session of .*: delivered")
