@@ -225,6 +225,7 @@ class MimeWalker:
         self._current: _Field | None = None     # the field continuation lines belong to
         self._keep_field = True                 # top-level header: current field is kept
         self._leaf_index = -1
+        self._held_blank = False                # an empty body line not yet passed on
         self._out = bytearray()
 
     # --- byte stream → lines -----------------------------------------------------------------
@@ -256,8 +257,14 @@ class MimeWalker:
 
     def finish(self) -> None:
         """End of the message (the stream always ends with CRLF, so no partial line)."""
-        if self._state in (_TOP_HEADER,) and self.emit is None:
+        if self._state == _TOP_HEADER and self.emit is None:
             self.plan.leaves = None         # headers never ended: not a MIME message we mangle
+        if self._held_blank:                # no delimiter followed: the line was content
+            self._held_blank = False
+            try:
+                self._body_line(b"\r\n", False)
+            except _Done:
+                pass
         self._flush()
 
     # --- output ------------------------------------------------------------------------------
@@ -295,6 +302,7 @@ class MimeWalker:
             was_chosen = self._state == _LEAF_BODY and self._leaf_index == self.plan.chosen
             if self._boundary(text):
                 self._fields, self._current = {}, None
+                self._held_blank = False
                 if self.emit is not None and was_chosen:
                     raise _Done()           # the chosen part is complete: nothing else is sent
                 return self._drop
@@ -302,13 +310,24 @@ class MimeWalker:
             return self._header_line(line, text, whole, stuffed)
         if self._state != _LEAF_BODY:
             return self._drop
+        if self.emit is None and self._leaf_index >= len(self.plan.leaves):
+            return self._drop               # beyond MAX_MANGLE_PARTS: never chosen
+        if self.emit is not None and self._leaf_index != self.plan.chosen:
+            return self._drop
+        if self._held_blank:
+            self._held_blank = False
+            self._body_line(b"\r\n", False)
+        if whole and line == b"\r\n":
+            # RFC 2046 §5.1.1: the line break before a delimiter belongs to the delimiter, so
+            # an empty last line is not content. Hold it until the next line tells.
+            self._held_blank = True
+            return self._drop
+        return self._body_line(line, stuffed)
+
+    def _body_line(self, line: bytes, stuffed: bool) -> Callable[[bytes], None]:
         if self.emit is None:               # pre-pass: count every leaf's body
-            if self._leaf_index >= len(self.plan.leaves):
-                return self._drop
             self._keep_body(line[1:] if stuffed else line)
             return self._keep_body
-        if self._leaf_index != self.plan.chosen:
-            return self._drop
         if self.body_lines is not None:
             if self.body_lines <= 0:
                 raise _Done()
