@@ -47,6 +47,8 @@ Server mode (-S) is a later issue: `Maildrop.open` is the place that will choose
 from __future__ import annotations
 
 import errno
+import grp
+import hashlib
 import json
 import os
 import stat
@@ -55,7 +57,7 @@ from typing import Callable
 
 from .. import limits
 from ..responses import PopError, RespCode
-from . import mbox
+from . import cache, mbox
 from .locking import LockTiming, SessionLock, SpoolLock
 from .paths import SpoolPaths
 
@@ -85,6 +87,34 @@ def separator_padding(tail: bytes) -> bytes:
     return b"\n" if tail.endswith(b"\n") else b"\n\n"
 
 
+def resolve_server_mode(cfg, user: str, gid: int, log: Log | None = None):
+    """The Config with server-mode decided for this user before the per-user option files
+    (manual "Enabling Server Mode"): the default or -S, then membership of group-server-mode
+    turns it on, then membership of group-no-server-mode turns it off (exclusion wins). The
+    session applies the user files to the result, so a file that sets server-mode has the
+    last word and one that does not keeps this. Members: the group's listed members and the
+    users whose primary group it is."""
+    mode = bool(getattr(cfg, "server_mode", False))
+    include = getattr(cfg, "group_server_mode", None)
+    exclude = getattr(cfg, "group_no_server_mode", None)
+    if include and _in_group(include, user, gid, log):
+        mode = True
+    if exclude and _in_group(exclude, user, gid, log):
+        mode = False
+    return cfg if mode == bool(getattr(cfg, "server_mode", False)) else cfg.replace(
+        server_mode=mode)
+
+
+def _in_group(name: str, user: str, gid: int, log: Log | None) -> bool:
+    try:
+        group = grp.getgrnam(name)
+    except KeyError:
+        if log is not None:
+            log(syslog.LOG_WARNING, f"server-mode group {name!r} does not exist")
+        return False
+    return group.gr_gid == gid or user in group.gr_mem
+
+
 class Maildrop:
     """One user's maildrop for one session. Build it with `Maildrop.open`."""
 
@@ -104,6 +134,10 @@ class Maildrop:
         self.messages: list[mbox.Message] = []
         self.hidden_count = 0
         self._journal = _Journal(paths.journal, self._step)
+        self.server_mode = False            # chosen by _open (see the top of this file)
+        self.scan_region: tuple[int, int] | None = None   # server mode: what open scanned
+        self._login: cache.SpoolState | None = None     # server mode: the spool at login
+        self._cache_current = False         # server mode: the cache already says all that
 
     # --- the contract -------------------------------------------------------------------------
     @classmethod
@@ -113,7 +147,7 @@ class Maildrop:
         """Lock the session, recover, move new mail in, scan. Raises PopError."""
         drop = cls(cfg, paths, user, step_hook, log, lock_step_s)
         try:
-            drop._open_normal()
+            drop._open()
         except BaseException:
             drop.close()
             raise
@@ -129,6 +163,8 @@ class Maildrop:
         doomed = {id(self.messages[i]) for i in deleted}
         kept = [m for m in self._all if id(m) not in doomed]
         marked = {id(self.messages[i]) for i in retrieved}
+        if self.server_mode:
+            return self._update_server(kept, marked, bool(doomed))
         try:
             if not kept:
                 self._empty_drop()
@@ -144,6 +180,12 @@ class Maildrop:
     def restore(self) -> None:
         """Abort without update (pop_restore): the drop goes back in front of any new mail."""
         self._phase = "restore"
+        if self.server_mode:                # the spool was never touched: nothing to put back
+            try:
+                self._store_cache_if_stale()
+            finally:
+                self.close()
+            return
         try:
             if os.fstat(self._session.fd).st_size:
                 self._commit_with_lock(self._write_drop_raw)
@@ -206,7 +248,7 @@ class Maildrop:
         return lock
 
     # --- open -------------------------------------------------------------------------------------
-    def _open_normal(self) -> None:
+    def _open(self) -> None:
         if getattr(self.cfg, "check_hash_dir", True):
             self.paths.ensure_hash_dirs(self._log)
         self._session = SessionLock(self.paths.temp_drop, step_hook=self._step, log=self._log)
@@ -216,24 +258,35 @@ class Maildrop:
                 self._step("fsync-temp-drop-dir")
                 _fsync_dir(self.paths.temp_drop)
             self._journal.remove_leftover_tmp()
-            if self._journal.read() is not None:
-                self._phase = "recover"
-                self._recover()
-                self._phase = "open"
-            elif os.path.lexists(self.paths.new_image):
-                self._step("unlink-leftover-image")     # the journal was cleared, not the image
-                _unlink(self.paths.new_image)
-            if self.paths.old_temp_drop:
-                self._absorb_old_temp_drop()
-            spool = self._spool_lock(create=False)
-            try:
-                if spool.fd is not None:
-                    self._absorb(spool.fd, "spool", spool.refresh_if_due)
-            finally:
-                spool.release()
-            self._scan()
+            cache.remove_stale_tmp(self.paths.cache, self._step)
+            if (getattr(self.cfg, "server_mode", False) and self._nothing_to_recover()
+                    and self._open_server()):
+                self.server_mode = True
+                return
+            self._open_normal()
         except OSError as exc:
             raise self._failure(exc, OPEN_FAILED_TEXT, OVERQUOTA_OPEN_TEXT) from None
+
+    def _open_normal(self) -> None:
+        """Recover, move the spool's mail into the drop, scan the drop."""
+        if self._journal.read() is not None:
+            self._phase = "recover"
+            self._recover()
+            self._phase = "open"
+        elif os.path.lexists(self.paths.new_image):
+            self._step("unlink-leftover-image")     # the journal was cleared, not the image
+            _unlink(self.paths.new_image)
+        if self.paths.old_temp_drop:
+            self._absorb_old_temp_drop()
+        # A cache describes a spool this session is about to rewrite: forget it first.
+        cache.remove(self.paths.cache, self._step)
+        spool = self._spool_lock(create=False)
+        try:
+            if spool.fd is not None:
+                self._absorb(spool.fd, "spool", spool.refresh_if_due)
+        finally:
+            spool.release()
+        self._scan()
 
     def _scan(self) -> None:
         self._drop_file = open(self._session.fd, "rb", closefd=False)
@@ -283,6 +336,232 @@ class Maildrop:
         self._step(f"fsync-{source}")
         os.fsync(src)
         self._journal.clear()
+
+    # --- server mode: open ------------------------------------------------------------------------
+    def _nothing_to_recover(self) -> bool:
+        """Server mode is forced off while a crashed session's state is around (§1.9): a
+        non-empty temporary drop, a journal, a new image, or an old-location drop with mail.
+        Normal mode's recovery deals with those first."""
+        if os.fstat(self._session.fd).st_size:
+            return False
+        if os.path.lexists(self.paths.journal) or os.path.lexists(self.paths.new_image):
+            return False
+        old = self.paths.old_temp_drop
+        try:
+            return not (old and os.lstat(old).st_size)
+        except FileNotFoundError:
+            return True
+
+    def _open_server(self) -> bool:
+        """Lock, read the spool in place (or trust the cache for what it covers), unlock, keep
+        the spool open. False when there is no spool (server mode is then forced off)."""
+        spool = self._spool_lock(create=False)
+        try:
+            if spool.fd is None:
+                return False
+            fd = os.open(self.paths.spool, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            a, b = os.fstat(fd), os.fstat(spool.fd)
+            if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino):
+                os.close(fd)    # replaced between lock and open: let normal mode handle it
+                return False
+            self._drop_file = open(fd, "rb")
+            size = a.st_size
+            self._all = self._server_scan(fd, size)
+            self._login = cache.spool_state(fd, size)
+        finally:
+            spool.release()             # only the read-only descriptor stays open
+        self.messages = [m for m in self._all if not m.hidden]
+        self.hidden_count = len(self._all) - len(self.messages)
+        return True
+
+    def _server_scan(self, fd: int, size: int) -> list[mbox.Message]:
+        options = dict(update_status_headers=bool(getattr(self.cfg, "update_status_headers", True)),
+                       old_style_uid=bool(getattr(self.cfg, "old_style_uid", False)),
+                       uw_kludge=bool(getattr(self.cfg, "uw_kluge", False)))
+        cached = cache.load(self.paths.cache, self.user, self.cfg, fd)
+        if cached is not None:
+            known, state = cached
+            try:
+                new = mbox.scan(self._drop_file, start=state.size, end=size,
+                                first_number=len(known) + 1,
+                                taken_uids={m.uid for m in known}, **options)
+            except mbox.MboxFormatError:
+                self._note(syslog.LOG_NOTICE, f"{self.user}'s cache does not end at a message; "
+                                              "scanning the spool")
+            else:
+                self.scan_region = (state.size, size)
+                self._cache_current = state.size == size
+                return known + new
+        self.scan_region = (0, size)
+        return mbox.scan(self._drop_file, end=size, **options)
+
+    # --- server mode: update --------------------------------------------------------------------
+    def _update_server(self, kept, marked, any_deleted: bool) -> None:
+        """QUIT in server mode (§2.6): nothing changed -> no spool write; all deleted and no
+        new mail -> truncate; otherwise replace the spool with the new image (see top)."""
+        try:
+            if not any_deleted and not self._headers_to_write(marked):
+                self._store_cache_if_stale()
+                return
+            self._spool = self._spool_lock(create=True)
+            try:
+                state, rescan = self._rewrite_spool(kept, marked)
+            finally:
+                self._spool.release()
+                self._spool = None
+            self._store_cache_of_new_spool(state, rescan)
+        except OSError as exc:
+            raise self._failure(exc, UPDATE_FAILED_TEXT, OVERQUOTA_UPDATE_TEXT) from None
+        except PopError as refusal:
+            raise self._update_refused(refusal) from None
+        finally:
+            self.close()
+
+    def _headers_to_write(self, marked) -> bool:
+        """Would the write-back change any message? (X-UIDL after the From line, a Status
+        header, `Status: RO` on a message retrieved now.) Hidden messages are written as is."""
+        if not getattr(self.cfg, "update_status_headers", True):
+            return False
+        fd = self._drop_file.fileno()
+        for m in self._all:
+            if m.hidden:
+                continue
+            if (not m.uid_from_header or len(m.uidl_lines) != 1
+                    or m.uidl_lines[0][0] != m.content_start or not m.status_lines):
+                return True
+            if id(m) in marked and any(os.pread(fd, b - a, a) != b"Status: RO\n"
+                                       for a, b in m.status_lines):
+                return True
+        return False
+
+    def _rewrite_spool(self, kept, marked) -> tuple[cache.SpoolState, bool]:
+        """Under the spool lock. Returns the new spool's state and whether its [0, size) must be
+        scanned for the cache (False: it is empty)."""
+        spool = self._spool.fd
+        st = os.fstat(spool)
+        login = self._login
+        if (st.st_dev, st.st_ino) != (login.dev, login.ino) or st.st_size < login.size:
+            raise PopError(UPDATE_FAILED_TEXT, RespCode.SYS_TEMP,
+                           log="the spool was replaced or cut during a server-mode session; "
+                               "left as it is")
+        if not kept and st.st_size == login.size:
+            self._step("truncate-spool")
+            os.ftruncate(spool, 0)
+            self._step("fsync-spool")
+            os.fsync(spool)
+            return cache.spool_state(spool), False
+        return self._replace_spool(kept, marked, st), True
+
+    def _replace_spool(self, kept, marked, st: os.stat_result) -> cache.SpoolState:
+        """New image = kept messages + mail delivered since login; journal `replace`; then
+        rename it over the spool (fast-update) or write it into the spool in place."""
+        spool = self._spool.fd
+        spool_len = st.st_size
+        login_len = self._login.size
+        fast = bool(getattr(self.cfg, "fast_update", False))
+        image = self._open_image(truncate=True)
+        try:
+            try:
+                writer = _ChunkWriter(image, self._step, "write-image")
+                self._write_kept(kept, marked, writer.write)
+                writer.flush()
+                if spool_len > login_len:
+                    pad = separator_padding(_tail(image, writer.pos))
+                    if pad:
+                        writer.write(pad)
+                        writer.flush()
+                    _copy(spool, login_len, spool_len - login_len, image, writer.pos,
+                          self._step, "copy-new-mail-to-image", self._spool.refresh_if_due)
+                if fast:
+                    fast = self._dress_like_spool(image, st)
+                self._step("fsync-image")
+                os.fsync(image)
+            except OSError:
+                self._step("unlink-image")
+                _unlink(self.paths.new_image)
+                raise
+            image_len = os.fstat(image).st_size
+            self._journal.write({"op": "replace", "dev": st.st_dev, "ino": st.st_ino,
+                                 "len": image_len, "spool_len": spool_len,
+                                 "prefix": _hash_range(spool, 0, spool_len)})
+            if fast and self._rename_over_spool():
+                self._journal.clear()
+                return cache.spool_state(image)
+            # Copy: empty the spool (the image holds its mail), then a journaled commit onto
+            # the empty spool, exactly as normal mode applies an image.
+            self._step("truncate-spool")
+            os.ftruncate(spool, 0)
+            self._step("fsync-spool")
+            os.fsync(spool)
+            self._apply(spool, image, image_len, 0)
+        finally:
+            os.close(image)
+        self._finish_commit()
+        return cache.spool_state(spool)
+
+    def _dress_like_spool(self, image: int, st: os.stat_result) -> bool:
+        """fast-update: the image becomes the spool, so it takes the spool's mode and group.
+        False (copy instead) when the group cannot be given."""
+        try:
+            self._step("chmod-image")
+            os.fchmod(image, stat.S_IMODE(st.st_mode))
+            if os.fstat(image).st_gid != st.st_gid:
+                os.fchown(image, -1, st.st_gid)
+        except OSError as exc:
+            self._note(syslog.LOG_NOTICE, f"fast-update of {self.user}: cannot give the image "
+                                          f"the spool's mode/group ({exc.strerror}); copying")
+            return False
+        return True
+
+    def _rename_over_spool(self) -> bool:
+        """rename(2) the image over the spool; False (copy instead) when it fails (another
+        filesystem, a directory we may not write)."""
+        try:
+            self._step("rename-image-over-spool")
+            os.rename(self.paths.new_image, self.paths.spool)
+        except OSError as exc:
+            self._note(syslog.LOG_NOTICE, f"fast-update of {self.user}: rename failed "
+                                          f"({exc.strerror}); copying")
+            return False
+        self._step("fsync-spool-dir")
+        _fsync_dir(self.paths.spool)
+        return True
+
+    # --- server mode: the cache -------------------------------------------------------------------
+    def _store_cache_if_stale(self) -> None:
+        """Nothing was written: the messages of the login-time spool are the cache."""
+        if not self._cache_current:
+            self._store_cache(self._login, self._all)
+
+    def _store_cache_of_new_spool(self, state: cache.SpoolState, rescan: bool) -> None:
+        """After a rewrite the spool's first state.size octets are ours: scan them (outside
+        the lock; delivery agents only append) so the next session starts from the cache."""
+        messages: list[mbox.Message] = []
+        if rescan:
+            try:
+                fd = os.open(self.paths.spool, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                return
+            with open(fd, "rb") as f:
+                st = os.fstat(fd)
+                if (st.st_dev, st.st_ino) != (state.dev, state.ino):
+                    return
+                try:
+                    messages = mbox.scan(
+                        f, end=state.size,
+                        update_status_headers=bool(getattr(self.cfg, "update_status_headers",
+                                                           True)),
+                        old_style_uid=bool(getattr(self.cfg, "old_style_uid", False)),
+                        uw_kludge=bool(getattr(self.cfg, "uw_kluge", False)))
+                except mbox.MboxFormatError:
+                    return
+        self._store_cache(state, messages)
+
+    def _store_cache(self, state: cache.SpoolState, messages) -> None:
+        try:
+            cache.store(self.paths.cache, self.user, self.cfg, state, messages, self._step)
+        except OSError as exc:
+            self._note(syslog.LOG_WARNING, f"cannot write {self.user}'s cache: {exc}")
 
     # --- update and restore ---------------------------------------------------------------------
     def _empty_drop(self) -> None:
@@ -429,10 +708,13 @@ class Maildrop:
             self._journal.clear()
         elif op == "absorbed":
             self._recover_absorbed(record)
-        elif op == "commit":
+        elif op in ("commit", "replace"):
             self._spool = self._spool_lock(create=True)
             try:
-                self._recover_commit(record)
+                if op == "commit":
+                    self._recover_commit(record)
+                else:
+                    self._recover_replace(record)
             finally:
                 self._spool.release()
                 self._spool = None
@@ -471,6 +753,30 @@ class Maildrop:
                 holder.release(unlink=False)
             elif holder is not None:
                 holder.release()
+
+    def _recover_replace(self, record: dict) -> None:
+        """A server-mode update died after its image was durable. Renamed (fast-update): done.
+        Spool untouched (its first spool_len octets hash as recorded): the update did not
+        happen; the image goes. Spool emptied (then maybe new mail): roll forward as a commit
+        onto an empty spool."""
+        spool = self._spool.fd
+        st = os.fstat(spool)
+        same_file = (st.st_dev, st.st_ino) == (record["dev"], record["ino"])
+        if not os.path.lexists(self.paths.new_image):
+            if same_file:
+                raise PopError(JOURNAL_BAD_TEXT, RespCode.SYS_TEMP,
+                               log=f"{self.paths.journal}: replace without its image; left as is")
+            self._journal.clear()               # the rename happened
+            return
+        if (same_file and st.st_size >= record["spool_len"]
+                and _hash_range(spool, 0, record["spool_len"]) == record["prefix"]):
+            self._note(syslog.LOG_NOTICE, f"{self.user}'s server-mode update had not begun; "
+                                          "the spool stays as it was")
+            self._journal.clear()
+            self._step("unlink-image")
+            _unlink(self.paths.new_image)
+            return
+        self._recover_commit(dict(record, op="commit", spool_len=0))
 
     def _recover_commit(self, record: dict) -> None:
         spool = self._spool.fd
@@ -650,6 +956,19 @@ def _same_bytes(a: int, a_off: int, b: int, b_off: int, length: int) -> bool:
             return False
         done += n
     return True
+
+
+def _hash_range(fd: int, start: int, length: int) -> str:
+    """sha256 of [start, start+length) of fd, read in bounded chunks."""
+    digest = hashlib.sha256()
+    done = 0
+    while done < length:
+        data = os.pread(fd, min(limits.COPY_CHUNK_OCTETS, length - done), start + done)
+        if not data:
+            break
+        digest.update(data)
+        done += len(data)
+    return digest.hexdigest()
 
 
 def _tail(fd: int, size: int, n: int = 8) -> bytes:

@@ -1,0 +1,236 @@
+"""`.user.cache`: server mode's saved message list, so a session need not rescan the spool.
+
+Reference S10, §1.9, decision §7.12: the format is our own, versioned and checksummed, and a
+cache is a hint, never an authority. It is used only when every check passes; on any doubt the
+spool is scanned again (and the cache rewritten at the end of the session):
+
+- the file: a plain single-link file of ours (opened with O_NOFOLLOW), header line
+  `QPCACHE <version> <sha256 of the payload> <payload length>`, then the JSON payload; a wrong
+  version, a checksum or length mismatch (a truncated or edited file), bad JSON or a message
+  list that is not a well-formed partition of [0, size) is ignored;
+- the spool: same device and inode; at least `size` octets; when it has exactly `size` octets
+  its mtime must be the one recorded (same size, other mtime: rewritten in place); the first
+  and last PROBE_OCTETS of [0, size) must hash as recorded; and the scan options that decide
+  UIDs and flags (update-status-headers, old-style-uid, uw-kludge) must be the same;
+- conservative-cache: a spool whose mtime is later than the recorded one is not trusted at all
+  (by default new mail after `size` is expected: only [size, end) is scanned).
+
+Normal-mode sessions unlink the cache before they touch the spool (maildrop.py), so a cache
+never outlives a rewrite it did not see. Writes go to `<cache>.tmp` and are renamed over the
+cache; a crash leaves at worst a stale `.tmp`, removed by the next session.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import stat
+from dataclasses import dataclass
+from typing import Callable
+
+from .mbox import Message
+
+CACHE_VERSION = 1
+MAGIC = b"QPCACHE"
+CACHE_MODE = 0o600
+PROBE_OCTETS = 4096
+"""How much of the cached region's head and tail is re-read to check it is still the same."""
+MAX_CACHE_OCTETS = 256 * 1024 * 1024
+"""A larger file is not ours to trust (about 500,000 messages): rescan instead."""
+
+_FIELDS = [f.name for f in dataclasses.fields(Message)]
+_TUPLE_FIELDS = ("stripped", "uidl_lines", "status_lines")
+_BOOL_FIELDS = ("uid_from_header", "retrieved", "hidden", "mmdf")
+
+StepHook = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SpoolState:
+    """What the cache says about the spool it describes (all of it read under the spool lock)."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    head: str       # sha256 of the first PROBE_OCTETS of [0, size)
+    tail: str       # sha256 of the last PROBE_OCTETS of [0, size)
+
+
+def scan_options(cfg) -> dict:
+    """The options that change what a scan yields; a cache made with others is not used."""
+    return {"update_status_headers": bool(getattr(cfg, "update_status_headers", True)),
+            "old_style_uid": bool(getattr(cfg, "old_style_uid", False)),
+            "uw_kludge": bool(getattr(cfg, "uw_kluge", False))}
+
+
+def spool_state(fd: int, size: int | None = None) -> SpoolState:
+    """The state of the open spool, covering [0, size) (default: its whole length)."""
+    st = os.fstat(fd)
+    size = st.st_size if size is None else size
+    head = os.pread(fd, min(PROBE_OCTETS, size), 0) if size else b""
+    tail_at = max(0, size - PROBE_OCTETS)
+    tail = os.pread(fd, size - tail_at, tail_at) if size else b""
+    return SpoolState(st.st_dev, st.st_ino, size, st.st_mtime_ns,
+                      hashlib.sha256(head).hexdigest(), hashlib.sha256(tail).hexdigest())
+
+
+def encode(user: str, state: SpoolState, options: dict, messages: list[Message]) -> bytes:
+    payload = json.dumps({
+        "user": user, "spool": dataclasses.asdict(state), "options": options,
+        "messages": [[getattr(m, name) for name in _FIELDS] for m in messages],
+    }, separators=(",", ":")).encode()
+    digest = hashlib.sha256(payload).hexdigest()
+    return b"%s %d %s %d\n" % (MAGIC, CACHE_VERSION, digest.encode(), len(payload)) + payload
+
+
+def decode(data: bytes) -> tuple[str, SpoolState, dict, list[Message]]:
+    """Parse and check a cache file's bytes; raises ValueError for anything not quite right."""
+    header, newline, payload = data.partition(b"\n")
+    parts = header.split(b" ")
+    if not newline or len(parts) != 4 or parts[0] != MAGIC:
+        raise ValueError("not a cache file")
+    if parts[1] != str(CACHE_VERSION).encode():
+        raise ValueError(f"cache version {parts[1]!r}")
+    if not parts[3].isdigit() or int(parts[3]) != len(payload):
+        raise ValueError("cache length mismatch (truncated?)")
+    if hashlib.sha256(payload).hexdigest().encode() != parts[2]:
+        raise ValueError("cache checksum mismatch")
+    doc = json.loads(payload)
+    state = SpoolState(**doc["spool"])
+    if not all(isinstance(getattr(state, k), int) for k in ("dev", "ino", "size", "mtime_ns")):
+        raise ValueError("bad spool state")
+    messages = [_message(row) for row in doc["messages"]]
+    _check_partition(messages, state.size)
+    return doc["user"], state, doc["options"], messages
+
+
+def _message(row) -> Message:
+    if not isinstance(row, list) or len(row) != len(_FIELDS):
+        raise ValueError("bad message record")
+    values = dict(zip(_FIELDS, row))
+    for name, value in values.items():
+        if name in _TUPLE_FIELDS:
+            if not all(isinstance(p, list) and len(p) == 2 and all(type(x) is int for x in p)
+                       for p in value):
+                raise ValueError(f"bad {name}")
+            values[name] = tuple(tuple(p) for p in value)
+        elif name in _BOOL_FIELDS:
+            if type(value) is not bool:
+                raise ValueError(f"bad {name}")
+        elif name == "uid":
+            if not isinstance(value, str) or not value or not value.isascii():
+                raise ValueError("bad uid")
+        elif type(value) is not int or value < 0:
+            raise ValueError(f"bad {name}")
+    return Message(**values)
+
+
+def _check_partition(messages: list[Message], size: int) -> None:
+    """The messages must tile [0, size) in order, numbered 1..n, with sane inner offsets and
+    distinct UIDs: a list that does not is not a scan of any spool."""
+    pos = 0
+    uids = set()
+    for number, m in enumerate(messages, 1):
+        inner = (m.offset, m.content_start, m.header_end, m.body_start, m.body_end,
+                 m.trailer_end, m.end)
+        if (m.number != number or m.offset != pos or list(inner) != sorted(inner)
+                or not m.content_start <= m.uidl_insert_at <= m.body_end or m.uid in uids):
+            raise ValueError(f"message {number} does not fit")
+        uids.add(m.uid)
+        pos = m.end
+    if pos != size:
+        raise ValueError("messages do not cover the cached region")
+
+
+def load(path: str, user: str, cfg, spool_fd: int) -> tuple[list[Message], SpoolState] | None:
+    """The cached messages and the state they describe, when the cache may be trusted for the
+    open spool (see the module docstring); None means: scan the spool."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if (not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != os.geteuid()
+                or st.st_size > MAX_CACHE_OCTETS):
+            return None
+        data = _read_all(fd, st.st_size)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        cached_user, state, options, messages = decode(data)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    if cached_user != user or options != scan_options(cfg):
+        return None
+    now = os.fstat(spool_fd)
+    if (now.st_dev, now.st_ino) != (state.dev, state.ino) or now.st_size < state.size:
+        return None
+    if now.st_size == state.size and now.st_mtime_ns != state.mtime_ns:
+        return None
+    if getattr(cfg, "conservative_cache", False) and now.st_mtime_ns > state.mtime_ns:
+        return None
+    probe = spool_state(spool_fd, state.size)
+    if (probe.head, probe.tail) != (state.head, state.tail):
+        return None
+    return messages, state
+
+
+def store(path: str, user: str, cfg, state: SpoolState, messages: list[Message],
+          step: StepHook) -> None:
+    """Write the cache atomically (tmp file, rename). Raises OSError; callers log and go on."""
+    tmp = path + ".tmp"
+    data = encode(user, state, scan_options(cfg), messages)
+    step("cache-write")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, CACHE_MODE)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != os.geteuid():
+            raise OSError(f"{tmp}: not our plain file")
+        os.ftruncate(fd, 0)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+    step("cache-rename")
+    os.rename(tmp, path)
+
+
+def remove(path: str, step: StepHook) -> None:
+    """Forget the cache. Best effort: a cache we cannot remove still has to pass `load`'s
+    checks, which a rewritten spool fails."""
+    remove_stale_tmp(path, step)
+    if os.path.lexists(path):
+        step("cache-unlink")
+        _unlink_quietly(path)
+
+
+def remove_stale_tmp(path: str, step: StepHook) -> None:
+    """The temporary file of a cache write that was interrupted."""
+    if os.path.lexists(path + ".tmp"):
+        step("cache-tmp-unlink")
+        _unlink_quietly(path + ".tmp")
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    parts, got = [], 0
+    while got < size:
+        data = os.read(fd, min(1 << 20, size - got))
+        if not data:
+            break
+        parts.append(data)
+        got += len(data)
+    return b"".join(parts)
