@@ -36,7 +36,7 @@ from .extensions.submit import MtaSubmitter
 from .log import Logger, getattr_option, stats_line, timeout_line, timing_line
 from .protocol import Protocol
 from .responses import PopError, RespCode
-from .spool.maildrop import Maildrop
+from .spool.maildrop import Maildrop, resolve_server_mode
 from .spool.paths import SpoolPaths
 
 READ_CHUNK_OCTETS = 16 * 1024
@@ -284,6 +284,9 @@ class Session:
             raise PopError("Unable to open the mail spool; contact your administrator",
                            RespCode.SYS_TEMP, log=f"stat {self.cfg.spool_dir}: {exc}") from None
         privsep.drop_privileges(login, spool_gid, self.log)   # verifies; as non-root, checks
+        # Server mode: default/-S, then group-server-mode, then group-no-server-mode; the user
+        # files below have the last word only when they set it (manual "Enabling Server Mode").
+        self.cfg = resolve_server_mode(self.cfg, login.user, login.gid, self.log)
         self._apply_user_option_files(login)
         paths = SpoolPaths.for_user(self.cfg, login.user, login.home)
         # New bulletins go into the spool like a delivery agent's mail, so the maildrop (any
