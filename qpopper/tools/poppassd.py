@@ -95,6 +95,20 @@ class Channel:
         while data:
             data = data[os.write(self.out_fd, data):]
 
+    def discard_rest_of_line(self, max_octets: int = 64 * 1024, wait_s: float = 1.0) -> None:
+        """Read (and drop) the rest of an over-long line before closing: closing with unread
+        input makes TCP reset the connection, and the client might lose our reply."""
+        deadline = time.monotonic() + wait_s
+        seen = 0
+        while b"\n" not in self.buffer and seen < max_octets:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([self.in_fd], [], [], remaining)[0]:
+                return
+            self.buffer = os.read(self.in_fd, 4096)
+            if not self.buffer:
+                return
+            seen += len(self.buffer)
+
     def read_line(self) -> bytes | None:
         """The next line without its CRLF; None at EOF. Raises TimeoutError, or
         OverflowError for a line longer than the limit."""
@@ -183,6 +197,7 @@ class Dialogue:
                                           f"from {self.client_ip}")
                 return EXIT_FAILED
             except OverflowError:
+                self.channel.discard_rest_of_line()
                 self.channel.write_line(LINE_TOO_LONG)
                 self.log(syslog.LOG_NOTICE, f"over-long line from {self.client_ip}; closed")
                 return EXIT_FAILED

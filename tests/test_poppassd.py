@@ -1,0 +1,235 @@
+"""poppassd (reference §2.10) over real connections: `systemd-socket-activate --accept --inetd`
+runs one poppassd per connection on 127.0.0.1, as poppassd.socket / inetd would, for real
+`qpt` users through a real PAM service; the changed password then logs in to the real POP
+server. Failures cost limits.POPPASSD_FAILURE_DELAY_S each (about 3 s)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from qpopper import limits
+from qpopper.auth import pam as pam_auth
+from qpopper.tools import poppassd
+from tests.helpers.sysusers import make_spool
+from tests.server_harness import Site, free_port, mbox
+
+pytestmark = pytest.mark.timeout(90)
+
+POPPASSD = str(Path(sys.executable).with_name("poppassd"))
+GREETING_START = b"200 poppassd (qpopper-py "
+BAD_OLD = b"500 Old password is incorrect."
+
+
+class PoppassdService:
+    """systemd-socket-activate listening on 127.0.0.1:<free port>, spawning poppassd."""
+
+    def __init__(self, site: Site, pam_service: str):
+        if shutil.which("systemd-socket-activate") is None:
+            pytest.skip("systemd-socket-activate is not installed")
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            ["systemd-socket-activate", "--accept", "--inetd", "-l", f"127.0.0.1:{self.port}",
+             "-E", f"QPOPPER_SYSLOG_SOCKET={site.syslog.path}", POPPASSD, "-s", pam_service],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+
+    def connect(self) -> "Conversation":
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                return Conversation(socket.create_connection(("127.0.0.1", self.port), timeout=15))
+            except ConnectionRefusedError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise
+                time.sleep(0.02)           # it binds before forking; retry until it listens
+
+    def stop(self) -> None:
+        with_group = self.proc.pid
+        os.killpg(with_group, signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(with_group, signal.SIGKILL)
+            self.proc.wait(5)
+
+
+class Conversation:
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.file = sock.makefile("rb")
+        self.greeting = self.reply()
+
+    def reply(self) -> bytes:
+        return self.file.readline().rstrip(b"\r\n")
+
+    def say(self, line: bytes | str) -> bytes:
+        self.sock.sendall((line.encode() if isinstance(line, str) else line) + b"\r\n")
+        return self.reply()
+
+    def closed_by_server(self) -> bool:
+        return self.file.readline() == b""
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@pytest.fixture
+def service(world_tmp, pam_service):
+    site = Site(world_tmp, pam_service)
+    svc = PoppassdService(site, pam_service)
+    svc.site = site
+    yield svc
+    svc.stop()
+    site.close()
+
+
+def pop_login_ok(site: Site, user, password: str) -> bool:
+    import poplib
+    server = site.servers[0] if site.servers else site.server()
+    client = poplib.POP3(server.host, server.port, timeout=20)
+    try:
+        client.user(user.name)
+        try:
+            client.pass_(password)
+        except poplib.error_proto:
+            return False
+        client.quit()
+        return True
+    finally:
+        client.close()
+
+
+def test_change_a_password_then_log_in_to_pop_with_it(service, system_users):
+    user = system_users.create("pp")
+    make_spool(service.site.spool_dir, user, mbox(("hi", "there")))
+    new = "new password: with spaces 2"
+    with service.connect() as c:
+        assert c.greeting.startswith(GREETING_START)
+        assert c.greeting.endswith(b") hello, who are you?")
+        assert c.say(f"user {user.name}") == b"200 Your password please."
+        assert c.say(f"pass {user.password}") == b"200 Your new password please."
+        assert c.say(f"newpass {new}") == b"200 Password changed, thank-you."
+        assert c.say("quit") == b"200 Bye."
+        assert c.closed_by_server()
+    assert pam_auth.authenticate(service.site.options["pam_service"], user.name, new).ok
+    assert pop_login_ok(service.site, user, new)
+    assert not pop_login_ok(service.site, user, user.password)
+    record = service.site.syslog.wait_for(rf'password changed for "{user.name}" from 127\.0\.0\.1')
+    texts = "\n".join(service.site.syslog.texts())
+    assert new not in texts and user.password not in texts        # passwords are never logged
+    assert record[0] & 7 == 5                                       # LOG_NOTICE
+
+
+def test_wrong_old_password_and_unknown_user_get_the_same_reply(service, system_users):
+    user = system_users.create("pp")
+    replies, times = [], []
+    for name, password in ((user.name, "not-the-password"), ("qptnosuchuser", "whatever")):
+        with service.connect() as c:
+            assert c.say(f"USER {name}") == b"200 Your password please."   # verbs: any case
+            start = time.monotonic()
+            replies.append(c.say(f"pass {password}"))
+            times.append(time.monotonic() - start)
+            assert c.closed_by_server()                  # a guesser must reconnect
+    assert replies == [BAD_OLD, BAD_OLD]
+    for elapsed in times:
+        assert limits.POPPASSD_FAILURE_DELAY_S - 0.05 <= elapsed < limits.POPPASSD_FAILURE_DELAY_S + 1
+    assert pam_auth.authenticate(service.site.options["pam_service"], user.name,
+                                 user.password).ok                    # nothing changed
+    service.site.syslog.wait_for(rf'password change for "{user.name}" from 127\.0\.0\.1 '
+                                 r"refused: PAM service .*")
+    service.site.syslog.wait_for(r'password change for "qptnosuchuser" from 127\.0\.0\.1 '
+                                 r"refused: no such user")
+
+
+def test_system_accounts_are_refused_like_a_wrong_password(service):
+    # uid <= 10 (here: daemon, uid 1): refused before PAM is asked, with the same reply.
+    with service.connect() as c:
+        c.say("user daemon")
+        assert c.say("pass anything") == BAD_OLD
+    service.site.syslog.wait_for(r'password change for "daemon" from 127\.0\.0\.1 refused: '
+                                 r"uid 1 is blocked")
+
+
+def test_over_long_line_is_refused_and_the_connection_closed(service):
+    with service.connect() as c:
+        c.sock.sendall(b"user " + b"x" * limits.POPPASSD_MAX_LINE_OCTETS + b"\r\n")
+        assert c.reply() == b"500 Line too long."
+        assert c.closed_by_server()
+    with service.connect() as c:                     # a line just within the limit is read
+        line = b"user " + b"y" * (limits.POPPASSD_MAX_LINE_OCTETS - 7)
+        assert c.say(line) == b"200 Your password please."
+
+
+def test_commands_out_of_order_and_the_bad_command_budget(service):
+    with service.connect() as c:
+        assert c.say("pass secret") == b"500 Username required."
+        assert c.say("user") == b"500 Username required."          # no argument
+        assert c.say("user someone") == b"200 Your password please."
+        assert c.say("newpass x") == b"500 Password required."
+        assert c.say("frobnicate") == b"500 Password required."
+        assert c.say("help") == b"500 Too many bad commands, closing connection."
+        assert c.closed_by_server()
+
+
+def test_new_password_must_be_acceptable(service, system_users):
+    user = system_users.create("pp")
+    with service.connect() as c:
+        c.say(f"user {user.name}")
+        assert c.say(f"pass {user.password}") == b"200 Your new password please."
+        assert c.say(f"newpass {user.password}") == b"500 New password not acceptable."
+        assert c.say(b"newpass bad\x01control") == b"500 New password not acceptable."
+        assert c.say(b"newpass \xff\xfe") == b"500 New password not acceptable."
+        assert c.say("newpass good-one-7") == b"200 Password changed, thank-you."
+    assert pam_auth.authenticate(service.site.options["pam_service"], user.name,
+                                 "good-one-7").ok
+
+
+def test_idle_connection_times_out(world_tmp, pam_service):
+    """Run directly on a socket pair (inetd's descriptors), with a short --timeout."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        proc = subprocess.Popen([POPPASSD, "-s", pam_service, "--timeout", "0.5"],
+                                stdin=theirs.fileno(), stdout=theirs.fileno(),
+                                stderr=subprocess.DEVNULL,
+                                env=dict(os.environ, QPOPPER_SYSLOG_SOCKET="/nonexistent"))
+        try:
+            with ours.makefile("rb") as f:
+                assert f.readline().startswith(GREETING_START)
+                start = time.monotonic()
+                assert f.readline() == b"500 Timeout, closing connection.\r\n"
+                assert time.monotonic() - start < 3
+            assert proc.wait(10) == poppassd.EXIT_FAILED
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--bogus"], "unexpected argument '--bogus'"),
+    (["-s"], "-s needs a value"),
+    (["-t", "soon"], "--timeout needs a number of seconds"),
+    (["-s", "../shadow"], "bad PAM service name"),
+])
+def test_bad_arguments_get_one_line_and_exit_2(argv, message):
+    result = subprocess.run([POPPASSD, *argv], capture_output=True, text=True, timeout=30,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == poppassd.EXIT_USAGE
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1 and message in result.stderr
