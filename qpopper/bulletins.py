@@ -64,6 +64,7 @@ import hashlib
 import json
 import os
 import random
+import secrets
 import sqlite3
 import stat
 import syslog
@@ -235,13 +236,11 @@ class PopbullFile:
         if pending is not None:
             data += PENDING_PREFIX + json.dumps(pending, sort_keys=True).encode() + b"\n"
         directory = os.path.dirname(self.path) or "."
-        tmp = os.path.join(directory, f".{os.path.basename(self.path).lstrip('.')}.{os.getpid()}.tmp")
+        # a random name: in a shared popbulldir nobody can plant our temporary file in advance
+        tmp = os.path.join(directory, f".{os.path.basename(self.path).lstrip('.')}."
+                                      f"{secrets.token_hex(6)}.tmp")
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            fd = os.open(tmp, flags, POPBULL_MODE)
-        except FileExistsError:
-            os.unlink(tmp)                                   # left by a killed session
-            fd = os.open(tmp, flags, POPBULL_MODE)
+        fd = os.open(tmp, flags, POPBULL_MODE)
         try:
             try:
                 _pwrite_all(fd, data, 0)
