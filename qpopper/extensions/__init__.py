@@ -23,7 +23,7 @@ def standard_extensions(submitter: "Submitter") -> Extensions:
     macros: dict[str, str] = {}
     return Extensions(
         transaction_verbs={
-            "XTND": Command(xtnd.make_cmd_xtnd(submitter), 1, 3),
+            "XTND": Command(xtnd.make_cmd_xtnd(submitter), 1, 4),
             "MDEF": Command(mdef.make_cmd_mdef(macros), 1, 1, rest_of_line=True),
         },
         mangle=mangle.mangle_hook(macros),

@@ -20,6 +20,7 @@ import os
 import subprocess
 import syslog
 import tempfile
+import weakref
 from typing import TYPE_CHECKING, BinaryIO
 
 from .. import limits
@@ -59,6 +60,9 @@ class Draft:
     def __init__(self, file: BinaryIO, proto: "Protocol"):
         self.file = file
         self.proto = proto
+        # A session that ends mid-message (EOF, timeout, an over-long line) just drops the
+        # reader holding this draft: the file (already unlinked) is closed with it.
+        weakref.finalize(self, file.close)
 
     def write(self, data: bytes) -> None:
         try:
