@@ -24,6 +24,7 @@ INSTALLED_CONFIG = "/etc/qpopper/qpopper.config"
 SERVICES = ("qpopper.service",)                                  # the standalone master
 SOCKETS = {"qpopper.socket": "qpopper@.service", "qpopper-tls.socket": "qpopper-tls@.service"}
 ALL_UNITS = (*SERVICES, *SOCKETS, *SOCKETS.values())
+POPPASSD_UNITS = ("poppassd.socket", "poppassd@.service")       # port 106, never enabled
 
 
 def unit(name: str) -> configparser.ConfigParser:
@@ -58,16 +59,20 @@ def effective(name: str):
 
 def test_every_unit_file_is_shipped_by_both_packages():
     shipped = sorted(p.name for p in UNITS.iterdir())
-    assert shipped == sorted(ALL_UNITS)
+    assert shipped == sorted(ALL_UNITS + POPPASSD_UNITS)
     install = (REPO / "debian/install").read_text().split("\n")
     spec = (REPO / "rpm/qpopper.spec").read_text()
-    for name in ALL_UNITS:
+    for name in ALL_UNITS + POPPASSD_UNITS:
         assert f"systemd/{name} lib/systemd/system/" in install, name
         assert f"%{{_unitdir}}/{name}\n" in spec, name
     assert "pam.d/pop3 etc/pam.d/" in install
     assert "install -D -m 0644 pam.d/pop3.redhat %{buildroot}%{_pam_confdir}/pop3" in spec
     assert "%{_sbindir}/popauth\n" in spec                  # rules moves every script to sbin
-    for page in ("man/popper.8", "man/qpopper.config.5", "man/popauth.8"):
+    assert "pam.d/poppassd etc/pam.d/" in install
+    assert "install -D -m 0644 pam.d/poppassd.redhat %{_pam_confdir}/poppassd".replace(
+        "%{_pam", "%{buildroot}%{_pam") in spec
+    assert "%{_sbindir}/poppassd\n" in spec
+    for page in ("man/popper.8", "man/qpopper.config.5", "man/popauth.8", "man/poppassd.8"):
         assert page in (REPO / "debian/manpages").read_text().split()
         assert f"install -D -m 0644 {page} " in spec
 
@@ -148,6 +153,26 @@ def test_only_the_masters_are_enabled_by_default():
     assert "dh_installsystemd --no-enable --no-start qpopper.socket qpopper-tls.socket\n" in rules
     spec = (REPO / "rpm/qpopper.spec").read_text()
     assert "preset qpopper.service >" in spec
+    # poppassd (clear-text passwords on port 106) is installed, never enabled or started.
+    assert "dh_installsystemd --no-enable --no-start poppassd.socket\n" in rules
+    assert "preset poppassd" not in spec
+
+
+def test_poppassd_units_serve_stdin_on_port_106():
+    sock = unit("poppassd.socket")
+    assert sock["Socket"]["ListenStream"] == "106" and sock["Socket"]["Accept"] == "yes"
+    service = unit("poppassd@.service")["Service"]
+    assert exec_start("poppassd@.service") == ["/usr/sbin/poppassd"]
+    assert service["StandardInput"] == "socket" and service["StandardOutput"] == "socket"
+    # chpasswd rewrites /etc/shadow: /etc must stay writable (ProtectSystem=yes, not strict/full).
+    assert service["ProtectSystem"] == "yes"
+    assert {"CAP_DAC_OVERRIDE", "CAP_CHOWN", "CAP_FOWNER"} <= set(
+        service["CapabilityBoundingSet"].split())
+    pam = (REPO / "pam.d/poppassd").read_text().splitlines()
+    assert [l for l in pam if l.startswith("@include")] == [
+        "@include common-auth", "@include common-account"]
+    from qpopper.tools.poppassd import DEFAULT_PAM_SERVICE
+    assert DEFAULT_PAM_SERVICE == "poppassd"
 
 
 def test_pam_service_files():

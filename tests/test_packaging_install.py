@@ -324,7 +324,8 @@ def test_install_with_apt(packages):
     assert installed_version() == "0.1.0"
     for path in ("/usr/sbin/popper", "/usr/sbin/popauth", "/etc/pam.d/pop3", str(CONFIG),
                  "/usr/share/man/man8/popper.8.gz", "/usr/share/man/man8/popauth.8.gz",
-                 "/usr/share/man/man5/qpopper.config.5.gz"):
+                 "/usr/share/man/man5/qpopper.config.5.gz", "/usr/sbin/poppassd",
+                 "/etc/pam.d/poppassd", "/usr/share/man/man8/poppassd.8.gz"):
         assert os.path.exists(path), path
     conffiles = run("dpkg-query", "-W", "-f=${Conffiles}", PACKAGE).stdout
     assert "/etc/pam.d/pop3" in conffiles and str(CONFIG) in conffiles
@@ -334,6 +335,7 @@ def test_install_with_apt(packages):
     sockets = Path("/etc/systemd/system/sockets.target.wants")
     assert not (sockets / "qpopper.socket").exists()
     assert not (sockets / "qpopper-tls.socket").exists()
+    assert not (sockets / "poppassd.socket").exists()          # port 106: never by default
     # postinst: the pop account that owns pop.auth; /var/mail root:mail with group write+setgid.
     assert account_exists("pop")
     # The snake-oil certificate the shipped config names exists (made by ssl-cert's tool).
@@ -355,8 +357,8 @@ def test_installed_popauth_manages_a_store_owned_by_the_pop_account(alice):
 
 
 def test_installed_units_verify():
-    units = sorted(str(p) for p in UNIT_DIR.glob("qpopper*"))
-    assert len(units) == 5
+    units = sorted(str(p) for p in [*UNIT_DIR.glob("qpopper*"), *UNIT_DIR.glob("poppassd*")])
+    assert len(units) == 7
     result = run("systemd-analyze", "verify", "--man=no", *units, check=False)
     assert result.returncode == 0 and result.stdout + result.stderr == "", (
         result.stdout + result.stderr)
@@ -405,6 +407,33 @@ def test_socket_unit_instance_serves_a_real_user(alice):
         finally:
             pam_file.write_bytes(original)
         assert b"Subject: packaged hello" in fetch_first_message(port, alice)
+
+
+def test_installed_poppassd_checks_passwords_through_its_pam_service(alice):
+    """poppassd.socket + poppassd@.service (Accept=yes, StandardInput=socket), on a free
+    port: the old password is checked through the installed /etc/pam.d/poppassd. Nothing is
+    changed (quit before newpass): alice's password is used by the other tests."""
+    port = free_port()
+    argv = ["systemd-socket-activate", "--accept", "--inetd", "-l", f"127.0.0.1:{port}",
+            *exec_start("poppassd@.service")]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, cwd="/", env={"PATH": SYS_PATH})
+    try:
+        wait_for_port(port, proc)
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as conn, \
+                conn.makefile("rwb") as f:
+            def say(line: str) -> bytes:
+                f.write(line.encode() + b"\r\n")
+                f.flush()
+                return f.readline()
+            assert f.readline().startswith(b"200 poppassd (qpopper-py ")
+            assert say(f"user {alice.name}") == b"200 Your password please.\r\n"
+            assert say(f"pass {alice.password}") == b"200 Your new password please.\r\n"
+            assert say("quit") == b"200 Bye.\r\n"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        proc.stderr.close()
 
 
 def test_stls_and_port_995_of_the_service(alice):
@@ -552,7 +581,8 @@ def test_rpm_installs_into_a_private_root(packages):
                      "/etc/qpopper/qpopper.config", "/usr/share/man/man8/popauth.8.gz",
                      "/usr/lib/systemd/system/qpopper.service",
                      "/usr/lib/systemd/system/qpopper-tls@.service",
-                     "/usr/share/man/man8/popper.8.gz"):
+                     "/usr/share/man/man8/popper.8.gz", "/usr/sbin/poppassd",
+                     "/etc/pam.d/poppassd", "/usr/lib/systemd/system/poppassd.socket"):
             assert path in listed and os.path.exists(root + path), path
         assert "password-auth" in Path(root, "etc/pam.d/pop3").read_text()
         site = next(Path(root, "usr/lib").glob("python3*/site-packages"))

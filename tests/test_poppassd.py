@@ -233,3 +233,25 @@ def test_bad_arguments_get_one_line_and_exit_2(argv, message):
     assert result.returncode == poppassd.EXIT_USAGE
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1 and message in result.stderr
+
+
+@pytest.mark.skipif(shutil.which("man") is None, reason="man (man-db) not installed")
+def test_man_page_matches_the_program():
+    """man/poppassd.8 is written by hand: its options, replies and numbers are the code's."""
+    import re
+    from tests.test_manpages import rendered
+    text = re.sub(r"\s+", " ", rendered(Path(__file__).resolve().parent.parent / "man/poppassd.8"))
+    synopsis = text.split("DESCRIPTION", 1)[0]
+    for word in re.findall(r"(?<![\w-])-{1,2}[a-z][a-z-]*", poppassd.USAGE):
+        assert re.search(rf"(?<![\w-]){re.escape(word)}(?![\w-])", synopsis), word
+    for reply in (poppassd.ASK_PASSWORD, poppassd.ASK_NEW_PASSWORD, poppassd.CHANGED,
+                  poppassd.BYE, poppassd.BAD_OLD_PASSWORD, poppassd.LINE_TOO_LONG,
+                  poppassd.TIMED_OUT, poppassd.NEW_PASSWORD_REFUSED):
+        assert reply in text, reply
+    assert poppassd.GREETING.replace(poppassd.QPOPPER_VERSION, "VERSION") in text
+    assert f"longer than {limits.POPPASSD_MAX_LINE_OCTETS} octets" in text
+    assert f"{limits.POPPASSD_MAX_BAD_COMMANDS} unknown or out-of-order commands" in text
+    assert f"{limits.POPPASSD_TIMEOUT_S} seconds of silence" in text
+    assert f"{limits.POPPASSD_FAILURE_DELAY_S:g} seconds after" in text
+    assert f"uid of {limits.BLOCKED_UID_MAX} or less" in text
+    assert f"(default: {poppassd.DEFAULT_PAM_SERVICE})" in text
