@@ -1,0 +1,125 @@
+"""The extensions through the real `popper` master, as real system users: XTND XMIT runs
+mail-command (a recording script standing in for sendmail) as the logged-in user after the
+privilege drop; CAPA announces X-MANGLE and X-MACRO but not XMIT; a `-no-mime` login gets
+mangled RETR/TOP with exact octet counts; MDEF over the wire."""
+
+from __future__ import annotations
+
+import grp
+import os
+import poplib
+
+import pytest
+
+from tests.helpers.sysusers import make_spool
+from tests.server_harness import Site, login
+
+pytestmark = pytest.mark.timeout(120)
+
+MULTIPART = (b"From sender@example.org Mon Nov  2 10:00:00 2026\n"
+             b"From: Sender <sender@example.org>\n"
+             b"Subject: with attachment\n"
+             b"MIME-Version: 1.0\n"
+             b"Content-Type: multipart/mixed; boundary=\"=b=\"\n"
+             b"\n"
+             b"--=b=\n"
+             b"Content-Type: text/plain; charset=us-ascii\n"
+             b"\n"
+             b"see attached\n"
+             b".dot line\n"
+             b"--=b=\n"
+             b"Content-Type: application/octet-stream\n"
+             b"Content-Transfer-Encoding: base64\n"
+             b"\n" + b"QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFB\n" * 50
+             + b"--=b=--\n\n")
+
+RECORDER = """#!/bin/sh
+{{ for arg in "$0" "$@"; do printf '%s\\n' "$arg"; done; id -u; id -g; }} > {out}/argv
+cat > {out}/stdin
+exit 0
+"""
+
+
+@pytest.fixture
+def site(system_users, pam_service, world_tmp):
+    user = system_users.create("xt")
+    record_dir = os.path.join(world_tmp, "mta")
+    os.mkdir(record_dir, 0o700)
+    os.chown(record_dir, user.uid, user.gid)    # only the user (as whom the MTA runs) writes
+    mta = os.path.join(world_tmp, "fake-sendmail")
+    with open(mta, "w") as f:
+        f.write(RECORDER.format(out=record_dir))
+    os.chmod(mta, 0o755)
+    s = Site(world_tmp, pam_service, mail_command=mta)
+    make_spool(s.spool_dir, user, MULTIPART)
+    s.user, s.mta, s.record_dir = user, mta, record_dir
+    yield s
+    s.close()
+
+
+def test_xmit_runs_mail_command_as_the_user(site):
+    srv = site.server()
+    client = login(srv, site.user)
+    try:
+        assert client._shortcmd("XTND XMIT") == b"+OK Start sending message."
+        for line in (b"From: " + site.user.name.encode(), b"To: someone@example.org",
+                     b"Subject: through POP", b"", b"..starts with a dot", b"."):
+            client._putline(line)
+        assert client._getresp() == b"+OK Message sent successfully"
+        assert client.noop() == b"+OK"
+    finally:
+        client.quit()
+    with open(os.path.join(site.record_dir, "argv")) as f:
+        argv = f.read().split("\n")[:-1]
+    assert argv == [site.mta, "-t", "-i", "-oem", str(site.user.uid),
+                    str(grp.getgrnam("mail").gr_gid)]
+    with open(os.path.join(site.record_dir, "stdin"), "rb") as f:
+        assert f.read() == (f"From: {site.user.name}\nTo: someone@example.org\n"
+                            f"Subject: through POP\n\n.starts with a dot\n").encode()
+    site.syslog.wait_for(f'Pop transmit from "{site.user.name}" on "127.0.0.1"')
+    assert not [n for n in os.listdir(site.spool_dir) if n.startswith(".xmit")]
+
+
+def test_capa_and_no_mime_retr_through_the_server(site):
+    srv = site.server()
+    client = poplib.POP3(srv.host, srv.port, timeout=20)
+    try:
+        capa = client.capa()
+        assert "X-MANGLE" in capa and "X-MACRO" in capa and "XTND" not in capa
+        client.user(site.user.name + "-no-mime")
+        assert client.pass_(site.user.password).startswith(
+            f"+OK {site.user.name} has 1 visible message".encode())
+        resp, lines, octets = client.retr(1)
+        assert resp == b"+OK %d octets" % octets
+        assert lines[-4:] == [b"Content-Type: text/plain; charset=us-ascii", b"",
+                              b"see attached", b".dot line"]
+        assert not any(line.startswith(b"QUFB") for line in lines)
+        resp, lines, _ = client.top(1, 1)
+        assert resp == b"+OK Message follows" and lines[-2:] == [b"", b"see attached"]
+        assert client._shortcmd("MDEF whole(TEXT=HTML)") == b'+OK Macro "whole" accepted'
+        resp, lines, octets = client._longcmd("RETR 1 whole")
+        assert resp == b"+OK %d octets" % octets and lines[-1] == b""   # no html part
+    finally:
+        client.quit()
+
+
+@pytest.mark.skipif(os.path.exists("/usr/sbin/sendmail"), reason="an MTA is installed here")
+def test_default_mail_command_missing_is_an_err(system_users, pam_service, world_tmp):
+    """No MTA on this host (none is installed for the tests): XMIT says so, the log names
+    the default /usr/sbin/sendmail."""
+    user = system_users.create("xd")
+    s = Site(world_tmp, pam_service)
+    try:
+        make_spool(s.spool_dir, user, MULTIPART)
+        client = login(s.server(), user)
+        try:
+            client._shortcmd("XTND XMIT")
+            client._putline(b"To: x")
+            client._putline(b".")
+            with pytest.raises(poplib.error_proto, match="Unable to send message"):
+                client._getresp()
+        finally:
+            client.quit()
+        s.syslog.wait_for(r"XTND XMIT from qpt\S+: running /usr/sbin/sendmail: .*")
+    finally:
+        s.close()
