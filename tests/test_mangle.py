@@ -17,6 +17,7 @@ from email.mime.text import MIMEText
 
 import pytest
 
+from qpopper import limits
 from qpopper.extensions import standard_extensions
 from qpopper.extensions.mangle import parse_content_type, parse_request
 from qpopper.extensions.submit import MtaSubmitter
@@ -439,3 +440,20 @@ def test_big_attachments_and_long_lines_keep_memory_bounded(spool):
         + (4 << 20) + 2 + len(b"end\r\n")))
     assert counted["octets"] > 4 << 20
     assert peak < 2 * 1024 * 1024, f"peak {peak} bytes"
+
+
+def test_many_parts(spool):
+    """Leaf parts past limits.MAX_MANGLE_PARTS are never chosen; before it, the first wins."""
+    many = limits.MAX_MANGLE_PARTS
+    filler = b"".join(b"--p\nContent-Type: application/x-filler\n\nfill %d\n" % n
+                      for n in range(many))
+    late = (b"Subject: late\nContent-Type: multipart/mixed; boundary=p\n\n" + filler
+            + b"--p\nContent-Type: text/plain\n\nlate text\n--p--\n")
+    early = (b"Subject: early\nContent-Type: multipart/mixed; boundary=p\n\n"
+             + b"".join(b"--p\nContent-Type: text/plain\n\ntext %d\n" % n for n in range(50))
+             + filler + b"--p--\n")
+    pop = session(spool, [late, early])
+    _, content = retr(pop, "RETR 1 X-MANGLE(TEXT=PLAIN)")
+    assert content.endswith(b"Content-Type: text/plain; charset=us-ascii\r\n\r\n")
+    _, content = retr(pop, "RETR 2 X-MANGLE(TEXT=PLAIN)")
+    assert content.endswith(b"Content-Type: text/plain\r\n\r\ntext 0\r\n")

@@ -23,7 +23,8 @@ Memory stays bounded whatever the message: the spool is streamed twice through a
 machine (a pre-pass that finds the part and counts the octets RETR announces, then the pass
 that writes), which keeps at most the first limits.MANGLE_LINE_PREFIX_OCTETS of a line, the
 Content-* fields of the current part header (limits.MAX_MANGLE_FIELD_OCTETS) and one summary
-per leaf part (limits.MAX_MANGLE_PARTS); attachments are never buffered.
+per leaf part (limits.MAX_MANGLE_PARTS), with the raw Content-* fields of at most one part
+per wanted type; attachments are never buffered.
 """
 
 from __future__ import annotations
@@ -161,21 +162,32 @@ class Leaf:
 
     mime_type: str
     attachment: bool
-    content_type: bytes          # raw field, or b"" (none / too long)
-    transfer_encoding: bytes     # raw field, or b""
-    octets: int = 0              # body octets as RETR counts them (CRLF, no dot-stuffing)
+    content_type: bytes = b""       # raw field (candidates only), or b"" (none / unreadable)
+    transfer_encoding: bytes = b""  # raw field (candidates only), or b""
+    octets: int = 0                 # body octets as RETR counts them (CRLF, no dot-stuffing)
 
 
 @dataclass
 class Plan:
-    """The pre-pass's finding. `leaves` None: not multipart, send unchanged."""
+    """The pre-pass's finding for one request. `leaves` None: not multipart, send unchanged."""
 
+    request: MangleRequest
     leaves: list[Leaf] | None = None
     header_octets: int = 0       # kept top-level header octets (without the blank line)
     chosen: int | None = None
+    _candidate_types: set[str] = field(default_factory=set)
 
-    def choose(self, request: MangleRequest) -> None:
-        for subtype in request.text_types:
+    def candidate(self, leaf: Leaf) -> bool:
+        """True for the first inline leaf of each wanted type (the only ones choose() picks)."""
+        subtype = leaf.mime_type.removeprefix("text/")
+        if (leaf.attachment or not leaf.mime_type.startswith("text/")
+                or subtype not in self.request.text_types or subtype in self._candidate_types):
+            return False
+        self._candidate_types.add(subtype)
+        return True
+
+    def choose(self) -> None:
+        for subtype in self.request.text_types:
             for i, leaf in enumerate(self.leaves or ()):
                 if leaf.mime_type == f"text/{subtype}" and not leaf.attachment:
                     self.chosen = i
@@ -378,15 +390,18 @@ class MimeWalker:
         self._state = _LEAF_BODY
         self._leaf_index += 1
         if self.emit is None and self._leaf_index < limits.MAX_MANGLE_PARTS:
-            ctype_ok = ctype is not None and ctype.complete
-            encoding = fields.get(b"content-transfer-encoding")
-            self.plan.leaves.append(Leaf(
-                mime_type=mime_type if (ctype is None or ctype.complete) else "",
-                attachment=_is_attachment(fields[b"content-disposition"].value()
-                                          if b"content-disposition" in fields else None),
-                content_type=bytes(ctype.raw) if ctype_ok else b"",
-                transfer_encoding=(bytes(encoding.raw)
-                                   if encoding is not None and encoding.complete else b"")))
+            readable = ctype is None or ctype.complete
+            leaf = Leaf(mime_type=mime_type if readable else "",
+                        attachment=_is_attachment(fields[b"content-disposition"].value()
+                                                  if b"content-disposition" in fields else None))
+            if self.plan.candidate(leaf):
+                # only the first part of each wanted type can be chosen: only its raw
+                # fields are kept (memory: a few fields, however many parts)
+                encoding = fields.get(b"content-transfer-encoding")
+                leaf.content_type = bytes(ctype.raw) if ctype is not None else b""
+                leaf.transfer_encoding = (bytes(encoding.raw) if encoding is not None
+                                          and encoding.complete else b"")
+            self.plan.leaves.append(leaf)
         if self._leaf_index >= limits.MAX_MANGLE_PARTS:
             self._state = _SKIP
 
@@ -421,7 +436,7 @@ def _stream(proto: "Protocol", index: int, walker: MimeWalker) -> None:
 def send_mangled(proto: "Protocol", index: int, body_lines: int | None,
                  request: MangleRequest) -> None:
     """The complete RETR/TOP reply for message `index` mangled per `request`."""
-    plan = Plan()
+    plan = Plan(request)
     _stream(proto, index, MimeWalker(plan))
     if plan.leaves is None:
         # not multipart: exactly the unmangled reply
@@ -432,7 +447,7 @@ def send_mangled(proto: "Protocol", index: int, body_lines: int | None,
         stream_message(proto, index, proto.env.write, body_lines)
         proto.reply(TERMINATOR)
         return
-    plan.choose(request)
+    plan.choose()
     status = TOP_FOLLOWS if body_lines is not None else RETR_OCTETS.format(octets=plan.octets())
     proto.reply(ok(status))
     _stream(proto, index, MimeWalker(plan, proto.env.write, body_lines))
