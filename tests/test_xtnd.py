@@ -213,6 +213,15 @@ def test_temp_file_is_private_and_never_left(spool, tmp_path):
     assert xmit_leftovers(spool) == []
 
 
+def test_no_temporary_file_is_a_sys_temp_refusal(spool, tmp_path):
+    mta, record = make_mta(str(tmp_path))
+    pop = logged_in(spool, mail_command=mta)
+    pop.proto.cfg = pop.proto.cfg.replace(spool_dir=str(tmp_path / "gone"))
+    assert pop.send("XTND XMIT") == b"-ERR [SYS/TEMP] Unable to create temporary file\r\n"
+    assert any("temporary file" in text and "gone" in text for _, text in pop.env.logs)
+    assert pop.send("NOOP") == b"+OK\r\n"          # no message is being read
+
+
 @pytest.mark.parametrize("command, reply", [
     ("XTND", "-ERR Too few arguments for the XTND command."),
     ("XTND XMIT now", "-ERR Too many arguments for the XTND XMIT command."),

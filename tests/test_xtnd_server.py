@@ -35,6 +35,7 @@ MULTIPART = (b"From sender@example.org Mon Nov  2 10:00:00 2026\n"
 
 RECORDER = """#!/bin/sh
 {{ for arg in "$0" "$@"; do printf '%s\\n' "$arg"; done; id -u; id -g; }} > {out}/argv
+for fd in /proc/$$/fd/*; do readlink "$fd"; done > {out}/fds
 cat > {out}/stdin
 exit 0
 """
@@ -76,6 +77,9 @@ def test_xmit_runs_mail_command_as_the_user(site):
     with open(os.path.join(site.record_dir, "stdin"), "rb") as f:
         assert f.read() == (f"From: {site.user.name}\nTo: someone@example.org\n"
                             f"Subject: through POP\n\n.starts with a dot\n").encode()
+    with open(os.path.join(site.record_dir, "fds")) as f:
+        open_files = f.read()
+    assert "socket:" not in open_files, open_files   # the client connection stays ours
     site.syslog.wait_for(f'Pop transmit from "{site.user.name}" on "127.0.0.1"')
     assert not [n for n in os.listdir(site.spool_dir) if n.startswith(".xmit")]
 
