@@ -218,7 +218,7 @@ def retr(pop, command: str) -> tuple[bytes, bytes]:
     return status, content
 
 
-# --- golden messages -------------------------------------------------------------------------------
+# --- golden messages -----------------------------------------------------------------------------
 def test_alternative_reduces_to_the_text_part(spool):
     pop = session(spool, [ALTERNATIVE])
     status, content = retr(pop, "RETR 1 X-MANGLE(TEXT=PLAIN)")
@@ -341,7 +341,7 @@ def test_request_parsing_units():
     assert parse_content_type("garbage") == ("", None)
 
 
-# --- malformed MIME still gets an answer ----------------------------------------------------------
+# --- malformed MIME still gets an answer ---------------------------------------------------------
 @pytest.mark.parametrize("message", [
     # no closing delimiter
     b"Subject: a\nContent-Type: multipart/mixed; boundary=zz\n\n--zz\n\nbody text\n",
@@ -368,7 +368,7 @@ def test_malformed_mime_gets_consistent_replies(spool, message):
         assert content.endswith(b"\r\n\r\nshown\r\n") and b"hidden" not in content
 
 
-# --- oracle: Python's email package ---------------------------------------------------------------
+# --- oracle: Python's email package --------------------------------------------------------------
 def random_message(rng: random.Random) -> tuple[bytes, str | None]:
     """A multipart message built by the email package, and the text/plain body it holds."""
     words = ["alpha", "beta", ".dot", "gamma", "", "--", "delta epsilon", "From here"]
@@ -409,7 +409,7 @@ def test_mangled_output_carries_the_email_packages_text_part(spool):
         assert parsed["Subject"].startswith("random ")
 
 
-# --- memory -----------------------------------------------------------------------------------------
+# --- memory --------------------------------------------------------------------------------------
 def test_big_attachments_and_long_lines_keep_memory_bounded(spool):
     """A 12 MB attachment (one part in 76-column base64, one as a single 4 MB line): the
     mangler keeps line prefixes and part summaries only."""

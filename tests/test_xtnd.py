@@ -75,7 +75,7 @@ def xmit_leftovers(spool) -> list[str]:
     return [name for name in os.listdir(spool.dir) if name.startswith(".xmit")]
 
 
-# --- XMIT --------------------------------------------------------------------------------------------
+# --- XMIT ----------------------------------------------------------------------------------------
 def test_xmit_submits_through_mail_command(spool, tmp_path):
     mta, record = make_mta(str(tmp_path))
     pop = logged_in(spool, mail_command=mta)
@@ -243,7 +243,7 @@ def test_xmit_is_not_in_capa(spool):
     assert b"\r\nX-MANGLE\r\nX-MACRO\r\n" in capa
 
 
-# --- XLST ---------------------------------------------------------------------------------------------
+# --- XLST ----------------------------------------------------------------------------------------
 def test_xlst_lists_one_header_of_each_message(spool):
     pop = logged_in(spool)
     run_lockstep(pop, parse("""

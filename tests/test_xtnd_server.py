@@ -30,7 +30,7 @@ MULTIPART = (b"From sender@example.org Mon Nov  2 10:00:00 2026\n"
              b"--=b=\n"
              b"Content-Type: application/octet-stream\n"
              b"Content-Transfer-Encoding: base64\n"
-             b"\n" + b"QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFB\n" * 50
+             b"\n" + (b"QUFB" * 18 + b"\n") * 50
              + b"--=b=--\n\n")
 
 RECORDER = """#!/bin/sh

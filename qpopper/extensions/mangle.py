@@ -16,8 +16,10 @@ is our reading of "a single text part"):
   text/plain and an empty body.
 - `X-MANGLE(TEXT=PLAIN)` is what Qpopper documents. `TEXT=` also takes other subtypes and a
   comma list in order of preference (`X-MANGLE(TEXT=PLAIN,HTML)`: a text/plain part, else a
-  text/html one). Character-set conversion (Qpopper's mangler had some) is not done: the
+  text/html one). No character-set conversion is done (the manual documents none): the
   part's charset parameter travels with its Content-Type. Other parameters are refused.
+- Parts without a Content-Type are text/plain (RFC 2045 §5.2), also inside multipart/digest
+  (where RFC 2046 says message/rfc822): such a part is then a candidate.
 
 Memory stays bounded whatever the message: the spool is streamed twice through a line
 machine (a pre-pass that finds the part and counts the octets RETR announces, then the pass
