@@ -182,6 +182,30 @@ def test_expired_password_follows_check_password_expired(system_users, pam_servi
 
 
 @needs_root
+def test_unknown_user_costs_the_same_time_as_a_wrong_password(system_users, stock_pam_service):
+    """Timing must not reveal which accounts exist: the stock stack's pam_unix makes every
+    failure wait its ~2 s (randomised by libpam) delay, so an unknown name must go through
+    PAM too instead of being refused at once."""
+    frank = system_users.create(password="pw-frank")
+    ghost_name = frank.name[:-1] + ("x" if frank.name[-1] != "x" else "y")
+    auth = Authenticator(config(pam_service=stock_pam_service), Log())
+
+    def seconds_to_refuse(name: str) -> float:
+        started = time.monotonic()
+        error = refused(lambda: auth.check_password(name, "wrong-pw", CLIENT_IP))
+        assert error.text == f'Password supplied for "{name}" is incorrect.'
+        return time.monotonic() - started
+
+    wrong_password = seconds_to_refuse(frank.name)
+    unknown_user = seconds_to_refuse(ghost_name)
+    assert wrong_password > 1.0, "the stock stack's failure delay is missing: test is void"
+    # libpam randomises the delay (about +-25 %): a factor of 2 either way is generous, while
+    # an early refusal answers in milliseconds.
+    assert unknown_user > wrong_password / 2, (wrong_password, unknown_user)
+    assert wrong_password > unknown_user / 2, (wrong_password, unknown_user)
+
+
+@needs_root
 @pytest.mark.parametrize("low_user", ["root", "daemon", "bin"])
 def test_low_uids_are_blocked_before_pam_is_asked(system_users, pam_probe, low_user):
     service, pam_calls = pam_probe

@@ -11,8 +11,10 @@ and raises PopError on refusal. Order of the checks, and why:
  1. the name itself (empty, too long, control characters, '/'): refused like a bad password;
  2. clear-text-password (USER/PASS only; reference P8), auth-file / nonauth-file (P6): they
     depend only on the name and configuration, so they reveal nothing about accounts;
- 3. the account: unknown users get exactly the bad-password reply (reference P4), and
-    uid <= BLOCKED_UID_MAX is refused before PAM is asked (P5);
+ 3. the account: uid <= BLOCKED_UID_MAX is refused before PAM is asked (P5); unknown users
+    get exactly the bad-password reply (reference P4) — for passwords only AFTER PAM was
+    asked (with the unknown name), so that they cost the same time as a wrong password
+    (pam_unix's failure delay) and timing does not reveal which accounts exist;
  4. the password through PAM (auth + account management), or the APOP digest against the
     pop.auth store (P7) followed by PAM account management;
  5. CHECK_SHELL (reference A3), only after the credentials were proved, so it reveals nothing
@@ -167,9 +169,17 @@ class Authenticator:
                 self._refuse(user, host, client_ip, bad_password, "wrong pop.auth password")
             return self._success(user, account, mechanism, host, client_ip, authid)
 
-        account = self._system_account(user, host, client_ip, bad_password)
+        # Unknown names go through PAM too and are refused only afterwards: refusing them
+        # first would answer ~2 s sooner than pam_unix's failure delay on a wrong password,
+        # telling a guesser which accounts exist. The low-UID block stays before PAM (P5):
+        # those accounts are the well-known system ones, so it reveals nothing.
+        account = self._known_account(user)
+        if account is not None:
+            self._check_uid(user, account, host, client_ip)
         result = pam_auth.authenticate(self.cfg.pam_service, user, password, client_ip,
                                        check_password_expired=self._check_password_expired())
+        if account is None:
+            self._refuse(user, host, client_ip, bad_password, "no such user")
         self._check_pam_worked(result)
         if not result.ok:
             self._refuse(user, host, client_ip, bad_password,
@@ -344,11 +354,15 @@ class Authenticator:
                                       f"(check-password-expired is off)")
 
     # ---- accounts -------------------------------------------------------------------------
-    def _system_account(self, user, host, client_ip, unknown_text) -> pwd.struct_passwd:
+    @staticmethod
+    def _known_account(user) -> pwd.struct_passwd | None:
         try:
-            account = pwd.getpwnam(user)
+            return pwd.getpwnam(user)
         except KeyError:
-            account = None
+            return None
+
+    def _system_account(self, user, host, client_ip, unknown_text) -> pwd.struct_passwd:
+        account = self._known_account(user)
         if account is None:
             self._refuse(user, host, client_ip, unknown_text, "no such user")
         self._check_uid(user, account, host, client_ip)
