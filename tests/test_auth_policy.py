@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import subprocess
 import syslog
 import time
 
@@ -120,6 +121,24 @@ def test_pam_login_through_the_shipped_pop3_stack(system_users, stock_pam_servic
                             f'(v4.1.0) POP login by user "{alice.name}" at ({CLIENT_HOST}) '
                             f"{CLIENT_IP}")]
     log.assert_never_mentions("S3cret-alice")
+
+
+@needs_root
+def test_non_utf8_password_logs_in_with_its_original_bytes(system_users, pam_service):
+    """A Latin-1 password reaches the authenticator as surrogate escapes (the protocol decodes
+    client text as UTF-8 with surrogateescape): PAM must get the client's original bytes."""
+    gina = system_users.create()
+    latin1_password = b"caf\xe9-cr\xe8me"
+    subprocess.run(["chpasswd"], input=gina.name.encode() + b":" + latin1_password + b"\n",
+                   check=True, capture_output=True, timeout=30)
+    as_received = latin1_password.decode("utf-8", "surrogateescape")
+    log = Log()
+    auth = Authenticator(config(pam_service=pam_service), log)
+    assert auth.check_password(gina.name, as_received, CLIENT_IP).uid == gina.uid
+    # ... and those bytes only: the same text in UTF-8 is another password.
+    error = refused(lambda: auth.check_password(gina.name, "caf\u00e9-cr\u00e8me", CLIENT_IP))
+    assert error.code is RespCode.AUTH
+    assert not any("NUL byte" in text for text in log.texts()), log.texts()
 
 
 @needs_root

@@ -78,8 +78,11 @@ def _run(service: str, user: str, password: str, rhost: str | None, *,
     except (OSError, AttributeError, TypeError) as exc:     # libpam missing or unloadable
         return PamResult(False, python_pam.PAM_SYSTEM_ERR, f"cannot load libpam: {exc}")
     _with_rhost(authenticator, rhost, replace_auth_step=account_only)
+    # The client's original bytes (docs/internals.md): a Latin-1 password arrives as
+    # surrogate escapes, which python-pam's own str.encode("utf-8") would refuse.
+    secret = password.encode("utf-8", "surrogateescape")
     try:
-        authenticator.authenticate(user, password, service=service, resetcreds=False)
+        authenticator.authenticate(user, secret, service=service, resetcreds=False)
     except ValueError:
         # python-pam refuses NUL bytes in user, password or service. The protocol layer
         # already rejects such names; a NUL in a password can never match.
