@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import subprocess
 import tempfile
 
 import pytest
@@ -317,5 +318,81 @@ def test_mode_switches_keep_uids(tmp_path):
     drop = open_drop(cfg, paths)
     try:
         assert [m.uid for m in drop.messages] == new_uids
+    finally:
+        drop.close()
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 1 MiB tmpfs, to run out of space for real (root only)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root to mount a small tmpfs")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+                      capture_output=True, timeout=30).returncode != 0:
+        pytest.skip("cannot mount tmpfs here")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], timeout=30)
+
+
+def fill(directory) -> str:
+    filler = os.path.join(directory, "filler")
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+    return filler
+
+
+BIG = b"".join(message(n) + b"x" * 1000 + b"\n\n" for n in range(300))      # ~330 KiB
+
+
+def test_disk_full_while_building_the_image_leaves_the_spool_alone(small_fs):
+    cfg, paths = make(small_fs, BIG)
+    drop = open_drop(cfg, paths)
+    filler = fill(small_fs)
+    os.truncate(filler, os.path.getsize(filler) - 64 * 1024)   # room for locks, not the image
+    with pytest.raises(PopError) as info:
+        drop.update({0}, set())
+    assert info.value.text.startswith("Overquota") and "/" not in info.value.text
+    assert read(paths.spool) == BIG
+    os.unlink(filler)
+    drop = open_drop(cfg, paths)
+    try:
+        assert drop.server_mode and len(drop.messages) == 300
+    finally:
+        drop.close()
+
+
+def test_disk_full_after_the_spool_was_emptied_keeps_the_image_until_there_is_room(small_fs):
+    """Copy path: the spool was emptied for the image, then the room went (another writer):
+    the image is now the only copy, so it and its journal stay, and sessions refuse to start
+    (Overquota) until the commit can be finished."""
+    cfg, paths = make(small_fs, BIG)
+    drop = open_drop(cfg, paths)
+    state = {}
+
+    def hook(name):
+        if name == "update:extend-spool" and "filler" not in state:
+            state["filler"] = fill(small_fs)
+    drop._hook = hook
+    with pytest.raises(PopError) as info:
+        drop.update({0}, set())
+    assert info.value.text.startswith("Overquota")
+    assert os.path.exists(paths.journal) and os.path.exists(paths.new_image)
+    assert read(paths.spool) == b""
+    with pytest.raises(PopError):
+        open_drop(cfg, paths)                   # still no room: refused, nothing lost
+    assert os.path.exists(paths.new_image)
+    os.unlink(state["filler"])
+    drop = open_drop(cfg, paths)                # recovered: the update committed
+    try:
+        assert len(drop.messages) == 299
+        assert subjects(retr(drop, 0)) == ["message 1"]
     finally:
         drop.close()

@@ -493,7 +493,7 @@ class Maildrop:
             os.ftruncate(spool, 0)
             self._step("fsync-spool")
             os.fsync(spool)
-            self._apply(spool, image, image_len, 0)
+            self._apply(spool, image, image_len, 0, only_copy=True)
         finally:
             os.close(image)
         self._finish_commit()
@@ -643,14 +643,18 @@ class Maildrop:
             os.ftruncate(fd, 0)
         return fd
 
-    def _apply(self, spool: int, image: int, image_len: int, spool_len: int) -> None:
-        """Journal `commit`, then make the spool's first image_len bytes the image (see top)."""
+    def _apply(self, spool: int, image: int, image_len: int, spool_len: int, *,
+               only_copy: bool = False) -> None:
+        """Journal `commit`, then make the spool's first image_len bytes the image (see top).
+        `only_copy`: the image is the only copy of the mail (server mode emptied the spool
+        for it, the drop is empty), so running out of room keeps image and journal."""
         if image_len < spool_len:
             raise PopError(UPDATE_FAILED_TEXT, RespCode.SYS_TEMP,
                            log=f"image of {image_len} octets shorter than spool {spool_len}")
         st = os.fstat(spool)
-        self._journal.write({"op": "commit", "dev": st.st_dev, "ino": st.st_ino,
-                             "len": image_len, "spool_len": spool_len})
+        record = {"op": "commit", "dev": st.st_dev, "ino": st.st_ino,
+                  "len": image_len, "spool_len": spool_len}
+        self._journal.write(dict(record, only_copy=True) if only_copy else record)
         if image_len > spool_len:
             self._step("extend-spool")
             os.ftruncate(spool, image_len)
@@ -659,7 +663,7 @@ class Maildrop:
                 os.posix_fallocate(spool, spool_len, image_len - spool_len)
             except OSError as exc:
                 if exc.errno in QUOTA_ERRNOS:
-                    self._roll_back_extension(spool, spool_len)
+                    self._roll_back_extension(spool, spool_len, keep_image=only_copy)
                     raise
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                     raise
@@ -675,12 +679,16 @@ class Maildrop:
         self._step("fsync-spool")
         os.fsync(spool)
 
-    def _roll_back_extension(self, spool: int, spool_len: int) -> None:
-        """No room: nothing of the spool was overwritten yet; undo the extension."""
+    def _roll_back_extension(self, spool: int, spool_len: int, *, keep_image: bool) -> None:
+        """No room: nothing of the spool was overwritten yet; undo the extension. When the
+        image is the only copy of the mail, it and its journal stay: every later session
+        tries the commit again (and refuses to start until there is room)."""
         self._step("truncate-spool-back")
         os.ftruncate(spool, spool_len)
         self._step("fsync-spool")
         os.fsync(spool)
+        if keep_image:
+            return
         self._journal.clear()
         self._step("unlink-image")
         _unlink(self.paths.new_image)
@@ -776,7 +784,7 @@ class Maildrop:
             self._step("unlink-image")
             _unlink(self.paths.new_image)
             return
-        self._recover_commit(dict(record, op="commit", spool_len=0))
+        self._recover_commit(dict(record, op="commit", spool_len=0, only_copy=True))
 
     def _recover_commit(self, record: dict) -> None:
         spool = self._spool.fd
@@ -821,7 +829,8 @@ class Maildrop:
                     new_len = image_len + len(pad) + size - eof
                 self._step("fsync-image")
                 os.fsync(image)
-                self._apply(spool, image, new_len, size)
+                self._apply(spool, image, new_len, size,
+                            only_copy=bool(record.get("only_copy")))
         finally:
             os.close(image)
         self._finish_commit()
