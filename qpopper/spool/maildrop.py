@@ -41,7 +41,49 @@ identical copies would be dropped, never a distinct message.
 
 `step_hook(name)` is called before every write, truncate, rename, fsync and unlink, named
 `<phase>:<step>` (phase: open, recover, update, restore); chunked copies call it per chunk.
-Server mode (-S) is a later issue: `Maildrop.open` is the place that will choose a strategy.
+
+Server mode (-S, group-server-mode, reference §1.9, §2.6, S10, S18). `resolve_server_mode`
+decides per user before the user option files (default/-S, include group, exclude group; a
+user file that sets server-mode wins). `Maildrop.open` then chooses: server mode only when
+there is nothing to recover (empty `.user.pop`, no journal, no image, no old-location drop
+with mail) and the spool exists; otherwise normal mode, whose recovery runs first.
+- open: session lock; lock the spool, open a second, read-only descriptor on it, take the
+  message list from a valid `.user.cache` (cache.py) and scan only what follows it (or scan
+  everything), unlock. The spool stays open read-only for RETR/TOP; the lock is gone, so
+  delivery goes on (mail appended after the login-time size Z is not in this session).
+- QUIT, nothing to write (no DELE, and update-status-headers off or every message already has
+  X-UIDL after its From line, a Status header and `Status: RO` where retrieved now): no spool
+  I/O at all; the cache is written when it does not already describe the spool.
+- QUIT, everything deleted and the spool still Z octets (under the lock): ftruncate to 0.
+- QUIT otherwise, under the lock: the new image `.user.pop.new` = the kept messages (as
+  normal mode writes them) + the mail delivered since login (spool bytes [Z, S), unchanged),
+  fsync'ed; then journal `replace {dev, ino, len L, spool_len S, prefix sha256 of the spool's
+  [0, S)}`; then either
+  - fast-update: give the image the spool's mode and group, rename(2) it over the spool,
+    fsync the directory, clear the journal. Recovery: image gone and the spool another inode
+    = renamed, done; image still there = not renamed: the spool is untouched (its prefix
+    hashes as recorded), so the image goes and the update simply did not happen. If the mode,
+    group or rename fails (another filesystem, EXDEV), the copy below is used instead.
+  - copy (the default): ftruncate the spool to 0, then normal mode's journaled `commit` of the
+    image onto the empty spool (extend, write with the NUL marker, fsync), then clear the
+    journal and unlink the image. Recovery of `replace`: the spool still starts with the
+    recorded prefix = not emptied, roll back (drop the image); else roll forward as a commit
+    onto an empty spool, taking any mail delivered after the crash along. The commit of an
+    image that is the only copy of the mail is journaled `only_copy`: running out of room
+    never discards it (sessions are refused with Overquota until the commit completes).
+  The same assumption as normal mode's: mail delivered after a crash never reproduces the old
+  spool's first S octets byte for byte.
+  After a rewrite, the new spool's first L octets are scanned (outside the lock) for the cache.
+- abort without update: nothing to put back; only the empty temporary drop goes.
+Fast-update and delivery: the rename happens while we hold the dot-lock and the kernel locks
+on the old inode. Agents that take the dot-lock before opening the spool (the Debian
+convention: dotlockfile, procmail, Postfix local with dotlock, Exim with use_lockfile) open
+the new file afterwards, so their mail is kept (tests/test_server_mode_concurrency.py). An
+agent that opens the spool before locking and does not check, once locked, that the name
+still refers to its descriptor would append to the unlinked old inode: that, and biff/shell
+mail checks watching the inode, are why the manual restricts fast-update to hosts where only
+the server and the delivery agent touch spools. Without fast-update the spool keeps its inode
+(and owner, mode, ACLs), as in normal mode.
 """
 
 from __future__ import annotations
