@@ -367,10 +367,12 @@ def _read_lines(path: str, kind: str | None, where: str) -> list[str]:
         raise ConfigError(f"{prefix}: cannot read configuration file: not a regular file")
     with open(fd, "rb") as stream:
         try:
-            data = stream.read()
+            data = stream.read(limits.MAX_CONFIG_FILE_OCTETS + 1)
         except OSError as error:
             raise ConfigError(f"{prefix}: cannot read configuration file: "
                               f"{error.strerror}") from None
+    if len(data) > limits.MAX_CONFIG_FILE_OCTETS:
+        raise ConfigError(f"{prefix}: larger than {limits.MAX_CONFIG_FILE_OCTETS} octets")
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()

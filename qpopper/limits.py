@@ -98,6 +98,11 @@ MAX_CONFIG_FILE_DEPTH = 100
 MAX_CONFIG_LINE_CHARS = 1024
 """A configuration line longer than this is an error, not silently truncated."""
 
+MAX_CONFIG_FILE_OCTETS = 1024 * 1024
+"""A configuration file larger than this is an error. Real ones are a few KiB; the bound keeps
+a user's ~/.qpopper-options (a sparse file can claim terabytes) from being read whole into the
+session's memory. Each file of a config-file chain gets the same bound."""
+
 # --- DRAC, POP-before-SMTP (qpopper/drac.py) ---------------------------------------------------
 DRAC_ATTEMPT_TIMEOUT_S = 0.25
 """Wait for one UDP reply (portmapper or DRAC) before sending the request again: both answer

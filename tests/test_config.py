@@ -3,7 +3,10 @@
 import copy
 import os
 import pickle
+import subprocess
+import sys
 import syslog
+import textwrap
 
 import pytest
 
@@ -449,6 +452,42 @@ def test_user_file_missing_symlinked_or_chained(tmp_path):
     cfg = apply_user_file(base, user, "home", log)
     assert cfg.statistics is True and cfg.spool_dir == "/var/mail"
     assert len(log.records) == 1 and "'spool-dir' may not be set" in log.records[0][1]
+
+
+def test_huge_sparse_files_are_refused_without_reading_them(tmp_path):
+    """A sparse ~/.qpopper-options claiming 64 GiB: read at most the bound, in a child whose
+    address space is capped at 1 GiB (reading it whole would fail there, not exhaust us)."""
+    user_file = tmp_path / ".qpopper-options"
+    with open(user_file, "wb") as f:
+        f.write(b"set server-mode\n")
+        f.truncate(64 << 30)
+    child = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent("""
+            import resource, sys
+            resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+            from qpopper.config import Config, apply_user_file
+            logged = []
+            base = Config.defaults()
+            cfg = apply_user_file(base, sys.argv[1], "home", lambda *record: logged.append(record))
+            print(cfg is base, logged)
+            """), str(user_file)],
+        capture_output=True, text=True, timeout=60, cwd=os.path.dirname(os.path.dirname(
+            os.path.abspath(__file__))))
+    assert child.returncode == 0, child.stderr
+    bound = limits.MAX_CONFIG_FILE_OCTETS
+    assert child.stdout.strip() == str(True) + " " + repr(
+        [(syslog.LOG_ERR, f"{user_file}: larger than {bound} octets; options file ignored")])
+    # the bound itself is fine, one octet more is not; a chained file gets the same bound
+    main = tmp_path / "main.config"
+    main.write_text("set config-file = big.config\n")
+    big = tmp_path / "big.config"
+    big.write_bytes(b"set debug\n" + b"#" * 100 + b"\n" * (bound - 110))
+    assert big.stat().st_size == bound
+    assert load(["-f", str(main)])[0].debug is True
+    with open(big, "ab") as f:
+        f.write(b"\n")
+    assert error_of(load, ["-f", str(main)]) == (
+        f"{main}:1: '{big}': larger than {bound} octets")
 
 
 def test_apply_user_file_refuses_unknown_kinds(tmp_path):
