@@ -133,3 +133,44 @@ def test_sessions_follow_groups_and_user_files(site, system_users, groups):
     assert session_mode(site, server, both) == "server"
     os.unlink(options_file)
     assert session_mode(site, server, both) == "normal"
+
+
+@pytest.mark.parametrize("fast_update", [False, True])
+def test_server_mode_end_to_end_as_the_user(world_tmp, pam_service, system_users, fast_update):
+    """-S through the real server: the session runs as the user with the mail group, reads the
+    spool in place, and QUIT rewrites it keeping owner, group and mode."""
+    site = Site(world_tmp, pam_service, statistics=False, timing=False, log_login="",
+                server_mode=True, fast_update=fast_update)
+    try:
+        user = system_users.create()
+        spool = make_spool(site.spool_dir, user, SPOOL)
+        before = os.stat(spool)
+        server = site.server()
+        client = login(server, user)
+        try:
+            uid_one = client.uidl(1).split()[2]
+            assert os.path.getsize(spool) == len(SPOOL)          # read in place
+            client.retr(1)
+            client.dele(2)
+            client.quit()
+        finally:
+            client.close()
+        after = os.stat(spool)
+        with open(spool, "rb") as f:
+            data = f.read()
+        assert data.count(b"Subject: ") == 1 and b"Subject: one" in data
+        assert b"Status: RO" in data and b"X-UIDL: " + uid_one in data
+        assert (after.st_uid, after.st_gid, after.st_mode) == (
+            before.st_uid, before.st_gid, before.st_mode)
+        assert (after.st_ino != before.st_ino) == fast_update
+        cache = os.stat(os.path.join(site.spool_dir, f".{user.name}.cache"))
+        assert cache.st_uid == user.uid and cache.st_mode & 0o777 == 0o600
+        assert not os.path.exists(os.path.join(site.spool_dir, f".{user.name}.pop"))
+        client = login(server, user)
+        try:
+            assert client.stat()[0] == 1 and client.uidl(1).split()[2] == uid_one
+            client.quit()
+        finally:
+            client.close()
+    finally:
+        site.close()
