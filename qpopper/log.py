@@ -82,6 +82,13 @@ class Logger:
                    debug=bool(getattr_option(cfg, "debug", False)),
                    tracefile=getattr_option(cfg, "tracefile", None) or None, **kw)
 
+    def reconfigured(self, cfg) -> "Logger":
+        """A new Logger with `cfg`'s debug, tracefile and log-facility, and this one's
+        destination (syslog socket, terminal stream) and ident: the master's on HUP. Raises
+        OSError when the new tracefile cannot be opened (the caller keeps this one)."""
+        return type(self).from_config(cfg, socket_path=self.socket_path, stream=self._stream,
+                                      ident=self.ident)
+
     # --- the callable every module uses -----------------------------------------------------
     def __call__(self, priority: int, text: str) -> None:
         if priority == syslog.LOG_DEBUG and not self.debug:

@@ -169,6 +169,7 @@ class Master:
         self.reload = reload or self._load_configuration
         self.listeners = listeners
         self.log = log
+        self._startup_log = log                  # its owner (run_master) closes it
         self.notify_systemd = notify_systemd
         self.hostname = socket.gethostname()
         self.children: dict[int, str] = {}                 # pid → client address
@@ -235,6 +236,8 @@ class Master:
             self.selector.close()
             self.selector = None
             self._uninstall_signals()
+            if self.log is not self._startup_log:
+                self.log.close()                           # built by a reload
 
     def _describe_listener(self, sock: socket.socket) -> str:
         mode = self._tls_mode(sock)
@@ -373,25 +376,35 @@ class Master:
     # --- HUP and TERM --------------------------------------------------------------------------------
     def on_reload(self) -> None:
         """HUP: read the configuration again for new connections; a bad one is logged and
-        the running one kept. Listeners and log settings are startup options."""
+        the running one kept. The log is rebuilt (debug, tracefile, log-facility); the
+        listeners stay as they were opened at start-up."""
         self._notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        new_log = None
         try:
             new_cfg = self.reload()
+            new_log = self.log.reconfigured(new_cfg)
             # a renewed certificate is read here; the listeners stay as they are
-            new_tls = tls_mod.build_server_tls(new_cfg, self.log)
+            new_tls = tls_mod.build_server_tls(new_cfg, new_log)
             if new_tls is None and self.implicit_tls:
                 # the tls-listen ports opened at start-up never fall back to plain text
                 raise tls_mod.TlsSetupError("the TLS listeners opened at start-up still need "
                                             "tls-listen and a certificate")
         except Exception as exc:
+            if new_log is not None:
+                new_log.close()
             self.log(syslog.LOG_ERR, f"reload failed, keeping the running configuration: {exc}")
         else:
+            self._replace_log(new_log)
             self.cfg = new_cfg
             self.tls = new_tls
             self.log(syslog.LOG_NOTICE, "configuration reloaded")
             if new_tls is not None:
                 self.log(syslog.LOG_INFO, f"TLS certificate {new_tls.description}")
         self._notify("READY=1\nSTATUS=accepting connections")
+
+    def _replace_log(self, new_log: Logger) -> None:
+        self.log.close()            # closing twice is harmless: the start-up one's owner will
+        self.log = new_log
 
     def _load_configuration(self):
         return config_mod.load(list(self.inv.argv))[0]

@@ -8,6 +8,7 @@ import syslog
 import pytest
 
 from qpopper import QPOPPER_VERSION
+from qpopper.config import Config
 from qpopper.log import (Logger, facility_code, log_login_line, stats_line, timeout_line,
                          timing_line)
 
@@ -57,6 +58,25 @@ def test_facility_from_config_name(syslog_listener):
     assert int(receive(sock)["pri"]) == (19 << 3) | 6
     with pytest.raises(ValueError):
         facility_code("kern-nope")
+
+
+def test_reconfigured_takes_the_options_and_keeps_the_destination(syslog_listener, tmp_path):
+    """The master's log on HUP: debug and log-facility from the new configuration, the same
+    syslog socket (here a test listener, not /dev/log) and ident."""
+    path, sock = syslog_listener
+    old = Logger(socket_path=path)
+    new = old.reconfigured(Config.defaults().replace(debug=True, log_facility="local5"))
+    try:
+        old(syslog.LOG_DEBUG, "hidden")
+        new(syslog.LOG_DEBUG, "debug shown")
+    finally:
+        old.close()
+        new.close()
+    record = receive(sock)
+    assert record["text"] == "debug shown"
+    assert int(record["pri"]) == syslog.LOG_LOCAL5 | syslog.LOG_DEBUG
+    with pytest.raises(OSError):
+        old.reconfigured(Config.defaults().replace(tracefile=str(tmp_path / "no" / "trace")))
 
 
 def test_debug_records_only_with_debug(syslog_listener):

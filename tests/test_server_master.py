@@ -6,9 +6,11 @@ from __future__ import annotations
 import grp
 import os
 import poplib
+import re
 import signal
 import socket
 import subprocess
+import syslog
 import time
 
 import pytest
@@ -268,6 +270,55 @@ def test_hup_rereads_the_configuration_for_new_connections(site):
     os.kill(server.pid, signal.SIGHUP)
     site.syslog.wait_for(r"reload failed, keeping the running configuration: .*no-such-option.*")
     assert wait_for_greeting(server.host, server.port).startswith(b"+OK ready")
+
+
+def test_hup_applies_log_facility_and_tracefile_to_new_sessions(site, system_users):
+    """debug, tracefile and log-facility are STARTUP options: "takes effect at start-up or
+    HUP". The master's log is rebuilt on HUP; new sessions log through it."""
+    user = system_users.create()
+    make_spool(site.spool_dir, user, SPOOL)
+    server = site.server()
+    login_line = rf'\(v[\d.]+\) POP login by user "{user.name}" at \(127\.0\.0\.1\) 127\.0\.0\.1'
+
+    def facility_of_last_login() -> int:
+        records = [pri for pri, _, text in site.syslog.records
+                   if re.fullmatch(login_line, text)]
+        return records[-1] & ~7
+
+    login(server, user).quit()
+    site.syslog.wait_for(login_line)
+    assert facility_of_last_login() == syslog.LOG_MAIL
+
+    with open(site.config, "a") as f:
+        f.write("set log-facility = local3\n")
+    os.kill(server.pid, signal.SIGHUP)
+    reloaded = site.syslog.wait_for("configuration reloaded")
+    assert reloaded[0] & ~7 == syslog.LOG_LOCAL3
+    login(server, user).quit()
+    wait_until(lambda: facility_of_last_login() == syslog.LOG_LOCAL3,
+               what="a login record at facility local3")
+
+    trace = os.path.join(site.root, "popper.trace")
+    with open(site.config, "a") as f:
+        f.write(f"set tracefile = {trace}\n")
+    os.kill(server.pid, signal.SIGHUP)
+
+    def traced() -> str:
+        try:
+            with open(trace) as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    wait_until(lambda: "configuration reloaded" in traced(), what="the reload in the tracefile")
+    login(server, user).quit()
+    wait_until(lambda: re.search(login_line, traced()), what="the login in the tracefile")
+    # a tracefile that cannot be opened keeps the running log
+    with open(site.config, "a") as f:
+        f.write(f"set tracefile = {site.root}/no-such-dir/trace\n")
+    os.kill(server.pid, signal.SIGHUP)
+    wait_until(lambda: "reload failed, keeping the running configuration" in traced(),
+               what="the failed reload in the running tracefile")
 
 
 def test_term_lets_a_running_session_finish(site, system_users):
