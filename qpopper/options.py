@@ -327,8 +327,9 @@ OPTIONS: tuple[Option, ...] = (
        "other than the server and the delivery agent change spools).",
        scope=Scope.NOT_HOME),
     _b("debug", False,
-       "Log debug records (to syslog, or to tracefile).",
-       flag="-d"),
+       "Log debug records (to syslog, or to tracefile). Unlike Qpopper, not settable in "
+       "per-user files: the session's log is already open when they are read.",
+       flag="-d", scope=Scope.STARTUP),
     _b("downcase-user", False,
        "Lower-case user names before use, so clients may type them in any case.",
        flag="-c", scope=Scope.NOT_USER),
@@ -504,9 +505,10 @@ OPTIONS: tuple[Option, ...] = (
        scope=Scope.STARTUP),
     _s("tracefile", None,
        "Write all log records (and debug records with debug) to this file instead of "
-       "syslog. Not settable in ~/.qpopper-options: sessions run with the mail group, so a "
-       "user-chosen file could be another user's spool.",
-       flag="-t", flag_arg="logfile", scope=Scope.NOT_HOME, example="/var/log/qpopper.trace"),
+       "syslog. Unlike Qpopper, not settable in per-user files: the session's log is "
+       "already open when they are read (and a user-chosen file could be another user's "
+       "spool).",
+       flag="-t", flag_arg="logfile", scope=Scope.STARTUP, example="/var/log/qpopper.trace"),
     _b("trim-domain", False,
        "Remove @domain from user names before use (maida@example.org -> maida).",
        flag="-C", scope=Scope.NOT_USER),

@@ -73,7 +73,10 @@ SCOPES = {
     "user-options": {Scope.NOT_USER}, "spool-options": {Scope.NOT_HOME},
     "announce-expire": {Scope.ANYWHERE}, "announce-login-delay": {Scope.ANYWHERE},
     "bulldb-max-tries": {Scope.ANYWHERE}, "bulldb-nonfatal": {Scope.ANYWHERE},
-    "bulldir": {Scope.ANYWHERE}, "config-file": {Scope.ANYWHERE}, "debug": {Scope.ANYWHERE},
+    "bulldir": {Scope.ANYWHERE}, "config-file": {Scope.ANYWHERE},
+    # debug (and tracefile): the manual allows them anywhere, but the session's log is open
+    # before the user files are read; the master rebuilds it on HUP.
+    "debug": {Scope.STARTUP},
     # drac-host: the manual allows it anywhere, but the DRAC call is made by the root part
     # of the session right after the login, before the user files are read (qpopper/drac.py).
     "drac-host": {Scope.NOT_USER}, "fast-update": {Scope.ANYWHERE},
