@@ -546,7 +546,9 @@ OPTIONS: tuple[Option, ...] = (
        "foreground.",
        extension=True, scope=Scope.STARTUP),
     _s("pid-file", "/run/qpopper.pid",
-       "Extension: file the standalone master writes its process id to.",
+       "Extension: file the standalone master writes its process id to when it detaches "
+       "(daemon, the SysV-style start). In the foreground (systemd, a terminal) none is "
+       "written: the service manager knows the process.",
        extension=True, scope=Scope.STARTUP),
     _i("max-children", 200,
        "Extension: most sessions served at once by the standalone master; a connection "

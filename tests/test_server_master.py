@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from qpopper.options import lookup
 from tests.helpers.sysusers import make_spool
 from tests.server_harness import (PopperServer, Site, free_port, has_ipv6_loopback, login, mbox,
                                   proc_status, proc_title, read_greeting, spool_text,
@@ -423,6 +424,18 @@ def test_daemon_mode_detaches_and_writes_the_pid_file(site):
     finally:
         os.kill(pid, signal.SIGTERM)
     wait_until(lambda: not os.path.exists(pid_file), what="the pid file to go")
+
+
+def test_foreground_master_writes_no_pid_file_as_its_help_says(site):
+    """pid-file belongs to the detaching (daemon) master: a foreground one under systemd
+    cannot write /run (ProtectSystem=strict) and has the service manager to track it."""
+    assert "when it detaches (daemon" in lookup("pid-file").help
+    pid_file = os.path.join(site.root, "foreground.pid")
+    server = site.server(extra_args=[f"--pid-file={pid_file}"])
+    assert wait_for_greeting(server.host, server.port).startswith(b"+OK")
+    assert not os.path.exists(pid_file)
+    assert server.stop() == 0
+    assert not os.path.exists(pid_file)
 
 
 # --- per-user option files (reference §1.4 A1, decision §7.4) -----------------------------------
