@@ -91,7 +91,6 @@ def test_version():
 
 @pytest.mark.timeout(60)
 def test_without_listen_it_serves_the_connection_on_stdin():
-    pytest.importorskip("qpopper.session", reason="the session module is not complete yet")
     server_end, client_end = socket.socketpair()
     with server_end, client_end:
         process = subprocess.Popen([popper_path(), "--auth-failure-delay=0", "-R"],
@@ -117,8 +116,6 @@ def free_port() -> int:
 
 @pytest.mark.timeout(60)
 def test_with_a_port_it_runs_the_standalone_master(tmp_path):
-    pytest.importorskip("qpopper.master", reason="the master module is not complete yet")
-    pytest.importorskip("qpopper.session", reason="the session module is not complete yet")
     port = free_port()
     process = subprocess.Popen([popper_path(), f"127.0.0.1:{port}", "-R",
                                 f"--pid-file={tmp_path / 'popper.pid'}"],
