@@ -498,3 +498,28 @@ def test_crash_after_append_with_mail_delivered_meanwhile(tmp_path):
     assert env.subjects() == ["1.b", "ordinary mail"]
     assert env.popbull.read_bytes() == b"1\n"
     assert any("earlier session of alice: delivered" in t for _, t in env.logged)
+
+
+def test_simultaneous_logins_of_one_user_deliver_each_bulletin_once(tmp_path):
+    """The spool lock serialises the read-deliver-record of two sessions (no duplicates)."""
+    env = Env(tmp_path, max_bulletins=3)
+    for n in (1, 2, 3):
+        env.post(f"{n}.b")
+    go_r, go_w = os.pipe()
+    children = []
+    for _ in range(2):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(go_w)
+                os.read(go_r, 1)                          # both start together
+                env.deliver()
+            finally:
+                os._exit(0)
+        children.append(pid)
+    os.close(go_r)
+    os.close(go_w)                                         # EOF: go
+    for pid in children:
+        os.waitpid(pid, 0)
+    assert env.subjects() == ["1.b", "2.b", "3.b"]
+    assert env.popbull.read_bytes() == b"3\n"

@@ -187,3 +187,18 @@ def test_session_killed_after_the_append_then_next_login_has_it_once(site, syste
     finally:
         client.close()
     site.syslog.wait_for(r"Bulletin delivery of an earlier session of .*: delivered")
+
+
+def test_server_mode_takes_the_bulletin_from_the_spool_once(site, system_users):
+    with open(site.config, "a") as f:
+        f.write("set server-mode\n")
+    user = system_users.create("bs")
+    make_spool(site.spool_dir, user, mbox(("hello", "ordinary mail")))
+    server = site.server()
+    for _ in range(2):
+        client = login(server, user)
+        try:
+            assert [s for s, _ in subjects_and_uids(client)] == [b"hello", b"Example bulletin"]
+            client.quit()
+        finally:
+            client.close()
