@@ -157,9 +157,6 @@ def load(argv: list[str] | tuple[str, ...]) -> tuple[Config, Invocation]:
     return layers.config(), invocation
 
 
-load_config = load  # the name docs/internals.md used first
-
-
 def read_files(paths: list[str], base: Config | None = None) -> Config:
     """`base` (defaults) with the global files `paths` applied in order (tests, tools)."""
     layers = _Layers(base or Config.defaults())

@@ -21,9 +21,6 @@ and disconnect (Dovecot's habit; stops a client looping on junk)."""
 MAX_PARAMETERS = 5
 """Qpopper's MAXPARMCOUNT: more words than this on a line is a syntax error."""
 
-MAX_REPLY_OCTETS = 512
-"""RFC 1939 §3: a response line is at most 512 octets including CRLF."""
-
 # --- time ---------------------------------------------------------------------------------
 IDLE_TIMEOUT_S = 120
 """Qpopper's built-in `timeout` default (seconds). RFC 1939 asks for at least 600; the shipped

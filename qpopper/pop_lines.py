@@ -57,8 +57,3 @@ class LineReader:
         never be read as if it came through TLS)."""
         self._buf.clear()
         self._draining = False
-
-    @property
-    def pending(self) -> int:
-        """Octets buffered that do not yet form a line."""
-        return len(self._buf)

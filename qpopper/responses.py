@@ -64,9 +64,3 @@ def err(text: str, code: RespCode | None = None) -> bytes:
 def dot_stuff(line: bytes) -> bytes:
     """RFC 1939 §3: a line of a multi-line reply that starts with '.' gets one more '.'."""
     return b"." + line if line.startswith(b".") else line
-
-
-def multiline(first: bytes, lines) -> bytes:
-    """A complete multi-line reply: `first` (already rendered), dot-stuffed CRLF lines, `.`."""
-    body = b"".join(dot_stuff(line) + CRLF for line in lines)
-    return first + body + TERMINATOR

@@ -503,17 +503,6 @@ def test_spool_cut_right_after_a_from_line(tmp_path, update):
     assert [m.uid for m in after] == [m.uid for m in before]
 
 
-def test_copy_range_copies_raw_bytes_in_bounded_chunks(tmp_path):
-    src = tmp_path / "src"
-    data = bytes(random.Random(5).randbytes(3 * limits.COPY_CHUNK_OCTETS + 17))
-    src.write_bytes(data)
-    writes = []
-    with open(src, "rb") as f:
-        n = mbox.copy_range(f, 10, len(data) - 5, writes.append)
-    assert n == len(data) - 15 and b"".join(writes) == data[10:-5]
-    assert max(map(len, writes)) <= limits.COPY_CHUNK_OCTETS
-
-
 # --- streaming -----------------------------------------------------------------------------------------
 
 def test_retr_of_a_big_message_is_a_few_big_writes(tmp_path):

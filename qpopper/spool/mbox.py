@@ -835,15 +835,6 @@ def _copy(f: BinaryIO, start: int, end: int, out: _Coalescer) -> None:
         out.add(data)
 
 
-def copy_range(f: BinaryIO, start: int, end: int, write: WriteFn) -> int:
-    """Copy the raw bytes [start, end) of `f` to `write` in bounded chunks; returns the count."""
-    n = 0
-    for data in _chunks(f, start, end):
-        write(data)
-        n += len(data)
-    return n
-
-
 def copy_for_update(f: BinaryIO, msg: Message, write: WriteFn, *, retrieved: bool,
                     update_status_headers: bool) -> None:
     """Write `msg` back in mbox form for the update at QUIT (reference S16/S17).

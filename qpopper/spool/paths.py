@@ -28,7 +28,6 @@ LOCK_SUFFIX = ".lock"
 SPOOL_OPTIONS_SUFFIX = ".qpopper-options"
 """Decision §7.4: the administrator's per-user file `<spool-dir>/<user>.qpopper-options`."""
 
-DEFAULT_HOME_DIR_MAIL = ".mail"
 HASH_ONE_CHARS = 5
 """Decision §7.1: hash-spool 1 sums the first five characters (the manual's `maida` -> `o`)."""
 
