@@ -260,3 +260,16 @@ def test_cache_files_are_private(tmp_path):
     cfg, paths = make(tmp_path)
     session(cfg, paths)
     assert os.stat(paths.cache).st_mode & 0o777 == 0o600
+
+
+def test_mail_glued_to_a_region_without_an_empty_line_is_scanned_with_it(tmp_path):
+    """A spool whose last message lacks the closing empty line: a `From ` line appended right
+    after it is not a separator (S11), so the cached region cannot be extended on its own."""
+    content = message(1) + message(2)[:-1]                  # no empty line at the end
+    cfg, paths = make(tmp_path, content, update_status_headers=False)
+    session(cfg, paths)                                      # clean QUIT: cache written
+    with open(paths.spool, "ab") as f:
+        f.write(message(3))
+    seen, region = session(cfg, paths)
+    assert region[0] == 0
+    assert seen == full_scan_uids(paths, update_status_headers=False) and len(seen) == 2

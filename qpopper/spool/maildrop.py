@@ -421,7 +421,7 @@ class Maildrop:
                        old_style_uid=bool(getattr(self.cfg, "old_style_uid", False)),
                        uw_kludge=bool(getattr(self.cfg, "uw_kluge", False)))
         cached = cache.load(self.paths.cache, self.user, self.cfg, fd)
-        if cached is not None:
+        if cached is not None and _tail_closed(fd, cached[1].size, size):
             known, state = cached
             try:
                 new = mbox.scan(self._drop_file, start=state.size, end=size,
@@ -1007,6 +1007,13 @@ def _same_bytes(a: int, a_off: int, b: int, b_off: int, length: int) -> bool:
             return False
         done += n
     return True
+
+
+def _tail_closed(fd: int, cached_len: int, size: int) -> bool:
+    """Can mail after the cached region be scanned on its own? Only when the region ends the
+    way a separator needs (an empty line, or an MMDF trailer); otherwise a full scan decides
+    whether the appended `From ` line starts a message."""
+    return cached_len == size or not separator_padding(_tail(fd, cached_len))
 
 
 def _hash_range(fd: int, start: int, length: int) -> str:
