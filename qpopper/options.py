@@ -527,13 +527,13 @@ OPTIONS: tuple[Option, ...] = (
 
     # ---- extensions (ours; compile-time choices and what a modern service needs) ----------
     _b("bulldb", False,
-       "Extension: record the bulletins each user has seen in a database in bulldir instead "
-       "of ~/.popbull files, which are read once for compatibility (Qpopper: configure "
-       "--enable-bulldb).",
+       "Extension: record the bulletins each user has seen in the SQLite file "
+       "<bulldir>/bulldb/bulldb.sqlite (that directory root:mail 2770) instead of ~/.popbull "
+       "files, which are read once for compatibility (Qpopper: configure --enable-bulldb).",
        extension=True, scope=Scope.NOT_USER),
     _s("popbulldir", None,
        "Extension: directory of the users' <user>.popbull files instead of ~/.popbull "
-       "(Qpopper: configure --enable-popbulldir).",
+       "(root:mail 3770; Qpopper: configure --enable-popbulldir).",
        extension=True, scope=Scope.NOT_USER, example="/var/spool/popbull"),
     _s("listen", (),
        "Extension: [ADDRESS:]PORT to listen on as a standalone server (IPv6 in brackets); "
