@@ -417,9 +417,7 @@ class Maildrop:
         return True
 
     def _server_scan(self, fd: int, size: int) -> list[mbox.Message]:
-        options = dict(update_status_headers=bool(getattr(self.cfg, "update_status_headers", True)),
-                       old_style_uid=bool(getattr(self.cfg, "old_style_uid", False)),
-                       uw_kludge=bool(getattr(self.cfg, "uw_kluge", False)))
+        options = cache.scan_options(self.cfg)      # the scan's keywords, as the cache has them
         cached = cache.load(self.paths.cache, self.user, self.cfg, fd)
         if cached is not None and _tail_closed(fd, cached[1].size, size):
             known, state = cached
@@ -580,23 +578,17 @@ class Maildrop:
         the lock; delivery agents only append) so the next session starts from the cache."""
         messages: list[mbox.Message] = []
         if rescan:
+            # The update is done: a failure here costs the next session a scan, nothing more.
             try:
                 fd = os.open(self.paths.spool, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            except OSError:
+                with open(fd, "rb") as f:
+                    st = os.fstat(fd)
+                    if (st.st_dev, st.st_ino) != (state.dev, state.ino):
+                        return
+                    messages = mbox.scan(f, end=state.size, **cache.scan_options(self.cfg))
+            except (OSError, mbox.MboxFormatError) as exc:
+                self._note(syslog.LOG_NOTICE, f"no cache for {self.user}: {exc}")
                 return
-            with open(fd, "rb") as f:
-                st = os.fstat(fd)
-                if (st.st_dev, st.st_ino) != (state.dev, state.ino):
-                    return
-                try:
-                    messages = mbox.scan(
-                        f, end=state.size,
-                        update_status_headers=bool(getattr(self.cfg, "update_status_headers",
-                                                           True)),
-                        old_style_uid=bool(getattr(self.cfg, "old_style_uid", False)),
-                        uw_kludge=bool(getattr(self.cfg, "uw_kluge", False)))
-                except mbox.MboxFormatError:
-                    return
         self._store_cache(state, messages)
 
     def _store_cache(self, state: cache.SpoolState, messages) -> None:
