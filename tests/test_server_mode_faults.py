@@ -18,6 +18,7 @@ from qpopper.spool.maildrop import Maildrop
 from qpopper.spool.paths import SpoolPaths
 from tests.test_maildrop_faults import (AFTER_CRASH, AFTER_CRASH_MMDF, deliver_after_crash,
                                         in_child, killer_at, message, mmdf)
+from tests.test_maildrop_faults import deliver as locked_deliver
 
 USER = "alice"
 LOCK_STEP_S = 0.05
@@ -51,7 +52,6 @@ def make_cfg(spool_dir, fast: bool) -> Config:
 
 def deliver(paths, data: bytes) -> None:
     """A delivery agent's append under the dot-lock (the session holds no lock now)."""
-    from tests.test_maildrop_faults import deliver as locked_deliver
     locked_deliver(Config.defaults().replace(spool_dir=os.path.dirname(paths.spool)), data)
 
 
