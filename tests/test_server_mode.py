@@ -396,3 +396,15 @@ def test_disk_full_after_the_spool_was_emptied_keeps_the_image_until_there_is_ro
         assert subjects(retr(drop, 0)) == ["message 1"]
     finally:
         drop.close()
+
+
+def test_the_uw_folder_message_stays_hidden_and_first(tmp_path):
+    folder = (b"From MAILER-DAEMON Wed Dec  2 05:53:00 1992\nFrom: Mail System Internal Data "
+              b"<MAILER-DAEMON@x>\nSubject: DON'T DELETE THIS MESSAGE -- FOLDER INTERNAL DATA\n"
+              b"X-IMAP: 1 2\n\nfolder data\n\n")
+    cfg, paths = make(tmp_path, folder + spool_of(1, 2), uw_kluge=True)
+    drop = open_drop(cfg, paths)
+    assert drop.server_mode and drop.hidden_count == 1 and len(drop.messages) == 2
+    drop.update({0}, set())
+    data = read(paths.spool)
+    assert data.startswith(folder) and subjects(data)[1:] == ["message 2"]
