@@ -54,6 +54,15 @@ MAILDROP_UNAVAILABLE = "Unable to open your maildrop; contact your administrator
 _REPLY_CHUNK = limits.COPY_CHUNK_OCTETS
 
 
+@dataclasses.dataclass(frozen=True)
+class _Continuation:
+    """Where the next client line goes instead of the command table (read_continuation)."""
+
+    callback: Callable[[bytes], None]
+    limit: int
+    on_too_long: Callable[[], None] | None
+
+
 class Protocol:
     """One POP3 conversation. All per-session state lives on this object (and on its
     Transaction once logged in)."""
@@ -74,7 +83,7 @@ class Protocol:
         self.now: Callable[[], float] = time.time
         self.sleep: Callable[[float], None] = time.sleep
         self._lines = LineReader()
-        self._continuation: tuple[Callable[[bytes], None], int] | None = None
+        self._continuation: _Continuation | None = None
         ext = self.extensions
         transaction = TRANSACTION_COMMANDS_WITH_MANGLE if ext.mangle else TRANSACTION_COMMANDS
         self._tables: dict[State, Mapping[str, Command]] = {
@@ -104,21 +113,20 @@ class Protocol:
             return
         self._lines.append(data)
         while not self.closed:
-            if self._continuation is not None:
-                limit = self._continuation[1]
-            else:
-                limit = limits.MAX_COMMAND_OCTETS
+            continuation = self._continuation
+            limit = continuation.limit if continuation else limits.MAX_COMMAND_OCTETS
             line = self._lines.next_line(limit)
             if line is None:
                 return
+            self._continuation = None
             if line is TOO_LONG:
-                self._continuation = None
                 self.env.log(syslog.LOG_NOTICE, f"Excessive input from {self._who()}")
-                self._bad_command(CommandSyntaxError(LINE_TOO_LONG.format(limit=limit)))
-            elif self._continuation is not None:
-                callback, _ = self._continuation
-                self._continuation = None
-                self._run(callback, line)
+                if continuation is not None and continuation.on_too_long is not None:
+                    self._run(lambda _: continuation.on_too_long(), b"")
+                else:
+                    self._bad_command(CommandSyntaxError(LINE_TOO_LONG.format(limit=limit)))
+            elif continuation is not None:
+                self._run(continuation.callback, line)
             else:
                 self._run(self._dispatch, line)
 
@@ -170,11 +178,16 @@ class Protocol:
         self.env.write(bytes(out))
 
     def read_continuation(self, callback: Callable[[bytes], None],
-                          limit: int = limits.MAX_AUTH_LINE_OCTETS) -> None:
+                          limit: int = limits.MAX_AUTH_LINE_OCTETS,
+                          on_too_long: Callable[[], None] | None = None) -> None:
         """Send the client's next line (without its line end) to `callback` instead of the
         command table: SASL continuations (RFC 5034), XTND XMIT message lines. One line per
-        call; the callback calls again for more. An over-long line cancels the exchange."""
-        self._continuation = (callback, limit)
+        call; the callback calls again for more. An over-long line cancels the exchange and
+        is answered as any over-long line, unless `on_too_long` is given: it is called
+        instead (its bytes are already discarded) and decides how the exchange goes on —
+        XTND XMIT keeps reading to the message's end, so no line of a message is ever read
+        as a command."""
+        self._continuation = _Continuation(callback, limit, on_too_long)
 
     def start_tls(self) -> bool:
         """After the `+OK` of STLS: throw away buffered plaintext (it must not be read as if it

@@ -179,6 +179,30 @@ def test_too_large_message_is_read_to_its_end_and_refused(spool, tmp_path, monke
     assert pop.send("NOOP") == b"+OK\r\n" and pop.proto.trans.deleted == set()
 
 
+@pytest.mark.parametrize("pieces", [1, 7])
+def test_over_long_message_line_is_drained_never_read_as_commands(spool, tmp_path, monkeypatch,
+                                                                   pieces):
+    """A line over the XMIT line limit makes the message too large; every line after it up
+    to the `.` is still message text: `DELE 1` and `QUIT` in the body do nothing."""
+    monkeypatch.setattr(limits, "MAX_XMIT_OCTETS", 100)
+    mta, record = make_mta(str(tmp_path))
+    pop = logged_in(spool, mail_command=mta)
+    assert pop.send("XTND XMIT") == b"+OK Start sending message.\r\n"
+    assert pop.send("To: x") == b""
+    long_line = b"x" * 300 + b"\r\n"
+    size = -(-len(long_line) // pieces)
+    for start in range(0, len(long_line), size):      # the line may arrive in pieces
+        pop.proto.feed(long_line[start:start + size])
+    assert pop.env.take() == b""
+    for command in ("DELE 1", "DELE 2", "RSET", "QUIT"):
+        assert pop.send(command) == b""
+    assert pop.send(".") == b"-ERR Message too large (more than 100 octets); not sent\r\n"
+    assert not os.path.exists(record + ".stdin")       # the MTA never ran
+    assert pop.send("NOOP") == b"+OK\r\n"
+    assert pop.proto.trans.deleted == set() and not pop.proto.closed
+    assert pop.proto.bad_commands == 0
+
+
 def test_hung_mta_is_killed_after_the_timeout(spool, tmp_path, monkeypatch):
     monkeypatch.setattr(limits, "XMIT_TIMEOUT_S", 1)
     mta, _ = make_mta(str(tmp_path), body="#!/bin/sh\nexec sleep 30\n")

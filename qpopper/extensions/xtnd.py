@@ -88,9 +88,15 @@ class _MessageReader:
         self.too_large = False
 
     def next(self) -> None:
-        # A line may be as long as the whole message may be; a longer one ends the exchange
-        # (the protocol answers it as an over-long line).
-        self.proto.read_continuation(self.line, limits.MAX_XMIT_OCTETS + 2)
+        # A line may be as long as the whole message may be. A longer one makes the message
+        # too large: the rest is still read to its `.` and discarded, never taken as commands
+        # (a message line `DELE 1` must not delete mail).
+        self.proto.read_continuation(self.line, limits.MAX_XMIT_OCTETS + 2,
+                                     on_too_long=self.line_too_long)
+
+    def line_too_long(self) -> None:
+        self.too_large = True
+        self.next()
 
     def line(self, line: bytes) -> None:
         if line == b".":
@@ -101,7 +107,7 @@ class _MessageReader:
         self.octets += len(line) + 1
         if self.octets > limits.MAX_XMIT_OCTETS:
             self.too_large = True                 # keep reading to the `.`, keep nothing
-        else:
+        if not self.too_large:
             try:
                 self.draft.write(line + b"\n")
             except PopError:
