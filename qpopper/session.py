@@ -60,7 +60,6 @@ its administrator controls; unset, no hook is installed at all."""
 UNKNOWN_CLIENT = "unknown"
 
 USER_OPTIONS_FILE = ".qpopper-options"
-SPOOL_OPTIONS_SUFFIX = ".qpopper-options"
 
 
 # --- the byte channel -----------------------------------------------------------------------------
@@ -283,11 +282,18 @@ class Session:
         except OSError as exc:
             raise PopError("Unable to open the mail spool; contact your administrator",
                            RespCode.SYS_TEMP, log=f"stat {self.cfg.spool_dir}: {exc}") from None
+        # Still root: shared hashed spool directories are created now, owned like the spool
+        # directory; after the drop the user would own them and could reach others' spools.
+        # Directories only the spool-dir options file asks for must exist already (the user
+        # files are read after the drop; ensure_hash_dirs then refuses to create them).
+        global_paths = SpoolPaths.for_user(self.cfg, login.user, login.home)
+        if self.cfg.check_hash_dir:
+            global_paths.ensure_hash_dirs(self.log)
         privsep.drop_privileges(login, spool_gid, self.log)   # verifies; as non-root, checks
         # Server mode: default/-S, then group-server-mode, then group-no-server-mode; the user
         # files below have the last word only when they set it (manual "Enabling Server Mode").
         self.cfg = resolve_server_mode(self.cfg, login.user, login.gid, self.log)
-        self._apply_user_option_files(login)
+        self._apply_user_option_files(login, global_paths.options_file)
         paths = SpoolPaths.for_user(self.cfg, login.user, login.home)
         # New bulletins go into the spool like a delivery agent's mail, so the maildrop (any
         # mode) takes them up with its crash-safe machinery (bulletins.py says how).
@@ -304,18 +310,17 @@ class Session:
         return self.maildrop
 
     # --- per-user option files (reference §1.4 A1, decision §7.4) ---------------------------------
-    def _apply_user_option_files(self, login) -> None:
+    def _apply_user_option_files(self, login, spool_options_file: str) -> None:
         """After the privilege drop: ~/.qpopper-options (-u), then the administrator's
-        <spool-dir>/<user>.qpopper-options (-U), so the administrator has the last word."""
+        <spool-dir>/<user>.qpopper-options (-U, SpoolPaths.options_file), so the administrator
+        has the last word."""
         cfg = self.cfg
-        if getattr_option(cfg, "user_options", False) and login.home:
+        if cfg.user_options and login.home:
             path = os.path.join(login.home, USER_OPTIONS_FILE)
             if self._readable_regular_file(path):
                 cfg = self._apply_file(cfg, path, "home")
-        if getattr_option(cfg, "spool_options", False):
-            path = os.path.join(self.cfg.spool_dir, login.user + SPOOL_OPTIONS_SUFFIX)
-            if "/" not in login.user and self._admin_owned_file(path, login):
-                cfg = self._apply_file(cfg, path, "spool")
+        if cfg.spool_options and self._admin_owned_file(spool_options_file, login):
+            cfg = self._apply_file(cfg, spool_options_file, "spool")
         if cfg is not self.cfg:
             self.cfg = cfg
             if self.protocol is not None and hasattr(self.protocol, "cfg"):

@@ -7,6 +7,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -162,6 +163,44 @@ def test_ensure_hash_dirs_logs_what_it_cannot_do(tmp_path):
     p.ensure_hash_dirs(lambda prio, text: lines.append(text))
     assert lines and "check-hash-dir" in lines[0]
     assert not (tmp_path / "missing").exists()
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_ensure_hash_dirs_refuses_to_create_as_a_user_who_does_not_own_the_spool_dir(world_tmp):
+    """Security: a hashed directory made by a user would let that user tamper with every
+    spool hashed into it. Even where the permissions allow it (mode 0777 here), a process
+    that is neither root nor the spool directory's owner only logs; the owner may create."""
+    spool_dir = Path(world_tmp) / "mail"
+    spool_dir.mkdir()
+    os.chmod(spool_dir, 0o777)
+    os.chown(spool_dir, 4321, 4322)
+    p = SpoolPaths.for_user(cfg_for(spool_dir, hash_spool=2), "maida", None)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                      # the child: another user, then the owner
+        code = 1
+        try:
+            os.close(read_fd)
+            os.setresuid(5555, 5555, 0)
+            lines = []
+            p.ensure_hash_dirs(lambda prio, text: lines.append(text))
+            refused = not (spool_dir / "m").exists() and "may create" in " ".join(lines)
+            os.setresuid(0, 0, 0)
+            os.setresuid(4321, 4321, 0)
+            p.ensure_hash_dirs()
+            created = (spool_dir / "m" / "a").is_dir()
+            os.write(write_fd, f"{refused} {created}".encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as f:
+        result = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert result == "True True"
+    assert os.stat(spool_dir / "m" / "a").st_uid == 4321
 
 
 BAD_NAMES = ["", "..", ".", "../alice", "a/b", "/etc/passwd", "a..b", ".alice", "a\0b",

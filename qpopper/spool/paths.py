@@ -158,9 +158,10 @@ class SpoolPaths:
 
     def ensure_hash_dirs(self, log: Log | None = None) -> None:
         """check-hash-dir (S5): create missing hashed directories, parents first, with the mode
-        and owner of the spool directory. Ownership can only be given as root; without root
-        we go as far as permissions allow and log what could not be done. The server should
-        call this before the privilege drop, so shared directories never belong to a user."""
+        and owner of the spool directory. Only root or the spool directory's owner may create
+        them (the session calls this before the privilege drop): a directory a user created
+        would let that user tamper with every spool hashed into it, so any other caller only
+        logs the missing directory."""
         if not self.hashed_dirs:
             return
         try:
@@ -169,7 +170,14 @@ class SpoolPaths:
             _note(log, f"check-hash-dir: cannot stat {self.spool_dir}: {exc.strerror}")
             return
         mode = model.st_mode & 0o7777
+        may_create = os.geteuid() in (0, model.st_uid)
         for path in self.hashed_dirs:
+            if not may_create:
+                if not os.path.isdir(path):
+                    _note(log, f"check-hash-dir: {path} is missing; only root or the owner of "
+                               f"{self.spool_dir} may create it")
+                    return
+                continue
             try:
                 os.mkdir(path, mode & 0o777)
             except FileExistsError:
