@@ -26,6 +26,13 @@ IDLE_TIMEOUT_S = 120
 """Qpopper's built-in `timeout` default (seconds). RFC 1939 asks for at least 600; the shipped
 /etc/qpopper/qpopper.config sets 600 (reference decision §7.7)."""
 
+MAX_AUTHORIZATION_S = 300
+"""The whole AUTHORIZATION state (banner to login) may last this long, however the client
+paces its bytes: until the login it holds a root process. A mail client logs in within
+seconds, a person typing at telnet within a minute or two; 5 minutes also covers
+MAX_AUTH_FAILURES_PER_CONNECTION failures with their delays and brakes. Past it the session
+ends as an idle timeout does."""
+
 AUTH_FAILURE_DELAY_S = 2.0
 """Qpopper's fixed SLEEP_SECONDS after a failed login, before the -ERR reply."""
 

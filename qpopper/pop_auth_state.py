@@ -3,8 +3,9 @@ that the SASL and TLS features take over.
 
 Qpopper's sub-states are kept: after USER the session expects PASS (auth2); a failed PASS goes
 back to expecting USER (auth1). User names are normalised here, as Qpopper's pop_user does:
-downcase-user, trim-domain, the `-no-mime` suffix. Names that could never be an account (empty,
-too long, `/`, control characters, `.`/`..`) are refused with the wrong-password reply after the
+downcase-user, trim-domain, the `-no-mime` suffix. Names that could never be an account
+(auth.is_possible_user_name: empty, too long, `/`, `..`, a leading `.` or `-`, control
+characters, ...) are refused with the wrong-password reply after the
 same delay, so a refused name tells the client nothing the wrong password would not.
 """
 
@@ -13,8 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import limits
-from .auth import sasl
+from .auth import is_possible_user_name, sasl
 from .capa import cmd_capa
 from .pop_command import Command, command_table
 from .responses import PopError, RespCode, ok
@@ -70,16 +70,6 @@ def normalise_user(raw: str, cfg) -> PendingUser:
     return PendingUser(name, no_mime, is_possible_user_name(name))
 
 
-def is_possible_user_name(name: str) -> bool:
-    """Could `name` be an account? It becomes part of file names (spool, temp drop, options
-    files), so anything that could leave a directory or fool a log is refused up front."""
-    if not name or name in (".", "..") or name.startswith("-"):
-        return False            # "-x" could pass for an option to a program (mail-command)
-    if len(name.encode("utf-8", "surrogateescape")) > limits.MAX_USER_NAME_OCTETS:
-        return False
-    return "/" not in name and printable(name) == name and not any(ch.isspace() for ch in name)
-
-
 # --- the verbs -------------------------------------------------------------------------------------
 def cmd_user(proto: "Protocol", args: list[str]) -> None:
     pending = normalise_user(args[0], proto.cfg)
@@ -93,7 +83,8 @@ def cmd_pass(proto: "Protocol", args: list[str]) -> None:
         raise PopError(USER_FIRST)
     proto.pending_user = None          # whatever happens next, the next login starts at USER
     if not pending.valid:
-        proto.refuse_user_name(PopError(BAD_PASSWORD.format(user=pending.shown), RespCode.AUTH))
+        proto.refuse_user_name(pending.name, PopError(BAD_PASSWORD.format(user=pending.shown),
+                                                       RespCode.AUTH), "USER")
     env = proto.env
     login = env.authenticator.check_password(
         pending.name, args[0], env.client_ip,
@@ -107,7 +98,7 @@ def cmd_apop(proto: "Protocol", args: list[str]) -> None:
     proto.pending_user = None
     pending = normalise_user(args[0], proto.cfg)
     if not pending.valid:
-        proto.refuse_user_name(PopError(BAD_DIGEST, RespCode.AUTH))
+        proto.refuse_user_name(pending.name, PopError(BAD_DIGEST, RespCode.AUTH), "APOP")
     env = proto.env
     login = env.authenticator.check_apop(pending.name, proto.apop_timestamp, args[1],
                                          env.client_ip, client_host=env.client_host)

@@ -19,11 +19,11 @@ import enum
 import secrets
 import syslog
 import time
-from typing import Callable, Mapping
+from typing import Callable, Mapping, NoReturn
 
 from . import QPOPPER_VERSION, limits
 from .auth import Login
-from .pop_auth_state import AUTHORIZATION_COMMANDS, PendingUser
+from .pop_auth_state import AUTHORIZATION_COMMANDS, PendingUser, printable
 from .pop_command import NO_EXTENSIONS, Command, CommandSyntaxError, Extensions
 from .pop_lines import TOO_LONG, LineReader
 from .pop_trans_state import (TRANSACTION_COMMANDS, TRANSACTION_COMMANDS_WITH_MANGLE, SessionStats,
@@ -78,10 +78,11 @@ class Protocol:
         self.pending_user: PendingUser | None = None   # USER given, PASS expected (Qpopper auth2)
         self.login: Login | None = None
         self.trans: Transaction | None = None
-        # Seams for tests: the clock (X-LOCALTIME, APOP timestamp) and the wait that a refused
-        # user name costs (auth-failure-delay, as a failed password: no enumeration by timing).
+        # Seams for tests: the clock (X-LOCALTIME, APOP timestamp), and the monotonic one that
+        # bounds the whole AUTHORIZATION state (limits.MAX_AUTHORIZATION_S, read_timeout).
         self.now: Callable[[], float] = time.time
-        self.sleep: Callable[[float], None] = time.sleep
+        self.monotonic: Callable[[], float] = time.monotonic
+        self.authorization_deadline = self.monotonic() + limits.MAX_AUTHORIZATION_S
         self._lines = LineReader()
         self._continuation: _Continuation | None = None
         ext = self.extensions
@@ -138,6 +139,16 @@ class Protocol:
             self.env.log(syslog.LOG_NOTICE, f"EOF from {self._who()} without QUIT")
         self._abort()
 
+    def read_timeout(self, idle_timeout: float) -> float:
+        """How long the session may wait for the client's next bytes: `idle_timeout` (the
+        `timeout` option), but in AUTHORIZATION never past the state's deadline
+        (limits.MAX_AUTHORIZATION_S after the connection began): a client sending a byte
+        just inside each timeout must not hold a root process forever. 0 means the time is
+        up; the session then calls timeout() as for an idle client."""
+        if self.state != State.AUTHORIZATION:
+            return idle_timeout
+        return max(0.0, min(idle_timeout, self.authorization_deadline - self.monotonic()))
+
     def timeout(self) -> None:
         """The client sent nothing for cfg.timeout seconds.
 
@@ -147,6 +158,9 @@ class Protocol:
         """
         if self.closed:
             return
+        if self.state == State.AUTHORIZATION and self.monotonic() >= self.authorization_deadline:
+            self.env.log(syslog.LOG_NOTICE, f"{self._who()} did not log in within "
+                                            f"{limits.MAX_AUTHORIZATION_S} s; closing")
         self._abort()
 
     def stats(self) -> SessionStats | None:
@@ -202,13 +216,14 @@ class Protocol:
             self.closed = True
         return active
 
-    def refuse_user_name(self, refusal: PopError) -> None:
-        """A user name we never pass on (`/`, `..`, control characters, too long, ...): cost
-        the client the same delay and the same reply as a wrong password."""
-        delay = self.cfg.auth_failure_delay
-        if delay > 0:
-            self.sleep(delay)
-        raise refusal
+    def refuse_user_name(self, name: str, refusal: PopError, mechanism: str) -> NoReturn:
+        """A user name we never pass on (`/`, `..`, control characters, too long, ...): the
+        authenticator refuses it as a failed login — same reply, same delay, and it counts
+        towards the connection's failure cap, so a client cannot try bad names forever."""
+        env = self.env
+        env.authenticator.refuse_user_name(printable(name), refusal.text, env.client_ip,
+                                           client_host=env.client_host, mechanism=mechanism)
+        raise refusal               # the contract says the authenticator raised already
 
     def login_succeeded(self, login: Login, *, no_mime: bool = False) -> None:
         """Authentication done (USER/PASS, APOP, or an AUTH mechanism): open the maildrop and

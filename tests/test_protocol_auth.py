@@ -198,8 +198,9 @@ def test_impossible_user_names_get_the_wrong_password_reply_after_the_delay(spoo
     pop.greet()
     assert pop.send(f"USER {name}") == PASSWORD_REQUIRED.format(shown).encode()
     assert pop.send("PASS wonderland") == BAD_PASSWORD.format(shown).encode()
-    assert pop.env.authenticator.calls == []           # never passed on
-    assert pop.sleeps == [3]                           # same cost as a wrong password
+    assert pop.env.authenticator.calls == []           # never checked...
+    # ...but refused by the authenticator, as a failed login (its delay, its count)
+    assert pop.env.authenticator.refused_names == [(shown, "USER")]
 
 
 def test_user_name_of_64_octets_is_passed_on(spool):
@@ -294,7 +295,7 @@ def test_apop_impossible_name_is_refused_after_the_delay(spool):
     pop.greet()
     assert pop.send("APOP ../alice 0123456789abcdef0123456789abcdef") == BAD_DIGEST
     assert pop.env.authenticator.calls == []
-    assert pop.sleeps == [2]
+    assert pop.env.authenticator.refused_names == [("../alice", "APOP")]
 
 
 def test_apop_not_enabled(spool):

@@ -8,7 +8,8 @@ need it). It implements the protocol's authenticator contract (docs/internals.md
     check_apop(user, timestamp, digest, client_ip, *, client_host=None) -> Login
 
 and raises PopError on refusal. Order of the checks, and why:
- 1. the name itself (empty, too long, control characters, '/'): refused like a bad password;
+ 1. the name itself (auth.is_possible_user_name, the protocol's test too: empty, too long,
+    '/', '..', a leading '.' or '-', control characters, ...): refused like a bad password;
  2. clear-text-password (USER/PASS only; reference P8), auth-file / nonauth-file (P6): they
     depend only on the name and configuration, so they reveal nothing about accounts;
  3. the account: uid <= BLOCKED_UID_MAX is refused before PAM is asked (P5); unknown users
@@ -54,7 +55,7 @@ from typing import NoReturn
 from .. import drac, limits
 from ..log import log_login_line
 from ..responses import PopError, RespCode
-from . import Login
+from . import Login, is_possible_user_name
 from . import pam as pam_auth
 from .brakes import Brakes, failure_log_line
 from .scram import Verifier
@@ -114,11 +115,6 @@ def shell_allowed(shell: str, shells_file: str = SHELLS_FILE) -> str | None:
     return SHELL_NOT_FOUND
 
 
-def _name_is_sane(user: str) -> bool:
-    return (bool(user) and len(user.encode("utf-8", "replace")) <= limits.MAX_USER_NAME_OCTETS
-            and user.isprintable() and "/" not in user and " " not in user)
-
-
 class Authenticator:
     """One per session (cheap): `Authenticator(cfg, log)`."""
 
@@ -144,9 +140,19 @@ class Authenticator:
     def has_apop_secret(self, user: str) -> bool:
         """The user has an APOP secret. A store with the wrong mode or owner raises
         PopError [SYS/PERM]; no store at all is simply False."""
-        if not self.apop_enabled or not _name_is_sane(user):
+        if not self.apop_enabled or not is_possible_user_name(user):
             return False
         return self.store.get_secret(user) is not None
+
+    def refuse_user_name(self, user: str, text: str, client_ip: str, *,
+                         client_host: str | None = None, mechanism: str = "USER") -> NoReturn:
+        """A name the protocol never passes on (is_possible_user_name says no; `user` is
+        already printable): refused exactly as a failed login — logged, braked, delayed,
+        counted towards the connection's failure cap (whose last refusal closes it) — and
+        answered `-ERR [AUTH] text`. Never returns."""
+        host = client_host or client_ip
+        self._begin(mechanism, client_ip)
+        self._refuse(user, host, client_ip, text, "invalid user name")
 
     def check_password(self, user: str, password: str, client_ip: str, *,
                        client_host: str | None = None, tls_active: bool = False,
@@ -157,7 +163,7 @@ class Authenticator:
         host = client_host or client_ip
         self._begin(mechanism, client_ip)
         bad_password = BAD_PASSWORD.format(user=user)
-        if not _name_is_sane(user):
+        if not is_possible_user_name(user):
             self._refuse(user, host, client_ip, bad_password, "invalid user name")
         self._check_clear_text_policy(user, host, client_ip, tls_active)
         self._check_auth_files(user, host, client_ip)
@@ -214,7 +220,7 @@ class Authenticator:
         """The user's SCRAM verifier (None: no store, no such user or no verifier; the
         mechanism then goes on with a made-up one so the reply reveals nothing). A store
         with the wrong mode or owner raises [SYS/PERM]."""
-        if not self.apop_enabled or not _name_is_sane(user):
+        if not self.apop_enabled or not is_possible_user_name(user):
             return None
         return self.store.get_scram(user, mechanism)
 
@@ -248,9 +254,9 @@ class Authenticator:
 
     def _check_proof_policies(self, user, mechanism, host, client_ip, authid, *, store: bool,
                               proved=None) -> Login:
-        if not _name_is_sane(user) or (store and not self.apop_enabled):
+        if not is_possible_user_name(user) or (store and not self.apop_enabled):
             self._refuse(user, host, client_ip, BAD_DIGEST,
-                         f"{mechanism} without a store" if _name_is_sane(user) else
+                         f"{mechanism} without a store" if is_possible_user_name(user) else
                          "invalid user name")
         self._check_auth_files(user, host, client_ip)
         if store:

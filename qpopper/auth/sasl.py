@@ -221,7 +221,8 @@ class Exchange:
         (like a bad password: the authenticator waits and counts it)."""
         name, no_mime, valid = self.normalise(raw)
         if not valid:
-            self.proto.refuse_user_name(PopError(BAD_NAME, RespCode.AUTH))
+            self.proto.refuse_user_name(name, PopError(BAD_NAME, RespCode.AUTH),
+                                        f"AUTH {self.name}")
         return name, no_mime
 
 

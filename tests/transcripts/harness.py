@@ -22,7 +22,7 @@ import email.utils
 import hashlib
 import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from qpopper.auth import Login
@@ -55,6 +55,7 @@ class TableAuthenticator:
         self.apop_secrets = dict(APOP_SECRETS if apop_secrets is None else apop_secrets)
         self.apop_enabled = apop_enabled
         self.calls: list[tuple] = []      # what the protocol asked, in order
+        self.refused_names: list[tuple] = []   # (shown name, mechanism) refused unchecked
 
     def has_apop_secret(self, user: str) -> bool:
         return user in self.apop_secrets
@@ -71,6 +72,10 @@ class TableAuthenticator:
         if secret is None or apop_digest(timestamp, secret) != digest:
             raise PopError(BAD_DIGEST, RespCode.AUTH)
         return self._login(user, "APOP")
+
+    def refuse_user_name(self, user, text, client_ip, *, client_host=None, mechanism="USER"):
+        self.refused_names.append((user, mechanism))
+        raise PopError(text, RespCode.AUTH)
 
     def _login(self, user, mechanism):
         return Login(user=user, uid=os.getuid(), gid=os.getgid(), home=self.home,
@@ -155,7 +160,6 @@ class Pop:
     proto: Protocol
     env: Env
     spool_dir: Path
-    sleeps: list[float] = field(default_factory=list)
 
     def greet(self) -> bytes:
         self.proto.greeting()
@@ -211,7 +215,6 @@ class Spool:
         proto = Protocol(cfg, env, extensions=extensions)
         proto.now = lambda: NOW
         pop = Pop(proto, env, self.dir)
-        proto.sleep = pop.sleeps.append
         self._sessions.append(pop)
         return pop
 
