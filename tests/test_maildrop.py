@@ -2,6 +2,7 @@
 back kept messages plus new mail, restore puts everything back (reference §1.9, §2.6, S6, S9,
 S16, S17, L6, L7)."""
 
+import errno
 import os
 import shutil
 import subprocess
@@ -354,3 +355,81 @@ def test_a_planted_hard_link_at_the_image_name_is_not_truncated(tmp_path):
     assert victim.read_bytes() == b"precious"
     os.unlink(paths.new_image)
     assert subjects(cfg, paths) == [b"Subject: m1"]
+
+
+class Crash(BaseException):
+    """Stands in for a kill: nothing in the maildrop handles it, only `finally` blocks run
+    (they close descriptors and locks, as the kernel would)."""
+
+
+def big_msg(n: int, octets: int = 200_000) -> bytes:
+    # Ends with a single newline (the last message of a spool may): recovery must pad, so
+    # even appending new mail to the image extends the spool.
+    return (b"From big%d@example.org Wed Dec  2 05:53:22 1992\nSubject: big%d\n\n" % (n, n)
+            + b"y" * (octets - 80) + b"\n")
+
+
+@pytest.mark.parametrize("spool_after_crash", ["appended", "replaced"])
+def test_no_room_during_recovery_keeps_the_journal_and_loses_nothing(tmp_path, spool_after_crash):
+    """The update dies after part of the spool was rewritten (the 2nd write-spool chunk), mail
+    arrives (appended to the spool, or in a new spool file after the old one was removed),
+    then the recovering login runs out of room when extending the spool: it must keep the
+    image and journal (the only copy of the mail delivered during the first session) so the
+    login after that rolls forward; nothing lost, nothing duplicated."""
+    cfg, paths = setup(tmp_path, msg(1) + msg(2))
+    drop = open_drop(cfg, paths)
+    with open(paths.spool, "ab") as f:              # delivered during the session
+        f.write(big_msg(3))
+    seen = []
+
+    def crash_at_second_chunk(name):
+        seen.append(name)
+        if name == "update:write-spool" and seen.count(name) == 2:
+            raise Crash()
+
+    drop._hook = crash_at_second_chunk
+    with pytest.raises(Crash):
+        drop.update(set(), set())
+    assert os.path.exists(paths.journal) and os.path.exists(paths.new_image)
+    if spool_after_crash == "replaced":
+        # moved away, not unlinked: a freed inode number could be reused by the new spool
+        os.rename(paths.spool, tmp_path / "moved-away")
+    with open(paths.spool, "ab") as f:              # delivered after the crash
+        f.write(msg(4))
+
+    def no_room(name):
+        if name == "recover:allocate-spool":
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(PopError) as info:
+        open_drop(cfg, paths, step_hook=no_room)
+    assert info.value.text.startswith("Overquota")
+    assert os.path.exists(paths.journal) and os.path.exists(paths.new_image)
+
+    drop = open_drop(cfg, paths)
+    try:
+        bodies = [retr(drop, i) for i in range(len(drop.messages))]
+    finally:
+        drop.close()
+    assert [b.split(b"\r\n")[0] for b in bodies] == [b"Subject: m1", b"Subject: m2",
+                                                     b"Subject: big3", b"Subject: m4"]
+    assert bodies[2].count(b"y" * 1000) == (200_000 - 80) // 1000
+    assert b"\0" not in b"".join(bodies)
+    assert leftovers(tmp_path) == []
+
+
+def test_the_marker_byte_is_written_after_the_rest_is_durable(tmp_path):
+    """Byte Z says "the update is complete": it is written only after an fdatasync of
+    everything else, so writeback cannot make the marker durable before the body."""
+    cfg, paths = setup(tmp_path, msg(1) + msg(2))
+    drop = open_drop(cfg, paths)
+    with open(paths.spool, "ab") as f:
+        f.write(msg(3))                             # new mail: the image extends the spool
+    steps = []
+    drop._hook = steps.append
+    drop.update({1}, set())
+    body = [s for s in steps if s in ("update:write-spool", "update:fsync-spool-body",
+                                      "update:write-spool-marker", "update:fsync-spool")]
+    assert body == ["update:write-spool", "update:write-spool", "update:fsync-spool-body",
+                    "update:write-spool-marker", "update:fsync-spool"]
+    assert subjects(cfg, paths) == [b"Subject: m1", b"Subject: m3"]

@@ -25,8 +25,9 @@ The spool is rewritten in place, never renamed over: its inode, owner, group and
 a delivery agent that opened it before locking (Postfix's comment about GNU pop3d replacing
 mailboxes names the problem) or a mail checker that watches it keeps working. In-place writing
 is made recoverable like this: the spool is first extended from Z to L (ftruncate, then
-posix_fallocate so the writes cannot hit ENOSPC half way; an ENOSPC there is rolled back), so its
-byte at Z is NUL; the image is written with byte Z last; then fsync. After a crash, mail a
+posix_fallocate so the writes cannot hit ENOSPC half way; an ENOSPC there is rolled back by an
+update, while a recovery keeps journal and image for the next login), so its byte at Z is NUL;
+the image is written except byte Z, fdatasync'ed, then byte Z is written; then fsync. After a crash, mail a
 delivery agent appended (it may remove our dead dot-lock, as liblockfile does) starts at our
 end-of-file of that moment, which recovery finds without ambiguity: the spool already equals the
 image (done, new mail after L); or it is shorter than L (not extended yet, new mail after Z); or
@@ -533,7 +534,7 @@ class Maildrop:
             os.ftruncate(spool, 0)
             self._step("fsync-spool")
             os.fsync(spool)
-            self._apply(spool, image, image_len, 0, only_copy=True)
+            self._apply(spool, image, image_len, 0, may_roll_back=True, only_copy=True)
         finally:
             os.close(image)
         self._finish_commit()
@@ -663,7 +664,7 @@ class Maildrop:
                 _unlink(self.paths.new_image)
                 raise
             image_len = os.fstat(image).st_size
-            self._apply(spool, image, image_len, spool_len)
+            self._apply(spool, image, image_len, spool_len, may_roll_back=True)
         finally:
             os.close(image)
         self._finish_commit()
@@ -678,10 +679,14 @@ class Maildrop:
         return fd
 
     def _apply(self, spool: int, image: int, image_len: int, spool_len: int, *,
-               only_copy: bool = False) -> None:
+               may_roll_back: bool, only_copy: bool = False) -> None:
         """Journal `commit`, then make the spool's first image_len bytes the image (see top).
-        `only_copy`: the image is the only copy of the mail (server mode emptied the spool
-        for it, the drop is empty), so running out of room keeps image and journal."""
+        `may_roll_back`: nothing of the spool's first spool_len bytes was overwritten yet (an
+        update's first attempt), so running out of room may drop the image and journal; a
+        recovery passes False (it may run after the spool was partly rewritten or replaced,
+        when the image holds mail found nowhere else). `only_copy`: the image is the only
+        copy of the mail (server mode emptied the spool for it, the drop is empty), so
+        running out of room keeps image and journal too."""
         if image_len < spool_len:
             raise PopError(UPDATE_FAILED_TEXT, RespCode.SYS_TEMP,
                            log=f"image of {image_len} octets shorter than spool {spool_len}")
@@ -697,7 +702,8 @@ class Maildrop:
                 os.posix_fallocate(spool, spool_len, image_len - spool_len)
             except OSError as exc:
                 if exc.errno in QUOTA_ERRNOS:
-                    self._roll_back_extension(spool, spool_len, keep_image=only_copy)
+                    self._roll_back_extension(
+                        spool, spool_len, keep_image=only_copy or not may_roll_back)
                     raise
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                     raise
@@ -709,14 +715,20 @@ class Maildrop:
         if image_len > spool_len:
             _copy(image, spool_len + 1, image_len - spool_len - 1, spool, spool_len + 1,
                   self._step, "write-spool", refresh)
+            # Everything else must be durable before byte Z says "complete": writeback may
+            # otherwise store the marker's page before the pages written earlier.
+            self._step("fsync-spool-body")
+            os.fdatasync(spool)
             _copy(image, spool_len, 1, spool, spool_len, self._step, "write-spool-marker", refresh)
         self._step("fsync-spool")
         os.fsync(spool)
 
     def _roll_back_extension(self, spool: int, spool_len: int, *, keep_image: bool) -> None:
-        """No room: nothing of the spool was overwritten yet; undo the extension. When the
-        image is the only copy of the mail, it and its journal stay: every later session
-        tries the commit again (and refuses to start until there is room)."""
+        """No room: undo the extension. Unless `keep_image`, nothing of the spool was
+        overwritten yet and the image and journal go. With `keep_image` (the image is the
+        only copy of some mail: server mode's, or a recovery's after the spool was partly
+        rewritten) they stay: every later session tries the commit again (and refuses to
+        start until there is room)."""
         self._step("truncate-spool-back")
         os.ftruncate(spool, spool_len)
         self._step("fsync-spool")
@@ -863,7 +875,9 @@ class Maildrop:
                     new_len = image_len + len(pad) + size - eof
                 self._step("fsync-image")
                 os.fsync(image)
-                self._apply(spool, image, new_len, size,
+                # The spool may be partly rewritten already: running out of room must
+                # keep the journal and the image, the next login rolls forward again.
+                self._apply(spool, image, new_len, size, may_roll_back=False,
                             only_copy=bool(record.get("only_copy")))
         finally:
             os.close(image)
