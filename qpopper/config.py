@@ -154,7 +154,26 @@ def load(argv: list[str] | tuple[str, ...]) -> tuple[Config, Invocation]:
     layers = _Layers(Config.defaults())
     flags = _read_argv(list(argv), layers)
     invocation = Invocation(argv=tuple(argv), config_files=tuple(layers.files_read), **flags)
-    return layers.config(), invocation
+    cfg = layers.config()
+    check_combinations(cfg)
+    return cfg, invocation
+
+
+def check_combinations(cfg: Config) -> None:
+    """Options that are fine alone but wrong together: ConfigError naming both sources.
+
+    user-database pop-auth with home-dir-mail or home-dir-misc: pop.auth users share ONE
+    account (auth/policy.py), so they would all share one mail file (or temporary drop) in
+    its home directory. Their Login has no home; the session would refuse every login.
+    """
+    if cfg.user_database != "pop-auth":
+        return
+    for name in ("home-dir-mail", "home-dir-misc"):
+        if cfg.get(name):
+            raise ConfigError(
+                f"{cfg.source(name)}: '{name}' cannot be used with 'user-database = pop-auth' "
+                f"(set at {cfg.source('user-database')}): pop.auth users share one account, "
+                f"so they would share one home directory and one mail file")
 
 
 def read_files(paths: list[str], base: Config | None = None) -> Config:

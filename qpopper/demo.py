@@ -16,6 +16,7 @@ Decisions:
 from __future__ import annotations
 
 import email.utils
+import ipaddress
 import os
 import pwd
 import socket
@@ -66,7 +67,7 @@ def run_demo(inv) -> int:
         else:
             _prepare_data(data_dir, None)
         cfg = demo_config(base_cfg, data_dir)
-    except (OSError, ListenError) as exc:
+    except (OSError, ListenError, config_mod.ConfigError) as exc:
         print(f"popper --demo: {exc}", file=sys.stderr)
         for sock in listeners:
             sock.close()
@@ -86,8 +87,9 @@ def run_demo(inv) -> int:
 
 
 def demo_config(cfg, data_dir: str):
-    """The demo's settings on top of whatever the command line said."""
-    return cfg.replace(
+    """The demo's settings on top of whatever the command line said (ConfigError when they
+    cannot go together, e.g. home-dir-mail with the demo's pop-auth users)."""
+    demo = cfg.replace(
         source="demo mode",
         spool_dir=os.path.join(data_dir, "spool"),
         pop_auth_file=os.path.join(data_dir, "pop.auth"),
@@ -100,10 +102,12 @@ def demo_config(cfg, data_dir: str):
         shutdown_grace=DEMO_SHUTDOWN_GRACE_S,
         daemon=False,
     )
+    config_mod.check_combinations(demo)
+    return demo
 
 
 def _demo_address(cfg) -> tuple[str, int]:
-    listen = tuple(getattr(cfg, "listen", ()) or ())
+    listen = tuple(cfg.listen or ())
     if len(listen) > 1:
         raise ValueError("the demo listens on one address")
     if not listen:
@@ -114,7 +118,6 @@ def _demo_address(cfg) -> tuple[str, int]:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise ValueError(f"{host}: {exc.strerror}") from None
-    import ipaddress
     if not all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos):
         raise ValueError(f"{host} is not a loopback address; the demo only serves this machine")
     return host, port

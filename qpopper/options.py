@@ -583,7 +583,9 @@ OPTIONS: tuple[Option, ...] = (
        extension=True, scope=Scope.NOT_USER),
     _m("user-database", "system", ("system", "pop-auth"),
        "Extension: where users and passwords come from: system (PAM and the passwd "
-       "database) or pop-auth (only the pop.auth store, for mail-only users).",
+       "database) or pop-auth (only the pop.auth store, for mail-only users: they share the "
+       "pop-auth-owner account, have no home directory, and cannot be combined with "
+       "home-dir-mail or home-dir-misc).",
        extension=True, scope=Scope.NOT_USER),
     _i("auth-failure-delay", int(limits.AUTH_FAILURE_DELAY_S),
        "Extension: seconds to wait before answering a failed login (Qpopper's fixed "

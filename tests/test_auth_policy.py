@@ -22,6 +22,7 @@ from qpopper.auth.policy import Authenticator
 from qpopper.auth.store import PopAuthStore
 from qpopper.config import Config
 from qpopper.responses import PopError, RespCode
+from qpopper.spool.paths import SpoolPaths
 from tests.helpers import pam_service as pam_files
 from tests.helpers import sysusers
 
@@ -390,6 +391,25 @@ def test_pop_auth_users_log_in_with_user_pass_and_apop(owned_store):
     login_line = f'(v4.1.0) POP login by user "demo" at ({CLIENT_HOST}) {CLIENT_IP}'
     assert log.texts().count(login_line) == 1
     log.assert_never_mentions("demo-pw")
+
+
+def test_pop_auth_users_have_no_home_of_their_own(owned_store, tmp_path):
+    """They share one account: its home is not theirs. With its home, home-dir-mail put amy's
+    and bob's mail in ONE file and its ~/.qpopper-options applied to all of them."""
+    store, store_cfg, _ = owned_store
+    store.set_secret("amy", "amy-pw")
+    store.set_secret("bob", "bob-pw")
+    auth = Authenticator(config(user_database="pop-auth", **store_cfg), Log())
+    amy = auth.check_password("amy", "amy-pw", CLIENT_IP)
+    bob = auth.check_apop("bob", TIMESTAMP, apop_digest(TIMESTAMP, "bob-pw"), CLIENT_IP)
+    assert amy.home is None and bob.home is None
+    # and the spool refuses home-dir-mail for them, even past config.load's own check
+    cfg = config(spool_dir=str(tmp_path), home_dir_mail=".mail")
+    with pytest.raises(PopError) as refusal:
+        SpoolPaths.for_user(cfg, amy.user, amy.home)
+    assert refusal.value.code == RespCode.SYS_PERM
+    assert SpoolPaths.for_user(config(spool_dir=str(tmp_path)), amy.user, amy.home).spool == \
+        str(tmp_path / "amy")
 
 
 def test_pop_auth_refusals_do_not_reveal_who_exists(owned_store):

@@ -372,6 +372,38 @@ def test_bad_argv(argv, message):
     assert error_of(load, argv) == message
 
 
+# ---- options that cannot go together --------------------------------------------------------------
+@pytest.mark.parametrize("home_option", [["--home-dir-mail", ".mail"], ["--home-dir-misc"]])
+def test_pop_auth_users_cannot_have_home_dir_files_argv(home_option):
+    """pop.auth users share one account: home-dir-mail would give them one mail file."""
+    message = error_of(load, ["--user-database", "pop-auth", *home_option])
+    name = home_option[0][2:]
+    assert message == (f"argv {home_option[0]}: '{name}' cannot be used with 'user-database = "
+                       f"pop-auth' (set at argv --user-database): pop.auth users share one "
+                       f"account, so they would share one home directory and one mail file")
+
+
+def test_pop_auth_with_home_dir_mail_in_a_file_names_the_line(tmp_path):
+    path = write(tmp_path, "qpopper.config",
+                 "set user-database = pop-auth\n# mail in the home\nset home-dir-mail = .mail\n")
+    message = error_of(load, ["-f", path])
+    assert message.startswith(f"{path}:3: 'home-dir-mail' cannot be used with "
+                              f"'user-database = pop-auth' (set at {path}:1)")
+    # either alone is fine, and so is the system user database with home-dir-mail
+    assert load(["-f", path, "--user-database", "system"])[0].home_dir_mail == ".mail"
+    assert load(["--user-database", "pop-auth"])[0].home_dir_mail is None
+
+
+def test_check_config_refuses_pop_auth_with_home_dir_mail(tmp_path):
+    path = write(tmp_path, "qpopper.config", "set user-database = pop-auth\nset home-dir-misc\n")
+    child = subprocess.run([sys.executable, "-c", "import sys; from qpopper.cli import "
+                            "popper_main; sys.exit(popper_main(sys.argv[1:]))",
+                            "--check-config", "-f", path],
+                           capture_output=True, text=True, timeout=60)
+    assert child.returncode == 2 and child.stdout == ""
+    assert child.stderr.startswith(f"popper: {path}:2: 'home-dir-misc' cannot be used with ")
+
+
 # ---- per-user files -------------------------------------------------------------------------------
 def test_user_file_scope_is_enforced_logged_and_not_fatal(tmp_path):
     path = write(tmp_path, ".qpopper-options", "\n".join([

@@ -36,9 +36,11 @@ User databases (`user-database`):
             store, when present, holds their APOP secrets (C Qpopper's model).
   pop-auth  the store is the only user database (demo mode, POP-only users): its secrets are
             the passwords for USER/PASS and APOP. Those users have no system account of their
-            own: they all map to ONE account, whose uid/gid/home the Login carries — the
+            own: they all map to ONE account, whose uid/gid the Login carries — the
             invoking user when the server does not run as root (demo), the `pop-auth-owner`
-            account when it does. The low-UID block applies to that account.
+            account when it does. The low-UID block applies to that account. Its home is
+            not theirs: their Login has home None (no ~/.qpopper-options; home-dir-mail and
+            home-dir-misc are refused with this user database, config.load says so).
 """
 
 from __future__ import annotations
@@ -173,7 +175,8 @@ class Authenticator:
             if secret is None or not hmac.compare_digest(
                     secret.encode("utf-8"), password.encode("utf-8", "surrogateescape")):
                 self._refuse(user, host, client_ip, bad_password, "wrong pop.auth password")
-            return self._success(user, account, mechanism, host, client_ip, authid)
+            return self._success(user, account, mechanism, host, client_ip, authid,
+                                 shared_account=True)
 
         # Unknown names go through PAM too and are refused only afterwards: refusing them
         # first would answer ~2 s sooner than pam_unix's failure delay on a wrong password,
@@ -261,7 +264,8 @@ class Authenticator:
         self._check_auth_files(user, host, client_ip)
         if store:
             self.store.check_file()        # [SYS/PERM] wrong mode or owner: not an auth failure
-        if store and self.user_database == USER_DB_POP_AUTH:
+        shared_account = store and self.user_database == USER_DB_POP_AUTH
+        if shared_account:
             account = self._store_account(user, host, client_ip)
         else:
             account = self._system_account(user, host, client_ip, BAD_DIGEST)
@@ -284,7 +288,8 @@ class Authenticator:
                              f"({result.code})")
             self._note_password_expired(user, result)
             self._check_shell(user, account, host, client_ip)
-        return self._success(user, account, mechanism, host, client_ip, authid)
+        return self._success(user, account, mechanism, host, client_ip, authid,
+                             shared_account=shared_account)
 
     # ---- policies -------------------------------------------------------------------------
     def _check_clear_text_policy(self, user, host, client_ip, tls_active) -> None:
@@ -440,7 +445,10 @@ class Authenticator:
         raise PopError(text, RespCode.AUTH)
 
     def _success(self, user, account: pwd.struct_passwd, mechanism, host, client_ip,
-                 authid: str | None = None) -> Login:
+                 authid: str | None = None, *, shared_account: bool = False) -> Login:
+        """`shared_account`: a pop.auth user on the one account they all share; its home is
+        not theirs (home-dir-mail there would put everyone's mail in one file, its
+        ~/.qpopper-options would apply to everyone), so their Login has no home."""
         sasl = mechanism.startswith("AUTH ")
         template = (self.cfg.sasl_log_login or self.cfg.log_login) if sasl else self.cfg.log_login
         if template:
@@ -453,8 +461,8 @@ class Authenticator:
         # POP-before-SMTP (reference A5): bounded, logged, never refuses the login. The
         # global drac-host only: per-user option files are read after this point.
         drac.notify_login(getattr(self.cfg, "drac_host", None), user, host, client_ip, self.log)
-        return Login(user=user, uid=account.pw_uid, gid=account.pw_gid, home=account.pw_dir,
-                     mechanism=mechanism)
+        return Login(user=user, uid=account.pw_uid, gid=account.pw_gid,
+                     home=None if shared_account else account.pw_dir, mechanism=mechanism)
 
 
 def _digest_matches(timestamp: str, secret: str, digest: str) -> bool:
