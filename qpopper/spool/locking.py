@@ -55,6 +55,7 @@ POLL_S = 0.1
 IN_USE_TEXT = "{name} lock busy!  Is another session active?"
 UNLOCKING_TEXT = "Maildrop being unlocked; try again."
 BUSY_SPOOL_TEXT = "Unable to lock the maildrop; try again later."
+TEMP_DROP_REFUSED_TEXT = "Unable to use your temporary maildrop; contact your administrator"
 
 
 @dataclass(frozen=True)
@@ -296,6 +297,30 @@ class DotLock:
                 pass
 
 
+def open_regular(path: str, flags: int, mode: int = 0o600, *, owner: int | None = None,
+                 private: bool = False, refuse: Callable[[str, str], PopError]) -> int:
+    """open(2) `path` with O_NOFOLLOW and O_CLOEXEC added to `flags`, then prove on the
+    descriptor what the name cannot: a regular file with one link, owned by `owner` (when
+    given), and without access for others (when `private`). Otherwise close it and raise
+    refuse(kind, detail), kind being "type", "links", "owner" or "mode". Errors of open(2)
+    itself (FileNotFoundError, ELOOP for a symlink, ...) propagate unchanged."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise refuse("type", "not a regular file")
+        if st.st_nlink != 1:
+            raise refuse("links", f"has {st.st_nlink} links")
+        if owner is not None and st.st_uid != owner:
+            raise refuse("owner", f"owned by uid {st.st_uid}, not {owner}")
+        if private and st.st_mode & 0o007:
+            raise refuse("mode", f"mode {st.st_mode & 0o777:o} gives others access")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _kernel_lock(fd: int) -> bool:
     """flock and fcntl write locks on the whole file, non-blocking; both or neither."""
     try:
@@ -355,30 +380,30 @@ class SpoolLock:
             raise
 
     def _open(self) -> None:
-        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        # O_NONBLOCK: a FIFO planted at the name must not block the open.
+        flags = os.O_RDWR | os.O_NONBLOCK
         try:
-            fd = os.open(self.path, flags)
+            fd = open_regular(self.path, flags, owner=os.geteuid(), refuse=self._refuse)
         except FileNotFoundError:
             if not self.create:
                 return
             self.hook("spool-create")
-            fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, self.create_mode)
+            fd = open_regular(self.path, flags | os.O_CREAT | os.O_EXCL, self.create_mode,
+                              owner=os.geteuid(), refuse=self._refuse)
             self.created = True
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-                raise PopError("Your maildrop is not a plain file; contact your administrator",
-                               RespCode.SYS_PERM,
-                               log=f"{self.path}: not a regular file with one link")
-            if st.st_uid != os.geteuid():
-                raise PopError("Your maildrop has the wrong owner; contact your administrator",
-                               RespCode.SYS_PERM,
-                               log=f"{self.path} is owned by uid {st.st_uid}, not {os.geteuid()}")
             os.set_blocking(fd, True)
         except BaseException:
             os.close(fd)
             raise
         self.fd = fd
+
+    def _refuse(self, kind: str, detail: str) -> PopError:
+        if kind == "owner":
+            return PopError("Your maildrop has the wrong owner; contact your administrator",
+                            RespCode.SYS_PERM, log=f"{self.path} is {detail}")
+        return PopError("Your maildrop is not a plain file; contact your administrator",
+                        RespCode.SYS_PERM, log=f"{self.path}: not a regular file with one link")
 
     def verify_same_file(self) -> bool:
         """After locking: the name still refers to our descriptor (Postfix's sanity check)."""
@@ -432,39 +457,28 @@ class SessionLock:
         raise PopError(UNLOCKING_TEXT, RespCode.IN_USE, log=f"{self.path} kept changing")
 
     def _open(self) -> int:
-        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+        def open_drop(flags: int) -> int:
+            return open_regular(self.path, os.O_RDWR | flags, TEMP_DROP_MODE,
+                                owner=os.geteuid(), private=True, refuse=self._refuse)
         try:
-            fd = os.open(self.path, flags)
-        except FileNotFoundError:
-            self.hook("temp-drop-create")
             try:
-                fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, TEMP_DROP_MODE)
-                self.created = True
-            except FileExistsError:
-                fd = os.open(self.path, flags)
+                return open_drop(0)
+            except FileNotFoundError:
+                self.hook("temp-drop-create")
+                try:
+                    fd = open_drop(os.O_CREAT | os.O_EXCL)
+                    self.created = True
+                    return fd
+                except FileExistsError:
+                    return open_drop(0)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                raise PopError("Unable to use your temporary maildrop; contact your administrator",
-                               RespCode.SYS_PERM, log=f"{self.path} is a symbolic link") from None
+                raise PopError(TEMP_DROP_REFUSED_TEXT, RespCode.SYS_PERM,
+                               log=f"{self.path} is a symbolic link") from None
             raise
-        try:
-            st = os.fstat(fd)
-            problem = None
-            if not stat.S_ISREG(st.st_mode):
-                problem = "not a regular file"
-            elif st.st_uid != os.geteuid():
-                problem = f"owned by uid {st.st_uid}"
-            elif st.st_nlink != 1:
-                problem = f"has {st.st_nlink} links"
-            elif st.st_mode & 0o007:
-                problem = f"mode {st.st_mode & 0o777:o} gives others access"
-            if problem:
-                raise PopError("Unable to use your temporary maildrop; contact your administrator",
-                               RespCode.SYS_PERM, log=f"{self.path}: {problem}")
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+
+    def _refuse(self, kind: str, detail: str) -> PopError:
+        return PopError(TEMP_DROP_REFUSED_TEXT, RespCode.SYS_PERM, log=f"{self.path}: {detail}")
 
     def _same_file(self, fd: int) -> bool:
         try:

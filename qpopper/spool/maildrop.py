@@ -101,7 +101,7 @@ from typing import Callable
 from .. import limits
 from ..responses import PopError, RespCode
 from . import cache, mbox
-from .locking import LockTiming, SessionLock, SpoolLock
+from .locking import LockTiming, SessionLock, SpoolLock, open_regular
 from .paths import SpoolPaths
 
 StepHook = Callable[[str], None]
@@ -973,13 +973,10 @@ class _ChunkWriter:
 def _open_own_file(path: str, *, create: bool) -> int:
     """Open one of our bookkeeping files read-write: never through a symlink, and never a file
     that is not our own plain single-link file (checked before anything is truncated)."""
-    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if create else 0)
-    fd = os.open(path, flags, IMAGE_MODE)
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != os.geteuid():
-        os.close(fd)
-        raise PopError(JOURNAL_BAD_TEXT, RespCode.SYS_PERM, log=f"{path}: not our plain file")
-    return fd
+    return open_regular(path, os.O_RDWR | (os.O_CREAT if create else 0), IMAGE_MODE,
+                        owner=os.geteuid(),
+                        refuse=lambda kind, detail: PopError(JOURNAL_BAD_TEXT, RespCode.SYS_PERM,
+                                                             log=f"{path}: not our plain file"))
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
