@@ -33,7 +33,7 @@ from . import tls as tls_mod
 from .auth.policy import Authenticator
 from .extensions import standard_extensions
 from .extensions.submit import MtaSubmitter
-from .log import Logger, getattr_option, stats_line, timeout_line, timing_line
+from .log import Logger, stats_line, timeout_line, timing_line
 from .protocol import Protocol
 from .responses import PopError, RespCode
 from .spool.maildrop import Maildrop, resolve_server_mode
@@ -236,7 +236,7 @@ class Session:
         self.client_port = peer[1] if peer else 0
         self._client_host: str | None = None
         self._lookup = (ReverseLookup(self.client_ip)
-                        if peer and getattr_option(cfg, "reverse_lookup", True) else None)
+                        if peer and cfg.reverse_lookup else None)
         self.tls = tls
         self.tls_mode = tls_mode if tls is not None else None
         self.tls_active = False
@@ -448,11 +448,12 @@ class Session:
 
     def _aggregate(self) -> bool:
         """chunky-writes: default/always aggregate; never: write each piece as it comes;
-        tls/ssl: aggregate only when TLS is active (small TLS records are expensive)."""
-        mode = str(getattr_option(self.cfg, "chunky_writes", "default")).lower()
-        if mode in ("never",):
+        tls (the table maps 'ssl' to it): aggregate only when TLS is active (small TLS
+        records are expensive)."""
+        mode = self.cfg.chunky_writes
+        if mode == "never":
             return False
-        if mode in ("tls", "ssl"):
+        if mode == "tls":
             return self.tls_active
         return True
 
@@ -469,7 +470,7 @@ class Session:
                 self.maildrop.close()
             except OSError as exc:
                 self.log(syslog.LOG_ERR, f"closing the maildrop of {self.user}: {exc}")
-        if getattr_option(self.cfg, "timing", False):
+        if self.cfg.timing:
             self.log(syslog.LOG_INFO, timing_line(self._protocol_user(), self.client_host,
                                                   error, self.auth_s, self.init_s, self.clean_s))
         self._remove_hangup_handlers()
@@ -524,7 +525,7 @@ class SessionMaildrop:
 
     def update(self, deleted, retrieved):
         session = self._session
-        if getattr_option(session.cfg, "statistics", False):
+        if session.cfg.statistics:
             messages = self._drop.messages
             deleted_octets = sum(messages[i].octets for i in deleted)
             total_octets = sum(m.octets for m in messages)

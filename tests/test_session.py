@@ -160,3 +160,24 @@ def test_debug_records_are_silent_by_default(syslog_capture):
     log.close()
     syslog_capture.wait_for("loud")
     assert "quiet" not in syslog_capture.texts()
+
+
+def test_session_and_spool_read_options_without_fallbacks():
+    """Config has every option of the table: a `getattr(cfg, "x", default)` fallback is dead
+    code that would hide a misspelt name (and some disagreed with the table's defaults)."""
+    import ast
+    from pathlib import Path
+
+    import qpopper
+
+    package = Path(qpopper.__file__).parent
+    offenders = []
+    for path in [package / "session.py", *sorted((package / "spool").glob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
+                continue
+            if node.func.id == "getattr_option" or (
+                    node.func.id == "getattr" and len(node.args) == 3
+                    and "cfg" in ast.unparse(node.args[0])):
+                offenders.append(f"{path.name}:{node.lineno}: {ast.unparse(node)}")
+    assert offenders == []

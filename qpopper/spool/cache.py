@@ -61,9 +61,9 @@ class SpoolState:
 
 def scan_options(cfg) -> dict:
     """The options that change what a scan yields; a cache made with others is not used."""
-    return {"update_status_headers": bool(getattr(cfg, "update_status_headers", True)),
-            "old_style_uid": bool(getattr(cfg, "old_style_uid", False)),
-            "uw_kludge": bool(getattr(cfg, "uw_kluge", False))}
+    return {"update_status_headers": cfg.update_status_headers,
+            "old_style_uid": cfg.old_style_uid,
+            "uw_kludge": cfg.uw_kluge}
 
 
 def spool_state(fd: int, size: int | None = None) -> SpoolState:
@@ -173,7 +173,7 @@ def load(path: str, user: str, cfg, spool_fd: int) -> tuple[list[Message], Spool
         return None
     if now.st_size == state.size and now.st_mtime_ns != state.mtime_ns:
         return None
-    if getattr(cfg, "conservative_cache", False) and now.st_mtime_ns > state.mtime_ns:
+    if cfg.conservative_cache and now.st_mtime_ns > state.mtime_ns:
         return None
     probe = spool_state(spool_fd, state.size)
     if (probe.head, probe.tail) != (state.head, state.tail):

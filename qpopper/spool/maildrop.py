@@ -137,14 +137,14 @@ def resolve_server_mode(cfg, user: str, gid: int, log: Log | None = None):
     session applies the user files to the result, so a file that sets server-mode has the
     last word and one that does not keeps this. Members: the group's listed members and the
     users whose primary group it is."""
-    mode = bool(getattr(cfg, "server_mode", False))
-    include = getattr(cfg, "group_server_mode", None)
-    exclude = getattr(cfg, "group_no_server_mode", None)
+    mode = cfg.server_mode
+    include = cfg.group_server_mode
+    exclude = cfg.group_no_server_mode
     if include and _in_group(include, user, gid, log):
         mode = True
     if exclude and _in_group(exclude, user, gid, log):
         mode = False
-    return cfg if mode == bool(getattr(cfg, "server_mode", False)) else cfg.replace(
+    return cfg if mode == cfg.server_mode else cfg.replace(
         server_mode=mode)
 
 
@@ -246,7 +246,7 @@ class Maildrop:
             self._drop_file = None
         if self._session is not None and self._session.fd is not None:
             empty = os.fstat(self._session.fd).st_size == 0
-            keep = bool(getattr(self.cfg, "keep_temp_drop", False))
+            keep = self.cfg.keep_temp_drop
             self._session.release(unlink=empty and not keep)
 
     def __enter__(self):
@@ -280,10 +280,10 @@ class Maildrop:
                             f"{refusal.log or refusal.text})")
 
     def _spool_lock(self, *, create: bool) -> SpoolLock:
-        home_mail = bool(getattr(self.cfg, "home_dir_mail", None))
+        home_mail = bool(self.cfg.home_dir_mail)
         lock = SpoolLock(self.paths.spool, self.paths.lock, create=create,
                          create_mode=NEW_HOME_SPOOL_MODE if home_mail else NEW_SPOOL_MODE,
-                         nfs_safe=bool(getattr(self.cfg, "no_atomic_open", False)),
+                         nfs_safe=self.cfg.no_atomic_open,
                          step_hook=self._step, log=self._log)
         timing = (LockTiming.login if self._phase == "open" else LockTiming.update)(
             self._lock_step_s)
@@ -292,7 +292,7 @@ class Maildrop:
 
     # --- open -------------------------------------------------------------------------------------
     def _open(self) -> None:
-        if getattr(self.cfg, "check_hash_dir", True):
+        if self.cfg.check_hash_dir:
             self.paths.ensure_hash_dirs(self._log)
         self._session = SessionLock(self.paths.temp_drop, step_hook=self._step, log=self._log)
         try:
@@ -302,7 +302,7 @@ class Maildrop:
                 _fsync_dir(self.paths.temp_drop)
             self._journal.remove_leftover_tmp()
             cache.remove_stale_tmp(self.paths.cache, self._step)
-            if (getattr(self.cfg, "server_mode", False) and self._nothing_to_recover()
+            if (self.cfg.server_mode and self._nothing_to_recover()
                     and self._open_server()):
                 self.server_mode = True
                 return
@@ -335,9 +335,9 @@ class Maildrop:
         self._drop_file = open(self._session.fd, "rb", closefd=False)
         self._all = mbox.scan(
             self._drop_file,
-            update_status_headers=bool(getattr(self.cfg, "update_status_headers", True)),
-            old_style_uid=bool(getattr(self.cfg, "old_style_uid", False)),
-            uw_kludge=bool(getattr(self.cfg, "uw_kluge", False)))
+            update_status_headers=self.cfg.update_status_headers,
+            old_style_uid=self.cfg.old_style_uid,
+            uw_kludge=self.cfg.uw_kluge)
         self.messages = [m for m in self._all if not m.hidden]
         self.hidden_count = len(self._all) - len(self.messages)
 
@@ -461,7 +461,7 @@ class Maildrop:
     def _headers_to_write(self, marked) -> bool:
         """Would the write-back change any message? (X-UIDL after the From line, a Status
         header, `Status: RO` on a message retrieved now.) Hidden messages are written as is."""
-        if not getattr(self.cfg, "update_status_headers", True):
+        if not self.cfg.update_status_headers:
             return False
         fd = self._drop_file.fileno()
         for m in self._all:
@@ -499,7 +499,7 @@ class Maildrop:
         spool = self._spool.fd
         spool_len = st.st_size
         login_len = self._login.size
-        fast = bool(getattr(self.cfg, "fast_update", False))
+        fast = self.cfg.fast_update
         image = self._open_image(truncate=True)
         try:
             try:
@@ -607,8 +607,8 @@ class Maildrop:
         os.fsync(self._session.fd)
 
     def _write_kept(self, kept, marked, write) -> None:
-        every = int(getattr(self.cfg, "mail_lock_check", 0) or 0)
-        status = bool(getattr(self.cfg, "update_status_headers", True))
+        every = self.cfg.mail_lock_check
+        status = self.cfg.update_status_headers
         for n, msg in enumerate(kept, 1):
             mbox.copy_for_update(self._drop_file, msg, write, retrieved=id(msg) in marked,
                                  update_status_headers=status)

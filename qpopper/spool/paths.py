@@ -106,7 +106,7 @@ class SpoolPaths:
     @classmethod
     def for_user(cls, cfg, user: str, home: str | None) -> "SpoolPaths":
         check_user_name(user)
-        hash_spool = int(getattr(cfg, "hash_spool", 0) or 0)
+        hash_spool = cfg.hash_spool
         subdirs = hash_dirs(user, hash_spool)
         spool_dir = cfg.spool_dir
         hashed = []
@@ -120,8 +120,8 @@ class SpoolPaths:
                 hashed.append(path)
             return path
 
-        home_mail = getattr(cfg, "home_dir_mail", None)
-        home_misc = bool(getattr(cfg, "home_dir_misc", False))
+        home_mail = cfg.home_dir_mail
+        home_misc = cfg.home_dir_misc
         if (home_mail or home_misc) and not home:
             raise PopError("No home directory; contact your administrator", RespCode.SYS_PERM,
                            log=f"user {user} has no home directory")
@@ -131,14 +131,14 @@ class SpoolPaths:
         else:
             spool = _inside(hashed_dir(spool_dir), user)
 
-        temp_name = _named(getattr(cfg, "temp_name", None) or ".%s.pop", user, "temp-name")
-        cache_name = _named(getattr(cfg, "cache_name", None) or ".%s.cache", user, "cache-name")
+        temp_name = _named(cfg.temp_name, user, "temp-name")
+        cache_name = _named(cfg.cache_name, user, "cache-name")
         if home_misc:
             temp_drop_dir = home
         else:
-            temp_drop_dir = hashed_dir(getattr(cfg, "temp_dir", None) or spool_dir)
+            temp_drop_dir = hashed_dir(cfg.temp_dir or spool_dir)
         temp_drop = _inside(temp_drop_dir, temp_name)
-        cache_dir = getattr(cfg, "cache_dir", None)
+        cache_dir = cfg.cache_dir
         if home_misc:
             cache = _inside(home, cache_name)
         elif cache_dir:
@@ -147,7 +147,7 @@ class SpoolPaths:
             cache = _inside(temp_drop_dir, cache_name)
 
         old_temp_drop = None
-        if getattr(cfg, "check_old_spool_loc", True) and (subdirs or home_mail):
+        if cfg.check_old_spool_loc and (subdirs or home_mail):
             candidate = _inside(spool_dir, temp_name)
             if candidate != temp_drop:
                 old_temp_drop = candidate
