@@ -341,8 +341,8 @@ OPTIONS: tuple[Option, ...] = (
        flag="-D", flag_arg="drac-host", example="localhost", check=_check_drac_host,
        scope=Scope.NOT_USER),
     _b("fast-update", False,
-       "Server mode: rename the temporary drop over the spool instead of copying it back "
-       "(one third less I/O; breaks biff and shell mail checks).",
+       "Server mode: rename the new spool image (.user.pop.new) over the spool instead of "
+       "copying it into the spool (one third less I/O; breaks biff and shell mail checks).",
        flag="-F"),
     _b("group-bulletins", False,
        "Bulletins by group: the second dot-separated part of a bulletin's file name is the "

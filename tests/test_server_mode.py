@@ -211,6 +211,26 @@ def test_new_mail_during_the_session_follows_the_kept_messages(tmp_path, fast_up
     assert sorted(os.listdir(tmp_path)) == sorted([USER, os.path.basename(paths.cache)])
 
 
+def test_fast_update_renames_the_new_image_as_its_help_says(tmp_path):
+    """The help (and so the man page and example config) names what is renamed: the new
+    image, not the temporary drop."""
+    from qpopper.options import lookup
+    text = lookup("fast-update").help
+    assert ".user.pop.new" in text and "temporary drop" not in text
+    cfg, paths = make(tmp_path, spool_of(1, 2, 3), fast_update=True)
+    seen = {}
+
+    def hook(name):
+        if name == "update:rename-image-over-spool":
+            seen["image"] = os.stat(paths.new_image).st_ino
+            seen["drop"] = os.stat(paths.temp_drop).st_ino
+
+    drop = open_drop(cfg, paths, hook)
+    drop.update({0}, set())
+    assert os.stat(paths.spool).st_ino == seen["image"] != seen["drop"]
+    assert subjects(read(paths.spool)) == ["message 2", "message 3"]
+
+
 def test_fast_update_falls_back_to_copying_when_rename_fails(tmp_path):
     if not os.path.isdir("/dev/shm") or os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:
         pytest.skip("needs /dev/shm on another filesystem to make rename(2) fail (EXDEV)")
