@@ -78,9 +78,8 @@ class Logger:
 
     @classmethod
     def from_config(cls, cfg, **kw) -> "Logger":
-        return cls(facility=facility_code(getattr_option(cfg, "log_facility", None)),
-                   debug=bool(getattr_option(cfg, "debug", False)),
-                   tracefile=getattr_option(cfg, "tracefile", None) or None, **kw)
+        return cls(facility=facility_code(cfg.log_facility), debug=bool(cfg.debug),
+                   tracefile=cfg.tracefile or None, **kw)
 
     def reconfigured(self, cfg) -> "Logger":
         """A new Logger with `cfg`'s debug, tracefile and log-facility, and this one's

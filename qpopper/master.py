@@ -38,7 +38,7 @@ import setproctitle
 from . import config as config_mod
 from . import sdnotify
 from . import tls as tls_mod
-from .log import Logger, getattr_option
+from .log import Logger
 from .responses import RespCode, err
 from .session import Channel, Session, normalize_ip, tls_mode_for_listen_port
 from .spool.locking import process_gone
@@ -47,8 +47,6 @@ LISTEN_BACKLOG = 128
 """Pending connections per listener; the kernel caps it at net.core.somaxconn."""
 
 DEFAULT_PORT = 110
-DEFAULT_SHUTDOWN_GRACE_S = 30
-"""How long TERM waits for running sessions before terminating them."""
 
 KILL_AFTER_TERM_S = 5
 """After the grace period children get SIGTERM (they abort like a hangup); this long later,
@@ -293,8 +291,8 @@ class Master:
                                tls_mode)
 
     def _over_limit(self, client_ip: str) -> str | None:
-        total = int(getattr_option(self.cfg, "max_children", 0) or 0)
-        per_address = int(getattr_option(self.cfg, "max_children_per_address", 0) or 0)
+        total = self.cfg.max_children
+        per_address = self.cfg.max_children_per_address
         if total and len(self.children) >= total:
             return f"{len(self.children)} sessions running (max-children {total})"
         if per_address and self.per_address[client_ip] >= per_address:
@@ -417,7 +415,7 @@ class Master:
         self._close_listeners()
 
     def _drain_children(self) -> int:
-        grace = float(getattr_option(self.cfg, "shutdown_grace", DEFAULT_SHUTDOWN_GRACE_S))
+        grace = float(self.cfg.shutdown_grace)
         self._wait_children(time.monotonic() + grace)
         if self.children:
             self.log(syslog.LOG_NOTICE, f"terminating {len(self.children)} session(s)")
@@ -472,7 +470,7 @@ def run_master(cfg, inv) -> int:
     if server_tls is not None:
         log(syslog.LOG_INFO, f"TLS certificate {server_tls.description}")
     try:
-        if getattr_option(cfg, "daemon", False):
+        if cfg.daemon:
             return _run_daemonized(cfg, inv, listeners, log, server_tls, implicit_tls)
         return Master(cfg, inv, listeners, log, tls=server_tls,
                       implicit_tls=implicit_tls).serve()
@@ -486,12 +484,12 @@ def open_listeners(cfg) -> tuple[list[socket.socket], list[socket.socket]]:
     """(all listeners, the implicit-TLS ones among them). Sockets from systemd (LISTEN_FDS)
     count as TLS when their port is a tls-listen port; otherwise `listen` and `tls-listen`
     are bound here."""
-    tls_specs = list(getattr_option(cfg, "tls_listen", ()) or ())
+    tls_specs = list(cfg.tls_listen or ())
     passed = sdnotify.listen_fds()
     if passed:
         tls_ports = {parse_listen(spec)[1] for spec in tls_specs}
         return passed, [s for s in passed if s.getsockname()[1] in tls_ports]
-    plain_specs = list(getattr_option(cfg, "listen", ()) or ())
+    plain_specs = list(cfg.listen or ())
     plain = bind_listeners(plain_specs) if plain_specs or not tls_specs else []
     try:
         implicit = bind_listeners(tls_specs) if tls_specs else []
@@ -509,7 +507,7 @@ def _run_daemonized(cfg, inv, listeners, log, server_tls=None, implicit_tls=()) 
     import daemon.pidfile
     import lockfile
 
-    pid_file = getattr_option(cfg, "pid_file", None)
+    pid_file = cfg.pid_file
     if pid_file and os.path.lexists(pid_file):
         if not _pid_file_is_stale(pid_file):
             # python-daemon takes the pid file after detaching, where nobody would see why

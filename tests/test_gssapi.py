@@ -37,6 +37,17 @@ def popper_refusal(*args, env=None) -> subprocess.CompletedProcess:
                           timeout=60, env=dict(os.environ, **(env or {})))
 
 
+def test_service_name_follows_kerberos_service_and_its_table_default():
+    """The manual: kerberos-service defaults to rcmd (pop is a common choice); an unset
+    value means that default, never a second one made up in the code."""
+    from qpopper.auth.sasl import service_name
+    from qpopper.config import Config
+    cfg = Config.defaults()
+    assert service_name(cfg) == f"rcmd@{HOST}"
+    assert service_name(cfg.replace(kerberos_service=None)) == f"rcmd@{HOST}"
+    assert service_name(cfg.replace(kerberos_service="pop")) == f"pop@{HOST}"
+
+
 def test_kerberos_without_a_keytab_is_refused_at_start_up(tmp_path):
     result = popper_refusal("-k", env={"KRB5_KTNAME": str(tmp_path / "none.keytab")})
     assert result.returncode == 2

@@ -127,8 +127,7 @@ class Authenticator:
         self.user_database = cfg.user_database
         self.store = store if store is not None else self._store_from_config()
         self.brakes = brakes if brakes is not None else Brakes(
-            getattr(cfg, "auth_brakes_file", None), getattr(cfg, "auth_brakes_max_delay", 0),
-            log)
+            cfg.auth_brakes_file, cfg.auth_brakes_max_delay, log)
         self.sleep = time.sleep          # a seam for tests
         self.failures = 0                # refusals on this connection (one Authenticator each)
         self._mechanism = "USER"         # what the attempt under way uses (for the logs)
@@ -460,7 +459,7 @@ class Authenticator:
         self.brakes.record_success(user)
         # POP-before-SMTP (reference A5): bounded, logged, never refuses the login. The
         # global drac-host only: per-user option files are read after this point.
-        drac.notify_login(getattr(self.cfg, "drac_host", None), user, host, client_ip, self.log)
+        drac.notify_login(self.cfg.drac_host, user, host, client_ip, self.log)
         return Login(user=user, uid=account.pw_uid, gid=account.pw_gid,
                      home=None if shared_account else account.pw_dir, mechanism=mechanism)
 

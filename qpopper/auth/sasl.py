@@ -51,6 +51,7 @@ import syslog
 from dataclasses import dataclass
 from typing import Callable, Generator
 
+from ..options import BY_NAME
 from ..responses import PopError, RespCode
 from . import scram
 
@@ -146,7 +147,7 @@ def kerberos_refusal(cfg) -> str | None:
     if not cfg.kerberos:
         return None
     try:
-        import gssapi  # noqa: F401
+        import gssapi      # here, not at module level: an optional dependency, Kerberos only
     except ImportError:
         return GSSAPI_UNAVAILABLE.format(why="the python-gssapi module is not installed "
                                              "(pip install gssapi, or Debian's python3-gssapi)")
@@ -157,15 +158,17 @@ def kerberos_refusal(cfg) -> str | None:
                                              f"(set KRB5_KTNAME to choose another)")
     try:
         acceptor_credentials(cfg)
-    except Exception as exc:          # gssapi's GSSError and its subclasses
+    except gssapi.exceptions.GSSError as exc:
         return GSSAPI_UNAVAILABLE.format(
             why=f"no key for {service_name(cfg)} in {keytab_path} ({_gss_text(exc)})")
     return None
 
 
 def service_name(cfg) -> str:
-    """The acceptor's host-based service name: kerberos-service@this host (-K sets it)."""
-    return f"{cfg.kerberos_service or 'pop'}@{socket.gethostname().lower()}"
+    """The acceptor's host-based service name: kerberos-service@this host (-K sets it). An
+    unset kerberos-service (`= ""`) means the option's default, the manual's rcmd."""
+    service = cfg.kerberos_service or BY_NAME["kerberos-service"].default
+    return f"{service}@{socket.gethostname().lower()}"
 
 
 def acceptor_credentials(cfg):
@@ -289,7 +292,7 @@ def mech_cram_md5(ex: Exchange, initial: bytes | None) -> Mechanism:
     if initial is not None:
         raise PopError(BAD_EXCHANGE, RespCode.AUTH)   # server-first: no initial response
     challenge = (f"<{secrets.randbits(64):016x}.{os.getpid()}@"
-                 f"{getattr(ex.env, 'hostname', 'localhost')}>").encode("ascii")
+                 f"{ex.env.hostname}>").encode("ascii")
     response = _text((yield challenge))
     raw_name, _, digest = response.rpartition(" ")
     if not raw_name or len(digest) != 32:
