@@ -1,6 +1,7 @@
 """Dot-lock, spool kernel locks and the session lock (reference L1-L7), including interop with
 Debian's dotlockfile (liblockfile-bin) and procmail's lockfile."""
 
+import errno
 import os
 import shutil
 import socket
@@ -13,7 +14,7 @@ import pytest
 
 from qpopper.responses import PopError, RespCode
 from qpopper.spool.locking import (DotLock, LockTiming, SessionLock, SpoolLock, lock_content,
-                                   parse_lock_content)
+                                   open_regular, parse_lock_content)
 
 FAST = LockTiming(attempts=2, step_s=0.3, poll_s=0.02)     # 0.3 s budget
 NO_WAIT = LockTiming(attempts=1)
@@ -408,3 +409,50 @@ def test_procmail_lockfile_blocks_us_and_we_block_it(tmp_path):
         lock.release()
     assert subprocess.run(["lockfile", "-r0", lockname], timeout=30).returncode == 0
     os.unlink(lockname)
+
+
+# --- open_regular: the one safe open behind SpoolLock, SessionLock and the bookkeeping files ------
+class Refused(Exception):
+    pass
+
+
+def _refuse(kind, detail):
+    return Refused(kind, detail)
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_open_regular_accepts_our_plain_file_and_refuses_everything_else(tmp_path):
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"x")
+    os.chmod(plain, 0o600)
+    fd = open_regular(str(plain), os.O_RDWR, owner=os.geteuid(), private=True, refuse=_refuse)
+    os.close(fd)
+
+    before = _open_fds()
+    os.symlink(plain, tmp_path / "link")
+    with pytest.raises(OSError) as info:
+        open_regular(str(tmp_path / "link"), os.O_RDWR, refuse=_refuse)
+    assert info.value.errno == errno.ELOOP
+
+    os.link(plain, tmp_path / "hard")
+    with pytest.raises(Refused) as refused:
+        open_regular(str(plain), os.O_RDWR, refuse=_refuse)
+    assert refused.value.args[0] == "links"
+    os.unlink(tmp_path / "hard")
+
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(Refused) as refused:
+        open_regular(str(tmp_path / "fifo"), os.O_RDWR | os.O_NONBLOCK, refuse=_refuse)
+    assert refused.value.args[0] == "type"
+
+    os.chmod(plain, 0o604)
+    with pytest.raises(Refused) as refused:
+        open_regular(str(plain), os.O_RDWR, private=True, refuse=_refuse)
+    assert refused.value.args[0] == "mode"
+    with pytest.raises(Refused) as refused:
+        open_regular(str(plain), os.O_RDWR, owner=os.geteuid() + 1, refuse=_refuse)
+    assert refused.value.args[0] == "owner"
+    assert _open_fds() == before                    # every refused descriptor was closed
