@@ -377,7 +377,8 @@ class Session:
                     self.protocol.eof()
                     error = True
                     break
-                data = self.channel.read(self.cfg.timeout, self._wake_r, lambda: self._hangup)
+                data = self.channel.read(self.protocol.read_timeout(self.cfg.timeout),
+                                         self._wake_r, lambda: self._hangup)
                 if data is None and self._hangup:
                     continue                      # loop top ends it as a hangup
                 if data is None:

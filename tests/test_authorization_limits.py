@@ -7,7 +7,11 @@ pop-auth: no PAM involved), as in tests/test_sasl_protocol.py."""
 from __future__ import annotations
 
 import base64
+import io
+import socket
 import syslog
+import threading
+import time
 
 import pytest
 
@@ -16,8 +20,11 @@ from qpopper.auth import is_possible_user_name
 from qpopper.auth import policy
 from qpopper.auth.policy import Authenticator
 from qpopper.auth.store import PopAuthStore
+from qpopper.config import Config
+from qpopper.log import Logger
 from qpopper.protocol import State
 from qpopper.responses import PopError
+from qpopper.session import Channel, Session
 from qpopper.spool.paths import check_user_name
 from tests.transcripts.harness import Spool
 
@@ -159,3 +166,36 @@ def test_the_deadline_ends_with_the_login(site):
     assert pop.send("PASS secret").startswith(b"+OK alice has 1 visible message")
     clock[0] += 10 * limits.MAX_AUTHORIZATION_S
     assert pop.proto.read_timeout(600) == 600
+
+
+def test_a_trickling_client_is_cut_off_at_the_deadline(monkeypatch, tmp_path):
+    """The real Session over a socket pair: one byte every 0.2 s keeps inside any idle
+    timeout, yet the session ends at the AUTHORIZATION deadline, without a reply."""
+    monkeypatch.setattr(limits, "MAX_AUTHORIZATION_S", 1.0)
+    cfg = Config.defaults().replace(reverse_lookup=False, timeout=5, spool_dir=str(tmp_path),
+                                    auth_brakes_file=None)
+    terminal = io.StringIO()
+    log = Logger(stream=terminal)
+    client, server = socket.socketpair()
+    with client, server:
+        channel = Channel(server.fileno(), server.fileno(), server)
+        session = Session(cfg, channel, log=log, peer=("127.0.0.1", 40000), hostname="test.host")
+        thread = threading.Thread(target=session.run, daemon=True)
+        started = time.monotonic()
+        thread.start()
+        client.settimeout(5)
+        assert client.recv(4096).startswith(b"+OK")
+        for byte in b"USER alice and more":
+            if not thread.is_alive():
+                break
+            try:
+                client.sendall(bytes([byte]))
+            except OSError:
+                break
+            time.sleep(0.2)
+        thread.join(10)
+        elapsed = time.monotonic() - started
+        assert not thread.is_alive()
+        assert client.recv(4096) == b""                 # closed, no reply (RFC 1939 §3)
+    assert 0.9 <= elapsed < 3.5
+    assert "127.0.0.1 (127.0.0.1) did not log in within 1.0 s; closing" in terminal.getvalue()
