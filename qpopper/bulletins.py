@@ -540,7 +540,7 @@ class Delivery:
             os.close(fd)
 
     def _append(self, fd: int, offset: int, payload: bytes, refresh) -> None:
-        """Extend, fsync, write all but the first byte, then the first byte, fsync."""
+        """Extend, fsync, write all but the first byte, fdatasync, then the first byte, fsync."""
         end = offset + len(payload)
         self.step("extend-spool")
         os.ftruncate(fd, end)
@@ -559,6 +559,11 @@ class Delivery:
             _pwrite_all(fd, view[pos:pos + n], offset + pos)
             pos += n
             refresh()
+        # Everything but the marker byte must be durable before the marker stops being NUL:
+        # otherwise writeback could persist the marker first and a crash leave a half copy
+        # that looks complete.
+        self.step("fsync-spool-body")
+        os.fdatasync(fd)
         self.step("write-spool-marker")
         _pwrite_all(fd, payload[:1], offset)
         self.step("fsync-spool")

@@ -416,7 +416,7 @@ def failing_at(step):
 
 
 @pytest.mark.parametrize("step", ["bulletins:extend-spool", "bulletins:write-spool",
-                                  "bulletins:write-spool-marker", "bulletins:fsync-spool",
+                                  "bulletins:fsync-spool-body", "bulletins:write-spool-marker", "bulletins:fsync-spool",
                                   "bulletins:record-seen"])
 def test_failure_mid_append_leaves_spool_as_before_and_number_unadvanced(tmp_path, step):
     env = Env(tmp_path, max_bulletins=3)
@@ -457,6 +457,7 @@ CRASH_STEPS = {      # where the child dies → what the next login finds (its l
     "bulletins:extend-spool": "not delivered",
     "bulletins:fsync-spool-size": "completed",           # extended, nothing written: rewritten
     "bulletins:write-spool": "completed",
+    "bulletins:fsync-spool-body": "completed",
     "bulletins:write-spool-marker": "completed",
     "bulletins:fsync-spool": "delivered",
     "bulletins:record-seen": "delivered",
@@ -523,3 +524,16 @@ def test_simultaneous_logins_of_one_user_deliver_each_bulletin_once(tmp_path):
         os.waitpid(pid, 0)
     assert env.subjects() == ["1.b", "2.b", "3.b"]
     assert env.popbull.read_bytes() == b"3\n"
+
+
+def test_append_makes_the_copy_durable_before_the_marker_byte(tmp_path):
+    """The marker byte (the copy's first byte) is written only after the rest is fdatasync'ed."""
+    env = Env(tmp_path, max_bulletins=3)
+    for n in (1, 2):
+        env.post(f"{n}.b")
+    steps = []
+    assert env.deliver(step_hook=steps.append) == 2
+    order = [s for s in steps if s in ("bulletins:write-spool", "bulletins:fsync-spool-body",
+                                       "bulletins:write-spool-marker")]
+    assert order[-2:] == ["bulletins:fsync-spool-body", "bulletins:write-spool-marker"]
+    assert "bulletins:write-spool" in order[:-2]
