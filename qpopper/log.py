@@ -166,14 +166,6 @@ class Logger:
                     return
 
 
-def getattr_option(cfg, attr: str, default):
-    """An option value, or `default` when the option table does not have it."""
-    try:
-        return getattr(cfg, attr)
-    except AttributeError:
-        return default
-
-
 # --- line formats -------------------------------------------------------------------------------
 def stats_line(user: str, deleted_msgs: int, deleted_octets: int, msgs_left: int,
                octets_left: int, client_host: str, client_ip: str) -> str:
