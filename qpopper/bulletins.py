@@ -75,6 +75,7 @@ from typing import Callable
 from . import limits
 from .responses import PopError, RespCode
 from .spool import mbox
+from .spool.durable import fsync_dir, pwrite_all, sha256_of_range, unlink_if_present
 from .spool.locking import LockTiming, SpoolLock
 from .spool.maildrop import NEW_HOME_SPOOL_MODE, NEW_SPOOL_MODE, separator_padding
 from .spool.paths import SpoolPaths
@@ -243,16 +244,16 @@ class PopbullFile:
         fd = os.open(tmp, flags, POPBULL_MODE)
         try:
             try:
-                _pwrite_all(fd, data, 0)
+                pwrite_all(fd, data, 0)
                 os.fsync(fd)
             finally:
                 os.close(fd)
             os.rename(tmp, self.path)
         except BaseException:
-            _unlink_quietly(tmp)
+            unlink_if_present(tmp, ignore_other_errors=True)
             raise
         try:
-            _fsync_dir(directory)
+            fsync_dir(directory)
         except OSError as exc:
             self.log(syslog.LOG_WARNING, f"fsync of {directory}: {exc.strerror}")
 
@@ -556,7 +557,7 @@ class Delivery:
         while pos < len(payload):
             n = min(limits.COPY_CHUNK_OCTETS, len(payload) - pos)
             self.step("write-spool")
-            _pwrite_all(fd, view[pos:pos + n], offset + pos)
+            pwrite_all(fd, view[pos:pos + n], offset + pos)
             pos += n
             refresh()
         # Everything but the marker byte must be durable before the marker stops being NUL:
@@ -565,7 +566,7 @@ class Delivery:
         self.step("fsync-spool-body")
         os.fdatasync(fd)
         self.step("write-spool-marker")
-        _pwrite_all(fd, payload[:1], offset)
+        pwrite_all(fd, payload[:1], offset)
         self.step("fsync-spool")
         os.fsync(fd)
 
@@ -596,14 +597,14 @@ class Delivery:
         end = offset + length
         verdict = "not delivered"
         if same and size >= end:
-            if _sha256_of(fd, offset, length) == digest:
+            if sha256_of_range(fd, offset, length) == digest:
                 verdict = "delivered"
             elif os.pread(fd, 1, offset) == b"\0":
                 wanted = [b for b in every if b.number in numbers]
                 payload, _ = self._payload(fd, offset, wanted, stamp)
                 if hashlib.sha256(payload).hexdigest() == digest:
                     self.step("rewrite-incomplete")
-                    _pwrite_all(fd, payload, offset)
+                    pwrite_all(fd, payload, offset)
                     os.fsync(fd)
                     verdict = "completed"
                 elif size == end:
@@ -625,39 +626,3 @@ def deliver(cfg, login, paths: SpoolPaths, hostname: str, log: Log, *,
     if not getattr(cfg, "bulldir", None):
         return 0
     return Delivery(cfg, login, paths, hostname, log, step_hook, lock_step_s, clock).run()
-
-
-# --- small file helpers --------------------------------------------------------------------------
-def _pwrite_all(fd: int, data, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n
-
-
-def _sha256_of(fd: int, offset: int, length: int) -> str:
-    digest = hashlib.sha256()
-    done = 0
-    while done < length:
-        chunk = os.pread(fd, min(limits.COPY_CHUNK_OCTETS, length - done), offset + done)
-        if not chunk:
-            break
-        digest.update(chunk)
-        done += len(chunk)
-    return digest.hexdigest()
-
-
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass

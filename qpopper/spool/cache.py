@@ -30,6 +30,7 @@ import stat
 from dataclasses import dataclass
 from typing import Callable
 
+from .durable import unlink_if_present
 from .mbox import Message
 
 CACHE_VERSION = 1
@@ -208,21 +209,14 @@ def remove(path: str, step: StepHook) -> None:
     remove_stale_tmp(path, step)
     if os.path.lexists(path):
         step("cache-unlink")
-        _unlink_quietly(path)
+        unlink_if_present(path, ignore_other_errors=True)
 
 
 def remove_stale_tmp(path: str, step: StepHook) -> None:
     """The temporary file of a cache write that was interrupted."""
     if os.path.lexists(path + ".tmp"):
         step("cache-tmp-unlink")
-        _unlink_quietly(path + ".tmp")
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+        unlink_if_present(path + ".tmp", ignore_other_errors=True)
 
 
 def _read_all(fd: int, size: int) -> bytes:

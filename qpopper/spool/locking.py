@@ -39,6 +39,7 @@ from typing import Callable
 
 from .. import limits
 from ..responses import PopError, RespCode
+from .durable import unlink_if_present
 
 StepHook = Callable[[str], None]
 Log = Callable[[int, str], None]
@@ -230,10 +231,7 @@ class DotLock:
         if (again.st_ino, again.st_mtime_ns) != (st.st_ino, st.st_mtime_ns):
             return False                 # someone replaced it meanwhile: not the stale one
         self.hook("dotlock-remove-stale")
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        unlink_if_present(self.path)
         if self.log:
             self.log(syslog.LOG_NOTICE, f"removed stale lock {self.path} ({why})")
         return True
@@ -291,10 +289,7 @@ class DotLock:
         self.held = False
         if ours:
             self.hook("dotlock-unlink")
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+            unlink_if_present(self.path)
 
 
 def open_regular(path: str, flags: int, mode: int = 0o600, *, owner: int | None = None,
@@ -495,10 +490,7 @@ class SessionLock:
         try:
             if unlink:
                 self.hook("temp-drop-unlink")
-                try:
-                    os.unlink(self.path)
-                except FileNotFoundError:
-                    pass
+                unlink_if_present(self.path)
         finally:
             fd, self.fd = self.fd, None
             os.close(fd)

@@ -91,7 +91,6 @@ from __future__ import annotations
 
 import errno
 import grp
-import hashlib
 import json
 import os
 import stat
@@ -101,6 +100,7 @@ from typing import Callable
 from .. import limits
 from ..responses import PopError, RespCode
 from . import cache, mbox
+from .durable import fsync_parent_dir, pwrite_all, sha256_of_range, unlink_if_present
 from .locking import LockTiming, SessionLock, SpoolLock, open_regular
 from .paths import SpoolPaths
 
@@ -299,7 +299,7 @@ class Maildrop:
             self._session.acquire()
             if self._session.created:
                 self._step("fsync-temp-drop-dir")
-                _fsync_dir(self.paths.temp_drop)
+                fsync_parent_dir(self.paths.temp_drop)
             self._journal.remove_leftover_tmp()
             cache.remove_stale_tmp(self.paths.cache, self._step)
             if (self.cfg.server_mode and self._nothing_to_recover()
@@ -318,7 +318,7 @@ class Maildrop:
             self._phase = "open"
         elif os.path.lexists(self.paths.new_image):
             self._step("unlink-leftover-image")     # the journal was cleared, not the image
-            _unlink(self.paths.new_image)
+            unlink_if_present(self.paths.new_image)
         if self.paths.old_temp_drop:
             self._absorb_old_temp_drop()
         # A cache describes a spool this session is about to rewrite: forget it first.
@@ -369,7 +369,7 @@ class Maildrop:
         os.ftruncate(drop, start)
         if pad:
             self._step("pad-temp-drop")
-            _pwrite_all(drop, pad, start)
+            pwrite_all(drop, pad, start)
         _copy(src, 0, size, drop, start + len(pad), self._step, f"copy-{source}", refresh)
         self._step("fsync-temp-drop")
         os.fsync(drop)
@@ -519,12 +519,12 @@ class Maildrop:
                 os.fsync(image)
             except OSError:
                 self._step("unlink-image")
-                _unlink(self.paths.new_image)
+                unlink_if_present(self.paths.new_image)
                 raise
             image_len = os.fstat(image).st_size
             self._journal.write({"op": "replace", "dev": st.st_dev, "ino": st.st_ino,
                                  "len": image_len, "spool_len": spool_len,
-                                 "prefix": _hash_range(spool, 0, spool_len)})
+                                 "prefix": sha256_of_range(spool, 0, spool_len)})
             if fast and self._rename_over_spool():
                 self._journal.clear()
                 return cache.spool_state(image)
@@ -565,7 +565,7 @@ class Maildrop:
                                           f"({exc.strerror}); copying")
             return False
         self._step("fsync-spool-dir")
-        _fsync_dir(self.paths.spool)
+        fsync_parent_dir(self.paths.spool)
         return True
 
     # --- server mode: the cache -------------------------------------------------------------------
@@ -634,7 +634,7 @@ class Maildrop:
         try:
             if self._spool.created:
                 self._step("fsync-spool-dir")
-                _fsync_dir(self.paths.spool)
+                fsync_parent_dir(self.paths.spool)
             self._commit(write_front)
         finally:
             self._spool.release()
@@ -661,7 +661,7 @@ class Maildrop:
                 os.fsync(image)
             except OSError:
                 self._step("unlink-image")
-                _unlink(self.paths.new_image)
+                unlink_if_present(self.paths.new_image)
                 raise
             image_len = os.fstat(image).st_size
             self._apply(spool, image, image_len, spool_len, may_roll_back=True)
@@ -737,7 +737,7 @@ class Maildrop:
             return
         self._journal.clear()
         self._step("unlink-image")
-        _unlink(self.paths.new_image)
+        unlink_if_present(self.paths.new_image)
 
     def _finish_commit(self) -> None:
         """The spool holds everything: empty the drop, then forget the journal and image."""
@@ -747,7 +747,7 @@ class Maildrop:
         os.fsync(self._session.fd)
         self._journal.clear()
         self._step("unlink-image")
-        _unlink(self.paths.new_image)
+        unlink_if_present(self.paths.new_image)
 
     # --- recovery -----------------------------------------------------------------------------
     def _recover(self) -> None:
@@ -823,12 +823,12 @@ class Maildrop:
             self._journal.clear()               # the rename happened
             return
         if (same_file and st.st_size >= record["spool_len"]
-                and _hash_range(spool, 0, record["spool_len"]) == record["prefix"]):
+                and sha256_of_range(spool, 0, record["spool_len"]) == record["prefix"]):
             self._note(syslog.LOG_NOTICE, f"{self.user}'s server-mode update had not begun; "
                                           "the spool stays as it was")
             self._journal.clear()
             self._step("unlink-image")
-            _unlink(self.paths.new_image)
+            unlink_if_present(self.paths.new_image)
             return
         self._recover_commit(dict(record, op="commit", spool_len=0, only_copy=True))
 
@@ -869,7 +869,7 @@ class Maildrop:
                     pad = separator_padding(_tail(image, image_len))
                     if pad:
                         self._step("pad-image")
-                        _pwrite_all(image, pad, image_len)
+                        pwrite_all(image, pad, image_len)
                     _copy(spool, eof, size - eof, image, image_len + len(pad), self._step,
                           "copy-spool-to-image", self._spool.refresh_if_due)
                     new_len = image_len + len(pad) + size - eof
@@ -920,7 +920,7 @@ class _Journal:
         fd = _open_own_file(self.tmp, create=True)
         try:
             os.ftruncate(fd, 0)
-            _pwrite_all(fd, data, 0)
+            pwrite_all(fd, data, 0)
             self.step(f"{name}-fsync")
             os.fsync(fd)
         finally:
@@ -928,18 +928,18 @@ class _Journal:
         self.step(f"{name}-rename")
         os.rename(self.tmp, self.path)
         self.step(f"{name}-fsync-dir")
-        _fsync_dir(self.path)
+        fsync_parent_dir(self.path)
 
     def clear(self) -> None:
         self.step("journal-unlink")
-        _unlink(self.path)
+        unlink_if_present(self.path)
         self.step("journal-fsync-dir")
-        _fsync_dir(self.path)
+        fsync_parent_dir(self.path)
 
     def remove_leftover_tmp(self) -> None:
         if os.path.lexists(self.tmp):
             self.step("journal-tmp-unlink")
-            _unlink(self.tmp)
+            unlink_if_present(self.tmp)
 
 
 class _ChunkWriter:
@@ -965,7 +965,7 @@ class _ChunkWriter:
         data = b"".join(self.parts)
         self.parts, self.size = [], 0
         self.step(self.name)
-        _pwrite_all(self.fd, data, self.pos)
+        pwrite_all(self.fd, data, self.pos)
         self.pos += len(data)
 
 
@@ -979,14 +979,6 @@ def _open_own_file(path: str, *, create: bool) -> int:
                                                              log=f"{path}: not our plain file"))
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n
-
-
 def _copy(src: int, src_off: int, length: int, dst: int, dst_off: int, step: StepHook,
           name: str, refresh: Callable[[], None]) -> None:
     """Copy [src_off, src_off+length) of src to dst at dst_off, in bounded chunks."""
@@ -996,7 +988,7 @@ def _copy(src: int, src_off: int, length: int, dst: int, dst_off: int, step: Ste
         if not data:
             raise OSError(errno.EIO, "source shorter than expected")
         step(name)
-        _pwrite_all(dst, data, dst_off + done)
+        pwrite_all(dst, data, dst_off + done)
         done += len(data)
         refresh()
 
@@ -1019,33 +1011,5 @@ def _tail_closed(fd: int, cached_len: int, size: int) -> bool:
     return cached_len == size or not separator_padding(_tail(fd, cached_len))
 
 
-def _hash_range(fd: int, start: int, length: int) -> str:
-    """sha256 of [start, start+length) of fd, read in bounded chunks."""
-    digest = hashlib.sha256()
-    done = 0
-    while done < length:
-        data = os.pread(fd, min(limits.COPY_CHUNK_OCTETS, length - done), start + done)
-        if not data:
-            break
-        digest.update(data)
-        done += len(data)
-    return digest.hexdigest()
-
-
 def _tail(fd: int, size: int, n: int = 8) -> bytes:
     return os.pread(fd, min(n, size), max(0, size - n)) if size else b""
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
