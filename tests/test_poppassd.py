@@ -235,6 +235,27 @@ def test_bad_arguments_get_one_line_and_exit_2(argv, message):
     assert result.stderr.count("\n") == 1 and message in result.stderr
 
 
+@pytest.mark.parametrize("name", [
+    "", "root:x", "a:", "a/b", "../etc", ".hidden", "-rf", "a b", "a\tb", "x\x01y", "x\x7fy",
+    "\u2028x", "\udcff", "a" * (limits.MAX_USER_NAME_OCTETS + 1),
+])
+def test_hostile_user_names_are_refused_before_any_lookup(name):
+    """The one user-name rule (qpopper.auth.is_possible_user_name), and no `:` (chpasswd reads
+    "user:password" lines): refused like a wrong password, never looked up or authenticated."""
+    read_fd, write_fd = os.pipe()
+    try:
+        dialogue = poppassd.Dialogue(poppassd.Channel(read_fd, write_fd, 1.0),
+                                     lambda priority, text: None)
+        assert dialogue._check_old_password(name, "whatever") == (poppassd.BAD_OLD_PASSWORD,
+                                                                  "invalid user name")
+        # A well-formed name gets as far as the account lookup.
+        assert dialogue._check_old_password("qptnosuchuser", "whatever") == (
+            poppassd.BAD_OLD_PASSWORD, "no such user")
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
 @pytest.mark.skipif(shutil.which("man") is None, reason="man (man-db) not installed")
 def test_man_page_matches_the_program():
     """man/poppassd.8 is written by hand: its options, replies and numbers are the code's."""

@@ -47,6 +47,7 @@ import time
 from typing import Callable
 
 from .. import QPOPPER_VERSION, limits
+from ..auth import is_possible_user_name
 from ..auth import pam as pam_auth
 from ..log import Logger
 
@@ -140,11 +141,6 @@ def peer_address(fd: int = 0) -> str:
         except OSError:
             return "unknown"
     return peer[0] if isinstance(peer, tuple) else "unknown"
-
-
-def _name_is_sane(user: str) -> bool:
-    return (bool(user) and len(user.encode("utf-8", "replace")) <= limits.MAX_USER_NAME_OCTETS
-            and user.isprintable() and not any(c in user for c in "/: "))
 
 
 def set_password(user: str, new_password: str) -> str | None:
@@ -267,7 +263,8 @@ class Dialogue:
     # ---- checks ------------------------------------------------------------------------------
     def _check_old_password(self, user: str, old_password: str) -> tuple[str, str] | None:
         """None when `user` proved `old_password`; else (reply, reason for the log)."""
-        if not _name_is_sane(user):
+        # The one user-name rule, and no ":" either: chpasswd reads "user:password" lines.
+        if not is_possible_user_name(user) or ":" in user:
             return BAD_OLD_PASSWORD, "invalid user name"
         try:
             account = pwd.getpwnam(user)
