@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from qpopper.auth.store import PopAuthStore
+from tests.helpers.popauth import owned_store
 from tests.helpers.sysusers import make_spool
 from tests.server_harness import Site, mbox
 from tests.test_scram import ScramClient
@@ -28,13 +28,9 @@ CURL = shutil.which("curl")
 @pytest.fixture
 def site(system_users, pam_service, world_tmp):
     """alice: system user with an APOP/SCRAM secret in pop.auth; bob: system user, PAM only."""
-    owner = system_users.create("own")
+    owner, store = owned_store(system_users, world_tmp)
     alice = system_users.create("al")
     bob = system_users.create("bo")
-    store_dir = os.path.join(world_tmp, "popauth")
-    os.mkdir(store_dir, 0o700)
-    os.chown(store_dir, owner.uid, owner.gid)
-    store = PopAuthStore.create(os.path.join(store_dir, "pop.auth"), owner.uid, owner.gid)
     store.set_secret(alice.name, APOP_SECRET)
     s = Site(world_tmp, pam_service, pop_auth_file=store.path, pop_auth_owner=owner.name,
              sasl_no_plaintext=False, log_login='login "%1" at %3',

@@ -16,6 +16,7 @@ from qpopper.responses import PopError, RespCode
 from qpopper.spool.locking import lock_content
 from qpopper.spool.maildrop import Maildrop
 from qpopper.spool.paths import SpoolPaths
+from tests.helpers.spoolcheck import fill_up, read, retr, small_tmpfs
 
 USER = "alice"
 FAST_LOCKS = 0.05
@@ -37,17 +38,6 @@ def setup(tmp_path, spool: bytes | None = None, **options):
 
 def open_drop(cfg, paths, **kw) -> Maildrop:
     return Maildrop.open(cfg, paths, USER, lock_step_s=FAST_LOCKS, **kw)
-
-
-def read(path) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def retr(drop, i) -> bytes:
-    parts = []
-    drop.send(i, parts.append)
-    return b"".join(parts)
 
 
 def subjects(cfg, paths) -> list[bytes]:
@@ -303,17 +293,8 @@ def test_unreadable_journal_is_left_for_the_administrator(tmp_path):
 @pytest.fixture
 def small_fs(tmp_path):
     """A 1 MiB tmpfs, to run out of space for real (root only)."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("needs root to mount a small tmpfs")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-                      capture_output=True, timeout=30).returncode != 0:
-        pytest.skip("cannot mount tmpfs here")
-    try:
+    with small_tmpfs(tmp_path / "small") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], timeout=30)
 
 
 @pytest.mark.timeout(60)
@@ -323,13 +304,7 @@ def test_disk_full_at_update_says_overquota_and_keeps_the_mail(small_fs):
     steps = []
     drop = open_drop(cfg, paths, step_hook=steps.append)
     count = len(drop.messages)
-    filler = small_fs / "filler"
-    with open(filler, "wb", buffering=0) as f:     # leave room for locks, not for the image
-        try:
-            while True:
-                f.write(b"\0" * 4096)
-        except OSError:
-            pass
+    filler = fill_up(small_fs)          # then leave room for locks, not for the image
     os.truncate(filler, os.path.getsize(filler) - 64 * 1024)
     with pytest.raises(PopError) as info:
         drop.update(set(), set(range(count)))

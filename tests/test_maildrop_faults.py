@@ -7,38 +7,18 @@ X-UIDL/Status written) or it did not (every message still there) - never partial
 duplicated. No root and no server needed: each session is a fork()ed process.
 """
 
-import fcntl
 import os
-import pickle
 import shutil
-import signal
-import subprocess
 
 import pytest
 
 from qpopper.config import Config
-from qpopper.spool.locking import LockTiming, SpoolLock
 from qpopper.spool.maildrop import Maildrop
 from qpopper.spool.paths import SpoolPaths
-
-USER = "alice"
-LOCK_STEP_S = 0.05
-
-
-def from_line(n: int) -> bytes:
-    return b"From sender%d@example.org Wed Dec  2 05:53:%02d 1992\n" % (n, n % 60)
-
-
-def message(n: int, body_lines: int = 3, extra_headers: bytes = b"") -> bytes:
-    body = b"".join(b"line %d of message %d\n" % (i, n) for i in range(body_lines))
-    return (from_line(n) + b"Subject: message %d\nMessage-Id: <%d@example.org>\n" % (n, n)
-            + extra_headers + b"\n" + body + b"\n")
-
-
-def mmdf(n: int) -> bytes:
-    return (b"\x01\x01\x01\x01\nFrom: a@b\nSubject: mmdf %d\n\nbody %d\n.dot line\n"
-            b"\x01\x01\x01\x01\n" % (n, n))
-
+from tests.helpers.spoolcheck import (AFTER_CRASH, AFTER_CRASH_MMDF, LOCK_STEP_S, USER,
+                                      allowed_after_kill, deliver, deliver_after_crash,
+                                      from_line, in_child, killer_at, message, mmdf,
+                                      next_session_view)
 
 # name: (initial spool, mail delivered during the session, deleted, retrieved)
 SHAPES = {
@@ -71,19 +51,6 @@ def make_cfg(spool_dir, shape: str = "") -> Config:
     return Config.defaults().replace(spool_dir=str(spool_dir), **SHAPE_OPTIONS.get(shape, {}))
 
 
-def deliver(cfg, data: bytes) -> None:
-    """A delivery agent's append: dot-lock + flock + fcntl, write at the end, fsync."""
-    paths = SpoolPaths.for_user(cfg, USER, None)
-    lock = SpoolLock(paths.spool, paths.lock, create=True, create_mode=0o660)
-    lock.acquire(LockTiming(attempts=40, step_s=LOCK_STEP_S))
-    try:
-        os.lseek(lock.fd, 0, os.SEEK_END)
-        os.write(lock.fd, data)
-        os.fsync(lock.fd)
-    finally:
-        lock.release()
-
-
 def run_session(spool_dir, scenario: str, shape: str, hook) -> None:
     """One session as the protocol drives it: open, (new mail arrives), DELE/RETR, QUIT."""
     cfg = make_cfg(spool_dir, shape)
@@ -103,61 +70,8 @@ def run_session(spool_dir, scenario: str, shape: str, hook) -> None:
 
 
 def snapshot(spool_dir, shape: str, hook=None):
-    """The next session, as a client sees it: [(uid, RETR bytes)] (it then ends without
-    update, leaving the mail in the drop - like a crash, which the design must survive)."""
-    cfg = make_cfg(spool_dir, shape)
-    paths = SpoolPaths.for_user(cfg, USER, None)
-    drop = Maildrop.open(cfg, paths, USER, step_hook=hook, lock_step_s=LOCK_STEP_S)
-    out = []
-    for i, msg in enumerate(drop.messages):
-        parts = []
-        drop.send(i, parts.append)
-        out.append((msg.uid, b"".join(parts)))
-    drop.close()
-    leftovers = sorted(name for _, _, names in os.walk(spool_dir) for name in names
-                       if name.endswith((".journal", ".new", ".tmp", ".lock")))
-    return out, leftovers
-
-
-def in_child(fn, result_path=None, *, expect_kill: bool) -> object:
-    """Run fn() in a fork()ed process; return what it pickled, or None when killed."""
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            value = fn()
-            if result_path is not None:
-                with open(result_path, "wb") as f:
-                    pickle.dump(value, f)
-        except BaseException as exc:           # the parent reports it
-            try:
-                with open(str(result_path or "/dev/null") + ".err", "w") as f:
-                    f.write(repr(exc))
-            finally:
-                code = 3
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    if expect_kill:
-        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, (
-            f"child did not die at the step: status {status:#x}")
-        return None
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, (
-        open(str(result_path) + ".err").read() if result_path else status)
-    if result_path is None:
-        return None
-    with open(result_path, "rb") as f:
-        return pickle.load(f)
-
-
-def killer_at(k: int):
-    count = [0]
-
-    def hook(name: str) -> None:
-        if count[0] == k:
-            os.kill(os.getpid(), signal.SIGKILL)
-        count[0] += 1
-    return hook
+    """The next session, as a client sees it, and the files left behind (next_session_view)."""
+    return next_session_view(make_cfg(spool_dir, shape), spool_dir, hook)
 
 
 def prepare(directory, shape: str) -> None:
@@ -232,13 +146,7 @@ def test_kill_at_every_step_loses_and_duplicates_nothing(tmp_path, shape):
                                        expect_kill=False)
             where = f"{shape}: killed at step {k} {step!r} of {scenario}"
             assert leftovers == [], where
-            if step.startswith("open:"):
-                allowed = [untouched]                 # new mail comes only after open
-            elif scenario == "restore":
-                allowed = [before]
-            else:
-                allowed = [before, committed]
-            assert seen in allowed, where
+            assert seen in allowed_after_kill(step, scenario, untouched, before, committed), where
             checked += 1
     assert checked >= 30
 
@@ -286,35 +194,6 @@ def _steps_of_snapshot(work, shape):
     return steps
 
 
-AFTER_CRASH = (b"From late@example.org Thu Nov 26 10:00:00 2026\nSubject: after crash\n"
-               b"Message-Id: <late@example.org>\n\ndelivered while the session was dead\n\n")
-AFTER_CRASH_MMDF = (b"\x01\x01\x01\x01\nSubject: after crash\n\ndelivered while the session "
-                    b"was dead\n\x01\x01\x01\x01\n")
-
-
-def deliver_after_crash(spool_dir, data: bytes) -> None:
-    """A delivery agent arriving after the crash: our dot-lock names a dead pid, so it takes
-    the lock over (dotlockfile -p does, like liblockfile) and appends - while the spool may be
-    half rewritten. Recovery must find where our bytes end and keep this message once."""
-    cfg = make_cfg(spool_dir)
-    paths = SpoolPaths.for_user(cfg, USER, None)
-    if shutil.which("dotlockfile"):
-        subprocess.run(["dotlockfile", "-p", "-l", "-r", "0", paths.lock], check=True,
-                       timeout=30, stderr=subprocess.DEVNULL)
-        try:
-            fd = os.open(paths.spool, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o660)
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX)
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        finally:
-            subprocess.run(["dotlockfile", "-u", paths.lock], check=True, timeout=30)
-    else:
-        deliver(cfg, data)
-
-
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("shape", ["new-mail", "many", "mmdf"])
 def test_mail_delivered_after_a_crash_is_kept_exactly_once(tmp_path, shape):
@@ -336,12 +215,7 @@ def test_mail_delivered_after_a_crash_is_kept_exactly_once(tmp_path, shape):
             assert leftovers == [], where
             late = [i for i, (_, data) in enumerate(seen) if b"Subject: after crash" in data]
             assert late == [len(seen) - 1], where
-            if step.startswith("open:"):
-                allowed = [untouched]
-            elif scenario == "restore":
-                allowed = [before]
-            else:
-                allowed = [before, committed]
+            allowed = allowed_after_kill(step, scenario, untouched, before, committed)
             assert seen[:-1] in allowed, where
             checked += 1
     assert checked >= 30

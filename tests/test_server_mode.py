@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import subprocess
 import tempfile
 
 import pytest
@@ -16,6 +15,7 @@ from qpopper.config import Config
 from qpopper.responses import PopError, RespCode
 from qpopper.spool.maildrop import Maildrop
 from qpopper.spool.paths import SpoolPaths
+from tests.helpers.spoolcheck import fill_up as fill, read, retr, small_tmpfs
 
 USER = "alice"
 pytestmark = pytest.mark.timeout(60)
@@ -45,19 +45,8 @@ def open_drop(cfg, paths, hook=None) -> Maildrop:
     return Maildrop.open(cfg, paths, USER, step_hook=hook, lock_step_s=0.05)
 
 
-def retr(drop, i) -> bytes:
-    parts = []
-    drop.send(i, parts.append)
-    return b"".join(parts)
-
-
 def view(drop) -> list[tuple[str, bytes]]:
     return [(m.uid, retr(drop, i)) for i, m in enumerate(drop.messages)]
-
-
-def read(path) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def append(path, data: bytes) -> None:
@@ -345,28 +334,8 @@ def test_mode_switches_keep_uids(tmp_path):
 @pytest.fixture
 def small_fs(tmp_path):
     """A 1 MiB tmpfs, to run out of space for real (root only)."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("needs root to mount a small tmpfs")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-                      capture_output=True, timeout=30).returncode != 0:
-        pytest.skip("cannot mount tmpfs here")
-    try:
+    with small_tmpfs(tmp_path / "small") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], timeout=30)
-
-
-def fill(directory) -> str:
-    filler = os.path.join(directory, "filler")
-    with open(filler, "wb", buffering=0) as f:
-        try:
-            while True:
-                f.write(b"\0" * 4096)
-        except OSError:
-            pass
-    return filler
 
 
 BIG = b"".join(message(n) + b"x" * 1000 + b"\n\n" for n in range(300))      # ~330 KiB

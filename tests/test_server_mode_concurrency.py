@@ -1,5 +1,5 @@
 """Concurrency in server mode (DESIGN invariant 2): the delivery agent of
-test_maildrop_concurrency.py (dotlockfile or O_EXCL `.lock`, plus fcntl) appends messages at
+tests/helpers/spoolcheck.py (dotlockfile or O_EXCL `.lock`, plus fcntl) appends messages at
 random moments while server-mode sessions open / RETR / DELE / QUIT (in-place copy or
 fast-update rename) or abort in a loop, with the cache in use. Afterwards the spool holds
 exactly the old messages no committed update deleted plus every delivered one, each once, and
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import random
 import shutil
-import subprocess
-import sys
 import time
 
 import pytest
@@ -19,9 +17,10 @@ import pytest
 from qpopper.config import Config
 from qpopper.spool.maildrop import Maildrop
 from qpopper.spool.paths import SpoolPaths
-from tests.test_maildrop_concurrency import DELIVERER, message_ids, old_message
+from tests.helpers.spoolcheck import (USER, assert_each_message_once_and_none_deleted,
+                                      assert_each_survivor_once, concurrent_deliverer,
+                                      deliver_under_dotlockfile, message_ids, old_message)
 
-USER = "alice"
 OLD_MESSAGES = 30
 
 
@@ -37,19 +36,15 @@ def test_server_mode_sessions_and_deliveries_lose_nothing(tmp_path, locker, fast
     with open(paths.spool, "wb") as f:
         f.write(b"".join(old_message(n) for n in range(OLD_MESSAGES)))
     rng = random.Random(13 if fast else 17)
-    deliverer = subprocess.Popen([sys.executable, "-c", DELIVERER, paths.spool, str(count),
-                                  "1" if locker == "dotlockfile" else "0", "5"],
-                                 stdout=subprocess.PIPE, text=True)
     deleted: set[str] = set()
     sessions = updates = from_cache = 0
-    try:
+    with concurrent_deliverer(paths.spool, count, locker, seed=5) as deliverer:
         while deliverer.poll() is None:
             drop = Maildrop.open(cfg, paths, USER)
             assert drop.server_mode
             from_cache += drop.scan_region[0] > 0
             ids = message_ids(drop)
-            assert len(ids) == len(set(ids)), "a message appeared twice"
-            assert not set(ids) & deleted, "a deleted message came back"
+            assert_each_message_once_and_none_deleted(ids, deleted)
             roll = rng.random()
             doomed = ({i for i in range(len(ids)) if rng.random() < 0.3} if roll < 0.5
                       else set(range(len(ids))) if roll < 0.6 else set())
@@ -62,22 +57,10 @@ def test_server_mode_sessions_and_deliveries_lose_nothing(tmp_path, locker, fast
                 drop.restore()
             sessions += 1
         out, _ = deliverer.communicate(timeout=30)
-    finally:
-        if deliverer.poll() is None:
-            deliverer.kill()
-            deliverer.wait()
-        if deliverer.stdout:
-            deliverer.stdout.close()
     assert deliverer.returncode == 0
     assert sessions >= 10 and updates >= 5 and from_cache >= 1
 
-    drop = Maildrop.open(cfg, paths, USER)
-    final = message_ids(drop)
-    drop.close()
-    expected = ({f"old-{n}@example.org" for n in range(OLD_MESSAGES)}
-                | {f"delivered-{n}@example.org" for n in range(count)}) - deleted
-    assert len(final) == len(set(final)), "duplicated messages"
-    assert set(final) == expected
+    assert_each_survivor_once(cfg, paths, OLD_MESSAGES, count, deleted)
     assert float(out.strip()) < 3.0
 
 
@@ -92,11 +75,7 @@ def test_delivery_during_a_server_mode_session_is_not_blocked(tmp_path):
     drop = Maildrop.open(cfg, paths, USER)
     try:
         assert drop.server_mode
-        run = subprocess.run(["dotlockfile", "-l", "-r", "0", paths.lock], timeout=30)
-        assert run.returncode == 0
-        with open(paths.spool, "ab") as f:
-            f.write(old_message(2))
-        subprocess.run(["dotlockfile", "-u", paths.lock], timeout=30, check=True)
+        deliver_under_dotlockfile(paths, old_message(2))
         drop.update({0}, set())
     finally:
         drop.close()

@@ -1,9 +1,10 @@
 """Fault injection for server mode (DESIGN invariants 1 and 2), with the machinery of
-test_maildrop_faults.py: SIGKILL the session process at EVERY step (each write, truncate,
-rename, fsync, unlink and copy chunk) of a server-mode open, QUIT (in-place copy and
-fast-update rename), all-deleted truncate, clean QUIT (cache only) and abort, on several spool
-shapes; the next session must see every surviving message exactly once, byte-identical: the
-update either committed or did not. Mail a delivery agent appends after the crash is kept once.
+test_maildrop_faults.py (tests/helpers/spoolcheck.py): SIGKILL the session process at EVERY
+step (each write, truncate, rename, fsync, unlink and copy chunk) of a server-mode open, QUIT
+(in-place copy and fast-update rename), all-deleted truncate, clean QUIT (cache only) and
+abort, on several spool shapes; the next session must see every surviving message exactly
+once, byte-identical: the update either committed or did not. Mail a delivery agent appends
+after the crash is kept once.
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ import pytest
 from qpopper.config import Config
 from qpopper.spool.maildrop import Maildrop
 from qpopper.spool.paths import SpoolPaths
-from tests.test_maildrop_faults import (AFTER_CRASH, AFTER_CRASH_MMDF, deliver_after_crash,
-                                        in_child, killer_at, message, mmdf)
-from tests.test_maildrop_faults import deliver as locked_deliver
+from tests.helpers.spoolcheck import (AFTER_CRASH, AFTER_CRASH_MMDF, LOCK_STEP_S, USER,
+                                      allowed_after_kill, deliver_after_crash, in_child,
+                                      killer_at, message, mmdf, next_session_view)
+from tests.helpers.spoolcheck import deliver as locked_deliver
 
-USER = "alice"
-LOCK_STEP_S = 0.05
 X_UIDL = b"X-UIDL: existing-uid-%05d\nStatus: RO\n"
 
 # name: (spool, new mail during the session, deleted, retrieved, warm cache first)
@@ -75,18 +75,7 @@ def run_session(spool_dir, scenario: str, shape: str, fast: bool, hook) -> None:
 
 def snapshot(spool_dir, hook=None):
     """The next session as a client sees it ([(uid, RETR bytes)]), ended without update."""
-    cfg = make_cfg(spool_dir, False)
-    paths = SpoolPaths.for_user(cfg, USER, None)
-    drop = Maildrop.open(cfg, paths, USER, step_hook=hook, lock_step_s=LOCK_STEP_S)
-    out = []
-    for i, msg in enumerate(drop.messages):
-        parts = []
-        drop.send(i, parts.append)
-        out.append((msg.uid, b"".join(parts)))
-    drop.close()
-    leftovers = sorted(name for _, _, names in os.walk(spool_dir) for name in names
-                       if name.endswith((".journal", ".new", ".tmp", ".lock")))
-    return out, leftovers
+    return next_session_view(make_cfg(spool_dir, False), spool_dir, hook)
 
 
 def prepare(directory, shape: str) -> None:
@@ -153,13 +142,7 @@ def test_server_mode_kill_at_every_step_loses_and_duplicates_nothing(tmp_path, s
                                        expect_kill=False)
             where = f"{shape} fast={fast}: killed at step {k} {step!r} of {scenario}"
             assert leftovers == [], where
-            if step.startswith("open:"):
-                allowed = [untouched]
-            elif scenario == "restore":
-                allowed = [before]
-            else:
-                allowed = [before, committed]
-            assert seen in allowed, where
+            assert seen in allowed_after_kill(step, scenario, untouched, before, committed), where
             checked += 1
     assert checked >= 3
 
@@ -185,7 +168,7 @@ def test_server_mode_mail_delivered_after_a_crash_is_kept_once(tmp_path, shape, 
         assert leftovers == [], where
         late = [i for i, (_, data) in enumerate(seen) if b"Subject: after crash" in data]
         assert late == [len(seen) - 1], where
-        allowed = [untouched] if step.startswith("open:") else [before, committed]
+        allowed = allowed_after_kill(step, "update", untouched, before, committed)
         assert seen[:-1] in allowed, where
         checked += 1
     assert checked >= 10

@@ -1,0 +1,315 @@
+"""Shared machinery of the maildrop and server-mode fault and concurrency tests: messages, a
+delivery agent (in-process, after a crash, and a concurrent process), sessions run in a fork()ed
+process that can be SIGKILLed at a chosen step, and the "every surviving message exactly once"
+checks. One copy, so both modes are held to the same standard.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import pickle
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from typing import Iterator
+
+import pytest
+
+from qpopper.config import Config
+from qpopper.spool.locking import LockTiming, SpoolLock
+from qpopper.spool.maildrop import Maildrop
+from qpopper.spool.paths import SpoolPaths
+
+USER = "alice"
+LOCK_STEP_S = 0.05
+MESSAGE_ID = re.compile(rb"^Message-Id: <([^>]+)>\r?$", re.M | re.I)
+
+
+# --- messages ------------------------------------------------------------------------------------
+def from_line(n: int) -> bytes:
+    return b"From sender%d@example.org Wed Dec  2 05:53:%02d 1992\n" % (n, n % 60)
+
+
+def message(n: int, body_lines: int = 3, extra_headers: bytes = b"") -> bytes:
+    body = b"".join(b"line %d of message %d\n" % (i, n) for i in range(body_lines))
+    return (from_line(n) + b"Subject: message %d\nMessage-Id: <%d@example.org>\n" % (n, n)
+            + extra_headers + b"\n" + body + b"\n")
+
+
+def mmdf(n: int) -> bytes:
+    return (b"\x01\x01\x01\x01\nFrom: a@b\nSubject: mmdf %d\n\nbody %d\n.dot line\n"
+            b"\x01\x01\x01\x01\n" % (n, n))
+
+
+def old_message(n: int) -> bytes:
+    return (b"From old@example.org Wed Dec  2 05:53:22 1992\nSubject: old %d\n"
+            b"Message-Id: <old-%d@example.org>\n\nold body %d\n\n" % (n, n, n))
+
+
+AFTER_CRASH = (b"From late@example.org Thu Nov 26 10:00:00 2026\nSubject: after crash\n"
+               b"Message-Id: <late@example.org>\n\ndelivered while the session was dead\n\n")
+AFTER_CRASH_MMDF = (b"\x01\x01\x01\x01\nSubject: after crash\n\ndelivered while the session "
+                    b"was dead\n\x01\x01\x01\x01\n")
+
+
+# --- delivery agents -----------------------------------------------------------------------------
+def deliver(cfg, data: bytes) -> None:
+    """A delivery agent's append: dot-lock + flock + fcntl, write at the end, fsync."""
+    paths = SpoolPaths.for_user(cfg, USER, None)
+    lock = SpoolLock(paths.spool, paths.lock, create=True, create_mode=0o660)
+    lock.acquire(LockTiming(attempts=40, step_s=LOCK_STEP_S))
+    try:
+        os.lseek(lock.fd, 0, os.SEEK_END)
+        os.write(lock.fd, data)
+        os.fsync(lock.fd)
+    finally:
+        lock.release()
+
+
+def deliver_after_crash(spool_dir, data: bytes) -> None:
+    """A delivery agent arriving after the crash: our dot-lock names a dead pid, so it takes
+    the lock over (dotlockfile -p does, like liblockfile) and appends - while the spool may be
+    half rewritten. Recovery must find where our bytes end and keep this message once."""
+    cfg = Config.defaults().replace(spool_dir=str(spool_dir))
+    paths = SpoolPaths.for_user(cfg, USER, None)
+    if shutil.which("dotlockfile"):
+        subprocess.run(["dotlockfile", "-p", "-l", "-r", "0", paths.lock], check=True,
+                       timeout=30, stderr=subprocess.DEVNULL)
+        try:
+            fd = os.open(paths.spool, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o660)
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX)
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        finally:
+            subprocess.run(["dotlockfile", "-u", paths.lock], check=True, timeout=30)
+    else:
+        deliver(cfg, data)
+
+
+DELIVERER = textwrap.dedent("""
+    import fcntl, os, random, socket, subprocess, sys, time
+    spool, count, use_binary, seed = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", int(sys.argv[4])
+    rng = random.Random(seed)
+    lock = spool + ".lock"
+
+    def dotlock():
+        while True:
+            if use_binary:
+                if subprocess.run(["dotlockfile", "-p", "-l", "-r", "0", lock],
+                                  stderr=subprocess.DEVNULL).returncode == 0:
+                    return
+            else:
+                try:
+                    fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                    os.write(fd, b"%d@%s" % (os.getpid(), socket.gethostname().encode()))
+                    os.close(fd)
+                    return
+                except FileExistsError:
+                    pass
+            time.sleep(0.005)
+
+    def unlock():
+        if use_binary:
+            subprocess.run(["dotlockfile", "-u", lock], check=True)
+        else:
+            os.unlink(lock)
+
+    waits = []
+    for n in range(count):
+        time.sleep(rng.uniform(0, 0.08))
+        began = time.monotonic()
+        dotlock()
+        fd = os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o660)
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        waits.append(time.monotonic() - began)
+        stamp = time.strftime("%a %b %d %H:%M:%S %Y", time.gmtime())
+        os.write(fd, (f"From deliverer@example.org {stamp}\\n"
+                      f"Subject: delivery {n}\\nMessage-Id: <delivered-{n}@example.org>\\n\\n"
+                      f"body of delivery {n}\\n" + "x" * rng.randrange(0, 3000) + "\\n\\n").encode())
+        os.fsync(fd)
+        os.close(fd)
+        unlock()
+    print(max(waits), flush=True)
+""")
+"""A delivery agent process: appends `count` messages (Message-Id <delivered-N@example.org>) at
+random moments with the standard dot-lock protocol plus fcntl; prints its longest lock wait."""
+
+
+@contextlib.contextmanager
+def concurrent_deliverer(spool: str, count: int, locker: str, seed: int
+                         ) -> Iterator[subprocess.Popen]:
+    """Run DELIVERER on spool ("dotlockfile" or "o_excl" locking); killed if still running
+    when the block ends, so a failing test leaves no process behind."""
+    deliverer = subprocess.Popen([sys.executable, "-c", DELIVERER, spool, str(count),
+                                  "1" if locker == "dotlockfile" else "0", str(seed)],
+                                 stdout=subprocess.PIPE, text=True)
+    try:
+        yield deliverer
+    finally:
+        if deliverer.poll() is None:
+            deliverer.kill()
+            deliverer.wait()
+        if deliverer.stdout:
+            deliverer.stdout.close()
+
+
+def deliver_under_dotlockfile(paths: SpoolPaths, data: bytes) -> None:
+    """Take the dot-lock with dotlockfile without waiting (-r 0: it must be free), append,
+    unlock: what a delivery agent does while a session is open."""
+    run = subprocess.run(["dotlockfile", "-l", "-r", "0", paths.lock], timeout=30)
+    assert run.returncode == 0
+    with open(paths.spool, "ab") as f:
+        f.write(data)
+    subprocess.run(["dotlockfile", "-u", paths.lock], timeout=30, check=True)
+
+
+# --- what a session sees -------------------------------------------------------------------------
+def message_ids(drop: Maildrop) -> list[str]:
+    ids = []
+    for i in range(len(drop.messages)):
+        parts = []
+        drop.send(i, parts.append, body_lines=0)
+        found = MESSAGE_ID.search(b"".join(parts))
+        assert found, b"".join(parts)[:200]
+        ids.append(found.group(1).decode())
+    return ids
+
+
+def assert_each_message_once_and_none_deleted(ids: list[str], deleted: set[str]) -> None:
+    """What one session sees while mail is delivered: no message twice, none that a committed
+    update deleted."""
+    assert len(ids) == len(set(ids)), "a message appeared twice"
+    assert not set(ids) & deleted, "a deleted message came back"
+
+
+def assert_each_survivor_once(cfg, paths: SpoolPaths, old_messages: int, delivered: int,
+                              deleted: set[str]) -> None:
+    """The next session finds exactly the old messages and the delivered ones that no
+    committed update deleted, each once."""
+    drop = Maildrop.open(cfg, paths, USER)
+    final = message_ids(drop)
+    drop.close()
+    expected = ({f"old-{n}@example.org" for n in range(old_messages)}
+                | {f"delivered-{n}@example.org" for n in range(delivered)}) - deleted
+    assert len(final) == len(set(final)), "duplicated messages"
+    assert set(final) == expected
+
+
+def next_session_view(cfg, spool_dir, hook=None):
+    """The next session, as a client sees it: [(uid, RETR bytes)] (it then ends without
+    update, leaving the mail in the drop - like a crash, which the design must survive), and
+    the journal/image/temp/lock files left in spool_dir afterwards."""
+    paths = SpoolPaths.for_user(cfg, USER, None)
+    drop = Maildrop.open(cfg, paths, USER, step_hook=hook, lock_step_s=LOCK_STEP_S)
+    out = []
+    for i, msg in enumerate(drop.messages):
+        parts = []
+        drop.send(i, parts.append)
+        out.append((msg.uid, b"".join(parts)))
+    drop.close()
+    leftovers = sorted(name for _, _, names in os.walk(spool_dir) for name in names
+                       if name.endswith((".journal", ".new", ".tmp", ".lock")))
+    return out, leftovers
+
+
+def allowed_after_kill(step: str, scenario: str, untouched, before, committed) -> list:
+    """What the next session may see after a kill at `step` of `scenario`: the spool as it
+    was (a kill during open: mail delivered during the session comes only after open), every
+    message as before the update (restore), or either side of the update - never a mix."""
+    if step.startswith("open:"):
+        return [untouched]
+    if scenario == "restore":
+        return [before]
+    return [before, committed]
+
+
+# --- sessions in a process that can be killed ----------------------------------------------------
+def in_child(fn, result_path=None, *, expect_kill: bool) -> object:
+    """Run fn() in a fork()ed process; return what it pickled, or None when killed."""
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            value = fn()
+            if result_path is not None:
+                with open(result_path, "wb") as f:
+                    pickle.dump(value, f)
+        except BaseException as exc:           # the parent reports it
+            try:
+                with open(str(result_path or "/dev/null") + ".err", "w") as f:
+                    f.write(repr(exc))
+            finally:
+                code = 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    if expect_kill:
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, (
+            f"child did not die at the step: status {status:#x}")
+        return None
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, (
+        open(str(result_path) + ".err").read() if result_path else status)
+    if result_path is None:
+        return None
+    with open(result_path, "rb") as f:
+        return pickle.load(f)
+
+
+def killer_at(k: int):
+    """A step hook that SIGKILLs its own process at the k-th step (0-based)."""
+    count = [0]
+
+    def hook(name: str) -> None:
+        if count[0] == k:
+            os.kill(os.getpid(), signal.SIGKILL)
+        count[0] += 1
+    return hook
+
+
+def retr(drop: Maildrop, i: int) -> bytes:
+    """Message i as RETR sends it."""
+    parts = []
+    drop.send(i, parts.append)
+    return b"".join(parts)
+
+
+def read(path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+# --- a file system that runs out of room for real ------------------------------------------------
+@contextlib.contextmanager
+def small_tmpfs(mnt) -> Iterator:
+    """Mount a 1 MiB tmpfs on the new directory mnt (root only; skips otherwise), unmounted
+    when the block ends."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root to mount a small tmpfs")
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+                      capture_output=True, timeout=30).returncode != 0:
+        pytest.skip("cannot mount tmpfs here")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], timeout=30)
+
+
+def fill_up(directory) -> str:
+    """Write a file `filler` in directory until the file system is full; return its path."""
+    filler = os.path.join(directory, "filler")
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+    return filler
