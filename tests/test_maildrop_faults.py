@@ -7,6 +7,7 @@ X-UIDL/Status written) or it did not (every message still there) - never partial
 duplicated. No root and no server needed: each session is a fork()ed process.
 """
 
+import json
 import os
 import shutil
 
@@ -15,10 +16,11 @@ import pytest
 from qpopper.config import Config
 from qpopper.spool.maildrop import Maildrop
 from qpopper.spool.paths import SpoolPaths
-from tests.helpers.spoolcheck import (AFTER_CRASH, AFTER_CRASH_MMDF, LOCK_STEP_S, USER,
-                                      allowed_after_kill, deliver, deliver_after_crash,
-                                      from_line, in_child, killer_at, message, mmdf,
-                                      next_session_view)
+from tests.helpers.spoolcheck import (AFTER_CRASH, AFTER_CRASH_MMDF, LOCK_STEP_S,
+                                      REPLACEMENT, USER, allowed_after_kill, deliver,
+                                      deliver_after_crash, from_line, in_child, killer_at,
+                                      message, mmdf, next_session_view,
+                                      replace_spool_keeping_inode_number)
 
 # name: (initial spool, mail delivered during the session, deleted, retrieved)
 SHAPES = {
@@ -219,3 +221,71 @@ def test_mail_delivered_after_a_crash_is_kept_exactly_once(tmp_path, shape):
             assert seen[:-1] in allowed, where
             checked += 1
     assert checked >= 30
+
+
+def replacement_view(work, tmp_path):
+    """What a session shows of a spool holding only REPLACEMENT."""
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir()
+    paths = SpoolPaths.for_user(make_cfg(work), USER, None)
+    with open(paths.spool, "wb") as f:
+        f.write(REPLACEMENT)
+    return in_child(lambda: snapshot(work, "one"), tmp_path / "snap.pickle", expect_kill=False)[0]
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("how", ["rewrite", "recreate"])
+def test_spool_replaced_after_a_crash_by_a_file_with_the_same_inode_number(tmp_path, how):
+    """Killed while the commit rewrites the spool; then the spool is replaced by another file
+    with the same (st_dev, st_ino) (rewritten in place, or deleted and created again reusing
+    the freed number). Recovery must not take it for the spool it was rewriting: the next
+    session sees what the update kept, then the replacement's mail, each once."""
+    shape = "new-mail"
+    work = tmp_path / "spool"
+    expected = replacement_view(work, tmp_path)
+    assert len(expected) == 2
+    _untouched, _before, committed, _ = expected_outcomes(work, tmp_path, shape)
+    steps = record_steps(work, tmp_path, "update", shape)
+    # From the moment the commit journal is in place (renamed) until it is removed, the next
+    # session rolls the update forward; once it is gone, replacing the spool deletes mail.
+    first = steps.index("update:journal-commit-rename") + 1
+    last = steps.index("update:journal-unlink", first)
+    chosen = {}
+    for k in range(first, last + 1):
+        chosen.setdefault(steps[k], k)
+    assert "update:write-spool" in chosen and "update:fsync-spool" in chosen
+    for step, k in chosen.items():
+        prepare(work, shape)
+        in_child(lambda: run_session(work, "update", shape, killer_at(k)), expect_kill=True)
+        if not replace_spool_keeping_inode_number(work, REPLACEMENT, how):
+            pytest.skip("no new file got the freed inode number on this file system")
+        seen, leftovers = in_child(lambda: snapshot(work, shape), tmp_path / "snap.pickle",
+                                   expect_kill=False)
+        where = f"killed at {step!r}, spool then replaced ({how})"
+        assert leftovers == [], where
+        assert seen == committed + expected, where
+
+
+@pytest.mark.timeout(60)
+def test_a_version_1_commit_journal_is_still_recovered(tmp_path):
+    """A journal written by the previous build (version 1: no `head`) after a crash in the
+    middle of the commit: this build rolls it forward by (st_dev, st_ino) as that build did."""
+    shape = "new-mail"
+    work = tmp_path / "spool"
+    _untouched, _before, committed, _ = expected_outcomes(work, tmp_path, shape)
+    steps = record_steps(work, tmp_path, "update", shape)
+    k = steps.index("update:write-spool")
+    prepare(work, shape)
+    in_child(lambda: run_session(work, "update", shape, killer_at(k)), expect_kill=True)
+    journal = SpoolPaths.for_user(make_cfg(work), USER, None).journal
+    with open(journal) as f:
+        record = json.load(f)
+    assert record["v"] == 2 and record["op"] == "commit" and "head" in record
+    del record["head"]
+    with open(journal, "w") as f:
+        json.dump(dict(record, v=1), f)
+    seen, leftovers = in_child(lambda: snapshot(work, shape), tmp_path / "snap.pickle",
+                               expect_kill=False)
+    assert leftovers == []
+    assert seen == committed

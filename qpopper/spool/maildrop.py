@@ -18,8 +18,10 @@ replaced atomically: write, fsync, rename, fsync dir) says which multi-file step
   absorbed {K, pad, M}  the copy is durable; the source is being truncated. Recovery: if the
            source still starts with the copied bytes, it was not truncated: cut the drop back
            to K and copy again; otherwise the copy is the mail and stays.
-  commit   {L, Z}       the new spool image (`.user.pop.new`, L bytes, fsync'ed) replaces the
-           spool's first Z bytes, which the image already contains. Recovery rolls forward.
+  commit   {L, Z, dev, ino, head}  the new spool image (`.user.pop.new`, L bytes, fsync'ed)
+           replaces the spool's first Z bytes, which the image already contains. Recovery
+           rolls forward. `head` is the spool's first min(Z, HEAD_OCTETS) bytes when the
+           record was written.
 
 The spool is rewritten in place, never renamed over: its inode, owner, group and mode stay, and
 a delivery agent that opened it before locking (Postfix's comment about GNU pop3d replacing
@@ -35,6 +37,18 @@ its byte Z is NUL (extended, new mail after L; no delivered message starts with 
 not extended. Recovery then appends the new mail to the image, journals the longer image and
 applies it again. The drop is emptied only after the spool is durable, and the journal cleared
 only after that; a commit journal with its spool already equal to the image just finishes.
+That order of cases holds only for the spool we were rewriting. After a crash the spool may
+have been deleted and another created (a delivery agent does), or rewritten in place, and the
+new file may carry the old inode number (ext4 and tmpfs reuse a freed number at once), so
+(st_dev, st_ino) does not identify it; nor do ctime (our own writes change it) or birth time
+(not in os.stat on Linux, and unchanged by a rewrite in place). The content does: our writes
+only turn a byte of the spool's first Z into the image's byte there and delivery only
+appends, so while it is ours, each of its first len(head) bytes is the recorded one or the
+image's. A spool that fails this (or is another inode, or shorter than head) is a different
+file: all of it is new mail, appended to the image, and nothing of it is cut or overwritten
+unread. (A record re-journaled by recovery records the head as it then is: still ours or
+the image's byte by byte.) Version-1 journals (an older build, no `head`) are still read and
+decided by (st_dev, st_ino) alone, as that build would have; version 2 adds `head`.
 The one assumption: a message delivered after a crash is never a byte-for-byte copy of the
 whole spool prefix we were working on (From_ lines carry the delivery time, so it cannot be
 one unless the same mail is delivered twice in the same second); if it were, one of the two
@@ -63,7 +77,9 @@ with mail) and the spool exists; otherwise normal mode, whose recovery runs firs
   - fast-update: give the image the spool's mode and group, rename(2) it over the spool,
     fsync the directory, clear the journal. Recovery: image gone and the spool another inode
     = renamed, done; image still there = not renamed: the spool is untouched (its prefix
-    hashes as recorded), so the image goes and the update simply did not happen. If the mode,
+    hashes as recorded), so the image goes and the update simply did not happen. (Image gone
+    and the spool the same inode number but no longer that prefix: a later file reusing the
+    number after the rename; done too.) If the mode,
     group or rename fails (another filesystem, EXDEV), the copy below is used instead.
   - copy (the default): ftruncate the spool to 0, then normal mode's journaled `commit` of the
     image onto the empty spool (extend, write with the NUL marker, fsync), then clear the
@@ -107,7 +123,12 @@ from .paths import SpoolPaths
 StepHook = Callable[[str], None]
 Log = Callable[[int, str], None]
 
-JOURNAL_VERSION = 1
+JOURNAL_VERSION = 2
+"""Written by this build. Version 1 (no `head` in commit records) is still read: such a record
+is recovered by (st_dev, st_ino) alone, as the build that wrote it would have (see the top)."""
+READABLE_JOURNAL_VERSIONS = (1, JOURNAL_VERSION)
+HEAD_OCTETS = 256
+"""How much of the spool's start a commit record keeps to recognise the spool after a crash."""
 NEW_SPOOL_MODE = 0o660
 """A spool we create in the spool directory: user and mail group, as Debian's adduser makes it."""
 NEW_HOME_SPOOL_MODE = 0o600
@@ -691,8 +712,9 @@ class Maildrop:
             raise PopError(UPDATE_FAILED_TEXT, RespCode.SYS_TEMP,
                            log=f"image of {image_len} octets shorter than spool {spool_len}")
         st = os.fstat(spool)
+        head = os.pread(spool, min(spool_len, HEAD_OCTETS), 0)
         record = {"op": "commit", "dev": st.st_dev, "ino": st.st_ino,
-                  "len": image_len, "spool_len": spool_len}
+                  "len": image_len, "spool_len": spool_len, "head": head.hex()}
         self._journal.write(dict(record, only_copy=True) if only_copy else record)
         if image_len > spool_len:
             self._step("extend-spool")
@@ -815,15 +837,18 @@ class Maildrop:
         onto an empty spool."""
         spool = self._spool.fd
         st = os.fstat(spool)
-        same_file = (st.st_dev, st.st_ino) == (record["dev"], record["ino"])
+        # The inode number alone does not tell: after a crash the spool may have been deleted
+        # and a new one created with the same number. Its first spool_len octets do.
+        untouched = ((st.st_dev, st.st_ino) == (record["dev"], record["ino"])
+                     and st.st_size >= record["spool_len"]
+                     and sha256_of_range(spool, 0, record["spool_len"]) == record["prefix"])
         if not os.path.lexists(self.paths.new_image):
-            if same_file:
+            if untouched:
                 raise PopError(JOURNAL_BAD_TEXT, RespCode.SYS_TEMP,
                                log=f"{self.paths.journal}: replace without its image; left as is")
             self._journal.clear()               # the rename happened
             return
-        if (same_file and st.st_size >= record["spool_len"]
-                and sha256_of_range(spool, 0, record["spool_len"]) == record["prefix"]):
+        if untouched:
             self._note(syslog.LOG_NOTICE, f"{self.user}'s server-mode update had not begun; "
                                           "the spool stays as it was")
             self._journal.clear()
@@ -847,7 +872,7 @@ class Maildrop:
         try:
             st = os.fstat(spool)
             size = st.st_size
-            if (st.st_dev, st.st_ino) != (record["dev"], record["ino"]):
+            if not _same_spool(spool, st, image, record):
                 eof = 0                                  # a different file: all of it is new
             elif size >= image_len and _same_bytes(spool, 0, image, 0, image_len):
                 eof = None                               # the image is in place
@@ -906,7 +931,7 @@ class _Journal:
             if st.st_uid != os.geteuid() or not stat.S_ISREG(st.st_mode):
                 raise ValueError("not our plain file")
             record = json.loads(data)
-            if record.get("v") != JOURNAL_VERSION:
+            if record.get("v") not in READABLE_JOURNAL_VERSIONS:
                 raise ValueError(f"version {record.get('v')!r}")
         except ValueError as exc:
             raise PopError(JOURNAL_BAD_TEXT, RespCode.SYS_TEMP,
@@ -991,6 +1016,25 @@ def _copy(src: int, src_off: int, length: int, dst: int, dst_off: int, step: Ste
         pwrite_all(dst, data, dst_off + done)
         done += len(data)
         refresh()
+
+
+def _same_spool(spool: int, st: os.stat_result, image: int, record: dict) -> bool:
+    """Is this the spool the commit was rewriting, and not a file that replaced it after the
+    crash (which may reuse the inode number)? Our writes only ever turn a byte of the spool's
+    first Z octets into the image's byte there, and delivery only appends, so each of the
+    first len(head) octets must still be the recorded one or the image's. A version-1 record
+    has no head: the inode alone decides, as before."""
+    if (st.st_dev, st.st_ino) != (record["dev"], record["ino"]):
+        return False
+    if "head" not in record:
+        return True
+    head = bytes.fromhex(record["head"])
+    if st.st_size < len(head):
+        return False                        # we never cut the spool below Z
+    now = os.pread(spool, len(head), 0)
+    ours = os.pread(image, len(head), 0)
+    return len(now) == len(ours) == len(head) and all(
+        byte in (old, new) for byte, old, new in zip(now, head, ours))
 
 
 def _same_bytes(a: int, a_off: int, b: int, b_off: int, length: int) -> bool:

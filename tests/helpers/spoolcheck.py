@@ -313,3 +313,46 @@ def fill_up(directory) -> str:
         except OSError:
             pass
     return filler
+
+
+# --- a spool replaced after a crash by a file with the same inode number -------------------------
+REPLACEMENT = (b"".join(message(n) for n in (300, 301)))
+"""Mail of a spool that replaced ours after a crash (Message-Ids <300@...>, <301@...>)."""
+
+
+def replace_spool_keeping_inode_number(spool_dir, data: bytes, how: str) -> bool:
+    """After a crash, put a spool holding only `data` where ours was, with OUR inode number -
+    so (st_dev, st_ino) cannot tell them apart. "rewrite": truncate and rewrite the file in
+    place. "recreate": delete it and create files in the same directory until one gets the
+    freed number (ext4 and tmpfs usually hand it out at once), which is renamed to the spool.
+    False when no file got the number (the caller skips)."""
+    cfg = Config.defaults().replace(spool_dir=str(spool_dir))
+    spool = SpoolPaths.for_user(cfg, USER, None).spool
+    old = os.stat(spool)
+    if how == "rewrite":
+        fd = os.open(spool, os.O_WRONLY | os.O_TRUNC)
+    else:
+        os.unlink(spool)
+        fd, candidates = None, []
+        try:
+            for n in range(64):
+                name = f"{spool}.candidate{n}"
+                candidate = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o660)
+                if os.fstat(candidate).st_ino == old.st_ino:
+                    os.rename(name, spool)
+                    fd = candidate
+                    break
+                candidates.append(name)
+                os.close(candidate)
+        finally:
+            for name in candidates:
+                os.unlink(name)
+        if fd is None:
+            return False
+    try:
+        assert (os.fstat(fd).st_dev, os.fstat(fd).st_ino) == (old.st_dev, old.st_ino)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return True
