@@ -105,6 +105,7 @@ the server and the delivery agent touch spools. Without fast-update the spool ke
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import grp
 import json
@@ -229,17 +230,11 @@ class Maildrop:
         marked = {id(self.messages[i]) for i in retrieved}
         if self.server_mode:
             return self._update_server(kept, marked, bool(doomed))
-        try:
+        with self._writing_back():
             if not kept:
                 self._empty_drop()
             else:
                 self._commit_with_lock(lambda write: self._write_kept(kept, marked, write))
-        except OSError as exc:
-            raise self._failure(exc, UPDATE_FAILED_TEXT, OVERQUOTA_UPDATE_TEXT) from None
-        except PopError as refusal:
-            raise self._update_refused(refusal) from None
-        finally:
-            self.close()
 
     def restore(self) -> None:
         """Abort without update (pop_restore): the drop goes back in front of any new mail."""
@@ -250,9 +245,16 @@ class Maildrop:
             finally:
                 self.close()
             return
-        try:
+        with self._writing_back():
             if os.fstat(self._session.fd).st_size:
                 self._commit_with_lock(self._write_drop_raw)
+
+    @contextlib.contextmanager
+    def _writing_back(self):
+        """What every write-back (update in either mode, restore) shares: errors mapped to the
+        client's reply (mail stays in the temporary drop), and the session lock released."""
+        try:
+            yield
         except OSError as exc:
             raise self._failure(exc, UPDATE_FAILED_TEXT, OVERQUOTA_UPDATE_TEXT) from None
         except PopError as refusal:
@@ -461,7 +463,7 @@ class Maildrop:
     def _update_server(self, kept, marked, any_deleted: bool) -> None:
         """QUIT in server mode (§2.6): nothing changed -> no spool write; all deleted and no
         new mail -> truncate; otherwise replace the spool with the new image (see top)."""
-        try:
+        with self._writing_back():
             if not any_deleted and not self._headers_to_write(marked):
                 self._store_cache_if_stale()
                 return
@@ -472,12 +474,6 @@ class Maildrop:
                 self._spool.release()
                 self._spool = None
             self._store_cache_of_new_spool(state, rescan)
-        except OSError as exc:
-            raise self._failure(exc, UPDATE_FAILED_TEXT, OVERQUOTA_UPDATE_TEXT) from None
-        except PopError as refusal:
-            raise self._update_refused(refusal) from None
-        finally:
-            self.close()
 
     def _headers_to_write(self, marked) -> bool:
         """Would the write-back change any message? (X-UIDL after the From line, a Status
