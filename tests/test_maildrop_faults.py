@@ -18,8 +18,8 @@ from qpopper.spool.maildrop import Maildrop
 from qpopper.spool.paths import SpoolPaths
 from tests.helpers.spoolcheck import (AFTER_CRASH, AFTER_CRASH_MMDF, LOCK_STEP_S,
                                       REPLACEMENT, USER, allowed_after_kill, deliver,
-                                      deliver_after_crash, from_line, in_child, killer_at,
-                                      message, mmdf, next_session_view,
+                                      deliver_after_crash, drive_session, from_line, in_child,
+                                      killer_at, message, mmdf, next_session_view,
                                       replace_spool_keeping_inode_number)
 
 # name: (initial spool, mail delivered during the session, deleted, retrieved)
@@ -59,16 +59,8 @@ def run_session(spool_dir, scenario: str, shape: str, hook) -> None:
     _spool, new_mail, deleted, retrieved = SHAPES[shape]
     paths = SpoolPaths.for_user(cfg, USER, None)
     drop = Maildrop.open(cfg, paths, USER, step_hook=hook, lock_step_s=LOCK_STEP_S)
-    for i in sorted(retrieved):
-        drop.send(i, lambda data: None)
-    if new_mail:
-        deliver(cfg, new_mail)
-    if scenario == "update":
-        drop.update(set(deleted), set(retrieved))
-    elif scenario == "restore":
-        drop.restore()
-    else:
-        drop.close()                     # "crash" after open: the drop keeps the mail
+    drive_session(drop, scenario, deleted, retrieved,
+                  (lambda: deliver(cfg, new_mail)) if new_mail else None)
 
 
 def snapshot(spool_dir, shape: str, hook=None):

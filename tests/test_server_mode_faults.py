@@ -18,7 +18,8 @@ from qpopper.config import Config
 from qpopper.spool.maildrop import Maildrop
 from qpopper.spool.paths import SpoolPaths
 from tests.helpers.spoolcheck import (AFTER_CRASH, AFTER_CRASH_MMDF, LOCK_STEP_S, USER,
-                                      allowed_after_kill, deliver_after_crash, in_child,
+                                      allowed_after_kill, deliver_after_crash, drive_session,
+                                      in_child,
                                       killer_at, message, mmdf, next_session_view)
 from tests.helpers.spoolcheck import deliver as locked_deliver
 
@@ -61,16 +62,8 @@ def run_session(spool_dir, scenario: str, shape: str, fast: bool, hook) -> None:
     paths = SpoolPaths.for_user(cfg, USER, None)
     drop = Maildrop.open(cfg, paths, USER, step_hook=hook, lock_step_s=LOCK_STEP_S)
     assert drop.server_mode
-    for i in sorted(retrieved):
-        drop.send(i, lambda data: None)
-    if new_mail:
-        deliver(paths, new_mail)
-    if scenario == "update":
-        drop.update(set(deleted), set(retrieved))
-    elif scenario == "restore":
-        drop.restore()
-    else:
-        drop.close()
+    drive_session(drop, scenario, deleted, retrieved,
+                  (lambda: deliver(paths, new_mail)) if new_mail else None)
 
 
 def snapshot(spool_dir, hook=None):

@@ -172,6 +172,22 @@ def deliver_under_dotlockfile(paths: SpoolPaths, data: bytes) -> None:
 
 
 # --- what a session sees -------------------------------------------------------------------------
+def drive_session(drop: Maildrop, scenario: str, deleted, retrieved, deliver_new_mail=None) -> None:
+    """One session as the protocol drives it after open: RETR `retrieved`, let new mail arrive
+    (`deliver_new_mail()`), then QUIT ("update"), abort ("restore"), or a "crash" after open
+    (the drop just closes and keeps the mail)."""
+    for i in sorted(retrieved):
+        drop.send(i, lambda data: None)
+    if deliver_new_mail is not None:
+        deliver_new_mail()
+    if scenario == "update":
+        drop.update(set(deleted), set(retrieved))
+    elif scenario == "restore":
+        drop.restore()
+    else:
+        drop.close()
+
+
 def message_ids(drop: Maildrop) -> list[str]:
     ids = []
     for i in range(len(drop.messages)):
