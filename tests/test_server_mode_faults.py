@@ -19,8 +19,7 @@ from qpopper.spool.maildrop import Maildrop
 from qpopper.spool.paths import SpoolPaths
 from tests.helpers.spoolcheck import (AFTER_CRASH, AFTER_CRASH_MMDF, LOCK_STEP_S, USER,
                                       allowed_after_kill, deliver_after_crash, drive_session,
-                                      in_child,
-                                      killer_at, message, mmdf, next_session_view)
+                                      in_child, killer_at, message, mmdf, next_session_view)
 from tests.helpers.spoolcheck import deliver as locked_deliver
 
 X_UIDL = b"X-UIDL: existing-uid-%05d\nStatus: RO\n"
