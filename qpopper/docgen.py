@@ -218,7 +218,7 @@ def effective_config(cfg: Config, invocation: Invocation) -> str:
     files = ", ".join(invocation.config_files) or "none"
     rows = [(opt.name, opt.format(value), source) for opt, value, source in cfg.items()]
     name_width = max(len(name) for name, _, _ in rows)
-    value_width = min(max(len(value) for _, value, _ in rows), 40)
+    value_width = max(len(value) for _, value, _ in rows)   # no cap: a long path must not shift SOURCE
     out = [f"# popper {__version__} (Qpopper {QPOPPER_VERSION}): configuration valid; "
            f"files read: {files}",
            f"{'OPTION'.ljust(name_width)}  {'VALUE'.ljust(value_width)}  SOURCE"]

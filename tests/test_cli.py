@@ -55,6 +55,37 @@ def test_check_config_prints_every_option_value_and_source():
         assert row[source_column - 2:source_column] == "  " and row[source_column] != " ", row
 
 
+def test_check_config_keeps_columns_aligned_for_a_long_path(tmp_path):
+    # a config file deep in a long directory: its path is the widest value of the table
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    config = deep / "qpopper.config"
+    config.write_text(EXAMPLE.read_text())
+    result = popper("--check-config", "-f", str(config))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    source_column = lines[1].index("SOURCE")
+    assert source_column > len(str(config))
+    for row in lines[2:]:
+        assert row[source_column - 2:source_column] == "  " and row[source_column] != " ", row
+
+
+def test_readme_check_config_example_matches_the_real_output():
+    """The README's `popper --check-config` transcript stays true: every row it shows
+    (the '...' elisions aside) is a row the command prints for the shipped file."""
+    readme = (REPO / "README.md").read_text()
+    command = "$ .venv/bin/popper --check-config -f etc/qpopper/qpopper.config\n"
+    assert command in readme
+    shown = readme.split(command, 1)[1].split("\n\n", 1)[0].splitlines()
+    result = popper("--check-config", "-f", "etc/qpopper/qpopper.config")
+    assert result.returncode == 0, result.stderr
+    printed = set(result.stdout.splitlines())
+    rows = [line for line in shown if line != "..."]
+    assert len(rows) >= 8
+    for line in rows:
+        assert line in printed, f"README shows a line popper does not print: {line!r}"
+
+
 def test_check_config_reports_the_file_and_line_of_a_mistake(tmp_path):
     bad = tmp_path / "bad.config"
     bad.write_text("set statistics\nset tls-support = sometimes\n")
