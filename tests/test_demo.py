@@ -20,12 +20,15 @@ pytestmark = pytest.mark.timeout(90)
 
 
 class Demo:
-    def __init__(self, cwd, port=None, user=None):
+    def __init__(self, cwd, port=None, user=None, command=(POPPER,), env=None):
+        # an ordinary user: its own uid, gid and no groups (root's gid 0 would be refused)
+        ids = {} if user is None else {"user": user.uid, "group": user.gid, "extra_groups": []}
         self.port = port or free_port()
         self.cwd = cwd
         self.proc = subprocess.Popen(
-            [POPPER, "--demo", f"127.0.0.1:{self.port}"], cwd=cwd, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, user=user, start_new_session=True)
+            [*command, "--demo", f"127.0.0.1:{self.port}"], cwd=cwd, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, **ids,
+            start_new_session=True)
         wait_for_greeting("127.0.0.1", self.port, self.proc)
 
     def stop(self) -> tuple[int, str, str]:
@@ -112,16 +115,43 @@ def test_demo_refuses_a_non_loopback_address(tmp_path):
     assert not (tmp_path / "demo-data").exists()
 
 
+SYSTEM_PYTHON = "/usr/bin/python3"
+RUNTIME_MODULES = "import daemon, setproctitle, pam, OpenSSL, lockfile"
+
+
+def popper_for(user, world_tmp) -> tuple[list[str], dict | None]:
+    """How `user` runs popper: the virtualenv's script when the user can reach its interpreter
+    (a pyenv interpreter under /root cannot be), else Debian's python3 with the Debian runtime
+    packages (`make test` installs them as root) and a copy of the package the user can read."""
+    try:
+        if subprocess.run([POPPER, "--version"], user=user.uid, group=user.gid, extra_groups=[],
+                          capture_output=True, timeout=30).returncode == 0:
+            return [POPPER], None
+    except PermissionError:
+        pass
+    if not os.access(SYSTEM_PYTHON, os.X_OK) or subprocess.run(
+            [SYSTEM_PYTHON, "-c", RUNTIME_MODULES], capture_output=True, timeout=30).returncode:
+        pytest.skip("neither the virtualenv's interpreter nor Debian's python3 with the runtime "
+                    "packages is usable by other users here")
+    code = os.path.join(world_tmp, "code")
+    shutil.copytree(REPO / "qpopper", os.path.join(code, "qpopper"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for root, dirs, files in os.walk(code):
+        for name in dirs + files:
+            os.chmod(os.path.join(root, name), 0o755 if name in dirs else 0o644)
+    os.chmod(code, 0o755)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": code, "HOME": world_tmp, "LANG": "C.UTF-8"}
+    return [SYSTEM_PYTHON, "-c", "import sys; from qpopper.cli import popper_main; "
+            "sys.argv[0] = 'popper'; sys.exit(popper_main())"], env
+
+
 def test_demo_runs_as_the_invoking_user(world_tmp, system_users):
     user = system_users.create()
-    os.chown(world_tmp, user.uid, user.gid)
-    try:
-        probe = subprocess.run([POPPER, "--version"], user=user.uid, capture_output=True)
-    except PermissionError:
-        probe = None
-    if probe is None or probe.returncode != 0:
-        pytest.skip("the virtualenv's interpreter is not reachable by other users here")
-    demo = Demo(world_tmp, user=user.uid)
+    command, env = popper_for(user, world_tmp)
+    data = os.path.join(world_tmp, "run")
+    os.mkdir(data)
+    os.chown(data, user.uid, user.gid)
+    demo = Demo(data, user=user, command=command, env=env)
     try:
         client = pop(demo.port)
         assert client.stat()[0] == 3
@@ -131,7 +161,7 @@ def test_demo_runs_as_the_invoking_user(world_tmp, system_users):
         code, out, _ = demo.stop()
     assert code == 0
     assert f"running as {user.name}" in out
-    assert os.stat(os.path.join(world_tmp, "demo-data", "pop.auth")).st_uid == user.uid
+    assert os.stat(os.path.join(data, "demo-data", "pop.auth")).st_uid == user.uid
 
 
 def test_as_root_the_demo_serves_as_an_unprivileged_account(world_tmp):
