@@ -1,0 +1,571 @@
+#!/usr/bin/env python3
+"""qpopper-py against a reference POP3 server (popa3d), measured in the same run.
+
+A benchmark, not a test: run it by hand, as root, from the repository root, with the venv:
+
+    .venv/bin/python bench/vs_reference.py                 # ~300 MB / 20,000 msgs, 3 runs each
+    .venv/bin/python bench/vs_reference.py --quick         # ~30 MB / 2,000 msgs, 1 run each
+    .venv/bin/python bench/vs_reference.py --size 1G --messages 0 --repeat 3 --scenarios bigbox
+
+What it does, all on 127.0.0.1:
+- the reference: Debian's popa3d, fetched with `apt-get download popa3d` + `dpkg-deb -x` into a
+  temp directory (never installed: it Conflicts with pop3-server), or `--reference-binary PATH`.
+  It runs inetd-style under `systemd-socket-activate --inetd`. What its postinst would make (the
+  `popa3d` system user and group, /var/lib/popa3d) and /etc/pam.d/popa3d are created when
+  missing and removed afterwards — only what this script created;
+- qpopper-py: the real standalone master (`popper`), in normal mode and/or server mode (the
+  mode whose `.user.cache` makes a second session on the same spool cheap);
+- both authenticate the same throw-away `qpt…` users through PAM with the same stack
+  (common-auth + common-account), so the password hash costs both the same;
+- the same seeded spools (../shared/bench/mkspool.py) are copied to each server's spool
+  (popa3d: /var/mail/USER, compiled in; qpopper-py: a temp spool directory per mode), with the
+  mtime set 10 s back (popa3d otherwise waits ~1 s on a mailbox changed this second);
+- the shared load generator ../shared/bench/pop3bench.py measures: bigbox cold (fresh copy
+  before each run) with RETR + DELE of every message, bigbox without RETR cold and then warm
+  (same spool again), sessions at each concurrency, idle memory per held session.
+
+It prints a table of medians with the ratio qpopper-py / popa3d for each figure, then one JSON
+line. Users, spools, the PAM file and every server started are removed/stopped at the end, also
+on failure or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import grp
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.helpers.pam_service import STOCK_POP3, installed_pam_service  # noqa: E402
+from tests.helpers.sysusers import SystemUsers, world_readable_tmpdir  # noqa: E402
+from tests.server_harness import (PopperServer, free_port, make_spool_dir,  # noqa: E402
+                                  write_config)
+
+DEFAULT_BENCH_DIR = REPO.parent / "shared" / "bench"
+REFERENCE = "popa3d"
+POPA3D_SPOOL_DIR = "/var/mail"            # compiled into popa3d (MAIL_SPOOL_PATH)
+POPA3D_PAM_FILE = "/etc/pam.d/popa3d"
+POPA3D_HOME = "/var/lib/popa3d"
+MTIME_BACKDATE_S = 10
+TINY_MS = 5               # below this on both sides a ratio says little (one scheduler tick)
+BIG_SEED = 300
+SMALL_SEED = 100
+
+# (scenario, metric, label, unit, higher_is_better)
+FIGURES = (
+    ("big_cold", "session_start_s", "session start (PASS -> +OK)", "s", False),
+    ("big_cold", "stat_s", "STAT", "s", False),
+    ("big_cold", "list_s", "LIST", "s", False),
+    ("big_cold", "uidl_s", "UIDL", "s", False),
+    ("big_cold", "retr_MBps", "RETR all", "MB/s", True),
+    ("big_cold", "retr_client_cpu_frac", "  client CPU during RETR", "cores", None),
+    ("big_cold", "dele_s", "DELE all", "s", False),
+    ("big_cold", "quit_s", "QUIT (mbox update after DELE all)", "s", False),
+    ("big_cold", "check_failures", "  pop3bench checks", "", None),
+    ("peek_cold", "session_start_s", "session start", "s", False),
+    ("peek_cold", "stat_s", "STAT", "s", False),
+    ("peek_cold", "uidl_s", "UIDL", "s", False),
+    ("peek_cold", "quit_s", "QUIT (no change)", "s", False),
+    ("peek_warm", "session_start_s", "session start", "s", False),
+    ("peek_warm", "stat_s", "STAT", "s", False),
+    ("peek_warm", "uidl_s", "UIDL", "s", False),
+    ("peek_warm", "quit_s", "QUIT (no change)", "s", False),
+    ("idle", "pss_kb_per_session", "PSS per held session", "KiB", False),
+    ("idle", "rss_kb_per_session", "  RSS per held session", "KiB", None),
+)
+SESSION_FIGURES = (("sessions_per_s", "sessions/s", "1/s", True),
+                   ("lat_p50_ms", "latency p50", "ms", False),
+                   ("lat_p99_ms", "latency p99", "ms", False),
+                   ("errors", "  errors", "", None))
+SCENARIO_TITLES = {
+    "big_cold": "bigbox, fresh copy before each run: RETR all + DELE all + QUIT (--quickack)",
+    "peek_cold": "bigbox without RETR/DELE, fresh copy before each run (cold)",
+    "peek_warm": "bigbox without RETR/DELE, same spool again (warm)",
+    "idle": "idle: sessions held open, memory of the server process tree",
+}
+
+
+@dataclass
+class Target:
+    """One server under test: its label, port, the pid whose tree `idle` measures, and the
+    directory its users' spools live in (plus the files a cold start removes)."""
+
+    label: str
+    port: int
+    pid: int
+    spool_dir: str
+    cold_extra_files: tuple[str, ...] = ()          # %s = user name
+    results: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- the reference server
+
+def run_quiet(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
+
+
+@contextlib.contextmanager
+def reference_binary(explicit: str | None, work: str):
+    """Yields (path of popa3d, text of the package's PAM file or None)."""
+    if explicit:
+        yield os.path.abspath(explicit), None
+        return
+    where = os.path.join(work, "popa3d-deb")
+    os.mkdir(where)
+    result = subprocess.run(["apt-get", "download", "popa3d"], cwd=where, capture_output=True,
+                            text=True, timeout=300)
+    debs = sorted(Path(where).glob("popa3d_*.deb"))
+    if result.returncode != 0 or not debs:
+        raise SystemExit("vs_reference.py: `apt-get download popa3d` failed (use "
+                         f"--reference-binary):\n{result.stderr.strip()}")
+    tree = os.path.join(where, "root")
+    run_quiet("dpkg-deb", "-x", str(debs[0]), tree)
+    pam_text = Path(tree, "etc/pam.d/popa3d").read_text()
+    yield os.path.join(tree, "usr/sbin/popa3d"), pam_text
+
+
+@contextlib.contextmanager
+def popa3d_prerequisites(pam_text: str | None):
+    """What popa3d's postinst and package would provide; removes only what it created."""
+    undo = []
+    try:
+        try:
+            grp.getgrnam("popa3d")
+        except KeyError:
+            run_quiet("groupadd", "--system", "popa3d")
+            undo.append(("group", "popa3d"))
+        try:
+            pwd.getpwnam("popa3d")
+        except KeyError:
+            run_quiet("useradd", "--system", "--gid", "popa3d", "--home-dir", POPA3D_HOME,
+                      "--no-create-home", "--shell", "/usr/sbin/nologin", "popa3d")
+            undo.append(("user", "popa3d"))
+        if not os.path.isdir(POPA3D_HOME):
+            os.mkdir(POPA3D_HOME, 0o755)
+            undo.append(("dir", POPA3D_HOME))
+        if not os.path.exists(POPA3D_PAM_FILE):
+            fd = os.open(POPA3D_PAM_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                         0o644)
+            with os.fdopen(fd, "w") as f:
+                f.write(pam_text or STOCK_POP3)
+            undo.append(("file", POPA3D_PAM_FILE))
+        yield [f"{kind} {name}" for kind, name in undo]
+    finally:
+        for kind, name in reversed(undo):
+            with contextlib.suppress(OSError, subprocess.CalledProcessError, KeyError):
+                if kind == "file":
+                    os.unlink(name)
+                elif kind == "dir":
+                    os.rmdir(name)
+                elif kind == "user":
+                    run_quiet("userdel", name)
+                elif kind == "group":
+                    grp.getgrnam(name)            # userdel may already have removed it
+                    run_quiet("groupdel", name)
+
+
+def wait_for_banner(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    """Connect until the server says +OK (popa3d's banner is a bare `+OK`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"vs_reference.py: the reference server exited ({proc.returncode})")
+        with contextlib.suppress(OSError):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                banner = sock.recv(512)
+                sock.sendall(b"QUIT\r\n")
+                sock.recv(512)
+            if banner.startswith(b"+OK"):
+                return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"vs_reference.py: no +OK banner on 127.0.0.1:{port}")
+        time.sleep(0.05)                  # between connection attempts
+
+
+def processes_running(binary: str) -> list[int]:
+    """Pids whose executable is `binary` (a popa3d left behind by its activator)."""
+    real = os.path.realpath(binary)
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{entry}/exe").removesuffix(" (deleted)") == real:
+                    pids.append(int(entry))
+    return pids
+
+
+@contextlib.contextmanager
+def popa3d_server(binary: str, work: str):
+    """popa3d inetd-style behind systemd-socket-activate on a free loopback port."""
+    port = free_port()
+    log = os.path.join(work, "popa3d.log")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(["systemd-socket-activate", "--inetd", "-a", "-l",
+                                 f"127.0.0.1:{port}", binary], stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=out, start_new_session=True)
+    try:
+        wait_for_banner(port, proc)
+        yield proc, port
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+        for pid in processes_running(binary):   # a session that outlived its activator
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------- qpopper-py
+
+@contextlib.contextmanager
+def qpopper_server(work: str, pam_service: str, mode: str, max_sessions: int):
+    root = os.path.join(work, f"qpopper-{mode}")
+    os.mkdir(root)
+    os.chmod(root, 0o755)
+    spool_dir = make_spool_dir(root)
+    # Session limits above what the scenarios open (the default 20 per address would refuse
+    # the idle scenario's sessions, all from 127.0.0.1); popa3d under the activator has none.
+    config = write_config(os.path.join(root, "qpopper.config"), spool_dir=spool_dir,
+                          pam_service=pam_service, timeout=600, reverse_lookup=False,
+                          server_mode=(mode == "server"), max_children=max_sessions,
+                          max_children_per_address=max_sessions)
+    with PopperServer(root, config) as server:
+        yield server, spool_dir
+
+
+# ---------------------------------------------------------------- spools and pop3bench
+
+def make_spool(bench: Path, out: str, *, seed: int, size: str | None, count: int | None) -> dict:
+    cmd = [sys.executable, str(bench / "mkspool.py"), "--seed", str(seed), "--user", "qptbench",
+           "-o", out]
+    if size:
+        cmd += ["-s", size]
+    if count:
+        cmd += ["-n", str(count)]
+    made = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=1800)
+    return json.loads(made.stderr.strip().splitlines()[-1])
+
+
+def write_restore_script(work: str) -> str:
+    """restore.sh SRC DEST USER [EXTRA...]: a fresh copy of SRC as DEST (new inode, user:mail,
+    0600, mtime backdated), and EXTRA files (a stale cache) removed."""
+    path = os.path.join(work, "restore.sh")
+    Path(path).write_text(
+        "#!/bin/sh\nset -e\nsrc=$1 dest=$2 user=$3\nshift 3\n"
+        'cp "$src" "$dest.tmp"\nchown "$user:mail" "$dest.tmp"\nchmod 600 "$dest.tmp"\n'
+        f'touch -d "@$(( $(date +%s) - {MTIME_BACKDATE_S} ))" "$dest.tmp"\n'
+        'mv "$dest.tmp" "$dest"\nrm -f "$@"\n')
+    os.chmod(path, 0o755)
+    return path
+
+
+def restore_command(script: str, master: str, target: Target, user: str, cold: bool) -> str:
+    extra = [os.path.join(target.spool_dir, pattern % user) for pattern in target.cold_extra_files]
+    return " ".join([script, master, os.path.join(target.spool_dir, user), user,
+                     *(extra if cold else [])])
+
+
+def pop3bench(bench: Path, scenario: str, target: Target, args, raw_out, *extra: str) -> dict:
+    cmd = [sys.executable, str(bench / "pop3bench.py"), scenario, "--host", "127.0.0.1",
+           "--port", str(target.port), "--timeout", "1200", "--label", target.label, *extra]
+    started = time.monotonic()
+    hidden = {"--password", "--user", "--before", "--users-file", "--server-pid"}
+    shown = [a for i, a in enumerate(extra) if a not in hidden and
+             (i == 0 or extra[i - 1] not in hidden)]
+    print(f"  {time.strftime('%H:%M:%S')} {target.label:<15} {scenario} {' '.join(shown)}",
+          flush=True)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=7200)
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines or not lines[-1].startswith("{"):
+        raise SystemExit(f"pop3bench {scenario} against {target.label} failed:\n"
+                         f"{result.stderr[-2000:]}{result.stdout[-2000:]}")
+    data = json.loads(lines[-1])
+    data["wall_s"] = round(time.monotonic() - started, 1)
+    if data.get("failures"):
+        print(f"    WARNING: {len(data['failures'])} failed run(s): {data['failures'][:2]}")
+    if raw_out:
+        raw_out.write(json.dumps(data) + "\n")
+        raw_out.flush()
+    return data
+
+
+# ---------------------------------------------------------------- scenarios
+
+def run_bigbox(bench, targets, users_big, master, restore, args, raw_out):
+    verify = [] if args.verify else ["--no-verify"]
+    # --quickack everywhere: popa3d writes multi-line replies in pieces without TCP_NODELAY, and
+    # would otherwise wait ~40 ms on the client's delayed ACK (shared/bench/README.md).
+    common = ["--user", users_big.name, "--password", users_big.password,
+              "--repeat", str(args.repeat), "--pause", "1", "--quickack"]
+    for target in targets:       # cold then warm on the same file, one server at a time
+        cold = restore_command(restore, master, target, users_big.name, cold=True)
+        target.results["peek_cold"] = pop3bench(bench, "bigbox", target, args, raw_out,
+                                                *common, "--no-retr", "--before", cold)
+        target.results["peek_warm"] = pop3bench(bench, "bigbox", target, args, raw_out,
+                                                *common, "--no-retr")
+    for target in targets:
+        cold = restore_command(restore, master, target, users_big.name, cold=True)
+        target.results["big_cold"] = pop3bench(bench, "bigbox", target, args, raw_out, *common,
+                                               "--dele", *verify, "--before", cold)
+
+
+def restore_small(restore, small_masters, targets, users):
+    for target in targets:
+        for user, master in zip(users, small_masters):
+            subprocess.run(restore_command(restore, master, target, user.name, cold=True),
+                           shell=True, check=True)
+
+
+def run_sessions(bench, targets, users_file, small, args, raw_out):
+    restore, masters, users = small
+    restore_small(restore, masters, targets, users)
+    for concurrency in args.concurrency:
+        for target in targets:
+            if concurrency == args.concurrency[0]:       # a short warm-up, not counted
+                pop3bench(bench, "sessions", target, args, raw_out, "--users-file", users_file,
+                          "-c", str(max(args.concurrency)), "-d", "2")
+            target.results[f"sessions_c{concurrency}"] = pop3bench(
+                bench, "sessions", target, args, raw_out, "--users-file", users_file,
+                "-c", str(concurrency), "-d", str(args.session_seconds),
+                "--repeat", str(args.repeat), "--pause", "1")
+
+
+def run_idle(bench, targets, users_file, small, args, raw_out):
+    restore, masters, users = small
+    restore_small(restore, masters, targets, users)
+    for target in targets:
+        target.results["idle"] = pop3bench(
+            bench, "idle", target, args, raw_out, "--users-file", users_file,
+            "-n", str(args.idle_sessions), "--server-pid", str(target.pid),
+            "--repeat", str(args.repeat), "--pause", "1")
+
+
+# ---------------------------------------------------------------- report
+
+def median(target: Target, scenario: str, metric: str):
+    return target.results.get(scenario, {}).get("median", {}).get(metric)
+
+
+def ratio_text(mine, ref, higher_is_better, unit) -> tuple[float | None, str]:
+    if not isinstance(mine, (int, float)) or not isinstance(ref, (int, float)) or not ref:
+        return None, ""
+    ratio = mine / ref
+    if higher_is_better is None:
+        return ratio, ""
+    if higher_is_better:
+        worse = ratio < 1
+        factor = 1 / ratio if worse and ratio else ratio
+    else:
+        worse = ratio > 1
+        factor = ratio if worse else (ref / mine if mine else float("inf"))
+    if 0.9 <= ratio <= 1.1:
+        return ratio, "about equal"
+    if unit in ("s", "ms") and max(mine, ref) * (1000 if unit == "s" else 1) < TINY_MS:
+        return ratio, f"both < {TINY_MS} ms"
+    return ratio, f"{factor:.1f}x {'worse' if worse else 'better'}"
+
+
+def show(value) -> str:
+    if isinstance(value, list):
+        return "OK" if not value else "; ".join(value)[:40]
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    return "-" if value is None else str(value)
+
+
+def report(reference: Target, mine: list[Target], args, spool: dict) -> dict:
+    rows = [(s, m, label, unit, hib) for s, m, label, unit, hib in FIGURES]
+    for concurrency in args.concurrency:
+        rows += [(f"sessions_c{concurrency}", m, label, unit, hib)
+                 for m, label, unit, hib in SESSION_FIGURES]
+    ratios = {t.label: {} for t in mine}
+    medians = {t.label: {} for t in [reference, *mine]}
+    header = f"{'figure':<36} {'unit':>5} {reference.label:>10}"
+    for target in mine:
+        header += f" | {target.label:>16} {'ratio':>6} {'verdict':<14}"
+    last_scenario = None
+    print()
+    print(f"spool: {spool.get('messages', spool.get('count'))} messages, "
+          f"{spool.get('bytes', spool.get('total_bytes'))} bytes; medians of {args.repeat} run(s);"
+          f" ratio = qpopper-py / {REFERENCE}")
+    for scenario, metric, label, unit, hib in rows:
+        if reference.results.get(scenario) is None:
+            continue
+        if scenario != last_scenario:
+            title = SCENARIO_TITLES.get(scenario) or (
+                f"sessions: connect/USER/PASS/STAT/QUIT, C={scenario.split('_c')[1]}, "
+                f"{args.session_seconds} s runs")
+            print(f"\n{title}\n{header}")
+            last_scenario = scenario
+        ref_value = median(reference, scenario, metric)
+        for target in [reference, *mine]:
+            medians[target.label][f"{scenario}.{metric}"] = median(target, scenario, metric)
+        line = f"{label:<36} {unit:>5} {show(ref_value):>10}"
+        for target in mine:
+            value = median(target, scenario, metric)
+            ratio, verdict = ratio_text(value, ref_value, hib, unit)
+            if ratio is not None and hib is not None:
+                ratios[target.label][f"{scenario}.{metric}"] = round(ratio, 3)
+            line += (f" | {show(value):>16} {'' if ratio is None else f'{ratio:.2f}':>6} "
+                     f"{verdict:<14}")
+        print(line)
+    return medians, ratios
+
+
+# ---------------------------------------------------------------- main
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="small defaults: 30M / 2000 messages, 1 run, 3 s sessions, 20 idle")
+    parser.add_argument("--size", help="big spool size for mkspool.py (300M; quick 30M)")
+    parser.add_argument("--messages", type=int,
+                        help="big spool message count, 0 = follows from --size (20000; quick 2000)")
+    parser.add_argument("--repeat", type=int, help="runs per figure, medians (3; quick 1)")
+    parser.add_argument("--session-seconds", type=float, help="length of a sessions run (10; quick 3)")
+    parser.add_argument("--concurrency", default="1,8", help="sessions concurrencies (1,8)")
+    parser.add_argument("--idle-sessions", type=int, help="sessions held by idle (100; quick 20)")
+    parser.add_argument("--scenarios", default="bigbox,sessions,idle",
+                        help="any of bigbox,sessions,idle (all)")
+    parser.add_argument("--qpopper-modes", default="normal,server",
+                        help="qpopper-py configurations: normal (temp drop), server (server-mode "
+                             "with its cache); both by default")
+    parser.add_argument("--verify", action="store_true",
+                        help="let pop3bench check every RETRed message (costs client CPU)")
+    parser.add_argument("--reference-binary", help="a popa3d binary instead of apt-get download")
+    parser.add_argument("--raw-out", help="append every pop3bench JSON result to this file")
+    parser.add_argument("--bench-dir", default=str(DEFAULT_BENCH_DIR),
+                        help="where pop3bench.py and mkspool.py are (../shared/bench)")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    for name, normal, small in (("size", "300M", "30M"), ("messages", 20000, 2000),
+                                ("repeat", 3, 1), ("session_seconds", 10.0, 3.0),
+                                ("idle_sessions", 100, 20)):
+        if getattr(args, name) is None:
+            setattr(args, name, small if quick else normal)
+    args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
+    args.scenarios = [s for s in args.scenarios.split(",") if s]
+    args.qpopper_modes = [m for m in args.qpopper_modes.split(",") if m]
+    bad = (set(args.scenarios) - {"bigbox", "sessions", "idle"}) or \
+        (set(args.qpopper_modes) - {"normal", "server"})
+    if bad or not args.qpopper_modes or args.repeat < 1 or not args.concurrency:
+        parser.error(f"bad --scenarios/--qpopper-modes/--repeat/--concurrency {sorted(bad)}")
+    return args
+
+
+def raise_on_sigterm(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        print("vs_reference.py: run as root (it creates users, a PAM file, servers)",
+              file=sys.stderr)
+        return 2
+    bench = Path(args.bench_dir)
+    if not (bench / "pop3bench.py").exists():
+        print(f"vs_reference.py: no pop3bench.py in {bench} (use --bench-dir)", file=sys.stderr)
+        return 2
+    if not shutil.which("systemd-socket-activate"):
+        print("vs_reference.py: systemd-socket-activate is missing (package systemd)",
+              file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, raise_on_sigterm)
+    started = time.time()
+    raw_out = open(args.raw_out, "a") if args.raw_out else None
+    n_users = max(args.idle_sessions if "idle" in args.scenarios else 0, max(args.concurrency))
+    try:
+        with contextlib.ExitStack() as stack:
+            work = stack.enter_context(world_readable_tmpdir("qpt-vsref-"))
+            binary, pam_text = stack.enter_context(reference_binary(args.reference_binary, work))
+            created = stack.enter_context(popa3d_prerequisites(pam_text))
+            if created:
+                print(f"created for popa3d (removed at the end): {', '.join(created)}")
+            pam = stack.enter_context(installed_pam_service(STOCK_POP3, tag="bench"))
+            users = stack.enter_context(SystemUsers())
+            print(f"making {n_users + 1} users and the spools ...", flush=True)
+            big_user = users.create("big", shell="/usr/sbin/nologin")
+            small_users = [users.create("s", shell="/usr/sbin/nologin") for _ in range(n_users)]
+            restore = write_restore_script(work)
+            master = os.path.join(work, "big.mbox")
+            spool = make_spool(bench, master, seed=BIG_SEED, size=args.size,
+                               count=args.messages or None)
+            small_masters = []
+            for i in range(n_users):
+                small_masters.append(os.path.join(work, f"small{i}.mbox"))
+                make_spool(bench, small_masters[-1], seed=SMALL_SEED + i, size=None, count=10)
+            users_file = os.path.join(work, "users.txt")
+            Path(users_file).write_text("".join(f"{u.name}:{u.password}\n" for u in small_users))
+            os.chmod(users_file, 0o600)
+            stack.callback(remove_popa3d_spools, [big_user, *small_users])
+
+            proc, port = stack.enter_context(popa3d_server(binary, work))
+            reference = Target(REFERENCE, port, proc.pid, POPA3D_SPOOL_DIR)
+            mine = []
+            for mode in args.qpopper_modes:
+                server, spool_dir = stack.enter_context(
+                    qpopper_server(work, pam, mode, args.idle_sessions + 50))
+                cache = (".%s.cache",) if mode == "server" else ()
+                mine.append(Target(f"qpopper-{mode}", server.port, server.pid, spool_dir, cache))
+            targets = [reference, *mine]
+            small = (restore, small_masters, small_users)
+            print("servers: " + ", ".join(f"{t.label} 127.0.0.1:{t.port}" for t in targets))
+            if "bigbox" in args.scenarios:
+                print(f"bigbox: {spool.get('messages', spool.get('count'))} messages, "
+                      f"{spool.get('bytes', spool.get('total_bytes'))} bytes", flush=True)
+                run_bigbox(bench, targets, big_user, master, restore, args, raw_out)
+            if "sessions" in args.scenarios:
+                run_sessions(bench, targets, users_file, small, args, raw_out)
+            if "idle" in args.scenarios:
+                run_idle(bench, targets, users_file, small, args, raw_out)
+    except KeyboardInterrupt:
+        print("vs_reference.py: interrupted; servers stopped, users and files removed",
+              file=sys.stderr)
+        return 130
+    finally:
+        if raw_out:
+            raw_out.close()
+    medians, ratios = report(reference, mine, args, spool)
+    print()
+    print(json.dumps({
+        "benchmark": "vs_reference", "reference": REFERENCE,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "wall_s": round(time.time() - started, 1),
+        "params": {"size": args.size, "messages": args.messages, "repeat": args.repeat,
+                   "session_seconds": args.session_seconds, "concurrency": args.concurrency,
+                   "idle_sessions": args.idle_sessions, "scenarios": args.scenarios,
+                   "verify": args.verify, "quickack": True},
+        "spool": {k: spool.get(k) for k in ("messages", "bytes", "seed")},
+        "medians": medians,
+        "ratios": ratios}))
+    return 0
+
+
+def remove_popa3d_spools(users) -> None:
+    """userdel -r removes /var/mail/USER too; this also covers a half-made user."""
+    for user in users:
+        for suffix in ("", ".tmp", ".lock"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(POPA3D_SPOOL_DIR, user.name + suffix))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
