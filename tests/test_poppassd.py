@@ -1,7 +1,9 @@
 """poppassd (reference §2.10) over real connections: `systemd-socket-activate --accept --inetd`
 runs one poppassd per connection on 127.0.0.1, as poppassd.socket / inetd would, for real
 `qpt` users through a real PAM service; the changed password then logs in to the real POP
-server. Failures cost limits.POPPASSD_FAILURE_DELAY_S each (about 3 s)."""
+server. Failures cost limits.POPPASSD_FAILURE_DELAY_S each (about 3 s). poppassd reads the
+site's configuration (-f), so its brute-force brakes count in the site's private file, never
+the host's /run/qpopper (tests/test_poppassd_brakes.py tests the brakes themselves)."""
 
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ BAD_OLD = b"500 Old password is incorrect."
 
 
 class PoppassdService:
-    """systemd-socket-activate listening on 127.0.0.1:<free port>, spawning poppassd."""
+    """systemd-socket-activate listening on 127.0.0.1:<free port>, spawning poppassd with
+    the site's configuration file."""
 
     def __init__(self, site: Site, pam_service: str):
         if shutil.which("systemd-socket-activate") is None:
@@ -38,15 +41,18 @@ class PoppassdService:
         self.port = free_port()
         self.proc = subprocess.Popen(
             ["systemd-socket-activate", "--accept", "--inetd", "-l", f"127.0.0.1:{self.port}",
-             "-E", f"QPOPPER_SYSLOG_SOCKET={site.syslog.path}", POPPASSD, "-s", pam_service],
+             "-E", f"QPOPPER_SYSLOG_SOCKET={site.syslog.path}", POPPASSD, "-s", pam_service,
+             "-f", site.config],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True)
 
-    def connect(self) -> "Conversation":
+    def connect(self, source: str = "127.0.0.1") -> "Conversation":
+        """A connection from `source` (another loopback address is another client)."""
         deadline = time.monotonic() + 10
         while True:
             try:
-                return Conversation(socket.create_connection(("127.0.0.1", self.port), timeout=15))
+                return Conversation(socket.create_connection(
+                    ("127.0.0.1", self.port), timeout=30, source_address=(source, 0)))
             except ConnectionRefusedError:
                 if time.monotonic() > deadline or self.proc.poll() is not None:
                     raise
@@ -202,9 +208,11 @@ def test_new_password_must_be_acceptable(service, system_users):
 
 def test_idle_connection_times_out(world_tmp, pam_service):
     """Run directly on a socket pair (inetd's descriptors), with a short --timeout."""
+    config = Path(world_tmp, "empty.config")
+    config.write_text("# nothing: the built-in defaults\n")
     ours, theirs = socket.socketpair()
     with ours, theirs:
-        proc = subprocess.Popen([POPPASSD, "-s", pam_service, "--timeout", "0.5"],
+        proc = subprocess.Popen([POPPASSD, "-s", pam_service, "--timeout", "0.5", "-f", str(config)],
                                 stdin=theirs.fileno(), stdout=theirs.fileno(),
                                 stderr=subprocess.DEVNULL,
                                 env=dict(os.environ, QPOPPER_SYSLOG_SOCKET="/nonexistent"))
@@ -226,6 +234,11 @@ def test_idle_connection_times_out(world_tmp, pam_service):
     (["-s"], "-s needs a value"),
     (["-t", "soon"], "--timeout needs a number of seconds"),
     (["-s", "../shadow"], "bad PAM service name"),
+    (["-f"], "-f needs a value"),
+    (["--config="], "--config needs a file name"),
+    (["--auth-brakes-max-delay=900"], "'auth-brakes-max-delay' must be between 0 and 600"),
+    (["--auth-brakes-max-delay", "soon"], "'auth-brakes-max-delay' expects an integer"),
+    (["--auth-brakes-file"], "--auth-brakes-file needs a value"),
 ])
 def test_bad_arguments_get_one_line_and_exit_2(argv, message):
     result = subprocess.run([POPPASSD, *argv], capture_output=True, text=True, timeout=30,
@@ -233,6 +246,25 @@ def test_bad_arguments_get_one_line_and_exit_2(argv, message):
     assert result.returncode == poppassd.EXIT_USAGE
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1 and message in result.stderr
+
+
+def test_an_unreadable_configuration_is_said_and_the_client_told_to_come_back(world_tmp):
+    """The administrator's mistake (here: a misspelt option in the -f file): one line on
+    stderr naming the file and line, a 500 reply instead of silence, exit 1."""
+    config = Path(world_tmp, "bad.config")
+    config.write_text("set auth-brakes-max-dealy = 3\n")
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        result = subprocess.run([POPPASSD, "-f", str(config)], stdin=theirs.fileno(),
+                                stdout=theirs.fileno(), stderr=subprocess.PIPE, text=True,
+                                timeout=30,
+                                env=dict(os.environ, QPOPPER_SYSLOG_SOCKET="/nonexistent"))
+        assert result.returncode == poppassd.EXIT_FAILED
+        assert result.stderr.count("\n") == 1
+        assert f"{config}:1" in result.stderr and "auth-brakes-max-dealy" in result.stderr
+        theirs.close()
+        with ours.makefile("rb") as f:
+            assert f.read() == poppassd.TRY_LATER.encode() + b"\r\n"   # no greeting, no dialogue
 
 
 @pytest.mark.parametrize("name", [

@@ -14,6 +14,10 @@ The delay starts at limits.BRAKE_FIRST_DELAY_S and doubles per failure up to
 and a successful login clears its user's record (never the address's: a guesser with an
 account of their own could otherwise reset it).
 
+The same brakes and the same store serve poppassd (tools/poppassd.py): checking an old password
+there is one more way to guess it, so its failures count with the POP server's, and each
+slows the other (the file is `auth-brakes-file` of the same configuration).
+
 Where the counts live, and why: every connection is a separate process (a forked child of
 the master, an inetd child, a systemd Accept=yes instance), so they need a store they all
 see. A table in the master would not exist in inetd/systemd mode; a small SQLite file does in
@@ -92,6 +96,25 @@ class Brakes:
         user_delay = brake_delay(counts.get(USER, 0), limits.BRAKE_FREE_FAILURES_PER_USER,
                                  self.max_delay)
         return address_failures, user_delay
+
+    def hold_address(self, client_ip: str, sleep=time.sleep) -> float:
+        """Wait this address's brake before its attempt is checked, saying so in the log;
+        returns the seconds waited. Every service that checks passwords calls it first."""
+        delay = self.address_delay(client_ip)
+        if delay > 0:
+            self.log(syslog.LOG_INFO, f"brute-force brake: {client_ip} waits {delay:.2f}s "
+                                      f"before its next login attempt is checked")
+            sleep(delay)
+        return delay
+
+    def note_failure(self, client_ip: str, user: str, method: str, base_delay: float) -> float:
+        """Count one failure and log its fail2ban line; returns the seconds to wait before the
+        refusal: `base_delay` (the service's own failure delay), or the user name's brake
+        when that is longer."""
+        failures, user_delay = self.record_failure(client_ip, user)
+        delay = max(float(base_delay), user_delay)
+        self.log(syslog.LOG_NOTICE, failure_log_line(user, method, client_ip, failures, delay))
+        return delay
 
     def record_success(self, user: str) -> None:
         self._write(lambda db: db.execute("DELETE FROM failures WHERE kind = ? AND key = ?",

@@ -59,7 +59,7 @@ from ..log import log_login_line
 from ..responses import PopError, RespCode
 from . import Login, is_possible_user_name
 from . import pam as pam_auth
-from .brakes import Brakes, failure_log_line
+from .brakes import Brakes
 from .scram import Verifier
 from .store import PopAuthStore
 
@@ -419,21 +419,15 @@ class Authenticator:
         """Every attempt: note the mechanism, then wait the address's brake (before anything
         is checked, so hanging up early cannot shorten it)."""
         self._mechanism = mechanism
-        delay = self.brakes.address_delay(client_ip)
-        if delay > 0:
-            self.log(syslog.LOG_INFO, f"brute-force brake: {client_ip} waits {delay:.2f}s "
-                                      f"before its next login attempt is checked")
-            self.sleep(delay)
+        self.brakes.hold_address(client_ip, self.sleep)
 
     def _refuse(self, user, host, client_ip, text, reason) -> NoReturn:
         """Log, count, wait the failure delay, raise `-ERR [AUTH] text` (already formatted:
         a user name may hold braces). `reason` goes to the log only. Never returns."""
         self.log(syslog.LOG_NOTICE, failure_line(user, host, client_ip))
         self.log(syslog.LOG_INFO, f'login of "{user}" refused: {reason}')
-        failures, user_delay = self.brakes.record_failure(client_ip, user)
-        delay = max(float(self.cfg.auth_failure_delay or 0), user_delay)
-        self.log(syslog.LOG_NOTICE, failure_log_line(
-            user, self._mechanism.replace("AUTH ", ""), client_ip, failures, delay))
+        delay = self.brakes.note_failure(client_ip, user, self._mechanism.replace("AUTH ", ""),
+                                         self.cfg.auth_failure_delay or 0)
         if delay > 0:
             self.sleep(delay)
         self.failures += 1

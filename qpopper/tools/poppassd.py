@@ -29,12 +29,22 @@ and the connection closes; lines are bounded (POPPASSD_MAX_LINE_OCTETS), every r
 out (POPPASSD_TIMEOUT_S), bad commands are counted (POPPASSD_MAX_BAD_COMMANDS).
 Qpopper's poppassd said `500 Unknown user, <name>.`: that tells a guesser which names exist.
 
-Usage: poppassd [-s|--pam-service SERVICE] [-t|--timeout SECONDS]
-Log lines go to syslog (facility authpriv, ident poppassd).
+Brute-force brakes: `pass` checks a password, so it is one more way to guess one. poppassd
+uses the POP server's brakes (auth/brakes.py) with the same counts: the same
+`auth-brakes-file` and `auth-brakes-max-delay`, read from the same configuration
+(/etc/qpopper/qpopper.config, or -f FILE; the two options may also be given as flags, as to
+popper). Before a `pass` is checked the client's address waits its brake; a failure is
+counted for the address and the user name, logged as the fail2ban line the POP server logs
+(`LOGIN FAILED, user=..., method=poppassd, ip=[...]`), and answered after the fixed delay or
+the user name's brake when longer; a success clears the user name's count. So failures here
+slow POP logins from that address and the other way round, and neither is a free oracle.
+
+Usage: see USAGE. Log lines go to syslog (facility authpriv, ident poppassd).
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import pwd
@@ -49,14 +59,20 @@ from typing import Callable
 from .. import QPOPPER_VERSION, limits
 from ..auth import is_possible_user_name
 from ..auth import pam as pam_auth
+from ..auth.brakes import Brakes
+from ..config import Config, ConfigError, load
 from ..log import Logger
+from .popauth import DEFAULT_CONFIG
 
 DEFAULT_PAM_SERVICE = "poppassd"
 CHPASSWD = "/usr/sbin/chpasswd"
 SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-USAGE = "usage: poppassd [-s|--pam-service SERVICE] [-t|--timeout SECONDS]"
+USAGE = ("usage: poppassd [-f|--config FILE] [-s|--pam-service SERVICE] [-t|--timeout SECONDS] "
+         "[--auth-brakes-file PATH] [--auth-brakes-max-delay SECONDS]")
+BRAKE_METHOD = "poppassd"
+"""The `method=` of poppassd's fail2ban lines (the POP server's say USER, APOP, PLAIN, ...)."""
 
 GREETING = f"200 poppassd (qpopper-py {QPOPPER_VERSION}) hello, who are you?"
 ASK_PASSWORD = "200 Your password please."
@@ -166,11 +182,14 @@ class Dialogue:
     """One poppassd connection: one command table per state."""
 
     def __init__(self, channel: Channel, log: Callable[[int, str], None], *,
-                 pam_service: str = DEFAULT_PAM_SERVICE, client_ip: str = "unknown"):
+                 pam_service: str = DEFAULT_PAM_SERVICE, client_ip: str = "unknown",
+                 brakes: Brakes | None = None):
         self.channel = channel
         self.log = log
         self.pam_service = pam_service
         self.client_ip = client_ip
+        # No brakes given: nothing is counted across connections (the fixed delay remains).
+        self.brakes = brakes if brakes is not None else Brakes(None, 0, log)
         self.state = State.USER
         self.user: str | None = None
         self.old_password: str | None = None
@@ -223,9 +242,13 @@ class Dialogue:
         self.channel.write_line(ASK_PASSWORD)
 
     def cmd_pass(self, old_password: str) -> None:
+        # The address's brake before anything is checked: hanging up cannot shorten it, and
+        # every new connection pays it again.
+        self.brakes.hold_address(self.client_ip)
         started = time.monotonic()
         refusal = self._check_old_password(self.user, old_password)
         if refusal is None:
+            self.brakes.record_success(self.user)
             self.old_password = old_password
             self.state = State.NEWPASS
             self.channel.write_line(ASK_NEW_PASSWORD)
@@ -234,9 +257,12 @@ class Dialogue:
         self.log(syslog.LOG_NOTICE, f'password change for "{self.user}" from '
                                     f"{self.client_ip} refused: {reason}")
         if reply == BAD_OLD_PASSWORD:
-            # Counted from the command, not from PAM's answer: an unknown name (no PAM call)
-            # and a wrong password (pam_unix's own ~2 s delay) take the same time.
-            time.sleep(max(0.0, started + limits.POPPASSD_FAILURE_DELAY_S - time.monotonic()))
+            # Counted from the check's start, not from PAM's answer: an unknown name (no PAM
+            # call) and a wrong password (pam_unix's own ~2 s delay) take the same time - the
+            # fixed delay, or the user name's brake when that is longer.
+            delay = self.brakes.note_failure(self.client_ip, self.user, BRAKE_METHOD,
+                                             limits.POPPASSD_FAILURE_DELAY_S)
+            time.sleep(max(0.0, started + delay - time.monotonic()))
         self.channel.write_line(reply)
         self.done = True
 
@@ -298,34 +324,76 @@ def _acceptable(new_password: str, old_password: str | None) -> bool:
     return True
 
 
-def _parse_args(argv: list[str]) -> tuple[str, float]:
-    service, timeout = DEFAULT_PAM_SERVICE, float(limits.POPPASSD_TIMEOUT_S)
+class Settings:
+    """What the command line says: poppassd's own flags, and the configuration to read."""
+
+    def __init__(self):
+        self.pam_service = DEFAULT_PAM_SERVICE
+        self.timeout = float(limits.POPPASSD_TIMEOUT_S)
+        self.config_file: str | None = None     # None: DEFAULT_CONFIG when it exists
+        self.brake_flags: list[str] = []        # popper's spelling, for config.load
+
+    def config(self) -> Config:
+        """The qpopper configuration with the brake flags on top; ConfigError (one line)."""
+        config_file = self.config_file
+        if config_file is None and os.path.exists(DEFAULT_CONFIG):
+            config_file = DEFAULT_CONFIG
+        cfg, _ = load([*(["-f", config_file] if config_file else []), *self.brake_flags])
+        return cfg
+
+
+FLAGS = {"-f": "config", "--config": "config", "-s": "pam-service", "--pam-service": "pam-service",
+         "-t": "timeout", "--timeout": "timeout", "--auth-brakes-file": "auth-brakes-file",
+         "--auth-brakes-max-delay": "auth-brakes-max-delay"}
+"""Every flag takes a value (`-s NAME`; long ones also `--name=VALUE`) -> what it sets."""
+
+
+def _parse_args(argv: list[str]) -> Settings:
+    settings = Settings()
     args = list(argv)
     while args:
         flag = args.pop(0)
         if flag in ("-h", "--help"):
             raise SystemExit(print(USAGE) or 0)
-        if flag not in ("-s", "--pam-service", "-t", "--timeout") or not args:
-            raise ValueError(f"unexpected argument {flag!r}" if flag not in (
-                "-s", "--pam-service", "-t", "--timeout") else f"{flag} needs a value")
-        value = args.pop(0)
-        if flag in ("-s", "--pam-service"):
-            if not value or "/" in value or not value.isprintable():
-                raise ValueError(f"bad PAM service name {value!r}")
-            service = value
-        else:
-            try:
-                timeout = float(value)
-            except ValueError:
-                raise ValueError(f"--timeout needs a number of seconds, got {value!r}") from None
-            if not 0 < timeout <= 3600:
-                raise ValueError("--timeout must be between 0 and 3600 seconds")
-    return service, timeout
+        flag, has_value, value = flag.partition("=") if flag.startswith("--") else (flag, "", "")
+        if flag not in FLAGS:
+            raise ValueError(f"unexpected argument {flag!r}")
+        if not has_value:
+            if not args:
+                raise ValueError(f"{flag} needs a value")
+            value = args.pop(0)
+        _set(settings, FLAGS[flag], flag, value)
+    return settings
+
+
+def _set(settings: Settings, what: str, flag: str, value: str) -> None:
+    if what == "config":
+        if not value:
+            raise ValueError(f"{flag} needs a file name")
+        settings.config_file = value
+    elif what == "pam-service":
+        if not value or "/" in value or not value.isprintable():
+            raise ValueError(f"bad PAM service name {value!r}")
+        settings.pam_service = value
+    elif what == "timeout":
+        try:
+            settings.timeout = float(value)
+        except ValueError:
+            raise ValueError(f"--timeout needs a number of seconds, got {value!r}") from None
+        if not 0 < settings.timeout <= 3600:
+            raise ValueError("--timeout must be between 0 and 3600 seconds")
+    else:
+        # popper's own option: its table checks the value (a bad one is a usage error here).
+        try:
+            load([f"--{what}={value}"])
+        except ConfigError as error:
+            raise ValueError(str(error).removeprefix("argv ")) from None
+        settings.brake_flags.append(f"--{what}={value}")
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        service, timeout = _parse_args(sys.argv[1:] if argv is None else argv)
+        settings = _parse_args(sys.argv[1:] if argv is None else argv)
     except ValueError as exc:
         print(f"poppassd: {exc}; {USAGE}", file=sys.stderr)
         return EXIT_USAGE
@@ -334,8 +402,20 @@ def main(argv: list[str] | None = None) -> int:
         # PAM reads /etc/shadow and chpasswd writes it: only root can do either.
         print("poppassd: must run as root (from inetd or poppassd.socket)", file=sys.stderr)
         return EXIT_FAILED
-    dialogue = Dialogue(Channel(0, 1, timeout), log, pam_service=service,
-                        client_ip=peer_address(0))
+    channel = Channel(0, 1, settings.timeout)
+    try:
+        cfg = settings.config()
+    except ConfigError as error:
+        # The administrator's mistake: said on stderr (the journal) and in the log; the
+        # client is told to come back rather than left without an answer.
+        print(f"poppassd: {error}", file=sys.stderr)
+        log(syslog.LOG_ERR, f"configuration: {error}; no password changed")
+        with contextlib.suppress(OSError):
+            channel.write_line(TRY_LATER)
+        return EXIT_FAILED
+    dialogue = Dialogue(channel, log, pam_service=settings.pam_service,
+                        client_ip=peer_address(0),
+                        brakes=Brakes(cfg.auth_brakes_file, cfg.auth_brakes_max_delay, log))
     try:
         return dialogue.run()
     except (BrokenPipeError, ConnectionResetError):
