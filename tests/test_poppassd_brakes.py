@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from qpopper import limits
-from qpopper.auth.brakes import brake_delay, failure_log_line
+from qpopper.auth.brakes import Brakes, brake_delay, failure_log_line
 from qpopper.tools import poppassd
 from tests.helpers.sysusers import make_spool
 from tests.server_harness import Site, mbox
@@ -69,6 +69,20 @@ def test_readme_jail_bans_from_pop_and_poppassd_lines():
         assert match and match["host"] == "192.0.2.7" and match["user"] == "alice", line
     assert not regex.match(as_syslog_file_line("sshd", 1, failure_log_line(
         "alice", "USER", "192.0.2.7", 1, 0)))
+
+
+def test_names_with_undecodable_bytes_are_counted(tmp_path):
+    """poppassd reads its lines as bytes (surrogateescape): such a name is counted and
+    cleared like any other, never an exception (sqlite3 refuses lone surrogates)."""
+    brakes = Brakes(str(tmp_path / "brakes.sqlite"), MAX_DELAY, lambda p, t: None)
+    name = b"\xff\xfeguess".decode("utf-8", "surrogateescape")
+    for _ in range(limits.BRAKE_FREE_FAILURES_PER_USER + 1):
+        delay = brakes.note_failure("192.0.2.3", name, poppassd.BRAKE_METHOD, 0)
+    assert delay == brake_delay(limits.BRAKE_FREE_FAILURES_PER_USER + 1,
+                                limits.BRAKE_FREE_FAILURES_PER_USER, MAX_DELAY) > 0
+    assert brakes.address_delay("192.0.2.3") > 0
+    brakes.record_success(name)
+    assert brakes.note_failure("192.0.2.3", name, poppassd.BRAKE_METHOD, 0) == 0
 
 
 @pytest.fixture

@@ -71,6 +71,13 @@ def failure_log_line(user: str, mechanism: str, client_ip: str, failures: int,
             f"failures={failures}, brake={delay:.2f}s")
 
 
+def _storable(key: str) -> str:
+    """`key` as SQLite can store it: a name read with surrogateescape (poppassd reads raw
+    bytes) would make sqlite3 raise UnicodeEncodeError; its undecodable bytes become
+    backslash escapes instead, and the name is counted like any other."""
+    return key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 class Brakes:
     """The shared failure counts. Cheap to construct; each call opens the file briefly."""
 
@@ -118,13 +125,13 @@ class Brakes:
 
     def record_success(self, user: str) -> None:
         self._write(lambda db: db.execute("DELETE FROM failures WHERE kind = ? AND key = ?",
-                                          (USER, user)))
+                                          (USER, _storable(user))))
 
     # ---- the store ----------------------------------------------------------------------------
     def _count(self, kind: str, key: str) -> int:
         def read(db):
             row = db.execute("SELECT count, last FROM failures WHERE kind = ? AND key = ?",
-                             (kind, key)).fetchone()
+                             (kind, _storable(key))).fetchone()
             if row is None or self.clock() - row[1] > limits.BRAKE_WINDOW_S:
                 return 0
             return row[0]
@@ -136,6 +143,7 @@ class Brakes:
         def bump(db):
             counts = {}
             for kind, key in keys:
+                key = _storable(key)
                 row = db.execute("SELECT count, last FROM failures WHERE kind = ? AND key = ?",
                                  (kind, key)).fetchone()
                 fresh = row is not None and now - row[1] <= limits.BRAKE_WINDOW_S
