@@ -240,6 +240,8 @@ class Session:
         self.tls = tls
         self.tls_mode = tls_mode if tls is not None else None
         self.tls_active = False
+        # cb-name -> bytes once TLS is up: what SCRAM-*-PLUS binds to (docs/internals.md)
+        self.channel_bindings: dict[str, bytes] = {}
         # the protocol offers STLS exactly when this is callable (docs/internals.md)
         self.start_tls = self._start_tls if self.tls_mode == "stls" else None
         self.authenticator = authenticator or Authenticator(cfg, log)
@@ -427,6 +429,7 @@ class Session:
             return False
         self.channel = channel
         self.tls_active = True
+        self.channel_bindings = channel.channel_bindings()
         # the session's TLS line: version and cipher (Qpopper logs its handshake at notice)
         self.log(syslog.LOG_INFO, f"TLS session with {self.client_ip}: {channel.summary()}")
         return True

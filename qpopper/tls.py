@@ -23,6 +23,10 @@ also opens an encrypted key in the other two files.
 The session channel works through memory BIOs: the raw descriptors keep their non-blocking
 reads and writes with the session's timeout and hangup handling (session.Channel), and inetd
 mode works on any descriptor pair.
+
+After the handshake the channel names its channel bindings (TlsChannel.channel_bindings), the
+plain bytes SCRAM-*-PLUS (auth/sasl.py) ties a login to this TLS connection with:
+`tls-exporter` (RFC 9266) on TLS 1.3, `tls-unique` (RFC 5929) before it.
 """
 
 from __future__ import annotations
@@ -57,6 +61,11 @@ OBSOLETE_TLS_VERSIONS = ("SSLv2", "SSLv3", "TLSv1")
 BASE_OPTIONS = (SSL.OP_NO_COMPRESSION            # CRIME
                 | SSL.OP_CIPHER_SERVER_PREFERENCE
                 | SSL.OP_NO_RENEGOTIATION)
+
+EXPORTER_LABEL = b"EXPORTER-Channel-Binding"
+EXPORTER_OCTETS = 32
+"""RFC 9266 §2: tls-exporter is 32 octets of the TLS exporter with this label and an empty
+context."""
 
 RECORD_OCTETS = 16 * 1024
 """One TLS record's worth of plaintext: writes are cut at this size."""
@@ -284,6 +293,25 @@ class TlsChannel:
                 raise HandshakeFailed("the client closed the connection")
             self.conn.bio_write(data)
 
+    def channel_bindings(self) -> dict[str, bytes]:
+        """The channel bindings of the completed handshake, by RFC 5056 name. TLS 1.3:
+        tls-exporter only (RFC 9266 §3: tls-unique is not defined for it). Earlier versions:
+        tls-unique, the first Finished message of the handshake (RFC 5929 §3.1): the client's
+        in a full handshake, ours when a session was resumed (then the server finishes
+        first). Renegotiation is off (BASE_OPTIONS), so neither changes afterwards. A value
+        OpenSSL cannot give is left out, and with it the PLUS mechanisms that need it."""
+        if self.conn.get_protocol_version() >= SSL.TLS1_3_VERSION:
+            try:
+                return {"tls-exporter": self.conn.export_keying_material(
+                    EXPORTER_LABEL, EXPORTER_OCTETS, b"")}
+            except SSL.Error:
+                return {}
+        reused = _session_reused(self.conn)
+        if reused is None:
+            return {}
+        first = self.conn.get_finished() if reused else self.conn.get_peer_finished()
+        return {"tls-unique": first} if first else {}
+
     def summary(self) -> str:
         """`TLSv1.3, TLS_AES_256_GCM_SHA384, 256 bits` for the log."""
         return (f"{self.conn.get_protocol_version_name()}, {self.conn.get_cipher_name()}, "
@@ -356,6 +384,21 @@ class TlsChannel:
             self._flush(1.0)
         except Exception:          # the client may already be gone; nothing to tell anyone
             pass
+
+
+def _session_reused(conn: SSL.Connection) -> bool | None:
+    """Was this handshake a resumption? pyOpenSSL has no call for SSL_session_reused, so it
+    is asked through the OpenSSL binding pyOpenSSL itself uses; None when that binding lacks
+    it (then tls-unique is not offered: which Finished came first is unknown)."""
+    try:
+        from OpenSSL._util import lib as openssl_lib     # private: may go in a later pyOpenSSL
+    except ImportError:
+        return None
+    session_reused = getattr(openssl_lib, "SSL_session_reused", None)
+    ssl_pointer = getattr(conn, "_ssl", None)
+    if session_reused is None or ssl_pointer is None:
+        return None
+    return bool(session_reused(ssl_pointer))
 
 
 def describe_ssl_error(exc: SSL.Error) -> str:

@@ -1,5 +1,6 @@
 """SASL for POP3's AUTH command (RFC 5034): PLAIN (RFC 4616), LOGIN, CRAM-MD5 (RFC 2195),
-SCRAM-SHA-1 (RFC 5802), SCRAM-SHA-256 (RFC 7677), and GSSAPI (RFC 4752; Kerberos, -k/-K).
+SCRAM-SHA-1 (RFC 5802), SCRAM-SHA-256 (RFC 7677), their channel-binding -PLUS variants inside
+TLS, and GSSAPI (RFC 4752; Kerberos, -k/-K).
 
 The AUTH verb (pop_auth_state.cmd_auth) picks a mechanism from `offered_mechanisms` and runs
 an `Exchange`: each mechanism is a generator that yields server challenges and receives the
@@ -9,7 +10,8 @@ block, clear-text-password, PAM account management and the brute-force brakes ap
 exactly as to USER/PASS and APOP:
   PLAIN, LOGIN          Authenticator.check_password (PAM for system users)
   CRAM-MD5              Authenticator.check_cram_md5 (the pop.auth secret)
-  SCRAM-SHA-1/-256      Authenticator.scram_verifier + check_scram (pop.auth verifiers)
+  SCRAM-SHA-1/-256      Authenticator.scram_verifier + check_scram (pop.auth verifiers;
+  and their -PLUS       -PLUS uses the same verifiers)
   GSSAPI                Authenticator.check_external (Kerberos proved `user@REALM`; the
                         realm must be the service's, no instance; PAM account checks apply)
 
@@ -20,7 +22,7 @@ them to Cyrus as security flags). Each mechanism carries Cyrus' flags for it:
   PLAIN, LOGIN   yes        yes         yes
   CRAM-MD5       no         yes         yes
   SCRAM-*        no         yes         no        (mutual authentication: the server proves
-                                                   itself, so no active attack)
+                                                   itself, so no active attack; -PLUS too)
   - sasl-no-plaintext: PLAIN and LOGIN are hidden until TLS is active (Cyrus drops the
     no-plaintext flag once an external security layer is there);
   - sasl-no-dictionary: hides them all (each exchange lets an eavesdropper test passwords
@@ -34,8 +36,23 @@ them to Cyrus as security flags). Each mechanism carries Cyrus' flags for it:
   - PLAIN and LOGIN also follow clear-text-password, like USER (never: hidden; tls: hidden
     before TLS and refused with a hint to use STLS).
   - CRAM-MD5 and SCRAM need the pop.auth store (secrets and verifiers are there).
-  - Channel binding (SCRAM-*-PLUS) is not offered: clients are told so with the `n` / `y`
-    GS2 flags, and `p=` is refused.
+
+Channel binding (RFC 5802 §6, RFC 5056): SCRAM-SHA-256-PLUS and SCRAM-SHA-1-PLUS are offered
+beside their SCRAM mechanism only inside TLS and only when the session could name the
+connection's channel binding (`env.channel_bindings`, plain bytes from session.py: tls-exporter
+of RFC 9266 on TLS 1.3, tls-unique of RFC 5929 on TLS 1.2). The GS2 header decides:
+  p=<cb-name>   with a -PLUS mechanism only (else "Channel binding is not supported"). A
+                cb-name this connection has not got (tls-unique on TLS 1.3, anything unknown:
+                RFC 5802's unsupported-channel-binding-type) fails the login, and so does a
+                c= that is not base64(gs2-header + binding data) (channel-bindings-dont-match:
+                the client's TLS connection is not ours, a man in the middle).
+  y             "I bind, but you did not offer it": inside TLS with -PLUS offered that is a
+                downgrade (someone cut -PLUS from CAPA), so the login fails (RFC 5802 §6
+                MUST); outside it is accepted.
+  n             no channel binding: accepted with the plain mechanisms, as before.
+Failed logins go through Authenticator.check_scram (proved=False): the same `authentication
+failure` reply, failure delay, brakes and log lines as a wrong password, with the channel
+binding reason logged before them. `n` or `y` with a -PLUS mechanism is a malformed exchange.
 """
 
 from __future__ import annotations
@@ -49,14 +66,17 @@ import secrets
 import socket
 import syslog
 from dataclasses import dataclass
-from typing import Callable, Generator
+from typing import Callable, Generator, NoReturn
 
 from ..options import BY_NAME
 from ..responses import PopError, RespCode
 from . import scram
 
 PLAINTEXT_MECHANISMS = ("PLAIN", "LOGIN")
-STORE_MECHANISMS = ("CRAM-MD5", "SCRAM-SHA-1", "SCRAM-SHA-256")
+STORE_MECHANISMS = ("CRAM-MD5", "SCRAM-SHA-1", "SCRAM-SHA-256", "SCRAM-SHA-1-PLUS",
+                    "SCRAM-SHA-256-PLUS")
+PLUS_SUFFIX = "-PLUS"
+"""RFC 5802 §4: the channel-binding variant of a SCRAM mechanism is its name + -PLUS."""
 TLS_SSF = 128
 """The external SSF TLS counts for against sasl-min-ssf (every cipher the TLS issue allows
 is at least 128 bits strong)."""
@@ -71,7 +91,9 @@ class MechanismFlags:
 
 FLAGS = {
     "GSSAPI": MechanismFlags(plaintext=False, dictionary=True, active=False),
+    "SCRAM-SHA-256-PLUS": MechanismFlags(plaintext=False, dictionary=True, active=False),
     "SCRAM-SHA-256": MechanismFlags(plaintext=False, dictionary=True, active=False),
+    "SCRAM-SHA-1-PLUS": MechanismFlags(plaintext=False, dictionary=True, active=False),
     "SCRAM-SHA-1": MechanismFlags(plaintext=False, dictionary=True, active=False),
     "CRAM-MD5": MechanismFlags(plaintext=False, dictionary=True, active=True),
     "PLAIN": MechanismFlags(plaintext=True, dictionary=True, active=True),
@@ -87,6 +109,7 @@ BAD_EXCHANGE = "Malformed AUTH exchange"
 BAD_NAME = "authentication failure"      # the authenticator's BAD_DIGEST: nothing more revealed
 PLAINTEXT_NEEDS_TLS = ("Plaintext authentication is permitted only over TLS; use STLS first")
 PLAINTEXT_NOT_PERMITTED = "Plaintext authentication is not permitted"
+BINDING_NOT_SUPPORTED = "Channel binding is not supported"
 MECHANISMS_FOLLOW = "Available authentication mechanisms follow"
 GSSAPI_UNAVAILABLE = ("kerberos (-k): Kerberos is served as SASL GSSAPI, which this "
                       "installation cannot offer: {why}. Remove -k / 'set kerberos' or "
@@ -108,6 +131,8 @@ def offered_mechanisms(cfg, env) -> list[str]:
             continue
         if name == "GSSAPI" and not cfg.kerberos:
             continue
+        if name.endswith(PLUS_SUFFIX) and not binds_channel(env):
+            continue
         if flags.active and cfg.sasl_no_active:
             continue
         if flags.plaintext and (not plaintext_policy_allows(cfg, tls) or
@@ -115,6 +140,19 @@ def offered_mechanisms(cfg, env) -> list[str]:
             continue
         names.append(name)
     return names
+
+
+def channel_bindings(env) -> dict[str, bytes]:
+    """The connection's channel bindings (cb-name -> data), only inside TLS. An env without
+    the attribute (a test double older than channel binding) has none."""
+    if not env.tls_active:
+        return {}
+    return dict(getattr(env, "channel_bindings", None) or {})
+
+
+def binds_channel(env) -> bool:
+    """Can this connection use the -PLUS mechanisms (TLS, and a binding to bind to)?"""
+    return bool(channel_bindings(env))
 
 
 def plaintext_policy_allows(cfg, tls_active: bool) -> bool:
@@ -305,13 +343,22 @@ def mech_cram_md5(ex: Exchange, initial: bytes | None) -> Mechanism:
 
 
 def _scram(mechanism: str):
+    """The mechanism `mechanism` (SCRAM-SHA-1, SCRAM-SHA-256, or either + -PLUS)."""
+    plus = mechanism.endswith(PLUS_SUFFIX)
+    arithmetic = mechanism.removesuffix(PLUS_SUFFIX)     # hash and pop.auth verifier
+
     def mech_scram(ex: Exchange, initial: bytes | None) -> Mechanism:
         first = _text((yield from _client_first(initial)))
         gs2_flag, _, rest = first.partition(",")
         authzid_field, _, bare = rest.partition(",")
-        if gs2_flag.startswith("p="):
-            raise PopError("Channel binding is not supported", RespCode.AUTH)
-        if gs2_flag not in ("n", "y") or not bare:
+        cb_name = gs2_flag[2:] if gs2_flag.startswith("p=") else None
+        if cb_name is not None and not plus:
+            raise PopError(BINDING_NOT_SUPPORTED, RespCode.AUTH)
+        if plus:
+            well_formed = cb_name is not None and scram.is_cb_name(cb_name)  # -PLUS needs p=
+        else:
+            well_formed = gs2_flag in ("n", "y")
+        if not well_formed or not bare:
             raise PopError(BAD_EXCHANGE, RespCode.AUTH)
         attrs = _attributes(bare)
         if attrs is None or "m" in attrs or "n" not in attrs or "r" not in attrs:
@@ -325,15 +372,23 @@ def _scram(mechanism: str):
             if authzid != raw_name:
                 raise PopError("Authorization identity must be empty or equal the user name",
                                RespCode.AUTH)
-        gs2_header = f"{gs2_flag},{authzid_field},"
         name, no_mime = ex.user(raw_name)
         env = ex.env
-        verifier = env.authenticator.scram_verifier(name, mechanism)
+        bindings = channel_bindings(env)
+        if gs2_flag == "y" and bindings:
+            _binding_failed(ex, name, mechanism, f"the client says it binds channels but "
+                                                 f"saw no {mechanism}-PLUS: a downgrade")
+        if cb_name is not None and cb_name not in bindings:
+            _binding_failed(ex, name, mechanism, f"channel binding type {cb_name!r} is not "
+                                                 f"available on this connection")
+        gs2_header = f"{gs2_flag},{authzid_field},".encode("utf-8")
+        expected_binding = gs2_header + (bindings[cb_name] if cb_name is not None else b"")
+        verifier = env.authenticator.scram_verifier(name, arithmetic)
         known = verifier is not None
         if not known:
             # Carry on with a made-up verifier, so that an unknown name gets the same
             # exchange as a wrong password (RFC 5802 §9); the salt is stable per name.
-            verifier = _decoy_verifier(mechanism, name)
+            verifier = _decoy_verifier(arithmetic, name)
         nonce = attrs["r"] + scram.b64(secrets.token_bytes(18))
         server_first = (f"r={nonce},s={scram.b64(verifier.salt)},"
                         f"i={verifier.iterations}")
@@ -348,8 +403,11 @@ def _scram(mechanism: str):
             proof = base64.b64decode(proof_b64, validate=True)
         except (binascii.Error, ValueError):
             raise PopError(BAD_EXCHANGE, RespCode.AUTH) from None
-        if binding != gs2_header.encode("utf-8"):
-            raise PopError(BAD_EXCHANGE, RespCode.AUTH)
+        if not hmac.compare_digest(binding, expected_binding):
+            if not plus:
+                raise PopError(BAD_EXCHANGE, RespCode.AUTH)
+            _binding_failed(ex, name, mechanism, f"{cb_name} channel bindings do not match: "
+                                                 f"the client's TLS connection is not this one")
         auth_message = f"{bare},{server_first},{without_proof}".encode("utf-8")
         proved = known and scram.proof_is_valid(verifier, auth_message, proof)
         login = env.authenticator.check_scram(name, mechanism, proved, env.client_ip,
@@ -363,6 +421,16 @@ def _scram(mechanism: str):
         return login, no_mime
     mech_scram.__name__ = f"mech_{mechanism.lower().replace('-', '_')}"
     return mech_scram
+
+
+def _binding_failed(ex: Exchange, name: str, mechanism: str, why: str) -> NoReturn:
+    """A channel-binding refusal is a failed login: logged with its reason, then refused by
+    the authenticator exactly as a wrong proof (same reply, delay, brakes, failure count)."""
+    env = ex.env
+    env.log(syslog.LOG_NOTICE, f"AUTH {mechanism} from {env.client_ip}: {why}")
+    env.authenticator.check_scram(name, mechanism, False, env.client_ip,
+                                  client_host=env.client_host)
+    raise PopError(BAD_NAME, RespCode.AUTH)     # a refused proof never returns a Login
 
 
 def _attributes(text: str) -> dict[str, str] | None:
@@ -452,4 +520,6 @@ MECHANISMS: dict[str, Callable[[Exchange, bytes | None], Mechanism]] = {
     "CRAM-MD5": mech_cram_md5,
     "SCRAM-SHA-1": _scram("SCRAM-SHA-1"),
     "SCRAM-SHA-256": _scram("SCRAM-SHA-256"),
+    "SCRAM-SHA-1-PLUS": _scram("SCRAM-SHA-1-PLUS"),
+    "SCRAM-SHA-256-PLUS": _scram("SCRAM-SHA-256-PLUS"),
 }

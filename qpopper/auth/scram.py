@@ -1,5 +1,6 @@
 """SCRAM (RFC 5802, RFC 7677): the arithmetic, shared by popauth (making verifiers), the
-server's SASL mechanism and the tests.
+server's SASL mechanism and the tests. The -PLUS variants (channel binding) use the same
+arithmetic and verifiers: only the c= attribute differs (auth/sasl.py checks it).
 
 The pop.auth store keeps, per user and mechanism, salt, iteration count, StoredKey and
 ServerKey: enough to check a client's proof and prove the server's own knowledge, not enough
@@ -82,6 +83,11 @@ def proof_is_valid(verifier: Verifier, auth_message: bytes, proof: bytes) -> boo
 
 def server_signature(verifier: Verifier, auth_message: bytes) -> bytes:
     return hmac_h(verifier.mechanism, verifier.server_key, auth_message)
+
+
+def is_cb_name(text: str) -> bool:
+    """RFC 5802 §7 cb-name = 1*(ALPHA / DIGIT / "." / "-") (`tls-unique`, `tls-exporter`)."""
+    return bool(text) and all(ch.isascii() and (ch.isalnum() or ch in ".-") for ch in text)
 
 
 def b64(data: bytes) -> str:
