@@ -412,10 +412,11 @@ def test_socket_unit_instance_serves_a_real_user(alice):
 def test_installed_poppassd_checks_passwords_through_its_pam_service(alice):
     """poppassd.socket + poppassd@.service (Accept=yes, StandardInput=socket), on a free
     port: the old password is checked through the installed /etc/pam.d/poppassd. Nothing is
-    changed (quit before newpass): alice's password is used by the other tests."""
+    changed (quit before newpass): alice's password is used by the other tests. It reads the
+    installed configuration; its brakes count in the tests' private file, as the servers'."""
     port = free_port()
     argv = ["systemd-socket-activate", "--accept", "--inetd", "-l", f"127.0.0.1:{port}",
-            *exec_start("poppassd@.service")]
+            *exec_start("poppassd@.service"), *TEST_OVERRIDES]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, cwd="/", env={"PATH": SYS_PATH})
     try:
