@@ -79,10 +79,12 @@ FIGURES = (
     ("peek_cold", "stat_s", "STAT", "s", False),
     ("peek_cold", "uidl_s", "UIDL", "s", False),
     ("peek_cold", "quit_s", "QUIT (no change)", "s", False),
+    ("peek_cold", "check_failures", "  pop3bench checks", "", None),
     ("peek_warm", "session_start_s", "session start", "s", False),
     ("peek_warm", "stat_s", "STAT", "s", False),
     ("peek_warm", "uidl_s", "UIDL", "s", False),
     ("peek_warm", "quit_s", "QUIT (no change)", "s", False),
+    ("peek_warm", "check_failures", "  pop3bench checks", "", None),
     ("idle", "pss_kb_per_session", "PSS per held session", "KiB", False),
     ("idle", "rss_kb_per_session", "  RSS per held session", "KiB", None),
 )
@@ -360,7 +362,11 @@ def run_idle(bench, targets, users_file, small, args, raw_out):
 # ---------------------------------------------------------------- report
 
 def median(target: Target, scenario: str, metric: str):
-    return target.results.get(scenario, {}).get("median", {}).get(metric)
+    data = target.results.get(scenario, {})
+    if metric == "check_failures":        # a list per run: pop3bench's median drops it
+        runs = data.get("runs") or []
+        return sorted({f for run in runs for f in run.get(metric, [])}) if runs else None
+    return data.get("median", {}).get(metric)
 
 
 def ratio_text(mine, ref, higher_is_better, unit) -> tuple[float | None, str]:
