@@ -1,0 +1,139 @@
+"""The root-side file changes of the package scripts (debian/postinst, the RPM's %post), done
+through descriptors that never follow a link.
+
+The scripts run as root on paths inside directories other accounts may write: the pop.auth
+store's directory belongs to the pop-auth-owner account, and /var/mail is root:mail 2775 (group
+mail may rename and replace its entries). `chown`, `chmod`, `[ -f ]` and `install -d` follow
+symlinks, so an entry planted there (`pop.auth -> /etc/shadow`, `/var/mail/a -> /etc`) would
+turn the next upgrade into a change of a file elsewhere. Here every such name is opened with
+O_NOFOLLOW relative to its parent's descriptor and changed with fchown/fchmod.
+
+    python3 -m qpopper.tools.maintscript own-store STORE OWNER
+        STORE (if it exists) to OWNER, mode 0600: only a regular file with one link.
+    python3 -m qpopper.tools.maintscript make-dirs LIKE DIR...
+        each missing DIR with LIKE's owner, group and mode; a DIR below LIKE is walked from LIKE
+        without following any link, another DIR from its parent; prints each DIR it made
+        (as a path without links: purge removes only what still has that path).
+
+A refused name prints one line on stderr; the exit status is then 1 (the rest is still done).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import stat
+import sys
+
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+USAGE = ("usage: python3 -m qpopper.tools.maintscript "
+         "{own-store STORE OWNER | make-dirs LIKE DIR...}")
+STORE_MODE = 0o600
+NO_FOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class Refused(Exception):
+    """A name that is not what the script may change: one line for stderr."""
+
+
+def own_store(path: str, owner_name: str) -> None:
+    """chown OWNER + chmod 0600 of the store, never through a link (a missing store: nothing)."""
+    try:
+        owner = pwd.getpwnam(owner_name)
+    except KeyError:
+        raise Refused(f"{path} not changed: no account {owner_name!r}") from None
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return
+    except OSError as error:              # ELOOP: the name is a symlink
+        raise Refused(f"{path} not changed: {error.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            raise Refused(f"{path} not changed: not a regular file with one link")
+        if st.st_uid != owner.pw_uid:
+            os.fchown(fd, owner.pw_uid, -1)
+        if stat.S_IMODE(st.st_mode) != STORE_MODE:
+            os.fchmod(fd, STORE_MODE)
+    finally:
+        os.close(fd)
+
+
+def make_dirs(like: str, paths: list[str]) -> tuple[list[str], list[str]]:
+    """Each missing directory of `paths`, made like `like`: (the ones made, in order; one
+    refusal line for each path that was not used)."""
+    reference = os.stat(like)             # the spool directory itself is the administrator's
+    made, refusals = [], []
+    for path in paths:
+        try:
+            made += _make_dir(like, path, reference)
+        except Refused as refusal:
+            refusals.append(str(refusal))
+    return made, refusals
+
+
+def _make_dir(like: str, path: str, reference: os.stat_result) -> list[str]:
+    like = os.path.normpath(like)
+    path = os.path.normpath(path)
+    if path.startswith(like.rstrip("/") + "/"):
+        top, parts = like, os.path.relpath(path, like).split("/")
+    else:
+        top, parts = os.path.dirname(path), [os.path.basename(path)]
+    made = []
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        current = os.path.realpath(top)   # what purge may rmdir: a path without links
+        for part in parts:
+            current = os.path.join(current, part)
+            created = _mkdir_at(fd, part)
+            try:
+                child = os.open(part, NO_FOLLOW_DIR, dir_fd=fd)
+            except OSError as error:      # ELOOP / ENOTDIR: a link or a file sits there
+                raise Refused(f"{current} not used: {error.strerror}") from None
+            os.close(fd)
+            fd = child
+            if created:
+                os.fchown(fd, reference.st_uid, reference.st_gid)
+                os.fchmod(fd, stat.S_IMODE(reference.st_mode))
+                made.append(current)
+    finally:
+        os.close(fd)
+    return made
+
+
+def _mkdir_at(fd: int, name: str) -> bool:
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, 0o700, dir_fd=fd)  # private until fchown/fchmod made it like the spool
+        return True
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if len(argv) == 3 and argv[0] == "own-store":
+            own_store(argv[1], argv[2])
+        elif len(argv) >= 2 and argv[0] == "make-dirs":
+            made, refusals = make_dirs(argv[1], argv[2:])
+            print("".join(f"{path}\n" for path in made), end="")
+            for refusal in refusals:
+                print(f"qpopper-py: {refusal}", file=sys.stderr)
+            return EXIT_REFUSED if refusals else 0
+        else:
+            print(USAGE, file=sys.stderr)
+            return EXIT_USAGE
+    except Refused as refusal:
+        print(f"qpopper-py: {refusal}", file=sys.stderr)
+        return EXIT_REFUSED
+    except OSError as error:
+        print(f"qpopper-py: {error}", file=sys.stderr)
+        return EXIT_REFUSED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
