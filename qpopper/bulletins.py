@@ -52,6 +52,8 @@ not owned by the user is ignored and logged. The database directory `<bulldir>/b
 root:mail 2770 so every user's session can write the database and SQLite's journal beside it;
 the file is created mode 0660 on first use (or by the administrator: root:mail 0660). bulldir
 itself stays root-owned and not writable by users: otherwise anyone could post bulletins.
+Bulletin files must be world-readable (0644): the session reads them with the mail group, so
+one that is not (a bulldir that names a spool directory) is skipped and logged, never copied.
 Failures never keep users from their mail, except an unusable bulletin database without
 bulldb-nonfatal: `-ERR [SYS/TEMP] Unable to open Bulletin database; contact your administrator`.
 """
@@ -528,6 +530,12 @@ class Delivery:
             if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_BULLETIN_OCTETS:
                 self.log(syslog.LOG_WARNING, f"Bulletin {bulletin.name} skipped: not a plain "
                                              f"file of at most {MAX_BULLETIN_OCTETS} octets")
+                return None
+            if not st.st_mode & stat.S_IROTH:
+                # Bulletins are for everyone; one readable only through the session's mail
+                # group (a mis-set bulldir naming a spool directory) is somebody's mail.
+                self.log(syslog.LOG_WARNING, f"Bulletin {self.bulldir}/{bulletin.name} "
+                                             "skipped: not world-readable")
                 return None
             chunks, left = [], st.st_size
             while left > 0:

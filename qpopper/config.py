@@ -338,9 +338,17 @@ def _read_file(layers: _Layers, path: str, *, stack: tuple[str, ...], kind: str 
     lines = _read_lines(path, kind, where)
     if kind is None:
         layers.files_read.append(path)
+    # A file chained from a per-user file may be any file the session can read with the mail
+    # group (another user's spool): its errors name the line, never quote it into the log.
+    quotable = kind is None or not stack
     for number, raw in enumerate(lines, start=1):
         location = f"{path}:{number}"
-        parsed = _parse_line(raw, location)
+        try:
+            parsed = _parse_line(raw, location)
+        except ConfigError:
+            if quotable:
+                raise
+            raise ConfigError(f"{location}: not an options line") from None
         if parsed is None:
             continue
         opt, value_text = parsed
@@ -359,7 +367,8 @@ def _read_file(layers: _Layers, path: str, *, stack: tuple[str, ...], kind: str 
         try:
             layers.set(opt, opt.parse(value_text), location)
         except ValueError as error:
-            raise ConfigError(f"{location}: {error}") from None
+            reason = error if quotable else f"not a valid value for '{opt.name}'"
+            raise ConfigError(f"{location}: {reason}") from None
 
 
 def _read_lines(path: str, kind: str | None, where: str) -> list[str]:

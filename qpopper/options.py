@@ -287,8 +287,10 @@ OPTIONS: tuple[Option, ...] = (
        flag="-B"),
     _s("bulldir", None,
        "Bulletin directory; setting it enables bulletins (configure --enable-bulletins; the "
-       "usual place is /var/spool/bulls).",
-       flag="-b", flag_arg="bulldir", example="/var/spool/bulls"),
+       "usual place is /var/spool/bulls). Unlike Qpopper, not settable in ~/.qpopper-options: "
+       "bulletins are read with the mail group, so a user's own bulldir could name other "
+       "users' spools. A bulletin file that is not world-readable is skipped and logged.",
+       flag="-b", flag_arg="bulldir", scope=Scope.NOT_HOME, example="/var/spool/bulls"),
     _s("cache-dir", None,
        "Directory for the users' .user.cache files (server mode). Unset: the temp-drop "
        "directory. Not /tmp: a reboot deletes it.",

@@ -73,7 +73,10 @@ SCOPES = {
     "user-options": {Scope.NOT_USER}, "spool-options": {Scope.NOT_HOME},
     "announce-expire": {Scope.ANYWHERE}, "announce-login-delay": {Scope.ANYWHERE},
     "bulldb-max-tries": {Scope.ANYWHERE}, "bulldb-nonfatal": {Scope.ANYWHERE},
-    "bulldir": {Scope.ANYWHERE}, "config-file": {Scope.ANYWHERE},
+    "config-file": {Scope.ANYWHERE},
+    # bulldir: the manual allows it anywhere, but bulletins are read with the mail group, so
+    # a home file's bulldir could name other users' spools (the admin's spool-dir file may).
+    "bulldir": {Scope.NOT_HOME},
     # debug (and tracefile): the manual allows them anywhere, but the session's log is open
     # before the user files are read; the master rebuilds it on HUP.
     "debug": {Scope.STARTUP},
