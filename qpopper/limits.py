@@ -26,6 +26,18 @@ IDLE_TIMEOUT_S = 120
 """Qpopper's built-in `timeout` default (seconds). RFC 1939 asks for at least 600; the shipped
 /etc/qpopper/qpopper.config sets 600 (reference decision §7.7)."""
 
+MAX_IDLE_TIMEOUT_S = 86400
+"""The largest `timeout` (a day: a client silent that long is gone). The session waits in
+poll(), which takes at most 2**31 - 1 ms (24.8 days): a larger value would kill every session."""
+
+MAX_SHUTDOWN_GRACE_S = 3600
+"""The largest `shutdown-grace`: past an hour a stopping master is a hung one to the service
+manager (systemd's stop timeout is far shorter)."""
+
+MAX_BULLDB_TRIES = 1000
+"""The largest `bulldb-max-tries`: with random waits of up to 0.5 s, about 4 minutes of a
+login spent waiting for the bulletin database."""
+
 MAX_AUTHORIZATION_S = 300
 """The whole AUTHORIZATION state (banner to login) may last this long, however the client
 paces its bytes: until the login it holds a root process. A mail client logs in within

@@ -253,6 +253,8 @@ def _m(name, default, choices, help, **kw) -> Option:
 
 
 _SSF_MAX = 4294967295
+_ANNOUNCED_MAX = 2**31 - 1        # CAPA EXPIRE / LOGIN-DELAY numbers a client reads as an int32
+_TLS_OPTIONS_MAX = 2**64 - 1      # OpenSSL's options are a uint64_t (larger: OverflowError)
 _FACILITIES = ("mail", "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7")
 
 # The table. Qpopper's options in alphabetical order (as the manual lists them), then ours.
@@ -264,10 +266,10 @@ OPTIONS: tuple[Option, ...] = (
        "Days announced in CAPA as EXPIRE (-1 announces EXPIRE NEVER). Only 0 (delete each "
        "message once it has been retrieved) is enforced; other values are the site's policy "
        "to enforce by other means.",
-       flag="-e", flag_arg="expire=N", minimum=-1),
+       flag="-e", flag_arg="expire=N", minimum=-1, maximum=_ANNOUNCED_MAX),
     _i("announce-login-delay", -1,
        "Seconds announced in CAPA as LOGIN-DELAY (-1 announces nothing). Not enforced.",
-       flag="-e", flag_arg="login_delay=N", minimum=-1),
+       flag="-e", flag_arg="login_delay=N", minimum=-1, maximum=_ANNOUNCED_MAX),
     _s("auth-file", None,
        "File listing, one per line, the only users allowed to use the server (configure "
        "--enable-auth-file).",
@@ -280,7 +282,8 @@ OPTIONS: tuple[Option, ...] = (
     _i("bulldb-max-tries", 75,
        "Attempts to lock the bulletin database before giving up (random waits of up to 0.5 s "
        "between attempts).",
-       aliases=("bulldb-max-retries", "bulldb-max-retires"), minimum=1),
+       aliases=("bulldb-max-retries", "bulldb-max-retires"), minimum=1,
+       maximum=limits.MAX_BULLDB_TRIES),
     _b("bulldb-nonfatal", False,
        "Let sessions continue when the bulletin database cannot be opened (users may miss "
        "bulletins) instead of failing with [SYS/TEMP].",
@@ -465,7 +468,7 @@ OPTIONS: tuple[Option, ...] = (
     _i("timeout", limits.IDLE_TIMEOUT_S,
        "Seconds without client input before the session is aborted. RFC 1939 asks for at "
        "least 600; Qpopper's default is 120.",
-       flag="-T", flag_arg="secs", minimum=1),
+       flag="-T", flag_arg="secs", minimum=1, maximum=limits.MAX_IDLE_TIMEOUT_S),
     _b("timing", False,
        "Log the seconds spent in authentication, initialization and clean-up at the end of "
        "each session."),
@@ -479,7 +482,7 @@ OPTIONS: tuple[Option, ...] = (
        scope=Scope.STARTUP, example="/etc/mail/certs/identity.pem"),
     _i("tls-options", 0,
        "OpenSSL SSL_OP_* option bits; setting it again adds the value (Qpopper's config.c).",
-       minimum=0, repeatable=True, scope=Scope.STARTUP),
+       minimum=0, maximum=_TLS_OPTIONS_MAX, repeatable=True, scope=Scope.STARTUP),
     _s("tls-passphrase", None,
        "Passphrase of the private key in tls-identity-file. Keep this file readable by root "
        "only.",
@@ -563,7 +566,7 @@ OPTIONS: tuple[Option, ...] = (
     _i("shutdown-grace", 30,
        "Extension: seconds the master waits for running sessions after TERM before "
        "killing them.",
-       extension=True, minimum=0, scope=Scope.STARTUP),
+       extension=True, minimum=0, maximum=limits.MAX_SHUTDOWN_GRACE_S, scope=Scope.STARTUP),
     _s("pam-service", "pop3",
        "Extension: PAM service name used for USER/PASS (Qpopper: configure "
        "--with-pam=service).",

@@ -190,7 +190,9 @@ def test_integers_ranges_and_hex():
         lookup("timeout").parse("10s")
     with pytest.raises(ValueError, match="'hash-spool' must be between 0 and 2, got 3"):
         lookup("hash-spool").parse("3")
-    with pytest.raises(ValueError, match="'timeout' must be at least 1, got 0"):
+    with pytest.raises(ValueError, match="'mail-lock-check' must be at least 1, got 0"):
+        lookup("mail-lock-check").parse("0")
+    with pytest.raises(ValueError, match="'timeout' must be between 1 and 86400, got 0"):
         lookup("timeout").parse("0")
 
 
