@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import ipaddress
 import os
 import selectors
 import signal
@@ -56,6 +57,25 @@ REAP_INTERVAL_S = 1.0
 """The loop also wakes this often, so a lost SIGCHLD never leaves zombies for long."""
 
 OVER_LIMIT_TEXT = "Too many connections; try again later"
+
+IPV6_CLIENT_PREFIX = 64
+"""max-children-per-address counts an IPv6 client by its /64: one host is usually given a
+whole /64 and may use any address in it, so counting single addresses would let it fill
+max-children alone."""
+
+
+def address_group(client_ip: str) -> str:
+    """What max-children-per-address counts by: an IPv4 address (also IPv4-mapped), or the
+    /64 network of an IPv6 address; anything else (not an IP peer) as it is."""
+    try:
+        address = ipaddress.ip_address(client_ip.split("%", 1)[0])
+    except ValueError:
+        return client_ip
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, IPV6_CLIENT_PREFIX), strict=False))
+    return str(address)
 
 
 class ListenError(Exception):
@@ -170,7 +190,7 @@ class Master:
         self._startup_log = log                  # its owner (run_master) closes it
         self.notify_systemd = notify_systemd
         self.hostname = socket.gethostname()
-        self.children: dict[int, str] = {}                 # pid → client address
+        self.children: dict[int, str] = {}                 # pid → address_group(client)
         self.per_address: collections.Counter[str] = collections.Counter()
         self.pending_signals: collections.deque[int] = collections.deque()
         self.stopping = False
@@ -295,8 +315,9 @@ class Master:
         per_address = self.cfg.max_children_per_address
         if total and len(self.children) >= total:
             return f"{len(self.children)} sessions running (max-children {total})"
-        if per_address and self.per_address[client_ip] >= per_address:
-            return (f"{self.per_address[client_ip]} sessions from {client_ip} "
+        group = address_group(client_ip)
+        if per_address and self.per_address[group] >= per_address:
+            return (f"{self.per_address[group]} sessions from {group} "
                     f"(max-children-per-address {per_address})")
         return None
 
@@ -323,8 +344,9 @@ class Master:
         if pid == 0:
             self._child(conn, peer, tls_mode)            # never returns
         conn.close()
-        self.children[pid] = peer[0]
-        self.per_address[peer[0]] += 1
+        group = address_group(peer[0])
+        self.children[pid] = group                      # _reap decrements the same counter
+        self.per_address[group] += 1
 
     def _child(self, conn: socket.socket, peer: tuple[str, int], tls_mode: str | None) -> None:
         status = 1
@@ -365,11 +387,11 @@ class Master:
                 return
             if pid == 0:
                 return
-            client_ip = self.children.pop(pid, None)
-            if client_ip is not None:
-                self.per_address[client_ip] -= 1
-                if self.per_address[client_ip] <= 0:
-                    del self.per_address[client_ip]      # no state left behind per address
+            group = self.children.pop(pid, None)
+            if group is not None:
+                self.per_address[group] -= 1
+                if self.per_address[group] <= 0:
+                    del self.per_address[group]          # no state left behind per address
 
     # --- HUP and TERM --------------------------------------------------------------------------------
     def on_reload(self) -> None:

@@ -561,7 +561,9 @@ OPTIONS: tuple[Option, ...] = (
        extension=True, minimum=1, scope=Scope.STARTUP),
     _i("max-children-per-address", 20,
        "Extension: most sessions at once from one client address (popa3d's "
-       "MAX_SESSIONS_PER_SOURCE); more are refused.",
+       "MAX_SESSIONS_PER_SOURCE); more are refused. IPv6 clients count by their /64 "
+       "network (one host may use every address of its /64); IPv4-mapped addresses count as "
+       "the IPv4 address.",
        extension=True, minimum=1, scope=Scope.STARTUP),
     _i("shutdown-grace", 30,
        "Extension: seconds the master waits for running sessions after TERM before "
