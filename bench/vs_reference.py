@@ -476,7 +476,7 @@ def parse_args(argv=None):
     return args
 
 
-def raise_on_sigterm(signum, frame):
+def raise_on_signal(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -494,7 +494,10 @@ def main(argv=None) -> int:
         print("vs_reference.py: systemd-socket-activate is missing (package systemd)",
               file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, raise_on_sigterm)
+    # Clean up on Ctrl-C, kill and a closed terminal alike (SIGINT too: a shell starts
+    # background jobs with it ignored).
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, raise_on_signal)
     started = time.time()
     raw_out = open(args.raw_out, "a") if args.raw_out else None
     n_users = max(args.idle_sessions if "idle" in args.scenarios else 0, max(args.concurrency))
