@@ -39,6 +39,7 @@ import setproctitle
 from . import config as config_mod
 from . import sdnotify
 from . import tls as tls_mod
+from .auth import pam as pam_auth
 from .log import Logger
 from .responses import RespCode, err
 from .session import Channel, Session, normalize_ip, tls_mode_for_listen_port
@@ -230,6 +231,8 @@ class Master:
     # --- the loop ------------------------------------------------------------------------------
     def serve(self) -> int:
         setproctitle.setproctitle("popper: master")
+        if self.cfg.user_database == "system":
+            pam_auth.preload()              # once here, not ldconfig twice in every session
         self._install_signals()
         self.selector = selectors.DefaultSelector()
         try:

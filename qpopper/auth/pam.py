@@ -71,6 +71,21 @@ def _with_rhost(authenticator, rhost: str | None, replace_auth_step: bool):
     authenticator.pam_authenticate = pam_authenticate
 
 
+def preload() -> None:
+    """Load libpam's bindings now, in the master, before it forks sessions.
+
+    python-pam binds libpam once per process, on the first PamAuthenticator, and finds the
+    libraries with ctypes.util.find_library, which runs `/sbin/ldconfig -p` (twice). Done in
+    the master, every forked session inherits the bindings instead of paying two fork+execs
+    per login. A missing libpam is not an error here: each session reports it as
+    [SYS/TEMP] when it tries.
+    """
+    try:
+        python_pam.PamAuthenticator()
+    except (OSError, AttributeError, TypeError):
+        pass
+
+
 def _run(service: str, user: str, password: str, rhost: str | None, *,
          check_password_expired: bool, account_only: bool) -> PamResult:
     try:
