@@ -90,7 +90,9 @@ with mail) and the spool exists; otherwise normal mode, whose recovery runs firs
     never discards it (sessions are refused with Overquota until the commit completes).
   The same assumption as normal mode's: mail delivered after a crash never reproduces the old
   spool's first S octets byte for byte.
-  After a rewrite, the new spool's first L octets are scanned (outside the lock) for the cache.
+  After a rewrite, the cache of the new spool's first L octets is what the write-back reports
+  for each kept message (mbox.copy_for_update), plus a scan (outside the lock) of the mail
+  delivered since login; whatever the write-back cannot vouch for is scanned instead.
 - abort without update: nothing to put back; only the empty temporary drop goes.
 Fast-update and delivery: the rename happens while we hold the dot-lock and the kernel locks
 on the old inode. Agents that take the dot-lock before opening the spool (the Debian
@@ -106,6 +108,7 @@ the server and the delivery agent touch spools. Without fast-update the spool ke
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import grp
 import json
@@ -469,11 +472,11 @@ class Maildrop:
                 return
             self._spool = self._spool_lock(create=True)
             try:
-                state, rescan = self._rewrite_spool(kept, marked)
+                state, known = self._rewrite_spool(kept, marked)
             finally:
                 self._spool.release()
                 self._spool = None
-            self._store_cache_of_new_spool(state, rescan)
+            self._store_cache_of_new_spool(state, known)
 
     def _headers_to_write(self, marked) -> bool:
         """Would the write-back change any message? (X-UIDL after the From line, a Status
@@ -492,9 +495,9 @@ class Maildrop:
                 return True
         return False
 
-    def _rewrite_spool(self, kept, marked) -> tuple[cache.SpoolState, bool]:
-        """Under the spool lock. Returns the new spool's state and whether its [0, size) must be
-        scanned for the cache (False: it is empty)."""
+    def _rewrite_spool(self, kept, marked) -> tuple[cache.SpoolState, "_Written | None"]:
+        """Under the spool lock. Returns the new spool's state and what the rewrite knows of
+        its messages (None: [0, size) must be scanned for the cache)."""
         spool = self._spool.fd
         st = os.fstat(spool)
         login = self._login
@@ -507,10 +510,11 @@ class Maildrop:
             os.ftruncate(spool, 0)
             self._step("fsync-spool")
             os.fsync(spool)
-            return cache.spool_state(spool), False
-        return self._replace_spool(kept, marked, st), True
+            return cache.spool_state(spool), _Written([], 0)
+        return self._replace_spool(kept, marked, st)
 
-    def _replace_spool(self, kept, marked, st: os.stat_result) -> cache.SpoolState:
+    def _replace_spool(self, kept, marked, st: os.stat_result
+                       ) -> tuple[cache.SpoolState, "_Written | None"]:
         """New image = kept messages + mail delivered since login; journal `replace`; then
         rename it over the spool (fast-update) or write it into the spool in place."""
         spool = self._spool.fd
@@ -521,11 +525,14 @@ class Maildrop:
         try:
             try:
                 writer = _ChunkWriter(image, self._step, "write-image")
-                self._write_kept(kept, marked, writer.write)
+                known = self._write_kept(kept, marked, writer.write, relocate=True)
                 writer.flush()
+                if known is not None:
+                    known = _Written(known, writer.pos)
                 if spool_len > login_len:
                     pad = separator_padding(_tail(image, writer.pos))
                     if pad:
+                        known = None        # never after a copy: it ends with a blank line
                         writer.write(pad)
                         writer.flush()
                     _copy(spool, login_len, spool_len - login_len, image, writer.pos,
@@ -544,7 +551,7 @@ class Maildrop:
                                  "prefix": sha256_of_range(spool, 0, spool_len)})
             if fast and self._rename_over_spool():
                 self._journal.clear()
-                return cache.spool_state(image)
+                return cache.spool_state(image), known
             # Copy: empty the spool (the image holds its mail), then a journaled commit onto
             # the empty spool, exactly as normal mode applies an image.
             self._step("truncate-spool")
@@ -555,7 +562,7 @@ class Maildrop:
         finally:
             os.close(image)
         self._finish_commit()
-        return cache.spool_state(spool)
+        return cache.spool_state(spool), known
 
     def _dress_like_spool(self, image: int, st: os.stat_result) -> bool:
         """fast-update: the image becomes the spool, so it takes the spool's mode and group.
@@ -591,23 +598,44 @@ class Maildrop:
         if not self._cache_current:
             self._store_cache(self._login, self._all)
 
-    def _store_cache_of_new_spool(self, state: cache.SpoolState, rescan: bool) -> None:
-        """After a rewrite the spool's first state.size octets are ours: scan them (outside
-        the lock; delivery agents only append) so the next session starts from the cache."""
-        messages: list[mbox.Message] = []
-        if rescan:
-            # The update is done: a failure here costs the next session a scan, nothing more.
-            try:
-                fd = os.open(self.paths.spool, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                with open(fd, "rb") as f:
-                    st = os.fstat(fd)
-                    if (st.st_dev, st.st_ino) != (state.dev, state.ino):
-                        return
-                    messages = mbox.scan(f, end=state.size, **cache.scan_options(self.cfg))
-            except (OSError, mbox.MboxFormatError) as exc:
-                self._note(syslog.LOG_NOTICE, f"no cache for {self.user}: {exc}")
-                return
+    def _store_cache_of_new_spool(self, state: cache.SpoolState, known: "_Written | None"
+                                  ) -> None:
+        """After a rewrite the spool's first state.size octets are ours. The messages the
+        rewrite wrote are known from the writing (mbox.copy_for_update); the rest — mail
+        delivered during the session, or all of it when the writing could not tell — is
+        scanned (outside the lock; delivery agents only append), so the next session starts
+        from the cache. Either way the list is what a scan of [0, state.size) gives."""
+        if known is not None and known.end == state.size:
+            self._store_cache(state, known.messages)
+            return
+        # The update is done: a failure here costs the next session a scan, nothing more.
+        try:
+            fd = os.open(self.paths.spool, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with open(fd, "rb") as f:
+                st = os.fstat(fd)
+                if (st.st_dev, st.st_ino) != (state.dev, state.ino):
+                    return
+                messages = self._scan_new_spool(f, state.size, known)
+        except (OSError, mbox.MboxFormatError) as exc:
+            self._note(syslog.LOG_NOTICE, f"no cache for {self.user}: {exc}")
+            return
         self._store_cache(state, messages)
+
+    def _scan_new_spool(self, f, size: int, known: "_Written | None") -> list[mbox.Message]:
+        """The rewritten spool's messages: the known ones and a scan of what follows them,
+        when that scan starts at a From_ message (as a scan of the whole file would then cut
+        there: the known part ends with a blank line); else a scan of the whole file."""
+        options = cache.scan_options(self.cfg)
+        if known is not None and known.end < size:
+            try:
+                new = mbox.scan(f, start=known.end, end=size,
+                                first_number=len(known.messages) + 1,
+                                taken_uids={m.uid for m in known.messages}, **options)
+            except mbox.MboxFormatError:
+                new = None
+            if new is not None and not any(m.mmdf for m in new):
+                return known.messages + new
+        return mbox.scan(f, end=size, **options)
 
     def _store_cache(self, state: cache.SpoolState, messages) -> None:
         try:
@@ -623,16 +651,33 @@ class Maildrop:
         self._step("fsync-temp-drop")
         os.fsync(self._session.fd)
 
-    def _write_kept(self, kept, marked, write) -> None:
+    def _write_kept(self, kept, marked, write, *, relocate: bool = False
+                    ) -> list[mbox.Message] | None:
+        """Write the kept messages back. With `relocate`, returns the messages a scan of what
+        was written would find (server mode's cache), or None when only a scan can tell."""
         every = self.cfg.mail_lock_check
         status = self.cfg.update_status_headers
+        # uw-kluge hides message 1 by what its headers say: a scan decides after a rewrite.
+        known: list[mbox.Message] | None = None
+        if relocate and status and not self.cfg.uw_kluge:
+            known = []
+        pos = 0
         for n, msg in enumerate(kept, 1):
-            mbox.copy_for_update(self._drop_file, msg, write, retrieved=id(msg) in marked,
-                                 update_status_headers=status)
+            written = mbox.copy_for_update(self._drop_file, msg, write,
+                                           retrieved=id(msg) in marked,
+                                           update_status_headers=status,
+                                           at=pos if known is not None else None, number=n)
+            if known is not None:
+                if written is None:
+                    known = None
+                else:
+                    known.append(written)
+                    pos = written.end
             if every and n % every == 0:
                 self._spool.dotlock.refresh()
             else:
                 self._spool.refresh_if_due()
+        return known
 
     def _write_drop_raw(self, write) -> None:
         drop = self._session.fd
@@ -961,6 +1006,14 @@ class _Journal:
         if os.path.lexists(self.tmp):
             self.step("journal-tmp-unlink")
             unlink_if_present(self.tmp)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Written:
+    """What a server-mode rewrite knows of the new spool: the messages of [0, end)."""
+
+    messages: list
+    end: int
 
 
 class _ChunkWriter:
