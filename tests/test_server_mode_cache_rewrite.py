@@ -225,3 +225,16 @@ def test_content_length_spool_falls_back_to_a_scan(tmp_path):
     drop = Maildrop.open(cfg, paths, USER, lock_step_s=0.05)
     drop.update({0}, {1})
     assert cached(cfg, paths) == scanned(cfg, paths)
+
+
+def test_a_uid_that_would_not_read_back_is_left_to_a_scan():
+    """A UID a scan would not take from its X-UIDL line (only a damaged cache could hold
+    one): the write-back does not vouch for the message."""
+    data = spool(["plain", "status"])
+    f = io.BytesIO(data)
+    first, second = mbox.scan(f)
+    odd = dataclasses.replace(first, uid="has a space 0123456")
+    assert mbox.copy_for_update(f, odd, [].append, retrieved=False,
+                                update_status_headers=True, at=0, number=1) is None
+    assert mbox.copy_for_update(f, second, [].append, retrieved=False,
+                                update_status_headers=True, at=0, number=1) is not None

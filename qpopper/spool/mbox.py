@@ -915,7 +915,8 @@ def _relocatable(msg: Message) -> bool:
     the body, so the new scan cuts them where the old one did."""
     return (not msg.mmdf and not msg.hidden and msg.stripped == msg.uidl_lines
             and msg.header_end < msg.body_start <= msg.body_end
-            and msg.content_start > msg.offset)
+            and msg.content_start > msg.offset
+            and _header_uid(msg.uidl_line[:-2]) == msg.uid)    # read back as this UID
 
 
 def _relocated(f: BinaryIO, msg: Message, at: int, number: int, retrieved: bool,
