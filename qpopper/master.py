@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import collections
 import errno
-import ipaddress
 import os
 import selectors
 import signal
@@ -39,6 +38,7 @@ import setproctitle
 from . import config as config_mod
 from . import sdnotify
 from . import tls as tls_mod
+from .addresses import address_group
 from .auth import pam as pam_auth
 from .log import Logger
 from .responses import RespCode, err
@@ -58,26 +58,6 @@ REAP_INTERVAL_S = 1.0
 """The loop also wakes this often, so a lost SIGCHLD never leaves zombies for long."""
 
 OVER_LIMIT_TEXT = "Too many connections; try again later"
-
-IPV6_CLIENT_PREFIX = 64
-"""max-children-per-address counts an IPv6 client by its /64: one host is usually given a
-whole /64 and may use any address in it, so counting single addresses would let it fill
-max-children alone."""
-
-
-def address_group(client_ip: str) -> str:
-    """What max-children-per-address counts by: an IPv4 address (also IPv4-mapped), or the
-    /64 network of an IPv6 address; anything else (not an IP peer) as it is."""
-    try:
-        address = ipaddress.ip_address(client_ip.split("%", 1)[0])
-    except ValueError:
-        return client_ip
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, IPV6_CLIENT_PREFIX), strict=False))
-    return str(address)
-
 
 class ListenError(Exception):
     """A listener could not be set up: one readable line for the administrator."""

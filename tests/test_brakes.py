@@ -78,6 +78,31 @@ def test_success_clears_the_user_but_not_the_address(tmp_path):
     assert brakes.address_delay("192.0.2.1") > 0
 
 
+def test_an_ipv6_host_is_braked_by_its_64_not_by_each_address(tmp_path):
+    """One host owns a /64 and may take a fresh address for every guess: failures spread over
+    its addresses brake the next address of that /64 as they would brake one address, while
+    another /64 is not slowed. The log lines keep each client's own address."""
+    path = str(tmp_path / "b.sqlite")
+    log = []
+    brakes = Brakes(path, 30, lambda p, t: log.append(t))
+    free = limits.BRAKE_FREE_FAILURES_PER_ADDRESS
+    for n in range(free + 2):                    # each guess from another address of the /64
+        brakes.note_failure(f"2001:db8:1:2::{n + 1:x}", f"guess{n}", "USER", 0)
+    assert f"ip=[2001:db8:1:2::{free + 2:x}], failures={free + 2}," in log[-1]
+    expected = 2 * limits.BRAKE_FIRST_DELAY_S
+    assert Brakes(path, 30, lambda p, t: None).address_delay("2001:db8:1:2:ffff::99") == expected
+    assert brakes.address_delay("2001:db8:1:3::1") == 0            # the neighbouring /64
+    slept = []
+    assert brakes.hold_address("2001:db8:1:2:abcd::5", slept.append) == expected
+    assert slept == [expected]
+    assert log[-1].startswith("brute-force brake: 2001:db8:1:2:abcd::5 waits")
+    # IPv4: by the address, an IPv4-mapped client (dual-stack socket) as that address.
+    for _ in range(free + 1):
+        brakes.record_failure("::ffff:192.0.2.9", "ivy")
+    assert brakes.address_delay("192.0.2.9") == limits.BRAKE_FIRST_DELAY_S
+    assert brakes.address_delay("192.0.2.10") == 0
+
+
 def test_failures_are_forgotten_after_the_window(tmp_path):
     now = [1_000_000.0]
     brakes = Brakes(str(tmp_path / "b.sqlite"), 30, lambda p, t: None, clock=lambda: now[0])

@@ -25,7 +25,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent / "qpopper"
 # Lowest first. Names are module names without the "qpopper." prefix; "pkg.*" is every module
 # of a package (and the package itself); "pop_*" every top-level module starting with "pop_".
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("base", ("", "limits")),                                # "" is qpopper/__init__.py
+    ("base", ("", "limits", "addresses")),                   # "" is qpopper/__init__.py
     ("vocabulary", ("responses", "options")),
     ("configuration", ("config",)),
     ("services", ("log", "sdnotify", "privsep", "tls", "docgen", "proctitle")),

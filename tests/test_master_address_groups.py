@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from qpopper.master import address_group
+from qpopper.addresses import address_group
 from tests.server_harness import Site
 
 pytestmark = pytest.mark.timeout(120)

@@ -13,6 +13,11 @@ The delay starts at limits.BRAKE_FIRST_DELAY_S and doubles per failure up to
 `auth-brakes-max-delay`; a record is forgotten limits.BRAKE_WINDOW_S after its last failure,
 and a successful login clears its user's record (never the address's: a guesser with an
 account of their own could otherwise reset it).
+An "address" is the client's addresses.address_group, the key the master's
+max-children-per-address counts by too: an IPv4 address (an IPv4-mapped one as itself), or
+the /64 of an IPv6 address, since one host may use every address of its /64 and would
+otherwise take a fresh one for each guess. Log lines still show the client's own address.
+(Rows of an older build, keyed by a single IPv6 address, simply expire.)
 
 The same brakes and the same store serve poppassd (tools/poppassd.py): checking an old password
 there is one more way to guess it, so its failures count with the POP server's, and each
@@ -39,6 +44,7 @@ import time
 from contextlib import closing
 
 from .. import limits
+from ..addresses import address_group
 
 ADDRESS = "address"
 USER = "user"
@@ -91,14 +97,15 @@ class Brakes:
 
     # ---- what the authenticator asks ----------------------------------------------------------
     def address_delay(self, client_ip: str) -> float:
-        """The wait before checking an attempt from this address."""
-        return brake_delay(self._count(ADDRESS, client_ip), limits.BRAKE_FREE_FAILURES_PER_ADDRESS,
-                           self.max_delay)
+        """The wait before checking an attempt from this address (its address_group: an
+        IPv6 client's /64)."""
+        return brake_delay(self._count(ADDRESS, address_group(client_ip)),
+                           limits.BRAKE_FREE_FAILURES_PER_ADDRESS, self.max_delay)
 
     def record_failure(self, client_ip: str, user: str) -> tuple[int, float]:
         """Count one failure; returns (failures of this address, wait before the -ERR that
         the user name's brake asks for)."""
-        counts = self._bump([(ADDRESS, client_ip), (USER, user)])
+        counts = self._bump([(ADDRESS, address_group(client_ip)), (USER, user)])
         address_failures = counts.get(ADDRESS, 0)
         user_delay = brake_delay(counts.get(USER, 0), limits.BRAKE_FREE_FAILURES_PER_USER,
                                  self.max_delay)

@@ -1,0 +1,33 @@
+"""Client addresses: what the counts kept per client count by.
+
+Shared by the master and the brute-force brakes, so that one client is one client
+everywhere:
+  - `address_group`: the key of every count kept per client (max-children-per-address in
+    the master, the address brake in auth/brakes.py). One host is usually given a whole IPv6
+    /64 and may use any address in it, so an IPv6 client counts by its /64: counting single
+    addresses would let it fill max-children alone, or never pay the address brake by taking
+    a fresh address for each guess. IPv4 (also IPv4-mapped) counts by the address.
+Pure functions of strings (no socket, no os): any layer may import this module.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+IPV6_CLIENT_PREFIX = 64
+"""An IPv6 client is counted by its /64 (the usual assignment to one host or one LAN)."""
+
+
+def address_group(client_ip: str) -> str:
+    """What the per-client counts count by: an IPv4 address (also IPv4-mapped), or the /64
+    network of an IPv6 address (`2001:db8::/64`); anything else (not an IP peer, such as
+    "unknown") as it is."""
+    try:
+        address = ipaddress.ip_address(client_ip.split("%", 1)[0])
+    except ValueError:
+        return client_ip
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, IPV6_CLIENT_PREFIX), strict=False))
+    return str(address)
