@@ -21,6 +21,7 @@ One model serves LIST, RETR and the write-back, so their numbers cannot drift ap
 from __future__ import annotations
 
 import hashlib
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterable
@@ -45,8 +46,12 @@ UID_MAX_CHARS = 32
 
 UIDL_HEADER = b"X-UIDL: "
 _UID_ALPHABET = bytes(0x21 + d if 0x21 + d != ord(".") else ord("~") for d in range(80))
+_UID_DIGITS = [chr(c) for c in _UID_ALPHABET]
+_UID_PAIRS = [low + high for high in _UID_DIGITS for low in _UID_DIGITS]
+"""_UID_PAIRS[v % 6400]: the two base-80 digits of v % 6400, least significant first."""
 _NUL_TO_SPACE = bytes.maketrans(b"\0", b" ")
 _HASHED_HEADERS = (b"received:", b"date:", b"message-id:", b"subject:")
+_HASHED_NAMES = frozenset(_HASHED_HEADERS)
 _CONTINUATION_BYTES = frozenset(b" \t")
 _NOTED_HEADERS = (b"content-length:", b"x-uidl:", b"status:", b"x-imap:", b"from:",
                   *_HASHED_HEADERS)
@@ -96,6 +101,13 @@ class Message:
 
 # --- From_ line recognition ---------------------------------------------------------------------
 
+_PLAIN_FROM_LINE = re.compile(
+    rb"From [^\r\n]*[^ \r\n] [^ \r\n]{3} [^ \r\n]{3} [ 0-9][0-9] [0-9]{2}:[0-9]{2}:[0-9]{2} "
+    rb"[0-9]{4}\r?\n?")
+"""The envelope line almost every delivery agent writes (`From user Wed Dec  2 05:53:22 1992`):
+every position _from_line_by_position checks holds for it, so a match needs no more checks."""
+
+
 def is_from_line(line: bytes) -> bool:
     """True when `line` is a `From ` envelope line with a ctime-like date (c-client's VALID).
 
@@ -105,6 +117,11 @@ def is_from_line(line: bytes) -> bool:
     """
     if not line.startswith(b"From ") or len(line) >= limits.MAX_SPOOL_LINE_OCTETS:
         return False
+    return _PLAIN_FROM_LINE.fullmatch(line) is not None or _from_line_by_position(line)
+
+
+def _from_line_by_position(line: bytes) -> bool:
+    """c-client's VALID: spaces and colons at fixed distances from the end of the line."""
     n = len(line)
     if line.endswith(b"\n"):
         n -= 1
@@ -144,6 +161,22 @@ def is_from_line(line: bytes) -> bool:
     return at(ti) == SPACE and at(ti - 3) == SPACE and at(ti - 7) == SPACE and at(ti - 11) == SPACE
 
 
+_FROM_SEPARATOR = re.compile(rb"\nFrom ")
+
+
+def _find_from_separator(buf: bytes, start: int) -> int:
+    """buf.find(b"\\nFrom ", start), faster: re's literal search beats bytes.find on a
+    pattern that starts with the most common byte of a mail (LF)."""
+    if start < 0:
+        start = max(0, start + len(buf))          # as bytes.find reads a negative start
+    match = _FROM_SEPARATOR.search(buf, start)
+    return match.start() if match else -1
+
+
+def _pattern_finder(pattern: bytes) -> Callable[[bytes, int], int]:
+    return lambda buf, start: buf.find(pattern, start)
+
+
 def _is_empty_line_before(buf: bytes, k: int) -> bool:
     """buf[k] is LF: is the line it ends empty (just LF or CRLF)?"""
     return (k >= 1 and buf[k - 1] == LF) or (k >= 2 and buf[k - 1] == CR and buf[k - 2] == LF)
@@ -159,16 +192,13 @@ def encode_uid(digest: bytes, old_style: bool = False) -> str:
     """Qpopper's UID text for an MD5 digest: 20 base-80 chars, or 32 hex chars (old-style-uid)."""
     if old_style:
         return digest.hex()
-    a = _UID_ALPHABET
-    out = bytearray()
+    pairs, single = _UID_PAIRS, _UID_DIGITS
+    parts = []
     for b0, b1, b2, b3 in (digest[0:4], digest[4:8], digest[8:12], digest[12:16]):
         v = (((b0 << 4) + b1 << 4) + b2 << 4) + b3   # Qpopper shifts by 4, not 8: lossy
-        v, d0 = divmod(v, 80)
-        v, d1 = divmod(v, 80)
-        v, d2 = divmod(v, 80)
-        v, d3 = divmod(v, 80)
-        out += bytes((a[d0], a[d1], a[d2], a[d3], a[v % 80]))
-    return out.decode("ascii")
+        # Five base-80 digits, least significant first, two at a time from a table.
+        parts += (pairs[v % 6400], pairs[v // 6400 % 6400], single[v // 40960000 % 80])
+    return "".join(parts)
 
 
 def _header_uid(line: bytes) -> str | None:
@@ -251,10 +281,15 @@ def _file_end(f: BinaryIO) -> int:
 
 def _octets(data: bytes, after_cr: bool = False) -> int:
     """Length of `data` on the wire: every LF becomes CRLF unless it already follows a CR."""
-    n = len(data) + data.count(b"\n")
-    if b"\r" in data:                   # rare: skip the second pass over plain LF data
-        n -= data.count(b"\r\n")
-    if after_cr and data[:1] == b"\n":
+    return _octets_of_range(data, 0, len(data), after_cr)
+
+
+def _octets_of_range(buf: bytes, start: int, stop: int, after_cr: bool = False) -> int:
+    """_octets(buf[start:stop]) without copying the slice."""
+    n = stop - start + buf.count(b"\n", start, stop)
+    if buf.find(b"\r", start, stop) != -1:     # rare: skip the second pass over LF data
+        n -= buf.count(b"\r\n", start, stop)
+    if after_cr and start < stop and buf[start] == LF:
         n -= 1
     return n
 
@@ -476,17 +511,19 @@ class _Scanner:
                   first_message: bool) -> str:
         """Kind of a header line from its first MAX_SPOOL_LINE_OCTETS (all Qpopper looks at);
         feeds the UID digest and notes Content-Length, X-UIDL, Status and uw-kludge marks."""
-        low = line[:16].lower()
-        head = line[:limits.MAX_SPOOL_LINE_OCTETS]
         if self.content_length and line.startswith(b"Content-Length:"):
             d.digest.update(line.translate(_NUL_TO_SPACE))
-            digits = head[15:].strip(b" \t\r\n")
+            digits = line[15:limits.MAX_SPOOL_LINE_OCTETS].strip(b" \t\r\n")
             if digits.isdigit() and d.content_length is None:
                 d.content_length = int(digits)
             return "clen"
-        if low.startswith(b"x-uidl:"):
+        low = line[:16].lower()
+        # Every name we look for is shorter than 16 octets and has no colon, so "starts with
+        # `name:`" is "the part up to the first colon is `name:`": one comparison.
+        name = low[:low.find(b":") + 1]
+        if name == b"x-uidl:":
             if d.header_uid is None:
-                d.header_uid = _header_uid(head)
+                d.header_uid = _header_uid(line[:limits.MAX_SPOOL_LINE_OCTETS])
             return "uidl"
         if first_message and self.uw_kludge:
             if low.startswith(b"subject:") and any(m in line for m in _UW_SUBJECT_MARKS):
@@ -496,13 +533,13 @@ class _Scanner:
             elif low.startswith(b"from:") and line[5:].lstrip(b" \t").startswith(
                     b"Mail System Internal Data"):
                 d.uw_marks += 1
-        if low.startswith(b"status:"):
-            if b"R" in head[7:]:
+        if name == b"status:":
+            if line.find(b"R", 7, limits.MAX_SPOOL_LINE_OCTETS) != -1:
                 d.retrieved = True
             if d.uidl_insert_at < 0:
                 d.uidl_insert_at = line_start
             return "status"
-        if low.startswith(_HASHED_HEADERS):
+        if name in _HASHED_NAMES:
             d.digest.update(line.translate(_NUL_TO_SPACE))
             return "hash"
         if line[:1] in (b" ", b"\t"):
@@ -538,6 +575,7 @@ class _Scanner:
         separator line, consumed, or None at the region end."""
         w = self.w
         pattern = b"\nFrom " if self.mmdf_sep is None else b"\n" + self.mmdf_sep
+        find = _find_from_separator if self.mmdf_sep is None else _pattern_finder(pattern)
         recognise_from = d.body_start
         if (self.mmdf_sep is None and d.content_length is not None
                 and self._content_length_trusted(d)):
@@ -549,7 +587,7 @@ class _Scanner:
         prev_cr = False
         while True:
             buf = w.buf
-            k = buf.find(pattern, search)
+            k = find(buf, search)
             if k != -1 and w.base + k + 1 < recognise_from:
                 search = k + 1
                 continue
@@ -559,9 +597,8 @@ class _Scanner:
                 else:
                     stop = max(counted, len(buf) - len(pattern))
                 if stop > counted:
-                    seg = buf[counted:stop]
-                    octets += _octets(seg, prev_cr)
-                    prev_cr = seg.endswith(b"\r")
+                    octets += _octets_of_range(buf, counted, stop, prev_cr)
+                    prev_cr = buf[stop - 1] == CR
                     counted = stop
                 if w.at_eof:
                     w.cur = counted
@@ -580,8 +617,7 @@ class _Scanner:
             line_at = k + 1
             eol = buf.find(b"\n", line_at, line_at + limits.MAX_SPOOL_LINE_OCTETS)
             if eol == -1 and len(buf) - line_at < limits.MAX_SPOOL_LINE_OCTETS and not w.at_eof:
-                seg = buf[counted:line_at]
-                octets += _octets(seg, prev_cr)
+                octets += _octets_of_range(buf, counted, line_at, prev_cr)
                 prev_cr = False
                 counted = line_at
                 w.cur = counted
@@ -600,8 +636,7 @@ class _Scanner:
             if not found:
                 search = k + 1
                 continue
-            seg = buf[counted:line_at]
-            octets += _octets(seg, prev_cr)
+            octets += _octets_of_range(buf, counted, line_at, prev_cr)
             d.octets += octets
             w.cur = line_at + len(line)
             d.body_end = w.base + line_at
