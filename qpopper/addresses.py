@@ -1,7 +1,11 @@
-"""Client addresses: what the counts kept per client count by.
+"""Client addresses: how they are written, and what the per-client counts count by.
 
-Shared by the master and the brute-force brakes, so that one client is one client
-everywhere:
+Shared by the master, the session, the brute-force brakes and poppassd, so that one client is
+one client everywhere:
+  - `normalize_ip`: the address as the logs (fail2ban's lines included) and PAM_RHOST show
+    it. An IPv4 client of a dual-stack socket (popper's `listen`, poppassd.socket's
+    ListenStream=106) arrives as `::ffff:10.0.0.5`; it is written `10.0.0.5`, as an IPv4
+    socket shows it, so that fail2ban bans the address the firewall sees.
   - `address_group`: the key of every count kept per client (max-children-per-address in
     the master, the address brake in auth/brakes.py). One host is usually given a whole IPv6
     /64 and may use any address in it, so an IPv6 client counts by its /64: counting single
@@ -16,6 +20,14 @@ import ipaddress
 
 IPV6_CLIENT_PREFIX = 64
 """An IPv6 client is counted by its /64 (the usual assignment to one host or one LAN)."""
+
+
+def normalize_ip(address: str) -> str:
+    """`::ffff:10.0.0.5` (a v4 client on a dual-stack socket) → `10.0.0.5`; scope ids dropped."""
+    address = address.split("%", 1)[0]
+    if address.lower().startswith("::ffff:") and "." in address:
+        return address[7:]
+    return address
 
 
 def address_group(client_ip: str) -> str:

@@ -38,11 +38,11 @@ import setproctitle
 from . import config as config_mod
 from . import sdnotify
 from . import tls as tls_mod
-from .addresses import address_group
+from .addresses import address_group, normalize_ip
 from .auth import pam as pam_auth
 from .log import Logger
 from .responses import RespCode, err
-from .session import Channel, Session, normalize_ip, tls_mode_for_listen_port
+from .session import Channel, Session, tls_mode_for_listen_port
 from .spool.locking import process_gone
 
 LISTEN_BACKLOG = 128

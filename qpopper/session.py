@@ -30,6 +30,7 @@ from . import config as config_mod
 from . import limits
 from . import privsep
 from . import tls as tls_mod
+from .addresses import normalize_ip
 from .auth.policy import Authenticator
 from .extensions import standard_extensions
 from .extensions.submit import MtaSubmitter
@@ -175,14 +176,6 @@ def _drain(fd: int) -> None:
             pass
     except BlockingIOError:
         pass
-
-
-def normalize_ip(address: str) -> str:
-    """`::ffff:10.0.0.5` (a v4 client on a dual-stack socket) → `10.0.0.5`; scope ids dropped."""
-    address = address.split("%", 1)[0]
-    if address.lower().startswith("::ffff:") and "." in address:
-        return address[7:]
-    return address
 
 
 # --- the client's name ----------------------------------------------------------------------------

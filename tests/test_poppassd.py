@@ -33,14 +33,16 @@ BAD_OLD = b"500 Old password is incorrect."
 
 class PoppassdService:
     """systemd-socket-activate listening on 127.0.0.1:<free port>, spawning poppassd with
-    the site's configuration file."""
+    the site's configuration file. `listen_host="[::ffff:127.0.0.1]"`: an IPv6 socket that
+    also takes IPv4 (dual-stack, as poppassd.socket's ListenStream=106), on loopback only;
+    clients still connect to 127.0.0.1 and poppassd sees them as ::ffff:127.0.0.x."""
 
-    def __init__(self, site: Site, pam_service: str):
+    def __init__(self, site: Site, pam_service: str, listen_host: str = "127.0.0.1"):
         if shutil.which("systemd-socket-activate") is None:
             pytest.skip("systemd-socket-activate is not installed")
         self.port = free_port()
         self.proc = subprocess.Popen(
-            ["systemd-socket-activate", "--accept", "--inetd", "-l", f"127.0.0.1:{self.port}",
+            ["systemd-socket-activate", "--accept", "--inetd", "-l", f"{listen_host}:{self.port}",
              "-E", f"QPOPPER_SYSLOG_SOCKET={site.syslog.path}", POPPASSD, "-s", pam_service,
              "-f", site.config],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -8,6 +8,8 @@ loopback ones (127.0.0.x), the client socket bound to each."""
 from __future__ import annotations
 
 import re
+import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -85,12 +87,46 @@ def test_names_with_undecodable_bytes_are_counted(tmp_path):
     assert brakes.note_failure("192.0.2.3", name, poppassd.BRAKE_METHOD, 0) == 0
 
 
-@pytest.fixture
-def site(world_tmp, pam_service, system_users):
+def test_peer_address_writes_an_ipv4_client_of_a_dual_stack_socket_as_ipv4():
+    """poppassd.socket listens on [::]:106, so IPv4 clients arrive as ::ffff:a.b.c.d; popper
+    writes them as a.b.c.d, and so must poppassd (its fail2ban lines, PAM_RHOST). The
+    listener is the dual-stack socket's loopback form: ::ffff:127.0.0.1, IPV6_V6ONLY off."""
+    listener = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    with listener:
+        listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        listener.bind(("::ffff:127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=10,
+                                      source_address=("127.0.0.7", 0)):
+            conn, peer = listener.accept()
+            with conn:
+                assert peer[0] == "::ffff:127.0.0.7"           # what the socket reports
+                assert poppassd.peer_address(conn.fileno()) == "127.0.0.7"
+    with tempfile.TemporaryFile() as not_a_socket:
+        assert poppassd.peer_address(not_a_socket.fileno()) == "unknown"
+
+
+def make_site(world_tmp, pam_service, system_users, poppassd_listen_host="127.0.0.1"):
     s = Site(world_tmp, pam_service, auth_brakes_max_delay=MAX_DELAY)
     s.srv = s.server()
-    s.poppassd = PoppassdService(s, pam_service)
+    s.poppassd = PoppassdService(s, pam_service, poppassd_listen_host)
     s.users = system_users
+    return s
+
+
+@pytest.fixture
+def site(world_tmp, pam_service, system_users):
+    s = make_site(world_tmp, pam_service, system_users)
+    yield s
+    s.poppassd.stop()
+    s.close()
+
+
+@pytest.fixture
+def dual_stack_site(world_tmp, pam_service, system_users):
+    """poppassd on a dual-stack socket (loopback form), the POP server on 127.0.0.1."""
+    s = make_site(world_tmp, pam_service, system_users, "[::ffff:127.0.0.1]")
     yield s
     s.poppassd.stop()
     s.close()
@@ -203,3 +239,26 @@ def test_a_user_name_guessed_from_many_addresses_slows_poppassd_failures_not_its
     # The owner's correct old password is never slowed by the name's brake.
     reply, seconds = poppassd_pass(site, "127.0.0.21", user, victim.password)
     assert reply == poppassd.ASK_NEW_PASSWORD.encode() and seconds < UNBRAKED_S, seconds
+
+
+def test_an_ipv4_client_of_dual_stack_poppassd_is_one_client_with_its_pop_logins(
+        dual_stack_site):
+    """The same IPv4 client guesses through POP (IPv4 listener) and through poppassd on a
+    dual-stack socket, where it arrives as ::ffff:127.0.0.14: poppassd waits the brake POP's
+    failures earned, and its fail2ban and brake lines name 127.0.0.14, as popper's do."""
+    site = dual_stack_site
+    victim = site.users.create("pd")
+    source = "127.0.0.14"
+    for i in range(FREE + 1):
+        reply, _ = pop_pass(site, source, victim.name, f"pop-guess-{i}")
+        assert reply.startswith(b"-ERR [AUTH]"), reply
+    reply, seconds = poppassd_pass(site, source, victim.name, "poppassd-guess")
+    assert reply == BAD_OLD
+    braked = brake_delay(FREE + 1, FREE, MAX_DELAY)
+    assert seconds >= braked + FIXED - SLACK_S, seconds
+    site.syslog.wait_for(rf"LOGIN FAILED, user={victim.name}, method=poppassd, "
+                         rf"ip=\[127\.0\.0\.14\], failures={FREE + 2},.*")
+    texts = site.syslog.texts()
+    assert f"brute-force brake: {source} waits {braked:.2f}s before its next login attempt " \
+           f"is checked" in texts
+    assert not any("::ffff:" in text for text in texts), [t for t in texts if "::ffff:" in t]

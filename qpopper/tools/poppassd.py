@@ -57,6 +57,7 @@ import time
 from typing import Callable
 
 from .. import QPOPPER_VERSION, limits
+from ..addresses import normalize_ip
 from ..auth import is_possible_user_name
 from ..auth import pam as pam_auth
 from ..auth.brakes import Brakes
@@ -146,7 +147,9 @@ class Channel:
 
 
 def peer_address(fd: int = 0) -> str:
-    """The client's address when `fd` is a socket (inetd), else "unknown"."""
+    """The client's address when `fd` is a socket (inetd), else "unknown". An IPv4 client of
+    a dual-stack socket (poppassd.socket listens on [::]:106) is written as IPv4, as popper
+    writes it: the same address in both services' fail2ban lines and brakes."""
     try:
         sock = socket.socket(fileno=os.dup(fd))
     except OSError:
@@ -156,7 +159,7 @@ def peer_address(fd: int = 0) -> str:
             peer = sock.getpeername()
         except OSError:
             return "unknown"
-    return peer[0] if isinstance(peer, tuple) else "unknown"
+    return normalize_ip(peer[0]) if isinstance(peer, tuple) else "unknown"
 
 
 def set_password(user: str, new_password: str) -> str | None:
