@@ -108,25 +108,33 @@ def decode(data: bytes) -> tuple[str, SpoolState, dict, list[Message]]:
     return doc["user"], state, doc["options"], messages
 
 
+_TUPLES_AT = [i for i, name in enumerate(_FIELDS) if name in _TUPLE_FIELDS]
+_BOOLS_AT = [i for i, name in enumerate(_FIELDS) if name in _BOOL_FIELDS]
+_UID_AT = _FIELDS.index("uid")
+_INTS_AT = [i for i in range(len(_FIELDS)) if i not in (*_TUPLES_AT, *_BOOLS_AT, _UID_AT)]
+
+
 def _message(row) -> Message:
+    """One message record, checked field by field: (start, end) pairs of ints, real bools, an
+    ASCII uid, every other field an int >= 0 (a bool is not an int here)."""
     if not isinstance(row, list) or len(row) != len(_FIELDS):
         raise ValueError("bad message record")
-    values = dict(zip(_FIELDS, row))
-    for name, value in values.items():
-        if name in _TUPLE_FIELDS:
-            if not all(isinstance(p, list) and len(p) == 2 and all(type(x) is int for x in p)
-                       for p in value):
-                raise ValueError(f"bad {name}")
-            values[name] = tuple(tuple(p) for p in value)
-        elif name in _BOOL_FIELDS:
-            if type(value) is not bool:
-                raise ValueError(f"bad {name}")
-        elif name == "uid":
-            if not isinstance(value, str) or not value or not value.isascii():
-                raise ValueError("bad uid")
-        elif type(value) is not int or value < 0:
-            raise ValueError(f"bad {name}")
-    return Message(**values)
+    values = list(row)
+    for i in _TUPLES_AT:
+        pairs = row[i]
+        if not all(isinstance(p, list) and len(p) == 2 and type(p[0]) is int
+                   and type(p[1]) is int for p in pairs):
+            raise ValueError(f"bad {_FIELDS[i]}")
+        values[i] = tuple(tuple(p) for p in pairs)
+    if {type(row[i]) for i in _BOOLS_AT} != {bool}:
+        raise ValueError("bad flag")
+    uid = row[_UID_AT]
+    if not isinstance(uid, str) or not uid or not uid.isascii():
+        raise ValueError("bad uid")
+    ints = [row[i] for i in _INTS_AT]
+    if {type(v) for v in ints} != {int} or min(ints) < 0:
+        raise ValueError("bad offset or count")
+    return Message(*values)
 
 
 def _check_partition(messages: list[Message], size: int) -> None:
