@@ -51,10 +51,18 @@ def facility_code(name: str | None) -> int:
         raise ValueError(f"unknown log facility {name!r}") from None
 
 
+_CONTROL_TO_SPACE = {code: " " for code in (*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0))}
+"""Every C0 control (NUL, CR, LF, ESC, TAB, ...), DEL and every C1 control (U+0080-U+009F;
+U+009B is CSI on terminals that honour C1) becomes a space. Log lines carry client text (user
+names, AUTH identities): CR/LF would forge a second record, NUL cut it, ESC sequences rewrite
+the screen of whoever reads the log with less -R, tail or journalctl. TAB goes too: none of
+our records contains one, and rsyslog would rewrite it as #011 anyway while the journal keeps
+it, so the same record read either way stays the same."""
+
+
 def _clean(text: str) -> str:
-    # One record per line; never let a client put a fake record or a NUL into the log.
-    text = text.replace("\r", " ").replace("\n", " ").replace("\0", " ")
-    return text[:MAX_LOG_LINE_CHARS]
+    # One record per line, printable: a client can neither fake a record nor drive a terminal.
+    return text.translate(_CONTROL_TO_SPACE)[:MAX_LOG_LINE_CHARS]
 
 
 class Logger:

@@ -106,6 +106,31 @@ def test_newlines_and_nul_cannot_forge_records(syslog_listener):
     assert text.startswith("user evil <13>")
 
 
+def test_terminal_escapes_and_every_control_character_are_replaced(syslog_listener, tmp_path):
+    """A client-chosen name (AUTH PLAIN's authcid goes into sasl-log-login as %4) carrying ESC
+    sequences must not reach syslog or the tracefile: whoever reads the log with tail, less -R
+    or journalctl would have their screen cleared and lines rewritten. Every C0 control, DEL
+    and C1 control becomes a space; printable text, UTF-8 included, is kept."""
+    path, sock = syslog_listener
+    controls = "".join(map(chr, [*range(0x20), 0x7F, *range(0x80, 0xA0)]))
+    hostile = "alice@\x1b[2J\x1b[1Apopper[1]: fake\x9b31m\tgr\u00fcn\x07" + controls + "end"
+    log = Logger(socket_path=path)
+    trace = tmp_path / "trace"
+    traced = Logger(tracefile=str(trace))
+    try:
+        log(syslog.LOG_NOTICE, f'sasl "{hostile}" with PLAIN')
+        traced(syslog.LOG_NOTICE, hostile)
+    finally:
+        log.close()
+        traced.close()
+    text = receive(sock)["text"]
+    assert text == ('sasl "alice@ [2J [1Apopper[1]: fake 31m gr\u00fcn ' + " " * len(controls)
+                    + 'end" with PLAIN')
+    assert not any(ch in text for ch in controls)
+    assert trace.read_text().rstrip("\n").endswith("alice@ [2J [1Apopper[1]: fake 31m gr\u00fcn "
+                                                    + " " * len(controls) + "end")
+
+
 def test_reconnects_after_syslog_restarts(tmp_path):
     path = str(tmp_path / "log.sock")
     first = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
