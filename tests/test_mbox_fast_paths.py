@@ -76,7 +76,8 @@ def random_spool(rng: random.Random) -> bytes:
         headers = [pick([b"Subject: s%d" % n, b"Received: by x", b"\tfolded", b"Date: today",
                          b"X-UIDL: uid-%d-0123456789" % rng.randrange(3), b"Status: RO",
                          b"status: O", b"Content-Length: %d" % rng.randrange(80),
-                         b"X-Long: " + b"l" * pick([10, 1030, 3000]), b"Message-ID: <%d>" % n])
+                         b"X-Long: " + b"l" * pick([10, 1030, 3000]), b"Message-ID: <%d>" % n,
+                         b"Subject: DO NOT DELETE", b"X-IMAP: 1", b"From: Mail System Internal Data"])
                    + pick([b"\n", b"\n", b"\r\n"]) for _ in range(rng.randint(0, 8))]
         body = [pick([b"text line", b"", b">From escaped", b".", b"..", b"with\x00nul",
                       b"From a Wed Dec  2 05:53:22 1992", b"b" * pick([1023, 1024, 4000])])

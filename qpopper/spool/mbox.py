@@ -53,8 +53,8 @@ _NUL_TO_SPACE = bytes.maketrans(b"\0", b" ")
 _HASHED_HEADERS = (b"received:", b"date:", b"message-id:", b"subject:")
 _HASHED_NAMES = frozenset(_HASHED_HEADERS)
 _CONTINUATION_BYTES = frozenset(b" \t")
-_NOTED_HEADERS = (b"content-length:", b"x-uidl:", b"status:", b"x-imap:", b"from:",
-                  *_HASHED_HEADERS)
+_NOTED_NAMES = frozenset((b"content-length:", b"x-uidl:", b"status:", b"x-imap:", b"from:",
+                          *_HASHED_HEADERS))
 """Lowercased names of every header line _classify does something with."""
 _UW_SUBJECT_MARKS = (b"DO NOT DELETE", b"DON'T DELETE THIS MESSAGE", b"FOLDER INTERNAL DATA")
 
@@ -424,6 +424,11 @@ class _Scanner:
         if sep is not None and (block.startswith(sep) or b"\n" + sep in block):
             return False
         first_message = d.number == 1 and self.first_number == 1
+        # What _classify would do with a hashed header or a continuation line, done here
+        # (most noted lines are those); uw-kludge's marks need _classify on message 1.
+        inline_hashed = not (first_message and self.uw_kludge)
+        hash_continuations = self.new_style
+        digest = d.digest
         octets = _octets(block) + 2
         hashing = False
         start = 0
@@ -431,9 +436,20 @@ class _Scanner:
         end = len(block)
         while start < end:
             stop = block.find(b"\n", start) + 1
-            if (block[start] not in _CONTINUATION_BYTES
-                    and not block[start:start + 16].lower().startswith(_NOTED_HEADERS)):
+            if block[start] in _CONTINUATION_BYTES:
+                if hashing and hash_continuations:
+                    digest.update(block[start:stop].translate(_NUL_TO_SPACE))
+                start = stop                    # _classify: "cont", hashing unchanged
+                continue
+            low = block[start:start + 16].lower()
+            name = low[:low.find(b":") + 1]     # as in _classify
+            if name not in _NOTED_NAMES:
                 hashing = False                 # most lines: nothing to note, skip the call
+                start = stop
+                continue
+            if inline_hashed and name in _HASHED_NAMES:
+                digest.update(block[start:stop].translate(_NUL_TO_SPACE))
+                hashing = True                  # _classify: "hash"
                 start = stop
                 continue
             line = block[start:stop]
