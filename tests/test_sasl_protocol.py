@@ -6,10 +6,12 @@ clear-text-password, initial responses, `=`, `*`, strict base64, long continuati
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import os
 import re
+import sqlite3
 import syslog
 
 import pytest
@@ -314,6 +316,49 @@ def test_scram_client_must_answer_the_server_signature_with_an_empty_line(site):
     pop.send(b64(client.final(server_first)))
     assert pop.send(b64("junk")) == b"-ERR [AUTH] Malformed AUTH exchange\r\n"
     assert pop.proto.state == State.AUTHORIZATION
+
+
+def login_lines(pop) -> list[str]:
+    """The log-login / sasl-log-login lines the authenticator logged (the site's templates)."""
+    return [text for _, text in pop.authlog if re.match(r"(sasl|login) alice ", text)]
+
+
+def user_failures(brakes_file, user: str) -> int:
+    with contextlib.closing(sqlite3.connect(brakes_file)) as db:
+        row = db.execute("SELECT count FROM failures WHERE kind = 'user' AND key = ?",
+                         (user,)).fetchone()
+    return row[0] if row else 0
+
+
+@pytest.mark.parametrize("rejection, reply", [
+    ("*", b"-ERR AUTH exchange cancelled\r\n"),
+    (b64("e=other-error"), b"-ERR [AUTH] Malformed AUTH exchange\r\n"),
+])
+def test_scram_is_no_login_until_the_client_accepts_the_server_signature(site, tmp_path,
+                                                                          rejection, reply):
+    """A valid proof earns the server's signature (v=), but the login happens only at the
+    client's empty answer: a client that rejects the signature stays in AUTHORIZATION, and
+    no login line is logged and its user name's failures are not cleared. Completing the
+    exchange afterwards logs exactly one login."""
+    brakes_file = tmp_path / "brakes.sqlite"
+    pop = session(site, auth_brakes_file=str(brakes_file))
+    assert pop.send("AUTH PLAIN " + b64("\0alice\0wrong")) == BAD_PASSWORD
+    assert user_failures(brakes_file, "alice") == 1
+    client = ScramClient("SCRAM-SHA-256", "alice", SECRET)
+    server_first = challenge_of(pop.send("AUTH SCRAM-SHA-256 " + b64(client.first())))
+    assert client.server_signature_ok(challenge_of(pop.send(b64(client.final(server_first)))))
+    assert pop.send(rejection) == reply
+    assert pop.proto.state == State.AUTHORIZATION and pop.proto.login is None
+    assert login_lines(pop) == []
+    assert user_failures(brakes_file, "alice") == 1
+
+    client = ScramClient("SCRAM-SHA-256", "alice", SECRET)
+    server_first = challenge_of(pop.send("AUTH SCRAM-SHA-256 " + b64(client.first())))
+    assert client.server_signature_ok(challenge_of(pop.send(b64(client.final(server_first)))))
+    assert login_lines(pop) == []                          # not before the empty answer
+    assert_logged_in(pop, pop.send(""))
+    assert login_lines(pop) == ["sasl alice (alice) with SCRAM-SHA-256 ssf 0"]
+    assert user_failures(brakes_file, "alice") == 0
 
 
 def test_store_with_wrong_mode_is_sys_perm_for_store_mechanisms(site):

@@ -28,7 +28,9 @@ attempt from an address that failed too often first waits its address brake.
 Mechanisms and the methods they use (each runs the same checks in the same order):
   USER/PASS, AUTH PLAIN, AUTH LOGIN     check_password (PAM, or the store for pop-auth users)
   APOP, AUTH CRAM-MD5                   check_apop, check_cram_md5 (the store's clear secret)
-  AUTH SCRAM-SHA-1, AUTH SCRAM-SHA-256  scram_verifier, then check_scram with the outcome
+  AUTH SCRAM-SHA-1, AUTH SCRAM-SHA-256  scram_verifier, then check_scram with the outcome,
+                                        and record_login once the client accepted the
+                                        server's signature (only then is it a login)
   AUTH GSSAPI                           check_external (Kerberos proved the principal)
 
 User databases (`user-database`):
@@ -228,10 +230,14 @@ class Authenticator:
 
     def check_scram(self, user: str, mechanism: str, proved: bool, client_ip: str, *,
                     client_host: str | None = None) -> Login:
-        """The end of a SCRAM exchange: `proved` is whether the client's proof matched the
-        verifier; every other policy is checked here, as for APOP."""
+        """The client's proof in a SCRAM exchange: `proved` is whether it matched the
+        verifier; every other policy is checked here, as for APOP, and a refusal is a failed
+        login like any other. An accepted proof is not a login yet: the server still sends its
+        signature, and the client may refuse it (`*`, RFC 5034 §4). So the Login returned is
+        not logged, cleared from the brakes nor told to DRAC: the mechanism calls
+        `record_login` once the client's empty answer came."""
         return self._check_store_proof(user, f"AUTH {mechanism}", lambda: proved, client_ip,
-                                       client_host, authid=user)
+                                       client_host, authid=user, record=False)
 
     def check_external(self, user: str, mechanism: str, proved: bool, client_ip: str, *,
                        client_host: str | None = None, authid: str | None = None) -> Login:
@@ -246,16 +252,16 @@ class Authenticator:
                                           store=False)
 
     def _check_store_proof(self, user, mechanism, proved, client_ip, client_host, *,
-                           authid=None) -> Login:
+                           authid=None, record: bool = True) -> Login:
         """APOP, CRAM-MD5, SCRAM: a proof of the pop.auth secret instead of a password.
         `proved()` is asked only once every check that needs no secret has passed."""
         host = client_host or client_ip
         self._begin(mechanism, client_ip)
         return self._check_proof_policies(user, mechanism, host, client_ip, authid,
-                                          store=True, proved=proved)
+                                          store=True, proved=proved, record=record)
 
     def _check_proof_policies(self, user, mechanism, host, client_ip, authid, *, store: bool,
-                              proved=None) -> Login:
+                              proved=None, record: bool = True) -> Login:
         if not is_possible_user_name(user) or (store and not self.apop_enabled):
             self._refuse(user, host, client_ip, BAD_DIGEST,
                          f"{mechanism} without a store" if is_possible_user_name(user) else
@@ -288,7 +294,7 @@ class Authenticator:
             self._note_password_expired(user, result)
             self._check_shell(user, account, host, client_ip)
         return self._success(user, account, mechanism, host, client_ip, authid,
-                             shared_account=shared_account)
+                             shared_account=shared_account, record=record)
 
     # ---- policies -------------------------------------------------------------------------
     def _check_clear_text_policy(self, user, host, client_ip, tls_active) -> None:
@@ -438,10 +444,24 @@ class Authenticator:
         raise PopError(text, RespCode.AUTH)
 
     def _success(self, user, account: pwd.struct_passwd, mechanism, host, client_ip,
-                 authid: str | None = None, *, shared_account: bool = False) -> Login:
+                 authid: str | None = None, *, shared_account: bool = False,
+                 record: bool = True) -> Login:
         """`shared_account`: a pop.auth user on the one account they all share; its home is
         not theirs (home-dir-mail there would put everyone's mail in one file, its
-        ~/.qpopper-options would apply to everyone), so their Login has no home."""
+        ~/.qpopper-options would apply to everyone), so their Login has no home.
+        `record` False: the caller calls record_login when the exchange is over (SCRAM)."""
+        login = Login(user=user, uid=account.pw_uid, gid=account.pw_gid,
+                      home=None if shared_account else account.pw_dir, mechanism=mechanism)
+        if record:
+            self.record_login(login, client_ip, client_host=host, authid=authid)
+        return login
+
+    def record_login(self, login: Login, client_ip: str, *, client_host: str | None = None,
+                     authid: str | None = None) -> None:
+        """A login has happened: the log-login (sasl-log-login) line, the user name's brake
+        cleared, DRAC told. The check_* methods do it themselves, except check_scram."""
+        host = client_host or client_ip
+        user, mechanism = login.user, login.mechanism
         sasl = mechanism.startswith("AUTH ")
         template = (self.cfg.sasl_log_login or self.cfg.log_login) if sasl else self.cfg.log_login
         if template:
@@ -454,8 +474,6 @@ class Authenticator:
         # POP-before-SMTP (reference A5): bounded, logged, never refuses the login. The
         # global drac-host only: per-user option files are read after this point.
         drac.notify_login(self.cfg.drac_host, user, host, client_ip, self.log)
-        return Login(user=user, uid=account.pw_uid, gid=account.pw_gid,
-                     home=None if shared_account else account.pw_dir, mechanism=mechanism)
 
 
 def _digest_matches(timestamp: str, secret: str, digest: str) -> bool:

@@ -410,14 +410,19 @@ def _scram(mechanism: str):
                                                  f"the client's TLS connection is not this one")
         auth_message = f"{bare},{server_first},{without_proof}".encode("utf-8")
         proved = known and scram.proof_is_valid(verifier, auth_message, proof)
+        # A wrong proof (or a policy) is refused here, before the server's signature; the
+        # address brake is waited here too, so v= never answers a guess sooner.
         login = env.authenticator.check_scram(name, mechanism, proved, env.client_ip,
                                               client_host=env.client_host)
         # RFC 5034 §4 / RFC 5802 §3: the server's signature as the last challenge; the
-        # client answers with an empty line, then +OK.
+        # client answers with an empty line, then +OK. Only then is it a login (logged,
+        # brakes cleared, DRAC told): a client that rejects the signature (`*`, or anything
+        # but an empty line) stays in AUTHORIZATION, and the log must not say it logged in.
         signature = scram.server_signature(verifier, auth_message)
         answer = yield f"v={scram.b64(signature)}".encode("ascii")
         if answer:
             raise PopError(BAD_EXCHANGE, RespCode.AUTH)
+        env.authenticator.record_login(login, env.client_ip, client_host=env.client_host)
         return login, no_mime
     mech_scram.__name__ = f"mech_{mechanism.lower().replace('-', '_')}"
     return mech_scram
