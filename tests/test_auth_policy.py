@@ -348,6 +348,52 @@ def test_default_policy_makes_apop_users_use_apop(system_users, pam_service, own
 
 
 @needs_root
+def test_name_policies_answer_only_after_pam_accepted_the_password(system_users, pam_probe,
+                                                                    owned_store, tmp_path):
+    """clear-text-password default (a user with a pop.auth secret), auth-file and nonauth-file
+    refuse by name. Refusing before the password told a guesser, at once and in other words,
+    which names hold a secret or are listed. Now a wrong password gets the bad-password reply
+    whatever the name, after PAM was asked (the same pam_unix failure delay); only the right
+    password earns the policy's own refusal."""
+    service, pam_calls = pam_probe
+    store, store_cfg, _ = owned_store
+    kim, gus, hank = (system_users.create(password=f"pw-{n}") for n in ("k", "g", "h"))
+    store.set_secret(kim.name, "kim-apop-secret")
+    ghost = kim.name[:-1] + ("x" if kim.name[-1] != "x" else "y")     # no such account
+    allowed, denied = tmp_path / "allowed", tmp_path / "denied"
+    allowed.write_text(f"{hank.name}\n")
+    denied.write_text(f"{hank.name}\n")
+
+    def reply(name, password, **options) -> bytes:
+        auth = Authenticator(config(pam_service=service, **store_cfg, **options), Log())
+        error = refused(lambda: auth.check_password(name, password, CLIENT_IP))
+        return error.render().replace(name.encode(), b"NAME")
+
+    bad_password = b'-ERR [AUTH] Password supplied for "NAME" is incorrect.\r\n'
+    for user, options in ((kim, {}), (gus, {"auth_file": str(allowed)}),
+                          (hank, {"nonauth_file": str(denied)})):
+        before = len(pam_calls())
+        assert reply(user.name, "wrong", **options) == reply(ghost, "wrong", **options) == \
+            bad_password, options
+        assert pam_calls()[before:] == [f"auth {user.name} {CLIENT_IP}",
+                                        f"auth {ghost} {CLIENT_IP}"]
+    assert reply(kim.name, "pw-k") == (b"-ERR [AUTH] You must use stronger authentication "
+                                      b"such as AUTH or APOP to access this account\r\n")
+    assert reply(gus.name, "pw-g", auth_file=str(allowed)) == \
+        b"-ERR [AUTH] Permission denied.\r\n"
+    assert reply(hank.name, "pw-h", nonauth_file=str(denied)) == \
+        b"-ERR [AUTH] Permission denied.\r\n"
+    # APOP: an unlisted name with a wrong digest says "authentication failure", like anyone.
+    store.set_secret(gus.name, "gus-apop-secret")
+    auth = Authenticator(config(pam_service=service, auth_file=str(allowed), **store_cfg), Log())
+    assert refused(lambda: auth.check_apop(gus.name, TIMESTAMP, apop_digest(TIMESTAMP, "guess"),
+                                           CLIENT_IP)).text == policy.BAD_DIGEST
+    assert refused(lambda: auth.check_apop(
+        gus.name, TIMESTAMP, apop_digest(TIMESTAMP, "gus-apop-secret"),
+        CLIENT_IP)).text == policy.PERMISSION_DENIED
+
+
+@needs_root
 def test_apop_for_system_users_runs_pam_account_management_only(system_users, pam_probe,
                                                                  owned_store):
     service, pam_calls = pam_probe

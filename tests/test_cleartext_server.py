@@ -11,6 +11,7 @@ import poplib
 import secrets
 import shutil
 import subprocess
+from types import SimpleNamespace
 
 import pytest
 
@@ -66,6 +67,19 @@ def test_p0_default(site):
     srv = site.server(extra_args=["-p", "0"])
     assert "USER" in capa(srv)
     assert user_pass(srv, site.bob).startswith(f"+OK {site.bob.name} has 1 visible")
+    assert user_pass(srv, site.alice) == f"-ERR [AUTH] {STRONGER}"
+
+
+def test_p0_default_wrong_password_does_not_reveal_who_has_an_apop_secret(site):
+    """`default` refuses USER/PASS for alice (she has an APOP secret), but says so only for
+    her right password: with a wrong one she gets the reply an unknown name gets, so
+    guessing at names does not find the store's users."""
+    srv = site.server(extra_args=["-p", "0"])
+    ghost = SimpleNamespace(name=site.alice.name[:-1] + ("x" if site.alice.name[-1] != "x"
+                                                           else "y"))
+    for user in (site.alice, ghost):
+        assert user_pass(srv, user, "wrong") == \
+            f'-ERR [AUTH] Password supplied for "{user.name}" is incorrect.'
     assert user_pass(srv, site.alice) == f"-ERR [AUTH] {STRONGER}"
 
 

@@ -10,16 +10,20 @@ need it). It implements the protocol's authenticator contract (docs/internals.md
 and raises PopError on refusal. Order of the checks, and why:
  1. the name itself (auth.is_possible_user_name, the protocol's test too: empty, too long,
     '/', '..', a leading '.' or '-', control characters, ...): refused like a bad password;
- 2. clear-text-password (USER/PASS only; reference P8), auth-file / nonauth-file (P6): they
-    depend only on the name and configuration, so they reveal nothing about accounts;
+ 2. clear-text-password never / local / tls (USER/PASS only; reference P8): they depend
+    only on the configuration and the connection, the same answer for every name;
  3. the account: uid <= BLOCKED_UID_MAX is refused before PAM is asked (P5); unknown users
     get exactly the bad-password reply (reference P4) — for passwords only AFTER PAM was
     asked (with the unknown name), so that they cost the same time as a wrong password
     (pam_unix's failure delay) and timing does not reveal which accounts exist;
  4. the password through PAM (auth + account management), or the APOP digest against the
     pop.auth store (P7) followed by PAM account management;
- 5. CHECK_SHELL (reference A3), only after the credentials were proved, so it reveals nothing
-    to someone guessing.
+ 5. only after the credentials were proved, the checks that depend on the name and would
+    otherwise tell a guesser something about it: clear-text-password default (USER/PASS of
+    a user with a pop.auth secret: "use stronger authentication"), auth-file / nonauth-file
+    (P6: "Permission denied."), CHECK_SHELL (reference A3). Qpopper checked the first two
+    before the password, so its replies told which names hold an APOP secret or are listed;
+    here a wrong password gets the bad-password reply whatever the name (README, "differs").
 Every refusal logs Qpopper's failure line and a fail2ban line, waits `auth-failure-delay`
 seconds (longer when the brute-force brakes say so, auth/brakes.py), then raises; the
 limits.MAX_AUTH_FAILURES_PER_CONNECTION-th refusal of a connection also closes it. Every
@@ -168,14 +172,14 @@ class Authenticator:
         bad_password = BAD_PASSWORD.format(user=user)
         if not is_possible_user_name(user):
             self._refuse(user, host, client_ip, bad_password, "invalid user name")
-        self._check_clear_text_policy(user, host, client_ip, tls_active)
-        self._check_auth_files(user, host, client_ip)
+        self._check_clear_text_transport(user, host, client_ip, tls_active)
         if self.user_database == USER_DB_POP_AUTH:
             account = self._store_account(user, host, client_ip)
             secret = self.store.get_secret(user)
             if secret is None or not hmac.compare_digest(
                     secret.encode("utf-8"), password.encode("utf-8", "surrogateescape")):
                 self._refuse(user, host, client_ip, bad_password, "wrong pop.auth password")
+            self._check_auth_files(user, host, client_ip)
             return self._success(user, account, mechanism, host, client_ip, authid,
                                  shared_account=True)
 
@@ -194,6 +198,8 @@ class Authenticator:
         if not result.ok:
             self._refuse(user, host, client_ip, bad_password,
                          f"PAM service {self.cfg.pam_service}: {result.reason} ({result.code})")
+        self._check_clear_text_for_store_users(user, host, client_ip)
+        self._check_auth_files(user, host, client_ip)
         self._note_password_expired(user, result)
         self._check_shell(user, account, host, client_ip)
         return self._success(user, account, mechanism, host, client_ip, authid)
@@ -266,7 +272,6 @@ class Authenticator:
             self._refuse(user, host, client_ip, BAD_DIGEST,
                          f"{mechanism} without a store" if is_possible_user_name(user) else
                          "invalid user name")
-        self._check_auth_files(user, host, client_ip)
         if store:
             self.store.check_file()        # [SYS/PERM] wrong mode or owner: not an auth failure
         shared_account = store and self.user_database == USER_DB_POP_AUTH
@@ -279,6 +284,7 @@ class Authenticator:
         if proved is not None and not proved():
             self._refuse(user, host, client_ip, BAD_DIGEST,
                          f"wrong {mechanism} proof, or no secret in the pop.auth store")
+        self._check_auth_files(user, host, client_ip)      # after the proof: see the docstring
         if self.user_database == USER_DB_SYSTEM or not store:
             # The proof showed the secret; PAM still decides whether the account may log in
             # now (expired account, pam_access or pam_time rules, ...). `usermod -L` locks
@@ -297,8 +303,9 @@ class Authenticator:
                              shared_account=shared_account, record=record)
 
     # ---- policies -------------------------------------------------------------------------
-    def _check_clear_text_policy(self, user, host, client_ip, tls_active) -> None:
-        """clear-text-password (reference P8)."""
+    def _check_clear_text_transport(self, user, host, client_ip, tls_active) -> None:
+        """clear-text-password (reference P8) never / local / tls: they depend on the
+        connection only, the same for every name, so they are checked first."""
         policy = self.cfg.clear_text_password
         if policy == "always":
             return
@@ -310,16 +317,23 @@ class Authenticator:
         if policy in ("tls", "ssl") and not tls_active:
             self._refuse(user, host, client_ip, CLEAR_TEXT_TLS_ONLY,
                          "clear-text-password tls, session not in TLS")
-        if policy == "default" and self.user_database == USER_DB_SYSTEM and self.apop_enabled:
-            # Users with an APOP secret must use it, so their system password never crosses
-            # the wire in clear. (With user-database pop-auth the store's secret IS the POP
-            # password; there is no other password to protect, so `default` lets it through.)
-            if self.store.has_user(user):
-                self._refuse(user, host, client_ip, NEEDS_STRONGER_AUTH,
-                             "clear-text-password default, user is in the APOP database")
+
+    def _check_clear_text_for_store_users(self, user, host, client_ip) -> None:
+        """clear-text-password default (reference P8): users with an APOP secret must use it,
+        so that their system password is not sent in clear again. (With user-database
+        pop-auth the store's secret IS the POP password; there is no other password to
+        protect, so `default` lets it through.) Asked only once PAM accepted the password:
+        refusing sooner answered at once, and differently, for exactly the names the store
+        holds, and so told anyone which names those are (Qpopper refuses first)."""
+        if (self.cfg.clear_text_password == "default" and self.user_database == USER_DB_SYSTEM
+                and self.apop_enabled and self.store.has_user(user)):
+            self._refuse(user, host, client_ip, NEEDS_STRONGER_AUTH,
+                         "clear-text-password default, user is in the APOP database")
 
     def _check_auth_files(self, user, host, client_ip) -> None:
         """auth-file: only listed users; nonauth-file: listed users refused (reference P6).
+        Asked only after the password or proof was accepted: `Permission denied.` for a
+        wrong password would tell which names the lists hold.
 
         A configured file that cannot be read refuses everyone: it is a policy we cannot
         honour, and the log says why."""
