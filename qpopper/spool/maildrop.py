@@ -55,7 +55,8 @@ one unless the same mail is delivered twice in the same second); if it were, one
 identical copies would be dropped, never a distinct message.
 
 `step_hook(name)` is called before every write, truncate, rename, fsync and unlink, named
-`<phase>:<step>` (phase: open, recover, update, restore); chunked copies call it per chunk.
+`<phase>:<step>` (phase: open, recover, update, restore); chunked copies call it per chunk
+(a copy_file_range(2) range, or a pread/pwrite chunk where the kernel cannot copy).
 
 Server mode (-S, group-server-mode, reference §1.9, §2.6, S10, S18). `resolve_server_mode`
 decides per user before the user option files (default/-S, include group, exclude group; a
@@ -145,6 +146,13 @@ OPEN_FAILED_TEXT = "Unable to copy your mail to the temporary maildrop; contact 
 OVERQUOTA_OPEN_TEXT = "Overquota: unable to copy your mail to the temporary maildrop"
 JOURNAL_BAD_TEXT = "Maildrop recovery needs attention; contact your administrator"
 QUOTA_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+KERNEL_COPY_OCTETS = 1024 * 1024
+"""One copy_file_range(2) call's range: one step and one dot-lock refresh chance per range."""
+_KERNEL_COPY = hasattr(os, "copy_file_range")
+_NO_KERNEL_COPY_ERRNOS = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP,
+                          errno.EBADF, errno.EPERM)
+"""copy_file_range(2) refused (old kernel, cross-filesystem, a filesystem without it, a file
+kind it does not take): copy through user space instead."""
 
 
 def separator_padding(tail: bytes) -> bytes:
@@ -1055,9 +1063,29 @@ def _open_own_file(path: str, *, create: bool) -> int:
 
 def _copy(src: int, src_off: int, length: int, dst: int, dst_off: int, step: StepHook,
           name: str, refresh: Callable[[], None]) -> None:
-    """Copy [src_off, src_off+length) of src to dst at dst_off, in bounded chunks."""
+    """Copy [src_off, src_off+length) of src to dst at dst_off, in bounded chunks: in the
+    kernel (copy_file_range(2): no trip through user space, and the copy's pages are left in
+    the page cache for the scan), or by pread/pwrite where the kernel cannot (another
+    filesystem on an old kernel, a filesystem without it)."""
     done = 0
+    in_kernel = _KERNEL_COPY
     while done < length:
+        if in_kernel:
+            n = min(KERNEL_COPY_OCTETS, length - done)
+            step(name)
+            try:
+                copied = os.copy_file_range(src, dst, n, src_off + done, dst_off + done)
+            except OSError as exc:
+                if exc.errno not in _NO_KERNEL_COPY_ERRNOS:
+                    raise
+                copied = 0
+            if copied:
+                done += copied
+                refresh()
+                continue
+            # 0 is end-of-file, or a filesystem that copies nothing (some report 0 for files
+            # they cannot copy): pread below tells which.
+            in_kernel = False
         data = os.pread(src, min(limits.COPY_CHUNK_OCTETS, length - done), src_off + done)
         if not data:
             raise OSError(errno.EIO, "source shorter than expected")
