@@ -132,7 +132,7 @@ class Channel:
                     return b""
                 raise
 
-    def write_all(self, data: bytes | memoryview, timeout_s: float) -> None:
+    def write_all(self, data: bytes | bytearray | memoryview, timeout_s: float) -> None:
         """Everything, or ChannelClosed when the peer is gone or reads nothing for timeout_s."""
         view = memoryview(data)
         poller = None
@@ -260,6 +260,9 @@ class Session:
 
     def write(self, data: bytes) -> None:
         if self._closed or not data:
+            return
+        if not self._out and len(data) >= limits.COPY_CHUNK_OCTETS:
+            self._send(data)                # a big block (RETR of a big message): no copy
             return
         self._out += data
         if not self._aggregate() or len(self._out) >= limits.COPY_CHUNK_OCTETS:
@@ -436,7 +439,10 @@ class Session:
         if self._closed or not self._out:
             self._out.clear()
             return
-        data, self._out = bytes(self._out), bytearray()
+        data, self._out = self._out, bytearray()   # hand the buffer itself over: no copy
+        self._send(data)
+
+    def _send(self, data: bytes | bytearray) -> None:
         try:
             self.channel.write_all(data, self.cfg.timeout)
         except ChannelClosed as exc:

@@ -21,6 +21,7 @@ One model serves LIST, RETR and the write-back, so their numbers cannot drift ap
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import struct
 from dataclasses import dataclass, field
@@ -777,40 +778,35 @@ def _chunks(f: BinaryIO, start: int, end: int):
 
 
 class _WireLines:
-    """Turns spool bytes into POP3 multi-line data: CRLF line ends, NUL as space, dot-stuffing."""
+    """Turns spool bytes into POP3 multi-line data: CRLF line ends, NUL as space, dot-stuffing.
 
-    def __init__(self, out: _Coalescer):
-        self.out = out
+    Works on whole blocks with bytes methods (each a C loop over the block), never per line;
+    the only state carried from one block to the next is a trailing CR (maybe half a CRLF) and
+    whether the next block starts a line."""
+
+    def __init__(self, write: WriteFn):
+        self.write = write
         self.at_line_start = True
-        self.pending_cr = b""
+        self.pending_cr = False
 
     def feed(self, data: bytes, final: bool = False) -> None:
-        data = self.pending_cr + data
-        self.pending_cr = b""
-        if not final and data.endswith(b"\r"):     # may be the CR of a CRLF split by a chunk
-            self.pending_cr = b"\r"
+        if self.pending_cr:
+            data = b"\r" + data
+            self.pending_cr = False
+        if not final and data.endswith(b"\r"):    # may be the CR of a CRLF split by a block
+            self.pending_cr = True
             data = data[:-1]
         if not data:
             return
-        data = data.translate(_NUL_TO_SPACE).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-        data = data.replace(b"\n.", b"\n..")
+        if b"\0" in data:                          # rare: skip translate's copy without one
+            data = data.translate(_NUL_TO_SPACE)
+        if b"\r" in data:
+            data = data.replace(b"\r\n", b"\n")
+        data = data.replace(b"\n", b"\r\n").replace(b"\n.", b"\n..")
         if self.at_line_start and data[:1] == b".":
             data = b"." + data
-        self.at_line_start = data.endswith(b"\n")
-        self.out.add(data)
-
-    def raw_line(self, line: bytes) -> None:
-        """A line we generate (X-UIDL): already CRLF, cannot start with a dot."""
-        self.out.add(line)
-        self.at_line_start = True
-
-    def close_line(self) -> None:
-        """Add CRLF when the data so far does not end a line (a last line without LF)."""
-        if self.pending_cr:
-            self.feed(b"", final=True)
-        if not self.at_line_start:
-            self.out.add(b"\r\n")
-            self.at_line_start = True
+        self.at_line_start = data[-1] == LF
+        self.write(data)
 
 
 def _kept_ranges(msg: Message, stop: int) -> list[tuple[int, int]]:
@@ -857,30 +853,58 @@ def _positioned_chunks(f: BinaryIO, start: int, end: int):
         pos += len(data)
 
 
+def _pread_of(f: BinaryIO) -> Callable[[int, int], bytes]:
+    """read(pos, n) without moving `f`: one pread(2) on a real file (no lseek, no buffer copy)."""
+    try:
+        fd = f.fileno()
+    except (AttributeError, OSError, ValueError):   # io.BytesIO and friends
+        return lambda pos, n: _read_at(f, pos, n)
+    return lambda pos, n: os.pread(fd, n, pos)
+
+
 def send_message(f: BinaryIO, msg: Message, write: WriteFn, body_lines: int | None = None) -> None:
     """Stream RETR (or TOP with `body_lines`) data for `msg`: CRLF lines, dot-stuffed.
 
-    Not the `+OK` line, not the `.` terminator. Writes come in buffers of about
-    limits.COPY_CHUNK_OCTETS, so a big message is a few big writes, and memory stays bounded.
+    Not the `+OK` line, not the `.` terminator. The kept bytes (the stripped header lines cut
+    out, `X-UIDL: <uid>` spliced in) are read in windows of limits.COPY_CHUNK_OCTETS and
+    converted a block of about that size at a time: a message that fits a window is one read and
+    one write, a big one a few big writes, and memory stays bounded. The X-UIDL line goes through
+    the conversion unchanged (it is CRLF-ended and starts with X), and every cut or splice sits
+    at a line start, so converting the spliced stream equals converting its pieces one by one.
     """
     stop = msg.body_end if body_lines is None else _top_stop(f, msg, body_lines)
-    out = _Coalescer(write)
-    wire = _WireLines(out)
+    window = limits.COPY_CHUNK_OCTETS
+    read = _pread_of(f)
+    wire = _WireLines(write)
+    pending: list[bytes] = []
+    pending_size = 0
+    buf, buf_at = b"", 0            # file bytes [buf_at, buf_at + len(buf))
+    ends_line = True                # the kept bytes so far end with LF (or there are none)
     inserted = False
     for a, b in _kept_ranges(msg, stop):
         if not inserted and a >= msg.uidl_insert_at:
-            wire.raw_line(msg.uidl_line)
+            pending.append(msg.uidl_line)
+            pending_size += len(msg.uidl_line)
             inserted = True
-        for data in _chunks(f, a, b):
-            wire.feed(data)
-        if b == msg.body_end:
-            wire.close_line()
-        elif wire.pending_cr:
-            wire.feed(b"", final=True)
+        while a < b:
+            if not buf_at <= a < buf_at + len(buf):
+                buf, buf_at = read(a, min(window, stop - a)), a
+                if not buf:
+                    break           # the file shrank under us: send what there is
+            piece_end = min(b, buf_at + len(buf), a + max(window - pending_size, 1))
+            piece = buf[a - buf_at:piece_end - buf_at]
+            pending.append(piece)
+            pending_size += len(piece)
+            ends_line = piece[-1] == LF
+            a = piece_end
+            if pending_size >= window:
+                wire.feed(b"".join(pending))
+                pending, pending_size = [], 0
+    if not ends_line:               # a last line without LF gets its CRLF (a CR stays: CR CRLF)
+        pending.append(b"\r\n")
     if not inserted:
-        wire.close_line()
-        wire.raw_line(msg.uidl_line)
-    out.flush()
+        pending.append(msg.uidl_line)
+    wire.feed(b"".join(pending), final=True)
 
 
 def _copy(f: BinaryIO, start: int, end: int, out: _Coalescer) -> None:

@@ -1,0 +1,200 @@
+"""RETR/TOP wire bytes of mbox.send_message against a line-by-line reference implementation.
+
+send_message converts whole blocks with bytes methods, reads in windows and splices the X-UIDL
+line into the stream; the reference below does the obvious thing one line at a time (cut the
+stripped header lines, put X-UIDL at its place, then per line: NUL as space, the line end as
+CRLF, a CRLF already there kept as one, a last line without LF closed with CRLF, a leading dot
+doubled). Seeded random spools full of adversarial lines are compared message by message, for
+RETR and TOP with several line counts, with windows from 1 octet to the default, from a real
+file (pread) and from an io.BytesIO.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+
+import pytest
+
+from qpopper import limits
+from qpopper.spool import mbox
+
+pytestmark = pytest.mark.timeout(120)
+
+TOP_COUNTS = (0, 1, 2, 3, 7, 10_000)
+WINDOWS = (1, 2, 3, 5, 17, 64, 1000, 4096)
+
+ADVERSARIAL_LINES = (
+    b".", b"..", b"...", b". ", b".x", b"..x", b">From me", b">>From you", b">From", b"From",
+    b"", b"\r", b"\r\r", b"abc\r", b"a\rb", b"\0", b"x\0y", b"\0.", b".\0", b" .", b"\t.",
+    b"From x Wed Nov 25 10:00:00 2026", b"\x01\x01\x01\x01", b"X-UIDL: not a header here",
+    b"Status: RO", b"line", b"a somewhat longer line of ordinary text, nothing special",
+)
+LINE_ENDS = (b"\n", b"\n", b"\n", b"\r\n", b"\r\r\n")
+
+
+def reference_wire(raw: bytes, msg: mbox.Message, body_lines: int | None) -> bytes:
+    """What a client must see between +OK and the terminator, built one line at a time."""
+    stop = msg.body_end if body_lines is None else top_stop(raw, msg, body_lines)
+    insert = min(msg.uidl_insert_at, stop)
+    before = kept(raw, msg, msg.content_start, insert)
+    after = kept(raw, msg, insert, stop)
+    return wire_lines(before) + msg.uidl_line + wire_lines(after)
+
+
+def top_stop(raw: bytes, msg: mbox.Message, body_lines: int) -> int:
+    pos = msg.body_start
+    for _ in range(body_lines):
+        if pos >= msg.body_end:
+            break
+        lf = raw.find(b"\n", pos, msg.body_end)
+        pos = msg.body_end if lf < 0 else lf + 1
+    return pos
+
+
+def kept(raw: bytes, msg: mbox.Message, lo: int, hi: int) -> bytes:
+    """raw[lo:hi] without the bytes of the stripped header lines."""
+    out = bytearray()
+    for i in range(lo, hi):
+        if not any(a <= i < b for a, b in msg.stripped):
+            out.append(raw[i])
+    return bytes(out)
+
+
+def wire_lines(text: bytes) -> bytes:
+    out = []
+    for line in split_lf(text):
+        line = line.replace(b"\0", b" ")
+        if line.endswith(b"\r\n"):
+            content = line[:-2]
+        elif line.endswith(b"\n"):
+            content = line[:-1]
+        else:
+            content = line                      # the last line, without LF
+        if content.startswith(b"."):
+            content = b"." + content
+        out.append(content + b"\r\n")
+    return b"".join(out)
+
+
+def split_lf(text: bytes) -> list[bytes]:
+    """Lines ended by LF only (a bare CR is data), each with its LF."""
+    lines, start = [], 0
+    while start < len(text):
+        lf = text.find(b"\n", start)
+        end = len(text) if lf < 0 else lf + 1
+        lines.append(text[start:end])
+        start = end
+    return lines
+
+
+def unstuffed_length(wire: bytes) -> int:
+    return len(wire) - sum(1 for line in split_lf(wire) if line.startswith(b"."))
+
+
+def random_line(rng: random.Random) -> bytes:
+    roll = rng.random()
+    if roll < 0.55:
+        text = rng.choice(ADVERSARIAL_LINES)
+    elif roll < 0.6:
+        text = bytes(rng.choice(b"ab.\r\0 >") for _ in range(rng.randrange(1, 5000)))
+    else:
+        text = bytes(rng.choice(b"abcdefghij .>\r\0") for _ in range(rng.randrange(0, 90)))
+    return text + rng.choice(LINE_ENDS)
+
+
+def random_message(rng: random.Random, mmdf: bool, number: int) -> bytes:
+    headers = [b"Subject: message %d" % number]
+    for candidate in (b"Status: RO", b"Status: U", b"X-UIDL: %s" % (b"u%019d" % number),
+                      b"X-UIDL: short", b"Received: from x", b" continued", b".Dot: header",
+                      b"Date: Wed, 25 Nov 2026 10:00:00 +0000", b"Content-Length: %d",
+                      b"X-Nul: a\0b"):
+        if rng.random() < 0.3:
+            headers.insert(rng.randrange(len(headers) + 1), candidate)
+    body = b"".join(random_line(rng) for _ in range(rng.randrange(0, 40)))
+    headers = [h % len(body) if h.startswith(b"Content-Length") else h for h in headers]
+    head = b"".join(h + rng.choice(LINE_ENDS) for h in headers)
+    blank = b"" if rng.random() < 0.05 else rng.choice((b"\n", b"\r\n"))
+    if mmdf:
+        return b"\x01\x01\x01\x01\n" + head + blank + body + b"\x01\x01\x01\x01\n"
+    return b"From sender%d Wed Nov 25 10:00:00 2026\n" % number + head + blank + body
+
+
+def random_spool(seed: int, mmdf: bool = False) -> bytes:
+    rng = random.Random(seed)
+    messages = [random_message(rng, mmdf, n) for n in range(rng.randrange(20, 45))]
+    if not mmdf:
+        # the next From line needs an empty line before it; the last message may end mid-line
+        messages = [(m if m.endswith(b"\n") else m + b"\n") + b"\n" for m in messages[:-1]] + [
+            messages[-1].rstrip(b"\n") + rng.choice((b"", b"x", b"\r", b".", b"\n"))]
+    return b"".join(messages)
+
+
+def compare(f, raw: bytes, messages, windows) -> int:
+    compared = 0
+    for msg in messages:
+        for body_lines in (None, *TOP_COUNTS):
+            expected = reference_wire(raw, msg, body_lines)
+            if body_lines is None:
+                assert unstuffed_length(expected) == msg.octets, msg.number
+            for window in windows:
+                limits.COPY_CHUNK_OCTETS = window
+                writes: list[bytes] = []
+                mbox.send_message(f, msg, writes.append, body_lines)
+                got = b"".join(writes)
+                assert got == expected, (msg.number, body_lines, window)
+                compared += 1
+    return compared
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_retr_and_top_equal_the_line_by_line_reference(tmp_path, monkeypatch, seed):
+    raw = random_spool(seed)
+    path = tmp_path / "spool"
+    path.write_bytes(raw)
+    with open(path, "rb") as f:
+        messages = mbox.scan(f)
+        assert len(messages) >= 15
+        monkeypatch.setattr(limits, "COPY_CHUNK_OCTETS", limits.COPY_CHUNK_OCTETS)
+        default = limits.COPY_CHUNK_OCTETS
+        windows = (default, *WINDOWS) if seed < 2 else (default, 3, 64, 4096)
+        assert compare(f, raw, messages, windows) > 0
+    # the same through a file object without a descriptor (no pread)
+    monkeypatch.setattr(limits, "COPY_CHUNK_OCTETS", default)
+    assert compare(io.BytesIO(raw), raw, messages, (default, 7)) > 0
+
+
+def test_mmdf_spool_equals_the_reference(tmp_path, monkeypatch):
+    raw = random_spool(99, mmdf=True)
+    path = tmp_path / "spool"
+    path.write_bytes(raw)
+    with open(path, "rb") as f:
+        messages = mbox.scan(f)
+        assert len(messages) >= 15 and all(m.mmdf for m in messages)
+        monkeypatch.setattr(limits, "COPY_CHUNK_OCTETS", limits.COPY_CHUNK_OCTETS)
+        assert compare(f, raw, messages, (limits.COPY_CHUNK_OCTETS, 2, 64)) > 0
+
+
+def test_crlf_split_by_every_window_boundary(tmp_path, monkeypatch):
+    """Each CR of a CRLF, and each dot after a line end, falls on a window edge for some size."""
+    body = b"".join(b"%s\r\n.%s\r\n..\r\n>From x\r\n\r\r\n" % (b"a" * n, b"b" * n) for n in range(40))
+    raw = b"From a Wed Nov 25 10:00:00 2026\nSubject: s\r\nStatus: R\n\n" + body + b"end\r"
+    path = tmp_path / "spool"
+    path.write_bytes(raw)
+    with open(path, "rb") as f:
+        [msg] = mbox.scan(f)
+        monkeypatch.setattr(limits, "COPY_CHUNK_OCTETS", limits.COPY_CHUNK_OCTETS)
+        assert compare(f, raw, [msg], tuple(range(1, 70))) > 0
+
+
+def test_the_reference_itself_on_a_known_message():
+    """Pins the reference (so a wrong reference cannot make the comparison pass)."""
+    raw = (b"From a Wed Nov 25 10:00:00 2026\nSubject: s\nX-UIDL: abcdefghijklmnopq\n"
+           b"Content-Length: 99\nStatus: RO\n\n.dot\r\n>From x\nnul\0\nbare\rcr\nlast\r")
+    [msg] = mbox.scan(io.BytesIO(raw))
+    uidl = msg.uidl_line
+    assert reference_wire(raw, msg, None) == (
+        b"Subject: s\r\n" + uidl + b"Status: RO\r\n\r\n..dot\r\n>From x\r\nnul \r\n"
+        b"bare\rcr\r\nlast\r\r\n")
+    assert reference_wire(raw, msg, 1) == b"Subject: s\r\n" + uidl + b"Status: RO\r\n\r\n..dot\r\n"
+    assert reference_wire(raw, msg, 0) == b"Subject: s\r\n" + uidl + b"Status: RO\r\n\r\n"
