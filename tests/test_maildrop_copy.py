@@ -1,5 +1,6 @@
 """The maildrop's byte copy (spool -> drop, image -> spool, spool -> image): copy_file_range(2)
-in ranges, pread/pwrite where the kernel refuses; the same bytes either way, one step per range."""
+in ranges, pread/pwrite where the kernel refuses; the same bytes either way, one step per range;
+big writes start their writeback on the way (sync_file_range(2)), so the fsync after waits less."""
 
 import errno
 import os
@@ -7,7 +8,7 @@ import os
 import pytest
 
 from qpopper import limits
-from qpopper.spool import maildrop
+from qpopper.spool import durable, maildrop
 from tests.helpers.spoolcheck import small_tmpfs
 
 SIZE = 2 * maildrop.KERNEL_COPY_OCTETS + 12345
@@ -91,3 +92,59 @@ def test_copy_across_filesystems(tmp_path):
         assert (mnt / "dst").read_bytes() == data
         copy_file(mnt / "dst", tmp_path / "back", 1, len(data) - 1, 0)
         assert (tmp_path / "back").read_bytes() == data[1:]
+
+
+def recording_writeback(monkeypatch) -> list[tuple[int, int]]:
+    """Record the ranges handed to sync_file_range(2), still calling it (it must succeed)."""
+    real = durable._start_writeback_call
+    assert real is not None, "sync_file_range(2) is found on Linux"
+    ranges = []
+
+    def record(fd, offset, length, flags):
+        ranges.append((offset, length))
+        result = real(fd, offset, length, flags)
+        assert result == 0
+        return result
+    monkeypatch.setattr(durable, "_start_writeback_call", record)
+    return ranges
+
+
+def contiguous(ranges, start):
+    for offset, length in ranges:
+        assert offset == start and length >= durable.WRITEBACK_OCTETS
+        start += length
+    return start
+
+
+def test_a_big_copy_starts_its_writeback_as_it_goes(tmp_path, monkeypatch):
+    ranges = recording_writeback(monkeypatch)
+    size = 2 * durable.WRITEBACK_OCTETS + 5000
+    data = payload(size)
+    (tmp_path / "src").write_bytes(data)
+    copy_file(tmp_path / "src", tmp_path / "dst", 0, size, 10, b"0123456789")
+    assert (tmp_path / "dst").read_bytes() == b"0123456789" + data
+    assert len(ranges) == 2 and contiguous(ranges, 10) <= 10 + size
+
+
+def test_the_image_writer_starts_its_writeback_as_it_goes(tmp_path, monkeypatch):
+    ranges = recording_writeback(monkeypatch)
+    fd = os.open(tmp_path / "image", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        writer = maildrop._ChunkWriter(fd, lambda step: None, "write-image")
+        data = payload(limits.COPY_CHUNK_OCTETS - 1)
+        for _ in range(3 * durable.WRITEBACK_OCTETS // len(data)):
+            writer.write(data)
+        writer.flush()
+        assert os.fstat(fd).st_size == writer.pos
+    finally:
+        os.close(fd)
+    assert len(ranges) >= 2 and contiguous(ranges, 0) <= writer.pos
+
+
+def test_without_sync_file_range_writing_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setattr(durable, "_start_writeback_call", None)
+    size = durable.WRITEBACK_OCTETS + 1
+    data = payload(size)
+    (tmp_path / "src").write_bytes(data)
+    copy_file(tmp_path / "src", tmp_path / "dst", 0, size, 0)
+    assert (tmp_path / "dst").read_bytes() == data

@@ -121,7 +121,8 @@ from typing import Callable
 from .. import limits
 from ..responses import PopError, RespCode
 from . import cache, mbox
-from .durable import fsync_parent_dir, pwrite_all, sha256_of_range, unlink_if_present
+from .durable import (Writeback, fsync_parent_dir, pwrite_all, sha256_of_range,
+                      unlink_if_present)
 from .locking import LockTiming, SessionLock, SpoolLock, open_regular
 from .paths import SpoolPaths
 
@@ -1034,6 +1035,7 @@ class _ChunkWriter:
         self.pos = 0
         self.parts: list[bytes] = []
         self.size = 0
+        self.writeback = Writeback(fd)
 
     def write(self, data: bytes) -> None:
         self.parts.append(bytes(data))
@@ -1049,6 +1051,7 @@ class _ChunkWriter:
         self.step(self.name)
         pwrite_all(self.fd, data, self.pos)
         self.pos += len(data)
+        self.writeback.written_up_to(self.pos)
 
 
 # --- small file helpers ---------------------------------------------------------------------------
@@ -1069,6 +1072,7 @@ def _copy(src: int, src_off: int, length: int, dst: int, dst_off: int, step: Ste
     filesystem on an old kernel, a filesystem without it)."""
     done = 0
     in_kernel = _KERNEL_COPY
+    writeback = Writeback(dst, dst_off)
     while done < length:
         if in_kernel:
             n = min(KERNEL_COPY_OCTETS, length - done)
@@ -1081,6 +1085,7 @@ def _copy(src: int, src_off: int, length: int, dst: int, dst_off: int, step: Ste
                 copied = 0
             if copied:
                 done += copied
+                writeback.written_up_to(dst_off + done)
                 refresh()
                 continue
             # 0 is end-of-file, or a filesystem that copies nothing (some report 0 for files
@@ -1092,6 +1097,7 @@ def _copy(src: int, src_off: int, length: int, dst: int, dst_off: int, step: Ste
         step(name)
         pwrite_all(dst, data, dst_off + done)
         done += len(data)
+        writeback.written_up_to(dst_off + done)
         refresh()
 
 
