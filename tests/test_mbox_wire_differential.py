@@ -11,6 +11,7 @@ file (pread) and from an io.BytesIO.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import random
 
@@ -198,3 +199,16 @@ def test_the_reference_itself_on_a_known_message():
         b"bare\rcr\r\nlast\r\r\n")
     assert reference_wire(raw, msg, 1) == b"Subject: s\r\n" + uidl + b"Status: RO\r\n\r\n..dot\r\n"
     assert reference_wire(raw, msg, 0) == b"Subject: s\r\n" + uidl + b"Status: RO\r\n\r\n"
+
+
+def test_a_uid_with_line_breaks_is_sent_as_it_is(tmp_path):
+    """A uid from a damaged cache is not converted (the X-UIDL line is ours, sent verbatim)."""
+    raw = (b"From a Wed Nov 25 10:00:00 2026\nSubject: s\nStatus: RO\n\n.body\nlast")
+    [msg] = mbox.scan(io.BytesIO(raw))
+    for uid in ("a\nb.c", "x\r\ny", "nul\0", "\n.dot"):
+        odd = dataclasses.replace(msg, uid=uid)
+        for body_lines in (None, 0, 1):
+            writes: list[bytes] = []
+            mbox.send_message(io.BytesIO(raw), odd, writes.append, body_lines)
+            assert b"".join(writes) == reference_wire(raw, odd, body_lines)
+            assert odd.uidl_line in b"".join(writes)

@@ -52,6 +52,8 @@ _UID_PAIRS = [low + high for high in _UID_DIGITS for low in _UID_DIGITS]
 """_UID_PAIRS[v % 6400]: the two base-80 digits of v % 6400, least significant first."""
 _NUL_TO_SPACE = bytes.maketrans(b"\0", b" ")
 _DOT_AFTER_LF = re.compile(rb"\n\.")
+_CONVERTED = frozenset("\0\r\n")
+"""Characters the wire conversion changes (a dot only after LF)."""
 _HASHED_HEADERS = (b"received:", b"date:", b"message-id:", b"subject:")
 _HASHED_NAMES = frozenset(_HASHED_HEADERS)
 _CONTINUATION_BYTES = frozenset(b" \t")
@@ -810,6 +812,11 @@ class _WireLines:
         self.at_line_start = data[-1] == LF
         self.write(data)
 
+    def raw_line(self, line: bytes) -> None:
+        """A CRLF-ended line sent as it is, at a line start (after a final feed)."""
+        self.write(line)
+        self.at_line_start = True
+
 
 def _kept_ranges(msg: Message, stop: int) -> list[tuple[int, int]]:
     """[content_start, stop) minus the stripped header lines, split at the X-UIDL insert point."""
@@ -881,12 +888,21 @@ def send_message(f: BinaryIO, msg: Message, write: WriteFn, body_lines: int | No
     pending_size = 0
     buf, buf_at = b"", 0            # file bytes [buf_at, buf_at + len(buf))
     ends_line = True                # the kept bytes so far end with LF (or there are none)
-    uidl = UIDL_HEADER + msg.uid.encode("ascii") + b"\n"
+
+    def splice_uidl() -> None:
+        nonlocal pending, pending_size
+        if _CONVERTED.isdisjoint(msg.uid):
+            pending.append(UIDL_HEADER + msg.uid.encode("ascii") + b"\n")
+            pending_size += len(pending[-1])
+        else:                       # a uid the conversion would change (a damaged cache)
+            wire.feed(b"".join(pending), final=True)
+            pending, pending_size = [], 0
+            wire.raw_line(msg.uidl_line)
+
     inserted = False
     for a, b in _kept_ranges(msg, stop):
         if not inserted and a >= msg.uidl_insert_at:
-            pending.append(uidl)
-            pending_size += len(uidl)
+            splice_uidl()
             inserted = True
         while a < b:
             if not buf_at <= a < buf_at + len(buf):
@@ -905,7 +921,7 @@ def send_message(f: BinaryIO, msg: Message, write: WriteFn, body_lines: int | No
     if not ends_line:               # a last line without LF gets its CRLF (a CR stays: CR CRLF)
         pending.append(b"\r\n")
     if not inserted:
-        pending.append(uidl)
+        splice_uidl()
     wire.feed(b"".join(pending), final=True)
 
 
