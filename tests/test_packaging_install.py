@@ -23,6 +23,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -250,7 +251,8 @@ def master_as_service(*overrides: str):
 
 @contextlib.contextmanager
 def socket_unit_instance(template: str, *overrides: str):
-    """What qpopper.socket + qpopper@.service do (Accept=yes, StandardInput=socket)."""
+    """What a socket unit + its template service do (Accept=yes, StandardInput=socket):
+    qpopper.socket + qpopper@.service, qpopper-tls.socket, poppassd.socket."""
     port = free_port()
     argv = ["systemd-socket-activate", "--accept", "--inetd", "-l", f"127.0.0.1:{port}",
             *exec_start(template), *TEST_OVERRIDES, *overrides]
@@ -269,20 +271,21 @@ def socket_unit_instance(template: str, *overrides: str):
         proc.stderr.close()
 
 
+def snakeoil_context() -> ssl.SSLContext:
+    """The installed certificate is the snake-oil one: encryption without verification."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    return context
+
+
 def fetch_first_message(port: int, user, *, tls: str = "") -> bytes:
     if tls == "implicit":
-        import ssl
-        context = ssl.create_default_context()
-        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE   # snake-oil
-        pop = poplib.POP3_SSL("127.0.0.1", port, timeout=15, context=context)
+        pop = poplib.POP3_SSL("127.0.0.1", port, timeout=15, context=snakeoil_context())
     else:
         pop = poplib.POP3("127.0.0.1", port, timeout=15)
     try:
         if tls == "stls":
-            import ssl
-            context = ssl.create_default_context()
-            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-            pop.stls(context)
+            pop.stls(snakeoil_context())
         pop.user(user.name)
         pop.pass_(user.password)
         count, _ = pop.stat()
@@ -414,27 +417,17 @@ def test_installed_poppassd_checks_passwords_through_its_pam_service(alice):
     port: the old password is checked through the installed /etc/pam.d/poppassd. Nothing is
     changed (quit before newpass): alice's password is used by the other tests. It reads the
     installed configuration; its brakes count in the tests' private file, as the servers'."""
-    port = free_port()
-    argv = ["systemd-socket-activate", "--accept", "--inetd", "-l", f"127.0.0.1:{port}",
-            *exec_start("poppassd@.service"), *TEST_OVERRIDES]
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, cwd="/", env={"PATH": SYS_PATH})
-    try:
-        wait_for_port(port, proc)
-        with socket.create_connection(("127.0.0.1", port), timeout=15) as conn, \
-                conn.makefile("rwb") as f:
-            def say(line: str) -> bytes:
-                f.write(line.encode() + b"\r\n")
-                f.flush()
-                return f.readline()
-            assert f.readline().startswith(b"200 poppassd (qpopper-py ")
-            assert say(f"user {alice.name}") == b"200 Your password please.\r\n"
-            assert say(f"pass {alice.password}") == b"200 Your new password please.\r\n"
-            assert say("quit") == b"200 Bye.\r\n"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        proc.stderr.close()
+    with socket_unit_instance("poppassd@.service") as port, \
+            socket.create_connection(("127.0.0.1", port), timeout=15) as conn, \
+            conn.makefile("rwb") as f:
+        def say(line: str) -> bytes:
+            f.write(line.encode() + b"\r\n")
+            f.flush()
+            return f.readline()
+        assert f.readline().startswith(b"200 poppassd (qpopper-py ")
+        assert say(f"user {alice.name}") == b"200 Your password please.\r\n"
+        assert say(f"pass {alice.password}") == b"200 Your new password please.\r\n"
+        assert say("quit") == b"200 Bye.\r\n"
 
 
 def test_stls_and_port_995_of_the_service(alice):
