@@ -26,6 +26,8 @@ import pwd
 import stat
 import sys
 
+from ..spool.locking import open_regular
+
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
 USAGE = ("usage: python3 -m qpopper.tools.maintscript "
@@ -44,17 +46,16 @@ def own_store(path: str, owner_name: str) -> None:
         owner = pwd.getpwnam(owner_name)
     except KeyError:
         raise Refused(f"{path} not changed: no account {owner_name!r}") from None
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-    try:
-        fd = os.open(path, flags)
+    def refuse(kind: str, detail: str) -> Refused:
+        return Refused(f"{path} not changed: not a regular file with one link")
+    try:                                  # O_NONBLOCK: a FIFO planted there must not hang us
+        fd = open_regular(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY, refuse=refuse)
     except FileNotFoundError:
         return
     except OSError as error:              # ELOOP: the name is a symlink
         raise Refused(f"{path} not changed: {error.strerror}") from None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-            raise Refused(f"{path} not changed: not a regular file with one link")
         if st.st_uid != owner.pw_uid:
             os.fchown(fd, owner.pw_uid, -1)
         if stat.S_IMODE(st.st_mode) != STORE_MODE:
