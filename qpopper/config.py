@@ -251,11 +251,7 @@ def _read_long_option(arg: str, rest: Iterator[str], layers: _Layers) -> None:
         raise ConfigError(f"argv: unknown option '--{name}'{_suggestion(name)}")
     if not has_value:
         value = "true" if opt.type is OptType.BOOL else _next_argument(rest, f"--{name}", "value")
-    source = f"argv --{opt.name}"
-    if opt.name == "config-file":
-        _chain(layers, value, source, stack=(), kind=None, named_by=source)
-    else:
-        _set_from_text(layers, opt, value, source, f"argv --{name}")
+    _set_from_argv(layers, opt, value, f"argv --{opt.name}", f"argv --{name}")
 
 
 def _read_short_flags(arg: str, rest: Iterator[str], layers: _Layers) -> None:
@@ -276,15 +272,13 @@ def _read_short_flags(arg: str, rest: Iterator[str], layers: _Layers) -> None:
             layers.set(opt, opt.flag_value, source)
             continue
         value = attached or _next_argument(rest, flag, opt.flag_arg)
-        if opt.name == "config-file":
-            _chain(layers, value, source, stack=(), kind=None, named_by=source)
-        elif opt.flag_numbers and value.isdigit():
+        if opt.flag_numbers and value.isdigit():
             if int(value) >= len(opt.flag_numbers):
                 raise ConfigError(f"argv {flag}: expects 0..{len(opt.flag_numbers) - 1} or one "
                                   f"of {', '.join(opt.accepted_words)}, got '{value}'")
             layers.set(opt, opt.flag_numbers[int(value)], source)
         else:
-            _set_from_text(layers, opt, value, source, source)
+            _set_from_argv(layers, opt, value, source, source)
         return
 
 
@@ -296,6 +290,14 @@ def _read_e_flag(text: str, layers: _Layers) -> None:
         if opt is None or not equals:
             raise ConfigError(f"argv -e: expected login_delay=N,expire=N, got '{text}'")
         _set_from_text(layers, opt, value.strip(), "argv -e", "argv -e")
+
+
+def _set_from_argv(layers: _Layers, opt: Option, text: str, source: str, where: str) -> None:
+    """One option given on argv (flag or --name): config-file reads that file now."""
+    if opt.name == "config-file":
+        _chain(layers, text, source, stack=(), kind=None, named_by=source)
+    else:
+        _set_from_text(layers, opt, text, source, where)
 
 
 def _set_from_text(layers: _Layers, opt: Option, text: str, source: str, where: str) -> None:
