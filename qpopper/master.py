@@ -285,20 +285,21 @@ class Master:
                 raise
             client_ip = normalize_ip(addr[0]) if isinstance(addr, tuple) else "unknown"
             tls_mode = self._tls_mode(listener)
-            refusal = self._over_limit(client_ip)
+            group = address_group(client_ip)        # parsed once: the limit and the count
+            refusal = self._over_limit(group)
             if refusal:
                 # a TLS client would read a plain-text -ERR as a broken handshake: just close
                 self._refuse(conn, client_ip, refusal, answer=tls_mode != "implicit")
                 continue
             self._fork_session(conn, (client_ip, addr[1] if isinstance(addr, tuple) else 0),
-                               tls_mode)
+                               group, tls_mode)
 
-    def _over_limit(self, client_ip: str) -> str | None:
+    def _over_limit(self, group: str) -> str | None:
+        """Why a new connection from address group `group` is refused, or None."""
         total = self.cfg.max_children
         per_address = self.cfg.max_children_per_address
         if total and len(self.children) >= total:
             return f"{len(self.children)} sessions running (max-children {total})"
-        group = address_group(client_ip)
         if per_address and self.per_address[group] >= per_address:
             return (f"{self.per_address[group]} sessions from {group} "
                     f"(max-children-per-address {per_address})")
@@ -316,7 +317,7 @@ class Master:
         finally:
             conn.close()
 
-    def _fork_session(self, conn: socket.socket, peer: tuple[str, int],
+    def _fork_session(self, conn: socket.socket, peer: tuple[str, int], group: str,
                       tls_mode: str | None = None) -> None:
         try:
             pid = os.fork()
@@ -327,7 +328,6 @@ class Master:
         if pid == 0:
             self._child(conn, peer, tls_mode)            # never returns
         conn.close()
-        group = address_group(peer[0])
         self.children[pid] = group                      # _reap decrements the same counter
         self.per_address[group] += 1
 
