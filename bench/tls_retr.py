@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -32,11 +31,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.helpers.pam_service import installed_pam_service  # noqa: E402
-from tests.helpers.sysusers import SystemUsers, mail_gid, world_readable_tmpdir  # noqa: E402
+from tests.helpers.sysusers import SystemUsers, world_readable_tmpdir  # noqa: E402
 from tests.helpers.testpki import TestPki  # noqa: E402
-from tests.server_harness import PopperServer, free_port, write_config  # noqa: E402
+from tests.server_harness import (PopperServer, free_port, make_spool_dir,  # noqa: E402
+                                  write_config)
 
-DEFAULT_BENCH_DIR = REPO.parent / "shared" / "bench"
+from benchlib import DEFAULT_BENCH_DIR, make_spool, refusal  # noqa: E402
+
 SUMMARY_KEYS = ("retr_MBps", "retr_msgs_per_s", "retr_s", "retr_wire_bytes",
                 "retr_client_cpu_frac", "retr_machine_busy_cores", "session_start_s",
                 "check_failures")
@@ -72,25 +73,17 @@ def run_mode(bench: Path, port: int, flags: list[str], user, restore: str, args)
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        print("tls_retr.py: run as root (it creates a user and a PAM service)", file=sys.stderr)
-        return 2
     bench = Path(args.bench_dir)
-    if not (bench / "pop3bench.py").exists():
-        print(f"tls_retr.py: no pop3bench.py in {bench} (use --bench-dir)", file=sys.stderr)
+    why = refusal("tls_retr.py", bench, "it creates a user and a PAM service")
+    if why:
+        print(why, file=sys.stderr)
         return 2
     with world_readable_tmpdir("qpt-bench-") as work, SystemUsers() as users, \
             installed_pam_service() as pam:
         user = users.create("bn")
-        spool_dir = os.path.join(work, "spool")
-        os.mkdir(spool_dir)
-        os.chown(spool_dir, 0, mail_gid())
-        os.chmod(spool_dir, 0o2775)
+        spool_dir = make_spool_dir(work)
         master_copy = os.path.join(work, "big.mbox")
-        made = subprocess.run([sys.executable, str(bench / "mkspool.py"), "-s", args.size,
-                               "--seed", str(args.seed), "--user", user.name, "-o", master_copy],
-                              capture_output=True, text=True, check=True)
-        summary = json.loads(made.stderr.strip().splitlines()[-1])
+        summary = make_spool(bench, master_copy, seed=args.seed, user=user.name, size=args.size)
         spool = os.path.join(spool_dir, user.name)
         restore = (f"cp {master_copy} {spool} && chown {user.name}:mail {spool} && "
                    f"chmod 600 {spool}")

@@ -54,7 +54,8 @@ from tests.helpers.sysusers import SystemUsers, world_readable_tmpdir  # noqa: E
 from tests.server_harness import (PopperServer, free_port, make_spool_dir,  # noqa: E402
                                   write_config)
 
-DEFAULT_BENCH_DIR = REPO.parent / "shared" / "bench"
+from benchlib import DEFAULT_BENCH_DIR, make_spool, refusal  # noqa: E402
+
 REFERENCE = "popa3d"
 POPA3D_SPOOL_DIR = "/var/mail"            # compiled into popa3d (MAIL_SPOOL_PATH)
 POPA3D_PAM_FILE = "/etc/pam.d/popa3d"
@@ -63,6 +64,7 @@ MTIME_BACKDATE_S = 10
 TINY_MS = 5               # below this on both sides a ratio says little (one scheduler tick)
 BIG_SEED = 300
 SMALL_SEED = 100
+BENCH_USER = "qptbench"   # the From_ lines' name; the spools are copied to every user
 
 # (scenario, metric, label, unit, higher_is_better)
 FIGURES = (
@@ -253,17 +255,6 @@ def qpopper_server(work: str, pam_service: str, mode: str, max_sessions: int):
 
 
 # ---------------------------------------------------------------- spools and pop3bench
-
-def make_spool(bench: Path, out: str, *, seed: int, size: str | None, count: int | None) -> dict:
-    cmd = [sys.executable, str(bench / "mkspool.py"), "--seed", str(seed), "--user", "qptbench",
-           "-o", out]
-    if size:
-        cmd += ["-s", size]
-    if count:
-        cmd += ["-n", str(count)]
-    made = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=1800)
-    return json.loads(made.stderr.strip().splitlines()[-1])
-
 
 def write_restore_script(work: str) -> str:
     """restore.sh SRC DEST USER [EXTRA...]: a fresh copy of SRC as DEST (new inode, user:mail,
@@ -482,13 +473,10 @@ def raise_on_signal(signum, frame):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        print("vs_reference.py: run as root (it creates users, a PAM file, servers)",
-              file=sys.stderr)
-        return 2
     bench = Path(args.bench_dir)
-    if not (bench / "pop3bench.py").exists():
-        print(f"vs_reference.py: no pop3bench.py in {bench} (use --bench-dir)", file=sys.stderr)
+    why = refusal("vs_reference.py", bench, "it creates users, a PAM file, servers")
+    if why:
+        print(why, file=sys.stderr)
         return 2
     if not shutil.which("systemd-socket-activate"):
         print("vs_reference.py: systemd-socket-activate is missing (package systemd)",
@@ -515,12 +503,13 @@ def main(argv=None) -> int:
             small_users = [users.create("s", shell="/usr/sbin/nologin") for _ in range(n_users)]
             restore = write_restore_script(work)
             master = os.path.join(work, "big.mbox")
-            spool = make_spool(bench, master, seed=BIG_SEED, size=args.size,
+            spool = make_spool(bench, master, seed=BIG_SEED, user=BENCH_USER, size=args.size,
                                count=args.messages or None)
             small_masters = []
             for i in range(n_users):
                 small_masters.append(os.path.join(work, f"small{i}.mbox"))
-                make_spool(bench, small_masters[-1], seed=SMALL_SEED + i, size=None, count=10)
+                make_spool(bench, small_masters[-1], seed=SMALL_SEED + i, user=BENCH_USER,
+                           count=10)
             users_file = os.path.join(work, "users.txt")
             Path(users_file).write_text("".join(f"{u.name}:{u.password}\n" for u in small_users))
             os.chmod(users_file, 0o600)
