@@ -110,16 +110,9 @@ def _example_header() -> list[str]:
 
 
 def _example_entry(opt: Option, shipped: ShippedSetting | None) -> list[str]:
-    facts = [opt.type_text]
-    if opt.default is None or opt.default == ():
-        facts.append("default: unset")
-    else:
-        facts.append(f"default: {opt.format(opt.default)}")
-    if opt.flag:
-        facts.append(f"command line: {_flag_text(opt)}")
-    elif opt.extension:
-        facts.append(f"command line: --{opt.name}" + ("" if opt.type is OptType.BOOL
-                                                       else "=VALUE"))
+    facts = [_option_facts(opt)]
+    if opt.flag or opt.extension:
+        facts.append(f"command line: {_command_line(opt)}")
     if opt.aliases:
         facts.append("also spelled " + ", ".join(opt.aliases))
     lines = _wrap(f"{opt.name}  ({'; '.join(facts)})", "# ", "#     ")
@@ -134,7 +127,7 @@ def _example_entry(opt: Option, shipped: ShippedSetting | None) -> list[str]:
 
 
 def _example_value(opt: Option) -> str:
-    if opt.default is None or opt.default == ():
+    if _has_no_default(opt):
         return opt.format(opt.example)
     if opt.repeatable and isinstance(opt.default, tuple):
         return opt.format(opt.default[0])
@@ -145,6 +138,26 @@ def _flag_text(opt: Option) -> str:
     if opt.flag == EXPIRE_FLAG:
         return f"-e {opt.flag_arg}"
     return f"{opt.flag} {opt.flag_arg}" if opt.flag_arg else opt.flag
+
+
+def _long_form(opt: Option) -> str:
+    """The option as a --NAME argument (booleans take no value)."""
+    return f"--{opt.name}" + ("" if opt.type is OptType.BOOL else "=VALUE")
+
+
+def _command_line(opt: Option) -> str:
+    """How to set it on the command line: its Qpopper flag, else --NAME."""
+    return _flag_text(opt) if opt.flag else _long_form(opt)
+
+
+def _has_no_default(opt: Option) -> bool:
+    return opt.default is None or opt.default == ()
+
+
+def _option_facts(opt: Option) -> str:
+    """'TYPE; default: VALUE' (or 'default: unset')."""
+    default = "unset" if _has_no_default(opt) else opt.format(opt.default)
+    return f"{opt.type_text}; default: {default}"
 
 
 def _wrap(text: str, first: str, rest: str) -> list[str]:
@@ -176,8 +189,7 @@ def usage() -> str:
     rows.sort(key=lambda row: (row[0][1].lower(), row[0][1]))
     out += _table(rows)
     out += ["", "Extensions (also settable in configuration files):"]
-    out += _table([(f"--{o.name}" + ("" if o.type is OptType.BOOL else "=VALUE"),
-                    _first_sentence(o.help.removeprefix("Extension: ")))
+    out += _table([(_long_form(o), _first_sentence(o.help.removeprefix("Extension: ")))
                    for o in OPTIONS if o.extension])
     out += ["", "Every configuration-file option also works as --NAME=VALUE (booleans: --NAME).",
             "", "Invocation:"]
@@ -261,13 +273,6 @@ def _man_header(name: str, section: int, title: str) -> list[str]:
         ".SH NAME",
         f"{_roff(name)} \\- {_roff(title)}",
     ]
-
-
-def _option_facts(opt: Option) -> str:
-    facts = [opt.type_text]
-    facts.append("default: unset" if opt.default is None or opt.default == ()
-                 else f"default: {opt.format(opt.default)}")
-    return "; ".join(facts)
 
 
 def man_popper() -> str:
@@ -409,12 +414,7 @@ def man_config() -> str:
             out += [_roff("Options of qpopper-py that Qpopper 4.1 does not have (most "
                           "replace one of its configure switches).")]
         for opt in group:
-            facts = _option_facts(opt)
-            if opt.flag:
-                facts += f"; command line: {_flag_text(opt)}"
-            else:
-                facts += f"; command line: --{opt.name}" + (
-                    "" if opt.type is OptType.BOOL else "=VALUE")
+            facts = f"{_option_facts(opt)}; command line: {_command_line(opt)}"
             if opt.aliases:
                 facts += "; also spelled " + ", ".join(opt.aliases)
             out += [".TP", _bold(opt.name),
