@@ -61,6 +61,14 @@ class SessionStats:
     messages_left: int
     octets_left: int
 
+    @classmethod
+    def of(cls, messages, deleted) -> "SessionStats":
+        """The counts for `messages` with the indices in `deleted` marked for deletion."""
+        deleted_octets = sum(messages[i].octets for i in deleted)
+        total_octets = sum(m.octets for m in messages)
+        return cls(len(deleted), deleted_octets, len(messages) - len(deleted),
+                   total_octets - deleted_octets)
+
 
 class Transaction:
     """Per-session TRANSACTION state: the maildrop and what the client did to it."""
@@ -89,10 +97,7 @@ class Transaction:
         return count, octets
 
     def stats(self) -> SessionStats:
-        deleted_octets = sum(self.messages[i].octets for i in self.deleted)
-        total_octets = sum(m.octets for m in self.messages)
-        return SessionStats(len(self.deleted), deleted_octets,
-                            len(self.messages) - len(self.deleted), total_octets - deleted_octets)
+        return SessionStats.of(self.messages, self.deleted)
 
     def touch(self, number: int) -> None:
         self.last_msg = max(self.last_msg, number)

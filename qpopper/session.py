@@ -35,7 +35,7 @@ from .auth.policy import Authenticator
 from .extensions import standard_extensions
 from .extensions.submit import MtaSubmitter
 from .log import Logger, stats_line, timeout_line, timing_line
-from .protocol import Protocol
+from .protocol import Protocol, SessionStats
 from .responses import PopError, RespCode
 from .spool.maildrop import Maildrop, resolve_server_mode
 from .spool.paths import SpoolPaths
@@ -529,12 +529,10 @@ class SessionMaildrop:
     def update(self, deleted, retrieved):
         session = self._session
         if session.cfg.statistics:
-            messages = self._drop.messages
-            deleted_octets = sum(messages[i].octets for i in deleted)
-            total_octets = sum(m.octets for m in messages)
+            stats = SessionStats.of(self._drop.messages, deleted)
             session.log(syslog.LOG_NOTICE, stats_line(
-                session.user, len(deleted), deleted_octets, len(messages) - len(deleted),
-                total_octets - deleted_octets, session.client_host, session.client_ip))
+                session.user, stats.deleted_messages, stats.deleted_octets, stats.messages_left,
+                stats.octets_left, session.client_host, session.client_ip))
         begun = time.monotonic()
         try:
             return self._drop.update(deleted, retrieved)
