@@ -151,24 +151,8 @@ class PopAuthStore:
         """Add the user or replace their secret, in one transaction: the APOP secret (also
         CRAM-MD5's, which needs the clear secret too) and fresh SCRAM-SHA-1 and SCRAM-SHA-256
         verifiers (new random salts), so the user may log in with any of them."""
-        _check_name(user)
-        if not secret or "\0" in secret:
-            raise StoreError("the secret must be non-empty and contain no NUL")
-        verifiers = [scram.make_verifier(mechanism, secret, iterations=iterations)
-                     for mechanism in scram.MECHANISMS]
-
-        def change(db) -> int:
-            db.execute("INSERT INTO users (name, apop_secret, changed) VALUES (?, ?, ?) "
-                       "ON CONFLICT(name) DO UPDATE SET apop_secret = excluded.apop_secret, "
-                       "changed = excluded.changed",
-                       (user, secret, int(time.time())))
-            db.execute("DELETE FROM scram WHERE name = ?", (user,))
-            db.executemany("INSERT INTO scram (name, mechanism, salt, iterations, stored_key, "
-                           "server_key) VALUES (?, ?, ?, ?, ?, ?)",
-                           [(user, v.mechanism, v.salt, v.iterations, v.stored_key,
-                             v.server_key) for v in verifiers])
-            return 1
-        self._change_with(change)
+        prepared = [_prepare(user, secret, iterations, "the secret")]
+        self._change_with(lambda db: _write_users(db, prepared))
 
     def get_scram(self, user: str, mechanism: str) -> "scram.Verifier | None":
         """The user's SCRAM verifier for `mechanism`, or None."""
@@ -185,28 +169,9 @@ class PopAuthStore:
     def import_users(self, entries) -> int:
         """Add or replace many users' secrets in ONE transaction (popauth --import-dbm):
         all of them or, on any error, none. Returns how many."""
-        prepared = []
-        for user, secret in entries:
-            _check_name(user)
-            if not secret or "\0" in secret:
-                raise StoreError(f"{user}: the secret must be non-empty and contain no NUL")
-            prepared.append((user, secret, [scram.make_verifier(m, secret)
-                                            for m in scram.MECHANISMS]))
-
-        def change(db) -> int:
-            now = int(time.time())
-            for user, secret, verifiers in prepared:
-                db.execute("INSERT INTO users (name, apop_secret, changed) VALUES (?, ?, ?) "
-                           "ON CONFLICT(name) DO UPDATE SET apop_secret = "
-                           "excluded.apop_secret, changed = excluded.changed",
-                           (user, secret, now))
-                db.execute("DELETE FROM scram WHERE name = ?", (user,))
-                db.executemany("INSERT INTO scram (name, mechanism, salt, iterations, "
-                               "stored_key, server_key) VALUES (?, ?, ?, ?, ?, ?)",
-                               [(user, v.mechanism, v.salt, v.iterations, v.stored_key,
-                                 v.server_key) for v in verifiers])
-            return len(prepared)
-        return self._change_with(change)
+        prepared = [_prepare(user, secret, scram.DEFAULT_ITERATIONS, f"{user}: the secret")
+                    for user, secret in entries]
+        return self._change_with(lambda db: _write_users(db, prepared))
 
     def delete(self, user: str) -> bool:
         """Remove the user (and their SCRAM verifiers). False when they were not there."""
@@ -260,6 +225,32 @@ class PopAuthStore:
                            log=(f"pop.auth store {self.path}: schema version {version}, "
                                 f"this server reads version {SCHEMA_VERSION}"))
         return db
+
+
+def _prepare(user: str, secret: str, iterations: int, what: str):
+    """(user, secret, its SCRAM verifiers) once both are checked; `what` names the secret in
+    the refusal."""
+    _check_name(user)
+    if not secret or "\0" in secret:
+        raise StoreError(f"{what} must be non-empty and contain no NUL")
+    return user, secret, [scram.make_verifier(mechanism, secret, iterations=iterations)
+                          for mechanism in scram.MECHANISMS]
+
+
+def _write_users(db, prepared) -> int:
+    """Add or replace each prepared user: the APOP secret and the SCRAM verifiers (the old
+    ones dropped). Returns how many."""
+    now = int(time.time())
+    for user, secret, verifiers in prepared:
+        db.execute("INSERT INTO users (name, apop_secret, changed) VALUES (?, ?, ?) "
+                   "ON CONFLICT(name) DO UPDATE SET apop_secret = excluded.apop_secret, "
+                   "changed = excluded.changed", (user, secret, now))
+        db.execute("DELETE FROM scram WHERE name = ?", (user,))
+        db.executemany("INSERT INTO scram (name, mechanism, salt, iterations, stored_key, "
+                       "server_key) VALUES (?, ?, ?, ?, ?, ?)",
+                       [(user, v.mechanism, v.salt, v.iterations, v.stored_key, v.server_key)
+                        for v in verifiers])
+    return len(prepared)
 
 
 def _check_name(user: str) -> None:
