@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.sysusers import is_root
+from tests.server_harness import make_spool_dir
 
 REPO = Path(__file__).resolve().parent.parent
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -98,11 +99,7 @@ def owners_directory(scratch: Scratch, owner) -> Path:
 
 
 def spool_dir(scratch: Scratch) -> Path:
-    spool = scratch.root / "spool"
-    spool.mkdir()
-    os.chown(spool, 0, grp.getgrnam("mail").gr_gid)
-    spool.chmod(0o2775)
-    return spool
+    return Path(make_spool_dir(str(scratch.root)))      # root:mail 2775, like /var/mail
 
 
 def root_file(scratch: Scratch, name: str = "victim") -> Path:
