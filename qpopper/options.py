@@ -422,7 +422,8 @@ OPTIONS: tuple[Option, ...] = (
        "security strength factor. Unset: log-login is used.",
        scope=Scope.STARTUP, example="(v%0) POP login by \"%1\" (%4) at (%2) %3 with %5"),
     _i("sasl-max-ssf", _SSF_MAX,
-       "Highest SASL security layer strength negotiated (0 disables SASL encryption).",
+       "Highest SASL security layer strength negotiated (0 disables SASL encryption). No "
+       "mechanism offered here has a SASL security layer, so it changes nothing today.",
        minimum=0, maximum=_SSF_MAX, scope=Scope.NOT_USER),
     _i("sasl-min-ssf", 0,
        "Lowest SASL security layer strength accepted (raise it to require SASL encryption).",
@@ -431,7 +432,8 @@ OPTIONS: tuple[Option, ...] = (
        "Offer only SASL mechanisms not open to active (non-dictionary) attacks.",
        scope=Scope.NOT_USER),
     _b("sasl-no-anonymous", True,
-       "Do not offer SASL mechanisms that allow anonymous login.",
+       "Do not offer SASL mechanisms that allow anonymous login. No ANONYMOUS mechanism is "
+       "offered at all, so it changes nothing today.",
        scope=Scope.NOT_USER),
     _b("sasl-no-dictionary", False,
        "Offer only SASL mechanisms not open to passive dictionary attacks.",
