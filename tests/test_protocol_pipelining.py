@@ -130,29 +130,26 @@ def session_script(tmp_path):
     return exchanges, uids
 
 
-def test_whole_session_in_lockstep(tmp_path, session_script):
-    exchanges, uids = session_script
-    spool = fresh(tmp_path, "lockstep")
-    run_lockstep(spool.session(), exchanges)
-    check_outcome(spool, uids)
+@pytest.fixture
+def alice_spool(tmp_path):
+    """A fresh copy of the spool the session script runs against, closed also on failure."""
+    spool = fresh(tmp_path, "session")
+    yield spool
     spool.close()
 
 
-def test_whole_session_in_one_packet(tmp_path, session_script):
+@pytest.mark.parametrize("run", [run_lockstep, run_pipelined], ids=["lockstep", "one-packet"])
+def test_whole_session(alice_spool, session_script, run):
     exchanges, uids = session_script
-    spool = fresh(tmp_path, "one-packet")
-    run_pipelined(spool.session(), exchanges)
-    check_outcome(spool, uids)
-    spool.close()
+    run(alice_spool.session(), exchanges)
+    check_outcome(alice_spool, uids)
 
 
 @pytest.mark.parametrize("chunks", awkward_chunkings(), ids=lambda c: "-".join(map(str, c)))
-def test_whole_session_split_at_awkward_boundaries(tmp_path, session_script, chunks):
+def test_whole_session_split_at_awkward_boundaries(alice_spool, session_script, chunks):
     exchanges, uids = session_script
-    spool = fresh(tmp_path, "split")
-    run_pipelined(spool.session(), exchanges, chunks)
-    check_outcome(spool, uids)
-    spool.close()
+    run_pipelined(alice_spool.session(), exchanges, chunks)
+    check_outcome(alice_spool, uids)
 
 
 def test_every_crlf_split_point_of_a_short_pipeline(tmp_path):
