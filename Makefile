@@ -13,6 +13,8 @@ DEB_TEST_PACKAGES := curl socat iproute2 openssl procps strace passwd login libp
 	man-db lintian rpm rpmlint ssl-cert adduser systemd python3-gdbm \
 	krb5-kdc krb5-admin-server libkrb5-dev gcc
 PIP_TEST_PACKAGES := pytest pytest-timeout
+# Waits for another apt/dpkg run instead of failing.
+APT_GET := apt-get -o DPkg::Lock::Timeout=600
 
 .PHONY: run test venv debs clean package
 
@@ -30,8 +32,8 @@ debs:
 	  missing=$$(for p in $(DEB_TEST_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	  if [ -n "$$missing" ]; then \
 	    echo "installing Debian packages: $$missing"; \
-	    apt-get -o DPkg::Lock::Timeout=600 update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends $$missing; \
+	    $(APT_GET) update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq --no-install-recommends $$missing; \
 	  fi; \
 	else echo "not root: Debian test packages not installed; tests that need them skip"; fi
 
