@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import socket
 import syslog
 import time
@@ -37,8 +38,6 @@ FACILITIES = {
     **{f"local{n}": getattr(syslog, f"LOG_LOCAL{n}") for n in range(8)},
 }
 DEFAULT_FACILITY = "mail"   # reference decision §7.6
-
-DEFAULT_LOG_LOGIN = '(v%0) POP login by user "%1" at (%2) %3'
 
 
 def facility_code(name: str | None) -> int:
@@ -196,26 +195,14 @@ def timeout_line(seconds: int, user: str, client_host: str, client_ip: str) -> s
             f"at {client_host} ({client_ip})")
 
 
+_LOG_LOGIN_ESCAPE = re.compile(r"%([0-6%])")
+
+
 def log_login_line(template: str, user: str, client_host: str, client_ip: str, *,
                    authid: str = "", mechanism: str = "", ssf: int | str = "") -> str:
     """Expand a log-login / sasl-log-login template: %0 version, %1 user, %2 client host,
     %3 client ip, %4 SASL authid, %5 mechanism, %6 SSF, %% a percent sign. Other escapes are
     kept as written (Qpopper's behaviour)."""
     values = {"0": QPOPPER_VERSION, "1": user, "2": client_host, "3": client_ip,
-              "4": authid, "5": mechanism, "6": str(ssf)}
-    out, i = [], 0
-    while i < len(template):
-        ch = template[i]
-        if ch == "%" and i + 1 < len(template):
-            nxt = template[i + 1]
-            if nxt in values:
-                out.append(values[nxt])
-                i += 2
-                continue
-            if nxt == "%":
-                out.append("%")
-                i += 2
-                continue
-        out.append(ch)
-        i += 1
-    return "".join(out)
+              "4": authid, "5": mechanism, "6": str(ssf), "%": "%"}
+    return _LOG_LOGIN_ESCAPE.sub(lambda match: values[match[1]], template)
