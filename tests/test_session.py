@@ -7,6 +7,7 @@ log line and no reply, a client that stops reading cannot hold the session, TCP_
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import syslog
@@ -54,47 +55,43 @@ def cfg_with(**kw):
     return Config.defaults().replace(reverse_lookup=False, **kw)
 
 
-def test_a_reply_batch_leaves_in_one_write(quiet_log):
-    # SEQPACKET keeps write boundaries: each packet is one write(2) of the server
+@contextlib.contextmanager
+def one_packet_per_write(cfg, log):
+    """A session over a SEQPACKET pair, which keeps write boundaries: each packet the client
+    receives is one write(2) of the server. Yields (client, greeting packet); on the way out,
+    QUIT must be answered with the sign-off and end the session."""
     client, server = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with client:
-        thread = run_session(cfg_with(), server, quiet_log)
+        thread = run_session(cfg, server, log)
         greeting, = packets(client, 1)
-        assert greeting.startswith(b"+OK Qpopper (version 4.1.0) at test.host starting.")
-        client.send(b"CAPA\r\nUSER first\r\nUSER someone\r\n")        # pipelined
-        batch, = packets(client, 1)
-        assert batch.startswith(b"+OK Capability list follows\r\n")
-        assert re.search(rb"\r\n\.\r\n\+OK Password required for first\.\r\n"
-                         rb"\+OK Password required for someone\.\r\n$", batch), batch
+        yield client, greeting
         client.send(b"QUIT\r\n")
         assert packets(client, 1)[0].startswith(b"+OK Pop server at test.host signing off.")
         thread.join(10)
     assert not thread.is_alive()
 
 
+def test_a_reply_batch_leaves_in_one_write(quiet_log):
+    with one_packet_per_write(cfg_with(), quiet_log) as (client, greeting):
+        assert greeting.startswith(b"+OK Qpopper (version 4.1.0) at test.host starting.")
+        client.send(b"CAPA\r\nUSER first\r\nUSER someone\r\n")        # pipelined
+        batch, = packets(client, 1)
+        assert batch.startswith(b"+OK Capability list follows\r\n")
+        assert re.search(rb"\r\n\.\r\n\+OK Password required for first\.\r\n"
+                         rb"\+OK Password required for someone\.\r\n$", batch), batch
+
+
 def test_chunky_writes_never_sends_each_reply_as_it_comes(quiet_log):
-    client, server = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    with client:
-        thread = run_session(cfg_with(chunky_writes="never"), server, quiet_log)
-        packets(client, 1)
+    with one_packet_per_write(cfg_with(chunky_writes="never"), quiet_log) as (client, _):
         client.send(b"USER a\r\nUSER b\r\nUSER c\r\n")
         assert packets(client, 3) == [b"+OK Password required for %s.\r\n" % n
                                       for n in (b"a", b"b", b"c")]
-        client.send(b"QUIT\r\n")
-        packets(client, 1)
-        thread.join(10)
 
 
 def test_chunky_writes_tls_does_not_aggregate_without_tls(quiet_log):
-    client, server = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    with client:
-        thread = run_session(cfg_with(chunky_writes="tls"), server, quiet_log)
-        packets(client, 1)
+    with one_packet_per_write(cfg_with(chunky_writes="tls"), quiet_log) as (client, _):
         client.send(b"USER a\r\nUSER b\r\n")
         assert len(packets(client, 2)) == 2
-        client.send(b"QUIT\r\n")
-        packets(client, 1)
-        thread.join(10)
 
 
 def test_idle_client_times_out_without_a_reply_and_is_logged(syslog_capture):
