@@ -29,7 +29,7 @@ from . import config as config_mod
 from . import privsep
 from .auth import Login
 from .auth.store import PopAuthStore
-from .log import Logger
+from .log import QPOPPER_LOG_LOGIN, Logger
 from .master import ListenError, Master, bind_listeners, format_sockaddr, parse_listen
 
 DEMO_DIR = "demo-data"
@@ -98,7 +98,7 @@ def demo_config(cfg, data_dir: str):
         clear_text_password="local",      # USER/PASS and curl work; only from this machine
         statistics=True,                  # show the Stats, Timing and login records on the terminal
         timing=True,
-        log_login='(v%0) POP login by user "%1" at (%2) %3',
+        log_login=QPOPPER_LOG_LOGIN,
         shutdown_grace=DEMO_SHUTDOWN_GRACE_S,
         daemon=False,
     )

@@ -39,6 +39,9 @@ FACILITIES = {
 }
 DEFAULT_FACILITY = "mail"   # reference decision §7.6
 
+QPOPPER_LOG_LOGIN = '(v%0) POP login by user "%1" at (%2) %3'
+"""The log-login text of Qpopper built with --enable-log-login (the demo logs logins with it)."""
+
 
 def facility_code(name: str | None) -> int:
     """The syslog facility for a log-facility mnemonic ('mail', 'local0'..'local7', ...)."""
