@@ -209,6 +209,19 @@ def private_brakes():
 TEST_OVERRIDES: list[str] = []
 
 
+def stop(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM (unless it already ended), SIGKILL if it outlives `timeout`; its stderr pipe
+    closed."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    proc.stderr.close()
+
+
 @contextlib.contextmanager
 def master_as_service(*overrides: str):
     """qpopper.service's ExecStart, moved to free loopback ports (`--listen=` and
@@ -238,14 +251,7 @@ def master_as_service(*overrides: str):
             notify.settimeout(15)
             yield port, tls_port, proc, notify, ready
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=40)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            proc.stderr.close()
+            stop(proc, timeout=40)
             notify.close()
 
 
@@ -262,13 +268,7 @@ def socket_unit_instance(template: str, *overrides: str):
         wait_for_port(port, proc)
         yield port
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
+        stop(proc, timeout=10)
 
 
 def snakeoil_context() -> ssl.SSLContext:
