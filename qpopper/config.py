@@ -314,6 +314,7 @@ def _suggestion(name: str) -> str:
 
 # ---- files ------------------------------------------------------------------------------------
 _NAME_RE = re.compile(r"[A-Za-z0-9-]+")
+_WORD_RE = re.compile(r"[^ \t]*")            # an unquoted value: up to the first blank
 _QUOTES = "\"'`"
 
 
@@ -463,12 +464,8 @@ def _value_token(text: str, opt: Option, location: str) -> tuple[str, str]:
         raise ConfigError(f"{location}: '{opt.name}' needs a value after '=' ({opt.type_text})")
     quote = text[0]
     if quote not in _QUOTES:
-        end = len(text)
-        for blank in (" ", "\t"):
-            found = text.find(blank)
-            if found != -1:
-                end = min(end, found)
-        return text[:end], text[end:]
+        word = _WORD_RE.match(text).group()
+        return word, text[len(word):]
     value, position = [], 1
     while position < len(text):
         char = text[position]
