@@ -29,10 +29,22 @@ SPOOL = mbox(*MESSAGES)
 
 
 @pytest.fixture
-def site(world_tmp, pam_service):
-    s = Site(world_tmp, pam_service)
-    yield s
-    s.close()
+def make_site(world_tmp, pam_service):
+    """Site(**options) for a test that needs options of its own; closed after the test."""
+    made: list[Site] = []
+
+    def make(**options) -> Site:
+        made.append(Site(world_tmp, pam_service, **options))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
+
+
+@pytest.fixture
+def site(make_site):
+    return make_site()
 
 
 # --- a whole session ---------------------------------------------------------------------------
@@ -200,63 +212,54 @@ def test_stats_timing_and_log_login_lines(site, system_users):
                          r"auth=\d+ init=\d+ clean=\d+")
 
 
-def test_reverse_lookup_names_the_client(world_tmp, pam_service, system_users):
-    s = Site(world_tmp, pam_service, reverse_lookup=True)
-    try:
-        user = system_users.create()
-        server = s.server()
-        with pytest.raises(poplib.error_proto):
-            login(server, user, password="wrong")
-        name = socket.gethostbyaddr("127.0.0.1")[0]
-        s.syslog.wait_for(rf"\[AUTH\] Failed attempted login to {user.name} from host "
-                          rf"\({name}\) 127\.0\.0\.1")
-    finally:
-        s.close()
+def test_reverse_lookup_names_the_client(make_site, system_users):
+    s = make_site(reverse_lookup=True)
+    user = system_users.create()
+    server = s.server()
+    with pytest.raises(poplib.error_proto):
+        login(server, user, password="wrong")
+    name = socket.gethostbyaddr("127.0.0.1")[0]
+    s.syslog.wait_for(rf"\[AUTH\] Failed attempted login to {user.name} from host "
+                      rf"\({name}\) 127\.0\.0\.1")
 
 
-def test_idle_client_times_out_with_qpopper_log_line(world_tmp, pam_service, system_users):
-    s = Site(world_tmp, pam_service, timeout=1)
-    try:
-        user = system_users.create()
-        make_spool(s.spool_dir, user, SPOOL)
-        server = s.server()
-        client = login(server, user)
-        client.dele(1)
-        time.sleep(1.5)                       # the behaviour under test is the idle time
-        with pytest.raises((poplib.error_proto, OSError, EOFError)):
-            client.stat()
-        client.close()
-        from qpopper import QPOPPER_VERSION as V
-        s.syslog.wait_for(rf"\(v{V}\) Timeout \(1 secs\) during nw read from {user.name} at "
-                          r"127\.0\.0\.1 \(127\.0\.0\.1\)")
-        # update-on-abort (Qpopper's default): the deletion was committed
-        wait_until(lambda: "Subject: first" not in spool_text(s, user), what="the update")
-    finally:
-        s.close()
+def test_idle_client_times_out_with_qpopper_log_line(make_site, system_users):
+    s = make_site(timeout=1)
+    user = system_users.create()
+    make_spool(s.spool_dir, user, SPOOL)
+    server = s.server()
+    client = login(server, user)
+    client.dele(1)
+    time.sleep(1.5)                       # the behaviour under test is the idle time
+    with pytest.raises((poplib.error_proto, OSError, EOFError)):
+        client.stat()
+    client.close()
+    from qpopper import QPOPPER_VERSION as V
+    s.syslog.wait_for(rf"\(v{V}\) Timeout \(1 secs\) during nw read from {user.name} at "
+                      r"127\.0\.0\.1 \(127\.0\.0\.1\)")
+    # update-on-abort (Qpopper's default): the deletion was committed
+    wait_until(lambda: "Subject: first" not in spool_text(s, user), what="the update")
 
 
 # --- the master's own behaviour ----------------------------------------------------------------
-def test_per_address_limit_refuses_with_sys_temp(world_tmp, pam_service):
-    s = Site(world_tmp, pam_service, max_children_per_address=2)
+def test_per_address_limit_refuses_with_sys_temp(make_site):
+    s = make_site(max_children_per_address=2)
+    server = s.server()
+    wait_until(lambda: not server.children(), what="the start-up probe to end")
+    held = [socket.create_connection((server.host, server.port), timeout=10) for _ in range(2)]
     try:
-        server = s.server()
-        wait_until(lambda: not server.children(), what="the start-up probe to end")
-        held = [socket.create_connection((server.host, server.port), timeout=10) for _ in range(2)]
-        try:
-            for sock in held:
-                assert read_greeting(sock).startswith(b"+OK")
-            with socket.create_connection((server.host, server.port), timeout=10) as extra:
-                reply = read_greeting(extra)
-                assert reply.startswith(b"-ERR [SYS/TEMP]"), reply
-                assert extra.recv(100) == b""              # and closed
-        finally:
-            for sock in held:
-                sock.close()
-        # once they are gone, connections are served again
-        wait_until(lambda: len(server.children()) == 0, what="children to exit")
-        wait_for_greeting(server.host, server.port)
+        for sock in held:
+            assert read_greeting(sock).startswith(b"+OK")
+        with socket.create_connection((server.host, server.port), timeout=10) as extra:
+            reply = read_greeting(extra)
+            assert reply.startswith(b"-ERR [SYS/TEMP]"), reply
+            assert extra.recv(100) == b""              # and closed
     finally:
-        s.close()
+        for sock in held:
+            sock.close()
+    # once they are gone, connections are served again
+    wait_until(lambda: len(server.children()) == 0, what="children to exit")
+    wait_for_greeting(server.host, server.port)
 
 
 def test_hup_rereads_the_configuration_for_new_connections(site):
@@ -346,23 +349,20 @@ def test_term_lets_a_running_session_finish(site, system_users):
     assert "Subject: third" not in spool_text(site, user)
 
 
-def test_term_ends_sessions_that_outlive_the_grace_period(world_tmp, pam_service, system_users):
-    s = Site(world_tmp, pam_service, shutdown_grace=1)
-    try:
-        user = system_users.create()
-        make_spool(s.spool_dir, user, SPOOL)
-        server = s.server()
-        client = login(server, user)
-        started = time.monotonic()
-        os.kill(server.pid, signal.SIGTERM)
-        assert server.proc.wait(20) == 0
-        assert time.monotonic() - started < 10
-        client.close()
-        # the session was aborted, not killed mid-way: nothing is left in the temp drop
-        assert spool_text(s, user).count("Subject: ") == 3
-        assert not os.path.exists(os.path.join(s.spool_dir, f".{user.name}.pop"))
-    finally:
-        s.close()
+def test_term_ends_sessions_that_outlive_the_grace_period(make_site, system_users):
+    s = make_site(shutdown_grace=1)
+    user = system_users.create()
+    make_spool(s.spool_dir, user, SPOOL)
+    server = s.server()
+    client = login(server, user)
+    started = time.monotonic()
+    os.kill(server.pid, signal.SIGTERM)
+    assert server.proc.wait(20) == 0
+    assert time.monotonic() - started < 10
+    client.close()
+    # the session was aborted, not killed mid-way: nothing is left in the temp drop
+    assert spool_text(s, user).count("Subject: ") == 3
+    assert not os.path.exists(os.path.join(s.spool_dir, f".{user.name}.pop"))
 
 
 def test_dual_stack_wildcards_bind_together(site):
@@ -441,51 +441,43 @@ def test_foreground_master_writes_no_pid_file_as_its_help_says(site):
 
 
 # --- per-user option files (reference §1.4 A1, decision §7.4) -----------------------------------
-def test_spool_options_file_applies_only_when_the_user_cannot_write_it(world_tmp, pam_service,
-                                                                      system_users):
-    s = Site(world_tmp, pam_service, statistics=False, spool_options=True)
-    try:
-        admin_ok = system_users.create()
-        user_owned = system_users.create()
-        for user in (admin_ok, user_owned):
-            make_spool(s.spool_dir, user, SPOOL)
-            path = os.path.join(s.spool_dir, f"{user.name}.qpopper-options")
-            with open(path, "w") as f:
-                f.write("set statistics\n")
-            os.chmod(path, 0o644)
-        os.chown(os.path.join(s.spool_dir, f"{user_owned.name}.qpopper-options"),
-                 user_owned.uid, -1)
-        server = s.server()
-        for user in (admin_ok, user_owned):
-            login(server, user).quit()
-        s.syslog.wait_for(rf"Stats: {admin_ok.name} 0 0 3 \d+ 127\.0\.0\.1 127\.0\.0\.1")
-        s.syslog.wait_for(rf"Ignoring .*/{user_owned.name}\.qpopper-options: owned by or "
-                          rf"writable by {user_owned.name}")
-        assert not any(t.startswith(f"Stats: {user_owned.name} ") for t in s.syslog.texts())
-    finally:
-        s.close()
-
-
-def test_home_options_file_is_read_after_the_drop_and_scope_checked(world_tmp, pam_service,
-                                                                   system_users):
-    s = Site(world_tmp, pam_service, statistics=False, user_options=True)
-    try:
-        user = system_users.create()
+def test_spool_options_file_applies_only_when_the_user_cannot_write_it(make_site, system_users):
+    s = make_site(statistics=False, spool_options=True)
+    admin_ok = system_users.create()
+    user_owned = system_users.create()
+    for user in (admin_ok, user_owned):
         make_spool(s.spool_dir, user, SPOOL)
-        path = os.path.join(user.home, ".qpopper-options")
+        path = os.path.join(s.spool_dir, f"{user.name}.qpopper-options")
         with open(path, "w") as f:
-            # statistics may be set there; spool-dir may not (not in ~/.qpopper-options)
-            f.write("set statistics\nset spool-dir = /etc\n")
-        os.chown(path, user.uid, user.gid)
-        os.chmod(path, 0o600)                     # readable by the user only: read after the drop
-        server = s.server()
-        client = login(server, user)
-        assert client.stat()[0] == 3              # the spool is still the real one
-        client.quit()
-        s.syslog.wait_for(rf"Stats: {user.name} 0 0 3 .*")
-        s.syslog.wait_for(r".*\.qpopper-options:2: .*spool-dir.*")
-    finally:
-        s.close()
+            f.write("set statistics\n")
+        os.chmod(path, 0o644)
+    os.chown(os.path.join(s.spool_dir, f"{user_owned.name}.qpopper-options"),
+             user_owned.uid, -1)
+    server = s.server()
+    for user in (admin_ok, user_owned):
+        login(server, user).quit()
+    s.syslog.wait_for(rf"Stats: {admin_ok.name} 0 0 3 \d+ 127\.0\.0\.1 127\.0\.0\.1")
+    s.syslog.wait_for(rf"Ignoring .*/{user_owned.name}\.qpopper-options: owned by or "
+                      rf"writable by {user_owned.name}")
+    assert not any(t.startswith(f"Stats: {user_owned.name} ") for t in s.syslog.texts())
+
+
+def test_home_options_file_is_read_after_the_drop_and_scope_checked(make_site, system_users):
+    s = make_site(statistics=False, user_options=True)
+    user = system_users.create()
+    make_spool(s.spool_dir, user, SPOOL)
+    path = os.path.join(user.home, ".qpopper-options")
+    with open(path, "w") as f:
+        # statistics may be set there; spool-dir may not (not in ~/.qpopper-options)
+        f.write("set statistics\nset spool-dir = /etc\n")
+    os.chown(path, user.uid, user.gid)
+    os.chmod(path, 0o600)                     # readable by the user only: read after the drop
+    server = s.server()
+    client = login(server, user)
+    assert client.stat()[0] == 3              # the spool is still the real one
+    client.quit()
+    s.syslog.wait_for(rf"Stats: {user.name} 0 0 3 .*")
+    s.syslog.wait_for(r".*\.qpopper-options:2: .*spool-dir.*")
 
 
 def test_hangup_signal_aborts_the_session_with_update_on_abort(site, system_users):
