@@ -16,6 +16,7 @@ exception, and the result carries only PAM's code and reason.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 from dataclasses import dataclass
 
@@ -35,6 +36,10 @@ SYSTEM_ERRORS = frozenset({
 })
 """Codes that say "PAM could not decide" (a broken stack, a module that will not load, an
 unreachable directory), not "these credentials are wrong": the client gets [SYS/TEMP]."""
+
+
+_LIBPAM_UNLOADABLE = (OSError, AttributeError, TypeError)
+"""What python-pam's first PamAuthenticator() raises when libpam is missing or unloadable."""
 
 
 @dataclass(frozen=True)
@@ -80,17 +85,15 @@ def preload() -> None:
     per login. A missing libpam is not an error here: each session reports it as
     [SYS/TEMP] when it tries.
     """
-    try:
+    with contextlib.suppress(*_LIBPAM_UNLOADABLE):
         python_pam.PamAuthenticator()
-    except (OSError, AttributeError, TypeError):
-        pass
 
 
 def _run(service: str, user: str, password: str, rhost: str | None, *,
          check_password_expired: bool, account_only: bool) -> PamResult:
     try:
         authenticator = python_pam.PamAuthenticator()
-    except (OSError, AttributeError, TypeError) as exc:     # libpam missing or unloadable
+    except _LIBPAM_UNLOADABLE as exc:
         return PamResult(False, python_pam.PAM_SYSTEM_ERR, f"cannot load libpam: {exc}")
     _with_rhost(authenticator, rhost, replace_auth_step=account_only)
     # The client's original bytes (docs/internals.md): a Latin-1 password arrives as
