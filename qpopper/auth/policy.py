@@ -105,6 +105,12 @@ def is_loopback(client_ip: str) -> bool:
     return (mapped or address).is_loopback
 
 
+def _listed_names(lines) -> set[str]:
+    """One name per line, blank lines and #-comments skipped (/etc/shells, auth-file,
+    nonauth-file)."""
+    return {line.strip() for line in lines if line.strip() and not line.startswith("#")}
+
+
 def shell_allowed(shell: str, shells_file: str = SHELLS_FILE) -> str | None:
     """CHECK_SHELL: None when the shell may log in, else the refusal text's template.
 
@@ -115,7 +121,7 @@ def shell_allowed(shell: str, shells_file: str = SHELLS_FILE) -> str | None:
         return NO_SHELL
     try:
         with open(shells_file, encoding="utf-8", errors="replace") as f:
-            listed = {line.strip() for line in f if line.strip() and not line.startswith("#")}
+            listed = _listed_names(f)
     except OSError:
         listed = set()
     if shell in listed or WILDCARD_SHELL in listed or WILDCARD_SHELL.rstrip("/") in listed:
@@ -268,10 +274,10 @@ class Authenticator:
 
     def _check_proof_policies(self, user, mechanism, host, client_ip, authid, *, store: bool,
                               proved=None, record: bool = True) -> Login:
-        if not is_possible_user_name(user) or (store and not self.apop_enabled):
-            self._refuse(user, host, client_ip, BAD_DIGEST,
-                         f"{mechanism} without a store" if is_possible_user_name(user) else
-                         "invalid user name")
+        if not is_possible_user_name(user):
+            self._refuse(user, host, client_ip, BAD_DIGEST, "invalid user name")
+        if store and not self.apop_enabled:
+            self._refuse(user, host, client_ip, BAD_DIGEST, f"{mechanism} without a store")
         if store:
             self.store.check_file()        # [SYS/PERM] wrong mode or owner: not an auth failure
         shared_account = store and self.user_database == USER_DB_POP_AUTH
@@ -355,7 +361,7 @@ class Authenticator:
     def _read_user_list(self, path: str) -> set[str] | None:
         try:
             with open(path, encoding="utf-8", errors="replace") as f:
-                return {line.strip() for line in f if line.strip() and not line.startswith("#")}
+                return _listed_names(f)
         except OSError as exc:
             self.log(syslog.LOG_ERR, f"cannot read user list {path}: {exc.strerror}")
             return None
