@@ -150,6 +150,17 @@ def _command_line(opt: Option) -> str:
     return _flag_text(opt) if opt.flag else _long_form(opt)
 
 
+def _single_option_flags() -> list[Option]:
+    """The options with a flag of their own (not -e, which sets two), in flag order (-b, -B, -c)."""
+    return sorted((o for o in OPTIONS if o.flag and o.flag != EXPIRE_FLAG),
+                  key=lambda o: (o.flag.lower(), o.flag))
+
+
+def _plain_help(opt: Option) -> str:
+    """The help text without the "Extension: " mark (sections already say so)."""
+    return opt.help.removeprefix("Extension: ")
+
+
 def _has_no_default(opt: Option) -> bool:
     return opt.default is None or opt.default == ()
 
@@ -179,17 +190,14 @@ def usage() -> str:
         "",
         "Qpopper flags:",
     ]
-    rows = []
-    for opt in sorted((o for o in OPTIONS if o.flag), key=lambda o: (o.flag.lower(), o.flag)):
-        if opt.flag == EXPIRE_FLAG:
-            continue
-        rows.append((_flag_text(opt), f"{opt.name}: {_first_sentence(opt.help)}"))
+    rows = [(_flag_text(opt), f"{opt.name}: {_first_sentence(opt.help)}")
+            for opt in _single_option_flags()]
     rows.append(("-e login_delay=N,expire=N", "announce-login-delay, announce-expire: "
                  "LOGIN-DELAY and EXPIRE announced in CAPA."))
     rows.sort(key=lambda row: (row[0][1].lower(), row[0][1]))
     out += _table(rows)
     out += ["", "Extensions (also settable in configuration files):"]
-    out += _table([(_long_form(o), _first_sentence(o.help.removeprefix("Extension: ")))
+    out += _table([(_long_form(o), _first_sentence(_plain_help(o)))
                    for o in OPTIONS if o.extension])
     out += ["", "Every configuration-file option also works as --NAME=VALUE (booleans: --NAME).",
             "", "Invocation:"]
@@ -310,9 +318,7 @@ def man_popper() -> str:
         ".SH OPTIONS",
         _roff("The flags of Qpopper 4.1:"),
     ]
-    flagged = sorted((o for o in OPTIONS if o.flag and o.flag != EXPIRE_FLAG),
-                     key=lambda o: (o.flag.lower(), o.flag))
-    for opt in flagged:
+    for opt in _single_option_flags():
         head = _bold(opt.flag) + (f" {_italic(opt.flag_arg)}" if opt.flag_arg else "")
         out += [".TP", head,
                 f"Sets {_bold(opt.name)} ({_roff(_option_facts(opt))}). {_roff(opt.help)}"]
@@ -323,7 +329,7 @@ def man_popper() -> str:
     for opt in (o for o in OPTIONS if o.extension):
         arg = "" if opt.type is OptType.BOOL else f"={_italic('VALUE')}"
         out += [".TP", f"{_bold('--' + opt.name)}{arg}",
-                f"({_roff(_option_facts(opt))}) {_roff(opt.help.removeprefix('Extension: '))}"]
+                f"({_roff(_option_facts(opt))}) {_roff(_plain_help(opt))}"]
     out += [
         ".PP",
         _roff("Every option of qpopper.config(5) also works on the command line as "
@@ -419,7 +425,7 @@ def man_config() -> str:
                 facts += "; also spelled " + ", ".join(opt.aliases)
             out += [".TP", _bold(opt.name),
                     f"({_roff(facts)})",
-                    _roff(opt.help.removeprefix("Extension: ")),
+                    _roff(_plain_help(opt)),
                     ".br", _roff(f"Where: {opt.scope.description}.")]
     out += [
         ".SH SHIPPED SETTINGS",
