@@ -68,6 +68,16 @@ def assert_logged_in(pop, reply):
     assert pop.proto.state == State.TRANSACTION
 
 
+def scram_first(pop, client) -> bytes:
+    """AUTH SCRAM-SHA-256 with the client's first message; the server-first message."""
+    return challenge_of(pop.send("AUTH SCRAM-SHA-256 " + b64(client.first())))
+
+
+def send_proof_expecting_signature(pop, client, server_first) -> None:
+    """The client's final message; the server must answer with its valid signature (v=)."""
+    assert client.server_signature_ok(challenge_of(pop.send(b64(client.final(server_first)))))
+
+
 # --- listing ------------------------------------------------------------------------------------
 def test_capa_and_bare_auth_list_the_mechanisms(site):
     pop = session(site)
@@ -263,14 +273,14 @@ def test_scram_without_initial_response(site):
     client = ScramClient("SCRAM-SHA-256", "alice", SECRET)
     assert pop.send("AUTH SCRAM-SHA-256") == b"+ \r\n"
     server_first = challenge_of(pop.send(b64(client.first())))
-    assert client.server_signature_ok(challenge_of(pop.send(b64(client.final(server_first)))))
+    send_proof_expecting_signature(pop, client, server_first)
     assert_logged_in(pop, pop.send(""))
 
 
 def test_scram_wrong_password_and_unknown_user_look_alike(site):
     pop = session(site)
     client = ScramClient("SCRAM-SHA-256", "alice", SECRET)
-    server_first = challenge_of(pop.send("AUTH SCRAM-SHA-256 " + b64(client.first())))
+    server_first = scram_first(pop, client)
     assert pop.send(b64(client.final(server_first, wrong_password=True))) == AUTH_FAILED
     ghost = ScramClient("SCRAM-SHA-256", "ghost", SECRET)
     ghost_first = challenge_of(pop.send("AUTH SCRAM-SHA-256 " + b64(ghost.first())))
@@ -296,7 +306,7 @@ def test_scram_refuses_bad_client_first(site, first, why):
 def test_scram_refuses_a_changed_nonce_or_binding(site):
     pop = session(site)
     client = ScramClient("SCRAM-SHA-256", "alice", SECRET)
-    server_first = challenge_of(pop.send("AUTH SCRAM-SHA-256 " + b64(client.first())))
+    server_first = scram_first(pop, client)
     final = client.final(server_first).replace(b"c=biws", b"c=eSws")       # "y,," instead
     assert pop.send(b64(final)) == b"-ERR [AUTH] Malformed AUTH exchange\r\n"
 
@@ -304,15 +314,15 @@ def test_scram_refuses_a_changed_nonce_or_binding(site):
 def test_scram_authzid_equal_to_the_user_and_y_flag(site):
     pop = session(site)
     client = ScramClient("SCRAM-SHA-256", "alice", SECRET, gs2="y,a=alice,")
-    server_first = challenge_of(pop.send("AUTH SCRAM-SHA-256 " + b64(client.first())))
-    assert client.server_signature_ok(challenge_of(pop.send(b64(client.final(server_first)))))
+    server_first = scram_first(pop, client)
+    send_proof_expecting_signature(pop, client, server_first)
     assert_logged_in(pop, pop.send(""))
 
 
 def test_scram_client_must_answer_the_server_signature_with_an_empty_line(site):
     pop = session(site)
     client = ScramClient("SCRAM-SHA-256", "alice", SECRET)
-    server_first = challenge_of(pop.send("AUTH SCRAM-SHA-256 " + b64(client.first())))
+    server_first = scram_first(pop, client)
     pop.send(b64(client.final(server_first)))
     assert pop.send(b64("junk")) == b"-ERR [AUTH] Malformed AUTH exchange\r\n"
     assert pop.proto.state == State.AUTHORIZATION
@@ -345,16 +355,16 @@ def test_scram_is_no_login_until_the_client_accepts_the_server_signature(site, t
     assert pop.send("AUTH PLAIN " + b64("\0alice\0wrong")) == BAD_PASSWORD
     assert user_failures(brakes_file, "alice") == 1
     client = ScramClient("SCRAM-SHA-256", "alice", SECRET)
-    server_first = challenge_of(pop.send("AUTH SCRAM-SHA-256 " + b64(client.first())))
-    assert client.server_signature_ok(challenge_of(pop.send(b64(client.final(server_first)))))
+    server_first = scram_first(pop, client)
+    send_proof_expecting_signature(pop, client, server_first)
     assert pop.send(rejection) == reply
     assert pop.proto.state == State.AUTHORIZATION and pop.proto.login is None
     assert login_lines(pop) == []
     assert user_failures(brakes_file, "alice") == 1
 
     client = ScramClient("SCRAM-SHA-256", "alice", SECRET)
-    server_first = challenge_of(pop.send("AUTH SCRAM-SHA-256 " + b64(client.first())))
-    assert client.server_signature_ok(challenge_of(pop.send(b64(client.final(server_first)))))
+    server_first = scram_first(pop, client)
+    send_proof_expecting_signature(pop, client, server_first)
     assert login_lines(pop) == []                          # not before the empty answer
     assert_logged_in(pop, pop.send(""))
     assert login_lines(pop) == ["sasl alice (alice) with SCRAM-SHA-256 ssf 0"]
