@@ -97,7 +97,7 @@ def main(argv=None) -> int:
         server = PopperServer(work, config, extra_args=(f"--tls-listen=127.0.0.1:{tls_port}",))
         server.tls_port = tls_port
         subprocess.run(restore, shell=True, check=True)
-        with server.start():
+        with server:                      # __enter__ starts it (once)
             results = {}
             for name, port_attr, flags in MODES:
                 started = time.monotonic()
