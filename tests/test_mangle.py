@@ -22,7 +22,7 @@ from qpopper.extensions import standard_extensions
 from qpopper.extensions.mangle import parse_content_type, parse_request
 from qpopper.extensions.submit import MtaSubmitter
 from qpopper.pop_command import CommandSyntaxError
-from tests.transcripts.harness import Spool
+from tests.transcripts.harness import spool_fixture
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -177,11 +177,7 @@ attached notes are not the message text
 """
 
 
-@pytest.fixture
-def spool(tmp_path):
-    s = Spool(tmp_path / "spool")
-    yield s
-    s.close()
+spool = spool_fixture()
 
 
 def session(spool, messages, user="alice"):

@@ -8,7 +8,7 @@ import pytest
 from qpopper import limits
 from qpopper.extensions import standard_extensions
 from qpopper.extensions.submit import MtaSubmitter
-from tests.transcripts.harness import Spool, parse, run_lockstep
+from tests.transcripts.harness import parse, run_lockstep, spool_fixture
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -28,12 +28,7 @@ MESSAGE = (b"From sender@example.org Mon Nov  2 10:00:00 2026\n"
            b"\n")
 
 
-@pytest.fixture
-def spool(tmp_path):
-    s = Spool(tmp_path / "spool")
-    s.write("alice", MESSAGE)
-    yield s
-    s.close()
+spool = spool_fixture(alice=MESSAGE)
 
 
 def logged_in(spool):

@@ -13,8 +13,8 @@ import pytest
 from qpopper import limits
 from qpopper.pop_command import Command, Extensions
 from qpopper.protocol import State
-from tests.transcripts.harness import (HOST, LOCALTIME, NOW, PID, Spool, TableAuthenticator,
-                                       apop_digest, parse, run_lockstep)
+from tests.transcripts.harness import (HOST, LOCALTIME, NOW, PID, TableAuthenticator, apop_digest,
+                                       parse, run_lockstep, spool_fixture)
 
 GREETING = "+OK Qpopper (version 4.1.0) at mail.example.org starting.  <TS>"
 GREETING_RE = re.compile(
@@ -57,13 +57,7 @@ def capa_bytes(**kw) -> bytes:
     return b"".join(line.encode() + b"\r\n" for line in capa_lines(**kw))
 
 
-@pytest.fixture
-def spool(tmp_path):
-    s = Spool(tmp_path / "spool")
-    s.write("alice", MESSAGE_1 + MESSAGE_2)
-    s.write("bob", b"")
-    yield s
-    s.close()
+spool = spool_fixture(alice=MESSAGE_1 + MESSAGE_2, bob=b"")
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from qpopper import limits
-from tests.transcripts.harness import Spool, parse, run_lockstep
+from tests.transcripts.harness import parse, run_lockstep, spool_fixture
 
 PASSWORD_REQUIRED_ALICE = b"+OK Password required for alice.\r\n"
 LINE_TOO_LONG = b"-ERR Line too long (more than 255 octets).\r\n"
@@ -21,11 +21,7 @@ TOO_MANY_BAD = b"-ERR Too many bad commands\r\n"
 SIGNING_OFF = b"+OK Pop server at mail.example.org signing off.\r\n"
 
 
-@pytest.fixture
-def spool(tmp_path):
-    s = Spool(tmp_path / "spool")
-    yield s
-    s.close()
+spool = spool_fixture()
 
 
 @pytest.fixture

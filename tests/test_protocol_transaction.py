@@ -15,7 +15,7 @@ from qpopper.pop_command import Command, Extensions
 from qpopper.protocol import State
 from qpopper.pop_trans_state import SessionStats
 from qpopper.responses import ok
-from tests.transcripts.harness import LOCALTIME, Spool, parse, run_lockstep
+from tests.transcripts.harness import LOCALTIME, parse, run_lockstep, spool_fixture
 
 # Three messages: a leading-dot line; an existing X-UIDL and Status: RO; Content-Length and no
 # final newline.
@@ -75,12 +75,7 @@ def unstuff(data: bytes) -> bytes:
                     for ln in data.splitlines(keepends=True))
 
 
-@pytest.fixture
-def spool(tmp_path):
-    s = Spool(tmp_path / "spool")
-    s.write("alice", SPOOL)
-    yield s
-    s.close()
+spool = spool_fixture(alice=SPOOL)
 
 
 def logged_in(spool, **kw):

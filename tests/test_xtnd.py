@@ -15,7 +15,7 @@ import pytest
 from qpopper import limits
 from qpopper.extensions import standard_extensions
 from qpopper.extensions.submit import MtaSubmitter
-from tests.transcripts.harness import CLIENT_HOST, Spool, parse, run_lockstep, run_pipelined
+from tests.transcripts.harness import CLIENT_HOST, parse, run_lockstep, run_pipelined, spool_fixture
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -57,12 +57,7 @@ def make_mta(directory, status=0, body=None) -> tuple[str, str]:
     return path, out
 
 
-@pytest.fixture
-def spool(tmp_path):
-    s = Spool(tmp_path / "spool")
-    s.write("alice", SPOOL)
-    yield s
-    s.close()
+spool = spool_fixture(alice=SPOOL)
 
 
 def logged_in(spool, **cfg):

@@ -25,6 +25,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from qpopper.auth import Login
 from qpopper.config import Config
 from qpopper.pop_auth_state import BAD_DIGEST, BAD_PASSWORD
@@ -224,6 +226,19 @@ class Spool:
             for drop in pop.env.maildrops:
                 drop.close()
         self._sessions.clear()
+
+
+def spool_fixture(**mboxes: bytes):
+    """A test module's `spool` fixture: a Spool in tmp_path holding these users' mbox files
+    (`spool = spool_fixture(alice=SPOOL)`), closed after the test."""
+    @pytest.fixture
+    def spool(tmp_path):
+        s = Spool(tmp_path / "spool")
+        for user, mbox in mboxes.items():
+            s.write(user, mbox)
+        yield s
+        s.close()
+    return spool
 
 
 # --- running transcripts ---------------------------------------------------------------------------
