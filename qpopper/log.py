@@ -17,6 +17,7 @@ import syslog
 import time
 
 from . import QPOPPER_VERSION
+from .options import BY_NAME
 
 IDENT = "popper"
 """Qpopper logs under its program name."""
@@ -28,25 +29,16 @@ SYSLOG_SOCKET_ENV = "QPOPPER_SYSLOG_SOCKET"
 MAX_LOG_LINE_CHARS = 2048
 """A log record longer than this is cut: log lines carry client-supplied names."""
 
-FACILITIES = {
-    "mail": syslog.LOG_MAIL,
-    "daemon": syslog.LOG_DAEMON,
-    "auth": syslog.LOG_AUTH,
-    "authpriv": syslog.LOG_AUTHPRIV,
-    "user": syslog.LOG_USER,
-    "news": syslog.LOG_NEWS,
-    **{f"local{n}": getattr(syslog, f"LOG_LOCAL{n}") for n in range(8)},
-}
-DEFAULT_FACILITY = "mail"   # reference decision §7.6
+FACILITIES = {name: getattr(syslog, f"LOG_{name.upper()}")
+              for name in BY_NAME["log-facility"].choices}
+"""The syslog code of each log-facility the option table accepts (mail, local0..local7)."""
 
 QPOPPER_LOG_LOGIN = '(v%0) POP login by user "%1" at (%2) %3'
 """The log-login text of Qpopper built with --enable-log-login (the demo logs logins with it)."""
 
 
-def facility_code(name: str | None) -> int:
-    """The syslog facility for a log-facility mnemonic ('mail', 'local0'..'local7', ...)."""
-    if not name:
-        return FACILITIES[DEFAULT_FACILITY]
+def facility_code(name: str) -> int:
+    """The syslog facility for a log-facility mnemonic ('mail', 'local0'..'local7')."""
     try:
         return FACILITIES[name.lower()]
     except KeyError:
