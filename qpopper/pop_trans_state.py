@@ -159,8 +159,7 @@ def cmd_list(proto: "Protocol", args: list[str]) -> None:
 def cmd_retr(proto: "Protocol", args: list[str]) -> None:
     trans = proto.trans
     index = trans.message_index(args[0])
-    send_message(proto, index, None, args[1:], RETR_OCTETS.format(
-        octets=trans.messages[index].octets))
+    send_message(proto, index, None, args[1:])
     trans.retrieved.add(index)
     trans.touch(index + 1)
 
@@ -169,19 +168,26 @@ def cmd_top(proto: "Protocol", args: list[str]) -> None:
     trans = proto.trans
     body_lines = parse_line_count(args[1])      # syntax first, then existence (as Dovecot)
     index = trans.message_index(args[0])
-    send_message(proto, index, body_lines, args[2:], TOP_FOLLOWS)   # TOP does not mark retrieved
+    send_message(proto, index, body_lines, args[2:])   # TOP does not mark retrieved
     trans.touch(index + 1)
 
 
-def send_message(proto: "Protocol", index: int, body_lines: int | None, mangle_args: list[str],
-                 status: str) -> None:
-    """RETR/TOP output: status line, the message (the maildrop streams it in bounded chunks,
-    CRLF and dot-stuffed), terminator. A mangle argument, or a `-no-mime` login, goes to the
-    mangling feature when it is plugged in."""
+def send_message(proto: "Protocol", index: int, body_lines: int | None,
+                 mangle_args: list[str]) -> None:
+    """RETR (`body_lines` None) or TOP output. A mangle argument, or a `-no-mime` login, goes
+    to the mangling feature when it is plugged in."""
     mangle = proto.extensions.mangle   # without it the table allows no mangle argument
     if mangle is not None and (mangle_args or proto.login.no_mime):
         mangle(proto, index, body_lines, mangle_args or [NO_MIME_MANGLE])
         return
+    send_unmangled(proto, index, body_lines)
+
+
+def send_unmangled(proto: "Protocol", index: int, body_lines: int | None) -> None:
+    """The plain RETR/TOP reply: status line, the message (the maildrop streams it in bounded
+    chunks, CRLF and dot-stuffed), terminator."""
+    status = (TOP_FOLLOWS if body_lines is not None
+              else RETR_OCTETS.format(octets=proto.trans.messages[index].octets))
     proto.reply(ok(status))
     stream_message(proto, index, proto.env.write, body_lines)
     proto.reply(TERMINATOR)

@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from .. import limits
 from ..pop_command import CommandSyntaxError
-from ..pop_trans_state import NO_MIME_MANGLE, RETR_OCTETS, TOP_FOLLOWS, stream_message
+from ..pop_trans_state import (NO_MIME_MANGLE, RETR_OCTETS, TOP_FOLLOWS, send_unmangled,
+                               stream_message)
 from ..responses import TERMINATOR, ok
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -441,13 +442,7 @@ def send_mangled(proto: "Protocol", index: int, body_lines: int | None,
     plan = Plan(request)
     _stream(proto, index, MimeWalker(plan))
     if plan.leaves is None:
-        # not multipart: exactly the unmangled reply
-        message = proto.trans.messages[index]
-        status = TOP_FOLLOWS if body_lines is not None else RETR_OCTETS.format(
-            octets=message.octets)
-        proto.reply(ok(status))
-        stream_message(proto, index, proto.env.write, body_lines)
-        proto.reply(TERMINATOR)
+        send_unmangled(proto, index, body_lines)        # not multipart: exactly that reply
         return
     plan.choose()
     status = TOP_FOLLOWS if body_lines is not None else RETR_OCTETS.format(octets=plan.octets())
