@@ -297,17 +297,6 @@ def fetch_first_message(port: int, user, *, tls: str = "") -> bytes:
         pop.close()
 
 
-def installed_tls_missing() -> str | None:
-    """Why STLS/995 cannot be tested against the installed package, or None."""
-    result = run("/usr/bin/python3", "-c", "import qpopper.tls", check=False)
-    if result.returncode != 0:
-        return ("TLS (issue 6) is not built yet: the installed package has no qpopper/tls.py, "
-                "so STLS and port 995 are not served")
-    if not Path("/etc/ssl/certs/ssl-cert-snakeoil.pem").exists():
-        return "no snake-oil certificate (run make-ssl-cert generate-default-snakeoil)"
-    return None
-
-
 # ---- the tests, in order -------------------------------------------------------------------------
 def test_build_and_lint(packages):
     log = packages.build_log
@@ -431,9 +420,6 @@ def test_installed_poppassd_checks_passwords_through_its_pam_service(alice):
 
 
 def test_stls_and_port_995_of_the_service(alice):
-    reason = installed_tls_missing()
-    if reason:
-        pytest.skip(reason)
     # The shipped configuration, unchanged: passwords are accepted inside TLS.
     with master_as_service() as (port, tls_port, _, _, ready):
         assert "READY=1" in ready
@@ -443,9 +429,6 @@ def test_stls_and_port_995_of_the_service(alice):
 
 
 def test_port_995_socket_unit_instance(alice):
-    reason = installed_tls_missing()
-    if reason:
-        pytest.skip(reason)
     with socket_unit_instance("qpopper-tls@.service") as port:
         assert b"Subject: packaged hello" in fetch_first_message(port, alice, tls="implicit")
     with socket_unit_instance("qpopper@.service") as port:
