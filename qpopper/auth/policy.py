@@ -200,10 +200,8 @@ class Authenticator:
                                        check_password_expired=self._check_password_expired())
         if account is None:
             self._refuse(user, host, client_ip, bad_password, "no such user")
-        self._check_pam_worked(result)
-        if not result.ok:
-            self._refuse(user, host, client_ip, bad_password,
-                         f"PAM service {self.cfg.pam_service}: {result.reason} ({result.code})")
+        self._check_pam_said_yes(result, user, host, client_ip, bad_password,
+                                 f"PAM service {self.cfg.pam_service}")
         self._check_clear_text_for_store_users(user, host, client_ip)
         self._check_auth_files(user, host, client_ip)
         self._note_password_expired(user, result)
@@ -298,11 +296,8 @@ class Authenticator:
             # account (usermod -e 1) or remove the user's secret to stop it.
             result = pam_auth.check_account(self.cfg.pam_service, user, client_ip,
                                             check_password_expired=self._check_password_expired())
-            self._check_pam_worked(result)
-            if not result.ok:
-                self._refuse(user, host, client_ip, BAD_DIGEST,
-                             f"PAM account check ({self.cfg.pam_service}): {result.reason} "
-                             f"({result.code})")
+            self._check_pam_said_yes(result, user, host, client_ip, BAD_DIGEST,
+                                     f"PAM account check ({self.cfg.pam_service})")
             self._note_password_expired(user, result)
             self._check_shell(user, account, host, client_ip)
         return self._success(user, account, mechanism, host, client_ip, authid,
@@ -374,12 +369,16 @@ class Authenticator:
             self._refuse(user, host, client_ip, refusal.format(user=user),
                          f"shell {account.pw_shell!r} not in {SHELLS_FILE}")
 
-    def _check_pam_worked(self, result: pam_auth.PamResult) -> None:
-        """A PAM stack that could not decide is a system failure, not a wrong password."""
+    def _check_pam_said_yes(self, result: pam_auth.PamResult, user, host, client_ip, text,
+                            what: str) -> None:
+        """A PAM stack that could not decide is a system failure, not a wrong password;
+        a PAM no is refused with `text` (the log says `what` asked and PAM's reason)."""
         if result.system_error:
             raise PopError(PAM_UNAVAILABLE, RespCode.SYS_TEMP,
                            log=f"PAM service {self.cfg.pam_service}: {result.reason} "
                                f"({result.code})")
+        if not result.ok:
+            self._refuse(user, host, client_ip, text, f"{what}: {result.reason} ({result.code})")
 
     def _check_password_expired(self) -> bool:
         return bool(self.cfg.check_password_expired)
