@@ -175,11 +175,8 @@ class PopAuthStore:
 
     def delete(self, user: str) -> bool:
         """Remove the user (and their SCRAM verifiers). False when they were not there."""
-        return self._change("DELETE FROM users WHERE name = ?", (user,)) > 0
-
-    def _change(self, statement: str, parameters: tuple) -> int:
-        """Run one changing statement in its own transaction; the number of rows changed."""
-        return self._change_with(lambda db: db.execute(statement, parameters).rowcount)
+        return self._change_with(lambda db: db.execute("DELETE FROM users WHERE name = ?",
+                                                       (user,)).rowcount) > 0
 
     def _change_with(self, change) -> int:
         """Run `change(db)` in one transaction (committed, or rolled back on any error)."""
