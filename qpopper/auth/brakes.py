@@ -84,6 +84,15 @@ def _storable(key: str) -> str:
     return key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def _fresh_count(db, kind: str, key: str, now: float) -> int:
+    """The failures recorded for (kind, key), or 0 once the last is BRAKE_WINDOW_S old."""
+    row = db.execute("SELECT count, last FROM failures WHERE kind = ? AND key = ?",
+                     (kind, key)).fetchone()
+    if row is None or now - row[1] > limits.BRAKE_WINDOW_S:
+        return 0
+    return row[0]
+
+
 class Brakes:
     """The shared failure counts. Cheap to construct; each call opens the file briefly."""
 
@@ -136,13 +145,8 @@ class Brakes:
 
     # ---- the store ----------------------------------------------------------------------------
     def _count(self, kind: str, key: str) -> int:
-        def read(db):
-            row = db.execute("SELECT count, last FROM failures WHERE kind = ? AND key = ?",
-                             (kind, _storable(key))).fetchone()
-            if row is None or self.clock() - row[1] > limits.BRAKE_WINDOW_S:
-                return 0
-            return row[0]
-        return self._with_db(read, default=0)
+        return self._with_db(lambda db: _fresh_count(db, kind, _storable(key), self.clock()),
+                             default=0)
 
     def _bump(self, keys) -> dict[str, int]:
         now = self.clock()
@@ -151,10 +155,7 @@ class Brakes:
             counts = {}
             for kind, key in keys:
                 key = _storable(key)
-                row = db.execute("SELECT count, last FROM failures WHERE kind = ? AND key = ?",
-                                 (kind, key)).fetchone()
-                fresh = row is not None and now - row[1] <= limits.BRAKE_WINDOW_S
-                count = (row[0] if fresh else 0) + 1
+                count = _fresh_count(db, kind, key, now) + 1
                 db.execute("INSERT OR REPLACE INTO failures (kind, key, count, last) "
                            "VALUES (?, ?, ?, ?)", (kind, key, count, now))
                 counts[kind] = count
