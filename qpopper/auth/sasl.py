@@ -109,6 +109,7 @@ BAD_EXCHANGE = "Malformed AUTH exchange"
 BAD_NAME = "authentication failure"      # the authenticator's BAD_DIGEST: nothing more revealed
 PLAINTEXT_NEEDS_TLS = ("Plaintext authentication is permitted only over TLS; use STLS first")
 PLAINTEXT_NOT_PERMITTED = "Plaintext authentication is not permitted"
+AUTHZID_NOT_THE_USER = "Authorization identity must be empty or equal the user name"
 BINDING_NOT_SUPPORTED = "Channel binding is not supported"
 MECHANISMS_FOLLOW = "Available authentication mechanisms follow"
 GSSAPI_UNAVAILABLE = ("kerberos (-k): Kerberos is served as SASL GSSAPI, which this "
@@ -304,8 +305,7 @@ def mech_plain(ex: Exchange, initial: bytes | None) -> Mechanism:
         raise PopError(BAD_EXCHANGE, RespCode.AUTH)
     authzid, authcid, password = (_text(p) for p in parts)
     if authzid and authzid != authcid:
-        raise PopError("Authorization identity must be empty or equal the user name",
-                       RespCode.AUTH)
+        raise PopError(AUTHZID_NOT_THE_USER, RespCode.AUTH)
     return _password_login(ex, authcid, password, "AUTH PLAIN")
 
 
@@ -370,8 +370,7 @@ def _scram(mechanism: str):
             authzid = scram.unescape_name(authzid_field[2:]) if authzid_field.startswith("a=") \
                 else None
             if authzid != raw_name:
-                raise PopError("Authorization identity must be empty or equal the user name",
-                               RespCode.AUTH)
+                raise PopError(AUTHZID_NOT_THE_USER, RespCode.AUTH)
         name, no_mime = ex.user(raw_name)
         env = ex.env
         bindings = channel_bindings(env)
