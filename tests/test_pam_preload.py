@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 
 import pytest
 
@@ -75,23 +76,26 @@ def test_login_in_a_forked_session_execs_no_ldconfig(site, system_users, tmp_pat
     assert helpers == [], "a session ran find_library's helpers:\n" + "\n".join(execs)
 
 
-def test_preload_binds_libpam_for_forked_children():
-    """The master's call leaves the class-level bindings ready; a fork inherits them."""
-    from qpopper.auth import pam as pam_auth
-    import pam as python_pam
+FORKED_CHILD_SEES_BINDINGS = """
+import os, sys
+import pam as python_pam
+from qpopper.auth import pam as pam_auth
 
-    pam_auth.preload()
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(read_end)
-            ready = python_pam.PamAuthenticator._libs_ready
-            os.write(write_end, b"1" if ready else b"0")
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        answer = pipe.read()
-    os.waitpid(pid, 0)
-    assert answer == b"1"
+before = python_pam.PamAuthenticator._libs_ready
+pam_auth.preload()
+pid = os.fork()
+if pid == 0:
+    os._exit(0 if python_pam.PamAuthenticator._libs_ready else 1)
+_, status = os.waitpid(pid, 0)
+print(before, os.waitstatus_to_exitcode(status) == 0)
+"""
+
+
+def test_preload_binds_libpam_for_forked_children():
+    """The master's call leaves the class-level bindings ready; a fork inherits them. In a
+    fresh interpreter, so that no earlier test's PamAuthenticator made them ready already."""
+    result = subprocess.run([sys.executable, "-c", FORKED_CHILD_SEES_BINDINGS],
+                            capture_output=True, text=True, timeout=60,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "True"]
