@@ -78,8 +78,8 @@ from . import limits
 from .responses import PopError, RespCode
 from .spool import mbox
 from .spool.durable import fsync_dir, pwrite_all, sha256_of_range, unlink_if_present
-from .spool.locking import LockTiming, SpoolLock
-from .spool.maildrop import NEW_HOME_SPOOL_MODE, NEW_SPOOL_MODE, separator_padding
+from .spool.locking import LockTiming
+from .spool.maildrop import separator_padding, spool_lock
 from .spool.paths import SpoolPaths
 
 Log = Callable[[int, str], None]
@@ -444,11 +444,7 @@ class Delivery:
             return 0                                         # the common case: no lock at all
         if getattr(self.cfg, "check_hash_dir", True):
             self.paths.ensure_hash_dirs(self.log)
-        home_mail = bool(getattr(self.cfg, "home_dir_mail", None))
-        lock = SpoolLock(self.paths.spool, self.paths.lock, create=True,
-                         create_mode=NEW_HOME_SPOOL_MODE if home_mail else NEW_SPOOL_MODE,
-                         nfs_safe=bool(getattr(self.cfg, "no_atomic_open", False)),
-                         step_hook=self.step, log=self.log)
+        lock = spool_lock(self.cfg, self.paths, create=True, step_hook=self.step, log=self.log)
         lock.acquire(LockTiming.login(self.lock_step_s))
         try:
             return self._locked(store, lock.fd, every, newest, lock.refresh_if_due)

@@ -164,6 +164,16 @@ def separator_padding(tail: bytes) -> bytes:
     return b"\n" if tail.endswith(b"\n") else b"\n\n"
 
 
+def spool_lock(cfg, paths: SpoolPaths, *, create: bool, step_hook: StepHook | None,
+               log: Log | None) -> SpoolLock:
+    """The user's spool lock (not yet acquired), as every session-time writer takes it: a
+    spool it creates gets the mode of its place (home-dir-mail or the spool directory), and
+    no-atomic-open picks the NFS-safe dot-lock."""
+    return SpoolLock(paths.spool, paths.lock, create=create,
+                     create_mode=NEW_HOME_SPOOL_MODE if cfg.home_dir_mail else NEW_SPOOL_MODE,
+                     nfs_safe=cfg.no_atomic_open, step_hook=step_hook, log=log)
+
+
 def resolve_server_mode(cfg, user: str, gid: int, log: Log | None = None):
     """The Config with server-mode decided for this user before the per-user option files
     (manual "Enabling Server Mode"): the default or -S, then membership of group-server-mode
@@ -315,11 +325,8 @@ class Maildrop:
                             f"{refusal.log or refusal.text})")
 
     def _spool_lock(self, *, create: bool) -> SpoolLock:
-        home_mail = bool(self.cfg.home_dir_mail)
-        lock = SpoolLock(self.paths.spool, self.paths.lock, create=create,
-                         create_mode=NEW_HOME_SPOOL_MODE if home_mail else NEW_SPOOL_MODE,
-                         nfs_safe=self.cfg.no_atomic_open,
-                         step_hook=self._step, log=self._log)
+        lock = spool_lock(self.cfg, self.paths, create=create, step_hook=self._step,
+                          log=self._log)
         timing = (LockTiming.login if self._phase == "open" else LockTiming.update)(
             self._lock_step_s)
         lock.acquire(timing)
