@@ -254,7 +254,7 @@ class Maildrop:
             return self._update_server(kept, marked, bool(doomed))
         with self._writing_back():
             if not kept:
-                self._empty_drop()
+                self._cut_drop()
             else:
                 self._commit_with_lock(lambda write: self._write_kept(kept, marked, write))
 
@@ -660,10 +660,11 @@ class Maildrop:
             self._note(syslog.LOG_WARNING, f"cannot write {self.user}'s cache: {exc}")
 
     # --- update and restore ---------------------------------------------------------------------
-    def _empty_drop(self) -> None:
-        """Everything deleted: the drop's mail goes; the spool (and new mail in it) stays."""
+    def _cut_drop(self, length: int = 0) -> None:
+        """Cut the temporary drop back to `length` octets, durably. With 0 at update:
+        everything deleted, the drop's mail goes; the spool (and new mail in it) stays."""
         self._step("truncate-temp-drop")
-        os.ftruncate(self._session.fd, 0)
+        os.ftruncate(self._session.fd, length)
         self._step("fsync-temp-drop")
         os.fsync(self._session.fd)
 
@@ -820,10 +821,7 @@ class Maildrop:
 
     def _finish_commit(self) -> None:
         """The spool holds everything: empty the drop, then forget the journal and image."""
-        self._step("truncate-temp-drop")
-        os.ftruncate(self._session.fd, 0)
-        self._step("fsync-temp-drop")
-        os.fsync(self._session.fd)
+        self._cut_drop()
         self._journal.clear()
         self._step("unlink-image")
         unlink_if_present(self.paths.new_image)
@@ -834,10 +832,7 @@ class Maildrop:
         op = record.get("op")
         self._note(syslog.LOG_NOTICE, f"recovering {self.user}'s maildrop from journal: {op}")
         if op == "absorb":
-            self._step("truncate-temp-drop")
-            os.ftruncate(self._session.fd, record["temp_len"])
-            self._step("fsync-temp-drop")
-            os.fsync(self._session.fd)
+            self._cut_drop(record["temp_len"])
             self._journal.clear()
         elif op == "absorbed":
             self._recover_absorbed(record)
@@ -876,10 +871,7 @@ class Maildrop:
                              and _same_bytes(src, 0, self._session.fd, start, size))
             if untouched:
                 # The source was not truncated: it still has the mail; take it again later.
-                self._step("truncate-temp-drop")
-                os.ftruncate(self._session.fd, record["temp_len"])
-                self._step("fsync-temp-drop")
-                os.fsync(self._session.fd)
+                self._cut_drop(record["temp_len"])
             self._journal.clear()
         finally:
             if isinstance(holder, SessionLock):
