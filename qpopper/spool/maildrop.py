@@ -546,13 +546,9 @@ class Maildrop:
                 if known is not None:
                     known = _Written(known, writer.pos)
                 if spool_len > login_len:
-                    pad = separator_padding(_tail(image, writer.pos))
-                    if pad:
+                    if self._append_spool(writer, spool, login_len, spool_len - login_len,
+                                          "copy-new-mail-to-image"):
                         known = None        # never after a copy: it ends with a blank line
-                        writer.write(pad)
-                        writer.flush()
-                    _copy(spool, login_len, spool_len - login_len, image, writer.pos,
-                          self._step, "copy-new-mail-to-image", self._spool.refresh_if_due)
                 if fast:
                     fast = self._dress_like_spool(image, st)
                 self._step("fsync-image")
@@ -730,12 +726,7 @@ class Maildrop:
                 write_front(writer.write)
                 writer.flush()
                 if spool_len:
-                    pad = separator_padding(_tail(image, writer.pos))
-                    if pad:
-                        writer.write(pad)
-                        writer.flush()
-                    _copy(spool, 0, spool_len, image, writer.pos, self._step, "copy-spool-to-image",
-                          self._spool.refresh_if_due)
+                    self._append_spool(writer, spool, 0, spool_len, "copy-spool-to-image")
                 self._step("fsync-image")
                 os.fsync(image)
             except OSError:
@@ -747,6 +738,19 @@ class Maildrop:
         finally:
             os.close(image)
         self._finish_commit()
+
+    def _append_spool(self, writer: "_ChunkWriter", spool: int, start: int, length: int,
+                      name: str) -> bool:
+        """Put the spool's [start, start+length) after what `writer` wrote to the image, with
+        the separator padding it needs first. True when padding was written."""
+        image = writer.fd
+        pad = separator_padding(_tail(image, writer.pos))
+        if pad:
+            writer.write(pad)
+            writer.flush()
+        _copy(spool, start, length, image, writer.pos, self._step, name,
+              self._spool.refresh_if_due)
+        return bool(pad)
 
     def _open_image(self, *, truncate: bool) -> int:
         if truncate:
