@@ -375,11 +375,11 @@ class Maildrop:
 
     def _scan(self) -> None:
         self._drop_file = open(self._session.fd, "rb", closefd=False)
-        self._all = mbox.scan(
-            self._drop_file,
-            update_status_headers=self.cfg.update_status_headers,
-            old_style_uid=self.cfg.old_style_uid,
-            uw_kludge=self.cfg.uw_kluge)
+        self._all = mbox.scan(self._drop_file, **cache.scan_options(self.cfg))
+        self._show_visible()
+
+    def _show_visible(self) -> None:
+        """The client's message list: every scanned message but the hidden ones."""
         self.messages = [m for m in self._all if not m.hidden]
         self.hidden_count = len(self._all) - len(self.messages)
 
@@ -455,8 +455,7 @@ class Maildrop:
             self._login = cache.spool_state(fd, size)
         finally:
             spool.release()             # only the read-only descriptor stays open
-        self.messages = [m for m in self._all if not m.hidden]
-        self.hidden_count = len(self._all) - len(self.messages)
+        self._show_visible()
         return True
 
     def _server_scan(self, fd: int, size: int) -> list[mbox.Message]:
