@@ -30,7 +30,7 @@ import stat
 from dataclasses import dataclass
 from typing import Callable
 
-from .durable import unlink_if_present
+from .durable import pwrite_all, unlink_if_present
 from .mbox import Message
 
 CACHE_VERSION = 1
@@ -202,9 +202,7 @@ def store(path: str, user: str, cfg, state: SpoolState, messages: list[Message],
         if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != os.geteuid():
             raise OSError(f"{tmp}: not our plain file")
         os.ftruncate(fd, 0)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        pwrite_all(fd, data, 0)
     finally:
         os.close(fd)
     step("cache-rename")
