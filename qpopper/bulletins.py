@@ -379,7 +379,7 @@ class Delivery:
     def _popbull(self) -> PopbullFile | None:
         home = PopbullFile(os.path.join(self.login.home, POPBULL_NAME), self.log) \
             if self.login.home else None
-        popbulldir = getattr(self.cfg, "popbulldir", None)
+        popbulldir = self.cfg.popbulldir
         if popbulldir:
             return PopbullFile(os.path.join(popbulldir, self.user + POPBULL_SUFFIX), self.log,
                                fallback=home)
@@ -389,21 +389,21 @@ class Delivery:
         """The record of what the user has seen, or None (logged) when there is no place for it.
         Raises PopError [SYS/TEMP] when the database cannot be used and bulldb-nonfatal is off."""
         popbull = self._popbull()
-        if not getattr(self.cfg, "bulldb", False):
+        if not self.cfg.bulldb:
             if popbull is None:
                 self.log(syslog.LOG_NOTICE, f"No bulletins for {self.user}: no home directory "
                                             "for .popbull and no popbulldir")
             return popbull
         path = os.path.join(self.bulldir, BULLDB_DIR, BULLDB_FILE)
         try:
-            return BulletinDb(path, self.user, int(getattr(self.cfg, "bulldb_max_tries", 75)),
+            return BulletinDb(path, self.user, self.cfg.bulldb_max_tries,
                               self.log, popbull)
         except BulletinDbError as exc:
             self.db_failed(exc)
             return None
 
     def db_failed(self, exc: Exception) -> None:
-        if getattr(self.cfg, "bulldb_nonfatal", False):
+        if self.cfg.bulldb_nonfatal:
             self.log(syslog.LOG_WARNING, f"Bulletin database unusable, {self.user} goes on "
                                          f"without bulletins: {exc}")
             return
@@ -413,7 +413,7 @@ class Delivery:
     # --- the steps --------------------------------------------------------------------------------
     def run(self) -> int:
         try:
-            every = list_bulletins(self.bulldir, bool(getattr(self.cfg, "group_bulletins", False)))
+            every = list_bulletins(self.bulldir, self.cfg.group_bulletins)
         except OSError as exc:
             self.log(syslog.LOG_ERR, f"Unable to read bulletin directory {self.bulldir}: "
                                      f"{exc.strerror}")
@@ -442,7 +442,7 @@ class Delivery:
         seen = store.load()
         if seen.pending is None and seen.last is not None and seen.last >= newest:
             return 0                                         # the common case: no lock at all
-        if getattr(self.cfg, "check_hash_dir", True):
+        if self.cfg.check_hash_dir:
             self.paths.ensure_hash_dirs(self.log)
         lock = spool_lock(self.cfg, self.paths, create=True, step_hook=self.step, log=self.log)
         lock.acquire(LockTiming.login(self.lock_step_s))
@@ -459,7 +459,7 @@ class Delivery:
         if seen.empty:
             last = newest                                    # §6: an empty file = all seen
         elif seen.last is None:
-            last = max(0, newest - int(getattr(self.cfg, "max_bulletins", 1)))
+            last = max(0, newest - self.cfg.max_bulletins)
         else:
             last = seen.last
         wanted = [b for b in every
@@ -627,6 +627,6 @@ def deliver(cfg, login, paths: SpoolPaths, hostname: str, log: Log, *,
     """Append the user's new bulletins to the spool (call after the privilege drop and before
     Maildrop.open). Returns how many were delivered; 0 when bulldir is unset. Raises PopError
     only for the bulletin database without bulldb-nonfatal, and the spool lock's refusals."""
-    if not getattr(cfg, "bulldir", None):
+    if not cfg.bulldir:
         return 0
     return Delivery(cfg, login, paths, hostname, log, step_hook, lock_step_s, clock).run()
