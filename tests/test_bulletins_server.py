@@ -59,6 +59,17 @@ def subjects_and_uids(client) -> list[tuple[bytes, bytes]]:
     return out
 
 
+def subjects_after_login(server, user) -> list[bytes]:
+    """One session: the subjects of the messages it offers, then QUIT."""
+    client = login(server, user)
+    try:
+        subjects = [s for s, _ in subjects_and_uids(client)]
+        client.quit()
+    finally:
+        client.close()
+    return subjects
+
+
 @pytest.fixture
 def site(world_tmp, pam_service):
     bulldir = make_bulldir(world_tmp)
@@ -179,13 +190,7 @@ def test_session_killed_after_the_append_then_next_login_has_it_once(site, syste
     crashing.stop()
     with open(os.path.join(site.spool_dir, user.name), "rb") as f:
         assert f.read().count(b"Subject: Example bulletin") == 1   # appended, record not
-    server = site.server()
-    client = login(server, user)
-    try:
-        assert [s for s, _ in subjects_and_uids(client)] == [b"hello", b"Example bulletin"]
-        client.quit()
-    finally:
-        client.close()
+    assert subjects_after_login(site.server(), user) == [b"hello", b"Example bulletin"]
     site.syslog.wait_for(r"Bulletin delivery of an earlier session of .*: delivered")
 
 
@@ -196,9 +201,4 @@ def test_server_mode_takes_the_bulletin_from_the_spool_once(site, system_users):
     make_spool(site.spool_dir, user, mbox(("hello", "ordinary mail")))
     server = site.server()
     for _ in range(2):
-        client = login(server, user)
-        try:
-            assert [s for s, _ in subjects_and_uids(client)] == [b"hello", b"Example bulletin"]
-            client.quit()
-        finally:
-            client.close()
+        assert subjects_after_login(server, user) == [b"hello", b"Example bulletin"]
