@@ -18,11 +18,9 @@ from email.mime.text import MIMEText
 import pytest
 
 from qpopper import limits
-from qpopper.extensions import standard_extensions
 from qpopper.extensions.mangle import parse_content_type, parse_request
-from qpopper.extensions.submit import MtaSubmitter
 from qpopper.pop_command import CommandSyntaxError
-from tests.transcripts.harness import spool_fixture
+from tests.transcripts.harness import extended_session, spool_fixture
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -182,7 +180,7 @@ spool = spool_fixture()
 
 def session(spool, messages, user="alice"):
     spool.write("alice", mbox(*messages))
-    pop = spool.session(extensions=standard_extensions(MtaSubmitter()))
+    pop = extended_session(spool)
     pop.greet()
     pop.send(f"USER {user}")
     assert pop.send("PASS wonderland").startswith(b"+OK alice has")

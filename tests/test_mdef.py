@@ -6,9 +6,8 @@ from __future__ import annotations
 import pytest
 
 from qpopper import limits
-from qpopper.extensions import standard_extensions
-from qpopper.extensions.submit import MtaSubmitter
-from tests.transcripts.harness import parse, run_lockstep, spool_fixture
+from tests.transcripts.harness import (extended_login, extended_session, parse, run_lockstep,
+                                       spool_fixture)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -31,12 +30,6 @@ MESSAGE = (b"From sender@example.org Mon Nov  2 10:00:00 2026\n"
 spool = spool_fixture(alice=MESSAGE)
 
 
-def logged_in(spool):
-    pop = spool.session(extensions=standard_extensions(MtaSubmitter()))
-    pop.login()
-    return pop
-
-
 def mangled(pop, subtype: str) -> tuple[int, str]:
     """(octets, content) RETR 1 sends when mangled to text/<subtype>."""
     uid = pop.proto.trans.messages[0].uid
@@ -47,7 +40,7 @@ def mangled(pop, subtype: str) -> tuple[int, str]:
 
 
 def test_define_and_use_a_macro(spool):
-    pop = logged_in(spool)
+    pop = extended_login(spool)
     octets, content = mangled(pop, "plain")
     h_octets, h_content = mangled(pop, "html")
     lines = "\n".join(f"S: {line}" for line in content.split("\r\n")[:-1])
@@ -91,20 +84,20 @@ def test_define_and_use_a_macro(spool):
     ("MDEF", "-ERR Too few arguments for the MDEF command."),
 ])
 def test_refusals(spool, command, reply):
-    pop = logged_in(spool)
+    pop = extended_login(spool)
     assert pop.send(command) == reply.encode() + b"\r\n"
     assert pop.send("RETR 1 plain") == b'-ERR Unknown mangle macro "plain"\r\n'
 
 
 def test_longest_name_is_accepted(spool):
-    pop = logged_in(spool)
+    pop = extended_login(spool)
     name = "n" * limits.MAX_MDEF_NAME_CHARS
     assert pop.send(f"MDEF {name}(TEXT=PLAIN)") == f'+OK Macro "{name}" accepted\r\n'.encode()
     assert pop.send(f"RETR 1 {name}").startswith(b"+OK %d octets" % mangled(pop, "plain")[0])
 
 
 def test_macro_count_is_bounded_and_redefinition_is_free(spool):
-    pop = logged_in(spool)
+    pop = extended_login(spool)
     for n in range(limits.MAX_MDEF_MACROS):
         assert pop.send(f"MDEF m{n}(TEXT=PLAIN)").startswith(b"+OK")
     assert pop.send("MDEF one_more(TEXT=PLAIN)") == (
@@ -116,14 +109,14 @@ def test_macro_count_is_bounded_and_redefinition_is_free(spool):
 
 
 def test_macros_belong_to_one_session(spool):
-    first = logged_in(spool)
+    first = extended_login(spool)
     assert first.send("MDEF mine(TEXT=PLAIN)").startswith(b"+OK")
     first.send("QUIT")
-    second = logged_in(spool)
+    second = extended_login(spool)
     assert second.send("RETR 1 mine") == b'-ERR Unknown mangle macro "mine"\r\n'
 
 
 def test_mdef_is_a_transaction_command(spool):
-    pop = spool.session(extensions=standard_extensions(MtaSubmitter()))
+    pop = extended_session(spool)
     pop.greet()
     assert pop.send("MDEF plain(TEXT=PLAIN)") == b'-ERR Unknown command: "MDEF".\r\n'

@@ -13,9 +13,8 @@ import time
 import pytest
 
 from qpopper import limits
-from qpopper.extensions import standard_extensions
-from qpopper.extensions.submit import MtaSubmitter
-from tests.transcripts.harness import CLIENT_HOST, parse, run_lockstep, run_pipelined, spool_fixture
+from tests.transcripts.harness import (CLIENT_HOST, extended_login, extended_session, parse,
+                                       run_lockstep, run_pipelined, spool_fixture)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -60,12 +59,6 @@ def make_mta(directory, status=0, body=None) -> tuple[str, str]:
 spool = spool_fixture(alice=SPOOL)
 
 
-def logged_in(spool, **cfg):
-    pop = spool.session(extensions=standard_extensions(MtaSubmitter()), **cfg)
-    pop.login()
-    return pop
-
-
 def xmit_leftovers(spool) -> list[str]:
     return [name for name in os.listdir(spool.dir) if name.startswith(".xmit")]
 
@@ -73,7 +66,7 @@ def xmit_leftovers(spool) -> list[str]:
 # --- XMIT ----------------------------------------------------------------------------------------
 def test_xmit_submits_through_mail_command(spool, tmp_path):
     mta, record = make_mta(str(tmp_path))
-    pop = logged_in(spool, mail_command=mta)
+    pop = extended_login(spool, mail_command=mta)
     run_lockstep(pop, parse("""
         C: XTND XMIT
         S: +OK Start sending message.
@@ -103,12 +96,12 @@ def test_xmit_submits_through_mail_command(spool, tmp_path):
 def test_xmit_pipelined_with_commands_after_the_message(spool, tmp_path):
     """The whole session in one packet, and cut byte by byte: the same replies."""
     mta, record = make_mta(str(tmp_path))
-    logged_in(spool).send("QUIT")              # the update writes the UIDs: sizes settle
-    first = logged_in(spool)
+    extended_login(spool).send("QUIT")              # the update writes the UIDs: sizes settle
+    first = extended_login(spool)
     octets = sum(m.octets for m in first.proto.trans.messages)
     first.send("QUIT")
     for chunks in (None, [1], [7, 3]):
-        pop = spool.session(extensions=standard_extensions(MtaSubmitter()), mail_command=mta)
+        pop = extended_session(spool, mail_command=mta)
         run_pipelined(pop, parse(f"""
             S: +OK Qpopper (version 4.1.0) at mail.example.org starting.  <TS>
             C: USER alice
@@ -133,14 +126,14 @@ def test_xmit_pipelined_with_commands_after_the_message(spool, tmp_path):
 
 
 def test_xtnd_is_a_transaction_command(spool):
-    pop = spool.session(extensions=standard_extensions(MtaSubmitter()))
+    pop = extended_session(spool)
     pop.greet()
     assert pop.send("XTND XMIT") == b'-ERR Unknown command: "XTND".\r\n'
 
 
 def test_mta_failure_is_an_err(spool, tmp_path):
     mta, record = make_mta(str(tmp_path), status=75)
-    pop = logged_in(spool, mail_command=mta)
+    pop = extended_login(spool, mail_command=mta)
     run_lockstep(pop, parse("""
         C: XTND XMIT
         S: +OK Start sending message.
@@ -156,7 +149,7 @@ def test_mta_failure_is_an_err(spool, tmp_path):
 
 
 def test_missing_mail_command(spool, tmp_path):
-    pop = logged_in(spool, mail_command=str(tmp_path / "no-such-sendmail"))
+    pop = extended_login(spool, mail_command=str(tmp_path / "no-such-sendmail"))
     assert pop.send("XTND XMIT") == b"+OK Start sending message.\r\n"
     assert pop.send("To: x\r\n.") == b"-ERR Unable to send message\r\n"
     assert any("no-such-sendmail" in text for _, text in pop.env.logs)
@@ -165,7 +158,7 @@ def test_missing_mail_command(spool, tmp_path):
 def test_too_large_message_is_read_to_its_end_and_refused(spool, tmp_path, monkeypatch):
     monkeypatch.setattr(limits, "MAX_XMIT_OCTETS", 100)
     mta, record = make_mta(str(tmp_path))
-    pop = logged_in(spool, mail_command=mta)
+    pop = extended_login(spool, mail_command=mta)
     pop.send("XTND XMIT")
     for n in range(20):
         assert pop.send(f"line {n} of a message that is too long; DELE 1") == b""
@@ -181,7 +174,7 @@ def test_over_long_message_line_is_drained_never_read_as_commands(spool, tmp_pat
     to the `.` is still message text: `DELE 1` and `QUIT` in the body do nothing."""
     monkeypatch.setattr(limits, "MAX_XMIT_OCTETS", 100)
     mta, record = make_mta(str(tmp_path))
-    pop = logged_in(spool, mail_command=mta)
+    pop = extended_login(spool, mail_command=mta)
     assert pop.send("XTND XMIT") == b"+OK Start sending message.\r\n"
     assert pop.send("To: x") == b""
     long_line = b"x" * 300 + b"\r\n"
@@ -201,7 +194,7 @@ def test_over_long_message_line_is_drained_never_read_as_commands(spool, tmp_pat
 def test_hung_mta_is_killed_after_the_timeout(spool, tmp_path, monkeypatch):
     monkeypatch.setattr(limits, "XMIT_TIMEOUT_S", 1)
     mta, _ = make_mta(str(tmp_path), body="#!/bin/sh\nexec sleep 30\n")
-    pop = logged_in(spool, mail_command=mta)
+    pop = extended_login(spool, mail_command=mta)
     pop.send("XTND XMIT")
     started = time.monotonic()
     assert pop.send("To: x\r\n.") == b"-ERR Unable to send message\r\n"
@@ -213,7 +206,7 @@ def test_temp_file_is_private_and_never_left(spool, tmp_path):
     """While the message arrives the draft is an unlinked 0600 file of the user's: nothing in
     the spool directory to find, nothing left if the session dies mid-message."""
     mta, _ = make_mta(str(tmp_path))
-    pop = logged_in(spool, mail_command=mta)
+    pop = extended_login(spool, mail_command=mta)
     pop.send("XTND XMIT")
     pop.send("Subject: secret")
     targets = {}
@@ -234,7 +227,7 @@ def test_temp_file_is_private_and_never_left(spool, tmp_path):
 
 def test_no_temporary_file_is_a_sys_temp_refusal(spool, tmp_path):
     mta, record = make_mta(str(tmp_path))
-    pop = logged_in(spool, mail_command=mta)
+    pop = extended_login(spool, mail_command=mta)
     pop.proto.cfg = pop.proto.cfg.replace(spool_dir=str(tmp_path / "gone"))
     assert pop.send("XTND XMIT") == b"-ERR [SYS/TEMP] Unable to create temporary file\r\n"
     assert any("temporary file" in text and "gone" in text for _, text in pop.env.logs)
@@ -250,13 +243,13 @@ def test_no_temporary_file_is_a_sys_temp_refusal(spool, tmp_path):
     ("xtnd frob", '-ERR Unknown XTND command: "frob".'),
 ])
 def test_xtnd_refusals(spool, command, reply):
-    pop = logged_in(spool)
+    pop = extended_login(spool)
     assert pop.send(command) == reply.encode() + b"\r\n"
     assert pop.send("NOOP") == b"+OK\r\n"
 
 
 def test_xmit_is_not_in_capa(spool):
-    pop = logged_in(spool)
+    pop = extended_login(spool)
     capa = pop.send("CAPA")
     assert b"XMIT" not in capa and b"XTND" not in capa
     assert b"\r\nX-MANGLE\r\nX-MACRO\r\n" in capa
@@ -264,7 +257,7 @@ def test_xmit_is_not_in_capa(spool):
 
 # --- XLST ----------------------------------------------------------------------------------------
 def test_xlst_lists_one_header_of_each_message(spool):
-    pop = logged_in(spool)
+    pop = extended_login(spool)
     run_lockstep(pop, parse("""
         C: XTND XLST Subject
         S: +OK xlst command accepted; headers coming.
@@ -302,7 +295,7 @@ def test_xlst_lists_one_header_of_each_message(spool):
 def test_xlst_bounds_a_huge_header(spool, tmp_path):
     spool.write("alice", b"From a@b Mon Nov  2 10:00:00 2026\nSubject: "
                 + b"s" * 100_000 + b"\n\nbody\n")
-    pop = logged_in(spool)
+    pop = extended_login(spool)
     reply = pop.send("XTND XLST subject")
     assert reply.startswith(b"+OK xlst command accepted; headers coming.\r\n1 Subject: sss")
     assert len(reply) < limits.MAX_XLST_HEADER_OCTETS + 100

@@ -29,6 +29,8 @@ import pytest
 
 from qpopper.auth import Login
 from qpopper.config import Config
+from qpopper.extensions import standard_extensions
+from qpopper.extensions.submit import MtaSubmitter
 from qpopper.pop_auth_state import BAD_DIGEST, BAD_PASSWORD
 from qpopper.protocol import Protocol
 from qpopper.responses import PopError, RespCode
@@ -226,6 +228,19 @@ class Spool:
             for drop in pop.env.maildrops:
                 drop.close()
         self._sessions.clear()
+
+
+def extended_session(spool: Spool, **cfg_changes) -> Pop:
+    """A session with the standard extensions plugged in: XTND (MTA submission), MDEF and
+    MIME mangling."""
+    return spool.session(extensions=standard_extensions(MtaSubmitter()), **cfg_changes)
+
+
+def extended_login(spool: Spool, **cfg_changes) -> Pop:
+    """alice logged in to an extended_session."""
+    pop = extended_session(spool, **cfg_changes)
+    pop.login()
+    return pop
 
 
 def spool_fixture(**mboxes: bytes):
