@@ -79,7 +79,7 @@ from .responses import PopError, RespCode
 from .spool import mbox
 from .spool.durable import fsync_dir, pwrite_all, sha256_of_range, unlink_if_present
 from .spool.locking import LockTiming
-from .spool.maildrop import separator_padding, spool_lock
+from .spool.maildrop import padding_after, separator_padding, spool_lock
 from .spool.paths import SpoolPaths
 
 Log = Callable[[int, str], None]
@@ -511,8 +511,7 @@ class Delivery:
             parts.append(message)
         if not parts:
             return b"", 0
-        tail = os.pread(fd, 8, max(0, offset - 8)) if offset else b""
-        return separator_padding(tail) + b"".join(parts), len(parts)
+        return padding_after(fd, offset) + b"".join(parts), len(parts)
 
     def _read_bulletin(self, bulletin: Bulletin) -> bytes | None:
         path = os.path.join(self.bulldir, bulletin.name)

@@ -164,6 +164,12 @@ def separator_padding(tail: bytes) -> bytes:
     return b"\n" if tail.endswith(b"\n") else b"\n\n"
 
 
+def padding_after(fd: int, size: int) -> bytes:
+    """separator_padding for the first `size` octets of fd (an mbox file): what must be
+    written at `size` before another message can start there."""
+    return separator_padding(os.pread(fd, min(8, size), max(0, size - 8)) if size else b"")
+
+
 def spool_lock(cfg, paths: SpoolPaths, *, create: bool, step_hook: StepHook | None,
                log: Log | None) -> SpoolLock:
     """The user's spool lock (not yet acquired), as every session-time writer takes it: a
@@ -402,7 +408,7 @@ class Maildrop:
             return
         drop = self._session.fd
         start = os.fstat(drop).st_size
-        pad = separator_padding(_tail(drop, start))
+        pad = padding_after(drop, start)
         st = os.fstat(src)
         record = {"op": "absorb", "source": source, "dev": st.st_dev, "ino": st.st_ino,
                   "temp_len": start, "pad": len(pad), "len": size}
@@ -743,7 +749,7 @@ class Maildrop:
         """Put the spool's [start, start+length) after what `writer` wrote to the image, with
         the separator padding it needs first. True when padding was written."""
         image = writer.fd
-        pad = separator_padding(_tail(image, writer.pos))
+        pad = padding_after(image, writer.pos)
         if pad:
             writer.write(pad)
             writer.flush()
@@ -943,7 +949,7 @@ class Maildrop:
                 os.ftruncate(image, image_len)
                 new_len = image_len
                 if size > eof:
-                    pad = separator_padding(_tail(image, image_len))
+                    pad = padding_after(image, image_len)
                     if pad:
                         self._step("pad-image")
                         pwrite_all(image, pad, image_len)
@@ -1137,8 +1143,5 @@ def _tail_closed(fd: int, cached_len: int, size: int) -> bool:
     """Can mail after the cached region be scanned on its own? Only when the region ends the
     way a separator needs (an empty line, or an MMDF trailer); otherwise a full scan decides
     whether the appended `From ` line starts a message."""
-    return cached_len == size or not separator_padding(_tail(fd, cached_len))
+    return cached_len == size or not padding_after(fd, cached_len)
 
-
-def _tail(fd: int, size: int, n: int = 8) -> bytes:
-    return os.pread(fd, min(n, size), max(0, size - n)) if size else b""
