@@ -338,6 +338,16 @@ class Maildrop:
         lock.acquire(timing)
         return lock
 
+    @contextlib.contextmanager
+    def _holding_spool(self):
+        """The spool lock (created if missing) as self._spool while the block writes."""
+        self._spool = self._spool_lock(create=True)
+        try:
+            yield
+        finally:
+            self._spool.release()
+            self._spool = None
+
     # --- open -------------------------------------------------------------------------------------
     def _open(self) -> None:
         if self.cfg.check_hash_dir:
@@ -491,12 +501,8 @@ class Maildrop:
             if not any_deleted and not self._headers_to_write(marked):
                 self._store_cache_if_stale()
                 return
-            self._spool = self._spool_lock(create=True)
-            try:
+            with self._holding_spool():
                 state, known = self._rewrite_spool(kept, marked)
-            finally:
-                self._spool.release()
-                self._spool = None
             self._store_cache_of_new_spool(state, known)
 
     def _headers_to_write(self, marked) -> bool:
@@ -710,15 +716,11 @@ class Maildrop:
             self._spool.refresh_if_due()
 
     def _commit_with_lock(self, write_front: Callable) -> None:
-        self._spool = self._spool_lock(create=True)
-        try:
+        with self._holding_spool():
             if self._spool.created:
                 self._step("fsync-spool-dir")
                 fsync_parent_dir(self.paths.spool)
             self._commit(write_front)
-        finally:
-            self._spool.release()
-            self._spool = None
 
     def _commit(self, write_front: Callable) -> None:
         """New image = write_front's bytes + the spool's current bytes; apply it (journaled)."""
@@ -846,15 +848,11 @@ class Maildrop:
         elif op == "absorbed":
             self._recover_absorbed(record)
         elif op in ("commit", "replace"):
-            self._spool = self._spool_lock(create=True)
-            try:
+            with self._holding_spool():
                 if op == "commit":
                     self._recover_commit(record)
                 else:
                     self._recover_replace(record)
-            finally:
-                self._spool.release()
-                self._spool = None
         else:
             raise PopError(JOURNAL_BAD_TEXT, RespCode.SYS_TEMP,
                            log=f"{self.paths.journal}: unknown operation {op!r}")
