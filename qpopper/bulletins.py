@@ -587,16 +587,17 @@ class Delivery:
         """A crashed login's intent (see the module docstring): finish or forget it."""
         p = seen.pending
         last = seen.last if seen.last is not None else 0
+        st = os.fstat(fd)
         try:
             offset, length, digest = int(p["offset"]), int(p["length"]), str(p["sha256"])
-            same = (int(p["dev"]), int(p["ino"])) == (os.fstat(fd).st_dev, os.fstat(fd).st_ino)
+            same = (int(p["dev"]), int(p["ino"])) == (st.st_dev, st.st_ino)
             newest, stamp = int(p["newest"]), int(p["stamp"])
             numbers = {int(n) for n in p["numbers"]}
         except (KeyError, TypeError, ValueError):
             self.log(syslog.LOG_WARNING, f"Ignoring a malformed bulletin intent of {self.user}")
             store.save(last)
             return
-        size = os.fstat(fd).st_size
+        size = st.st_size
         end = offset + length
         verdict = "not delivered"
         if same and size >= end:

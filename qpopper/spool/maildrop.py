@@ -413,13 +413,13 @@ class Maildrop:
 
     def _absorb(self, src: int, source: str, refresh: Callable[[], None]) -> None:
         """Append the source's bytes to the drop, then truncate the source (journaled)."""
-        size = os.fstat(src).st_size
+        st = os.fstat(src)
+        size = st.st_size
         if size == 0:
             return
         drop = self._session.fd
         start = os.fstat(drop).st_size
         pad = padding_after(drop, start)
-        st = os.fstat(src)
         record = {"op": "absorb", "source": source, "dev": st.st_dev, "ino": st.st_ino,
                   "temp_len": start, "pad": len(pad), "len": size}
         self._journal.write(record)
