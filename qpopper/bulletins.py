@@ -77,7 +77,8 @@ from typing import Callable
 from . import limits
 from .responses import PopError, RespCode
 from .spool import mbox
-from .spool.durable import fsync_dir, pwrite_all, sha256_of_range, unlink_if_present
+from .spool.durable import (fsync_dir, pwrite_all, read_up_to, sha256_of_range,
+                            unlink_if_present)
 from .spool.locking import LockTiming
 from .spool.maildrop import padding_after, separator_padding, spool_lock
 from .spool.paths import SpoolPaths
@@ -532,14 +533,7 @@ class Delivery:
                 self.log(syslog.LOG_WARNING, f"Bulletin {self.bulldir}/{bulletin.name} "
                                              "skipped: not world-readable")
                 return None
-            chunks, left = [], st.st_size
-            while left > 0:
-                chunk = os.read(fd, min(left, limits.COPY_CHUNK_OCTETS))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                left -= len(chunk)
-            return b"".join(chunks)
+            return read_up_to(fd, st.st_size)
         finally:
             os.close(fd)
 

@@ -30,7 +30,7 @@ import stat
 from dataclasses import dataclass
 from typing import Callable
 
-from .durable import pwrite_all, unlink_if_present
+from .durable import pwrite_all, read_up_to, unlink_if_present
 from .mbox import Message
 
 CACHE_VERSION = 1
@@ -166,7 +166,7 @@ def load(path: str, user: str, cfg, spool_fd: int) -> tuple[list[Message], Spool
         if (not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != os.geteuid()
                 or st.st_size > MAX_CACHE_OCTETS):
             return None
-        data = _read_all(fd, st.st_size)
+        data = read_up_to(fd, st.st_size)
     except OSError:
         return None
     finally:
@@ -223,14 +223,3 @@ def remove_stale_tmp(path: str, step: StepHook) -> None:
     if os.path.lexists(path + ".tmp"):
         step("cache-tmp-unlink")
         unlink_if_present(path + ".tmp", ignore_other_errors=True)
-
-
-def _read_all(fd: int, size: int) -> bytes:
-    parts, got = [], 0
-    while got < size:
-        data = os.read(fd, min(1 << 20, size - got))
-        if not data:
-            break
-        parts.append(data)
-        got += len(data)
-    return b"".join(parts)

@@ -72,6 +72,23 @@ def sha256_of_range(fd: int, offset: int, length: int) -> str:
     return digest.hexdigest()
 
 
+READ_CHUNK_OCTETS = 1024 * 1024
+"""One read(2) of read_up_to: the whole file ends up in memory anyway, so few large reads."""
+
+
+def read_up_to(fd: int, size: int) -> bytes:
+    """Read `size` octets from fd's position in bounded reads; fewer when the file ends first
+    (read(2) may return less than asked)."""
+    parts, got = [], 0
+    while got < size:
+        data = os.read(fd, min(READ_CHUNK_OCTETS, size - got))
+        if not data:
+            break
+        parts.append(data)
+        got += len(data)
+    return b"".join(parts)
+
+
 def fsync_dir(directory: str) -> None:
     """fsync a directory: a created, renamed or removed name is durable only once its directory
     is synced, not the file itself."""
