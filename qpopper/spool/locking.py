@@ -293,7 +293,7 @@ class DotLock:
 
 
 def open_regular(path: str, flags: int, mode: int = 0o600, *, owner: int | None = None,
-                 private: bool = False, refuse: Callable[[str, str], PopError]) -> int:
+                 private: bool = False, refuse: Callable[[str, str], Exception]) -> int:
     """open(2) `path` with O_NOFOLLOW and O_CLOEXEC added to `flags`, then prove on the
     descriptor what the name cannot: a regular file with one link, owned by `owner` (when
     given), and without access for others (when `private`). Otherwise close it and raise
