@@ -42,5 +42,5 @@ def popper_main(argv: list[str] | None = None) -> int:
     if cfg.listen or cfg.tls_listen:
         from .master import run_master
         return run_master(cfg, invocation)
-    from .session import serve_inetd
+    from .monitor import serve_inetd
     return serve_inetd(cfg, invocation)

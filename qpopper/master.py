@@ -24,6 +24,7 @@ after privsep.drop_privileges, as the user with the mail group.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import errno
 import os
 import selectors
@@ -36,13 +37,14 @@ import time
 import setproctitle
 
 from . import config as config_mod
-from . import sdnotify
+from . import privsep, sdnotify
 from . import tls as tls_mod
 from .addresses import address_group, normalize_ip
 from .auth import pam as pam_auth
 from .log import Logger
+from .monitor import Client, Monitor
 from .responses import RespCode, err
-from .session import Channel, Session, tls_mode_for_listen_port
+from .session import tls_mode_for_listen_port
 from .spool.locking import process_gone
 
 LISTEN_BACKLOG = 128
@@ -58,6 +60,16 @@ REAP_INTERVAL_S = 1.0
 """The loop also wakes this often, so a lost SIGCHLD never leaves zombies for long."""
 
 OVER_LIMIT_TEXT = "Too many connections; try again later"
+
+@dataclasses.dataclass
+class Child:
+    """One connection's monitor, as the master accounts for it."""
+
+    group: str                  # address_group(client): the per-address limit's key
+    started: float              # monotonic
+    logged_in: bool = False     # its user session runs: never displaced
+    displaced: bool = False     # ended to make room (no longer counted)
+
 
 class ListenError(Exception):
     """A listener could not be set up: one readable line for the administrator."""
@@ -157,7 +169,7 @@ class Master:
 
     def __init__(self, cfg, inv, listeners: list[socket.socket], log: Logger,
                  notify_systemd: bool = True, reload=None,
-                 tls: tls_mod.ServerTls | None = None, implicit_tls=()):
+                 tls: tls_mod.TlsIdentity | None = None, implicit_tls=()):
         """`implicit_tls`: the listeners (among `listeners`) that speak TLS from the first
         byte (tls-listen); the others follow tls-support. `tls`: the context built at
         start-up, inherited by every child."""
@@ -171,8 +183,9 @@ class Master:
         self._startup_log = log                  # its owner (run_master) closes it
         self.notify_systemd = notify_systemd
         self.hostname = socket.gethostname()
-        self.children: dict[int, str] = {}                 # pid → address_group(client)
+        self.children: dict[int, Child] = {}               # pid → its monitor's facts
         self.per_address: collections.Counter[str] = collections.Counter()
+        self._logins_r = self._logins_w = -1     # monitors write "pid\n" once logged in
         self.pending_signals: collections.deque[int] = collections.deque()
         self.stopping = False
         self.selector: selectors.BaseSelector | None = None
@@ -214,12 +227,14 @@ class Master:
         if self.cfg.user_database == "system":
             pam_auth.preload()              # once here, not ldconfig twice in every session
         self._install_signals()
+        self._logins_r, self._logins_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.selector = selectors.DefaultSelector()
         try:
             for sock in self.listeners:
                 sock.setblocking(False)
                 self.selector.register(sock, selectors.EVENT_READ)
             self.selector.register(self._wake_r, selectors.EVENT_READ)
+            self.selector.register(self._logins_r, selectors.EVENT_READ)
             where = ", ".join(self._describe_listener(s) for s in self.listeners)
             self.log(syslog.LOG_INFO, f"master listening on {where}")
             self._notify("READY=1\nSTATUS=accepting connections")
@@ -227,6 +242,8 @@ class Master:
                 for key, _ in self.selector.select(REAP_INTERVAL_S):
                     if key.fileobj == self._wake_r:
                         self._drain_wakeup()
+                    elif key.fileobj == self._logins_r:
+                        self._read_logins()
                     else:
                         self._accept(key.fileobj)
                 self._handle_signals()
@@ -237,6 +254,9 @@ class Master:
             self.selector.close()
             self.selector = None
             self._uninstall_signals()
+            for fd in (self._logins_r, self._logins_w):
+                os.close(fd)
+            self._logins_r = self._logins_w = -1
             if self.log is not self._startup_log:
                 self.log.close()                           # built by a reload
 
@@ -286,7 +306,7 @@ class Master:
             client_ip = normalize_ip(addr[0]) if isinstance(addr, tuple) else "unknown"
             tls_mode = self._tls_mode(listener)
             group = address_group(client_ip)        # parsed once: the limit and the count
-            refusal = self._over_limit(group)
+            refusal = self._make_room(group, client_ip)
             if refusal:
                 # a TLS client would read a plain-text -ERR as a broken handshake: just close
                 self._refuse(conn, client_ip, refusal, answer=tls_mode != "implicit")
@@ -294,16 +314,63 @@ class Master:
             self._fork_session(conn, (client_ip, addr[1] if isinstance(addr, tuple) else 0),
                                group, tls_mode)
 
-    def _over_limit(self, group: str) -> str | None:
-        """Why a new connection from address group `group` is refused, or None."""
+    def _make_room(self, group: str, client_ip: str) -> str | None:
+        """Room for a new connection from `group`: when a limit is reached, the connection
+        that has waited longest without logging in (from that group for the per-address
+        limit) is ended for it — Dovecot's "connection queue full" — so idle sockets cannot
+        lock real users out; logged-in sessions are never ended. Returns why the newcomer is
+        refused when every slot holds a logged-in session, else None."""
+        self._read_logins()                   # a session that just logged in is not a victim
+        for _ in range(2):                    # at most one slot per limit
+            refusal, victims = self._over_limit(group)
+            if refusal is None:
+                return None
+            if not victims:
+                return refusal
+            pid = min(victims, key=lambda p: self.children[p].started)
+            self._displace(pid, client_ip, refusal)
+        return self._over_limit(group)[0]
+
+    def _over_limit(self, group: str) -> tuple[str | None, list[int]]:
+        """(why a new connection from `group` is over a limit, or None; the pids that could
+        be displaced for it)."""
+        live = {pid: child for pid, child in self.children.items() if not child.displaced}
         total = self.cfg.max_children
         per_address = self.cfg.max_children_per_address
-        if total and len(self.children) >= total:
-            return f"{len(self.children)} sessions running (max-children {total})"
+        if total and len(live) >= total:
+            return (f"{len(live)} sessions running (max-children {total})",
+                    [pid for pid, child in live.items() if not child.logged_in])
         if per_address and self.per_address[group] >= per_address:
             return (f"{self.per_address[group]} sessions from {group} "
-                    f"(max-children-per-address {per_address})")
-        return None
+                    f"(max-children-per-address {per_address})",
+                    [pid for pid, child in live.items()
+                     if child.group == group and not child.logged_in])
+        return None, []
+
+    def _displace(self, pid: int, client_ip: str, why: str) -> None:
+        child = self.children[pid]
+        child.displaced = True
+        self._uncount(child.group)
+        self.log(syslog.LOG_NOTICE, f"{why}: ending a connection from {child.group} that "
+                                    f"has not logged in, for one from {client_ip}")
+        try:
+            os.killpg(pid, signal.SIGTERM)    # the pre-login process ends at its next read
+        except ProcessLookupError:
+            pass
+
+    def _uncount(self, group: str) -> None:
+        self.per_address[group] -= 1
+        if self.per_address[group] <= 0:
+            del self.per_address[group]          # no state left behind per address
+
+    def _read_logins(self) -> None:
+        try:
+            data = os.read(self._logins_r, 4096)
+        except BlockingIOError:
+            return
+        for word in data.split():
+            if word.isdigit() and int(word) in self.children:
+                self.children[int(word)].logged_in = True
 
     def _refuse(self, conn: socket.socket, client_ip: str, why: str, answer: bool = True) -> None:
         """Over a limit: answer from the master, without forking, and close."""
@@ -328,16 +395,21 @@ class Master:
         if pid == 0:
             self._child(conn, peer, tls_mode)            # never returns
         conn.close()
-        self.children[pid] = group                      # _reap decrements the same counter
+        try:
+            os.setpgid(pid, pid)             # as the child does: no race with a killpg
+        except OSError:
+            pass
+        self.children[pid] = Child(group, time.monotonic())   # _reap uncounts it
         self.per_address[group] += 1
 
     def _child(self, conn: socket.socket, peer: tuple[str, int], tls_mode: str | None) -> None:
         status = 1
         try:
+            os.setpgid(0, 0)      # the connection's processes are one group: killpg ends all
             self._uninstall_signals()
             signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-            # Ctrl-C on the master's terminal reaches the whole process group: the master
-            # decides when sessions end (TERM after the grace period), not the keyboard.
+            # Ctrl-C on the master's terminal: the master decides when sessions end (TERM
+            # after the grace period), not the keyboard
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             for sock in self.listeners:
                 sock.close()
@@ -346,10 +418,18 @@ class Master:
             self.selector = None
             self.children.clear()
             self.per_address.clear()
-            conn.setblocking(True)
-            channel = Channel(conn.fileno(), conn.fileno(), conn)
-            status = Session(self.cfg, channel, log=self.log, hostname=self.hostname,
-                             peer=peer, tls=self.tls, tls_mode=tls_mode).run()
+            os.close(self._logins_r)
+            logins_w = self._logins_w
+
+            def tell_master() -> None:
+                try:
+                    os.write(logins_w, f"{os.getpid()}\n".encode())
+                except OSError:
+                    pass
+            status = Monitor(self.cfg, self.log, hostname=self.hostname, peer=peer,
+                             client=Client(conn.fileno(), conn.fileno(), conn), tls=self.tls,
+                             tls_mode=tls_mode, on_login=tell_master,
+                             close_in_children=(logins_w,)).run()
         except BaseException as exc:           # never let a child fall back into the loop
             try:
                 self.log(syslog.LOG_ERR, f"session for {peer[0]} failed: "
@@ -370,11 +450,9 @@ class Master:
                 return
             if pid == 0:
                 return
-            group = self.children.pop(pid, None)
-            if group is not None:
-                self.per_address[group] -= 1
-                if self.per_address[group] <= 0:
-                    del self.per_address[group]          # no state left behind per address
+            child = self.children.pop(pid, None)
+            if child is not None and not child.displaced:
+                self._uncount(child.group)
 
     # --- HUP and TERM --------------------------------------------------------------------------------
     def on_reload(self) -> None:
@@ -387,7 +465,7 @@ class Master:
             new_cfg = self.reload()
             new_log = self.log.reconfigured(new_cfg)
             # a renewed certificate is read here; the listeners stay as they are
-            new_tls = tls_mod.build_server_tls(new_cfg, new_log)
+            new_tls = tls_mod.open_server_tls(new_cfg, new_log)
             if new_tls is None and self.implicit_tls:
                 # the tls-listen ports opened at start-up never fall back to plain text
                 raise tls_mod.TlsSetupError("the TLS listeners opened at start-up still need "
@@ -399,6 +477,8 @@ class Master:
         else:
             self._replace_log(new_log)
             self.cfg = new_cfg
+            if self.tls is not None:
+                self.tls.close()           # running sessions keep their own copies
             self.tls = new_tls
             self.log(syslog.LOG_NOTICE, "configuration reloaded")
             if new_tls is not None:
@@ -444,9 +524,10 @@ class Master:
             self.pending_signals.clear()           # a second TERM changes nothing
 
     def _signal_children(self, signum: int) -> None:
+        """Each connection's whole process group: monitor, pre-login, user session."""
         for pid in list(self.children):
             try:
-                os.kill(pid, signum)
+                os.killpg(pid, signum)
             except ProcessLookupError:
                 pass
 
@@ -460,12 +541,16 @@ def run_master(cfg, inv) -> int:
     """`popper [ADDRESS:]PORT ...`: serve until TERM/INT. Returns the exit status."""
     log = Logger.from_config(cfg)
     listeners: list[socket.socket] = []
+    server_tls = None
     try:
-        server_tls = tls_mod.build_server_tls(cfg, log)
+        privsep.check_prelogin_setup(cfg)
+        server_tls = tls_mod.open_server_tls(cfg, log)
         listeners, implicit_tls = open_listeners(cfg)
-    except (ListenError, tls_mod.TlsSetupError) as exc:
+    except (ListenError, tls_mod.TlsSetupError, privsep.SandboxError) as exc:
         for sock in listeners:
             sock.close()
+        if server_tls is not None:
+            server_tls.close()
         text = f"TLS: {exc}" if isinstance(exc, tls_mod.TlsSetupError) else str(exc)
         log(syslog.LOG_ERR, text)
         print(f"popper: {text}", file=sys.stderr)

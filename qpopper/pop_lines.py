@@ -52,6 +52,13 @@ class LineReader:
         line = line[:-1]
         return line[:-1] if line.endswith(b"\r") else line
 
+    def take(self) -> bytes:
+        """Every byte buffered and not yet a line (pipelined input), handed to whoever reads
+        on; the reader is left empty."""
+        data = bytes(self._buf)
+        self._buf.clear()
+        return data
+
     def discard(self) -> None:
         """Forget everything buffered (after STLS: plaintext sent before the handshake must
         never be read as if it came through TLS)."""

@@ -20,7 +20,12 @@ os._exit — it never continues with the wrong identity.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
+import pwd
+import resource
+import signal
 import syslog
 
 from . import limits
@@ -93,3 +98,118 @@ def _abort(log, text: str):
         except Exception:       # logging must not stop the abort
             pass
     os._exit(EXIT_PRIVSEP_FAILED)
+
+
+# --- the pre-login sandbox (docs/privsep.md) ------------------------------------------------
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+LAST_CAPABILITY = 63
+
+PRELOGIN_MAX_FILES = 64
+"""Descriptors the pre-login process may hold: the client, the monitor, syslog, a relay."""
+PRELOGIN_MAX_ADDRESS_SPACE = 2 * 1024 ** 3
+"""Its address space (the interpreter and OpenSSL need ~300 MiB of mappings): bounds what a
+client can make it allocate."""
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class SandboxError(Exception):
+    """The pre-login process could not lock itself in: it must not serve the client."""
+
+
+def prctl(option: int, value: int) -> None:
+    if _libc.prctl(option, ctypes.c_ulong(value), 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def prelogin_account(cfg) -> tuple[int, int]:
+    """(uid, gid) the pre-login process runs as: prelogin-user as root, else ourselves."""
+    if os.geteuid() != 0:
+        return os.getuid(), os.getgid()
+    try:
+        account = pwd.getpwnam(cfg.prelogin_user)
+    except KeyError:
+        raise SandboxError(f"prelogin-user {cfg.prelogin_user!r}: no such account") from None
+    if account.pw_uid == 0 or account.pw_gid == 0:
+        raise SandboxError(f"prelogin-user {cfg.prelogin_user!r} is root")
+    return account.pw_uid, account.pw_gid
+
+
+def enter_prelogin_sandbox(cfg, uid: int, gid: int) -> None:
+    """Lock this process in (see the module docstring); SandboxError when any step fails.
+    Call before touching the client's bytes."""
+    was_root = os.geteuid() == 0
+    try:
+        if was_root:
+            for cap in range(LAST_CAPABILITY + 1):
+                try:
+                    prctl(PR_CAPBSET_DROP, cap)
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:       # past the kernel's last capability
+                        raise
+            os.chroot(cfg.prelogin_chroot)
+            os.chdir("/")
+            os.setgroups([])
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+        prctl(PR_SET_NO_NEW_PRIVS, 1)
+        prctl(PR_SET_DUMPABLE, 0)
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)      # the monitor gone: so are we
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (PRELOGIN_MAX_FILES, PRELOGIN_MAX_FILES))
+        resource.setrlimit(resource.RLIMIT_AS,
+                           (PRELOGIN_MAX_ADDRESS_SPACE, PRELOGIN_MAX_ADDRESS_SPACE))
+    except OSError as exc:
+        raise SandboxError(f"entering the pre-login sandbox: {exc}") from None
+    if not was_root:
+        return
+    if 0 in os.getresuid() or 0 in os.getresgid() or os.getgroups():
+        raise SandboxError("the pre-login sandbox still has root or groups")
+    for attempt in (lambda: os.setuid(0), lambda: os.setgid(0)):
+        try:
+            attempt()
+        except PermissionError:
+            continue
+        raise SandboxError("the pre-login process could get root back")
+
+
+def drop_to_account(uid: int, gid: int) -> None:
+    """An unprivileged helper of the pre-login process (its reverse lookup): the pre-login
+    account without the chroot, NoNewPrivs. Raises OSError when the drop fails."""
+    if os.geteuid() == 0:
+        os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+        if 0 in os.getresuid():
+            raise OSError("still root after the drop")
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+
+
+def check_prelogin_setup(cfg) -> None:
+    """At start-up, as root: the prelogin-user account exists and is not root, and the
+    prelogin-chroot directory is an empty directory only root can change (created, 0755,
+    when missing). SandboxError says what is wrong, in one line."""
+    if os.geteuid() != 0:
+        return
+    prelogin_account(cfg)
+    path = cfg.prelogin_chroot
+    if not os.path.isabs(path):
+        raise SandboxError(f"prelogin-chroot {path!r} must be an absolute path")
+    try:
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SandboxError(f"prelogin-chroot {path}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != 0 or st.st_mode & 0o022:
+            raise SandboxError(f"prelogin-chroot {path} must be owned by root and writable "
+                               f"by nobody else")
+        if os.listdir(fd):
+            raise SandboxError(f"prelogin-chroot {path} must be empty")
+    finally:
+        os.close(fd)

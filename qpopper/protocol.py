@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import secrets
 import syslog
 import time
 from typing import Callable, Mapping, NoReturn
 
 from . import QPOPPER_VERSION, limits
-from .auth import Login
+from .auth import Login, challenges
 from .pop_auth_state import AUTHORIZATION_COMMANDS, PendingUser, printable
 from .pop_command import NO_EXTENSIONS, Command, CommandSyntaxError, Extensions
 from .pop_lines import TOO_LONG, LineReader
@@ -95,11 +94,13 @@ class Protocol:
     # --- what the session calls -----------------------------------------------------------
     def greeting(self) -> None:
         """Write the banner (reference P1, §2.2)."""
-        if self.env.authenticator.apop_enabled:
-            # RFC 1939 §7: unique per connection. pid.time alone is guessable (§2.2): add 64
-            # random bits.
-            self.apop_timestamp = (f"<{self.env.pid}.{int(self.now())}."
-                                   f"{secrets.randbits(64):016x}@{self.env.hostname}>")
+        authenticator = self.env.authenticator
+        if authenticator.apop_enabled:
+            # An authenticator in another process (the monitor) made the timestamp it will
+            # check APOP against; otherwise one is made here.
+            self.apop_timestamp = (getattr(authenticator, "banner_timestamp", None)
+                                   or challenges.apop_timestamp(self.env.pid, self.now(),
+                                                                self.env.hostname))
         if self.cfg.shy:
             text = "ready"
         else:
@@ -130,6 +131,19 @@ class Protocol:
                 self._run(continuation.callback, line)
             else:
                 self._run(self._dispatch, line)
+
+    def resume(self, login: Login, unread: bytes = b"", bad_commands: int = 0) -> None:
+        """Start a session whose login another process verified and handed over (the user
+        session, docs/privsep.md): no banner; open the maildrop and answer the login command
+        as login_succeeded does, then go on with the commands the client had already sent."""
+        self.bad_commands = bad_commands
+        self.login_succeeded(login, no_mime=login.no_mime)
+        if unread:
+            self.feed(unread)
+
+    def take_unread(self) -> bytes:
+        """The bytes read but not yet handled (commands pipelined after the login)."""
+        return self._lines.take()
 
     def eof(self) -> None:
         """The client went away without QUIT (no reply: nobody is listening)."""

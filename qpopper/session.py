@@ -35,6 +35,7 @@ from .auth.policy import Authenticator
 from .extensions import standard_extensions
 from .extensions.submit import MtaSubmitter
 from .log import Logger, stats_line, timeout_line, timing_line
+from .prelogin import Handover
 from .protocol import Protocol, SessionStats
 from .responses import PopError, RespCode
 from .spool.maildrop import Maildrop, resolve_server_mode
@@ -208,15 +209,67 @@ class ReverseLookup:
         return self._name or self.ip
 
 
+class ForkedReverseLookup:
+    """ReverseLookup for the pre-login process, whose chroot has no resolver: a child forked
+    before the sandbox is entered, running as the pre-login account, does the lookup and
+    writes the name to a pipe (docs/privsep.md)."""
+
+    def __init__(self, ip: str, uid: int, gid: int):
+        self.ip = ip
+        self._name: str | None = None
+        self._deadline = time.monotonic() + REVERSE_LOOKUP_TIMEOUT_S
+        self._read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        self._pid = os.fork()
+        if self._pid == 0:
+            status = 1
+            try:
+                os.close(self._read_end)
+                privsep.drop_to_account(uid, gid)
+                lookup = ReverseLookup(ip)
+                name = lookup.result()
+                os.write(write_end, name.encode("utf-8", "replace")[:1024])
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(write_end)
+        self._done = False
+
+    def result(self) -> str:
+        if not self._done:
+            self._done = True
+            try:
+                remaining = max(0.0, self._deadline - time.monotonic())
+                if select.select([self._read_end], [], [], remaining)[0]:
+                    name = os.read(self._read_end, 1024).decode("utf-8", "replace")
+                    self._name = name if name and name != self.ip else None
+            finally:
+                os.close(self._read_end)
+                try:
+                    os.kill(self._pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                os.waitpid(self._pid, 0)
+        return self._name or self.ip
+
+
 # --- the session ------------------------------------------------------------------------------------
 class Session:
     """One connection; also the `env` the protocol talks to (see docs/internals.md)."""
 
     def __init__(self, cfg, channel: Channel, *, log: Logger, hostname: str | None = None,
                  peer: tuple[str, int] | None = None, authenticator=None,
-                 tls: tls_mod.ServerTls | None = None, tls_mode: str | None = None):
+                 tls=None, tls_mode: str | None = None, handover=None, lookup=None,
+                 client_host: str | None = None, tls_active: bool = False,
+                 login_done: bool = False):
         """`tls_mode`: None (plain text), "stls" (STLS offered) or "implicit" (the handshake
-        comes before the banner: port 995); `tls` is the master's context for both."""
+        comes before the banner: port 995); `tls` is a tls.ServerTls or a tls.TlsIdentity
+        (built at the first handshake) for both.
+
+        The split processes (docs/privsep.md) set the rest. The pre-login process:
+        `handover(session, login)` instead of opening the maildrop (it raises
+        prelogin.Handover), `lookup` its reverse lookup. The user session: `login_done`
+        (the monitor verified the login and dropped privileges), `client_host` and
+        `tls_active` as the pre-login process found them; it starts with run(resume=...)."""
         self.cfg = cfg
         self.channel = channel
         self.log = log
@@ -227,17 +280,22 @@ class Session:
         # pretend to be local, clear-text-password=local must not apply.
         self.client_ip = peer[0] if peer else UNKNOWN_CLIENT
         self.client_port = peer[1] if peer else 0
-        self._client_host: str | None = None
-        self._lookup = (ReverseLookup(self.client_ip)
-                        if peer and cfg.reverse_lookup else None)
+        self._client_host: str | None = client_host
+        if lookup is None and client_host is None and peer and cfg.reverse_lookup:
+            lookup = ReverseLookup(self.client_ip)
+        self._lookup = lookup
         self.tls = tls
         self.tls_mode = tls_mode if tls is not None else None
-        self.tls_active = False
+        self.tls_active = tls_active
+        self.handover = handover
+        self.handed_over = False
+        self.login_done = login_done
         # cb-name -> bytes once TLS is up: what SCRAM-*-PLUS binds to (docs/internals.md)
         self.channel_bindings: dict[str, bytes] = {}
         # the protocol offers STLS exactly when this is callable (docs/internals.md)
         self.start_tls = self._start_tls if self.tls_mode == "stls" else None
-        self.authenticator = authenticator or Authenticator(cfg, log)
+        self.authenticator = (authenticator if authenticator is not None or login_done
+                              else Authenticator(cfg, log))
         self.user = ""
         self.login = None
         self.protocol = None
@@ -269,7 +327,11 @@ class Session:
             self.flush()
 
     def open_maildrop(self, login):
-        """Called by the protocol once the user is authenticated (docs/internals.md)."""
+        """Called by the protocol once the user is authenticated (docs/internals.md). In the
+        pre-login process it hands the connection over instead (never returns)."""
+        if self.handover is not None:
+            self.handed_over = True
+            self.handover(self, login)
         begun = time.monotonic()
         self.auth_s = begun - self.started
         self.login = login
@@ -280,14 +342,16 @@ class Session:
         except OSError as exc:
             raise PopError("Unable to open the mail spool; contact your administrator",
                            RespCode.SYS_TEMP, log=f"stat {self.cfg.spool_dir}: {exc}") from None
-        # Still root: shared hashed spool directories are created now, owned like the spool
-        # directory; after the drop the user would own them and could reach others' spools.
-        # Directories only the spool-dir options file asks for must exist already (the user
-        # files are read after the drop; ensure_hash_dirs then refuses to create them).
+        # Still root (unless the monitor did both already): shared hashed spool directories
+        # are created now, owned like the spool directory; after the drop the user would own
+        # them and could reach others' spools. Directories only the spool-dir options file
+        # asks for must exist already (the user files are read after the drop;
+        # ensure_hash_dirs then refuses to create them).
         global_paths = SpoolPaths.for_user(self.cfg, login.user, login.home)
-        if self.cfg.check_hash_dir:
-            global_paths.ensure_hash_dirs(self.log)
-        privsep.drop_privileges(login, spool_gid, self.log)   # verifies; as non-root, checks
+        if not self.login_done:
+            if self.cfg.check_hash_dir:
+                global_paths.ensure_hash_dirs(self.log)
+            privsep.drop_privileges(login, spool_gid, self.log)   # verifies; non-root: checks
         # Server mode: default/-S, then group-server-mode, then group-no-server-mode; the user
         # files below have the last word only when they set it (manual "Enabling Server Mode").
         self.cfg = resolve_server_mode(self.cfg, login.user, login.gid, self.log)
@@ -358,17 +422,21 @@ class Session:
         return True
 
     # --- the loop ------------------------------------------------------------------------------
-    def run(self) -> int:
-        """Serve the connection to its end; returns the process exit status."""
+    def run(self, resume=None) -> int:
+        """Serve the connection to its end; returns the process exit status. `resume`:
+        (login, unread bytes, bad-command count) of a login the monitor handed over."""
         self._install_hangup_handlers()
         error = False
         try:
             self.protocol = Protocol(self.cfg, self, standard_extensions(MtaSubmitter()))
             self._set_title()
-            if self.tls_mode == "implicit" and not self._handshake():
-                # Qpopper: a failed alternate-port handshake ends the process, no banner
-                return 0
-            self._emit(self.protocol.greeting())
+            if resume is not None:
+                self.protocol.resume(*resume)
+            else:
+                if self.tls_mode == "implicit" and not self._handshake():
+                    # Qpopper: a failed alternate-port handshake ends the process, no banner
+                    return 0
+                self.protocol.greeting()
             self.flush()
             while not self.protocol.closed:
                 if self._closed or self._hangup:
@@ -382,19 +450,21 @@ class Session:
                 if data is None:
                     self.log(syslog.LOG_NOTICE, timeout_line(
                         self.cfg.timeout, self._protocol_user(), self.client_host, self.client_ip))
-                    self._emit(self.protocol.timeout())
+                    self.protocol.timeout()
                     error = True
                     break
                 if not data:
-                    self._emit(self.protocol.eof())
+                    self.protocol.eof()
                     error = True
                     break
-                self._emit(self.protocol.feed(data))
+                self.protocol.feed(data)
                 self.flush()
                 self._set_title()
             self.flush()
         except ChannelClosed:
             error = True
+        except Handover:
+            self.flush()                 # nothing is pending: replies before the login went
         finally:
             self._finish(error)
         return 0
@@ -415,6 +485,13 @@ class Session:
         return True
 
     def _handshake(self) -> bool:
+        if isinstance(self.tls, tls_mod.TlsIdentity):
+            try:
+                self.tls = self.tls.build(self.log)       # read the key only here
+            except tls_mod.TlsSetupError as exc:
+                self.log(syslog.LOG_ERR, f"TLS: {exc}")
+                self._closed = True
+                return False
         channel = tls_mod.TlsChannel(self.channel, self.tls.context)
         try:
             channel.handshake(self.cfg.timeout, self._wake_r, lambda: self._hangup)
@@ -429,11 +506,6 @@ class Session:
         # the session's TLS line: version and cipher (Qpopper logs its handshake at notice)
         self.log(syslog.LOG_INFO, f"TLS session with {self.client_ip}: {channel.summary()}")
         return True
-
-    def _emit(self, reply) -> None:
-        # The protocol writes through env.write; a handler may also return bytes.
-        if isinstance(reply, (bytes, bytearray)) and reply:
-            self.write(bytes(reply))
 
     def flush(self) -> None:
         if self._closed or not self._out:
@@ -465,6 +537,11 @@ class Session:
             self.flush()
         except Exception:
             pass
+        if self.handed_over:
+            # the user session has the connection now (or, inside TLS, this process relays
+            # for it): nothing here may close or shut it down
+            self._remove_hangup_handlers()
+            return
         self.channel.close()
         if self.maildrop is not None:
             # After update/restore this is a no-op; after a failure it releases the session
@@ -577,45 +654,3 @@ def test_step_hook():
 def tls_mode_for_listen_port(cfg) -> str | None:
     """The TLS mode tls-support gives a connection on a `listen` port (or on stdin)."""
     return {"stls": "stls", "alternate-port": "implicit"}.get(cfg.tls_support)
-
-
-def serve_inetd(cfg, inv) -> int:
-    """`popper [flags]` with no port: the connection is on descriptors 0 and 1 (inetd's nowait
-    line, or a systemd Accept=yes unit with StandardInput=socket)."""
-    log = Logger.from_config(cfg)
-    try:
-        server_tls = tls_mod.build_server_tls(cfg, log)
-    except tls_mod.TlsSetupError as exc:
-        # stderr may be the client's socket (classic inetd): the log only
-        log(syslog.LOG_ERR, f"TLS: {exc}")
-        log.close()
-        return 1
-    sock = None
-    fd = os.dup(0)
-    try:
-        probe = socket.socket(fileno=fd)
-    except OSError:
-        os.close(fd)                                  # a pipe or a terminal: no peer address
-    else:
-        if probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-            # inetd "wait" / systemd Accept=no hands over the listening socket: that is the
-            # standalone master's job (`popper PORT`, which also takes LISTEN_FDS).
-            probe.close()
-            log(syslog.LOG_ERR, "stdin is a listening socket, not a connection: use inetd "
-                                "'nowait' / systemd Accept=yes, or run `popper [ADDRESS:]PORT`")
-            log.close()
-            return 1
-        if probe.type == socket.SOCK_STREAM:
-            sock = probe
-        else:
-            probe.close()
-    channel = Channel(0, 1, sock)
-    try:
-        return Session(cfg, channel, log=log, tls=server_tls,
-                       tls_mode=tls_mode_for_listen_port(cfg)).run()
-    except Exception as exc:
-        # stdout and maybe stderr are the client: the details go to the log only
-        log(syslog.LOG_ERR, f"session failed: {type(exc).__name__}: {exc}")
-        return 1
-    finally:
-        log.close()

@@ -32,6 +32,10 @@ plain bytes SCRAM-*-PLUS (auth/sasl.py) ties a login to this TLS connection with
 from __future__ import annotations
 
 import datetime
+import errno
+import fcntl
+import os
+import stat
 import re
 import syslog
 import time
@@ -99,10 +103,15 @@ def tls_wanted(cfg) -> bool:
 
 
 def build_server_tls(cfg, log=None) -> ServerTls | None:
-    """The server context from the tls-* options, or None when no TLS is configured.
-    Raises TlsSetupError (one line) for anything that would break a handshake."""
+    """The server context from the tls-* options, read from the files now, or None when no
+    TLS is configured. Raises TlsSetupError (one line) for anything that would break a
+    handshake. (The servers use TlsIdentity instead: the key is read only where it is used.)"""
     if not tls_wanted(cfg):
         return None
+    return _build(cfg, _read, log)
+
+
+def _build(cfg, read, log=None) -> ServerTls:
     warn = log or (lambda priority, text: None)
     min_name = _effective_min_version(cfg, warn)
     context = SSL.Context(SSL.TLS_SERVER_METHOD)
@@ -117,7 +126,7 @@ def build_server_tls(cfg, log=None) -> ServerTls | None:
     except (SSL.Error, UnicodeError):
         raise TlsSetupError(f"tls-cipher-list {cfg.tls_cipher_list or ciphers!r} selects no "
                             f"usable cipher") from None
-    chain, key, cert_path, key_path = _load_identity(cfg)
+    chain, key, cert_path, key_path = _load_identity(cfg, read)
     _check_validity(chain[0], cert_path)
     context.use_certificate(crypto.X509.from_cryptography(chain[0]))
     for extra in chain[1:]:
@@ -130,6 +139,135 @@ def build_server_tls(cfg, log=None) -> ServerTls | None:
                             f"{cert_path}") from None
     subject = chain[0].subject.rfc4514_string()
     return ServerTls(context, f"{subject} from {cert_path}, {min_name} and later")
+
+
+class TlsIdentity:
+    """The certificate and key files, opened (as root) but not read: what the master and the
+    monitors hold (docs/privsep.md, "The TLS key"). Only the process that does handshakes —
+    the unprivileged pre-login process — reads them, with `build()`; the master checks them
+    at start-up and HUP in a throwaway child (`open_server_tls`). So the key never enters
+    the memory of the master, of a monitor, or of a user session forked from one."""
+
+    def __init__(self, cfg, fds: dict[str, int], description: str = ""):
+        self.cfg = cfg
+        self.fds = fds                   # path -> descriptor (O_RDONLY, close-on-exec)
+        self.description = description
+
+    @classmethod
+    def open(cls, cfg) -> "TlsIdentity":
+        fds: dict[str, int] = {}
+        try:
+            for path, option in _identity_paths(cfg):
+                if path not in fds:
+                    try:
+                        fds[path] = _snapshot(path)
+                    except OSError as exc:
+                        raise TlsSetupError(f"{option} {path}: {exc.strerror or exc}") from None
+        except BaseException:
+            for fd in fds.values():
+                os.close(fd)
+            raise
+        return cls(cfg, fds)
+
+    def build(self, log=None) -> ServerTls:
+        """The context, from the open files (TlsSetupError as build_server_tls)."""
+        def read(path: str, option: str) -> bytes:
+            fd = self.fds.get(path)
+            if fd is None:
+                raise TlsSetupError(f"{option} {path}: not opened")
+            try:
+                return _pread_all(fd)
+            except OSError as exc:
+                raise TlsSetupError(f"{option} {path}: {exc.strerror or exc}") from None
+        return _build(self.cfg, read, log)
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds = {}
+
+
+def open_server_tls(cfg, log=None) -> TlsIdentity | None:
+    """The TLS identity for a server, checked, or None when no TLS is configured. The check
+    builds a context in a forked child, so this process never holds the key; its one-line
+    verdict comes back through a pipe (TlsSetupError as build_server_tls)."""
+    if not tls_wanted(cfg):
+        return None
+    identity = TlsIdentity.open(cfg)
+    try:
+        identity.description = _check_in_child(identity, log)
+    except BaseException:
+        identity.close()
+        raise
+    return identity
+
+
+def _check_in_child(identity: TlsIdentity, log) -> str:
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:                                            # the throwaway checker
+        status = 1
+        try:
+            os.close(read_end)
+            try:
+                verdict = "ok " + identity.build(log).description
+                status = 0
+            except TlsSetupError as exc:
+                verdict = "error " + str(exc)
+            os.write(write_end, verdict.encode("utf-8", "replace")[:4000])
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    try:
+        with os.fdopen(read_end, "rb") as pipe:
+            verdict = pipe.read().decode("utf-8", "replace")
+    finally:
+        os.waitpid(pid, 0)
+    kind, _, text = verdict.partition(" ")
+    if kind != "ok":
+        raise TlsSetupError(text or "checking the certificate and key failed")
+    return text
+
+
+def _snapshot(path: str) -> int:
+    """A sealed in-memory copy of the file, made by the kernel (sendfile into a memfd): the
+    identity stays as it was at start-up or HUP however the file is rewritten later, and the
+    bytes never pass through this process's memory."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+        size = st.st_size
+        copy = os.memfd_create("qpopper-tls-identity", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            offset = 0
+            while offset < size:
+                sent = os.sendfile(copy, fd, offset, size - offset)
+                if sent == 0:
+                    break
+                offset += sent
+            fcntl.fcntl(copy, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK
+                        | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
+        except BaseException:
+            os.close(copy)
+            raise
+        return copy
+    finally:
+        os.close(fd)
+
+
+def _pread_all(fd: int) -> bytes:
+    chunks, offset = [], 0
+    while True:
+        chunk = os.pread(fd, 65536, offset)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        offset += len(chunk)
 
 
 def _effective_min_version(cfg, warn) -> str:
@@ -156,20 +294,29 @@ def _cipher_list(cfg, min_name: str) -> str:
 
 
 # --- the certificate and the key --------------------------------------------------------------
-def _load_identity(cfg):
-    """(certificate chain, private key, certificate path, key path) from the options."""
+def _identity_paths(cfg) -> list[tuple[str, str]]:
+    """(path, option) of each file the identity is read from: the certificate (or identity)
+    file, then the key file when it is a separate one."""
     if cfg.tls_server_cert_file:
-        cert_path = cfg.tls_server_cert_file
-        option = "tls-server-cert-file"
+        cert = (cfg.tls_server_cert_file, "tls-server-cert-file")
     elif cfg.tls_identity_file:
-        cert_path = cfg.tls_identity_file
-        option = "tls-identity-file"
+        cert = (cfg.tls_identity_file, "tls-identity-file")
     else:
         wanted_by = (f"tls-support {cfg.tls_support}" if cfg.tls_support != "default"
                      else "tls-listen")
         raise TlsSetupError(f"{wanted_by} needs a certificate: set tls-server-cert-file (or "
                             f"tls-identity-file)")
-    cert_data = _read(cert_path, option)
+    if cfg.tls_private_key_file and cfg.tls_private_key_file != cert[0]:
+        return [cert, (cfg.tls_private_key_file, "tls-private-key-file")]
+    return [cert]
+
+
+def _load_identity(cfg, read=None):
+    """(certificate chain, private key, certificate path, key path) from the options;
+    `read(path, option)` gives a file's bytes."""
+    read = read or _read
+    (cert_path, option), *_ = _identity_paths(cfg)
+    cert_data = read(cert_path, option)
     try:
         chain = _pem_certificates(cert_data)
     except ValueError:
@@ -178,7 +325,7 @@ def _load_identity(cfg):
         raise TlsSetupError(f"{option} {cert_path}: no PEM certificate in it")
     key_path = cfg.tls_private_key_file or cert_path
     key_data = (cert_data if key_path == cert_path
-                else _read(key_path, "tls-private-key-file"))
+                else read(key_path, "tls-private-key-file"))
     match = _PEM_KEY_RE.search(key_data)
     if match is None:
         hint = "" if cfg.tls_private_key_file else " (set tls-private-key-file)"
@@ -340,6 +487,32 @@ class TlsChannel:
                 return data                            # None (timeout) or b'' (EOF)
             self.conn.bio_write(data)
             self._input_pending = True
+
+    def read_available(self) -> list[bytes]:
+        """Without waiting: the plaintext OpenSSL can give now, after at most one
+        non-blocking read of ciphertext; [] when there is none yet, a b'' item at EOF.
+        For a relay that polls the raw descriptor itself (prelogin.relay)."""
+        chunks = []
+        if not self._input_pending:
+            try:
+                data = os.read(self.in_fd, RECORD_OCTETS + RECORD_OVERHEAD_OCTETS)
+            except BlockingIOError:
+                return chunks
+            except OSError:
+                data = b""
+            if not data:
+                return [b""]
+            self.conn.bio_write(data)
+            self._input_pending = True
+        while True:
+            try:
+                chunks.append(self.conn.recv(RECORD_OCTETS))
+            except SSL.WantReadError:
+                self._input_pending = False
+                return chunks
+            except (SSL.ZeroReturnError, SSL.Error):
+                chunks.append(b"")
+                return chunks
 
     def write_all(self, data, timeout_s: float) -> None:
         view = memoryview(data)

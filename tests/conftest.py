@@ -11,6 +11,17 @@ from tests.helpers import pam_service as _pam
 from tests.helpers import sysusers as _users
 
 
+@pytest.fixture(scope="session", autouse=True)
+def prelogin_account():
+    """As root, the account the pre-login processes of every server a test starts run as
+    (the harness passes --prelogin-user): made once for the run, removed at its end."""
+    if not _users.is_root():
+        yield None
+        return
+    with _users.prelogin_account() as name:
+        yield name
+
+
 @pytest.fixture
 def system_users():
     """A factory of real `qpt*` users: `system_users.create(password=..., locked=True, ...)`;

@@ -25,6 +25,14 @@ START_TIMEOUT_S = 15.0
 GREETING_RE = re.compile(rb"^\+OK .*\r\n")
 
 
+def prelogin_args() -> list[str]:
+    """As root, the test run's pre-login account (tests/conftest.py makes it)."""
+    if os.geteuid() != 0:
+        return []
+    from tests.helpers.sysusers import PRELOGIN_USER
+    return [f"--prelogin-user={PRELOGIN_USER}"]
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
@@ -68,6 +76,9 @@ def write_config(path: str, **options) -> str:
     host's /run/qpopper, which would carry one test's failures into the next."""
     options.setdefault("auth_brakes_file", os.path.join(os.path.dirname(os.path.abspath(path)),
                                                         "auth-brakes.sqlite"))
+    if os.geteuid() == 0:
+        from tests.helpers.sysusers import PRELOGIN_USER
+        options.setdefault("prelogin_user", PRELOGIN_USER)     # tests/conftest.py makes it
     lines = []
     for attr, value in options.items():
         name = attr.replace("_", "-")
@@ -182,7 +193,8 @@ class PopperServer:
         self.port = port or free_port(host)
         self.workdir = workdir
         listen = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
-        self.argv = [POPPER, listen, *(["-f", config] if config else []), *extra_args]
+        self.argv = [POPPER, listen, *(["-f", config] if config else []), *prelogin_args(),
+                     *extra_args]
         self.env = dict(os.environ, **(env or {}))
         if syslog is not None:
             self.env["QPOPPER_SYSLOG_SOCKET"] = syslog.path
@@ -211,11 +223,14 @@ class PopperServer:
         return self.proc.pid
 
     def children(self) -> list[int]:
-        return children_of(self.proc.pid)
+        """Every process under the master: each connection's monitor, its pre-login process
+        and its user session (docs/privsep.md)."""
+        return descendants_of(self.proc.pid)
 
     def stop(self, timeout: float = 20.0) -> int | None:
         if self.proc is None:
             return None
+        self._monitors = self.children() if self.proc.poll() is None else []
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -223,7 +238,11 @@ class PopperServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
-        # children of a killed master must not outlive the test
+        # children of a killed master must not outlive the test (each connection's
+        # processes are a process group of their own)
+        for pid in self._monitors:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         return self.proc.returncode
@@ -250,6 +269,15 @@ def children_of(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             result.append(int(entry))
     return result
+
+
+def descendants_of(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        for child in children_of(todo.pop()):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def proc_status(pid: int) -> dict[str, str]:

@@ -35,7 +35,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # is extensions.submit (domain layer), which the session builds and hands in.
     ("protocol", ("protocol", "capa", "pop_*", "extensions", "extensions.*")),
     ("session", ("session",)),
-    ("master", ("master",)),
+    ("master", ("master", "monitor")),
     ("programs", ("demo", "tools.*")),
     ("entry points", ("cli", "__main__")),
 )

@@ -242,24 +242,62 @@ def test_idle_client_times_out_with_qpopper_log_line(make_site, system_users):
 
 
 # --- the master's own behaviour ----------------------------------------------------------------
-def test_per_address_limit_refuses_with_sys_temp(make_site):
+def test_per_address_limit_refuses_with_sys_temp_when_every_slot_is_logged_in(make_site,
+                                                                           system_users):
     s = make_site(max_children_per_address=2)
+    users = [system_users.create() for _ in range(2)]
+    for user in users:
+        make_spool(s.spool_dir, user, SPOOL)
     server = s.server()
     wait_until(lambda: not server.children(), what="the start-up probe to end")
-    held = [socket.create_connection((server.host, server.port), timeout=10) for _ in range(2)]
+    held = [login(server, user) for user in users]
     try:
-        for sock in held:
-            assert read_greeting(sock).startswith(b"+OK")
+        for client in held:
+            client.stat()
         with socket.create_connection((server.host, server.port), timeout=10) as extra:
             reply = read_greeting(extra)
             assert reply.startswith(b"-ERR [SYS/TEMP]"), reply
             assert extra.recv(100) == b""              # and closed
+        for client in held:                            # never displaced
+            assert client.stat()[0] == 3
     finally:
-        for sock in held:
-            sock.close()
+        for client in held:
+            client.quit()
     # once they are gone, connections are served again
     wait_until(lambda: len(server.children()) == 0, what="children to exit")
     wait_for_greeting(server.host, server.port)
+
+
+def test_idle_connections_make_room_for_newcomers_from_the_same_address(make_site,
+                                                                        system_users):
+    """At the per-address limit a newcomer ends the connection that has waited longest
+    without logging in (Dovecot's "connection queue full"): idle sockets from one address
+    cannot lock that address's users out. Before, the newcomer was refused."""
+    s = make_site(max_children_per_address=3)
+    user = system_users.create()
+    make_spool(s.spool_dir, user, SPOOL)
+    server = s.server()
+    wait_until(lambda: not server.children(), what="the start-up probe to end")
+    logged_in = login(server, user)
+    idle = [socket.create_connection((server.host, server.port), timeout=10) for _ in range(2)]
+    try:
+        for sock in idle:
+            assert read_greeting(sock).startswith(b"+OK")
+        with socket.create_connection((server.host, server.port), timeout=10) as extra:
+            assert read_greeting(extra).startswith(b"+OK")      # served, not refused
+            assert idle[0].recv(100) == b""                   # the oldest idle one ended
+            extra.sendall(b"CAPA\r\n")
+            assert extra.recv(100).startswith(b"+OK")
+        idle[1].sendall(b"NOOP\r\n")                        # the younger one still served
+        assert idle[1].recv(100).startswith(b"-ERR")
+        assert logged_in.stat()[0] == 3                       # a logged-in one never ends
+        s.syslog.wait_for(r"3 sessions from 127\.0\.0\.1 \(max-children-per-address 3\): "
+                          r"ending a connection from 127\.0\.0\.1 that has not logged in, "
+                          r"for one from 127\.0\.0\.1")
+    finally:
+        logged_in.quit()
+        for sock in idle:
+            sock.close()
 
 
 def test_hup_rereads_the_configuration_for_new_connections(site):

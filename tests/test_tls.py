@@ -323,16 +323,25 @@ def test_inetd_mode_logs_a_bad_certificate_and_exits(site, pki):
     site.syslog.wait_for(r"TLS: the certificate in .*/inetd-expired\.pem expired on .*")
 
 
-def test_over_the_limit_a_tls_port_closes_without_plain_text(world_tmp, pam_service, good, pki):
+def test_over_the_limit_a_tls_port_closes_without_plain_text(world_tmp, pam_service, good, pki,
+                                                             system_users):
     s = TlsSite(world_tmp, pam_service, tls_support="stls", max_children_per_address=1,
                 tls_server_cert_file=good.combined_file)
     try:
+        u = system_users.create()
+        make_spool(s.spool_dir, u, mbox(*MESSAGES))
         server = s.tls_server(pki)
         wait_until(lambda: not server.children(), 10, "the start-up probe's session to end")
         context = client_context(pki)
         with socket.create_connection((server.host, server.tls_port), timeout=20) as raw, \
                 context.wrap_socket(raw, server_hostname="127.0.0.1") as first:
             assert read_greeting(first).startswith(b"+OK")
+            # logged in: the one slot cannot be made free (an idle one would be ended)
+            first.sendall(f"USER {u.name}\r\nPASS {u.password}\r\n".encode())
+            replies = b""
+            while replies.count(b"\r\n") < 2:
+                replies += first.recv(4096)
+            assert replies.split(b"\r\n")[1].startswith(b"+OK"), replies
             with socket.create_connection((server.host, server.tls_port), timeout=20) as second:
                 assert second.recv(100) == b""       # no -ERR a TLS client would choke on
             s.syslog.wait_for(r"Refused connection from 127\.0\.0\.1: .*")

@@ -63,7 +63,7 @@ from typing import NoReturn
 from .. import drac, limits
 from ..log import log_login_line
 from ..responses import PopError, RespCode
-from . import Login, is_possible_user_name
+from . import Login, challenges, is_possible_user_name
 from . import pam as pam_auth
 from .brakes import Brakes
 from .scram import Verifier
@@ -143,6 +143,10 @@ class Authenticator:
         self.sleep = time.sleep          # a seam for tests
         self.failures = 0                # refusals on this connection (one Authenticator each)
         self._mechanism = "USER"         # what the attempt under way uses (for the logs)
+        self._cram: bytes | None = None  # challenges made here (auth/challenges.py)
+        self._scram: challenges.ScramState | None = None
+        self._scram_login: Login | None = None
+        self._gss = None
 
     # ---- the contract ---------------------------------------------------------------------
     @property
@@ -248,6 +252,97 @@ class Authenticator:
         `record_login` once the client's empty answer came."""
         return self._check_store_proof(user, f"AUTH {mechanism}", lambda: proved, client_ip,
                                        client_host, authid=user, record=False)
+
+    # ---- the server's half of the challenge mechanisms (auth/challenges.py) ------------------
+    def cram_challenge(self, hostname: str) -> bytes:
+        """A fresh CRAM-MD5 challenge, remembered: check_cram_md5 in the monitor checks the
+        digest against this one, whatever challenge the pre-login process names."""
+        self._cram = challenges.cram_challenge(hostname)
+        return self._cram
+
+    def scram_begin(self, user: str, mechanism: str, client_nonce: str) -> str:
+        """SCRAM server-first for `user` (a decoy for a name without a verifier)."""
+        arithmetic = mechanism.removesuffix(challenges.PLUS_SUFFIX)
+        self._scram = challenges.ScramState.begin(user, mechanism, client_nonce,
+                                                  self.scram_verifier(user, arithmetic))
+        self._scram_login = None
+        return self._scram.server_first
+
+    def scram_prove(self, client_first_bare: str, client_final_without_proof: str,
+                    proof: bytes, client_ip: str, *,
+                    client_host: str | None = None) -> tuple[Login, bytes]:
+        """The client's proof against the server-first scram_begin made: (Login, server
+        signature), or the refusal of check_scram. Not a login yet (scram_accepted)."""
+        state, self._scram = self._scram, None
+        if state is None:
+            raise PopError(BAD_DIGEST, RespCode.AUTH, close=True,
+                           log=f"{client_ip}: SCRAM proof without server-first")
+        proved, signature = state.proved(client_first_bare, client_final_without_proof, proof)
+        login = self.check_scram(state.user, state.mechanism, proved, client_ip,
+                                 client_host=client_host)
+        self._scram_login = login
+        return login, signature
+
+    def scram_accepted(self, client_ip: str, *, client_host: str | None = None) -> None:
+        """The client accepted the server's signature: now it is a login (record_login)."""
+        login, self._scram_login = self._scram_login, None
+        if login is not None:
+            self.record_login(login, client_ip, client_host=client_host)
+
+    def gss_step(self, token: bytes, client_ip: str, *,
+                 client_host: str | None = None) -> tuple[bytes, bool]:
+        """One GSS-API context token: (the answer token, complete)."""
+        try:
+            if self._gss is None:
+                from .sasl import acceptor_credentials
+                self._gss = challenges.GssAcceptor(acceptor_credentials(self.cfg))
+            return self._gss.step(token)
+        except challenges.GssFailed as exc:
+            self._gss_failed(str(exc), client_ip, client_host)
+
+    def gss_offer(self, client_ip: str, *, client_host: str | None = None) -> bytes:
+        try:
+            if self._gss is None:
+                raise challenges.GssFailed("no security context")
+            return self._gss.offer()
+        except challenges.GssFailed as exc:
+            self._gss_failed(str(exc), client_ip, client_host)
+
+    def gss_choose(self, answer: bytes, normalise, client_ip: str, *,
+                   client_host: str | None = None) -> tuple[Login, bool]:
+        """The client's wrapped layer choice and authorization identity: (Login, no_mime).
+        `normalise`: raw name -> (name, no_mime, valid), USER's rules."""
+        gss, self._gss = self._gss, None
+        try:
+            if gss is None:
+                raise challenges.GssFailed("no security context")
+            choice, principal, service = gss.choice(answer)
+        except challenges.GssFailed as exc:
+            self._gss_failed(str(exc), client_ip, client_host)
+        if len(choice) < 4 or not choice[0] & 0x01:
+            raise PopError("Malformed AUTH exchange", RespCode.AUTH)   # a layer never offered
+        user = challenges.principal_to_user(principal, service)
+        try:
+            authzid = choice[4:].decode("utf-8")
+        except UnicodeDecodeError:
+            raise PopError("Malformed AUTH exchange", RespCode.AUTH) from None
+        if user is None or (authzid and authzid != user):
+            self.check_external(user or "(gssapi)", "AUTH GSSAPI", False, client_ip,
+                                client_host=client_host, authid=principal)
+        name, no_mime, valid = normalise(user)
+        if not valid:
+            self.refuse_user_name(name, BAD_DIGEST, client_ip, client_host=client_host,
+                                  mechanism="AUTH GSSAPI")
+        login = self.check_external(name, "AUTH GSSAPI", True, client_ip,
+                                    client_host=client_host, authid=principal)
+        return login, no_mime
+
+    def _gss_failed(self, why: str, client_ip, client_host) -> NoReturn:
+        self._gss = None
+        self.log(syslog.LOG_NOTICE, f"GSSAPI from {client_ip}: {why}")
+        self.check_external("(gssapi)", "AUTH GSSAPI", False, client_ip,
+                            client_host=client_host, authid="an unverified principal")
+        raise PopError(BAD_DIGEST, RespCode.AUTH)      # check_external refused already
 
     def check_external(self, user: str, mechanism: str, proved: bool, client_ip: str, *,
                        client_host: str | None = None, authid: str | None = None) -> Login:

@@ -59,10 +59,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import os
-import secrets
 import socket
 import syslog
 from dataclasses import dataclass
@@ -70,7 +68,7 @@ from typing import Callable, Generator, NoReturn
 
 from ..options import BY_NAME
 from ..responses import PopError, RespCode
-from . import scram
+from . import challenges, scram
 
 PLAINTEXT_MECHANISMS = ("PLAIN", "LOGIN")
 STORE_MECHANISMS = ("CRAM-MD5", "SCRAM-SHA-1", "SCRAM-SHA-256", "SCRAM-SHA-1-PLUS",
@@ -199,7 +197,7 @@ def kerberos_refusal(cfg) -> str | None:
         acceptor_credentials(cfg)
     except gssapi.exceptions.GSSError as exc:
         return GSSAPI_UNAVAILABLE.format(
-            why=f"no key for {service_name(cfg)} in {keytab_path} ({_gss_text(exc)})")
+            why=f"no key for {service_name(cfg)} in {keytab_path} ({challenges.gss_text(exc)})")
     return None
 
 
@@ -214,11 +212,6 @@ def acceptor_credentials(cfg):
     import gssapi
     name = gssapi.Name(service_name(cfg), gssapi.NameType.hostbased_service)
     return gssapi.Credentials(name=name, usage="accept")
-
-
-def _gss_text(exc: Exception) -> str:
-    text = " ".join(str(exc).split())
-    return text[:200]
 
 
 # --- the exchange -------------------------------------------------------------------------------
@@ -326,26 +319,27 @@ def _password_login(ex: Exchange, raw_name: str, password: str, mechanism: str):
 
 
 def mech_cram_md5(ex: Exchange, initial: bytes | None) -> Mechanism:
-    """RFC 2195: challenge `<random.time@host>`, response `user SP hex-hmac-md5`."""
+    """RFC 2195: challenge `<random.pid@host>` (made by the authenticator, which checks the
+    digest against it), response `user SP hex-hmac-md5`."""
     if initial is not None:
         raise PopError(BAD_EXCHANGE, RespCode.AUTH)   # server-first: no initial response
-    challenge = (f"<{secrets.randbits(64):016x}.{os.getpid()}@"
-                 f"{ex.env.hostname}>").encode("ascii")
+    env = ex.env
+    challenge = env.authenticator.cram_challenge(env.hostname)
     response = _text((yield challenge))
     raw_name, _, digest = response.rpartition(" ")
     if not raw_name or len(digest) != 32:
         raise PopError(BAD_EXCHANGE, RespCode.AUTH)
     name, no_mime = ex.user(raw_name)
-    env = ex.env
     login = env.authenticator.check_cram_md5(name, challenge, digest, env.client_ip,
                                              client_host=env.client_host)
     return login, no_mime
 
 
 def _scram(mechanism: str):
-    """The mechanism `mechanism` (SCRAM-SHA-1, SCRAM-SHA-256, or either + -PLUS)."""
+    """The mechanism `mechanism` (SCRAM-SHA-1, SCRAM-SHA-256, or either + -PLUS). The
+    messages are parsed here; server-first and the proof's check are the authenticator's
+    (scram_begin, scram_prove: auth/challenges.py), beside the verifiers."""
     plus = mechanism.endswith(PLUS_SUFFIX)
-    arithmetic = mechanism.removesuffix(PLUS_SUFFIX)     # hash and pop.auth verifier
 
     def mech_scram(ex: Exchange, initial: bytes | None) -> Mechanism:
         first = _text((yield from _client_first(initial)))
@@ -382,15 +376,8 @@ def _scram(mechanism: str):
                                                  f"available on this connection")
         gs2_header = f"{gs2_flag},{authzid_field},".encode("utf-8")
         expected_binding = gs2_header + (bindings[cb_name] if cb_name is not None else b"")
-        verifier = env.authenticator.scram_verifier(name, arithmetic)
-        known = verifier is not None
-        if not known:
-            # Carry on with a made-up verifier, so that an unknown name gets the same
-            # exchange as a wrong password (RFC 5802 §9); the salt is stable per name.
-            verifier = _decoy_verifier(arithmetic, name)
-        nonce = attrs["r"] + scram.b64(secrets.token_bytes(18))
-        server_first = (f"r={nonce},s={scram.b64(verifier.salt)},"
-                        f"i={verifier.iterations}")
+        server_first = env.authenticator.scram_begin(name, mechanism, attrs["r"])
+        nonce = server_first.split(",", 1)[0][2:]
         final = _text((yield server_first.encode("ascii")))
         without_proof, sep, proof_b64 = final.rpartition(",p=")
         final_attrs = _attributes(without_proof) if sep else None
@@ -407,21 +394,19 @@ def _scram(mechanism: str):
                 raise PopError(BAD_EXCHANGE, RespCode.AUTH)
             _binding_failed(ex, name, mechanism, f"{cb_name} channel bindings do not match: "
                                                  f"the client's TLS connection is not this one")
-        auth_message = f"{bare},{server_first},{without_proof}".encode("utf-8")
-        proved = known and scram.proof_is_valid(verifier, auth_message, proof)
-        # A wrong proof (or a policy) is refused here, before the server's signature; the
-        # address brake is waited here too, so v= never answers a guess sooner.
-        login = env.authenticator.check_scram(name, mechanism, proved, env.client_ip,
-                                              client_host=env.client_host)
+        # A wrong proof (or a policy) is refused there, before the server's signature; the
+        # address brake is waited there too, so v= never answers a guess sooner.
+        login, signature = env.authenticator.scram_prove(bare, without_proof, proof,
+                                                         env.client_ip,
+                                                         client_host=env.client_host)
         # RFC 5034 §4 / RFC 5802 §3: the server's signature as the last challenge; the
         # client answers with an empty line, then +OK. Only then is it a login (logged,
         # brakes cleared, DRAC told): a client that rejects the signature (`*`, or anything
         # but an empty line) stays in AUTHORIZATION, and the log must not say it logged in.
-        signature = scram.server_signature(verifier, auth_message)
         answer = yield f"v={scram.b64(signature)}".encode("ascii")
         if answer:
             raise PopError(BAD_EXCHANGE, RespCode.AUTH)
-        env.authenticator.record_login(login, env.client_ip, client_host=env.client_host)
+        env.authenticator.scram_accepted(env.client_ip, client_host=env.client_host)
         return login, no_mime
     mech_scram.__name__ = f"mech_{mechanism.lower().replace('-', '_')}"
     return mech_scram
@@ -448,73 +433,26 @@ def _attributes(text: str) -> dict[str, str] | None:
     return attrs
 
 
-def _decoy_verifier(mechanism: str, name: str) -> scram.Verifier:
-    key = (_machine_secret() + name.encode("utf-8", "surrogateescape")
-           + mechanism.encode("ascii"))
-    salt = hashlib.sha256(b"qpopper-scram-decoy" + key).digest()[:scram.SALT_OCTETS]
-    junk = hmac.new(key, b"decoy", "sha256").digest()
-    size = hashlib.new(scram.MECHANISMS[mechanism]).digest_size
-    return scram.Verifier(mechanism, salt, scram.DEFAULT_ITERATIONS, junk[:size], junk[:size])
-
-
-def _machine_secret() -> bytes:
-    """Stable per host, not known to remote clients: /etc/machine-id when readable."""
-    try:
-        with open("/etc/machine-id", "rb") as f:
-            return f.read().strip()
-    except OSError:
-        return socket.gethostname().encode()
-
-
 def mech_gssapi(ex: Exchange, initial: bytes | None) -> Mechanism:
     """RFC 4752: GSS-API context tokens until the context is complete, then the server
     offers security layers in a wrapped 4-octet message; the client picks "none" (the only
     one offered: TLS, not SASL, protects the session) and names its authorization identity,
-    which must be empty or the principal's own user name."""
-    import gssapi
+    which must be empty or the principal's own user name. The context itself is the
+    authenticator's (gss_step, gss_offer, gss_choose: it needs the keytab)."""
     env = ex.env
-    cfg = ex.proto.cfg
+    authenticator = env.authenticator
     token = yield from _client_first(initial)
-    try:
-        context = gssapi.SecurityContext(creds=acceptor_credentials(cfg), usage="accept")
-        while True:
-            out = context.step(token)
-            if context.complete:
-                break
-            token = yield out or b""
-        if out:
-            yield out                      # the mutual-authentication token; answer is empty
-        answer = yield context.wrap(b"\x01\x00\x00\x00", False).message
-        choice = context.unwrap(answer).message
-        principal = str(context.initiator_name)
-        service = str(context.target_name) if context.target_name is not None else ""
-    except gssapi.exceptions.GSSError as exc:
-        env.log(syslog.LOG_NOTICE, f"GSSAPI from {env.client_ip}: {_gss_text(exc)}")
-        return (env.authenticator.check_external(
-            "(gssapi)", "AUTH GSSAPI", False, env.client_ip, client_host=env.client_host,
-            authid="an unverified principal"), False)
-    if len(choice) < 4 or not choice[0] & 0x01:
-        raise PopError(BAD_EXCHANGE, RespCode.AUTH)        # a layer we never offered
-    user = principal_to_user(principal, service)
-    authzid = _text(choice[4:])
-    if user is None or (authzid and authzid != user):
-        return (env.authenticator.check_external(
-            user or "(gssapi)", "AUTH GSSAPI", False, env.client_ip,
-            client_host=env.client_host, authid=principal), False)
-    name, no_mime = ex.user(user)
-    login = env.authenticator.check_external(name, "AUTH GSSAPI", True, env.client_ip,
-                                             client_host=env.client_host, authid=principal)
-    return login, no_mime
-
-
-def principal_to_user(principal: str, service: str) -> str | None:
-    """`user@REALM` -> `user` when REALM is the service's own realm and the principal has
-    no instance (`user/admin` is not the mailbox `user`); else None (refused)."""
-    name, at, realm = principal.rpartition("@")
-    _, service_at, service_realm = service.rpartition("@")
-    if not at or not name or "/" in name or (service_at and realm != service_realm):
-        return None
-    return name
+    while True:
+        out, complete = authenticator.gss_step(token, env.client_ip,
+                                               client_host=env.client_host)
+        if complete:
+            break
+        token = yield out
+    if out:
+        yield out                      # the mutual-authentication token; answer is empty
+    answer = yield authenticator.gss_offer(env.client_ip, client_host=env.client_host)
+    return authenticator.gss_choose(answer, ex.normalise, env.client_ip,
+                                    client_host=env.client_host)
 
 
 MECHANISMS: dict[str, Callable[[Exchange, bytes | None], Mechanism]] = {

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 PREFIX = "qpt"
 MAX_NAME = 32                     # useradd's limit on Debian
+PRELOGIN_USER = "qpt-prelogin"
+"""The servers' prelogin-user in tests (the packages create qpopper-login)."""
 
 
 def is_root() -> bool:
@@ -128,3 +130,18 @@ def make_spool(directory: str, user: SysUser, content: bytes = b"", mode: int = 
     finally:
         os.close(fd)
     return path
+
+
+@contextlib.contextmanager
+def prelogin_account():
+    """PRELOGIN_USER as a system account without a home or a shell, for the test run; a
+    leftover of an interrupted run is reused and removed at the end."""
+    try:
+        pwd.getpwnam(PRELOGIN_USER)
+    except KeyError:
+        _run("useradd", "--system", "--user-group", "--no-create-home", "--home-dir",
+             "/nonexistent", "--shell", "/usr/sbin/nologin", PRELOGIN_USER)
+    try:
+        yield PRELOGIN_USER
+    finally:
+        subprocess.run(["userdel", PRELOGIN_USER], capture_output=True, timeout=30)

@@ -1,0 +1,150 @@
+"""The server's half of the challenge mechanisms, kept beside the secrets.
+
+In the standalone and inetd servers this runs in the root monitor (docs/privsep.md): the
+unprivileged pre-login process parses the client's SASL lines and asks for these steps by
+name, so it never sees a pop.auth secret, a SCRAM verifier or the Kerberos keytab, and it
+cannot choose the challenge a proof is checked against (a proof sniffed from another
+connection is useless to it):
+  APOP       the banner timestamp is made here (apop_timestamp)
+  CRAM-MD5   the challenge is made here and remembered (CramChallenge)
+  SCRAM      server-first (nonce, salt, iterations) is made here and remembered; the proof
+             is checked against the AuthMessage built with it (ScramState)
+  GSSAPI     the GSS-API context lives here (GssAcceptor)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import socket
+from dataclasses import dataclass
+
+from . import scram
+
+PLUS_SUFFIX = "-PLUS"
+
+
+def apop_timestamp(pid: int, now: float, hostname: str) -> str:
+    """RFC 1939 §7: unique per connection. pid.time alone is guessable: 64 random bits too."""
+    return f"<{pid}.{int(now)}.{secrets.randbits(64):016x}@{hostname}>"
+
+
+def cram_challenge(hostname: str) -> bytes:
+    """RFC 2195's `<random.pid@host>`."""
+    return f"<{secrets.randbits(64):016x}.{os.getpid()}@{hostname}>".encode("ascii")
+
+
+@dataclass
+class ScramState:
+    """One SCRAM exchange between its server-first and the client's proof."""
+
+    user: str
+    mechanism: str               # as offered, -PLUS included
+    verifier: scram.Verifier
+    known: bool                  # False: a decoy verifier for a name without one
+    server_first: str
+
+    @classmethod
+    def begin(cls, user: str, mechanism: str, client_nonce: str,
+              verifier: scram.Verifier | None) -> "ScramState":
+        arithmetic = mechanism.removesuffix(PLUS_SUFFIX)
+        known = verifier is not None
+        if not known:
+            # Carry on with a made-up verifier, so that an unknown name gets the same
+            # exchange as a wrong password (RFC 5802 §9); the salt is stable per name.
+            verifier = decoy_verifier(arithmetic, user)
+        nonce = client_nonce + scram.b64(secrets.token_bytes(18))
+        server_first = f"r={nonce},s={scram.b64(verifier.salt)},i={verifier.iterations}"
+        return cls(user, mechanism, verifier, known, server_first)
+
+    def proved(self, client_first_bare: str, client_final_without_proof: str,
+               proof: bytes) -> tuple[bool, bytes]:
+        """(the proof is right, the server signature) for the AuthMessage built with OUR
+        server-first: whoever relays the exchange cannot replay another one's proof."""
+        auth_message = (f"{client_first_bare},{self.server_first},"
+                        f"{client_final_without_proof}").encode("utf-8", "surrogateescape")
+        ok = self.known and scram.proof_is_valid(self.verifier, auth_message, proof)
+        return ok, scram.server_signature(self.verifier, auth_message)
+
+
+def decoy_verifier(mechanism: str, name: str) -> scram.Verifier:
+    key = (_machine_secret() + name.encode("utf-8", "surrogateescape")
+           + mechanism.encode("ascii"))
+    salt = hashlib.sha256(b"qpopper-scram-decoy" + key).digest()[:scram.SALT_OCTETS]
+    junk = hmac.new(key, b"decoy", "sha256").digest()
+    size = hashlib.new(scram.MECHANISMS[mechanism]).digest_size
+    return scram.Verifier(mechanism, salt, scram.DEFAULT_ITERATIONS, junk[:size], junk[:size])
+
+
+def _machine_secret() -> bytes:
+    """Stable per host, not known to remote clients: /etc/machine-id when readable."""
+    try:
+        with open("/etc/machine-id", "rb") as f:
+            return f.read().strip()
+    except OSError:
+        return socket.gethostname().encode()
+
+
+# --- GSSAPI (RFC 4752) ----------------------------------------------------------------------
+LAYER_OFFER = b"\x01\x00\x00\x00"
+"""Security layer "none" only (TLS, not SASL, protects the session), no maximum size."""
+
+
+class GssFailed(Exception):
+    """The GSS-API exchange failed (the text says why, for the log)."""
+
+
+class GssAcceptor:
+    """The acceptor's side of one GSSAPI exchange: context tokens until complete, then the
+    wrapped layer offer, then the client's wrapped choice."""
+
+    def __init__(self, credentials):
+        import gssapi          # an optional dependency, Kerberos only
+        self._gssapi = gssapi
+        self.context = gssapi.SecurityContext(creds=credentials, usage="accept")
+
+    def step(self, token: bytes) -> tuple[bytes, bool]:
+        """(the token to send, whether the context is complete)."""
+        try:
+            out = self.context.step(token)
+        except self._gssapi.exceptions.GSSError as exc:
+            raise GssFailed(gss_text(exc)) from None
+        return out or b"", bool(self.context.complete)
+
+    def offer(self) -> bytes:
+        self._require_complete()
+        try:
+            return self.context.wrap(LAYER_OFFER, False).message
+        except self._gssapi.exceptions.GSSError as exc:
+            raise GssFailed(gss_text(exc)) from None
+
+    def choice(self, answer: bytes) -> tuple[bytes, str, str]:
+        """(the unwrapped choice, the client's principal, our service name)."""
+        self._require_complete()
+        try:
+            choice = self.context.unwrap(answer).message
+        except self._gssapi.exceptions.GSSError as exc:
+            raise GssFailed(gss_text(exc)) from None
+        target = self.context.target_name
+        return choice, str(self.context.initiator_name), str(target) if target else ""
+
+    def _require_complete(self) -> None:
+        if not self.context.complete:
+            raise GssFailed("the security context is not complete")
+
+
+def gss_text(exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    return text[:200]
+
+
+def principal_to_user(principal: str, service: str) -> str | None:
+    """`user@REALM` -> `user` when REALM is the service's own realm and the principal has
+    no instance (`user/admin` is not the mailbox `user`); else None (refused)."""
+    name, at, realm = principal.rpartition("@")
+    _, service_at, service_realm = service.rpartition("@")
+    if not at or not name or "/" in name or (service_at and realm != service_realm):
+        return None
+    return name

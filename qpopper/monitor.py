@@ -1,0 +1,465 @@
+"""The monitor: one small root process per connection that never reads a client byte.
+
+    master (root) ── fork ──► monitor (root) ── fork ──► pre-login (prelogin-user, chroot)
+                                   │  ▲ frames (monitor_wire)        │ client socket, TLS,
+                                   │  └──────────────────────────────┘ AUTHORIZATION, SASL
+                                   └── fork after a verified login ──► user session (the user)
+
+The monitor owns what needs root: PAM, the pop.auth store, the brakes file, DRAC, the
+challenges of APOP / CRAM-MD5 / SCRAM and the GSS-API context (auth/policy.py,
+auth/challenges.py), hashed spool directories, and the switch to the user (privsep.py). It
+answers the pre-login process's requests — one frame at a time, each decoded strictly by
+monitor_wire and checked here — and ends the connection at the first frame it does not
+expect. Once a login it verified itself is handed over, it forks the user session on the
+client socket (or, with TLS, on the plaintext socket pair the pre-login process relays),
+tells the master the connection is logged in, and waits for its children.
+docs/privsep.md has the whole picture and the list of what runs as root.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import select
+import signal
+import socket
+import syslog
+import time
+
+from . import limits, privsep
+from . import monitor_wire as wire
+from . import prelogin
+from . import tls as tls_mod
+from .addresses import normalize_ip
+from .log import Logger
+from .session import Channel, ForkedReverseLookup, Session, tls_mode_for_listen_port
+from .auth import challenges
+from .auth.policy import Authenticator
+from .pop_auth_state import normalise_user
+from .responses import PopError, RespCode, err
+from .spool.paths import SpoolPaths
+
+PASSWORD_MECHANISMS = frozenset({"USER", "AUTH PLAIN", "AUTH LOGIN"})
+SCRAM_MECHANISMS = frozenset({"SCRAM-SHA-1", "SCRAM-SHA-256", "SCRAM-SHA-1-PLUS",
+                              "SCRAM-SHA-256-PLUS"})
+MAX_REQUESTS = 64
+"""Frames one pre-login process may send: a login needs at most a handful (GSSAPI's context
+tokens are the most); more is a loop, and the connection ends."""
+DEADLINE_MARGIN_S = 30
+"""The monitor waits this much longer than the login deadline the pre-login process keeps,
+then ends the connection itself."""
+MAX_HOST_CHARS = 255
+UNAVAILABLE = "Unable to serve you now; try again later"
+
+
+class ProtocolViolation(Exception):
+    """The pre-login process sent what it never should: the connection ends."""
+
+
+@dataclasses.dataclass
+class Client:
+    """The client's descriptors: a socket (in_fd == out_fd) or an inetd pair."""
+
+    in_fd: int
+    out_fd: int
+    sock: socket.socket | None
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        else:
+            for fd in {self.in_fd, self.out_fd}:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+
+class Monitor:
+    """One connection's monitor; `run()` returns the process exit status."""
+
+    def __init__(self, cfg, log, *, hostname: str, peer, client: Client, tls=None,
+                 tls_mode: str | None = None, on_login=None, close_in_children=()):
+        """`tls`: the master's tls.TlsIdentity (open files, never read here). `on_login()`:
+        called once the user session runs (the master's logged-in notice). Descriptors in
+        `close_in_children` are closed in both children (the master's notice pipe)."""
+        self.cfg = cfg
+        self.log = log
+        self.hostname = hostname
+        self.peer = peer
+        self.client_ip = peer[0] if peer else "unknown"
+        self.client = client
+        self.tls = tls
+        self.tls_mode = tls_mode if tls is not None else None
+        self.on_login = on_login
+        self.close_in_children = tuple(close_in_children)
+        self.authenticator: Authenticator | None = None
+        self.apop_timestamp: str | None = None
+        self.cram: bytes | None = None
+        self.login = None                    # a Login this monitor verified
+        self.scram_login = None              # proved, waiting for SCRAM_ACCEPTED
+        self.requests = 0
+        self.children: dict[int, str] = {}   # pid -> "pre-login" / "session"
+        self.session_status = 0
+
+    # --- the process -----------------------------------------------------------------------
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)   # the children end; we wait for them
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        self.log.open()                      # before the pre-login process locks itself in
+        try:
+            uid, gid = privsep.prelogin_account(self.cfg)
+            self.authenticator = Authenticator(self.cfg, self.log)
+            if self.authenticator.apop_enabled:
+                self.apop_timestamp = challenges.apop_timestamp(os.getpid(), time.time(),
+                                                                self.hostname)
+        except (privsep.SandboxError, PopError, OSError) as exc:
+            self.log(syslog.LOG_ERR, f"cannot serve {self.client_ip}: {exc}")
+            self._refuse_client()
+            return 1
+        ours, theirs = wire.channel_pair()
+        relay_ours = relay_theirs = None
+        if self.tls_mode is not None:
+            relay_ours, relay_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            if relay_ours is not None:
+                relay_ours.close()
+            self._close_for_child()
+            self._run_prelogin(theirs, relay_theirs, uid, gid)      # never returns
+        self.children[pid] = "pre-login"
+        theirs.close()
+        if relay_theirs is not None:
+            relay_theirs.close()
+        if self.tls is not None:
+            self.tls.close()         # the key files: a user session must not inherit them
+        try:
+            self._serve(ours, relay_ours)
+        finally:
+            ours.close()
+            if relay_ours is not None:
+                relay_ours.close()
+            self.client.close()
+        self._wait_children()
+        return self.session_status
+
+    def _close_for_child(self) -> None:
+        for fd in self.close_in_children:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _refuse_client(self) -> None:
+        if self.tls_mode != "implicit":
+            try:
+                os.write(self.client.out_fd, err(UNAVAILABLE, RespCode.SYS_TEMP))
+            except OSError:
+                pass
+        self.client.close()
+
+    def _run_prelogin(self, sock, relay_end, uid: int, gid: int):
+        status = 1
+        try:
+            lookup = (ForkedReverseLookup(self.client_ip, uid, gid)
+                      if self.peer and self.cfg.reverse_lookup else None)
+            try:
+                privsep.enter_prelogin_sandbox(self.cfg, uid, gid)
+            except privsep.SandboxError as exc:
+                prelogin.log_sandbox_failure(self.log, exc)
+                os._exit(privsep.EXIT_PRIVSEP_FAILED)
+            authenticator = prelogin.MonitorAuthenticator(
+                sock, apop_enabled=self.apop_timestamp is not None,
+                banner_timestamp=self.apop_timestamp)
+            client = self.client
+            channel = Channel(client.in_fd, client.out_fd, client.sock)
+
+            def handover(session, login):
+                wire.send(sock, wire.Kind.HANDOVER, session.protocol.take_unread(),
+                          bool(session.tls_active), session.client_host,
+                          str(session.protocol.bad_commands))
+                raise prelogin.Handover()
+
+            session = Session(self.cfg, channel, log=self.log, hostname=self.hostname,
+                              peer=self.peer, authenticator=authenticator, tls=self.tls,
+                              tls_mode=self.tls_mode, handover=handover, lookup=lookup)
+            status = session.run()
+            if session.handed_over and session.tls_active and relay_end is not None:
+                prelogin.relay(session.channel, relay_end, self.cfg.timeout)
+        except BaseException as exc:
+            try:
+                self.log(syslog.LOG_ERR, f"pre-login for {self.client_ip} failed: "
+                                         f"{type(exc).__name__}: {exc}")
+            except BaseException:
+                pass
+        finally:
+            os._exit(status)
+
+    # --- the requests ----------------------------------------------------------------------
+    def _serve(self, sock: socket.socket, relay_end) -> None:
+        deadline = time.monotonic() + self._login_deadline_s() + DEADLINE_MARGIN_S
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([sock], [], [], remaining)[0]:
+                self.log(syslog.LOG_NOTICE, f"{self.client_ip}: no login within the "
+                                            f"deadline; ending the connection")
+                self._end_prelogin()
+                return
+            try:
+                frame = wire.receive(sock, wire.REQUESTS)
+                if frame is None:
+                    return                            # the pre-login process ended
+                self.requests += 1
+                if self.requests > MAX_REQUESTS:
+                    raise ProtocolViolation(f"more than {MAX_REQUESTS} requests")
+                if frame.kind is wire.Kind.HANDOVER:
+                    self._handover(frame, relay_end)
+                    return
+                reply = self._answer(frame)
+            except (wire.FrameError, ProtocolViolation) as exc:
+                self.log(syslog.LOG_WARNING, f"pre-login for {self.client_ip} broke the "
+                                             f"monitor protocol ({exc}); ending it")
+                self._end_prelogin()
+                return
+            except OSError:
+                self._end_prelogin()
+                return
+            try:
+                sock.sendall(reply)
+            except OSError:
+                return
+            if self._closing:
+                return
+
+    _closing = False
+
+    def _login_deadline_s(self) -> float:
+        return float(getattr(self.cfg, "login_timeout", limits.MAX_AUTHORIZATION_S))
+
+    def _end_prelogin(self) -> None:
+        for pid, role in self.children.items():
+            if role == "pre-login":
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def _answer(self, frame: wire.Frame) -> bytes:
+        try:
+            return self._dispatch(frame)
+        except PopError as refusal:
+            if refusal.log:
+                self.log(syslog.LOG_NOTICE, refusal.log)
+            self._closing = bool(refusal.close)
+            code = refusal.code.value if refusal.code else ""
+            return wire.encode(wire.Kind.REFUSED, refusal.text[:wire.SECRET], code,
+                               bool(refusal.close))
+        except (UnicodeError, ValueError, TypeError, LookupError) as exc:
+            raise ProtocolViolation(f"{frame.kind.name}: {type(exc).__name__}") from None
+
+    def _dispatch(self, frame: wire.Frame) -> bytes:
+        auth = self.authenticator
+        kind = frame.kind
+        ip = self.client_ip
+        if kind is wire.Kind.PASSWORD:
+            mechanism = frame.text(2)
+            if mechanism not in PASSWORD_MECHANISMS:
+                raise ProtocolViolation(f"PASSWORD for mechanism {mechanism!r}")
+            login = auth.check_password(frame.text(0), frame.text(1), ip,
+                                        client_host=self._host(frame, 5),
+                                        tls_active=frame.flag(4), mechanism=mechanism,
+                                        authid=frame.text(3) or None)
+            return self._logged_in(login)
+        if kind is wire.Kind.APOP:
+            if self.apop_timestamp is None:
+                raise ProtocolViolation("APOP without a banner timestamp")
+            return self._logged_in(auth.check_apop(frame.text(0), self.apop_timestamp,
+                                                   frame.text(1), ip,
+                                                   client_host=self._host(frame, 2)))
+        if kind is wire.Kind.CRAM_CHALLENGE:
+            self.cram = auth.cram_challenge(self.hostname)
+            return wire.encode(wire.Kind.DATA, self.cram, False)
+        if kind is wire.Kind.CRAM:
+            challenge, self.cram = self.cram, None
+            if challenge is None:
+                raise ProtocolViolation("CRAM without a challenge")
+            return self._logged_in(auth.check_cram_md5(frame.text(0), challenge,
+                                                       frame.text(1), ip,
+                                                       client_host=self._host(frame, 2)))
+        if kind is wire.Kind.SCRAM_BEGIN:
+            mechanism = frame.text(0)
+            if mechanism not in SCRAM_MECHANISMS:
+                raise ProtocolViolation(f"SCRAM_BEGIN for {mechanism!r}")
+            server_first = auth.scram_begin(frame.text(1), mechanism, frame.text(2))
+            return wire.encode(wire.Kind.DATA, server_first, False)
+        if kind is wire.Kind.SCRAM_PROVE:
+            login, signature = auth.scram_prove(frame.text(0), frame.text(1), frame.fields[2],
+                                                ip, client_host=self._host(frame, 3))
+            self.scram_login = login
+            return wire.encode(wire.Kind.LOGIN, login.user, login.mechanism, login.no_mime,
+                               signature)
+        if kind is wire.Kind.SCRAM_ACCEPTED:
+            login, self.scram_login = self.scram_login, None
+            if login is None:
+                raise ProtocolViolation("SCRAM_ACCEPTED without a proof")
+            auth.scram_accepted(ip, client_host=self._host_text(""))
+            self.login = login
+            return wire.encode(wire.Kind.DATA, b"", True)
+        if kind is wire.Kind.SCRAM_BINDING_FAILED:
+            auth.check_scram(frame.text(0), frame.text(1), False, ip,
+                             client_host=self._host(frame, 2))
+            raise ProtocolViolation("a refusal did not refuse")
+        if kind is wire.Kind.REFUSE_NAME:
+            auth.refuse_user_name(frame.text(0), frame.text(1), ip,
+                                  client_host=self._host(frame, 3), mechanism=frame.text(2))
+            raise ProtocolViolation("a refusal did not refuse")
+        if kind is wire.Kind.GSS_STEP:
+            out, complete = auth.gss_step(frame.fields[0], ip)
+            return wire.encode(wire.Kind.DATA, out, complete)
+        if kind is wire.Kind.GSS_OFFER:
+            return wire.encode(wire.Kind.DATA, auth.gss_offer(ip), False)
+        if kind is wire.Kind.GSS_CHOOSE:
+            login, no_mime = auth.gss_choose(frame.fields[0], self._normalise, ip,
+                                             client_host=self._host(frame, 1))
+            return self._logged_in(dataclasses.replace(login, no_mime=no_mime))
+        raise ProtocolViolation(f"unexpected {kind.name}")
+
+    def _logged_in(self, login) -> bytes:
+        self.login = login
+        return wire.encode(wire.Kind.LOGIN, login.user, login.mechanism, login.no_mime, b"")
+
+    def _normalise(self, raw: str):
+        pending = normalise_user(raw, self.cfg)
+        return pending.name, pending.no_mime, pending.valid
+
+    def _host(self, frame: wire.Frame, index: int) -> str:
+        return self._host_text(frame.text(index))
+
+    def _host_text(self, text: str) -> str:
+        """The client's name as the pre-login process looked it up: only a plausible host
+        name is believed (it goes into log lines); anything else is the address."""
+        if (0 < len(text) <= MAX_HOST_CHARS and text.isascii()
+                and all(ch.isalnum() or ch in ".-_:" for ch in text)):
+            return text
+        return self.client_ip
+
+    # --- the login handed over: the user session -----------------------------------------------
+    def _handover(self, frame: wire.Frame, relay_end) -> None:
+        login = self.login
+        if login is None:
+            raise ProtocolViolation("HANDOVER without a verified login")
+        leftover, tls_active = frame.fields[0], frame.flag(1)
+        client_host = self._host(frame, 2)
+        bad_text = frame.text(3)
+        if not bad_text.isdigit() or int(bad_text) > limits.MAX_BAD_COMMANDS:
+            raise ProtocolViolation("HANDOVER with a bad command count")
+        if tls_active and relay_end is None:
+            raise ProtocolViolation("HANDOVER inside TLS without TLS")
+        try:
+            spool_gid = os.stat(self.cfg.spool_dir).st_gid
+            if self.cfg.check_hash_dir:
+                SpoolPaths.for_user(self.cfg, login.user, login.home).ensure_hash_dirs(self.log)
+        except (OSError, PopError) as exc:
+            self.log(syslog.LOG_ERR, f"preparing the session of {login.user}: {exc}")
+            self._end_prelogin()
+            return
+        pid = os.fork()
+        if pid == 0:
+            self._close_for_child()
+            self._run_user_session(login, spool_gid, leftover, tls_active, client_host,
+                                   int(bad_text), relay_end if tls_active else None)
+        self.children[pid] = "session"
+        if self.on_login is not None:
+            self.on_login()
+
+    def _run_user_session(self, login, spool_gid: int, leftover: bytes, tls_active: bool,
+                          client_host: str, bad_commands: int, relay_end) -> None:
+        status = 1
+        try:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)
+            if relay_end is not None:
+                self.client.close()
+                channel = Channel(relay_end.fileno(), relay_end.fileno(), relay_end)
+            else:
+                client = self.client
+                channel = Channel(client.in_fd, client.out_fd, client.sock)
+            privsep.drop_privileges(login, spool_gid, self.log)   # verified, or _exit
+            privsep.prctl(privsep.PR_SET_PDEATHSIG, signal.SIGKILL)
+            session = Session(self.cfg, channel, log=self.log, hostname=self.hostname,
+                              peer=self.peer, client_host=client_host,
+                              tls_active=tls_active, login_done=True)
+            status = session.run(resume=(login, leftover, bad_commands))
+        except BaseException as exc:
+            try:
+                self.log(syslog.LOG_ERR, f"session of {login.user} failed: "
+                                         f"{type(exc).__name__}: {exc}")
+            except BaseException:
+                pass
+        finally:
+            os._exit(status)
+
+    def _wait_children(self) -> None:
+        while self.children:
+            try:
+                pid, wait_status = os.wait()
+            except ChildProcessError:
+                return
+            except InterruptedError:
+                continue
+            role = self.children.pop(pid, None)
+            if role == "session" or (role == "pre-login" and "session" not in
+                                     self.children.values() and self.session_status == 0):
+                self.session_status = max(0, os.waitstatus_to_exitcode(wait_status))
+
+
+# --- inetd mode ------------------------------------------------------------------------------------
+def serve_inetd(cfg, inv) -> int:
+    """`popper [flags]` with no port: the connection is on descriptors 0 and 1 (inetd's nowait
+    line, or a systemd Accept=yes unit with StandardInput=socket)."""
+    log = Logger.from_config(cfg)
+    try:
+        server_tls = tls_mod.open_server_tls(cfg, log)
+    except tls_mod.TlsSetupError as exc:
+        # stderr may be the client's socket (classic inetd): the log only
+        log(syslog.LOG_ERR, f"TLS: {exc}")
+        log.close()
+        return 1
+    sock = None
+    fd = os.dup(0)
+    try:
+        probe = socket.socket(fileno=fd)
+    except OSError:
+        os.close(fd)                                  # a pipe or a terminal: no peer address
+    else:
+        if probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            # inetd "wait" / systemd Accept=no hands over the listening socket: that is the
+            # standalone master's job (`popper PORT`, which also takes LISTEN_FDS).
+            probe.close()
+            log(syslog.LOG_ERR, "stdin is a listening socket, not a connection: use inetd "
+                                "'nowait' / systemd Accept=yes, or run `popper [ADDRESS:]PORT`")
+            log.close()
+            return 1
+        if probe.type == socket.SOCK_STREAM:
+            sock = probe
+        else:
+            probe.close()
+    peer = None
+    if sock is not None:
+        try:
+            addr = sock.getpeername()
+            if isinstance(addr, tuple) and len(addr) >= 2:
+                peer = (normalize_ip(addr[0]), addr[1])
+        except OSError:
+            pass
+    try:
+        return Monitor(cfg, log, hostname=socket.gethostname(), peer=peer,
+                       client=Client(0, 1, sock), tls=server_tls,
+                       tls_mode=tls_mode_for_listen_port(cfg)).run()
+    except Exception as exc:
+        # stdout and maybe stderr are the client: the details go to the log only
+        log(syslog.LOG_ERR, f"session failed: {type(exc).__name__}: {exc}")
+        return 1
+    finally:
+        log.close()

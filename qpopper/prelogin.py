@@ -1,0 +1,206 @@
+"""The pre-login process: the connection until its user has logged in, unprivileged.
+
+Forked by the monitor (monitor.py) for each connection. Before it reads a single client
+byte it locks itself in (`privsep.enter_prelogin_sandbox`): the prelogin-user account with no supplementary
+groups, no capabilities (the bounding set emptied too), NoNewPrivs, not dumpable, bounded
+RLIMIT_NOFILE / RLIMIT_AS / RLIMIT_CORE and, when started as root, chrooted into the empty
+prelogin-chroot directory. Then it runs an ordinary Session whose authenticator is
+`MonitorAuthenticator` (every credential goes to the monitor as a frame) and whose
+open_maildrop hands the connection over (`Handover`): the monitor forks the user session.
+Without TLS this process then exits; with TLS it stays the TLS end and relays plaintext to
+the user session over a socket pair (`relay`), so no process of a mail user ever holds the
+TLS private key. docs/privsep.md describes the whole model.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import syslog
+
+from . import monitor_wire as wire
+from .auth import Login
+from .responses import PopError, RespCode
+
+MONITOR_GONE = "Unable to check your credentials now; try again later"
+
+
+# --- the authenticator: a client of the monitor -----------------------------------------------
+class Handover(Exception):
+    """The monitor has the login: this process's part of the session is over. Raised from
+    Session.open_maildrop through the protocol (it is not a PopError)."""
+
+
+class MonitorAuthenticator:
+    """The protocol's authenticator contract (docs/internals.md, "Auth"), each call a frame
+    to the monitor and its answer. Secrets, verifiers, PAM and the brakes stay there."""
+
+    def __init__(self, sock: socket.socket, *, apop_enabled: bool,
+                 banner_timestamp: str | None):
+        self.sock = sock
+        self.apop_enabled = apop_enabled
+        self.banner_timestamp = banner_timestamp   # made by the monitor: it checks APOP with it
+
+    # -- the requests --------------------------------------------------------------------
+    def _ask(self, kind: wire.Kind, *fields) -> wire.Frame:
+        try:
+            wire.send(self.sock, kind, *fields)
+            answer = wire.receive(self.sock, (wire.Kind.LOGIN, wire.Kind.REFUSED,
+                                              wire.Kind.DATA))
+        except (OSError, wire.FrameError) as exc:
+            raise PopError(MONITOR_GONE, RespCode.SYS_TEMP, close=True,
+                           log=f"the monitor did not answer: {exc}") from None
+        if answer is None:
+            raise PopError(MONITOR_GONE, RespCode.SYS_TEMP, close=True,
+                           log="the monitor closed the connection")
+        if answer.kind is wire.Kind.REFUSED:
+            code = answer.text(1)
+            raise PopError(answer.text(0), RespCode(code) if code else None,
+                           close=answer.flag(2))
+        return answer
+
+    def _login(self, kind: wire.Kind, *fields) -> Login:
+        return self._as_login(kind, self._ask(kind, *fields))
+
+    @staticmethod
+    def _as_login(kind: wire.Kind, answer: wire.Frame) -> Login:
+        if answer.kind is not wire.Kind.LOGIN:
+            raise PopError(MONITOR_GONE, RespCode.SYS_TEMP, close=True,
+                           log=f"the monitor answered {kind.name} with {answer.kind.name}")
+        return Login(user=answer.text(0), uid=-1, gid=-1, home=None,
+                     mechanism=answer.text(1), no_mime=answer.flag(2))
+
+    def _data(self, kind: wire.Kind, *fields) -> tuple[bytes, bool]:
+        answer = self._ask(kind, *fields)
+        if answer.kind is not wire.Kind.DATA:
+            raise PopError(MONITOR_GONE, RespCode.SYS_TEMP, close=True,
+                           log=f"the monitor answered {kind.name} with {answer.kind.name}")
+        return answer.fields[0], answer.flag(1)
+
+    # -- the contract --------------------------------------------------------------------
+    def has_apop_secret(self, user: str) -> bool:
+        return False            # only the monitor knows; nothing here needs it
+
+    def refuse_user_name(self, user, text, client_ip, *, client_host=None, mechanism="USER"):
+        self._ask(wire.Kind.REFUSE_NAME, user, text, mechanism, client_host or "")
+        raise PopError(text, RespCode.AUTH)      # the monitor always refuses
+
+    def check_password(self, user, password, client_ip, *, client_host=None,
+                       tls_active=False, mechanism="USER", authid=None) -> Login:
+        return self._login(wire.Kind.PASSWORD, user, password, mechanism, authid or "",
+                           bool(tls_active), client_host or "")
+
+    def check_apop(self, user, timestamp, digest, client_ip, *, client_host=None) -> Login:
+        return self._login(wire.Kind.APOP, user, digest, client_host or "")
+
+    def cram_challenge(self, hostname: str) -> bytes:
+        return self._data(wire.Kind.CRAM_CHALLENGE)[0]
+
+    def check_cram_md5(self, user, challenge, digest, client_ip, *, client_host=None):
+        return self._login(wire.Kind.CRAM, user, digest, client_host or "")
+
+    def scram_begin(self, user: str, mechanism: str, client_nonce: str) -> str:
+        return self._data(wire.Kind.SCRAM_BEGIN, mechanism, user,
+                          client_nonce)[0].decode("ascii")
+
+    def scram_prove(self, client_first_bare, client_final_without_proof, proof, client_ip, *,
+                    client_host=None) -> tuple[Login, bytes]:
+        answer = self._ask(wire.Kind.SCRAM_PROVE, client_first_bare,
+                           client_final_without_proof, proof, client_host or "")
+        return self._as_login(wire.Kind.SCRAM_PROVE, answer), answer.fields[3]
+
+    def scram_accepted(self, client_ip, *, client_host=None) -> None:
+        self._data(wire.Kind.SCRAM_ACCEPTED)
+
+    def check_scram(self, user, mechanism, proved, client_ip, *, client_host=None):
+        # only ever called to refuse (a channel-binding failure): the monitor refuses
+        self._ask(wire.Kind.SCRAM_BINDING_FAILED, user, mechanism, client_host or "")
+        raise PopError("authentication failure", RespCode.AUTH)
+
+    def gss_step(self, token, client_ip, *, client_host=None) -> tuple[bytes, bool]:
+        return self._data(wire.Kind.GSS_STEP, token)
+
+    def gss_offer(self, client_ip, *, client_host=None) -> bytes:
+        return self._data(wire.Kind.GSS_OFFER)[0]
+
+    def gss_choose(self, answer, normalise, client_ip, *, client_host=None):
+        login = self._login(wire.Kind.GSS_CHOOSE, answer, client_host or "")
+        return login, login.no_mime
+
+
+# --- after the login: the TLS relay -------------------------------------------------------------
+RELAY_CHUNK = 64 * 1024
+
+
+def relay(tls_channel, plain: socket.socket, timeout_s: float) -> None:
+    """Plaintext between the user session (`plain`) and the client's TLS connection, until
+    either side closes. The user session applies the POP3 timeouts; `timeout_s` only bounds
+    a write to a client that stopped reading."""
+    plain.setblocking(False)
+    poller = select.poll()
+    poller.register(tls_channel.in_fd, select.POLLIN | select.POLLPRI)
+    poller.register(plain.fileno(), select.POLLIN | select.POLLPRI)
+    while True:
+        for data in tls_channel.read_available():
+            if not data:
+                _shut(plain)                     # the client is gone: the session sees EOF
+                _drain_until_closed(plain)
+                return
+            _send_plain(plain, data, timeout_s)
+        events = poller.poll()
+        for fd, _ in events:
+            if fd == plain.fileno():
+                try:
+                    data = plain.recv(RELAY_CHUNK)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    tls_channel.close()          # close_notify, then the TCP close
+                    return
+                try:
+                    tls_channel.write_all(data, timeout_s)
+                except tls_channel.closed_error:
+                    _shut(plain)
+                    _drain_until_closed(plain)
+                    return
+
+
+def _send_plain(plain: socket.socket, data: bytes, timeout_s: float) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            sent = plain.send(view)
+        except BlockingIOError:
+            select.select([], [plain], [], timeout_s)
+            continue
+        except OSError:
+            return
+        view = view[sent:]
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
+def _drain_until_closed(sock: socket.socket) -> None:
+    """The session may still write its last reply; read it away until it closes (bounded
+    by the session's own end)."""
+    sock.setblocking(True)
+    sock.settimeout(30)
+    try:
+        while sock.recv(RELAY_CHUNK):
+            pass
+    except OSError:
+        pass
+
+
+def log_sandbox_failure(log, exc: Exception) -> None:
+    try:
+        log(syslog.LOG_CRIT, str(exc))
+    except Exception:
+        pass
