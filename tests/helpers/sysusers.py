@@ -134,14 +134,17 @@ def make_spool(directory: str, user: SysUser, content: bytes = b"", mode: int = 
 
 @contextlib.contextmanager
 def prelogin_account():
-    """PRELOGIN_USER as a system account without a home or a shell, for the test run; a
-    leftover of an interrupted run is reused and removed at the end."""
+    """PRELOGIN_USER as a system account without a home or a shell, for the test run, and
+    removed at its end by the run that made it (another run at the same time reuses it)."""
     try:
         pwd.getpwnam(PRELOGIN_USER)
+        made = False
     except KeyError:
         _run("useradd", "--system", "--user-group", "--no-create-home", "--home-dir",
              "/nonexistent", "--shell", "/usr/sbin/nologin", PRELOGIN_USER)
+        made = True
     try:
         yield PRELOGIN_USER
     finally:
-        subprocess.run(["userdel", PRELOGIN_USER], capture_output=True, timeout=30)
+        if made:
+            subprocess.run(["userdel", PRELOGIN_USER], capture_output=True, timeout=30)
