@@ -622,6 +622,12 @@ OPTIONS: tuple[Option, ...] = (
        "files, which still works).",
        extension=True, repeatable=True, check=_check_listen, scope=Scope.STARTUP,
        example="995"),
+    _b("xtnd-xmit", True,
+       "Extension: accept XTND XMIT, Qpopper's command that submits a message through "
+       "mail-command as the logged-in user (with the user's own group, never the mail "
+       "group). Reset it where users must not send mail through the POP server: XMIT then "
+       "answers '-ERR Command not enabled'. It is never listed in CAPA.",
+       extension=True, scope=Scope.NOT_HOME),
 )
 
 BY_NAME: dict[str, Option] = {}

@@ -1,7 +1,8 @@
 """The extensions through the real `popper` master, as real system users: XTND XMIT runs
 mail-command (a recording script standing in for sendmail) as the logged-in user after the
 privilege drop, with the user's own group only and none of the server's environment (never
-the mail group: the user's MTA configuration could read every mailbox); CAPA announces X-MANGLE and X-MACRO but not XMIT; a `-no-mime` login gets
+the mail group: the user's MTA configuration could read every mailbox); xtnd-xmit off
+refuses it; CAPA announces X-MANGLE and X-MACRO but not XMIT; a `-no-mime` login gets
 mangled RETR/TOP with exact octet counts; MDEF over the wire."""
 
 from __future__ import annotations
@@ -138,6 +139,26 @@ def test_mail_command_runs_without_the_mail_group_or_the_servers_environment(
     assert set(variables) <= {"PATH", "HOME", "USER", "LOGNAME", "PWD", "SHLVL", "_"}, variables
     assert variables["PATH"] == "/usr/sbin:/usr/bin:/sbin:/bin"
     assert variables["USER"] == variables["LOGNAME"] == user.name
+
+
+def test_xmit_switched_off_per_user_by_the_spool_options_file(site):
+    """xtnd-xmit is the administrator's (not ~/.qpopper-options): reset in the spool-dir
+    options file, that user's XMIT is a disabled command and mail-command never runs."""
+    with open(site.config, "a") as config:
+        config.write("set spool-options\n")
+    options = os.path.join(site.spool_dir, f"{site.user.name}.qpopper-options")
+    with open(options, "w") as f:
+        f.write("reset xtnd-xmit\n")
+    os.chmod(options, 0o644)
+    client = login(site.server(), site.user)
+    try:
+        with pytest.raises(poplib.error_proto, match="-ERR Command not enabled"):
+            client._shortcmd("XTND XMIT")
+        assert "XTND" not in client.capa()
+        assert client.noop() == b"+OK"
+    finally:
+        client.quit()
+    assert os.listdir(site.record_dir) == []
 
 
 def test_capa_and_no_mime_retr_through_the_server(site):

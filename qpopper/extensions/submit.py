@@ -13,6 +13,7 @@ through the Extensions object, so running the MTA stays out of the state machine
   privsep.run_user_program: as the logged-in user with the user's own primary group only
   (not the session's mail group), a small fixed environment, cwd `/`, stdout and stderr
   discarded. Exit status 0 means sent.
+- xtnd-xmit off: extensions/xtnd.py answers XMIT as a disabled command before any of this.
 """
 
 from __future__ import annotations
