@@ -165,6 +165,44 @@ def test_ensure_hash_dirs_logs_what_it_cannot_do(tmp_path):
     assert not (tmp_path / "missing").exists()
 
 
+def test_ensure_hash_dirs_never_follows_a_planted_link(tmp_path):
+    """Links where hashed directories belong (first or second level): refused with
+    [SYS/PERM], the targets untouched, nothing made inside them."""
+    spool_dir = tmp_path / "mail"
+    spool_dir.mkdir()
+    os.chmod(spool_dir, 0o2775)
+    victim = tmp_path / "victim"
+    victim.write_text("secret\n")
+    os.chmod(victim, 0o600)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (spool_dir / "m").symlink_to(victim)              # maida under hash-spool 2: m/a
+    (spool_dir / "b").symlink_to(elsewhere)           # bob: b/o
+    for user, link in (("maida", spool_dir / "m"), ("bob", spool_dir / "b")):
+        p = SpoolPaths.for_user(cfg_for(spool_dir, hash_spool=2), user, None)
+        with pytest.raises(PopError) as info:
+            p.ensure_hash_dirs()
+        assert info.value.code is RespCode.SYS_PERM
+        assert info.value.log.startswith(f"check-hash-dir: {link} not used: ")
+        assert str(tmp_path) not in info.value.text
+    assert stat.S_IMODE(os.stat(victim).st_mode) == 0o600
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_ensure_hash_dirs_logs_a_hashed_dir_it_cannot_create(tmp_path):
+    """A temp-dir that does not exist: the spool's hashed dir is still made, the missing
+    directory is logged by its path (the maildrop reports the problem at open)."""
+    spool_dir = tmp_path / "mail"
+    spool_dir.mkdir()
+    temp_dir = tmp_path / "no-such-temp"
+    p = SpoolPaths.for_user(cfg_for(spool_dir, hash_spool=1, temp_dir=str(temp_dir)),
+                            "maida", None)
+    lines = []
+    p.ensure_hash_dirs(lambda prio, text: lines.append(text))
+    assert (spool_dir / "o").is_dir()
+    assert lines == [f"check-hash-dir: {temp_dir}: No such file or directory"]
+
+
 @pytest.mark.root
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
 def test_ensure_hash_dirs_refuses_to_create_as_a_user_who_does_not_own_the_spool_dir(world_tmp):
