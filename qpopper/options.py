@@ -453,8 +453,10 @@ OPTIONS: tuple[Option, ...] = (
        "Directory holding the users' mail spools.",
        scope=Scope.NOT_HOME),
     _b("spool-options", False,
-       "Read <user>.qpopper-options in the spool directory after login (must not be owned by "
-       "or writable by the user).",
+       "Read <user>.qpopper-options in the spool directory after login. It is used only when "
+       "root owns it (a server not running as root: its own account) and neither group nor "
+       "others may write it (group mail may create files there); otherwise it is ignored "
+       "and logged.",
        flag="-U", scope=Scope.NOT_HOME),
     _b("statistics", False,
        "Log a Stats: line at the end of each session (user, deleted messages and octets, "
