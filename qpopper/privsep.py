@@ -8,7 +8,7 @@ What runs as root, and so what a security review must read (popa3d / OpenSSH hab
   qpopper/protocol.py                     the AUTHORIZATION state (pure: no os calls)
   qpopper/tls.py                          the handshake (STLS or port 995) before login
   qpopper/auth/policy.py, pam.py, store.py  user lookup, PAM, the pop.auth store
-  qpopper/spool/paths.py, dirs.py          check-hash-dir's shared directories (ensure_hash_dirs)
+  qpopper/spool/paths.py, dirs.py         check-hash-dir's shared directories (ensure_hash_dirs)
   qpopper/privsep.py                      this file
 Everything after `drop_privileges` — the spool, the temp drop, the cache, bulletins, the
 user option files — runs as the user with the spool directory's group (normally mail) as its

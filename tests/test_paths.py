@@ -241,6 +241,44 @@ def test_ensure_hash_dirs_refuses_to_create_as_a_user_who_does_not_own_the_spool
     assert os.stat(spool_dir / "m" / "a").st_uid == 4321
 
 
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_ensure_hash_dirs_after_the_drop_only_looks_and_still_refuses_links(world_tmp):
+    """As the user (after the drop, nothing is created): directories the user may search but
+    not read (0711) pass silently; a planted link is refused as it is for root."""
+    spool_dir = Path(world_tmp) / "mail"
+    (spool_dir / "m" / "a").mkdir(parents=True)
+    for d in (spool_dir, spool_dir / "m", spool_dir / "m" / "a"):
+        os.chmod(d, 0o711)
+    (spool_dir / "b").symlink_to(world_tmp)
+    maida = SpoolPaths.for_user(cfg_for(spool_dir, hash_spool=2), "maida", None)
+    bob = SpoolPaths.for_user(cfg_for(spool_dir, hash_spool=2), "bob", None)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read_fd)
+            os.setresuid(5555, 5555, 5555)
+            lines = []
+            maida.ensure_hash_dirs(lambda prio, text: lines.append(text))
+            try:
+                bob.ensure_hash_dirs(lambda prio, text: lines.append(text))
+                refusal = "none"
+            except PopError as error:
+                refusal = error.code.name
+            os.write(write_fd, f"{lines} {refusal}".encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as f:
+        result = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert result == "[] SYS_PERM"
+
+
 BAD_NAMES = ["", "..", ".", "../alice", "a/b", "/etc/passwd", "a..b", ".alice", "a\0b",
              "a\nb", "a\tb", "a\x7fb", "x" * (limits.MAX_USER_NAME_OCTETS + 1),
              "é" * (limits.MAX_USER_NAME_OCTETS // 2 + 1)]

@@ -21,6 +21,8 @@ import stat
 from typing import Sequence
 
 NO_FOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+LOOKUP_ONLY = os.O_PATH
+"""Added when nothing is created: a walk that only looks needs search permission, not read."""
 REFUSED_ERRNOS = (errno.ELOOP, errno.ENOTDIR)
 """What opening a component with NO_FOLLOW_DIR says when a link or a file sits there."""
 
@@ -43,14 +45,15 @@ def make_dirs_below(top: str, parts: Sequence[str], like: os.stat_result, *,
     Raises UnsafeComponent for a link or a non-directory, and OSError naming the full path of
     the component for anything else (FileNotFoundError for a missing one without `create`)."""
     made = []
-    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    lookup = 0 if create else LOOKUP_ONLY
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | lookup)
     try:
         current = os.path.realpath(top)
         for part in parts:
             current = os.path.join(current, part)
             with _naming(current):
                 created = create and _mkdir_at(fd, part)
-                child = _open_below(fd, part, current)
+                child = _open_below(fd, part, current, NO_FOLLOW_DIR | lookup)
                 os.close(fd)
                 fd = child
                 if created:
@@ -68,9 +71,9 @@ def _mkdir_at(fd: int, name: str) -> bool:
     return False
 
 
-def _open_below(fd: int, name: str, path: str) -> int:
+def _open_below(fd: int, name: str, path: str, flags: int) -> int:
     try:
-        return os.open(name, NO_FOLLOW_DIR, dir_fd=fd)
+        return os.open(name, flags, dir_fd=fd)
     except OSError as error:
         if error.errno in REFUSED_ERRNOS:
             raise UnsafeComponent(path, error.strerror) from None
