@@ -203,6 +203,27 @@ def test_ensure_hash_dirs_logs_a_hashed_dir_it_cannot_create(tmp_path):
     assert lines == [f"check-hash-dir: {temp_dir}: No such file or directory"]
 
 
+def in_child(body) -> str:
+    """Run body() -> str in a forked child (which may change its ids); returns that text.
+    The child always leaves through os._exit, so pytest's state is never run twice."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read_fd)
+            os.write(write_fd, body().encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as f:
+        result = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return result
+
+
 @pytest.mark.root
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
 def test_ensure_hash_dirs_refuses_to_create_as_a_user_who_does_not_own_the_spool_dir(world_tmp):
@@ -214,30 +235,18 @@ def test_ensure_hash_dirs_refuses_to_create_as_a_user_who_does_not_own_the_spool
     os.chmod(spool_dir, 0o777)
     os.chown(spool_dir, 4321, 4322)
     p = SpoolPaths.for_user(cfg_for(spool_dir, hash_spool=2), "maida", None)
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:                                      # the child: another user, then the owner
-        code = 1
-        try:
-            os.close(read_fd)
-            os.setresuid(5555, 5555, 0)
-            lines = []
-            p.ensure_hash_dirs(lambda prio, text: lines.append(text))
-            refused = not (spool_dir / "m").exists() and "may create" in " ".join(lines)
-            os.setresuid(0, 0, 0)
-            os.setresuid(4321, 4321, 0)
-            p.ensure_hash_dirs()
-            created = (spool_dir / "m" / "a").is_dir()
-            os.write(write_fd, f"{refused} {created}".encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-    with os.fdopen(read_fd) as f:
-        result = f.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert result == "True True"
+
+    def another_user_then_the_owner() -> str:
+        os.setresuid(5555, 5555, 0)
+        lines = []
+        p.ensure_hash_dirs(lambda prio, text: lines.append(text))
+        refused = not (spool_dir / "m").exists() and "may create" in " ".join(lines)
+        os.setresuid(0, 0, 0)
+        os.setresuid(4321, 4321, 0)
+        p.ensure_hash_dirs()
+        return f"{refused} {(spool_dir / 'm' / 'a').is_dir()}"
+
+    assert in_child(another_user_then_the_owner) == "True True"
     assert os.stat(spool_dir / "m" / "a").st_uid == 4321
 
 
@@ -253,30 +262,18 @@ def test_ensure_hash_dirs_after_the_drop_only_looks_and_still_refuses_links(worl
     (spool_dir / "b").symlink_to(world_tmp)
     maida = SpoolPaths.for_user(cfg_for(spool_dir, hash_spool=2), "maida", None)
     bob = SpoolPaths.for_user(cfg_for(spool_dir, hash_spool=2), "bob", None)
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
+
+    def as_a_user() -> str:
+        os.setresuid(5555, 5555, 5555)
+        lines = []
+        maida.ensure_hash_dirs(lambda prio, text: lines.append(text))
         try:
-            os.close(read_fd)
-            os.setresuid(5555, 5555, 5555)
-            lines = []
-            maida.ensure_hash_dirs(lambda prio, text: lines.append(text))
-            try:
-                bob.ensure_hash_dirs(lambda prio, text: lines.append(text))
-                refusal = "none"
-            except PopError as error:
-                refusal = error.code.name
-            os.write(write_fd, f"{lines} {refusal}".encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-    with os.fdopen(read_fd) as f:
-        result = f.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert result == "[] SYS_PERM"
+            bob.ensure_hash_dirs(lambda prio, text: lines.append(text))
+        except PopError as error:
+            return f"{lines} {error.code.name}"
+        return f"{lines} not refused"
+
+    assert in_child(as_a_user) == "[] SYS_PERM"
 
 
 BAD_NAMES = ["", "..", ".", "../alice", "a/b", "/etc/passwd", "a..b", ".alice", "a\0b",
