@@ -47,6 +47,10 @@ INVOCATION_FLAGS = {"--check-config": "check_config", "--demo": "demo", "--help"
 
 Log = Callable[[int, str], None]
 
+ADMIN_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+"""How the administrator's per-user file is opened: never through a link, and a FIFO planted
+in its place cannot hold the session."""
+
 
 class ConfigError(Exception):
     """A configuration problem, rendered as one line: `FILE:LINE: what was expected`."""
@@ -184,25 +188,73 @@ def read_files(paths: list[str], base: Config | None = None) -> Config:
     return layers.config()
 
 
-def apply_user_file(cfg: Config, path: str, kind: str, log: Log) -> Config:
+def apply_user_file(cfg: Config, path: str, kind: str, log: Log, *,
+                    fd: int | None = None) -> Config:
     """`cfg` with the per-user options file `path` applied; kind is "spool" or "home".
 
     Options the file may not set (Scope) are logged and ignored. A file with a syntax error is
     logged and ignored as a whole: a user's mistake never breaks the login. A missing file is
     no file. Ownership and privilege checks are the caller's job; the file itself is opened
-    with O_NOFOLLOW, and must be a regular file.
+    with O_NOFOLLOW, and must be a regular file. With `fd` the text is read from that
+    descriptor, which the caller opened and checked (and still owns): `path` then only names
+    the file in messages and is where relative config-file names start.
     """
     if kind not in USER_FILE_KINDS:
         raise ValueError(f"user file kind must be 'spool' or 'home', not {kind!r}")
     layers = _Layers(cfg)
     try:
-        _read_file(layers, path, stack=(), kind=kind, named_by=None, log=log)
+        _read_file(layers, path, stack=(), kind=kind, named_by=None, log=log, fd=fd)
     except FileNotFoundError:
         return cfg
     except ConfigError as error:
         log(syslog.LOG_ERR, f"{error}; options file ignored")
         return cfg
     return layers.config()
+
+
+def apply_spool_options_file(cfg: Config, path: str, owner: int, log: Log) -> Config:
+    """`cfg` with the administrator's <spool-dir>/<user>.qpopper-options applied. Group mail
+    may create files in the spool directory, so the file counts only when it is a regular
+    file owned by `owner` (root; a server that does not run as root: its own account) that
+    neither group nor others may write. That is checked on the opened descriptor, and the
+    text is read from the same descriptor: nothing can be swapped in between. Any other file
+    is ignored with a LOG_WARNING line naming it and saying why; a missing one is no file."""
+    fd = _open_admin_file(path, owner, log)
+    if fd is None:
+        return cfg
+    try:
+        return apply_user_file(cfg, path, "spool", log, fd=fd)
+    finally:
+        os.close(fd)
+
+
+def _open_admin_file(path: str, owner: int, log: Log) -> int | None:
+    """The descriptor of `path` when it is the administrator's file, else None (logged)."""
+    try:
+        fd = os.open(path, ADMIN_FILE_FLAGS)
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        log(syslog.LOG_WARNING, f"Ignoring {path}: {_why_not_opened(error)}")
+        return None
+    problem = _not_the_administrators(os.fstat(fd), owner)
+    if problem is None:
+        return fd
+    os.close(fd)
+    log(syslog.LOG_WARNING, f"Ignoring {path}: {problem}")
+    return None
+
+
+def _not_the_administrators(st: os.stat_result, owner: int) -> str | None:
+    """Why a file with this status is not the administrator's, or None."""
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_uid != owner:
+        wanted = "root" if owner == 0 else f"uid {owner}, the server's account"
+        return f"owned by uid {st.st_uid} (must be {wanted})"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
 
 
 # ---- argv --------------------------------------------------------------------------------------
@@ -327,8 +379,9 @@ def _chain(layers: _Layers, path: str, source: str, *, stack: tuple[str, ...],
 
 
 def _read_file(layers: _Layers, path: str, *, stack: tuple[str, ...], kind: str | None,
-               named_by: str | None, log: Log | None = None) -> None:
-    """Apply one configuration file. `stack` holds the files that chained to it."""
+               named_by: str | None, log: Log | None = None, fd: int | None = None) -> None:
+    """Apply one configuration file (read from `fd` when given). `stack` holds the files
+    that chained to it."""
     where = named_by or path
     if len(stack) >= limits.MAX_CONFIG_FILE_DEPTH:
         raise ConfigError(f"{where}: config-file nesting deeper than "
@@ -338,7 +391,7 @@ def _read_file(layers: _Layers, path: str, *, stack: tuple[str, ...], kind: str 
     if identity in chain_ids:
         loop = stack[chain_ids.index(identity):] + (path,)
         raise ConfigError(f"{where}: config-file loop: {' -> '.join(loop)}")
-    lines = _read_lines(path, kind, where)
+    lines = _read_lines(path, kind, where) if fd is None else _lines_of(fd, path, where)
     if kind is None:
         layers.files_read.append(path)
     # A file chained from a per-user file may be any file the session can read with the mail
@@ -379,7 +432,7 @@ def _read_lines(path: str, kind: str | None, where: str) -> list[str]:
     flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
     if kind is not None:
         flags |= os.O_NOFOLLOW
-    prefix = where if where == path else f"{where}: '{path}'"
+    prefix = _file_prefix(path, where)
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
@@ -388,12 +441,29 @@ def _read_lines(path: str, kind: str | None, where: str) -> list[str]:
         raise ConfigError(f"{prefix}: cannot read configuration file: "
                           f"No such file or directory") from None
     except OSError as error:
-        reason = "is a symbolic link" if error.errno == errno.ELOOP else error.strerror
-        raise ConfigError(f"{prefix}: cannot read configuration file: {reason}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        raise ConfigError(f"{prefix}: cannot read configuration file: "
+                          f"{_why_not_opened(error)}") from None
+    try:
+        return _lines_of(fd, path, where)
+    finally:
         os.close(fd)
+
+
+def _file_prefix(path: str, where: str) -> str:
+    """How messages about a file begin: its name, or the line that named it and the name."""
+    return where if where == path else f"{where}: '{path}'"
+
+
+def _why_not_opened(error: OSError) -> str:
+    return "is a symbolic link" if error.errno == errno.ELOOP else error.strerror
+
+
+def _lines_of(fd: int, path: str, where: str) -> list[str]:
+    """The lines of the regular file open on `fd` (left open), as text."""
+    prefix = _file_prefix(path, where)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
         raise ConfigError(f"{prefix}: cannot read configuration file: not a regular file")
-    with open(fd, "rb") as stream:
+    with open(fd, "rb", closefd=False) as stream:
         try:
             data = stream.read(limits.MAX_CONFIG_FILE_OCTETS + 1)
         except OSError as error:

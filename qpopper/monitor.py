@@ -385,11 +385,11 @@ class Monitor:
             else:
                 client = self.client
                 channel = Channel(client.in_fd, client.out_fd, client.sock)
-            privsep.drop_privileges(login, spool_gid, self.log)   # verified, or _exit
-            privsep.prctl(privsep.PR_SET_PDEATHSIG, signal.SIGKILL)
             session = Session(self.cfg, channel, log=self.log, hostname=self.hostname,
                               peer=self.peer, client_host=client_host,
                               tls_active=tls_active, login_done=True)
+            privsep.drop_privileges(login, spool_gid, self.log)   # verified, or _exit
+            privsep.prctl(privsep.PR_SET_PDEATHSIG, signal.SIGKILL)
             status = session.run(resume=(login, leftover, bad_commands))
         except BaseException as exc:
             try:

@@ -453,8 +453,10 @@ OPTIONS: tuple[Option, ...] = (
        "Directory holding the users' mail spools.",
        scope=Scope.NOT_HOME),
     _b("spool-options", False,
-       "Read <user>.qpopper-options in the spool directory after login (must not be owned by "
-       "or writable by the user).",
+       "Read <user>.qpopper-options in the spool directory after login. It is used only when "
+       "root owns it (a server not running as root: its own account) and neither group nor "
+       "others may write it (group mail may create files there); otherwise it is ignored "
+       "and logged.",
        flag="-U", scope=Scope.NOT_HOME),
     _b("statistics", False,
        "Log a Stats: line at the end of each session (user, deleted messages and octets, "
@@ -632,6 +634,12 @@ OPTIONS: tuple[Option, ...] = (
        "files, which still works).",
        extension=True, repeatable=True, check=_check_listen, scope=Scope.STARTUP,
        example="995"),
+    _b("xtnd-xmit", True,
+       "Extension: accept XTND XMIT, Qpopper's command that submits a message through "
+       "mail-command as the logged-in user (with the user's own group, never the mail "
+       "group). Reset it where users must not send mail through the POP server: XMIT then "
+       "answers '-ERR Command not enabled'. It is never listed in CAPA.",
+       extension=True, scope=Scope.NOT_HOME),
 )
 
 BY_NAME: dict[str, Option] = {}

@@ -290,6 +290,7 @@ class Session:
         self.handover = handover
         self.handed_over = False
         self.login_done = login_done
+        self.server_euid = os.geteuid()    # made before any drop: root, or the demo's user
         # cb-name -> bytes once TLS is up: what SCRAM-*-PLUS binds to (docs/internals.md)
         self.channel_bindings: dict[str, bytes] = {}
         # the protocol offers STLS exactly when this is callable (docs/internals.md)
@@ -348,6 +349,7 @@ class Session:
         # asks for must exist already (the user files are read after the drop;
         # ensure_hash_dirs then refuses to create them).
         global_paths = SpoolPaths.for_user(self.cfg, login.user, login.home)
+        options_owner = self.server_euid   # who may own the spool options file
         if not self.login_done:
             if self.cfg.check_hash_dir:
                 global_paths.ensure_hash_dirs(self.log)
@@ -355,7 +357,7 @@ class Session:
         # Server mode: default/-S, then group-server-mode, then group-no-server-mode; the user
         # files below have the last word only when they set it (manual "Enabling Server Mode").
         self.cfg = resolve_server_mode(self.cfg, login.user, login.gid, self.log)
-        self._apply_user_option_files(login, global_paths.options_file)
+        self._apply_user_option_files(login, global_paths.options_file, options_owner)
         paths = SpoolPaths.for_user(self.cfg, login.user, login.home)
         # New bulletins go into the spool like a delivery agent's mail, so the maildrop (any
         # mode) takes them up with its crash-safe machinery (bulletins.py says how).
@@ -372,17 +374,17 @@ class Session:
         return self.maildrop
 
     # --- per-user option files (reference §1.4 A1, decision §7.4) ---------------------------------
-    def _apply_user_option_files(self, login, spool_options_file: str) -> None:
+    def _apply_user_option_files(self, login, spool_options_file: str, owner: int) -> None:
         """After the privilege drop: ~/.qpopper-options (-u), then the administrator's
-        <spool-dir>/<user>.qpopper-options (-U, SpoolPaths.options_file), so the administrator
-        has the last word."""
+        <spool-dir>/<user>.qpopper-options (-U, SpoolPaths.options_file; used only when
+        `owner` owns it and alone may write it), so the administrator has the last word."""
         cfg = self.cfg
         if cfg.user_options and login.home:
             path = os.path.join(login.home, USER_OPTIONS_FILE)
             if self._readable_regular_file(path):
                 cfg = self._apply_file(cfg, path, "home")
-        if cfg.spool_options and self._admin_owned_file(spool_options_file, login):
-            cfg = self._apply_file(cfg, spool_options_file, "spool")
+        if cfg.spool_options:
+            cfg = config_mod.apply_spool_options_file(cfg, spool_options_file, owner, self.log)
         if cfg is not self.cfg:
             self.cfg = cfg
             if self.protocol is not None and hasattr(self.protocol, "cfg"):
@@ -406,18 +408,6 @@ class Session:
             return False
         if not stat.S_ISREG(st.st_mode):
             self.log(syslog.LOG_NOTICE, f"Ignoring {path}: not a regular file")
-            return False
-        return True
-
-    def _admin_owned_file(self, path: str, login) -> bool:
-        if not self._readable_regular_file(path):
-            return False
-        st = os.lstat(path)
-        # "should not be owned by nor writable by the user": we run as the user now, so
-        # access(W_OK) answers "writable by the user" including through the mail group.
-        if st.st_uid == login.uid or os.access(path, os.W_OK) or st.st_mode & stat.S_IWOTH:
-            self.log(syslog.LOG_WARNING,
-                     f"Ignoring {path}: owned by or writable by {login.user}")
             return False
         return True
 

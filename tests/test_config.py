@@ -11,7 +11,8 @@ import textwrap
 import pytest
 
 from qpopper import limits
-from qpopper.config import (Config, ConfigError, Invocation, apply_user_file, load, read_files)
+from qpopper.config import (Config, ConfigError, Invocation, apply_spool_options_file,
+                            apply_user_file, load, read_files)
 from qpopper.options import BY_FLAG, OPTIONS, OptType, Scope, lookup
 
 NON_FILE_OPTIONS = {"config-file"}       # reads a file instead of holding a plain value
@@ -484,6 +485,62 @@ def test_user_file_missing_symlinked_or_chained(tmp_path):
     cfg = apply_user_file(base, user, "home", log)
     assert cfg.statistics is True and cfg.spool_dir == "/var/mail"
     assert len(log.records) == 1 and "'spool-dir' may not be set" in log.records[0][1]
+
+
+def spool_options(tmp_path, text: str, mode: int = 0o644) -> str:
+    path = write(tmp_path, "qpt.qpopper-options", text)
+    os.chmod(path, mode)
+    return path
+
+
+def test_spool_options_file_of_the_server_account_is_applied(tmp_path):
+    """The owner the session passes: root, or (here, for a server not running as root) the
+    server's own account. Errors still name the file and the line."""
+    path = spool_options(tmp_path, "set statistics\nset hash-spool = 2\n")
+    log = Recorder()
+    cfg = apply_spool_options_file(Config.defaults(), path, os.geteuid(), log)
+    assert cfg.statistics is True and cfg.source("statistics") == f"{path}:1"
+    assert cfg.hash_spool == 2 and log.records == []
+    path = spool_options(tmp_path, "set statistics\nset timeout = forever\n")
+    assert apply_spool_options_file(Config.defaults(), path, os.geteuid(), log).statistics is False
+    assert log.records == [(syslog.LOG_ERR, f"{path}:2: 'timeout' expects an integer, got "
+                                            f"'forever'; options file ignored")]
+
+
+@pytest.mark.parametrize("mode", [0o664, 0o646, 0o666])
+def test_spool_options_file_writable_by_group_or_others_is_ignored(tmp_path, mode):
+    path = spool_options(tmp_path, "set statistics\n", mode)
+    log = Recorder()
+    base = Config.defaults()
+    assert apply_spool_options_file(base, path, os.geteuid(), log) is base
+    assert log.records == [(syslog.LOG_WARNING, f"Ignoring {path}: writable by group or "
+                                                f"others (mode {mode:04o})")]
+
+
+def test_spool_options_file_of_another_owner_is_ignored(tmp_path):
+    path = spool_options(tmp_path, "set statistics\n")
+    log = Recorder()
+    base = Config.defaults()
+    other = os.geteuid() + 1
+    assert apply_spool_options_file(base, path, other, log) is base
+    wanted = "root" if other == 0 else f"uid {other}, the server's account"
+    assert log.records == [(syslog.LOG_WARNING, f"Ignoring {path}: owned by uid "
+                                                f"{os.geteuid()} (must be {wanted})")]
+
+
+def test_spool_options_link_fifo_and_missing_file(tmp_path):
+    log = Recorder()
+    base = Config.defaults()
+    owner = os.geteuid()
+    assert apply_spool_options_file(base, str(tmp_path / "absent"), owner, log) is base
+    link = tmp_path / "link.qpopper-options"
+    link.symlink_to(spool_options(tmp_path, "set statistics\n"))
+    fifo = tmp_path / "fifo.qpopper-options"
+    os.mkfifo(fifo, 0o644)                   # opened O_NONBLOCK: no writer cannot hang us
+    assert apply_spool_options_file(base, str(link), owner, log) is base
+    assert apply_spool_options_file(base, str(fifo), owner, log) is base
+    assert log.records == [(syslog.LOG_WARNING, f"Ignoring {link}: is a symbolic link"),
+                           (syslog.LOG_WARNING, f"Ignoring {fifo}: not a regular file")]
 
 
 def test_huge_sparse_files_are_refused_without_reading_them(tmp_path):

@@ -165,6 +165,65 @@ def test_ensure_hash_dirs_logs_what_it_cannot_do(tmp_path):
     assert not (tmp_path / "missing").exists()
 
 
+def test_ensure_hash_dirs_never_follows_a_planted_link(tmp_path):
+    """Links where hashed directories belong (first or second level): refused with
+    [SYS/PERM], the targets untouched, nothing made inside them."""
+    spool_dir = tmp_path / "mail"
+    spool_dir.mkdir()
+    os.chmod(spool_dir, 0o2775)
+    victim = tmp_path / "victim"
+    victim.write_text("secret\n")
+    os.chmod(victim, 0o600)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (spool_dir / "m").symlink_to(victim)              # maida under hash-spool 2: m/a
+    (spool_dir / "b").symlink_to(elsewhere)           # bob: b/o
+    for user, link in (("maida", spool_dir / "m"), ("bob", spool_dir / "b")):
+        p = SpoolPaths.for_user(cfg_for(spool_dir, hash_spool=2), user, None)
+        with pytest.raises(PopError) as info:
+            p.ensure_hash_dirs()
+        assert info.value.code is RespCode.SYS_PERM
+        assert info.value.log.startswith(f"check-hash-dir: {link} not used: ")
+        assert str(tmp_path) not in info.value.text
+    assert stat.S_IMODE(os.stat(victim).st_mode) == 0o600
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_ensure_hash_dirs_logs_a_hashed_dir_it_cannot_create(tmp_path):
+    """A temp-dir that does not exist: the spool's hashed dir is still made, the missing
+    directory is logged by its path (the maildrop reports the problem at open)."""
+    spool_dir = tmp_path / "mail"
+    spool_dir.mkdir()
+    temp_dir = tmp_path / "no-such-temp"
+    p = SpoolPaths.for_user(cfg_for(spool_dir, hash_spool=1, temp_dir=str(temp_dir)),
+                            "maida", None)
+    lines = []
+    p.ensure_hash_dirs(lambda prio, text: lines.append(text))
+    assert (spool_dir / "o").is_dir()
+    assert lines == [f"check-hash-dir: {temp_dir}: No such file or directory"]
+
+
+def in_child(body) -> str:
+    """Run body() -> str in a forked child (which may change its ids); returns that text.
+    The child always leaves through os._exit, so pytest's state is never run twice."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read_fd)
+            os.write(write_fd, body().encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as f:
+        result = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return result
+
+
 @pytest.mark.root
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
 def test_ensure_hash_dirs_refuses_to_create_as_a_user_who_does_not_own_the_spool_dir(world_tmp):
@@ -176,31 +235,45 @@ def test_ensure_hash_dirs_refuses_to_create_as_a_user_who_does_not_own_the_spool
     os.chmod(spool_dir, 0o777)
     os.chown(spool_dir, 4321, 4322)
     p = SpoolPaths.for_user(cfg_for(spool_dir, hash_spool=2), "maida", None)
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:                                      # the child: another user, then the owner
-        code = 1
-        try:
-            os.close(read_fd)
-            os.setresuid(5555, 5555, 0)
-            lines = []
-            p.ensure_hash_dirs(lambda prio, text: lines.append(text))
-            refused = not (spool_dir / "m").exists() and "may create" in " ".join(lines)
-            os.setresuid(0, 0, 0)
-            os.setresuid(4321, 4321, 0)
-            p.ensure_hash_dirs()
-            created = (spool_dir / "m" / "a").is_dir()
-            os.write(write_fd, f"{refused} {created}".encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-    with os.fdopen(read_fd) as f:
-        result = f.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert result == "True True"
+
+    def another_user_then_the_owner() -> str:
+        os.setresuid(5555, 5555, 0)
+        lines = []
+        p.ensure_hash_dirs(lambda prio, text: lines.append(text))
+        refused = not (spool_dir / "m").exists() and "may create" in " ".join(lines)
+        os.setresuid(0, 0, 0)
+        os.setresuid(4321, 4321, 0)
+        p.ensure_hash_dirs()
+        return f"{refused} {(spool_dir / 'm' / 'a').is_dir()}"
+
+    assert in_child(another_user_then_the_owner) == "True True"
     assert os.stat(spool_dir / "m" / "a").st_uid == 4321
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_ensure_hash_dirs_after_the_drop_only_looks_and_still_refuses_links(world_tmp):
+    """As the user (after the drop, nothing is created): directories the user may search but
+    not read (0711) pass silently; a planted link is refused as it is for root."""
+    spool_dir = Path(world_tmp) / "mail"
+    (spool_dir / "m" / "a").mkdir(parents=True)
+    for d in (spool_dir, spool_dir / "m", spool_dir / "m" / "a"):
+        os.chmod(d, 0o711)
+    (spool_dir / "b").symlink_to(world_tmp)
+    maida = SpoolPaths.for_user(cfg_for(spool_dir, hash_spool=2), "maida", None)
+    bob = SpoolPaths.for_user(cfg_for(spool_dir, hash_spool=2), "bob", None)
+
+    def as_a_user() -> str:
+        os.setresuid(5555, 5555, 5555)
+        lines = []
+        maida.ensure_hash_dirs(lambda prio, text: lines.append(text))
+        try:
+            bob.ensure_hash_dirs(lambda prio, text: lines.append(text))
+        except PopError as error:
+            return f"{lines} {error.code.name}"
+        return f"{lines} not refused"
+
+    assert in_child(as_a_user) == "[] SYS_PERM"
 
 
 BAD_NAMES = ["", "..", ".", "../alice", "a/b", "/etc/passwd", "a..b", ".alice", "a\0b",

@@ -1,11 +1,14 @@
 """privsep.drop_privileges, for real: a forked child of the test drops to a `qpt` user with
-the mail group and reports what the kernel says about it (/proc/self/status)."""
+the mail group (effective and saved; the user's own group real) and reports what the kernel
+says about it (/proc/self/status); privsep.run_user_program then starts a program with the
+user's own group only."""
 
 from __future__ import annotations
 
 import json
 import os
 import pwd
+import subprocess
 
 import pytest
 
@@ -55,6 +58,8 @@ def status_fields() -> dict[str, list[str]]:
 
 
 def test_drop_leaves_only_the_user_and_the_mail_group(system_users, world_tmp):
+    """The mail group is the effective and saved group (the spool); the real group is the
+    user's own, kept for the programs the session runs."""
     alice, bob = system_users.create(), system_users.create()
     mail = sysusers.mail_gid()
     own = sysusers.make_spool(world_tmp, alice, b"From x\n\nmine\n")
@@ -84,12 +89,53 @@ def test_drop_leaves_only_the_user_and_the_mail_group(system_users, world_tmp):
     assert code == 0
     facts = {line[0]: line[1] for line in lines}
     assert facts["status"]["Uid"] == [str(alice.uid)] * 4      # real, effective, saved, fs
-    assert facts["status"]["Gid"] == [str(mail)] * 4
+    # real, effective, saved, fs
+    assert facts["status"]["Gid"] == [str(alice.gid), str(mail), str(mail), str(mail)]
     assert facts["status"]["Groups"] == []
     assert facts["umask"] == 0o007
     assert facts["own"] == "From x\n\nmine\n"
     assert facts["other"] == "PermissionError"
     assert facts["setuid"] == facts["seteuid"] == facts["setgroups"] == "PermissionError"
+
+
+def test_a_program_the_session_runs_has_the_users_own_group_only(system_users, world_tmp,
+                                                                   monkeypatch):
+    frank = system_users.create()
+    mail = sysusers.mail_gid()
+    monkeypatch.setenv("QPOPPER_TEST_SERVER_SECRET", "must-not-leak")
+    script = os.path.join(world_tmp, "report-identity")
+    with open(script, "w") as f:
+        f.write("#!/bin/sh\ngrep -E '^(Uid|Gid|Groups):' /proc/$$/status\nenv\n")
+    os.chmod(script, 0o755)
+
+    out_dir = os.path.join(world_tmp, "out")
+    os.mkdir(out_dir, 0o700)
+    os.chown(out_dir, frank.uid, frank.gid)       # the program runs as frank
+    out = os.path.join(out_dir, "identity")
+
+    def body(report):
+        privsep.drop_privileges(login_for(frank), mail)
+        report("user program", privsep.run_user_program(
+            ["/bin/sh", "-c", f"exec {script} > {out}"], login_for(frank),
+            stdin=subprocess.DEVNULL, timeout_s=20))
+        with open(out) as f:
+            report("output", f.read())
+        report("gids after", os.getresgid())
+
+    code, lines = in_child(body)
+    assert code == 0, lines
+    facts = {line[0]: line[1] for line in lines}
+    assert facts["user program"] == 0
+    output = facts["output"].splitlines()
+    status = dict(line.split(":", 1) for line in output[:3])
+    assert status["Uid"].split() == [str(frank.uid)] * 4
+    assert status["Gid"].split() == [str(frank.gid)] * 4      # no mail group anywhere
+    assert status["Groups"].split() == []
+    variables = dict(line.split("=", 1) for line in output[3:])
+    assert "QPOPPER_TEST_SERVER_SECRET" not in variables
+    assert variables["PATH"] == privsep.USER_PROGRAM_PATH
+    assert (variables["USER"], variables["HOME"]) == (frank.name, frank.home)
+    assert facts["gids after"] == [frank.gid, mail, mail]       # the session keeps the spool
 
 
 @pytest.mark.parametrize("low_user", ["root", "daemon", "mail"])
@@ -119,6 +165,21 @@ def test_drop_aborts_for_gid_zero(system_users):
 
     code, lines = in_child(body)
     assert code == privsep.EXIT_PRIVSEP_FAILED and lines == []
+
+
+def test_drop_aborts_for_a_user_whose_own_group_is_root(system_users):
+    """Its real group would let the session make group 0 its effective group again."""
+    carol = system_users.create()
+    rooted = Login(user=carol.name, uid=carol.uid, gid=0, home=carol.home, mechanism="USER")
+
+    def body(report):
+        privsep.drop_privileges(rooted, sysusers.mail_gid(),
+                                log=lambda priority, text: report("log", text))
+        report("continued")
+
+    code, lines = in_child(body)
+    assert code == privsep.EXIT_PRIVSEP_FAILED
+    assert len(lines) == 1 and "refusing to run a session" in lines[0][1]
 
 
 def test_a_failed_setuid_aborts_instead_of_continuing(system_users, monkeypatch):

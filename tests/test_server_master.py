@@ -145,7 +145,9 @@ def test_logged_in_child_runs_as_the_user_with_the_mail_group_only(site, system_
     status = proc_status(pid)
     mail = grp.getgrnam("mail").gr_gid
     assert status["Uid"].split() == [str(user.uid)] * 4         # real, effective, saved, fs
-    assert status["Gid"].split() == [str(mail)] * 4
+    # the mail group is effective (the spool); the real one is the user's own, for the
+    # programs the session runs (privsep.run_user_program)
+    assert status["Gid"].split() == [str(user.gid), str(mail), str(mail), str(mail)]
     assert status["Groups"].strip() == ""
     # no capabilities at all: it can neither regain root nor bypass file permissions
     for cap in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
@@ -479,25 +481,49 @@ def test_foreground_master_writes_no_pid_file_as_its_help_says(site):
 
 
 # --- per-user option files (reference §1.4 A1, decision §7.4) -----------------------------------
-def test_spool_options_file_applies_only_when_the_user_cannot_write_it(make_site, system_users):
+def plant_spool_options(site, user, text: str, uid: int, gid: int, mode: int) -> str:
+    path = os.path.join(site.spool_dir, f"{user.name}.qpopper-options")
+    with open(path, "w") as f:
+        f.write(text)
+    os.chown(path, uid, gid)
+    os.chmod(path, mode)
+    return path
+
+
+def test_spool_options_file_applies_only_when_root_owns_it_and_alone_may_write_it(
+        make_site, system_users):
+    """<spool-dir>/<user>.qpopper-options is the administrator's: group mail may create
+    files in the spool directory, so a file a mail-group member planted (which the user
+    neither owns nor can write), the user's own, a group-writable one and a link to root's
+    file are ignored, each with a log line that says why; root's 0644 file is applied."""
     s = make_site(statistics=False, spool_options=True)
-    admin_ok = system_users.create()
-    user_owned = system_users.create()
-    for user in (admin_ok, user_owned):
+    mail = grp.getgrnam("mail").gr_gid
+    member = system_users.create("mg")
+    subprocess.run(["usermod", "-a", "-G", "mail", member.name], check=True, timeout=30)
+    users = {kind: system_users.create() for kind in ("root", "member", "user", "group",
+                                                      "link")}
+    owners = {"root": (0, 0, 0o644), "member": (member.uid, mail, 0o644),
+              "user": (users["user"].uid, mail, 0o644), "group": (0, mail, 0o664),
+              "link": (0, 0, 0o644)}
+    paths = {}
+    for kind, user in users.items():
         make_spool(s.spool_dir, user, SPOOL)
-        path = os.path.join(s.spool_dir, f"{user.name}.qpopper-options")
-        with open(path, "w") as f:
-            f.write("set statistics\n")
-        os.chmod(path, 0o644)
-    os.chown(os.path.join(s.spool_dir, f"{user_owned.name}.qpopper-options"),
-             user_owned.uid, -1)
+        paths[kind] = plant_spool_options(s, user, "set statistics\n", *owners[kind])
+    os.rename(paths["link"], os.path.join(s.root, "root-options"))
+    os.symlink(os.path.join(s.root, "root-options"), paths["link"])
     server = s.server()
-    for user in (admin_ok, user_owned):
+    for user in users.values():
         login(server, user).quit()
-    s.syslog.wait_for(rf"Stats: {admin_ok.name} 0 0 3 \d+ 127\.0\.0\.1 127\.0\.0\.1")
-    s.syslog.wait_for(rf"Ignoring .*/{user_owned.name}\.qpopper-options: owned by or "
-                      rf"writable by {user_owned.name}")
-    assert not any(t.startswith(f"Stats: {user_owned.name} ") for t in s.syslog.texts())
+    s.syslog.wait_for(rf"Stats: {users['root'].name} 0 0 3 \d+ 127\.0\.0\.1 127\.0\.0\.1")
+    s.syslog.wait_for(rf"Ignoring {re.escape(paths['member'])}: owned by uid {member.uid} "
+                      rf"\(must be root\)")
+    s.syslog.wait_for(rf"Ignoring {re.escape(paths['user'])}: owned by uid "
+                      rf"{users['user'].uid} \(must be root\)")
+    s.syslog.wait_for(rf"Ignoring {re.escape(paths['group'])}: writable by group or others "
+                      rf"\(mode 0664\)")
+    s.syslog.wait_for(rf"Ignoring {re.escape(paths['link'])}: is a symbolic link")
+    for kind in ("member", "user", "group", "link"):
+        assert not any(t.startswith(f"Stats: {users[kind].name} ") for t in s.syslog.texts())
 
 
 def test_home_options_file_is_read_after_the_drop_and_scope_checked(make_site, system_users):

@@ -131,6 +131,25 @@ def test_xtnd_is_a_transaction_command(spool):
     assert pop.send("XTND XMIT") == b'-ERR Unknown command: "XTND".\r\n'
 
 
+def test_xmit_switched_off_is_a_disabled_command(spool, tmp_path):
+    """xtnd-xmit reset: no temporary file, no MTA, nothing read as a message; the next line
+    is a command again and XLST still works."""
+    mta, record = make_mta(str(tmp_path))
+    pop = extended_login(spool, mail_command=mta, xtnd_xmit=False)
+    run_lockstep(pop, parse("""
+        C: XTND XMIT
+        S: -ERR Command not enabled
+        C: NOOP
+        S: +OK
+        C: XTND XLST subject 1
+        S: +OK xlst command accepted; headers coming.
+        S: 1 Subject: first
+        S: .
+    """))
+    assert not os.path.exists(record + ".argv")
+    assert xmit_leftovers(spool) == []
+
+
 def test_mta_failure_is_an_err(spool, tmp_path):
     mta, record = make_mta(str(tmp_path), status=75)
     pop = extended_login(spool, mail_command=mta)

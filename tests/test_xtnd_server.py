@@ -1,6 +1,8 @@
 """The extensions through the real `popper` master, as real system users: XTND XMIT runs
 mail-command (a recording script standing in for sendmail) as the logged-in user after the
-privilege drop; CAPA announces X-MANGLE and X-MACRO but not XMIT; a `-no-mime` login gets
+privilege drop, with the user's own group only and none of the server's environment (never
+the mail group: the user's MTA configuration could read every mailbox); xtnd-xmit off
+refuses it; CAPA announces X-MANGLE and X-MACRO but not XMIT; a `-no-mime` login gets
 mangled RETR/TOP with exact octet counts; MDEF over the wire."""
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from tests.helpers.sysusers import make_spool
 from tests.server_harness import Site, login
 
 pytestmark = pytest.mark.timeout(120)
+
+SERVER_ONLY_VARIABLE = "QPOPPER_TEST_SERVER_SECRET"
 
 MULTIPART = (b"From sender@example.org Mon Nov  2 10:00:00 2026\n"
              b"From: Sender <sender@example.org>\n"
@@ -37,6 +41,13 @@ RECORDER = """#!/bin/sh
 {{ for arg in "$0" "$@"; do printf '%s\\n' "$arg"; done; id -u; id -g; }} > {out}/argv
 for fd in /proc/$$/fd/*; do readlink "$fd"; done > {out}/fds
 cat > {out}/stdin
+exit 0
+"""
+
+IDENTITY_RECORDER = """#!/bin/sh
+{{ id; grep -E '^(Uid|Gid|Groups):' /proc/$$/status; }} > {out}/identity
+env > {out}/env
+cat > /dev/null
 exit 0
 """
 
@@ -72,8 +83,7 @@ def test_xmit_runs_mail_command_as_the_user(site):
         client.quit()
     with open(os.path.join(site.record_dir, "argv")) as f:
         argv = f.read().split("\n")[:-1]
-    assert argv == [site.mta, "-t", "-i", "-oem", str(site.user.uid),
-                    str(grp.getgrnam("mail").gr_gid)]
+    assert argv == [site.mta, "-t", "-i", "-oem", str(site.user.uid), str(site.user.gid)]
     with open(os.path.join(site.record_dir, "stdin"), "rb") as f:
         assert f.read() == (f"From: {site.user.name}\nTo: someone@example.org\n"
                             f"Subject: through POP\n\n.starts with a dot\n").encode()
@@ -82,6 +92,73 @@ def test_xmit_runs_mail_command_as_the_user(site):
     assert "socket:" not in open_files, open_files   # the client connection stays ours
     site.syslog.wait_for(f'Pop transmit from "{site.user.name}" on "127.0.0.1"')
     assert not [n for n in os.listdir(site.spool_dir) if n.startswith(".xmit")]
+
+
+def send_one_message(client) -> bytes:
+    """XTND XMIT of a short message; the final reply."""
+    assert client._shortcmd("XTND XMIT") == b"+OK Start sending message."
+    for line in (b"To: someone@example.org", b"", b"hello", b"."):
+        client._putline(line)
+    return client._getresp()
+
+
+def test_mail_command_runs_without_the_mail_group_or_the_servers_environment(
+        system_users, pam_service, world_tmp):
+    user = system_users.create("xi")
+    record_dir = os.path.join(world_tmp, "identity")
+    os.mkdir(record_dir, 0o700)
+    os.chown(record_dir, user.uid, user.gid)
+    mta = os.path.join(world_tmp, "identity-sendmail")
+    with open(mta, "w") as f:
+        f.write(IDENTITY_RECORDER.format(out=record_dir))
+    os.chmod(mta, 0o755)
+    s = Site(world_tmp, pam_service, mail_command=mta)
+    try:
+        make_spool(s.spool_dir, user, MULTIPART)
+        client = login(s.server(env={SERVER_ONLY_VARIABLE: "must-not-leak"}), user)
+        try:
+            assert send_one_message(client) == b"+OK Message sent successfully"
+            # the session itself still reaches the spool with the mail group
+            assert client.stat()[0] == 1
+        finally:
+            client.quit()
+    finally:
+        s.close()
+    mail = str(grp.getgrnam("mail").gr_gid)
+    with open(os.path.join(record_dir, "identity")) as f:
+        identity = f.read()
+    status = dict(line.split(":", 1) for line in identity.splitlines()[1:])
+    assert status["Uid"].split() == [str(user.uid)] * 4, identity
+    assert status["Gid"].split() == [str(user.gid)] * 4, identity     # real, eff., saved, fs
+    assert status["Groups"].split() == [], identity
+    assert "mail" not in identity.splitlines()[0] and mail not in status["Gid"].split()
+    with open(os.path.join(record_dir, "env")) as f:
+        variables = dict(line.split("=", 1) for line in f.read().splitlines())
+    assert SERVER_ONLY_VARIABLE not in variables
+    assert "QPOPPER_SYSLOG_SOCKET" not in variables
+    assert set(variables) <= {"PATH", "HOME", "USER", "LOGNAME", "PWD", "SHLVL", "_"}, variables
+    assert variables["PATH"] == "/usr/sbin:/usr/bin:/sbin:/bin"
+    assert variables["USER"] == variables["LOGNAME"] == user.name
+
+
+def test_xmit_switched_off_per_user_by_the_spool_options_file(site):
+    """xtnd-xmit is the administrator's (not ~/.qpopper-options): reset in the spool-dir
+    options file, that user's XMIT is a disabled command and mail-command never runs."""
+    with open(site.config, "a") as config:
+        config.write("set spool-options\n")
+    options = os.path.join(site.spool_dir, f"{site.user.name}.qpopper-options")
+    with open(options, "w") as f:
+        f.write("reset xtnd-xmit\n")
+    os.chmod(options, 0o644)
+    client = login(site.server(), site.user)
+    try:
+        with pytest.raises(poplib.error_proto, match="-ERR Command not enabled"):
+            client._shortcmd("XTND XMIT")
+        assert "XTND" not in client.capa()
+        assert client.noop() == b"+OK"
+    finally:
+        client.quit()
+    assert os.listdir(site.record_dir) == []
 
 
 def test_capa_and_no_mime_retr_through_the_server(site):

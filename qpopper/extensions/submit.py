@@ -9,9 +9,11 @@ through the Extensions object, so running the MTA stays out of the state machine
   choice. The name is unlinked at once: the open file is all the MTA needs, and no `.xmit`
   file is left behind even if the session is killed.
 - mail-command (default /usr/sbin/sendmail) runs as `<mail-command> -t -i -oem` without a
-  shell, stdin the file, stdout and stderr discarded, a small fixed environment, cwd `/`, as
-  the logged-in user (the session already is that user), killed after limits.XMIT_TIMEOUT_S.
-  Exit status 0 means sent.
+  shell, stdin the file, killed after limits.XMIT_TIMEOUT_S, through
+  privsep.run_user_program: as the logged-in user with the user's own primary group only
+  (not the session's mail group), a small fixed environment, cwd `/`, stdout and stderr
+  discarded. Exit status 0 means sent.
+- xtnd-xmit off: extensions/xtnd.py answers XMIT as a disabled command before any of this.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import weakref
 from typing import TYPE_CHECKING, BinaryIO
 
 from .. import limits
+from ..privsep import run_user_program
 from ..responses import PopError, RespCode
 from ..spool.paths import SpoolPaths
 
@@ -34,7 +37,6 @@ DEFAULT_MAIL_COMMAND = "/usr/sbin/sendmail"
 MTA_ARGUMENTS = ("-t", "-i", "-oem")
 """-t: recipients from the headers; -i: a lone `.` is not the end; -oem: errors by mail."""
 
-CHILD_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 TEMP_PREFIX = ".xmit"
 
 
@@ -78,15 +80,11 @@ class Draft:
         proto = self.proto
         command = proto.cfg.mail_command or DEFAULT_MAIL_COMMAND
         login = proto.login
-        env = {"PATH": CHILD_PATH, "HOME": login.home or "/", "USER": login.user,
-               "LOGNAME": login.user}
         try:
             self.file.flush()
             self.file.seek(0)
-            done = subprocess.run([command, *MTA_ARGUMENTS], stdin=self.file,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                  env=env, cwd="/", close_fds=True,
-                                  timeout=limits.XMIT_TIMEOUT_S, check=False)
+            status = run_user_program([command, *MTA_ARGUMENTS], login, stdin=self.file,
+                                      timeout_s=limits.XMIT_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             proto.env.log(syslog.LOG_ERR, f"XTND XMIT from {login.user}: {command} took over "
                                           f"{limits.XMIT_TIMEOUT_S} s; killed")
@@ -97,8 +95,8 @@ class Draft:
             return False
         finally:
             self.file.close()
-        if done.returncode != 0:
+        if status != 0:
             proto.env.log(syslog.LOG_ERR, f"XTND XMIT from {login.user}: {command} exited "
-                                          f"with status {done.returncode}")
+                                          f"with status {status}")
             return False
         return True

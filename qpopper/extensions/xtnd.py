@@ -5,7 +5,9 @@
   (`sendmail -t -i -oem`, the recipients come from its headers) as the logged-in user:
   `+OK Message sent successfully` or `-ERR Unable to send message`. The OS side (temporary
   file, the MTA process) is the `Submitter` the session hands in (extensions/submit.py):
-  this module stays pure. Not advertised in CAPA (Qpopper did not).
+  this module stays pure. Not advertised in CAPA (Qpopper did not). With xtnd-xmit reset
+  (the session's Config, so a spool-dir options file may switch it per user) XMIT answers
+  `-ERR Command not enabled`, Qpopper's reply for a feature switched off.
 - `XTND XLST <header> [n]`: `+OK xlst command accepted; headers coming.`, then for each
   message not deleted (or message n) that has the header: `n <header line>` and its
   continuation lines, then `.`.
@@ -18,6 +20,7 @@ import syslog
 from typing import TYPE_CHECKING, Protocol as TypingProtocol
 
 from .. import limits
+from ..pop_auth_state import COMMAND_NOT_ENABLED
 from ..pop_command import CommandSyntaxError
 from ..pop_trans_state import stream_message
 from ..responses import PopError, ok
@@ -53,6 +56,8 @@ def make_cmd_xtnd(submitter: Submitter):
     def cmd_xtnd(proto: "Protocol", args: list[str]) -> None:
         sub = args[0].upper()
         if sub == "XMIT":
+            if not proto.cfg.xtnd_xmit:
+                raise PopError(COMMAND_NOT_ENABLED)
             _arguments(sub, args, 0, 0)
             xmit(proto, submitter)
         elif sub == "XLST":

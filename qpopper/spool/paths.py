@@ -7,7 +7,8 @@ cache-name, check-hash-dir, check-old-spool-loc.
 the filesystem, so a refused name (`../x`, `a/b`, NUL, control characters, empty, too long)
 cannot reach any file. Every composed path is re-checked: its directory must be exactly the
 directory we meant, so no name or name template can add a path component.
-`ensure_hash_dirs()` is the one method that writes: it creates missing hashed directories.
+`ensure_hash_dirs()` is the one method that writes: it creates missing hashed directories,
+through spool/dirs.py (never through a link planted in the spool directory).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Callable
 
 from .. import limits
 from ..responses import PopError, RespCode
+from .dirs import UnsafeComponent, make_dirs_below
 
 Log = Callable[[int, str], None]
 
@@ -32,6 +34,7 @@ HASH_ONE_CHARS = 5
 """Decision §7.1: hash-spool 1 sums the first five characters (the manual's `maida` -> `o`)."""
 
 BAD_NAME_TEXT = "Invalid user name."
+HASH_DIR_REFUSED_TEXT = "Unable to use your spool directory; contact your administrator"
 
 
 def check_user_name(user: str) -> None:
@@ -161,7 +164,10 @@ class SpoolPaths:
         and owner of the spool directory. Only root or the spool directory's owner may create
         them (the session calls this before the privilege drop): a directory a user created
         would let that user tamper with every spool hashed into it, so any other caller only
-        logs the missing directory."""
+        logs the missing directory. Group mail may plant entries in the spool directory: a
+        hashed directory that is a link or not a directory is never followed nor changed
+        (spool/dirs.py), and the login is refused with [SYS/PERM]. Anything else that fails
+        is logged; the maildrop then finds out what is missing."""
         if not self.hashed_dirs:
             return
         try:
@@ -169,30 +175,39 @@ class SpoolPaths:
         except OSError as exc:
             _note(log, f"check-hash-dir: cannot stat {self.spool_dir}: {exc.strerror}")
             return
-        mode = model.st_mode & 0o7777
         may_create = os.geteuid() in (0, model.st_uid)
-        for path in self.hashed_dirs:
-            if not may_create:
-                if not os.path.isdir(path):
-                    _note(log, f"check-hash-dir: {path} is missing; only root or the owner of "
-                               f"{self.spool_dir} may create it")
-                    return
-                continue
+        for top, parts in self._hash_walks():
             try:
-                os.mkdir(path, mode & 0o777)
-            except FileExistsError:
-                continue
+                make_dirs_below(top, parts, model, create=may_create)
+            except UnsafeComponent as refusal:
+                raise PopError(HASH_DIR_REFUSED_TEXT, RespCode.SYS_PERM,
+                               log=f"check-hash-dir: {refusal}") from None
             except OSError as exc:
-                _note(log, f"check-hash-dir: cannot create {path}: {exc.strerror}")
+                _note(log, self._hash_dir_trouble(exc, may_create))
                 return
-            try:
-                os.chmod(path, mode)            # mkdir applies the umask and drops setgid
-                if os.geteuid() == 0:
-                    os.chown(path, model.st_uid, model.st_gid)
-                elif os.stat(path).st_gid != model.st_gid:
-                    os.chown(path, -1, model.st_gid)
-            except OSError as exc:
-                _note(log, f"check-hash-dir: {path}: {exc.strerror}")
+
+    def _hash_walks(self) -> list[tuple[str, list[str]]]:
+        """(configured top directory, hashed parts below it) for each deepest hashed dir:
+        `/var/mail/m/a` is ("/var/mail", ["m", "a"])."""
+        hashed = set(self.hashed_dirs)
+        walks = []
+        for path in self.hashed_dirs:
+            if any(os.path.dirname(other) == path for other in hashed):
+                continue                        # a parent: walked on the way to its child
+            top, parts = path, []
+            while top in hashed:
+                top, part = os.path.split(top)
+                parts.insert(0, part)
+            walks.append((top, parts))
+        return walks
+
+    def _hash_dir_trouble(self, exc: OSError, may_create: bool) -> str:
+        if may_create:
+            return f"check-hash-dir: {exc.filename}: {exc.strerror}"
+        if isinstance(exc, FileNotFoundError):
+            return (f"check-hash-dir: {exc.filename} is missing; only root or the owner of "
+                    f"{self.spool_dir} may create it")
+        return f"check-hash-dir: cannot check {exc.filename}: {exc.strerror}"
 
 
 def _note(log: Log | None, text: str) -> None:

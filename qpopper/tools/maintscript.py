@@ -20,12 +20,12 @@ A refused name prints one line on stderr; the exit status is then 1 (the rest is
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pwd
 import stat
 import sys
 
+from ..spool.dirs import UnsafeComponent, make_dirs_below
 from ..spool.locking import open_regular
 
 EXIT_REFUSED = 1
@@ -33,7 +33,6 @@ EXIT_USAGE = 2
 USAGE = ("usage: python3 -m qpopper.tools.maintscript "
          "{own-store STORE OWNER | make-dirs LIKE DIR...}")
 STORE_MODE = 0o600
-NO_FOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class Refused(Exception):
@@ -78,39 +77,20 @@ def make_dirs(like: str, paths: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _make_dir(like: str, path: str, reference: os.stat_result) -> list[str]:
+    """A DIR below LIKE is walked from LIKE (every component may be a planted link), another
+    DIR from its parent (spool/dirs.py does the walk)."""
     like = os.path.normpath(like)
     path = os.path.normpath(path)
     if path.startswith(like.rstrip("/") + "/"):
         top, parts = like, os.path.relpath(path, like).split("/")
     else:
         top, parts = os.path.dirname(path), [os.path.basename(path)]
-    made = []
-    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        current = os.path.realpath(top)   # what purge may rmdir: a path without links
-        for part in parts:
-            current = os.path.join(current, part)
-            created = _mkdir_at(fd, part)
-            try:
-                child = os.open(part, NO_FOLLOW_DIR, dir_fd=fd)
-            except OSError as error:      # ELOOP / ENOTDIR: a link or a file sits there
-                raise Refused(f"{current} not used: {error.strerror}") from None
-            os.close(fd)
-            fd = child
-            if created:
-                os.fchown(fd, reference.st_uid, reference.st_gid)
-                os.fchmod(fd, stat.S_IMODE(reference.st_mode))
-                made.append(current)
-    finally:
-        os.close(fd)
-    return made
-
-
-def _mkdir_at(fd: int, name: str) -> bool:
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(name, 0o700, dir_fd=fd)  # private until fchown/fchmod made it like the spool
-        return True
-    return False
+        return make_dirs_below(top, parts, reference)
+    except UnsafeComponent as refusal:    # a link or a file sits there
+        raise Refused(str(refusal)) from None
+    except OSError as error:              # the other DIRs are still made
+        raise Refused(f"{error.filename} not made: {error.strerror}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
