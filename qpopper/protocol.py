@@ -79,10 +79,10 @@ class Protocol:
         self.login: Login | None = None
         self.trans: Transaction | None = None
         # Seams for tests: the clock (X-LOCALTIME, APOP timestamp), and the monotonic one that
-        # bounds the whole AUTHORIZATION state (limits.MAX_AUTHORIZATION_S, read_timeout).
+        # bounds the whole AUTHORIZATION state (the login-timeout option, read_timeout).
         self.now: Callable[[], float] = time.time
         self.monotonic: Callable[[], float] = time.monotonic
-        self.authorization_deadline = self.monotonic() + limits.MAX_AUTHORIZATION_S
+        self.authorization_deadline = self.monotonic() + cfg.login_timeout
         self._lines = LineReader()
         self._continuation: _Continuation | None = None
         ext = self.extensions
@@ -142,7 +142,7 @@ class Protocol:
     def read_timeout(self, idle_timeout: float) -> float:
         """How long the session may wait for the client's next bytes: `idle_timeout` (the
         `timeout` option), but in AUTHORIZATION never past the state's deadline
-        (limits.MAX_AUTHORIZATION_S after the connection began): a client sending a byte
+        (`login-timeout` seconds after the connection began): a client sending a byte
         just inside each timeout must not hold a root process forever. 0 means the time is
         up; the session then calls timeout() as for an idle client."""
         if self.state != State.AUTHORIZATION:
@@ -160,7 +160,7 @@ class Protocol:
             return
         if self.state == State.AUTHORIZATION and self.monotonic() >= self.authorization_deadline:
             self.env.log(syslog.LOG_NOTICE, f"{self._who()} did not log in within "
-                                            f"{limits.MAX_AUTHORIZATION_S} s; closing")
+                                            f"login-timeout {self.cfg.login_timeout} s; closing")
         self._abort()
 
     def stats(self) -> SessionStats | None:
