@@ -24,7 +24,7 @@ from typing import Callable, Mapping, NoReturn
 from . import QPOPPER_VERSION, limits
 from .auth import Login
 from .pop_auth_state import AUTHORIZATION_COMMANDS, PendingUser, printable
-from .pop_command import NO_EXTENSIONS, Command, CommandSyntaxError, Extensions
+from .pop_command import NO_EXTENSIONS, BadCommand, Command, CommandSyntaxError, Extensions
 from .pop_lines import TOO_LONG, LineReader
 from .pop_trans_state import (TRANSACTION_COMMANDS, TRANSACTION_COMMANDS_WITH_MANGLE, SessionStats,
                               Transaction, login_reply)
@@ -74,6 +74,9 @@ class Protocol:
         self.state = State.AUTHORIZATION
         self.closed = False
         self.bad_commands = 0
+        # AUTHORIZATION probes answered once already (CAPA, the bare AUTH listing): a repeat
+        # tells the client nothing new and counts as a bad command.
+        self.answered_once: set[str] = set()
         self.apop_timestamp: str | None = None
         self.pending_user: PendingUser | None = None   # USER given, PASS expected (Qpopper auth2)
         self.login: Login | None = None
@@ -208,6 +211,7 @@ class Protocol:
         came through TLS), then let the session do the handshake. True when TLS is active."""
         self._lines.discard()
         self.pending_user = None
+        self.answered_once.clear()      # RFC 2595 §4: the client must ask CAPA again
         active = bool(self.env.start_tls())
         if not active:
             # Unlike Qpopper, a failed handshake ends the session: the client's TLS state is
@@ -215,6 +219,18 @@ class Protocol:
             # the handshake error itself).
             self.closed = True
         return active
+
+    def charge_bad_command(self) -> bool:
+        """Count one bad command against the budget (limits.MAX_BAD_COMMANDS). False when that
+        was one too many: `-ERR Too many bad commands` is sent and the session aborted, so the
+        caller must not answer the command."""
+        self.bad_commands += 1
+        if self.bad_commands <= limits.MAX_BAD_COMMANDS:
+            return True
+        self.env.log(syslog.LOG_NOTICE, f"Too many bad commands from {self._who()}")
+        self.reply(err(TOO_MANY_BAD_COMMANDS))
+        self._abort()
+        return False
 
     def refuse_user_name(self, name: str, refusal: PopError, mechanism: str) -> NoReturn:
         """A user name we never pass on (`/`, `..`, control characters, too long, ...): the
@@ -269,7 +285,7 @@ class Protocol:
     def _run(self, step: Callable[[bytes], None], line: bytes) -> None:
         try:
             step(line)
-        except CommandSyntaxError as refusal:
+        except BadCommand as refusal:
             self._bad_command(refusal)
         except PopError as refusal:
             self._log_refusal(refusal)
@@ -302,12 +318,7 @@ class Protocol:
         command.handler(self, args)
 
     def _bad_command(self, refusal: PopError) -> None:
-        self.bad_commands += 1
-        if self.bad_commands > limits.MAX_BAD_COMMANDS:
-            self.env.log(syslog.LOG_NOTICE, f"Too many bad commands from {self._who()}")
-            self.reply(err(TOO_MANY_BAD_COMMANDS))
-            self._abort()
-        else:
+        if self.charge_bad_command():
             self.reply(refusal.render())
 
     # --- the session's end -----------------------------------------------------------------
