@@ -9,10 +9,14 @@ characters, ...) are refused with the wrong-password reply after the
 same delay, so a refused name tells the client nothing the wrong password would not.
 
 Commands that try no credential cannot loop for free until the login deadline: a repeated
-CAPA or bare AUTH listing, USER again without PASS, AUTH with a mechanism not offered, and
-STLS when it is off or TLS is already on each count as a bad command (limits.
+CAPA, bare AUTH listing or refused USER, USER again without PASS, AUTH with a mechanism not
+offered, and STLS when it is off or TLS is already on each count as a bad command (limits.
 MAX_BAD_COMMANDS). The first CAPA and listing are free, and free again after STLS, since
 RFC 2595 §4 makes the client ask anew.
+
+When this connection refuses clear text for everyone (clear-text-password never, or tls
+before TLS), USER itself is refused with `-ERR [AUTH]` (RFC 2595 §2.3), so an old client
+never sends the password; CAPA then lists neither USER nor PLAIN and LOGIN (capa.py).
 """
 
 from __future__ import annotations
@@ -77,17 +81,36 @@ def normalise_user(raw: str, cfg) -> PendingUser:
 
 
 def may_answer_probe(proto: "Protocol", probe: str) -> bool:
-    """CAPA and the bare AUTH listing tell the client the same thing each time: the first is
-    free, each repeat counts as a bad command, so a client cannot loop on them until the
-    login deadline. False: the budget is spent (the protocol has answered and closed)."""
+    """CAPA, the bare AUTH listing and a refused USER tell the client the same thing each
+    time: the first is free, each repeat counts as a bad command, so a client cannot loop on
+    them until the login deadline. False: the budget is spent (the protocol has answered and
+    closed)."""
     if probe in proto.answered_once:
         return proto.charge_bad_command()
     proto.answered_once.add(probe)
     return True
 
 
+def clear_text_refusal(proto: "Protocol") -> PopError | None:
+    """USER's refusal when this connection refuses clear text for everyone
+    (sasl.clear_text_refusal): answered at USER, so the client never sends the password. Not
+    a failed login (no password was tried): no failure line, no brake."""
+    text = sasl.clear_text_refusal(proto.cfg, proto.env)
+    if text is None:
+        return None
+    env = proto.env
+    return PopError(text, RespCode.AUTH,
+                    log=f"USER from {env.client_host} ({env.client_ip}) refused before the "
+                        f"password: clear-text-password {proto.cfg.clear_text_password}")
+
+
 # --- the verbs -------------------------------------------------------------------------------------
 def cmd_user(proto: "Protocol", args: list[str]) -> None:
+    refusal = clear_text_refusal(proto)
+    if refusal is not None:
+        if may_answer_probe(proto, "USER"):
+            raise refusal
+        return
     if proto.pending_user is not None and not proto.charge_bad_command():
         return          # USER again without PASS: a loop that never tries a password
     pending = normalise_user(args[0], proto.cfg)

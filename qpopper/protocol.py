@@ -74,8 +74,8 @@ class Protocol:
         self.state = State.AUTHORIZATION
         self.closed = False
         self.bad_commands = 0
-        # AUTHORIZATION probes answered once already (CAPA, the bare AUTH listing): a repeat
-        # tells the client nothing new and counts as a bad command.
+        # AUTHORIZATION probes answered once already (CAPA, the bare AUTH listing, a refused
+        # USER): a repeat tells the client nothing new and counts as a bad command.
         self.answered_once: set[str] = set()
         self.apop_timestamp: str | None = None
         self.pending_user: PendingUser | None = None   # USER given, PASS expected (Qpopper auth2)

@@ -114,9 +114,8 @@ def test_stls_with_poplib_capa_and_clear_text_password_tls(site, user, pki, good
     try:
         capa = client.capa()
         assert "STLS" in capa and "USER" not in capa
-        client.user(user.name)
         with pytest.raises(poplib.error_proto, match=re.escape(f"-ERR [AUTH] {TLS_ONLY}")):
-            client.pass_(user.password)
+            client.user(user.name)                # refused before any password is sent
         client.stls(client_context(pki))
         assert client.sock.getpeercert()["subject"] == ((("commonName", good.common_name),),)
         capa = client.capa()

@@ -109,6 +109,11 @@ BAD_EXCHANGE = "Malformed AUTH exchange"
 BAD_NAME = "authentication failure"      # the authenticator's BAD_DIGEST: nothing more revealed
 PLAINTEXT_NEEDS_TLS = ("Plaintext authentication is permitted only over TLS; use STLS first")
 PLAINTEXT_NOT_PERMITTED = "Plaintext authentication is not permitted"
+# clear-text-password refusals (the authenticator, auth/policy.py, gives them too).
+NEEDS_STRONGER_AUTH = ("You must use stronger authentication such as AUTH or APOP to access "
+                       "this account")
+CLEAR_TEXT_OVER_TLS_ONLY = "Clear text passwords are permitted only over TLS"
+CLEAR_TEXT_TLS_ONLY = f"{CLEAR_TEXT_OVER_TLS_ONLY}; use STLS first"
 AUTHZID_NOT_THE_USER = "Authorization identity must be empty or equal the user name"
 BINDING_NOT_SUPPORTED = "Channel binding is not supported"
 MECHANISMS_FOLLOW = "Available authentication mechanisms follow"
@@ -164,6 +169,18 @@ def plaintext_policy_allows(cfg, tls_active: bool) -> bool:
     if policy in ("tls", "ssl"):
         return tls_active
     return True
+
+
+def clear_text_refusal(cfg, env) -> str | None:
+    """Why this connection refuses clear text for every user, so that USER is refused before
+    a password is ever sent (RFC 2595 §2.3, §4): clear-text-password never, or tls before
+    TLS. None when clear text may be tried (the authenticator still decides per user and
+    address: local, default)."""
+    if plaintext_policy_allows(cfg, env.tls_active):
+        return None
+    if cfg.clear_text_password == "never":
+        return NEEDS_STRONGER_AUTH
+    return CLEAR_TEXT_TLS_ONLY if env.start_tls is not None else CLEAR_TEXT_OVER_TLS_ONLY
 
 
 def refusal_for(name: str, cfg, env) -> PopError:
