@@ -40,9 +40,11 @@ them to Cyrus as security flags). Each mechanism carries Cyrus' flags for it:
 Channel binding (RFC 5802 §6, RFC 5056): SCRAM-SHA-256-PLUS and SCRAM-SHA-1-PLUS are offered
 beside their SCRAM mechanism only inside TLS and only when the session could name the
 connection's channel binding (`env.channel_bindings`, plain bytes from session.py: tls-exporter
-of RFC 9266 on TLS 1.3, tls-unique of RFC 5929 on TLS 1.2). The GS2 header decides:
+of RFC 9266 on TLS 1.3). TLS 1.2 names none, so it gets no -PLUS: its tls-unique is open to
+RFC 7627's resumption attack unless the Extended Master Secret was negotiated, which the TLS
+library cannot tell us (qpopper/tls.py). The GS2 header decides:
   p=<cb-name>   with a -PLUS mechanism only (else "Channel binding is not supported"). A
-                cb-name this connection has not got (tls-unique on TLS 1.3, anything unknown:
+                cb-name this connection has not got (tls-unique, anything unknown:
                 RFC 5802's unsupported-channel-binding-type) fails the login, and so does a
                 c= that is not base64(gs2-header + binding data) (channel-bindings-dont-match:
                 the client's TLS connection is not ours, a man in the middle).
