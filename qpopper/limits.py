@@ -182,6 +182,11 @@ POPPASSD_TIMEOUT_S = 60
 """A person types the dialogue in a client's dialog box: a minute of silence ends it, so an
 idle connection cannot hold a root process."""
 
+POPPASSD_DEADLINE_S = 120
+"""The whole poppassd dialogue, greeting to `200 Password changed`: a person types three lines
+in a dialog box within a minute or two. A client trickling a byte inside each
+POPPASSD_TIMEOUT_S would otherwise hold a root process (under inetd) for ever."""
+
 POPPASSD_FAILURE_DELAY_S = 3.0
 """Wait before saying a password check failed (login(1)'s FAIL_DELAY default): slows guessing;
 the connection then closes, so each guess also costs a new connection."""

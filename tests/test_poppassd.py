@@ -7,6 +7,7 @@ the host's /run/qpopper (tests/test_poppassd_brakes.py tests the brakes themselv
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -208,33 +209,66 @@ def test_new_password_must_be_acceptable(service, system_users):
                                  "good-one-7").ok
 
 
-def test_idle_connection_times_out(world_tmp, pam_service):
-    """Run directly on a socket pair (inetd's descriptors), with a short --timeout."""
+@contextlib.contextmanager
+def poppassd_on_a_socket_pair(world_tmp, pam_service, *flags):
+    """poppassd run directly on a socket pair (inetd's descriptors): yields (our socket, its
+    process); the process is killed if the test leaves it running."""
     config = Path(world_tmp, "empty.config")
     config.write_text("# nothing: the built-in defaults\n")
     ours, theirs = socket.socketpair()
     with ours, theirs:
-        proc = subprocess.Popen([POPPASSD, "-s", pam_service, "--timeout", "0.5", "-f", str(config)],
+        proc = subprocess.Popen([POPPASSD, "-s", pam_service, *flags, "-f", str(config)],
                                 stdin=theirs.fileno(), stdout=theirs.fileno(),
                                 stderr=subprocess.DEVNULL,
                                 env=dict(os.environ, QPOPPER_SYSLOG_SOCKET="/nonexistent"))
         try:
-            with ours.makefile("rb") as f:
-                assert f.readline().startswith(GREETING_START)
-                start = time.monotonic()
-                assert f.readline() == b"500 Timeout, closing connection.\r\n"
-                assert time.monotonic() - start < 3
-            assert proc.wait(10) == poppassd.EXIT_FAILED
+            yield ours, proc
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(5)
 
 
+def test_idle_connection_times_out(world_tmp, pam_service):
+    with poppassd_on_a_socket_pair(world_tmp, pam_service, "--timeout", "0.5") as (ours, proc):
+        with ours.makefile("rb") as f:
+            assert f.readline().startswith(GREETING_START)
+            start = time.monotonic()
+            assert f.readline() == b"500 Timeout, closing connection.\r\n"
+            assert time.monotonic() - start < 3
+        assert proc.wait(10) == poppassd.EXIT_FAILED
+
+
+def test_a_trickling_client_is_cut_off_at_the_deadline(world_tmp, pam_service):
+    """One byte every 0.3 s keeps inside a 1 s read timeout, yet the dialogue ends at its
+    2 s deadline with the timeout reply: a slow client cannot hold a root process."""
+    with poppassd_on_a_socket_pair(world_tmp, pam_service, "--timeout", "1",
+                                   "--deadline", "2") as (ours, proc):
+        with ours.makefile("rb") as f:
+            assert f.readline().startswith(GREETING_START)
+            start = time.monotonic()
+            for byte in b"user someone-who-types-very-slowly":
+                if proc.poll() is not None:
+                    break
+                with contextlib.suppress(OSError):
+                    ours.sendall(bytes([byte]))
+                time.sleep(0.3)
+            assert proc.wait(10) == poppassd.EXIT_FAILED
+            elapsed = time.monotonic() - start
+            assert f.readline() == b"500 Timeout, closing connection.\r\n"
+    assert 1.5 <= elapsed < 4
+
+
+def test_the_deadline_defaults_to_its_limit():
+    assert poppassd.Settings().deadline == limits.POPPASSD_DEADLINE_S == 120
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--bogus"], "unexpected argument '--bogus'"),
     (["-s"], "-s needs a value"),
     (["-t", "soon"], "--timeout needs a number of seconds"),
+    (["--deadline", "soon"], "--deadline needs a number of seconds"),
+    (["--deadline=0"], "--deadline must be between 0 and 3600 seconds"),
     (["-s", "../shadow"], "bad PAM service name"),
     (["-f"], "-f needs a value"),
     (["--config="], "--config needs a file name"),
@@ -307,6 +341,7 @@ def test_man_page_matches_the_program():
     assert f"longer than {limits.POPPASSD_MAX_LINE_OCTETS} octets" in text
     assert f"{limits.POPPASSD_MAX_BAD_COMMANDS} unknown or out-of-order commands" in text
     assert f"{limits.POPPASSD_TIMEOUT_S} seconds of silence" in text
+    assert f"not finished within {limits.POPPASSD_DEADLINE_S} seconds" in text
     assert f"{limits.POPPASSD_FAILURE_DELAY_S:g} seconds after" in text
     assert f"uid of {limits.BLOCKED_UID_MAX} or less" in text
     assert f"(default: {poppassd.DEFAULT_PAM_SERVICE})" in text

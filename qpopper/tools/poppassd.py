@@ -26,7 +26,8 @@ Safety: passwords are never logged; an unknown user, a user with uid <= 10 (limi
 BLOCKED_UID_MAX), a locked or expired account and a wrong old password all get the same
 reply (`500 Old password is incorrect.`) after the same delay (limits.POPPASSD_FAILURE_DELAY_S),
 and the connection closes; lines are bounded (POPPASSD_MAX_LINE_OCTETS), every read times
-out (POPPASSD_TIMEOUT_S), bad commands are counted (POPPASSD_MAX_BAD_COMMANDS).
+out (POPPASSD_TIMEOUT_S), the whole dialogue has a deadline (POPPASSD_DEADLINE_S, --deadline),
+bad commands are counted (POPPASSD_MAX_BAD_COMMANDS).
 Qpopper's poppassd said `500 Unknown user, <name>.`: that tells a guesser which names exist.
 
 Brute-force brakes: `pass` checks a password, so it is one more way to guess one. poppassd
@@ -71,7 +72,9 @@ SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 USAGE = ("usage: poppassd [-f|--config FILE] [-s|--pam-service SERVICE] [-t|--timeout SECONDS] "
-         "[--auth-brakes-file PATH] [--auth-brakes-max-delay SECONDS]")
+         "[--deadline SECONDS] [--auth-brakes-file PATH] [--auth-brakes-max-delay SECONDS]")
+MAX_TIME_FLAG_S = 3600
+"""The largest --timeout and --deadline: an hour is far past any person typing."""
 BRAKE_METHOD = "poppassd"
 """The `method=` of poppassd's fail2ban lines (the POP server's say USER, APOP, PLAIN, ...)."""
 
@@ -101,17 +104,32 @@ EXPECTED = {State.USER: "500 Username required.",
 """The reply to any other command in that state."""
 
 
-class Channel:
-    """Line I/O on two descriptors, bounded and timed."""
+class DeadlinePassed(TimeoutError):
+    """The dialogue's total time (Channel.deadline_s) is up."""
 
-    def __init__(self, in_fd: int, out_fd: int, timeout_s: float):
+
+class Channel:
+    """Line I/O on two descriptors, bounded and timed: each read by `timeout_s`, all of them
+    together by `deadline_s` from the channel's making."""
+
+    def __init__(self, in_fd: int, out_fd: int, timeout_s: float,
+                 deadline_s: float = limits.POPPASSD_DEADLINE_S):
         self.in_fd, self.out_fd, self.timeout_s = in_fd, out_fd, timeout_s
+        self.deadline_s = deadline_s
+        self.deadline = time.monotonic() + deadline_s
         self.buffer = b""
 
     def write_line(self, text: str) -> None:
         data = text.encode("utf-8", "surrogateescape") + b"\r\n"
         while data:
             data = data[os.write(self.out_fd, data):]
+
+    def _wait_s(self) -> float:
+        """The next read's wait: the idle timeout, but never past the deadline."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise DeadlinePassed
+        return min(self.timeout_s, left)
 
     def discard_rest_of_line(self, max_octets: int = 64 * 1024, wait_s: float = 1.0) -> None:
         """Read (and drop) the rest of an over-long line before closing: closing with unread
@@ -128,14 +146,15 @@ class Channel:
             seen += len(self.buffer)
 
     def read_line(self) -> bytes | None:
-        """The next line without its CRLF; None at EOF. Raises TimeoutError, or
-        OverflowError for a line longer than the limit."""
+        """The next line without its CRLF; None at EOF. Raises TimeoutError (DeadlinePassed
+        when the whole dialogue's time is up), or OverflowError for a line longer than the
+        limit."""
         while b"\n" not in self.buffer:
             if len(self.buffer) >= limits.POPPASSD_MAX_LINE_OCTETS:
                 raise OverflowError
-            ready, _, _ = select.select([self.in_fd], [], [], self.timeout_s)
+            ready, _, _ = select.select([self.in_fd], [], [], self._wait_s())
             if not ready:
-                raise TimeoutError
+                raise DeadlinePassed if time.monotonic() >= self.deadline else TimeoutError
             chunk = os.read(self.in_fd, limits.POPPASSD_MAX_LINE_OCTETS)
             if not chunk:
                 return None
@@ -209,6 +228,11 @@ class Dialogue:
         while not self.done:
             try:
                 line = self.channel.read_line()
+            except DeadlinePassed:
+                self.channel.write_line(TIMED_OUT)
+                self.log(syslog.LOG_NOTICE, f"dialogue from {self.client_ip} not finished "
+                                            f"within {self.channel.deadline_s}s; closed")
+                return EXIT_FAILED
             except TimeoutError:
                 self.channel.write_line(TIMED_OUT)
                 self.log(syslog.LOG_INFO, f"timeout after {self.channel.timeout_s}s "
@@ -333,6 +357,7 @@ class Settings:
     def __init__(self):
         self.pam_service = DEFAULT_PAM_SERVICE
         self.timeout = float(limits.POPPASSD_TIMEOUT_S)
+        self.deadline = float(limits.POPPASSD_DEADLINE_S)
         self.config_file: str | None = None     # None: DEFAULT_CONFIG when it exists
         self.brake_flags: list[str] = []        # popper's spelling, for config.load
 
@@ -346,7 +371,8 @@ class Settings:
 
 
 FLAGS = {"-f": "config", "--config": "config", "-s": "pam-service", "--pam-service": "pam-service",
-         "-t": "timeout", "--timeout": "timeout", "--auth-brakes-file": "auth-brakes-file",
+         "-t": "timeout", "--timeout": "timeout", "--deadline": "deadline",
+         "--auth-brakes-file": "auth-brakes-file",
          "--auth-brakes-max-delay": "auth-brakes-max-delay"}
 """Every flag takes a value (`-s NAME`; long ones also `--name=VALUE`) -> what it sets."""
 
@@ -378,13 +404,8 @@ def _set(settings: Settings, what: str, flag: str, value: str) -> None:
         if not value or "/" in value or not value.isprintable():
             raise ValueError(f"bad PAM service name {value!r}")
         settings.pam_service = value
-    elif what == "timeout":
-        try:
-            settings.timeout = float(value)
-        except ValueError:
-            raise ValueError(f"--timeout needs a number of seconds, got {value!r}") from None
-        if not 0 < settings.timeout <= 3600:
-            raise ValueError("--timeout must be between 0 and 3600 seconds")
+    elif what in ("timeout", "deadline"):
+        setattr(settings, what, _seconds(what, value))
     else:
         # popper's own option: its table checks the value (a bad one is a usage error here).
         try:
@@ -392,6 +413,16 @@ def _set(settings: Settings, what: str, flag: str, value: str) -> None:
         except ConfigError as error:
             raise ValueError(str(error).removeprefix("argv ")) from None
         settings.brake_flags.append(f"--{what}={value}")
+
+
+def _seconds(what: str, value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"--{what} needs a number of seconds, got {value!r}") from None
+    if not 0 < seconds <= MAX_TIME_FLAG_S:
+        raise ValueError(f"--{what} must be between 0 and {MAX_TIME_FLAG_S} seconds")
+    return seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -405,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         # PAM reads /etc/shadow and chpasswd writes it: only root can do either.
         print("poppassd: must run as root (from inetd or poppassd.socket)", file=sys.stderr)
         return EXIT_FAILED
-    channel = Channel(0, 1, settings.timeout)
+    channel = Channel(0, 1, settings.timeout, settings.deadline)
     try:
         cfg = settings.config()
     except ConfigError as error:
