@@ -193,7 +193,3 @@ the connection then closes, so each guess also costs a new connection."""
 
 POPPASSD_MAX_BAD_COMMANDS = 5
 """Unknown or out-of-order poppassd commands tolerated before the connection is closed."""
-
-CHPASSWD_TIMEOUT_S = 30
-"""Longest wait for chpasswd(8) to write the new password (it locks /etc/shadow; another
-passwd or useradd may hold the lock for a moment)."""

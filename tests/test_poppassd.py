@@ -22,6 +22,7 @@ import pytest
 from qpopper import limits
 from qpopper.auth import pam as pam_auth
 from qpopper.tools import poppassd
+from tests.helpers import pam_service as pam_files
 from tests.helpers.sysusers import make_spool
 from tests.server_harness import Site, free_port, mbox
 
@@ -98,14 +99,24 @@ class Conversation:
         self.close()
 
 
+@contextlib.contextmanager
+def poppassd_service(world_tmp, stack: str):
+    """poppassd and a POP server on a PAM service of this stack (auth, account, password)."""
+    with pam_files.installed_pam_service(stack, tag="pw-") as pam_service:
+        site = Site(world_tmp, pam_service)
+        svc = PoppassdService(site, pam_service)
+        svc.site = site
+        try:
+            yield svc
+        finally:
+            svc.stop()
+            site.close()
+
+
 @pytest.fixture
-def service(world_tmp, pam_service):
-    site = Site(world_tmp, pam_service)
-    svc = PoppassdService(site, pam_service)
-    svc.site = site
-    yield svc
-    svc.stop()
-    site.close()
+def service(world_tmp, pam_service):          # pam_service: skips unless root
+    with poppassd_service(world_tmp, pam_files.FAST_UNIX_PASSWORD) as svc:
+        yield svc
 
 
 def pop_login_ok(site: Site, user, password: str) -> bool:
@@ -143,6 +154,40 @@ def test_change_a_password_then_log_in_to_pop_with_it(service, system_users):
     texts = "\n".join(service.site.syslog.texts())
     assert new not in texts and user.password not in texts        # passwords are never logged
     assert record[0] & 7 == 5                                       # LOG_NOTICE
+
+
+def change(svc, user, new: str) -> bytes:
+    """The dialogue up to the reply to `newpass`."""
+    with svc.connect() as c:
+        assert c.say(f"user {user.name}") == b"200 Your password please."
+        assert c.say(f"pass {user.password}") == b"200 Your new password please."
+        return c.say(f"newpass {new}")
+
+
+def test_the_shipped_pam_service_changes_the_password(world_tmp, pam_service, system_users):
+    """pam.d/poppassd as the package installs it: common-auth, -account and -password."""
+    shipped = (Path(__file__).resolve().parent.parent / "pam.d/poppassd").read_text()
+    with poppassd_service(world_tmp, shipped) as svc:
+        user = system_users.create("pp")
+        assert change(svc, user, "shipped-stack-3") == b"200 Password changed, thank-you."
+        assert pam_auth.authenticate(svc.site.options["pam_service"], user.name,
+                                     "shipped-stack-3").ok
+        assert not pam_auth.authenticate(svc.site.options["pam_service"], user.name,
+                                         user.password).ok
+
+
+def test_the_pam_password_stack_decides(world_tmp, pam_service, system_users):
+    """A password stack that refuses every new password (pam_deny, as pam_pwquality refuses
+    a weak one): poppassd says so, may be asked again, and the password stays unchanged."""
+    with poppassd_service(world_tmp, pam_files.PASSWORD_DENIED) as svc:
+        user = system_users.create("pp")
+        assert change(svc, user, "denied-by-pam-5") == b"500 New password not acceptable."
+        assert pam_auth.authenticate(svc.site.options["pam_service"], user.name,
+                                     user.password).ok
+        svc.site.syslog.wait_for(rf'new password for "{user.name}" from 127\.0\.0\.1 '
+                                 rf"refused: PAM service {svc.site.options['pam_service']}: "
+                                 r".* \(20\)")
+        assert "denied-by-pam-5" not in "\n".join(svc.site.syslog.texts())
 
 
 def test_wrong_old_password_and_unknown_user_get_the_same_reply(service, system_users):
@@ -308,8 +353,8 @@ def test_an_unreadable_configuration_is_said_and_the_client_told_to_come_back(wo
     "\u2028x", "\udcff", "a" * (limits.MAX_USER_NAME_OCTETS + 1),
 ])
 def test_hostile_user_names_are_refused_before_any_lookup(name):
-    """The one user-name rule (qpopper.auth.is_possible_user_name), and no `:` (chpasswd reads
-    "user:password" lines): refused like a wrong password, never looked up or authenticated."""
+    """The one user-name rule (qpopper.auth.is_possible_user_name), and no `:` (it separates
+    /etc/passwd's fields): refused like a wrong password, never looked up or authenticated."""
     read_fd, write_fd = os.pipe()
     try:
         dialogue = poppassd.Dialogue(poppassd.Channel(read_fd, write_fd, 1.0),

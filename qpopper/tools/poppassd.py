@@ -15,13 +15,13 @@ hold spaces. How the password is changed, and why:
   - the old password is verified with PAM (pam_authenticate + pam_acct_mgmt, service
     `poppassd` by default, PAM_RHOST = the client), like a POP login; an expired password
     is accepted here, since changing it is the point;
-  - the new one is set by chpasswd(8) as root, with "user:password" on its standard input
-    (never in argv, where `ps` would show it). chpasswd goes through PAM's password stack
-    (/etc/pam.d/chpasswd → common-password), so pam_unix writes /etc/shadow as for passwd(1).
-    python-pam has no pam_chauthtok, and driving the user's own chauthtok conversation
-    (old, new, retype prompts that differ between modules) is brittle; the old password has
-    already been proved. Strength rules: pam_pwquality in common-password applies to root
-    only with `enforce_for_root`.
+  - the new one is set by pam_chauthtok in the same service (auth.pam.change_password), so
+    its password stack (common-password: pam_pwquality, pam_pwhistory, pam_unix) decides
+    and writes it, as for passwd(1). Running as root, pam_unix does not ask for the old
+    password (it was proved above); a module that asks gets it, every "new password" and
+    "retype" prompt gets the new one. A new password the stack refuses (PAM_AUTHTOK_ERR)
+    gets `500 New password not acceptable.` and may be given again. pam_pwquality and
+    pam_pwhistory let root through unless given `enforce_for_root` (pam.d/poppassd).
 Safety: passwords are never logged; an unknown user, a user with uid <= 10 (limits.
 BLOCKED_UID_MAX), a locked or expired account and a wrong old password all get the same
 reply (`500 Old password is incorrect.`) after the same delay (limits.POPPASSD_FAILURE_DELAY_S),
@@ -51,7 +51,6 @@ import os
 import pwd
 import select
 import socket
-import subprocess
 import sys
 import syslog
 import time
@@ -67,8 +66,6 @@ from ..log import Logger
 from .popauth import DEFAULT_CONFIG
 
 DEFAULT_PAM_SERVICE = "poppassd"
-CHPASSWD = "/usr/sbin/chpasswd"
-SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 USAGE = ("usage: poppassd [-f|--config FILE] [-s|--pam-service SERVICE] [-t|--timeout SECONDS] "
@@ -181,25 +178,6 @@ def peer_address(fd: int = 0) -> str:
     return normalize_ip(peer[0]) if isinstance(peer, tuple) else "unknown"
 
 
-def set_password(user: str, new_password: str) -> str | None:
-    """chpasswd as root, the password on its stdin; None on success, else why (for the log:
-    chpasswd's own message, which never contains the password)."""
-    try:
-        result = subprocess.run([CHPASSWD], input=f"{user}:{new_password}\n".encode("utf-8"),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                env={"PATH": SAFE_PATH, "LANG": "C"}, close_fds=True,
-                                timeout=limits.CHPASSWD_TIMEOUT_S)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"cannot run {CHPASSWD}: {exc.__class__.__name__}"
-    if result.returncode == 0:
-        return None
-    message = result.stderr.decode("utf-8", "replace").strip().splitlines()
-    text = message[0] if message else ""
-    if new_password in text:
-        text = "(message withheld)"
-    return f"chpasswd exited {result.returncode}: {text}"
-
-
 class Dialogue:
     """One poppassd connection: one command table per state."""
 
@@ -297,10 +275,17 @@ class Dialogue:
         if not _acceptable(new_password, self.old_password):
             self.channel.write_line(NEW_PASSWORD_REFUSED)
             return
-        failure = set_password(self.user, new_password)
-        if failure is not None:
+        result = pam_auth.change_password(self.pam_service, self.user, self.old_password,
+                                          new_password, self.client_ip)
+        why = f"PAM service {self.pam_service}: {result.reason} ({result.code})"
+        if result.code in pam_auth.NEW_PASSWORD_REFUSED:
+            self.log(syslog.LOG_NOTICE, f'new password for "{self.user}" from '
+                                        f"{self.client_ip} refused: {why}")
+            self.channel.write_line(NEW_PASSWORD_REFUSED)
+            return
+        if not result.ok:
             self.log(syslog.LOG_ERR, f'password change for "{self.user}" from '
-                                     f"{self.client_ip} failed: {failure}")
+                                     f"{self.client_ip} failed: {why}")
             self.channel.write_line(NOT_CHANGED)
             self.done = True
             return
@@ -316,7 +301,7 @@ class Dialogue:
     # ---- checks ------------------------------------------------------------------------------
     def _check_old_password(self, user: str, old_password: str) -> tuple[str, str] | None:
         """None when `user` proved `old_password`; else (reply, reason for the log)."""
-        # The one user-name rule, and no ":" either: chpasswd reads "user:password" lines.
+        # The one user-name rule, and no ":" either: it separates /etc/passwd's fields.
         if not is_possible_user_name(user) or ":" in user:
             return BAD_OLD_PASSWORD, "invalid user name"
         try:
@@ -433,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     log = Logger(facility=syslog.LOG_AUTHPRIV, ident="poppassd")
     if os.geteuid() != 0:
-        # PAM reads /etc/shadow and chpasswd writes it: only root can do either.
+        # pam_unix reads /etc/shadow and rewrites it: only root can do either.
         print("poppassd: must run as root (from inetd or poppassd.socket)", file=sys.stderr)
         return EXIT_FAILED
     channel = Channel(0, 1, settings.timeout, settings.deadline)
