@@ -3,8 +3,9 @@
 Differences from Qpopper 4.1, each on purpose:
 - STLS is listed only before TLS is active and only in AUTHORIZATION (RFC 2595 §4; decision
   §7.8): Qpopper kept listing it inside TLS.
-- USER is also left out while clear-text-password = tls and the session is not yet in TLS
-  (RFC 2595 §2.1 asks servers not to offer plaintext logins they would refuse).
+- USER is left out while clear-text-password refuses clear text on this connection (never;
+  tls before TLS), and USER itself is then refused (pop_auth_state.py): RFC 2595 §2.3 asks
+  servers not to take plaintext logins they would refuse.
 - SASL lists the AUTH mechanisms this connection may use now (auth/sasl.py: the sasl-*
   options, clear-text-password, TLS, the pop.auth store, -k), in AUTHORIZATION only. The
   SCRAM-*-PLUS (channel binding) names appear only inside TLS, so a client re-reading CAPA

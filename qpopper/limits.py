@@ -38,12 +38,17 @@ MAX_BULLDB_TRIES = 1000
 """The largest `bulldb-max-tries`: with random waits of up to 0.5 s, about 4 minutes of a
 login spent waiting for the bulletin database."""
 
-MAX_AUTHORIZATION_S = 300
-"""The whole AUTHORIZATION state (banner to login) may last this long, however the client
-paces its bytes: until the login it holds a root process. A mail client logs in within
-seconds, a person typing at telnet within a minute or two; 5 minutes also covers
-MAX_AUTH_FAILURES_PER_CONNECTION failures with their delays and brakes. Past it the session
-ends as an idle timeout does."""
+LOGIN_TIMEOUT_S = 180
+"""The `login-timeout` default: the whole AUTHORIZATION state (banner to login) may last this
+long, however the client paces its bytes: until the login it holds a root process. Dovecot's
+login processes allow 3 minutes too: a mail client logs in within seconds, a person at telnet
+or a slow SASL GSSAPI exchange within a minute or two, and it still covers
+MAX_AUTH_FAILURES_PER_CONNECTION failures with their delays. Past it the session ends as an
+idle timeout does."""
+
+MAX_LOGIN_TIMEOUT_S = 3600
+"""The largest `login-timeout`: an hour of AUTHORIZATION is already a root process held by a
+client that has not proved anything (and it stays far inside what poll() takes)."""
 
 AUTH_FAILURE_DELAY_S = 2.0
 """Qpopper's fixed SLEEP_SECONDS after a failed login, before the -ERR reply."""
@@ -177,13 +182,14 @@ POPPASSD_TIMEOUT_S = 60
 """A person types the dialogue in a client's dialog box: a minute of silence ends it, so an
 idle connection cannot hold a root process."""
 
+POPPASSD_DEADLINE_S = 120
+"""The whole poppassd dialogue, greeting to `200 Password changed`: a person types three lines
+in a dialog box within a minute or two. A client trickling a byte inside each
+POPPASSD_TIMEOUT_S would otherwise hold a root process (under inetd) for ever."""
+
 POPPASSD_FAILURE_DELAY_S = 3.0
 """Wait before saying a password check failed (login(1)'s FAIL_DELAY default): slows guessing;
 the connection then closes, so each guess also costs a new connection."""
 
 POPPASSD_MAX_BAD_COMMANDS = 5
 """Unknown or out-of-order poppassd commands tolerated before the connection is closed."""
-
-CHPASSWD_TIMEOUT_S = 30
-"""Longest wait for chpasswd(8) to write the new password (it locks /etc/shadow; another
-passwd or useradd may hold the lock for a moment)."""

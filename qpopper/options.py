@@ -612,6 +612,12 @@ OPTIONS: tuple[Option, ...] = (
        "Extension: seconds to wait before answering a failed login (Qpopper's fixed "
        "SLEEP_SECONDS).",
        extension=True, minimum=0, maximum=60, scope=Scope.NOT_USER),
+    _i("login-timeout", limits.LOGIN_TIMEOUT_S,
+       "Extension: seconds from the greeting within which a client must log in, however it "
+       "paces its bytes (the idle timeout alone would let a client sending a byte now and "
+       "then hold the connection forever); then the connection is closed as for an idle "
+       "client. Dovecot's default is 3 minutes too.",
+       extension=True, minimum=1, maximum=limits.MAX_LOGIN_TIMEOUT_S, scope=Scope.NOT_USER),
     _s("auth-brakes-file", "/run/qpopper/auth-brakes.sqlite",
        "Extension: where failed logins are counted across connections for the brute-force "
        "brakes (a growing delay per client address and per user name). Its directory is "

@@ -7,6 +7,16 @@ downcase-user, trim-domain, the `-no-mime` suffix. Names that could never be an 
 (auth.is_possible_user_name: empty, too long, `/`, `..`, a leading `.` or `-`, control
 characters, ...) are refused with the wrong-password reply after the
 same delay, so a refused name tells the client nothing the wrong password would not.
+
+Commands that try no credential cannot loop for free until the login deadline: a repeated
+CAPA, bare AUTH listing or refused USER, USER again without PASS, AUTH with a mechanism not
+offered, and STLS when it is off or TLS is already on each count as a bad command (limits.
+MAX_BAD_COMMANDS). The first CAPA and listing are free, and free again after STLS, since
+RFC 2595 §4 makes the client ask anew.
+
+When this connection refuses clear text for everyone (clear-text-password never, or tls
+before TLS), USER itself is refused with `-ERR [AUTH]` (RFC 2595 §2.3), so an old client
+never sends the password; CAPA then lists neither USER nor PLAIN and LOGIN (capa.py).
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from .auth import is_possible_user_name, sasl
 from .capa import cmd_capa
-from .pop_command import Command, command_table
+from .pop_command import BadCommand, Command, command_table
 from .responses import PopError, RespCode, ok
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -70,8 +80,39 @@ def normalise_user(raw: str, cfg) -> PendingUser:
     return PendingUser(name, no_mime, is_possible_user_name(name))
 
 
+def may_answer_probe(proto: "Protocol", probe: str) -> bool:
+    """CAPA, the bare AUTH listing and a refused USER tell the client the same thing each
+    time: the first is free, each repeat counts as a bad command, so a client cannot loop on
+    them until the login deadline. False: the budget is spent (the protocol has answered and
+    closed)."""
+    if probe in proto.answered_once:
+        return proto.charge_bad_command()
+    proto.answered_once.add(probe)
+    return True
+
+
+def clear_text_refusal(proto: "Protocol") -> PopError | None:
+    """USER's refusal when this connection refuses clear text for everyone
+    (sasl.clear_text_refusal): answered at USER, so the client never sends the password. Not
+    a failed login (no password was tried): no failure line, no brake."""
+    text = sasl.clear_text_refusal(proto.cfg, proto.env)
+    if text is None:
+        return None
+    env = proto.env
+    return PopError(text, RespCode.AUTH,
+                    log=f"USER from {env.client_host} ({env.client_ip}) refused before the "
+                        f"password: clear-text-password {proto.cfg.clear_text_password}")
+
+
 # --- the verbs -------------------------------------------------------------------------------------
 def cmd_user(proto: "Protocol", args: list[str]) -> None:
+    refusal = clear_text_refusal(proto)
+    if refusal is not None:
+        if may_answer_probe(proto, "USER"):
+            raise refusal
+        return
+    if proto.pending_user is not None and not proto.charge_bad_command():
+        return          # USER again without PASS: a loop that never tries a password
     pending = normalise_user(args[0], proto.cfg)
     proto.pending_user = pending
     proto.reply(ok(PASSWORD_REQUIRED.format(user=pending.shown)))
@@ -110,11 +151,14 @@ def cmd_auth(proto: "Protocol", args: list[str]) -> None:
     mechanisms (RFC 1734 style, as clients probe with it)."""
     offered = sasl.offered_mechanisms(proto.cfg, proto.env)
     if not args:
-        proto.reply_lines(ok(sasl.MECHANISMS_FOLLOW), (name.encode("ascii") for name in offered))
+        if may_answer_probe(proto, "AUTH"):
+            proto.reply_lines(ok(sasl.MECHANISMS_FOLLOW),
+                              (name.encode("ascii") for name in offered))
         return
     name = args[0].upper()
     if name not in offered:
-        raise sasl.refusal_for(name, proto.cfg, proto.env)
+        refusal = sasl.refusal_for(name, proto.cfg, proto.env)
+        raise BadCommand(refusal.text, refusal.code)
     proto.pending_user = None
     initial = (sasl.decode_response(args[1].encode("utf-8", "surrogateescape"), initial=True)
                if len(args) > 1 else None)
@@ -128,11 +172,16 @@ def cmd_auth(proto: "Protocol", args: list[str]) -> None:
 def cmd_stls(proto: "Protocol", args: list[str]) -> None:
     """RFC 2595 §4: STLS, then the TLS handshake; the client must forget what it knew."""
     if proto.env.start_tls is None:
-        raise PopError(COMMAND_NOT_ENABLED)
+        raise BadCommand(COMMAND_NOT_ENABLED)
     if proto.env.tls_active:
-        raise PopError(TLS_ALREADY_ACTIVE)
+        raise BadCommand(TLS_ALREADY_ACTIVE)
     proto.reply(ok(BEGIN_TLS))
     proto.start_tls()
+
+
+def cmd_capa_before_login(proto: "Protocol", args: list[str]) -> None:
+    if may_answer_probe(proto, "CAPA"):
+        cmd_capa(proto, args)
 
 
 def cmd_quit(proto: "Protocol", args: list[str]) -> None:
@@ -145,6 +194,6 @@ AUTHORIZATION_COMMANDS = command_table({
     "APOP": Command(cmd_apop, 2, 2),
     "AUTH": Command(cmd_auth, 0, 2),
     "STLS": Command(cmd_stls),
-    "CAPA": Command(cmd_capa),
+    "CAPA": Command(cmd_capa_before_login),
     "QUIT": Command(cmd_quit),
 })

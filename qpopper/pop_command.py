@@ -35,9 +35,14 @@ class Command:
         assert 0 <= self.min_args <= self.max_args <= limits.MAX_PARAMETERS
 
 
-class CommandSyntaxError(PopError):
-    """A malformed command line: answered like any refusal, and counted against the
-    connection's bad-command budget (limits.MAX_BAD_COMMANDS)."""
+class BadCommand(PopError):
+    """A refusal that also counts against the connection's bad-command budget
+    (limits.MAX_BAD_COMMANDS): past it the client hears `-ERR Too many bad commands` instead
+    and the connection closes."""
+
+
+class CommandSyntaxError(BadCommand):
+    """A malformed command line."""
 
 
 def command_table(entries: Mapping[str, Command]) -> Mapping[str, Command]:

@@ -23,7 +23,7 @@ from typing import Callable, Mapping, NoReturn
 from . import QPOPPER_VERSION, limits
 from .auth import Login, challenges
 from .pop_auth_state import AUTHORIZATION_COMMANDS, PendingUser, printable
-from .pop_command import NO_EXTENSIONS, Command, CommandSyntaxError, Extensions
+from .pop_command import NO_EXTENSIONS, BadCommand, Command, CommandSyntaxError, Extensions
 from .pop_lines import TOO_LONG, LineReader
 from .pop_trans_state import (TRANSACTION_COMMANDS, TRANSACTION_COMMANDS_WITH_MANGLE, SessionStats,
                               Transaction, login_reply)
@@ -73,15 +73,18 @@ class Protocol:
         self.state = State.AUTHORIZATION
         self.closed = False
         self.bad_commands = 0
+        # AUTHORIZATION probes answered once already (CAPA, the bare AUTH listing, a refused
+        # USER): a repeat tells the client nothing new and counts as a bad command.
+        self.answered_once: set[str] = set()
         self.apop_timestamp: str | None = None
         self.pending_user: PendingUser | None = None   # USER given, PASS expected (Qpopper auth2)
         self.login: Login | None = None
         self.trans: Transaction | None = None
         # Seams for tests: the clock (X-LOCALTIME, APOP timestamp), and the monotonic one that
-        # bounds the whole AUTHORIZATION state (limits.MAX_AUTHORIZATION_S, read_timeout).
+        # bounds the whole AUTHORIZATION state (the login-timeout option, read_timeout).
         self.now: Callable[[], float] = time.time
         self.monotonic: Callable[[], float] = time.monotonic
-        self.authorization_deadline = self.monotonic() + limits.MAX_AUTHORIZATION_S
+        self.authorization_deadline = self.monotonic() + cfg.login_timeout
         self._lines = LineReader()
         self._continuation: _Continuation | None = None
         ext = self.extensions
@@ -156,7 +159,7 @@ class Protocol:
     def read_timeout(self, idle_timeout: float) -> float:
         """How long the session may wait for the client's next bytes: `idle_timeout` (the
         `timeout` option), but in AUTHORIZATION never past the state's deadline
-        (limits.MAX_AUTHORIZATION_S after the connection began): a client sending a byte
+        (`login-timeout` seconds after the connection began): a client sending a byte
         just inside each timeout must not hold a root process forever. 0 means the time is
         up; the session then calls timeout() as for an idle client."""
         if self.state != State.AUTHORIZATION:
@@ -174,7 +177,7 @@ class Protocol:
             return
         if self.state == State.AUTHORIZATION and self.monotonic() >= self.authorization_deadline:
             self.env.log(syslog.LOG_NOTICE, f"{self._who()} did not log in within "
-                                            f"{limits.MAX_AUTHORIZATION_S} s; closing")
+                                            f"login-timeout {self.cfg.login_timeout} s; closing")
         self._abort()
 
     def stats(self) -> SessionStats | None:
@@ -222,6 +225,7 @@ class Protocol:
         came through TLS), then let the session do the handshake. True when TLS is active."""
         self._lines.discard()
         self.pending_user = None
+        self.answered_once.clear()      # RFC 2595 §4: the client must ask CAPA again
         active = bool(self.env.start_tls())
         if not active:
             # Unlike Qpopper, a failed handshake ends the session: the client's TLS state is
@@ -229,6 +233,18 @@ class Protocol:
             # the handshake error itself).
             self.closed = True
         return active
+
+    def charge_bad_command(self) -> bool:
+        """Count one bad command against the budget (limits.MAX_BAD_COMMANDS). False when that
+        was one too many: `-ERR Too many bad commands` is sent and the session aborted, so the
+        caller must not answer the command."""
+        self.bad_commands += 1
+        if self.bad_commands <= limits.MAX_BAD_COMMANDS:
+            return True
+        self.env.log(syslog.LOG_NOTICE, f"Too many bad commands from {self._who()}")
+        self.reply(err(TOO_MANY_BAD_COMMANDS))
+        self._abort()
+        return False
 
     def refuse_user_name(self, name: str, refusal: PopError, mechanism: str) -> NoReturn:
         """A user name we never pass on (`/`, `..`, control characters, too long, ...): the
@@ -283,7 +299,7 @@ class Protocol:
     def _run(self, step: Callable[[bytes], None], line: bytes) -> None:
         try:
             step(line)
-        except CommandSyntaxError as refusal:
+        except BadCommand as refusal:
             self._bad_command(refusal)
         except PopError as refusal:
             self._log_refusal(refusal)
@@ -316,12 +332,7 @@ class Protocol:
         command.handler(self, args)
 
     def _bad_command(self, refusal: PopError) -> None:
-        self.bad_commands += 1
-        if self.bad_commands > limits.MAX_BAD_COMMANDS:
-            self.env.log(syslog.LOG_NOTICE, f"Too many bad commands from {self._who()}")
-            self.reply(err(TOO_MANY_BAD_COMMANDS))
-            self._abort()
-        else:
+        if self.charge_bad_command():
             self.reply(refusal.render())
 
     # --- the session's end -----------------------------------------------------------------

@@ -26,7 +26,10 @@ mode works on any descriptor pair.
 
 After the handshake the channel names its channel bindings (TlsChannel.channel_bindings), the
 plain bytes SCRAM-*-PLUS (auth/sasl.py) ties a login to this TLS connection with:
-`tls-exporter` (RFC 9266) on TLS 1.3, `tls-unique` (RFC 5929) before it.
+`tls-exporter` (RFC 9266) on TLS 1.3, and none on TLS 1.2. TLS 1.2's `tls-unique` (RFC 5929)
+and exporter are safe only with the Extended Master Secret (RFC 7627: without it a man in the
+middle can make two connections share them through resumption), and pyOpenSSL cannot say
+whether EMS was negotiated; so TLS 1.2 clients get the SCRAM mechanisms without -PLUS.
 """
 
 from __future__ import annotations
@@ -441,23 +444,18 @@ class TlsChannel:
             self.conn.bio_write(data)
 
     def channel_bindings(self) -> dict[str, bytes]:
-        """The channel bindings of the completed handshake, by RFC 5056 name. TLS 1.3:
-        tls-exporter only (RFC 9266 §3: tls-unique is not defined for it). Earlier versions:
-        tls-unique, the first Finished message of the handshake (RFC 5929 §3.1): the client's
-        in a full handshake, ours when a session was resumed (then the server finishes
-        first). Renegotiation is off (BASE_OPTIONS), so neither changes afterwards. A value
-        OpenSSL cannot give is left out, and with it the PLUS mechanisms that need it."""
-        if self.conn.get_protocol_version() >= SSL.TLS1_3_VERSION:
-            try:
-                return {"tls-exporter": self.conn.export_keying_material(
-                    EXPORTER_LABEL, EXPORTER_OCTETS, b"")}
-            except SSL.Error:
-                return {}
-        reused = _session_reused(self.conn)
-        if reused is None:
+        """The channel bindings of the completed handshake, by RFC 5056 name: tls-exporter on
+        TLS 1.3 (RFC 9266; tls-unique is not defined there). Nothing on TLS 1.2, where both
+        are unsafe without the Extended Master Secret, which pyOpenSSL cannot report (RFC
+        7627, module docstring). A value OpenSSL cannot give is left out, and with it the
+        PLUS mechanisms that need it."""
+        if self.conn.get_protocol_version() < SSL.TLS1_3_VERSION:
             return {}
-        first = self.conn.get_finished() if reused else self.conn.get_peer_finished()
-        return {"tls-unique": first} if first else {}
+        try:
+            return {"tls-exporter": self.conn.export_keying_material(
+                EXPORTER_LABEL, EXPORTER_OCTETS, b"")}
+        except SSL.Error:
+            return {}
 
     def summary(self) -> str:
         """`TLSv1.3, TLS_AES_256_GCM_SHA384, 256 bits` for the log."""
@@ -557,21 +555,6 @@ class TlsChannel:
             self._flush(1.0)
         except Exception:          # the client may already be gone; nothing to tell anyone
             pass
-
-
-def _session_reused(conn: SSL.Connection) -> bool | None:
-    """Was this handshake a resumption? pyOpenSSL has no call for SSL_session_reused, so it
-    is asked through the OpenSSL binding pyOpenSSL itself uses; None when that binding lacks
-    it (then tls-unique is not offered: which Finished came first is unknown)."""
-    try:
-        from OpenSSL._util import lib as openssl_lib     # private: may go in a later pyOpenSSL
-    except ImportError:
-        return None
-    session_reused = getattr(openssl_lib, "SSL_session_reused", None)
-    ssl_pointer = getattr(conn, "_ssl", None)
-    if session_reused is None or ssl_pointer is None:
-        return None
-    return bool(session_reused(ssl_pointer))
 
 
 def describe_ssl_error(exc: SSL.Error) -> str:

@@ -49,12 +49,12 @@ def site(tmp_path):
     spool.close()
 
 
-def session(site):
+def session(site, **cfg_changes):
     logs: list[tuple[int, str]] = []
     auth = Authenticator(site.cfg, lambda p, t: logs.append((p, t)), store=site.store)
     auth.slept = []
     auth.sleep = auth.slept.append
-    pop = site.session(authenticator=auth)
+    pop = site.session(authenticator=auth, **cfg_changes)
     pop.authlog = logs
     pop.greet()
     return pop
@@ -140,40 +140,54 @@ def test_the_login_rule_never_admits_a_name_the_spool_refuses(name):
 
 
 # --- the AUTHORIZATION deadline -----------------------------------------------------------------
-def test_read_timeout_is_bounded_by_the_authorization_deadline(site):
-    pop = session(site)
+def test_the_login_timeout_defaults_to_dovecots_three_minutes():
+    assert Config.defaults().login_timeout == limits.LOGIN_TIMEOUT_S == 180
+
+
+def clocked_session(site, **cfg_changes):
+    """A session whose monotonic clock the test moves (starting at 1000)."""
     clock = [1000.0]
+    pop = session(site, **cfg_changes)
     pop.proto.monotonic = lambda: clock[0]
-    pop.proto.authorization_deadline = 1000.0 + limits.MAX_AUTHORIZATION_S
-    assert pop.proto.read_timeout(600) == limits.MAX_AUTHORIZATION_S
-    clock[0] += limits.MAX_AUTHORIZATION_S - 5
+    pop.proto.authorization_deadline = 1000.0 + pop.proto.cfg.login_timeout
+    return pop, clock
+
+
+def test_read_timeout_is_bounded_by_the_login_timeout(site):
+    pop, clock = clocked_session(site, login_timeout=40)
+    assert pop.proto.read_timeout(600) == 40
+    clock[0] += 40 - 5
     assert pop.proto.read_timeout(600) == 5
     assert pop.proto.read_timeout(2) == 2
     clock[0] += 10
     assert pop.proto.read_timeout(600) == 0
     pop.proto.timeout()
     assert pop.proto.closed
-    assert (syslog.LOG_NOTICE, f"client.example.net (127.0.0.1) did not log in within "
-                               f"{limits.MAX_AUTHORIZATION_S} s; closing") in pop.env.logs
+    assert (syslog.LOG_NOTICE, "client.example.net (127.0.0.1) did not log in within "
+                               "login-timeout 40 s; closing") in pop.env.logs
+
+
+def test_the_login_timeout_option_sets_the_deadline(site):
+    pop = site.session(login_timeout=7)
+    now = pop.proto.monotonic()
+    assert now + 6 < pop.proto.authorization_deadline <= now + 7
+    assert pop.proto.read_timeout(600) <= 7
 
 
 def test_the_deadline_ends_with_the_login(site):
-    pop = session(site)
-    clock = [1000.0]
-    pop.proto.monotonic = lambda: clock[0]
-    pop.proto.authorization_deadline = 1000.0 + limits.MAX_AUTHORIZATION_S
+    pop, clock = clocked_session(site)
     pop.send("USER alice")
     assert pop.send("PASS secret").startswith(b"+OK alice has 1 visible message")
-    clock[0] += 10 * limits.MAX_AUTHORIZATION_S
+    clock[0] += 10 * limits.LOGIN_TIMEOUT_S
     assert pop.proto.read_timeout(600) == 600
 
 
-def test_a_trickling_client_is_cut_off_at_the_deadline(monkeypatch, tmp_path):
+def test_a_trickling_client_is_cut_off_at_the_deadline(tmp_path):
     """The real Session over a socket pair: one byte every 0.2 s keeps inside any idle
-    timeout, yet the session ends at the AUTHORIZATION deadline, without a reply."""
-    monkeypatch.setattr(limits, "MAX_AUTHORIZATION_S", 1.0)
+    timeout, yet the session ends at the AUTHORIZATION deadline (login-timeout), without a
+    reply."""
     cfg = Config.defaults().replace(reverse_lookup=False, timeout=5, spool_dir=str(tmp_path),
-                                    auth_brakes_file=None)
+                                    auth_brakes_file=None, login_timeout=1)
     terminal = io.StringIO()
     log = Logger(stream=terminal)
     client, server = socket.socketpair()
@@ -198,4 +212,4 @@ def test_a_trickling_client_is_cut_off_at_the_deadline(monkeypatch, tmp_path):
         assert not thread.is_alive()
         assert client.recv(4096) == b""                 # closed, no reply (RFC 1939 §3)
     assert 0.9 <= elapsed < 3.5
-    assert "127.0.0.1 (127.0.0.1) did not log in within 1.0 s; closing" in terminal.getvalue()
+    assert "127.0.0.1 (127.0.0.1) did not log in within login-timeout 1 s; closing" in terminal.getvalue()

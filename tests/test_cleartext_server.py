@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import poplib
+import re
 import secrets
 import shutil
 import subprocess
@@ -23,7 +24,8 @@ pytestmark = pytest.mark.timeout(120)
 
 STRONGER = "You must use stronger authentication such as AUTH or APOP to access this account"
 LOCAL_ONLY = "Clear text passwords are permitted only from the local host"
-TLS_ONLY = "Clear text passwords are permitted only over TLS; use STLS first"
+OVER_TLS_ONLY = "Clear text passwords are permitted only over TLS"
+TLS_ONLY = f"{OVER_TLS_ONLY}; use STLS first"
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 
@@ -83,11 +85,32 @@ def test_p0_default_wrong_password_does_not_reveal_who_has_an_apop_secret(site):
     assert user_pass(srv, site.alice) == f"-ERR [AUTH] {STRONGER}"
 
 
+def user_refused(server, user) -> str:
+    """USER's -ERR text: poplib.user raises, so poplib never sends the password."""
+    client = poplib.POP3(server.host, server.port, timeout=20)
+    try:
+        with pytest.raises(poplib.error_proto) as refusal:
+            client.user(user.name)
+        return refusal.value.args[0].decode()
+    finally:
+        client.quit()
+
+
+def assert_no_failed_login(site) -> None:
+    """USER refused up front carried no password: not a failed login, no brake."""
+    site.syslog.wait_for(r"USER from .* refused before the password: clear-text-password \w+")
+    texts = site.syslog.texts()
+    assert not any("Failed attempted login" in text or "LOGIN FAILED" in text for text in texts)
+
+
 def test_p1_never(site):
     srv = site.server(extra_args=["-p", "1"])
-    assert "USER" not in capa(srv)
-    assert user_pass(srv, site.bob) == f"-ERR [AUTH] {STRONGER}"
-    assert user_pass(srv, site.alice) == f"-ERR [AUTH] {STRONGER}"
+    caps = capa(srv)
+    assert "USER" not in caps
+    assert not {"PLAIN", "LOGIN"} & set(caps.get("SASL", []))
+    assert user_refused(srv, site.bob) == f"-ERR [AUTH] {STRONGER}"
+    assert user_refused(srv, site.alice) == f"-ERR [AUTH] {STRONGER}"
+    assert_no_failed_login(site)
     # APOP still works: `never` is about clear text only.
     client = poplib.POP3(srv.host, srv.port, timeout=20)
     try:
@@ -103,12 +126,13 @@ def test_p2_always(site):
     assert user_pass(srv, site.bob).startswith("+OK")
 
 
-def test_p4_tls_refuses_clear_text_before_tls(site):
+def test_p4_tls_without_tls_configured_refuses_clear_text_at_user(site):
     srv = site.server(extra_args=["-p", "4"])
     caps = capa(srv)
     assert "USER" not in caps
     assert "PLAIN" not in " ".join(caps.get("SASL", []))
-    assert user_pass(srv, site.bob) == f"-ERR [AUTH] {TLS_ONLY}"
+    assert user_refused(srv, site.bob) == f"-ERR [AUTH] {OVER_TLS_ONLY}"   # no STLS to suggest
+    assert_no_failed_login(site)
 
 
 # --- local: loopback admitted, a real non-loopback peer refused ------------------------------------
@@ -208,6 +232,24 @@ def test_p4_plain_sasl_only_after_stls(tls_site):
     finally:
         client.close()
     tls_site.syslog.wait_for(rf'sasl "{user.name}" with PLAIN')
+
+
+def test_p4_user_before_stls_is_refused_and_the_password_never_sent(tls_site):
+    """RFC 2595 §2.3: poplib's USER gets -ERR [AUTH] with the hint to use STLS, so it never
+    sends PASS; after STLS the same client logs in with USER/PASS."""
+    import ssl
+    user, srv = tls_site.user, tls_site.srv
+    client = poplib.POP3(srv.host, srv.port, timeout=20)
+    try:
+        with pytest.raises(poplib.error_proto, match=re.escape(f"-ERR [AUTH] {TLS_ONLY}")):
+            client.user(user.name)
+        client.stls(ssl.create_default_context(cafile=tls_site.pki.ca_file))
+        assert client.user(user.name).startswith(b"+OK")
+        assert client.pass_(user.password).startswith(f"+OK {user.name} has 1 visible".encode())
+        client.quit()
+    finally:
+        client.close()
+    assert_no_failed_login(tls_site)
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")

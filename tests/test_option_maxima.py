@@ -29,11 +29,13 @@ MAXIMA = {
     "tls-options": 2**64 - 1,
     "auth-failure-delay": 60,
     "auth-brakes-max-delay": 600,
+    "login-timeout": limits.MAX_LOGIN_TIMEOUT_S,
 }
 
 
 def test_time_maxima_stay_inside_what_poll_takes():
-    for name in ("timeout", "shutdown-grace", "auth-failure-delay", "auth-brakes-max-delay"):
+    for name in ("timeout", "shutdown-grace", "auth-failure-delay", "auth-brakes-max-delay",
+                 "login-timeout"):
         assert lookup(name).maximum <= POLL_LIMIT_S, name
 
 

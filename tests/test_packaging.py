@@ -164,13 +164,17 @@ def test_poppassd_units_serve_stdin_on_port_106():
     service = unit("poppassd@.service")["Service"]
     assert exec_start("poppassd@.service") == ["/usr/sbin/poppassd"]
     assert service["StandardInput"] == "socket" and service["StandardOutput"] == "socket"
-    # chpasswd rewrites /etc/shadow: /etc must stay writable (ProtectSystem=yes, not strict/full).
+    # pam_unix rewrites /etc/shadow: /etc must stay writable (ProtectSystem=yes, not strict/full).
     assert service["ProtectSystem"] == "yes"
     assert {"CAP_DAC_OVERRIDE", "CAP_CHOWN", "CAP_FOWNER"} <= set(
         service["CapabilityBoundingSet"].split())
     pam = (REPO / "pam.d/poppassd").read_text().splitlines()
+    # common-password: the new password goes through PAM's password stack (pwquality, ...)
     assert [l for l in pam if l.startswith("@include")] == [
-        "@include common-auth", "@include common-account"]
+        "@include common-auth", "@include common-account", "@include common-password"]
+    redhat = [l.split() for l in (REPO / "pam.d/poppassd.redhat").read_text().splitlines()
+              if l and not l.startswith("#")]
+    assert ["password", "include", "password-auth"] in redhat
     from qpopper.tools.poppassd import DEFAULT_PAM_SERVICE
     assert DEFAULT_PAM_SERVICE == "poppassd"
 

@@ -7,6 +7,7 @@ the host's /run/qpopper (tests/test_poppassd_brakes.py tests the brakes themselv
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ import pytest
 from qpopper import limits
 from qpopper.auth import pam as pam_auth
 from qpopper.tools import poppassd
+from tests.helpers import pam_service as pam_files
 from tests.helpers.sysusers import make_spool
 from tests.server_harness import Site, free_port, mbox
 
@@ -97,14 +99,24 @@ class Conversation:
         self.close()
 
 
+@contextlib.contextmanager
+def poppassd_service(world_tmp, stack: str):
+    """poppassd and a POP server on a PAM service of this stack (auth, account, password)."""
+    with pam_files.installed_pam_service(stack, tag="pw-") as pam_service:
+        site = Site(world_tmp, pam_service)
+        svc = PoppassdService(site, pam_service)
+        svc.site = site
+        try:
+            yield svc
+        finally:
+            svc.stop()
+            site.close()
+
+
 @pytest.fixture
-def service(world_tmp, pam_service):
-    site = Site(world_tmp, pam_service)
-    svc = PoppassdService(site, pam_service)
-    svc.site = site
-    yield svc
-    svc.stop()
-    site.close()
+def service(world_tmp, pam_service):          # pam_service: skips unless root
+    with poppassd_service(world_tmp, pam_files.FAST_UNIX_PASSWORD) as svc:
+        yield svc
 
 
 def pop_login_ok(site: Site, user, password: str) -> bool:
@@ -142,6 +154,40 @@ def test_change_a_password_then_log_in_to_pop_with_it(service, system_users):
     texts = "\n".join(service.site.syslog.texts())
     assert new not in texts and user.password not in texts        # passwords are never logged
     assert record[0] & 7 == 5                                       # LOG_NOTICE
+
+
+def change(svc, user, new: str) -> bytes:
+    """The dialogue up to the reply to `newpass`."""
+    with svc.connect() as c:
+        assert c.say(f"user {user.name}") == b"200 Your password please."
+        assert c.say(f"pass {user.password}") == b"200 Your new password please."
+        return c.say(f"newpass {new}")
+
+
+def test_the_shipped_pam_service_changes_the_password(world_tmp, pam_service, system_users):
+    """pam.d/poppassd as the package installs it: common-auth, -account and -password."""
+    shipped = (Path(__file__).resolve().parent.parent / "pam.d/poppassd").read_text()
+    with poppassd_service(world_tmp, shipped) as svc:
+        user = system_users.create("pp")
+        assert change(svc, user, "shipped-stack-3") == b"200 Password changed, thank-you."
+        assert pam_auth.authenticate(svc.site.options["pam_service"], user.name,
+                                     "shipped-stack-3").ok
+        assert not pam_auth.authenticate(svc.site.options["pam_service"], user.name,
+                                         user.password).ok
+
+
+def test_the_pam_password_stack_decides(world_tmp, pam_service, system_users):
+    """A password stack that refuses every new password (pam_deny, as pam_pwquality refuses
+    a weak one): poppassd says so, may be asked again, and the password stays unchanged."""
+    with poppassd_service(world_tmp, pam_files.PASSWORD_DENIED) as svc:
+        user = system_users.create("pp")
+        assert change(svc, user, "denied-by-pam-5") == b"500 New password not acceptable."
+        assert pam_auth.authenticate(svc.site.options["pam_service"], user.name,
+                                     user.password).ok
+        svc.site.syslog.wait_for(rf'new password for "{user.name}" from 127\.0\.0\.1 '
+                                 rf"refused: PAM service {svc.site.options['pam_service']}: "
+                                 r".* \(20\)")
+        assert "denied-by-pam-5" not in "\n".join(svc.site.syslog.texts())
 
 
 def test_wrong_old_password_and_unknown_user_get_the_same_reply(service, system_users):
@@ -208,33 +254,66 @@ def test_new_password_must_be_acceptable(service, system_users):
                                  "good-one-7").ok
 
 
-def test_idle_connection_times_out(world_tmp, pam_service):
-    """Run directly on a socket pair (inetd's descriptors), with a short --timeout."""
+@contextlib.contextmanager
+def poppassd_on_a_socket_pair(world_tmp, pam_service, *flags):
+    """poppassd run directly on a socket pair (inetd's descriptors): yields (our socket, its
+    process); the process is killed if the test leaves it running."""
     config = Path(world_tmp, "empty.config")
     config.write_text("# nothing: the built-in defaults\n")
     ours, theirs = socket.socketpair()
     with ours, theirs:
-        proc = subprocess.Popen([POPPASSD, "-s", pam_service, "--timeout", "0.5", "-f", str(config)],
+        proc = subprocess.Popen([POPPASSD, "-s", pam_service, *flags, "-f", str(config)],
                                 stdin=theirs.fileno(), stdout=theirs.fileno(),
                                 stderr=subprocess.DEVNULL,
                                 env=dict(os.environ, QPOPPER_SYSLOG_SOCKET="/nonexistent"))
         try:
-            with ours.makefile("rb") as f:
-                assert f.readline().startswith(GREETING_START)
-                start = time.monotonic()
-                assert f.readline() == b"500 Timeout, closing connection.\r\n"
-                assert time.monotonic() - start < 3
-            assert proc.wait(10) == poppassd.EXIT_FAILED
+            yield ours, proc
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(5)
 
 
+def test_idle_connection_times_out(world_tmp, pam_service):
+    with poppassd_on_a_socket_pair(world_tmp, pam_service, "--timeout", "0.5") as (ours, proc):
+        with ours.makefile("rb") as f:
+            assert f.readline().startswith(GREETING_START)
+            start = time.monotonic()
+            assert f.readline() == b"500 Timeout, closing connection.\r\n"
+            assert time.monotonic() - start < 3
+        assert proc.wait(10) == poppassd.EXIT_FAILED
+
+
+def test_a_trickling_client_is_cut_off_at_the_deadline(world_tmp, pam_service):
+    """One byte every 0.3 s keeps inside a 1 s read timeout, yet the dialogue ends at its
+    2 s deadline with the timeout reply: a slow client cannot hold a root process."""
+    with poppassd_on_a_socket_pair(world_tmp, pam_service, "--timeout", "1",
+                                   "--deadline", "2") as (ours, proc):
+        with ours.makefile("rb") as f:
+            assert f.readline().startswith(GREETING_START)
+            start = time.monotonic()
+            for byte in b"user someone-who-types-very-slowly":
+                if proc.poll() is not None:
+                    break
+                with contextlib.suppress(OSError):
+                    ours.sendall(bytes([byte]))
+                time.sleep(0.3)
+            assert proc.wait(10) == poppassd.EXIT_FAILED
+            elapsed = time.monotonic() - start
+            assert f.readline() == b"500 Timeout, closing connection.\r\n"
+    assert 1.5 <= elapsed < 4
+
+
+def test_the_deadline_defaults_to_its_limit():
+    assert poppassd.Settings().deadline == limits.POPPASSD_DEADLINE_S == 120
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--bogus"], "unexpected argument '--bogus'"),
     (["-s"], "-s needs a value"),
     (["-t", "soon"], "--timeout needs a number of seconds"),
+    (["--deadline", "soon"], "--deadline needs a number of seconds"),
+    (["--deadline=0"], "--deadline must be between 0 and 3600 seconds"),
     (["-s", "../shadow"], "bad PAM service name"),
     (["-f"], "-f needs a value"),
     (["--config="], "--config needs a file name"),
@@ -274,8 +353,8 @@ def test_an_unreadable_configuration_is_said_and_the_client_told_to_come_back(wo
     "\u2028x", "\udcff", "a" * (limits.MAX_USER_NAME_OCTETS + 1),
 ])
 def test_hostile_user_names_are_refused_before_any_lookup(name):
-    """The one user-name rule (qpopper.auth.is_possible_user_name), and no `:` (chpasswd reads
-    "user:password" lines): refused like a wrong password, never looked up or authenticated."""
+    """The one user-name rule (qpopper.auth.is_possible_user_name), and no `:` (it separates
+    /etc/passwd's fields): refused like a wrong password, never looked up or authenticated."""
     read_fd, write_fd = os.pipe()
     try:
         dialogue = poppassd.Dialogue(poppassd.Channel(read_fd, write_fd, 1.0),
@@ -307,6 +386,7 @@ def test_man_page_matches_the_program():
     assert f"longer than {limits.POPPASSD_MAX_LINE_OCTETS} octets" in text
     assert f"{limits.POPPASSD_MAX_BAD_COMMANDS} unknown or out-of-order commands" in text
     assert f"{limits.POPPASSD_TIMEOUT_S} seconds of silence" in text
+    assert f"not finished within {limits.POPPASSD_DEADLINE_S} seconds" in text
     assert f"{limits.POPPASSD_FAILURE_DELAY_S:g} seconds after" in text
     assert f"uid of {limits.BLOCKED_UID_MAX} or less" in text
     assert f"(default: {poppassd.DEFAULT_PAM_SERVICE})" in text

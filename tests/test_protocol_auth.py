@@ -331,11 +331,12 @@ def test_unreadable_spool_format_is_sys_perm_and_closes(spool):
 # --- AUTH and STLS ---------------------------------------------------------------------------------------
 def test_auth_without_sasl_mechanisms(pop):
     """No mechanism offered (sasl-no-dictionary hides them all): AUTH lists none and refuses
-    each; PLAIN is refused as plaintext (tests/test_sasl_protocol.py has the rest)."""
+    each; PLAIN is refused as plaintext (tests/test_sasl_protocol.py has the rest). Each
+    refusal counts as a bad command (tests/test_authorization_budget.py), the listing not."""
     assert pop.send("AUTH PLAIN") == b"-ERR [AUTH] Plaintext authentication is not permitted\r\n"
     assert pop.send("AUTH X-NONE") == b"-ERR Unrecognized authentication type\r\n"
     assert pop.send("AUTH") == b"+OK Available authentication mechanisms follow\r\n.\r\n"
-    assert pop.proto.bad_commands == 0
+    assert pop.proto.bad_commands == 2
 
 
 def test_auth_hook_runs_a_continuation_exchange(spool):

@@ -143,9 +143,12 @@ def test_bad_command_budget_disconnects(pop):
 
 
 def test_good_commands_do_not_refill_the_budget(pop):
-    for _ in range(limits.MAX_BAD_COMMANDS):
+    good = ["CAPA", "AUTH", "USER alice", "PASS wrong", "USER alice"]
+    for n in range(limits.MAX_BAD_COMMANDS):
         pop.send(b"\x00\r\n")
-        pop.send("USER alice")
+        if n < len(good):
+            assert pop.send(good[n]).startswith((b"+OK", b"-ERR [AUTH]"))
+    assert pop.proto.bad_commands == limits.MAX_BAD_COMMANDS
     assert pop.send(b"\xff\r\n") == TOO_MANY_BAD
     assert pop.proto.closed
 

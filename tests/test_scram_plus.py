@@ -1,14 +1,14 @@
 """SCRAM-SHA-1-PLUS / SCRAM-SHA-256-PLUS (RFC 5802 channel binding, RFC 7677): offered only
-inside TLS, bound to `tls-exporter` (RFC 9266) on TLS 1.3 and `tls-unique` (RFC 5929) on TLS
-1.2, with RFC 5802's GS2 rules (`p=` checked against this connection, `y` inside TLS refused
-as a downgrade, `n` accepted).
+inside TLS 1.3, bound to `tls-exporter` (RFC 9266), with RFC 5802's GS2 rules (`p=` checked
+against this connection, `y` inside TLS refused as a downgrade, `n` accepted). TLS 1.2 gets
+no -PLUS: its `tls-unique` (RFC 5929) is unsafe without the Extended Master Secret (RFC 7627),
+which the server cannot see (qpopper/tls.py).
 
 Two layers: transcripts of the real Protocol and Authenticator with the binding data given as
 the session gives it (env.channel_bindings), and the REAL server (root: real users, PAM, the
 privilege drop) over STLS and a TLS port, where a client written here computes the binding
-itself: pyOpenSSL's export_keying_material and Finished messages, and Python's ssl module's
-own tls-unique for a resumed TLS 1.2 session (the one case where the server's Finished comes
-first)."""
+itself (pyOpenSSL's export_keying_material and Finished messages; Python's ssl module for a
+resumed TLS 1.2 session, the resumption attack's case)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,6 @@ from tests.test_scram import ScramClient
 from tests.test_tls import TlsSite
 
 EXPORTER = b"\x11" * 32          # what a transcript session's TLS 1.3 "exported"
-FINISHED = b"\x22" * 12          # ... and a TLS 1.2 session's first Finished
 PLUS_LIST = b"SCRAM-SHA-256-PLUS SCRAM-SHA-256 SCRAM-SHA-1-PLUS SCRAM-SHA-1"
 MALFORMED = b"-ERR [AUTH] Malformed AUTH exchange\r\n"
 UNRECOGNIZED = b"-ERR Unrecognized authentication type\r\n"
@@ -82,7 +81,6 @@ def test_plus_follows_the_sasl_options_of_its_scram(site):
 @pytest.mark.parametrize("mechanism, cb_name, data", [
     ("SCRAM-SHA-256-PLUS", "tls-exporter", EXPORTER),
     ("SCRAM-SHA-1-PLUS", "tls-exporter", EXPORTER),
-    ("SCRAM-SHA-256-PLUS", "tls-unique", FINISHED),
 ])
 def test_plus_exchange_binds_the_given_data(site, mechanism, cb_name, data):
     pop = tls_session(site, {cb_name: data})
@@ -129,7 +127,7 @@ def test_a_binding_type_this_connection_lacks_fails_the_login(site, cb_name):
 
 
 def test_y_flag_inside_tls_with_plus_offered_is_a_downgrade(site):
-    pop = failing(site, {"tls-unique": FINISHED})
+    pop = failing(site, {"tls-exporter": EXPORTER})
     client = ScramClient("SCRAM-SHA-256", "alice", SECRET, gs2="y,,")
     reply = pop.send("AUTH SCRAM-SHA-256 " + b64(client.first()))
     assert_failed_login(pop, reply, "saw no SCRAM-SHA-256-PLUS: a downgrade")
@@ -330,31 +328,48 @@ def test_plain_text_never_offers_plus_and_stls_does(server_site, pki):
 
 @pytest.mark.root
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("max_version, version, bound, lacking", [
-    # tls-unique is not defined for TLS 1.3 (RFC 9266 §3); on TLS 1.2 the server uses
-    # tls-unique only (tls-exporter there would need the extended master secret)
-    (None, "TLSv1.3", "tls-exporter", "tls-unique"),
-    (SSL.TLS1_2_VERSION, "TLSv1.2", "tls-unique", "tls-exporter"),
-])
-def test_tls_port_binds_with_the_versions_binding(server_site, pki, max_version, version,
-                                                  bound, lacking):
+def test_tls13_port_binds_with_tls_exporter(server_site, pki):
     site = server_site
-    with PyOpenSslClient(site, pki, max_version=max_version) as tls:
-        assert tls.version == version
+    with PyOpenSslClient(site, pki) as tls:
+        assert tls.version == "TLSv1.3"
         assert tls.pop.sasl_line().startswith(b"SASL " + PLUS_LIST)
-        client = plus_client(site, "SCRAM-SHA-256-PLUS", lacking, tls.binding(lacking))
+        # tls-unique is not defined for TLS 1.3 (RFC 9266 §3)
+        client = plus_client(site, "SCRAM-SHA-256-PLUS", "tls-unique", tls.binding("tls-unique"))
         assert tls.pop.scram(client, "SCRAM-SHA-256-PLUS") == FAILED_LINE
-        client = plus_client(site, "SCRAM-SHA-256-PLUS", bound, tls.binding(bound))
+        client = plus_client(site, "SCRAM-SHA-256-PLUS", "tls-exporter",
+                             tls.binding("tls-exporter"))
         logs_in_and_quits(site, tls.pop, client, "SCRAM-SHA-256-PLUS")
-    site.syslog.wait_for(rf"AUTH SCRAM-SHA-256-PLUS from 127\.0\.0\.1: channel binding type "
-                         rf"'{lacking}' is not available on this connection")
+    site.syslog.wait_for(r"AUTH SCRAM-SHA-256-PLUS from 127\.0\.0\.1: channel binding type "
+                         r"'tls-unique' is not available on this connection")
+
+
+def assert_tls12_offers_no_plus(site, pop: Pop3, tls_unique: bytes) -> None:
+    """No -PLUS on TLS 1.2; tls-unique is refused as a binding this server does not support;
+    SCRAM without binding logs in."""
+    sasl = pop.sasl_line()
+    assert b"SCRAM-SHA-256 SCRAM-SHA-1" in sasl and b"PLUS" not in sasl
+    assert pop.command("AUTH SCRAM-SHA-256-PLUS") == UNRECOGNIZED[:-2]
+    client = plus_client(site, "SCRAM-SHA-256", "tls-unique", tls_unique)
+    assert pop.scram(client, "SCRAM-SHA-256") == b"-ERR [AUTH] Channel binding is not supported"
+    client = ScramClient("SCRAM-SHA-256", site.alice.name, SECRET, gs2="y,,")   # the truth
+    logs_in_and_quits(site, pop, client, "SCRAM-SHA-256")
 
 
 @pytest.mark.root
 @pytest.mark.timeout(120)
-def test_tls12_resumed_session_binds_to_the_servers_finished(server_site, pki):
-    """A resumed handshake is finished by the server first, so tls-unique is the server's
-    Finished; Python's ssl module picks it by its own rule (SSL_session_reused)."""
+def test_tls12_offers_no_plus(server_site, pki):
+    """RFC 7627: without knowing the Extended Master Secret was negotiated, TLS 1.2 has no
+    channel binding worth binding to."""
+    site = server_site
+    with PyOpenSslClient(site, pki, max_version=SSL.TLS1_2_VERSION) as tls:
+        assert tls.version == "TLSv1.2"
+        assert_tls12_offers_no_plus(site, tls.pop, tls.binding("tls-unique"))
+
+
+@pytest.mark.root
+@pytest.mark.timeout(120)
+def test_tls12_resumed_session_offers_no_plus(server_site, pki):
+    """The resumption attack's own case: a resumed TLS 1.2 session."""
     site = server_site
     context = ssl.create_default_context(cafile=pki.ca_file)
     context.maximum_version = ssl.TLSVersion.TLSv1_2
@@ -368,10 +383,7 @@ def test_tls12_resumed_session_binds_to_the_servers_finished(server_site, pki):
         assert tls.session_reused and tls.version() == "TLSv1.2"
         pop = Pop3(tls)
         assert pop.line().startswith(b"+OK")
-        assert pop.sasl_line().startswith(b"SASL " + PLUS_LIST)
-        client = plus_client(site, "SCRAM-SHA-256-PLUS", "tls-unique",
-                             tls.get_channel_binding("tls-unique"))
-        logs_in_and_quits(site, pop, client, "SCRAM-SHA-256-PLUS")
+        assert_tls12_offers_no_plus(site, pop, tls.get_channel_binding("tls-unique"))
 
 
 @pytest.mark.root

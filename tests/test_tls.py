@@ -114,9 +114,8 @@ def test_stls_with_poplib_capa_and_clear_text_password_tls(site, user, pki, good
     try:
         capa = client.capa()
         assert "STLS" in capa and "USER" not in capa
-        client.user(user.name)
         with pytest.raises(poplib.error_proto, match=re.escape(f"-ERR [AUTH] {TLS_ONLY}")):
-            client.pass_(user.password)
+            client.user(user.name)                # refused before any password is sent
         client.stls(client_context(pki))
         assert client.sock.getpeercert()["subject"] == ((("commonName", good.common_name),),)
         capa = client.capa()
@@ -216,12 +215,11 @@ def test_one_master_serves_stls_and_tls_ports(site, user, pki):
     assert b"Subject: first" in body
     site.syslog.wait_for(r"master listening on 127\.0\.0\.1:\d+ \(STLS\), "
                          r"127\.0\.0\.1:\d+ \(TLS\)")
-    # the plain port of the same master still refuses clear text passwords
+    # the plain port of the same master still refuses clear text passwords, at USER
     client = poplib.POP3(server.host, server.port, timeout=20)
     try:
-        client.user(user.name)
         with pytest.raises(poplib.error_proto, match=re.escape(TLS_ONLY)):
-            client.pass_(user.password)
+            client.user(user.name)
     finally:
         client.close()
 
@@ -608,12 +606,17 @@ class RecordCountingProxy:
         self.listener.close()
 
 
-def records_for_pipelined_capas(server, pki, count: int) -> int:
+def records_for_pipelined_capas(server, pki, user, count: int) -> int:
+    """TLS records for `count` pipelined CAPAs after a login (before it, repeated CAPAs would
+    spend the bad-command budget)."""
     proxy = RecordCountingProxy(server.tls_port)
     try:
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=20) as raw, \
                 client_context(pki).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
             read_greeting(tls)
+            for command in (f"USER {user.name}", f"PASS {user.password}"):
+                tls.sendall(command.encode() + b"\r\n")
+                assert read_greeting(tls).startswith(b"+OK")
             tls.sendall(b"CAPA\r\n" * count + b"QUIT\r\n")    # one read on the server
             replies = b""
             while chunk := tls.recv(65536):
@@ -626,17 +629,19 @@ def records_for_pipelined_capas(server, pki, count: int) -> int:
 
 
 def test_chunky_writes_decides_how_replies_become_tls_records(world_tmp, pam_service, good,
-                                                               pki):
+                                                               pki, system_users):
     """`tls` (and default) gather a batch of pipelined replies into few TLS records; `never`
     sends one write, hence at least one record, per reply."""
     counts = {}
+    user = system_users.create()
     for mode in ("never", "tls", "default"):
         root = os.path.join(world_tmp, mode)
         os.mkdir(root, 0o755)
         s = TlsSite(root, pam_service, tls_support="stls", chunky_writes=mode,
                     tls_server_cert_file=good.combined_file)
+        make_spool(s.spool_dir, user, mbox(*MESSAGES))
         try:
-            counts[mode] = records_for_pipelined_capas(s.tls_server(pki), pki, 30)
+            counts[mode] = records_for_pipelined_capas(s.tls_server(pki), pki, user, 30)
         finally:
             s.close()
     assert counts["never"] >= 30 + 1

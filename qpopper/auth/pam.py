@@ -10,6 +10,11 @@ attributes for exactly this) to set PAM_RHOST first, so pam_unix's failure lines
 pam_access rules see the client address, and, for APOP, to replace the password step by the
 already-verified digest so that only pam_acct_mgmt decides.
 
+poppassd changes passwords with `change_password`: pam_chauthtok, which python-pam does not
+bind. It reuses python-pam's libpam bindings (pam_start, pam_set_item, pam_strerror,
+pam_end, calloc) and its ctypes structures, binds pam_chauthtok itself, and brings the one
+thing python-pam's conversation cannot do: answer several prompts with different passwords.
+
 The password is handed to libpam and to nothing else: it is never logged, never put in an
 exception, and the result carries only PAM's code and reason.
 """
@@ -21,12 +26,27 @@ import ctypes
 from dataclasses import dataclass
 
 import pam as python_pam
+from pam.__internals import PamConv, PamHandle, PamResponse, conv_func
 
 # PAM return codes we tell apart (Linux-PAM's _pam_types.h, re-exported by python-pam).
 PAM_SUCCESS = python_pam.PAM_SUCCESS
 PAM_ACCT_EXPIRED = python_pam.PAM_ACCT_EXPIRED            # account expired (chage -E / usermod -e)
 PAM_NEW_AUTHTOK_REQD = python_pam.PAM_NEW_AUTHTOK_REQD    # password expired (chage -d 0, max age)
 PAM_RHOST = python_pam.PAM_RHOST
+PAM_AUTHTOK_ERR = python_pam.PAM_AUTHTOK_ERR              # a password module refused the new one
+PAM_MAXTRIES = python_pam.PAM_MAXTRIES                    # ... each time it asked (pwquality retry=N)
+
+NEW_PASSWORD_REFUSED = frozenset({PAM_AUTHTOK_ERR, PAM_MAXTRIES})
+"""change_password's codes for "the password stack will not take this new password"
+(pam_pwquality, pam_pwhistory, pam_deny): the user may pick another."""
+
+LIBPAM = "libpam.so.0"
+"""Linux-PAM's soname: already loaded by python-pam, so dlopen only finds it again."""
+
+OLD_PASSWORD_PROMPTS = ("current", "old")
+"""A hidden prompt naming one of these asks for the old password (pam_unix's "Current
+password: "); every other hidden prompt asks for the new one ("New password: ", "Retype new
+password: ")."""
 
 SYSTEM_ERRORS = frozenset({
     python_pam.PAM_OPEN_ERR, python_pam.PAM_SYMBOL_ERR, python_pam.PAM_SERVICE_ERR,
@@ -139,3 +159,79 @@ def check_account(service: str, user: str, rhost: str | None = None, *,
     """pam_acct_mgmt only: may this (already authenticated, e.g. by APOP) user log in now?"""
     return _run(service, user, "", rhost,
                 check_password_expired=check_password_expired, account_only=True)
+
+
+def change_password(service: str, user: str, old_password: str, new_password: str,
+                    rhost: str | None = None) -> PamResult:
+    """pam_chauthtok for `user` through /etc/pam.d/`service`'s password stack, so its
+    modules (pam_pwquality, pam_pwhistory, pam_unix) decide as for passwd(1). The caller has
+    already proved the old password with `authenticate`: run as root, pam_unix does not ask
+    for it, but a module that does gets it. The text modules show (a pwquality reason) goes
+    into `reason`, withheld if it quotes a password."""
+    old, new = (password.encode("utf-8", "surrogateescape")
+                for password in (old_password, new_password))
+    if b"\0" in old + new:
+        return PamResult(False, PAM_AUTHTOK_ERR, "NUL byte in a password")
+    try:
+        authenticator = python_pam.PamAuthenticator()
+        chauthtok = _pam_chauthtok()
+    except _LIBPAM_UNLOADABLE as exc:
+        return PamResult(False, python_pam.PAM_SYSTEM_ERR, f"cannot load libpam: {exc}")
+    shown: list[str] = []
+    conversation = conv_func(_password_conversation(authenticator.calloc, old, new, shown))
+    conv = PamConv(conversation, None)
+    handle = PamHandle()
+    code = authenticator.pam_start(service.encode(), user.encode(), ctypes.byref(conv),
+                                   ctypes.byref(handle))
+    if code != PAM_SUCCESS:
+        return PamResult(False, code, "pam_start failed")
+    try:
+        if rhost:
+            authenticator.pam_set_item(handle, PAM_RHOST,
+                                       ctypes.c_char_p(rhost.encode("ascii", "replace")))
+        code = chauthtok(handle, 0)
+        reason = authenticator.pam_strerror(handle, code).decode("utf-8", "replace")
+    finally:
+        authenticator.pam_end(handle, code)
+    said = "; ".join(text for text in shown if new_password not in text
+                     and old_password not in text)
+    return PamResult(code == PAM_SUCCESS, code, f"{reason}: {said}" if said else reason)
+
+
+def _pam_chauthtok():
+    chauthtok = ctypes.CDLL(LIBPAM).pam_chauthtok
+    chauthtok.restype = ctypes.c_int
+    chauthtok.argtypes = [PamHandle, ctypes.c_int]
+    return chauthtok
+
+
+def _password_conversation(calloc, old: bytes, new: bytes, shown: list[str]):
+    """The PAM conversation of a password change: each hidden prompt answered with the old or
+    the new password (OLD_PASSWORD_PROMPTS), echoed prompts with nothing, the modules' texts
+    kept in `shown`. libpam frees the answers, so they are calloc'd, as python-pam does."""
+
+    def answer_for(style: int, prompt: str) -> bytes | None:
+        if style == python_pam.PAM_PROMPT_ECHO_OFF:
+            return old if any(word in prompt.lower() for word in OLD_PASSWORD_PROMPTS) else new
+        if style in (python_pam.PAM_ERROR_MSG, python_pam.PAM_TEXT_INFO):
+            shown.append(prompt.strip())
+        return None
+
+    def converse(count, messages, responses, _appdata):
+        try:
+            answers = ctypes.cast(calloc(count, ctypes.sizeof(PamResponse)),
+                                  ctypes.POINTER(PamResponse))
+            for i in range(count):
+                message = messages[i].contents
+                answer = answer_for(message.msg_style,
+                                    (message.msg or b"").decode("utf-8", "replace"))
+                if answer is not None:
+                    copy = calloc(len(answer) + 1, 1)
+                    ctypes.memmove(copy, answer, len(answer))
+                    answers[i].resp = copy
+            responses[0] = answers
+            return PAM_SUCCESS
+        except Exception:          # nothing may escape into libpam's C stack
+            return python_pam.PAM_CONV_ERR
+
+    return converse

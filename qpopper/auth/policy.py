@@ -11,7 +11,8 @@ and raises PopError on refusal. Order of the checks, and why:
  1. the name itself (auth.is_possible_user_name, the protocol's test too: empty, too long,
     '/', '..', a leading '.' or '-', control characters, ...): refused like a bad password;
  2. clear-text-password never / local / tls (USER/PASS only; reference P8): they depend
-    only on the configuration and the connection, the same answer for every name;
+    only on the configuration and the connection, the same answer for every name (never,
+    and tls before TLS, are refused by the protocol at USER already: sasl.clear_text_refusal);
  3. the account: uid <= BLOCKED_UID_MAX is refused before PAM is asked (P5); unknown users
     get exactly the bad-password reply (reference P4) — for passwords only AFTER PAM was
     asked (with the unknown name), so that they cost the same time as a wrong password
@@ -66,6 +67,7 @@ from ..responses import PopError, RespCode
 from . import Login, challenges, is_possible_user_name
 from . import pam as pam_auth
 from .brakes import Brakes
+from .sasl import CLEAR_TEXT_TLS_ONLY, NEEDS_STRONGER_AUTH   # the protocol refuses USER with them
 from .scram import Verifier
 from .store import PopAuthStore
 
@@ -78,10 +80,7 @@ BAD_PASSWORD = 'Password supplied for "{user}" is incorrect.'
 BAD_DIGEST = "authentication failure"
 UID_BLOCKED = f"Access is blocked for UIDs below {limits.BLOCKED_UID_MAX}"
 PERMISSION_DENIED = "Permission denied."
-NEEDS_STRONGER_AUTH = ("You must use stronger authentication such as AUTH or APOP to access "
-                       "this account")
 CLEAR_TEXT_LOCAL_ONLY = "Clear text passwords are permitted only from the local host"
-CLEAR_TEXT_TLS_ONLY = "Clear text passwords are permitted only over TLS; use STLS first"
 PAM_UNAVAILABLE = "Unable to check your credentials now; try again later"
 NO_SHELL = "No user shell defined"
 SHELL_NOT_FOUND = '"{user}": shell not found.'

@@ -40,9 +40,11 @@ them to Cyrus as security flags). Each mechanism carries Cyrus' flags for it:
 Channel binding (RFC 5802 §6, RFC 5056): SCRAM-SHA-256-PLUS and SCRAM-SHA-1-PLUS are offered
 beside their SCRAM mechanism only inside TLS and only when the session could name the
 connection's channel binding (`env.channel_bindings`, plain bytes from session.py: tls-exporter
-of RFC 9266 on TLS 1.3, tls-unique of RFC 5929 on TLS 1.2). The GS2 header decides:
+of RFC 9266 on TLS 1.3). TLS 1.2 names none, so it gets no -PLUS: its tls-unique is open to
+RFC 7627's resumption attack unless the Extended Master Secret was negotiated, which the TLS
+library cannot tell us (qpopper/tls.py). The GS2 header decides:
   p=<cb-name>   with a -PLUS mechanism only (else "Channel binding is not supported"). A
-                cb-name this connection has not got (tls-unique on TLS 1.3, anything unknown:
+                cb-name this connection has not got (tls-unique, anything unknown:
                 RFC 5802's unsupported-channel-binding-type) fails the login, and so does a
                 c= that is not base64(gs2-header + binding data) (channel-bindings-dont-match:
                 the client's TLS connection is not ours, a man in the middle).
@@ -107,6 +109,11 @@ BAD_EXCHANGE = "Malformed AUTH exchange"
 BAD_NAME = "authentication failure"      # the authenticator's BAD_DIGEST: nothing more revealed
 PLAINTEXT_NEEDS_TLS = ("Plaintext authentication is permitted only over TLS; use STLS first")
 PLAINTEXT_NOT_PERMITTED = "Plaintext authentication is not permitted"
+# clear-text-password refusals (the authenticator, auth/policy.py, gives them too).
+NEEDS_STRONGER_AUTH = ("You must use stronger authentication such as AUTH or APOP to access "
+                       "this account")
+CLEAR_TEXT_OVER_TLS_ONLY = "Clear text passwords are permitted only over TLS"
+CLEAR_TEXT_TLS_ONLY = f"{CLEAR_TEXT_OVER_TLS_ONLY}; use STLS first"
 AUTHZID_NOT_THE_USER = "Authorization identity must be empty or equal the user name"
 BINDING_NOT_SUPPORTED = "Channel binding is not supported"
 MECHANISMS_FOLLOW = "Available authentication mechanisms follow"
@@ -162,6 +169,18 @@ def plaintext_policy_allows(cfg, tls_active: bool) -> bool:
     if policy in ("tls", "ssl"):
         return tls_active
     return True
+
+
+def clear_text_refusal(cfg, env) -> str | None:
+    """Why this connection refuses clear text for every user, so that USER is refused before
+    a password is ever sent (RFC 2595 §2.3, §4): clear-text-password never, or tls before
+    TLS. None when clear text may be tried (the authenticator still decides per user and
+    address: local, default)."""
+    if plaintext_policy_allows(cfg, env.tls_active):
+        return None
+    if cfg.clear_text_password == "never":
+        return NEEDS_STRONGER_AUTH
+    return CLEAR_TEXT_TLS_ONLY if env.start_tls is not None else CLEAR_TEXT_OVER_TLS_ONLY
 
 
 def refusal_for(name: str, cfg, env) -> PopError:

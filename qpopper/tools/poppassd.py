@@ -15,18 +15,19 @@ hold spaces. How the password is changed, and why:
   - the old password is verified with PAM (pam_authenticate + pam_acct_mgmt, service
     `poppassd` by default, PAM_RHOST = the client), like a POP login; an expired password
     is accepted here, since changing it is the point;
-  - the new one is set by chpasswd(8) as root, with "user:password" on its standard input
-    (never in argv, where `ps` would show it). chpasswd goes through PAM's password stack
-    (/etc/pam.d/chpasswd → common-password), so pam_unix writes /etc/shadow as for passwd(1).
-    python-pam has no pam_chauthtok, and driving the user's own chauthtok conversation
-    (old, new, retype prompts that differ between modules) is brittle; the old password has
-    already been proved. Strength rules: pam_pwquality in common-password applies to root
-    only with `enforce_for_root`.
+  - the new one is set by pam_chauthtok in the same service (auth.pam.change_password), so
+    its password stack (common-password: pam_pwquality, pam_pwhistory, pam_unix) decides
+    and writes it, as for passwd(1). Running as root, pam_unix does not ask for the old
+    password (it was proved above); a module that asks gets it, every "new password" and
+    "retype" prompt gets the new one. A new password the stack refuses (PAM_AUTHTOK_ERR)
+    gets `500 New password not acceptable.` and may be given again. pam_pwquality and
+    pam_pwhistory let root through unless given `enforce_for_root` (pam.d/poppassd).
 Safety: passwords are never logged; an unknown user, a user with uid <= 10 (limits.
 BLOCKED_UID_MAX), a locked or expired account and a wrong old password all get the same
 reply (`500 Old password is incorrect.`) after the same delay (limits.POPPASSD_FAILURE_DELAY_S),
 and the connection closes; lines are bounded (POPPASSD_MAX_LINE_OCTETS), every read times
-out (POPPASSD_TIMEOUT_S), bad commands are counted (POPPASSD_MAX_BAD_COMMANDS).
+out (POPPASSD_TIMEOUT_S), the whole dialogue has a deadline (POPPASSD_DEADLINE_S, --deadline),
+bad commands are counted (POPPASSD_MAX_BAD_COMMANDS).
 Qpopper's poppassd said `500 Unknown user, <name>.`: that tells a guesser which names exist.
 
 Brute-force brakes: `pass` checks a password, so it is one more way to guess one. poppassd
@@ -50,7 +51,6 @@ import os
 import pwd
 import select
 import socket
-import subprocess
 import sys
 import syslog
 import time
@@ -66,12 +66,12 @@ from ..log import Logger
 from .popauth import DEFAULT_CONFIG
 
 DEFAULT_PAM_SERVICE = "poppassd"
-CHPASSWD = "/usr/sbin/chpasswd"
-SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 USAGE = ("usage: poppassd [-f|--config FILE] [-s|--pam-service SERVICE] [-t|--timeout SECONDS] "
-         "[--auth-brakes-file PATH] [--auth-brakes-max-delay SECONDS]")
+         "[--deadline SECONDS] [--auth-brakes-file PATH] [--auth-brakes-max-delay SECONDS]")
+MAX_TIME_FLAG_S = 3600
+"""The largest --timeout and --deadline: an hour is far past any person typing."""
 BRAKE_METHOD = "poppassd"
 """The `method=` of poppassd's fail2ban lines (the POP server's say USER, APOP, PLAIN, ...)."""
 
@@ -101,17 +101,32 @@ EXPECTED = {State.USER: "500 Username required.",
 """The reply to any other command in that state."""
 
 
-class Channel:
-    """Line I/O on two descriptors, bounded and timed."""
+class DeadlinePassed(TimeoutError):
+    """The dialogue's total time (Channel.deadline_s) is up."""
 
-    def __init__(self, in_fd: int, out_fd: int, timeout_s: float):
+
+class Channel:
+    """Line I/O on two descriptors, bounded and timed: each read by `timeout_s`, all of them
+    together by `deadline_s` from the channel's making."""
+
+    def __init__(self, in_fd: int, out_fd: int, timeout_s: float,
+                 deadline_s: float = limits.POPPASSD_DEADLINE_S):
         self.in_fd, self.out_fd, self.timeout_s = in_fd, out_fd, timeout_s
+        self.deadline_s = deadline_s
+        self.deadline = time.monotonic() + deadline_s
         self.buffer = b""
 
     def write_line(self, text: str) -> None:
         data = text.encode("utf-8", "surrogateescape") + b"\r\n"
         while data:
             data = data[os.write(self.out_fd, data):]
+
+    def _wait_s(self) -> float:
+        """The next read's wait: the idle timeout, but never past the deadline."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise DeadlinePassed
+        return min(self.timeout_s, left)
 
     def discard_rest_of_line(self, max_octets: int = 64 * 1024, wait_s: float = 1.0) -> None:
         """Read (and drop) the rest of an over-long line before closing: closing with unread
@@ -128,14 +143,15 @@ class Channel:
             seen += len(self.buffer)
 
     def read_line(self) -> bytes | None:
-        """The next line without its CRLF; None at EOF. Raises TimeoutError, or
-        OverflowError for a line longer than the limit."""
+        """The next line without its CRLF; None at EOF. Raises TimeoutError (DeadlinePassed
+        when the whole dialogue's time is up), or OverflowError for a line longer than the
+        limit."""
         while b"\n" not in self.buffer:
             if len(self.buffer) >= limits.POPPASSD_MAX_LINE_OCTETS:
                 raise OverflowError
-            ready, _, _ = select.select([self.in_fd], [], [], self.timeout_s)
+            ready, _, _ = select.select([self.in_fd], [], [], self._wait_s())
             if not ready:
-                raise TimeoutError
+                raise DeadlinePassed if time.monotonic() >= self.deadline else TimeoutError
             chunk = os.read(self.in_fd, limits.POPPASSD_MAX_LINE_OCTETS)
             if not chunk:
                 return None
@@ -160,25 +176,6 @@ def peer_address(fd: int = 0) -> str:
         except OSError:
             return "unknown"
     return normalize_ip(peer[0]) if isinstance(peer, tuple) else "unknown"
-
-
-def set_password(user: str, new_password: str) -> str | None:
-    """chpasswd as root, the password on its stdin; None on success, else why (for the log:
-    chpasswd's own message, which never contains the password)."""
-    try:
-        result = subprocess.run([CHPASSWD], input=f"{user}:{new_password}\n".encode("utf-8"),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                env={"PATH": SAFE_PATH, "LANG": "C"}, close_fds=True,
-                                timeout=limits.CHPASSWD_TIMEOUT_S)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"cannot run {CHPASSWD}: {exc.__class__.__name__}"
-    if result.returncode == 0:
-        return None
-    message = result.stderr.decode("utf-8", "replace").strip().splitlines()
-    text = message[0] if message else ""
-    if new_password in text:
-        text = "(message withheld)"
-    return f"chpasswd exited {result.returncode}: {text}"
 
 
 class Dialogue:
@@ -209,6 +206,11 @@ class Dialogue:
         while not self.done:
             try:
                 line = self.channel.read_line()
+            except DeadlinePassed:
+                self.channel.write_line(TIMED_OUT)
+                self.log(syslog.LOG_NOTICE, f"dialogue from {self.client_ip} not finished "
+                                            f"within {self.channel.deadline_s}s; closed")
+                return EXIT_FAILED
             except TimeoutError:
                 self.channel.write_line(TIMED_OUT)
                 self.log(syslog.LOG_INFO, f"timeout after {self.channel.timeout_s}s "
@@ -273,10 +275,17 @@ class Dialogue:
         if not _acceptable(new_password, self.old_password):
             self.channel.write_line(NEW_PASSWORD_REFUSED)
             return
-        failure = set_password(self.user, new_password)
-        if failure is not None:
+        result = pam_auth.change_password(self.pam_service, self.user, self.old_password,
+                                          new_password, self.client_ip)
+        why = f"PAM service {self.pam_service}: {result.reason} ({result.code})"
+        if result.code in pam_auth.NEW_PASSWORD_REFUSED:
+            self.log(syslog.LOG_NOTICE, f'new password for "{self.user}" from '
+                                        f"{self.client_ip} refused: {why}")
+            self.channel.write_line(NEW_PASSWORD_REFUSED)
+            return
+        if not result.ok:
             self.log(syslog.LOG_ERR, f'password change for "{self.user}" from '
-                                     f"{self.client_ip} failed: {failure}")
+                                     f"{self.client_ip} failed: {why}")
             self.channel.write_line(NOT_CHANGED)
             self.done = True
             return
@@ -292,7 +301,7 @@ class Dialogue:
     # ---- checks ------------------------------------------------------------------------------
     def _check_old_password(self, user: str, old_password: str) -> tuple[str, str] | None:
         """None when `user` proved `old_password`; else (reply, reason for the log)."""
-        # The one user-name rule, and no ":" either: chpasswd reads "user:password" lines.
+        # The one user-name rule, and no ":" either: it separates /etc/passwd's fields.
         if not is_possible_user_name(user) or ":" in user:
             return BAD_OLD_PASSWORD, "invalid user name"
         try:
@@ -333,6 +342,7 @@ class Settings:
     def __init__(self):
         self.pam_service = DEFAULT_PAM_SERVICE
         self.timeout = float(limits.POPPASSD_TIMEOUT_S)
+        self.deadline = float(limits.POPPASSD_DEADLINE_S)
         self.config_file: str | None = None     # None: DEFAULT_CONFIG when it exists
         self.brake_flags: list[str] = []        # popper's spelling, for config.load
 
@@ -346,7 +356,8 @@ class Settings:
 
 
 FLAGS = {"-f": "config", "--config": "config", "-s": "pam-service", "--pam-service": "pam-service",
-         "-t": "timeout", "--timeout": "timeout", "--auth-brakes-file": "auth-brakes-file",
+         "-t": "timeout", "--timeout": "timeout", "--deadline": "deadline",
+         "--auth-brakes-file": "auth-brakes-file",
          "--auth-brakes-max-delay": "auth-brakes-max-delay"}
 """Every flag takes a value (`-s NAME`; long ones also `--name=VALUE`) -> what it sets."""
 
@@ -378,13 +389,8 @@ def _set(settings: Settings, what: str, flag: str, value: str) -> None:
         if not value or "/" in value or not value.isprintable():
             raise ValueError(f"bad PAM service name {value!r}")
         settings.pam_service = value
-    elif what == "timeout":
-        try:
-            settings.timeout = float(value)
-        except ValueError:
-            raise ValueError(f"--timeout needs a number of seconds, got {value!r}") from None
-        if not 0 < settings.timeout <= 3600:
-            raise ValueError("--timeout must be between 0 and 3600 seconds")
+    elif what in ("timeout", "deadline"):
+        setattr(settings, what, _seconds(what, value))
     else:
         # popper's own option: its table checks the value (a bad one is a usage error here).
         try:
@@ -392,6 +398,16 @@ def _set(settings: Settings, what: str, flag: str, value: str) -> None:
         except ConfigError as error:
             raise ValueError(str(error).removeprefix("argv ")) from None
         settings.brake_flags.append(f"--{what}={value}")
+
+
+def _seconds(what: str, value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"--{what} needs a number of seconds, got {value!r}") from None
+    if not 0 < seconds <= MAX_TIME_FLAG_S:
+        raise ValueError(f"--{what} must be between 0 and {MAX_TIME_FLAG_S} seconds")
+    return seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -402,10 +418,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     log = Logger(facility=syslog.LOG_AUTHPRIV, ident="poppassd")
     if os.geteuid() != 0:
-        # PAM reads /etc/shadow and chpasswd writes it: only root can do either.
+        # pam_unix reads /etc/shadow and rewrites it: only root can do either.
         print("poppassd: must run as root (from inetd or poppassd.socket)", file=sys.stderr)
         return EXIT_FAILED
-    channel = Channel(0, 1, settings.timeout)
+    channel = Channel(0, 1, settings.timeout, settings.deadline)
     try:
         cfg = settings.config()
     except ConfigError as error:
