@@ -99,6 +99,7 @@ class Monitor:
         self.login = None                    # a Login this monitor verified
         self.scram_login = None              # proved, waiting for SCRAM_ACCEPTED
         self.requests = 0
+        self._closing = False                # a refusal said the connection must end
         self.children: dict[int, str] = {}   # pid -> "pre-login" / "session"
         self.session_status = 0
 
@@ -232,10 +233,8 @@ class Monitor:
             if self._closing:
                 return
 
-    _closing = False
-
     def _login_deadline_s(self) -> float:
-        return float(getattr(self.cfg, "login_timeout", limits.MAX_AUTHORIZATION_S))
+        return float(self.cfg.login_timeout)
 
     def _end_prelogin(self) -> None:
         for pid, role in self.children.items():

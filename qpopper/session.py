@@ -484,7 +484,9 @@ class Session:
                 return False
         channel = tls_mod.TlsChannel(self.channel, self.tls.context)
         try:
-            channel.handshake(self.cfg.timeout, self._wake_r, lambda: self._hangup)
+            # the login deadline (login-timeout) covers the handshake too
+            channel.handshake(self.protocol.read_timeout(self.cfg.timeout), self._wake_r,
+                              lambda: self._hangup)
         except tls_mod.HandshakeFailed as exc:
             self.log(syslog.LOG_NOTICE,
                      f"TLS handshake with {self.client_ip} failed: {exc}")
