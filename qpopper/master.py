@@ -42,7 +42,7 @@ from . import tls as tls_mod
 from .addresses import address_group, normalize_ip
 from .auth import pam as pam_auth
 from .log import Logger
-from .monitor import Client, Monitor
+from .monitor import Client, Monitor, log_failure
 from .responses import RespCode, err
 from .session import tls_mode_for_listen_port
 from .spool.locking import process_gone
@@ -431,11 +431,7 @@ class Master:
                              tls_mode=tls_mode, on_login=tell_master,
                              close_in_children=(logins_w,)).run()
         except BaseException as exc:           # never let a child fall back into the loop
-            try:
-                self.log(syslog.LOG_ERR, f"session for {peer[0]} failed: "
-                                         f"{type(exc).__name__}: {exc}")
-            except BaseException:
-                pass
+            log_failure(self.log, f"session for {peer[0]}", exc)
         finally:
             os._exit(status)
 

@@ -52,6 +52,14 @@ MAX_HOST_CHARS = 255
 UNAVAILABLE = "Unable to serve you now; try again later"
 
 
+def log_failure(log, what: str, exc: BaseException) -> None:
+    """A forked process's last word before os._exit: logging must not stop the exit."""
+    try:
+        log(syslog.LOG_ERR, f"{what} failed: {type(exc).__name__}: {exc}")
+    except BaseException:
+        pass
+
+
 class ProtocolViolation(Exception):
     """The pre-login process sent what it never should: the connection ends."""
 
@@ -179,7 +187,7 @@ class Monitor:
             def handover(session, login):
                 wire.send(sock, wire.Kind.HANDOVER, session.protocol.take_unread(),
                           bool(session.tls_active), session.client_host,
-                          str(session.protocol.bad_commands))
+                          str(session.protocol.bad_commands), bool(login.no_mime))
                 raise prelogin.Handover()
 
             session = Session(self.cfg, channel, log=self.log, hostname=self.hostname,
@@ -189,11 +197,7 @@ class Monitor:
             if session.handed_over and session.tls_active and relay_end is not None:
                 prelogin.relay(session.channel, relay_end, self.cfg.timeout)
         except BaseException as exc:
-            try:
-                self.log(syslog.LOG_ERR, f"pre-login for {self.client_ip} failed: "
-                                         f"{type(exc).__name__}: {exc}")
-            except BaseException:
-                pass
+            log_failure(self.log, f"pre-login for {self.client_ip}", exc)
         finally:
             os._exit(status)
 
@@ -349,6 +353,8 @@ class Monitor:
         if login is None:
             raise ProtocolViolation("HANDOVER without a verified login")
         leftover, tls_active = frame.fields[0], frame.flag(1)
+        if frame.flag(4):                    # the name carried -no-mime (USER's rules)
+            login = dataclasses.replace(login, no_mime=True)
         client_host = self._host(frame, 2)
         bad_text = frame.text(3)
         if not bad_text.isdigit() or int(bad_text) > limits.MAX_BAD_COMMANDS:
@@ -359,9 +365,14 @@ class Monitor:
             spool_gid = os.stat(self.cfg.spool_dir).st_gid
             if self.cfg.check_hash_dir:
                 SpoolPaths.for_user(self.cfg, login.user, login.home).ensure_hash_dirs(self.log)
-        except (OSError, PopError) as exc:
+        except PopError as refusal:
+            self.log(syslog.LOG_ERR, refusal.log or f"preparing the session of {login.user}: "
+                                                    f"{refusal.text}")
+            self._answer_login(refusal.render(), tls_active, relay_end)
+            return
+        except OSError as exc:
             self.log(syslog.LOG_ERR, f"preparing the session of {login.user}: {exc}")
-            self._end_prelogin()
+            self._answer_login(err(UNAVAILABLE, RespCode.SYS_TEMP), tls_active, relay_end)
             return
         pid = os.fork()
         if pid == 0:
@@ -371,6 +382,18 @@ class Monitor:
         self.children[pid] = "session"
         if self.on_login is not None:
             self.on_login()
+
+    def _answer_login(self, reply: bytes, tls_active: bool, relay_end) -> None:
+        """No session after all: the reply to the login command, written by the monitor (a
+        fixed text, nothing read) — through the pre-login process's TLS relay if need be."""
+        try:
+            if tls_active:
+                relay_end.sendall(reply)
+                relay_end.shutdown(socket.SHUT_WR)
+            else:
+                os.write(self.client.out_fd, reply)
+        except OSError:
+            pass
 
     def _run_user_session(self, login, spool_gid: int, leftover: bytes, tls_active: bool,
                           client_host: str, bad_commands: int, relay_end) -> None:
@@ -391,11 +414,7 @@ class Monitor:
             privsep.prctl(privsep.PR_SET_PDEATHSIG, signal.SIGKILL)
             status = session.run(resume=(login, leftover, bad_commands))
         except BaseException as exc:
-            try:
-                self.log(syslog.LOG_ERR, f"session of {login.user} failed: "
-                                         f"{type(exc).__name__}: {exc}")
-            except BaseException:
-                pass
+            log_failure(self.log, f"session of {login.user}", exc)
         finally:
             os._exit(status)
 

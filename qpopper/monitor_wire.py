@@ -51,7 +51,7 @@ class Kind(enum.IntEnum):
     GSS_STEP = 10           # token
     GSS_OFFER = 11          # (nothing)
     GSS_CHOOSE = 12         # the client's wrapped answer, client host
-    HANDOVER = 13           # leftover bytes, tls flag, client host, bad-command count
+    HANDOVER = 13           # leftover bytes, tls flag, client host, bad-command count, no-mime
 
     LOGIN = 64              # user, mechanism, no-mime flag, SCRAM server signature
     REFUSED = 65            # reply text, response code, close flag
@@ -71,7 +71,7 @@ FIELD_LIMITS: dict[Kind, tuple[int, ...]] = {
     Kind.GSS_STEP: (TOKEN,),
     Kind.GSS_OFFER: (),
     Kind.GSS_CHOOSE: (TOKEN, SHORT),
-    Kind.HANDOVER: (LEFTOVER, 1, SHORT, SHORT),
+    Kind.HANDOVER: (LEFTOVER, 1, SHORT, SHORT, 1),
     Kind.LOGIN: (NAME, SHORT, 1, SHORT),
     Kind.REFUSED: (SECRET, SHORT, 1),
     Kind.DATA: (TOKEN, 1),

@@ -1,6 +1,5 @@
 """`popper` as installed: --check-config, --help, --version, errors, and its dispatch."""
 
-import os
 import shutil
 import signal
 import socket
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.server_harness import prelogin_args
 from qpopper import __version__
 from qpopper.options import OPTIONS
 
@@ -124,7 +124,7 @@ def test_version():
 def test_without_listen_it_serves_the_connection_on_stdin():
     server_end, client_end = socket.socketpair()
     with server_end, client_end:
-        process = subprocess.Popen([popper_path(), "--auth-failure-delay=0", "-R"],
+        process = subprocess.Popen([popper_path(), "--auth-failure-delay=0", "-R", *prelogin_args()],
                                    stdin=server_end, stdout=server_end,
                                    stderr=subprocess.PIPE, cwd=REPO)
         server_end.close()
@@ -148,7 +148,7 @@ def free_port() -> int:
 @pytest.mark.timeout(60)
 def test_with_a_port_it_runs_the_standalone_master(tmp_path):
     port = free_port()
-    process = subprocess.Popen([popper_path(), f"127.0.0.1:{port}", "-R",
+    process = subprocess.Popen([popper_path(), f"127.0.0.1:{port}", "-R", *prelogin_args(),
                                 f"--pid-file={tmp_path / 'popper.pid'}"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
     try:

@@ -164,7 +164,7 @@ GARBAGE = [
     b"\x01",
     b"\xff\x00",
     bytes((wire.Kind.LOGIN, 4)) + struct.pack(">I", 5) + b"alice" + b"\0" * 12,
-    wire.encode(wire.Kind.HANDOVER, b"", False, "h", "0"),          # no login verified
+    wire.encode(wire.Kind.HANDOVER, b"", False, "h", "0", False),   # no login verified
     wire.encode(wire.Kind.PASSWORD, "root", "x", "AUTH WEIRD", "", False, ""),
     wire.encode(wire.Kind.SCRAM_ACCEPTED),                          # out of order
     wire.encode(wire.Kind.CRAM, "alice", "0" * 32, ""),             # no challenge asked

@@ -293,11 +293,19 @@ class Authenticator:
         """One GSS-API context token: (the answer token, complete)."""
         try:
             if self._gss is None:
-                from .sasl import acceptor_credentials
-                self._gss = challenges.GssAcceptor(acceptor_credentials(self.cfg))
+                self._gss = self._new_gss_acceptor()
             return self._gss.step(token)
         except challenges.GssFailed as exc:
             self._gss_failed(str(exc), client_ip, client_host)
+
+    def _new_gss_acceptor(self) -> challenges.GssAcceptor:
+        if not self.cfg.kerberos:
+            raise challenges.GssFailed("GSSAPI is not offered (kerberos is off)")
+        try:
+            from .sasl import acceptor_credentials
+            return challenges.GssAcceptor(acceptor_credentials(self.cfg))
+        except Exception as exc:        # no gssapi module, no keytab: a GSS-API error
+            raise challenges.GssFailed(challenges.gss_text(exc)) from None
 
     def gss_offer(self, client_ip: str, *, client_host: str | None = None) -> bytes:
         try:
