@@ -47,9 +47,9 @@ INVOCATION_FLAGS = {"--check-config": "check_config", "--demo": "demo", "--help"
 
 Log = Callable[[int, str], None]
 
-ADMIN_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-"""How the administrator's per-user file is opened: never through a link, and a FIFO planted
-in its place cannot hold the session."""
+USER_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+"""How the per-user files are opened: never through a link, and a FIFO planted in their place
+cannot hold the session."""
 
 
 class ConfigError(Exception):
@@ -231,7 +231,7 @@ def apply_spool_options_file(cfg: Config, path: str, owner: int, log: Log) -> Co
 def _open_admin_file(path: str, owner: int, log: Log) -> int | None:
     """The descriptor of `path` when it is the administrator's file, else None (logged)."""
     try:
-        fd = os.open(path, ADMIN_FILE_FLAGS)
+        fd = os.open(path, USER_FILE_FLAGS)
     except FileNotFoundError:
         return None
     except OSError as error:
@@ -249,6 +249,8 @@ def _not_the_administrators(st: os.stat_result, owner: int) -> str | None:
     """Why a file with this status is not the administrator's, or None."""
     if not stat.S_ISREG(st.st_mode):
         return "not a regular file"
+    if st.st_nlink != 1:
+        return "it has other hard links"      # a root file linked in by group mail
     if st.st_uid != owner:
         wanted = "root" if owner == 0 else f"uid {owner}, the server's account"
         return f"owned by uid {st.st_uid} (must be {wanted})"
@@ -429,9 +431,7 @@ def _read_file(layers: _Layers, path: str, *, stack: tuple[str, ...], kind: str 
 
 def _read_lines(path: str, kind: str | None, where: str) -> list[str]:
     """The file's lines as text; user files are opened without following symlinks."""
-    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
-    if kind is not None:
-        flags |= os.O_NOFOLLOW
+    flags = USER_FILE_FLAGS if kind is not None else USER_FILE_FLAGS & ~os.O_NOFOLLOW
     prefix = _file_prefix(path, where)
     try:
         fd = os.open(path, flags)

@@ -42,7 +42,7 @@ from . import tls as tls_mod
 from .addresses import address_group, normalize_ip
 from .auth import pam as pam_auth
 from .log import Logger
-from .monitor import Client, Monitor, log_failure
+from .monitor import Client, Monitor, exit_after
 from .responses import RespCode, err
 from .session import tls_mode_for_listen_port
 from .spool.locking import process_gone
@@ -186,6 +186,7 @@ class Master:
         self.children: dict[int, Child] = {}               # pid → its monitor's facts
         self.per_address: collections.Counter[str] = collections.Counter()
         self._logins_r = self._logins_w = -1     # monitors write "pid\n" once logged in
+        self._displaced = 0                      # children ended to make room, not yet reaped
         self.pending_signals: collections.deque[int] = collections.deque()
         self.stopping = False
         self.selector: selectors.BaseSelector | None = None
@@ -320,36 +321,37 @@ class Master:
         limit) is ended for it — Dovecot's "connection queue full" — so idle sockets cannot
         lock real users out; logged-in sessions are never ended. Returns why the newcomer is
         refused when every slot holds a logged-in session, else None."""
-        self._read_logins()                   # a session that just logged in is not a victim
         for _ in range(2):                    # at most one slot per limit
-            refusal, victims = self._over_limit(group)
+            refusal, same_group_only = self._over_limit(group)
             if refusal is None:
                 return None
+            self._read_logins()               # a session that just logged in is no victim
+            victims = [pid for pid, child in self.children.items()
+                       if not (child.displaced or child.logged_in)
+                       and (child.group == group or not same_group_only)]
             if not victims:
                 return refusal
             pid = min(victims, key=lambda p: self.children[p].started)
             self._displace(pid, client_ip, refusal)
         return self._over_limit(group)[0]
 
-    def _over_limit(self, group: str) -> tuple[str | None, list[int]]:
-        """(why a new connection from `group` is over a limit, or None; the pids that could
-        be displaced for it)."""
-        live = {pid: child for pid, child in self.children.items() if not child.displaced}
+    def _over_limit(self, group: str) -> tuple[str | None, bool]:
+        """(why a new connection from `group` is over a limit, or None; whether only a
+        connection of that group may make room for it)."""
         total = self.cfg.max_children
         per_address = self.cfg.max_children_per_address
-        if total and len(live) >= total:
-            return (f"{len(live)} sessions running (max-children {total})",
-                    [pid for pid, child in live.items() if not child.logged_in])
+        live = len(self.children) - self._displaced
+        if total and live >= total:
+            return f"{live} sessions running (max-children {total})", False
         if per_address and self.per_address[group] >= per_address:
             return (f"{self.per_address[group]} sessions from {group} "
-                    f"(max-children-per-address {per_address})",
-                    [pid for pid, child in live.items()
-                     if child.group == group and not child.logged_in])
-        return None, []
+                    f"(max-children-per-address {per_address})", True)
+        return None, False
 
     def _displace(self, pid: int, client_ip: str, why: str) -> None:
         child = self.children[pid]
         child.displaced = True
+        self._displaced += 1
         self._uncount(child.group)
         self.log(syslog.LOG_NOTICE, f"{why}: ending a connection from {child.group} that "
                                     f"has not logged in, for one from {client_ip}")
@@ -403,37 +405,37 @@ class Master:
         self.per_address[group] += 1
 
     def _child(self, conn: socket.socket, peer: tuple[str, int], tls_mode: str | None) -> None:
-        status = 1
-        try:
-            os.setpgid(0, 0)      # the connection's processes are one group: killpg ends all
-            self._uninstall_signals()
-            signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-            # Ctrl-C on the master's terminal: the master decides when sessions end (TERM
-            # after the grace period), not the keyboard
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            for sock in self.listeners:
-                sock.close()
-            self.listeners = []
-            self.selector.close()
-            self.selector = None
-            self.children.clear()
-            self.per_address.clear()
-            os.close(self._logins_r)
-            logins_w = self._logins_w
+        # never lets the child fall back into the loop
+        exit_after(self.log, f"session for {peer[0]}",
+                   lambda: self._run_monitor(conn, peer, tls_mode))
 
-            def tell_master() -> None:
-                try:
-                    os.write(logins_w, f"{os.getpid()}\n".encode())
-                except OSError:
-                    pass
-            status = Monitor(self.cfg, self.log, hostname=self.hostname, peer=peer,
-                             client=Client(conn.fileno(), conn.fileno(), conn), tls=self.tls,
-                             tls_mode=tls_mode, on_login=tell_master,
-                             close_in_children=(logins_w,)).run()
-        except BaseException as exc:           # never let a child fall back into the loop
-            log_failure(self.log, f"session for {peer[0]}", exc)
-        finally:
-            os._exit(status)
+    def _run_monitor(self, conn: socket.socket, peer: tuple[str, int],
+                     tls_mode: str | None) -> int:
+        os.setpgid(0, 0)          # the connection's processes are one group: killpg ends all
+        self._uninstall_signals()
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        # Ctrl-C on the master's terminal: the master decides when sessions end (TERM after
+        # the grace period), not the keyboard
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for sock in self.listeners:
+            sock.close()
+        self.listeners = []
+        self.selector.close()
+        self.selector = None
+        self.children.clear()
+        self.per_address.clear()
+        os.close(self._logins_r)
+        logins_w = self._logins_w
+
+        def tell_master() -> None:
+            try:
+                os.write(logins_w, f"{os.getpid()}\n".encode())
+            except OSError:
+                pass
+        return Monitor(self.cfg, self.log, hostname=self.hostname, peer=peer,
+                       client=Client(conn.fileno(), conn.fileno(), conn), tls=self.tls,
+                       tls_mode=tls_mode, on_login=tell_master,
+                       close_in_children=(logins_w,)).run()
 
     # --- children ------------------------------------------------------------------------------
     def _reap(self) -> None:
@@ -443,11 +445,16 @@ class Master:
             except ChildProcessError:
                 self.children.clear()
                 self.per_address.clear()
+                self._displaced = 0
                 return
             if pid == 0:
                 return
             child = self.children.pop(pid, None)
-            if child is not None and not child.displaced:
+            if child is None:
+                continue
+            if child.displaced:
+                self._displaced -= 1
+            else:
                 self._uncount(child.group)
 
     # --- HUP and TERM --------------------------------------------------------------------------------

@@ -25,17 +25,18 @@ import signal
 import socket
 import syslog
 import time
+from typing import NoReturn
 
 from . import limits, privsep
 from . import monitor_wire as wire
 from . import prelogin
 from . import tls as tls_mod
-from .addresses import normalize_ip
 from .log import Logger
-from .session import Channel, ForkedReverseLookup, Session, tls_mode_for_listen_port
+from .session import (Channel, ForkedReverseLookup, Session, socket_peer, spool_group,
+                      tls_mode_for_listen_port)
 from .auth import challenges
 from .auth.policy import Authenticator
-from .pop_auth_state import normalise_user
+from .pop_auth_state import sasl_normaliser
 from .responses import PopError, RespCode, err
 from .spool.paths import SpoolPaths
 
@@ -52,12 +53,25 @@ MAX_HOST_CHARS = 255
 UNAVAILABLE = "Unable to serve you now; try again later"
 
 
-def log_failure(log, what: str, exc: BaseException) -> None:
+def log_failure(log, what: str, exc: BaseException, priority: int = syslog.LOG_ERR) -> None:
     """A forked process's last word before os._exit: logging must not stop the exit."""
     try:
-        log(syslog.LOG_ERR, f"{what} failed: {type(exc).__name__}: {exc}")
+        log(priority, f"{what} failed: {type(exc).__name__}: {exc}")
     except BaseException:
         pass
+
+
+def exit_after(log, what: str, body) -> NoReturn:
+    """The end of every forked child: run `body()` and leave with the status it returns,
+    through os._exit — a child never falls back into its parent's code, whatever it
+    raised (logged as `what` failed)."""
+    status = 1
+    try:
+        status = body()
+    except BaseException as exc:
+        log_failure(log, what, exc)
+    finally:
+        os._exit(status)
 
 
 class ProtocolViolation(Exception):
@@ -105,11 +119,10 @@ class Monitor:
         self.apop_timestamp: str | None = None
         self.cram: bytes | None = None
         self.login = None                    # a Login this monitor verified
-        self.scram_login = None              # proved, waiting for SCRAM_ACCEPTED
         self.requests = 0
         self._closing = False                # a refusal said the connection must end
-        self.children: dict[int, str] = {}   # pid -> "pre-login" / "session"
-        self.session_status = 0
+        self.prelogin_pid: int | None = None
+        self.session_pid: int | None = None
 
     # --- the process -----------------------------------------------------------------------
     def run(self) -> int:
@@ -136,8 +149,9 @@ class Monitor:
             if relay_ours is not None:
                 relay_ours.close()
             self._close_for_child()
-            self._run_prelogin(theirs, relay_theirs, uid, gid)      # never returns
-        self.children[pid] = "pre-login"
+            exit_after(self.log, f"pre-login for {self.client_ip}",
+                       lambda: self._run_prelogin(theirs, relay_theirs, uid, gid))
+        self.prelogin_pid = pid
         theirs.close()
         if relay_theirs is not None:
             relay_theirs.close()
@@ -150,8 +164,7 @@ class Monitor:
             if relay_ours is not None:
                 relay_ours.close()
             self.client.close()
-        self._wait_children()
-        return self.session_status
+        return self._wait_children()
 
     def _close_for_child(self) -> None:
         for fd in self.close_in_children:
@@ -168,42 +181,37 @@ class Monitor:
                 pass
         self.client.close()
 
-    def _run_prelogin(self, sock, relay_end, uid: int, gid: int):
-        status = 1
+    def _run_prelogin(self, sock, relay_end, uid: int, gid: int) -> int:
+        lookup = (ForkedReverseLookup(self.client_ip, uid, gid)
+                  if self.peer and self.cfg.reverse_lookup else None)
         try:
-            lookup = (ForkedReverseLookup(self.client_ip, uid, gid)
-                      if self.peer and self.cfg.reverse_lookup else None)
-            try:
-                privsep.enter_prelogin_sandbox(self.cfg, uid, gid)
-            except privsep.SandboxError as exc:
-                prelogin.log_sandbox_failure(self.log, exc)
-                os._exit(privsep.EXIT_PRIVSEP_FAILED)
-            authenticator = prelogin.MonitorAuthenticator(
-                sock, apop_enabled=self.apop_timestamp is not None,
-                banner_timestamp=self.apop_timestamp)
-            client = self.client
-            channel = Channel(client.in_fd, client.out_fd, client.sock)
+            privsep.enter_prelogin_sandbox(self.cfg, uid, gid)
+        except privsep.SandboxError as exc:
+            log_failure(self.log, "the pre-login sandbox", exc, syslog.LOG_CRIT)
+            return privsep.EXIT_PRIVSEP_FAILED
+        authenticator = prelogin.MonitorAuthenticator(
+            sock, apop_enabled=self.apop_timestamp is not None,
+            banner_timestamp=self.apop_timestamp)
+        client = self.client
+        channel = Channel(client.in_fd, client.out_fd, client.sock)
 
-            def handover(session, login):
-                wire.send(sock, wire.Kind.HANDOVER, session.protocol.take_unread(),
-                          bool(session.tls_active), session.client_host,
-                          str(session.protocol.bad_commands), bool(login.no_mime))
-                raise prelogin.Handover()
+        def handover(session, login):
+            wire.send(sock, wire.Kind.HANDOVER, session.protocol.take_unread(),
+                      bool(session.tls_active), session.client_host,
+                      str(session.protocol.bad_commands), bool(login.no_mime))
+            raise prelogin.Handover()
 
-            session = Session(self.cfg, channel, log=self.log, hostname=self.hostname,
-                              peer=self.peer, authenticator=authenticator, tls=self.tls,
-                              tls_mode=self.tls_mode, handover=handover, lookup=lookup)
-            status = session.run()
-            if session.handed_over and session.tls_active and relay_end is not None:
-                prelogin.relay(session.channel, relay_end, self.cfg.timeout)
-        except BaseException as exc:
-            log_failure(self.log, f"pre-login for {self.client_ip}", exc)
-        finally:
-            os._exit(status)
+        session = Session(self.cfg, channel, log=self.log, hostname=self.hostname,
+                          peer=self.peer, authenticator=authenticator, tls=self.tls,
+                          tls_mode=self.tls_mode, handover=handover, lookup=lookup)
+        status = session.run()
+        if session.handed_over and session.tls_active:
+            prelogin.relay(session.channel, relay_end, self.cfg.timeout)
+        return status
 
     # --- the requests ----------------------------------------------------------------------
     def _serve(self, sock: socket.socket, relay_end) -> None:
-        deadline = time.monotonic() + self._login_deadline_s() + DEADLINE_MARGIN_S
+        deadline = time.monotonic() + self.cfg.login_timeout + DEADLINE_MARGIN_S
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not select.select([sock], [], [], remaining)[0]:
@@ -237,16 +245,11 @@ class Monitor:
             if self._closing:
                 return
 
-    def _login_deadline_s(self) -> float:
-        return float(self.cfg.login_timeout)
-
     def _end_prelogin(self) -> None:
-        for pid, role in self.children.items():
-            if role == "pre-login":
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        try:
+            os.kill(self.prelogin_pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     def _answer(self, frame: wire.Frame) -> bytes:
         try:
@@ -299,14 +302,13 @@ class Monitor:
         if kind is wire.Kind.SCRAM_PROVE:
             login, signature = auth.scram_prove(frame.text(0), frame.text(1), frame.fields[2],
                                                 ip, client_host=self._host(frame, 3))
-            self.scram_login = login
+            # not self.login yet: only SCRAM_ACCEPTED makes it one
             return wire.encode(wire.Kind.LOGIN, login.user, login.mechanism, login.no_mime,
                                signature)
         if kind is wire.Kind.SCRAM_ACCEPTED:
-            login, self.scram_login = self.scram_login, None
+            login = auth.scram_accepted(ip)
             if login is None:
                 raise ProtocolViolation("SCRAM_ACCEPTED without a proof")
-            auth.scram_accepted(ip, client_host=self._host_text(""))
             self.login = login
             return wire.encode(wire.Kind.DATA, b"", True)
         if kind is wire.Kind.SCRAM_BINDING_FAILED:
@@ -318,12 +320,14 @@ class Monitor:
                                   client_host=self._host(frame, 3), mechanism=frame.text(2))
             raise ProtocolViolation("a refusal did not refuse")
         if kind is wire.Kind.GSS_STEP:
-            out, complete = auth.gss_step(frame.fields[0], ip)
+            out, complete = auth.gss_step(frame.fields[0], ip, first=frame.flag(1),
+                                          client_host=self._host(frame, 2))
             return wire.encode(wire.Kind.DATA, out, complete)
         if kind is wire.Kind.GSS_OFFER:
-            return wire.encode(wire.Kind.DATA, auth.gss_offer(ip), False)
+            return wire.encode(wire.Kind.DATA, auth.gss_offer(ip, client_host=self._host(frame, 0)),
+                               False)
         if kind is wire.Kind.GSS_CHOOSE:
-            login, no_mime = auth.gss_choose(frame.fields[0], self._normalise, ip,
+            login, no_mime = auth.gss_choose(frame.fields[0], sasl_normaliser(self.cfg), ip,
                                              client_host=self._host(frame, 1))
             return self._logged_in(dataclasses.replace(login, no_mime=no_mime))
         raise ProtocolViolation(f"unexpected {kind.name}")
@@ -332,16 +336,10 @@ class Monitor:
         self.login = login
         return wire.encode(wire.Kind.LOGIN, login.user, login.mechanism, login.no_mime, b"")
 
-    def _normalise(self, raw: str):
-        pending = normalise_user(raw, self.cfg)
-        return pending.name, pending.no_mime, pending.valid
-
     def _host(self, frame: wire.Frame, index: int) -> str:
-        return self._host_text(frame.text(index))
-
-    def _host_text(self, text: str) -> str:
         """The client's name as the pre-login process looked it up: only a plausible host
         name is believed (it goes into log lines); anything else is the address."""
+        text = frame.text(index)
         if (0 < len(text) <= MAX_HOST_CHARS and text.isascii()
                 and all(ch.isalnum() or ch in ".-_:" for ch in text)):
             return text
@@ -362,7 +360,7 @@ class Monitor:
         if tls_active and relay_end is None:
             raise ProtocolViolation("HANDOVER inside TLS without TLS")
         try:
-            spool_gid = os.stat(self.cfg.spool_dir).st_gid
+            spool_gid = spool_group(self.cfg)
             if self.cfg.check_hash_dir:
                 SpoolPaths.for_user(self.cfg, login.user, login.home).ensure_hash_dirs(self.log)
         except PopError as refusal:
@@ -370,16 +368,14 @@ class Monitor:
                                                     f"{refusal.text}")
             self._answer_login(refusal.render(), tls_active, relay_end)
             return
-        except OSError as exc:
-            self.log(syslog.LOG_ERR, f"preparing the session of {login.user}: {exc}")
-            self._answer_login(err(UNAVAILABLE, RespCode.SYS_TEMP), tls_active, relay_end)
-            return
         pid = os.fork()
         if pid == 0:
             self._close_for_child()
-            self._run_user_session(login, spool_gid, leftover, tls_active, client_host,
-                                   int(bad_text), relay_end if tls_active else None)
-        self.children[pid] = "session"
+            exit_after(self.log, f"session of {login.user}",
+                       lambda: self._run_user_session(login, spool_gid, leftover, tls_active,
+                                                      client_host, int(bad_text),
+                                                      relay_end if tls_active else None))
+        self.session_pid = pid
         if self.on_login is not None:
             self.on_login()
 
@@ -396,40 +392,34 @@ class Monitor:
             pass
 
     def _run_user_session(self, login, spool_gid: int, leftover: bytes, tls_active: bool,
-                          client_host: str, bad_commands: int, relay_end) -> None:
-        status = 1
-        try:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGHUP, signal.SIG_DFL)
-            if relay_end is not None:
-                self.client.close()
-                channel = Channel(relay_end.fileno(), relay_end.fileno(), relay_end)
-            else:
-                client = self.client
-                channel = Channel(client.in_fd, client.out_fd, client.sock)
-            session = Session(self.cfg, channel, log=self.log, hostname=self.hostname,
-                              peer=self.peer, client_host=client_host,
-                              tls_active=tls_active, login_done=True)
-            privsep.drop_privileges(login, spool_gid, self.log)   # verified, or _exit
-            privsep.prctl(privsep.PR_SET_PDEATHSIG, signal.SIGKILL)
-            status = session.run(resume=(login, leftover, bad_commands))
-        except BaseException as exc:
-            log_failure(self.log, f"session of {login.user}", exc)
-        finally:
-            os._exit(status)
+                          client_host: str, bad_commands: int, relay_end) -> int:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        if relay_end is not None:
+            self.client.close()
+            channel = Channel(relay_end.fileno(), relay_end.fileno(), relay_end)
+        else:
+            client = self.client
+            channel = Channel(client.in_fd, client.out_fd, client.sock)
+        # made before the drop: it notes who may own the spool options file (root)
+        session = Session(self.cfg, channel, log=self.log, hostname=self.hostname,
+                          peer=self.peer, client_host=client_host,
+                          tls_active=tls_active, login_done=True)
+        privsep.drop_privileges(login, spool_gid, self.log)   # verified, or _exit
+        privsep.prctl(privsep.PR_SET_PDEATHSIG, signal.SIGKILL)
+        return session.run(resume=(login, leftover, bad_commands))
 
-    def _wait_children(self) -> None:
-        while self.children:
+    def _wait_children(self) -> int:
+        """Wait for both children; the exit status is the user session's when there was
+        one, else the pre-login process's."""
+        statuses = {}
+        while len(statuses) < (2 if self.session_pid else 1):
             try:
                 pid, wait_status = os.wait()
             except ChildProcessError:
-                return
-            except InterruptedError:
-                continue
-            role = self.children.pop(pid, None)
-            if role == "session" or (role == "pre-login" and "session" not in
-                                     self.children.values() and self.session_status == 0):
-                self.session_status = max(0, os.waitstatus_to_exitcode(wait_status))
+                break
+            statuses[pid] = max(0, os.waitstatus_to_exitcode(wait_status))
+        return statuses.get(self.session_pid or self.prelogin_pid, 0)
 
 
 # --- inetd mode ------------------------------------------------------------------------------------
@@ -463,16 +453,8 @@ def serve_inetd(cfg, inv) -> int:
             sock = probe
         else:
             probe.close()
-    peer = None
-    if sock is not None:
-        try:
-            addr = sock.getpeername()
-            if isinstance(addr, tuple) and len(addr) >= 2:
-                peer = (normalize_ip(addr[0]), addr[1])
-        except OSError:
-            pass
     try:
-        return Monitor(cfg, log, hostname=socket.gethostname(), peer=peer,
+        return Monitor(cfg, log, hostname=socket.gethostname(), peer=socket_peer(sock),
                        client=Client(0, 1, sock), tls=server_tls,
                        tls_mode=tls_mode_for_listen_port(cfg)).run()
     except Exception as exc:

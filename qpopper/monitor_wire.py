@@ -48,8 +48,8 @@ class Kind(enum.IntEnum):
     SCRAM_ACCEPTED = 7      # (nothing): the client took the server's signature
     SCRAM_BINDING_FAILED = 8    # user, mechanism, client host
     REFUSE_NAME = 9         # printable name, reply text, mechanism, client host
-    GSS_STEP = 10           # token
-    GSS_OFFER = 11          # (nothing)
+    GSS_STEP = 10           # token, first-token flag, client host
+    GSS_OFFER = 11          # client host
     GSS_CHOOSE = 12         # the client's wrapped answer, client host
     HANDOVER = 13           # leftover bytes, tls flag, client host, bad-command count, no-mime
 
@@ -68,8 +68,8 @@ FIELD_LIMITS: dict[Kind, tuple[int, ...]] = {
     Kind.SCRAM_ACCEPTED: (),
     Kind.SCRAM_BINDING_FAILED: (NAME, SHORT, SHORT),
     Kind.REFUSE_NAME: (NAME, SHORT, SHORT, SHORT),
-    Kind.GSS_STEP: (TOKEN,),
-    Kind.GSS_OFFER: (),
+    Kind.GSS_STEP: (TOKEN, 1, SHORT),
+    Kind.GSS_OFFER: (SHORT,),
     Kind.GSS_CHOOSE: (TOKEN, SHORT),
     Kind.HANDOVER: (LEFTOVER, 1, SHORT, SHORT, 1),
     Kind.LOGIN: (NAME, SHORT, 1, SHORT),

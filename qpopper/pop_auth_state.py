@@ -80,6 +80,14 @@ def normalise_user(raw: str, cfg) -> PendingUser:
     return PendingUser(name, no_mime, is_possible_user_name(name))
 
 
+def sasl_normaliser(cfg) -> "sasl.Normaliser":
+    """normalise_user as SASL and the monitor use it: raw name -> (name, no_mime, valid)."""
+    def normalise(raw: str) -> tuple[str, bool, bool]:
+        pending = normalise_user(raw, cfg)
+        return pending.name, pending.no_mime, pending.valid
+    return normalise
+
+
 def may_answer_probe(proto: "Protocol", probe: str) -> bool:
     """CAPA, the bare AUTH listing and a refused USER tell the client the same thing each
     time: the first is free, each repeat counts as a bad command, so a client cannot loop on
@@ -157,16 +165,13 @@ def cmd_auth(proto: "Protocol", args: list[str]) -> None:
         return
     name = args[0].upper()
     if name not in offered:
-        refusal = sasl.refusal_for(name, proto.cfg, proto.env)
-        raise BadCommand(refusal.text, refusal.code)
+        if proto.charge_bad_command():          # a mechanism not offered counts as bad
+            raise sasl.refusal_for(name, proto.cfg, proto.env)
+        return
     proto.pending_user = None
     initial = (sasl.decode_response(args[1].encode("utf-8", "surrogateescape"), initial=True)
                if len(args) > 1 else None)
-
-    def normalise(raw: str) -> tuple[str, bool, bool]:
-        pending = normalise_user(raw, proto.cfg)
-        return pending.name, pending.no_mime, pending.valid
-    sasl.Exchange(proto, name, normalise).start(initial)
+    sasl.Exchange(proto, name, sasl_normaliser(proto.cfg)).start(initial)
 
 
 def cmd_stls(proto: "Protocol", args: list[str]) -> None:

@@ -52,7 +52,7 @@ def command_table(entries: Mapping[str, Command]) -> Mapping[str, Command]:
     return dict(entries)
 
 
-# Signature of the RETR/TOP mangle hook (the extensions issue): write the complete reply (status
+# Signature of the RETR/TOP mangle hook (extensions/mangle.py): write the complete reply (status
 # line, dot-stuffed CRLF lines, terminator) for message `index` (0-based) mangled per
 # `mangle_args`, whole (`body_lines` None: RETR) or headers plus that many body lines (TOP).
 # Refuse by raising PopError before writing anything. The protocol has already checked the
@@ -66,7 +66,7 @@ class Extensions:
     """Verbs and hooks that later features plug into the state machine.
 
     - `authorization_verbs` / `transaction_verbs`: extra or replacing table entries
-      (AUTH from the SASL issue; XTND and MDEF from the extensions issue).
+      (XTND and MDEF: extensions/; docs/internals.md, "Protocol").
     - `sasl_mechanisms(proto)`: the mechanisms CAPA lists as `SASL ...` (none: no line).
     - `mangle`: accepts RETR/TOP's optional mangle argument (and the `-no-mime` login flag);
       its presence advertises `X-MANGLE`. An `MDEF` verb advertises `X-MACRO`.

@@ -1,8 +1,8 @@
 """The pre-login process: the connection until its user has logged in, unprivileged.
 
 Forked by the monitor (monitor.py) for each connection. Before it reads a single client
-byte it locks itself in (`privsep.enter_prelogin_sandbox`): the prelogin-user account with no supplementary
-groups, no capabilities (the bounding set emptied too), NoNewPrivs, not dumpable, bounded
+byte it locks itself in (privsep.enter_prelogin_sandbox): the prelogin-user account with no
+supplementary groups, no capabilities (the bounding set emptied too), NoNewPrivs, not dumpable, bounded
 RLIMIT_NOFILE / RLIMIT_AS / RLIMIT_CORE and, when started as root, chrooted into the empty
 prelogin-chroot directory. Then it runs an ordinary Session whose authenticator is
 `MonitorAuthenticator` (every credential goes to the monitor as a frame) and whose
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import select
 import socket
-import syslog
 
 from . import monitor_wire as wire
 from .auth import Login
@@ -78,9 +77,6 @@ class MonitorAuthenticator:
         return answer.fields[0], answer.flag(1)
 
     # -- the contract --------------------------------------------------------------------
-    def has_apop_secret(self, user: str) -> bool:
-        return False            # only the monitor knows; nothing here needs it
-
     def refuse_user_name(self, user, text, client_ip, *, client_host=None, mechanism="USER"):
         self._ask(wire.Kind.REFUSE_NAME, user, text, mechanism, client_host or "")
         raise PopError(text, RespCode.AUTH)      # the monitor always refuses
@@ -117,11 +113,11 @@ class MonitorAuthenticator:
         self._ask(wire.Kind.SCRAM_BINDING_FAILED, user, mechanism, client_host or "")
         raise PopError("authentication failure", RespCode.AUTH)
 
-    def gss_step(self, token, client_ip, *, client_host=None) -> tuple[bytes, bool]:
-        return self._data(wire.Kind.GSS_STEP, token)
+    def gss_step(self, token, client_ip, *, first=False, client_host=None):
+        return self._data(wire.Kind.GSS_STEP, token, bool(first), client_host or "")
 
     def gss_offer(self, client_ip, *, client_host=None) -> bytes:
-        return self._data(wire.Kind.GSS_OFFER)[0]
+        return self._data(wire.Kind.GSS_OFFER, client_host or "")[0]
 
     def gss_choose(self, answer, normalise, client_ip, *, client_host=None):
         login = self._login(wire.Kind.GSS_CHOOSE, answer, client_host or "")
@@ -196,11 +192,4 @@ def _drain_until_closed(sock: socket.socket) -> None:
         while sock.recv(RELAY_CHUNK):
             pass
     except OSError:
-        pass
-
-
-def log_sandbox_failure(log, exc: Exception) -> None:
-    try:
-        log(syslog.LOG_CRIT, str(exc))
-    except Exception:
         pass

@@ -22,10 +22,10 @@ is what a program the session runs gets (`run_user_program`: XTND XMIT's mail-co
 the user's own uid and primary group, never the mail group, so the user's MTA configuration
 (msmtp's passwordeval, a .forward-style hook) cannot read other users' mailboxes.
 
-Order (reference §1.10, DESIGN.md): setgroups([]) → setresgid(user's gid, gid, gid) →
-setresuid(uid). Each step is checked afterwards with getresuid/getresgid/getgroups, then we try
-to get root back: if setuid(0) or setgid(0) works, or any check fails, the child logs and exits
-at once with os._exit — it never continues with the wrong identity.
+Order (OpenSSH's and popa3d's; docs/privsep.md): setgroups([]) → setresgid(user's gid, gid,
+gid) → setresuid(uid). Each step is checked afterwards with getresuid/getresgid/getgroups, then
+we try to get root back: if setuid(0), setgid(0) or setgroups([0]) works, or any check fails,
+the child logs and exits at once with os._exit — it never continues with the wrong identity.
 """
 
 from __future__ import annotations
@@ -153,6 +153,7 @@ PRELOGIN_MAX_ADDRESS_SPACE = 2 * 1024 ** 3
 client can make it allocate."""
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4   # the kernel reads longs
 
 
 class SandboxError(Exception):
@@ -160,7 +161,7 @@ class SandboxError(Exception):
 
 
 def prctl(option: int, value: int) -> None:
-    if _libc.prctl(option, ctypes.c_ulong(value), 0, 0, 0) != 0:
+    if _libc.prctl(option, value, 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
@@ -179,8 +180,8 @@ def prelogin_account(cfg) -> tuple[int, int]:
 
 
 def enter_prelogin_sandbox(cfg, uid: int, gid: int) -> None:
-    """Lock this process in (see the module docstring); SandboxError when any step fails.
-    Call before touching the client's bytes."""
+    """Lock this process in (docs/privsep.md, "The pre-login process"); SandboxError when
+    any step fails. Call before touching the client's bytes."""
     was_root = os.geteuid() == 0
     try:
         if was_root:
@@ -192,9 +193,7 @@ def enter_prelogin_sandbox(cfg, uid: int, gid: int) -> None:
                         raise
             os.chroot(cfg.prelogin_chroot)
             os.chdir("/")
-            os.setgroups([])
-            os.setresgid(gid, gid, gid)
-            os.setresuid(uid, uid, uid)
+            _become(uid, gid)
         prctl(PR_SET_NO_NEW_PRIVS, 1)
         prctl(PR_SET_DUMPABLE, 0)
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)      # the monitor gone: so are we
@@ -204,28 +203,37 @@ def enter_prelogin_sandbox(cfg, uid: int, gid: int) -> None:
                            (PRELOGIN_MAX_ADDRESS_SPACE, PRELOGIN_MAX_ADDRESS_SPACE))
     except OSError as exc:
         raise SandboxError(f"entering the pre-login sandbox: {exc}") from None
-    if not was_root:
-        return
-    if 0 in os.getresuid() or 0 in os.getresgid() or os.getgroups():
-        raise SandboxError("the pre-login sandbox still has root or groups")
-    for attempt in (lambda: os.setuid(0), lambda: os.setgid(0)):
-        try:
-            attempt()
-        except PermissionError:
-            continue
-        raise SandboxError("the pre-login process could get root back")
+    if was_root:
+        _check_became(uid, gid)
 
 
 def drop_to_account(uid: int, gid: int) -> None:
     """An unprivileged helper of the pre-login process (its reverse lookup): the pre-login
-    account without the chroot, NoNewPrivs. Raises OSError when the drop fails."""
+    account without the chroot, NoNewPrivs. SandboxError when the drop fails."""
     if os.geteuid() == 0:
-        os.setgroups([])
-        os.setresgid(gid, gid, gid)
-        os.setresuid(uid, uid, uid)
-        if 0 in os.getresuid():
-            raise OSError("still root after the drop")
+        try:
+            _become(uid, gid)
+        except OSError as exc:
+            raise SandboxError(f"dropping to uid {uid}: {exc}") from None
+        _check_became(uid, gid)
     prctl(PR_SET_NO_NEW_PRIVS, 1)
+
+
+def _become(uid: int, gid: int) -> None:
+    """Exactly uid/gid, no supplementary groups (root only)."""
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+
+
+def _check_became(uid: int, gid: int) -> None:
+    if (os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid)
+            or os.getgroups()):
+        raise SandboxError("the pre-login sandbox still has root or groups")
+    regained = _regained_root()
+    if regained:
+        raise SandboxError("the pre-login process could get root back: "
+                           + ", ".join(regained))
 
 
 def check_prelogin_setup(cfg) -> None:

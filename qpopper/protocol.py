@@ -101,7 +101,7 @@ class Protocol:
         if authenticator.apop_enabled:
             # An authenticator in another process (the monitor) made the timestamp it will
             # check APOP against; otherwise one is made here.
-            self.apop_timestamp = (getattr(authenticator, "banner_timestamp", None)
+            self.apop_timestamp = (authenticator.banner_timestamp
                                    or challenges.apop_timestamp(self.env.pid, self.now(),
                                                                 self.env.hostname))
         if self.cfg.shy:

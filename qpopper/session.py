@@ -91,16 +91,7 @@ class Channel:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def peer(self) -> tuple[str, int] | None:
-        sock = self.sock
-        if sock is None:
-            return None
-        try:
-            addr = sock.getpeername()
-        except OSError:
-            return None
-        if isinstance(addr, tuple) and len(addr) >= 2:
-            return normalize_ip(addr[0]), addr[1]
-        return None
+        return socket_peer(self.sock)
 
     def read(self, timeout_s: float, wake_fd: int | None = None,
              interrupted=lambda: False) -> bytes | None:
@@ -169,6 +160,19 @@ class Channel:
             except OSError:
                 pass
             self.sock.close()
+
+
+def socket_peer(sock: socket.socket | None) -> tuple[str, int] | None:
+    """(normalised address, port) of an IP socket's peer; None for anything else."""
+    if sock is None:
+        return None
+    try:
+        addr = sock.getpeername()
+    except OSError:
+        return None
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        return normalize_ip(addr[0]), addr[1]
+    return None
 
 
 def _drain(fd: int) -> None:
@@ -338,11 +342,6 @@ class Session:
         self.login = login
         self.user = login.user
         self._set_title()
-        try:
-            spool_gid = os.stat(self.cfg.spool_dir).st_gid
-        except OSError as exc:
-            raise PopError("Unable to open the mail spool; contact your administrator",
-                           RespCode.SYS_TEMP, log=f"stat {self.cfg.spool_dir}: {exc}") from None
         # Still root (unless the monitor did both already): shared hashed spool directories
         # are created now, owned like the spool directory; after the drop the user would own
         # them and could reach others' spools. Directories only the spool-dir options file
@@ -351,6 +350,7 @@ class Session:
         global_paths = SpoolPaths.for_user(self.cfg, login.user, login.home)
         options_owner = self.server_euid   # who may own the spool options file
         if not self.login_done:
+            spool_gid = spool_group(self.cfg)
             if self.cfg.check_hash_dir:
                 global_paths.ensure_hash_dirs(self.log)
             privsep.drop_privileges(login, spool_gid, self.log)   # verifies; non-root: checks
@@ -643,6 +643,15 @@ def test_step_hook():
 
 
 # --- inetd mode -------------------------------------------------------------------------------------
+def spool_group(cfg) -> int:
+    """The spool directory's group: the session's effective group after the drop."""
+    try:
+        return os.stat(cfg.spool_dir).st_gid
+    except OSError as exc:
+        raise PopError("Unable to open the mail spool; contact your administrator",
+                       RespCode.SYS_TEMP, log=f"stat {cfg.spool_dir}: {exc}") from None
+
+
 def tls_mode_for_listen_port(cfg) -> str | None:
     """The TLS mode tls-support gives a connection on a `listen` port (or on stdin)."""
     return {"stls": "stls", "alternate-port": "implicit"}.get(cfg.tls_support)

@@ -1,12 +1,14 @@
 """TLS with pyOpenSSL: the server context built from the tls-* options, and the TLS byte channel
 a session switches to (implicit TLS on port 995, or after STLS).
 
-The master builds the context ONCE, at start-up and again on HUP, before it forks: children
-inherit it (and with it the session-ticket keys, so a client resumes across children). Every
-mistake in the certificate set-up is a one-line TlsSetupError at start-up, never a failed
-handshake at the first client.
+The master never reads the certificate or the key (docs/privsep.md, "The TLS key"): at
+start-up and on HUP it snapshots the files (TlsIdentity) and checks them by building a
+context in a throwaway child, so every mistake in the certificate set-up is a one-line
+TlsSetupError at start-up, never a failed handshake at the first client. The pre-login
+process of each connection builds its own context from the snapshot when it needs one (so
+TLS sessions are not resumed across connections).
 
-Modern by default (RFC 8996, RFC 9325, decision §7.10):
+Modern by default (RFC 8996, RFC 9325; docs/internals.md, "TLS"):
 - TLS 1.2 and 1.3 only. tls-version keeps Qpopper's values: SSLv2, SSLv3 and TLSv1 are raised
   to the minimum with a warning; default/SSLv23/all mean "every version from the minimum".
 - TLS 1.2 offers only ECDHE key exchange with AEAD ciphers (AES-GCM, ChaCha20-Poly1305);
@@ -45,6 +47,10 @@ import time
 from dataclasses import dataclass
 
 from cryptography import x509
+# Imported now, not lazily at the first key load: the pre-login process loads the key inside
+# its empty chroot, where no module can be imported any more (Debian's cryptography 38 imports
+# its backend inside load_pem_private_key).
+from cryptography.hazmat.backends.openssl import backend as _openssl_backend  # noqa: F401
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 
@@ -93,7 +99,7 @@ class HandshakeFailed(Exception):
 
 @dataclass(frozen=True)
 class ServerTls:
-    """What the master hands to each session: the context, and a description for the log."""
+    """A built context, and its description for the log."""
 
     context: SSL.Context
     description: str
@@ -103,15 +109,6 @@ def tls_wanted(cfg) -> bool:
     """Does this configuration serve TLS anywhere (STLS, alternate-port, or a tls-listen port)?"""
     return (cfg.tls_support in ("stls", "alternate-port")
             or bool(getattr(cfg, "tls_listen", ())))
-
-
-def build_server_tls(cfg, log=None) -> ServerTls | None:
-    """The server context from the tls-* options, read from the files now, or None when no
-    TLS is configured. Raises TlsSetupError (one line) for anything that would break a
-    handshake. (The servers use TlsIdentity instead: the key is read only where it is used.)"""
-    if not tls_wanted(cfg):
-        return None
-    return _build(cfg, _read, log)
 
 
 def _build(cfg, read, log=None) -> ServerTls:
@@ -173,7 +170,7 @@ class TlsIdentity:
         return cls(cfg, fds)
 
     def build(self, log=None) -> ServerTls:
-        """The context, from the open files (TlsSetupError as build_server_tls)."""
+        """The context, from the open files (TlsSetupError: one line)."""
         def read(path: str, option: str) -> bytes:
             fd = self.fds.get(path)
             if fd is None:
@@ -196,7 +193,7 @@ class TlsIdentity:
 def open_server_tls(cfg, log=None) -> TlsIdentity | None:
     """The TLS identity for a server, checked, or None when no TLS is configured. The check
     builds a context in a forked child, so this process never holds the key; its one-line
-    verdict comes back through a pipe (TlsSetupError as build_server_tls)."""
+    verdict comes back through a pipe (TlsSetupError: one line)."""
     if not tls_wanted(cfg):
         return None
     identity = TlsIdentity.open(cfg)
@@ -314,10 +311,9 @@ def _identity_paths(cfg) -> list[tuple[str, str]]:
     return [cert]
 
 
-def _load_identity(cfg, read=None):
+def _load_identity(cfg, read):
     """(certificate chain, private key, certificate path, key path) from the options;
     `read(path, option)` gives a file's bytes."""
-    read = read or _read
     (cert_path, option), *_ = _identity_paths(cfg)
     cert_data = read(cert_path, option)
     try:
@@ -348,14 +344,6 @@ def _load_identity(cfg, read=None):
                                 f"tls-passphrase (wrong passphrase?)") from None
         raise TlsSetupError(f"{key_path}: the private key cannot be read") from None
     return chain, key, cert_path, key_path
-
-
-def _read(path: str, option: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as exc:
-        raise TlsSetupError(f"{option} {path}: {exc.strerror or exc}") from None
 
 
 def _check_validity(cert: x509.Certificate, path: str) -> None:
@@ -469,17 +457,9 @@ class TlsChannel:
         timeout or interruption (as Channel.read)."""
         while True:
             if self._input_pending:
-                try:
-                    return self.conn.recv(RECORD_OCTETS)
-                except SSL.WantReadError:
-                    # records OpenSSL wrote meanwhile (a KeyUpdate answer) leave with the
-                    # next reply: every write_all drains the output BIO
-                    self._input_pending = False
-                except SSL.ZeroReturnError:
-                    return b""
-                except SSL.Error as exc:
-                    self._closed_from = describe_ssl_error(exc)
-                    return b""
+                plain = self._decrypted()
+                if plain is not None:
+                    return plain
             data = self.raw.read(timeout_s, wake_fd, interrupted)
             if not data:
                 return data                            # None (timeout) or b'' (EOF)
@@ -502,15 +482,27 @@ class TlsChannel:
                 return [b""]
             self.conn.bio_write(data)
             self._input_pending = True
-        while True:
-            try:
-                chunks.append(self.conn.recv(RECORD_OCTETS))
-            except SSL.WantReadError:
-                self._input_pending = False
-                return chunks
-            except (SSL.ZeroReturnError, SSL.Error):
-                chunks.append(b"")
-                return chunks
+        while (plain := self._decrypted()) is not None:
+            chunks.append(plain)
+            if not plain:
+                break
+        return chunks
+
+    def _decrypted(self) -> bytes | None:
+        """One record's plaintext, if OpenSSL has one; None when it needs more ciphertext;
+        b'' at the end (close_notify, or a TLS error, kept for the log)."""
+        try:
+            return self.conn.recv(RECORD_OCTETS)
+        except SSL.WantReadError:
+            # records OpenSSL wrote meanwhile (a KeyUpdate answer) leave with the next
+            # reply: every write_all drains the output BIO
+            self._input_pending = False
+            return None
+        except SSL.ZeroReturnError:
+            return b""
+        except SSL.Error as exc:
+            self._closed_from = describe_ssl_error(exc)
+            return b""
 
     def write_all(self, data, timeout_s: float) -> None:
         view = memoryview(data)

@@ -6,6 +6,7 @@ database tests run either way (as root the store's users map to a `qpt` owner ac
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import stat
@@ -17,7 +18,7 @@ import pytest
 
 from qpopper import limits
 from qpopper.auth import Login
-from qpopper.auth import policy
+from qpopper.auth import policy, scram
 from qpopper.auth.policy import Authenticator
 from qpopper.auth.store import PopAuthStore
 from qpopper.config import Config
@@ -564,3 +565,62 @@ def test_a_broken_pam_stack_is_a_temporary_system_failure(system_users):
     assert error.render() == (b"-ERR [SYS/TEMP] Unable to check your credentials now; "
                               b"try again later\r\n")
     assert "Module is unknown" in error.log and service in error.log
+
+
+# ---- SCRAM's server half (auth/challenges.py) -------------------------------------------------
+def scram_client_proof(server_first: str, bare: str, password: str) -> tuple[str, bytes]:
+    """(client-final-without-proof, proof) for SCRAM-SHA-256, as a client computes them."""
+    attrs = dict(part.split("=", 1) for part in server_first.split(","))
+    salted = scram.salted_password("SCRAM-SHA-256", password.encode(),
+                                   base64.b64decode(attrs["s"]), int(attrs["i"]))
+    without_proof = f"c=biws,r={attrs['r']}"
+    auth_message = f"{bare},{server_first},{without_proof}".encode()
+    return without_proof, scram.client_proof("SCRAM-SHA-256", salted, auth_message)
+
+
+def test_a_scram_proof_becomes_a_login_only_until_a_new_server_first(owned_store):
+    """scram_accepted records the proof scram_prove accepted — unless scram_begin started
+    another exchange since: then there is nothing to accept (the monitor ends a pre-login
+    process that asks anyway), and no login is logged."""
+    store, keys, _ = owned_store
+    store.set_secret("demo", "demo-pw")
+    log = Log()
+    auth = Authenticator(config(user_database="pop-auth", log_login=LOG_LOGIN, **keys), log)
+    bare = "n=demo,r=client-nonce"
+    server_first = auth.scram_begin("demo", "SCRAM-SHA-256", "client-nonce")
+    without_proof, proof = scram_client_proof(server_first, bare, "demo-pw")
+    login, _ = auth.scram_prove(bare, without_proof, proof, CLIENT_IP)
+    assert login.user == "demo"
+    auth.scram_begin("demo", "SCRAM-SHA-256", "another-nonce")
+    assert auth.scram_accepted(CLIENT_IP) is None
+    assert not any("POP login by" in text for _, text in log.records)
+    # the straight way: proof, then accepted
+    server_first = auth.scram_begin("demo", "SCRAM-SHA-256", "client-nonce")
+    without_proof, proof = scram_client_proof(server_first, bare, "demo-pw")
+    auth.scram_prove(bare, without_proof, proof, CLIENT_IP)
+    assert auth.scram_accepted(CLIENT_IP).user == "demo"
+    assert any("POP login by" in text for _, text in log.records)
+
+
+def test_the_monitor_hands_over_a_scram_login_only_when_it_was_accepted(owned_store):
+    """A pre-login process that sends PROVE, BEGIN again, then ACCEPTED gets no login."""
+    from qpopper import monitor as monitor_mod
+    from qpopper import monitor_wire as wire
+    store, keys, _ = owned_store
+    store.set_secret("demo", "demo-pw")
+    cfg = config(user_database="pop-auth", **keys)
+    mon = monitor_mod.Monitor(cfg, Log(), hostname="test.host", peer=(CLIENT_IP, 4000),
+                              client=monitor_mod.Client(-1, -1, None))
+    mon.authenticator = Authenticator(cfg, Log())
+    bare = "n=demo,r=client-nonce"
+
+    def ask(kind, *fields) -> wire.Frame:
+        return wire.decode(mon._answer(wire.decode(wire.encode(kind, *fields))))
+    server_first = ask(wire.Kind.SCRAM_BEGIN, "SCRAM-SHA-256", "demo", "client-nonce").text(0)
+    without_proof, proof = scram_client_proof(server_first, bare, "demo-pw")
+    assert ask(wire.Kind.SCRAM_PROVE, bare, without_proof, proof, "").kind is wire.Kind.LOGIN
+    assert mon.login is None                       # a proof is not a login yet
+    ask(wire.Kind.SCRAM_BEGIN, "SCRAM-SHA-256", "demo", "other-nonce")
+    with pytest.raises(monitor_mod.ProtocolViolation):
+        ask(wire.Kind.SCRAM_ACCEPTED)
+    assert mon.login is None

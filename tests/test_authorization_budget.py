@@ -132,19 +132,6 @@ def test_capa_then_user_pass_costs_nothing(pop):
     assert pop.proto.bad_commands == 0
 
 
-def test_a_wrong_password_then_user_again_costs_nothing(pop):
-    run_lockstep(pop, parse(f"""
-        {GREETING}
-        C: USER alice
-        S: +OK Password required for alice.
-        C: PASS wrong
-        S: -ERR [AUTH] Password supplied for "alice" is incorrect.
-        C: USER alice
-        S: +OK Password required for alice.
-    """))
-    assert pop.proto.bad_commands == 0
-
-
 def test_capa_again_after_stls_is_free(spool):
     """RFC 2595 §4: after STLS the client must forget the capabilities and ask again."""
     pop = stls_pop(spool)

@@ -523,9 +523,9 @@ def test_spool_options_file_of_another_owner_is_ignored(tmp_path):
     base = Config.defaults()
     other = os.geteuid() + 1
     assert apply_spool_options_file(base, path, other, log) is base
-    wanted = "root" if other == 0 else f"uid {other}, the server's account"
     assert log.records == [(syslog.LOG_WARNING, f"Ignoring {path}: owned by uid "
-                                                f"{os.geteuid()} (must be {wanted})")]
+                                                f"{os.geteuid()} (must be uid {other}, "
+                                                f"the server's account)")]
 
 
 def test_spool_options_link_fifo_and_missing_file(tmp_path):

@@ -199,8 +199,10 @@ class Conn:
         self.sock.close()
 
 
-def gssapi_login(srv, context, authzid: bytes = b"") -> bytes:
-    conn = Conn(srv)
+def gssapi_login(srv, context, authzid: bytes = b"", conn: Conn | None = None) -> bytes:
+    """The whole exchange on a new connection (closed after), or on `conn` (left open)."""
+    own = conn is None
+    conn = conn or Conn(srv)
     try:
         # RFC 5034 §4: an initial response that would make the command longer than 255
         # octets (a Kerberos AP-REQ always does) is sent after an empty challenge instead.
@@ -219,7 +221,8 @@ def gssapi_login(srv, context, authzid: bytes = b"") -> bytes:
         answer = context.wrap(b"\x01\x00\x00\x00" + authzid, False).message
         return conn.send(base64.b64encode(answer))
     finally:
-        conn.close()
+        if own:
+            conn.close()
 
 
 def test_capa_lists_gssapi(site):
@@ -240,6 +243,22 @@ def test_gssapi_login(site):
     reply = gssapi_login(site.srv, context)
     assert reply.startswith(f"+OK {site.alice.name} has 1 visible".encode()), reply
     site.syslog.wait_for(rf'sasl "{site.alice.name}" \({site.alice.name}@{REALM}\) with GSSAPI')
+
+
+def test_a_cancelled_exchange_leaves_no_context_behind(site):
+    """`*` after the first token, then a new AUTH GSSAPI on the same connection: it starts
+    a new security context (the cancelled one's must not take the new token)."""
+    conn = Conn(site.srv)
+    try:
+        assert conn.send(b"AUTH GSSAPI") == b"+ \r\n"
+        first = client_context(site.alice.name, "kerberos-Pw-1")
+        assert conn.send(base64.b64encode(first.step())).startswith(b"+ ")
+        assert conn.send(b"*").startswith(b"-ERR")
+        context = client_context(site.alice.name, "kerberos-Pw-1")
+        reply = gssapi_login(site.srv, context, conn=conn)
+        assert reply.startswith(f"+OK {site.alice.name} has 1 visible".encode()), reply
+    finally:
+        conn.close()
 
 
 def test_gssapi_authzid_of_someone_else_is_refused(site):

@@ -15,6 +15,7 @@ from qpopper import limits
 from qpopper.config import Config
 from qpopper.responses import PopError, RespCode
 from qpopper.spool.paths import SpoolPaths, check_user_name, hash_dirs
+from tests.helpers.sysusers import in_child
 
 
 def cfg_for(spool_dir, **changes):
@@ -201,27 +202,6 @@ def test_ensure_hash_dirs_logs_a_hashed_dir_it_cannot_create(tmp_path):
     p.ensure_hash_dirs(lambda prio, text: lines.append(text))
     assert (spool_dir / "o").is_dir()
     assert lines == [f"check-hash-dir: {temp_dir}: No such file or directory"]
-
-
-def in_child(body) -> str:
-    """Run body() -> str in a forked child (which may change its ids); returns that text.
-    The child always leaves through os._exit, so pytest's state is never run twice."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.close(read_fd)
-            os.write(write_fd, body().encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-    with os.fdopen(read_fd) as f:
-        result = f.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    return result
 
 
 @pytest.mark.root

@@ -21,10 +21,10 @@ from cryptography.hazmat.primitives import serialization
 
 from qpopper import privsep
 from qpopper.config import Config
-from tests.helpers.sysusers import PRELOGIN_USER, is_root, make_spool
+from tests.helpers.sysusers import PRELOGIN_USER, in_child, is_root, make_spool
 from tests.server_harness import (Site, descendants_of, login, mbox, proc_status, read_greeting,
                                   wait_until)
-from tests.test_tls import TlsSite, client_context
+from tests.test_tls import TlsSite, client_context, pipelined
 
 pytestmark = [pytest.mark.timeout(120),
               pytest.mark.skipif(not is_root(), reason="needs root: the privilege split and "
@@ -123,32 +123,21 @@ def test_the_sandbox_cannot_reach_spools_shadow_the_store_or_the_key(world_tmp, 
     cfg = Config.defaults().replace(prelogin_user=PRELOGIN_USER, prelogin_chroot=CHROOT)
     privsep.check_prelogin_setup(cfg)
     uid, gid = privsep.prelogin_account(cfg)
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.close(read_end)
-            privsep.enter_prelogin_sandbox(cfg, uid, gid)
-            reached = []
-            for path in (spool, "/etc/shadow", store, good.key_file, "/"):
-                try:
-                    if path == "/":
-                        reached.append("/:" + ",".join(os.listdir("/")))
-                    else:
-                        os.close(os.open(path, os.O_RDONLY))
-                        reached.append(path)
-                except OSError:
-                    pass
-            os.write(write_end, "\n".join(reached).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    with os.fdopen(read_end) as pipe:
-        reached = pipe.read().split("\n")
-    _, wait_status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(wait_status) == 0
+
+    def in_the_sandbox() -> str:
+        privsep.enter_prelogin_sandbox(cfg, uid, gid)
+        reached = []
+        for path in (spool, "/etc/shadow", store, good.key_file, "/"):
+            try:
+                if path == "/":
+                    reached.append("/:" + ",".join(os.listdir("/")))
+                else:
+                    os.close(os.open(path, os.O_RDONLY))
+                    reached.append(path)
+            except OSError:
+                pass
+        return "\n".join(reached)
+    reached = in_child(in_the_sandbox).split("\n")
     assert reached == ["/:"], reached           # an empty root, and nothing else opened
 
 
@@ -209,11 +198,8 @@ def test_no_user_session_over_tls_holds_the_private_key(world_tmp, pam_service, 
         with socket.create_connection((server.host, server.tls_port), timeout=20) as raw, \
                 context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
             assert read_greeting(tls).startswith(b"+OK")
-            tls.sendall(f"USER {user.name}\r\nPASS {user.password}\r\nSTAT\r\n".encode())
-            replies = b""
-            while replies.count(b"\r\n") < 3:
-                replies += tls.recv(4096)
-            assert replies.split(b"\r\n")[2].startswith(b"+OK 2 "), replies
+            replies = pipelined(tls, f"USER {user.name}", f"PASS {user.password}", "STAT")
+            assert replies[2].startswith(b"+OK 2 "), replies
             session = the_one(server, user.uid, "the user session")
             relay = the_one(server, pwd.getpwnam(PRELOGIN_USER).pw_uid, "the TLS relay")
             patterns = key_patterns(key)

@@ -144,7 +144,9 @@ def test_password_keeps_its_spaces(spool):
 
 
 def test_wrong_password_and_unknown_user_get_the_same_reply(spool):
-    run_lockstep(spool.session(), parse(f"""
+    """... and USER after a failed PASS is a new login, not a repeat: no bad command."""
+    pop = spool.session()
+    run_lockstep(pop, parse(f"""
         S: {GREETING}
         C: USER alice
         S: +OK Password required for alice.
@@ -155,6 +157,7 @@ def test_wrong_password_and_unknown_user_get_the_same_reply(spool):
         C: PASS guess
         S: -ERR [AUTH] Password supplied for "mallory" is incorrect.
     """))
+    assert pop.proto.bad_commands == 0
 
 
 def test_failed_pass_returns_to_expecting_user(pop):

@@ -20,6 +20,7 @@ import threading
 
 import pytest
 
+from qpopper import limits
 from tests.helpers.sysusers import make_spool
 from tests.helpers.testpki import TestPki
 from tests.server_harness import (POPPER, PopperServer, Site, free_port, mbox, read_greeting,
@@ -40,6 +41,18 @@ def pki(tmp_path_factory):
 @pytest.fixture
 def good(pki):
     return pki.server("good")
+
+
+def pipelined(sock, *commands: str) -> list[bytes]:
+    """Send the commands in one write; their one-line replies, in order."""
+    sock.sendall("".join(f"{command}\r\n" for command in commands).encode())
+    replies = b""
+    while replies.count(b"\r\n") < len(commands):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        replies += chunk
+    return replies.split(b"\r\n")[:len(commands)]
 
 
 def client_context(pki, **versions) -> ssl.SSLContext:
@@ -335,11 +348,8 @@ def test_over_the_limit_a_tls_port_closes_without_plain_text(world_tmp, pam_serv
                 context.wrap_socket(raw, server_hostname="127.0.0.1") as first:
             assert read_greeting(first).startswith(b"+OK")
             # logged in: the one slot cannot be made free (an idle one would be ended)
-            first.sendall(f"USER {u.name}\r\nPASS {u.password}\r\n".encode())
-            replies = b""
-            while replies.count(b"\r\n") < 2:
-                replies += first.recv(4096)
-            assert replies.split(b"\r\n")[1].startswith(b"+OK"), replies
+            replies = pipelined(first, f"USER {u.name}", f"PASS {u.password}")
+            assert replies[1].startswith(b"+OK"), replies
             with socket.create_connection((server.host, server.tls_port), timeout=20) as second:
                 assert second.recv(100) == b""       # no -ERR a TLS client would choke on
             s.syslog.wait_for(r"Refused connection from 127\.0\.0\.1: .*")
@@ -606,7 +616,11 @@ class RecordCountingProxy:
         self.listener.close()
 
 
-def records_for_pipelined_capas(server, pki, user, count: int) -> int:
+CAPAS = limits.MAX_BAD_COMMANDS
+"""Pipelined CAPAs before the login: the first is free, the repeats spend the budget."""
+
+
+def records_for_pipelined_capas(server, pki, count: int) -> int:
     """TLS records for `count` pipelined CAPAs before the login, where the pre-login process
     writes its TLS records itself (after it, its relay cuts records); `count` stays inside
     the bad-command budget that repeated CAPAs spend."""
@@ -627,22 +641,20 @@ def records_for_pipelined_capas(server, pki, user, count: int) -> int:
 
 
 def test_chunky_writes_decides_how_replies_become_tls_records(world_tmp, pam_service, good,
-                                                               pki, system_users):
+                                                               pki):
     """`tls` (and default) gather a batch of pipelined replies into few TLS records; `never`
     sends one write, hence at least one record, per reply."""
     counts = {}
-    user = system_users.create()
     for mode in ("never", "tls", "default"):
         root = os.path.join(world_tmp, mode)
         os.mkdir(root, 0o755)
         s = TlsSite(root, pam_service, tls_support="stls", chunky_writes=mode,
                     tls_server_cert_file=good.combined_file)
-        make_spool(s.spool_dir, user, mbox(*MESSAGES))
         try:
-            counts[mode] = records_for_pipelined_capas(s.tls_server(pki), pki, user, 10)
+            counts[mode] = records_for_pipelined_capas(s.tls_server(pki), pki, CAPAS)
         finally:
             s.close()
-    assert counts["never"] >= 10 + 1
+    assert counts["never"] >= CAPAS + 1
     assert counts["tls"] <= counts["never"] - 8
     assert counts["default"] <= counts["never"] - 8
 

@@ -21,9 +21,16 @@ import secrets
 import socket
 from dataclasses import dataclass
 
+from ..options import BY_NAME
 from . import scram
 
 PLUS_SUFFIX = "-PLUS"
+"""RFC 5802 §4: the channel-binding variant of a SCRAM mechanism is its name + -PLUS."""
+
+
+def scram_arithmetic(mechanism: str) -> str:
+    """SCRAM-SHA-256-PLUS -> SCRAM-SHA-256: the hash, and which pop.auth verifier."""
+    return mechanism.removesuffix(PLUS_SUFFIX)
 
 
 def apop_timestamp(pid: int, now: float, hostname: str) -> str:
@@ -47,9 +54,8 @@ class ScramState:
     server_first: str
 
     @classmethod
-    def begin(cls, user: str, mechanism: str, client_nonce: str,
+    def begin(cls, user: str, mechanism: str, arithmetic: str, client_nonce: str,
               verifier: scram.Verifier | None) -> "ScramState":
-        arithmetic = mechanism.removesuffix(PLUS_SUFFIX)
         known = verifier is not None
         if not known:
             # Carry on with a made-up verifier, so that an unknown name gets the same
@@ -133,6 +139,19 @@ class GssAcceptor:
     def _require_complete(self) -> None:
         if not self.context.complete:
             raise GssFailed("the security context is not complete")
+
+
+def service_name(cfg) -> str:
+    """The acceptor's host-based service name: kerberos-service@this host (-K sets it). An
+    unset kerberos-service (`= ""`) means the option's default, the manual's rcmd."""
+    service = cfg.kerberos_service or BY_NAME["kerberos-service"].default
+    return f"{service}@{socket.gethostname().lower()}"
+
+
+def acceptor_credentials(cfg):
+    import gssapi
+    name = gssapi.Name(service_name(cfg), gssapi.NameType.hostbased_service)
+    return gssapi.Credentials(name=name, usage="accept")
 
 
 def gss_text(exc: Exception) -> str:

@@ -86,9 +86,7 @@ def _with_rhost(authenticator, rhost: str | None, replace_auth_step: bool):
     set_item = authenticator.pam_set_item
 
     def pam_authenticate(handle, flags):
-        if rhost:
-            # pam_set_item copies string items, so the buffer may die after the call.
-            set_item(handle, PAM_RHOST, ctypes.c_char_p(rhost.encode("ascii", "replace")))
+        _set_rhost(set_item, handle, rhost)
         if replace_auth_step:
             return PAM_SUCCESS
         return real_authenticate(handle, flags)
@@ -186,9 +184,7 @@ def change_password(service: str, user: str, old_password: str, new_password: st
     if code != PAM_SUCCESS:
         return PamResult(False, code, "pam_start failed")
     try:
-        if rhost:
-            authenticator.pam_set_item(handle, PAM_RHOST,
-                                       ctypes.c_char_p(rhost.encode("ascii", "replace")))
+        _set_rhost(authenticator.pam_set_item, handle, rhost)
         code = chauthtok(handle, 0)
         reason = authenticator.pam_strerror(handle, code).decode("utf-8", "replace")
     finally:
@@ -235,3 +231,10 @@ def _password_conversation(calloc, old: bytes, new: bytes, shown: list[str]):
             return python_pam.PAM_CONV_ERR
 
     return converse
+
+
+def _set_rhost(set_item, handle, rhost: str | None) -> None:
+    """PAM_RHOST, the client's address, for the modules (pam_access, the logs)."""
+    if rhost:
+        # pam_set_item copies string items, so the buffer may die after the call.
+        set_item(handle, PAM_RHOST, ctypes.c_char_p(rhost.encode("ascii", "replace")))

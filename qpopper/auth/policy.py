@@ -1,11 +1,13 @@
 """The authenticator the protocol is given: who may log in, how, and from where.
 
-Runs as root in the session child, before privsep drops privileges (system users: pwd and PAM
-need it). It implements the protocol's authenticator contract (docs/internals.md):
+Runs as root, in the monitor of each connection (docs/privsep.md; in one process only in
+tests), since pwd, PAM and the store need it. It implements the protocol's authenticator
+contract (docs/internals.md, "Auth"):
 
-    apop_enabled, has_apop_secret(user),
+    apop_enabled, banner_timestamp,
     check_password(user, password, client_ip, *, client_host=None, tls_active=False) -> Login
     check_apop(user, timestamp, digest, client_ip, *, client_host=None) -> Login
+    and the SASL steps listed below
 
 and raises PopError on refusal. Order of the checks, and why:
  1. the name itself (auth.is_possible_user_name, the protocol's test too: empty, too long,
@@ -32,11 +34,13 @@ attempt from an address that failed too often first waits its address brake.
 
 Mechanisms and the methods they use (each runs the same checks in the same order):
   USER/PASS, AUTH PLAIN, AUTH LOGIN     check_password (PAM, or the store for pop-auth users)
-  APOP, AUTH CRAM-MD5                   check_apop, check_cram_md5 (the store's clear secret)
-  AUTH SCRAM-SHA-1, AUTH SCRAM-SHA-256  scram_verifier, then check_scram with the outcome,
-                                        and record_login once the client accepted the
-                                        server's signature (only then is it a login)
-  AUTH GSSAPI                           check_external (Kerberos proved the principal)
+  APOP, AUTH CRAM-MD5                   check_apop; cram_challenge, check_cram_md5 (the
+                                        store's clear secret)
+  AUTH SCRAM-SHA-1, AUTH SCRAM-SHA-256  scram_begin, scram_prove (check_scram with the
+                                        outcome), scram_accepted once the client accepted
+                                        the server's signature (only then is it a login)
+  AUTH GSSAPI                           gss_step, gss_offer, gss_choose (check_external:
+                                        Kerberos proved the principal)
 
 User databases (`user-database`):
   system    accounts from NSS (pwd), passwords through PAM service `pam-service`; the pop.auth
@@ -67,7 +71,8 @@ from ..responses import PopError, RespCode
 from . import Login, challenges, is_possible_user_name
 from . import pam as pam_auth
 from .brakes import Brakes
-from .sasl import CLEAR_TEXT_TLS_ONLY, NEEDS_STRONGER_AUTH   # the protocol refuses USER with them
+from .sasl import (BAD_EXCHANGE, CLEAR_TEXT_TLS_ONLY,   # the protocol refuses USER with these
+                   NEEDS_STRONGER_AUTH)
 from .scram import Verifier
 from .store import PopAuthStore
 
@@ -142,12 +147,15 @@ class Authenticator:
         self.sleep = time.sleep          # a seam for tests
         self.failures = 0                # refusals on this connection (one Authenticator each)
         self._mechanism = "USER"         # what the attempt under way uses (for the logs)
-        self._cram: bytes | None = None  # challenges made here (auth/challenges.py)
         self._scram: challenges.ScramState | None = None
         self._scram_login: Login | None = None
         self._gss = None
 
     # ---- the contract ---------------------------------------------------------------------
+    banner_timestamp: str | None = None
+    """The APOP timestamp, when whoever checks APOP made it (the monitor does, for the
+    pre-login process's authenticator); None: the protocol makes one (docs/internals.md)."""
+
     @property
     def apop_enabled(self) -> bool:
         """APOP is offered (banner timestamp, APOP verb) when a pop.auth store exists."""
@@ -253,16 +261,16 @@ class Authenticator:
                                        client_host, authid=user, record=False)
 
     # ---- the server's half of the challenge mechanisms (auth/challenges.py) ------------------
-    def cram_challenge(self, hostname: str) -> bytes:
-        """A fresh CRAM-MD5 challenge, remembered: check_cram_md5 in the monitor checks the
-        digest against this one, whatever challenge the pre-login process names."""
-        self._cram = challenges.cram_challenge(hostname)
-        return self._cram
+    @staticmethod
+    def cram_challenge(hostname: str) -> bytes:
+        """A fresh CRAM-MD5 challenge. Its owner checks the digest against it: the monitor
+        keeps it, whatever challenge the pre-login process names later."""
+        return challenges.cram_challenge(hostname)
 
     def scram_begin(self, user: str, mechanism: str, client_nonce: str) -> str:
         """SCRAM server-first for `user` (a decoy for a name without a verifier)."""
-        arithmetic = mechanism.removesuffix(challenges.PLUS_SUFFIX)
-        self._scram = challenges.ScramState.begin(user, mechanism, client_nonce,
+        arithmetic = challenges.scram_arithmetic(mechanism)
+        self._scram = challenges.ScramState.begin(user, mechanism, arithmetic, client_nonce,
                                                   self.scram_verifier(user, arithmetic))
         self._scram_login = None
         return self._scram.server_first
@@ -282,17 +290,21 @@ class Authenticator:
         self._scram_login = login
         return login, signature
 
-    def scram_accepted(self, client_ip: str, *, client_host: str | None = None) -> None:
-        """The client accepted the server's signature: now it is a login (record_login)."""
+    def scram_accepted(self, client_ip: str, *, client_host: str | None = None) -> Login | None:
+        """The client accepted the server's signature: now it is a login (record_login).
+        Returns it; None when no proof was accepted since the last scram_begin."""
         login, self._scram_login = self._scram_login, None
         if login is not None:
             self.record_login(login, client_ip, client_host=client_host)
+        return login
 
-    def gss_step(self, token: bytes, client_ip: str, *,
+    def gss_step(self, token: bytes, client_ip: str, *, first: bool = False,
                  client_host: str | None = None) -> tuple[bytes, bool]:
-        """One GSS-API context token: (the answer token, complete)."""
+        """One GSS-API context token: (the answer token, complete). `first`: the first
+        token of an AUTH GSSAPI, which starts a new context (a cancelled exchange's is
+        dropped)."""
         try:
-            if self._gss is None:
+            if first or self._gss is None:
                 self._gss = self._new_gss_acceptor()
             return self._gss.step(token)
         except challenges.GssFailed as exc:
@@ -302,8 +314,7 @@ class Authenticator:
         if not self.cfg.kerberos:
             raise challenges.GssFailed("GSSAPI is not offered (kerberos is off)")
         try:
-            from .sasl import acceptor_credentials
-            return challenges.GssAcceptor(acceptor_credentials(self.cfg))
+            return challenges.GssAcceptor(challenges.acceptor_credentials(self.cfg))
         except Exception as exc:        # no gssapi module, no keytab: a GSS-API error
             raise challenges.GssFailed(challenges.gss_text(exc)) from None
 
@@ -327,12 +338,12 @@ class Authenticator:
         except challenges.GssFailed as exc:
             self._gss_failed(str(exc), client_ip, client_host)
         if len(choice) < 4 or not choice[0] & 0x01:
-            raise PopError("Malformed AUTH exchange", RespCode.AUTH)   # a layer never offered
+            raise PopError(BAD_EXCHANGE, RespCode.AUTH)             # a layer never offered
         user = challenges.principal_to_user(principal, service)
         try:
             authzid = choice[4:].decode("utf-8")
         except UnicodeDecodeError:
-            raise PopError("Malformed AUTH exchange", RespCode.AUTH) from None
+            raise PopError(BAD_EXCHANGE, RespCode.AUTH) from None
         if user is None or (authzid and authzid != user):
             self.check_external(user or "(gssapi)", "AUTH GSSAPI", False, client_ip,
                                 client_host=client_host, authid=principal)

@@ -7,13 +7,16 @@ an `Exchange`: each mechanism is a generator that yields server challenges and r
 client's decoded responses, and finally returns the Login. Every credential check goes
 through the session's Authenticator (auth/policy.py), so auth-file, nonauth-file, the low-UID
 block, clear-text-password, PAM account management and the brute-force brakes apply to AUTH
-exactly as to USER/PASS and APOP:
+exactly as to USER/PASS and APOP. The server's half of each challenge mechanism is the
+authenticator's too (auth/challenges.py: in the servers it runs in the root monitor,
+docs/privsep.md), so this module parses and never sees a secret:
   PLAIN, LOGIN          Authenticator.check_password (PAM for system users)
-  CRAM-MD5              Authenticator.check_cram_md5 (the pop.auth secret)
-  SCRAM-SHA-1/-256      Authenticator.scram_verifier + check_scram (pop.auth verifiers;
-  and their -PLUS       -PLUS uses the same verifiers)
-  GSSAPI                Authenticator.check_external (Kerberos proved `user@REALM`; the
-                        realm must be the service's, no instance; PAM account checks apply)
+  CRAM-MD5              Authenticator.cram_challenge + check_cram_md5 (the pop.auth secret)
+  SCRAM-SHA-1/-256      Authenticator.scram_begin + scram_prove + scram_accepted (pop.auth
+  and their -PLUS       verifiers; -PLUS uses the same verifiers)
+  GSSAPI                Authenticator.gss_step + gss_offer + gss_choose (Kerberos proves
+                        `user@REALM`; the realm must be the service's, no instance; PAM
+                        account checks apply)
 
 Which mechanisms are offered (the sasl-* options keep Cyrus SASL's meaning; Qpopper passed
 them to Cyrus as security flags). Each mechanism carries Cyrus' flags for it:
@@ -63,23 +66,20 @@ import base64
 import binascii
 import hmac
 import os
-import socket
 import syslog
 from dataclasses import dataclass
 from typing import Callable, Generator, NoReturn
 
-from ..options import BY_NAME
 from ..responses import PopError, RespCode
 from . import challenges, scram
+from .challenges import PLUS_SUFFIX, acceptor_credentials, service_name
 
 PLAINTEXT_MECHANISMS = ("PLAIN", "LOGIN")
 STORE_MECHANISMS = ("CRAM-MD5", "SCRAM-SHA-1", "SCRAM-SHA-256", "SCRAM-SHA-1-PLUS",
                     "SCRAM-SHA-256-PLUS")
-PLUS_SUFFIX = "-PLUS"
-"""RFC 5802 §4: the channel-binding variant of a SCRAM mechanism is its name + -PLUS."""
 TLS_SSF = 128
-"""The external SSF TLS counts for against sasl-min-ssf (every cipher the TLS issue allows
-is at least 128 bits strong)."""
+"""The external SSF TLS counts for against sasl-min-ssf (every cipher tls.py allows is at
+least 128 bits strong)."""
 
 
 @dataclass(frozen=True)
@@ -195,8 +195,8 @@ def refusal_for(name: str, cfg, env) -> PopError:
 
 
 def kerberos_refusal(cfg) -> str | None:
-    """Decision §7.10: -k / -K are served as SASL GSSAPI (RFC 4752) through the system
-    Kerberos. That needs the python-gssapi module (an optional dependency) and a keytab
+    """-k / -K (Kerberos 4 in the manual) are served as SASL GSSAPI (RFC 4752) through the
+    system Kerberos (docs/internals.md, "Auth"). That needs the python-gssapi module (an optional dependency) and a keytab
     holding `kerberos-service/<this host>` (KRB5_KTNAME, else /etc/krb5.keytab): without
     them Kerberos is refused at start-up, with the reason, rather than silently offering
     nothing. None when Kerberos was not asked for or can be served."""
@@ -218,19 +218,6 @@ def kerberos_refusal(cfg) -> str | None:
         return GSSAPI_UNAVAILABLE.format(
             why=f"no key for {service_name(cfg)} in {keytab_path} ({challenges.gss_text(exc)})")
     return None
-
-
-def service_name(cfg) -> str:
-    """The acceptor's host-based service name: kerberos-service@this host (-K sets it). An
-    unset kerberos-service (`= ""`) means the option's default, the manual's rcmd."""
-    service = cfg.kerberos_service or BY_NAME["kerberos-service"].default
-    return f"{service}@{socket.gethostname().lower()}"
-
-
-def acceptor_credentials(cfg):
-    import gssapi
-    name = gssapi.Name(service_name(cfg), gssapi.NameType.hostbased_service)
-    return gssapi.Credentials(name=name, usage="accept")
 
 
 # --- the exchange -------------------------------------------------------------------------------
@@ -461,9 +448,11 @@ def mech_gssapi(ex: Exchange, initial: bytes | None) -> Mechanism:
     env = ex.env
     authenticator = env.authenticator
     token = yield from _client_first(initial)
+    first = True
     while True:
-        out, complete = authenticator.gss_step(token, env.client_ip,
+        out, complete = authenticator.gss_step(token, env.client_ip, first=first,
                                                client_host=env.client_host)
+        first = False
         if complete:
             break
         token = yield out

@@ -8,8 +8,9 @@ opened with O_NOFOLLOW relative to its parent's descriptor, made with mkdirat wh
 a link or not a directory is refused. The top directory itself is the administrator's (the
 configured spool-dir, temp-dir or cache-dir) and is opened as named.
 
-Used as root by the session's check-hash-dir (paths.SpoolPaths.ensure_hash_dirs) and by the
-package scripts (tools/maintscript.py make-dirs).
+Used by check-hash-dir (paths.SpoolPaths.ensure_hash_dirs: as root in the monitor, which
+creates; as the user after the privilege drop, which only looks) and by the package scripts
+(tools/maintscript.py make-dirs).
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ def make_dirs_below(top: str, parts: Sequence[str], like: os.stat_result, *,
                     create: bool = True) -> list[str]:
     """Walk top/parts[0]/parts[1]/... without following any link below `top`; with `create`,
     make each missing directory with the owner, group and mode of `like` (as root; another
-    caller can only give it like's group). Returns the directories made, as paths without
-    links (realpath of top, then the parts: what the package's purge may remove).
+    caller can only give it like's group). Returns the directories made, as `top` joined
+    with the parts.
 
     Raises UnsafeComponent for a link or a non-directory, and OSError naming the full path of
     the component for anything else (FileNotFoundError for a missing one without `create`)."""
@@ -48,7 +49,7 @@ def make_dirs_below(top: str, parts: Sequence[str], like: os.stat_result, *,
     lookup = 0 if create else LOOKUP_ONLY
     fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | lookup)
     try:
-        current = os.path.realpath(top)
+        current = top
         for part in parts:
             current = os.path.join(current, part)
             with _naming(current):

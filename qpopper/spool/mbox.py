@@ -1,6 +1,7 @@
 """Qpopper-compatible UNIX mbox: scan a spool, stream RETR/TOP, write messages back at update.
 
-Reference: ../shared/reference/qpopper-behaviour.md S11-S17, P12/P14/P15, §2.4, decision §7.9.
+The model and its Qpopper rules (separators, MMDF, Content-Length, X-UIDL, the write-back) are in
+docs/internals.md, "Spool".
 
 The file is never read whole: `scan` makes one pass in chunks of limits.COPY_CHUNK_OCTETS and
 keeps only per-message offsets, so memory follows the number of messages, not the spool size.
@@ -43,7 +44,8 @@ CONTENT_LENGTH_FUZZ = 25
 
 UID_MIN_CHARS = 13
 UID_MAX_CHARS = 32
-"""An existing X-UIDL value is kept when it has this many printable characters (§2.4, §7.9)."""
+"""An existing X-UIDL value is kept when it has this many printable characters, as Qpopper
+keeps it (docs/internals.md, "Spool")."""
 
 UIDL_HEADER = b"X-UIDL: "
 _UID_ALPHABET = bytes(0x21 + d if 0x21 + d != ord(".") else ord("~") for d in range(80))
@@ -933,7 +935,7 @@ def _copy(f: BinaryIO, start: int, end: int, out: _Coalescer) -> None:
 def copy_for_update(f: BinaryIO, msg: Message, write: WriteFn, *, retrieved: bool,
                     update_status_headers: bool, at: int | None = None,
                     number: int | None = None) -> Message | None:
-    """Write `msg` back in mbox form for the update at QUIT (reference S16/S17).
+    """Write `msg` back in mbox form for the update at QUIT (docs/internals.md, "Spool").
 
     With update_status_headers: the separator line, `X-UIDL: <uid>` right after it, the
     headers without other X-UIDL lines, `Status: RO` replacing existing Status lines when

@@ -95,6 +95,8 @@ class SpoolPaths:
     old_temp_drop: str | None   # check-old-spool-loc: .user.pop in the plain spool dir
     spool_dir: str              # the configured spool-dir (owner and mode model for hash dirs)
     hashed_dirs: tuple[str, ...]  # hashed directories under spool-dir/temp-dir/cache-dir
+    # (configured top directory, hashed parts below it) per walk: ("/var/mail", ("m", "a"))
+    hash_walks: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def journal(self) -> str:
@@ -113,14 +115,17 @@ class SpoolPaths:
         subdirs = hash_dirs(user, hash_spool)
         spool_dir = cfg.spool_dir
         hashed = []
+        # `a.b` under hash-spool 2: Qpopper's `a/./a.b` is `a/a.b`
+        parts = tuple(part for part in subdirs if part != ".")
+        walks = []
 
         def hashed_dir(base: str) -> str:
             path = base
-            for part in subdirs:
-                if part == ".":
-                    continue        # `a.b` under hash-spool 2: Qpopper's `a/./a.b` is `a/a.b`
+            for part in parts:
                 path = _inside(path, part)
                 hashed.append(path)
+            if parts:
+                walks.append((base, parts))
             return path
 
         home_mail = cfg.home_dir_mail
@@ -157,7 +162,8 @@ class SpoolPaths:
         return cls(user=user, spool=spool, lock=spool + LOCK_SUFFIX, temp_drop=temp_drop,
                    cache=cache, options_file=_inside(spool_dir, user + SPOOL_OPTIONS_SUFFIX),
                    old_temp_drop=old_temp_drop, spool_dir=spool_dir,
-                   hashed_dirs=tuple(dict.fromkeys(hashed)))
+                   hashed_dirs=tuple(dict.fromkeys(hashed)),
+                   hash_walks=tuple(dict.fromkeys(walks)))
 
     def ensure_hash_dirs(self, log: Log | None = None) -> None:
         """check-hash-dir (S5): create missing hashed directories, parents first, with the mode
@@ -176,7 +182,7 @@ class SpoolPaths:
             _note(log, f"check-hash-dir: cannot stat {self.spool_dir}: {exc.strerror}")
             return
         may_create = os.geteuid() in (0, model.st_uid)
-        for top, parts in self._hash_walks():
+        for top, parts in self.hash_walks:
             try:
                 make_dirs_below(top, parts, model, create=may_create)
             except UnsafeComponent as refusal:
@@ -185,21 +191,6 @@ class SpoolPaths:
             except OSError as exc:
                 _note(log, self._hash_dir_trouble(exc, may_create))
                 return
-
-    def _hash_walks(self) -> list[tuple[str, list[str]]]:
-        """(configured top directory, hashed parts below it) for each deepest hashed dir:
-        `/var/mail/m/a` is ("/var/mail", ["m", "a"])."""
-        hashed = set(self.hashed_dirs)
-        walks = []
-        for path in self.hashed_dirs:
-            if any(os.path.dirname(other) == path for other in hashed):
-                continue                        # a parent: walked on the way to its child
-            top, parts = path, []
-            while top in hashed:
-                top, part = os.path.split(top)
-                parts.insert(0, part)
-            walks.append((top, parts))
-        return walks
 
     def _hash_dir_trouble(self, exc: OSError, may_create: bool) -> str:
         if may_create:

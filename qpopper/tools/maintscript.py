@@ -86,7 +86,8 @@ def _make_dir(like: str, path: str, reference: os.stat_result) -> list[str]:
     else:
         top, parts = os.path.dirname(path), [os.path.basename(path)]
     try:
-        return make_dirs_below(top, parts, reference)
+        # paths without links: what the package's purge may remove
+        return make_dirs_below(os.path.realpath(top), parts, reference)
     except UnsafeComponent as refusal:    # a link or a file sits there
         raise Refused(str(refusal)) from None
     except OSError as error:              # the other DIRs are still made

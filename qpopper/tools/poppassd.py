@@ -209,7 +209,7 @@ class Dialogue:
             except DeadlinePassed:
                 self.channel.write_line(TIMED_OUT)
                 self.log(syslog.LOG_NOTICE, f"dialogue from {self.client_ip} not finished "
-                                            f"within {self.channel.deadline_s}s; closed")
+                                            f"within {self.channel.deadline_s:g} s; closed")
                 return EXIT_FAILED
             except TimeoutError:
                 self.channel.write_line(TIMED_OUT)

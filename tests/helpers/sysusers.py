@@ -148,3 +148,24 @@ def prelogin_account():
     finally:
         if made:
             subprocess.run(["userdel", PRELOGIN_USER], capture_output=True, timeout=30)
+
+
+def in_child(body) -> str:
+    """Run body() -> str in a forked child (which may change its ids); returns that text.
+    The child always leaves through os._exit, so pytest's state is never run twice."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read_fd)
+            os.write(write_fd, body().encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as f:
+        result = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return result

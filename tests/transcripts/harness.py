@@ -53,6 +53,8 @@ def apop_digest(timestamp: str, secret: str) -> str:
 class TableAuthenticator:
     """The authenticator contract (docs/internals.md) over a fixed user table."""
 
+    banner_timestamp = None       # the protocol makes the APOP timestamp
+
     def __init__(self, home: str, passwords=None, apop_secrets=None, *, apop_enabled=True):
         self.home = home
         self.passwords = dict(PASSWORDS if passwords is None else passwords)
