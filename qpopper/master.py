@@ -1,24 +1,10 @@
 """The standalone master: `popper [ADDRESS:]PORT [flags]`.
 
-Binds the listeners (or takes them from systemd), accepts, and forks one child per connection
-from the already-imported interpreter; the child runs session.Session and _exits. The master
-keeps no per-connection state beyond a pid → address table of live children, so its memory
-does not grow with the number of sessions served.
-
-What runs as root (audit these):
-  master.py     listeners, fork, signals, child accounting, daemonizing, pid file
-  sdnotify.py   systemd notification and socket activation
-  tls.py        the certificate and key (read at start-up and HUP), the TLS handshake
-  log.py        syslog socket and tracefile
-  config.py, options.py       global configuration files and argv (and HUP reloads)
-  session.py    the connection until login: reads, writes, reverse lookup, option-file checks
-  protocol.py   the AUTHORIZATION state (USER/PASS/APOP/CAPA/QUIT parsing)
-  auth/         pam.py (PAM conversation), policy.py (auth-file, nonauth-file, low-UID block,
-                user-name checks), store.py (the pop.auth store)
-  privsep.py    the drop itself: setgroups → setgid(spool group) → setuid(user), verified
-  responses.py, limits.py
-Everything that touches a spool, a temp drop, a cache, bulletins or a user's option file runs
-after privsep.drop_privileges, as the user with the mail group.
+Binds the listeners (or takes them from systemd), accepts, and forks one monitor per
+connection from the already-imported interpreter (monitor.py; docs/privsep.md). The master
+keeps no per-connection state beyond a pid → facts table of live monitors, so its memory does
+not grow with the number of sessions served. It never reads a client byte; what runs as root
+is listed once, in privsep.py's docstring.
 """
 
 from __future__ import annotations

@@ -32,8 +32,8 @@ from . import monitor_wire as wire
 from . import prelogin
 from . import tls as tls_mod
 from .log import Logger
-from .session import (Channel, ForkedReverseLookup, Session, socket_peer, spool_group,
-                      tls_mode_for_listen_port)
+from .reverse_lookup import ForkedReverseLookup
+from .session import (Channel, Session, socket_peer, spool_group, tls_mode_for_listen_port)
 from .auth import challenges
 from .auth.policy import Authenticator
 from .pop_auth_state import sasl_normaliser

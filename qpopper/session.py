@@ -1,7 +1,8 @@
 """One POP3 connection, run to its end in the current process.
 
-The process is a child forked by the master, an inetd / systemd `Accept=yes` instance, or the
-demo's child. This module owns the I/O around the pure state machine in protocol.py: bounded
+It runs in the pre-login process (until the login is handed to the monitor) and in the user
+session (from the login on), both forked by a connection's monitor (docs/privsep.md), or whole
+in one process in tests. This module owns the I/O around the pure state machine in protocol.py: bounded
 reads with the `timeout` option, buffered writes flushed once per reply batch (chunky-writes),
 TCP_NODELAY so a reply never waits for a delayed ACK, the client's name, the privilege drop and
 per-user option files at the moment of login, the end-of-session log lines, and the switch to
@@ -10,9 +11,6 @@ TLS (before the banner on an alternate-port listener, or after STLS) through tls
 
 from __future__ import annotations
 
-# Name lookups import the idna codec on first use; after the privilege drop the interpreter's
-# library may no longer be readable by this process, so load it now.
-import encodings.idna  # noqa: F401
 import errno
 import os
 import select
@@ -36,6 +34,7 @@ from .extensions import standard_extensions
 from .extensions.submit import MtaSubmitter
 from .log import Logger, stats_line, timeout_line, timing_line
 from .prelogin import Handover
+from .reverse_lookup import ReverseLookup
 from .protocol import Protocol, SessionStats
 from .responses import PopError, RespCode
 from .spool.maildrop import Maildrop, resolve_server_mode
@@ -43,10 +42,6 @@ from .spool.paths import SpoolPaths
 
 READ_CHUNK_OCTETS = 16 * 1024
 """One read from the client. Pipelined commands arrive in batches; protocol.py bounds lines."""
-
-REVERSE_LOOKUP_TIMEOUT_S = 5.0
-"""Longest wait for the client's host name; past it the address stands in (logs stay readable,
-a broken resolver does not hold the session). The lookup runs while the client logs in."""
 
 HANGUP_SIGNALS = (signal.SIGHUP, signal.SIGTERM)
 """Qpopper's catchSIGHUP: the session aborts (update-on-abort semantics) at the next read."""
@@ -181,79 +176,6 @@ def _drain(fd: int) -> None:
             pass
     except BlockingIOError:
         pass
-
-
-# --- the client's name ----------------------------------------------------------------------------
-class ReverseLookup:
-    """The client's host name, looked up in the background and waited for at most
-    REVERSE_LOOKUP_TIMEOUT_S in total. A name counts only if it resolves back to the address
-    (Qpopper's check against DNS spoofing); otherwise the address is the name."""
-
-    def __init__(self, ip: str):
-        self.ip = ip
-        self._name: str | None = None
-        self._done = threading.Event()
-        self._deadline = time.monotonic() + REVERSE_LOOKUP_TIMEOUT_S
-        threading.Thread(target=self._lookup, name="reverse-lookup", daemon=True).start()
-
-    def _lookup(self) -> None:
-        try:
-            name = socket.gethostbyaddr(self.ip)[0]
-            addresses = {normalize_ip(info[4][0]) for info in
-                         socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)}
-            if self.ip in addresses:
-                self._name = name
-        except (OSError, UnicodeError, LookupError):
-            pass
-        finally:
-            self._done.set()
-
-    def result(self) -> str:
-        self._done.wait(max(0.0, self._deadline - time.monotonic()))
-        return self._name or self.ip
-
-
-class ForkedReverseLookup:
-    """ReverseLookup for the pre-login process, whose chroot has no resolver: a child forked
-    before the sandbox is entered, running as the pre-login account, does the lookup and
-    writes the name to a pipe (docs/privsep.md)."""
-
-    def __init__(self, ip: str, uid: int, gid: int):
-        self.ip = ip
-        self._name: str | None = None
-        self._deadline = time.monotonic() + REVERSE_LOOKUP_TIMEOUT_S
-        self._read_end, write_end = os.pipe2(os.O_CLOEXEC)
-        self._pid = os.fork()
-        if self._pid == 0:
-            status = 1
-            try:
-                os.close(self._read_end)
-                privsep.drop_to_account(uid, gid)
-                lookup = ReverseLookup(ip)
-                name = lookup.result()
-                os.write(write_end, name.encode("utf-8", "replace")[:1024])
-                status = 0
-            finally:
-                os._exit(status)
-        os.close(write_end)
-        self._done = False
-
-    def result(self) -> str:
-        if not self._done:
-            self._done = True
-            try:
-                remaining = max(0.0, self._deadline - time.monotonic())
-                if select.select([self._read_end], [], [], remaining)[0]:
-                    name = os.read(self._read_end, 1024).decode("utf-8", "replace")
-                    self._name = name if name and name != self.ip else None
-            finally:
-                os.close(self._read_end)
-                try:
-                    os.kill(self._pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                os.waitpid(self._pid, 0)
-        return self._name or self.ip
 
 
 # --- the session ------------------------------------------------------------------------------------
@@ -422,6 +344,7 @@ class Session:
             self._set_title()
             if resume is not None:
                 self.protocol.resume(*resume)
+                self._set_title()              # TRANSACTION now, not at the next command
             else:
                 if self.tls_mode == "implicit" and not self._handshake():
                     # Qpopper: a failed alternate-port handshake ends the process, no banner
