@@ -721,3 +721,18 @@ def test_listen_fds_sockets_take_their_tls_mode_from_tls_listen(site, user, pki)
         proc.terminate()
         proc.wait(30)
         proc.stderr.close()
+
+
+def test_the_login_deadline_bounds_a_silent_tls_handshake(world_tmp, pam_service, good, pki):
+    """A client that connects to the TLS port and never sends its ClientHello is cut off at
+    login-timeout, not after the idle `timeout` (600 s here): a pre-login process is not
+    held for the idle timeout."""
+    s = TlsSite(world_tmp, pam_service, tls_support="stls", login_timeout=2, timeout=600,
+                tls_server_cert_file=good.combined_file)
+    try:
+        server = s.tls_server(pki)
+        with socket.create_connection((server.host, server.tls_port), timeout=30) as raw:
+            assert raw.recv(100) == b""          # closed by the server, long before 600 s
+        s.syslog.wait_for(r"TLS handshake with 127\.0\.0\.1 failed: timed out")
+    finally:
+        s.close()
