@@ -29,8 +29,8 @@ from .addresses import address_group, normalize_ip
 from .auth import pam as pam_auth
 from .log import Logger
 from .monitor import Client, Monitor, exit_after
-from .responses import RespCode, err
-from .session import tls_mode_for_listen_port
+from .responses import TOO_MANY_CONNECTIONS, RespCode, err
+from .session import DISPLACE_SIGNAL, tls_mode_for_listen_port
 from .spool.locking import process_gone
 
 LISTEN_BACKLOG = 128
@@ -45,7 +45,6 @@ SIGKILL (a crash the maildrop recovers from at the next login)."""
 REAP_INTERVAL_S = 1.0
 """The loop also wakes this often, so a lost SIGCHLD never leaves zombies for long."""
 
-OVER_LIMIT_TEXT = "Too many connections; try again later"
 
 @dataclasses.dataclass
 class Child:
@@ -342,7 +341,9 @@ class Master:
         self.log(syslog.LOG_NOTICE, f"{why}: ending a connection from {child.group} that "
                                     f"has not logged in, for one from {client_ip}")
         try:
-            os.killpg(pid, signal.SIGTERM)    # the pre-login process ends at its next read
+            # the pre-login process says why and ends (session.DISPLACE_SIGNAL); the monitor
+            # and a user session that has just started ignore it
+            os.killpg(pid, DISPLACE_SIGNAL)
         except ProcessLookupError:
             pass
 
@@ -366,7 +367,7 @@ class Master:
         try:
             conn.setblocking(False)
             if answer:
-                conn.send(err(OVER_LIMIT_TEXT, RespCode.SYS_TEMP))
+                conn.send(err(TOO_MANY_CONNECTIONS, RespCode.SYS_TEMP))
         except OSError:
             pass
         finally:

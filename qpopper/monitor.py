@@ -33,7 +33,8 @@ from . import prelogin
 from . import tls as tls_mod
 from .log import Logger
 from .reverse_lookup import ForkedReverseLookup
-from .session import (Channel, Session, socket_peer, spool_group, tls_mode_for_listen_port)
+from .session import (DISPLACE_SIGNAL, Channel, Session, socket_peer, spool_group,
+                      tls_mode_for_listen_port)
 from .auth import challenges
 from .auth.policy import Authenticator
 from .pop_auth_state import sasl_normaliser
@@ -128,6 +129,7 @@ class Monitor:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)   # the children end; we wait for them
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(DISPLACE_SIGNAL, signal.SIG_IGN)  # for the pre-login process only
         self.log.open()                      # before the pre-login process locks itself in
         try:
             uid, gid = privsep.prelogin_account(self.cfg)

@@ -27,7 +27,8 @@ from .pop_command import NO_EXTENSIONS, BadCommand, Command, CommandSyntaxError,
 from .pop_lines import TOO_LONG, LineReader
 from .pop_trans_state import (TRANSACTION_COMMANDS, TRANSACTION_COMMANDS_WITH_MANGLE, SessionStats,
                               Transaction, login_reply)
-from .responses import CRLF, TERMINATOR, PopError, RespCode, dot_stuff, err, ok
+from .responses import (CRLF, TERMINATOR, TOO_MANY_CONNECTIONS, PopError, RespCode, dot_stuff,
+                        err, ok)
 
 __all__ = ["Protocol", "State", "Command", "Extensions", "CommandSyntaxError", "SessionStats"]
 
@@ -155,6 +156,13 @@ class Protocol:
         if self.state == State.TRANSACTION:
             self.env.log(syslog.LOG_NOTICE, f"EOF from {self._who()} without QUIT")
         self._abort()
+
+    def displaced(self) -> None:
+        """The server ended this connection, which had not logged in, to make room for
+        another (its connection limits were reached): say why, then close."""
+        if self.state == State.AUTHORIZATION:
+            self.reply(err(TOO_MANY_CONNECTIONS, RespCode.SYS_TEMP))
+        self._close()
 
     def read_timeout(self, idle_timeout: float) -> float:
         """How long the session may wait for the client's next bytes: `idle_timeout` (the

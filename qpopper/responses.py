@@ -12,6 +12,11 @@ CRLF = b"\r\n"
 TERMINATOR = b".\r\n"
 
 
+TOO_MANY_CONNECTIONS = "Too many connections; try again later"
+"""-ERR [SYS/TEMP] when the connection limits are reached: the master's refusal of a newcomer,
+and the last words of a connection that had not logged in, ended to make room."""
+
+
 class RespCode(enum.Enum):
     """RFC 2449 §8 / RFC 3206 extended response codes."""
 

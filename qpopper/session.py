@@ -44,6 +44,10 @@ READ_CHUNK_OCTETS = 16 * 1024
 """One read from the client. Pipelined commands arrive in batches; protocol.py bounds lines."""
 
 HANGUP_SIGNALS = (signal.SIGHUP, signal.SIGTERM)
+DISPLACE_SIGNAL = signal.SIGUSR1
+"""The master ends a connection that has not logged in to make room for a newcomer: the
+pre-login process answers -ERR [SYS/TEMP] and closes (docs/privsep.md, "Connection limits").
+Every other process of the connection ignores it."""
 """Qpopper's catchSIGHUP: the session aborts (update-on-abort semantics) at the next read."""
 
 CRASH_AT_ENV = "QPOPPER_TEST_CRASH_AT"
@@ -229,6 +233,7 @@ class Session:
         self._out = bytearray()
         self._closed = False           # the client is gone: drop output, end at next read
         self._hangup = False
+        self._displaced = False
         self._wake_r: int | None = None
         self._wake_w: int | None = None
         self._title_state = None
@@ -352,6 +357,10 @@ class Session:
                 self.protocol.greeting()
             self.flush()
             while not self.protocol.closed:
+                if self._displaced and not self._closed:
+                    self.protocol.displaced()
+                    error = True
+                    break
                 if self._closed or self._hangup:
                     self.protocol.eof()
                     error = True
@@ -481,9 +490,14 @@ class Session:
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         for signum in HANGUP_SIGNALS:
             signal.signal(signum, self._on_hangup)
+        if self.handover is not None:                  # the pre-login process
+            signal.signal(DISPLACE_SIGNAL, self._on_displaced)
 
     def _on_hangup(self, signum, frame) -> None:
         self._hangup = True        # acted on at the next read (the wakeup pipe ends the wait)
+
+    def _on_displaced(self, signum, frame) -> None:
+        self._displaced = self._hangup = True
 
     def _remove_hangup_handlers(self) -> None:
         if self._wake_r is None:
@@ -491,6 +505,8 @@ class Session:
         signal.set_wakeup_fd(-1)
         for signum in HANGUP_SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
+        if self.handover is not None:
+            signal.signal(DISPLACE_SIGNAL, signal.SIG_IGN)    # a TLS relay stays
         os.close(self._wake_r)
         os.close(self._wake_w)
         self._wake_r = self._wake_w = None

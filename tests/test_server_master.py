@@ -287,7 +287,10 @@ def test_idle_connections_make_room_for_newcomers_from_the_same_address(make_sit
             assert read_greeting(sock).startswith(b"+OK")
         with socket.create_connection((server.host, server.port), timeout=10) as extra:
             assert read_greeting(extra).startswith(b"+OK")      # served, not refused
-            assert idle[0].recv(100) == b""                   # the oldest idle one ended
+            # the oldest idle one is told why, then closed
+            assert read_greeting(idle[0]) == (b"-ERR [SYS/TEMP] Too many connections; "
+                                              b"try again later\r\n")
+            assert idle[0].recv(100) == b""
             extra.sendall(b"CAPA\r\n")
             assert extra.recv(100).startswith(b"+OK")
         idle[1].sendall(b"NOOP\r\n")                        # the younger one still served
