@@ -280,6 +280,19 @@ def descendants_of(pid: int) -> list[int]:
     return found
 
 
+def processes_of(server, uid: int) -> list[int]:
+    """The processes under the master running as `uid` (real uid); ones that end meanwhile
+    are left out."""
+    found = []
+    for pid in descendants_of(server.pid):
+        try:
+            if int(proc_status(pid)["Uid"].split()[1]) == uid:
+                found.append(pid)
+        except (OSError, KeyError):
+            continue
+    return found
+
+
 def proc_status(pid: int) -> dict[str, str]:
     with open(f"/proc/{pid}/status") as f:
         return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)

@@ -25,7 +25,7 @@ from qpopper import monitor_wire as wire
 from qpopper.config import Config
 from tests.helpers import pam_service as pam_helper
 from tests.helpers.sysusers import PRELOGIN_USER, is_root
-from tests.server_harness import (Site, descendants_of, proc_status, read_greeting,
+from tests.server_harness import (Site, proc_status, processes_of, read_greeting,
                                   wait_for_greeting, wait_until)
 
 CASES = 100_000
@@ -190,10 +190,8 @@ def test_garbage_in_a_live_monitor_channel_ends_that_connection_only(world_tmp, 
         for frame in GARBAGE:
             with socket.create_connection((server.host, server.port), timeout=10) as client:
                 assert read_greeting(client).startswith(b"+OK")
-                prelogin = wait_until(lambda: [
-                    pid for pid in descendants_of(server.pid)
-                    if int(proc_status(pid)["Uid"].split()[0]) == prelogin_uid],
-                    what="the pre-login process")[0]
+                prelogin = wait_until(lambda: processes_of(server, prelogin_uid),
+                                      what="the pre-login process")[0]
                 monitor_pid = int(proc_status(prelogin)["PPid"])
                 with monitor_channel_of(prelogin) as channel:
                     try:

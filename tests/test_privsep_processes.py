@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from qpopper import privsep
 from qpopper.config import Config
 from tests.helpers.sysusers import PRELOGIN_USER, in_child, is_root, make_spool
-from tests.server_harness import (Site, descendants_of, login, mbox, proc_status, read_greeting,
+from tests.server_harness import (Site, login, mbox, proc_status, processes_of, read_greeting,
                                   wait_until)
 from tests.test_tls import TlsSite, client_context, pipelined
 
@@ -32,17 +32,6 @@ pytestmark = [pytest.mark.timeout(120),
 
 CHROOT = "/run/qpopper/empty"
 MESSAGES = (("first", "Body one.\n"), ("second", "Body two.\n"))
-
-
-def processes_of(server, uid: int) -> list[int]:
-    found = []
-    for pid in descendants_of(server.pid):
-        try:
-            if int(proc_status(pid)["Uid"].split()[1]) == uid:
-                found.append(pid)
-        except (OSError, KeyError):
-            continue
-    return found
 
 
 def the_one(server, uid: int, what: str) -> int:
