@@ -3,16 +3,16 @@
     master (root) ── fork ──► monitor (root) ── fork ──► pre-login (prelogin-user, chroot)
                                    │  ▲ frames (monitor_wire)        │ client socket, TLS,
                                    │  └──────────────────────────────┘ AUTHORIZATION, SASL
-                                   └── fork after a verified login ──► user session (the user)
+                                   └── after a verified login it becomes the user session
 
 The monitor owns what needs root: PAM, the pop.auth store, the brakes file, DRAC, the
 challenges of APOP / CRAM-MD5 / SCRAM and the GSS-API context (auth/policy.py,
 auth/challenges.py), hashed spool directories, and the switch to the user (privsep.py). It
 answers the pre-login process's requests — one frame at a time, each decoded strictly by
 monitor_wire and checked here — and ends the connection at the first frame it does not
-expect. Once a login it verified itself is handed over, it forks the user session on the
-client socket (or, with TLS, on the plaintext socket pair the pre-login process relays),
-tells the master the connection is logged in, and waits for its children.
+expect. Once a login it verified itself is handed over, it tells the master the connection
+is logged in and becomes the user session, on the client socket (or, with TLS, on the
+plaintext socket pair the pre-login process relays).
 docs/privsep.md has the whole picture and the list of what runs as root.
 """
 
@@ -25,6 +25,8 @@ import signal
 import socket
 import syslog
 import time
+
+import setproctitle
 from typing import NoReturn
 
 from . import limits, privsep
@@ -123,13 +125,13 @@ class Monitor:
         self.requests = 0
         self._closing = False                # a refusal said the connection must end
         self.prelogin_pid: int | None = None
-        self.session_pid: int | None = None
 
     # --- the process -----------------------------------------------------------------------
     def run(self) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)   # the children end; we wait for them
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(DISPLACE_SIGNAL, signal.SIG_IGN)  # for the pre-login process only
+        setproctitle.setproctitle(f"popper: {self.client_ip} monitor")
         self.log.open()                      # before the pre-login process locks itself in
         try:
             uid, gid = privsep.prelogin_account(self.cfg)
@@ -166,7 +168,7 @@ class Monitor:
             if relay_ours is not None:
                 relay_ours.close()
             self.client.close()
-        return self._wait_children()
+        return self._wait_prelogin()
 
     def _close_for_child(self) -> None:
         for fd in self.close_in_children:
@@ -198,6 +200,7 @@ class Monitor:
         channel = Channel(client.in_fd, client.out_fd, client.sock)
 
         def handover(session, login):
+            session.flush()            # replies before the login leave before the session's
             wire.send(sock, wire.Kind.HANDOVER, session.protocol.take_unread(),
                       bool(session.tls_active), session.client_host,
                       str(session.protocol.bad_commands), bool(login.no_mime))
@@ -229,7 +232,7 @@ class Monitor:
                 if self.requests > MAX_REQUESTS:
                     raise ProtocolViolation(f"more than {MAX_REQUESTS} requests")
                 if frame.kind is wire.Kind.HANDOVER:
-                    self._handover(frame, relay_end)
+                    self._handover(frame, sock, relay_end)      # returns only when refused
                     return
                 reply = self._answer(frame)
             except (wire.FrameError, ProtocolViolation) as exc:
@@ -348,7 +351,7 @@ class Monitor:
         return self.client_ip
 
     # --- the login handed over: the user session -----------------------------------------------
-    def _handover(self, frame: wire.Frame, relay_end) -> None:
+    def _handover(self, frame: wire.Frame, sock, relay_end) -> None:
         login = self.login
         if login is None:
             raise ProtocolViolation("HANDOVER without a verified login")
@@ -370,16 +373,33 @@ class Monitor:
                                                     f"{refusal.text}")
             self._answer_login(refusal.render(), tls_active, relay_end)
             return
-        pid = os.fork()
-        if pid == 0:
-            self._close_for_child()
-            exit_after(self.log, f"session of {login.user}",
-                       lambda: self._run_user_session(login, spool_gid, leftover, tls_active,
-                                                      client_host, int(bad_text),
-                                                      relay_end if tls_active else None))
-        self.session_pid = pid
         if self.on_login is not None:
             self.on_login()
+        self._become_user_session(sock, login, spool_gid, leftover, tls_active, client_host,
+                                  int(bad_text), relay_end)
+
+    def _become_user_session(self, sock, login, spool_gid: int, leftover: bytes,
+                             tls_active: bool, client_host: str, bad_commands: int,
+                             relay_end) -> NoReturn:
+        """After a verified login the monitor's work is done: rather than fork once more, it
+        becomes the user session itself. Nothing privileged stays open: the monitor channel
+        and the master's notice pipe are closed, the authenticator (which opens its files per
+        call) is dropped, the TLS identity was closed at the first fork; then the verified
+        privilege drop (privsep.drop_privileges). Without TLS the pre-login process, which
+        flushed its last reply before HANDOVER, is ended first, so no other process holds
+        the client's socket; with TLS it goes on relaying, as this process's child."""
+        sock.close()
+        self._close_for_child()
+        self.authenticator = None
+        if not tls_active:
+            self._end_prelogin()
+            os.waitpid(self.prelogin_pid, 0)
+            if relay_end is not None:
+                relay_end.close()
+            relay_end = None
+        exit_after(self.log, f"session of {login.user}",
+                   lambda: self._run_user_session(login, spool_gid, leftover, tls_active,
+                                                  client_host, bad_commands, relay_end))
 
     def _answer_login(self, reply: bytes, tls_active: bool, relay_end) -> None:
         """No session after all: the reply to the login command, written by the monitor (a
@@ -408,20 +428,21 @@ class Monitor:
                           peer=self.peer, client_host=client_host,
                           tls_active=tls_active, login_done=True)
         privsep.drop_privileges(login, spool_gid, self.log)   # verified, or _exit
-        privsep.prctl(privsep.PR_SET_PDEATHSIG, signal.SIGKILL)
-        return session.run(resume=(login, leftover, bad_commands))
+        status = session.run(resume=(login, leftover, bad_commands))
+        if relay_end is not None:
+            os.waitpid(self.prelogin_pid, 0)   # the relay sends the last reply, then ends
+        return status
 
-    def _wait_children(self) -> int:
-        """Wait for both children; the exit status is the user session's when there was
-        one, else the pre-login process's."""
-        statuses = {}
-        while len(statuses) < (2 if self.session_pid else 1):
+    def _wait_prelogin(self) -> int:
+        """The pre-login process's exit status (no login was handed over)."""
+        while True:
             try:
-                pid, wait_status = os.wait()
+                _, wait_status = os.waitpid(self.prelogin_pid, 0)
             except ChildProcessError:
-                break
-            statuses[pid] = max(0, os.waitstatus_to_exitcode(wait_status))
-        return statuses.get(self.session_pid or self.prelogin_pid, 0)
+                return 0
+            except InterruptedError:
+                continue
+            return max(0, os.waitstatus_to_exitcode(wait_status))
 
 
 # --- inetd mode ------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ supplementary groups, no capabilities (the bounding set emptied too), NoNewPrivs
 RLIMIT_NOFILE / RLIMIT_AS / RLIMIT_CORE and, when started as root, chrooted into the empty
 prelogin-chroot directory. Then it runs an ordinary Session whose authenticator is
 `MonitorAuthenticator` (every credential goes to the monitor as a frame) and whose
-open_maildrop hands the connection over (`Handover`): the monitor forks the user session.
+open_maildrop hands the connection over (`Handover`): the monitor becomes the user session.
 Without TLS this process then exits; with TLS it stays the TLS end and relays plaintext to
 the user session over a socket pair (`relay`), so no process of a mail user ever holds the
 TLS private key. docs/privsep.md describes the whole model.

@@ -5,7 +5,7 @@ process model is docs/privsep.md). No module here reads a client byte as root:
   qpopper/cli.py, config.py, options.py   start-up: argv, configuration files
   qpopper/master.py                       listeners, accept, fork, signals (root for good)
   qpopper/monitor.py, monitor_wire.py     one per connection: answers the pre-login
-                                          process's frames, forks the user session
+                                          process's frames, then becomes the user session
   qpopper/auth/policy.py, challenges.py,  in the monitor: user lookup, PAM, the pop.auth
     pam.py, store.py, brakes.py, drac.py  store, APOP/CRAM/SCRAM challenges, GSS-API, brakes
   qpopper/tls.py (TlsIdentity.open)       the certificate and key snapshot, never parsed
@@ -144,7 +144,19 @@ PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
-LAST_CAPABILITY = 63
+
+
+def _last_capability() -> int:
+    """The kernel's highest capability number, read once (not in the chroot): the bounding
+    set is emptied one capability at a time, so ask the kernel how many there are."""
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 63
+
+
+LAST_CAPABILITY = _last_capability()
 
 PRELOGIN_MAX_FILES = 64
 """Descriptors the pre-login process may hold: the client, the monitor, syslog, a relay."""

@@ -561,3 +561,25 @@ def test_hangup_signal_aborts_the_session_with_update_on_abort(site, system_user
     client.close()
     assert "Subject: first" not in spool_text(site, user)       # Qpopper's default commits
     assert spool_text(site, user).count("Subject: ") == 2
+
+
+def test_a_pipelined_login_is_answered_in_order(site, system_users):
+    """USER, PASS, STAT and QUIT in one packet: the pre-login process answers USER, the user
+    session the rest — and USER's reply always leaves first (the pre-login process flushes
+    before it hands the login over)."""
+    user = system_users.create()
+    make_spool(site.spool_dir, user, SPOOL)
+    server = site.server()
+    for _ in range(10):
+        with socket.create_connection((server.host, server.port), timeout=10) as client:
+            assert read_greeting(client).startswith(b"+OK")
+            client.sendall(f"USER {user.name}\r\nPASS {user.password}\r\nSTAT\r\nQUIT\r\n"
+                           .encode())
+            replies = b""
+            while chunk := client.recv(4096):
+                replies += chunk
+        lines = replies.split(b"\r\n")
+        assert lines[0] == f"+OK Password required for {user.name}.".encode(), lines
+        assert lines[1].startswith(f"+OK {user.name} has 3 visible".encode()), lines
+        assert lines[2].startswith(b"+OK 3 "), lines
+        assert lines[3].startswith(b"+OK Pop server at"), lines
