@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import errno
+import gc
 import os
 import selectors
 import signal
@@ -212,6 +213,10 @@ class Master:
         setproctitle.setproctitle("popper: master")
         if self.cfg.user_database == "system":
             pam_auth.preload()              # once here, not ldconfig twice in every session
+        # Everything built so far lives as long as the master: out of the collector's sight,
+        # so a child's garbage collections do not write to (and copy) the pages it shares.
+        gc.collect()
+        gc.freeze()
         self._install_signals()
         self._logins_r, self._logins_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.selector = selectors.DefaultSelector()
