@@ -10,8 +10,10 @@ import grp
 import json
 import os
 import pwd
+import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -28,13 +30,18 @@ MTIME_BACKDATE_S = 10
 SCRIPT = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "bench"
 
 
-def refusal(script: str, bench: Path, root_for: str) -> str | None:
-    """Why the script cannot run (one line), or None: it must be root and find pop3bench.py."""
-    if os.geteuid() != 0:
-        return f"{script}: run as root ({root_for})"
-    if not (bench / "pop3bench.py").exists():
-        return f"{script}: no pop3bench.py in {bench} (use --bench-dir)"
-    return None
+def require_runnable(script: str, bench: Path, root_for: str, tools=()) -> None:
+    """Exit 2 with one line when the script cannot run: it must be root and find
+    pop3bench.py and the programs `tools` ((name, Debian package) pairs)."""
+    missing = [f"{name} (package {package})" for name, package in tools
+               if not shutil.which(name)]
+    why = (f"{script}: run as root ({root_for})" if os.geteuid() != 0 else
+           f"{script}: no pop3bench.py in {bench} (use --bench-dir)"
+           if not (bench / "pop3bench.py").exists() else
+           f"{script}: missing {', '.join(missing)}" if missing else None)
+    if why:
+        print(why, file=sys.stderr)
+        raise SystemExit(2)
 
 
 def make_spool(bench: Path, out: str, *, seed: int, user: str, size: str | None = None,
@@ -171,14 +178,19 @@ def popa3d_prerequisites(pam_text: str | None):
                     run_quiet("groupdel", name)
 
 
+def client_tls_context() -> ssl.SSLContext:
+    """A client context that does not check the server's certificate (a fresh test one)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 def wait_for_banner(port: int, proc: subprocess.Popen, timeout: float = 15.0,
                     tls: bool = False) -> None:
     """Connect until the server says +OK (popa3d's banner is a bare `+OK`); with tls, after
     a TLS handshake (the certificate is not checked)."""
-    import ssl
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
+    context = client_tls_context()
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:

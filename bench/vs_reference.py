@@ -35,7 +35,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -53,7 +52,7 @@ from tests.server_harness import (PopperServer, make_spool_dir,  # noqa: E402
 
 import benchlib  # noqa: E402
 from benchlib import (DEFAULT_BENCH_DIR, POPA3D_SPOOL_DIR, make_spool,  # noqa: E402
-                      popa3d_prerequisites, popa3d_server, reference_binary, refusal,
+                      popa3d_prerequisites, popa3d_server, reference_binary,
                       remove_popa3d_spools, write_restore_script)
 
 REFERENCE = "popa3d"
@@ -313,14 +312,8 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     bench = Path(args.bench_dir)
-    why = refusal("vs_reference.py", bench, "it creates users, a PAM file, servers")
-    if why:
-        print(why, file=sys.stderr)
-        return 2
-    if not shutil.which("systemd-socket-activate"):
-        print("vs_reference.py: systemd-socket-activate is missing (package systemd)",
-              file=sys.stderr)
-        return 2
+    benchlib.require_runnable("vs_reference.py", bench, "it creates users, a PAM file, servers",
+                              [("systemd-socket-activate", "systemd")])
     benchlib.clean_up_on_signals()
     started = time.time()
     raw_out = open(args.raw_out, "a") if args.raw_out else None
