@@ -42,8 +42,10 @@ import os
 import socket
 import ssl
 import statistics
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,12 +246,50 @@ def load_pop3bench(bench: Path):
     return module
 
 
-def sessions(bench: Path, target: Target, users_file: str, args, raw_out,
-             seconds: float) -> dict:
-    return benchlib.pop3bench(bench, "sessions", target.port, target.label,
-                              "--users-file", users_file, "-c", str(args.concurrency),
-                              "-d", str(seconds), *(["--tls"] if target.mode == "tls" else []),
-                              raw_out=raw_out)
+class Window(threading.Thread):
+    """`measure(seconds)` in a thread, `delay` seconds into a load run: its steady part."""
+
+    def __init__(self, measure, seconds: float, delay: float = 1.0):
+        super().__init__()
+        self.measure, self.seconds, self.delay, self.result = measure, seconds, delay, None
+        self.start()
+
+    def run(self) -> None:
+        time.sleep(self.delay)
+        self.result = self.measure(self.seconds)
+
+
+def tree_cpu_ms(pb, root: int) -> float:
+    """CPU time of root and its descendants, with what each reaped of its children (utime,
+    stime, cutime, cstime): what a process tree spent, whoever forked whom."""
+    ticks = 0
+    for pid in pb._descendants(pb._read_procs(), [root]):
+        with contextlib.suppress(OSError, ValueError):
+            stat = Path(f"/proc/{pid}/stat").read_bytes()
+            ticks += sum(int(f) for f in stat[stat.rindex(b")") + 2:].split()[11:15])
+    return ticks * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def sessions(bench: Path, pb, target: Target, users_file: str, clients: int, seconds: float,
+             raw_out=None) -> dict:
+    """pop3bench sessions; with the server tree's CPU over its steady part per session."""
+    def server_cpu(window: float) -> float:
+        start = tree_cpu_ms(pb, target.pid)
+        time.sleep(window)
+        return tree_cpu_ms(pb, target.pid) - start
+
+    window = Window(server_cpu, max(seconds - 2, seconds / 2))
+    data = benchlib.pop3bench(bench, "sessions", target.port, target.label,
+                              "--users-file", users_file, "-c", str(clients), "-d", str(seconds),
+                              *(["--tls"] if target.mode == "tls" else []), raw_out=raw_out)
+    window.join()
+    med = data.get("median", data)
+    if med.get("sessions_per_s"):
+        med["cpu_ms_per_session"] = round(1000 * med["machine_busy_cores"] /
+                                          med["sessions_per_s"], 1)
+        med["server_cpu_ms_per_session"] = round(
+            window.result / (med["sessions_per_s"] * window.seconds), 1)
+    return med
 
 
 def tree_pss(pb, root: int, names=()) -> dict[int, tuple[int, str]]:
@@ -302,8 +342,11 @@ def idle(pb, target: Target, users: list, n: int, settle: float = 1.5) -> dict:
 
     held, opened, errors = asyncio.run(hold())
     new = {pid: v for pid, v in held.items() if pid not in before}
-    deadline = time.monotonic() + 15               # until the sessions' processes are gone
-    while any(os.path.exists(f"/proc/{pid}") for pid in new) and time.monotonic() < deadline:
+    # Until the sessions' processes are gone; a helper the logins started (a Dovecot auth
+    # worker: len(new) not a multiple of the sessions) may stay.
+    stay, deadline = len(new) % max(opened, 1), time.monotonic() + 15
+    while sum(os.path.exists(f"/proc/{pid}") for pid in new) > stay and \
+            time.monotonic() < deadline:
         time.sleep(0.1)
     grown = sum(max(0, held[pid][0] - before[pid][0]) for pid in held if pid in before)
     roles: dict[str, list[int]] = {}
@@ -325,10 +368,103 @@ def idle(pb, target: Target, users: list, n: int, settle: float = 1.5) -> dict:
     return result
 
 
+# ---------------------------------------------------------------- where the time goes
+
+PERF_EVENTS = "page-faults,context-switches"     # software events: this VM has no PMU
+PERF_WINDOW_S = 3.0
+FORKS = ("clone", "clone3", "fork", "vfork")
+
+
+def perf_stat(out: str, seconds: float) -> None:
+    """`perf stat -a` of PERF_EVENTS over `seconds`, into out (CSV)."""
+    subprocess.run(["perf", "stat", "-a", "-x,", "-e", PERF_EVENTS, "-o", out, "--",
+                    "sleep", str(seconds)], capture_output=True, timeout=60)
+
+
+def perf_counts(path: str) -> dict:
+    counts = {}
+    with contextlib.suppress(OSError):
+        for line in Path(path).read_text().splitlines():
+            fields = line.split(",")
+            if len(fields) > 2 and fields[2] in PERF_EVENTS.split(","):
+                with contextlib.suppress(ValueError):
+                    counts[fields[2]] = float(fields[0])
+    return counts
+
+
+def strace_calls(path: str) -> dict[str, int]:
+    """syscall -> calls from `strace -c` output."""
+    calls = {}
+    with contextlib.suppress(OSError):
+        for line in Path(path).read_text().splitlines():
+            fields = line.split()
+            if len(fields) >= 5 and fields[-1].isidentifier() and fields[3].isdigit() \
+                    and fields[-1] != "total":
+                calls[fields[-1]] = int(fields[3])
+    return calls
+
+
+def profile(bench: Path, pb, target: Target, users_file: str, args, work: str) -> dict:
+    """For one qpopper-py target: phase latencies with one client; with 8 clients, machine
+    CPU (/proc/stat) per session, and page faults and context switches per session over a
+    steady PERF_WINDOW_S (perf stat -a: the whole machine); forks and system calls per session
+    (strace -f -c on the master while one client runs: at most one session too many)."""
+    one = sessions(bench, pb, target, users_file, 1, 4)
+    out = {f"c1_{k}": one.get(k) for k in ("lat_p50_ms", "banner_p50_ms", "auth_p50_ms",
+                                            "stat_p50_ms", "quit_p50_ms",
+                                            "server_cpu_ms_per_session")}
+    stat_file = os.path.join(work, f"perf-{target.server}-{target.mode}.csv")
+    measuring = Window(lambda seconds: perf_stat(stat_file, seconds), PERF_WINDOW_S)
+    eight = sessions(bench, pb, target, users_file, args.concurrency, PERF_WINDOW_S + 2)
+    measuring.join()
+    in_window = eight["sessions_per_s"] * PERF_WINDOW_S
+    counts = perf_counts(stat_file)
+    out.update({f"perf_{k.replace('-', '_')}_per_session":
+                round(v / in_window, 1) for k, v in counts.items() if in_window})
+    trace_file = os.path.join(work, f"strace-{target.server}-{target.mode}.txt")
+    tracer = subprocess.Popen(["strace", "-f", "-c", "-o", trace_file, "-p", str(target.pid)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)                                           # strace attaches
+    traced = sessions(bench, pb, target, users_file, 1, 3)
+    tracer.send_signal(signal.SIGINT)
+    tracer.wait(30)
+    calls, n = strace_calls(trace_file), max(traced["sessions"], 1)
+    out["forks_per_session"] = round(sum(calls.get(f, 0) for f in FORKS) / n, 2)
+    out["syscalls_per_session"] = round(sum(calls.values()) / n)
+    out["top_syscalls_per_session"] = {k: round(v / n, 1) for k, v in sorted(
+        calls.items(), key=lambda kv: -kv[1])[:8]}
+    return out
+
+
+PROFILE_ROWS = (
+    ("c1_lat_p50_ms", "1 client: session p50 ms"), ("c1_banner_p50_ms", "  connect+banner"),
+    ("c1_auth_p50_ms", "  USER+PASS"), ("c1_stat_p50_ms", "  STAT"), ("c1_quit_p50_ms", "  QUIT"),
+    ("c1_server_cpu_ms_per_session", "  server CPU ms/session"),
+    ("perf_page_faults_per_session", "  page faults/session"),
+    ("perf_context_switches_per_session", "  context switches/session"),
+    ("forks_per_session", "forks/session (strace)"),
+    ("syscalls_per_session", "system calls/session"),
+)
+
+
+def report_profile(profiles: dict) -> None:
+    labels = list(profiles)
+    print("\nwhere the time goes (qpopper-py; one run each, after the rounds)")
+    print(f"{'figure':<30}" + "".join(f" {label:>13}" for label in labels))
+    for key, title in PROFILE_ROWS:
+        print(f"{title:<30}" + "".join(
+            f" {'-' if profiles[label].get(key) is None else f'{profiles[label][key]:g}':>13}"
+            for label in labels))
+    for label in labels:
+        top = profiles[label].get("top_syscalls_per_session", {})
+        print(f"  {label}: " + ", ".join(f"{k} {v:g}" for k, v in top.items()))
+
+
 # ---------------------------------------------------------------- report
 
 ROWS = (  # figure key, label, higher is better (None: no ratio)
     ("sessions_per_s", "sessions/s (C=8)", True),
+    ("server_cpu_ms_per_session", "  server CPU ms/session", False),
     ("cpu_ms_per_session", "  machine CPU ms/session", False),
     ("lat_p50_ms", "  latency p50 ms", False),
     ("banner_p50_ms", "  banner p50 ms", False),
@@ -398,6 +534,8 @@ def parse_args(argv=None):
                         help=f"the qpopper-py before the split ({BEFORE_COMMIT})")
     parser.add_argument("--before-tree", help="a checkout to use instead of git archive")
     parser.add_argument("--reference-binary", help="a popa3d binary instead of apt-get download")
+    parser.add_argument("--no-profile", action="store_true",
+                        help="skip the qpopper-py profile after the rounds (perf stat, strace)")
     parser.add_argument("--raw-out", help="append every pop3bench JSON result to this file")
     parser.add_argument("--bench-dir", default=str(DEFAULT_BENCH_DIR),
                         help="where pop3bench.py and mkspool.py are (../shared/bench)")
@@ -480,21 +618,20 @@ def main(argv=None) -> int:
                     print(f"  {t.label}: {tls_version(t.port)}")
             print("warm-up (not counted) ...", flush=True)
             for t in targets:
-                sessions(bench, t, users_file, args, raw_out, 2)
+                sessions(bench, pb, t, users_file, args.concurrency, 2)
             for rnd in range(args.rounds):
                 print(f"round {rnd + 1}/{args.rounds}, load average "
                       f"{os.getloadavg()[0]:.2f}", flush=True)
                 order = targets[rnd % len(targets):] + targets[:rnd % len(targets)]
                 for t in order:
-                    data = sessions(bench, t, users_file, args, raw_out, args.session_seconds)
-                    med = data.get("median", data)
-                    if med.get("sessions_per_s"):
-                        med["cpu_ms_per_session"] = round(
-                            1000 * med["machine_busy_cores"] / med["sessions_per_s"], 1)
-                    record(t, med)
+                    record(t, sessions(bench, pb, t, users_file, args.concurrency,
+                                       args.session_seconds, raw_out))
                     held = idle(pb, t, bench_users, args.idle_sessions)
                     record(t, held)
                     t.roles = held["roles"]
+            profiles = {} if args.no_profile else {
+                t.label: profile(bench, pb, t, users_file, args, work)
+                for t in targets if t.server in ("before", "after")}
     except KeyboardInterrupt:
         print("privsep_cost.py: interrupted; servers stopped, users and files removed",
               file=sys.stderr)
@@ -503,6 +640,8 @@ def main(argv=None) -> int:
         if raw_out:
             raw_out.close()
     summary = report(targets, args)
+    if profiles:
+        report_profile(profiles)
     print(json.dumps({
         "benchmark": "privsep_cost",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
@@ -511,6 +650,7 @@ def main(argv=None) -> int:
                    "concurrency": args.concurrency, "idle_sessions": args.idle_sessions,
                    "before_commit": args.before_commit},
         "idle_processes": {t.label: t.roles for t in targets},
+        "profile": profiles,
         **summary}))
     return 0
 
