@@ -61,6 +61,7 @@ from tests.server_harness import (PopperServer, free_port, make_spool_dir,  # no
                                   write_config)
 
 import benchlib  # noqa: E402
+import perf_breakdown  # noqa: E402
 from benchlib import (DEFAULT_BENCH_DIR, POPA3D_SPOOL_DIR, make_spool,  # noqa: E402
                       popa3d_prerequisites, popa3d_server, reference_binary,
                       remove_popa3d_spools, running, wait_for_banner)
@@ -372,13 +373,15 @@ def idle(pb, target: Target, users: list, n: int, settle: float = 1.5) -> dict:
 
 PERF_EVENTS = "page-faults,context-switches"     # software events: this VM has no PMU
 PERF_WINDOW_S = 3.0
+PERF_HZ = 499
 FORKS = ("clone", "clone3", "fork", "vfork")
 
 
-def perf_stat(out: str, seconds: float) -> None:
-    """`perf stat -a` of PERF_EVENTS over `seconds`, into out (CSV)."""
-    subprocess.run(["perf", "stat", "-a", "-x,", "-e", PERF_EVENTS, "-o", out, "--",
-                    "sleep", str(seconds)], capture_output=True, timeout=60)
+def perf(command: str, out: str, *options: str):
+    """A measure for Window: `perf COMMAND -a OPTIONS -o out -- sleep SECONDS`."""
+    return lambda seconds: subprocess.run(
+        ["perf", command, "-a", *options, "-o", out, "--", "sleep", str(seconds)],
+        capture_output=True, timeout=120)
 
 
 def perf_counts(path: str) -> dict:
@@ -407,20 +410,30 @@ def strace_calls(path: str) -> dict[str, int]:
 def profile(bench: Path, pb, target: Target, users_file: str, args, work: str) -> dict:
     """For one qpopper-py target: phase latencies with one client; with 8 clients, machine
     CPU (/proc/stat) per session, and page faults and context switches per session over a
-    steady PERF_WINDOW_S (perf stat -a: the whole machine); forks and system calls per session
-    (strace -f -c on the master while one client runs: at most one session too many)."""
+    steady PERF_WINDOW_S (perf stat -a: the whole machine), with --perf-dir also a perf record
+    of qpopper-py's processes sorted by bench/perf_breakdown.py; forks and system calls per
+    session (strace -f -c on the master while one client runs: at most one session too
+    many)."""
     one = sessions(bench, pb, target, users_file, 1, 4)
     out = {f"c1_{k}": one.get(k) for k in ("lat_p50_ms", "banner_p50_ms", "auth_p50_ms",
                                             "stat_p50_ms", "quit_p50_ms",
                                             "server_cpu_ms_per_session")}
     stat_file = os.path.join(work, f"perf-{target.server}-{target.mode}.csv")
-    measuring = Window(lambda seconds: perf_stat(stat_file, seconds), PERF_WINDOW_S)
-    eight = sessions(bench, pb, target, users_file, args.concurrency, PERF_WINDOW_S + 2)
-    measuring.join()
-    in_window = eight["sessions_per_s"] * PERF_WINDOW_S
-    counts = perf_counts(stat_file)
-    out.update({f"perf_{k.replace('-', '_')}_per_session":
-                round(v / in_window, 1) for k, v in counts.items() if in_window})
+    runs = [("stat", stat_file, "-x,", "-e", PERF_EVENTS)]
+    if args.perf_dir:
+        record = os.path.join(args.perf_dir, f"{target.server}-{target.mode}.data")
+        runs.append(("record", record, "-g", "-F", str(PERF_HZ)))
+    for command, path, *options in runs:
+        measuring = Window(perf(command, path, *options), PERF_WINDOW_S)
+        eight = sessions(bench, pb, target, users_file, args.concurrency, PERF_WINDOW_S + 2)
+        measuring.join()
+        in_window = eight["sessions_per_s"] * PERF_WINDOW_S
+        if command == "stat":
+            out.update({f"perf_{k.replace('-', '_')}_per_session": round(v / in_window, 1)
+                        for k, v in perf_counts(stat_file).items() if in_window})
+        else:
+            out.update({f"cpu_{k}": v for k, v in perf_breakdown.breakdown(
+                path, in_window, "popper", PERF_HZ).items()})
     trace_file = os.path.join(work, f"strace-{target.server}-{target.mode}.txt")
     tracer = subprocess.Popen(["strace", "-f", "-c", "-o", trace_file, "-p", str(target.pid)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -440,19 +453,23 @@ PROFILE_ROWS = (
     ("c1_lat_p50_ms", "1 client: session p50 ms"), ("c1_banner_p50_ms", "  connect+banner"),
     ("c1_auth_p50_ms", "  USER+PASS"), ("c1_stat_p50_ms", "  STAT"), ("c1_quit_p50_ms", "  QUIT"),
     ("c1_server_cpu_ms_per_session", "  server CPU ms/session"),
-    ("perf_page_faults_per_session", "  page faults/session"),
+    ("perf_page_faults_per_session", "8 clients: page faults/session"),
     ("perf_context_switches_per_session", "  context switches/session"),
-    ("forks_per_session", "forks/session (strace)"),
-    ("syscalls_per_session", "system calls/session"),
+    ("cpu_total", "perf record: CPU ms/session"),
+    *((f"cpu_{kind}", f"  {kind}") for kind in perf_breakdown.KINDS),
+    ("forks_per_session", "strace: forks/session"),
+    ("syscalls_per_session", "  system calls/session"),
 )
 
 
 def report_profile(profiles: dict) -> None:
     labels = list(profiles)
     print("\nwhere the time goes (qpopper-py; one run each, after the rounds)")
-    print(f"{'figure':<30}" + "".join(f" {label:>13}" for label in labels))
+    print(f"{'figure':<32}" + "".join(f" {label:>13}" for label in labels))
     for key, title in PROFILE_ROWS:
-        print(f"{title:<30}" + "".join(
+        if all(profiles[label].get(key) is None for label in labels):
+            continue
+        print(f"{title:<32}" + "".join(
             f" {'-' if profiles[label].get(key) is None else f'{profiles[label][key]:g}':>13}"
             for label in labels))
     for label in labels:
@@ -536,11 +553,16 @@ def parse_args(argv=None):
     parser.add_argument("--reference-binary", help="a popa3d binary instead of apt-get download")
     parser.add_argument("--no-profile", action="store_true",
                         help="skip the qpopper-py profile after the rounds (perf stat, strace)")
+    parser.add_argument("--perf-dir", help="also perf record qpopper-py under load into this "
+                        "directory and print CPU per session by kind of work")
     parser.add_argument("--raw-out", help="append every pop3bench JSON result to this file")
     parser.add_argument("--bench-dir", default=str(DEFAULT_BENCH_DIR),
                         help="where pop3bench.py and mkspool.py are (../shared/bench)")
     args = parser.parse_args(argv)
     args.servers = [s for s in args.servers.split(",") if s]
+    if args.perf_dir:
+        args.perf_dir = os.path.abspath(args.perf_dir)
+        os.makedirs(args.perf_dir, exist_ok=True)
     if set(args.servers) - set(SERVERS) or args.rounds < 1 or args.idle_sessions < 1:
         parser.error("bad --servers/--rounds/--idle-sessions")
     return args
