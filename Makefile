@@ -1,6 +1,8 @@
 # qpopper-py: the two commands the README promises.
 #   make run   - the demo server on 127.0.0.1:8110 (no root needed)
 #   make test  - the whole test suite (installs what it needs; as root also Debian packages)
+#   make bench - by hand, as root: bench/privsep_cost.py (bench/README.md); BENCH=vs_reference
+#                or BENCH=tls_retr runs another of bench/, BENCH_ARGS="..." passes options
 
 PYTHON    ?= python3
 VENV      := .venv
@@ -16,7 +18,7 @@ PIP_TEST_PACKAGES := pytest pytest-timeout
 # Waits for another apt/dpkg run instead of failing.
 APT_GET := apt-get -o DPkg::Lock::Timeout=600
 
-.PHONY: run test venv debs clean package
+.PHONY: run test venv debs clean package bench
 
 $(STAMP): setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +47,11 @@ test: $(STAMP) debs
 	@$(VPY) -c "import gssapi" 2>/dev/null || $(VPY) -m pip install --quiet gssapi \
 	  || echo "python-gssapi not installed: the GSSAPI tests skip"
 	$(VPY) -m pytest
+
+BENCH      ?= privsep_cost
+BENCH_ARGS ?=
+bench: $(STAMP)
+	$(VPY) bench/$(BENCH).py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache demo-data

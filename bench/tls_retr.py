@@ -36,7 +36,8 @@ from tests.helpers.testpki import TestPki  # noqa: E402
 from tests.server_harness import (PopperServer, free_port, make_spool_dir,  # noqa: E402
                                   write_config)
 
-from benchlib import DEFAULT_BENCH_DIR, make_spool, refusal  # noqa: E402
+import benchlib  # noqa: E402
+from benchlib import DEFAULT_BENCH_DIR, make_spool  # noqa: E402
 
 SUMMARY_KEYS = ("retr_MBps", "retr_msgs_per_s", "retr_s", "retr_wire_bytes",
                 "retr_client_cpu_frac", "retr_machine_busy_cores", "session_start_s",
@@ -74,10 +75,7 @@ def run_mode(bench: Path, port: int, flags: list[str], user, restore: str, args)
 def main(argv=None) -> int:
     args = parse_args(argv)
     bench = Path(args.bench_dir)
-    why = refusal("tls_retr.py", bench, "it creates a user and a PAM service")
-    if why:
-        print(why, file=sys.stderr)
-        return 2
+    benchlib.require_runnable("tls_retr.py", bench, "it creates a user and a PAM service")
     with world_readable_tmpdir("qpt-bench-") as work, SystemUsers() as users, \
             installed_pam_service() as pam:
         user = users.create("bn")

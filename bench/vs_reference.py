@@ -33,13 +33,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import grp
 import json
 import os
-import pwd
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -50,17 +45,17 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.helpers.pam_service import STOCK_POP3, installed_pam_service  # noqa: E402
-from tests.helpers.sysusers import SystemUsers, world_readable_tmpdir  # noqa: E402
-from tests.server_harness import (PopperServer, free_port, make_spool_dir,  # noqa: E402
+from tests.helpers.sysusers import (SystemUsers, prelogin_account,  # noqa: E402
+                                    world_readable_tmpdir)
+from tests.server_harness import (PopperServer, make_spool_dir,  # noqa: E402
                                   write_config)
 
-from benchlib import DEFAULT_BENCH_DIR, make_spool, refusal  # noqa: E402
+import benchlib  # noqa: E402
+from benchlib import (DEFAULT_BENCH_DIR, POPA3D_SPOOL_DIR, make_spool,  # noqa: E402
+                      popa3d_prerequisites, popa3d_server, reference_binary,
+                      remove_popa3d_spools, write_restore_script)
 
 REFERENCE = "popa3d"
-POPA3D_SPOOL_DIR = "/var/mail"            # compiled into popa3d (MAIL_SPOOL_PATH)
-POPA3D_PAM_FILE = "/etc/pam.d/popa3d"
-POPA3D_HOME = "/var/lib/popa3d"
-MTIME_BACKDATE_S = 10
 TINY_MS = 5               # below this on both sides a ratio says little (one scheduler tick)
 BIG_SEED = 300
 SMALL_SEED = 100
@@ -115,127 +110,6 @@ class Target:
     results: dict = field(default_factory=dict)
 
 
-# ---------------------------------------------------------------- the reference server
-
-def run_quiet(*cmd: str) -> None:
-    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
-
-
-@contextlib.contextmanager
-def reference_binary(explicit: str | None, work: str):
-    """Yields (path of popa3d, text of the package's PAM file or None)."""
-    if explicit:
-        yield os.path.abspath(explicit), None
-        return
-    where = os.path.join(work, "popa3d-deb")
-    os.mkdir(where)
-    result = subprocess.run(["apt-get", "download", "popa3d"], cwd=where, capture_output=True,
-                            text=True, timeout=300)
-    debs = sorted(Path(where).glob("popa3d_*.deb"))
-    if result.returncode != 0 or not debs:
-        raise SystemExit("vs_reference.py: `apt-get download popa3d` failed (use "
-                         f"--reference-binary):\n{result.stderr.strip()}")
-    tree = os.path.join(where, "root")
-    run_quiet("dpkg-deb", "-x", str(debs[0]), tree)
-    pam_text = Path(tree, "etc/pam.d/popa3d").read_text()
-    yield os.path.join(tree, "usr/sbin/popa3d"), pam_text
-
-
-@contextlib.contextmanager
-def popa3d_prerequisites(pam_text: str | None):
-    """What popa3d's postinst and package would provide; removes only what it created."""
-    undo = []
-    try:
-        try:
-            grp.getgrnam("popa3d")
-        except KeyError:
-            run_quiet("groupadd", "--system", "popa3d")
-            undo.append(("group", "popa3d"))
-        try:
-            pwd.getpwnam("popa3d")
-        except KeyError:
-            run_quiet("useradd", "--system", "--gid", "popa3d", "--home-dir", POPA3D_HOME,
-                      "--no-create-home", "--shell", "/usr/sbin/nologin", "popa3d")
-            undo.append(("user", "popa3d"))
-        if not os.path.isdir(POPA3D_HOME):
-            os.mkdir(POPA3D_HOME, 0o755)
-            undo.append(("dir", POPA3D_HOME))
-        if not os.path.exists(POPA3D_PAM_FILE):
-            fd = os.open(POPA3D_PAM_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
-                         0o644)
-            with os.fdopen(fd, "w") as f:
-                f.write(pam_text or STOCK_POP3)
-            undo.append(("file", POPA3D_PAM_FILE))
-        yield [f"{kind} {name}" for kind, name in undo]
-    finally:
-        for kind, name in reversed(undo):
-            with contextlib.suppress(OSError, subprocess.CalledProcessError, KeyError):
-                if kind == "file":
-                    os.unlink(name)
-                elif kind == "dir":
-                    os.rmdir(name)
-                elif kind == "user":
-                    run_quiet("userdel", name)
-                elif kind == "group":
-                    grp.getgrnam(name)            # userdel may already have removed it
-                    run_quiet("groupdel", name)
-
-
-def wait_for_banner(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> None:
-    """Connect until the server says +OK (popa3d's banner is a bare `+OK`)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise SystemExit(f"vs_reference.py: the reference server exited ({proc.returncode})")
-        with contextlib.suppress(OSError):
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-                banner = sock.recv(512)
-                sock.sendall(b"QUIT\r\n")
-                sock.recv(512)
-            if banner.startswith(b"+OK"):
-                return
-        if time.monotonic() > deadline:
-            raise SystemExit(f"vs_reference.py: no +OK banner on 127.0.0.1:{port}")
-        time.sleep(0.05)                  # between connection attempts
-
-
-def processes_running(binary: str) -> list[int]:
-    """Pids whose executable is `binary` (a popa3d left behind by its activator)."""
-    real = os.path.realpath(binary)
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                if os.readlink(f"/proc/{entry}/exe").removesuffix(" (deleted)") == real:
-                    pids.append(int(entry))
-    return pids
-
-
-@contextlib.contextmanager
-def popa3d_server(binary: str, work: str):
-    """popa3d inetd-style behind systemd-socket-activate on a free loopback port."""
-    port = free_port()
-    log = os.path.join(work, "popa3d.log")
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(["systemd-socket-activate", "--inetd", "-a", "-l",
-                                 f"127.0.0.1:{port}", binary], stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=out, start_new_session=True)
-    try:
-        wait_for_banner(port, proc)
-        yield proc, port
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-        for pid in processes_running(binary):   # a session that outlived its activator
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-
 # ---------------------------------------------------------------- qpopper-py
 
 @contextlib.contextmanager
@@ -256,47 +130,15 @@ def qpopper_server(work: str, pam_service: str, mode: str, max_sessions: int):
 
 # ---------------------------------------------------------------- spools and pop3bench
 
-def write_restore_script(work: str) -> str:
-    """restore.sh SRC DEST USER [EXTRA...]: a fresh copy of SRC as DEST (new inode, user:mail,
-    0600, mtime backdated), and EXTRA files (a stale cache) removed."""
-    path = os.path.join(work, "restore.sh")
-    Path(path).write_text(
-        "#!/bin/sh\nset -e\nsrc=$1 dest=$2 user=$3\nshift 3\n"
-        'cp "$src" "$dest.tmp"\nchown "$user:mail" "$dest.tmp"\nchmod 600 "$dest.tmp"\n'
-        f'touch -d "@$(( $(date +%s) - {MTIME_BACKDATE_S} ))" "$dest.tmp"\n'
-        'mv "$dest.tmp" "$dest"\nrm -f "$@"\n')
-    os.chmod(path, 0o755)
-    return path
+def pop3bench(bench: Path, scenario: str, target: Target, args, raw_out, *extra: str) -> dict:
+    return benchlib.pop3bench(bench, scenario, target.port, target.label, *extra,
+                              raw_out=raw_out)
 
 
 def restore_command(script: str, master: str, target: Target, user: str, cold: bool) -> str:
     extra = [os.path.join(target.spool_dir, pattern % user) for pattern in target.cold_extra_files]
     return " ".join([script, master, os.path.join(target.spool_dir, user), user,
                      *(extra if cold else [])])
-
-
-def pop3bench(bench: Path, scenario: str, target: Target, args, raw_out, *extra: str) -> dict:
-    cmd = [sys.executable, str(bench / "pop3bench.py"), scenario, "--host", "127.0.0.1",
-           "--port", str(target.port), "--timeout", "1200", "--label", target.label, *extra]
-    started = time.monotonic()
-    hidden = {"--password", "--user", "--before", "--users-file", "--server-pid"}
-    shown = [a for i, a in enumerate(extra) if a not in hidden and
-             (i == 0 or extra[i - 1] not in hidden)]
-    print(f"  {time.strftime('%H:%M:%S')} {target.label:<15} {scenario} {' '.join(shown)}",
-          flush=True)
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=7200)
-    lines = result.stdout.strip().splitlines()
-    if result.returncode != 0 or not lines or not lines[-1].startswith("{"):
-        raise SystemExit(f"pop3bench {scenario} against {target.label} failed:\n"
-                         f"{result.stderr[-2000:]}{result.stdout[-2000:]}")
-    data = json.loads(lines[-1])
-    data["wall_s"] = round(time.monotonic() - started, 1)
-    if data.get("failures"):
-        print(f"    WARNING: {len(data['failures'])} failed run(s): {data['failures'][:2]}")
-    if raw_out:
-        raw_out.write(json.dumps(data) + "\n")
-        raw_out.flush()
-    return data
 
 
 # ---------------------------------------------------------------- scenarios
@@ -467,25 +309,12 @@ def parse_args(argv=None):
     return args
 
 
-def raise_on_signal(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     bench = Path(args.bench_dir)
-    why = refusal("vs_reference.py", bench, "it creates users, a PAM file, servers")
-    if why:
-        print(why, file=sys.stderr)
-        return 2
-    if not shutil.which("systemd-socket-activate"):
-        print("vs_reference.py: systemd-socket-activate is missing (package systemd)",
-              file=sys.stderr)
-        return 2
-    # Clean up on Ctrl-C, kill and a closed terminal alike (SIGINT too: a shell starts
-    # background jobs with it ignored).
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, raise_on_signal)
+    benchlib.require_runnable("vs_reference.py", bench, "it creates users, a PAM file, servers",
+                              [("systemd-socket-activate", "systemd")])
+    benchlib.clean_up_on_signals()
     started = time.time()
     raw_out = open(args.raw_out, "a") if args.raw_out else None
     n_users = max(args.idle_sessions if "idle" in args.scenarios else 0, max(args.concurrency))
@@ -497,6 +326,7 @@ def main(argv=None) -> int:
             if created:
                 print(f"created for popa3d (removed at the end): {', '.join(created)}")
             pam = stack.enter_context(installed_pam_service(STOCK_POP3, tag="bench"))
+            stack.enter_context(prelogin_account())     # the harness's --prelogin-user
             users = stack.enter_context(SystemUsers())
             print(f"making {n_users + 1} users and the spools ...", flush=True)
             big_user = users.create("big", shell="/usr/sbin/nologin")
@@ -555,14 +385,6 @@ def main(argv=None) -> int:
         "medians": medians,
         "ratios": ratios}))
     return 0
-
-
-def remove_popa3d_spools(users) -> None:
-    """userdel -r removes /var/mail/USER too; this also covers a half-made user."""
-    for user in users:
-        for suffix in ("", ".tmp", ".lock"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(POPA3D_SPOOL_DIR, user.name + suffix))
 
 
 if __name__ == "__main__":

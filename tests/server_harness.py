@@ -71,9 +71,10 @@ def make_spool_dir(parent: str) -> str:
 
 
 def write_config(path: str, **options) -> str:
-    """A global configuration file; True/False booleans become set/reset lines. The
-    brute-force brakes count failures in a file beside it unless told otherwise: never the
-    host's /run/qpopper, which would carry one test's failures into the next."""
+    """A global configuration file; True/False booleans become set/reset lines, None leaves
+    the option out (for a server that does not know it). The brute-force brakes count
+    failures in a file beside it unless told otherwise: never the host's /run/qpopper, which
+    would carry one test's failures into the next."""
     options.setdefault("auth_brakes_file", os.path.join(os.path.dirname(os.path.abspath(path)),
                                                         "auth-brakes.sqlite"))
     if os.geteuid() == 0:
@@ -82,6 +83,8 @@ def write_config(path: str, **options) -> str:
     lines = []
     for attr, value in options.items():
         name = attr.replace("_", "-")
+        if value is None:
+            continue
         if value is True:
             lines.append(f"set {name}")
         elif value is False:

@@ -133,21 +133,22 @@ def make_spool(directory: str, user: SysUser, content: bytes = b"", mode: int = 
 
 
 @contextlib.contextmanager
-def prelogin_account():
-    """PRELOGIN_USER as a system account without a home or a shell, for the test run, and
-    removed at its end by the run that made it (another run at the same time reuses it)."""
+def prelogin_account(name: str = PRELOGIN_USER):
+    """`name` (PRELOGIN_USER) as a system account without a home or a shell, for the test
+    run, and removed at its end by the run that made it (another run at the same time
+    reuses it)."""
     try:
-        pwd.getpwnam(PRELOGIN_USER)
+        pwd.getpwnam(name)
         made = False
     except KeyError:
         _run("useradd", "--system", "--user-group", "--no-create-home", "--home-dir",
-             "/nonexistent", "--shell", "/usr/sbin/nologin", PRELOGIN_USER)
+             "/nonexistent", "--shell", "/usr/sbin/nologin", name)
         made = True
     try:
-        yield PRELOGIN_USER
+        yield name
     finally:
         if made:
-            subprocess.run(["userdel", PRELOGIN_USER], capture_output=True, timeout=30)
+            subprocess.run(["userdel", name], capture_output=True, timeout=30)
 
 
 def in_child(body) -> str:

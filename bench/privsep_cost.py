@@ -1,0 +1,681 @@
+#!/usr/bin/env python3
+"""What privilege separation costs: qpopper-py before it (commit 1dec647: one child per
+connection) and after it (this tree: monitor, pre-login process, user session), against popa3d
+and Dovecot, plain text and implicit TLS, all in the same run.
+
+A benchmark, not a test: run it by hand, as root, with the venv (or `make bench`):
+
+    .venv/bin/python bench/privsep_cost.py                  # 3 rounds, 6 s runs, 30 idle
+    .venv/bin/python bench/privsep_cost.py --rounds 5 --session-seconds 10 --idle-sessions 50
+
+Two figures per server and mode, each the median of N rounds; in every round the eight
+server/mode pairs are measured one after the other, the order turned by one each round:
+- sessions/s: 8 clients loop connect, banner, USER, PASS, STAT, QUIT for a fixed time
+  (../shared/bench/pop3bench.py sessions), real PAM users (common-auth + common-account);
+- idle PSS per authenticated session: N sessions logged in and held; the Pss of every process
+  that appeared in the server's tree for them (smaps_rollup), plus what processes that were
+  already there grew by (a threaded TLS relay such as stunnel), divided by N.
+
+Servers, all on free 127.0.0.1 ports, started once for the run and stopped at its end:
+- qpopper-py before: `git archive 1dec647 qpopper` into the temp dir, run on PYTHONPATH with
+  this interpreter; after: this tree the same way. One master each, with --tls-listen. Both:
+  -R, auth-brakes-file and spool in the temp dir, max-children(-per-address) raised, a fresh
+  ECDSA P-256 certificate; after also --prelogin-user=qpt-benchlogin (a system account made
+  for the run) and a prelogin-chroot in the temp dir;
+- popa3d (Debian's, fetched with apt-get download, never installed) under
+  systemd-socket-activate; with TLS behind stunnel4 (`exec`, a popa3d per connection), as
+  popa3d's documentation advises (it has no TLS of its own);
+- Dovecot (dovecot-core + dovecot-pop3d, installed when missing with its system service
+  disabled) as its own instance with a config file of this run, pop3 and pop3s listeners.
+
+Prints a table (before, after, popa3d, Dovecot, after/before, after/best peer) and one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.util
+import json
+import os
+import socket
+import ssl
+import statistics
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.helpers.pam_service import STOCK_POP3, installed_pam_service  # noqa: E402
+from tests.helpers.sysusers import (SystemUsers, prelogin_account,  # noqa: E402
+                                    world_readable_tmpdir)
+from tests.helpers.testpki import TestPki  # noqa: E402
+from tests.server_harness import (PopperServer, free_port, make_spool_dir,  # noqa: E402
+                                  write_config)
+
+import benchlib  # noqa: E402
+import perf_breakdown  # noqa: E402
+from benchlib import (DEFAULT_BENCH_DIR, POPA3D_SPOOL_DIR, make_spool,  # noqa: E402
+                      popa3d_prerequisites, popa3d_server, reference_binary,
+                      remove_popa3d_spools, running, wait_for_banner)
+
+BEFORE_COMMIT = "1dec647"
+BENCH_LOGIN = "qpt-benchlogin"
+SPLIT_BUDGET = 0.85            # after/before sessions/s may not fall below this
+SMALL_SEED = 100
+BENCH_USER = "qptbench"        # the From_ lines' name; the spools are copied to every user
+DEBIAN_PACKAGES = ("dovecot-core", "dovecot-pop3d", "stunnel4")
+POPPER_MAIN = "import sys; from qpopper.cli import popper_main; sys.exit(popper_main())"
+SERVERS = ("before", "after", "popa3d", "dovecot")
+TITLES = {"before": "qpopper-py before", "after": "qpopper-py after", "popa3d": "popa3d",
+          "dovecot": "Dovecot"}
+MODES = ("plain", "tls")
+
+
+@dataclass
+class Target:
+    server: str
+    mode: str
+    port: int
+    pid: int                               # root of the process tree that serves it
+    runs: dict = field(default_factory=dict)     # figure -> one value per round
+    roles: dict = field(default_factory=dict)    # the last idle run's new processes by title
+
+    @property
+    def label(self) -> str:
+        return f"{self.server}/{self.mode}"
+
+
+# ---------------------------------------------------------------- set-up
+
+def ensure_debian_packages() -> None:
+    """Dovecot and stunnel4 from Debian, installed when missing, their system services
+    disabled (this run starts its own instances on free loopback ports)."""
+    missing = [p for p in DEBIAN_PACKAGES if subprocess.run(
+        ["dpkg-query", "-W", "-f=${Status}", p], capture_output=True, text=True
+    ).stdout != "install ok installed"]
+    if not missing:
+        return
+    print(f"installing {' '.join(missing)} (system services disabled) ...", flush=True)
+    guard = "/usr/sbin/policy-rc.d"          # 101: no maintainer script starts a service
+    made_guard = not os.path.exists(guard)
+    if made_guard:
+        Path(guard).write_text("#!/bin/sh\nexit 101\n")
+        os.chmod(guard, 0o755)
+    try:
+        subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", "-qq",
+                        "--no-install-recommends", *missing], check=True, timeout=900,
+                       env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    finally:
+        if made_guard:
+            os.unlink(guard)
+    if os.path.isdir("/run/systemd/system"):
+        subprocess.run(["systemctl", "disable", "--now", "dovecot.service", "dovecot.socket"],
+                       capture_output=True, timeout=120)
+    else:
+        subprocess.run(["update-rc.d", "dovecot", "disable"], capture_output=True, timeout=120)
+
+
+@contextlib.contextmanager
+def qpopper(work: str, name: str, tree: str, pam: str, pki, max_sessions: int,
+            prelogin: bool):
+    """One master of the qpopper-py in `tree`, plain on one port and TLS from the first byte
+    on another. Yields (server, tls_port, spool_dir)."""
+    root = os.path.join(work, name)
+    os.mkdir(root)
+    os.chmod(root, 0o755)
+    spool_dir = make_spool_dir(root)
+    config = write_config(
+        os.path.join(root, "qpopper.config"), spool_dir=spool_dir, pam_service=pam,
+        timeout=600, auth_brakes_file=os.path.join(root, "auth-brakes.sqlite"),
+        max_children=max_sessions, max_children_per_address=max_sessions,
+        tls_server_cert_file=pki.cert_file, tls_private_key_file=pki.key_file,
+        prelogin_user=None)         # 1dec647 has no such option: the command line has it
+    server = PopperServer(root, config)
+    tls_port = free_port()
+    server.argv = [sys.executable, "-P", "-c", POPPER_MAIN, f"127.0.0.1:{server.port}",
+                   f"--tls-listen=127.0.0.1:{tls_port}", "-f", config, "-R"]
+    if prelogin:
+        chroot = os.path.join(root, "empty")
+        server.argv += [f"--prelogin-user={BENCH_LOGIN}", f"--prelogin-chroot={chroot}"]
+    server.env["PYTHONPATH"] = tree
+    with server:
+        wait_for_banner(tls_port, server.proc, tls=True)
+        yield server, tls_port, spool_dir
+
+
+@contextlib.contextmanager
+def popa3d_tls(binary: str, work: str, pki):
+    """popa3d behind stunnel4: TLS in stunnel, a popa3d exec'd per connection."""
+    port = free_port()
+    conf = os.path.join(work, "stunnel.conf")
+    Path(conf).write_text(
+        f"foreground = yes\npid =\ndebug = 3\noutput = {work}/stunnel.log\n"
+        f"[pop3s]\naccept = 127.0.0.1:{port}\nexec = {binary}\nexecArgs = popa3d\n"
+        f"cert = {pki.cert_file}\nkey = {pki.key_file}\n")
+    with running(["stunnel4", conf], os.path.join(work, "stunnel.out"), port, tls=True,
+                 leftovers=(binary,)) as proc:
+        yield proc, port
+
+
+@contextlib.contextmanager
+def dovecot(work: str, pam: str, pki, max_sessions: int):
+    """A Dovecot instance of this run: pop3 and pop3s on free loopback ports, PAM through the
+    same service file as qpopper-py, mbox spools in the temp dir. Yields (proc, port, tls_port,
+    spool_dir)."""
+    root = os.path.join(work, "dovecot")
+    os.mkdir(root)
+    spool_dir = make_spool_dir(root)
+    port, tls_port = free_port(), free_port()
+    conf = os.path.join(root, "dovecot.conf")
+    Path(conf).write_text(f"""\
+protocols = pop3
+listen = 127.0.0.1
+base_dir = {root}/run
+instance_name = qpt-dovecot-bench
+log_path = {root}/dovecot.log
+ssl = yes
+ssl_cert = <{pki.cert_file}
+ssl_key = <{pki.key_file}
+disable_plaintext_auth = no
+auth_mechanisms = plain
+passdb {{
+  driver = pam
+  args = {pam}
+}}
+userdb {{
+  driver = passwd
+}}
+first_valid_uid = 1000
+mail_location = mbox:~/mail:INBOX={spool_dir}/%u
+mail_privileged_group = mail
+default_process_limit = {max_sessions}
+default_client_limit = {max_sessions * 10}
+service pop3-login {{
+  inet_listener pop3 {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener pop3s {{
+    address = 127.0.0.1
+    port = {tls_port}
+    ssl = yes
+  }}
+}}
+""")
+    with running(["dovecot", "-F", "-c", conf], os.path.join(root, "dovecot.out"),
+                 port) as proc:
+        wait_for_banner(tls_port, proc, tls=True)
+        yield proc, port, tls_port, spool_dir
+
+
+@contextlib.contextmanager
+def before_tree(work: str, commit: str):
+    """qpopper/ as it was at `commit`, extracted from this repository with git archive."""
+    dest = os.path.join(work, f"qpopper-{commit}")
+    os.mkdir(dest)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", commit, "qpopper"],
+                             capture_output=True, timeout=120)
+    if archive.returncode != 0:
+        raise SystemExit(f"privsep_cost.py: git archive {commit} failed (use --before-tree): "
+                         f"{archive.stderr.decode(errors='replace').strip()}")
+    subprocess.run(["tar", "-x", "-C", dest], input=archive.stdout, check=True, timeout=120)
+    yield dest
+
+
+def tls_version(port: int) -> str:
+    """What a TLS client negotiates with the server on port: version and cipher suite."""
+    raw = socket.create_connection(("127.0.0.1", port), 5)
+    with benchlib.client_tls_context().wrap_socket(raw) as sock:
+        sock.recv(512)
+        return f"{sock.version()} {sock.cipher()[0]}"
+
+
+# ---------------------------------------------------------------- measurements
+
+def load_pop3bench(bench: Path):
+    spec = importlib.util.spec_from_file_location("pop3bench", bench / "pop3bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Window(threading.Thread):
+    """`measure(seconds)` in a thread, `delay` seconds into a load run: its steady part."""
+
+    def __init__(self, measure, seconds: float, delay: float = 1.0):
+        super().__init__()
+        self.measure, self.seconds, self.delay, self.result = measure, seconds, delay, None
+        self.start()
+
+    def run(self) -> None:
+        time.sleep(self.delay)
+        self.result = self.measure(self.seconds)
+
+
+def tree_cpu_ms(pb, root: int) -> float:
+    """CPU time of root and its descendants, with what each reaped of its children (utime,
+    stime, cutime, cstime): what a process tree spent, whoever forked whom."""
+    ticks = 0
+    for pid in pb._descendants(pb._read_procs(), [root]):
+        with contextlib.suppress(OSError, ValueError):
+            stat = Path(f"/proc/{pid}/stat").read_bytes()
+            ticks += sum(int(f) for f in stat[stat.rindex(b")") + 2:].split()[11:15])
+    return ticks * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def sessions(bench: Path, pb, target: Target, users_file: str, clients: int, seconds: float,
+             raw_out=None) -> dict:
+    """pop3bench sessions; with the server tree's CPU over its steady part per session."""
+    def server_cpu(window: float) -> float:
+        start = tree_cpu_ms(pb, target.pid)
+        time.sleep(window)
+        return tree_cpu_ms(pb, target.pid) - start
+
+    window = Window(server_cpu, max(seconds - 2, seconds / 2))
+    data = benchlib.pop3bench(bench, "sessions", target.port, target.label,
+                              "--users-file", users_file, "-c", str(clients), "-d", str(seconds),
+                              *(["--tls"] if target.mode == "tls" else []), raw_out=raw_out)
+    window.join()
+    med = data.get("median", data)
+    if med.get("sessions_per_s"):
+        med["cpu_ms_per_session"] = round(1000 * med["machine_busy_cores"] /
+                                          med["sessions_per_s"], 1)
+        med["server_cpu_ms_per_session"] = round(
+            window.result / (med["sessions_per_s"] * window.seconds), 1)
+    return med
+
+
+def tree_pss(pb, root: int, names=()) -> dict[int, tuple[int, str]]:
+    """pid -> (Pss KiB, role) for root and its descendants; the role is the process title's
+    first three words, the program without its directory and user `names` as <user>."""
+    procs = pb._read_procs()
+    out = {}
+    for pid in pb._descendants(procs, [root]):
+        mem = pb._mem_of(pid)
+        if mem is not None:
+            words = procs[pid][2].split()[:3] or [procs[pid][1]]
+            title = " ".join([os.path.basename(words[0]), *words[1:]])
+            for name in names:
+                title = title.replace(name, "<user>")
+            out[pid] = (mem["Pss"], title)
+    return out
+
+
+def idle(pb, target: Target, users: list, n: int, settle: float = 1.5) -> dict:
+    """n authenticated sessions held (USER, PASS, STAT): the PSS they cost."""
+    before = tree_pss(pb, target.pid)
+    context = pb.make_sslctx() if target.mode == "tls" else None
+
+    async def hold() -> tuple[dict, int, dict]:
+        gate, conns, errors = asyncio.Semaphore(8), [], {}
+
+        async def open_one(user):
+            async with gate:
+                try:
+                    async with asyncio.timeout(60):
+                        reader, writer, _, _ = await pb.a_open_auth(
+                            "127.0.0.1", target.port, user.name, user.password, target.mode,
+                            context)
+                        writer.write(b"STAT\r\n")
+                        pb._expect_ok(await reader.readline(), "stat")
+                    conns.append((reader, writer))
+                except (OSError, pb.POPError, TimeoutError, ssl.SSLError) as error:
+                    errors[type(error).__name__] = errors.get(type(error).__name__, 0) + 1
+
+        await asyncio.gather(*(open_one(users[i % len(users)]) for i in range(n)))
+        await asyncio.sleep(settle)
+        held = tree_pss(pb, target.pid, [u.name for u in users])
+        for reader, writer in conns:
+            with contextlib.suppress(OSError, pb.POPError, TimeoutError, ssl.SSLError):
+                async with asyncio.timeout(30):
+                    writer.write(b"QUIT\r\n")
+                    await reader.readline()
+            writer.close()
+        return held, len(conns), errors
+
+    held, opened, errors = asyncio.run(hold())
+    new = {pid: v for pid, v in held.items() if pid not in before}
+    # Until the sessions' processes are gone; a helper the logins started (a Dovecot auth
+    # worker: len(new) not a multiple of the sessions) may stay.
+    stay, deadline = len(new) % max(opened, 1), time.monotonic() + 15
+    while sum(os.path.exists(f"/proc/{pid}") for pid in new) > stay and \
+            time.monotonic() < deadline:
+        time.sleep(0.1)
+    grown = sum(max(0, held[pid][0] - before[pid][0]) for pid in held if pid in before)
+    roles: dict[str, list[int]] = {}
+    for pss, role in new.values():
+        roles.setdefault(role, []).append(pss)
+    per = max(opened, 1)
+    result = {"opened": opened, "errors": errors,
+              "pss_kb_per_session": round((sum(p for p, _ in new.values()) + grown) / per, 1),
+              "procs_per_session": round(len(new) / per, 2),
+              "grown_kb_per_session": round(grown / per, 1),
+              "tree_delta_kb_per_session": round(
+                  (sum(p for p, _ in held.values()) - sum(p for p, _ in before.values())) / per,
+                  1),
+              "roles": {role: {"n": len(v), "pss_kb_mean": round(statistics.fmean(v), 1)}
+                        for role, v in sorted(roles.items())}}
+    print(f"  {time.strftime('%H:%M:%S')} {target.label:<15} idle -n {n}: "
+          f"{result['pss_kb_per_session']} KiB/session, {result['procs_per_session']} "
+          f"procs/session, errors {errors or 0}", flush=True)
+    return result
+
+
+# ---------------------------------------------------------------- where the time goes
+
+PERF_EVENTS = "page-faults,context-switches"     # software events: this VM has no PMU
+PERF_WINDOW_S = 3.0
+PERF_HZ = 499
+FORKS = ("clone", "clone3", "fork", "vfork")
+
+
+def perf(command: str, out: str, *options: str):
+    """A measure for Window: `perf COMMAND -a OPTIONS -o out -- sleep SECONDS`."""
+    return lambda seconds: subprocess.run(
+        ["perf", command, "-a", *options, "-o", out, "--", "sleep", str(seconds)],
+        capture_output=True, timeout=120)
+
+
+def perf_counts(path: str) -> dict:
+    counts = {}
+    with contextlib.suppress(OSError):
+        for line in Path(path).read_text().splitlines():
+            fields = line.split(",")
+            if len(fields) > 2 and fields[2] in PERF_EVENTS.split(","):
+                with contextlib.suppress(ValueError):
+                    counts[fields[2]] = float(fields[0])
+    return counts
+
+
+def strace_calls(path: str) -> dict[str, int]:
+    """syscall -> calls from `strace -c` output."""
+    calls = {}
+    with contextlib.suppress(OSError):
+        for line in Path(path).read_text().splitlines():
+            fields = line.split()
+            if len(fields) >= 5 and fields[-1].isidentifier() and fields[3].isdigit() \
+                    and fields[-1] != "total":
+                calls[fields[-1]] = int(fields[3])
+    return calls
+
+
+def profile(bench: Path, pb, target: Target, users_file: str, args, work: str) -> dict:
+    """For one qpopper-py target: phase latencies with one client; with 8 clients, machine
+    CPU (/proc/stat) per session, and page faults and context switches per session over a
+    steady PERF_WINDOW_S (perf stat -a: the whole machine), with --perf-dir also a perf record
+    of qpopper-py's processes sorted by bench/perf_breakdown.py; forks and system calls per
+    session (strace -f -c on the master while one client runs: at most one session too
+    many)."""
+    one = sessions(bench, pb, target, users_file, 1, 4)
+    out = {f"c1_{k}": one.get(k) for k in ("lat_p50_ms", "banner_p50_ms", "auth_p50_ms",
+                                            "stat_p50_ms", "quit_p50_ms",
+                                            "server_cpu_ms_per_session")}
+    stat_file = os.path.join(work, f"perf-{target.server}-{target.mode}.csv")
+    runs = [("stat", stat_file, "-x,", "-e", PERF_EVENTS)]
+    if args.perf_dir:
+        record = os.path.join(args.perf_dir, f"{target.server}-{target.mode}.data")
+        runs.append(("record", record, "-g", "-F", str(PERF_HZ)))
+    for command, path, *options in runs:
+        measuring = Window(perf(command, path, *options), PERF_WINDOW_S)
+        eight = sessions(bench, pb, target, users_file, args.concurrency, PERF_WINDOW_S + 2)
+        measuring.join()
+        in_window = eight["sessions_per_s"] * PERF_WINDOW_S
+        if command == "stat":
+            out.update({f"perf_{k.replace('-', '_')}_per_session": round(v / in_window, 1)
+                        for k, v in perf_counts(stat_file).items() if in_window})
+        else:
+            out.update({f"cpu_{k}": v for k, v in perf_breakdown.breakdown(
+                path, in_window, "popper", PERF_HZ).items()})
+    trace_file = os.path.join(work, f"strace-{target.server}-{target.mode}.txt")
+    tracer = subprocess.Popen(["strace", "-f", "-c", "-o", trace_file, "-p", str(target.pid)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)                                           # strace attaches
+    traced = sessions(bench, pb, target, users_file, 1, 3)
+    tracer.send_signal(signal.SIGINT)
+    tracer.wait(30)
+    calls, n = strace_calls(trace_file), max(traced["sessions"], 1)
+    out["forks_per_session"] = round(sum(calls.get(f, 0) for f in FORKS) / n, 2)
+    out["syscalls_per_session"] = round(sum(calls.values()) / n)
+    out["top_syscalls_per_session"] = {k: round(v / n, 1) for k, v in sorted(
+        calls.items(), key=lambda kv: -kv[1])[:8]}
+    return out
+
+
+PROFILE_ROWS = (
+    ("c1_lat_p50_ms", "1 client: session p50 ms"), ("c1_banner_p50_ms", "  connect+banner"),
+    ("c1_auth_p50_ms", "  USER+PASS"), ("c1_stat_p50_ms", "  STAT"), ("c1_quit_p50_ms", "  QUIT"),
+    ("c1_server_cpu_ms_per_session", "  server CPU ms/session"),
+    ("perf_page_faults_per_session", "8 clients: page faults/session"),
+    ("perf_context_switches_per_session", "  context switches/session"),
+    ("cpu_total", "perf record: CPU ms/session"),
+    *((f"cpu_{kind}", f"  {kind}") for kind in perf_breakdown.KINDS),
+    ("forks_per_session", "strace: forks/session"),
+    ("syscalls_per_session", "  system calls/session"),
+)
+
+
+def report_profile(profiles: dict) -> None:
+    labels = list(profiles)
+    print("\nwhere the time goes (qpopper-py; one run each, after the rounds)")
+    print(f"{'figure':<32}" + "".join(f" {label:>13}" for label in labels))
+    for key, title in PROFILE_ROWS:
+        if all(profiles[label].get(key) is None for label in labels):
+            continue
+        print(f"{title:<32}" + "".join(
+            f" {'-' if profiles[label].get(key) is None else f'{profiles[label][key]:g}':>13}"
+            for label in labels))
+    for label in labels:
+        top = profiles[label].get("top_syscalls_per_session", {})
+        print(f"  {label}: " + ", ".join(f"{k} {v:g}" for k, v in top.items()))
+
+
+# ---------------------------------------------------------------- report
+
+ROWS = (  # figure key, label, higher is better (None: no ratio)
+    ("sessions_per_s", "sessions/s (C=8)", True),
+    ("server_cpu_ms_per_session", "  server CPU ms/session", False),
+    ("cpu_ms_per_session", "  machine CPU ms/session", False),
+    ("lat_p50_ms", "  latency p50 ms", False),
+    ("banner_p50_ms", "  banner p50 ms", False),
+    ("auth_p50_ms", "  USER+PASS p50 ms", False),
+    ("errors", "  errors", None),
+    ("pss_kb_per_session", "idle PSS KiB/session", False),
+    ("procs_per_session", "  processes/session", None),
+    ("tree_delta_kb_per_session", "  tree delta KiB/session", None),
+)
+
+
+def record(target: Target, data: dict) -> None:
+    for key, value in data.items():
+        if isinstance(value, (int, float)):
+            target.runs.setdefault(key, []).append(value)
+
+
+def medians(targets: list[Target]) -> dict:
+    return {t.label: {k: round(statistics.median(v), 2) for k, v in t.runs.items()}
+            for t in targets}
+
+
+def report(targets: list[Target], args) -> dict:
+    med = medians(targets)
+    table, verdicts = [], {}
+    head = (f"{'figure':<26} {'before':>9} {'after':>9} {'popa3d':>9} {'Dovecot':>9} "
+            f"{'after/before':>12} {'after/best peer':>15}")
+    print(f"\nmedians of {args.rounds} rounds ({args.session_seconds:g} s session runs, "
+          f"{args.idle_sessions} idle sessions); ratios: > 1 is more of the figure")
+    for mode in MODES:
+        print(f"\n{mode}\n{head}")
+        for key, label, higher in ROWS:
+            values = {s: med.get(f"{s}/{mode}", {}).get(key) for s in SERVERS}
+            peers = [values[s] for s in ("popa3d", "dovecot") if values[s] is not None]
+            after, before_ = values["after"], values["before"]
+            ratio = after / before_ if after is not None and before_ else None
+            best = (max(peers) if higher else min(peers)) if peers and higher is not None else None
+            peer_ratio = after / best if after is not None and best else None
+            cells = " ".join(f"{'-' if v is None else f'{v:g}':>9}" for v in values.values())
+            shown = [None if higher is None else ratio, peer_ratio]
+            print(f"{label:<26} {cells} " + " ".join(
+                f"{'' if r is None else f'{r:.2f}':>{w}}" for r, w in zip(shown, (12, 15))))
+            table.append({"mode": mode, "figure": key, **values,
+                          "after_over_before": ratio, "after_over_best_peer": peer_ratio})
+            if key == "sessions_per_s" and ratio is not None:
+                verdicts[mode] = round(ratio, 3)
+    print()
+    for mode, ratio in verdicts.items():
+        state = "within" if ratio >= SPLIT_BUDGET else "OVER"
+        print(f"{mode}: the split keeps {ratio:.0%} of the sessions/s: {state} the 15% budget")
+    return {"medians": med, "table": table, "split_ratio": verdicts}
+
+
+# ---------------------------------------------------------------- main
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, medians (3)")
+    parser.add_argument("--session-seconds", type=float, default=6.0,
+                        help="length of one sessions run (6)")
+    parser.add_argument("--concurrency", type=int, default=8, help="sessions clients (8)")
+    parser.add_argument("--idle-sessions", type=int, default=30,
+                        help="authenticated sessions held for the PSS figure (30)")
+    parser.add_argument("--servers", default=",".join(SERVERS),
+                        help="any of before,after,popa3d,dovecot (all)")
+    parser.add_argument("--before-commit", default=BEFORE_COMMIT,
+                        help=f"the qpopper-py before the split ({BEFORE_COMMIT})")
+    parser.add_argument("--before-tree", help="a checkout to use instead of git archive")
+    parser.add_argument("--reference-binary", help="a popa3d binary instead of apt-get download")
+    parser.add_argument("--no-profile", action="store_true",
+                        help="skip the qpopper-py profile after the rounds (perf stat, strace)")
+    parser.add_argument("--perf-dir", help="also perf record qpopper-py under load into this "
+                        "directory and print CPU per session by kind of work")
+    parser.add_argument("--raw-out", help="append every pop3bench JSON result to this file")
+    parser.add_argument("--bench-dir", default=str(DEFAULT_BENCH_DIR),
+                        help="where pop3bench.py and mkspool.py are (../shared/bench)")
+    args = parser.parse_args(argv)
+    args.servers = [s for s in args.servers.split(",") if s]
+    if args.perf_dir:
+        args.perf_dir = os.path.abspath(args.perf_dir)
+        os.makedirs(args.perf_dir, exist_ok=True)
+    if set(args.servers) - set(SERVERS) or args.rounds < 1 or args.idle_sessions < 1:
+        parser.error("bad --servers/--rounds/--idle-sessions")
+    return args
+
+
+def start_servers(stack, args, work, pam, pki, spools) -> list[Target]:
+    """Every server of the run, started once; the spools copied into each one's spool dir."""
+    limit = args.idle_sessions + 50
+    targets = []
+    for name in args.servers:
+        if name in ("before", "after"):
+            tree = (args.before_tree or stack.enter_context(before_tree(work, args.before_commit))
+                    if name == "before" else str(REPO))
+            server, tls_port, spool_dir = stack.enter_context(
+                qpopper(work, f"qpopper-{name}", tree, pam, pki, limit, name == "after"))
+            ports, pids = (server.port, tls_port), (server.pid, server.pid)
+        elif name == "popa3d":
+            binary, pam_text = stack.enter_context(reference_binary(args.reference_binary, work))
+            created = stack.enter_context(popa3d_prerequisites(pam_text))
+            if created:
+                print(f"created for popa3d (removed at the end): {', '.join(created)}")
+            plain, port = stack.enter_context(popa3d_server(binary, work))
+            relay, tls_port = stack.enter_context(popa3d_tls(binary, work, pki))
+            ports, pids, spool_dir = (port, tls_port), (plain.pid, relay.pid), POPA3D_SPOOL_DIR
+        else:
+            proc, port, tls_port, spool_dir = stack.enter_context(dovecot(work, pam, pki, limit))
+            ports, pids = (port, tls_port), (proc.pid, proc.pid)
+        spools(spool_dir)
+        targets += [Target(name, mode, port, pid) for mode, port, pid in zip(MODES, ports, pids)]
+    return targets
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    bench = Path(args.bench_dir)
+    if os.geteuid() == 0 and {"dovecot", "popa3d"} & set(args.servers):
+        ensure_debian_packages()
+    benchlib.require_runnable("privsep_cost.py", bench,
+                              "it creates users, accounts, PAM files, servers",
+                              [("systemd-socket-activate", "systemd"), ("stunnel4", "stunnel4"),
+                               ("dovecot", "dovecot-core")])
+    benchlib.clean_up_on_signals()
+    pb = load_pop3bench(bench)
+    started = time.time()
+    raw_out = open(args.raw_out, "a") if args.raw_out else None
+    n_users = max(args.idle_sessions, args.concurrency)
+    try:
+        with contextlib.ExitStack() as stack:
+            work = stack.enter_context(world_readable_tmpdir("qpt-privsep-"))
+            pam = stack.enter_context(installed_pam_service(STOCK_POP3, tag="bench"))
+            stack.enter_context(prelogin_account(BENCH_LOGIN))
+            users = stack.enter_context(SystemUsers())
+            print(f"making {n_users} users, their spools and a certificate ...", flush=True)
+            bench_users = [users.create("p", shell="/usr/sbin/nologin") for _ in range(n_users)]
+            stack.callback(remove_popa3d_spools, bench_users)
+            masters = []
+            for i, _ in enumerate(bench_users):
+                masters.append(os.path.join(work, f"small{i}.mbox"))
+                make_spool(bench, masters[-1], seed=SMALL_SEED + i, user=BENCH_USER, count=10)
+            users_file = os.path.join(work, "users.txt")
+            Path(users_file).write_text("".join(f"{u.name}:{u.password}\n" for u in bench_users))
+            os.chmod(users_file, 0o600)
+            pki = TestPki(os.path.join(work, "pki")).server("bench")
+            restore = benchlib.write_restore_script(work)
+
+            def spools(spool_dir: str) -> None:
+                for user, master in zip(bench_users, masters):
+                    subprocess.run([restore, master, os.path.join(spool_dir, user.name),
+                                    user.name], check=True, timeout=60)
+
+            targets = start_servers(stack, args, work, pam, pki, spools)
+            print("servers: " + ", ".join(f"{t.label} {t.port}" for t in targets))
+            for t in targets:
+                if t.mode == "tls":
+                    print(f"  {t.label}: {tls_version(t.port)}")
+            print("warm-up (not counted) ...", flush=True)
+            for t in targets:
+                sessions(bench, pb, t, users_file, args.concurrency, 2)
+            for rnd in range(args.rounds):
+                print(f"round {rnd + 1}/{args.rounds}, load average "
+                      f"{os.getloadavg()[0]:.2f}", flush=True)
+                order = targets[rnd % len(targets):] + targets[:rnd % len(targets)]
+                for t in order:
+                    record(t, sessions(bench, pb, t, users_file, args.concurrency,
+                                       args.session_seconds, raw_out))
+                    held = idle(pb, t, bench_users, args.idle_sessions)
+                    record(t, held)
+                    t.roles = held["roles"]
+            profiles = {} if args.no_profile else {
+                t.label: profile(bench, pb, t, users_file, args, work)
+                for t in targets if t.server in ("before", "after")}
+    except KeyboardInterrupt:
+        print("privsep_cost.py: interrupted; servers stopped, users and files removed",
+              file=sys.stderr)
+        return 130
+    finally:
+        if raw_out:
+            raw_out.close()
+    summary = report(targets, args)
+    if profiles:
+        report_profile(profiles)
+    print(json.dumps({
+        "benchmark": "privsep_cost",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "wall_s": round(time.time() - started, 1),
+        "params": {"rounds": args.rounds, "session_seconds": args.session_seconds,
+                   "concurrency": args.concurrency, "idle_sessions": args.idle_sessions,
+                   "before_commit": args.before_commit},
+        "idle_processes": {t.label: t.roles for t in targets},
+        "profile": profiles,
+        **summary}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
