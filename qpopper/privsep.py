@@ -7,13 +7,14 @@ process model is docs/privsep.md). No module here reads a client byte as root:
   qpopper/monitor.py, monitor_wire.py     one per connection: answers the pre-login
                                           process's frames, then becomes the user session
   qpopper/auth/policy.py, challenges.py,  in the monitor: user lookup, PAM, the pop.auth
-    pam.py, store.py, brakes.py, drac.py  store, APOP/CRAM/SCRAM challenges, GSS-API, brakes
+    pam.py, store.py, brakes.py           store, APOP/CRAM/SCRAM challenges, GSS-API, brakes
+  qpopper/drac.py                         in the monitor: POP-before-SMTP notices
   qpopper/tls.py (TlsIdentity.open)       the certificate and key snapshot, never parsed
   qpopper/log.py, sdnotify.py             syslog / tracefile records, systemd
   qpopper/spool/paths.py, dirs.py         check-hash-dir's shared directories (ensure_hash_dirs)
   qpopper/privsep.py                      this file
 The pre-login process (session.py, protocol.py, pop_*.py, capa.py, auth/sasl.py, tls.py's
-handshake, prelogin.py) runs as prelogin-user in the prelogin-chroot directory, entered with
+handshake, prelogin.py, reverse_lookup.py's helper) runs as prelogin-user in the prelogin-chroot directory, entered with
 enter_prelogin_sandbox below before the first client byte.
 Everything after `drop_privileges` — the spool, the temp drop, the cache, bulletins, the
 user option files — runs as the user with the spool directory's group (normally mail) as its
