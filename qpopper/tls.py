@@ -4,9 +4,10 @@ a session switches to (implicit TLS on port 995, or after STLS).
 The master never reads the certificate or the key (docs/privsep.md, "The TLS key"): at
 start-up and on HUP it snapshots the files (TlsIdentity) and checks them by building a
 context in a throwaway child, so every mistake in the certificate set-up is a one-line
-TlsSetupError at start-up, never a failed handshake at the first client. The pre-login
-process of each connection builds its own context from the snapshot when it needs one (so
-TLS sessions are not resumed across connections).
+TlsSetupError at start-up, never a failed handshake at the first client. The master also
+makes the context's settings once (a template without identity); the pre-login process of
+each connection adds the certificate and key to its own copy when it needs TLS. Session
+tickets are off, so TLS sessions are not resumed across connections.
 
 Modern by default (RFC 8996, RFC 9325; docs/internals.md, "TLS"):
 - TLS 1.2 and 1.3 only. tls-version keeps Qpopper's values: SSLv2, SSLv3 and TLSv1 are raised
@@ -73,7 +74,10 @@ OBSOLETE_TLS_VERSIONS = ("SSLv2", "SSLv3", "TLSv1")
 
 BASE_OPTIONS = (SSL.OP_NO_COMPRESSION            # CRIME
                 | SSL.OP_CIPHER_SERVER_PREFERENCE
-                | SSL.OP_NO_RENEGOTIATION)
+                | SSL.OP_NO_RENEGOTIATION
+                # no session tickets: their key would be made in the master's template context
+                # and so sit in every user session's memory (docs/privsep.md, "The TLS key")
+                | SSL.OP_NO_TICKET)
 
 EXPORTER_LABEL = b"EXPORTER-Channel-Binding"
 EXPORTER_OCTETS = 32
@@ -159,6 +163,7 @@ class TlsIdentity:
         self.cfg = cfg
         self.fds = fds                   # path -> descriptor (O_RDONLY, close-on-exec)
         self.description = description
+        self.template: SSL.Context | None = None   # the settings, never an identity here
 
     @classmethod
     def open(cls, cfg) -> "TlsIdentity":
@@ -182,7 +187,8 @@ class TlsIdentity:
         validation) cost ~35 ms for a 2048-bit key. TlsSetupError if it cannot be loaded."""
         (cert_path, _), *rest = _identity_paths(self.cfg)
         key_path = rest[0][0] if rest else cert_path
-        context, _ = _context(self.cfg)
+        # the master's template: this process's copy is the one that gets the identity
+        context = self.template or _context(self.cfg)[0]
         passphrase = self.cfg.tls_passphrase.encode() if self.cfg.tls_passphrase else None
         try:
             chain = [crypto.load_certificate(crypto.FILETYPE_PEM, block)
@@ -232,6 +238,10 @@ def open_server_tls(cfg, log=None) -> TlsIdentity | None:
     except BaseException:
         identity.close()
         raise
+    # The context's settings, without the identity, made here once: OpenSSL's one-time set-up
+    # (configuration, providers, cipher lists) is not repeated in every pre-login process,
+    # which only adds the certificate and key to its own copy (build).
+    identity.template = _context(cfg)[0]
     return identity
 
 
