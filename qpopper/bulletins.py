@@ -74,14 +74,14 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from . import limits
-from .responses import PopError, RespCode
-from .spool import mbox
-from .spool.durable import (fsync_dir, pwrite_all, read_up_to, sha256_of_range,
+from qpopper import limits
+from qpopper.pop3.responses import PopError, RespCode
+from qpopper.spool import mbox
+from qpopper.spool.durable import (fsync_dir, pwrite_all, read_up_to, sha256_of_range,
                             unlink_if_present)
-from .spool.locking import LockTiming
-from .spool.maildrop import padding_after, separator_padding, spool_lock
-from .spool.paths import SpoolPaths
+from qpopper.spool.locking import LockTiming
+from qpopper.spool.maildrop import padding_after, separator_padding, spool_lock
+from qpopper.spool.paths import SpoolPaths
 
 Log = Callable[[int, str], None]
 StepHook = Callable[[str], None]

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import sys
 
-from . import QPOPPER_VERSION, __version__
-from .config import ConfigError, load
+from qpopper import QPOPPER_VERSION, __version__
+from qpopper.config import ConfigError, load
 
 
 def popper_main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--help" in argv or "--version" in argv:
         # Answer these even when the rest of the command line is wrong.
-        from .docgen import usage
+        from qpopper.docgen import usage
         sys.stdout.write(usage() if "--help" in argv else
                          f"popper (qpopper-py) {__version__}, Qpopper {QPOPPER_VERSION} "
                          f"compatible\n")
@@ -27,20 +27,20 @@ def popper_main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"popper: {error}", file=sys.stderr)
         return 2
-    from .auth.sasl import kerberos_refusal
+    from qpopper.auth.sasl import kerberos_refusal
     refusal = kerberos_refusal(cfg)
     if refusal:
         print(f"popper: {refusal}", file=sys.stderr)
         return 2
     if invocation.check_config:
-        from .docgen import effective_config
+        from qpopper.docgen import effective_config
         sys.stdout.write(effective_config(cfg, invocation))
         return 0
     if invocation.demo:
-        from .demo import run_demo
+        from qpopper.demo import run_demo
         return run_demo(invocation)
     if cfg.listen or cfg.tls_listen:
-        from .master import run_master
+        from qpopper.server.master import run_master
         return run_master(cfg, invocation)
-    from .monitor import serve_inetd
+    from qpopper.server.monitor import serve_inetd
     return serve_inetd(cfg, invocation)

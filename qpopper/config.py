@@ -33,8 +33,8 @@ import syslog
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from . import limits
-from .options import (BY_FLAG, BY_NAME, E_FLAG_KEYS, EXPIRE_FLAG, OPTIONS, OptType, Option,
+from qpopper import limits
+from qpopper.options import (BY_FLAG, BY_NAME, E_FLAG_KEYS, EXPIRE_FLAG, OPTIONS, OptType, Option,
                       lookup)
 
 DEFAULT_SOURCE = "default"

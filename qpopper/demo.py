@@ -25,12 +25,12 @@ import sys
 import tempfile
 import time
 
-from . import config as config_mod
-from . import privsep
-from .auth import Login
-from .auth.store import PopAuthStore
-from .log import QPOPPER_LOG_LOGIN, Logger
-from .master import ListenError, Master, bind_listeners, format_sockaddr, parse_listen
+from qpopper import config as config_mod
+from qpopper.server import privsep
+from qpopper.auth import Login
+from qpopper.auth.store import PopAuthStore
+from qpopper.log import QPOPPER_LOG_LOGIN, Logger
+from qpopper.server.master import ListenError, Master, bind_listeners, format_sockaddr, parse_listen
 
 DEMO_DIR = "demo-data"
 DEMO_HOST = "127.0.0.1"

@@ -14,9 +14,9 @@ import sys
 import textwrap
 from dataclasses import dataclass
 
-from . import QPOPPER_VERSION, __version__, limits
-from .config import Config, Invocation
-from .options import OPTIONS, BY_NAME, EXPIRE_FLAG, OptType, Option
+from qpopper import QPOPPER_VERSION, __version__, limits
+from qpopper.config import Config, Invocation
+from qpopper.options import OPTIONS, BY_NAME, EXPIRE_FLAG, OptType, Option
 
 WIDTH = 78
 EXAMPLE_CONFIG_PATH = "etc/qpopper/qpopper.config"

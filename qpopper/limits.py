@@ -124,7 +124,7 @@ MAX_CONFIG_FILE_OCTETS = 1024 * 1024
 a user's ~/.qpopper-options (a sparse file can claim terabytes) from being read whole into the
 session's memory. Each file of a config-file chain gets the same bound."""
 
-# --- DRAC, POP-before-SMTP (qpopper/drac.py) ---------------------------------------------------
+# --- DRAC, POP-before-SMTP (qpopper/server/drac.py) ---------------------------------------------------
 DRAC_ATTEMPT_TIMEOUT_S = 0.25
 """Wait for one UDP reply (portmapper or DRAC) before sending the request again: both answer
 from memory in well under a millisecond when alive, and UDP loses packets only rarely."""

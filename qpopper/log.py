@@ -16,8 +16,8 @@ import socket
 import syslog
 import time
 
-from . import QPOPPER_VERSION
-from .options import BY_NAME
+from qpopper import QPOPPER_VERSION
+from qpopper.options import BY_NAME
 
 IDENT = "popper"
 """Qpopper logs under its program name."""

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import limits
+from qpopper import limits
 
 
 class OptType(enum.Enum):
@@ -223,7 +223,7 @@ _DRAC_HOST_FORMS = (re.compile(r"\[[0-9A-Fa-f:.]+\](?::(?P<port>[0-9]{1,5}))?"),
 
 
 def _check_drac_host(text: str) -> str | None:
-    """HOST, HOST:PORT, [IPV6]:PORT or a bare IPv6 address (what qpopper/drac.py reads)."""
+    """HOST, HOST:PORT, [IPV6]:PORT or a bare IPv6 address (what qpopper/server/drac.py reads)."""
     for form in _DRAC_HOST_FORMS:
         match = form.fullmatch(text)
         if match:

@@ -22,7 +22,7 @@ from qpopper.auth import policy, scram
 from qpopper.auth.policy import Authenticator
 from qpopper.auth.store import PopAuthStore
 from qpopper.config import Config
-from qpopper.responses import PopError, RespCode
+from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool.paths import SpoolPaths
 from tests.helpers import pam_service as pam_files
 from tests.helpers import sysusers
@@ -604,8 +604,8 @@ def test_a_scram_proof_becomes_a_login_only_until_a_new_server_first(owned_store
 
 def test_the_monitor_hands_over_a_scram_login_only_when_it_was_accepted(owned_store):
     """A pre-login process that sends PROVE, BEGIN again, then ACCEPTED gets no login."""
-    from qpopper import monitor as monitor_mod
-    from qpopper import monitor_wire as wire
+    from qpopper.server import monitor as monitor_mod
+    from qpopper.server import monitor_wire as wire
     store, keys, _ = owned_store
     store.set_secret("demo", "demo-pw")
     cfg = config(user_database="pop-auth", **keys)

@@ -9,7 +9,7 @@ import stat
 import pytest
 
 from qpopper.auth.store import SCHEMA_VERSION, PopAuthStore, StoreError
-from qpopper.responses import PopError, RespCode
+from qpopper.pop3.responses import PopError, RespCode
 
 
 @pytest.fixture

@@ -15,16 +15,18 @@ import time
 
 import pytest
 
-from qpopper import limits, pop_auth_state
+from qpopper import limits
+
+from qpopper.pop3 import auth_state
 from qpopper.auth import is_possible_user_name
 from qpopper.auth import policy
 from qpopper.auth.policy import Authenticator
 from qpopper.auth.store import PopAuthStore
 from qpopper.config import Config
 from qpopper.log import Logger
-from qpopper.protocol import State
-from qpopper.responses import PopError
-from qpopper.session import Channel, Session
+from qpopper.pop3.protocol import State
+from qpopper.pop3.responses import PopError
+from qpopper.server.session import Channel, Session
 from qpopper.spool.paths import check_user_name
 from tests.transcripts.harness import Spool
 
@@ -135,7 +137,7 @@ def test_the_login_rule_never_admits_a_name_the_spool_refuses(name):
     if is_possible_user_name(name):
         assert spool_ok, name
     # the protocol and the authenticator use this very function
-    assert policy.is_possible_user_name is pop_auth_state.is_possible_user_name \
+    assert policy.is_possible_user_name is auth_state.is_possible_user_name \
         is is_possible_user_name
 
 

@@ -17,7 +17,7 @@ import pytest
 from qpopper import bulletins
 from qpopper.auth import Login
 from qpopper.config import Config
-from qpopper.responses import PopError, RespCode
+from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool import mbox
 from qpopper.spool.paths import SpoolPaths
 

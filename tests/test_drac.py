@@ -3,7 +3,7 @@
 The peers are the test's own: a portmapper speaking RFC 1833 version 2 (PMAPPROC_SET and
 PMAPPROC_GETPORT) and a DRAC server (program 900101 v1, DRACPROC_ADD) that registers itself
 with that portmapper by an RPC call, as rpc.dracd does, and records every address it is given.
-Both decode the RPC messages themselves (RFC 5531), independently of qpopper/drac.py. A test
+Both decode the RPC messages themselves (RFC 5531), independently of qpopper/server/drac.py. A test
 portmapper rather than Debian's rpcbind: rpcbind insists on port 111 on every address (its -h
 only narrows UDP) and would be a host-wide service; drac-host's `HOST:PORT` extension points
 the server at the test's portmapper instead.
@@ -21,7 +21,9 @@ import time
 
 import pytest
 
-from qpopper import drac, limits
+from qpopper.server import drac
+
+from qpopper import limits
 from tests.helpers.sysusers import make_spool
 from tests.server_harness import Site, mbox
 

@@ -1,6 +1,7 @@
-"""DESIGN.md's import directions, checked on the source with `ast`.
+"""The import directions of docs/design.md ("Layers"), checked on the source with `ast`.
 
-    cli → master → session → protocol → (spool, auth, bulletins) → limits/responses/options/config
+    cli → server.master/monitor → server.session/prelogin → pop3 → (spool, auth, bulletins)
+        → services (log, server.privsep, server.tls) → config → options/pop3.responses → limits
 
 Rules:
 1. Every module has a layer (LAYERS below, lowest first). A module may import modules of its
@@ -11,7 +12,7 @@ Rules:
    the "domain" layer with spool and auth: it may use the foundation, and protocol and above may
    use it. If it needs more, add it to LAYERS with the layer it belongs to.
 3. The protocol layer is pure logic: it imports no socket, os, subprocess, ... (PROTOCOL_BANNED).
-4. Nothing imports cli (but __main__, the `python -m qpopper` entry point).
+4. Nothing imports cli (the console scripts call it).
 5. Only privsep.py changes user or group ids (PRIVILEGE_CALLS, as calls or `from os import`).
 """
 
@@ -23,34 +24,36 @@ import pytest
 PACKAGE_DIR = Path(__file__).resolve().parent.parent / "qpopper"
 
 # Lowest first. Names are module names without the "qpopper." prefix; "pkg.*" is every module
-# of a package (and the package itself); "pop_*" every top-level module starting with "pop_".
+# of a package (and the package itself). Every name must exist (test_every_layer_name_exists).
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("", "limits", "addresses")),                   # "" is qpopper/__init__.py
-    ("vocabulary", ("responses", "options")),
+    ("vocabulary", ("pop3.responses", "options")),
     ("configuration", ("config",)),
-    ("services", ("log", "sdnotify", "privsep", "tls", "docgen", "proctitle")),
-    ("domain", ("spool.*", "auth.*", "bulletins", "bulletins.*", "extensions.submit", "drac")),
+    ("services", ("log", "server.sdnotify", "server.privsep", "server.tls", "server.monitor_wire",
+                  "docgen")),
+    ("domain", ("spool.*", "auth.*", "bulletins", "extensions.submit", "server.drac",
+                "server.reverse_lookup")),
     # extensions/ holds verbs and hooks plugged into the state machine (XTND, MDEF, X-MANGLE):
     # protocol code, pure like it. The one OS action they need, running the MTA for XTND XMIT,
     # is extensions.submit (domain layer), which the session builds and hands in.
-    ("protocol", ("protocol", "capa", "pop_*", "extensions", "extensions.*")),
-    ("session", ("session",)),
-    ("master", ("master", "monitor")),
+    ("protocol", ("pop3.*", "extensions", "extensions.*")),
+    ("session", ("server.session", "server.prelogin")),
+    ("master", ("server.master", "server.monitor", "server")),
     ("programs", ("demo", "tools.*")),
-    ("entry points", ("cli", "__main__")),
+    ("entry points", ("cli",)),
 )
 DEFAULT_LAYER = "domain"
 PROTOCOL_LAYER = "protocol"
 
 PROTOCOL_BANNED = {"socket", "os", "subprocess", "select", "selectors", "signal", "ssl",
                    "OpenSSL", "fcntl", "pwd", "grp", "threading", "multiprocessing", "shutil",
-                   "qpopper.privsep", "qpopper.session", "qpopper.master", "qpopper.tls",
+                   "qpopper.server.privsep", "qpopper.server.session", "qpopper.server.master", "qpopper.server.tls",
                    "qpopper.cli", "qpopper.demo"}
 
 PRIVILEGE_CALLS = {"setuid", "setgid", "setgroups", "initgroups", "setresuid", "setresgid",
                    "seteuid", "setegid", "setreuid", "setregid"}
-PRIVSEP = "qpopper.privsep"
-CLI_IMPORTERS = {"qpopper.__main__"}
+PRIVSEP = "qpopper.server.privsep"
+CLI_IMPORTERS: set[str] = set()
 
 
 def module_name(path: Path) -> str:
@@ -69,9 +72,6 @@ def layer_of(module: str) -> tuple[int, str]:
             if pattern.endswith(".*"):
                 package = pattern[:-2]
                 if short == package or short.startswith(package + "."):
-                    return rank, layer
-            elif pattern.endswith("*"):
-                if "." not in short and short.startswith(pattern[:-1]):
                     return rank, layer
             elif short == pattern:
                 return rank, layer
@@ -119,11 +119,19 @@ def imports_of(module: str) -> list[tuple[str, int, bool]]:
     return found
 
 
+def test_every_layer_name_exists():
+    """A module renamed or removed must leave LAYERS too, so the rules describe the real tree."""
+    short_names = {module.removeprefix("qpopper").removeprefix(".") for module in MODULES}
+    missing = [pattern for _, patterns in LAYERS for pattern in patterns
+               if pattern.removesuffix(".*") not in short_names]
+    assert missing == []
+
+
 def test_the_rules_see_the_tree():
     assert {"qpopper.options", "qpopper.config", "qpopper.cli"} <= set(MODULES)
     assert layer_of("qpopper.spool.mbox") == layer_of("qpopper.auth.policy")
-    assert layer_of("qpopper.cli")[0] > layer_of("qpopper.master")[0] > \
-        layer_of("qpopper.session")[0] > layer_of("qpopper.protocol")[0] > \
+    assert layer_of("qpopper.cli")[0] > layer_of("qpopper.server.master")[0] > \
+        layer_of("qpopper.server.session")[0] > layer_of("qpopper.pop3.protocol")[0] > \
         layer_of("qpopper.spool.mbox")[0] > layer_of("qpopper.config")[0] > \
         layer_of("qpopper.limits")[0]
     assert layer_of("qpopper.some_new_module")[1] == DEFAULT_LAYER
@@ -183,12 +191,12 @@ def test_only_privsep_changes_ids(module):
 
 def test_the_checks_catch_violations(tmp_path, monkeypatch):
     """The rules fail on a protocol module that opens sockets and imports session."""
-    bad = tmp_path / "pop_qpt_violation.py"
-    bad.write_text("import socket\nfrom . import session\nimport os\nos.setuid(0)\n")
-    monkeypatch.setitem(MODULES, "qpopper.pop_qpt_violation", bad)
-    with pytest.raises(AssertionError, match="imports upwards: line 2: qpopper.session"):
-        test_imports_point_downwards("qpopper.pop_qpt_violation")
-    with pytest.raises(AssertionError, match="line 1: socket; line 2: qpopper.session; line 3: os"):
-        test_protocol_layer_is_pure("qpopper.pop_qpt_violation")
+    bad = tmp_path / "qpt_violation.py"
+    bad.write_text("import socket\nfrom qpopper.server import session\nimport os\nos.setuid(0)\n")
+    monkeypatch.setitem(MODULES, "qpopper.pop3.qpt_violation", bad)
+    with pytest.raises(AssertionError, match="imports upwards: line 2: qpopper.server.session"):
+        test_imports_point_downwards("qpopper.pop3.qpt_violation")
+    with pytest.raises(AssertionError, match="line 1: socket; line 2: qpopper.server.session; line 3: os"):
+        test_protocol_layer_is_pure("qpopper.pop3.qpt_violation")
     with pytest.raises(AssertionError, match=r"line 4: setuid\(\)"):
-        test_only_privsep_changes_ids("qpopper.pop_qpt_violation")
+        test_only_privsep_changes_ids("qpopper.pop3.qpt_violation")

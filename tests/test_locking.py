@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from qpopper.responses import PopError, RespCode
+from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool.locking import (DotLock, LockTiming, SessionLock, SpoolLock, lock_content,
                                    open_regular, parse_lock_content)
 
@@ -300,7 +300,7 @@ def test_session_lock_refuses_a_second_session_from_another_process(tmp_path):
     try:
         code = textwrap.dedent(f"""
             from qpopper.spool.locking import SessionLock
-            from qpopper.responses import PopError
+            from qpopper.pop3.responses import PopError
             try:
                 SessionLock({str(drop)!r}).acquire()
             except PopError as e:

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from qpopper.config import Config
-from qpopper.responses import PopError, RespCode
+from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool.locking import lock_content
 from qpopper.spool.maildrop import Maildrop
 from qpopper.spool.paths import SpoolPaths

@@ -19,7 +19,7 @@ import pytest
 
 from qpopper import limits
 from qpopper.extensions.mangle import parse_content_type, parse_request
-from qpopper.pop_command import CommandSyntaxError
+from qpopper.pop3.command import CommandSyntaxError
 from tests.transcripts.harness import extended_session, spool_fixture
 
 pytestmark = pytest.mark.timeout(60)

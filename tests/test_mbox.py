@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from qpopper import limits
-from qpopper.responses import RespCode
+from qpopper.pop3.responses import RespCode
 from qpopper.spool import mbox
 
 GOLDEN = Path(__file__).parent / "golden"

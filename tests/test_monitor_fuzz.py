@@ -20,8 +20,8 @@ import struct
 
 import pytest
 
-from qpopper import monitor as monitor_mod
-from qpopper import monitor_wire as wire
+from qpopper.server import monitor as monitor_mod
+from qpopper.server import monitor_wire as wire
 from qpopper.config import Config
 from tests.helpers import pam_service as pam_helper
 from tests.helpers.sysusers import PRELOGIN_USER, is_root

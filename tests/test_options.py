@@ -81,7 +81,7 @@ SCOPES = {
     # before the user files are read; the master rebuilds it on HUP.
     "debug": {Scope.STARTUP},
     # drac-host: the manual allows it anywhere, but the DRAC call is made by the root part
-    # of the session right after the login, before the user files are read (qpopper/drac.py).
+    # of the session right after the login, before the user files are read (qpopper/server/drac.py).
     "drac-host": {Scope.NOT_USER}, "fast-update": {Scope.ANYWHERE},
     "mail-lock-check": {Scope.ANYWHERE}, "server-mode": {Scope.ANYWHERE},
     "statistics": {Scope.ANYWHERE}, "timeout": {Scope.ANYWHERE},

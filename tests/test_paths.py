@@ -13,7 +13,7 @@ import pytest
 
 from qpopper import limits
 from qpopper.config import Config
-from qpopper.responses import PopError, RespCode
+from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool.paths import SpoolPaths, check_user_name, hash_dirs
 from tests.helpers.sysusers import in_child
 
@@ -290,7 +290,7 @@ def test_refused_names_make_no_system_call_on_the_spool_dir(tmp_path):
     (spool_dir / "victim").write_text("mail")
     script = textwrap.dedent(f"""
         from qpopper.config import Config
-        from qpopper.responses import PopError
+        from qpopper.pop3.responses import PopError
         from qpopper.spool.paths import SpoolPaths
         cfg = Config.defaults().replace(spool_dir={str(spool_dir)!r}, hash_spool=1,
                                         check_hash_dir=True, home_dir_mail=".mail")

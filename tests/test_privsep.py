@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from qpopper import privsep
+from qpopper.server import privsep
 from qpopper.auth import Login
 from tests.helpers import sysusers
 

@@ -19,7 +19,7 @@ import subprocess
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from qpopper import privsep
+from qpopper.server import privsep
 from qpopper.config import Config
 from tests.helpers.sysusers import PRELOGIN_USER, in_child, is_root, make_spool
 from tests.server_harness import (Site, login, mbox, proc_status, processes_of, read_greeting,

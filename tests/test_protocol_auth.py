@@ -11,8 +11,8 @@ import re
 import pytest
 
 from qpopper import limits
-from qpopper.pop_command import Command, Extensions
-from qpopper.protocol import State
+from qpopper.pop3.command import Command, Extensions
+from qpopper.pop3.protocol import State
 from tests.transcripts.harness import (HOST, LOCALTIME, NOW, PID, TableAuthenticator, apop_digest,
                                        parse, run_lockstep, spool_fixture)
 
@@ -528,9 +528,9 @@ def test_texts_match_the_real_authenticator():
     """No enumeration: a refused name and a wrong password must read the same whichever
     layer refuses, so the protocol's texts are the authenticator's."""
     from qpopper.auth import policy
-    from qpopper import pop_auth_state
-    assert pop_auth_state.BAD_PASSWORD == policy.BAD_PASSWORD
-    assert pop_auth_state.BAD_DIGEST == policy.BAD_DIGEST
+    from qpopper.pop3 import auth_state
+    assert auth_state.BAD_PASSWORD == policy.BAD_PASSWORD
+    assert auth_state.BAD_DIGEST == policy.BAD_DIGEST
 
 
 def test_env_pid_is_in_the_timestamp(spool):

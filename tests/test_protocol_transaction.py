@@ -11,10 +11,10 @@ import re
 
 import pytest
 
-from qpopper.pop_command import Command, Extensions
-from qpopper.protocol import State
-from qpopper.pop_trans_state import SessionStats
-from qpopper.responses import ok
+from qpopper.pop3.command import Command, Extensions
+from qpopper.pop3.protocol import State
+from qpopper.pop3.trans_state import SessionStats
+from qpopper.pop3.responses import ok
 from tests.transcripts.harness import LOCALTIME, parse, run_lockstep, spool_fixture
 
 # Three messages: a leading-dot line; an existing X-UIDL and Status: RO; Content-Length and no

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from qpopper import privsep
+from qpopper.server import privsep
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -36,13 +36,13 @@ def test_every_file_the_root_list_names_exists():
 
 def test_the_master_the_monitor_and_the_authenticator_are_on_the_list():
     names = {str(path.relative_to(REPO)) for path in root_files()}
-    for module in ("qpopper/master.py", "qpopper/monitor.py", "qpopper/monitor_wire.py",
-                   "qpopper/auth/policy.py", "qpopper/auth/pam.py", "qpopper/privsep.py"):
+    for module in ("qpopper/server/master.py", "qpopper/server/monitor.py", "qpopper/server/monitor_wire.py",
+                   "qpopper/auth/policy.py", "qpopper/auth/pam.py", "qpopper/server/privsep.py"):
         assert module in names
 
 
 def test_the_pre_login_side_is_not_on_the_list():
     names = {str(path.relative_to(REPO)) for path in root_files()}
-    for module in ("qpopper/session.py", "qpopper/protocol.py", "qpopper/prelogin.py",
+    for module in ("qpopper/server/session.py", "qpopper/pop3/protocol.py", "qpopper/server/prelogin.py",
                    "qpopper/auth/sasl.py"):
         assert module not in names

@@ -19,7 +19,7 @@ import pytest
 from qpopper import limits
 from qpopper.auth.policy import Authenticator
 from qpopper.auth.store import PopAuthStore
-from qpopper.protocol import State
+from qpopper.pop3.protocol import State
 from tests.test_scram import ScramClient
 from tests.transcripts.harness import Spool
 

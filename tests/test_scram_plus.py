@@ -2,7 +2,7 @@
 inside TLS 1.3, bound to `tls-exporter` (RFC 9266), with RFC 5802's GS2 rules (`p=` checked
 against this connection, `y` inside TLS refused as a downgrade, `n` accepted). TLS 1.2 gets
 no -PLUS: its `tls-unique` (RFC 5929) is unsafe without the Extended Master Secret (RFC 7627),
-which the server cannot see (qpopper/tls.py).
+which the server cannot see (qpopper/server/tls.py).
 
 Two layers: transcripts of the real Protocol and Authenticator with the binding data given as
 the session gives it (env.channel_bindings), and the REAL server (root: real users, PAM, the
@@ -22,7 +22,7 @@ import pytest
 from OpenSSL import SSL
 
 from qpopper import limits
-from qpopper.protocol import State
+from qpopper.pop3.protocol import State
 from tests import test_sasl_protocol as transcripts
 from tests.helpers.popauth import owned_store
 from tests.helpers.sysusers import make_spool

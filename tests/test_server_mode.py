@@ -12,7 +12,7 @@ import tempfile
 import pytest
 
 from qpopper.config import Config
-from qpopper.responses import PopError, RespCode
+from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool.maildrop import Maildrop
 from qpopper.spool.paths import SpoolPaths
 from tests.helpers.spoolcheck import fill_up as fill, read, retr, small_tmpfs

@@ -1,4 +1,4 @@
-"""qpopper.sdnotify: sd_notify datagrams and LISTEN_FDS sockets, against real sockets."""
+"""qpopper.server.sdnotify: sd_notify datagrams and LISTEN_FDS sockets, against real sockets."""
 
 import os
 import socket
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from qpopper import sdnotify
+from qpopper.server import sdnotify
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -1,4 +1,4 @@
-"""qpopper.session: the I/O around the protocol, over real socket pairs and TCP on loopback.
+"""qpopper.server.session: the I/O around the protocol, over real socket pairs and TCP on loopback.
 
 A Session runs in a thread here (the master and inetd tests run it in real processes): one reply
 batch is one write, chunky-writes=never writes each piece, idle clients time out with Qpopper's
@@ -18,7 +18,7 @@ import pytest
 
 from qpopper.config import Config
 from qpopper.log import Logger
-from qpopper.session import Channel, ChannelClosed, Session, normalize_ip
+from qpopper.server.session import Channel, ChannelClosed, Session, normalize_ip
 from tests.server_harness import SyslogCapture
 
 pytestmark = pytest.mark.timeout(30)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..responses import PopError
-from ..spool.paths import check_user_name
+from qpopper.pop3.responses import PopError
+from qpopper.spool.paths import check_user_name
 
 
 def is_possible_user_name(name: str) -> bool:

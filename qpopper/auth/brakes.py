@@ -43,8 +43,8 @@ import syslog
 import time
 from contextlib import closing
 
-from .. import limits
-from ..addresses import address_group
+from qpopper import limits
+from qpopper.addresses import address_group
 
 ADDRESS = "address"
 USER = "user"

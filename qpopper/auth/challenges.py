@@ -21,8 +21,8 @@ import secrets
 import socket
 from dataclasses import dataclass
 
-from ..options import BY_NAME
-from . import scram
+from qpopper.options import BY_NAME
+from qpopper.auth import scram
 
 PLUS_SUFFIX = "-PLUS"
 """RFC 5802 §4: the channel-binding variant of a SCRAM mechanism is its name + -PLUS."""

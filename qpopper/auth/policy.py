@@ -65,16 +65,18 @@ import syslog
 import time
 from typing import NoReturn
 
-from .. import drac, limits
-from ..log import log_login_line
-from ..responses import PopError, RespCode
-from . import Login, challenges, is_possible_user_name
-from . import pam as pam_auth
-from .brakes import Brakes
-from .sasl import (BAD_EXCHANGE, CLEAR_TEXT_TLS_ONLY,   # the protocol refuses USER with these
+from qpopper.server import drac
+
+from qpopper import limits
+from qpopper.log import log_login_line
+from qpopper.pop3.responses import PopError, RespCode
+from qpopper.auth import Login, challenges, is_possible_user_name
+from qpopper.auth import pam as pam_auth
+from qpopper.auth.brakes import Brakes
+from qpopper.auth.sasl import (BAD_EXCHANGE, CLEAR_TEXT_TLS_ONLY,   # the protocol refuses USER with these
                    NEEDS_STRONGER_AUTH)
-from .scram import Verifier
-from .store import PopAuthStore
+from qpopper.auth.scram import Verifier
+from qpopper.auth.store import PopAuthStore
 
 SHELLS_FILE = "/etc/shells"
 WILDCARD_SHELL = "/POPPER/ANY/SHELL/"

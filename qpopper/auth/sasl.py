@@ -2,7 +2,7 @@
 SCRAM-SHA-1 (RFC 5802), SCRAM-SHA-256 (RFC 7677), their channel-binding -PLUS variants inside
 TLS, and GSSAPI (RFC 4752; Kerberos, -k/-K).
 
-The AUTH verb (pop_auth_state.cmd_auth) picks a mechanism from `offered_mechanisms` and runs
+The AUTH verb (auth_state.cmd_auth) picks a mechanism from `offered_mechanisms` and runs
 an `Exchange`: each mechanism is a generator that yields server challenges and receives the
 client's decoded responses, and finally returns the Login. Every credential check goes
 through the session's Authenticator (auth/policy.py), so auth-file, nonauth-file, the low-UID
@@ -45,7 +45,7 @@ beside their SCRAM mechanism only inside TLS and only when the session could nam
 connection's channel binding (`env.channel_bindings`, plain bytes from session.py: tls-exporter
 of RFC 9266 on TLS 1.3). TLS 1.2 names none, so it gets no -PLUS: its tls-unique is open to
 RFC 7627's resumption attack unless the Extended Master Secret was negotiated, which the TLS
-library cannot tell us (qpopper/tls.py). The GS2 header decides:
+library cannot tell us (qpopper/server/tls.py). The GS2 header decides:
   p=<cb-name>   with a -PLUS mechanism only (else "Channel binding is not supported"). A
                 cb-name this connection has not got (tls-unique, anything unknown:
                 RFC 5802's unsupported-channel-binding-type) fails the login, and so does a
@@ -70,9 +70,9 @@ import syslog
 from dataclasses import dataclass
 from typing import Callable, Generator, NoReturn
 
-from ..responses import PopError, RespCode
-from . import challenges, scram
-from .challenges import PLUS_SUFFIX, acceptor_credentials, service_name
+from qpopper.pop3.responses import PopError, RespCode
+from qpopper.auth import challenges, scram
+from qpopper.auth.challenges import PLUS_SUFFIX, acceptor_credentials, service_name
 
 PLAINTEXT_MECHANISMS = ("PLAIN", "LOGIN")
 STORE_MECHANISMS = ("CRAM-MD5", "SCRAM-SHA-1", "SCRAM-SHA-256", "SCRAM-SHA-1-PLUS",
@@ -222,7 +222,7 @@ def kerberos_refusal(cfg) -> str | None:
 
 # --- the exchange -------------------------------------------------------------------------------
 Normaliser = Callable[[str], "tuple[str, bool, bool]"]
-"""raw name -> (name, no_mime, valid): pop_auth_state.normalise_user for this session."""
+"""raw name -> (name, no_mime, valid): auth_state.normalise_user for this session."""
 
 Mechanism = Generator[bytes, bytes, "tuple[object, bool]"]
 

@@ -27,8 +27,8 @@ import time
 import urllib.parse
 from contextlib import closing
 
-from ..responses import PopError, RespCode
-from . import scram
+from qpopper.pop3.responses import PopError, RespCode
+from qpopper.auth import scram
 
 SCHEMA_VERSION = 1
 STORE_MODE = 0o600

@@ -1,5 +1,5 @@
 """Qpopper's protocol extensions, plugged into the state machine through
-pop_command.Extensions: XTND XMIT / XLST (xtnd.py, with submit.py doing XMIT's OS part),
+command.Extensions: XTND XMIT / XLST (xtnd.py, with submit.py doing XMIT's OS part),
 MDEF macros (mdef.py) and MIME mangling for RETR/TOP and `-no-mime` users (mangle.py).
 
 Layering (tests/test_import_directions.py): these modules are protocol-layer code — pure, no
@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..pop_command import Command, Extensions
-from . import mangle, mdef, xtnd
+from qpopper.pop3.command import Command, Extensions
+from qpopper.extensions import mangle, mdef, xtnd
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .xtnd import Submitter
+    from qpopper.extensions.xtnd import Submitter
 
 
 def standard_extensions(submitter: "Submitter") -> Extensions:

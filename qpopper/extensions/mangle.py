@@ -35,14 +35,14 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
-from .. import limits
-from ..pop_command import CommandSyntaxError
-from ..pop_trans_state import (NO_MIME_MANGLE, RETR_OCTETS, TOP_FOLLOWS, send_unmangled,
+from qpopper import limits
+from qpopper.pop3.command import CommandSyntaxError
+from qpopper.pop3.trans_state import (NO_MIME_MANGLE, RETR_OCTETS, TOP_FOLLOWS, send_unmangled,
                                stream_message)
-from ..responses import TERMINATOR, ok
+from qpopper.pop3.responses import TERMINATOR, ok
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..protocol import Protocol
+    from qpopper.pop3.protocol import Protocol
 
 BAD_REQUEST = "Invalid mangle request; use X-MANGLE(TEXT=PLAIN)"
 UNKNOWN_MACRO = 'Unknown mangle macro "{name}"'

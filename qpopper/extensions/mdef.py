@@ -12,13 +12,13 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, MutableMapping
 
-from .. import limits
-from ..pop_command import CommandSyntaxError
-from ..responses import PopError, ok
-from .mangle import parse_request
+from qpopper import limits
+from qpopper.pop3.command import CommandSyntaxError
+from qpopper.pop3.responses import PopError, ok
+from qpopper.extensions.mangle import parse_request
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..protocol import Protocol
+    from qpopper.pop3.protocol import Protocol
 
 ACCEPTED = 'Macro "{name}" accepted'
 SYNTAX_ERROR = "Syntax error"

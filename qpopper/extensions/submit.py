@@ -25,13 +25,13 @@ import tempfile
 import weakref
 from typing import TYPE_CHECKING, BinaryIO
 
-from .. import limits
-from ..privsep import run_user_program
-from ..responses import PopError, RespCode
-from ..spool.paths import SpoolPaths
+from qpopper import limits
+from qpopper.server.privsep import run_user_program
+from qpopper.pop3.responses import PopError, RespCode
+from qpopper.spool.paths import SpoolPaths
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..protocol import Protocol
+    from qpopper.pop3.protocol import Protocol
 
 DEFAULT_MAIL_COMMAND = "/usr/sbin/sendmail"
 MTA_ARGUMENTS = ("-t", "-i", "-oem")

@@ -19,14 +19,14 @@ from __future__ import annotations
 import syslog
 from typing import TYPE_CHECKING, Protocol as TypingProtocol
 
-from .. import limits
-from ..pop_auth_state import COMMAND_NOT_ENABLED
-from ..pop_command import CommandSyntaxError
-from ..pop_trans_state import stream_message
-from ..responses import PopError, ok
+from qpopper import limits
+from qpopper.pop3.auth_state import COMMAND_NOT_ENABLED
+from qpopper.pop3.command import CommandSyntaxError
+from qpopper.pop3.trans_state import stream_message
+from qpopper.pop3.responses import PopError, ok
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..protocol import Protocol
+    from qpopper.pop3.protocol import Protocol
 
 START_SENDING = "Start sending message."
 SENT = "Message sent successfully"

@@ -30,8 +30,8 @@ import stat
 from dataclasses import dataclass
 from typing import Callable
 
-from .durable import pwrite_all, read_up_to, unlink_if_present
-from .mbox import Message
+from qpopper.spool.durable import pwrite_all, read_up_to, unlink_if_present
+from qpopper.spool.mbox import Message
 
 CACHE_VERSION = 1
 MAGIC = b"QPCACHE"

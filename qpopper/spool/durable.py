@@ -10,7 +10,7 @@ import ctypes
 import hashlib
 import os
 
-from .. import limits
+from qpopper import limits
 
 
 def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:

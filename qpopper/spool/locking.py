@@ -37,9 +37,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from .. import limits
-from ..responses import PopError, RespCode
-from .durable import unlink_if_present
+from qpopper import limits
+from qpopper.pop3.responses import PopError, RespCode
+from qpopper.spool.durable import unlink_if_present
 
 StepHook = Callable[[str], None]
 Log = Callable[[int, str], None]

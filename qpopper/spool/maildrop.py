@@ -118,13 +118,13 @@ import stat
 import syslog
 from typing import Callable
 
-from .. import limits
-from ..responses import PopError, RespCode
-from . import cache, mbox
-from .durable import (Writeback, fsync_parent_dir, pwrite_all, sha256_of_range,
+from qpopper import limits
+from qpopper.pop3.responses import PopError, RespCode
+from qpopper.spool import cache, mbox
+from qpopper.spool.durable import (Writeback, fsync_parent_dir, pwrite_all, sha256_of_range,
                       unlink_if_present)
-from .locking import LockTiming, SessionLock, SpoolLock, open_regular
-from .paths import SpoolPaths
+from qpopper.spool.locking import LockTiming, SessionLock, SpoolLock, open_regular
+from qpopper.spool.paths import SpoolPaths
 
 StepHook = Callable[[str], None]
 Log = Callable[[int, str], None]

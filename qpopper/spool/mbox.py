@@ -28,8 +28,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterable
 
-from .. import limits
-from ..responses import PopError, RespCode
+from qpopper import limits
+from qpopper.pop3.responses import PopError, RespCode
 
 LF = 0x0A
 CR = 0x0D

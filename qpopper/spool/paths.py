@@ -18,9 +18,9 @@ import syslog
 from dataclasses import dataclass
 from typing import Callable
 
-from .. import limits
-from ..responses import PopError, RespCode
-from .dirs import UnsafeComponent, make_dirs_below
+from qpopper import limits
+from qpopper.pop3.responses import PopError, RespCode
+from qpopper.spool.dirs import UnsafeComponent, make_dirs_below
 
 Log = Callable[[int, str], None]
 

@@ -25,8 +25,8 @@ import pwd
 import stat
 import sys
 
-from ..spool.dirs import UnsafeComponent, make_dirs_below
-from ..spool.locking import open_regular
+from qpopper.spool.dirs import UnsafeComponent, make_dirs_below
+from qpopper.spool.locking import open_regular
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2

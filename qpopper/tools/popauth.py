@@ -30,7 +30,7 @@ import pwd
 import stat
 import sys
 
-from ..auth.store import PopAuthStore, StoreError
+from qpopper.auth.store import PopAuthStore, StoreError
 
 DEFAULT_CONFIG = "/etc/qpopper/qpopper.config"
 EXIT_FAILED = 1
@@ -216,7 +216,7 @@ def _store_settings(settings: dict[str, str]) -> tuple[str, pwd.struct_passwd]:
 
 
 def _load_config(config_file: str | None):
-    from ..config import Config, ConfigError, load
+    from qpopper.config import Config, ConfigError, load
     if config_file is None and not os.path.exists(DEFAULT_CONFIG):
         return Config.defaults()
     try:

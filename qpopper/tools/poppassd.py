@@ -56,14 +56,14 @@ import syslog
 import time
 from typing import Callable
 
-from .. import QPOPPER_VERSION, limits
-from ..addresses import normalize_ip
-from ..auth import is_possible_user_name
-from ..auth import pam as pam_auth
-from ..auth.brakes import Brakes
-from ..config import Config, ConfigError, load
-from ..log import Logger
-from .popauth import DEFAULT_CONFIG
+from qpopper import QPOPPER_VERSION, limits
+from qpopper.addresses import normalize_ip
+from qpopper.auth import is_possible_user_name
+from qpopper.auth import pam as pam_auth
+from qpopper.auth.brakes import Brakes
+from qpopper.config import Config, ConfigError, load
+from qpopper.log import Logger
+from qpopper.tools.popauth import DEFAULT_CONFIG
 
 DEFAULT_PAM_SERVICE = "poppassd"
 EXIT_FAILED = 1

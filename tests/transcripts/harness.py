@@ -31,9 +31,9 @@ from qpopper.auth import Login
 from qpopper.config import Config
 from qpopper.extensions import standard_extensions
 from qpopper.extensions.submit import MtaSubmitter
-from qpopper.pop_auth_state import BAD_DIGEST, BAD_PASSWORD
-from qpopper.protocol import Protocol
-from qpopper.responses import PopError, RespCode
+from qpopper.pop3.auth_state import BAD_DIGEST, BAD_PASSWORD
+from qpopper.pop3.protocol import Protocol
+from qpopper.pop3.responses import PopError, RespCode
 
 HOST = "mail.example.org"
 CLIENT_HOST = "client.example.net"

@@ -23,16 +23,16 @@ import time
 
 import setproctitle
 
-from . import config as config_mod
-from . import privsep, sdnotify
-from . import tls as tls_mod
-from .addresses import address_group, normalize_ip
-from .auth import pam as pam_auth
-from .log import Logger
-from .monitor import Client, Monitor, exit_after
-from .responses import TOO_MANY_CONNECTIONS, RespCode, err
-from .session import DISPLACE_SIGNAL, tls_mode_for_listen_port
-from .spool.locking import process_gone
+from qpopper import config as config_mod
+from qpopper.server import privsep, sdnotify
+from qpopper.server import tls as tls_mod
+from qpopper.addresses import address_group, normalize_ip
+from qpopper.auth import pam as pam_auth
+from qpopper.log import Logger
+from qpopper.server.monitor import Client, Monitor, exit_after
+from qpopper.pop3.responses import TOO_MANY_CONNECTIONS, RespCode, err
+from qpopper.server.session import DISPLACE_SIGNAL, tls_mode_for_listen_port
+from qpopper.spool.locking import process_gone
 
 LISTEN_BACKLOG = 128
 """Pending connections per listener; the kernel caps it at net.core.somaxconn."""

@@ -12,12 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .capa import cmd_capa
-from .pop_command import Command, CommandSyntaxError, command_table
-from .responses import TERMINATOR, PopError, ok
+from qpopper.pop3.capa import cmd_capa
+from qpopper.pop3.command import Command, CommandSyntaxError, command_table
+from qpopper.pop3.responses import TERMINATOR, PopError, ok
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .protocol import Protocol
+    from qpopper.pop3.protocol import Protocol
 
 # Replies (Qpopper's texts where the reference knows them: P3, P12-P21).
 LOGGED_IN = "{user} has {count} visible message{s} ({hidden} hidden) in {octets} octets."

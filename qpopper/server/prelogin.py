@@ -17,9 +17,9 @@ from __future__ import annotations
 import select
 import socket
 
-from . import monitor_wire as wire
-from .auth import Login
-from .responses import PopError, RespCode
+from qpopper.server import monitor_wire as wire
+from qpopper.auth import Login
+from qpopper.pop3.responses import PopError, RespCode
 
 MONITOR_GONE = "Unable to check your credentials now; try again later"
 

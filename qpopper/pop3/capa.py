@@ -4,7 +4,7 @@ Differences from Qpopper 4.1, each on purpose:
 - STLS is listed only before TLS is active and only in AUTHORIZATION (RFC 2595 §4; decision
   §7.8): Qpopper kept listing it inside TLS.
 - USER is left out while clear-text-password refuses clear text on this connection (never;
-  tls before TLS), and USER itself is then refused (pop_auth_state.py): RFC 2595 §2.3 asks
+  tls before TLS), and USER itself is then refused (auth_state.py): RFC 2595 §2.3 asks
   servers not to take plaintext logins they would refuse.
 - SASL lists the AUTH mechanisms this connection may use now (auth/sasl.py: the sasl-*
   options, clear-text-password, TLS, the pop.auth store, -k), in AUTHORIZATION only. The
@@ -22,12 +22,12 @@ from __future__ import annotations
 import email.utils
 from typing import TYPE_CHECKING
 
-from . import QPOPPER_VERSION
-from .auth import sasl
-from .responses import ok
+from qpopper import QPOPPER_VERSION
+from qpopper.auth import sasl
+from qpopper.pop3.responses import ok
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .protocol import Protocol
+    from qpopper.pop3.protocol import Protocol
 
 CAPABILITY_LIST_FOLLOWS = "Capability list follows"
 

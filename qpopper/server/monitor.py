@@ -29,19 +29,21 @@ import time
 import setproctitle
 from typing import NoReturn
 
-from . import limits, privsep
-from . import monitor_wire as wire
-from . import prelogin
-from . import tls as tls_mod
-from .log import Logger
-from .reverse_lookup import ForkedReverseLookup
-from .session import (DISPLACE_SIGNAL, Channel, Session, socket_peer, spool_group,
+from qpopper import limits
+
+from qpopper.server import privsep
+from qpopper.server import monitor_wire as wire
+from qpopper.server import prelogin
+from qpopper.server import tls as tls_mod
+from qpopper.log import Logger
+from qpopper.server.reverse_lookup import ForkedReverseLookup
+from qpopper.server.session import (DISPLACE_SIGNAL, Channel, Session, socket_peer, spool_group,
                       tls_mode_for_listen_port)
-from .auth import challenges
-from .auth.policy import Authenticator
-from .pop_auth_state import sasl_normaliser
-from .responses import PopError, RespCode, err
-from .spool.paths import SpoolPaths
+from qpopper.auth import challenges
+from qpopper.auth.policy import Authenticator
+from qpopper.pop3.auth_state import sasl_normaliser
+from qpopper.pop3.responses import PopError, RespCode, err
+from qpopper.spool.paths import SpoolPaths
 
 PASSWORD_MECHANISMS = frozenset({"USER", "AUTH PLAIN", "AUTH LOGIN"})
 SCRAM_MECHANISMS = frozenset({"SCRAM-SHA-1", "SCRAM-SHA-256", "SCRAM-SHA-1-PLUS",

@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
-from . import limits
-from .responses import PopError
+from qpopper import limits
+from qpopper.pop3.responses import PopError
 
 if TYPE_CHECKING:  # pragma: no cover - type hints only
-    from .protocol import Protocol
+    from qpopper.pop3.protocol import Protocol
 
 Handler = Callable[["Protocol", list[str]], None]
 

@@ -32,7 +32,7 @@ import struct
 import syslog
 import time
 
-from . import limits
+from qpopper import limits
 
 DRAC_PROGRAM = 900101
 DRAC_VERSION = 1

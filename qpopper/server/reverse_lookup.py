@@ -16,8 +16,8 @@ import socket
 import threading
 import time
 
-from . import privsep
-from .addresses import normalize_ip
+from qpopper.server import privsep
+from qpopper.addresses import normalize_ip
 
 REVERSE_LOOKUP_TIMEOUT_S = 5.0
 """Longest wait for the client's host name; past it the address stands in (logs stay readable,

@@ -21,7 +21,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from . import limits
+from qpopper import limits
 
 MAX_FRAME_OCTETS = 64 * 1024
 """Longest frame either side sends or accepts: room for the longest SASL line, decoded."""

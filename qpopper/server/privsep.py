@@ -2,20 +2,22 @@
 
 What runs as root, and so what a security review must read (popa3d / OpenSSH habit; the
 process model is docs/privsep.md). No module here reads a client byte as root:
-  qpopper/cli.py, config.py, options.py   start-up: argv, configuration files
-  qpopper/master.py                       listeners, accept, fork, signals (root for good)
-  qpopper/monitor.py, monitor_wire.py     one per connection: answers the pre-login
-                                          process's frames, then becomes the user session
-  qpopper/auth/policy.py, challenges.py,  in the monitor: user lookup, PAM, the pop.auth
-    pam.py, store.py, brakes.py           store, APOP/CRAM/SCRAM challenges, GSS-API, brakes
-  qpopper/drac.py                         in the monitor: POP-before-SMTP notices
-  qpopper/tls.py (TlsIdentity.open)       the certificate and key snapshot, never parsed
-  qpopper/log.py, sdnotify.py             syslog / tracefile records, systemd
-  qpopper/spool/paths.py, dirs.py         check-hash-dir's shared directories (ensure_hash_dirs)
-  qpopper/privsep.py                      this file
-The pre-login process (session.py, protocol.py, pop_*.py, capa.py, auth/sasl.py, tls.py's
-handshake, prelogin.py, reverse_lookup.py's helper) runs as prelogin-user in the prelogin-chroot directory, entered with
-enter_prelogin_sandbox below before the first client byte.
+  qpopper/cli.py, config.py, options.py      start-up: argv, configuration files
+  qpopper/server/master.py                    listeners, accept, fork, signals (root for good)
+  qpopper/server/monitor.py, monitor_wire.py  one per connection: answers the pre-login
+                                              process's frames, then becomes the user session
+  qpopper/auth/policy.py, challenges.py,      in the monitor: user lookup, PAM, the pop.auth
+    pam.py, store.py, brakes.py               store, APOP/CRAM/SCRAM challenges, GSS-API, brakes
+  qpopper/server/drac.py                      in the monitor: POP-before-SMTP notices
+  qpopper/server/tls.py (TlsIdentity.open)    the certificate and key snapshot, never parsed
+  qpopper/log.py                              syslog / tracefile records
+  qpopper/server/sdnotify.py                  systemd's notify socket
+  qpopper/spool/paths.py, dirs.py             check-hash-dir's shared directories
+  qpopper/server/privsep.py                   this file
+The pre-login process (server/prelogin.py, server/session.py, the whole pop3/ package,
+auth/sasl.py, server/tls.py's handshake, server/reverse_lookup.py's helper) runs as
+prelogin-user in the prelogin-chroot directory, entered with enter_prelogin_sandbox below
+before the first client byte.
 Everything after `drop_privileges` — the spool, the temp drop, the cache, bulletins, the
 user option files — runs as the user with the spool directory's group (normally mail) as its
 effective and saved group, and the user's own primary group as its real group. The real group
@@ -40,7 +42,7 @@ import signal
 import subprocess
 import syslog
 
-from . import limits
+from qpopper import limits
 
 SESSION_UMASK = 0o007
 """Qpopper's umask after the drop (BINMAIL_IS_SETGID): files the session creates (temp drop,

@@ -23,22 +23,22 @@ import time
 
 import setproctitle
 
-from . import bulletins
-from . import config as config_mod
-from . import limits
-from . import privsep
-from . import tls as tls_mod
-from .addresses import normalize_ip
-from .auth.policy import Authenticator
-from .extensions import standard_extensions
-from .extensions.submit import MtaSubmitter
-from .log import Logger, stats_line, timeout_line, timing_line
-from .prelogin import Handover
-from .reverse_lookup import ReverseLookup
-from .protocol import Protocol, SessionStats
-from .responses import PopError, RespCode
-from .spool.maildrop import Maildrop, resolve_server_mode
-from .spool.paths import SpoolPaths
+from qpopper import bulletins
+from qpopper import config as config_mod
+from qpopper import limits
+from qpopper.server import privsep
+from qpopper.server import tls as tls_mod
+from qpopper.addresses import normalize_ip
+from qpopper.auth.policy import Authenticator
+from qpopper.extensions import standard_extensions
+from qpopper.extensions.submit import MtaSubmitter
+from qpopper.log import Logger, stats_line, timeout_line, timing_line
+from qpopper.server.prelogin import Handover
+from qpopper.server.reverse_lookup import ReverseLookup
+from qpopper.pop3.protocol import Protocol, SessionStats
+from qpopper.pop3.responses import PopError, RespCode
+from qpopper.spool.maildrop import Maildrop, resolve_server_mode
+from qpopper.spool.paths import SpoolPaths
 
 READ_CHUNK_OCTETS = 16 * 1024
 """One read from the client. Pipelined commands arrive in batches; protocol.py bounds lines."""

@@ -9,7 +9,7 @@ no socket, no os and no privsep.
 This file owns framing and dispatch: the generic rules every line passes (length, NUL, ASCII
 verb, argument count, bad-command budget), the per-state command tables, and the session's
 life (greeting, login → TRANSACTION, QUIT/abort → UPDATE). The verbs themselves live in
-pop_auth_state.py (AUTHORIZATION) and pop_trans_state.py (TRANSACTION); CAPA in capa.py.
+auth_state.py (AUTHORIZATION) and trans_state.py (TRANSACTION); CAPA in capa.py.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ import syslog
 import time
 from typing import Callable, Mapping, NoReturn
 
-from . import QPOPPER_VERSION, limits
-from .auth import Login, challenges
-from .pop_auth_state import AUTHORIZATION_COMMANDS, PendingUser, printable
-from .pop_command import NO_EXTENSIONS, BadCommand, Command, CommandSyntaxError, Extensions
-from .pop_lines import TOO_LONG, LineReader
-from .pop_trans_state import (TRANSACTION_COMMANDS, TRANSACTION_COMMANDS_WITH_MANGLE, SessionStats,
+from qpopper import QPOPPER_VERSION, limits
+from qpopper.auth import Login, challenges
+from qpopper.pop3.auth_state import AUTHORIZATION_COMMANDS, PendingUser, printable
+from qpopper.pop3.command import NO_EXTENSIONS, BadCommand, Command, CommandSyntaxError, Extensions
+from qpopper.pop3.lines import TOO_LONG, LineReader
+from qpopper.pop3.trans_state import (TRANSACTION_COMMANDS, TRANSACTION_COMMANDS_WITH_MANGLE, SessionStats,
                               Transaction, login_reply)
-from .responses import (CRLF, TERMINATOR, TOO_MANY_CONNECTIONS, PopError, RespCode, dot_stuff,
+from qpopper.pop3.responses import (CRLF, TERMINATOR, TOO_MANY_CONNECTIONS, PopError, RespCode, dot_stuff,
                         err, ok)
 
 __all__ = ["Protocol", "State", "Command", "Extensions", "CommandSyntaxError", "SessionStats"]

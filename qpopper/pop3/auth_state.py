@@ -24,13 +24,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .auth import is_possible_user_name, sasl
-from .capa import cmd_capa
-from .pop_command import BadCommand, Command, command_table
-from .responses import PopError, RespCode, ok
+from qpopper.auth import is_possible_user_name, sasl
+from qpopper.pop3.capa import cmd_capa
+from qpopper.pop3.command import BadCommand, Command, command_table
+from qpopper.pop3.responses import PopError, RespCode, ok
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .protocol import Protocol
+    from qpopper.pop3.protocol import Protocol
 
 NO_MIME_SUFFIX = "-no-mime"
 
