@@ -1,5 +1,5 @@
-"""Bulletins: messages for every POP user, copied into each spool at login (reference §1.6
-B1-B6 and §6; the manual's "Using Bulletins"). Options: bulldir (-b), max-bulletins,
+"""Bulletins: messages for every POP user, copied into each spool at login (docs/compatibility.md,
+"Bulletins"; the manual's "Using Bulletins"). Options: bulldir (-b), max-bulletins,
 group-bulletins, popbulldir, bulldb, bulldb-max-tries, bulldb-nonfatal (-B).
 
 What a bulletin is: a file in bulldir whose name starts with a digit; the leading digits are
@@ -458,7 +458,7 @@ class Delivery:
             self._settle(store, fd, seen, every)
             seen = store.load()
         if seen.empty:
-            last = newest                                    # §6: an empty file = all seen
+            last = newest                                    # an empty file = all seen
         elif seen.last is None:
             last = max(0, newest - self.cfg.max_bulletins)
         else:

@@ -3,8 +3,8 @@
 Layers, later wins: built-in defaults → argv, processed in order, where `-f FILE` (and
 `config-file` lines inside files) read a global file at that point → the per-user files, applied
 by the session after login with `apply_user_file`: ~/.qpopper-options first, then
-<spool-dir>/<user>.qpopper-options, so the administrator's file wins (Qpopper's order, reference
-§1.4 A1). Per-user files are scope-checked: a refused option is logged and ignored, as in Qpopper.
+<spool-dir>/<user>.qpopper-options, so the administrator's file wins (Qpopper's order;
+docs/compatibility.md, "Spool locations and option files"). Per-user files are scope-checked: a refused option is logged and ignored, as in Qpopper.
 
 The configuration-file grammar (the manual's BNF, as Qpopper's config.c reads it):
 

@@ -33,7 +33,7 @@ class ShippedSetting:
 
 
 # The settings the packaged /etc/qpopper/qpopper.config changes from the built-in defaults
-# (reference §7.7 and §7.11). The built-in defaults stay Qpopper's; the packages ship these.
+# (docs/compatibility.md, "QUIT, timeouts and update-on-abort"). The built-in defaults stay Qpopper's; the packages ship these.
 SNAKEOIL_CERT = "/etc/ssl/certs/ssl-cert-snakeoil.pem"
 SNAKEOIL_KEY = "/etc/ssl/private/ssl-cert-snakeoil.key"
 SHIPPED_SETTINGS: tuple[ShippedSetting, ...] = (

@@ -24,7 +24,8 @@ MAX_PARAMETERS = 5
 # --- time ---------------------------------------------------------------------------------
 IDLE_TIMEOUT_S = 120
 """Qpopper's built-in `timeout` default (seconds). RFC 1939 asks for at least 600; the shipped
-/etc/qpopper/qpopper.config sets 600 (reference decision §7.7)."""
+/etc/qpopper/qpopper.config sets 600
+(docs/compatibility.md, "QUIT, timeouts and update-on-abort")."""
 
 MAX_IDLE_TIMEOUT_S = 86400
 """The largest `timeout` (a day: a client silent that long is gone). The session waits in

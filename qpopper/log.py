@@ -171,7 +171,7 @@ class Logger:
 # --- line formats -------------------------------------------------------------------------------
 def stats_line(user: str, deleted_msgs: int, deleted_octets: int, msgs_left: int,
                octets_left: int, client_host: str, client_ip: str) -> str:
-    """`-s`: reference §1.8 / decision §7.5, logged at LOG_NOTICE when the update starts."""
+    """`-s` (docs/compatibility.md, "Logging"), logged at LOG_NOTICE when the update starts."""
     return (f"Stats: {user} {deleted_msgs} {deleted_octets} {msgs_left} {octets_left} "
             f"{client_host} {client_ip}")
 

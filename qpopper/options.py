@@ -9,7 +9,7 @@ Attribute access on Config uses the canonical name with '-' replaced by '_':
 
 Sources: the manual's tables "Configure Options", "Run-Time Command Line Options" and
 "Run-Time Options from a Configuration File", Qpopper's config.c option table (for the
-restriction column where the manual is silent) and reference §1.7 / §7 for conflicts.
+restriction column where the manual is silent) and docs/compatibility.md for conflicts; conventions in docs/options.md.
 Values are typed here, once: command code never parses option strings.
 """
 

@@ -12,11 +12,11 @@ contract (docs/internals.md, "Auth"):
 and raises PopError on refusal. Order of the checks, and why:
  1. the name itself (auth.is_possible_user_name, the protocol's test too: empty, too long,
     '/', '..', a leading '.' or '-', control characters, ...): refused like a bad password;
- 2. clear-text-password never / local / tls (USER/PASS only; reference P8): they depend
+ 2. clear-text-password never / local / tls (USER/PASS only; docs/compatibility.md, "Clear-text passwords"): they depend
     only on the configuration and the connection, the same answer for every name (never,
     and tls before TLS, are refused by the protocol at USER already: sasl.clear_text_refusal);
  3. the account: uid <= BLOCKED_UID_MAX is refused before PAM is asked (P5); unknown users
-    get exactly the bad-password reply (reference P4) — for passwords only AFTER PAM was
+    get exactly the bad-password reply — for passwords only AFTER PAM was
     asked (with the unknown name), so that they cost the same time as a wrong password
     (pam_unix's failure delay) and timing does not reveal which accounts exist;
  4. the password through PAM (auth + account management), or the APOP digest against the
@@ -24,7 +24,7 @@ and raises PopError on refusal. Order of the checks, and why:
  5. only after the credentials were proved, the checks that depend on the name and would
     otherwise tell a guesser something about it: clear-text-password default (USER/PASS of
     a user with a pop.auth secret: "use stronger authentication"), auth-file / nonauth-file
-    (P6: "Permission denied."), CHECK_SHELL (reference A3). Qpopper checked the first two
+    (P6: "Permission denied."), CHECK_SHELL. Qpopper checked the first two
     before the password, so its replies told which names hold an APOP secret or are listed;
     here a wrong password gets the bad-password reply whatever the name (README, "differs").
 Every refusal logs Qpopper's failure line and a fail2ban line, waits `auth-failure-delay`
@@ -82,7 +82,7 @@ SHELLS_FILE = "/etc/shells"
 WILDCARD_SHELL = "/POPPER/ANY/SHELL/"
 """Listed in /etc/shells, it lets every shell through CHECK_SHELL (Qpopper's WILDCARD_SHELL)."""
 
-# Reply texts (reference P4-P8). One text for "no such user" and "wrong password".
+# Reply texts (docs/compatibility.md, "Logins and their failures"). One text for "no such user" and "wrong password".
 BAD_PASSWORD = 'Password supplied for "{user}" is incorrect.'
 BAD_DIGEST = "authentication failure"
 UID_BLOCKED = f"Access is blocked for UIDs below {limits.BLOCKED_UID_MAX}"
@@ -97,7 +97,7 @@ USER_DB_POP_AUTH = "pop-auth"
 
 
 def failure_line(user: str, client_host: str, client_ip: str) -> str:
-    """Qpopper's record of a failed login (reference P4, §1.8), logged at LOG_NOTICE."""
+    """Qpopper's record of a failed login, logged at LOG_NOTICE."""
     return f"[AUTH] Failed attempted login to {user} from host ({client_host}) {client_ip}"
 
 
@@ -420,7 +420,7 @@ class Authenticator:
 
     # ---- policies -------------------------------------------------------------------------
     def _check_clear_text_transport(self, user, host, client_ip, tls_active) -> None:
-        """clear-text-password (reference P8) never / local / tls: they depend on the
+        """clear-text-password never / local / tls: they depend on the
         connection only, the same for every name, so they are checked first."""
         policy = self.cfg.clear_text_password
         if policy == "always":
@@ -435,7 +435,7 @@ class Authenticator:
                          "clear-text-password tls, session not in TLS")
 
     def _check_clear_text_for_store_users(self, user, host, client_ip) -> None:
-        """clear-text-password default (reference P8): users with an APOP secret must use it,
+        """clear-text-password default: users with an APOP secret must use it,
         so that their system password is not sent in clear again. (With user-database
         pop-auth the store's secret IS the POP password; there is no other password to
         protect, so `default` lets it through.) Asked only once PAM accepted the password:
@@ -447,7 +447,7 @@ class Authenticator:
                          "clear-text-password default, user is in the APOP database")
 
     def _check_auth_files(self, user, host, client_ip) -> None:
-        """auth-file: only listed users; nonauth-file: listed users refused (reference P6).
+        """auth-file: only listed users; nonauth-file: listed users refused.
         Asked only after the password or proof was accepted: `Permission denied.` for a
         wrong password would tell which names the lists hold.
 
@@ -605,7 +605,7 @@ class Authenticator:
                 template, user, host, client_ip, authid=(authid or user) if sasl else "",
                 mechanism=mechanism[5:] if sasl else "", ssf=0 if sasl else ""))
         self.brakes.record_success(user)
-        # POP-before-SMTP (reference A5): bounded, logged, never refuses the login. The
+        # POP-before-SMTP (docs/compatibility.md, "DRAC"): bounded, logged, never refuses the login. The
         # global drac-host only: per-user option files are read after this point.
         drac.notify_login(self.cfg.drac_host, user, host, client_ip, self.log)
 

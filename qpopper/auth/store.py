@@ -1,13 +1,13 @@
 """The pop.auth store: APOP secrets (and, later, SCRAM verifiers) in one SQLite file.
 
-Reference §2.8 / decision §7.13. C Qpopper kept a dbm file (`/etc/pop.auth`, owned by the
+docs/compatibility.md, "APOP and the pop.auth store". C Qpopper kept a dbm file (`/etc/pop.auth`, owned by the
 `pop` account, mode exactly 0600, secrets XOR 0xFF). We keep the ownership and mode rules and
 move to SQLite: every change is one transaction, so a crash never leaves the file half
 written, and concurrent sessions read it safely.
 
 The APOP secret is stored in clear: APOP's digest is MD5(timestamp + secret), so the server
 needs the secret itself (the reason RFC 1939 calls APOP's secret a shared secret). The file's
-owner and 0600 mode are what protect it. SCRAM (issue 5) stores salted verifiers instead, in
+owner and 0600 mode are what protect it. SCRAM stores salted verifiers instead, in
 their own table, so a user may have either or both.
 
 Lookups open the file read-only and refuse it unless it is a regular file, mode 0600, owned
@@ -123,7 +123,7 @@ class PopAuthStore:
             return [name for (name,) in db.execute("SELECT name FROM users ORDER BY name")]
 
     def check_file(self) -> None:
-        """Reference P7: the file must be a regular file, 0600, owned by the owner account.
+        """Qpopper's rule: the file must be a regular file, 0600, owned by the owner account.
 
         A missing file or one we cannot open is `[SYS/TEMP]`; a wrong mode or owner is
         `[SYS/PERM]` with Qpopper's text (details, like the owner found, go to the log only).

@@ -1,5 +1,5 @@
 """MIME mangling: `RETR n X-MANGLE(TEXT=PLAIN)`, `TOP n k X-MANGLE(...)`, `-no-mime` users
-(reference P27; manual: "reduce multipart MIME messages to a single text part, no
+(docs/compatibility.md, "XTND, MDEF and X-MANGLE"; manual: "reduce multipart MIME messages to a single text part, no
 attachments").
 
 What the mangler does (the manual documents only TEXT=PLAIN and the -no-mime suffix; the rest

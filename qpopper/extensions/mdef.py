@@ -1,4 +1,4 @@
-"""MDEF: mangle macros (reference P26).
+"""MDEF: mangle macros (docs/compatibility.md, "XTND, MDEF and X-MANGLE").
 
 `MDEF name(value)` defines, for this session, a name that RETR and TOP accept in place of an
 `X-MANGLE(...)` argument: `MDEF plain(X-MANGLE(TEXT=PLAIN))` (or the short form

@@ -1,4 +1,5 @@
-"""XTND XMIT's OS side: the temporary file and the mail-command process (reference §2.3).
+"""XTND XMIT's OS side: the temporary file and the mail-command process
+(docs/compatibility.md, "XTND, MDEF and X-MANGLE").
 
 The protocol layer (extensions/xtnd.py) is pure; the session hands it an `MtaSubmitter`
 through the Extensions object, so running the MTA stays out of the state machine.

@@ -1,4 +1,5 @@
-"""XTND: Qpopper's extended commands XMIT and XLST (reference P24, P25, §2.3).
+"""XTND: Qpopper's extended commands XMIT and XLST
+(docs/compatibility.md, "XTND, MDEF and X-MANGLE").
 
 - `XTND XMIT`: `+OK Start sending message.`, then the client sends a message ended by a line
   with a single `.` (dot-stuffed, as RETR output); the server submits it with mail-command

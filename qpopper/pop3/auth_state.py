@@ -43,7 +43,7 @@ PASSWORD_REQUIRED = "Password required for {user}."
 USER_FIRST = "No user name given: send USER before PASS."
 COMMAND_NOT_ENABLED = "Command not enabled"      # Qpopper's reply for a feature switched off
 TLS_ALREADY_ACTIVE = "TLS in progress"
-BEGIN_TLS = "STLS"                                # reference P23: `+OK STLS`, then the handshake
+BEGIN_TLS = "STLS"                                # `+OK STLS`, then the handshake
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def printable(text: str) -> str:
 
 def normalise_user(raw: str, cfg) -> PendingUser:
     """Qpopper's pop_user rules, in this order: downcase-user (-c), trim-domain (-C: drop
-    `@domain`), then a trailing `-no-mime` (reference P2, P27)."""
+    `@domain`), then a trailing `-no-mime` (docs/compatibility.md, "Logins and their failures")."""
     name = raw
     if cfg.downcase_user:
         name = name.lower()

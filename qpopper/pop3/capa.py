@@ -1,8 +1,9 @@
-"""CAPA (RFC 2449): Qpopper's capability list, in Qpopper's order (reference §2.1).
+"""CAPA (RFC 2449): Qpopper's capability list, in Qpopper's order
+(docs/compatibility.md, "CAPA").
 
 Differences from Qpopper 4.1, each on purpose:
-- STLS is listed only before TLS is active and only in AUTHORIZATION (RFC 2595 §4; decision
-  §7.8): Qpopper kept listing it inside TLS.
+- STLS is listed only before TLS is active and only in AUTHORIZATION (RFC 2595 §4):
+  Qpopper kept listing it inside TLS.
 - USER is left out while clear-text-password refuses clear text on this connection (never;
   tls before TLS), and USER itself is then refused (auth_state.py): RFC 2595 §2.3 asks
   servers not to take plaintext logins they would refuse.

@@ -97,7 +97,7 @@ class Protocol:
 
     # --- what the session calls -----------------------------------------------------------
     def greeting(self) -> None:
-        """Write the banner (reference P1, §2.2)."""
+        """Write the banner (docs/compatibility.md, "Greeting and APOP timestamp")."""
         authenticator = self.env.authenticator
         if authenticator.apop_enabled:
             # An authenticator in another process (the monitor) made the timestamp it will
@@ -367,7 +367,7 @@ class Protocol:
         self.trans.update(delete_retrieved=quit and self._deletes_retrieved())
 
     def _deletes_retrieved(self) -> bool:
-        # auto-delete (reference P31) and announce-expire 0 (reference §2.11, "deleted once
+        # auto-delete and announce-expire 0 ("deleted once
         # retrieved", the one EXPIRE value Qpopper enforces) delete every RETR'd message, at
         # QUIT only: P31 says Qpopper skips it when update-on-abort is on, i.e. an aborted
         # session (a client cut off mid-RETR) never loses messages to it. The option's help

@@ -42,10 +42,10 @@ MAX_TOP_LINES = 2**31 - 1
 asks for a non-negative number; C servers overflow here)."""
 
 NO_MIME_MANGLE = "X-MANGLE(TEXT=PLAIN)"
-"""What a `-no-mime` login asks of every RETR/TOP (reference P27)."""
+"""What a `-no-mime` login asks of every RETR/TOP."""
 
 EUIDL_FROM_CHARS = 128
-"""EUIDL shows at most this much of the From: header (reference P21)."""
+"""EUIDL shows at most this much of the From: header."""
 
 
 def _s(count: int) -> str:
@@ -54,7 +54,7 @@ def _s(count: int) -> str:
 
 @dataclass(frozen=True)
 class SessionStats:
-    """What the session's Stats line (reference §1.8) reports, as of now."""
+    """What the session's Stats line (docs/compatibility.md, "Logging") reports, as of now."""
 
     deleted_messages: int
     deleted_octets: int
@@ -80,8 +80,8 @@ class Transaction:
             i for i, message in enumerate(self.messages) if message.retrieved)
         self.retrieved: set[int] = set(self.initial_retrieved)
         self.deleted: set[int] = set()
-        # LAST (reference P19): the highest message number RETR, TOP or DELE touched; 0 at
-        # login. RSET sets it back to 0, as the older popper did (reference §2.5).
+        # LAST: the highest message number RETR, TOP or DELE touched; 0 at
+        # login. RSET sets it back to 0, as the older popper did.
         self.last_msg = 0
 
     # --- counts -----------------------------------------------------------------------------
@@ -127,7 +127,7 @@ class Transaction:
 
 
 def login_reply(user: str, trans: Transaction) -> bytes:
-    """PASS/APOP/AUTH success (reference P3)."""
+    """PASS/APOP/AUTH success."""
     count, octets = trans.totals()
     return ok(LOGGED_IN.format(user=user, count=count, s=_s(count),
                                hidden=trans.maildrop.hidden_count, octets=octets))
@@ -219,7 +219,7 @@ def cmd_noop(proto: "Protocol", args: list[str]) -> None:
 
 
 def cmd_rset(proto: "Protocol", args: list[str]) -> None:
-    """Undelete everything and restore the retrieved flags of login time (reference P17)."""
+    """Undelete everything and restore the retrieved flags of login time."""
     trans = proto.trans
     trans.deleted.clear()
     trans.retrieved = set(trans.initial_retrieved)
@@ -239,7 +239,7 @@ def cmd_uidl(proto: "Protocol", args: list[str]) -> None:
 
 
 def cmd_euidl(proto: "Protocol", args: list[str]) -> None:
-    """Qpopper's EUIDL (reference P21, for the Newton): `n uid octets From-header`."""
+    """Qpopper's EUIDL (for the Newton): `n uid octets From-header`."""
     trans = proto.trans
     if args:
         index = trans.message_index(args[0], for_uidl=True)
@@ -323,7 +323,8 @@ _VERBS = {
 TRANSACTION_COMMANDS = command_table(_VERBS)
 
 # With the mangling feature plugged in, RETR and TOP take one more (optional) argument: the
-# mangle request, e.g. `RETR 1 X-MANGLE(TEXT=PLAIN)` (reference P14, P15, P27). Without it,
+# mangle request, e.g. `RETR 1 X-MANGLE(TEXT=PLAIN)` (see
+# docs/compatibility.md, "XTND, MDEF and X-MANGLE"). Without it,
 # that argument is trailing junk like any other.
 TRANSACTION_COMMANDS_WITH_MANGLE = command_table({
     **_VERBS,

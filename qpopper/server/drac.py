@@ -1,7 +1,7 @@
 """DRAC (Dynamic Relay Access Control): POP-before-SMTP notification after a login.
 
 Qpopper built `--with-drac` calls DRAC's `dracauth(drac-host, client address)` after every
-successful login (reference A5, §2.9): the DRAC daemon (rpc.dracd) adds the address to the
+successful login (docs/compatibility.md, "DRAC"): the DRAC daemon (rpc.dracd) adds the address to the
 relay map of the mail server for a while, so a client without SMTP AUTH may send mail.
 This is that client, in the stdlib, so no libdrac is needed:
 

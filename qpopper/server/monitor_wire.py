@@ -1,8 +1,8 @@
 """The frames between the unprivileged pre-login process and its root monitor.
 
 Both ends use this module; only the monitor has to distrust what it reads (the pre-login
-process parses client bytes and may be an attacker's by now). docs/privsep.md, "The monitor's
-requests", lists the requests and what the monitor checks.
+process parses client bytes and may be an attacker's by now). The section
+docs/privsep.md, "The monitor's requests" lists the requests and what the monitor checks.
 
 A frame is one SOCK_SEQPACKET message (so a frame can never be split or run into the next):
 

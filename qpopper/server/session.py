@@ -300,7 +300,7 @@ class Session:
         self.maildrop = SessionMaildrop(drop, self)
         return self.maildrop
 
-    # --- per-user option files (reference §1.4 A1, decision §7.4) ---------------------------------
+    # --- per-user option files (docs/compatibility.md, "Spool locations and option files") ----
     def _apply_user_option_files(self, login, spool_options_file: str, owner: int) -> None:
         """After the privilege drop: ~/.qpopper-options (-u), then the administrator's
         <spool-dir>/<user>.qpopper-options (-U, SpoolPaths.options_file; used only when

@@ -1,6 +1,6 @@
 """`.user.cache`: server mode's saved message list, so a session need not rescan the spool.
 
-Reference S10, §1.9, decision §7.12: the format is our own, versioned and checksummed, and a
+docs/compatibility.md, "Server mode and its cache": the format is our own, versioned and checksummed, and a
 cache is a hint, never an authority. It is used only when every check passes; on any doubt the
 spool is scanned again (and the cache rewritten at the end of the session):
 

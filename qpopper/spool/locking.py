@@ -1,6 +1,6 @@
 """Spool locks that every Debian delivery agent honours, and the one-session-per-user lock.
 
-Reference L1-L7, §2.7. Three locks, each for its own reason:
+docs/compatibility.md, "Locks". Three locks, each for its own reason:
 
 - `DotLock`: `<spool>.lock`, the convention of liblockfile/dotlockfile, procmail, Postfix
   (`mailbox_delivery_lock = fcntl, dotlock`), Exim (`use_lockfile`) and Dovecot. Created with
@@ -48,7 +48,7 @@ DOTLOCK_MODE = 0o644
 """liblockfile's mode: other lockers (dotlockfile runs setgid mail) can read the pid in it."""
 
 TEMP_DROP_MODE = 0o600
-"""The temporary drop holds the user's mail: owner only (reference S6 accepts 0600/0660)."""
+"""The temporary drop holds the user's mail: owner only (Qpopper accepted 0600 or 0660)."""
 
 POLL_S = 0.1
 """How often a busy lock is tried again within the waiting budget."""

@@ -1,6 +1,6 @@
 """The session's maildrop: Qpopper's normal mode, made crash-safe (DESIGN invariants 1 and 2).
 
-Normal mode (reference §1.9, §2.6, L1-L7, S6, S9, S16, S17, P30, P31), as Qpopper:
+Normal mode (docs/compatibility.md, "Update and new mail"), as Qpopper:
 - open: flock the temporary drop `.user.pop` for the whole session ([IN-USE] otherwise); put a
   leftover drop's mail first (a crashed session), then move the spool's mail in (lock, copy,
   truncate, unlock); scan the drop. The spool is locked only for that copy (invariant 2).
@@ -58,7 +58,7 @@ identical copies would be dropped, never a distinct message.
 `<phase>:<step>` (phase: open, recover, update, restore); chunked copies call it per chunk
 (a copy_file_range(2) range, or a pread/pwrite chunk where the kernel cannot copy).
 
-Server mode (-S, group-server-mode, reference §1.9, §2.6, S10, S18). `resolve_server_mode`
+Server mode (-S, group-server-mode; docs/compatibility.md, "Server mode and its cache"). `resolve_server_mode`
 decides per user before the user option files (default/-S, include group, exclude group; a
 user file that sets server-mode wins). `Maildrop.open` then chooses: server mode only when
 there is nothing to recover (empty `.user.pop`, no journal, no image, no old-location drop
@@ -440,7 +440,7 @@ class Maildrop:
 
     # --- server mode: open ------------------------------------------------------------------------
     def _nothing_to_recover(self) -> bool:
-        """Server mode is forced off while a crashed session's state is around (§1.9): a
+        """Server mode is forced off while a crashed session's state is around: a
         non-empty temporary drop, a journal, a new image, or an old-location drop with mail.
         Normal mode's recovery deals with those first."""
         if os.fstat(self._session.fd).st_size:
@@ -495,7 +495,7 @@ class Maildrop:
 
     # --- server mode: update --------------------------------------------------------------------
     def _update_server(self, kept, marked, any_deleted: bool) -> None:
-        """QUIT in server mode (§2.6): nothing changed -> no spool write; all deleted and no
+        """QUIT in server mode: nothing changed -> no spool write; all deleted and no
         new mail -> truncate; otherwise replace the spool with the new image (see top)."""
         with self._writing_back():
             if not any_deleted and not self._headers_to_write(marked):

@@ -1,4 +1,5 @@
-"""Where a user's spool, dot-lock, temporary drop and cache live (reference S1-S8, S10, §7.1, §7.4).
+"""Where a user's spool, dot-lock, temporary drop and cache live
+(docs/compatibility.md, "Spool locations and option files").
 
 Options: spool-dir, hash-spool 1|2, home-dir-mail, home-dir-misc, temp-dir, temp-name, cache-dir,
 cache-name, check-hash-dir, check-old-spool-loc.
@@ -28,10 +29,10 @@ LOCK_SUFFIX = ".lock"
 """The dot-lock is `<spool>.lock`, as every Debian delivery agent expects."""
 
 SPOOL_OPTIONS_SUFFIX = ".qpopper-options"
-"""Decision §7.4: the administrator's per-user file `<spool-dir>/<user>.qpopper-options`."""
+"""The administrator's per-user file `<spool-dir>/<user>.qpopper-options`."""
 
 HASH_ONE_CHARS = 5
-"""Decision §7.1: hash-spool 1 sums the first five characters (the manual's `maida` -> `o`)."""
+"""hash-spool 1 sums the first five characters (the manual's `maida` -> `o`)."""
 
 BAD_NAME_TEXT = "Invalid user name."
 HASH_DIR_REFUSED_TEXT = "Unable to use your spool directory; contact your administrator"

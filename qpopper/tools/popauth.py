@@ -145,7 +145,7 @@ def set_own_secret(path: str, owner: pwd.struct_passwd) -> int:
 
 
 def read_c_qpopper_dbm(path: str) -> list[tuple[str, str]]:
-    """A C Qpopper pop.auth database (reference §2.8): key = name + NUL, value = the secret
+    """A C Qpopper pop.auth database (docs/compatibility.md, "APOP and the pop.auth store"): key = name + NUL, value = the secret
     with every byte XOR 0xFF (a trailing NUL, when the writer stored one, is dropped)."""
     if not os.path.exists(path) and not os.path.exists(path + ".db") \
             and not os.path.exists(path + ".pag"):

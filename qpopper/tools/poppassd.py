@@ -2,7 +2,7 @@
 
 One connection on standard input and output, inetd style (inetd, or systemd's
 poppassd.socket with Accept=yes, or `systemd-socket-activate --inetd -l 106 poppassd`).
-The dialogue (reference §2.10; Eudora's "Change Password" speaks it):
+The dialogue (docs/compatibility.md, "poppassd"; Eudora's "Change Password" speaks it):
 
     S: 200 poppassd (qpopper-py 4.1.x) hello, who are you?
     C: user alice                S: 200 Your password please.
