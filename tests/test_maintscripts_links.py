@@ -183,3 +183,37 @@ def test_postrm_purge_removes_nothing_through_a_planted_link(scratch, pop_owner)
     scratch.run("postrm", "purge")
     assert (elsewhere / "b").is_dir()
     assert not (spool / "c").exists()        # what postinst made (and is still its) is gone
+
+
+def test_postinst_makes_a_missing_spool_and_fixes_an_existing_ones_group(scratch, pop_owner):
+    """maintscript spool-dirs (the code debian/postinst and the RPM's %post share): a missing
+    spool-dir is made root:mail 2775 and recorded for purge; an existing one gets group mail
+    and g+rwxs, and its other bits and owner stay the administrator's."""
+    mail_gid = grp.getgrnam("mail").gr_gid
+    missing = scratch.root / "var" / "mail"
+    store = owners_directory(scratch, pop_owner) / "pop.auth"
+    store_config(scratch, pop_owner, store, missing)
+    scratch.run("postinst", "configure")
+    st = os.lstat(missing)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, mail_gid, 0o2775)
+    assert str(missing) in (scratch.state / "created").read_text().split()
+
+    existing = scratch.root / "existing"
+    existing.mkdir(mode=0o755)
+    existing.chmod(0o755)
+    store_config(scratch, pop_owner, store, existing)
+    scratch.run("postinst", "configure")
+    st = os.lstat(existing)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, mail_gid, 0o2775)
+    assert str(existing) not in (scratch.state / "created").read_text().split()
+
+
+def test_maintscript_spool_dirs_says_what_is_wrong_with_the_configuration(tmp_path):
+    config = tmp_path / "broken.config"
+    config.write_text("set spool-dir = /var/mail\nset no-such-option = 1\n")
+    result = subprocess.run([sys.executable, "-m", "qpopper.tools.maintscript", "spool-dirs",
+                             str(config)], capture_output=True, text=True, timeout=60,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{config}:2" in lines[0], result.stderr

@@ -497,6 +497,32 @@ def test_postinst_makes_hashed_spool_directories(hashed_spools, alice):
         assert expected - {kept} <= recorded and kept not in recorded
 
 
+def test_reinstall_from_a_shell_whose_path_starts_with_another_python(packages, hashed_spools,
+                                                                    tmp_path):
+    """A root shell with pyenv's (or any other) python3 first on PATH: postinst uses Debian's
+    /usr/bin/python3, so the spool directories are still made; and when the helper cannot run
+    at all, the installation fails instead of going on without them."""
+    other = tmp_path / "other-python"
+    run("/usr/bin/python3", "-m", "venv", "--without-pip", str(other))   # no qpopper in it
+    spool = os.path.join(hashed_spools, "spool-other-python")
+    os.mkdir(spool)
+    os.chown(spool, 0, grp.getgrnam("mail").gr_gid)
+    os.chmod(spool, 0o2775)
+    shell_path = f"{other}/bin:{SYS_PATH}"
+    assert run("sh", "-c", "command -v python3", env={"PATH": shell_path}).stdout.strip() \
+        == f"{other}/bin/python3"
+    with config_with(f"\nset spool-dir = {spool}\nset hash-spool = 1\n"):
+        run("dpkg", "-i", packages.deb, env={"PATH": shell_path})
+        assert sorted(os.listdir(spool)) == sorted(LETTERS)
+        # Had it used that python3 (which cannot import qpopper), the script fails loudly
+        # instead of going on without the directories.
+        result = run("sh", "-c", f"sed 's|/usr/bin/python3 -m|{other}/bin/python3 -m|' "
+                     f"{POSTINST} > {tmp_path}/postinst && sh {tmp_path}/postinst configure 0.1.0",
+                     check=False, env={"PATH": shell_path})
+    assert result.returncode != 0
+    assert re.search(r"qpopper.tools.maintscript [a-z-]+ failed", result.stderr)
+
+
 def test_reinstall_and_install_twice_are_idempotent(packages, alice):
     spool = Path("/var/mail") / alice.name
     before = (spool.read_bytes(), STATE.read_text(), pwd.getpwnam("pop").pw_uid,

@@ -8,31 +8,47 @@ symlinks, so an entry planted there (`pop.auth -> /etc/shadow`, `/var/mail/a -> 
 turn the next upgrade into a change of a file elsewhere. Here every such name is opened with
 O_NOFOLLOW relative to its parent's descriptor and changed with fchown/fchmod.
 
-    python3 -m qpopper.tools.maintscript own-store STORE OWNER
+    /usr/bin/python3 -m qpopper.tools.maintscript spool-dirs CONFIG [--adjust-existing]
+        the directories CONFIG's options name: spool-dir (root:mail 2775 when missing; with
+        --adjust-existing an existing one gets group mail and g+rwxs), hash-spool's letter
+        directories and temp-dir/cache-dir (made like the spool directory). Prints each
+        directory it made. debian/postinst and the RPM's %post both call this, so the option
+        reading and the directory list exist once.
+    /usr/bin/python3 -m qpopper.tools.maintscript own-store STORE OWNER
         STORE (if it exists) to OWNER, mode 0600: only a regular file with one link.
-    python3 -m qpopper.tools.maintscript make-dirs LIKE DIR...
+    /usr/bin/python3 -m qpopper.tools.maintscript make-dirs LIKE DIR...
         each missing DIR with LIKE's owner, group and mode; a DIR below LIKE is walked from LIKE
         without following any link, another DIR from its parent; prints each DIR it made
         (as a path without links: purge removes only what still has that path).
 
-A refused name prints one line on stderr; the exit status is then 1 (the rest is still done).
+A refused name prints one line on stderr; the exit status is then 3 (the rest is still done),
+which the scripts report and go on. Any other failure (a configuration error, a Python that
+cannot import this package) exits 1 or 2, and the scripts fail with it: a package whose spool
+directories were silently not made is worse than an install that stops and says why.
 """
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 import stat
+import string
 import sys
 
+from qpopper import config as config_mod
 from qpopper.spool.dirs import UnsafeComponent, make_dirs_below
 from qpopper.spool.locking import open_regular
 
-EXIT_REFUSED = 1
+EXIT_FAILED = 1
 EXIT_USAGE = 2
-USAGE = ("usage: python3 -m qpopper.tools.maintscript "
-         "{own-store STORE OWNER | make-dirs LIKE DIR...}")
+EXIT_REFUSED = 3
+USAGE = ("usage: /usr/bin/python3 -m qpopper.tools.maintscript "
+         "{spool-dirs CONFIG [--adjust-existing] | own-store STORE OWNER | make-dirs LIKE DIR...}")
 STORE_MODE = 0o600
+SPOOL_MODE = 0o2775
+"""A spool directory the package makes: root:mail, group-writable for delivery agents' and
+popper's USER.lock files, setgid so that what is made inside stays group mail."""
 
 
 class Refused(Exception):
@@ -94,9 +110,75 @@ def _make_dir(like: str, path: str, reference: os.stat_result) -> list[str]:
         raise Refused(f"{error.filename} not made: {error.strerror}") from None
 
 
+def spool_dirs(config_path: str, adjust_existing: bool) -> tuple[list[str], list[str]]:
+    """The directories the configuration names (see the module docstring): (made, refusals)."""
+    try:
+        cfg, _ = config_mod.load(["-f", config_path])
+    except config_mod.ConfigError as error:
+        raise Failed(str(error)) from None
+    spool = cfg.spool_dir
+    if not os.path.isabs(spool):
+        raise Refused(f"spool-dir {spool!r} is not absolute; not touched")
+    made = []
+    mail_gid = grp.getgrnam("mail").gr_gid
+    if not os.path.isdir(spool):
+        made += _make_spool(spool, mail_gid)
+    elif adjust_existing:
+        _adjust_spool(spool, mail_gid)
+    letters = string.ascii_lowercase
+    dirs = []
+    if cfg.hash_spool == 1:
+        dirs = [os.path.join(spool, a) for a in letters]
+    elif cfg.hash_spool == 2:
+        for a in letters:
+            dirs.append(os.path.join(spool, a))
+            dirs += [os.path.join(spool, a, b) for b in letters]
+    dirs += [d for d in (cfg.temp_dir, cfg.cache_dir) if d and os.path.isabs(d)]
+    more, refusals = make_dirs(spool, dirs)
+    return made + more, refusals
+
+
+def _make_spool(spool: str, mail_gid: int) -> list[str]:
+    parent = os.path.dirname(os.path.normpath(spool))
+    os.makedirs(parent, mode=0o755, exist_ok=True)        # /var/mail's parent is root's
+    os.mkdir(spool, 0o700)
+    fd = os.open(spool, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        os.fchown(fd, 0, mail_gid)
+        os.fchmod(fd, SPOOL_MODE)
+    finally:
+        os.close(fd)
+    return [os.path.realpath(spool)]         # purge removes only a path without links
+
+
+def _adjust_spool(spool: str, mail_gid: int) -> None:
+    """An existing spool directory: group mail and g+rwxs, as delivery agents need."""
+    fd = os.open(spool, os.O_RDONLY | os.O_DIRECTORY)      # the administrator's own path
+    try:
+        st = os.fstat(fd)
+        if st.st_gid != mail_gid:
+            os.fchown(fd, -1, mail_gid)
+        wanted = stat.S_IMODE(st.st_mode) | stat.S_IRWXG | stat.S_ISGID
+        if stat.S_IMODE(st.st_mode) != wanted:
+            os.fchmod(fd, wanted)
+    finally:
+        os.close(fd)
+
+
+class Failed(Exception):
+    """Nothing could be done (the configuration does not load): one line, exit 1."""
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        if argv[:1] == ["spool-dirs"] and len(argv) in (2, 3) \
+                and argv[2:] in ([], ["--adjust-existing"]):
+            made, refusals = spool_dirs(argv[1], adjust_existing=len(argv) == 3)
+            print("".join(f"{path}\n" for path in made), end="")
+            for refusal in refusals:
+                print(f"qpopper-py: {refusal}", file=sys.stderr)
+            return EXIT_REFUSED if refusals else 0
         if len(argv) == 3 and argv[0] == "own-store":
             own_store(argv[1], argv[2])
         elif len(argv) >= 2 and argv[0] == "make-dirs":
@@ -111,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     except Refused as refusal:
         print(f"qpopper-py: {refusal}", file=sys.stderr)
         return EXIT_REFUSED
+    except Failed as failure:
+        print(f"qpopper-py: {failure}", file=sys.stderr)
+        return EXIT_FAILED
     except OSError as error:
         print(f"qpopper-py: {error}", file=sys.stderr)
         return EXIT_REFUSED
