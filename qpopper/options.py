@@ -9,228 +9,16 @@ Attribute access on Config uses the canonical name with '-' replaced by '_':
 
 Sources: the manual's tables "Configure Options", "Run-Time Command Line Options" and
 "Run-Time Options from a Configuration File", Qpopper's config.c option table (for the
-restriction column where the manual is silent) and docs/compatibility.md for conflicts; conventions in docs/options.md.
+restriction column where the manual is silent) and docs/compatibility.md for conflicts. What
+a row is (types, scopes, parsing) is qpopper/option_types.py; the conventions docs/options.md.
 Values are typed here, once: command code never parses option strings.
 """
 
 from __future__ import annotations
 
-import enum
-import re
-from dataclasses import dataclass
-from typing import Any, Callable
-
 from qpopper import limits
-
-
-class OptType(enum.Enum):
-    BOOL = "boolean"
-    INT = "integer"
-    STRING = "string"        # at most limits.MAX_STRING_OPTION_CHARS printable characters
-    MNEMONIC = "mnemonic"    # one of Option.choices
-
-
-class Scope(enum.Enum):
-    """Where an option may be set (the manual's "not permitted in ..." notes).
-
-    Global configuration files (-f, config-file chains) and the command line may set every
-    option. The per-user files are often writable by users, so they are restricted:
-    """
-
-    ANYWHERE = "anywhere"          # also ~/.qpopper-options and <spool-dir>/<user>.qpopper-options
-    NOT_HOME = "not-home"          # also the spool-dir user file (admin-owned), not ~/.qpopper-options
-    NOT_USER = "not-user"          # global files and argv only
-    STARTUP = "startup"            # like NOT_USER, and only read when the server starts (needs a restart or HUP)
-
-    def allows(self, user_file_kind: str) -> bool:
-        """May a per-user file of this kind ("spool" or "home") set an option of this scope?"""
-        if self is Scope.ANYWHERE:
-            return True
-        if self is Scope.NOT_HOME:
-            return user_file_kind == "spool"
-        return False
-
-    @property
-    def description(self) -> str:
-        return _SCOPE_TEXT[self]
-
-
-_SCOPE_TEXT = {
-    Scope.ANYWHERE: "any configuration file, including the users' own files",
-    Scope.NOT_HOME: "global files, argv and the spool-dir <user>.qpopper-options file "
-                    "(not ~/.qpopper-options)",
-    Scope.NOT_USER: "global files and argv only (not in per-user files)",
-    Scope.STARTUP: "global files and argv only; takes effect at start-up or HUP",
-}
-
-BOOL_WORDS = {"true": True, "1": True, "false": False, "0": False}
-_INT_RE = re.compile(r"[+-]?[0-9]+|0[xX][0-9a-fA-F]+")
-
-
-def _format_scalar(opt_type: OptType, value: Any) -> str:
-    if value is None:
-        return "(unset)"
-    if opt_type is OptType.BOOL:
-        return "true" if value else "false"
-    text = str(value)
-    if opt_type is OptType.STRING and (not text or any(c in text for c in " \t\"'`#\\")):
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return text
-
-
-@dataclass(frozen=True)
-class Option:
-    name: str                                  # canonical, Qpopper's spelling
-    type: OptType
-    default: Any
-    help: str
-    aliases: tuple[str, ...] = ()              # every other spelling accepted in config files
-    flag: str | None = None                    # command-line flag, e.g. "-s"
-    flag_arg: str | None = None                # metavar when the flag takes an argument
-    flag_value: Any = None                     # value a no-argument flag sets (bools: True unless given)
-    choices: tuple[str, ...] = ()              # MNEMONIC: allowed values, canonical spelling
-    choice_aliases: tuple[tuple[str, str], ...] = ()  # MNEMONIC: (other spelling, canonical value)
-    flag_numbers: tuple[str, ...] = ()         # MNEMONIC set by number on argv: -p 3 -> flag_numbers[3]
-    minimum: int | None = None                 # INT range
-    maximum: int | None = None
-    scope: Scope = Scope.ANYWHERE
-    extension: bool = False                    # ours, not in Qpopper 4.1
-    repeatable: bool = False                   # setting it again adds (listen: list; tls-options: sum)
-    example: str | None = None                 # a sample value for the generated example config
-    check: Callable[[str], str | None] | None = None  # extra validation: returns a complaint or None
-
-    @property
-    def attr(self) -> str:
-        return self.name.replace("-", "_")
-
-    @property
-    def spellings(self) -> tuple[str, ...]:
-        return (self.name, *self.aliases)
-
-    @property
-    def flag_takes_argument(self) -> bool:
-        return self.flag_arg is not None
-
-    # ---- values ---------------------------------------------------------------------------
-    def parse(self, text: str) -> Any:
-        """The typed value for `text` (already unquoted), or ValueError with a readable reason.
-
-        Repeatable options parse one item; `combine()` merges it into the current value.
-        """
-        if self.type is OptType.BOOL:
-            try:
-                return BOOL_WORDS[text.lower()]
-            except KeyError:
-                raise ValueError(f"'{self.name}' expects a boolean (true, false, 1 or 0), "
-                                 f"got '{_show(text)}'") from None
-        if self.type is OptType.INT:
-            if not _INT_RE.fullmatch(text):
-                raise ValueError(f"'{self.name}' expects an integer, got '{_show(text)}'")
-            number = int(text, 0) if text.lower().startswith("0x") else int(text, 10)
-            self._check_range(number)
-            return number
-        if self.type is OptType.MNEMONIC:
-            return self.parse_mnemonic(text)
-        return self._parse_string(text)
-
-    def parse_mnemonic(self, text: str) -> str:
-        wanted = text.lower()
-        for choice in self.choices:
-            if choice.lower() == wanted:
-                return choice
-        for other, canonical in self.choice_aliases:
-            if other.lower() == wanted:
-                return canonical
-        raise ValueError(f"'{self.name}' must be one of {', '.join(self.accepted_words)}, "
-                         f"got '{_show(text)}'")
-
-    @property
-    def accepted_words(self) -> tuple[str, ...]:
-        return self.choices + tuple(other for other, _ in self.choice_aliases)
-
-    def _check_range(self, number: int) -> None:
-        low, high = self.minimum, self.maximum
-        if (low is not None and number < low) or (high is not None and number > high):
-            if high is None:
-                raise ValueError(f"'{self.name}' must be at least {low}, got {number}")
-            if low is None:
-                raise ValueError(f"'{self.name}' must be at most {high}, got {number}")
-            raise ValueError(f"'{self.name}' must be between {low} and {high}, got {number}")
-
-    def _parse_string(self, text: str) -> str | None:
-        if text == "":
-            return None                        # an empty quoted string unsets the option
-        if len(text) > limits.MAX_STRING_OPTION_CHARS:
-            raise ValueError(f"'{self.name}' value is longer than "
-                             f"{limits.MAX_STRING_OPTION_CHARS} characters ({len(text)})")
-        if not text.replace(" ", "").isprintable() or "\t" in text:
-            raise ValueError(f"'{self.name}' value contains a control character")
-        if self.check is not None:
-            complaint = self.check(text)
-            if complaint:
-                raise ValueError(f"'{self.name}' {complaint}, got '{_show(text)}'")
-        return text
-
-    def combine(self, current: Any, item: Any) -> Any:
-        """The new value when `item` is set on top of `current` (repeatable options)."""
-        if not self.repeatable:
-            return item
-        if self.type is OptType.INT:
-            return current + item              # tls-options: SSL_OP_* values are summed (config.c)
-        if item is None:
-            return ()                          # `set listen = ""` clears the list
-        return current if item in current else (*current, item)
-
-    def format(self, value: Any) -> str:
-        """The value as config-file text (strings quoted when needed); '(unset)' for None."""
-        if self.repeatable and isinstance(value, tuple):
-            return ", ".join(_format_scalar(self.type, v) for v in value) if value else "(none)"
-        return _format_scalar(self.type, value)
-
-    @property
-    def type_text(self) -> str:
-        if self.type is OptType.MNEMONIC:
-            return "one of " + ", ".join(self.choices)
-        if self.type is OptType.INT and (self.minimum is not None or self.maximum is not None):
-            if self.maximum is None:
-                return f"integer >= {self.minimum}"
-            if self.minimum is None:
-                return f"integer <= {self.maximum}"
-            return f"integer {self.minimum}..{self.maximum}"
-        return self.type.value
-
-
-def _show(text: str) -> str:
-    """Client-supplied text shortened for error messages."""
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-# ---- validators ----------------------------------------------------------------------------
-_LISTEN_RE = re.compile(r"(?:(?P<host>\[[0-9A-Fa-f:.%A-Za-z]+\]|[A-Za-z0-9_.-]+):)?(?P<port>[0-9]{1,5})")
-
-
-def _check_listen(text: str) -> str | None:
-    """The forms master.py binds: PORT, ADDRESS:PORT, [IPV6]:PORT (PORT 0..65535)."""
-    match = _LISTEN_RE.fullmatch(text)
-    if not match or int(match["port"]) > 65535:
-        return "expects [ADDRESS:]PORT (IPv6 addresses in brackets, PORT 0..65535)"
-    return None
-
-
-_DRAC_HOST_FORMS = (re.compile(r"\[[0-9A-Fa-f:.]+\](?::(?P<port>[0-9]{1,5}))?"),
-                    re.compile(r"[0-9A-Fa-f]*:[0-9A-Fa-f]*:[0-9A-Fa-f:.]*"),     # bare IPv6
-                    re.compile(r"[A-Za-z0-9_.-]+(?::(?P<port>[0-9]{1,5}))?"))
-
-
-def _check_drac_host(text: str) -> str | None:
-    """HOST, HOST:PORT, [IPV6]:PORT or a bare IPv6 address (what qpopper/server/drac.py reads)."""
-    for form in _DRAC_HOST_FORMS:
-        match = form.fullmatch(text)
-        if match:
-            port = match.groupdict().get("port")
-            if port is None or 0 < int(port) <= 65535:
-                return None
-    return "expects HOST or HOST:PORT (IPv6 addresses in brackets before :PORT, PORT 1..65535)"
+from qpopper.option_types import (OptType, Option, Scope, check_drac_host,  # noqa: F401 (re-exported)
+                                  check_listen)
 
 
 # ---- constructors --------------------------------------------------------------------------
@@ -343,7 +131,7 @@ OPTIONS: tuple[Option, ...] = (
        "for DRAC over UDP. HOST:PORT (extension) names a portmapper on another port than "
        "111. Unset: no DRAC (Qpopper built --with-drac used localhost). Read before the "
        "user files, so they cannot set it.",
-       flag="-D", flag_arg="drac-host", example="localhost", check=_check_drac_host,
+       flag="-D", flag_arg="drac-host", example="localhost", check=check_drac_host,
        scope=Scope.NOT_USER),
     _b("fast-update", False,
        "Server mode: rename the new spool image (.user.pop.new) over the spool instead of "
@@ -548,7 +336,7 @@ OPTIONS: tuple[Option, ...] = (
        "Extension: [ADDRESS:]PORT to listen on as a standalone server (IPv6 in brackets); "
        "repeat to add more; the positional [ADDRESS:]PORT argument adds one. None: inetd "
        "mode (the connection is on stdin).",
-       extension=True, repeatable=True, check=_check_listen, scope=Scope.STARTUP,
+       extension=True, repeatable=True, check=check_listen, scope=Scope.STARTUP,
        example="110"),
     _b("daemon", False,
        "Extension: detach from the terminal (SysV-style start); under systemd stay in the "
@@ -638,7 +426,7 @@ OPTIONS: tuple[Option, ...] = (
        "995), whatever tls-support says for the listen ports; repeat to add more. One master "
        "then serves STLS on 110 and TLS on 995 (instead of two instances with different -f "
        "files, which still works).",
-       extension=True, repeatable=True, check=_check_listen, scope=Scope.STARTUP,
+       extension=True, repeatable=True, check=check_listen, scope=Scope.STARTUP,
        example="995"),
     _b("xtnd-xmit", True,
        "Extension: accept XTND XMIT, Qpopper's command that submits a message through "

@@ -27,7 +27,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent / "qpopper"
 # of a package (and the package itself). Every name must exist (test_every_layer_name_exists).
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("", "limits", "addresses")),                   # "" is qpopper/__init__.py
-    ("vocabulary", ("pop3.responses", "options")),
+    ("vocabulary", ("pop3.responses", "option_types", "options")),
     ("configuration", ("config",)),
     ("services", ("log", "server.sdnotify", "server.privsep", "server.tls", "server.monitor_wire",
                   "docgen")),
