@@ -46,7 +46,7 @@ def test_listen_fds_takes_sockets_from_fd_3_on():
     a = socket.create_server(("127.0.0.1", 0))
     b = socket.create_server(("127.0.0.1", 0))
     ports = [a.getsockname()[1], b.getsockname()[1]]
-    script = ("import os; from qpopper import sdnotify; "
+    script = ("import os; from qpopper.server import sdnotify; "
               "socks = sdnotify.listen_fds(); "
               "print([s.getsockname()[1] for s in socks], "
               "[os.get_inheritable(s.fileno()) for s in socks], 'LISTEN_FDS' in os.environ)")
