@@ -169,7 +169,7 @@ def test_session_and_spool_read_options_without_fallbacks():
 
     package = Path(qpopper.__file__).parent
     offenders = []
-    for path in [package / "session.py", *sorted((package / "spool").glob("*.py"))]:
+    for path in sorted(package.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
                 continue

@@ -112,7 +112,7 @@ class ServerTls:
 def tls_wanted(cfg) -> bool:
     """Does this configuration serve TLS anywhere (STLS, alternate-port, or a tls-listen port)?"""
     return (cfg.tls_support in ("stls", "alternate-port")
-            or bool(getattr(cfg, "tls_listen", ())))
+            or bool(cfg.tls_listen))
 
 
 def _build(cfg, read, log=None) -> ServerTls:
