@@ -18,7 +18,7 @@ PIP_TEST_PACKAGES := pytest pytest-timeout
 # Waits for another apt/dpkg run instead of failing.
 APT_GET := apt-get -o DPkg::Lock::Timeout=600
 
-.PHONY: run test venv debs clean package bench
+.PHONY: run test test-fast venv debs clean package bench
 
 $(STAMP): setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ test: $(STAMP) debs
 	@$(VPY) -c "import gssapi" 2>/dev/null || $(VPY) -m pip install --quiet gssapi \
 	  || echo "python-gssapi not installed: the GSSAPI tests skip"
 	$(VPY) -m pytest
+
+# The pure layer (tests/unit): the protocol by byte scripts and single-process module tests;
+# no root, no Debian packages, under a minute.
+test-fast: $(STAMP)
+	$(VPY) -m pytest tests/unit -q
 
 BENCH      ?= privsep_cost
 BENCH_ARGS ?=

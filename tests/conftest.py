@@ -1,14 +1,32 @@
-"""Fixtures shared by every test module.
+"""Fixtures shared by every test module, and the layer markers.
 
+tests/unit/ (pure, `make test-fast`), tests/integration/ (real sockets and processes) and
+tests/system/ (root: users, PAM, packages): each test gets its directory's marker, so
+`pytest -m unit` and `pytest tests/unit` select the same tests.
 Root-only fixtures skip the test (with the reason) when not running as root.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.helpers import pam_service as _pam
 from tests.helpers import sysusers as _users
+
+
+LAYERS = ("unit", "integration", "system")
+
+
+def pytest_collection_modifyitems(config, items):
+    tests_dir = Path(__file__).resolve().parent
+    for item in items:
+        layer = Path(str(item.fspath)).resolve().relative_to(tests_dir).parts[0]
+        if layer not in LAYERS:
+            raise pytest.UsageError(f"{item.nodeid}: tests live in tests/unit, "
+                                    f"tests/integration or tests/system")
+        item.add_marker(getattr(pytest.mark, layer))
 
 
 @pytest.fixture(scope="session", autouse=True)

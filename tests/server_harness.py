@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.helpers.repo import REPO  # noqa: E402 (also imported from here by tests)
 POPPER = str(Path(sys.executable).with_name("popper"))
 START_TIMEOUT_S = 15.0
 

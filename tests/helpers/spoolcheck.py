@@ -372,3 +372,23 @@ def replace_spool_keeping_inode_number(spool_dir, data: bytes, how: str) -> bool
     finally:
         os.close(fd)
     return True
+
+
+# The spool shapes the fault tests (maildrop, server mode, cache) run every scenario on.
+# name: (initial spool, mail delivered during the session, deleted, retrieved)
+SHAPES = {
+    "one": (message(1), b"", set(), {0}),
+    "many": (b"".join(message(n, body_lines=60) for n in range(1, 61)), b"",   # > 64 KiB
+             {0, 5, 6, 59}, {1, 2, 5}),
+    "mmdf": (b"".join(mmdf(n) for n in range(1, 5)), b"", {1}, {0}),
+    "no-final-newline": (message(1) + message(2) + from_line(3) + b"Subject: cut\n\nno newline",
+                         b"", {0}, {2}),
+    "x-uidl": (b"".join(message(n, extra_headers=b"X-UIDL: existing-uid-%05d\nStatus: RO\n" % n)
+                        for n in range(1, 6)), b"", {2}, {0, 4}),
+    "new-mail": (b"".join(message(n) for n in range(1, 6)),
+                 message(100) + message(101), {0, 4}, {1}),
+    "all-deleted": (b"".join(message(n) for n in range(1, 4)), message(200), {0, 1, 2}, set()),
+    "leftover-drop": (message(1) + message(2), message(102), {1, 2}, {0}),
+    "old-drop": (message(1) + message(2), b"", {0}, {1}),
+    "nfs-lock": (message(1) + message(2), message(103), {1}, {0}),
+}

@@ -1,0 +1,174 @@
+"""APOP and AUTH against the REAL server (tests/server_harness.py: the master as root, real
+system users, a real PAM service, a pop.auth store owned by its owner account): Python's
+poplib apop(), curl with AUTH=+APOP / PLAIN / LOGIN / CRAM-MD5, and a SCRAM-SHA-256 exchange
+computed here from RFC 7677's algorithm."""
+
+from __future__ import annotations
+
+import base64
+import os
+import poplib
+import shutil
+import socket
+import subprocess
+
+import pytest
+
+from tests.helpers.popauth import owned_store
+from tests.helpers.sysusers import make_spool
+from tests.server_harness import Site, mbox
+from tests.unit.test_scram import ScramClient
+
+pytestmark = pytest.mark.timeout(120)
+
+APOP_SECRET = "mad-hatter-secret"
+CURL = shutil.which("curl")
+
+
+@pytest.fixture
+def site(system_users, pam_service, world_tmp):
+    """alice: system user with an APOP/SCRAM secret in pop.auth; bob: system user, PAM only."""
+    owner, store = owned_store(system_users, world_tmp)
+    alice = system_users.create("al")
+    bob = system_users.create("bo")
+    store.set_secret(alice.name, APOP_SECRET)
+    s = Site(world_tmp, pam_service, pop_auth_file=store.path, pop_auth_owner=owner.name,
+             sasl_no_plaintext=False, log_login='login "%1" at %3',
+             sasl_log_login='sasl login "%1" (%4) with %5 at %3')
+    for user in (alice, bob):
+        make_spool(s.spool_dir, user, mbox(("hello", f"for {user.name}")))
+    s.alice, s.bob, s.store = alice, bob, store
+    s.srv = s.server()
+    yield s
+    s.close()
+
+
+def test_poplib_apop(site):
+    client = poplib.POP3(site.srv.host, site.srv.port, timeout=20)
+    try:
+        assert client.apop(site.alice.name, APOP_SECRET).startswith(b"+OK")
+        assert client.stat()[0] == 1
+    finally:
+        client.quit()
+    site.syslog.wait_for(rf'login "{site.alice.name}" at 127\.0\.0\.1')
+
+
+def test_poplib_apop_wrong_secret(site):
+    client = poplib.POP3(site.srv.host, site.srv.port, timeout=20)
+    try:
+        with pytest.raises(poplib.error_proto, match=r"\[AUTH\] authentication failure"):
+            client.apop(site.alice.name, "wrong")
+    finally:
+        client.close()
+
+
+def test_clear_text_default_refuses_users_of_the_apop_store(site):
+    client = poplib.POP3(site.srv.host, site.srv.port, timeout=20)
+    try:
+        client.user(site.alice.name)
+        with pytest.raises(poplib.error_proto, match="stronger authentication"):
+            client.pass_(site.alice.password)
+    finally:
+        client.close()
+
+
+def test_store_with_wrong_mode_is_sys_perm(site):
+    os.chmod(site.store.path, 0o640)
+    client = poplib.POP3(site.srv.host, site.srv.port, timeout=20)
+    try:
+        with pytest.raises(poplib.error_proto,
+                           match=r"\[SYS/PERM\] POP authentication DB has wrong mode \(0640\)"):
+            client.apop(site.alice.name, APOP_SECRET)
+    finally:
+        client.close()
+
+
+def test_store_with_wrong_owner_is_sys_perm(site):
+    os.chown(site.store.path, site.bob.uid, -1)
+    client = poplib.POP3(site.srv.host, site.srv.port, timeout=20)
+    try:
+        with pytest.raises(poplib.error_proto, match=r"\[SYS/PERM\] POP authentication DB"):
+            client.apop(site.alice.name, APOP_SECRET)
+    finally:
+        client.close()
+
+
+@pytest.mark.skipif(CURL is None, reason="curl is not installed (Makefile DEB_TEST_PACKAGES)")
+@pytest.mark.parametrize("login_options, who", [
+    ("AUTH=+APOP", "alice"), ("AUTH=CRAM-MD5", "alice"),
+    ("AUTH=PLAIN", "bob"), ("AUTH=LOGIN", "bob")])
+def test_curl_logs_in(site, login_options, who):
+    user = site.alice if who == "alice" else site.bob
+    secret = APOP_SECRET if who == "alice" else user.password
+    url = f"pop3://{site.srv.host}:{site.srv.port}/1"
+    result = subprocess.run([CURL, "--silent", "--show-error", "--max-time", "30",
+                             "--login-options", login_options, "--user", f"{user.name}:{secret}",
+                             url], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert f"for {user.name}" in result.stdout              # RETR 1 came back
+    mechanism = login_options.split("=")[1].lstrip("+")
+    if mechanism == "APOP":
+        site.syslog.wait_for(rf'login "{user.name}" at 127\.0\.0\.1')
+    else:
+        site.syslog.wait_for(rf'sasl login "{user.name}" \({user.name}\) with {mechanism} at '
+                             rf'127\.0\.0\.1')
+
+
+@pytest.mark.skipif(CURL is None, reason="curl is not installed (Makefile DEB_TEST_PACKAGES)")
+def test_curl_plain_with_a_wrong_password_fails(site):
+    result = subprocess.run([CURL, "--silent", "--max-time", "30", "--login-options",
+                             "AUTH=PLAIN", "--user", f"{site.bob.name}:wrong",
+                             f"pop3://{site.srv.host}:{site.srv.port}/"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 67          # CURLE_LOGIN_DENIED
+
+
+class Lines:
+    def __init__(self, sock):
+        self.file = sock.makefile("rb")
+
+    def line(self) -> bytes:
+        return self.file.readline()
+
+
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-1"])
+def test_scram_against_the_real_server(site, mechanism):
+    with socket.create_connection((site.srv.host, site.srv.port), timeout=20) as sock:
+        reader = Lines(sock)
+        assert reader.line().startswith(b"+OK")
+        sock.sendall(b"CAPA\r\n")
+        capa = []
+        while (line := reader.line()) != b".\r\n":
+            capa.append(line)
+        assert any(line.startswith(b"SASL ") and mechanism.encode() in line for line in capa)
+        client = ScramClient(mechanism, site.alice.name, APOP_SECRET)
+        sock.sendall(f"AUTH {mechanism} ".encode() + base64.b64encode(client.first()) + b"\r\n")
+        challenge = reader.line()
+        assert challenge.startswith(b"+ "), challenge
+        sock.sendall(base64.b64encode(client.final(base64.b64decode(challenge[2:]))) + b"\r\n")
+        final = reader.line()
+        assert final.startswith(b"+ "), final
+        assert client.server_signature_ok(base64.b64decode(final[2:]))
+        sock.sendall(b"\r\n")
+        assert reader.line().startswith(f"+OK {site.alice.name} has 1 visible".encode())
+        sock.sendall(b"QUIT\r\n")
+        assert reader.line().startswith(b"+OK")
+        reader.file.close()
+    site.syslog.wait_for(rf'sasl login "{site.alice.name}" \({site.alice.name}\) with '
+                         rf'{mechanism} at 127\.0\.0\.1')
+
+
+def test_plain_for_system_users_goes_through_pam_policies(site):
+    """PLAIN reuses the USER/PASS path: a locked-out name (nonauth-file) is refused the same."""
+    with socket.create_connection((site.srv.host, site.srv.port), timeout=20) as sock:
+        reader = Lines(sock)
+        reader.line()
+        token = base64.b64encode(f"\0{site.bob.name}\0wrong".encode())
+        sock.sendall(b"AUTH PLAIN " + token + b"\r\n")
+        assert reader.line() == (f'-ERR [AUTH] Password supplied for "{site.bob.name}" is '
+                                 f'incorrect.\r\n').encode()
+        reader.file.close()
+    site.syslog.wait_for(rf"\[AUTH\] Failed attempted login to {site.bob.name} from host "
+                         rf"\(127\.0\.0\.1\) 127\.0\.0\.1")
+    site.syslog.wait_for(rf"LOGIN FAILED, user={site.bob.name}, method=PLAIN, "
+                         rf"ip=\[127\.0\.0\.1\], .*")

@@ -1,0 +1,171 @@
+"""`popper` as installed: --check-config, --help, --version, errors, and its dispatch."""
+
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.server_harness import prelogin_args
+from qpopper import __version__
+from qpopper.options import OPTIONS
+from tests.helpers.repo import REPO
+
+EXAMPLE = REPO / "etc/qpopper/qpopper.config"
+
+
+def popper_path() -> str:
+    for candidate in (Path(sys.executable).parent / "popper", REPO / ".venv/bin/popper"):
+        if candidate.exists():
+            return str(candidate)
+    found = shutil.which("popper")
+    assert found, "the popper console script is not installed (run make test)"
+    return found
+
+
+def popper(*args, **kw):
+    return subprocess.run([popper_path(), *args], capture_output=True, text=True, timeout=60,
+                          cwd=REPO, **kw)
+
+
+def test_check_config_prints_every_option_value_and_source():
+    result = popper("--check-config", "-f", str(EXAMPLE), "-T", "600", "-s", "8110")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"# popper {__version__} ")
+    assert lines[0].endswith(f"configuration valid; files read: {EXAMPLE}")
+    assert lines[1].split() == ["OPTION", "VALUE", "SOURCE"]
+    rows = lines[2:]
+    assert [row.split()[0] for row in rows] == [opt.name for opt in OPTIONS]
+    by_name = {row.split()[0]: row for row in rows}
+    assert by_name["timeout"].split()[1:] == ["600", "argv", "-T"]
+    assert by_name["statistics"].split()[1:] == ["true", "argv", "-s"]
+    assert by_name["listen"].split()[1:] == ["8110", "argv", "[ADDRESS:]PORT"]
+    assert by_name["config-file"].split()[1:] == [str(EXAMPLE), "argv", "-f"]
+    assert by_name["update-status-headers"].split()[1:] == ["true", "default"]
+    assert by_name["auth-file"].split()[1:] == ["(unset)", "default"]
+    # aligned: the source column starts at the same place on every row
+    source_column = lines[1].index("SOURCE")
+    for row in rows:
+        assert row[source_column - 2:source_column] == "  " and row[source_column] != " ", row
+
+
+def test_check_config_keeps_columns_aligned_for_a_long_path(tmp_path):
+    # a config file deep in a long directory: its path is the widest value of the table
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    config = deep / "qpopper.config"
+    config.write_text(EXAMPLE.read_text())
+    result = popper("--check-config", "-f", str(config))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    source_column = lines[1].index("SOURCE")
+    assert source_column > len(str(config))
+    for row in lines[2:]:
+        assert row[source_column - 2:source_column] == "  " and row[source_column] != " ", row
+
+
+def test_readme_check_config_example_matches_the_real_output():
+    """The README's `popper --check-config` transcript stays true: every row it shows
+    (the '...' elisions aside) is a row the command prints for the shipped file."""
+    readme = (REPO / "README.md").read_text()
+    command = "$ .venv/bin/popper --check-config -f etc/qpopper/qpopper.config\n"
+    assert command in readme
+    shown = readme.split(command, 1)[1].split("\n\n", 1)[0].splitlines()
+    result = popper("--check-config", "-f", "etc/qpopper/qpopper.config")
+    assert result.returncode == 0, result.stderr
+    printed = set(result.stdout.splitlines())
+    rows = [line for line in shown if line != "..."]
+    assert len(rows) >= 8
+    for line in rows:
+        assert line in printed, f"README shows a line popper does not print: {line!r}"
+
+
+def test_check_config_reports_the_file_and_line_of_a_mistake(tmp_path):
+    bad = tmp_path / "bad.config"
+    bad.write_text("set statistics\nset tls-support = sometimes\n")
+    result = popper("--check-config", "-f", str(bad))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr == (f"popper: {bad}:2: 'tls-support' must be one of default, none, "
+                             f"stls, alternate-port, got 'sometimes'\n")
+
+
+def test_unknown_flag_is_one_line_and_exit_2():
+    result = popper("-Z")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == "popper: argv: unknown flag '-Z' (popper --help lists them)\n"
+
+
+def test_help_is_generated_from_the_table():
+    result = popper("--help")
+    assert result.returncode == 0 and result.stderr == ""
+    for opt in OPTIONS:
+        if opt.flag:
+            assert f"  {opt.flag} " in result.stdout or f"  {opt.flag}\n" in result.stdout, opt.flag
+        if opt.extension:
+            assert f"--{opt.name}" in result.stdout, opt.name
+    for word in ("--check-config", "--demo", "--version", "[ADDRESS:]PORT"):
+        assert word in result.stdout
+
+
+def test_version():
+    result = popper("--version")
+    assert result.returncode == 0
+    assert result.stdout == f"popper (qpopper-py) {__version__}, Qpopper 4.1.0 compatible\n"
+
+
+@pytest.mark.timeout(60)
+def test_without_listen_it_serves_the_connection_on_stdin():
+    server_end, client_end = socket.socketpair()
+    with server_end, client_end:
+        process = subprocess.Popen([popper_path(), "--auth-failure-delay=0", "-R", *prelogin_args()],
+                                   stdin=server_end, stdout=server_end,
+                                   stderr=subprocess.PIPE, cwd=REPO)
+        server_end.close()
+        client_end.settimeout(30)
+        with client_end.makefile("rb") as replies:
+            greeting = replies.readline()
+            client_end.sendall(b"QUIT\r\n")
+            goodbye = replies.readline()
+        assert process.wait(timeout=30) == 0
+        process.stderr.close()
+    assert greeting.startswith(b"+OK ") and greeting.endswith(b"\r\n")
+    assert goodbye.startswith(b"+OK")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.timeout(60)
+def test_with_a_port_it_runs_the_standalone_master(tmp_path):
+    port = free_port()
+    process = subprocess.Popen([popper_path(), f"127.0.0.1:{port}", "-R", *prelogin_args(),
+                                f"--pid-file={tmp_path / 'popper.pid'}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                connection = socket.create_connection(("127.0.0.1", port), timeout=30)
+                break
+            except ConnectionRefusedError:
+                assert process.poll() is None, process.stderr.read()
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        with connection, connection.makefile("rb") as replies:
+            assert replies.readline().startswith(b"+OK ")
+            connection.sendall(b"QUIT\r\n")
+            assert replies.readline().startswith(b"+OK")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+        process.stderr.close()

@@ -1,0 +1,459 @@
+"""Dot-lock, spool kernel locks and the session lock (reference L1-L7), including interop with
+Debian's dotlockfile (liblockfile-bin) and procmail's lockfile."""
+
+import errno
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from qpopper.pop3.responses import PopError, RespCode
+from qpopper.spool.locking import (DotLock, LockTiming, SessionLock, SpoolLock, lock_content,
+                                   open_regular, parse_lock_content)
+from tests.helpers.repo import REPO
+
+FAST = LockTiming(attempts=2, step_s=0.3, poll_s=0.02)     # 0.3 s budget
+NO_WAIT = LockTiming(attempts=1)
+
+needs_dotlockfile = pytest.mark.skipif(shutil.which("dotlockfile") is None,
+                                       reason="dotlockfile (liblockfile-bin) not installed")
+needs_procmail_lockfile = pytest.mark.skipif(shutil.which("lockfile") is None,
+                                             reason="lockfile (procmail) not installed")
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def age(path, seconds):
+    old = time.time() - seconds
+    os.utime(path, (old, old))
+
+
+# --- dot-lock ----------------------------------------------------------------------------------
+def test_dotlock_content_mode_and_removal(tmp_path):
+    lock = DotLock(str(tmp_path / "alice.lock"))
+    assert lock.try_acquire()
+    data = (tmp_path / "alice.lock").read_bytes()
+    assert data == f"{os.getpid()}@{socket.gethostname()}".encode()
+    assert parse_lock_content(data) == (os.getpid(), socket.gethostname())
+    assert oct(os.stat(tmp_path / "alice.lock").st_mode & 0o777) == oct(0o644)
+    lock.release()
+    assert not (tmp_path / "alice.lock").exists()
+
+
+def test_parse_lock_content_formats():
+    assert parse_lock_content(b"1234@host") == (1234, "host")
+    assert parse_lock_content(b"1234\n") == (1234, None)         # liblockfile -p
+    assert parse_lock_content(b"0\n") == (0, None)               # liblockfile without -p
+    assert parse_lock_content(b"") == (0, None)
+    assert parse_lock_content(b"garbage") == (0, None)
+
+
+def test_live_lock_is_busy(tmp_path):
+    first = DotLock(str(tmp_path / "a.lock"))
+    assert first.try_acquire()
+    second = DotLock(str(tmp_path / "a.lock"))
+    assert not second.try_acquire()
+    assert not second.acquire(FAST)
+    first.release()
+    assert second.try_acquire()
+    second.release()
+
+
+def test_stale_by_age_is_taken_over(tmp_path):
+    path = tmp_path / "a.lock"
+    path.write_bytes(b"0\n")            # no pid: only the age counts
+    lock = DotLock(str(path), stale_s=300)
+    assert not lock.try_acquire()
+    age(path, 301)
+    logged = []
+    lock = DotLock(str(path), stale_s=300, log=lambda p, t: logged.append(t))
+    assert lock.try_acquire()
+    assert path.read_bytes() == lock_content()
+    assert any("stale" in line for line in logged)
+    lock.release()
+
+
+def test_lock_of_a_dead_process_on_this_host_is_taken_over(tmp_path):
+    path = tmp_path / "a.lock"
+    path.write_bytes(lock_content(pid=dead_pid()))
+    lock = DotLock(str(path))
+    assert lock.try_acquire()
+    lock.release()
+
+
+def test_liblockfile_pid_lock_of_dead_process_is_stale(tmp_path):
+    path = tmp_path / "a.lock"
+    path.write_bytes(b"%d\n" % dead_pid())
+    assert DotLock(str(path)).try_acquire()
+
+
+def test_dead_pid_on_another_host_waits_for_age(tmp_path):
+    path = tmp_path / "a.lock"
+    path.write_bytes(lock_content(pid=dead_pid(), host="elsewhere.example"))
+    assert not DotLock(str(path)).try_acquire()
+    age(path, 400)
+    assert DotLock(str(path)).try_acquire()
+
+
+def test_refresh_touches_the_lock(tmp_path):
+    path = tmp_path / "a.lock"
+    lock = DotLock(str(path), refresh_s=0)
+    assert lock.try_acquire()
+    age(path, 200)
+    lock.refresh_if_due()
+    assert time.time() - os.stat(path).st_mtime < 5
+    lock.release()
+
+
+def test_refresh_by_time_only_when_due(tmp_path):
+    path = tmp_path / "a.lock"
+    lock = DotLock(str(path), refresh_s=3600)
+    assert lock.try_acquire()
+    age(path, 200)
+    lock.refresh_if_due()
+    assert time.time() - os.stat(path).st_mtime > 150
+    lock.refresh()
+    assert time.time() - os.stat(path).st_mtime < 5
+    lock.release()
+
+
+def test_release_never_removes_someone_elses_lock(tmp_path):
+    path = tmp_path / "a.lock"
+    lock = DotLock(str(path))
+    assert lock.try_acquire()
+    os.unlink(path)                       # taken over as stale by someone else...
+    path.write_bytes(b"999@other")        # ...who now holds it
+    lock.release()
+    assert path.read_bytes() == b"999@other"
+
+
+def test_busy_lock_is_retried_until_released(tmp_path):
+    path = tmp_path / "a.lock"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import os, time
+        fd = os.open({str(path)!r}, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        os.write(fd, b"%d@{socket.gethostname()}" % os.getpid()); os.close(fd)
+        time.sleep(0.6)
+        os.unlink({str(path)!r})
+        time.sleep(5)
+    """)])
+    try:
+        deadline = time.monotonic() + 10
+        while not path.exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        lock = DotLock(str(path))
+        began = time.monotonic()
+        assert lock.acquire(LockTiming(attempts=3, step_s=1.0, poll_s=0.05))   # 3 s budget
+        waited = time.monotonic() - began
+        assert 0.3 < waited < 2.5
+        lock.release()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_busy_lock_gives_up_after_the_budget(tmp_path):
+    path = tmp_path / "a.lock"
+    path.write_bytes(lock_content())          # ours, alive, fresh
+    began = time.monotonic()
+    assert not DotLock(str(path)).acquire(LockTiming(attempts=2, step_s=0.4, poll_s=0.05))
+    assert 0.35 < time.monotonic() - began < 2
+
+
+def test_qpopper_wait_budget():
+    assert LockTiming.login().budget_s == 5          # 2 attempts, sleep 1*5 s
+    assert LockTiming.update().budget_s == 30        # 4 attempts, sleeps 5+10+15 s
+
+
+def test_nfs_safe_link_lock(tmp_path):
+    path = tmp_path / "a.lock"
+    lock = DotLock(str(path), nfs_safe=True)
+    assert lock.try_acquire()
+    assert path.read_bytes() == lock_content()
+    assert os.stat(path).st_nlink == 1                # the unique file is gone again
+    assert sorted(os.listdir(tmp_path)) == ["a.lock"]
+    other = DotLock(str(path), nfs_safe=True)
+    assert not other.try_acquire()
+    assert sorted(os.listdir(tmp_path)) == ["a.lock"]
+    lock.release()
+    assert os.listdir(tmp_path) == []
+
+
+def test_dotlock_never_writes_through_a_symlink(tmp_path):
+    target = tmp_path / "elsewhere"
+    link = tmp_path / "a.lock"
+    os.symlink(target, link)
+    assert not DotLock(str(link)).try_acquire()          # a fresh symlink counts as a lock
+    assert not target.exists()
+    os.utime(link, (0, 0), follow_symlinks=False)         # an old one is stale: replaced
+    lock = DotLock(str(link))
+    assert lock.try_acquire()
+    assert not os.path.islink(link) and link.read_bytes() == lock_content()
+    assert not target.exists()
+    lock.release()
+
+
+# --- spool kernel locks --------------------------------------------------------------------------
+PROBE = textwrap.dedent("""
+    import fcntl, os, sys
+    fd = os.open(sys.argv[1], os.O_RDWR)
+    out = []
+    for name, fn in (("flock", lambda: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)),
+                     ("fcntl", lambda: fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB))):
+        try:
+            fn()
+            out.append(name + "=free")
+        except OSError:
+            out.append(name + "=busy")
+    print(" ".join(out))
+""")
+
+
+def probe(path) -> str:
+    return subprocess.run([sys.executable, "-c", PROBE, str(path)], capture_output=True,
+                          text=True, timeout=30).stdout.strip()
+
+
+def test_spool_lock_takes_dotlock_flock_and_fcntl(tmp_path):
+    spool = tmp_path / "alice"
+    spool.write_bytes(b"")
+    lock = SpoolLock(str(spool), str(spool) + ".lock", create=False, create_mode=0o660)
+    lock.acquire(NO_WAIT)
+    try:
+        assert (tmp_path / "alice.lock").exists()
+        assert probe(spool) == "flock=busy fcntl=busy"
+    finally:
+        lock.release()
+    assert probe(spool) == "flock=free fcntl=free"
+    assert not (tmp_path / "alice.lock").exists()
+
+
+def test_spool_lock_waits_for_an_fcntl_holder(tmp_path):
+    spool = tmp_path / "alice"
+    spool.write_bytes(b"x")
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import fcntl, os, sys, time
+        fd = os.open({str(spool)!r}, os.O_RDWR)
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        print("held", flush=True)
+        time.sleep(30)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        lock = SpoolLock(str(spool), str(spool) + ".lock", create=False, create_mode=0o660)
+        with pytest.raises(PopError) as info:
+            lock.acquire(FAST)
+        assert info.value.code is RespCode.SYS_TEMP
+        assert not (tmp_path / "alice.lock").exists()     # gave the dot-lock back
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    lock = SpoolLock(str(spool), str(spool) + ".lock", create=False, create_mode=0o660)
+    lock.acquire(NO_WAIT)
+    lock.release()
+
+
+def test_spool_lock_creates_the_spool_when_asked(tmp_path):
+    spool = tmp_path / "alice"
+    lock = SpoolLock(str(spool), str(spool) + ".lock", create=False, create_mode=0o660)
+    lock.acquire(NO_WAIT)
+    assert lock.fd is None and not spool.exists()
+    lock.release()
+    lock = SpoolLock(str(spool), str(spool) + ".lock", create=True, create_mode=0o660)
+    lock.acquire(NO_WAIT)
+    assert lock.fd is not None and lock.created
+    lock.release()
+    assert oct(os.stat(spool).st_mode & 0o777) == oct(0o660 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_spool_lock_refuses_symlinked_spool(tmp_path):
+    (tmp_path / "real").write_bytes(b"")
+    os.symlink(tmp_path / "real", tmp_path / "alice")
+    lock = SpoolLock(str(tmp_path / "alice"), str(tmp_path / "alice.lock"), create=True,
+                     create_mode=0o660)
+    with pytest.raises(OSError):
+        lock.acquire(NO_WAIT)
+    assert not (tmp_path / "alice.lock").exists()
+
+
+# --- session lock --------------------------------------------------------------------------------
+def test_session_lock_refuses_a_second_session_from_another_process(tmp_path):
+    drop = tmp_path / ".alice.pop"
+    session = SessionLock(str(drop))
+    session.acquire()
+    try:
+        code = textwrap.dedent(f"""
+            from qpopper.spool.locking import SessionLock
+            from qpopper.pop3.responses import PopError
+            try:
+                SessionLock({str(drop)!r}).acquire()
+            except PopError as e:
+                import sys
+                sys.stdout.buffer.write(e.render())
+        """)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                             timeout=30, cwd=str(REPO))
+        assert out.stdout == (b"-ERR [IN-USE] .alice.pop lock busy!  Is another session "
+                              b"active?\r\n")
+    finally:
+        session.release(unlink=True)
+    assert not drop.exists()
+
+
+def test_session_lock_creates_a_private_drop(tmp_path):
+    session = SessionLock(str(tmp_path / ".alice.pop"))
+    session.acquire()
+    assert session.created
+    assert oct(os.stat(tmp_path / ".alice.pop").st_mode & 0o777) == oct(0o600 & ~_umask())
+    session.release(unlink=False)
+    assert (tmp_path / ".alice.pop").exists()
+
+
+@pytest.mark.parametrize("problem", ["symlink", "hardlink", "world-readable", "directory"])
+def test_session_lock_refuses_unsafe_drops(tmp_path, problem):
+    drop = tmp_path / ".alice.pop"
+    if problem == "symlink":
+        (tmp_path / "target").write_bytes(b"")
+        os.symlink(tmp_path / "target", drop)
+    elif problem == "hardlink":
+        drop.write_bytes(b"")
+        os.chmod(drop, 0o600)
+        os.link(drop, tmp_path / "other")
+    elif problem == "world-readable":
+        drop.write_bytes(b"")
+        os.chmod(drop, 0o644)
+    else:
+        drop.mkdir()
+    with pytest.raises((PopError, OSError)) as info:
+        SessionLock(str(drop)).acquire()
+    if isinstance(info.value, PopError):
+        assert info.value.code is RespCode.SYS_PERM
+        assert "/" not in info.value.text
+    else:
+        assert problem == "directory"
+
+
+# --- interop with Debian's lockers -----------------------------------------------------------------
+@needs_dotlockfile
+def test_dotlockfile_blocks_us_and_we_block_dotlockfile(tmp_path):
+    spool = tmp_path / "alice"
+    spool.write_bytes(b"")
+    lockname = str(spool) + ".lock"
+    run = subprocess.run(["dotlockfile", "-l", "-r", "0", "-p", lockname], timeout=30)
+    assert run.returncode == 0
+    lock = SpoolLock(str(spool), lockname, create=False, create_mode=0o660)
+    with pytest.raises(PopError):
+        lock.acquire(FAST)                     # pid of a live process (us): never stale
+    assert subprocess.run(["dotlockfile", "-u", lockname], timeout=30).returncode == 0
+    lock = SpoolLock(str(spool), lockname, create=False, create_mode=0o660)
+    lock.acquire(NO_WAIT)
+    try:
+        busy = subprocess.run(["dotlockfile", "-l", "-r", "0", lockname], timeout=30,
+                              capture_output=True)
+        assert busy.returncode != 0
+    finally:
+        lock.release()
+    free = subprocess.run(["dotlockfile", "-l", "-r", "0", lockname], timeout=30)
+    assert free.returncode == 0
+    subprocess.run(["dotlockfile", "-u", lockname], timeout=30, check=True)
+
+
+@needs_dotlockfile
+def test_dotlockfile_takes_over_our_lock_only_when_we_are_gone(tmp_path):
+    """liblockfile in pid mode reads the pid at the start of our `pid@host`."""
+    lockname = str(tmp_path / "alice.lock")
+    with open(lockname, "wb") as f:
+        f.write(lock_content())                              # we are alive: busy
+    busy = subprocess.run(["dotlockfile", "-p", "-l", "-r", "0", lockname], timeout=30,
+                          capture_output=True)
+    assert busy.returncode != 0
+    with open(lockname, "wb") as f:
+        f.write(lock_content(pid=dead_pid()))                # a crashed session: stale
+    run = subprocess.run(["dotlockfile", "-p", "-l", "-r", "0", lockname], timeout=30)
+    assert run.returncode == 0
+    subprocess.run(["dotlockfile", "-u", lockname], timeout=30, check=True)
+
+
+@needs_procmail_lockfile
+def test_procmail_lockfile_blocks_us_and_we_block_it(tmp_path):
+    spool = tmp_path / "alice"
+    spool.write_bytes(b"")
+    lockname = str(spool) + ".lock"
+    assert subprocess.run(["lockfile", "-r0", lockname], timeout=30).returncode == 0
+    lock = SpoolLock(str(spool), lockname, create=False, create_mode=0o660)
+    with pytest.raises(PopError):
+        lock.acquire(FAST)
+    os.unlink(lockname)                         # procmail's way to unlock: rm -f
+    lock = SpoolLock(str(spool), lockname, create=False, create_mode=0o660)
+    lock.acquire(NO_WAIT)
+    try:
+        busy = subprocess.run(["lockfile", "-r0", lockname], timeout=30, capture_output=True)
+        assert busy.returncode != 0
+    finally:
+        lock.release()
+    assert subprocess.run(["lockfile", "-r0", lockname], timeout=30).returncode == 0
+    os.unlink(lockname)
+
+
+# --- open_regular: the one safe open behind SpoolLock, SessionLock and the bookkeeping files ------
+class Refused(Exception):
+    pass
+
+
+def _refuse(kind, detail):
+    return Refused(kind, detail)
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_open_regular_accepts_our_plain_file_and_refuses_everything_else(tmp_path):
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"x")
+    os.chmod(plain, 0o600)
+    fd = open_regular(str(plain), os.O_RDWR, owner=os.geteuid(), private=True, refuse=_refuse)
+    os.close(fd)
+
+    before = _open_fds()
+    os.symlink(plain, tmp_path / "link")
+    with pytest.raises(OSError) as info:
+        open_regular(str(tmp_path / "link"), os.O_RDWR, refuse=_refuse)
+    assert info.value.errno == errno.ELOOP
+
+    os.link(plain, tmp_path / "hard")
+    with pytest.raises(Refused) as refused:
+        open_regular(str(plain), os.O_RDWR, refuse=_refuse)
+    assert refused.value.args[0] == "links"
+    os.unlink(tmp_path / "hard")
+
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(Refused) as refused:
+        open_regular(str(tmp_path / "fifo"), os.O_RDWR | os.O_NONBLOCK, refuse=_refuse)
+    assert refused.value.args[0] == "type"
+
+    os.chmod(plain, 0o604)
+    with pytest.raises(Refused) as refused:
+        open_regular(str(plain), os.O_RDWR, private=True, refuse=_refuse)
+    assert refused.value.args[0] == "mode"
+    with pytest.raises(Refused) as refused:
+        open_regular(str(plain), os.O_RDWR, owner=os.geteuid() + 1, refuse=_refuse)
+    assert refused.value.args[0] == "owner"
+    assert _open_fds() == before                    # every refused descriptor was closed

@@ -1,0 +1,264 @@
+"""Fault injection (DESIGN invariant 1): SIGKILL the process running the maildrop at EVERY step
+(each write, truncate, rename, fsync and unlink, each chunk of a copy) of session start, of the
+update at QUIT and of the restore, on spools of several shapes; then a new process opens the
+next session, and every surviving message must be there exactly once, byte-identical to what a
+session without the crash would show: either the update committed (deleted messages gone,
+X-UIDL/Status written) or it did not (every message still there) - never partial, never
+duplicated. No root and no server needed: each session is a fork()ed process.
+"""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from qpopper.config import Config
+from qpopper.spool.maildrop import Maildrop
+from qpopper.spool.paths import SpoolPaths
+from tests.helpers.spoolcheck import (AFTER_CRASH, AFTER_CRASH_MMDF, LOCK_STEP_S,
+                                      REPLACEMENT, SHAPES, USER, allowed_after_kill, deliver,
+                                      deliver_after_crash, drive_session, in_child, killer_at,
+                                      message, next_session_view,
+                                      replace_spool_keeping_inode_number)
+
+# A crashed session's temporary drop that the next session must put first.
+LEFTOVER_DROPS = {"leftover-drop": message(50) + message(51)}
+# check-old-spool-loc: with hash-spool 1, an old Qpopper's drop in the plain spool dir.
+OLD_DROPS = {"old-drop": message(60)}
+SHAPE_OPTIONS = {"old-drop": {"hash_spool": 1},
+                 "nfs-lock": {"no_atomic_open": True}}     # link(2) dot-lock (L4)
+
+
+def make_cfg(spool_dir, shape: str = "") -> Config:
+    return Config.defaults().replace(spool_dir=str(spool_dir), **SHAPE_OPTIONS.get(shape, {}))
+
+
+def run_session(spool_dir, scenario: str, shape: str, hook) -> None:
+    """One session as the protocol drives it: open, (new mail arrives), DELE/RETR, QUIT."""
+    cfg = make_cfg(spool_dir, shape)
+    _spool, new_mail, deleted, retrieved = SHAPES[shape]
+    paths = SpoolPaths.for_user(cfg, USER, None)
+    drop = Maildrop.open(cfg, paths, USER, step_hook=hook, lock_step_s=LOCK_STEP_S)
+    drive_session(drop, scenario, deleted, retrieved,
+                  (lambda: deliver(cfg, new_mail)) if new_mail else None)
+
+
+def snapshot(spool_dir, shape: str, hook=None):
+    """The next session, as a client sees it, and the files left behind (next_session_view)."""
+    return next_session_view(make_cfg(spool_dir, shape), spool_dir, hook)
+
+
+def prepare(directory, shape: str) -> None:
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir()
+    cfg = make_cfg(directory, shape)
+    paths = SpoolPaths.for_user(cfg, USER, None)
+    os.makedirs(os.path.dirname(paths.spool), exist_ok=True)
+    with open(paths.spool, "wb") as f:
+        f.write(SHAPES[shape][0])
+    for table, path in ((LEFTOVER_DROPS, paths.temp_drop), (OLD_DROPS, paths.old_temp_drop)):
+        if shape in table:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.write(fd, table[shape])
+            os.close(fd)
+
+
+def record_steps(directory, tmp_path, scenario, shape) -> list[str]:
+    prepare(directory, shape)
+    log = tmp_path / "steps.pickle"
+
+    def run():
+        steps = []
+        run_session(directory, scenario, shape, steps.append)
+        return steps
+    return in_child(run, log, expect_kill=False)
+
+
+def outcome(directory, tmp_path, scenario, shape):
+    """What the next session sees after `scenario` ran WITHOUT a crash."""
+    prepare(directory, shape)
+    in_child(lambda: run_session(directory, scenario, shape, None), expect_kill=False)
+    return in_child(lambda: snapshot(directory, shape), tmp_path / "snap.pickle", expect_kill=False)[0]
+
+
+def expected_outcomes(work, tmp_path, shape):
+    before = outcome(work, tmp_path, "open-only", shape)     # every message, new mail too
+    committed = outcome(work, tmp_path, "update", shape)
+    restored = outcome(work, tmp_path, "restore", shape)
+    prepare(work, shape)
+    untouched = in_child(lambda: snapshot(work, shape), tmp_path / "snap.pickle", expect_kill=False)[0]
+    return untouched, before, committed, restored
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_kill_at_every_step_loses_and_duplicates_nothing(tmp_path, shape):
+    work = tmp_path / "spool"
+    untouched, before, committed, restored = expected_outcomes(work, tmp_path, shape)
+    spool, new_mail, deleted, _ = SHAPES[shape]
+    # The outcomes themselves: deleted messages go only with a committed update.
+    assert restored == before
+    assert len(committed) == len(before) - len(deleted)
+    assert [uid for uid, _ in committed] == [uid for i, (uid, _) in enumerate(before)
+                                             if i not in deleted]
+
+    if shape in LEFTOVER_DROPS:                   # the crashed session's mail comes first
+        assert [data.split(b"\r\n")[0] for _, data in untouched[:2]] == [
+            b"Subject: message 50", b"Subject: message 51"]
+    checked = 0
+    for scenario in ("update", "restore"):
+        steps = record_steps(work, tmp_path, scenario, shape)
+        assert any(s.startswith(f"{scenario}:") for s in steps) or scenario == "update"
+        if shape in OLD_DROPS:
+            assert "open:copy-old-temp-drop" in steps
+        for k, step in enumerate(steps):
+            prepare(work, shape)
+            in_child(lambda: run_session(work, scenario, shape, killer_at(k)),
+                     expect_kill=True)
+            seen, leftovers = in_child(lambda: snapshot(work, shape), tmp_path / "snap.pickle",
+                                       expect_kill=False)
+            where = f"{shape}: killed at step {k} {step!r} of {scenario}"
+            assert leftovers == [], where
+            assert seen in allowed_after_kill(step, scenario, untouched, before, committed), where
+            checked += 1
+    assert checked >= 30
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("shape", ["new-mail"])
+def test_kill_during_recovery_after_a_kill_during_update(tmp_path, shape):
+    """Crash in the update, then crash again at every step of the recovering session."""
+    work = tmp_path / "spool"
+    _untouched, before, committed, _ = expected_outcomes(work, tmp_path, shape)
+    steps = record_steps(work, tmp_path, "update", shape)
+    # Kills before the commit is journaled leave nothing to recover but a full drop (the
+    # single-fault test covers that); after it, each distinct step once.
+    first = steps.index("update:journal-commit-write")
+    chosen = {}
+    for k in range(first, len(steps)):
+        chosen.setdefault(steps[k], k)
+    checked = 0
+    for step, k in chosen.items():
+
+        def crash_update():
+            prepare(work, shape)
+            in_child(lambda: run_session(work, "update", shape, killer_at(k)), expect_kill=True)
+
+        crash_update()
+        rec_steps = in_child(lambda: _steps_of_snapshot(work, shape), tmp_path / "r.pickle",
+                             expect_kill=False)
+        for j, rstep in enumerate(rec_steps):
+            if not rstep.startswith("recover:"):
+                continue                # the session's own open steps: covered above
+            crash_update()
+            in_child(lambda: snapshot(work, shape, killer_at(j)), expect_kill=True)
+            seen, leftovers = in_child(lambda: snapshot(work, shape), tmp_path / "snap.pickle",
+                                       expect_kill=False)
+            where = f"{shape}: update killed at {step!r}, recovery killed at {rstep!r}"
+            assert leftovers == [], where
+            assert seen in (before, committed), where
+            checked += 1
+    assert checked >= 10
+
+
+def _steps_of_snapshot(work, shape):
+    steps = []
+    snapshot(work, shape, steps.append)
+    return steps
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("shape", ["new-mail", "many", "mmdf"])
+def test_mail_delivered_after_a_crash_is_kept_exactly_once(tmp_path, shape):
+    work = tmp_path / "spool"
+    untouched, before, committed, _ = expected_outcomes(work, tmp_path, shape)
+    checked = 0
+    for scenario in ("update", "restore"):
+        steps = record_steps(work, tmp_path, scenario, shape)
+        for k, step in enumerate(steps):
+            if scenario == "restore" and step.startswith("open:"):
+                continue                     # the same open steps as the update's
+            prepare(work, shape)
+            in_child(lambda: run_session(work, scenario, shape, killer_at(k)),
+                     expect_kill=True)
+            deliver_after_crash(work, AFTER_CRASH_MMDF if shape == "mmdf" else AFTER_CRASH)
+            seen, leftovers = in_child(lambda: snapshot(work, shape), tmp_path / "snap.pickle",
+                                       expect_kill=False)
+            where = f"{shape}: killed at step {k} {step!r} of {scenario}, then mail came"
+            assert leftovers == [], where
+            late = [i for i, (_, data) in enumerate(seen) if b"Subject: after crash" in data]
+            assert late == [len(seen) - 1], where
+            allowed = allowed_after_kill(step, scenario, untouched, before, committed)
+            assert seen[:-1] in allowed, where
+            checked += 1
+    assert checked >= 30
+
+
+def replacement_view(work, tmp_path):
+    """What a session shows of a spool holding only REPLACEMENT."""
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir()
+    paths = SpoolPaths.for_user(make_cfg(work), USER, None)
+    with open(paths.spool, "wb") as f:
+        f.write(REPLACEMENT)
+    return in_child(lambda: snapshot(work, "one"), tmp_path / "snap.pickle", expect_kill=False)[0]
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("how", ["rewrite", "recreate"])
+def test_spool_replaced_after_a_crash_by_a_file_with_the_same_inode_number(tmp_path, how):
+    """Killed while the commit rewrites the spool; then the spool is replaced by another file
+    with the same (st_dev, st_ino) (rewritten in place, or deleted and created again reusing
+    the freed number). Recovery must not take it for the spool it was rewriting: the next
+    session sees what the update kept, then the replacement's mail, each once."""
+    shape = "new-mail"
+    work = tmp_path / "spool"
+    expected = replacement_view(work, tmp_path)
+    assert len(expected) == 2
+    _untouched, _before, committed, _ = expected_outcomes(work, tmp_path, shape)
+    steps = record_steps(work, tmp_path, "update", shape)
+    # From the moment the commit journal is in place (renamed) until it is removed, the next
+    # session rolls the update forward; once it is gone, replacing the spool deletes mail.
+    first = steps.index("update:journal-commit-rename") + 1
+    last = steps.index("update:journal-unlink", first)
+    chosen = {}
+    for k in range(first, last + 1):
+        chosen.setdefault(steps[k], k)
+    assert "update:write-spool" in chosen and "update:fsync-spool" in chosen
+    for step, k in chosen.items():
+        prepare(work, shape)
+        in_child(lambda: run_session(work, "update", shape, killer_at(k)), expect_kill=True)
+        if not replace_spool_keeping_inode_number(work, REPLACEMENT, how):
+            pytest.skip("no new file got the freed inode number on this file system")
+        seen, leftovers = in_child(lambda: snapshot(work, shape), tmp_path / "snap.pickle",
+                                   expect_kill=False)
+        where = f"killed at {step!r}, spool then replaced ({how})"
+        assert leftovers == [], where
+        assert seen == committed + expected, where
+
+
+@pytest.mark.timeout(60)
+def test_a_version_1_commit_journal_is_still_recovered(tmp_path):
+    """A journal written by the previous build (version 1: no `head`) after a crash in the
+    middle of the commit: this build rolls it forward by (st_dev, st_ino) as that build did."""
+    shape = "new-mail"
+    work = tmp_path / "spool"
+    _untouched, _before, committed, _ = expected_outcomes(work, tmp_path, shape)
+    steps = record_steps(work, tmp_path, "update", shape)
+    k = steps.index("update:write-spool")
+    prepare(work, shape)
+    in_child(lambda: run_session(work, "update", shape, killer_at(k)), expect_kill=True)
+    journal = SpoolPaths.for_user(make_cfg(work), USER, None).journal
+    with open(journal) as f:
+        record = json.load(f)
+    assert record["v"] == 2 and record["op"] == "commit" and "head" in record
+    del record["head"]
+    with open(journal, "w") as f:
+        json.dump(dict(record, v=1), f)
+    seen, leftovers = in_child(lambda: snapshot(work, shape), tmp_path / "snap.pickle",
+                               expect_kill=False)
+    assert leftovers == []
+    assert seen == committed

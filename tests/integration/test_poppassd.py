@@ -1,0 +1,393 @@
+"""poppassd (reference §2.10) over real connections: `systemd-socket-activate --accept --inetd`
+runs one poppassd per connection on 127.0.0.1, as poppassd.socket / inetd would, for real
+`qpt` users through a real PAM service; the changed password then logs in to the real POP
+server. Failures cost limits.POPPASSD_FAILURE_DELAY_S each (about 3 s). poppassd reads the
+site's configuration (-f), so its brute-force brakes count in the site's private file, never
+the host's /run/qpopper (tests/test_poppassd_brakes.py tests the brakes themselves)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from qpopper import limits
+from qpopper.auth import pam as pam_auth
+from qpopper.tools import poppassd
+from tests.helpers import pam_service as pam_files
+from tests.helpers.sysusers import make_spool
+from tests.server_harness import Site, free_port, mbox
+from tests.helpers.repo import REPO
+
+pytestmark = pytest.mark.timeout(90)
+
+POPPASSD = str(Path(sys.executable).with_name("poppassd"))
+GREETING_START = b"200 poppassd (qpopper-py "
+BAD_OLD = b"500 Old password is incorrect."
+
+
+class PoppassdService:
+    """systemd-socket-activate listening on 127.0.0.1:<free port>, spawning poppassd with
+    the site's configuration file. `listen_host="[::ffff:127.0.0.1]"`: an IPv6 socket that
+    also takes IPv4 (dual-stack, as poppassd.socket's ListenStream=106), on loopback only;
+    clients still connect to 127.0.0.1 and poppassd sees them as ::ffff:127.0.0.x."""
+
+    def __init__(self, site: Site, pam_service: str, listen_host: str = "127.0.0.1"):
+        if shutil.which("systemd-socket-activate") is None:
+            pytest.skip("systemd-socket-activate is not installed")
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            ["systemd-socket-activate", "--accept", "--inetd", "-l", f"{listen_host}:{self.port}",
+             "-E", f"QPOPPER_SYSLOG_SOCKET={site.syslog.path}", POPPASSD, "-s", pam_service,
+             "-f", site.config],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+
+    def connect(self, source: str = "127.0.0.1") -> "Conversation":
+        """A connection from `source` (another loopback address is another client)."""
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                return Conversation(socket.create_connection(
+                    ("127.0.0.1", self.port), timeout=30, source_address=(source, 0)))
+            except ConnectionRefusedError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise
+                time.sleep(0.02)           # it binds before forking; retry until it listens
+
+    def stop(self) -> None:
+        with_group = self.proc.pid
+        os.killpg(with_group, signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(with_group, signal.SIGKILL)
+            self.proc.wait(5)
+
+
+class Conversation:
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.file = sock.makefile("rb")
+        self.greeting = self.reply()
+
+    def reply(self) -> bytes:
+        return self.file.readline().rstrip(b"\r\n")
+
+    def say(self, line: bytes | str) -> bytes:
+        self.sock.sendall((line.encode() if isinstance(line, str) else line) + b"\r\n")
+        return self.reply()
+
+    def closed_by_server(self) -> bool:
+        return self.file.readline() == b""
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@contextlib.contextmanager
+def poppassd_service(world_tmp, stack: str):
+    """poppassd and a POP server on a PAM service of this stack (auth, account, password)."""
+    with pam_files.installed_pam_service(stack, tag="pw-") as pam_service:
+        site = Site(world_tmp, pam_service)
+        svc = PoppassdService(site, pam_service)
+        svc.site = site
+        try:
+            yield svc
+        finally:
+            svc.stop()
+            site.close()
+
+
+@pytest.fixture
+def service(world_tmp, pam_service):          # pam_service: skips unless root
+    with poppassd_service(world_tmp, pam_files.FAST_UNIX_PASSWORD) as svc:
+        yield svc
+
+
+def pop_login_ok(site: Site, user, password: str) -> bool:
+    import poplib
+    server = site.servers[0] if site.servers else site.server()
+    client = poplib.POP3(server.host, server.port, timeout=20)
+    try:
+        client.user(user.name)
+        try:
+            client.pass_(password)
+        except poplib.error_proto:
+            return False
+        client.quit()
+        return True
+    finally:
+        client.close()
+
+
+def test_change_a_password_then_log_in_to_pop_with_it(service, system_users):
+    user = system_users.create("pp")
+    make_spool(service.site.spool_dir, user, mbox(("hi", "there")))
+    new = "new password: with spaces 2"
+    with service.connect() as c:
+        assert c.greeting.startswith(GREETING_START)
+        assert c.greeting.endswith(b") hello, who are you?")
+        assert c.say(f"user {user.name}") == b"200 Your password please."
+        assert c.say(f"pass {user.password}") == b"200 Your new password please."
+        assert c.say(f"newpass {new}") == b"200 Password changed, thank-you."
+        assert c.say("quit") == b"200 Bye."
+        assert c.closed_by_server()
+    assert pam_auth.authenticate(service.site.options["pam_service"], user.name, new).ok
+    assert pop_login_ok(service.site, user, new)
+    assert not pop_login_ok(service.site, user, user.password)
+    record = service.site.syslog.wait_for(rf'password changed for "{user.name}" from 127\.0\.0\.1')
+    texts = "\n".join(service.site.syslog.texts())
+    assert new not in texts and user.password not in texts        # passwords are never logged
+    assert record[0] & 7 == 5                                       # LOG_NOTICE
+
+
+def change(svc, user, new: str) -> bytes:
+    """The dialogue up to the reply to `newpass`."""
+    with svc.connect() as c:
+        assert c.say(f"user {user.name}") == b"200 Your password please."
+        assert c.say(f"pass {user.password}") == b"200 Your new password please."
+        return c.say(f"newpass {new}")
+
+
+def test_the_shipped_pam_service_changes_the_password(world_tmp, pam_service, system_users):
+    """pam.d/poppassd as the package installs it: common-auth, -account and -password."""
+    shipped = (REPO / "pam.d/poppassd").read_text()
+    with poppassd_service(world_tmp, shipped) as svc:
+        user = system_users.create("pp")
+        assert change(svc, user, "shipped-stack-3") == b"200 Password changed, thank-you."
+        assert pam_auth.authenticate(svc.site.options["pam_service"], user.name,
+                                     "shipped-stack-3").ok
+        assert not pam_auth.authenticate(svc.site.options["pam_service"], user.name,
+                                         user.password).ok
+
+
+def test_the_pam_password_stack_decides(world_tmp, pam_service, system_users):
+    """A password stack that refuses every new password (pam_deny, as pam_pwquality refuses
+    a weak one): poppassd says so, may be asked again, and the password stays unchanged."""
+    with poppassd_service(world_tmp, pam_files.PASSWORD_DENIED) as svc:
+        user = system_users.create("pp")
+        assert change(svc, user, "denied-by-pam-5") == b"500 New password not acceptable."
+        assert pam_auth.authenticate(svc.site.options["pam_service"], user.name,
+                                     user.password).ok
+        svc.site.syslog.wait_for(rf'new password for "{user.name}" from 127\.0\.0\.1 '
+                                 rf"refused: PAM service {svc.site.options['pam_service']}: "
+                                 r".* \(20\)")
+        assert "denied-by-pam-5" not in "\n".join(svc.site.syslog.texts())
+
+
+def test_wrong_old_password_and_unknown_user_get_the_same_reply(service, system_users):
+    user = system_users.create("pp")
+    replies, times = [], []
+    for name, password in ((user.name, "not-the-password"), ("qptnosuchuser", "whatever")):
+        with service.connect() as c:
+            assert c.say(f"USER {name}") == b"200 Your password please."   # verbs: any case
+            start = time.monotonic()
+            replies.append(c.say(f"pass {password}"))
+            times.append(time.monotonic() - start)
+            assert c.closed_by_server()                  # a guesser must reconnect
+    assert replies == [BAD_OLD, BAD_OLD]
+    for elapsed in times:
+        assert limits.POPPASSD_FAILURE_DELAY_S - 0.05 <= elapsed < limits.POPPASSD_FAILURE_DELAY_S + 1
+    assert pam_auth.authenticate(service.site.options["pam_service"], user.name,
+                                 user.password).ok                    # nothing changed
+    service.site.syslog.wait_for(rf'password change for "{user.name}" from 127\.0\.0\.1 '
+                                 r"refused: PAM service .*")
+    service.site.syslog.wait_for(r'password change for "qptnosuchuser" from 127\.0\.0\.1 '
+                                 r"refused: no such user")
+
+
+def test_system_accounts_are_refused_like_a_wrong_password(service):
+    # uid <= 10 (here: daemon, uid 1): refused before PAM is asked, with the same reply.
+    with service.connect() as c:
+        c.say("user daemon")
+        assert c.say("pass anything") == BAD_OLD
+    service.site.syslog.wait_for(r'password change for "daemon" from 127\.0\.0\.1 refused: '
+                                 r"uid 1 is blocked")
+
+
+def test_over_long_line_is_refused_and_the_connection_closed(service):
+    with service.connect() as c:
+        c.sock.sendall(b"user " + b"x" * limits.POPPASSD_MAX_LINE_OCTETS + b"\r\n")
+        assert c.reply() == b"500 Line too long."
+        assert c.closed_by_server()
+    with service.connect() as c:                     # a line just within the limit is read
+        line = b"user " + b"y" * (limits.POPPASSD_MAX_LINE_OCTETS - 7)
+        assert c.say(line) == b"200 Your password please."
+
+
+def test_commands_out_of_order_and_the_bad_command_budget(service):
+    with service.connect() as c:
+        assert c.say("pass secret") == b"500 Username required."
+        assert c.say("user") == b"500 Username required."          # no argument
+        assert c.say("user someone") == b"200 Your password please."
+        assert c.say("newpass x") == b"500 Password required."
+        assert c.say("frobnicate") == b"500 Password required."
+        assert c.say("help") == b"500 Too many bad commands, closing connection."
+        assert c.closed_by_server()
+
+
+def test_new_password_must_be_acceptable(service, system_users):
+    user = system_users.create("pp")
+    with service.connect() as c:
+        c.say(f"user {user.name}")
+        assert c.say(f"pass {user.password}") == b"200 Your new password please."
+        assert c.say(f"newpass {user.password}") == b"500 New password not acceptable."
+        assert c.say(b"newpass bad\x01control") == b"500 New password not acceptable."
+        assert c.say(b"newpass \xff\xfe") == b"500 New password not acceptable."
+        assert c.say("newpass good-one-7") == b"200 Password changed, thank-you."
+    assert pam_auth.authenticate(service.site.options["pam_service"], user.name,
+                                 "good-one-7").ok
+
+
+@contextlib.contextmanager
+def poppassd_on_a_socket_pair(world_tmp, pam_service, *flags):
+    """poppassd run directly on a socket pair (inetd's descriptors): yields (our socket, its
+    process); the process is killed if the test leaves it running."""
+    config = Path(world_tmp, "empty.config")
+    config.write_text("# nothing: the built-in defaults\n")
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        proc = subprocess.Popen([POPPASSD, "-s", pam_service, *flags, "-f", str(config)],
+                                stdin=theirs.fileno(), stdout=theirs.fileno(),
+                                stderr=subprocess.DEVNULL,
+                                env=dict(os.environ, QPOPPER_SYSLOG_SOCKET="/nonexistent"))
+        try:
+            yield ours, proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+
+
+def test_idle_connection_times_out(world_tmp, pam_service):
+    with poppassd_on_a_socket_pair(world_tmp, pam_service, "--timeout", "0.5") as (ours, proc):
+        with ours.makefile("rb") as f:
+            assert f.readline().startswith(GREETING_START)
+            start = time.monotonic()
+            assert f.readline() == b"500 Timeout, closing connection.\r\n"
+            assert time.monotonic() - start < 3
+        assert proc.wait(10) == poppassd.EXIT_FAILED
+
+
+def test_a_trickling_client_is_cut_off_at_the_deadline(world_tmp, pam_service):
+    """One byte every 0.3 s keeps inside a 1 s read timeout, yet the dialogue ends at its
+    2 s deadline with the timeout reply: a slow client cannot hold a root process."""
+    with poppassd_on_a_socket_pair(world_tmp, pam_service, "--timeout", "1",
+                                   "--deadline", "2") as (ours, proc):
+        with ours.makefile("rb") as f:
+            assert f.readline().startswith(GREETING_START)
+            start = time.monotonic()
+            for byte in b"user someone-who-types-very-slowly":
+                if proc.poll() is not None:
+                    break
+                with contextlib.suppress(OSError):
+                    ours.sendall(bytes([byte]))
+                time.sleep(0.3)
+            assert proc.wait(10) == poppassd.EXIT_FAILED
+            elapsed = time.monotonic() - start
+            assert f.readline() == b"500 Timeout, closing connection.\r\n"
+    assert 1.5 <= elapsed < 4
+
+
+def test_the_deadline_defaults_to_its_limit():
+    assert poppassd.Settings().deadline == limits.POPPASSD_DEADLINE_S == 120
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--bogus"], "unexpected argument '--bogus'"),
+    (["-s"], "-s needs a value"),
+    (["-t", "soon"], "--timeout needs a number of seconds"),
+    (["--deadline", "soon"], "--deadline needs a number of seconds"),
+    (["--deadline=0"], "--deadline must be between 0 and 3600 seconds"),
+    (["-s", "../shadow"], "bad PAM service name"),
+    (["-f"], "-f needs a value"),
+    (["--config="], "--config needs a file name"),
+    (["--auth-brakes-max-delay=900"], "'auth-brakes-max-delay' must be between 0 and 600"),
+    (["--auth-brakes-max-delay", "soon"], "'auth-brakes-max-delay' expects an integer"),
+    (["--auth-brakes-file"], "--auth-brakes-file needs a value"),
+])
+def test_bad_arguments_get_one_line_and_exit_2(argv, message):
+    result = subprocess.run([POPPASSD, *argv], capture_output=True, text=True, timeout=30,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == poppassd.EXIT_USAGE
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1 and message in result.stderr
+
+
+def test_an_unreadable_configuration_is_said_and_the_client_told_to_come_back(world_tmp):
+    """The administrator's mistake (here: a misspelt option in the -f file): one line on
+    stderr naming the file and line, a 500 reply instead of silence, exit 1."""
+    config = Path(world_tmp, "bad.config")
+    config.write_text("set auth-brakes-max-dealy = 3\n")
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        result = subprocess.run([POPPASSD, "-f", str(config)], stdin=theirs.fileno(),
+                                stdout=theirs.fileno(), stderr=subprocess.PIPE, text=True,
+                                timeout=30,
+                                env=dict(os.environ, QPOPPER_SYSLOG_SOCKET="/nonexistent"))
+        assert result.returncode == poppassd.EXIT_FAILED
+        assert result.stderr.count("\n") == 1
+        assert f"{config}:1" in result.stderr and "auth-brakes-max-dealy" in result.stderr
+        theirs.close()
+        with ours.makefile("rb") as f:
+            assert f.read() == poppassd.TRY_LATER.encode() + b"\r\n"   # no greeting, no dialogue
+
+
+@pytest.mark.parametrize("name", [
+    "", "root:x", "a:", "a/b", "../etc", ".hidden", "-rf", "a b", "a\tb", "x\x01y", "x\x7fy",
+    "\u2028x", "\udcff", "a" * (limits.MAX_USER_NAME_OCTETS + 1),
+])
+def test_hostile_user_names_are_refused_before_any_lookup(name):
+    """The one user-name rule (qpopper.auth.is_possible_user_name), and no `:` (it separates
+    /etc/passwd's fields): refused like a wrong password, never looked up or authenticated."""
+    read_fd, write_fd = os.pipe()
+    try:
+        dialogue = poppassd.Dialogue(poppassd.Channel(read_fd, write_fd, 1.0),
+                                     lambda priority, text: None)
+        assert dialogue._check_old_password(name, "whatever") == (poppassd.BAD_OLD_PASSWORD,
+                                                                  "invalid user name")
+        # A well-formed name gets as far as the account lookup.
+        assert dialogue._check_old_password("qptnosuchuser", "whatever") == (
+            poppassd.BAD_OLD_PASSWORD, "no such user")
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+@pytest.mark.skipif(shutil.which("man") is None, reason="man (man-db) not installed")
+def test_man_page_matches_the_program():
+    """man/poppassd.8 is written by hand: its options, replies and numbers are the code's."""
+    import re
+    from tests.unit.test_manpages import rendered
+    text = re.sub(r"\s+", " ", rendered(REPO / "man/poppassd.8"))
+    synopsis = text.split("DESCRIPTION", 1)[0]
+    for word in re.findall(r"(?<![\w-])-{1,2}[a-z][a-z-]*", poppassd.USAGE):
+        assert re.search(rf"(?<![\w-]){re.escape(word)}(?![\w-])", synopsis), word
+    for reply in (poppassd.ASK_PASSWORD, poppassd.ASK_NEW_PASSWORD, poppassd.CHANGED,
+                  poppassd.BYE, poppassd.BAD_OLD_PASSWORD, poppassd.LINE_TOO_LONG,
+                  poppassd.TIMED_OUT, poppassd.NEW_PASSWORD_REFUSED):
+        assert reply in text, reply
+    assert poppassd.GREETING.replace(poppassd.QPOPPER_VERSION, "VERSION") in text
+    assert f"longer than {limits.POPPASSD_MAX_LINE_OCTETS} octets" in text
+    assert f"{limits.POPPASSD_MAX_BAD_COMMANDS} unknown or out-of-order commands" in text
+    assert f"{limits.POPPASSD_TIMEOUT_S} seconds of silence" in text
+    assert f"not finished within {limits.POPPASSD_DEADLINE_S} seconds" in text
+    assert f"{limits.POPPASSD_FAILURE_DELAY_S:g} seconds after" in text
+    assert f"uid of {limits.BLOCKED_UID_MAX} or less" in text
+    assert f"(default: {poppassd.DEFAULT_PAM_SERVICE})" in text

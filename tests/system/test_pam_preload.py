@@ -1,0 +1,102 @@
+"""libpam is bound once, in the master, before it forks: a session's login runs no
+`/sbin/ldconfig -p` (python-pam's ctypes.util.find_library, twice per process otherwise).
+The real master with a real user and PAM service, traced by strace (root only)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers.sysusers import make_spool
+from tests.server_harness import Site, login, mbox, proc_status, wait_until
+from tests.helpers.repo import REPO
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
+
+# What ctypes.util.find_library runs on Linux to locate a library.
+FIND_LIBRARY_HELPERS = ("ldconfig", "gcc", "cc\"", "/ld\"", "objdump")
+
+
+@pytest.fixture
+def site(world_tmp, pam_service):
+    s = Site(world_tmp, pam_service)
+    yield s
+    s.close()
+
+
+def _traced(pid: int, trace_path: str) -> subprocess.Popen:
+    """strace following every process the master forks from now on, execve calls only."""
+    tracer = subprocess.Popen(["strace", "-f", "-q", "-e", "trace=execve", "-o", trace_path,
+                               "-p", str(pid)],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: proc_status(pid)["TracerPid"] != "0", what="strace to attach")
+    except BaseException:
+        _stop(tracer)
+        raise
+    return tracer
+
+
+def _stop(tracer: subprocess.Popen) -> None:
+    tracer.send_signal(signal.SIGINT)              # strace detaches and exits
+    try:
+        tracer.wait(10)
+    except subprocess.TimeoutExpired:
+        tracer.kill()
+        tracer.wait(5)
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_login_in_a_forked_session_execs_no_ldconfig(site, system_users, tmp_path):
+    user = system_users.create()
+    make_spool(site.spool_dir, user, mbox(("hello", "Body.\n")))
+    server = site.server()
+    trace_path = str(tmp_path / "execve.trace")
+    tracer = _traced(server.pid, trace_path)
+    try:
+        client = login(server, user)
+        try:
+            assert client.stat()[0] == 1
+        finally:
+            client.quit()
+        wait_until(lambda: not server.children(), what="the session to end")
+    finally:
+        _stop(tracer)
+    with open(trace_path) as f:
+        trace = f.read()
+    # The trace really followed the session: strace records its exit.
+    assert "+++ exited with" in trace, trace
+    execs = [line for line in trace.splitlines() if "execve(" in line]
+    helpers = [line for line in execs if any(name in line for name in FIND_LIBRARY_HELPERS)]
+    assert helpers == [], "a session ran find_library's helpers:\n" + "\n".join(execs)
+
+
+FORKED_CHILD_SEES_BINDINGS = """
+import os, sys
+import pam as python_pam
+from qpopper.auth import pam as pam_auth
+
+before = python_pam.PamAuthenticator._libs_ready
+pam_auth.preload()
+pid = os.fork()
+if pid == 0:
+    os._exit(0 if python_pam.PamAuthenticator._libs_ready else 1)
+_, status = os.waitpid(pid, 0)
+print(before, os.waitstatus_to_exitcode(status) == 0)
+"""
+
+
+def test_preload_binds_libpam_for_forked_children():
+    """The master's call leaves the class-level bindings ready; a fork inherits them. In a
+    fresh interpreter, so that no earlier test's PamAuthenticator made them ready already."""
+    result = subprocess.run([sys.executable, "-c", FORKED_CHILD_SEES_BINDINGS],
+                            capture_output=True, text=True, timeout=60,
+                            cwd=str(REPO))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "True"]

@@ -1,0 +1,238 @@
+"""The process model of docs/privsep.md, read from the kernel while a real server serves.
+
+The pre-login process — the one that reads the client's bytes before login, in the TLS
+handshake and in AUTHORIZATION — runs as the unprivileged prelogin-user, with no groups, no
+capabilities, NoNewPrivs, and its root is the empty prelogin-chroot directory; the monitor
+above it stays root and never holds the TLS key; the user session runs as the user and
+holds no trace of the TLS private key (its memory is searched for the key's primes).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import poplib
+import socket
+import ssl
+import subprocess
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from qpopper.server import privsep
+from qpopper.config import Config
+from tests.helpers.sysusers import PRELOGIN_USER, in_child, is_root, make_spool
+from tests.server_harness import (Site, login, mbox, proc_status, processes_of, read_greeting,
+                                  wait_until)
+from tests.helpers.tls_site import TlsSite, client_context, pipelined
+
+pytestmark = [pytest.mark.timeout(120),
+              pytest.mark.skipif(not is_root(), reason="needs root: the privilege split and "
+                                                        "/proc of other users' processes")]
+
+CHROOT = "/run/qpopper/empty"
+MESSAGES = (("first", "Body one.\n"), ("second", "Body two.\n"))
+
+
+def the_one(server, uid: int, what: str) -> int:
+    return wait_until(lambda: processes_of(server, uid), what=what)[0]
+
+
+def assert_locked_in(pid: int) -> None:
+    account = pwd.getpwnam(PRELOGIN_USER)
+    status = proc_status(pid)
+    assert status["Uid"].split() == [str(account.pw_uid)] * 4, status["Uid"]
+    assert status["Gid"].split() == [str(account.pw_gid)] * 4, status["Gid"]
+    assert status["Groups"].strip() == ""
+    assert int(status["CapEff"], 16) == 0 and int(status["CapPrm"], 16) == 0
+    assert int(status["CapBnd"], 16) == 0 and int(status["CapAmb"], 16) == 0
+    assert status["NoNewPrivs"].strip() == "1"
+    assert os.readlink(f"/proc/{pid}/root") == CHROOT
+
+
+@pytest.fixture
+def site(world_tmp, pam_service):
+    s = Site(world_tmp, pam_service)
+    yield s
+    s.close()
+
+
+def test_authorization_runs_locked_in_and_the_monitor_above_it_is_root(site, system_users):
+    user = system_users.create()
+    make_spool(site.spool_dir, user, mbox(*MESSAGES))
+    server = site.server()
+    wait_until(lambda: not server.children(), what="the start-up probe to end")
+    with socket.create_connection((server.host, server.port), timeout=10) as client:
+        assert read_greeting(client).startswith(b"+OK")
+        client.sendall(b"USER someone\r\n")
+        assert client.recv(100).startswith(b"+OK")
+        prelogin = the_one(server, pwd.getpwnam(PRELOGIN_USER).pw_uid, "the pre-login process")
+        assert_locked_in(prelogin)
+        monitor = int(proc_status(prelogin)["PPid"])
+        assert proc_status(monitor)["Uid"].split()[0] == "0"
+        assert int(proc_status(monitor)["PPid"]) == server.pid
+    # after the login: the session is the user's, the pre-login process is gone
+    client = login(server, user)
+    try:
+        assert client.stat()[0] == 2
+        session = the_one(server, user.uid, "the user session")
+        assert proc_status(session)["Uid"].split() == [str(user.uid)] * 4
+        assert not processes_of(server, pwd.getpwnam(PRELOGIN_USER).pw_uid)
+    finally:
+        client.quit()
+
+
+def test_the_tls_handshake_runs_locked_in(world_tmp, pam_service, pki, good):
+    s = TlsSite(world_tmp, pam_service, tls_support="stls",
+                tls_server_cert_file=good.combined_file)
+    try:
+        server = s.tls_server(pki)
+        wait_until(lambda: not server.children(), what="the start-up probe to end")
+        with socket.create_connection((server.host, server.tls_port), timeout=10):
+            # no ClientHello yet: the server waits in the handshake
+            prelogin = the_one(server, pwd.getpwnam(PRELOGIN_USER).pw_uid,
+                               "the pre-login process")
+            assert_locked_in(prelogin)
+    finally:
+        s.close()
+
+
+def test_the_sandbox_cannot_reach_spools_shadow_the_store_or_the_key(world_tmp, system_users,
+                                                                    good):
+    """The sandbox the pre-login process enters (its /proc shows it, above), entered by a
+    forked child here: every file that matters is out of its reach."""
+    user = system_users.create()
+    spool_dir = os.path.join(world_tmp, "spool")
+    os.makedirs(spool_dir, exist_ok=True)
+    spool = make_spool(spool_dir, user, b"From x\n\nsecret\n")
+    store = os.path.join(world_tmp, "pop.auth")
+    with open(store, "wb") as f:
+        f.write(b"secret")
+    os.chmod(store, 0o600)
+    cfg = Config.defaults().replace(prelogin_user=PRELOGIN_USER, prelogin_chroot=CHROOT)
+    privsep.check_prelogin_setup(cfg)
+    uid, gid = privsep.prelogin_account(cfg)
+
+    def in_the_sandbox() -> str:
+        privsep.enter_prelogin_sandbox(cfg, uid, gid)
+        reached = []
+        for path in (spool, "/etc/shadow", store, good.key_file, "/"):
+            try:
+                if path == "/":
+                    reached.append("/:" + ",".join(os.listdir("/")))
+                else:
+                    os.close(os.open(path, os.O_RDONLY))
+                    reached.append(path)
+            except OSError:
+                pass
+        return "\n".join(reached)
+    reached = in_child(in_the_sandbox).split("\n")
+    assert reached == ["/:"], reached           # an empty root, and nothing else opened
+
+
+# --- the TLS private key -----------------------------------------------------------------------------
+def key_patterns(key_file: str) -> list[bytes]:
+    """The RSA primes as OpenSSL keeps them in memory (BIGNUM words, little-endian) and as
+    they appear in DER/big-endian form: one of them is in any process that loaded the key."""
+    with open(key_file, "rb") as f:
+        key = serialization.load_pem_private_key(f.read(), password=None)
+    numbers = key.private_numbers()
+    patterns = []
+    for prime in (numbers.p, numbers.q):
+        size = (prime.bit_length() + 7) // 8
+        patterns.append(prime.to_bytes(size, "big")[:32])
+        patterns.append(prime.to_bytes(size, "little")[:32])
+    return patterns
+
+
+def memory_holds(pid: int, patterns: list[bytes]) -> bool:
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
+        for line in maps:
+            fields = line.split()
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            if "r" not in fields[1] or (len(fields) > 5 and fields[5] in ("[vvar]",
+                                                                           "[vsyscall]")):
+                continue
+            try:
+                mem.seek(start)
+                data = mem.read(end - start)
+            except OSError:
+                continue
+            if any(pattern in data for pattern in patterns):
+                return True
+    return False
+
+
+def rsa_identity(directory: str) -> tuple[str, str]:
+    """(certificate file, key file): a self-signed RSA certificate, so the key has primes."""
+    cert, key = os.path.join(directory, "rsa.crt"), os.path.join(directory, "rsa.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                    "-out", cert, "-subj", "/CN=127.0.0.1", "-days", "2"],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+def test_no_user_session_over_tls_holds_the_private_key(world_tmp, pam_service, pki,
+                                                        system_users):
+    cert, key = rsa_identity(world_tmp)
+    s = TlsSite(world_tmp, pam_service, tls_support="stls", tls_server_cert_file=cert,
+                tls_private_key_file=key)
+    try:
+        user = system_users.create()
+        make_spool(s.spool_dir, user, mbox(*MESSAGES))
+        server = s.tls_server(pki)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        with socket.create_connection((server.host, server.tls_port), timeout=20) as raw, \
+                context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            assert read_greeting(tls).startswith(b"+OK")
+            replies = pipelined(tls, f"USER {user.name}", f"PASS {user.password}", "STAT")
+            assert replies[2].startswith(b"+OK 2 "), replies
+            session = the_one(server, user.uid, "the user session")
+            relay = the_one(server, pwd.getpwnam(PRELOGIN_USER).pw_uid, "the TLS relay")
+            patterns = key_patterns(key)
+            assert memory_holds(relay, patterns)     # the search finds a key where it is
+            assert not memory_holds(session, patterns)
+            assert not memory_holds(server.pid, patterns)        # nor the master
+            # the monitor became this session; the master above it holds no key either
+            assert int(proc_status(session)["PPid"]) == server.pid
+            tls.sendall(b"QUIT\r\n")
+            assert b"signing off" in tls.recv(4096)
+    finally:
+        s.close()
+
+
+def test_port_995_login_and_retr_through_the_relay(world_tmp, pam_service, pki, good,
+                                                   system_users):
+    """Implicit TLS: the pre-login process relays; a big message arrives whole."""
+    s = TlsSite(world_tmp, pam_service, tls_server_cert_file=good.combined_file)
+    try:
+        user = system_users.create()
+        body = "\n".join(f"line {n:06d} " + "x" * 60 for n in range(20000))
+        make_spool(s.spool_dir, user, mbox(("big", body), *MESSAGES))
+        server = s.tls_server(pki)
+        context = client_context(pki)
+        client = poplib.POP3_SSL(server.host, server.tls_port, context=context, timeout=30)
+        try:
+            client.user(user.name)
+            client.pass_(user.password)
+            _, lines, _ = client.retr(1)
+            assert f"line {19999:06d} ".encode() + b"x" * 60 in lines
+            assert len(lines) > 20000
+        finally:
+            client.quit()
+    finally:
+        s.close()
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    from tests.helpers.testpki import TestPki
+    return TestPki(str(tmp_path_factory.mktemp("pki")))
+
+
+@pytest.fixture(scope="module")
+def good(pki):
+    return pki.server("good")
+

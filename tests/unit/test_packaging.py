@@ -1,0 +1,225 @@
+"""The packaging sources, checked without building: systemd units, PAM files, debian/ and the
+RPM spec agree with each other and with what popper accepts. The build, install and run of
+the real packages is tests/test_packaging_install.py (root)."""
+
+from __future__ import annotations
+
+import configparser
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from qpopper.config import load
+from qpopper.options import lookup
+from tests.helpers.repo import REPO
+
+UNITS = REPO / "systemd"
+EXAMPLE = REPO / "etc/qpopper/qpopper.config"
+INSTALLED_CONFIG = "/etc/qpopper/qpopper.config"
+
+SERVICES = ("qpopper.service",)                                  # the standalone master
+SOCKETS = {"qpopper.socket": "qpopper@.service", "qpopper-tls.socket": "qpopper-tls@.service"}
+ALL_UNITS = (*SERVICES, *SOCKETS, *SOCKETS.values())
+POPPASSD_UNITS = ("poppassd.socket", "poppassd@.service")       # port 106, never enabled
+
+
+def unit(name: str) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None,
+                                       delimiters=("=",), comment_prefixes=("#", ";"))
+    parser.optionxform = str                     # keys are case-sensitive in systemd
+    parser.read_string((UNITS / name).read_text())
+    return parser
+
+
+def multi(name: str, section: str, key: str) -> list[str]:
+    """Every value of a key that may repeat (configparser keeps the last one only)."""
+    values, current = [], None
+    for line in (UNITS / name).read_text().splitlines():
+        if line.startswith("["):
+            current = line.strip("[]")
+        elif current == section and line.startswith(key + "="):
+            values.append(line.split("=", 1)[1])
+    return values
+
+
+def exec_start(name: str) -> list[str]:
+    return shlex.split(unit(name)["Service"]["ExecStart"])
+
+
+def effective(name: str):
+    """The Config popper would run with from this unit's ExecStart, reading the repository's
+    shipped config in place of /etc/qpopper/qpopper.config."""
+    argv = [str(EXAMPLE) if a == INSTALLED_CONFIG else a for a in exec_start(name)[1:]]
+    return load(argv)[0]
+
+
+def test_every_unit_file_is_shipped_by_both_packages():
+    shipped = sorted(p.name for p in UNITS.iterdir())
+    assert shipped == sorted(ALL_UNITS + POPPASSD_UNITS)
+    install = (REPO / "debian/install").read_text().split("\n")
+    spec = (REPO / "rpm/qpopper.spec").read_text()
+    for name in ALL_UNITS + POPPASSD_UNITS:
+        assert f"systemd/{name} lib/systemd/system/" in install, name
+        assert f"%{{_unitdir}}/{name}\n" in spec, name
+    assert "pam.d/pop3 etc/pam.d/" in install
+    assert "install -D -m 0644 pam.d/pop3.redhat %{buildroot}%{_pam_confdir}/pop3" in spec
+    assert "%{_sbindir}/popauth\n" in spec                  # rules moves every script to sbin
+    assert "pam.d/poppassd etc/pam.d/" in install
+    assert ("install -D -m 0644 pam.d/poppassd.redhat %{buildroot}%{_pam_confdir}/poppassd"
+            in spec)
+    assert "%{_sbindir}/poppassd\n" in spec
+    for page in ("man/popper.8", "man/qpopper.config.5", "man/popauth.8", "man/poppassd.8"):
+        assert page in (REPO / "debian/manpages").read_text().split()
+        assert f"install -D -m 0644 {page} " in spec
+
+
+def test_every_unit_runs_the_installed_popper_with_the_shipped_config():
+    for name in (*SERVICES, *SOCKETS.values()):
+        argv = exec_start(name)
+        assert argv[:3] == ["/usr/sbin/popper", "-f", INSTALLED_CONFIG], name
+
+
+def test_master_listens_and_instances_serve_stdin():
+    main = effective("qpopper.service")
+    # One master: STLS on 110 (the file's tls-support), TLS from the first byte on 995.
+    assert main.listen == ("110",) and main.tls_listen == ("995",)
+    assert main.tls_support == "stls"
+    for instance in SOCKETS.values():
+        cfg = effective(instance)
+        assert cfg.listen == () and cfg.tls_listen == ()   # inetd mode: the connection is on stdin
+        assert unit(instance)["Service"]["StandardInput"] == "socket"
+        assert unit(instance)["Service"]["StandardOutput"] == "socket"
+    assert effective("qpopper@.service").tls_support == "stls"
+    assert effective("qpopper-tls@.service").tls_support == "alternate-port"
+    # The shipped policy holds on every port: passwords only inside TLS.
+    for name in (*SERVICES, *SOCKETS.values()):
+        assert effective(name).clear_text_password == "tls", name
+
+
+def test_service_units_are_notify_masters_with_reload():
+    for name in SERVICES:
+        service = unit(name)["Service"]
+        assert service["Type"] == "notify"
+        assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
+        assert "--daemon" not in service["ExecStart"]      # the master stays in the foreground
+        assert unit(name)["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_socket_units_pair_with_their_template_and_conflict_with_the_master():
+    ports = {"qpopper.socket": "110", "qpopper-tls.socket": "995"}
+    for name, template in SOCKETS.items():
+        sock = unit(name)
+        assert sock["Socket"]["Accept"] == "yes"
+        assert sock["Socket"]["ListenStream"] == ports[name]
+        assert (UNITS / template).exists()        # Accept=yes starts NAME@.service
+        assert sock["Unit"]["Conflicts"] == "qpopper.service"
+    assert set(unit("qpopper.service")["Unit"]["Conflicts"].split()) == set(SOCKETS)
+
+
+def test_hardening_keeps_what_the_server_needs():
+    for name in (*SERVICES, *SOCKETS.values()):
+        text = (UNITS / name).read_text()
+        service = unit(name)["Service"]
+        caps = set(service["CapabilityBoundingSet"].split())
+        assert {"CAP_SETUID", "CAP_SETGID", "CAP_DAC_OVERRIDE", "CAP_CHOWN"} <= caps, name
+        assert ("CAP_NET_BIND_SERVICE" in caps) == (name in SERVICES), name
+        assert ("CAP_KILL" in caps) == (name in SERVICES), name   # master signals user children
+        # XTND XMIT runs sendmail; Postfix's postdrop is setgid: NoNewPrivileges would break it.
+        assert "NoNewPrivileges" not in service
+        assert "NoNewPrivileges is NOT set" in text and "postdrop" in text
+        assert service["ProtectSystem"] == "strict"
+        rw = " ".join(multi(name, "Service", "ReadWritePaths")).split()
+        assert "-/var/mail" in rw and "-/var/spool/mail" in rw
+        assert "-/var/spool/postfix/maildrop" in rw
+        assert service["PrivateTmp"] == "yes"
+        # The brakes' counts live in a root-only runtime directory systemd makes writable.
+        brakes = lookup("auth-brakes-file")
+        if brakes is not None and brakes.default:
+            assert brakes.default.startswith("/run/" + service["RuntimeDirectory"] + "/")
+            assert service["RuntimeDirectoryMode"] == "0700"
+            assert service["RuntimeDirectoryPreserve"] == "yes"
+        # Hashed spool directories are made setgid like the spool directory.
+        assert service["RestrictSUIDSGID"] == "no"
+        assert "MemoryDenyWriteExecute" not in service     # ctypes closures (python-pam)
+
+
+def test_only_the_masters_are_enabled_by_default():
+    rules = (REPO / "debian/rules").read_text()
+    assert "dh_installsystemd qpopper.service\n" in rules
+    assert "dh_installsystemd --no-enable --no-start qpopper.socket qpopper-tls.socket\n" in rules
+    spec = (REPO / "rpm/qpopper.spec").read_text()
+    assert "preset qpopper.service >" in spec
+    # poppassd (clear-text passwords on port 106) is installed, never enabled or started.
+    assert "dh_installsystemd --no-enable --no-start poppassd.socket\n" in rules
+    assert "preset poppassd" not in spec
+
+
+def test_poppassd_units_serve_stdin_on_port_106():
+    sock = unit("poppassd.socket")
+    assert sock["Socket"]["ListenStream"] == "106" and sock["Socket"]["Accept"] == "yes"
+    service = unit("poppassd@.service")["Service"]
+    assert exec_start("poppassd@.service") == ["/usr/sbin/poppassd"]
+    assert service["StandardInput"] == "socket" and service["StandardOutput"] == "socket"
+    # pam_unix rewrites /etc/shadow: /etc must stay writable (ProtectSystem=yes, not strict/full).
+    assert service["ProtectSystem"] == "yes"
+    assert {"CAP_DAC_OVERRIDE", "CAP_CHOWN", "CAP_FOWNER"} <= set(
+        service["CapabilityBoundingSet"].split())
+    pam = (REPO / "pam.d/poppassd").read_text().splitlines()
+    # common-password: the new password goes through PAM's password stack (pwquality, ...)
+    assert [l for l in pam if l.startswith("@include")] == [
+        "@include common-auth", "@include common-account", "@include common-password"]
+    redhat = [l.split() for l in (REPO / "pam.d/poppassd.redhat").read_text().splitlines()
+              if l and not l.startswith("#")]
+    assert ["password", "include", "password-auth"] in redhat
+    from qpopper.tools.poppassd import DEFAULT_PAM_SERVICE
+    assert DEFAULT_PAM_SERVICE == "poppassd"
+
+
+def test_pam_service_files():
+    debian = (REPO / "pam.d/pop3").read_text().splitlines()
+    assert [l for l in debian if l.startswith("@include")] == [
+        "@include common-auth", "@include common-account",
+        "@include common-session-noninteractive"]
+    redhat = [l.split() for l in (REPO / "pam.d/pop3.redhat").read_text().splitlines()
+              if l and not l.startswith("#")]
+    assert ["auth", "include", "password-auth"] in redhat
+    assert ["account", "include", "password-auth"] in redhat
+    # The service name matches the option's default.
+    assert load([])[0].pam_service == "pop3"
+
+
+def test_debian_control_relations():
+    control = (REPO / "debian/control").read_text()
+    fields = dict(re.findall(r"^(Provides|Conflicts|Replaces|Depends): (.*(?:\n .*)*)", control,
+                             re.M))
+    assert fields["Provides"] == "pop3-server"
+    conflicts = {c.strip() for c in fields["Conflicts"].split(",")}
+    # File clashes only: qpopper (popper), courier-pop (/etc/pam.d/pop3), mailutils-pop3d
+    # (popauth). dovecot-pop3d and other pop3-server providers may run on another port.
+    assert conflicts == {"qpopper", "courier-pop", "mailutils-pop3d"}
+    assert "pop3-server" not in conflicts
+    depends = {d.strip() for d in fields["Depends"].replace("\n", " ").split(",")}
+    assert {"${python3:Depends}", "adduser", "ssl-cert"} <= depends
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="no sh")
+@pytest.mark.parametrize("script", ["debian/postinst", "debian/postrm"])
+def test_maintainer_scripts_are_valid_sh(script):
+    result = subprocess.run(["sh", "-n", str(REPO / script)], capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0, result.stderr
+    text = (REPO / script).read_text()
+    assert "#DEBHELPER#" in text and text.startswith("#!/bin/sh\n") and "set -e" in text
+
+
+def test_rpm_spec_defines_fallbacks_for_missing_fedora_macros():
+    spec = (REPO / "rpm/qpopper.spec").read_text()
+    for macro in ("__python3", "python3_sitelib", "_unitdir", "_pam_confdir"):
+        assert f"%{{!?{macro}:" in spec, macro
+    # An undefined %systemd_post would land literally in the scriptlet: written out instead.
+    body = spec.split("%post\n", 1)[1]
+    assert "%systemd_post" not in body.replace("%%systemd_post", "")
