@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server_harness import prelogin_args
+from tests.server_harness import free_port, prelogin_args
 from qpopper import __version__
 from qpopper.options import OPTIONS
 from tests.helpers.repo import REPO
@@ -137,12 +137,6 @@ def test_without_listen_it_serves_the_connection_on_stdin():
         process.stderr.close()
     assert greeting.startswith(b"+OK ") and greeting.endswith(b"\r\n")
     assert goodbye.startswith(b"+OK")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.mark.timeout(60)
