@@ -328,6 +328,12 @@ OPTIONS: tuple[Option, ...] = (
        "<bulldir>/bulldb/bulldb.sqlite (that directory root:mail 2770) instead of ~/.popbull "
        "files, which are read once for compatibility (Qpopper: configure --enable-bulldb).",
        extension=True, scope=Scope.NOT_USER),
+    _s("maildir", None,
+       "Extension: where a user's Maildir is, e.g. ~/Maildir (~ or %h: the home directory; "
+       "%u: the user name). A user whose path is a Maildir (a directory with cur/, new/ and "
+       "tmp/) is served from it, everyone else from the mbox spool, by the same server and "
+       "with the same options. Unset: mbox only. See docs/maildir.md.",
+       extension=True, scope=Scope.NOT_HOME, example="~/Maildir"),
     _s("popbulldir", None,
        "Extension: directory of the users' <user>.popbull files instead of ~/.popbull "
        "(root:mail 3770; Qpopper: configure --enable-popbulldir).",

@@ -176,6 +176,8 @@ def send_message(proto: "Protocol", index: int, body_lines: int | None,
                  mangle_args: list[str]) -> None:
     """RETR (`body_lines` None) or TOP output. A mangle argument, or a `-no-mime` login, goes
     to the mangling feature when it is plugged in."""
+    # A Maildir message another program removed gets an -ERR here, before any +OK.
+    proto.trans.maildrop.check_available(index)
     mangle = proto.extensions.mangle   # without it the table allows no mangle argument
     if mangle is not None and (mangle_args or proto.login.no_mime):
         mangle(proto, index, body_lines, mangle_args or [NO_MIME_MANGLE])

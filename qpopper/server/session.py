@@ -37,6 +37,8 @@ from qpopper.server.prelogin import Handover
 from qpopper.server.reverse_lookup import ReverseLookup
 from qpopper.pop3.protocol import Protocol, SessionStats
 from qpopper.pop3.responses import PopError, RespCode
+from qpopper.spool.maildir import maildir_path
+from qpopper.spool.maildir_drop import MaildirDrop
 from qpopper.spool.maildrop import Maildrop, resolve_server_mode
 from qpopper.spool.paths import SpoolPaths
 
@@ -286,13 +288,20 @@ class Session:
         self.cfg = resolve_server_mode(self.cfg, login.user, login.gid, self.log)
         self._apply_user_option_files(login, global_paths.options_file, options_owner)
         paths = SpoolPaths.for_user(self.cfg, login.user, login.home)
+        in_maildir = maildir_path(self.cfg.maildir, login.user, login.home)   # docs/maildir.md
         # New bulletins go into the spool like a delivery agent's mail, so the maildrop (any
-        # mode) takes them up with its crash-safe machinery (bulletins.py says how).
-        bulletins.deliver(self.cfg, login, paths, self.hostname, self.log,
-                          step_hook=test_step_hook())
+        # mode) takes them up with its crash-safe machinery (bulletins.py says how). Maildir
+        # users get none yet (docs/maildir.md, "What is not supported").
+        if in_maildir is None:
+            bulletins.deliver(self.cfg, login, paths, self.hostname, self.log,
+                              step_hook=test_step_hook())
         try:
-            drop = Maildrop.open(self.cfg, paths, login.user, step_hook=test_step_hook(),
-                                 log=self.log)
+            if in_maildir is not None:
+                drop = MaildirDrop.open(in_maildir, login.user, step_hook=test_step_hook(),
+                                        log=self.log)
+            else:
+                drop = Maildrop.open(self.cfg, paths, login.user, step_hook=test_step_hook(),
+                                     log=self.log)
         except OSError as exc:
             raise PopError("Unable to open your maildrop; contact your administrator",
                            RespCode.SYS_TEMP, log=f"opening maildrop of {login.user}: {exc}") from None

@@ -246,6 +246,9 @@ class Maildrop:
             raise
         return drop
 
+    def check_available(self, index: int) -> None:
+        """Before RETR/TOP's +OK: an mbox message is in the locked drop, always there."""
+
     def send(self, index: int, write, body_lines: int | None = None) -> None:
         """RETR (or TOP) data of visible message `index` (0-based), streamed from the drop."""
         mbox.send_message(self._drop_file, self.messages[index], write, body_lines)

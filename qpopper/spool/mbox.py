@@ -782,7 +782,7 @@ def _chunks(f: BinaryIO, start: int, end: int):
         yield data
 
 
-class _WireLines:
+class WireLines:
     """Turns spool bytes into POP3 multi-line data: CRLF line ends, NUL as space, dot-stuffing.
 
     Works on whole blocks with bytes methods (each a C loop over the block), never per line;
@@ -885,7 +885,7 @@ def send_message(f: BinaryIO, msg: Message, write: WriteFn, body_lines: int | No
     stop = msg.body_end if body_lines is None else _top_stop(f, msg, body_lines)
     window = limits.COPY_CHUNK_OCTETS
     read = _pread_of(f)
-    wire = _WireLines(write)
+    wire = WireLines(write)
     pending: list[bytes] = []
     pending_size = 0
     buf, buf_at = b"", 0            # file bytes [buf_at, buf_at + len(buf))

@@ -1,0 +1,241 @@
+"""Maildir mailboxes: what is in one, and the index that saves a rescan (docs/maildir.md).
+
+A Maildir is a directory with cur/, new/ and tmp/; a delivery agent writes each message to
+tmp/ and renames it into new/; readers move it to cur/ and record flags after `:2,` in its
+name. Files are never rewritten, so a message's name before `:` (its base name) identifies it
+for good: it is the message's UID (unless it carries an X-UIDL header Qpopper would honour, or
+is not a valid POP3 UID), and the index keyed by it never goes stale for a file that is still
+there. This module only reads; maildir_drop.py is the session's side (lock, RETR, UPDATE).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+
+from qpopper.spool.durable import fsync_dir, read_up_to
+from qpopper.spool.mbox import UID_MAX_CHARS, UID_MIN_CHARS, encode_uid
+
+SUBDIRS = ("new", "cur")
+INDEX_NAME = "qpopper-pop3.index"
+INDEX_VERSION = 1
+SETTLE_NS = 2_000_000_000
+"""A directory changed less than this before the index was written is listed again next time:
+a rename in the same clock tick as the listing would leave its mtime unchanged."""
+HEADER_PROBE_OCTETS = 64 * 1024
+"""How much of a message is read for its X-UIDL header when ,W= gives the size."""
+MAX_POP3_UID = 70
+_WIRE_SIZE = re.compile(r",W=([0-9]{1,12})(?:,|$)")
+_LEADING_NUMBER = re.compile(r"[0-9]{1,20}")
+_MICROSECONDS = re.compile(r"^[0-9]+\.(?:[^.]*?)M([0-9]{1,6})")
+
+
+@dataclass(slots=True)
+class MaildirMessage:
+    """One message file. `name` is relative to the Maildir (`new/...` or `cur/...`)."""
+    name: str
+    octets: int                 # what RETR sends: CRLF line ends, a final CRLF added if missing
+    uid: str
+    retrieved: bool             # the S (seen) flag at login: Qpopper's Status R
+    hidden: bool = False        # uw-kludge has no meaning in a Maildir
+
+    @property
+    def base(self) -> str:
+        return base_name(self.name)
+
+
+def base_name(name: str) -> str:
+    """`cur/1733.M1P2.host,S=12:2,S` -> `1733.M1P2.host,S=12` (what stays across renames)."""
+    return name.rpartition("/")[2].partition(":")[0]
+
+
+def flags_of(name: str) -> str:
+    info = name.rpartition("/")[2].partition(":")[2]
+    return info[2:] if info.startswith("2,") else ""
+
+
+def is_maildir(path: str) -> bool:
+    return all(os.path.isdir(os.path.join(path, sub)) for sub in ("cur", "new", "tmp"))
+
+
+def maildir_path(pattern: str | None, user: str, home: str | None) -> str | None:
+    """The `maildir` option's path for this user when it names a Maildir, else None (the
+    user is served from the mbox spool). `~` and `%h` are the home directory, `%u` the name."""
+    if not pattern:
+        return None
+    if ("~" in pattern or "%h" in pattern) and not home:
+        return None
+    path = pattern.replace("%u", user)
+    if path.startswith("~"):
+        path = home + path[1:]
+    path = path.replace("%h", home or "")
+    return path if os.path.isabs(path) and is_maildir(path) else None
+
+
+def wire_octets(data: bytes) -> int:
+    """RETR's octet count for a message file's bytes: LF becomes CRLF, a CRLF stays, and a
+    last line without LF gets a CRLF."""
+    size = len(data) + data.count(b"\n") - data.count(b"\r\n")
+    if data and not data.endswith(b"\n"):
+        size += 2
+    return size
+
+
+def header_uid(head: bytes) -> str | None:
+    """The value of the first X-UIDL header of `head` when Qpopper would keep it."""
+    end = head.find(b"\n\n")
+    if end < 0:
+        end = head.find(b"\r\n\r\n")
+    header = head if end < 0 else head[:end + 1]
+    for line in re.finditer(rb"(?im)^x-uidl:[ \t]*([^\r\n]*)", header):
+        value = line.group(1).strip()
+        if UID_MIN_CHARS <= len(value) <= UID_MAX_CHARS and all(0x21 <= c <= 0x7E for c in value):
+            return value.decode("ascii")
+        return None
+    return None
+
+
+def uid_of(base: str, head: bytes) -> str:
+    """An honoured X-UIDL header, else the base name when it is a valid POP3 UID (1-70
+    characters 0x21-0x7E, RFC 1939 §7), else Qpopper's encoding of its MD5."""
+    from_header = header_uid(head)
+    if from_header is not None:
+        return from_header
+    if 0 < len(base) <= MAX_POP3_UID and all(0x21 <= ord(c) <= 0x7E for c in base):
+        return base
+    return encode_uid(hashlib.md5(base.encode("utf-8", "surrogateescape")).digest())
+
+
+def _measure(path: str, name: str) -> tuple[int, str]:
+    """(octets, uid) of one message file: the size from ,W= when the delivery agent wrote it,
+    else counted; the UID from its header or name."""
+    base = base_name(name)
+    wire = _WIRE_SIZE.search(base)
+    fd = os.open(os.path.join(path, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if wire:
+            return int(wire.group(1)), uid_of(base, os.pread(fd, HEADER_PROBE_OCTETS, 0))
+        data = read_up_to(fd, os.fstat(fd).st_size)
+        return wire_octets(data), uid_of(base, data[:HEADER_PROBE_OCTETS])
+    finally:
+        os.close(fd)
+
+
+def delivery_order(name: str) -> tuple[int, int, str]:
+    """Messages are numbered in delivery order: the base name starts with the delivery time
+    in seconds, and often has `M<microseconds>` in its second part (the Maildir convention);
+    names that do not, last, by name."""
+    base = base_name(name)
+    number = _LEADING_NUMBER.match(base)
+    micro = _MICROSECONDS.search(base)
+    return (int(number.group()) if number else 1 << 64, int(micro.group(1)) if micro else 0, base)
+
+
+# --- the index ---------------------------------------------------------------------------------
+
+def _dir_stamps(path: str) -> dict[str, list[int]]:
+    stamps = {}
+    for sub in SUBDIRS:
+        st = os.stat(os.path.join(path, sub))
+        stamps[sub] = [st.st_mtime_ns, st.st_ino, st.st_dev]
+    return stamps
+
+
+def load_index(path: str) -> dict | None:
+    """The saved index, or None when missing or not ours (then it is rebuilt)."""
+    try:
+        fd = os.open(os.path.join(path, INDEX_NAME), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        index = json.loads(read_up_to(fd, os.fstat(fd).st_size))
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+    if not isinstance(index, dict) or index.get("version") != INDEX_VERSION \
+            or not isinstance(index.get("entries"), dict):
+        return None
+    return index
+
+
+def store_index(path: str, stamps: dict, entries: dict[str, list], step=None) -> None:
+    """Write the index beside the mail: a temporary file renamed over the old one, so a
+    reader sees the old index or the new one, never half of one."""
+    body = json.dumps({"version": INDEX_VERSION, "written_ns": time.time_ns(),
+                       "stamps": stamps, "entries": entries}, separators=(",", ":"))
+    tmp = os.path.join(path, f".{INDEX_NAME}.{os.getpid()}")
+    if step:
+        step("index-write")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, body.encode())
+    finally:
+        os.close(fd)
+    if step:
+        step("index-rename")
+    os.rename(tmp, os.path.join(path, INDEX_NAME))
+
+
+def _unchanged(index: dict | None, stamps: dict) -> bool:
+    """The listing in the index is still the directories' content: same directories, same
+    mtimes, and the index written well after the last change (SETTLE_NS)."""
+    if index is None or index.get("stamps") != stamps:
+        return False
+    written = index.get("written_ns")
+    return isinstance(written, int) and all(
+        written - stamp[0] >= SETTLE_NS for stamp in stamps.values())
+
+
+def scan(path: str, log=None, step=None) -> list[MaildirMessage]:
+    """The messages of the Maildir at `path` in delivery order, from the index when nothing
+    changed (two stat calls), else from a listing that measures only the files the index
+    does not know. The index is rewritten when the listing differs; a failure to write it
+    (a full disk) is logged and costs only speed."""
+    stamps = _dir_stamps(path)
+    index = load_index(path)
+    known: dict = index["entries"] if index else {}
+    if _unchanged(index, stamps):
+        names = list(known)
+    else:
+        names = [f"{sub}/{entry.name}" for sub in SUBDIRS
+                 for entry in os.scandir(os.path.join(path, sub))
+                 if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False)]
+    entries: dict[str, list] = {}
+    for name in names:
+        entry = known.get(name)
+        if not (isinstance(entry, list) and len(entry) == 2):
+            try:
+                entry = list(_measure(path, name))
+            except FileNotFoundError:          # moved or removed since the listing
+                continue
+        entries[name] = entry
+    if entries != known or not _unchanged(index, stamps):
+        try:
+            store_index(path, stamps, entries, step)
+        except OSError as error:
+            if log:
+                log(f"Maildir index of {path} not written: {error.strerror}")
+    return _messages(entries)
+
+
+def _messages(entries: dict[str, list]) -> list[MaildirMessage]:
+    messages, taken = [], set()
+    for name in sorted(entries, key=delivery_order):
+        octets, uid = entries[name]
+        if uid in taken:                      # a copied message with the same X-UIDL header
+            uid = uid_of(base_name(name), b"")
+            if uid in taken:
+                uid = encode_uid(hashlib.md5(name.encode("utf-8", "surrogateescape")).digest())
+        taken.add(uid)
+        messages.append(MaildirMessage(name, octets, uid, "S" in flags_of(name)))
+    return messages
+
+
+def sync_dirs(path: str) -> None:
+    for sub in SUBDIRS:
+        fsync_dir(os.path.join(path, sub))

@@ -1,0 +1,271 @@
+"""The session's Maildir: one session per mailbox, RETR/TOP from the files, UPDATE through a
+journal (docs/maildir.md, "UPDATE and crash safety").
+
+The same contract as the mbox maildrop (docs/internals.md, "Spool"): `.messages`,
+`.hidden_count`, `.send`, `.update(deleted, retrieved)`, `.restore`, `.close`. Deliveries are
+never blocked: a delivery agent only adds files to new/ (through tmp/), and a session's own
+lock is a file of its own (`qpopper-pop3.lock`, flock'ed as the mbox temp drop is).
+UPDATE deletes (unlink) and marks seen (rename into cur/ with the S flag); both are
+single-file atomic steps, and the list of them is journalled first, so a crash in the middle
+is finished by the next session: the update happens exactly once. A message another program
+moved or removed during the session is looked up again by its base name; one that is gone is
+reported to the client (RETR) or skipped (UPDATE), never a crash.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import syslog
+
+from qpopper import limits
+from qpopper.pop3.responses import PopError, RespCode
+from qpopper.spool import maildir
+from qpopper.spool.durable import fsync_dir, read_up_to, unlink_if_present
+from qpopper.spool.locking import SessionLock
+from qpopper.spool.mbox import WireLines
+
+LOCK_NAME = "qpopper-pop3.lock"
+JOURNAL_NAME = "qpopper-pop3.journal"
+JOURNAL_VERSION = 1
+GONE_TEXT = "Message {n} was removed from your Maildir by another program"
+UPDATE_FAILED_TEXT = "Error updating your Maildir; your mail is intact, try again"
+OPEN_FAILED_TEXT = "Unable to open your Maildir; contact your administrator"
+
+
+class MaildirDrop:
+    server_mode = False
+    hidden_count = 0
+
+    def __init__(self, path: str, lock: SessionLock, messages, step_hook, log):
+        self.path = path
+        self._lock = lock
+        self.messages = messages
+        self._hook = step_hook or (lambda name: None)
+        self._log = log
+        self._phase = "open"
+
+    @classmethod
+    def open(cls, path: str, user: str, step_hook=None, log=None) -> "MaildirDrop":
+        """Lock the mailbox ([IN-USE] when another session has it), finish a crashed
+        session's UPDATE, list the messages. Raises PopError only."""
+        hook = step_hook or (lambda name: None)
+        lock = SessionLock(os.path.join(path, LOCK_NAME), step_hook=lambda s: hook(f"open:{s}"),
+                           log=log)
+        lock.acquire()
+        try:
+            finish_journal(path, lambda s: hook(f"recover:{s}"))
+            messages = maildir.scan(path, log=_notice(log), step=lambda s: hook(f"open:{s}"))
+        except OSError as error:
+            lock.release(unlink=False)
+            raise PopError(OPEN_FAILED_TEXT, RespCode.SYS_TEMP,
+                           log=f"opening Maildir {path} of {user}: {error}") from None
+        except BaseException:
+            lock.release(unlink=False)
+            raise
+        return cls(path, lock, messages, step_hook, log)
+
+    # --- RETR and TOP --------------------------------------------------------------------
+    def check_available(self, index: int) -> None:
+        """Before the +OK of RETR/TOP: a message another program removed gets an -ERR."""
+        os.close(self._open_message(index))
+
+    def send(self, index: int, write, body_lines: int | None = None) -> None:
+        """RETR (or TOP with `body_lines`) data: CRLF lines, dot-stuffed, ending with CRLF."""
+        fd = self._open_message(index)
+        try:
+            wire = WireLines(write)
+            if body_lines is None:
+                self._send_all(fd, wire)
+            else:
+                self._send_top(fd, wire, body_lines)
+        finally:
+            os.close(fd)
+
+    def _send_all(self, fd: int, wire) -> None:
+        offset, last = 0, b"\n"
+        while True:
+            data = os.pread(fd, limits.COPY_CHUNK_OCTETS, offset)
+            if not data:
+                break
+            wire.feed(data)
+            offset += len(data)
+            last = data[-1:]
+        wire.feed(b"" if last == b"\n" else b"\n", final=True)
+
+    def _send_top(self, fd: int, wire, body_lines: int) -> None:
+        """The header, the empty line after it, and the first `body_lines` lines of the body,
+        read in bounded chunks (CRLF in the file is read as LF; WireLines makes it CRLF)."""
+        offset, carry, in_header, remaining, at_line_start = 0, b"", True, body_lines, True
+        while True:
+            raw = os.pread(fd, limits.COPY_CHUNK_OCTETS, offset)
+            offset += len(raw)
+            data, carry = carry + raw, b""
+            if raw and data.endswith(b"\r"):           # maybe half a CRLF
+                data, carry = data[:-1], b"\r"
+            data = data.replace(b"\r\n", b"\n")
+            cut, done, i = len(data), False, 0
+            if in_header:
+                j = 0 if at_line_start and data.startswith(b"\n") else data.find(b"\n\n") + 1
+                if j > 0 or (j == 0 and at_line_start and data.startswith(b"\n")):
+                    in_header, i = False, j + 1
+                else:
+                    i = len(data)
+            if not in_header:
+                while remaining > 0 and i < len(data):
+                    k = data.find(b"\n", i)
+                    i = len(data) if k < 0 else k + 1
+                    remaining -= k >= 0
+                if remaining == 0:
+                    cut, done = i, True
+            piece = data[:cut]
+            if piece:
+                wire.feed(piece)
+                at_line_start = piece.endswith(b"\n")
+            if done or not raw:
+                break
+        wire.feed(b"" if at_line_start else b"\n", final=True)
+
+    def _open_message(self, index: int) -> int:
+        message = self.messages[index]
+        for attempt in (1, 2):
+            try:
+                return os.open(os.path.join(self.path, message.name),
+                               os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY)
+            except FileNotFoundError:
+                if attempt == 2 or not self._find_again(message):
+                    raise PopError(GONE_TEXT.format(n=index + 1), RespCode.SYS_TEMP,
+                                   log=f"{message.name} in {self.path} is gone") from None
+            except OSError as error:
+                if error.errno == errno.ELOOP:
+                    raise PopError(GONE_TEXT.format(n=index + 1), RespCode.SYS_PERM,
+                                   log=f"{message.name} in {self.path} is a link") from None
+                raise
+        raise AssertionError("unreachable")
+
+    def _find_again(self, message) -> bool:
+        """Another program renamed it (flags, new -> cur): the same base name, found again."""
+        base = message.base
+        for sub in maildir.SUBDIRS:
+            for name in os.listdir(os.path.join(self.path, sub)):
+                if maildir.base_name(name) == base:
+                    message.name = f"{sub}/{name}"
+                    return True
+        return False
+
+    # --- UPDATE ----------------------------------------------------------------------------
+    def update(self, deleted: set[int], retrieved: set[int]) -> None:
+        """Delete `deleted`, mark `retrieved` seen (0-based indices); exactly once, even
+        across a crash (the journal)."""
+        self._phase = "update"
+        steps = []
+        for index in sorted(deleted):
+            steps.append(["unlink", self._current_name(self.messages[index])])
+        for index in sorted(retrieved - deleted):
+            message = self.messages[index]
+            flags = maildir.flags_of(message.name)
+            if message.name.startswith("cur/") and "S" in flags:
+                continue
+            new_name = f"cur/{message.base}:2,{''.join(sorted(set(flags + 'S')))}"
+            steps.append(["rename", self._current_name(message), new_name])
+        steps = [step for step in steps if step[1] is not None]
+        try:
+            if steps:
+                hook = lambda s: self._hook(f"update:{s}")
+                write_journal(self.path, steps, hook)
+                finish_journal(self.path, hook)
+            maildir.scan(self.path, log=_notice(self._log),
+                         step=lambda s: self._hook(f"update:{s}"))
+        except OSError as error:
+            raise PopError(UPDATE_FAILED_TEXT, RespCode.SYS_TEMP,
+                           log=f"updating Maildir {self.path}: {error}") from None
+        finally:
+            self.close()
+
+    def _current_name(self, message) -> str | None:
+        if os.path.lexists(os.path.join(self.path, message.name)) or self._find_again(message):
+            return message.name
+        return None                            # removed by another program: nothing to do
+
+    def restore(self) -> None:
+        """Abort without update: nothing was changed, nothing to put back."""
+        self.close()
+
+    def close(self) -> None:
+        self._lock.release(unlink=False)
+
+
+# --- the journal ----------------------------------------------------------------------------
+
+def write_journal(path: str, steps: list[list[str]], hook) -> None:
+    """The steps, durable before the first is taken: written to a temporary name, synced,
+    renamed into place and the directory synced (the rename is the commit)."""
+    body = json.dumps({"version": JOURNAL_VERSION, "steps": steps}).encode()
+    tmp = os.path.join(path, f".{JOURNAL_NAME}.tmp")
+    hook("journal-write")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, body)
+        hook("journal-fsync")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    hook("journal-commit-rename")
+    os.rename(tmp, os.path.join(path, JOURNAL_NAME))
+    fsync_dir(path)
+
+
+def finish_journal(path: str, hook) -> None:
+    """Take every step of a committed journal that is not taken yet, then remove it. Each
+    step is idempotent: an unlinked file is gone, a renamed one is at its new name; a source
+    missing for another reason (a program moved it) is skipped. A journal we cannot read is
+    left for the administrator and the mailbox is refused, never guessed at."""
+    journal = os.path.join(path, JOURNAL_NAME)
+    unlink_if_present(os.path.join(path, f".{JOURNAL_NAME}.tmp"))   # never committed
+    try:
+        fd = os.open(journal, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        record = json.loads(read_up_to(fd, os.fstat(fd).st_size))
+        steps = record["steps"] if record.get("version") == JOURNAL_VERSION else None
+    except (ValueError, KeyError, AttributeError):
+        steps = None
+    finally:
+        os.close(fd)
+    if not isinstance(steps, list) or not all(_valid_step(step) for step in steps):
+        raise OSError(errno.EINVAL, f"{journal} is not a journal this version can finish")
+    for step in steps:
+        hook(step[0])
+        if step[0] == "unlink":
+            unlink_if_present(os.path.join(path, step[1]))
+        else:
+            try:
+                os.rename(os.path.join(path, step[1]), os.path.join(path, step[2]))
+            except FileNotFoundError:
+                pass                             # done before the crash, or moved by another program
+    hook("fsync-dirs")
+    maildir.sync_dirs(path)
+    hook("journal-unlink")
+    os.unlink(journal)
+    fsync_dir(path)
+
+
+def _valid_step(step) -> bool:
+    """A step names files inside new/ or cur/ only (the journal is ours, but a damaged one
+    must not rename or remove anything else)."""
+    def inside(name) -> bool:
+        return (isinstance(name, str) and name.partition("/")[0] in maildir.SUBDIRS
+                and "/" not in name.partition("/")[2] and name.partition("/")[2] not in ("", ".", ".."))
+    if not isinstance(step, list) or not step:
+        return False
+    if step[0] == "unlink":
+        return len(step) == 2 and inside(step[1])
+    return step[0] == "rename" and len(step) == 3 and inside(step[1]) and inside(step[2])
+
+
+def _notice(log):
+    if log is None:
+        return None
+    return lambda text: log(syslog.LOG_NOTICE, text)
