@@ -17,7 +17,6 @@ import pytest
 
 from qpopper import limits
 from qpopper.addresses import parse_networks
-from qpopper.auth import brakes as brakes_mod
 from qpopper.auth.brakes import Brakes, brake_delay, failure_log_line
 from tests.helpers.sysusers import make_spool
 from tests.server_harness import Site, mbox
