@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import configparser
 import contextlib
-import os
 import shutil
 import socket
 import subprocess
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.server_harness import REPO, wait_until
-from tests.test_policy_refusals import site, user_pass  # noqa: F401  (the fixture)
+from tests.test_policy_refusals import policy_site, user_pass
 
 pytestmark = [pytest.mark.timeout(180),
               pytest.mark.skipif(shutil.which("fail2ban-client") is None,
@@ -30,6 +29,13 @@ pytestmark = [pytest.mark.timeout(180),
 
 SHIPPED = REPO / "etc" / "fail2ban"
 FILTER, JAIL = "filter.d/qpopper.conf", "jail.d/qpopper.conf"
+
+
+@pytest.fixture
+def site(system_users, pam_service, world_tmp):
+    s = policy_site(system_users, pam_service, world_tmp)
+    yield s
+    s.close()
 
 
 def test_the_package_installs_the_filter_and_a_disabled_jail():

@@ -26,8 +26,15 @@ FREE = limits.BRAKE_FREE_FAILURES_PER_ADDRESS
 
 @pytest.fixture
 def site(system_users, pam_service, world_tmp):
+    s = policy_site(system_users, pam_service, world_tmp)
+    yield s
+    s.close()
+
+
+def policy_site(system_users, pam_service, world_tmp) -> Site:
     """alice: a store secret (USER/PASS refused: stronger authentication required); carl:
-    listed in nonauth-file; bob and dora: ordinary system users. 127.0.0.8/29 is trusted."""
+    listed in nonauth-file; bob and dora: ordinary system users. 127.0.0.8/29 is trusted.
+    The caller closes it."""
     owner, store = owned_store(system_users, world_tmp)
     alice, bob, carl, dora = (system_users.create(p) for p in ("al", "bo", "ca", "do"))
     store.set_secret(alice.name, "alice-store-secret")
@@ -41,8 +48,7 @@ def site(system_users, pam_service, world_tmp):
         make_spool(s.spool_dir, user, mbox(("hi", f"for {user.name}")))
     s.alice, s.bob, s.carl, s.dora = alice, bob, carl, dora
     s.srv = s.server()
-    yield s
-    s.close()
+    return s
 
 
 def user_pass(site, source: str, name: str, password: str) -> bytes:
