@@ -198,3 +198,19 @@ def test_enabled_a_user_without_a_secret_is_told_why_and_it_is_no_failure(enable
     no_failure_lines(site)
     result = curl(site, site.bob, site.bob.password, "--login-options", "AUTH=PLAIN")
     assert result.returncode == 0, result.stderr
+
+
+@needs_mpop
+def test_enabled_mpop_scram_for_a_user_without_a_secret_is_told_why(enabled_site, world_tmp):
+    """Without TLS mpop picks SCRAM-SHA-256 for bob too: the exchange runs on a decoy (the
+    server-first reveals nothing), and the answer to the proof names the reason."""
+    site = enabled_site
+    result = mpop(site, site.bob, site.bob.password, world_tmp, tls=False)
+    assert result.returncode != 0
+    assert "--> AUTH SCRAM-SHA-256" in result.stdout
+    assert (f'<-- -ERR No SCRAM-SHA-256 secret is stored for "{site.bob.name}"; log in with '
+            f"USER/PASS or AUTH PLAIN") in result.stdout
+    site.syslog.wait_for(rf"LOGIN REFUSED \(policy\), user={site.bob.name}, "
+                         rf"method=SCRAM-SHA-256, ip=\[127\.0\.0\.1\], reason=no AUTH "
+                         rf"SCRAM-SHA-256 secret in the pop\.auth store")
+    no_failure_lines(site)

@@ -51,12 +51,19 @@ def policy_site(system_users, pam_service, world_tmp) -> Site:
     return s
 
 
+def greeted(site, source: str):
+    """A connection from `source` whose greeting was read: (socket, its lines)."""
+    sock = socket.create_connection((site.srv.host, site.srv.port), timeout=30,
+                                    source_address=(source, 0))
+    lines = sock.makefile("rb")
+    assert lines.readline().startswith(b"+OK")
+    return sock, lines
+
+
 def user_pass(site, source: str, name: str, password: str) -> bytes:
     """One connection from `source`: USER, PASS, QUIT; the PASS reply."""
-    with socket.create_connection((site.srv.host, site.srv.port), timeout=30,
-                                  source_address=(source, 0)) as sock:
-        lines = sock.makefile("rb")
-        assert lines.readline().startswith(b"+OK")
+    sock, lines = greeted(site, source)
+    with sock:
         sock.sendall(f"USER {name}\r\n".encode())
         assert lines.readline().startswith(b"+OK")
         sock.sendall(f"PASS {password}\r\n".encode())
@@ -127,10 +134,8 @@ def test_in_use_after_a_correct_password_is_not_a_failure(site):
     [IN-USE]: not failed guesses (no LOGIN FAILED, nothing counted), so the next login from
     that address, once the first session ended, is not braked."""
     source = "127.0.0.5"
-    with socket.create_connection((site.srv.host, site.srv.port), timeout=30,
-                                  source_address=(source, 0)) as holder:
-        lines = holder.makefile("rb")
-        assert lines.readline().startswith(b"+OK")
+    holder, lines = greeted(site, source)
+    with holder:
         holder.sendall(f"USER {site.bob.name}\r\nPASS {site.bob.password}\r\n".encode())
         assert lines.readline().startswith(b"+OK")
         assert lines.readline().startswith(b"+OK"), "bob's first session"

@@ -1,12 +1,13 @@
 """poppassd and the POP server share the brute-force brakes (qpopper/auth/brakes.py): the real
 poppassd (one process per connection, systemd-socket-activate) and the real POP master read
 the same site configuration, so they count failures in the same auth-brakes-file. Guessing
-through one slows the other; failures are logged in the fail2ban format the README's jail
+through one slows the other; failures are logged in the fail2ban format the shipped jail
 matches; a correct password from another address is not slowed. Client addresses are
 loopback ones (127.0.0.x), the client socket bound to each."""
 
 from __future__ import annotations
 
+import configparser
 import re
 import socket
 import tempfile
@@ -26,7 +27,7 @@ from tests.helpers.repo import REPO
 
 pytestmark = pytest.mark.timeout(120)
 
-README = REPO / "README.md"
+SHIPPED_FAIL2BAN = REPO / "etc" / "fail2ban"
 MAX_DELAY = 4
 """The sites' auth-brakes-max-delay: well above the time an unbraked check takes, so "slowed"
 and "not slowed" are seconds apart, and low enough to keep the tests short."""
@@ -40,30 +41,31 @@ UNBRAKED_S = 2.0
 half the brake the same check from the guessing address waits."""
 
 
-def readme_jail() -> dict[str, str]:
-    """The README's fail2ban jail (/etc/fail2ban/jail.d/qpopper.conf), key -> value."""
-    block = README.read_text().split("# /etc/fail2ban/jail.d/qpopper.conf\n", 1)[1]
-    block = block.split("```", 1)[0]
-    return {key.strip(): value.strip() for key, _, value in
-            (line.partition("=") for line in block.splitlines() if not line.startswith("#"))
-            if value}
+def shipped(name: str) -> configparser.ConfigParser:
+    """A fail2ban file the package ships (etc/fail2ban/NAME), raw (no interpolation)."""
+    parser = configparser.RawConfigParser()
+    parser.read(SHIPPED_FAIL2BAN / name)
+    return parser
 
 
 def fail2ban_regex() -> re.Pattern:
-    """fail2ban's stock filter.d/courier-auth.conf failregex with the README jail's _daemon,
-    and common.conf's syslog prefix reduced to a syslog file line's (date host daemon[pid]:)."""
-    daemon = re.fullmatch(r'courier-auth\[_daemon="(.+)"\]', readme_jail()["filter"])[1]
-    return re.compile(
-        rf"^\w{{3}} [ \d]\d \d\d:\d\d:\d\d \S+ {daemon}(?:\[\d+\])?: "
-        r"LOGIN FAILED, (?:(?!ip=)(?:user=(?P<user>[^,]*)|\w+=[^,]*), )*ip=\[(?P<host>[^\]]+)\]")
+    """The shipped filter's failregex (filter.d/qpopper.conf) as Python reads it: common.conf's
+    syslog prefix reduced to a syslog file line's (date host daemon[pid]:), <HOST> and the
+    user tag as named groups. (tests/test_fail2ban.py runs the real fail2ban-regex.)"""
+    definition = shipped("filter.d/qpopper.conf")["Definition"]
+    prefix = (rf"\w{{3}} [ \d]\d \d\d:\d\d:\d\d \S+ {definition['_daemon']}(?:\[\d+\])?: ")
+    regex = (definition["failregex"].replace("^%(__prefix_line)s", "^" + prefix)
+             .replace("<HOST>", r"(?P<host>[^\]]+)")
+             .replace("<F-USER>", "(?P<user>").replace("</F-USER>", ")"))
+    return re.compile(regex)
 
 
 def as_syslog_file_line(ident: str, pid: int, text: str) -> str:
     return f"Nov 27 14:00:01 mailhost {ident}[{pid}]: {text}"
 
 
-def test_readme_jail_bans_from_pop_and_poppassd_lines():
-    jail = readme_jail()
+def test_shipped_jail_bans_from_pop_and_poppassd_lines():
+    jail = shipped("jail.d/qpopper.conf")["qpopper"]
     assert {"pop3", "pop3s", "106"} <= set(jail["port"].split(","))
     regex = fail2ban_regex()
     for ident, method in (("poppassd", poppassd.BRAKE_METHOD), ("popper", "USER")):
