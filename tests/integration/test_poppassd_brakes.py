@@ -12,7 +12,6 @@ import re
 import socket
 import tempfile
 import time
-from pathlib import Path
 
 import pytest
 

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.server_harness import REPO, wait_until
-from tests.test_policy_refusals import policy_site, user_pass
+from tests.helpers.repo import REPO
+from tests.server_harness import wait_until
+from tests.system.test_policy_refusals import policy_site, user_pass
 
 pytestmark = [pytest.mark.timeout(180),
               pytest.mark.skipif(shutil.which("fail2ban-client") is None,
