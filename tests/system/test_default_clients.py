@@ -97,6 +97,17 @@ def mpop(site, user, secret, directory, *, tls: bool = True) -> subprocess.Compl
     return result
 
 
+def assert_told_why(site, mechanism: str, prefix: str, transcript: str) -> None:
+    """bob (no secret) was answered the reason, with no response code, in the client's
+    `transcript` (server lines after `prefix`), and it was logged as a policy refusal."""
+    assert (f'{prefix}-ERR No {mechanism} secret is stored for "{site.bob.name}"; log in with '
+            f"USER/PASS or AUTH PLAIN") in transcript
+    site.syslog.wait_for(rf"LOGIN REFUSED \(policy\), user={site.bob.name}, method={mechanism}, "
+                         rf"ip=\[127\.0\.0\.1\], reason=no AUTH {mechanism} secret in the "
+                         rf"pop\.auth store")
+    no_failure_lines(site)
+
+
 def no_failure_lines(site) -> None:
     texts = site.syslog.texts()
     assert not [t for t in texts if "LOGIN FAILED" in t or "Failed attempted login" in t], texts
@@ -190,12 +201,7 @@ def test_enabled_a_user_without_a_secret_is_told_why_and_it_is_no_failure(enable
     site = enabled_site
     result = curl(site, site.bob, site.bob.password)
     assert result.returncode == 67, result.stderr                 # CURLE_LOGIN_DENIED
-    assert (f'< -ERR No CRAM-MD5 secret is stored for "{site.bob.name}"; log in with '
-            f"USER/PASS or AUTH PLAIN") in result.stderr
-    site.syslog.wait_for(rf"LOGIN REFUSED \(policy\), user={site.bob.name}, method=CRAM-MD5, "
-                         rf"ip=\[127\.0\.0\.1\], reason=no AUTH CRAM-MD5 secret in the pop\.auth "
-                         rf"store")
-    no_failure_lines(site)
+    assert_told_why(site, "CRAM-MD5", "< ", result.stderr)
     result = curl(site, site.bob, site.bob.password, "--login-options", "AUTH=PLAIN")
     assert result.returncode == 0, result.stderr
 
@@ -208,9 +214,4 @@ def test_enabled_mpop_scram_for_a_user_without_a_secret_is_told_why(enabled_site
     result = mpop(site, site.bob, site.bob.password, world_tmp, tls=False)
     assert result.returncode != 0
     assert "--> AUTH SCRAM-SHA-256" in result.stdout
-    assert (f'<-- -ERR No SCRAM-SHA-256 secret is stored for "{site.bob.name}"; log in with '
-            f"USER/PASS or AUTH PLAIN") in result.stdout
-    site.syslog.wait_for(rf"LOGIN REFUSED \(policy\), user={site.bob.name}, "
-                         rf"method=SCRAM-SHA-256, ip=\[127\.0\.0\.1\], reason=no AUTH "
-                         rf"SCRAM-SHA-256 secret in the pop\.auth store")
-    no_failure_lines(site)
+    assert_told_why(site, "SCRAM-SHA-256", "<-- ", result.stdout)
