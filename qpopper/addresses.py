@@ -11,6 +11,8 @@ one client everywhere:
     /64 and may use any address in it, so an IPv6 client counts by its /64: counting single
     addresses would let it fill max-children alone, or never pay the address brake by taking
     a fresh address for each guess. IPv4 (also IPv4-mapped) counts by the address.
+  - `parse_networks` / `in_networks`: CIDR lists such as auth-brakes-trusted-networks; an
+    IPv4-mapped client is matched as its IPv4 address.
 Pure functions of strings (no socket, no os): any layer may import this module.
 """
 
@@ -43,3 +45,30 @@ def address_group(client_ip: str) -> str:
             return str(address.ipv4_mapped)
         return str(ipaddress.IPv6Network((address, IPV6_CLIENT_PREFIX), strict=False))
     return str(address)
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(text: str) -> tuple[Network, ...]:
+    """`10.0.0.0/8 192.0.2.7, 2001:db8::/32` -> the networks (a bare address is its own /32 or
+    /128); ValueError naming the first item that is not one."""
+    networks = []
+    for item in text.replace(",", " ").split():
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"'{item}' is not an IPv4 or IPv6 network (ADDRESS[/PREFIX])"
+                             ) from None
+    return tuple(networks)
+
+
+def in_networks(client_ip: str, networks) -> bool:
+    """Is the client (IPv4-mapped as IPv4) inside one of `networks`?"""
+    try:
+        address = ipaddress.ip_address(client_ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address.version == net.version and address in net for net in networks)

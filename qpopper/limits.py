@@ -103,6 +103,11 @@ address's: a name is shared by the real user and any attacker)."""
 BRAKE_FIRST_DELAY_S = 0.25
 """The first brake delay; each further failure doubles it, up to auth-brakes-max-delay."""
 
+BRAKE_MAX_WAIT_BEFORE_CHECK_S = 0.5
+"""The most a braked address waits before its attempt is checked (so the most a correct password
+from it waits, unless a wrong guess from the same address is still being answered); the rest of
+the brake is waited before the answer to a wrong guess (auth/brakes.py)."""
+
 BRAKE_WINDOW_S = 900
 """A failure is forgotten after this many seconds without another one (15 minutes)."""
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from qpopper import limits
+from qpopper.addresses import parse_networks
 
 
 class OptType(enum.Enum):
@@ -204,6 +205,15 @@ def check_listen(text: str) -> str | None:
     match = _LISTEN_RE.fullmatch(text)
     if not match or int(match["port"]) > 65535:
         return "expects [ADDRESS:]PORT (IPv6 addresses in brackets, PORT 0..65535)"
+    return None
+
+
+def check_networks(text: str) -> str | None:
+    """A CIDR list (addresses.parse_networks): auth-brakes-trusted-networks."""
+    try:
+        parse_networks(text)
+    except ValueError as exc:
+        return f"expects IPv4 or IPv6 networks ({exc})"
     return None
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from qpopper import limits
 from qpopper.option_types import (OptType, Option, Scope, check_drac_host,  # noqa: F401 (re-exported)
-                                  check_listen)
+                                  check_listen, check_networks)
 
 
 # ---- constructors --------------------------------------------------------------------------
@@ -402,6 +402,15 @@ OPTIONS: tuple[Option, ...] = (
        "pop-auth-owner account, have no home directory, and cannot be combined with "
        "home-dir-mail or home-dir-misc).",
        extension=True, scope=Scope.NOT_USER),
+    _m("store-mechanisms", "auto", ("auto", "on", "off"),
+       "Extension: offer the mechanisms that need a secret in the pop.auth store (APOP's "
+       "timestamp in the greeting, CRAM-MD5 and SCRAM in CAPA and the AUTH listing) when the "
+       "store exists: on, off, or auto (on only with 'user-database pop-auth', where every "
+       "user has a secret). With system users most have no secret, and clients that pick the "
+       "strongest mechanism offered (curl, mpop) would fail for them, so a migrating site "
+       "turns this on once its users' secrets are in the store. While off, users with a "
+       "secret may use USER/PASS even under clear-text-password default.",
+       extension=True, scope=Scope.NOT_USER),
     _i("auth-failure-delay", int(limits.AUTH_FAILURE_DELAY_S),
        "Extension: seconds to wait before answering a failed login (Qpopper's fixed "
        "SLEEP_SECONDS).",
@@ -422,6 +431,15 @@ OPTIONS: tuple[Option, ...] = (
        "0.25 s after a few failures and doubles with each further one); 0 turns the "
        "growing delay off.",
        extension=True, minimum=0, maximum=600, scope=Scope.STARTUP),
+    _s("auth-brakes-trusted-networks", (),
+       "Extension: client networks the brute-force brakes leave alone (Dovecot's "
+       "login_trusted_networks), e.g. a webmail or proxy host that logs many users in from "
+       "one address: their logins are never delayed by the brakes and their failures are "
+       "not counted (they are still logged: give fail2ban the same networks as ignoreip). "
+       "IPv4 and IPv6 networks in CIDR form, separated by spaces or commas; repeat to add "
+       "more.",
+       extension=True, repeatable=True, check=check_networks, scope=Scope.STARTUP,
+       example="192.0.2.0/24 2001:db8:1::/48"),
     _m("tls-min-version", "TLSv1.2", ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"),
        "Extension: oldest TLS version accepted. TLSv1 and TLSv1.1 are UNSAFE (RFC 8996 "
        "deprecates them) and only for old clients that cannot do better: they also re-admit "

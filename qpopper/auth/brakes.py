@@ -2,10 +2,21 @@
 logins, shared by every connection of the host.
 
 Qpopper only slept a fixed SLEEP_SECONDS after a failure: a guesser simply opened more
-connections. Here each failure is counted, per client address and per user name, and
-  - an ADDRESS that failed more than limits.BRAKE_FREE_FAILURES_PER_ADDRESS times waits before
-    each further attempt is even checked (a correct password included: a guesser cannot cut
-    the wait short by hanging up, and every new connection pays it);
+connections. Here each failed guess is counted, per client address and per user name
+(refusals for policy, such as clear text outside TLS, are not guesses: auth/policy.py), and
+  - an ADDRESS that failed more than limits.BRAKE_FREE_FAILURES_PER_ADDRESS times has a brake:
+    each further WRONG GUESS from it costs that long before its -ERR. The brake is paid in two
+    parts: up to limits.BRAKE_MAX_WAIT_BEFORE_CHECK_S before the attempt is checked (hanging up
+    early cannot skip it), the rest after the check, before the answer to a wrong guess (and
+    its failure delay). So a
+    correct password from a braked address (a shared NAT, a webmail host, the colleague of
+    someone who mistyped) waits at most BRAKE_MAX_WAIT_BEFORE_CHECK_S, not the brake.
+    A guesser who hangs up once that first part is over (no +OK yet: a wrong guess) gains
+    nothing: while a wrong guess from the address is being answered, the address is "held",
+    and every new attempt from it waits until that answer is due before being checked. Guesses
+    from one address therefore still come at most one brake apart (per connection allowed by
+    max-children-per-address), as before; only when nobody from the address is guessing right
+    now does a correct password get through quickly;
   - a USER NAME that failed more than limits.BRAKE_FREE_FAILURES_PER_USER times (from anywhere:
     a distributed guesser) makes each further FAILURE wait before its -ERR. Never a success:
     the real user, from an address of their own, is not slowed by someone guessing at them.
@@ -13,6 +24,9 @@ The delay starts at limits.BRAKE_FIRST_DELAY_S and doubles per failure up to
 `auth-brakes-max-delay`; a record is forgotten limits.BRAKE_WINDOW_S after its last failure,
 and a successful login clears its user's record (never the address's: a guesser with an
 account of their own could otherwise reset it).
+Addresses in `auth-brakes-trusted-networks` (Dovecot's login_trusted_networks: a webmail or
+proxy host that relays many users) are neither delayed nor recorded; their failures are still
+logged, so fail2ban needs the same networks in its `ignoreip`.
 An "address" is the client's addresses.address_group, the key the master's
 max-children-per-address counts by too: an IPv4 address (an IPv4-mapped one as itself), or
 the /64 of an IPv6 address, since one host may use every address of its /64 and would
@@ -44,16 +58,18 @@ import time
 from contextlib import closing
 
 from qpopper import limits
-from qpopper.addresses import address_group
+from qpopper.addresses import address_group, in_networks, parse_networks
 
 ADDRESS = "address"
 USER = "user"
+HELD = "held"            # an address whose wrong guess is being answered: `last` is when
 
 _SCHEMA = """CREATE TABLE IF NOT EXISTS failures (
-                 kind     TEXT NOT NULL,          -- 'address' or 'user'
+                 kind     TEXT NOT NULL,          -- 'address', 'user' or 'held'
                  key      TEXT NOT NULL,
                  count    INTEGER NOT NULL,
                  last     REAL NOT NULL,          -- unix time of the last failure
+                                                  -- ('held': until when)
                  PRIMARY KEY (kind, key))"""
 _BUSY_TIMEOUT_S = 2.0
 
@@ -68,13 +84,16 @@ def brake_delay(failures: int, free: int, max_delay: float) -> float:
 
 
 def failure_log_line(user: str, mechanism: str, client_ip: str, failures: int,
-                     delay: float) -> str:
-    """The line fail2ban's stock `courier-auth` filter matches (jail: filter =
-    courier-auth[_daemon="popper"]): `LOGIN FAILED, user=U, method=M, ip=[IP], ...`.
-    Commas would end the filter's fields early, so a name carrying one is shown with `?`."""
+                     brake: float) -> str:
+    """The line fail2ban matches (the filter shipped in debian/fail2ban; the same form as the
+    stock `courier-auth` filter's): `LOGIN FAILED, user=U, method=M, ip=[IP], failures=N,
+    brake=Xs`. `failures`: this address's failed guesses in the window, this one included;
+    `brake`: the address's brake from now on, what each further wrong guess from it costs
+    (0.00s while it has no more than the free failures). Commas would end the filter's fields
+    early, so a name carrying one is shown with `?`."""
     shown = user.replace(",", "?") or "?"
     return (f"LOGIN FAILED, user={shown}, method={mechanism}, ip=[{client_ip}], "
-            f"failures={failures}, brake={delay:.2f}s")
+            f"failures={failures}, brake={brake:.2f}s")
 
 
 def _storable(key: str) -> str:
@@ -93,27 +112,52 @@ def _fresh_count(db, kind: str, key: str, now: float) -> int:
     return row[0]
 
 
+def _held_until(db, group: str) -> float:
+    row = db.execute("SELECT last FROM failures WHERE kind = ? AND key = ?",
+                     (HELD, _storable(group))).fetchone()
+    return row[0] if row else 0.0
+
+
 class Brakes:
-    """The shared failure counts. Cheap to construct; each call opens the file briefly."""
+    """The shared failure counts. Cheap to construct (one per connection); each call opens
+    the file briefly."""
 
     def __init__(self, path: str | None, max_delay: float, log, *,
-                 clock=time.time):
+                 clock=time.time, trusted_networks=()):
         self.path = path or None
         self.max_delay = max_delay
         self.log = log
         self.clock = clock
+        self.trusted_networks = tuple(trusted_networks)
         self._broken = self.path is None
+        self._brake = 0.0          # the address's brake when its attempt under way began
+        self._waited = 0.0         # ... and how much of it hold_address waited
+
+    @classmethod
+    def from_config(cls, cfg, log) -> "Brakes":
+        """auth-brakes-file, auth-brakes-max-delay and auth-brakes-trusted-networks."""
+        networks = tuple(net for item in (cfg.auth_brakes_trusted_networks or ())
+                         for net in parse_networks(item))
+        return cls(cfg.auth_brakes_file, cfg.auth_brakes_max_delay, log,
+                   trusted_networks=networks)
 
     # ---- what the authenticator asks ----------------------------------------------------------
+    def is_trusted(self, client_ip: str) -> bool:
+        return in_networks(client_ip, self.trusted_networks)
+
     def address_delay(self, client_ip: str) -> float:
-        """The wait before checking an attempt from this address (its address_group: an
-        IPv6 client's /64)."""
+        """The address's brake: what each wrong guess from it costs (its address_group: an
+        IPv6 client's /64). 0 for a trusted network."""
+        if self.is_trusted(client_ip):
+            return 0.0
         return brake_delay(self._count(ADDRESS, address_group(client_ip)),
                            limits.BRAKE_FREE_FAILURES_PER_ADDRESS, self.max_delay)
 
     def record_failure(self, client_ip: str, user: str) -> tuple[int, float]:
         """Count one failure; returns (failures of this address, wait before the -ERR that
-        the user name's brake asks for)."""
+        the user name's brake asks for). A trusted network's failure is not counted: (0, 0)."""
+        if self.is_trusted(client_ip):
+            return 0, 0.0
         counts = self._bump([(ADDRESS, address_group(client_ip)), (USER, user)])
         address_failures = counts.get(ADDRESS, 0)
         user_delay = brake_delay(counts.get(USER, 0), limits.BRAKE_FREE_FAILURES_PER_USER,
@@ -121,27 +165,57 @@ class Brakes:
         return address_failures, user_delay
 
     def hold_address(self, client_ip: str, sleep=time.sleep) -> float:
-        """Wait this address's brake before its attempt is checked, saying so in the log;
-        returns the seconds waited. Every service that checks passwords calls it first."""
-        delay = self.address_delay(client_ip)
-        if delay > 0:
-            self.log(syslog.LOG_INFO, f"brute-force brake: {client_ip} waits {delay:.2f}s "
-                                      f"before its next login attempt is checked")
-            sleep(delay)
-        return delay
+        """Before an attempt is checked: wait the first part of the address's brake (at most
+        limits.BRAKE_MAX_WAIT_BEFORE_CHECK_S), or until a wrong guess from the address now
+        being answered is answered, whichever is longer; say so in the log. Returns the
+        seconds waited. Every service that checks passwords calls it first."""
+        self._brake = self.address_delay(client_ip)
+        self._waited = 0.0
+        if self._brake <= 0:
+            return 0.0
+        group = address_group(client_ip)
+        held_until = self._with_db(lambda db: _held_until(db, group), default=0.0)
+        wait = max(min(self._brake, limits.BRAKE_MAX_WAIT_BEFORE_CHECK_S),
+                   min(held_until - self.clock(), float(self.max_delay)))
+        self.log(syslog.LOG_INFO, f"brute-force brake: {client_ip} waits {wait:.2f}s before "
+                                  f"its login attempt is checked (its brake is "
+                                  f"{self._brake:.2f}s)")
+        sleep(wait)
+        self._waited = wait
+        return wait
 
     def note_failure(self, client_ip: str, user: str, method: str, base_delay: float) -> float:
-        """Count one failure and log its fail2ban line; returns the seconds to wait before the
-        refusal: `base_delay` (the service's own failure delay), or the user name's brake
-        when that is longer."""
+        """Count one wrong guess and log its fail2ban line; returns the seconds to wait before
+        the refusal: the rest of the address's brake that hold_address did not wait, then
+        `base_delay` (the service's own failure delay) or the user name's brake when that is
+        longer. So a wrong guess costs the whole brake plus the failure delay, as when the
+        brake was all waited before the check. While that wait lasts the address is held
+        (see the module docstring)."""
         failures, user_delay = self.record_failure(client_ip, user)
-        delay = max(float(base_delay), user_delay)
-        self.log(syslog.LOG_NOTICE, failure_log_line(user, method, client_ip, failures, delay))
+        rest_of_brake = max(0.0, self._brake - self._waited)
+        self._brake = self._waited = 0.0
+        delay = rest_of_brake + max(float(base_delay), user_delay)
+        trusted = self.is_trusted(client_ip)
+        if not trusted and (rest_of_brake > 0 or user_delay > 0):
+            self._hold(address_group(client_ip), self.clock() + delay)
+        brake_now = 0.0 if trusted else brake_delay(
+            failures, limits.BRAKE_FREE_FAILURES_PER_ADDRESS, self.max_delay)
+        self.log(syslog.LOG_NOTICE, failure_log_line(user, method, client_ip, failures,
+                                                     brake_now))
         return delay
 
     def record_success(self, user: str) -> None:
+        self._brake = self._waited = 0.0
         self._write(lambda db: db.execute("DELETE FROM failures WHERE kind = ? AND key = ?",
                                           (USER, _storable(user))))
+
+    def _hold(self, group: str, until: float) -> None:
+        """The address is being answered a wrong guess until `until` (the later of two)."""
+        def hold(db):
+            until_now = max(until, _held_until(db, group))
+            db.execute("INSERT OR REPLACE INTO failures (kind, key, count, last) "
+                       "VALUES (?, ?, 0, ?)", (HELD, _storable(group), until_now))
+        self._write(hold)
 
     # ---- the store ----------------------------------------------------------------------------
     def _count(self, kind: str, key: str) -> int:

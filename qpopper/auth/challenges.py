@@ -9,7 +9,8 @@ connection is useless to it):
   CRAM-MD5   the challenge is made here and remembered (CramChallenge)
   SCRAM      server-first (nonce, salt, iterations) is made here and remembered; the proof
              is checked against the AuthMessage built with it (ScramState)
-  GSSAPI     the GSS-API context lives here (GssAcceptor)
+  GSSAPI     the GSS-API context lives here (GssAcceptor, and the authenticator's steps
+             GssSteps)
 """
 
 from __future__ import annotations
@@ -19,10 +20,20 @@ import hmac
 import os
 import secrets
 import socket
+import syslog
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, NoReturn
 
 from qpopper.options import BY_NAME
+from qpopper.pop3.responses import PopError, RespCode
 from qpopper.auth import scram
+
+if TYPE_CHECKING:  # pragma: no cover
+    from qpopper.auth import Login
+
+AUTHENTICATION_FAILURE = "authentication failure"
+"""The reply to a wrong proof (auth/policy.py BAD_DIGEST)."""
+BAD_EXCHANGE = "Malformed AUTH exchange"
 
 PLUS_SUFFIX = "-PLUS"
 """RFC 5802 §4: the channel-binding variant of a SCRAM mechanism is its name + -PLUS."""
@@ -167,3 +178,75 @@ def principal_to_user(principal: str, service: str) -> str | None:
     if not at or not name or "/" in name or (service_at and realm != service_realm):
         return None
     return name
+
+
+class GssSteps:
+    """The authenticator's GSSAPI steps (auth/policy.py Authenticator mixes them in): the
+    GSS-API context lives beside the keytab; refusals go through its check_external."""
+
+    _gss: GssAcceptor | None = None
+
+    def gss_step(self, token: bytes, client_ip: str, *, first: bool = False,
+                 client_host: str | None = None) -> tuple[bytes, bool]:
+        """One GSS-API context token: (the answer token, complete). `first`: the first
+        token of an AUTH GSSAPI, which starts a new context (a cancelled exchange's is
+        dropped)."""
+        try:
+            if first or self._gss is None:
+                self._gss = self._new_gss_acceptor()
+            return self._gss.step(token)
+        except GssFailed as exc:
+            self._gss_failed(str(exc), client_ip, client_host)
+
+    def _new_gss_acceptor(self) -> GssAcceptor:
+        if not self.cfg.kerberos:
+            raise GssFailed("GSSAPI is not offered (kerberos is off)")
+        try:
+            return GssAcceptor(acceptor_credentials(self.cfg))
+        except Exception as exc:        # no gssapi module, no keytab: a GSS-API error
+            raise GssFailed(gss_text(exc)) from None
+
+    def gss_offer(self, client_ip: str, *, client_host: str | None = None) -> bytes:
+        try:
+            if self._gss is None:
+                raise GssFailed("no security context")
+            return self._gss.offer()
+        except GssFailed as exc:
+            self._gss_failed(str(exc), client_ip, client_host)
+
+    def gss_choose(self, answer: bytes, normalise, client_ip: str, *,
+                   client_host: str | None = None) -> tuple[Login, bool]:
+        """The client's wrapped layer choice and authorization identity: (Login, no_mime).
+        `normalise`: raw name -> (name, no_mime, valid), USER's rules."""
+        gss, self._gss = self._gss, None
+        try:
+            if gss is None:
+                raise GssFailed("no security context")
+            choice, principal, service = gss.choice(answer)
+        except GssFailed as exc:
+            self._gss_failed(str(exc), client_ip, client_host)
+        if len(choice) < 4 or not choice[0] & 0x01:
+            raise PopError(BAD_EXCHANGE, RespCode.AUTH)             # a layer never offered
+        user = principal_to_user(principal, service)
+        try:
+            authzid = choice[4:].decode("utf-8")
+        except UnicodeDecodeError:
+            raise PopError(BAD_EXCHANGE, RespCode.AUTH) from None
+        if user is None or (authzid and authzid != user):
+            self.check_external(user or "(gssapi)", "AUTH GSSAPI", False, client_ip,
+                                client_host=client_host, authid=principal)
+        name, no_mime, valid = normalise(user)
+        if not valid:
+            self.refuse_user_name(name, AUTHENTICATION_FAILURE, client_ip, client_host=client_host,
+                                  mechanism="AUTH GSSAPI")
+        login = self.check_external(name, "AUTH GSSAPI", True, client_ip,
+                                    client_host=client_host, authid=principal)
+        return login, no_mime
+
+    def _gss_failed(self, why: str, client_ip, client_host) -> NoReturn:
+        self._gss = None
+        self.log(syslog.LOG_NOTICE, f"GSSAPI from {client_ip}: {why}")
+        self.check_external("(gssapi)", "AUTH GSSAPI", False, client_ip,
+                            client_host=client_host, authid="an unverified principal")
+        raise PopError(AUTHENTICATION_FAILURE, RespCode.AUTH)      # check_external refused already
+

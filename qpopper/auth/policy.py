@@ -27,10 +27,11 @@ and raises PopError on refusal. Order of the checks, and why:
     (P6: "Permission denied."), CHECK_SHELL. Qpopper checked the first two
     before the password, so its replies told which names hold an APOP secret or are listed;
     here a wrong password gets the bad-password reply whatever the name (README, "differs").
-Every refusal logs Qpopper's failure line and a fail2ban line, waits `auth-failure-delay`
-seconds (longer when the brute-force brakes say so, auth/brakes.py), then raises; the
-limits.MAX_AUTH_FAILURES_PER_CONNECTION-th refusal of a connection also closes it. Every
-attempt from an address that failed too often first waits its address brake.
+Two kinds of refusal (docs/internals.md, "Failures and policy refusals"): wrong credentials
+are FAILURES (_refuse: Qpopper's failure line, fail2ban's `LOGIN FAILED` line, counted by the
+brakes, auth-failure-delay or the brake waited); a refusal no other password would change is a
+POLICY refusal (_refuse_policy: its own line, not braked, answered at once). Both count
+towards limits.MAX_AUTH_FAILURES_PER_CONNECTION, whose last refusal closes the connection.
 
 Mechanisms and the methods they use (each runs the same checks in the same order):
   USER/PASS, AUTH PLAIN, AUTH LOGIN     check_password (PAM, or the store for pop-auth users)
@@ -39,8 +40,8 @@ Mechanisms and the methods they use (each runs the same checks in the same order
   AUTH SCRAM-SHA-1, AUTH SCRAM-SHA-256  scram_begin, scram_prove (check_scram with the
                                         outcome), scram_accepted once the client accepted
                                         the server's signature (only then is it a login)
-  AUTH GSSAPI                           gss_step, gss_offer, gss_choose (check_external:
-                                        Kerberos proved the principal)
+  AUTH GSSAPI                           gss_step, gss_offer, gss_choose (challenges.GssSteps;
+                                        check_external: Kerberos proved the principal)
 
 User databases (`user-database`):
   system    accounts from NSS (pwd), passwords through PAM service `pam-service`; the pop.auth
@@ -73,8 +74,7 @@ from qpopper.pop3.responses import PopError, RespCode
 from qpopper.auth import Login, challenges, is_possible_user_name
 from qpopper.auth import pam as pam_auth
 from qpopper.auth.brakes import Brakes
-from qpopper.auth.sasl import (BAD_EXCHANGE, CLEAR_TEXT_TLS_ONLY,   # the protocol refuses USER with these
-                   NEEDS_STRONGER_AUTH)
+from qpopper.auth.sasl import CLEAR_TEXT_TLS_ONLY, NEEDS_STRONGER_AUTH  # the protocol refuses USER too
 from qpopper.auth.scram import Verifier
 from qpopper.auth.store import PopAuthStore
 
@@ -84,7 +84,11 @@ WILDCARD_SHELL = "/POPPER/ANY/SHELL/"
 
 # Reply texts (docs/compatibility.md, "Logins and their failures"). One text for "no such user" and "wrong password".
 BAD_PASSWORD = 'Password supplied for "{user}" is incorrect.'
-BAD_DIGEST = "authentication failure"
+BAD_DIGEST = challenges.AUTHENTICATION_FAILURE
+NO_STORE_SECRET = ('No {mechanism} secret is stored for "{user}"; log in with USER/PASS or '
+                   'AUTH PLAIN')
+"""A store mechanism for a name without a secret (user-database system): no response code,
+since the credentials are not at fault (docs/internals.md, "Store mechanisms")."""
 UID_BLOCKED = f"Access is blocked for UIDs below {limits.BLOCKED_UID_MAX}"
 PERMISSION_DENIED = "Permission denied."
 CLEAR_TEXT_LOCAL_ONLY = "Clear text passwords are permitted only from the local host"
@@ -99,6 +103,21 @@ USER_DB_POP_AUTH = "pop-auth"
 def failure_line(user: str, client_host: str, client_ip: str) -> str:
     """Qpopper's record of a failed login, logged at LOG_NOTICE."""
     return f"[AUTH] Failed attempted login to {user} from host ({client_host}) {client_ip}"
+
+
+def policy_line(user: str, mechanism: str, client_ip: str, reason: str) -> str:
+    """A refusal for policy, not for wrong credentials: not `LOGIN FAILED`, so fail2ban's
+    filter does not count it (logged at LOG_NOTICE)."""
+    shown = user.replace(",", "?") or "?"
+    return (f"LOGIN REFUSED (policy), user={shown}, method={mechanism}, ip=[{client_ip}], "
+            f"reason={reason}")
+
+
+def store_mechanisms_offered(cfg) -> bool:
+    """store-mechanisms: APOP, CRAM-MD5 and SCRAM are offered (when a store exists) if `on`,
+    or if `auto` and the store is the user database (docs/internals.md, "Store mechanisms")."""
+    setting = cfg.store_mechanisms
+    return setting == "on" or (setting == "auto" and cfg.user_database == USER_DB_POP_AUTH)
 
 
 def is_loopback(client_ip: str) -> bool:
@@ -135,7 +154,7 @@ def shell_allowed(shell: str, shells_file: str = SHELLS_FILE) -> str | None:
     return SHELL_NOT_FOUND
 
 
-class Authenticator:
+class Authenticator(challenges.GssSteps):
     """One per session (cheap): `Authenticator(cfg, log)`."""
 
     def __init__(self, cfg, log, *, store: PopAuthStore | None = None,
@@ -144,14 +163,12 @@ class Authenticator:
         self.log = log
         self.user_database = cfg.user_database
         self.store = store if store is not None else self._store_from_config()
-        self.brakes = brakes if brakes is not None else Brakes(
-            cfg.auth_brakes_file, cfg.auth_brakes_max_delay, log)
+        self.brakes = brakes if brakes is not None else Brakes.from_config(cfg, log)
         self.sleep = time.sleep          # a seam for tests
         self.failures = 0                # refusals on this connection (one Authenticator each)
         self._mechanism = "USER"         # what the attempt under way uses (for the logs)
         self._scram: challenges.ScramState | None = None
         self._scram_login: Login | None = None
-        self._gss = None
 
     # ---- the contract ---------------------------------------------------------------------
     banner_timestamp: str | None = None
@@ -160,8 +177,10 @@ class Authenticator:
 
     @property
     def apop_enabled(self) -> bool:
-        """APOP is offered (banner timestamp, APOP verb) when a pop.auth store exists."""
-        return self.store is not None and self.store.exists()
+        """The store mechanisms (APOP's banner timestamp and verb, CRAM-MD5, SCRAM) are offered:
+        a pop.auth store exists and store-mechanisms says so (store_mechanisms_offered)."""
+        return (store_mechanisms_offered(self.cfg) and self.store is not None
+                and self.store.exists())
 
     def has_apop_secret(self, user: str) -> bool:
         """The user has an APOP secret. A store with the wrong mode or owner raises
@@ -300,70 +319,6 @@ class Authenticator:
             self.record_login(login, client_ip, client_host=client_host)
         return login
 
-    def gss_step(self, token: bytes, client_ip: str, *, first: bool = False,
-                 client_host: str | None = None) -> tuple[bytes, bool]:
-        """One GSS-API context token: (the answer token, complete). `first`: the first
-        token of an AUTH GSSAPI, which starts a new context (a cancelled exchange's is
-        dropped)."""
-        try:
-            if first or self._gss is None:
-                self._gss = self._new_gss_acceptor()
-            return self._gss.step(token)
-        except challenges.GssFailed as exc:
-            self._gss_failed(str(exc), client_ip, client_host)
-
-    def _new_gss_acceptor(self) -> challenges.GssAcceptor:
-        if not self.cfg.kerberos:
-            raise challenges.GssFailed("GSSAPI is not offered (kerberos is off)")
-        try:
-            return challenges.GssAcceptor(challenges.acceptor_credentials(self.cfg))
-        except Exception as exc:        # no gssapi module, no keytab: a GSS-API error
-            raise challenges.GssFailed(challenges.gss_text(exc)) from None
-
-    def gss_offer(self, client_ip: str, *, client_host: str | None = None) -> bytes:
-        try:
-            if self._gss is None:
-                raise challenges.GssFailed("no security context")
-            return self._gss.offer()
-        except challenges.GssFailed as exc:
-            self._gss_failed(str(exc), client_ip, client_host)
-
-    def gss_choose(self, answer: bytes, normalise, client_ip: str, *,
-                   client_host: str | None = None) -> tuple[Login, bool]:
-        """The client's wrapped layer choice and authorization identity: (Login, no_mime).
-        `normalise`: raw name -> (name, no_mime, valid), USER's rules."""
-        gss, self._gss = self._gss, None
-        try:
-            if gss is None:
-                raise challenges.GssFailed("no security context")
-            choice, principal, service = gss.choice(answer)
-        except challenges.GssFailed as exc:
-            self._gss_failed(str(exc), client_ip, client_host)
-        if len(choice) < 4 or not choice[0] & 0x01:
-            raise PopError(BAD_EXCHANGE, RespCode.AUTH)             # a layer never offered
-        user = challenges.principal_to_user(principal, service)
-        try:
-            authzid = choice[4:].decode("utf-8")
-        except UnicodeDecodeError:
-            raise PopError(BAD_EXCHANGE, RespCode.AUTH) from None
-        if user is None or (authzid and authzid != user):
-            self.check_external(user or "(gssapi)", "AUTH GSSAPI", False, client_ip,
-                                client_host=client_host, authid=principal)
-        name, no_mime, valid = normalise(user)
-        if not valid:
-            self.refuse_user_name(name, BAD_DIGEST, client_ip, client_host=client_host,
-                                  mechanism="AUTH GSSAPI")
-        login = self.check_external(name, "AUTH GSSAPI", True, client_ip,
-                                    client_host=client_host, authid=principal)
-        return login, no_mime
-
-    def _gss_failed(self, why: str, client_ip, client_host) -> NoReturn:
-        self._gss = None
-        self.log(syslog.LOG_NOTICE, f"GSSAPI from {client_ip}: {why}")
-        self.check_external("(gssapi)", "AUTH GSSAPI", False, client_ip,
-                            client_host=client_host, authid="an unverified principal")
-        raise PopError(BAD_DIGEST, RespCode.AUTH)      # check_external refused already
-
     def check_external(self, user: str, mechanism: str, proved: bool, client_ip: str, *,
                        client_host: str | None = None, authid: str | None = None) -> Login:
         """AUTH GSSAPI: Kerberos proved (or failed to prove) who the client is; every other
@@ -390,10 +345,18 @@ class Authenticator:
         if not is_possible_user_name(user):
             self._refuse(user, host, client_ip, BAD_DIGEST, "invalid user name")
         if store and not self.apop_enabled:
-            self._refuse(user, host, client_ip, BAD_DIGEST, f"{mechanism} without a store")
+            self._refuse_policy(user, client_ip, BAD_DIGEST, f"{mechanism} is not offered "
+                                                             f"(store-mechanisms)")
         if store:
             self.store.check_file()        # [SYS/PERM] wrong mode or owner: not an auth failure
         shared_account = store and self.user_database == USER_DB_POP_AUTH
+        if store and not shared_account and not self._has_store_secret(user, mechanism):
+            # A system user without a secret: say so, so that the user (or a client that
+            # tries the next mechanism) turns to the password. With user-database pop-auth
+            # a name without a secret is no user at all: a wrong proof below.
+            self._refuse_policy(user, client_ip, NO_STORE_SECRET.format(
+                mechanism=mechanism.removeprefix("AUTH "), user=user),
+                f"no {mechanism} secret in the pop.auth store", code=None)
         if shared_account:
             account = self._store_account(user, host, client_ip)
         else:
@@ -412,7 +375,8 @@ class Authenticator:
             result = pam_auth.check_account(self.cfg.pam_service, user, client_ip,
                                             check_password_expired=self._check_password_expired())
             self._check_pam_said_yes(result, user, host, client_ip, BAD_DIGEST,
-                                     f"PAM account check ({self.cfg.pam_service})")
+                                     f"PAM account check ({self.cfg.pam_service})",
+                                     policy=True)
             self._note_password_expired(user, result)
             self._check_shell(user, account, host, client_ip)
         return self._success(user, account, mechanism, host, client_ip, authid,
@@ -426,13 +390,13 @@ class Authenticator:
         if policy == "always":
             return
         if policy == "never":
-            self._refuse(user, host, client_ip, NEEDS_STRONGER_AUTH, "clear-text-password never")
+            self._refuse_policy(user, client_ip, NEEDS_STRONGER_AUTH, "clear-text-password never")
         if policy == "local" and not is_loopback(client_ip):
-            self._refuse(user, host, client_ip, CLEAR_TEXT_LOCAL_ONLY,
-                         "clear-text-password local, client not on loopback")
+            self._refuse_policy(user, client_ip, CLEAR_TEXT_LOCAL_ONLY,
+                                "clear-text-password local, client not on loopback")
         if policy in ("tls", "ssl") and not tls_active:
-            self._refuse(user, host, client_ip, CLEAR_TEXT_TLS_ONLY,
-                         "clear-text-password tls, session not in TLS")
+            self._refuse_policy(user, client_ip, CLEAR_TEXT_TLS_ONLY,
+                                "clear-text-password tls, session not in TLS")
 
     def _check_clear_text_for_store_users(self, user, host, client_ip) -> None:
         """clear-text-password default: users with an APOP secret must use it,
@@ -443,8 +407,8 @@ class Authenticator:
         holds, and so told anyone which names those are (Qpopper refuses first)."""
         if (self.cfg.clear_text_password == "default" and self.user_database == USER_DB_SYSTEM
                 and self.apop_enabled and self.store.has_user(user)):
-            self._refuse(user, host, client_ip, NEEDS_STRONGER_AUTH,
-                         "clear-text-password default, user is in the APOP database")
+            self._refuse_policy(user, client_ip, NEEDS_STRONGER_AUTH,
+                                "clear-text-password default, user is in the APOP database")
 
     def _check_auth_files(self, user, host, client_ip) -> None:
         """auth-file: only listed users; nonauth-file: listed users refused.
@@ -457,16 +421,17 @@ class Authenticator:
         if auth_file:
             listed = self._read_user_list(auth_file)
             if listed is None or user not in listed:
-                self._refuse(user, host, client_ip, PERMISSION_DENIED,
-                             f"not listed in auth-file {auth_file}" if listed is not None
-                             else f"auth-file {auth_file} unreadable")
+                self._refuse_policy(user, client_ip, PERMISSION_DENIED,
+                                    f"not listed in auth-file {auth_file}" if listed is not None
+                                    else f"auth-file {auth_file} unreadable")
         nonauth_file = self.cfg.nonauth_file
         if nonauth_file:
             listed = self._read_user_list(nonauth_file)
             if listed is None or user in listed:
-                self._refuse(user, host, client_ip, PERMISSION_DENIED,
-                             f"listed in nonauth-file {nonauth_file}" if listed is not None
-                             else f"nonauth-file {nonauth_file} unreadable")
+                self._refuse_policy(user, client_ip, PERMISSION_DENIED,
+                                    f"listed in nonauth-file {nonauth_file}"
+                                    if listed is not None
+                                    else f"nonauth-file {nonauth_file} unreadable")
 
     def _read_user_list(self, path: str) -> set[str] | None:
         try:
@@ -481,19 +446,24 @@ class Authenticator:
             return
         refusal = shell_allowed(account.pw_shell)
         if refusal is not None:
-            self._refuse(user, host, client_ip, refusal.format(user=user),
-                         f"shell {account.pw_shell!r} not in {SHELLS_FILE}")
+            self._refuse_policy(user, client_ip, refusal.format(user=user),
+                                f"shell {account.pw_shell!r} not in {SHELLS_FILE}")
 
     def _check_pam_said_yes(self, result: pam_auth.PamResult, user, host, client_ip, text,
-                            what: str) -> None:
+                            what: str, *, policy: bool = False) -> None:
         """A PAM stack that could not decide is a system failure, not a wrong password;
-        a PAM no is refused with `text` (the log says `what` asked and PAM's reason)."""
+        a PAM no is refused with `text` (the log says `what` asked and PAM's reason): a
+        failure, or with `policy` (account management after a proved secret) a policy
+        refusal."""
         if result.system_error:
             raise PopError(PAM_UNAVAILABLE, RespCode.SYS_TEMP,
                            log=f"PAM service {self.cfg.pam_service}: {result.reason} "
                                f"({result.code})")
         if not result.ok:
-            self._refuse(user, host, client_ip, text, f"{what}: {result.reason} ({result.code})")
+            reason = f"{what}: {result.reason} ({result.code})"
+            if policy:
+                self._refuse_policy(user, client_ip, text, reason)
+            self._refuse(user, host, client_ip, text, reason)
 
     def _check_password_expired(self) -> bool:
         return bool(self.cfg.check_password_expired)
@@ -534,7 +504,7 @@ class Authenticator:
 
     def _check_uid(self, user, account: pwd.struct_passwd, host, client_ip) -> None:
         if account.pw_uid <= limits.BLOCKED_UID_MAX:
-            self._refuse(user, host, client_ip, UID_BLOCKED, f"uid {account.pw_uid} is blocked")
+            self._refuse_policy(user, client_ip, UID_BLOCKED, f"uid {account.pw_uid} is blocked")
 
     def _store_from_config(self) -> PopAuthStore | None:
         path = self.cfg.pop_auth_file
@@ -576,6 +546,28 @@ class Authenticator:
                            log=f"{client_ip}: {self.failures} failed logins on one "
                                f"connection; closing it")
         raise PopError(text, RespCode.AUTH)
+
+    def _refuse_policy(self, user, client_ip, text, reason,
+                       code: RespCode | None = RespCode.AUTH) -> NoReturn:
+        """A refusal that no other password would change: its own log line (not a failed
+        login: no Qpopper failure line, no `LOGIN FAILED`), no brake, no failure delay;
+        counted towards the connection's cap only. Never returns."""
+        self.log(syslog.LOG_NOTICE, policy_line(user, self._mechanism.replace("AUTH ", ""),
+                                                client_ip, reason))
+        self.failures += 1
+        if self.failures >= limits.MAX_AUTH_FAILURES_PER_CONNECTION:
+            raise PopError(text, code, close=True,
+                           log=f"{client_ip}: {self.failures} refused logins on one "
+                               f"connection; closing it")
+        raise PopError(text, code)
+
+    def _has_store_secret(self, user, mechanism) -> bool:
+        """Does the store hold what `mechanism` needs for `user` (the clear secret for APOP
+        and CRAM-MD5, the verifier for SCRAM)?"""
+        if mechanism.startswith("AUTH SCRAM-"):
+            arithmetic = challenges.scram_arithmetic(mechanism.removeprefix("AUTH "))
+            return self.store.get_scram(user, arithmetic) is not None
+        return self.store.get_secret(user) is not None
 
     def _success(self, user, account: pwd.struct_passwd, mechanism, host, client_ip,
                  authid: str | None = None, *, shared_account: bool = False,

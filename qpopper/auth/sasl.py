@@ -38,7 +38,8 @@ them to Cyrus as security flags). Each mechanism carries Cyrus' flags for it:
     (as Cyrus counts it); sasl-max-ssf only caps SASL layers, of which there are none.
   - PLAIN and LOGIN also follow clear-text-password, like USER (never: hidden; tls: hidden
     before TLS and refused with a hint to use STLS).
-  - CRAM-MD5 and SCRAM need the pop.auth store (secrets and verifiers are there).
+  - CRAM-MD5 and SCRAM need the pop.auth store (secrets and verifiers are there) and
+    store-mechanisms (auth/policy.py store_mechanisms_offered).
 
 Channel binding (RFC 5802 §6, RFC 5056): SCRAM-SHA-256-PLUS and SCRAM-SHA-1-PLUS are offered
 beside their SCRAM mechanism only inside TLS and only when the session could name the
@@ -72,7 +73,7 @@ from typing import Callable, Generator, NoReturn
 
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.auth import challenges, scram
-from qpopper.auth.challenges import PLUS_SUFFIX, acceptor_credentials, service_name
+from qpopper.auth.challenges import BAD_EXCHANGE, PLUS_SUFFIX, acceptor_credentials, service_name
 
 PLAINTEXT_MECHANISMS = ("PLAIN", "LOGIN")
 STORE_MECHANISMS = ("CRAM-MD5", "SCRAM-SHA-1", "SCRAM-SHA-256", "SCRAM-SHA-1-PLUS",
@@ -105,7 +106,6 @@ FLAGS = {
 UNKNOWN_MECHANISM = "Unrecognized authentication type"
 CANCELLED = "AUTH exchange cancelled"
 BAD_BASE64 = "Invalid base64 data in AUTH response"
-BAD_EXCHANGE = "Malformed AUTH exchange"
 BAD_NAME = "authentication failure"      # the authenticator's BAD_DIGEST: nothing more revealed
 PLAINTEXT_NEEDS_TLS = ("Plaintext authentication is permitted only over TLS; use STLS first")
 PLAINTEXT_NOT_PERMITTED = "Plaintext authentication is not permitted"

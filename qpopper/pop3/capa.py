@@ -8,9 +8,9 @@ Differences from Qpopper 4.1, each on purpose:
   tls before TLS), and USER itself is then refused (auth_state.py): RFC 2595 §2.3 asks
   servers not to take plaintext logins they would refuse.
 - SASL lists the AUTH mechanisms this connection may use now (auth/sasl.py: the sasl-*
-  options, clear-text-password, TLS, the pop.auth store, -k), in AUTHORIZATION only. The
-  SCRAM-*-PLUS (channel binding) names appear only inside TLS, so a client re-reading CAPA
-  after STLS (RFC 2595 §4) sees them then.
+  options, clear-text-password, TLS, the pop.auth store and store-mechanisms, -k), in
+  AUTHORIZATION only. The SCRAM-*-PLUS (channel binding) names appear only inside TLS, so a
+  client re-reading CAPA after STLS (RFC 2595 §4) sees them then.
 - PIPELINING is listed. Qpopper had it commented out although its buffered reader coped; our
   reader handles any number of commands per packet, in order, and tests prove it
   (tests/test_protocol_pipelining.py), which is what RFC 2449 §6.6 asks before advertising it.

@@ -434,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     dialogue = Dialogue(channel, log, pam_service=settings.pam_service,
                         client_ip=peer_address(0),
-                        brakes=Brakes(cfg.auth_brakes_file, cfg.auth_brakes_max_delay, log))
+                        brakes=Brakes.from_config(cfg, log))
     try:
         return dialogue.run()
     except (BrokenPipeError, ConnectionResetError):

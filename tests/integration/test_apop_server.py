@@ -33,6 +33,7 @@ def site(system_users, pam_service, world_tmp):
     bob = system_users.create("bo")
     store.set_secret(alice.name, APOP_SECRET)
     s = Site(world_tmp, pam_service, pop_auth_file=store.path, pop_auth_owner=owner.name,
+             store_mechanisms="on",
              sasl_no_plaintext=False, log_login='login "%1" at %3',
              sasl_log_login='sasl login "%1" (%4) with %5 at %3')
     for user in (alice, bob):

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from qpopper import limits
-from qpopper.auth import brakes as brakes_mod
+from qpopper.addresses import parse_networks
 from qpopper.auth.brakes import Brakes, brake_delay, failure_log_line
 from tests.helpers.sysusers import make_spool
 from tests.server_harness import Site, mbox
@@ -47,6 +47,111 @@ def test_fail2ban_courier_auth_filter_matches_the_line():
     v6 = failure_log_line("a,b", "PLAIN", "2001:db8::5", 1, 0)
     match = COURIER_AUTH.match(f"Nov 27 14:00:01 mailhost popper[1]: {v6}")
     assert match and match["host"] == "2001:db8::5" and match["user"] == "a?b"
+
+
+def test_brake_field_is_the_address_brake_after_the_failure(tmp_path):
+    """brake= in the fail2ban line is the address's brake from now on (README, "Brute-force
+    brakes and fail2ban"): 0 while within the free failures, then the schedule's value."""
+    log = []
+    brakes = Brakes(str(tmp_path / "b.sqlite"), 30, lambda p, t: log.append(t))
+    free = limits.BRAKE_FREE_FAILURES_PER_ADDRESS
+    for n in range(1, free + 3):
+        brakes.note_failure("192.0.2.3", "jo", "USER", 0)
+        assert log[-1].endswith(f"failures={n}, brake={brake_delay(n, free, 30):.2f}s"), log
+        assert f"brake={brakes.address_delay('192.0.2.3'):.2f}s" in log[-1]
+    assert log[-1].endswith(f"brake={2 * limits.BRAKE_FIRST_DELAY_S:.2f}s")
+
+
+def braked(path, clock, failures: int = 12) -> Brakes:
+    """A brakes file whose 192.0.2.4 has `failures` failures (its brake far above the bound)."""
+    brakes = Brakes(path, 30, lambda p, t: None, clock=clock)
+    for _ in range(failures):
+        brakes.record_failure("192.0.2.4", "guessed")
+    return brakes
+
+
+def test_a_correct_password_from_a_braked_address_waits_at_most_the_bound(tmp_path):
+    now = [1_000_000.0]
+    path = str(tmp_path / "b.sqlite")
+    brake = braked(path, lambda: now[0]).address_delay("192.0.2.4")
+    bound = limits.BRAKE_MAX_WAIT_BEFORE_CHECK_S
+    assert brake == 30 > bound
+    # a new connection, a correct password: only the bound before the check, nothing after
+    log, slept = [], []
+    session = Brakes(path, 30, lambda p, t: log.append(t), clock=lambda: now[0])
+    assert session.hold_address("192.0.2.4", slept.append) == bound
+    session.record_success("kim")
+    assert slept == [bound]
+    assert log == [f"brute-force brake: 192.0.2.4 waits {bound:.2f}s before its login attempt "
+                   f"is checked (its brake is 30.00s)"]
+    # a wrong guess instead: the rest of the brake before its answer, then the failure delay
+    guess = Brakes(path, 30, lambda p, t: None, clock=lambda: now[0])
+    guess.hold_address("192.0.2.4", lambda s: None)
+    assert guess.note_failure("192.0.2.4", "kim", "USER", 2) == 30 - bound + 2
+
+
+def test_while_a_wrong_guess_is_answered_the_address_is_held(tmp_path):
+    """A guesser who hangs up once the bounded wait is over without +OK (a wrong guess) and
+    tries again at once gains nothing: the new attempt waits until the wrong guess's answer
+    is due. Another address is not held."""
+    now = [1_000_000.0]
+    path = str(tmp_path / "b.sqlite")
+    braked(path, lambda: now[0])
+    bound = limits.BRAKE_MAX_WAIT_BEFORE_CHECK_S
+    first = Brakes(path, 30, lambda p, t: None, clock=lambda: now[0])
+    first.hold_address("192.0.2.4", lambda s: None)
+    now[0] += bound
+    answer_in = first.note_failure("192.0.2.4", "kim", "USER", 0)     # now sleeping ...
+    assert answer_in == 30 - bound
+    now[0] += 1                                                        # ... 1 s later
+    slept = []
+    Brakes(path, 30, lambda p, t: None, clock=lambda: now[0]).hold_address("192.0.2.4",
+                                                                         slept.append)
+    assert slept == [pytest.approx(answer_in - 1)]
+    assert Brakes(path, 30, lambda p, t: None).hold_address("192.0.2.5", slept.append) == 0
+    # once the answer is out, the next attempt waits the bound again
+    now[0] += answer_in
+    slept.clear()
+    Brakes(path, 30, lambda p, t: None, clock=lambda: now[0]).hold_address("192.0.2.4",
+                                                                         slept.append)
+    assert slept == [bound]
+
+
+def test_trusted_networks_are_neither_delayed_nor_recorded(tmp_path):
+    path = str(tmp_path / "b.sqlite")
+    log = []
+    trusted = parse_networks("192.0.2.0/28, 2001:db8:5::/48")
+    brakes = Brakes(path, 30, lambda p, t: log.append(t), trusted_networks=trusted)
+    for client in ("192.0.2.1", "::ffff:192.0.2.2", "2001:db8:5:1::9"):
+        for _ in range(20):
+            assert brakes.hold_address(client, lambda s: pytest.fail("slept")) == 0
+            assert brakes.note_failure(client, "webmail-user", "USER", 0) == 0
+        assert brakes.address_delay(client) == 0
+    # logged (fail2ban's ignoreip must name them too), but not counted
+    assert len(log) == 60 and all(t.startswith("LOGIN FAILED, user=webmail-user") and
+                                  t.endswith("failures=0, brake=0.00s") for t in log)
+    assert not os.path.exists(path)                       # nothing was ever written
+    # an address outside them is braked as usual, and the user name counts from there
+    for _ in range(10):
+        brakes.note_failure("192.0.2.16", "webmail-user", "USER", 0)
+    assert brakes.address_delay("192.0.2.16") > 0
+
+
+def test_trusted_networks_option_takes_cidr_lists_and_refuses_anything_else(tmp_path):
+    from qpopper.config import ConfigError, load
+    path = tmp_path / "qpopper.config"
+    path.write_text('set auth-brakes-trusted-networks = "10.0.0.0/8 2001:db8::/32"\n'
+                    "set auth-brakes-trusted-networks = 192.0.2.7\n")
+    cfg, _ = load(["-f", str(path)])
+    brakes = Brakes.from_config(cfg, lambda p, t: None)
+    assert [str(n) for n in brakes.trusted_networks] == ["10.0.0.0/8", "2001:db8::/32",
+                                                         "192.0.2.7/32"]
+    assert brakes.is_trusted("10.1.2.3") and brakes.is_trusted("::ffff:192.0.2.7")
+    assert not brakes.is_trusted("192.0.2.8") and not brakes.is_trusted("2001:db9::1")
+    path.write_text("set auth-brakes-trusted-networks = 10.0.0.0/33\n")
+    with pytest.raises(ConfigError, match=rf"{path}:1: .*'10\.0\.0\.0/33' is not an IPv4 or "
+                                          rf"IPv6 network"):
+        load(["-f", str(path)])
 
 
 def test_counts_are_shared_between_processes(tmp_path):
@@ -93,9 +198,10 @@ def test_an_ipv6_host_is_braked_by_its_64_not_by_each_address(tmp_path):
     assert Brakes(path, 30, lambda p, t: None).address_delay("2001:db8:1:2:ffff::99") == expected
     assert brakes.address_delay("2001:db8:1:3::1") == 0            # the neighbouring /64
     slept = []
+    assert expected <= limits.BRAKE_MAX_WAIT_BEFORE_CHECK_S
     assert brakes.hold_address("2001:db8:1:2:abcd::5", slept.append) == expected
     assert slept == [expected]
-    assert log[-1].startswith("brute-force brake: 2001:db8:1:2:abcd::5 waits")
+    assert log[-1].startswith(f"brute-force brake: 2001:db8:1:2:abcd::5 waits {expected:.2f}s")
     # IPv4: by the address, an IPv4-mapped client (dual-stack socket) as that address.
     for _ in range(free + 1):
         brakes.record_failure("::ffff:192.0.2.9", "ivy")
@@ -220,7 +326,8 @@ def test_fifty_wrong_passwords_are_slowed_and_logged_another_address_is_not(site
     # the address brake (up to 1 s, the test's auth-brakes-max-delay) plus the user brake
     assert min(s for _, s in last) >= 0.9, last
 
-    # A correct login from another address is not slowed; from the guessing address it is.
+    # A correct login from another address is not slowed; from the guessing address (nobody
+    # guessing from it right now) it waits only the bounded first part of the brake.
     conn = Conn(site.srv, "127.0.0.1")
     try:
         reply, seconds = conn.login_seconds(user, site.victim.password)
@@ -230,16 +337,19 @@ def test_fifty_wrong_passwords_are_slowed_and_logged_another_address_is_not(site
     assert seconds < 0.5
     conn = Conn(site.srv, "127.0.0.2")
     try:
-        reply, seconds = conn.login_seconds(user, site.victim.password)
+        reply, _ = conn.login_seconds(user, site.victim.password)
     finally:
         conn.close()
-    assert reply.startswith(b"+OK") and seconds >= 0.9
+    assert reply.startswith(b"+OK"), reply
+    bound = limits.BRAKE_MAX_WAIT_BEFORE_CHECK_S
+    site.syslog.wait_for(rf"brute-force brake: 127\.0\.0\.2 waits {bound:.2f}s before its login "
+                         rf"attempt is checked \(its brake is 1\.00s\)")
 
     failures = [t for t in site.syslog.texts()
                 if t.startswith(f"LOGIN FAILED, user={user}, method=USER, ip=[127.0.0.2]")]
     assert len(failures) == 50
-    assert any(t.startswith("brute-force brake: 127.0.0.2 waits 1.00s") for t in
-               site.syslog.texts())
+    assert any(t.startswith("brute-force brake: 127.0.0.2 waits ") and
+               t.endswith("(its brake is 1.00s)") for t in site.syslog.texts())
     assert not any("127.0.0.1 waits" in t for t in site.syslog.texts())
     for text in failures[:3]:
         assert COURIER_AUTH.match(f"Nov 27 14:00:01 mailhost popper[42]: {text}")

@@ -36,7 +36,8 @@ def site(system_users, pam_service, world_tmp):
     alice = system_users.create("al")
     bob = system_users.create("bo")
     store.set_secret(alice.name, "apop-secret")
-    s = Site(world_tmp, pam_service, pop_auth_file=store.path, pop_auth_owner=owner.name)
+    s = Site(world_tmp, pam_service, pop_auth_file=store.path, pop_auth_owner=owner.name,
+             store_mechanisms="on")
     for user in (alice, bob):
         make_spool(s.spool_dir, user, mbox(("hi", "there")))
     s.alice, s.bob = alice, bob
@@ -190,8 +191,11 @@ def test_p3_local(site):
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == f"-ERR [AUTH] {LOCAL_ONLY}"
-        site.syslog.wait_for(rf"\[AUTH\] Failed attempted login to {site.bob.name} from host "
-                             rf"\({ns_ip}\) {ns_ip}")
+        # a policy refusal (the password was right), not a failed login
+        site.syslog.wait_for(rf"LOGIN REFUSED \(policy\), user={site.bob.name}, method=USER, "
+                             rf"ip=\[{ns_ip}\], reason=clear-text-password local, client not "
+                             rf"on loopback")
+        assert not [t for t in site.syslog.texts() if "LOGIN FAILED" in t or "Failed" in t]
 
 
 # --- tls: inside STLS, clear text and the plaintext SASL mechanisms are admitted ------------------

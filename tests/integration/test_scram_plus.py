@@ -186,6 +186,7 @@ def server_site(world_tmp, pam_service, system_users, pki):
     store.set_secret(alice.name, SECRET)
     good = pki.server("good")
     s = TlsSite(world_tmp, pam_service, pop_auth_file=store.path, pop_auth_owner=owner.name,
+                store_mechanisms="on",
                 tls_support="stls", tls_server_cert_file=good.cert_file,
                 tls_private_key_file=good.key_file,
                 sasl_log_login='sasl login "%1" with %5 at %3')

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import pwd
 import stat
 import subprocess
 import syslog
@@ -87,9 +88,10 @@ def owned_store(tmp_path, request):
         users = request.getfixturevalue("system_users")
         owner = users.create("own")
         store = PopAuthStore.create(path, owner.uid, owner.gid)
-        return store, {"pop_auth_file": path, "pop_auth_owner": owner.name}, owner.uid
+        return store, {"pop_auth_file": path, "pop_auth_owner": owner.name,
+                       "store_mechanisms": "on"}, owner.uid
     store = PopAuthStore.create(path)
-    return store, {"pop_auth_file": path}, os.getuid()
+    return store, {"pop_auth_file": path, "store_mechanisms": "on"}, os.getuid()
 
 
 @pytest.fixture
@@ -236,7 +238,10 @@ def test_low_uids_are_blocked_before_pam_is_asked(system_users, pam_probe, low_u
                                                 client_host=CLIENT_HOST))
     assert error.render() == b"-ERR [AUTH] Access is blocked for UIDs below 10\r\n"
     assert pam_calls() == []
-    assert failure_record(low_user) in log.records
+    # A policy refusal, not a failed guess: its own line, nothing fail2ban or the brakes count
+    assert [text for _, text in log.records] == [
+        f"LOGIN REFUSED (policy), user={low_user}, method=USER, ip=[{CLIENT_IP}], "
+        f"reason=uid {pwd.getpwnam(low_user).pw_uid} is blocked"]
     # The probe itself works: a normal user's login goes through both PAM phases, with the
     # client address as PAM_RHOST.
     erin = system_users.create(password="pw-erin")
@@ -542,7 +547,7 @@ def test_a_missing_owner_account_makes_the_store_unusable(owned_store, pam_servi
     store.set_secret("demo", "demo-pw")
     log = Log()
     auth = Authenticator(config(pam_service=pam_service, pop_auth_file=store.path,
-                                pop_auth_owner="qptnosuchowner"), log)
+                                pop_auth_owner="qptnosuchowner", store_mechanisms="on"), log)
     error = refused(lambda: auth.check_apop("demo", TIMESTAMP, apop_digest(TIMESTAMP, "demo-pw"),
                                             CLIENT_IP))
     assert error.code is RespCode.SYS_PERM

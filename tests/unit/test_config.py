@@ -34,6 +34,8 @@ def other_value(opt):
         return choice.upper(), choice
     if opt.name in ("listen", "tls-listen"):
         return "127.0.0.1:8110", ("127.0.0.1:8110",)
+    if opt.name == "auth-brakes-trusted-networks":     # checked: a CIDR list
+        return "192.0.2.0/24", ("192.0.2.0/24",)
     if opt.name == "drac-host":                    # checked: HOST[:PORT]
         return "drac.example.org:111", "drac.example.org:111"
     return "/srv/qpt-value", "/srv/qpt-value"

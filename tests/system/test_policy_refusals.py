@@ -1,0 +1,169 @@
+"""Only wrong credentials are failures, on the REAL server (root, real system users, a real PAM
+service, a pop.auth store): refusals for policy with the CORRECT password (a store user using
+USER/PASS under clear-text-password default, nonauth-file, auth-file, the low-UID block) and
+[IN-USE] after a correct password are logged as what they are, never as `LOGIN FAILED`, and
+cost no brake; five wrong passwords still do both. Addresses in auth-brakes-trusted-networks
+are never braked. The tests read the log lines and the brakes file, not the clock."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sqlite3
+
+import pytest
+
+from qpopper import limits
+from tests.helpers.popauth import owned_store
+from tests.helpers.sysusers import make_spool
+from tests.server_harness import Site, mbox
+
+pytestmark = pytest.mark.timeout(120)
+
+FREE = limits.BRAKE_FREE_FAILURES_PER_ADDRESS
+
+
+@pytest.fixture
+def site(system_users, pam_service, world_tmp):
+    s = policy_site(system_users, pam_service, world_tmp)
+    yield s
+    s.close()
+
+
+def policy_site(system_users, pam_service, world_tmp) -> Site:
+    """alice: a store secret (USER/PASS refused: stronger authentication required); carl:
+    listed in nonauth-file; bob and dora: ordinary system users. 127.0.0.8/29 is trusted.
+    The caller closes it."""
+    owner, store = owned_store(system_users, world_tmp)
+    alice, bob, carl, dora = (system_users.create(p) for p in ("al", "bo", "ca", "do"))
+    store.set_secret(alice.name, "alice-store-secret")
+    nonauth = os.path.join(world_tmp, "nonauth")
+    with open(nonauth, "w") as f:
+        f.write(f"{carl.name}\n")
+    s = Site(world_tmp, pam_service, pop_auth_file=store.path, pop_auth_owner=owner.name,
+             store_mechanisms="on", nonauth_file=nonauth, auth_brakes_max_delay=1,
+             auth_brakes_trusted_networks="127.0.0.8/29")
+    for user in (alice, bob, carl, dora):
+        make_spool(s.spool_dir, user, mbox(("hi", f"for {user.name}")))
+    s.alice, s.bob, s.carl, s.dora = alice, bob, carl, dora
+    s.srv = s.server()
+    return s
+
+
+def greeted(site, source: str):
+    """A connection from `source` whose greeting was read: (socket, its lines)."""
+    sock = socket.create_connection((site.srv.host, site.srv.port), timeout=30,
+                                    source_address=(source, 0))
+    lines = sock.makefile("rb")
+    assert lines.readline().startswith(b"+OK")
+    return sock, lines
+
+
+def user_pass(site, source: str, name: str, password: str) -> bytes:
+    """One connection from `source`: USER, PASS, QUIT; the PASS reply."""
+    sock, lines = greeted(site, source)
+    with sock:
+        sock.sendall(f"USER {name}\r\n".encode())
+        assert lines.readline().startswith(b"+OK")
+        sock.sendall(f"PASS {password}\r\n".encode())
+        reply = lines.readline()
+        sock.sendall(b"QUIT\r\n")
+        lines.readline()
+        return reply
+
+
+def lines_about(site, source: str) -> tuple[list[str], list[str], list[str]]:
+    """(LOGIN FAILED lines, policy lines, brake waits) naming `source`."""
+    texts = site.syslog.texts()
+    address = re.escape(source)
+    return ([t for t in texts if re.match(rf"LOGIN FAILED, .*ip=\[{address}\]", t)],
+            [t for t in texts if re.match(rf"LOGIN REFUSED \(policy\), .*ip=\[{address}\]", t)],
+            [t for t in texts if t.startswith(f"brute-force brake: {source} waits")])
+
+
+def address_rows(site, source: str) -> list[tuple]:
+    path = os.path.join(site.root, "auth-brakes.sqlite")      # server_harness.write_config
+    if not os.path.exists(path):
+        return []
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT kind, key, count FROM failures WHERE key = ?",
+                          (source,)).fetchall()
+    db.close()
+    return rows
+
+
+def test_five_policy_refusals_are_no_failures_five_wrong_passwords_are(site):
+    policy_source, guess_source = "127.0.0.3", "127.0.0.4"
+    refusals = [(site.alice, b"-ERR [AUTH] You must use stronger authentication"),
+                (site.carl, b"-ERR [AUTH] Permission denied."),
+                (site.alice, b"-ERR [AUTH] You must use stronger authentication"),
+                (site.carl, b"-ERR [AUTH] Permission denied."),
+                (None, b"-ERR [AUTH] Access is blocked for UIDs below")]
+    for user, expected in refusals:
+        name, password = (user.name, user.password) if user else ("daemon", "any")
+        reply = user_pass(site, policy_source, name, password)
+        assert reply.startswith(expected), reply
+    # the next login from there is not braked, and nothing was counted against it
+    assert user_pass(site, policy_source, site.bob.name, site.bob.password).startswith(b"+OK")
+    site.syslog.wait_for(rf'\(v\S+\) POP login by user "{site.bob.name}" at '
+                         rf'\({policy_source}\) {policy_source}')
+    failed, policy, waits = lines_about(site, policy_source)
+    assert failed == [] and waits == [], (failed, waits)
+    assert len(policy) == 5, policy
+    assert any(f"user={site.alice.name}, method=USER" in t and "reason=clear-text-password "
+               "default" in t for t in policy)
+    assert any(f"user={site.carl.name}," in t and "reason=listed in nonauth-file" in t
+               for t in policy)
+    assert not [t for t in site.syslog.texts() if "Failed attempted login" in t]
+    assert address_rows(site, policy_source) == []
+
+    # five wrong passwords: five failures; once an address has more than FREE, its next
+    # attempts are braked
+    for i in range(5):
+        reply = user_pass(site, guess_source, site.bob.name, f"wrong-{i}")
+        assert reply.startswith(b"-ERR [AUTH] Password supplied"), reply
+    failed, policy, waits = lines_about(site, guess_source)
+    assert [re.search(r"failures=(\d+)", t)[1] for t in failed] == ["1", "2", "3", "4", "5"]
+    assert policy == [] and len(waits) == 5 - (FREE + 1), waits      # the 5th waited
+    assert ("address", guess_source, 5) in address_rows(site, guess_source)
+
+
+def test_in_use_after_a_correct_password_is_not_a_failure(site):
+    """bob's session holds his maildrop; five more logins with his correct password get
+    [IN-USE]: not failed guesses (no LOGIN FAILED, nothing counted), so the next login from
+    that address, once the first session ended, is not braked."""
+    source = "127.0.0.5"
+    holder, lines = greeted(site, source)
+    with holder:
+        holder.sendall(f"USER {site.bob.name}\r\nPASS {site.bob.password}\r\n".encode())
+        assert lines.readline().startswith(b"+OK")
+        assert lines.readline().startswith(b"+OK"), "bob's first session"
+        for _ in range(5):
+            reply = user_pass(site, source, site.bob.name, site.bob.password)
+            assert reply.startswith(b"-ERR [IN-USE]"), reply
+        holder.sendall(b"QUIT\r\n")
+        assert lines.readline().startswith(b"+OK")
+    assert user_pass(site, source, site.bob.name, site.bob.password).startswith(b"+OK")
+    failed, _, waits = lines_about(site, source)
+    assert failed == [] and waits == [], (failed, waits)
+    assert address_rows(site, source) == []
+
+
+def test_a_trusted_network_is_never_braked(site):
+    """127.0.0.9 lies in auth-brakes-trusted-networks: ten wrong passwords are logged (for
+    the administrator; fail2ban's ignoreip should hold the same networks) but not counted,
+    and no attempt waits a brake. 127.0.0.6, outside, is braked after the same guesses."""
+    for source in ("127.0.0.9", "127.0.0.6"):
+        for i in range(10):
+            reply = user_pass(site, source, site.dora.name, f"wrong-{i}")
+            assert reply.startswith(b"-ERR [AUTH]"), reply
+        assert user_pass(site, source, site.dora.name, site.dora.password).startswith(b"+OK")
+    failed, _, waits = lines_about(site, "127.0.0.9")
+    assert len(failed) == 10 and all("failures=0, brake=0.00s" in t for t in failed), failed
+    assert waits == [] and address_rows(site, "127.0.0.9") == []
+    failed, _, waits = lines_about(site, "127.0.0.6")
+    assert len(failed) == 10 and len(waits) == 11 - (FREE + 1), waits
+    bound = limits.BRAKE_MAX_WAIT_BEFORE_CHECK_S
+    # the correct password, after the guesses were answered, waited the bound at most
+    assert waits[-1].startswith(f"brute-force brake: 127.0.0.6 waits {bound:.2f}s "), waits
