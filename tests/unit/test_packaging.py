@@ -223,3 +223,11 @@ def test_rpm_spec_defines_fallbacks_for_missing_fedora_macros():
     # An undefined %systemd_post would land literally in the scriptlet: written out instead.
     body = spec.split("%post\n", 1)[1]
     assert "%systemd_post" not in body.replace("%%systemd_post", "")
+
+
+def test_the_package_build_runs_test_files_that_exist():
+    """debian/rules runs some unit tests at build time: a test moved without it changing
+    would fail only when the package is built."""
+    rules = (REPO / "debian" / "rules").read_text()
+    named = re.findall(r"\{dir\}/(tests/\S+\.py)", rules)
+    assert named and [path for path in named if not (REPO / path).is_file()] == []
