@@ -1,0 +1,235 @@
+"""Maildir users on the real master (root: real users, PAM, the privilege drop): mail
+delivered by Debian's procmail into ~/Maildir and by Python's mailbox.Maildir, fetched with
+poplib, curl and fetchmail byte for byte; UIDs stable across sessions; DELE/RSET/QUIT and an
+abort as for mbox; an mbox user and a Maildir user on one master."""
+
+from __future__ import annotations
+
+import mailbox
+import os
+import poplib
+import shutil
+import socket
+import subprocess
+
+import pytest
+
+from qpopper.spool import maildir
+from tests.helpers.sysusers import make_spool
+from tests.server_harness import POPPER, Site, login, mbox, write_config
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
+
+needs_procmail = pytest.mark.skipif(shutil.which("procmail") is None,
+                                    reason="procmail not installed (make test installs it)")
+needs_fetchmail = pytest.mark.skipif(shutil.which("fetchmail") is None,
+                                     reason="fetchmail not installed (make test installs it)")
+
+
+def as_user(user, fn):
+    """Run `fn` in a child as `user` (files a delivery agent makes are the user's)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setgid(user.gid)
+            os.setuid(user.uid)
+            fn()
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def deliver_with_mailbox(user, messages: list[bytes]) -> None:
+    def add():
+        box = mailbox.Maildir(os.path.join(user.home, "Maildir"), create=True)
+        for data in messages:
+            box.add(data)
+        box.close()
+    as_user(user, add)
+
+
+def deliver_with_procmail(user, message: bytes) -> None:
+    """Debian's procmail as the MDA, with the user's .procmailrc naming the Maildir."""
+    rc = os.path.join(user.home, ".procmailrc")
+    with open(rc, "w") as f:
+        f.write(f"DEFAULT={user.home}/Maildir/\nLOGFILE=/dev/null\n")
+    os.chown(rc, user.uid, user.gid)
+    os.chmod(rc, 0o600)
+    subprocess.run(["procmail", "-d", user.name], input=message, check=True, timeout=30)
+
+
+def files_of(user) -> dict[str, bytes]:
+    """{base name: bytes} of the messages in the user's Maildir."""
+    path = os.path.join(user.home, "Maildir")
+    found = {}
+    for sub in ("new", "cur"):
+        for name in os.listdir(os.path.join(path, sub)):
+            with open(os.path.join(path, sub, name), "rb") as f:
+                found[maildir.base_name(name)] = f.read()
+    return found
+
+
+def crlf(data: bytes) -> list[bytes]:
+    """poplib's view of a message: its lines, dot-unstuffed, without line ends."""
+    return data.replace(b"\r\n", b"\n").rstrip(b"\n").split(b"\n") if data.strip() else []
+
+
+@pytest.fixture
+def site(world_tmp, pam_service):
+    s = Site(world_tmp, pam_service, maildir="~/Maildir")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def maildir_user(site, system_users):
+    user = system_users.create()
+    os.chmod(user.home, 0o711)
+    return user
+
+
+@needs_procmail
+def test_procmail_and_mailbox_deliveries_come_out_byte_for_byte_with_stable_uids(
+        site, maildir_user):
+    user = maildir_user
+    deliver_with_mailbox(user, [b"From: a@example.org\nSubject: one\n\n.leading dot\nbody\n",
+                                b"Subject: two\n\nno final newline"])
+    deliver_with_procmail(user, b"From sender@example.org  Sat Dec  5 12:00:00 2026\n"
+                                b"From: sender@example.org\nSubject: three\n\nvia procmail\n")
+    files = files_of(user)
+    assert len(files) == 3
+    server = site.server()
+    client = login(server, user)
+    try:
+        count, _ = client.stat()
+        assert count == 3
+        uids = {int(n): uid for n, uid in (line.split() for line in
+                                              (x.decode() for x in client.uidl()[1]))}
+        assert set(uids.values()) == set(files)
+        for n, uid in uids.items():
+            _, lines, octets = client.retr(n)
+            assert lines == crlf(files[uid])
+        client.quit()
+    finally:
+        client.close()
+    site.syslog.wait_for(rf"Stats: {user.name} 0 0 3 \d+ .*")
+    again = login(server, user)
+    try:
+        assert {x.decode().split()[1] for x in again.uidl()[1]} == set(files)   # stable
+        again.quit()
+    finally:
+        again.close()
+
+
+def test_dele_rset_quit_and_abort_as_for_mbox(site, maildir_user):
+    user = maildir_user
+    deliver_with_mailbox(user, [b"Subject: %d\n\nbody %d\n" % (n, n) for n in range(4)])
+    server = site.server()
+    client = login(server, user)
+    uids = [x.decode().split()[1] for x in client.uidl()[1]]
+    client.dele(1)
+    client.rset()                                   # undone
+    client.dele(2)
+    client.retr(3)
+    client.quit()
+    left = files_of(user)
+    assert sorted(left) == sorted(uids[:1] + uids[2:])
+    cur = os.listdir(os.path.join(user.home, "Maildir", "cur"))
+    assert [name for name in cur if name.startswith(uids[2])] == [uids[2] + ":2,S"]
+    # An abort with update-on-abort off (the shipped default) changes nothing.
+    site.options["update_on_abort"] = False
+    write_config(site.config, **site.options)
+    quiet = site.server()
+    aborted = login(quiet, user)
+    aborted.dele(1)
+    aborted.sock.shutdown(socket.SHUT_RDWR)         # the client hangs up without QUIT
+    aborted.close()
+    site.syslog.wait_for(rf".*{user.name}.*(EOF|without QUIT|abort).*", timeout=20)
+    again = login(quiet, user)
+    try:
+        assert len(again.uidl()[1]) == 3
+        again.quit()
+    finally:
+        again.close()
+
+
+def test_a_second_session_is_in_use_and_a_delivery_during_it_is_kept(site, maildir_user):
+    user = maildir_user
+    deliver_with_mailbox(user, [b"Subject: first\n\nx\n"])
+    server = site.server()
+    first = login(server, user)
+    try:
+        with pytest.raises(poplib.error_proto, match=r"\[IN-USE\]"):
+            login(server, user)
+        deliver_with_mailbox(user, [b"Subject: during\n\ny\n"])
+        first.dele(1)
+        first.quit()
+    finally:
+        first.close()
+    after = login(server, user)
+    try:
+        count, _ = after.stat()
+        assert count == 1
+        assert b"Subject: during" in after.retr(1)[1]
+        after.quit()
+    finally:
+        after.close()
+
+
+@needs_fetchmail
+def test_curl_and_fetchmail_fetch_the_delivered_bytes(site, maildir_user, world_tmp):
+    user = maildir_user
+    message = b"From: x@example.org\nSubject: fetched\n\nline one\n..two dots\nend\n"
+    deliver_with_mailbox(user, [message])
+    server = site.server()
+    curl = subprocess.run(["curl", "-sS", "--max-time", "20",
+                           f"pop3://127.0.0.1:{server.port}/1", "-u",
+                           f"{user.name}:{user.password}"], capture_output=True, timeout=30)
+    assert curl.returncode == 0, curl.stderr
+    assert curl.stdout.replace(b"\r\n", b"\n") == message
+    out = os.path.join(world_tmp, "fetched")
+    rc = os.path.join(world_tmp, "fetchmailrc")
+    with open(rc, "w") as f:
+        f.write(f"poll 127.0.0.1 service {server.port} protocol pop3 auth password\n"
+                f"  user '{user.name}' password '{user.password}' is root here\n"
+                f"  keep sslproto '' mda \"/bin/sh -c 'cat > {out}'\"\n")
+    os.chmod(rc, 0o600)
+    result = subprocess.run(["fetchmail", "-f", rc, "--invisible", "--nosyslog", "-v",
+                             "--pidfile", os.path.join(world_tmp, "fetchmail.pid")],
+                            capture_output=True, text=True, timeout=60,
+                            env=dict(os.environ, HOME=world_tmp))
+    assert result.returncode == 0, result.stdout + result.stderr
+    with open(out, "rb") as f:
+        fetched = f.read()
+    assert fetched.endswith(message), fetched
+
+
+def test_an_mbox_user_and_a_maildir_user_on_one_master(site, system_users, maildir_user):
+    mbox_user = system_users.create()
+    make_spool(site.spool_dir, mbox_user, mbox(("spooled", "in the mbox\n")))
+    deliver_with_mailbox(maildir_user, [b"Subject: in the maildir\n\nhere\n"])
+    server = site.server()
+    for user, subject in ((mbox_user, b"Subject: spooled"),
+                          (maildir_user, b"Subject: in the maildir")):
+        client = login(server, user)
+        try:
+            assert client.stat()[0] == 1
+            assert subject in client.retr(1)[1]
+            client.dele(1)
+            client.quit()
+        finally:
+            client.close()
+    assert files_of(maildir_user) == {}
+    with open(os.path.join(site.spool_dir, mbox_user.name), "rb") as f:
+        assert f.read() == b""
+    assert not os.path.exists(os.path.join(site.spool_dir, maildir_user.name))
+
+
+def test_check_config_shows_the_maildir_option(site):
+    result = subprocess.run([POPPER, "--check-config", "-f", site.config],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert any(line.split()[:2] == ["maildir", "~/Maildir"] for line in result.stdout.splitlines())
