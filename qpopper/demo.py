@@ -37,6 +37,9 @@ DEMO_HOST = "127.0.0.1"
 DEMO_PORT = 8110
 DEMO_USER = "demo"
 DEMO_PASSWORD = "demo"
+MAILDIR_USER = "maildemo"
+MAILDIR_PASSWORD = "maildemo"
+"""A second user, served from a Maildir (docs/maildir.md) by the same demo server."""
 DEMO_SHUTDOWN_GRACE_S = 3
 """Ctrl-C should not keep a newcomer waiting for a forgotten telnet session."""
 
@@ -94,6 +97,7 @@ def demo_config(cfg, data_dir: str):
         spool_dir=os.path.join(data_dir, "spool"),
         pop_auth_file=os.path.join(data_dir, "pop.auth"),
         auth_brakes_file=os.path.join(data_dir, "auth-brakes.sqlite"),
+        maildir=os.path.join(data_dir, "maildirs", "%u"),   # only maildemo has one
         user_database="pop-auth",
         clear_text_password="local",      # USER/PASS and curl work; only from this machine
         statistics=True,                  # show the Stats, Timing and login records on the terminal
@@ -168,7 +172,10 @@ def _prepare_data(data_dir: str, account: pwd.struct_passwd | None) -> None:
     or as root on its behalf (then everything created is handed to that account, and what
     exists must already be that account's: never chown someone else's files or a symlink)."""
     spool_dir = os.path.join(data_dir, "spool")
-    for path in (data_dir, spool_dir):
+    maildirs = os.path.join(data_dir, "maildirs")
+    user_maildir = os.path.join(maildirs, MAILDIR_USER)
+    for path in (data_dir, spool_dir, maildirs, user_maildir,
+                 *(os.path.join(user_maildir, sub) for sub in ("cur", "new", "tmp"))):
         try:
             os.mkdir(path, 0o700)
             _own(path, account)
@@ -185,8 +192,16 @@ def _prepare_data(data_dir: str, account: pwd.struct_passwd | None) -> None:
         PopAuthStore.create(store_path, owner_uid=owner,
                             owner_gid=account.pw_gid if account else None)
     store = PopAuthStore(store_path, owner_uid=owner)
-    if not store.has_user(DEMO_USER):
-        store.set_secret(DEMO_USER, DEMO_PASSWORD)
+    for user, password in ((DEMO_USER, DEMO_PASSWORD), (MAILDIR_USER, MAILDIR_PASSWORD)):
+        if not store.has_user(user):
+            store.set_secret(user, password)
+    if not any(os.listdir(os.path.join(user_maildir, sub)) for sub in ("cur", "new")):
+        for name, message in sample_maildir_files(MAILDIR_USER):
+            path = os.path.join(user_maildir, "new", name)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(message)
+            _own(path, account)
     spool = os.path.join(spool_dir, DEMO_USER)
     temp_drop = os.path.join(spool_dir, f".{DEMO_USER}.pop")
     if _size(spool) == 0 and _size(temp_drop) == 0:
@@ -263,25 +278,38 @@ Python:
 )
 
 
-def sample_mailbox(now: float | None = None) -> bytes:
-    """The demo's sample messages as an mbox spool."""
+def sample_messages(user: str, now: float | None = None) -> list[tuple[float, bytes]]:
+    """The demo's sample messages for `user`: (delivery time, message without envelope)."""
     now = time.time() if now is None else now
-    parts = []
+    messages = []
     for number, (subject, body) in enumerate(SAMPLES, 1):
         stamp = now - (len(SAMPLES) - number) * 60
-        envelope = time.strftime("%a %b %e %H:%M:%S %Y", time.gmtime(stamp))
-        parts.append(
-            f"From qpopper-demo@localhost {envelope}\n"
+        messages.append((stamp, (
             f"From: qpopper-py demo <qpopper-demo@localhost>\n"
-            f"To: {DEMO_USER}@localhost\n"
+            f"To: {user}@localhost\n"
             f"Subject: {subject}\n"
             f"Date: {email.utils.formatdate(stamp, localtime=False)}\n"
             f"Message-ID: <demo-{number}-{int(stamp)}@localhost>\n"
             f"MIME-Version: 1.0\n"
             f"Content-Type: text/plain; charset=us-ascii\n"
             f"\n"
-            f"{body}\n")
-    return "".join(parts).encode("ascii")
+            f"{body}\n").encode("ascii")))
+    return messages
+
+
+def sample_mailbox(now: float | None = None) -> bytes:
+    """The demo's sample messages as an mbox spool."""
+    parts = []
+    for stamp, message in sample_messages(DEMO_USER, now):
+        envelope = time.strftime("%a %b %e %H:%M:%S %Y", time.gmtime(stamp))
+        parts.append(f"From qpopper-demo@localhost {envelope}\n".encode("ascii") + message)
+    return b"".join(parts)
+
+
+def sample_maildir_files(user: str, now: float | None = None) -> list[tuple[str, bytes]]:
+    """The sample messages as Maildir files: (name in new/, content)."""
+    return [(f"{int(stamp)}.M{number}P{os.getpid()}.demo", message)
+            for number, (stamp, message) in enumerate(sample_messages(user, now), 1)]
 
 
 def _print_welcome(sockaddr, data_dir: str) -> None:
@@ -299,5 +327,6 @@ Try it from another terminal:
   telnet {host} {port}                                  # USER demo, PASS demo, LIST, RETR 1, QUIT
   python3 -c 'import poplib; p = poplib.POP3("{host}", {port}); p.user("demo"); p.pass_("demo"); print(p.stat()); p.quit()'
 A mail client: POP3, server {host}, port {port}, no encryption, user {DEMO_USER}, password {DEMO_PASSWORD}.
+User {MAILDIR_USER} (password {MAILDIR_PASSWORD}) is served from a Maildir: {data_dir}/maildirs/{MAILDIR_USER}
 
 Log records follow. Stop with Ctrl-C.""", flush=True)

@@ -75,6 +75,32 @@ def test_curl_prints_the_first_message(world_tmp):
     assert (tmp_path / "demo-data" / "spool" / "demo").stat().st_size > 0
 
 
+def test_the_maildir_user_is_served_from_its_maildir_by_the_same_demo(world_tmp):
+    tmp_path = pathlib.Path(world_tmp)
+    demo = Demo(tmp_path)
+    maildir = tmp_path / "demo-data" / "maildirs" / "maildemo"
+    try:
+        client = poplib.POP3("127.0.0.1", demo.port, timeout=20)
+        try:
+            client.user("maildemo")
+            client.pass_("maildemo")
+            count, _ = client.stat()
+            uids = [line.split()[1].decode() for line in client.uidl()[1]]
+            _, lines, _ = client.retr(1)
+            client.quit()
+        finally:
+            client.close()
+    finally:
+        code, out, err = demo.stop()
+    assert code == 0, err
+    assert count == 3 and b"Subject: Welcome to qpopper-py" in b"\n".join(lines)
+    assert sorted(uids) == sorted(name.partition(":")[0] for name in os.listdir(maildir / "cur")
+                                  + os.listdir(maildir / "new"))       # base names
+    assert any(name.endswith(":2,S") for name in os.listdir(maildir / "cur"))   # RETR'd: seen
+    assert f"served from a Maildir: {tmp_path / 'demo-data'}/maildirs/maildemo" in out
+    assert (tmp_path / "demo-data" / "spool" / "demo").stat().st_size > 0   # mbox: untouched
+
+
 def test_wrong_password_and_data_kept_across_restarts_reseeded_when_empty(world_tmp):
     tmp_path = pathlib.Path(world_tmp)
     demo = Demo(tmp_path)
