@@ -80,7 +80,8 @@ from qpopper.spool import mbox
 from qpopper.spool.durable import (fsync_dir, pwrite_all, read_up_to, sha256_of_range,
                             unlink_if_present)
 from qpopper.spool.locking import LockTiming
-from qpopper.spool.maildrop import padding_after, separator_padding, spool_lock
+from qpopper.spool.maildrop import spool_lock
+from qpopper.spool.mbox import FRAMING_LINE, padding_after
 from qpopper.spool.paths import SpoolPaths
 
 Log = Callable[[int, str], None]
@@ -170,7 +171,7 @@ def render(data: bytes, user: str, hostname: str, uidl: str, mmdf_separator: byt
         message += b"\n"
     if mmdf_separator:
         return message + mmdf_separator
-    return message + separator_padding(message)
+    return message + FRAMING_LINE          # docs/mbox.md, "What write-back writes"
 
 
 # --- what the user has seen -----------------------------------------------------------------------

@@ -33,7 +33,9 @@ from typing import Callable
 from qpopper.spool.durable import pwrite_all, read_up_to, unlink_if_present
 from qpopper.spool.mbox import Message
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+"""2: a From_ message's framing line (docs/mbox.md, "The framing line") is no longer part of its
+content; version-1 caches count it, so they are ignored and the spool is scanned again."""
 MAGIC = b"QPCACHE"
 CACHE_MODE = 0o600
 PROBE_OCTETS = 4096

@@ -156,20 +156,6 @@ _NO_KERNEL_COPY_ERRNOS = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTS
 kind it does not take): copy through user space instead."""
 
 
-def separator_padding(tail: bytes) -> bytes:
-    """What must follow `tail` (the end of an mbox) before another message can start: From_
-    needs an empty line before it; MMDF messages end with their trailer line."""
-    if not tail or tail.endswith((b"\n\n", b"\n\r\n", b"\x01\x01\x01\x01\n")):
-        return b""
-    return b"\n" if tail.endswith(b"\n") else b"\n\n"
-
-
-def padding_after(fd: int, size: int) -> bytes:
-    """separator_padding for the first `size` octets of fd (an mbox file): what must be
-    written at `size` before another message can start there."""
-    return separator_padding(os.pread(fd, min(8, size), max(0, size - 8)) if size else b"")
-
-
 def spool_lock(cfg, paths: SpoolPaths, *, create: bool, step_hook: StepHook | None,
                log: Log | None) -> SpoolLock:
     """The user's spool lock (not yet acquired), as every session-time writer takes it: a
@@ -422,7 +408,7 @@ class Maildrop:
             return
         drop = self._session.fd
         start = os.fstat(drop).st_size
-        pad = padding_after(drop, start)
+        pad = mbox.padding_after(drop, start)
         record = {"op": "absorb", "source": source, "dev": st.st_dev, "ino": st.st_ino,
                   "temp_len": start, "pad": len(pad), "len": size}
         self._journal.write(record)
@@ -754,7 +740,7 @@ class Maildrop:
         """Put the spool's [start, start+length) after what `writer` wrote to the image, with
         the separator padding it needs first. True when padding was written."""
         image = writer.fd
-        pad = padding_after(image, writer.pos)
+        pad = mbox.padding_after(image, writer.pos)
         if pad:
             writer.write(pad)
             writer.flush()
@@ -950,7 +936,7 @@ class Maildrop:
                 os.ftruncate(image, image_len)
                 new_len = image_len
                 if size > eof:
-                    pad = padding_after(image, image_len)
+                    pad = mbox.padding_after(image, image_len)
                     if pad:
                         self._step("pad-image")
                         pwrite_all(image, pad, image_len)
@@ -1144,5 +1130,5 @@ def _tail_closed(fd: int, cached_len: int, size: int) -> bool:
     """Can mail after the cached region be scanned on its own? Only when the region ends the
     way a separator needs (an empty line, or an MMDF trailer); otherwise a full scan decides
     whether the appended `From ` line starts a message."""
-    return cached_len == size or not padding_after(fd, cached_len)
+    return cached_len == size or not mbox.padding_after(fd, cached_len)
 

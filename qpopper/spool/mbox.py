@@ -1,7 +1,7 @@
 """Qpopper-compatible UNIX mbox: scan a spool, stream RETR/TOP, write messages back at update.
 
-The model and its Qpopper rules (separators, MMDF, Content-Length, X-UIDL, the write-back) are in
-docs/internals.md, "Spool".
+The model and its Qpopper rules (separators, the framing line, MMDF, Content-Length, X-UIDL,
+the write-back) are in docs/mbox.md, "The mbox model".
 
 The file is never read whole: `scan` makes one pass in chunks of limits.COPY_CHUNK_OCTETS and
 keeps only per-message offsets, so memory follows the number of messages, not the spool size.
@@ -10,8 +10,9 @@ the buffer in one slice and only the lines that matter are looked at.
 
 One model serves LIST, RETR and the write-back, so their numbers cannot drift apart:
 - a message is `offset` (separator line) .. `content_start` .. `header_end` (blank line) ..
-  `body_start` .. `body_end` (where RETR stops: next separator or MMDF trailer) ..
-  `trailer_end` .. `end` (next message's separator, or the end of the scanned region);
+  `body_start` .. `body_end` (where RETR stops: the framing line before the next From_
+  separator or the end of the file, or the MMDF trailer) .. `trailer_end` .. `end` (next
+  message's separator, or the end of the scanned region);
 - RETR sends [content_start, body_end) minus the `stripped` header lines (Content-Length,
   X-UIDL), with `X-UIDL: <uid>` inserted at `uidl_insert_at` (the first Status: line, else the
   end of the headers), LF turned into CRLF (a CRLF already in the spool stays one CRLF), NUL sent
@@ -35,6 +36,8 @@ LF = 0x0A
 CR = 0x0D
 SPACE = 0x20
 MMDF_SEP_CHAR = b"\x01"
+FRAMING_LINE = b"\n"
+"""The empty line written after every From_ message: framing, not content (docs/mbox.md)."""
 
 FORMAT_ERROR_TEXT = ("Unable to process From lines (envelopes), change recognition modes or "
                      "check for corrupted mail drop.")
@@ -45,7 +48,7 @@ CONTENT_LENGTH_FUZZ = 25
 UID_MIN_CHARS = 13
 UID_MAX_CHARS = 32
 """An existing X-UIDL value is kept when it has this many printable characters, as Qpopper
-keeps it (docs/internals.md, "Spool")."""
+keeps it (docs/mbox.md, "X-UIDL and Status")."""
 
 UIDL_HEADER = b"X-UIDL: "
 _UID_ALPHABET = bytes(0x21 + d if 0x21 + d != ord(".") else ord("~") for d in range(80))
@@ -628,6 +631,9 @@ class _Scanner:
                     d.octets += octets
                     d.last_line_unterminated = (d.body_end > d.body_start
                                                 and buf[counted - 1] != LF)
+                    if (self.mmdf_sep is None and buf[counted - 1] == LF
+                            and _is_empty_line_before(buf, counted - 1)):
+                        self._drop_framing_line(d, 2 if buf[counted - 2] == CR else 1)
                     return None
                 w.cur = counted
                 shift = w.base
@@ -662,7 +668,19 @@ class _Scanner:
             d.octets += octets
             w.cur = line_at + len(line)
             d.body_end = w.base + line_at
+            if self.mmdf_sep is None:
+                self._drop_framing_line(d, 2 if buf[k - 1] == CR else 1)
             return line
+
+    def _drop_framing_line(self, d: _Draft, length: int) -> None:
+        """The empty line (`length` octets, LF or CRLF) that ends at d.body_end before a From_
+        separator or the end of the file is mbox framing, not content (docs/mbox.md, "The
+        framing line"). When the body is empty it is the blank line after the headers."""
+        d.body_end -= length
+        d.octets -= 2
+        if d.body_end < d.body_start:           # it was the blank line ending the headers
+            d.body_start = d.body_end = d.header_end
+        d.last_line_unterminated = False
 
     def _after_body(self, d: _Draft, nxt: bytes | None):
         """Close the message: MMDF trailer and junk, ends, next separator."""
@@ -672,11 +690,13 @@ class _Scanner:
         if d.uidl_insert_at < 0:
             d.uidl_insert_at = d.header_end
         if nxt is None:
-            d.trailer_end = d.end = d.body_end
+            d.trailer_end = d.body_end
+            d.end = w.pos
             return None, None
         line_at = w.pos - len(nxt)
         if self.mmdf_sep is None:
-            d.trailer_end = d.end = line_at
+            d.trailer_end = d.body_end
+            d.end = line_at
             return nxt, line_at
         # MMDF: `nxt` is this message's trailer; the next separator follows, maybe after junk.
         d.trailer_end = w.pos
@@ -935,14 +955,15 @@ def _copy(f: BinaryIO, start: int, end: int, out: _Coalescer) -> None:
 def copy_for_update(f: BinaryIO, msg: Message, write: WriteFn, *, retrieved: bool,
                     update_status_headers: bool, at: int | None = None,
                     number: int | None = None) -> Message | None:
-    """Write `msg` back in mbox form for the update at QUIT (docs/internals.md, "Spool").
+    """Write `msg` back in mbox form for the update at QUIT (docs/mbox.md, "What write-back writes").
 
     With update_status_headers: the separator line, `X-UIDL: <uid>` right after it, the
     headers without other X-UIDL lines, `Status: RO` replacing existing Status lines when
     retrieved, or a new `Status: RO`/`Status: U` at the end of headers when there was none, then
     the body as stored (LF line ends). Without it, and for a hidden message, the bytes unchanged.
     Either way the message is closed so what follows stays a separate message: a From_ message
-    ends with an empty line (LF or LF LF added when missing), an MMDF message with its trailer.
+    ends with one framing line (docs/mbox.md, "The framing line"; an LF first when its last
+    line lacks one), an MMDF message with its trailer.
 
     With `at` (where the copy starts in the new file) and `number` (its number there): returns
     the Message a scan of the new file finds for the copy, when that is certain from what was
@@ -982,14 +1003,28 @@ def copy_for_update(f: BinaryIO, msg: Message, write: WriteFn, *, retrieved: boo
             _copy(f, msg.body_end, msg.end, out)
         else:
             out.add(_read_at(f, msg.offset, msg.content_start - msg.offset))
-    elif not out.tail.endswith(b"\n"):
-        out.add(b"\n\n")
-    elif not (out.tail.endswith(b"\n\n") or out.tail.endswith(b"\n\r\n")):
-        out.add(b"\n")
+    else:
+        out.add(FRAMING_LINE if out.tail.endswith(b"\n") else b"\n" + FRAMING_LINE)
     out.flush()
     if relocated is None:
         return None
     return _relocated(f, msg, at, number, retrieved, out.total, relocated)
+
+
+def separator_padding(tail: bytes) -> bytes:
+    """What must follow `tail` (the end of an mbox) before another message can start there: a
+    From_ message ends with its framing line (an LF first if its last line lacks one), an MMDF
+    message with its trailer (docs/mbox.md, "What write-back writes"). A file ending with an
+    empty line already has its framing line."""
+    if not tail or tail.endswith((b"\n\n", b"\n\r\n", b"\x01\x01\x01\x01\n")):
+        return b""
+    return FRAMING_LINE if tail.endswith(b"\n") else b"\n" + FRAMING_LINE
+
+
+def padding_after(fd: int, size: int) -> bytes:
+    """separator_padding for the first `size` octets of fd (an mbox file): what must be
+    written at `size` before another message can start there."""
+    return separator_padding(os.pread(fd, min(8, size), max(0, size - 8)) if size else b"")
 
 
 # --- where a written-back message lands ----------------------------------------------------------
@@ -1020,7 +1055,8 @@ def _relocated(f: BinaryIO, msg: Message, at: int, number: int, retrieved: bool,
 
     The copy is: separator line, `X-UIDL: <uid>`, the header lines (old X-UIDL lines gone,
     Status lines replaced by `Status: RO` when retrieved), `Status: RO`/`Status: U` before
-    the blank line when there was no Status, the blank line, the body, then the closing LFs.
+    the blank line when there was no Status, the blank line, the body, then the framing line
+    (after an LF ending a last line that had none).
     Every edit is a whole line, so an old offset outside the edits moves by the growth of the
     edits before it.
     """
@@ -1053,16 +1089,17 @@ def _relocated(f: BinaryIO, msg: Message, at: int, number: int, retrieved: bool,
         header_end += len(added)
     body_start = header_end + (msg.body_start - msg.header_end)
     closing_len = written - body.written
-    if msg.body_end > msg.body_start and body.tail[-1:] != b"\n":
-        octets -= 2                 # the CRLF RETR added to the last line: the closing LF now
-    octets += _octets(b"\n" * closing_len, after_cr=body.tail.endswith(b"\r"))
-    end = body_start + (msg.body_end - msg.body_start) + closing_len
-    if end - at != written:
+    body_end = body_start + (msg.body_end - msg.body_start)
+    if closing_len == 2:            # a last line without LF got one, then the framing line
+        octets += _octets(b"\n", after_cr=body.tail.endswith(b"\r")) - 2   # RETR added CRLF
+        body_end += 1
+    end = body_end + len(FRAMING_LINE)
+    if end - at != written or closing_len not in (1, 2):
         return None                 # not the shape described above: let a scan decide
     uidl_line = ((content_start, content_start + uidl_len),)
     return Message(
         number=number, offset=at, end=end, octets=octets, uid=msg.uid, uid_from_header=True,
         retrieved=retrieved or msg.retrieved, hidden=False,
         content_start=content_start, header_end=header_end, body_start=body_start,
-        body_end=end, trailer_end=end, uidl_insert_at=status_lines[0][0],
+        body_end=body_end, trailer_end=body_end, uidl_insert_at=status_lines[0][0],
         stripped=uidl_line, uidl_lines=uidl_line, status_lines=tuple(status_lines), mmdf=False)

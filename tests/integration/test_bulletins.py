@@ -5,6 +5,7 @@ headers, and the crash/failure windows of the append (qpopper/bulletins.py's doc
 from __future__ import annotations
 
 import grp
+import io
 import os
 import secrets
 import signal
@@ -121,6 +122,23 @@ def test_render_rewrites_to_adds_uidl_drops_old_uidl_and_status():
                    b">From qpop Wed Nov  9 13:31:08 1994\n"
                    b"last line without newline\n"
                    b"\n")
+
+
+@pytest.mark.parametrize("body", [b"body\n", b"body\n\n", b"body\n\n\n", b"no final newline"])
+def test_rendered_bulletin_serves_its_own_text_without_the_framing_line(body):
+    """docs/mbox.md, "The framing line": the bulletin is followed by exactly one framing line,
+    which RETR leaves out; empty lines of its own text stay, next to mail before and after."""
+    data = b"From admin Wed Nov 25 10:00:00 2026\nSubject: notice\n\n" + body
+    out = bulletins.render(data, "bob", HOST, "1764250000.007", None)
+    after = b"From x@y Wed Nov 25 11:00:00 2026\nSubject: later\n\nlater\n\n"
+    spool = out + after
+    messages = mbox.scan(io.BytesIO(spool))
+    assert len(messages) == 2
+    sent: list[bytes] = []
+    mbox.send_message(io.BytesIO(spool), messages[0], sent.append)
+    text = body if body.endswith(b"\n") else body + b"\n"
+    assert b"".join(sent).endswith(b"\r\n\r\n" + text.replace(b"\n", b"\r\n"))
+    assert out.endswith(text + b"\n")
 
 
 def test_render_refuses_a_bulletin_without_a_valid_from_line():

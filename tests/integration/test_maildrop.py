@@ -64,7 +64,7 @@ def test_open_moves_the_spool_into_the_private_temp_drop(tmp_path):
         assert os.path.getsize(paths.temp_drop) == len(msg(1) + msg(2))
         assert os.stat(paths.temp_drop).st_mode & 0o077 == 0
         assert retr(drop, 1) == (b"Subject: m2\r\nX-UIDL: " + drop.messages[1].uid.encode()
-                                 + b"\r\n\r\nbody 2\r\n\r\n")
+                                 + b"\r\n\r\nbody 2\r\n")     # no framing line
         assert leftovers(tmp_path) == []                      # dot-lock only while copying
     finally:
         drop.close()

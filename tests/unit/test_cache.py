@@ -173,7 +173,11 @@ def test_a_corrupt_stale_or_foreign_cache_is_ignored_and_rebuilt(tmp_path, damag
     elif damage == "truncate":
         data = data[:len(data) // 2]
     elif damage == "version":
-        data = data.replace(b"QPCACHE 1 ", b"QPCACHE 2 ", 1)
+        # a cache of the format before the current one (version 1 counted the framing line
+        # as content): never trusted, rebuilt
+        current = b"QPCACHE %d " % cache.CACHE_VERSION
+        assert data.startswith(current)
+        data = data.replace(current, b"QPCACHE %d " % (cache.CACHE_VERSION - 1), 1)
     elif damage == "garbage":
         data = os.urandom(300)
     elif damage == "empty":
@@ -187,7 +191,8 @@ def test_a_corrupt_stale_or_foreign_cache_is_ignored_and_rebuilt(tmp_path, damag
         else:
             doc["messages"][3][1] += 1          # offset no longer the previous end
         body = json.dumps(doc, separators=(",", ":")).encode()      # a valid checksum
-        data = b"QPCACHE 1 %s %d\n" % (hashlib.sha256(body).hexdigest().encode(), len(body)) + body
+        digest = hashlib.sha256(body).hexdigest().encode()
+        data = b"QPCACHE %d %s %d\n" % (cache.CACHE_VERSION, digest, len(body)) + body
     if damage == "symlink":
         os.rename(paths.cache, paths.cache + ".real")
         os.symlink(paths.cache + ".real", paths.cache)

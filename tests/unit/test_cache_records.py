@@ -27,7 +27,7 @@ def encoded_doc():
 
 def summed(doc) -> bytes:
     body = json.dumps(doc, separators=(",", ":")).encode()
-    return b"QPCACHE 1 %s %d\n" % (hashlib.sha256(body).hexdigest().encode(), len(body)) + body
+    return b"QPCACHE %d %s %d\n" % (cache.CACHE_VERSION, hashlib.sha256(body).hexdigest().encode(), len(body)) + body
 
 
 def test_a_good_record_decodes_to_the_scanned_messages():

@@ -1,10 +1,10 @@
 """RETR/TOP wire bytes of mbox.send_message against a line-by-line reference implementation.
 
 send_message converts whole blocks with bytes methods, reads in windows and splices the X-UIDL
-line into the stream; the reference below does the obvious thing one line at a time (cut the
-stripped header lines, put X-UIDL at its place, then per line: NUL as space, the line end as
-CRLF, a CRLF already there kept as one, a last line without LF closed with CRLF, a leading dot
-doubled). Seeded random spools full of adversarial lines are compared message by message, for
+line into the stream; the reference below does the obvious thing one line at a time (end the
+content before the framing line, cut the stripped header lines, put X-UIDL at its place, then
+per line: NUL as space, the line end as CRLF, a CRLF already there kept as one, a last line
+without LF closed with CRLF, a leading dot doubled). Seeded random spools full of adversarial lines are compared message by message, for
 RETR and TOP with several line counts, with windows from 1 octet to the default, from a real
 file (pread) and from an io.BytesIO.
 """
@@ -131,9 +131,22 @@ def random_spool(seed: int, mmdf: bool = False) -> bytes:
     return b"".join(messages)
 
 
+def reference_content_end(raw: bytes, msg: mbox.Message) -> int:
+    """Where a From_ message's content ends (docs/mbox.md, "The framing line"): before the one
+    empty line that precedes the next separator or ends the file, else at the message's end.
+    MMDF messages end at their trailer."""
+    if msg.mmdf:
+        return msg.body_end
+    lines = split_lf(raw[msg.content_start:msg.end])
+    if lines and lines[-1] in (b"\n", b"\r\n") and raw[msg.end - len(lines[-1]) - 1] == 0x0A:
+        return msg.end - len(lines[-1])
+    return msg.end
+
+
 def compare(f, raw: bytes, messages, windows) -> int:
     compared = 0
     for msg in messages:
+        assert msg.body_end == reference_content_end(raw, msg), msg.number
         for body_lines in (None, *TOP_COUNTS):
             expected = reference_wire(raw, msg, body_lines)
             if body_lines is None:
