@@ -18,7 +18,7 @@ import pytest
 
 from qpopper import limits
 from qpopper.pop3.responses import RespCode
-from qpopper.spool import mbox
+from qpopper.spool import mbox, mbox_scan
 from tests.helpers.repo import REPO
 
 GOLDEN = REPO / "tests" / "golden"
@@ -592,7 +592,7 @@ def test_scan_and_retr_match_line_by_line_oracle_on_random_spools(tmp_path, monk
                                                                    header_window):
     """header_window 0 forces the line-by-line header parser everywhere."""
     if header_window is not None:
-        monkeypatch.setattr(mbox._Scanner, "HEADER_WINDOW", header_window)
+        monkeypatch.setattr(mbox_scan._Scanner, "HEADER_WINDOW", header_window)
     rng = random.Random(20261127)
     spool = tmp_path / "spool"
     for _ in range(40):

@@ -13,7 +13,7 @@ import random
 import pytest
 
 from qpopper import limits
-from qpopper.spool import mbox
+from qpopper.spool import mbox, mbox_format
 from tests.unit.test_mbox import GOLDEN, GOLDEN_SPOOLS, SCAN_OPTIONS, oracle_encode
 
 FIELDS = [f.name for f in dataclasses.fields(mbox.Message)]
@@ -48,11 +48,11 @@ def test_the_plain_from_line_pattern_accepts_only_what_the_positional_check_acce
     matched = 0
     for _ in range(50_000):
         line = random_from_line(rng)
-        if mbox._PLAIN_FROM_LINE.fullmatch(line):
+        if mbox_format._PLAIN_FROM_LINE.fullmatch(line):
             matched += 1
-            assert mbox._from_line_by_position(line), line
+            assert mbox_format._from_line_by_position(line), line
         assert mbox.is_from_line(line) == (
-            len(line) < limits.MAX_SPOOL_LINE_OCTETS and mbox._from_line_by_position(line)), line
+            len(line) < limits.MAX_SPOOL_LINE_OCTETS and mbox_format._from_line_by_position(line)), line
     assert matched > 1000                   # the shortcut was really taken
 
 

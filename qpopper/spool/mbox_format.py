@@ -1,0 +1,201 @@
+"""The mbox format's vocabulary: the Message record, separator lines, UIDs, wire octets and
+the framing written between messages (docs/mbox.md, "The mbox model")."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import BinaryIO, Callable
+
+from qpopper import limits
+from qpopper.pop3.responses import PopError, RespCode
+
+LF = 0x0A
+CR = 0x0D
+SPACE = 0x20
+MMDF_SEP_CHAR = b"\x01"
+FRAMING_LINE = b"\n"
+"""The empty line written after every From_ message: framing, not content (docs/mbox.md)."""
+
+FORMAT_ERROR_TEXT = ("Unable to process From lines (envelopes), change recognition modes or "
+                     "check for corrupted mail drop.")
+
+CONTENT_LENGTH_FUZZ = 25
+"""Octets a Content-Length may be off by and still be honoured (Qpopper's slack)."""
+
+UID_MIN_CHARS = 13
+UID_MAX_CHARS = 32
+"""An existing X-UIDL value is kept when it has this many printable characters, as Qpopper
+keeps it (docs/mbox.md, "X-UIDL and Status")."""
+
+UIDL_HEADER = b"X-UIDL: "
+_UID_ALPHABET = bytes(0x21 + d if 0x21 + d != ord(".") else ord("~") for d in range(80))
+_UID_DIGITS = [chr(c) for c in _UID_ALPHABET]
+_UID_PAIRS = [low + high for high in _UID_DIGITS for low in _UID_DIGITS]
+"""_UID_PAIRS[v % 6400]: the two base-80 digits of v % 6400, least significant first."""
+_NUL_TO_SPACE = bytes.maketrans(b"\0", b" ")
+WriteFn = Callable[[bytes], object]
+
+
+class MboxFormatError(PopError):
+    """The spool does not start with a `From ` envelope line or an MMDF separator."""
+
+    def __init__(self, offset: int = 0):
+        super().__init__(FORMAT_ERROR_TEXT, RespCode.SYS_PERM,
+                         log=f"mbox: no From line or MMDF separator at offset {offset}")
+        self.offset = offset
+
+
+@dataclass(eq=False, slots=True)
+class Message:
+    """One message of a scanned spool; every position is an absolute file offset."""
+
+    number: int                 # 1-based among all messages of the file (hidden ones included)
+    offset: int                 # start of the separator line (`From ` or MMDF)
+    end: int                    # just past the message, its MMDF trailer and any junk after it
+    octets: int                 # exactly what RETR sends, before dot-stuffing, no terminator
+    uid: str
+    uid_from_header: bool       # uid came from an X-UIDL header already in the spool
+    retrieved: bool             # a Status: header had R when the spool was scanned
+    hidden: bool                # uw-kludge: the IMAP folder pseudo-message (never listed)
+    content_start: int          # just past the separator line
+    header_end: int             # start of the blank line that ends the headers (or body_end)
+    body_start: int             # just past that blank line (== header_end when there is none)
+    body_end: int               # where the content RETR sends stops
+    trailer_end: int            # just past the MMDF trailer (== body_end without one)
+    uidl_insert_at: int         # where RETR inserts `X-UIDL: <uid>`
+    stripped: tuple[tuple[int, int], ...] = ()      # header lines RETR leaves out
+    uidl_lines: tuple[tuple[int, int], ...] = ()    # X-UIDL header lines (dropped at update)
+    status_lines: tuple[tuple[int, int], ...] = ()  # Status header lines
+    mmdf: bool = False
+
+    @property
+    def uidl_line(self) -> bytes:
+        """The header line RETR inserts (and LIST counts)."""
+        return UIDL_HEADER + self.uid.encode("ascii") + b"\r\n"
+
+
+# --- From_ line recognition ---------------------------------------------------------------------
+
+_PLAIN_FROM_LINE = re.compile(
+    rb"From [^\r\n]*[^ \r\n] [^ \r\n]{3} [^ \r\n]{3} [ 0-9][0-9] [0-9]{2}:[0-9]{2}:[0-9]{2} "
+    rb"[0-9]{4}\r?\n?")
+"""The envelope line almost every delivery agent writes (`From user Wed Dec  2 05:53:22 1992`):
+every position _from_line_by_position checks holds for it, so a match needs no more checks."""
+
+
+def is_from_line(line: bytes) -> bool:
+    """True when `line` is a `From ` envelope line with a ctime-like date (c-client's VALID).
+
+    Accepts `From user Wed Dec  2 05:53[:22] [TZ|+0700] 1992 [TZ|+0700]` and all of these with
+    ` remote from host` appended. A line of limits.MAX_SPOOL_LINE_OCTETS or more is never one:
+    Qpopper only sees its first 1023 octets.
+    """
+    if not line.startswith(b"From ") or len(line) >= limits.MAX_SPOOL_LINE_OCTETS:
+        return False
+    return _PLAIN_FROM_LINE.fullmatch(line) is not None or _from_line_by_position(line)
+
+
+def _from_line_by_position(line: bytes) -> bool:
+    """c-client's VALID: spaces and colons at fixed distances from the end of the line."""
+    n = len(line)
+    if line.endswith(b"\n"):
+        n -= 1
+    if n and line[n - 1] == CR:
+        n -= 1
+    x = n
+
+    def at(i: int) -> int:
+        j = x + i
+        return line[j] if 0 <= j < n else -1
+
+    if x >= 41:
+        zn = -1
+        while at(zn) != SPACE:
+            zn -= 1
+        if line[x + zn - 12:x + zn] == b" remote from":
+            x += zn - 12
+    if x < 27:
+        return False
+    ti = 0
+    if at(-5) == SPACE:
+        if at(-8) == ord(":"):
+            ti = -5
+        elif at(-9) == SPACE:
+            ti = -9
+        elif at(-11) == SPACE and at(-10) in (ord("+"), ord("-")):
+            ti = -11
+    elif at(-4) == SPACE:
+        if at(-9) == SPACE:
+            ti = -9
+    elif at(-6) == SPACE:
+        if at(-11) == SPACE and at(-5) in (ord("+"), ord("-")):
+            ti = -11
+    if not ti or at(ti - 3) != ord(":"):
+        return False
+    ti -= 9 if at(ti - 6) == ord(":") else 6
+    return at(ti) == SPACE and at(ti - 3) == SPACE and at(ti - 7) == SPACE and at(ti - 11) == SPACE
+
+
+# --- UIDs ----------------------------------------------------------------------------------------
+
+def encode_uid(digest: bytes, old_style: bool = False) -> str:
+    """Qpopper's UID text for an MD5 digest: 20 base-80 chars, or 32 hex chars (old-style-uid)."""
+    if old_style:
+        return digest.hex()
+    pairs, single = _UID_PAIRS, _UID_DIGITS
+    parts = []
+    for b0, b1, b2, b3 in (digest[0:4], digest[4:8], digest[8:12], digest[12:16]):
+        v = (((b0 << 4) + b1 << 4) + b2 << 4) + b3   # Qpopper shifts by 4, not 8: lossy
+        # Five base-80 digits, least significant first, two at a time from a table.
+        parts += (pairs[v % 6400], pairs[v // 6400 % 6400], single[v // 40960000 % 80])
+    return "".join(parts)
+
+
+def _header_uid(line: bytes) -> str | None:
+    """The value of an `X-UIDL:` line when Qpopper would keep it, else None."""
+    value = line[7:].strip(b" \t\r\n")
+    if UID_MIN_CHARS <= len(value) <= UID_MAX_CHARS and all(0x21 <= c <= 0x7E for c in value):
+        return value.decode("ascii")
+    return None
+
+
+def _read_at(f: BinaryIO, pos: int, n: int) -> bytes:
+    f.seek(pos)
+    return f.read(n)
+
+
+def _file_end(f: BinaryIO) -> int:
+    return f.seek(0, 2)
+
+
+def _octets(data: bytes, after_cr: bool = False) -> int:
+    """Length of `data` on the wire: every LF becomes CRLF unless it already follows a CR."""
+    return _octets_of_range(data, 0, len(data), after_cr)
+
+
+def _octets_of_range(buf: bytes, start: int, stop: int, after_cr: bool = False) -> int:
+    """_octets(buf[start:stop]) without copying the slice."""
+    n = stop - start + buf.count(b"\n", start, stop)
+    if buf.find(b"\r", start, stop) != -1:     # rare: skip the second pass over LF data
+        n -= buf.count(b"\r\n", start, stop)
+    if after_cr and start < stop and buf[start] == LF:
+        n -= 1
+    return n
+
+
+def separator_padding(tail: bytes) -> bytes:
+    """What must follow `tail` (the end of an mbox) before another message can start there: a
+    From_ message ends with its framing line (an LF first if its last line lacks one), an MMDF
+    message with its trailer (docs/mbox.md, "What write-back writes"). A file ending with an
+    empty line already has its framing line."""
+    if not tail or tail.endswith((b"\n\n", b"\n\r\n", b"\x01\x01\x01\x01\n")):
+        return b""
+    return FRAMING_LINE if tail.endswith(b"\n") else b"\n" + FRAMING_LINE
+
+
+def padding_after(fd: int, size: int) -> bytes:
+    """separator_padding for the first `size` octets of fd (an mbox file): what must be
+    written at `size` before another message can start there."""
+    return separator_padding(os.pread(fd, min(8, size), max(0, size - 8)) if size else b"")
