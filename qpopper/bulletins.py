@@ -79,8 +79,7 @@ from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool import mbox
 from qpopper.spool.durable import (fsync_dir, pwrite_all, read_up_to, sha256_of_range,
                             unlink_if_present)
-from qpopper.spool.locking import LockTiming
-from qpopper.spool.maildrop import spool_lock
+from qpopper.spool.locking import LockTiming, spool_lock
 from qpopper.spool.mbox import FRAMING_LINE, padding_after
 from qpopper.spool.paths import SpoolPaths
 

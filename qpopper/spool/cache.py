@@ -1,23 +1,8 @@
 """`.user.cache`: server mode's saved message list, so a session need not rescan the spool.
 
-docs/compatibility.md, "Server mode and its cache": the format is our own, versioned and checksummed, and a
-cache is a hint, never an authority. It is used only when every check passes; on any doubt the
-spool is scanned again (and the cache rewritten at the end of the session):
-
-- the file: a plain single-link file of ours (opened with O_NOFOLLOW), header line
-  `QPCACHE <version> <sha256 of the payload> <payload length>`, then the JSON payload; a wrong
-  version, a checksum or length mismatch (a truncated or edited file), bad JSON or a message
-  list that is not a well-formed partition of [0, size) is ignored;
-- the spool: same device and inode; at least `size` octets; when it has exactly `size` octets
-  its mtime must be the one recorded (same size, other mtime: rewritten in place); the first
-  and last PROBE_OCTETS of [0, size) must hash as recorded; and the scan options that decide
-  UIDs and flags (update-status-headers, old-style-uid, uw-kludge) must be the same;
-- conservative-cache: a spool whose mtime is later than the recorded one is not trusted at all
-  (by default new mail after `size` is expected: only [size, end) is scanned).
-
-Normal-mode sessions unlink the cache before they touch the spool (maildrop.py), so a cache
-never outlives a rewrite it did not see. Writes go to `<cache>.tmp` and are renamed over the
-cache; a crash leaves at worst a stale `.tmp`, removed by the next session.
+A hint, never an authority: used only when every check in `load` passes, else the spool is
+scanned and the cache rewritten. Format and checks: docs/maildrop.md, "The server-mode
+cache"; Qpopper's cache and ours: docs/compatibility.md, "Server mode and its cache".
 """
 
 from __future__ import annotations

@@ -7,10 +7,21 @@ durable, bounded reads) cannot drift apart between the places that rewrite a spo
 from __future__ import annotations
 
 import ctypes
+import errno
 import hashlib
 import os
+from typing import Callable
 
 from qpopper import limits
+
+StepHook = Callable[[str], None]
+KERNEL_COPY_OCTETS = 1024 * 1024
+"""One copy_file_range(2) call's range: one step and one dot-lock refresh chance per range."""
+_KERNEL_COPY = hasattr(os, "copy_file_range")
+_NO_KERNEL_COPY_ERRNOS = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP,
+                          errno.EBADF, errno.EPERM)
+"""copy_file_range(2) refused (old kernel, cross-filesystem, a filesystem without it, a file
+kind it does not take): copy through user space instead."""
 
 
 def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
@@ -114,3 +125,80 @@ def unlink_if_present(path: str, *, ignore_other_errors: bool = False) -> None:
     except OSError:
         if not ignore_other_errors:
             raise
+
+
+class ChunkWriter:
+    """Appends to a file in limits.COPY_CHUNK_OCTETS writes, one step per write."""
+
+    def __init__(self, fd: int, step: StepHook, name: str):
+        self.fd = fd
+        self.step = step
+        self.name = name
+        self.pos = 0
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.writeback = Writeback(fd)
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(bytes(data))
+        self.size += len(data)
+        if self.size >= limits.COPY_CHUNK_OCTETS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.parts:
+            return
+        data = b"".join(self.parts)
+        self.parts, self.size = [], 0
+        self.step(self.name)
+        pwrite_all(self.fd, data, self.pos)
+        self.pos += len(data)
+        self.writeback.written_up_to(self.pos)
+
+
+def copy_range(src: int, src_off: int, length: int, dst: int, dst_off: int, step: StepHook,
+               name: str, refresh: Callable[[], None]) -> None:
+    """Copy [src_off, src_off+length) of src to dst at dst_off, in bounded chunks: in the
+    kernel (copy_file_range(2): no trip through user space, and the copy's pages are left in
+    the page cache for the scan), or by pread/pwrite where the kernel cannot (another
+    filesystem on an old kernel, a filesystem without it)."""
+    done = 0
+    in_kernel = _KERNEL_COPY
+    writeback = Writeback(dst, dst_off)
+    while done < length:
+        if in_kernel:
+            n = min(KERNEL_COPY_OCTETS, length - done)
+            step(name)
+            try:
+                copied = os.copy_file_range(src, dst, n, src_off + done, dst_off + done)
+            except OSError as exc:
+                if exc.errno not in _NO_KERNEL_COPY_ERRNOS:
+                    raise
+                copied = 0
+            if copied:
+                done += copied
+                writeback.written_up_to(dst_off + done)
+                refresh()
+                continue
+            # 0 is end-of-file, or a filesystem that copies nothing (some report 0 for files
+            # they cannot copy): pread below tells which.
+            in_kernel = False
+        data = os.pread(src, min(limits.COPY_CHUNK_OCTETS, length - done), src_off + done)
+        if not data:
+            raise OSError(errno.EIO, "source shorter than expected")
+        step(name)
+        pwrite_all(dst, data, dst_off + done)
+        done += len(data)
+        writeback.written_up_to(dst_off + done)
+        refresh()
+
+
+def same_bytes(a: int, a_off: int, b: int, b_off: int, length: int) -> bool:
+    done = 0
+    while done < length:
+        n = min(limits.COPY_CHUNK_OCTETS, length - done)
+        x = os.pread(a, n, a_off + done)
+        if x != os.pread(b, n, b_off + done) or len(x) != n:
+            return False
+        done += n
+    return True

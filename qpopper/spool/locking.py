@@ -1,27 +1,8 @@
-"""Spool locks that every Debian delivery agent honours, and the one-session-per-user lock.
-
-docs/compatibility.md, "Locks". Three locks, each for its own reason:
-
-- `DotLock`: `<spool>.lock`, the convention of liblockfile/dotlockfile, procmail, Postfix
-  (`mailbox_delivery_lock = fcntl, dotlock`), Exim (`use_lockfile`) and Dovecot. Created with
-  O_CREAT|O_EXCL|O_NOFOLLOW (or a unique file + link(2) with no-atomic-open, L4, for NFS),
-  mode 0644 like liblockfile, content `pid@host` without newline like Qpopper. liblockfile in
-  pid mode (`dotlockfile -p`, L_PID) reads the leading number with atoi, so it sees our pid
-  and, like us, treats the lock as stale once that process is gone; everyone else goes by
-  age: stale after limits.DOTLOCK_STALE_S of mtime.
-  We refresh the mtime while we copy (L3).
-- `SpoolLock`: the dot-lock, then the spool opened with O_NOFOLLOW, then flock(LOCK_EX) AND an
-  fcntl write lock on it (procmail, Postfix and Exim use fcntl; Postfix can add flock; Qpopper
-  used flock): holding both excludes every agent whatever it was configured with. The order
-  (dot-lock before open) is Postfix's, so nobody waits on a kernel lock of a file we replace
-  (we never replace the spool: see maildrop.py). Held only for the short copy steps (L7).
-- `SessionLock`: a non-blocking flock on the temporary drop for the whole session (L6). A
-  second session gets `-ERR [IN-USE] .user.pop lock busy!  Is another session active?` - the
-  file name only, not the path: clients never see paths.
-
-Waits: Qpopper tries the dot-lock 2 times at login and 4 times at update, sleeping attempt*5 s
-(L2). We keep that total patience but poll every POLL_S within it, so a lock held for a few
-milliseconds by a delivery agent costs milliseconds, not 5 s. `LockTiming` lets tests shorten it.
+"""Spool locks that every Debian delivery agent honours, and the one-session-per-user lock:
+`DotLock`, `SpoolLock` (dot-lock + flock + fcntl, for the short copy steps only) and
+`SessionLock` (the temporary drop's flock, for the whole session). Why each, their order and
+their waits: docs/maildrop.md, "The locking rules"; Qpopper's locks and ours:
+docs/compatibility.md, "Locks".
 """
 
 from __future__ import annotations
@@ -184,7 +165,7 @@ class DotLock:
         return True
 
     def _create_by_link(self, content: bytes) -> tuple[int, int] | None:
-        """no-atomic-open (L4): a unique file, then link(2) to the lock name. Over NFS link can
+        """no-atomic-open: a unique file, then link(2) to the lock name. Over NFS link can
         report failure after succeeding, so the link count of our file decides."""
         directory = os.path.dirname(self.path) or "."
         unique = os.path.join(directory, f".lk{os.getpid()}{secrets.token_hex(4)}{self.host[:16]}")
@@ -263,7 +244,7 @@ class DotLock:
             os.close(fd)
 
     def refresh(self) -> None:
-        """Touch the lock so age-based lockers keep waiting (L3)."""
+        """Touch the lock so age-based lockers keep waiting."""
         if not self.held:
             return
         self._refreshed = time.monotonic()
@@ -421,11 +402,26 @@ class SpoolLock:
         self.dotlock.release()
 
 
+NEW_SPOOL_MODE = 0o660
+"""A spool we create in the spool directory: user and mail group, as Debian's adduser makes it."""
+NEW_HOME_SPOOL_MODE = 0o600
+"""A spool we create in the user's home (home-dir-mail): nobody else needs it."""
+
+
+def spool_lock(cfg, paths, *, create: bool, step_hook=None, log=None) -> SpoolLock:
+    """The user's spool lock (not yet acquired), as every session-time writer takes it: a
+    spool it creates gets the mode of its place (home-dir-mail or the spool directory), and
+    no-atomic-open picks the NFS-safe dot-lock."""
+    return SpoolLock(paths.spool, paths.lock, create=create,
+                     create_mode=NEW_HOME_SPOOL_MODE if cfg.home_dir_mail else NEW_SPOOL_MODE,
+                     nfs_safe=cfg.no_atomic_open, step_hook=step_hook, log=log)
+
+
 class SessionLock:
-    """The temporary drop, opened and flock'ed for the whole session (L6).
+    """The temporary drop, opened and flock'ed for the whole session.
 
     It is created if missing (O_NOFOLLOW, mode 0600) and must be a regular file owned by us,
-    with one link and no access for others (S6), else [SYS/PERM].
+    with one link and no access for others, else [SYS/PERM].
     """
 
     def __init__(self, path: str, *, step_hook: StepHook | None = None, log: Log | None = None):

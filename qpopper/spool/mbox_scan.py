@@ -210,8 +210,9 @@ class _Scanner(_HeaderScanner):
 
     def _drop_framing_line(self, d: _Draft, length: int) -> None:
         """The empty line (`length` octets, LF or CRLF) that ends at d.body_end before a From_
-        separator or the end of the file is mbox framing, not content (docs/mbox.md, "The
-        framing line"). When the body is empty it is the blank line after the headers."""
+        separator or the end of the file is mbox framing, not content
+        (docs/mbox.md, "The framing line"). When the body is empty it is the blank line after
+        the headers."""
         d.body_end -= length
         d.octets -= 2
         if d.body_end < d.body_start:           # it was the blank line ending the headers

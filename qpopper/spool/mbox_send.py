@@ -1,5 +1,5 @@
-"""RETR and TOP: a scanned message as POP3 multi-line data (docs/mbox.md, "X-UIDL and
-Status"), streamed in bounded windows."""
+"""RETR and TOP: a scanned message as POP3 multi-line data, streamed in bounded windows
+(docs/mbox.md, "X-UIDL and Status")."""
 
 from __future__ import annotations
 

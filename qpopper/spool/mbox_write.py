@@ -56,7 +56,8 @@ def _copy(f: BinaryIO, start: int, end: int, out: _Coalescer) -> None:
 def copy_for_update(f: BinaryIO, msg: Message, write: WriteFn, *, retrieved: bool,
                     update_status_headers: bool, at: int | None = None,
                     number: int | None = None) -> Message | None:
-    """Write `msg` back in mbox form for the update at QUIT (docs/mbox.md, "What write-back writes").
+    """Write `msg` back in mbox form for the update at QUIT
+    (docs/mbox.md, "What write-back writes").
 
     With update_status_headers: the separator line, `X-UIDL: <uid>` right after it, the
     headers without other X-UIDL lines, `Status: RO` replacing existing Status lines when

@@ -8,10 +8,10 @@ import os
 import pytest
 
 from qpopper import limits
-from qpopper.spool import durable, maildrop
+from qpopper.spool import durable
 from tests.helpers.spoolcheck import small_tmpfs
 
-SIZE = 2 * maildrop.KERNEL_COPY_OCTETS + 12345
+SIZE = 2 * durable.KERNEL_COPY_OCTETS + 12345
 
 
 def payload(n: int) -> bytes:
@@ -25,8 +25,8 @@ def copy_file(src_path, dst_path, src_off, length, dst_off, prefix=b""):
     try:
         if prefix:
             os.pwrite(dst, prefix, 0)
-        maildrop._copy(src, src_off, length, dst, dst_off, steps.append, "copy",
-                       lambda: refreshes.append(1))
+        durable.copy_range(src, src_off, length, dst, dst_off, steps.append, "copy",
+                           lambda: refreshes.append(1))
     finally:
         os.close(src)
         os.close(dst)
@@ -38,7 +38,7 @@ def test_kernel_copy_moves_the_exact_range_in_ranges(tmp_path):
     (tmp_path / "src").write_bytes(data)
     steps, refreshes = copy_file(tmp_path / "src", tmp_path / "dst", 7, SIZE - 7, 3, b"abc")
     assert (tmp_path / "dst").read_bytes() == b"abc" + data[7:]
-    ranges = -(-(SIZE - 7) // maildrop.KERNEL_COPY_OCTETS)
+    ranges = -(-(SIZE - 7) // durable.KERNEL_COPY_OCTETS)
     assert steps == ["copy"] * ranges and len(refreshes) == ranges
 
 
@@ -130,7 +130,7 @@ def test_the_image_writer_starts_its_writeback_as_it_goes(tmp_path, monkeypatch)
     ranges = recording_writeback(monkeypatch)
     fd = os.open(tmp_path / "image", os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        writer = maildrop._ChunkWriter(fd, lambda step: None, "write-image")
+        writer = durable.ChunkWriter(fd, lambda step: None, "write-image")
         data = payload(limits.COPY_CHUNK_OCTETS - 1)
         for _ in range(3 * durable.WRITEBACK_OCTETS // len(data)):
             writer.write(data)

@@ -1,0 +1,257 @@
+"""The journaled commit of a new spool image onto the spool, and its recovery: the engine
+both maildrop modes write through (docs/maildrop.md, "The commit engine").
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import syslog
+from typing import Callable
+
+from qpopper.pop3.responses import PopError, RespCode
+from qpopper.spool import mbox
+from qpopper.spool.durable import (ChunkWriter, copy_range, pwrite_all, same_bytes,
+                                   sha256_of_range, unlink_if_present)
+from qpopper.spool.journal import JOURNAL_BAD_TEXT, Journal, open_own_file
+from qpopper.spool.locking import SpoolLock
+
+StepHook = Callable[[str], None]
+Log = Callable[[int, str], None]
+
+HEAD_OCTETS = 256
+"""How much of the spool's start a commit record keeps to recognise the spool after a crash."""
+UPDATE_FAILED_TEXT = "Error updating primary drop.  Mail left in temporary maildrop"
+QUOTA_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class CommitEngine:
+    """Writes an image (`.user.pop.new`) and makes it the spool's first bytes, journaled so
+    that a crash at any step rolls forward or back (docs/maildrop.md, "The commit engine").
+
+    `cut_drop()` empties the session's temporary drop: the last step before the journal is
+    cleared. Every method that touches the spool takes its SpoolLock, held by the caller."""
+
+    def __init__(self, paths, user: str, step: StepHook, note: Log, cut_drop: Callable[[], None]):
+        self.paths = paths
+        self.user = user
+        self.step = step
+        self.note = note
+        self.cut_drop = cut_drop
+        self.journal = Journal(paths.journal, step)
+
+    def discard_image(self) -> None:
+        self.step("unlink-image")
+        unlink_if_present(self.paths.new_image)
+
+    def commit(self, lock: SpoolLock, write_front: Callable) -> None:
+        """New image = write_front's bytes + the spool's current bytes; apply it (journaled)."""
+        spool = lock.fd
+        spool_len = os.fstat(spool).st_size
+        image = self.open_image(truncate=True)
+        try:
+            writer = ChunkWriter(image, self.step, "write-image")
+            try:
+                write_front(writer.write)
+                writer.flush()
+                if spool_len:
+                    self.append_spool(writer, lock, 0, spool_len, "copy-spool-to-image")
+                self.step("fsync-image")
+                os.fsync(image)
+            except OSError:
+                self.discard_image()
+                raise
+            image_len = os.fstat(image).st_size
+            self.apply(lock, image, image_len, spool_len, may_roll_back=True)
+        finally:
+            os.close(image)
+        self.finish()
+
+    def append_spool(self, writer: ChunkWriter, lock: SpoolLock, start: int, length: int,
+                     name: str) -> bool:
+        """Put the spool's [start, start+length) after what `writer` wrote to the image, with
+        the separator padding it needs first. True when padding was written."""
+        image = writer.fd
+        spool = lock.fd
+        pad = mbox.padding_after(image, writer.pos)
+        if pad:
+            writer.write(pad)
+            writer.flush()
+        copy_range(spool, start, length, image, writer.pos, self.step, name,
+                   lock.refresh_if_due)
+        return bool(pad)
+
+    def open_image(self, *, truncate: bool) -> int:
+        if truncate:
+            self.step("create-image")
+        fd = open_own_file(self.paths.new_image, create=truncate)
+        if truncate:
+            self.step("truncate-image")
+            os.ftruncate(fd, 0)
+        return fd
+
+    def apply(self, lock: SpoolLock, image: int, image_len: int, spool_len: int, *,
+              may_roll_back: bool, only_copy: bool = False) -> None:
+        """Journal `commit`, then make the spool's first image_len bytes the image
+        (docs/maildrop.md, "Normal mode: the update", "The commit engine").
+        `may_roll_back`: nothing of the spool's first spool_len bytes was overwritten yet (an
+        update's first attempt), so running out of room may drop the image and journal; a
+        recovery passes False (it may run after the spool was partly rewritten or replaced,
+        when the image holds mail found nowhere else). `only_copy`: the image is the only
+        copy of the mail (server mode emptied the spool for it, the drop is empty), so
+        running out of room keeps image and journal too."""
+        if image_len < spool_len:
+            raise PopError(UPDATE_FAILED_TEXT, RespCode.SYS_TEMP,
+                           log=f"image of {image_len} octets shorter than spool {spool_len}")
+        spool = lock.fd
+        st = os.fstat(spool)
+        head = os.pread(spool, min(spool_len, HEAD_OCTETS), 0)
+        record = {"op": "commit", "dev": st.st_dev, "ino": st.st_ino,
+                  "len": image_len, "spool_len": spool_len, "head": head.hex()}
+        self.journal.write(dict(record, only_copy=True) if only_copy else record)
+        if image_len > spool_len:
+            self.step("extend-spool")
+            os.ftruncate(spool, image_len)
+            try:
+                self.step("allocate-spool")
+                os.posix_fallocate(spool, spool_len, image_len - spool_len)
+            except OSError as exc:
+                if exc.errno in QUOTA_ERRNOS:
+                    self._roll_back_extension(
+                        spool, spool_len, keep_image=only_copy or not may_roll_back)
+                    raise
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
+                # This filesystem cannot reserve space; the writes below may still fail.
+            self.step("fsync-spool-size")
+            os.fsync(spool)
+        refresh = lock.refresh_if_due
+        copy_range(image, 0, spool_len, spool, 0, self.step, "write-spool", refresh)
+        if image_len > spool_len:
+            copy_range(image, spool_len + 1, image_len - spool_len - 1, spool, spool_len + 1,
+                       self.step, "write-spool", refresh)
+            # Everything else must be durable before byte Z says "complete": writeback may
+            # otherwise store the marker's page before the pages written earlier.
+            self.step("fsync-spool-body")
+            os.fdatasync(spool)
+            copy_range(image, spool_len, 1, spool, spool_len, self.step, "write-spool-marker",
+                       refresh)
+        self.step("fsync-spool")
+        os.fsync(spool)
+
+    def _roll_back_extension(self, spool: int, spool_len: int, *, keep_image: bool) -> None:
+        """No room: undo the extension. Unless `keep_image`, nothing of the spool was
+        overwritten yet and the image and journal go. With `keep_image` (the image is the
+        only copy of some mail: server mode's, or a recovery's after the spool was partly
+        rewritten) they stay: every later session tries the commit again (and refuses to
+        start until there is room)."""
+        self.step("truncate-spool-back")
+        os.ftruncate(spool, spool_len)
+        self.step("fsync-spool")
+        os.fsync(spool)
+        if keep_image:
+            return
+        self.journal.clear()
+        self.discard_image()
+
+    def finish(self) -> None:
+        """The spool holds everything: empty the drop, then forget the journal and image."""
+        self.cut_drop()
+        self.journal.clear()
+        self.discard_image()
+
+    def recover_replace(self, lock: SpoolLock, record: dict) -> None:
+        """A server-mode update died after its image was durable. Renamed (fast-update): done.
+        Spool untouched (its first spool_len octets hash as recorded): the update did not
+        happen; the image goes. Spool emptied (then maybe new mail): roll forward as a commit
+        onto an empty spool."""
+        spool = lock.fd
+        st = os.fstat(spool)
+        # The inode number alone does not tell: after a crash the spool may have been deleted
+        # and a new one created with the same number. Its first spool_len octets do.
+        untouched = ((st.st_dev, st.st_ino) == (record["dev"], record["ino"])
+                     and st.st_size >= record["spool_len"]
+                     and sha256_of_range(spool, 0, record["spool_len"]) == record["prefix"])
+        if not os.path.lexists(self.paths.new_image):
+            if untouched:
+                raise PopError(JOURNAL_BAD_TEXT, RespCode.SYS_TEMP,
+                               log=f"{self.paths.journal}: replace without its image; left as is")
+            self.journal.clear()               # the rename happened
+            return
+        if untouched:
+            self.note(syslog.LOG_NOTICE, f"{self.user}'s server-mode update had not begun; "
+                                          "the spool stays as it was")
+            self.journal.clear()
+            self.discard_image()
+            return
+        self.recover_commit(lock, dict(record, op="commit", spool_len=0, only_copy=True))
+
+    def recover_commit(self, lock: SpoolLock, record: dict) -> None:
+        spool = lock.fd
+        image_len, spool_len = record["len"], record["spool_len"]
+        try:
+            image = self.open_image(truncate=False)
+        except FileNotFoundError:
+            image = None
+        if image is None or os.fstat(image).st_size < image_len:
+            if image is not None:
+                os.close(image)
+            raise PopError(JOURNAL_BAD_TEXT, RespCode.SYS_TEMP,
+                           log=f"{self.paths.journal}: commit without its image; left as is")
+        try:
+            st = os.fstat(spool)
+            size = st.st_size
+            if not same_spool(spool, st, image, record):
+                eof = 0                                  # a different file: all of it is new
+            elif size >= image_len and same_bytes(spool, 0, image, 0, image_len):
+                eof = None                               # the image is in place
+            elif size < image_len:
+                eof = min(spool_len, size)               # not extended yet
+            elif image_len > spool_len and os.pread(spool, 1, spool_len) == b"\0":
+                eof = image_len                          # extended, partly written
+            elif image_len == spool_len:
+                eof = image_len
+            else:
+                eof = spool_len                          # not extended; mail after it
+            if eof is not None:
+                self.note(syslog.LOG_NOTICE, f"rolling {self.user}'s update forward "
+                                              f"({size - eof} octets of new mail)")
+                self.step("truncate-image")
+                os.ftruncate(image, image_len)
+                new_len = image_len
+                if size > eof:
+                    pad = mbox.padding_after(image, image_len)
+                    if pad:
+                        self.step("pad-image")
+                        pwrite_all(image, pad, image_len)
+                    copy_range(spool, eof, size - eof, image, image_len + len(pad), self.step,
+                               "copy-spool-to-image", lock.refresh_if_due)
+                    new_len = image_len + len(pad) + size - eof
+                self.step("fsync-image")
+                os.fsync(image)
+                # The spool may be partly rewritten already: running out of room must
+                # keep the journal and the image, the next login rolls forward again.
+                self.apply(lock, image, new_len, size, may_roll_back=False,
+                           only_copy=bool(record.get("only_copy")))
+        finally:
+            os.close(image)
+        self.finish()
+
+
+def same_spool(spool: int, st: os.stat_result, image: int, record: dict) -> bool:
+    """Is this the spool the commit was rewriting, and not a file that replaced it after the
+    crash (which may reuse the inode number)? Our writes only ever turn a byte of the spool's
+    first Z octets into the image's byte there, and delivery only appends, so each of the
+    first len(head) octets must still be the recorded one or the image's. A version-1 record
+    has no head: the inode alone decides, as before."""
+    if (st.st_dev, st.st_ino) != (record["dev"], record["ino"]):
+        return False
+    if "head" not in record:
+        return True
+    head = bytes.fromhex(record["head"])
+    if st.st_size < len(head):
+        return False                        # we never cut the spool below Z
+    now = os.pread(spool, len(head), 0)
+    ours = os.pread(image, len(head), 0)
+    return len(now) == len(ours) == len(head) and all(
+        byte in (old, new) for byte, old, new in zip(now, head, ours))

@@ -1,0 +1,290 @@
+"""Server mode: the spool is read in place (with `.user.cache` for what is already known) and
+rewritten only when QUIT changes something (docs/maildrop.md, "Server mode")."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+import syslog
+
+from qpopper.pop3.responses import PopError, RespCode
+from qpopper.spool import cache, mbox
+from qpopper.spool.commit import UPDATE_FAILED_TEXT
+from qpopper.spool.durable import ChunkWriter, fsync_parent_dir, sha256_of_range
+from qpopper.spool.normal_mode import NormalModeMaildrop
+
+
+@dataclasses.dataclass(frozen=True)
+class _Written:
+    """What a server-mode rewrite knows of the new spool: the messages of [0, end)."""
+
+    messages: list
+    end: int
+
+
+class ServerModeMaildrop(NormalModeMaildrop):
+    """Server mode when there is nothing to recover and the spool exists; normal mode (the
+    parent class) otherwise: `server_mode` says which."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self._login: cache.SpoolState | None = None     # the spool at login
+        self._cache_current = False         # the cache already says all that
+
+    def _open_mode(self) -> None:
+        if self._nothing_to_recover() and self._open_server():
+            self.server_mode = True
+            return
+        self._open_normal()
+
+    def restore(self) -> None:
+        """Abort without update: the spool was never touched, nothing to put back."""
+        if not self.server_mode:
+            return super().restore()
+        self._phase = "restore"
+        try:
+            self._store_cache_if_stale()
+        finally:
+            self.close()
+
+    def _nothing_to_recover(self) -> bool:
+        """Server mode is forced off while a crashed session's state is around (a non-empty
+        temporary drop, a journal, a new image, or an old-location drop with mail): normal
+        mode's recovery deals with those first (docs/maildrop.md, "Server mode")."""
+        if os.fstat(self._session.fd).st_size:
+            return False
+        if os.path.lexists(self.paths.journal) or os.path.lexists(self.paths.new_image):
+            return False
+        old = self.paths.old_temp_drop
+        try:
+            return not (old and os.lstat(old).st_size)
+        except FileNotFoundError:
+            return True
+
+    def _open_server(self) -> bool:
+        """Lock, read the spool in place (or trust the cache for what it covers), unlock, keep
+        the spool open. False when there is no spool (server mode is then forced off)."""
+        spool = self._spool_lock(create=False)
+        try:
+            if spool.fd is None:
+                return False
+            fd = os.open(self.paths.spool, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            a, b = os.fstat(fd), os.fstat(spool.fd)
+            if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino):
+                os.close(fd)    # replaced between lock and open: let normal mode handle it
+                return False
+            self._drop_file = open(fd, "rb")
+            size = a.st_size
+            self._all = self._server_scan(fd, size)
+            self._login = cache.spool_state(fd, size)
+        finally:
+            spool.release()             # only the read-only descriptor stays open
+        self._show_visible()
+        return True
+
+    def _server_scan(self, fd: int, size: int) -> list[mbox.Message]:
+        options = cache.scan_options(self.cfg)      # the scan's keywords, as the cache has them
+        cached = cache.load(self.paths.cache, self.user, self.cfg, fd)
+        if cached is not None and _tail_closed(fd, cached[1].size, size):
+            known, state = cached
+            try:
+                new = mbox.scan(self._drop_file, start=state.size, end=size,
+                                first_number=len(known) + 1,
+                                taken_uids={m.uid for m in known}, **options)
+            except mbox.MboxFormatError:
+                self._note(syslog.LOG_NOTICE, f"{self.user}'s cache does not end at a message; "
+                                              "scanning the spool")
+            else:
+                self.scan_region = (state.size, size)
+                self._cache_current = state.size == size
+                return known + new
+        self.scan_region = (0, size)
+        return mbox.scan(self._drop_file, end=size, **options)
+
+    # --- the update ------------------------------------------------------------------------
+
+    def update(self, deleted: set[int], retrieved: set[int]) -> None:
+        """QUIT in server mode: nothing changed -> no spool write; all deleted and no new mail
+        -> truncate; otherwise replace the spool with a new image
+        (docs/maildrop.md, "Server mode: the update")."""
+        if not self.server_mode:
+            return super().update(deleted, retrieved)
+        self._phase = "update"
+        kept, marked, any_deleted = self._kept_and_marked(deleted, retrieved)
+        with self._writing_back():
+            if not any_deleted and not self._headers_to_write(marked):
+                self._store_cache_if_stale()
+                return
+            with self._holding_spool():
+                state, known = self._rewrite_spool(kept, marked)
+            self._store_cache_of_new_spool(state, known)
+
+    def _headers_to_write(self, marked) -> bool:
+        """Would the write-back change any message? (X-UIDL after the From line, a Status
+        header, `Status: RO` on a message retrieved now.) Hidden messages are written as is."""
+        if not self.cfg.update_status_headers:
+            return False
+        fd = self._drop_file.fileno()
+        for m in self._all:
+            if m.hidden:
+                continue
+            if (not m.uid_from_header or len(m.uidl_lines) != 1
+                    or m.uidl_lines[0][0] != m.content_start or not m.status_lines):
+                return True
+            if id(m) in marked and any(os.pread(fd, b - a, a) != b"Status: RO\n"
+                                       for a, b in m.status_lines):
+                return True
+        return False
+
+    def _rewrite_spool(self, kept, marked) -> tuple[cache.SpoolState, "_Written | None"]:
+        """Under the spool lock. Returns the new spool's state and what the rewrite knows of
+        its messages (None: [0, size) must be scanned for the cache)."""
+        spool = self._spool.fd
+        st = os.fstat(spool)
+        login = self._login
+        if (st.st_dev, st.st_ino) != (login.dev, login.ino) or st.st_size < login.size:
+            raise PopError(UPDATE_FAILED_TEXT, RespCode.SYS_TEMP,
+                           log="the spool was replaced or cut during a server-mode session; "
+                               "left as it is")
+        if not kept and st.st_size == login.size:
+            self._step("truncate-spool")
+            os.ftruncate(spool, 0)
+            self._step("fsync-spool")
+            os.fsync(spool)
+            return cache.spool_state(spool), _Written([], 0)
+        return self._replace_spool(kept, marked, st)
+
+    def _replace_spool(self, kept, marked, st: os.stat_result
+                       ) -> tuple[cache.SpoolState, "_Written | None"]:
+        """New image = kept messages + mail delivered since login; journal `replace`; then
+        rename it over the spool (fast-update) or write it into the spool in place."""
+        spool = self._spool.fd
+        spool_len = st.st_size
+        login_len = self._login.size
+        fast = self.cfg.fast_update
+        image = self._engine.open_image(truncate=True)
+        try:
+            try:
+                writer = ChunkWriter(image, self._step, "write-image")
+                known = self._write_kept(kept, marked, writer.write, relocate=True)
+                writer.flush()
+                if known is not None:
+                    known = _Written(known, writer.pos)
+                if spool_len > login_len:
+                    if self._engine.append_spool(writer, self._spool, login_len,
+                                                 spool_len - login_len, "copy-new-mail-to-image"):
+                        known = None        # never after a copy: it ends with a blank line
+                if fast:
+                    fast = self._dress_like_spool(image, st)
+                self._step("fsync-image")
+                os.fsync(image)
+            except OSError:
+                self._engine.discard_image()
+                raise
+            image_len = os.fstat(image).st_size
+            self._engine.journal.write({"op": "replace", "dev": st.st_dev, "ino": st.st_ino,
+                                 "len": image_len, "spool_len": spool_len,
+                                 "prefix": sha256_of_range(spool, 0, spool_len)})
+            if fast and self._rename_over_spool():
+                self._engine.journal.clear()
+                return cache.spool_state(image), known
+            # Copy: empty the spool (the image holds its mail), then a journaled commit onto
+            # the empty spool, exactly as normal mode applies an image.
+            self._step("truncate-spool")
+            os.ftruncate(spool, 0)
+            self._step("fsync-spool")
+            os.fsync(spool)
+            self._engine.apply(self._spool, image, image_len, 0, may_roll_back=True,
+                               only_copy=True)
+        finally:
+            os.close(image)
+        self._engine.finish()
+        return cache.spool_state(spool), known
+
+    def _dress_like_spool(self, image: int, st: os.stat_result) -> bool:
+        """fast-update: the image becomes the spool, so it takes the spool's mode and group.
+        False (copy instead) when the group cannot be given."""
+        try:
+            self._step("chmod-image")
+            os.fchmod(image, stat.S_IMODE(st.st_mode))
+            if os.fstat(image).st_gid != st.st_gid:
+                os.fchown(image, -1, st.st_gid)
+        except OSError as exc:
+            self._note(syslog.LOG_NOTICE, f"fast-update of {self.user}: cannot give the image "
+                                          f"the spool's mode/group ({exc.strerror}); copying")
+            return False
+        return True
+
+    def _rename_over_spool(self) -> bool:
+        """rename(2) the image over the spool; False (copy instead) when it fails (another
+        filesystem, a directory we may not write)."""
+        try:
+            self._step("rename-image-over-spool")
+            os.rename(self.paths.new_image, self.paths.spool)
+        except OSError as exc:
+            self._note(syslog.LOG_NOTICE, f"fast-update of {self.user}: rename failed "
+                                          f"({exc.strerror}); copying")
+            return False
+        self._step("fsync-spool-dir")
+        fsync_parent_dir(self.paths.spool)
+        return True
+
+    # --- the cache ---------------------------------------------------------------------------
+
+    def _store_cache_if_stale(self) -> None:
+        """Nothing was written: the messages of the login-time spool are the cache."""
+        if not self._cache_current:
+            self._store_cache(self._login, self._all)
+
+    def _store_cache_of_new_spool(self, state: cache.SpoolState, known: "_Written | None"
+                                  ) -> None:
+        """After a rewrite the spool's first state.size octets are ours. The messages the
+        rewrite wrote are known from the writing (mbox.copy_for_update); the rest — mail
+        delivered during the session, or all of it when the writing could not tell — is
+        scanned (outside the lock; delivery agents only append), so the next session starts
+        from the cache. Either way the list is what a scan of [0, state.size) gives."""
+        if known is not None and known.end == state.size:
+            self._store_cache(state, known.messages)
+            return
+        # The update is done: a failure here costs the next session a scan, nothing more.
+        try:
+            fd = os.open(self.paths.spool, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with open(fd, "rb") as f:
+                st = os.fstat(fd)
+                if (st.st_dev, st.st_ino) != (state.dev, state.ino):
+                    return
+                messages = self._scan_new_spool(f, state.size, known)
+        except (OSError, mbox.MboxFormatError) as exc:
+            self._note(syslog.LOG_NOTICE, f"no cache for {self.user}: {exc}")
+            return
+        self._store_cache(state, messages)
+
+    def _scan_new_spool(self, f, size: int, known: "_Written | None") -> list[mbox.Message]:
+        """The rewritten spool's messages: the known ones and a scan of what follows them,
+        when that scan starts at a From_ message (as a scan of the whole file would then cut
+        there: the known part ends with a blank line); else a scan of the whole file."""
+        options = cache.scan_options(self.cfg)
+        if known is not None and known.end < size:
+            try:
+                new = mbox.scan(f, start=known.end, end=size,
+                                first_number=len(known.messages) + 1,
+                                taken_uids={m.uid for m in known.messages}, **options)
+            except mbox.MboxFormatError:
+                new = None
+            if new is not None and not any(m.mmdf for m in new):
+                return known.messages + new
+        return mbox.scan(f, end=size, **options)
+
+    def _store_cache(self, state: cache.SpoolState, messages) -> None:
+        try:
+            cache.store(self.paths.cache, self.user, self.cfg, state, messages, self._step)
+        except OSError as exc:
+            self._note(syslog.LOG_WARNING, f"cannot write {self.user}'s cache: {exc}")
+
+
+def _tail_closed(fd: int, cached_len: int, size: int) -> bool:
+    """Can mail after the cached region be scanned on its own? Only when the region ends the
+    way a separator needs (an empty line, or an MMDF trailer); otherwise a full scan decides
+    whether the appended `From ` line starts a message."""
+    return cached_len == size or not mbox.padding_after(fd, cached_len)
