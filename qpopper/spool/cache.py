@@ -1,8 +1,9 @@
 """`.user.cache`: server mode's saved message list, so a session need not rescan the spool.
 
 A hint, never an authority: used only when every check in `load` passes, else the spool is
-scanned and the cache rewritten. Format and checks: docs/maildrop.md, "The server-mode
-cache"; Qpopper's cache and ours: docs/compatibility.md, "Server mode and its cache".
+scanned and the cache rewritten. Format and checks:
+docs/maildrop.md, "The server-mode cache"; Qpopper's cache and ours:
+docs/compatibility.md, "Server mode and its cache".
 """
 
 from __future__ import annotations

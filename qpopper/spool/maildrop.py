@@ -3,7 +3,7 @@
 normal_mode.py (Qpopper's normal mode: the mail moves to a temporary drop) and server_mode.py
 (the spool read in place) implement it; both write through commit.py's journaled engine.
 docs/maildrop.md has the crash-safety protocol of each mode step by step and the locking
-rules; docs/mbox.md the mbox model; docs/internals.md, "Spool (qpopper/spool/)", the contract;
+rules; docs/mbox.md the mbox model; docs/internals.md, "Spool", the contract;
 docs/compatibility.md, "Update and new mail", what Qpopper did.
 """
 

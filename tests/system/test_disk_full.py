@@ -31,7 +31,7 @@ from collections import Counter
 import pytest
 
 from qpopper.config import Config
-from qpopper.responses import PopError, RespCode
+from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool.maildrop import Maildrop
 from qpopper.spool.paths import SpoolPaths
 from tests.helpers.spoolcheck import (LOCK_STEP_S, USER, deliver, fill_up, message,
