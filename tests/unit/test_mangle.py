@@ -245,6 +245,16 @@ def test_non_mime_message_is_untouched(spool):
     assert pop.send("TOP 1 1 X-MANGLE(TEXT=PLAIN)") == pop.send("TOP 1 1")
 
 
+def test_the_framing_line_before_the_next_message_is_not_sent(spool):
+    """docs/mbox.md, "The framing line": RETR and X-MANGLE end with the message's own last
+    line, not with the empty line that separates it from the next message."""
+    pop = session(spool, [NOT_MIME, ALTERNATIVE])
+    expected = with_uid(pop, 1, NOT_MIME.replace(b"\n", b"\r\n"))
+    assert retr(pop, "RETR 1")[1] == expected
+    assert retr(pop, "RETR 1 X-MANGLE(TEXT=PLAIN)")[1] == expected
+    assert retr(pop, "RETR 2 X-MANGLE(TEXT=PLAIN)")[1] == with_uid(pop, 2, ALTERNATIVE_PLAIN)
+
+
 def test_no_matching_part_leaves_headers_and_an_empty_body(spool):
     """text/html only, and a text/plain attachment (never taken for the message text)."""
     pop = session(spool, [HTML_ONLY])
