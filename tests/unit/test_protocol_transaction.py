@@ -57,17 +57,19 @@ def wire(data: bytes) -> bytes:
 
 
 def retr_body(msg: bytes, uid: str, *, drop=()) -> bytes:
-    """Qpopper's RETR data for a From_ message (reference P14): no separator line, the
-    dropped header lines removed, `X-UIDL: <uid>` before Status: or at the end of the headers,
-    CRLF line ends."""
+    """Qpopper's RETR data for a From_ message: no separator line, the dropped header lines
+    removed, `X-UIDL: <uid>` before Status: or at the end of the headers, CRLF line ends, and
+    not the framing line that ends the message in the spool (docs/mbox.md, "The framing
+    line")."""
     text = msg.split(b"\n", 1)[1]
     header, _, body = text.partition(b"\n\n")
     kept = [ln for ln in header.split(b"\n") if not any(ln.startswith(d) for d in drop)]
     status_at = [i for i, ln in enumerate(kept) if ln.startswith(b"Status:")]
     kept.insert(status_at[0] if status_at else len(kept), b"X-UIDL: " + uid.encode())
-    if body.endswith(b"\n"):
-        body = body[:-1]
-    return wire(b"\n".join(kept) + b"\n\n" + body)
+    if body.endswith(b"\n\n"):
+        body = body[:-1]                    # the framing line
+    content = b"\n".join(kept) + b"\n\n" + body
+    return wire(content[:-1] if content.endswith(b"\n") else content)
 
 
 def unstuff(data: bytes) -> bytes:
