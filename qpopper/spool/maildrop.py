@@ -13,7 +13,7 @@ import contextlib
 import grp
 import os
 import syslog
-from typing import Callable
+from typing import Callable, Protocol
 
 from qpopper import limits
 from qpopper.pop3.responses import PopError, RespCode
@@ -31,7 +31,8 @@ OVERQUOTA_UPDATE_TEXT = "Overquota: error updating primary drop.  Mail left in t
 OPEN_FAILED_TEXT = "Unable to copy your mail to the temporary maildrop; contact your administrator"
 OVERQUOTA_OPEN_TEXT = "Overquota: unable to copy your mail to the temporary maildrop"
 __all__ = ["JOURNAL_BAD_TEXT", "OPEN_FAILED_TEXT", "OVERQUOTA_OPEN_TEXT", "OVERQUOTA_UPDATE_TEXT",
-           "QUOTA_ERRNOS", "UPDATE_FAILED_TEXT", "Maildrop", "resolve_server_mode"]
+           "QUOTA_ERRNOS", "UPDATE_FAILED_TEXT", "Maildrop", "SessionMaildrop",
+           "resolve_server_mode"]
 
 
 def resolve_server_mode(cfg, user: str, gid: int, log: Log | None = None):
@@ -60,6 +61,22 @@ def _in_group(name: str, user: str, gid: int, log: Log | None) -> bool:
             log(syslog.LOG_WARNING, f"server-mode group {name!r} does not exist")
         return False
     return group.gr_gid == gid or user in group.gr_mem
+
+
+class SessionMaildrop(Protocol):
+    """What the session and the protocol use of a user's mailbox, whatever its kind: the mbox
+    `Maildrop` below (normal or server mode) and maildir_drop.MaildirDrop. `messages[n-1]` is
+    protocol message n (each has `uid` and `octets`); indices below are 0-based."""
+
+    messages: list
+    hidden_count: int
+    server_mode: bool
+
+    def check_available(self, index: int) -> None: ...
+    def send(self, index: int, write, body_lines: int | None = None) -> None: ...
+    def update(self, deleted: set[int], retrieved: set[int]) -> None: ...
+    def restore(self) -> None: ...
+    def close(self) -> None: ...
 
 
 class Maildrop:
