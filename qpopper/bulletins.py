@@ -35,7 +35,7 @@ flock, fcntl; DESIGN invariant 2), which also serialises two logins of the same 
      NUL until the copy is complete), fsync;
   4. record the newest number, no intent.
 
-A failure in 3 or 4 cuts the spool back to `offset` (B6) and leaves the number where it was.
+A failure in 3 or 4 cuts the spool back to `offset` and leaves the number where it was.
 A crash (kill -9, power) between 2 and 4 is settled by the next login, under the lock: the
 spool's bytes at [offset, offset+length) hash to the intent's SHA-256 -> they were delivered,
 advance the number; the spool is shorter than offset+length -> nothing of ours was written
@@ -125,7 +125,7 @@ def list_bulletins(bulldir: str, group_bulletins: bool) -> list[Bulletin]:
 
 
 def is_for(bulletin: Bulletin, user: str, gid: int) -> bool:
-    """B4: ALL (or no group) = everyone; an unknown group = nobody; else primary gid or member."""
+    """Group bulletins: ALL (or no group) = everyone; an unknown group = nobody; else primary gid or member."""
     if bulletin.group is None or bulletin.group == ALL_GROUP:
         return True
     try:
@@ -568,7 +568,7 @@ class Delivery:
         os.fsync(fd)
 
     def _cut_back(self, fd: int, offset: int) -> None:
-        """B6: the spool as it was before the bulletins."""
+        """After a failure: the spool as it was before the bulletins."""
         try:
             self.step("truncate-spool-back")
             os.ftruncate(fd, offset)

@@ -15,16 +15,16 @@ and raises PopError on refusal. Order of the checks, and why:
  2. clear-text-password never / local / tls (USER/PASS only; docs/compatibility.md, "Clear-text passwords"): they depend
     only on the configuration and the connection, the same answer for every name (never,
     and tls before TLS, are refused by the protocol at USER already: sasl.clear_text_refusal);
- 3. the account: uid <= BLOCKED_UID_MAX is refused before PAM is asked (P5); unknown users
+ 3. the account: uid <= BLOCKED_UID_MAX is refused before PAM is asked; unknown users
     get exactly the bad-password reply — for passwords only AFTER PAM was
     asked (with the unknown name), so that they cost the same time as a wrong password
     (pam_unix's failure delay) and timing does not reveal which accounts exist;
  4. the password through PAM (auth + account management), or the APOP digest against the
-    pop.auth store (P7) followed by PAM account management;
+    pop.auth store followed by PAM account management;
  5. only after the credentials were proved, the checks that depend on the name and would
     otherwise tell a guesser something about it: clear-text-password default (USER/PASS of
     a user with a pop.auth secret: "use stronger authentication"), auth-file / nonauth-file
-    (P6: "Permission denied."), CHECK_SHELL. Qpopper checked the first two
+    ("Permission denied."), CHECK_SHELL. Qpopper checked the first two
     before the password, so its replies told which names hold an APOP secret or are listed;
     here a wrong password gets the bad-password reply whatever the name (README, "differs").
 Two kinds of refusal (docs/internals.md, "Failures and policy refusals"): wrong credentials
@@ -223,7 +223,7 @@ class Authenticator(challenges.GssSteps):
 
         # Unknown names go through PAM too and are refused only afterwards: refusing them
         # first would answer ~2 s sooner than pam_unix's failure delay on a wrong password,
-        # telling a guesser which accounts exist. The low-UID block stays before PAM (P5):
+        # telling a guesser which accounts exist. The low-UID block stays before PAM:
         # those accounts are the well-known system ones, so it reveals nothing.
         account = self._known_account(user)
         if account is not None:

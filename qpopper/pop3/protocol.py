@@ -369,7 +369,7 @@ class Protocol:
     def _deletes_retrieved(self) -> bool:
         # auto-delete and announce-expire 0 ("deleted once
         # retrieved", the one EXPIRE value Qpopper enforces) delete every RETR'd message, at
-        # QUIT only: P31 says Qpopper skips it when update-on-abort is on, i.e. an aborted
+        # QUIT only: Qpopper skips it when update-on-abort is on, i.e. an aborted
         # session (a client cut off mid-RETR) never loses messages to it. The option's help
         # text says the same ("applies only when update-on-abort is false or at QUIT").
         return bool(self.cfg.auto_delete) or self.cfg.announce_expire == 0

@@ -19,7 +19,7 @@ from qpopper.pop3.responses import TERMINATOR, PopError, ok
 if TYPE_CHECKING:  # pragma: no cover
     from qpopper.pop3.protocol import Protocol
 
-# Replies (Qpopper's texts where the reference knows them: P3, P12-P21).
+# Replies: Qpopper's texts (docs/compatibility.md, "Message commands").
 LOGGED_IN = "{user} has {count} visible message{s} ({hidden} hidden) in {octets} octets."
 NOT_A_NUMBER = "Parameter must be a number between 1 and {count}"
 NO_SUCH_MESSAGE = "Message {n} does not exist."

@@ -167,7 +167,7 @@ class SpoolPaths:
                    hash_walks=tuple(dict.fromkeys(walks)))
 
     def ensure_hash_dirs(self, log: Log | None = None) -> None:
-        """check-hash-dir (S5): create missing hashed directories, parents first, with the mode
+        """check-hash-dir: create missing hashed directories, parents first, with the mode
         and owner of the spool directory. Only root or the spool directory's owner may create
         them (the session calls this before the privilege drop): a directory a user created
         would let that user tamper with every spool hashed into it, so any other caller only

@@ -22,6 +22,8 @@ OUTSIDE = [
     (re.compile(r"\b[Dd]ecision §"), "a numbered decision outside the repo"),
     (re.compile(r"DESIGN\.md|STYLE\.md|\.\./shared|/work/|shared notes"), "a file outside the repo"),
     (re.compile(r"\bthe [\w-]+ issue\b|\bissue #?\d+"), "an issue"),
+    (re.compile(r"(?<![\w.-])[PSLABT][0-9]{1,2}(?:-[PSLABT]?[0-9]{1,2})?(?=[):;,]|$| [A-Za-z(])"
+                r"(?<!\bRFC [0-9])"), "a numbered point of a document outside the repo"),
 ]
 
 
@@ -59,10 +61,11 @@ def test_the_check_finds_each_kind_of_bad_citation():
     bad = ('"""See docs/nowhere.md.\n'
            'docs/design.md, "No Such Heading" and docs/design.md, "Layers" is fine.\n'
            'reference P27, decision §7.13, the SASL issue, ../shared/DESIGN.md, §2.6\n'
-           'RFC 1939 §3 is fine."""\n')
+           'RFC 1939 §3 is fine.\n'
+           'check-hash-dir (S5): and B4: too."""\n')
     found = problems_in(bad)
     assert [line.split(":")[0] for line in found] == \
-        ["line 1", "line 2", "line 3", "line 3", "line 3", "line 3", "line 3"]
+        ["line 1", "line 2", "line 3", "line 3", "line 3", "line 3", "line 3", "line 3", "line 5"]
     assert 'has no heading "No Such Heading"' in found[1]
 
 
