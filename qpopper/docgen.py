@@ -180,7 +180,7 @@ def _wrap(text: str, first: str, rest: str) -> list[str]:
 def usage() -> str:
     out = [
         "usage: popper [[ADDRESS:]PORT ...] [FLAGS] [--OPTION[=VALUE] ...]",
-        "       popper --check-config [-f FILE ...] [FLAGS]",
+        "       popper --check-config | --show-config [-f FILE ...] [FLAGS]",
         "       popper --demo | --help | --version",
         "",
         "Qpopper 4.1's POP3 server in Python. With [ADDRESS:]PORT (or the listen option) it",
@@ -202,9 +202,15 @@ def usage() -> str:
     out += ["", "Every configuration-file option also works as --NAME=VALUE (booleans: --NAME).",
             "", "Invocation:"]
     out += _table([
-        ("--check-config", "read the flags and files, print every option's value and "
-                           "where it came from; exit 0 when valid, 2 with one line naming "
-                           "the file and line of the first mistake"),
+        ("--check-config", "read the flags and files, make the checks the server makes at "
+                           "start-up (certificate and key, directories, accounts, PAM "
+                           "service), print every option's value and where it came from; "
+                           "exit 0 when valid, 2 with one line naming the file and line of "
+                           "a mistake in the configuration, 1 with one line naming the "
+                           "option and the file the server could not start with"),
+        ("--show-config", "print every option's value and where it came from, without the "
+                          "checks of the system (the package scripts read the values with "
+                          "it before they create the accounts and directories)"),
         ("--demo", "run the demo server on 127.0.0.1:8110 as the current user"),
         ("--help", "this text"),
         ("--version", "the version"),
@@ -239,7 +245,9 @@ def effective_config(cfg: Config, invocation: Invocation) -> str:
     rows = [(opt.name, opt.format(value), source) for opt, value, source in cfg.items()]
     name_width = max(len(name) for name, _, _ in rows)
     value_width = max(len(value) for _, value, _ in rows)   # no cap: a long path must not shift SOURCE
-    out = [f"# popper {__version__} (Qpopper {QPOPPER_VERSION}): configuration valid; "
+    verdict = ("configuration valid" if invocation.check_config
+               else "configuration read, not checked against the system")
+    out = [f"# popper {__version__} (Qpopper {QPOPPER_VERSION}): {verdict}; "
            f"files read: {files}",
            f"{'OPTION'.ljust(name_width)}  {'VALUE'.ljust(value_width)}  SOURCE"]
     for name, value, source in rows:
@@ -291,8 +299,8 @@ def man_popper() -> str:
         f"{_bold('popper')} [[{_italic('ADDRESS')}:]{_italic('PORT')} ...] "
         f"[{_italic('FLAGS')}] [{_bold('--')}{_italic('OPTION')}[={_italic('VALUE')}] ...]",
         ".br",
-        f"{_bold('popper --check-config')} [{_bold('-f')} {_italic('FILE')} ...] "
-        f"[{_italic('FLAGS')}]",
+        f"{_bold('popper --check-config')} | {_bold('--show-config')} "
+        f"[{_bold('-f')} {_italic('FILE')} ...] [{_italic('FLAGS')}]",
         ".br",
         f"{_bold('popper')} {_bold('--demo')} | {_bold('--help')} | {_bold('--version')}",
         ".SH DESCRIPTION",
@@ -337,9 +345,21 @@ def man_popper() -> str:
               "listen list."),
         ".SS Invocation",
         ".TP", _bold("--check-config"),
-        _roff("Read the flags and files, print every option's value and where it came "
-              "from. Exit 0 when valid, 2 with one line naming the file and line of the "
-              "first mistake."),
+        _roff("Read the flags and files, make the checks the standalone server makes at "
+              "start-up and on SIGHUP (the same code): the certificate and key files are "
+              "readable, parse and match each other; spool-dir, temp-dir, cache-dir, "
+              "bulldir and popbulldir are directories; with bulldb, <bulldir>/bulldb "
+              "exists (it is created root:mail 2770 when missing) and the sessions' group "
+              "may write it; the PAM service file /etc/pam.d/<pam-service> exists; the "
+              "accounts and groups the options name exist; prelogin-chroot is an empty "
+              "root-owned directory. Then print every option's value and where it came "
+              "from. Exit 0 when the server would start with it; 2 with one line naming the "
+              "file and line of a mistake in the configuration; 1 with one line naming the "
+              "option and the file the server could not start with."),
+        ".TP", _bold("--show-config"),
+        _roff("Print every option's value and where it came from, as --check-config does, "
+              "without the checks of the system: the package scripts read the values with "
+              "it before they create the accounts and directories the values name."),
         ".TP", _bold("--demo"),
         _roff("Run the demo server on 127.0.0.1:8110 as the current user, with its own "
               "spool and user store (no root needed)."),
