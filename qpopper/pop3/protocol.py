@@ -22,6 +22,7 @@ from typing import Callable, Mapping, NoReturn
 
 from qpopper import QPOPPER_VERSION, limits
 from qpopper.auth import Login, challenges
+from qpopper.pop3 import trace as pop_trace
 from qpopper.pop3.auth_state import AUTHORIZATION_COMMANDS, PendingUser, printable
 from qpopper.pop3.command import NO_EXTENSIONS, BadCommand, Command, CommandSyntaxError, Extensions
 from qpopper.pop3.lines import TOO_LONG, LineReader
@@ -88,6 +89,8 @@ class Protocol:
         self.authorization_deadline = self.monotonic() + cfg.login_timeout
         self._lines = LineReader()
         self._continuation: _Continuation | None = None
+        # -d / -t: the dialogue goes to the log as debug records (pop3/trace.py)
+        self.tracing = bool(cfg.debug or cfg.tracefile)
         ext = self.extensions
         transaction = TRANSACTION_COMMANDS_WITH_MANGLE if ext.mangle else TRANSACTION_COMMANDS
         self._tables: dict[State, Mapping[str, Command]] = {
@@ -132,8 +135,13 @@ class Protocol:
                 else:
                     self._bad_command(CommandSyntaxError(LINE_TOO_LONG.format(limit=limit)))
             elif continuation is not None:
+                if self.tracing:
+                    self._trace("Received", pop_trace.received_continuation(line))
                 self._run(continuation.callback, line)
             else:
+                if self.tracing:
+                    self._trace("Received", pop_trace.received_command(
+                        line, self._tables.get(self.state, {})))
                 self._run(self._dispatch, line)
 
     def resume(self, login: Login, unread: bytes = b"", bad_commands: int = 0) -> None:
@@ -201,11 +209,15 @@ class Protocol:
 
     # --- what handlers and extensions call -------------------------------------------------
     def reply(self, data: bytes) -> None:
+        if self.tracing:
+            self._trace("Sent", pop_trace.sent_first_line(data))
         self.env.write(data)
 
     def reply_lines(self, first: bytes, lines) -> None:
         """A multi-line reply: `first` (rendered), then each line dot-stuffed with CRLF, then
         the terminator; written in bounded chunks however long the listing."""
+        if self.tracing:
+            self._trace("Sent", pop_trace.sent_first_line(first))
         out = bytearray(first)
         for line in lines:
             out += dot_stuff(line)
@@ -383,6 +395,9 @@ class Protocol:
     def _log_refusal(self, refusal: PopError, priority: int = syslog.LOG_NOTICE) -> None:
         if refusal.log:
             self.env.log(priority, refusal.log)
+
+    def _trace(self, direction: str, text: str) -> None:
+        self.env.log(syslog.LOG_DEBUG, pop_trace.trace_line(self.state.value, direction, text))
 
     def _who(self) -> str:
         user = self.user
