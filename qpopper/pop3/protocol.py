@@ -79,7 +79,8 @@ class Protocol:
         # USER): a repeat tells the client nothing new and counts as a bad command.
         self.answered_once: set[str] = set()
         self.apop_timestamp: str | None = None
-        self.pending_user: PendingUser | None = None   # USER given, PASS expected (Qpopper auth2)
+        self._pending_user: PendingUser | None = None   # USER given, PASS expected (auth2)
+        self.named_user: str | None = None   # the last name USER gave, kept for the logs
         self.login: Login | None = None
         self.trans: Transaction | None = None
         # Seams for tests: the clock (X-LOCALTIME, APOP timestamp), and the monotonic one that
@@ -165,6 +166,15 @@ class Protocol:
             self.env.log(syslog.LOG_NOTICE, f"EOF from {self._who()} without QUIT")
         self._abort()
 
+    def ended_by_signal(self, reason: str) -> None:
+        """A signal ends the session (the master's TERM after shutdown-grace, a SIGHUP):
+        logged as that, not as the client's EOF; no reply (Qpopper's catchSIGHUP)."""
+        if self.closed:
+            return
+        self.env.log(syslog.LOG_NOTICE, f"Session of {self._who()} ended without QUIT in "
+                                        f"{self.state.value}: {reason}")
+        self._abort()
+
     def displaced(self) -> None:
         """The server ended this connection, which had not logged in, to make room for
         another (its connection limits were reached): say why, then close."""
@@ -201,11 +211,23 @@ class Protocol:
         return self.trans.stats() if self.trans else None
 
     @property
+    def pending_user(self) -> PendingUser | None:
+        """USER given, PASS expected (Qpopper's auth2 state)."""
+        return self._pending_user
+
+    @pending_user.setter
+    def pending_user(self, pending: PendingUser | None) -> None:
+        self._pending_user = pending
+        if pending is not None:
+            self.named_user = pending.shown
+
+    @property
     def user(self) -> str | None:
-        """The logged-in user, else the name USER gave (for logs and the process title)."""
+        """The logged-in user, else the last name USER gave, also after its PASS failed
+        (for logs and the process title)."""
         if self.login is not None:
             return self.login.user
-        return self.pending_user.shown if self.pending_user else None
+        return self.named_user
 
     # --- what handlers and extensions call -------------------------------------------------
     def reply(self, data: bytes) -> None:
