@@ -370,6 +370,9 @@ def man_popper() -> str:
               "(systemctl reload qpopper) for new sessions; sessions already running keep "
               "theirs. On SIGTERM it stops listening, lets running sessions finish for "
               "shutdown-grace seconds, then ends them."),
+        *_logging_section(),
+        *_brakes_and_fail2ban_section(),
+        *_diagnostics_section(),
         ".SH EXIT STATUS",
         _roff("0 on success; 1 when the server could not start (for example a port that "
               "cannot be bound); 2 for a configuration or usage error, reported on one "
@@ -395,6 +398,81 @@ def man_popper() -> str:
         _roff("RFC 1939 (POP3), RFC 2449 (CAPA), RFC 2595 (STLS), RFC 8314 (port 995)."),
     ]
     return "\n".join(out) + "\n"
+
+
+def _logging_section() -> list[str]:
+    return [
+        ".SH LOGGING",
+        _roff("popper logs to syslog under the name popper, facility mail (log-facility, -y): "
+              "journalctl -t popper (or -u qpopper) shows it, and /var/log/mail.log too where "
+              "rsyslog runs. poppassd(8) logs under poppassd, facility authpriv. Every line "
+              "an administrator can see is listed under DIAGNOSTICS; client-supplied text in "
+              "them (user names) has its control characters replaced by spaces."),
+        ".TP", _bold("-s") + " (statistics), " + _bold("timing") + ", " + _bold("log-login"),
+        _roff("Add Qpopper's Stats line at the end of each session, its Timing line, and its "
+              "login line."),
+        ".TP", _bold("-d") + " (debug)",
+        _roff("Adds debug records, among them the dialogue of every session: each command the "
+              "client sends and the first line of each reply, with the session's state:"),
+        ".RS", ".nf",
+        _roff('AUTHORIZATION Received: "USER alice"\n'
+              'AUTHORIZATION Sent: "+OK Password required for alice."\n'
+              'AUTHORIZATION Received: "PASS <hidden>"\n'
+              'TRANSACTION Sent: "+OK alice has 2 visible messages (0 hidden) in 4711 '
+              'octets."'),
+        ".fi", ".RE", ".IP",
+        _roff("Never shown: the argument of PASS, the digest of APOP, the initial response of "
+              "AUTH, every line sent inside an exchange (SASL responses, XTND XMIT message "
+              "lines), and a line whose verb is not a command in that state (a client out of "
+              "step may send its password as a line of its own): they read <hidden> with "
+              "their length. The pre-login process writes the lines before the login, the "
+              "user session those after it."),
+        ".TP", _bold("-t") + " " + _italic("FILE") + " (tracefile)",
+        _roff("Writes every record to FILE instead of syslog, and turns debug on (as "
+              "Qpopper's -t did), one line each: 'Mon dd hh:mm:ss.mmm YYYY [pid] text'. The "
+              "master opens FILE (mode 0600, appending, never through a symbolic link); the "
+              "pre-login process and the user session, which cannot open it, write to that "
+              "descriptor. The trace holds user names and addresses: keep it private and "
+              "remove it when done."),
+    ]
+
+
+def _brakes_and_fail2ban_section() -> list[str]:
+    return [
+        ".SH BRUTE-FORCE BRAKES",
+        _roff("Beyond Qpopper's fixed delay after a failed login (auth-failure-delay), popper "
+              "slows guessers itself. Once an address has more than 3 failures in 15 "
+              "minutes, its next attempt waits before being checked: 0.25 s, doubling each "
+              "time up to auth-brakes-max-delay. A user name with more than 5 failures makes "
+              "each further failure wait the same way, without slowing the real user's "
+              "correct logins. A connection is closed at its 3rd failure. The counts live in "
+              "auth-brakes-file (/run/qpopper, root only) and are shared by every session "
+              "and by poppassd(8). Each failure is logged as a LOGIN FAILED line (see "
+              "DIAGNOSTICS), the line fail2ban reads."),
+        ".SH FAIL2BAN",
+        _roff("The package ships a fail2ban filter, /etc/fail2ban/filter.d/qpopper.conf, "
+              "which matches the LOGIN FAILED lines of popper and poppassd and nothing else "
+              "(only wrong passwords ban), and a jail, /etc/fail2ban/jail.d/qpopper.conf, "
+              "disabled until the administrator enables it. Its backend is the systemd "
+              "journal, so it works on a Debian system without rsyslog; where rsyslog writes "
+              "/var/log/mail.log, the file can be used instead. To enable it, put in "
+              "/etc/fail2ban/jail.d/qpopper.local:"),
+        ".RS", ".nf", "[qpopper]", "enabled = true", ".fi", ".RE", ".PP",
+        _roff("Then run systemctl reload fail2ban; fail2ban-client status qpopper shows the "
+              "banned addresses. The jail bans from ports 110, 995 and 106 together."),
+    ]
+
+
+def _diagnostics_section() -> list[str]:
+    from .logcatalogue import SECTIONS
+    out = [".SH DIAGNOSTICS",
+           _roff("Every log line, grouped by where it comes from; * stands for what varies "
+                 "(a user name, an address, a path, an error text).")]
+    for title, lines in SECTIONS:
+        out += [".SS " + _roff(title)]
+        for line in lines:
+            out += [".TP", _bold(line.pattern), _roff(line.meaning)]
+    return out
 
 
 def man_config() -> str:

@@ -419,7 +419,7 @@ class Protocol:
             self.env.log(priority, refusal.log)
 
     def _trace(self, direction: str, text: str) -> None:
-        self.env.log(syslog.LOG_DEBUG, pop_trace.trace_line(self.state.value, direction, text))
+        self.env.log(syslog.LOG_DEBUG, pop_trace.trace_record(self.state.value, direction, text))
 
     def _who(self) -> str:
         user = self.user

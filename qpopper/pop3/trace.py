@@ -44,5 +44,5 @@ def sent_first_line(data: bytes) -> str:
     return _text(data.split(b"\r\n", 1)[0])
 
 
-def trace_line(state: str, direction: str, text: str) -> str:
+def trace_record(state: str, direction: str, text: str) -> str:
     return f"{state} {direction}: \"{text}\""
