@@ -605,7 +605,10 @@ def _run_daemonized(cfg, inv, listeners, log, server_tls=None, implicit_tls=()) 
         working_directory="/",
         umask=0o022,
         pidfile=daemon.pidfile.TimeoutPIDLockFile(pid_file, acquire_timeout=0) if pid_file else None,
-        files_preserve=[s.fileno() for s in listeners] + log.fds(),
+        # the TLS identity's snapshots too: without them no pre-login process could load the
+        # certificate, and every TLS client would be dropped
+        files_preserve=([s.fileno() for s in listeners] + log.fds()
+                        + (list(server_tls.fds.values()) if server_tls is not None else [])),
         signal_map={},                 # the master installs its own handlers
         prevent_core=True,
     )

@@ -17,6 +17,7 @@ import ssl
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -706,3 +707,40 @@ def test_the_login_deadline_bounds_a_silent_tls_handshake(world_tmp, pam_service
         s.syslog.wait_for(r"TLS handshake with 127\.0\.0\.1 failed: timed out")
     finally:
         s.close()
+
+
+def test_the_readmes_start_without_systemd_serves_both_ports(site, pki):
+    """The README's SysV-style command, with the test's configuration and free ports in
+    place of /etc/qpopper/qpopper.config, 110 and 995: STLS on one port, TLS on the other."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    command = re.search(r"Without systemd, `(popper [^`]*)`", readme.replace("\n", " "))[1]
+    plain, implicit = free_port(), free_port()
+    pid_file = os.path.join(site.root, "popper.pid")
+    argv = [POPPER if word == "popper" else word for word in command.split()]
+    argv = [site.config if word == "/etc/qpopper/qpopper.config" else
+            word.replace("=110", f"=127.0.0.1:{plain}").replace("=995", f"=127.0.0.1:{implicit}")
+            for word in argv]
+    assert argv[-1] == "--daemon" and f"--tls-listen=127.0.0.1:{implicit}" in argv
+    result = subprocess.run([*argv, f"--pid-file={pid_file}"], capture_output=True, text=True,
+                            timeout=30, stdin=subprocess.DEVNULL,
+                            env=dict(os.environ, QPOPPER_SYSLOG_SOCKET=site.syslog.path))
+    assert result.returncode == 0, result.stderr
+
+    def pid():
+        try:
+            with open(pid_file) as f:
+                return int(f.read())
+        except (OSError, ValueError):
+            return None
+    master = wait_until(pid, what="the pid file")
+    try:
+        with socket.create_connection(("127.0.0.1", plain), timeout=20) as raw:
+            assert read_greeting(raw).startswith(b"+OK")
+            assert pipelined(raw, "STLS")[0].startswith(b"+OK")      # STLS offered
+        with socket.create_connection(("127.0.0.1", implicit), timeout=20) as raw, \
+                client_context(pki).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            assert read_greeting(tls).startswith(b"+OK")
+    finally:
+        os.kill(master, signal.SIGTERM)
+    wait_until(lambda: not os.path.exists(pid_file), what="the master to stop")
+
