@@ -428,8 +428,8 @@ def test_timeout_before_login_names_the_user_even_after_a_failed_password(make_s
     from qpopper import QPOPPER_VERSION as V
     s = make_site(timeout=1)
     server = s.server()
-    with socket.create_connection((server.host, server.port), timeout=20) as sock:
-        replies = sock.makefile("rb")
+    with socket.create_connection((server.host, server.port), timeout=20) as sock, \
+            sock.makefile("rb") as replies:
         replies.readline()
         sock.sendall(b"USER qpt-nobody-here\r\nPASS wrong\r\n")
         assert replies.readline().startswith(b"+OK")
