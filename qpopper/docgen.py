@@ -464,7 +464,7 @@ def _brakes_and_fail2ban_section() -> list[str]:
 
 
 def _diagnostics_section() -> list[str]:
-    from .logcatalogue import SECTIONS
+    from qpopper.logcatalogue import SECTIONS
     out = [".SH DIAGNOSTICS",
            _roff("Every log line, grouped by where it comes from; * stands for what varies "
                  "(a user name, an address, a path, an error text).")]

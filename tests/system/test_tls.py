@@ -17,7 +17,6 @@ import ssl
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -25,7 +24,8 @@ from qpopper import limits
 from tests.helpers.sysusers import make_spool
 from tests.helpers.testpki import TestPki
 from tests.helpers.tls_site import TlsSite, client_context, pipelined
-from tests.server_harness import (POPPER, free_port, mbox, read_greeting,
+from tests.helpers.repo import REPO
+from tests.server_harness import (POPPER, PopperServer, free_port, mbox, read_greeting,
                                   wait_until, write_config)
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
@@ -712,7 +712,7 @@ def test_the_login_deadline_bounds_a_silent_tls_handshake(world_tmp, pam_service
 def test_the_readmes_start_without_systemd_serves_both_ports(site, pki):
     """The README's SysV-style command, with the test's configuration and free ports in
     place of /etc/qpopper/qpopper.config, 110 and 995: STLS on one port, TLS on the other."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     command = re.search(r"Without systemd, `(popper [^`]*)`", readme.replace("\n", " "))[1]
     plain, implicit = free_port(), free_port()
     pid_file = os.path.join(site.root, "popper.pid")

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import ast
 import fnmatch
-from pathlib import Path
 
 
 from qpopper import logcatalogue
+from tests.helpers.repo import REPO
 
-PACKAGE = Path(__file__).resolve().parent.parent / "qpopper"
+PACKAGE = REPO / "qpopper"
 LOG_FUNCTION_NAMES = {"log", "warn", "_log", "logger"}
 MIN_LITERAL_CHARS = 6
 """A pattern must say something: at least this many characters that are not wildcards."""
@@ -124,7 +124,7 @@ def test_every_entry_of_the_list_is_a_line_the_code_writes():
 
 
 def test_popper_8_lists_every_entry():
-    from tests.test_manpages import rendered
+    from tests.unit.test_manpages import rendered
     import re
     text = re.sub(r"\s+", " ", rendered(PACKAGE.parent / "man/popper.8"))
     assert "DIAGNOSTICS" in text and "LOGGING" in text
