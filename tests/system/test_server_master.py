@@ -18,7 +18,7 @@ import pytest
 from qpopper.options import lookup
 from tests.helpers.sysusers import make_spool
 from tests.server_harness import (PopperServer, Site, free_port, has_ipv6_loopback, login, mbox,
-                                  proc_status, proc_title, read_greeting, spool_text,
+                                  proc_status, proc_title, read_greeting, read_pid_file, spool_text,
                                   wait_for_greeting, wait_until)
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
@@ -479,14 +479,7 @@ def test_daemon_mode_detaches_and_writes_the_pid_file(site):
         env=dict(os.environ, QPOPPER_SYSLOG_SOCKET=site.syslog.path),
         stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
     assert result.returncode == 0, result.stderr
-    def read_pid():
-        try:
-            with open(pid_file) as f:
-                return int(f.read())
-        except (OSError, ValueError):
-            return None
-
-    pid = wait_until(read_pid, what="the pid file")
+    pid = wait_until(lambda: read_pid_file(pid_file), what="the pid file")
     try:
         assert wait_for_greeting("127.0.0.1", port).startswith(b"+OK")
         assert proc_status(pid)["PPid"] != str(os.getpid())       # detached

@@ -26,6 +26,7 @@ from tests.helpers.testpki import TestPki
 from tests.helpers.tls_site import TlsSite, client_context, pipelined
 from tests.helpers.repo import REPO
 from tests.server_harness import (POPPER, PopperServer, free_port, mbox, read_greeting,
+                                  read_pid_file,
                                   wait_until, write_config)
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
@@ -725,14 +726,7 @@ def test_the_readmes_start_without_systemd_serves_both_ports(site, pki):
                             timeout=30, stdin=subprocess.DEVNULL,
                             env=dict(os.environ, QPOPPER_SYSLOG_SOCKET=site.syslog.path))
     assert result.returncode == 0, result.stderr
-
-    def pid():
-        try:
-            with open(pid_file) as f:
-                return int(f.read())
-        except (OSError, ValueError):
-            return None
-    master = wait_until(pid, what="the pid file")
+    master = wait_until(lambda: read_pid_file(pid_file), what="the pid file")
     try:
         with socket.create_connection(("127.0.0.1", plain), timeout=20) as raw:
             assert read_greeting(raw).startswith(b"+OK")
