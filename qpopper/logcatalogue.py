@@ -1,6 +1,6 @@
 """Every log line an administrator can see, with what it means: the DIAGNOSTICS section of
 popper(8) (docgen.py renders it; docs/operations.md, "Log lines"). In a pattern `*` stands for
-what varies (a user name, an address, a path, an error text). tests/test_log_catalogue.py
+what varies (a user name, an address, a path, an error text). tests/unit/test_log_catalogue.py
 keeps the list true: each log text of the code matches an entry, and each entry one text.
 """
 

@@ -528,7 +528,8 @@ def test_reinstall_from_a_shell_whose_path_starts_with_another_python(packages, 
         # instead of going on without the directories.
         result = run("sh", "-c", f"sed 's|/usr/bin/python3 -m|{other}/bin/python3 -m|' "
                      f"{POSTINST} > {tmp_path}/postinst && sh {tmp_path}/postinst configure 0.1.0",
-                     check=False, env={"PATH": shell_path})
+                     check=False, env={"PATH": shell_path},
+                     cwd=str(tmp_path))   # not the checkout: `python3 -m` would import it
     assert result.returncode != 0
     assert re.search(r"qpopper.tools.maintscript [a-z-]+ failed", result.stderr)
 
