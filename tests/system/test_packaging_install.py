@@ -612,4 +612,4 @@ def test_rpm_installs_into_a_private_root(packages):
         for body in re.split(r"^\S+ scriptlet \(using /bin/sh\):\n", scripts, flags=re.M)[1:]:
             check = run("sh", "-n", input=body, check=False)
             assert check.returncode == 0, check.stderr
-        assert "getent passwd pop" in scripts and "hash-spool" in scripts
+        assert "getent passwd pop" in scripts and "maintscript spool-dirs" in scripts
