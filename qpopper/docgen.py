@@ -441,25 +441,31 @@ def _brakes_and_fail2ban_section() -> list[str]:
     return [
         ".SH BRUTE-FORCE BRAKES",
         _roff("Beyond Qpopper's fixed delay after a failed login (auth-failure-delay), popper "
-              "slows guessers itself. Once an address has more than 3 failures in 15 "
-              "minutes, its next attempt waits before being checked: 0.25 s, doubling each "
-              "time up to auth-brakes-max-delay. A user name with more than 5 failures makes "
-              "each further failure wait the same way, without slowing the real user's "
-              "correct logins. A connection is closed at its 3rd failure. The counts live in "
-              "auth-brakes-file (/run/qpopper, root only) and are shared by every session "
+              "slows guessers itself. Only wrong credentials count (a wrong password, digest "
+              "or proof, an unknown name); a refusal for policy, whatever the password, is "
+              "logged as LOGIN REFUSED (policy) and neither braked nor counted. Once an "
+              "address has more than 3 failures in 15 minutes it has a brake: 0.25 s, "
+              "doubling with each further failure up to auth-brakes-max-delay; each further "
+              "wrong guess from it costs the brake, and a correct password from it waits at "
+              "most 0.5 s. A user name with more than 5 failures makes each further failure "
+              "wait the same way, without slowing the real user's correct logins. A "
+              "connection is closed at its 3rd refusal. Addresses in "
+              "auth-brakes-trusted-networks are neither delayed nor counted. The counts live "
+              "in auth-brakes-file (/run/qpopper, root only) and are shared by every session "
               "and by poppassd(8). Each failure is logged as a LOGIN FAILED line (see "
               "DIAGNOSTICS), the line fail2ban reads."),
         ".SH FAIL2BAN",
         _roff("The package ships a fail2ban filter, /etc/fail2ban/filter.d/qpopper.conf, "
               "which matches the LOGIN FAILED lines of popper and poppassd and nothing else "
-              "(only wrong passwords ban), and a jail, /etc/fail2ban/jail.d/qpopper.conf, "
-              "disabled until the administrator enables it. Its backend is the systemd "
+              "(policy refusals never ban), and a jail, /etc/fail2ban/jail.d/qpopper.conf, "
+              "disabled until the administrator enables it. The jail reads the systemd "
               "journal, so it works on a Debian system without rsyslog; where rsyslog writes "
-              "/var/log/mail.log, the file can be used instead. To enable it, put in "
-              "/etc/fail2ban/jail.d/qpopper.local:"),
+              "/var/log/mail.log and /var/log/auth.log, those can be read instead (backend = "
+              "auto, logpath). To enable it, put in /etc/fail2ban/jail.d/qpopper.local:"),
         ".RS", ".nf", "[qpopper]", "enabled = true", ".fi", ".RE", ".PP",
-        _roff("Then run systemctl reload fail2ban; fail2ban-client status qpopper shows the "
-              "banned addresses. The jail bans from ports 110, 995 and 106 together."),
+        _roff("(with ignoreip listing the auth-brakes-trusted-networks), then run "
+              "fail2ban-client reload; fail2ban-client status qpopper shows the banned "
+              "addresses. The jail bans from ports 110, 995 and 106 together."),
     ]
 
 

@@ -76,18 +76,26 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
     )),
     ("Logins", _lines(
         ("LOGIN FAILED, user=*, method=*, ip=[*], failures=*, brake=*s",
-         "A wrong password (or unknown user, or refused account): the line the fail2ban "
-         "filter /etc/fail2ban/filter.d/qpopper.conf matches; failures is the address's count "
-         "in the last 15 minutes."),
+         "Wrong credentials (a wrong password, an unknown user): the line the fail2ban filter "
+         "/etc/fail2ban/filter.d/qpopper.conf matches. failures: the address's failed guesses "
+         "in the window, this one included; brake: what each further wrong guess from that "
+         "address costs from now on (see BRUTE-FORCE BRAKES)."),
+        ("LOGIN REFUSED (policy), user=*, method=*, ip=[*], reason=*",
+         "A login refused for policy, whatever the password (clear text outside TLS, a "
+         "mechanism not offered, no secret in the store, auth-file, nonauth-file, a blocked "
+         "uid, ...): not a failed guess, so neither braked nor matched by the fail2ban "
+         "filter; reason says which rule."),
+        ("*: * refused logins on one connection; closing it",
+         "The per-connection cap, reached with policy refusals."),
         ("[AUTH] Failed attempted login to * from host (*) *",
          "Qpopper's line for the same failure."),
         ("login of \"*\" refused: *", "Why a login failed (no such user, PAM's answer, a "
                                       "locked or expired account, uid 10 or below, ...)."),
         ("*: * failed logins on one connection; closing it",
          "The per-connection failure cap is reached."),
-        ("brute-force brake: * waits *s before its next login attempt is checked",
-         "The address has more than 3 failures in 15 minutes: its next attempt waits (see "
-         "BRUTE-FORCE BRAKES)."),
+        ("brute-force brake: * waits *s before its login attempt is checked (its brake is *s)",
+         "The address has a brake (see BRUTE-FORCE BRAKES): its attempt waits before being "
+         "checked."),
         ("auth-brakes-file *: *; failed logins are not counted across connections",
          "The brakes' file cannot be used; only the per-connection cap applies."),
         ("USER from * (*) refused before the password: clear-text-password *",
@@ -208,6 +216,11 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
                                                   "administrator."),
         ("mbox: no From line or MMDF separator at offset *", "The spool is not an mbox at "
                                                               "that place."),
+        ("opening Maildir * of *: *", "A Maildir mailbox could not be opened ([SYS/TEMP])."),
+        ("updating Maildir *: *", "UPDATE of a Maildir failed; its journal finishes it at "
+                                  "the next login."),
+        ("* in * is gone", "A Maildir message vanished during the session."),
+        ("* in * is a link", "A Maildir message is a symbolic link: refused."),
     )),
     ("Bulletins", _lines(
         ("Delivered * bulletin(s) to * (up to *)", "Bulletins were appended to the spool."),
