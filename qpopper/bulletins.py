@@ -262,7 +262,19 @@ class PopbullFile:
 
 
 class BulletinDbError(Exception):
-    """The bulletin database stayed unusable for bulldb-max-tries attempts."""
+    """The bulletin database stayed unusable for bulldb-max-tries attempts, or is unusable
+    in a way waiting cannot mend."""
+
+
+RETRIED_SQLITE_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+"""What bulldb-max-tries is for (the manual: "when the database is in use by another user"):
+another session holds the lock. Every other error (no bulldb directory, no permission, not a
+database) stays as it is: it is reported at once, not after ~18 s of retries."""
+
+
+def _clears_by_waiting(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in RETRIED_SQLITE_CODES
 
 
 class BulletinDb:
@@ -291,10 +303,11 @@ class BulletinDb:
                 fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, BULLDB_MODE)
                 os.fchmod(fd, BULLDB_MODE)          # whatever the umask: every user writes it
         except OSError as exc:
-            raise sqlite3.OperationalError(f"{self.path}: {exc.strerror}") from None
+            # no bulldb directory, no permission, a link: waiting mends none of them
+            raise BulletinDbError(f"{self.path}: {exc.strerror}") from None
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise sqlite3.OperationalError(f"{self.path}: not a regular file")
+                raise BulletinDbError(f"{self.path}: not a regular file")
         finally:
             os.close(fd)
         db = sqlite3.connect(self.path, timeout=0, isolation_level=None)
@@ -313,6 +326,8 @@ class BulletinDb:
             try:
                 return operation()
             except sqlite3.Error as exc:
+                if not _clears_by_waiting(exc):
+                    raise BulletinDbError(f"{self.path}: {exc}") from None
                 if attempt == self.tries:
                     raise BulletinDbError(f"{self.path}: {exc} ({self.tries} tries)") from None
                 time.sleep(random.uniform(1e-6, BULLDB_MAX_SLEEP_S))

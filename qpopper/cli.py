@@ -32,8 +32,13 @@ def popper_main(argv: list[str] | None = None) -> int:
     if refusal:
         print(f"popper: {refusal}", file=sys.stderr)
         return 2
-    if invocation.check_config:
+    if invocation.check_config or invocation.show_config:
         from qpopper.docgen import effective_config
+        if invocation.check_config:
+            problem = check_site(cfg)
+            if problem:
+                print(f"popper: {problem}", file=sys.stderr)
+                return 1
         sys.stdout.write(effective_config(cfg, invocation))
         return 0
     if invocation.demo:
@@ -44,3 +49,23 @@ def popper_main(argv: list[str] | None = None) -> int:
         return run_master(cfg, invocation)
     from qpopper.server.monitor import serve_inetd
     return serve_inetd(cfg, invocation)
+
+
+def check_site(cfg) -> str | None:
+    """`--check-config`: start-up's checks (preflight.check_site, the same function the
+    master runs), warnings on stderr; the one line of the first problem, or None."""
+    import syslog
+
+    from qpopper.server.preflight import PreflightError, check_site as preflight_check
+
+    def warn(priority: int, text: str) -> None:
+        if priority <= syslog.LOG_WARNING:
+            print(f"popper: warning: {text}", file=sys.stderr)
+    try:
+        identity = preflight_check(cfg, warn)
+    except PreflightError as exc:
+        return str(exc)
+    if identity is not None:
+        identity.close()
+    return None
+

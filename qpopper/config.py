@@ -42,8 +42,8 @@ USER_FILE_KINDS = {"spool": "a spool-directory options file", "home": "a home-di
                    "~/.qpopper-options file"}
 
 # Invocation flags: they choose what popper does, they are not options.
-INVOCATION_FLAGS = {"--check-config": "check_config", "--demo": "demo", "--help": "show_help",
-                    "--version": "show_version"}
+INVOCATION_FLAGS = {"--check-config": "check_config", "--show-config": "show_config",
+                    "--demo": "demo", "--help": "show_help", "--version": "show_version"}
 
 Log = Callable[[int, str], None]
 
@@ -61,6 +61,7 @@ class Invocation:
     """How popper was started, apart from the options (kept so HUP can re-run load())."""
 
     check_config: bool = False
+    show_config: bool = False        # check_config's table without the checks of the system
     demo: bool = False
     argv: tuple[str, ...] = ()
     config_files: tuple[str, ...] = ()         # every global file read, in order (chains included)

@@ -180,7 +180,7 @@ def _wrap(text: str, first: str, rest: str) -> list[str]:
 def usage() -> str:
     out = [
         "usage: popper [[ADDRESS:]PORT ...] [FLAGS] [--OPTION[=VALUE] ...]",
-        "       popper --check-config [-f FILE ...] [FLAGS]",
+        "       popper --check-config | --show-config [-f FILE ...] [FLAGS]",
         "       popper --demo | --help | --version",
         "",
         "Qpopper 4.1's POP3 server in Python. With [ADDRESS:]PORT (or the listen option) it",
@@ -202,9 +202,15 @@ def usage() -> str:
     out += ["", "Every configuration-file option also works as --NAME=VALUE (booleans: --NAME).",
             "", "Invocation:"]
     out += _table([
-        ("--check-config", "read the flags and files, print every option's value and "
-                           "where it came from; exit 0 when valid, 2 with one line naming "
-                           "the file and line of the first mistake"),
+        ("--check-config", "read the flags and files, make the checks the server makes at "
+                           "start-up (certificate and key, directories, accounts, PAM "
+                           "service), print every option's value and where it came from; "
+                           "exit 0 when valid, 2 with one line naming the file and line of "
+                           "a mistake in the configuration, 1 with one line naming the "
+                           "option and the file the server could not start with"),
+        ("--show-config", "print every option's value and where it came from, without the "
+                          "checks of the system (the package scripts read the values with "
+                          "it before they create the accounts and directories)"),
         ("--demo", "run the demo server on 127.0.0.1:8110 as the current user"),
         ("--help", "this text"),
         ("--version", "the version"),
@@ -239,7 +245,9 @@ def effective_config(cfg: Config, invocation: Invocation) -> str:
     rows = [(opt.name, opt.format(value), source) for opt, value, source in cfg.items()]
     name_width = max(len(name) for name, _, _ in rows)
     value_width = max(len(value) for _, value, _ in rows)   # no cap: a long path must not shift SOURCE
-    out = [f"# popper {__version__} (Qpopper {QPOPPER_VERSION}): configuration valid; "
+    verdict = ("configuration valid" if invocation.check_config
+               else "configuration read, not checked against the system")
+    out = [f"# popper {__version__} (Qpopper {QPOPPER_VERSION}): {verdict}; "
            f"files read: {files}",
            f"{'OPTION'.ljust(name_width)}  {'VALUE'.ljust(value_width)}  SOURCE"]
     for name, value, source in rows:
@@ -291,8 +299,8 @@ def man_popper() -> str:
         f"{_bold('popper')} [[{_italic('ADDRESS')}:]{_italic('PORT')} ...] "
         f"[{_italic('FLAGS')}] [{_bold('--')}{_italic('OPTION')}[={_italic('VALUE')}] ...]",
         ".br",
-        f"{_bold('popper --check-config')} [{_bold('-f')} {_italic('FILE')} ...] "
-        f"[{_italic('FLAGS')}]",
+        f"{_bold('popper --check-config')} | {_bold('--show-config')} "
+        f"[{_bold('-f')} {_italic('FILE')} ...] [{_italic('FLAGS')}]",
         ".br",
         f"{_bold('popper')} {_bold('--demo')} | {_bold('--help')} | {_bold('--version')}",
         ".SH DESCRIPTION",
@@ -337,9 +345,21 @@ def man_popper() -> str:
               "listen list."),
         ".SS Invocation",
         ".TP", _bold("--check-config"),
-        _roff("Read the flags and files, print every option's value and where it came "
-              "from. Exit 0 when valid, 2 with one line naming the file and line of the "
-              "first mistake."),
+        _roff("Read the flags and files, make the checks the standalone server makes at "
+              "start-up and on SIGHUP (the same code): the certificate and key files are "
+              "readable, parse and match each other; spool-dir, temp-dir, cache-dir, "
+              "bulldir and popbulldir are directories; with bulldb, <bulldir>/bulldb "
+              "exists (it is created root:mail 2770 when missing) and the sessions' group "
+              "may write it; the PAM service file /etc/pam.d/<pam-service> exists; the "
+              "accounts and groups the options name exist; prelogin-chroot is an empty "
+              "root-owned directory. Then print every option's value and where it came "
+              "from. Exit 0 when the server would start with it; 2 with one line naming the "
+              "file and line of a mistake in the configuration; 1 with one line naming the "
+              "option and the file the server could not start with."),
+        ".TP", _bold("--show-config"),
+        _roff("Print every option's value and where it came from, as --check-config does, "
+              "without the checks of the system: the package scripts read the values with "
+              "it before they create the accounts and directories the values name."),
         ".TP", _bold("--demo"),
         _roff("Run the demo server on 127.0.0.1:8110 as the current user, with its own "
               "spool and user store (no root needed)."),
@@ -350,6 +370,9 @@ def man_popper() -> str:
               "(systemctl reload qpopper) for new sessions; sessions already running keep "
               "theirs. On SIGTERM it stops listening, lets running sessions finish for "
               "shutdown-grace seconds, then ends them."),
+        *_logging_section(),
+        *_brakes_and_fail2ban_section(),
+        *_diagnostics_section(),
         ".SH EXIT STATUS",
         _roff("0 on success; 1 when the server could not start (for example a port that "
               "cannot be bound); 2 for a configuration or usage error, reported on one "
@@ -375,6 +398,87 @@ def man_popper() -> str:
         _roff("RFC 1939 (POP3), RFC 2449 (CAPA), RFC 2595 (STLS), RFC 8314 (port 995)."),
     ]
     return "\n".join(out) + "\n"
+
+
+def _logging_section() -> list[str]:
+    return [
+        ".SH LOGGING",
+        _roff("popper logs to syslog under the name popper, facility mail (log-facility, -y): "
+              "journalctl -t popper (or -u qpopper) shows it, and /var/log/mail.log too where "
+              "rsyslog runs. poppassd(8) logs under poppassd, facility authpriv. Every line "
+              "an administrator can see is listed under DIAGNOSTICS; client-supplied text in "
+              "them (user names) has its control characters replaced by spaces."),
+        ".TP", _bold("-s") + " (statistics), " + _bold("timing") + ", " + _bold("log-login"),
+        _roff("Add Qpopper's Stats line at the end of each session, its Timing line, and its "
+              "login line."),
+        ".TP", _bold("-d") + " (debug)",
+        _roff("Adds debug records, among them the dialogue of every session: each command the "
+              "client sends and the first line of each reply, with the session's state:"),
+        ".RS", ".nf",
+        _roff('AUTHORIZATION Received: "USER alice"\n'
+              'AUTHORIZATION Sent: "+OK Password required for alice."\n'
+              'AUTHORIZATION Received: "PASS <hidden>"\n'
+              'TRANSACTION Sent: "+OK alice has 2 visible messages (0 hidden) in 4711 '
+              'octets."'),
+        ".fi", ".RE", ".IP",
+        _roff("Never shown: the argument of PASS, the digest of APOP, the initial response of "
+              "AUTH, every line sent inside an exchange (SASL responses, XTND XMIT message "
+              "lines), and a line whose verb is not a command in that state (a client out of "
+              "step may send its password as a line of its own): they read <hidden> with "
+              "their length. The pre-login process writes the lines before the login, the "
+              "user session those after it."),
+        ".TP", _bold("-t") + " " + _italic("FILE") + " (tracefile)",
+        _roff("Writes every record to FILE instead of syslog, and turns debug on (as "
+              "Qpopper's -t did), one line each: 'Mon dd hh:mm:ss.mmm YYYY [pid] text'. The "
+              "master opens FILE (mode 0600, appending, never through a symbolic link); the "
+              "pre-login process and the user session, which cannot open it, write to that "
+              "descriptor. The trace holds user names and addresses: keep it private and "
+              "remove it when done."),
+    ]
+
+
+def _brakes_and_fail2ban_section() -> list[str]:
+    return [
+        ".SH BRUTE-FORCE BRAKES",
+        _roff("Beyond Qpopper's fixed delay after a failed login (auth-failure-delay), popper "
+              "slows guessers itself. Only wrong credentials count (a wrong password, digest "
+              "or proof, an unknown name); a refusal for policy, whatever the password, is "
+              "logged as LOGIN REFUSED (policy) and neither braked nor counted. Once an "
+              "address has more than 3 failures in 15 minutes it has a brake: 0.25 s, "
+              "doubling with each further failure up to auth-brakes-max-delay; each further "
+              "wrong guess from it costs the brake, and a correct password from it waits at "
+              "most 0.5 s. A user name with more than 5 failures makes each further failure "
+              "wait the same way, without slowing the real user's correct logins. A "
+              "connection is closed at its 3rd refusal. Addresses in "
+              "auth-brakes-trusted-networks are neither delayed nor counted. The counts live "
+              "in auth-brakes-file (/run/qpopper, root only) and are shared by every session "
+              "and by poppassd(8). Each failure is logged as a LOGIN FAILED line (see "
+              "DIAGNOSTICS), the line fail2ban reads."),
+        ".SH FAIL2BAN",
+        _roff("The package ships a fail2ban filter, /etc/fail2ban/filter.d/qpopper.conf, "
+              "which matches the LOGIN FAILED lines of popper and poppassd and nothing else "
+              "(policy refusals never ban), and a jail, /etc/fail2ban/jail.d/qpopper.conf, "
+              "disabled until the administrator enables it. The jail reads the systemd "
+              "journal, so it works on a Debian system without rsyslog; where rsyslog writes "
+              "/var/log/mail.log and /var/log/auth.log, those can be read instead (backend = "
+              "auto, logpath). To enable it, put in /etc/fail2ban/jail.d/qpopper.local:"),
+        ".RS", ".nf", "[qpopper]", "enabled = true", ".fi", ".RE", ".PP",
+        _roff("(with ignoreip listing the auth-brakes-trusted-networks), then run "
+              "fail2ban-client reload; fail2ban-client status qpopper shows the banned "
+              "addresses. The jail bans from ports 110, 995 and 106 together."),
+    ]
+
+
+def _diagnostics_section() -> list[str]:
+    from qpopper.logcatalogue import SECTIONS
+    out = [".SH DIAGNOSTICS",
+           _roff("Every log line, grouped by where it comes from; * stands for what varies "
+                 "(a user name, an address, a path, an error text).")]
+    for title, lines in SECTIONS:
+        out += [".SS " + _roff(title)]
+        for line in lines:
+            out += [".TP", _bold(line.pattern), _roff(line.meaning)]
+    return out
 
 
 def man_config() -> str:

@@ -80,7 +80,9 @@ class Logger:
 
     @classmethod
     def from_config(cls, cfg, **kw) -> "Logger":
-        return cls(facility=facility_code(cfg.log_facility), debug=bool(cfg.debug),
+        # the manual: -t "enables debug logging", written to the file
+        return cls(facility=facility_code(cfg.log_facility),
+                   debug=bool(cfg.debug or cfg.tracefile),
                    tracefile=cfg.tracefile or None, **kw)
 
     def reconfigured(self, cfg) -> "Logger":

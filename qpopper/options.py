@@ -120,8 +120,11 @@ OPTIONS: tuple[Option, ...] = (
        "other than the server and the delivery agent change spools).",
        scope=Scope.NOT_HOME),
     _b("debug", False,
-       "Log debug records (to syslog, or to tracefile). Unlike Qpopper, not settable in "
-       "per-user files: the session's log is already open when they are read.",
+       "Log debug records (to syslog, or to tracefile): among them the dialogue of each "
+       "session, every client command and the first line of every reply with the session's "
+       "state, passwords, APOP digests and SASL responses shown as <hidden>. Unlike "
+       "Qpopper, not settable in per-user files: the session's log is already open when "
+       "they are read.",
        flag="-d", scope=Scope.STARTUP),
     _b("downcase-user", False,
        "Lower-case user names before use, so clients may type them in any case.",
@@ -301,10 +304,12 @@ OPTIONS: tuple[Option, ...] = (
        "Enable OpenSSL's bug workarounds (SSL_OP_ALL).",
        scope=Scope.STARTUP),
     _s("tracefile", None,
-       "Write all log records (and debug records with debug) to this file instead of "
-       "syslog. Unlike Qpopper, not settable in per-user files: the session's log is "
-       "already open when they are read (and a user-chosen file could be another user's "
-       "spool).",
+       "Write all log records to this file instead of syslog, with the debug records "
+       "(as Qpopper's -t, it turns debug on): the dialogue trace. The master opens it "
+       "(mode 0600, appending, never through a link) and every process of a session "
+       "writes to that descriptor. Unlike Qpopper, not settable in per-user files: the "
+       "session's log is already open when they are read (and a user-chosen file could be "
+       "another user's spool).",
        flag="-t", flag_arg="logfile", scope=Scope.STARTUP, example="/var/log/qpopper.trace"),
     _b("trim-domain", False,
        "Remove @domain from user names before use (maida@example.org -> maida).",

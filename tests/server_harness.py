@@ -316,6 +316,15 @@ def wait_until(predicate, timeout: float = 10.0, what: str = "condition"):
     raise TimeoutError(f"timed out waiting for {what}")
 
 
+def read_pid_file(path: str) -> int | None:
+    """The pid a detached master wrote (--daemon, pid-file), or None while there is none."""
+    try:
+        with open(path) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
 def rss_kib(pid: int) -> int:
     return int(proc_status(pid)["VmRSS"].split()[0])
 

@@ -22,6 +22,7 @@ from typing import Callable, Mapping, NoReturn
 
 from qpopper import QPOPPER_VERSION, limits
 from qpopper.auth import Login, challenges
+from qpopper.pop3 import trace as pop_trace
 from qpopper.pop3.auth_state import AUTHORIZATION_COMMANDS, PendingUser, printable
 from qpopper.pop3.command import NO_EXTENSIONS, BadCommand, Command, CommandSyntaxError, Extensions
 from qpopper.pop3.lines import TOO_LONG, LineReader
@@ -78,7 +79,8 @@ class Protocol:
         # USER): a repeat tells the client nothing new and counts as a bad command.
         self.answered_once: set[str] = set()
         self.apop_timestamp: str | None = None
-        self.pending_user: PendingUser | None = None   # USER given, PASS expected (Qpopper auth2)
+        self._pending_user: PendingUser | None = None   # USER given, PASS expected (auth2)
+        self.named_user: str | None = None   # the last name USER gave, kept for the logs
         self.login: Login | None = None
         self.trans: Transaction | None = None
         # Seams for tests: the clock (X-LOCALTIME, APOP timestamp), and the monotonic one that
@@ -88,6 +90,8 @@ class Protocol:
         self.authorization_deadline = self.monotonic() + cfg.login_timeout
         self._lines = LineReader()
         self._continuation: _Continuation | None = None
+        # -d / -t: the dialogue goes to the log as debug records (pop3/trace.py)
+        self.tracing = bool(cfg.debug or cfg.tracefile)
         ext = self.extensions
         transaction = TRANSACTION_COMMANDS_WITH_MANGLE if ext.mangle else TRANSACTION_COMMANDS
         self._tables: dict[State, Mapping[str, Command]] = {
@@ -132,8 +136,13 @@ class Protocol:
                 else:
                     self._bad_command(CommandSyntaxError(LINE_TOO_LONG.format(limit=limit)))
             elif continuation is not None:
+                if self.tracing:
+                    self._trace("Received", pop_trace.received_continuation(line))
                 self._run(continuation.callback, line)
             else:
+                if self.tracing:
+                    self._trace("Received", pop_trace.received_command(
+                        line, self._tables.get(self.state, {})))
                 self._run(self._dispatch, line)
 
     def resume(self, login: Login, unread: bytes = b"", bad_commands: int = 0) -> None:
@@ -155,6 +164,15 @@ class Protocol:
             return
         if self.state == State.TRANSACTION:
             self.env.log(syslog.LOG_NOTICE, f"EOF from {self._who()} without QUIT")
+        self._abort()
+
+    def ended_by_signal(self, reason: str) -> None:
+        """A signal ends the session (the master's TERM after shutdown-grace, a SIGHUP):
+        logged as that, not as the client's EOF; no reply (Qpopper's catchSIGHUP)."""
+        if self.closed:
+            return
+        self.env.log(syslog.LOG_NOTICE, f"Session of {self._who()} ended without QUIT in "
+                                        f"{self.state.value}: {reason}")
         self._abort()
 
     def displaced(self) -> None:
@@ -193,19 +211,35 @@ class Protocol:
         return self.trans.stats() if self.trans else None
 
     @property
+    def pending_user(self) -> PendingUser | None:
+        """USER given, PASS expected (Qpopper's auth2 state)."""
+        return self._pending_user
+
+    @pending_user.setter
+    def pending_user(self, pending: PendingUser | None) -> None:
+        self._pending_user = pending
+        if pending is not None:
+            self.named_user = pending.shown
+
+    @property
     def user(self) -> str | None:
-        """The logged-in user, else the name USER gave (for logs and the process title)."""
+        """The logged-in user, else the last name USER gave, also after its PASS failed
+        (for logs and the process title)."""
         if self.login is not None:
             return self.login.user
-        return self.pending_user.shown if self.pending_user else None
+        return self.named_user
 
     # --- what handlers and extensions call -------------------------------------------------
     def reply(self, data: bytes) -> None:
+        if self.tracing:
+            self._trace("Sent", pop_trace.sent_first_line(data))
         self.env.write(data)
 
     def reply_lines(self, first: bytes, lines) -> None:
         """A multi-line reply: `first` (rendered), then each line dot-stuffed with CRLF, then
         the terminator; written in bounded chunks however long the listing."""
+        if self.tracing:
+            self._trace("Sent", pop_trace.sent_first_line(first))
         out = bytearray(first)
         for line in lines:
             out += dot_stuff(line)
@@ -383,6 +417,9 @@ class Protocol:
     def _log_refusal(self, refusal: PopError, priority: int = syslog.LOG_NOTICE) -> None:
         if refusal.log:
             self.env.log(priority, refusal.log)
+
+    def _trace(self, direction: str, text: str) -> None:
+        self.env.log(syslog.LOG_DEBUG, pop_trace.trace_record(self.state.value, direction, text))
 
     def _who(self) -> str:
         user = self.user

@@ -24,7 +24,7 @@ import time
 import setproctitle
 
 from qpopper import config as config_mod
-from qpopper.server import privsep, sdnotify
+from qpopper.server import preflight, sdnotify
 from qpopper.server import tls as tls_mod
 from qpopper.addresses import address_group, normalize_ip
 from qpopper.auth import pam as pam_auth
@@ -459,8 +459,8 @@ class Master:
         try:
             new_cfg = self.reload()
             new_log = self.log.reconfigured(new_cfg)
-            # a renewed certificate is read here; the listeners stay as they are
-            new_tls = tls_mod.open_server_tls(new_cfg, new_log)
+            # start-up's checks (a renewed certificate is read here); the listeners stay
+            new_tls = preflight.check_site(new_cfg, new_log)
             if new_tls is None and self.implicit_tls:
                 # the tls-listen ports opened at start-up never fall back to plain text
                 raise tls_mod.TlsSetupError("the TLS listeners opened at start-up still need "
@@ -538,15 +538,15 @@ def run_master(cfg, inv) -> int:
     listeners: list[socket.socket] = []
     server_tls = None
     try:
-        privsep.check_prelogin_setup(cfg)
-        server_tls = tls_mod.open_server_tls(cfg, log)
+        # the checks `popper --check-config` makes, from the same function
+        server_tls = preflight.check_site(cfg, log)
         listeners, implicit_tls = open_listeners(cfg)
-    except (ListenError, tls_mod.TlsSetupError, privsep.SandboxError) as exc:
+    except (ListenError, preflight.PreflightError) as exc:
         for sock in listeners:
             sock.close()
         if server_tls is not None:
             server_tls.close()
-        text = f"TLS: {exc}" if isinstance(exc, tls_mod.TlsSetupError) else str(exc)
+        text = str(exc)
         log(syslog.LOG_ERR, text)
         print(f"popper: {text}", file=sys.stderr)
         log.close()
@@ -605,7 +605,10 @@ def _run_daemonized(cfg, inv, listeners, log, server_tls=None, implicit_tls=()) 
         working_directory="/",
         umask=0o022,
         pidfile=daemon.pidfile.TimeoutPIDLockFile(pid_file, acquire_timeout=0) if pid_file else None,
-        files_preserve=[s.fileno() for s in listeners] + log.fds(),
+        # the TLS identity's snapshots too: without them no pre-login process could load the
+        # certificate, and every TLS client would be dropped
+        files_preserve=([s.fileno() for s in listeners] + log.fds()
+                        + (list(server_tls.fds.values()) if server_tls is not None else [])),
         signal_map={},                 # the master installs its own handlers
         prevent_core=True,
     )

@@ -46,11 +46,14 @@ READ_CHUNK_OCTETS = 16 * 1024
 """One read from the client. Pipelined commands arrive in batches; protocol.py bounds lines."""
 
 HANGUP_SIGNALS = (signal.SIGHUP, signal.SIGTERM)
+"""Qpopper's catchSIGHUP: the session aborts (update-on-abort semantics) at the next read."""
+HANGUP_REASONS = {signal.SIGHUP: "hangup (SIGHUP)",
+                  signal.SIGTERM: "server shutdown (SIGTERM)"}
+"""What the log says ended a session (the master sends TERM after shutdown-grace)."""
 DISPLACE_SIGNAL = signal.SIGUSR1
 """The master ends a connection that has not logged in to make room for a newcomer: the
 pre-login process answers -ERR [SYS/TEMP] and closes (docs/privsep.md, "Connection limits").
 Every other process of the connection ignores it."""
-"""Qpopper's catchSIGHUP: the session aborts (update-on-abort semantics) at the next read."""
 
 CRASH_AT_ENV = "QPOPPER_TEST_CRASH_AT"
 STEP_LOG_ENV = "QPOPPER_TEST_STEP_LOG"
@@ -235,6 +238,7 @@ class Session:
         self._out = bytearray()
         self._closed = False           # the client is gone: drop output, end at next read
         self._hangup = False
+        self._hangup_signal: int | None = None    # SIGHUP, SIGTERM: logged as such, not EOF
         self._displaced = False
         self._wake_r: int | None = None
         self._wake_w: int | None = None
@@ -370,7 +374,11 @@ class Session:
                     self.protocol.displaced()
                     error = True
                     break
-                if self._closed or self._hangup:
+                if self._hangup_signal is not None:
+                    self.protocol.ended_by_signal(HANGUP_REASONS[self._hangup_signal])
+                    error = True
+                    break
+                if self._closed:
                     self.protocol.eof()
                     error = True
                     break
@@ -384,6 +392,8 @@ class Session:
                     self.protocol.timeout()
                     error = True
                     break
+                if not data and self._hangup:
+                    continue                      # the relay ended with us: not the client
                 if not data:
                     self.protocol.eof()
                     error = True
@@ -504,6 +514,7 @@ class Session:
 
     def _on_hangup(self, signum, frame) -> None:
         self._hangup = True        # acted on at the next read (the wakeup pipe ends the wait)
+        self._hangup_signal = signum
 
     def _on_displaced(self, signum, frame) -> None:
         self._displaced = self._hangup = True

@@ -119,7 +119,7 @@ def _build(cfg, read, log=None) -> ServerTls:
     """The context, with every check of the certificate and key (TlsSetupError)."""
     context, min_name = _context(cfg, log)
     chain, key, cert_path, key_path = _load_identity(cfg, read)
-    _check_validity(chain[0], cert_path)
+    _check_validity(chain[0], f"{_identity_paths(cfg)[0][1]} {cert_path}")
     context.use_certificate(crypto.X509.from_cryptography(chain[0]))
     for extra in chain[1:]:
         context.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
@@ -127,8 +127,10 @@ def _build(cfg, read, log=None) -> ServerTls:
         context.use_privatekey(crypto.PKey.from_cryptography_key(key))
         context.check_privatekey()
     except (SSL.Error, crypto.Error, TypeError):
-        raise TlsSetupError(f"the private key in {key_path} does not match the certificate in "
-                            f"{cert_path}") from None
+        (_, cert_option), *rest = _identity_paths(cfg)
+        key_option = rest[0][1] if rest else cert_option
+        raise TlsSetupError(f"{key_option} {key_path}: the private key does not match the "
+                            f"certificate in {cert_option} {cert_path}") from None
     subject = chain[0].subject.rfc4514_string()
     return ServerTls(context, f"{subject} from {cert_path}, {min_name} and later")
 
@@ -363,37 +365,38 @@ def _load_identity(cfg, read):
     if not chain:
         raise TlsSetupError(f"{option} {cert_path}: no PEM certificate in it")
     key_path = cfg.tls_private_key_file or cert_path
+    key_where = f"{'tls-private-key-file' if key_path != cert_path else option} {key_path}"
     key_data = (cert_data if key_path == cert_path
                 else read(key_path, "tls-private-key-file"))
     match = _PEM_KEY_RE.search(key_data)
     if match is None:
         hint = "" if cfg.tls_private_key_file else " (set tls-private-key-file)"
-        raise TlsSetupError(f"{key_path}: no PEM private key in it{hint}")
+        raise TlsSetupError(f"{key_where}: no PEM private key in it{hint}")
     passphrase = cfg.tls_passphrase.encode() if cfg.tls_passphrase else None
     try:
         key = serialization.load_pem_private_key(match.group(0), password=passphrase)
     except TypeError:
         # encrypted without a passphrase, or a passphrase given for a clear key
         if passphrase is None:
-            raise TlsSetupError(f"{key_path}: the private key is encrypted; set "
+            raise TlsSetupError(f"{key_where}: the private key is encrypted; set "
                                 f"tls-passphrase") from None
         key = serialization.load_pem_private_key(match.group(0), password=None)
     except ValueError:
         if passphrase is not None:
-            raise TlsSetupError(f"{key_path}: cannot decrypt the private key with "
+            raise TlsSetupError(f"{key_where}: cannot decrypt the private key with "
                                 f"tls-passphrase (wrong passphrase?)") from None
-        raise TlsSetupError(f"{key_path}: the private key cannot be read") from None
+        raise TlsSetupError(f"{key_where}: the private key cannot be read") from None
     return chain, key, cert_path, key_path
 
 
-def _check_validity(cert: x509.Certificate, path: str) -> None:
+def _check_validity(cert: x509.Certificate, where: str) -> None:
     now = datetime.datetime.now(datetime.timezone.utc)
     not_after, not_before = _utc(cert, "not_valid_after"), _utc(cert, "not_valid_before")
     if not_after < now:
-        raise TlsSetupError(f"the certificate in {path} expired on "
+        raise TlsSetupError(f"{where}: the certificate expired on "
                             f"{not_after:%Y-%m-%d %H:%M} UTC")
     if not_before > now:
-        raise TlsSetupError(f"the certificate in {path} is not valid before "
+        raise TlsSetupError(f"{where}: the certificate is not valid before "
                             f"{not_before:%Y-%m-%d %H:%M} UTC")
 
 

@@ -4,7 +4,7 @@ One connection on standard input and output, inetd style (inetd, or systemd's
 poppassd.socket with Accept=yes, or `systemd-socket-activate --inetd -l 106 poppassd`).
 The dialogue (docs/compatibility.md, "poppassd"; Eudora's "Change Password" speaks it):
 
-    S: 200 poppassd (qpopper-py 4.1.x) hello, who are you?
+    S: 200 poppassd (qpopper-py 0.1.0) hello, who are you?    (the product's version)
     C: user alice                S: 200 Your password please.
     C: pass OLD                  S: 200 Your new password please.
     C: newpass NEW               S: 200 Password changed, thank-you.
@@ -56,7 +56,7 @@ import syslog
 import time
 from typing import Callable
 
-from qpopper import QPOPPER_VERSION, limits
+from qpopper import __version__, limits
 from qpopper.addresses import normalize_ip
 from qpopper.auth import is_possible_user_name
 from qpopper.auth import pam as pam_auth
@@ -69,13 +69,14 @@ DEFAULT_PAM_SERVICE = "poppassd"
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 USAGE = ("usage: poppassd [-f|--config FILE] [-s|--pam-service SERVICE] [-t|--timeout SECONDS] "
-         "[--deadline SECONDS] [--auth-brakes-file PATH] [--auth-brakes-max-delay SECONDS]")
+         "[--deadline SECONDS] [--auth-brakes-file PATH] [--auth-brakes-max-delay SECONDS] "
+         "| --version | --help")
 MAX_TIME_FLAG_S = 3600
 """The largest --timeout and --deadline: an hour is far past any person typing."""
 BRAKE_METHOD = "poppassd"
 """The `method=` of poppassd's fail2ban lines (the POP server's say USER, APOP, PLAIN, ...)."""
 
-GREETING = f"200 poppassd (qpopper-py {QPOPPER_VERSION}) hello, who are you?"
+GREETING = f"200 poppassd (qpopper-py {__version__}) hello, who are you?"
 ASK_PASSWORD = "200 Your password please."
 ASK_NEW_PASSWORD = "200 Your new password please."
 CHANGED = "200 Password changed, thank-you."
@@ -369,6 +370,8 @@ def _parse_args(argv: list[str]) -> Settings:
         flag = args.pop(0)
         if flag in ("-h", "--help"):
             raise SystemExit(print(USAGE) or 0)
+        if flag == "--version":
+            raise SystemExit(print(f"poppassd (qpopper-py) {__version__}") or 0)
         flag, has_value, value = flag.partition("=") if flag.startswith("--") else (flag, "", "")
         if flag not in FLAGS:
             raise ValueError(f"unexpected argument {flag!r}")

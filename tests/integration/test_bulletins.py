@@ -356,7 +356,28 @@ def test_bulldb_unusable_is_sys_temp_unless_nonfatal(tmp_path):
     assert any("goes on without bulletins" in t for _, t in env.logged)
 
 
-def test_bulldb_locked_by_another_writer_is_retried_then_refused(tmp_path):
+@pytest.mark.parametrize("breakage", ["no directory", "not a database"])
+def test_bulldb_unusable_for_good_is_refused_at_once_without_retries(tmp_path, monkeypatch,
+                                                                     breakage):
+    """Only a lock held by another session is worth bulldb-max-tries waits: a missing
+    directory or a file that is not a database is refused at the first try."""
+    waits = []
+    monkeypatch.setattr(bulletins.time, "sleep", waits.append)
+    env = Env(tmp_path, bulldb=True)                      # bulldb-max-tries: 75
+    if breakage == "not a database":
+        (env.bulldir / bulletins.BULLDB_DIR).mkdir()
+        (env.bulldir / bulletins.BULLDB_DIR / bulletins.BULLDB_FILE).write_bytes(b"x" * 4096)
+    env.post("1.b")
+    with pytest.raises(PopError) as refused:
+        env.deliver()
+    assert refused.value.code == RespCode.SYS_TEMP
+    assert waits == []
+    assert bulletins.BULLDB_FILE in refused.value.log and "tries" not in refused.value.log
+
+
+def test_bulldb_locked_by_another_writer_is_retried_then_refused(tmp_path, monkeypatch):
+    waits = []
+    monkeypatch.setattr(bulletins.time, "sleep", waits.append)
     env = bulldb_env(tmp_path, bulldb_max_tries=3)
     env.post("1.b")
     env.post("2.b")
@@ -366,8 +387,9 @@ def test_bulldb_locked_by_another_writer_is_retried_then_refused(tmp_path):
     try:
         holder.execute(bulletins.BulletinDb.SCHEMA)
         holder.execute("BEGIN EXCLUSIVE")                  # another session holds it
-        with pytest.raises(PopError):
+        with pytest.raises(PopError) as refused:
             env.deliver()
+        assert len(waits) == 2 and refused.value.log.endswith("(3 tries)")
         assert env.spool() == b""                         # cut back or never written
         holder.execute("COMMIT")
     finally:

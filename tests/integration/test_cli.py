@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.testpki import TestPki
 from tests.server_harness import free_port, prelogin_args
 from qpopper import __version__
 from qpopper.options import OPTIONS
@@ -32,8 +33,20 @@ def popper(*args, **kw):
                           cwd=REPO, **kw)
 
 
-def test_check_config_prints_every_option_value_and_source():
-    result = popper("--check-config", "-f", str(EXAMPLE), "-T", "600", "-s", "8110")
+@pytest.fixture
+def site_args(tmp_path_factory, pam_service):
+    """Flags that give the shipped configuration what start-up's checks need on a test
+    machine: a certificate and key, a PAM service file, the test run's pre-login account."""
+    pki = TestPki(str(tmp_path_factory.mktemp("pki")))
+    good = pki.server("good")
+    return [f"--tls-server-cert-file={good.cert_file}",
+            f"--tls-private-key-file={good.key_file}", f"--pam-service={pam_service}",
+            *prelogin_args()]
+
+
+def test_check_config_prints_every_option_value_and_source(site_args):
+    result = popper("--check-config", "-f", str(EXAMPLE), "-T", "600", "-s", "8110",
+                    *site_args)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     lines = result.stdout.splitlines()
@@ -55,13 +68,13 @@ def test_check_config_prints_every_option_value_and_source():
         assert row[source_column - 2:source_column] == "  " and row[source_column] != " ", row
 
 
-def test_check_config_keeps_columns_aligned_for_a_long_path(tmp_path):
+def test_check_config_keeps_columns_aligned_for_a_long_path(tmp_path, site_args):
     # a config file deep in a long directory: its path is the widest value of the table
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     deep.mkdir(parents=True)
     config = deep / "qpopper.config"
     config.write_text(EXAMPLE.read_text())
-    result = popper("--check-config", "-f", str(config))
+    result = popper("--check-config", "-f", str(config), *site_args)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     source_column = lines[1].index("SOURCE")
@@ -70,14 +83,14 @@ def test_check_config_keeps_columns_aligned_for_a_long_path(tmp_path):
         assert row[source_column - 2:source_column] == "  " and row[source_column] != " ", row
 
 
-def test_readme_check_config_example_matches_the_real_output():
-    """The README's `popper --check-config` transcript stays true: every row it shows
+def test_readme_show_config_example_matches_the_real_output():
+    """The README's `popper --show-config` transcript stays true: every row it shows
     (the '...' elisions aside) is a row the command prints for the shipped file."""
     readme = (REPO / "README.md").read_text()
-    command = "$ .venv/bin/popper --check-config -f etc/qpopper/qpopper.config\n"
+    command = "$ .venv/bin/popper --show-config -f etc/qpopper/qpopper.config\n"
     assert command in readme
     shown = readme.split(command, 1)[1].split("\n\n", 1)[0].splitlines()
-    result = popper("--check-config", "-f", "etc/qpopper/qpopper.config")
+    result = popper("--show-config", "-f", "etc/qpopper/qpopper.config")
     assert result.returncode == 0, result.stderr
     printed = set(result.stdout.splitlines())
     rows = [line for line in shown if line != "..."]
@@ -140,9 +153,10 @@ def test_without_listen_it_serves_the_connection_on_stdin():
 
 
 @pytest.mark.timeout(60)
-def test_with_a_port_it_runs_the_standalone_master(tmp_path):
+def test_with_a_port_it_runs_the_standalone_master(tmp_path, pam_service):
     port = free_port()
     process = subprocess.Popen([popper_path(), f"127.0.0.1:{port}", "-R", *prelogin_args(),
+                                f"--pam-service={pam_service}",
                                 f"--pid-file={tmp_path / 'popper.pid'}"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
     try:
@@ -163,3 +177,30 @@ def test_with_a_port_it_runs_the_standalone_master(tmp_path):
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
         process.stderr.close()
+
+
+@pytest.mark.parametrize("flag, line", [
+    ("--spool-dir=/nonexistent/spool",
+     "popper: spool-dir /nonexistent/spool (set at argv --spool-dir): No such file or "
+     "directory"),
+    ("--pam-service=qpt-no-such-service",
+     "popper: pam-service 'qpt-no-such-service' (set at argv --pam-service): "
+     "/etc/pam.d/qpt-no-such-service does not exist"),
+    ("--group-server-mode=qpt-no-such-group",
+     "popper: group-server-mode 'qpt-no-such-group' (set at argv --group-server-mode): no "
+     "such group"),
+    ("--temp-dir=/etc/passwd",
+     "popper: temp-dir /etc/passwd (set at argv --temp-dir): not a directory"),
+])
+def test_check_config_refuses_what_the_server_could_not_start_with(site_args, flag, line):
+    result = popper("--check-config", "-f", str(EXAMPLE), *site_args, flag)
+    assert (result.returncode, result.stdout, result.stderr) == (1, "", line + "\n")
+
+
+def test_check_config_refuses_a_missing_prelogin_account(site_args):
+    if not prelogin_args():
+        pytest.skip("needs root: the pre-login account is checked only when run as root")
+    result = popper("--check-config", "-f", str(EXAMPLE), *site_args,
+                    "--prelogin-user=qpt-no-such-account")
+    assert (result.returncode, result.stderr) == (
+        1, "popper: prelogin-user 'qpt-no-such-account': no such account\n")

@@ -223,3 +223,33 @@ def test_log_login_expands_qpopper_escapes():
             == f'(v{QPOPPER_VERSION}) POP login by user "alice" at (client.example) 10.1.2.3')
     assert (log_login_line("%5 %4 %6 100%% %9 %", "u", "h", "i", authid="a",
                            mechanism="PLAIN", ssf=0) == "PLAIN a 0 100% %9 %")
+
+
+def test_the_dialogue_trace_hides_secrets_and_lines_out_of_step():
+    from qpopper.pop3 import trace as pop_trace
+    verbs = {"USER", "PASS", "APOP", "AUTH", "CAPA", "QUIT"}
+    assert pop_trace.received_command(b"USER alice", verbs) == "USER alice"
+    assert pop_trace.received_command(b"pass my secret words", verbs) == "PASS <hidden>"
+    assert pop_trace.received_command(b"APOP alice c4c9334bac560ecc979e58001b3e22fb",
+                                      verbs) == "APOP alice <hidden>"
+    assert pop_trace.received_command(b"AUTH PLAIN AGFsaWNlAHNlY3JldA==", verbs) == \
+        "AUTH PLAIN <hidden>"
+    assert pop_trace.received_command(b"AUTH SCRAM-SHA-256", verbs) == "AUTH SCRAM-SHA-256"
+    # a password sent as a line of its own by a client out of step is not shown
+    assert pop_trace.received_command(b"Tr0ub4dor&3", verbs) == \
+        "<hidden> (11 octets, not a command here)"
+    assert pop_trace.received_command(b"RETR 1", verbs) == \
+        "<hidden> (6 octets, not a command here)"
+    assert pop_trace.received_continuation(b"dGVzdA==") == \
+        "<hidden> (8 octets inside an exchange)"
+    assert pop_trace.sent_first_line(b"+OK 2 messages\r\n1 120\r\n.\r\n") == "+OK 2 messages"
+
+
+def test_tracefile_turns_debug_on_as_qpoppers_t_did(tmp_path):
+    from qpopper.config import Config
+    log = Logger.from_config(Config.defaults().replace(tracefile=str(tmp_path / "trace")))
+    try:
+        log(syslog.LOG_DEBUG, "debug into the trace")
+    finally:
+        log.close()
+    assert (tmp_path / "trace").read_text().rstrip("\n").endswith("] debug into the trace")

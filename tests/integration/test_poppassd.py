@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from qpopper import limits
+from qpopper import QPOPPER_VERSION, __version__, limits
 from qpopper.auth import pam as pam_auth
 from qpopper.tools import poppassd
 from tests.helpers import pam_service as pam_files
@@ -30,7 +30,8 @@ from tests.helpers.repo import REPO
 pytestmark = pytest.mark.timeout(90)
 
 POPPASSD = str(Path(sys.executable).with_name("poppassd"))
-GREETING_START = b"200 poppassd (qpopper-py "
+GREETING_START = f"200 poppassd (qpopper-py {__version__}) ".encode()
+"""The product's version, not the Qpopper version popper's banner names."""
 BAD_OLD = b"500 Old password is incorrect."
 
 
@@ -330,6 +331,14 @@ def test_bad_arguments_get_one_line_and_exit_2(argv, message):
     assert result.stderr.count("\n") == 1 and message in result.stderr
 
 
+def test_version_is_the_products():
+    result = subprocess.run([POPPASSD, "--version"], capture_output=True, text=True,
+                            timeout=30, stdin=subprocess.DEVNULL)
+    assert (result.returncode, result.stdout, result.stderr) == (
+        0, f"poppassd (qpopper-py) {__version__}\n", "")
+    assert QPOPPER_VERSION not in poppassd.GREETING
+
+
 def test_an_unreadable_configuration_is_said_and_the_client_told_to_come_back(world_tmp):
     """The administrator's mistake (here: a misspelt option in the -f file): one line on
     stderr naming the file and line, a 500 reply instead of silence, exit 1."""
@@ -383,7 +392,7 @@ def test_man_page_matches_the_program():
                   poppassd.BYE, poppassd.BAD_OLD_PASSWORD, poppassd.LINE_TOO_LONG,
                   poppassd.TIMED_OUT, poppassd.NEW_PASSWORD_REFUSED):
         assert reply in text, reply
-    assert poppassd.GREETING.replace(poppassd.QPOPPER_VERSION, "VERSION") in text
+    assert poppassd.GREETING.replace(poppassd.__version__, "VERSION") in text
     assert f"longer than {limits.POPPASSD_MAX_LINE_OCTETS} octets" in text
     assert f"{limits.POPPASSD_MAX_BAD_COMMANDS} unknown or out-of-order commands" in text
     assert f"{limits.POPPASSD_TIMEOUT_S} seconds of silence" in text

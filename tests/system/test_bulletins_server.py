@@ -12,12 +12,13 @@ import re
 import socket
 import sqlite3
 import stat
+import subprocess
 
 import pytest
 
 from qpopper import bulletins
 from tests.helpers.sysusers import make_spool
-from tests.server_harness import Site, login, mbox
+from tests.server_harness import POPPER, Site, free_port, login, mbox
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
@@ -160,12 +161,54 @@ def test_bulletin_database_shared_by_users_of_the_mail_group(site, system_users)
     assert not os.path.exists(os.path.join(alice.home, ".popbull"))
 
 
-def test_unusable_bulletin_database_refuses_the_login_with_sys_temp(site, system_users):
+def check_config(config: str) -> subprocess.CompletedProcess:
+    return subprocess.run([POPPER, "--check-config", "-f", config], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_start_up_and_check_config_make_the_missing_bulldb_directory(site):
     with open(site.config, "a") as f:
-        f.write("set bulldb\nset bulldb-max-tries = 1\n")      # no bulldb directory
+        f.write("set bulldb\n")
+    bulldb = os.path.join(site.root, "bulls", bulletins.BULLDB_DIR)
+    result = check_config(site.config)
+    assert result.returncode == 0, result.stderr
+    st = os.lstat(bulldb)
+    assert (st.st_uid, st.st_gid) == (0, grp.getgrnam("mail").gr_gid)
+    assert stat.S_IMODE(st.st_mode) == 0o2770
+    os.rmdir(bulldb)
+    site.server()                                        # the master makes it just the same
+    assert stat.S_IMODE(os.lstat(bulldb).st_mode) == 0o2770
+
+
+def test_check_config_and_start_up_refuse_an_unusable_bulldb_with_one_line(site):
+    """What --check-config refuses the server refuses to start with: the same line."""
+    with open(site.config, "a") as f:
+        f.write("set bulldb\n")
+    bulldb = os.path.join(site.root, "bulls", bulletins.BULLDB_DIR)
+    with open(bulldb, "w") as f:                         # a file where the directory goes
+        f.write("not a directory\n")
+    checked = check_config(site.config)
+    assert checked.returncode == 1 and checked.stdout == ""
+    expected = f"popper: bulldb {bulldb} (set at {site.config}:"
+    assert checked.stderr.startswith(expected) and checked.stderr.endswith(
+        "): not a directory\n") and checked.stderr.count("\n") == 1, checked.stderr
+    started = subprocess.run([POPPER, f"127.0.0.1:{free_port()}", "-f", site.config],
+                             capture_output=True, text=True, timeout=60,
+                             env=dict(os.environ, QPOPPER_SYSLOG_SOCKET=site.syslog.path))
+    assert started.returncode == 1 and started.stderr == checked.stderr
+
+
+def test_unusable_bulletin_database_refuses_the_login_at_once_with_sys_temp(site, system_users):
+    with open(site.config, "a") as f:
+        f.write("set bulldb\n")                          # bulldb-max-tries: 75
     user = system_users.create("bf")
     make_spool(site.spool_dir, user, mbox(("kept", "mail")))
     server = site.server()
+    # broken after the start: a file where the directory was
+    bulldb = os.path.join(site.root, "bulls", bulletins.BULLDB_DIR)
+    os.rmdir(bulldb)
+    with open(bulldb, "w") as f:
+        f.write("not a directory\n")
     client = poplib.POP3(server.host, server.port, timeout=20)
     try:
         client.user(user.name)
@@ -175,7 +218,9 @@ def test_unusable_bulletin_database_refuses_the_login_with_sys_temp(site, system
                                          b"contact your administrator")
     finally:
         client.close()
-    site.syslog.wait_for(r"Unable to open Bulletin database for .*")
+    # not retried: an error that cannot clear is reported at the first try
+    site.syslog.wait_for(rf"Unable to open Bulletin database for {user.name}: "
+                         rf"{re.escape(bulldb)}/{bulletins.BULLDB_FILE}: Not a directory")
     with open(os.path.join(site.spool_dir, user.name), "rb") as f:
         assert f.read() == mbox(("kept", "mail"))             # untouched
 

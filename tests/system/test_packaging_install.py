@@ -311,8 +311,18 @@ def test_build_and_lint(packages):
     assert packages.build_seconds < 120
 
 
+def test_the_deb_ships_the_administrators_documentation(packages):
+    names = run("dpkg-deb", "-c", packages.deb).stdout
+    doc = f"./usr/share/doc/{PACKAGE}/"
+    for name in ("README.Debian", "README.md", "operations.md", "privsep.md"):
+        assert re.search(rf" {re.escape(doc + name)}(\.gz)?$", names, re.M), name
+
+
 def test_install_with_apt(packages):
-    run(*APT, "install", "--no-install-recommends", packages.deb)
+    installed = run(*APT, "install", "--no-install-recommends", packages.deb)
+    # postinst made the accounts, directories and certificate before running --check-config
+    assert "cannot start" not in installed.stdout + installed.stderr, installed.stderr
+    assert run("popper", "--check-config", "-f", str(CONFIG)).returncode == 0
     assert installed_version() == "0.1.0"
     for path in ("/usr/sbin/popper", "/usr/sbin/popauth", "/etc/pam.d/pop3", str(CONFIG),
                  "/usr/share/man/man8/popper.8.gz", "/usr/share/man/man8/popauth.8.gz",
@@ -518,7 +528,8 @@ def test_reinstall_from_a_shell_whose_path_starts_with_another_python(packages, 
         # instead of going on without the directories.
         result = run("sh", "-c", f"sed 's|/usr/bin/python3 -m|{other}/bin/python3 -m|' "
                      f"{POSTINST} > {tmp_path}/postinst && sh {tmp_path}/postinst configure 0.1.0",
-                     check=False, env={"PATH": shell_path})
+                     check=False, env={"PATH": shell_path},
+                     cwd=str(tmp_path))   # not the checkout: `python3 -m` would import it
     assert result.returncode != 0
     assert re.search(r"qpopper.tools.maintscript [a-z-]+ failed", result.stderr)
 
@@ -590,7 +601,7 @@ def test_rpm_installs_into_a_private_root(packages):
         assert "password-auth" in Path(root, "etc/pam.d/pop3").read_text()
         site = next(Path(root, "usr/lib").glob("python3*/site-packages"))
         # The packaged popper reads the packaged config (with Fedora's certificate paths).
-        result = run("/usr/bin/python3", f"{root}/usr/sbin/popper", "--check-config",
+        result = run("/usr/bin/python3", f"{root}/usr/sbin/popper", "--show-config",
                      "-f", f"{root}/etc/qpopper/qpopper.config",
                      env={"PYTHONPATH": str(site)})
         assert re.search(r"^tls-server-cert-file\s+/etc/pki/tls/certs/qpopper.pem", result.stdout,
@@ -601,4 +612,4 @@ def test_rpm_installs_into_a_private_root(packages):
         for body in re.split(r"^\S+ scriptlet \(using /bin/sh\):\n", scripts, flags=re.M)[1:]:
             check = run("sh", "-n", input=body, check=False)
             assert check.returncode == 0, check.stderr
-        assert "getent passwd pop" in scripts and "hash-spool" in scripts
+        assert "getent passwd pop" in scripts and "maintscript spool-dirs" in scripts

@@ -18,7 +18,7 @@ import pytest
 from qpopper.options import lookup
 from tests.helpers.sysusers import make_spool
 from tests.server_harness import (PopperServer, Site, free_port, has_ipv6_loopback, login, mbox,
-                                  proc_status, proc_title, read_greeting, spool_text,
+                                  proc_status, proc_title, read_greeting, read_pid_file, spool_text,
                                   wait_for_greeting, wait_until)
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
@@ -406,6 +406,37 @@ def test_term_ends_sessions_that_outlive_the_grace_period(make_site, system_user
     # the session was aborted, not killed mid-way: nothing is left in the temp drop
     assert spool_text(s, user).count("Subject: ") == 3
     assert not os.path.exists(os.path.join(s.spool_dir, f".{user.name}.pop"))
+    # the log says the server ended it, not that the client went away
+    s.syslog.wait_for(rf"Session of {user.name} at 127\.0\.0\.1 \(127\.0\.0\.1\) ended "
+                      r"without QUIT in TRANSACTION: server shutdown \(SIGTERM\)")
+    assert not [t for t in s.syslog.texts() if t.startswith("EOF from")]
+
+
+def test_client_eof_is_logged_as_such(site, system_users):
+    user = system_users.create()
+    make_spool(site.spool_dir, user, SPOOL)
+    server = site.server()
+    client = login(server, user)
+    client.stat()
+    client.close()                        # gone without QUIT
+    site.syslog.wait_for(rf"EOF from {user.name} at 127\.0\.0\.1 \(127\.0\.0\.1\) "
+                         r"without QUIT")
+    assert not [t for t in site.syslog.texts() if t.startswith("Session of ")]
+
+
+def test_timeout_before_login_names_the_user_even_after_a_failed_password(make_site):
+    from qpopper import QPOPPER_VERSION as V
+    s = make_site(timeout=1)
+    server = s.server()
+    with socket.create_connection((server.host, server.port), timeout=20) as sock, \
+            sock.makefile("rb") as replies:
+        replies.readline()
+        sock.sendall(b"USER qpt-nobody-here\r\nPASS wrong\r\n")
+        assert replies.readline().startswith(b"+OK")
+        assert replies.readline().startswith(b"-ERR [AUTH]")
+        assert replies.readline() == b""  # the idle timeout closes it
+    s.syslog.wait_for(rf"\(v{V}\) Timeout \(1 secs\) during nw read from qpt-nobody-here "
+                      r"at 127\.0\.0\.1 \(127\.0\.0\.1\)")
 
 
 def test_dual_stack_wildcards_bind_together(site):
@@ -448,14 +479,7 @@ def test_daemon_mode_detaches_and_writes_the_pid_file(site):
         env=dict(os.environ, QPOPPER_SYSLOG_SOCKET=site.syslog.path),
         stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
     assert result.returncode == 0, result.stderr
-    def read_pid():
-        try:
-            with open(pid_file) as f:
-                return int(f.read())
-        except (OSError, ValueError):
-            return None
-
-    pid = wait_until(read_pid, what="the pid file")
+    pid = wait_until(lambda: read_pid_file(pid_file), what="the pid file")
     try:
         assert wait_for_greeting("127.0.0.1", port).startswith(b"+OK")
         assert proc_status(pid)["PPid"] != str(os.getpid())       # detached
@@ -561,6 +585,8 @@ def test_hangup_signal_aborts_the_session_with_update_on_abort(site, system_user
     client.close()
     assert "Subject: first" not in spool_text(site, user)       # Qpopper's default commits
     assert spool_text(site, user).count("Subject: ") == 2
+    site.syslog.wait_for(rf"Session of {user.name} at .* ended without QUIT in TRANSACTION: "
+                         r"hangup \(SIGHUP\)")
 
 
 def test_a_pipelined_login_is_answered_in_order(site, system_users):

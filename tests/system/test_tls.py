@@ -24,7 +24,9 @@ from qpopper import limits
 from tests.helpers.sysusers import make_spool
 from tests.helpers.testpki import TestPki
 from tests.helpers.tls_site import TlsSite, client_context, pipelined
-from tests.server_harness import (POPPER, free_port, mbox, read_greeting,
+from tests.helpers.repo import REPO
+from tests.server_harness import (POPPER, PopperServer, free_port, mbox, read_greeting,
+                                  read_pid_file,
                                   wait_until, write_config)
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
@@ -278,7 +280,7 @@ def test_inetd_mode_logs_a_bad_certificate_and_exits(site, pki):
         ours.settimeout(5)
         assert ours.recv(100) == b""                 # nothing at all reached the client
     assert result.returncode == 1 and result.stderr == b""
-    site.syslog.wait_for(r"TLS: the certificate in .*/inetd-expired\.pem expired on .*")
+    site.syslog.wait_for(r"TLS: tls-server-cert-file .*/inetd-expired\.pem: the certificate expired on .*")
 
 
 def test_over_the_limit_a_tls_port_closes_without_plain_text(world_tmp, pam_service, good, pki,
@@ -432,17 +434,39 @@ def test_identity_file_with_encrypted_key_and_passphrase(world_tmp, pam_service,
         s.close()
 
 
-def start_failure(world_tmp, **options) -> tuple[int, str]:
-    """Start `popper` with a TLS configuration that must be refused: (exit status, stderr)."""
+def start_failure(world_tmp, pam_service, **options) -> tuple[int, str]:
+    """Start `popper` with a TLS configuration that must be refused: (exit status, stderr).
+    `popper --check-config` on the same file must refuse it with the same line."""
     config = os.path.join(world_tmp, "bad.config")
-    write_config(config, tls_support="stls", **options)
+    write_config(config, tls_support="stls", pam_service=pam_service,
+                 spool_dir=world_tmp, **options)
+    checked = subprocess.run([POPPER, "--check-config", "-f", config], capture_output=True,
+                             text=True, timeout=30)
     result = subprocess.run([POPPER, f"127.0.0.1:{free_port()}", "-f", config],
                             capture_output=True, text=True, timeout=30,
                             env=dict(os.environ, QPOPPER_SYSLOG_SOCKET="/nonexistent"))
+    assert (checked.returncode, checked.stdout, checked.stderr) == (1, "", result.stderr), \
+        options
     return result.returncode, result.stderr
 
 
-def test_bad_certificates_are_refused_at_start_up(world_tmp, pki, good):
+def test_check_config_accepts_what_the_server_starts_with(world_tmp, pam_service, pki, good):
+    config = os.path.join(world_tmp, "good.config")
+    write_config(config, tls_support="stls", pam_service=pam_service, spool_dir=world_tmp,
+                 tls_server_cert_file=good.cert_file, tls_private_key_file=good.key_file)
+    checked = subprocess.run([POPPER, "--check-config", "-f", config], capture_output=True,
+                             text=True, timeout=30)
+    assert checked.returncode == 0 and checked.stderr == "", checked.stderr
+    assert "configuration valid" in checked.stdout.splitlines()[0]
+    server = PopperServer(world_tmp, config).start()
+    try:
+        with socket.create_connection((server.host, server.port), timeout=20) as raw:
+            assert read_greeting(raw).startswith(b"+OK ")
+    finally:
+        server.stop()
+
+
+def test_bad_certificates_are_refused_at_start_up(world_tmp, pam_service, pki, good):
     expired = pki.server("expired", expired=True)
     stray = pki.stray_key("stray")
     identity = pki.identity_file("locked", "right")
@@ -452,24 +476,25 @@ def test_bad_certificates_are_refused_at_start_up(world_tmp, pki, good):
         (dict(tls_server_cert_file=world_tmp),
          r"TLS: tls-server-cert-file .*: Is a directory"),
         (dict(tls_server_cert_file=good.cert_file, tls_private_key_file=stray),
-         r"TLS: the private key in .*/stray\.key does not match the certificate in "
-         r".*/good\.crt"),
+         r"TLS: tls-private-key-file .*/stray\.key: the private key does not match the "
+         r"certificate in tls-server-cert-file .*/good\.crt"),
         (dict(tls_server_cert_file=expired.combined_file),
-         r"TLS: the certificate in .*/expired\.pem expired on \d{4}-\d\d-\d\d \d\d:\d\d UTC"),
+         r"TLS: tls-server-cert-file .*/expired\.pem: the certificate expired on "
+         r"\d{4}-\d\d-\d\d \d\d:\d\d UTC"),
         (dict(tls_server_cert_file=good.cert_file),
-         r"TLS: .*/good\.crt: no PEM private key in it \(set tls-private-key-file\)"),
+         r"TLS: tls-server-cert-file .*/good\.crt: no PEM private key in it \(set tls-private-key-file\)"),
         (dict(tls_server_cert_file=good.key_file, tls_private_key_file=good.key_file),
          r"TLS: tls-server-cert-file .*/good\.key: no PEM certificate in it"),
         (dict(tls_identity_file=identity),
-         r"TLS: .*/locked\.pem: the private key is encrypted; set tls-passphrase"),
+         r"TLS: tls-identity-file .*/locked\.pem: the private key is encrypted; set tls-passphrase"),
         (dict(tls_identity_file=identity, tls_passphrase="wrong"),
-         r"TLS: .*/locked\.pem: cannot decrypt the private key with tls-passphrase .*"),
+         r"TLS: tls-identity-file .*/locked\.pem: cannot decrypt the private key with tls-passphrase .*"),
         ({}, r"TLS: tls-support stls needs a certificate: set tls-server-cert-file .*"),
         (dict(tls_server_cert_file=good.combined_file, tls_cipher_list="NOSUCHCIPHER"),
          r"TLS: tls-cipher-list 'NOSUCHCIPHER' selects no usable cipher"),
     ]
     for options, expected in cases:
-        status, stderr = start_failure(world_tmp, **options)
+        status, stderr = start_failure(world_tmp, pam_service, **options)
         assert status == 1, (options, stderr)
         lines = stderr.strip().splitlines()
         assert len(lines) == 1 and re.fullmatch(r"popper: " + expected, lines[0]), \
@@ -683,3 +708,33 @@ def test_the_login_deadline_bounds_a_silent_tls_handshake(world_tmp, pam_service
         s.syslog.wait_for(r"TLS handshake with 127\.0\.0\.1 failed: timed out")
     finally:
         s.close()
+
+
+def test_the_readmes_start_without_systemd_serves_both_ports(site, pki):
+    """The README's SysV-style command, with the test's configuration and free ports in
+    place of /etc/qpopper/qpopper.config, 110 and 995: STLS on one port, TLS on the other."""
+    readme = (REPO / "README.md").read_text()
+    command = re.search(r"Without systemd, `(popper [^`]*)`", readme.replace("\n", " "))[1]
+    plain, implicit = free_port(), free_port()
+    pid_file = os.path.join(site.root, "popper.pid")
+    argv = [POPPER if word == "popper" else word for word in command.split()]
+    argv = [site.config if word == "/etc/qpopper/qpopper.config" else
+            word.replace("=110", f"=127.0.0.1:{plain}").replace("=995", f"=127.0.0.1:{implicit}")
+            for word in argv]
+    assert argv[-1] == "--daemon" and f"--tls-listen=127.0.0.1:{implicit}" in argv
+    result = subprocess.run([*argv, f"--pid-file={pid_file}"], capture_output=True, text=True,
+                            timeout=30, stdin=subprocess.DEVNULL,
+                            env=dict(os.environ, QPOPPER_SYSLOG_SOCKET=site.syslog.path))
+    assert result.returncode == 0, result.stderr
+    master = wait_until(lambda: read_pid_file(pid_file), what="the pid file")
+    try:
+        with socket.create_connection(("127.0.0.1", plain), timeout=20) as raw:
+            assert read_greeting(raw).startswith(b"+OK")
+            assert pipelined(raw, "STLS")[0].startswith(b"+OK")      # STLS offered
+        with socket.create_connection(("127.0.0.1", implicit), timeout=20) as raw, \
+                client_context(pki).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            assert read_greeting(tls).startswith(b"+OK")
+    finally:
+        os.kill(master, signal.SIGTERM)
+    wait_until(lambda: not os.path.exists(pid_file), what="the master to stop")
+

@@ -28,11 +28,12 @@ PACKAGE_DIR = REPO / "qpopper"
 # of a package (and the package itself). Every name must exist (test_every_layer_name_exists).
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("", "limits", "addresses")),                   # "" is qpopper/__init__.py
-    ("vocabulary", ("pop3.responses", "option_types", "options")),
+    ("vocabulary", ("pop3.responses", "option_types", "options", "logcatalogue")),
     ("configuration", ("config",)),
     ("services", ("log", "server.sdnotify", "server.privsep", "server.tls", "server.monitor_wire",
                   "docgen")),
     ("domain", ("spool.*", "auth.*", "bulletins", "extensions.submit", "server.drac",
+                "server.preflight",
                 "server.reverse_lookup")),
     # extensions/ holds verbs and hooks plugged into the state machine (XTND, MDEF, X-MANGLE):
     # protocol code, pure like it. The one OS action they need, running the MTA for XTND XMIT,

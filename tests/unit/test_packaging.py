@@ -231,3 +231,30 @@ def test_the_package_build_runs_test_files_that_exist():
     rules = (REPO / "debian" / "rules").read_text()
     named = re.findall(r"\{dir\}/(tests/\S+\.py)", rules)
     assert named and [path for path in named if not (REPO / path).is_file()] == []
+
+
+def make_dry_run_packages(target: str) -> list[list[str]]:
+    """The Debian package lists `make TARGET` would install (its `for p in ...` loops),
+    read from make's dry run: the Makefile as make itself expands it."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    result = subprocess.run(["make", "-n", "-s", target], cwd=REPO, capture_output=True,
+                            text=True, timeout=60, env={"PATH": "/usr/bin:/bin",
+                                                        "HOME": "/nonexistent"})
+    assert result.returncode == 0, result.stderr
+    return [m.split() for m in re.findall(r"for p in ([^;]*); do dpkg-query", result.stdout)]
+
+
+def test_make_debs_installs_only_build_tools_and_test_peers_have_their_own_target():
+    (build,) = make_dry_run_packages("debs")
+    (peers,) = make_dry_run_packages("test-peers")
+    for tool in ("debhelper", "dh-python", "lintian", "rpm"):
+        assert tool in build
+    for peer in ("curl", "socat", "krb5-kdc", "krb5-admin-server", "gcc", "libkrb5-dev",
+                 "procmail", "strace", "fetchmail", "mpop", "fail2ban"):
+        assert peer in peers and peer not in build, peer
+    # make test installs both: the packaging tests build the .deb, the others use the peers
+    assert sorted(map(sorted, make_dry_run_packages("test"))) == sorted([sorted(build),
+                                                                         sorted(peers)])
+    readme = (REPO / "README.md").read_text()
+    assert "make debs" in readme and "make test-peers" in readme

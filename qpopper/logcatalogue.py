@@ -1,0 +1,266 @@
+"""Every log line an administrator can see, with what it means: the DIAGNOSTICS section of
+popper(8) (docgen.py renders it; docs/operations.md, "Log lines"). In a pattern `*` stands for
+what varies (a user name, an address, a path, an error text). tests/unit/test_log_catalogue.py
+keeps the list true: each log text of the code matches an entry, and each entry one text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class LogLine:
+    pattern: str
+    meaning: str
+    from_option: bool = False      # the text is an option's template, not in the code
+
+
+def _lines(*pairs: tuple[str, str]) -> tuple[LogLine, ...]:
+    return tuple(LogLine(pattern, meaning) for pattern, meaning in pairs)
+
+
+SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
+    ("Start-up, reload and shutdown (the master)", _lines(
+        ("master listening on *", "The master is ready; each listener with (STLS) or (TLS)."),
+        ("TLS certificate *", "The certificate in use (subject, file, oldest TLS version), at "
+                              "start-up and after each reload."),
+        ("configuration reloaded", "SIGHUP: new connections use the new configuration."),
+        ("reload failed, keeping the running configuration: *",
+         "SIGHUP found a mistake (the same one-line text as popper --check-config); nothing "
+         "changed. Fix it and reload again."),
+        ("*: no new connections; waiting for * session(s)",
+         "SIGTERM or SIGINT: the listeners are closed; running sessions get shutdown-grace "
+         "seconds."),
+        ("terminating * session(s)", "shutdown-grace is over: the remaining sessions get TERM "
+                                     "(each logs 'ended without QUIT ...: server shutdown')."),
+        ("master stopped", "The master has ended."),
+        ("accept: *; pausing", "Out of descriptors or memory: the master waits 0.1 s before "
+                               "accepting again. Raise LimitNOFILE or lower max-children."),
+        ("fork: *", "No process could be made for a connection; it is refused."),
+        ("tls-version * is obsolete and unsafe; using * and later instead (tls-min-version)",
+         "An old tls-version value; TLS 1.2 and later are used."),
+        ("tls-min-version * admits TLS versions RFC 8996 deprecated: unsafe, only for clients "
+         "that cannot do TLS 1.2", "tls-min-version lets TLS 1.0/1.1 in: a warning."),
+        ("TLS: *", "The certificate or key cannot be used (inetd mode, or a pre-login process "
+                   "that cannot load the checked copy); the connection is closed."),
+        ("stdin is a listening socket, not a connection: use inetd 'nowait' / systemd "
+         "Accept=yes, or run `popper [ADDRESS:]PORT`", "inetd or systemd passed a listening "
+                                                       "socket to the inetd mode."),
+    )),
+    ("Connections and their limits", _lines(
+        ("Refused connection from *: *", "max-children or max-children-per-address is reached "
+                                         "and every slot holds a logged-in session."),
+        ("*: ending a connection from * that has not logged in, for one from *",
+         "A limit is reached: the connection that waited longest without logging in makes "
+         "room (it is told -ERR [SYS/TEMP])."),
+        ("cannot serve *: *", "The monitor could not set up the connection (the pre-login "
+                              "sandbox, the pop.auth store, ...)."),
+        ("session failed: *: *", "inetd mode: an unexpected error ended the connection."),
+        ("*: no login within the deadline; ending the connection",
+         "The monitor ended a pre-login process that outlived login-timeout + 30 s."),
+        ("pre-login for * broke the monitor protocol (*); ending it",
+         "The pre-login process sent a frame out of order or malformed: it is killed. Should "
+         "never happen; report it."),
+        ("the monitor did not answer: *", "The pre-login process lost its monitor; the client "
+                                          "gets -ERR [SYS/TEMP]."),
+        ("the monitor closed the connection", "As above."),
+        ("the monitor answered * with *", "As above: an answer of the wrong kind."),
+        ("TLS handshake with * failed: *", "The client did not complete TLS (wrong port, old "
+                                           "TLS versions, a scanner)."),
+        ("TLS session with *: *", "TLS is up: version and cipher."),
+        ("client * gone during write: *", "Debug: the client left while being answered."),
+        ("Excessive input from *", "A line longer than the protocol allows; it is answered "
+                                   "-ERR and counts as a bad command."),
+        ("Too many bad commands from *", "The bad-command budget is spent; the session ends."),
+    )),
+    ("Logins", _lines(
+        ("LOGIN FAILED, user=*, method=*, ip=[*], failures=*, brake=*s",
+         "Wrong credentials (a wrong password, an unknown user): the line the fail2ban filter "
+         "/etc/fail2ban/filter.d/qpopper.conf matches. failures: the address's failed guesses "
+         "in the window, this one included; brake: what each further wrong guess from that "
+         "address costs from now on (see BRUTE-FORCE BRAKES)."),
+        ("LOGIN REFUSED (policy), user=*, method=*, ip=[*], reason=*",
+         "A login refused for policy, whatever the password (clear text outside TLS, a "
+         "mechanism not offered, no secret in the store, auth-file, nonauth-file, a blocked "
+         "uid, ...): not a failed guess, so neither braked nor matched by the fail2ban "
+         "filter; reason says which rule."),
+        ("*: * refused logins on one connection; closing it",
+         "The per-connection cap, reached with policy refusals."),
+        ("[AUTH] Failed attempted login to * from host (*) *",
+         "Qpopper's line for the same failure."),
+        ("login of \"*\" refused: *", "Why a login failed (no such user, PAM's answer, a "
+                                      "locked or expired account, uid 10 or below, ...)."),
+        ("*: * failed logins on one connection; closing it",
+         "The per-connection failure cap is reached."),
+        ("brute-force brake: * waits *s before its login attempt is checked (its brake is *s)",
+         "The address has a brake (see BRUTE-FORCE BRAKES): its attempt waits before being "
+         "checked."),
+        ("auth-brakes-file *: *; failed logins are not counted across connections",
+         "The brakes' file cannot be used; only the per-connection cap applies."),
+        ("USER from * (*) refused before the password: clear-text-password *",
+         "clear-text-password forbids USER/PASS here (outside TLS, or not local)."),
+        ("password of \"*\" has expired; login allowed (check-password-expired is off)",
+         "The account's password is expired; the login is allowed by configuration."),
+        ("AUTH * from *: *", "A SASL exchange failed or was malformed."),
+        ("*: SCRAM proof without server-first", "A SCRAM exchange out of order."),
+        ("GSSAPI from *: *", "A Kerberos (GSSAPI) login failed; the GSS-API's reason."),
+        ("PAM service *: * (*)", "PAM could not be used for a login (a broken stack)."),
+        ("cannot read user list *: *", "auth-file or nonauth-file cannot be read: nobody is "
+                                       "admitted."),
+        ("refused empty user name", "A login with an empty name."),
+        ("refused undecodable user name", "A user name that is not text."),
+        ("refused user name of * octets", "A user name too long."),
+        ("refused user name *", "A user name with '/', '..', a leading '.' or a control "
+                                "character."),
+        ("path * escapes *", "A user name that would leave the spool directory."),
+        ("user-database pop-auth: the pop-auth-owner account does not exist",
+         "pop.auth users run as pop-auth-owner, which is missing."),
+        ("pop-auth-owner account * does not exist: the pop.auth store * cannot be used",
+         "As above, for the store."),
+        ("pop.auth store * does not exist", "APOP/CRAM-MD5/SCRAM need the store: popauth "
+                                            "-init makes it."),
+        ("pop.auth store *: *", "The store cannot be opened."),
+        ("pop.auth store **: mode 0*, owner uid *; it must be a regular file, mode 0600, owned "
+         "by uid *", "The store's owner or mode is wrong; popper refuses to use it."),
+        ("pop.auth store *: not a pop.auth database (*)", "The file is not a store."),
+        ("pop.auth store *: schema version *, this server reads version *",
+         "The store was made by another version of popauth."),
+        ("[drac]: login by * from host * (*)", "DRAC (POP-before-SMTP) was told of a login."),
+        ("[drac]: * is not an IPv4 address; DRAC skipped", "DRAC knows IPv4 only."),
+        ("[drac]: *", "The DRAC server could not be told."),
+    ) + (LogLine("(v%0) POP login by user \"%1\" at (%2) %3",
+                 "log-login (and sasl-log-login): Qpopper's login line, when the option is set "
+                 "(%0 version, %1 user, %2 host, %3 address; see qpopper.config(5)).",
+                 from_option=True),)),
+    ("Sessions", _lines(
+        ("Stats: * * * * * * *", "-s (statistics): user, messages and octets deleted, "
+                                 "messages and octets left, client host and address."),
+        ("(v*) Timing for *@* (*) auth=* init=* clean=*",
+         "timing: seconds spent authenticating, opening the maildrop and cleaning up."),
+        ("(v*) Timeout (* secs) during nw read from * at * (*)",
+         "Idle timeout (the timeout option): the client sent nothing; the session is aborted "
+         "(update-on-abort decides whether deletions are kept). The user name is the last one "
+         "given, also before a login."),
+        ("* did not log in within login-timeout * s; closing",
+         "login-timeout: no login in time, however the client paced its bytes."),
+        ("EOF from * without QUIT", "The client closed the connection during TRANSACTION."),
+        ("Session of * ended without QUIT in *: *",
+         "A signal ended the session: 'server shutdown (SIGTERM)' after shutdown-grace, or "
+         "'hangup (SIGHUP)'."),
+        ("ending the session of *: *", "An aborted session could not be saved or restored "
+                                       "cleanly; the maildrop recovers at the next login."),
+        ("*; options file ignored", "A per-user options file has an error (file and line "
+                                    "named)."),
+        ("*: option '*' may not be set in *; ignored", "A per-user options file sets an option "
+                                                       "reserved to the administrator."),
+        ("Ignoring *: *", "A file that cannot be used is skipped (options file, .popbull)."),
+        ("Ignoring *: not a regular file", "As above."),
+        ("Unable to check *: *", "A per-user file could not be examined."),
+        ("XTND XMIT from *: message over * octets refused", "A message too big to send."),
+        ("Pop transmit from \"*\" on \"*\"", "XTND XMIT handed a message to mail-command."),
+        ("XTND XMIT from *: temporary file: *", "XTND XMIT could not store the message."),
+        ("XTND XMIT: writing the temporary file: *", "As above."),
+        ("XTND XMIT from *: * took over * s; killed", "mail-command hung."),
+        ("XTND XMIT from *: running *: *", "mail-command could not be run."),
+        ("XTND XMIT from *: * exited with status *", "mail-command refused the message."),
+    )),
+    ("The maildrop, locks and caches", _lines(
+        ("opening maildrop of *: *", "The maildrop could not be opened; the client gets "
+                                     "-ERR [SYS/TEMP]."),
+        ("opening the maildrop of *: *", "As above."),
+        ("closing the maildrop of *: *", "Releasing the maildrop after the session failed."),
+        ("stat *: *", "The spool directory cannot be examined."),
+        ("reading message * failed: *", "RETR/TOP could not read the spool."),
+        ("* (* of *'s maildrop: *: *)", "A maildrop step failed (the client's text, the step, "
+                                        "the file, the error)."),
+        ("* (* of *'s maildrop: *)", "As above, from a lock or permission refusal."),
+        ("*: not our plain file", "A bookkeeping file (journal, image) is not the session's "
+                                  "own plain file: refused."),
+        ("* is *", "The spool has the wrong owner, or is not a plain file."),
+        ("*: not a regular file with one link", "The spool is not a plain single-link file."),
+        ("* is a symbolic link", "The temporary drop is a symbolic link: refused."),
+        ("*: *", "The temporary drop was refused (the reason follows)."),
+        ("* is locked by another session", "The user has a session already ([IN-USE])."),
+        ("* kept changing", "The temporary drop was replaced under us repeatedly ([IN-USE])."),
+        ("* stayed busy for * s", "The spool's dot-lock stayed taken (a delivery agent, or a "
+                                  "stale lock)."),
+        ("flock/fcntl on * stayed busy", "The spool's kernel lock stayed taken."),
+        ("removed stale lock * (*)", "A dot-lock left by a dead process was removed."),
+        ("lock * was taken from us", "Another program removed our dot-lock."),
+        ("cannot refresh *: *", "The dot-lock's time could not be renewed."),
+        ("user * has no home directory", "home-dir-mail/home-dir-misc need a home."),
+        ("* * must contain %s and no '/'", "temp-name or cache-name is malformed."),
+        ("check-hash-dir: *", "A hashed spool directory was refused or could not be made."),
+        ("server-mode group * does not exist", "group-server-mode/group-no-server-mode names "
+                                               "no group."),
+        ("*'s cache does not end at a message; scanning the spool",
+         "The server-mode cache no longer matches the spool: rescanned."),
+        ("no cache for *: *", "The server-mode cache could not be read: the spool is scanned."),
+        ("cannot write *'s cache: *", "The server-mode cache could not be saved."),
+        ("the spool was replaced or cut during a server-mode session; left as it is",
+         "Someone else changed the spool: nothing is written back."),
+        ("fast-update of *: cannot give the image the spool's mode/group (*); copying",
+         "fast-update falls back to copying."),
+        ("fast-update of *: rename failed (*); copying", "As above."),
+        ("image of * octets shorter than spool *", "An update image does not cover the spool."),
+        ("recovering *'s maildrop from journal: *", "A session crashed; its journal is "
+                                                    "replayed at this login."),
+        ("*: unknown operation *", "A journal this version cannot read; left as is."),
+        ("*: replace without its image; left as is", "A journal without its image; left."),
+        ("*: commit without its image; left as is", "As above."),
+        ("*'s server-mode update had not begun; the spool stays as it was",
+         "Recovery: nothing to undo."),
+        ("rolling *'s update forward (* octets of new mail)", "Recovery finishes an update."),
+        ("*: unreadable journal (*); left as is", "A damaged journal; left for the "
+                                                  "administrator."),
+        ("mbox: no From line or MMDF separator at offset *", "The spool is not an mbox at "
+                                                              "that place."),
+        ("opening Maildir * of *: *", "A Maildir mailbox could not be opened ([SYS/TEMP])."),
+        ("updating Maildir *: *", "UPDATE of a Maildir failed; its journal finishes it at "
+                                  "the next login."),
+        ("* in * is gone", "A Maildir message vanished during the session."),
+        ("* in * is a link", "A Maildir message is a symbolic link: refused."),
+    )),
+    ("Bulletins", _lines(
+        ("Delivered * bulletin(s) to * (up to *)", "Bulletins were appended to the spool."),
+        ("No bulletins for *: no home directory for .popbull and no popbulldir",
+         "Nowhere to record what the user has seen."),
+        ("Unable to read bulletin directory *: *", "bulldir cannot be read."),
+        ("Unable to open Bulletin database for *: *", "The bulletin database cannot be used "
+                                                      "(without bulldb-nonfatal the login gets "
+                                                      "-ERR [SYS/TEMP]). Reported at once "
+                                                      "unless another session holds its lock; "
+                                                      "then after bulldb-max-tries tries."),
+        ("Bulletin database unusable, * goes on without bulletins: *", "As above, with "
+                                                                       "bulldb-nonfatal."),
+        ("Bulletins for * not delivered: *: *", "Copying bulletins failed; the spool is cut "
+                                                "back."),
+        ("Unable to cut *'s spool back to * octets after a failed bulletin copy: *",
+         "The cut back failed too: check the spool."),
+        ("Bulletin * skipped: it does not start with a valid 'From ' line",
+         "A bulletin file is not an mbox message."),
+        ("Bulletin * skipped: *", "A bulletin file cannot be read."),
+        ("Bulletin * skipped: not a plain file of at most * octets", "Too big, or not a file."),
+        ("Bulletin */* skipped: not world-readable", "Bulletin files must be mode 0644."),
+        ("Bulletin delivery of an earlier session of *: *", "A crashed delivery was settled."),
+        ("bulletin intent of * left: *", "A crashed delivery could not be settled yet."),
+        ("Ignoring a malformed bulletin intent of *", "A damaged record; ignored."),
+        ("Ignoring *: not a plain file of the user", "A .popbull file not owned by the user."),
+        ("fsync of *: *", "Writing .popbull could not be made durable."),
+    )),
+    ("poppassd (facility authpriv, ident poppassd)", _lines(
+        ("password changed for \"*\" from *", "A password was changed."),
+        ("password change for \"*\" from * refused: *", "A wrong old password (also logged as "
+                                                        "LOGIN FAILED, method=poppassd)."),
+        ("new password for \"*\" from * refused: *", "The PAM password stack refused the new "
+                                                     "password."),
+        ("password change for \"*\" from * failed: *", "PAM could not change it."),
+        ("dialogue from * not finished within * s; closed", "--deadline passed."),
+        ("timeout after *s from *", "--timeout passed without a line."),
+        ("over-long line from *; closed", "A line too long."),
+        ("configuration: *; no password changed", "The configuration file has an error."),
+    )),
+)
+
+ALL: tuple[LogLine, ...] = tuple(line for _, lines in SECTIONS for line in lines)

@@ -1,0 +1,179 @@
+"""The checks made before serving, by the master at start-up and HUP and by
+`popper --check-config`: one function (`check_site`), so what check-config accepts is what the
+server starts with (docs/operations.md, "Start-up checks").
+
+Each check passes, makes what Qpopper would have made itself (the bulletin database's
+directory, as popbulldir's is made), or raises PreflightError: one line naming the option,
+where it was set and the file. Nothing here waits or retries: these mistakes do not clear by
+themselves, so they must stop the start (or the reload) at once, not fail every login later.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import sqlite3
+import stat
+
+from qpopper.bulletins import BULLDB_DIR, BULLDB_FILE
+from qpopper.server import privsep
+from qpopper.server import tls as tls_mod
+
+PAM_DIR = "/etc/pam.d"
+
+BULLDB_DIR_MODE = 0o2770
+"""root:<spool group> 2770: every user's session (group mail) writes the database and the
+journal SQLite keeps beside it; users cannot read each other's records otherwise."""
+
+
+class PreflightError(Exception):
+    """The configuration cannot work on this system: one readable line."""
+
+
+def check_site(cfg, log=None) -> tls_mod.TlsIdentity | None:
+    """Every start-up check; returns the checked TLS identity (None without TLS), which the
+    caller owns (close it when only checking). Raises PreflightError."""
+    try:
+        privsep.check_prelogin_setup(cfg)
+    except privsep.SandboxError as exc:
+        raise PreflightError(str(exc)) from None
+    check_accounts(cfg)
+    check_directories(cfg)
+    ensure_bulldb_dir(cfg)
+    check_pam_service(cfg)
+    try:
+        return tls_mod.open_server_tls(cfg, log)
+    except tls_mod.TlsSetupError as exc:
+        raise PreflightError(f"TLS: {exc}") from None
+
+
+def _where(cfg, name: str) -> str:
+    source = cfg.source(name)
+    return "" if source == "default" else f" (set at {source})"
+
+
+# --- accounts and groups ---------------------------------------------------------------------------
+def check_accounts(cfg) -> None:
+    """pop-auth-owner (root only: the account pop.auth users run as) and the groups named by
+    group-server-mode / group-no-server-mode. prelogin-user: privsep.check_prelogin_setup."""
+    if cfg.user_database == "pop-auth" and os.geteuid() == 0:
+        try:
+            pwd.getpwnam(cfg.pop_auth_owner)
+        except KeyError:
+            raise PreflightError(f"pop-auth-owner {cfg.pop_auth_owner!r}"
+                                 f"{_where(cfg, 'pop-auth-owner')}: no such account") from None
+    for name in ("group-server-mode", "group-no-server-mode"):
+        group = cfg.get(name)
+        if group:
+            try:
+                grp.getgrnam(group)
+            except KeyError:
+                raise PreflightError(f"{name} {group!r}{_where(cfg, name)}: no such "
+                                     f"group") from None
+
+
+# --- directories -----------------------------------------------------------------------------------
+def check_directories(cfg) -> None:
+    """spool-dir (unless the spools are in the home directories), temp-dir, cache-dir,
+    bulldir and popbulldir: each an existing directory."""
+    names = ["temp-dir", "cache-dir", "bulldir", "popbulldir"]
+    if not cfg.home_dir_mail:
+        names.insert(0, "spool-dir")
+    for name in names:
+        path = cfg.get(name)
+        if path:
+            _directory(cfg, name, path)
+
+
+def _directory(cfg, name: str, path: str) -> os.stat_result:
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise PreflightError(f"{name} {path}{_where(cfg, name)}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise PreflightError(f"{name} {path}{_where(cfg, name)}: not a directory")
+    return st
+
+
+def ensure_bulldb_dir(cfg) -> None:
+    """With bulldb and bulldir: <bulldir>/bulldb exists (made root:<spool group> 2770 when
+    missing), the sessions' group may write it, and a database already there is one."""
+    if not (cfg.bulldb and cfg.bulldir):
+        return
+    path = os.path.join(cfg.bulldir, BULLDB_DIR)
+    what = f"bulldb {path}{_where(cfg, 'bulldb')}"
+    root = os.geteuid() == 0
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = _make_bulldb_dir(cfg, path, what, root)
+    except OSError as exc:
+        raise PreflightError(f"{what}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise PreflightError(f"{what}: not a directory")
+    if root:
+        group = _spool_gid(cfg)
+        if st.st_uid != 0 or st.st_gid != group or st.st_mode & 0o070 != 0o070:
+            raise PreflightError(f"{what}: must be owned by root and group "
+                                 f"{_group_name(group)} with group write (mode 2770), so "
+                                 f"every user's session can write the database")
+    _check_bulldb_file(os.path.join(path, BULLDB_FILE), what)
+
+
+def _make_bulldb_dir(cfg, path: str, what: str, root: bool) -> os.stat_result:
+    try:
+        os.mkdir(path, 0o700)
+        if root:
+            os.chown(path, 0, _spool_gid(cfg))
+        os.chmod(path, BULLDB_DIR_MODE)
+        return os.lstat(path)
+    except OSError as exc:
+        raise PreflightError(f"{what}: cannot create it: {exc.strerror}") from None
+
+
+def _check_bulldb_file(path: str, what: str) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return                                   # the first session creates it
+    except OSError as exc:
+        raise PreflightError(f"{what}: {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise PreflightError(f"{what}: {path} is not a regular file")
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            db.execute("SELECT name FROM sqlite_master").fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise PreflightError(f"{what}: {path}: {exc}") from None
+
+
+def _spool_gid(cfg) -> int:
+    """The sessions' effective group: the spool directory's (session.spool_group)."""
+    try:
+        return os.stat(cfg.spool_dir).st_gid
+    except OSError:
+        return grp.getgrnam("mail").gr_gid
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+# --- PAM ---------------------------------------------------------------------------------------------
+def check_pam_service(cfg) -> None:
+    """System users log in through pam-service: its file must exist, or PAM would use
+    /etc/pam.d/other (on Debian the system passwords, elsewhere often refuse everyone)."""
+    if cfg.user_database != "system":
+        return
+    service = cfg.pam_service
+    path = os.path.join(PAM_DIR, service)
+    if "/" in service or not os.path.isfile(path):
+        raise PreflightError(f"pam-service {service!r}{_where(cfg, 'pam-service')}: {path} "
+                             f"does not exist")
