@@ -16,7 +16,7 @@ import pwd
 import sqlite3
 import stat
 
-from qpopper.bulletins import BULLDB_DIR, BULLDB_FILE
+from qpopper.bulletin_records import BULLDB_DIR, BULLDB_FILE
 from qpopper.server import privsep
 from qpopper.server import tls as tls_mod
 

@@ -15,7 +15,7 @@ import syslog
 
 import pytest
 
-from qpopper import bulletins
+from qpopper import bulletin_records, bulletins
 from qpopper.auth import Login
 from qpopper.config import Config
 from qpopper.pop3.responses import PopError, RespCode
@@ -300,12 +300,12 @@ def test_mmdf_spool_gets_mmdf_wrapped_bulletins(tmp_path):
 # --- the bulletin database ------------------------------------------------------------------------
 def bulldb_env(tmp_path, **options):
     env = Env(tmp_path, bulldb=True, **options)
-    (env.bulldir / bulletins.BULLDB_DIR).mkdir()
+    (env.bulldir / bulletin_records.BULLDB_DIR).mkdir()
     return env
 
 
 def db_rows(env):
-    path = env.bulldir / bulletins.BULLDB_DIR / bulletins.BULLDB_FILE
+    path = env.bulldir / bulletin_records.BULLDB_DIR / bulletin_records.BULLDB_FILE
     db = sqlite3.connect(path)
     try:
         return db.execute("SELECT user, last, pending FROM seen ORDER BY user").fetchall()
@@ -322,8 +322,8 @@ def test_bulldb_first_use_reads_popbull_but_never_writes_it(tmp_path):
     assert env.subjects() == ["3.b"]
     assert db_rows(env) == [("alice", 3, None)]
     assert env.popbull.read_bytes() == b"2\n"
-    db_file = env.bulldir / bulletins.BULLDB_DIR / bulletins.BULLDB_FILE
-    assert os.stat(db_file).st_mode & 0o777 == bulletins.BULLDB_MODE
+    db_file = env.bulldir / bulletin_records.BULLDB_DIR / bulletin_records.BULLDB_FILE
+    assert os.stat(db_file).st_mode & 0o777 == bulletin_records.BULLDB_MODE
     env.post("4.b")
     env.popbull.write_bytes(b"0\n")                       # read only the first time
     assert env.deliver() == 1
@@ -365,14 +365,14 @@ def test_bulldb_unusable_for_good_is_refused_at_once_without_retries(tmp_path, m
     monkeypatch.setattr(bulletins.time, "sleep", waits.append)
     env = Env(tmp_path, bulldb=True)                      # bulldb-max-tries: 75
     if breakage == "not a database":
-        (env.bulldir / bulletins.BULLDB_DIR).mkdir()
-        (env.bulldir / bulletins.BULLDB_DIR / bulletins.BULLDB_FILE).write_bytes(b"x" * 4096)
+        (env.bulldir / bulletin_records.BULLDB_DIR).mkdir()
+        (env.bulldir / bulletin_records.BULLDB_DIR / bulletin_records.BULLDB_FILE).write_bytes(b"x" * 4096)
     env.post("1.b")
     with pytest.raises(PopError) as refused:
         env.deliver()
     assert refused.value.code == RespCode.SYS_TEMP
     assert waits == []
-    assert bulletins.BULLDB_FILE in refused.value.log and "tries" not in refused.value.log
+    assert bulletin_records.BULLDB_FILE in refused.value.log and "tries" not in refused.value.log
 
 
 def test_bulldb_locked_by_another_writer_is_retried_then_refused(tmp_path, monkeypatch):
@@ -382,10 +382,10 @@ def test_bulldb_locked_by_another_writer_is_retried_then_refused(tmp_path, monke
     env.post("1.b")
     env.post("2.b")
     env.popbull.write_bytes(b"1\n")
-    path = env.bulldir / bulletins.BULLDB_DIR / bulletins.BULLDB_FILE
+    path = env.bulldir / bulletin_records.BULLDB_DIR / bulletin_records.BULLDB_FILE
     holder = sqlite3.connect(path, isolation_level=None)
     try:
-        holder.execute(bulletins.BulletinDb.SCHEMA)
+        holder.execute(bulletin_records.BulletinDb.SCHEMA)
         holder.execute("BEGIN EXCLUSIVE")                  # another session holds it
         with pytest.raises(PopError) as refused:
             env.deliver()

@@ -16,7 +16,7 @@ import subprocess
 
 import pytest
 
-from qpopper import bulletins
+from qpopper import bulletin_records
 from tests.helpers.sysusers import make_spool
 from tests.server_harness import POPPER, Site, free_port, login, mbox
 
@@ -137,7 +137,7 @@ def test_popbulldir_record_is_created_by_the_user(site, system_users):
 
 
 def test_bulletin_database_shared_by_users_of_the_mail_group(site, system_users):
-    mail_dir(os.path.join(site.root, "bulls"), bulletins.BULLDB_DIR, 0o2770)
+    mail_dir(os.path.join(site.root, "bulls"), bulletin_records.BULLDB_DIR, 0o2770)
     with open(site.config, "a") as f:
         f.write("set bulldb\n")
     alice, bob = system_users.create("ba"), system_users.create("bb")
@@ -149,7 +149,7 @@ def test_bulletin_database_shared_by_users_of_the_mail_group(site, system_users)
             client.quit()
         finally:
             client.close()
-    path = os.path.join(site.root, "bulls", bulletins.BULLDB_DIR, bulletins.BULLDB_FILE)
+    path = os.path.join(site.root, "bulls", bulletin_records.BULLDB_DIR, bulletin_records.BULLDB_FILE)
     st = os.stat(path)
     assert st.st_gid == grp.getgrnam("mail").gr_gid and stat.S_IMODE(st.st_mode) == 0o660
     db = sqlite3.connect(path)
@@ -169,7 +169,7 @@ def check_config(config: str) -> subprocess.CompletedProcess:
 def test_start_up_and_check_config_make_the_missing_bulldb_directory(site):
     with open(site.config, "a") as f:
         f.write("set bulldb\n")
-    bulldb = os.path.join(site.root, "bulls", bulletins.BULLDB_DIR)
+    bulldb = os.path.join(site.root, "bulls", bulletin_records.BULLDB_DIR)
     result = check_config(site.config)
     assert result.returncode == 0, result.stderr
     st = os.lstat(bulldb)
@@ -184,7 +184,7 @@ def test_check_config_and_start_up_refuse_an_unusable_bulldb_with_one_line(site)
     """What --check-config refuses the server refuses to start with: the same line."""
     with open(site.config, "a") as f:
         f.write("set bulldb\n")
-    bulldb = os.path.join(site.root, "bulls", bulletins.BULLDB_DIR)
+    bulldb = os.path.join(site.root, "bulls", bulletin_records.BULLDB_DIR)
     with open(bulldb, "w") as f:                         # a file where the directory goes
         f.write("not a directory\n")
     checked = check_config(site.config)
@@ -205,7 +205,7 @@ def test_unusable_bulletin_database_refuses_the_login_at_once_with_sys_temp(site
     make_spool(site.spool_dir, user, mbox(("kept", "mail")))
     server = site.server()
     # broken after the start: a file where the directory was
-    bulldb = os.path.join(site.root, "bulls", bulletins.BULLDB_DIR)
+    bulldb = os.path.join(site.root, "bulls", bulletin_records.BULLDB_DIR)
     os.rmdir(bulldb)
     with open(bulldb, "w") as f:
         f.write("not a directory\n")
@@ -220,7 +220,7 @@ def test_unusable_bulletin_database_refuses_the_login_at_once_with_sys_temp(site
         client.close()
     # not retried: an error that cannot clear is reported at the first try
     site.syslog.wait_for(rf"Unable to open Bulletin database for {user.name}: "
-                         rf"{re.escape(bulldb)}/{bulletins.BULLDB_FILE}: Not a directory")
+                         rf"{re.escape(bulldb)}/{bulletin_records.BULLDB_FILE}: Not a directory")
     with open(os.path.join(site.spool_dir, user.name), "rb") as f:
         assert f.read() == mbox(("kept", "mail"))             # untouched
 

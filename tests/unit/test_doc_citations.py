@@ -20,7 +20,7 @@ CITATION = re.compile(r'docs/([\w.-]+\.md)(?:,? \(?"([^"\n]*)("?))?')
 OUTSIDE = [
     (re.compile(r"[Rr]eference (§|[A-Z]\d)"), "a numbered point of a document outside the repo"),
     (re.compile(r"\b[Dd]ecision §"), "a numbered decision outside the repo"),
-    (re.compile(r"DESIGN\.md|STYLE\.md|\.\./shared|/work/|shared notes"), "a file outside the repo"),
+    (re.compile(r"DESIGN\.md|DESIGN invariant|STYLE\.md|\.\./shared|/work/|shared notes"), "a file outside the repo"),
     (re.compile(r"\bthe [\w-]+ issue\b|\bissue #?\d+"), "an issue"),
     (re.compile(r"(?<![\w.-])[PSLABT][0-9]{1,2}(?:-[PSLABT]?[0-9]{1,2})?(?=[):;,]|$| [A-Za-z(])"
                 r"(?<!\bRFC [0-9])"), "a numbered point of a document outside the repo"),

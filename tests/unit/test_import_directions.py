@@ -32,7 +32,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("configuration", ("config",)),
     ("services", ("log", "server.sdnotify", "server.privsep", "server.tls", "server.monitor_wire",
                   "docgen")),
-    ("domain", ("spool.*", "auth.*", "bulletins", "extensions.submit", "server.drac",
+    ("domain", ("spool.*", "auth.*", "bulletins", "bulletin_records", "extensions.submit", "server.drac",
                 "server.preflight",
                 "server.reverse_lookup")),
     # extensions/ holds verbs and hooks plugged into the state machine (XTND, MDEF, X-MANGLE):
