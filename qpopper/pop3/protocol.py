@@ -15,7 +15,6 @@ auth_state.py (AUTHORIZATION) and trans_state.py (TRANSACTION); CAPA in capa.py.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import syslog
 import time
 from typing import Callable, Mapping, NoReturn
@@ -24,21 +23,15 @@ from qpopper import QPOPPER_VERSION, limits
 from qpopper.auth import Login, challenges
 from qpopper.pop3 import trace as pop_trace
 from qpopper.pop3.auth_state import AUTHORIZATION_COMMANDS, PendingUser, printable
+from qpopper.pop3.endings import Endings
+from qpopper.pop3.state import State
 from qpopper.pop3.command import NO_EXTENSIONS, BadCommand, Command, CommandSyntaxError, Extensions
 from qpopper.pop3.lines import TOO_LONG, LineReader
 from qpopper.pop3.trans_state import (TRANSACTION_COMMANDS, TRANSACTION_COMMANDS_WITH_MANGLE, SessionStats,
                               Transaction, login_reply)
-from qpopper.pop3.responses import (CRLF, TERMINATOR, TOO_MANY_CONNECTIONS, PopError, RespCode, dot_stuff,
-                        err, ok)
+from qpopper.pop3.responses import CRLF, TERMINATOR, PopError, RespCode, dot_stuff, err, ok
 
 __all__ = ["Protocol", "State", "Command", "Extensions", "CommandSyntaxError", "SessionStats"]
-
-
-class State(enum.StrEnum):
-    AUTHORIZATION = "AUTHORIZATION"
-    TRANSACTION = "TRANSACTION"
-    UPDATE = "UPDATE"
-    CLOSED = "CLOSED"
 
 
 # Replies of the framing layer. Each counts against the bad-command budget.
@@ -64,7 +57,7 @@ class _Continuation:
     on_too_long: Callable[[], None] | None
 
 
-class Protocol:
+class Protocol(Endings):
     """One POP3 conversation. All per-session state lives on this object (and on its
     Transaction once logged in)."""
 
@@ -157,54 +150,6 @@ class Protocol:
     def take_unread(self) -> bytes:
         """The bytes read but not yet handled (commands pipelined after the login)."""
         return self._lines.take()
-
-    def eof(self) -> None:
-        """The client went away without QUIT (no reply: nobody is listening)."""
-        if self.closed:
-            return
-        if self.state == State.TRANSACTION:
-            self.env.log(syslog.LOG_NOTICE, f"EOF from {self._who()} without QUIT")
-        self._abort()
-
-    def ended_by_signal(self, reason: str) -> None:
-        """A signal ends the session (the master's TERM after shutdown-grace, a SIGHUP):
-        logged as that, not as the client's EOF; no reply (Qpopper's catchSIGHUP)."""
-        if self.closed:
-            return
-        self.env.log(syslog.LOG_NOTICE, f"Session of {self._who()} ended without QUIT in "
-                                        f"{self.state.value}: {reason}")
-        self._abort()
-
-    def displaced(self) -> None:
-        """The server ended this connection, which had not logged in, to make room for
-        another (its connection limits were reached): say why, then close."""
-        if self.state == State.AUTHORIZATION:
-            self.reply(err(TOO_MANY_CONNECTIONS, RespCode.SYS_TEMP))
-        self._close()
-
-    def read_timeout(self, idle_timeout: float) -> float:
-        """How long the session may wait for the client's next bytes: `idle_timeout` (the
-        `timeout` option), but in AUTHORIZATION never past the state's deadline
-        (`login-timeout` seconds after the connection began): a client sending a byte
-        just inside each timeout must not hold a root process forever. 0 means the time is
-        up; the session then calls timeout() as for an idle client."""
-        if self.state != State.AUTHORIZATION:
-            return idle_timeout
-        return max(0.0, min(idle_timeout, self.authorization_deadline - self.monotonic()))
-
-    def timeout(self) -> None:
-        """The client sent nothing for cfg.timeout seconds.
-
-        RFC 1939 §3: an autologout sends no response, so nothing is written. Qpopper logs the
-        timeout (the session does: log.timeout_line) and aborts; with update-on-abort, its
-        default, the abort commits deletions.
-        """
-        if self.closed:
-            return
-        if self.state == State.AUTHORIZATION and self.monotonic() >= self.authorization_deadline:
-            self.env.log(syslog.LOG_NOTICE, f"{self._who()} did not log in within "
-                                            f"login-timeout {self.cfg.login_timeout} s; closing")
-        self._abort()
 
     def stats(self) -> SessionStats | None:
         """Counters for the session's Stats line; None before login."""
@@ -377,25 +322,7 @@ class Protocol:
         if self.charge_bad_command():
             self.reply(refusal.render())
 
-    # --- the session's end -----------------------------------------------------------------
-    def _abort(self) -> None:
-        """End without QUIT (EOF, timeout, bad-command budget, fatal refusal).
-
-        In TRANSACTION, Qpopper's update-on-abort (its default, against RFC 1939 §6) commits
-        as QUIT would; otherwise the maildrop is restored untouched.
-        """
-        if self.state == State.TRANSACTION and self.trans is not None:
-            try:
-                if self.cfg.update_on_abort:
-                    self._update(quit=False)
-                else:
-                    self.trans.maildrop.restore()
-            except PopError as refusal:
-                # Nobody reads a reply now: the log is the only place this can be told.
-                self.env.log(syslog.LOG_ERR, f"ending the session of {self._who()}: "
-                                             f"{refusal.log or refusal.text}")
-        self._close()
-
+    # --- the session's end (and pop3/endings.py) ----------------------------------------------
     def _update(self, *, quit: bool) -> None:
         self.state = State.UPDATE
         self.trans.update(delete_retrieved=quit and self._deletes_retrieved())
