@@ -24,6 +24,7 @@ import time
 import setproctitle
 
 from qpopper import config as config_mod
+from qpopper import proxy_protocol
 from qpopper.server import privsep, sdnotify
 from qpopper.server import tls as tls_mod
 from qpopper.addresses import address_group, normalize_ip
@@ -51,7 +52,8 @@ REAP_INTERVAL_S = 1.0
 class Child:
     """One connection's monitor, as the master accounts for it."""
 
-    group: str                  # address_group(client): the per-address limit's key
+    group: str | None           # address_group(client): the per-address limit's key;
+                                # None until a proxied connection's monitor reports it
     started: float              # monotonic
     logged_in: bool = False     # its user session runs: never displaced
     displaced: bool = False     # ended to make room (no longer counted)
@@ -155,13 +157,15 @@ class Master:
 
     def __init__(self, cfg, inv, listeners: list[socket.socket], log: Logger,
                  notify_systemd: bool = True, reload=None,
-                 tls: tls_mod.TlsIdentity | None = None, implicit_tls=()):
+                 tls: tls_mod.TlsIdentity | None = None, implicit_tls=(), proxied=()):
         """`implicit_tls`: the listeners (among `listeners`) that speak TLS from the first
-        byte (tls-listen); the others follow tls-support. `tls`: the context built at
-        start-up, inherited by every child."""
+        byte (tls-listen); the others follow tls-support. `proxied`: those whose
+        connections begin with a PROXY protocol header (proxy-protocol). `tls`: the context
+        built at start-up, inherited by every child."""
         self.cfg = cfg
         self.tls = tls
         self.implicit_tls = set(implicit_tls)
+        self.proxied = set(proxied)
         self.inv = inv
         self.reload = reload or self._load_configuration
         self.listeners = listeners
@@ -171,7 +175,9 @@ class Master:
         self.hostname = socket.gethostname()
         self.children: dict[int, Child] = {}               # pid → its monitor's facts
         self.per_address: collections.Counter[str] = collections.Counter()
-        self._logins_r = self._logins_w = -1     # monitors write "pid\n" once logged in
+        # monitors write "PID\n" once logged in, "PID ADDRESS\n" for a proxied client
+        self._logins_r = self._logins_w = -1
+        self._notices = b""                      # a notice line not yet read whole
         self._displaced = 0                      # children ended to make room, not yet reaped
         self.pending_signals: collections.deque[int] = collections.deque()
         self.stopping = False
@@ -296,16 +302,32 @@ class Master:
                 raise
             client_ip = normalize_ip(addr[0]) if isinstance(addr, tuple) else "unknown"
             tls_mode = self._tls_mode(listener)
-            group = address_group(client_ip)        # parsed once: the limit and the count
+            proxy = self._proxy_networks() if listener in self.proxied else None
+            if proxy is not None and not proxy_protocol.is_trusted(client_ip, proxy):
+                # nothing is read from it: the header of a stranger is never parsed
+                self.log(syslog.LOG_NOTICE, f"Refused connection from {client_ip}: not in "
+                                            f"proxy-trusted-networks of a proxy-protocol "
+                                            f"listener")
+                conn.close()
+                continue
+            # a proxied client's address is known only once its header is read: the monitor
+            # reports it and _proxied_address applies the per-address limit then
+            group = address_group(client_ip) if proxy is None else None
             refusal = self._make_room(group, client_ip)
             if refusal:
                 # a TLS client would read a plain-text -ERR as a broken handshake: just close
                 self._refuse(conn, client_ip, refusal, answer=tls_mode != "implicit")
                 continue
             self._fork_session(conn, (client_ip, addr[1] if isinstance(addr, tuple) else 0),
-                               group, tls_mode)
+                               group, tls_mode, proxy)
 
-    def _make_room(self, group: str, client_ip: str) -> str | None:
+    def _proxy_networks(self) -> tuple:
+        if getattr(self, "_proxy_cfg", None) is not self.cfg:      # parsed once per (re)load
+            self._proxy_nets = proxy_protocol.parse_networks(self.cfg.proxy_trusted_networks)
+            self._proxy_cfg = self.cfg
+        return self._proxy_nets
+
+    def _make_room(self, group: str | None, client_ip: str) -> str | None:
         """Room for a new connection from `group`: when a limit is reached, the connection
         that has waited longest without logging in (from that group for the per-address
         limit) is ended for it — Dovecot's "connection queue full" — so idle sockets cannot
@@ -325,7 +347,7 @@ class Master:
             self._displace(pid, client_ip, refusal)
         return self._over_limit(group)[0]
 
-    def _over_limit(self, group: str) -> tuple[str | None, bool]:
+    def _over_limit(self, group: str | None) -> tuple[str | None, bool]:
         """(why a new connection from `group` is over a limit, or None; whether only a
         connection of that group may make room for it)."""
         total = self.cfg.max_children
@@ -333,7 +355,7 @@ class Master:
         live = len(self.children) - self._displaced
         if total and live >= total:
             return f"{live} sessions running (max-children {total})", False
-        if per_address and self.per_address[group] >= per_address:
+        if per_address and group is not None and self.per_address[group] >= per_address:
             return (f"{self.per_address[group]} sessions from {group} "
                     f"(max-children-per-address {per_address})", True)
         return None, False
@@ -352,19 +374,50 @@ class Master:
         except ProcessLookupError:
             pass
 
-    def _uncount(self, group: str) -> None:
+    def _uncount(self, group: str | None) -> None:
+        if group is None:
+            return                               # a proxied client not yet reported
         self.per_address[group] -= 1
         if self.per_address[group] <= 0:
             del self.per_address[group]          # no state left behind per address
 
     def _read_logins(self) -> None:
+        """The monitors' notices: `PID` (its user session runs) and `PID ADDRESS` (the
+        client address of a proxied connection, from its PROXY header)."""
         try:
             data = os.read(self._logins_r, 4096)
         except BlockingIOError:
             return
-        for word in data.split():
-            if word.isdigit() and int(word) in self.children:
-                self.children[int(word)].logged_in = True
+        *lines, self._notices = (self._notices + data).split(b"\n")
+        for line in lines:
+            words = line.decode("ascii", "replace").split()
+            if not words or not words[0].isdigit() or int(words[0]) not in self.children:
+                continue
+            pid = int(words[0])
+            if len(words) == 1:
+                self.children[pid].logged_in = True
+            elif len(words) == 2:
+                self._proxied_address(pid, words[1])
+
+    def _proxied_address(self, pid: int, client_ip: str) -> None:
+        """A proxied connection's client is known: count it for max-children-per-address,
+        and over the limit end the connection of that address that has waited longest
+        without logging in — this one when all the others are logged in (its pre-login
+        process answers -ERR [SYS/TEMP]); docs/scale-out.md, "Limits"."""
+        child = self.children[pid]
+        if child.displaced or child.group is not None:
+            return
+        child.group = group = address_group(client_ip)
+        self.per_address[group] += 1
+        limit = self.cfg.max_children_per_address
+        if not limit or self.per_address[group] <= limit:
+            return
+        why = (f"{self.per_address[group] - 1} sessions from {group} "
+               f"(max-children-per-address {limit})")
+        waiting = [p for p, c in self.children.items()
+                   if c.group == group and not (c.displaced or c.logged_in) and p != pid]
+        victim = min(waiting, key=lambda p: self.children[p].started) if waiting else pid
+        self._displace(victim, client_ip, why)
 
     def _refuse(self, conn: socket.socket, client_ip: str, why: str, answer: bool = True) -> None:
         """Over a limit: answer from the master, without forking, and close."""
@@ -378,8 +431,8 @@ class Master:
         finally:
             conn.close()
 
-    def _fork_session(self, conn: socket.socket, peer: tuple[str, int], group: str,
-                      tls_mode: str | None = None) -> None:
+    def _fork_session(self, conn: socket.socket, peer: tuple[str, int], group: str | None,
+                      tls_mode: str | None = None, proxy=None) -> None:
         try:
             pid = os.fork()
         except OSError as exc:
@@ -387,22 +440,24 @@ class Master:
             self._refuse(conn, peer[0], "fork failed")
             return
         if pid == 0:
-            self._child(conn, peer, tls_mode)            # never returns
+            self._child(conn, peer, tls_mode, proxy)     # never returns
         conn.close()
         try:
             os.setpgid(pid, pid)             # as the child does: no race with a killpg
         except OSError:
             pass
         self.children[pid] = Child(group, time.monotonic())   # _reap uncounts it
-        self.per_address[group] += 1
+        if group is not None:
+            self.per_address[group] += 1
 
-    def _child(self, conn: socket.socket, peer: tuple[str, int], tls_mode: str | None) -> None:
+    def _child(self, conn: socket.socket, peer: tuple[str, int], tls_mode: str | None,
+               proxy) -> None:
         # never lets the child fall back into the loop
         exit_after(self.log, f"session for {peer[0]}",
-                   lambda: self._run_monitor(conn, peer, tls_mode))
+                   lambda: self._run_monitor(conn, peer, tls_mode, proxy))
 
     def _run_monitor(self, conn: socket.socket, peer: tuple[str, int],
-                     tls_mode: str | None) -> int:
+                     tls_mode: str | None, proxy) -> int:
         os.setpgid(0, 0)          # the connection's processes are one group: killpg ends all
         self._uninstall_signals()
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
@@ -419,14 +474,15 @@ class Master:
         os.close(self._logins_r)
         logins_w = self._logins_w
 
-        def tell_master() -> None:
+        def tell_master(*words: str) -> None:
             try:
-                os.write(logins_w, f"{os.getpid()}\n".encode())
+                os.write(logins_w, " ".join((str(os.getpid()), *words)).encode() + b"\n")
             except OSError:
                 pass
         return Monitor(self.cfg, self.log, hostname=self.hostname, peer=peer,
                        client=Client(conn.fileno(), conn.fileno(), conn), tls=self.tls,
-                       tls_mode=tls_mode, on_login=tell_master,
+                       tls_mode=tls_mode, on_login=tell_master, proxy=proxy,
+                       on_client_address=tell_master,
                        close_in_children=(logins_w,)).run()
 
     # --- children ------------------------------------------------------------------------------
@@ -541,6 +597,7 @@ def run_master(cfg, inv) -> int:
         privsep.check_prelogin_setup(cfg)
         server_tls = tls_mod.open_server_tls(cfg, log)
         listeners, implicit_tls = open_listeners(cfg)
+        proxied = proxy_listeners(cfg, listeners)
     except (ListenError, tls_mod.TlsSetupError, privsep.SandboxError) as exc:
         for sock in listeners:
             sock.close()
@@ -556,9 +613,9 @@ def run_master(cfg, inv) -> int:
         log(syslog.LOG_INFO, f"TLS certificate {server_tls.description}")
     try:
         if cfg.daemon:
-            return _run_daemonized(cfg, inv, listeners, log, server_tls, implicit_tls)
+            return _run_daemonized(cfg, inv, listeners, log, server_tls, implicit_tls, proxied)
         return Master(cfg, inv, listeners, log, tls=server_tls,
-                      implicit_tls=implicit_tls).serve()
+                      implicit_tls=implicit_tls, proxied=proxied).serve()
     finally:
         for sock in listeners:
             sock.close()
@@ -585,7 +642,32 @@ def open_listeners(cfg) -> tuple[list[socket.socket], list[socket.socket]]:
     return plain + implicit, implicit
 
 
-def _run_daemonized(cfg, inv, listeners, log, server_tls=None, implicit_tls=()) -> int:
+def proxy_listeners(cfg, listeners) -> list[socket.socket]:
+    """The listeners named by proxy-protocol (matched by port, and by address unless the
+    entry has none); an entry matching none, or proxy-protocol without
+    proxy-trusted-networks, is a ListenError."""
+    specs = list(cfg.proxy_protocol or ())
+    if not specs:
+        return []
+    if not cfg.proxy_trusted_networks:
+        raise ListenError("proxy-protocol needs proxy-trusted-networks: the load balancers "
+                          "allowed to send the header")
+    chosen = []
+    for spec in specs:
+        host, port = parse_listen(spec)
+        wanted = None if host is None else {normalize_ip(sa[0]) for _, sa, _ in
+                                            resolve_listeners([spec])}
+        found = [sock for sock in listeners if sock.getsockname()[1] == port
+                 and (wanted is None or normalize_ip(sock.getsockname()[0]) in wanted)]
+        if not found:
+            raise ListenError(f"proxy-protocol {spec}: no listen or tls-listen entry has "
+                              f"this address")
+        chosen += found
+    return chosen
+
+
+def _run_daemonized(cfg, inv, listeners, log, server_tls=None, implicit_tls=(),
+                    proxied=()) -> int:
     """SysV-style: detach with python-daemon, write the pid file, keep the listeners and the
     syslog socket open across the detach."""
     import daemon
@@ -616,7 +698,7 @@ def _run_daemonized(cfg, inv, listeners, log, server_tls=None, implicit_tls=()) 
         return 1
     try:
         return Master(cfg, inv, listeners, log, notify_systemd=False, tls=server_tls,
-                      implicit_tls=implicit_tls).serve()
+                      implicit_tls=implicit_tls, proxied=proxied).serve()
     finally:
         context.close()
 
