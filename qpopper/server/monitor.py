@@ -245,15 +245,19 @@ class Monitor:
             self.log(syslog.LOG_NOTICE, f"PROXY protocol header from {self.real_ip} "
                                         f"refused: {exc}; closing")
             return False
+        # HAProxy's v1 health check names its own connection (v2 sends LOCAL): a header
+        # whose client is this very connection's peer is the proxy speaking for itself
+        local = header.local or (header.source == self.real_ip
+                                 and header.source_port == self.peer[1])
         try:
-            wire.send(sock, wire.Kind.PROXIED, header.local, header.source or "",
+            wire.send(sock, wire.Kind.PROXIED, local, header.source or "",
                       str(header.source_port or 0))
             answer = wire.receive(sock, (wire.Kind.DATA,))
         except (OSError, wire.FrameError):
             answer = None
         if answer is None:
             return False
-        if header.local:
+        if local:
             self._answer_health_check()
             return False
         self.client_ip = answer.text(0)
@@ -263,9 +267,9 @@ class Monitor:
         return True
 
     def _answer_health_check(self) -> None:
-        """The proxy's own connection (v2 LOCAL, v1 UNKNOWN): one +OK line for a check
-        that expects a greeting, no session; inside implicit TLS nothing (a check there
-        only connects)."""
+        """The proxy's own connection (v2 LOCAL, v1 UNKNOWN or its own address): one +OK
+        line for a check that expects a greeting, no session; inside implicit TLS nothing
+        (a check there only connects)."""
         if self.tls_mode != "implicit":
             try:
                 self.client.sock.sendall(HEALTH_CHECK_REPLY)

@@ -201,7 +201,10 @@ class DotLock:
             why = f"older than {self.stale_s:g} s"
         elif stat.S_ISREG(st.st_mode):
             pid, host = self._read_holder()
-            if pid > 0 and host in (None, self.host) and process_gone(pid):
+            # a pid without a host (dotlockfile -p) may be another host's on a shared (NFS)
+            # spool: with no-atomic-open only its age counts (docs/scale-out.md)
+            ours = host == self.host or (host is None and not self.nfs_safe)
+            if pid > 0 and ours and process_gone(pid):
                 why = f"holder pid {pid} is gone"
         if why is None:
             return False
