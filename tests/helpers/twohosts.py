@@ -57,7 +57,7 @@ def two_hosts():
             _ip("ip", "link", "set", "lo", "up", namespace=ns)
             _ip("ip", "addr", "del", "127.0.0.1/8", "dev", "lo", namespace=ns)
             _ip("ip", "addr", "add", "127.0.0.1/32", "dev", "lo", namespace=ns)
-        (ns_a, addr_a), (ns_b, addr_b) = hosts["a"], hosts["b"]
+        (ns_a, _), (ns_b, _) = hosts["a"], hosts["b"]
         _ip("ip", "link", "add", f"qv{tag}a", "netns", ns_a, "type", "veth",
             "peer", "name", f"qv{tag}b", "netns", ns_b)
         for (ns, addr), (_, peer), end in ((hosts["a"], hosts["b"], "a"),
