@@ -38,7 +38,6 @@ from qpopper import proxy_protocol
 from qpopper.server import prelogin
 from qpopper.server import tls as tls_mod
 from qpopper.log import Logger
-from qpopper.addresses import normalize_ip
 from qpopper.server.reverse_lookup import ForkedReverseLookup
 from qpopper.server.session import (DISPLACE_SIGNAL, Channel, Session, socket_peer, spool_group,
                       tls_mode_for_listen_port)
@@ -419,7 +418,10 @@ class Monitor:
         if frame.flag(0):
             self._closing = True            # a health check: no client, no more requests
             return wire.encode(wire.Kind.DATA, b"", True)
-        address = normalize_ip(str(ipaddress.ip_address(frame.text(1))))
+        ip = ipaddress.ip_address(frame.text(1))
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped                  # written as IPv4, as normalize_ip does
+        address = str(ip)
         port = frame.text(2)
         if not (port.isascii() and port.isdigit() and int(port) <= 65535):
             raise ProtocolViolation("PROXIED with a bad port")
