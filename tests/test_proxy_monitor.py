@@ -145,3 +145,19 @@ def test_bad_values_name_file_and_line(tmp_path, line, complaint):
     with pytest.raises(config_mod.ConfigError) as refused:
         config_mod.load(["-f", str(path)])
     assert str(refused.value).startswith(f"{path}:2:") and complaint in str(refused.value)
+
+
+def test_the_reverse_lookup_waits_for_the_header_address():
+    """The pre-login process forks its lookup helper before the sandbox, when the client's
+    address is not known yet; begin() hands it the header's address."""
+    import pwd
+
+    from qpopper.reverse_lookup import ForkedReverseLookup
+    from tests.helpers.sysusers import PRELOGIN_USER, is_root
+    if not is_root():
+        pytest.skip("needs root: the helper drops to the pre-login account")
+    account = pwd.getpwnam(PRELOGIN_USER)
+    for address, name in (("127.0.0.1", "localhost"), ("127.0.0.41", "127.0.0.41")):
+        lookup = ForkedReverseLookup(None, account.pw_uid, account.pw_gid)
+        lookup.begin(address)
+        assert lookup.result() == name
