@@ -403,7 +403,8 @@ class Master:
         """A proxied connection's client is known: count it for max-children-per-address,
         and over the limit end the connection of that address that has waited longest
         without logging in — this one when all the others are logged in (its pre-login
-        process answers -ERR [SYS/TEMP]); docs/scale-out.md, "Limits"."""
+        process answers -ERR [SYS/TEMP]).
+        docs/scale-out.md, "Where the client's address comes from"."""
         child = self.children[pid]
         if child.displaced or child.group is not None:
             return

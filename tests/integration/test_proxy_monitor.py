@@ -11,11 +11,11 @@ import sys
 
 import pytest
 
-from qpopper import monitor as monitor_mod
-from qpopper import monitor_wire as wire
+from qpopper.server import monitor as monitor_mod
+from qpopper.server import monitor_wire as wire
 from qpopper import proxy_protocol
 from qpopper.config import Config
-from qpopper.master import ListenError, bind_listeners, proxy_listeners
+from qpopper.server.master import ListenError, bind_listeners, proxy_listeners
 from tests.server_harness import POPPER, free_port, prelogin_args
 
 TRUSTED = proxy_protocol.parse_networks(["127.0.0.1/32", "10.0.0.0/8"])
@@ -152,7 +152,7 @@ def test_the_reverse_lookup_waits_for_the_header_address():
     address is not known yet; begin() hands it the header's address."""
     import pwd
 
-    from qpopper.reverse_lookup import ForkedReverseLookup
+    from qpopper.server.reverse_lookup import ForkedReverseLookup
     from tests.helpers.sysusers import PRELOGIN_USER, is_root
     if not is_root():
         pytest.skip("needs root: the helper drops to the pre-login account")

@@ -26,7 +26,7 @@ import pytest
 from qpopper import proxy_protocol
 from tests.helpers import twohosts
 from tests.helpers.sysusers import make_spool
-from tests.scaleout_recipe import snippet
+from tests.helpers.scaleout_recipe import snippet
 from tests.server_harness import POPPER, SyslogCapture, prelogin_args, write_config
 
 pytestmark = pytest.mark.timeout(900)
@@ -46,7 +46,13 @@ class HostPOP3(poplib.POP3):
 
     def __init__(self, namespace: str, address: str, client_ip: str):
         self._namespace, self._client_ip = namespace, client_ip
-        super().__init__(address, POP_PORT, timeout=60)
+        try:
+            super().__init__(address, POP_PORT, timeout=60)
+        except BaseException:
+            for part in (getattr(self, "file", None), getattr(self, "sock", None)):
+                if part is not None:     # poplib leaves the socket open when the welcome fails
+                    part.close()
+            raise
 
     def _create_socket(self, timeout):
         sock = twohosts.socket_on(self._namespace)

@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 
 from qpopper import proxy_protocol
+from tests.helpers.repo import REPO
 from tests.server_harness import PopperServer, read_greeting
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "scale-out.md"
+DOC = REPO / "docs" / "scale-out.md"
 _SNIPPET_RE = re.compile(r"<!-- snippet: (?P<name>[\w.]+) -->\n```\n(?P<body>.*?)```", re.S)
 HAPROXY = "/usr/sbin/haproxy"
 

@@ -16,7 +16,7 @@ import pytest
 
 from qpopper import proxy_protocol
 from tests.helpers.sysusers import make_spool
-from tests.scaleout_recipe import (HAPROXY, ProxiedServer, running_haproxy, server_states,
+from tests.helpers.scaleout_recipe import (HAPROXY, ProxiedServer, running_haproxy, server_states,
                                    snippet)
 from tests.server_harness import Site, free_port, mbox, read_greeting, wait_until
 
@@ -32,11 +32,21 @@ class ClientPOP3(poplib.POP3):
 
     def __init__(self, host: str, port: int, source: str):
         self._source = source
-        super().__init__(host, port, timeout=20)
+        try:
+            super().__init__(host, port, timeout=20)
+        except BaseException:
+            close_quietly(self)          # poplib leaves the socket open when the welcome fails
+            raise
 
     def _create_socket(self, timeout):
         return socket.create_connection((self.host, self.port), timeout,
                                         source_address=(self._source, 0))
+
+
+def close_quietly(client: poplib.POP3) -> None:
+    for part in (getattr(client, "file", None), getattr(client, "sock", None)):
+        if part is not None:
+            part.close()
 
 
 def connect_raw(port: int, source: str, host: str = "127.0.0.1") -> socket.socket:
@@ -149,20 +159,20 @@ def _host_of_monitor(scaleout, source: str) -> str:
 
 def test_per_address_limit_counts_the_client_not_the_balancer(scaleout):
     x = CLIENTS[0]
-    first, second = connect_raw(scaleout["front"], x), connect_raw(scaleout["front"], x)
-    with first, second:
+    with contextlib.ExitStack() as stack:
+        # one after the other: the master's "waited longest" is the order it accepted them
+        first = stack.enter_context(connect_raw(scaleout["front"], x))
         assert read_greeting(first).startswith(b"+OK")
+        second = stack.enter_context(connect_raw(scaleout["front"], x))
         assert read_greeting(second).startswith(b"+OK")
         host = _host_of_monitor(scaleout, x)
         port = scaleout["ports"][host]
         # two more clients on the same host, straight from the balancer's address with a
         # header of their own: under the limit, they must not displace x's connections
-        others = []
-        for n, other in enumerate(("198.51.100.7", "198.51.100.8")):
-            sock = connect_raw(port, BALANCER)
+        others = [stack.enter_context(connect_raw(port, BALANCER)) for _ in range(2)]
+        for n, (sock, other) in enumerate(zip(others, ("198.51.100.7", "198.51.100.8"))):
             sock.sendall(proxy_protocol.make_v2(other, 50000 + n, "127.0.0.1", port))
             assert read_greeting(sock).startswith(b"+OK")
-            others.append(sock)
         for sock in (first, second, *others):
             assert still_waiting(sock)
         # a third connection from x: x's oldest waiting connection is ended for it
@@ -174,8 +184,6 @@ def test_per_address_limit_counts_the_client_not_the_balancer(scaleout):
         scaleout["sites"][host].syslog.wait_for(
             rf"2 sessions from {re.escape(x)} \(max-children-per-address 2\): ending a "
             rf"connection from {re.escape(x)} that has not logged in, for one from {re.escape(x)}")
-        for sock in others:
-            sock.close()
 
 
 def test_brakes_count_the_client_address(scaleout):
