@@ -18,6 +18,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.helpers import daemons
+
 GANESHA = "/usr/bin/ganesha.nfsd"
 LIBNFS = "libnfs.so.13"
 
@@ -210,10 +212,4 @@ def ganesha(workdir: str, directory: str, address: str = "127.0.0.1"):
                 time.sleep(0.2)
         yield lib, port
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        daemons.stop(proc, signal.SIGTERM, 20)

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from qpopper import proxy_protocol
+from tests.helpers import daemons
 from tests.helpers.repo import REPO
 from tests.server_harness import PopperServer, read_greeting
 
@@ -96,13 +97,7 @@ def running_haproxy(workdir: str, config: str):
             time.sleep(0.05)
         yield admin
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGUSR1)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        daemons.stop(proc, signal.SIGUSR1, 5)       # USR1: HAProxy's soft stop
         log.close()
 
 

@@ -15,7 +15,7 @@ from qpopper.server import monitor as monitor_mod
 from qpopper.server import monitor_wire as wire
 from qpopper import proxy_protocol
 from qpopper.config import Config
-from qpopper.server.master import ListenError, bind_listeners, proxy_listeners
+from qpopper.server.listeners import ListenError, bind_listeners, proxy_listeners
 from tests.server_harness import POPPER, free_port, prelogin_args
 
 TRUSTED = proxy_protocol.parse_networks(["127.0.0.1/32", "10.0.0.0/8"])
