@@ -106,3 +106,36 @@ def test_link_lock_and_dotlockfile_exclude_each_other(tmp_path):
     # another host's, so only the lock's age frees it; on a local spool it is stale
     assert not DotLock(lock_path, nfs_safe=True).try_acquire()
     assert DotLock(lock_path, nfs_safe=False).try_acquire()
+
+
+def _kernel_locks_of_another_process(path: str) -> tuple[bool, bool]:
+    """(flock, fcntl) as another process gets them on `path` right now, non-blocking."""
+    probe = ("import fcntl, os, sys\n"
+             "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+             "def got(take):\n"
+             "    try:\n"
+             "        take()\n"
+             "        return '1'\n"
+             "    except OSError:\n"
+             "        return '0'\n"
+             "print(got(lambda: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)) +\n"
+             "      got(lambda: fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)))\n")
+    import sys
+    out = subprocess.run([sys.executable, "-c", probe, path], capture_output=True, text=True,
+                         timeout=30, check=True).stdout.strip()
+    return out[0] == "1", out[1] == "1"
+
+
+@pytest.mark.parametrize("nfs_safe, expected", [(False, (False, False)), (True, (True, False))])
+def test_the_spool_lock_under_no_atomic_open_is_the_fcntl_lock_alone(tmp_path, nfs_safe,
+                                                                     expected):
+    """On NFS flock is an fcntl lock: one process taking both would refuse itself."""
+    from qpopper.spool.locking import SpoolLock
+    spool = str(tmp_path / "user")
+    lock = SpoolLock(spool, spool + ".lock", create=True, create_mode=0o600, nfs_safe=nfs_safe)
+    lock.acquire(LockTiming(attempts=1))
+    try:
+        assert _kernel_locks_of_another_process(spool) == expected
+    finally:
+        lock.release()
+    assert _kernel_locks_of_another_process(spool) == (True, True)
