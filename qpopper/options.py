@@ -462,8 +462,9 @@ OPTIONS: tuple[Option, ...] = (
        extension=True, repeatable=True, check=check_listen, scope=Scope.STARTUP,
        example="127.0.0.1:1110"),
     _s("proxy-trusted-networks", (),
-       "Extension: ADDRESS or ADDRESS/PREFIX of the load balancers allowed to connect to "
-       "the proxy-protocol listeners; repeat to add more. Required when proxy-protocol is "
+       "Extension: the load balancers allowed to connect to the proxy-protocol listeners: "
+       "IPv4 and IPv6 networks in CIDR form (a bare address is its own /32 or /128), "
+       "separated by spaces or commas; repeat to add more. Required when proxy-protocol is "
        "set.",
        extension=True, repeatable=True, check=check_networks, scope=Scope.STARTUP,
        example="127.0.0.1/32"),

@@ -186,20 +186,3 @@ def make_v2(source: str | None, source_port: int = 0, destination: str | None = 
     body = src.packed + dst.packed + struct.pack(">HH", source_port, destination_port) + tlvs
     return V2_SIGNATURE + bytes((0x21, family)) + len(body).to_bytes(2, "big") + body
 
-
-# --- whom to believe ------------------------------------------------------------------------
-def parse_networks(specs) -> tuple:
-    """proxy-trusted-networks entries (`ADDRESS` or `ADDRESS/PREFIX`) → networks."""
-    return tuple(ipaddress.ip_network(spec.strip(), strict=False) for spec in specs)
-
-
-def is_trusted(address: str, networks) -> bool:
-    """Is the connection's real peer `address` one of the proxies allowed to send a header?
-    An IPv4 peer on a dual-stack socket (::ffff:a.b.c.d) counts as its IPv4 address."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip.version == net.version and ip in net for net in networks)

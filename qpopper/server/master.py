@@ -24,10 +24,9 @@ import time
 import setproctitle
 
 from qpopper import config as config_mod
-from qpopper import proxy_protocol
 from qpopper.server import privsep, sdnotify
 from qpopper.server import tls as tls_mod
-from qpopper.addresses import address_group, normalize_ip
+from qpopper.addresses import address_group, in_networks, normalize_ip, parse_networks
 from qpopper.auth import pam as pam_auth
 from qpopper.log import Logger
 from qpopper.server.listeners import (LISTEN_BACKLOG, ListenError, format_sockaddr, open_listeners,
@@ -208,7 +207,7 @@ class Master:
             client_ip = normalize_ip(addr[0]) if isinstance(addr, tuple) else "unknown"
             tls_mode = self._tls_mode(listener)
             proxy = self._proxy_networks() if listener in self.proxied else None
-            if proxy is not None and not proxy_protocol.is_trusted(client_ip, proxy):
+            if proxy is not None and not in_networks(client_ip, proxy):
                 # nothing is read from it: the header of a stranger is never parsed
                 self.log(syslog.LOG_NOTICE, f"Refused connection from {client_ip}: not in "
                                             f"proxy-trusted-networks of a proxy-protocol "
@@ -228,7 +227,8 @@ class Master:
 
     def _proxy_networks(self) -> tuple:
         if getattr(self, "_proxy_cfg", None) is not self.cfg:      # parsed once per (re)load
-            self._proxy_nets = proxy_protocol.parse_networks(self.cfg.proxy_trusted_networks)
+            self._proxy_nets = tuple(net for entry in self.cfg.proxy_trusted_networks
+                                     for net in parse_networks(entry))
             self._proxy_cfg = self.cfg
         return self._proxy_nets
 

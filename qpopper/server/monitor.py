@@ -35,6 +35,7 @@ from qpopper import limits
 from qpopper.server import privsep
 from qpopper.server import monitor_wire as wire
 from qpopper import proxy_protocol
+from qpopper.addresses import in_networks
 from qpopper.server import prelogin
 from qpopper.server import tls as tls_mod
 from qpopper.log import Logger
@@ -412,7 +413,7 @@ class Monitor:
         address and a port."""
         if self.proxy is None or self.proxied:
             raise ProtocolViolation("PROXIED on a connection without a PROXY header")
-        if not proxy_protocol.is_trusted(self.real_ip, self.proxy):
+        if not in_networks(self.real_ip, self.proxy):
             raise ProtocolViolation(f"PROXY header from untrusted {self.real_ip}")
         self.proxied = True
         if frame.flag(0):

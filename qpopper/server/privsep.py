@@ -4,8 +4,6 @@ What runs as root, and so what a security review must read (popa3d / OpenSSH hab
 process model is docs/privsep.md). No module here reads a client byte as root:
   qpopper/cli.py, config.py, options.py      start-up: argv, configuration files
   qpopper/server/master.py, listeners.py      listeners, accept, fork, signals (root for good)
-  qpopper/proxy_protocol.py (is_trusted)      the trusted proxies, by the real peer's address;
-                                              its header decoder runs in the pre-login process
   qpopper/server/monitor.py, monitor_wire.py  one per connection: answers the pre-login
                                               process's frames, then becomes the user session
   qpopper/auth/policy.py, challenges.py,      in the monitor: user lookup, PAM, the pop.auth

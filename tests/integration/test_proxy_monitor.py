@@ -13,12 +13,12 @@ import pytest
 
 from qpopper.server import monitor as monitor_mod
 from qpopper.server import monitor_wire as wire
-from qpopper import proxy_protocol
+from qpopper.addresses import parse_networks
 from qpopper.config import Config
 from qpopper.server.listeners import ListenError, bind_listeners, proxy_listeners
 from tests.server_harness import POPPER, free_port, prelogin_args
 
-TRUSTED = proxy_protocol.parse_networks(["127.0.0.1/32", "10.0.0.0/8"])
+TRUSTED = parse_networks("127.0.0.1/32, 10.0.0.0/8")
 
 
 class Sink(list):
@@ -134,8 +134,8 @@ def test_popper_refuses_to_start_with_a_proxy_listener_and_no_trusted_networks(t
 
 
 @pytest.mark.parametrize("line, complaint", [
-    ("set proxy-trusted-networks = 10.0.0.0/33", "expects an IP address or network"),
-    ("set proxy-trusted-networks = example.org", "expects an IP address or network"),
+    ("set proxy-trusted-networks = 10.0.0.0/33", "expects IPv4 or IPv6 networks"),
+    ("set proxy-trusted-networks = 127.0.0.1,example.org", "'example.org' is not an IPv4"),
     ("set proxy-protocol = 127.0.0.1:99999", "expects [ADDRESS:]PORT"),
 ])
 def test_bad_values_name_file_and_line(tmp_path, line, complaint):
