@@ -326,8 +326,9 @@ class SpoolLock:
     False). With `nfs_safe` (no-atomic-open: the spool is on NFS) the kernel lock is the fcntl
     lock alone: the Linux NFS client turns flock into an fcntl lock on the whole file owned by
     the open file, so taking both in one process would conflict with itself, and the fcntl
-    lock already excludes flock users on every host (docs/scale-out.md, "Locks across hosts"). Keep this the only descriptor of the spool in the process: closing any descriptor of
-    a file drops the process's fcntl locks on it.
+    lock already excludes flock users on every host (docs/scale-out.md, "Locks across hosts").
+    Keep this the only descriptor of the spool in the process: closing any descriptor of a
+    file drops the process's fcntl locks on it.
     """
 
     def __init__(self, spool_path: str, lock_path: str, *, create: bool, create_mode: int,
