@@ -18,7 +18,8 @@ DEB_BUILD_PACKAGES := debhelper dh-python python3-all python3-setuptools python3
 # `make test-peers`, which `make test` runs; never part of `make debs`.
 DEB_TEST_PACKAGES := curl socat iproute2 openssl procps strace passwd login libpam-modules liblockfile-bin procmail \
 	ssl-cert adduser systemd python3-gdbm \
-	krb5-kdc krb5-admin-server libkrb5-dev gcc mpop fail2ban python3-systemd fetchmail e2fsprogs quota
+	krb5-kdc krb5-admin-server libkrb5-dev gcc mpop fail2ban python3-systemd fetchmail e2fsprogs quota \
+	haproxy nfs-ganesha nfs-ganesha-vfs libnfs13
 PIP_TEST_PACKAGES := pytest pytest-timeout
 # Waits for another apt/dpkg run instead of failing.
 APT_GET := apt-get -o DPkg::Lock::Timeout=600

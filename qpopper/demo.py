@@ -30,7 +30,8 @@ from qpopper.server import privsep
 from qpopper.auth import Login
 from qpopper.auth.store import PopAuthStore
 from qpopper.log import QPOPPER_LOG_LOGIN, Logger
-from qpopper.server.master import ListenError, Master, bind_listeners, format_sockaddr, parse_listen
+from qpopper.server.listeners import ListenError, bind_listeners, format_sockaddr, parse_listen
+from qpopper.server.master import Master
 
 DEMO_DIR = "demo-data"
 DEMO_HOST = "127.0.0.1"

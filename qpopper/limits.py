@@ -51,6 +51,11 @@ MAX_LOGIN_TIMEOUT_S = 3600
 """The largest `login-timeout`: an hour of AUTHORIZATION is already a root process held by a
 client that has not proved anything (and it stays far inside what poll() takes)."""
 
+PROXY_HEADER_TIMEOUT_S = 10.0
+"""How long the pre-login process waits for the PROXY protocol header on a proxy-protocol
+listener (docs/scale-out.md). HAProxy writes it with its connect, before any client byte;
+a peer that holds it back holds a root monitor, so this is far below login-timeout."""
+
 AUTH_FAILURE_DELAY_S = 2.0
 """Qpopper's fixed SLEEP_SECONDS after a failed login, before the -ERR reply."""
 

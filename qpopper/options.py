@@ -457,6 +457,22 @@ OPTIONS: tuple[Option, ...] = (
        "files, which still works).",
        extension=True, repeatable=True, check=check_listen, scope=Scope.STARTUP,
        example="995"),
+    _s("proxy-protocol", (),
+       "Extension: a listen or tls-listen entry ([ADDRESS:]PORT, written as there) whose "
+       "connections come through a load balancer and begin with a PROXY protocol header "
+       "(v1 or v2: HAProxy's send-proxy, send-proxy-v2); the client address in it is then "
+       "the one logs, limits, brakes and DRAC use. Required there: a connection without a "
+       "valid header, or from outside proxy-trusted-networks, is closed unanswered. Repeat "
+       "to add more (docs/scale-out.md).",
+       extension=True, repeatable=True, check=check_listen, scope=Scope.STARTUP,
+       example="127.0.0.1:1110"),
+    _s("proxy-trusted-networks", (),
+       "Extension: the load balancers allowed to connect to the proxy-protocol listeners: "
+       "IPv4 and IPv6 networks in CIDR form (a bare address is its own /32 or /128), "
+       "separated by spaces or commas; repeat to add more. Required when proxy-protocol is "
+       "set.",
+       extension=True, repeatable=True, check=check_networks, scope=Scope.STARTUP,
+       example="127.0.0.1/32"),
     _b("xtnd-xmit", True,
        "Extension: accept XTND XMIT, Qpopper's command that submits a message through "
        "mail-command as the logged-in user (with the user's own group, never the mail "

@@ -26,18 +26,15 @@ import setproctitle
 from qpopper import config as config_mod
 from qpopper.server import preflight, sdnotify
 from qpopper.server import tls as tls_mod
-from qpopper.addresses import address_group, normalize_ip
+from qpopper.addresses import address_group, in_networks, normalize_ip, parse_networks
 from qpopper.auth import pam as pam_auth
 from qpopper.log import Logger
+from qpopper.server.listeners import (LISTEN_BACKLOG, ListenError, format_sockaddr, open_listeners,
+                                      proxy_listeners)
 from qpopper.server.monitor import Client, Monitor, exit_after
 from qpopper.pop3.responses import TOO_MANY_CONNECTIONS, RespCode, err
 from qpopper.server.session import DISPLACE_SIGNAL, tls_mode_for_listen_port
 from qpopper.spool.locking import process_gone
-
-LISTEN_BACKLOG = 128
-"""Pending connections per listener; the kernel caps it at net.core.somaxconn."""
-
-DEFAULT_PORT = 110
 
 KILL_AFTER_TERM_S = 5
 """After the grace period children get SIGTERM (they abort like a hangup); this long later,
@@ -51,102 +48,11 @@ REAP_INTERVAL_S = 1.0
 class Child:
     """One connection's monitor, as the master accounts for it."""
 
-    group: str                  # address_group(client): the per-address limit's key
+    group: str | None           # address_group(client): the per-address limit's key;
+                                # None until a proxied connection's monitor reports it
     started: float              # monotonic
     logged_in: bool = False     # its user session runs: never displaced
     displaced: bool = False     # ended to make room (no longer counted)
-
-
-class ListenError(Exception):
-    """A listener could not be set up: one readable line for the administrator."""
-
-
-# --- listeners -----------------------------------------------------------------------------------
-def parse_listen(spec) -> tuple[str | None, int]:
-    """A `listen` value — `PORT`, `ADDRESS:PORT`, `[IPV6]:PORT` — or a (host, port) pair →
-    (host, or None for every address; port)."""
-    if isinstance(spec, (tuple, list)):
-        host, port = spec
-        return (host or None), int(port)
-    text = str(spec).strip()
-    host: str | None = None
-    port_text = text
-    if text.startswith("["):
-        close = text.find("]")
-        if close < 0 or not text[close + 1:].startswith(":"):
-            raise ListenError(f"listen address {text!r}: expected [IPV6]:PORT")
-        host, port_text = text[1:close], text[close + 2:]
-    elif ":" in text:
-        if text.count(":") > 1:
-            raise ListenError(f"listen address {text!r}: write IPv6 addresses as [ADDRESS]:PORT")
-        host, port_text = text.rsplit(":", 1)
-    if not port_text.isdigit() or int(port_text) > 65535:
-        raise ListenError(f"listen address {text!r}: the port must be a number 0..65535")
-    if host == "*":
-        host = None
-    return (host or None), int(port_text)
-
-
-def _has_ipv6() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM):
-            return True
-    except OSError:
-        return False
-
-
-def resolve_listeners(specs) -> list[tuple[int, tuple, bool]]:
-    """Each spec → (family, sockaddr, v6only). A bare port is every address: `[::]` dual stack
-    (or 0.0.0.0 without IPv6). `[::]` is made v6-only when an IPv4 wildcard on the same port is
-    also asked for, so both can be bound."""
-    parsed = [parse_listen(s) for s in specs] or [(None, DEFAULT_PORT)]
-    result = []
-    for host, port in parsed:
-        if host is None:
-            if _has_ipv6():
-                result.append((socket.AF_INET6, ("::", port, 0, 0), False))
-            else:
-                result.append((socket.AF_INET, ("0.0.0.0", port), False))
-            continue
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                       flags=socket.AI_PASSIVE | socket.AI_NUMERICSERV)
-        except socket.gaierror as exc:
-            raise ListenError(f"listen address {host}:{port}: {exc.strerror}") from None
-        family, _, _, _, sockaddr = infos[0]
-        result.append((family, sockaddr, False))
-    v4_wildcards = {sa[1] for fam, sa, _ in result if fam == socket.AF_INET and sa[0] == "0.0.0.0"}
-    return [(fam, sa, fam == socket.AF_INET6 and sa[0] == "::" and sa[1] in v4_wildcards)
-            for fam, sa, _ in result]
-
-
-def bind_listeners(specs) -> list[socket.socket]:
-    listeners = []
-    try:
-        for family, sockaddr, v6only in resolve_listeners(specs):
-            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            listeners.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if v6only else 0)
-            try:
-                sock.bind(sockaddr)
-            except OSError as exc:
-                raise ListenError(f"cannot listen on {format_sockaddr(sockaddr)}: "
-                                  f"{exc.strerror}") from None
-            sock.listen(LISTEN_BACKLOG)
-    except BaseException:
-        for sock in listeners:
-            sock.close()
-        raise
-    return listeners
-
-
-def format_sockaddr(sockaddr) -> str:
-    host, port = sockaddr[0], sockaddr[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 # --- the master ------------------------------------------------------------------------------------
@@ -155,13 +61,15 @@ class Master:
 
     def __init__(self, cfg, inv, listeners: list[socket.socket], log: Logger,
                  notify_systemd: bool = True, reload=None,
-                 tls: tls_mod.TlsIdentity | None = None, implicit_tls=()):
+                 tls: tls_mod.TlsIdentity | None = None, implicit_tls=(), proxied=()):
         """`implicit_tls`: the listeners (among `listeners`) that speak TLS from the first
-        byte (tls-listen); the others follow tls-support. `tls`: the context built at
-        start-up, inherited by every child."""
+        byte (tls-listen); the others follow tls-support. `proxied`: those whose
+        connections begin with a PROXY protocol header (proxy-protocol). `tls`: the context
+        built at start-up, inherited by every child."""
         self.cfg = cfg
         self.tls = tls
         self.implicit_tls = set(implicit_tls)
+        self.proxied = set(proxied)
         self.inv = inv
         self.reload = reload or self._load_configuration
         self.listeners = listeners
@@ -171,7 +79,9 @@ class Master:
         self.hostname = socket.gethostname()
         self.children: dict[int, Child] = {}               # pid → its monitor's facts
         self.per_address: collections.Counter[str] = collections.Counter()
-        self._logins_r = self._logins_w = -1     # monitors write "pid\n" once logged in
+        # monitors write "PID\n" once logged in, "PID ADDRESS\n" for a proxied client
+        self._logins_r = self._logins_w = -1
+        self._notices = b""                      # a notice line not yet read whole
         self._displaced = 0                      # children ended to make room, not yet reaped
         self.pending_signals: collections.deque[int] = collections.deque()
         self.stopping = False
@@ -296,16 +206,33 @@ class Master:
                 raise
             client_ip = normalize_ip(addr[0]) if isinstance(addr, tuple) else "unknown"
             tls_mode = self._tls_mode(listener)
-            group = address_group(client_ip)        # parsed once: the limit and the count
+            proxy = self._proxy_networks() if listener in self.proxied else None
+            if proxy is not None and not in_networks(client_ip, proxy):
+                # nothing is read from it: the header of a stranger is never parsed
+                self.log(syslog.LOG_NOTICE, f"Refused connection from {client_ip}: not in "
+                                            f"proxy-trusted-networks of a proxy-protocol "
+                                            f"listener")
+                conn.close()
+                continue
+            # a proxied client's address is known only once its header is read: the monitor
+            # reports it and _proxied_address applies the per-address limit then
+            group = address_group(client_ip) if proxy is None else None
             refusal = self._make_room(group, client_ip)
             if refusal:
                 # a TLS client would read a plain-text -ERR as a broken handshake: just close
                 self._refuse(conn, client_ip, refusal, answer=tls_mode != "implicit")
                 continue
             self._fork_session(conn, (client_ip, addr[1] if isinstance(addr, tuple) else 0),
-                               group, tls_mode)
+                               group, tls_mode, proxy)
 
-    def _make_room(self, group: str, client_ip: str) -> str | None:
+    def _proxy_networks(self) -> tuple:
+        if getattr(self, "_proxy_cfg", None) is not self.cfg:      # parsed once per (re)load
+            self._proxy_nets = tuple(net for entry in self.cfg.proxy_trusted_networks
+                                     for net in parse_networks(entry))
+            self._proxy_cfg = self.cfg
+        return self._proxy_nets
+
+    def _make_room(self, group: str | None, client_ip: str) -> str | None:
         """Room for a new connection from `group`: when a limit is reached, the connection
         that has waited longest without logging in (from that group for the per-address
         limit) is ended for it — Dovecot's "connection queue full" — so idle sockets cannot
@@ -325,7 +252,7 @@ class Master:
             self._displace(pid, client_ip, refusal)
         return self._over_limit(group)[0]
 
-    def _over_limit(self, group: str) -> tuple[str | None, bool]:
+    def _over_limit(self, group: str | None) -> tuple[str | None, bool]:
         """(why a new connection from `group` is over a limit, or None; whether only a
         connection of that group may make room for it)."""
         total = self.cfg.max_children
@@ -333,7 +260,7 @@ class Master:
         live = len(self.children) - self._displaced
         if total and live >= total:
             return f"{live} sessions running (max-children {total})", False
-        if per_address and self.per_address[group] >= per_address:
+        if per_address and group is not None and self.per_address[group] >= per_address:
             return (f"{self.per_address[group]} sessions from {group} "
                     f"(max-children-per-address {per_address})", True)
         return None, False
@@ -352,19 +279,51 @@ class Master:
         except ProcessLookupError:
             pass
 
-    def _uncount(self, group: str) -> None:
+    def _uncount(self, group: str | None) -> None:
+        if group is None:
+            return                               # a proxied client not yet reported
         self.per_address[group] -= 1
         if self.per_address[group] <= 0:
             del self.per_address[group]          # no state left behind per address
 
     def _read_logins(self) -> None:
+        """The monitors' notices: `PID` (its user session runs) and `PID ADDRESS` (the
+        client address of a proxied connection, from its PROXY header)."""
         try:
             data = os.read(self._logins_r, 4096)
         except BlockingIOError:
             return
-        for word in data.split():
-            if word.isdigit() and int(word) in self.children:
-                self.children[int(word)].logged_in = True
+        *lines, self._notices = (self._notices + data).split(b"\n")
+        for line in lines:
+            words = line.decode("ascii", "replace").split()
+            if not words or not words[0].isdigit() or int(words[0]) not in self.children:
+                continue
+            pid = int(words[0])
+            if len(words) == 1:
+                self.children[pid].logged_in = True
+            elif len(words) == 2:
+                self._proxied_address(pid, words[1])
+
+    def _proxied_address(self, pid: int, client_ip: str) -> None:
+        """A proxied connection's client is known: count it for max-children-per-address,
+        and over the limit end the connection of that address that has waited longest
+        without logging in — this one when all the others are logged in (its pre-login
+        process answers -ERR [SYS/TEMP]).
+        docs/scale-out.md, "Where the client's address comes from"."""
+        child = self.children[pid]
+        if child.displaced or child.group is not None:
+            return
+        child.group = group = address_group(client_ip)
+        self.per_address[group] += 1
+        limit = self.cfg.max_children_per_address
+        if not limit or self.per_address[group] <= limit:
+            return
+        why = (f"{self.per_address[group] - 1} sessions from {group} "
+               f"(max-children-per-address {limit})")
+        waiting = [p for p, c in self.children.items()
+                   if c.group == group and not (c.displaced or c.logged_in) and p != pid]
+        victim = min(waiting, key=lambda p: self.children[p].started) if waiting else pid
+        self._displace(victim, client_ip, why)
 
     def _refuse(self, conn: socket.socket, client_ip: str, why: str, answer: bool = True) -> None:
         """Over a limit: answer from the master, without forking, and close."""
@@ -378,8 +337,8 @@ class Master:
         finally:
             conn.close()
 
-    def _fork_session(self, conn: socket.socket, peer: tuple[str, int], group: str,
-                      tls_mode: str | None = None) -> None:
+    def _fork_session(self, conn: socket.socket, peer: tuple[str, int], group: str | None,
+                      tls_mode: str | None = None, proxy=None) -> None:
         try:
             pid = os.fork()
         except OSError as exc:
@@ -387,22 +346,24 @@ class Master:
             self._refuse(conn, peer[0], "fork failed")
             return
         if pid == 0:
-            self._child(conn, peer, tls_mode)            # never returns
+            self._child(conn, peer, tls_mode, proxy)     # never returns
         conn.close()
         try:
             os.setpgid(pid, pid)             # as the child does: no race with a killpg
         except OSError:
             pass
         self.children[pid] = Child(group, time.monotonic())   # _reap uncounts it
-        self.per_address[group] += 1
+        if group is not None:
+            self.per_address[group] += 1
 
-    def _child(self, conn: socket.socket, peer: tuple[str, int], tls_mode: str | None) -> None:
+    def _child(self, conn: socket.socket, peer: tuple[str, int], tls_mode: str | None,
+               proxy) -> None:
         # never lets the child fall back into the loop
         exit_after(self.log, f"session for {peer[0]}",
-                   lambda: self._run_monitor(conn, peer, tls_mode))
+                   lambda: self._run_monitor(conn, peer, tls_mode, proxy))
 
     def _run_monitor(self, conn: socket.socket, peer: tuple[str, int],
-                     tls_mode: str | None) -> int:
+                     tls_mode: str | None, proxy) -> int:
         os.setpgid(0, 0)          # the connection's processes are one group: killpg ends all
         self._uninstall_signals()
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
@@ -419,14 +380,15 @@ class Master:
         os.close(self._logins_r)
         logins_w = self._logins_w
 
-        def tell_master() -> None:
+        def tell_master(*words: str) -> None:
             try:
-                os.write(logins_w, f"{os.getpid()}\n".encode())
+                os.write(logins_w, " ".join((str(os.getpid()), *words)).encode() + b"\n")
             except OSError:
                 pass
         return Monitor(self.cfg, self.log, hostname=self.hostname, peer=peer,
                        client=Client(conn.fileno(), conn.fileno(), conn), tls=self.tls,
-                       tls_mode=tls_mode, on_login=tell_master,
+                       tls_mode=tls_mode, on_login=tell_master, proxy=proxy,
+                       on_client_address=tell_master,
                        close_in_children=(logins_w,)).run()
 
     # --- children ------------------------------------------------------------------------------
@@ -541,6 +503,7 @@ def run_master(cfg, inv) -> int:
         # the checks `popper --check-config` makes, from the same function
         server_tls = preflight.check_site(cfg, log)
         listeners, implicit_tls = open_listeners(cfg)
+        proxied = proxy_listeners(cfg, listeners)
     except (ListenError, preflight.PreflightError) as exc:
         for sock in listeners:
             sock.close()
@@ -556,36 +519,17 @@ def run_master(cfg, inv) -> int:
         log(syslog.LOG_INFO, f"TLS certificate {server_tls.description}")
     try:
         if cfg.daemon:
-            return _run_daemonized(cfg, inv, listeners, log, server_tls, implicit_tls)
+            return _run_daemonized(cfg, inv, listeners, log, server_tls, implicit_tls, proxied)
         return Master(cfg, inv, listeners, log, tls=server_tls,
-                      implicit_tls=implicit_tls).serve()
+                      implicit_tls=implicit_tls, proxied=proxied).serve()
     finally:
         for sock in listeners:
             sock.close()
         log.close()
 
 
-def open_listeners(cfg) -> tuple[list[socket.socket], list[socket.socket]]:
-    """(all listeners, the implicit-TLS ones among them). Sockets from systemd (LISTEN_FDS)
-    count as TLS when their port is a tls-listen port; otherwise `listen` and `tls-listen`
-    are bound here."""
-    tls_specs = list(cfg.tls_listen or ())
-    passed = sdnotify.listen_fds()
-    if passed:
-        tls_ports = {parse_listen(spec)[1] for spec in tls_specs}
-        return passed, [s for s in passed if s.getsockname()[1] in tls_ports]
-    plain_specs = list(cfg.listen or ())
-    plain = bind_listeners(plain_specs) if plain_specs or not tls_specs else []
-    try:
-        implicit = bind_listeners(tls_specs) if tls_specs else []
-    except BaseException:
-        for sock in plain:
-            sock.close()
-        raise
-    return plain + implicit, implicit
-
-
-def _run_daemonized(cfg, inv, listeners, log, server_tls=None, implicit_tls=()) -> int:
+def _run_daemonized(cfg, inv, listeners, log, server_tls=None, implicit_tls=(),
+                    proxied=()) -> int:
     """SysV-style: detach with python-daemon, write the pid file, keep the listeners and the
     syslog socket open across the detach."""
     import daemon
@@ -619,7 +563,7 @@ def _run_daemonized(cfg, inv, listeners, log, server_tls=None, implicit_tls=()) 
         return 1
     try:
         return Master(cfg, inv, listeners, log, notify_systemd=False, tls=server_tls,
-                      implicit_tls=implicit_tls).serve()
+                      implicit_tls=implicit_tls, proxied=proxied).serve()
     finally:
         context.close()
 

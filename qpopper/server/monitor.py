@@ -19,6 +19,7 @@ docs/privsep.md has the whole picture and the list of what runs as root.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import select
 import signal
@@ -33,6 +34,8 @@ from qpopper import limits
 
 from qpopper.server import privsep
 from qpopper.server import monitor_wire as wire
+from qpopper import proxy_protocol
+from qpopper.addresses import in_networks
 from qpopper.server import prelogin
 from qpopper.server import tls as tls_mod
 from qpopper.log import Logger
@@ -56,6 +59,7 @@ DEADLINE_MARGIN_S = 30
 then ends the connection itself."""
 MAX_HOST_CHARS = 255
 UNAVAILABLE = "Unable to serve you now; try again later"
+HEALTH_CHECK_REPLY = b"+OK POP3 server ready (health check)\r\n"
 
 
 def log_failure(log, what: str, exc: BaseException, priority: int = syslog.LOG_ERR) -> None:
@@ -106,15 +110,22 @@ class Monitor:
     """One connection's monitor; `run()` returns the process exit status."""
 
     def __init__(self, cfg, log, *, hostname: str, peer, client: Client, tls=None,
-                 tls_mode: str | None = None, on_login=None, close_in_children=()):
+                 tls_mode: str | None = None, on_login=None, close_in_children=(),
+                 proxy=None, on_client_address=None):
         """`tls`: the master's tls.TlsIdentity (open files, never read here). `on_login()`:
         called once the user session runs (the master's logged-in notice). Descriptors in
-        `close_in_children` are closed in both children (the master's notice pipe)."""
+        `close_in_children` are closed in both children (the master's notice pipe).
+        `proxy`: the trusted proxy networks when the connection begins with a PROXY header
+        (the pre-login process reads it; `on_client_address(ip)` then tells the master)."""
         self.cfg = cfg
         self.log = log
         self.hostname = hostname
         self.peer = peer
         self.client_ip = peer[0] if peer else "unknown"
+        self.real_ip = self.client_ip          # the connection's own peer (a proxy's)
+        self.proxy = proxy
+        self.on_client_address = on_client_address
+        self.proxied = False                   # the PROXY header's address was taken
         self.client = client
         self.tls = tls
         self.tls_mode = tls_mode if tls is not None else None
@@ -188,13 +199,16 @@ class Monitor:
         self.client.close()
 
     def _run_prelogin(self, sock, relay_end, uid: int, gid: int) -> int:
-        lookup = (ForkedReverseLookup(self.client_ip, uid, gid)
+        lookup = (ForkedReverseLookup(None if self.proxy is not None else self.client_ip,
+                                      uid, gid)
                   if self.peer and self.cfg.reverse_lookup else None)
         try:
             privsep.enter_prelogin_sandbox(self.cfg, uid, gid)
         except privsep.SandboxError as exc:
             log_failure(self.log, "the pre-login sandbox", exc, syslog.LOG_CRIT)
             return privsep.EXIT_PRIVSEP_FAILED
+        if self.proxy is not None and not self._take_proxy_header(sock, lookup):
+            return 0
         authenticator = prelogin.MonitorAuthenticator(
             sock, apop_enabled=self.apop_timestamp is not None,
             banner_timestamp=self.apop_timestamp)
@@ -216,6 +230,54 @@ class Monitor:
             prelogin.relay(session.channel, relay_end, self.cfg.timeout)
         return status
 
+    def _take_proxy_header(self, sock, lookup) -> bool:
+        """In the pre-login process: the PROXY header, read here (unprivileged) and reported
+        to the monitor, which decides what to believe. False: the connection is over (no
+        header, a bad one, or a health check answered)."""
+        try:
+            header = prelogin.read_proxy_header(self.client.sock,
+                                                limits.PROXY_HEADER_TIMEOUT_S)
+        except prelogin.NoHeader:
+            # a TCP health check: connect and close; not worth a log line above debug
+            self.log(syslog.LOG_DEBUG, f"{self.real_ip}: closed before a PROXY header")
+            return False
+        except proxy_protocol.ProxyError as exc:
+            self.log(syslog.LOG_NOTICE, f"PROXY protocol header from {self.real_ip} "
+                                        f"refused: {exc}; closing")
+            return False
+        # HAProxy's v1 health check names its own connection (v2 sends LOCAL): a header
+        # whose client is this very connection's peer is the proxy speaking for itself
+        local = header.local or (header.source == self.real_ip
+                                 and header.source_port == self.peer[1])
+        try:
+            wire.send(sock, wire.Kind.PROXIED, local, header.source or "",
+                      str(header.source_port or 0))
+            answer = wire.receive(sock, (wire.Kind.DATA,))
+        except (OSError, wire.FrameError):
+            answer = None
+        if answer is None:
+            return False
+        if local:
+            self._answer_health_check()
+            return False
+        self.client_ip = answer.text(0)
+        self.peer = (self.client_ip, header.source_port)
+        if lookup is not None:
+            lookup.begin(self.client_ip)
+        return True
+
+    def _answer_health_check(self) -> None:
+        """The proxy's own connection (v2 LOCAL, v1 UNKNOWN or its own address): one +OK
+        line for a check that expects a greeting, no session; inside implicit TLS nothing
+        (a check there only connects)."""
+        if self.tls_mode != "implicit":
+            try:
+                self.client.sock.sendall(HEALTH_CHECK_REPLY)
+                self.client.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        self.log(syslog.LOG_DEBUG, f"{self.real_ip}: PROXY health check answered")
+
     # --- the requests ----------------------------------------------------------------------
     def _serve(self, sock: socket.socket, relay_end) -> None:
         deadline = time.monotonic() + self.cfg.login_timeout + DEADLINE_MARGIN_S
@@ -233,6 +295,9 @@ class Monitor:
                 self.requests += 1
                 if self.requests > MAX_REQUESTS:
                     raise ProtocolViolation(f"more than {MAX_REQUESTS} requests")
+                if self.proxy is not None and not self.proxied \
+                        and frame.kind is not wire.Kind.PROXIED:
+                    raise ProtocolViolation(f"{frame.kind.name} before the PROXY header")
                 if frame.kind is wire.Kind.HANDOVER:
                     self._handover(frame, sock, relay_end)      # returns only when refused
                     return
@@ -275,6 +340,8 @@ class Monitor:
         auth = self.authenticator
         kind = frame.kind
         ip = self.client_ip
+        if kind is wire.Kind.PROXIED:
+            return self._proxied(frame)
         if kind is wire.Kind.PASSWORD:
             mechanism = frame.text(2)
             if mechanism not in PASSWORD_MECHANISMS:
@@ -338,6 +405,33 @@ class Monitor:
                                              client_host=self._host(frame, 1))
             return self._logged_in(dataclasses.replace(login, no_mime=no_mime))
         raise ProtocolViolation(f"unexpected {kind.name}")
+
+    def _proxied(self, frame: wire.Frame) -> bytes:
+        """The client address the pre-login process read from the PROXY header: believed
+        only on a proxy-protocol listener, once, first, from a trusted proxy (the master
+        checked that too; this process knows the real peer itself), and only as an IP
+        address and a port."""
+        if self.proxy is None or self.proxied:
+            raise ProtocolViolation("PROXIED on a connection without a PROXY header")
+        if not in_networks(self.real_ip, self.proxy):
+            raise ProtocolViolation(f"PROXY header from untrusted {self.real_ip}")
+        self.proxied = True
+        if frame.flag(0):
+            self._closing = True            # a health check: no client, no more requests
+            return wire.encode(wire.Kind.DATA, b"", True)
+        ip = ipaddress.ip_address(frame.text(1))
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped                  # written as IPv4, as normalize_ip does
+        address = str(ip)
+        port = frame.text(2)
+        if not (port.isascii() and port.isdigit() and int(port) <= 65535):
+            raise ProtocolViolation("PROXIED with a bad port")
+        self.client_ip = address
+        self.peer = (address, int(port))
+        setproctitle.setproctitle(f"popper: {self.client_ip} monitor")
+        if self.on_client_address is not None:
+            self.on_client_address(address)
+        return wire.encode(wire.Kind.DATA, address, False)
 
     def _logged_in(self, login) -> bytes:
         self.login = login

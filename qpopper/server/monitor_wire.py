@@ -52,6 +52,7 @@ class Kind(enum.IntEnum):
     GSS_OFFER = 11          # client host
     GSS_CHOOSE = 12         # the client's wrapped answer, client host
     HANDOVER = 13           # leftover bytes, tls flag, client host, bad-command count, no-mime
+    PROXIED = 14            # local flag, client address, client port (a PROXY header's)
 
     LOGIN = 64              # user, mechanism, no-mime flag, SCRAM server signature
     REFUSED = 65            # reply text, response code, close flag
@@ -72,6 +73,7 @@ FIELD_LIMITS: dict[Kind, tuple[int, ...]] = {
     Kind.GSS_OFFER: (SHORT,),
     Kind.GSS_CHOOSE: (TOKEN, SHORT),
     Kind.HANDOVER: (LEFTOVER, 1, SHORT, SHORT, 1),
+    Kind.PROXIED: (1, SHORT, SHORT),
     Kind.LOGIN: (NAME, SHORT, 1, SHORT),
     Kind.REFUSED: (SECRET, SHORT, 1),
     Kind.DATA: (TOKEN, 1),

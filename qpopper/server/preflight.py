@@ -18,6 +18,7 @@ import stat
 
 from qpopper.bulletin_records import BULLDB_DIR, BULLDB_FILE
 from qpopper.server import privsep
+from qpopper.server.listeners import parse_listen
 from qpopper.server import tls as tls_mod
 
 PAM_DIR = "/etc/pam.d"
@@ -39,6 +40,7 @@ def check_site(cfg, log=None) -> tls_mod.TlsIdentity | None:
     except privsep.SandboxError as exc:
         raise PreflightError(str(exc)) from None
     check_accounts(cfg)
+    check_proxy_protocol(cfg)
     check_directories(cfg)
     ensure_bulldb_dir(cfg)
     check_pam_service(cfg)
@@ -51,6 +53,23 @@ def check_site(cfg, log=None) -> tls_mod.TlsIdentity | None:
 def _where(cfg, name: str) -> str:
     source = cfg.source(name)
     return "" if source == "default" else f" (set at {source})"
+
+
+def check_proxy_protocol(cfg) -> None:
+    """proxy-protocol needs proxy-trusted-networks, and each of its entries a listen or
+    tls-listen entry with that port (the master matches the bound sockets again at start-up:
+    listeners.proxy_listeners; sockets from systemd are only known then)."""
+    specs = list(cfg.proxy_protocol or ())
+    if not specs:
+        return
+    if not cfg.proxy_trusted_networks:
+        raise PreflightError("proxy-protocol needs proxy-trusted-networks: the load balancers "
+                             "allowed to send the header")
+    ports = {parse_listen(spec)[1] for spec in (*cfg.listen, *cfg.tls_listen)}
+    for spec in specs:
+        if ports and parse_listen(spec)[1] not in ports:
+            raise PreflightError(f"proxy-protocol {spec}: no listen or tls-listen entry has "
+                                 f"this port")
 
 
 # --- accounts and groups ---------------------------------------------------------------------------

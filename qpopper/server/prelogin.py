@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import select
 import socket
+import time
 
+from qpopper import proxy_protocol
 from qpopper.server import monitor_wire as wire
 from qpopper.auth import Login
 from qpopper.pop3.responses import PopError, RespCode
@@ -122,6 +124,38 @@ class MonitorAuthenticator:
     def gss_choose(self, answer, normalise, client_ip, *, client_host=None):
         login = self._login(wire.Kind.GSS_CHOOSE, answer, client_host or "")
         return login, login.no_mime
+
+
+# --- before the greeting: the PROXY protocol header --------------------------------------------
+class NoHeader(Exception):
+    """The peer closed before sending a single octet: a TCP health check, not an error."""
+
+
+def read_proxy_header(sock: socket.socket, timeout_s: float) -> proxy_protocol.ProxyHeader:
+    """Exactly the header's octets off `sock`, leaving what follows (POP3 or a TLS
+    handshake) unread; NoHeader, or ProxyError (malformed, too long, truncated, late).
+    Octets are peeked first and only those known to belong to the header are taken."""
+    deadline = time.monotonic() + timeout_s
+    taken = b""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([sock], [], [], remaining)[0]:
+            raise proxy_protocol.ProxyError(f"no PROXY protocol header within {timeout_s:g} s")
+        try:
+            peeked = sock.recv(proxy_protocol.MAX_V2_OCTETS, socket.MSG_PEEK)
+        except OSError as exc:
+            raise proxy_protocol.ProxyError(f"reading the PROXY protocol header: "
+                                            f"{exc.strerror}") from None
+        if not peeked:
+            if not taken:
+                raise NoHeader()
+            raise proxy_protocol.ProxyError("connection closed inside the PROXY protocol header")
+        length = proxy_protocol.header_length(taken + peeked)
+        # without a known length every octet seen so far is still part of the header
+        want = len(peeked) if length is None else min(len(peeked), length - len(taken))
+        taken += sock.recv(want, socket.MSG_WAITALL)
+        if length is not None and len(taken) == length:
+            return proxy_protocol.parse(taken)
 
 
 # --- after the login: the TLS relay -------------------------------------------------------------

@@ -3,7 +3,7 @@
 What runs as root, and so what a security review must read (popa3d / OpenSSH habit; the
 process model is docs/privsep.md). No module here reads a client byte as root:
   qpopper/cli.py, config.py, options.py      start-up: argv, configuration files
-  qpopper/server/master.py                    listeners, accept, fork, signals (root for good)
+  qpopper/server/master.py, listeners.py      listeners, accept, fork, signals (root for good)
   qpopper/server/preflight.py                 start-up, HUP, --check-config: files, directories
                                               (makes <bulldir>/bulldb), accounts, PAM service
   qpopper/server/monitor.py, monitor_wire.py  one per connection: answers the pre-login

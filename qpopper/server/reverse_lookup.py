@@ -9,6 +9,7 @@ from __future__ import annotations
 # Name lookups import the idna codec on first use; after the privilege drop (or inside the
 # pre-login chroot) the interpreter's library may no longer be readable, so load it now.
 import encodings.idna  # noqa: F401
+import ipaddress
 import os
 import select
 import signal
@@ -16,6 +17,7 @@ import socket
 import threading
 import time
 
+from qpopper import limits
 from qpopper.server import privsep
 from qpopper.addresses import normalize_ip
 
@@ -58,17 +60,23 @@ class ForkedReverseLookup:
     before the sandbox is entered, running as the pre-login account, does the lookup and
     writes the name to a pipe (docs/privsep.md)."""
 
-    def __init__(self, ip: str, uid: int, gid: int):
+    def __init__(self, ip: str | None, uid: int, gid: int):
+        """`ip` None: the address is not known yet (it comes in a PROXY header, read inside
+        the sandbox); begin(ip) gives it to the child, which checks it is an address."""
         self.ip = ip
         self._name: str | None = None
         self._deadline = time.monotonic() + REVERSE_LOOKUP_TIMEOUT_S
         self._read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        self._ip_r, self._ip_w = os.pipe2(os.O_CLOEXEC) if ip is None else (-1, -1)
         self._pid = os.fork()
         if self._pid == 0:
             status = 1
             try:
                 os.close(self._read_end)
                 privsep.drop_to_account(uid, gid)
+                if ip is None:
+                    os.close(self._ip_w)
+                    ip = self._wait_for_address(self._ip_r)
                 lookup = ReverseLookup(ip)
                 name = lookup.result()
                 os.write(write_end, name.encode("utf-8", "replace")[:1024])
@@ -76,7 +84,23 @@ class ForkedReverseLookup:
             finally:
                 os._exit(status)
         os.close(write_end)
+        if self._ip_r >= 0:
+            os.close(self._ip_r)
         self._done = False
+
+    @staticmethod
+    def _wait_for_address(fd: int) -> str:
+        if not select.select([fd], [], [], limits.PROXY_HEADER_TIMEOUT_S + 1)[0]:
+            raise TimeoutError("no address to look up")
+        return str(ipaddress.ip_address(os.read(fd, 64).decode("ascii")))
+
+    def begin(self, ip: str) -> None:
+        """The address to look up, when it was not known at the fork."""
+        self.ip = ip
+        self._deadline = time.monotonic() + REVERSE_LOOKUP_TIMEOUT_S
+        os.write(self._ip_w, ip.encode("ascii"))
+        os.close(self._ip_w)
+        self._ip_w = -1
 
     def result(self) -> str:
         if not self._done:

@@ -201,7 +201,10 @@ class DotLock:
             why = f"older than {self.stale_s:g} s"
         elif stat.S_ISREG(st.st_mode):
             pid, host = self._read_holder()
-            if pid > 0 and host in (None, self.host) and process_gone(pid):
+            # a pid without a host (dotlockfile -p) may be another host's on a shared (NFS)
+            # spool: with no-atomic-open only its age counts (docs/scale-out.md)
+            ours = host == self.host or (host is None and not self.nfs_safe)
+            if pid > 0 and ours and process_gone(pid):
                 why = f"holder pid {pid} is gone"
         if why is None:
             return False
@@ -297,16 +300,19 @@ def open_regular(path: str, flags: int, mode: int = 0o600, *, owner: int | None 
     return fd
 
 
-def _kernel_lock(fd: int) -> bool:
-    """flock and fcntl write locks on the whole file, non-blocking; both or neither."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
+def _kernel_lock(fd: int, flock_too: bool = True) -> bool:
+    """flock and fcntl write locks on the whole file, non-blocking; both or neither.
+    `flock_too` False: the fcntl lock alone (an NFS spool: see SpoolLock)."""
+    if flock_too:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        if flock_too:
+            fcntl.flock(fd, fcntl.LOCK_UN)
         if exc.errno in (errno.EAGAIN, errno.EACCES):
             return False
         raise
@@ -317,8 +323,12 @@ class SpoolLock:
     """The spool locked against delivery agents: dot-lock + open fd + flock + fcntl.
 
     `fd` is the spool opened read-write (None when the spool does not exist and `create` is
-    False). Keep this the only descriptor of the spool in the process: closing any descriptor of
-    a file drops the process's fcntl locks on it.
+    False). With `nfs_safe` (no-atomic-open: the spool is on NFS) the kernel lock is the fcntl
+    lock alone: the Linux NFS client turns flock into an fcntl lock on the whole file owned by
+    the open file, so taking both in one process would conflict with itself, and the fcntl
+    lock already excludes flock users on every host (docs/scale-out.md, "Locks across hosts").
+    Keep this the only descriptor of the spool in the process: closing any descriptor of a
+    file drops the process's fcntl locks on it.
     """
 
     def __init__(self, spool_path: str, lock_path: str, *, create: bool, create_mode: int,
@@ -329,6 +339,7 @@ class SpoolLock:
         self.create_mode = create_mode
         self.hook = step_hook or _no_hook
         self.log = log
+        self.nfs_safe = nfs_safe
         self.dotlock = DotLock(lock_path, nfs_safe=nfs_safe, step_hook=step_hook, log=log)
         self.fd: int | None = None
         self.created = False
@@ -343,7 +354,8 @@ class SpoolLock:
                 self._open()
                 if self.fd is None:
                     return
-                if not _wait(lambda: _kernel_lock(self.fd), timing):
+                if not _wait(lambda: _kernel_lock(self.fd, flock_too=not self.nfs_safe),
+                             timing):
                     raise PopError(BUSY_SPOOL_TEXT, RespCode.SYS_TEMP,
                                    log=f"flock/fcntl on {self.path} stayed busy")
                 if self.verify_same_file():

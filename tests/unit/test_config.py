@@ -32,10 +32,10 @@ def other_value(opt):
     if opt.type is OptType.MNEMONIC:
         choice = next(c for c in opt.choices if c != opt.default)
         return choice.upper(), choice
-    if opt.name in ("listen", "tls-listen"):
+    if opt.name in ("listen", "tls-listen", "proxy-protocol"):
         return "127.0.0.1:8110", ("127.0.0.1:8110",)
-    if opt.name == "auth-brakes-trusted-networks":     # checked: a CIDR list
-        return "192.0.2.0/24", ("192.0.2.0/24",)
+    if opt.name in ("auth-brakes-trusted-networks", "proxy-trusted-networks"):
+        return "192.0.2.0/24", ("192.0.2.0/24",)          # checked: a CIDR list
     if opt.name == "drac-host":                    # checked: HOST[:PORT]
         return "drac.example.org:111", "drac.example.org:111"
     return "/srv/qpt-value", "/srv/qpt-value"

@@ -1,0 +1,152 @@
+"""The standalone master's listeners: `listen` / `tls-listen` entries parsed and bound (or
+taken from systemd), and the proxy-protocol ones among them (docs/scale-out.md). Runs as root
+in the master, before any connection is accepted.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from qpopper.addresses import normalize_ip
+from qpopper.server import sdnotify
+
+LISTEN_BACKLOG = 128
+"""Pending connections per listener; the kernel caps it at net.core.somaxconn."""
+
+DEFAULT_PORT = 110
+
+
+class ListenError(Exception):
+    """A listener could not be set up: one readable line for the administrator."""
+
+
+
+def parse_listen(spec) -> tuple[str | None, int]:
+    """A `listen` value — `PORT`, `ADDRESS:PORT`, `[IPV6]:PORT` — or a (host, port) pair →
+    (host, or None for every address; port)."""
+    if isinstance(spec, (tuple, list)):
+        host, port = spec
+        return (host or None), int(port)
+    text = str(spec).strip()
+    host: str | None = None
+    port_text = text
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0 or not text[close + 1:].startswith(":"):
+            raise ListenError(f"listen address {text!r}: expected [IPV6]:PORT")
+        host, port_text = text[1:close], text[close + 2:]
+    elif ":" in text:
+        if text.count(":") > 1:
+            raise ListenError(f"listen address {text!r}: write IPv6 addresses as [ADDRESS]:PORT")
+        host, port_text = text.rsplit(":", 1)
+    if not port_text.isdigit() or int(port_text) > 65535:
+        raise ListenError(f"listen address {text!r}: the port must be a number 0..65535")
+    if host == "*":
+        host = None
+    return (host or None), int(port_text)
+
+
+def _has_ipv6() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_listeners(specs) -> list[tuple[int, tuple, bool]]:
+    """Each spec → (family, sockaddr, v6only). A bare port is every address: `[::]` dual stack
+    (or 0.0.0.0 without IPv6). `[::]` is made v6-only when an IPv4 wildcard on the same port is
+    also asked for, so both can be bound."""
+    parsed = [parse_listen(s) for s in specs] or [(None, DEFAULT_PORT)]
+    result = []
+    for host, port in parsed:
+        if host is None:
+            if _has_ipv6():
+                result.append((socket.AF_INET6, ("::", port, 0, 0), False))
+            else:
+                result.append((socket.AF_INET, ("0.0.0.0", port), False))
+            continue
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE | socket.AI_NUMERICSERV)
+        except socket.gaierror as exc:
+            raise ListenError(f"listen address {host}:{port}: {exc.strerror}") from None
+        family, _, _, _, sockaddr = infos[0]
+        result.append((family, sockaddr, False))
+    v4_wildcards = {sa[1] for fam, sa, _ in result if fam == socket.AF_INET and sa[0] == "0.0.0.0"}
+    return [(fam, sa, fam == socket.AF_INET6 and sa[0] == "::" and sa[1] in v4_wildcards)
+            for fam, sa, _ in result]
+
+
+def bind_listeners(specs) -> list[socket.socket]:
+    listeners = []
+    try:
+        for family, sockaddr, v6only in resolve_listeners(specs):
+            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            listeners.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if v6only else 0)
+            try:
+                sock.bind(sockaddr)
+            except OSError as exc:
+                raise ListenError(f"cannot listen on {format_sockaddr(sockaddr)}: "
+                                  f"{exc.strerror}") from None
+            sock.listen(LISTEN_BACKLOG)
+    except BaseException:
+        for sock in listeners:
+            sock.close()
+        raise
+    return listeners
+
+
+def format_sockaddr(sockaddr) -> str:
+    host, port = sockaddr[0], sockaddr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def open_listeners(cfg) -> tuple[list[socket.socket], list[socket.socket]]:
+    """(all listeners, the implicit-TLS ones among them). Sockets from systemd (LISTEN_FDS)
+    count as TLS when their port is a tls-listen port; otherwise `listen` and `tls-listen`
+    are bound here."""
+    tls_specs = list(cfg.tls_listen or ())
+    passed = sdnotify.listen_fds()
+    if passed:
+        tls_ports = {parse_listen(spec)[1] for spec in tls_specs}
+        return passed, [s for s in passed if s.getsockname()[1] in tls_ports]
+    plain_specs = list(cfg.listen or ())
+    plain = bind_listeners(plain_specs) if plain_specs or not tls_specs else []
+    try:
+        implicit = bind_listeners(tls_specs) if tls_specs else []
+    except BaseException:
+        for sock in plain:
+            sock.close()
+        raise
+    return plain + implicit, implicit
+
+
+def proxy_listeners(cfg, listeners) -> list[socket.socket]:
+    """The listeners named by proxy-protocol (matched by port, and by address unless the
+    entry has none); an entry matching none, or proxy-protocol without
+    proxy-trusted-networks, is a ListenError."""
+    specs = list(cfg.proxy_protocol or ())
+    if not specs:
+        return []
+    if not cfg.proxy_trusted_networks:
+        raise ListenError("proxy-protocol needs proxy-trusted-networks: the load balancers "
+                          "allowed to send the header")
+    chosen = []
+    for spec in specs:
+        host, port = parse_listen(spec)
+        wanted = None if host is None else {normalize_ip(sa[0]) for _, sa, _ in
+                                            resolve_listeners([spec])}
+        found = [sock for sock in listeners if sock.getsockname()[1] == port
+                 and (wanted is None or normalize_ip(sock.getsockname()[0]) in wanted)]
+        if not found:
+            raise ListenError(f"proxy-protocol {spec}: no listen or tls-listen entry has "
+                              f"this address")
+        chosen += found
+    return chosen

@@ -1,0 +1,141 @@
+"""The NFS-safe dot-lock (no-atomic-open: a unique file, link(2), the link count decides) across
+processes: real forked processes and real delivery agents' tools competing for one lock
+(docs/scale-out.md, "Locks across hosts"). tests/test_locking.py covers one process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from qpopper.spool.locking import DotLock, LockTiming
+
+pytestmark = pytest.mark.timeout(120)
+
+WORKERS = 6
+ROUNDS = 150
+
+
+def _worker(lock_path: str, counter: str, inside: str, rounds: int) -> int:
+    """Take the lock `rounds` times; under it, prove nobody else is inside (an O_EXCL
+    marker) and increment a counter by read-modify-write (lost updates if two hold it)."""
+    for _ in range(rounds):
+        lock = DotLock(lock_path, nfs_safe=True)
+        if not lock.acquire(LockTiming(attempts=400, step_s=0.05, poll_s=0.001)):
+            return 2
+        try:
+            marker = os.open(inside, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return 3                        # two holders at once
+        try:
+            with open(counter, "r+") as f:
+                value = int(f.read() or 0)
+                f.seek(0)
+                f.write(str(value + 1))
+                f.truncate()
+        finally:
+            os.close(marker)
+            os.unlink(inside)
+            lock.release()
+    return 0
+
+
+def _fork(target, *args) -> int:
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            status = target(*args)
+        finally:
+            os._exit(status)
+    return pid
+
+
+def test_processes_take_the_link_lock_one_at_a_time(tmp_path):
+    lock_path, counter, inside = (str(tmp_path / n) for n in ("user.lock", "count", "inside"))
+    with open(counter, "w") as f:
+        f.write("0")
+    pids = [_fork(_worker, lock_path, counter, inside, ROUNDS) for _ in range(WORKERS)]
+    statuses = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
+    assert statuses == [0] * WORKERS, "2: lock never free, 3: two holders at once"
+    with open(counter) as f:
+        assert int(f.read()) == WORKERS * ROUNDS
+    assert sorted(os.listdir(tmp_path)) == ["count"]      # no lock, no unique file left
+
+
+def test_the_lock_of_a_killed_process_is_taken_over_by_another(tmp_path):
+    lock_path = str(tmp_path / "user.lock")
+    ready_r, ready_w = os.pipe()
+
+    def hold() -> int:
+        lock = DotLock(lock_path, nfs_safe=True)
+        assert lock.try_acquire()
+        os.write(ready_w, b"x")
+        time.sleep(60)
+        return 0
+
+    pid = _fork(hold)
+    assert os.read(ready_r, 1) == b"x"
+    try:
+        assert not DotLock(lock_path, nfs_safe=True).try_acquire()   # held: busy
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    ours = DotLock(lock_path, nfs_safe=True)
+    assert ours.try_acquire()          # our host, a pid that is gone: stale
+    ours.release()
+
+
+@pytest.mark.skipif(shutil.which("dotlockfile") is None, reason="needs liblockfile-bin")
+def test_link_lock_and_dotlockfile_exclude_each_other(tmp_path):
+    lock_path = str(tmp_path / "user.lock")
+    ours = DotLock(lock_path, nfs_safe=True)
+    assert ours.try_acquire()
+    # dotlockfile -p, in its own process, sees our live pid and gives up (-r 0: no retry)
+    assert subprocess.run(["dotlockfile", "-p", "-r", "0", "-l", lock_path],
+                          timeout=30).returncode != 0
+    ours.release()
+    # dotlockfile -p writes its parent's pid: a shell that is gone right after
+    assert subprocess.run(["sh", "-c", 'dotlockfile -p -r 0 -l "$0"', lock_path],
+                          timeout=30).returncode == 0
+    # a lock with only a pid, of no running process: under no-atomic-open that pid may be
+    # another host's, so only the lock's age frees it; on a local spool it is stale
+    assert not DotLock(lock_path, nfs_safe=True).try_acquire()
+    assert DotLock(lock_path, nfs_safe=False).try_acquire()
+
+
+def _kernel_locks_of_another_process(path: str) -> tuple[bool, bool]:
+    """(flock, fcntl) as another process gets them on `path` right now, non-blocking."""
+    probe = ("import fcntl, os, sys\n"
+             "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+             "def got(take):\n"
+             "    try:\n"
+             "        take()\n"
+             "        return '1'\n"
+             "    except OSError:\n"
+             "        return '0'\n"
+             "print(got(lambda: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)) +\n"
+             "      got(lambda: fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)))\n")
+    import sys
+    out = subprocess.run([sys.executable, "-c", probe, path], capture_output=True, text=True,
+                         timeout=30, check=True).stdout.strip()
+    return out[0] == "1", out[1] == "1"
+
+
+@pytest.mark.parametrize("nfs_safe, expected", [(False, (False, False)), (True, (True, False))])
+def test_the_spool_lock_under_no_atomic_open_is_the_fcntl_lock_alone(tmp_path, nfs_safe,
+                                                                     expected):
+    """On NFS flock is an fcntl lock: one process taking both would refuse itself."""
+    from qpopper.spool.locking import SpoolLock
+    spool = str(tmp_path / "user")
+    lock = SpoolLock(spool, spool + ".lock", create=True, create_mode=0o600, nfs_safe=nfs_safe)
+    lock.acquire(LockTiming(attempts=1))
+    try:
+        assert _kernel_locks_of_another_process(spool) == expected
+    finally:
+        lock.release()
+    assert _kernel_locks_of_another_process(spool) == (True, True)

@@ -1,0 +1,174 @@
+"""What the monitor believes of a PROXY header the pre-login process reports (docs/scale-out.md,
+"Where the client's address comes from"), and the master's start-up checks of proxy-protocol.
+The pre-login process may be an attacker's: the address is taken only on a proxy-protocol
+listener, once, first, from a trusted real peer, and only as an address and a port."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from qpopper.server import monitor as monitor_mod
+from qpopper.server import monitor_wire as wire
+from qpopper.addresses import parse_networks
+from qpopper.config import Config
+from qpopper.server.listeners import ListenError, bind_listeners, proxy_listeners
+from tests.server_harness import POPPER, free_port, prelogin_args
+
+TRUSTED = parse_networks("127.0.0.1/32, 10.0.0.0/8")
+
+
+class Sink(list):
+    def __call__(self, priority, text):
+        self.append(text)
+
+    def open(self):
+        pass
+
+
+def monitor(peer=("127.0.0.1", 5000), proxy=TRUSTED):
+    reported = []
+    mon = monitor_mod.Monitor(Config.defaults(), Sink(), hostname="test.host", peer=peer,
+                              client=monitor_mod.Client(-1, -1, None), proxy=proxy,
+                              on_client_address=reported.append)
+    return mon, reported
+
+
+def proxied(local=False, address="203.0.113.9", port="4000") -> wire.Frame:
+    return wire.decode(wire.encode(wire.Kind.PROXIED, local, address, port), wire.REQUESTS)
+
+
+def test_the_client_address_is_taken_from_a_trusted_proxy_once():
+    mon, reported = monitor()
+    reply = wire.decode(mon._answer(proxied()), {wire.Kind.DATA})
+    assert (reply.text(0), reply.flag(1)) == ("203.0.113.9", False)
+    assert (mon.client_ip, mon.peer, mon.real_ip) == ("203.0.113.9", ("203.0.113.9", 4000),
+                                                      "127.0.0.1")
+    assert reported == ["203.0.113.9"]
+    with pytest.raises(monitor_mod.ProtocolViolation, match="without a PROXY header"):
+        mon._answer(proxied(address="198.51.100.1"))          # never a second time
+    assert mon.client_ip == "203.0.113.9"
+
+
+def test_ipv6_and_mapped_addresses_are_normalised():
+    mon, reported = monitor(peer=("10.1.2.3", 1))
+    mon._answer(proxied(address="2001:DB8::0:1"))
+    assert reported == ["2001:db8::1"]
+    mon, reported = monitor()
+    mon._answer(proxied(address="::ffff:192.0.2.5"))
+    assert reported == ["192.0.2.5"]
+
+
+@pytest.mark.parametrize("peer, proxy, frame, why", [
+    (("127.0.0.66", 1), TRUSTED, proxied(), "untrusted 127.0.0.66"),
+    (("127.0.0.1", 1), None, proxied(), "without a PROXY header"),
+    (("127.0.0.1", 1), TRUSTED, proxied(address="host.example"), "PROXIED: ValueError"),
+    (("127.0.0.1", 1), TRUSTED, proxied(address=""), "PROXIED: ValueError"),
+    (("127.0.0.1", 1), TRUSTED, proxied(port="65536"), "bad port"),
+    (("127.0.0.1", 1), TRUSTED, proxied(port="-1"), "bad port"),
+    (("127.0.0.1", 1), TRUSTED, proxied(port="٣"), "bad port"),
+])
+def test_refused_reports_end_the_connection(peer, proxy, frame, why):
+    mon, reported = monitor(peer=peer, proxy=proxy)
+    with pytest.raises(monitor_mod.ProtocolViolation, match=why):
+        mon._answer(frame)
+    assert reported == [] and mon.client_ip == peer[0]
+
+
+def test_a_health_check_ends_the_requests():
+    mon, reported = monitor()
+    reply = wire.decode(mon._answer(proxied(local=True, address="", port="0")), {wire.Kind.DATA})
+    assert reply.flag(1) and mon._closing
+    assert reported == [] and mon.client_ip == "127.0.0.1"
+
+
+def test_any_other_request_before_the_header_kills_the_prelogin_process():
+    mon, reported = monitor()
+    ours, theirs = wire.channel_pair()
+    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    mon.prelogin_pid = stand_in.pid
+    try:
+        wire.send(theirs, wire.Kind.PASSWORD, "alice", "secret", "USER", "", False, "")
+        mon._serve(ours, None)
+        assert stand_in.wait(10) < 0                     # killed
+        assert any("PASSWORD before the PROXY header" in line for line in mon.log)
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+        ours.close()
+        theirs.close()
+
+
+def test_proxy_protocol_names_listeners_and_needs_trusted_networks():
+    port, other = free_port(), free_port()
+    listeners = bind_listeners([f"127.0.0.1:{port}", f"127.0.0.1:{other}"])
+    try:
+        cfg = Config.defaults().replace(proxy_protocol=(f"127.0.0.1:{port}",),
+                                        proxy_trusted_networks=("127.0.0.1",))
+        assert proxy_listeners(cfg, listeners) == [listeners[0]]
+        assert proxy_listeners(cfg.replace(proxy_protocol=(str(other),)),
+                               listeners) == [listeners[1]]
+        with pytest.raises(ListenError, match="no listen or tls-listen entry"):
+            proxy_listeners(cfg.replace(proxy_protocol=("127.0.0.2:110",)), listeners)
+        with pytest.raises(ListenError, match="needs proxy-trusted-networks"):
+            proxy_listeners(cfg.replace(proxy_trusted_networks=()), listeners)
+    finally:
+        for sock in listeners:
+            sock.close()
+
+
+def test_popper_refuses_to_start_with_a_proxy_listener_and_no_trusted_networks(tmp_path):
+    port = free_port()
+    config = tmp_path / "qpopper.config"
+    config.write_text(f"set proxy-protocol = 127.0.0.1:{port}\n")
+    run = subprocess.run([POPPER, f"127.0.0.1:{port}", "-f", str(config), *prelogin_args()],
+                         capture_output=True, text=True, timeout=30,
+                         env=dict(os.environ, QPOPPER_SYSLOG_SOCKET=str(tmp_path / "none")))
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines()[-1] == (
+        "popper: proxy-protocol needs proxy-trusted-networks: the load balancers allowed to "
+        "send the header")
+    # --check-config refuses what start-up refuses, with the same words.
+    check = subprocess.run([POPPER, "--check-config", f"127.0.0.1:{port}", "-f", str(config),
+                            *prelogin_args()], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 1
+    assert "proxy-protocol needs proxy-trusted-networks: the load balancers allowed to send " \
+        "the header" in check.stderr.strip().splitlines()[-1]
+    config.write_text(f"set proxy-protocol = 127.0.0.1:{port + 1}\n"
+                      "set proxy-trusted-networks = 127.0.0.1\n")
+    check = subprocess.run([POPPER, "--check-config", f"127.0.0.1:{port}", "-f", str(config),
+                            *prelogin_args()], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 1 and "no listen or tls-listen entry" in check.stderr
+
+
+@pytest.mark.parametrize("line, complaint", [
+    ("set proxy-trusted-networks = 10.0.0.0/33", "expects IPv4 or IPv6 networks"),
+    ("set proxy-trusted-networks = 127.0.0.1,example.org", "'example.org' is not an IPv4"),
+    ("set proxy-protocol = 127.0.0.1:99999", "expects [ADDRESS:]PORT"),
+])
+def test_bad_values_name_file_and_line(tmp_path, line, complaint):
+    from qpopper import config as config_mod
+    path = tmp_path / "qpopper.config"
+    path.write_text("# first\n" + line + "\n")
+    with pytest.raises(config_mod.ConfigError) as refused:
+        config_mod.load(["-f", str(path)])
+    assert str(refused.value).startswith(f"{path}:2:") and complaint in str(refused.value)
+
+
+def test_the_reverse_lookup_waits_for_the_header_address():
+    """The pre-login process forks its lookup helper before the sandbox, when the client's
+    address is not known yet; begin() hands it the header's address."""
+    import pwd
+
+    from qpopper.server.reverse_lookup import ForkedReverseLookup
+    from tests.helpers.sysusers import PRELOGIN_USER, is_root
+    if not is_root():
+        pytest.skip("needs root: the helper drops to the pre-login account")
+    account = pwd.getpwnam(PRELOGIN_USER)
+    for address, name in (("127.0.0.1", "localhost"), ("127.0.0.41", "127.0.0.41")):
+        lookup = ForkedReverseLookup(None, account.pw_uid, account.pw_gid)
+        lookup.begin(address)
+        assert lookup.result() == name
