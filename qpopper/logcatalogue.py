@@ -73,6 +73,14 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
         ("Excessive input from *", "A line longer than the protocol allows; it is answered "
                                    "-ERR and counts as a bad command."),
         ("Too many bad commands from *", "The bad-command budget is spent; the session ends."),
+        ("PROXY protocol header from * refused: *; closing",
+         "A proxy-protocol listener got a header it cannot use (from outside "
+         "proxy-trusted-networks, malformed, too long, late); nothing else was read "
+         "(docs/scale-out.md)."),
+        ("*: closed before a PROXY header", "Debug: a TCP health check that only connects."),
+        ("*: PROXY health check answered", "Debug: HAProxy's check (v2 LOCAL, or a v1 header "
+                                           "naming its own connection), answered without a "
+                                           "session."),
     )),
     ("Logins", _lines(
         ("LOGIN FAILED, user=*, method=*, ip=[*], failures=*, brake=*s",
