@@ -40,7 +40,8 @@ from qpopper.server import prelogin
 from qpopper.server import tls as tls_mod
 from qpopper.log import Logger
 from qpopper.server.reverse_lookup import ForkedReverseLookup
-from qpopper.server.session import (DISPLACE_SIGNAL, Channel, Session, socket_peer, spool_group,
+from qpopper.server.channel import Channel, socket_peer
+from qpopper.server.session import (DISPLACE_SIGNAL, Session, spool_group,
                       tls_mode_for_listen_port)
 from qpopper.auth import challenges
 from qpopper.auth.policy import Authenticator

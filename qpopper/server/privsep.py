@@ -16,8 +16,9 @@ process model is docs/privsep.md). No module here reads a client byte as root:
   qpopper/server/sdnotify.py                  systemd's notify socket
   qpopper/spool/paths.py, dirs.py             check-hash-dir's shared directories
   qpopper/server/privsep.py                   this file
-The pre-login process (server/prelogin.py, server/session.py, the whole pop3/ package,
-auth/sasl.py, server/tls.py's handshake, server/reverse_lookup.py's helper) runs as
+The pre-login process (server/prelogin.py, session.py, channel.py, reply_writer.py, the
+whole pop3/ package, auth/sasl.py, server/tls.py's handshake, server/reverse_lookup.py's
+helper) runs as
 prelogin-user in the prelogin-chroot directory, entered with enter_prelogin_sandbox below
 before the first client byte.
 Everything after `drop_privileges` — the spool, the temp drop, the cache, bulletins, the

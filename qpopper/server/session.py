@@ -11,12 +11,9 @@ TLS (before the banner on an alternate-port listener, or after STLS) through tls
 
 from __future__ import annotations
 
-import errno
 import os
-import select
 import signal
 import socket
-import stat
 import syslog
 import threading
 import time
@@ -24,11 +21,10 @@ import time
 import setproctitle
 
 from qpopper import bulletins
-from qpopper import config as config_mod
-from qpopper import limits
-from qpopper.server import privsep
+from qpopper.server import privsep, user_options
+from qpopper.server.channel import Channel, ChannelClosed
+from qpopper.server.reply_writer import ReplyWriter
 from qpopper.server import tls as tls_mod
-from qpopper.addresses import normalize_ip
 from qpopper.auth.policy import Authenticator
 from qpopper.extensions import standard_extensions
 from qpopper.extensions.submit import MtaSubmitter
@@ -42,8 +38,6 @@ from qpopper.spool.maildir_drop import MaildirDrop
 from qpopper.spool.maildrop import Maildrop, resolve_server_mode
 from qpopper.spool.paths import SpoolPaths
 
-READ_CHUNK_OCTETS = 16 * 1024
-"""One read from the client. Pipelined commands arrive in batches; protocol.py bounds lines."""
 
 HANGUP_SIGNALS = (signal.SIGHUP, signal.SIGTERM)
 """Qpopper's catchSIGHUP: the session aborts (update-on-abort semantics) at the next read."""
@@ -65,130 +59,10 @@ its administrator controls; unset, no hook is installed at all."""
 
 UNKNOWN_CLIENT = "unknown"
 
-USER_OPTIONS_FILE = ".qpopper-options"
-
-
-# --- the byte channel -----------------------------------------------------------------------------
-class ChannelClosed(Exception):
-    """The client went away (EOF on write, reset, or it stopped reading past the timeout)."""
-
-
-class Channel:
-    """Raw descriptor I/O for one connection: a socket (in_fd == out_fd) or an inetd pair.
-
-    Non-blocking descriptors plus poll(): every wait is bounded by the session timeout, and a
-    hangup signal (via the wakeup pipe) interrupts a wait for input.
-    """
-
-    closed_error = ChannelClosed      # what tls.TlsChannel raises too, over this channel
-
-    def __init__(self, in_fd: int, out_fd: int, sock: socket.socket | None = None):
-        self.in_fd, self.out_fd, self.sock = in_fd, out_fd, sock
-        self._saved_flags = {}
-        for fd in {in_fd, out_fd}:
-            flags = os.get_blocking(fd)
-            self._saved_flags[fd] = flags
-            os.set_blocking(fd, False)
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            # Replies are flushed whole; never let Nagle hold the tail of one back waiting for
-            # the client's delayed ACK (~40 ms per RETR otherwise).
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def peer(self) -> tuple[str, int] | None:
-        return socket_peer(self.sock)
-
-    def read(self, timeout_s: float, wake_fd: int | None = None,
-             interrupted=lambda: False) -> bytes | None:
-        """Up to READ_CHUNK_OCTETS; b'' at EOF; None on timeout, or when a signal arrived on
-        `wake_fd` and `interrupted()` says the wait must end."""
-        poller = select.poll()
-        poller.register(self.in_fd, select.POLLIN | select.POLLPRI)
-        if wake_fd is not None:
-            poller.register(wake_fd, select.POLLIN)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            events = poller.poll(remaining * 1000)
-            if any(fd == wake_fd for fd, _ in events):
-                _drain(wake_fd)
-                if interrupted():
-                    return None
-            if not any(fd == self.in_fd for fd, _ in events):
-                continue
-            try:
-                return os.read(self.in_fd, READ_CHUNK_OCTETS)
-            except BlockingIOError:
-                continue
-            except (ConnectionResetError, BrokenPipeError, TimeoutError):
-                return b""
-            except OSError as exc:
-                if exc.errno in (errno.EIO, errno.ENOTCONN, errno.ETIMEDOUT, errno.EBADF):
-                    return b""
-                raise
-
-    def write_all(self, data: bytes | bytearray | memoryview, timeout_s: float) -> None:
-        """Everything, or ChannelClosed when the peer is gone or reads nothing for timeout_s."""
-        view = memoryview(data)
-        poller = None
-        while view:
-            try:
-                sent = os.write(self.out_fd, view)
-            except BlockingIOError:
-                sent = 0
-            except (BrokenPipeError, ConnectionResetError, TimeoutError) as exc:
-                raise ChannelClosed(str(exc)) from None
-            except OSError as exc:
-                if exc.errno in (errno.EIO, errno.ENOTCONN, errno.EBADF):
-                    raise ChannelClosed(str(exc)) from None
-                raise
-            if sent:
-                view = view[sent:]
-                continue
-            if poller is None:
-                poller = select.poll()
-                poller.register(self.out_fd, select.POLLOUT)
-            if not poller.poll(timeout_s * 1000):
-                raise ChannelClosed("client stopped reading")
-
-    def close(self) -> None:
-        for fd, blocking in self._saved_flags.items():
-            try:
-                os.set_blocking(fd, blocking)
-            except OSError:
-                pass
-        if self.sock is not None:
-            try:
-                self.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            self.sock.close()
-
-
-def socket_peer(sock: socket.socket | None) -> tuple[str, int] | None:
-    """(normalised address, port) of an IP socket's peer; None for anything else."""
-    if sock is None:
-        return None
-    try:
-        addr = sock.getpeername()
-    except OSError:
-        return None
-    if isinstance(addr, tuple) and len(addr) >= 2:
-        return normalize_ip(addr[0]), addr[1]
-    return None
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 512):
-            pass
-    except BlockingIOError:
-        pass
 
 
 # --- the session ------------------------------------------------------------------------------------
-class Session:
+class Session(ReplyWriter):
     """One connection; also the `env` the protocol talks to (see docs/internals.md)."""
 
     def __init__(self, cfg, channel: Channel, *, log: Logger, hostname: str | None = None,
@@ -254,16 +128,6 @@ class Session:
             self._client_host = self._lookup.result() if self._lookup else self.client_ip
         return self._client_host
 
-    def write(self, data: bytes) -> None:
-        if self._closed or not data:
-            return
-        if not self._out and len(data) >= limits.COPY_CHUNK_OCTETS:
-            self._send(data)                # a big block (RETR of a big message): no copy
-            return
-        self._out += data
-        if not self._aggregate() or len(self._out) >= limits.COPY_CHUNK_OCTETS:
-            self.flush()
-
     def open_maildrop(self, login):
         """Called by the protocol once the user is authenticated (docs/internals.md). In the
         pre-login process it hands the connection over instead (never returns)."""
@@ -313,43 +177,12 @@ class Session:
         self.maildrop = SessionMaildrop(drop, self)
         return self.maildrop
 
-    # --- per-user option files (docs/compatibility.md, "Spool locations and option files") ----
     def _apply_user_option_files(self, login, spool_options_file: str, owner: int) -> None:
-        """After the privilege drop: ~/.qpopper-options (-u), then the administrator's
-        <spool-dir>/<user>.qpopper-options (-U, SpoolPaths.options_file; used only when
-        `owner` owns it and alone may write it), so the administrator has the last word."""
-        cfg = self.cfg
-        if cfg.user_options and login.home:
-            path = os.path.join(login.home, USER_OPTIONS_FILE)
-            if self._readable_regular_file(path):
-                cfg = self._apply_file(cfg, path, "home")
-        if cfg.spool_options:
-            cfg = config_mod.apply_spool_options_file(cfg, spool_options_file, owner, self.log)
+        cfg = user_options.apply(self.cfg, login, spool_options_file, owner, self.log)
         if cfg is not self.cfg:
             self.cfg = cfg
             if self.protocol is not None and hasattr(self.protocol, "cfg"):
                 self.protocol.cfg = cfg
-
-    def _apply_file(self, cfg, path: str, kind: str):
-        try:
-            return config_mod.apply_user_file(cfg, path, kind, self.log)
-        except OSError as exc:
-            # e.g. a home directory the user made unreadable: Qpopper goes on without it
-            self.log(syslog.LOG_NOTICE, f"Ignoring {path}: {exc.strerror}")
-            return cfg
-
-    def _readable_regular_file(self, path: str) -> bool:
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return False
-        except OSError as exc:
-            self.log(syslog.LOG_NOTICE, f"Unable to check {path}: {exc}")
-            return False
-        if not stat.S_ISREG(st.st_mode):
-            self.log(syslog.LOG_NOTICE, f"Ignoring {path}: not a regular file")
-            return False
-        return True
 
     # --- the loop ------------------------------------------------------------------------------
     def run(self, resume=None) -> int:
@@ -448,31 +281,6 @@ class Session:
         self.channel_bindings = channel.channel_bindings()
         # the session's TLS line: version and cipher (Qpopper logs its handshake at notice)
         self.log(syslog.LOG_INFO, f"TLS session with {self.client_ip}: {channel.summary()}")
-        return True
-
-    def flush(self) -> None:
-        if self._closed or not self._out:
-            self._out.clear()
-            return
-        data, self._out = self._out, bytearray()   # hand the buffer itself over: no copy
-        self._send(data)
-
-    def _send(self, data: bytes | bytearray) -> None:
-        try:
-            self.channel.write_all(data, self.cfg.timeout)
-        except ChannelClosed as exc:
-            self._closed = True
-            self.log(syslog.LOG_DEBUG, f"client {self.client_ip} gone during write: {exc}")
-
-    def _aggregate(self) -> bool:
-        """chunky-writes: default/always aggregate; never: write each piece as it comes;
-        tls (the table maps 'ssl' to it): aggregate only when TLS is active (small TLS
-        records are expensive)."""
-        mode = self.cfg.chunky_writes
-        if mode == "never":
-            return False
-        if mode == "tls":
-            return self.tls_active
         return True
 
     def _finish(self, error: bool) -> None:

@@ -24,7 +24,7 @@ key), tls-private-key-file (a separate unencrypted key), tls-identity-file + tls
 also opens an encrypted key in the other two files.
 
 The session channel works through memory BIOs: the raw descriptors keep their non-blocking
-reads and writes with the session's timeout and hangup handling (session.Channel), and inetd
+reads and writes with the session's timeout and hangup handling (channel.Channel), and inetd
 mode works on any descriptor pair.
 
 After the handshake the channel names its channel bindings (TlsChannel.channel_bindings), the
@@ -419,7 +419,7 @@ def _utc(cert: x509.Certificate, name: str) -> datetime.datetime:
 
 # --- the session's TLS channel ------------------------------------------------------------------
 class TlsChannel:
-    """session.Channel's interface (read, write_all, close, peer, sock) over TLS.
+    """channel.Channel's interface (read, write_all, close, peer, sock) over TLS.
 
     `raw` is the plaintext channel: ciphertext goes through its bounded, interruptible reads
     and writes; OpenSSL works on memory BIOs in between.
@@ -431,7 +431,7 @@ class TlsChannel:
         self.in_fd, self.out_fd = raw.in_fd, raw.out_fd
         self.conn = SSL.Connection(context, None)
         self.conn.set_accept_state()
-        # the raw channel's "client gone" exception (session.ChannelClosed): this module sits
+        # the raw channel's "client gone" exception (channel.ChannelClosed): this module sits
         # below session.py and must not import it
         self.closed_error = getattr(raw, "closed_error", ConnectionError)
         self._closed_from = None

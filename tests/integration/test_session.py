@@ -18,7 +18,9 @@ import pytest
 
 from qpopper.config import Config
 from qpopper.log import Logger
-from qpopper.server.session import Channel, ChannelClosed, Session, normalize_ip
+from qpopper.addresses import normalize_ip
+from qpopper.server.channel import Channel, ChannelClosed
+from qpopper.server.session import Session
 from tests.server_harness import SyslogCapture
 
 pytestmark = pytest.mark.timeout(30)

@@ -26,7 +26,8 @@ from qpopper.config import Config
 from qpopper.log import Logger
 from qpopper.pop3.protocol import State
 from qpopper.pop3.responses import PopError
-from qpopper.server.session import Channel, Session
+from qpopper.server.channel import Channel
+from qpopper.server.session import Session
 from qpopper.spool.paths import check_user_name
 from tests.transcripts.harness import Spool
 

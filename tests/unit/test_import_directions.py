@@ -31,6 +31,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("vocabulary", ("pop3.responses", "option_types", "options", "logcatalogue")),
     ("configuration", ("config",)),
     ("services", ("log", "server.sdnotify", "server.privsep", "server.tls", "server.monitor_wire",
+                  "server.channel",
                   "docgen")),
     ("domain", ("spool.*", "auth.*", "bulletins", "bulletin_records", "extensions.submit", "server.drac",
                 "server.preflight",
@@ -39,7 +40,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # protocol code, pure like it. The one OS action they need, running the MTA for XTND XMIT,
     # is extensions.submit (domain layer), which the session builds and hands in.
     ("protocol", ("pop3.*", "extensions", "extensions.*")),
-    ("session", ("server.session", "server.prelogin")),
+    ("session", ("server.session", "server.prelogin", "server.reply_writer",
+                 "server.user_options")),
     ("master", ("server.master", "server.monitor", "server")),
     ("programs", ("demo", "tools.*")),
     ("entry points", ("cli",)),
