@@ -59,6 +59,21 @@ a peer that holds it back holds a root monitor, so this is far below login-timeo
 AUTH_FAILURE_DELAY_S = 2.0
 """Qpopper's fixed SLEEP_SECONDS after a failed login, before the -ERR reply."""
 
+# --- the authentication cache (docs/auth-cache.md) ---------------------------------------------
+MAX_AUTH_CACHE_ENTRIES = 1_000_000
+"""The largest `auth-cache-size`: about 260 octets an entry in the cache process, so at most
+some 260 MiB of locked memory."""
+
+MAX_AUTH_CACHE_TTL_S = 7 * 24 * 3600
+"""The longest `auth-cache-ttl` / `auth-cache-negative-ttl`: a week."""
+
+AUTH_CACHE_REPLY_TIMEOUT_S = 0.5
+"""How long a monitor waits for the cache process's answer before it asks PAM itself (the
+process is being restarted, or stuck): a login never depends on the cache."""
+
+AUTH_CACHE_RESTART_INTERVAL_S = 1.0
+"""The master starts a cache process that died at most this often."""
+
 # --- users ----------------------------------------------------------------------------------
 MAX_USER_NAME_OCTETS = 64
 """Longer user names are refused before any lookup (no system allows longer login names in

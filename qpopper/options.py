@@ -445,6 +445,28 @@ OPTIONS: tuple[Option, ...] = (
        "more.",
        extension=True, repeatable=True, check=check_networks, scope=Scope.STARTUP,
        example="192.0.2.0/24 2001:db8:1::/48"),
+    _i("auth-cache-size", 0,
+       "Extension: the authentication cache (Dovecot's auth_cache_size): how many USER/PASS, "
+       "AUTH PLAIN and AUTH LOGIN password checks a root process of the standalone master "
+       "remembers, so that a login with the same name and password within auth-cache-ttl "
+       "skips PAM's password step (the account check still runs every time). 0 (the "
+       "default) turns it off; inetd mode has no cache. Costs about 260 octets of locked "
+       "memory an entry; the least recently used entry goes first. HUP empties it. See "
+       "docs/auth-cache.md for what it trades.",
+       extension=True, minimum=0, maximum=limits.MAX_AUTH_CACHE_ENTRIES, scope=Scope.STARTUP),
+    _i("auth-cache-ttl", 3600,
+       "Extension: seconds a correct password stays remembered (Dovecot's auth_cache_ttl). "
+       "Until then a changed, locked (usermod -L) or revoked password keeps working for a "
+       "client that used it; HUP (systemctl reload) forgets at once. Expiring the account "
+       "(usermod -e) and pam_access rules act at once: the account check is never cached.",
+       extension=True, minimum=1, maximum=limits.MAX_AUTH_CACHE_TTL_S, scope=Scope.STARTUP),
+    _i("auth-cache-negative-ttl", 300,
+       "Extension: seconds a wrong password stays remembered (Dovecot's "
+       "auth_cache_negative_ttl); 0 remembers only correct ones. Until then that password "
+       "is refused without asking PAM, even if it has just been set (a new account, a "
+       "password change typed in before it was made). A remembered wrong password still "
+       "counts as a failed login for the delays and the brute-force brakes.",
+       extension=True, minimum=0, maximum=limits.MAX_AUTH_CACHE_TTL_S, scope=Scope.STARTUP),
     _m("tls-min-version", "TLSv1.2", ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"),
        "Extension: oldest TLS version accepted. TLSv1 and TLSv1.1 are UNSAFE (RFC 8996 "
        "deprecates them) and only for old clients that cannot do better: they also re-admit "

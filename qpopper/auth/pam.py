@@ -70,28 +70,35 @@ class PamResult:
     code: int
     reason: str
     password_expired: bool = False   # acct_mgmt's only objection was an expired password
+    password_code: int | None = None
+    """What the password step alone (pam_authenticate) said, when it ran: all the
+    authentication cache may remember (docs/auth-cache.md); acct_mgmt's say is never kept."""
 
     @property
     def system_error(self) -> bool:
         return self.code in SYSTEM_ERRORS
 
 
-def _with_rhost(authenticator, rhost: str | None, replace_auth_step: bool):
+def _with_rhost(authenticator, rhost: str | None, replace_auth_step: bool) -> dict:
     """Wrap the instance's pam_authenticate binding: set PAM_RHOST, then authenticate.
 
     With `replace_auth_step` the password step reports success without asking any module:
     used after APOP has proved the user's secret, so the PAM stack only runs pam_acct_mgmt.
+    Returns a dict that gets the password step's own code ("code") once it has run.
     """
     real_authenticate = authenticator.pam_authenticate
     set_item = authenticator.pam_set_item
+    asked: dict[str, int] = {}
 
     def pam_authenticate(handle, flags):
         _set_rhost(set_item, handle, rhost)
         if replace_auth_step:
             return PAM_SUCCESS
-        return real_authenticate(handle, flags)
+        asked["code"] = code = real_authenticate(handle, flags)
+        return code
 
     authenticator.pam_authenticate = pam_authenticate
+    return asked
 
 
 def preload() -> None:
@@ -113,7 +120,7 @@ def _run(service: str, user: str, password: str, rhost: str | None, *,
         authenticator = python_pam.PamAuthenticator()
     except _LIBPAM_UNLOADABLE as exc:
         return PamResult(False, python_pam.PAM_SYSTEM_ERR, f"cannot load libpam: {exc}")
-    _with_rhost(authenticator, rhost, replace_auth_step=account_only)
+    asked = _with_rhost(authenticator, rhost, replace_auth_step=account_only)
     # The client's original bytes (docs/internals.md): a Latin-1 password arrives as
     # surrogate escapes, which python-pam's own str.encode("utf-8") would refuse.
     secret = password.encode("utf-8", "surrogateescape")
@@ -128,16 +135,18 @@ def _run(service: str, user: str, password: str, rhost: str | None, *,
     if isinstance(reason, bytes):
         reason = reason.decode("utf-8", "replace")
     reason = str(reason or "")
+    password_code = asked.get("code")
     if code == PAM_SUCCESS:
-        return PamResult(True, code, reason)
+        return PamResult(True, code, reason, password_code=password_code)
     if code == PAM_NEW_AUTHTOK_REQD:
         # pam_unix's acct_mgmt: the password must be changed (chage -d 0, maximum age
         # passed). It comes only after the password (or APOP digest) was verified. Past the
         # inactivity period pam_unix says PAM_AUTHTOK_EXPIRED instead: always refused.
         # check-password-expired (manual: "Disabling prevents Qpopper from checking for
         # expired passwords") decides whether it refuses the login.
-        return PamResult(not check_password_expired, code, reason, password_expired=True)
-    return PamResult(False, code, reason)
+        return PamResult(not check_password_expired, code, reason, password_expired=True,
+                         password_code=password_code)
+    return PamResult(False, code, reason, password_code=password_code)
 
 
 def authenticate(service: str, user: str, password: str, rhost: str | None = None, *,

@@ -73,6 +73,7 @@ from qpopper.log import log_login_line
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.auth import Login, challenges, is_possible_user_name
 from qpopper.auth import pam as pam_auth
+from qpopper.auth.password_cache import PasswordCache, pam_or_cached
 from qpopper.auth.brakes import Brakes
 from qpopper.auth.sasl import CLEAR_TEXT_TLS_ONLY, NEEDS_STRONGER_AUTH  # the protocol refuses USER too
 from qpopper.auth.scram import Verifier
@@ -170,6 +171,7 @@ class Authenticator(challenges.GssSteps):
         self._scram: challenges.ScramState | None = None
         self._scram_login: Login | None = None
 
+    password_cache: PasswordCache | None = None    # the monitor's (auth/password_cache.py)
     # ---- the contract ---------------------------------------------------------------------
     banner_timestamp: str | None = None
     """The APOP timestamp, when whoever checks APOP made it (the monitor does, for the
@@ -228,8 +230,9 @@ class Authenticator(challenges.GssSteps):
         account = self._known_account(user)
         if account is not None:
             self._check_uid(user, account, host, client_ip)
-        result = pam_auth.authenticate(self.cfg.pam_service, user, password, client_ip,
-                                       check_password_expired=self._check_password_expired())
+        result = pam_or_cached(self.password_cache, self.cfg.pam_service, user,
+                               account.pw_uid if account else None, password, client_ip,
+                               check_password_expired=self._check_password_expired())
         if account is None:
             self._refuse(user, host, client_ip, bad_password, "no such user")
         self._check_pam_said_yes(result, user, host, client_ip, bad_password,

@@ -28,6 +28,7 @@ from qpopper.server import preflight, sdnotify
 from qpopper.server import tls as tls_mod
 from qpopper.addresses import address_group, in_networks, normalize_ip, parse_networks
 from qpopper.auth import pam as pam_auth
+from qpopper.server.auth_cache import AuthCacheProcess
 from qpopper.log import Logger
 from qpopper.server.listeners import (LISTEN_BACKLOG, ListenError, format_sockaddr, open_listeners,
                                       proxy_listeners)
@@ -87,6 +88,7 @@ class Master:
         self.stopping = False
         self.selector: selectors.BaseSelector | None = None
         self._wake_r = self._wake_w = -1
+        self.auth_cache = AuthCacheProcess()          # docs/auth-cache.md
 
     # --- setup and teardown ----------------------------------------------------------------------
     def _install_signals(self) -> None:
@@ -139,6 +141,7 @@ class Master:
             where = ", ".join(self._describe_listener(s) for s in self.listeners)
             self.log(syslog.LOG_INFO, f"master listening on {where}")
             self._notify("READY=1\nSTATUS=accepting connections")
+            self.auth_cache.start(self.cfg, self.log)
             while not self.stopping:
                 for key, _ in self.selector.select(REAP_INTERVAL_S):
                     if key.fileobj == self._wake_r:
@@ -149,8 +152,10 @@ class Master:
                         self._accept(key.fileobj)
                 self._handle_signals()
                 self._reap()
+                self.auth_cache.keep_running(self.cfg, self.log)
             return self._drain_children()
         finally:
+            self.auth_cache.close()
             self._close_listeners()
             self.selector.close()
             self.selector = None
@@ -379,6 +384,8 @@ class Master:
         self.per_address.clear()
         os.close(self._logins_r)
         logins_w = self._logins_w
+        password_cache = self.auth_cache.for_monitor()   # never reaches the pre-login process
+        cache_fds = (password_cache.fd,) if password_cache is not None else ()
 
         def tell_master(*words: str) -> None:
             try:
@@ -389,7 +396,8 @@ class Master:
                        client=Client(conn.fileno(), conn.fileno(), conn), tls=self.tls,
                        tls_mode=tls_mode, on_login=tell_master, proxy=proxy,
                        on_client_address=tell_master,
-                       close_in_children=(logins_w,)).run()
+                       close_in_children=(logins_w, *cache_fds),
+                       password_cache=password_cache).run()
 
     # --- children ------------------------------------------------------------------------------
     def _reap(self) -> None:
@@ -440,6 +448,7 @@ class Master:
             self.log(syslog.LOG_NOTICE, "configuration reloaded")
             if new_tls is not None:
                 self.log(syslog.LOG_INFO, f"TLS certificate {new_tls.description}")
+        self.auth_cache.restart(self.cfg, self.log)     # HUP empties it, even if the reload failed
         self._notify("READY=1\nSTATUS=accepting connections")
 
     def _replace_log(self, new_log: Logger) -> None:

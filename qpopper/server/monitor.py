@@ -112,12 +112,15 @@ class Monitor:
 
     def __init__(self, cfg, log, *, hostname: str, peer, client: Client, tls=None,
                  tls_mode: str | None = None, on_login=None, close_in_children=(),
-                 proxy=None, on_client_address=None):
+                 proxy=None, on_client_address=None, password_cache=None):
         """`tls`: the master's tls.TlsIdentity (open files, never read here). `on_login()`:
         called once the user session runs (the master's logged-in notice). Descriptors in
-        `close_in_children` are closed in both children (the master's notice pipe).
-        `proxy`: the trusted proxy networks when the connection begins with a PROXY header
-        (the pre-login process reads it; `on_client_address(ip)` then tells the master)."""
+        `close_in_children` are closed in both children (the master's notice pipe, the
+        authentication cache's socket). `proxy`: the trusted proxy networks when the
+        connection begins with a PROXY header (the pre-login process reads it;
+        `on_client_address(ip)` then tells the master). `password_cache`: the
+        authenticator's handle on the authentication cache (auth/password_cache.py), or
+        None."""
         self.cfg = cfg
         self.log = log
         self.hostname = hostname
@@ -132,6 +135,7 @@ class Monitor:
         self.tls_mode = tls_mode if tls is not None else None
         self.on_login = on_login
         self.close_in_children = tuple(close_in_children)
+        self.password_cache = password_cache
         self.authenticator: Authenticator | None = None
         self.apop_timestamp: str | None = None
         self.cram: bytes | None = None
@@ -150,6 +154,7 @@ class Monitor:
         try:
             uid, gid = privsep.prelogin_account(self.cfg)
             self.authenticator = Authenticator(self.cfg, self.log)
+            self.authenticator.password_cache = self.password_cache
             if self.authenticator.apop_enabled:
                 self.apop_timestamp = challenges.apop_timestamp(os.getpid(), time.time(),
                                                                 self.hostname)

@@ -34,6 +34,7 @@ SECRET = limits.MAX_AUTH_LINE_OCTETS   # a password or a SASL response
 SHORT = 256                            # mechanism names, flags, host names
 TOKEN = 48 * 1024                      # GSSAPI tokens (Kerberos tickets with a PAC are big)
 LEFTOVER = limits.MAX_AUTH_LINE_OCTETS + 64 * 1024    # pipelined bytes read past the login
+CACHE_KEY = 64                         # an authentication cache key (a 32-octet hash)
 
 
 class Kind(enum.IntEnum):
@@ -58,6 +59,12 @@ class Kind(enum.IntEnum):
     REFUSED = 65            # reply text, response code, close flag
     DATA = 66               # octets (a challenge, server-first, a token), a flag
 
+    # Between a monitor and the authentication cache process (docs/auth-cache.md), never
+    # the pre-login process: it holds no descriptor to that process.
+    CACHE_LOOKUP = 128      # generation, key; the socket for the answer travels with it
+    CACHE_STORE = 129       # generation, key, verdict, when PAM was asked (monotonic ns)
+    CACHE_VERDICT = 192     # verdict (empty: not remembered)
+
 
 FIELD_LIMITS: dict[Kind, tuple[int, ...]] = {
     Kind.PASSWORD: (NAME, SECRET, SHORT, NAME, 1, SHORT),
@@ -77,9 +84,13 @@ FIELD_LIMITS: dict[Kind, tuple[int, ...]] = {
     Kind.LOGIN: (NAME, SHORT, 1, SHORT),
     Kind.REFUSED: (SECRET, SHORT, 1),
     Kind.DATA: (TOKEN, 1),
+    Kind.CACHE_LOOKUP: (SHORT, CACHE_KEY),
+    Kind.CACHE_STORE: (SHORT, CACHE_KEY, SHORT, SHORT),
+    Kind.CACHE_VERDICT: (SHORT,),
 }
 
 REQUESTS = frozenset(kind for kind in Kind if kind < 64)
+CACHE_REQUESTS = frozenset({Kind.CACHE_LOOKUP, Kind.CACHE_STORE})
 
 
 class FrameError(Exception):

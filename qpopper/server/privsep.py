@@ -9,7 +9,9 @@ process model is docs/privsep.md). No module here reads a client byte as root:
   qpopper/server/monitor.py, monitor_wire.py  one per connection: answers the pre-login
                                               process's frames, then becomes the user session
   qpopper/auth/policy.py, challenges.py,      in the monitor: user lookup, PAM, the pop.auth
-    pam.py, store.py, brakes.py               store, APOP/CRAM/SCRAM challenges, GSS-API, brakes
+    pam.py, store.py, brakes.py,              store, APOP/CRAM/SCRAM challenges, GSS-API, brakes,
+    password_cache.py                         the authentication cache's keys
+  qpopper/server/auth_cache.py                the authentication cache process (master's child)
   qpopper/server/drac.py                      in the monitor: POP-before-SMTP notices
   qpopper/server/tls.py (TlsIdentity.open)    the certificate and key snapshot, never parsed
   qpopper/log.py                              syslog / tracefile records

@@ -42,7 +42,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("protocol", ("pop3.*", "extensions", "extensions.*")),
     ("session", ("server.session", "server.prelogin", "server.reply_writer",
                  "server.user_options")),
-    ("master", ("server.master", "server.monitor", "server")),
+    ("master", ("server.master", "server.monitor", "server.auth_cache", "server")),
     ("programs", ("demo", "tools.*")),
     ("entry points", ("cli",)),
 )

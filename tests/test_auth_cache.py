@@ -1,0 +1,387 @@
+"""The authentication cache (docs/auth-cache.md) with the real master, real `qpt*` users and a
+real PAM service whose auth and account stacks each run pam_exec first: every call PAM makes
+is a line in a file, so the tests count what PAM was asked, not what the server says it did.
+
+TTLs are a few seconds and the tests wait past them; nothing asserts how long anything took.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import poplib
+import pwd
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from qpopper.auth import pam as pam_auth
+from qpopper.auth import password_cache
+from qpopper.server import auth_cache
+from qpopper.server import monitor_wire as wire
+from tests.helpers.pam_service import installed_pam_service
+from tests.helpers.sysusers import PRELOGIN_USER, is_root, make_spool
+from tests.server_harness import (Site, descendants_of, login, mbox, proc_status, proc_title,
+                                  processes_of, read_greeting, wait_until)
+
+CACHE_TITLE = "popper: auth cache"
+SHORT_TTL_S = 3
+COUNT_LINES = (r"auth cache: up to \d+ entries, \d+ s, negative \d+ s",
+               r"auth cache: \d+ entries forgotten; \d+ hits, \d+ misses")
+"""Everything the cache ever logs: its settings and counts."""
+
+root_only = pytest.mark.skipif(not is_root(), reason="needs root: real users, a PAM service "
+                                                      "file, the privilege split")
+
+
+# --- a PAM service that writes down each call ------------------------------------------------
+class CountedPam:
+    """`auth` and `account` stacks of pam_unix, each behind a pam_exec that appends
+    "<stack> <user>" to a file."""
+
+    def __init__(self, directory: str):
+        self.calls = os.path.join(directory, "pam-calls")
+        self.script = os.path.join(directory, "note-pam-call")
+        with open(self.script, "w") as f:
+            f.write(f'#!/bin/sh\necho "$PAM_TYPE $PAM_USER" >> {self.calls}\n')
+        os.chmod(self.script, 0o755)
+        self.stack = (f"auth     optional  pam_exec.so quiet {self.script}\n"
+                      f"auth     required  pam_unix.so nodelay\n"
+                      f"account  optional  pam_exec.so quiet {self.script}\n"
+                      f"account  required  pam_unix.so\n")
+
+    def count(self, stack: str, user) -> int:
+        try:
+            with open(self.calls) as f:
+                return sum(1 for line in f if line.split() == [stack, user.name])
+        except FileNotFoundError:
+            return 0
+
+
+@pytest.fixture
+def counted(world_tmp):
+    if not is_root():
+        pytest.skip("needs root: installs a PAM service file in /etc/pam.d")
+    pam = CountedPam(world_tmp)
+    with installed_pam_service(pam.stack, tag="cache-") as service:
+        pam.service = service
+        yield pam
+
+
+@pytest.fixture
+def make_site(world_tmp, counted):
+    sites = []
+
+    def make(**options) -> Site:
+        root = os.path.join(world_tmp, f"site{len(sites)}")
+        os.mkdir(root)
+        os.chmod(root, 0o755)
+        site = Site(root, counted.service, **options)
+        sites.append(site)
+        return site
+    yield make
+    for site in sites:
+        site.close()
+
+
+def cached(size=100, ttl=300, negative_ttl=300) -> dict:
+    return dict(auth_cache_size=size, auth_cache_ttl=ttl, auth_cache_negative_ttl=negative_ttl)
+
+
+def user_with_spool(site, system_users, **kw):
+    user = system_users.create(**kw)
+    make_spool(site.spool_dir, user, mbox(("hello", "Body.\n")))
+    return user
+
+
+def log_in_and_quit(server, user, password=None) -> None:
+    client = login(server, user, password)
+    assert client.stat()[0] == 1
+    client.quit()
+
+
+def refused(server, user, password) -> bool:
+    try:
+        log_in_and_quit(server, user, password)
+    except poplib.error_proto as exc:
+        assert str(exc).startswith("b'-ERR [AUTH]")
+        return True
+    return False
+
+
+def auth_plain(server, user) -> bytes:
+    """AUTH PLAIN with the user's password; the reply line."""
+    token = base64.b64encode(f"\0{user.name}\0{user.password}".encode()).decode()
+    with socket.create_connection((server.host, server.port), timeout=20) as sock:
+        read_greeting(sock)
+        sock.sendall(f"AUTH PLAIN {token}\r\n".encode())
+        reply = read_greeting(sock)
+        sock.sendall(b"QUIT\r\n")
+        read_greeting(sock)
+    return reply
+
+
+def set_password(user, password: str) -> None:
+    subprocess.run(["chpasswd"], input=f"{user.name}:{password}\n", text=True, check=True,
+                   capture_output=True, timeout=30)
+
+
+def cache_processes(server) -> list[int]:
+    found = []
+    for pid in descendants_of(server.pid):
+        try:
+            if proc_title(pid) == CACHE_TITLE:
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def wait_past(moment: float, seconds: float) -> None:
+    """Sleep until `seconds` (a TTL) plus a margin have passed since `moment` (monotonic)."""
+    remaining = moment + seconds + 0.5 - time.monotonic()
+    if remaining > 0:
+        time.sleep(remaining)
+
+
+# --- with the real server ----------------------------------------------------------------------
+@root_only
+def test_a_second_login_with_the_same_password_skips_pams_password_step(make_site, counted,
+                                                                        system_users):
+    site = make_site(sasl_no_plaintext=False, **cached())
+    user = user_with_spool(site, system_users)
+    server = site.server()
+    log_in_and_quit(server, user)
+    log_in_and_quit(server, user)
+    assert auth_plain(server, user).startswith(b"+OK")        # AUTH PLAIN shares the entry
+    assert counted.count("auth", user) == 1
+    assert counted.count("account", user) == 3                 # never remembered
+
+
+@root_only
+def test_off_by_default_pam_checks_every_password(make_site, counted, system_users):
+    site = make_site()
+    user = user_with_spool(site, system_users)
+    server = site.server()
+    log_in_and_quit(server, user)
+    log_in_and_quit(server, user)
+    assert counted.count("auth", user) == 2
+    assert cache_processes(server) == []
+
+
+@root_only
+def test_a_changed_password_keeps_working_until_the_ttl_then_not(make_site, counted,
+                                                                 system_users):
+    site = make_site(**cached(ttl=SHORT_TTL_S))
+    user = user_with_spool(site, system_users)
+    server = site.server()
+    asked = time.monotonic()
+    log_in_and_quit(server, user)
+    set_password(user, "pw-the-new-one")
+    log_in_and_quit(server, user)                               # the old one, remembered
+    assert counted.count("auth", user) == 1
+    log_in_and_quit(server, user, "pw-the-new-one")              # not remembered: PAM says yes
+    assert counted.count("auth", user) == 2
+    wait_past(asked, SHORT_TTL_S)
+    assert refused(server, user, user.password)
+    assert counted.count("auth", user) == 3
+
+
+@root_only
+def test_a_wrong_password_is_remembered_for_the_negative_ttl_and_still_braked(
+        make_site, counted, system_users):
+    site = make_site(**cached(negative_ttl=SHORT_TTL_S))
+    user = user_with_spool(site, system_users)
+    server = site.server()
+    asked = time.monotonic()
+    assert refused(server, user, "pw-not-yet")
+    assert refused(server, user, "pw-not-yet")                  # remembered
+    assert counted.count("auth", user) == 1
+    failures = [text for text in site.syslog.texts()
+                if text.startswith(f"LOGIN FAILED, user={user.name},")]
+    assert len(failures) == 2                                   # both counted for the brakes
+    refusals = [text for text in site.syslog.texts()
+                if text.startswith(f'login of "{user.name}" refused')]
+    assert len(refusals) == 2 and refusals[0] == refusals[1]    # the same words either way
+    set_password(user, "pw-not-yet")
+    assert refused(server, user, "pw-not-yet")                  # set, but still remembered wrong
+    wait_past(asked, SHORT_TTL_S)
+    log_in_and_quit(server, user, "pw-not-yet")
+    assert counted.count("auth", user) == 2
+
+
+@root_only
+def test_hup_empties_the_cache_and_the_log_holds_only_counts(make_site, counted, system_users):
+    site = make_site(**cached())
+    user = user_with_spool(site, system_users)
+    server = site.server()
+    log_in_and_quit(server, user)
+    log_in_and_quit(server, user)
+    assert counted.count("auth", user) == 1
+    os.kill(server.pid, signal.SIGHUP)
+    site.syslog.wait_for(r"auth cache: 1 entries forgotten; 1 hits, 1 misses")
+    log_in_and_quit(server, user)
+    assert counted.count("auth", user) == 2
+    texts = site.syslog.texts()
+    about_the_cache = [text for text in texts if "cache" in text.lower()]
+    assert len(about_the_cache) >= 3
+    assert all(any(re.fullmatch(line, text) for line in COUNT_LINES) for text in about_the_cache)
+    assert not [text for text in texts if user.password in text]
+
+
+@root_only
+def test_the_pre_login_process_and_the_user_session_hold_nothing_of_the_cache(
+        make_site, system_users):
+    site = make_site(**cached())
+    user = user_with_spool(site, system_users)
+    server = site.server()
+    [cache] = wait_until(lambda: cache_processes(server), what="the cache process")
+    ends = seqpacket_inodes(server.pid)
+    assert len(ends) == 2 and ends & socket_inodes(cache)
+    with socket.create_connection((server.host, server.port), timeout=10) as client:
+        assert read_greeting(client).startswith(b"+OK")
+        client.sendall(b"USER someone\r\n")
+        assert client.recv(100).startswith(b"+OK")
+        prelogin = wait_until(lambda: processes_of(server, pw_uid(PRELOGIN_USER)),
+                              what="the pre-login process")[0]
+        monitor = int(proc_status(prelogin)["PPid"])
+        assert socket_inodes(monitor) & ends                    # the monitor's request end
+        assert not socket_inodes(prelogin) & ends
+    session = login(server, user)
+    try:
+        [pid] = wait_until(lambda: processes_of(server, user.uid), what="the user session")
+        assert not socket_inodes(pid) & ends
+    finally:
+        session.quit()
+
+
+@root_only
+def test_a_cache_process_that_dies_is_replaced(make_site, counted, system_users):
+    site = make_site(**cached())
+    user = user_with_spool(site, system_users)
+    server = site.server()
+    [first] = wait_until(lambda: cache_processes(server), what="the cache process")
+    os.kill(first, signal.SIGKILL)
+    [second] = wait_until(lambda: [pid for pid in cache_processes(server) if pid != first],
+                          what="a new cache process")
+    assert proc_status(second)["Uid"].split()[0] == "0"
+    assert proc_status(second)["VmLck"].split()[0] != "0"       # its memory is locked
+    log_in_and_quit(server, user)
+    log_in_and_quit(server, user)
+    assert counted.count("auth", user) == 1
+
+
+def pw_uid(name: str) -> int:
+    return pwd.getpwnam(name).pw_uid
+
+
+def socket_inodes(pid: int) -> set[int]:
+    found = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        match = re.fullmatch(r"socket:\[(\d+)\]", target)
+        if match:
+            found.add(int(match[1]))
+    return found
+
+
+def seqpacket_inodes(pid: int) -> set[int]:
+    """The master's SOCK_SEQPACKET sockets: the cache's socket pair is its only one."""
+    with open("/proc/net/unix") as f:
+        next(f)
+        seqpacket = {int(fields[6]) for fields in (line.split() for line in f)
+                     if fields[4] == "0005"}
+    return socket_inodes(pid) & seqpacket
+
+
+# --- the parts, without a server -----------------------------------------------------------------
+def test_the_key_depends_on_every_part_and_the_salt():
+    salt = password_cache.new_salt()
+    base = ("pop3", "maida", 1001, "pw")
+    key = password_cache.derive_key(salt, *base)
+    assert len(key) == password_cache.KEY_OCTETS
+    assert password_cache.derive_key(salt, *base) == key
+    for changed in (("pop3x", "maida", 1001, "pw"), ("pop3", "maidb", 1001, "pw"),
+                    ("pop3", "maida", 1002, "pw"), ("pop3", "maida", None, "pw"),
+                    ("pop3", "maida", 1001, "pw2"), ("pop", "3maida", 1001, "pw")):
+        assert password_cache.derive_key(salt, *changed) != key
+    assert password_cache.derive_key(password_cache.new_salt(), *base) != key
+
+
+def test_only_the_password_steps_own_yes_and_wrong_password_are_remembered():
+    result = pam_auth.PamResult
+    assert password_cache.verdict_of(result(True, 0, "", password_code=0)) == password_cache.RIGHT
+    # the password was right, the account expired: the password is still right
+    assert password_cache.verdict_of(result(False, pam_auth.PAM_ACCT_EXPIRED, "",
+                                            password_code=0)) == password_cache.RIGHT
+    wrong = pam_auth.python_pam.PAM_AUTH_ERR
+    assert password_cache.verdict_of(result(False, wrong, "", password_code=wrong)) == str(wrong)
+    for code in (pam_auth.python_pam.PAM_SYSTEM_ERR, pam_auth.PAM_MAXTRIES,
+                 pam_auth.python_pam.PAM_AUTHINFO_UNAVAIL):
+        assert password_cache.verdict_of(result(False, code, "", password_code=code)) is None
+    assert password_cache.verdict_of(result(True, 0, "")) is None     # the step never ran
+
+
+def test_the_table_forgets_the_least_recently_used_and_what_expired():
+    table = auth_cache.CacheTable(size=2, ttl_s=10, negative_ttl_s=1)
+    s = auth_cache.NS_PER_S
+    table.put(b"a", password_cache.RIGHT, 0, 0)
+    table.put(b"b", "7", 0, 0)
+    assert table.get(b"a", s) == password_cache.RIGHT            # a is now the most recent
+    table.put(b"c", password_cache.RIGHT, s, s)
+    assert table.get(b"b", s) is None                            # b went first
+    assert table.get(b"a", 9 * s) == password_cache.RIGHT
+    assert table.get(b"a", 10 * s) is None                       # 10 s after PAM was asked
+    table.put(b"d", "7", 20 * s, 20 * s)
+    assert table.get(b"d", 21 * s) is None                       # the negative TTL
+    off = auth_cache.CacheTable(size=2, ttl_s=10, negative_ttl_s=0)
+    off.put(b"e", "7", 0, 0)
+    assert off.entries == {}
+    # an entry lives from when PAM was asked, never from a later moment
+    table.put(b"f", password_cache.RIGHT, 50 * s, 30 * s)
+    assert table.get(b"f", 40 * s) is None
+
+
+def test_the_cache_process_answers_only_its_generation():
+    """Over a real socket pair, as a monitor would ask: a store of another generation (a
+    monitor forked before the last HUP) is ignored, and so is its lookup."""
+    requests, serving = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    table = auth_cache.CacheTable(size=10, ttl_s=60, negative_ttl_s=60)
+    now = time.monotonic_ns()
+    old = password_cache.PasswordCache(requests.fileno(), b"s" * 32, generation=0)
+    new = password_cache.PasswordCache(requests.fileno(), b"s" * 32, generation=1)
+    try:
+        old.remember(b"k" * 32, password_cache.RIGHT, now)
+        auth_cache._answer_one(serving, table, 1)
+        assert table.entries == {}
+        new.remember(b"k" * 32, password_cache.RIGHT, now)
+        auth_cache._answer_one(serving, table, 1)
+        assert list(table.entries) == [b"k" * 32]
+        for handle, expected in ((new, password_cache.RIGHT), (old, None)):
+            answer = {}
+
+            def ask(handle=handle):
+                answer["verdict"] = handle.lookup(b"k" * 32)
+            asker = threading.Thread(target=ask)
+            asker.start()
+            auth_cache._answer_one(serving, table, 1)
+            asker.join(10)
+            assert answer["verdict"] == expected
+    finally:
+        requests.close()
+        serving.close()
+
+
+def test_the_wire_keeps_cache_frames_out_of_the_pre_login_requests():
+    assert not wire.CACHE_REQUESTS & wire.REQUESTS
+    frame = wire.encode(wire.Kind.CACHE_LOOKUP, "0", b"k" * 32)
+    with pytest.raises(wire.FrameError):
+        wire.decode(frame, wire.REQUESTS)
