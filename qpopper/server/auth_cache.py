@@ -90,7 +90,10 @@ def serve(sock: socket.socket, table: CacheTable, generation: int, log) -> int:
     """Answer requests until SIGTERM; then log the counts and return."""
     try:
         while True:
-            _answer_one(sock, table, generation)
+            try:
+                _answer_one(sock, table, generation)
+            except OSError:
+                continue         # one request's trouble (a bad answer descriptor) is its own
     except Stop:
         pass
     log(syslog.LOG_INFO, f"auth cache: {len(table.entries)} entries forgotten; "
@@ -100,7 +103,11 @@ def serve(sock: socket.socket, table: CacheTable, generation: int, log) -> int:
 
 def _answer_one(sock: socket.socket, table: CacheTable, generation: int) -> None:
     data, fds, flags, _ = socket.recv_fds(sock, wire.MAX_FRAME_OCTETS + 1, 1)
-    reply_to = socket.socket(fileno=fds[0]) if fds else None
+    try:
+        reply_to = socket.socket(fileno=fds[0]) if fds else None
+    except OSError:
+        os.close(fds[0])
+        raise
     try:
         if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
             return
@@ -164,11 +171,18 @@ class AuthCacheProcess:
             self.requests, self.serving = socket.socketpair(
                 socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         self.started_at = time.monotonic()
+        # TERM held back until the child has its own handler: a HUP right after this start
+        # must still end it
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        pid = -1
         try:
             pid = os.fork()
         except OSError as exc:
             log(syslog.LOG_ERR, f"auth cache: fork: {exc.strerror}")
             return
+        finally:
+            if pid != 0:                           # the master, whether or not it forked
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         if pid == 0:
             self._run(cfg, log)                    # never returns
         self.pid = pid
@@ -231,13 +245,16 @@ class AuthCacheProcess:
         status = 1
         try:
             serving = self.serving
-            _become_cache_process(keep={serving.fileno(), *log.fds()})
+            _become_cache_process(keep={0, 1, 2, serving.fileno(), *log.fds()})
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
             _lock_in(log)
             table = CacheTable(cfg.auth_cache_size, cfg.auth_cache_ttl,
                                cfg.auth_cache_negative_ttl)
             log(syslog.LOG_INFO, f"auth cache: up to {table.size} entries, "
                                  f"{cfg.auth_cache_ttl} s, negative {cfg.auth_cache_negative_ttl} s")
             status = serve(serving, table, self.generation, log)
+        except Stop:
+            status = 0                             # ended before it served
         except BaseException as exc:
             try:
                 log(syslog.LOG_ERR, f"auth cache failed: {type(exc).__name__}")
@@ -258,7 +275,8 @@ def _become_cache_process(keep: set[int]) -> None:
     setproctitle.setproctitle("popper: auth cache")
     low = 0
     for fd in sorted(keep) + [os.sysconf("SC_OPEN_MAX")]:
-        os.closerange(low, fd)
+        if fd > low:                  # closerange(n, n) would close everything from n on
+            os.closerange(low, fd)
         low = fd + 1
 
 
