@@ -1,6 +1,7 @@
 """The authentication cache (docs/auth-cache.md) with the real master, real `qpt*` users and a
 real PAM service whose auth and account stacks each run pam_exec first: every call PAM makes
 is a line in a file, so the tests count what PAM was asked, not what the server says it did.
+The cache's parts without a server: tests/unit/test_auth_cache_parts.py.
 
 TTLs are a few seconds and the tests wait past them; nothing asserts how long anything took.
 """
@@ -15,28 +16,22 @@ import re
 import signal
 import socket
 import subprocess
-import threading
 import time
 
 import pytest
 
-from qpopper.auth import pam as pam_auth
-from qpopper.auth import password_cache
-from qpopper.server import auth_cache
-from qpopper.server import monitor_wire as wire
 from tests.helpers.pam_service import installed_pam_service
 from tests.helpers.sysusers import PRELOGIN_USER, is_root, make_spool
 from tests.server_harness import (Site, descendants_of, login, mbox, proc_status, proc_title,
                                   processes_of, read_greeting, wait_until)
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
 CACHE_TITLE = "popper: auth cache"
 SHORT_TTL_S = 3
 COUNT_LINES = (r"auth cache: up to \d+ entries, \d+ s, negative \d+ s",
                r"auth cache: \d+ entries forgotten; \d+ hits, \d+ misses")
 """Everything the cache ever logs: its settings and counts."""
-
-root_only = pytest.mark.skipif(not is_root(), reason="needs root: real users, a PAM service "
-                                                      "file, the privilege split")
 
 
 # --- a PAM service that writes down each call ------------------------------------------------
@@ -150,7 +145,6 @@ def wait_past(moment: float, seconds: float) -> None:
 
 
 # --- with the real server ----------------------------------------------------------------------
-@root_only
 def test_a_second_login_with_the_same_password_skips_pams_password_step(make_site, counted,
                                                                         system_users):
     site = make_site(sasl_no_plaintext=False, **cached())
@@ -163,7 +157,6 @@ def test_a_second_login_with_the_same_password_skips_pams_password_step(make_sit
     assert counted.count("account", user) == 3                 # never remembered
 
 
-@root_only
 def test_off_by_default_pam_checks_every_password(make_site, counted, system_users):
     site = make_site()
     user = user_with_spool(site, system_users)
@@ -174,7 +167,6 @@ def test_off_by_default_pam_checks_every_password(make_site, counted, system_use
     assert cache_processes(server) == []
 
 
-@root_only
 def test_a_changed_password_keeps_working_until_the_ttl_then_not(make_site, counted,
                                                                  system_users):
     site = make_site(**cached(ttl=SHORT_TTL_S))
@@ -192,7 +184,6 @@ def test_a_changed_password_keeps_working_until_the_ttl_then_not(make_site, coun
     assert counted.count("auth", user) == 3
 
 
-@root_only
 def test_a_wrong_password_is_remembered_for_the_negative_ttl_and_still_braked(
         make_site, counted, system_users):
     site = make_site(**cached(negative_ttl=SHORT_TTL_S))
@@ -215,7 +206,6 @@ def test_a_wrong_password_is_remembered_for_the_negative_ttl_and_still_braked(
     assert counted.count("auth", user) == 2
 
 
-@root_only
 def test_hup_empties_the_cache_and_the_log_holds_only_counts(make_site, counted, system_users):
     site = make_site(**cached())
     user = user_with_spool(site, system_users)
@@ -234,7 +224,6 @@ def test_hup_empties_the_cache_and_the_log_holds_only_counts(make_site, counted,
     assert not [text for text in texts if user.password in text]
 
 
-@root_only
 def test_the_pre_login_process_and_the_user_session_hold_nothing_of_the_cache(
         make_site, system_users):
     site = make_site(**cached())
@@ -260,7 +249,6 @@ def test_the_pre_login_process_and_the_user_session_hold_nothing_of_the_cache(
         session.quit()
 
 
-@root_only
 def test_a_cache_process_that_dies_is_replaced(make_site, counted, system_users):
     site = make_site(**cached())
     user = user_with_spool(site, system_users)
@@ -300,88 +288,3 @@ def seqpacket_inodes(pid: int) -> set[int]:
         seqpacket = {int(fields[6]) for fields in (line.split() for line in f)
                      if fields[4] == "0005"}
     return socket_inodes(pid) & seqpacket
-
-
-# --- the parts, without a server -----------------------------------------------------------------
-def test_the_key_depends_on_every_part_and_the_salt():
-    salt = password_cache.new_salt()
-    base = ("pop3", "maida", 1001, "pw")
-    key = password_cache.derive_key(salt, *base)
-    assert len(key) == password_cache.KEY_OCTETS
-    assert password_cache.derive_key(salt, *base) == key
-    for changed in (("pop3x", "maida", 1001, "pw"), ("pop3", "maidb", 1001, "pw"),
-                    ("pop3", "maida", 1002, "pw"), ("pop3", "maida", None, "pw"),
-                    ("pop3", "maida", 1001, "pw2"), ("pop", "3maida", 1001, "pw")):
-        assert password_cache.derive_key(salt, *changed) != key
-    assert password_cache.derive_key(password_cache.new_salt(), *base) != key
-
-
-def test_only_the_password_steps_own_yes_and_wrong_password_are_remembered():
-    result = pam_auth.PamResult
-    assert password_cache.verdict_of(result(True, 0, "", password_code=0)) == password_cache.RIGHT
-    # the password was right, the account expired: the password is still right
-    assert password_cache.verdict_of(result(False, pam_auth.PAM_ACCT_EXPIRED, "",
-                                            password_code=0)) == password_cache.RIGHT
-    wrong = pam_auth.python_pam.PAM_AUTH_ERR
-    assert password_cache.verdict_of(result(False, wrong, "", password_code=wrong)) == str(wrong)
-    for code in (pam_auth.python_pam.PAM_SYSTEM_ERR, pam_auth.PAM_MAXTRIES,
-                 pam_auth.python_pam.PAM_AUTHINFO_UNAVAIL):
-        assert password_cache.verdict_of(result(False, code, "", password_code=code)) is None
-    assert password_cache.verdict_of(result(True, 0, "")) is None     # the step never ran
-
-
-def test_the_table_forgets_the_least_recently_used_and_what_expired():
-    table = auth_cache.CacheTable(size=2, ttl_s=10, negative_ttl_s=1)
-    s = auth_cache.NS_PER_S
-    table.put(b"a", password_cache.RIGHT, 0, 0)
-    table.put(b"b", "7", 0, 0)
-    assert table.get(b"a", s) == password_cache.RIGHT            # a is now the most recent
-    table.put(b"c", password_cache.RIGHT, s, s)
-    assert table.get(b"b", s) is None                            # b went first
-    assert table.get(b"a", 9 * s) == password_cache.RIGHT
-    assert table.get(b"a", 10 * s) is None                       # 10 s after PAM was asked
-    table.put(b"d", "7", 20 * s, 20 * s)
-    assert table.get(b"d", 21 * s) is None                       # the negative TTL
-    off = auth_cache.CacheTable(size=2, ttl_s=10, negative_ttl_s=0)
-    off.put(b"e", "7", 0, 0)
-    assert off.entries == {}
-    # an entry lives from when PAM was asked, never from a later moment
-    table.put(b"f", password_cache.RIGHT, 50 * s, 30 * s)
-    assert table.get(b"f", 40 * s) is None
-
-
-def test_the_cache_process_answers_only_its_generation():
-    """Over a real socket pair, as a monitor would ask: a store of another generation (a
-    monitor forked before the last HUP) is ignored, and so is its lookup."""
-    requests, serving = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    table = auth_cache.CacheTable(size=10, ttl_s=60, negative_ttl_s=60)
-    now = time.monotonic_ns()
-    old = password_cache.PasswordCache(requests.fileno(), b"s" * 32, generation=0)
-    new = password_cache.PasswordCache(requests.fileno(), b"s" * 32, generation=1)
-    try:
-        old.remember(b"k" * 32, password_cache.RIGHT, now)
-        auth_cache._answer_one(serving, table, 1)
-        assert table.entries == {}
-        new.remember(b"k" * 32, password_cache.RIGHT, now)
-        auth_cache._answer_one(serving, table, 1)
-        assert list(table.entries) == [b"k" * 32]
-        for handle, expected in ((new, password_cache.RIGHT), (old, None)):
-            answer = {}
-
-            def ask(handle=handle):
-                answer["verdict"] = handle.lookup(b"k" * 32)
-            asker = threading.Thread(target=ask)
-            asker.start()
-            auth_cache._answer_one(serving, table, 1)
-            asker.join(10)
-            assert answer["verdict"] == expected
-    finally:
-        requests.close()
-        serving.close()
-
-
-def test_the_wire_keeps_cache_frames_out_of_the_pre_login_requests():
-    assert not wire.CACHE_REQUESTS & wire.REQUESTS
-    frame = wire.encode(wire.Kind.CACHE_LOOKUP, "0", b"k" * 32)
-    with pytest.raises(wire.FrameError):
-        wire.decode(frame, wire.REQUESTS)

@@ -1,0 +1,100 @@
+"""The authentication cache's parts in one process (docs/auth-cache.md): the key, what may be
+remembered of PAM's answer, the table's LRU and TTLs, and the cache process's request handling
+over a real socket pair. With the real server: tests/system/test_auth_cache.py."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from qpopper.auth import pam as pam_auth
+from qpopper.auth import password_cache
+from qpopper.server import auth_cache
+from qpopper.server import monitor_wire as wire
+
+
+def test_the_key_depends_on_every_part_and_the_salt():
+    salt = password_cache.new_salt()
+    base = ("pop3", "maida", 1001, "pw")
+    key = password_cache.derive_key(salt, *base)
+    assert len(key) == password_cache.KEY_OCTETS
+    assert password_cache.derive_key(salt, *base) == key
+    for changed in (("pop3x", "maida", 1001, "pw"), ("pop3", "maidb", 1001, "pw"),
+                    ("pop3", "maida", 1002, "pw"), ("pop3", "maida", None, "pw"),
+                    ("pop3", "maida", 1001, "pw2"), ("pop", "3maida", 1001, "pw")):
+        assert password_cache.derive_key(salt, *changed) != key
+    assert password_cache.derive_key(password_cache.new_salt(), *base) != key
+
+
+def test_only_the_password_steps_own_yes_and_wrong_password_are_remembered():
+    result = pam_auth.PamResult
+    assert password_cache.verdict_of(result(True, 0, "", password_code=0)) == password_cache.RIGHT
+    # the password was right, the account expired: the password is still right
+    assert password_cache.verdict_of(result(False, pam_auth.PAM_ACCT_EXPIRED, "",
+                                            password_code=0)) == password_cache.RIGHT
+    wrong = pam_auth.python_pam.PAM_AUTH_ERR
+    assert password_cache.verdict_of(result(False, wrong, "", password_code=wrong)) == str(wrong)
+    for code in (pam_auth.python_pam.PAM_SYSTEM_ERR, pam_auth.PAM_MAXTRIES,
+                 pam_auth.python_pam.PAM_AUTHINFO_UNAVAIL):
+        assert password_cache.verdict_of(result(False, code, "", password_code=code)) is None
+    assert password_cache.verdict_of(result(True, 0, "")) is None     # the step never ran
+
+
+def test_the_table_forgets_the_least_recently_used_and_what_expired():
+    table = auth_cache.CacheTable(size=2, ttl_s=10, negative_ttl_s=1)
+    s = auth_cache.NS_PER_S
+    table.put(b"a", password_cache.RIGHT, 0, 0)
+    table.put(b"b", "7", 0, 0)
+    assert table.get(b"a", s) == password_cache.RIGHT            # a is now the most recent
+    table.put(b"c", password_cache.RIGHT, s, s)
+    assert table.get(b"b", s) is None                            # b went first
+    assert table.get(b"a", 9 * s) == password_cache.RIGHT
+    assert table.get(b"a", 10 * s) is None                       # 10 s after PAM was asked
+    table.put(b"d", "7", 20 * s, 20 * s)
+    assert table.get(b"d", 21 * s) is None                       # the negative TTL
+    off = auth_cache.CacheTable(size=2, ttl_s=10, negative_ttl_s=0)
+    off.put(b"e", "7", 0, 0)
+    assert off.entries == {}
+    # an entry lives from when PAM was asked, never from a later moment
+    table.put(b"f", password_cache.RIGHT, 50 * s, 30 * s)
+    assert table.get(b"f", 40 * s) is None
+
+
+def test_the_cache_process_answers_only_its_generation():
+    """Over a real socket pair, as a monitor would ask: a store of another generation (a
+    monitor forked before the last HUP) is ignored, and so is its lookup."""
+    requests, serving = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    table = auth_cache.CacheTable(size=10, ttl_s=60, negative_ttl_s=60)
+    now = time.monotonic_ns()
+    old = password_cache.PasswordCache(requests.fileno(), b"s" * 32, generation=0)
+    new = password_cache.PasswordCache(requests.fileno(), b"s" * 32, generation=1)
+    try:
+        old.remember(b"k" * 32, password_cache.RIGHT, now)
+        auth_cache._answer_one(serving, table, 1)
+        assert table.entries == {}
+        new.remember(b"k" * 32, password_cache.RIGHT, now)
+        auth_cache._answer_one(serving, table, 1)
+        assert list(table.entries) == [b"k" * 32]
+        for handle, expected in ((new, password_cache.RIGHT), (old, None)):
+            answer = {}
+
+            def ask(handle=handle):
+                answer["verdict"] = handle.lookup(b"k" * 32)
+            asker = threading.Thread(target=ask)
+            asker.start()
+            auth_cache._answer_one(serving, table, 1)
+            asker.join(10)
+            assert answer["verdict"] == expected
+    finally:
+        requests.close()
+        serving.close()
+
+
+def test_the_wire_keeps_cache_frames_out_of_the_pre_login_requests():
+    assert not wire.CACHE_REQUESTS & wire.REQUESTS
+    frame = wire.encode(wire.Kind.CACHE_LOOKUP, "0", b"k" * 32)
+    with pytest.raises(wire.FrameError):
+        wire.decode(frame, wire.REQUESTS)
