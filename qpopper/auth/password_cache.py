@@ -1,9 +1,10 @@
 """The monitor's side of the authentication cache (docs/auth-cache.md).
 
 Runs as root, in the monitor, around the one PAM call of USER/PASS, AUTH PLAIN and AUTH
-LOGIN (policy.Authenticator.check_password, through pam_or_cached). The cache itself lives in a long-lived root
-process the master starts (server/auth_cache.py); a monitor reaches it through a socket it
-inherited from the master and closes before it forks the pre-login process.
+LOGIN: policy.Authenticator.check_password calls pam_or_cached. The cache itself lives in a
+long-lived root process the master starts (server/auth_cache.py); a monitor reaches it
+through a socket it inherited from the master and closes before it forks the pre-login
+process.
 
 What is remembered is only what PAM's password step (pam_authenticate) said about one
 password for one account, under a key that is a salted scrypt hash:
@@ -89,7 +90,8 @@ class PasswordCache:
 
     def lookup(self, key: bytes) -> str | None:
         """The verdict remembered for `key`, or None (not remembered, or no answer in time)."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        ours, theirs = socket.socketpair(socket.AF_UNIX,
+                                         socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         try:
             frame = wire.encode(wire.Kind.CACHE_LOOKUP, str(self.generation), key)
             try:

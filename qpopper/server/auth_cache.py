@@ -250,8 +250,8 @@ class AuthCacheProcess:
             _lock_in(log)
             table = CacheTable(cfg.auth_cache_size, cfg.auth_cache_ttl,
                                cfg.auth_cache_negative_ttl)
-            log(syslog.LOG_INFO, f"auth cache: up to {table.size} entries, "
-                                 f"{cfg.auth_cache_ttl} s, negative {cfg.auth_cache_negative_ttl} s")
+            log(syslog.LOG_INFO, f"auth cache: up to {table.size} entries, {cfg.auth_cache_ttl} s, "
+                                 f"negative {cfg.auth_cache_negative_ttl} s")
             status = serve(serving, table, self.generation, log)
         except Stop:
             status = 0                             # ended before it served

@@ -7,7 +7,8 @@
 
 The monitor owns what needs root: PAM, the pop.auth store, the brakes file, DRAC, the
 challenges of APOP / CRAM-MD5 / SCRAM and the GSS-API context (auth/policy.py,
-auth/challenges.py), hashed spool directories, and the switch to the user (privsep.py). It
+auth/challenges.py), the authentication cache's socket (auth/password_cache.py), hashed
+spool directories, and the switch to the user (privsep.py). It
 answers the pre-login process's requests — one frame at a time, each decoded strictly by
 monitor_wire and checked here — and ends the connection at the first frame it does not
 expect. Once a login it verified itself is handed over, it tells the master the connection

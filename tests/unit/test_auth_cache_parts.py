@@ -4,6 +4,7 @@ over a real socket pair. With the real server: tests/system/test_auth_cache.py."
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -98,3 +99,35 @@ def test_the_wire_keeps_cache_frames_out_of_the_pre_login_requests():
     frame = wire.encode(wire.Kind.CACHE_LOOKUP, "0", b"k" * 32)
     with pytest.raises(wire.FrameError):
         wire.decode(frame, wire.REQUESTS)
+
+
+def test_the_cache_process_survives_what_it_cannot_use():
+    """Garbage, a pre-login frame, a lookup without an answer socket, a store with one, and a
+    descriptor that is no socket: nothing is stored, nothing answered, and only the last one
+    is an error (OSError: serve() goes on with the next request)."""
+    requests, serving = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    table = auth_cache.CacheTable(size=10, ttl_s=60, negative_ttl_s=60)
+    store = wire.encode(wire.Kind.CACHE_STORE, "0", b"k" * 32, password_cache.RIGHT, "1")
+    answer_end, kept = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pipe_r, pipe_w = os.pipe()
+    try:
+        unusable = ((b"\xff\x00garbage", []),
+                    (wire.encode(wire.Kind.APOP, "u", "d", "h"), []),
+                    (wire.encode(wire.Kind.CACHE_LOOKUP, "0", b"k" * 32), []),
+                    (store, [answer_end.fileno()]))
+        for data, fds in unusable:
+            socket.send_fds(requests, [data], fds)
+            auth_cache._answer_one(serving, table, 0)
+        assert table.entries == {}
+        kept.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            kept.recv(100)                       # no answer went to the store's socket
+        socket.send_fds(requests, [wire.encode(wire.Kind.CACHE_LOOKUP, "0", b"k" * 32)],
+                        [pipe_r])
+        with pytest.raises(OSError):
+            auth_cache._answer_one(serving, table, 0)
+    finally:
+        for sock in (requests, serving, answer_end, kept):
+            sock.close()
+        os.close(pipe_r)
+        os.close(pipe_w)
