@@ -31,7 +31,8 @@ CACHE_TITLE = "popper: auth cache"
 SHORT_TTL_S = 3
 COUNT_LINES = (r"auth cache: up to \d+ entries, \d+ s, negative \d+ s",
                r"auth cache: \d+ entries forgotten; \d+ hits, \d+ misses")
-"""Everything the cache ever logs: its settings and counts."""
+"""What the cache logs while all is well: its settings and counts (besides, only its own
+failures: a process that died, memory it could not lock)."""
 
 
 # --- a PAM service that writes down each call ------------------------------------------------
