@@ -141,6 +141,23 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
                  "log-login (and sasl-log-login): Qpopper's login line, when the option is set "
                  "(%0 version, %1 user, %2 host, %3 address; see qpopper.config(5)).",
                  from_option=True),)),
+    ("The authentication cache (auth-cache-size; docs/auth-cache.md)", _lines(
+        ("auth cache: up to * entries, * s, negative * s",
+         "The cache process started (at start-up, after each HUP, or after it died) with "
+         "auth-cache-size, auth-cache-ttl and auth-cache-negative-ttl."),
+        ("auth cache: * entries forgotten; * hits, * misses",
+         "The cache process ended (HUP empties the cache, or the master stopped): how much "
+         "it held and how often it answered. Tune the size and TTLs with these counts."),
+        ("auth cache: cannot lock its memory (*); entries may be swapped out",
+         "mlockall failed (no CAP_IPC_LOCK, LimitMEMLOCK too small): the cache works, but "
+         "what it remembers could reach swap."),
+        ("auth cache process ended; starting another",
+         "The cache process died unexpectedly; the master starts a new, empty one (at most "
+         "once a second). Logins meanwhile ask PAM."),
+        ("auth cache: fork: *", "No cache process could be made; logins ask PAM."),
+        ("auth cache failed: *", "The cache process stopped on an error; the master starts "
+                                 "another."),
+    )),
     ("Sessions", _lines(
         ("Stats: * * * * * * *", "-s (statistics): user, messages and octets deleted, "
                                  "messages and octets left, client host and address."),
