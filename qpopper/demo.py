@@ -47,9 +47,9 @@ DEMO_SHUTDOWN_GRACE_S = 3
 FALLBACK_ACCOUNT = "nobody"
 
 
-def run_demo(inv) -> int:
+def run_demo(invocation) -> int:
     try:
-        base_cfg, _ = config_mod.load(list(inv.argv))
+        base_cfg, _ = config_mod.load(list(invocation.argv))
         host, port = _demo_address(base_cfg)
     except (config_mod.ConfigError, ValueError, ListenError) as exc:
         print(f"popper --demo: {exc}", file=sys.stderr)
@@ -81,9 +81,9 @@ def run_demo(inv) -> int:
         _print_welcome(listeners[0].getsockname(), data_dir)
 
         def reload():
-            return demo_config(config_mod.load(list(inv.argv))[0], data_dir)
+            return demo_config(config_mod.load(list(invocation.argv))[0], data_dir)
 
-        return Master(cfg, inv, listeners, log, notify_systemd=False, reload=reload).serve()
+        return Master(cfg, invocation, listeners, log, notify_systemd=False, reload=reload).serve()
     finally:
         for sock in listeners:
             sock.close()

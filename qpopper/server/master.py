@@ -60,7 +60,7 @@ class Child:
 class Master:
     """The accept loop. Signal handlers only enqueue; the loop handles them by name."""
 
-    def __init__(self, cfg, inv, listeners: list[socket.socket], log: Logger,
+    def __init__(self, cfg, invocation, listeners: list[socket.socket], log: Logger,
                  notify_systemd: bool = True, reload=None,
                  tls: tls_mod.TlsIdentity | None = None, implicit_tls=(), proxied=()):
         """`implicit_tls`: the listeners (among `listeners`) that speak TLS from the first
@@ -71,7 +71,7 @@ class Master:
         self.tls = tls
         self.implicit_tls = set(implicit_tls)
         self.proxied = set(proxied)
-        self.inv = inv
+        self.invocation = invocation
         self.reload = reload or self._load_configuration
         self.listeners = listeners
         self.log = log
@@ -456,7 +456,7 @@ class Master:
         self.log = new_log
 
     def _load_configuration(self):
-        return config_mod.load(list(self.inv.argv))[0]
+        return config_mod.load(list(self.invocation.argv))[0]
 
     def on_stop(self, signum: int) -> None:
         self.stopping = True
@@ -503,7 +503,7 @@ class Master:
 
 
 # --- entry point -----------------------------------------------------------------------------------
-def run_master(cfg, inv) -> int:
+def run_master(cfg, invocation) -> int:
     """`popper [ADDRESS:]PORT ...`: serve until TERM/INT. Returns the exit status."""
     log = Logger.from_config(cfg)
     listeners: list[socket.socket] = []
@@ -528,8 +528,8 @@ def run_master(cfg, inv) -> int:
         log(syslog.LOG_INFO, f"TLS certificate {server_tls.description}")
     try:
         if cfg.daemon:
-            return _run_daemonized(cfg, inv, listeners, log, server_tls, implicit_tls, proxied)
-        return Master(cfg, inv, listeners, log, tls=server_tls,
+            return _run_daemonized(cfg, invocation, listeners, log, server_tls, implicit_tls, proxied)
+        return Master(cfg, invocation, listeners, log, tls=server_tls,
                       implicit_tls=implicit_tls, proxied=proxied).serve()
     finally:
         for sock in listeners:
@@ -537,7 +537,7 @@ def run_master(cfg, inv) -> int:
         log.close()
 
 
-def _run_daemonized(cfg, inv, listeners, log, server_tls=None, implicit_tls=(),
+def _run_daemonized(cfg, invocation, listeners, log, server_tls=None, implicit_tls=(),
                     proxied=()) -> int:
     """SysV-style: detach with python-daemon, write the pid file, keep the listeners and the
     syslog socket open across the detach."""
@@ -571,7 +571,7 @@ def _run_daemonized(cfg, inv, listeners, log, server_tls=None, implicit_tls=(),
         print(f"popper: pid file {pid_file}: {exc or 'held by a running master'}", file=sys.stderr)
         return 1
     try:
-        return Master(cfg, inv, listeners, log, notify_systemd=False, tls=server_tls,
+        return Master(cfg, invocation, listeners, log, notify_systemd=False, tls=server_tls,
                       implicit_tls=implicit_tls, proxied=proxied).serve()
     finally:
         context.close()

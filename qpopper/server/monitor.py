@@ -549,7 +549,7 @@ class Monitor:
 
 
 # --- inetd mode ------------------------------------------------------------------------------------
-def serve_inetd(cfg, inv) -> int:
+def serve_inetd(cfg, invocation) -> int:
     """`popper [flags]` with no port: the connection is on descriptors 0 and 1 (inetd's nowait
     line, or a systemd Accept=yes unit with StandardInput=socket)."""
     log = Logger.from_config(cfg)
