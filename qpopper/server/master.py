@@ -23,26 +23,20 @@ import time
 
 import setproctitle
 
-from qpopper import config as config_mod
 from qpopper.server import preflight, sdnotify
 from qpopper.server import tls as tls_mod
-from qpopper.addresses import address_group, in_networks, normalize_ip, parse_networks
+from qpopper.addresses import address_group, in_networks, normalize_ip
 from qpopper.auth import pam as pam_auth
 from qpopper.server.auth_cache import AuthCacheProcess
 from qpopper.log import Logger
 from qpopper.server.listeners import (LISTEN_BACKLOG, ListenError, format_sockaddr, open_listeners,
                                       proxy_listeners)
-from qpopper.server.monitor import Client, Monitor, exit_after
-from qpopper.pop3.responses import TOO_MANY_CONNECTIONS, RespCode, err
-from qpopper.server.session import DISPLACE_SIGNAL, tls_mode_for_listen_port
+from qpopper.server.children import exit_after
+from qpopper.server.monitor import Client, Monitor
+from qpopper.server.session import tls_mode_for_listen_port
 from qpopper.spool.locking import process_gone
-
-KILL_AFTER_TERM_S = 5
-"""After the grace period children get SIGTERM (they abort like a hangup); this long later,
-SIGKILL (a crash the maildrop recovers from at the next login)."""
-
-REAP_INTERVAL_S = 1.0
-"""The loop also wakes this often, so a lost SIGCHLD never leaves zombies for long."""
+from qpopper.server.admission import Admission
+from qpopper.server.master_lifecycle import REAP_INTERVAL_S, Lifecycle
 
 
 @dataclasses.dataclass
@@ -57,7 +51,7 @@ class Child:
 
 
 # --- the master ------------------------------------------------------------------------------------
-class Master:
+class Master(Lifecycle, Admission):
     """The accept loop. Signal handlers only enqueue; the loop handles them by name."""
 
     def __init__(self, cfg, invocation, listeners: list[socket.socket], log: Logger,
@@ -230,118 +224,6 @@ class Master:
             self._fork_session(conn, (client_ip, addr[1] if isinstance(addr, tuple) else 0),
                                group, tls_mode, proxy)
 
-    def _proxy_networks(self) -> tuple:
-        if getattr(self, "_proxy_cfg", None) is not self.cfg:      # parsed once per (re)load
-            self._proxy_nets = tuple(net for entry in self.cfg.proxy_trusted_networks
-                                     for net in parse_networks(entry))
-            self._proxy_cfg = self.cfg
-        return self._proxy_nets
-
-    def _make_room(self, group: str | None, client_ip: str) -> str | None:
-        """Room for a new connection from `group`: when a limit is reached, the connection
-        that has waited longest without logging in (from that group for the per-address
-        limit) is ended for it — Dovecot's "connection queue full" — so idle sockets cannot
-        lock real users out; logged-in sessions are never ended. Returns why the newcomer is
-        refused when every slot holds a logged-in session, else None."""
-        for _ in range(2):                    # at most one slot per limit
-            refusal, same_group_only = self._over_limit(group)
-            if refusal is None:
-                return None
-            self._read_logins()               # a session that just logged in is no victim
-            victims = [pid for pid, child in self.children.items()
-                       if not (child.displaced or child.logged_in)
-                       and (child.group == group or not same_group_only)]
-            if not victims:
-                return refusal
-            pid = min(victims, key=lambda p: self.children[p].started)
-            self._displace(pid, client_ip, refusal)
-        return self._over_limit(group)[0]
-
-    def _over_limit(self, group: str | None) -> tuple[str | None, bool]:
-        """(why a new connection from `group` is over a limit, or None; whether only a
-        connection of that group may make room for it)."""
-        total = self.cfg.max_children
-        per_address = self.cfg.max_children_per_address
-        live = len(self.children) - self._displaced
-        if total and live >= total:
-            return f"{live} sessions running (max-children {total})", False
-        if per_address and group is not None and self.per_address[group] >= per_address:
-            return (f"{self.per_address[group]} sessions from {group} "
-                    f"(max-children-per-address {per_address})", True)
-        return None, False
-
-    def _displace(self, pid: int, client_ip: str, why: str) -> None:
-        child = self.children[pid]
-        child.displaced = True
-        self._displaced += 1
-        self._uncount(child.group)
-        self.log(syslog.LOG_NOTICE, f"{why}: ending a connection from {child.group} that "
-                                    f"has not logged in, for one from {client_ip}")
-        try:
-            # the pre-login process says why and ends (session.DISPLACE_SIGNAL); the monitor
-            # and a user session that has just started ignore it
-            os.killpg(pid, DISPLACE_SIGNAL)
-        except ProcessLookupError:
-            pass
-
-    def _uncount(self, group: str | None) -> None:
-        if group is None:
-            return                               # a proxied client not yet reported
-        self.per_address[group] -= 1
-        if self.per_address[group] <= 0:
-            del self.per_address[group]          # no state left behind per address
-
-    def _read_logins(self) -> None:
-        """The monitors' notices: `PID` (its user session runs) and `PID ADDRESS` (the
-        client address of a proxied connection, from its PROXY header)."""
-        try:
-            data = os.read(self._logins_r, 4096)
-        except BlockingIOError:
-            return
-        *lines, self._notices = (self._notices + data).split(b"\n")
-        for line in lines:
-            words = line.decode("ascii", "replace").split()
-            if not words or not words[0].isdigit() or int(words[0]) not in self.children:
-                continue
-            pid = int(words[0])
-            if len(words) == 1:
-                self.children[pid].logged_in = True
-            elif len(words) == 2:
-                self._proxied_address(pid, words[1])
-
-    def _proxied_address(self, pid: int, client_ip: str) -> None:
-        """A proxied connection's client is known: count it for max-children-per-address,
-        and over the limit end the connection of that address that has waited longest
-        without logging in — this one when all the others are logged in (its pre-login
-        process answers -ERR [SYS/TEMP]).
-        docs/scale-out.md, "Where the client's address comes from"."""
-        child = self.children[pid]
-        if child.displaced or child.group is not None:
-            return
-        child.group = group = address_group(client_ip)
-        self.per_address[group] += 1
-        limit = self.cfg.max_children_per_address
-        if not limit or self.per_address[group] <= limit:
-            return
-        why = (f"{self.per_address[group] - 1} sessions from {group} "
-               f"(max-children-per-address {limit})")
-        waiting = [p for p, c in self.children.items()
-                   if c.group == group and not (c.displaced or c.logged_in) and p != pid]
-        victim = min(waiting, key=lambda p: self.children[p].started) if waiting else pid
-        self._displace(victim, client_ip, why)
-
-    def _refuse(self, conn: socket.socket, client_ip: str, why: str, answer: bool = True) -> None:
-        """Over a limit: answer from the master, without forking, and close."""
-        self.log(syslog.LOG_NOTICE, f"Refused connection from {client_ip}: {why}")
-        try:
-            conn.setblocking(False)
-            if answer:
-                conn.send(err(TOO_MANY_CONNECTIONS, RespCode.SYS_TEMP))
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
     def _fork_session(self, conn: socket.socket, peer: tuple[str, int], group: str | None,
                       tls_mode: str | None = None, proxy=None) -> None:
         try:
@@ -418,84 +300,6 @@ class Master:
                 self._displaced -= 1
             else:
                 self._uncount(child.group)
-
-    # --- HUP and TERM --------------------------------------------------------------------------------
-    def on_reload(self) -> None:
-        """HUP: read the configuration again for new connections; a bad one is logged and
-        the running one kept. The log is rebuilt (debug, tracefile, log-facility); the
-        listeners stay as they were opened at start-up."""
-        self._notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
-        new_log = None
-        try:
-            new_cfg = self.reload()
-            new_log = self.log.reconfigured(new_cfg)
-            # start-up's checks (a renewed certificate is read here); the listeners stay
-            new_tls = preflight.check_site(new_cfg, new_log)
-            if new_tls is None and self.implicit_tls:
-                # the tls-listen ports opened at start-up never fall back to plain text
-                raise tls_mod.TlsSetupError("the TLS listeners opened at start-up still need "
-                                            "tls-listen and a certificate")
-        except Exception as exc:
-            if new_log is not None:
-                new_log.close()
-            self.log(syslog.LOG_ERR, f"reload failed, keeping the running configuration: {exc}")
-        else:
-            self._replace_log(new_log)
-            self.cfg = new_cfg
-            if self.tls is not None:
-                self.tls.close()           # running sessions keep their own copies
-            self.tls = new_tls
-            self.log(syslog.LOG_NOTICE, "configuration reloaded")
-            if new_tls is not None:
-                self.log(syslog.LOG_INFO, f"TLS certificate {new_tls.description}")
-        self.auth_cache.restart(self.cfg, self.log)     # HUP empties it, even if the reload failed
-        self._notify("READY=1\nSTATUS=accepting connections")
-
-    def _replace_log(self, new_log: Logger) -> None:
-        self.log.close()            # closing twice is harmless: the start-up one's owner will
-        self.log = new_log
-
-    def _load_configuration(self):
-        return config_mod.load(list(self.invocation.argv))[0]
-
-    def on_stop(self, signum: int) -> None:
-        self.stopping = True
-        self._notify("STOPPING=1")
-        self.log(syslog.LOG_NOTICE, f"{signal.Signals(signum).name}: no new connections; "
-                                    f"waiting for {len(self.children)} session(s)")
-        self._close_listeners()
-
-    def _drain_children(self) -> int:
-        grace = float(self.cfg.shutdown_grace)
-        self._wait_children(time.monotonic() + grace)
-        if self.children:
-            self.log(syslog.LOG_NOTICE, f"terminating {len(self.children)} session(s)")
-            self._signal_children(signal.SIGTERM)
-            self._wait_children(time.monotonic() + KILL_AFTER_TERM_S)
-        if self.children:
-            self._signal_children(signal.SIGKILL)
-            self._wait_children(time.monotonic() + KILL_AFTER_TERM_S)
-        self.log(syslog.LOG_INFO, "master stopped")
-        return 0
-
-    def _wait_children(self, deadline: float) -> None:
-        while self.children and time.monotonic() < deadline:
-            self._reap()
-            if not self.children:
-                return
-            timeout = min(REAP_INTERVAL_S, max(0.0, deadline - time.monotonic()))
-            for key, _ in self.selector.select(timeout):
-                if key.fileobj == self._wake_r:
-                    self._drain_wakeup()
-            self.pending_signals.clear()           # a second TERM changes nothing
-
-    def _signal_children(self, signum: int) -> None:
-        """Each connection's whole process group: monitor, pre-login, user session."""
-        for pid in list(self.children):
-            try:
-                os.killpg(pid, signum)
-            except ProcessLookupError:
-                pass
 
     def _notify(self, state: str) -> None:
         if self.notify_systemd:

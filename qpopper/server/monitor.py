@@ -20,7 +20,6 @@ docs/privsep.md has the whole picture and the list of what runs as root.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
 import select
 import signal
@@ -29,26 +28,23 @@ import syslog
 import time
 
 import setproctitle
-from typing import NoReturn
 
-from qpopper import limits
 
 from qpopper.server import privsep
 from qpopper.server import monitor_wire as wire
-from qpopper import proxy_protocol
-from qpopper.addresses import in_networks
 from qpopper.server import prelogin
 from qpopper.server import tls as tls_mod
 from qpopper.log import Logger
 from qpopper.server.reverse_lookup import ForkedReverseLookup
 from qpopper.server.channel import Channel, socket_peer
-from qpopper.server.session import (DISPLACE_SIGNAL, Session, spool_group,
-                      tls_mode_for_listen_port)
+from qpopper.server.session import DISPLACE_SIGNAL, Session, tls_mode_for_listen_port
 from qpopper.auth import challenges
 from qpopper.auth.policy import Authenticator
 from qpopper.pop3.auth_state import sasl_normaliser
 from qpopper.pop3.responses import PopError, RespCode, err
-from qpopper.spool.paths import SpoolPaths
+from qpopper.server.children import ProtocolViolation, exit_after, log_failure  # noqa: F401 (re-exported)
+from qpopper.server.monitor_proxy import ProxiedConnection
+from qpopper.server.monitor_handover import BecomingTheSession
 
 PASSWORD_MECHANISMS = frozenset({"USER", "AUTH PLAIN", "AUTH LOGIN"})
 SCRAM_MECHANISMS = frozenset({"SCRAM-SHA-1", "SCRAM-SHA-256", "SCRAM-SHA-1-PLUS",
@@ -61,32 +57,6 @@ DEADLINE_MARGIN_S = 30
 then ends the connection itself."""
 MAX_HOST_CHARS = 255
 UNAVAILABLE = "Unable to serve you now; try again later"
-HEALTH_CHECK_REPLY = b"+OK POP3 server ready (health check)\r\n"
-
-
-def log_failure(log, what: str, exc: BaseException, priority: int = syslog.LOG_ERR) -> None:
-    """A forked process's last word before os._exit: logging must not stop the exit."""
-    try:
-        log(priority, f"{what} failed: {type(exc).__name__}: {exc}")
-    except BaseException:
-        pass
-
-
-def exit_after(log, what: str, body) -> NoReturn:
-    """The end of every forked child: run `body()` and leave with the status it returns,
-    through os._exit — a child never falls back into its parent's code, whatever it
-    raised (logged as `what` failed)."""
-    status = 1
-    try:
-        status = body()
-    except BaseException as exc:
-        log_failure(log, what, exc)
-    finally:
-        os._exit(status)
-
-
-class ProtocolViolation(Exception):
-    """The pre-login process sent what it never should: the connection ends."""
 
 
 @dataclasses.dataclass
@@ -108,7 +78,7 @@ class Client:
                     pass
 
 
-class Monitor:
+class Monitor(BecomingTheSession, ProxiedConnection):
     """One connection's monitor; `run()` returns the process exit status."""
 
     def __init__(self, cfg, log, *, hostname: str, peer, client: Client, tls=None,
@@ -236,54 +206,6 @@ class Monitor:
         if session.handed_over and session.tls_active:
             prelogin.relay(session.channel, relay_end, self.cfg.timeout)
         return status
-
-    def _take_proxy_header(self, sock, lookup) -> bool:
-        """In the pre-login process: the PROXY header, read here (unprivileged) and reported
-        to the monitor, which decides what to believe. False: the connection is over (no
-        header, a bad one, or a health check answered)."""
-        try:
-            header = prelogin.read_proxy_header(self.client.sock,
-                                                limits.PROXY_HEADER_TIMEOUT_S)
-        except prelogin.NoHeader:
-            # a TCP health check: connect and close; not worth a log line above debug
-            self.log(syslog.LOG_DEBUG, f"{self.real_ip}: closed before a PROXY header")
-            return False
-        except proxy_protocol.ProxyError as exc:
-            self.log(syslog.LOG_NOTICE, f"PROXY protocol header from {self.real_ip} "
-                                        f"refused: {exc}; closing")
-            return False
-        # HAProxy's v1 health check names its own connection (v2 sends LOCAL): a header
-        # whose client is this very connection's peer is the proxy speaking for itself
-        local = header.local or (header.source == self.real_ip
-                                 and header.source_port == self.peer[1])
-        try:
-            wire.send(sock, wire.Kind.PROXIED, local, header.source or "",
-                      str(header.source_port or 0))
-            answer = wire.receive(sock, (wire.Kind.DATA,))
-        except (OSError, wire.FrameError):
-            answer = None
-        if answer is None:
-            return False
-        if local:
-            self._answer_health_check()
-            return False
-        self.client_ip = answer.text(0)
-        self.peer = (self.client_ip, header.source_port)
-        if lookup is not None:
-            lookup.begin(self.client_ip)
-        return True
-
-    def _answer_health_check(self) -> None:
-        """The proxy's own connection (v2 LOCAL, v1 UNKNOWN or its own address): one +OK
-        line for a check that expects a greeting, no session; inside implicit TLS nothing
-        (a check there only connects)."""
-        if self.tls_mode != "implicit":
-            try:
-                self.client.sock.sendall(HEALTH_CHECK_REPLY)
-                self.client.sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-        self.log(syslog.LOG_DEBUG, f"{self.real_ip}: PROXY health check answered")
 
     # --- the requests ----------------------------------------------------------------------
     def _serve(self, sock: socket.socket, relay_end) -> None:
@@ -413,33 +335,6 @@ class Monitor:
             return self._logged_in(dataclasses.replace(login, no_mime=no_mime))
         raise ProtocolViolation(f"unexpected {kind.name}")
 
-    def _proxied(self, frame: wire.Frame) -> bytes:
-        """The client address the pre-login process read from the PROXY header: believed
-        only on a proxy-protocol listener, once, first, from a trusted proxy (the master
-        checked that too; this process knows the real peer itself), and only as an IP
-        address and a port."""
-        if self.proxy is None or self.proxied:
-            raise ProtocolViolation("PROXIED on a connection without a PROXY header")
-        if not in_networks(self.real_ip, self.proxy):
-            raise ProtocolViolation(f"PROXY header from untrusted {self.real_ip}")
-        self.proxied = True
-        if frame.flag(0):
-            self._closing = True            # a health check: no client, no more requests
-            return wire.encode(wire.Kind.DATA, b"", True)
-        ip = ipaddress.ip_address(frame.text(1))
-        if ip.version == 6 and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped                  # written as IPv4, as normalize_ip does
-        address = str(ip)
-        port = frame.text(2)
-        if not (port.isascii() and port.isdigit() and int(port) <= 65535):
-            raise ProtocolViolation("PROXIED with a bad port")
-        self.client_ip = address
-        self.peer = (address, int(port))
-        setproctitle.setproctitle(f"popper: {self.client_ip} monitor")
-        if self.on_client_address is not None:
-            self.on_client_address(address)
-        return wire.encode(wire.Kind.DATA, address, False)
-
     def _logged_in(self, login) -> bytes:
         self.login = login
         return wire.encode(wire.Kind.LOGIN, login.user, login.mechanism, login.no_mime, b"")
@@ -452,89 +347,6 @@ class Monitor:
                 and all(ch.isalnum() or ch in ".-_:" for ch in text)):
             return text
         return self.client_ip
-
-    # --- the login handed over: the user session -----------------------------------------------
-    def _handover(self, frame: wire.Frame, sock, relay_end) -> None:
-        login = self.login
-        if login is None:
-            raise ProtocolViolation("HANDOVER without a verified login")
-        leftover, tls_active = frame.fields[0], frame.flag(1)
-        if frame.flag(4):                    # the name carried -no-mime (USER's rules)
-            login = dataclasses.replace(login, no_mime=True)
-        client_host = self._host(frame, 2)
-        bad_text = frame.text(3)
-        if not bad_text.isdigit() or int(bad_text) > limits.MAX_BAD_COMMANDS:
-            raise ProtocolViolation("HANDOVER with a bad command count")
-        if tls_active and relay_end is None:
-            raise ProtocolViolation("HANDOVER inside TLS without TLS")
-        try:
-            spool_gid = spool_group(self.cfg)
-            if self.cfg.check_hash_dir:
-                SpoolPaths.for_user(self.cfg, login.user, login.home).ensure_hash_dirs(self.log)
-        except PopError as refusal:
-            self.log(syslog.LOG_ERR, refusal.log or f"preparing the session of {login.user}: "
-                                                    f"{refusal.text}")
-            self._answer_login(refusal.render(), tls_active, relay_end)
-            return
-        if self.on_login is not None:
-            self.on_login()
-        self._become_user_session(sock, login, spool_gid, leftover, tls_active, client_host,
-                                  int(bad_text), relay_end)
-
-    def _become_user_session(self, sock, login, spool_gid: int, leftover: bytes,
-                             tls_active: bool, client_host: str, bad_commands: int,
-                             relay_end) -> NoReturn:
-        """After a verified login the monitor's work is done: rather than fork once more, it
-        becomes the user session itself. Nothing privileged stays open: the monitor channel
-        and the master's notice pipe are closed, the authenticator (which opens its files per
-        call) is dropped, the TLS identity was closed at the first fork; then the verified
-        privilege drop (privsep.drop_privileges). Without TLS the pre-login process, which
-        flushed its last reply before HANDOVER, is ended first, so no other process holds
-        the client's socket; with TLS it goes on relaying, as this process's child."""
-        sock.close()
-        self._close_for_child()
-        self.authenticator = None
-        if not tls_active:
-            self._end_prelogin()
-            os.waitpid(self.prelogin_pid, 0)
-            if relay_end is not None:
-                relay_end.close()
-            relay_end = None
-        exit_after(self.log, f"session of {login.user}",
-                   lambda: self._run_user_session(login, spool_gid, leftover, tls_active,
-                                                  client_host, bad_commands, relay_end))
-
-    def _answer_login(self, reply: bytes, tls_active: bool, relay_end) -> None:
-        """No session after all: the reply to the login command, written by the monitor (a
-        fixed text, nothing read) — through the pre-login process's TLS relay if need be."""
-        try:
-            if tls_active:
-                relay_end.sendall(reply)
-                relay_end.shutdown(socket.SHUT_WR)
-            else:
-                os.write(self.client.out_fd, reply)
-        except OSError:
-            pass
-
-    def _run_user_session(self, login, spool_gid: int, leftover: bytes, tls_active: bool,
-                          client_host: str, bad_commands: int, relay_end) -> int:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGHUP, signal.SIG_DFL)
-        if relay_end is not None:
-            self.client.close()
-            channel = Channel(relay_end.fileno(), relay_end.fileno(), relay_end)
-        else:
-            client = self.client
-            channel = Channel(client.in_fd, client.out_fd, client.sock)
-        # made before the drop: it notes who may own the spool options file (root)
-        session = Session(self.cfg, channel, log=self.log, hostname=self.hostname,
-                          peer=self.peer, client_host=client_host,
-                          tls_active=tls_active, login_done=True)
-        privsep.drop_privileges(login, spool_gid, self.log)   # verified, or _exit
-        status = session.run(resume=(login, leftover, bad_commands))
-        if relay_end is not None:
-            os.waitpid(self.prelogin_pid, 0)   # the relay sends the last reply, then ends
-        return status
 
     def _wait_prelogin(self) -> int:
         """The pre-login process's exit status (no login was handed over)."""

@@ -3,12 +3,16 @@
 What runs as root, and so what a security review must read (popa3d / OpenSSH habit; the
 process model is docs/privsep.md). No module here reads a client byte as root:
   qpopper/cli.py, config.py, options.py      start-up: argv, configuration files
-  qpopper/server/master.py, listeners.py      listeners, accept, fork, signals (root for good)
+  qpopper/server/master.py, listeners.py,     listeners, accept, fork, signals (root for good)
+    admission.py, master_lifecycle.py,        connection limits; reload and stop;
+    children.py                               how every forked child ends
   qpopper/server/preflight.py                 start-up, HUP, --check-config: files, directories
                                               (makes <bulldir>/bulldb), accounts, PAM service
-  qpopper/server/monitor.py, monitor_wire.py  one per connection: answers the pre-login
-                                              process's frames, then becomes the user session
-  qpopper/auth/policy.py, challenges.py,      in the monitor: user lookup, PAM, the pop.auth
+  qpopper/server/monitor.py, monitor_wire.py, one per connection: answers the pre-login
+    monitor_proxy.py, monitor_handover.py     process's frames (the PROXY header's address
+                                              too), then becomes the user session
+  qpopper/auth/policy.py, policy_checks.py,   in the monitor: user lookup, PAM, the pop.auth
+    challenges.py,
     pam.py, store.py, brakes.py,              store, APOP/CRAM/SCRAM challenges, GSS-API, brakes,
     password_cache.py                         the authentication cache's keys
   qpopper/server/auth_cache.py                the authentication cache process (master's child)

@@ -19,7 +19,7 @@ import pytest
 
 from qpopper import limits
 from qpopper.auth import Login
-from qpopper.auth import policy, scram
+from qpopper.auth import policy, policy_checks, scram
 from qpopper.auth.policy import Authenticator
 from qpopper.auth.store import PopAuthStore
 from qpopper.config import Config
@@ -296,19 +296,19 @@ def test_check_shell_refuses_nologin_accounts_only_after_the_password(system_use
 def test_shells_file_rules(tmp_path):
     shells = tmp_path / "shells"
     shells.write_text("# comment\n/bin/sh\n/bin/bash\n")
-    assert policy.shell_allowed("/bin/bash", str(shells)) is None
-    assert policy.shell_allowed("/usr/sbin/nologin", str(shells)) == policy.SHELL_NOT_FOUND
-    assert policy.shell_allowed("", str(shells)) == policy.NO_SHELL
+    assert policy_checks.shell_allowed("/bin/bash", str(shells)) is None
+    assert policy_checks.shell_allowed("/usr/sbin/nologin", str(shells)) == policy_checks.SHELL_NOT_FOUND
+    assert policy_checks.shell_allowed("", str(shells)) == policy_checks.NO_SHELL
     shells.write_text("/bin/sh\n/POPPER/ANY/SHELL/\n")
-    assert policy.shell_allowed("/usr/sbin/nologin", str(shells)) is None
+    assert policy_checks.shell_allowed("/usr/sbin/nologin", str(shells)) is None
 
 
 # ---- clear-text-password (reference P8) ---------------------------------------------------------
 def test_loopback_detection():
     for address in ("127.0.0.1", "127.1.2.3", "::1", "::ffff:127.0.0.1"):
-        assert policy.is_loopback(address)
+        assert policy_checks.is_loopback(address)
     for address in ("192.0.2.1", "::ffff:192.0.2.1", "2001:db8::1", "", "garbage"):
-        assert not policy.is_loopback(address)
+        assert not policy_checks.is_loopback(address)
 
 
 @needs_root
@@ -326,7 +326,7 @@ def test_clear_text_password_never_local_tls(system_users, pam_service):
     assert attempt("local", "127.0.0.1").user == jan.name
     assert attempt("local", "::1").user == jan.name
     assert refused(lambda: attempt("local", "192.0.2.7")).code is RespCode.AUTH
-    assert refused(lambda: attempt("tls")).text == policy.CLEAR_TEXT_TLS_ONLY
+    assert refused(lambda: attempt("tls")).text == policy_checks.CLEAR_TEXT_TLS_ONLY
     assert attempt("tls", tls_active=True).user == jan.name
     assert attempt("always", "192.0.2.7").user == jan.name
 
@@ -341,7 +341,7 @@ def test_default_policy_makes_apop_users_use_apop(system_users, pam_service, own
     assert auth.apop_enabled
     assert auth.has_apop_secret(kim.name) and not auth.has_apop_secret(lee.name)
     error = refused(lambda: auth.check_password(kim.name, "pw-k", CLIENT_IP))
-    assert error.text == policy.NEEDS_STRONGER_AUTH
+    assert error.text == policy_checks.NEEDS_STRONGER_AUTH
     assert auth.check_password(lee.name, "pw-l", CLIENT_IP).user == lee.name
     # APOP works for kim, with PAM's account check (PAM_TYPE account only, no password step)
     login = auth.check_apop(kim.name, TIMESTAMP, apop_digest(TIMESTAMP, "kim-apop-secret"),
@@ -396,7 +396,7 @@ def test_name_policies_answer_only_after_pam_accepted_the_password(system_users,
                                            CLIENT_IP)).text == policy.BAD_DIGEST
     assert refused(lambda: auth.check_apop(
         gus.name, TIMESTAMP, apop_digest(TIMESTAMP, "gus-apop-secret"),
-        CLIENT_IP)).text == policy.PERMISSION_DENIED
+        CLIENT_IP)).text == policy_checks.PERMISSION_DENIED
 
 
 @needs_root
@@ -425,7 +425,7 @@ def test_apop_blocks_low_uids(pam_service, owned_store):
     auth = Authenticator(config(pam_service=pam_service, **store_cfg), Log())
     error = refused(lambda: auth.check_apop("daemon", TIMESTAMP,
                                             apop_digest(TIMESTAMP, "daemon-secret"), CLIENT_IP))
-    assert error.text == policy.UID_BLOCKED
+    assert error.text == policy_checks.UID_BLOCKED
 
 
 # ---- the pop-auth user database (demo mode; runs with or without root) ---------------------------

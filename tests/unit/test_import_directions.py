@@ -31,7 +31,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("vocabulary", ("pop3.responses", "option_types", "options", "logcatalogue")),
     ("configuration", ("config",)),
     ("services", ("log", "server.sdnotify", "server.privsep", "server.tls", "server.monitor_wire",
-                  "server.channel",
+                  "server.channel", "server.children",
                   "docgen")),
     ("domain", ("spool.*", "auth.*", "bulletins", "bulletin_records", "extensions.submit", "server.drac",
                 "server.preflight",
@@ -42,7 +42,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("protocol", ("pop3.*", "extensions", "extensions.*")),
     ("session", ("server.session", "server.prelogin", "server.reply_writer",
                  "server.user_options")),
-    ("master", ("server.master", "server.monitor", "server.auth_cache", "server")),
+    ("master", ("server.master", "server.admission", "server.master_lifecycle", "server.monitor",
+                "server.monitor_proxy", "server.monitor_handover", "server.auth_cache", "server")),
     ("programs", ("demo", "tools.*")),
     ("entry points", ("cli",)),
 )

@@ -1,0 +1,103 @@
+"""The master's reload (SIGHUP) and stop (SIGTERM, SIGINT): a new configuration for new
+connections, or no new connections and a grace period for the running ones."""
+
+from __future__ import annotations
+
+import os
+import signal
+import syslog
+import time
+
+from qpopper import config as config_mod
+from qpopper.server import preflight
+from qpopper.server import tls as tls_mod
+from qpopper.log import Logger
+
+KILL_AFTER_TERM_S = 5
+"""After the grace period children get SIGTERM (they abort like a hangup); this long later,
+SIGKILL (a crash the maildrop recovers from at the next login)."""
+
+REAP_INTERVAL_S = 1.0
+"""The loop also wakes this often, so a lost SIGCHLD never leaves zombies for long."""
+
+
+class Lifecycle:
+    """Part of Master (server/master.py): see the module docstring."""
+
+    # --- HUP and TERM --------------------------------------------------------------------------------
+    def on_reload(self) -> None:
+        """HUP: read the configuration again for new connections; a bad one is logged and
+        the running one kept. The log is rebuilt (debug, tracefile, log-facility); the
+        listeners stay as they were opened at start-up."""
+        self._notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        new_log = None
+        try:
+            new_cfg = self.reload()
+            new_log = self.log.reconfigured(new_cfg)
+            # start-up's checks (a renewed certificate is read here); the listeners stay
+            new_tls = preflight.check_site(new_cfg, new_log)
+            if new_tls is None and self.implicit_tls:
+                # the tls-listen ports opened at start-up never fall back to plain text
+                raise tls_mod.TlsSetupError("the TLS listeners opened at start-up still need "
+                                            "tls-listen and a certificate")
+        except Exception as exc:
+            if new_log is not None:
+                new_log.close()
+            self.log(syslog.LOG_ERR, f"reload failed, keeping the running configuration: {exc}")
+        else:
+            self._replace_log(new_log)
+            self.cfg = new_cfg
+            if self.tls is not None:
+                self.tls.close()           # running sessions keep their own copies
+            self.tls = new_tls
+            self.log(syslog.LOG_NOTICE, "configuration reloaded")
+            if new_tls is not None:
+                self.log(syslog.LOG_INFO, f"TLS certificate {new_tls.description}")
+        self.auth_cache.restart(self.cfg, self.log)     # HUP empties it, even if the reload failed
+        self._notify("READY=1\nSTATUS=accepting connections")
+
+    def _replace_log(self, new_log: Logger) -> None:
+        self.log.close()            # closing twice is harmless: the start-up one's owner will
+        self.log = new_log
+
+    def _load_configuration(self):
+        return config_mod.load(list(self.invocation.argv))[0]
+
+    def on_stop(self, signum: int) -> None:
+        self.stopping = True
+        self._notify("STOPPING=1")
+        self.log(syslog.LOG_NOTICE, f"{signal.Signals(signum).name}: no new connections; "
+                                    f"waiting for {len(self.children)} session(s)")
+        self._close_listeners()
+
+    def _drain_children(self) -> int:
+        grace = float(self.cfg.shutdown_grace)
+        self._wait_children(time.monotonic() + grace)
+        if self.children:
+            self.log(syslog.LOG_NOTICE, f"terminating {len(self.children)} session(s)")
+            self._signal_children(signal.SIGTERM)
+            self._wait_children(time.monotonic() + KILL_AFTER_TERM_S)
+        if self.children:
+            self._signal_children(signal.SIGKILL)
+            self._wait_children(time.monotonic() + KILL_AFTER_TERM_S)
+        self.log(syslog.LOG_INFO, "master stopped")
+        return 0
+
+    def _wait_children(self, deadline: float) -> None:
+        while self.children and time.monotonic() < deadline:
+            self._reap()
+            if not self.children:
+                return
+            timeout = min(REAP_INTERVAL_S, max(0.0, deadline - time.monotonic()))
+            for key, _ in self.selector.select(timeout):
+                if key.fileobj == self._wake_r:
+                    self._drain_wakeup()
+            self.pending_signals.clear()           # a second TERM changes nothing
+
+    def _signal_children(self, signum: int) -> None:
+        """Each connection's whole process group: monitor, pre-login, user session."""
+        for pid in list(self.children):
+            try:
+                os.killpg(pid, signum)
+            except ProcessLookupError:
+                pass

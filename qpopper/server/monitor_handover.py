@@ -1,0 +1,108 @@
+"""After a verified login the monitor becomes the user session: the pre-login process hands
+its protocol state over, the monitor drops to the user (verified) and runs the session
+(docs/privsep.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import socket
+import syslog
+from typing import NoReturn
+
+from qpopper import limits
+from qpopper.server import privsep
+from qpopper.server import monitor_wire as wire
+from qpopper.server.channel import Channel
+from qpopper.server.session import Session, spool_group
+from qpopper.pop3.responses import PopError
+from qpopper.spool.paths import SpoolPaths
+from qpopper.server.children import ProtocolViolation, exit_after
+
+
+class BecomingTheSession:
+    """Part of Monitor (server/monitor.py): see the module docstring."""
+
+    # --- the login handed over: the user session -----------------------------------------------
+    def _handover(self, frame: wire.Frame, sock, relay_end) -> None:
+        login = self.login
+        if login is None:
+            raise ProtocolViolation("HANDOVER without a verified login")
+        leftover, tls_active = frame.fields[0], frame.flag(1)
+        if frame.flag(4):                    # the name carried -no-mime (USER's rules)
+            login = dataclasses.replace(login, no_mime=True)
+        client_host = self._host(frame, 2)
+        bad_text = frame.text(3)
+        if not bad_text.isdigit() or int(bad_text) > limits.MAX_BAD_COMMANDS:
+            raise ProtocolViolation("HANDOVER with a bad command count")
+        if tls_active and relay_end is None:
+            raise ProtocolViolation("HANDOVER inside TLS without TLS")
+        try:
+            spool_gid = spool_group(self.cfg)
+            if self.cfg.check_hash_dir:
+                SpoolPaths.for_user(self.cfg, login.user, login.home).ensure_hash_dirs(self.log)
+        except PopError as refusal:
+            self.log(syslog.LOG_ERR, refusal.log or f"preparing the session of {login.user}: "
+                                                    f"{refusal.text}")
+            self._answer_login(refusal.render(), tls_active, relay_end)
+            return
+        if self.on_login is not None:
+            self.on_login()
+        self._become_user_session(sock, login, spool_gid, leftover, tls_active, client_host,
+                                  int(bad_text), relay_end)
+
+    def _become_user_session(self, sock, login, spool_gid: int, leftover: bytes,
+                             tls_active: bool, client_host: str, bad_commands: int,
+                             relay_end) -> NoReturn:
+        """After a verified login the monitor's work is done: rather than fork once more, it
+        becomes the user session itself. Nothing privileged stays open: the monitor channel
+        and the master's notice pipe are closed, the authenticator (which opens its files per
+        call) is dropped, the TLS identity was closed at the first fork; then the verified
+        privilege drop (privsep.drop_privileges). Without TLS the pre-login process, which
+        flushed its last reply before HANDOVER, is ended first, so no other process holds
+        the client's socket; with TLS it goes on relaying, as this process's child."""
+        sock.close()
+        self._close_for_child()
+        self.authenticator = None
+        if not tls_active:
+            self._end_prelogin()
+            os.waitpid(self.prelogin_pid, 0)
+            if relay_end is not None:
+                relay_end.close()
+            relay_end = None
+        exit_after(self.log, f"session of {login.user}",
+                   lambda: self._run_user_session(login, spool_gid, leftover, tls_active,
+                                                  client_host, bad_commands, relay_end))
+
+    def _answer_login(self, reply: bytes, tls_active: bool, relay_end) -> None:
+        """No session after all: the reply to the login command, written by the monitor (a
+        fixed text, nothing read) — through the pre-login process's TLS relay if need be."""
+        try:
+            if tls_active:
+                relay_end.sendall(reply)
+                relay_end.shutdown(socket.SHUT_WR)
+            else:
+                os.write(self.client.out_fd, reply)
+        except OSError:
+            pass
+
+    def _run_user_session(self, login, spool_gid: int, leftover: bytes, tls_active: bool,
+                          client_host: str, bad_commands: int, relay_end) -> int:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        if relay_end is not None:
+            self.client.close()
+            channel = Channel(relay_end.fileno(), relay_end.fileno(), relay_end)
+        else:
+            client = self.client
+            channel = Channel(client.in_fd, client.out_fd, client.sock)
+        # made before the drop: it notes who may own the spool options file (root)
+        session = Session(self.cfg, channel, log=self.log, hostname=self.hostname,
+                          peer=self.peer, client_host=client_host,
+                          tls_active=tls_active, login_done=True)
+        privsep.drop_privileges(login, spool_gid, self.log)   # verified, or _exit
+        status = session.run(resume=(login, leftover, bad_commands))
+        if relay_end is not None:
+            os.waitpid(self.prelogin_pid, 0)   # the relay sends the last reply, then ends
+        return status

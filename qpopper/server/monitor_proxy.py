@@ -1,0 +1,99 @@
+"""A connection behind a load balancer: the PROXY header read by the pre-login process and
+checked here (only from a trusted peer, once, before anything else), HAProxy's health checks
+answered without a session (docs/scale-out.md)."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import syslog
+
+import setproctitle
+
+from qpopper import limits
+from qpopper.server import monitor_wire as wire
+from qpopper import proxy_protocol
+from qpopper.addresses import in_networks
+from qpopper.server import prelogin
+from qpopper.server.children import ProtocolViolation
+
+HEALTH_CHECK_REPLY = b"+OK POP3 server ready (health check)\r\n"
+
+
+class ProxiedConnection:
+    """Part of Monitor (server/monitor.py): see the module docstring."""
+
+    def _take_proxy_header(self, sock, lookup) -> bool:
+        """In the pre-login process: the PROXY header, read here (unprivileged) and reported
+        to the monitor, which decides what to believe. False: the connection is over (no
+        header, a bad one, or a health check answered)."""
+        try:
+            header = prelogin.read_proxy_header(self.client.sock,
+                                                limits.PROXY_HEADER_TIMEOUT_S)
+        except prelogin.NoHeader:
+            # a TCP health check: connect and close; not worth a log line above debug
+            self.log(syslog.LOG_DEBUG, f"{self.real_ip}: closed before a PROXY header")
+            return False
+        except proxy_protocol.ProxyError as exc:
+            self.log(syslog.LOG_NOTICE, f"PROXY protocol header from {self.real_ip} "
+                                        f"refused: {exc}; closing")
+            return False
+        # HAProxy's v1 health check names its own connection (v2 sends LOCAL): a header
+        # whose client is this very connection's peer is the proxy speaking for itself
+        local = header.local or (header.source == self.real_ip
+                                 and header.source_port == self.peer[1])
+        try:
+            wire.send(sock, wire.Kind.PROXIED, local, header.source or "",
+                      str(header.source_port or 0))
+            answer = wire.receive(sock, (wire.Kind.DATA,))
+        except (OSError, wire.FrameError):
+            answer = None
+        if answer is None:
+            return False
+        if local:
+            self._answer_health_check()
+            return False
+        self.client_ip = answer.text(0)
+        self.peer = (self.client_ip, header.source_port)
+        if lookup is not None:
+            lookup.begin(self.client_ip)
+        return True
+
+    def _answer_health_check(self) -> None:
+        """The proxy's own connection (v2 LOCAL, v1 UNKNOWN or its own address): one +OK
+        line for a check that expects a greeting, no session; inside implicit TLS nothing
+        (a check there only connects)."""
+        if self.tls_mode != "implicit":
+            try:
+                self.client.sock.sendall(HEALTH_CHECK_REPLY)
+                self.client.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        self.log(syslog.LOG_DEBUG, f"{self.real_ip}: PROXY health check answered")
+
+    def _proxied(self, frame: wire.Frame) -> bytes:
+        """The client address the pre-login process read from the PROXY header: believed
+        only on a proxy-protocol listener, once, first, from a trusted proxy (the master
+        checked that too; this process knows the real peer itself), and only as an IP
+        address and a port."""
+        if self.proxy is None or self.proxied:
+            raise ProtocolViolation("PROXIED on a connection without a PROXY header")
+        if not in_networks(self.real_ip, self.proxy):
+            raise ProtocolViolation(f"PROXY header from untrusted {self.real_ip}")
+        self.proxied = True
+        if frame.flag(0):
+            self._closing = True            # a health check: no client, no more requests
+            return wire.encode(wire.Kind.DATA, b"", True)
+        ip = ipaddress.ip_address(frame.text(1))
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped                  # written as IPv4, as normalize_ip does
+        address = str(ip)
+        port = frame.text(2)
+        if not (port.isascii() and port.isdigit() and int(port) <= 65535):
+            raise ProtocolViolation("PROXIED with a bad port")
+        self.client_ip = address
+        self.peer = (address, int(port))
+        setproctitle.setproctitle(f"popper: {self.client_ip} monitor")
+        if self.on_client_address is not None:
+            self.on_client_address(address)
+        return wire.encode(wire.Kind.DATA, address, False)
