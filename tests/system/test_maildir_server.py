@@ -233,3 +233,66 @@ def test_check_config_shows_the_maildir_option(site):
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     assert any(line.split()[:2] == ["maildir", "~/Maildir"] for line in result.stdout.splitlines())
+
+
+def test_kill_at_every_update_step_of_the_real_session_is_exact(site, maildir_user):
+    """The session SIGKILLed at each step of a Maildir UPDATE (the session's test-only fault
+    hook): the next login sees the update done exactly once (after the journal's commit) or
+    not at all (before it), every message once, under the same UID."""
+    user = maildir_user
+    from tests.server_harness import PopperServer
+    step_log = os.path.join(site.root, "maildir-steps")
+
+    def fresh_box():
+        shutil.rmtree(os.path.join(user.home, "Maildir"), ignore_errors=True)
+        deliver_with_mailbox(user, [b"Subject: %d\n\nbody %d\n" % (n, n) for n in range(5)])
+        with open(step_log, "w"):
+            pass
+        os.chmod(step_log, 0o666)
+
+    def session(server, act: bool) -> tuple[bool, dict]:
+        client = login(server, user)
+        try:
+            uids = {int(n): uid for n, uid in (x.decode().split() for x in client.uidl()[1])}
+            if act:
+                client.dele(1)
+                client.dele(4)
+                client.retr(2)
+                client.retr(3)
+            client.quit()
+            return True, uids
+        except (poplib.error_proto, OSError, EOFError):
+            return False, uids
+        finally:
+            client.close()
+
+    fresh_box()
+    with PopperServer(site.root, site.config, syslog=site.syslog,
+                      env={"QPOPPER_TEST_STEP_LOG": step_log}) as server:
+        answered, _ = session(server, act=True)
+    assert answered
+    with open(step_log) as f:
+        steps = [line.strip() for line in f if line.startswith("update:")]
+    points = list(dict.fromkeys(steps)) + ["update:unlink#2", "update:rename#2"]
+    assert {"update:journal-commit-rename", "update:unlink", "update:rename"} <= set(points)
+    for point in points:
+        fresh_box()
+        with PopperServer(site.root, site.config, syslog=site.syslog,
+                          env={"QPOPPER_TEST_CRASH_AT": point}) as server:
+            quit_answered, uids = session(server, act=True)
+        assert not quit_answered, f"no crash at {point}"
+        with PopperServer(site.root, site.config, syslog=site.syslog) as server:
+            answered, _ = session(server, act=False)     # the next login finishes the journal
+        assert answered, f"no session after a crash at {point}"
+        files = {}
+        for sub in ("new", "cur"):
+            for name in os.listdir(os.path.join(user.home, "Maildir", sub)):
+                files[maildir.base_name(name)] = maildir.flags_of(name)
+        deleted, seen_now = {uids[1], uids[4]}, {uids[2], uids[3]}
+        committed = points.index(point) > points.index("update:journal-commit-rename") \
+            if point in steps else True
+        if committed:
+            assert set(files) == set(uids.values()) - deleted, point
+            assert all("S" in files[uid] for uid in seen_now), point
+        else:
+            assert set(files) == set(uids.values()), point
