@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+from tests.helpers.messages import mbox  # noqa: F401 (tests import it from here too)
 from tests.helpers.repo import REPO  # noqa: E402 (also imported from here by tests)
 POPPER = str(Path(sys.executable).with_name("popper"))
 START_TIMEOUT_S = 15.0
@@ -47,18 +48,6 @@ def has_ipv6_loopback() -> bool:
         return True
     except OSError:
         return False
-
-
-def mbox(*messages: tuple[str, str]) -> bytes:
-    """A spool with the given (subject, body) messages."""
-    out = []
-    for n, (subject, body) in enumerate(messages, 1):
-        out.append(f"From sender{n}@example.org Mon Nov  2 10:0{n % 10}:00 2026\n"
-                   f"From: Sender {n} <sender{n}@example.org>\n"
-                   f"Subject: {subject}\n"
-                   f"Message-ID: <m{n}.{subject.replace(' ', '-')}@example.org>\n"
-                   f"\n{body}\n")
-    return "".join(out).encode()
 
 
 def make_spool_dir(parent: str) -> str:

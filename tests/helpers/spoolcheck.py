@@ -21,6 +21,7 @@ from typing import Iterator
 import pytest
 
 from qpopper.config import Config
+from tests.helpers.messages import from_line, message, mmdf  # noqa: F401 (re-exported)
 from qpopper.spool.locking import LockTiming, SpoolLock
 from qpopper.spool.maildrop import Maildrop
 from qpopper.spool.paths import SpoolPaths
@@ -30,22 +31,7 @@ LOCK_STEP_S = 0.05
 MESSAGE_ID = re.compile(rb"^Message-Id: <([^>]+)>\r?$", re.M | re.I)
 
 
-# --- messages ------------------------------------------------------------------------------------
-def from_line(n: int) -> bytes:
-    return b"From sender%d@example.org Wed Dec  2 05:53:%02d 1992\n" % (n, n % 60)
-
-
-def message(n: int, body_lines: int = 3, extra_headers: bytes = b"") -> bytes:
-    body = b"".join(b"line %d of message %d\n" % (i, n) for i in range(body_lines))
-    return (from_line(n) + b"Subject: message %d\nMessage-Id: <%d@example.org>\n" % (n, n)
-            + extra_headers + b"\n" + body + b"\n")
-
-
-def mmdf(n: int) -> bytes:
-    return (b"\x01\x01\x01\x01\nFrom: a@b\nSubject: mmdf %d\n\nbody %d\n.dot line\n"
-            b"\x01\x01\x01\x01\n" % (n, n))
-
-
+# --- messages (the builders are tests/helpers/messages.py) ----------------------------------------
 def old_message(n: int) -> bytes:
     return (b"From old@example.org Wed Dec  2 05:53:22 1992\nSubject: old %d\n"
             b"Message-Id: <old-%d@example.org>\n\nold body %d\n\n" % (n, n, n))

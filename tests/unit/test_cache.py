@@ -19,16 +19,11 @@ from qpopper.config import Config
 from qpopper.spool import cache, mbox
 from qpopper.spool.maildrop import Maildrop
 from qpopper.spool.paths import SpoolPaths
+from tests.helpers.messages import message
 from tests.helpers.spoolcheck import SHAPES
 
 USER = "alice"
 pytestmark = pytest.mark.timeout(60)
-
-
-def message(n: int, body_lines: int = 3) -> bytes:
-    body = b"".join(b"line %d of message %d\n" % (i, n) for i in range(body_lines))
-    return (b"From sender%d@example.org Wed Dec  2 05:53:%02d 1992\n" % (n, n % 60)
-            + b"Subject: message %d\nMessage-Id: <%d@example.org>\n\n" % (n, n) + body + b"\n")
 
 
 BIG = b"".join(message(n, body_lines=40) for n in range(1, 41))      # ~40 KiB

@@ -20,6 +20,7 @@ import pytest
 from qpopper import limits
 from qpopper.extensions.mangle import parse_content_type, parse_request
 from qpopper.pop3.command import CommandSyntaxError
+from tests.helpers.messages import mbox_of
 from tests.transcripts.harness import extended_session, spool_fixture
 
 pytestmark = pytest.mark.timeout(60)
@@ -28,9 +29,7 @@ FROM_LINE = b"From sender@example.org Mon Nov  2 10:00:00 2026\n"
 
 
 def mbox(*messages: bytes) -> bytes:
-    """Messages (LF line ends, headers first) as an mbox spool."""
-    return b"".join(FROM_LINE + m + (b"" if m.endswith(b"\n") else b"\n") + b"\n"
-                    for m in messages)
+    return mbox_of(*messages, separator=FROM_LINE)
 
 
 ALTERNATIVE = b"""\

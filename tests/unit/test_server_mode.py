@@ -15,6 +15,7 @@ from qpopper.config import Config
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool.maildrop import Maildrop
 from qpopper.spool.paths import SpoolPaths
+from tests.helpers import messages
 from tests.helpers.spoolcheck import fill_up as fill, read, retr, small_tmpfs
 
 USER = "alice"
@@ -22,9 +23,8 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def message(n: int, extra_headers: bytes = b"") -> bytes:
-    return (b"From sender%d@example.org Wed Dec  2 05:53:%02d 1992\n" % (n, n % 60)
-            + b"Subject: message %d\nMessage-Id: <%d@example.org>\n" % (n, n) + extra_headers
-            + b"\nbody of message %d\n.starts with a dot\n\n" % n)
+    return messages.message(n, extra_headers=extra_headers,
+                            body=b"body of message %d\n.starts with a dot\n" % n)
 
 
 def spool_of(*numbers: int) -> bytes:

@@ -19,6 +19,7 @@ from qpopper.config import Config
 from qpopper.spool import cache, mbox
 from qpopper.spool.maildrop import Maildrop
 from qpopper.spool.paths import SpoolPaths
+from tests.helpers.messages import from_line
 from tests.unit.test_mbox import GOLDEN, GOLDEN_SPOOLS, SCAN_OPTIONS
 
 USER = "alice"
@@ -28,10 +29,6 @@ pytestmark = pytest.mark.timeout(120)
 
 def fields(m: mbox.Message) -> dict:
     return {name: getattr(m, name) for name in FIELDS}
-
-
-def from_line(n: int) -> bytes:
-    return b"From sender%d@example.org Wed Dec  2 05:53:%02d 1992\n" % (n, n % 60)
 
 
 # Messages of every shape the write-back meets (the From line is added by `spool`).
