@@ -5,8 +5,10 @@ sys.path); they put the repository on sys.path for tests.* before importing this
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import grp
+import importlib.util
 import json
 import os
 import pwd
@@ -14,9 +16,12 @@ import shutil
 import signal
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,6 +31,8 @@ POPA3D_SPOOL_DIR = "/var/mail"            # compiled into popa3d (MAIL_SPOOL_PAT
 POPA3D_PAM_FILE = "/etc/pam.d/popa3d"
 POPA3D_HOME = "/var/lib/popa3d"
 MTIME_BACKDATE_S = 10
+BENCH_LOGIN = "qpt-benchlogin"        # the pre-login account a run creates
+POPPER_MAIN = "import sys; from qpopper.cli import popper_main; sys.exit(popper_main())"
 # What a script prints as its name in errors (set by the script: vs_reference.py, ...).
 SCRIPT = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "bench"
 
@@ -263,3 +270,266 @@ def remove_popa3d_spools(users) -> None:
         for suffix in ("", ".tmp", ".lock"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(POPA3D_SPOOL_DIR, user.name + suffix))
+
+
+# ---------------------------------------------------------------- peers and measurements
+
+@dataclass
+class Target:
+    server: str
+    mode: str
+    port: int
+    pid: int                               # root of the process tree that serves it
+    runs: dict = field(default_factory=dict)     # figure -> one value per round
+    roles: dict = field(default_factory=dict)    # the last idle run's new processes by title
+
+    @property
+    def label(self) -> str:
+        return f"{self.server}/{self.mode}"
+
+
+
+
+def ensure_debian_packages(packages) -> None:
+    """Dovecot and stunnel4 from Debian, installed when missing, their system services
+    disabled (this run starts its own instances on free loopback ports)."""
+    missing = [p for p in packages if subprocess.run(
+        ["dpkg-query", "-W", "-f=${Status}", p], capture_output=True, text=True
+    ).stdout != "install ok installed"]
+    if not missing:
+        return
+    print(f"installing {' '.join(missing)} (system services disabled) ...", flush=True)
+    guard = "/usr/sbin/policy-rc.d"          # 101: no maintainer script starts a service
+    made_guard = not os.path.exists(guard)
+    if made_guard:
+        Path(guard).write_text("#!/bin/sh\nexit 101\n")
+        os.chmod(guard, 0o755)
+    try:
+        subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", "-qq",
+                        "--no-install-recommends", *missing], check=True, timeout=900,
+                       env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    finally:
+        if made_guard:
+            os.unlink(guard)
+    if os.path.isdir("/run/systemd/system"):
+        subprocess.run(["systemctl", "disable", "--now", "dovecot.service", "dovecot.socket"],
+                       capture_output=True, timeout=120)
+    else:
+        subprocess.run(["update-rc.d", "dovecot", "disable"], capture_output=True, timeout=120)
+
+
+@contextlib.contextmanager
+def qpopper(work: str, name: str, tree: str, pam: str, pki, max_sessions: int,
+            prelogin: bool, **options):
+    """One master of the qpopper-py in `tree`, plain on one port and TLS from the first byte
+    on another; `options` are more configuration lines (write_config's). Yields (server,
+    tls_port, spool_dir)."""
+    from tests.server_harness import PopperServer, free_port, make_spool_dir, write_config
+    root = os.path.join(work, name)
+    os.mkdir(root)
+    os.chmod(root, 0o755)
+    spool_dir = make_spool_dir(root)
+    config = write_config(
+        os.path.join(root, "qpopper.config"), spool_dir=spool_dir, pam_service=pam,
+        timeout=600, auth_brakes_file=os.path.join(root, "auth-brakes.sqlite"),
+        max_children=max_sessions, max_children_per_address=max_sessions,
+        tls_server_cert_file=pki.cert_file, tls_private_key_file=pki.key_file,
+        prelogin_user=None,        # 1dec647 has no such option: the command line has it
+        **options)
+    server = PopperServer(root, config)
+    tls_port = free_port()
+    server.argv = [sys.executable, "-P", "-c", POPPER_MAIN, f"127.0.0.1:{server.port}",
+                   f"--tls-listen=127.0.0.1:{tls_port}", "-f", config, "-R"]
+    if prelogin:
+        chroot = os.path.join(root, "empty")
+        server.argv += [f"--prelogin-user={BENCH_LOGIN}", f"--prelogin-chroot={chroot}"]
+    server.env["PYTHONPATH"] = tree
+    with server:
+        wait_for_banner(tls_port, server.proc, tls=True)
+        yield server, tls_port, spool_dir
+
+
+@contextlib.contextmanager
+def dovecot(work: str, pam: str, pki, max_sessions: int, name: str = "dovecot",
+            mail_location: str = "mbox:~/mail:INBOX={spool_dir}/%u"):
+    """A Dovecot instance of this run: pop3 and pop3s on free loopback ports, PAM through the
+    same service file as qpopper-py, mailboxes under its spool dir in the temp dir
+    (`mail_location`, {spool_dir} filled in: mbox spools by default). Yields (proc, port,
+    tls_port, spool_dir)."""
+    from tests.server_harness import free_port, make_spool_dir
+    root = os.path.join(work, name)
+    os.mkdir(root)
+    spool_dir = make_spool_dir(root)
+    port, tls_port = free_port(), free_port()
+    conf = os.path.join(root, "dovecot.conf")
+    Path(conf).write_text(f"""\
+protocols = pop3
+listen = 127.0.0.1
+base_dir = {root}/run
+instance_name = qpt-{name}-bench
+log_path = {root}/dovecot.log
+ssl = yes
+ssl_cert = <{pki.cert_file}
+ssl_key = <{pki.key_file}
+disable_plaintext_auth = no
+auth_mechanisms = plain
+passdb {{
+  driver = pam
+  args = {pam}
+}}
+userdb {{
+  driver = passwd
+}}
+first_valid_uid = 1000
+mail_location = {mail_location.format(spool_dir=spool_dir)}
+mail_privileged_group = mail
+default_process_limit = {max_sessions}
+default_client_limit = {max_sessions * 10}
+service pop3-login {{
+  inet_listener pop3 {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener pop3s {{
+    address = 127.0.0.1
+    port = {tls_port}
+    ssl = yes
+  }}
+}}
+""")
+    with running(["dovecot", "-F", "-c", conf], os.path.join(root, "dovecot.out"),
+                 port) as proc:
+        wait_for_banner(tls_port, proc, tls=True)
+        yield proc, port, tls_port, spool_dir
+
+
+
+def load_pop3bench(bench: Path):
+    spec = importlib.util.spec_from_file_location("pop3bench", bench / "pop3bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Window(threading.Thread):
+    """`measure(seconds)` in a thread, `delay` seconds into a load run: its steady part."""
+
+    def __init__(self, measure, seconds: float, delay: float = 1.0):
+        super().__init__()
+        self.measure, self.seconds, self.delay, self.result = measure, seconds, delay, None
+        self.start()
+
+    def run(self) -> None:
+        time.sleep(self.delay)
+        self.result = self.measure(self.seconds)
+
+
+def tree_cpu_ms(pb, root: int) -> float:
+    """CPU time of root and its descendants, with what each reaped of its children (utime,
+    stime, cutime, cstime): what a process tree spent, whoever forked whom."""
+    ticks = 0
+    for pid in pb._descendants(pb._read_procs(), [root]):
+        with contextlib.suppress(OSError, ValueError):
+            stat = Path(f"/proc/{pid}/stat").read_bytes()
+            ticks += sum(int(f) for f in stat[stat.rindex(b")") + 2:].split()[11:15])
+    return ticks * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def sessions(bench: Path, pb, target: Target, users_file: str, clients: int, seconds: float,
+             raw_out=None) -> dict:
+    """pop3bench sessions; with the server tree's CPU over its steady part per session."""
+    def server_cpu(window: float) -> float:
+        start = tree_cpu_ms(pb, target.pid)
+        time.sleep(window)
+        return tree_cpu_ms(pb, target.pid) - start
+
+    window = Window(server_cpu, max(seconds - 2, seconds / 2))
+    data = pop3bench(bench, "sessions", target.port, target.label,
+                              "--users-file", users_file, "-c", str(clients), "-d", str(seconds),
+                              *(["--tls"] if target.mode == "tls" else []), raw_out=raw_out)
+    window.join()
+    med = data.get("median", data)
+    if med.get("sessions_per_s"):
+        med["cpu_ms_per_session"] = round(1000 * med["machine_busy_cores"] /
+                                          med["sessions_per_s"], 1)
+        med["server_cpu_ms_per_session"] = round(
+            window.result / (med["sessions_per_s"] * window.seconds), 1)
+    return med
+
+
+def tree_pss(pb, root: int, names=()) -> dict[int, tuple[int, str]]:
+    """pid -> (Pss KiB, role) for root and its descendants; the role is the process title's
+    first three words, the program without its directory and user `names` as <user>."""
+    procs = pb._read_procs()
+    out = {}
+    for pid in pb._descendants(procs, [root]):
+        mem = pb._mem_of(pid)
+        if mem is not None:
+            words = procs[pid][2].split()[:3] or [procs[pid][1]]
+            title = " ".join([os.path.basename(words[0]), *words[1:]])
+            for name in names:
+                title = title.replace(name, "<user>")
+            out[pid] = (mem["Pss"], title)
+    return out
+
+
+def idle(pb, target: Target, users: list, n: int, settle: float = 1.5) -> dict:
+    """n authenticated sessions held (USER, PASS, STAT): the PSS they cost."""
+    before = tree_pss(pb, target.pid)
+    context = pb.make_sslctx() if target.mode == "tls" else None
+
+    async def hold() -> tuple[dict, int, dict]:
+        gate, conns, errors = asyncio.Semaphore(8), [], {}
+
+        async def open_one(user):
+            async with gate:
+                try:
+                    async with asyncio.timeout(60):
+                        reader, writer, _, _ = await pb.a_open_auth(
+                            "127.0.0.1", target.port, user.name, user.password, target.mode,
+                            context)
+                        writer.write(b"STAT\r\n")
+                        pb._expect_ok(await reader.readline(), "stat")
+                    conns.append((reader, writer))
+                except (OSError, pb.POPError, TimeoutError, ssl.SSLError) as error:
+                    errors[type(error).__name__] = errors.get(type(error).__name__, 0) + 1
+
+        await asyncio.gather(*(open_one(users[i % len(users)]) for i in range(n)))
+        await asyncio.sleep(settle)
+        held = tree_pss(pb, target.pid, [u.name for u in users])
+        for reader, writer in conns:
+            with contextlib.suppress(OSError, pb.POPError, TimeoutError, ssl.SSLError):
+                async with asyncio.timeout(30):
+                    writer.write(b"QUIT\r\n")
+                    await reader.readline()
+            writer.close()
+        return held, len(conns), errors
+
+    held, opened, errors = asyncio.run(hold())
+    new = {pid: v for pid, v in held.items() if pid not in before}
+    # Until the sessions' processes are gone; a helper the logins started (a Dovecot auth
+    # worker: len(new) not a multiple of the sessions) may stay.
+    stay, deadline = len(new) % max(opened, 1), time.monotonic() + 15
+    while sum(os.path.exists(f"/proc/{pid}") for pid in new) > stay and \
+            time.monotonic() < deadline:
+        time.sleep(0.1)
+    grown = sum(max(0, held[pid][0] - before[pid][0]) for pid in held if pid in before)
+    roles: dict[str, list[int]] = {}
+    for pss, role in new.values():
+        roles.setdefault(role, []).append(pss)
+    per = max(opened, 1)
+    result = {"opened": opened, "errors": errors,
+              "pss_kb_per_session": round((sum(p for p, _ in new.values()) + grown) / per, 1),
+              "procs_per_session": round(len(new) / per, 2),
+              "grown_kb_per_session": round(grown / per, 1),
+              "tree_delta_kb_per_session": round(
+                  (sum(p for p, _ in held.values()) - sum(p for p, _ in before.values())) / per,
+                  1),
+              "roles": {role: {"n": len(v), "pss_kb_mean": round(statistics.fmean(v), 1)}
+                        for role, v in sorted(roles.items())}}
+    print(f"  {time.strftime('%H:%M:%S')} {target.label:<15} idle -n {n}: "
+          f"{result['pss_kb_per_session']} KiB/session, {result['procs_per_session']} "
+          f"procs/session, errors {errors or 0}", flush=True)
+    return result
+
+

@@ -18,12 +18,9 @@ server/mode pairs are measured one after the other, the order turned by one each
 
 Servers, all on free 127.0.0.1 ports, started once for the run and stopped at its end:
 - qpopper-py before: `git archive 1dec647 qpopper` into the temp dir, run on PYTHONPATH with
-  this interpreter; after: this tree the same way; cached: this tree again with the
-  authentication cache on (auth-cache-size 10000, default TTLs; docs/auth-cache.md: after the
-  warm-up every login is a cache hit, as for clients that poll with a saved password). One
-  master each, with --tls-listen. All:
+  this interpreter; after: this tree the same way. One master each, with --tls-listen. Both:
   -R, auth-brakes-file and spool in the temp dir, max-children(-per-address) raised, a fresh
-  ECDSA P-256 certificate; after and cached also --prelogin-user=qpt-benchlogin (an account made
+  ECDSA P-256 certificate; after also --prelogin-user=qpt-benchlogin (a system account made
   for the run) and a prelogin-chroot in the temp dir;
 - popa3d (Debian's, fetched with apt-get download, never installed) under
   systemd-socket-activate; with TLS behind stunnel4 (`exec`, a popa3d per connection), as
@@ -37,20 +34,15 @@ Prints a table (before, after, popa3d, Dovecot, after/before, after/best peer) a
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import importlib.util
 import json
 import os
 import socket
-import ssl
 import statistics
 import signal
 import subprocess
 import sys
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,102 +52,27 @@ from tests.helpers.pam_service import STOCK_POP3, installed_pam_service  # noqa:
 from tests.helpers.sysusers import (SystemUsers, prelogin_account,  # noqa: E402
                                     world_readable_tmpdir)
 from tests.helpers.testpki import TestPki  # noqa: E402
-from tests.server_harness import (PopperServer, free_port, make_spool_dir,  # noqa: E402
-                                  write_config)
+from tests.server_harness import free_port  # noqa: E402
 
 import benchlib  # noqa: E402
 import perf_breakdown  # noqa: E402
-from benchlib import (DEFAULT_BENCH_DIR, POPA3D_SPOOL_DIR, make_spool,  # noqa: E402
+from benchlib import (DEFAULT_BENCH_DIR, POPA3D_SPOOL_DIR, Target, Window,  # noqa: E402
+                      BENCH_LOGIN, dovecot, idle, load_pop3bench, qpopper, make_spool, sessions,
                       popa3d_prerequisites, popa3d_server, reference_binary,
-                      remove_popa3d_spools, running, wait_for_banner)
+                      remove_popa3d_spools, running)
 
 BEFORE_COMMIT = "1dec647"
-BENCH_LOGIN = "qpt-benchlogin"
 SPLIT_BUDGET = 0.85            # after/before sessions/s may not fall below this
 SMALL_SEED = 100
 BENCH_USER = "qptbench"        # the From_ lines' name; the spools are copied to every user
 DEBIAN_PACKAGES = ("dovecot-core", "dovecot-pop3d", "stunnel4")
-POPPER_MAIN = "import sys; from qpopper.cli import popper_main; sys.exit(popper_main())"
-SERVERS = ("before", "after", "cached", "popa3d", "dovecot")
-TITLES = {"before": "qpopper-py before", "after": "qpopper-py after",
-          "cached": "qpopper-py after, auth cache on", "popa3d": "popa3d", "dovecot": "Dovecot"}
-AUTH_CACHE = {"auth_cache_size": 10_000}
-"""`cached`: this tree with the authentication cache on (docs/auth-cache.md), default TTLs."""
+SERVERS = ("before", "after", "popa3d", "dovecot")
+TITLES = {"before": "qpopper-py before", "after": "qpopper-py after", "popa3d": "popa3d",
+          "dovecot": "Dovecot"}
 MODES = ("plain", "tls")
 
 
-@dataclass
-class Target:
-    server: str
-    mode: str
-    port: int
-    pid: int                               # root of the process tree that serves it
-    runs: dict = field(default_factory=dict)     # figure -> one value per round
-    roles: dict = field(default_factory=dict)    # the last idle run's new processes by title
-
-    @property
-    def label(self) -> str:
-        return f"{self.server}/{self.mode}"
-
-
 # ---------------------------------------------------------------- set-up
-
-def ensure_debian_packages() -> None:
-    """Dovecot and stunnel4 from Debian, installed when missing, their system services
-    disabled (this run starts its own instances on free loopback ports)."""
-    missing = [p for p in DEBIAN_PACKAGES if subprocess.run(
-        ["dpkg-query", "-W", "-f=${Status}", p], capture_output=True, text=True
-    ).stdout != "install ok installed"]
-    if not missing:
-        return
-    print(f"installing {' '.join(missing)} (system services disabled) ...", flush=True)
-    guard = "/usr/sbin/policy-rc.d"          # 101: no maintainer script starts a service
-    made_guard = not os.path.exists(guard)
-    if made_guard:
-        Path(guard).write_text("#!/bin/sh\nexit 101\n")
-        os.chmod(guard, 0o755)
-    try:
-        subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", "-qq",
-                        "--no-install-recommends", *missing], check=True, timeout=900,
-                       env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
-    finally:
-        if made_guard:
-            os.unlink(guard)
-    if os.path.isdir("/run/systemd/system"):
-        subprocess.run(["systemctl", "disable", "--now", "dovecot.service", "dovecot.socket"],
-                       capture_output=True, timeout=120)
-    else:
-        subprocess.run(["update-rc.d", "dovecot", "disable"], capture_output=True, timeout=120)
-
-
-@contextlib.contextmanager
-def qpopper(work: str, name: str, tree: str, pam: str, pki, max_sessions: int,
-            prelogin: bool, options=None):
-    """One master of the qpopper-py in `tree`, plain on one port and TLS from the first byte
-    on another. Yields (server, tls_port, spool_dir)."""
-    root = os.path.join(work, name)
-    os.mkdir(root)
-    os.chmod(root, 0o755)
-    spool_dir = make_spool_dir(root)
-    config = write_config(
-        os.path.join(root, "qpopper.config"), spool_dir=spool_dir, pam_service=pam,
-        timeout=600, auth_brakes_file=os.path.join(root, "auth-brakes.sqlite"),
-        max_children=max_sessions, max_children_per_address=max_sessions,
-        tls_server_cert_file=pki.cert_file, tls_private_key_file=pki.key_file,
-        prelogin_user=None,         # 1dec647 has no such option: the command line has it
-        **(options or {}))
-    server = PopperServer(root, config)
-    tls_port = free_port()
-    server.argv = [sys.executable, "-P", "-c", POPPER_MAIN, f"127.0.0.1:{server.port}",
-                   f"--tls-listen=127.0.0.1:{tls_port}", "-f", config, "-R"]
-    if prelogin:
-        chroot = os.path.join(root, "empty")
-        server.argv += [f"--prelogin-user={BENCH_LOGIN}", f"--prelogin-chroot={chroot}"]
-    server.env["PYTHONPATH"] = tree
-    with server:
-        wait_for_banner(tls_port, server.proc, tls=True)
-        yield server, tls_port, spool_dir
-
 
 @contextlib.contextmanager
 def popa3d_tls(binary: str, work: str, pki):
@@ -169,57 +86,6 @@ def popa3d_tls(binary: str, work: str, pki):
     with running(["stunnel4", conf], os.path.join(work, "stunnel.out"), port, tls=True,
                  leftovers=(binary,)) as proc:
         yield proc, port
-
-
-@contextlib.contextmanager
-def dovecot(work: str, pam: str, pki, max_sessions: int):
-    """A Dovecot instance of this run: pop3 and pop3s on free loopback ports, PAM through the
-    same service file as qpopper-py, mbox spools in the temp dir. Yields (proc, port, tls_port,
-    spool_dir)."""
-    root = os.path.join(work, "dovecot")
-    os.mkdir(root)
-    spool_dir = make_spool_dir(root)
-    port, tls_port = free_port(), free_port()
-    conf = os.path.join(root, "dovecot.conf")
-    Path(conf).write_text(f"""\
-protocols = pop3
-listen = 127.0.0.1
-base_dir = {root}/run
-instance_name = qpt-dovecot-bench
-log_path = {root}/dovecot.log
-ssl = yes
-ssl_cert = <{pki.cert_file}
-ssl_key = <{pki.key_file}
-disable_plaintext_auth = no
-auth_mechanisms = plain
-passdb {{
-  driver = pam
-  args = {pam}
-}}
-userdb {{
-  driver = passwd
-}}
-first_valid_uid = 1000
-mail_location = mbox:~/mail:INBOX={spool_dir}/%u
-mail_privileged_group = mail
-default_process_limit = {max_sessions}
-default_client_limit = {max_sessions * 10}
-service pop3-login {{
-  inet_listener pop3 {{
-    address = 127.0.0.1
-    port = {port}
-  }}
-  inet_listener pop3s {{
-    address = 127.0.0.1
-    port = {tls_port}
-    ssl = yes
-  }}
-}}
-""")
-    with running(["dovecot", "-F", "-c", conf], os.path.join(root, "dovecot.out"),
-                 port) as proc:
-        wait_for_banner(tls_port, proc, tls=True)
-        yield proc, port, tls_port, spool_dir
 
 
 @contextlib.contextmanager
@@ -245,135 +111,6 @@ def tls_version(port: int) -> str:
 
 
 # ---------------------------------------------------------------- measurements
-
-def load_pop3bench(bench: Path):
-    spec = importlib.util.spec_from_file_location("pop3bench", bench / "pop3bench.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-class Window(threading.Thread):
-    """`measure(seconds)` in a thread, `delay` seconds into a load run: its steady part."""
-
-    def __init__(self, measure, seconds: float, delay: float = 1.0):
-        super().__init__()
-        self.measure, self.seconds, self.delay, self.result = measure, seconds, delay, None
-        self.start()
-
-    def run(self) -> None:
-        time.sleep(self.delay)
-        self.result = self.measure(self.seconds)
-
-
-def tree_cpu_ms(pb, root: int) -> float:
-    """CPU time of root and its descendants, with what each reaped of its children (utime,
-    stime, cutime, cstime): what a process tree spent, whoever forked whom."""
-    ticks = 0
-    for pid in pb._descendants(pb._read_procs(), [root]):
-        with contextlib.suppress(OSError, ValueError):
-            stat = Path(f"/proc/{pid}/stat").read_bytes()
-            ticks += sum(int(f) for f in stat[stat.rindex(b")") + 2:].split()[11:15])
-    return ticks * 1000 / os.sysconf("SC_CLK_TCK")
-
-
-def sessions(bench: Path, pb, target: Target, users_file: str, clients: int, seconds: float,
-             raw_out=None) -> dict:
-    """pop3bench sessions; with the server tree's CPU over its steady part per session."""
-    def server_cpu(window: float) -> float:
-        start = tree_cpu_ms(pb, target.pid)
-        time.sleep(window)
-        return tree_cpu_ms(pb, target.pid) - start
-
-    window = Window(server_cpu, max(seconds - 2, seconds / 2))
-    data = benchlib.pop3bench(bench, "sessions", target.port, target.label,
-                              "--users-file", users_file, "-c", str(clients), "-d", str(seconds),
-                              *(["--tls"] if target.mode == "tls" else []), raw_out=raw_out)
-    window.join()
-    med = data.get("median", data)
-    if med.get("sessions_per_s"):
-        med["cpu_ms_per_session"] = round(1000 * med["machine_busy_cores"] /
-                                          med["sessions_per_s"], 1)
-        med["server_cpu_ms_per_session"] = round(
-            window.result / (med["sessions_per_s"] * window.seconds), 1)
-    return med
-
-
-def tree_pss(pb, root: int, names=()) -> dict[int, tuple[int, str]]:
-    """pid -> (Pss KiB, role) for root and its descendants; the role is the process title's
-    first three words, the program without its directory and user `names` as <user>."""
-    procs = pb._read_procs()
-    out = {}
-    for pid in pb._descendants(procs, [root]):
-        mem = pb._mem_of(pid)
-        if mem is not None:
-            words = procs[pid][2].split()[:3] or [procs[pid][1]]
-            title = " ".join([os.path.basename(words[0]), *words[1:]])
-            for name in names:
-                title = title.replace(name, "<user>")
-            out[pid] = (mem["Pss"], title)
-    return out
-
-
-def idle(pb, target: Target, users: list, n: int, settle: float = 1.5) -> dict:
-    """n authenticated sessions held (USER, PASS, STAT): the PSS they cost."""
-    before = tree_pss(pb, target.pid)
-    context = pb.make_sslctx() if target.mode == "tls" else None
-
-    async def hold() -> tuple[dict, int, dict]:
-        gate, conns, errors = asyncio.Semaphore(8), [], {}
-
-        async def open_one(user):
-            async with gate:
-                try:
-                    async with asyncio.timeout(60):
-                        reader, writer, _, _ = await pb.a_open_auth(
-                            "127.0.0.1", target.port, user.name, user.password, target.mode,
-                            context)
-                        writer.write(b"STAT\r\n")
-                        pb._expect_ok(await reader.readline(), "stat")
-                    conns.append((reader, writer))
-                except (OSError, pb.POPError, TimeoutError, ssl.SSLError) as error:
-                    errors[type(error).__name__] = errors.get(type(error).__name__, 0) + 1
-
-        await asyncio.gather(*(open_one(users[i % len(users)]) for i in range(n)))
-        await asyncio.sleep(settle)
-        held = tree_pss(pb, target.pid, [u.name for u in users])
-        for reader, writer in conns:
-            with contextlib.suppress(OSError, pb.POPError, TimeoutError, ssl.SSLError):
-                async with asyncio.timeout(30):
-                    writer.write(b"QUIT\r\n")
-                    await reader.readline()
-            writer.close()
-        return held, len(conns), errors
-
-    held, opened, errors = asyncio.run(hold())
-    new = {pid: v for pid, v in held.items() if pid not in before}
-    # Until the sessions' processes are gone; a helper the logins started (a Dovecot auth
-    # worker: len(new) not a multiple of the sessions) may stay.
-    stay, deadline = len(new) % max(opened, 1), time.monotonic() + 15
-    while sum(os.path.exists(f"/proc/{pid}") for pid in new) > stay and \
-            time.monotonic() < deadline:
-        time.sleep(0.1)
-    grown = sum(max(0, held[pid][0] - before[pid][0]) for pid in held if pid in before)
-    roles: dict[str, list[int]] = {}
-    for pss, role in new.values():
-        roles.setdefault(role, []).append(pss)
-    per = max(opened, 1)
-    result = {"opened": opened, "errors": errors,
-              "pss_kb_per_session": round((sum(p for p, _ in new.values()) + grown) / per, 1),
-              "procs_per_session": round(len(new) / per, 2),
-              "grown_kb_per_session": round(grown / per, 1),
-              "tree_delta_kb_per_session": round(
-                  (sum(p for p, _ in held.values()) - sum(p for p, _ in before.values())) / per,
-                  1),
-              "roles": {role: {"n": len(v), "pss_kb_mean": round(statistics.fmean(v), 1)}
-                        for role, v in sorted(roles.items())}}
-    print(f"  {time.strftime('%H:%M:%S')} {target.label:<15} idle -n {n}: "
-          f"{result['pss_kb_per_session']} KiB/session, {result['procs_per_session']} "
-          f"procs/session, errors {errors or 0}", flush=True)
-    return result
-
 
 # ---------------------------------------------------------------- where the time goes
 
@@ -513,9 +250,8 @@ def medians(targets: list[Target]) -> dict:
 def report(targets: list[Target], args) -> dict:
     med = medians(targets)
     table, verdicts = [], {}
-    head = (f"{'figure':<26} {'before':>9} {'after':>9} {'cached':>9} {'popa3d':>9} "
-            f"{'Dovecot':>9} {'after/before':>12} {'after/best peer':>15} "
-            f"{'cached/best peer':>16}")
+    head = (f"{'figure':<26} {'before':>9} {'after':>9} {'popa3d':>9} {'Dovecot':>9} "
+            f"{'after/before':>12} {'after/best peer':>15}")
     print(f"\nmedians of {args.rounds} rounds ({args.session_seconds:g} s session runs, "
           f"{args.idle_sessions} idle sessions); ratios: > 1 is more of the figure")
     for mode in MODES:
@@ -527,15 +263,12 @@ def report(targets: list[Target], args) -> dict:
             ratio = after / before_ if after is not None and before_ else None
             best = (max(peers) if higher else min(peers)) if peers and higher is not None else None
             peer_ratio = after / best if after is not None and best else None
-            cached = values["cached"]
-            cached_ratio = cached / best if cached is not None and best else None
             cells = " ".join(f"{'-' if v is None else f'{v:g}':>9}" for v in values.values())
-            shown = [None if higher is None else ratio, peer_ratio, cached_ratio]
+            shown = [None if higher is None else ratio, peer_ratio]
             print(f"{label:<26} {cells} " + " ".join(
-                f"{'' if r is None else f'{r:.2f}':>{w}}" for r, w in zip(shown, (12, 15, 16))))
+                f"{'' if r is None else f'{r:.2f}':>{w}}" for r, w in zip(shown, (12, 15))))
             table.append({"mode": mode, "figure": key, **values,
-                          "after_over_before": ratio, "after_over_best_peer": peer_ratio,
-                          "cached_over_best_peer": cached_ratio})
+                          "after_over_before": ratio, "after_over_best_peer": peer_ratio})
             if key == "sessions_per_s" and ratio is not None:
                 verdicts[mode] = round(ratio, 3)
     print()
@@ -556,7 +289,7 @@ def parse_args(argv=None):
     parser.add_argument("--idle-sessions", type=int, default=30,
                         help="authenticated sessions held for the PSS figure (30)")
     parser.add_argument("--servers", default=",".join(SERVERS),
-                        help="any of before,after,cached,popa3d,dovecot (all)")
+                        help="any of before,after,popa3d,dovecot (all)")
     parser.add_argument("--before-commit", default=BEFORE_COMMIT,
                         help=f"the qpopper-py before the split ({BEFORE_COMMIT})")
     parser.add_argument("--before-tree", help="a checkout to use instead of git archive")
@@ -583,12 +316,11 @@ def start_servers(stack, args, work, pam, pki, spools) -> list[Target]:
     limit = args.idle_sessions + 50
     targets = []
     for name in args.servers:
-        if name in ("before", "after", "cached"):
+        if name in ("before", "after"):
             tree = (args.before_tree or stack.enter_context(before_tree(work, args.before_commit))
                     if name == "before" else str(REPO))
             server, tls_port, spool_dir = stack.enter_context(
-                qpopper(work, f"qpopper-{name}", tree, pam, pki, limit, name != "before",
-                        AUTH_CACHE if name == "cached" else None))
+                qpopper(work, f"qpopper-{name}", tree, pam, pki, limit, name == "after"))
             ports, pids = (server.port, tls_port), (server.pid, server.pid)
         elif name == "popa3d":
             binary, pam_text = stack.enter_context(reference_binary(args.reference_binary, work))
@@ -610,7 +342,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     bench = Path(args.bench_dir)
     if os.geteuid() == 0 and {"dovecot", "popa3d"} & set(args.servers):
-        ensure_debian_packages()
+        benchlib.ensure_debian_packages(DEBIAN_PACKAGES)
     benchlib.require_runnable("privsep_cost.py", bench,
                               "it creates users, accounts, PAM files, servers",
                               [("systemd-socket-activate", "systemd"), ("stunnel4", "stunnel4"),
