@@ -91,7 +91,7 @@ def decode(data: bytes) -> tuple[str, SpoolState, dict, list[Message]]:
     state = SpoolState(**doc["spool"])
     if not all(isinstance(getattr(state, k), int) for k in ("dev", "ino", "size", "mtime_ns")):
         raise ValueError("bad spool state")
-    messages = [_message(row) for row in doc["messages"]]
+    messages = _messages(doc["messages"])
     _check_partition(messages, state.size)
     return doc["user"], state, doc["options"], messages
 
@@ -102,27 +102,39 @@ _UID_AT = _FIELDS.index("uid")
 _INTS_AT = [i for i in range(len(_FIELDS)) if i not in (*_TUPLES_AT, *_BOOLS_AT, _UID_AT)]
 
 
-def _message(row) -> Message:
-    """One message record, checked field by field: (start, end) pairs of ints, real bools, an
-    ASCII uid, every other field an int >= 0 (a bool is not an int here)."""
-    if not isinstance(row, list) or len(row) != len(_FIELDS):
+def _messages(rows) -> list[Message]:
+    """The message records, checked field by field, a column at a time (C loops, not a Python
+    step per field): (start, end) pairs of ints, real bools, an ASCII uid, every other field
+    an int >= 0 (a bool is not an int here)."""
+    if not isinstance(rows, list):
+        raise ValueError("bad message list")
+    if not all(type(row) is list and len(row) == len(_FIELDS) for row in rows):
         raise ValueError("bad message record")
-    values = list(row)
+    if not rows:
+        return []
+    columns = list(zip(*rows))
     for i in _TUPLES_AT:
-        pairs = row[i]
-        if not all(isinstance(p, list) and len(p) == 2 and type(p[0]) is int
-                   and type(p[1]) is int for p in pairs):
-            raise ValueError(f"bad {_FIELDS[i]}")
-        values[i] = tuple(tuple(p) for p in pairs)
-    if {type(row[i]) for i in _BOOLS_AT} != {bool}:
-        raise ValueError("bad flag")
-    uid = row[_UID_AT]
-    if not isinstance(uid, str) or not uid or not uid.isascii():
+        if not any(columns[i]) and set(map(type, columns[i])) == {list}:
+            columns[i] = [()] * len(rows)   # most spools: no message has such lines
+        else:
+            columns[i] = [_pairs(pairs, i) for pairs in columns[i]]
+    for i in _BOOLS_AT:
+        if set(map(type, columns[i])) != {bool}:
+            raise ValueError("bad flag")
+    uids = columns[_UID_AT]
+    if set(map(type, uids)) != {str} or not all(uids) or not all(map(str.isascii, uids)):
         raise ValueError("bad uid")
-    ints = [row[i] for i in _INTS_AT]
-    if {type(v) for v in ints} != {int} or min(ints) < 0:
-        raise ValueError("bad offset or count")
-    return Message(*values)
+    for i in _INTS_AT:
+        if set(map(type, columns[i])) != {int} or min(columns[i]) < 0:
+            raise ValueError("bad offset or count")
+    return list(map(Message, *columns))
+
+
+def _pairs(pairs, i: int) -> tuple[tuple[int, int], ...]:
+    if not (type(pairs) is list and all(type(p) is list and len(p) == 2 and type(p[0]) is int
+                                        and type(p[1]) is int for p in pairs)):
+        raise ValueError(f"bad {_FIELDS[i]}")
+    return tuple(map(tuple, pairs))
 
 
 def _check_partition(messages: list[Message], size: int) -> None:
