@@ -5,6 +5,7 @@ scanned, and what each header line means for the UID, RETR and the write-back (d
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -17,6 +18,11 @@ _CONTINUATION_BYTES = frozenset(b" \t")
 _NOTED_NAMES = frozenset((b"content-length:", b"x-uidl:", b"status:", b"x-imap:", b"from:",
                           *_HASHED_HEADERS))
 """Lowercased names of every header line _classify does something with."""
+_NOTED_AFTER_LF = re.compile(
+    rb"\n(?:(received|date|message-id|subject)|content-length|x-uidl|status):")
+"""In a lowercased header block with an LF put in front: the start of every line _classify
+does something with when uw-kludge is not in play (group 1: a hashed header)."""
+_CONTINUATION_LINES = re.compile(rb"(?:[ \t][^\n]*\n)*")
 _UW_SUBJECT_MARKS = (b"DO NOT DELETE", b"DON'T DELETE THIS MESSAGE", b"FOLDER INTERNAL DATA")
 
 
@@ -149,6 +155,23 @@ class _HeaderScanner:
         if sep is not None and (block.startswith(sep) or b"\n" + sep in block):
             return False
         first_message = d.number == 1 and self.first_number == 1
+        base = w.base + i
+        if first_message and self.uw_kludge:     # its marks need _classify on every line
+            octets = self._header_lines_one_by_one(d, block, base, first_message)
+        else:
+            octets = self._noted_header_lines(d, block, base)
+        d.octets += octets
+        d.header_end = w.base + blank_at
+        w.cur = blank_at + blank_len
+        d.body_start = w.pos
+        return True
+
+    def _header_lines_one_by_one(self, d: _Draft, block: bytes, base: int,
+                                 first_message: bool) -> int:
+        """What _headers_by_line does with the lines of a header block (at file offset `base`,
+        without its blank line) in one loop over them: notes and hashes them; returns the
+        block's octets with the blank line, stripped lines not counted. The reference for
+        _noted_header_lines, and what uw-kludge's first message uses."""
         # What _classify would do with a hashed header or a continuation line, done here
         # (most noted lines are those); uw-kludge's marks need _classify on message 1.
         inline_hashed = not (first_message and self.uw_kludge)
@@ -157,7 +180,6 @@ class _HeaderScanner:
         octets = _octets(block) + 2
         hashing = False
         start = 0
-        base = w.base + i
         end = len(block)
         while start < end:
             stop = block.find(b"\n", start) + 1
@@ -188,11 +210,34 @@ class _HeaderScanner:
             elif kind == "status":
                 d.status_lines.append((base + start, base + stop))
             start = stop
-        d.octets += octets
-        d.header_end = w.base + blank_at
-        w.cur = blank_at + blank_len
-        d.body_start = w.pos
-        return True
+        return octets
+
+    def _noted_header_lines(self, d: _Draft, block: bytes, base: int) -> int:
+        """_header_lines_one_by_one without a Python step per line (no uw-kludge marks to
+        look for): one regex search over the lowercased block finds the lines that matter,
+        a hashed header is hashed with its continuation lines in one update (MD5 of the
+        concatenation), everything else is only counted."""
+        digest = d.digest
+        octets = _octets(block) + 2
+        hash_continuations = self.new_style
+        for match in _NOTED_AFTER_LF.finditer(b"\n" + block.lower()):
+            start = match.start()               # in block (the LF put in front is at -1)
+            stop = block.find(b"\n", start) + 1
+            if match.group(1) is not None:
+                if hash_continuations:
+                    stop = _CONTINUATION_LINES.match(block, stop).end()
+                digest.update(block[start:stop].translate(_NUL_TO_SPACE))
+                continue
+            line = block[start:stop]
+            kind = self._classify(d, line, base + start, False, False)
+            if kind == "uidl" or kind == "clen":
+                octets -= _octets(line)
+                d.stripped.append((base + start, base + stop))
+                if kind == "uidl":
+                    d.uidl_lines.append((base + start, base + stop))
+            elif kind == "status":
+                d.status_lines.append((base + start, base + stop))
+        return octets
 
     def _headers_by_line(self, d: _Draft):
         """Slow path: line by line, long lines in pieces of limits.MAX_SPOOL_LINE_OCTETS."""
