@@ -492,7 +492,8 @@ def idle(pb, target: Target, users: list, n: int, settle: float = 1.5) -> dict:
                         pb._expect_ok(await reader.readline(), "stat")
                     conns.append((reader, writer))
                 except (OSError, pb.POPError, TimeoutError, ssl.SSLError) as error:
-                    errors[type(error).__name__] = errors.get(type(error).__name__, 0) + 1
+                    kind = f"{type(error).__name__}: {str(error)[:80]}"
+                    errors[kind] = errors.get(kind, 0) + 1
 
         await asyncio.gather(*(open_one(users[i % len(users)]) for i in range(n)))
         await asyncio.sleep(settle)

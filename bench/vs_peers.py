@@ -242,9 +242,12 @@ def parse_args(argv=None):
     parser.add_argument("--bench-dir", default=str(DEFAULT_BENCH_DIR),
                         help="where pop3bench.py and mkspool.py are (../shared/bench)")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.rounds, args.messages, args.size = 1, 1000, "16M"
-        args.session_seconds, args.idle_sessions = 3, 10
+    if args.quick:              # what the command line leaves at its default
+        quick = {"rounds": 1, "messages": 1000, "size": "16M", "session_seconds": 3,
+                 "idle_sessions": 10}
+        for name, value in quick.items():
+            if getattr(args, name) == parser.get_default(name):
+                setattr(args, name, value)
     if args.rounds < 1 or args.messages < 1 or args.idle_sessions < 1 or args.clients < 1:
         parser.error("--rounds, --messages, --clients and --idle-sessions must be positive")
     return args
