@@ -31,7 +31,6 @@ POPA3D_SPOOL_DIR = "/var/mail"            # compiled into popa3d (MAIL_SPOOL_PAT
 POPA3D_PAM_FILE = "/etc/pam.d/popa3d"
 POPA3D_HOME = "/var/lib/popa3d"
 MTIME_BACKDATE_S = 10
-BENCH_LOGIN = "qpt-benchlogin"        # the pre-login account a run creates
 POPPER_MAIN = "import sys; from qpopper.cli import popper_main; sys.exit(popper_main())"
 # What a script prints as its name in errors (set by the script: vs_reference.py, ...).
 SCRIPT = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "bench"
@@ -320,9 +319,10 @@ def ensure_debian_packages(packages) -> None:
 
 @contextlib.contextmanager
 def qpopper(work: str, name: str, tree: str, pam: str, pki, max_sessions: int,
-            prelogin: bool, **options):
+            prelogin: str | None, **options):
     """One master of the qpopper-py in `tree`, plain on one port and TLS from the first byte
-    on another; `options` are more configuration lines (write_config's). Yields (server,
+    on another; `prelogin` the pre-login account (None: the option is left out), `options`
+    more configuration lines (write_config's). Yields (server,
     tls_port, spool_dir)."""
     from tests.server_harness import PopperServer, free_port, make_spool_dir, write_config
     root = os.path.join(work, name)
@@ -342,7 +342,7 @@ def qpopper(work: str, name: str, tree: str, pam: str, pki, max_sessions: int,
                    f"--tls-listen=127.0.0.1:{tls_port}", "-f", config, "-R"]
     if prelogin:
         chroot = os.path.join(root, "empty")
-        server.argv += [f"--prelogin-user={BENCH_LOGIN}", f"--prelogin-chroot={chroot}"]
+        server.argv += [f"--prelogin-user={prelogin}", f"--prelogin-chroot={chroot}"]
     server.env["PYTHONPATH"] = tree
     with server:
         wait_for_banner(tls_port, server.proc, tls=True)

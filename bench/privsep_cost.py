@@ -57,11 +57,12 @@ from tests.server_harness import free_port  # noqa: E402
 import benchlib  # noqa: E402
 import perf_breakdown  # noqa: E402
 from benchlib import (DEFAULT_BENCH_DIR, POPA3D_SPOOL_DIR, Target, Window,  # noqa: E402
-                      BENCH_LOGIN, dovecot, idle, load_pop3bench, qpopper, make_spool, sessions,
+                      dovecot, idle, load_pop3bench, qpopper, make_spool, sessions,
                       popa3d_prerequisites, popa3d_server, reference_binary,
                       remove_popa3d_spools, running)
 
 BEFORE_COMMIT = "1dec647"
+BENCH_LOGIN = "qpt-benchlogin"
 SPLIT_BUDGET = 0.85            # after/before sessions/s may not fall below this
 SMALL_SEED = 100
 BENCH_USER = "qptbench"        # the From_ lines' name; the spools are copied to every user
@@ -320,7 +321,8 @@ def start_servers(stack, args, work, pam, pki, spools) -> list[Target]:
             tree = (args.before_tree or stack.enter_context(before_tree(work, args.before_commit))
                     if name == "before" else str(REPO))
             server, tls_port, spool_dir = stack.enter_context(
-                qpopper(work, f"qpopper-{name}", tree, pam, pki, limit, name == "after"))
+                qpopper(work, f"qpopper-{name}", tree, pam, pki, limit,
+                        BENCH_LOGIN if name == "after" else None))
             ports, pids = (server.port, tls_port), (server.pid, server.pid)
         elif name == "popa3d":
             binary, pam_text = stack.enter_context(reference_binary(args.reference_binary, work))

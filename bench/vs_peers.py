@@ -47,7 +47,7 @@ from tests.helpers.sysusers import (SystemUsers, prelogin_account,  # noqa: E402
 from tests.helpers.testpki import TestPki  # noqa: E402
 
 import benchlib  # noqa: E402
-from benchlib import (BENCH_LOGIN, DEFAULT_BENCH_DIR, POPA3D_SPOOL_DIR,  # noqa: E402
+from benchlib import (DEFAULT_BENCH_DIR, POPA3D_SPOOL_DIR,  # noqa: E402
                       MTIME_BACKDATE_S, Target, dovecot, idle, load_pop3bench, make_spool,
                       popa3d_prerequisites, popa3d_server, qpopper, reference_binary,
                       remove_popa3d_spools, sessions)
@@ -60,6 +60,7 @@ PEERS = ("popa3d", "dovecot")
 TITLES = {"qpopper": "qpopper-py", "qpopper-cache": "qpopper-py + auth cache",
           "popa3d": "popa3d", "dovecot": "Dovecot"}
 AUTH_CACHE = "auth-cache-size"
+PRELOGIN_ACCOUNT = "qpt-peerslogin"   # its own: privsep_cost.py removes qpt-benchlogin at its end
 
 
 # ---------------------------------------------------------------- mailboxes
@@ -263,7 +264,7 @@ def start_servers(stack, ctx, work, pam, pki) -> dict[str, Server]:
         maildirs = os.path.join(work, f"{name}-maildir")
         os.mkdir(maildirs, 0o755)
         server, tls_port, spool_dir = stack.enter_context(qpopper(
-            work, name, str(REPO), pam, pki, limit, True, server_mode=True,
+            work, name, str(REPO), pam, pki, limit, PRELOGIN_ACCOUNT, server_mode=True,
             reverse_lookup=False, maildir=f"{maildirs}/%u", **extra))
         s = servers[name] = Server(name, Target(name, "plain", server.port, server.pid),
                                    Target(name, "tls", tls_port, server.pid))
@@ -369,7 +370,7 @@ def main(argv=None) -> int:
             work = stack.enter_context(world_readable_tmpdir("qpt-peers-"))
             ctx = Context(args, bench, work, raw_out)
             pam = stack.enter_context(installed_pam_service(STOCK_POP3, tag="bench"))
-            stack.enter_context(prelogin_account(BENCH_LOGIN))
+            stack.enter_context(prelogin_account(PRELOGIN_ACCOUNT))
             users = stack.enter_context(SystemUsers())
             spool = make_mailboxes(ctx, users)
             stack.callback(remove_popa3d_spools, [ctx.big_user, *ctx.small_users])
