@@ -195,8 +195,9 @@ def report(servers: dict[str, Server], args, spool: dict) -> dict:
     names = ["qpopper", *(["qpopper-cache"] if "qpopper-cache" in servers else []), *PEERS]
     fill = {"clients": args.clients, "in_flight": args.in_flight, "idle": args.idle_sessions,
             "messages": f"{spool['messages']:,}", "mb": round(spool["bytes"] / 1e6)}
-    print(f"\n| figure | {' | '.join(TITLES[n] for n in names)} | qpopper-py / best peer |")
-    print("|---" * (len(names) + 2) + "|")
+    print(f"\n| figure | {' | '.join(TITLES[n] for n in names)} | qpopper-py / best peer "
+          "| qpopper-py / popa3d |")
+    print("|---" * (len(names) + 3) + "|")
     summary = {}
     for key, label, higher in ROWS:
         peer_names = ("dovecot-maildir",) if key.startswith("maildir") else PEERS
@@ -213,9 +214,13 @@ def report(servers: dict[str, Server], args, spool: dict) -> dict:
         if key == "sessions" and values.get("qpopper-cache") and best:
             extra = f" (with the cache {values['qpopper-cache'] / best:.2f}×)"
         direction = "higher is better" if higher else "lower is better"
+        popa3d = values.get("popa3d")
+        to_popa3d = round(mine / popa3d, 2) if mine is not None and popa3d else None
         print(f"| {label.format(**fill)} | {' | '.join(cells)} | "
-              f"{'—' if ratio is None else f'{ratio:.2f}×'}{extra} ({direction}) |")
-        summary[key] = {"values": values, "ratio_to_best_peer": ratio}
+              f"{'—' if ratio is None else f'{ratio:.2f}×'}{extra} ({direction}) | "
+              f"{'—' if to_popa3d is None else f'{to_popa3d:.2f}×'} |")
+        summary[key] = {"values": values, "ratio_to_best_peer": ratio,
+                        "ratio_to_popa3d": to_popa3d}
     plain, tls = servers["qpopper"].median("retr"), servers["qpopper"].median("retr_tls")
     if plain and tls:
         print(f"\nqpopper-py RETR over TLS / plain: {tls / plain:.2f}")
