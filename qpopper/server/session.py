@@ -36,6 +36,9 @@ from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool.maildir import maildir_path
 from qpopper.spool.maildir_drop import MaildirDrop
 from qpopper.spool.maildrop import Maildrop, resolve_server_mode
+# Maildrop.open imports its two modes when called (they subclass it): imported here too, so
+# the master has them before it forks and no session loads them on its own pages.
+from qpopper.spool import normal_mode, server_mode  # noqa: F401
 from qpopper.spool.paths import SpoolPaths
 
 
