@@ -132,14 +132,22 @@ def fig_sessions(ctx, server: Server) -> dict:
             "sessions_cpu_ms": med.get("server_cpu_ms_per_session")}
 
 
+def cold_warm_retr(ctx, server: Server, user, fresh: str, prefix: str) -> dict:
+    """PASS→STAT on a fresh mailbox (cold), again (warm), then RETR of all of it."""
+    out = {f"{prefix}cold": pass_to_stat(bigbox(ctx, server.plain, user, "--no-retr",
+                                                "--before", fresh)),
+           f"{prefix}warm": pass_to_stat(bigbox(ctx, server.plain, user, "--no-retr"))}
+    retr = bigbox(ctx, server.plain, user, "--pipeline", str(ctx.args.in_flight))
+    out[f"{prefix}retr"] = retr.get("retr_MBps")
+    out[f"{prefix}retr_client_cpu"] = retr.get("retr_client_cpu_frac")
+    return out
+
+
 def fig_mbox(ctx, server: Server) -> dict:
     """Cold and warm PASS→STAT, RETR all plain and TLS, QUIT after DELE of all."""
     user = ctx.big_user
-    out = {"mbox_cold": pass_to_stat(bigbox(ctx, server.plain, user, "--no-retr",
-                                            "--before", server.fresh_mbox)),
-           "mbox_warm": pass_to_stat(bigbox(ctx, server.plain, user, "--no-retr"))}
-    retr = bigbox(ctx, server.plain, user, "--pipeline", str(ctx.args.in_flight))
-    out["retr"], out["retr_client_cpu"] = retr.get("retr_MBps"), retr.get("retr_client_cpu_frac")
+    out = cold_warm_retr(ctx, server, user, server.fresh_mbox, "mbox_")
+    out["retr"], out["retr_client_cpu"] = out.pop("mbox_retr"), out.pop("mbox_retr_client_cpu")
     if server.tls:
         tls = bigbox(ctx, server.tls, user, "--pipeline", str(ctx.args.in_flight))
         out["retr_tls"] = tls.get("retr_MBps")
@@ -150,14 +158,7 @@ def fig_mbox(ctx, server: Server) -> dict:
 
 
 def fig_maildir(ctx, server: Server) -> dict:
-    user = ctx.maildir_user
-    out = {"maildir_cold": pass_to_stat(bigbox(ctx, server.plain, user, "--no-retr",
-                                               "--before", server.fresh_maildir)),
-           "maildir_warm": pass_to_stat(bigbox(ctx, server.plain, user, "--no-retr"))}
-    retr = bigbox(ctx, server.plain, user, "--pipeline", str(ctx.args.in_flight))
-    out["maildir_retr"] = retr.get("retr_MBps")
-    out["maildir_retr_client_cpu"] = retr.get("retr_client_cpu_frac")
-    return out
+    return cold_warm_retr(ctx, server, ctx.maildir_user, server.fresh_maildir, "maildir_")
 
 
 def fig_idle(ctx, server: Server) -> dict:

@@ -79,10 +79,17 @@ def maildir_path(pattern: str | None, user: str, home: str | None) -> str | None
 def wire_octets(data: bytes) -> int:
     """RETR's octet count for a message file's bytes: LF becomes CRLF, a CRLF stays, and a
     last line without LF gets a CRLF."""
-    size = len(data) + data.count(b"\n") - data.count(b"\r\n")
+    size = len(data) + data.count(b"\n")
+    if b"\r" in data:                   # most files have no CR: skip the slower CRLF count
+        size -= data.count(b"\r\n")
     if data and not data.endswith(b"\n"):
         size += 2
     return size
+
+
+_UID_CHARS = re.compile(rb"[\x21-\x7e]+")
+_UID_TEXT = re.compile("[\x21-\x7e]+")
+"""One or more characters 0x21-0x7E: what a POP3 UID is made of."""
 
 
 def header_uid(head: bytes) -> str | None:
@@ -93,7 +100,7 @@ def header_uid(head: bytes) -> str | None:
     header = head if end < 0 else head[:end + 1]
     for line in re.finditer(rb"(?im)^x-uidl:[ \t]*([^\r\n]*)", header):
         value = line.group(1).strip()
-        if UID_MIN_CHARS <= len(value) <= UID_MAX_CHARS and all(0x21 <= c <= 0x7E for c in value):
+        if UID_MIN_CHARS <= len(value) <= UID_MAX_CHARS and _UID_CHARS.fullmatch(value):
             return value.decode("ascii")
         return None
     return None
@@ -105,7 +112,7 @@ def uid_of(base: str, head: bytes) -> str:
     from_header = header_uid(head)
     if from_header is not None:
         return from_header
-    if 0 < len(base) <= MAX_POP3_UID and all(0x21 <= ord(c) <= 0x7E for c in base):
+    if len(base) <= MAX_POP3_UID and _UID_TEXT.fullmatch(base):
         return base
     return encode_uid(hashlib.md5(base.encode("utf-8", "surrogateescape")).digest())
 

@@ -202,13 +202,7 @@ class _HeaderScanner:
             line = block[start:stop]
             kind = self._classify(d, line, base + start, hashing, first_message)
             hashing = kind == "hash" or (kind == "cont" and hashing)
-            if kind == "uidl" or kind == "clen":
-                octets -= _octets(line)
-                d.stripped.append((base + start, base + stop))
-                if kind == "uidl":
-                    d.uidl_lines.append((base + start, base + stop))
-            elif kind == "status":
-                d.status_lines.append((base + start, base + stop))
+            octets -= _note_line(d, kind, line, base + start)
             start = stop
         return octets
 
@@ -229,14 +223,8 @@ class _HeaderScanner:
                 digest.update(block[start:stop].translate(_NUL_TO_SPACE))
                 continue
             line = block[start:stop]
-            kind = self._classify(d, line, base + start, False, False)
-            if kind == "uidl" or kind == "clen":
-                octets -= _octets(line)
-                d.stripped.append((base + start, base + stop))
-                if kind == "uidl":
-                    d.uidl_lines.append((base + start, base + stop))
-            elif kind == "status":
-                d.status_lines.append((base + start, base + stop))
+            octets -= _note_line(d, self._classify(d, line, base + start, False, False), line,
+                                 base + start)
         return octets
 
     def _headers_by_line(self, d: _Draft):
@@ -333,3 +321,17 @@ class _HeaderScanner:
                 d.digest.update(line.translate(_NUL_TO_SPACE))
             return "cont"
         return "other"
+
+
+def _note_line(d: _Draft, kind: str, line: bytes, at: int) -> int:
+    """Record where a classified header line at file offset `at` is (stripped: X-UIDL and
+    Content-Length; Status); returns the octets it takes off the message (a stripped line)."""
+    span = (at, at + len(line))
+    if kind == "uidl" or kind == "clen":
+        d.stripped.append(span)
+        if kind == "uidl":
+            d.uidl_lines.append(span)
+        return _octets(line)
+    if kind == "status":
+        d.status_lines.append(span)
+    return 0
