@@ -78,7 +78,8 @@ class _Scanner(_HeaderScanner):
         """
         if not sep.endswith(b"\n"):      # hash as the LF the write-back adds: same UID after it
             sep += b"\n"
-        digest = hashlib.md5(sep.translate(_NUL_TO_SPACE))
+        hashed_sep = sep.translate(_NUL_TO_SPACE)
+        digest = hashlib.md5(hashed_sep)
         if self.feed_unique_num:
             digest.update(struct.pack("=q", self.unique_num))
             self.unique_num += 1
@@ -90,7 +91,7 @@ class _Scanner(_HeaderScanner):
         else:
             nxt = trailer
         if self.new_style:
-            d.digest.update(sep.translate(_NUL_TO_SPACE))
+            d.digest.update(hashed_sep)
         result = self._after_body(d, nxt)
         self._keep(d)
         return result
