@@ -1,6 +1,7 @@
 # qpopper-py: the two commands the README promises.
 #   make run   - the demo server on 127.0.0.1:8110 (no root needed)
-#   make test  - the whole test suite (installs what it needs; as root also Debian packages)
+#   make test  - the whole test suite (installs what it needs; as root also Debian packages:
+#                the build tools of `make debs` and the test peers of `make test-peers`)
 #   make bench - by hand, as root: bench/vs_peers.py (bench/README.md); BENCH=privsep_cost
 #                (or vs_reference, tls_retr) runs another of bench/, BENCH_ARGS="..." passes options
 
@@ -8,17 +9,22 @@ PYTHON    ?= python3
 VENV      := .venv
 VPY       := $(VENV)/bin/python
 STAMP     := $(VENV)/.installed
-# Debian packages the tests use as real peers (curl, socat, ...) or to build the packages.
+# Debian packages that build the .deb and the RPM (`make debs`, then `make package`): only
+# build tools, nothing a mail host would not want.
+DEB_BUILD_PACKAGES := debhelper dh-python python3-all python3-setuptools python3-pytest python3-pytest-timeout \
+	python3-cryptography python3-daemon python3-lockfile python3-openssl python3-pampy python3-setproctitle \
+	man-db lintian rpm rpmlint
+# Debian packages the tests use as real peers (curl, socat, a Kerberos KDC, a C compiler, ...):
+# `make test-peers`, which `make test` runs; never part of `make debs`.
 DEB_TEST_PACKAGES := curl socat iproute2 openssl procps strace passwd login libpam-modules liblockfile-bin procmail \
-	debhelper dh-python python3-all python3-setuptools python3-pytest python3-pytest-timeout \
-	python3-daemon python3-lockfile python3-openssl python3-pampy python3-setproctitle \
-	man-db lintian rpm rpmlint ssl-cert adduser systemd python3-gdbm \
-	krb5-kdc krb5-admin-server libkrb5-dev gcc mpop fail2ban python3-systemd fetchmail e2fsprogs quota
+	ssl-cert adduser systemd python3-gdbm \
+	krb5-kdc krb5-admin-server libkrb5-dev gcc mpop fail2ban python3-systemd fetchmail e2fsprogs quota \
+	haproxy nfs-ganesha nfs-ganesha-vfs libnfs13
 PIP_TEST_PACKAGES := pytest pytest-timeout
 # Waits for another apt/dpkg run instead of failing.
 APT_GET := apt-get -o DPkg::Lock::Timeout=600
 
-.PHONY: run test test-fast venv debs clean package bench
+.PHONY: run test test-fast venv debs test-peers clean package bench
 
 $(STAMP): setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,21 +35,28 @@ $(STAMP): setup.py pyproject.toml
 venv: $(STAMP)
 
 # Debian packages are installed only when root and only when something is missing.
-debs:
+define install_missing
 	@if [ "$$(id -u)" = 0 ]; then \
-	  missing=$$(for p in $(DEB_TEST_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	  missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	  if [ -n "$$missing" ]; then \
 	    echo "installing Debian packages: $$missing"; \
 	    $(APT_GET) update -qq && \
 	    DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq --no-install-recommends $$missing; \
 	  fi; \
-	else echo "not root: Debian test packages not installed; tests that need them skip"; fi
+	else echo "not root: $(2) not installed"; fi
+endef
+
+debs:
+	$(call install_missing,$(DEB_BUILD_PACKAGES),the build tools (make package needs them))
+
+test-peers:
+	$(call install_missing,$(DEB_TEST_PACKAGES),the test peers (tests that need them skip))
 
 run: $(STAMP)
 	$(VENV)/bin/popper --demo
 
-test: $(STAMP) debs
-	@# python-gssapi (optional: -k/-K) builds against libkrb5-dev, so only after `debs`.
+test: $(STAMP) debs test-peers
+	@# python-gssapi (optional: -k/-K) builds against libkrb5-dev, so only after `test-peers`.
 	@$(VPY) -c "import gssapi" 2>/dev/null || $(VPY) -m pip install --quiet gssapi \
 	  || echo "python-gssapi not installed: the GSSAPI tests skip"
 	$(VPY) -m pytest

@@ -18,9 +18,12 @@ server/mode pairs are measured one after the other, the order turned by one each
 
 Servers, all on free 127.0.0.1 ports, started once for the run and stopped at its end:
 - qpopper-py before: `git archive 1dec647 qpopper` into the temp dir, run on PYTHONPATH with
-  this interpreter; after: this tree the same way. One master each, with --tls-listen. Both:
+  this interpreter; after: this tree the same way; cached: this tree again with the
+  authentication cache on (auth-cache-size 10000, default TTLs; docs/auth-cache.md: after the
+  warm-up every login is a cache hit, as for clients that poll with a saved password). One
+  master each, with --tls-listen. All:
   -R, auth-brakes-file and spool in the temp dir, max-children(-per-address) raised, a fresh
-  ECDSA P-256 certificate; after also --prelogin-user=qpt-benchlogin (a system account made
+  ECDSA P-256 certificate; after and cached also --prelogin-user=qpt-benchlogin (an account made
   for the run) and a prelogin-chroot in the temp dir;
 - popa3d (Debian's, fetched with apt-get download, never installed) under
   systemd-socket-activate; with TLS behind stunnel4 (`exec`, a popa3d per connection), as
@@ -67,9 +70,11 @@ SPLIT_BUDGET = 0.85            # after/before sessions/s may not fall below this
 SMALL_SEED = 100
 BENCH_USER = "qptbench"        # the From_ lines' name; the spools are copied to every user
 DEBIAN_PACKAGES = ("dovecot-core", "dovecot-pop3d", "stunnel4")
-SERVERS = ("before", "after", "popa3d", "dovecot")
-TITLES = {"before": "qpopper-py before", "after": "qpopper-py after", "popa3d": "popa3d",
-          "dovecot": "Dovecot"}
+SERVERS = ("before", "after", "cached", "popa3d", "dovecot")
+TITLES = {"before": "qpopper-py before", "after": "qpopper-py after",
+          "cached": "qpopper-py after, auth cache on", "popa3d": "popa3d", "dovecot": "Dovecot"}
+AUTH_CACHE = {"auth_cache_size": 10_000}
+"""`cached`: this tree with the authentication cache on (docs/auth-cache.md), default TTLs."""
 MODES = ("plain", "tls")
 
 
@@ -251,8 +256,9 @@ def medians(targets: list[Target]) -> dict:
 def report(targets: list[Target], args) -> dict:
     med = medians(targets)
     table, verdicts = [], {}
-    head = (f"{'figure':<26} {'before':>9} {'after':>9} {'popa3d':>9} {'Dovecot':>9} "
-            f"{'after/before':>12} {'after/best peer':>15}")
+    head = (f"{'figure':<26} {'before':>9} {'after':>9} {'cached':>9} {'popa3d':>9} "
+            f"{'Dovecot':>9} {'after/before':>12} {'after/best peer':>15} "
+            f"{'cached/best peer':>16}")
     print(f"\nmedians of {args.rounds} rounds ({args.session_seconds:g} s session runs, "
           f"{args.idle_sessions} idle sessions); ratios: > 1 is more of the figure")
     for mode in MODES:
@@ -264,12 +270,15 @@ def report(targets: list[Target], args) -> dict:
             ratio = after / before_ if after is not None and before_ else None
             best = (max(peers) if higher else min(peers)) if peers and higher is not None else None
             peer_ratio = after / best if after is not None and best else None
+            cached = values["cached"]
+            cached_ratio = cached / best if cached is not None and best else None
             cells = " ".join(f"{'-' if v is None else f'{v:g}':>9}" for v in values.values())
-            shown = [None if higher is None else ratio, peer_ratio]
+            shown = [None if higher is None else ratio, peer_ratio, cached_ratio]
             print(f"{label:<26} {cells} " + " ".join(
-                f"{'' if r is None else f'{r:.2f}':>{w}}" for r, w in zip(shown, (12, 15))))
+                f"{'' if r is None else f'{r:.2f}':>{w}}" for r, w in zip(shown, (12, 15, 16))))
             table.append({"mode": mode, "figure": key, **values,
-                          "after_over_before": ratio, "after_over_best_peer": peer_ratio})
+                          "after_over_before": ratio, "after_over_best_peer": peer_ratio,
+                          "cached_over_best_peer": cached_ratio})
             if key == "sessions_per_s" and ratio is not None:
                 verdicts[mode] = round(ratio, 3)
     print()
@@ -290,7 +299,7 @@ def parse_args(argv=None):
     parser.add_argument("--idle-sessions", type=int, default=30,
                         help="authenticated sessions held for the PSS figure (30)")
     parser.add_argument("--servers", default=",".join(SERVERS),
-                        help="any of before,after,popa3d,dovecot (all)")
+                        help="any of before,after,cached,popa3d,dovecot (all)")
     parser.add_argument("--before-commit", default=BEFORE_COMMIT,
                         help=f"the qpopper-py before the split ({BEFORE_COMMIT})")
     parser.add_argument("--before-tree", help="a checkout to use instead of git archive")
@@ -317,12 +326,13 @@ def start_servers(stack, args, work, pam, pki, spools) -> list[Target]:
     limit = args.idle_sessions + 50
     targets = []
     for name in args.servers:
-        if name in ("before", "after"):
+        if name in ("before", "after", "cached"):
             tree = (args.before_tree or stack.enter_context(before_tree(work, args.before_commit))
                     if name == "before" else str(REPO))
             server, tls_port, spool_dir = stack.enter_context(
                 qpopper(work, f"qpopper-{name}", tree, pam, pki, limit,
-                        BENCH_LOGIN if name == "after" else None))
+                        None if name == "before" else BENCH_LOGIN,
+                        **(AUTH_CACHE if name == "cached" else {})))
             ports, pids = (server.port, tls_port), (server.pid, server.pid)
         elif name == "popa3d":
             binary, pam_text = stack.enter_context(reference_binary(args.reference_binary, work))
