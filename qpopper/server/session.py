@@ -38,9 +38,11 @@ from qpopper.spool.maildir_drop import MaildirDrop
 from qpopper.spool.maildrop import Maildrop, resolve_server_mode
 # Maildrop.open imports its two modes when called (they subclass it): imported here too, so
 # the master has them before it forks and no session loads them on its own pages.
-from qpopper.spool import normal_mode, server_mode  # noqa: F401
+from qpopper.spool import normal_mode, server_mode
 from qpopper.spool.paths import SpoolPaths
 
+PRELOADED_MAILDROPS = (normal_mode, server_mode)
+"""Loaded with the master (see the import above)."""
 
 HANGUP_SIGNALS = (signal.SIGHUP, signal.SIGTERM)
 """Qpopper's catchSIGHUP: the session aborts (update-on-abort semantics) at the next read."""
