@@ -19,7 +19,7 @@ from typing import Callable
 from qpopper.spool.durable import pwrite_all, read_up_to, unlink_if_present
 from qpopper.spool.mbox import Message
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 """2: a From_ message's framing line (docs/mbox.md, "The framing line") is no longer part of its
 content; version-1 caches count it, so they are ignored and the spool is scanned again."""
 MAGIC = b"QPCACHE"
@@ -30,7 +30,7 @@ MAX_CACHE_OCTETS = 256 * 1024 * 1024
 """A larger file is not ours to trust (about 500,000 messages): rescan instead."""
 
 _FIELDS = [f.name for f in dataclasses.fields(Message)]
-_TUPLE_FIELDS = ("stripped", "uidl_lines", "status_lines")
+_TUPLE_FIELDS = ("stripped", "uidl_lines", "status_lines", "stale_content_length")
 _BOOL_FIELDS = ("uid_from_header", "retrieved", "hidden", "mmdf")
 
 StepHook = Callable[[str], None]

@@ -68,6 +68,10 @@ class Message:
     stripped: tuple[tuple[int, int], ...] = ()      # header lines RETR leaves out
     uidl_lines: tuple[tuple[int, int], ...] = ()    # X-UIDL header lines (dropped at update)
     status_lines: tuple[tuple[int, int], ...] = ()  # Status header lines
+    stale_content_length: tuple[tuple[int, int], ...] = ()
+    """Content-Length lines the scan did not honour: the write-back drops them, since the lines
+    it adds could make them come true and swallow the next message (docs/mbox.md,
+    "Content-Length")."""
     mmdf: bool = False
 
     @property

@@ -112,6 +112,7 @@ class _Draft:
     end: int = -1
     uidl_insert_at: int = -1
     content_length: int | None = None
+    content_length_honoured: bool = False
     header_uid: str | None = None
     retrieved: bool = False
     uw_marks: int = 0
@@ -253,7 +254,8 @@ class _HeaderScanner:
                     d.octets += _octets(piece)
                     d.last_line_unterminated = False
                     return None
-                if self.mmdf_sep is not None and piece == self.mmdf_sep:
+                if self.mmdf_sep is not None and (piece == self.mmdf_sep or _bare_trailer(
+                        piece, self.mmdf_sep, w.pos >= w.region_end)):
                     d.header_end = d.body_start = d.body_end = piece_at
                     return piece
                 kind = self._classify(d, hashed, line_start, hashing, first_message)
@@ -321,6 +323,11 @@ class _HeaderScanner:
                 d.digest.update(line.translate(_NUL_TO_SPACE))
             return "cont"
         return "other"
+
+
+def _bare_trailer(line: bytes, separator: bytes, at_end: bool) -> bool:
+    """An MMDF trailer cut by the end of the file: the separator without its LF, last."""
+    return at_end and not line.endswith(b"\n") and line + b"\n" == separator
 
 
 def _note_line(d: _Draft, kind: str, line: bytes, at: int) -> int:

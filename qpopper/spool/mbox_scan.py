@@ -108,7 +108,9 @@ class _Scanner(_HeaderScanner):
             content_start=d.content_start, header_end=d.header_end, body_start=d.body_start,
             body_end=d.body_end, trailer_end=d.trailer_end, uidl_insert_at=d.uidl_insert_at,
             stripped=tuple(d.stripped), uidl_lines=tuple(d.uidl_lines),
-            status_lines=tuple(d.status_lines), mmdf=self.mmdf_sep is not None))
+            status_lines=tuple(d.status_lines), mmdf=self.mmdf_sep is not None,
+            stale_content_length=() if d.content_length_honoured else tuple(
+                span for span in d.stripped if span not in d.uidl_lines)))
 
     def _content_length_trusted(self, d: _Draft) -> bool:
         """Honour Content-Length only when it points (within the fuzz) at a separator or at the
@@ -141,6 +143,7 @@ class _Scanner(_HeaderScanner):
         recognise_from = d.body_start
         if (self.mmdf_sep is None and d.content_length is not None
                 and self._content_length_trusted(d)):
+            d.content_length_honoured = True
             recognise_from = max(d.body_start, d.body_start + d.content_length
                                  - CONTENT_LENGTH_FUZZ)
         counted = w.cur            # buf index up to which body octets are counted
@@ -154,6 +157,14 @@ class _Scanner(_HeaderScanner):
                 search = k + 1
                 continue
             if k == -1:
+                if w.at_eof and self.mmdf_sep is not None:
+                    bare = b"\n" + self.mmdf_sep[:-1]          # a trailer cut by the file's end
+                    line_at = len(buf) - len(bare) + 1
+                    if buf.endswith(bare) and line_at > counted:
+                        d.octets += octets + _octets_of_range(buf, counted, line_at, prev_cr)
+                        w.cur = len(buf)
+                        d.body_end = w.base + line_at
+                        return buf[line_at:]
                 if w.at_eof:
                     stop = len(buf)
                 else:

@@ -81,7 +81,7 @@ def copy_for_update(f: BinaryIO, msg: Message, write: WriteFn, *, retrieved: boo
         out.add(UIDL_HEADER + msg.uid.encode("ascii") + b"\n")
         cur = msg.content_start
         status = b"Status: RO\n" if retrieved else b"Status: U\n"
-        edits = [(a, b, b"") for a, b in msg.uidl_lines]
+        edits = [(a, b, b"") for a, b in (*msg.uidl_lines, *msg.stale_content_length)]
         if retrieved:
             edits += [(a, b, status) for a, b in msg.status_lines]
         for a, b, replacement in sorted(edits):
@@ -103,6 +103,8 @@ def copy_for_update(f: BinaryIO, msg: Message, write: WriteFn, *, retrieved: boo
             out.add(b"\n")
         if msg.trailer_end > msg.body_end:
             _copy(f, msg.body_end, msg.end, out)
+            if not out.tail.endswith(b"\n"):
+                out.add(b"\n")             # a trailer cut by the end of the file gets its LF
         else:
             out.add(_read_at(f, msg.offset, msg.content_start - msg.offset))
     else:
