@@ -34,8 +34,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from qpopper import limits
+from qpopper.option_types import shown
 from qpopper.options import (BY_FLAG, BY_NAME, E_FLAG_KEYS, EXPIRE_FLAG, OPTIONS, OptType, Option,
-                      lookup)
+                             lookup)
 
 DEFAULT_SOURCE = "default"
 USER_FILE_KINDS = {"spool": "a spool-directory options file", "home": "a home-directory "
@@ -303,7 +304,7 @@ def _read_long_option(arg: str, rest: Iterator[str], layers: _Layers) -> None:
         raise ConfigError(f"argv: {arg.partition('=')[0]} takes no value")
     opt = lookup(name)
     if opt is None:
-        raise ConfigError(f"argv: unknown option '--{name}'{_suggestion(name)}")
+        raise ConfigError(f"argv: unknown option '--{_clip(name)}'{_suggestion(name)}")
     if not has_value:
         value = "true" if opt.type is OptType.BOOL else _next_argument(rest, f"--{name}", "value")
     _set_from_argv(layers, opt, value, f"argv --{opt.name}", f"argv --{name}")
@@ -321,7 +322,7 @@ def _read_short_flags(arg: str, rest: Iterator[str], layers: _Layers) -> None:
             return
         opt = BY_FLAG.get(flag)
         if opt is None:
-            raise ConfigError(f"argv: unknown flag '{flag}' (popper --help lists them)")
+            raise ConfigError(f"argv: unknown flag '{_clip(flag)}' (popper --help lists them)")
         source = f"argv {flag}"
         if not opt.flag_takes_argument:
             layers.set(opt, opt.flag_value, source)
@@ -343,7 +344,7 @@ def _read_e_flag(text: str, layers: _Layers) -> None:
         key, equals, value = item.partition("=")
         opt = E_FLAG_KEYS.get(key.strip().lower().replace("-", "_"))
         if opt is None or not equals:
-            raise ConfigError(f"argv -e: expected login_delay=N,expire=N, got '{text}'")
+            raise ConfigError(f"argv -e: expected login_delay=N,expire=N, got '{_clip(text)}'")
         _set_from_text(layers, opt, value.strip(), "argv -e", "argv -e")
 
 
@@ -377,7 +378,11 @@ def _chain(layers: _Layers, path: str, source: str, *, stack: tuple[str, ...],
            kind: str | None, named_by: str, log: Log | None = None) -> None:
     """Record config-file = path and read that file now."""
     opt = BY_NAME["config-file"]
-    layers.set(opt, opt.parse(path), source)
+    try:
+        value = opt.parse(path)
+    except ValueError as error:       # a control character, or too long once joined
+        raise ConfigError(f"{source}: {error}") from None
+    layers.set(opt, value, source)
     _read_file(layers, path, stack=stack, kind=kind, named_by=named_by, log=log)
 
 
@@ -496,7 +501,8 @@ def _parse_line(line: str, location: str) -> tuple[Option, str] | None:
     if not text or text.startswith("#"):
         return None
     verb = _NAME_RE.match(text)
-    word = verb.group() if verb else text.split()[0]
+    words = text.split()                   # (other whitespace than " \t" may be all there is)
+    word = verb.group() if verb else (words[0] if words else text)
     if not verb or word.lower() not in ("set", "reset"):
         raise ConfigError(f"{location}: expected 'set' or 'reset', got '{_clip(word)}'")
     rest = text[verb.end():]
@@ -552,4 +558,4 @@ def _value_token(text: str, opt: Option, location: str) -> tuple[str, str]:
 
 
 def _clip(text: str) -> str:
-    return text if len(text) <= 40 else text[:37] + "..."
+    return shown(text, 40)

@@ -113,10 +113,10 @@ class Option:
                 return BOOL_WORDS[text.lower()]
             except KeyError:
                 raise ValueError(f"'{self.name}' expects a boolean (true, false, 1 or 0), "
-                                 f"got '{_show(text)}'") from None
+                                 f"got '{shown(text)}'") from None
         if self.type is OptType.INT:
             if not _INT_RE.fullmatch(text):
-                raise ValueError(f"'{self.name}' expects an integer, got '{_show(text)}'")
+                raise ValueError(f"'{self.name}' expects an integer, got '{shown(text)}'")
             number = int(text, 0) if text.lower().startswith("0x") else int(text, 10)
             self._check_range(number)
             return number
@@ -133,7 +133,7 @@ class Option:
             if other.lower() == wanted:
                 return canonical
         raise ValueError(f"'{self.name}' must be one of {', '.join(self.accepted_words)}, "
-                         f"got '{_show(text)}'")
+                         f"got '{shown(text)}'")
 
     @property
     def accepted_words(self) -> tuple[str, ...]:
@@ -159,7 +159,7 @@ class Option:
         if self.check is not None:
             complaint = self.check(text)
             if complaint:
-                raise ValueError(f"'{self.name}' {complaint}, got '{_show(text)}'")
+                raise ValueError(f"'{self.name}' {complaint}, got '{shown(text)}'")
         return text
 
     def combine(self, current: Any, item: Any) -> Any:
@@ -191,9 +191,11 @@ class Option:
         return self.type.value
 
 
-def _show(text: str) -> str:
-    """Client-supplied text shortened for error messages."""
-    return text if len(text) <= 60 else text[:57] + "..."
+def shown(text: str, limit: int = 60) -> str:
+    """Client-supplied text for error messages: control characters escaped (a message is
+    one line), shortened."""
+    text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 # ---- validators ----------------------------------------------------------------------------
