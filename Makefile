@@ -2,6 +2,8 @@
 #   make run   - the demo server on 127.0.0.1:8110 (no root needed)
 #   make test  - the whole test suite (installs what it needs; as root also Debian packages:
 #                the build tools of `make debs` and the test peers of `make test-peers`)
+#   make fuzz  - each fuzz target for FUZZ_SECONDS (default 60) under atheris (docs/fuzzing.md);
+#                FUZZ_TARGETS="pop3 sasl" picks some
 #   make bench - by hand, as root: bench/vs_peers.py (bench/README.md); BENCH=privsep_cost
 #                (or vs_reference, tls_retr) runs another of bench/, BENCH_ARGS="..." passes options
 
@@ -20,11 +22,11 @@ DEB_TEST_PACKAGES := curl socat iproute2 openssl procps strace passwd login libp
 	ssl-cert adduser systemd python3-gdbm \
 	krb5-kdc krb5-admin-server libkrb5-dev gcc mpop fail2ban python3-systemd fetchmail e2fsprogs quota \
 	haproxy nfs-ganesha nfs-ganesha-vfs libnfs13
-PIP_TEST_PACKAGES := pytest pytest-timeout
+PIP_TEST_PACKAGES := pytest pytest-timeout atheris
 # Waits for another apt/dpkg run instead of failing.
 APT_GET := apt-get -o DPkg::Lock::Timeout=600
 
-.PHONY: run test test-fast venv debs test-peers clean package bench
+.PHONY: run test test-fast venv debs test-peers clean package bench fuzz
 
 $(STAMP): setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -66,13 +68,24 @@ test: $(STAMP) debs test-peers
 test-fast: $(STAMP)
 	$(VPY) -m pytest tests/unit -q
 
+# Every target in turn; new corpus entries go to .fuzz-work/<target>, findings to
+# fuzz-findings/. Fails when any target found something.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= $(shell $(VPY) -m fuzz.run --list 2>/dev/null)
+fuzz: $(STAMP)
+	@failed=""; for t in $(FUZZ_TARGETS); do \
+	  echo "== fuzz $$t ($(FUZZ_SECONDS) s)"; \
+	  $(VPY) -m fuzz.run $$t --seconds $(FUZZ_SECONDS) || failed="$$failed $$t"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz findings in:$$failed (see fuzz-findings/)"; exit 1; fi
+
 BENCH      ?= vs_peers
 BENCH_ARGS ?=
 bench: $(STAMP)
 	$(VPY) bench/$(BENCH).py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache demo-data
+	rm -rf $(VENV) build *.egg-info .pytest_cache demo-data .fuzz-work fuzz-findings
 
 # The Debian and RPM packages, built and linted in a temporary copy of the tree (nothing is
 # left in the checkout); the .deb, .changes and .rpm land in $(PKG_OUT).

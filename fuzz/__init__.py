@@ -1,0 +1,1 @@
+"""Coverage-guided fuzzing of qpopper's hostile-input surfaces (docs/fuzzing.md)."""

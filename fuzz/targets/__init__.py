@@ -1,0 +1,1 @@
+"""One module per fuzzed surface (docs/fuzzing.md, "Adding a target")."""

@@ -1,0 +1,81 @@
+"""The mbox scanner (qpopper/spool/mbox.py) on arbitrary spool bytes: scan with each
+recognition mode, then RETR and TOP of every message, then the write-back of every message
+(its round trip is mbox_writeback's).
+
+Only MboxFormatError (a spool that does not start with an envelope) may escape. Invariants:
+- messages lie in order inside the file, with distinct UIDs;
+- RETR's data is CRLF lines and, dot-stuffing undone, exactly the message's octets (what
+  LIST and STAT report);
+- TOP's data is CRLF lines too.
+
+First byte: bit 0 update-status-headers, bit 1 old-style UIDs, bit 2 uw-kludge, bit 3
+Content-Length honoured, bit 4 a real file (pread) instead of memory; second byte: TOP's
+body lines. The rest is the spool.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+
+from qpopper.spool.mbox import MboxFormatError, copy_for_update, scan, send_message
+
+ALLOWED: tuple[type[BaseException], ...] = (MboxFormatError,)
+MAX_LEN = 8192
+
+
+def wire_lines_ok(data: bytes) -> bool:
+    """Non-empty CRLF lines: every LF follows a CR and the data ends with CRLF."""
+    return data.endswith(b"\r\n") and data.count(b"\n") == data.count(b"\r\n")
+
+
+def unstuffed_length(data: bytes) -> int:
+    """Length before dot-stuffing: each line starting with `.` got one more."""
+    return len(data) - data.startswith(b".") - data.count(b"\n.")
+
+
+def scan_options(flags: int) -> dict:
+    return dict(update_status_headers=bool(flags & 1), old_style_uid=bool(flags & 2),
+                uw_kludge=bool(flags & 4), content_length=bool(flags & 8))
+
+
+def one_input(data: bytes) -> None:
+    if len(data) < 2:
+        return
+    flags, top_lines, spool = data[0], data[1], data[2:]
+    if flags & 16:
+        with tempfile.TemporaryFile() as f:
+            f.write(spool)
+            f.flush()
+            check_spool(f, len(spool), top_lines, scan_options(flags))
+    else:
+        check_spool(io.BytesIO(spool), len(spool), top_lines, scan_options(flags))
+
+
+def written_back(f, messages, options: dict) -> bytes:
+    """The spool as the update at QUIT writes it (odd-numbered messages retrieved)."""
+    out = io.BytesIO()
+    for msg in messages:
+        copy_for_update(f, msg, out.write, retrieved=bool(msg.number % 2),
+                        update_status_headers=options["update_status_headers"])
+    return out.getvalue()
+
+
+def check_spool(f, size: int, top_lines: int, options: dict) -> None:
+    messages = scan(f, **options)
+    at = 0
+    for msg in messages:
+        assert at <= msg.offset <= msg.content_start <= msg.body_end <= msg.end <= size, msg
+        at = msg.end
+    uids = [m.uid for m in messages]
+    assert len(set(uids)) == len(uids), f"duplicate UIDs {uids}"
+    for msg in messages:
+        retr = bytearray()
+        send_message(f, msg, retr.extend)
+        assert wire_lines_ok(retr), f"RETR {msg.number}: {bytes(retr[-60:])!r}"
+        assert unstuffed_length(retr) == msg.octets, (
+            f"RETR {msg.number}: {unstuffed_length(retr)} octets sent, LIST says {msg.octets}")
+        top = bytearray()
+        send_message(f, msg, top.extend, body_lines=top_lines)
+        assert wire_lines_ok(top), f"TOP {msg.number} {top_lines}: {bytes(top[-60:])!r}"
+    written_back(f, messages, options)
