@@ -235,30 +235,34 @@ def allowed_after_kill(step: str, scenario: str, untouched, before, committed) -
 
 # --- sessions in a process that can be killed ----------------------------------------------------
 def in_child(fn, result_path=None, *, expect_kill: bool) -> object:
-    """Run fn() in a fork()ed process; return what it pickled, or None when killed."""
+    """Run fn() in a fork()ed process; return what it pickled to `result_path`, or None when
+    killed. An exception in the child comes back through a pipe (nothing is written beside
+    a result file, or anywhere when there is none) and fails the parent's assertion."""
+    error_read, error_write = os.pipe()
     pid = os.fork()
     if pid == 0:
         code = 0
+        os.close(error_read)
         try:
             value = fn()
             if result_path is not None:
                 with open(result_path, "wb") as f:
                     pickle.dump(value, f)
         except BaseException as exc:           # the parent reports it
-            try:
-                with open(str(result_path or "/dev/null") + ".err", "w") as f:
-                    f.write(repr(exc))
-            finally:
-                code = 3
+            code = 3
+            os.write(error_write, repr(exc).encode("utf-8", "replace")[:60000])
         finally:
             os._exit(code)
+    os.close(error_write)
+    with open(error_read, "rb") as errors:
+        error = errors.read().decode("utf-8", "replace")
     _, status = os.waitpid(pid, 0)
     if expect_kill:
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, (
-            f"child did not die at the step: status {status:#x}")
+            f"child did not die at the step: status {status:#x} {error}")
         return None
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, (
-        open(str(result_path) + ".err").read() if result_path else status)
+        f"child failed: status {status:#x} {error}")
     if result_path is None:
         return None
     with open(result_path, "rb") as f:

@@ -16,6 +16,7 @@ import time
 import pytest
 
 from qpopper.options import lookup
+from tests.helpers import strace
 from tests.helpers.sysusers import make_spool
 from tests.server_harness import (PopperServer, Site, free_port, has_ipv6_loopback, login, mbox,
                                   proc_status, proc_title, read_greeting, read_pid_file, spool_text,
@@ -553,7 +554,11 @@ def test_spool_options_file_applies_only_when_root_owns_it_and_alone_may_write_i
         assert not any(t.startswith(f"Stats: {users[kind].name} ") for t in s.syslog.texts())
 
 
-def test_home_options_file_is_read_after_the_drop_and_scope_checked(make_site, system_users):
+def test_home_options_file_is_read_after_the_drop_and_scope_checked(make_site, system_users,
+                                                                    world_tmp):
+    """Root may read any file, so the file's mode proves nothing: strace on the master shows
+    that every open of ~/.qpopper-options happens in a process whose user ids are already
+    the user's (docs/privsep.md)."""
     s = make_site(statistics=False, user_options=True)
     user = system_users.create()
     make_spool(s.spool_dir, user, SPOOL)
@@ -562,13 +567,19 @@ def test_home_options_file_is_read_after_the_drop_and_scope_checked(make_site, s
         # statistics may be set there; spool-dir may not (not in ~/.qpopper-options)
         f.write("set statistics\nset spool-dir = /etc\n")
     os.chown(path, user.uid, user.gid)
-    os.chmod(path, 0o600)                     # readable by the user only: read after the drop
+    os.chmod(path, 0o600)
     server = s.server()
-    client = login(server, user)
-    assert client.stat()[0] == 3              # the spool is still the real one
-    client.quit()
-    s.syslog.wait_for(rf"Stats: {user.name} 0 0 3 .*")
-    s.syslog.wait_for(r".*\.qpopper-options:2: .*spool-dir.*")
+    with strace.traced(server.pid, os.path.join(world_tmp, "strace.out"),
+                       "setresuid,setuid,setreuid,open,openat,openat2") as recorded:
+        client = login(server, user)
+        assert client.stat()[0] == 3          # the spool is still the real one
+        client.quit()
+        s.syslog.wait_for(rf"Stats: {user.name} 0 0 3 .*")
+        s.syslog.wait_for(r".*\.qpopper-options:2: .*spool-dir.*")
+        opens = [(call, dropped) for call, dropped in strace.creds_at_each_call(recorded(), user.uid)
+                 if call.name.startswith("open") and f'"{path}"' in call.args]
+    assert opens, "the trace shows no open of ~/.qpopper-options"
+    assert all(dropped for _, dropped in opens), [call for call, dropped in opens if not dropped]
 
 
 def test_hangup_signal_aborts_the_session_with_update_on_abort(site, system_users):
