@@ -3,6 +3,7 @@ that showed it, so that it stays fixed without the fuzzer."""
 
 from __future__ import annotations
 
+import base64
 import io
 import syslog
 
@@ -75,3 +76,24 @@ def test_write_back_of_an_mmdf_spool_ending_in_a_bare_separator_keeps_its_messag
         copy_for_update(f, msg, out.write, retrieved=msg.number == 1, update_status_headers=True)
     again = scan(io.BytesIO(out.getvalue()))
     assert len(again) == len(messages) == 2
+
+
+# --- sasl: a SCRAM client nonce outside ASCII escaped feed() as UnicodeEncodeError ------------------
+def test_a_scram_nonce_outside_printable_ascii_is_a_malformed_exchange(tmp_path):
+    from qpopper.auth.policy import Authenticator
+    from qpopper.auth.store import PopAuthStore
+    from tests.transcripts.harness import Spool
+    spool = Spool(tmp_path / "spool", sasl_no_dictionary=False, user_database="pop-auth",
+                  pop_auth_owner="nobody", auth_brakes_file=None)
+    store = PopAuthStore.create(str(tmp_path / "pop.auth"))
+    store.set_secret("alice", "tea-party-2026")
+    try:
+        for nonce in ("\u04d3abc", "a b", "tab\there", "\x7f"):
+            auth = Authenticator(spool.cfg, lambda p, t: None, store=store)
+            pop = spool.session(authenticator=auth)
+            pop.greet()
+            first = base64.b64encode(f"n,,n=alice,r={nonce}".encode()).decode()
+            assert pop.send(f"AUTH SCRAM-SHA-256 {first}") == (
+                b"-ERR [AUTH] Malformed AUTH exchange\r\n"), nonce
+    finally:
+        spool.close()

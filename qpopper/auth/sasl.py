@@ -364,7 +364,7 @@ def _scram(mechanism: str):
         if attrs is None or "m" in attrs or "n" not in attrs or "r" not in attrs:
             raise PopError(BAD_EXCHANGE, RespCode.AUTH)
         raw_name = scram.unescape_name(attrs["n"])
-        if raw_name is None or not raw_name or not attrs["r"]:
+        if raw_name is None or not raw_name or not _is_nonce(attrs["r"]):
             raise PopError(BAD_EXCHANGE, RespCode.AUTH)
         if authzid_field:
             authzid = scram.unescape_name(authzid_field[2:]) if authzid_field.startswith("a=") \
@@ -426,6 +426,12 @@ def _binding_failed(ex: Exchange, name: str, mechanism: str, why: str) -> NoRetu
     env.authenticator.check_scram(name, mechanism, False, env.client_ip,
                                   client_host=env.client_host)
     raise PopError(BAD_NAME, RespCode.AUTH)     # a refused proof never returns a Login
+
+
+def _is_nonce(text: str) -> bool:
+    """RFC 5802's c-nonce: printable ASCII but ",", at least one character. The server's
+    nonce extends it and goes out in ASCII, so anything else is a malformed message."""
+    return bool(text) and text.isascii() and text.isprintable() and " " not in text
 
 
 def _attributes(text: str) -> dict[str, str] | None:
