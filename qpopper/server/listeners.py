@@ -10,8 +10,11 @@ import socket
 from qpopper.addresses import normalize_ip
 from qpopper.server import sdnotify
 
-LISTEN_BACKLOG = 128
-"""Pending connections per listener; the kernel caps it at net.core.somaxconn."""
+LISTEN_BACKLOG = 1024
+"""Pending connections per listener; the kernel caps it at net.core.somaxconn. A burst
+larger than the backlog while the master is busy forking loses connections silently: the
+kernel drops the client's last handshake packet, the client believes it is connected and
+waits for a greeting that never comes (docs/internals.md, "Connection bursts")."""
 
 DEFAULT_PORT = 110
 

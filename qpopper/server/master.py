@@ -29,7 +29,7 @@ from qpopper.addresses import address_group, in_networks, normalize_ip
 from qpopper.auth import pam as pam_auth
 from qpopper.server.auth_cache import AuthCacheProcess
 from qpopper.log import Logger
-from qpopper.server.listeners import (LISTEN_BACKLOG, ListenError, format_sockaddr, open_listeners,
+from qpopper.server.listeners import (ListenError, format_sockaddr, open_listeners,
                                       proxy_listeners)
 from qpopper.server.children import exit_after
 from qpopper.server.monitor import Client, Monitor
@@ -37,6 +37,10 @@ from qpopper.server.session import tls_mode_for_listen_port
 from qpopper.spool.locking import process_gone
 from qpopper.server.admission import Admission
 from qpopper.server.master_lifecycle import REAP_INTERVAL_S, Lifecycle
+
+ACCEPT_BATCH = 128
+"""Connections accepted per wake-up before signals are looked at again (the listen backlog
+is larger: qpopper/server/listeners.py)."""
 
 
 @dataclasses.dataclass
@@ -190,7 +194,7 @@ class Master(Lifecycle, Admission):
 
     # --- accepting -----------------------------------------------------------------------------
     def _accept(self, listener: socket.socket) -> None:
-        for _ in range(LISTEN_BACKLOG):          # take what is queued, but stay fair to signals
+        for _ in range(ACCEPT_BATCH):            # take what is queued, but stay fair to signals
             try:
                 conn, addr = listener.accept()
             except (BlockingIOError, InterruptedError):
