@@ -48,6 +48,8 @@ INVOCATION_FLAGS = {"--check-config": "check_config", "--show-config": "show_con
 
 Log = Callable[[int, str], None]
 
+READ_CHUNK_OCTETS = 8192
+
 USER_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 """How the per-user files are opened: never through a link, and a FIFO planted in their place
 cannot hold the session."""
@@ -471,7 +473,7 @@ def _lines_of(fd: int, path: str, where: str) -> list[str]:
         raise ConfigError(f"{prefix}: cannot read configuration file: not a regular file")
     with open(fd, "rb", closefd=False) as stream:
         try:
-            data = stream.read(limits.MAX_CONFIG_FILE_OCTETS + 1)
+            data = _read_bounded(stream, limits.MAX_CONFIG_FILE_OCTETS + 1)
         except OSError as error:
             raise ConfigError(f"{prefix}: cannot read configuration file: "
                               f"{error.strerror}") from None
@@ -490,6 +492,20 @@ def _lines_of(fd: int, path: str, where: str) -> list[str]:
         except UnicodeDecodeError:
             raise ConfigError(f"{path}:{number}: not UTF-8 text") from None
     return text_lines
+
+
+def _read_bounded(stream, limit: int) -> bytes:
+    """At most `limit` octets, read in small pieces: one read(limit) would make a buffer of
+    the whole limit (1 MiB) for every file, and the heap of a long-running reader (the master
+    at each HUP) fragments around those buffers."""
+    chunks, size = [], 0
+    while size < limit:
+        chunk = stream.read(min(READ_CHUNK_OCTETS, limit - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def _parse_line(line: str, location: str) -> tuple[Option, str] | None:

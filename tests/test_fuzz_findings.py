@@ -97,3 +97,21 @@ def test_a_scram_nonce_outside_printable_ascii_is_a_malformed_exchange(tmp_path)
                 b"-ERR [AUTH] Malformed AUTH exchange\r\n"), nonce
     finally:
         spool.close()
+
+
+# --- config: every file read made a 1 MiB buffer; a long run's heap grew around them ------------
+def test_reading_a_small_config_file_does_not_allocate_the_whole_size_limit(tmp_path):
+    """The config target's resident set grew ~7 MB over a million inputs (docs/fuzzing.md):
+    read(MAX_CONFIG_FILE_OCTETS + 1) sized a 1 MiB buffer for every file, and the heap
+    fragmented around them. Now a small file costs small buffers."""
+    import tracemalloc
+    from qpopper import limits
+    path = write(tmp_path, "set timeout = 30\n" * 20)
+    read_files([path])                          # imports and caches out of the way
+    tracemalloc.start()
+    try:
+        read_files([path])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < limits.MAX_CONFIG_FILE_OCTETS // 4, f"peak {peak} octets for a 340-octet file"
