@@ -16,8 +16,17 @@ ALLOWED: tuple[type[BaseException], ...] = (MboxFormatError,)
 MAX_LEN = 4096
 
 
+def known_open(spool: bytes) -> bool:
+    """The open finding (docs/fuzzing.md, Findings; tests/test_fuzz_findings.py, xfail): an
+    MMDF spool whose last line is its separator without a line end. Left out so that a run
+    can look for others; remove once mbox.py is fixed."""
+    first, _, _ = spool.partition(b"\n")
+    return (spool.startswith(b"\x01") and not spool.endswith(b"\n")
+            and spool.rpartition(b"\n")[2] == first)
+
+
 def one_input(data: bytes) -> None:
-    if len(data) < 2:
+    if len(data) < 2 or known_open(data[2:]):
         return
     options = scan_options(data[0])
     f = io.BytesIO(data[2:])
