@@ -17,7 +17,7 @@ MAX_LEN = 4096
 
 
 def known_open(spool: bytes) -> bool:
-    """The open finding (docs/fuzzing.md, Findings; tests/test_fuzz_findings.py, xfail): an
+    """The open finding (docs/fuzzing.md, Findings; tests/unit/test_fuzz_findings.py, xfail): an
     MMDF spool whose last line is its separator without a line end. Left out so that a run
     can look for others; remove once mbox.py is fixed."""
     first, _, _ = spool.partition(b"\n")

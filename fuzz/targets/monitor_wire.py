@@ -1,6 +1,6 @@
-"""The monitor's request channel (qpopper/monitor_wire.py decode, then the monitor's own
-answer path), as tests/test_monitor_fuzz.py drives it with random frames, but guided by
-coverage: the pre-login process may be an attacker's, so whatever it sends, the monitor
+"""The monitor's request channel (qpopper/server/monitor_wire.py decode, then the monitor's
+own answer path), as tests/integration/test_monitor_fuzz.py drives it with random frames, but
+guided by coverage: the pre-login process may be an attacker's, so whatever it sends, the monitor
 answers within its protocol or ends the connection (FrameError, ProtocolViolation), and it
 never logs anyone in: alice's pop.auth secret is random per run, so no input can know it.
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 import secrets
 
 from fuzz.harness import scratch_dir
-from qpopper import monitor as monitor_mod
-from qpopper import monitor_wire as wire
+from qpopper.server import monitor as monitor_mod
+from qpopper.server import monitor_wire as wire
 from qpopper.auth.policy import Authenticator
 from qpopper.auth.store import PopAuthStore
 from qpopper.config import Config

@@ -1,4 +1,4 @@
-"""The POP3 command parser and state machine (qpopper/protocol.py and the verbs): any byte
+"""The POP3 command parser and state machine (qpopper/pop3/protocol.py and the verbs): any byte
 stream, cut into pieces anywhere, through the sans-IO Protocol over a real Maildrop on a
 small mbox spool, with the transcript tests' table authenticator (alice / wonderland) and
 the standard extensions (XTND with an in-memory submitter, MDEF, MIME mangling).
