@@ -1,7 +1,9 @@
 """Run one fuzz target under atheris (libFuzzer), or replay its corpus.
 
     python -m fuzz.run TARGET [--seconds N | --runs N] [--work DIR] [LIBFUZZER_FLAG ...]
-    python -m fuzz.run TARGET --replay        every seed once, no atheris needed
+    python -m fuzz.run TARGET --replay [FILE ...]   every seed (or these files) once, no atheris
+    python -m fuzz.run TARGET --merge-from DIR      add DIR's inputs that cover something new
+                                                    to the seeds (libFuzzer -merge=1)
     python -m fuzz.run --list
 
 New inputs that reach new code go to the work directory (default .fuzz-work/TARGET, outside
@@ -39,6 +41,8 @@ def libfuzzer_argv(name: str, target, args, extra: list[str]) -> list[str]:
     if dictionary.is_file():
         argv.append(f"-dict={dictionary}")
     seeds = harness.CORPUS_DIR / name
+    if args.merge_from:
+        return argv + ["-merge=1"] + extra + [str(seeds), args.merge_from]
     return argv + extra + [str(work)] + ([str(seeds)] if seeds.is_dir() else [])
 
 
@@ -51,6 +55,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int)
     parser.add_argument("--timeout", type=int, default=PER_INPUT_TIMEOUT)
     parser.add_argument("--work")
+    parser.add_argument("--merge-from")
     parser.add_argument("--findings", default="fuzz-findings")
     args, extra = parser.parse_known_args()
     if args.list:
@@ -59,7 +64,13 @@ def main() -> int:
     if not args.target:
         parser.error("name a target (--list shows them)")
     if args.replay:
-        print(f"{args.target}: {harness.replay(args.target)} seeds replayed")
+        if extra:                                  # these inputs, a finding's traceback shown
+            target = harness.load_target(args.target)
+            for path in extra:
+                harness.check(target, Path(path).read_bytes())
+            print(f"{args.target}: {len(extra)} inputs replayed")
+        else:
+            print(f"{args.target}: {harness.replay(args.target)} seeds replayed")
         return 0
     try:
         import atheris

@@ -7,13 +7,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from fuzz import harness
+from tests.helpers.repo import REPO
 
-ROOT = Path(__file__).resolve().parent.parent
 TARGETS = harness.target_names()
 SMOKE_RUNS = 3000
 
@@ -33,8 +32,8 @@ def test_a_short_fuzz_run_finds_nothing(name, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "fuzz.run", name, "--runs", str(SMOKE_RUNS), "-seed=1",
          "--work", str(tmp_path / "work"), "--findings", str(tmp_path / "findings")],
-        cwd=ROOT, capture_output=True, text=True, errors="replace", timeout=200,
-        env={**os.environ, "PYTHONPATH": str(ROOT)})
+        cwd=REPO, capture_output=True, text=True, errors="replace", timeout=200,
+        env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"Done {SMOKE_RUNS} runs" in result.stderr, result.stderr[-3000:]
     assert not list((tmp_path / "findings").iterdir())
