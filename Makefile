@@ -73,9 +73,9 @@ test-fast: $(STAMP)
 # Every target in turn; new corpus entries go to .fuzz-work/<target>, findings to
 # fuzz-findings/. Fails when any target found something.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= $(shell $(VPY) -m fuzz.run --list 2>/dev/null)
+FUZZ_TARGETS ?=
 fuzz: $(STAMP)
-	@failed=""; for t in $(FUZZ_TARGETS); do \
+	@failed=""; for t in $${FUZZ_TARGETS:-$$($(VPY) -m fuzz.run --list)}; do \
 	  echo "== fuzz $$t ($(FUZZ_SECONDS) s)"; \
 	  $(VPY) -m fuzz.run $$t --seconds $(FUZZ_SECONDS) || failed="$$failed $$t"; \
 	done; \
