@@ -12,8 +12,11 @@ modules as the target imports them, which only works for modules not yet importe
 
 from __future__ import annotations
 
+import atexit
 import importlib
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from types import ModuleType
 
@@ -107,9 +110,6 @@ def replay(name: str) -> int:
 def scratch_dir(name: str) -> Path:
     """A directory for a target's files, removed at exit: in memory (/dev/shm) when there is
     one, since the spool code fsyncs and a disk would set the pace."""
-    import atexit
-    import shutil
-    import tempfile
     parent = "/dev/shm" if Path("/dev/shm").is_dir() else None
     path = Path(tempfile.mkdtemp(prefix=f"qpopper-fuzz-{name}-", dir=parent))
     atexit.register(shutil.rmtree, path, ignore_errors=True)
