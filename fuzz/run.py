@@ -16,6 +16,7 @@ with the input saved as fuzz-findings/TARGET-crash-... and a non-zero exit
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -30,7 +31,10 @@ def libfuzzer_argv(name: str, target, args, extra: list[str]) -> list[str]:
     work.mkdir(parents=True, exist_ok=True)
     findings = Path(args.findings)
     findings.mkdir(parents=True, exist_ok=True)
-    argv = [sys.argv[0], f"-timeout={args.timeout}", f"-rss_limit_mb={RSS_LIMIT_MB}",
+    # libFuzzer runs argv[0] again through the shell for -merge and -fork: make it a command
+    # that starts this target, not the path of this module
+    command = f"{shlex.quote(sys.executable)} -m fuzz.run {shlex.quote(name)}"
+    argv = [command, f"-timeout={args.timeout}", f"-rss_limit_mb={RSS_LIMIT_MB}",
             f"-max_len={target.MAX_LEN}", f"-artifact_prefix={findings}/{name}-",
             "-print_final_stats=1"]
     if args.seconds is not None:
