@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 
 _LINE = re.compile(r"^(\d+) +(\w+)\((.*)\) += (-?\d+|\?)")
+_UNFINISHED = re.compile(r"^(\d+) +(\w+)\((.*) <unfinished \.\.\.>$")
+_RESUMED = re.compile(r"^(\d+) +<\.\.\. (\w+) resumed>(.*)\) += (-?\d+|\?)")
 
 
 @dataclass(frozen=True)
@@ -56,14 +58,25 @@ def _attached(pid: int) -> bool:
 
 
 def read_calls(path: str) -> list[Call]:
-    calls = []
+    """The completed calls in the order they completed (a call another process's output
+    interrupted is put together from its `<unfinished ...>` and `resumed>` lines)."""
+    calls, pending = [], {}
     with open(path, errors="replace") as f:
         for line in f:
+            line = line.rstrip("\n")
+            if match := _UNFINISHED.match(line):
+                pid, name, args = match.groups()
+                pending[(pid, name)] = args
+                continue
             match = _LINE.match(line)
             if match:
                 pid, name, args, result = match.groups()
-                calls.append(Call(int(pid), name, args,
-                                  None if result == "?" else int(result)))
+            elif match := _RESUMED.match(line):
+                pid, name, rest, result = match.groups()
+                args = pending.pop((pid, name), "") + rest
+            else:
+                continue
+            calls.append(Call(int(pid), name, args, None if result == "?" else int(result)))
     return calls
 
 
