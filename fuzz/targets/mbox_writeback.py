@@ -16,23 +16,10 @@ ALLOWED: tuple[type[BaseException], ...] = (MboxFormatError,)
 MAX_LEN = 4096
 
 
-def known_open(spool: bytes, options: dict) -> bool:
-    """The open findings (docs/fuzzing.md, Findings; tests/unit/test_fuzz_findings.py, strict
-    xfails), left out so that a run can look for others; remove once mbox.py is fixed:
-    an MMDF spool whose last line is its separator without a line end, and a Content-Length
-    header (when they are honoured) that the write-back's added lines can make come true."""
-    first, _, _ = spool.partition(b"\n")
-    mmdf_bare_end = (spool.startswith(b"\x01") and not spool.endswith(b"\n")
-                     and spool.rpartition(b"\n")[2] == first)
-    return mmdf_bare_end or (options["content_length"] and b"content-length:" in spool.lower())
-
-
 def one_input(data: bytes) -> None:
     if len(data) < 2:
         return
     options = scan_options(data[0])
-    if known_open(data[2:], options):
-        return
     f = io.BytesIO(data[2:])
     messages = scan(f, **options)
     again = scan(io.BytesIO(written_back(f, messages, options)), **options) if messages else []
