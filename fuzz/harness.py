@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import importlib
+import os
 import shutil
 import sys
 import tempfile
@@ -109,8 +110,14 @@ def replay(name: str) -> int:
 
 def scratch_dir(name: str) -> Path:
     """A directory for a target's files, removed at exit: in memory (/dev/shm) when there is
-    one, since the spool code fsyncs and a disk would set the pace."""
-    parent = "/dev/shm" if Path("/dev/shm").is_dir() else None
-    path = Path(tempfile.mkdtemp(prefix=f"qpopper-fuzz-{name}-", dir=parent))
+    one, since the spool code fsyncs and a disk would set the pace. libFuzzer ends the process
+    without Python's exit handlers, so the directories of processes that are gone are removed
+    here too (their names carry the pid)."""
+    parent = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+    for old in parent.glob("qpopper-fuzz-*-pid*-*"):
+        pid = old.name.rpartition("-pid")[2].partition("-")[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(old, ignore_errors=True)
+    path = Path(tempfile.mkdtemp(prefix=f"qpopper-fuzz-{name}-pid{os.getpid()}-", dir=parent))
     atexit.register(shutil.rmtree, path, ignore_errors=True)
     return path
