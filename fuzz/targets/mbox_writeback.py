@@ -16,21 +16,10 @@ ALLOWED: tuple[type[BaseException], ...] = (MboxFormatError,)
 MAX_LEN = 4096
 
 
-def known_open(spool: bytes) -> bool:
-    """Finding 8 (docs/fuzzing.md, Findings; a strict xfail in tests/unit/test_fuzz_findings.py),
-    open in the spool package: an MMDF spool that ends in its separator without LF. Left out
-    so that runs and make test's smoke look for other differences; remove once fixed."""
-    first = spool.partition(b"\n")[0]
-    return (spool.startswith(b"\x01") and not spool.endswith(b"\n")
-            and spool.rpartition(b"\n")[2] == first)
-
-
 def one_input(data: bytes) -> None:
     if len(data) < 2:
         return
     options = scan_options(data[0])
-    if known_open(data[2:]):
-        return
     f = io.BytesIO(data[2:])
     messages = scan(f, **options)
     again = scan(io.BytesIO(written_back(f, messages, options)), **options) if messages else []

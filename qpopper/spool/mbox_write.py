@@ -102,9 +102,10 @@ def copy_for_update(f: BinaryIO, msg: Message, write: WriteFn, *, retrieved: boo
         if not out.tail.endswith(b"\n"):
             out.add(b"\n")
         if msg.trailer_end > msg.body_end:
-            _copy(f, msg.body_end, msg.end, out)
+            _copy(f, msg.body_end, msg.trailer_end, out)
             if not out.tail.endswith(b"\n"):
                 out.add(b"\n")             # a trailer cut by the end of the file gets its LF
+            _copy(f, msg.trailer_end, msg.end, out)     # junk after it: as it was
         else:
             out.add(_read_at(f, msg.offset, msg.content_start - msg.offset))
     else:

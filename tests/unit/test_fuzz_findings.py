@@ -127,10 +127,7 @@ def test_write_back_does_not_make_a_bad_content_length_swallow_the_next_message(
     assert len(scan(io.BytesIO(out.getvalue()))) == 2
 
 
-# --- mbox: found after the two fixes above; open ---------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="open: an MMDF spool ending in a separator without LF "
-                                       "after an empty message scans as 1 message and its "
-                                       "write-back as 2 (docs/fuzzing.md, Findings)")
+# --- mbox: found after the two fixes above: junk after the last trailer stays junk ------------------
 def test_write_back_of_an_empty_mmdf_message_before_a_bare_separator_keeps_the_count():
     spool = b"\x01\x01\x01\x01\n\x01\x01\x01\x01\n\x01\x01\x01\x01"
     f = io.BytesIO(spool)
