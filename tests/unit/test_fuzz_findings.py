@@ -136,3 +136,27 @@ def test_write_back_of_an_empty_mmdf_message_before_a_bare_separator_keeps_the_c
     for msg in messages:
         copy_for_update(f, msg, out.write, retrieved=msg.number == 1, update_status_headers=True)
     assert len(scan(io.BytesIO(out.getvalue()))) == len(messages)
+
+
+# --- mbox: a cut trailer right after the blank line that ends the headers --------------------------
+def test_a_cut_mmdf_trailer_after_an_empty_body_is_the_trailer():
+    spool = b"\x01\x01\x01\x01\n\n\x01\x01\x01\x01"
+    f = io.BytesIO(spool)
+    messages = scan(f)
+    assert len(messages) == 1 and messages[0].body_start == messages[0].body_end == 6
+    out = io.BytesIO()
+    copy_for_update(f, messages[0], out.write, retrieved=False, update_status_headers=True)
+    assert len(scan(io.BytesIO(out.getvalue()))) == 1
+
+
+# --- mbox: the write-back's final LF and framing line must not move the end out of the slack ------
+def test_a_content_length_honoured_at_the_end_of_the_file_stays_honoured_after_write_back():
+    # The fuzzer's input: Content-Length 74 honoured because it ends 24 octets before the end
+    # of the file (within the slack); the write-back's LF and framing line made it 26.
+    spool = b'From alihe@g Tue Nov 15 22:13:20 20%3\nContent-Length: 74\n1\n\xb3\n-Length: 1+\n\nFrom \xe8%sdnc\x1e\x1e\x1e\x1e\x1e\x1e\t\x00From alice@g Tue Nov 15 22:13:20 2023\nContent-Length:  13\n\nFrom hnsi\x1e\x1e\x1e\x1e\x1ede\n\nFr'
+    f = io.BytesIO(spool)
+    messages = scan(f)
+    assert len(messages) == 1
+    out = io.BytesIO()
+    copy_for_update(f, messages[0], out.write, retrieved=True, update_status_headers=True)
+    assert len(scan(io.BytesIO(out.getvalue()))) == 1
