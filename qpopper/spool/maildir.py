@@ -18,7 +18,8 @@ import time
 from dataclasses import dataclass
 
 from qpopper.spool.durable import fsync_dir, read_up_to
-from qpopper.spool.mbox import UID_MAX_CHARS, UID_MIN_CHARS, encode_uid
+from qpopper.spool.mbox import encode_uid
+from qpopper.spool.mbox_format import header_uid
 
 SUBDIRS = ("new", "cur")
 INDEX_NAME = "qpopper-pop3.index"
@@ -30,6 +31,7 @@ HEADER_PROBE_OCTETS = 64 * 1024
 """How much of a message is read for its X-UIDL header when ,W= gives the size."""
 MAX_POP3_UID = 70
 _WIRE_SIZE = re.compile(r",W=([0-9]{1,12})(?:,|$)")
+_X_UIDL_LINE = re.compile(rb"(?im)^x-uidl:[^\r\n]*")
 _LEADING_NUMBER = re.compile(r"[0-9]{1,20}")
 _MICROSECONDS = re.compile(r"^[0-9]+\.(?:[^.]*?)M([0-9]{1,6})")
 
@@ -92,24 +94,20 @@ _UID_TEXT = re.compile("[\x21-\x7e]+")
 """One or more characters 0x21-0x7E: what a POP3 UID is made of."""
 
 
-def header_uid(head: bytes) -> str | None:
-    """The value of the first X-UIDL header of `head` when Qpopper would keep it."""
+def first_header_uid(head: bytes) -> str | None:
+    """The value of the first X-UIDL header of `head` when Qpopper would keep it (the mbox
+    rule: mbox_format.header_uid)."""
     end = head.find(b"\n\n")
     if end < 0:
         end = head.find(b"\r\n\r\n")
-    header = head if end < 0 else head[:end + 1]
-    for line in re.finditer(rb"(?im)^x-uidl:[ \t]*([^\r\n]*)", header):
-        value = line.group(1).strip()
-        if UID_MIN_CHARS <= len(value) <= UID_MAX_CHARS and _UID_CHARS.fullmatch(value):
-            return value.decode("ascii")
-        return None
-    return None
+    match = _X_UIDL_LINE.search(head if end < 0 else head[:end + 1])
+    return header_uid(match.group()) if match else None
 
 
 def uid_of(base: str, head: bytes) -> str:
     """An honoured X-UIDL header, else the base name when it is a valid POP3 UID (1-70
     characters 0x21-0x7E, RFC 1939 §7), else Qpopper's encoding of its MD5."""
-    from_header = header_uid(head)
+    from_header = first_header_uid(head)
     if from_header is not None:
         return from_header
     if len(base) <= MAX_POP3_UID and _UID_TEXT.fullmatch(base):

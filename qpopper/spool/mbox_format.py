@@ -157,7 +157,7 @@ def encode_uid(digest: bytes, old_style: bool = False) -> str:
     return "".join(parts)
 
 
-def _header_uid(line: bytes) -> str | None:
+def header_uid(line: bytes) -> str | None:
     """The value of an `X-UIDL:` line when Qpopper would keep it, else None."""
     value = line[7:].strip(b" \t\r\n")
     if UID_MIN_CHARS <= len(value) <= UID_MAX_CHARS and all(0x21 <= c <= 0x7E for c in value):

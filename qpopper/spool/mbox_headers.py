@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from qpopper import limits
-from qpopper.spool.mbox_format import CR, LF, _NUL_TO_SPACE, _header_uid, _octets
+from qpopper.spool.mbox_format import CR, LF, _NUL_TO_SPACE, header_uid, _octets
 
 _HASHED_HEADERS = (b"received:", b"date:", b"message-id:", b"subject:")
 _HASHED_NAMES = frozenset(_HASHED_HEADERS)
@@ -299,7 +299,7 @@ class _HeaderScanner:
         name = low[:low.find(b":") + 1]
         if name == b"x-uidl:":
             if d.header_uid is None:
-                d.header_uid = _header_uid(line[:limits.MAX_SPOOL_LINE_OCTETS])
+                d.header_uid = header_uid(line[:limits.MAX_SPOOL_LINE_OCTETS])
             return "uidl"
         if first_message and self.uw_kludge:
             if low.startswith(b"subject:") and any(m in line for m in _UW_SUBJECT_MARKS):

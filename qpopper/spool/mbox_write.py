@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from qpopper import limits
-from qpopper.spool.mbox_format import (FRAMING_LINE, UIDL_HEADER, Message, WriteFn, _header_uid,
+from qpopper.spool.mbox_format import (FRAMING_LINE, UIDL_HEADER, Message, WriteFn, header_uid,
                                        _octets, _read_at)
 
 class _Coalescer:
@@ -135,7 +135,7 @@ def _relocatable(msg: Message) -> bool:
     return (not msg.mmdf and not msg.hidden and msg.stripped == msg.uidl_lines
             and msg.header_end < msg.body_start <= msg.body_end
             and msg.content_start > msg.offset
-            and _header_uid(msg.uidl_line[:-2]) == msg.uid)    # read back as this UID
+            and header_uid(msg.uidl_line[:-2]) == msg.uid)    # read back as this UID
 
 
 def _relocated(f: BinaryIO, msg: Message, at: int, number: int, retrieved: bool,
