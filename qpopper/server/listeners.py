@@ -131,6 +131,10 @@ def open_listeners(cfg) -> tuple[list[socket.socket], list[socket.socket]]:
     return plain + implicit, implicit
 
 
+NO_TRUSTED_PROXIES = ("proxy-protocol needs proxy-trusted-networks: the load balancers allowed "
+                      "to send the header")
+
+
 def proxy_listeners(cfg, listeners) -> list[socket.socket]:
     """The listeners named by proxy-protocol (matched by port, and by address unless the
     entry has none); an entry matching none, or proxy-protocol without
@@ -139,8 +143,7 @@ def proxy_listeners(cfg, listeners) -> list[socket.socket]:
     if not specs:
         return []
     if not cfg.proxy_trusted_networks:
-        raise ListenError("proxy-protocol needs proxy-trusted-networks: the load balancers "
-                          "allowed to send the header")
+        raise ListenError(NO_TRUSTED_PROXIES)
     chosen = []
     for spec in specs:
         host, port = parse_listen(spec)

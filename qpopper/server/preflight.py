@@ -18,7 +18,7 @@ import stat
 
 from qpopper.bulletin_records import BULLDB_DIR, BULLDB_FILE
 from qpopper.server import privsep
-from qpopper.server.listeners import parse_listen
+from qpopper.server.listeners import NO_TRUSTED_PROXIES, parse_listen
 from qpopper.server import tls as tls_mod
 
 PAM_DIR = "/etc/pam.d"
@@ -63,8 +63,7 @@ def check_proxy_protocol(cfg) -> None:
     if not specs:
         return
     if not cfg.proxy_trusted_networks:
-        raise PreflightError("proxy-protocol needs proxy-trusted-networks: the load balancers "
-                             "allowed to send the header")
+        raise PreflightError(NO_TRUSTED_PROXIES)
     ports = {parse_listen(spec)[1] for spec in (*cfg.listen, *cfg.tls_listen)}
     for spec in specs:
         if ports and parse_listen(spec)[1] not in ports:
