@@ -70,13 +70,16 @@ def is_for(bulletin: Bulletin, user: str, gid: int) -> bool:
 
 
 # --- one bulletin as a message ------------------------------------------------------------------
-def render(data: bytes, user: str, hostname: str, uidl: str, mmdf_separator: bytes | None
-           ) -> bytes | None:
-    """The bulletin as it goes into the spool, or None when it lacks a valid From line."""
+def render(data: bytes, user: str, hostname: str, uidl: str, mmdf_separator: bytes | None,
+           *, maildir: bool = False) -> bytes | None:
+    """The bulletin as it goes into the spool, or None when it lacks a valid From line.
+    For a Maildir file (`maildir`): without the From line, the `>` quoting and the framing
+    line, which only an mbox needs."""
     lines = data.splitlines(keepends=True)
     if not lines or not mbox.is_from_line(lines[0]):
         return None
-    out = [] if mmdf_separator else [lines[0] if lines[0].endswith(b"\n") else lines[0] + b"\n"]
+    from_line = lines[0] if lines[0].endswith(b"\n") else lines[0] + b"\n"
+    out = [] if mmdf_separator or maildir else [from_line]
     if mmdf_separator:
         out.insert(0, mmdf_separator)
     out.append(f"X-UIDL: {uidl}\n".encode())
@@ -98,10 +101,12 @@ def render(data: bytes, user: str, hostname: str, uidl: str, mmdf_separator: byt
         elif not dropping:
             out.append(line)
     for line in lines[i:]:
-        out.append(b">" + line if mbox.is_from_line(line) else line)
+        out.append(b">" + line if not maildir and mbox.is_from_line(line) else line)
     message = b"".join(out)
     if not message.endswith(b"\n"):
         message += b"\n"
+    if maildir:
+        return message
     if mmdf_separator:
         return message + mmdf_separator
     return message + FRAMING_LINE          # docs/mbox.md, "What write-back writes"
@@ -163,6 +168,16 @@ class Delivery:
         raise PopError(BULLDB_FAILED_TEXT, RespCode.SYS_TEMP,
                        log=f"Unable to open Bulletin database for {self.user}: {exc}")
 
+    def last_seen(self, seen: Seen, newest: int) -> int:
+        if seen.empty:
+            return newest                                    # an empty file = all seen
+        if seen.last is None:
+            return max(0, newest - self.cfg.max_bulletins)   # a new user
+        return seen.last
+
+    def wanted(self, every: list[Bulletin], last: int) -> list[Bulletin]:
+        return [b for b in every if b.number > last and is_for(b, self.user, self.login.gid)]
+
     # --- the steps --------------------------------------------------------------------------------
     def run(self) -> int:
         try:
@@ -209,14 +224,8 @@ class Delivery:
         if seen.pending is not None:
             self._settle(store, fd, seen, every)
             seen = store.load()
-        if seen.empty:
-            last = newest                                    # an empty file = all seen
-        elif seen.last is None:
-            last = max(0, newest - self.cfg.max_bulletins)
-        else:
-            last = seen.last
-        wanted = [b for b in every
-                  if b.number > last and is_for(b, self.user, self.login.gid)]
+        last = self.last_seen(seen, newest)
+        wanted = self.wanted(every, last)
         stamp = int(self.clock())
         offset = os.fstat(fd).st_size
         payload, delivered = self._payload(fd, offset, wanted, stamp)

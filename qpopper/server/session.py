@@ -20,7 +20,7 @@ import time
 
 import setproctitle
 
-from qpopper import bulletins
+from qpopper import bulletins, bulletins_maildir
 from qpopper.server import privsep, user_options
 from qpopper.server.channel import Channel, ChannelClosed
 from qpopper.server.reply_writer import ReplyWriter
@@ -162,12 +162,14 @@ class Session(ReplyWriter):
         self._apply_user_option_files(login, global_paths.options_file, options_owner)
         paths = SpoolPaths.for_user(self.cfg, login.user, login.home)
         in_maildir = maildir_path(self.cfg.maildir, login.user, login.home)   # docs/maildir.md
-        # New bulletins go into the spool like a delivery agent's mail, so the maildrop (any
-        # mode) takes them up with its crash-safe machinery (bulletins.py says how). Maildir
-        # users get none yet (docs/maildir.md, "What is not supported").
+        # New bulletins go into the spool (or new/) like a delivery agent's mail, so the
+        # maildrop takes them up with its crash-safe machinery (docs/bulletins.md).
         if in_maildir is None:
             bulletins.deliver(self.cfg, login, paths, self.hostname, self.log,
                               step_hook=test_step_hook())
+        else:
+            bulletins_maildir.deliver(self.cfg, login, in_maildir, self.hostname, self.log,
+                                      step_hook=test_step_hook())
         try:
             if in_maildir is not None:
                 drop = MaildirDrop.open(in_maildir, login.user, step_hook=test_step_hook(),

@@ -247,3 +247,33 @@ def test_server_mode_takes_the_bulletin_from_the_spool_once(site, system_users):
     server = site.server()
     for _ in range(2):
         assert subjects_after_login(server, user) == [b"hello", b"Example bulletin"]
+
+
+def test_maildir_user_gets_the_bulletin_once_as_a_file_of_their_own(site, system_users):
+    """docs/bulletins.md, "Maildir users": through the real server, after the drop."""
+    with open(site.config, "a") as f:
+        f.write('set maildir = "~/Maildir"\n')
+    user = system_users.create("bm")
+    maildir = os.path.join(user.home, "Maildir")
+    for sub in ("", "tmp", "new", "cur"):
+        os.mkdir(os.path.join(maildir, sub), 0o700)
+        os.chown(os.path.join(maildir, sub), user.uid, user.gid)
+    server = site.server()
+    client = login(server, user)
+    try:
+        assert client.stat()[0] == 1, site.syslog.texts()
+        lines = client.retr(1)[1]
+        assert lines[0].startswith(b"X-UIDL: ") and b"Subject: Example bulletin" in lines
+        assert f"To: {user.name}@{socket.gethostname()}".encode() in lines
+        assert UIDL_RE.fullmatch(client.uidl(1).split()[2])
+        client.quit()
+    finally:
+        client.close()
+    (name,) = os.listdir(os.path.join(maildir, "cur"))      # retrieved: moved to cur/, seen
+    assert ".bulletin-1." in name and name.endswith(":2,S")
+    st = os.stat(os.path.join(maildir, "cur", name))
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (user.uid, 0o600)
+    with open(os.path.join(user.home, ".popbull"), "rb") as f:
+        assert f.read() == b"1\n"
+    assert subjects_after_login(server, user) == [b"Example bulletin"]    # not twice
+    assert not os.path.exists(os.path.join(site.spool_dir, user.name))    # no mbox made

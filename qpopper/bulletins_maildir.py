@@ -1,0 +1,129 @@
+"""Bulletins for a Maildir user: each new bulletin becomes one file in new/, delivered as a
+Maildir delivery agent does, before the session's Maildir opens (docs/bulletins.md,
+"Maildir users").
+
+What makes it crash-safe is the file's name, not an intent record: it is the login's time,
+`bulletin-<number>` and the host, so a delivery that died half way is finished by the next
+login, which finds the numbers already in new/ or cur/ and adds only the missing ones. The
+record of what the user has seen (.popbull, popbulldir or the bulletin database, as for mbox)
+advances only after every file is in new/ and new/ is synced. The Maildir's session lock
+serialises two logins of one user, as it serialises their sessions.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import syslog
+import time
+
+from qpopper import bulletins
+from qpopper.bulletins import Bulletin, Delivery
+from qpopper.spool import maildir
+from qpopper.spool.durable import fsync_dir, pwrite_all, unlink_if_present
+from qpopper.spool.locking import SessionLock
+from qpopper.spool.maildir_drop import LOCK_NAME
+
+_BULLETIN_NAME = re.compile(r"^[0-9]+\.bulletin-([0-9]+)\.")
+
+
+def file_name(stamp: int, bulletin: Bulletin, hostname: str) -> str:
+    """`<login time>.bulletin-<number>.<host>`: sorts after the mail already there, as an
+    mbox bulletin is appended; '/' and ':' in the host are written as Maildir writers do."""
+    host = hostname.replace("/", r"\057").replace(":", r"\072")
+    return f"{stamp}.bulletin-{bulletin.number}.{host}"
+
+
+def numbers_present(path: str) -> set[int]:
+    """The bulletin numbers already in new/ or cur/ (under any flags)."""
+    found = set()
+    for sub in maildir.SUBDIRS:
+        for name in os.listdir(os.path.join(path, sub)):
+            match = _BULLETIN_NAME.match(name)
+            if match:
+                found.add(int(match.group(1)))
+    return found
+
+
+class MaildirDelivery(Delivery):
+    """One login's bulletins into a Maildir. Use `deliver(...)`."""
+
+    def __init__(self, cfg, login, path: str, hostname: str, log, step_hook, clock):
+        super().__init__(cfg, login, None, hostname, log, step_hook, 0.0, clock)
+        self.path = path
+
+    def _with_store(self, store, every: list[Bulletin]) -> int:
+        newest = every[-1].number
+        seen = store.load()
+        if seen.last is not None and seen.last >= newest and seen.pending is None:
+            return 0                                         # the common case: no lock at all
+        lock = SessionLock(os.path.join(self.path, LOCK_NAME),
+                           step_hook=lambda s: self.step(f"lock:{s}"), log=self.log)
+        lock.acquire()                                       # [IN-USE] while a session runs
+        try:
+            return self._locked(store, every, newest)
+        finally:
+            lock.release(unlink=False)
+
+    def _locked(self, store, every: list[Bulletin], newest: int) -> int:
+        seen = store.load()                                  # again: another login may have run
+        last = self.last_seen(seen, newest)
+        present = numbers_present(self.path)
+        stamp = int(self.clock())
+        delivered = 0
+        for bulletin in self.wanted(every, last):
+            if bulletin.number in present:
+                continue                                     # an earlier, interrupted login's
+            data = self._read_bulletin(bulletin)
+            if data is None:
+                continue
+            message = bulletins.render(data, self.user, self.hostname,
+                                       f"{stamp}.{bulletin.number % 1000:03d}", None,
+                                       maildir=True)
+            if message is None:
+                self.log(syslog.LOG_WARNING, f"Bulletin {bulletin.name} skipped: it does not "
+                                             "start with a valid 'From ' line")
+                continue
+            self._place(file_name(stamp, bulletin, self.hostname), message)
+            delivered += 1
+        if delivered:
+            self.step("fsync-new")
+            fsync_dir(os.path.join(self.path, "new"))
+        self.step("record-seen")
+        store.save(max(last, newest))                        # also drops an mbox-era intent
+        if delivered:
+            self.log(syslog.LOG_INFO, f"Delivered {delivered} bulletin(s) to {self.user} "
+                                      f"(up to {newest})")
+        return delivered
+
+    def _place(self, name: str, message: bytes) -> None:
+        """tmp/, fsync, link into new/, as the Maildir specification asks of a delivery."""
+        temp = os.path.join(self.path, "tmp", f"{name}.{os.getpid()}")
+        self.step("write-tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+        try:
+            pwrite_all(fd, message, 0)
+            self.step("fsync-tmp")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            self.step("link-new")
+            try:
+                os.link(temp, os.path.join(self.path, "new", name))
+            except FileExistsError:
+                pass                                         # the same name: already delivered
+        finally:
+            unlink_if_present(temp, ignore_other_errors=True)
+
+
+def deliver(cfg, login, path: str, hostname: str, log, *, step_hook=None,
+            clock=time.time) -> int:
+    """Put the user's new bulletins into the Maildir at `path` (after the privilege drop,
+    before MaildirDrop.open). Returns how many were delivered; 0 when bulldir is unset.
+    Raises PopError for the bulletin database without bulldb-nonfatal and for [IN-USE]."""
+    if not cfg.bulldir:
+        return 0
+    return MaildirDelivery(cfg, login, path, hostname, log, step_hook, clock).run()
+
