@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -278,6 +278,31 @@ def killer_at(k: int):
             os.kill(os.getpid(), signal.SIGKILL)
         count[0] += 1
     return hook
+
+
+def killer_at_step(step: str, nth: int = 1):
+    """A step hook that SIGKILLs its own process at the nth step named `step`."""
+    count = [0]
+
+    def hook(name: str) -> None:
+        if name == step:
+            count[0] += 1
+            if count[0] == nth:
+                os.kill(os.getpid(), signal.SIGKILL)
+    return hook
+
+
+def dies_in_child(run: Callable[[], object]) -> bool:
+    """Run `run()` in a forked child; True when the child died of a signal (a real crash,
+    e.g. from killer_at_step), False when it came back or raised."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            run()
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return os.WIFSIGNALED(status)
 
 
 def retr(drop: Maildrop, i: int) -> bytes:

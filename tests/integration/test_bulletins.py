@@ -8,7 +8,6 @@ import grp
 import io
 import os
 import secrets
-import signal
 import sqlite3
 import subprocess
 import syslog
@@ -21,6 +20,7 @@ from qpopper.config import Config
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool import mbox
 from qpopper.spool.paths import SpoolPaths
+from tests.helpers.spoolcheck import dies_in_child, killer_at_step
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -475,21 +475,7 @@ def test_failure_mid_append_leaves_spool_as_before_and_number_unadvanced(tmp_pat
 
 def crash_at(env, step, nth=1):
     """Run a delivery in a child process that SIGKILLs itself at `step` (a real crash)."""
-    pid = os.fork()
-    if pid == 0:
-        count = [0]
-
-        def hook(name):
-            if name == step:
-                count[0] += 1
-                if count[0] == nth:
-                    os.kill(os.getpid(), signal.SIGKILL)
-        try:
-            env.deliver(step_hook=hook)
-        finally:
-            os._exit(0)
-    _, status = os.waitpid(pid, 0)
-    return os.WIFSIGNALED(status)
+    return dies_in_child(lambda: env.deliver(step_hook=killer_at_step(step, nth)))
 
 
 CRASH_STEPS = {      # where the child dies → what the next login finds (its log line)

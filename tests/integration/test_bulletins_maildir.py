@@ -7,7 +7,6 @@ user deliver once; a running session's lock refuses with [IN-USE]."""
 from __future__ import annotations
 
 import os
-import signal
 
 import pytest
 
@@ -16,7 +15,7 @@ from qpopper.auth import Login
 from qpopper.config import Config
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool.maildir_drop import MaildirDrop
-from tests.integration.test_bulletins import HOST, STAMP, bulletin_text
+from tests.integration.test_bulletins import HOST, STAMP, bulletin_text, crash_at
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -126,25 +125,6 @@ def test_a_bulletin_already_in_cur_under_flags_is_not_delivered_again(tmp_path):
     assert env.deliver(stamp=STAMP + 60) == 0
     assert env.subjects() == [b"ordinary mail", b"1.b"]
     assert env.popbull.read_bytes() == b"1\n"
-
-
-def crash_at(env, step, nth=1):
-    """Deliver in a child that SIGKILLs itself at the nth `step` (a real crash)."""
-    pid = os.fork()
-    if pid == 0:
-        count = [0]
-
-        def hook(name):
-            if name == step:
-                count[0] += 1
-                if count[0] == nth:
-                    os.kill(os.getpid(), signal.SIGKILL)
-        try:
-            env.deliver(step_hook=hook)
-        finally:
-            os._exit(0)
-    _, status = os.waitpid(pid, 0)
-    return os.WIFSIGNALED(status)
 
 
 CRASH_POINTS = [("bulletins:write-tmp", 1), ("bulletins:fsync-tmp", 1),

@@ -11,7 +11,6 @@ import mailbox
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 
@@ -20,6 +19,7 @@ import pytest
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool import maildir
 from qpopper.spool.maildir_drop import JOURNAL_NAME, MaildirDrop
+from tests.helpers.spoolcheck import dies_in_child, killer_at_step
 
 
 def make_maildir(root, messages: list[bytes]) -> tuple[str, list[str]]:
@@ -270,21 +270,10 @@ def test_kill_at_every_update_step_leaves_the_update_done_once_or_not_at_all(tmp
     drop.close()
     deleted, retrieved = {0, 3}, {1, 3, 4}
 
-    pid = os.fork()
-    if pid == 0:                                           # the session that gets killed
-        step_name, _, nth = kill_at.partition("#")
-        seen = []
-
-        def hook(step):
-            seen.append(step)
-            if step == step_name and seen.count(step) == int(nth or 1):
-                os.kill(os.getpid(), signal.SIGKILL)
-        try:
-            MaildirDrop.open(path, "qpt", step_hook=hook).update(deleted, retrieved)
-        finally:
-            os._exit(0)
-    _, status = os.waitpid(pid, 0)
-    killed = os.WIFSIGNALED(status)
+    step_name, _, nth = kill_at.partition("#")
+    hook = killer_at_step(step_name, int(nth or 1))
+    killed = dies_in_child(lambda: MaildirDrop.open(path, "qpt", step_hook=hook)
+                           .update(deleted, retrieved))
     assert killed, f"the update never reached {kill_at}"
 
     after_next_login = MaildirDrop.open(path, "qpt")
