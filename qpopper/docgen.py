@@ -84,7 +84,7 @@ def _example_header() -> list[str]:
     return [
         "# qpopper-py configuration file (read with: popper -f /etc/qpopper/qpopper.config)",
         "#",
-        f"# GENERATED from the option table in qpopper/options.py by",
+        "# GENERATED from the option table in qpopper/options.py by",
         f"#     {REGENERATE}",
         "# Edit the table, not this file, in the source tree; a test fails when they differ.",
         "#",

@@ -6,9 +6,7 @@ whose chroot has no resolver, uses ForkedReverseLookup (docs/privsep.md).
 
 from __future__ import annotations
 
-# Name lookups import the idna codec on first use; after the privilege drop (or inside the
-# pre-login chroot) the interpreter's library may no longer be readable, so load it now.
-import encodings.idna  # noqa: F401
+import importlib
 import ipaddress
 import os
 import select
@@ -20,6 +18,10 @@ import time
 from qpopper import limits
 from qpopper.server import privsep
 from qpopper.addresses import normalize_ip
+
+# Name lookups import the idna codec on first use; after the privilege drop (or inside the
+# pre-login chroot) the interpreter's library may no longer be readable, so load it now.
+importlib.import_module("encodings.idna")
 
 REVERSE_LOOKUP_TIMEOUT_S = 5.0
 """Longest wait for the client's host name; past it the address stands in (logs stay readable,

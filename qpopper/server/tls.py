@@ -40,6 +40,7 @@ from __future__ import annotations
 import datetime
 import errno
 import fcntl
+import importlib
 import os
 import stat
 import re
@@ -48,12 +49,13 @@ import time
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL, crypto
+
 # Imported now, not lazily at the first key load: the pre-login process loads the key inside
 # its empty chroot, where no module can be imported any more (Debian's cryptography 38 imports
 # its backend inside load_pem_private_key).
-from cryptography.hazmat.backends.openssl import backend as _openssl_backend  # noqa: F401
-from cryptography.hazmat.primitives import serialization
-from OpenSSL import SSL, crypto
+importlib.import_module("cryptography.hazmat.backends.openssl")
 
 MODERN_CIPHERS_TLS12 = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
 """RFC 9325 §4.2: ECDHE with AEAD only, for TLS 1.2 (TLS 1.3 suites are always AEAD)."""
