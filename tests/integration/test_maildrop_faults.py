@@ -16,9 +16,10 @@ import pytest
 from qpopper.config import Config
 from qpopper.spool.maildrop import Maildrop
 from qpopper.spool.paths import SpoolPaths
+from tests.helpers.faultrig import FaultRig
 from tests.helpers.spoolcheck import (AFTER_CRASH, AFTER_CRASH_MMDF, LOCK_STEP_S,
                                       REPLACEMENT, SHAPES, USER, allowed_after_kill, deliver,
-                                      deliver_after_crash, drive_session, in_child, killer_at,
+                                      deliver_after_crash, drive_session, in_child,
                                       message, next_session_view,
                                       replace_spool_keeping_inode_number)
 
@@ -65,38 +66,33 @@ def prepare(directory, shape: str) -> None:
             os.close(fd)
 
 
-def record_steps(directory, tmp_path, scenario, shape) -> list[str]:
-    prepare(directory, shape)
-    log = tmp_path / "steps.pickle"
+class Rig(FaultRig):
+    def __init__(self, work, tmp_path, shape: str):
+        super().__init__(work, tmp_path)
+        self.shape = shape
 
-    def run():
-        steps = []
-        run_session(directory, scenario, shape, steps.append)
-        return steps
-    return in_child(run, log, expect_kill=False)
+    def prepare(self) -> None:
+        prepare(self.work, self.shape)
 
+    def session(self, scenario: str, hook) -> None:
+        run_session(self.work, scenario, self.shape, hook)
 
-def outcome(directory, tmp_path, scenario, shape):
-    """What the next session sees after `scenario` ran WITHOUT a crash."""
-    prepare(directory, shape)
-    in_child(lambda: run_session(directory, scenario, shape, None), expect_kill=False)
-    return in_child(lambda: snapshot(directory, shape), tmp_path / "snap.pickle", expect_kill=False)[0]
+    def view(self, hook=None):
+        return snapshot(self.work, self.shape, hook)
 
 
-def expected_outcomes(work, tmp_path, shape):
-    before = outcome(work, tmp_path, "open-only", shape)     # every message, new mail too
-    committed = outcome(work, tmp_path, "update", shape)
-    restored = outcome(work, tmp_path, "restore", shape)
-    prepare(work, shape)
-    untouched = in_child(lambda: snapshot(work, shape), tmp_path / "snap.pickle", expect_kill=False)[0]
-    return untouched, before, committed, restored
+def expected_outcomes(rig: Rig):
+    before = rig.outcome("open-only")                   # every message, new mail too
+    committed = rig.outcome("update")
+    restored = rig.outcome("restore")
+    return rig.untouched(), before, committed, restored
 
 
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 def test_kill_at_every_step_loses_and_duplicates_nothing(tmp_path, shape):
-    work = tmp_path / "spool"
-    untouched, before, committed, restored = expected_outcomes(work, tmp_path, shape)
+    rig = Rig(tmp_path / "spool", tmp_path, shape)
+    untouched, before, committed, restored = expected_outcomes(rig)
     spool, new_mail, deleted, _ = SHAPES[shape]
     # The outcomes themselves: deleted messages go only with a committed update.
     assert restored == before
@@ -109,7 +105,7 @@ def test_kill_at_every_step_loses_and_duplicates_nothing(tmp_path, shape):
             b"Subject: message 50", b"Subject: message 51"]
     checked = 0
     for scenario in ("update", "restore"):
-        steps = record_steps(work, tmp_path, scenario, shape)
+        steps = rig.steps(scenario)
         assert any(s.startswith(f"{scenario}:") for s in steps), (scenario, steps)
         if scenario == "update":                 # the step that makes the update happen
             assert ("update:truncate-temp-drop" if shape == "all-deleted"
@@ -117,11 +113,8 @@ def test_kill_at_every_step_loses_and_duplicates_nothing(tmp_path, shape):
         if shape in OLD_DROPS:
             assert "open:copy-old-temp-drop" in steps
         for k, step in enumerate(steps):
-            prepare(work, shape)
-            in_child(lambda: run_session(work, scenario, shape, killer_at(k)),
-                     expect_kill=True)
-            seen, leftovers = in_child(lambda: snapshot(work, shape), tmp_path / "snap.pickle",
-                                       expect_kill=False)
+            rig.crash(scenario, k)
+            seen, leftovers = rig.next_view()
             where = f"{shape}: killed at step {k} {step!r} of {scenario}"
             assert leftovers == [], where
             assert seen in allowed_after_kill(step, scenario, untouched, before, committed), where
@@ -133,62 +126,34 @@ def test_kill_at_every_step_loses_and_duplicates_nothing(tmp_path, shape):
 @pytest.mark.parametrize("shape", ["new-mail"])
 def test_kill_during_recovery_after_a_kill_during_update(tmp_path, shape):
     """Crash in the update, then crash again at every step of the recovering session."""
-    work = tmp_path / "spool"
-    _untouched, before, committed, _ = expected_outcomes(work, tmp_path, shape)
-    steps = record_steps(work, tmp_path, "update", shape)
+    rig = Rig(tmp_path / "spool", tmp_path, shape)
+    _untouched, before, committed, _ = expected_outcomes(rig)
     # Kills before the commit is journaled leave nothing to recover but a full drop (the
     # single-fault test covers that); after it, each distinct step once.
-    first = steps.index("update:journal-commit-write")
-    chosen = {}
-    for k in range(first, len(steps)):
-        chosen.setdefault(steps[k], k)
     checked = 0
-    for step, k in chosen.items():
-
-        def crash_update():
-            prepare(work, shape)
-            in_child(lambda: run_session(work, "update", shape, killer_at(k)), expect_kill=True)
-
-        crash_update()
-        rec_steps = in_child(lambda: _steps_of_snapshot(work, shape), tmp_path / "r.pickle",
-                             expect_kill=False)
-        for j, rstep in enumerate(rec_steps):
-            if not rstep.startswith("recover:"):
-                continue                # the session's own open steps: covered above
-            crash_update()
-            in_child(lambda: snapshot(work, shape, killer_at(j)), expect_kill=True)
-            seen, leftovers = in_child(lambda: snapshot(work, shape), tmp_path / "snap.pickle",
-                                       expect_kill=False)
-            where = f"{shape}: update killed at {step!r}, recovery killed at {rstep!r}"
-            assert leftovers == [], where
-            assert seen in (before, committed), where
-            checked += 1
+    for step, recovery_step in rig.recovery_crashes("update:journal-commit-write"):
+        seen, leftovers = rig.next_view()
+        where = f"{shape}: update killed at {step!r}, recovery killed at {recovery_step!r}"
+        assert leftovers == [], where
+        assert seen in (before, committed), where
+        checked += 1
     assert checked >= 10
-
-
-def _steps_of_snapshot(work, shape):
-    steps = []
-    snapshot(work, shape, steps.append)
-    return steps
 
 
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("shape", ["new-mail", "many", "mmdf"])
 def test_mail_delivered_after_a_crash_is_kept_exactly_once(tmp_path, shape):
-    work = tmp_path / "spool"
-    untouched, before, committed, _ = expected_outcomes(work, tmp_path, shape)
+    rig = Rig(tmp_path / "spool", tmp_path, shape)
+    untouched, before, committed, _ = expected_outcomes(rig)
     checked = 0
     for scenario in ("update", "restore"):
-        steps = record_steps(work, tmp_path, scenario, shape)
+        steps = rig.steps(scenario)
         for k, step in enumerate(steps):
             if scenario == "restore" and step.startswith("open:"):
                 continue                     # the same open steps as the update's
-            prepare(work, shape)
-            in_child(lambda: run_session(work, scenario, shape, killer_at(k)),
-                     expect_kill=True)
-            deliver_after_crash(work, AFTER_CRASH_MMDF if shape == "mmdf" else AFTER_CRASH)
-            seen, leftovers = in_child(lambda: snapshot(work, shape), tmp_path / "snap.pickle",
-                                       expect_kill=False)
+            rig.crash(scenario, k)
+            deliver_after_crash(rig.work, AFTER_CRASH_MMDF if shape == "mmdf" else AFTER_CRASH)
+            seen, leftovers = rig.next_view()
             where = f"{shape}: killed at step {k} {step!r} of {scenario}, then mail came"
             assert leftovers == [], where
             late = [i for i, (_, data) in enumerate(seen) if b"Subject: after crash" in data]
@@ -217,12 +182,11 @@ def test_spool_replaced_after_a_crash_by_a_file_with_the_same_inode_number(tmp_p
     with the same (st_dev, st_ino) (rewritten in place, or deleted and created again reusing
     the freed number). Recovery must not take it for the spool it was rewriting: the next
     session sees what the update kept, then the replacement's mail, each once."""
-    shape = "new-mail"
-    work = tmp_path / "spool"
-    expected = replacement_view(work, tmp_path)
+    rig = Rig(tmp_path / "spool", tmp_path, "new-mail")
+    expected = replacement_view(rig.work, tmp_path)
     assert len(expected) == 2
-    _untouched, _before, committed, _ = expected_outcomes(work, tmp_path, shape)
-    steps = record_steps(work, tmp_path, "update", shape)
+    _untouched, _before, committed, _ = expected_outcomes(rig)
+    steps = rig.steps("update")
     # From the moment the commit journal is in place (renamed) until it is removed, the next
     # session rolls the update forward; once it is gone, replacing the spool deletes mail.
     first = steps.index("update:journal-commit-rename") + 1
@@ -232,12 +196,10 @@ def test_spool_replaced_after_a_crash_by_a_file_with_the_same_inode_number(tmp_p
         chosen.setdefault(steps[k], k)
     assert "update:write-spool" in chosen and "update:fsync-spool" in chosen
     for step, k in chosen.items():
-        prepare(work, shape)
-        in_child(lambda: run_session(work, "update", shape, killer_at(k)), expect_kill=True)
-        if not replace_spool_keeping_inode_number(work, REPLACEMENT, how):
+        rig.crash("update", k)
+        if not replace_spool_keeping_inode_number(rig.work, REPLACEMENT, how):
             pytest.skip("no new file got the freed inode number on this file system")
-        seen, leftovers = in_child(lambda: snapshot(work, shape), tmp_path / "snap.pickle",
-                                   expect_kill=False)
+        seen, leftovers = rig.next_view()
         where = f"killed at {step!r}, spool then replaced ({how})"
         assert leftovers == [], where
         assert seen == committed + expected, where
@@ -247,21 +209,16 @@ def test_spool_replaced_after_a_crash_by_a_file_with_the_same_inode_number(tmp_p
 def test_a_version_1_commit_journal_is_still_recovered(tmp_path):
     """A journal written by the previous build (version 1: no `head`) after a crash in the
     middle of the commit: this build rolls it forward by (st_dev, st_ino) as that build did."""
-    shape = "new-mail"
-    work = tmp_path / "spool"
-    _untouched, _before, committed, _ = expected_outcomes(work, tmp_path, shape)
-    steps = record_steps(work, tmp_path, "update", shape)
-    k = steps.index("update:write-spool")
-    prepare(work, shape)
-    in_child(lambda: run_session(work, "update", shape, killer_at(k)), expect_kill=True)
-    journal = SpoolPaths.for_user(make_cfg(work), USER, None).journal
+    rig = Rig(tmp_path / "spool", tmp_path, "new-mail")
+    _untouched, _before, committed, _ = expected_outcomes(rig)
+    rig.crash("update", rig.steps("update").index("update:write-spool"))
+    journal = SpoolPaths.for_user(make_cfg(rig.work), USER, None).journal
     with open(journal) as f:
         record = json.load(f)
     assert record["v"] == 2 and record["op"] == "commit" and "head" in record
     del record["head"]
     with open(journal, "w") as f:
         json.dump(dict(record, v=1), f)
-    seen, leftovers = in_child(lambda: snapshot(work, shape), tmp_path / "snap.pickle",
-                               expect_kill=False)
+    seen, leftovers = rig.next_view()
     assert leftovers == []
     assert seen == committed

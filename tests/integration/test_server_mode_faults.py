@@ -17,9 +17,10 @@ import pytest
 from qpopper.config import Config
 from qpopper.spool.maildrop import Maildrop
 from qpopper.spool.paths import SpoolPaths
+from tests.helpers.faultrig import FaultRig
 from tests.helpers.spoolcheck import (AFTER_CRASH, AFTER_CRASH_MMDF, LOCK_STEP_S, USER,
                                       allowed_after_kill, deliver_after_crash, drive_session,
-                                      in_child, killer_at, message, mmdf, next_session_view)
+                                      in_child, message, mmdf, next_session_view)
 from tests.helpers.spoolcheck import deliver as locked_deliver
 
 X_UIDL = b"X-UIDL: existing-uid-%05d\nStatus: RO\n"
@@ -84,28 +85,24 @@ def prepare(directory, shape: str) -> None:
         assert os.path.exists(paths.cache)
 
 
-def outcome(work, tmp_path, scenario, shape, fast):
-    prepare(work, shape)
-    in_child(lambda: run_session(work, scenario, shape, fast, None), expect_kill=False)
-    return in_child(lambda: snapshot(work), tmp_path / "snap.pickle", expect_kill=False)[0]
+class Rig(FaultRig):
+    def __init__(self, work, tmp_path, shape: str, fast: bool):
+        super().__init__(work, tmp_path)
+        self.shape, self.fast = shape, fast
+
+    def prepare(self) -> None:
+        prepare(self.work, self.shape)
+
+    def session(self, scenario: str, hook) -> None:
+        run_session(self.work, scenario, self.shape, self.fast, hook)
+
+    def view(self, hook=None):
+        return snapshot(self.work, hook)
 
 
-def steps_of(work, tmp_path, scenario, shape, fast) -> list[str]:
-    prepare(work, shape)
-
-    def run():
-        steps = []
-        run_session(work, scenario, shape, fast, steps.append)
-        return steps
-    return in_child(run, tmp_path / "steps.pickle", expect_kill=False)
-
-
-def expected(work, tmp_path, shape, fast):
-    prepare(work, shape)
-    untouched = in_child(lambda: snapshot(work), tmp_path / "snap.pickle", expect_kill=False)[0]
-    before = outcome(work, tmp_path, "restore", shape, fast)
-    committed = outcome(work, tmp_path, "update", shape, fast)
-    return untouched, before, committed
+def expected(rig: Rig):
+    untouched = rig.untouched()
+    return untouched, rig.outcome("restore"), rig.outcome("update")
 
 
 CASES = [(shape, fast) for shape in sorted(SHAPES) for fast in (False, True)
@@ -115,23 +112,20 @@ CASES = [(shape, fast) for shape in sorted(SHAPES) for fast in (False, True)
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("shape,fast", CASES)
 def test_server_mode_kill_at_every_step_loses_and_duplicates_nothing(tmp_path, shape, fast):
-    work = tmp_path / "spool"
-    untouched, before, committed = expected(work, tmp_path, shape, fast)
+    rig = Rig(tmp_path / "spool", tmp_path, shape, fast)
+    untouched, before, committed = expected(rig)
     _spool, new_mail, deleted, _, _ = SHAPES[shape]
     assert len(committed) == len(before) - len(deleted)
     checked = 0
     for scenario in ("update", "restore"):
-        steps = steps_of(work, tmp_path, scenario, shape, fast)
+        steps = rig.steps(scenario)
         if scenario == "update" and deleted:
             assert any(s.startswith("update:") and "spool" in s for s in steps), steps
             assert ("update:rename-image-over-spool" in steps) == (
                 fast and bool(set(range(len(untouched))) - deleted or new_mail))
         for k, step in enumerate(steps):
-            prepare(work, shape)
-            in_child(lambda: run_session(work, scenario, shape, fast, killer_at(k)),
-                     expect_kill=True)
-            seen, leftovers = in_child(lambda: snapshot(work), tmp_path / "snap.pickle",
-                                       expect_kill=False)
+            rig.crash(scenario, k)
+            seen, leftovers = rig.next_view()
             where = f"{shape} fast={fast}: killed at step {k} {step!r} of {scenario}"
             assert leftovers == [], where
             assert seen in allowed_after_kill(step, scenario, untouched, before, committed), where
@@ -144,18 +138,14 @@ def test_server_mode_kill_at_every_step_loses_and_duplicates_nothing(tmp_path, s
                                         ("mmdf", False), ("all-deleted-new-mail", False),
                                         ("many", True)])
 def test_server_mode_mail_delivered_after_a_crash_is_kept_once(tmp_path, shape, fast):
-    work = tmp_path / "spool"
-    untouched, before, committed = expected(work, tmp_path, shape, fast)
-    steps = steps_of(work, tmp_path, "update", shape, fast)
+    rig = Rig(tmp_path / "spool", tmp_path, shape, fast)
+    untouched, before, committed = expected(rig)
     late_mail = AFTER_CRASH_MMDF if shape == "mmdf" else AFTER_CRASH
     checked = 0
-    for k, step in enumerate(steps):
-        prepare(work, shape)
-        in_child(lambda: run_session(work, "update", shape, fast, killer_at(k)),
-                 expect_kill=True)
-        deliver_after_crash(work, late_mail)
-        seen, leftovers = in_child(lambda: snapshot(work), tmp_path / "snap.pickle",
-                                   expect_kill=False)
+    for k, step in enumerate(rig.steps("update")):
+        rig.crash("update", k)
+        deliver_after_crash(rig.work, late_mail)
+        seen, leftovers = rig.next_view()
         where = f"{shape} fast={fast}: killed at step {k} {step!r}, then mail came"
         assert leftovers == [], where
         late = [i for i, (_, data) in enumerate(seen) if b"Subject: after crash" in data]
@@ -169,40 +159,13 @@ def test_server_mode_mail_delivered_after_a_crash_is_kept_once(tmp_path, shape, 
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("fast", [False, True])
 def test_server_mode_kill_during_recovery_after_a_kill_during_update(tmp_path, fast):
-    shape = "new-mail"
-    work = tmp_path / "spool"
-    _, before, committed = expected(work, tmp_path, shape, fast)
-    steps = steps_of(work, tmp_path, "update", shape, fast)
-    first = steps.index("update:journal-replace-write")
-    chosen = {}
-    for k in range(first, len(steps)):
-        chosen.setdefault(steps[k], k)
+    rig = Rig(tmp_path / "spool", tmp_path, "new-mail", fast)
+    _, before, committed = expected(rig)
     checked = 0
-    for step, k in chosen.items():
-
-        def crash_update():
-            prepare(work, shape)
-            in_child(lambda: run_session(work, "update", shape, fast, killer_at(k)),
-                     expect_kill=True)
-
-        crash_update()
-        rec_steps = in_child(lambda: _recovery_steps(work), tmp_path / "r.pickle",
-                             expect_kill=False)
-        for j, rstep in enumerate(rec_steps):
-            if not rstep.startswith("recover:"):
-                continue
-            crash_update()
-            in_child(lambda: snapshot(work, killer_at(j)), expect_kill=True)
-            seen, leftovers = in_child(lambda: snapshot(work), tmp_path / "snap.pickle",
-                                       expect_kill=False)
-            where = f"fast={fast}: update killed at {step!r}, recovery killed at {rstep!r}"
-            assert leftovers == [], where
-            assert seen in (before, committed), where
-            checked += 1
+    for step, recovery_step in rig.recovery_crashes("update:journal-replace-write"):
+        seen, leftovers = rig.next_view()
+        where = f"fast={fast}: update killed at {step!r}, recovery killed at {recovery_step!r}"
+        assert leftovers == [], where
+        assert seen in (before, committed), where
+        checked += 1
     assert checked >= 5
-
-
-def _recovery_steps(work):
-    steps = []
-    snapshot(work, steps.append)
-    return steps
