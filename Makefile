@@ -22,13 +22,13 @@ DEB_TEST_PACKAGES := curl socat iproute2 openssl procps strace passwd login libp
 	ssl-cert adduser systemd python3-gdbm \
 	krb5-kdc krb5-admin-server libkrb5-dev gcc mpop fail2ban python3-systemd fetchmail e2fsprogs quota \
 	haproxy nfs-ganesha nfs-ganesha-vfs libnfs13
-PIP_TEST_PACKAGES := pytest pytest-timeout atheris
+PIP_TEST_PACKAGES := pytest pytest-timeout atheris pyflakes
 # Waits for another apt/dpkg run instead of failing.
 APT_GET := apt-get -o DPkg::Lock::Timeout=600
 
 .PHONY: run test test-fast venv debs test-peers clean package bench fuzz
 
-$(STAMP): setup.py pyproject.toml
+$(STAMP): setup.py pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --upgrade pip
 	$(VPY) -m pip install --quiet -e . $(PIP_TEST_PACKAGES)

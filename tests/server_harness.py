@@ -18,8 +18,6 @@ import threading
 import time
 from pathlib import Path
 
-from tests.helpers.messages import mbox  # noqa: F401 (tests import it from here too)
-from tests.helpers.repo import REPO  # noqa: E402 (also imported from here by tests)
 POPPER = str(Path(sys.executable).with_name("popper"))
 START_TIMEOUT_S = 15.0
 

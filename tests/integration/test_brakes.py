@@ -19,7 +19,8 @@ from qpopper import limits
 from qpopper.addresses import parse_networks
 from qpopper.auth.brakes import Brakes, brake_delay, failure_log_line
 from tests.helpers.sysusers import make_spool
-from tests.server_harness import Site, mbox
+from tests.helpers.messages import mbox
+from tests.server_harness import Site
 
 # fail2ban's stock filter.d/courier-auth.conf failregex, with common.conf's syslog prefix
 # reduced to what a syslog file line has (date, host, daemon[pid]:) and _daemon set as the

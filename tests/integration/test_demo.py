@@ -14,7 +14,8 @@ import subprocess
 
 import pytest
 
-from tests.server_harness import POPPER, REPO, free_port, wait_for_greeting, wait_until
+from tests.helpers.repo import REPO
+from tests.server_harness import POPPER, free_port, wait_for_greeting
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -24,7 +24,8 @@ from qpopper.server import drac
 from qpopper import limits
 from tests.helpers.drac_peers import ADD_PERM, drac_peers
 from tests.helpers.sysusers import make_spool
-from tests.server_harness import Site, mbox
+from tests.helpers.messages import mbox
+from tests.server_harness import Site
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.sysusers import is_root, make_spool
-from tests.server_harness import POPPER, Site, free_port, mbox
+from tests.helpers.messages import mbox
+from tests.server_harness import POPPER, Site, free_port
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -15,7 +15,8 @@ import pytest
 from qpopper import config, limits
 from qpopper.options import lookup
 from tests.helpers.sysusers import make_spool
-from tests.server_harness import Site, login, mbox
+from tests.helpers.messages import mbox
+from tests.server_harness import Site, login
 from tests.helpers.repo import REPO
 
 POLL_LIMIT_S = (2**31 - 1) // 1000

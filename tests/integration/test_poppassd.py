@@ -24,7 +24,8 @@ from qpopper.auth import pam as pam_auth
 from qpopper.tools import poppassd
 from tests.helpers import pam_service as pam_files
 from tests.helpers.sysusers import make_spool
-from tests.server_harness import Site, free_port, mbox
+from tests.helpers.messages import mbox
+from tests.server_harness import Site, free_port
 from tests.helpers.repo import REPO
 
 pytestmark = pytest.mark.timeout(90)

@@ -19,7 +19,8 @@ from qpopper import limits
 from qpopper.auth.brakes import Brakes, brake_delay, failure_log_line
 from qpopper.tools import poppassd
 from tests.helpers.sysusers import make_spool
-from tests.server_harness import Site, mbox
+from tests.helpers.messages import mbox
+from tests.server_harness import Site
 from tests.integration.test_brakes import Conn
 from tests.integration.test_poppassd import BAD_OLD, PoppassdService
 from tests.helpers.repo import REPO

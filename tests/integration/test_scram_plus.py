@@ -27,7 +27,7 @@ from tests.unit import test_sasl_protocol as transcripts
 from tests.helpers.popauth import owned_store
 from tests.helpers.sysusers import make_spool
 from tests.helpers.testpki import TestPki
-from tests.server_harness import mbox
+from tests.helpers.messages import mbox
 from tests.unit.test_sasl_protocol import (AUTH_FAILED, SECRET, assert_logged_in, b64, challenge_of,
                                       session)
 from tests.unit.test_scram import ScramClient

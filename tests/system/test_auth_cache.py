@@ -22,7 +22,8 @@ import pytest
 
 from tests.helpers.pam_service import installed_pam_service
 from tests.helpers.sysusers import PRELOGIN_USER, is_root, make_spool
-from tests.server_harness import (Site, descendants_of, login, mbox, proc_status, proc_title,
+from tests.helpers.messages import mbox
+from tests.server_harness import (Site, descendants_of, login, proc_status, proc_title,
                                   processes_of, read_greeting, wait_until)
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]

@@ -19,7 +19,8 @@ import pytest
 
 from qpopper import config
 from tests.helpers.sysusers import make_spool
-from tests.server_harness import Site, login, mbox
+from tests.helpers.messages import mbox
+from tests.server_harness import Site, login
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 

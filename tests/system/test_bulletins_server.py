@@ -18,7 +18,8 @@ import pytest
 
 from qpopper import bulletin_records
 from tests.helpers.sysusers import make_spool
-from tests.server_harness import POPPER, Site, free_port, login, mbox
+from tests.helpers.messages import mbox
+from tests.server_harness import POPPER, Site, free_port, login
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 

@@ -21,7 +21,8 @@ import pytest
 from tests.helpers.popauth import owned_store
 from tests.helpers.sysusers import make_spool
 from tests.helpers.testpki import TestPki
-from tests.server_harness import Site, mbox
+from tests.helpers.messages import mbox
+from tests.server_harness import Site
 
 pytestmark = pytest.mark.timeout(120)
 

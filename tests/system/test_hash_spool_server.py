@@ -16,7 +16,8 @@ import pytest
 
 from qpopper.spool.paths import hash_dirs
 from tests.helpers.sysusers import make_spool
-from tests.server_harness import Site, login, mbox
+from tests.helpers.messages import mbox
+from tests.server_harness import Site, login
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 

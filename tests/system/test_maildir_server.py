@@ -16,7 +16,8 @@ import pytest
 
 from qpopper.spool import maildir
 from tests.helpers.sysusers import make_spool
-from tests.server_harness import POPPER, Site, login, mbox, write_config
+from tests.helpers.messages import mbox
+from tests.server_harness import POPPER, Site, login, write_config
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
 

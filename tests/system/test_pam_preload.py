@@ -4,7 +4,6 @@ The real master with a real user and PAM service, traced by strace (root only)."
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -13,7 +12,8 @@ import sys
 import pytest
 
 from tests.helpers.sysusers import make_spool
-from tests.server_harness import Site, login, mbox, proc_status, wait_until
+from tests.helpers.messages import mbox
+from tests.server_harness import Site, login, proc_status, wait_until
 from tests.helpers.repo import REPO
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]

@@ -17,7 +17,8 @@ import pytest
 from qpopper import limits
 from tests.helpers.popauth import owned_store
 from tests.helpers.sysusers import make_spool
-from tests.server_harness import Site, mbox
+from tests.helpers.messages import mbox
+from tests.server_harness import Site
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives import serialization
 from qpopper.server import privsep
 from qpopper.config import Config
 from tests.helpers.sysusers import PRELOGIN_USER, in_child, is_root, make_spool
-from tests.server_harness import (Site, login, mbox, proc_status, processes_of, read_greeting,
-                                  wait_until)
+from tests.helpers.messages import mbox
+from tests.server_harness import Site, login, proc_status, processes_of, read_greeting, wait_until
 from tests.helpers.tls_site import TlsSite, client_context, pipelined
 
 pytestmark = [pytest.mark.timeout(120),

@@ -12,7 +12,8 @@ from qpopper import proxy_protocol
 from tests.helpers.drac_peers import drac_peers
 from tests.helpers.scaleout_recipe import ProxiedServer
 from tests.helpers.sysusers import make_spool
-from tests.server_harness import Site, free_port, mbox, read_greeting
+from tests.helpers.messages import mbox
+from tests.server_harness import Site, free_port, read_greeting
 
 pytestmark = pytest.mark.timeout(60)
 

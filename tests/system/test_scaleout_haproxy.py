@@ -18,7 +18,8 @@ from qpopper import proxy_protocol
 from tests.helpers.sysusers import make_spool
 from tests.helpers.scaleout_recipe import (HAPROXY, ProxiedServer, running_haproxy, server_states,
                                    snippet)
-from tests.server_harness import Site, free_port, mbox, read_greeting, wait_until
+from tests.helpers.messages import mbox
+from tests.server_harness import Site, free_port, read_greeting, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -13,7 +13,8 @@ from tests.helpers.scaleout_recipe import ProxiedServer
 from tests.helpers.sysusers import make_spool
 from tests.helpers.testpki import TestPki
 from tests.helpers.tls_site import TlsSite, client_context
-from tests.server_harness import free_port, mbox, read_greeting
+from tests.helpers.messages import mbox
+from tests.server_harness import free_port, read_greeting
 
 pytestmark = pytest.mark.timeout(120)
 

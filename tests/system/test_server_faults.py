@@ -10,7 +10,8 @@ import poplib
 import pytest
 
 from tests.helpers.sysusers import make_spool
-from tests.server_harness import PopperServer, Site, login, mbox
+from tests.helpers.messages import mbox
+from tests.server_harness import PopperServer, Site, login
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
 

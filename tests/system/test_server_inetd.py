@@ -15,8 +15,8 @@ import types
 import pytest
 
 from tests.helpers.sysusers import make_spool
-from tests.server_harness import (POPPER, Site, free_port, login, mbox, read_greeting,
-                                  spool_text, wait_for_greeting)
+from tests.helpers.messages import mbox
+from tests.server_harness import POPPER, Site, free_port, login, spool_text, wait_for_greeting
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 

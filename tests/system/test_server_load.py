@@ -21,7 +21,8 @@ import time
 import pytest
 
 from qpopper.auth.store import PopAuthStore
-from tests.server_harness import Site, mbox, processes_of, rss_kib, wait_until
+from tests.helpers.messages import mbox
+from tests.server_harness import Site, processes_of, rss_kib, wait_until
 from tests.helpers.sysusers import mail_gid
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]

@@ -18,7 +18,8 @@ import pytest
 from qpopper.options import lookup
 from tests.helpers import strace
 from tests.helpers.sysusers import make_spool
-from tests.server_harness import (PopperServer, Site, free_port, has_ipv6_loopback, login, mbox,
+from tests.helpers.messages import mbox
+from tests.server_harness import (PopperServer, Site, free_port, has_ipv6_loopback, login,
                                   proc_status, proc_title, read_greeting, read_pid_file, spool_text,
                                   wait_for_greeting, wait_until)
 

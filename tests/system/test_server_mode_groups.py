@@ -20,7 +20,8 @@ import pytest
 from qpopper.config import Config
 from qpopper.spool.maildrop import resolve_server_mode
 from tests.helpers.sysusers import is_root, make_spool
-from tests.server_harness import Site, login, mbox, write_config
+from tests.helpers.messages import mbox
+from tests.server_harness import Site, login, write_config
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 SPOOL = mbox(("one", "first body\n"), ("two", "second body\n"))

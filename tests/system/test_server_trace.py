@@ -14,7 +14,8 @@ import stat
 import pytest
 
 from tests.helpers.sysusers import make_spool
-from tests.server_harness import Site, mbox
+from tests.helpers.messages import mbox
+from tests.server_harness import Site
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 

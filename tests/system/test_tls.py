@@ -25,8 +25,8 @@ from tests.helpers.sysusers import make_spool
 from tests.helpers.testpki import TestPki
 from tests.helpers.tls_site import TlsSite, client_context, pipelined
 from tests.helpers.repo import REPO
-from tests.server_harness import (POPPER, PopperServer, free_port, mbox, read_greeting,
-                                  read_pid_file,
+from tests.helpers.messages import mbox
+from tests.server_harness import (POPPER, PopperServer, free_port, read_greeting, read_pid_file,
                                   wait_until, write_config)
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]

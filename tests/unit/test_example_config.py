@@ -1,7 +1,6 @@
 """etc/qpopper/qpopper.config is generated from the option table and must stay in step."""
 
 import re
-from pathlib import Path
 
 import pytest
 

@@ -8,7 +8,7 @@ File") and reference §1.7/§7, independently of qpopper/options.py.
 import pytest
 
 from qpopper import limits
-from qpopper.options import (BY_FLAG, E_FLAG_KEYS, OPTIONS, OptType, Scope, lookup)
+from qpopper.options import BY_FLAG, E_FLAG_KEYS, OPTIONS, Scope, lookup
 
 # Every configuration-file option the manual names (its run-time table, the configure table's
 # "Configuration File Option" column, the Performance chapter and Qpopper's config.c table).

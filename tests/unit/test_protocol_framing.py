@@ -5,7 +5,6 @@ budget, and what happens to input after the session closed. Transcripts read lik
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 import pytest
 

@@ -4,7 +4,6 @@ and everything listed exists. A module added, moved or removed without the map c
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from tests.helpers.repo import REPO
 
 
