@@ -23,6 +23,12 @@ def _lines(*pairs: tuple[str, str]) -> tuple[LogLine, ...]:
 SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
     ("Start-up, reload and shutdown (the master)", _lines(
         ("master listening on *", "The master is ready; each listener with (STLS) or (TLS)."),
+        ("warm-up: * throw-away sessions run",
+         "Debug: before its first connection the master ran sessions on a spool of its own, "
+         "so every session shares what they built (docs/internals.md, \"The master's "
+         "warm-up\")."),
+        ("warm-up skipped: *", "Debug: the master's warm-up failed (the error follows); it "
+                               "serves as before, each session a little larger."),
         ("TLS certificate *", "The certificate in use (subject, file, oldest TLS version), at "
                               "start-up and after each reload."),
         ("configuration reloaded", "SIGHUP: new connections use the new configuration."),

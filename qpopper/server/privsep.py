@@ -6,6 +6,9 @@ process model is docs/privsep.md). No module here reads a client byte as root:
   qpopper/server/master.py, listeners.py,     listeners, accept, fork, signals (root for good)
     admission.py, master_lifecycle.py,        connection limits; reload and stop;
     children.py                               how every forked child ends
+  qpopper/server/warmup.py                    start-up: throw-away sessions (session.py, pop3/,
+                                              the maildrop) on constant bytes, on a spool in a
+                                              0700 temporary directory of its own; no client byte
   qpopper/server/preflight.py                 start-up, HUP, --check-config: files, directories
                                               (makes <bulldir>/bulldb), accounts, PAM service
   qpopper/server/monitor.py, monitor_wire.py, one per connection: answers the pre-login

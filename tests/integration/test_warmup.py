@@ -1,0 +1,137 @@
+"""The master's warm-up (qpopper/server/warmup.py; docs/internals.md, "The master's
+warm-up"): throw-away sessions through the real Session, Protocol and maildrop, in this
+process, that quicken the session's code and touch nothing of the site, no log, no signal
+handler; a failure only skips them."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+
+import pytest
+import setproctitle
+
+from qpopper.config import Config
+from qpopper.log import Logger
+from qpopper.server import warmup
+from qpopper.server.session import STEP_LOG_ENV
+from tests.helpers.messages import mbox
+from tests.helpers.repo import REPO
+
+QUICKENED = """
+import sys
+from qpopper.config import Config
+from qpopper.log import Logger
+from qpopper.pop3 import trans_state
+from qpopper.server import warmup
+from qpopper.spool import mbox
+
+def quickened(function):
+    code = function.__code__
+    return code._co_code_adaptive != code.co_code
+
+watched = (trans_state.cmd_stat, trans_state.cmd_retr, warmup._user_session)
+before = [quickened(f) for f in watched]
+done = warmup.warm_up(Config.defaults().replace(server_mode={server_mode}), Logger())
+print(done, before, [quickened(f) for f in watched])
+"""
+
+
+def tree(root: str) -> dict[str, tuple[int, int, bytes]]:
+    """Every file under root: (mode, mtime ns, content)."""
+    out = {}
+    for directory, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(directory, name)
+            st = os.lstat(path)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, root)] = (st.st_mode, st.st_mtime_ns, f.read())
+        out[os.path.relpath(directory, root) + "/"] = (os.stat(directory).st_mode,
+                                                       os.stat(directory).st_mtime_ns, b"")
+    return out
+
+
+def on_signal(signum, frame):
+    raise AssertionError(f"signal {signum} during the test")
+
+
+@pytest.fixture
+def private_tmp(tmp_path, monkeypatch):
+    """tempfile's directory for the test: what the warm-up leaves there is seen."""
+    path = tmp_path / "tmp"
+    path.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(path))
+    return path
+
+
+@pytest.mark.parametrize("server_mode", [False, True])
+def test_the_warm_up_quickens_the_session_code(server_mode):
+    # a fresh interpreter: nothing of the session has run in it before
+    out = subprocess.run([sys.executable, "-c", QUICKENED.format(server_mode=server_mode)],
+                         capture_output=True, text=True, timeout=120, cwd=REPO, check=True)
+    assert out.stdout.split("\n")[0] == "True [False, False, False] [True, True, True]"
+
+
+def test_the_warm_up_leaves_the_site_its_log_and_the_signals_alone(tmp_path, private_tmp):
+    site = tmp_path / "site"
+    for name in ("spool", "bulls", "cache", "tmp", "home"):
+        (site / name).mkdir(parents=True)
+    # a spool and options of the warm-up's own user name, where the site's would be
+    (site / "spool" / warmup.USER).write_bytes(mbox(("site", "the site's own mail\n")))
+    (site / "spool" / (warmup.USER + ".qpopper-options")).write_text("set server-mode\n")
+    (site / "bulls" / "1").write_text("From: admin\nSubject: bulletin\n\nhello\n")
+    cfg = Config.defaults().replace(
+        spool_dir=str(site / "spool"), bulldir=str(site / "bulls"), cache_dir=str(site / "cache"),
+        temp_dir=str(site / "tmp"), statistics=True, timing=True, spool_options=True,
+        tracefile=str(site / "trace.log"))
+    before = tree(str(site))
+    title = setproctitle.getproctitle()
+    master_log = io.StringIO()
+    # handlers of the test's own in place: a session on this thread would replace them
+    previous = {signum: signal.signal(signum, on_signal) for signum in
+                (signal.SIGHUP, signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        assert warmup.warm_up(cfg, Logger(stream=master_log, debug=True)) is True
+        handlers = {signum: signal.getsignal(signum) for signum in previous}
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    assert tree(str(site)) == before
+    assert os.listdir(private_tmp) == []                    # its own spool is gone too
+    assert master_log.getvalue().count("\n") == 1
+    assert "warm-up: 12 throw-away sessions run" in master_log.getvalue()
+    assert set(handlers.values()) == {on_signal}
+    assert signal.set_wakeup_fd(-1) == -1                  # none was left installed
+    assert setproctitle.getproctitle() == title
+
+
+def test_the_fault_injection_hook_does_not_see_the_warm_up(tmp_path, private_tmp, monkeypatch):
+    step_log = tmp_path / "steps"
+    monkeypatch.setenv(STEP_LOG_ENV, str(step_log))
+    assert warmup.warm_up(Config.defaults(), Logger(stream=io.StringIO())) is True
+    assert not step_log.exists()
+    assert os.environ[STEP_LOG_ENV] == str(step_log)        # there again for the sessions
+
+
+def test_a_failed_warm_up_is_skipped_with_a_debug_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
+    master_log = io.StringIO()
+    title = setproctitle.getproctitle()
+    assert warmup.warm_up(Config.defaults(), Logger(stream=master_log, debug=True)) is False
+    assert "warm-up skipped: FileNotFoundError" in master_log.getvalue()
+    assert setproctitle.getproctitle() == title
+
+
+def test_a_refused_warm_up_session_is_skipped(private_tmp):
+    # a temp-name without the user's name: the maildrop refuses the login (SYS/PERM)
+    master_log = io.StringIO()
+    cfg = Config.defaults().replace(temp_name=".pop-without-user")
+    assert warmup.warm_up(cfg, Logger(stream=master_log, debug=True)) is False
+    assert "warm-up skipped: ValueError: the warm-up session was refused: b'-ERR [SYS/PERM]" \
+        in master_log.getvalue()
+    assert os.listdir(private_tmp) == []
