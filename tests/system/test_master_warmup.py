@@ -11,15 +11,15 @@ import pytest
 
 from qpopper.server.session import CRASH_AT_ENV, STEP_LOG_ENV
 from qpopper.server.warmup import ROUNDS
+from tests.helpers.messages import mbox
 from tests.helpers.sysusers import make_spool
-from tests.server_harness import PopperServer, login, mbox
+from tests.server_harness import PopperServer, Site, login
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
 
 @pytest.fixture
 def site(world_tmp, pam_service):
-    from tests.server_harness import Site
     made = Site(world_tmp, pam_service, debug=True)
     yield made
     made.close()
