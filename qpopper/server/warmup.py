@@ -45,12 +45,19 @@ COMMANDS = (b"STAT\r\nLIST\r\nUIDL\r\nLIST 1\r\nUIDL 2\r\nTOP 1 2\r\nRETR 2\r\nN
 """What a polling client sends after its login, all pipelined after PASS (the session
 resumes with them as unread bytes): nothing is deleted, so the spool stays as it was."""
 
-SPOOL = b"".join(
-    b"From warmup@localhost Mon Jan  5 10:0%d:00 2026\n"
+MESSAGES = tuple(
     b"From: Warm-up <warmup@localhost>\n"
     b"Subject: message %d\n"
     b"Message-ID: <%d@warmup.invalid>\n\n"
-    b"line one\n.dot-stuffed line\nline three\n\n" % (n, n, n) for n in range(1, 4))
+    b"line one\n.dot-stuffed line\nline three\n" % (n, n) for n in range(1, 4))
+
+SPOOL = b"".join(b"From warmup@localhost Mon Jan  5 10:00:00 2026\n%s\n" % message
+                 for message in MESSAGES)
+"""The mbox spool of every round."""
+
+MAILDIR = "~/Maildir"
+"""On a site with the maildir option, every round also serves this Maildir: under the
+warm-up's home, its temporary directory (never the site's own maildir pattern)."""
 
 SITE_PATH_OPTIONS = ("home_dir_mail", "home_dir_misc", "temp_dir", "cache_dir", "bulldir",
                      "maildir", "hash_spool", "check_hash_dir", "user_options",
@@ -60,8 +67,9 @@ defaults, so everything stays in the temporary directory."""
 
 
 def warm_up(cfg, log) -> bool:
-    """Run ROUNDS throw-away sessions in this process (the master, before gc.freeze()).
-    True when they all ran; on any error False, with a debug line in the master's log."""
+    """Run ROUNDS throw-away sessions in this process (the master, before gc.freeze()), and
+    as many on a Maildir when the site has the maildir option. True when they all ran; on
+    any error False, with a debug line in the master's log."""
     title = setproctitle.getproctitle()
     failure: list[BaseException] = []
     workdir = None
@@ -70,13 +78,16 @@ def warm_up(cfg, log) -> bool:
              if name in os.environ}
     try:
         workdir = tempfile.mkdtemp(prefix="qpopper-warmup-")
-        site = _warm_up_config(cfg, workdir)
+        sites = [_warm_up_config(cfg, workdir)]
+        if cfg.maildir:
+            sites.append(sites[0].replace("warm-up", maildir=MAILDIR))
         login = Login(USER, os.geteuid(), os.getegid(), workdir, "USER")
 
         def rounds() -> None:
             try:
                 for _ in range(ROUNDS):
-                    _user_session(site, login, workdir)
+                    for site in sites:
+                        _user_session(site, login, workdir)
             except BaseException as exc:        # noqa: B902 (reported by the caller)
                 failure.append(exc)
 
@@ -94,7 +105,8 @@ def warm_up(cfg, log) -> bool:
         exc = failure[0]
         log(syslog.LOG_DEBUG, f"warm-up skipped: {type(exc).__name__}: {exc}")
         return False
-    log(syslog.LOG_DEBUG, f"warm-up: {ROUNDS} throw-away sessions run")
+    log(syslog.LOG_DEBUG, f"warm-up: {ROUNDS * (2 if cfg.maildir else 1)} throw-away "
+                          f"sessions run")
     return True
 
 
@@ -105,9 +117,11 @@ def _warm_up_config(cfg, workdir: str):
 
 
 def _user_session(cfg, login: Login, workdir: str) -> None:
-    spool = os.path.join(workdir, USER)
-    with open(spool, "wb") as f:
-        f.write(SPOOL)
+    if cfg.maildir:
+        _fresh_maildir(os.path.join(workdir, MAILDIR[2:]))
+    else:
+        with open(os.path.join(workdir, USER), "wb") as f:
+            f.write(SPOOL)
     server_end, client_end = socket.socketpair()
     try:
         session = Session(cfg, Channel(server_end.fileno(), server_end.fileno(), server_end),
@@ -122,6 +136,15 @@ def _user_session(cfg, login: Login, workdir: str) -> None:
     lines = replies.splitlines()
     if not lines or not lines[0].startswith(b"+OK") or not lines[-1].startswith(b"+OK"):
         raise ValueError(f"the warm-up session was refused: {replies[:200]!r}")
+
+
+def _fresh_maildir(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    for sub in ("cur", "new", "tmp"):
+        os.makedirs(os.path.join(path, sub))
+    for n, message in enumerate(MESSAGES, 1):
+        with open(os.path.join(path, "new", f"176000000{n}.M{n}P1.warmup"), "wb") as f:
+            f.write(message)
 
 
 def _read_all(sock: socket.socket) -> bytes:

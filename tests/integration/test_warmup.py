@@ -28,15 +28,19 @@ from qpopper.config import Config
 from qpopper.log import Logger
 from qpopper.pop3 import trans_state
 from qpopper.server import warmup
-from qpopper.spool import mbox
+from qpopper.spool.maildir_drop import MaildirDrop
+from qpopper.spool.normal_mode import NormalModeMaildrop
+from qpopper.spool.server_mode import ServerModeMaildrop
 
 def quickened(function):
     code = function.__code__
     return code._co_code_adaptive != code.co_code
 
-watched = (trans_state.cmd_stat, trans_state.cmd_retr, warmup._user_session)
+watched = (trans_state.cmd_stat, trans_state.cmd_retr, warmup._user_session,
+           {watched_drop})
 before = [quickened(f) for f in watched]
-done = warmup.warm_up(Config.defaults().replace(server_mode={server_mode}), Logger())
+cfg = Config.defaults().replace(server_mode={server_mode}, maildir={maildir!r})
+done = warmup.warm_up(cfg, Logger())
 print(done, before, [quickened(f) for f in watched])
 """
 
@@ -68,12 +72,17 @@ def private_tmp(tmp_path, monkeypatch):
     return path
 
 
-@pytest.mark.parametrize("server_mode", [False, True])
-def test_the_warm_up_quickens_the_session_code(server_mode):
+@pytest.mark.parametrize("server_mode, maildir, watched_drop", [
+    (False, None, "NormalModeMaildrop._open_normal"),
+    (True, None, "ServerModeMaildrop._open_server"),
+    (False, "/srv/maildirs/%u", "MaildirDrop.open.__func__")])
+def test_the_warm_up_quickens_the_session_code(server_mode, maildir, watched_drop):
     # a fresh interpreter: nothing of the session has run in it before
-    out = subprocess.run([sys.executable, "-c", QUICKENED.format(server_mode=server_mode)],
-                         capture_output=True, text=True, timeout=120, cwd=REPO, check=True)
-    assert out.stdout.split("\n")[0] == "True [False, False, False] [True, True, True]"
+    code = QUICKENED.format(server_mode=server_mode, maildir=maildir, watched_drop=watched_drop)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=REPO, check=True)
+    assert out.stdout.split("\n")[0] == \
+        "True [False, False, False, False] [True, True, True, True]"
 
 
 def test_the_warm_up_leaves_the_site_its_log_and_the_signals_alone(tmp_path, private_tmp):
@@ -84,10 +93,13 @@ def test_the_warm_up_leaves_the_site_its_log_and_the_signals_alone(tmp_path, pri
     (site / "spool" / warmup.USER).write_bytes(mbox(("site", "the site's own mail\n")))
     (site / "spool" / (warmup.USER + ".qpopper-options")).write_text("set server-mode\n")
     (site / "bulls" / "1").write_text("From: admin\nSubject: bulletin\n\nhello\n")
+    for sub in ("cur", "new", "tmp"):                   # and its Maildir, where the site's is
+        (site / "maildirs" / warmup.USER / sub).mkdir(parents=True)
+    (site / "maildirs" / warmup.USER / "new" / "1.M1P1.site").write_text("Subject: x\n\nx\n")
     cfg = Config.defaults().replace(
         spool_dir=str(site / "spool"), bulldir=str(site / "bulls"), cache_dir=str(site / "cache"),
         temp_dir=str(site / "tmp"), statistics=True, timing=True, spool_options=True,
-        tracefile=str(site / "trace.log"))
+        tracefile=str(site / "trace.log"), maildir=str(site / "maildirs" / "%u"))
     before = tree(str(site))
     title = setproctitle.getproctitle()
     master_log = io.StringIO()
@@ -104,7 +116,7 @@ def test_the_warm_up_leaves_the_site_its_log_and_the_signals_alone(tmp_path, pri
     assert tree(str(site)) == before
     assert os.listdir(private_tmp) == []                    # its own spool is gone too
     assert master_log.getvalue().count("\n") == 1
-    assert "warm-up: 12 throw-away sessions run" in master_log.getvalue()
+    assert "warm-up: 24 throw-away sessions run" in master_log.getvalue()   # mbox and Maildir
     assert set(handlers.values()) == {on_signal}
     assert signal.set_wakeup_fd(-1) == -1                  # none was left installed
     assert setproctitle.getproctitle() == title
