@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import io
 import os
+import pwd
 import signal
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 import setproctitle
@@ -64,10 +66,12 @@ def on_signal(signum, frame):
 
 
 @pytest.fixture
-def private_tmp(tmp_path, monkeypatch):
-    """tempfile's directory for the test: what the warm-up leaves there is seen."""
-    path = tmp_path / "tmp"
+def private_tmp(world_tmp, monkeypatch):
+    """tempfile's directory for the test: what the warm-up leaves there is seen. Sticky and
+    world-writable, as /tmp: a root warm-up runs as nobody."""
+    path = Path(world_tmp) / "tmp"
     path.mkdir()
+    path.chmod(0o1777)
     monkeypatch.setattr(tempfile, "tempdir", str(path))
     return path
 
@@ -130,8 +134,8 @@ def test_the_fault_injection_hook_does_not_see_the_warm_up(tmp_path, private_tmp
     assert os.environ[STEP_LOG_ENV] == str(step_log)        # there again for the sessions
 
 
-def test_a_failed_warm_up_is_skipped_with_a_debug_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
+def test_a_failed_warm_up_is_skipped_with_a_debug_line(world_tmp, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", os.path.join(world_tmp, "missing"))
     master_log = io.StringIO()
     title = setproctitle.getproctitle()
     assert warmup.warm_up(Config.defaults(), Logger(stream=master_log, debug=True)) is False
@@ -146,4 +150,24 @@ def test_a_refused_warm_up_session_is_skipped(private_tmp):
     assert warmup.warm_up(cfg, Logger(stream=master_log, debug=True)) is False
     assert "warm-up skipped: ValueError: the warm-up session was refused: b'-ERR [SYS/PERM]" \
         in master_log.getvalue()
+    assert os.listdir(private_tmp) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root: the warm-up's identity")
+def test_a_root_warm_up_runs_as_nobody_and_gives_root_back(private_tmp, monkeypatch):
+    nobody = pwd.getpwnam(warmup.UNPRIVILEGED_ACCOUNT)
+    groups = os.getgroups()
+    seen = []
+    real_session = warmup._user_session
+
+    def session(cfg, login, workdir):
+        seen.append((os.geteuid(), os.getegid(), tuple(os.getgroups()),
+                     os.stat(workdir).st_uid, login.uid))
+        real_session(cfg, login, workdir)
+    monkeypatch.setattr(warmup, "_user_session", session)
+    assert warmup.warm_up(Config.defaults(), Logger(stream=io.StringIO())) is True
+    assert seen and set(seen) == {(nobody.pw_uid, nobody.pw_gid, (), nobody.pw_uid,
+                                   nobody.pw_uid)}
+    assert (os.getresuid(), os.getresgid()) == ((0, 0, 0), (0, 0, 0))
+    assert os.getgroups() == groups
     assert os.listdir(private_tmp) == []
