@@ -15,6 +15,8 @@ process model is docs/privsep.md). No module here reads a client byte as root:
     challenges.py,
     pam.py, store.py, brakes.py,              store, APOP/CRAM/SCRAM challenges, GSS-API, brakes,
     password_cache.py                         the authentication cache's keys
+  qpopper/auth/pam.py (preload)               in the master: libpam and the PAM service's
+                                              modules loaded once, nothing authenticated
   qpopper/server/auth_cache.py                the authentication cache process (master's child)
   qpopper/server/drac.py                      in the monitor: POP-before-SMTP notices
   qpopper/server/tls.py (TlsIdentity.open)    the certificate and key snapshot, never parsed

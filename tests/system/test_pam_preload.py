@@ -1,6 +1,8 @@
 """libpam is bound once, in the master, before it forks: a session's login runs no
-`/sbin/ldconfig -p` (python-pam's ctypes.util.find_library, twice per process otherwise).
-The real master with a real user and PAM service, traced by strace (root only)."""
+`/sbin/ldconfig -p` (python-pam's ctypes.util.find_library, twice per process otherwise),
+and the PAM service's modules stay loaded in the master, so a login loads none of them
+(also after a HUP). The real master with a real user and PAM service, traced by strace
+(root only)."""
 
 from __future__ import annotations
 
@@ -29,9 +31,9 @@ def site(world_tmp, pam_service):
     s.close()
 
 
-def _traced(pid: int, trace_path: str) -> subprocess.Popen:
-    """strace following every process the master forks from now on, execve calls only."""
-    tracer = subprocess.Popen(["strace", "-f", "-q", "-e", "trace=execve", "-o", trace_path,
+def _traced(pid: int, trace_path: str, calls: str = "execve") -> subprocess.Popen:
+    """strace following every process the master forks from now on, `calls` only."""
+    tracer = subprocess.Popen(["strace", "-f", "-q", "-e", f"trace={calls}", "-o", trace_path,
                                "-p", str(pid)],
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
@@ -75,6 +77,43 @@ def test_login_in_a_forked_session_execs_no_ldconfig(site, system_users, tmp_pat
     execs = [line for line in trace.splitlines() if "execve(" in line]
     helpers = [line for line in execs if any(name in line for name in FIND_LIBRARY_HELPERS)]
     assert helpers == [], "a session ran find_library's helpers:\n" + "\n".join(execs)
+
+
+def _files_a_login_opens(server, user, trace_path: str) -> list[str]:
+    """The paths every process of one login (USER, PASS, STAT, QUIT) opened."""
+    tracer = _traced(server.pid, trace_path, "open,openat")
+    try:
+        client = login(server, user)
+        try:
+            assert client.stat()[0] == 1
+        finally:
+            client.quit()
+        wait_until(lambda: not server.children(), what="the session to end")
+    finally:
+        _stop(tracer)
+    with open(trace_path) as f:
+        trace = f.read()
+    assert "+++ exited with" in trace, trace
+    # the trace saw the login: PAM's password step read the shadow file
+    assert '"/etc/shadow"' in trace, trace
+    return [line.split('"')[1] for line in trace.splitlines() if "open" in line and '"' in line]
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_a_login_loads_no_pam_module_the_master_holds(site, system_users, tmp_path):
+    """pam_start in a session finds the service's modules already mapped (the master took a
+    reference on them: auth/pam.py, pin_modules) and pam_end does not unload them; a HUP
+    pins them again (for an upgraded module file or a changed pam-service)."""
+    user = system_users.create()
+    make_spool(site.spool_dir, user, mbox(("hello", "Body.\n")))
+    server = site.server()
+    for round_ in ("started", "after HUP"):
+        opened = _files_a_login_opens(server, user, str(tmp_path / f"open-{round_}.trace"))
+        modules = [path for path in opened if "/security/" in path]
+        assert modules == [], f"{round_}: a login loaded PAM modules:\n" + "\n".join(modules)
+        if round_ == "started":
+            os.kill(server.pid, signal.SIGHUP)
+            site.syslog.wait_for("configuration reloaded")
 
 
 FORKED_CHILD_SEES_BINDINGS = """
