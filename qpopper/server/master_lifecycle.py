@@ -10,7 +10,7 @@ import time
 
 from qpopper import config as config_mod
 from qpopper.auth import pam as pam_auth
-from qpopper.server import preflight
+from qpopper.server import preflight, privsep
 from qpopper.server import tls as tls_mod
 from qpopper.log import Logger
 
@@ -59,10 +59,11 @@ class Lifecycle:
         self._notify("READY=1\nSTATUS=accepting connections")
 
     def _preload_pam(self) -> None:
-        """libpam's bindings and the PAM service's modules, loaded once here rather than in
-        every session (auth/pam.py, preload)."""
+        """libpam's bindings, the PAM service's modules and the name service's, loaded once
+        here rather than in every session (auth/pam.py, preload; privsep.warm_name_service)."""
         if self.cfg.user_database == "system":
             pam_auth.preload(self.cfg.pam_service)
+        privsep.warm_name_service(self.cfg)
 
     def _replace_log(self, new_log: Logger) -> None:
         self.log.close()            # closing twice is harmless: the start-up one's owner will

@@ -205,6 +205,24 @@ def prelogin_account(cfg) -> tuple[int, int]:
     return account.pw_uid, account.pw_gid
 
 
+def warm_name_service(cfg) -> None:
+    """In the master, before it forks: the account lookups each monitor makes before the
+    user's own (prelogin-user, pop-auth-owner, a group list), once. glibc loads a database's
+    name-service modules (libnss_systemd on Debian) at its first lookup that reaches them and
+    keeps them: done here, every forked monitor inherits them instead of loading them again
+    per connection (docs/privsep.md, "PAM modules stay loaded in the master"). Missing
+    accounts are not an error here: preflight and the monitor say so."""
+    for name in (cfg.prelogin_user, cfg.pop_auth_owner):
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            pass
+    try:
+        os.getgrouplist(cfg.prelogin_user, os.getgid())
+    except OSError:
+        pass
+
+
 def enter_prelogin_sandbox(cfg, uid: int, gid: int) -> None:
     """Lock this process in (docs/privsep.md, "The pre-login process"); SandboxError when
     any step fails. Call before touching the client's bytes."""
