@@ -158,9 +158,13 @@ def release_modules() -> None:
 
 def _mapped_libraries() -> set[str]:
     """The shared objects mapped into this process (/proc/self/maps)."""
+    paths = set()
     with open("/proc/self/maps") as maps:
-        return {line.split(None, 5)[5].strip() for line in maps
-                if line.count(" ") >= 5 and ".so" in line.rsplit("/", 1)[-1]}
+        for line in maps:
+            fields = line.split(maxsplit=5)          # address perms offset dev inode path
+            if len(fields) == 6 and ".so" in fields[5].rsplit("/", 1)[-1]:
+                paths.add(fields[5].rstrip("\n"))
+    return paths
 
 
 def _run(service: str, user: str, password: str, rhost: str | None, *,

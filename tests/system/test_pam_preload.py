@@ -141,3 +141,31 @@ def test_preload_binds_libpam_for_forked_children():
                             cwd=str(REPO))
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "True"]
+
+
+PIN_AND_RELEASE = """
+import sys
+from qpopper.auth import pam as pam_auth
+
+def mapped():
+    return {line.split(maxsplit=5)[5].strip() for line in open("/proc/self/maps")
+            if len(line.split()) == 6}
+
+pinned = pam_auth.pin_modules(sys.argv[1])
+held = any(path.endswith("/pam_unix.so") for path in mapped())
+pam_auth.release_modules()
+print(sorted(path.rsplit("/", 1)[-1] for path in pinned if "/security/" in path),
+      held, any(path.endswith("/pam_unix.so") for path in mapped()))
+"""
+
+
+def test_pinned_modules_stay_mapped_until_released(pam_service):
+    """pin_modules keeps the service's modules mapped after its pam_end; release_modules
+    (a HUP, before pinning again) unmaps them, so a replaced module file is loaded afresh.
+    In a fresh interpreter, where no earlier pam_start left anything loaded."""
+    result = subprocess.run([sys.executable, "-c", PIN_AND_RELEASE, pam_service],
+                            capture_output=True, text=True, timeout=60, cwd=str(REPO))
+    assert result.returncode == 0, result.stderr
+    modules, held, still_held = result.stdout.rsplit(" ", 2)
+    assert "pam_unix.so" in modules
+    assert (held, still_held.strip()) == ("True", "False")
