@@ -1,11 +1,12 @@
 """libpam is bound once, in the master, before it forks: a session's login runs no
 `/sbin/ldconfig -p` (python-pam's ctypes.util.find_library, twice per process otherwise),
 and the PAM service's and the name service's modules stay loaded in the master, so a login
-loads none of them (also after a HUP). The real master with a real user and PAM service, traced by strace
-(root only)."""
+loads none of them (also after a HUP). The real master with a real user and PAM service,
+traced by strace (root only)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
