@@ -32,7 +32,7 @@ def site(world_tmp, pam_service):
     s.close()
 
 
-def _traced(pid: int, trace_path: str, calls: str = "execve") -> subprocess.Popen:
+def _traced(pid: int, trace_path: str, calls: str) -> subprocess.Popen:
     """strace following every process the master forks from now on, `calls` only."""
     tracer = subprocess.Popen(["strace", "-f", "-q", "-e", f"trace={calls}", "-o", trace_path,
                                "-p", str(pid)],
@@ -55,13 +55,9 @@ def _stop(tracer: subprocess.Popen) -> None:
         tracer.wait(5)
 
 
-@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
-def test_login_in_a_forked_session_execs_no_ldconfig(site, system_users, tmp_path):
-    user = system_users.create()
-    make_spool(site.spool_dir, user, mbox(("hello", "Body.\n")))
-    server = site.server()
-    trace_path = str(tmp_path / "execve.trace")
-    tracer = _traced(server.pid, trace_path)
+def _traced_login(server, user, trace_path: str, calls: str) -> str:
+    """strace's record of `calls` in every process of one login (USER, PASS, STAT, QUIT)."""
+    tracer = _traced(server.pid, trace_path, calls)
     try:
         client = login(server, user)
         try:
@@ -75,29 +71,18 @@ def test_login_in_a_forked_session_execs_no_ldconfig(site, system_users, tmp_pat
         trace = f.read()
     # The trace really followed the session: strace records its exit.
     assert "+++ exited with" in trace, trace
+    return trace
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_login_in_a_forked_session_execs_no_ldconfig(site, system_users, tmp_path):
+    user = system_users.create()
+    make_spool(site.spool_dir, user, mbox(("hello", "Body.\n")))
+    server = site.server()
+    trace = _traced_login(server, user, str(tmp_path / "execve.trace"), "execve")
     execs = [line for line in trace.splitlines() if "execve(" in line]
     helpers = [line for line in execs if any(name in line for name in FIND_LIBRARY_HELPERS)]
     assert helpers == [], "a session ran find_library's helpers:\n" + "\n".join(execs)
-
-
-def _files_a_login_opens(server, user, trace_path: str) -> list[str]:
-    """The paths every process of one login (USER, PASS, STAT, QUIT) opened."""
-    tracer = _traced(server.pid, trace_path, "open,openat")
-    try:
-        client = login(server, user)
-        try:
-            assert client.stat()[0] == 1
-        finally:
-            client.quit()
-        wait_until(lambda: not server.children(), what="the session to end")
-    finally:
-        _stop(tracer)
-    with open(trace_path) as f:
-        trace = f.read()
-    assert "+++ exited with" in trace, trace
-    # the trace saw the login: PAM's password step read the shadow file
-    assert '"/etc/shadow"' in trace, trace
-    return [line.split('"')[1] for line in trace.splitlines() if "open" in line and '"' in line]
 
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
@@ -111,7 +96,11 @@ def test_a_login_loads_no_library_the_master_holds(site, system_users, tmp_path)
     make_spool(site.spool_dir, user, mbox(("hello", "Body.\n")))
     server = site.server()
     for round_ in ("started", "after HUP"):
-        opened = _files_a_login_opens(server, user, str(tmp_path / f"open-{round_}.trace"))
+        trace = _traced_login(server, user, str(tmp_path / f"open-{round_}.trace"),
+                              "open,openat")
+        # the trace saw the login: PAM's password step read the shadow file
+        assert '"/etc/shadow"' in trace, trace
+        opened = [line.split('"')[1] for line in trace.splitlines() if '"' in line]
         libraries = [path for path in opened if ".so" in path]     # ld.so.cache: a dlopen
         assert libraries == [], f"{round_}: a login loaded libraries:\n" + "\n".join(libraries)
         if round_ == "started":
