@@ -21,8 +21,10 @@ exception, and the result carries only PAM's code and reason.
 
 from __future__ import annotations
 
+import _ctypes
 import contextlib
 import ctypes
+import os
 from dataclasses import dataclass
 
 import pam as python_pam
@@ -101,8 +103,9 @@ def _with_rhost(authenticator, rhost: str | None, replace_auth_step: bool) -> di
     return asked
 
 
-def preload() -> None:
-    """Load libpam's bindings now, in the master, before it forks sessions.
+def preload(service: str | None = None) -> None:
+    """Load libpam's bindings now, in the master, before it forks sessions; with `service`,
+    also keep that service's modules loaded (pin_modules).
 
     python-pam binds libpam once per process, on the first PamAuthenticator, and finds the
     libraries with ctypes.util.find_library, which runs `/sbin/ldconfig -p` (twice). Done in
@@ -112,6 +115,56 @@ def preload() -> None:
     """
     with contextlib.suppress(*_LIBPAM_UNLOADABLE):
         python_pam.PamAuthenticator()
+        if service:
+            pin_modules(service)
+
+
+_pinned: list[ctypes.CDLL] = []
+"""References this process holds on the libraries pam_start loaded (pin_modules)."""
+
+
+def pin_modules(service: str) -> list[str]:
+    """Keep the modules of /etc/pam.d/`service` (and the libraries they need) loaded in this
+    process, so that a forked session's pam_start finds them mapped and relocated instead of
+    loading them again, and its pam_end does not unload them (docs/privsep.md, "PAM modules
+    stay loaded in the master"). pam_start loads every module the service's four stacks
+    name; nothing is authenticated and no module function runs, only the libraries'
+    constructors. A reference is taken on each file it loaded, then pam_end. Called again
+    (HUP), it first lets go of what it held, so an upgraded module file is loaded afresh.
+    Returns the pinned paths; none when PAM cannot start the service (each login will say)."""
+    release_modules()
+    authenticator = python_pam.PamAuthenticator()
+    before = _mapped_libraries()
+    conv = PamConv(conv_func(lambda *_: python_pam.PAM_CONV_ERR), None)
+    handle = PamHandle()
+    code = authenticator.pam_start(service.encode(), None, ctypes.byref(conv),
+                                   ctypes.byref(handle))
+    if code != PAM_SUCCESS:
+        return []
+    try:
+        for path in sorted(_mapped_libraries() - before):
+            with contextlib.suppress(OSError):   # mapped but not a dlopen'able library
+                _pinned.append(ctypes.CDLL(path, mode=os.RTLD_NOW | os.RTLD_NOLOAD))
+    finally:
+        authenticator.pam_end(handle, code)
+    return [lib._name for lib in _pinned]
+
+
+def release_modules() -> None:
+    """Drop pin_modules' references (the libraries unload if nothing else holds them)."""
+    while _pinned:
+        _ctypes.dlclose(_pinned.pop()._handle)
+
+
+def _mapped_libraries() -> set[str]:
+    """The shared objects mapped into this process (/proc/self/maps)."""
+    paths = set()
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)          # address perms offset dev inode path
+            if len(fields) == 6 and ".so" in fields[5].rsplit("/", 1)[-1]:
+                paths.add(fields[5].rstrip("\n"))
+    return paths
 
 
 def _run(service: str, user: str, password: str, rhost: str | None, *,

@@ -26,7 +26,6 @@ import setproctitle
 from qpopper.server import preflight, sdnotify, warmup
 from qpopper.server import tls as tls_mod
 from qpopper.addresses import address_group, in_networks, normalize_ip
-from qpopper.auth import pam as pam_auth
 from qpopper.server.auth_cache import AuthCacheProcess
 from qpopper.log import Logger
 from qpopper.server.listeners import (ListenError, format_sockaddr, open_listeners,
@@ -121,8 +120,7 @@ class Master(Lifecycle, Admission):
     # --- the loop ------------------------------------------------------------------------------
     def serve(self) -> int:
         setproctitle.setproctitle("popper: master")
-        if self.cfg.user_database == "system":
-            pam_auth.preload()              # once here, not ldconfig twice in every session
+        self._preload_pam()
         warmup.warm_up(self.cfg, self.log)      # a warmer image for every session to share
         # Everything built so far lives as long as the master: out of the collector's sight,
         # so a child's garbage collections do not write to (and copy) the pages it shares.

@@ -9,7 +9,8 @@ import syslog
 import time
 
 from qpopper import config as config_mod
-from qpopper.server import preflight
+from qpopper.auth import pam as pam_auth
+from qpopper.server import preflight, privsep
 from qpopper.server import tls as tls_mod
 from qpopper.log import Logger
 
@@ -50,11 +51,19 @@ class Lifecycle:
             if self.tls is not None:
                 self.tls.close()           # running sessions keep their own copies
             self.tls = new_tls
+            self._preload_pam()            # a changed service, an upgraded module file
             self.log(syslog.LOG_NOTICE, "configuration reloaded")
             if new_tls is not None:
                 self.log(syslog.LOG_INFO, f"TLS certificate {new_tls.description}")
         self.auth_cache.restart(self.cfg, self.log)     # HUP empties it, even if the reload failed
         self._notify("READY=1\nSTATUS=accepting connections")
+
+    def _preload_pam(self) -> None:
+        """libpam's bindings, the PAM service's modules and the name service's, loaded once
+        here rather than in every session (auth/pam.py, preload; privsep.warm_name_service)."""
+        if self.cfg.user_database == "system":
+            pam_auth.preload(self.cfg.pam_service)
+        privsep.warm_name_service(self.cfg)
 
     def _replace_log(self, new_log: Logger) -> None:
         self.log.close()            # closing twice is harmless: the start-up one's owner will

@@ -18,6 +18,8 @@ process model is docs/privsep.md). No module here reads a client byte as root:
     challenges.py,
     pam.py, store.py, brakes.py,              store, APOP/CRAM/SCRAM challenges, GSS-API, brakes,
     password_cache.py                         the authentication cache's keys
+  qpopper/auth/pam.py (preload)               in the master: libpam and the PAM service's
+                                              modules loaded once, nothing authenticated
   qpopper/server/auth_cache.py                the authentication cache process (master's child)
   qpopper/server/drac.py                      in the monitor: POP-before-SMTP notices
   qpopper/server/tls.py (TlsIdentity.open)    the certificate and key snapshot, never parsed
@@ -204,6 +206,24 @@ def prelogin_account(cfg) -> tuple[int, int]:
     if account.pw_uid == 0 or account.pw_gid == 0:
         raise SandboxError(f"prelogin-user {cfg.prelogin_user!r} is root")
     return account.pw_uid, account.pw_gid
+
+
+def warm_name_service(cfg) -> None:
+    """In the master, before it forks: the account lookups each monitor makes before the
+    user's own (prelogin-user, pop-auth-owner, a group list), once. glibc loads a database's
+    name-service modules (libnss_systemd on Debian) at its first lookup that reaches them and
+    keeps them: done here, every forked monitor inherits them instead of loading them again
+    per connection (docs/privsep.md, "PAM modules stay loaded in the master"). Missing
+    accounts are not an error here: preflight and the monitor say so."""
+    for name in (cfg.prelogin_user, cfg.pop_auth_owner):
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            pass
+    try:
+        os.getgrouplist(cfg.prelogin_user, os.getgid())
+    except OSError:
+        pass
 
 
 def enter_prelogin_sandbox(cfg, uid: int, gid: int) -> None:
