@@ -126,10 +126,10 @@ _pinned: list[ctypes.CDLL] = []
 def pin_modules(service: str) -> list[str]:
     """Keep the modules of /etc/pam.d/`service` (and the libraries they need) loaded in this
     process, so that a forked session's pam_start finds them mapped and relocated instead of
-    loading them again, and its pam_end does not unload them (docs/privsep.md, "PAM modules
-    stay loaded in the master"). pam_start loads every module the service's four stacks
-    name; nothing is authenticated and no module function runs, only the libraries'
-    constructors. A reference is taken on each file it loaded, then pam_end. Called again
+    loading them again, and its pam_end does not unload them (docs/privsep.md,
+    "PAM modules stay loaded in the master"). pam_start loads every module the service's
+    four stacks name; nothing is authenticated and no module function runs, only the
+    libraries' constructors. A reference is taken on each file it loaded, then pam_end. Called again
     (HUP), it first lets go of what it held, so an upgraded module file is loaded afresh.
     Returns the pinned paths; none when PAM cannot start the service (each login will say)."""
     release_modules()

@@ -307,3 +307,33 @@ def check_prelogin_setup(cfg) -> None:
             raise SandboxError(f"prelogin-chroot {path} must be empty")
     finally:
         os.close(fd)
+
+
+class EffectiveIdentity:
+    """`account`'s effective uid and gid, with no supplementary groups, for a stretch of a
+    root process's own work that needs no root (the master's warm-up, docs/internals.md,
+    "The master's warm-up"): a fault in it cannot write as root. Not a boundary against code
+    that means harm — the real and saved uid stay 0, which is how leave() gets root back.
+    Changes nothing when the process is not root. glibc applies seteuid to every thread."""
+
+    def __init__(self, account: str):
+        self.account = account
+        self.saved: tuple[int, int, list[int]] | None = None
+
+    def enter(self) -> None:
+        if os.geteuid() != 0:
+            return
+        entry = pwd.getpwnam(self.account)          # KeyError: the caller goes without
+        self.saved = (os.geteuid(), os.getegid(), os.getgroups())
+        os.setgroups([])
+        os.setegid(entry.pw_gid)
+        os.seteuid(entry.pw_uid)
+
+    def leave(self) -> None:
+        if self.saved is None:
+            return
+        uid, gid, groups = self.saved
+        os.seteuid(uid)                 # first: only root may set the gid and groups back
+        os.setegid(gid)
+        os.setgroups(groups)
+        self.saved = None

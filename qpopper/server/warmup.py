@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import os
-import pwd
 import shutil
 import socket
 import syslog
@@ -32,11 +31,12 @@ import setproctitle
 from qpopper.auth import Login
 from qpopper.config import Config
 from qpopper.log import Logger
+from qpopper.server import privsep
 from qpopper.server.channel import Channel
 from qpopper.server.session import CRASH_AT_ENV, STEP_LOG_ENV, Session
 
 UNPRIVILEGED_ACCOUNT = "nobody"
-"""Whom the warm-up runs as when the master is root (it needs no root: _Unprivileged)."""
+"""Whom the warm-up runs as when the master is root (it needs no root)."""
 
 ROUNDS = 12
 """Sessions run: CPython 3.11 quickens a code object after 8 calls, and specialises an
@@ -81,9 +81,9 @@ def warm_up(cfg, log) -> bool:
     # the fault-injection hook would count (or crash at) the warm-up's steps
     hooks = {name: os.environ.pop(name) for name in (CRASH_AT_ENV, STEP_LOG_ENV)
              if name in os.environ}
-    identity = _Unprivileged()
+    identity = privsep.EffectiveIdentity(UNPRIVILEGED_ACCOUNT)
     try:
-        identity.enter()
+        identity.enter()                    # a root master: nobody's uid while it runs
         workdir = tempfile.mkdtemp(prefix="qpopper-warmup-")
         sites = [_warm_up_config(cfg, workdir)]
         if cfg.maildir:
@@ -116,35 +116,6 @@ def warm_up(cfg, log) -> bool:
     log(syslog.LOG_DEBUG, f"warm-up: {ROUNDS * (2 if cfg.maildir else 1)} throw-away "
                           f"sessions run")
     return True
-
-
-class _Unprivileged:
-    """The warm-up's identity when the master is root: `nobody`'s effective uid and gid with
-    no supplementary groups, so that a fault in the session code it runs cannot write as
-    root; the real and saved uid stay 0, which is how leave() gets root back. The master is
-    single-threaded here (the warm-up's own thread starts after enter()), and glibc applies
-    seteuid to every thread anyway."""
-
-    def __init__(self):
-        self.saved: tuple[int, int, list[int]] | None = None
-
-    def enter(self) -> None:
-        if os.geteuid() != 0:
-            return
-        nobody = pwd.getpwnam(UNPRIVILEGED_ACCOUNT)     # KeyError: no warm-up (logged)
-        self.saved = (os.geteuid(), os.getegid(), os.getgroups())
-        os.setgroups([])
-        os.setegid(nobody.pw_gid)
-        os.seteuid(nobody.pw_uid)
-
-    def leave(self) -> None:
-        if self.saved is None:
-            return
-        uid, gid, groups = self.saved
-        os.seteuid(uid)                 # first: only root may set the gid and groups back
-        os.setegid(gid)
-        os.setgroups(groups)
-        self.saved = None
 
 
 def _warm_up_config(cfg, workdir: str):
