@@ -227,6 +227,9 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
                                                "no group."),
         ("*'s cache does not end at a message; scanning the spool",
          "The server-mode cache no longer matches the spool: rescanned."),
+        ("*'s cache ignored (*); scanning the spool",
+         "The server-mode cache is damaged, cut short, of another format version (an older "
+         "qpopper-py) or of other options: the spool is scanned and the cache rewritten."),
         ("no cache for *: *", "The server-mode cache could not be read: the spool is scanned."),
         ("cannot write *'s cache: *", "The server-mode cache could not be saved."),
         ("the spool was replaced or cut during a server-mode session; left as it is",
