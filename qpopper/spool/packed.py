@@ -18,6 +18,10 @@ import sys
 from array import array
 
 INT_TYPE = "q"
+_SIGN_OCTET = 7 if sys.byteorder == "little" else 0
+_NON_NEGATIVE_HIGH_OCTETS = bytes(range(0x80))
+"""A 64-bit int is negative when its most significant octet is 0x80 or more: one translate
+over every 8th octet checks a whole column without making a Python int of each."""
 _LENGTH_OCTETS = 8
 _NUL = "\0"
 
@@ -73,9 +77,9 @@ def ints(section: bytes, count: int) -> array:
     values = array(INT_TYPE)
     if len(section) != count * values.itemsize:
         raise ValueError("an int column of the wrong length")
-    values.frombytes(section)
-    if count and min(values) < 0:
+    if section[_SIGN_OCTET::values.itemsize].translate(None, _NON_NEGATIVE_HIGH_OCTETS):
         raise ValueError("a negative offset, size or count")
+    values.frombytes(section)
     return values
 
 
