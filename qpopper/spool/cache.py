@@ -187,9 +187,9 @@ def load(path: str, user: str, cfg, spool_fd: int, note: Callable[[str], None] |
             raise ValueError(f"written for {cached_user!r}")
         if options != scan_options(cfg):
             raise ValueError("written with other scan options")
-    except ValueError as error:
-        if note:
-            note(str(error))
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        if note:            # decode says what was wrong; the others are a bug's safety net
+            note(str(error) if isinstance(error, ValueError) else f"unreadable: {error!r}")
         return None
     now = os.fstat(spool_fd)
     if (now.st_dev, now.st_ino) != (state.dev, state.ino) or now.st_size < state.size:
