@@ -41,11 +41,13 @@ def unpack(data: bytes, magic: bytes, version: int, sections: int) -> tuple[dict
     of this version, was cut short or does not match its checksum."""
     header, newline, payload = data.partition(b"\n")
     parts = header.split(b" ")
-    if not newline or len(parts) != 5 or parts[0] != magic:
+    if not newline or parts[0] != magic or len(parts) < 2:
         raise ValueError("not a file of this kind")
     if parts[1] != b"%d" % version:
-        raise ValueError(f"format version {parts[1].decode('ascii', 'replace')}, "
+        raise ValueError(f"format version {parts[1].decode('ascii', 'replace')[:20]}, "
                          f"this build reads {version}")
+    if len(parts) != 5:
+        raise ValueError("a malformed header line")
     if parts[2] != sys.byteorder.encode():
         raise ValueError("written on a machine of another byte order")
     if not parts[4].isdigit() or int(parts[4]) != len(payload):

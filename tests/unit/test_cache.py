@@ -215,6 +215,9 @@ def test_a_corrupt_stale_or_foreign_cache_is_ignored_and_rebuilt(tmp_path, damag
     assert region[0] == 0, "the cache was trusted"
     assert seen == full_scan_uids(paths) and seen[MIDDLE] != uids[MIDDLE]
     ignored = [text for text in logged if text.startswith(f"{USER}'s cache ignored (")]
+    if damage == "old-json-format":
+        assert ignored == [f"{USER}'s cache ignored (format version 3, this build reads "
+                           f"{cache.CACHE_VERSION}); scanning the spool"]
     if damage == "symlink":
         assert ignored == []            # not opened at all (O_NOFOLLOW): nothing to say
     else:
