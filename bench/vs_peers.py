@@ -14,7 +14,8 @@ common-account) for all:
 - qpopper-py (this tree): one master in server mode with its own brakes file, session limits
   raised, a pre-login account, plain and implicit TLS, mbox users and Maildir users
   (`maildir` pattern); when the option `auth-cache-size` exists, a second master with it set
-  (the sessions row only);
+  (the sessions row and the warm mbox and Maildir rows, each after a login that fills the
+  authentication cache, so the measured login is a hit);
 - popa3d (Debian's, fetched with apt-get download, never installed) under
   systemd-socket-activate;
 - Dovecot (dovecot-core + dovecot-pop3d, installed when missing, its service disabled): one
@@ -161,6 +162,18 @@ def fig_maildir(ctx, server: Server) -> dict:
     return cold_warm_retr(ctx, server, ctx.maildir_user, server.fresh_maildir, "maildir_")
 
 
+def fig_warm_auth_cache(ctx, server: Server) -> dict:
+    """The warm rows on the master with auth-cache-size: per mailbox one login on a fresh copy
+    (not counted: it fills the authentication cache and writes the mailbox's cache or index),
+    then the measured one, whose login is a cache hit (bench/README.md, "vs_peers.py")."""
+    out = {}
+    for prefix, user, fresh in (("mbox_", ctx.big_user, server.fresh_mbox),
+                                ("maildir_", ctx.maildir_user, server.fresh_maildir)):
+        bigbox(ctx, server.plain, user, "--no-retr", "--before", fresh)
+        out[f"{prefix}warm"] = pass_to_stat(bigbox(ctx, server.plain, user, "--no-retr"))
+    return out
+
+
 def fig_idle(ctx, server: Server) -> dict:
     held = idle(ctx.pb, server.plain, ctx.small_users, ctx.args.idle_sessions)
     return {"idle_pss": held["pss_kb_per_session"] / 1024}
@@ -183,7 +196,10 @@ ROWS = (
 MEASURES = ((fig_sessions, ("qpopper", "qpopper-cache", "popa3d", "dovecot")),
             (fig_idle, ("qpopper", "popa3d", "dovecot")),
             (fig_mbox, ("qpopper", "popa3d", "dovecot")),
-            (fig_maildir, ("qpopper", "dovecot-maildir")))
+            (fig_maildir, ("qpopper", "dovecot-maildir")),
+            (fig_warm_auth_cache, ("qpopper-cache",)))
+WITH_AUTH_CACHE = ("sessions", "mbox_warm", "maildir_warm")
+"""The rows the auth-cache master is measured on; their ratios are shown with it too."""
 
 
 def show(value) -> str:
@@ -211,17 +227,22 @@ def report(servers: dict[str, Server], args, spool: dict) -> dict:
         mine = values.get("qpopper")
         ratio = round(mine / best, 2) if mine is not None and best else None
         cells = [show(values.get(n)) for n in names]
-        extra = ""
-        if key == "sessions" and values.get("qpopper-cache") and best:
-            extra = f" (with the cache {values['qpopper-cache'] / best:.2f}×)"
         direction = "higher is better" if higher else "lower is better"
         popa3d = values.get("popa3d")
         to_popa3d = round(mine / popa3d, 2) if mine is not None and popa3d else None
+        cached = values.get("qpopper-cache") if key in WITH_AUTH_CACHE else None
+        cached_ratio = round(cached / best, 2) if cached and best else None
+        cached_to_popa3d = round(cached / popa3d, 2) if cached and popa3d else None
         print(f"| {label.format(**fill)} | {' | '.join(cells)} | "
-              f"{'—' if ratio is None else f'{ratio:.2f}×'}{extra} ({direction}) | "
-              f"{'—' if to_popa3d is None else f'{to_popa3d:.2f}×'} |")
+              f"{'—' if ratio is None else f'{ratio:.2f}×'}"
+              f"{'' if cached_ratio is None else f' (with the auth cache {cached_ratio:.2f}×)'}"
+              f" ({direction}) | {'—' if to_popa3d is None else f'{to_popa3d:.2f}×'}"
+              f"{'' if cached_to_popa3d is None else f' (with the auth cache {cached_to_popa3d:.2f}×)'}"
+              " |")
         summary[key] = {"values": values, "ratio_to_best_peer": ratio,
-                        "ratio_to_popa3d": to_popa3d}
+                        "ratio_to_popa3d": to_popa3d,
+                        "auth_cache_ratio_to_best_peer": cached_ratio,
+                        "auth_cache_ratio_to_popa3d": cached_to_popa3d}
     plain, tls = servers["qpopper"].median("retr"), servers["qpopper"].median("retr_tls")
     if plain and tls:
         print(f"\nqpopper-py RETR over TLS / plain: {tls / plain:.2f}")

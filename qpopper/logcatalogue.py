@@ -227,6 +227,9 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
                                                "no group."),
         ("*'s cache does not end at a message; scanning the spool",
          "The server-mode cache no longer matches the spool: rescanned."),
+        ("*'s cache ignored (*); scanning the spool",
+         "The server-mode cache is damaged, cut short, of another format version (an older "
+         "qpopper-py) or of other options: the spool is scanned and the cache rewritten."),
         ("no cache for *: *", "The server-mode cache could not be read: the spool is scanned."),
         ("cannot write *'s cache: *", "The server-mode cache could not be saved."),
         ("the spool was replaced or cut during a server-mode session; left as it is",
@@ -247,6 +250,11 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
                                                   "administrator."),
         ("mbox: no From line or MMDF separator at offset *", "The spool is not an mbox at "
                                                               "that place."),
+        ("Maildir index of * not written: *", "The Maildir index could not be saved (a full "
+         "disk?): the next session lists the Maildir again; nothing else is lost."),
+        ("Maildir index of * ignored (*); listing the Maildir",
+         "The Maildir index is damaged, cut short or of another format version (an older "
+         "qpopper-py): the Maildir is listed and the index rewritten."),
         ("opening Maildir * of *: *", "A Maildir mailbox could not be opened ([SYS/TEMP])."),
         ("updating Maildir *: *", "UPDATE of a Maildir failed; its journal finishes it at "
                                   "the next login."),

@@ -9,29 +9,29 @@ docs/compatibility.md, "Server mode and its cache".
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
-import json
+import itertools
+import operator
 import os
 import stat
 from dataclasses import dataclass
 from typing import Callable
 
+from qpopper.spool import packed
 from qpopper.spool.durable import pwrite_all, read_up_to, unlink_if_present
 from qpopper.spool.mbox import Message
 
-CACHE_VERSION = 3
-"""2: a From_ message's framing line (docs/mbox.md, "The framing line") is no longer part of its
-content; version-1 caches count it, so they are ignored and the spool is scanned again."""
+CACHE_VERSION = 4
+"""4: packed columns (qpopper/spool/packed.py) instead of JSON records; 2: a From_ message's
+framing line (docs/mbox.md, "The framing line") is no longer part of its content. A cache of
+another version is ignored and the spool scanned again."""
 MAGIC = b"QPCACHE"
 CACHE_MODE = 0o600
 PROBE_OCTETS = 4096
 """How much of the cached region's head and tail is re-read to check it is still the same."""
 MAX_CACHE_OCTETS = 256 * 1024 * 1024
 """A larger file is not ours to trust (about 500,000 messages): rescan instead."""
-
-_FIELDS = [f.name for f in dataclasses.fields(Message)]
-_TUPLE_FIELDS = ("stripped", "uidl_lines", "status_lines", "stale_content_length")
-_BOOL_FIELDS = ("uid_from_header", "retrieved", "hidden", "mmdf")
 
 StepHook = Callable[[str], None]
 
@@ -66,97 +66,107 @@ def spool_state(fd: int, size: int | None = None) -> SpoolState:
                       hashlib.sha256(head).hexdigest(), hashlib.sha256(tail).hexdigest())
 
 
+_INT_FIELDS = ("offset", "end", "octets", "content_start", "header_end", "body_start",
+               "body_end", "trailer_end", "uidl_insert_at")
+_FLAG_FIELDS = ("uid_from_header", "retrieved", "hidden", "mmdf")
+_PAIR_FIELDS = ("stripped", "uidl_lines", "status_lines", "stale_content_length")
+_IN_ORDER = ("offset", "content_start", "header_end", "body_start", "body_end", "trailer_end",
+             "end")
+"""Where a message's parts start, in file order; each is <= the next."""
+_SECTIONS = 3 + 2 * len(_PAIR_FIELDS)
+
+
 def encode(user: str, state: SpoolState, options: dict, messages: list[Message]) -> bytes:
-    payload = json.dumps({
-        "user": user, "spool": dataclasses.asdict(state), "options": options,
-        "messages": [[getattr(m, name) for name in _FIELDS] for m in messages],
-    }, separators=(",", ":")).encode()
-    digest = hashlib.sha256(payload).hexdigest()
-    return b"%s %d %s %d\n" % (MAGIC, CACHE_VERSION, digest.encode(), len(payload)) + payload
+    """The cache file's bytes: columns of the message records (docs/maildrop.md, "The
+    server-mode cache"). ValueError for a record that could not be read back (it is not cached)."""
+    sections = [packed.int_section(getattr(m, name) for name in _INT_FIELDS for m in messages),
+                packed.flag_section(getattr(m, name) for name in _FLAG_FIELDS for m in messages),
+                packed.text_section([m.uid for m in messages])]
+    for name in _PAIR_FIELDS:
+        sections.append(packed.int_section(len(getattr(m, name)) for m in messages))
+        sections.append(packed.int_section(x for m in messages for pair in getattr(m, name)
+                                           for x in pair))
+    document = {"user": user, "spool": dataclasses.asdict(state), "options": options,
+                "count": len(messages)}
+    return packed.pack(MAGIC, CACHE_VERSION, document, sections)
 
 
 def decode(data: bytes) -> tuple[str, SpoolState, dict, list[Message]]:
-    """Parse and check a cache file's bytes; raises ValueError for anything not quite right."""
-    header, newline, payload = data.partition(b"\n")
-    parts = header.split(b" ")
-    if not newline or len(parts) != 4 or parts[0] != MAGIC:
-        raise ValueError("not a cache file")
-    if parts[1] != str(CACHE_VERSION).encode():
-        raise ValueError(f"cache version {parts[1]!r}")
-    if not parts[3].isdigit() or int(parts[3]) != len(payload):
-        raise ValueError("cache length mismatch (truncated?)")
-    if hashlib.sha256(payload).hexdigest().encode() != parts[2]:
-        raise ValueError("cache checksum mismatch")
-    doc = json.loads(payload)
-    state = SpoolState(**doc["spool"])
-    if not all(isinstance(getattr(state, k), int) for k in ("dev", "ino", "size", "mtime_ns")):
-        raise ValueError("bad spool state")
-    messages = _messages(doc["messages"])
-    _check_partition(messages, state.size)
-    return doc["user"], state, doc["options"], messages
+    """Parse and check a cache file's bytes; raises ValueError (its text says what was
+    wrong) for anything not quite right."""
+    doc, sections = packed.unpack(data, MAGIC, CACHE_VERSION, _SECTIONS)
+    try:
+        state = SpoolState(**doc["spool"])
+        user, options, n = doc["user"], doc["options"], doc["count"]
+    except (KeyError, TypeError):
+        raise ValueError("the cache's document lacks a field") from None
+    if not all(type(getattr(state, k)) is int for k in ("dev", "ino", "size", "mtime_ns")) \
+            or type(n) is not int or n < 0 or type(user) is not str or type(options) is not dict:
+        raise ValueError("bad spool state or message count")
+    columns = _columns(sections, n)
+    _check_partition(columns, n, state.size)
+    messages = list(map(Message, *(columns[f.name] for f in dataclasses.fields(Message))))
+    return user, state, options, messages
 
 
-_TUPLES_AT = [i for i, name in enumerate(_FIELDS) if name in _TUPLE_FIELDS]
-_BOOLS_AT = [i for i, name in enumerate(_FIELDS) if name in _BOOL_FIELDS]
-_UID_AT = _FIELDS.index("uid")
-_INTS_AT = [i for i in range(len(_FIELDS)) if i not in (*_TUPLES_AT, *_BOOLS_AT, _UID_AT)]
+def _columns(sections: list[bytes], n: int) -> dict:
+    """The records' fields, a column at a time (C loops over arrays, not a Python step per
+    field): ints >= 0, flags 0 or 1, distinct ASCII UIDs, (start, end) pairs with start <=
+    end."""
+    ints = packed.ints(sections[0], len(_INT_FIELDS) * n)
+    columns = {name: ints[i * n:(i + 1) * n] for i, name in enumerate(_INT_FIELDS)}
+    flags = packed.flags(sections[1], len(_FLAG_FIELDS) * n)
+    columns.update((name, flags[i * n:(i + 1) * n]) for i, name in enumerate(_FLAG_FIELDS))
+    uids = columns["uid"] = packed.texts(sections[2], n)
+    if not all(map(str.isascii, uids)) or len(set(uids)) != n:
+        raise ValueError("a UID that is not ASCII, or two alike")
+    for i, name in enumerate(_PAIR_FIELDS):
+        columns[name] = _pairs(sections[3 + 2 * i], sections[4 + 2 * i], n, name)
+    columns["number"] = range(1, n + 1)
+    return columns
 
 
-def _messages(rows) -> list[Message]:
-    """The message records, checked field by field, a column at a time (C loops, not a Python
-    step per field): (start, end) pairs of ints, real bools, an ASCII uid, every other field
-    an int >= 0 (a bool is not an int here)."""
-    if not isinstance(rows, list):
-        raise ValueError("bad message list")
-    if not all(type(row) is list and len(row) == len(_FIELDS) for row in rows):
-        raise ValueError("bad message record")
-    if not rows:
-        return []
-    columns = list(zip(*rows))
-    for i in _TUPLES_AT:
-        if not any(columns[i]) and set(map(type, columns[i])) == {list}:
-            columns[i] = [()] * len(rows)   # most spools: no message has such lines
-        else:
-            columns[i] = [_pairs(pairs, i) for pairs in columns[i]]
-    for i in _BOOLS_AT:
-        if set(map(type, columns[i])) != {bool}:
-            raise ValueError("bad flag")
-    uids = columns[_UID_AT]
-    if set(map(type, uids)) != {str} or not all(uids) or not all(map(str.isascii, uids)):
-        raise ValueError("bad uid")
-    for i in _INTS_AT:
-        if set(map(type, columns[i])) != {int} or min(columns[i]) < 0:
-            raise ValueError("bad offset or count")
-    return list(map(Message, *columns))
+def _pairs(count_section: bytes, flat_section: bytes, n: int, name: str) -> list:
+    """One tuple of (start, end) pairs per message. Most spools have none or exactly one per
+    message (X-UIDL and Status after a write-back): those are built without a Python loop."""
+    counts = packed.ints(count_section, n)
+    total = sum(counts)
+    flat = packed.ints(flat_section, 2 * total)
+    starts, ends = flat[0::2], flat[1::2]
+    if not all(map(operator.le, starts, ends)):
+        raise ValueError(f"a {name} pair that ends before it starts")
+    if not total:
+        return [()] * n
+    pairs = zip(starts, ends)
+    if total == n and counts.count(1) == n:
+        return list(zip(pairs))
+    return [tuple(itertools.islice(pairs, count)) for count in counts]
 
 
-def _pairs(pairs, i: int) -> tuple[tuple[int, int], ...]:
-    if not (type(pairs) is list and all(type(p) is list and len(p) == 2 and type(p[0]) is int
-                                        and type(p[1]) is int for p in pairs)):
-        raise ValueError(f"bad {_FIELDS[i]}")
-    return tuple(map(tuple, pairs))
+def _check_partition(columns: dict, n: int, size: int) -> None:
+    """The messages must tile [0, size) in order, with their inner offsets in order: a list
+    that does not is not a scan of any spool."""
+    offsets, ends = columns["offset"], columns["end"]
+    if not n:
+        if size:
+            raise ValueError("no messages for a region that is not empty")
+        return
+    if offsets[0] != 0 or offsets[1:] != ends[:-1] or ends[-1] != size:
+        raise ValueError("the messages do not tile the cached region")
+    for before, after in zip(_IN_ORDER, _IN_ORDER[1:]):
+        if not all(map(operator.le, columns[before], columns[after])):
+            raise ValueError(f"a message's {before} is after its {after}")
+    if not (all(map(operator.le, columns["content_start"], columns["uidl_insert_at"]))
+            and all(map(operator.le, columns["uidl_insert_at"], columns["body_end"]))):
+        raise ValueError("a message's X-UIDL place is outside its header and body")
 
 
-def _check_partition(messages: list[Message], size: int) -> None:
-    """The messages must tile [0, size) in order, numbered 1..n, with sane inner offsets and
-    distinct UIDs: a list that does not is not a scan of any spool."""
-    pos = 0
-    uids = set()
-    for number, m in enumerate(messages, 1):
-        inner = (m.offset, m.content_start, m.header_end, m.body_start, m.body_end,
-                 m.trailer_end, m.end)
-        if (m.number != number or m.offset != pos or list(inner) != sorted(inner)
-                or not m.content_start <= m.uidl_insert_at <= m.body_end or m.uid in uids):
-            raise ValueError(f"message {number} does not fit")
-        uids.add(m.uid)
-        pos = m.end
-    if pos != size:
-        raise ValueError("messages do not cover the cached region")
-
-
-def load(path: str, user: str, cfg, spool_fd: int) -> tuple[list[Message], SpoolState] | None:
+def load(path: str, user: str, cfg, spool_fd: int, note: Callable[[str], None] | None = None
+         ) -> tuple[list[Message], SpoolState] | None:
     """The cached messages and the state they describe, when the cache may be trusted for the
-    open spool (see the module docstring); None means: scan the spool."""
+    open spool (see the module docstring); None means: scan the spool. A cache file that is
+    damaged, of another version or of other options is ignored and `note` told why; one that
+    no longer describes the spool (new mail, an edit) is the ordinary case, not noted."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
@@ -173,9 +183,13 @@ def load(path: str, user: str, cfg, spool_fd: int) -> tuple[list[Message], Spool
         os.close(fd)
     try:
         cached_user, state, options, messages = decode(data)
-    except (ValueError, TypeError, KeyError, AttributeError):
-        return None
-    if cached_user != user or options != scan_options(cfg):
+        if cached_user != user:
+            raise ValueError(f"written for {cached_user!r}")
+        if options != scan_options(cfg):
+            raise ValueError("written with other scan options")
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        if note:            # decode says what was wrong; the others are a bug's safety net
+            note(str(error) if isinstance(error, ValueError) else f"unreadable: {error!r}")
         return None
     now = os.fstat(spool_fd)
     if (now.st_dev, now.st_ino) != (state.dev, state.ino) or now.st_size < state.size:
@@ -194,7 +208,10 @@ def store(path: str, user: str, cfg, state: SpoolState, messages: list[Message],
           step: StepHook) -> None:
     """Write the cache atomically (tmp file, rename). Raises OSError; callers log and go on."""
     tmp = path + ".tmp"
-    data = encode(user, state, scan_options(cfg), messages)
+    try:
+        data = encode(user, state, scan_options(cfg), messages)
+    except ValueError as error:
+        raise OSError(errno.EINVAL, f"cannot be packed: {error}") from None
     step("cache-write")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, CACHE_MODE)
     try:

@@ -11,19 +11,24 @@ there. This module only reads; maildir_drop.py is the session's side (lock, RETR
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
+import syslog
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from qpopper.spool.durable import fsync_dir, read_up_to
+from qpopper.spool import packed
+from qpopper.spool.durable import fsync_dir, pwrite_all, read_up_to
 from qpopper.spool.mbox import encode_uid
 from qpopper.spool.mbox_format import header_uid
 
 SUBDIRS = ("new", "cur")
 INDEX_NAME = "qpopper-pop3.index"
-INDEX_VERSION = 1
+INDEX_MAGIC = b"QPINDEX"
+INDEX_VERSION = 2
+"""2: packed columns (qpopper/spool/packed.py); version 1 was JSON. Another version is
+ignored and the index rebuilt from a listing."""
 SETTLE_NS = 2_000_000_000
 """A directory changed less than this before the index was written is listed again next time:
 a rename in the same clock tick as the listing would leave its mtime unchanged."""
@@ -142,6 +147,27 @@ def delivery_order(name: str) -> tuple[int, int, str]:
 
 # --- the index ---------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Index:
+    """What `qpopper-pop3.index` holds: the directories' stamps when it was written and every
+    message file in delivery order with its octets, its measured UID (before duplicates are
+    told apart) and its S flag (docs/maildir.md, "The index")."""
+    written_ns: int
+    stamps: dict
+    names: list
+    octets: Sequence[int]
+    uids: list
+    seen: list
+
+    def entries(self) -> dict[str, tuple[int, str]]:
+        return dict(zip(self.names, zip(self.octets, self.uids)))
+
+    def messages(self) -> list[MaildirMessage]:
+        if len(set(self.uids)) != len(self.uids):   # a copied message's X-UIDL header
+            return _messages(self.entries())
+        return list(map(MaildirMessage, self.names, self.octets, self.uids, self.seen))
+
+
 def _dir_stamps(path: str) -> dict[str, list[int]]:
     stamps = {}
     for sub in SUBDIRS:
@@ -150,35 +176,61 @@ def _dir_stamps(path: str) -> dict[str, list[int]]:
     return stamps
 
 
-def load_index(path: str) -> dict | None:
-    """The saved index, or None when missing or not ours (then it is rebuilt)."""
+def load_index(path: str, log=None) -> Index | None:
+    """The saved index, or None when missing or not ours (then it is rebuilt); `log(priority,
+    text)` is told why an index file that is there was not used (damaged, cut short, another
+    version)."""
     try:
         fd = os.open(os.path.join(path, INDEX_NAME), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return None
     try:
-        index = json.loads(read_up_to(fd, os.fstat(fd).st_size))
-    except (OSError, ValueError):
+        data = read_up_to(fd, os.fstat(fd).st_size)
+    except OSError:
         return None
     finally:
         os.close(fd)
-    if not isinstance(index, dict) or index.get("version") != INDEX_VERSION \
-            or not isinstance(index.get("entries"), dict):
+    try:
+        return _decode_index(data)
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        if log:
+            log(syslog.LOG_NOTICE, f"Maildir index of {path} ignored ({error}); listing the "
+                                   "Maildir")
         return None
-    return index
 
 
-def store_index(path: str, stamps: dict, entries: dict[str, list], step=None) -> None:
+def _decode_index(data: bytes) -> Index:
+    doc, (names, octets, uids, seen) = packed.unpack(data, INDEX_MAGIC, INDEX_VERSION, 4)
+    n, written, stamps = doc.get("count"), doc.get("written_ns"), doc.get("stamps")
+    if type(n) is not int or n < 0 or type(written) is not int or not isinstance(stamps, dict):
+        raise ValueError("bad count, time or stamps")
+    # Every name is new/NAME or cur/NAME (NAME not a dot file, as the listing skips them):
+    # n slashes, each right after the start or a NUL.
+    starts = sum(names.count(b"\0%s/" % sub.encode()) for sub in SUBDIRS)
+    if (names.count(b"/") != n or b"/." in names
+            or (n and starts + names.startswith((b"new/", b"cur/")) != n)):
+        raise ValueError("a name outside new/ and cur/, or a dot file")
+    names = packed.texts(names, n)
+    if len(set(names)) != n:
+        raise ValueError("a name twice")
+    return Index(written, stamps, names, packed.ints(octets, n), packed.texts(uids, n),
+                 packed.flags(seen, n))
+
+
+def store_index(path: str, index: Index, step=None) -> None:
     """Write the index beside the mail: a temporary file renamed over the old one, so a
     reader sees the old index or the new one, never half of one."""
-    body = json.dumps({"version": INDEX_VERSION, "written_ns": time.time_ns(),
-                       "stamps": stamps, "entries": entries}, separators=(",", ":"))
+    body = packed.pack(INDEX_MAGIC, INDEX_VERSION,
+                       {"written_ns": index.written_ns, "stamps": index.stamps,
+                        "count": len(index.names)},
+                       [packed.text_section(index.names), packed.int_section(index.octets),
+                        packed.text_section(index.uids), packed.flag_section(index.seen)])
     tmp = os.path.join(path, f".{INDEX_NAME}.{os.getpid()}")
     if step:
         step("index-write")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, body.encode())
+        pwrite_all(fd, body, 0)
     finally:
         os.close(fd)
     if step:
@@ -186,49 +238,51 @@ def store_index(path: str, stamps: dict, entries: dict[str, list], step=None) ->
     os.rename(tmp, os.path.join(path, INDEX_NAME))
 
 
-def _unchanged(index: dict | None, stamps: dict) -> bool:
+def _unchanged(index: Index | None, stamps: dict) -> bool:
     """The listing in the index is still the directories' content: same directories, same
     mtimes, and the index written well after the last change (SETTLE_NS)."""
-    if index is None or index.get("stamps") != stamps:
+    if index is None or index.stamps != stamps:
         return False
-    written = index.get("written_ns")
-    return isinstance(written, int) and all(
-        written - stamp[0] >= SETTLE_NS for stamp in stamps.values())
+    return all(index.written_ns - stamp[0] >= SETTLE_NS for stamp in stamps.values())
 
 
 def scan(path: str, log=None, step=None) -> list[MaildirMessage]:
     """The messages of the Maildir at `path` in delivery order, from the index when nothing
-    changed (two stat calls), else from a listing that measures only the files the index
-    does not know. The index is rewritten when the listing differs; a failure to write it
-    (a full disk) is logged and costs only speed."""
+    changed (two stat calls, no listing, no Python step per message but one constructor
+    call), else from a listing that measures only the files the index does not know. The
+    index is rewritten after a listing; a failure to write it (a full disk) is logged
+    (`log(priority, text)`) and costs only speed."""
     stamps = _dir_stamps(path)
-    index = load_index(path)
-    known: dict = index["entries"] if index else {}
+    index = load_index(path, log)
     if _unchanged(index, stamps):
-        names = list(known)
-    else:
-        names = [f"{sub}/{entry.name}" for sub in SUBDIRS
-                 for entry in os.scandir(os.path.join(path, sub))
-                 if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False)]
-    entries: dict[str, list] = {}
+        return index.messages()
+    known = index.entries() if index else {}
+    names = [f"{sub}/{entry.name}" for sub in SUBDIRS
+             for entry in os.scandir(os.path.join(path, sub))
+             if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False)]
+    entries: dict[str, tuple[int, str]] = {}
     for name in names:
         entry = known.get(name)
-        if not (isinstance(entry, list) and len(entry) == 2):
+        if entry is None:
             try:
-                entry = list(_measure(path, name))
+                entry = _measure(path, name)
             except FileNotFoundError:          # moved or removed since the listing
                 continue
         entries[name] = entry
-    if entries != known or not _unchanged(index, stamps):
-        try:
-            store_index(path, stamps, entries, step)
-        except OSError as error:
-            if log:
-                log(f"Maildir index of {path} not written: {error.strerror}")
-    return _messages(entries)
+    order = sorted(entries, key=delivery_order)
+    fresh = Index(time.time_ns(), stamps, order, [entries[name][0] for name in order],
+                  [entries[name][1] for name in order], ["S" in flags_of(name) for name in order])
+    try:                # even when the listing is the same: a later time makes it trusted
+        store_index(path, fresh, step)
+    except OSError as error:
+        if log:
+            log(syslog.LOG_WARNING, f"Maildir index of {path} not written: {error.strerror}")
+    return fresh.messages()
 
 
-def _messages(entries: dict[str, list]) -> list[MaildirMessage]:
+def _messages(entries: dict[str, tuple[int, str]]) -> list[MaildirMessage]:
+    """The messages when two measured UIDs are alike: the first in delivery order keeps it,
+    the other falls back to its base name (or the MD5 of its name)."""
     messages, taken = [], set()
     for name in sorted(entries, key=delivery_order):
         octets, uid = entries[name]

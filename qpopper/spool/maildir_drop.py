@@ -17,7 +17,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import syslog
 
 from qpopper import limits
 from qpopper.pop3.responses import PopError, RespCode
@@ -56,7 +55,7 @@ class MaildirDrop:
         lock.acquire()
         try:
             finish_journal(path, lambda s: hook(f"recover:{s}"))
-            messages = maildir.scan(path, log=_notice(log), step=lambda s: hook(f"open:{s}"))
+            messages = maildir.scan(path, log=log, step=lambda s: hook(f"open:{s}"))
         except OSError as error:
             lock.release(unlink=False)
             raise PopError(OPEN_FAILED_TEXT, RespCode.SYS_TEMP,
@@ -171,12 +170,11 @@ class MaildirDrop:
             steps.append(["rename", self._current_name(message), new_name])
         steps = [step for step in steps if step[1] is not None]
         try:
-            if steps:
+            if steps:       # without steps the index written at open still holds
                 hook = lambda s: self._hook(f"update:{s}")
                 write_journal(self.path, steps, hook)
                 finish_journal(self.path, hook)
-            maildir.scan(self.path, log=_notice(self._log),
-                         step=lambda s: self._hook(f"update:{s}"))
+                maildir.scan(self.path, log=self._log, step=hook)
         except OSError as error:
             raise PopError(UPDATE_FAILED_TEXT, RespCode.SYS_TEMP,
                            log=f"updating Maildir {self.path}: {error}") from None
@@ -263,9 +261,3 @@ def _valid_step(step) -> bool:
     if step[0] == "unlink":
         return len(step) == 2 and inside(step[1])
     return step[0] == "rename" and len(step) == 3 and inside(step[1]) and inside(step[2])
-
-
-def _notice(log):
-    if log is None:
-        return None
-    return lambda text: log(syslog.LOG_NOTICE, text)

@@ -85,9 +85,13 @@ class ServerModeMaildrop(NormalModeMaildrop):
 
     def _server_scan(self, fd: int, size: int) -> list[mbox.Message]:
         options = cache.scan_options(self.cfg)      # the scan's keywords, as the cache has them
-        cached = cache.load(self.paths.cache, self.user, self.cfg, fd)
+        cached = cache.load(self.paths.cache, self.user, self.cfg, fd, note=self._cache_ignored)
         if cached is not None and _tail_closed(fd, cached[1].size, size):
             known, state = cached
+            if state.size == size:          # no new mail: nothing to scan
+                self.scan_region = (size, size)
+                self._cache_current = True
+                return known
             try:
                 new = mbox.scan(self._drop_file, start=state.size, end=size,
                                 first_number=len(known) + 1,
@@ -97,10 +101,13 @@ class ServerModeMaildrop(NormalModeMaildrop):
                                               "scanning the spool")
             else:
                 self.scan_region = (state.size, size)
-                self._cache_current = state.size == size
                 return known + new
         self.scan_region = (0, size)
         return mbox.scan(self._drop_file, end=size, **options)
+
+    def _cache_ignored(self, reason: str) -> None:
+        self._note(syslog.LOG_NOTICE, f"{self.user}'s cache ignored ({reason}); scanning the "
+                                      "spool")
 
     # --- the update ------------------------------------------------------------------------
 

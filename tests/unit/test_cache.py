@@ -8,10 +8,12 @@ reports the region it scanned (`scan_region`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
 import os
+import sys
 
 import pytest
 
@@ -152,51 +154,74 @@ def test_a_shorter_or_replaced_spool_is_rescanned(tmp_path):
     _assert_rescanned(cfg, paths)
 
 
-@pytest.mark.parametrize("damage", ["flip-payload-byte", "truncate", "version", "garbage",
-                                    "empty", "other-user", "other-options", "symlink",
-                                    "bad-partition"])
+def old_json_cache(data: bytes) -> bytes:
+    """The same cache in version 3's format (JSON records, no byte order): what a spool keeps
+    after an upgrade from a build before the packed format."""
+    user, state, options, messages = cache.decode(data)
+    payload = json.dumps({"user": user, "spool": dataclasses.asdict(state), "options": options,
+                          "messages": [list(dataclasses.astuple(m)) for m in messages]},
+                         separators=(",", ":")).encode()
+    digest = hashlib.sha256(payload).hexdigest().encode()
+    return b"QPCACHE 3 %s %d\n" % (digest, len(payload)) + payload
+
+
+def re_encoded(data: bytes, change) -> bytes:
+    """The cache decoded, changed by `change(user, state, options, messages)` and encoded
+    again: a valid checksum over wrong content."""
+    parts = list(cache.decode(data))
+    change(parts)
+    return cache.encode(*parts)
+
+
+def shift_fourth_message(parts) -> None:
+    parts[3][3] = dataclasses.replace(parts[3][3], offset=parts[3][3].offset + 1)
+
+
+DAMAGES = {
+    "flip-payload-byte": lambda d: d[:len(d) // 2] + bytes([d[len(d) // 2] ^ 1]) + d[len(d) // 2 + 1:],
+    "truncate": lambda d: d[:len(d) // 2],
+    "cut-last-octet": lambda d: d[:-1],
+    "version": lambda d: d.replace(b"QPCACHE %d " % cache.CACHE_VERSION,
+                                   b"QPCACHE %d " % (cache.CACHE_VERSION + 1), 1),
+    "old-json-format": old_json_cache,
+    "other-byte-order": lambda d: d.replace(b" %s " % sys.byteorder.encode(),
+                                            b" big " if sys.byteorder == "little" else b" little ", 1),
+    "garbage": lambda d: os.urandom(300),
+    "empty": lambda d: b"",
+    "other-user": lambda d: re_encoded(d, lambda p: p.__setitem__(0, "bob")),
+    "other-options": lambda d: re_encoded(d, lambda p: p[2].update(old_style_uid=True)),
+    "bad-partition": lambda d: re_encoded(d, shift_fourth_message),
+}
+
+
+@pytest.mark.parametrize("damage", [*DAMAGES, "symlink"])
 def test_a_corrupt_stale_or_foreign_cache_is_ignored_and_rebuilt(tmp_path, damage):
     cfg, paths = make(tmp_path)
     uids = warm(cfg, paths)
     edit_middle_keeping_size_and_mtime(paths)     # a trusted cache would hide this edit
-    with open(paths.cache, "rb") as f:
-        data = f.read()
-    header, _, payload = data.partition(b"\n")
-    if damage == "flip-payload-byte":
-        i = payload.index(b'"messages"') + 20
-        data = header + b"\n" + payload[:i] + bytes([payload[i] ^ 1]) + payload[i + 1:]
-    elif damage == "truncate":
-        data = data[:len(data) // 2]
-    elif damage == "version":
-        # a cache of the format before the current one (version 1 counted the framing line
-        # as content): never trusted, rebuilt
-        current = b"QPCACHE %d " % cache.CACHE_VERSION
-        assert data.startswith(current)
-        data = data.replace(current, b"QPCACHE %d " % (cache.CACHE_VERSION - 1), 1)
-    elif damage == "garbage":
-        data = os.urandom(300)
-    elif damage == "empty":
-        data = b""
-    elif damage in ("other-user", "other-options", "bad-partition"):
-        doc = json.loads(payload)
-        if damage == "other-user":
-            doc["user"] = "bob"
-        elif damage == "other-options":
-            doc["options"]["old_style_uid"] = True
-        else:
-            doc["messages"][3][1] += 1          # offset no longer the previous end
-        body = json.dumps(doc, separators=(",", ":")).encode()      # a valid checksum
-        digest = hashlib.sha256(body).hexdigest().encode()
-        data = b"QPCACHE %d %s %d\n" % (cache.CACHE_VERSION, digest, len(body)) + body
     if damage == "symlink":
         os.rename(paths.cache, paths.cache + ".real")
         os.symlink(paths.cache + ".real", paths.cache)
     else:
+        with open(paths.cache, "rb") as f:
+            data = DAMAGES[damage](f.read())
         with open(paths.cache, "wb") as f:
             f.write(data)
-    seen, region = session(cfg, paths)
+    logged = []
+    drop = Maildrop.open(cfg, paths, USER, log=lambda priority, text: logged.append(text),
+                         lock_step_s=0.05)
+    seen, region = [m.uid for m in drop.messages], drop.scan_region
+    drop.update(set(), set())
     assert region[0] == 0, "the cache was trusted"
     assert seen == full_scan_uids(paths) and seen[MIDDLE] != uids[MIDDLE]
+    ignored = [text for text in logged if text.startswith(f"{USER}'s cache ignored (")]
+    if damage == "old-json-format":
+        assert ignored == [f"{USER}'s cache ignored (format version 3, this build reads "
+                           f"{cache.CACHE_VERSION}); scanning the spool"]
+    if damage == "symlink":
+        assert ignored == []            # not opened at all (O_NOFOLLOW): nothing to say
+    else:
+        assert len(ignored) == 1, logged
     if damage != "symlink":
         _, region = session(cfg, paths)           # rewritten: trusted again
         assert region[0] == region[1]

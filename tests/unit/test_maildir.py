@@ -6,6 +6,7 @@ exactly once, even when killed at any step; another program's changes are surviv
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import mailbox
 import os
@@ -54,12 +55,9 @@ def retr(drop, index, body_lines=None) -> bytes:
 def settle(path):
     """Make the saved index look written long after the last change (as it will be on a
     mailbox nobody touched for a while)."""
-    index_path = os.path.join(path, maildir.INDEX_NAME)
-    with open(index_path) as f:
-        index = json.load(f)
-    index["written_ns"] += 10 * maildir.SETTLE_NS
-    with open(index_path, "w") as f:
-        json.dump(index, f)
+    index = maildir.load_index(path)
+    maildir.store_index(path, dataclasses.replace(
+        index, written_ns=index.written_ns + 10 * maildir.SETTLE_NS))
 
 
 def random_message(rng: random.Random, n: int) -> bytes:
