@@ -77,8 +77,9 @@ _SECTIONS = 3 + 2 * len(_PAIR_FIELDS)
 
 
 def encode(user: str, state: SpoolState, options: dict, messages: list[Message]) -> bytes:
-    """The cache file's bytes: columns of the message records (docs/maildrop.md, "The
-    server-mode cache"). ValueError for a record that could not be read back (it is not cached)."""
+    """The cache file's bytes: columns of the message records (docs/maildrop.md,
+    "The server-mode cache"). ValueError for a record that could not be read back (it is not
+    cached)."""
     sections = [packed.int_section(getattr(m, name) for name in _INT_FIELDS for m in messages),
                 packed.flag_section(getattr(m, name) for name in _FLAG_FIELDS for m in messages),
                 packed.text_section([m.uid for m in messages])]
