@@ -13,6 +13,8 @@ from qpopper.addresses import normalize_ip
 
 READ_CHUNK_OCTETS = 16 * 1024
 """One read from the client. Pipelined commands arrive in batches; protocol.py bounds lines."""
+WRITEV_PIECES = min(os.sysconf("SC_IOV_MAX"), 1024)
+"""Buffers per writev(2); the rest go in the next call."""
 
 class ChannelClosed(Exception):
     """The client went away (EOF on write, reset, or it stopped reading past the timeout)."""
@@ -75,11 +77,19 @@ class Channel:
 
     def write_all(self, data: bytes | bytearray | memoryview, timeout_s: float) -> None:
         """Everything, or ChannelClosed when the peer is gone or reads nothing for timeout_s."""
-        view = memoryview(data)
-        poller = None
-        while view:
+        self.write_vector([data], timeout_s)
+
+    def write_vector(self, pieces: list, timeout_s: float) -> None:
+        """write_all of the pieces one after another, with writev(2): no copy into one buffer."""
+        pieces = list(pieces)
+        i, poller = 0, None
+        while True:
+            while i < len(pieces) and not len(pieces[i]):
+                i += 1
+            if i == len(pieces):
+                return
             try:
-                sent = os.write(self.out_fd, view)
+                sent = os.writev(self.out_fd, pieces[i:i + WRITEV_PIECES])
             except BlockingIOError:
                 sent = 0
             except (BrokenPipeError, ConnectionResetError, TimeoutError) as exc:
@@ -89,7 +99,11 @@ class Channel:
                     raise ChannelClosed(str(exc)) from None
                 raise
             if sent:
-                view = view[sent:]
+                while sent and sent >= len(pieces[i]):
+                    sent -= len(pieces[i])
+                    i += 1
+                if sent:
+                    pieces[i] = memoryview(pieces[i])[sent:]
                 continue
             if poller is None:
                 poller = select.poll()

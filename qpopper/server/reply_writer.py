@@ -1,5 +1,5 @@
-"""How replies reach the client: collected into large writes (chunky-writes), big blocks
-sent without a copy, and a client gone mid-write noted instead of raised."""
+"""How replies reach the client: collected into large vectored writes (chunky-writes), never
+copied into one buffer, and a client gone mid-write noted instead of raised."""
 
 from __future__ import annotations
 
@@ -8,31 +8,40 @@ import syslog
 from qpopper import limits
 from qpopper.server.channel import ChannelClosed
 
+FLUSH_OCTETS = 4 * limits.COPY_CHUNK_OCTETS
+"""Collected replies go out once they reach this size (and at the end of every batch of
+commands): 8 pipelined RETRs of a typical message are one writev(2). Bigger writes cost the
+kernel less per byte; this bounds what a session holds (docs/internals.md, "Server")."""
+
 
 class ReplyWriter:
     """Part of Session (server/session.py), kept apart so the session's loop reads on its
-    own: uses its channel, cfg, tls_active, log, client_ip, _out and _closed."""
+    own: uses its channel, cfg, tls_active, log and client_ip. Every write must be bytes (never
+    changed afterwards: the pieces are held, not copied, until the flush)."""
+
+    def __init__(self) -> None:
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self._closed = False           # the client is gone: drop output, end at next read
+        self._mode_cfg = None          # the cfg that _mode was read from
+        self._mode = ""
 
     def write(self, data: bytes) -> None:
         if self._closed or not data:
             return
-        if not self._out and len(data) >= limits.COPY_CHUNK_OCTETS:
-            self._send(data)                # a big block (RETR of a big message): no copy
-            return
-        self._out += data
-        if not self._aggregate() or len(self._out) >= limits.COPY_CHUNK_OCTETS:
+        self._out.append(data)
+        self._out_size += len(data)
+        if self._out_size >= FLUSH_OCTETS or not self._aggregate():
             self.flush()
 
     def flush(self) -> None:
-        if self._closed or not self._out:
-            self._out.clear()
+        if not self._out:
             return
-        data, self._out = self._out, bytearray()   # hand the buffer itself over: no copy
-        self._send(data)
-
-    def _send(self, data: bytes | bytearray) -> None:
+        pieces, self._out, self._out_size = self._out, [], 0
+        if self._closed:
+            return
         try:
-            self.channel.write_all(data, self.cfg.timeout)
+            self.channel.write_vector(pieces, self.cfg.timeout)
         except ChannelClosed as exc:
             self._closed = True
             self.log(syslog.LOG_DEBUG, f"client {self.client_ip} gone during write: {exc}")
@@ -41,9 +50,10 @@ class ReplyWriter:
         """chunky-writes: default/always aggregate; never: write each piece as it comes;
         tls (the table maps 'ssl' to it): aggregate only when TLS is active (small TLS
         records are expensive)."""
-        mode = self.cfg.chunky_writes
-        if mode == "never":
+        if self.cfg is not self._mode_cfg:     # read once per cfg (user options replace it)
+            self._mode_cfg, self._mode = self.cfg, self.cfg.chunky_writes
+        if self._mode == "never":
             return False
-        if mode == "tls":
+        if self._mode == "tls":
             return self.tls_active
         return True

@@ -114,8 +114,7 @@ class Session(ReplyWriter):
         self.user = ""
         self.login = None
         self.protocol = None
-        self._out = bytearray()
-        self._closed = False           # the client is gone: drop output, end at next read
+        ReplyWriter.__init__(self)     # the reply buffer, and _closed: the client is gone
         self._hangup = False
         self._hangup_signal: int | None = None    # SIGHUP, SIGTERM: logged as such, not EOF
         self._displaced = False
@@ -365,6 +364,8 @@ class SessionMaildrop:
     def __init__(self, drop: Maildrop, session: Session):
         self._drop = drop
         self._session = session
+        # bound once: __getattr__ would look them up again for every RETR and TOP
+        self.check_available, self.send = drop.check_available, drop.send
 
     def __getattr__(self, name):
         return getattr(self._drop, name)

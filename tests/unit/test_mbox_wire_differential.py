@@ -104,7 +104,7 @@ def random_line(rng: random.Random) -> bytes:
     return text + rng.choice(LINE_ENDS)
 
 
-def random_message(rng: random.Random, mmdf: bool, number: int) -> bytes:
+def random_message(rng: random.Random, mmdf: bool, number: int, max_lines: int = 40) -> bytes:
     headers = [b"Subject: message %d" % number]
     for candidate in (b"Status: RO", b"Status: U", b"X-UIDL: %s" % (b"u%019d" % number),
                       b"X-UIDL: short", b"Received: from x", b" continued", b".Dot: header",
@@ -112,7 +112,7 @@ def random_message(rng: random.Random, mmdf: bool, number: int) -> bytes:
                       b"X-Nul: a\0b"):
         if rng.random() < 0.3:
             headers.insert(rng.randrange(len(headers) + 1), candidate)
-    body = b"".join(random_line(rng) for _ in range(rng.randrange(0, 40)))
+    body = b"".join(random_line(rng) for _ in range(rng.randrange(0, max_lines)))
     headers = [h % len(body) if h.startswith(b"Content-Length") else h for h in headers]
     head = b"".join(h + rng.choice(LINE_ENDS) for h in headers)
     blank = b"" if rng.random() < 0.05 else rng.choice((b"\n", b"\r\n"))
@@ -121,9 +121,11 @@ def random_message(rng: random.Random, mmdf: bool, number: int) -> bytes:
     return b"From sender%d Wed Nov 25 10:00:00 2026\n" % number + head + blank + body
 
 
-def random_spool(seed: int, mmdf: bool = False) -> bytes:
+def random_spool(seed: int, mmdf: bool = False, count: int | None = None,
+                 max_lines: int = 40) -> bytes:
     rng = random.Random(seed)
-    messages = [random_message(rng, mmdf, n) for n in range(rng.randrange(20, 45))]
+    messages = [random_message(rng, mmdf, n, max_lines)
+                for n in range(count or rng.randrange(20, 45))]
     if not mmdf:
         # the next From line needs an empty line before it; the last message may end mid-line
         messages = [(m if m.endswith(b"\n") else m + b"\n") + b"\n" for m in messages[:-1]] + [

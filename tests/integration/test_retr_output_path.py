@@ -1,0 +1,110 @@
+"""RETR and TOP of a 10,000-message spool through the session's real output path, against
+the line-by-line reference of tests/unit/test_mbox_wire_differential.py.
+
+The real Protocol and maildrop (normal and server mode) answer pipelined RETR and TOP of every
+message; the replies go through the session's ReplyWriter and Channel (collected pieces, one
+writev per batch) into a socket pair whose send buffer is kept small, so writev is cut short
+over and over; a thread reads the other end. The bytes read must be exactly the status lines,
+the reference wire bytes of each message and the terminators. The spool mixes small messages
+(the one-window fast path of mbox_send) with a few bigger than a window (the windowed path),
+lines starting with a dot, CRLF and bare CR in the spool, NUL, a last line without LF, and
+X-UIDL/Status headers that are cut and spliced.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import threading
+
+import pytest
+
+from qpopper import limits
+from qpopper.pop3.trans_state import RETR_OCTETS, TOP_FOLLOWS
+from qpopper.pop3.responses import TERMINATOR, ok
+from qpopper.server.channel import Channel
+from qpopper.server.reply_writer import ReplyWriter
+from tests.transcripts.harness import Spool, extended_session
+from tests.unit.test_mbox_wire_differential import random_line, random_spool, reference_wire
+
+pytestmark = pytest.mark.timeout(300)
+
+MESSAGES = 10_000
+PIPELINE = 8
+
+
+def spool_bytes() -> bytes:
+    """10,000 small random messages (the last without a final newline), and every 1,000th
+    one grown past a window with dot, CR and NUL lines."""
+    raw = random_spool(1939, count=MESSAGES, max_lines=6)
+    rng = random.Random(11)
+    parts = raw.split(b"\n\nFrom ")
+    for i in range(0, len(parts) - 1, 1000):
+        filler = b"".join(random_line(rng) for _ in range(3000))
+        parts[i] += b"\n" + filler + b"\n.\n..x\nlast line" * (i % 2)
+    return b"\n\nFrom ".join(parts)
+
+
+class SocketWriter(ReplyWriter):
+    """What Session gives ReplyWriter, on one end of a socket pair."""
+
+    def __init__(self, cfg, sock: socket.socket):
+        super().__init__()
+        self.cfg, self.tls_active, self.client_ip = cfg, False, "127.0.0.1"
+        self.channel = Channel(sock.fileno(), sock.fileno(), sock)
+        self.logs: list[str] = []
+
+    def log(self, priority: int, text: str) -> None:
+        self.logs.append(text)
+
+
+def drained(sock: socket.socket, into: bytearray) -> threading.Thread:
+    def read():
+        while data := sock.recv(1 << 16):
+            into.extend(data)
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("server_mode", [False, True])
+def test_pipelined_retr_and_top_of_every_message_equal_the_reference(tmp_path, server_mode):
+    raw = spool_bytes()
+    spool = Spool(tmp_path / "spool", server_mode=server_mode)
+    spool.write("alice", raw)
+    pop = extended_session(spool)
+    ours, theirs = socket.socketpair()
+    try:
+        pop.login()
+        messages = pop.proto.trans.messages
+        assert len(messages) >= MESSAGES
+        assert sum(m.body_end - m.content_start > limits.COPY_CHUNK_OCTETS for m in messages) >= 5
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)   # writev is cut short
+        received = bytearray()
+        reader = drained(theirs, received)
+        writer = SocketWriter(pop.env.cfg.replace(timeout=60), ours)
+        pop.env.write = writer.write
+        rng = random.Random(7)
+        commands, expected = [], []
+        for number, msg in enumerate(messages, 1):
+            if number % 3:
+                commands.append(b"RETR %d\r\n" % number)
+                expected += [ok(RETR_OCTETS.format(octets=msg.octets)),
+                             reference_wire(raw, msg, None), TERMINATOR]
+            else:
+                lines = rng.choice((0, 1, 2, 5, 10_000))
+                commands.append(b"TOP %d %d\r\n" % (number, lines))
+                expected += [ok(TOP_FOLLOWS), reference_wire(raw, msg, lines), TERMINATOR]
+        for start in range(0, len(commands), PIPELINE):
+            pop.proto.feed(b"".join(commands[start:start + PIPELINE]))
+            writer.flush()
+        ours.shutdown(socket.SHUT_WR)
+        reader.join(60)
+        assert not reader.is_alive() and not writer.logs
+        want = b"".join(expected)
+        assert len(received) == len(want)
+        assert received == want
+    finally:
+        ours.close()
+        theirs.close()
+        spool.close()
