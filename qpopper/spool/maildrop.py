@@ -237,10 +237,16 @@ class Maildrop:
     def _kept_and_marked(self, deleted: set[int], retrieved: set[int]):
         """The messages an update keeps (hidden ones included, in file order) and the ids of
         those retrieved this session."""
-        doomed = {id(self.messages[i]) for i in deleted}
-        kept = [m for m in self._all if id(m) not in doomed]
-        marked = {id(self.messages[i]) for i in retrieved}
-        return kept, marked, bool(doomed)
+        messages = self.messages
+        # Only kept messages can be marked; a deleted one is never written (QUIT after DELE
+        # of all sees an empty set here, not 10,000 ids).
+        marked = {id(messages[i]) for i in retrieved - deleted}
+        if len(messages) == len(self._all):     # nothing hidden: an index is a position
+            if len(deleted) == len(messages):
+                return [], marked, bool(deleted)
+            return [m for i, m in enumerate(messages) if i not in deleted], marked, bool(deleted)
+        doomed = {id(messages[i]) for i in deleted}
+        return [m for m in self._all if id(m) not in doomed], marked, bool(doomed)
 
     def _cut_drop(self, length: int = 0) -> None:
         """Cut the temporary drop back to `length` octets, durably. With 0 at update:
