@@ -284,6 +284,11 @@ class ServerModeMaildrop(NormalModeMaildrop):
         return mbox.scan(f, end=size, **options)
 
     def _store_cache(self, state: cache.SpoolState, messages) -> None:
+        if state.size == 0:
+            # An empty spool's cache saves the next login nothing (it scans from octet 0
+            # either way) and would cost QUIT after DELE of all a write and a rename.
+            cache.remove(self.paths.cache, self._step)
+            return
         try:
             cache.store(self.paths.cache, self.user, self.cfg, state, messages, self._step)
         except OSError as exc:

@@ -171,6 +171,17 @@ def test_everything_deleted_without_new_mail_truncates_the_spool(tmp_path):
     assert os.stat(paths.spool).st_ino == ino
     assert "update:truncate-spool" in steps and "update:create-image" not in steps
     assert not os.path.exists(paths.temp_drop)
+    # the login's scan would have been cached at QUIT; an empty spool gets no cache
+    assert "update:cache-write" not in steps and not os.path.lexists(paths.cache)
+    steps.clear()
+    drop = open_drop(cfg, paths, steps.append)
+    drop.update(set(), set())
+    assert drop.messages == [] and not any("cache" in step for step in steps), steps
+    append(paths.spool, message(50))
+    drop = open_drop(cfg, paths)
+    assert [m.octets > 0 for m in drop.messages] == [True]
+    drop.update(set(), set())
+    assert os.path.exists(paths.cache)              # mail again: cached as before
 
 
 @pytest.mark.parametrize("fast_update", [False, True])
