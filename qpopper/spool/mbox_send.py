@@ -178,7 +178,8 @@ def _send_whole(read: Callable[[int, int], bytes], msg: Message, stop: int,
                 write: WriteFn) -> bool:
     """send_message for what fits one window (most messages): one read, the stripped lines cut
     and X-UIDL spliced in by one join, one conversion, one write. False, with nothing written,
-    when the file no longer holds the bytes (the general path then sends what there is)."""
+    when the file no longer holds the bytes or X-UIDL goes after the last kept byte: the
+    general path then does it (it sends what there is, and closes a last line first)."""
     start = msg.content_start
     data = read(start, stop - start)
     if len(data) != stop - start:
