@@ -4,7 +4,8 @@ the line-by-line reference of tests/unit/test_mbox_wire_differential.py.
 The real Protocol and maildrop (normal and server mode) answer pipelined RETR and TOP of every
 message; the replies go through the session's ReplyWriter and Channel (collected pieces, one
 writev per batch) into a socket pair whose send buffer is kept small, so writev is cut short
-over and over; a thread reads the other end. The bytes read must be exactly the status lines,
+over and over; a thread reads the other end, in plain text or as a TLS client of the session's
+TlsChannel (which joins the pieces). The bytes read must be exactly the status lines,
 the reference wire bytes of each message and the terminators. The spool mixes small messages
 (the one-window fast path of mbox_send) with a few bigger than a window (the windowed path),
 lines starting with a dot, CRLF and bare CR in the spool, NUL, a last line without LF, and
@@ -15,15 +16,19 @@ from __future__ import annotations
 
 import random
 import socket
+import ssl
 import threading
 
 import pytest
+from OpenSSL import SSL
 
 from qpopper import limits
 from qpopper.pop3.trans_state import RETR_OCTETS, TOP_FOLLOWS
 from qpopper.pop3.responses import TERMINATOR, ok
 from qpopper.server.channel import Channel
 from qpopper.server.reply_writer import ReplyWriter
+from qpopper.server.tls import TlsChannel
+from tests.helpers.testpki import TestPki
 from tests.transcripts.harness import Spool, extended_session
 from tests.unit.test_mbox_wire_differential import random_line, random_spool, reference_wire
 
@@ -46,29 +51,56 @@ def spool_bytes() -> bytes:
 
 
 class SocketWriter(ReplyWriter):
-    """What Session gives ReplyWriter, on one end of a socket pair."""
+    """What Session gives ReplyWriter, on one end of a socket pair (or TLS over it)."""
 
-    def __init__(self, cfg, sock: socket.socket):
+    def __init__(self, cfg, channel):
         super().__init__()
-        self.cfg, self.tls_active, self.client_ip = cfg, False, "127.0.0.1"
-        self.channel = Channel(sock.fileno(), sock.fileno(), sock)
+        self.cfg, self.channel, self.client_ip = cfg, channel, "127.0.0.1"
+        self.tls_active = isinstance(channel, TlsChannel)
         self.logs: list[str] = []
 
     def log(self, priority: int, text: str) -> None:
         self.logs.append(text)
 
 
-def drained(sock: socket.socket, into: bytearray) -> threading.Thread:
+def drained(sock: socket.socket, into: bytearray, tls: bool) -> threading.Thread:
+    """Reads everything the session sends, as a TLS client when `tls`."""
     def read():
-        while data := sock.recv(1 << 16):
-            into.extend(data)
+        conn = sock
+        if tls:
+            context = ssl.create_default_context()
+            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+            conn = context.wrap_socket(sock, server_hostname="localhost")
+        try:
+            while data := conn.recv(1 << 16):
+                into.extend(data)
+        except ssl.SSLZeroReturnError:
+            pass
+        finally:
+            if conn is not sock:
+                conn.close()                # the TLS socket took over the descriptor
     thread = threading.Thread(target=read, daemon=True)
     thread.start()
     return thread
 
 
-@pytest.mark.parametrize("server_mode", [False, True])
-def test_pipelined_retr_and_top_of_every_message_equal_the_reference(tmp_path, server_mode):
+def session_channel(cfg, sock: socket.socket, pki_dir, tls: bool):
+    channel = Channel(sock.fileno(), sock.fileno(), sock)
+    if not tls:
+        return channel
+    identity = TestPki(str(pki_dir)).server("retr")
+    # the session's TLS end needs only a context with the identity (what tls.TlsIdentity
+    # builds from the configuration); loaded from the files here
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    context.use_certificate_file(identity.cert_file)
+    context.use_privatekey_file(identity.key_file)
+    secure = TlsChannel(channel, context)
+    secure.handshake(30)
+    return secure
+
+
+@pytest.mark.parametrize("server_mode, tls", [(False, False), (True, False), (True, True)])
+def test_pipelined_retr_and_top_of_every_message_equal_the_reference(tmp_path, server_mode, tls):
     raw = spool_bytes()
     spool = Spool(tmp_path / "spool", server_mode=server_mode)
     spool.write("alice", raw)
@@ -81,8 +113,9 @@ def test_pipelined_retr_and_top_of_every_message_equal_the_reference(tmp_path, s
         assert sum(m.body_end - m.content_start > limits.COPY_CHUNK_OCTETS for m in messages) >= 5
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)   # writev is cut short
         received = bytearray()
-        reader = drained(theirs, received)
-        writer = SocketWriter(pop.env.cfg.replace(timeout=60), ours)
+        reader = drained(theirs, received, tls)
+        cfg = pop.env.cfg.replace(timeout=60)
+        writer = SocketWriter(cfg, session_channel(cfg, ours, tmp_path / "pki", tls))
         pop.env.write = writer.write
         rng = random.Random(7)
         commands, expected = [], []
@@ -98,7 +131,10 @@ def test_pipelined_retr_and_top_of_every_message_equal_the_reference(tmp_path, s
         for start in range(0, len(commands), PIPELINE):
             pop.proto.feed(b"".join(commands[start:start + PIPELINE]))
             writer.flush()
-        ours.shutdown(socket.SHUT_WR)
+        if tls:
+            writer.channel.close()                  # close_notify: the client reads to the end
+        else:
+            ours.shutdown(socket.SHUT_WR)
         reader.join(60)
         assert not reader.is_alive() and not writer.logs
         want = b"".join(expected)
