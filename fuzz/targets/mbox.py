@@ -6,7 +6,9 @@ Only MboxFormatError (a spool that does not start with an envelope) may escape. 
 - messages lie in order inside the file, with distinct UIDs;
 - RETR's data is CRLF lines and, dot-stuffing undone, exactly the message's octets (what
   LIST and STAT report);
-- TOP's data is CRLF lines too.
+- TOP's data is CRLF lines too;
+- the batch scan gives the reference scanner's Message records, field for field
+  (docs/mbox.md, "The batch scan").
 
 First byte: bit 0 update-status-headers, bit 1 old-style UIDs, bit 2 uw-kludge, bit 3
 Content-Length honoured, bit 4 a real file (pread) instead of memory; second byte: TOP's
@@ -15,13 +17,15 @@ body lines. The rest is the spool.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import tempfile
 
-from qpopper.spool.mbox import MboxFormatError, copy_for_update, scan, send_message
+from qpopper.spool.mbox import Message, MboxFormatError, copy_for_update, scan, send_message
 
 ALLOWED: tuple[type[BaseException], ...] = (MboxFormatError,)
 MAX_LEN = 8192
+FIELDS = [field.name for field in dataclasses.fields(Message)]
 
 
 def wire_lines_ok(data: bytes) -> bool:
@@ -61,8 +65,14 @@ def written_back(f, messages, options: dict) -> bytes:
     return out.getvalue()
 
 
+def rows(messages) -> list[list]:
+    return [[getattr(m, name) for name in FIELDS] for m in messages]
+
+
 def check_spool(f, size: int, top_lines: int, options: dict) -> None:
     messages = scan(f, **options)
+    reference = scan(f, batch=False, **options)
+    assert rows(messages) == rows(reference), "batch scan and reference scan differ"
     at = 0
     for msg in messages:
         assert at <= msg.offset <= msg.content_start <= msg.body_end <= msg.end <= size, msg

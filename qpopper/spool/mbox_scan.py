@@ -15,6 +15,7 @@ import struct
 from typing import BinaryIO, Callable, Iterable
 
 from qpopper import limits
+from qpopper.spool import mbox_batch
 from qpopper.spool.mbox_format import (CONTENT_LENGTH_FUZZ, CR, LF, MMDF_SEP_CHAR, UIDL_HEADER,
                                        MboxFormatError, Message, _file_end, _NUL_TO_SPACE,
                                        _octets_of_range, _read_at, encode_uid, is_from_line)
@@ -294,7 +295,8 @@ def _assign_uids(messages: list[Message], header_uids: list[str | None], digests
 def scan(f: BinaryIO, *, start: int = 0, end: int | None = None,
          update_status_headers: bool = True, old_style_uid: bool = False,
          uw_kludge: bool = False, content_length: bool = True, unique_num: int | None = None,
-         first_number: int = 1, taken_uids: Iterable[str] = ()) -> list[Message]:
+         first_number: int = 1, taken_uids: Iterable[str] = (),
+         batch: bool = True) -> list[Message]:
     """Scan the mbox region [start, end) of the open binary file `f` (end: end of file).
 
     `start` must be the start of a separator line; raises MboxFormatError when it is not.
@@ -303,15 +305,25 @@ def scan(f: BinaryIO, *, start: int = 0, end: int | None = None,
     per-session counter in the UID hash (only with update-status-headers and new-style UIDs);
     leave it None to get UIDs that are stable across sessions even before they are saved.
     uw-kludge hides message 1 of the file when it is the IMAP folder pseudo-message.
+    `batch` False scans with the reference scanner alone (the batch path's yardstick,
+    docs/mbox.md, "The batch scan").
     """
     region_end = _file_end(f) if end is None else end
     if region_end <= start:
         return []
-    scanner = _Scanner(f, start, region_end, update_status_headers=update_status_headers,
-                       old_style_uid=old_style_uid, uw_kludge=uw_kludge,
-                       content_length=content_length, unique_num=unique_num,
-                       first_number=first_number)
-    messages = scanner.run()
-    _assign_uids(messages, scanner.header_uids, scanner.digests, old_style_uid=old_style_uid,
+    options = dict(update_status_headers=update_status_headers, old_style_uid=old_style_uid,
+                   uw_kludge=uw_kludge, content_length=content_length)
+
+    def reference(at: int, stop: int, number: int, unique: int | None) -> mbox_batch.Scanned:
+        scanner = _Scanner(f, at, stop, unique_num=unique, first_number=number, **options)
+        return scanner.run(), scanner.header_uids, scanner.digests
+
+    if batch:
+        messages, header_uids, digests = mbox_batch.scan_region(
+            f, start, region_end, reference, unique_num=unique_num, first_number=first_number,
+            **options)
+    else:
+        messages, header_uids, digests = reference(start, region_end, first_number, unique_num)
+    _assign_uids(messages, header_uids, digests, old_style_uid=old_style_uid,
                  taken_uids=taken_uids)
     return messages

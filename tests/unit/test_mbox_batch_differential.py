@@ -1,0 +1,181 @@
+"""The batch scan (qpopper/spool/mbox_batch.py) gives what the reference scanner gives
+(`scan(..., batch=False)`): the same Message records field for field, hence the same UIDs,
+octets and counts, on generated spools of 10,000+ messages and on the shapes it must hand to
+the reference (MMDF, Content-Length, CRLF, broken input, a missing final newline, headers past
+the window, uw-kludge's first message), from a real file and from memory, whole and by region
+(docs/mbox.md, "The batch scan")."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import random
+import tempfile
+
+import pytest
+
+from qpopper.spool import mbox, mbox_batch
+
+FIELDS = [f.name for f in dataclasses.fields(mbox.Message)]
+pytestmark = pytest.mark.timeout(300)
+
+SEPARATORS = [b"From s%d@x Wed Dec  2 05:53:22 1992\n", b"From s%d Wed Dec  2 05:53 1992\n",
+              b"From s%d@x Wed Dec  2 05:53:22 PST 1992 remote from h\n",
+              b"From s%d Sat Jan  3 01:05:34 1996 +0700\n"]
+HEADERS = [
+    b"Received: from a by b", b"RECEIVED: from c", b"received:x", b"Received : not noted",
+    b"Date: Wed, 25 Nov 2026 10:00:00 +0000", b"date:today", b"Message-ID: <%d@x>",
+    b"message-id:<lower>", b"Subject: s%d", b"SUBJECT: upper", b"Subject: with\x00nul",
+    b"Subject:", b"X-UIDL: uid-%d-0123456789", b"x-uidl: lower-uid-0123456789",
+    b"X-UIDL: short", b"X-UIDL: " + b"u" * 40, b"Status: RO", b"status: O", b"STATUS: U",
+    b"Status: R", b"content-length: 12", b"From: someone", b"From: Mail System Internal Data",
+    b"X-IMAP: 1", b"Subject: DON'T DELETE THIS MESSAGE", b"To: x", b"X-Long: " + b"l" * 3000,
+    b":colon first", b"No-Colon-Here-At-All-In-Sixteen", b"X-Received: by x",
+    b"From nobody Wed Dec  2 05:53:22 1992",
+]
+CONTINUATIONS = [b" folded", b"\tfolded", b" \x00nul", b"  deep", b"\t"]
+BODY_LINES = [b"text", b"", b"", b">From x Wed Dec  2 05:53:22 1992", b".", b"..",
+              b"From a Wed Dec  2 05:53:22 1992", b"From not a date", b"From ",
+              b"Subject: in the body", b"Status: RO", b"b" * 200, b"nul\x00byte",
+              b"From " + b"x" * 1100 + b" Wed Dec  2 05:53:22 1992"]
+
+
+def header_block(rng: random.Random, n: int, body_len: int, content_length: float) -> bytes:
+    lines = []
+    for _ in range(rng.randrange(0, 12)):
+        line = rng.choice(HEADERS)
+        if b"%d" in line:
+            line %= n
+        lines.append(line + b"\n")
+        while rng.random() < 0.3:
+            lines.append(rng.choice(CONTINUATIONS) + b"\n")
+    if rng.random() < content_length:
+        lines.append(b"Content-Length: %d\n" % max(0, body_len + rng.choice([0, 0, 1, -1, 30])))
+    if rng.random() < 0.001:                    # past the header window: read line by line
+        lines.append(b"X-Big: " + b"h" * 17_000 + b"\n")
+    return b"".join(lines)
+
+
+def body(rng: random.Random) -> bytes:
+    return b"".join(rng.choice(BODY_LINES) + b"\n" for _ in range(rng.randrange(0, 8)))
+
+
+def spool(seed: int, messages: int, *, content_length: float = 0.0, crlf: bool = False,
+          mmdf: bool = False) -> bytes:
+    rng = random.Random(seed)
+    out = []
+    for n in range(messages):
+        text = body(rng)
+        head = header_block(rng, n, len(text), content_length)
+        blank = b"" if rng.random() < 0.02 else b"\n"
+        if mmdf:
+            out.append(b"\x01\x01\x01\x01\n" + head + blank + text + b"\x01\x01\x01\x01\n")
+            continue
+        framing = b"\n" if rng.random() < 0.97 else rng.choice([b"", b"\n\n"])
+        out.append(rng.choice(SEPARATORS) % n + head + blank + text + framing)
+    data = b"".join(out)
+    return data.replace(b"\n", b"\r\n") if crlf else data
+
+
+def rows(f, **options) -> list[list]:
+    return [[getattr(m, name) for name in FIELDS] for m in mbox.scan(f, **options)]
+
+
+def both(data: bytes, **options) -> tuple[list, list]:
+    """(batch, reference) rows of a real file holding `data`; the in-memory batch scan is
+    checked against the same reference on the way."""
+    with tempfile.TemporaryFile() as f:
+        f.write(data)
+        f.flush()
+        expected = rows(f, batch=False, **options)
+        got = rows(f, **options)
+    assert rows(io.BytesIO(data), **options) == expected, options
+    return got, expected
+
+
+def batched(monkeypatch) -> list:
+    """Count the messages the batch path builds itself."""
+    seen = []
+    one = mbox_batch._Batch._one_message
+
+    def counted(self, *args):
+        got = one(self, *args)
+        seen.append(isinstance(got, tuple))
+        return got
+
+    monkeypatch.setattr(mbox_batch._Batch, "_one_message", counted)
+    return seen
+
+
+OPTIONS = [{}, {"old_style_uid": True}, {"uw_kludge": True}, {"unique_num": 7},
+           {"update_status_headers": False, "unique_num": 7}, {"content_length": False}]
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=str)
+def test_10000_messages_from_a_file_and_from_memory(options, monkeypatch):
+    data = spool(11, 10_500)
+    seen = batched(monkeypatch)
+    got, expected = both(data, **options)
+    assert got == expected
+    assert len(expected) >= 10_000
+    assert sum(seen) >= 9_000                   # the batch path built them, not the reference
+
+
+def test_uids_statuses_and_sizes_come_out_as_the_reference_says(monkeypatch):
+    """A spool after Qpopper's update: X-UIDL and Status on every message."""
+    parts = [b"From a@b Wed Dec  2 05:53:22 1992\nX-UIDL: kept-uid-%05d-abcdef\nSubject: s\n"
+             b"Status: %s\n\nbody %d\n>From quoted\n\n" % (n, (b"RO", b"U")[n % 2], n)
+             for n in range(10_000)]
+    parts[5] = parts[5].replace(b"kept-uid-00005", b"kept-uid-00004")    # a duplicate X-UIDL
+    seen = batched(monkeypatch)
+    got, expected = both(b"".join(parts))
+    assert got == expected and sum(seen) >= 9_000
+    messages = mbox.scan(io.BytesIO(b"".join(parts)))
+    assert messages[0].uid == "kept-uid-00000-abcdef" and messages[0].retrieved
+    assert not messages[1].retrieved and not messages[5].uid_from_header
+
+
+@pytest.mark.parametrize("shape", ["content-length", "crlf", "mmdf", "broken", "no-final-lf",
+                                   "from-line-without-lf", "empty-messages", "nul"])
+def test_shapes_the_reference_takes_over(shape):
+    data = spool(23, 3_000, content_length=0.02 if shape == "content-length" else 0.0,
+                 crlf=shape == "crlf", mmdf=shape == "mmdf")
+    if shape == "broken":
+        data = data[:len(data) * 2 // 3]
+    elif shape == "no-final-lf":
+        data = data.rstrip(b"\n")
+    elif shape == "from-line-without-lf":
+        data += b"\nFrom last Wed Dec  2 05:53:22 1992"
+    elif shape == "empty-messages":
+        data = b"".join(b"From e Wed Dec  2 05:53:22 1992\n" + b"\n" * (n % 3) for n in range(500))
+    elif shape == "nul":
+        data = data.replace(b"text", b"t\x00t").replace(b"From: ", b"From:\x00")
+    for options in OPTIONS[:4]:
+        got, expected = both(data, **options)
+        assert got == expected, (shape, options)
+        assert expected
+
+
+def test_regions_as_server_mode_scans_them():
+    """A region appended after a cached part: numbered on, UIDs kept apart from those taken."""
+    data = spool(31, 2_000, content_length=0.001)
+    with tempfile.TemporaryFile() as f:
+        f.write(data)
+        f.flush()
+        whole = mbox.scan(f, batch=False)
+        for cut in (1, 700, 1_999):
+            head = whole[:cut]
+            region = dict(start=head[-1].end, first_number=cut + 1,
+                          taken_uids={m.uid for m in head})
+            expected = rows(f, batch=False, **region)
+            assert rows(f, **region) == expected and expected
+            assert rows(f, end=whole[cut].offset if cut < 2_000 else None) == rows(
+                f, batch=False, end=whole[cut].offset if cut < 2_000 else None)
+
+
+def test_a_spool_not_starting_with_an_envelope_is_refused_by_both():
+    for data in (b"Subject: x\n\nFrom a Wed Dec  2 05:53:22 1992\n\n", b"\nFrom a Wed Dec  2",
+                 b"From nobody\n\nbody\n"):
+        for batch in (True, False):
+            with pytest.raises(mbox.MboxFormatError):
+                mbox.scan(io.BytesIO(data), batch=batch)
