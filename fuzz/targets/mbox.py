@@ -11,8 +11,9 @@ Only MboxFormatError (a spool that does not start with an envelope) may escape. 
   (docs/mbox.md, "The batch scan").
 
 First byte: bit 0 update-status-headers, bit 1 old-style UIDs, bit 2 uw-kludge, bit 3
-Content-Length honoured, bit 4 a real file (pread) instead of memory; second byte: TOP's
-body lines. The rest is the spool.
+Content-Length honoured, bit 4 a real file (pread) instead of memory, bit 5 the batch scan in
+two parts at once (a forked helper scans the second); second byte: TOP's body lines. The rest
+is the spool.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ import dataclasses
 import io
 import tempfile
 
+from qpopper.spool import mbox_batch
 from qpopper.spool.mbox import Message, MboxFormatError, copy_for_update, scan, send_message
 
 ALLOWED: tuple[type[BaseException], ...] = (MboxFormatError,)
 MAX_LEN = 8192
+SPLIT_OCTETS = mbox_batch.SPLIT_OCTETS
 FIELDS = [field.name for field in dataclasses.fields(Message)]
 
 
@@ -47,6 +50,7 @@ def one_input(data: bytes) -> None:
     if len(data) < 2:
         return
     flags, top_lines, spool = data[0], data[1], data[2:]
+    mbox_batch.SPLIT_OCTETS = 0 if flags & 32 else SPLIT_OCTETS
     if flags & 16:
         with tempfile.TemporaryFile() as f:
             f.write(spool)

@@ -14,9 +14,13 @@ and the `mbox` fuzz target hold the two paths to that.
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import marshal
 import mmap
+import os
 import re
+import signal
 import struct
 from typing import BinaryIO, Callable
 
@@ -45,6 +49,12 @@ _OTHER_NOTED = re.compile(rb"\n(?:content-length|x-uidl|status):[^\n]*", re.IGNO
 next line's match starts with it)."""
 _HEADER_WINDOW = _HeaderScanner.HEADER_WINDOW
 _MAX_LINE = limits.MAX_SPOOL_LINE_OCTETS
+SPLIT_OCTETS = 8 * 1024 * 1024
+"""A region this big is scanned in two parts at once, the second by a forked helper (below
+it, the fork and the helper's exit cost more than they save)."""
+HELPER_SHARE = 0.58
+"""The helper's part of such a region: more than half, since the parent still has the UIDs,
+the helper's records and the unmapping to do when both parts are scanned."""
 _REST = object()
 """_one_message's answer for a message from which on the reference must scan."""
 
@@ -80,6 +90,18 @@ def separators(view, start: int, end: int) -> list[tuple[int, int]] | None:
     return found
 
 
+class _NotBatchable(Exception):
+    """The region is not for the batch path: the reference scans all of it."""
+
+
+class _Stop(Exception):
+    """A helper met a message only the reference can scan: it stops there."""
+
+    def __init__(self, at: int):
+        super().__init__(at)
+        self.at = at
+
+
 class _Batch:
     def __init__(self, view, *, update_status_headers: bool, old_style_uid: bool,
                  uw_kludge: bool, content_length: bool, unique_num: int | None,
@@ -93,55 +115,82 @@ class _Batch:
         self.uw_kludge = uw_kludge
         self.content_length = content_length
         self.first_number = first_number
+        self.messages: list[Message] = []
+        self.header_uids: list = []
+        self.digests: list[bytes] = []
 
-    def run(self, seps: list[tuple[int, int]], end: int, reference: Reference) -> Scanned:
-        messages: list[Message] = []
-        header_uids: list = []
-        digests: list[bytes] = []
-        bounds = [s for s, _ in seps[1:]] + [end]
+    # --- collecting -------------------------------------------------------------------------
+
+    def _next_unique(self) -> int | None:
+        return None if self.unique_num is None else self.unique_num + len(self.messages)
+
+    def keep(self, record: tuple) -> None:
+        """Store one message made in batch (a record of _record)."""
+        (at, nxt, octets, retrieved, cs, header_end, body_start, body_end, uidl_insert_at,
+         stripped, status_lines, uid, digest) = record
+        self.messages.append(Message(
+            self.first_number + len(self.messages), at, nxt, octets, "", False, retrieved,
+            False, cs, header_end, body_start, body_end, body_end, uidl_insert_at, stripped,
+            stripped, status_lines, (), False))
+        self.header_uids.append(uid)
+        self.digests.append(digest)
+
+    def keep_scanned(self, got: Scanned) -> None:
+        self.messages += got[0]
+        self.header_uids += got[1]
+        self.digests += got[2]
+
+    # --- walking the messages ---------------------------------------------------------------
+
+    def walk(self, start: int, stop: int, stop_is_separator: bool, may_hide_first: bool,
+             keep: Callable[[tuple], None], fallback: Callable[[int, int, bool], bool]) -> bool:
+        """Make the messages of [start, stop) in batch and give them to `keep`; a message the
+        batch path cannot make goes to fallback(at, next, rest): `rest` when everything from
+        it on must go to the reference (fallback returns True when the walk is over then).
+        The last message goes to fallback too unless `stop_is_separator`; so does the first
+        when `may_hide_first` (uw-kludge's message 1). True when the reference took the rest."""
+        if self.view.find(b"\r", start, stop) != -1:
+            raise _NotBatchable
+        seps = separators(self.view, start, stop)
+        if seps is None:
+            raise _NotBatchable
+        bounds = [s for s, _ in seps[1:]]
+        bounds.append(stop)
+        last = len(seps) - 1
+        record = self._record
         for i, ((at, eol), nxt) in enumerate(zip(seps, bounds)):
-            number = self.first_number + i
-            unique_num = self.unique_num + i if self.unique_num is not None else None
-            last = i == len(seps) - 1
             one = None
-            if not last and not (self.uw_kludge and number == 1):
-                one = self._one_message(at, eol, nxt, number, unique_num)
-            if (one is None and not last and self.content_length
-                    and self.view.find(b"Content-Length:", at, nxt) != -1):
+            if (i < last or stop_is_separator) and not (may_hide_first and i == 0):
+                one = record(at, eol, nxt)
+            if one is None and self.content_length and (i < last or stop_is_separator) and (
+                    self.view.find(b"Content-Length:", at, nxt) != -1):
                 one = _REST         # its value may be honoured: only the reference can tell
             if one is _REST:
-                nxt = end
-            if one is None or one is _REST:
-                got = reference(at, nxt, number, unique_num)
-                messages += got[0]
-                header_uids += got[1]
-                digests += got[2]
-                if one is _REST:
-                    break
-                continue
-            messages.append(one[0])
-            header_uids.append(one[1])
-            digests.append(one[2])
-        return messages, header_uids, digests
+                if fallback(at, nxt, True):
+                    return True
+            elif one is None:
+                fallback(at, nxt, False)
+            else:
+                keep(one)
+        return False
 
-    def _one_message(self, at: int, eol: int, nxt: int, number: int, unique_num: int | None):
-        """The message [at, nxt) whose separator line ends at eol, as (Message, X-UIDL value,
-        digest); None to have the reference scan it, _REST to have it scan from it on."""
+    def _record(self, at: int, eol: int, nxt: int):
+        """The message [at, nxt) whose separator line ends at eol, as a record for keep();
+        None to have the reference scan it, _REST to have it scan from it on."""
         msg = self.view[at:nxt]
         cs = eol - at                              # content start, in msg
         blank = msg.find(b"\n\n", cs - 1, cs + _HEADER_WINDOW) + 1     # the blank line
         if blank == 0:
             return None                            # headers past the window: line by line
-        block = msg[cs - 1:blank]                  # the header lines, an LF in front
         sep = msg[:cs]
-        hashed = self.hashed_lines.findall(block)
+        hashed = self.hashed_lines.findall(msg, cs - 1, blank)   # headers, the LF before
         if hashed:
             hashed.append(b"")                     # each hashed piece ends with its LF
         text = b"".join((sep, b"\n".join(hashed), sep) if self.new_style
                         else (sep, b"\n".join(hashed))).translate(_NUL_TO_SPACE)
         if self.feed_unique_num:               # Qpopper's counter right after the separator
             md5 = hashlib.md5(text[:cs])
-            md5.update(struct.pack("=q", unique_num))
+            md5.update(struct.pack("=q", self._next_unique()))
             md5.update(text[cs:])
             digest = md5.digest()
         else:
@@ -153,8 +202,8 @@ class _Batch:
         retrieved = False
         stripped: tuple = ()
         status_lines: tuple = ()
-        if _OTHER_NOTED.search(block) is not None:
-            noted = self._other_noted(block, at + cs - 1)
+        if _OTHER_NOTED.search(msg, cs - 1, blank) is not None:
+            noted = self._other_noted(msg[cs - 1:blank], at + cs - 1)
             if noted is None:
                 return _REST
             uid, retrieved, stripped, status_lines, octets_off = noted
@@ -165,9 +214,8 @@ class _Batch:
         body_end = nxt - 1
         if body_end < body_start:                  # the blank line was the framing line
             body_start = body_end = header_end
-        return Message(number, at, nxt, octets, "", False, retrieved, False, at + cs,
-                       header_end, body_start, body_end, body_end, uidl_insert_at, stripped,
-                       stripped, status_lines, (), False), uid, digest
+        return (at, nxt, octets, retrieved, at + cs, header_end, body_start, body_end,
+                uidl_insert_at, stripped, status_lines, uid, digest)
 
     def _other_noted(self, block: bytes, base: int):
         """X-UIDL and Status lines of a header block at file offset `base` (_HeaderScanner
@@ -196,23 +244,171 @@ class _Batch:
         return uid, retrieved, tuple(stripped), tuple(status_lines), octets_off
 
 
+
 def scan_region(f: BinaryIO, start: int, end: int, reference: Reference, *,
                 update_status_headers: bool, old_style_uid: bool, uw_kludge: bool,
                 content_length: bool, unique_num: int | None, first_number: int) -> Scanned:
     """Scan [start, end) of `f` as the reference does, the common messages in batch."""
     view = region_view(f, end)
-    seps = None
-    if view is not None and len(view) >= end:
-        if view.find(b"\r", start, end) == -1 and view[start:start + 1] != MMDF_SEP_CHAR:
-            seps = separators(view, start, end)
     try:
-        if seps is None:
+        if view is None or len(view) < end or view[start:start + 1] == MMDF_SEP_CHAR:
             return reference(start, end, first_number, unique_num)
         batch = _Batch(view, update_status_headers=update_status_headers,
                        old_style_uid=old_style_uid, uw_kludge=uw_kludge,
                        content_length=content_length, unique_num=unique_num,
                        first_number=first_number)
-        return batch.run(seps, end, reference)
+        try:
+            _scan(batch, start, end, reference)
+        except _NotBatchable:
+            return reference(start, end, first_number, unique_num)
+        return batch.messages, batch.header_uids, batch.digests
     finally:
         if isinstance(view, mmap.mmap):
             view.close()
+
+
+def _scan(batch: _Batch, start: int, end: int, reference: Reference) -> None:
+    """Scan [start, end) into `batch`: a big region in two parts at once (the second by a
+    helper process, while this one does the first), else in one walk."""
+    def fallback(at: int, nxt: int, rest: bool) -> bool:
+        stop = end if rest else nxt
+        batch.keep_scanned(reference(at, stop, batch.first_number + len(batch.messages),
+                                     batch._next_unique()))
+        return rest
+
+    helper = None
+    if end - start >= SPLIT_OCTETS and not batch.feed_unique_num:
+        split = _split_point(batch.view, start, end)
+        if split is not None:
+            helper = _Helper.start(batch, split, end)
+    may_hide = batch.uw_kludge and batch.first_number == 1
+    if helper is None:
+        batch.walk(start, end, False, may_hide, batch.keep, fallback)
+        return
+    try:
+        done = batch.walk(start, helper.split, True, may_hide, batch.keep, fallback)
+    except BaseException:
+        helper.discard()
+        raise
+    if done:                    # the reference scanned the helper's part too
+        helper.discard()
+        return
+    got = helper.result()
+    resume = helper.split
+    if got is not None:
+        if not got[0]:
+            raise _NotBatchable                    # a CR in the helper's part
+        for record in got[1]:
+            batch.keep(record)
+        resume = got[2]
+    if resume < end:
+        batch.walk(resume, end, False, False, batch.keep, fallback)
+
+
+def _split_point(view, start: int, end: int) -> int | None:
+    """The first separator of the helper's part of [start, end), or None."""
+    for m in _FROM_LINE.finditer(view, end - int((end - start) * HELPER_SHARE), end):
+        at = m.start()
+        if view[at - 2:at] == b"\n\n" and is_from_line(m.group()):
+            return at
+    return None
+
+
+def _helper_part(batch: _Batch, start: int, end: int) -> tuple:
+    """What the helper sends back: (True, records, where the parent resumes) for the messages
+    of [start, end) up to the first that needs the reference, (False,) when the part is not
+    for the batch path."""
+    records: list[tuple] = []
+
+    def stop(at: int, nxt: int, rest: bool) -> bool:
+        raise _Stop(at)
+
+    try:
+        batch.walk(start, end, False, False, records.append, stop)
+    except _NotBatchable:
+        return (False,)
+    except _Stop as stopped:
+        return True, records, stopped.at
+    return True, records, end
+
+
+class _Helper:
+    """A forked process scanning the second part of a mapped region, as this process's user,
+    after login (docs/mbox.md, "The batch scan"). It only reads the map and writes its result
+    to a pipe; when it fails in any way the parent scans that part itself."""
+
+    def __init__(self, pid: int, fd: int, split: int):
+        self.pid = pid
+        self.fd = fd
+        self.split = split
+
+    @classmethod
+    def start(cls, batch: _Batch, split: int, end: int) -> "_Helper | None":
+        try:
+            r, w = os.pipe()
+        except OSError:
+            return None
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(r)
+            os.close(w)
+            return None
+        if pid == 0:                                   # the helper: never returns
+            code = 1
+            try:
+                gc.disable()                           # no finalizer of the parent's objects
+                os.close(r)
+                _default_signals()
+                data = marshal.dumps(_helper_part(batch, split, end))
+                data = struct.pack("=Q", len(data)) + data
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(w, view):]
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        return cls(pid, r, split)
+
+    def result(self):
+        """The helper's answer, or None when it did not give a whole one."""
+        try:
+            with open(self.fd, "rb", closefd=True) as pipe:
+                data = pipe.read()
+        except OSError:
+            data = b""
+        self._reap()
+        if len(data) < 8 or struct.unpack("=Q", data[:8])[0] != len(data) - 8:
+            return None
+        try:
+            got = marshal.loads(data[8:])
+        except (EOFError, ValueError, TypeError):
+            return None
+        if got == (False,) or (isinstance(got, tuple) and len(got) == 3 and got[0] is True
+                               and isinstance(got[1], list) and isinstance(got[2], int)):
+            return got
+        return None
+
+    def discard(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.close(self.fd)
+        self._reap()
+
+    def _reap(self) -> None:
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+
+
+def _default_signals() -> None:
+    """The helper takes no part in the session's signal handling: default actions, no wakeup
+    descriptor (a hangup ends it, and the parent scans its part)."""
+    signal.set_wakeup_fd(-1)
+    for signum in signal.valid_signals():
+        if callable(signal.getsignal(signum)):
+            signal.signal(signum, signal.SIG_DFL)

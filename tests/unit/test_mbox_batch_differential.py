@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import random
 import tempfile
 
@@ -96,14 +97,14 @@ def both(data: bytes, **options) -> tuple[list, list]:
 def batched(monkeypatch) -> list:
     """Count the messages the batch path builds itself."""
     seen = []
-    one = mbox_batch._Batch._one_message
+    one = mbox_batch._Batch._record
 
     def counted(self, *args):
         got = one(self, *args)
         seen.append(isinstance(got, tuple))
         return got
 
-    monkeypatch.setattr(mbox_batch._Batch, "_one_message", counted)
+    monkeypatch.setattr(mbox_batch._Batch, "_record", counted)
     return seen
 
 
@@ -179,3 +180,73 @@ def test_a_spool_not_starting_with_an_envelope_is_refused_by_both():
         for batch in (True, False):
             with pytest.raises(mbox.MboxFormatError):
                 mbox.scan(io.BytesIO(data), batch=batch)
+
+
+# --- the helper process: a big region scanned in two parts at once ------------------------------
+
+def helper_spool(**shape) -> bytes:
+    return spool(41, 4_000, **shape)
+
+
+@pytest.fixture
+def split_always(monkeypatch):
+    """Every region goes to the helper in part; count the helpers that answered."""
+    monkeypatch.setattr(mbox_batch, "SPLIT_OCTETS", 0)
+    answered = []
+    result = mbox_batch._Helper.result
+
+    def counted(self):
+        got = result(self)
+        answered.append(got is not None)
+        return got
+
+    monkeypatch.setattr(mbox_batch._Helper, "result", counted)
+    return answered
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=str)
+def test_two_parts_at_once_equal_the_reference(options, split_always):
+    got, expected = both(helper_spool(), **options)
+    assert got == expected and len(expected) >= 4_000
+    if "unique_num" not in options:             # Qpopper's counter: one process only
+        assert split_always and all(split_always)
+
+
+@pytest.mark.parametrize("shape", ["crlf-in-helper-part", "content-length-in-parent-part",
+                                   "content-length-in-helper-part", "long-headers"])
+def test_two_parts_hand_over_to_the_reference(shape, split_always):
+    data = helper_spool()
+    half = len(data) // 2
+    if shape == "crlf-in-helper-part":
+        data = data[:-100] + data[-100:].replace(b"\n", b"\r\n")
+    elif shape.startswith("content-length"):
+        at = data.index(b"\n\nFrom ", half // 3 if "parent" in shape else half * 3 // 2) + 2
+        eol = data.index(b"\n", at) + 1
+        data = data[:eol] + b"Content-Length: 3\n" + data[eol:]
+    else:
+        at = data.index(b"\n\nFrom ", half * 3 // 2) + 2
+        eol = data.index(b"\n", at) + 1
+        data = data[:eol] + b"X-Big: " + b"h" * 20_000 + b"\n" + data[eol:]
+    got, expected = both(data)
+    assert got == expected and len(expected) >= 4_000
+
+
+def test_a_failing_helper_leaves_its_part_to_the_parent(monkeypatch, split_always):
+    """A helper that dies, or answers only half, is as if there were none."""
+    data = helper_spool()
+    expected = both(data)[1]
+    split_always.clear()
+    part = mbox_batch._helper_part
+
+    def dies(batch, start, end):
+        os._exit(3)
+
+    monkeypatch.setattr(mbox_batch, "_helper_part", dies)
+    assert both(data)[0] == expected
+
+    def cut_short(batch, start, end):
+        return part(batch, start, end)[:2]     # a malformed answer
+
+    monkeypatch.setattr(mbox_batch, "_helper_part", cut_short)
+    assert both(data)[0] == expected
+    assert split_always and not any(split_always)
