@@ -12,8 +12,8 @@ Only MboxFormatError (a spool that does not start with an envelope) may escape. 
 
 First byte: bit 0 update-status-headers, bit 1 old-style UIDs, bit 2 uw-kludge, bit 3
 Content-Length honoured, bit 4 a real file (pread) instead of memory, bit 5 the batch scan in
-two parts at once (a forked helper scans the second); second byte: TOP's body lines. The rest
-is the spool.
+two parts at once (a forked helper scans the second) and in parts of 256 octets (messages of
+128 or more left to the reference); second byte: TOP's body lines. The rest is the spool.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from qpopper.spool.mbox import Message, MboxFormatError, copy_for_update, scan, 
 ALLOWED: tuple[type[BaseException], ...] = (MboxFormatError,)
 MAX_LEN = 8192
 SPLIT_OCTETS = mbox_batch.SPLIT_OCTETS
+CHUNK_OCTETS = mbox_batch.CHUNK_OCTETS
+BIG_MESSAGE_OCTETS = mbox_batch.BIG_MESSAGE_OCTETS
 FIELDS = [field.name for field in dataclasses.fields(Message)]
 
 
@@ -50,7 +52,10 @@ def one_input(data: bytes) -> None:
     if len(data) < 2:
         return
     flags, top_lines, spool = data[0], data[1], data[2:]
-    mbox_batch.SPLIT_OCTETS = 0 if flags & 32 else SPLIT_OCTETS
+    small = bool(flags & 32)
+    mbox_batch.SPLIT_OCTETS = 0 if small else SPLIT_OCTETS
+    mbox_batch.CHUNK_OCTETS = 256 if small else CHUNK_OCTETS
+    mbox_batch.BIG_MESSAGE_OCTETS = 128 if small else BIG_MESSAGE_OCTETS
     if flags & 16:
         with tempfile.TemporaryFile() as f:
             f.write(spool)

@@ -52,6 +52,11 @@ _MAX_LINE = limits.MAX_SPOOL_LINE_OCTETS
 SPLIT_OCTETS = 8 * 1024 * 1024
 """A region this big is scanned in two parts at once, the second by a forked helper (below
 it, the fork and the helper's exit cost more than they save)."""
+CHUNK_OCTETS = 16 * 1024 * 1024
+"""The batch path works through a mapped region this much at a time."""
+BIG_MESSAGE_OCTETS = CHUNK_OCTETS
+"""A message this big is left to the reference, which reads it in small windows (the batch
+path would copy it whole)."""
 HELPER_SHARE = 0.58
 """The helper's part of such a region: more than half, since the parent still has the UIDs,
 the helper's records and the unmapping to do when both parts are scanned."""
@@ -75,16 +80,21 @@ def region_view(f: BinaryIO, end: int):
         return None
 
 
-def separators(view, start: int, end: int) -> list[tuple[int, int]] | None:
-    """(offset, end of line) of every From_ separator of [start, end), or None when the
-    region's first line is not one. A separator line without LF (only the region's last line
-    can be one) is not listed: the reference scans the last message."""
+def separators(view, start: int, end: int, upto: int | None = None
+               ) -> list[tuple[int, int]] | None:
+    """(offset, end of line) of every From_ separator of [start, end) that starts before
+    `upto` (default: end), or None when the region's first line is not one. A separator line
+    without LF (only the region's last line can be one) is not listed: the reference scans
+    the last message."""
+    upto = end if upto is None else upto
     first = _FROM_LINE.match(view, start, end)
     if first is None or not is_from_line(first.group()):
         return None
     found = [(start, first.end())]
     for m in _FROM_LINE.finditer(view, first.end(), end):
         at = m.start()
+        if at >= upto:
+            break
         if view[at - 2:at] == b"\n\n" and is_from_line(m.group()):
             found.append((at, m.end()))
     return found
@@ -148,23 +158,45 @@ class _Batch:
         batch path cannot make goes to fallback(at, next, rest): `rest` when everything from
         it on must go to the reference (fallback returns True when the walk is over then).
         The last message goes to fallback too unless `stop_is_separator`; so does the first
-        when `may_hide_first` (uw-kludge's message 1). True when the reference took the rest."""
-        if self.view.find(b"\r", start, stop) != -1:
-            raise _NotBatchable
-        seps = separators(self.view, start, stop)
-        if seps is None:
-            raise _NotBatchable
+        when `may_hide_first` (uw-kludge's message 1). True when the reference took the rest.
+
+        The region is worked through CHUNK_OCTETS at a time (cut at separators), each part's
+        pages released when it is done; a message longer than that is only searched through,
+        and scanned by the reference."""
+        pos = start
+        while pos < stop:
+            limit = min(pos + CHUNK_OCTETS, stop)
+            if self.view.find(b"\r", pos, limit) != -1:
+                raise _NotBatchable
+            seps = separators(self.view, pos, min(limit + _MAX_LINE + 1, stop), limit)
+            if seps is None:
+                raise _NotBatchable
+            cut = self.next_separator(limit, stop) if limit < stop else stop
+            if self._messages(seps, cut, cut < stop or stop_is_separator, may_hide_first,
+                              keep, fallback):
+                return True
+            self._release(pos, cut)
+            pos = cut
+            may_hide_first = False
+        return False
+
+    def _messages(self, seps: list[tuple[int, int]], stop: int, stop_is_separator: bool,
+                  may_hide_first: bool, keep, fallback) -> bool:
+        """walk() for one part, whose separators are `seps`."""
+        view = self.view
         bounds = [s for s, _ in seps[1:]]
         bounds.append(stop)
         last = len(seps) - 1
         record = self._record
         for i, ((at, eol), nxt) in enumerate(zip(seps, bounds)):
             one = None
-            if (i < last or stop_is_separator) and not (may_hide_first and i == 0):
+            whole = i < last or stop_is_separator
+            if whole and not (may_hide_first and i == 0) and nxt - at < BIG_MESSAGE_OCTETS:
                 one = record(at, eol, nxt)
-            if one is None and self.content_length and (i < last or stop_is_separator) and (
-                    self.view.find(b"Content-Length:", at, nxt) != -1):
-                one = _REST         # its value may be honoured: only the reference can tell
+            if one is None and whole and self.content_length:
+                blank = view.find(b"\n\n", eol - 1, nxt)      # where the headers end
+                if view.find(b"Content-Length:", at, nxt if blank == -1 else blank) != -1:
+                    one = _REST     # its value may be honoured: only the reference can tell
             if one is _REST:
                 if fallback(at, nxt, True):
                     return True
@@ -173,6 +205,35 @@ class _Batch:
             else:
                 keep(one)
         return False
+
+    def next_separator(self, at: int, stop: int) -> int:
+        """The first separator at or past `at`, or `stop`. The octets passed are checked for
+        CR, and the pages of a long search released as it goes."""
+        while at < stop:
+            upto = min(at + CHUNK_OCTETS, stop)
+            found = upto
+            for m in _FROM_LINE.finditer(self.view, at, min(upto + _MAX_LINE + 1, stop)):
+                if m.start() >= upto:
+                    break
+                if self.view[m.start() - 2:m.start()] == b"\n\n" and is_from_line(m.group()):
+                    found = m.start()
+                    break
+            if self.view.find(b"\r", at, found) != -1:
+                raise _NotBatchable
+            if found < upto:
+                return found
+            self._release(at, upto)
+            at = upto
+        return stop
+
+    def _release(self, start: int, stop: int) -> None:
+        """Drop this process's mapping of the whole pages in [start, stop) (the page cache
+        keeps them): resident memory follows CHUNK_OCTETS, not the spool."""
+        if isinstance(self.view, mmap.mmap):
+            first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE
+            length = stop // mmap.PAGESIZE * mmap.PAGESIZE - first
+            if length > 0:
+                self.view.madvise(mmap.MADV_DONTNEED, first, length)
 
     def _record(self, at: int, eol: int, nxt: int):
         """The message [at, nxt) whose separator line ends at eol, as a record for keep();
@@ -277,8 +338,9 @@ def _scan(batch: _Batch, start: int, end: int, reference: Reference) -> None:
         return rest
 
     helper = None
-    if end - start >= SPLIT_OCTETS and not batch.feed_unique_num:
-        split = _split_point(batch.view, start, end)
+    if (end - start >= SPLIT_OCTETS and not batch.feed_unique_num
+            and len(os.sched_getaffinity(0)) >= 2):     # one CPU: the helper would only wait
+        split = _split_point(batch, start, end)
         if split is not None:
             helper = _Helper.start(batch, split, end)
     may_hide = batch.uw_kludge and batch.first_number == 1
@@ -305,13 +367,10 @@ def _scan(batch: _Batch, start: int, end: int, reference: Reference) -> None:
         batch.walk(resume, end, False, False, batch.keep, fallback)
 
 
-def _split_point(view, start: int, end: int) -> int | None:
+def _split_point(batch: _Batch, start: int, end: int) -> int | None:
     """The first separator of the helper's part of [start, end), or None."""
-    for m in _FROM_LINE.finditer(view, end - int((end - start) * HELPER_SHARE), end):
-        at = m.start()
-        if view[at - 2:at] == b"\n\n" and is_from_line(m.group()):
-            return at
-    return None
+    at = batch.next_separator(end - int((end - start) * HELPER_SHARE), end)
+    return at if at < end else None
 
 
 def _helper_part(batch: _Batch, start: int, end: int) -> tuple:

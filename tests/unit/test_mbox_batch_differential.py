@@ -250,3 +250,18 @@ def test_a_failing_helper_leaves_its_part_to_the_parent(monkeypatch, split_alway
     monkeypatch.setattr(mbox_batch, "_helper_part", cut_short)
     assert both(data)[0] == expected
     assert split_always and not any(split_always)
+
+
+@pytest.mark.parametrize("chunk", [4096, 65536])
+def test_small_parts_and_big_messages(chunk, monkeypatch, split_always):
+    """Parts cut at separators, pages released after each, messages past the limit left to
+    the reference: nothing changes in the records."""
+    monkeypatch.setattr(mbox_batch, "CHUNK_OCTETS", chunk)
+    monkeypatch.setattr(mbox_batch, "BIG_MESSAGE_OCTETS", chunk // 2)
+    data = helper_spool(content_length=0.0005)
+    big = b"From big Wed Dec  2 05:53:22 1992\nSubject: big\n\n" + b"line\n" * chunk + b"\n"
+    middle = data.index(b"\n\nFrom ", len(data) // 3) + 2
+    data = data[:middle] + big + big + data[middle:]
+    for options in OPTIONS[:3]:
+        got, expected = both(data, **options)
+        assert got == expected and len(expected) >= 4_000
