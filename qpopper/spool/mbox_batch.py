@@ -27,7 +27,7 @@ from typing import BinaryIO, Callable
 from qpopper import limits
 from qpopper.spool.mbox_format import (MMDF_SEP_CHAR, Message, _NUL_TO_SPACE, header_uid,
                                        is_from_line)
-from qpopper.spool.mbox_headers import _HeaderScanner
+from qpopper.spool.mbox_headers import _HeaderScanner, set_scan_options
 
 Scanned = tuple[list[Message], list, list[bytes]]
 """Messages (octets without the X-UIDL line), their X-UIDL values (or None), their digests."""
@@ -117,14 +117,11 @@ class _Batch:
                  uw_kludge: bool, content_length: bool, unique_num: int | None,
                  first_number: int):
         self.view = view
-        self.new_style = not old_style_uid
+        set_scan_options(self, update_status_headers=update_status_headers,
+                         old_style_uid=old_style_uid, uw_kludge=uw_kludge,
+                         content_length=content_length, unique_num=unique_num,
+                         first_number=first_number)
         self.hashed_lines = _HASHED_LINES if self.new_style else _HASHED_LINES_ONLY
-        self.feed_unique_num = (unique_num is not None and update_status_headers
-                                and not old_style_uid)
-        self.unique_num = unique_num
-        self.uw_kludge = uw_kludge
-        self.content_length = content_length
-        self.first_number = first_number
         self.messages: list[Message] = []
         self.header_uids: list = []
         self.digests: list[bytes] = []

@@ -122,6 +122,20 @@ class _Draft:
     last_line_unterminated: bool = False  # the last kept line lacks LF: RETR adds CRLF
 
 
+def set_scan_options(scanner, *, update_status_headers: bool, old_style_uid: bool,
+                     uw_kludge: bool, content_length: bool, unique_num: int | None,
+                     first_number: int) -> None:
+    """The options a scan keeps, as the reference (mbox_scan._Scanner) and the batch path
+    (mbox_batch._Batch) both read them."""
+    scanner.new_style = not old_style_uid
+    scanner.feed_unique_num = (unique_num is not None and update_status_headers
+                               and not old_style_uid)
+    scanner.unique_num = unique_num
+    scanner.uw_kludge = uw_kludge
+    scanner.content_length = content_length
+    scanner.first_number = first_number
+
+
 class _HeaderScanner:
     """The header part of the scanner (mbox_scan._Scanner adds the bodies): needs `w` (a
     _Window), `mmdf_sep`, `first_number`, `uw_kludge`, `new_style` and `content_length`."""

@@ -19,7 +19,8 @@ from qpopper.spool import mbox_batch
 from qpopper.spool.mbox_format import (CONTENT_LENGTH_FUZZ, CR, LF, MMDF_SEP_CHAR, UIDL_HEADER,
                                        MboxFormatError, Message, _file_end, _NUL_TO_SPACE,
                                        _octets_of_range, _read_at, encode_uid, is_from_line)
-from qpopper.spool.mbox_headers import _Draft, _HeaderScanner, _is_empty_line_before, _Window
+from qpopper.spool.mbox_headers import (_Draft, _HeaderScanner, _is_empty_line_before,
+                                        _Window, set_scan_options)
 
 _FROM_SEPARATOR = re.compile(rb"\nFrom ")
 
@@ -43,14 +44,11 @@ class _Scanner(_HeaderScanner):
         self.f = f
         self.start = start
         self.w = _Window(f, start, end)
-        self.new_style = not old_style_uid
-        self.feed_unique_num = (unique_num is not None and update_status_headers
-                                and not old_style_uid)
-        self.unique_num = unique_num
-        self.uw_kludge = uw_kludge
-        self.content_length = content_length
+        set_scan_options(self, update_status_headers=update_status_headers,
+                         old_style_uid=old_style_uid, uw_kludge=uw_kludge,
+                         content_length=content_length, unique_num=unique_num,
+                         first_number=first_number)
         self.number = first_number
-        self.first_number = first_number
         self.mmdf_sep: bytes | None = None
         self.messages: list[Message] = []     # octets still without the X-UIDL line
         self.header_uids: list[str | None] = []
