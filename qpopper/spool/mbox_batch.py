@@ -20,8 +20,10 @@ import marshal
 import mmap
 import os
 import re
+import select
 import signal
 import struct
+import time
 from typing import BinaryIO, Callable
 
 from qpopper import limits
@@ -57,6 +59,8 @@ CHUNK_OCTETS = 16 * 1024 * 1024
 BIG_MESSAGE_OCTETS = CHUNK_OCTETS
 """A message this big is left to the reference, which reads it in small windows (the batch
 path would copy it whole)."""
+HELPER_TIMEOUT = 120
+"""Seconds a helper may take; past them it is ended and its part scanned by the session."""
 HELPER_SHARE = 0.58
 """The helper's part of such a region: more than half, since the parent still has the UIDs,
 the helper's records and the unmapping to do when both parts are scanned."""
@@ -428,12 +432,13 @@ class _Helper:
         return cls(pid, r, split)
 
     def result(self):
-        """The helper's answer, or None when it did not give a whole one."""
-        try:
-            with open(self.fd, "rb", closefd=True) as pipe:
-                data = pipe.read()
-        except OSError:
-            data = b""
+        """The helper's answer, or None when it did not give a whole one in HELPER_TIMEOUT
+        seconds (then it is ended)."""
+        data = self._read(time.monotonic() + HELPER_TIMEOUT)
+        if data is None:
+            self.discard()
+            return None
+        os.close(self.fd)
         self._reap()
         if len(data) < 8 or struct.unpack("=Q", data[:8])[0] != len(data) - 8:
             return None
@@ -445,6 +450,23 @@ class _Helper:
                                and isinstance(got[1], list) and isinstance(got[2], int)):
             return got
         return None
+
+    def _read(self, deadline: float) -> bytes | None:
+        """Everything the helper writes, up to its end; None past the deadline."""
+        chunks = []
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                    return None
+                chunk = os.read(self.fd, 1 << 20)
+            except InterruptedError:
+                continue
+            except OSError:
+                return b""
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
 
     def discard(self) -> None:
         try:

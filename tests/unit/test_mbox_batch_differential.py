@@ -265,3 +265,13 @@ def test_small_parts_and_big_messages(chunk, monkeypatch, split_always):
     for options in OPTIONS[:3]:
         got, expected = both(data, **options)
         assert got == expected and len(expected) >= 4_000
+
+
+def test_a_helper_past_its_time_is_ended(monkeypatch, split_always):
+    data = helper_spool()
+    expected = both(data)[1]
+    split_always.clear()
+    monkeypatch.setattr(mbox_batch, "HELPER_TIMEOUT", 0.2)
+    monkeypatch.setattr(mbox_batch, "_helper_part", lambda batch, start, end: os.pause())
+    assert both(data)[0] == expected
+    assert split_always == [False, False]
