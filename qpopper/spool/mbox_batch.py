@@ -8,8 +8,11 @@ does not handle goes to the reference scanner (mbox_scan._Scanner) through `refe
 whole region (CR anywhere, MMDF, no envelope first, no mappable file), one message (headers
 past the header window, uw-kludge's first message, the last message of the region), or
 everything from a message on (a Content-Length line, which may move the next separator).
-The results are the reference's, field for field; tests/unit/test_mbox_batch_differential.py
-and the `mbox` fuzz target hold the two paths to that.
+A big region is scanned in two parts at once, the second by a forked helper process
+(docs/mbox.md, "Two parts at once"), and worked through in parts of CHUNK_OCTETS whose pages
+are released as they are done. The results are the reference's, field for field;
+tests/unit/test_mbox_batch_differential.py and the `mbox` fuzz target hold the two paths to
+that.
 """
 
 from __future__ import annotations
@@ -51,9 +54,10 @@ _OTHER_NOTED = re.compile(rb"\n(?:content-length|x-uidl|status):[^\n]*", re.IGNO
 next line's match starts with it)."""
 _HEADER_WINDOW = _HeaderScanner.HEADER_WINDOW
 _MAX_LINE = limits.MAX_SPOOL_LINE_OCTETS
-SPLIT_OCTETS = 8 * 1024 * 1024
-"""A region this big is scanned in two parts at once, the second by a forked helper (below
-it, the fork and the helper's exit cost more than they save)."""
+SPLIT_OCTETS = 32 * 1024 * 1024
+"""A region this big is scanned in two parts at once, the second by a forked helper. The fork
+costs the session ~3-4 ms of CPU and the helper has to be scheduled: at 8 and 16 MB the
+split was no faster (bench/README.md, "Cold mbox")."""
 CHUNK_OCTETS = 16 * 1024 * 1024
 """The batch path works through a mapped region this much at a time."""
 BIG_MESSAGE_OCTETS = CHUNK_OCTETS
@@ -65,7 +69,7 @@ HELPER_SHARE = 0.58
 """The helper's part of such a region: more than half, since the parent still has the UIDs,
 the helper's records and the unmapping to do when both parts are scanned."""
 _REST = object()
-"""_one_message's answer for a message from which on the reference must scan."""
+"""_record's answer for a message from which on the reference must scan."""
 
 
 def region_view(f: BinaryIO, end: int):
