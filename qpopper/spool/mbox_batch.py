@@ -398,8 +398,8 @@ def _helper_part(batch: _Batch, start: int, end: int) -> tuple:
 
 class _Helper:
     """A forked process scanning the second part of a mapped region, as this process's user,
-    after login (docs/mbox.md, "The batch scan"). It only reads the map and writes its result
-    to a pipe; when it fails in any way the parent scans that part itself."""
+    after login (docs/mbox.md, "Two parts at once"). It only reads the map and writes its
+    result to a pipe; when it fails in any way the parent scans that part itself."""
 
     def __init__(self, pid: int, fd: int, split: int):
         self.pid = pid
