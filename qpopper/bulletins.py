@@ -179,9 +179,12 @@ class Delivery:
         return [b for b in every if b.number > last and is_for(b, self.user, self.login.gid)]
 
     # --- the steps --------------------------------------------------------------------------------
+    def list_all(self) -> list[Bulletin]:
+        return list_bulletins(self.bulldir, self.cfg.group_bulletins)
+
     def run(self) -> int:
         try:
-            every = list_bulletins(self.bulldir, self.cfg.group_bulletins)
+            every = self.list_all()
         except OSError as exc:
             self.log(syslog.LOG_ERR, f"Unable to read bulletin directory {self.bulldir}: "
                                      f"{exc.strerror}")

@@ -12,6 +12,7 @@ serialises two logins of one user, as it serialises their sessions.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import syslog
@@ -48,13 +49,37 @@ def numbers_present(path: str) -> set[int]:
 class MaildirDelivery(Delivery):
     """One login's bulletins into a Maildir. Use `deliver(...)`."""
 
-    def __init__(self, cfg, login, path: str, hostname: str, log, step_hook, clock):
+    def __init__(self, cfg, login, path: str, hostname: str, log, step_hook, clock,
+                 spool_group):
         super().__init__(cfg, login, None, hostname, log, step_hook, 0.0, clock)
         self.path = path
+        self.spool_group = spool_group
+
+    # The session runs with the user's own group here; the bulletin directory and the record
+    # (bulldb, popbulldir) may need the spool group, the Maildir never gets it.
+    def list_all(self) -> list[Bulletin]:
+        with self.spool_group():
+            return super().list_all()
+
+    def open_store(self):
+        with self.spool_group():
+            return super().open_store()
+
+    def _read_bulletin(self, bulletin: Bulletin) -> bytes | None:
+        with self.spool_group():
+            return super()._read_bulletin(bulletin)
+
+    def _load(self, store):
+        with self.spool_group():
+            return store.load()
+
+    def _save(self, store, last: int) -> None:
+        with self.spool_group():
+            store.save(last)
 
     def _with_store(self, store, every: list[Bulletin]) -> int:
         newest = every[-1].number
-        seen = store.load()
+        seen = self._load(store)
         if seen.last is not None and seen.last >= newest and seen.pending is None:
             return 0                                         # the common case: no lock at all
         lock = SessionLock(os.path.join(self.path, LOCK_NAME),
@@ -66,7 +91,7 @@ class MaildirDelivery(Delivery):
             lock.release(unlink=False)
 
     def _locked(self, store, every: list[Bulletin], newest: int) -> int:
-        seen = store.load()                                  # again: another login may have run
+        seen = self._load(store)                             # again: another login may have run
         last = self.last_seen(seen, newest)
         present = numbers_present(self.path)
         stamp = int(self.clock())
@@ -90,7 +115,7 @@ class MaildirDelivery(Delivery):
             self.step("fsync-new")
             fsync_dir(os.path.join(self.path, "new"))
         self.step("record-seen")
-        store.save(max(last, newest))                        # also drops an mbox-era intent
+        self._save(store, max(last, newest))                 # also drops an mbox-era intent
         if delivered:
             self.log(syslog.LOG_INFO, f"Delivered {delivered} bulletin(s) to {self.user} "
                                       f"(up to {newest})")
@@ -119,11 +144,14 @@ class MaildirDelivery(Delivery):
 
 
 def deliver(cfg, login, path: str, hostname: str, log, *, step_hook=None,
-            clock=time.time) -> int:
+            clock=time.time, spool_group=contextlib.nullcontext) -> int:
     """Put the user's new bulletins into the Maildir at `path` (after the privilege drop,
-    before MaildirDrop.open). Returns how many were delivered; 0 when bulldir is unset.
-    Raises PopError for the bulletin database without bulldb-nonfatal and for [IN-USE]."""
+    before MaildirDrop.open), as the user's own group; `spool_group()` is entered around
+    what reads the bulletin directory and the record. Returns how many were delivered; 0
+    when bulldir is unset. Raises PopError for the bulletin database without
+    bulldb-nonfatal and for [IN-USE]."""
     if not cfg.bulldir:
         return 0
-    return MaildirDelivery(cfg, login, path, hostname, log, step_hook, clock).run()
+    return MaildirDelivery(cfg, login, path, hostname, log, step_hook, clock,
+                           spool_group).run()
 

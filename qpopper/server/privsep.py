@@ -47,6 +47,7 @@ the child logs and exits at once with os._exit — it never continues with the w
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -337,3 +338,50 @@ class EffectiveIdentity:
         os.setegid(gid)
         os.setgroups(groups)
         self.saved = None
+
+
+# --- a Maildir user's session: no spool group (docs/privsep.md, "Maildir users") -------------
+def leave_spool_group(log=None) -> None:
+    """After drop_privileges, for a user served from a Maildir: the effective gid becomes the
+    user's own (the real gid). The Maildir is the user's and the session follows the paths
+    under it, which the user controls: with the spool group it could be led (a symbolic link
+    for cur/) to read or unlink the spool group's files. The spool group stays as the saved
+    gid only, for spool_group() around the bulletin record, until drop_spool_group()."""
+    rgid, egid, sgid = os.getresgid()
+    if egid == rgid:
+        return
+    try:
+        os.setresgid(rgid, rgid, sgid)
+    except OSError as exc:
+        _abort(log, f"leaving the spool group failed: {exc.strerror}")
+    if os.getresgid() != (rgid, rgid, sgid):
+        _abort(log, f"leaving the spool group not effective: gids {os.getresgid()}")
+
+
+def drop_spool_group(log=None) -> None:
+    """For good: real, effective and saved gid the user's own."""
+    rgid = os.getgid()
+    if os.getresgid() == (rgid, rgid, rgid):
+        return
+    try:
+        os.setresgid(rgid, rgid, rgid)
+    except OSError as exc:
+        _abort(log, f"dropping the spool group failed: {exc.strerror}")
+    if os.getresgid() != (rgid, rgid, rgid):
+        _abort(log, f"dropping the spool group not effective: gids {os.getresgid()}")
+
+
+@contextlib.contextmanager
+def spool_group():
+    """The saved spool group as the effective gid for what needs it and only follows the
+    administrator's paths (the bulletin directory and record), between leave_spool_group()
+    and drop_spool_group(). Nothing changes when the effective gid is already the saved one."""
+    rgid, egid, sgid = os.getresgid()
+    if egid == sgid:
+        yield
+        return
+    os.setegid(sgid)
+    try:
+        yield
+    finally:
+        os.setegid(egid)

@@ -167,8 +167,13 @@ class Session(ReplyWriter):
             bulletins.deliver(self.cfg, login, paths, self.hostname, self.log,
                               step_hook=test_step_hook())
         else:
+            # A Maildir's paths are the user's to point anywhere: no spool group for them
+            # (docs/privsep.md, "Maildir users"); the bulletin record may still need it.
+            privsep.leave_spool_group(self.log)
             bulletins_maildir.deliver(self.cfg, login, in_maildir, self.hostname, self.log,
-                                      step_hook=test_step_hook())
+                                      step_hook=test_step_hook(),
+                                      spool_group=privsep.spool_group)
+            privsep.drop_spool_group(self.log)
         try:
             if in_maildir is not None:
                 drop = MaildirDrop.open(in_maildir, login.user, step_hook=test_step_hook(),

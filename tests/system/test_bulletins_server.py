@@ -250,10 +250,17 @@ def test_server_mode_takes_the_bulletin_from_the_spool_once(site, system_users):
         assert subjects_after_login(server, user) == [b"hello", b"Example bulletin"]
 
 
-def test_maildir_user_gets_the_bulletin_once_as_a_file_of_their_own(site, system_users):
-    """docs/bulletins.md, "Maildir users": through the real server, after the drop."""
+@pytest.mark.parametrize("record", ["popbull", "bulldb"])
+def test_maildir_user_gets_the_bulletin_once_as_a_file_of_their_own(site, system_users, record):
+    """docs/bulletins.md, "Maildir users": through the real server, after the drop; the
+    bulletin database (root:mail 2770) is written with the spool group the Maildir session
+    otherwise does without (docs/privsep.md, "Maildir users")."""
     with open(site.config, "a") as f:
         f.write('set maildir = "~/Maildir"\n')
+        if record == "bulldb":
+            f.write("set bulldb\n")
+    if record == "bulldb":
+        mail_dir(os.path.join(site.root, "bulls"), bulletin_records.BULLDB_DIR, 0o2770)
     user = system_users.create("bm")
     maildir = os.path.join(user.home, "Maildir")
     for sub in ("", "tmp", "new", "cur"):
@@ -274,7 +281,16 @@ def test_maildir_user_gets_the_bulletin_once_as_a_file_of_their_own(site, system
     assert ".bulletin-1." in name and name.endswith(":2,S")
     st = os.stat(os.path.join(maildir, "cur", name))
     assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (user.uid, 0o600)
-    with open(os.path.join(user.home, ".popbull"), "rb") as f:
-        assert f.read() == b"1\n"
+    if record == "popbull":
+        with open(os.path.join(user.home, ".popbull"), "rb") as f:
+            assert f.read() == b"1\n"
+    else:
+        path = os.path.join(site.root, "bulls", bulletin_records.BULLDB_DIR,
+                            bulletin_records.BULLDB_FILE)
+        db = sqlite3.connect(path)
+        try:
+            assert db.execute("SELECT user, last FROM seen").fetchall() == [(user.name, 1)]
+        finally:
+            db.close()
     assert subjects_after_login(server, user) == [b"Example bulletin"]    # not twice
     assert not os.path.exists(os.path.join(site.spool_dir, user.name))    # no mbox made

@@ -229,6 +229,46 @@ def test_an_mbox_user_and_a_maildir_user_on_one_master(site, system_users, maild
     assert not os.path.exists(os.path.join(site.spool_dir, maildir_user.name))
 
 
+@pytest.mark.parametrize("linked", ["cur", "new"])
+def test_a_maildir_linked_to_the_spool_directory_reaches_no_other_users_mail(
+        site, system_users, maildir_user, linked):
+    """docs/privsep.md, "Maildir users": a Maildir's paths are the user's to point anywhere,
+    so the session has no spool group: `cur` (or `new`) made a link to the spool directory
+    (root:mail 2775, spools user:mail 0660) shows, sends and removes none of the spools."""
+    victim = system_users.create()
+    spool = make_spool(site.spool_dir, victim, mbox(("secret", "for the victim only\n")),
+                       mode=0o660)
+    with open(spool, "rb") as f:
+        before = f.read()
+    path = os.path.join(maildir_user.home, "Maildir")
+    deliver_with_mailbox(maildir_user, [b"Subject: own\n\nmine\n"])
+    shutil.rmtree(os.path.join(path, linked))
+    os.symlink(site.spool_dir, os.path.join(path, linked))
+    os.lchown(os.path.join(path, linked), maildir_user.uid, maildir_user.gid)
+    server = site.server()
+    seen = b""
+    try:
+        client = login(server, maildir_user)
+    except poplib.error_proto as refused:          # the spools could not be read: refused
+        assert b"[SYS/TEMP]" in refused.args[0]
+    else:
+        try:
+            count = client.stat()[0]
+            for n in range(1, count + 1):
+                try:
+                    seen += b"\n".join(client.retr(n)[1])
+                except poplib.error_proto:
+                    pass
+                client.dele(n)
+            client.quit()
+        finally:
+            client.close()
+    assert b"for the victim only" not in seen
+    with open(spool, "rb") as f:
+        assert f.read() == before                 # still there, unchanged
+    assert sorted(os.listdir(site.spool_dir)) == sorted([victim.name])
+
+
 def test_check_config_shows_the_maildir_option(site):
     result = subprocess.run([POPPER, "--check-config", "-f", site.config],
                             capture_output=True, text=True, timeout=30)
