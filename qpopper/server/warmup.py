@@ -38,6 +38,9 @@ from qpopper.server.session import CRASH_AT_ENV, STEP_LOG_ENV, Session
 UNPRIVILEGED_ACCOUNT = "nobody"
 """Whom the warm-up runs as when the master is root (it needs no root)."""
 
+WAIT_S = 2
+"""The longest a warm-up session waits for input (its commands are all sent at once)."""
+
 ROUNDS = 12
 """Sessions run: CPython 3.11 quickens a code object after 8 calls, and specialises an
 instruction within a few runs of it after that."""
@@ -120,7 +123,10 @@ def warm_up(cfg, log) -> bool:
 
 def _warm_up_config(cfg, workdir: str):
     defaults = Config.defaults()
-    return cfg.replace("warm-up", spool_dir=workdir, reverse_lookup=False,
+    # A round that waited for a byte (it never should: all commands are there) ends within
+    # WAIT_S instead of the site's timeout, so the master's start is never held long.
+    return cfg.replace("warm-up", spool_dir=workdir, reverse_lookup=False, timeout=WAIT_S,
+                       login_timeout=WAIT_S,
                        **{name: getattr(defaults, name) for name in SITE_PATH_OPTIONS})
 
 

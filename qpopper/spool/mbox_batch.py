@@ -10,9 +10,8 @@ past the header window, uw-kludge's first message, the last message of the regio
 everything from a message on (a Content-Length line, which may move the next separator).
 A big region is scanned in two parts at once, the second by a forked helper process
 (docs/mbox.md, "Two parts at once"), and worked through in parts of CHUNK_OCTETS whose pages
-are released as they are done. The results are the reference's, field for field;
-tests/unit/test_mbox_batch_differential.py and the `mbox` fuzz target hold the two paths to
-that.
+are released as they are done. The results are the reference's, field for field: the
+differential tests and the `mbox` fuzz target hold the two paths to that (docs/fuzzing.md).
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ import marshal
 import mmap
 import os
 import re
+import resource
 import select
 import signal
 import struct
@@ -57,7 +57,7 @@ _MAX_LINE = limits.MAX_SPOOL_LINE_OCTETS
 SPLIT_OCTETS = 32 * 1024 * 1024
 """A region this big is scanned in two parts at once, the second by a forked helper. The fork
 costs the session ~3-4 ms of CPU and the helper has to be scheduled: at 8 and 16 MB the
-split was no faster (bench/README.md, "Cold mbox")."""
+split was no faster (docs/mbox.md, "Two parts at once")."""
 CHUNK_OCTETS = 16 * 1024 * 1024
 """The batch path works through a mapped region this much at a time."""
 BIG_MESSAGE_OCTETS = CHUNK_OCTETS
@@ -396,6 +396,11 @@ def _helper_part(batch: _Batch, start: int, end: int) -> tuple:
     return True, records, end
 
 
+def _max_fd() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if 0 < soft < 1 << 20 else 1 << 20
+
+
 class _Helper:
     """A forked process scanning the second part of a mapped region, as this process's user,
     after login (docs/mbox.md, "Two parts at once"). It only reads the map and writes its
@@ -422,7 +427,11 @@ class _Helper:
             code = 1
             try:
                 gc.disable()                           # no finalizer of the parent's objects
-                os.close(r)
+                # Nothing of the session's but the map: not the client's socket, not the
+                # spool's or the temp drop's locks (a flock lives as long as any holder of
+                # its open file), should the session die before the helper ends.
+                os.closerange(3, w)
+                os.closerange(w + 1, _max_fd())
                 _default_signals()
                 data = marshal.dumps(_helper_part(batch, split, end))
                 data = struct.pack("=Q", len(data)) + data
@@ -458,10 +467,12 @@ class _Helper:
     def _read(self, deadline: float) -> bytes | None:
         """Everything the helper writes, up to its end; None past the deadline."""
         chunks = []
+        poller = select.poll()                  # any descriptor number (select: < 1024)
+        poller.register(self.fd, select.POLLIN)
         while True:
             left = deadline - time.monotonic()
             try:
-                if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                if left <= 0 or not poller.poll(max(1, int(left * 1000))):
                     return None
                 chunk = os.read(self.fd, 1 << 20)
             except InterruptedError:

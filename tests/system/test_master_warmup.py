@@ -48,7 +48,7 @@ def test_the_master_warms_up_before_it_listens_and_touches_nothing(site, system_
     assert os.path.getsize(step_log) == 0
 
     client = login(server, user)
-    assert client.stat() == (2, client.stat()[1])
+    assert client.stat()[0] == 2
     client.quit()
     with open(step_log) as f:                  # the hook is there for the real sessions
         assert f.read().strip()

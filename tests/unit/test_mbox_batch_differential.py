@@ -190,8 +190,10 @@ def helper_spool(**shape) -> bytes:
 
 @pytest.fixture
 def split_always(monkeypatch):
-    """Every region goes to the helper in part; count the helpers that answered."""
+    """Every region goes to the helper in part, on a one-CPU runner too; count the helpers
+    that answered."""
     monkeypatch.setattr(mbox_batch, "SPLIT_OCTETS", 0)
+    monkeypatch.setattr(mbox_batch.os, "sched_getaffinity", lambda pid: {0, 1})
     answered = []
     result = mbox_batch._Helper.result
 
@@ -275,3 +277,25 @@ def test_a_helper_past_its_time_is_ended(monkeypatch, split_always):
     monkeypatch.setattr(mbox_batch, "_helper_part", lambda batch, start, end: os.pause())
     assert both(data)[0] == expected
     assert split_always == [False, False]
+
+
+def test_the_helper_keeps_no_descriptor_of_the_session(tmp_path, monkeypatch, split_always):
+    """The helper holds nothing of the session's but the map and its pipe: a session killed
+    meanwhile leaves no socket, spool or lock held by it."""
+    listing = tmp_path / "helper-fds"
+    real_part = mbox_batch._helper_part
+
+    def part(batch, start, end):
+        fds = os.listdir("/proc/self/fd")           # before this write opens one more
+        listing.write_text(" ".join(fds))
+        return real_part(batch, start, end)
+    monkeypatch.setattr(mbox_batch, "_helper_part", part)
+    held = os.open(tmp_path / "held", os.O_CREAT | os.O_RDWR, 0o600)   # stands for a lock
+    try:
+        got, expected = both(helper_spool())
+    finally:
+        os.close(held)
+    assert got == expected and split_always and all(split_always)
+    fds = {int(fd) for fd in listing.read_text().split()}
+    assert held not in fds
+    assert len(fds - {0, 1, 2}) <= 2, fds             # the pipe, and listdir's own
