@@ -236,3 +236,60 @@ def pki(tmp_path_factory):
 def good(pki):
     return pki.server("good")
 
+
+
+def descriptors(pid: int) -> dict[int, str]:
+    """What each open descriptor of `pid` is (readlink of /proc/PID/fd/N)."""
+    out = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out[int(fd)] = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def datagram_unix_sockets() -> set[str]:
+    """`socket:[inode]` of every Unix datagram socket (the log's: /proc/net/unix type 0002)."""
+    found = set()
+    with open("/proc/net/unix") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            if len(fields) > 6 and fields[4] == "0002":
+                found.add(f"socket:[{fields[6]}]")
+    return found
+
+
+def test_children_inherit_no_descriptor_of_the_master(site, system_users):
+    """Forked without exec, a child has what the master had open unless it is closed: the
+    listening sockets, whatever PAM's or the name service's modules opened when the master
+    loaded them (docs/privsep.md, "PAM modules stay loaded in the master"), files of its
+    start-up. None of that may reach the pre-login process or the user session, except the
+    log's datagram socket, kept on purpose (a chrooted process cannot open /dev/log)."""
+    user = system_users.create()
+    make_spool(site.spool_dir, user, mbox(*MESSAGES))
+    server = site.server()
+    wait_until(lambda: not server.children(), what="the start-up probe to end")
+    master_own = {target for fd, target in descriptors(server.pid).items() if fd > 2}
+    log_socket = master_own & datagram_unix_sockets()
+    assert len(log_socket) == 1, master_own
+    master_own -= log_socket
+    assert any(t.startswith("socket:") for t in master_own)     # the listener, at least
+    with socket.create_connection((server.host, server.port), timeout=10) as raw:
+        assert read_greeting(raw).startswith(b"+OK")
+        raw.sendall(b"USER someone\r\n")
+        assert raw.recv(100).startswith(b"+OK")
+        prelogin = the_one(server, pwd.getpwnam(PRELOGIN_USER).pw_uid, "the pre-login process")
+        inherited = {fd: t for fd, t in descriptors(prelogin).items()
+                     if fd > 2 and t in master_own}
+        assert inherited == {}, f"pre-login process holds the master's {inherited}"
+    client = login(server, user)
+    try:
+        assert client.stat()[0] == 2
+        session = the_one(server, user.uid, "the user session")
+        inherited = {fd: t for fd, t in descriptors(session).items()
+                     if fd > 2 and t in master_own}
+        assert inherited == {}, f"user session holds the master's {inherited}"
+    finally:
+        client.quit()
