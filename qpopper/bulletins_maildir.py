@@ -26,6 +26,8 @@ from qpopper.spool.locking import SessionLock
 from qpopper.spool.maildir_drop import LOCK_NAME
 
 _BULLETIN_NAME = re.compile(r"^[0-9]+\.bulletin-([0-9]+)\.")
+_TEMP_NAME = re.compile(r"^[0-9]+\.bulletin-[0-9]+\..+\.[0-9]+$")
+"""_place's temporary files: the file's name and the writer's process id."""
 
 
 def file_name(stamp: int, bulletin: Bulletin, hostname: str) -> str:
@@ -93,6 +95,7 @@ class MaildirDelivery(Delivery):
     def _locked(self, store, every: list[Bulletin], newest: int) -> int:
         seen = self._load(store)                             # again: another login may have run
         last = self.last_seen(seen, newest)
+        self._clear_leftovers()
         present = numbers_present(self.path)
         stamp = int(self.clock())
         delivered = 0
@@ -120,6 +123,14 @@ class MaildirDelivery(Delivery):
             self.log(syslog.LOG_INFO, f"Delivered {delivered} bulletin(s) to {self.user} "
                                       f"(up to {newest})")
         return delivered
+
+    def _clear_leftovers(self) -> None:
+        """Temporary files of a delivery that crashed before its link: under the lock no
+        other delivery of ours runs, so every one left is dead."""
+        tmp = os.path.join(self.path, "tmp")
+        for name in os.listdir(tmp):
+            if _TEMP_NAME.match(name):
+                unlink_if_present(os.path.join(tmp, name), ignore_other_errors=True)
 
     def _place(self, name: str, message: bytes) -> None:
         """tmp/, fsync, link into new/, as the Maildir specification asks of a delivery."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 import syslog
 import time
 from collections.abc import Sequence
@@ -32,6 +33,8 @@ ignored and the index rebuilt from a listing."""
 SETTLE_NS = 2_000_000_000
 """A directory changed less than this before the index was written is listed again next time:
 a rename in the same clock tick as the listing would leave its mtime unchanged."""
+MAX_INDEX_OCTETS = 64 * 1024 * 1024
+"""Far more than the index of a million messages takes; a bigger file is not one."""
 HEADER_PROBE_OCTETS = 64 * 1024
 """How much of a message is read for its X-UIDL header when ,W= gives the size."""
 MAX_POP3_UID = 70
@@ -181,18 +184,24 @@ def load_index(path: str, log=None) -> Index | None:
     text)` is told why an index file that is there was not used (damaged, cut short, another
     version)."""
     try:
-        fd = os.open(os.path.join(path, INDEX_NAME), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NONBLOCK and the checks below: a FIFO or a huge file in its place is not an index
+        fd = os.open(os.path.join(path, INDEX_NAME),
+                     os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
         return None
     try:
-        data = read_up_to(fd, os.fstat(fd).st_size)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_INDEX_OCTETS:
+            data = b""                              # damaged: rebuilt, with the log line
+        else:
+            data = read_up_to(fd, st.st_size)
     except OSError:
         return None
     finally:
         os.close(fd)
     try:
         return _decode_index(data)
-    except (ValueError, TypeError, KeyError, AttributeError) as error:
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as error:
         if log:
             log(syslog.LOG_NOTICE, f"Maildir index of {path} ignored ({error}); listing the "
                                    "Maildir")

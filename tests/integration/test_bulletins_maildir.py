@@ -145,6 +145,7 @@ def test_crash_at_any_step_then_each_bulletin_exactly_once(tmp_path, step, nth, 
     for name in os.listdir(env.maildir / "tmp"):             # what a crashed delivery leaves
         assert ".bulletin-" in name
     env.deliver(stamp=STAMP + 5)
+    assert os.listdir(env.maildir / "tmp") == []             # ... cleared by the next one
     assert env.subjects() == [b"ordinary mail", b"1.b", b"2.b"]
     env.post(3)
     assert env.deliver(stamp=STAMP + 9) == 1

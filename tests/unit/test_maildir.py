@@ -312,3 +312,22 @@ def test_the_option_pattern_picks_maildir_users_only(tmp_path):
     assert maildir.maildir_path(str(tmp_path / "%u"), "home", None) is None
     assert maildir.maildir_path(None, "u", str(home)) is None
     assert maildir.maildir_path("relative/%u", "u", str(home)) is None
+
+
+def test_a_fifo_or_an_oversized_file_in_place_of_the_index_is_ignored_not_waited_on(tmp_path):
+    """The index is the user's file: a FIFO there must not hang the session that holds the
+    Maildir's lock, and a huge file is not read; both are logged and the Maildir is listed."""
+    path = str(tmp_path / "Maildir")
+    for sub in ("tmp", "new", "cur"):
+        os.makedirs(os.path.join(path, sub))
+    with open(os.path.join(path, "new", "1764000000.M1P1.host"), "wb") as f:
+        f.write(b"Subject: one\n\nbody\n")
+    index = os.path.join(path, maildir.INDEX_NAME)
+    logged = []
+    os.mkfifo(index)
+    assert maildir.load_index(path, lambda p, text: logged.append(text)) is None
+    os.unlink(index)
+    with open(index, "wb") as f:
+        f.truncate(maildir.MAX_INDEX_OCTETS + 1)
+    assert maildir.load_index(path, lambda p, text: logged.append(text)) is None
+    assert len(logged) == 2 and all("ignored" in text for text in logged)
