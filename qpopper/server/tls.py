@@ -50,12 +50,17 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+import OpenSSL
 from OpenSSL import SSL, crypto
 
 # Imported now, not lazily at the first key load: the pre-login process loads the key inside
 # its empty chroot, where no module can be imported any more (Debian's cryptography 38 imports
 # its backend inside load_pem_private_key).
 importlib.import_module("cryptography.hazmat.backends.openssl")
+
+# pyOpenSSL 24.3+ takes cryptography's certificates and keys (its own are deprecated there);
+# Debian 12's python3-openssl 23.0 takes only its own X509 and PKey.
+TAKES_CRYPTOGRAPHY_OBJECTS = tuple(map(int, OpenSSL.__version__.split(".")[:2])) >= (24, 3)
 
 MODERN_CIPHERS_TLS12 = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
 """RFC 9325 §4.2: ECDHE with AEAD only, for TLS 1.2 (TLS 1.3 suites are always AEAD)."""
@@ -122,11 +127,13 @@ def _build(cfg, read, log=None) -> ServerTls:
     context, min_name = _context(cfg, log)
     chain, key, cert_path, key_path = _load_identity(cfg, read)
     _check_validity(chain[0], f"{_identity_paths(cfg)[0][1]} {cert_path}")
-    context.use_certificate(crypto.X509.from_cryptography(chain[0]))
-    for extra in chain[1:]:
-        context.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
+    certs = chain if TAKES_CRYPTOGRAPHY_OBJECTS else [crypto.X509.from_cryptography(cert)
+                                                      for cert in chain]
+    for n, cert in enumerate(certs):
+        (context.add_extra_chain_cert if n else context.use_certificate)(cert)
     try:
-        context.use_privatekey(crypto.PKey.from_cryptography_key(key))
+        context.use_privatekey(key if TAKES_CRYPTOGRAPHY_OBJECTS
+                               else crypto.PKey.from_cryptography_key(key))
         context.check_privatekey()
     except (SSL.Error, crypto.Error, TypeError):
         (_, cert_option), *rest = _identity_paths(cfg)
@@ -195,16 +202,21 @@ class TlsIdentity:
         context = self.template or _context(self.cfg)[0]
         passphrase = self.cfg.tls_passphrase.encode() if self.cfg.tls_passphrase else None
         try:
-            chain = [crypto.load_certificate(crypto.FILETYPE_PEM, block)
-                     for block in _PEM_CERT_RE.findall(_pread_all(self.fds[cert_path]))]
-            key = _PEM_KEY_RE.search(_pread_all(self.fds[key_path]))
-            context.use_certificate(chain[0])
-            for extra in chain[1:]:
-                context.add_extra_chain_cert(extra)
-            context.use_privatekey(crypto.load_privatekey(crypto.FILETYPE_PEM, key.group(0),
-                                                          passphrase=passphrase))
+            blocks = _PEM_CERT_RE.findall(_pread_all(self.fds[cert_path]))
+            pem_key = _PEM_KEY_RE.search(_pread_all(self.fds[key_path])).group(0)
+            if TAKES_CRYPTOGRAPHY_OBJECTS:      # checked by the master: no RSA validation
+                chain = [x509.load_pem_x509_certificate(block) for block in blocks]
+                key = serialization.load_pem_private_key(
+                    pem_key, passphrase, unsafe_skip_rsa_key_validation=True)
+            else:
+                chain = [crypto.load_certificate(crypto.FILETYPE_PEM, block) for block in blocks]
+                key = crypto.load_privatekey(crypto.FILETYPE_PEM, pem_key, passphrase=passphrase)
+            for n, cert in enumerate(chain):
+                (context.add_extra_chain_cert if n else context.use_certificate)(cert)
+            context.use_privatekey(key)
             context.check_privatekey()
-        except (OSError, KeyError, IndexError, AttributeError, SSL.Error, crypto.Error) as exc:
+        except (OSError, KeyError, IndexError, AttributeError, TypeError, ValueError,
+                SSL.Error, crypto.Error) as exc:
             raise TlsSetupError(f"{cert_path}: the checked certificate cannot be loaded now "
                                 f"({type(exc).__name__})") from None
         return ServerTls(context, self.description)
