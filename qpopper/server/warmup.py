@@ -12,14 +12,15 @@ resuming a login as the user session does, talking to a socket pair inside this 
 a spool in a private temporary directory (never the site's spool directory, bulletins,
 cache directory or home directories), with a log that goes nowhere, without the test-only
 maildrop step hook, and in a thread of its own, so no signal handler of the master is
-touched. A root master runs it as `nobody` (effective ids only, given back afterwards). Any
-failure only means a colder image: the master goes on without it.
+touched. A root master runs it as prelogin-user, or `nobody` (effective ids only, given back
+afterwards). Any failure only means a colder image: the master goes on without it.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import pwd
 import shutil
 import socket
 import syslog
@@ -35,8 +36,9 @@ from qpopper.server import privsep
 from qpopper.server.channel import Channel
 from qpopper.server.session import CRASH_AT_ENV, STEP_LOG_ENV, Session
 
-UNPRIVILEGED_ACCOUNT = "nobody"
-"""Whom the warm-up runs as when the master is root (it needs no root)."""
+FALLBACK_ACCOUNT = "nobody"
+"""Whom a root master's warm-up runs as when prelogin-user, qpopper's own unprivileged
+account, does not exist (it needs no root)."""
 
 WAIT_S = 2
 """The longest a warm-up session waits for input (its commands are all sent at once)."""
@@ -84,9 +86,9 @@ def warm_up(cfg, log) -> bool:
     # the fault-injection hook would count (or crash at) the warm-up's steps
     hooks = {name: os.environ.pop(name) for name in (CRASH_AT_ENV, STEP_LOG_ENV)
              if name in os.environ}
-    identity = privsep.EffectiveIdentity(UNPRIVILEGED_ACCOUNT)
+    identity = privsep.EffectiveIdentity(warm_up_account(cfg))
     try:
-        identity.enter()                    # a root master: nobody's uid while it runs
+        identity.enter()                    # a root master: unprivileged while it runs
         workdir = tempfile.mkdtemp(prefix="qpopper-warmup-")
         sites = [_warm_up_config(cfg, workdir)]
         if cfg.maildir:
@@ -119,6 +121,17 @@ def warm_up(cfg, log) -> bool:
     log(syslog.LOG_DEBUG, f"warm-up: {ROUNDS * (2 if cfg.maildir else 1)} throw-away "
                           f"sessions run")
     return True
+
+
+def warm_up_account(cfg) -> str:
+    """prelogin-user when it exists and is not root (an account of qpopper's own, unlike
+    the shared nobody, and no pre-login process exists yet to share it), else nobody."""
+    try:
+        if pwd.getpwnam(cfg.prelogin_user).pw_uid != 0:
+            return cfg.prelogin_user
+    except KeyError:
+        pass
+    return FALLBACK_ACCOUNT
 
 
 def _warm_up_config(cfg, workdir: str):

@@ -23,6 +23,7 @@ from qpopper.server import warmup
 from qpopper.server.session import STEP_LOG_ENV
 from tests.helpers.messages import mbox
 from tests.helpers.repo import REPO
+from tests.helpers.sysusers import PRELOGIN_USER
 
 QUICKENED = """
 import sys
@@ -154,8 +155,15 @@ def test_a_refused_warm_up_session_is_skipped(private_tmp):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="root: the warm-up's identity")
-def test_a_root_warm_up_runs_as_nobody_and_gives_root_back(private_tmp, monkeypatch):
-    nobody = pwd.getpwnam(warmup.UNPRIVILEGED_ACCOUNT)
+@pytest.mark.parametrize("prelogin_user, runs_as", [(PRELOGIN_USER, PRELOGIN_USER),
+                                                    ("no-such-account-qpt", "nobody"),
+                                                    ("root", "nobody")])
+def test_a_root_warm_up_runs_unprivileged_and_gives_root_back(private_tmp, monkeypatch,
+                                                              prelogin_account, prelogin_user,
+                                                              runs_as):
+    """As prelogin-user when it is a real unprivileged account, else as nobody; never as
+    root."""
+    account = pwd.getpwnam(runs_as)
     groups = os.getgroups()
     seen = []
     real_session = warmup._user_session
@@ -165,9 +173,10 @@ def test_a_root_warm_up_runs_as_nobody_and_gives_root_back(private_tmp, monkeypa
                      os.stat(workdir).st_uid, login.uid))
         real_session(cfg, login, workdir)
     monkeypatch.setattr(warmup, "_user_session", session)
-    assert warmup.warm_up(Config.defaults(), Logger(stream=io.StringIO())) is True
-    assert seen and set(seen) == {(nobody.pw_uid, nobody.pw_gid, (), nobody.pw_uid,
-                                   nobody.pw_uid)}
+    cfg = Config.defaults().replace(prelogin_user=prelogin_user)
+    assert warmup.warm_up(cfg, Logger(stream=io.StringIO())) is True
+    assert seen and set(seen) == {(account.pw_uid, account.pw_gid, (), account.pw_uid,
+                                   account.pw_uid)}
     assert (os.getresuid(), os.getresgid()) == ((0, 0, 0), (0, 0, 0))
     assert os.getgroups() == groups
     assert os.listdir(private_tmp) == []
