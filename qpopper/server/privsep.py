@@ -28,13 +28,13 @@ process model is docs/privsep.md). No module here reads a client byte as root:
   qpopper/spool/paths.py, dirs.py             check-hash-dir's shared directories
   qpopper/server/privsep.py                   this file
 The pre-login process (server/prelogin.py, session.py, channel.py, reply_writer.py, the
-whole pop3/ package, auth/sasl.py, server/tls.py's handshake, server/reverse_lookup.py's
-helper) runs as
-prelogin-user in the prelogin-chroot directory, entered with enter_prelogin_sandbox below
-before the first client byte.
+whole pop3/ package, auth/sasl.py, server/tls_channel.py's handshake,
+server/reverse_lookup.py's helper) runs as prelogin-user in the prelogin-chroot directory,
+entered with enter_prelogin_sandbox below before the first client byte.
 Everything after `drop_privileges` — the spool, the temp drop, the cache, bulletins, the
 user option files — runs as the user with the spool directory's group (normally mail) as its
-effective and saved group, and the user's own primary group as its real group. The real group
+effective and saved group (a Maildir user's session gives it up: leave_spool_group below),
+and the user's own primary group as its real group. The real group
 is what a program the session runs gets (`run_user_program`: XTND XMIT's mail-command): only
 the user's own uid and primary group, never the mail group, so the user's MTA configuration
 (msmtp's passwordeval, a .forward-style hook) cannot read other users' mailboxes.

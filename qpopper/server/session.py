@@ -25,6 +25,7 @@ from qpopper.server import privsep, user_options
 from qpopper.server.channel import Channel, ChannelClosed
 from qpopper.server.reply_writer import ReplyWriter
 from qpopper.server import tls as tls_mod
+from qpopper.server.tls_channel import HandshakeFailed, TlsChannel
 from qpopper.auth.policy import Authenticator
 from qpopper.extensions import standard_extensions
 from qpopper.extensions.submit import MtaSubmitter
@@ -277,12 +278,12 @@ class Session(ReplyWriter):
                 self.log(syslog.LOG_ERR, f"TLS: {exc}")
                 self._closed = True
                 return False
-        channel = tls_mod.TlsChannel(self.channel, self.tls.context)
+        channel = TlsChannel(self.channel, self.tls.context)
         try:
             # the login deadline (login-timeout) covers the handshake too
             channel.handshake(self.protocol.read_timeout(self.cfg.timeout), self._wake_r,
                               lambda: self._hangup)
-        except tls_mod.HandshakeFailed as exc:
+        except HandshakeFailed as exc:
             self.log(syslog.LOG_NOTICE,
                      f"TLS handshake with {self.client_ip} failed: {exc}")
             self._closed = True

@@ -27,7 +27,7 @@ from qpopper.pop3.trans_state import RETR_OCTETS, TOP_FOLLOWS
 from qpopper.pop3.responses import TERMINATOR, ok
 from qpopper.server.channel import Channel
 from qpopper.server.reply_writer import ReplyWriter
-from qpopper.server.tls import TlsChannel
+from qpopper.server.tls_channel import TlsChannel
 from tests.helpers.testpki import TestPki
 from tests.transcripts.harness import Spool, extended_session
 from tests.unit.test_mbox_wire_differential import random_line, random_spool, reference_wire
