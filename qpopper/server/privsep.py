@@ -347,28 +347,26 @@ def leave_spool_group(log=None) -> None:
     under it, which the user controls: with the spool group it could be led (a symbolic link
     for cur/) to read or unlink the spool group's files. The spool group stays as the saved
     gid only, for spool_group() around the bulletin record, until drop_spool_group()."""
-    rgid, egid, sgid = os.getresgid()
-    if egid == rgid:
-        return
-    try:
-        os.setresgid(rgid, rgid, sgid)
-    except OSError as exc:
-        _abort(log, f"leaving the spool group failed: {exc.strerror}")
-    if os.getresgid() != (rgid, rgid, sgid):
-        _abort(log, f"leaving the spool group not effective: gids {os.getresgid()}")
+    rgid, _, sgid = os.getresgid()
+    _set_gids((rgid, rgid, sgid), "leaving the spool group", log)
 
 
 def drop_spool_group(log=None) -> None:
     """For good: real, effective and saved gid the user's own."""
     rgid = os.getgid()
-    if os.getresgid() == (rgid, rgid, rgid):
+    _set_gids((rgid, rgid, rgid), "dropping the spool group", log)
+
+
+def _set_gids(wanted: tuple[int, int, int], what: str, log) -> None:
+    """setresgid(*wanted), verified; the session ends (_abort) when it fails."""
+    if os.getresgid() == wanted:
         return
     try:
-        os.setresgid(rgid, rgid, rgid)
+        os.setresgid(*wanted)
     except OSError as exc:
-        _abort(log, f"dropping the spool group failed: {exc.strerror}")
-    if os.getresgid() != (rgid, rgid, rgid):
-        _abort(log, f"dropping the spool group not effective: gids {os.getresgid()}")
+        _abort(log, f"{what} failed: {exc.strerror}")
+    if os.getresgid() != wanted:
+        _abort(log, f"{what} not effective: gids {os.getresgid()}")
 
 
 @contextlib.contextmanager
