@@ -88,6 +88,12 @@ def region_view(f: BinaryIO, end: int):
         return None
 
 
+def _is_separator(view, m: re.Match) -> bool:
+    """A `From ` line match (_FROM_LINE) is a separator: an empty line before it, and
+    is_from_line's shape."""
+    return view[m.start() - 2:m.start()] == b"\n\n" and is_from_line(m.group())
+
+
 def separators(view, start: int, end: int, upto: int | None = None
                ) -> list[tuple[int, int]] | None:
     """(offset, end of line) of every From_ separator of [start, end) that starts before
@@ -103,7 +109,7 @@ def separators(view, start: int, end: int, upto: int | None = None
         at = m.start()
         if at >= upto:
             break
-        if view[at - 2:at] == b"\n\n" and is_from_line(m.group()):
+        if _is_separator(view, m):
             found.append((at, m.end()))
     return found
 
@@ -220,7 +226,7 @@ class _Batch:
             for m in _FROM_LINE.finditer(self.view, at, min(upto + _MAX_LINE + 1, stop)):
                 if m.start() >= upto:
                     break
-                if self.view[m.start() - 2:m.start()] == b"\n\n" and is_from_line(m.group()):
+                if _is_separator(self.view, m):
                     found = m.start()
                     break
             if self.view.find(b"\r", at, found) != -1:
