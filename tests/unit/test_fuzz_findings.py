@@ -63,16 +63,20 @@ def test_argv_errors_are_one_line(argv):
     assert "\n" not in str(caught.value) and "\\n" in str(caught.value), str(caught.value)
 
 
+def written_back(f, messages, out: io.BytesIO) -> list:
+    """Append the write-back of `messages` (message 1 retrieved) to `out`; what a scan of
+    all of `out` finds."""
+    for msg in messages:
+        copy_for_update(f, msg, out.write, retrieved=msg.number == 1, update_status_headers=True)
+    return scan(io.BytesIO(out.getvalue()))
+
+
 # --- mbox: an MMDF spool whose last line is the separator without its LF --------------------------
 def test_write_back_of_an_mmdf_spool_ending_in_a_bare_separator_keeps_its_messages():
     spool = b"\x01\x01\x01\x01\n\x01\x01\x01\x01\n\x01\x01\x01\x01\n\x01\x01\x01\x01"
     f = io.BytesIO(spool)
     messages = scan(f)
-    out = io.BytesIO()
-    for msg in messages:
-        copy_for_update(f, msg, out.write, retrieved=msg.number == 1, update_status_headers=True)
-    again = scan(io.BytesIO(out.getvalue()))
-    assert len(again) == len(messages) == 2
+    assert len(written_back(f, messages, io.BytesIO())) == len(messages) == 2
 
 
 # --- sasl: a SCRAM client nonce outside ASCII escaped feed() as UnicodeEncodeError ------------------
@@ -121,10 +125,7 @@ def test_write_back_does_not_make_a_bad_content_length_swallow_the_next_message(
     f = io.BytesIO(spool)
     messages = scan(f)
     assert len(messages) == 2                   # 91 octets are not there: not honoured
-    out = io.BytesIO()
-    for msg in messages:
-        copy_for_update(f, msg, out.write, retrieved=msg.number == 1, update_status_headers=True)
-    assert len(scan(io.BytesIO(out.getvalue()))) == 2
+    assert len(written_back(f, messages, io.BytesIO())) == 2
 
 
 # --- mbox: found after the two fixes above: junk after the last trailer stays junk ------------------
@@ -132,10 +133,7 @@ def test_write_back_of_an_empty_mmdf_message_before_a_bare_separator_keeps_the_c
     spool = b"\x01\x01\x01\x01\n\x01\x01\x01\x01\n\x01\x01\x01\x01"
     f = io.BytesIO(spool)
     messages = scan(f)
-    out = io.BytesIO()
-    for msg in messages:
-        copy_for_update(f, msg, out.write, retrieved=msg.number == 1, update_status_headers=True)
-    assert len(scan(io.BytesIO(out.getvalue()))) == len(messages)
+    assert len(written_back(f, messages, io.BytesIO())) == len(messages)
 
 
 # --- mbox: a cut trailer right after the blank line that ends the headers --------------------------
