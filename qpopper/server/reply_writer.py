@@ -23,8 +23,6 @@ class ReplyWriter:
         self._out: list[bytes] = []
         self._out_size = 0
         self._closed = False           # the client is gone: drop output, end at next read
-        self._mode_cfg = None          # the cfg that _mode was read from
-        self._mode = ""
 
     def write(self, data: bytes) -> None:
         if self._closed or not data:
@@ -50,10 +48,9 @@ class ReplyWriter:
         """chunky-writes: default/always aggregate; never: write each piece as it comes;
         tls (the table maps 'ssl' to it): aggregate only when TLS is active (small TLS
         records are expensive)."""
-        if self.cfg is not self._mode_cfg:     # read once per cfg (user options replace it)
-            self._mode_cfg, self._mode = self.cfg, self.cfg.chunky_writes
-        if self._mode == "never":
+        mode = self.cfg.chunky_writes
+        if mode == "never":
             return False
-        if self._mode == "tls":
+        if mode == "tls":
             return self.tls_active
         return True
