@@ -188,7 +188,7 @@ def load(path: str, user: str, cfg, spool_fd: int, note: Callable[[str], None] |
             raise ValueError(f"written for {cached_user!r}")
         if options != scan_options(cfg):
             raise ValueError("written with other scan options")
-    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as error:
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
         if note:            # decode says what was wrong; the others are a bug's safety net
             note(str(error) if isinstance(error, ValueError) else f"unreadable: {error!r}")
         return None

@@ -201,7 +201,7 @@ def load_index(path: str, log=None) -> Index | None:
         os.close(fd)
     try:
         return _decode_index(data)
-    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as error:
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
         if log:
             log(syslog.LOG_NOTICE, f"Maildir index of {path} ignored ({error}); listing the "
                                    "Maildir")

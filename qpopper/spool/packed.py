@@ -64,7 +64,10 @@ def unpack(data: bytes, magic: bytes, version: int, sections: int) -> tuple[dict
         pos += length
     if pos != len(payload):
         raise ValueError("octets after the last section")
-    document = json.loads(pieces[0])
+    try:
+        document = json.loads(pieces[0])
+    except (ValueError, RecursionError):            # RecursionError: nesting too deep
+        raise ValueError("a damaged document") from None
     if not isinstance(document, dict):
         raise ValueError("no document")
     return document, pieces[1:]

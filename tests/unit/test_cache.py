@@ -298,3 +298,18 @@ def test_mail_glued_to_a_region_without_an_empty_line_is_scanned_with_it(tmp_pat
     seen, region = session(cfg, paths)
     assert region[0] == 0
     assert seen == full_scan_uids(paths, update_status_headers=False) and len(seen) == 2
+
+
+def test_a_packed_document_nested_too_deep_is_damage_not_a_crash():
+    """json's RecursionError becomes packed's ValueError, which every reader logs and
+    rebuilds from (the cache and the Maildir index alike)."""
+    import hashlib
+    import sys
+
+    from qpopper.spool import packed
+    document = b"[" * 100_000
+    payload = len(document).to_bytes(8, "little") + document
+    data = b"M 1 %s %s %d\n" % (sys.byteorder.encode(), hashlib.sha256(payload).hexdigest()
+                                .encode(), len(payload)) + payload
+    with pytest.raises(ValueError, match="a damaged document"):
+        packed.unpack(data, b"M", 1, 0)
