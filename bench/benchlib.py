@@ -80,23 +80,24 @@ def clean_up_on_signals() -> None:
 
 # ---------------------------------------------------------------- pop3bench
 
-def pop3bench(bench: Path, scenario: str, port: int, label: str, *extra: str,
-              raw_out=None) -> dict:
-    """One ../shared/bench/pop3bench.py run against 127.0.0.1:port; its final JSON line (plus
-    wall_s). Secrets and long arguments are left out of the progress line."""
-    cmd = [sys.executable, str(bench / "pop3bench.py"), scenario, "--host", "127.0.0.1",
-           "--port", str(port), "--timeout", "1200", "--label", label, *extra]
-    started = time.monotonic()
+def _pop3bench_command(bench: Path, scenario: str, port: int, label: str, extra) -> list[str]:
+    """The ../shared/bench/pop3bench.py command line; prints a progress line without the
+    secrets and long arguments."""
     hidden = {"--password", "--user", "--before", "--users-file", "--server-pid"}
     shown = [a for i, a in enumerate(extra) if a not in hidden and
              (i == 0 or extra[i - 1] not in hidden)]
     print(f"  {time.strftime('%H:%M:%S')} {label:<15} {scenario} {' '.join(shown)}",
           flush=True)
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=7200)
-    lines = result.stdout.strip().splitlines()
-    if result.returncode != 0 or not lines or not lines[-1].startswith("{"):
+    return [sys.executable, str(bench / "pop3bench.py"), scenario, "--host", "127.0.0.1",
+            "--port", str(port), "--timeout", "1200", "--label", label, *extra]
+
+
+def _pop3bench_result(scenario: str, label: str, returncode: int, stdout: str, stderr: str,
+                      started: float, raw_out) -> dict:
+    lines = stdout.strip().splitlines()
+    if returncode != 0 or not lines or not lines[-1].startswith("{"):
         raise SystemExit(f"pop3bench {scenario} against {label} failed:\n"
-                         f"{result.stderr[-2000:]}{result.stdout[-2000:]}")
+                         f"{stderr[-2000:]}{stdout[-2000:]}")
     data = json.loads(lines[-1])
     data["wall_s"] = round(time.monotonic() - started, 1)
     if data.get("failures"):
@@ -105,6 +106,38 @@ def pop3bench(bench: Path, scenario: str, port: int, label: str, *extra: str,
         raw_out.write(json.dumps(data) + "\n")
         raw_out.flush()
     return data
+
+
+def pop3bench(bench: Path, scenario: str, port: int, label: str, *extra: str,
+              raw_out=None) -> dict:
+    """One ../shared/bench/pop3bench.py run against 127.0.0.1:port; its final JSON line (plus
+    wall_s)."""
+    cmd = _pop3bench_command(bench, scenario, port, label, extra)
+    started = time.monotonic()
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=7200)
+    return _pop3bench_result(scenario, label, result.returncode, result.stdout, result.stderr,
+                             started, raw_out)
+
+
+def pop3bench_together(bench: Path, scenario: str, port: int, label: str, extras,
+                       raw_out=None) -> list[dict]:
+    """Several pop3bench runs started at once (one process each, so one Python client is not
+    the limit), one per argument list in `extras`; their JSON lines, in that order."""
+    started = time.monotonic()
+    procs = [subprocess.Popen(_pop3bench_command(bench, scenario, port, label, extra),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for extra in extras]
+    outputs = []
+    try:
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=7200)
+            outputs.append((proc.returncode, stdout, stderr))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return [_pop3bench_result(scenario, label, *output, started, raw_out) for output in outputs]
 
 
 def write_restore_script(work: str) -> str:

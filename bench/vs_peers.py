@@ -100,7 +100,8 @@ class Server:
 
     def __init__(self, name: str, plain: Target, tls: Target | None):
         self.name, self.plain, self.tls = name, plain, tls
-        self.fresh_mbox = self.fresh_maildir = None
+        self.fresh_mbox: dict[str, str] = {}        # user name -> shell command
+        self.fresh_maildir: dict[str, str] = {}
         self.runs: dict[str, list[float]] = {}
 
     def record(self, figure: str, value) -> None:
@@ -112,12 +113,30 @@ class Server:
         return statistics.median(values) if values else None
 
 
+def bigbox_args(target: Target, user, *extra: str) -> list[str]:
+    return ["--user", user.name, "--password", user.password, "--quickack", "--no-verify",
+            *(["--tls"] if target.mode == "tls" else []), *extra]
+
+
 def bigbox(ctx, target: Target, user, *extra: str) -> dict:
     data = benchlib.pop3bench(ctx.bench, "bigbox", target.port, target.label,
-                              "--user", user.name, "--password", user.password, "--quickack",
-                              "--no-verify", *(["--tls"] if target.mode == "tls" else []),
-                              *extra, raw_out=ctx.raw_out)
+                              *bigbox_args(target, user, *extra), raw_out=ctx.raw_out)
     return data.get("median", data)
+
+
+def retr_all(ctx, target: Target, users) -> tuple[float | None, float | None]:
+    """RETR of every message by one client per user, all at once (`--retr-clients`): the
+    server's throughput is the wire bytes of all of them over the longest RETR phase, so one
+    saturated Python client no longer caps it. Also the busiest client's CPU (cores)."""
+    runs = [data.get("median", data) for data in benchlib.pop3bench_together(
+        ctx.bench, "bigbox", target.port, target.label,
+        [bigbox_args(target, user, "--pipeline", str(ctx.args.in_flight)) for user in users],
+        raw_out=ctx.raw_out)]
+    longest = max((r.get("retr_s") or 0) for r in runs)
+    if not longest or any(r.get("retr_wire_bytes") is None for r in runs):
+        return None, None
+    rate = sum(r["retr_wire_bytes"] for r in runs) / longest / 1e6
+    return rate, max(r.get("retr_client_cpu_frac") or 0 for r in runs)
 
 
 def pass_to_stat(data: dict) -> float | None:
@@ -133,33 +152,34 @@ def fig_sessions(ctx, server: Server) -> dict:
             "sessions_cpu_ms": med.get("server_cpu_ms_per_session")}
 
 
-def cold_warm_retr(ctx, server: Server, user, fresh: str, prefix: str) -> dict:
-    """PASS→STAT on a fresh mailbox (cold), again (warm), then RETR of all of it."""
-    out = {f"{prefix}cold": pass_to_stat(bigbox(ctx, server.plain, user, "--no-retr",
-                                                "--before", fresh)),
-           f"{prefix}warm": pass_to_stat(bigbox(ctx, server.plain, user, "--no-retr"))}
-    retr = bigbox(ctx, server.plain, user, "--pipeline", str(ctx.args.in_flight))
-    out[f"{prefix}retr"] = retr.get("retr_MBps")
-    out[f"{prefix}retr_client_cpu"] = retr.get("retr_client_cpu_frac")
+def cold_warm_retr(ctx, server: Server, users, fresh: dict[str, str], prefix: str) -> dict:
+    """PASS→STAT on a fresh mailbox (cold), again (warm), then RETR of all of it by every
+    user at once; each other user's mailbox is made fresh and opened once first, so all of
+    them are in the state of the first (the server's cache or index written)."""
+    first, others = users[0], users[1:]
+    out = {f"{prefix}cold": pass_to_stat(bigbox(ctx, server.plain, first, "--no-retr",
+                                                "--before", fresh[first.name])),
+           f"{prefix}warm": pass_to_stat(bigbox(ctx, server.plain, first, "--no-retr"))}
+    for user in others:
+        bigbox(ctx, server.plain, user, "--no-retr", "--before", fresh[user.name])
+    out[f"{prefix}retr"], out[f"{prefix}retr_client_cpu"] = retr_all(ctx, server.plain, users)
     return out
 
 
 def fig_mbox(ctx, server: Server) -> dict:
     """Cold and warm PASS→STAT, RETR all plain and TLS, QUIT after DELE of all."""
-    user = ctx.big_user
-    out = cold_warm_retr(ctx, server, user, server.fresh_mbox, "mbox_")
+    out = cold_warm_retr(ctx, server, ctx.big_users, server.fresh_mbox, "mbox_")
     out["retr"], out["retr_client_cpu"] = out.pop("mbox_retr"), out.pop("mbox_retr_client_cpu")
     if server.tls:
-        tls = bigbox(ctx, server.tls, user, "--pipeline", str(ctx.args.in_flight))
-        out["retr_tls"] = tls.get("retr_MBps")
-        out["retr_tls_client_cpu"] = tls.get("retr_client_cpu_frac")
+        out["retr_tls"], out["retr_tls_client_cpu"] = retr_all(ctx, server.tls, ctx.big_users)
+    user = ctx.big_users[0]
     out["quit_dele"] = bigbox(ctx, server.plain, user, "--no-retr", "--dele",
-                              "--before", server.fresh_mbox).get("quit_s")
+                              "--before", server.fresh_mbox[user.name]).get("quit_s")
     return out
 
 
 def fig_maildir(ctx, server: Server) -> dict:
-    return cold_warm_retr(ctx, server, ctx.maildir_user, server.fresh_maildir, "maildir_")
+    return cold_warm_retr(ctx, server, ctx.maildir_users, server.fresh_maildir, "maildir_")
 
 
 def fig_warm_auth_cache(ctx, server: Server) -> dict:
@@ -167,9 +187,9 @@ def fig_warm_auth_cache(ctx, server: Server) -> dict:
     (not counted: it fills the authentication cache and writes the mailbox's cache or index),
     then the measured one, whose login is a cache hit (bench/README.md, "vs_peers.py")."""
     out = {}
-    for prefix, user, fresh in (("mbox_", ctx.big_user, server.fresh_mbox),
-                                ("maildir_", ctx.maildir_user, server.fresh_maildir)):
-        bigbox(ctx, server.plain, user, "--no-retr", "--before", fresh)
+    for prefix, user, fresh in (("mbox_", ctx.big_users[0], server.fresh_mbox),
+                                ("maildir_", ctx.maildir_users[0], server.fresh_maildir)):
+        bigbox(ctx, server.plain, user, "--no-retr", "--before", fresh[user.name])
         out[f"{prefix}warm"] = pass_to_stat(bigbox(ctx, server.plain, user, "--no-retr"))
     return out
 
@@ -185,13 +205,15 @@ ROWS = (
     ("mbox_cold", "PASS sent → STAT answered, fresh {messages}-message {mb} MB mbox (cold) s",
      False),
     ("mbox_warm", "PASS → STAT, same mbox again (warm: server mode's cache) s", False),
-    ("retr", "RETR all, {in_flight} in flight, MB/s", True),
-    ("retr_tls", "RETR all over implicit TLS, MB/s (popa3d has none: against Dovecot)", True),
+    ("retr", "RETR all, {retr_clients} clients at once, {in_flight} in flight each, MB/s", True),
+    ("retr_tls", "RETR all over implicit TLS, same, MB/s (popa3d has none: against Dovecot)",
+     True),
     ("quit_dele", "QUIT after DELE of all s", False),
     ("idle_pss", "idle authenticated session, PSS MiB ({idle} held)", False),
     ("maildir_cold", "Maildir: PASS → STAT, fresh {messages}-message Maildir (cold) s", False),
     ("maildir_warm", "Maildir: PASS → STAT again (warm: index) s", False),
-    ("maildir_retr", "Maildir: RETR all, {in_flight} in flight, MB/s", True),
+    ("maildir_retr", "Maildir: RETR all, {retr_clients} clients, {in_flight} in flight each, "
+     "MB/s", True),
 )
 MEASURES = ((fig_sessions, ("qpopper", "qpopper-cache", "popa3d", "dovecot")),
             (fig_idle, ("qpopper", "popa3d", "dovecot")),
@@ -211,6 +233,7 @@ def show(value) -> str:
 def report(servers: dict[str, Server], args, spool: dict) -> dict:
     names = ["qpopper", *(["qpopper-cache"] if "qpopper-cache" in servers else []), *PEERS]
     fill = {"clients": args.clients, "in_flight": args.in_flight, "idle": args.idle_sessions,
+            "retr_clients": args.retr_clients,
             "messages": f"{spool['messages']:,}", "mb": round(spool["bytes"] / 1e6)}
     print(f"\n| figure | {' | '.join(TITLES[n] for n in names)} | qpopper-py / best peer "
           "| qpopper-py / popa3d |")
@@ -247,7 +270,8 @@ def report(servers: dict[str, Server], args, spool: dict) -> dict:
     if plain and tls:
         print(f"\nqpopper-py RETR over TLS / plain: {tls / plain:.2f}")
     cpu = {n: servers[n].median("retr_client_cpu") for n in servers}
-    print("client CPU during RETR (cores; near 1.0: the Python client is the limit): " +
+    print("busiest client's CPU during RETR (cores; near 1.0: the Python clients are the "
+          "limit): " +
           ", ".join(f"{n} {c}" for n, c in cpu.items() if c is not None))
     return summary
 
@@ -263,6 +287,9 @@ def parse_args(argv=None):
     parser.add_argument("--size", default="159M", help="the big mailbox's size (mkspool -s)")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--in-flight", type=int, default=8, help="RETR commands in flight")
+    parser.add_argument("--retr-clients", type=int, default=2,
+                        help="RETR rows: clients at once, each its own user and copy of the "
+                             "big mailbox (one Python client can saturate a core)")
     parser.add_argument("--session-seconds", type=float, default=6)
     parser.add_argument("--idle-sessions", type=int, default=50)
     parser.add_argument("--reference-binary", help="a popa3d to use instead of Debian's")
@@ -276,8 +303,9 @@ def parse_args(argv=None):
         for name, value in quick.items():
             if getattr(args, name) == parser.get_default(name):
                 setattr(args, name, value)
-    if args.rounds < 1 or args.messages < 1 or args.idle_sessions < 1 or args.clients < 1:
-        parser.error("--rounds, --messages, --clients and --idle-sessions must be positive")
+    if min(args.rounds, args.messages, args.idle_sessions, args.clients, args.retr_clients) < 1:
+        parser.error("--rounds, --messages, --clients, --retr-clients and --idle-sessions "
+                     "must be positive")
     return args
 
 
@@ -295,10 +323,8 @@ def start_servers(stack, ctx, work, pam, pki) -> dict[str, Server]:
             reverse_lookup=False, maildir=f"{maildirs}/%u", **extra))
         s = servers[name] = Server(name, Target(name, "plain", server.port, server.pid),
                                    Target(name, "tls", tls_port, server.pid))
-        s.fresh_mbox = ctx.mbox_restore(spool_dir, f"{spool_dir}/.{{user}}.cache")
-        s.fresh_maildir = maildir_restore(ctx.maildir_master,
-                                          os.path.join(maildirs, ctx.maildir_user.name),
-                                          ctx.maildir_user.name)
+        s.fresh_mbox = ctx.mbox_restores(spool_dir, f"{spool_dir}/.{{user}}.cache")
+        s.fresh_maildir = ctx.maildir_restores(maildirs)
         ctx.small_spools(spool_dir)
     binary, pam_text = stack.enter_context(reference_binary(ctx.args.reference_binary, work))
     created = stack.enter_context(popa3d_prerequisites(pam_text))
@@ -306,12 +332,12 @@ def start_servers(stack, ctx, work, pam, pki) -> dict[str, Server]:
         print(f"created for popa3d (removed at the end): {', '.join(created)}")
     proc, port = stack.enter_context(popa3d_server(binary, work))
     s = servers["popa3d"] = Server("popa3d", Target("popa3d", "plain", port, proc.pid), None)
-    s.fresh_mbox = ctx.mbox_restore(POPA3D_SPOOL_DIR, None)
+    s.fresh_mbox = ctx.mbox_restores(POPA3D_SPOOL_DIR, None)
     ctx.small_spools(POPA3D_SPOOL_DIR)
     # Dovecot keeps its mbox index out of the home directory, where a cold start removes it.
     index = os.path.join(work, "dovecot-index")
     os.mkdir(index, 0o755)
-    for user in (ctx.big_user, *ctx.small_users):
+    for user in (*ctx.big_users, *ctx.small_users):
         os.mkdir(os.path.join(index, user.name), 0o700)
         os.chown(os.path.join(index, user.name), user.uid, user.gid)
     proc, port, tls_port, spool_dir = stack.enter_context(dovecot(
@@ -319,15 +345,13 @@ def start_servers(stack, ctx, work, pam, pki) -> dict[str, Server]:
                                              f"INDEX={index}/%u"))
     s = servers["dovecot"] = Server("dovecot", Target("dovecot", "plain", port, proc.pid),
                                     Target("dovecot", "tls", tls_port, proc.pid))
-    s.fresh_mbox = ctx.mbox_restore(spool_dir, f"{index}/{{user}}/*")
+    s.fresh_mbox = ctx.mbox_restores(spool_dir, f"{index}/{{user}}/*")
     ctx.small_spools(spool_dir)
     proc, port, tls_port, spool_dir = stack.enter_context(dovecot(
         work, pam, pki, limit, name="dovecot-maildir", mail_location="maildir:{spool_dir}/%u"))
     s = servers["dovecot-maildir"] = Server(
         "dovecot-maildir", Target("dovecot-maildir", "plain", port, proc.pid), None)
-    s.fresh_maildir = maildir_restore(ctx.maildir_master,
-                                      os.path.join(spool_dir, ctx.maildir_user.name),
-                                      ctx.maildir_user.name)
+    s.fresh_maildir = ctx.maildir_restores(spool_dir)
     return servers
 
 
@@ -339,13 +363,19 @@ class Context:
         self.pb = load_pop3bench(bench)
         self.restore = benchlib.write_restore_script(work)
 
-    def mbox_restore(self, spool_dir: str, stale: str | None) -> str:
-        """Shell command: a fresh copy of the big mbox for the big user, `stale` (a glob, a
-        server's cache or index) removed."""
-        user = self.big_user.name
-        command = " ".join(shlex.quote(a) for a in (self.restore, self.big_master,
-                                                    os.path.join(spool_dir, user), user))
-        return command + (f" && rm -rf {stale.format(user=user)}" if stale else "")
+    def mbox_restores(self, spool_dir: str, stale: str | None) -> dict[str, str]:
+        """Per big user, the shell command making a fresh copy of the big mbox, `stale` (a
+        glob, a server's cache or index) removed."""
+        commands = {}
+        for user in (u.name for u in self.big_users):
+            command = " ".join(shlex.quote(a) for a in (self.restore, self.big_master,
+                                                        os.path.join(spool_dir, user), user))
+            commands[user] = command + (f" && rm -rf {stale.format(user=user)}" if stale else "")
+        return commands
+
+    def maildir_restores(self, maildirs: str) -> dict[str, str]:
+        return {u.name: maildir_restore(self.maildir_master, os.path.join(maildirs, u.name),
+                                        u.name) for u in self.maildir_users}
 
     def small_spools(self, spool_dir: str) -> None:
         for user, master in zip(self.small_users, self.small_masters):
@@ -356,11 +386,13 @@ class Context:
 def make_mailboxes(ctx, users) -> dict:
     args, work = ctx.args, ctx.work
     n_small = max(args.idle_sessions, args.clients)
-    print(f"making {n_small + 2} users, their mailboxes ({args.messages:,} messages) and a "
+    print(f"making {n_small + 2 * args.retr_clients} users, their mailboxes ({args.messages:,} messages) and a "
           "certificate ...", flush=True)
     ctx.small_users = [users.create("p", shell="/usr/sbin/nologin") for _ in range(n_small)]
-    ctx.big_user = users.create("b", shell="/usr/sbin/nologin")
-    ctx.maildir_user = users.create("m", shell="/usr/sbin/nologin")
+    ctx.big_users = [users.create("b", shell="/usr/sbin/nologin")
+                     for _ in range(args.retr_clients)]
+    ctx.maildir_users = [users.create("m", shell="/usr/sbin/nologin")
+                         for _ in range(args.retr_clients)]
     ctx.small_masters = []
     for i in range(n_small):
         ctx.small_masters.append(os.path.join(work, f"small{i}.mbox"))
@@ -400,7 +432,7 @@ def main(argv=None) -> int:
             stack.enter_context(prelogin_account(PRELOGIN_ACCOUNT))
             users = stack.enter_context(SystemUsers())
             spool = make_mailboxes(ctx, users)
-            stack.callback(remove_popa3d_spools, [ctx.big_user, *ctx.small_users])
+            stack.callback(remove_popa3d_spools, [*ctx.big_users, *ctx.small_users])
             pki = TestPki(os.path.join(work, "pki")).server("bench")
             servers = start_servers(stack, ctx, work, pam, pki)
             print("servers: " + ", ".join(f"{s.name} {s.plain.port}" for s in servers.values()))
@@ -435,6 +467,7 @@ def main(argv=None) -> int:
         "wall_s": round(time.time() - started, 1),
         "params": {"rounds": args.rounds, "messages": args.messages, "bytes": spool["bytes"],
                    "clients": args.clients, "in_flight": args.in_flight,
+                   "retr_clients": args.retr_clients,
                    "idle_sessions": args.idle_sessions, "session_seconds": args.session_seconds},
         "load_averages": loads,
         "runs": {name: s.runs for name, s in servers.items()},
