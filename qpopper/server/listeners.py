@@ -131,19 +131,10 @@ def open_listeners(cfg) -> tuple[list[socket.socket], list[socket.socket]]:
     return plain + implicit, implicit
 
 
-NO_TRUSTED_PROXIES = ("proxy-protocol needs proxy-trusted-networks: the load balancers allowed "
-                      "to send the header")
-
-
-def proxy_listeners(cfg, listeners) -> list[socket.socket]:
-    """The listeners named by proxy-protocol (matched by port, and by address unless the
-    entry has none); an entry matching none, or proxy-protocol without
-    proxy-trusted-networks, is a ListenError."""
-    specs = list(cfg.proxy_protocol or ())
-    if not specs:
-        return []
-    if not cfg.proxy_trusted_networks:
-        raise ListenError(NO_TRUSTED_PROXIES)
+def proxy_listeners(specs, listeners) -> list[socket.socket]:
+    """The listeners named by the proxy-protocol entries (matched by port, and by address
+    unless the entry has none); an entry matching none is a ListenError. The entries are the
+    ones preflight.check_proxy_protocol passed: it alone requires proxy-trusted-networks."""
     chosen = []
     for spec in specs:
         host, port = parse_listen(spec)

@@ -317,9 +317,10 @@ def run_master(cfg, invocation) -> int:
     server_tls = None
     try:
         # the checks `popper --check-config` makes, from the same function
-        server_tls = preflight.check_site(cfg, log)
+        checked = preflight.check_site(cfg, log)
+        server_tls = checked.tls
         listeners, implicit_tls = open_listeners(cfg)
-        proxied = proxy_listeners(cfg, listeners)
+        proxied = proxy_listeners(checked.proxy_protocol, listeners)
     except (ListenError, preflight.PreflightError) as exc:
         for sock in listeners:
             sock.close()

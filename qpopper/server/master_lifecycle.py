@@ -36,7 +36,7 @@ class Lifecycle:
             new_cfg = self.reload()
             new_log = self.log.reconfigured(new_cfg)
             # start-up's checks (a renewed certificate is read here); the listeners stay
-            new_tls = preflight.check_site(new_cfg, new_log)
+            new_tls = preflight.check_site(new_cfg, new_log).tls
             if new_tls is None and self.implicit_tls:
                 # the tls-listen ports opened at start-up never fall back to plain text
                 raise tls_mod.TlsSetupError("the TLS listeners opened at start-up still need "

@@ -15,10 +15,11 @@ import os
 import pwd
 import sqlite3
 import stat
+from dataclasses import dataclass
 
 from qpopper.bulletin_records import BULLDB_DIR, BULLDB_FILE
 from qpopper.server import privsep
-from qpopper.server.listeners import NO_TRUSTED_PROXIES, parse_listen
+from qpopper.server.listeners import parse_listen
 from qpopper.server import tls as tls_mod
 
 PAM_DIR = "/etc/pam.d"
@@ -28,24 +29,36 @@ BULLDB_DIR_MODE = 0o2770
 journal SQLite keeps beside it; users cannot read each other's records otherwise."""
 
 
+NO_TRUSTED_PROXIES = ("proxy-protocol needs proxy-trusted-networks: the load balancers allowed "
+                      "to send the header")
+
+
 class PreflightError(Exception):
     """The configuration cannot work on this system: one readable line."""
 
 
-def check_site(cfg, log=None) -> tls_mod.TlsIdentity | None:
-    """Every start-up check; returns the checked TLS identity (None without TLS), which the
-    caller owns (close it when only checking). Raises PreflightError."""
+@dataclass(frozen=True)
+class CheckedSite:
+    """What the checks passed: the TLS identity (None without TLS), which the caller owns
+    (close it when only checking), and the proxy-protocol entries, for the master to match
+    against its bound sockets (listeners.proxy_listeners)."""
+    tls: tls_mod.TlsIdentity | None
+    proxy_protocol: tuple[str, ...]
+
+
+def check_site(cfg, log=None) -> CheckedSite:
+    """Every start-up check. Raises PreflightError."""
     try:
         privsep.check_prelogin_setup(cfg)
     except privsep.SandboxError as exc:
         raise PreflightError(str(exc)) from None
     check_accounts(cfg)
-    check_proxy_protocol(cfg)
+    proxied = check_proxy_protocol(cfg)
     check_directories(cfg)
     ensure_bulldb_dir(cfg)
     check_pam_service(cfg)
     try:
-        return tls_mod.open_server_tls(cfg, log)
+        return CheckedSite(tls_mod.open_server_tls(cfg, log), proxied)
     except tls_mod.TlsSetupError as exc:
         raise PreflightError(f"TLS: {exc}") from None
 
@@ -55,13 +68,14 @@ def _where(cfg, name: str) -> str:
     return "" if source == "default" else f" (set at {source})"
 
 
-def check_proxy_protocol(cfg) -> None:
+def check_proxy_protocol(cfg) -> tuple[str, ...]:
     """proxy-protocol needs proxy-trusted-networks, and each of its entries a listen or
-    tls-listen entry with that port (the master matches the bound sockets again at start-up:
-    listeners.proxy_listeners; sockets from systemd are only known then)."""
-    specs = list(cfg.proxy_protocol or ())
+    tls-listen entry with that port; returns the entries. The only check of the trusted
+    networks: the master matches the returned entries against the bound sockets at start-up
+    (listeners.proxy_listeners; sockets from systemd are only known then)."""
+    specs = tuple(cfg.proxy_protocol or ())
     if not specs:
-        return
+        return specs
     if not cfg.proxy_trusted_networks:
         raise PreflightError(NO_TRUSTED_PROXIES)
     ports = {parse_listen(spec)[1] for spec in (*cfg.listen, *cfg.tls_listen)}
@@ -69,6 +83,7 @@ def check_proxy_protocol(cfg) -> None:
         if ports and parse_listen(spec)[1] not in ports:
             raise PreflightError(f"proxy-protocol {spec}: no listen or tls-listen entry has "
                                  f"this port")
+    return specs
 
 
 # --- accounts and groups ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from qpopper.server import monitor_wire as wire
 from qpopper.addresses import parse_networks
 from qpopper.config import Config
 from qpopper.server.listeners import ListenError, bind_listeners, proxy_listeners
+from qpopper.server.preflight import PreflightError, check_proxy_protocol
 from tests.server_harness import POPPER, free_port, prelogin_args
 
 TRUSTED = parse_networks("127.0.0.1/32, 10.0.0.0/8")
@@ -102,22 +103,30 @@ def test_any_other_request_before_the_header_kills_the_prelogin_process():
         theirs.close()
 
 
-def test_proxy_protocol_names_listeners_and_needs_trusted_networks():
+def test_proxy_protocol_names_listeners():
     port, other = free_port(), free_port()
     listeners = bind_listeners([f"127.0.0.1:{port}", f"127.0.0.1:{other}"])
     try:
-        cfg = Config.defaults().replace(proxy_protocol=(f"127.0.0.1:{port}",),
-                                        proxy_trusted_networks=("127.0.0.1",))
-        assert proxy_listeners(cfg, listeners) == [listeners[0]]
-        assert proxy_listeners(cfg.replace(proxy_protocol=(str(other),)),
-                               listeners) == [listeners[1]]
+        assert proxy_listeners((f"127.0.0.1:{port}",), listeners) == [listeners[0]]
+        assert proxy_listeners((str(other),), listeners) == [listeners[1]]
+        assert proxy_listeners((), listeners) == []
         with pytest.raises(ListenError, match="no listen or tls-listen entry"):
-            proxy_listeners(cfg.replace(proxy_protocol=("127.0.0.2:110",)), listeners)
-        with pytest.raises(ListenError, match="needs proxy-trusted-networks"):
-            proxy_listeners(cfg.replace(proxy_trusted_networks=()), listeners)
+            proxy_listeners(("127.0.0.2:110",), listeners)
     finally:
         for sock in listeners:
             sock.close()
+
+
+def test_the_preflight_alone_requires_trusted_networks_and_hands_over_the_entries():
+    cfg = Config.defaults().replace(listen=("127.0.0.1:110",),
+                                    proxy_protocol=("127.0.0.1:110",),
+                                    proxy_trusted_networks=("127.0.0.1",))
+    assert check_proxy_protocol(cfg) == ("127.0.0.1:110",)
+    assert check_proxy_protocol(cfg.replace(proxy_protocol=())) == ()
+    with pytest.raises(PreflightError, match="needs proxy-trusted-networks"):
+        check_proxy_protocol(cfg.replace(proxy_trusted_networks=()))
+    with pytest.raises(PreflightError, match="no listen or tls-listen entry has this port"):
+        check_proxy_protocol(cfg.replace(proxy_protocol=("111",)))
 
 
 def test_popper_refuses_to_start_with_a_proxy_listener_and_no_trusted_networks(tmp_path):
