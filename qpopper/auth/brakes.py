@@ -46,6 +46,10 @@ before privsep drops privileges), so no user can edit it. It is bounded: expired
 purged at each write and at most limits.BRAKE_MAX_ROWS are kept (oldest dropped first).
 A store that cannot be opened (not root, read-only /run) degrades to counting nothing across
 connections: the per-connection cap still applies, and the reason is logged once.
+One login attempt opens the file once: hold_address opens it, the rest of the attempt
+(note_failure or record_success) uses the same connection and closes it. `close()` ends it
+early; the monitor calls it before it becomes the user session, which must not hold the
+root-only file (docs/privsep.md).
 """
 
 from __future__ import annotations
@@ -55,7 +59,6 @@ import sqlite3
 import stat
 import syslog
 import time
-from contextlib import closing
 
 from qpopper import limits
 from qpopper.addresses import address_group, in_networks, parse_networks
@@ -119,8 +122,8 @@ def _held_until(db, group: str) -> float:
 
 
 class Brakes:
-    """The shared failure counts. Cheap to construct (one per connection); each call opens
-    the file briefly."""
+    """The shared failure counts. Cheap to construct (one per connection); the file is opened
+    at the first call of an attempt and closed when the attempt is over, or by close()."""
 
     def __init__(self, path: str | None, max_delay: float, log, *,
                  clock=time.time, trusted_networks=()):
@@ -132,6 +135,7 @@ class Brakes:
         self._broken = self.path is None
         self._brake = 0.0          # the address's brake when its attempt under way began
         self._waited = 0.0         # ... and how much of it hold_address waited
+        self._db: sqlite3.Connection | None = None     # the attempt's connection
 
     @classmethod
     def from_config(cls, cfg, log) -> "Brakes":
@@ -200,6 +204,7 @@ class Brakes:
             self._hold(address_group(client_ip), self.clock() + delay)
         brake_now = 0.0 if trusted else brake_delay(
             failures, limits.BRAKE_FREE_FAILURES_PER_ADDRESS, self.max_delay)
+        self.close()               # the attempt is over: not held open across its delay
         self.log(syslog.LOG_NOTICE, failure_log_line(user, method, client_ip, failures,
                                                      brake_now))
         return delay
@@ -208,6 +213,13 @@ class Brakes:
         self._brake = self._waited = 0.0
         self._write(lambda db: db.execute("DELETE FROM failures WHERE kind = ? AND key = ?",
                                           (USER, _storable(user))))
+        self.close()
+
+    def close(self) -> None:
+        """Close the attempt's connection to the file, if open; the next call opens it again."""
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
 
     def _hold(self, group: str, until: float) -> None:
         """The address is being answered a wrong guess until `until` (the later of two)."""
@@ -251,12 +263,14 @@ class Brakes:
         if self._broken:
             return default
         try:
-            with closing(self._connect()) as db:
-                if write:
-                    with db:
-                        return step(db)
-                return step(db)
+            if self._db is None:
+                self._db = self._connect()
+            if write:
+                with self._db:
+                    return step(self._db)
+            return step(self._db)
         except (sqlite3.Error, OSError) as exc:
+            self.close()
             self._broken = True
             self.log(syslog.LOG_ERR, f"auth-brakes-file {self.path}: {exc}; failed logins are "
                                      f"not counted across connections")

@@ -94,6 +94,11 @@ class Authenticator(PolicyChecks, challenges.GssSteps):
         self._scram: challenges.ScramState | None = None
         self._scram_login: Login | None = None
 
+    def close(self) -> None:
+        """Before the monitor becomes the user session: nothing of root's stays open (the
+        brakes file; the pop.auth store is opened per call)."""
+        self.brakes.close()
+
     password_cache: PasswordCache | None = None    # the monitor's (auth/password_cache.py)
     # ---- the contract ---------------------------------------------------------------------
     banner_timestamp: str | None = None

@@ -56,14 +56,16 @@ class BecomingTheSession:
                              tls_active: bool, client_host: str, bad_commands: int,
                              relay_end) -> NoReturn:
         """After a verified login the monitor's work is done: rather than fork once more, it
-        becomes the user session itself. Nothing privileged stays open: the monitor channel
-        and the master's notice pipe are closed, the authenticator (which opens its files per
-        call) is dropped, the TLS identity was closed at the first fork; then the verified
-        privilege drop (privsep.drop_privileges). Without TLS the pre-login process, which
+        becomes the user session itself. Nothing privileged stays open: the monitor channel,
+        the master's notice pipe and the authenticator's brakes file are closed, the
+        authenticator is dropped, the TLS identity was closed at the first fork; then the
+        verified privilege drop (privsep.drop_privileges). Without TLS the pre-login process, which
         flushed its last reply before HANDOVER, is ended first, so no other process holds
         the client's socket; with TLS it goes on relaying, as this process's child."""
         sock.close()
         self._close_for_child()
+        if self.authenticator is not None:
+            self.authenticator.close()
         self.authenticator = None
         if not tls_active:
             self._end_prelogin()

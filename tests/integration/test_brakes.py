@@ -91,6 +91,52 @@ def test_a_correct_password_from_a_braked_address_waits_at_most_the_bound(tmp_pa
     assert guess.note_failure("192.0.2.4", "kim", "USER", 2) == 30 - bound + 2
 
 
+class CountingOpens(Brakes):
+    """Real brakes that count how often they open the file."""
+    opens = 0
+
+    def _connect(self):
+        self.opens += 1
+        return super()._connect()
+
+
+def descriptors_on(path: str) -> list[str]:
+    """This process's descriptors open on `path` (or its SQLite journal)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except FileNotFoundError:
+            continue
+        if target.startswith(path):
+            found.append(target)
+    return found
+
+
+@pytest.mark.parametrize("braked_address", [False, True])
+def test_a_login_attempt_opens_the_file_once_and_closes_it_when_over(tmp_path, braked_address):
+    """hold_address, then record_success or note_failure: one connection for the attempt
+    (a braked address reads its count and its hold), closed when the attempt is over."""
+    now = [1_000_000.0]
+    path = str(tmp_path / "b.sqlite")
+    if braked_address:
+        braked(path, lambda: now[0]).close()
+    for finish in ("success", "failure"):
+        brakes = CountingOpens(path, 30, lambda p, t: None, clock=lambda: now[0])
+        brakes.hold_address("192.0.2.4", lambda s: None)
+        assert descriptors_on(path) == [path]
+        if finish == "success":
+            brakes.record_success("kim")
+        else:
+            brakes.note_failure("192.0.2.4", "kim", "USER", 0)
+        assert brakes.opens == 1, finish
+        assert descriptors_on(path) == [], finish
+        # close() ends an attempt that ended otherwise (a policy refusal, the handover)
+        brakes.hold_address("192.0.2.4", lambda s: None)
+        brakes.close()
+        assert descriptors_on(path) == [] and brakes.opens == 2
+
+
 def test_while_a_wrong_guess_is_answered_the_address_is_held(tmp_path):
     """A guesser who hangs up once the bounded wait is over without +OK (a wrong guess) and
     tries again at once gains nothing: the new attempt waits until the wrong guess's answer

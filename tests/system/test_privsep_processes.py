@@ -293,3 +293,24 @@ def test_children_inherit_no_descriptor_of_the_master(site, system_users):
         assert inherited == {}, f"user session holds the master's {inherited}"
     finally:
         client.quit()
+
+
+def test_the_brakes_file_is_closed_before_the_privilege_drop(site, system_users):
+    """The monitor opens the root-only brakes file for the login attempt (auth/brakes.py)
+    and becomes the user session: no descriptor on it (or its journal) may survive the
+    drop, or the user could read and rewrite everyone's failure counts."""
+    user = system_users.create()
+    make_spool(site.spool_dir, user, mbox(*MESSAGES))
+    brakes_file = os.path.join(site.root, "auth-brakes.sqlite")
+    server = site.server()
+    wait_until(lambda: not server.children(), what="the start-up probe to end")
+    assert not os.path.exists(brakes_file)
+    client = login(server, user)
+    try:
+        assert client.stat()[0] == 2
+        assert os.path.exists(brakes_file)          # the login did use it
+        session = the_one(server, user.uid, "the user session")
+        held = [t for t in descriptors(session).values() if t.startswith(brakes_file)]
+        assert held == [], f"user session holds {held}"
+    finally:
+        client.quit()
