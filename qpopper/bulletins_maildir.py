@@ -21,7 +21,7 @@ import time
 from qpopper import bulletins
 from qpopper.bulletins import Bulletin, Delivery
 from qpopper.spool import maildir
-from qpopper.spool.durable import fsync_dir, pwrite_all, unlink_if_present
+from qpopper.spool.durable import fsync_dir, publish, unlink_if_present
 from qpopper.spool.locking import SessionLock
 from qpopper.spool.maildir_drop import LOCK_NAME
 
@@ -133,25 +133,12 @@ class MaildirDelivery(Delivery):
                 unlink_if_present(os.path.join(tmp, name), ignore_other_errors=True)
 
     def _place(self, name: str, message: bytes) -> None:
-        """tmp/, fsync, link into new/, as the Maildir specification asks of a delivery."""
-        temp = os.path.join(self.path, "tmp", f"{name}.{os.getpid()}")
-        self.step("write-tmp")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)
-        try:
-            pwrite_all(fd, message, 0)
-            self.step("fsync-tmp")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            self.step("link-new")
-            try:
-                os.link(temp, os.path.join(self.path, "new", name))
-            except FileExistsError:
-                pass                                         # the same name: already delivered
-        finally:
-            unlink_if_present(temp, ignore_other_errors=True)
+        """tmp/, fsync, link into new/, as the Maildir specification asks of a delivery
+        (durable.publish); a name already in new/ was delivered already. new/ is synced
+        once, after the last one."""
+        publish(os.path.join(self.path, "tmp", f"{name}.{os.getpid()}"),
+                os.path.join(self.path, "new", name), message, link=True, step=self.step,
+                steps=("write-tmp", "fsync-tmp", "link-new"))
 
 
 def deliver(cfg, login, path: str, hostname: str, log, *, step_hook=None,

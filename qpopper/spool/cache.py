@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from qpopper.spool import packed
-from qpopper.spool.durable import pwrite_all, read_up_to, unlink_if_present
+from qpopper.spool.durable import publish, read_up_to, unlink_if_present
 from qpopper.spool.mbox import Message
 
 CACHE_VERSION = 4
@@ -207,24 +207,15 @@ def load(path: str, user: str, cfg, spool_fd: int, note: Callable[[str], None] |
 
 def store(path: str, user: str, cfg, state: SpoolState, messages: list[Message],
           step: StepHook) -> None:
-    """Write the cache atomically (tmp file, rename). Raises OSError; callers log and go on."""
-    tmp = path + ".tmp"
+    """Write the cache atomically (`<cache>.tmp`, renamed: durable.publish). Not fsync'd: a
+    cache torn by a crash fails `load`'s checks and is rebuilt. Raises OSError; callers log
+    and go on."""
     try:
         data = encode(user, state, scan_options(cfg), messages)
     except ValueError as error:
         raise OSError(errno.EINVAL, f"cannot be packed: {error}") from None
-    step("cache-write")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, CACHE_MODE)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != os.geteuid():
-            raise OSError(f"{tmp}: not our plain file")
-        os.ftruncate(fd, 0)
-        pwrite_all(fd, data, 0)
-    finally:
-        os.close(fd)
-    step("cache-rename")
-    os.rename(tmp, path)
+    publish(path + ".tmp", path, data, mode=CACHE_MODE, sync=False, step=step,
+            steps=("cache-write", None, "cache-rename"))
 
 
 def remove(path: str, step: StepHook) -> None:

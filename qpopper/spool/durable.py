@@ -1,4 +1,5 @@
-"""Small helpers for writing files that must survive a crash (maildrop, bulletins, cache).
+"""Small helpers for writing files that must survive a crash (maildrop, bulletins, cache,
+the Maildir index).
 
 One copy of each so that the durability rules (short writes retried, the directory entry made
 durable, bounded reads) cannot drift apart between the places that rewrite a spool.
@@ -125,6 +126,61 @@ def unlink_if_present(path: str, *, ignore_other_errors: bool = False) -> None:
     except OSError:
         if not ignore_other_errors:
             raise
+
+
+def _create_exclusive(temp: str, mode: int) -> int:
+    """A new file at `temp`, ours alone: O_EXCL|O_NOFOLLOW, so a symlink or a hard link
+    planted at the name is never followed or written through. Whatever is at the name is a
+    leftover of a writer that crashed (the caller's lock or a per-process name keeps live
+    writers apart): it is unlinked — the name, never what it points to — and the creation
+    tried once more; a second refusal (someone planting again) is the caller's OSError."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(temp, flags, mode)
+    except FileExistsError:
+        unlink_if_present(temp)
+        return os.open(temp, flags, mode)
+
+
+def publish(temp: str, final: str, data: bytes, *, mode: int = 0o600, link: bool = False,
+            sync: bool = True, step: StepHook | None = None,
+            steps: tuple[str, str | None, str] = ("write", "fsync", "publish")) -> bool:
+    """Put `data` at `final` whole or not at all, the one way every rewritten file is
+    published (docs/internals.md, "Files written whole"): written to `temp` (a new file of
+    `mode`, see _create_exclusive; same filesystem as `final`), fsync'd when `sync`, then
+    renamed over `final`, or with `link` linked to `final` (a name that exists already is
+    kept: returns False) and `temp` removed. The directory's fsync is the caller's: some
+    publish many files and sync once. `steps` names the write, fsync and publish steps for
+    `step` (the crash tests' hook; the fsync's is None without `sync`). Returns True when `final` holds `data`; raises OSError,
+    leaving no temporary file when it can remove it."""
+    write_step, sync_step, publish_step = steps
+    if step:
+        step(write_step)
+    fd = _create_exclusive(temp, mode)
+    try:
+        try:
+            pwrite_all(fd, data, 0)
+            if sync:
+                if step:
+                    step(sync_step)
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if step:
+            step(publish_step)
+        if not link:
+            os.rename(temp, final)
+            return True
+        try:
+            os.link(temp, final)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            unlink_if_present(temp, ignore_other_errors=True)
+    except BaseException:
+        unlink_if_present(temp, ignore_other_errors=True)
+        raise
 
 
 class ChunkWriter:

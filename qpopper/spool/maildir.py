@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from qpopper.spool import packed
-from qpopper.spool.durable import fsync_dir, pwrite_all, read_up_to
+from qpopper.spool.durable import fsync_dir, publish, read_up_to
 from qpopper.spool.mbox import encode_uid
 from qpopper.spool.mbox_format import header_uid
 
@@ -227,24 +227,16 @@ def _decode_index(data: bytes) -> Index:
 
 
 def store_index(path: str, index: Index, step=None) -> None:
-    """Write the index beside the mail: a temporary file renamed over the old one, so a
-    reader sees the old index or the new one, never half of one."""
+    """Write the index beside the mail: a temporary file renamed over the old one
+    (durable.publish), so a reader sees the old index or the new one, never half of one."""
     body = packed.pack(INDEX_MAGIC, INDEX_VERSION,
                        {"written_ns": index.written_ns, "stamps": index.stamps,
                         "count": len(index.names)},
                        [packed.text_section(index.names), packed.int_section(index.octets),
                         packed.text_section(index.uids), packed.flag_section(index.seen)])
-    tmp = os.path.join(path, f".{INDEX_NAME}.{os.getpid()}")
-    if step:
-        step("index-write")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        pwrite_all(fd, body, 0)
-    finally:
-        os.close(fd)
-    if step:
-        step("index-rename")
-    os.rename(tmp, os.path.join(path, INDEX_NAME))
+    # not fsync'd: an index torn by a crash fails load_index's checks and is rebuilt
+    publish(os.path.join(path, f".{INDEX_NAME}.{os.getpid()}"), os.path.join(path, INDEX_NAME),
+            body, sync=False, step=step, steps=("index-write", None, "index-rename"))
 
 
 def _unchanged(index: Index | None, stamps: dict) -> bool:

@@ -74,3 +74,46 @@ def test_unlink_if_present_raises_other_errors_unless_told(tmp_path):
     assert not isinstance(caught.value, FileNotFoundError)
     durable.unlink_if_present(str(directory), ignore_other_errors=True)
     assert directory.is_dir()
+
+
+# --- publish: write a temporary file, then rename or link it into place ------------------------
+@pytest.mark.parametrize("link", [False, True])
+@pytest.mark.parametrize("planted", ["symlink", "hard link", "crash leftover"])
+def test_publish_never_writes_through_what_sits_at_the_temporary_name(tmp_path, link, planted):
+    """Whatever is at the temporary name is unlinked, never followed or written through: a
+    symlink or a hard link to someone's file leaves that file as it was, and a crashed
+    writer's half file is replaced."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"not yours\n")
+    temp, final = tmp_path / ".file.tmp", tmp_path / "file"
+    if planted == "symlink":
+        temp.symlink_to(victim)
+    elif planted == "hard link":
+        os.link(victim, temp)
+    else:
+        temp.write_bytes(b"half a fi")
+    assert durable.publish(str(temp), str(final), b"whole\n", link=link) is True
+    assert final.read_bytes() == b"whole\n" and not final.is_symlink()
+    assert os.stat(final).st_nlink == 1 and os.stat(final).st_mode & 0o777 == 0o600
+    assert victim.read_bytes() == b"not yours\n" and os.stat(victim).st_nlink == 1
+    assert not os.path.lexists(temp)
+
+
+def test_publish_by_rename_replaces_and_by_link_keeps_what_is_there(tmp_path):
+    temp, final = str(tmp_path / "tmp"), tmp_path / "final"
+    steps = []
+    assert durable.publish(temp, str(final), b"one", step=steps.append)
+    assert durable.publish(temp, str(final), b"two", sync=False, step=steps.append,
+                           steps=("w", None, "r"))
+    assert final.read_bytes() == b"two"
+    assert steps == ["write", "fsync", "publish", "w", "r"]
+    # a Maildir delivery: the name already there was delivered before; it stays
+    assert durable.publish(temp, str(final), b"three", link=True) is False
+    assert final.read_bytes() == b"two" and not os.path.lexists(temp)
+
+
+def test_a_failed_publish_leaves_no_temporary_file(tmp_path):
+    temp = str(tmp_path / "tmp")
+    with pytest.raises(OSError):
+        durable.publish(temp, str(tmp_path / "missing" / "final"), b"data")
+    assert not os.path.lexists(temp)
