@@ -1,11 +1,20 @@
 """What every forked process of the server shares: how it ends (never back into its
-parent's code), and the error that ends a connection whose pre-login process misbehaved."""
+parent's code), the error that ends a connection whose pre-login process misbehaved, and
+ForkedCall: a function run in a forked child, its answer read back with a deadline (the
+second part of a big mbox scan, the pre-login process's reverse lookup)."""
 
 from __future__ import annotations
 
+import gc
+import marshal
 import os
+import resource
+import select
+import signal
+import struct
 import syslog
-from typing import NoReturn
+import time
+from typing import Callable, Iterable, NoReturn
 
 
 def log_failure(log, what: str, exc: BaseException, priority: int = syslog.LOG_ERR) -> None:
@@ -31,3 +40,126 @@ def exit_after(log, what: str, body) -> NoReturn:
 
 class ProtocolViolation(Exception):
     """The pre-login process sent what it never should: the connection ends."""
+
+
+def _max_fd() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if 0 < soft < 1 << 20 else 1 << 20
+
+
+def _close_all_but(keep: Iterable[int]) -> None:
+    """Close every descriptor from 3 up except `keep`."""
+    low = 3
+    for fd in sorted(set(keep)):
+        if fd >= low:
+            os.closerange(low, fd)
+            low = fd + 1
+    os.closerange(low, _max_fd())
+
+
+def default_signals() -> None:
+    """A helper child takes no part in its parent's signal handling: default actions, no
+    wakeup descriptor (a hangup ends it, and the parent does without its answer)."""
+    signal.set_wakeup_fd(-1)
+    for signum in signal.valid_signals():
+        if callable(signal.getsignal(signum)):
+            signal.signal(signum, signal.SIG_DFL)
+
+
+_LENGTH = struct.Struct("=Q")
+
+
+class ForkedCall:
+    """`work()` run in a forked child; its return value (what marshal can write: numbers,
+    strings, bytes, tuples, lists) comes back over a pipe, length-prefixed. The child keeps
+    no descriptor but 0-2, its pipe and `keep` (not the client's socket, not a spool lock:
+    a flock lives as long as any holder of its open file), runs no finalizer of the
+    parent's objects and takes default signals; it always leaves by os._exit. The parent
+    asks `result(deadline)`: the answer, or None when there is no whole one by then; the
+    child is killed if still there and reaped either way, so none is left a zombie.
+    The caller checks the answer's shape: the child may be less trusted than the parent."""
+
+    def __init__(self, pid: int, fd: int):
+        self.pid = pid
+        self.fd = fd
+
+    @classmethod
+    def start(cls, work: Callable[[], object], keep: Iterable[int] = ()) -> "ForkedCall | None":
+        """The child started, or None when no pipe or no process could be made."""
+        try:
+            r, w = os.pipe2(os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(r)
+            os.close(w)
+            return None
+        if pid == 0:                                   # the child: never returns
+            code = 1
+            try:
+                gc.disable()
+                _close_all_but((w, *keep))
+                default_signals()
+                data = marshal.dumps(work())
+                view = memoryview(_LENGTH.pack(len(data)) + data)
+                while view:
+                    view = view[os.write(w, view):]
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        return cls(pid, r)
+
+    def result(self, deadline: float):
+        """The child's answer, or None past `deadline` (time.monotonic()) or when it ended
+        without a whole one (or was discarded)."""
+        if self.fd < 0:
+            return None
+        try:
+            data = self._read(deadline)
+        finally:
+            self.discard()
+        if data is None or len(data) < _LENGTH.size \
+                or _LENGTH.unpack_from(data)[0] != len(data) - _LENGTH.size:
+            return None
+        try:
+            return marshal.loads(data[_LENGTH.size:])
+        except (EOFError, ValueError, TypeError):
+            return None
+
+    def _read(self, deadline: float) -> bytes | None:
+        """Everything the child writes, up to its end; None past the deadline."""
+        chunks = []
+        poller = select.poll()                  # any descriptor number (select: < 1024)
+        poller.register(self.fd, select.POLLIN)
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                if left <= 0 or not poller.poll(max(1, int(left * 1000))):
+                    return None
+                chunk = os.read(self.fd, 1 << 20)
+            except InterruptedError:
+                continue
+            except OSError:
+                return None
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+    def discard(self) -> None:
+        """End the child without its answer (killing one already gone is harmless: it is
+        not reaped yet, so its pid is still its own); once only."""
+        if self.fd < 0:
+            return
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.close(self.fd)
+        self.fd = -1
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass

@@ -5,7 +5,8 @@ process model is docs/privsep.md). No module here reads a client byte as root:
   qpopper/cli.py, config.py, options.py      start-up: argv, configuration files
   qpopper/server/master.py, listeners.py,     listeners, accept, fork, signals (root for good)
     admission.py, master_lifecycle.py,        connection limits; reload and stop;
-    children.py                               how every forked child ends
+    children.py                               how every forked child ends; the forked
+                                              helpers (ForkedCall: reverse lookup's fork)
   qpopper/server/warmup.py                    start-up: throw-away sessions (session.py, pop3/,
                                               the maildrop) on constant bytes, on a spool in a
                                               0700 temporary directory of its own; no client byte

@@ -10,18 +10,21 @@ import importlib
 import ipaddress
 import os
 import select
-import signal
 import socket
 import threading
 import time
 
 from qpopper import limits
 from qpopper.server import privsep
+from qpopper.server.children import ForkedCall
 from qpopper.addresses import normalize_ip
 
 # Name lookups import the idna codec on first use; after the privilege drop (or inside the
 # pre-login chroot) the interpreter's library may no longer be readable, so load it now.
 importlib.import_module("encodings.idna")
+
+NAME_LIMIT = 1024
+"""The longest name the lookup child may send (a DNS name has at most 253 characters)."""
 
 REVERSE_LOOKUP_TIMEOUT_S = 5.0
 """Longest wait for the client's host name; past it the address stands in (logs stay readable,
@@ -59,8 +62,9 @@ class ReverseLookup:
 
 class ForkedReverseLookup:
     """ReverseLookup for the pre-login process, whose chroot has no resolver: a child forked
-    before the sandbox is entered, running as the pre-login account, does the lookup and
-    writes the name to a pipe (docs/privsep.md)."""
+    before the sandbox is entered (children.ForkedCall: it keeps none of the connection's
+    descriptors), running as the pre-login account, does the lookup and sends the name back
+    (docs/privsep.md). No child (no process could be made): the address is the name."""
 
     def __init__(self, ip: str | None, uid: int, gid: int):
         """`ip` None: the address is not known yet (it comes in a PROXY header, read inside
@@ -68,27 +72,15 @@ class ForkedReverseLookup:
         self.ip = ip
         self._name: str | None = None
         self._deadline = time.monotonic() + REVERSE_LOOKUP_TIMEOUT_S
-        self._read_end, write_end = os.pipe2(os.O_CLOEXEC)
-        self._ip_r, self._ip_w = os.pipe2(os.O_CLOEXEC) if ip is None else (-1, -1)
-        self._pid = os.fork()
-        if self._pid == 0:
-            status = 1
-            try:
-                os.close(self._read_end)
-                privsep.drop_to_account(uid, gid)
-                if ip is None:
-                    os.close(self._ip_w)
-                    ip = self._wait_for_address(self._ip_r)
-                lookup = ReverseLookup(ip)
-                name = lookup.result()
-                os.write(write_end, name.encode("utf-8", "replace")[:1024])
-                status = 0
-            finally:
-                os._exit(status)
-        os.close(write_end)
-        if self._ip_r >= 0:
-            os.close(self._ip_r)
-        self._done = False
+        ip_r, self._ip_w = os.pipe2(os.O_CLOEXEC) if ip is None else (-1, -1)
+
+        def look_up() -> str:
+            privsep.drop_to_account(uid, gid)
+            address = ip if ip is not None else self._wait_for_address(ip_r)
+            return ReverseLookup(address).result()[:NAME_LIMIT]
+        self._call = ForkedCall.start(look_up, keep=(ip_r,) if ip_r >= 0 else ())
+        if ip_r >= 0:
+            os.close(ip_r)
 
     @staticmethod
     def _wait_for_address(fd: int) -> str:
@@ -100,23 +92,16 @@ class ForkedReverseLookup:
         """The address to look up, when it was not known at the fork."""
         self.ip = ip
         self._deadline = time.monotonic() + REVERSE_LOOKUP_TIMEOUT_S
-        os.write(self._ip_w, ip.encode("ascii"))
+        try:
+            os.write(self._ip_w, ip.encode("ascii"))
+        except OSError:
+            pass                               # no child (any more): the address stands in
         os.close(self._ip_w)
         self._ip_w = -1
 
     def result(self) -> str:
-        if not self._done:
-            self._done = True
-            try:
-                remaining = max(0.0, self._deadline - time.monotonic())
-                if select.select([self._read_end], [], [], remaining)[0]:
-                    name = os.read(self._read_end, 1024).decode("utf-8", "replace")
-                    self._name = name if name and name != self.ip else None
-            finally:
-                os.close(self._read_end)
-                try:
-                    os.kill(self._pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                os.waitpid(self._pid, 0)
+        if self._call is not None:
+            name = self._call.result(self._deadline)
+            self._call = None
+            self._name = name if isinstance(name, str) and name and name != self.ip else None
         return self._name or self.ip

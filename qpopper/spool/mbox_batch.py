@@ -16,20 +16,16 @@ differential tests and the `mbox` fuzz target hold the two paths to that (docs/f
 
 from __future__ import annotations
 
-import gc
 import hashlib
-import marshal
 import mmap
 import os
 import re
-import resource
-import select
-import signal
 import struct
 import time
 from typing import BinaryIO, Callable
 
 from qpopper import limits
+from qpopper.server.children import ForkedCall
 from qpopper.spool.mbox_format import (MMDF_SEP_CHAR, Message, _NUL_TO_SPACE, header_uid,
                                        is_from_line)
 from qpopper.spool.mbox_headers import _HeaderScanner, set_scan_options
@@ -402,112 +398,29 @@ def _helper_part(batch: _Batch, start: int, end: int) -> tuple:
     return True, records, end
 
 
-def _max_fd() -> int:
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return soft if 0 < soft < 1 << 20 else 1 << 20
-
-
 class _Helper:
     """A forked process scanning the second part of a mapped region, as this process's user,
-    after login (docs/mbox.md, "Two parts at once"). It only reads the map and writes its
-    result to a pipe; when it fails in any way the parent scans that part itself."""
+    after login (docs/mbox.md, "Two parts at once"): a children.ForkedCall, which keeps
+    nothing of the session's but the map and its pipe. When it fails in any way the parent
+    scans that part itself."""
 
-    def __init__(self, pid: int, fd: int, split: int):
-        self.pid = pid
-        self.fd = fd
+    def __init__(self, call: ForkedCall, split: int):
+        self.call = call
         self.split = split
 
     @classmethod
     def start(cls, batch: _Batch, split: int, end: int) -> "_Helper | None":
-        try:
-            r, w = os.pipe()
-        except OSError:
-            return None
-        try:
-            pid = os.fork()
-        except OSError:
-            os.close(r)
-            os.close(w)
-            return None
-        if pid == 0:                                   # the helper: never returns
-            code = 1
-            try:
-                gc.disable()                           # no finalizer of the parent's objects
-                # Nothing of the session's but the map: not the client's socket, not the
-                # spool's or the temp drop's locks (a flock lives as long as any holder of
-                # its open file), should the session die before the helper ends.
-                os.closerange(3, w)
-                os.closerange(w + 1, _max_fd())
-                _default_signals()
-                data = marshal.dumps(_helper_part(batch, split, end))
-                data = struct.pack("=Q", len(data)) + data
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(w, view):]
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(w)
-        return cls(pid, r, split)
+        call = ForkedCall.start(lambda: _helper_part(batch, split, end))
+        return None if call is None else cls(call, split)
 
     def result(self):
         """The helper's answer, or None when it did not give a whole one in HELPER_TIMEOUT
         seconds (then it is ended)."""
-        data = self._read(time.monotonic() + HELPER_TIMEOUT)
-        if data is None:
-            self.discard()
-            return None
-        os.close(self.fd)
-        self._reap()
-        if len(data) < 8 or struct.unpack("=Q", data[:8])[0] != len(data) - 8:
-            return None
-        try:
-            got = marshal.loads(data[8:])
-        except (EOFError, ValueError, TypeError):
-            return None
+        got = self.call.result(time.monotonic() + HELPER_TIMEOUT)
         if got == (False,) or (isinstance(got, tuple) and len(got) == 3 and got[0] is True
                                and isinstance(got[1], list) and isinstance(got[2], int)):
             return got
         return None
 
-    def _read(self, deadline: float) -> bytes | None:
-        """Everything the helper writes, up to its end; None past the deadline."""
-        chunks = []
-        poller = select.poll()                  # any descriptor number (select: < 1024)
-        poller.register(self.fd, select.POLLIN)
-        while True:
-            left = deadline - time.monotonic()
-            try:
-                if left <= 0 or not poller.poll(max(1, int(left * 1000))):
-                    return None
-                chunk = os.read(self.fd, 1 << 20)
-            except InterruptedError:
-                continue
-            except OSError:
-                return b""
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
-
     def discard(self) -> None:
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        os.close(self.fd)
-        self._reap()
-
-    def _reap(self) -> None:
-        try:
-            os.waitpid(self.pid, 0)
-        except ChildProcessError:
-            pass
-
-
-def _default_signals() -> None:
-    """The helper takes no part in the session's signal handling: default actions, no wakeup
-    descriptor (a hangup ends it, and the parent scans its part)."""
-    signal.set_wakeup_fd(-1)
-    for signum in signal.valid_signals():
-        if callable(signal.getsignal(signum)):
-            signal.signal(signum, signal.SIG_DFL)
+        self.call.discard()

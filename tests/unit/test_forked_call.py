@@ -1,0 +1,75 @@
+"""children.ForkedCall: the forked helper behind the mbox scan's second part and the
+pre-login process's reverse lookup, on real processes and pipes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from qpopper.server.children import ForkedCall
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def soon(seconds: float = 20.0) -> float:
+    return time.monotonic() + seconds
+
+
+def assert_reaped(pid: int) -> None:
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def test_the_answer_comes_back_and_the_child_is_reaped():
+    call = ForkedCall.start(lambda: (True, [(1, b"x", "y")] * 1000, 2 ** 40))
+    assert call.result(soon()) == (True, [(1, b"x", "y")] * 1000, 2 ** 40)
+    assert_reaped(call.pid)
+
+
+def test_the_child_keeps_no_descriptor_but_its_pipe_and_what_it_is_told(tmp_path):
+    held = os.open(tmp_path / "held", os.O_CREAT | os.O_RDWR, 0o600)   # a lock, a socket
+    kept_r, kept_w = os.pipe()
+    try:
+        call = ForkedCall.start(lambda: sorted(int(fd) for fd in os.listdir("/proc/self/fd")),
+                                keep=(kept_r,))
+        fds = call.result(soon())
+    finally:
+        for fd in (held, kept_r, kept_w):
+            os.close(fd)
+    assert held not in fds and kept_w not in fds
+    assert kept_r in fds
+    assert len([fd for fd in fds if fd > 2]) == 3     # kept_r, its pipe, the listing's own
+
+
+def test_the_child_takes_default_signals():
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        call = ForkedCall.start(lambda: signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
+        assert call.result(soon()) is True
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.parametrize("work", [lambda: os._exit(3), lambda: 1 / 0, lambda: object()],
+                         ids=["dies", "raises", "cannot-be-marshalled"])
+def test_no_whole_answer_is_none(work):
+    call = ForkedCall.start(work)
+    assert call.result(soon()) is None
+    assert_reaped(call.pid)
+
+
+def test_past_the_deadline_the_child_is_killed_and_reaped():
+    call = ForkedCall.start(lambda: os.pause())
+    assert call.result(time.monotonic() + 0.2) is None
+    assert_reaped(call.pid)
+
+
+def test_a_discarded_child_is_killed_and_reaped_once():
+    call = ForkedCall.start(lambda: os.pause())
+    call.discard()
+    assert_reaped(call.pid)
+    call.discard()                                      # the caller's second word: harmless
+    assert call.result(soon()) is None
