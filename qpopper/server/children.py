@@ -77,7 +77,10 @@ class ForkedCall:
     parent's objects and takes default signals; it always leaves by os._exit. The parent
     asks `result(deadline)`: the answer, or None when there is no whole one by then; the
     child is killed if still there and reaped either way, so none is left a zombie.
-    The caller checks the answer's shape: the child may be less trusted than the parent."""
+    The caller checks the answer's shape. marshal is not hardened against crafted data, so
+    the child must be no less trusted than the reader: the mbox helper is the session's own
+    user, the lookup child the pre-login account that its reader, the sandboxed pre-login
+    process, runs as too."""
 
     def __init__(self, pid: int, fd: int):
         self.pid = pid

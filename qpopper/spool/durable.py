@@ -151,8 +151,8 @@ def publish(temp: str, final: str, data: bytes, *, mode: int = 0o600, link: bool
     renamed over `final`, or with `link` linked to `final` (a name that exists already is
     kept: returns False) and `temp` removed. The directory's fsync is the caller's: some
     publish many files and sync once. `steps` names the write, fsync and publish steps for
-    `step` (the crash tests' hook; the fsync's is None without `sync`). Returns True when `final` holds `data`; raises OSError,
-    leaving no temporary file when it can remove it."""
+    `step` (the crash tests' hook; the fsync's is None without `sync`). Returns True when
+    `final` holds `data`; raises OSError, leaving no temporary file when it can remove it."""
     write_step, sync_step, publish_step = steps
     if step:
         step(write_step)
