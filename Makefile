@@ -94,9 +94,11 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache demo-data .fuzz-work fuzz-findings
+	find qpopper -name '*.so' -delete
 
 # The Debian and RPM packages, built and linted in a temporary copy of the tree (nothing is
-# left in the checkout); the .deb, .changes and .rpm land in $(PKG_OUT).
+# left in the checkout); the .deb (with its -dbgsym .deb of the C accelerators' debug symbols),
+# the .changes and the .rpm land in $(PKG_OUT).
 # pyenv (or any other python3) is kept off PATH: pybuild and rpmbuild must use Debian's.
 PKG_OUT  ?= dist
 SYS_PATH := /usr/sbin:/usr/bin:/sbin:/bin
@@ -117,5 +119,5 @@ package:
 	  --define "_topdir $$work/rpmtop" rpm/qpopper.spec); \
 	echo "== rpmlint"; \
 	rpmlint -r "$$work/src/rpm/rpmlint-ci.rc" "$$work/src/rpm/qpopper.spec" "$$work"/rpmtop/RPMS/*/*.rpm; \
-	cp "$$work"/qpopper-py_*.deb "$$work"/qpopper-py_*.changes "$$work"/rpmtop/RPMS/*/*.rpm "$$out"/; \
+	cp "$$work"/qpopper-py*.deb "$$work"/qpopper-py_*.changes "$$work"/rpmtop/RPMS/*/*.rpm "$$out"/; \
 	echo "== packages in $$out:"; ls -1 "$$out"
