@@ -5,7 +5,7 @@
 #   make fuzz  - each fuzz target for FUZZ_SECONDS (default 60) under atheris (docs/fuzzing.md);
 #                FUZZ_TARGETS="pop3 sasl" picks some
 #   make bench - by hand, as root: bench/vs_peers.py (bench/README.md); BENCH=privsep_cost
-#                (or vs_reference, tls_retr, session_memory) runs another of bench/, BENCH_ARGS="..." passes options
+#                (or vs_reference, tls_retr, session_memory, retr_cpu) runs another of bench/, BENCH_ARGS="..." passes options
 
 PYTHON    ?= python3
 VENV      := .venv
