@@ -63,7 +63,8 @@ test-peers:
 run: $(STAMP)
 	$(VENV)/bin/popper --demo
 
-test: $(STAMP) debs test-peers
+# debs first: the venv's build of the C accelerators needs its compiler and headers.
+test: debs test-peers $(STAMP)
 	@# python-gssapi (optional: -k/-K) builds against libkrb5-dev, so only after `test-peers`. As
 	@# root everything the GSSAPI tests need can be installed, so a failure stops the run.
 	@$(VPY) -c "import gssapi" 2>/dev/null || $(VPY) -m pip install --quiet gssapi \
