@@ -5,15 +5,17 @@
 #   make fuzz  - each fuzz target for FUZZ_SECONDS (default 60) under atheris (docs/fuzzing.md);
 #                FUZZ_TARGETS="pop3 sasl" picks some
 #   make bench - by hand, as root: bench/vs_peers.py (bench/README.md); BENCH=privsep_cost
-#                (or vs_reference, tls_retr, session_memory) runs another of bench/, BENCH_ARGS="..." passes options
+#                (or vs_reference, tls_retr, session_memory, retr_cpu) runs another of bench/, BENCH_ARGS="..." passes options
 
 PYTHON    ?= python3
 VENV      := .venv
 VPY       := $(VENV)/bin/python
 STAMP     := $(VENV)/.installed
 # Debian packages that build the .deb and the RPM (`make debs`, then `make package`): only
-# build tools, nothing a mail host would not want.
-DEB_BUILD_PACKAGES := debhelper dh-python python3-all python3-setuptools python3-pytest python3-pytest-timeout \
+# build tools, nothing a mail host would not want. build-essential and python3-all-dev compile
+# the C accelerators (docs/accelerators.md) for the packages and for the venv.
+DEB_BUILD_PACKAGES := debhelper dh-python build-essential python3-all python3-all-dev python3-setuptools \
+	python3-pytest python3-pytest-timeout \
 	python3-cryptography python3-daemon python3-lockfile python3-openssl python3-pampy python3-setproctitle \
 	man-db lintian rpm rpmlint
 # Debian packages the tests use as real peers (curl, socat, a Kerberos KDC, a C compiler, ...):
@@ -28,7 +30,11 @@ APT_GET := apt-get -o DPkg::Lock::Timeout=600
 
 .PHONY: run test test-fast venv debs test-peers clean package bench fuzz
 
-$(STAMP): setup.py pyproject.toml Makefile
+# The C accelerators: `pip install -e .` builds them in place (optional: skipped without a
+# compiler), so a changed .c file makes the venv again.
+ACCEL_SOURCES := $(wildcard qpopper/*.c qpopper/*/*.c)
+
+$(STAMP): setup.py pyproject.toml Makefile $(ACCEL_SOURCES)
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --upgrade pip
 	$(VPY) -m pip install --quiet -e . $(PIP_TEST_PACKAGES)
@@ -57,7 +63,8 @@ test-peers:
 run: $(STAMP)
 	$(VENV)/bin/popper --demo
 
-test: $(STAMP) debs test-peers
+# debs first: the venv's build of the C accelerators needs its compiler and headers.
+test: debs test-peers $(STAMP)
 	@# python-gssapi (optional: -k/-K) builds against libkrb5-dev, so only after `test-peers`. As
 	@# root everything the GSSAPI tests need can be installed, so a failure stops the run.
 	@$(VPY) -c "import gssapi" 2>/dev/null || $(VPY) -m pip install --quiet gssapi \
@@ -88,9 +95,11 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache demo-data .fuzz-work fuzz-findings
+	find qpopper -name '*.so' -delete
 
 # The Debian and RPM packages, built and linted in a temporary copy of the tree (nothing is
-# left in the checkout); the .deb, .changes and .rpm land in $(PKG_OUT).
+# left in the checkout); the .deb (with its -dbgsym .deb of the C accelerators' debug symbols),
+# the .changes and the .rpm land in $(PKG_OUT).
 # pyenv (or any other python3) is kept off PATH: pybuild and rpmbuild must use Debian's.
 PKG_OUT  ?= dist
 SYS_PATH := /usr/sbin:/usr/bin:/sbin:/bin
@@ -110,6 +119,6 @@ package:
 	(cd "$$work/src" && env PATH=$(SYS_PATH) rpmbuild -bb --nodeps --build-in-place \
 	  --define "_topdir $$work/rpmtop" rpm/qpopper.spec); \
 	echo "== rpmlint"; \
-	rpmlint -r "$$work/src/rpm/rpmlint-ci.rc" "$$work/src/rpm/qpopper.spec" "$$work"/rpmtop/RPMS/noarch/*.rpm; \
-	cp "$$work"/qpopper-py_*.deb "$$work"/qpopper-py_*.changes "$$work"/rpmtop/RPMS/noarch/*.rpm "$$out"/; \
+	rpmlint -r "$$work/src/rpm/rpmlint-ci.rc" "$$work/src/rpm/qpopper.spec" "$$work"/rpmtop/RPMS/*/*.rpm; \
+	cp "$$work"/qpopper-py*.deb "$$work"/qpopper-py_*.changes "$$work"/rpmtop/RPMS/*/*.rpm "$$out"/; \
 	echo "== packages in $$out:"; ls -1 "$$out"

@@ -2,7 +2,17 @@
 import re
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
+
+# Optional C accelerators (docs/accelerators.md): each has a pure-Python fallback, so a build
+# without a compiler or Python.h still installs a working server (optional=True). Compiler
+# flags come from the environment (CFLAGS: Debian's dpkg-buildflags, the RPM's optflags);
+# these only turn the warnings on.
+WARNINGS = ["-Wall", "-Wextra"]
+ACCELERATORS = [
+    Extension("qpopper.spool._wire", ["qpopper/spool/_wire.c"], extra_compile_args=WARNINGS,
+              optional=True),
+]
 
 # Read the version without importing the package (its dependencies may not be installed yet).
 __version__ = re.search(r'__version__ = "([^"]+)"',
@@ -15,6 +25,7 @@ setup(
     license="BSD-3-Clause",
     python_requires=">=3.11",
     packages=find_packages(include=["qpopper", "qpopper.*"]),
+    ext_modules=ACCELERATORS,
     install_requires=[
         "python-daemon",
         "setproctitle",

@@ -15,9 +15,12 @@ _CONVERTED = frozenset("\0\r\n")
 """Characters the wire conversion changes (a dot only after LF)."""
 
 
-def wire_bytes(data: bytes, at_line_start: bool = True) -> bytes:
+def wire_bytes_python(data: bytes, at_line_start: bool = True) -> bytes:
     """Spool bytes as POP3 multi-line data (CRLF line ends, NUL as space, dot-stuffing), each
-    step one C pass over the whole block; `data` must not end inside a CRLF."""
+    step one C pass over the whole block; `data` must not end inside a CRLF.
+
+    The definition: the compiled _wire.wire_bytes must give the same bytes for every input
+    (docs/accelerators.md, "The wire conversion")."""
     if b"\0" in data:                              # rare: skip translate's copy without one
         data = data.translate(_NUL_TO_SPACE)
     if b"\r" in data:
@@ -31,6 +34,15 @@ def wire_bytes(data: bytes, at_line_start: bool = True) -> bytes:
     if at_line_start and data[:1] == b".":
         data = b"." + data
     return data
+
+
+# The compiled conversion when it was built (one pass instead of four or five), else the
+# definition above (docs/accelerators.md, "Fallback"). Tests use both names explicitly.
+try:
+    from qpopper.spool._wire import wire_bytes as wire_bytes_c
+except ImportError:
+    wire_bytes_c = None
+wire_bytes = wire_bytes_c or wire_bytes_python
 
 
 class WireLines:
@@ -136,7 +148,7 @@ def send_message(f: BinaryIO, msg: Message, write: WriteFn, body_lines: int | No
     pending: list[bytes] = []
     pending_size = 0
     buf, buf_at = b"", 0            # file bytes [buf_at, buf_at + len(buf))
-    ends_line = True                # the kept bytes so far end with LF (or there are none)
+    last_piece = b""                # the last kept bytes read (none yet)
 
     def splice_uidl() -> None:
         nonlocal pending, pending_size
@@ -162,16 +174,21 @@ def send_message(f: BinaryIO, msg: Message, write: WriteFn, body_lines: int | No
             piece = memoryview(buf)[a - buf_at:piece_end - buf_at]     # join copies it once
             pending.append(piece)
             pending_size += len(piece)
-            ends_line = piece[-1] == LF
+            last_piece = piece
             a = piece_end
             if pending_size >= window:
                 wire.feed(b"".join(pending))
                 pending, pending_size = [], 0
-    if not ends_line:               # a last line without LF gets its CRLF (a CR stays: CR CRLF)
-        pending.append(b"\r\n")
+    pending += _line_closer(last_piece)
     if not inserted:
         splice_uidl()
     wire.feed(b"".join(pending), final=True)
+
+
+def _line_closer(last_piece: bytes | memoryview) -> list[bytes]:
+    """What follows the message's last kept bytes: a last line without LF gets its CRLF (a CR
+    there stays: CR CRLF); nothing after an LF or when nothing was kept."""
+    return [b"\r\n"] if last_piece and last_piece[-1] != LF else []
 
 
 def _send_whole(read: Callable[[int, int], bytes], msg: Message, stop: int,
@@ -194,7 +211,6 @@ def _send_whole(read: Callable[[int, int], bytes], msg: Message, stop: int,
         pieces.append(view[a - start:b - start])
     if not inserted:                        # after the last kept byte: the general path's case
         return False
-    if pieces[-1][-1] != LF:                # a last line without LF gets its CRLF (CR CRLF)
-        pieces.append(b"\r\n")
+    pieces += _line_closer(pieces[-1])
     write(wire_bytes(b"".join(pieces)))
     return True

@@ -19,7 +19,7 @@ SMOKE_RUNS = 3000
 
 def test_every_surface_has_a_target():
     assert {"pop3", "sasl", "mbox", "mbox_writeback", "config", "monitor_wire",
-            "proxy_protocol"} <= set(TARGETS)
+            "proxy_protocol", "wire"} <= set(TARGETS)
 
 
 @pytest.mark.parametrize("name", TARGETS)

@@ -9,7 +9,8 @@ TlsChannel (which joins the pieces). The bytes read must be exactly the status l
 the reference wire bytes of each message and the terminators. The spool mixes small messages
 (the one-window fast path of mbox_send) with a few bigger than a window (the windowed path),
 lines starting with a dot, CRLF and bare CR in the spool, NUL, a last line without LF, and
-X-UIDL/Status headers that are cut and spliced.
+X-UIDL/Status headers that are cut and spliced. Each case runs with both wire conversions (the
+compiled one when built, and the pure-Python definition).
 """
 
 from __future__ import annotations
@@ -28,11 +29,14 @@ from qpopper.pop3.responses import TERMINATOR, ok
 from qpopper.server.channel import Channel
 from qpopper.server.reply_writer import ReplyWriter
 from qpopper.server.tls_channel import TlsChannel
+from tests.helpers import wire_impls
 from tests.helpers.testpki import TestPki
 from tests.transcripts.harness import Spool, extended_session
 from tests.unit.test_mbox_wire_differential import random_line, random_spool, reference_wire
 
-pytestmark = pytest.mark.timeout(300)
+# every test once with the compiled conversion and once with the pure-Python one
+each_wire_impl = wire_impls.each_wire_impl
+pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("each_wire_impl")]
 
 MESSAGES = 10_000
 PIPELINE = 8

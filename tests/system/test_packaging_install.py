@@ -138,8 +138,11 @@ def packages():
         inst.build_log = result.stdout + result.stderr
         assert result.returncode == 0, inst.build_log[-5000:]
         inst.build_seconds = time.monotonic() - started
-        inst.deb = next(str(p) for p in Path(inst.out).glob(f"{PACKAGE}_*_all.deb"))
-        inst.rpm = next(str(p) for p in Path(inst.out).glob(f"{PACKAGE}-*.noarch.rpm"))
+        # arch-dependent: the C accelerators (docs/accelerators.md, "Packaging")
+        deb_arch = run("dpkg", "--print-architecture").stdout.strip()
+        rpm_arch = run("rpm", "--eval", "%{_arch}").stdout.strip()
+        inst.deb = next(str(p) for p in Path(inst.out).glob(f"{PACKAGE}_*_{deb_arch}.deb"))
+        inst.rpm = next(str(p) for p in Path(inst.out).glob(f"{PACKAGE}-*.{rpm_arch}.rpm"))
         # The build ran in a copy: no build output in the checkout, nor beside it in '..'.
         assert build_leftovers() == leftovers_before
         try:
@@ -346,6 +349,23 @@ def test_install_with_apt(packages):
     assert key.st_mode & 0o077 in (0, 0o040) and key.st_uid == 0   # root, group ssl-cert at most
     st = os.stat("/var/mail")
     assert st.st_gid == grp.getgrnam("mail").gr_gid and st.st_mode & 0o2070 == 0o2070
+
+
+USES_C_WIRE = ("from qpopper.spool import mbox_send as m; "
+               "print(m.wire_bytes is m.wire_bytes_c is not None, m.wire_bytes_c.__module__)")
+
+
+def test_the_installed_server_converts_with_the_compiled_accelerator():
+    """The .deb ships qpopper/spool/_wire*.so, linked with Debian's hardening (full RELRO: bind
+    now), and the installed package's Python imports it: RETR uses the C conversion."""
+    files = run("dpkg", "-L", PACKAGE).stdout.split()
+    (so,) = [f for f in files if re.search(r"/qpopper/spool/_wire\.[^/]*\.so$", f)]
+    dynamic = run("readelf", "-d", "-W", so).stdout
+    assert re.search(r"\(FLAGS\)\s+BIND_NOW|\(FLAGS_1\)\s+Flags: NOW", dynamic), dynamic
+    assert "GNU_RELRO" in run("readelf", "-l", "-W", so).stdout
+    # isolated, from /: the installed package, never the checkout's tree
+    result = run("/usr/bin/python3", "-I", "-c", USES_C_WIRE, cwd="/")
+    assert result.stdout.split() == ["True", "qpopper.spool._wire"], result.stdout
 
 
 def test_installed_popauth_manages_a_store_owned_by_the_pop_account(alice):
@@ -600,6 +620,10 @@ def test_rpm_installs_into_a_private_root(packages):
             assert path in listed and os.path.exists(root + path), path
         assert "password-auth" in Path(root, "etc/pam.d/pop3").read_text()
         site = next(Path(root, "usr/lib").glob("python3*/site-packages"))
+        # arch-dependent site-packages (sitearch), with the C accelerator, which imports
+        assert list(site.glob("qpopper/spool/_wire.*.so")), sorted(map(str, site.rglob("*.so")))
+        result = run("/usr/bin/python3", "-c", USES_C_WIRE, cwd="/", env={"PYTHONPATH": str(site)})
+        assert result.stdout.split() == ["True", "qpopper.spool._wire"], result.stdout
         # The packaged popper reads the packaged config (with Fedora's certificate paths).
         result = run("/usr/bin/python3", f"{root}/usr/sbin/popper", "--show-config",
                      "-f", f"{root}/etc/qpopper/qpopper.config",

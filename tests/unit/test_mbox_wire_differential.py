@@ -6,7 +6,8 @@ content before the framing line, cut the stripped header lines, put X-UIDL at it
 per line: NUL as space, the line end as CRLF, a CRLF already there kept as one, a last line
 without LF closed with CRLF, a leading dot doubled). Seeded random spools full of adversarial lines are compared message by message, for
 RETR and TOP with several line counts, with windows from 1 octet to the default, from a real
-file (pread) and from an io.BytesIO.
+file (pread) and from an io.BytesIO. Each test runs with both wire conversions (the compiled
+one when built, and the pure-Python definition).
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ import pytest
 
 from qpopper import limits
 from qpopper.spool import mbox
+from tests.helpers import wire_impls
 
-pytestmark = pytest.mark.timeout(120)
+# every test once with the compiled conversion and once with the pure-Python one
+each_wire_impl = wire_impls.each_wire_impl
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("each_wire_impl")]
 
 TOP_COUNTS = (0, 1, 2, 3, 7, 10_000)
 WINDOWS = (1, 2, 3, 5, 17, 64, 1000, 4096)

@@ -219,7 +219,7 @@ def test_maintainer_scripts_are_valid_sh(script):
 
 def test_rpm_spec_defines_fallbacks_for_missing_fedora_macros():
     spec = (REPO / "rpm/qpopper.spec").read_text()
-    for macro in ("__python3", "python3_sitelib", "_unitdir", "_pam_confdir"):
+    for macro in ("__python3", "python3_sitearch", "_unitdir", "_pam_confdir"):
         assert f"%{{!?{macro}:" in spec, macro
     # An undefined %systemd_post would land literally in the scriptlet: written out instead.
     body = spec.split("%post\n", 1)[1]
@@ -249,7 +249,7 @@ def make_dry_run_packages(target: str) -> list[list[str]]:
 def test_make_debs_installs_only_build_tools_and_test_peers_have_their_own_target():
     (build,) = make_dry_run_packages("debs")
     (peers,) = make_dry_run_packages("test-peers")
-    for tool in ("debhelper", "dh-python", "lintian", "rpm"):
+    for tool in ("debhelper", "dh-python", "lintian", "rpm", "build-essential", "python3-all-dev"):
         assert tool in build
     for peer in ("curl", "socat", "krb5-kdc", "krb5-admin-server", "gcc", "libkrb5-dev",
                  "procmail", "strace", "fetchmail", "mpop", "fail2ban"):

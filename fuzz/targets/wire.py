@@ -1,0 +1,46 @@
+"""RETR/TOP's wire conversion (qpopper/spool/mbox_send.py): the compiled _wire.wire_bytes
+against its pure-Python definition, wire_bytes_python (docs/accelerators.md).
+
+Input: the first octet's low bit is at_line_start, its other bits a piece size (1 to 128);
+the rest is the spool block. Nothing may escape. Invariants: the C result equals the Python
+result octet for octet (when the extension is built; the target then runs the C code on every
+input, which is the point of it); the Python result is POP3 multi-line data that undoes to
+the block: no NUL, every LF after a CR, and removing the dot-stuffing and the CRs of CRLF
+gives the block with NUL as space and CRLF as LF; and the block fed to WireLines in pieces of
+that size (a CRLF or a dotted line cut anywhere, the pieces converted with at_line_start
+false) gives the same bytes as the whole block at a line start.
+
+The C code is not coverage-instrumented (atheris sees qpopper's Python branches only, here
+WireLines'); the dictionary steers the mutations to the octets the conversion treats specially.
+"""
+
+from __future__ import annotations
+
+from qpopper.spool import mbox_send
+
+ALLOWED: tuple[type[BaseException], ...] = ()
+MAX_LEN = 8192
+
+
+def one_input(data: bytes) -> None:
+    if not data:
+        return
+    at_line_start = bool(data[0] & 1)
+    piece = (data[0] >> 1) + 1
+    block = data[1:]
+    expected = mbox_send.wire_bytes_python(block, at_line_start)
+    if mbox_send.wire_bytes_c is not None:
+        got = mbox_send.wire_bytes_c(block, at_line_start)
+        assert got == expected, (block, at_line_start, got, expected)
+    assert b"\0" not in expected
+    assert expected.count(b"\n") == expected.count(b"\r\n")
+    undone = expected.replace(b"\r\n.", b"\r\n")
+    if at_line_start and undone.startswith(b"."):
+        undone = undone[1:]
+    assert undone.replace(b"\r\n", b"\n") == block.replace(b"\0", b" ").replace(b"\r\n", b"\n")
+    pieces: list[bytes] = []
+    lines = mbox_send.WireLines(pieces.append)
+    for at in range(0, len(block), piece):
+        lines.feed(block[at:at + piece], final=at + piece >= len(block))
+    whole = expected if at_line_start else mbox_send.wire_bytes(block)
+    assert b"".join(pieces) == whole, (block, piece)
