@@ -12,6 +12,8 @@ WARNINGS = ["-Wall", "-Wextra"]
 ACCELERATORS = [
     Extension("qpopper.spool._wire", ["qpopper/spool/_wire.c"], extra_compile_args=WARNINGS,
               optional=True),
+    Extension("qpopper.spool._scan", ["qpopper/spool/_scan.c"], extra_compile_args=WARNINGS,
+              optional=True),
 ]
 
 # Read the version without importing the package (its dependencies may not be installed yet).

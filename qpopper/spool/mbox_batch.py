@@ -90,24 +90,30 @@ def _is_separator(view, m: re.Match) -> bool:
     return view[m.start() - 2:m.start()] == b"\n\n" and is_from_line(m.group())
 
 
-def separators(view, start: int, end: int, upto: int | None = None
-               ) -> list[tuple[int, int]] | None:
-    """(offset, end of line) of every From_ separator of [start, end) that starts before
-    `upto` (default: end), or None when the region's first line is not one. A separator line
-    without LF (only the region's last line can be one) is not listed: the reference scans
-    the last message."""
-    upto = end if upto is None else upto
+def python_candidates(view, start: int, end: int):
+    """_scan.candidates in Python, the fallback and yardstick: the `From ` lines of [start,
+    end) that may be separators (the first line, then every one after an empty line, each
+    with its LF before end) as (offsets, line ends, None), or None when the part does not
+    start with one or holds a CR. Where the compiled pass has its LF counts, None: the batch
+    path then counts each message's LFs itself."""
     first = _FROM_LINE.match(view, start, end)
-    if first is None or not is_from_line(first.group()):
+    if first is None or view.find(b"\r", start, end) != -1:
         return None
-    found = [(start, first.end())]
+    ats = [start]
+    eols = [first.end()]
     for m in _FROM_LINE.finditer(view, first.end(), end):
-        at = m.start()
-        if at >= upto:
-            break
-        if _is_separator(view, m):
-            found.append((at, m.end()))
-    return found
+        if view[m.start() - 2:m.start()] == b"\n\n":
+            ats.append(m.start())
+            eols.append(m.end())
+    return ats, eols, None
+
+
+try:
+    from qpopper.spool._scan import candidates as compiled_candidates
+except ImportError:         # built without a compiler: the same in Python, slower
+    compiled_candidates = None
+candidates = compiled_candidates or python_candidates
+"""The one pass the batch path makes over each part (docs/mbox.md, "The batch scan")."""
 
 
 class _NotBatchable(Exception):
@@ -173,13 +179,8 @@ class _Batch:
         pos = start
         while pos < stop:
             limit = min(pos + CHUNK_OCTETS, stop)
-            if self.view.find(b"\r", pos, limit) != -1:
-                raise _NotBatchable
-            seps = separators(self.view, pos, min(limit + _MAX_LINE + 1, stop), limit)
-            if seps is None:
-                raise _NotBatchable
-            cut = self.next_separator(limit, stop) if limit < stop else stop
-            if self._messages(seps, cut, cut < stop or stop_is_separator, may_hide_first,
+            seps, lfs, cut = self._part(pos, limit, min(limit + _MAX_LINE + 1, stop), stop)
+            if self._messages(seps, lfs, cut, cut < stop or stop_is_separator, may_hide_first,
                               keep, fallback):
                 return True
             self._release(pos, cut)
@@ -187,19 +188,60 @@ class _Batch:
             may_hide_first = False
         return False
 
-    def _messages(self, seps: list[tuple[int, int]], stop: int, stop_is_separator: bool,
-                  may_hide_first: bool, keep, fallback) -> bool:
-        """walk() for one part, whose separators are `seps`."""
+    def _part(self, pos: int, limit: int, search_end: int, stop: int):
+        """The separators of [pos, limit) as (offset, end of line), the LFs after each
+        separator line up to the next (None when not counted: _record counts), and where
+        the part ends: the first separator at or past limit, or stop. One candidates() pass
+        over [pos, search_end) finds them (a separator line is shorter than _MAX_LINE)."""
+        view = self.view
+        found = candidates(view, pos, search_end)
+        if found is None:
+            raise _NotBatchable                    # a CR, or no From_ line first
+        ats, eols, lfs_before = found
+        kept = []                                  # indexes of the separators before limit
+        cut_index = None
+        for i, (at, eol) in enumerate(zip(ats, eols)):
+            if not is_from_line(view[at:eol]):
+                if i == 0:
+                    raise _NotBatchable
+                continue
+            if at >= limit:
+                cut_index = i
+                break
+            kept.append(i)
+        if cut_index is not None:
+            cut = ats[cut_index]
+        else:
+            cut = self.next_separator(limit, stop) if limit < stop else stop
+        seps = [(ats[i], eols[i]) for i in kept]
+        if lfs_before is None:
+            return seps, None, cut
+        # LFs in [at, next) less the separator line's own.
+        lfs = [lfs_before[j] - lfs_before[i] - 1 for i, j in zip(kept, kept[1:])]
+        if cut_index is not None:
+            lfs.append(lfs_before[cut_index] - lfs_before[kept[-1]] - 1)
+        elif cut == search_end:
+            lfs.append(lfs_before[-1] - lfs_before[kept[-1]] - 1)
+        else:
+            lfs.append(None)                       # past the pass: _record counts
+        return seps, lfs, cut
+
+    def _messages(self, seps: list[tuple[int, int]], lfs: list | None, stop: int,
+                  stop_is_separator: bool, may_hide_first: bool, keep, fallback) -> bool:
+        """walk() for one part, whose separators are `seps` (the LFs of each message:
+        `lfs`)."""
         view = self.view
         bounds = [s for s, _ in seps[1:]]
         bounds.append(stop)
+        if lfs is None:
+            lfs = [None] * len(seps)
         last = len(seps) - 1
         record = self._record
-        for i, ((at, eol), nxt) in enumerate(zip(seps, bounds)):
+        for i, ((at, eol), nxt, lf) in enumerate(zip(seps, bounds, lfs)):
             one = None
             whole = i < last or stop_is_separator
             if whole and not (may_hide_first and i == 0) and nxt - at < BIG_MESSAGE_OCTETS:
-                one = record(at, eol, nxt)
+                one = record(at, eol, nxt, lf)
             if one is None and whole and self.content_length:
                 blank = view.find(b"\n\n", eol - 1, nxt)      # where the headers end
                 if view.find(b"Content-Length:", at, nxt if blank == -1 else blank) != -1:
@@ -242,20 +284,22 @@ class _Batch:
             if length > 0:
                 self.view.madvise(mmap.MADV_DONTNEED, first, length)
 
-    def _record(self, at: int, eol: int, nxt: int):
-        """The message [at, nxt) whose separator line ends at eol, as a record for keep();
-        None to have the reference scan it, _REST to have it scan from it on."""
-        msg = self.view[at:nxt]
-        cs = eol - at                              # content start, in msg
-        blank = msg.find(b"\n\n", cs - 1, cs + _HEADER_WINDOW) + 1     # the blank line
+    def _record(self, at: int, eol: int, nxt: int, lfs: int | None = None):
+        """The message [at, nxt) whose separator line ends at eol and which has `lfs` LFs
+        after that line (None: count them), as a record for keep(); None to have the
+        reference scan it, _REST to have it scan from it on. The header block is searched
+        in the region itself, not in a copy."""
+        view = self.view
+        blank = view.find(b"\n\n", eol - 1, min(eol + _HEADER_WINDOW, nxt)) + 1
         if blank == 0:
             return None                            # headers past the window: line by line
-        sep = msg[:cs]
-        hashed = self.hashed_lines.findall(msg, cs - 1, blank)   # headers, the LF before
+        sep = view[at:eol]
+        hashed = self.hashed_lines.findall(view, eol - 1, blank)   # headers, the LF before
         if hashed:
             hashed.append(b"")                     # each hashed piece ends with its LF
         text = b"".join((sep, b"\n".join(hashed), sep) if self.new_style
                         else (sep, b"\n".join(hashed))).translate(_NUL_TO_SPACE)
+        cs = eol - at                              # content start, in text
         if self.feed_unique_num:               # Qpopper's counter right after the separator
             md5 = hashlib.md5(text[:cs])
             md5.update(struct.pack("=q", self._next_unique()))
@@ -263,15 +307,17 @@ class _Batch:
             digest = md5.digest()
         else:
             digest = hashlib.md5(text).digest()
-        octets = nxt - at - cs + msg.count(b"\n", cs) - 2    # CRLF line ends, framing line
-        header_end = at + blank
+        if lfs is None:
+            lfs = view[eol:nxt].count(b"\n")
+        octets = nxt - eol + lfs - 2               # CRLF line ends, less the framing line
+        header_end = blank
         uidl_insert_at = header_end
         uid = None
         retrieved = False
         stripped: tuple = ()
         status_lines: tuple = ()
-        if _OTHER_NOTED.search(msg, cs - 1, blank) is not None:
-            noted = self._other_noted(msg[cs - 1:blank], at + cs - 1)
+        if _OTHER_NOTED.search(view, eol - 1, blank) is not None:
+            noted = self._other_noted(view[eol - 1:blank], eol - 1)
             if noted is None:
                 return _REST
             uid, retrieved, stripped, status_lines, octets_off = noted
@@ -282,7 +328,7 @@ class _Batch:
         body_end = nxt - 1
         if body_end < body_start:                  # the blank line was the framing line
             body_start = body_end = header_end
-        return (at, nxt, octets, retrieved, at + cs, header_end, body_start, body_end,
+        return (at, nxt, octets, retrieved, eol, header_end, body_start, body_end,
                 uidl_insert_at, stripped, status_lines, uid, digest)
 
     def _other_noted(self, block: bytes, base: int):

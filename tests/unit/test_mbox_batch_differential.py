@@ -3,7 +3,8 @@
 octets and counts, on generated spools of 10,000+ messages and on the shapes it must hand to
 the reference (MMDF, Content-Length, CRLF, broken input, a missing final newline, headers past
 the window, uw-kludge's first message), from a real file and from memory, whole and by region
-(docs/mbox.md, "The batch scan")."""
+(docs/mbox.md, "The batch scan"). Every test runs with each implementation of the batch
+path's pass: the compiled one (qpopper/spool/_scan.c) and the pure-Python one."""
 
 from __future__ import annotations
 
@@ -19,6 +20,19 @@ from qpopper.spool import mbox, mbox_batch
 
 FIELDS = [f.name for f in dataclasses.fields(mbox.Message)]
 pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(autouse=True, params=["compiled", "python"])
+def implementation(request, monkeypatch):
+    """The batch path with the compiled pass, then with the pure-Python one."""
+    if request.param == "compiled":
+        if mbox_batch.compiled_candidates is None:
+            pytest.skip("qpopper/spool/_scan.c is not built (test_mbox_scan_accel checks "
+                        "that it is wherever it can be)")
+        monkeypatch.setattr(mbox_batch, "candidates", mbox_batch.compiled_candidates)
+    else:
+        monkeypatch.setattr(mbox_batch, "candidates", mbox_batch.python_candidates)
+    return request.param
 
 SEPARATORS = [b"From s%d@x Wed Dec  2 05:53:22 1992\n", b"From s%d Wed Dec  2 05:53 1992\n",
               b"From s%d@x Wed Dec  2 05:53:22 PST 1992 remote from h\n",

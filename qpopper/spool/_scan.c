@@ -1,0 +1,213 @@
+/* The batch scan's two passes over a mapped mbox part in C (docs/mbox.md, "The batch scan").
+ *
+ * candidates(buffer, start, end) does in one pass what mbox_batch._candidates does with a
+ * regex, `find` and a `count` per message: it lists every `From ` line of [start, end) that
+ * may be a separator, with the number of LFs before it, and gives up on a CR. All policy
+ * (is_from_line, headers, UIDs, what goes to the reference scanner) stays in Python.
+ *
+ * The bytes are mail from strangers: every index is a Py_ssize_t checked against `end`, the
+ * results grow in a heap array with overflow checks, nothing is kept between calls, and the
+ * buffer is held (Py_buffer) while the GIL is released for the pass.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+/* The candidates found so far: three int64-sized values per candidate. */
+typedef struct {
+    Py_ssize_t *items;   /* at, eol, LFs in [start, at) for each candidate */
+    Py_ssize_t len;      /* values used (3 per candidate) */
+    Py_ssize_t cap;
+} found_t;
+
+/* Append one candidate; 0 on success, -1 when memory or the size ran out. */
+static int
+found_add(found_t *f, Py_ssize_t at, Py_ssize_t eol, Py_ssize_t lfs)
+{
+    if (f->cap - f->len < 3) {
+        Py_ssize_t cap = f->cap ? f->cap : 3 * 256;
+        if (cap > PY_SSIZE_T_MAX / 2 / (Py_ssize_t)sizeof(Py_ssize_t))
+            return -1;
+        cap *= 2;
+        /* Raw allocator: this runs without the GIL. */
+        Py_ssize_t *grown = PyMem_RawRealloc(f->items, (size_t)cap * sizeof(Py_ssize_t));
+        if (grown == NULL)
+            return -1;
+        f->items = grown;
+        f->cap = cap;
+    }
+    f->items[f->len++] = at;
+    f->items[f->len++] = eol;
+    f->items[f->len++] = lfs;
+    return 0;
+}
+
+enum pass_result { PASS_OK, PASS_CR, PASS_NOMEM };
+
+/* The pass over [from, end) of buf, from just after the first line (from > start, and
+ * buf[from - 1] is that line's LF). A candidate is a `From ` at p with LF LF right before
+ * it (the LF before may be the previous candidate's own: p >= from) and an LF in [p + 5,
+ * end): mbox_batch's _FROM_LINE searched from the previous match's end. *lfs counts the
+ * LFs passed; it comes in as the count of [start, from). */
+static enum pass_result
+pass(const unsigned char *buf, Py_ssize_t from, Py_ssize_t end, Py_ssize_t *lfs,
+     found_t *found)
+{
+    Py_ssize_t i = from;
+    Py_ssize_t count = *lfs;
+
+    while (i < end) {
+        if (end - i >= 64) {
+            /* 64 octets at a time, a loop GCC turns into vector compares: the LFs, whether
+             * an LF follows an LF (buf[i - 1] exists: i > start), whether a CR is there. */
+            const unsigned char *s = buf + i;
+            unsigned char nl = 0, pair = 0, cr = 0;
+            for (int k = 0; k < 64; k++) {
+                unsigned char is_nl = s[k] == '\n';
+                nl += is_nl;
+                pair |= is_nl & (s[k - 1] == '\n');
+                cr |= s[k] == '\r';
+            }
+            if (cr)
+                return PASS_CR;
+            if (!pair) {
+                count += nl;
+                i += 64;
+                continue;
+            }
+        }
+        /* One octet at a time: the end of the part, or a block with an empty line. */
+        Py_ssize_t stop = end - i >= 64 ? i + 64 : end;
+        for (; i < stop; i++) {
+            unsigned char c = buf[i];
+            if (c == '\r')
+                return PASS_CR;
+            if (c != '\n')
+                continue;
+            count++;
+            Py_ssize_t p = i + 1;
+            if (buf[i - 1] != '\n' || end - p < 5 || memcmp(buf + p, "From ", 5) != 0)
+                continue;
+            const unsigned char *nl = memchr(buf + p + 5, '\n', (size_t)(end - p - 5));
+            if (nl == NULL) {
+                /* No LF after it: neither it nor any later `From ` is a candidate; only a
+                 * CR in the rest still matters. */
+                if (memchr(buf + p, '\r', (size_t)(end - p)) != NULL)
+                    return PASS_CR;
+                *lfs = count;
+                return PASS_OK;
+            }
+            Py_ssize_t eol = (Py_ssize_t)(nl - buf) + 1;
+            if (memchr(buf + p, '\r', (size_t)(eol - p)) != NULL)
+                return PASS_CR;
+            if (found_add(found, p, eol, count) < 0)
+                return PASS_NOMEM;
+            count++;                  /* the line's own LF; the line holds no other */
+            i = eol;
+            break;                    /* back to whole blocks from the end of the line */
+        }
+    }
+    *lfs = count;
+    return PASS_OK;
+}
+
+/* A list of every third value of found, from `first`. */
+static PyObject *
+column(const found_t *f, Py_ssize_t first)
+{
+    PyObject *list = PyList_New(f->len / 3);
+    if (list == NULL)
+        return NULL;
+    for (Py_ssize_t j = first, n = 0; j < f->len; j += 3, n++) {
+        PyObject *value = PyLong_FromSsize_t(f->items[j]);
+        if (value == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, n, value);
+    }
+    return list;
+}
+
+PyDoc_STRVAR(candidates_doc,
+"candidates(buffer, start, end) -> (ats, eols, lfs) or None\n\n"
+"The `From ` lines of buffer[start:end] that may be mbox separators: the first line when it\n"
+"starts with `From `, then every `From ` line after an empty line, each only when its LF is\n"
+"before end. ats and eols are their offsets and line ends; lfs[i] is the number of LFs in\n"
+"[start, ats[i]), with one more item: the LFs in [start, end). None when the part does not\n"
+"start with such a line or holds a CR.");
+
+static PyObject *
+candidates(PyObject *module, PyObject *args)
+{
+    (void)module;
+    Py_buffer view;
+    Py_ssize_t start, end;
+    if (!PyArg_ParseTuple(args, "y*nn:candidates", &view, &start, &end))
+        return NULL;
+    if (start < 0 || end < start || end > view.len) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "candidates: need 0 <= start <= end <= len(buffer)");
+        return NULL;
+    }
+    const unsigned char *buf = view.buf;
+    found_t found = {NULL, 0, 0};
+    PyObject *result = NULL;
+    const unsigned char *first_nl = NULL;
+    if (end - start > 5 && memcmp(buf + start, "From ", 5) == 0)
+        first_nl = memchr(buf + start + 5, '\n', (size_t)(end - start - 5));
+    if (first_nl == NULL)
+        goto none;
+    Py_ssize_t eol = (Py_ssize_t)(first_nl - buf) + 1;
+    if (memchr(buf + start, '\r', (size_t)(eol - start)) != NULL)
+        goto none;
+    Py_ssize_t lfs = 1;
+    enum pass_result got;
+    if (found_add(&found, start, eol, 0) < 0) {
+        got = PASS_NOMEM;
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        got = pass(buf, eol, end, &lfs, &found);
+        Py_END_ALLOW_THREADS
+    }
+    if (got == PASS_NOMEM) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (got == PASS_CR)
+        goto none;
+    PyObject *ats = column(&found, 0), *eols = column(&found, 1), *counts = column(&found, 2);
+    PyObject *total = PyLong_FromSsize_t(lfs);
+    if (ats && eols && counts && total && PyList_Append(counts, total) == 0)
+        result = PyTuple_Pack(3, ats, eols, counts);
+    Py_XDECREF(ats);
+    Py_XDECREF(eols);
+    Py_XDECREF(counts);
+    Py_XDECREF(total);
+    goto done;
+none:
+    result = Py_NewRef(Py_None);
+done:
+    PyMem_RawFree(found.items);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+static PyMethodDef scan_methods[] = {
+    {"candidates", candidates, METH_VARARGS, candidates_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef scan_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "_scan",
+    .m_doc = "The batch mbox scan's passes in C (docs/mbox.md, \"The batch scan\").",
+    .m_size = 0,
+    .m_methods = scan_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__scan(void)
+{
+    return PyModuleDef_Init(&scan_module);
+}

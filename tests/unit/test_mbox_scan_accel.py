@@ -1,0 +1,132 @@
+"""The batch scan's compiled pass (qpopper/spool/_scan.c) against its definition, the
+pure-Python mbox_batch.python_candidates, and the LF counts against bytes.count (docs/mbox.md,
+"The batch scan").
+
+Every token string up to 5 tokens over the pieces the pass cares about (LF, CR, `From `, a
+date, other octets), seeded random spools cut at every kind of edge, regions starting and
+ending anywhere; bad arguments; the buffer let go after the call. And the pass must be there:
+on a machine that can compile it (a C compiler and Python.h), a missing build fails here
+instead of every test quietly running the fallback.
+"""
+
+from __future__ import annotations
+
+import itertools
+import mmap
+import random
+import shlex
+import shutil
+import sysconfig
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from qpopper.spool import mbox_batch
+
+compiled = mbox_batch.compiled_candidates
+python = mbox_batch.python_candidates
+needs_c = pytest.mark.skipif(compiled is None, reason="qpopper/spool/_scan.c is not built")
+
+TOKENS = [b"\n", b"\r", b"From ", b"From x Wed Dec  2 05:53:22 1992", b"x", b"\n\n"]
+"""What the pass looks at: line ends, CR, the `From ` of a candidate, a whole envelope."""
+
+
+def compiler_and_headers() -> str | None:
+    """Why this Python cannot build extensions here, or None when it can."""
+    cc = shlex.split(sysconfig.get_config_var("CC") or "cc")[0]
+    if shutil.which(cc) is None:
+        return f"no C compiler ({cc})"
+    header = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    if not header.exists():
+        return f"no {header} (python3-dev)"
+    return None
+
+
+def test_the_scan_accelerator_is_built_and_used_where_it_can_be():
+    missing = compiler_and_headers()
+    if missing:
+        pytest.skip(f"{missing}: the batch scan runs its pure-Python pass")
+    assert compiled is not None, ("a compiler and Python.h are here but qpopper.spool._scan "
+                                  "was not built: `make venv` (pip install -e .) builds it")
+    assert mbox_batch.candidates is compiled
+
+
+def same(data, start: int, end: int) -> None:
+    """The compiled pass says what the Python one says, and its LF counts are right."""
+    want = python(data, start, end)
+    got = compiled(data, start, end)
+    if want is None:
+        assert got is None, (data[start:end], got)
+        return
+    assert got is not None, data[start:end]
+    ats, eols, lfs = got
+    assert (ats, eols) == want[:2], data[start:end]
+    assert len(lfs) == len(ats) + 1
+    assert lfs == [bytes(data[start:at]).count(b"\n") for at in ats + [end]], data[start:end]
+
+
+@needs_c
+def test_every_short_token_string():
+    for n in range(1, 6):
+        for parts in itertools.product(TOKENS, repeat=n):
+            data = b"".join(parts)
+            same(data, 0, len(data))
+            same(b"From y Wed Dec  2 05:53:22 1992\n" + data, 0, len(data) + 32)
+
+
+def random_spool(rng: random.Random) -> bytes:
+    lines = []
+    for _ in range(rng.randrange(1, 400)):
+        lines.append(rng.choice([b"From s Wed Dec  2 05:53:22 1992\n", b"\n", b"\n", b"text\n",
+                                 b"From \n", b"From no date\n", b">From quoted\n",
+                                 b"x" * rng.randrange(0, 200) + b"\n", b"From ", b"F", b"\r",
+                                 b"From " + b"y" * rng.randrange(60, 2000) + b"\n"]))
+    return b"".join(lines)
+
+
+@needs_c
+def test_random_spools_and_regions_cut_anywhere():
+    rng = random.Random(20261206)
+    for _ in range(600):
+        data = random_spool(rng)
+        if rng.random() < 0.5:
+            data = data.replace(b"\r", b"")        # most spools have no CR at all
+        same(data, 0, len(data))
+        for _ in range(6):
+            start = rng.choice([0, rng.randrange(len(data) + 1)])
+            if rng.random() < 0.5:                 # start at a From_ line, as the walk does
+                at = data.find(b"From ", start)
+                start = start if at == -1 else at
+            end = rng.randrange(start, len(data) + 1)
+            same(data, start, end)
+
+
+@needs_c
+def test_a_real_map_and_other_buffers():
+    data = b"From a Wed Dec  2 05:53:22 1992\nS: x\n\nbody\n\nFrom b Wed Dec  2 05:53:22 1992\n\n"
+    data = data * 3000                               # past many 64-octet blocks
+    with tempfile.TemporaryFile() as f:
+        f.write(data)
+        f.flush()
+        view = mmap.mmap(f.fileno(), len(data), prot=mmap.PROT_READ)
+        same(view, 0, len(data))
+        same(view, 64 * 7, len(data) - 1)
+        view.close()                                # the call holds no export of the map
+    same(bytearray(data), 0, len(data))
+    assert compiled(memoryview(data), 0, len(data)) == compiled(data, 0, len(data))
+
+
+@needs_c
+@pytest.mark.parametrize("start, end", [(-1, 3), (0, 100), (5, 4), (101, 101)])
+def test_a_region_outside_the_buffer_is_refused(start, end):
+    with pytest.raises(ValueError, match="start <= end <= len"):
+        compiled(b"From a Wed Dec  2 05:53:22 1992\n" + b"x" * 67, start, end)
+
+
+@needs_c
+def test_only_buffers_are_taken():
+    with pytest.raises(TypeError):
+        compiled("From a Wed Dec  2 05:53:22 1992\n", 0, 10)
+    with pytest.raises(TypeError):
+        compiled(b"From a\n", 0)
