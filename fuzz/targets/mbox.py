@@ -7,8 +7,10 @@ Only MboxFormatError (a spool that does not start with an envelope) may escape. 
 - RETR's data is CRLF lines and, dot-stuffing undone, exactly the message's octets (what
   LIST and STAT report);
 - TOP's data is CRLF lines too;
-- the batch scan gives the reference scanner's Message records, field for field
-  (docs/mbox.md, "The batch scan").
+- the batch scan gives the reference scanner's Message records, field for field, with the
+  compiled pass (qpopper/spool/_scan.c, when built) and with the pure-Python one; the two
+  passes list the same separator candidates of the whole spool, and the compiled one's LF
+  counts are right (docs/mbox.md, "The batch scan").
 
 First byte: bit 0 update-status-headers, bit 1 old-style UIDs, bit 2 uw-kludge, bit 3
 Content-Length honoured, bit 4 a real file (pread) instead of memory, bit 5 the batch scan in
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import tempfile
 
 from qpopper.spool import mbox_batch
@@ -31,6 +34,8 @@ SPLIT_OCTETS = mbox_batch.SPLIT_OCTETS
 CHUNK_OCTETS = mbox_batch.CHUNK_OCTETS
 BIG_MESSAGE_OCTETS = mbox_batch.BIG_MESSAGE_OCTETS
 FIELDS = [field.name for field in dataclasses.fields(Message)]
+PASSES = [p for p in (mbox_batch.compiled_candidates, mbox_batch.python_candidates) if p]
+"""The batch path's pass over each part: compiled (when built) and pure Python."""
 
 
 def wire_lines_ok(data: bytes) -> bool:
@@ -52,6 +57,7 @@ def one_input(data: bytes) -> None:
     if len(data) < 2:
         return
     flags, top_lines, spool = data[0], data[1], data[2:]
+    same_candidates(spool)
     small = bool(flags & 32)
     mbox_batch.SPLIT_OCTETS = 0 if small else SPLIT_OCTETS
     mbox_batch.CHUNK_OCTETS = 256 if small else CHUNK_OCTETS
@@ -78,8 +84,37 @@ def rows(messages) -> list[list]:
     return [[getattr(m, name) for name in FIELDS] for m in messages]
 
 
+def batch_scans(f, options: dict) -> list[Message]:
+    """The batch scan with each pass there is, all equal; the first's messages."""
+    got = []
+    for candidates in PASSES:
+        mbox_batch.candidates = candidates
+        try:
+            got.append(scan(f, **options))
+        finally:
+            mbox_batch.candidates = PASSES[0]
+    for other in got[1:]:
+        assert rows(other) == rows(got[0]), "compiled and pure-Python batch scans differ"
+    return got[0]
+
+
+def same_candidates(spool: bytes) -> None:
+    """The compiled pass lists what the pure-Python one does over the whole spool, and the
+    LFs before each candidate."""
+    if len(PASSES) < 2:
+        return
+    want = mbox_batch.python_candidates(spool, 0, len(spool))
+    got = mbox_batch.compiled_candidates(spool, 0, len(spool))
+    assert (got is None) == (want is None), (got, want)
+    if got is not None:
+        assert got[:2] == want[:2], (got, want)
+        bounds = [0, *got[0], len(spool)]
+        spans = [spool.count(b"\n", a, b) for a, b in zip(bounds, bounds[1:])]
+        assert got[2] == list(itertools.accumulate(spans)), got
+
+
 def check_spool(f, size: int, top_lines: int, options: dict) -> None:
-    messages = scan(f, **options)
+    messages = batch_scans(f, options)
     reference = scan(f, batch=False, **options)
     assert rows(messages) == rows(reference), "batch scan and reference scan differ"
     at = 0

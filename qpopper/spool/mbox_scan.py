@@ -278,13 +278,18 @@ def _assign_uids(messages: list[Message], header_uids: list[str | None], digests
         if uid is not None and uid not in taken:
             taken.add(uid)
             m.uid, m.uid_from_header = uid, True
+    # Where each digest's previous message ended its re-derivations: all before are taken
+    # (taken only grows), so k equal messages cost k derivations, not k²/2.
+    last_n: dict[bytes, int] = {}
     for m, digest in zip(messages, digests):
         if not m.uid_from_header:
-            uid = encode_uid(digest, old_style_uid)
-            n = 0
+            n = last_n.get(digest, -1) + 1
+            uid = encode_uid(digest if n == 0 else
+                             hashlib.md5(digest + b"#%d" % n).digest(), old_style_uid)
             while uid in taken:
                 n += 1
                 uid = encode_uid(hashlib.md5(digest + b"#%d" % n).digest(), old_style_uid)
+            last_n[digest] = n
             taken.add(uid)
             m.uid = uid
         m.octets += len(UIDL_HEADER) + len(m.uid) + 2

@@ -8,6 +8,7 @@ written by hand. Generated UIDs are checked against an independent implementatio
 from __future__ import annotations
 
 import hashlib
+import io
 import random
 import re
 import subprocess
@@ -222,6 +223,23 @@ def test_golden_generated_uids_follow_reference_algorithm(name):
             assert "." not in m.uid
         seen.add(oracle_uid(raw))
         seen.add(m.uid)
+
+
+def test_equal_messages_derive_their_uids_without_trying_the_taken_again(monkeypatch):
+    """500 equal messages: each gets the next free re-derivation of the shared digest, one
+    derivation per message (trying every taken one again was 125,250: a mailbox of copies
+    made the scan quadratic)."""
+    one = b"From a Wed Dec  2 05:53:22 1992\nSubject: same\n\nbody\n\n"
+    real = mbox_scan.encode_uid
+    calls = []
+    monkeypatch.setattr(mbox_scan, "encode_uid", lambda *args: calls.append(1) or real(*args))
+    first = mbox.scan(io.BytesIO(one))[0].uid
+    calls.clear()
+    for batch in (True, False):
+        uids = [m.uid for m in mbox.scan(io.BytesIO(one * 500), batch=batch)]
+        assert uids[0] == first and len(set(uids)) == 500
+        assert len(calls) == 500
+        calls.clear()
 
 
 def test_golden_write_back_adds_uidl_after_from_line_and_status():
