@@ -50,10 +50,11 @@ _OTHER_NOTED = re.compile(rb"\n(?:content-length|x-uidl|status):[^\n]*", re.IGNO
 next line's match starts with it)."""
 _HEADER_WINDOW = _HeaderScanner.HEADER_WINDOW
 _MAX_LINE = limits.MAX_SPOOL_LINE_OCTETS
-SPLIT_OCTETS = 32 * 1024 * 1024
+SPLIT_OCTETS = 48 * 1024 * 1024
 """A region this big is scanned in two parts at once, the second by a forked helper. The fork
-costs the session ~3-4 ms of CPU and the helper has to be scheduled: at 8 and 16 MB the
-split was no faster (docs/mbox.md, "Two parts at once")."""
+costs the session ~3-4 ms of CPU and the helper has to be scheduled: with the compiled pass
+the split was no faster at 16 MB and gained 0-4 ms at 32 MB for 5-7 ms more CPU
+(docs/mbox.md, "Two parts at once")."""
 CHUNK_OCTETS = 16 * 1024 * 1024
 """The batch path works through a mapped region this much at a time."""
 BIG_MESSAGE_OCTETS = CHUNK_OCTETS
