@@ -14,15 +14,12 @@ from __future__ import annotations
 import itertools
 import mmap
 import random
-import shlex
-import shutil
-import sysconfig
 import tempfile
-from pathlib import Path
 
 import pytest
 
 from qpopper.spool import mbox_batch
+from tests.helpers.compiler import compiler_and_headers
 
 compiled = mbox_batch.compiled_candidates
 python = mbox_batch.python_candidates
@@ -30,17 +27,6 @@ needs_c = pytest.mark.skipif(compiled is None, reason="qpopper/spool/_scan.c is 
 
 TOKENS = [b"\n", b"\r", b"From ", b"From x Wed Dec  2 05:53:22 1992", b"x", b"\n\n"]
 """What the pass looks at: line ends, CR, the `From ` of a candidate, a whole envelope."""
-
-
-def compiler_and_headers() -> str | None:
-    """Why this Python cannot build extensions here, or None when it can."""
-    cc = shlex.split(sysconfig.get_config_var("CC") or "cc")[0]
-    if shutil.which(cc) is None:
-        return f"no C compiler ({cc})"
-    header = Path(sysconfig.get_paths()["include"]) / "Python.h"
-    if not header.exists():
-        return f"no {header} (python3-dev)"
-    return None
 
 
 def test_the_scan_accelerator_is_built_and_used_where_it_can_be():

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import itertools
 import random
-import shlex
 import shutil
 import subprocess
 import sys
 import sysconfig
-from pathlib import Path
 
 import pytest
 
 from qpopper.spool import mbox_send
+from tests.helpers.compiler import compiler_and_headers
 from tests.helpers.repo import REPO
 from tests.helpers.wire_impls import NOT_BUILT
 
@@ -31,17 +30,6 @@ needs_c = pytest.mark.skipif(wire_c is None, reason=NOT_BUILT)
 
 ALPHABET = b"\0\r\n.a"
 """Every octet the conversion treats specially, and one it does not."""
-
-
-def compiler_and_headers() -> str | None:
-    """Why this Python cannot build extensions here, or None when it can."""
-    cc = shlex.split(sysconfig.get_config_var("CC") or "cc")[0]
-    if shutil.which(cc) is None:
-        return f"no C compiler ({cc})"
-    header = Path(sysconfig.get_paths()["include"]) / "Python.h"
-    if not header.exists():
-        return f"no {header} (python3-dev)"
-    return None
 
 
 def test_the_accelerator_is_built_and_used_where_it_can_be():
