@@ -351,21 +351,27 @@ def test_install_with_apt(packages):
     assert st.st_gid == grp.getgrnam("mail").gr_gid and st.st_mode & 0o2070 == 0o2070
 
 
-USES_C_WIRE = ("from qpopper.spool import mbox_send as m; "
-               "print(m.wire_bytes is m.wire_bytes_c is not None, m.wire_bytes_c.__module__)")
+USES_ACCELERATORS = ("from qpopper.spool import mbox_send as m, mbox_batch as b; "
+                     "print(m.wire_bytes is m.wire_bytes_c is not None, m.wire_bytes_c.__module__, "
+                     "b.candidates is b.compiled_candidates is not None)")
+USED = ["True", "qpopper.spool._wire", "True"]
+"""RETR converts with the compiled wire pass and the cold mbox scan uses the compiled one."""
+ACCELERATORS = ("_wire", "_scan")
 
 
 def test_the_installed_server_converts_with_the_compiled_accelerator():
-    """The .deb ships qpopper/spool/_wire*.so, linked with Debian's hardening (full RELRO: bind
-    now), and the installed package's Python imports it: RETR uses the C conversion."""
+    """The .deb ships qpopper/spool/_wire*.so and _scan*.so, linked with Debian's hardening
+    (full RELRO: bind now), and the installed package's Python imports them: RETR and the cold
+    scan use the C passes."""
     files = run("dpkg", "-L", PACKAGE).stdout.split()
-    (so,) = [f for f in files if re.search(r"/qpopper/spool/_wire\.[^/]*\.so$", f)]
-    dynamic = run("readelf", "-d", "-W", so).stdout
-    assert re.search(r"\(FLAGS\)\s+BIND_NOW|\(FLAGS_1\)\s+Flags: NOW", dynamic), dynamic
-    assert "GNU_RELRO" in run("readelf", "-l", "-W", so).stdout
+    for name in ACCELERATORS:
+        (so,) = [f for f in files if re.search(rf"/qpopper/spool/{name}\.[^/]*\.so$", f)]
+        dynamic = run("readelf", "-d", "-W", so).stdout
+        assert re.search(r"\(FLAGS\)\s+BIND_NOW|\(FLAGS_1\)\s+Flags: NOW", dynamic), dynamic
+        assert "GNU_RELRO" in run("readelf", "-l", "-W", so).stdout
     # isolated, from /: the installed package, never the checkout's tree
-    result = run("/usr/bin/python3", "-I", "-c", USES_C_WIRE, cwd="/")
-    assert result.stdout.split() == ["True", "qpopper.spool._wire"], result.stdout
+    result = run("/usr/bin/python3", "-I", "-c", USES_ACCELERATORS, cwd="/")
+    assert result.stdout.split() == USED, result.stdout
 
 
 def test_installed_popauth_manages_a_store_owned_by_the_pop_account(alice):
@@ -621,9 +627,12 @@ def test_rpm_installs_into_a_private_root(packages):
         assert "password-auth" in Path(root, "etc/pam.d/pop3").read_text()
         site = next(Path(root, "usr/lib").glob("python3*/site-packages"))
         # arch-dependent site-packages (sitearch), with the C accelerator, which imports
-        assert list(site.glob("qpopper/spool/_wire.*.so")), sorted(map(str, site.rglob("*.so")))
-        result = run("/usr/bin/python3", "-c", USES_C_WIRE, cwd="/", env={"PYTHONPATH": str(site)})
-        assert result.stdout.split() == ["True", "qpopper.spool._wire"], result.stdout
+        for name in ACCELERATORS:
+            assert list(site.glob(f"qpopper/spool/{name}.*.so")), \
+                sorted(map(str, site.rglob("*.so")))
+        result = run("/usr/bin/python3", "-c", USES_ACCELERATORS, cwd="/",
+                     env={"PYTHONPATH": str(site)})
+        assert result.stdout.split() == USED, result.stdout
         # The packaged popper reads the packaged config (with Fedora's certificate paths).
         result = run("/usr/bin/python3", f"{root}/usr/sbin/popper", "--show-config",
                      "-f", f"{root}/etc/qpopper/qpopper.config",
