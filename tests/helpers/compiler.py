@@ -18,3 +18,15 @@ def compiler_and_headers() -> str | None:
     if not header.exists():
         return f"no {header} (python3-dev)"
     return None
+
+
+def assert_built_and_used(compiled, in_use, module: str, fallback: str) -> None:
+    """Where this Python can build extensions, the accelerator `module` was built (`compiled`
+    is not None) and is what the server calls (`in_use`); elsewhere skip: `fallback` serves."""
+    import pytest
+    missing = compiler_and_headers()
+    if missing:
+        pytest.skip(f"{missing}: {fallback}")
+    assert compiled is not None, (f"a compiler and Python.h are here but {module} was not "
+                                  "built: `make venv` (pip install -e .) builds it in place")
+    assert in_use is compiled

@@ -19,7 +19,7 @@ import tempfile
 import pytest
 
 from qpopper.spool import mbox_batch
-from tests.helpers.compiler import compiler_and_headers
+from tests.helpers.compiler import assert_built_and_used
 
 compiled = mbox_batch.compiled_candidates
 python = mbox_batch.python_candidates
@@ -30,12 +30,8 @@ TOKENS = [b"\n", b"\r", b"From ", b"From x Wed Dec  2 05:53:22 1992", b"x", b"\n
 
 
 def test_the_scan_accelerator_is_built_and_used_where_it_can_be():
-    missing = compiler_and_headers()
-    if missing:
-        pytest.skip(f"{missing}: the batch scan runs its pure-Python pass")
-    assert compiled is not None, ("a compiler and Python.h are here but qpopper.spool._scan "
-                                  "was not built: `make venv` (pip install -e .) builds it")
-    assert mbox_batch.candidates is compiled
+    assert_built_and_used(compiled, mbox_batch.candidates, "qpopper.spool._scan",
+                          "the batch scan runs its pure-Python pass")
 
 
 def same(data, start: int, end: int) -> None:

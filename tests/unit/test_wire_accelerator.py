@@ -20,7 +20,7 @@ import sysconfig
 import pytest
 
 from qpopper.spool import mbox_send
-from tests.helpers.compiler import compiler_and_headers
+from tests.helpers.compiler import assert_built_and_used
 from tests.helpers.repo import REPO
 from tests.helpers.wire_impls import NOT_BUILT
 
@@ -33,12 +33,8 @@ ALPHABET = b"\0\r\n.a"
 
 
 def test_the_accelerator_is_built_and_used_where_it_can_be():
-    missing = compiler_and_headers()
-    if missing:
-        pytest.skip(f"{missing}: the server runs the pure-Python conversion")
-    assert wire_c is not None, ("a compiler and Python.h are here but qpopper.spool._wire was "
-                                "not built: `make venv` (pip install -e .) builds it in place")
-    assert mbox_send.wire_bytes is wire_c
+    assert_built_and_used(wire_c, mbox_send.wire_bytes, "qpopper.spool._wire",
+                          "the server runs the pure-Python conversion")
 
 
 @pytest.mark.timeout(120)
