@@ -26,6 +26,7 @@ from qpopper.spool.mbox_format import header_uid
 
 SUBDIRS = ("new", "cur")
 INDEX_NAME = "qpopper-pop3.index"
+INDEX_TEMP_NAME = f".{INDEX_NAME}.tmp"
 INDEX_MAGIC = b"QPINDEX"
 INDEX_VERSION = 2
 """2: packed columns (qpopper/spool/packed.py); version 1 was JSON. Another version is
@@ -234,8 +235,10 @@ def store_index(path: str, index: Index, step=None) -> None:
                         "count": len(index.names)},
                        [packed.text_section(index.names), packed.int_section(index.octets),
                         packed.text_section(index.uids), packed.flag_section(index.seen)])
-    # not fsync'd: an index torn by a crash fails load_index's checks and is rebuilt
-    publish(os.path.join(path, f".{INDEX_NAME}.{os.getpid()}"), os.path.join(path, INDEX_NAME),
+    # not fsync'd: an index torn by a crash fails load_index's checks and is rebuilt. One
+    # temporary name, not one per process: the index is written only under the Maildir's
+    # lock, so a file found there is a crashed writer's, and publish clears it.
+    publish(os.path.join(path, INDEX_TEMP_NAME), os.path.join(path, INDEX_NAME),
             body, sync=False, step=step, steps=("index-write", None, "index-rename"))
 
 

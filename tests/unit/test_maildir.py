@@ -331,3 +331,21 @@ def test_a_fifo_or_an_oversized_file_in_place_of_the_index_is_ignored_not_waited
         f.truncate(maildir.MAX_INDEX_OCTETS + 1)
     assert maildir.load_index(path, lambda p, text: logged.append(text)) is None
     assert len(logged) == 2 and all("ignored" in text for text in logged)
+
+
+def test_a_crashed_index_writers_temporary_file_is_cleared_by_the_next_write(tmp_path):
+    """The index's temporary file has one name (writers hold the Maildir's lock): what a
+    crashed writer left there is replaced by the next listing's index, never left beside it,
+    and a link planted there is not written through."""
+    path = str(tmp_path / "Maildir")
+    for sub in ("tmp", "new", "cur"):
+        os.makedirs(os.path.join(path, sub))
+    with open(os.path.join(path, "new", "1764000000.M1P1.host"), "wb") as f:
+        f.write(b"Subject: one\n\nbody\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_bytes(b"not the index's")
+    os.symlink(elsewhere, os.path.join(path, maildir.INDEX_TEMP_NAME))
+    assert [m.name for m in maildir.scan(path)] == ["new/1764000000.M1P1.host"]
+    assert elsewhere.read_bytes() == b"not the index's"
+    assert sorted(n for n in os.listdir(path) if "index" in n) == [maildir.INDEX_NAME]
+    assert maildir.load_index(path) is not None
