@@ -4,10 +4,10 @@ from pathlib import Path
 
 from setuptools import Extension, find_packages, setup
 
-# Optional C accelerators (docs/accelerators.md): each has a pure-Python fallback, so a build
-# without a compiler or Python.h still installs a working server (optional=True). Compiler
-# flags come from the environment (CFLAGS: Debian's dpkg-buildflags, the RPM's optflags);
-# these only turn the warnings on.
+# Optional C accelerators (docs/accelerators.md, "Building"): each has a pure-Python
+# fallback, so a build without a compiler or Python.h still installs a working server
+# (optional=True). Compiler flags come from the environment (CFLAGS: Debian's
+# dpkg-buildflags, the RPM's optflags); these only turn the warnings on.
 WARNINGS = ["-Wall", "-Wextra"]
 ACCELERATORS = [
     Extension("qpopper.spool._wire", ["qpopper/spool/_wire.c"], extra_compile_args=WARNINGS,

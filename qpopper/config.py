@@ -131,13 +131,21 @@ class Config:
 
 
 def _option_attribute(name: str) -> property:
-    return property(lambda self: self._values[name], doc=f"The effective value of {name}.")
+    def value(self):
+        try:
+            return self._values[name]
+        except KeyError:                # getattr(cfg, x, default) keeps working
+            raise AttributeError(f"no option {name!r}") from None
+    return property(value, doc=f"The effective value of {name}.")
 
 
 # One class attribute per option: a plain property is ~6x faster than __getattr__ (which runs
 # only after the failed normal lookup has built an AttributeError), and hot paths such as RETR's
 # reply writer read an option per write. __getattr__ stays for the unknown names' error.
 for _opt in OPTIONS:
+    # an option named like a method (get, items, replace, ...) would hide it
+    if hasattr(Config, _opt.name.replace("-", "_")):
+        raise RuntimeError(f"option {_opt.name!r} would hide Config's own attribute")
     setattr(Config, _opt.name.replace("-", "_"), _option_attribute(_opt.name))
 del _opt
 

@@ -49,7 +49,7 @@ connections: the per-connection cap still applies, and the reason is logged once
 One login attempt opens the file once: hold_address opens it, the rest of the attempt
 (note_failure or record_success) uses the same connection and closes it. `close()` ends it
 early; the monitor calls it before it becomes the user session, which must not hold the
-root-only file (docs/privsep.md).
+root-only file (docs/privsep.md, "The pre-login process").
 """
 
 from __future__ import annotations

@@ -48,7 +48,24 @@ def _max_fd() -> int:
 
 
 def _close_all_but(keep: Iterable[int]) -> None:
-    """Close every descriptor from 3 up except `keep`."""
+    """Close every descriptor from 3 up except `keep`, and point 0-2 (not kept) at /dev/null:
+    in inetd mode they are the client's socket."""
+    keep = set(keep)
+    try:
+        null = os.open(os.devnull, os.O_RDWR)
+    except OSError:                     # no /dev/null: closed is as good
+        null = -1
+    for fd in (0, 1, 2):
+        if fd not in keep and fd != null:
+            try:
+                if null >= 0:
+                    os.dup2(null, fd, inheritable=False)
+                else:
+                    os.close(fd)
+            except OSError:
+                pass
+    if null > 2 and null not in keep:
+        os.close(null)
     low = 3
     for fd in sorted(set(keep)):
         if fd >= low:
@@ -70,24 +87,28 @@ _LENGTH = struct.Struct("=Q")
 
 
 class ForkedCall:
-    """`work()` run in a forked child; its return value (what marshal can write: numbers,
-    strings, bytes, tuples, lists) comes back over a pipe, length-prefixed. The child keeps
-    no descriptor but 0-2, its pipe and `keep` (not the client's socket, not a spool lock:
-    a flock lives as long as any holder of its open file), runs no finalizer of the
-    parent's objects and takes default signals; it always leaves by os._exit. The parent
-    asks `result(deadline)`: the answer, or None when there is no whole one by then; the
+    """`work()` run in a forked child; its return value comes back over a pipe,
+    length-prefixed: what marshal can write (numbers, strings, bytes, tuples, lists), or with
+    `raw` the bytes it returns, as they are. The child keeps no descriptor but its pipe and
+    `keep` (not the client's socket, not a spool lock: a flock lives as long as any holder of
+    its open file; 0-2 become /dev/null), runs no finalizer of the parent's objects and takes
+    default signals; it always leaves by os._exit. The parent asks `result(deadline)`: the
+    answer, or None when there is no whole one by then or it is longer than `max_octets`; the
     child is killed if still there and reaped either way, so none is left a zombie.
     The caller checks the answer's shape. marshal is not hardened against crafted data, so
-    the child must be no less trusted than the reader: the mbox helper is the session's own
-    user, the lookup child the pre-login account that its reader, the sandboxed pre-login
-    process, runs as too."""
+    it is only for a child no more exposed than its reader (the mbox helper: the session's
+    own user, reading the session's own spool); a child that talks to the network (the
+    reverse lookup) answers `raw`, with a `max_octets`."""
 
-    def __init__(self, pid: int, fd: int):
+    def __init__(self, pid: int, fd: int, raw: bool = False, max_octets: int | None = None):
         self.pid = pid
         self.fd = fd
+        self.raw = raw
+        self.max_octets = max_octets
 
     @classmethod
-    def start(cls, work: Callable[[], object], keep: Iterable[int] = ()) -> "ForkedCall | None":
+    def start(cls, work: Callable[[], object], keep: Iterable[int] = (), *, raw: bool = False,
+              max_octets: int | None = None) -> "ForkedCall | None":
         """The child started, or None when no pipe or no process could be made."""
         try:
             r, w = os.pipe2(os.O_CLOEXEC)
@@ -105,7 +126,9 @@ class ForkedCall:
                 gc.disable()
                 _close_all_but((w, *keep))
                 default_signals()
-                data = marshal.dumps(work())
+                data = work() if raw else marshal.dumps(work())
+                if not isinstance(data, bytes):
+                    raise TypeError("a raw ForkedCall must return bytes")
                 view = memoryview(_LENGTH.pack(len(data)) + data)
                 while view:
                     view = view[os.write(w, view):]
@@ -113,7 +136,7 @@ class ForkedCall:
             finally:
                 os._exit(code)
         os.close(w)
-        return cls(pid, r)
+        return cls(pid, r, raw, max_octets)
 
     def result(self, deadline: float):
         """The child's answer, or None past `deadline` (time.monotonic()) or when it ended
@@ -127,14 +150,19 @@ class ForkedCall:
         if data is None or len(data) < _LENGTH.size \
                 or _LENGTH.unpack_from(data)[0] != len(data) - _LENGTH.size:
             return None
+        if self.raw:
+            return data[_LENGTH.size:]
         try:
             return marshal.loads(data[_LENGTH.size:])
         except (EOFError, ValueError, TypeError):
             return None
 
     def _read(self, deadline: float) -> bytes | None:
-        """Everything the child writes, up to its end; None past the deadline."""
+        """Everything the child writes, up to its end; None past the deadline or past
+        max_octets (and the length prefix)."""
         chunks = []
+        size = 0
+        limit = None if self.max_octets is None else self.max_octets + _LENGTH.size
         poller = select.poll()                  # any descriptor number (select: < 1024)
         poller.register(self.fd, select.POLLIN)
         while True:
@@ -149,6 +177,9 @@ class ForkedCall:
                 return None
             if not chunk:
                 return b"".join(chunks)
+            size += len(chunk)
+            if limit is not None and size > limit:
+                return None
             chunks.append(chunk)
 
     def discard(self) -> None:

@@ -63,8 +63,10 @@ class ReverseLookup:
 class ForkedReverseLookup:
     """ReverseLookup for the pre-login process, whose chroot has no resolver: a child forked
     before the sandbox is entered (children.ForkedCall: it keeps none of the connection's
-    descriptors), running as the pre-login account, does the lookup and sends the name back
-    (docs/privsep.md). No child (no process could be made): the address is the name."""
+    descriptors; its answer comes back as raw bytes, bounded), running as the pre-login
+    account, does the lookup and sends the name back
+    (docs/privsep.md, "The pre-login process"). No child (no process could be made): the
+    address is the name."""
 
     def __init__(self, ip: str | None, uid: int, gid: int):
         """`ip` None: the address is not known yet (it comes in a PROXY header, read inside
@@ -74,11 +76,13 @@ class ForkedReverseLookup:
         self._deadline = time.monotonic() + REVERSE_LOOKUP_TIMEOUT_S
         ip_r, self._ip_w = os.pipe2(os.O_CLOEXEC) if ip is None else (-1, -1)
 
-        def look_up() -> str:
+        def look_up() -> bytes:
             privsep.drop_to_account(uid, gid)
             address = ip if ip is not None else self._wait_for_address(ip_r)
-            return ReverseLookup(address).result()[:NAME_LIMIT]
-        self._call = ForkedCall.start(look_up, keep=(ip_r,) if ip_r >= 0 else ())
+            return ReverseLookup(address).result()[:NAME_LIMIT].encode("utf-8", "replace")
+        # raw bytes, bounded: this child talks to DNS, so its answer is not unmarshalled
+        self._call = ForkedCall.start(look_up, keep=(ip_r,) if ip_r >= 0 else (), raw=True,
+                                      max_octets=4 * NAME_LIMIT)
         if ip_r >= 0:
             os.close(ip_r)
 
@@ -101,7 +105,8 @@ class ForkedReverseLookup:
 
     def result(self) -> str:
         if self._call is not None:
-            name = self._call.result(self._deadline)
+            answer = self._call.result(self._deadline)
             self._call = None
-            self._name = name if isinstance(name, str) and name and name != self.ip else None
+            name = None if answer is None else answer.decode("utf-8", "replace")[:NAME_LIMIT]
+            self._name = name if name and name != self.ip else None
         return self._name or self.ip

@@ -200,7 +200,7 @@ static PyMethodDef scan_methods[] = {
 
 static struct PyModuleDef scan_module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "_scan",
+    .m_name = "qpopper.spool._scan",
     .m_doc = "The batch mbox scan's passes in C (docs/mbox.md, \"The batch scan\").",
     .m_size = 0,
     .m_methods = scan_methods,

@@ -2,7 +2,7 @@
  *
  * Optional: mbox_send falls back to its pure-Python wire_bytes when this is not built, and
  * that function stays the definition this one is tested and fuzzed against
- * (docs/accelerators.md). Same result for every input:
+ * (docs/accelerators.md, "The wire conversion"). Same result for every input:
  *
  *   NUL -> space; CR LF -> LF; then a dot after LF doubled; LF -> CR LF; and a dot at the very
  *   start doubled when at_line_start.

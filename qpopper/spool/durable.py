@@ -130,14 +130,19 @@ def unlink_if_present(path: str, *, ignore_other_errors: bool = False) -> None:
 
 def _create_exclusive(temp: str, mode: int) -> int:
     """A new file at `temp`, ours alone: O_EXCL|O_NOFOLLOW, so a symlink or a hard link
-    planted at the name is never followed or written through. Whatever is at the name is a
-    leftover of a writer that crashed (the caller's lock or a per-process name keeps live
-    writers apart): it is unlinked — the name, never what it points to — and the creation
-    tried once more; a second refusal (someone planting again) is the caller's OSError."""
+    planted at the name is never followed or written through. Whatever of ours (our uid
+    owns it) is at the name is a leftover of a writer that crashed (the caller's lock or a
+    per-process name keeps live writers apart): it is unlinked — the name, never what it
+    points to — and the creation tried once more. Someone else's file there, or a second
+    refusal (someone planting again), is the caller's OSError."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         return os.open(temp, flags, mode)
     except FileExistsError:
+        # only our own leftover: in a shared directory (the spool's) the name may be someone
+        # else's file, which is not ours to remove
+        if os.lstat(temp).st_uid != os.geteuid():
+            raise
         unlink_if_present(temp)
         return os.open(temp, flags, mode)
 

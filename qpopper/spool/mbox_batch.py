@@ -62,6 +62,9 @@ BIG_MESSAGE_OCTETS = CHUNK_OCTETS
 path would copy it whole)."""
 HELPER_TIMEOUT = 120
 """Seconds a helper may take; past them it is ended and its part scanned by the session."""
+RECORD_FIELDS = 13
+"""Items in a record of _Batch._record (what keep() unpacks); a helper's answer is checked
+against it."""
 HELPER_SHARE = 0.58
 """The helper's part of such a region: more than half, since the parent still has the UIDs,
 the helper's records and the unmapping to do when both parts are scanned."""
@@ -451,21 +454,25 @@ class _Helper:
     nothing of the session's but the map and its pipe. When it fails in any way the parent
     scans that part itself."""
 
-    def __init__(self, call: ForkedCall, split: int):
+    def __init__(self, call: ForkedCall, split: int, end: int):
         self.call = call
         self.split = split
+        self.end = end
 
     @classmethod
     def start(cls, batch: _Batch, split: int, end: int) -> "_Helper | None":
         call = ForkedCall.start(lambda: _helper_part(batch, split, end))
-        return None if call is None else cls(call, split)
+        return None if call is None else cls(call, split, end)
 
     def result(self):
         """The helper's answer, or None when it did not give a whole one in HELPER_TIMEOUT
         seconds (then it is ended)."""
         got = self.call.result(time.monotonic() + HELPER_TIMEOUT)
         if got == (False,) or (isinstance(got, tuple) and len(got) == 3 and got[0] is True
-                               and isinstance(got[1], list) and isinstance(got[2], int)):
+                               and isinstance(got[1], list) and isinstance(got[2], int)
+                               and self.split <= got[2] <= self.end
+                               and all(isinstance(r, tuple) and len(r) == RECORD_FIELDS
+                                       for r in got[1])):
             return got
         return None
 

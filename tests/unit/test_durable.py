@@ -99,6 +99,18 @@ def test_publish_never_writes_through_what_sits_at_the_temporary_name(tmp_path, 
     assert not os.path.lexists(temp)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the file to another user")
+def test_publish_leaves_another_users_file_at_the_temporary_name_alone(tmp_path):
+    """In a shared directory (the spool) the temporary name may hold another user's file:
+    it is not a leftover of ours, so publish refuses instead of removing it."""
+    temp, final = tmp_path / ".file.tmp", tmp_path / "file"
+    temp.write_bytes(b"someone else's\n")
+    os.chown(temp, 65534, 65534)
+    with pytest.raises(FileExistsError):
+        durable.publish(str(temp), str(final), b"whole\n")
+    assert temp.read_bytes() == b"someone else's\n" and not final.exists()
+
+
 def test_publish_by_rename_replaces_and_by_link_keeps_what_is_there(tmp_path):
     temp, final = str(tmp_path / "tmp"), tmp_path / "final"
     steps = []

@@ -73,3 +73,35 @@ def test_a_discarded_child_is_killed_and_reaped_once():
     assert_reaped(call.pid)
     call.discard()                                      # the caller's second word: harmless
     assert call.result(soon()) is None
+
+
+def test_a_raw_answer_is_the_bytes_as_they_are_and_never_unmarshalled():
+    crafted = b"\xda\x05hello"                      # a marshal record, left as it is
+    call = ForkedCall.start(lambda: crafted, raw=True)
+    assert call.result(soon()) == crafted
+    call = ForkedCall.start(lambda: "not bytes", raw=True)
+    assert call.result(soon()) is None
+
+
+def test_an_answer_longer_than_max_octets_is_none_and_the_child_is_reaped():
+    call = ForkedCall.start(lambda: b"x" * 5000, raw=True, max_octets=4096)
+    assert call.result(soon()) is None
+    assert_reaped(call.pid)
+    call = ForkedCall.start(lambda: b"x" * 4096, raw=True, max_octets=4096)
+    assert call.result(soon()) == b"x" * 4096
+
+
+def test_descriptors_0_to_2_become_dev_null_in_the_child():
+    """In inetd mode 0 and 1 are the client's socket: the child must not hold them."""
+    import socket
+    a, b = socket.socketpair()
+    saved = os.dup(0)
+    os.dup2(a.fileno(), 0)
+    try:
+        call = ForkedCall.start(lambda: [os.readlink(f"/proc/self/fd/{fd}") for fd in (0, 1, 2)])
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+        a.close()
+        b.close()
+    assert call.result(soon()) == [os.devnull] * 3

@@ -16,6 +16,7 @@ import tempfile
 
 import pytest
 
+from qpopper.server.children import ForkedCall
 from qpopper.spool import mbox, mbox_batch
 
 FIELDS = [f.name for f in dataclasses.fields(mbox.Message)]
@@ -313,3 +314,17 @@ def test_the_helper_keeps_no_descriptor_of_the_session(tmp_path, monkeypatch, sp
     fds = {int(fd) for fd in listing.read_text().split()}
     assert held not in fds
     assert len(fds - {0, 1, 2}) <= 2, fds             # the pipe, and listdir's own
+
+
+@pytest.mark.parametrize("answer", [(True, [], 99), (True, [], 201), (True, [(1, 2)], 150),
+                                    (True, "records", 150), (True, [], "150")],
+                         ids=["before-split", "past-end", "short-record", "not-a-list",
+                              "not-an-offset"])
+def test_a_helper_answer_of_the_wrong_shape_is_refused(answer):
+    """The session scans the helper's part itself rather than take records it cannot use
+    or a resume point outside that part (forked children of the same user, real pipes)."""
+    helper = mbox_batch._Helper(ForkedCall.start(lambda: answer), split=100, end=200)
+    assert helper.result() is None
+    good = (True, [tuple(range(mbox_batch.RECORD_FIELDS))], 200)
+    helper = mbox_batch._Helper(ForkedCall.start(lambda: good), split=100, end=200)
+    assert helper.result() == good
