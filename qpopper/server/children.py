@@ -55,19 +55,15 @@ def _close_all_but(keep: Iterable[int]) -> None:
         null = os.open(os.devnull, os.O_RDWR)
     except OSError:                     # no /dev/null: closed is as good
         null = -1
-    for fd in (0, 1, 2):
-        if fd not in keep and fd != null:
-            try:
-                if null >= 0:
-                    os.dup2(null, fd, inheritable=False)
-                else:
-                    os.close(fd)
-            except OSError:
-                pass
+    for fd in {0, 1, 2} - keep - {null}:
+        try:
+            os.dup2(null, fd, inheritable=False) if null >= 0 else os.close(fd)
+        except OSError:
+            pass
     if null > 2 and null not in keep:
         os.close(null)
     low = 3
-    for fd in sorted(set(keep)):
+    for fd in sorted(keep):
         if fd >= low:
             os.closerange(low, fd)
             low = fd + 1
