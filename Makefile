@@ -63,10 +63,9 @@ test-peers:
 run: $(STAMP)
 	$(VENV)/bin/popper --demo
 
-# debs first: the venv's build of the C accelerators needs its compiler and headers.
+# The venv only after the Debian packages, also under make -j: its build of the C
+# accelerators needs their compiler and headers.
 test: debs test-peers
-	@# the venv only after the Debian packages (the accelerators' compiler and headers), also
-	@# under make -j
 	@$(MAKE) --no-print-directory $(STAMP)
 	@# python-gssapi (optional: -k/-K) builds against libkrb5-dev, so only after `test-peers`. As
 	@# root everything the GSSAPI tests need can be installed, so a failure stops the run.

@@ -86,10 +86,8 @@ class Config:
         return cls({o.name: o.default for o in OPTIONS}, {o.name: DEFAULT_SOURCE for o in OPTIONS})
 
     def __getattr__(self, attr: str) -> Any:
-        try:
-            return self._values[attr.replace("_", "-")]
-        except KeyError:
-            raise AttributeError(f"no option {attr!r}") from None
+        # every option is a property (below); only other names get here
+        raise AttributeError(f"no option {attr!r}")
 
     def __setattr__(self, attr, value):
         raise AttributeError("Config is frozen; use replace()")
@@ -141,7 +139,7 @@ def _option_attribute(name: str) -> property:
 
 # One class attribute per option: a plain property is ~6x faster than __getattr__ (which runs
 # only after the failed normal lookup has built an AttributeError), and hot paths such as RETR's
-# reply writer read an option per write. __getattr__ stays for the unknown names' error.
+# reply writer read an option per write. __getattr__ is left with the unknown names' error.
 for _opt in OPTIONS:
     # an option named like a method (get, items, replace, ...) would hide it
     if hasattr(Config, _opt.name.replace("-", "_")):
