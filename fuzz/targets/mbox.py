@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import itertools
 import tempfile
 
 from qpopper.spool import mbox_batch
 from qpopper.spool.mbox import Message, MboxFormatError, copy_for_update, scan, send_message
+from tests.helpers.scan_passes import assert_same_candidates
 
 ALLOWED: tuple[type[BaseException], ...] = (MboxFormatError,)
 MAX_LEN = 8192
@@ -101,16 +101,8 @@ def batch_scans(f, options: dict) -> list[Message]:
 def same_candidates(spool: bytes) -> None:
     """The compiled pass lists what the pure-Python one does over the whole spool, and the
     LFs before each candidate."""
-    if len(PASSES) < 2:
-        return
-    want = mbox_batch.python_candidates(spool, 0, len(spool))
-    got = mbox_batch.compiled_candidates(spool, 0, len(spool))
-    assert (got is None) == (want is None), (got, want)
-    if got is not None:
-        assert got[:2] == want[:2], (got, want)
-        bounds = [0, *got[0], len(spool)]
-        spans = [spool.count(b"\n", a, b) for a, b in zip(bounds, bounds[1:])]
-        assert got[2] == list(itertools.accumulate(spans)), got
+    if len(PASSES) == 2:
+        assert_same_candidates(spool, 0, len(spool))
 
 
 def check_spool(f, size: int, top_lines: int, options: dict) -> None:

@@ -20,6 +20,7 @@ import pytest
 
 from qpopper.spool import mbox_batch
 from tests.helpers.compiler import assert_built_and_used
+from tests.helpers.scan_passes import assert_same_candidates as same
 
 compiled = mbox_batch.compiled_candidates
 python = mbox_batch.python_candidates
@@ -32,20 +33,6 @@ TOKENS = [b"\n", b"\r", b"From ", b"From x Wed Dec  2 05:53:22 1992", b"x", b"\n
 def test_the_scan_accelerator_is_built_and_used_where_it_can_be():
     assert_built_and_used(compiled, mbox_batch.candidates, "qpopper.spool._scan",
                           "the batch scan runs its pure-Python pass")
-
-
-def same(data, start: int, end: int) -> None:
-    """The compiled pass says what the Python one says, and its LF counts are right."""
-    want = python(data, start, end)
-    got = compiled(data, start, end)
-    if want is None:
-        assert got is None, (data[start:end], got)
-        return
-    assert got is not None, data[start:end]
-    ats, eols, lfs = got
-    assert (ats, eols) == want[:2], data[start:end]
-    assert len(lfs) == len(ats) + 1
-    assert lfs == [bytes(data[start:at]).count(b"\n") for at in ats + [end]], data[start:end]
 
 
 @needs_c
