@@ -56,6 +56,10 @@ def parse_args(argv=None):
                         help="let pop3bench check every message (costs client CPU)")
     parser.add_argument("--bench-dir", default=str(DEFAULT_BENCH_DIR),
                         help="where pop3bench.py and mkspool.py are (../shared/bench)")
+    parser.add_argument("--pipeline", type=int, default=1,
+                        help="RETR commands in flight (vs_peers.py uses 8, with --quickack)")
+    parser.add_argument("--modes", default="plain,stls,tls",
+                        help="which of plain, stls, tls to run (plain is the ratios' base)")
     return parser.parse_args(argv)
 
 
@@ -65,6 +69,8 @@ def run_mode(bench: Path, port: int, flags: list[str], user, restore: str, args)
            "--repeat", str(args.repeat), "--before", restore, "--timeout", "600", *flags]
     if not args.verify:
         cmd.append("--no-verify")
+    if args.pipeline > 1:
+        cmd += ["--pipeline", str(args.pipeline), "--quickack"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
     if result.returncode != 0:
         raise SystemExit(f"pop3bench failed ({' '.join(flags) or 'plain'}):\n{result.stderr}"
@@ -98,6 +104,8 @@ def main(argv=None) -> int:
         with server:                      # __enter__ starts it (once)
             results = {}
             for name, port_attr, flags in MODES:
+                if name not in args.modes.split(","):
+                    continue
                 started = time.monotonic()
                 results[name] = run_mode(bench, getattr(server, port_attr), flags, user,
                                          restore, args)
@@ -107,7 +115,7 @@ def main(argv=None) -> int:
 
 
 def report(summary: dict, results: dict, args) -> None:
-    plain = results["plain"]["median"].get("retr_MBps") or 0.0
+    plain = results.get("plain", {"median": {}})["median"].get("retr_MBps") or 0.0
     print(f"spool: {summary.get('messages', summary.get('count', '?'))} messages, "
           f"{summary.get('bytes', summary.get('total_bytes', '?'))} bytes "
           f"(mkspool -s {args.size} --seed {args.seed}); chunky-writes {args.chunky_writes}; "

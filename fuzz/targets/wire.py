@@ -8,7 +8,8 @@ input, which is the point of it); the Python result is POP3 multi-line data that
 the block: no NUL, every LF after a CR, and removing the dot-stuffing and the CRs of CRLF
 gives the block with NUL as space and CRLF as LF; and the block fed to WireLines in pieces of
 that size (a CRLF or a dotted line cut anywhere, the pieces converted with at_line_start
-false) gives the same bytes as the whole block at a line start.
+false) gives the same bytes as the whole block at a line start; and the compiled wire_join
+gives the whole's bytes for the block cut every that many octets and every that many lines.
 
 The C code is not coverage-instrumented (atheris sees qpopper's Python branches only, here
 WireLines'); the dictionary steers the mutations to the octets the conversion treats specially.
@@ -44,3 +45,12 @@ def one_input(data: bytes) -> None:
         lines.feed(block[at:at + piece], final=at + piece >= len(block))
     whole = expected if at_line_start else mbox_send.wire_bytes(block)
     assert b"".join(pieces) == whole, (block, piece)
+    if mbox_send.wire_join_c is not None:
+        # _wire.wire_join: the block cut every `piece` octets (pieces inside lines: joined
+        # first) and cut at line starts (converted one by one) must both give the whole's bytes
+        view = memoryview(block)
+        cut = [view[at:at + piece] for at in range(0, len(block), piece)]
+        assert mbox_send.wire_join_c(cut, at_line_start) == expected, (block, piece)
+        lines_of = block.splitlines(keepends=True)
+        by_lines = [b"".join(lines_of[at:at + piece]) for at in range(0, len(lines_of), piece)]
+        assert mbox_send.wire_join_c(by_lines, at_line_start) == expected, (block, piece)

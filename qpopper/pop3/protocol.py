@@ -295,7 +295,7 @@ class Protocol(Endings):
                 self._abort()
 
     def _dispatch(self, line: bytes) -> None:
-        if b"\0" in line:
+        if 0 in line:          # a NUL octet (the int test is several times faster than b"\0")
             raise CommandSyntaxError(NUL_IN_COMMAND)
         words = line.split()
         if not words:

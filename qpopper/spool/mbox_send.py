@@ -36,13 +36,20 @@ def wire_bytes_python(data: bytes, at_line_start: bool = True) -> bytes:
     return data
 
 
+def wire_join_python(pieces: list, at_line_start: bool = True) -> bytes:
+    """wire_bytes of the pieces joined: the definition of the compiled _wire.wire_join, which
+    converts them without the joined copy (docs/accelerators.md, "A message's pieces")."""
+    return wire_bytes_python(b"".join(pieces), at_line_start)
+
+
 # The compiled conversion when it was built (one pass instead of four or five), else the
-# definition above (docs/accelerators.md, "Fallback"). Tests use both names explicitly.
+# definitions above (docs/accelerators.md, "Fallback"). Tests use both names explicitly.
 try:
-    from qpopper.spool._wire import wire_bytes as wire_bytes_c
+    from qpopper.spool._wire import wire_bytes as wire_bytes_c, wire_join as wire_join_c
 except ImportError:
-    wire_bytes_c = None
+    wire_bytes_c = wire_join_c = None
 wire_bytes = wire_bytes_c or wire_bytes_python
+wire_join = wire_join_c or wire_join_python
 
 
 class WireLines:
@@ -212,5 +219,5 @@ def _send_whole(read: Callable[[int, int], bytes], msg: Message, stop: int,
     if not inserted:                        # after the last kept byte: the general path's case
         return False
     pieces += _line_closer(pieces[-1])
-    write(wire_bytes(b"".join(pieces)))
+    write(wire_join(pieces))
     return True

@@ -26,6 +26,8 @@ from tests.helpers.wire_impls import NOT_BUILT
 
 wire_c = mbox_send.wire_bytes_c
 wire_py = mbox_send.wire_bytes_python
+join_c = mbox_send.wire_join_c
+join_py = mbox_send.wire_join_python
 needs_c = pytest.mark.skipif(wire_c is None, reason=NOT_BUILT)
 
 ALPHABET = b"\0\r\n.a"
@@ -35,6 +37,8 @@ ALPHABET = b"\0\r\n.a"
 def test_the_accelerator_is_built_and_used_where_it_can_be():
     assert_built_and_used(wire_c, mbox_send.wire_bytes, "qpopper.spool._wire",
                           "the server runs the pure-Python conversion")
+    assert_built_and_used(join_c, mbox_send.wire_join, "qpopper.spool._wire",
+                          "the server joins each message's pieces before converting them")
 
 
 @pytest.mark.timeout(120)
@@ -145,3 +149,56 @@ def test_any_buffer_and_the_keyword_and_the_input_untouched():
         wire_c("text")
     with pytest.raises(TypeError):
         wire_c(b"x", True, 1)
+
+
+# --- wire_join: a message's pieces converted without joining them first ----------------------
+def assert_same_join(pieces: list, at_line_start: bool = True) -> None:
+    expected = wire_py(b"".join(bytes(p) for p in pieces), at_line_start)
+    assert join_py(pieces, at_line_start) == expected
+    got = join_c(pieces, at_line_start)
+    assert type(got) is bytes
+    assert got == expected, ([bytes(p)[:80] for p in pieces], at_line_start)
+
+
+@needs_c
+@pytest.mark.parametrize("at_line_start", [True, False])
+def test_join_every_cut_of_short_strings(at_line_start):
+    """Every string up to 5 octets cut into three pieces anywhere (inside a CRLF, before a
+    dot, empty pieces): pieces that end lines are converted one by one, the others joined
+    first, and both ways must give the conversion of the whole."""
+    for n in range(6):
+        for chars in itertools.product(ALPHABET, repeat=n):
+            data = bytes(chars)
+            for i in range(n + 1):
+                for j in range(i, n + 1):
+                    assert_same_join([data[:i], data[i:j], data[j:]], at_line_start)
+
+
+@needs_c
+@pytest.mark.parametrize("seed", range(3))
+def test_join_random_messages_cut_at_line_starts_and_anywhere(seed):
+    rng = random.Random(seed)
+    for _ in range(300):
+        block = random_block(rng, rng.choice((0, 10, 1000, 5000)))
+        lines = block.splitlines(keepends=True)
+        cuts = sorted(rng.sample(range(len(lines) + 1), min(3, len(lines) + 1)))
+        at_lines = [b"".join(lines[a:b]) for a, b in zip([0] + cuts, cuts + [len(lines)])]
+        view = memoryview(block)
+        anywhere = sorted(rng.randrange(len(block) + 1) for _ in range(3))
+        at_octets = [view[a:b] for a, b in zip([0] + anywhere, anywhere + [len(block)])]
+        for pieces in (at_lines, at_octets, at_lines + [b"X-UIDL: 1\n"], [b""] + at_lines):
+            assert_same_join(pieces, rng.random() < 0.5)
+
+
+@needs_c
+def test_join_takes_what_send_message_gives_and_refuses_the_rest():
+    data = b"a\r\n.b\n"
+    view = memoryview(data)
+    assert join_c([view[:3], b"X-UIDL: u\n", view[3:], b"\r\n"]) == \
+        wire_py(b"a\r\nX-UIDL: u\n.b\n\r\n")
+    assert join_c(()) == b""
+    assert join_c([bytearray(b".x\0\n")], at_line_start=False) == b".x \r\n"
+    assert join_c(pieces=[b".y"]) == b"..y"
+    for wrong in ([b"a\n", "text"], b"not a list", None, iter([b"a"])):
+        with pytest.raises(TypeError):
+            join_c(wrong)
