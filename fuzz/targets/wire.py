@@ -9,7 +9,8 @@ the block: no NUL, every LF after a CR, and removing the dot-stuffing and the CR
 gives the block with NUL as space and CRLF as LF; and the block fed to WireLines in pieces of
 that size (a CRLF or a dotted line cut anywhere, the pieces converted with at_line_start
 false) gives the same bytes as the whole block at a line start; and the compiled wire_join
-gives the whole's bytes for the block cut every that many octets and every that many lines.
+gives the whole's bytes for the block cut every that many octets (also with empty pieces
+between) and every that many lines.
 
 The C code is not coverage-instrumented (atheris sees qpopper's Python branches only, here
 WireLines'); the dictionary steers the mutations to the octets the conversion treats specially.
@@ -54,3 +55,5 @@ def one_input(data: bytes) -> None:
         lines_of = block.splitlines(keepends=True)
         by_lines = [b"".join(lines_of[at:at + piece]) for at in range(0, len(lines_of), piece)]
         assert mbox_send.wire_join_c(by_lines, at_line_start) == expected, (block, piece)
+        spaced = [b""] + [p for cut_piece in cut for p in (cut_piece, bytearray())]
+        assert mbox_send.wire_join_c(tuple(spaced), at_line_start) == expected, (block, piece)

@@ -13,12 +13,12 @@
  * last, over the output, only when the input has a NUL at all.
  *
  * wire_join(pieces) converts a message's pieces (its kept ranges and the X-UIDL line) the
- * same as wire_bytes of them joined, without the joined copy when each piece that has bytes
- * after it ends with LF (docs/accelerators.md, "A message's pieces").
+ * same as wire_bytes of them joined, without the joined copy unless a piece boundary splits
+ * a CR LF (docs/accelerators.md, "A message's pieces").
  *
  * The bytes come from strangers' mail: no fixed buffers, Py_ssize_t for every size, the output
- * size computed first and checked for overflow, one allocation of exactly that size, the fill
- * checked against it; no global state (the module has none), no recursion.
+ * size computed first and checked for overflow, the result allocated at exactly that size (and
+ * only wire_join's rare join path allocates a second buffer), the fill checked against it; no global state (the module has none), no recursion.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -84,7 +84,8 @@ wire_fill(const char *in, Py_ssize_t n, int at_line_start, char *out, Py_ssize_t
     /* the tail after the last LF: copied as it is (a lone CR at the end stays) */
     if (end - p > oend - o)
         return -1;
-    memcpy(o, p, (size_t)(end - p));
+    if (end > p)                     /* an empty buffer's pointer may be NULL */
+        memcpy(o, p, (size_t)(end - p));
     o += end - p;
     return o - out;
 }
@@ -146,24 +147,29 @@ wire_bytes(PyObject *module, PyObject *args, PyObject *kwargs)
 
 /* --- wire_join: a message's pieces (kept ranges, the X-UIDL line) without joining them ---- */
 
-/* Does every piece with bytes after it end with LF? Then each starts a line and converts on
- * its own, at_line_start true for all but the first: a CR dropped before an LF and a dot
- * doubled after one never reach across two pieces. */
+/* Does a CR end one non-empty piece and an LF start the next? Only there would the conversion
+ * reach across two pieces (the CR of a CR LF is dropped). Everywhere else each piece converts
+ * on its own: it starts a line exactly when the non-empty piece before it ends with LF (the
+ * dot doubled after an LF), and a CR at a piece's end not followed by LF stays, as it would. */
 static int
-pieces_end_lines(const Py_buffer *views, Py_ssize_t count)
+splits_a_crlf(const Py_buffer *views, Py_ssize_t count)
 {
-    Py_ssize_t i, last = -1;
+    Py_ssize_t i;
+    char last = 0;                       /* the last octet of the non-empty piece before */
 
-    for (i = 0; i < count; i++)
-        if (views[i].len > 0)
-            last = i;
-    for (i = 0; i < last; i++)
-        if (views[i].len > 0 && ((const char *)views[i].buf)[views[i].len - 1] != '\n')
-            return 0;
-    return 1;
+    for (i = 0; i < count; i++) {
+        const char *buf = (const char *)views[i].buf;
+
+        if (views[i].len == 0)
+            continue;
+        if (last == '\r' && buf[0] == '\n')
+            return 1;
+        last = buf[views[i].len - 1];
+    }
+    return 0;
 }
 
-/* The pieces as one new bytes object: wire_join's way when a piece ends inside a line. */
+/* The pieces as one new bytes object: wire_join's way when splits_a_crlf. */
 static PyObject *
 joined(const Py_buffer *views, Py_ssize_t count)
 {
@@ -183,14 +189,16 @@ joined(const Py_buffer *views, Py_ssize_t count)
         return NULL;
     o = PyBytes_AS_STRING(result);
     for (i = 0; i < count; i++) {
+        if (views[i].len == 0)           /* an empty buffer's pointer may be NULL */
+            continue;
         memcpy(o, views[i].buf, (size_t)views[i].len);
         o += views[i].len;
     }
     return result;
 }
 
-/* When pieces_end_lines holds: the sizes summed (overflow-checked), one allocation, each
- * piece filled in place, the fill checked against the sum. */
+/* When no piece boundary splits a CR LF: the sizes summed (overflow-checked), one
+ * allocation, each piece filled in place, the fill checked against the sum. */
 static PyObject *
 convert_pieces(const Py_buffer *views, Py_ssize_t count, int at_line_start)
 {
@@ -200,9 +208,11 @@ convert_pieces(const Py_buffer *views, Py_ssize_t count, int at_line_start)
     char *out;
 
     for (i = 0; i < count; i++) {
+        const char *in = (const char *)views[i].buf;
+
         if (views[i].len == 0)
             continue;
-        part = wire_size((const char *)views[i].buf, views[i].len, line_start);
+        part = wire_size(in, views[i].len, line_start);
         if (part < 0)
             return NULL;
         if (part > PY_SSIZE_T_MAX - size) {
@@ -210,7 +220,7 @@ convert_pieces(const Py_buffer *views, Py_ssize_t count, int at_line_start)
             return NULL;
         }
         size += part;
-        line_start = 1;
+        line_start = in[views[i].len - 1] == '\n';
     }
     result = PyBytes_FromStringAndSize(NULL, size);
     if (result == NULL)
@@ -226,7 +236,7 @@ convert_pieces(const Py_buffer *views, Py_ssize_t count, int at_line_start)
         if (part < 0)
             break;
         filled += part;
-        line_start = 1;
+        line_start = in[views[i].len - 1] == '\n';
         if (!has_nul && memchr(in, '\0', (size_t)views[i].len) != NULL)
             has_nul = 1;
     }
@@ -244,7 +254,7 @@ static PyObject *
 wire_join(PyObject *module, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"pieces", "at_line_start", NULL};
-    PyObject *pieces, *seq, *result = NULL;
+    PyObject *pieces, *items, *result = NULL;
     Py_buffer *views;
     Py_ssize_t count, acquired = 0, i;
     int at_line_start = 1;
@@ -257,23 +267,23 @@ wire_join(PyObject *module, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_TypeError, "wire_join: pieces must be a list or a tuple");
         return NULL;
     }
-    seq = PySequence_Fast(pieces, "wire_join: pieces must be a list or a tuple");
-    if (seq == NULL)
+    /* A tuple of its own: a buffer exporter written in Python (PEP 688, Python 3.12 on) runs
+     * inside PyObject_GetBuffer and could change a list under the loop. */
+    items = PySequence_Tuple(pieces);
+    if (items == NULL)
         return NULL;
-    count = PySequence_Fast_GET_SIZE(seq);
+    count = PyTuple_GET_SIZE(items);
     views = PyMem_New(Py_buffer, (size_t)(count > 0 ? count : 1));
     if (views == NULL) {
         PyErr_NoMemory();
         goto done;
     }
-    /* Each view holds a reference to its object until released, and no Python code runs
-     * between here and the release (bytes, bytearray and memoryview export without any),
-     * so the list cannot change under the loop. */
+    /* each view holds a reference to its object until it is released */
     for (; acquired < count; acquired++)
-        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, acquired), &views[acquired],
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(items, acquired), &views[acquired],
                                PyBUF_SIMPLE) < 0)
             goto done;
-    if (pieces_end_lines(views, count)) {
+    if (!splits_a_crlf(views, count)) {
         result = convert_pieces(views, count, at_line_start);
     } else {
         PyObject *whole = joined(views, count);
@@ -287,7 +297,7 @@ done:
     for (i = 0; i < acquired; i++)
         PyBuffer_Release(&views[i]);
     PyMem_Free(views);
-    Py_DECREF(seq);
+    Py_DECREF(items);
     return result;
 }
 
@@ -298,8 +308,8 @@ static PyMethodDef wire_methods[] = {
      "(the same result as qpopper.spool.mbox_send.wire_bytes_python)."},
     {"wire_join", (PyCFunction)(void (*)(void))wire_join, METH_VARARGS | METH_KEYWORDS,
      "wire_join(pieces, at_line_start=True) -> bytes\n\n"
-     "wire_bytes(b''.join(pieces), at_line_start), without the joined copy when every\n"
-     "piece followed by more bytes ends with LF (the same result as\n"
+     "wire_bytes(b''.join(pieces), at_line_start) for a list or tuple of buffers, without\n"
+     "the joined copy unless a piece boundary splits a CR LF (the same result as\n"
      "qpopper.spool.mbox_send.wire_join_python)."},
     {NULL, NULL, 0, NULL}
 };

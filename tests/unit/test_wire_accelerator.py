@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tracemalloc
 
 import pytest
 
@@ -202,3 +203,43 @@ def test_join_takes_what_send_message_gives_and_refuses_the_rest():
     for wrong in ([b"a\n", "text"], b"not a list", None, iter([b"a"])):
         with pytest.raises(TypeError):
             join_c(wrong)
+    with pytest.raises(BufferError):                   # not contiguous
+        join_c([memoryview(b"abcd")[::2]])
+
+
+@needs_c
+def test_join_releases_every_buffer_also_when_a_later_piece_is_refused():
+    growing = bytearray(b"a\n")
+    with pytest.raises(TypeError):
+        join_c([growing, "text"])
+    growing.append(0x62)               # BufferError if the first piece's view were still held
+    assert join_c([growing]) == b"a\r\nb"
+
+
+def peak_while(call) -> int:
+    """Peak traced memory (octets) while `call()` runs."""
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        call()
+        return tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+
+
+@needs_c
+def test_join_converts_in_place_unless_a_crlf_is_split():
+    """The point of wire_join: no joined copy. Pieces of a 4.4 MB message cut at line starts
+    (and after a last line without LF, as send_message's closer) allocate the result only;
+    a CR LF split by a cut takes the join path, which the same measure must see."""
+    unit = b"line of text\n.dotted\r\n"
+    body = unit * 200_000                              # 4.4 MB
+    view = memoryview(body)                            # slices without copies
+    half = len(unit) * 100_000
+    expected = wire_py(body + b"tail\r\n")
+    in_place = peak_while(lambda: join_c([view[:half], view[half:], b"tail", b"\r\n"]))
+    assert in_place < len(expected) + (256 << 10), in_place
+    cut_crlf = body.index(b"\r\n") + 1
+    joined = peak_while(lambda: join_c([view[:cut_crlf], view[cut_crlf:]]))
+    assert joined > len(body) + len(expected) - (256 << 10), joined
