@@ -5,6 +5,9 @@
  * may be a separator, with the number of LFs before it, and gives up on a CR. All policy
  * (is_from_line, headers, UIDs, what goes to the reference scanner) stays in Python.
  *
+ * uid_text(digest) is mbox_format.encode_uid_python's arithmetic: a digest's 20-character UID
+ * (docs/accelerators.md, "UID text").
+ *
  * The bytes are mail from strangers: every index is a Py_ssize_t checked against `end`, the
  * results grow in a heap array with overflow checks, nothing is kept between calls, and the
  * buffer is held (Py_buffer) while the GIL is released for the pass.
@@ -193,8 +196,48 @@ done:
     return result;
 }
 
+/* --- UID text: mbox_format.encode_uid_python in C -------------------------------------------- */
+
+/* Qpopper's base-80 digits: '!' (0x21) onwards, '.' replaced by '~' (docs/mbox.md, "X-UIDL and Status"). */
+static const char uid_digits[81] =
+    "!\"#$%&'()*+,-~/0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`abcdefghijklmnop";
+
+PyDoc_STRVAR(uid_text_doc,
+"uid_text(digest) -> str\n\n"
+"Qpopper's 20-character UID for a 16-octet MD5 digest: per 4 octets b0..b3,\n"
+"v = (b0 << 12) + (b1 << 8) + (b2 << 4) + b3 (Qpopper shifts by 4, not 8) as five base-80\n"
+"digits, least significant first (the same result as mbox_format.encode_uid_python).");
+
+static PyObject *
+uid_text(PyObject *module, PyObject *arg)
+{
+    (void)module;
+    Py_buffer view;
+    char out[20];
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (view.len != 16) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "uid_text: need a 16-octet digest");
+        return NULL;
+    }
+    const unsigned char *b = view.buf;
+    for (int group = 0; group < 4; group++) {
+        const unsigned char *o = b + 4 * group;
+        unsigned long v = ((unsigned long)o[0] << 12) + ((unsigned long)o[1] << 8) +
+                          ((unsigned long)o[2] << 4) + o[3];
+        for (int digit = 0; digit < 5; digit++) {
+            out[5 * group + digit] = uid_digits[v % 80];
+            v /= 80;
+        }
+    }
+    PyBuffer_Release(&view);
+    return PyUnicode_FromStringAndSize(out, 20);
+}
+
 static PyMethodDef scan_methods[] = {
     {"candidates", candidates, METH_VARARGS, candidates_doc},
+    {"uid_text", uid_text, METH_O, uid_text_doc},
     {NULL, NULL, 0, NULL},
 };
 

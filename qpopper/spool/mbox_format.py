@@ -144,8 +144,11 @@ def _from_line_by_position(line: bytes) -> bool:
 
 # --- UIDs ----------------------------------------------------------------------------------------
 
-def encode_uid(digest: bytes, old_style: bool = False) -> str:
-    """Qpopper's UID text for an MD5 digest: 20 base-80 chars, or 32 hex chars (old-style-uid)."""
+def encode_uid_python(digest: bytes, old_style: bool = False) -> str:
+    """Qpopper's UID text for an MD5 digest: 20 base-80 chars, or 32 hex chars (old-style-uid).
+
+    The definition: the compiled _scan.uid_text must give the same text for every digest
+    (docs/accelerators.md, "UID text")."""
     if old_style:
         return digest.hex()
     pairs, single = _UID_PAIRS, _UID_DIGITS
@@ -155,6 +158,21 @@ def encode_uid(digest: bytes, old_style: bool = False) -> str:
         # Five base-80 digits, least significant first, two at a time from a table.
         parts += (pairs[v % 6400], pairs[v // 6400 % 6400], single[v // 40960000 % 80])
     return "".join(parts)
+
+
+# Every message of a cold scan gets one (and every Maildir file name): the compiled text when
+# it was built, else the definition above (docs/accelerators.md, "Fallback").
+try:
+    from qpopper.spool._scan import uid_text as uid_text_c
+except ImportError:
+    uid_text_c = None
+
+if uid_text_c is not None:
+    def encode_uid(digest: bytes, old_style: bool = False) -> str:
+        """encode_uid_python, with the 20-character text made in C."""
+        return digest.hex() if old_style else uid_text_c(digest)
+else:
+    encode_uid = encode_uid_python
 
 
 def header_uid(line: bytes) -> str | None:

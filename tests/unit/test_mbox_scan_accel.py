@@ -1,6 +1,6 @@
 """The batch scan's compiled pass (qpopper/spool/_scan.c) against its definition, the
 pure-Python mbox_batch.python_candidates, and the LF counts against bytes.count (docs/mbox.md,
-"The batch scan").
+"The batch scan"); its UID text, uid_text, against mbox_format.encode_uid_python.
 
 Every token string up to 5 tokens over the pieces the pass cares about (LF, CR, `From `, a
 date, other octets), seeded random spools cut at every kind of edge, regions starting and
@@ -18,13 +18,15 @@ import tempfile
 
 import pytest
 
-from qpopper.spool import mbox_batch
+from qpopper.spool import maildir, mbox_batch, mbox_format, mbox_scan
 from tests.helpers.compiler import assert_built_and_used
 from tests.helpers.scan_passes import assert_same_candidates as same
 
 compiled = mbox_batch.compiled_candidates
 python = mbox_batch.python_candidates
 needs_c = pytest.mark.skipif(compiled is None, reason="qpopper/spool/_scan.c is not built")
+needs_uid_c = pytest.mark.skipif(mbox_format.uid_text_c is None,
+                                 reason="qpopper/spool/_scan.c is not built")
 
 TOKENS = [b"\n", b"\r", b"From ", b"From x Wed Dec  2 05:53:22 1992", b"x", b"\n\n"]
 """What the pass looks at: line ends, CR, the `From ` of a candidate, a whole envelope."""
@@ -99,3 +101,45 @@ def test_only_buffers_are_taken():
         compiled("From a Wed Dec  2 05:53:22 1992\n", 0, 10)
     with pytest.raises(TypeError):
         compiled(b"From a\n", 0)
+
+
+# --- uid_text: the UID of a digest (docs/accelerators.md, "UID text") ------------------------
+def test_the_uid_text_is_built_and_used_where_it_can_be():
+    assert_built_and_used(mbox_format.uid_text_c, mbox_format.uid_text_c, "qpopper.spool._scan",
+                          "every UID is made by the pure-Python encode_uid")
+    assert mbox_format.encode_uid is not mbox_format.encode_uid_python
+    assert mbox_scan.encode_uid is mbox_format.encode_uid        # the scan's UIDs
+    assert maildir.encode_uid is mbox_format.encode_uid          # a Maildir's UIDs
+    digest = bytes(range(16))
+    assert mbox_format.encode_uid(digest) == mbox_format.uid_text_c(digest)
+    assert mbox_format.encode_uid(digest, old_style=True) == digest.hex()
+
+
+@needs_uid_c
+def test_uid_text_is_the_python_definition_for_any_digest():
+    """Every group value's extremes and every alphabet digit in every position: random
+    digests plus each octet position at 0x00, 0x01, 0x7f, 0x80 and 0xff."""
+    rng = random.Random(24)
+    digests = [bytes(16), b"\xff" * 16, bytes(range(16)), bytes(range(240, 256))]
+    digests += [rng.randbytes(16) for _ in range(50_000)]
+    for position in range(16):
+        for value in (0x00, 0x01, 0x7F, 0x80, 0xFF):
+            digests.append(bytes(position) + bytes([value]) + b"\x5a" * (15 - position))
+    for digest in digests:
+        assert mbox_format.uid_text_c(digest) == mbox_format.encode_uid_python(digest), digest
+    seen = {char for digest in digests[:5000] for char in mbox_format.uid_text_c(digest)}
+    assert seen == set(mbox_format._UID_ALPHABET.decode("ascii"))
+
+
+@needs_uid_c
+def test_uid_text_takes_any_16_octet_buffer_and_refuses_the_rest():
+    digest = bytes(range(16))
+    expected = mbox_format.encode_uid_python(digest)
+    assert mbox_format.uid_text_c(bytearray(digest)) == expected
+    assert mbox_format.uid_text_c(memoryview(b"xx" + digest)[2:]) == expected
+    for wrong in (b"", digest[:15], digest + b"\0"):
+        with pytest.raises(ValueError):
+            mbox_format.uid_text_c(wrong)
+    for wrong in (None, "0123456789abcdef", 16):
+        with pytest.raises(TypeError):
+            mbox_format.uid_text_c(wrong)
