@@ -629,3 +629,64 @@ def test_the_monitor_hands_over_a_scram_login_only_when_it_was_accepted(owned_st
     with pytest.raises(monitor_mod.ProtocolViolation):
         ask(wire.Kind.SCRAM_ACCEPTED)
     assert mon.login is None
+
+
+def test_the_handover_closes_an_attempt_a_pre_login_process_left_open(owned_store, tmp_path,
+                                                                      monkeypatch):
+    """A login closes the brakes file (record_success), but an attempt begun after it stays
+    open until its outcome: a SCRAM proof is not an outcome (only ACCEPTED is). A pre-login
+    process that logs in, then proves SCRAM and sends HANDOVER at once gets a monitor that
+    would become the user session with root's descriptor on everyone's failure counts,
+    unless the handover closes the authenticator itself (monitor_handover.py)."""
+    import socket
+    from qpopper.server import monitor as monitor_mod
+    from qpopper.server import monitor_handover
+    from qpopper.server import monitor_wire as wire
+    store, keys, _ = owned_store
+    store.set_secret("demo", "demo-pw")
+    brakes_file = str(tmp_path / "auth-brakes.sqlite")
+    cfg = config(user_database="pop-auth", auth_brakes_file=brakes_file, **keys)
+    mon = monitor_mod.Monitor(cfg, Log(), hostname="test.host", peer=(CLIENT_IP, 4000),
+                              client=monitor_mod.Client(-1, -1, None))
+    mon.authenticator = Authenticator(cfg, Log())
+
+    def ask(kind, *fields) -> wire.Frame:
+        return wire.decode(mon._answer(wire.decode(wire.encode(kind, *fields))))
+
+    def brakes_descriptors() -> list[str]:
+        found = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith(brakes_file):
+                found.append(target)
+        return found
+
+    assert ask(wire.Kind.PASSWORD, "demo", "demo-pw", "USER", "", False, "").kind \
+        is wire.Kind.LOGIN
+    assert mon.login is not None and brakes_descriptors() == []   # the login closed it
+    bare = "n=demo,r=client-nonce"
+    server_first = ask(wire.Kind.SCRAM_BEGIN, "SCRAM-SHA-256", "demo", "client-nonce").text(0)
+    without_proof, proof = scram_client_proof(server_first, bare, "demo-pw")
+    assert ask(wire.Kind.SCRAM_PROVE, bare, without_proof, proof, "").kind is wire.Kind.LOGIN
+    assert brakes_descriptors() != []                  # the proof's attempt holds it open
+    # HANDOVER: the monitor closes what is privileged, ends the pre-login process (here a
+    # child of the test) and would run the user session; its last step is kept, not run.
+    sessions = []
+    monkeypatch.setattr(monitor_handover, "exit_after",
+                        lambda log, what, session: sessions.append(what))
+    prelogin = subprocess.Popen(["sleep", "60"])
+    mon.prelogin_pid = prelogin.pid
+    ours, theirs = socket.socketpair()
+    try:
+        mon._become_user_session(ours, mon.login, os.getgid(), b"", False, CLIENT_HOST, 0,
+                                 None)
+    finally:
+        theirs.close()
+        if prelogin.poll() is None:
+            prelogin.kill()
+            prelogin.wait()
+    assert sessions == ["session of demo"]
+    assert brakes_descriptors() == [], "the user session would hold the brakes file"
