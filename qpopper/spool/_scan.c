@@ -199,8 +199,9 @@ done:
 /* --- UID text: mbox_format.encode_uid_python in C -------------------------------------------- */
 
 /* Qpopper's base-80 digits: '!' (0x21) onwards, '.' replaced by '~' (docs/mbox.md, "X-UIDL and Status"). */
-static const char uid_digits[81] =
+static const char uid_digits[] =
     "!\"#$%&'()*+,-~/0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`abcdefghijklmnop";
+_Static_assert(sizeof uid_digits == 80 + 1, "the UID alphabet has 80 digits");
 
 PyDoc_STRVAR(uid_text_doc,
 "uid_text(digest) -> str\n\n"

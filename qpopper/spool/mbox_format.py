@@ -169,7 +169,8 @@ except ImportError:
 
 if uid_text_c is not None:
     def encode_uid(digest: bytes, old_style: bool = False) -> str:
-        """encode_uid_python, with the 20-character text made in C."""
+        """encode_uid_python, with the 20-character text made in C; `digest` is exactly 16
+        octets (an MD5 digest, as every caller passes: another length is a ValueError)."""
         return digest.hex() if old_style else uid_text_c(digest)
 else:
     encode_uid = encode_uid_python

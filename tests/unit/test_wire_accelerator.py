@@ -54,12 +54,14 @@ def test_without_a_compiler_the_build_succeeds_and_the_fallback_serves(tmp_path)
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=100)
     assert built.returncode == 0, built.stderr[-2000:]
     assert 'building extension "qpopper.spool._wire" failed' in built.stderr
+    assert 'building extension "qpopper.spool._scan" failed' in built.stderr
     assert not list((tmp_path / "lib").rglob("*.so"))
     check = ("from qpopper.spool import mbox_send as m; "
              f"assert m.__file__.startswith({str(tmp_path / 'lib')!r}), m.__file__; "
              "assert m.wire_bytes_c is None and m.wire_bytes is m.wire_bytes_python; "
              "from qpopper.spool import mbox_format as f; "
              "assert f.uid_text_c is None and f.encode_uid is f.encode_uid_python; "
+             "assert f.encode_uid(bytes(range(16))) == 'T$!!!(_#!!LI&!!p3)!!'; "
              "print(m.wire_bytes(b'.a\\r\\n.b\\0'))")
     # the built tree first on sys.path (the current directory), not the checkout
     ran = subprocess.run([sys.executable, "-c", check], cwd=tmp_path / "lib", env=env,
