@@ -18,6 +18,7 @@ import pytest
 from qpopper import limits
 from qpopper.addresses import parse_networks
 from qpopper.auth.brakes import Brakes, brake_delay, failure_log_line
+from tests.helpers.descriptors import descriptors_on
 from tests.helpers.sysusers import make_spool
 from tests.helpers.messages import mbox
 from tests.server_harness import Site
@@ -98,19 +99,6 @@ class CountingOpens(Brakes):
     def _connect(self):
         self.opens += 1
         return super()._connect()
-
-
-def descriptors_on(path: str) -> list[str]:
-    """This process's descriptors open on `path` (or its SQLite journal)."""
-    found = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except FileNotFoundError:
-            continue
-        if target.startswith(path):
-            found.append(target)
-    return found
 
 
 @pytest.mark.parametrize("braked_address", [False, True])

@@ -26,6 +26,7 @@ from qpopper.config import Config
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool.paths import SpoolPaths
 from tests.helpers import pam_service as pam_files
+from tests.helpers.descriptors import descriptors_on
 from tests.helpers import sysusers
 
 pytestmark = pytest.mark.timeout(60)
@@ -653,25 +654,14 @@ def test_the_handover_closes_an_attempt_a_pre_login_process_left_open(owned_stor
     def ask(kind, *fields) -> wire.Frame:
         return wire.decode(mon._answer(wire.decode(wire.encode(kind, *fields))))
 
-    def brakes_descriptors() -> list[str]:
-        found = []
-        for fd in os.listdir("/proc/self/fd"):
-            try:
-                target = os.readlink(f"/proc/self/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith(brakes_file):
-                found.append(target)
-        return found
-
     assert ask(wire.Kind.PASSWORD, "demo", "demo-pw", "USER", "", False, "").kind \
         is wire.Kind.LOGIN
-    assert mon.login is not None and brakes_descriptors() == []   # the login closed it
+    assert mon.login is not None and descriptors_on(brakes_file) == []   # the login closed it
     bare = "n=demo,r=client-nonce"
     server_first = ask(wire.Kind.SCRAM_BEGIN, "SCRAM-SHA-256", "demo", "client-nonce").text(0)
     without_proof, proof = scram_client_proof(server_first, bare, "demo-pw")
     assert ask(wire.Kind.SCRAM_PROVE, bare, without_proof, proof, "").kind is wire.Kind.LOGIN
-    assert brakes_descriptors() != []                  # the proof's attempt holds it open
+    assert descriptors_on(brakes_file) != []                  # the proof's attempt holds it open
     # HANDOVER: the monitor closes what is privileged, ends the pre-login process (here a
     # child of the test) and would run the user session; its last step is kept, not run.
     sessions = []
@@ -689,4 +679,4 @@ def test_the_handover_closes_an_attempt_a_pre_login_process_left_open(owned_stor
             prelogin.kill()
             prelogin.wait()
     assert sessions == ["session of demo"]
-    assert brakes_descriptors() == [], "the user session would hold the brakes file"
+    assert descriptors_on(brakes_file) == [], "the user session would hold the brakes file"
