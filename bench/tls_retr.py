@@ -60,7 +60,11 @@ def parse_args(argv=None):
                         help="RETR commands in flight (vs_peers.py uses 8, with --quickack)")
     parser.add_argument("--modes", default="plain,stls,tls",
                         help="which of plain, stls, tls to run (plain is the ratios' base)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    unknown = set(args.modes.split(",")) - {name for name, _, _ in MODES}
+    if unknown:
+        parser.error(f"--modes: unknown {', '.join(sorted(unknown))} (plain, stls, tls)")
+    return args
 
 
 def run_mode(bench: Path, port: int, flags: list[str], user, restore: str, args) -> dict:
@@ -125,7 +129,8 @@ def report(summary: dict, results: dict, args) -> None:
     for name, data in results.items():
         median = data["median"]
         mbps = median.get("retr_MBps") or 0.0
-        print(f"{name:<6} {mbps:>10.1f} {mbps / plain if plain else 0:>9.2f} "
+        ratio = f"{mbps / plain:.2f}" if plain else "—"      # no plain run: no ratio
+        print(f"{name:<6} {mbps:>10.1f} {ratio:>9} "
               f"{median.get('retr_msgs_per_s', 0):>9.0f} "
               f"{median.get('retr_client_cpu_frac', 0):>10.2f} "
               f"{median.get('session_start_s', 0):>8.3f}")

@@ -37,9 +37,9 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from qpopper import limits
 from qpopper.pop3.command import CommandSyntaxError
-from qpopper.pop3.trans_state import (NO_MIME_MANGLE, RETR_OCTETS, TOP_FOLLOWS, send_unmangled,
+from qpopper.pop3.trans_state import (NO_MIME_MANGLE, RETR_STATUS, TOP_STATUS, send_unmangled,
                                stream_message)
-from qpopper.pop3.responses import TERMINATOR, ok
+from qpopper.pop3.responses import TERMINATOR
 
 if TYPE_CHECKING:  # pragma: no cover
     from qpopper.pop3.protocol import Protocol
@@ -445,8 +445,7 @@ def send_mangled(proto: "Protocol", index: int, body_lines: int | None,
         send_unmangled(proto, index, body_lines)        # not multipart: exactly that reply
         return
     plan.choose()
-    status = TOP_FOLLOWS if body_lines is not None else RETR_OCTETS.format(octets=plan.octets())
-    proto.reply(ok(status))
+    proto.reply(TOP_STATUS if body_lines is not None else RETR_STATUS % plan.octets())
     _stream(proto, index, MimeWalker(plan, proto.env.write, body_lines))
     proto.reply(TERMINATOR)
 

@@ -34,9 +34,10 @@ RETR_OCTETS = "{octets} octets"
 TOP_FOLLOWS = "Message follows"
 UIDL_FOLLOWS = "uidl command accepted."
 # RETR's and TOP's status lines, rendered once: bytes formatting per RETR instead of ok()'s
-# str building (the same bytes: RETR_OCTETS has no CR or LF for ok() to replace)
-_RETR_STATUS = ok(RETR_OCTETS.replace("{octets}", "%d"))
-_TOP_STATUS = ok(TOP_FOLLOWS)
+# str building (the same bytes: RETR_OCTETS has no CR or LF for ok() to replace). The plain
+# reply and the mangled one (extensions/mangle.py) both use them.
+RETR_STATUS = ok(RETR_OCTETS.replace("{octets}", "%d"))
+TOP_STATUS = ok(TOP_FOLLOWS)
 LAST_READ = "{n} is the last read message."
 RSET_DONE = "Maildrop has {count} visible message{s} ({octets} octets)"
 SEND_FAILED = "Unable to read the message"
@@ -192,8 +193,8 @@ def send_message(proto: "Protocol", index: int, body_lines: int | None,
 def send_unmangled(proto: "Protocol", index: int, body_lines: int | None) -> None:
     """The plain RETR/TOP reply: status line, the message (the maildrop streams it in bounded
     chunks, CRLF and dot-stuffed), terminator."""
-    proto.reply(_TOP_STATUS if body_lines is not None
-                else _RETR_STATUS % proto.trans.messages[index].octets)
+    proto.reply(TOP_STATUS if body_lines is not None
+                else RETR_STATUS % proto.trans.messages[index].octets)
     stream_message(proto, index, proto.env.write, body_lines)
     proto.reply(TERMINATOR)
 

@@ -5,7 +5,7 @@
  * may be a separator, with the number of LFs before it, and gives up on a CR. All policy
  * (is_from_line, headers, UIDs, what goes to the reference scanner) stays in Python.
  *
- * uid_text(digest) is mbox_format.encode_uid_python's arithmetic: a digest's 20-character UID
+ * uid_text(digest) is mbox_format.uid_text_python's arithmetic: a digest's 20-character UID
  * (docs/accelerators.md, "UID text").
  *
  * The bytes are mail from strangers: every index is a Py_ssize_t checked against `end`, the
@@ -196,7 +196,7 @@ done:
     return result;
 }
 
-/* --- UID text: mbox_format.encode_uid_python in C -------------------------------------------- */
+/* --- UID text: mbox_format.uid_text_python in C ---------------------------------------------- */
 
 /* Qpopper's base-80 digits: '!' (0x21) onwards, '.' replaced by '~' (docs/mbox.md, "X-UIDL and Status"). */
 static const char uid_digits[] =
@@ -207,7 +207,7 @@ PyDoc_STRVAR(uid_text_doc,
 "uid_text(digest) -> str\n\n"
 "Qpopper's 20-character UID for a 16-octet MD5 digest: per 4 octets b0..b3,\n"
 "v = (b0 << 12) + (b1 << 8) + (b2 << 4) + b3 (Qpopper shifts by 4, not 8) as five base-80\n"
-"digits, least significant first (the same result as mbox_format.encode_uid_python).");
+"digits, least significant first (the same result as mbox_format.uid_text_python).");
 
 static PyObject *
 uid_text(PyObject *module, PyObject *arg)

@@ -17,8 +17,9 @@
  * a CR LF (docs/accelerators.md, "A message's pieces").
  *
  * The bytes come from strangers' mail: no fixed buffers, Py_ssize_t for every size, the output
- * size computed first and checked for overflow, the result allocated at exactly that size (and
- * only wire_join's rare join path allocates a second buffer), the fill checked against it; no global state (the module has none), no recursion.
+ * size computed first and checked for overflow, the result allocated at exactly that size (only
+ * wire_join's rare join path allocates a second buffer), the fill checked against it; no global
+ * state (the module has none), no recursion.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

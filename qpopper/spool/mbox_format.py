@@ -144,13 +144,11 @@ def _from_line_by_position(line: bytes) -> bool:
 
 # --- UIDs ----------------------------------------------------------------------------------------
 
-def encode_uid_python(digest: bytes, old_style: bool = False) -> str:
-    """Qpopper's UID text for an MD5 digest: 20 base-80 chars, or 32 hex chars (old-style-uid).
+def uid_text_python(digest: bytes) -> str:
+    """Qpopper's 20 base-80 characters for an MD5 digest.
 
     The definition: the compiled _scan.uid_text must give the same text for every digest
     (docs/accelerators.md, "UID text")."""
-    if old_style:
-        return digest.hex()
     pairs, single = _UID_PAIRS, _UID_DIGITS
     parts = []
     for b0, b1, b2, b3 in (digest[0:4], digest[4:8], digest[8:12], digest[12:16]):
@@ -166,14 +164,12 @@ try:
     from qpopper.spool._scan import uid_text as uid_text_c
 except ImportError:
     uid_text_c = None
+uid_text = uid_text_c or uid_text_python
 
-if uid_text_c is not None:
-    def encode_uid(digest: bytes, old_style: bool = False) -> str:
-        """encode_uid_python, with the 20-character text made in C; `digest` is exactly 16
-        octets (an MD5 digest, as every caller passes: another length is a ValueError)."""
-        return digest.hex() if old_style else uid_text_c(digest)
-else:
-    encode_uid = encode_uid_python
+
+def encode_uid(digest: bytes, old_style: bool = False) -> str:
+    """Qpopper's UID text for an MD5 digest: 20 base-80 chars, or 32 hex chars (old-style-uid)."""
+    return digest.hex() if old_style else uid_text(digest)
 
 
 def header_uid(line: bytes) -> str | None:

@@ -281,16 +281,15 @@ def _assign_uids(messages: list[Message], header_uids: list[str | None], digests
     # Where each digest's previous message ended its re-derivations: all before are taken
     # (taken only grows), so k equal messages cost k derivations, not k²/2.
     last_n: dict[bytes, int] = {}
-    def derived(digest: bytes, n: int) -> str:     # the digest itself first, then #1, #2, ...
-        return encode_uid(digest if n == 0 else hashlib.md5(digest + b"#%d" % n).digest(),
-                          old_style_uid)
     for m, digest in zip(messages, digests):
         if not m.uid_from_header:
-            n = last_n.get(digest, -1) + 1
-            uid = derived(digest, n)
-            while uid in taken:
+            n = last_n.get(digest, -1)
+            while True:                         # the digest itself first, then #1, #2, ...
                 n += 1
-                uid = derived(digest, n)
+                uid = encode_uid(digest if n == 0 else hashlib.md5(digest + b"#%d" % n).digest(),
+                                 old_style_uid)
+                if uid not in taken:
+                    break
             last_n[digest] = n
             taken.add(uid)
             m.uid = uid

@@ -1,6 +1,6 @@
 """The batch scan's compiled pass (qpopper/spool/_scan.c) against its definition, the
 pure-Python mbox_batch.python_candidates, and the LF counts against bytes.count (docs/mbox.md,
-"The batch scan"); its UID text, uid_text, against mbox_format.encode_uid_python.
+"The batch scan"); its UID text, uid_text, against mbox_format.uid_text_python.
 
 Every token string up to 5 tokens over the pieces the pass cares about (LF, CR, `From `, a
 date, other octets), seeded random spools cut at every kind of edge, regions starting and
@@ -105,9 +105,8 @@ def test_only_buffers_are_taken():
 
 # --- uid_text: the UID of a digest (docs/accelerators.md, "UID text") ------------------------
 def test_the_uid_text_is_built_and_used_where_it_can_be():
-    assert_built_and_used(mbox_format.uid_text_c, mbox_format.uid_text_c, "qpopper.spool._scan",
-                          "every UID is made by the pure-Python encode_uid")
-    assert mbox_format.encode_uid is not mbox_format.encode_uid_python
+    assert_built_and_used(mbox_format.uid_text_c, mbox_format.uid_text, "qpopper.spool._scan",
+                          "every UID is made by the pure-Python uid_text")
     assert mbox_scan.encode_uid is mbox_format.encode_uid        # the scan's UIDs
     assert maildir.encode_uid is mbox_format.encode_uid          # a Maildir's UIDs
     digest = bytes(range(16))
@@ -117,10 +116,10 @@ def test_the_uid_text_is_built_and_used_where_it_can_be():
 @needs_uid_c
 def test_encode_uid_makes_its_text_in_c(monkeypatch):
     calls = []
-    real = mbox_format.uid_text_c
-    monkeypatch.setattr(mbox_format, "uid_text_c", lambda d: calls.append(d) or real(d))
+    real = mbox_format.uid_text
+    monkeypatch.setattr(mbox_format, "uid_text", lambda d: calls.append(d) or real(d))
     digest = bytes(range(16))
-    assert mbox_format.encode_uid(digest) == mbox_format.encode_uid_python(digest)
+    assert mbox_format.encode_uid(digest) == mbox_format.uid_text_python(digest)
     assert calls == [digest]
     mbox_format.encode_uid(digest, old_style=True)                 # hex: no C call
     assert calls == [digest]
@@ -138,7 +137,7 @@ def test_uid_text_is_the_python_definition_for_any_digest():
         for value in (0x00, 0x01, 0x7F, 0x80, 0xFF):
             digests.append(bytes(position) + bytes([value]) + b"\x5a" * (15 - position))
     for digest in digests:
-        assert mbox_format.uid_text_c(digest) == mbox_format.encode_uid_python(digest), digest
+        assert mbox_format.uid_text_c(digest) == mbox_format.uid_text_python(digest), digest
     seen = {char for digest in digests[:5000] for char in mbox_format.uid_text_c(digest)}
     assert seen == set(mbox_format._UID_ALPHABET.decode("ascii"))
 
@@ -146,7 +145,7 @@ def test_uid_text_is_the_python_definition_for_any_digest():
 @needs_uid_c
 def test_uid_text_takes_any_16_octet_buffer_and_refuses_the_rest():
     digest = bytes(range(16))
-    expected = mbox_format.encode_uid_python(digest)
+    expected = mbox_format.uid_text_python(digest)
     assert mbox_format.uid_text_c(bytearray(digest)) == expected
     assert mbox_format.uid_text_c(memoryview(b"xx" + digest)[2:]) == expected
     for wrong in (b"", digest[:15], digest + b"\0"):

@@ -60,7 +60,7 @@ def test_without_a_compiler_the_build_succeeds_and_the_fallback_serves(tmp_path)
              f"assert m.__file__.startswith({str(tmp_path / 'lib')!r}), m.__file__; "
              "assert m.wire_bytes_c is None and m.wire_bytes is m.wire_bytes_python; "
              "from qpopper.spool import mbox_format as f; "
-             "assert f.uid_text_c is None and f.encode_uid is f.encode_uid_python; "
+             "assert f.uid_text_c is None and f.uid_text is f.uid_text_python; "
              "assert f.encode_uid(bytes(range(16))) == 'T$!!!(_#!!LI&!!p3)!!'; "
              "print(m.wire_bytes(b'.a\\r\\n.b\\0'))")
     # the built tree first on sys.path (the current directory), not the checkout
@@ -169,8 +169,8 @@ def assert_same_join(pieces: list, at_line_start: bool = True) -> None:
 @pytest.mark.parametrize("at_line_start", [True, False])
 def test_join_every_cut_of_short_strings(at_line_start):
     """Every string up to 5 octets cut into three pieces anywhere (inside a CRLF, before a
-    dot, empty pieces): pieces that end lines are converted one by one, the others joined
-    first, and both ways must give the conversion of the whole."""
+    dot, empty pieces): pieces are converted one by one unless a cut splits a CR LF, then
+    joined first, and both ways must give the conversion of the whole."""
     for n in range(6):
         for chars in itertools.product(ALPHABET, repeat=n):
             data = bytes(chars)
