@@ -269,6 +269,11 @@ class Monitor(BecomingTheSession, ProxiedConnection):
         auth = self.authenticator
         kind = frame.kind
         ip = self.client_ip
+        if self.login is not None:
+            # A verified login is followed by HANDOVER (taken in _serve) and nothing else: no
+            # second attempt may open the brakes file or PAM again in the process that is
+            # about to become the session (docs/privsep.md, "The monitor's requests").
+            raise ProtocolViolation(f"{kind.name} after a verified login")
         if kind is wire.Kind.PROXIED:
             return self._proxied(frame)
         if kind is wire.Kind.PASSWORD:

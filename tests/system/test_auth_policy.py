@@ -632,13 +632,47 @@ def test_the_monitor_hands_over_a_scram_login_only_when_it_was_accepted(owned_st
     assert mon.login is None
 
 
-def test_the_handover_closes_an_attempt_a_pre_login_process_left_open(owned_store, tmp_path,
-                                                                      monkeypatch):
+def test_after_a_verified_login_the_monitor_takes_nothing_but_the_handover(owned_store,
+                                                                           tmp_path):
+    """Every request kind but HANDOVER, sent after a login the monitor verified, breaks the
+    protocol (the connection ends) and reaches neither the authenticator nor the brakes file."""
+    from qpopper.server import monitor as monitor_mod
+    from qpopper.server import monitor_wire as wire
+    store, keys, _ = owned_store
+    store.set_secret("demo", "demo-pw")
+    brakes_file = str(tmp_path / "auth-brakes.sqlite")
+    cfg = config(user_database="pop-auth", auth_brakes_file=brakes_file, **keys)
+    mon = monitor_mod.Monitor(cfg, Log(), hostname="test.host", peer=(CLIENT_IP, 4000),
+                              client=monitor_mod.Client(-1, -1, None))
+    auth_log = Log()
+    mon.authenticator = Authenticator(cfg, auth_log)
+
+    def ask(kind, *fields) -> wire.Frame:
+        return wire.decode(mon._answer(wire.decode(wire.encode(kind, *fields))))
+
+    assert mon.login is None
+    ask(wire.Kind.CRAM_CHALLENGE)                  # before a login: answered
+    assert ask(wire.Kind.PASSWORD, "demo", "demo-pw", "USER", "", False, "").kind \
+        is wire.Kind.LOGIN
+    login = mon.login
+    assert login is not None and descriptors_on(brakes_file) == []
+    kinds = sorted(wire.REQUESTS - {wire.Kind.HANDOVER})
+    assert wire.Kind.PASSWORD in kinds and wire.Kind.PROXIED in kinds
+    for kind in kinds:
+        fields = [False if limit == 1 else "demo" for limit in wire.FIELD_LIMITS[kind]]
+        with pytest.raises(monitor_mod.ProtocolViolation, match="after a verified login"):
+            ask(kind, *fields)
+        assert mon.login is login and descriptors_on(brakes_file) == [], kind.name
+    assert not any("Failed attempted login" in text for _, text in auth_log.records)
+
+
+def test_the_handover_closes_an_attempt_left_open(owned_store, tmp_path, monkeypatch):
     """A login closes the brakes file (record_success), but an attempt begun after it stays
-    open until its outcome: a SCRAM proof is not an outcome (only ACCEPTED is). A pre-login
-    process that logs in, then proves SCRAM and sends HANDOVER at once gets a monitor that
-    would become the user session with root's descriptor on everyone's failure counts,
-    unless the handover closes the authenticator itself (monitor_handover.py)."""
+    open until its outcome: a SCRAM proof is not an outcome (only ACCEPTED is). The monitor
+    refuses any request after a verified login (the test above), so only its own code could
+    leave one open; the handover closes the authenticator all the same, as a second line: the
+    user session must never hold root's descriptor on everyone's failure counts
+    (monitor_handover.py)."""
     import socket
     from qpopper.server import monitor as monitor_mod
     from qpopper.server import monitor_handover
@@ -657,10 +691,12 @@ def test_the_handover_closes_an_attempt_a_pre_login_process_left_open(owned_stor
     assert ask(wire.Kind.PASSWORD, "demo", "demo-pw", "USER", "", False, "").kind \
         is wire.Kind.LOGIN
     assert mon.login is not None and descriptors_on(brakes_file) == []   # the login closed it
+    # An attempt opened behind the request channel (which refuses it after a login).
+    auth = mon.authenticator
     bare = "n=demo,r=client-nonce"
-    server_first = ask(wire.Kind.SCRAM_BEGIN, "SCRAM-SHA-256", "demo", "client-nonce").text(0)
+    server_first = auth.scram_begin("demo", "SCRAM-SHA-256", "client-nonce")
     without_proof, proof = scram_client_proof(server_first, bare, "demo-pw")
-    assert ask(wire.Kind.SCRAM_PROVE, bare, without_proof, proof, "").kind is wire.Kind.LOGIN
+    auth.scram_prove(bare, without_proof, proof, CLIENT_IP)
     assert descriptors_on(brakes_file) != []                  # the proof's attempt holds it open
     # HANDOVER: the monitor closes what is privileged, ends the pre-login process (here a
     # child of the test) and would run the user session; its last step is kept, not run.
