@@ -17,9 +17,10 @@
  * a CR LF (docs/accelerators.md, "A message's pieces").
  *
  * The bytes come from strangers' mail: no fixed buffers, Py_ssize_t for every size, the output
- * size computed first and checked for overflow, the result allocated at exactly that size (only
- * wire_join's rare join path allocates a second buffer), the fill checked against it; no global
- * state (the module has none), no recursion.
+ * size bounded (2n + 1, inputs up to ONE_PASS_MAX) or computed exactly first, either checked for
+ * overflow, the fill checked against it and the result cut to what was filled (only
+ * wire_join's rare join path allocates a second buffer); no global state (the module has none),
+ * no recursion.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -52,8 +53,8 @@ wire_size(const char *in, Py_ssize_t n, int at_line_start)
     return n + grow;
 }
 
-/* Writes the converted bytes (NUL not yet replaced) into out, which holds exactly size bytes;
- * returns how many were written (== size unless wire_size and this loop disagree). */
+/* Writes the converted bytes (NUL not yet replaced) into out, which holds size bytes; returns
+ * how many were written, or -1 if they would not fit (which the callers' sizes rule out). */
 static Py_ssize_t
 wire_fill(const char *in, Py_ssize_t n, int at_line_start, char *out, Py_ssize_t size)
 {
@@ -102,48 +103,6 @@ nul_to_space(char *buf, Py_ssize_t size)
         *nul = ' ';
         p = nul + 1;
     }
-}
-
-/* The conversion of one buffer as a new bytes object, or NULL with an exception set. */
-static PyObject *
-convert(const char *in, Py_ssize_t n, int at_line_start)
-{
-    PyObject *result;
-    Py_ssize_t size = wire_size(in, n, at_line_start), written;
-
-    if (size < 0)
-        return NULL;
-    result = PyBytes_FromStringAndSize(NULL, size);
-    if (result == NULL)
-        return NULL;
-    written = wire_fill(in, n, at_line_start, PyBytes_AS_STRING(result), size);
-    if (written != size) {
-        /* cannot happen (the two loops count the same things); never hand out a short or
-         * partly uninitialised object if it ever does */
-        Py_DECREF(result);
-        PyErr_SetString(PyExc_SystemError, "wire_bytes: size mismatch");
-        return NULL;
-    }
-    if (n > 0 && memchr(in, '\0', (size_t)n) != NULL)
-        nul_to_space(PyBytes_AS_STRING(result), size);
-    return result;
-}
-
-static PyObject *
-wire_bytes(PyObject *module, PyObject *args, PyObject *kwargs)
-{
-    static char *keywords[] = {"data", "at_line_start", NULL};
-    Py_buffer view;
-    int at_line_start = 1;
-    PyObject *result;
-
-    (void)module;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*|p:wire_bytes", keywords,
-                                     &view, &at_line_start))
-        return NULL;
-    result = convert((const char *)view.buf, view.len, at_line_start);
-    PyBuffer_Release(&view);
-    return result;
 }
 
 /* --- wire_join: a message's pieces (kept ranges, the X-UIDL line) without joining them ---- */
@@ -198,30 +157,52 @@ joined(const Py_buffer *views, Py_ssize_t count)
     return result;
 }
 
-/* When no piece boundary splits a CR LF: the sizes summed (overflow-checked), one
- * allocation, each piece filled in place, the fill checked against the sum. */
+/* Inputs up to this many octets (the tests read this line) are converted in one pass into a buffer of the bound's size,
+ * then cut to size (a shrinking realloc, no copy): sizing them exactly first cost about as
+ * much as the conversion. Larger ones are sized exactly, so no buffer reaches glibc's mmap
+ * threshold (128 KiB by default), past which every call would fault in fresh pages. */
+#define ONE_PASS_MAX (60 * 1024)
+
+/* The pieces converted as one new bytes object, each filled in place after the one before:
+ * what wire_bytes does with one piece, and wire_join when no piece boundary splits a CR LF.
+ * NULL with an exception set on failure. */
 static PyObject *
 convert_pieces(const Py_buffer *views, Py_ssize_t count, int at_line_start)
 {
-    Py_ssize_t size = 0, filled = 0, i, part;
-    int line_start = at_line_start, has_nul = 0;
+    Py_ssize_t total = 0, size = 0, filled = 0, i, part;
+    int line_start, has_nul = 0, exact;
     PyObject *result;
     char *out;
 
     for (i = 0; i < count; i++) {
-        const char *in = (const char *)views[i].buf;
-
-        if (views[i].len == 0)
-            continue;
-        part = wire_size(in, views[i].len, line_start);
-        if (part < 0)
-            return NULL;
-        if (part > PY_SSIZE_T_MAX - size) {
-            PyErr_SetString(PyExc_OverflowError, "wire_join: output too large");
+        if (views[i].len > PY_SSIZE_T_MAX - total) {
+            PyErr_SetString(PyExc_OverflowError, "wire conversion: input too large");
             return NULL;
         }
-        size += part;
-        line_start = in[views[i].len - 1] == '\n';
+        total += views[i].len;
+    }
+    exact = total > ONE_PASS_MAX;
+    if (!exact) {
+        /* Each LF becomes CR LF (+1) and may double the dot after it (+1; that dot is one
+         * of the other octets), and a dot at the very start may double: at most 2n + 1. */
+        size = 2 * total + 1;
+    } else {
+        line_start = at_line_start;
+        for (i = 0; i < count; i++) {
+            const char *in = (const char *)views[i].buf;
+
+            if (views[i].len == 0)
+                continue;
+            part = wire_size(in, views[i].len, line_start);
+            if (part < 0)
+                return NULL;
+            if (part > PY_SSIZE_T_MAX - size) {
+                PyErr_SetString(PyExc_OverflowError, "wire conversion: output too large");
+                return NULL;
+            }
+            size += part;
+            line_start = in[views[i].len - 1] == '\n';
+        }
     }
     result = PyBytes_FromStringAndSize(NULL, size);
     if (result == NULL)
@@ -241,13 +222,34 @@ convert_pieces(const Py_buffer *views, Py_ssize_t count, int at_line_start)
         if (!has_nul && memchr(in, '\0', (size_t)views[i].len) != NULL)
             has_nul = 1;
     }
-    if (i < count || filled != size) {
-        Py_DECREF(result);           /* cannot happen: as in convert() */
-        PyErr_SetString(PyExc_SystemError, "wire_join: size mismatch");
+    if (i < count || (exact && filled != size)) {
+        Py_DECREF(result);      /* cannot happen (the bound holds; wire_size and wire_fill
+                                 * count the same things): never hand out a short or partly
+                                 * uninitialised object if it ever does */
+        PyErr_SetString(PyExc_SystemError, "wire conversion: size mismatch");
         return NULL;
     }
     if (has_nul)
-        nul_to_space(out, size);
+        nul_to_space(out, filled);
+    if (!exact && _PyBytes_Resize(&result, filled) < 0)
+        return NULL;            /* it freed result */
+    return result;
+}
+
+static PyObject *
+wire_bytes(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"data", "at_line_start", NULL};
+    Py_buffer view;
+    int at_line_start = 1;
+    PyObject *result;
+
+    (void)module;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*|p:wire_bytes", keywords,
+                                     &view, &at_line_start))
+        return NULL;
+    result = convert_pieces(&view, 1, at_line_start);
+    PyBuffer_Release(&view);
     return result;
 }
 
@@ -290,7 +292,9 @@ wire_join(PyObject *module, PyObject *args, PyObject *kwargs)
         PyObject *whole = joined(views, count);
 
         if (whole != NULL) {
-            result = convert(PyBytes_AS_STRING(whole), PyBytes_GET_SIZE(whole), at_line_start);
+            Py_buffer one = {.buf = PyBytes_AS_STRING(whole), .len = PyBytes_GET_SIZE(whole)};
+
+            result = convert_pieces(&one, 1, at_line_start);
             Py_DECREF(whole);
         }
     }

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -139,6 +140,30 @@ def test_blocks_over_a_mebibyte():
     assert_same(b"\n." * (1 << 20), True)              # the worst growth: 2 octets per LF
     assert_same(b"\r\n" * (1 << 20), False)            # the most shrinking
     assert_same(b"x" * ((1 << 20) + 1), True)          # no LF at all
+
+
+@needs_c
+def test_on_both_sides_of_the_one_pass_size():
+    """Up to ONE_PASS_MAX input octets the C pass fills a buffer of the bound (2n + 1) and
+    cuts it to size; past it, it sizes exactly first. Both ways, one piece or several, the
+    worst growth (every LF doubling a dot), all LFs, CR LFs only and mail-like text."""
+    source = (REPO / "qpopper" / "spool" / "_wire.c").read_text()
+    (kib,) = re.findall(r"^#define ONE_PASS_MAX \((\d+) \* 1024\)$", source, re.M)
+    limit = int(kib) * 1024
+    assert 32 << 10 <= limit <= 62 << 10        # under glibc's 128 KiB mmap threshold at 2n + 1
+    rng = random.Random(limit)
+    for n in (limit - 2, limit - 1, limit, limit + 1, limit + 2):
+        for data in ((b"." + b"\n." * n)[:n], b"\n" * n, (b"\r\n" * n)[:n],
+                     random_block(rng, n)[:n]):
+            assert len(data) == n
+            for at_line_start in (True, False):
+                expected = wire_py(data, at_line_start)
+                assert wire_c(data, at_line_start) == expected
+                cuts = sorted(rng.sample(range(n + 1), 3))
+                pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, n])]
+                assert join_c(pieces, at_line_start) == expected
+    worst = (b"." + b"\n." * limit)[:limit]             # 2n octets out: the bound nearly met
+    assert len(wire_c(worst, True)) == 2 * limit
 
 
 @needs_c
