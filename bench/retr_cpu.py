@@ -39,13 +39,12 @@ from vs_peers import BIG_SEED, BENCH_USER  # noqa: E402
 
 PIPELINE = 8
 USER = "alice"                  # the transcripts' table authenticator knows her
-IMPLS = {"c": (mbox_send.wire_bytes_c, mbox_send.wire_join_c),
-         "python": (mbox_send.wire_bytes_python, mbox_send.wire_join_python)}
+IMPLS = {"c": mbox_send.wire_join_c, "python": mbox_send.wire_join_python}
 
 
 def use_impl(impl: tuple) -> None:
-    """mbox_send converts with this implementation: its wire_bytes and its wire_join."""
-    mbox_send.wire_bytes, mbox_send.wire_join = impl
+    """mbox_send converts with this implementation of wire_join."""
+    mbox_send.wire_join = impl
 
 
 class NullWriter(ReplyWriter):
@@ -94,7 +93,7 @@ def main(argv=None) -> int:
     parser.add_argument("--bench-dir", default=str(REPO.parent / "shared" / "bench"),
                         help="where mkspool.py is (../shared/bench)")
     args = parser.parse_args(argv)
-    impls = {name: impl for name, impl in IMPLS.items() if impl[0] is not None}
+    impls = {name: impl for name, impl in IMPLS.items() if impl is not None}
     if "c" not in impls:
         print("retr_cpu: qpopper.spool._wire is not built: the pure-Python conversion only",
               file=sys.stderr)

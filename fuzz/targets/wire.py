@@ -44,7 +44,7 @@ def one_input(data: bytes) -> None:
     lines = mbox_send.WireLines(pieces.append)
     for at in range(0, len(block), piece):
         lines.feed(block[at:at + piece], final=at + piece >= len(block))
-    whole = expected if at_line_start else mbox_send.wire_bytes(block)
+    whole = expected if at_line_start else mbox_send.wire_join([block])
     assert b"".join(pieces) == whole, (block, piece)
     if mbox_send.wire_join_c is not None:
         # _wire.wire_join: the block cut every `piece` octets (pieces inside lines: joined

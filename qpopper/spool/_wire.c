@@ -16,11 +16,11 @@
  * same as wire_bytes of them joined, without the joined copy unless a piece boundary splits
  * a CR LF (docs/accelerators.md, "A message's pieces").
  *
- * The bytes come from strangers' mail: no fixed buffers, Py_ssize_t for every size, the output
- * size bounded (2n + 1, inputs up to ONE_PASS_MAX) or computed exactly first, either checked for
- * overflow, the fill checked against it and the result cut to what was filled (only
- * wire_join's rare join path allocates a second buffer); no global state (the module has none),
- * no recursion.
+ * The bytes come from strangers' mail: no fixed buffers, Py_ssize_t for every size, sizes
+ * checked for overflow, every copy of the fill checked against the space left; the fill goes
+ * into a guessed size and, when it does not fit, into the exactly counted one; the result is
+ * cut to what was filled (only wire_join's rare join path allocates a second buffer); no global
+ * state (the module has none), no recursion.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -157,58 +157,40 @@ joined(const Py_buffer *views, Py_ssize_t count)
     return result;
 }
 
-/* Inputs up to this many octets (the tests read this line) are converted in one pass into a buffer of the bound's size,
- * then cut to size (a shrinking realloc, no copy): sizing them exactly first cost about as
- * much as the conversion. Larger ones are sized exactly, so no buffer reaches glibc's mmap
- * threshold (128 KiB by default), past which every call would fault in fresh pages. */
-#define ONE_PASS_MAX (60 * 1024)
-
-/* The pieces converted as one new bytes object, each filled in place after the one before:
- * what wire_bytes does with one piece, and wire_join when no piece boundary splits a CR LF.
- * NULL with an exception set on failure. */
-static PyObject *
-convert_pieces(const Py_buffer *views, Py_ssize_t count, int at_line_start)
+/* The octets the pieces convert to, counted (wire_size per piece), or -1 with OverflowError. */
+static Py_ssize_t
+pieces_size(const Py_buffer *views, Py_ssize_t count, int at_line_start)
 {
-    Py_ssize_t total = 0, size = 0, filled = 0, i, part;
-    int line_start, has_nul = 0, exact;
-    PyObject *result;
-    char *out;
+    Py_ssize_t size = 0, part, i;
+    int line_start = at_line_start;
 
     for (i = 0; i < count; i++) {
-        if (views[i].len > PY_SSIZE_T_MAX - total) {
-            PyErr_SetString(PyExc_OverflowError, "wire conversion: input too large");
-            return NULL;
-        }
-        total += views[i].len;
-    }
-    exact = total > ONE_PASS_MAX;
-    if (!exact) {
-        /* Each LF becomes CR LF (+1) and may double the dot after it (+1; that dot is one
-         * of the other octets), and a dot at the very start may double: at most 2n + 1. */
-        size = 2 * total + 1;
-    } else {
-        line_start = at_line_start;
-        for (i = 0; i < count; i++) {
-            const char *in = (const char *)views[i].buf;
+        const char *in = (const char *)views[i].buf;
 
-            if (views[i].len == 0)
-                continue;
-            part = wire_size(in, views[i].len, line_start);
-            if (part < 0)
-                return NULL;
-            if (part > PY_SSIZE_T_MAX - size) {
-                PyErr_SetString(PyExc_OverflowError, "wire conversion: output too large");
-                return NULL;
-            }
-            size += part;
-            line_start = in[views[i].len - 1] == '\n';
+        if (views[i].len == 0)
+            continue;
+        part = wire_size(in, views[i].len, line_start);
+        if (part < 0)
+            return -1;
+        if (part > PY_SSIZE_T_MAX - size) {
+            PyErr_SetString(PyExc_OverflowError, "wire conversion: output too large");
+            return -1;
         }
+        size += part;
+        line_start = in[views[i].len - 1] == '\n';
     }
-    result = PyBytes_FromStringAndSize(NULL, size);
-    if (result == NULL)
-        return NULL;
-    out = PyBytes_AS_STRING(result);
-    line_start = at_line_start;
+    return size;
+}
+
+/* Fills out (size octets) with the pieces converted, each after the one before (NUL not yet
+ * replaced); the octets written, or -1 when they do not fit. */
+static Py_ssize_t
+pieces_fill(const Py_buffer *views, Py_ssize_t count, int at_line_start, char *out,
+            Py_ssize_t size)
+{
+    Py_ssize_t filled = 0, part, i;
+    int line_start = at_line_start;
+
     for (i = 0; i < count; i++) {
         const char *in = (const char *)views[i].buf;
 
@@ -216,22 +198,73 @@ convert_pieces(const Py_buffer *views, Py_ssize_t count, int at_line_start)
             continue;
         part = wire_fill(in, views[i].len, line_start, out + filled, size - filled);
         if (part < 0)
-            break;
+            return -1;
         filled += part;
         line_start = in[views[i].len - 1] == '\n';
-        if (!has_nul && memchr(in, '\0', (size_t)views[i].len) != NULL)
+    }
+    return filled;
+}
+
+/* The pieces converted as one new bytes object: what wire_bytes does with one piece, and
+ * wire_join when no piece boundary splits a CR LF. NULL with an exception set on failure.
+ *
+ * Counting the output size first cost about as much as the conversion (a memchr per line), so
+ * the fill goes first into a guess, the input plus a quarter: each LF adds one octet (its CR),
+ * and mail's lines are longer than four octets. The object is then cut to what was filled
+ * (a shrinking realloc, no copy). Input with more growth than that (short lines, many dots
+ * after LFs) does not fit: it is counted and filled again at the exact size, at most twice
+ * the work for that message. Only inputs up to GUESS_MAX octets are guessed: a buffer past
+ * glibc's mmap threshold (128 KiB by default) that is then cut is mapped and faulted in
+ * afresh on every call (the threshold only rises to the size of what is freed, and the cut
+ * one is smaller than the next guess), while exactly sized ones reuse the heap. A guess of
+ * twice the input would always fit, but would cross the threshold at 64 KiB, the RETR window
+ * (docs/accelerators.md, "The wire conversion"). */
+#define GUESS_MAX (96 * 1024)
+
+static PyObject *
+convert_pieces(const Py_buffer *views, Py_ssize_t count, int at_line_start)
+{
+    Py_ssize_t total = 0, size, filled = -1, i;
+    int has_nul = 0;
+    PyObject *result = NULL;
+
+    for (i = 0; i < count; i++) {
+        if (views[i].len > PY_SSIZE_T_MAX / 2 - total) {
+            PyErr_SetString(PyExc_OverflowError, "wire conversion: input too large");
+            return NULL;
+        }
+        total += views[i].len;
+        if (!has_nul && views[i].len > 0 && memchr(views[i].buf, '\0', (size_t)views[i].len))
             has_nul = 1;
     }
-    if (i < count || (exact && filled != size)) {
-        Py_DECREF(result);      /* cannot happen (the bound holds; wire_size and wire_fill
-                                 * count the same things): never hand out a short or partly
-                                 * uninitialised object if it ever does */
-        PyErr_SetString(PyExc_SystemError, "wire conversion: size mismatch");
-        return NULL;
+    if (total <= GUESS_MAX) {
+        size = total + total / 4 + 2;     /* at most 120 KiB + 2 */
+        result = PyBytes_FromStringAndSize(NULL, size);
+        if (result == NULL)
+            return NULL;
+        filled = pieces_fill(views, count, at_line_start, PyBytes_AS_STRING(result), size);
+        if (filled < 0)
+            Py_CLEAR(result);
+    }
+    if (filled < 0) {
+        size = pieces_size(views, count, at_line_start);
+        if (size < 0)
+            return NULL;
+        result = PyBytes_FromStringAndSize(NULL, size);
+        if (result == NULL)
+            return NULL;
+        filled = pieces_fill(views, count, at_line_start, PyBytes_AS_STRING(result), size);
+        if (filled != size) {
+            Py_DECREF(result);  /* cannot happen (wire_size and wire_fill count the same
+                                 * things): never hand out a short or partly uninitialised
+                                 * object if it ever does */
+            PyErr_SetString(PyExc_SystemError, "wire conversion: size mismatch");
+            return NULL;
+        }
     }
     if (has_nul)
-        nul_to_space(out, filled);
-    if (!exact && _PyBytes_Resize(&result, filled) < 0)
+        nul_to_space(PyBytes_AS_STRING(result), filled);
+    if (filled != size && _PyBytes_Resize(&result, filled) < 0)
         return NULL;            /* it freed result */
     return result;
 }

@@ -8,7 +8,7 @@ import re
 from typing import BinaryIO, Callable
 
 from qpopper import limits
-from qpopper.spool.mbox_format import LF, UIDL_HEADER, Message, WriteFn, _NUL_TO_SPACE, _read_at
+from qpopper.spool.mbox_format import CR, LF, UIDL_HEADER, Message, WriteFn, _NUL_TO_SPACE, _read_at
 
 _DOT_AFTER_LF = re.compile(rb"\n\.")
 _CONVERTED = frozenset("\0\r\n")
@@ -43,12 +43,12 @@ def wire_join_python(pieces: list, at_line_start: bool = True) -> bytes:
 
 
 # The compiled conversion when it was built (one pass instead of four or five), else the
-# definitions above (docs/accelerators.md, "Fallback"). Tests use both names explicitly.
+# definitions above (docs/accelerators.md, "Fallback"). The server converts with wire_join
+# only (one buffer is one piece); tests and the fuzz target also use the one-buffer forms.
 try:
     from qpopper.spool._wire import wire_bytes as wire_bytes_c, wire_join as wire_join_c
 except ImportError:
     wire_bytes_c = wire_join_c = None
-wire_bytes = wire_bytes_c or wire_bytes_python
 wire_join = wire_join_c or wire_join_python
 
 
@@ -65,15 +65,24 @@ class WireLines:
         self.pending_cr = False
 
     def feed(self, data: bytes, final: bool = False) -> None:
+        self.feed_pieces([data], final)
+
+    def feed_pieces(self, pieces: list, final: bool = False) -> None:
+        """The next block, given as buffers converted as if joined (wire_join: without the
+        joined copy)."""
         if self.pending_cr:
-            data = b"\r" + data
+            pieces = [b"\r", *pieces]
             self.pending_cr = False
-        if not final and data.endswith(b"\r"):    # may be the CR of a CRLF split by a block
-            self.pending_cr = True
-            data = data[:-1]
+        if not final:                   # a CR at the end may be half a CRLF split by a block
+            for i in range(len(pieces) - 1, -1, -1):
+                if len(pieces[i]):
+                    if pieces[i][-1] == CR:
+                        self.pending_cr = True
+                        pieces = [*pieces[:i], memoryview(pieces[i])[:-1]]
+                    break
+        data = wire_join(pieces, self.at_line_start)
         if not data:
             return
-        data = wire_bytes(data, self.at_line_start)
         self.at_line_start = data[-1] == LF
         self.write(data)
 
@@ -163,7 +172,7 @@ def send_message(f: BinaryIO, msg: Message, write: WriteFn, body_lines: int | No
             pending.append(UIDL_HEADER + msg.uid.encode("ascii") + b"\n")
             pending_size += len(pending[-1])
         else:                       # a uid the conversion would change (a damaged cache)
-            wire.feed(b"".join(pending), final=True)
+            wire.feed_pieces(pending, final=True)
             pending, pending_size = [], 0
             wire.raw_line(msg.uidl_line)
 
@@ -178,18 +187,18 @@ def send_message(f: BinaryIO, msg: Message, write: WriteFn, body_lines: int | No
                 if not buf:
                     break           # the file shrank under us: send what there is
             piece_end = min(b, buf_at + len(buf), a + max(window - pending_size, 1))
-            piece = memoryview(buf)[a - buf_at:piece_end - buf_at]     # join copies it once
+            piece = memoryview(buf)[a - buf_at:piece_end - buf_at]     # converted, not copied
             pending.append(piece)
             pending_size += len(piece)
             last_piece = piece
             a = piece_end
             if pending_size >= window:
-                wire.feed(b"".join(pending))
+                wire.feed_pieces(pending)
                 pending, pending_size = [], 0
     pending += _line_closer(last_piece)
     if not inserted:
         splice_uidl()
-    wire.feed(b"".join(pending), final=True)
+    wire.feed_pieces(pending, final=True)
 
 
 def _line_closer(last_piece: bytes | memoryview) -> list[bytes]:

@@ -17,17 +17,15 @@ from qpopper.spool import mbox_send
 
 NOT_BUILT = "qpopper.spool._wire is not built (no compiler or Python.h at install time)"
 WIRE_IMPLS = [
-    pytest.param((mbox_send.wire_bytes_c, mbox_send.wire_join_c), id="wire-c",
-                 marks=pytest.mark.skipif(mbox_send.wire_bytes_c is None, reason=NOT_BUILT)),
-    pytest.param((mbox_send.wire_bytes_python, mbox_send.wire_join_python), id="wire-python"),
+    pytest.param(mbox_send.wire_join_c, id="wire-c",
+                 marks=pytest.mark.skipif(mbox_send.wire_join_c is None, reason=NOT_BUILT)),
+    pytest.param(mbox_send.wire_join_python, id="wire-python"),
 ]
 
 
 @pytest.fixture(params=WIRE_IMPLS)
 def each_wire_impl(request, monkeypatch):
-    """mbox_send (send_message, WireLines) converts with this implementation for the test:
-    its wire_bytes and its wire_join."""
-    wire_bytes, wire_join = request.param
-    monkeypatch.setattr(mbox_send, "wire_bytes", wire_bytes)
-    monkeypatch.setattr(mbox_send, "wire_join", wire_join)
+    """mbox_send (send_message, WireLines) converts with this implementation's wire_join for
+    the test."""
+    monkeypatch.setattr(mbox_send, "wire_join", request.param)
     return request.param

@@ -37,10 +37,9 @@ ALPHABET = b"\0\r\n.a"
 
 
 def test_the_accelerator_is_built_and_used_where_it_can_be():
-    assert_built_and_used(wire_c, mbox_send.wire_bytes, "qpopper.spool._wire",
-                          "the server runs the pure-Python conversion")
+    assert wire_c is not None or join_c is None           # one extension, both functions
     assert_built_and_used(join_c, mbox_send.wire_join, "qpopper.spool._wire",
-                          "the server joins each message's pieces before converting them")
+                          "the server runs the pure-Python conversion")
 
 
 @pytest.mark.timeout(120)
@@ -59,11 +58,11 @@ def test_without_a_compiler_the_build_succeeds_and_the_fallback_serves(tmp_path)
     assert not list((tmp_path / "lib").rglob("*.so"))
     check = ("from qpopper.spool import mbox_send as m; "
              f"assert m.__file__.startswith({str(tmp_path / 'lib')!r}), m.__file__; "
-             "assert m.wire_bytes_c is None and m.wire_bytes is m.wire_bytes_python; "
+             "assert m.wire_bytes_c is None and m.wire_join is m.wire_join_python; "
              "from qpopper.spool import mbox_format as f; "
              "assert f.uid_text_c is None and f.uid_text is f.uid_text_python; "
              "assert f.encode_uid(bytes(range(16))) == 'T$!!!(_#!!LI&!!p3)!!'; "
-             "print(m.wire_bytes(b'.a\\r\\n.b\\0'))")
+             "print(m.wire_join([b'.a\\r\\n.b\\0']))")
     # the built tree first on sys.path (the current directory), not the checkout
     ran = subprocess.run([sys.executable, "-c", check], cwd=tmp_path / "lib", env=env,
                          capture_output=True, text=True, timeout=60)
@@ -143,27 +142,28 @@ def test_blocks_over_a_mebibyte():
 
 
 @needs_c
-def test_on_both_sides_of_the_one_pass_size():
-    """Up to ONE_PASS_MAX input octets the C pass fills a buffer of the bound (2n + 1) and
-    cuts it to size; past it, it sizes exactly first. Both ways, one piece or several, the
-    worst growth (every LF doubling a dot), all LFs, CR LFs only and mail-like text."""
+def test_every_sizing_way():
+    """The C pass fills a guessed size (the input and a quarter) when the input is at most
+    GUESS_MAX octets, and counts the exact size when it is larger or when the fill does not
+    fit the guess (more than one octet of growth per four). Each way, one piece or several:
+    the worst growth (every LF doubling a dot), all LFs, lines of four octets (the growth the
+    guess just holds) and of three, CR LFs only (shrinking), mail-like text."""
     source = (REPO / "qpopper" / "spool" / "_wire.c").read_text()
-    (kib,) = re.findall(r"^#define ONE_PASS_MAX \((\d+) \* 1024\)$", source, re.M)
+    (kib,) = re.findall(r"^#define GUESS_MAX \((\d+) \* 1024\)$", source, re.M)
     limit = int(kib) * 1024
-    assert 32 << 10 <= limit <= 62 << 10        # under glibc's 128 KiB mmap threshold at 2n + 1
+    assert 64 << 10 < limit <= 100 << 10        # a RETR window guessed; under 128 KiB with a quarter
     rng = random.Random(limit)
-    for n in (limit - 2, limit - 1, limit, limit + 1, limit + 2):
-        for data in ((b"." + b"\n." * n)[:n], b"\n" * n, (b"\r\n" * n)[:n],
-                     random_block(rng, n)[:n]):
+    for n in (0, 1, 5, 1000, limit - 1, limit, limit + 1, 3 * limit):
+        for data in ((b"." + b"\n." * n)[:n], b"\n" * n, (b"abc\n" * n)[:n], (b"ab\n" * n)[:n],
+                     (b"\r\n" * n)[:n], random_block(rng, n)[:n]):
             assert len(data) == n
             for at_line_start in (True, False):
                 expected = wire_py(data, at_line_start)
                 assert wire_c(data, at_line_start) == expected
-                cuts = sorted(rng.sample(range(n + 1), 3))
+                cuts = sorted(rng.choices(range(n + 1), k=3))
                 pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, n])]
                 assert join_c(pieces, at_line_start) == expected
-    worst = (b"." + b"\n." * limit)[:limit]             # 2n octets out: the bound nearly met
-    assert len(wire_c(worst, True)) == 2 * limit
+    assert len(wire_c(b"abc\n" * 1000)) == 5000           # growth of exactly a quarter
 
 
 @needs_c
