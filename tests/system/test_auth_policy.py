@@ -608,20 +608,31 @@ def test_a_scram_proof_becomes_a_login_only_until_a_new_server_first(owned_store
     assert any("POP login by" in text for _, text in log.records)
 
 
-def test_the_monitor_hands_over_a_scram_login_only_when_it_was_accepted(owned_store):
-    """A pre-login process that sends PROVE, BEGIN again, then ACCEPTED gets no login."""
+def store_monitor(owned_store, **changes):
+    """A Monitor of a connection (not forked: no pre-login process) over the pop.auth store,
+    where demo's secret is demo-pw; ask(kind, *fields) sends a request through its own
+    decode-and-answer path; auth_log is what its Authenticator logged."""
     from qpopper.server import monitor as monitor_mod
     from qpopper.server import monitor_wire as wire
     store, keys, _ = owned_store
     store.set_secret("demo", "demo-pw")
-    cfg = config(user_database="pop-auth", **keys)
+    cfg = config(user_database="pop-auth", **keys, **changes)
     mon = monitor_mod.Monitor(cfg, Log(), hostname="test.host", peer=(CLIENT_IP, 4000),
                               client=monitor_mod.Client(-1, -1, None))
-    mon.authenticator = Authenticator(cfg, Log())
-    bare = "n=demo,r=client-nonce"
+    auth_log = Log()
+    mon.authenticator = Authenticator(cfg, auth_log)
 
     def ask(kind, *fields) -> wire.Frame:
         return wire.decode(mon._answer(wire.decode(wire.encode(kind, *fields))))
+    return mon, ask, auth_log
+
+
+def test_the_monitor_hands_over_a_scram_login_only_when_it_was_accepted(owned_store):
+    """A pre-login process that sends PROVE, BEGIN again, then ACCEPTED gets no login."""
+    from qpopper.server import monitor as monitor_mod
+    from qpopper.server import monitor_wire as wire
+    mon, ask, _ = store_monitor(owned_store)
+    bare = "n=demo,r=client-nonce"
     server_first = ask(wire.Kind.SCRAM_BEGIN, "SCRAM-SHA-256", "demo", "client-nonce").text(0)
     without_proof, proof = scram_client_proof(server_first, bare, "demo-pw")
     assert ask(wire.Kind.SCRAM_PROVE, bare, without_proof, proof, "").kind is wire.Kind.LOGIN
@@ -638,18 +649,8 @@ def test_after_a_verified_login_the_monitor_takes_nothing_but_the_handover(owned
     protocol (the connection ends) and reaches neither the authenticator nor the brakes file."""
     from qpopper.server import monitor as monitor_mod
     from qpopper.server import monitor_wire as wire
-    store, keys, _ = owned_store
-    store.set_secret("demo", "demo-pw")
     brakes_file = str(tmp_path / "auth-brakes.sqlite")
-    cfg = config(user_database="pop-auth", auth_brakes_file=brakes_file, **keys)
-    mon = monitor_mod.Monitor(cfg, Log(), hostname="test.host", peer=(CLIENT_IP, 4000),
-                              client=monitor_mod.Client(-1, -1, None))
-    auth_log = Log()
-    mon.authenticator = Authenticator(cfg, auth_log)
-
-    def ask(kind, *fields) -> wire.Frame:
-        return wire.decode(mon._answer(wire.decode(wire.encode(kind, *fields))))
-
+    mon, ask, auth_log = store_monitor(owned_store, auth_brakes_file=brakes_file)
     assert mon.login is None
     ask(wire.Kind.CRAM_CHALLENGE)                  # before a login: answered
     assert ask(wire.Kind.PASSWORD, "demo", "demo-pw", "USER", "", False, "").kind \
@@ -674,20 +675,10 @@ def test_the_handover_closes_an_attempt_left_open(owned_store, tmp_path, monkeyp
     user session must never hold root's descriptor on everyone's failure counts
     (monitor_handover.py)."""
     import socket
-    from qpopper.server import monitor as monitor_mod
     from qpopper.server import monitor_handover
     from qpopper.server import monitor_wire as wire
-    store, keys, _ = owned_store
-    store.set_secret("demo", "demo-pw")
     brakes_file = str(tmp_path / "auth-brakes.sqlite")
-    cfg = config(user_database="pop-auth", auth_brakes_file=brakes_file, **keys)
-    mon = monitor_mod.Monitor(cfg, Log(), hostname="test.host", peer=(CLIENT_IP, 4000),
-                              client=monitor_mod.Client(-1, -1, None))
-    mon.authenticator = Authenticator(cfg, Log())
-
-    def ask(kind, *fields) -> wire.Frame:
-        return wire.decode(mon._answer(wire.decode(wire.encode(kind, *fields))))
-
+    mon, ask, _ = store_monitor(owned_store, auth_brakes_file=brakes_file)
     assert ask(wire.Kind.PASSWORD, "demo", "demo-pw", "USER", "", False, "").kind \
         is wire.Kind.LOGIN
     assert mon.login is not None and descriptors_on(brakes_file) == []   # the login closed it
