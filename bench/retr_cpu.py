@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -42,7 +43,7 @@ USER = "alice"                  # the transcripts' table authenticator knows her
 IMPLS = {"c": mbox_send.wire_join_c, "python": mbox_send.wire_join_python}
 
 
-def use_impl(impl: tuple) -> None:
+def use_impl(impl: Callable) -> None:
     """mbox_send converts with this implementation of wire_join."""
     mbox_send.wire_join = impl
 

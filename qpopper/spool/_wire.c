@@ -1,8 +1,10 @@
-/* qpopper.spool._wire: the RETR/TOP wire conversion of mbox_send.wire_bytes in one C pass.
+/* qpopper.spool._wire: the RETR/TOP wire conversion of mbox_send.wire_bytes_python, in one C
+ * pass for most input.
  *
- * Optional: mbox_send falls back to its pure-Python wire_bytes when this is not built, and
- * that function stays the definition this one is tested and fuzzed against
- * (docs/accelerators.md, "The wire conversion"). Same result for every input:
+ * Optional: mbox_send falls back to its pure-Python wire_join_python (wire_bytes_python of the
+ * pieces joined) when this is not built, and those functions stay the definition this one is
+ * tested and fuzzed against (docs/accelerators.md, "The wire conversion"). Same result for
+ * every input:
  *
  *   NUL -> space; CR LF -> LF; then a dot after LF doubled; LF -> CR LF; and a dot at the very
  *   start doubled when at_line_start.
@@ -19,8 +21,8 @@
  * The bytes come from strangers' mail: no fixed buffers, Py_ssize_t for every size, sizes
  * checked for overflow, every copy of the fill checked against the space left; the fill goes
  * into a guessed size and, when it does not fit, into the exactly counted one; the result is
- * cut to what was filled (only wire_join's rare join path allocates a second buffer); no global
- * state (the module has none), no recursion.
+ * cut to what was filled (only a missed guess or wire_join's rare join path allocates a second
+ * buffer); no global state (the module has none), no recursion.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -643,18 +643,30 @@ def test_the_monitor_hands_over_a_scram_login_only_when_it_was_accepted(owned_st
     assert mon.login is None
 
 
+@pytest.mark.parametrize("way", ["password", "scram"])
 def test_after_a_verified_login_the_monitor_takes_nothing_but_the_handover(owned_store,
-                                                                           tmp_path):
-    """Every request kind but HANDOVER, sent after a login the monitor verified, breaks the
-    protocol (the connection ends) and reaches neither the authenticator nor the brakes file."""
+                                                                           tmp_path, way):
+    """Every request kind but HANDOVER, sent after a login the monitor verified (a password,
+    or a SCRAM proof the client accepted), breaks the protocol (the connection ends) and
+    reaches neither the authenticator nor the brakes file."""
     from qpopper.server import monitor as monitor_mod
     from qpopper.server import monitor_wire as wire
     brakes_file = str(tmp_path / "auth-brakes.sqlite")
     mon, ask, auth_log = store_monitor(owned_store, auth_brakes_file=brakes_file)
     assert mon.login is None
     ask(wire.Kind.CRAM_CHALLENGE)                  # before a login: answered
-    assert ask(wire.Kind.PASSWORD, "demo", "demo-pw", "USER", "", False, "").kind \
-        is wire.Kind.LOGIN
+    if way == "password":
+        assert ask(wire.Kind.PASSWORD, "demo", "demo-pw", "USER", "", False, "").kind \
+            is wire.Kind.LOGIN
+    else:
+        bare = "n=demo,r=client-nonce"
+        server_first = ask(wire.Kind.SCRAM_BEGIN, "SCRAM-SHA-256", "demo",
+                           "client-nonce").text(0)
+        without_proof, proof = scram_client_proof(server_first, bare, "demo-pw")
+        assert ask(wire.Kind.SCRAM_PROVE, bare, without_proof, proof, "").kind \
+            is wire.Kind.LOGIN
+        assert mon.login is None                   # a proof is not a login yet
+        assert ask(wire.Kind.SCRAM_ACCEPTED).kind is wire.Kind.DATA
     login = mon.login
     assert login is not None and descriptors_on(brakes_file) == []
     kinds = sorted(wire.REQUESTS - {wire.Kind.HANDOVER})

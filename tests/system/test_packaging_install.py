@@ -352,7 +352,7 @@ def test_install_with_apt(packages):
 
 
 USES_ACCELERATORS = ("from qpopper.spool import mbox_send as m, mbox_batch as b; "
-                     "print(m.wire_bytes is m.wire_bytes_c is not None, m.wire_bytes_c.__module__, "
+                     "print(m.wire_join is m.wire_join_c is not None, m.wire_join_c.__module__, "
                      "b.candidates is b.compiled_candidates is not None)")
 USED = ["True", "qpopper.spool._wire", "True"]
 """RETR converts with the compiled wire pass and the cold mbox scan uses the compiled one."""

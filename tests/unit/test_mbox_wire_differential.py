@@ -19,7 +19,7 @@ import random
 import pytest
 
 from qpopper import limits
-from qpopper.spool import mbox
+from qpopper.spool import mbox, mbox_send
 from tests.helpers import wire_impls
 
 # every test once with the compiled conversion and once with the pure-Python one
@@ -231,3 +231,49 @@ def test_a_uid_with_line_breaks_is_sent_as_it_is(tmp_path):
             mbox.send_message(io.BytesIO(raw), odd, writes.append, body_lines)
             assert b"".join(writes) == reference_wire(raw, odd, body_lines)
             assert odd.uidl_line in b"".join(writes)
+
+
+class JoinedWireLines:
+    """WireLines.feed as it was before feed_pieces: each block joined, then converted whole
+    (the pure-Python definition), a trailing CR held back and carried into the next block."""
+
+    def __init__(self, write):
+        self.write, self.at_line_start, self.pending_cr = write, True, False
+
+    def feed(self, pieces, final: bool = False) -> None:
+        data = b"".join(bytes(piece) for piece in pieces)
+        if self.pending_cr:
+            data, self.pending_cr = b"\r" + data, False
+        if not final and data.endswith(b"\r"):
+            data, self.pending_cr = data[:-1], True
+        if data:
+            data = mbox_send.wire_bytes_python(data, self.at_line_start)
+            self.at_line_start = data[-1] == 0x0A
+            self.write(data)
+
+
+def test_feed_pieces_equals_converting_each_block_joined():
+    """Blocks cut into pieces of every kind (bytes, memoryview, bytearray; empty ones between
+    and after, a CR followed by nothing but empty pieces, a block of empty pieces after a
+    pending CR), some blocks final in the middle: the same writes and the same state after
+    each block as joining the block first."""
+    rng = random.Random(2026)
+    kinds = (bytes, bytearray, memoryview, lambda b: memoryview(b"<" + b + b">")[1:-1])
+    for case in range(4000):
+        got: list[bytes] = []
+        want: list[bytes] = []
+        ours, theirs = mbox_send.WireLines(got.append), JoinedWireLines(want.append)
+        for block in range(rng.randrange(1, 6)):
+            text = bytes(rng.choice(b"\r\n.a\0") for _ in range(rng.randrange(0, 12)))
+            cuts = sorted(rng.choices(range(len(text) + 1), k=rng.randrange(0, 4)))
+            pieces = [rng.choice(kinds)(text[a:b])
+                      for a, b in zip([0, *cuts], [*cuts, len(text)])]
+            pieces += [rng.choice(kinds)(b"") for _ in range(rng.randrange(0, 3))]
+            if case % 7 == 0:
+                pieces = [b"\r"] + [b""] * rng.randrange(0, 3)
+            final = rng.random() < 0.2
+            ours.feed_pieces(tuple(pieces) if rng.random() < 0.3 else pieces, final)
+            theirs.feed(pieces, final)
+            assert got == want, (case, block)
+            assert (ours.at_line_start, ours.pending_cr) == (theirs.at_line_start,
+                                                              theirs.pending_cr)

@@ -163,7 +163,45 @@ def test_every_sizing_way():
                 cuts = sorted(rng.choices(range(n + 1), k=3))
                 pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, n])]
                 assert join_c(pieces, at_line_start) == expected
-    assert len(wire_c(b"abc\n" * 1000)) == 5000           # growth of exactly a quarter
+
+
+def grown_by(n: int, growth: int, last: str) -> bytes:
+    """n octets whose conversion (at a line start) is `growth` octets longer, the last octets
+    to grow being `last`: "lf" (an LF ends the input), "dot" (LF and a dot to double end it)
+    or "tail" (every LF early, plain octets after them)."""
+    lfs = growth - (last == "dot")
+    assert 0 < lfs and lfs + (last == "dot") < n
+    if last == "tail":
+        positions = range(1, 2 * lfs, 2)
+    else:
+        end = n - 1 - (last == "dot")
+        positions = [end - (lfs - 1 - i) * (end // lfs) for i in range(lfs)]
+    data = bytearray(b"a" * n)
+    for at in positions:
+        data[at] = 0x0A
+    if last == "dot":
+        data[-1] = ord(".")
+    return bytes(data)
+
+
+@needs_c
+def test_the_guess_exactly_met_and_missed_by_one():
+    """The guess is the input and a quarter plus 2 (_wire.c's convert_pieces): output of
+    exactly that size fills it with no octet to spare; one octet more must go the counted
+    way, whichever write runs out of room (an LF's CR LF, a doubled dot, the tail's copy)."""
+    source = (REPO / "qpopper" / "spool" / "_wire.c").read_text()
+    (kib,) = re.findall(r"^#define GUESS_MAX \((\d+) \* 1024\)$", source, re.M)
+    rng = random.Random(4)
+    for n in (40, 41, 42, 43, 1001, int(kib) * 1024 - 3, int(kib) * 1024):
+        room = n // 4 + 2
+        for growth in (room - 1, room, room + 1):
+            for last in ("lf", "dot", "tail"):
+                data = grown_by(n, growth, last)
+                expected = wire_py(data)
+                assert len(expected) == n + growth, (n, growth, last)
+                assert wire_c(data) == expected, (n, growth, last)
+                cut = rng.randrange(n + 1)
+                assert join_c([data[:cut], memoryview(data)[cut:]]) == expected
 
 
 @needs_c
