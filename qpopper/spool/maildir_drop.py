@@ -44,6 +44,7 @@ class MaildirDrop:
         self._hook = step_hook or (lambda name: None)
         self._log = log
         self._phase = "open"
+        self._checked: tuple[int, int] | None = None    # (index, descriptor) check_available opened
 
     @classmethod
     def open(cls, path: str, user: str, step_hook=None, log=None) -> "MaildirDrop":
@@ -67,12 +68,14 @@ class MaildirDrop:
 
     # --- RETR and TOP --------------------------------------------------------------------
     def check_available(self, index: int) -> None:
-        """Before the +OK of RETR/TOP: a message another program removed gets an -ERR."""
-        os.close(self._open_message(index))
+        """Before the +OK of RETR/TOP: a message another program removed gets an -ERR. The
+        file stays open for the send that follows, so a RETR opens it once."""
+        self._forget_checked()
+        self._checked = (index, self._open_message(index))
 
     def send(self, index: int, write, body_lines: int | None = None) -> None:
         """RETR (or TOP with `body_lines`) data: CRLF lines, dot-stuffed, ending with CRLF."""
-        fd = self._open_message(index)
+        fd = self._opened(index)
         try:
             wire = WireLines(write)
             if body_lines is None:
@@ -190,7 +193,22 @@ class MaildirDrop:
         """Abort without update: nothing was changed, nothing to put back."""
         self.close()
 
+    def _opened(self, index: int) -> int:
+        """The descriptor check_available opened for message `index`, else one opened now."""
+        checked, self._checked = self._checked, None
+        if checked is not None:
+            if checked[0] == index:
+                return checked[1]
+            os.close(checked[1])
+        return self._open_message(index)
+
+    def _forget_checked(self) -> None:
+        checked, self._checked = self._checked, None
+        if checked is not None:
+            os.close(checked[1])
+
     def close(self) -> None:
+        self._forget_checked()
         self._lock.release(unlink=False)
 
 

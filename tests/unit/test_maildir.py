@@ -239,6 +239,46 @@ def test_a_message_removed_by_another_program_is_reported_not_a_crash(tmp_path):
     assert names == [moved.base + ":2,RS"]
 
 
+def test_retr_opens_the_message_once_and_every_descriptor_is_closed(tmp_path, monkeypatch):
+    """check_available (before the +OK) keeps the file it opened for the send that follows:
+    one open per RETR. A check not followed by its send (another message sent, or the
+    session ended) leaves no descriptor behind, and a message removed between the check and
+    the send is still sent whole from the open file."""
+    from qpopper.spool import maildir_drop
+    path, _ = make_maildir(tmp_path, [b"Subject: a\n\nx\n", b"Subject: b\n\ny\n"])
+    opened = []
+    real_open = os.open
+
+    def counting_open(name, *args, **kwargs):
+        fd = real_open(name, *args, **kwargs)
+        if isinstance(name, str) and os.sep + "new" + os.sep in name:
+            opened.append(fd)
+        return fd
+    monkeypatch.setattr(maildir_drop.os, "open", counting_open)
+
+    def open_now() -> set[int]:
+        return {fd for fd in opened if os.path.exists(f"/proc/self/fd/{fd}")
+                and os.readlink(f"/proc/self/fd/{fd}").startswith(path)}
+    drop = MaildirDrop.open(path, "qpt")
+    try:
+        texts = [wire(b"Subject: a\n\nx\n"), wire(b"Subject: b\n\ny\n")]
+        first = [retr(drop, i) for i in (0, 1)].index(texts[0])
+        opened.clear()
+        drop.check_available(first)
+        assert retr(drop, first) == texts[0]
+        assert len(opened) == 1 and not open_now()             # one open, and it is closed
+        drop.check_available(first)
+        assert retr(drop, 1 - first) == texts[1]               # not the checked one
+        assert not open_now()
+        drop.check_available(first)
+        os.unlink(os.path.join(path, drop.messages[first].name))
+        assert retr(drop, first) == texts[0]                   # removed after the +OK
+        drop.check_available(1 - first)
+    finally:
+        drop.close()
+    assert not open_now()                                       # close() closed the checked one
+
+
 STEPS_TO_KILL = ["update:journal-write", "update:journal-fsync", "update:journal-commit-rename",
                  "update:unlink", "update:unlink#2", "update:rename", "update:rename#2",
                  "update:fsync-dirs", "update:journal-unlink", "update:index-write",
