@@ -56,7 +56,7 @@ wire_size(const char *in, Py_ssize_t n, int at_line_start)
 }
 
 /* Writes the converted bytes (NUL not yet replaced) into out, which holds size bytes; returns
- * how many were written, or -1 if they would not fit (which the callers' sizes rule out). */
+ * how many were written, or -1 when they do not fit (a missed guess: convert_pieces). */
 static Py_ssize_t
 wire_fill(const char *in, Py_ssize_t n, int at_line_start, char *out, Py_ssize_t size)
 {

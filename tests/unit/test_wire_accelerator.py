@@ -151,7 +151,7 @@ def test_every_sizing_way():
     source = (REPO / "qpopper" / "spool" / "_wire.c").read_text()
     (kib,) = re.findall(r"^#define GUESS_MAX \((\d+) \* 1024\)$", source, re.M)
     limit = int(kib) * 1024
-    assert 64 << 10 < limit <= 100 << 10        # a RETR window guessed; under 128 KiB with a quarter
+    assert 64 << 10 < limit <= 100 << 10     # a RETR window is guessed; + a quarter < 128 KiB
     rng = random.Random(limit)
     for n in (0, 1, 5, 1000, limit - 1, limit, limit + 1, 3 * limit):
         for data in ((b"." + b"\n." * n)[:n], b"\n" * n, (b"abc\n" * n)[:n], (b"ab\n" * n)[:n],
