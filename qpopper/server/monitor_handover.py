@@ -102,7 +102,7 @@ class BecomingTheSession:
         # made before the drop: it notes who may own the spool options file (root)
         session = Session(self.cfg, channel, log=self.log, hostname=self.hostname,
                           peer=self.peer, client_host=client_host,
-                          tls_active=tls_active, login_done=True)
+                          tls_active=tls_active, login_done=True, own_process=True)
         privsep.drop_privileges(login, spool_gid, self.log)   # verified, or _exit
         status = session.run(resume=(login, leftover, bad_commands))
         if relay_end is not None:

@@ -11,6 +11,8 @@ TLS (before the banner on an alternate-port listener, or after STLS) through tls
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import signal
 import socket
@@ -67,6 +69,25 @@ UNKNOWN_CLIENT = "unknown"
 
 
 
+@contextlib.contextmanager
+def kept_for_the_session():
+    """Build what the block makes without the cyclic collector, then freeze it: a mailbox's
+    message list is tens of thousands of objects that live until the session ends, and every
+    collection their own allocations set off (and every later one) would walk them and find
+    nothing. A full collection first, so nothing the login left for the collector is frozen
+    with them. gc.freeze is process-wide: for a session that has its process to itself only
+    (docs/internals.md, "The message list and the collector")."""
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
+
+
 # --- the session ------------------------------------------------------------------------------------
 class Session(ReplyWriter):
     """One connection; also the `env` the protocol talks to (see docs/internals.md)."""
@@ -75,7 +96,7 @@ class Session(ReplyWriter):
                  peer: tuple[str, int] | None = None, authenticator=None,
                  tls=None, tls_mode: str | None = None, handover=None, lookup=None,
                  client_host: str | None = None, tls_active: bool = False,
-                 login_done: bool = False):
+                 login_done: bool = False, own_process: bool = False):
         """`tls_mode`: None (plain text), "stls" (STLS offered) or "implicit" (the handshake
         comes before the banner: port 995); `tls` is a tls.ServerTls or a tls.TlsIdentity
         (built at the first handshake) for both.
@@ -84,7 +105,9 @@ class Session(ReplyWriter):
         `handover(session, login)` instead of opening the maildrop (it raises
         prelogin.Handover), `lookup` its reverse lookup. The user session: `login_done`
         (the monitor verified the login and dropped privileges), `client_host` and
-        `tls_active` as the pre-login process found them; it starts with run(resume=...)."""
+        `tls_active` as the pre-login process found them, `own_process` (the process is
+        this session's alone: the maildrop is opened under kept_for_the_session); it starts
+        with run(resume=...)."""
         self.cfg = cfg
         self.channel = channel
         self.log = log
@@ -105,6 +128,7 @@ class Session(ReplyWriter):
         self.handover = handover
         self.handed_over = False
         self.login_done = login_done
+        self.own_process = own_process
         self.server_euid = os.geteuid()    # made before any drop: root, or the demo's user
         # cb-name -> bytes once TLS is up: what SCRAM-*-PLUS binds to (docs/internals.md)
         self.channel_bindings: dict[str, bytes] = {}
@@ -176,12 +200,13 @@ class Session(ReplyWriter):
                                       spool_group=privsep.spool_group)
             privsep.drop_spool_group(self.log)
         try:
-            if in_maildir is not None:
-                drop = MaildirDrop.open(in_maildir, login.user, step_hook=test_step_hook(),
-                                        log=self.log)
-            else:
-                drop = Maildrop.open(self.cfg, paths, login.user, step_hook=test_step_hook(),
-                                     log=self.log)
+            with kept_for_the_session() if self.own_process else contextlib.nullcontext():
+                if in_maildir is not None:
+                    drop = MaildirDrop.open(in_maildir, login.user, step_hook=test_step_hook(),
+                                            log=self.log)
+                else:
+                    drop = Maildrop.open(self.cfg, paths, login.user,
+                                         step_hook=test_step_hook(), log=self.log)
         except OSError as exc:
             raise PopError("Unable to open your maildrop; contact your administrator",
                            RespCode.SYS_TEMP, log=f"opening maildrop of {login.user}: {exc}") from None
