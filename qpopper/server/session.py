@@ -71,16 +71,16 @@ UNKNOWN_CLIENT = "unknown"
 
 @contextlib.contextmanager
 def kept_for_the_session():
-    """Build what the block makes without the cyclic collector, then freeze it: a mailbox's
-    message list is tens of thousands of objects that live until the session ends, and every
-    collection their own allocations set off (and every later one) would walk them and find
-    nothing. A full collection first, so nothing the login left for the collector is frozen
-    with them. gc.freeze is process-wide: for a session that has its process to itself only
-    (docs/internals.md, "The message list and the collector")."""
+    """Run the block without the cyclic collector, then freeze everything alive, the message
+    list it built with it: tens of thousands of objects that live until the session ends,
+    which the collections of the generations they age into, and every later full one, would
+    walk and find nothing to free. A full collection first, so nothing the login left for the
+    collector is frozen. gc.freeze is process-wide: for a session that has its process to
+    itself only (docs/internals.md, "The message list and the collector")."""
     gc.collect()
     enabled = gc.isenabled()
-    gc.disable()
     try:
+        gc.disable()
         yield
     finally:
         gc.freeze()

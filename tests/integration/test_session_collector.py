@@ -48,6 +48,9 @@ def test_the_block_is_frozen_after_the_logins_garbage_is_collected(tmp_path):
             paused = not gc.isenabled()
             built = [[i] for i in range(10_000)]   # lists: objects the collector tracks
         after = gc.get_freeze_count() - frozen
+        # frozen objects are not listed: the frozen (permanent) generation is apart
+        listed = {id(o) for o in gc.get_objects()}
+        built_frozen = id(built) not in listed and id(built[-1]) not in listed
         enabled = gc.isenabled()
         gc.disable()                                # a caller's disabled collector stays so
         with session_mod.kept_for_the_session():
@@ -59,10 +62,11 @@ def test_the_block_is_frozen_after_the_logins_garbage_is_collected(tmp_path):
                 raise OSError("the open failed")
         except OSError:
             pass
-        return gone() is None, paused, after >= len(built), enabled, stays_off, gc.isenabled()
+        return (gone() is None, paused, after >= len(built), built_frozen, enabled, stays_off,
+                gc.isenabled())
 
     result = in_child(child, str(tmp_path / "result"), expect_kill=False)
-    assert result == (True, True, True, True, True, True)
+    assert result == (True, True, True, True, True, True, True)
 
 
 def spool_of(tmp_path) -> tuple[Config, str]:
@@ -95,15 +99,19 @@ def test_a_user_session_freezes_its_message_list_a_shared_process_does_not(tmp_p
         session.run(resume=(login, b"STAT\r\nQUIT\r\n", 0))
         client.settimeout(5)
         replies = client.recv(65536)
-        return replies.split(b"\r\n")[1], gc.get_freeze_count() - frozen, gc.isenabled()
+        messages = session.protocol.trans.messages
+        listed = {id(o) for o in gc.get_objects()}       # the frozen generation is apart
+        return (replies.split(b"\r\n")[1], gc.get_freeze_count() - frozen, gc.isenabled(),
+                len(messages), id(messages) in listed, id(messages[-1]) in listed)
 
-    stat, frozen, enabled = in_child(child, str(tmp_path / "result"), expect_kill=False)
-    assert stat.startswith(b"+OK %d " % MESSAGES)
+    stat, frozen, enabled, count, list_listed, last_listed = in_child(
+        child, str(tmp_path / "result"), expect_kill=False)
+    assert stat.startswith(b"+OK %d " % MESSAGES) and count == MESSAGES
     assert enabled
     if own_process:
-        assert frozen >= MESSAGES                  # the Message objects, at least
+        assert frozen >= MESSAGES and not list_listed and not last_listed
     else:
-        assert frozen == 0
+        assert frozen == 0 and list_listed and last_listed
 
 
 def test_the_monitor_runs_the_user_session_as_its_process_alone(monkeypatch):
