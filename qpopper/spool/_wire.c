@@ -49,7 +49,7 @@ wire_size(const char *in, Py_ssize_t n, int at_line_start)
     if (at_line_start && n > 0 && in[0] == '.')
         grow += 1;
     if (grow > PY_SSIZE_T_MAX - n) {     /* grow <= 2n + 1: only a huge input can overflow */
-        PyErr_SetString(PyExc_OverflowError, "wire_bytes: output too large");
+        PyErr_SetString(PyExc_OverflowError, "wire conversion: output too large");
         return -1;
     }
     return n + grow;

@@ -195,11 +195,10 @@ class MaildirDrop:
 
     def _opened(self, index: int) -> int:
         """The descriptor check_available opened for message `index`, else one opened now."""
-        checked, self._checked = self._checked, None
-        if checked is not None:
-            if checked[0] == index:
-                return checked[1]
-            os.close(checked[1])
+        if self._checked is not None and self._checked[0] == index:
+            fd, self._checked = self._checked[1], None
+            return fd
+        self._forget_checked()
         return self._open_message(index)
 
     def _forget_checked(self) -> None:

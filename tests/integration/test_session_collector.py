@@ -22,6 +22,7 @@ from qpopper.log import Logger
 from qpopper.server import monitor_handover
 from qpopper.server import session as session_mod
 from qpopper.server.channel import Channel
+from tests.helpers.messages import message
 from tests.helpers.spoolcheck import in_child
 
 pytestmark = pytest.mark.timeout(60)
@@ -73,10 +74,7 @@ def spool_of(tmp_path) -> tuple[Config, str]:
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir()
     user = os.environ.get("USER") or "qpt-collector"
-    with open(spool_dir / user, "wb") as f:
-        for n in range(MESSAGES):
-            f.write(b"From sender@example.org Mon Nov  2 10:01:00 2026\n"
-                    b"Subject: message %d\n\nbody %d\n\n" % (n, n))
+    (spool_dir / user).write_bytes(b"".join(message(n, body_lines=1) for n in range(MESSAGES)))
     cfg = Config.defaults().replace(spool_dir=str(spool_dir), server_mode=True,
                                     reverse_lookup=False)
     return cfg, user

@@ -627,15 +627,22 @@ def store_monitor(owned_store, **changes):
     return mon, ask, auth_log
 
 
+def prove_scram(ask):
+    """demo's SCRAM-SHA-256 BEGIN and PROVE through a store_monitor's channel; the answer to
+    PROVE."""
+    from qpopper.server import monitor_wire as wire
+    bare = "n=demo,r=client-nonce"
+    server_first = ask(wire.Kind.SCRAM_BEGIN, "SCRAM-SHA-256", "demo", "client-nonce").text(0)
+    without_proof, proof = scram_client_proof(server_first, bare, "demo-pw")
+    return ask(wire.Kind.SCRAM_PROVE, bare, without_proof, proof, "")
+
+
 def test_the_monitor_hands_over_a_scram_login_only_when_it_was_accepted(owned_store):
     """A pre-login process that sends PROVE, BEGIN again, then ACCEPTED gets no login."""
     from qpopper.server import monitor as monitor_mod
     from qpopper.server import monitor_wire as wire
     mon, ask, _ = store_monitor(owned_store)
-    bare = "n=demo,r=client-nonce"
-    server_first = ask(wire.Kind.SCRAM_BEGIN, "SCRAM-SHA-256", "demo", "client-nonce").text(0)
-    without_proof, proof = scram_client_proof(server_first, bare, "demo-pw")
-    assert ask(wire.Kind.SCRAM_PROVE, bare, without_proof, proof, "").kind is wire.Kind.LOGIN
+    assert prove_scram(ask).kind is wire.Kind.LOGIN
     assert mon.login is None                       # a proof is not a login yet
     ask(wire.Kind.SCRAM_BEGIN, "SCRAM-SHA-256", "demo", "other-nonce")
     with pytest.raises(monitor_mod.ProtocolViolation):
@@ -659,12 +666,7 @@ def test_after_a_verified_login_the_monitor_takes_nothing_but_the_handover(owned
         assert ask(wire.Kind.PASSWORD, "demo", "demo-pw", "USER", "", False, "").kind \
             is wire.Kind.LOGIN
     else:
-        bare = "n=demo,r=client-nonce"
-        server_first = ask(wire.Kind.SCRAM_BEGIN, "SCRAM-SHA-256", "demo",
-                           "client-nonce").text(0)
-        without_proof, proof = scram_client_proof(server_first, bare, "demo-pw")
-        assert ask(wire.Kind.SCRAM_PROVE, bare, without_proof, proof, "").kind \
-            is wire.Kind.LOGIN
+        assert prove_scram(ask).kind is wire.Kind.LOGIN
         assert mon.login is None                   # a proof is not a login yet
         assert ask(wire.Kind.SCRAM_ACCEPTED).kind is wire.Kind.DATA
     login = mon.login

@@ -141,6 +141,13 @@ def test_blocks_over_a_mebibyte():
     assert_same(b"x" * ((1 << 20) + 1), True)          # no LF at all
 
 
+def guess_max() -> int:
+    """_wire.c's GUESS_MAX (the tests read its #define line)."""
+    source = (REPO / "qpopper" / "spool" / "_wire.c").read_text()
+    (kib,) = re.findall(r"^#define GUESS_MAX \((\d+) \* 1024\)$", source, re.M)
+    return int(kib) * 1024
+
+
 @needs_c
 def test_every_sizing_way():
     """The C pass fills a guessed size (the input and a quarter) when the input is at most
@@ -148,9 +155,7 @@ def test_every_sizing_way():
     fit the guess (more than one octet of growth per four). Each way, one piece or several:
     the worst growth (every LF doubling a dot), all LFs, lines of four octets (the growth the
     guess just holds) and of three, CR LFs only (shrinking), mail-like text."""
-    source = (REPO / "qpopper" / "spool" / "_wire.c").read_text()
-    (kib,) = re.findall(r"^#define GUESS_MAX \((\d+) \* 1024\)$", source, re.M)
-    limit = int(kib) * 1024
+    limit = guess_max()
     assert 64 << 10 < limit <= 100 << 10     # a RETR window is guessed; + a quarter < 128 KiB
     rng = random.Random(limit)
     for n in (0, 1, 5, 1000, limit - 1, limit, limit + 1, 3 * limit):
@@ -189,10 +194,8 @@ def test_the_guess_exactly_met_and_missed_by_one():
     """The guess is the input and a quarter plus 2 (_wire.c's convert_pieces): output of
     exactly that size fills it with no octet to spare; one octet more must go the counted
     way, whichever write runs out of room (an LF's CR LF, a doubled dot, the tail's copy)."""
-    source = (REPO / "qpopper" / "spool" / "_wire.c").read_text()
-    (kib,) = re.findall(r"^#define GUESS_MAX \((\d+) \* 1024\)$", source, re.M)
     rng = random.Random(4)
-    for n in (40, 41, 42, 43, 1001, int(kib) * 1024 - 3, int(kib) * 1024):
+    for n in (40, 41, 42, 43, 1001, guess_max() - 3, guess_max()):
         room = n // 4 + 2
         for growth in (room - 1, room, room + 1):
             for last in ("lf", "dot", "tail"):
