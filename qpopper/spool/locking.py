@@ -282,12 +282,16 @@ def open_regular(path: str, flags: int, mode: int = 0o600, *, owner: int | None 
     descriptor what the name cannot: a regular file with one link, owned by `owner` (when
     given), and without access for others (when `private`). Otherwise close it and raise
     refuse(kind, detail), kind being "type", "links", "owner" or "mode". Errors of open(2)
-    itself (FileNotFoundError, ELOOP for a symlink, ...) propagate unchanged."""
+    itself (FileNotFoundError, ELOOP for a symlink, ...) propagate unchanged, and a file
+    whose last name went away between the open and the check (no links: another session
+    released it) is FileNotFoundError too, as if we had opened a moment later."""
     fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise refuse("type", "not a regular file")
+        if st.st_nlink == 0:
+            raise FileNotFoundError(errno.ENOENT, "removed while being opened", path)
         if st.st_nlink != 1:
             raise refuse("links", f"has {st.st_nlink} links")
         if owner is not None and st.st_uid != owner:
@@ -459,26 +463,32 @@ class SessionLock:
             os.close(fd)            # the previous session unlinked it under us: reopen
         raise PopError(UNLOCKING_TEXT, RespCode.IN_USE, log=f"{self.path} kept changing")
 
-    def _open(self) -> int:
+    def _open(self, attempts: int = 10) -> int:
+        """Open the drop, or create it. Other sessions create and unlink it all the while, so
+        "missing" and then "exists" can alternate: a few rounds, then [IN-USE] like a drop
+        that keeps changing; never [SYS/PERM], which says the file itself is wrong."""
         def open_drop(flags: int) -> int:
             return open_regular(self.path, os.O_RDWR | flags, TEMP_DROP_MODE,
                                 owner=os.geteuid(), private=True, refuse=self._refuse)
         try:
-            try:
-                return open_drop(0)
-            except FileNotFoundError:
+            for _ in range(attempts):
+                try:
+                    return open_drop(0)
+                except FileNotFoundError:
+                    pass
                 self.hook("temp-drop-create")
                 try:
                     fd = open_drop(os.O_CREAT | os.O_EXCL)
-                    self.created = True
-                    return fd
-                except FileExistsError:
-                    return open_drop(0)
+                except (FileExistsError, FileNotFoundError):
+                    continue                # another session's drop came or went: again
+                self.created = True
+                return fd
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise PopError(TEMP_DROP_REFUSED_TEXT, RespCode.SYS_PERM,
                                log=f"{self.path} is a symbolic link") from None
             raise
+        raise PopError(UNLOCKING_TEXT, RespCode.IN_USE, log=f"{self.path} kept changing")
 
     def _refuse(self, kind: str, detail: str) -> PopError:
         return PopError(TEMP_DROP_REFUSED_TEXT, RespCode.SYS_PERM, log=f"{self.path}: {detail}")

@@ -457,3 +457,96 @@ def test_open_regular_accepts_our_plain_file_and_refuses_everything_else(tmp_pat
         open_regular(str(plain), os.O_RDWR, owner=os.geteuid() + 1, refuse=_refuse)
     assert refused.value.args[0] == "owner"
     assert _open_fds() == before                    # every refused descriptor was closed
+
+
+def test_open_regular_calls_a_file_unlinked_after_the_open_missing(tmp_path, monkeypatch):
+    """The name went away between open(2) and the check (another session released its drop):
+    that is a missing file, for the caller to create or report, not a file with bad links."""
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"x")
+    real_open = os.open
+
+    def open_then_unlink(path, flags, mode=0o777):
+        fd = real_open(path, flags, mode)
+        os.unlink(path)
+        return fd
+    before = _open_fds()
+    monkeypatch.setattr(os, "open", open_then_unlink)
+    with pytest.raises(FileNotFoundError):
+        open_regular(str(plain), os.O_RDWR, refuse=_refuse)
+    monkeypatch.undo()
+    assert _open_fds() == before
+
+
+# --- the session lock against other sessions releasing theirs ----------------------------------
+def _drop_flipping_open(drop, flips: int):
+    """os.open as it looks while other sessions keep taking and releasing the drop: for the
+    first `flips` opens of it, the drop is gone when we open an existing one, there when we
+    create one, and unlinked right after any open that succeeded."""
+    real_open, seen = os.open, [0]
+
+    def flipping_open(path, flags, mode=0o777):
+        if path != str(drop) or seen[0] >= flips:
+            return real_open(path, flags, mode)
+        seen[0] += 1
+        if flags & os.O_EXCL:
+            if not os.path.lexists(path):
+                os.close(real_open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # another's drop
+        elif os.path.lexists(path):
+            fd = real_open(path, flags, mode)
+            os.unlink(path)                # ...which it releases before we could check ours
+            return fd
+        return real_open(path, flags, mode)
+    return flipping_open
+
+
+def test_session_lock_retries_a_drop_that_comes_and_goes(tmp_path, monkeypatch):
+    drop = tmp_path / ".alice.pop"
+    drop.write_bytes(b"")
+    os.chmod(drop, 0o600)
+    monkeypatch.setattr(os, "open", _drop_flipping_open(drop, flips=6))
+    session = SessionLock(str(drop))
+    session.acquire()
+    monkeypatch.undo()
+    assert os.path.samestat(os.fstat(session.fd), os.stat(drop))   # holds the drop named
+    session.release(unlink=True)
+
+
+def test_session_lock_that_never_settles_says_in_use_not_sys_perm(tmp_path, monkeypatch):
+    drop = tmp_path / ".alice.pop"
+    monkeypatch.setattr(os, "open", _drop_flipping_open(drop, flips=10_000))
+    before = _open_fds()
+    with pytest.raises(PopError) as info:
+        SessionLock(str(drop)).acquire()
+    monkeypatch.undo()
+    assert info.value.code is RespCode.IN_USE
+    assert info.value.text == "Maildrop being unlocked; try again."
+    assert _open_fds() == before
+
+
+def test_session_locks_of_racing_processes_only_ever_say_in_use(tmp_path):
+    """Two processes taking and releasing one drop as fast as they can (the release unlinks
+    it, as a session's end does): every refusal is [IN-USE], none [SYS/PERM] or a crash."""
+    code = textwrap.dedent(f"""
+        import collections, sys
+        from qpopper.spool.locking import SessionLock
+        from qpopper.pop3.responses import PopError
+        seen = collections.Counter()
+        for _ in range(3000):
+            session = SessionLock({str(tmp_path / ".alice.pop")!r})
+            try:
+                session.acquire()
+            except PopError as e:
+                seen[e.code.name] += 1
+                continue
+            session.release(unlink=True)
+            seen["ok"] += 1
+        print(dict(seen))
+    """)
+    racers = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, cwd=str(REPO)) for _ in range(2)]
+    for racer in racers:
+        out, err = racer.communicate(timeout=120)
+        assert racer.returncode == 0, err.decode()[-2000:]
+        seen = eval(out)
+        assert set(seen) <= {"ok", "IN_USE"} and seen["ok"] > 0, seen
