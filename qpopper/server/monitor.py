@@ -20,6 +20,7 @@ docs/privsep.md has the whole picture and the list of what runs as root.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import select
 import signal
@@ -396,6 +397,12 @@ def serve_inetd(cfg, invocation) -> int:
             sock = probe
         else:
             probe.close()
+    # Freeze what the start-up built, as the master does before it accepts: the process
+    # lives for one connection, so the imports, config and TLS context live as long as it
+    # does; no collection (here, in the pre-login child, or the session's own before it
+    # opens the maildrop) need walk them (docs/internals.md, "The message list and the
+    # collector").
+    gc.freeze()
     try:
         return Monitor(cfg, log, hostname=socket.gethostname(), peer=socket_peer(sock),
                        client=Client(0, 1, sock), tls=server_tls,

@@ -140,3 +140,43 @@ def test_the_monitor_runs_the_user_session_as_its_process_alone(monkeypatch):
     with ours, theirs:
         Monitor()._run_user_session(None, 0, b"", False, "localhost", 0, None)
     assert made and made[0]["own_process"] is True
+
+
+def test_inetd_mode_freezes_its_start_up_heap_before_the_connection(tmp_path, monkeypatch):
+    """serve_inetd's process lives for one connection: what the start-up built is frozen
+    before the monitor runs, so the session's full collection before it opens the maildrop
+    (and the pre-login child's) walk only what the connection made (docs/internals.md, "The
+    message list and the collector")."""
+    from qpopper.server import monitor
+
+    class Invocation:
+        argv = ()
+
+    def child():
+        startup = [[i] for i in range(1000)]       # stands for the imports and the config
+        seen = {}
+
+        class Recorder:
+            def __init__(self, *args, **kwargs):
+                pass
+
+            def run(self):
+                listed = {id(o) for o in gc.get_objects()}
+                seen.update(frozen=gc.get_freeze_count(), listed=id(startup[0]) in listed)
+                return 0
+
+        monkeypatch.setattr(monitor, "Monitor", Recorder)
+        cfg = Config.defaults().replace(reverse_lookup=False)
+        here, there = socket.socketpair()
+        saved = os.dup(0), os.dup(1)
+        try:
+            os.dup2(there.fileno(), 0)
+            os.dup2(there.fileno(), 1)
+            code = monitor.serve_inetd(cfg, Invocation())
+        finally:
+            os.dup2(saved[0], 0)
+            os.dup2(saved[1], 1)
+            here.close(), there.close()
+        return code, seen["frozen"] >= len(startup), seen["listed"]
+
+    assert in_child(child, str(tmp_path / "result"), expect_kill=False) == (0, True, False)
