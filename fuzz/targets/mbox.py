@@ -26,7 +26,7 @@ import tempfile
 
 from qpopper.spool import mbox_batch
 from qpopper.spool.mbox import Message, MboxFormatError, copy_for_update, scan, send_message
-from tests.helpers.scan_passes import assert_same_candidates
+from tests.helpers.scan_passes import assert_same_candidates, assert_same_header_block
 
 ALLOWED: tuple[type[BaseException], ...] = (MboxFormatError,)
 MAX_LEN = 8192
@@ -100,9 +100,15 @@ def batch_scans(f, options: dict) -> list[Message]:
 
 def same_candidates(spool: bytes) -> None:
     """The compiled pass lists what the pure-Python one does over the whole spool, and the
-    LFs before each candidate."""
+    LFs before each candidate; and each message's compiled header block is the pure-Python
+    one."""
     if len(PASSES) == 2:
         assert_same_candidates(spool, 0, len(spool))
+        found = mbox_batch.python_candidates(spool, 0, len(spool))
+        if found is not None:                  # each message's header block, both ways
+            ats, eols, _ = found
+            for at, eol, nxt in zip(ats, eols, ats[1:] + [len(spool)]):
+                assert_same_header_block(spool, at, eol, nxt)
 
 
 def check_spool(f, size: int, top_lines: int, options: dict) -> None:

@@ -8,6 +8,10 @@
  * uid_text(digest) is mbox_format.uid_text_python's arithmetic: a digest's 20-character UID
  * (docs/accelerators.md, "UID text").
  *
+ * header_block(buffer, at, eol, stop, continuations) is mbox_batch.python_header_block: a
+ * message's header block found, its UID's hashed text made and its other noted headers looked
+ * for in one walk over its lines (docs/accelerators.md, "The header block").
+ *
  * The bytes are mail from strangers: every index is a Py_ssize_t checked against `end`, the
  * results grow in a heap array with overflow checks, nothing is kept between calls, and the
  * buffer is held (Py_buffer) while the GIL is released for the pass.
@@ -236,9 +240,141 @@ uid_text(PyObject *module, PyObject *arg)
     return PyUnicode_FromStringAndSize(out, 20);
 }
 
+/* --- the header block: mbox_batch.python_header_block in C ------------------------------------ */
+
+/* Does the line at p (up to end, its LF excluded) start with one of names, then ':'? ASCII
+ * case-insensitive, as the Python side's re.IGNORECASE on bytes. */
+static int
+line_is(const unsigned char *p, const unsigned char *end, const char *const *names)
+{
+    for (; *names != NULL; names++) {
+        size_t n = strlen(*names);
+        if ((size_t)(end - p) <= n || p[n] != ':')
+            continue;
+        size_t i = 0;
+        for (; i < n; i++) {
+            unsigned char c = (unsigned char)(*names)[i];
+            if (c >= 'a' && c <= 'z' ? (p[i] | 0x20) != c : p[i] != c)
+                break;
+        }
+        if (i == n)
+            return 1;
+    }
+    return 0;
+}
+
+/* In lower case: a letter matches either case, anything else itself. */
+static const char *const hashed_names[] = {"received", "date", "message-id", "subject", NULL};
+static const char *const other_names[] = {"content-length", "x-uidl", "status", NULL};
+
+PyDoc_STRVAR(header_block_doc,
+"header_block(buffer, at, eol, stop, continuations) -> (blank, text, other) or None\n\n"
+"The header block of the message whose separator line is buffer[at:eol] (its LF included):\n"
+"blank, the offset of the empty line's LF (the first LF LF at or after eol - 1, before\n"
+"stop, plus one); text, the UID's hashed text (the separator line, every Received, Date,\n"
+"Message-ID and Subject line, with its continuation lines when `continuations`, each ended\n"
+"by an LF, then the separator line again when `continuations`), NUL turned into space;\n"
+"other, whether a Content-Length, X-UIDL or Status line is among the headers. None when\n"
+"there is no empty line before stop. The same as mbox_batch.python_header_block.");
+
+static PyObject *
+header_block(PyObject *module, PyObject *args)
+{
+    (void)module;
+    Py_buffer view;
+    Py_ssize_t at, eol, stop;
+    int continuations;
+    if (!PyArg_ParseTuple(args, "y*nnnp:header_block", &view, &at, &eol, &stop, &continuations))
+        return NULL;
+    if (at < 0 || eol <= at || stop < eol - 1 || stop > view.len || view.len < 1) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError,
+                        "header_block: need 0 <= at < eol, eol - 1 <= stop <= len(buffer)");
+        return NULL;
+    }
+    const unsigned char *buf = view.buf;
+    PyObject *result = NULL;
+    /* the first LF LF in [eol - 1, stop) */
+    const unsigned char *p = buf + eol - 1, *limit = buf + stop, *blank_at = NULL;
+    while (p < limit - 1) {
+        const unsigned char *lf = memchr(p, '\n', (size_t)(limit - 1 - p));
+        if (lf == NULL)
+            break;
+        if (lf[1] == '\n') {
+            blank_at = lf + 1;
+            break;
+        }
+        p = lf + 1;
+    }
+    if (blank_at == NULL) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    /* The lines of the block start after each LF of [eol - 1, blank); every one ends with an
+     * LF before blank. Pass 1 sizes the text, pass 2 fills it. */
+    Py_ssize_t sep = eol - at, size = continuations ? 2 * sep : sep;
+    int other = 0;
+    PyObject *text = NULL;
+    char *out = NULL;
+    for (int fill = 0; fill < 2; fill++) {
+        if (fill) {
+            text = PyBytes_FromStringAndSize(NULL, size);
+            if (text == NULL)
+                goto done;
+            out = PyBytes_AS_STRING(text);
+            memcpy(out, buf + at, (size_t)sep);
+            out += sep;
+        }
+        const unsigned char *line = buf + eol;
+        while (line < blank_at) {
+            const unsigned char *end = memchr(line, '\n', (size_t)(blank_at - line));
+            /* blank_at - 1 is an LF: found */
+            if (line_is(line, end, hashed_names)) {
+                const unsigned char *piece_end = end;
+                while (continuations && piece_end + 1 < blank_at &&
+                       (piece_end[1] == ' ' || piece_end[1] == '\t'))
+                    piece_end = memchr(piece_end + 1, '\n', (size_t)(blank_at - piece_end - 1));
+                Py_ssize_t n = piece_end - line + 1;           /* with its LF */
+                if (fill) {
+                    memcpy(out, line, (size_t)n);
+                    out += n;
+                } else {
+                    size += n;
+                }
+                end = piece_end;
+            } else if (!fill && !other && line_is(line, end, other_names)) {
+                other = 1;
+            }
+            line = end + 1;
+        }
+        if (fill && continuations) {
+            memcpy(out, buf + at, (size_t)sep);
+            out += sep;
+        }
+    }
+    if (out != PyBytes_AS_STRING(text) + size) {
+        Py_DECREF(text);
+        PyErr_SetString(PyExc_SystemError, "header_block: the text's size changed");
+        goto done;
+    }
+    char *t = PyBytes_AS_STRING(text), *nul;
+    Py_ssize_t left = size;
+    while (left > 0 && (nul = memchr(t, '\0', (size_t)left)) != NULL) {
+        *nul = ' ';
+        left -= nul + 1 - t;
+        t = nul + 1;
+    }
+    result = Py_BuildValue("(nNO)", (Py_ssize_t)(blank_at - buf), text,
+                           other ? Py_True : Py_False);
+done:
+    PyBuffer_Release(&view);
+    return result;
+}
+
 static PyMethodDef scan_methods[] = {
     {"candidates", candidates, METH_VARARGS, candidates_doc},
     {"uid_text", uid_text, METH_O, uid_text_doc},
+    {"header_block", header_block, METH_VARARGS, header_block_doc},
     {NULL, NULL, 0, NULL},
 };
 

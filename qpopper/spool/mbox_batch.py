@@ -2,7 +2,7 @@
 Python step per line and with few per message (docs/mbox.md, "The batch scan").
 
 The region is mapped, every separator is found with one regex pass, and each message between
-two separators is cut out once: its header block is searched with two regex calls, its line
+two separators is cut out once: its header block is walked once (header_block), its line
 ends counted with one `count`, its UID digest taken from one joined string. What this path
 does not handle goes to the reference scanner (mbox_scan._Scanner) through `reference`: the
 whole region (CR anywhere, MMDF, no envelope first, no mappable file), one message (headers
@@ -112,12 +112,36 @@ def python_candidates(view, start: int, end: int):
     return ats, eols, None
 
 
+def python_header_block(view, at: int, eol: int, stop: int, continuations: bool):
+    """_scan.header_block in Python, the fallback and yardstick: for the message whose
+    separator line is view[at:eol], (blank, text, other) — the offset after the first LF of
+    its header block's end (the first LF LF from eol - 1 on, before stop), the UID's hashed
+    text (the separator line, the hashed headers each with its LF — their continuation lines
+    too when `continuations`, new-style UIDs — and, new-style, the separator line again; NUL
+    turned into space), and whether a Content-Length, X-UIDL or Status line is among the
+    headers — or None when the block does not end before stop."""
+    blank = view.find(b"\n\n", eol - 1, stop) + 1
+    if blank == 0:
+        return None
+    sep = view[at:eol]
+    pattern = _HASHED_LINES if continuations else _HASHED_LINES_ONLY
+    hashed = pattern.findall(view, eol - 1, blank)          # headers, the LF before each
+    if hashed:
+        hashed.append(b"")                                 # each hashed piece ends with its LF
+    text = b"".join((sep, b"\n".join(hashed), sep) if continuations
+                    else (sep, b"\n".join(hashed))).translate(_NUL_TO_SPACE)
+    return blank, text, _OTHER_NOTED.search(view, eol - 1, blank) is not None
+
+
 try:
     from qpopper.spool._scan import candidates as compiled_candidates
+    from qpopper.spool._scan import header_block as compiled_header_block
 except ImportError:         # built without a compiler: the same in Python, slower
-    compiled_candidates = None
+    compiled_candidates = compiled_header_block = None
 candidates = compiled_candidates or python_candidates
 """The one pass the batch path makes over each part (docs/mbox.md, "The batch scan")."""
+header_block = compiled_header_block or python_header_block
+"""Each message's header block, in one walk (docs/accelerators.md, "The header block")."""
 
 
 class _NotBatchable(Exception):
@@ -141,7 +165,6 @@ class _Batch:
                          old_style_uid=old_style_uid, uw_kludge=uw_kludge,
                          content_length=content_length, unique_num=unique_num,
                          first_number=first_number)
-        self.hashed_lines = _HASHED_LINES if self.new_style else _HASHED_LINES_ONLY
         self.messages: list[Message] = []
         self.header_uids: list = []
         self.digests: list[bytes] = []
@@ -294,15 +317,10 @@ class _Batch:
         reference scan it, _REST to have it scan from it on. The header block is searched
         in the region itself, not in a copy."""
         view = self.view
-        blank = view.find(b"\n\n", eol - 1, min(eol + _HEADER_WINDOW, nxt)) + 1
-        if blank == 0:
+        found = header_block(view, at, eol, min(eol + _HEADER_WINDOW, nxt), self.new_style)
+        if found is None:
             return None                            # headers past the window: line by line
-        sep = view[at:eol]
-        hashed = self.hashed_lines.findall(view, eol - 1, blank)   # headers, the LF before
-        if hashed:
-            hashed.append(b"")                     # each hashed piece ends with its LF
-        text = b"".join((sep, b"\n".join(hashed), sep) if self.new_style
-                        else (sep, b"\n".join(hashed))).translate(_NUL_TO_SPACE)
+        blank, text, other_noted = found
         cs = eol - at                              # content start, in text
         if self.feed_unique_num:               # Qpopper's counter right after the separator
             md5 = hashlib.md5(text[:cs])
@@ -320,7 +338,7 @@ class _Batch:
         retrieved = False
         stripped: tuple = ()
         status_lines: tuple = ()
-        if _OTHER_NOTED.search(view, eol - 1, blank) is not None:
+        if other_noted:
             noted = self._other_noted(view[eol - 1:blank], eol - 1)
             if noted is None:
                 return _REST

@@ -18,3 +18,12 @@ def assert_same_candidates(data, start: int, end: int) -> None:
     ats, eols, lfs = got
     assert (ats, eols) == want[:2], data[start:end]
     assert lfs == [bytes(data[start:at]).count(b"\n") for at in ats + [end]], data[start:end]
+
+
+def assert_same_header_block(data, at: int, eol: int, stop: int) -> None:
+    """The compiled header block is the pure-Python one, old- and new-style, for the message
+    whose separator line is data[at:eol]. Needs the compiled pass."""
+    for continuations in (True, False):
+        want = mbox_batch.python_header_block(data, at, eol, stop, continuations)
+        got = mbox_batch.compiled_header_block(data, at, eol, stop, continuations)
+        assert got == want, (bytes(data[at:stop]), continuations, got, want)

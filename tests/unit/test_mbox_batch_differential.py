@@ -25,14 +25,16 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture(autouse=True, params=["compiled", "python"])
 def implementation(request, monkeypatch):
-    """The batch path with the compiled pass, then with the pure-Python one."""
+    """The batch path with the compiled passes, then with the pure-Python ones."""
     if request.param == "compiled":
         if mbox_batch.compiled_candidates is None:
             pytest.skip("qpopper/spool/_scan.c is not built (test_mbox_scan_accel checks "
                         "that it is wherever it can be)")
         monkeypatch.setattr(mbox_batch, "candidates", mbox_batch.compiled_candidates)
+        monkeypatch.setattr(mbox_batch, "header_block", mbox_batch.compiled_header_block)
     else:
         monkeypatch.setattr(mbox_batch, "candidates", mbox_batch.python_candidates)
+        monkeypatch.setattr(mbox_batch, "header_block", mbox_batch.python_header_block)
     return request.param
 
 SEPARATORS = [b"From s%d@x Wed Dec  2 05:53:22 1992\n", b"From s%d Wed Dec  2 05:53 1992\n",

@@ -1,6 +1,7 @@
 """The batch scan's compiled pass (qpopper/spool/_scan.c) against its definition, the
 pure-Python mbox_batch.python_candidates, and the LF counts against bytes.count (docs/mbox.md,
-"The batch scan"); its UID text, uid_text, against mbox_format.uid_text_python.
+"The batch scan"); its UID text, uid_text, against mbox_format.uid_text_python; its header
+block, header_block, against mbox_batch.python_header_block.
 
 Every token string up to 5 tokens over the pieces the pass cares about (LF, CR, `From `, a
 date, other octets), seeded random spools cut at every kind of edge, regions starting and
@@ -21,6 +22,7 @@ import pytest
 from qpopper.spool import maildir, mbox_batch, mbox_format, mbox_scan
 from tests.helpers.compiler import assert_built_and_used
 from tests.helpers.scan_passes import assert_same_candidates as same
+from tests.helpers.scan_passes import assert_same_header_block
 
 compiled = mbox_batch.compiled_candidates
 python = mbox_batch.python_candidates
@@ -154,3 +156,68 @@ def test_uid_text_takes_any_16_octet_buffer_and_refuses_the_rest():
     for wrong in (None, "0123456789abcdef", 16):
         with pytest.raises(TypeError):
             mbox_format.uid_text_c(wrong)
+
+
+# --- header_block: a message's header block (docs/accelerators.md, "The header block") --------
+HEADER_TOKENS = [b"\n", b"Received:", b"DATE:x", b"message-ID:", b"Subject", b":", b" ", b"\t",
+                 b"x-uidl:", b"STATUS:", b"Content-Length:", b"\x00", b"message_id:", b"x"]
+"""What the walk looks at: line ends, each name in either case with and without its colon, a
+near miss (`_` for `-`), continuation whitespace, NUL, other octets."""
+SEPARATOR = b"From s Wed Dec  2 05:53:22 1992\n"
+
+
+def test_the_header_block_is_built_and_used_where_it_can_be():
+    assert_built_and_used(mbox_batch.compiled_header_block, mbox_batch.header_block,
+                          "qpopper.spool._scan", "the batch scan walks headers with regexes")
+
+
+@needs_c
+def test_every_short_header_block():
+    """Every string of up to 4 tokens after a separator line, with the blank line after it,
+    and without (the block does not end: None), the stop anywhere in it."""
+    for n in range(0, 5):
+        for parts in itertools.product(HEADER_TOKENS, repeat=n):
+            data = SEPARATOR + b"".join(parts) + b"\n\nbody\n"
+            eol = len(SEPARATOR)
+            for stop in range(eol - 1, len(data) + 1, 1 if n < 3 else 5):
+                assert_same_header_block(data, 0, eol, stop)
+
+
+def random_headers(rng: random.Random) -> bytes:
+    lines = []
+    for _ in range(rng.randrange(0, 40)):
+        name = rng.choice([b"Received", b"received", b"DATE", b"Message-Id", b"Subject",
+                           b"X-UIDL", b"Status", b"content-length", b"X-Other", b"Message-I",
+                           b"Subject ", b""])
+        value = bytes(rng.choice(b"abc \t\x00:") for _ in range(rng.randrange(0, 30)))
+        lines.append(name + rng.choice([b":", b"", b": "]) + value + b"\n")
+        for _ in range(rng.choice([0, 0, 1, 3])):
+            lines.append(rng.choice([b" ", b"\t", b"  "]) + value + b"\n")
+    return b"".join(lines)
+
+
+@needs_c
+def test_random_header_blocks_in_a_mapped_spool():
+    rng = random.Random(20261206)
+    messages, where = [], []
+    for _ in range(400):
+        at = sum(map(len, messages))
+        message = SEPARATOR + random_headers(rng) + rng.choice([b"\n", b""]) + b"body\n\n"
+        messages.append(message)
+        where.append((at, at + len(SEPARATOR), at + len(message)))
+    data = b"".join(messages)
+    with tempfile.TemporaryFile() as f:
+        f.write(data)
+        f.flush()
+        view = mmap.mmap(f.fileno(), len(data), prot=mmap.PROT_READ)
+        for at, eol, nxt in where:
+            assert_same_header_block(view, at, eol, nxt)
+            assert_same_header_block(view, at, eol, rng.randrange(eol - 1, nxt + 1))
+        view.close()
+
+
+@needs_c
+@pytest.mark.parametrize("at, eol, stop", [(-1, 3, 5), (3, 3, 5), (0, 5, 3), (0, 5, 100)])
+def test_a_header_block_outside_the_buffer_is_refused(at, eol, stop):
+    with pytest.raises(ValueError, match="header_block: need"):
+        mbox_batch.compiled_header_block(b"From a\nS: x\n\nbody\n", at, eol, stop, True)
