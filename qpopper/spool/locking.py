@@ -276,6 +276,12 @@ class DotLock:
             unlink_if_present(self.path)
 
 
+class Unlinked(FileNotFoundError):
+    """open_regular opened a file whose last name went away before the check (no links left:
+    another session released it, or a writer renamed a new file over it): a missing file for
+    callers that create or report one, a changed one for callers that open again."""
+
+
 def open_regular(path: str, flags: int, mode: int = 0o600, *, owner: int | None = None,
                  private: bool = False, refuse: Callable[[str, str], Exception]) -> int:
     """open(2) `path` with O_NOFOLLOW and O_CLOEXEC added to `flags`, then prove on the
@@ -283,15 +289,15 @@ def open_regular(path: str, flags: int, mode: int = 0o600, *, owner: int | None 
     given), and without access for others (when `private`). Otherwise close it and raise
     refuse(kind, detail), kind being "type", "links", "owner" or "mode". Errors of open(2)
     itself (FileNotFoundError, ELOOP for a symlink, ...) propagate unchanged, and a file
-    whose last name went away between the open and the check (no links: another session
-    released it) is FileNotFoundError too, as if we had opened a moment later."""
+    whose last name went away between the open and the check is Unlinked, a
+    FileNotFoundError: as if we had opened a moment later."""
     fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise refuse("type", "not a regular file")
         if st.st_nlink == 0:
-            raise FileNotFoundError(errno.ENOENT, "removed while being opened", path)
+            raise Unlinked(errno.ENOENT, "removed while being opened", path)
         if st.st_nlink != 1:
             raise refuse("links", f"has {st.st_nlink} links")
         if owner is not None and st.st_uid != owner:
@@ -355,7 +361,10 @@ class SpoolLock:
                            log=f"{self.dotlock.path} stayed busy for {timing.budget_s:g} s")
         try:
             for _ in range(3):
-                self._open()
+                try:
+                    self._open()
+                except (Unlinked, FileExistsError):
+                    continue                # replaced or created as we opened: open again
                 if self.fd is None:
                     return
                 if not _wait(lambda: _kernel_lock(self.fd, flock_too=not self.nfs_safe),
@@ -376,6 +385,8 @@ class SpoolLock:
         flags = os.O_RDWR | os.O_NONBLOCK
         try:
             fd = open_regular(self.path, flags, owner=os.geteuid(), refuse=self._refuse)
+        except Unlinked:
+            raise                           # there is a spool: acquire opens it again
         except FileNotFoundError:
             if not self.create:
                 return
@@ -477,9 +488,9 @@ class SessionLock:
                 except FileNotFoundError:
                     pass
                 self.hook("temp-drop-create")
-                try:
+                try:                        # FileNotFoundError: no directory, for the caller
                     fd = open_drop(os.O_CREAT | os.O_EXCL)
-                except (FileExistsError, FileNotFoundError):
+                except (FileExistsError, Unlinked):
                     continue                # another session's drop came or went: again
                 self.created = True
                 return fd

@@ -38,7 +38,7 @@ import sys
 
 from qpopper import config as config_mod
 from qpopper.spool.dirs import UnsafeComponent, make_dirs_below
-from qpopper.spool.locking import open_regular
+from qpopper.spool.locking import Unlinked, open_regular
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -63,12 +63,17 @@ def own_store(path: str, owner_name: str) -> None:
         raise Refused(f"{path} not changed: no account {owner_name!r}") from None
     def refuse(kind: str, detail: str) -> Refused:
         return Refused(f"{path} not changed: not a regular file with one link")
-    try:                                  # O_NONBLOCK: a FIFO planted there must not hang us
-        fd = open_regular(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY, refuse=refuse)
-    except FileNotFoundError:
-        return
-    except OSError as error:              # ELOOP: the name is a symlink
-        raise Refused(f"{path} not changed: {error.strerror}") from None
+    for attempt in range(2):
+        try:                              # O_NONBLOCK: a FIFO planted there must not hang us
+            fd = open_regular(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY, refuse=refuse)
+            break
+        except Unlinked:                  # replaced as we opened it: the new one, once
+            if attempt:
+                raise Refused(f"{path} not changed: it kept being replaced") from None
+        except FileNotFoundError:
+            return
+        except OSError as error:          # ELOOP: the name is a symlink
+            raise Refused(f"{path} not changed: {error.strerror}") from None
     try:
         st = os.fstat(fd)
         if st.st_uid != owner.pw_uid:

@@ -13,8 +13,8 @@ import time
 import pytest
 
 from qpopper.pop3.responses import PopError, RespCode
-from qpopper.spool.locking import (DotLock, LockTiming, SessionLock, SpoolLock, lock_content,
-                                   open_regular, parse_lock_content)
+from qpopper.spool.locking import (DotLock, LockTiming, SessionLock, SpoolLock, Unlinked,
+                                   lock_content, open_regular, parse_lock_content)
 from tests.helpers.repo import REPO
 
 FAST = LockTiming(attempts=2, step_s=0.3, poll_s=0.02)     # 0.3 s budget
@@ -550,3 +550,40 @@ def test_session_locks_of_racing_processes_only_ever_say_in_use(tmp_path):
         assert racer.returncode == 0, err.decode()[-2000:]
         seen = eval(out)
         assert set(seen) <= {"ok", "IN_USE"} and seen["ok"] > 0, seen
+
+
+def test_session_lock_in_a_missing_directory_is_not_in_use(tmp_path):
+    """No directory for the drop is a fault to report (Maildrop makes it [SYS/TEMP] with the
+    error in the log), not a drop that keeps changing: one create tried, the error raised."""
+    steps = []
+    session = SessionLock(str(tmp_path / "no-such-dir" / ".alice.pop"), step_hook=steps.append)
+    with pytest.raises(FileNotFoundError) as info:
+        session.acquire()
+    assert not isinstance(info.value, Unlinked) and steps == ["temp-drop-create"]
+
+
+@pytest.mark.parametrize("create", [False, True])
+def test_spool_lock_opens_again_a_spool_replaced_as_it_opened_it(tmp_path, monkeypatch, create):
+    """A writer that ignores the dot-lock renames a new spool over the one we just opened: we
+    lock and keep the new one, never 'no spool', [SYS/PERM] or a raw error."""
+    spool = tmp_path / "alice"
+    spool.write_bytes(b"old\n")
+    real_open, replaced = os.open, []
+
+    def open_then_replace(path, flags, mode=0o777):
+        fd = real_open(path, flags, mode)
+        if path == str(spool) and not replaced:
+            (tmp_path / "new").write_bytes(b"new\n")
+            os.rename(tmp_path / "new", spool)
+            replaced.append(path)
+        return fd
+    monkeypatch.setattr(os, "open", open_then_replace)
+    lock = SpoolLock(str(spool), str(spool) + ".lock", create=create, create_mode=0o660)
+    lock.acquire(NO_WAIT)
+    monkeypatch.undo()
+    try:
+        assert replaced and lock.fd is not None
+        assert os.path.samestat(os.fstat(lock.fd), os.stat(spool))
+        assert os.pread(lock.fd, 10, 0) == b"new\n"
+    finally:
+        lock.release()

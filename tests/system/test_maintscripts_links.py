@@ -217,3 +217,28 @@ def test_maintscript_spool_dirs_says_what_is_wrong_with_the_configuration(tmp_pa
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f"{config}:2" in lines[0], result.stderr
+
+
+def test_maintscript_owns_a_store_replaced_as_it_opened_it(tmp_path, monkeypatch):
+    """The store renamed over by a new one between the open and the check: the new one is the
+    one made private (once; not skipped as missing)."""
+    import pwd
+    from qpopper.tools import maintscript
+    store = tmp_path / "pop.auth"
+    store.write_bytes(b"old")
+    os.chmod(store, 0o644)
+    real_open, replaced = os.open, []
+
+    def open_then_replace(path, flags, mode=0o777):
+        fd = real_open(path, flags, mode)
+        if path == str(store) and not replaced:
+            (tmp_path / "new").write_bytes(b"new")
+            os.chmod(tmp_path / "new", 0o644)
+            os.rename(tmp_path / "new", store)
+            replaced.append(path)
+        return fd
+    monkeypatch.setattr(os, "open", open_then_replace)
+    maintscript.own_store(str(store), pwd.getpwuid(os.getuid()).pw_name)
+    monkeypatch.undo()
+    assert replaced and store.read_bytes() == b"new"
+    assert stat.S_IMODE(os.stat(store).st_mode) == maintscript.STORE_MODE
