@@ -175,6 +175,23 @@ def test_new_user_gets_the_newest_max_bulletins_with_uidl_and_to(tmp_path):
     assert env.subjects() == ["00002.notice2", "00003.notice3"]
 
 
+def test_a_spool_the_first_delivery_creates_meanwhile_gets_the_bulletin_after_it(tmp_path):
+    """A new user (no spool): a plain fcntl appender (no dot-lock) creates the spool between
+    our open (ENOENT) and our create (EEXIST). The bulletin goes after its message, not lost
+    to a FileExistsError."""
+    env = Env(tmp_path)
+    env.post("1.b")
+
+    def appender(step):
+        if step == "bulletins:spool-create":
+            fd = os.open(env.paths.spool, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            os.write(fd, SPOOL_MAIL + b"\n")
+            os.close(fd)
+    assert env.deliver(step_hook=appender) == 1
+    assert env.subjects() == ["ordinary mail", "1.b"]
+    assert env.popbull.read_bytes() == b"1\n"
+
+
 def test_default_max_bulletins_is_one(tmp_path):
     env = Env(tmp_path)
     for n in (1, 2, 3):
