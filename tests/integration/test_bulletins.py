@@ -348,6 +348,24 @@ def test_bulldb_first_use_reads_popbull_but_never_writes_it(tmp_path):
     assert db_rows(env) == [("alice", 4, None)]
 
 
+def test_bulldb_created_by_another_login_meanwhile_is_used(tmp_path, monkeypatch):
+    """Two first logins: the other creates the database between our open (ENOENT) and our
+    create (EEXIST). We open the one it made, not -ERR [SYS/TEMP]."""
+    env = bulldb_env(tmp_path)
+    env.post("1.b")
+    path = str(env.bulldir / bulletin_records.BULLDB_DIR / bulletin_records.BULLDB_FILE)
+    real_open = os.open
+
+    def other_login_first(name, flags, mode=0o777, **kw):
+        if name == path and flags & os.O_EXCL and not os.path.exists(path):
+            os.close(real_open(path, os.O_RDWR | os.O_CREAT, bulletin_records.BULLDB_MODE))
+        return real_open(name, flags, mode, **kw)
+    monkeypatch.setattr(os, "open", other_login_first)
+    assert env.deliver() == 1
+    monkeypatch.undo()
+    assert env.subjects() == ["1.b"] and db_rows(env) == [("alice", 1, None)]
+
+
 def test_bulldb_keeps_one_record_per_user(tmp_path):
     alice = bulldb_env(tmp_path, max_bulletins=2)
     bob = Env(tmp_path, user="bob", bulldb=True, max_bulletins=1)
