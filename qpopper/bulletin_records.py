@@ -159,8 +159,11 @@ class BulletinDb:
             try:
                 fd = os.open(self.path, flags)
             except FileNotFoundError:
-                fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, BULLDB_MODE)
-                os.fchmod(fd, BULLDB_MODE)          # whatever the umask: every user writes it
+                try:
+                    fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, BULLDB_MODE)
+                    os.fchmod(fd, BULLDB_MODE)      # whatever the umask: every user writes it
+                except FileExistsError:
+                    fd = os.open(self.path, flags)  # another login created it just now
         except OSError as exc:
             # no bulldb directory, no permission, a link: waiting mends none of them
             raise BulletinDbError(f"{self.path}: {exc.strerror}") from None

@@ -175,6 +175,23 @@ def test_new_user_gets_the_newest_max_bulletins_with_uidl_and_to(tmp_path):
     assert env.subjects() == ["00002.notice2", "00003.notice3"]
 
 
+def test_a_spool_the_first_delivery_creates_meanwhile_gets_the_bulletin_after_it(tmp_path):
+    """A new user (no spool): a plain fcntl appender (no dot-lock) creates the spool between
+    our open (ENOENT) and our create (EEXIST). The bulletin goes after its message, not lost
+    to a FileExistsError."""
+    env = Env(tmp_path)
+    env.post("1.b")
+
+    def appender(step):
+        if step == "bulletins:spool-create":
+            fd = os.open(env.paths.spool, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            os.write(fd, SPOOL_MAIL + b"\n")
+            os.close(fd)
+    assert env.deliver(step_hook=appender) == 1
+    assert env.subjects() == ["ordinary mail", "1.b"]
+    assert env.popbull.read_bytes() == b"1\n"
+
+
 def test_default_max_bulletins_is_one(tmp_path):
     env = Env(tmp_path)
     for n in (1, 2, 3):
@@ -329,6 +346,24 @@ def test_bulldb_first_use_reads_popbull_but_never_writes_it(tmp_path):
     assert env.deliver() == 1
     assert env.subjects() == ["3.b", "4.b"]
     assert db_rows(env) == [("alice", 4, None)]
+
+
+def test_bulldb_created_by_another_login_meanwhile_is_used(tmp_path, monkeypatch):
+    """Two first logins: the other creates the database between our open (ENOENT) and our
+    create (EEXIST). We open the one it made, not -ERR [SYS/TEMP]."""
+    env = bulldb_env(tmp_path)
+    env.post("1.b")
+    path = str(env.bulldir / bulletin_records.BULLDB_DIR / bulletin_records.BULLDB_FILE)
+    real_open = os.open
+
+    def other_login_first(name, flags, mode=0o777, **kw):
+        if name == path and flags & os.O_EXCL and not os.path.exists(path):
+            os.close(real_open(path, os.O_RDWR | os.O_CREAT, bulletin_records.BULLDB_MODE))
+        return real_open(name, flags, mode, **kw)
+    monkeypatch.setattr(os, "open", other_login_first)
+    assert env.deliver() == 1
+    monkeypatch.undo()
+    assert env.subjects() == ["1.b"] and db_rows(env) == [("alice", 1, None)]
 
 
 def test_bulldb_keeps_one_record_per_user(tmp_path):

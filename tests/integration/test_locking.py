@@ -277,6 +277,43 @@ def test_spool_lock_creates_the_spool_when_asked(tmp_path):
     assert oct(os.stat(spool).st_mode & 0o777) == oct(0o660 & ~_umask())
 
 
+def _appender_creating(spool, data: bytes):
+    """A step hook: a delivery agent that takes no dot-lock (a plain fcntl appender) creates
+    the spool with its first message just before we would."""
+    def hook(step):
+        if step == "spool-create" and not os.path.lexists(spool):
+            fd = os.open(spool, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            os.write(fd, data)
+            os.close(fd)
+    return hook
+
+
+def test_spool_lock_locks_the_spool_an_appender_created_meanwhile(tmp_path):
+    spool = tmp_path / "alice"
+    lock = SpoolLock(str(spool), str(spool) + ".lock", create=True, create_mode=0o660,
+                     step_hook=_appender_creating(spool, b"first delivery\n"))
+    lock.acquire(NO_WAIT)                    # was FileExistsError: -ERR at QUIT
+    try:
+        assert not lock.created
+        assert os.pread(lock.fd, 100, 0) == b"first delivery\n"
+        assert probe(spool) == "flock=busy fcntl=busy"
+    finally:
+        lock.release()
+
+
+def test_spool_lock_on_a_spool_that_never_settles_says_sys_temp(tmp_path, monkeypatch):
+    spool = tmp_path / "alice"
+    monkeypatch.setattr(os, "open", _drop_flipping_open(spool, flips=10_000))
+    lock = SpoolLock(str(spool), str(spool) + ".lock", create=True, create_mode=0o660)
+    before = _open_fds()
+    with pytest.raises(PopError) as info:
+        lock.acquire(NO_WAIT)
+    monkeypatch.undo()
+    assert info.value.code is RespCode.SYS_TEMP
+    assert info.value.text == "Unable to lock the maildrop; try again later."
+    assert _open_fds() == before and not (tmp_path / "alice.lock").exists()
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -166,6 +166,25 @@ def test_leftover_temp_drop_comes_first(tmp_path):
     assert subjects(cfg, paths) == [b"Subject: m1", b"Subject: m2"]
 
 
+def test_a_spool_an_appender_creates_while_update_would_is_used(tmp_path):
+    """No spool at QUIT (a crashed session's drop of a user whose spool is gone) while the
+    first delivery of a plain fcntl appender (no dot-lock) creates it between our open
+    (ENOENT) and our create (EEXIST): the update locks and uses that file, not -ERR."""
+    cfg, paths = setup(tmp_path)
+    fd = os.open(paths.temp_drop, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, msg(1))
+    os.close(fd)
+
+    def appender(step):
+        if step == "update:spool-create":
+            fd = os.open(paths.spool, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            os.write(fd, msg(2))
+            os.close(fd)
+    drop = open_drop(cfg, paths, step_hook=appender)
+    drop.update(set(), set())
+    assert subjects(cfg, paths) == [b"Subject: m1", b"Subject: m2"]
+
+
 def test_check_old_spool_loc_recovers_an_old_drop(tmp_path):
     cfg, paths = setup(tmp_path, None, hash_spool=1)
     os.makedirs(os.path.dirname(paths.spool))
