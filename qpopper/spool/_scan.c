@@ -242,18 +242,28 @@ uid_text(PyObject *module, PyObject *arg)
 
 /* --- the header block: mbox_batch.python_header_block in C ------------------------------------ */
 
-/* Does the line at p (up to end, its LF excluded) start with one of names, then ':'? ASCII
+typedef struct {
+    const char *text;
+    size_t len;
+} name_t;
+
+/* In lower case: a letter matches either case, anything else itself. */
+static const name_t hashed_names[] = {
+    {"received", 8}, {"date", 4}, {"message-id", 10}, {"subject", 7}, {NULL, 0}};
+static const name_t other_names[] = {
+    {"content-length", 14}, {"x-uidl", 6}, {"status", 6}, {NULL, 0}};
+
+/* Does the line [p, end) (its LF excluded) start with one of names, then ':'? ASCII
  * case-insensitive, as the Python side's re.IGNORECASE on bytes. */
 static int
-line_is(const unsigned char *p, const unsigned char *end, const char *const *names)
+line_is(const unsigned char *p, const unsigned char *end, const name_t *names)
 {
-    for (; *names != NULL; names++) {
-        size_t n = strlen(*names);
+    for (; names->text != NULL; names++) {
+        size_t n = names->len, i = 0;
         if ((size_t)(end - p) <= n || p[n] != ':')
             continue;
-        size_t i = 0;
         for (; i < n; i++) {
-            unsigned char c = (unsigned char)(*names)[i];
+            unsigned char c = (unsigned char)names->text[i];
             if (c >= 'a' && c <= 'z' ? (p[i] | 0x20) != c : p[i] != c)
                 break;
         }
@@ -263,9 +273,34 @@ line_is(const unsigned char *p, const unsigned char *end, const char *const *nam
     return 0;
 }
 
-/* In lower case: a letter matches either case, anything else itself. */
-static const char *const hashed_names[] = {"received", "date", "message-id", "subject", NULL};
-static const char *const other_names[] = {"content-length", "x-uidl", "status", NULL};
+/* The hashed text as it grows: a bytes object resized by doubling. */
+typedef struct {
+    PyObject *bytes;
+    Py_ssize_t len, cap;
+} text_t;
+
+/* Append n octets; 0, or -1 with an exception (text->bytes is then NULL). */
+static int
+text_add(text_t *text, const unsigned char *src, Py_ssize_t n)
+{
+    if (n > text->cap - text->len) {
+        Py_ssize_t cap = text->cap;
+        while (n > cap - text->len) {
+            if (cap > PY_SSIZE_T_MAX / 2) {
+                Py_CLEAR(text->bytes);
+                PyErr_NoMemory();
+                return -1;
+            }
+            cap *= 2;
+        }
+        if (_PyBytes_Resize(&text->bytes, cap) < 0)
+            return -1;
+        text->cap = cap;
+    }
+    memcpy(PyBytes_AS_STRING(text->bytes) + text->len, src, (size_t)n);
+    text->len += n;
+    return 0;
+}
 
 PyDoc_STRVAR(header_block_doc,
 "header_block(buffer, at, eol, stop, continuations) -> (blank, text, other) or None\n\n"
@@ -286,17 +321,22 @@ header_block(PyObject *module, PyObject *args)
     int continuations;
     if (!PyArg_ParseTuple(args, "y*nnnp:header_block", &view, &at, &eol, &stop, &continuations))
         return NULL;
-    if (at < 0 || eol <= at || stop < eol - 1 || stop > view.len || view.len < 1) {
+    if (at < 0 || eol <= at || eol > view.len || stop < eol - 1 || stop > view.len ||
+        ((const unsigned char *)view.buf)[eol - 1] != '\n') {
         PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_ValueError,
-                        "header_block: need 0 <= at < eol, eol - 1 <= stop <= len(buffer)");
+        PyErr_SetString(PyExc_ValueError, "header_block: need 0 <= at < eol, eol - 1 <= stop "
+                        "<= len(buffer), and buffer[eol - 1] an LF");
         return NULL;
     }
-    const unsigned char *buf = view.buf;
+    /* One walk, every read bounded by `stop` and every write by the text's size: the buffer
+     * is a map of a spool its owner can change while we read it, so nothing found in one
+     * step is trusted in the next; a line end that is gone makes the message the reference
+     * scanner's (None). */
+    const unsigned char *buf = view.buf, *limit = buf + stop, *p = buf + eol - 1;
+    const unsigned char *blank_at = NULL;
     PyObject *result = NULL;
-    /* the first LF LF in [eol - 1, stop) */
-    const unsigned char *p = buf + eol - 1, *limit = buf + stop, *blank_at = NULL;
-    while (p < limit - 1) {
+    text_t text = {NULL, 0, 0};
+    while (p + 1 < limit) {                        /* the first LF LF in [eol - 1, stop) */
         const unsigned char *lf = memchr(p, '\n', (size_t)(limit - 1 - p));
         if (lf == NULL)
             break;
@@ -306,67 +346,50 @@ header_block(PyObject *module, PyObject *args)
         }
         p = lf + 1;
     }
-    if (blank_at == NULL) {
-        result = Py_NewRef(Py_None);
+    if (blank_at == NULL)
+        goto none;
+    Py_ssize_t sep = eol - at;
+    text.cap = 2 * sep + 512;
+    text.bytes = PyBytes_FromStringAndSize(NULL, text.cap);
+    if (text.bytes == NULL || text_add(&text, buf + at, sep) < 0)
         goto done;
-    }
-    /* The lines of the block start after each LF of [eol - 1, blank); every one ends with an
-     * LF before blank. Pass 1 sizes the text, pass 2 fills it. */
-    Py_ssize_t sep = eol - at, size = continuations ? 2 * sep : sep;
     int other = 0;
-    PyObject *text = NULL;
-    char *out = NULL;
-    for (int fill = 0; fill < 2; fill++) {
-        if (fill) {
-            text = PyBytes_FromStringAndSize(NULL, size);
-            if (text == NULL)
-                goto done;
-            out = PyBytes_AS_STRING(text);
-            memcpy(out, buf + at, (size_t)sep);
-            out += sep;
-        }
-        const unsigned char *line = buf + eol;
-        while (line < blank_at) {
-            const unsigned char *end = memchr(line, '\n', (size_t)(blank_at - line));
-            /* blank_at - 1 is an LF: found */
-            if (line_is(line, end, hashed_names)) {
-                const unsigned char *piece_end = end;
-                while (continuations && piece_end + 1 < blank_at &&
-                       (piece_end[1] == ' ' || piece_end[1] == '\t'))
-                    piece_end = memchr(piece_end + 1, '\n', (size_t)(blank_at - piece_end - 1));
-                Py_ssize_t n = piece_end - line + 1;           /* with its LF */
-                if (fill) {
-                    memcpy(out, line, (size_t)n);
-                    out += n;
-                } else {
-                    size += n;
-                }
-                end = piece_end;
-            } else if (!fill && !other && line_is(line, end, other_names)) {
-                other = 1;
+    const unsigned char *line = buf + eol;         /* each line of [eol, blank_at) */
+    while (line < blank_at) {
+        const unsigned char *end = memchr(line, '\n', (size_t)(blank_at - line));
+        if (end == NULL)
+            goto none;                             /* changed under us */
+        if (line_is(line, end, hashed_names)) {
+            while (continuations && end + 1 < blank_at && (end[1] == ' ' || end[1] == '\t')) {
+                end = memchr(end + 1, '\n', (size_t)(blank_at - end - 1));
+                if (end == NULL)
+                    goto none;
             }
-            line = end + 1;
+            if (text_add(&text, line, end - line + 1) < 0)     /* with its LF */
+                goto done;
+        } else if (!other && line_is(line, end, other_names)) {
+            other = 1;
         }
-        if (fill && continuations) {
-            memcpy(out, buf + at, (size_t)sep);
-            out += sep;
-        }
+        line = end + 1;
     }
-    if (out != PyBytes_AS_STRING(text) + size) {
-        Py_DECREF(text);
-        PyErr_SetString(PyExc_SystemError, "header_block: the text's size changed");
+    if (continuations && text_add(&text, buf + at, sep) < 0)
         goto done;
-    }
-    char *t = PyBytes_AS_STRING(text), *nul;
-    Py_ssize_t left = size;
+    if (_PyBytes_Resize(&text.bytes, text.len) < 0)
+        goto done;
+    char *t = PyBytes_AS_STRING(text.bytes), *nul;
+    Py_ssize_t left = text.len;
     while (left > 0 && (nul = memchr(t, '\0', (size_t)left)) != NULL) {
         *nul = ' ';
         left -= nul + 1 - t;
         t = nul + 1;
     }
-    result = Py_BuildValue("(nNO)", (Py_ssize_t)(blank_at - buf), text,
+    result = Py_BuildValue("(nOO)", (Py_ssize_t)(blank_at - buf), text.bytes,
                            other ? Py_True : Py_False);
+    goto done;
+none:
+    result = Py_NewRef(Py_None);
 done:
+    Py_XDECREF(text.bytes);
     PyBuffer_Release(&view);
     return result;
 }

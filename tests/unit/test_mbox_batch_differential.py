@@ -39,7 +39,8 @@ def implementation(request, monkeypatch):
 
 SEPARATORS = [b"From s%d@x Wed Dec  2 05:53:22 1992\n", b"From s%d Wed Dec  2 05:53 1992\n",
               b"From s%d@x Wed Dec  2 05:53:22 PST 1992 remote from h\n",
-              b"From s%d Sat Jan  3 01:05:34 1996 +0700\n"]
+              b"From s%d Sat Jan  3 01:05:34 1996 +0700\n",
+              b"From s%d\x00nul Wed Dec  2 05:53:22 1992\n"]
 HEADERS = [
     b"Received: from a by b", b"RECEIVED: from c", b"received:x", b"Received : not noted",
     b"Date: Wed, 25 Nov 2026 10:00:00 +0000", b"date:today", b"Message-ID: <%d@x>",
