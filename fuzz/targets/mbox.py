@@ -26,7 +26,8 @@ import tempfile
 
 from qpopper.spool import mbox_batch
 from qpopper.spool.mbox import Message, MboxFormatError, copy_for_update, scan, send_message
-from tests.helpers.scan_passes import assert_same_candidates, assert_same_header_block
+from tests.helpers.scan_passes import (assert_same_candidates, assert_same_header_block,
+                                       assert_same_plain_from_lines)
 
 ALLOWED: tuple[type[BaseException], ...] = (MboxFormatError,)
 MAX_LEN = 8192
@@ -105,8 +106,9 @@ def same_candidates(spool: bytes) -> None:
     if len(PASSES) == 2:
         assert_same_candidates(spool, 0, len(spool))
         found = mbox_batch.python_candidates(spool, 0, len(spool))
-        if found is not None:                  # each message's header block, both ways
+        if found is not None:                  # each separator and header block, both ways
             ats, eols, _ = found
+            assert_same_plain_from_lines(spool, ats, eols, mbox_batch._MAX_LINE)
             for at, eol, nxt in zip(ats, eols, ats[1:] + [len(spool)]):
                 assert_same_header_block(spool, at, eol, nxt)
 

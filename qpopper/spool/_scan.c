@@ -8,6 +8,9 @@
  * uid_text(digest) is mbox_format.uid_text_python's arithmetic: a digest's 20-character UID
  * (docs/accelerators.md, "UID text").
  *
+ * plain_from_lines(buffer, ats, eols, max_octets) is mbox_batch.python_plain_from_lines: which
+ * candidate lines have the envelope's common shape (docs/accelerators.md, "The separator shape").
+ *
  * header_block(buffer, at, eol, stop, continuations) is mbox_batch.python_header_block: a
  * message's header block found, its UID's hashed text made and its other noted headers looked
  * for in one walk over its lines (docs/accelerators.md, "The header block").
@@ -394,10 +397,91 @@ done:
     return result;
 }
 
+/* --- the separator shape: mbox_batch.python_plain_from_lines in C ------------------------------ */
+
+static int is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
+static int is_word(unsigned char c) { return c != ' ' && c != '\r' && c != '\n'; }
+
+/* mbox_format._PLAIN_FROM_LINE's fullmatch of s[0:n]:
+ *   From [^\r\n]*[^ \r\n] [^ \r\n]{3} [^ \r\n]{3} [ 0-9][0-9] [0-9]{2}:[0-9]{2}:[0-9]{2} [0-9]{4}\r?\n?
+ * Past `From ` everything is at a fixed distance from the end: the optional LF, then the
+ * optional CR (a digit ends the year, so the two are found by looking), then 26 octets of
+ * the date; between `From ` and those, any octets but CR and LF. */
+static int
+plain_from_line(const unsigned char *s, Py_ssize_t n)
+{
+    Py_ssize_t e = n;
+    if (e > 0 && s[e - 1] == '\n')
+        e--;
+    if (e > 0 && s[e - 1] == '\r')
+        e--;
+    if (e < 5 + 26 || memcmp(s, "From ", 5) != 0)
+        return 0;
+    for (Py_ssize_t i = 5; i < e - 26; i++)
+        if (s[i] == '\r' || s[i] == '\n')
+            return 0;
+    const unsigned char *t = s + e - 26;
+    return is_word(t[0]) && t[1] == ' ' && is_word(t[2]) && is_word(t[3]) && is_word(t[4]) &&
+           t[5] == ' ' && is_word(t[6]) && is_word(t[7]) && is_word(t[8]) && t[9] == ' ' &&
+           (t[10] == ' ' || is_digit(t[10])) && is_digit(t[11]) && t[12] == ' ' &&
+           is_digit(t[13]) && is_digit(t[14]) && t[15] == ':' && is_digit(t[16]) &&
+           is_digit(t[17]) && t[18] == ':' && is_digit(t[19]) && is_digit(t[20]) &&
+           t[21] == ' ' && is_digit(t[22]) && is_digit(t[23]) && is_digit(t[24]) &&
+           is_digit(t[25]);
+}
+
+PyDoc_STRVAR(plain_from_lines_doc,
+"plain_from_lines(buffer, ats, eols, max_octets) -> bytes\n\n"
+"One octet per line buffer[ats[i]:eols[i]]: 1 when it is shorter than max_octets and has the\n"
+"envelope's common shape (mbox_format._PLAIN_FROM_LINE matches all of it), else 0. The same\n"
+"as mbox_batch.python_plain_from_lines.");
+
+static PyObject *
+plain_from_lines(PyObject *module, PyObject *args)
+{
+    (void)module;
+    Py_buffer view;
+    PyObject *ats, *eols;
+    Py_ssize_t max_octets;
+    if (!PyArg_ParseTuple(args, "y*O!O!n:plain_from_lines", &view, &PyList_Type, &ats,
+                          &PyList_Type, &eols, &max_octets))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t count = PyList_GET_SIZE(ats);
+    if (PyList_GET_SIZE(eols) != count) {
+        PyErr_SetString(PyExc_ValueError, "plain_from_lines: ats and eols differ in length");
+        goto done;
+    }
+    result = PyBytes_FromStringAndSize(NULL, count);
+    if (result == NULL)
+        goto done;
+    char *flags = PyBytes_AS_STRING(result);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t at = PyLong_AsSsize_t(PyList_GET_ITEM(ats, i));
+        Py_ssize_t eol = PyLong_AsSsize_t(PyList_GET_ITEM(eols, i));
+        if ((at == -1 || eol == -1) && PyErr_Occurred()) {
+            Py_CLEAR(result);
+            goto done;
+        }
+        if (at < 0 || eol < at || eol > view.len) {
+            Py_CLEAR(result);
+            PyErr_SetString(PyExc_ValueError,
+                            "plain_from_lines: need 0 <= ats[i] <= eols[i] <= len(buffer)");
+            goto done;
+        }
+        flags[i] = (char)(eol - at < max_octets &&
+                          plain_from_line((const unsigned char *)view.buf + at, eol - at));
+    }
+done:
+    PyBuffer_Release(&view);
+    return result;
+}
+
 static PyMethodDef scan_methods[] = {
     {"candidates", candidates, METH_VARARGS, candidates_doc},
     {"uid_text", uid_text, METH_O, uid_text_doc},
     {"header_block", header_block, METH_VARARGS, header_block_doc},
+    {"plain_from_lines", plain_from_lines, METH_VARARGS, plain_from_lines_doc},
     {NULL, NULL, 0, NULL},
 };
 

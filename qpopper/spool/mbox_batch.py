@@ -26,8 +26,8 @@ from typing import BinaryIO, Callable
 
 from qpopper import limits
 from qpopper.server.children import ForkedCall
-from qpopper.spool.mbox_format import (MMDF_SEP_CHAR, Message, _NUL_TO_SPACE, header_uid,
-                                       is_from_line)
+from qpopper.spool.mbox_format import (MMDF_SEP_CHAR, Message, _NUL_TO_SPACE, _PLAIN_FROM_LINE,
+                                       header_uid, is_from_line)
 from qpopper.spool.mbox_headers import _HeaderScanner, set_scan_options
 
 Scanned = tuple[list[Message], list, list[bytes]]
@@ -133,15 +133,29 @@ def python_header_block(view, at: int, eol: int, stop: int, continuations: bool)
     return blank, text, _OTHER_NOTED.search(view, eol - 1, blank) is not None
 
 
+def python_plain_from_lines(view, ats: list, eols: list, max_octets: int) -> bytes:
+    """_scan.plain_from_lines in Python, the fallback and yardstick: one octet per candidate
+    line view[ats[i]:eols[i]], 1 when it is shorter than max_octets and has the envelope's
+    common shape (_PLAIN_FROM_LINE, the first thing is_from_line tries), else 0 (then
+    is_from_line decides)."""
+    fullmatch = _PLAIN_FROM_LINE.fullmatch
+    return bytes(eol - at < max_octets and fullmatch(view[at:eol]) is not None
+                 for at, eol in zip(ats, eols))
+
+
 try:
     from qpopper.spool._scan import candidates as compiled_candidates
     from qpopper.spool._scan import header_block as compiled_header_block
+    from qpopper.spool._scan import plain_from_lines as compiled_plain_from_lines
 except ImportError:         # built without a compiler: the same in Python, slower
-    compiled_candidates = compiled_header_block = None
+    compiled_candidates = compiled_header_block = compiled_plain_from_lines = None
 candidates = compiled_candidates or python_candidates
 """The one pass the batch path makes over each part (docs/mbox.md, "The batch scan")."""
 header_block = compiled_header_block or python_header_block
 """Each message's header block, in one walk (docs/accelerators.md, "The header block")."""
+plain_from_lines = compiled_plain_from_lines or python_plain_from_lines
+"""The separators' common shape, for a part's candidates at once (docs/accelerators.md, "The
+separator shape")."""
 
 
 class _NotBatchable(Exception):
@@ -227,8 +241,9 @@ class _Batch:
         ats, eols, lfs_before = found
         kept = []                                  # indexes of the separators before limit
         cut_index = None
+        plain = plain_from_lines(view, ats, eols, _MAX_LINE)
         for i, (at, eol) in enumerate(zip(ats, eols)):
-            if not is_from_line(view[at:eol]):
+            if not (plain[i] or is_from_line(view[at:eol])):
                 if i == 0:
                     raise _NotBatchable
                 continue

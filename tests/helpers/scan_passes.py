@@ -3,6 +3,7 @@ tests/unit/test_mbox_scan_accel.py and the `mbox` fuzz target."""
 
 from __future__ import annotations
 
+from qpopper import limits
 from qpopper.spool import mbox_batch
 
 
@@ -27,3 +28,16 @@ def assert_same_header_block(data, at: int, eol: int, stop: int) -> None:
         want = mbox_batch.python_header_block(data, at, eol, stop, continuations)
         got = mbox_batch.compiled_header_block(data, at, eol, stop, continuations)
         assert got == want, (bytes(data[at:stop]), continuations, got, want)
+
+
+def assert_same_plain_from_lines(data, ats: list, eols: list, max_octets: int) -> None:
+    """The compiled separator shape check says what the pure-Python one does for each line,
+    and never more than is_from_line. Needs the compiled pass."""
+    from qpopper.spool.mbox_format import is_from_line
+    want = mbox_batch.python_plain_from_lines(data, ats, eols, max_octets)
+    got = mbox_batch.compiled_plain_from_lines(data, ats, eols, max_octets)
+    assert got == want, [(bytes(data[a:e]), g, w) for a, e, g, w in zip(ats, eols, got, want)
+                         if g != w][:5]
+    for at, eol, flag in zip(ats, eols, got):
+        assert not flag or max_octets > limits.MAX_SPOOL_LINE_OCTETS or is_from_line(
+            bytes(data[at:eol])), bytes(data[at:eol])

@@ -354,8 +354,9 @@ def test_install_with_apt(packages):
 USES_ACCELERATORS = ("from qpopper.spool import mbox_send as m, mbox_batch as b; "
                      "print(m.wire_join is m.wire_join_c is not None, m.wire_join_c.__module__, "
                      "b.candidates is b.compiled_candidates is not None, "
-                     "b.header_block is b.compiled_header_block is not None)")
-USED = ["True", "qpopper.spool._wire", "True", "True"]
+                     "b.header_block is b.compiled_header_block is not None, "
+                     "b.plain_from_lines is b.compiled_plain_from_lines is not None)")
+USED = ["True", "qpopper.spool._wire", "True", "True", "True"]
 """RETR converts with the compiled wire pass and the cold mbox scan uses the compiled one."""
 ACCELERATORS = ("_wire", "_scan")
 

@@ -32,9 +32,11 @@ def implementation(request, monkeypatch):
                         "that it is wherever it can be)")
         monkeypatch.setattr(mbox_batch, "candidates", mbox_batch.compiled_candidates)
         monkeypatch.setattr(mbox_batch, "header_block", mbox_batch.compiled_header_block)
+        monkeypatch.setattr(mbox_batch, "plain_from_lines", mbox_batch.compiled_plain_from_lines)
     else:
         monkeypatch.setattr(mbox_batch, "candidates", mbox_batch.python_candidates)
         monkeypatch.setattr(mbox_batch, "header_block", mbox_batch.python_header_block)
+        monkeypatch.setattr(mbox_batch, "plain_from_lines", mbox_batch.python_plain_from_lines)
     return request.param
 
 SEPARATORS = [b"From s%d@x Wed Dec  2 05:53:22 1992\n", b"From s%d Wed Dec  2 05:53 1992\n",

@@ -1,7 +1,8 @@
 """The batch scan's compiled pass (qpopper/spool/_scan.c) against its definition, the
 pure-Python mbox_batch.python_candidates, and the LF counts against bytes.count (docs/mbox.md,
 "The batch scan"); its UID text, uid_text, against mbox_format.uid_text_python; its header
-block, header_block, against mbox_batch.python_header_block.
+block, header_block, against mbox_batch.python_header_block; its separator shape,
+plain_from_lines, against mbox_batch.python_plain_from_lines.
 
 Every token string up to 5 tokens over the pieces the pass cares about (LF, CR, `From `, a
 date, other octets), seeded random spools cut at every kind of edge, regions starting and
@@ -25,7 +26,7 @@ from qpopper.spool import maildir, mbox_batch, mbox_format, mbox_scan
 from tests.helpers.compiler import assert_built_and_used
 from tests.helpers.repo import REPO
 from tests.helpers.scan_passes import assert_same_candidates as same
-from tests.helpers.scan_passes import assert_same_header_block
+from tests.helpers.scan_passes import assert_same_header_block, assert_same_plain_from_lines
 
 compiled = mbox_batch.compiled_candidates
 python = mbox_batch.python_candidates
@@ -277,3 +278,91 @@ def test_a_header_block_changed_while_it_is_read_is_never_read_or_written_out_of
     result = subprocess.run([sys.executable, "-c", CHANGING, str(spool), "20000"],
                             capture_output=True, timeout=120, cwd=str(REPO))
     assert result.returncode == 0 and result.stdout.startswith(b"ok"), result.stderr[-2000:]
+
+
+# --- plain_from_lines: the separators' common shape (docs/accelerators.md, "The separator
+# shape") ----------------------------------------------------------------------------------------
+ENVELOPES = [b"From s Wed Dec  2 05:53:22 1992\n", b"From a@b Sat Jan 13 01:05:34 1996\r\n",
+             b"From x y z Mon Feb  1 00:00:00 2026", b"From  Wed Dec  2 05:53:22 1992\r",
+             b"From s Wed Dec  2 05:53 1992\n", b"From s Wed Dec  2 05:53:22 PST 1992\n",
+             b"From s Wed Dec  2 05:53:22 1992 remote from h\n", b"From s\n",
+             b"From Wed Dec  2 05:53:22 1992\n"]
+"""The common shape with each of its optional line ends, and shapes only is_from_line's
+by-position check (or nothing) accepts."""
+MAX_LINE = mbox_batch._MAX_LINE
+
+
+def lines_check(lines: list[bytes], max_octets: int = MAX_LINE) -> None:
+    data = b"".join(lines)
+    ats, eols, at = [], [], 0
+    for line in lines:
+        ats.append(at)
+        at += len(line)
+        eols.append(at)
+    assert_same_plain_from_lines(data, ats, eols, max_octets)
+
+
+def test_the_separator_shape_is_built_and_used_where_it_can_be():
+    assert_built_and_used(mbox_batch.compiled_plain_from_lines, mbox_batch.plain_from_lines,
+                          "qpopper.spool._scan", "the batch scan checks separators by regex")
+
+
+@needs_c
+def test_every_octet_at_every_position_of_an_envelope():
+    """Each envelope with every octet value put at each of its positions, inserted there, the
+    octet there left out, and the envelope cut off there: every way one octet can make or
+    break the shape."""
+    for envelope in ENVELOPES:
+        lines = []
+        for i in range(len(envelope) + 1):
+            lines += [envelope[:i], envelope[:i] + envelope[i + 1:]]
+            for value in range(256):
+                octet = bytes([value])
+                lines.append(envelope[:i] + octet + envelope[i + 1:])
+                lines.append(envelope[:i] + octet + envelope[i:])
+        lines_check(lines)
+
+
+@needs_c
+def test_every_short_shape_around_the_date():
+    """Every string of up to 4 tokens between `From ` and the date, and after it."""
+    tokens = [b" ", b"x", b"\r", b"\n", b"1", b":", b"Wed Dec  2 05:53:22 1992"]
+    lines = []
+    for n in range(0, 5):
+        for parts in itertools.product(tokens, repeat=n):
+            middle = b"".join(parts)
+            lines += [b"From " + middle + b"\n", b"From s " + middle + b" 05:53:22 1992\n",
+                      b"From " + middle + b"Wed Dec  2 05:53:22 1992" + middle[:2]]
+    lines_check(lines)
+
+
+@needs_c
+def test_the_longest_line_is_the_limit():
+    """A line of max_octets - 1 octets may pass, one of max_octets never does."""
+    for length in range(MAX_LINE - 3, MAX_LINE + 3):
+        pad = b"x" * (length - len(b"From  Wed Dec  2 05:53:22 1992\n"))
+        line = b"From " + pad + b" Wed Dec  2 05:53:22 1992\n"
+        assert len(line) == length
+        lines_check([line])
+        assert mbox_batch.compiled_plain_from_lines(line, [0], [length], MAX_LINE) == (
+            b"\x01" if length < MAX_LINE else b"\x00")
+
+
+@needs_c
+def test_random_separator_lines_of_random_spools():
+    rng = random.Random(20261206)
+    for _ in range(300):
+        data = random_spool(rng)
+        found = python(data, 0, len(data))
+        if found is not None:
+            assert_same_plain_from_lines(data, found[0], found[1], MAX_LINE)
+
+
+@needs_c
+@pytest.mark.parametrize("ats, eols", [([0], [0, 1]), ([-1], [3]), ([4], [3]), ([0], [99]),
+                                       ([0], [2 ** 70])])
+def test_separator_lines_outside_the_buffer_are_refused(ats, eols):
+    with pytest.raises((ValueError, OverflowError)):
+        mbox_batch.compiled_plain_from_lines(b"From a\nbody\n", ats, eols, MAX_LINE)
+    with pytest.raises(TypeError):
+        mbox_batch.compiled_plain_from_lines(b"From a\n", (0,), [6], MAX_LINE)
