@@ -434,7 +434,7 @@ PyDoc_STRVAR(plain_from_lines_doc,
 "plain_from_lines(buffer, ats, eols, max_octets) -> bytes\n\n"
 "One octet per line buffer[ats[i]:eols[i]]: 1 when it is shorter than max_octets and has the\n"
 "envelope's common shape (mbox_format._PLAIN_FROM_LINE matches all of it), else 0. The same\n"
-"as mbox_batch.python_plain_from_lines.");
+"as mbox_batch.python_plain_from_lines for indexes inside the buffer; others are refused.");
 
 static PyObject *
 plain_from_lines(PyObject *module, PyObject *args)

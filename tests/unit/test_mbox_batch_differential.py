@@ -333,3 +333,17 @@ def test_a_helper_answer_of_the_wrong_shape_is_refused(answer):
     good = (True, [tuple(range(mbox_batch.RECORD_FIELDS))], 200)
     helper = mbox_batch._Helper(ForkedCall.start(lambda: good), split=100, end=200)
     assert helper.result() == good
+
+
+@pytest.mark.parametrize("length", [1022, 1023, 1024, 1025])
+def test_separator_lines_at_the_length_limit(length):
+    """A separator line of limits.MAX_SPOOL_LINE_OCTETS - 1 octets is one, of the limit or
+    more is not (Qpopper sees only the first 1023 octets): the batch path's separator checks
+    draw the line where the reference does."""
+    line = b"From " + b"x" * (length - 31) + b" Wed Dec  2 05:53:22 1992\n"
+    assert len(line) == length
+    data = (b"From a Wed Dec  2 05:53:22 1992\nSubject: one\n\nbody\n\n" + line +
+            b"Subject: two\n\nbody2\n\nFrom c Wed Dec  2 05:53:22 1992\nSubject: 3\n\nb3\n")
+    got, expected = both(data)
+    assert got == expected
+    assert len(got) == (3 if length < mbox_batch._MAX_LINE else 2)

@@ -360,9 +360,14 @@ def test_random_separator_lines_of_random_spools():
 
 @needs_c
 @pytest.mark.parametrize("ats, eols", [([0], [0, 1]), ([-1], [3]), ([4], [3]), ([0], [99]),
-                                       ([0], [2 ** 70])])
+                                       ([0], [2 ** 70]), ([0], [13]), ([12], [13])])
 def test_separator_lines_outside_the_buffer_are_refused(ats, eols):
+    """The buffer is 12 octets: an end one past it is refused too."""
     with pytest.raises((ValueError, OverflowError)):
         mbox_batch.compiled_plain_from_lines(b"From a\nbody\n", ats, eols, MAX_LINE)
+
+
+@pytest.mark.parametrize("ats, eols", [((0,), [6]), ([0], (6,)), ([None], [6]), ([0], ["6"])])
+def test_separator_lines_are_lists_of_ints(ats, eols):
     with pytest.raises(TypeError):
-        mbox_batch.compiled_plain_from_lines(b"From a\n", (0,), [6], MAX_LINE)
+        mbox_batch.compiled_plain_from_lines(b"From a\n", ats, eols, MAX_LINE)
