@@ -264,8 +264,6 @@ def scan(path: str, log=None, step=None) -> list[MaildirMessage]:
     names = [f"{sub}/{entry.name}" for sub in SUBDIRS
              for entry in os.scandir(os.path.join(path, sub))
              if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False)]
-    if len({name.rpartition("/")[2].partition(":")[0] for name in names}) != len(names):
-        names = _one_name_per_message(path, names)
     entries: dict[str, tuple[int, str]] = {}
     for name in names:
         entry = known.get(name)
@@ -284,23 +282,6 @@ def scan(path: str, log=None, step=None) -> list[MaildirMessage]:
         if log:
             log(syslog.LOG_WARNING, f"Maildir index of {path} not written: {error.strerror}")
     return fresh.messages()
-
-
-def _one_name_per_message(path: str, names: list[str]) -> list[str]:
-    """A message another program renamed while we listed (new/ -> cur/ between the two
-    listings, or new flags during one) is listed under both names: keep one per base name,
-    the one there now, else the one in cur/ (docs/maildir.md, "Changes by other programs").
-    Served twice, it would be fetched twice, under two UIDs."""
-    by_base: dict[str, list[str]] = {}
-    for name in names:
-        by_base.setdefault(base_name(name), []).append(name)
-    kept = []
-    for twins in by_base.values():
-        if len(twins) > 1:
-            there = [n for n in twins if os.path.lexists(os.path.join(path, n))] or twins
-            twins = [max(there, key=lambda n: n.startswith("cur/"))]
-        kept.append(twins[0])
-    return kept
 
 
 def _messages(entries: dict[str, tuple[int, str]]) -> list[MaildirMessage]:

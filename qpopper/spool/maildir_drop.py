@@ -234,8 +234,7 @@ def write_journal(path: str, steps: list[list[str]], hook) -> None:
 def finish_journal(path: str, hook) -> None:
     """Take every step of a committed journal that is not taken yet, then remove it. Each
     step is idempotent: an unlinked file is gone, a renamed one is at its new name; a source
-    missing for another reason (a program moved it) is skipped, but a file to unlink is looked
-    for under its base name first. A journal we cannot read is
+    missing for another reason (a program moved it) is skipped. A journal we cannot read is
     left for the administrator and the mailbox is refused, never guessed at."""
     journal = os.path.join(path, JOURNAL_NAME)
     unlink_if_present(os.path.join(path, f".{JOURNAL_NAME}.tmp"))   # never committed
@@ -252,36 +251,20 @@ def finish_journal(path: str, hook) -> None:
         os.close(fd)
     if not isinstance(steps, list) or not all(_valid_step(step) for step in steps):
         raise OSError(errno.EINVAL, f"{journal} is not a journal this version can finish")
-    missing: set[str] = set()
     for step in steps:
         hook(step[0])
         if step[0] == "unlink":
-            try:
-                os.unlink(os.path.join(path, step[1]))
-            except FileNotFoundError:        # done before a crash, or renamed by another program
-                missing.add(maildir.base_name(step[1]))
+            unlink_if_present(os.path.join(path, step[1]))
         else:
             try:
                 os.rename(os.path.join(path, step[1]), os.path.join(path, step[2]))
             except FileNotFoundError:
                 pass                             # done before the crash, or moved by another program
-    if missing:
-        _unlink_renamed(path, missing)
     hook("fsync-dirs")
     maildir.sync_dirs(path)
     hook("journal-unlink")
     os.unlink(journal)
     fsync_dir(path)
-
-
-def _unlink_renamed(path: str, bases: set[str]) -> None:
-    """Messages to delete that another program renamed after the journal named them (an IMAP
-    server marked them seen): found by base name in one listing, and deleted, so a DELE is
-    never lost to a flag change. Ones we unlinked before a crash match nothing."""
-    for sub in maildir.SUBDIRS:
-        for name in os.listdir(os.path.join(path, sub)):
-            if maildir.base_name(name) in bases:
-                unlink_if_present(os.path.join(path, sub, name))
 
 
 def _valid_step(step) -> bool:

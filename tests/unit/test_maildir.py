@@ -239,53 +239,6 @@ def test_a_message_removed_by_another_program_is_reported_not_a_crash(tmp_path):
     assert names == [moved.base + ":2,RS"]
 
 
-def test_a_message_moved_to_cur_while_listed_is_served_once(tmp_path, monkeypatch):
-    """An IMAP server marks a message seen (new/ -> cur/) between our listing of new/ and
-    our listing of cur/: both list it. It must come out once, under its UID, not twice
-    (the second under a made-up UID) for the client to fetch twice."""
-    path, keys = make_maildir(tmp_path, [b"Subject: a\n\nx\n"])
-    MaildirDrop.open(path, "qpt").close()               # the index knows new/<key>
-    make_maildir(tmp_path, [b"Subject: b\n\ny\n"])       # a delivery: the index is stale
-    real_scandir = os.scandir
-
-    def imap_server_moves_it(directory):
-        listed = list(real_scandir(directory))
-        if directory.endswith("new") and os.path.exists(os.path.join(path, "new", keys[0])):
-            os.rename(os.path.join(path, "new", keys[0]),
-                      os.path.join(path, "cur", keys[0] + ":2,S"))
-        return iter(listed)
-    monkeypatch.setattr(maildir.os, "scandir", imap_server_moves_it)
-    drop = MaildirDrop.open(path, "qpt")
-    monkeypatch.undo()
-    try:
-        assert sorted(retr(drop, i) for i in range(len(drop.messages))) == [
-            wire(b"Subject: a\n\nx\n"), wire(b"Subject: b\n\ny\n")]
-        first = next(m for m in drop.messages if m.base == keys[0])
-        assert first.uid == keys[0] and first.name == f"cur/{keys[0]}:2,S"
-    finally:
-        drop.close()
-
-
-def test_a_deleted_message_another_program_renames_during_update_is_still_deleted(tmp_path):
-    """DELE, then QUIT; an IMAP server marks the message seen (a rename) after the journal
-    named it and before our unlink: the unlink looks it up by base name, so the deletion
-    is not lost and the message does not come back."""
-    path, keys = make_maildir(tmp_path, [b"Subject: a\n\nx\n", b"Subject: b\n\ny\n"])
-
-    def imap_server_flags_it(step):
-        if step == "update:unlink":
-            os.rename(os.path.join(path, doomed.name),
-                      os.path.join(path, "cur", doomed.base + ":2,S"))
-    drop = MaildirDrop.open(path, "qpt", step_hook=imap_server_flags_it)
-    doomed = next(m for m in drop.messages if m.base == keys[0])
-    drop.update(deleted={drop.messages.index(doomed)}, retrieved=set())
-    left = MaildirDrop.open(path, "qpt")
-    try:
-        assert [m.base for m in left.messages] == [keys[1]]
-    finally:
-        left.close()
-
-
 def test_retr_opens_the_message_once_and_every_descriptor_is_closed(tmp_path, monkeypatch):
     """check_available (before the +OK) keeps the file it opened for the send that follows:
     one open per RETR. A check not followed by its send (another message sent, or the
