@@ -109,6 +109,12 @@ RACER = textwrap.dedent("""
             ids.append(found.group(1).decode() if found else "no id")
         return ids
 
+    # Both racers start together: one's start-up must not outlast the other's sessions.
+    open(os.path.join(a["barrier"], f"ready-{a['seed']}"), "w").close()
+    deadline = time.monotonic() + 60
+    while len(os.listdir(a["barrier"])) < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+
     for _ in range(a["attempts"]):
         if outcomes["ok"] == a["sessions"]:
             break
@@ -219,9 +225,11 @@ class World:
         return Config.defaults().replace(**self.options, **options)
 
     def racer(self, options: dict, seed: int) -> subprocess.Popen:
+        barrier = self.home.parent / "barrier"
+        barrier.mkdir(exist_ok=True)
         args = {"options": {**self.options, **options}, "user": USER, "home": str(self.home),
                 "maildir": self.maildir, "seed": seed, "sessions": SESSIONS,
-                "attempts": ATTEMPTS, "step": LOCK_STEP_S}
+                "attempts": ATTEMPTS, "step": LOCK_STEP_S, "barrier": str(barrier)}
         return subprocess.Popen([sys.executable, "-c", RACER, json.dumps(args)], cwd=str(REPO),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
