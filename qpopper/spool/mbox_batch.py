@@ -154,8 +154,8 @@ candidates = compiled_candidates or python_candidates
 header_block = compiled_header_block or python_header_block
 """Each message's header block, in one walk (docs/accelerators.md, "The header block")."""
 plain_from_lines = compiled_plain_from_lines or python_plain_from_lines
-"""The separators' common shape, for a part's candidates at once (docs/accelerators.md, "The
-separator shape")."""
+"""The separators' common shape, for a part's candidates at once (docs/accelerators.md,
+"The separator shape")."""
 
 
 class _NotBatchable(Exception):
