@@ -147,11 +147,14 @@ class MaildirDrop:
         raise AssertionError("unreachable")
 
     def _find_again(self, message) -> bool:
-        """Another program renamed it (flags, new -> cur): the same base name, found again."""
+        """Another program renamed it (flags, new -> cur): the same base name, found again.
+        Never a file this session lists as another message: two files can share a base name
+        (a user's copy, a restored backup), and UPDATE must not delete the wrong one."""
         base = message.base
+        others = {m.name for m in self.messages if m is not message}
         for sub in maildir.SUBDIRS:
             for name in os.listdir(os.path.join(self.path, sub)):
-                if maildir.base_name(name) == base:
+                if maildir.base_name(name) == base and f"{sub}/{name}" not in others:
                     message.name = f"{sub}/{name}"
                     return True
         return False

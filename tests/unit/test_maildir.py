@@ -389,3 +389,26 @@ def test_a_crashed_index_writers_temporary_file_is_cleared_by_the_next_write(tmp
     assert elsewhere.read_bytes() == b"not the index's"
     assert sorted(n for n in os.listdir(path) if "index" in n) == [maildir.INDEX_NAME]
     assert maildir.load_index(path) is not None
+
+
+def test_a_deleted_message_gone_is_never_found_again_as_another_with_its_base_name(tmp_path):
+    """Two different files with one base name (a user's copy in cur/ of a message in new/):
+    the session lists both. The one marked deleted is expunged by another program before
+    UPDATE; UPDATE must not take the other, which the session lists as a message of its
+    own, for it renamed: that one stays."""
+    path, (key,) = make_maildir(tmp_path, [b"Subject: a\n\nx\n"])
+    copy = os.path.join(path, "cur", key + ":2,S")
+    with open(copy, "wb") as f:
+        f.write(b"Subject: a copy, another message\n\ny\n")
+    drop = MaildirDrop.open(path, "qpt")
+    try:
+        names = [m.name for m in drop.messages]
+        assert sorted(names) == sorted([f"new/{key}", f"cur/{key}:2,S"])
+        doomed = names.index(f"cur/{key}:2,S")
+        os.unlink(copy)                                  # expunged by an IMAP server meanwhile
+        drop.update(deleted={doomed}, retrieved=set())
+    finally:
+        drop.close()
+    assert os.listdir(os.path.join(path, "new")) == [key]
+    with open(os.path.join(path, "new", key), "rb") as f:
+        assert f.read().startswith(b"Subject: a\n")
