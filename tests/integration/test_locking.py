@@ -15,6 +15,7 @@ import pytest
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool.locking import (DotLock, LockTiming, SessionLock, SpoolLock, Unlinked,
                                    lock_content, open_regular, parse_lock_content)
+from tests.helpers.open_races import open_then, replace_with
 from tests.helpers.repo import REPO
 
 FAST = LockTiming(attempts=2, step_s=0.3, poll_s=0.02)     # 0.3 s budget
@@ -501,14 +502,8 @@ def test_open_regular_calls_a_file_unlinked_after_the_open_missing(tmp_path, mon
     that is a missing file, for the caller to create or report, not a file with bad links."""
     plain = tmp_path / "plain"
     plain.write_bytes(b"x")
-    real_open = os.open
-
-    def open_then_unlink(path, flags, mode=0o777):
-        fd = real_open(path, flags, mode)
-        os.unlink(path)
-        return fd
     before = _open_fds()
-    monkeypatch.setattr(os, "open", open_then_unlink)
+    monkeypatch.setattr(os, "open", open_then(plain, lambda: os.unlink(plain)))
     with pytest.raises(FileNotFoundError):
         open_regular(str(plain), os.O_RDWR, refuse=_refuse)
     monkeypatch.undo()
@@ -605,21 +600,13 @@ def test_spool_lock_opens_again_a_spool_replaced_as_it_opened_it(tmp_path, monke
     lock and keep the new one, never 'no spool', [SYS/PERM] or a raw error."""
     spool = tmp_path / "alice"
     spool.write_bytes(b"old\n")
-    real_open, replaced = os.open, []
-
-    def open_then_replace(path, flags, mode=0o777):
-        fd = real_open(path, flags, mode)
-        if path == str(spool) and not replaced:
-            (tmp_path / "new").write_bytes(b"new\n")
-            os.rename(tmp_path / "new", spool)
-            replaced.append(path)
-        return fd
-    monkeypatch.setattr(os, "open", open_then_replace)
+    opener = open_then(spool, replace_with(spool, b"new\n"))
+    monkeypatch.setattr(os, "open", opener)
     lock = SpoolLock(str(spool), str(spool) + ".lock", create=create, create_mode=0o660)
     lock.acquire(NO_WAIT)
     monkeypatch.undo()
     try:
-        assert replaced and lock.fd is not None
+        assert opener.done and lock.fd is not None
         assert os.path.samestat(os.fstat(lock.fd), os.stat(spool))
         assert os.pread(lock.fd, 10, 0) == b"new\n"
     finally:

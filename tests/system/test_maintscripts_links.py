@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.open_races import open_then, replace_with
 from tests.helpers.sysusers import is_root
 from tests.server_harness import make_spool_dir
 from tests.helpers.repo import REPO
@@ -227,18 +228,9 @@ def test_maintscript_owns_a_store_replaced_as_it_opened_it(tmp_path, monkeypatch
     store = tmp_path / "pop.auth"
     store.write_bytes(b"old")
     os.chmod(store, 0o644)
-    real_open, replaced = os.open, []
-
-    def open_then_replace(path, flags, mode=0o777):
-        fd = real_open(path, flags, mode)
-        if path == str(store) and not replaced:
-            (tmp_path / "new").write_bytes(b"new")
-            os.chmod(tmp_path / "new", 0o644)
-            os.rename(tmp_path / "new", store)
-            replaced.append(path)
-        return fd
-    monkeypatch.setattr(os, "open", open_then_replace)
+    opener = open_then(store, replace_with(store, b"new", 0o644))
+    monkeypatch.setattr(os, "open", opener)
     maintscript.own_store(str(store), pwd.getpwuid(os.getuid()).pw_name)
     monkeypatch.undo()
-    assert replaced and store.read_bytes() == b"new"
+    assert opener.done and store.read_bytes() == b"new"
     assert stat.S_IMODE(os.stat(store).st_mode) == maintscript.STORE_MODE
