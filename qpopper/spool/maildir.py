@@ -18,6 +18,7 @@ import syslog
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
 
 from qpopper.spool import packed
 from qpopper.spool.durable import fsync_dir, publish, read_up_to
@@ -28,9 +29,12 @@ SUBDIRS = ("new", "cur")
 INDEX_NAME = "qpopper-pop3.index"
 INDEX_TEMP_NAME = f".{INDEX_NAME}.tmp"
 INDEX_MAGIC = b"QPINDEX"
-INDEX_VERSION = 2
-"""2: packed columns (qpopper/spool/packed.py); version 1 was JSON. Another version is
-ignored and the index rebuilt from a listing."""
+INDEX_VERSION = 3
+"""3: packed columns with each file's inode (qpopper/spool/packed.py); version 2 had no
+inodes, version 1 was JSON. Another version is ignored and the index rebuilt from a
+listing."""
+INODE_BITS = (1 << 63) - 1
+"""Inodes are kept in 63 bits, as the index's int columns hold them (NFS has 64-bit ones)."""
 SETTLE_NS = 2_000_000_000
 """A directory changed less than this before the index was written is listed again next time:
 a rename in the same clock tick as the listing would leave its mtime unchanged."""
@@ -53,6 +57,7 @@ class MaildirMessage:
     uid: str
     retrieved: bool             # the S (seen) flag at login: Qpopper's Status R
     hidden: bool = False        # uw-kludge has no meaning in a Maildir
+    inode: int = 0              # the directory entry's, as listed (63 bits): a rename keeps it
 
     @property
     def base(self) -> str:
@@ -155,21 +160,23 @@ def delivery_order(name: str) -> tuple[int, int, str]:
 class Index:
     """What `qpopper-pop3.index` holds: the directories' stamps when it was written and every
     message file in delivery order with its octets, its measured UID (before duplicates are
-    told apart) and its S flag (docs/maildir.md, "The index")."""
+    told apart), its S flag and its inode (docs/maildir.md, "The index")."""
     written_ns: int
     stamps: dict
     names: list
     octets: Sequence[int]
     uids: list
     seen: list
+    inodes: Sequence[int]
 
     def entries(self) -> dict[str, tuple[int, str]]:
         return dict(zip(self.names, zip(self.octets, self.uids)))
 
     def messages(self) -> list[MaildirMessage]:
         if len(set(self.uids)) != len(self.uids):   # a copied message's X-UIDL header
-            return _messages(self.entries())
-        return list(map(MaildirMessage, self.names, self.octets, self.uids, self.seen))
+            return _messages(self.entries(), dict(zip(self.names, self.inodes)))
+        return list(map(MaildirMessage, self.names, self.octets, self.uids, self.seen,
+                        repeat(False), self.inodes))
 
 
 def _dir_stamps(path: str) -> dict[str, list[int]]:
@@ -210,7 +217,7 @@ def load_index(path: str, log=None) -> Index | None:
 
 
 def _decode_index(data: bytes) -> Index:
-    doc, (names, octets, uids, seen) = packed.unpack(data, INDEX_MAGIC, INDEX_VERSION, 4)
+    doc, (names, octets, uids, seen, inodes) = packed.unpack(data, INDEX_MAGIC, INDEX_VERSION, 5)
     n, written, stamps = doc.get("count"), doc.get("written_ns"), doc.get("stamps")
     if type(n) is not int or n < 0 or type(written) is not int or not isinstance(stamps, dict):
         raise ValueError("bad count, time or stamps")
@@ -224,7 +231,7 @@ def _decode_index(data: bytes) -> Index:
     if len(set(names)) != n:
         raise ValueError("a name twice")
     return Index(written, stamps, names, packed.ints(octets, n), packed.texts(uids, n),
-                 packed.flags(seen, n))
+                 packed.flags(seen, n), packed.ints(inodes, n))
 
 
 def store_index(path: str, index: Index, step=None) -> None:
@@ -234,7 +241,8 @@ def store_index(path: str, index: Index, step=None) -> None:
                        {"written_ns": index.written_ns, "stamps": index.stamps,
                         "count": len(index.names)},
                        [packed.text_section(index.names), packed.int_section(index.octets),
-                        packed.text_section(index.uids), packed.flag_section(index.seen)])
+                        packed.text_section(index.uids), packed.flag_section(index.seen),
+                        packed.int_section(index.inodes)])
     # not fsync'd: an index torn by a crash fails load_index's checks and is rebuilt. One
     # temporary name, not one per process: the index is written only under the Maildir's
     # lock, so a file found there is a crashed writer's, and publish clears it.
@@ -261,11 +269,13 @@ def scan(path: str, log=None, step=None) -> list[MaildirMessage]:
     if _unchanged(index, stamps):
         return index.messages()
     known = index.entries() if index else {}
-    names = [f"{sub}/{entry.name}" for sub in SUBDIRS
-             for entry in os.scandir(os.path.join(path, sub))
-             if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False)]
+    inodes = {f"{sub}/{entry.name}": entry.inode() & INODE_BITS for sub in SUBDIRS
+              for entry in os.scandir(os.path.join(path, sub))
+              if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False)}
+    if len(set(inodes.values())) != len(inodes):
+        _one_name_per_file(path, inodes)
     entries: dict[str, tuple[int, str]] = {}
-    for name in names:
+    for name in inodes:
         entry = known.get(name)
         if entry is None:
             try:
@@ -275,7 +285,8 @@ def scan(path: str, log=None, step=None) -> list[MaildirMessage]:
         entries[name] = entry
     order = sorted(entries, key=delivery_order)
     fresh = Index(time.time_ns(), stamps, order, [entries[name][0] for name in order],
-                  [entries[name][1] for name in order], ["S" in flags_of(name) for name in order])
+                  [entries[name][1] for name in order], ["S" in flags_of(name) for name in order],
+                  list(map(inodes.get, order)))
     try:                # even when the listing is the same: a later time makes it trusted
         store_index(path, fresh, step)
     except OSError as error:
@@ -284,7 +295,25 @@ def scan(path: str, log=None, step=None) -> list[MaildirMessage]:
     return fresh.messages()
 
 
-def _messages(entries: dict[str, tuple[int, str]]) -> list[MaildirMessage]:
+def _one_name_per_file(path: str, inodes: dict[str, int]) -> None:
+    """Leave one name in `inodes` for a file listed under two names of one base name: a
+    message another program renamed while the directories were listed (new/ -> cur/, or new
+    flags in cur/; a rename keeps the inode), or moved by a link and an unlink. It is one
+    message, served once, under the name that is there now (the later one when both are).
+    Two files with one base name and different inodes (a user's copy, a restored backup)
+    are two messages."""
+    first: dict[tuple, str] = {}
+    for name, inode in list(inodes.items()):
+        key = (base_name(name), inode)
+        earlier = first.setdefault(key, name)
+        if earlier != name:
+            drop = earlier if os.path.lexists(os.path.join(path, name)) else name
+            del inodes[drop]
+            first[key] = name if drop == earlier else earlier
+
+
+def _messages(entries: dict[str, tuple[int, str]],
+              inodes: dict[str, int]) -> list[MaildirMessage]:
     """The messages when two measured UIDs are alike: the first in delivery order keeps it,
     the other falls back to its base name (or the MD5 of its name)."""
     messages, taken = [], set()
@@ -295,7 +324,8 @@ def _messages(entries: dict[str, tuple[int, str]]) -> list[MaildirMessage]:
             if uid in taken:
                 uid = encode_uid(hashlib.md5(name.encode("utf-8", "surrogateescape")).digest())
         taken.add(uid)
-        messages.append(MaildirMessage(name, octets, uid, "S" in flags_of(name)))
+        messages.append(MaildirMessage(name, octets, uid, "S" in flags_of(name),
+                                       inode=inodes[name]))
     return messages
 
 

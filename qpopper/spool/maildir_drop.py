@@ -8,8 +8,9 @@ lock is a file of its own (`qpopper-pop3.lock`, flock'ed as the mbox temp drop i
 UPDATE deletes (unlink) and marks seen (rename into cur/ with the S flag); both are
 single-file atomic steps, and the list of them is journalled first, so a crash in the middle
 is finished by the next session: the update happens exactly once. A message another program
-moved or removed during the session is looked up again by its base name; one that is gone is
-reported to the client (RETR) or skipped (UPDATE), never a crash.
+renamed during the session is found again by its base name and its inode (a rename keeps
+both; a copy has another inode); one that is gone is reported to the client (RETR) or
+skipped (UPDATE), never a crash.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
+import time
 
 from qpopper import limits
 from qpopper.pop3.responses import PopError, RespCode
@@ -27,7 +30,13 @@ from qpopper.spool.mbox import WireLines
 
 LOCK_NAME = "qpopper-pop3.lock"
 JOURNAL_NAME = "qpopper-pop3.journal"
-JOURNAL_VERSION = 1
+JOURNAL_VERSION = 2
+"""2: an unlink step carries its file's file_identity(). Version 1's (a crashed session of
+an earlier release) are still finished, by name only."""
+READABLE_JOURNAL_VERSIONS = (1, JOURNAL_VERSION)
+MTIME_LAG_NS = 50_000_000
+"""A file's modification time can lag the clock (file systems stamp it from a coarse clock):
+a file made this long before the listing began may be one made after it."""
 GONE_TEXT = "Message {n} was removed from your Maildir by another program"
 UPDATE_FAILED_TEXT = "Error updating your Maildir; your mail is intact, try again"
 OPEN_FAILED_TEXT = "Unable to open your Maildir; contact your administrator"
@@ -37,10 +46,12 @@ class MaildirDrop:
     server_mode = False
     hidden_count = 0
 
-    def __init__(self, path: str, lock: SessionLock, messages, step_hook, log):
+    def __init__(self, path: str, lock: SessionLock, messages, step_hook, log,
+                 listed_ns: int = 0):
         self.path = path
         self._lock = lock
         self.messages = messages
+        self.listed_ns = listed_ns
         self._hook = step_hook or (lambda name: None)
         self._log = log
         self._phase = "open"
@@ -56,6 +67,7 @@ class MaildirDrop:
         lock.acquire()
         try:
             finish_journal(path, lambda s: hook(f"recover:{s}"))
+            listed_ns = time.time_ns() - MTIME_LAG_NS
             messages = maildir.scan(path, log=log, step=lambda s: hook(f"open:{s}"))
         except OSError as error:
             lock.release(unlink=False)
@@ -64,7 +76,7 @@ class MaildirDrop:
         except BaseException:
             lock.release(unlink=False)
             raise
-        return cls(path, lock, messages, step_hook, log)
+        return cls(path, lock, messages, step_hook, log, listed_ns)
 
     # --- RETR and TOP --------------------------------------------------------------------
     def check_available(self, index: int) -> None:
@@ -147,15 +159,29 @@ class MaildirDrop:
         raise AssertionError("unreachable")
 
     def _find_again(self, message) -> bool:
-        """Another program renamed it (flags, new -> cur): the same base name, found again.
-        Never a file this session lists as another message: two files can share a base name
-        (a user's copy, a restored backup), and UPDATE must not delete the wrong one."""
+        """Another program renamed it (flags, new -> cur): found again by its base name and
+        inode, both kept by a rename. Two files can share a base name (a user's copy, a
+        restored backup, a message delivered twice), and a file system may give a new file
+        the inode of one just removed, so a file modified after the listing is not it;
+        nor is one this session lists as another message. So UPDATE cannot delete the
+        wrong one (docs/maildir.md, "Changes by other programs")."""
         base = message.base
         others = {m.name for m in self.messages if m is not message}
         for sub in maildir.SUBDIRS:
-            for name in os.listdir(os.path.join(self.path, sub)):
-                if maildir.base_name(name) == base and f"{sub}/{name}" not in others:
-                    message.name = f"{sub}/{name}"
+            with os.scandir(os.path.join(self.path, sub)) as entries:
+                for entry in entries:
+                    name = f"{sub}/{entry.name}"
+                    if (maildir.base_name(entry.name) != base or name in others
+                            or entry.inode() & maildir.INODE_BITS != message.inode
+                            or entry.name.startswith(".")
+                            or not entry.is_file(follow_symlinks=False)):
+                        continue
+                    try:
+                        if entry.stat(follow_symlinks=False).st_mtime_ns > self.listed_ns:
+                            continue
+                    except FileNotFoundError:
+                        continue
+                    message.name = name
                     return True
         return False
 
@@ -166,15 +192,19 @@ class MaildirDrop:
         self._phase = "update"
         steps = []
         for index in sorted(deleted):
-            steps.append(["unlink", self._current_name(self.messages[index])])
+            message = self.messages[index]
+            st = self._current(message)
+            if st is not None:
+                steps.append(["unlink", message.name, *file_identity(st)])
         for index in sorted(retrieved - deleted):
             message = self.messages[index]
+            if self._current(message) is None:
+                continue
             flags = maildir.flags_of(message.name)
             if message.name.startswith("cur/") and "S" in flags:
                 continue
             new_name = f"cur/{message.base}:2,{''.join(sorted(set(flags + 'S')))}"
-            steps.append(["rename", self._current_name(message), new_name])
-        steps = [step for step in steps if step[1] is not None]
+            steps.append(["rename", message.name, new_name])
         try:
             if steps:       # without steps the index written at open still holds
                 hook = lambda s: self._hook(f"update:{s}")
@@ -187,10 +217,24 @@ class MaildirDrop:
         finally:
             self.close()
 
-    def _current_name(self, message) -> str | None:
-        if os.path.lexists(os.path.join(self.path, message.name)) or self._find_again(message):
-            return message.name
-        return None                            # removed by another program: nothing to do
+    def _current(self, message) -> os.stat_result | None:
+        """The message file's lstat at its name now (`message.name` follows a rename by
+        another program), or None when it is gone: then there is nothing to do. A file
+        under its name with another inode, modified after the listing (a copy, a restored
+        backup put there), is not it either. (The inode from lstat is compared with the
+        listing's from the directory entry; where a file system makes them differ, the time
+        still tells.)"""
+        for attempt in (1, 2):
+            try:
+                st = os.lstat(os.path.join(self.path, message.name))
+            except FileNotFoundError:
+                st = None
+            if st is not None and (st.st_ino & maildir.INODE_BITS == message.inode
+                                   or st.st_mtime_ns <= self.listed_ns):
+                return st
+            if attempt == 2 or not self._find_again(message):
+                return None
+        raise AssertionError("unreachable")
 
     def restore(self) -> None:
         """Abort without update: nothing was changed, nothing to put back."""
@@ -247,17 +291,21 @@ def finish_journal(path: str, hook) -> None:
         return
     try:
         record = json.loads(read_up_to(fd, os.fstat(fd).st_size))
-        steps = record["steps"] if record.get("version") == JOURNAL_VERSION else None
+        version = record.get("version")
+        steps = record["steps"] if version in READABLE_JOURNAL_VERSIONS else None
     except (ValueError, KeyError, AttributeError):
         steps = None
     finally:
         os.close(fd)
-    if not isinstance(steps, list) or not all(_valid_step(step) for step in steps):
+    if not isinstance(steps, list) or not all(_valid_step(step, version) for step in steps):
         raise OSError(errno.EINVAL, f"{journal} is not a journal this version can finish")
+    names_by_base = _NamesByBase(path)
     for step in steps:
         hook(step[0])
-        if step[0] == "unlink":
+        if step[0] == "unlink" and version == 1:
             unlink_if_present(os.path.join(path, step[1]))
+        elif step[0] == "unlink":
+            _unlink_file(path, step[1], tuple(step[2:]), names_by_base)
         else:
             try:
                 os.rename(os.path.join(path, step[1]), os.path.join(path, step[2]))
@@ -270,14 +318,67 @@ def finish_journal(path: str, hook) -> None:
     fsync_dir(path)
 
 
-def _valid_step(step) -> bool:
+def file_identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What tells a message file from another with its base name: a rename keeps its device,
+    inode, size and modification time; a copy (a restored backup, a sync tool's) has another
+    inode, or another time where the file system gave it the inode of one just removed."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _unlink_file(path: str, name: str, identity: tuple, names_by_base) -> None:
+    """Remove the file the session marked deleted: at `name` when the file there is still
+    that one (file_identity), and under any other name of its base name that is that file
+    (another program renamed it since the journal was written, or linked it there). Another
+    file (a copy, a restored backup) is another message: it stays."""
+    def is_it(candidate: str) -> os.stat_result | None:
+        try:
+            st = os.lstat(os.path.join(path, candidate))
+        except FileNotFoundError:
+            return None
+        return st if file_identity(st) == identity and stat.S_ISREG(st.st_mode) else None
+
+    st = is_it(name)
+    if st is not None:
+        unlink_if_present(os.path.join(path, name))
+        if st.st_nlink == 1:
+            return                                  # its only name: the usual case
+    for other in names_by_base.get(maildir.base_name(name)):
+        if other != name and is_it(other) is not None:
+            unlink_if_present(os.path.join(path, other))
+
+
+class _NamesByBase:
+    """new/ and cur/ listed once, when first asked (only a journal step whose file is not
+    at its name needs it): message names by base name. Names may be gone by the time they
+    are used; the caller checks each."""
+
+    def __init__(self, path: str):
+        self._path = path
+        self._names: dict[str, list[str]] | None = None
+
+    def get(self, base: str) -> list[str]:
+        if self._names is None:
+            self._names = {}
+            for sub in maildir.SUBDIRS:
+                with os.scandir(os.path.join(self._path, sub)) as entries:
+                    for entry in entries:
+                        if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
+                            self._names.setdefault(maildir.base_name(entry.name), []).append(
+                                f"{sub}/{entry.name}")
+        return self._names.get(base, [])
+
+
+def _valid_step(step, version: int) -> bool:
     """A step names files inside new/ or cur/ only (the journal is ours, but a damaged one
-    must not rename or remove anything else)."""
+    must not rename or remove anything else); a version 2 unlink step carries four integers."""
     def inside(name) -> bool:
         return (isinstance(name, str) and name.partition("/")[0] in maildir.SUBDIRS
                 and "/" not in name.partition("/")[2] and name.partition("/")[2] not in ("", ".", ".."))
     if not isinstance(step, list) or not step:
         return False
-    if step[0] == "unlink":
+    if step[0] == "unlink" and version == 1:
         return len(step) == 2 and inside(step[1])
+    if step[0] == "unlink":
+        return (len(step) == 6 and inside(step[1])
+                and all(type(number) is int for number in step[2:]))
     return step[0] == "rename" and len(step) == 3 and inside(step[1]) and inside(step[2])

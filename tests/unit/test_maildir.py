@@ -14,6 +14,7 @@ import random
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -24,9 +25,14 @@ from tests.helpers.spoolcheck import dies_in_child, killer_at_step
 
 
 def make_maildir(root, messages: list[bytes]) -> tuple[str, list[str]]:
+    """A Maildir with `messages` in new/, delivered a minute ago (a file made in the moments
+    before a listing is not found again after a rename: MaildirDrop._find_again)."""
     box = mailbox.Maildir(str(root / "Maildir"), create=True)
     keys = [box.add(mailbox.MaildirMessage(data)) for data in messages]
     box.close()
+    a_minute_ago = time.time() - 60
+    for key in keys:
+        os.utime(os.path.join(root, "Maildir", "new", key), (a_minute_ago, a_minute_ago))
     return str(root / "Maildir"), keys
 
 

@@ -136,7 +136,7 @@ def varied_maildir(root, rng: random.Random, count: int) -> str:
 
 
 def maildir_view(messages) -> list[tuple]:
-    return [(m.name, m.octets, m.uid, m.retrieved, m.hidden) for m in messages]
+    return [(m.name, m.octets, m.uid, m.retrieved, m.hidden, m.inode) for m in messages]
 
 
 def settle(path: str) -> None:
@@ -158,7 +158,10 @@ def big_maildir(tmp_path_factory):
 
 def test_maildir_warm_open_is_the_cold_open(big_maildir):
     path, cold = big_maildir
-    assert len({uid for _, _, uid, _, _ in cold}) == len(cold)
+    assert len({uid for _, _, uid, _, _, _ in cold}) == len(cold)
+    # the inodes the index keeps are the files' (what finds a renamed message again)
+    assert [inode for *_, inode in cold] == [
+        os.lstat(os.path.join(path, name)).st_ino for name, *_ in cold]
     steps = []
     warm = maildir_view(maildir.scan(path, step=steps.append))
     assert steps == [], "the index was not trusted"
@@ -176,9 +179,15 @@ def json_index_of_version_1(data: bytes) -> bytes:
 
 def repacked(data: bytes, change) -> bytes:
     """The index with `change(document, sections)` applied and a right checksum."""
-    doc, sections = packed.unpack(data, maildir.INDEX_MAGIC, maildir.INDEX_VERSION, 4)
+    doc, sections = packed.unpack(data, maildir.INDEX_MAGIC, maildir.INDEX_VERSION, 5)
     change(doc, sections)
     return packed.pack(maildir.INDEX_MAGIC, maildir.INDEX_VERSION, doc, sections)
+
+
+def packed_index_of_version_2(data: bytes) -> bytes:
+    """The index as version 2 wrote it: the same columns without the inodes."""
+    doc, sections = packed.unpack(data, maildir.INDEX_MAGIC, maildir.INDEX_VERSION, 5)
+    return packed.pack(maildir.INDEX_MAGIC, 2, doc, sections[:4])
 
 
 def outside_name(doc, sections) -> None:
@@ -193,6 +202,7 @@ INDEX_DAMAGES = {
     "truncate": lambda data: data[:len(data) // 2],
     "flip-byte": lambda data: data[:-9] + bytes([data[-9] ^ 1]) + data[-8:],
     "old-json-version-1": lambda data: json_index_of_version_1(data),
+    "old-packed-version-2": lambda data: packed_index_of_version_2(data),
     "garbage": lambda data: os.urandom(500),
     "empty": lambda data: b"",
     "count-too-big": lambda data: repacked(data, lambda d, s: d.update(count=d["count"] + 1)),

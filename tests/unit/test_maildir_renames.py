@@ -1,0 +1,206 @@
+"""Another program renames Maildir files while a session runs (docs/maildir.md, "Changes by
+other programs"): a message is the file, known by its base name and its inode. A renamed
+message is found again (also from the index, with no listing), a different file with the
+same base name (a copy, a restored backup) is never taken for it, a file listed under two
+names is one message, and UPDATE deletes the file the user deleted wherever another program
+moved it, and nothing else."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from qpopper.pop3.responses import PopError, RespCode
+from qpopper.spool import maildir
+from qpopper.spool.maildir_drop import JOURNAL_NAME, MaildirDrop
+from tests.unit.test_maildir import make_maildir, retr, settle, wire
+
+FIRST, SECOND = b"Subject: first\n\nbody one\n", b"Subject: second\n\nbody two\n"
+COPY = b"Subject: the copy\n\nanother message\n"
+
+
+def two_messages(tmp_path) -> tuple[str, str, str]:
+    """A Maildir with two messages in new/, listed once (the index knows them); the keys in
+    delivery order."""
+    path, keys = make_maildir(tmp_path, [FIRST, SECOND])
+    drop = MaildirDrop.open(path, "qpt")
+    keys = [m.base for m in drop.messages]
+    drop.close()
+    return path, keys[0], keys[1]
+
+
+def files(path) -> dict[str, bytes]:
+    result = {}
+    for sub in maildir.SUBDIRS:
+        for name in os.listdir(os.path.join(path, sub)):
+            with open(os.path.join(path, sub, name), "rb") as f:
+                result[f"{sub}/{name}"] = f.read()
+    return result
+
+
+def replace_with_copy(path: str, name: str, content: bytes, new_name: str | None = None):
+    """Another file under the base name, as a restore or a sync tool writes one: made in
+    tmp/ while the message is still there (so it has another inode), renamed to `new_name`
+    (or over the message at `name`), and the message removed."""
+    made = os.path.join(path, "tmp", "copy")
+    with open(made, "wb") as f:
+        f.write(content)
+    os.rename(made, os.path.join(path, new_name or name))
+    if new_name:
+        os.unlink(os.path.join(path, name))
+
+
+def test_a_renamed_message_is_found_again_also_when_the_session_listed_nothing(tmp_path):
+    path, first, second = two_messages(tmp_path)
+    settle(path)
+    steps = []
+    drop = MaildirDrop.open(path, "qpt", step_hook=steps.append)
+    try:
+        assert not any("index" in step for step in steps)       # from the index, no listing
+        index = [m.base for m in drop.messages].index(first)
+        os.rename(os.path.join(path, "new", first), os.path.join(path, "cur", first + ":2,R"))
+        assert retr(drop, index) == wire(FIRST)
+        drop.update(deleted={index}, retrieved=set())
+    finally:
+        drop.close()
+    assert list(files(path)) == [f"new/{second}"]
+
+
+@pytest.mark.parametrize("copy", ["made-after", "same-time", "given-the-inode"])
+def test_a_copy_under_the_base_name_is_never_taken_for_the_listed_message(tmp_path, copy):
+    """The session listed new/KEY; another program expunged it and put a different file with
+    that base name in cur/ (a restored backup, the message delivered again by a sync tool).
+    The copy is made after the listing; or keeps the message's time (cp -p, rsync -a, tar),
+    and the inode tells; or has the message's inode, as a file system may give a new file
+    the inode of one just removed (ext4 does; set by hand here, as the reuse is the file
+    system's choice), and the time tells. RETR says the message is gone, and UPDATE's DELE
+    leaves the copy alone."""
+    path, first, second = two_messages(tmp_path)
+    copy_path = os.path.join(path, "cur", first + ":2,S")
+    drop = MaildirDrop.open(path, "qpt")
+    try:
+        index = [m.base for m in drop.messages].index(first)
+        original = os.lstat(os.path.join(path, "new", first))
+        replace_with_copy(path, f"new/{first}", COPY, f"cur/{first}:2,S")
+        if copy == "same-time":
+            os.utime(copy_path, ns=(original.st_atime_ns, original.st_mtime_ns))
+        elif copy == "given-the-inode":
+            drop.messages[index].inode = os.lstat(copy_path).st_ino
+        with pytest.raises(PopError) as gone:
+            drop.check_available(index)
+        assert gone.value.code is RespCode.SYS_TEMP and "removed" in str(gone.value)
+        drop.update(deleted={index}, retrieved=set())
+    finally:
+        drop.close()
+    assert files(path) == {f"cur/{first}:2,S": COPY, f"new/{second}": SECOND}
+
+
+def test_a_copy_put_at_the_messages_own_name_during_the_session_is_not_deleted(tmp_path):
+    path, first, second = two_messages(tmp_path)
+    drop = MaildirDrop.open(path, "qpt")
+    try:
+        index = [m.base for m in drop.messages].index(first)
+        replace_with_copy(path, f"new/{first}", b"Subject: restored\n\nz\n")
+        drop.update(deleted={index}, retrieved={1 - index})
+    finally:
+        drop.close()
+    assert files(path) == {f"new/{first}": b"Subject: restored\n\nz\n",
+                           f"cur/{second}:2,S": SECOND}
+
+
+def test_a_message_renamed_while_the_directories_are_listed_is_one_message(tmp_path,
+                                                                            monkeypatch):
+    """new/ is listed, then another program moves a message to cur/ before cur/ is listed:
+    the listing has it under both names (one inode). It is one message, under its new name."""
+    path, first, second = two_messages(tmp_path)
+    with open(os.path.join(path, "new", "1999999999.M1P1.other"), "wb") as f:
+        f.write(b"Subject: third\n\nx\n")                         # new/ changed: a listing
+    real_scandir = os.scandir
+
+    def scandir_then_move(directory):
+        if str(directory).endswith("/cur"):
+            os.rename(os.path.join(path, "new", first), os.path.join(path, "cur", first + ":2,S"))
+        return real_scandir(directory)
+    monkeypatch.setattr(maildir.os, "scandir", scandir_then_move)
+    messages = maildir.scan(path)
+    monkeypatch.undo()
+    assert [m.name for m in messages] == [f"cur/{first}:2,S", f"new/{second}",
+                                          "new/1999999999.M1P1.other"]
+    assert [m.uid for m in messages][0] == first
+
+
+def test_one_file_linked_under_two_names_is_one_message_and_dele_removes_both(tmp_path):
+    """A move by link and unlink seen in the middle: new/KEY and cur/KEY:2,S are one file."""
+    path, first, second = two_messages(tmp_path)
+    os.link(os.path.join(path, "new", first), os.path.join(path, "cur", first + ":2,S"))
+    drop = MaildirDrop.open(path, "qpt")
+    try:
+        assert len(drop.messages) == 2
+        index = [m.base for m in drop.messages].index(first)
+        assert retr(drop, index) == wire(FIRST)
+        drop.update(deleted={index}, retrieved=set())
+    finally:
+        drop.close()
+    assert list(files(path)) == [f"new/{second}"]
+
+
+def update_with_a_move_at_the_unlink(path, first, move):
+    """DELE of `first` with `move()` run by another program right after the journal's
+    commit, before the session's unlink."""
+    moved = []
+
+    def hook(step):
+        if step == "update:unlink" and not moved:
+            moved.append(move())
+    drop = MaildirDrop.open(path, "qpt", step_hook=hook)
+    try:
+        drop.update(deleted={[m.base for m in drop.messages].index(first)}, retrieved=set())
+    finally:
+        drop.close()
+    assert moved
+
+
+def test_a_message_renamed_after_the_journal_was_written_is_still_deleted(tmp_path):
+    path, first, second = two_messages(tmp_path)
+    update_with_a_move_at_the_unlink(path, first, lambda: os.rename(
+        os.path.join(path, "new", first), os.path.join(path, "cur", first + ":2,RS")))
+    assert list(files(path)) == [f"new/{second}"]
+
+
+@pytest.mark.parametrize("where", ["same-name", "renamed"])
+def test_a_copy_that_replaced_the_message_after_the_journal_was_written_stays(tmp_path, where):
+    path, first, second = two_messages(tmp_path)
+    renamed = None if where == "same-name" else f"cur/{first}:2,S"
+    update_with_a_move_at_the_unlink(path, first, lambda: replace_with_copy(
+        path, f"new/{first}", b"Subject: restored\n\nz\n", renamed))
+    assert files(path) == {renamed or f"new/{first}": b"Subject: restored\n\nz\n",
+                           f"new/{second}": SECOND}
+
+
+def test_a_journal_of_the_earlier_version_is_still_finished(tmp_path):
+    """A session of an earlier release (journal version 1, names only) crashed mid-UPDATE;
+    after the upgrade the next login finishes it."""
+    path, first, second = two_messages(tmp_path)
+    with open(os.path.join(path, JOURNAL_NAME), "w") as f:
+        json.dump({"version": 1, "steps": [["unlink", f"new/{first}"],
+                                           ["rename", f"new/{second}", f"cur/{second}:2,S"]]}, f)
+    MaildirDrop.open(path, "qpt").close()
+    assert files(path) == {f"cur/{second}:2,S": SECOND}
+    assert not os.path.exists(os.path.join(path, JOURNAL_NAME))
+
+
+@pytest.mark.parametrize("step", [
+    ["unlink", "new/x"], ["unlink", "new/x", 1, 2], ["unlink", "new/x", 1, 2, 3, "4"],
+    ["unlink", "new/x", 1, 2, 3, None], ["unlink", "new/x", 1, 2, 3, 4.0],
+    ["unlink", "new/x", 1, 2, 3, True], ["unlink", "../x", 1, 2, 3, 4]])
+def test_a_damaged_unlink_step_refuses_the_mailbox(tmp_path, step):
+    path, first, second = two_messages(tmp_path)
+    before = files(path)
+    with open(os.path.join(path, JOURNAL_NAME), "w") as f:
+        json.dump({"version": 2, "steps": [step]}, f)
+    with pytest.raises(PopError) as refused:
+        MaildirDrop.open(path, "qpt")
+    assert refused.value.code is RespCode.SYS_TEMP
+    assert files(path) == before and os.path.exists(os.path.join(path, JOURNAL_NAME))
