@@ -34,6 +34,11 @@ TEMP_DROP_MODE = 0o600
 POLL_S = 0.1
 """How often a busy lock is tried again within the waiting budget."""
 
+NEW_SPOOL_SETTLE = (20, 0.005)
+"""A delivery agent running as root (Postfix's local(8), before its own locks) creates a
+missing spool and then gives it to the user: an empty root-owned spool is looked at again
+this many times, this many seconds apart, before it is refused as having the wrong owner."""
+
 IN_USE_TEXT = "{name} lock busy!  Is another session active?"
 UNLOCKING_TEXT = "Maildrop being unlocked; try again."
 BUSY_SPOOL_TEXT = "Unable to lock the maildrop; try again later."
@@ -291,9 +296,17 @@ def open_regular(path: str, flags: int, mode: int = 0o600, *, owner: int | None 
     itself (FileNotFoundError, ELOOP for a symlink, ...) propagate unchanged, and a file
     whose last name went away between the open and the check is Unlinked, a
     FileNotFoundError: as if we had opened a moment later."""
-    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
-        st = os.fstat(fd)
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as error:
+        _raise_stale_as_unlinked(error, path)
+        raise
+    try:
+        try:
+            st = os.fstat(fd)
+        except OSError as error:
+            _raise_stale_as_unlinked(error, path)
+            raise
         if not stat.S_ISREG(st.st_mode):
             raise refuse("type", "not a regular file")
         if st.st_nlink == 0:
@@ -308,6 +321,35 @@ def open_regular(path: str, flags: int, mode: int = 0o600, *, owner: int | None 
         os.close(fd)
         raise
     return fd
+
+
+def _raise_stale_as_unlinked(error: OSError, path: str) -> None:
+    """ESTALE: on NFS another host removed the file the client had looked the name up to
+    (a released temporary drop, a replaced spool): the same as a file removed here."""
+    if error.errno == errno.ESTALE:
+        raise Unlinked(errno.ENOENT, "removed by another host", path) from None
+
+
+def _stat_both(fd: int, path: str) -> tuple[os.stat_result, os.stat_result] | None:
+    """fstat(fd) and lstat(path), or None when the name is gone (or stale on NFS)."""
+    try:
+        return os.fstat(fd), os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        if error.errno == errno.ESTALE:
+            return None
+        raise
+
+
+def _being_given_to_its_owner(path: str) -> bool:
+    """An empty regular file owned by root: a spool a delivery agent running as root has
+    just created and not yet chowned (NEW_SPOOL_SETTLE)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_uid == 0 and st.st_size == 0
 
 
 def _kernel_lock(fd: int, flock_too: bool = True) -> bool:
@@ -327,6 +369,11 @@ def _kernel_lock(fd: int, flock_too: bool = True) -> bool:
             return False
         raise
     return True
+
+
+class _WrongOwner(PopError):
+    """The spool is not the user's: refused, unless it is a new spool still being given to
+    its owner (SpoolLock.acquire)."""
 
 
 class SpoolLock:
@@ -362,7 +409,7 @@ class SpoolLock:
         try:
             for _ in range(3):
                 try:
-                    self._open()
+                    self._open_settled()
                 except (Unlinked, FileExistsError):
                     continue                # replaced or created as we opened: open again
                 if self.fd is None:
@@ -379,6 +426,17 @@ class SpoolLock:
         except BaseException:
             self.release()
             raise
+
+    def _open_settled(self) -> None:
+        """_open, waiting out a new spool still being given to its owner (NEW_SPOOL_SETTLE)."""
+        for _ in range(NEW_SPOOL_SETTLE[0]):
+            try:
+                return self._open()
+            except _WrongOwner:
+                if not _being_given_to_its_owner(self.path):
+                    raise
+            time.sleep(NEW_SPOOL_SETTLE[1])
+        return self._open()
 
     def _open(self) -> None:
         # O_NONBLOCK: a FIFO planted at the name must not block the open.
@@ -403,8 +461,8 @@ class SpoolLock:
 
     def _refuse(self, kind: str, detail: str) -> PopError:
         if kind == "owner":
-            return PopError("Your maildrop has the wrong owner; contact your administrator",
-                            RespCode.SYS_PERM, log=f"{self.path} is {detail}")
+            return _WrongOwner("Your maildrop has the wrong owner; contact your administrator",
+                               RespCode.SYS_PERM, log=f"{self.path} is {detail}")
         return PopError("Your maildrop is not a plain file; contact your administrator",
                         RespCode.SYS_PERM, log=f"{self.path}: not a regular file with one link")
 
@@ -412,10 +470,10 @@ class SpoolLock:
         """After locking: the name still refers to our descriptor (Postfix's sanity check)."""
         if self.fd is None:
             return not os.path.lexists(self.path)
-        try:
-            a, b = os.fstat(self.fd), os.lstat(self.path)
-        except FileNotFoundError:
+        both = _stat_both(self.fd, self.path)
+        if both is None:
             return False
+        a, b = both
         return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) and a.st_nlink == 1
 
     def refresh_if_due(self) -> None:
@@ -505,11 +563,9 @@ class SessionLock:
         return PopError(TEMP_DROP_REFUSED_TEXT, RespCode.SYS_PERM, log=f"{self.path}: {detail}")
 
     def _same_file(self, fd: int) -> bool:
-        try:
-            a, b = os.fstat(fd), os.lstat(self.path)
-        except FileNotFoundError:
-            return False
-        return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+        both = _stat_both(fd, self.path)
+        return both is not None and (both[0].st_dev, both[0].st_ino) == (both[1].st_dev,
+                                                                          both[1].st_ino)
 
     def release(self, *, unlink: bool) -> None:
         """Unlink (when asked) while still holding the flock, so a session that opened the old
