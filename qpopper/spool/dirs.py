@@ -4,8 +4,9 @@
 (`/var/mail/o`, `/var/mail/m/a`) may be a link to anywhere by the time root acts on it. `mkdir`
 then `chmod`/`chown` by name follow such a link; here every component below the top directory is
 opened with O_NOFOLLOW relative to its parent's descriptor, made with mkdirat when missing
-(0700 until it is given its owner and mode, through its own descriptor), and a component that is
-a link or not a directory is refused. The top directory itself is the administrator's (the
+(with the model's permission bits where it is born with the model's group, else 0700, until
+it is given its owner and mode through its own descriptor), and a component that is a link or
+not a directory is refused. The top directory itself is the administrator's (the
 configured spool-dir, temp-dir or cache-dir) and is opened as named.
 
 Used by check-hash-dir (paths.SpoolPaths.ensure_hash_dirs: as root in the monitor, which
@@ -53,7 +54,7 @@ def make_dirs_below(top: str, parts: Sequence[str], like: os.stat_result, *,
         for part in parts:
             current = os.path.join(current, part)
             with _naming(current):
-                created = create and _mkdir_at(fd, part)
+                created = create and _mkdir_at(fd, part, like)
                 child = _open_below(fd, part, current, NO_FOLLOW_DIR | lookup)
                 os.close(fd)
                 fd = child
@@ -65,9 +66,18 @@ def make_dirs_below(top: str, parts: Sequence[str], like: os.stat_result, *,
     return made
 
 
-def _mkdir_at(fd: int, name: str) -> bool:
+def _mkdir_at(fd: int, name: str, like: os.stat_result) -> bool:
+    """mkdirat. Between it and _shape_like another process may already walk through the new
+    directory (a session of another user hashed to it, as that user): it is born with the
+    model's permission bits (less what the umask takes) when it is born with the model's
+    group and the model's owner or root's, so that walk is not refused, and it never grants
+    anyone what the finished directory will not; otherwise 0700 until it is shaped."""
+    parent = os.fstat(fd)
+    group = parent.st_gid if parent.st_mode & stat.S_ISGID else os.getegid()
+    owner_ok = os.geteuid() in (0, like.st_uid)
+    mode = stat.S_IMODE(like.st_mode) & 0o777 if owner_ok and group == like.st_gid else 0o700
     with contextlib.suppress(FileExistsError):
-        os.mkdir(name, 0o700, dir_fd=fd)  # private until _shape_like made it like the model
+        os.mkdir(name, mode, dir_fd=fd)
         return True
     return False
 
