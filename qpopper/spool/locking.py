@@ -20,6 +20,7 @@ from typing import Callable
 
 from qpopper import limits
 from qpopper.pop3.responses import PopError, RespCode
+from qpopper.spool import mounts
 from qpopper.spool.durable import unlink_if_present
 
 StepHook = Callable[[str], None]
@@ -380,10 +381,12 @@ class SpoolLock:
     """The spool locked against delivery agents: dot-lock + open fd + flock + fcntl.
 
     `fd` is the spool opened read-write (None when the spool does not exist and `create` is
-    False). With `nfs_safe` (no-atomic-open: the spool is on NFS) the kernel lock is the fcntl
-    lock alone: the Linux NFS client turns flock into an fcntl lock on the whole file owned by
-    the open file, so taking both in one process would conflict with itself, and the fcntl
-    lock already excludes flock users on every host (docs/scale-out.md, "Locks across hosts").
+    False). With `nfs_safe` (no-atomic-open: the spool is on NFS) the kernel lock on an NFS
+    mount is the fcntl lock alone: the Linux NFS client turns flock into an fcntl lock on the
+    whole file owned by the open file, so taking both in one process would conflict with
+    itself, and the fcntl lock already excludes flock users on every host (docs/scale-out.md,
+    "Locks across hosts"). On any other file system (the option set for a local disk) it is
+    both, as without the option: there only flock excludes a flock-only delivery agent.
     Keep this the only descriptor of the spool in the process: closing any descriptor of a
     file drops the process's fcntl locks on it.
     """
@@ -414,8 +417,8 @@ class SpoolLock:
                     continue                # replaced or created as we opened: open again
                 if self.fd is None:
                     return
-                if not _wait(lambda: _kernel_lock(self.fd, flock_too=not self.nfs_safe),
-                             timing):
+                flock_too = not self.nfs_safe or not mounts.on_nfs(self.fd)
+                if not _wait(lambda: _kernel_lock(self.fd, flock_too=flock_too), timing):
                     raise PopError(BUSY_SPOOL_TEXT, RespCode.SYS_TEMP,
                                    log=f"flock/fcntl on {self.path} stayed busy")
                 if self.verify_same_file():

@@ -126,11 +126,19 @@ def _kernel_locks_of_another_process(path: str) -> tuple[bool, bool]:
     return out[0] == "1", out[1] == "1"
 
 
-@pytest.mark.parametrize("nfs_safe, expected", [(False, (False, False)), (True, (True, False))])
-def test_the_spool_lock_under_no_atomic_open_is_the_fcntl_lock_alone(tmp_path, nfs_safe,
-                                                                     expected):
-    """On NFS flock is an fcntl lock: one process taking both would refuse itself."""
+@pytest.mark.parametrize("nfs_safe, mount, expected", [
+    (False, None, (False, False)), (True, None, (False, False)),
+    (True, "nfs4", (True, False)), (True, "nfs", (True, False)), (False, "nfs4", (False, False))])
+def test_the_spool_lock_under_no_atomic_open_on_nfs_is_the_fcntl_lock_alone(
+        tmp_path, monkeypatch, nfs_safe, mount, expected):
+    """On NFS flock is an fcntl lock: one process taking both would refuse itself. So with
+    no-atomic-open on an NFS mount the fcntl lock alone; on a local disk (`mount` None: the
+    real one) both, as without the option, so flock-only delivery agents are excluded too.
+    (The test machine has no NFS client: an NFS mount is the mount table's answer, set.)"""
+    from qpopper.spool import mounts
     from qpopper.spool.locking import SpoolLock
+    if mount is not None:
+        monkeypatch.setattr(mounts, "fs_type", lambda st_dev: mount)
     spool = str(tmp_path / "user")
     lock = SpoolLock(spool, spool + ".lock", create=True, create_mode=0o600, nfs_safe=nfs_safe)
     lock.acquire(LockTiming(attempts=1))
@@ -139,3 +147,29 @@ def test_the_spool_lock_under_no_atomic_open_is_the_fcntl_lock_alone(tmp_path, n
     finally:
         lock.release()
     assert _kernel_locks_of_another_process(spool) == (True, True)
+
+
+MOUNTINFO = """\
+22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw
+40 22 0:53 / /srv/mail rw,relatime shared:20 master:3 - nfs4 filer:/mail rw,vers=4.2
+41 22 0:54 / /mnt/with\\040space rw - tmpfs tmpfs rw
+42 22 0:55 / /mnt/odd rw shared:9 - fuse.sshfs host:/x rw
+"""
+
+
+@pytest.mark.parametrize("device, expected", [
+    (os.makedev(254, 1), "ext4"), (os.makedev(0, 53), "nfs4"), (os.makedev(0, 54), "tmpfs"),
+    (os.makedev(0, 55), "fuse.sshfs"), (os.makedev(0, 99), None)])
+def test_the_file_system_type_is_read_from_the_mount_table(device, expected):
+    from qpopper.spool import mounts
+    assert mounts.fs_type(device, MOUNTINFO) == expected
+
+
+def test_the_real_mount_table_knows_the_test_directory(tmp_path):
+    from qpopper.spool import mounts
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        assert mounts.fs_type(os.fstat(fd).st_dev) not in (None, "")
+        assert not mounts.on_nfs(fd)
+    finally:
+        os.close(fd)
