@@ -18,7 +18,6 @@ import syslog
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import repeat
 
 from qpopper.spool import packed
 from qpopper.spool.durable import fsync_dir, publish, read_up_to
@@ -57,7 +56,6 @@ class MaildirMessage:
     uid: str
     retrieved: bool             # the S (seen) flag at login: Qpopper's Status R
     hidden: bool = False        # uw-kludge has no meaning in a Maildir
-    inode: int = 0              # the directory entry's, as listed (63 bits): a rename keeps it
 
     @property
     def base(self) -> str:
@@ -174,9 +172,8 @@ class Index:
 
     def messages(self) -> list[MaildirMessage]:
         if len(set(self.uids)) != len(self.uids):   # a copied message's X-UIDL header
-            return _messages(self.entries(), dict(zip(self.names, self.inodes)))
-        return list(map(MaildirMessage, self.names, self.octets, self.uids, self.seen,
-                        repeat(False), self.inodes))
+            return _messages(self.entries())
+        return list(map(MaildirMessage, self.names, self.octets, self.uids, self.seen))
 
 
 def _dir_stamps(path: str) -> dict[str, list[int]]:
@@ -259,15 +256,22 @@ def _unchanged(index: Index | None, stamps: dict) -> bool:
 
 
 def scan(path: str, log=None, step=None) -> list[MaildirMessage]:
-    """The messages of the Maildir at `path` in delivery order, from the index when nothing
-    changed (two stat calls, no listing, no Python step per message but one constructor
-    call), else from a listing that measures only the files the index does not know. The
-    index is rewritten after a listing; a failure to write it (a full disk) is logged
-    (`log(priority, text)`) and costs only speed."""
+    """The messages of the Maildir at `path` in delivery order (scan_with_inodes)."""
+    return scan_with_inodes(path, log, step)[0]
+
+
+def scan_with_inodes(path: str, log=None,
+                     step=None) -> tuple[list[MaildirMessage], Sequence[int]]:
+    """The messages of the Maildir at `path` in delivery order and their files' inodes as
+    listed (INODE_BITS), from the index when nothing changed (two stat calls, no listing, no
+    Python step per message but one constructor call), else from a listing that measures
+    only the files the index does not know. The index is rewritten after a listing; a
+    failure to write it (a full disk) is logged (`log(priority, text)`) and costs only
+    speed."""
     stamps = _dir_stamps(path)
     index = load_index(path, log)
     if _unchanged(index, stamps):
-        return index.messages()
+        return index.messages(), index.inodes
     known = index.entries() if index else {}
     inodes = {f"{sub}/{entry.name}": entry.inode() & INODE_BITS for sub in SUBDIRS
               for entry in os.scandir(os.path.join(path, sub))
@@ -292,7 +296,7 @@ def scan(path: str, log=None, step=None) -> list[MaildirMessage]:
     except OSError as error:
         if log:
             log(syslog.LOG_WARNING, f"Maildir index of {path} not written: {error.strerror}")
-    return fresh.messages()
+    return fresh.messages(), fresh.inodes
 
 
 def _one_name_per_file(path: str, inodes: dict[str, int]) -> None:
@@ -312,8 +316,7 @@ def _one_name_per_file(path: str, inodes: dict[str, int]) -> None:
             first[key] = name if drop == earlier else earlier
 
 
-def _messages(entries: dict[str, tuple[int, str]],
-              inodes: dict[str, int]) -> list[MaildirMessage]:
+def _messages(entries: dict[str, tuple[int, str]]) -> list[MaildirMessage]:
     """The messages when two measured UIDs are alike: the first in delivery order keeps it,
     the other falls back to its base name (or the MD5 of its name)."""
     messages, taken = [], set()
@@ -324,8 +327,7 @@ def _messages(entries: dict[str, tuple[int, str]],
             if uid in taken:
                 uid = encode_uid(hashlib.md5(name.encode("utf-8", "surrogateescape")).digest())
         taken.add(uid)
-        messages.append(MaildirMessage(name, octets, uid, "S" in flags_of(name),
-                                       inode=inodes[name]))
+        messages.append(MaildirMessage(name, octets, uid, "S" in flags_of(name)))
     return messages
 
 

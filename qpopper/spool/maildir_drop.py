@@ -19,7 +19,6 @@ import errno
 import json
 import os
 import stat
-import time
 
 from qpopper import limits
 from qpopper.pop3.responses import PopError, RespCode
@@ -34,9 +33,6 @@ JOURNAL_VERSION = 2
 """2: an unlink step carries its file's file_identity(). Version 1's (a crashed session of
 an earlier release) are still finished, by name only."""
 READABLE_JOURNAL_VERSIONS = (1, JOURNAL_VERSION)
-MTIME_LAG_NS = 50_000_000
-"""A file's modification time can lag the clock (file systems stamp it from a coarse clock):
-a file made this long before the listing began may be one made after it."""
 GONE_TEXT = "Message {n} was removed from your Maildir by another program"
 UPDATE_FAILED_TEXT = "Error updating your Maildir; your mail is intact, try again"
 OPEN_FAILED_TEXT = "Unable to open your Maildir; contact your administrator"
@@ -47,11 +43,13 @@ class MaildirDrop:
     hidden_count = 0
 
     def __init__(self, path: str, lock: SessionLock, messages, step_hook, log,
-                 listed_ns: int = 0):
+                 inodes=(), listed_ns: int = 0):
         self.path = path
         self._lock = lock
         self.messages = messages
-        self.listed_ns = listed_ns
+        self.inodes = inodes            # as listed, per message (maildir.scan_with_inodes)
+        self.listed_ns = listed_ns      # every listed file was there, and made, before then
+        self.inodes_trusted = _inodes_match(path, messages, inodes)
         self._hook = step_hook or (lambda name: None)
         self._log = log
         self._phase = "open"
@@ -67,8 +65,9 @@ class MaildirDrop:
         lock.acquire()
         try:
             finish_journal(path, lambda s: hook(f"recover:{s}"))
-            listed_ns = time.time_ns() - MTIME_LAG_NS
-            messages = maildir.scan(path, log=log, step=lambda s: hook(f"open:{s}"))
+            listed_ns = _file_system_now(lock.fd)
+            messages, inodes = maildir.scan_with_inodes(path, log=log,
+                                                        step=lambda s: hook(f"open:{s}"))
         except OSError as error:
             lock.release(unlink=False)
             raise PopError(OPEN_FAILED_TEXT, RespCode.SYS_TEMP,
@@ -76,7 +75,7 @@ class MaildirDrop:
         except BaseException:
             lock.release(unlink=False)
             raise
-        return cls(path, lock, messages, step_hook, log, listed_ns)
+        return cls(path, lock, messages, step_hook, log, inodes, listed_ns)
 
     # --- RETR and TOP --------------------------------------------------------------------
     def check_available(self, index: int) -> None:
@@ -148,7 +147,7 @@ class MaildirDrop:
                 return os.open(os.path.join(self.path, message.name),
                                os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY)
             except FileNotFoundError:
-                if attempt == 2 or not self._find_again(message):
+                if attempt == 2 or not self._find_again(index):
                     raise PopError(GONE_TEXT.format(n=index + 1), RespCode.SYS_TEMP,
                                    log=f"{message.name} in {self.path} is gone") from None
             except OSError as error:
@@ -158,13 +157,14 @@ class MaildirDrop:
                 raise
         raise AssertionError("unreachable")
 
-    def _find_again(self, message) -> bool:
-        """Another program renamed it (flags, new -> cur): found again by its base name and
-        inode, both kept by a rename. Two files can share a base name (a user's copy, a
-        restored backup, a message delivered twice), and a file system may give a new file
-        the inode of one just removed, so a file modified after the listing is not it;
-        nor is one this session lists as another message. So UPDATE cannot delete the
-        wrong one (docs/maildir.md, "Changes by other programs")."""
+    def _find_again(self, index: int) -> bool:
+        """Another program renamed message `index` (flags, new -> cur): found again by its
+        base name and its inode, both kept by a rename. Two files can share a base name (a
+        user's copy, a restored backup, a message delivered twice), and a file system may
+        give a new file the inode of one just removed, so a file modified since the listing
+        is not it; nor is one this session lists as another message. So UPDATE cannot
+        delete the wrong one (docs/maildir.md, "Changes by other programs")."""
+        message = self.messages[index]
         base = message.base
         others = {m.name for m in self.messages if m is not message}
         for sub in maildir.SUBDIRS:
@@ -172,12 +172,13 @@ class MaildirDrop:
                 for entry in entries:
                     name = f"{sub}/{entry.name}"
                     if (maildir.base_name(entry.name) != base or name in others
-                            or entry.inode() & maildir.INODE_BITS != message.inode
+                            or (self.inodes_trusted and entry.inode() & maildir.INODE_BITS
+                                != self.inodes[index])
                             or entry.name.startswith(".")
                             or not entry.is_file(follow_symlinks=False)):
                         continue
                     try:
-                        if entry.stat(follow_symlinks=False).st_mtime_ns > self.listed_ns:
+                        if entry.stat(follow_symlinks=False).st_mtime_ns >= self.listed_ns:
                             continue
                     except FileNotFoundError:
                         continue
@@ -192,18 +193,20 @@ class MaildirDrop:
         self._phase = "update"
         steps = []
         for index in sorted(deleted):
-            message = self.messages[index]
-            st = self._current(message)
+            st = self._current(index)
             if st is not None:
-                steps.append(["unlink", message.name, *file_identity(st)])
+                steps.append(["unlink", self.messages[index].name, *file_identity(st)])
+        listed = {m.name for m in self.messages}
         for index in sorted(retrieved - deleted):
             message = self.messages[index]
-            if self._current(message) is None:
+            if self._current(index) is None:
                 continue
             flags = maildir.flags_of(message.name)
             if message.name.startswith("cur/") and "S" in flags:
                 continue
             new_name = f"cur/{message.base}:2,{''.join(sorted(set(flags + 'S')))}"
+            if new_name in listed or os.path.lexists(os.path.join(self.path, new_name)):
+                continue                # another file has that name: it stays unseen
             steps.append(["rename", message.name, new_name])
         try:
             if steps:       # without steps the index written at open still holds
@@ -217,22 +220,20 @@ class MaildirDrop:
         finally:
             self.close()
 
-    def _current(self, message) -> os.stat_result | None:
-        """The message file's lstat at its name now (`message.name` follows a rename by
-        another program), or None when it is gone: then there is nothing to do. A file
-        under its name with another inode, modified after the listing (a copy, a restored
-        backup put there), is not it either. (The inode from lstat is compared with the
-        listing's from the directory entry; where a file system makes them differ, the time
-        still tells.)"""
+    def _current(self, index: int) -> os.stat_result | None:
+        """The lstat of message `index`'s file at its name now (the name follows a rename by
+        another program), or None when it is gone: then there is nothing to do. A file at
+        its name with another inode (a restore or a copy put there) is not it either."""
+        message = self.messages[index]
         for attempt in (1, 2):
             try:
                 st = os.lstat(os.path.join(self.path, message.name))
             except FileNotFoundError:
                 st = None
-            if st is not None and (st.st_ino & maildir.INODE_BITS == message.inode
-                                   or st.st_mtime_ns <= self.listed_ns):
+            if st is not None and (not self.inodes_trusted
+                                   or st.st_ino & maildir.INODE_BITS == self.inodes[index]):
                 return st
-            if attempt == 2 or not self._find_again(message):
+            if attempt == 2 or not self._find_again(index):
                 return None
         raise AssertionError("unreachable")
 
@@ -307,10 +308,13 @@ def finish_journal(path: str, hook) -> None:
         elif step[0] == "unlink":
             _unlink_file(path, step[1], tuple(step[2:]), names_by_base)
         else:
+            target = os.path.join(path, step[2])
+            if os.path.lexists(target):
+                continue                         # done before the crash, or another file's name
             try:
-                os.rename(os.path.join(path, step[1]), os.path.join(path, step[2]))
+                os.rename(os.path.join(path, step[1]), target)
             except FileNotFoundError:
-                pass                             # done before the crash, or moved by another program
+                pass                             # moved or removed by another program
     hook("fsync-dirs")
     maildir.sync_dirs(path)
     hook("journal-unlink")
@@ -318,11 +322,32 @@ def finish_journal(path: str, hook) -> None:
     fsync_dir(path)
 
 
-def file_identity(st: os.stat_result) -> tuple[int, int, int, int]:
-    """What tells a message file from another with its base name: a rename keeps its device,
-    inode, size and modification time; a copy (a restored backup, a sync tool's) has another
-    inode, or another time where the file system gave it the inode of one just removed."""
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+def file_identity(st: os.stat_result) -> tuple[int, int, int]:
+    """What tells a message file from another with its base name: a rename keeps its inode,
+    size and modification time; a copy (a restored backup, a sync tool's) has another inode,
+    or another time where the file system gave it the inode of one just removed. Not the
+    device: every name is in one Maildir, and its number can change between the session
+    that journals and the one that finishes (another host's NFS mount, a reboot)."""
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _file_system_now(fd: int) -> int:
+    """The file system's clock, from the lock file (`fd`) touched now: what message files'
+    times are stamped with (on NFS the server's clock, not this host's)."""
+    os.utime(fd)
+    return os.fstat(fd).st_mtime_ns
+
+
+def _inodes_match(path: str, messages, inodes) -> bool:
+    """Whether the inodes the listing gave (the directory entries') are the files' own: not
+    so on some file systems (overlayfs over several, FUSE without inode numbers). There
+    the session goes by names, as Qpopper did, and a renamed message by name and time."""
+    for message, inode in zip(messages[:3], inodes):
+        try:
+            return os.lstat(os.path.join(path, message.name)).st_ino & maildir.INODE_BITS == inode
+        except FileNotFoundError:
+            continue
+    return True
 
 
 def _unlink_file(path: str, name: str, identity: tuple, names_by_base) -> None:
@@ -370,7 +395,7 @@ class _NamesByBase:
 
 def _valid_step(step, version: int) -> bool:
     """A step names files inside new/ or cur/ only (the journal is ours, but a damaged one
-    must not rename or remove anything else); a version 2 unlink step carries four integers."""
+    must not rename or remove anything else); a version 2 unlink step carries three integers."""
     def inside(name) -> bool:
         return (isinstance(name, str) and name.partition("/")[0] in maildir.SUBDIRS
                 and "/" not in name.partition("/")[2] and name.partition("/")[2] not in ("", ".", ".."))
@@ -379,6 +404,6 @@ def _valid_step(step, version: int) -> bool:
     if step[0] == "unlink" and version == 1:
         return len(step) == 2 and inside(step[1])
     if step[0] == "unlink":
-        return (len(step) == 6 and inside(step[1])
+        return (len(step) == 5 and inside(step[1])
                 and all(type(number) is int for number in step[2:]))
     return step[0] == "rename" and len(step) == 3 and inside(step[1]) and inside(step[2])

@@ -87,7 +87,7 @@ def test_a_copy_under_the_base_name_is_never_taken_for_the_listed_message(tmp_pa
         if copy == "same-time":
             os.utime(copy_path, ns=(original.st_atime_ns, original.st_mtime_ns))
         elif copy == "given-the-inode":
-            drop.messages[index].inode = os.lstat(copy_path).st_ino
+            drop.inodes[index] = os.lstat(copy_path).st_ino
         with pytest.raises(PopError) as gone:
             drop.check_available(index)
         assert gone.value.code is RespCode.SYS_TEMP and "removed" in str(gone.value)
@@ -192,9 +192,10 @@ def test_a_journal_of_the_earlier_version_is_still_finished(tmp_path):
 
 
 @pytest.mark.parametrize("step", [
-    ["unlink", "new/x"], ["unlink", "new/x", 1, 2], ["unlink", "new/x", 1, 2, 3, "4"],
-    ["unlink", "new/x", 1, 2, 3, None], ["unlink", "new/x", 1, 2, 3, 4.0],
-    ["unlink", "new/x", 1, 2, 3, True], ["unlink", "../x", 1, 2, 3, 4]])
+    ["unlink", "new/x"], ["unlink", "new/x", 1, 2], ["unlink", "new/x", 1, 2, 3, 4],
+    ["unlink", "new/x", 1, 2, "3"], ["unlink", "new/x", 1, 2, None],
+    ["unlink", "new/x", 1, 2, 3.0], ["unlink", "new/x", 1, 2, True],
+    ["unlink", "../x", 1, 2, 3]])
 def test_a_damaged_unlink_step_refuses_the_mailbox(tmp_path, step):
     path, first, second = two_messages(tmp_path)
     before = files(path)
@@ -204,3 +205,97 @@ def test_a_damaged_unlink_step_refuses_the_mailbox(tmp_path, step):
         MaildirDrop.open(path, "qpt")
     assert refused.value.code is RespCode.SYS_TEMP
     assert files(path) == before and os.path.exists(os.path.join(path, JOURNAL_NAME))
+
+
+def test_mail_delivered_just_before_the_login_is_deleted_and_marked_seen(tmp_path):
+    path, first, second = two_messages(tmp_path)
+    for key in (first, second):
+        os.utime(os.path.join(path, "new", key), None)          # delivered just now
+    drop = MaildirDrop.open(path, "qpt")
+    try:
+        index = [m.base for m in drop.messages].index(first)
+        drop.update(deleted={index}, retrieved={1 - index})
+    finally:
+        drop.close()
+    assert files(path) == {f"cur/{second}:2,S": SECOND}
+
+
+def test_a_restore_keeping_the_time_written_over_the_message_is_not_deleted(tmp_path):
+    """rsync -a, cp -p or tar put a copy at the message's own name, with its time: the
+    inode says it is another file."""
+    path, first, second = two_messages(tmp_path)
+    drop = MaildirDrop.open(path, "qpt")
+    try:
+        index = [m.base for m in drop.messages].index(first)
+        original = os.lstat(os.path.join(path, "new", first))
+        replace_with_copy(path, f"new/{first}", COPY)
+        os.utime(os.path.join(path, "new", first), ns=(original.st_atime_ns, original.st_mtime_ns))
+        drop.update(deleted={index}, retrieved=set())
+    finally:
+        drop.close()
+    assert files(path) == {f"new/{first}": COPY, f"new/{second}": SECOND}
+
+
+def test_marking_seen_never_renames_over_another_file(tmp_path):
+    """RETR of new/KEY, no DELE: its seen name cur/KEY:2,S is taken by another file (one the
+    session lists, then one that came after the listing); the message stays unseen in new/."""
+    path, first, second = two_messages(tmp_path)
+    with open(os.path.join(path, "cur", first + ":2,S"), "wb") as f:
+        f.write(COPY)
+    with open(os.path.join(path, "new", "1999999999.M1P1.late"), "wb") as f:
+        f.write(b"Subject: late\n\nz\n")
+    drop = MaildirDrop.open(path, "qpt")
+    try:
+        names = [m.name for m in drop.messages]
+        assert len(names) == 4
+        late = names.index("new/1999999999.M1P1.late")
+        with open(os.path.join(path, "cur", "1999999999.M1P1.late:2,S"), "wb") as f:
+            f.write(b"another late file\n")
+        drop.update(deleted=set(), retrieved={names.index(f"new/{first}"), late})
+    finally:
+        drop.close()
+    assert files(path)[f"new/{first}"] == FIRST and files(path)[f"cur/{first}:2,S"] == COPY
+    assert files(path)["cur/1999999999.M1P1.late:2,S"] == b"another late file\n"
+    assert files(path)["new/1999999999.M1P1.late"] == b"Subject: late\n\nz\n"
+
+
+def test_a_journal_is_finished_whatever_device_number_the_mount_has_now(tmp_path):
+    """A crashed session's journal is finished by the next login, which may be on another
+    host of an NFS spool or after a reboot: the device number is not part of a file's
+    identity, and a rename step never replaces another file."""
+    path, first, second = two_messages(tmp_path)
+    st = os.lstat(os.path.join(path, "new", first))
+    with open(os.path.join(path, "cur", second + ":2,S"), "wb") as f:
+        f.write(COPY)
+    with open(os.path.join(path, JOURNAL_NAME), "w") as f:
+        json.dump({"version": 2, "steps": [
+            ["unlink", f"new/{first}", st.st_ino, st.st_size, st.st_mtime_ns],
+            ["rename", f"new/{second}", f"cur/{second}:2,S"]]}, f)
+    MaildirDrop.open(path, "qpt").close()
+    assert files(path) == {f"new/{second}": SECOND, f"cur/{second}:2,S": COPY}
+
+
+def test_where_directory_entries_have_other_inodes_the_session_goes_by_name_and_time(
+        tmp_path, monkeypatch):
+    """Some file systems give readdir inodes that are not the files' (overlayfs over several
+    file systems, FUSE without inode numbers): then a message is its name, as in Qpopper,
+    and a renamed one is the same base name not modified since the listing."""
+    from qpopper.spool import maildir_drop
+    path, first, second = two_messages(tmp_path)
+    real = maildir.scan_with_inodes
+
+    def other_inodes(*args, **kwargs):
+        messages, inodes = real(*args, **kwargs)
+        return messages, [inode ^ 0x5A5A for inode in inodes]
+    monkeypatch.setattr(maildir_drop.maildir, "scan_with_inodes", other_inodes)
+    os.utime(os.path.join(path, "new", second), None)            # delivered just now
+    drop = MaildirDrop.open(path, "qpt")
+    try:
+        assert not drop.inodes_trusted
+        bases = [m.base for m in drop.messages]
+        os.rename(os.path.join(path, "new", first), os.path.join(path, "cur", first + ":2,R"))
+        assert retr(drop, bases.index(first)) == wire(FIRST)
+        drop.update(deleted={0, 1}, retrieved=set())
+    finally:
+        drop.close()
+    assert files(path) == {}

@@ -136,7 +136,7 @@ def varied_maildir(root, rng: random.Random, count: int) -> str:
 
 
 def maildir_view(messages) -> list[tuple]:
-    return [(m.name, m.octets, m.uid, m.retrieved, m.hidden, m.inode) for m in messages]
+    return [(m.name, m.octets, m.uid, m.retrieved, m.hidden) for m in messages]
 
 
 def settle(path: str) -> None:
@@ -158,16 +158,16 @@ def big_maildir(tmp_path_factory):
 
 def test_maildir_warm_open_is_the_cold_open(big_maildir):
     path, cold = big_maildir
-    assert len({uid for _, _, uid, _, _, _ in cold}) == len(cold)
-    # the inodes the index keeps are the files' (what finds a renamed message again)
-    assert [inode for *_, inode in cold] == [
-        os.lstat(os.path.join(path, name)).st_ino for name, *_ in cold]
+    assert len({uid for _, _, uid, _, _ in cold}) == len(cold)
     steps = []
-    warm = maildir_view(maildir.scan(path, step=steps.append))
+    messages, inodes = maildir.scan_with_inodes(path, step=steps.append)
     assert steps == [], "the index was not trusted"
-    assert warm == cold
+    assert maildir_view(messages) == cold
+    # the inodes the index keeps are the files' (what finds a renamed message again)
+    assert list(inodes) == [os.lstat(os.path.join(path, m.name)).st_ino for m in messages]
     drop = MaildirDrop.open(path, USER)
-    assert maildir_view(drop.messages) == cold
+    assert maildir_view(drop.messages) == cold and list(drop.inodes) == list(inodes)
+    assert drop.inodes_trusted
     drop.restore()
 
 
