@@ -31,7 +31,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.helpers.pam_service import installed_pam_service  # noqa: E402
-from tests.helpers.sysusers import SystemUsers, world_readable_tmpdir  # noqa: E402
+from tests.helpers.sysusers import (SystemUsers, prelogin_account,  # noqa: E402
+                                    world_readable_tmpdir)
 from tests.helpers.testpki import TestPki  # noqa: E402
 from tests.server_harness import (PopperServer, free_port, make_spool_dir,  # noqa: E402
                                   write_config)
@@ -87,7 +88,7 @@ def main(argv=None) -> int:
     bench = Path(args.bench_dir)
     benchlib.require_runnable("tls_retr.py", bench, "it creates a user and a PAM service")
     with world_readable_tmpdir("qpt-bench-") as work, SystemUsers() as users, \
-            installed_pam_service() as pam:
+            installed_pam_service() as pam, prelogin_account():   # the server's --prelogin-user
         user = users.create("bn")
         spool_dir = make_spool_dir(work)
         master_copy = os.path.join(work, "big.mbox")
