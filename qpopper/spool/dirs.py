@@ -71,11 +71,12 @@ def _mkdir_at(fd: int, name: str, like: os.stat_result) -> bool:
     directory (a session of another user hashed to it, as that user): it is born with the
     model's permission bits (less what the umask takes) when it is born with the model's
     group and the model's owner or root's, so that walk is not refused, and it never grants
-    anyone what the finished directory will not; otherwise 0700 until it is shaped."""
+    anyone what the finished directory will not (the sticky bit included: mkdir keeps it);
+    otherwise 0700 until it is shaped."""
     parent = os.fstat(fd)
     group = parent.st_gid if parent.st_mode & stat.S_ISGID else os.getegid()
     owner_ok = os.geteuid() in (0, like.st_uid)
-    mode = stat.S_IMODE(like.st_mode) & 0o777 if owner_ok and group == like.st_gid else 0o700
+    mode = stat.S_IMODE(like.st_mode) & 0o1777 if owner_ok and group == like.st_gid else 0o700
     with contextlib.suppress(FileExistsError):
         os.mkdir(name, mode, dir_fd=fd)
         return True

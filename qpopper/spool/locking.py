@@ -297,11 +297,7 @@ def open_regular(path: str, flags: int, mode: int = 0o600, *, owner: int | None 
     itself (FileNotFoundError, ELOOP for a symlink, ...) propagate unchanged, and a file
     whose last name went away between the open and the check is Unlinked, a
     FileNotFoundError: as if we had opened a moment later."""
-    try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    except OSError as error:
-        _raise_stale_as_unlinked(error, path)
-        raise
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         try:
             st = os.fstat(fd)
@@ -325,8 +321,10 @@ def open_regular(path: str, flags: int, mode: int = 0o600, *, owner: int | None 
 
 
 def _raise_stale_as_unlinked(error: OSError, path: str) -> None:
-    """ESTALE: on NFS another host removed the file the client had looked the name up to
-    (a released temporary drop, a replaced spool): the same as a file removed here."""
+    """ESTALE from an open descriptor: on NFS another host removed the file we had just
+    opened (a released temporary drop, a replaced spool), the same as a file removed here.
+    Not for open(2) by name: the kernel has looked the name up again already, and an ESTALE
+    that lasts is a fault of the mount or the export, reported as such."""
     if error.errno == errno.ESTALE:
         raise Unlinked(errno.ENOENT, "removed by another host", path) from None
 
@@ -385,8 +383,9 @@ class SpoolLock:
     mount is the fcntl lock alone: the Linux NFS client turns flock into an fcntl lock on the
     whole file owned by the open file, so taking both in one process would conflict with
     itself, and the fcntl lock already excludes flock users on every host (docs/scale-out.md,
-    "Locks across hosts"). On any other file system (the option set for a local disk) it is
-    both, as without the option: there only flock excludes a flock-only delivery agent.
+    "Locks across hosts"); so on any network or unknown file system. On a local disk
+    (mounts.LOCAL_DISK_TYPES: the option set where it was not needed) it is both, as without
+    the option: there only flock excludes a flock-only delivery agent.
     Keep this the only descriptor of the spool in the process: closing any descriptor of a
     file drops the process's fcntl locks on it.
     """
@@ -417,7 +416,7 @@ class SpoolLock:
                     continue                # replaced or created as we opened: open again
                 if self.fd is None:
                     return
-                flock_too = not self.nfs_safe or not mounts.on_nfs(self.fd)
+                flock_too = not self.nfs_safe or mounts.on_local_disk(self.fd)
                 if not _wait(lambda: _kernel_lock(self.fd, flock_too=flock_too), timing):
                     raise PopError(BUSY_SPOOL_TEXT, RespCode.SYS_TEMP,
                                    log=f"flock/fcntl on {self.path} stayed busy")

@@ -1,36 +1,57 @@
-"""Which file system a file is on, from the kernel's own list of mounts
-(/proc/self/mountinfo): no statfs binding needed. Used by the spool lock, which must not take
-flock as well as fcntl on an NFS mount (docs/scale-out.md, "Locks across hosts")."""
+"""Which file system an open file is on, from the kernel's own tables: the mount of the open
+file (/proc/self/fdinfo/<fd>, mnt_id) looked up in /proc/self/mountinfo; no statfs binding
+needed, and right where a device number is not the mount's (overlayfs layers, btrfs
+subvolumes). Used by the spool lock, which must not take flock as well as fcntl on an NFS
+mount (docs/scale-out.md, "Locks across hosts")."""
 
 from __future__ import annotations
 
-import os
+LOCAL_DISK_TYPES = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs", "zfs",
+                              "jfs", "reiserfs", "bcachefs", "overlay"})
+"""File systems whose flock and fcntl locks are the local kernel's own, apart: here a
+process may hold both. Network file systems (NFS, CIFS, Ceph, ...) may map one onto the
+other, and unknown ones are taken as such."""
 
-MOUNTINFO = "/proc/self/mountinfo"
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None
 
 
-def fs_type(st_dev: int, mountinfo: str | None = None) -> str | None:
-    """The type ("ext4", "nfs4", ...) of the mount whose device is `st_dev`, or None when the
-    list cannot be read or does not have it. `mountinfo` is the list's text (default: read)."""
-    if mountinfo is None:
-        try:
-            with open(MOUNTINFO, encoding="utf-8", errors="replace") as f:
-                mountinfo = f.read()
-        except OSError:
-            return None
-    device = f"{os.major(st_dev)}:{os.minor(st_dev)}"
+def mount_id(fdinfo: str) -> str | None:
+    """The `mnt_id:` of an /proc/self/fdinfo/<fd> text."""
+    for line in fdinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key == "mnt_id":
+            return value.strip()
+    return None
+
+
+def fs_type(mount: str, mountinfo: str) -> str | None:
+    """The type ("ext4", "nfs4", ...) of mount `mount` (its id) in a mountinfo text."""
     for line in mountinfo.splitlines():
-        # "36 35 98:0 /root /mnt rw,noatime shared:1 - ext4 /dev/sda1 rw": the optional
-        # fields end at a lone "-", then the type
+        # "36 35 98:0 /root /mnt rw,noatime shared:1 - ext4 /dev/sda1 rw": the id first;
+        # the optional fields end at a lone "-" (a mount point's spaces are \040), then the type
         fields = line.split(" ")
-        if len(fields) > 2 and fields[2] == device and "-" in fields[3:]:
+        if fields[0] == mount and "-" in fields[3:]:
             rest = fields[fields.index("-", 3) + 1:]
             return rest[0] if rest else None
     return None
 
 
-def on_nfs(fd: int) -> bool:
-    """Whether the open file `fd` is on an NFS mount; True when that cannot be told (the
-    caller's NFS-safe choice stays)."""
-    kind = fs_type(os.fstat(fd).st_dev)
-    return kind is None or kind.startswith("nfs")
+def fs_type_of(fd: int) -> str | None:
+    """The type of the file system the open file `fd` is on, or None when it cannot be told
+    (/proc not mounted, a kernel without mnt_id)."""
+    fdinfo = _read(f"/proc/self/fdinfo/{fd}")
+    mount = mount_id(fdinfo) if fdinfo is not None else None
+    mountinfo = _read("/proc/self/mountinfo") if mount is not None else None
+    return fs_type(mount, mountinfo) if mountinfo is not None else None
+
+
+def on_local_disk(fd: int) -> bool:
+    """Whether `fd` is on a file system of LOCAL_DISK_TYPES; False when that cannot be told
+    (the caller's network-safe choice stays)."""
+    return fs_type_of(fd) in LOCAL_DISK_TYPES

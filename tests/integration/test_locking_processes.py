@@ -127,18 +127,26 @@ def _kernel_locks_of_another_process(path: str) -> tuple[bool, bool]:
 
 
 @pytest.mark.parametrize("nfs_safe, mount, expected", [
-    (False, None, (False, False)), (True, None, (False, False)),
-    (True, "nfs4", (True, False)), (True, "nfs", (True, False)), (False, "nfs4", (False, False))])
-def test_the_spool_lock_under_no_atomic_open_on_nfs_is_the_fcntl_lock_alone(
+    (False, "real", (False, False)), (True, "real", (False, False)),
+    (True, "nfs4", (True, False)), (True, "nfs", (True, False)), (True, "cifs", (True, False)),
+    (True, None, (True, False)), (False, "nfs4", (False, False))])
+def test_the_spool_lock_under_no_atomic_open_off_a_local_disk_is_the_fcntl_lock_alone(
         tmp_path, monkeypatch, nfs_safe, mount, expected):
     """On NFS flock is an fcntl lock: one process taking both would refuse itself. So with
-    no-atomic-open on an NFS mount the fcntl lock alone; on a local disk (`mount` None: the
-    real one) both, as without the option, so flock-only delivery agents are excluded too.
-    (The test machine has no NFS client: an NFS mount is the mount table's answer, set.)"""
+    no-atomic-open on NFS, another network file system or one that cannot be told (None),
+    the fcntl lock alone; on a local disk ("real": the test directory's) both, as without
+    the option, so flock-only delivery agents are excluded too. (The test machine has no
+    NFS client: another file system is the mount table's answer, set.)"""
     from qpopper.spool import mounts
     from qpopper.spool.locking import SpoolLock
-    if mount is not None:
-        monkeypatch.setattr(mounts, "fs_type", lambda st_dev: mount)
+    if mount != "real":
+        monkeypatch.setattr(mounts, "fs_type_of", lambda fd: mount)
+    else:
+        fd = os.open(tmp_path, os.O_RDONLY)
+        try:
+            assert mounts.fs_type_of(fd) in mounts.LOCAL_DISK_TYPES
+        finally:
+            os.close(fd)
     spool = str(tmp_path / "user")
     lock = SpoolLock(spool, spool + ".lock", create=True, create_mode=0o600, nfs_safe=nfs_safe)
     lock.acquire(LockTiming(attempts=1))
@@ -152,24 +160,24 @@ def test_the_spool_lock_under_no_atomic_open_on_nfs_is_the_fcntl_lock_alone(
 MOUNTINFO = """\
 22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw
 40 22 0:53 / /srv/mail rw,relatime shared:20 master:3 - nfs4 filer:/mail rw,vers=4.2
-41 22 0:54 / /mnt/with\\040space rw - tmpfs tmpfs rw
+41 22 0:54 / /mnt/with\\040-\\040space rw - tmpfs tmpfs rw
 42 22 0:55 / /mnt/odd rw shared:9 - fuse.sshfs host:/x rw
 """
 
 
-@pytest.mark.parametrize("device, expected", [
-    (os.makedev(254, 1), "ext4"), (os.makedev(0, 53), "nfs4"), (os.makedev(0, 54), "tmpfs"),
-    (os.makedev(0, 55), "fuse.sshfs"), (os.makedev(0, 99), None)])
-def test_the_file_system_type_is_read_from_the_mount_table(device, expected):
+@pytest.mark.parametrize("mount, expected", [
+    ("22", "ext4"), ("40", "nfs4"), ("41", "tmpfs"), ("42", "fuse.sshfs"), ("99", None),
+    ("0:53", None)])
+def test_the_file_system_type_is_the_open_files_mounts_in_the_mount_table(mount, expected):
     from qpopper.spool import mounts
-    assert mounts.fs_type(device, MOUNTINFO) == expected
+    assert mounts.fs_type(mount, MOUNTINFO) == expected
+    assert mounts.mount_id(f"pos:\t0\nflags:\t0100002\nmnt_id:\t{mount}\nino:\t5\n") == mount
 
 
-def test_the_real_mount_table_knows_the_test_directory(tmp_path):
+def test_the_real_tables_know_the_test_directorys_file_system(tmp_path):
     from qpopper.spool import mounts
     fd = os.open(tmp_path, os.O_RDONLY)
     try:
-        assert mounts.fs_type(os.fstat(fd).st_dev) not in (None, "")
-        assert not mounts.on_nfs(fd)
+        assert mounts.fs_type_of(fd) not in (None, "")
     finally:
         os.close(fd)

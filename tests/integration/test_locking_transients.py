@@ -58,45 +58,56 @@ def test_a_spool_root_created_and_then_given_to_the_user_is_waited_for(tmp_path,
 
 
 @needs_root
-@pytest.mark.parametrize("content", [b"", b"From x Thu Jan  1 00:00:00 1970\n\nmail\n"])
+@pytest.mark.parametrize("content, owner", [
+    (b"", 0), (b"From x Thu Jan  1 00:00:00 1970\n\nmail\n", 0), (b"", USER_UID + 1)])
 def test_a_spool_that_stays_roots_is_refused_and_only_an_empty_one_is_waited_for(
-        tmp_path, monkeypatch, content):
+        tmp_path, monkeypatch, content, owner):
+    """Only an empty spool of root's is waited for: one with mail, or another user's, is
+    refused at once."""
     spool = root_created_spool(tmp_path, content)
+    os.chown(spool, owner, -1)
     looked = []
     monkeypatch.setattr(locking.os, "geteuid", lambda: USER_UID)
     monkeypatch.setattr(locking.time, "sleep", looked.append)
     with pytest.raises(PopError) as refused:
         spool_lock(spool).acquire(NO_WAIT)
     assert refused.value.code is RespCode.SYS_PERM and "wrong owner" in refused.value.text
-    assert len(looked) == (locking.NEW_SPOOL_SETTLE[0] if not content else 0)
-    assert os.stat(spool).st_uid == 0 and spool.read_bytes() == content
+    assert len(looked) == (locking.NEW_SPOOL_SETTLE[0] if not content and owner == 0 else 0)
+    assert os.stat(spool).st_uid == owner and spool.read_bytes() == content
 
 
 def stale_once(monkeypatch, call: str, path):
-    """os.open of `path` (or the first os.fstat after it) fails once with ESTALE, as on an
-    NFS client whose cached file handle another host's unlink made stale."""
-    real_open, real_fstat = os.open, os.fstat
+    """The first os.fstat after `path` is opened, or the first os.lstat of `path`, fails
+    once with ESTALE, as on an NFS client whose file handle another host's unlink made
+    stale."""
+    real_open, real_fstat, real_lstat = os.open, os.fstat, os.lstat
     state = {"opened": False, "failed": False}
 
     def opener(name, flags, mode=0o777):
-        if str(name) == str(path) and call == "open" and not state["failed"]:
-            state["failed"] = True
-            raise OSError(errno.ESTALE, os.strerror(errno.ESTALE), str(name))
         fd = real_open(name, flags, mode)
         state["opened"] = state["opened"] or str(name) == str(path)
         return fd
 
+    def stale():
+        state["failed"] = True
+        return OSError(errno.ESTALE, os.strerror(errno.ESTALE))
+
     def fstat(fd):
         if call == "fstat" and state["opened"] and not state["failed"]:
-            state["failed"] = True
-            raise OSError(errno.ESTALE, os.strerror(errno.ESTALE))
+            raise stale()
         return real_fstat(fd)
+
+    def lstat(name, *args, **kwargs):
+        if call == "lstat" and str(name) == str(path) and not state["failed"]:
+            raise stale()
+        return real_lstat(name, *args, **kwargs)
     monkeypatch.setattr(locking.os, "open", opener)
     monkeypatch.setattr(locking.os, "fstat", fstat)
+    monkeypatch.setattr(locking.os, "lstat", lstat)
     return state
 
 
-@pytest.mark.parametrize("call", ["open", "fstat"])
+@pytest.mark.parametrize("call", ["fstat", "lstat"])
 def test_estale_on_the_temporary_drop_is_a_drop_removed_meanwhile(tmp_path, monkeypatch, call):
     drop = tmp_path / ".alice.pop"
     drop.write_bytes(b"")
@@ -112,7 +123,7 @@ def test_estale_on_the_temporary_drop_is_a_drop_removed_meanwhile(tmp_path, monk
         lock.release(unlink=True)
 
 
-@pytest.mark.parametrize("call", ["open", "fstat"])
+@pytest.mark.parametrize("call", ["fstat", "lstat"])
 def test_estale_on_the_spool_is_a_spool_replaced_meanwhile(tmp_path, monkeypatch, call):
     spool = tmp_path / "alice"
     spool.write_bytes(b"mail\n")
@@ -125,3 +136,20 @@ def test_estale_on_the_spool_is_a_spool_replaced_meanwhile(tmp_path, monkeypatch
         assert os.pread(lock.fd, 10, 0) == b"mail\n"
     finally:
         lock.release()
+
+
+def test_estale_that_lasts_when_opening_by_name_is_a_fault_not_a_busy_drop(tmp_path,
+                                                                          monkeypatch):
+    """open(2) by name has been looked up again by the kernel already: an ESTALE there is a
+    stale mount or export, for the administrator, not a drop coming and going."""
+    drop = tmp_path / ".alice.pop"
+    real_open = os.open
+
+    def opener(name, flags, mode=0o777):
+        if str(name) == str(drop):
+            raise OSError(errno.ESTALE, os.strerror(errno.ESTALE), str(name))
+        return real_open(name, flags, mode)
+    monkeypatch.setattr(locking.os, "open", opener)
+    with pytest.raises(OSError) as fault:
+        SessionLock(str(drop)).acquire()
+    assert fault.value.errno == errno.ESTALE and not isinstance(fault.value, PopError)

@@ -159,26 +159,26 @@ def test_check_hash_dir_creates_missing_dirs_with_the_spool_dirs_mode(tmp_path):
     p.ensure_hash_dirs()                         # idempotent
 
 
-@pytest.mark.parametrize("parent_setgid", [True, False])
+@pytest.mark.parametrize("parent_mode", [0o2775, 0o775, 0o3777])
 def test_a_hashed_dir_is_born_searchable_when_born_with_the_spool_dirs_group(
-        tmp_path, monkeypatch, parent_setgid):
+        tmp_path, monkeypatch, parent_mode):
     """Between a new hashed directory's mkdir and its chown/chmod, a session of another user
     hashed to it may already walk through it, as that user: when the directory is born with
     the spool directory's group (a setgid spool directory, as /var/mail is), it is born with
-    its permission bits, less the umask; else private (0700) until shaped, never more open
-    than the finished directory."""
+    its permission bits and sticky bit, less the umask; else private (0700) until shaped,
+    never more open than the finished directory."""
     from qpopper.spool import dirs
     spool_dir = tmp_path / "mail"
     spool_dir.mkdir()
     other_group = 4322 if os.geteuid() == 0 else os.getegid()
     if os.geteuid() == 0:
         os.chown(spool_dir, 0, other_group)
-    os.chmod(spool_dir, 0o2775 if parent_setgid else 0o775)
+    os.chmod(spool_dir, parent_mode)
     born = []
     real_shape = dirs._shape_like
 
     def shape_like(fd, like):
-        born.append(os.fstat(fd).st_mode & 0o777)
+        born.append(os.fstat(fd).st_mode & 0o1777)
         real_shape(fd, like)
     monkeypatch.setattr(dirs, "_shape_like", shape_like)
     umask = os.umask(0o022)
@@ -186,8 +186,9 @@ def test_a_hashed_dir_is_born_searchable_when_born_with_the_spool_dirs_group(
         SpoolPaths.for_user(cfg_for(spool_dir, hash_spool=2), "maida", None).ensure_hash_dirs()
     finally:
         os.umask(umask)
-    born_with_its_group = parent_setgid or other_group == os.getegid()
-    assert born == [0o755 if born_with_its_group else 0o700] * 2
+    born_with_its_group = parent_mode & 0o2000 or other_group == os.getegid()
+    # its permission bits and the sticky bit, less the umask; never more than the model's
+    assert born == [parent_mode & 0o1777 & ~0o022 if born_with_its_group else 0o700] * 2
     assert stat.S_IMODE(os.stat(spool_dir / "m" / "a").st_mode) == stat.S_IMODE(
         os.stat(spool_dir).st_mode)
 
