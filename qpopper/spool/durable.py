@@ -39,18 +39,47 @@ WRITEBACK_OCTETS = 8 * 1024 * 1024
 _SYNC_FILE_RANGE_WRITE = 2
 
 
-def _sync_file_range():
-    """Linux's sync_file_range(2) from the C library already loaded, or None elsewhere."""
+def _libc_call(name: str, argtypes: list):
+    """Linux's `name` from the C library already loaded, typed (returning an int, errno
+    kept), or None where there is none."""
     try:
-        call = ctypes.CDLL(None, use_errno=True).sync_file_range
+        call = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
-    call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    call.argtypes = argtypes
     call.restype = ctypes.c_int
     return call
 
 
-_start_writeback_call = _sync_file_range()
+_start_writeback_call = _libc_call("sync_file_range", [ctypes.c_int, ctypes.c_int64,
+                                                       ctypes.c_int64, ctypes.c_uint])
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+
+_renameat2_call = _libc_call("renameat2", [ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
+                                           ctypes.c_char_p, ctypes.c_uint])
+
+
+def rename_no_replace(src: str, dst: str) -> bool:
+    """rename(2) that never replaces a file: False when `dst` exists (nothing changed). With
+    renameat2's RENAME_NOREPLACE where the file system has it; elsewhere (NFS, older
+    kernels) a look at `dst` first, which leaves a moment for a file made there meanwhile.
+    Errors of the rename (FileNotFoundError for a missing `src`) propagate."""
+    if _renameat2_call is not None:
+        if _renameat2_call(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst),
+                           _RENAME_NOREPLACE) == 0:
+            return True
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            return False
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise OSError(err, os.strerror(err), src, None, dst)
+    if os.path.lexists(dst):
+        return False
+    os.rename(src, dst)
+    return True
 
 
 class Writeback:

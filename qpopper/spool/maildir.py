@@ -305,15 +305,25 @@ def _one_name_per_file(path: str, inodes: dict[str, int]) -> None:
     flags in cur/; a rename keeps the inode), or moved by a link and an unlink. It is one
     message, served once, under the name that is there now (the later one when both are).
     Two files with one base name and different inodes (a user's copy, a restored backup)
-    are two messages."""
+    are two messages; so are two names whose listed inodes agree only because the file
+    system lists one number for every file (FUSE without inode numbers): while both names
+    are there, their files' own inodes decide."""
     first: dict[tuple, str] = {}
     for name, inode in list(inodes.items()):
         key = (base_name(name), inode)
         earlier = first.setdefault(key, name)
-        if earlier != name:
-            drop = earlier if os.path.lexists(os.path.join(path, name)) else name
-            del inodes[drop]
-            first[key] = name if drop == earlier else earlier
+        if earlier == name:
+            continue
+        try:
+            if os.lstat(os.path.join(path, earlier)).st_ino != os.lstat(
+                    os.path.join(path, name)).st_ino:
+                first[key] = name               # two files: both stay, the later one the key
+                continue
+        except FileNotFoundError:
+            pass                                # one name is gone: renamed during the listing
+        drop = earlier if os.path.lexists(os.path.join(path, name)) else name
+        del inodes[drop]
+        first[key] = name if drop == earlier else earlier
 
 
 def _messages(entries: dict[str, tuple[int, str]]) -> list[MaildirMessage]:

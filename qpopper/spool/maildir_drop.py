@@ -19,20 +19,27 @@ import errno
 import json
 import os
 import stat
+import time
 
 from qpopper import limits
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool import maildir
-from qpopper.spool.durable import fsync_dir, read_up_to, unlink_if_present
+from qpopper.spool.durable import fsync_dir, read_up_to, rename_no_replace, unlink_if_present
 from qpopper.spool.locking import SessionLock
 from qpopper.spool.mbox import WireLines
 
 LOCK_NAME = "qpopper-pop3.lock"
 JOURNAL_NAME = "qpopper-pop3.journal"
-JOURNAL_VERSION = 2
-"""2: an unlink step carries its file's file_identity(). Version 1's (a crashed session of
-an earlier release) are still finished, by name only."""
-READABLE_JOURNAL_VERSIONS = (1, JOURNAL_VERSION)
+JOURNAL_VERSION = 3
+"""3: an unlink step carries its file's file_identity(). Still finished: version 2's (the
+same with the device number first, which is left out) and version 1's (an earlier
+release's: by name only)."""
+READABLE_JOURNAL_VERSIONS = (1, 2, JOURNAL_VERSION)
+IDENTITY_AT = {2: 3, JOURNAL_VERSION: 2}
+"""Where an unlink step's identity starts, by journal version."""
+CLOCK_LAG_NS = 50_000_000
+"""Where the file system's clock cannot be read (a FUSE file system that refuses to set
+times), this host's less this much stands for it: file times lag the clock a tick."""
 GONE_TEXT = "Message {n} was removed from your Maildir by another program"
 UPDATE_FAILED_TEXT = "Error updating your Maildir; your mail is intact, try again"
 OPEN_FAILED_TEXT = "Unable to open your Maildir; contact your administrator"
@@ -49,7 +56,7 @@ class MaildirDrop:
         self.messages = messages
         self.inodes = inodes            # as listed, per message (maildir.scan_with_inodes)
         self.listed_ns = listed_ns      # every listed file was there, and made, before then
-        self.inodes_trusted = _inodes_match(path, messages, inodes)
+        self._entry_inodes: dict[str, int] | None = None    # listed again, when needed
         self._hook = step_hook or (lambda name: None)
         self._log = log
         self._phase = "open"
@@ -172,8 +179,7 @@ class MaildirDrop:
                 for entry in entries:
                     name = f"{sub}/{entry.name}"
                     if (maildir.base_name(entry.name) != base or name in others
-                            or (self.inodes_trusted and entry.inode() & maildir.INODE_BITS
-                                != self.inodes[index])
+                            or entry.inode() & maildir.INODE_BITS != self.inodes[index]
                             or entry.name.startswith(".")
                             or not entry.is_file(follow_symlinks=False)):
                         continue
@@ -230,12 +236,26 @@ class MaildirDrop:
                 st = os.lstat(os.path.join(self.path, message.name))
             except FileNotFoundError:
                 st = None
-            if st is not None and (not self.inodes_trusted
-                                   or st.st_ino & maildir.INODE_BITS == self.inodes[index]):
+            if st is not None and (st.st_ino & maildir.INODE_BITS == self.inodes[index]
+                                   or self._entry_inode(message.name) == self.inodes[index]):
                 return st
             if attempt == 2 or not self._find_again(index):
                 return None
         raise AssertionError("unreachable")
+
+    def _entry_inode(self, name: str) -> int | None:
+        """The inode of `name`'s directory entry, as the listing gives it. Compared with the
+        listed one like with like: on some file systems (overlayfs over several, FUSE
+        without inode numbers) a directory entry's inode is not the file's. new/ and cur/
+        are listed once, the first time a file's own inode differs."""
+        if self._entry_inodes is None:
+            self._entry_inodes = {}
+            for sub in maildir.SUBDIRS:
+                with os.scandir(os.path.join(self.path, sub)) as entries:
+                    for entry in entries:
+                        self._entry_inodes[f"{sub}/{entry.name}"] = (entry.inode()
+                                                                     & maildir.INODE_BITS)
+        return self._entry_inodes.get(name)
 
     def restore(self) -> None:
         """Abort without update: nothing was changed, nothing to put back."""
@@ -306,13 +326,10 @@ def finish_journal(path: str, hook) -> None:
         if step[0] == "unlink" and version == 1:
             unlink_if_present(os.path.join(path, step[1]))
         elif step[0] == "unlink":
-            _unlink_file(path, step[1], tuple(step[2:]), names_by_base)
+            _unlink_file(path, step[1], tuple(step[IDENTITY_AT[version]:]), names_by_base)
         else:
-            target = os.path.join(path, step[2])
-            if os.path.lexists(target):
-                continue                         # done before the crash, or another file's name
-            try:
-                os.rename(os.path.join(path, step[1]), target)
+            try:   # False: the name is taken (done before the crash, or another file's): no-op
+                rename_no_replace(os.path.join(path, step[1]), os.path.join(path, step[2]))
             except FileNotFoundError:
                 pass                             # moved or removed by another program
     hook("fsync-dirs")
@@ -334,20 +351,11 @@ def file_identity(st: os.stat_result) -> tuple[int, int, int]:
 def _file_system_now(fd: int) -> int:
     """The file system's clock, from the lock file (`fd`) touched now: what message files'
     times are stamped with (on NFS the server's clock, not this host's)."""
-    os.utime(fd)
-    return os.fstat(fd).st_mtime_ns
-
-
-def _inodes_match(path: str, messages, inodes) -> bool:
-    """Whether the inodes the listing gave (the directory entries') are the files' own: not
-    so on some file systems (overlayfs over several, FUSE without inode numbers). There
-    the session goes by names, as Qpopper did, and a renamed message by name and time."""
-    for message, inode in zip(messages[:3], inodes):
-        try:
-            return os.lstat(os.path.join(path, message.name)).st_ino & maildir.INODE_BITS == inode
-        except FileNotFoundError:
-            continue
-    return True
+    try:
+        os.utime(fd)
+        return os.fstat(fd).st_mtime_ns
+    except OSError:
+        return time.time_ns() - CLOCK_LAG_NS
 
 
 def _unlink_file(path: str, name: str, identity: tuple, names_by_base) -> None:
@@ -395,7 +403,8 @@ class _NamesByBase:
 
 def _valid_step(step, version: int) -> bool:
     """A step names files inside new/ or cur/ only (the journal is ours, but a damaged one
-    must not rename or remove anything else); a version 2 unlink step carries three integers."""
+    must not rename or remove anything else); a later unlink step carries integers (the
+    identity, after the device number in version 2)."""
     def inside(name) -> bool:
         return (isinstance(name, str) and name.partition("/")[0] in maildir.SUBDIRS
                 and "/" not in name.partition("/")[2] and name.partition("/")[2] not in ("", ".", ".."))
@@ -404,6 +413,6 @@ def _valid_step(step, version: int) -> bool:
     if step[0] == "unlink" and version == 1:
         return len(step) == 2 and inside(step[1])
     if step[0] == "unlink":
-        return (len(step) == 5 and inside(step[1])
+        return (len(step) == IDENTITY_AT[version] + 3 and inside(step[1])
                 and all(type(number) is int for number in step[2:]))
     return step[0] == "rename" and len(step) == 3 and inside(step[1]) and inside(step[2])

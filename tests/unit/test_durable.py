@@ -129,3 +129,22 @@ def test_a_failed_publish_leaves_no_temporary_file(tmp_path):
     with pytest.raises(OSError):
         durable.publish(temp, str(tmp_path / "missing" / "final"), b"data")
     assert not os.path.lexists(temp)
+
+
+@pytest.mark.parametrize("with_renameat2", [True, False])
+def test_rename_no_replace_never_replaces_a_file(tmp_path, monkeypatch, with_renameat2):
+    """With renameat2's RENAME_NOREPLACE, and without it (NFS, older kernels: a look first)."""
+    if not with_renameat2:
+        monkeypatch.setattr(durable, "_renameat2_call", None)
+    elif durable._renameat2_call is None:
+        pytest.skip("this C library has no renameat2")
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.write_bytes(b"message")
+    dst.write_bytes(b"another file")
+    assert durable.rename_no_replace(str(src), str(dst)) is False
+    assert src.read_bytes() == b"message" and dst.read_bytes() == b"another file"
+    dst.unlink()
+    assert durable.rename_no_replace(str(src), str(dst)) is True
+    assert not src.exists() and dst.read_bytes() == b"message"
+    with pytest.raises(FileNotFoundError):
+        durable.rename_no_replace(str(src), str(tmp_path / "elsewhere"))

@@ -7,8 +7,10 @@ moved it, and nothing else."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import time
 
 import pytest
 
@@ -68,7 +70,8 @@ def test_a_renamed_message_is_found_again_also_when_the_session_listed_nothing(t
     assert list(files(path)) == [f"new/{second}"]
 
 
-@pytest.mark.parametrize("copy", ["made-after", "same-time", "given-the-inode"])
+@pytest.mark.parametrize("copy", ["made-after", "same-time", "given-the-inode",
+                                  "given-the-inode-in-the-logins-tick"])
 def test_a_copy_under_the_base_name_is_never_taken_for_the_listed_message(tmp_path, copy):
     """The session listed new/KEY; another program expunged it and put a different file with
     that base name in cur/ (a restored backup, the message delivered again by a sync tool).
@@ -86,8 +89,10 @@ def test_a_copy_under_the_base_name_is_never_taken_for_the_listed_message(tmp_pa
         replace_with_copy(path, f"new/{first}", COPY, f"cur/{first}:2,S")
         if copy == "same-time":
             os.utime(copy_path, ns=(original.st_atime_ns, original.st_mtime_ns))
-        elif copy == "given-the-inode":
+        elif copy.startswith("given-the-inode"):
             drop.inodes[index] = os.lstat(copy_path).st_ino
+        if copy == "given-the-inode-in-the-logins-tick":     # the same clock tick as the login
+            os.utime(copy_path, ns=(drop.listed_ns, drop.listed_ns))
         with pytest.raises(PopError) as gone:
             drop.check_available(index)
         assert gone.value.code is RespCode.SYS_TEMP and "removed" in str(gone.value)
@@ -200,7 +205,7 @@ def test_a_damaged_unlink_step_refuses_the_mailbox(tmp_path, step):
     path, first, second = two_messages(tmp_path)
     before = files(path)
     with open(os.path.join(path, JOURNAL_NAME), "w") as f:
-        json.dump({"version": 2, "steps": [step]}, f)
+        json.dump({"version": 3, "steps": [step]}, f)
     with pytest.raises(PopError) as refused:
         MaildirDrop.open(path, "qpt")
     assert refused.value.code is RespCode.SYS_TEMP
@@ -259,43 +264,115 @@ def test_marking_seen_never_renames_over_another_file(tmp_path):
     assert files(path)["new/1999999999.M1P1.late"] == b"Subject: late\n\nz\n"
 
 
-def test_a_journal_is_finished_whatever_device_number_the_mount_has_now(tmp_path):
+@pytest.mark.parametrize("version", [2, 3])
+def test_a_journal_is_finished_whatever_device_number_the_mount_has_now(tmp_path, version):
     """A crashed session's journal is finished by the next login, which may be on another
     host of an NFS spool or after a reboot: the device number is not part of a file's
-    identity, and a rename step never replaces another file."""
+    identity (version 2 wrote one: it is passed over), and a rename step never replaces
+    another file."""
     path, first, second = two_messages(tmp_path)
     st = os.lstat(os.path.join(path, "new", first))
+    device = [st.st_dev + 1] if version == 2 else []
     with open(os.path.join(path, "cur", second + ":2,S"), "wb") as f:
         f.write(COPY)
     with open(os.path.join(path, JOURNAL_NAME), "w") as f:
-        json.dump({"version": 2, "steps": [
-            ["unlink", f"new/{first}", st.st_ino, st.st_size, st.st_mtime_ns],
+        json.dump({"version": version, "steps": [
+            ["unlink", f"new/{first}", *device, st.st_ino, st.st_size, st.st_mtime_ns],
             ["rename", f"new/{second}", f"cur/{second}:2,S"]]}, f)
     MaildirDrop.open(path, "qpt").close()
     assert files(path) == {f"new/{second}": SECOND, f"cur/{second}:2,S": COPY}
 
 
-def test_where_directory_entries_have_other_inodes_the_session_goes_by_name_and_time(
-        tmp_path, monkeypatch):
-    """Some file systems give readdir inodes that are not the files' (overlayfs over several
-    file systems, FUSE without inode numbers): then a message is its name, as in Qpopper,
-    and a renamed one is the same base name not modified since the listing."""
-    from qpopper.spool import maildir_drop
-    path, first, second = two_messages(tmp_path)
-    real = maildir.scan_with_inodes
+class ListedInodes:
+    """os.scandir whose entries give other inodes than the files' own, consistently, as
+    some file systems' directory listings do: `change(inode)` (overlayfs over several file
+    systems: other numbers; FUSE without inode numbers: one number for every file)."""
 
-    def other_inodes(*args, **kwargs):
-        messages, inodes = real(*args, **kwargs)
-        return messages, [inode ^ 0x5A5A for inode in inodes]
-    monkeypatch.setattr(maildir_drop.maildir, "scan_with_inodes", other_inodes)
+    def __init__(self, change):
+        self.change = change
+        self.real = os.scandir
+
+    def __call__(self, path):
+        return _Listing(self.real(path), self.change)
+
+
+class _Listing:
+    def __init__(self, listing, change):
+        self.listing, self.change = listing, change
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.listing.close()
+
+    def __iter__(self):
+        for entry in self.listing:
+            yield _Entry(entry, self.change)
+
+
+class _Entry:
+    def __init__(self, entry, change):
+        self.entry, self.change = entry, change
+        self.name = entry.name
+
+    def inode(self):
+        return self.change(self.entry.inode())
+
+    def __getattr__(self, attribute):
+        return getattr(self.entry, attribute)
+
+
+@pytest.mark.parametrize("file_system", ["other-numbers", "one-number"])
+def test_where_directory_entries_have_other_inodes_than_the_files(tmp_path, monkeypatch,
+                                                                   file_system):
+    """Fresh mail is deleted; a renamed message is found again (listing with listing) and
+    deleted; two files with one base name are two messages. A copy written over a message's
+    name is kept where the listing's numbers tell files apart; where it gives one number for
+    every file, the name is all there is to go by, as in Qpopper."""
+    path, first, second = two_messages(tmp_path)
     os.utime(os.path.join(path, "new", second), None)            # delivered just now
+    with open(os.path.join(path, "cur", second + ":2,S"), "wb") as f:
+        f.write(COPY)                                            # another file, its base name
+    third = "1999999999.M1P1.third"
+    with open(os.path.join(path, "new", third), "wb") as f:
+        f.write(b"Subject: third\n\nz\n")
+    change = (lambda inode: inode ^ 0x5A5A) if file_system == "other-numbers" else (
+        lambda inode: 0xFFFFFFFF)
+    monkeypatch.setattr(os, "scandir", ListedInodes(change))
     drop = MaildirDrop.open(path, "qpt")
     try:
-        assert not drop.inodes_trusted
-        bases = [m.base for m in drop.messages]
+        names = [m.name for m in drop.messages]
+        assert sorted(names) == sorted([f"new/{first}", f"new/{second}", f"cur/{second}:2,S",
+                                        f"new/{third}"])
         os.rename(os.path.join(path, "new", first), os.path.join(path, "cur", first + ":2,R"))
-        assert retr(drop, bases.index(first)) == wire(FIRST)
-        drop.update(deleted={0, 1}, retrieved=set())
+        assert retr(drop, names.index(f"new/{first}")) == wire(FIRST)
+        replace_with_copy(path, f"new/{third}", COPY)
+        drop.update(deleted={names.index(f"new/{first}"), names.index(f"new/{second}"),
+                             names.index(f"new/{third}")}, retrieved=set())
     finally:
         drop.close()
-    assert files(path) == {}
+    kept_copy = {f"new/{third}": COPY} if file_system == "other-numbers" else {}
+    assert files(path) == {f"cur/{second}:2,S": COPY, **kept_copy}
+
+
+def test_a_file_system_that_refuses_to_set_times_still_serves_the_maildir(tmp_path,
+                                                                          monkeypatch):
+    """The login's time comes from touching the lock file; a file system that refuses
+    (a FUSE one without utimens) leaves this host's clock, a tick back, in its place."""
+    from qpopper.spool import maildir_drop
+    path, first, second = two_messages(tmp_path)
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+    monkeypatch.setattr(maildir_drop.os, "utime", refuse)
+    before = time.time_ns()
+    drop = MaildirDrop.open(path, "qpt")
+    try:
+        assert before - maildir_drop.CLOCK_LAG_NS <= drop.listed_ns <= time.time_ns()
+        index = [m.base for m in drop.messages].index(first)
+        os.rename(os.path.join(path, "new", first), os.path.join(path, "cur", first + ":2,S"))
+        drop.update(deleted={index}, retrieved=set())
+    finally:
+        drop.close()
+    assert list(files(path)) == [f"new/{second}"]
