@@ -66,10 +66,13 @@ def rename_no_replace(src: str, dst: str) -> bool:
     """rename(2) that never replaces a file: False when `dst` exists (nothing changed). With
     renameat2's RENAME_NOREPLACE where the file system has it; elsewhere (NFS, older
     kernels) a look at `dst` first, which leaves a moment for a file made there meanwhile.
-    Errors of the rename (FileNotFoundError for a missing `src`) propagate."""
+    Errors of the rename (FileNotFoundError for a missing `src`) propagate; a name with a
+    NUL is a ValueError, as for os.rename (the C call would cut it there)."""
+    old, new = os.fsencode(src), os.fsencode(dst)
+    if b"\0" in old or b"\0" in new:
+        raise ValueError("rename_no_replace: embedded null byte")
     if _renameat2_call is not None:
-        if _renameat2_call(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst),
-                           _RENAME_NOREPLACE) == 0:
+        if _renameat2_call(_AT_FDCWD, old, _AT_FDCWD, new, _RENAME_NOREPLACE) == 0:
             return True
         err = ctypes.get_errno()
         if err == errno.EEXIST:

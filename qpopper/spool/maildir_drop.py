@@ -26,6 +26,7 @@ from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool import maildir
 from qpopper.spool.durable import fsync_dir, read_up_to, rename_no_replace, unlink_if_present
 from qpopper.spool.locking import SessionLock
+from qpopper.spool.maildir_files import MessageFiles
 from qpopper.spool.mbox import WireLines
 
 LOCK_NAME = "qpopper-pop3.lock"
@@ -56,7 +57,7 @@ class MaildirDrop:
         self.messages = messages
         self.inodes = inodes            # as listed, per message (maildir.scan_with_inodes)
         self.listed_ns = listed_ns      # every listed file was there, and made, before then
-        self._entry_inodes: dict[str, int] | None = None    # listed again, when needed
+        self._files = MessageFiles(path, messages, inodes, listed_ns)
         self._hook = step_hook or (lambda name: None)
         self._log = log
         self._phase = "open"
@@ -154,7 +155,7 @@ class MaildirDrop:
                 return os.open(os.path.join(self.path, message.name),
                                os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY)
             except FileNotFoundError:
-                if attempt == 2 or not self._find_again(index):
+                if attempt == 2 or not self._files.find_again(index):
                     raise PopError(GONE_TEXT.format(n=index + 1), RespCode.SYS_TEMP,
                                    log=f"{message.name} in {self.path} is gone") from None
             except OSError as error:
@@ -164,34 +165,6 @@ class MaildirDrop:
                 raise
         raise AssertionError("unreachable")
 
-    def _find_again(self, index: int) -> bool:
-        """Another program renamed message `index` (flags, new -> cur): found again by its
-        base name and its inode, both kept by a rename. Two files can share a base name (a
-        user's copy, a restored backup, a message delivered twice), and a file system may
-        give a new file the inode of one just removed, so a file modified since the listing
-        is not it; nor is one this session lists as another message. So UPDATE cannot
-        delete the wrong one (docs/maildir.md, "Changes by other programs")."""
-        message = self.messages[index]
-        base = message.base
-        others = {m.name for m in self.messages if m is not message}
-        for sub in maildir.SUBDIRS:
-            with os.scandir(os.path.join(self.path, sub)) as entries:
-                for entry in entries:
-                    name = f"{sub}/{entry.name}"
-                    if (maildir.base_name(entry.name) != base or name in others
-                            or entry.inode() & maildir.INODE_BITS != self.inodes[index]
-                            or entry.name.startswith(".")
-                            or not entry.is_file(follow_symlinks=False)):
-                        continue
-                    try:
-                        if entry.stat(follow_symlinks=False).st_mtime_ns >= self.listed_ns:
-                            continue
-                    except FileNotFoundError:
-                        continue
-                    message.name = name
-                    return True
-        return False
-
     # --- UPDATE ----------------------------------------------------------------------------
     def update(self, deleted: set[int], retrieved: set[int]) -> None:
         """Delete `deleted`, mark `retrieved` seen (0-based indices); exactly once, even
@@ -199,13 +172,13 @@ class MaildirDrop:
         self._phase = "update"
         steps = []
         for index in sorted(deleted):
-            st = self._current(index)
+            st = self._files.current(index)
             if st is not None:
                 steps.append(["unlink", self.messages[index].name, *file_identity(st)])
         listed = {m.name for m in self.messages}
         for index in sorted(retrieved - deleted):
             message = self.messages[index]
-            if self._current(index) is None:
+            if self._files.current(index) is None:
                 continue
             flags = maildir.flags_of(message.name)
             if message.name.startswith("cur/") and "S" in flags:
@@ -225,37 +198,6 @@ class MaildirDrop:
                            log=f"updating Maildir {self.path}: {error}") from None
         finally:
             self.close()
-
-    def _current(self, index: int) -> os.stat_result | None:
-        """The lstat of message `index`'s file at its name now (the name follows a rename by
-        another program), or None when it is gone: then there is nothing to do. A file at
-        its name with another inode (a restore or a copy put there) is not it either."""
-        message = self.messages[index]
-        for attempt in (1, 2):
-            try:
-                st = os.lstat(os.path.join(self.path, message.name))
-            except FileNotFoundError:
-                st = None
-            if st is not None and (st.st_ino & maildir.INODE_BITS == self.inodes[index]
-                                   or self._entry_inode(message.name) == self.inodes[index]):
-                return st
-            if attempt == 2 or not self._find_again(index):
-                return None
-        raise AssertionError("unreachable")
-
-    def _entry_inode(self, name: str) -> int | None:
-        """The inode of `name`'s directory entry, as the listing gives it. Compared with the
-        listed one like with like: on some file systems (overlayfs over several, FUSE
-        without inode numbers) a directory entry's inode is not the file's. new/ and cur/
-        are listed once, the first time a file's own inode differs."""
-        if self._entry_inodes is None:
-            self._entry_inodes = {}
-            for sub in maildir.SUBDIRS:
-                with os.scandir(os.path.join(self.path, sub)) as entries:
-                    for entry in entries:
-                        self._entry_inodes[f"{sub}/{entry.name}"] = (entry.inode()
-                                                                     & maildir.INODE_BITS)
-        return self._entry_inodes.get(name)
 
     def restore(self) -> None:
         """Abort without update: nothing was changed, nothing to put back."""
@@ -313,7 +255,8 @@ def finish_journal(path: str, hook) -> None:
     try:
         record = json.loads(read_up_to(fd, os.fstat(fd).st_size))
         version = record.get("version")
-        steps = record["steps"] if version in READABLE_JOURNAL_VERSIONS else None
+        readable = type(version) is int and version in READABLE_JOURNAL_VERSIONS
+        steps = record["steps"] if readable else None
     except (ValueError, KeyError, AttributeError):
         steps = None
     finally:
@@ -406,7 +349,8 @@ def _valid_step(step, version: int) -> bool:
     must not rename or remove anything else); a later unlink step carries integers (the
     identity, after the device number in version 2)."""
     def inside(name) -> bool:
-        return (isinstance(name, str) and name.partition("/")[0] in maildir.SUBDIRS
+        return (isinstance(name, str) and "\0" not in name
+                and name.partition("/")[0] in maildir.SUBDIRS
                 and "/" not in name.partition("/")[2] and name.partition("/")[2] not in ("", ".", ".."))
     if not isinstance(step, list) or not step:
         return False

@@ -3,6 +3,8 @@ cache and locking use it), tested on real files."""
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import os
 
@@ -131,11 +133,19 @@ def test_a_failed_publish_leaves_no_temporary_file(tmp_path):
     assert not os.path.lexists(temp)
 
 
-@pytest.mark.parametrize("with_renameat2", [True, False])
-def test_rename_no_replace_never_replaces_a_file(tmp_path, monkeypatch, with_renameat2):
-    """With renameat2's RENAME_NOREPLACE, and without it (NFS, older kernels: a look first)."""
-    if not with_renameat2:
+def _renameat2_refused_by_the_file_system(*args):
+    ctypes.set_errno(errno.EINVAL)           # what NFS answers to RENAME_NOREPLACE
+    return -1
+
+
+@pytest.mark.parametrize("renameat2", ["real", "none", "einval"])
+def test_rename_no_replace_never_replaces_a_file(tmp_path, monkeypatch, renameat2):
+    """With renameat2's RENAME_NOREPLACE; without it in the C library; refused by the file
+    system (NFS): the last two look first."""
+    if renameat2 == "none":
         monkeypatch.setattr(durable, "_renameat2_call", None)
+    elif renameat2 == "einval":
+        monkeypatch.setattr(durable, "_renameat2_call", _renameat2_refused_by_the_file_system)
     elif durable._renameat2_call is None:
         pytest.skip("this C library has no renameat2")
     src, dst = tmp_path / "src", tmp_path / "dst"
@@ -148,3 +158,6 @@ def test_rename_no_replace_never_replaces_a_file(tmp_path, monkeypatch, with_ren
     assert not src.exists() and dst.read_bytes() == b"message"
     with pytest.raises(FileNotFoundError):
         durable.rename_no_replace(str(src), str(tmp_path / "elsewhere"))
+    with pytest.raises(ValueError):                # the C call would stop at the NUL
+        durable.rename_no_replace(str(dst) + "\0tail", str(tmp_path / "elsewhere"))
+    assert dst.read_bytes() == b"message"

@@ -200,7 +200,8 @@ def test_a_journal_of_the_earlier_version_is_still_finished(tmp_path):
     ["unlink", "new/x"], ["unlink", "new/x", 1, 2], ["unlink", "new/x", 1, 2, 3, 4],
     ["unlink", "new/x", 1, 2, "3"], ["unlink", "new/x", 1, 2, None],
     ["unlink", "new/x", 1, 2, 3.0], ["unlink", "new/x", 1, 2, True],
-    ["unlink", "../x", 1, 2, 3]])
+    ["unlink", "../x", 1, 2, 3], ["unlink", "new/x\0y", 1, 2, 3],
+    ["rename", "new/x\0y", "cur/x"]])
 def test_a_damaged_unlink_step_refuses_the_mailbox(tmp_path, step):
     path, first, second = two_messages(tmp_path)
     before = files(path)
@@ -326,12 +327,12 @@ class _Entry:
 @pytest.mark.parametrize("file_system", ["other-numbers", "one-number"])
 def test_where_directory_entries_have_other_inodes_than_the_files(tmp_path, monkeypatch,
                                                                    file_system):
-    """Fresh mail is deleted; a renamed message is found again (listing with listing) and
-    deleted; two files with one base name are two messages. A copy written over a message's
-    name is kept where the listing's numbers tell files apart; where it gives one number for
-    every file, the name is all there is to go by, as in Qpopper."""
+    """Mail delivered a moment before the login is deleted; a renamed message is found
+    again and deleted; two files with one base name are two messages; a copy written over a
+    message's name during the session is kept."""
     path, first, second = two_messages(tmp_path)
-    os.utime(os.path.join(path, "new", second), None)            # delivered just now
+    a_second_ago = time.time() - 1
+    os.utime(os.path.join(path, "new", second), (a_second_ago, a_second_ago))
     with open(os.path.join(path, "cur", second + ":2,S"), "wb") as f:
         f.write(COPY)                                            # another file, its base name
     third = "1999999999.M1P1.third"
@@ -352,8 +353,7 @@ def test_where_directory_entries_have_other_inodes_than_the_files(tmp_path, monk
                              names.index(f"new/{third}")}, retrieved=set())
     finally:
         drop.close()
-    kept_copy = {f"new/{third}": COPY} if file_system == "other-numbers" else {}
-    assert files(path) == {f"cur/{second}:2,S": COPY, **kept_copy}
+    assert files(path) == {f"cur/{second}:2,S": COPY, f"new/{third}": COPY}
 
 
 def test_a_file_system_that_refuses_to_set_times_still_serves_the_maildir(tmp_path,
@@ -369,10 +369,85 @@ def test_a_file_system_that_refuses_to_set_times_still_serves_the_maildir(tmp_pa
     before = time.time_ns()
     drop = MaildirDrop.open(path, "qpt")
     try:
-        assert before - maildir_drop.CLOCK_LAG_NS <= drop.listed_ns <= time.time_ns()
+        assert before - maildir_drop.CLOCK_LAG_NS <= drop.listed_ns
+        assert drop.listed_ns <= time.time_ns() - 10_000_000       # a tick back at least
         index = [m.base for m in drop.messages].index(first)
         os.rename(os.path.join(path, "new", first), os.path.join(path, "cur", first + ":2,S"))
         drop.update(deleted={index}, retrieved=set())
     finally:
         drop.close()
     assert list(files(path)) == [f"new/{second}"]
+
+
+def test_a_journal_whose_version_is_not_a_number_refuses_the_mailbox(tmp_path):
+    path, first, second = two_messages(tmp_path)
+    before = files(path)
+    with open(os.path.join(path, JOURNAL_NAME), "w") as f:
+        json.dump({"version": True, "steps": [["unlink", f"new/{first}"]]}, f)
+    with pytest.raises(PopError):
+        MaildirDrop.open(path, "qpt")
+    assert files(path) == before
+
+
+def test_a_message_moved_after_an_overlayfs_copy_up_is_still_deleted(tmp_path, monkeypatch):
+    """On overlayfs over two file systems, a file from the lower layer renamed by another
+    program is copied up: its directory entry's inode changes, lstat's does not."""
+    path, first, second = two_messages(tmp_path)
+    listing = ListedInodes(lambda inode: inode ^ 0x5A5A)
+    real_scandir = os.scandir
+    monkeypatch.setattr(os, "scandir", lambda where: listing(where)
+                        if str(where).endswith("/cur") else real_scandir(where))
+    drop = MaildirDrop.open(path, "qpt")
+    try:
+        for key in (first, second):
+            os.rename(os.path.join(path, "new", key), os.path.join(path, "cur", key + ":2,S"))
+        drop.update(deleted={0, 1}, retrieved=set())
+    finally:
+        drop.close()
+    assert files(path) == {}
+
+
+def test_a_copy_put_over_a_messages_name_during_update_is_kept(tmp_path, monkeypatch):
+    """Where directory entries' inodes are not the files', the listing the session keeps
+    for finding files again goes stale: a copy written over a marked message's name after
+    it was made is still not taken for the message (modified since the login)."""
+    from qpopper.spool import maildir_files
+    path, first, second = two_messages(tmp_path)
+    monkeypatch.setattr(os, "scandir", ListedInodes(lambda inode: inode ^ 0x5A5A))
+    real_init = maildir_files.DirListing.__init__
+
+    def list_then_copy(self, where):
+        real_init(self, where)
+        if not os.path.exists(os.path.join(path, "tmp", "done")):
+            open(os.path.join(path, "tmp", "done"), "w").close()
+            replace_with_copy(path, f"new/{second}", COPY)     # just after the listing
+    monkeypatch.setattr(maildir_files.DirListing, "__init__", list_then_copy)
+    drop = MaildirDrop.open(path, "qpt")
+    try:
+        replace_with_copy(path, f"new/{first}", b"Subject: restored\n\nz\n")
+        drop.update(deleted={0, 1}, retrieved=set())
+    finally:
+        drop.close()
+    assert files(path) == {f"new/{first}": b"Subject: restored\n\nz\n", f"new/{second}": COPY}
+
+
+def test_finding_every_message_again_costs_one_listing(tmp_path, monkeypatch):
+    """A mail client moved every message to cur/ during the session; the UPDATE that deletes
+    them all lists new/ and cur/ once more, not once per message."""
+    from qpopper.spool import maildir_files
+    path, keys = make_maildir(tmp_path, [b"Subject: %d\n\nbody\n" % n for n in range(60)])
+    drop = MaildirDrop.open(path, "qpt")
+    listings = []
+    real_init = maildir_files.DirListing.__init__
+
+    def counted(self, where):
+        listings.append(where)
+        real_init(self, where)
+    monkeypatch.setattr(maildir_files.DirListing, "__init__", counted)
+    try:
+        for key in keys:
+            os.rename(os.path.join(path, "new", key), os.path.join(path, "cur", key + ":2,S"))
+        drop.update(deleted=set(range(60)), retrieved=set())
+    finally:
+        drop.close()
+    assert files(path) == {} and len(listings) == 1

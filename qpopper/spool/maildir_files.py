@@ -1,0 +1,115 @@
+"""Where a listed Maildir message's file is now, when another program may have renamed it,
+removed it, or put another file with its base name in its place
+(docs/maildir.md, "Changes by other programs").
+
+A message is its file. The session knows, for each message, the inode its directory entry
+had when listed and the file system's time of the login; a rename keeps the inode, a copy
+(a restored backup, a message a sync tool delivered again) gets another one, or the inode of
+a file just removed but a later modification time.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Sequence
+
+from qpopper.spool import maildir
+
+
+class DirListing:
+    """new/ and cur/ listed once: the message files (regular, no dot names) by base name,
+    and each name's directory-entry inode. It goes stale; a caller checks what it takes
+    with lstat."""
+
+    def __init__(self, path: str):
+        self.by_base: dict[str, list[str]] = {}
+        self.entry_inodes: dict[str, int] = {}
+        for sub in maildir.SUBDIRS:
+            with os.scandir(os.path.join(path, sub)) as entries:
+                for entry in entries:
+                    if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+                        continue
+                    name = f"{sub}/{entry.name}"
+                    self.by_base.setdefault(maildir.base_name(entry.name), []).append(name)
+                    self.entry_inodes[name] = entry.inode() & maildir.INODE_BITS
+
+
+class MessageFiles:
+    """The files of a session's listed messages: `messages` (their .name follows a rename
+    found), `inodes` as listed (maildir.scan_with_inodes), `listed_ns` the file system's
+    time when the listing began. One DirListing is kept, and made again when a lookup in it
+    misses, so finding every message of a big Maildir again costs one listing, not one per
+    message."""
+
+    def __init__(self, path: str, messages, inodes: Sequence[int], listed_ns: int):
+        self.path = path
+        self.messages = messages
+        self.inodes = inodes
+        self.listed_ns = listed_ns
+        self._listing: DirListing | None = None
+        self._owner_of: dict[str, int] | None = None
+
+    def current(self, index: int) -> os.stat_result | None:
+        """The lstat of message `index`'s file at its name now (after finding it again if
+        another program renamed it), or None when it is gone: then there is nothing to do.
+        A file at its name with another inode (a restore or a copy put there) is not it.
+        Inodes are compared like with like: on some file systems (overlayfs over several,
+        FUSE without inode numbers) a directory entry's inode is not lstat's."""
+        for attempt in (1, 2):
+            st = self._lstat(self.messages[index].name)
+            if st is not None and self._is_it(index, self.messages[index].name, st):
+                return st
+            if attempt == 2 or not self.find_again(index):
+                return None
+        raise AssertionError("unreachable")
+
+    def find_again(self, index: int) -> bool:
+        """Another program renamed message `index` (flags, new -> cur): its file found again
+        by base name and inode, not modified since the login, and not a name the session
+        lists for another message. Sets its .name; False when it is gone."""
+        listed_now = False
+        for attempt in (1, 2):
+            if self._listing is None or attempt == 2:
+                if listed_now:
+                    break                               # this listing is fresh already
+                self._listing, listed_now = DirListing(self.path), True
+            message = self.messages[index]
+            for name in self._listing.by_base.get(message.base, ()):
+                if self._owner().get(name, index) != index:
+                    continue                            # another listed message's file
+                st = self._lstat(name)
+                if (st is not None and stat.S_ISREG(st.st_mode)
+                        and st.st_mtime_ns < self.listed_ns and self._is_it(index, name, st)):
+                    self._renamed(index, name)
+                    return True
+        return False
+
+    def _is_it(self, index: int, name: str, st: os.stat_result) -> bool:
+        """`st` (lstat of `name`) is message `index`'s file: its inode, or its directory
+        entry's as listed (like with like) when the file was not modified since the login."""
+        want = self.inodes[index]
+        if st.st_ino & maildir.INODE_BITS == want:
+            return True
+        if self._listing is None:
+            self._listing = DirListing(self.path)
+        return (self._listing.entry_inodes.get(name) == want
+                and st.st_mtime_ns < self.listed_ns)
+
+    def _owner(self) -> dict[str, int]:
+        if self._owner_of is None:
+            self._owner_of = {m.name: i for i, m in enumerate(self.messages)}
+        return self._owner_of
+
+    def _renamed(self, index: int, name: str) -> None:
+        owner = self._owner()
+        if owner.get(self.messages[index].name) == index:
+            del owner[self.messages[index].name]
+        owner[name] = index
+        self.messages[index].name = name
+
+    def _lstat(self, name: str) -> os.stat_result | None:
+        try:
+            return os.lstat(os.path.join(self.path, name))
+        except FileNotFoundError:
+            return None
