@@ -57,7 +57,8 @@ class MaildirDrop:
         self.messages = messages
         self.inodes = inodes            # as listed, per message (maildir.scan_with_inodes)
         self.listed_ns = listed_ns      # every listed file was there, and made, before then
-        self._files = MessageFiles(path, messages, inodes, listed_ns)
+        self._files = MessageFiles(path, messages, inodes, listed_ns,
+                                   clock=lambda: _file_system_now(lock.fd))
         self._hook = step_hook or (lambda name: None)
         self._log = log
         self._phase = "open"
@@ -170,6 +171,7 @@ class MaildirDrop:
         """Delete `deleted`, mark `retrieved` seen (0-based indices); exactly once, even
         across a crash (the journal)."""
         self._phase = "update"
+        self._files.forget_listing()
         steps = []
         for index in sorted(deleted):
             st = self._files.current(index)

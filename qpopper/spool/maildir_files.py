@@ -12,17 +12,22 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from qpopper.spool import maildir
 
 
 class DirListing:
     """new/ and cur/ listed once: the message files (regular, no dot names) by base name,
-    and each name's directory-entry inode. It goes stale; a caller checks what it takes
-    with lstat."""
+    and each name's directory-entry inode, with the file system's time (`clock()`) and the
+    directories' stamps taken before. It goes stale: an entry describes the file at its name
+    only if that file's inode changed (ctime: a rename, a link, a new file) before
+    `made_ns`; a caller checks what it takes with lstat."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, clock: Callable[[], int]):
+        self.path = path
+        self.made_ns = clock()
+        self.stamps = _stamps(path)
         self.by_base: dict[str, list[str]] = {}
         self.entry_inodes: dict[str, int] = {}
         for sub in maildir.SUBDIRS:
@@ -34,19 +39,40 @@ class DirListing:
                     self.by_base.setdefault(maildir.base_name(entry.name), []).append(name)
                     self.entry_inodes[name] = entry.inode() & maildir.INODE_BITS
 
+    def describes(self, name: str, st: os.stat_result) -> int | None:
+        """The listed directory-entry inode of `name` when the file now there (`st`) is the
+        one that was there when listed, else None."""
+        return self.entry_inodes.get(name) if st.st_ctime_ns < self.made_ns else None
+
+    def may_have_changed(self) -> bool:
+        """Whether new/ or cur/ may have changed since the listing: their stamps differ, or
+        were taken in the listing's own clock tick (a change then leaves them alike)."""
+        return (_stamps(self.path) != self.stamps
+                or any(mtime >= self.made_ns for mtime, _ in self.stamps))
+
+
+def _stamps(path: str) -> list[tuple[int, int]]:
+    stamps = []
+    for sub in maildir.SUBDIRS:
+        st = os.stat(os.path.join(path, sub))
+        stamps.append((st.st_mtime_ns, st.st_ino))
+    return stamps
+
 
 class MessageFiles:
     """The files of a session's listed messages: `messages` (their .name follows a rename
     found), `inodes` as listed (maildir.scan_with_inodes), `listed_ns` the file system's
-    time when the listing began. One DirListing is kept, and made again when a lookup in it
-    misses, so finding every message of a big Maildir again costs one listing, not one per
-    message."""
+    time when the listing began, `clock()` the file system's time now. One DirListing is
+    kept, and made again when a lookup misses and the directories may have changed since,
+    so finding every message of a big Maildir again, or none, costs one listing."""
 
-    def __init__(self, path: str, messages, inodes: Sequence[int], listed_ns: int):
+    def __init__(self, path: str, messages, inodes: Sequence[int], listed_ns: int,
+                 clock: Callable[[], int]):
         self.path = path
         self.messages = messages
         self.inodes = inodes
         self.listed_ns = listed_ns
+        self._clock = clock
         self._listing: DirListing | None = None
         self._owner_of: dict[str, int] | None = None
 
@@ -68,12 +94,13 @@ class MessageFiles:
         """Another program renamed message `index` (flags, new -> cur): its file found again
         by base name and inode, not modified since the login, and not a name the session
         lists for another message. Sets its .name; False when it is gone."""
-        listed_now = False
         for attempt in (1, 2):
-            if self._listing is None or attempt == 2:
-                if listed_now:
-                    break                               # this listing is fresh already
-                self._listing, listed_now = DirListing(self.path), True
+            if self._listing is None:
+                self._listing = DirListing(self.path, self._clock)
+            elif attempt == 2:
+                if not self._listing.may_have_changed():
+                    break                       # a new listing would say the same
+                self._listing = DirListing(self.path, self._clock)
             message = self.messages[index]
             for name in self._listing.by_base.get(message.base, ()):
                 if self._owner().get(name, index) != index:
@@ -85,16 +112,20 @@ class MessageFiles:
                     return True
         return False
 
+    def forget_listing(self) -> None:
+        """Before UPDATE: what was listed for RETR has had time to go stale."""
+        self._listing = None
+
     def _is_it(self, index: int, name: str, st: os.stat_result) -> bool:
         """`st` (lstat of `name`) is message `index`'s file: its inode, or its directory
-        entry's as listed (like with like) when the file was not modified since the login."""
+        entry's as listed (like with like) when the file has been at that name since before
+        the listing and was not modified since the login."""
         want = self.inodes[index]
         if st.st_ino & maildir.INODE_BITS == want:
             return True
         if self._listing is None:
-            self._listing = DirListing(self.path)
-        return (self._listing.entry_inodes.get(name) == want
-                and st.st_mtime_ns < self.listed_ns)
+            self._listing = DirListing(self.path, self._clock)
+        return self._listing.describes(name, st) == want and st.st_mtime_ns < self.listed_ns
 
     def _owner(self) -> dict[str, int]:
         if self._owner_of is None:

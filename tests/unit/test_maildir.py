@@ -26,7 +26,7 @@ from tests.helpers.spoolcheck import dies_in_child, killer_at_step
 
 def make_maildir(root, messages: list[bytes]) -> tuple[str, list[str]]:
     """A Maildir with `messages` in new/, delivered a minute ago (a file made in the moments
-    before a listing is not found again after a rename: MaildirDrop._find_again)."""
+    before a listing is not found again after a rename: maildir_files.MessageFiles)."""
     box = mailbox.Maildir(str(root / "Maildir"), create=True)
     keys = [box.add(mailbox.MaildirMessage(data)) for data in messages]
     box.close()

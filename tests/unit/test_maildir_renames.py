@@ -407,47 +407,130 @@ def test_a_message_moved_after_an_overlayfs_copy_up_is_still_deleted(tmp_path, m
     assert files(path) == {}
 
 
-def test_a_copy_put_over_a_messages_name_during_update_is_kept(tmp_path, monkeypatch):
+@pytest.mark.parametrize("copy_time", ["its-own", "the-messages"])
+def test_a_copy_put_over_a_messages_name_during_update_is_kept(tmp_path, monkeypatch,
+                                                              copy_time):
     """Where directory entries' inodes are not the files', the listing the session keeps
     for finding files again goes stale: a copy written over a marked message's name after
-    it was made is still not taken for the message (modified since the login)."""
+    it was made is still not taken for the message (put there after the listing, even
+    with the message's time kept)."""
     from qpopper.spool import maildir_files
     path, first, second = two_messages(tmp_path)
     monkeypatch.setattr(os, "scandir", ListedInodes(lambda inode: inode ^ 0x5A5A))
     real_init = maildir_files.DirListing.__init__
 
-    def list_then_copy(self, where):
-        real_init(self, where)
+    def list_then_copy(self, where, clock):
+        real_init(self, where, clock)
         if not os.path.exists(os.path.join(path, "tmp", "done")):
             open(os.path.join(path, "tmp", "done"), "w").close()
+            original = os.lstat(os.path.join(path, "new", second))
             replace_with_copy(path, f"new/{second}", COPY)     # just after the listing
+            if copy_time == "the-messages":
+                os.utime(os.path.join(path, "new", second),
+                         ns=(original.st_atime_ns, original.st_mtime_ns))
     monkeypatch.setattr(maildir_files.DirListing, "__init__", list_then_copy)
     drop = MaildirDrop.open(path, "qpt")
     try:
-        replace_with_copy(path, f"new/{first}", b"Subject: restored\n\nz\n")
-        drop.update(deleted={0, 1}, retrieved=set())
+        drop.update(deleted={0, 1}, retrieved=set())      # the first one's check lists
     finally:
         drop.close()
-    assert files(path) == {f"new/{first}": b"Subject: restored\n\nz\n", f"new/{second}": COPY}
+    assert files(path) == {f"new/{second}": COPY}
 
 
-def test_finding_every_message_again_costs_one_listing(tmp_path, monkeypatch):
-    """A mail client moved every message to cur/ during the session; the UPDATE that deletes
-    them all lists new/ and cur/ once more, not once per message."""
+@pytest.mark.parametrize("put_at_the_old_name", ["restore-keeping-the-time", "another-message"])
+def test_a_listing_made_for_retr_never_vouches_for_a_file_put_at_a_name_since(
+        tmp_path, put_at_the_old_name):
+    """RETR of a message another program moved lists new/ and cur/. Later that program
+    moves A too, and a file is put at A's old name: a restore that kept A's time, or
+    another message's file renamed there. DELE of A removes A, wherever it went, and
+    nothing at its old name."""
+    path, keys = make_maildir(tmp_path, [FIRST, SECOND, b"Subject: third\n\nz\n"])
+    drop = MaildirDrop.open(path, "qpt")
+    try:
+        names = [m.name for m in drop.messages]
+        a, b, c = (names.index(f"new/{key}") for key in keys)
+        os.rename(os.path.join(path, "new", keys[2]), os.path.join(path, "cur", keys[2] + ":2,S"))
+        assert retr(drop, c) == wire(b"Subject: third\n\nz\n")          # lists the Maildir
+        original = os.lstat(os.path.join(path, "new", keys[0]))
+        os.rename(os.path.join(path, "new", keys[0]), os.path.join(path, "cur", keys[0] + ":2,S"))
+        if put_at_the_old_name == "restore-keeping-the-time":
+            replace_with_copy(path, f"new/{keys[0]}", FIRST)
+            os.utime(os.path.join(path, "new", keys[0]),
+                     ns=(original.st_atime_ns, original.st_mtime_ns))
+        else:
+            os.rename(os.path.join(path, "new", keys[1]), os.path.join(path, "new", keys[0]))
+        drop.update(deleted={a}, retrieved=set())
+    finally:
+        drop.close()
+    assert f"cur/{keys[0]}:2,S" not in files(path)
+    assert files(path)[f"new/{keys[0]}"] == (FIRST if put_at_the_old_name.startswith("restore")
+                                             else SECOND)
+
+
+@pytest.mark.parametrize("elsewhere", ["moved", "expunged"])
+def test_finding_every_message_again_costs_one_listing(tmp_path, monkeypatch, elsewhere):
+    """A mail client moved every message to cur/ during the session, or expunged them all;
+    the UPDATE that deletes them all lists new/ and cur/ once more, not once per message
+    (again only if they changed since)."""
     from qpopper.spool import maildir_files
     path, keys = make_maildir(tmp_path, [b"Subject: %d\n\nbody\n" % n for n in range(60)])
     drop = MaildirDrop.open(path, "qpt")
     listings = []
     real_init = maildir_files.DirListing.__init__
 
-    def counted(self, where):
+    def counted(self, where, clock):
         listings.append(where)
-        real_init(self, where)
+        real_init(self, where, clock)
     monkeypatch.setattr(maildir_files.DirListing, "__init__", counted)
     try:
         for key in keys:
-            os.rename(os.path.join(path, "new", key), os.path.join(path, "cur", key + ":2,S"))
+            if elsewhere == "moved":
+                os.rename(os.path.join(path, "new", key),
+                          os.path.join(path, "cur", key + ":2,S"))
+            else:
+                os.unlink(os.path.join(path, "new", key))
+        time.sleep(0.05)                         # the directories' last change a tick back
         drop.update(deleted=set(range(60)), retrieved=set())
     finally:
         drop.close()
     assert files(path) == {} and len(listings) == 1
+
+
+def one_number_twins(tmp_path, monkeypatch):
+    """A Maildir on a file system whose listing gives one inode number for every file (FUSE
+    without inode numbers), with two different files of one base name: new/X and cur/X:2,S."""
+    path, first, second = two_messages(tmp_path)
+    with open(os.path.join(path, "cur", first + ":2,S"), "wb") as f:
+        f.write(COPY)
+    a_minute_ago = time.time() - 60
+    os.utime(os.path.join(path, "cur", first + ":2,S"), (a_minute_ago, a_minute_ago))
+    monkeypatch.setattr(os, "scandir", ListedInodes(lambda inode: 0xFFFFFFFF))
+    return path, first, second
+
+
+def test_a_gone_message_is_never_found_again_as_its_listed_twin(tmp_path, monkeypatch):
+    path, first, second = one_number_twins(tmp_path, monkeypatch)
+    drop = MaildirDrop.open(path, "qpt")
+    try:
+        names = [m.name for m in drop.messages]
+        os.unlink(os.path.join(path, "new", first))              # expunged elsewhere
+        drop.update(deleted={names.index(f"new/{first}")}, retrieved=set())
+    finally:
+        drop.close()
+    assert files(path) == {f"cur/{first}:2,S": COPY, f"new/{second}": SECOND}
+
+
+def test_a_message_found_again_is_its_new_names_owner(tmp_path, monkeypatch):
+    """Message X moved (new/X -> cur/X:2,R) and found again at RETR; its twin cur/X:2,S is
+    expunged elsewhere; DELE of the twin must not take X's file at its new name."""
+    path, first, second = one_number_twins(tmp_path, monkeypatch)
+    drop = MaildirDrop.open(path, "qpt")
+    try:
+        names = [m.name for m in drop.messages]
+        os.rename(os.path.join(path, "new", first), os.path.join(path, "cur", first + ":2,R"))
+        assert retr(drop, names.index(f"new/{first}")) == wire(FIRST)
+        os.unlink(os.path.join(path, "cur", first + ":2,S"))
+        drop.update(deleted={names.index(f"cur/{first}:2,S")}, retrieved=set())
+    finally:
+        drop.close()
+    assert files(path) == {f"cur/{first}:2,R": FIRST, f"new/{second}": SECOND}
