@@ -44,11 +44,15 @@ class DirListing:
         one that was there when listed, else None."""
         return self.entry_inodes.get(name) if st.st_ctime_ns < self.made_ns else None
 
-    def may_have_changed(self) -> bool:
+    def may_have_changed(self, clock: Callable[[], int]) -> bool:
         """Whether new/ or cur/ may have changed since the listing: their stamps differ, or
-        were taken in the listing's own clock tick (a change then leaves them alike)."""
-        return (_stamps(self.path) != self.stamps
-                or any(mtime >= self.made_ns for mtime, _ in self.stamps))
+        were taken in the listing's own clock tick (a change later in that tick leaves them
+        alike) and the clock has moved on since (before, a new listing would be no newer:
+        file systems with one-second times would list again at every lookup)."""
+        if _stamps(self.path) != self.stamps:
+            return True
+        return (any(mtime >= self.made_ns for mtime, _ in self.stamps)
+                and clock() > self.made_ns)
 
 
 def _stamps(path: str) -> list[tuple[int, int]]:
@@ -98,7 +102,7 @@ class MessageFiles:
             if self._listing is None:
                 self._listing = DirListing(self.path, self._clock)
             elif attempt == 2:
-                if not self._listing.may_have_changed():
+                if not self._listing.may_have_changed(self._clock):
                     break                       # a new listing would say the same
                 self._listing = DirListing(self.path, self._clock)
             message = self.messages[index]
@@ -117,14 +121,20 @@ class MessageFiles:
         self._listing = None
 
     def _is_it(self, index: int, name: str, st: os.stat_result) -> bool:
-        """`st` (lstat of `name`) is message `index`'s file: its inode, or its directory
-        entry's as listed (like with like) when the file has been at that name since before
-        the listing and was not modified since the login."""
+        """`st` (lstat of `name`) is message `index`'s file: its inode, not modified after
+        the login (a file system may give a new file the inode of one just removed); or its
+        directory entry's inode as listed (like with like) when the file has been at that
+        name since before the listing and was not modified since the login."""
         want = self.inodes[index]
-        if st.st_ino & maildir.INODE_BITS == want:
+        if st.st_ino & maildir.INODE_BITS == want and st.st_mtime_ns <= self.listed_ns:
             return True
         if self._listing is None:
             self._listing = DirListing(self.path, self._clock)
+            st = self._lstat(name)             # as it is now, after the listing's time
+            if st is None:
+                return False
+            if st.st_ino & maildir.INODE_BITS == want and st.st_mtime_ns <= self.listed_ns:
+                return True
         return self._listing.describes(name, st) == want and st.st_mtime_ns < self.listed_ns
 
     def _owner(self) -> dict[str, int]:

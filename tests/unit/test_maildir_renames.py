@@ -349,6 +349,7 @@ def test_where_directory_entries_have_other_inodes_than_the_files(tmp_path, monk
         os.rename(os.path.join(path, "new", first), os.path.join(path, "cur", first + ":2,R"))
         assert retr(drop, names.index(f"new/{first}")) == wire(FIRST)
         replace_with_copy(path, f"new/{third}", COPY)
+        time.sleep(0.02)            # the copy is older than the listing: its time must tell
         drop.update(deleted={names.index(f"new/{first}"), names.index(f"new/{second}"),
                              names.index(f"new/{third}")}, retrieved=set())
     finally:
@@ -534,3 +535,73 @@ def test_a_message_found_again_is_its_new_names_owner(tmp_path, monkeypatch):
     finally:
         drop.close()
     assert files(path) == {f"cur/{first}:2,R": FIRST, f"new/{second}": SECOND}
+
+
+def test_a_new_file_given_a_removed_messages_inode_at_its_name_is_kept(tmp_path):
+    """rm then a plain cp at a message's name: ext4 gives the new file the inode just
+    freed (set by hand here), but it was written after the login."""
+    path, first, second = two_messages(tmp_path)
+    drop = MaildirDrop.open(path, "qpt")
+    try:
+        index = [m.base for m in drop.messages].index(first)
+        replace_with_copy(path, f"new/{first}", COPY)
+        later = drop.listed_ns + 1_000_000_000
+        os.utime(os.path.join(path, "new", first), ns=(later, later))
+        drop.inodes[index] = os.lstat(os.path.join(path, "new", first)).st_ino
+        drop.update(deleted={index}, retrieved=set())
+    finally:
+        drop.close()
+    assert files(path) == {f"new/{first}": COPY, f"new/{second}": SECOND}
+
+
+def test_a_listing_vouches_for_no_file_put_at_a_name_in_its_own_clock_tick(tmp_path,
+                                                                          monkeypatch):
+    """A copy (keeping the message's time) renamed over a message's name just after the
+    listing, in the same clock tick as its made_ns: its change time equals made_ns, and the
+    listing does not describe it."""
+    from qpopper.spool import maildir_files
+    path, first, second = two_messages(tmp_path)
+    monkeypatch.setattr(os, "scandir", ListedInodes(lambda inode: inode ^ 0x5A5A))
+    real_init = maildir_files.DirListing.__init__
+
+    def list_then_copy_in_the_same_tick(self, where, clock):
+        real_init(self, where, clock)
+        if self.made_ns and not os.path.exists(os.path.join(path, "tmp", "done")):
+            open(os.path.join(path, "tmp", "done"), "w").close()
+            original = os.lstat(os.path.join(path, "new", second))
+            replace_with_copy(path, f"new/{second}", COPY)
+            os.utime(os.path.join(path, "new", second),
+                     ns=(original.st_atime_ns, original.st_mtime_ns))
+            self.made_ns = os.lstat(os.path.join(path, "new", second)).st_ctime_ns
+    monkeypatch.setattr(maildir_files.DirListing, "__init__", list_then_copy_in_the_same_tick)
+    drop = MaildirDrop.open(path, "qpt")
+    try:
+        drop.update(deleted={0, 1}, retrieved=set())
+    finally:
+        drop.close()
+    assert files(path) == {f"new/{second}": COPY}
+
+
+def test_a_move_in_the_listings_own_tick_is_found_by_a_new_listing(tmp_path, monkeypatch):
+    """A message moved after the listing but within its clock tick leaves new/'s and cur/'s
+    stamps as listed: once the clock has moved on, a lookup that misses lists again."""
+    from qpopper.spool import maildir_files
+    path, first, second = two_messages(tmp_path)
+    drop = MaildirDrop.open(path, "qpt")
+    try:
+        index = [m.base for m in drop.messages].index(first)
+        other = 1 - index
+        os.rename(os.path.join(path, "new", second), os.path.join(path, "cur", second + ":2,R"))
+        assert retr(drop, other) == wire(SECOND)                 # lists new/ and cur/
+        listing = drop._files._listing
+        stamps = {sub: os.stat(os.path.join(path, sub)) for sub in maildir.SUBDIRS}
+        os.rename(os.path.join(path, "new", first), os.path.join(path, "cur", first + ":2,S"))
+        for sub, st in stamps.items():                           # as if in the same tick
+            os.utime(os.path.join(path, sub), ns=(st.st_atime_ns, st.st_mtime_ns))
+        listing.made_ns = min(mtime for mtime, _ in listing.stamps)
+        assert isinstance(listing, maildir_files.DirListing)
+        assert retr(drop, index) == wire(FIRST)
+        drop.update(deleted={index}, retrieved=set())
+    finally:
+        drop.close()
+    assert list(files(path)) == [f"cur/{second}:2,R"]
