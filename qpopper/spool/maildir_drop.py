@@ -51,13 +51,13 @@ class MaildirDrop:
     hidden_count = 0
 
     def __init__(self, path: str, lock: SessionLock, messages, step_hook, log,
-                 inodes=(), listed_ns: int = 0):
+                 inodes=(), listed_ns: int = 0, scanned_ns: int = 0):
         self.path = path
         self._lock = lock
         self.messages = messages
         self.inodes = inodes            # as listed, per message (maildir.scan_with_inodes)
-        self.listed_ns = listed_ns      # every listed file was there, and made, before then
-        self._files = MessageFiles(path, messages, inodes, listed_ns,
+        self.listed_ns = listed_ns      # the file system's time before the listing
+        self._files = MessageFiles(path, messages, inodes, (listed_ns, scanned_ns),
                                    clock=lambda: _file_system_now(lock.fd))
         self._hook = step_hook or (lambda name: None)
         self._log = log
@@ -77,6 +77,7 @@ class MaildirDrop:
             listed_ns = _file_system_now(lock.fd)
             messages, inodes = maildir.scan_with_inodes(path, log=log,
                                                         step=lambda s: hook(f"open:{s}"))
+            scanned_ns = _file_system_now(lock.fd)
         except OSError as error:
             lock.release(unlink=False)
             raise PopError(OPEN_FAILED_TEXT, RespCode.SYS_TEMP,
@@ -84,7 +85,7 @@ class MaildirDrop:
         except BaseException:
             lock.release(unlink=False)
             raise
-        return cls(path, lock, messages, step_hook, log, inodes, listed_ns)
+        return cls(path, lock, messages, step_hook, log, inodes, listed_ns, scanned_ns)
 
     # --- RETR and TOP --------------------------------------------------------------------
     def check_available(self, index: int) -> None:

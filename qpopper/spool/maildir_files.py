@@ -65,17 +65,17 @@ def _stamps(path: str) -> list[tuple[int, int]]:
 
 class MessageFiles:
     """The files of a session's listed messages: `messages` (their .name follows a rename
-    found), `inodes` as listed (maildir.scan_with_inodes), `listed_ns` the file system's
-    time when the listing began, `clock()` the file system's time now. One DirListing is
+    found), `inodes` as listed (maildir.scan_with_inodes), `times` the file system's times
+    when the login's listing began and ended, `clock()` the file system's time now. One DirListing is
     kept, and made again when a lookup misses and the directories may have changed since,
     so finding every message of a big Maildir again, or none, costs one listing."""
 
-    def __init__(self, path: str, messages, inodes: Sequence[int], listed_ns: int,
+    def __init__(self, path: str, messages, inodes: Sequence[int], times: tuple[int, int],
                  clock: Callable[[], int]):
         self.path = path
         self.messages = messages
         self.inodes = inodes
-        self.listed_ns = listed_ns
+        self.listed_ns, self.scanned_ns = times
         self._clock = clock
         self._listing: DirListing | None = None
         self._owner_of: dict[str, int] | None = None
@@ -88,7 +88,9 @@ class MessageFiles:
         FUSE without inode numbers) a directory entry's inode is not lstat's."""
         for attempt in (1, 2):
             st = self._lstat(self.messages[index].name)
-            if st is not None and self._is_it(index, self.messages[index].name, st):
+            if st is not None:
+                st = self._as_it(index, self.messages[index].name, st)
+            if st is not None:
                 return st
             if attempt == 2 or not self.find_again(index):
                 return None
@@ -111,7 +113,8 @@ class MessageFiles:
                     continue                            # another listed message's file
                 st = self._lstat(name)
                 if (st is not None and stat.S_ISREG(st.st_mode)
-                        and st.st_mtime_ns < self.listed_ns and self._is_it(index, name, st)):
+                        and st.st_mtime_ns < self.listed_ns
+                        and self._as_it(index, name, st) is not None):
                     self._renamed(index, name)
                     return True
         return False
@@ -120,22 +123,28 @@ class MessageFiles:
         """Before UPDATE: what was listed for RETR has had time to go stale."""
         self._listing = None
 
-    def _is_it(self, index: int, name: str, st: os.stat_result) -> bool:
-        """`st` (lstat of `name`) is message `index`'s file: its inode, not modified after
-        the login (a file system may give a new file the inode of one just removed); or its
-        directory entry's inode as listed (like with like) when the file has been at that
-        name since before the listing and was not modified since the login."""
+    def _as_it(self, index: int, name: str, st: os.stat_result) -> os.stat_result | None:
+        """The lstat of `name` (`st`, or a newer one) when it is message `index`'s file, else
+        None. Its file: the listed inode, and not written after the login's listing (a file
+        system may give a file written after an rm the inode just freed): its change time
+        before the login (no program can set that; a date set ahead by an IMAP server stays
+        deletable) or its modification time before the listing's end. Or its directory
+        entry's inode as listed (like with like), when the file has been at that name since
+        before that listing and was not modified since the login."""
         want = self.inodes[index]
-        if st.st_ino & maildir.INODE_BITS == want and st.st_mtime_ns <= self.listed_ns:
-            return True
-        if self._listing is None:
+        for looked_again in (False, True):
+            if st.st_ino & maildir.INODE_BITS == want and (
+                    st.st_ctime_ns < self.listed_ns or st.st_mtime_ns <= self.scanned_ns):
+                return st
+            if looked_again or self._listing is not None:
+                break
             self._listing = DirListing(self.path, self._clock)
-            st = self._lstat(name)             # as it is now, after the listing's time
+            st = self._lstat(name)              # as it is now, after the listing's time
             if st is None:
-                return False
-            if st.st_ino & maildir.INODE_BITS == want and st.st_mtime_ns <= self.listed_ns:
-                return True
-        return self._listing.describes(name, st) == want and st.st_mtime_ns < self.listed_ns
+                return None
+        if self._listing.describes(name, st) == want and st.st_mtime_ns < self.listed_ns:
+            return st
+        return None
 
     def _owner(self) -> dict[str, int]:
         if self._owner_of is None:

@@ -605,3 +605,40 @@ def test_a_move_in_the_listings_own_tick_is_found_by_a_new_listing(tmp_path, mon
     finally:
         drop.close()
     assert list(files(path)) == [f"cur/{second}:2,R"]
+
+
+def test_a_message_dated_ahead_is_deleted(tmp_path):
+    """An IMAP server sets a message file's time to its received date, which an APPEND may
+    put in the future: the file, untouched since before the login, is still the message."""
+    path, first, second = two_messages(tmp_path)
+    an_hour_ahead = time.time() + 3600
+    os.utime(os.path.join(path, "new", first), (an_hour_ahead, an_hour_ahead))
+    drop = MaildirDrop.open(path, "qpt")
+    try:
+        index = [m.base for m in drop.messages].index(first)
+        drop.update(deleted={index}, retrieved={1 - index})
+    finally:
+        drop.close()
+    assert files(path) == {f"cur/{second}:2,S": SECOND}
+
+
+def test_mail_delivered_while_the_login_lists_is_deleted(tmp_path, monkeypatch):
+    path, first, second = two_messages(tmp_path)
+    real_load = maildir.load_index
+    late = "1999999999.M2P2.during"
+
+    def deliver_then_load(where, log=None):
+        made = os.path.join(path, "tmp", late)
+        with open(made, "wb") as f:
+            f.write(b"Subject: during\n\nz\n")
+        os.rename(made, os.path.join(path, "new", late))
+        return real_load(where, log)
+    monkeypatch.setattr(maildir, "load_index", deliver_then_load)
+    drop = MaildirDrop.open(path, "qpt")
+    monkeypatch.undo()
+    try:
+        names = [m.name for m in drop.messages]
+        drop.update(deleted={names.index(f"new/{late}")}, retrieved=set())
+    finally:
+        drop.close()
+    assert files(path) == {f"new/{first}": FIRST, f"new/{second}": SECOND}
