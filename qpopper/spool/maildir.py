@@ -29,11 +29,12 @@ INDEX_NAME = "qpopper-pop3.index"
 INDEX_TEMP_NAME = f".{INDEX_NAME}.tmp"
 INDEX_MAGIC = b"QPINDEX"
 INDEX_VERSION = 3
-"""3: packed columns with each file's inode (qpopper/spool/packed.py); version 2 had no
-inodes, version 1 was JSON. Another version is ignored and the index rebuilt from a
-listing."""
+"""3: packed columns with each file's inode and modification time (qpopper/spool/packed.py);
+version 2 had neither, version 1 was JSON. Another version is ignored and the index rebuilt
+from a listing."""
 INODE_BITS = (1 << 63) - 1
-"""Inodes are kept in 63 bits, as the index's int columns hold them (NFS has 64-bit ones)."""
+"""Inodes and times are kept in 63 bits, as the index's int columns hold them (NFS has 64-bit
+inode numbers; a time before 1970 is negative)."""
 SETTLE_NS = 2_000_000_000
 """A directory changed less than this before the index was written is listed again next time:
 a rename in the same clock tick as the listing would leave its mtime unchanged."""
@@ -127,17 +128,20 @@ def uid_of(base: str, head: bytes) -> str:
     return encode_uid(hashlib.md5(base.encode("utf-8", "surrogateescape")).digest())
 
 
-def _measure(path: str, name: str) -> tuple[int, str]:
-    """(octets, uid) of one message file: the size from ,W= when the delivery agent wrote it,
-    else counted; the UID from its header or name."""
+def _measure(path: str, name: str) -> tuple[int, str, int]:
+    """(octets, uid, mtime) of one message file: the size from ,W= when the delivery agent
+    wrote it, else counted; the UID from its header or name; its modification time (in
+    INODE_BITS)."""
     base = base_name(name)
     wire = _WIRE_SIZE.search(base)
     fd = os.open(os.path.join(path, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
+        st = os.fstat(fd)
+        mtime = st.st_mtime_ns & INODE_BITS
         if wire:
-            return int(wire.group(1)), uid_of(base, os.pread(fd, HEADER_PROBE_OCTETS, 0))
-        data = read_up_to(fd, os.fstat(fd).st_size)
-        return wire_octets(data), uid_of(base, data[:HEADER_PROBE_OCTETS])
+            return int(wire.group(1)), uid_of(base, os.pread(fd, HEADER_PROBE_OCTETS, 0)), mtime
+        data = read_up_to(fd, st.st_size)
+        return wire_octets(data), uid_of(base, data[:HEADER_PROBE_OCTETS]), mtime
     finally:
         os.close(fd)
 
@@ -158,7 +162,8 @@ def delivery_order(name: str) -> tuple[int, int, str]:
 class Index:
     """What `qpopper-pop3.index` holds: the directories' stamps when it was written and every
     message file in delivery order with its octets, its measured UID (before duplicates are
-    told apart), its S flag and its inode (docs/maildir.md, "The index")."""
+    told apart), its S flag, its inode and its modification time when measured
+    (docs/maildir.md, "The index")."""
     written_ns: int
     stamps: dict
     names: list
@@ -166,6 +171,7 @@ class Index:
     uids: list
     seen: list
     inodes: Sequence[int]
+    mtimes: Sequence[int]
 
     def entries(self) -> dict[str, tuple[int, str]]:
         return dict(zip(self.names, zip(self.octets, self.uids)))
@@ -214,7 +220,8 @@ def load_index(path: str, log=None) -> Index | None:
 
 
 def _decode_index(data: bytes) -> Index:
-    doc, (names, octets, uids, seen, inodes) = packed.unpack(data, INDEX_MAGIC, INDEX_VERSION, 5)
+    doc, (names, octets, uids, seen, inodes, mtimes) = packed.unpack(
+        data, INDEX_MAGIC, INDEX_VERSION, 6)
     n, written, stamps = doc.get("count"), doc.get("written_ns"), doc.get("stamps")
     if type(n) is not int or n < 0 or type(written) is not int or not isinstance(stamps, dict):
         raise ValueError("bad count, time or stamps")
@@ -228,7 +235,7 @@ def _decode_index(data: bytes) -> Index:
     if len(set(names)) != n:
         raise ValueError("a name twice")
     return Index(written, stamps, names, packed.ints(octets, n), packed.texts(uids, n),
-                 packed.flags(seen, n), packed.ints(inodes, n))
+                 packed.flags(seen, n), packed.ints(inodes, n), packed.ints(mtimes, n))
 
 
 def store_index(path: str, index: Index, step=None) -> None:
@@ -239,7 +246,7 @@ def store_index(path: str, index: Index, step=None) -> None:
                         "count": len(index.names)},
                        [packed.text_section(index.names), packed.int_section(index.octets),
                         packed.text_section(index.uids), packed.flag_section(index.seen),
-                        packed.int_section(index.inodes)])
+                        packed.int_section(index.inodes), packed.int_section(index.mtimes)])
     # not fsync'd: an index torn by a crash fails load_index's checks and is rebuilt. One
     # temporary name, not one per process: the index is written only under the Maildir's
     # lock, so a file found there is a crashed writer's, and publish clears it.
@@ -256,23 +263,24 @@ def _unchanged(index: Index | None, stamps: dict) -> bool:
 
 
 def scan(path: str, log=None, step=None) -> list[MaildirMessage]:
-    """The messages of the Maildir at `path` in delivery order (scan_with_inodes)."""
-    return scan_with_inodes(path, log, step)[0]
+    """The messages of the Maildir at `path` in delivery order (scan_with_files)."""
+    return scan_with_files(path, log, step)[0]
 
 
-def scan_with_inodes(path: str, log=None,
-                     step=None) -> tuple[list[MaildirMessage], Sequence[int]]:
-    """The messages of the Maildir at `path` in delivery order and their files' inodes as
-    listed (INODE_BITS), from the index when nothing changed (two stat calls, no listing, no
-    Python step per message but one constructor call), else from a listing that measures
-    only the files the index does not know. The index is rewritten after a listing; a
-    failure to write it (a full disk) is logged (`log(priority, text)`) and costs only
-    speed."""
+def scan_with_files(path: str, log=None, step=None) -> tuple[list[MaildirMessage],
+                                                             Sequence[int], Sequence[int]]:
+    """The messages of the Maildir at `path` in delivery order, their files' inodes as
+    listed and their modification times when measured (INODE_BITS), from the index when
+    nothing changed (two stat calls, no listing, no Python step per message but one
+    constructor call), else from a listing that measures only the files the index does not
+    know. The index is rewritten after a listing; a failure to write it (a full disk) is
+    logged (`log(priority, text)`) and costs only speed."""
     stamps = _dir_stamps(path)
     index = load_index(path, log)
     if _unchanged(index, stamps):
-        return index.messages(), index.inodes
+        return index.messages(), index.inodes, index.mtimes
     known = index.entries() if index else {}
+    mtimes = dict(zip(index.names, index.mtimes)) if index else {}
     inodes = {f"{sub}/{entry.name}": entry.inode() & INODE_BITS for sub in SUBDIRS
               for entry in os.scandir(os.path.join(path, sub))
               if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False)}
@@ -281,22 +289,22 @@ def scan_with_inodes(path: str, log=None,
     entries: dict[str, tuple[int, str]] = {}
     for name in inodes:
         entry = known.get(name)
-        if entry is None:
+        if entry is None or name not in mtimes:
             try:
-                entry = _measure(path, name)
+                *entry, mtimes[name] = _measure(path, name)
             except FileNotFoundError:          # moved or removed since the listing
                 continue
-        entries[name] = entry
+        entries[name] = tuple(entry)
     order = sorted(entries, key=delivery_order)
     fresh = Index(time.time_ns(), stamps, order, [entries[name][0] for name in order],
                   [entries[name][1] for name in order], ["S" in flags_of(name) for name in order],
-                  list(map(inodes.get, order)))
+                  list(map(inodes.get, order)), list(map(mtimes.get, order)))
     try:                # even when the listing is the same: a later time makes it trusted
         store_index(path, fresh, step)
     except OSError as error:
         if log:
             log(syslog.LOG_WARNING, f"Maildir index of {path} not written: {error.strerror}")
-    return fresh.messages(), fresh.inodes
+    return fresh.messages(), fresh.inodes, fresh.mtimes
 
 
 def _one_name_per_file(path: str, inodes: dict[str, int]) -> None:

@@ -51,13 +51,14 @@ class MaildirDrop:
     hidden_count = 0
 
     def __init__(self, path: str, lock: SessionLock, messages, step_hook, log,
-                 inodes=(), listed_ns: int = 0, scanned_ns: int = 0):
+                 inodes=(), mtimes=(), listed_ns: int = 0):
         self.path = path
         self._lock = lock
         self.messages = messages
-        self.inodes = inodes            # as listed, per message (maildir.scan_with_inodes)
+        self.inodes = inodes            # as listed, per message (maildir.scan_with_files)
+        self.mtimes = mtimes            # as measured, per message
         self.listed_ns = listed_ns      # the file system's time before the listing
-        self._files = MessageFiles(path, messages, inodes, (listed_ns, scanned_ns),
+        self._files = MessageFiles(path, messages, (inodes, mtimes), listed_ns,
                                    clock=lambda: _file_system_now(lock.fd))
         self._hook = step_hook or (lambda name: None)
         self._log = log
@@ -75,9 +76,8 @@ class MaildirDrop:
         try:
             finish_journal(path, lambda s: hook(f"recover:{s}"))
             listed_ns = _file_system_now(lock.fd)
-            messages, inodes = maildir.scan_with_inodes(path, log=log,
-                                                        step=lambda s: hook(f"open:{s}"))
-            scanned_ns = _file_system_now(lock.fd)
+            messages, inodes, mtimes = maildir.scan_with_files(
+                path, log=log, step=lambda s: hook(f"open:{s}"))
         except OSError as error:
             lock.release(unlink=False)
             raise PopError(OPEN_FAILED_TEXT, RespCode.SYS_TEMP,
@@ -85,7 +85,7 @@ class MaildirDrop:
         except BaseException:
             lock.release(unlink=False)
             raise
-        return cls(path, lock, messages, step_hook, log, inodes, listed_ns, scanned_ns)
+        return cls(path, lock, messages, step_hook, log, inodes, mtimes, listed_ns)
 
     # --- RETR and TOP --------------------------------------------------------------------
     def check_available(self, index: int) -> None:

@@ -3,9 +3,10 @@ removed it, or put another file with its base name in its place
 (docs/maildir.md, "Changes by other programs").
 
 A message is its file. The session knows, for each message, the inode its directory entry
-had when listed and the file system's time of the login; a rename keeps the inode, a copy
-(a restored backup, a message a sync tool delivered again) gets another one, or the inode of
-a file just removed but a later modification time.
+had when listed, its modification time when measured, and the file system's time of the
+login. A rename keeps the inode and the modification time and changes the change time; a
+copy (a restored backup, a message a sync tool delivered again) gets another inode, or the
+inode of a file just removed, and then a change time after the login.
 """
 
 from __future__ import annotations
@@ -65,17 +66,18 @@ def _stamps(path: str) -> list[tuple[int, int]]:
 
 class MessageFiles:
     """The files of a session's listed messages: `messages` (their .name follows a rename
-    found), `inodes` as listed (maildir.scan_with_inodes), `times` the file system's times
-    when the login's listing began and ended, `clock()` the file system's time now. One DirListing is
+    found), `files` their inodes as listed and modification times as measured
+    (maildir.scan_with_files), `listed_ns` the file system's time when the login's listing
+    began, `clock()` the file system's time now. One DirListing is
     kept, and made again when a lookup misses and the directories may have changed since,
     so finding every message of a big Maildir again, or none, costs one listing."""
 
-    def __init__(self, path: str, messages, inodes: Sequence[int], times: tuple[int, int],
-                 clock: Callable[[], int]):
+    def __init__(self, path: str, messages, files: tuple[Sequence[int], Sequence[int]],
+                 listed_ns: int, clock: Callable[[], int]):
         self.path = path
         self.messages = messages
-        self.inodes = inodes
-        self.listed_ns, self.scanned_ns = times
+        self.inodes, self.mtimes = files
+        self.listed_ns = listed_ns
         self._clock = clock
         self._listing: DirListing | None = None
         self._owner_of: dict[str, int] | None = None
@@ -98,8 +100,8 @@ class MessageFiles:
 
     def find_again(self, index: int) -> bool:
         """Another program renamed message `index` (flags, new -> cur): its file found again
-        by base name and inode, not modified since the login, and not a name the session
-        lists for another message. Sets its .name; False when it is gone."""
+        by base name and identity (_as_it), never at a name the session lists for another
+        message. Sets its .name; False when it is gone."""
         for attempt in (1, 2):
             if self._listing is None:
                 self._listing = DirListing(self.path, self._clock)
@@ -113,7 +115,6 @@ class MessageFiles:
                     continue                            # another listed message's file
                 st = self._lstat(name)
                 if (st is not None and stat.S_ISREG(st.st_mode)
-                        and st.st_mtime_ns < self.listed_ns
                         and self._as_it(index, name, st) is not None):
                     self._renamed(index, name)
                     return True
@@ -125,16 +126,19 @@ class MessageFiles:
 
     def _as_it(self, index: int, name: str, st: os.stat_result) -> os.stat_result | None:
         """The lstat of `name` (`st`, or a newer one) when it is message `index`'s file, else
-        None. Its file: the listed inode, and not written after the login's listing (a file
-        system may give a file written after an rm the inode just freed): its change time
-        before the login (no program can set that; a date set ahead by an IMAP server stays
-        deletable) or its modification time before the listing's end. Or its directory
-        entry's inode as listed (like with like), when the file has been at that name since
-        before that listing and was not modified since the login."""
-        want = self.inodes[index]
+        None. Its file has the listed inode and is the file measured: the same modification
+        time, or its inode changed (ctime: a write, a rename, a link) only before the login,
+        as for a file touched after it was measured. A file written at a name after an rm
+        (a file system may give it the inode just freed) has a change time after the login,
+        and a time of its own unless copied with the message's. Inodes are compared like
+        with like: where a directory entry's inode is not the file's (overlayfs over several
+        file systems, FUSE), its entry's inode as listed, for a file that has been at that
+        name since before that listing (DirListing.describes)."""
+        want, measured = self.inodes[index], self.mtimes[index]
         for looked_again in (False, True):
-            if st.st_ino & maildir.INODE_BITS == want and (
-                    st.st_ctime_ns < self.listed_ns or st.st_mtime_ns <= self.scanned_ns):
+            measured_file = (st.st_mtime_ns & maildir.INODE_BITS == measured
+                             or st.st_ctime_ns < self.listed_ns)
+            if st.st_ino & maildir.INODE_BITS == want and measured_file:
                 return st
             if looked_again or self._listing is not None:
                 break
@@ -142,7 +146,7 @@ class MessageFiles:
             st = self._lstat(name)              # as it is now, after the listing's time
             if st is None:
                 return None
-        if self._listing.describes(name, st) == want and st.st_mtime_ns < self.listed_ns:
+        if self._listing.describes(name, st) == want and measured_file:
             return st
         return None
 

@@ -219,7 +219,7 @@ def test_mail_delivered_just_before_the_login_or_dated_ahead_is_deleted_and_mark
     """Mail delivered a moment before the login; or dated ahead, as an IMAP server dates a
     message file by its received date, which an APPEND may put in the future: the file,
     untouched since before the login, is the message."""
-    path, first, second = two_messages(tmp_path)
+    path, (first, second) = make_maildir(tmp_path, [FIRST, SECOND])   # not listed yet
     stamp = None if dated == "just-now" else (time.time() + 3600,) * 2
     for key in (first, second):
         os.utime(os.path.join(path, "new", key), stamp)
@@ -633,3 +633,35 @@ def test_mail_delivered_while_the_login_lists_is_deleted(tmp_path, monkeypatch):
     finally:
         drop.close()
     assert files(path) == {f"new/{first}": FIRST, f"new/{second}": SECOND}
+
+
+def test_a_back_dated_file_on_a_removed_messages_inode_at_its_name_is_kept(tmp_path):
+    """rm, then a different file written at the name with a time set in the past (touch -d,
+    cp -p of another file): the freed inode (set by hand here), an old time, but not the
+    time measured for the message, and a change time after the login."""
+    path, first, second = two_messages(tmp_path)
+    drop = MaildirDrop.open(path, "qpt")
+    try:
+        index = [m.base for m in drop.messages].index(first)
+        replace_with_copy(path, f"new/{first}", COPY)
+        a_day_ago = time.time() - 86400
+        os.utime(os.path.join(path, "new", first), (a_day_ago, a_day_ago))
+        drop.inodes[index] = os.lstat(os.path.join(path, "new", first)).st_ino
+        drop.update(deleted={index}, retrieved=set())
+    finally:
+        drop.close()
+    assert files(path) == {f"new/{first}": COPY, f"new/{second}": SECOND}
+
+
+def test_a_message_dated_ahead_and_renamed_by_another_program_is_deleted(tmp_path):
+    path, (first, second) = make_maildir(tmp_path, [FIRST, SECOND])
+    an_hour_ahead = time.time() + 3600
+    os.utime(os.path.join(path, "new", first), (an_hour_ahead, an_hour_ahead))
+    drop = MaildirDrop.open(path, "qpt")
+    try:
+        index = [m.base for m in drop.messages].index(first)
+        os.rename(os.path.join(path, "new", first), os.path.join(path, "cur", first + ":2,S"))
+        drop.update(deleted={index}, retrieved=set())
+    finally:
+        drop.close()
+    assert files(path) == {f"new/{second}": SECOND}

@@ -160,13 +160,16 @@ def test_maildir_warm_open_is_the_cold_open(big_maildir):
     path, cold = big_maildir
     assert len({uid for _, _, uid, _, _ in cold}) == len(cold)
     steps = []
-    messages, inodes = maildir.scan_with_inodes(path, step=steps.append)
+    messages, inodes, mtimes = maildir.scan_with_files(path, step=steps.append)
     assert steps == [], "the index was not trusted"
     assert maildir_view(messages) == cold
-    # the inodes the index keeps are the files' (what finds a renamed message again)
-    assert list(inodes) == [os.lstat(os.path.join(path, m.name)).st_ino for m in messages]
+    # the inodes and times the index keeps are the files' (what finds a renamed message)
+    stats = [os.lstat(os.path.join(path, m.name)) for m in messages]
+    assert list(inodes) == [st.st_ino for st in stats]
+    assert list(mtimes) == [st.st_mtime_ns for st in stats]
     drop = MaildirDrop.open(path, USER)
     assert maildir_view(drop.messages) == cold and list(drop.inodes) == list(inodes)
+    assert list(drop.mtimes) == list(mtimes)
     drop.restore()
 
 
@@ -178,14 +181,14 @@ def json_index_of_version_1(data: bytes) -> bytes:
 
 def repacked(data: bytes, change) -> bytes:
     """The index with `change(document, sections)` applied and a right checksum."""
-    doc, sections = packed.unpack(data, maildir.INDEX_MAGIC, maildir.INDEX_VERSION, 5)
+    doc, sections = packed.unpack(data, maildir.INDEX_MAGIC, maildir.INDEX_VERSION, 6)
     change(doc, sections)
     return packed.pack(maildir.INDEX_MAGIC, maildir.INDEX_VERSION, doc, sections)
 
 
 def packed_index_of_version_2(data: bytes) -> bytes:
-    """The index as version 2 wrote it: the same columns without the inodes."""
-    doc, sections = packed.unpack(data, maildir.INDEX_MAGIC, maildir.INDEX_VERSION, 5)
+    """The index as version 2 wrote it: the same columns without the inodes and times."""
+    doc, sections = packed.unpack(data, maildir.INDEX_MAGIC, maildir.INDEX_VERSION, 6)
     return packed.pack(maildir.INDEX_MAGIC, 2, doc, sections[:4])
 
 
