@@ -28,10 +28,10 @@ SUBDIRS = ("new", "cur")
 INDEX_NAME = "qpopper-pop3.index"
 INDEX_TEMP_NAME = f".{INDEX_NAME}.tmp"
 INDEX_MAGIC = b"QPINDEX"
-INDEX_VERSION = 3
-"""3: packed columns with each file's inode and modification time (qpopper/spool/packed.py);
-version 2 had neither, version 1 was JSON. Another version is ignored and the index rebuilt
-from a listing."""
+INDEX_VERSION = 4
+"""4: packed columns with each file's inode and modification time (qpopper/spool/packed.py);
+3 had the inode only, 2 neither, 1 was JSON. Another version is ignored and the index
+rebuilt from a listing."""
 INODE_BITS = (1 << 63) - 1
 """Inodes and times are kept in 63 bits, as the index's int columns hold them (NFS has 64-bit
 inode numbers; a time before 1970 is negative)."""
@@ -280,7 +280,8 @@ def scan_with_files(path: str, log=None, step=None) -> tuple[list[MaildirMessage
     if _unchanged(index, stamps):
         return index.messages(), index.inodes, index.mtimes
     known = index.entries() if index else {}
-    mtimes = dict(zip(index.names, index.mtimes)) if index else {}
+    known_files = dict(zip(index.names, zip(index.inodes, index.mtimes))) if index else {}
+    mtimes: dict[str, int] = {}
     inodes = {f"{sub}/{entry.name}": entry.inode() & INODE_BITS for sub in SUBDIRS
               for entry in os.scandir(os.path.join(path, sub))
               if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False)}
@@ -288,12 +289,14 @@ def scan_with_files(path: str, log=None, step=None) -> tuple[list[MaildirMessage
         _one_name_per_file(path, inodes)
     entries: dict[str, tuple[int, str]] = {}
     for name in inodes:
-        entry = known.get(name)
-        if entry is None or name not in mtimes:
-            try:
+        entry, kept = known.get(name), known_files.get(name)
+        if entry is None or kept is None or kept[0] != inodes[name]:
+            try:            # new, or another file at a known name (a restore): measured
                 *entry, mtimes[name] = _measure(path, name)
             except FileNotFoundError:          # moved or removed since the listing
                 continue
+        else:
+            mtimes[name] = kept[1]
         entries[name] = tuple(entry)
     order = sorted(entries, key=delivery_order)
     fresh = Index(time.time_ns(), stamps, order, [entries[name][0] for name in order],

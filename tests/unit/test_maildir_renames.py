@@ -665,3 +665,24 @@ def test_a_message_dated_ahead_and_renamed_by_another_program_is_deleted(tmp_pat
     finally:
         drop.close()
     assert files(path) == {f"new/{second}": SECOND}
+
+
+def test_a_file_put_at_a_known_name_is_measured_again(tmp_path):
+    """A restore put another file at a message's name before the login: the listing takes
+    nothing from the index for it (another inode), so its size, UID and time are its own,
+    and when another program then renames it, DELE still finds it."""
+    path, first, second = two_messages(tmp_path)
+    restored = b"Subject: restored, longer\nX-UIDL: restored-uidl-0001\n\nanother body\n"
+    replace_with_copy(path, f"new/{first}", restored)
+    with open(os.path.join(path, "new", "1999999999.M1P1.later"), "wb") as f:
+        f.write(b"Subject: later\n\nz\n")                         # new/ changed: a listing
+    drop = MaildirDrop.open(path, "qpt")
+    try:
+        index = [m.base for m in drop.messages].index(first)
+        message = drop.messages[index]
+        assert (message.octets, message.uid) == (len(wire(restored)), "restored-uidl-0001")
+        os.rename(os.path.join(path, "new", first), os.path.join(path, "cur", first + ":2,S"))
+        drop.update(deleted={index}, retrieved=set())
+    finally:
+        drop.close()
+    assert f"cur/{first}:2,S" not in files(path) and f"new/{first}" not in files(path)
