@@ -36,9 +36,10 @@ POLL_S = 0.1
 """How often a busy lock is tried again within the waiting budget."""
 
 NEW_SPOOL_SETTLE = (20, 0.005)
-"""A delivery agent running as root (Postfix's local(8), before its own locks) creates a
-missing spool and then gives it to the user: an empty root-owned spool is looked at again
-this many times, this many seconds apart, before it is refused as having the wrong owner."""
+"""A delivery agent running as root that takes no dot-lock (Postfix with
+`mailbox_delivery_lock = fcntl`) creates a missing spool and then gives it to the user: an
+empty root-owned spool is looked at again this many times, this many seconds apart, before
+it is refused as having the wrong owner (docs/maildrop.md, "The locking rules")."""
 
 IN_USE_TEXT = "{name} lock busy!  Is another session active?"
 UNLOCKING_TEXT = "Maildrop being unlocked; try again."

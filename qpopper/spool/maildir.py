@@ -279,8 +279,8 @@ def scan_with_files(path: str, log=None, step=None) -> tuple[list[MaildirMessage
     index = load_index(path, log)
     if _unchanged(index, stamps):
         return index.messages(), index.inodes, index.mtimes
-    known = index.entries() if index else {}
-    known_files = dict(zip(index.names, zip(index.inodes, index.mtimes))) if index else {}
+    known = (dict(zip(index.names, zip(index.octets, index.uids, index.inodes, index.mtimes)))
+             if index else {})
     mtimes: dict[str, int] = {}
     inodes = {f"{sub}/{entry.name}": entry.inode() & INODE_BITS for sub in SUBDIRS
               for entry in os.scandir(os.path.join(path, sub))
@@ -288,16 +288,16 @@ def scan_with_files(path: str, log=None, step=None) -> tuple[list[MaildirMessage
     if len(set(inodes.values())) != len(inodes):
         _one_name_per_file(path, inodes)
     entries: dict[str, tuple[int, str]] = {}
-    for name in inodes:
-        entry, kept = known.get(name), known_files.get(name)
-        if entry is None or kept is None or kept[0] != inodes[name]:
-            try:            # new, or another file at a known name (a restore): measured
-                *entry, mtimes[name] = _measure(path, name)
+    for name, inode in inodes.items():
+        kept = known.get(name)
+        if kept is not None and kept[2] == inode:
+            octets, uid, _, mtimes[name] = kept
+        else:               # new, or another file at a known name (a restore): measured
+            try:
+                octets, uid, mtimes[name] = _measure(path, name)
             except FileNotFoundError:          # moved or removed since the listing
                 continue
-        else:
-            mtimes[name] = kept[1]
-        entries[name] = tuple(entry)
+        entries[name] = (octets, uid)
     order = sorted(entries, key=delivery_order)
     fresh = Index(time.time_ns(), stamps, order, [entries[name][0] for name in order],
                   [entries[name][1] for name in order], ["S" in flags_of(name) for name in order],

@@ -26,7 +26,7 @@ from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool import maildir
 from qpopper.spool.durable import fsync_dir, read_up_to, rename_no_replace, unlink_if_present
 from qpopper.spool.locking import SessionLock
-from qpopper.spool.maildir_files import MessageFiles
+from qpopper.spool.maildir_files import MessageFiles, list_by_base
 from qpopper.spool.mbox import WireLines
 
 LOCK_NAME = "qpopper-pop3.lock"
@@ -55,15 +55,27 @@ class MaildirDrop:
         self.path = path
         self._lock = lock
         self.messages = messages
-        self.inodes = inodes            # as listed, per message (maildir.scan_with_files)
-        self.mtimes = mtimes            # as measured, per message
-        self.listed_ns = listed_ns      # the file system's time before the listing
         self._files = MessageFiles(path, messages, (inodes, mtimes), listed_ns,
                                    clock=lambda: _file_system_now(lock.fd))
         self._hook = step_hook or (lambda name: None)
         self._log = log
         self._phase = "open"
         self._checked: tuple[int, int] | None = None    # (index, descriptor) check_available opened
+
+    @property
+    def inodes(self):
+        """The messages' inodes as listed (maildir.scan_with_files)."""
+        return self._files.inodes
+
+    @property
+    def mtimes(self):
+        """The messages' modification times as measured."""
+        return self._files.mtimes
+
+    @property
+    def listed_ns(self) -> int:
+        """The file system's time before the login's listing."""
+        return self._files.listed_ns
 
     @classmethod
     def open(cls, path: str, user: str, step_hook=None, log=None) -> "MaildirDrop":
@@ -337,13 +349,7 @@ class _NamesByBase:
 
     def get(self, base: str) -> list[str]:
         if self._names is None:
-            self._names = {}
-            for sub in maildir.SUBDIRS:
-                with os.scandir(os.path.join(self._path, sub)) as entries:
-                    for entry in entries:
-                        if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
-                            self._names.setdefault(maildir.base_name(entry.name), []).append(
-                                f"{sub}/{entry.name}")
+            self._names = list_by_base(self._path)[0]
         return self._names.get(base, [])
 
 

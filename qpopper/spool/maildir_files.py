@@ -29,16 +29,7 @@ class DirListing:
         self.path = path
         self.made_ns = clock()
         self.stamps = _stamps(path)
-        self.by_base: dict[str, list[str]] = {}
-        self.entry_inodes: dict[str, int] = {}
-        for sub in maildir.SUBDIRS:
-            with os.scandir(os.path.join(path, sub)) as entries:
-                for entry in entries:
-                    if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
-                        continue
-                    name = f"{sub}/{entry.name}"
-                    self.by_base.setdefault(maildir.base_name(entry.name), []).append(name)
-                    self.entry_inodes[name] = entry.inode() & maildir.INODE_BITS
+        self.by_base, self.entry_inodes = list_by_base(path)
 
     def describes(self, name: str, st: os.stat_result) -> int | None:
         """The listed directory-entry inode of `name` when the file now there (`st`) is the
@@ -54,6 +45,22 @@ class DirListing:
             return True
         return (any(mtime >= self.made_ns for mtime, _ in self.stamps)
                 and clock() > self.made_ns)
+
+
+def list_by_base(path: str) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """The message files of new/ and cur/ (regular, no dot names): their names by base name,
+    and each name's directory-entry inode (maildir.INODE_BITS)."""
+    by_base: dict[str, list[str]] = {}
+    entry_inodes: dict[str, int] = {}
+    for sub in maildir.SUBDIRS:
+        with os.scandir(os.path.join(path, sub)) as entries:
+            for entry in entries:
+                if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+                    continue
+                name = f"{sub}/{entry.name}"
+                by_base.setdefault(maildir.base_name(entry.name), []).append(name)
+                entry_inodes[name] = entry.inode() & maildir.INODE_BITS
+    return by_base, entry_inodes
 
 
 def _stamps(path: str) -> list[tuple[int, int]]:
@@ -134,21 +141,26 @@ class MessageFiles:
         with like: where a directory entry's inode is not the file's (overlayfs over several
         file systems, FUSE), its entry's inode as listed, for a file that has been at that
         name since before that listing (DirListing.describes)."""
-        want, measured = self.inodes[index], self.mtimes[index]
-        for looked_again in (False, True):
-            measured_file = (st.st_mtime_ns & maildir.INODE_BITS == measured
-                             or st.st_ctime_ns < self.listed_ns)
-            if st.st_ino & maildir.INODE_BITS == want and measured_file:
-                return st
-            if looked_again or self._listing is not None:
-                break
+        if self._own_file(index, st):
+            return st
+        if self._listing is None:               # the first time: list, and look again
             self._listing = DirListing(self.path, self._clock)
-            st = self._lstat(name)              # as it is now, after the listing's time
-            if st is None:
-                return None
-        if self._listing.describes(name, st) == want and measured_file:
+            st = self._lstat(name)
+            if st is None or self._own_file(index, st):
+                return st
+        if (self._listing.describes(name, st) == self.inodes[index]
+                and self._measured(index, st)):
             return st
         return None
+
+    def _own_file(self, index: int, st: os.stat_result) -> bool:
+        return st.st_ino & maildir.INODE_BITS == self.inodes[index] and self._measured(index, st)
+
+    def _measured(self, index: int, st: os.stat_result) -> bool:
+        """The file measured at the listing: its modification time, or a change time from
+        before the login (a file touched after it was measured)."""
+        return (st.st_mtime_ns & maildir.INODE_BITS == self.mtimes[index]
+                or st.st_ctime_ns < self.listed_ns)
 
     def _owner(self) -> dict[str, int]:
         if self._owner_of is None:

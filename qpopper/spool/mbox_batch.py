@@ -134,13 +134,19 @@ def python_header_block(view, at: int, eol: int, stop: int, continuations: bool)
 
 
 def python_plain_from_lines(view, ats: list, eols: list, max_octets: int) -> bytes:
-    """_scan.plain_from_lines in Python, the fallback and yardstick: one octet per candidate
-    line view[ats[i]:eols[i]], 1 when it is shorter than max_octets and has the envelope's
-    common shape (_PLAIN_FROM_LINE, the first thing is_from_line tries), else 0 (then
-    is_from_line decides)."""
+    """_scan.plain_from_lines in Python, its yardstick: one octet per candidate line
+    view[ats[i]:eols[i]], 1 when it is shorter than max_octets and has the envelope's common
+    shape (_PLAIN_FROM_LINE, the first thing is_from_line tries), else 0 (then is_from_line
+    decides)."""
     fullmatch = _PLAIN_FROM_LINE.fullmatch
     return bytes(eol - at < max_octets and fullmatch(view[at:eol]) is not None
                  for at, eol in zip(ats, eols))
+
+
+def no_plain_lines(view, ats: list, eols: list, max_octets: int) -> bytes:
+    """The fallback without the compiled pass: every line left to is_from_line, which tries
+    the same regex first (python_plain_from_lines would run it twice on a line it refuses)."""
+    return bytes(len(ats))
 
 
 try:
@@ -153,7 +159,7 @@ candidates = compiled_candidates or python_candidates
 """The one pass the batch path makes over each part (docs/mbox.md, "The batch scan")."""
 header_block = compiled_header_block or python_header_block
 """Each message's header block, in one walk (docs/accelerators.md, "The header block")."""
-plain_from_lines = compiled_plain_from_lines or python_plain_from_lines
+plain_from_lines = compiled_plain_from_lines or no_plain_lines
 """The separators' common shape, for a part's candidates at once (docs/accelerators.md,
 "The separator shape")."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from qpopper import limits
 from qpopper.spool import mbox_batch
+from qpopper.spool.mbox_format import is_from_line
 
 
 def assert_same_candidates(data, start: int, end: int) -> None:
@@ -33,7 +34,6 @@ def assert_same_header_block(data, at: int, eol: int, stop: int) -> None:
 def assert_same_plain_from_lines(data, ats: list, eols: list, max_octets: int) -> None:
     """The compiled separator shape check says what the pure-Python one does for each line,
     and never more than is_from_line. Needs the compiled pass."""
-    from qpopper.spool.mbox_format import is_from_line
     want = mbox_batch.python_plain_from_lines(data, ats, eols, max_octets)
     got = mbox_batch.compiled_plain_from_lines(data, ats, eols, max_octets)
     assert got == want, [(bytes(data[a:e]), g, w) for a, e, g, w in zip(ats, eols, got, want)

@@ -25,7 +25,8 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture(autouse=True, params=["compiled", "python"])
 def implementation(request, monkeypatch):
-    """The batch path with the compiled passes, then with the pure-Python ones."""
+    """The batch path with the compiled passes, then with the pure-Python ones (what runs
+    without the compiled module: no separator pre-check, is_from_line for every line)."""
     if request.param == "compiled":
         if mbox_batch.compiled_candidates is None:
             pytest.skip("qpopper/spool/_scan.c is not built (test_mbox_scan_accel checks "
@@ -36,7 +37,7 @@ def implementation(request, monkeypatch):
     else:
         monkeypatch.setattr(mbox_batch, "candidates", mbox_batch.python_candidates)
         monkeypatch.setattr(mbox_batch, "header_block", mbox_batch.python_header_block)
-        monkeypatch.setattr(mbox_batch, "plain_from_lines", mbox_batch.python_plain_from_lines)
+        monkeypatch.setattr(mbox_batch, "plain_from_lines", mbox_batch.no_plain_lines)
     return request.param
 
 SEPARATORS = [b"From s%d@x Wed Dec  2 05:53:22 1992\n", b"From s%d Wed Dec  2 05:53 1992\n",
