@@ -170,14 +170,19 @@ def relay(tls_channel, plain: socket.socket, timeout_s: float) -> None:
     poller = select.poll()
     poller.register(tls_channel.in_fd, select.POLLIN | select.POLLPRI)
     poller.register(plain.fileno(), select.POLLIN | select.POLLPRI)
+    client_readable = True               # the login's last records may hold commands
     while True:
-        for data in tls_channel.read_available():
-            if not data:
+        chunks = tls_channel.read_available() if client_readable else []
+        if chunks:
+            # a client's pipelined commands come one TLS record each: one send for all of
+            # them wakes the session once
+            _send_plain(plain, b"".join(chunks), timeout_s)
+            if not chunks[-1]:
                 _shut(plain)                     # the client is gone: the session sees EOF
                 _drain_until_closed(plain)
                 return
-            _send_plain(plain, data, timeout_s)
         events = poller.poll()
+        client_readable = any(fd == tls_channel.in_fd for fd, _ in events)
         for fd, _ in events:
             if fd == plain.fileno():
                 try:
