@@ -6,7 +6,6 @@ exactly once, even when killed at any step; another program's changes are surviv
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import mailbox
 import os
@@ -14,26 +13,14 @@ import random
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool import maildir
 from qpopper.spool.maildir_drop import JOURNAL_NAME, MaildirDrop
+from tests.helpers.maildirs import make_maildir, retr, settle, wire
 from tests.helpers.spoolcheck import dies_in_child, killer_at_step
-
-
-def make_maildir(root, messages: list[bytes]) -> tuple[str, list[str]]:
-    """A Maildir with `messages` in new/, delivered a minute ago (a file made in the moments
-    before a listing is not found again after a rename: maildir_files.MessageFiles)."""
-    box = mailbox.Maildir(str(root / "Maildir"), create=True)
-    keys = [box.add(mailbox.MaildirMessage(data)) for data in messages]
-    box.close()
-    a_minute_ago = time.time() - 60
-    for key in keys:
-        os.utime(os.path.join(root, "Maildir", "new", key), (a_minute_ago, a_minute_ago))
-    return str(root / "Maildir"), keys
 
 
 def delivered(path, key) -> bytes:
@@ -41,29 +28,6 @@ def delivered(path, key) -> bytes:
     ends a header without a body)."""
     with open(os.path.join(path, "new", key), "rb") as f:
         return f.read()
-
-
-def wire(data: bytes) -> bytes:
-    """What RETR must send for a message file's bytes (before the terminator)."""
-    text = data.replace(b"\r\n", b"\n")
-    if text and not text.endswith(b"\n"):
-        text += b"\n"
-    lines = [(b"." + line if line.startswith(b".") else line) for line in text.split(b"\n")[:-1]]
-    return b"".join(line.replace(b"\0", b" ") + b"\r\n" for line in lines)
-
-
-def retr(drop, index, body_lines=None) -> bytes:
-    out = []
-    drop.send(index, out.append, body_lines=body_lines)
-    return b"".join(out)
-
-
-def settle(path):
-    """Make the saved index look written long after the last change (as it will be on a
-    mailbox nobody touched for a while)."""
-    index = maildir.load_index(path)
-    maildir.store_index(path, dataclasses.replace(
-        index, written_ns=index.written_ns + 10 * maildir.SETTLE_NS))
 
 
 def random_message(rng: random.Random, n: int) -> bytes:

@@ -12,7 +12,7 @@ import pytest
 
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool.maildir_drop import JOURNAL_NAME, MaildirDrop
-from tests.unit.test_maildir_renames import COPY, SECOND, files, replace_with_copy, two_messages
+from tests.helpers.maildirs import COPY, SECOND, files, replace_with_copy, two_messages
 
 
 def update_with_a_move_at_the_unlink(path, first, move):

@@ -16,41 +16,8 @@ import pytest
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool import maildir
 from qpopper.spool.maildir_drop import MaildirDrop
-from tests.unit.test_maildir import make_maildir, retr, settle, wire
-
-FIRST, SECOND = b"Subject: first\n\nbody one\n", b"Subject: second\n\nbody two\n"
-COPY = b"Subject: the copy\n\nanother message\n"
-
-
-def two_messages(tmp_path) -> tuple[str, str, str]:
-    """A Maildir with two messages in new/, listed once (the index knows them); the keys in
-    delivery order."""
-    path, keys = make_maildir(tmp_path, [FIRST, SECOND])
-    drop = MaildirDrop.open(path, "qpt")
-    keys = [m.base for m in drop.messages]
-    drop.close()
-    return path, keys[0], keys[1]
-
-
-def files(path) -> dict[str, bytes]:
-    result = {}
-    for sub in maildir.SUBDIRS:
-        for name in os.listdir(os.path.join(path, sub)):
-            with open(os.path.join(path, sub, name), "rb") as f:
-                result[f"{sub}/{name}"] = f.read()
-    return result
-
-
-def replace_with_copy(path: str, name: str, content: bytes, new_name: str | None = None):
-    """Another file under the base name, as a restore or a sync tool writes one: made in
-    tmp/ while the message is still there (so it has another inode), renamed to `new_name`
-    (or over the message at `name`), and the message removed."""
-    made = os.path.join(path, "tmp", "copy")
-    with open(made, "wb") as f:
-        f.write(content)
-    os.rename(made, os.path.join(path, new_name or name))
-    if new_name:
-        os.unlink(os.path.join(path, name))
+from tests.helpers.maildirs import (COPY, FIRST, SECOND, files, make_maildir, replace_with_copy,
+                                    retr, settle, two_messages, wire)
 
 
 def test_a_renamed_message_is_found_again_also_when_the_session_listed_nothing(tmp_path):
