@@ -520,8 +520,8 @@ class SessionLock:
         self.fd: int | None = None
         self.created = False
 
-    def acquire(self, attempts: int = 3) -> int:
-        for _ in range(attempts):
+    def acquire(self) -> int:
+        for _ in range(3):
             fd = self._open()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
