@@ -129,7 +129,7 @@ class SyslogCapture:
         self.sock.bind(self.path)
         os.chmod(self.path, 0o666)       # children that dropped privileges may reconnect
         self.sock.settimeout(0.2)
-        self.records: list[tuple[int, int, str]] = []     # (priority, pid, text)
+        self._records: list[tuple[int, int, str]] = []    # (priority, pid, text)
         self._lock = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._collect, daemon=True)
@@ -146,12 +146,18 @@ class SyslogCapture:
             match = self.RECORD_RE.fullmatch(data.decode("utf-8", "replace"))
             if match:
                 with self._lock:
-                    self.records.append((int(match["pri"]), int(match["pid"]), match["text"]))
+                    self._records.append((int(match["pri"]), int(match["pid"]), match["text"]))
                     self._lock.notify_all()
 
-    def texts(self) -> list[str]:
+    @property
+    def records(self) -> list[tuple[int, int, str]]:
+        """The records so far, (priority, pid, text): a copy, taken under the lock the
+        receiving thread appends under."""
         with self._lock:
-            return [text for _, _, text in self.records]
+            return list(self._records)
+
+    def texts(self) -> list[str]:
+        return [text for _, _, text in self.records]
 
     def wait_for(self, pattern: str, timeout: float = 10.0) -> tuple[int, int, str]:
         """The first record whose text matches `pattern` (a regex, fullmatch)."""
@@ -159,13 +165,13 @@ class SyslogCapture:
         deadline = time.monotonic() + timeout
         with self._lock:
             while True:
-                for record in self.records:
+                for record in self._records:
                     if regex.fullmatch(record[2]):
                         return record
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise AssertionError(f"no syslog record matching {pattern!r}; got:\n" +
-                                         "\n".join(t for _, _, t in self.records))
+                                         "\n".join(t for _, _, t in self._records))
                 self._lock.wait(remaining)
 
     def close(self) -> None:
