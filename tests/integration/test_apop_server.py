@@ -17,8 +17,8 @@ import pytest
 from tests.helpers.popauth import owned_store
 from tests.helpers.sysusers import make_spool
 from tests.helpers.messages import mbox
+from tests.helpers.scram_client import ScramClient
 from tests.server_harness import Site
-from tests.unit.test_scram import ScramClient
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import sqlite3
 import threading
 import time
@@ -21,6 +20,7 @@ from qpopper.auth.brakes import Brakes, brake_delay, failure_log_line
 from tests.helpers.descriptors import descriptors_on
 from tests.helpers.sysusers import make_spool
 from tests.helpers.messages import mbox
+from tests.helpers.pop_logins import Conn
 from tests.server_harness import Site
 
 # fail2ban's stock filter.d/courier-auth.conf failregex, with common.conf's syslog prefix
@@ -298,26 +298,6 @@ def site(system_users, pam_service, world_tmp):
     s.srv = s.server()
     yield s
     s.close()
-
-
-class Conn:
-    def __init__(self, srv, source: str):
-        self.sock = socket.create_connection((srv.host, srv.port), timeout=30,
-                                             source_address=(source, 0))
-        self.file = self.sock.makefile("rb")
-        assert self.file.readline().startswith(b"+OK")
-
-    def login_seconds(self, user: str, password: str) -> tuple[bytes, float]:
-        self.sock.sendall(f"USER {user}\r\n".encode())
-        assert self.file.readline().startswith(b"+OK")
-        started = time.monotonic()
-        self.sock.sendall(f"PASS {password}\r\n".encode())
-        reply = self.file.readline()
-        return reply, time.monotonic() - started
-
-    def close(self):
-        self.file.close()
-        self.sock.close()
 
 
 @pytest.mark.timeout(150)

@@ -20,24 +20,14 @@ from qpopper.config import Config
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool import mbox
 from qpopper.spool.paths import SpoolPaths
-from tests.helpers.spoolcheck import dies_in_child, killer_at_step
+from tests.helpers.bulletin_cases import HOST, STAMP, bulletin_text, crash_at
 
 pytestmark = pytest.mark.timeout(60)
 
 USER = "alice"
-HOST = "pop.example.org"
-STAMP = 1764250000
 FAST_LOCKS = 0.05
 SPOOL_MAIL = (b"From someone@example.org Wed Dec  2 05:53:22 1992\nSubject: ordinary mail\n\n"
               b"hello\n")
-
-
-def bulletin_text(subject: str, extra_headers: bytes = b"", body: bytes = b"Body.\n") -> bytes:
-    return (b"From qpop Wed Nov  9 13:31:08 1994\n"
-            b"Date: Wed, 9 Nov 1994 13:31:07 -0800 (PST)\n"
-            b"To: user@localhost\n"
-            b"From: POP Administrator <postmaster@localhost>\n"
-            + extra_headers + b"Subject: " + subject.encode() + b"\n\n" + body)
 
 
 class Env:
@@ -506,11 +496,6 @@ def test_failure_mid_append_leaves_spool_as_before_and_number_unadvanced(tmp_pat
     assert any("not delivered" in t for _, t in env.logged)
     assert env.deliver() == 2                              # the next login gets them
     assert env.subjects() == ["ordinary mail", "2.b", "3.b"]
-
-
-def crash_at(env, step, nth=1):
-    """Run a delivery in a child process that SIGKILLs itself at `step` (a real crash)."""
-    return dies_in_child(lambda: env.deliver(step_hook=killer_at_step(step, nth)))
 
 
 CRASH_STEPS = {      # where the child dies → what the next login finds (its log line)

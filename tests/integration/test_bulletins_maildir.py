@@ -15,7 +15,7 @@ from qpopper.auth import Login
 from qpopper.config import Config
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool.maildir_drop import MaildirDrop
-from tests.integration.test_bulletins import HOST, STAMP, bulletin_text, crash_at
+from tests.helpers.bulletin_cases import HOST, STAMP, bulletin_text, crash_at
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -20,9 +20,9 @@ from qpopper.auth.brakes import Brakes, brake_delay, failure_log_line
 from qpopper.tools import poppassd
 from tests.helpers.sysusers import make_spool
 from tests.helpers.messages import mbox
+from tests.helpers.pop_logins import Conn
+from tests.helpers.poppassd_service import BAD_OLD, PoppassdService
 from tests.server_harness import Site
-from tests.integration.test_brakes import Conn
-from tests.integration.test_poppassd import BAD_OLD, PoppassdService
 from tests.helpers.repo import REPO
 
 pytestmark = pytest.mark.timeout(120)

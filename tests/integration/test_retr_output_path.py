@@ -1,5 +1,5 @@
 """RETR and TOP of a 10,000-message spool through the session's real output path, against
-the line-by-line reference of tests/unit/test_mbox_wire_differential.py.
+the line-by-line reference of tests/helpers/mbox_wire_reference.py.
 
 The real Protocol and maildrop (normal and server mode) answer pipelined RETR and TOP of every
 message; the replies go through the session's ReplyWriter and Channel (collected pieces, one
@@ -31,8 +31,8 @@ from qpopper.server.reply_writer import ReplyWriter
 from qpopper.server.tls_channel import TlsChannel
 from tests.helpers import wire_impls
 from tests.helpers.testpki import TestPki
+from tests.helpers.mbox_wire_reference import random_line, random_spool, reference_wire
 from tests.transcripts.harness import Spool, extended_session
-from tests.unit.test_mbox_wire_differential import random_line, random_spool, reference_wire
 
 # every test once with the compiled conversion and once with the pure-Python one
 each_wire_impl = wire_impls.each_wire_impl

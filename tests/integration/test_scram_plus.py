@@ -23,14 +23,14 @@ from OpenSSL import SSL
 
 from qpopper import limits
 from qpopper.pop3.protocol import State
-from tests.unit import test_sasl_protocol as transcripts
+from tests.helpers import sasl_sessions
 from tests.helpers.popauth import owned_store
 from tests.helpers.sysusers import make_spool
 from tests.helpers.testpki import TestPki
 from tests.helpers.messages import mbox
-from tests.unit.test_sasl_protocol import (AUTH_FAILED, SECRET, assert_logged_in, b64, challenge_of,
-                                      session)
-from tests.unit.test_scram import ScramClient
+from tests.helpers.sasl_sessions import (AUTH_FAILED, SECRET, assert_logged_in, b64, challenge_of,
+                                         session)
+from tests.helpers.scram_client import ScramClient
 from tests.helpers.tls_site import TlsSite
 
 EXPORTER = b"\x11" * 32          # what a transcript session's TLS 1.3 "exported"
@@ -38,7 +38,7 @@ PLUS_LIST = b"SCRAM-SHA-256-PLUS SCRAM-SHA-256 SCRAM-SHA-1-PLUS SCRAM-SHA-1"
 MALFORMED = b"-ERR [AUTH] Malformed AUTH exchange\r\n"
 UNRECOGNIZED = b"-ERR Unrecognized authentication type\r\n"
 
-site = transcripts.site     # the transcripts' fixture: alice's secret in pop.auth, her spool
+site = sasl_sessions.site    # the transcripts' fixture: alice's secret in pop.auth, her spool
 
 
 def tls_session(site, bindings, **cfg):

@@ -22,7 +22,7 @@ import pytest
 
 from tests.helpers.repo import REPO
 from tests.server_harness import wait_until
-from tests.system.test_policy_refusals import policy_site, user_pass
+from tests.helpers.policy_site import policy_site, user_pass
 
 pytestmark = [pytest.mark.timeout(180),
               pytest.mark.skipif(shutil.which("fail2ban-client") is None,

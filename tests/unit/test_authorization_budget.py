@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from qpopper import limits
-from tests.unit.test_protocol_auth import TlsHook, capa_lines
+from tests.helpers.authorization_state import TlsHook, capa_lines
 from tests.transcripts.harness import parse, run_lockstep, spool_fixture
 
 TOO_MANY_BAD = "-ERR Too many bad commands"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from qpopper import limits
-from tests.unit.test_protocol_auth import TlsHook
+from tests.helpers.authorization_state import TlsHook
 from tests.transcripts.harness import parse, run_lockstep, spool_fixture
 
 GREETING = "S: +OK Qpopper (version 4.1.0) at mail.example.org starting.  <TS>"

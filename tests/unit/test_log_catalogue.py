@@ -124,7 +124,7 @@ def test_every_entry_of_the_list_is_a_line_the_code_writes():
 
 
 def test_popper_8_lists_every_entry():
-    from tests.unit.test_manpages import rendered
+    from tests.helpers.manpages import rendered
     import re
     text = re.sub(r"\s+", " ", rendered(PACKAGE.parent / "man/popper.8"))
     assert "DIAGNOSTICS" in text and "LOGGING" in text

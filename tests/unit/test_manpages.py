@@ -1,28 +1,16 @@
 """man/popper.8 and man/qpopper.config.5: generated from the option table, committed, valid roff."""
 
-import os
 import re
 import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 
 from qpopper import docgen
 from qpopper.options import OPTIONS, EXPIRE_FLAG
+from tests.helpers.manpages import rendered
 from tests.helpers.repo import REPO
 
 PAGES = {name: REPO / path for name, path in docgen.MAN_PAGES.items()}
-
-
-def rendered(path: Path) -> str:
-    """The page as `man` shows it (plain text, no hyphenation surprises: MANWIDTH wide)."""
-    env = dict(os.environ, MANWIDTH="200", LC_ALL="C.UTF-8", MAN_KEEP_FORMATTING="0")
-    result = subprocess.run(["man", "--warnings", "-l", str(path)], env=env, capture_output=True,
-                            text=True, timeout=30)
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == "", f"{path.name}: roff warnings:\n{result.stderr}"
-    return re.sub(r".\x08", "", result.stdout)
 
 
 @pytest.mark.parametrize("name", sorted(PAGES))

@@ -2,7 +2,8 @@
 
 Golden spools in tests/golden/<name>.mbox are hand-written; tests/golden/<name>/ holds the
 expected UID listing (list.txt) and the expected RETR/TOP bytes (<n>.retr, <n>.top<k>), also
-written by hand. Generated UIDs are checked against an independent implementation of §2.4 below.
+written by hand. Generated UIDs are checked against an independent implementation of §2.4
+(below; its step 3 in tests/helpers/mbox_golden.py).
 """
 
 from __future__ import annotations
@@ -20,12 +21,10 @@ import pytest
 from qpopper import limits
 from qpopper.pop3.responses import RespCode
 from qpopper.spool import mbox, mbox_scan
+from tests.helpers.mbox_golden import GOLDEN, GOLDEN_SPOOLS, SCAN_OPTIONS, oracle_encode
 from tests.helpers.repo import REPO
 
-GOLDEN = REPO / "tests" / "golden"
 MKSPOOL = Path("/work/shared/bench/mkspool.py")
-SCAN_OPTIONS = {"uw": {"uw_kludge": True}}
-GOLDEN_SPOOLS = sorted(p.stem for p in GOLDEN.glob("*.mbox"))
 
 
 def test_golden_spools_are_present():
@@ -35,23 +34,6 @@ def test_golden_spools_are_present():
 
 
 # --- independent oracles -----------------------------------------------------------------------
-
-_ALPHABET = bytes(0x21 + d if 0x21 + d != 0x2E else 0x7E for d in range(80))
-
-
-def oracle_encode(digest: bytes) -> str:
-    """§2.4 step 3, written from the text: per 4-byte group v = v*16 + byte, then 5 base-80
-    digits, 0x21 + digit, '.' replaced by '~'."""
-    out = []
-    for g in range(4):
-        v = 0
-        for b in digest[4 * g:4 * g + 4]:
-            v = v * 16 + b
-        for _ in range(5):
-            out.append(chr(_ALPHABET[v % 80]))
-            v //= 80
-    return "".join(out)
-
 
 def split_lines(data: bytes) -> list[bytes]:
     return re.findall(rb"[^\n]*\n|[^\n]+$", data)

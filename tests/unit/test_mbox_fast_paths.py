@@ -14,7 +14,7 @@ import pytest
 
 from qpopper import limits
 from qpopper.spool import mbox, mbox_format
-from tests.unit.test_mbox import GOLDEN, GOLDEN_SPOOLS, SCAN_OPTIONS, oracle_encode
+from tests.helpers.mbox_golden import GOLDEN, GOLDEN_SPOOLS, SCAN_OPTIONS, oracle_encode
 
 FIELDS = [f.name for f in dataclasses.fields(mbox.Message)]
 pytestmark = pytest.mark.timeout(120)

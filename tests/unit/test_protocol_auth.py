@@ -13,8 +13,9 @@ import pytest
 from qpopper import limits
 from qpopper.pop3.command import Command, Extensions
 from qpopper.pop3.protocol import State
-from tests.transcripts.harness import (HOST, LOCALTIME, NOW, PID, TableAuthenticator, apop_digest,
-                                       parse, run_lockstep, spool_fixture)
+from tests.helpers.authorization_state import TlsHook, capa_lines
+from tests.transcripts.harness import (HOST, NOW, PID, TableAuthenticator, apop_digest, parse,
+                                       run_lockstep, spool_fixture)
 
 GREETING = "+OK Qpopper (version 4.1.0) at mail.example.org starting.  <TS>"
 GREETING_RE = re.compile(
@@ -32,25 +33,6 @@ MESSAGE_1 = (b"From alice@example.org Tue Nov 14 22:13:20 2023\n"
 MESSAGE_2 = (b"From bob@example.org Tue Nov 14 22:14:20 2023\n"
              b"From: Bob <bob@example.org>\nSubject: two\nX-UIDL: 0123456789abcdef\n\n"
              b"Second.\n")
-
-
-def capa_lines(*, user=True, stls=False, implementation=True, login_delay=None,
-               expire="NEVER", sasl=None) -> list[str]:
-    """Reference §2.1, in order."""
-    lines = ["+OK Capability list follows", "TOP"]
-    if sasl:
-        lines.append(f"SASL {sasl}")
-    if user:
-        lines.append("USER")
-    if login_delay is not None:
-        lines.append(f"LOGIN-DELAY {login_delay}")
-    lines += [f"EXPIRE {expire}", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING",
-              f"X-LOCALTIME {LOCALTIME}"]
-    if stls:
-        lines.append("STLS")
-    if implementation:
-        lines.append("IMPLEMENTATION Qpopper-version-4.1.0")
-    return lines + ["."]
 
 
 def capa_bytes(**kw) -> bytes:
@@ -383,21 +365,6 @@ def test_over_long_continuation_line_cancels_the_exchange(spool):
 
 def test_stls_not_enabled(pop):
     assert pop.send("STLS") == NOT_ENABLED
-
-
-class TlsHook:
-    """Stands in for the session's handshake: records the call and flips env.tls_active."""
-
-    def __init__(self, succeed=True):
-        self.succeed = succeed
-        self.env = None
-        self.calls = 0
-
-    def __call__(self):
-        self.calls += 1
-        if self.succeed:
-            self.env.tls_active = True
-        return self.succeed
 
 
 def stls_session(spool, succeed=True, **cfg):

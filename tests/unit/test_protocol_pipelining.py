@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from qpopper import limits
-from tests.unit.test_protocol_transaction import SPOOL
+from tests.helpers.transaction_spool import SPOOL
 from tests.transcripts.harness import (LOCALTIME, Exchange, Spool, awkward_chunkings, parse,
                                        run_lockstep, run_pipelined)
 

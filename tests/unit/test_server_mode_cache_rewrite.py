@@ -20,7 +20,7 @@ from qpopper.spool import cache, mbox
 from qpopper.spool.maildrop import Maildrop
 from qpopper.spool.paths import SpoolPaths
 from tests.helpers.messages import from_line
-from tests.unit.test_mbox import GOLDEN, GOLDEN_SPOOLS, SCAN_OPTIONS
+from tests.helpers.mbox_golden import GOLDEN, GOLDEN_SPOOLS, SCAN_OPTIONS
 
 USER = "alice"
 FIELDS = [f.name for f in dataclasses.fields(mbox.Message)]
