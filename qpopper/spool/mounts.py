@@ -59,13 +59,16 @@ def fs_type_of(fd: int) -> str | None:
     mount = mount_id(fdinfo) if fdinfo is not None else None
     if mount is None:
         return None
-    key = (mount, os.fstat(fd).st_dev)
+    try:
+        key = (mount, os.fstat(fd).st_dev)
+    except OSError:     # NFS's ESTALE: a removed file, which the lock's same-file check finds
+        key = None
     known = _KNOWN_TYPES.get(key)
     if known is not None:
         return known
     mountinfo = _read("/proc/self/mountinfo")
     found = fs_type(mount, mountinfo) if mountinfo is not None else None
-    if found is not None:
+    if found is not None and key is not None:
         if len(_KNOWN_TYPES) >= KNOWN_TYPES_MAX:
             _KNOWN_TYPES.clear()
         _KNOWN_TYPES[key] = found

@@ -3,7 +3,9 @@ mount, not at every spool lock; a mount the table does not answer for is asked a
 
 from __future__ import annotations
 
+import errno
 import os
+import types
 
 import pytest
 
@@ -75,3 +77,19 @@ def test_the_remembered_answers_are_bounded(tmp_path, reads, monkeypatch):
     finally:
         os.close(fd)
     assert len(mounts._KNOWN_TYPES) == 1
+
+
+def test_a_stale_file_is_answered_from_the_table_and_not_remembered(tmp_path, reads,
+                                                                    monkeypatch):
+    """NFS's ESTALE from fstat (the file removed meanwhile) is not a fault here: the lock's
+    same-file check finds it; the type is still told, and nothing is remembered for it."""
+    def stale(fd):
+        raise OSError(errno.ESTALE, os.strerror(errno.ESTALE))
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        monkeypatch.setattr(mounts, "os", types.SimpleNamespace(fstat=stale))
+        assert mounts.fs_type_of(fd) in mounts.LOCAL_DISK_TYPES
+        assert mounts.fs_type_of(fd) in mounts.LOCAL_DISK_TYPES
+    finally:
+        os.close(fd)
+    assert mountinfo_reads(reads) == 2 and mounts._KNOWN_TYPES == {}
