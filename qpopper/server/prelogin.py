@@ -164,55 +164,81 @@ RELAY_CHUNK = 64 * 1024
 
 def relay(tls_channel, plain: socket.socket, timeout_s: float) -> None:
     """Plaintext between the user session (`plain`) and the client's TLS connection, until
-    either side closes. The user session applies the POP3 timeouts; `timeout_s` only bounds
-    a write to a client that stopped reading."""
+    the session closes (docs/privsep.md, "The TLS relay"). The user session applies the POP3
+    timeouts; `timeout_s` only bounds a write to a client that stopped reading.
+
+    The relay never waits on the session while the session may be waiting on it: what the
+    client sent waits in `to_session` while the session's output is still read, and the
+    client is read again only when the session has taken it all. The client's end of input
+    (FIN, close_notify) reaches the session as its end of input; its replies to what came
+    before still go to the client, as without TLS."""
     plain.setblocking(False)
+    session_fd, client_fd = plain.fileno(), tls_channel.in_fd
     poller = select.poll()
-    poller.register(tls_channel.in_fd, select.POLLIN | select.POLLPRI)
-    poller.register(plain.fileno(), select.POLLIN | select.POLLPRI)
+    to_session = bytearray()
+    client_open, session_told = True, False
     client_readable = True               # the login's last records may hold commands
     while True:
-        chunks = tls_channel.read_available() if client_readable else []
-        if chunks:
+        if client_open and client_readable and not to_session:
+            chunks = tls_channel.read_available()
             # a client's pipelined commands come one TLS record each: one send for all of
             # them wakes the session once
-            _send_plain(plain, b"".join(chunks), timeout_s)
-            if not chunks[-1]:
-                _shut(plain)                     # the client is gone: the session sees EOF
-                _drain_until_closed(plain)
+            to_session += b"".join(chunks)
+            client_open = not chunks or bool(chunks[-1])
+        if to_session:
+            _send_some(plain, to_session)
+        if not client_open and not to_session and not session_told:
+            _shut(plain)                         # the session reads to the end, then EOF
+            session_told = True
+        poller.register(session_fd, select.POLLIN | select.POLLPRI
+                        | (select.POLLOUT if to_session else 0))
+        if client_open and not to_session:
+            poller.register(client_fd, select.POLLIN | select.POLLPRI)
+        else:
+            try:
+                poller.unregister(client_fd)
+            except KeyError:
+                pass
+        client_readable = False
+        for fd, event in poller.poll():
+            if fd == client_fd:
+                client_readable = True
+            elif event & ~select.POLLOUT and not _session_to_client(plain, tls_channel,
+                                                                    timeout_s):
                 return
-        events = poller.poll()
-        client_readable = any(fd == tls_channel.in_fd for fd, _ in events)
-        for fd, _ in events:
-            if fd == plain.fileno():
-                try:
-                    data = plain.recv(RELAY_CHUNK)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    data = b""
-                if not data:
-                    tls_channel.close()          # close_notify, then the TCP close
-                    return
-                try:
-                    tls_channel.write_all(data, timeout_s)
-                except tls_channel.closed_error:
-                    _shut(plain)
-                    _drain_until_closed(plain)
-                    return
 
 
-def _send_plain(plain: socket.socket, data: bytes, timeout_s: float) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            sent = plain.send(view)
-        except BlockingIOError:
-            select.select([], [plain], [], timeout_s)
-            continue
-        except OSError:
-            return
-        view = view[sent:]
+def _send_some(plain: socket.socket, to_session: bytearray) -> None:
+    """As much of `to_session` as the session's socket takes now, taken off its front. A
+    session that is gone takes everything: its end of output follows."""
+    try:
+        sent = plain.send(to_session)
+    except BlockingIOError:
+        return
+    except OSError:
+        sent = len(to_session)
+    del to_session[:sent]
+
+
+def _session_to_client(plain: socket.socket, tls_channel, timeout_s: float) -> bool:
+    """One read of the session's output, written to the client; False when the relay is
+    over: the session closed (close_notify to the client), or the client is gone."""
+    try:
+        data = plain.recv(RELAY_CHUNK)
+    except BlockingIOError:
+        return True
+    except OSError:
+        data = b""
+    if not data:
+        tls_channel.close()                      # close_notify, then the TCP close
+        return False
+    try:
+        tls_channel.write_all(data, timeout_s)
+    except tls_channel.closed_error:
+        _shut(plain)                             # the session sees EOF
+        _drain_until_closed(plain)
+        return False
+    return True
 
 
 def _shut(sock: socket.socket) -> None:

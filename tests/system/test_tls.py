@@ -655,31 +655,6 @@ def test_large_retr_over_tls_with_unbuffered_writes(world_tmp, pam_service, syst
         s.close()
 
 
-def test_commands_each_in_its_own_record_reach_the_session_in_order(site, user, pki):
-    """After the login the relaying pre-login process forwards commands that came one TLS
-    record each (a client writing each command on its own): every one is answered, in order,
-    and a DELE and QUIT sent with them still commit."""
-    server = site.tls_server(pki)
-    with socket.create_connection((server.host, server.tls_port), timeout=20) as raw, \
-            client_context(pki).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-        assert read_greeting(tls).startswith(b"+OK")
-        login = pipelined(tls, f"USER {user.name}", f"PASS {user.password}", "LIST 1", "LIST 2")
-        assert login[1].startswith(b"+OK")
-        listed = {1: login[2], 2: login[3]}
-        commands = [f"LIST {1 + n % 2}" for n in range(40)] + ["DELE 2", "QUIT"]
-        for command in commands:
-            tls.sendall(f"{command}\r\n".encode())            # one record each
-        replies = b""
-        while chunk := tls.recv(65536):
-            replies += chunk
-    lines = replies.split(b"\r\n")
-    assert lines[:40] == [listed[1 + n % 2] for n in range(40)]
-    assert lines[40].startswith(b"+OK") and lines[41].startswith(b"+OK")
-    with open(os.path.join(site.spool_dir, user.name), "rb") as spool:
-        kept = spool.read()
-    assert b"Body one." in kept and b"Body two." not in kept
-
-
 # --- socket activation ---------------------------------------------------------------------------------
 def test_listen_fds_sockets_take_their_tls_mode_from_tls_listen(site, user, pki):
     plain = socket.create_server(("127.0.0.1", 0))
