@@ -6,8 +6,6 @@ mount (docs/scale-out.md, "Locks across hosts")."""
 
 from __future__ import annotations
 
-import os
-
 LOCAL_DISK_TYPES = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs", "zfs",
                               "jfs", "reiserfs", "bcachefs", "overlay"})
 """File systems whose flock and fcntl locks are the local kernel's own, apart: here a
@@ -44,35 +42,13 @@ def fs_type(mount: str, mountinfo: str) -> str | None:
     return None
 
 
-_KNOWN_TYPES: dict[tuple[str, int], str] = {}
-"""fs_type_of's answers by mount id and device, so the mount table is read once a mount (the
-spool lock asks at every acquire): an id is not reused while its mount exists, and an open
-file keeps its mount; the device tells apart a later mount given an id that came free."""
-KNOWN_TYPES_MAX = 64
-"""More mounts than a server's spools are on: when full, the answers are forgotten."""
-
-
 def fs_type_of(fd: int) -> str | None:
     """The type of the file system the open file `fd` is on, or None when it cannot be told
     (/proc not mounted, a kernel without mnt_id)."""
     fdinfo = _read(f"/proc/self/fdinfo/{fd}")
     mount = mount_id(fdinfo) if fdinfo is not None else None
-    if mount is None:
-        return None
-    try:
-        key = (mount, os.fstat(fd).st_dev)
-    except OSError:     # NFS's ESTALE: a removed file, which the lock's same-file check finds
-        key = None
-    known = _KNOWN_TYPES.get(key)
-    if known is not None:
-        return known
-    mountinfo = _read("/proc/self/mountinfo")
-    found = fs_type(mount, mountinfo) if mountinfo is not None else None
-    if found is not None and key is not None:
-        if len(_KNOWN_TYPES) >= KNOWN_TYPES_MAX:
-            _KNOWN_TYPES.clear()
-        _KNOWN_TYPES[key] = found
-    return found
+    mountinfo = _read("/proc/self/mountinfo") if mount is not None else None
+    return fs_type(mount, mountinfo) if mountinfo is not None else None
 
 
 def on_local_disk(fd: int) -> bool:
