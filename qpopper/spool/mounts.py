@@ -44,7 +44,9 @@ def fs_type(mount: str, mountinfo: str) -> str | None:
 
 def fs_type_of(fd: int) -> str | None:
     """The type of the file system the open file `fd` is on, or None when it cannot be told
-    (/proc not mounted, a kernel without mnt_id)."""
+    (/proc not mounted, a kernel without mnt_id). Asked afresh each time: the kernel gives
+    a mount's id and device numbers to the next mount once it is gone, so a remembered
+    answer could call an NFS mount the tmpfs that was there before."""
     fdinfo = _read(f"/proc/self/fdinfo/{fd}")
     mount = mount_id(fdinfo) if fdinfo is not None else None
     mountinfo = _read("/proc/self/mountinfo") if mount is not None else None
