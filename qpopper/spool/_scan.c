@@ -147,6 +147,15 @@ PyDoc_STRVAR(candidates_doc,
 "[start, ats[i]), with one more item: the LFs in [start, end). None when the part does not\n"
 "start with such a line or holds a CR.");
 
+/* An argument check failed: the buffer given back, ValueError(message) raised. */
+static PyObject *
+refused(Py_buffer *view, const char *message)
+{
+    PyBuffer_Release(view);
+    PyErr_SetString(PyExc_ValueError, message);
+    return NULL;
+}
+
 static PyObject *
 candidates(PyObject *module, PyObject *args)
 {
@@ -155,11 +164,8 @@ candidates(PyObject *module, PyObject *args)
     Py_ssize_t start, end;
     if (!PyArg_ParseTuple(args, "y*nn:candidates", &view, &start, &end))
         return NULL;
-    if (start < 0 || end < start || end > view.len) {
-        PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_ValueError, "candidates: need 0 <= start <= end <= len(buffer)");
-        return NULL;
-    }
+    if (start < 0 || end < start || end > view.len)
+        return refused(&view, "candidates: need 0 <= start <= end <= len(buffer)");
     const unsigned char *buf = view.buf;
     found_t found = {NULL, 0, 0};
     PyObject *result = NULL;
@@ -224,11 +230,8 @@ uid_text(PyObject *module, PyObject *arg)
     char out[20];
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    if (view.len != 16) {
-        PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_ValueError, "uid_text: need a 16-octet digest");
-        return NULL;
-    }
+    if (view.len != 16)
+        return refused(&view, "uid_text: need a 16-octet digest");
     const unsigned char *b = view.buf;
     for (int group = 0; group < 4; group++) {
         const unsigned char *o = b + 4 * group;
@@ -325,12 +328,9 @@ header_block(PyObject *module, PyObject *args)
     if (!PyArg_ParseTuple(args, "y*nnnp:header_block", &view, &at, &eol, &stop, &continuations))
         return NULL;
     if (at < 0 || eol <= at || eol > view.len || stop < eol - 1 || stop > view.len ||
-        ((const unsigned char *)view.buf)[eol - 1] != '\n') {
-        PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_ValueError, "header_block: need 0 <= at < eol, eol - 1 <= stop "
-                        "<= len(buffer), and buffer[eol - 1] an LF");
-        return NULL;
-    }
+        ((const unsigned char *)view.buf)[eol - 1] != '\n')
+        return refused(&view, "header_block: need 0 <= at < eol, eol - 1 <= stop "
+                       "<= len(buffer), and buffer[eol - 1] an LF");
     /* One walk, every read bounded by `stop` and every write by the text's size: the buffer
      * is a map of a spool its owner can change while we read it, so nothing found in one
      * step is trusted in the next; a line end that is gone makes the message the reference
