@@ -170,13 +170,14 @@ def relay(tls_channel, plain: socket.socket, timeout_s: float) -> None:
     The relay never waits on the session while the session may be waiting on it: what the
     client sent waits in `to_session` while the session's output is still read, and the
     client is read again only when the session has taken it all. The client's end of input
-    (FIN, close_notify) reaches the session as its end of input; its replies to what came
-    before still go to the client, as without TLS."""
+    reaches the session as its end of input; the session's replies to what came before
+    still go to the client unless the client asked for the end of both directions (TLS
+    1.2's close_notify) or is gone: then they are read and dropped."""
     plain.setblocking(False)
     session_fd, client_fd = plain.fileno(), tls_channel.in_fd
     poller = select.poll()
     to_session = bytearray()
-    client_open, session_told = True, False
+    client_open, client_listens, session_told = True, True, False
     client_readable = True               # the login's last records may hold commands
     while True:
         if client_open and client_readable and not to_session:
@@ -184,7 +185,11 @@ def relay(tls_channel, plain: socket.socket, timeout_s: float) -> None:
             # a client's pipelined commands come one TLS record each: one send for all of
             # them wakes the session once
             to_session += b"".join(chunks)
-            client_open = not chunks or bool(chunks[-1])
+            if chunks and not chunks[-1]:
+                client_open = False
+                if not tls_channel.replies_may_follow_end():
+                    client_listens = False
+                    tls_channel.close()          # our close_notify at once
         if to_session:
             _send_some(plain, to_session)
         if not client_open and not to_session and not session_told:
@@ -203,9 +208,22 @@ def relay(tls_channel, plain: socket.socket, timeout_s: float) -> None:
         for fd, event in poller.poll():
             if fd == client_fd:
                 client_readable = True
-            elif event & ~select.POLLOUT and not _session_to_client(plain, tls_channel,
-                                                                    timeout_s):
-                return
+                continue
+            if not event & ~select.POLLOUT:
+                continue                         # writable only: to_session's turn
+            data = _session_output(plain)
+            if not data:
+                if data is not None:             # the session closed: so does the relay
+                    if client_listens:
+                        tls_channel.close()      # close_notify, then the TCP close
+                    return
+            elif client_listens:
+                try:
+                    tls_channel.write_all(data, timeout_s)
+                except tls_channel.closed_error:
+                    # the client is gone: the session gets what it sent, then its end
+                    client_open = client_listens = False
+                    tls_channel.close()
 
 
 def _send_some(plain: socket.socket, to_session: bytearray) -> None:
@@ -220,41 +238,18 @@ def _send_some(plain: socket.socket, to_session: bytearray) -> None:
     del to_session[:sent]
 
 
-def _session_to_client(plain: socket.socket, tls_channel, timeout_s: float) -> bool:
-    """One read of the session's output, written to the client; False when the relay is
-    over: the session closed (close_notify to the client), or the client is gone."""
+def _session_output(plain: socket.socket) -> bytes | None:
+    """One read of the session's output: b'' when it closed, None when there is none now."""
     try:
-        data = plain.recv(RELAY_CHUNK)
+        return plain.recv(RELAY_CHUNK)
     except BlockingIOError:
-        return True
+        return None
     except OSError:
-        data = b""
-    if not data:
-        tls_channel.close()                      # close_notify, then the TCP close
-        return False
-    try:
-        tls_channel.write_all(data, timeout_s)
-    except tls_channel.closed_error:
-        _shut(plain)                             # the session sees EOF
-        _drain_until_closed(plain)
-        return False
-    return True
+        return b""
 
 
 def _shut(sock: socket.socket) -> None:
     try:
         sock.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass
-
-
-def _drain_until_closed(sock: socket.socket) -> None:
-    """The session may still write its last reply; read it away until it closes (bounded
-    by the session's own end)."""
-    sock.setblocking(True)
-    sock.settimeout(30)
-    try:
-        while sock.recv(RELAY_CHUNK):
-            pass
     except OSError:
         pass

@@ -41,6 +41,7 @@ class TlsChannel:
         # below session.py and must not import it
         self.closed_error = getattr(raw, "closed_error", ConnectionError)
         self._closed_from = None
+        self._close_notify_received = False
         # ciphertext was fed since OpenSSL last said "want read": a recv() may succeed. Saves
         # a raised WantReadError (costly in pyOpenSSL) per command.
         self._input_pending = False
@@ -148,10 +149,21 @@ class TlsChannel:
             self._input_pending = False
             return None
         except SSL.ZeroReturnError:
+            self._close_notify_received = True
             return b""
         except SSL.Error as exc:
             self._closed_from = describe_ssl_error(exc)
             return b""
+
+    def replies_may_follow_end(self) -> bool:
+        """After the client's end of input, whether replies may still go to it: yes after a
+        TCP FIN (a client that shut its sending side) or TLS 1.3's close_notify, which ends
+        one direction (RFC 8446 §6.1); no after TLS 1.2's, which wants ours at once and
+        pending writes dropped (RFC 5246 §7.2.1), or after a TLS error."""
+        if self._closed_from is not None:
+            return False
+        return (not self._close_notify_received
+                or self.conn.get_protocol_version() >= SSL.TLS1_3_VERSION)
 
     def write_all(self, data, timeout_s: float) -> None:
         view = memoryview(data)

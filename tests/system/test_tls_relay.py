@@ -1,6 +1,7 @@
 """The TLS relay after a login (docs/privsep.md, "The TLS relay"), through the real master
 as root: commands that came one TLS record each, a client that pipelines more than the
-socket buffers hold while it reads, and a client that half-closes after its QUIT."""
+socket buffers hold while it reads, a client that half-closes after its QUIT (TCP FIN, TLS
+1.3's close_notify), and TLS 1.2's close_notify, answered at once."""
 
 from __future__ import annotations
 
@@ -16,26 +17,37 @@ from tests.helpers.messages import mbox
 from tests.helpers.sysusers import make_spool
 from tests.helpers.testpki import TestPki
 from tests.helpers.tls_site import TlsSite, client_context, pipelined
-from tests.server_harness import read_greeting
+from tests.server_harness import read_greeting, wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
 
 STALL_S = 30
 """Seconds without a byte moving either way that the flood test calls a stall."""
+ALERT = 21
+"""A TLS record's content type for an alert (close_notify among them)."""
 MESSAGES = (("first", "Body one.\n"), ("second", "Body two.\n"))
 
 
 @pytest.fixture
-def logged_in(world_tmp, pam_service, system_users, tmp_path):
-    """A fresh master serving implicit TLS, its user (two messages), and a TLS connection
-    logged in as that user, with LIST 1 and LIST 2's replies."""
+def tls_site(world_tmp, pam_service, system_users, tmp_path):
+    """A fresh master serving implicit TLS and its user (two messages): (server, user, spool
+    path, pki)."""
     pki = TestPki(str(tmp_path / "pki"))
-    identity = pki.server("good")
     site = TlsSite(world_tmp, pam_service, tls_support="stls",
-                   tls_server_cert_file=identity.combined_file)
-    user = system_users.create()
-    make_spool(site.spool_dir, user, mbox(*MESSAGES))
-    server = site.tls_server(pki)
+                   tls_server_cert_file=pki.server("good").combined_file)
+    try:
+        user = system_users.create()
+        make_spool(site.spool_dir, user, mbox(*MESSAGES))
+        yield site.tls_server(pki), user, os.path.join(site.spool_dir, user.name), pki
+    finally:
+        site.close()
+
+
+@pytest.fixture
+def logged_in(tls_site):
+    """A TLS connection logged in as the site's user, with LIST 1 and LIST 2's replies and
+    the spool's path."""
+    server, user, spool, pki = tls_site
     raw = socket.create_connection((server.host, server.tls_port), timeout=60)
     tls = client_context(pki).wrap_socket(raw, server_hostname="127.0.0.1")
     try:
@@ -43,10 +55,9 @@ def logged_in(world_tmp, pam_service, system_users, tmp_path):
         replies = pipelined(tls, f"USER {user.name}", f"PASS {user.password}", "LIST 1",
                             "LIST 2")
         assert replies[1].startswith(b"+OK"), replies
-        yield tls, {1: replies[2], 2: replies[3]}, os.path.join(site.spool_dir, user.name)
+        yield tls, {1: replies[2], 2: replies[3]}, spool
     finally:
         tls.close()
-        site.close()
 
 
 def read_to_the_end(tls) -> bytes:
@@ -115,3 +126,91 @@ def test_replies_after_the_client_half_closes_still_reach_it(logged_in):
     assert lines[0].startswith(b"+OK") and lines[1].startswith(b"+OK"), lines
     kept = spool_of(spool)
     assert b"Body one." not in kept and b"Body two." in kept
+
+
+class BioClient:
+    """A TLS client on memory BIOs over a plain socket, so a test decides what goes out when
+    (a close_notify in the same TCP segment as the commands before it) and sees the records
+    that come back."""
+
+    def __init__(self, host: str, port: int, context: ssl.SSLContext):
+        self.sock = socket.create_connection((host, port), timeout=20)
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname="127.0.0.1")
+        self.plain = b""
+        self._until(self.tls.do_handshake)
+
+    def _until(self, step):
+        while True:
+            try:
+                return step()
+            except ssl.SSLWantReadError:
+                self.sock.sendall(self.outgoing.read())
+                data = self.sock.recv(1 << 16)
+                if not data:
+                    raise ConnectionError("closed by the server")
+                self.incoming.write(data)
+
+    def line(self) -> bytes:
+        while b"\r\n" not in self.plain:
+            self.plain += self._until(lambda: self.tls.read(1 << 16))
+        line, self.plain = self.plain.split(b"\r\n", 1)
+        return line
+
+    def send(self, text: str) -> None:
+        self.tls.write(text.encode())
+        self.sock.sendall(self.outgoing.read())
+
+    def send_with_close_notify(self, text: str) -> None:
+        """The commands and a close_notify in one TCP segment."""
+        self.tls.write(text.encode())
+        with contextlib.suppress(ssl.SSLWantReadError):
+            self.tls.unwrap()
+        self.sock.sendall(self.outgoing.read())
+
+    def raw_records_to_the_end(self) -> list[int]:
+        """The content types of the TLS records the server sends until it closes."""
+        data = bytearray()
+        while chunk := self.sock.recv(1 << 16):
+            data += chunk
+        types, at = [], 0
+        while at + 5 <= len(data):
+            types.append(data[at])
+            at += 5 + int.from_bytes(data[at + 3:at + 5], "big")
+        return types
+
+
+def bio_login(tls_site, **versions) -> BioClient:
+    """A BioClient logged in as the site's user."""
+    server, user, _, pki = tls_site
+    client = BioClient(server.host, server.tls_port, client_context(pki, **versions))
+    assert client.line().startswith(b"+OK")
+    client.send(f"USER {user.name}\r\nPASS {user.password}\r\n")
+    assert client.line().startswith(b"+OK") and client.line().startswith(b"+OK")
+    return client
+
+
+def test_tls_1_2_close_notify_is_answered_at_once_and_the_commands_before_it_still_count(
+        tls_site):
+    """RFC 5246 §7.2.1: the answer to TLS 1.2's close_notify is ours at once, replies
+    dropped: nothing but alerts comes back (content type 21, visible in TLS 1.2's record
+    headers). The DELE and QUIT sent before it still reach the session, which commits."""
+    client = bio_login(tls_site, maximum_version=ssl.TLSVersion.TLSv1_2)
+    assert client.tls.version() == "TLSv1.2"
+    client.send_with_close_notify("DELE 1\r\nQUIT\r\n")
+    assert set(client.raw_records_to_the_end()) == {ALERT}
+    client.sock.close()
+    spool = tls_site[2]
+    # the spool is read without its lock: wait for the update to be whole
+    wait_until(lambda: spool_of(spool).count(b"Body") == 1, timeout=20)
+    assert b"Body two." in spool_of(spool)
+
+
+def test_tls_1_3_close_notify_ends_one_direction_and_the_replies_still_come(tls_site):
+    """RFC 8446 §6.1: TLS 1.3's close_notify ends the client's direction only; the replies
+    to the DELE and QUIT sent before it still reach the client, then ours."""
+    client = bio_login(tls_site)
+    assert client.tls.version() == "TLSv1.3"
+    client.send_with_close_notify("DELE 1\r\nQUIT\r\n")
+    assert client.line().startswith(b"+OK") and client.line().startswith(b"+OK")
+    client.sock.close()
