@@ -25,6 +25,31 @@ def log_failure(log, what: str, exc: BaseException, priority: int = syslog.LOG_E
         pass
 
 
+def exited_within(pid: int, timeout_s: float) -> bool:
+    """Whether the child `pid` has exited (not reaped) within timeout_s; True when it
+    cannot be watched (gone already)."""
+    try:
+        watch = os.pidfd_open(pid)
+    except OSError:
+        return True
+    try:
+        return bool(select.select([watch], [], [], max(0.0, timeout_s))[0])
+    finally:
+        os.close(watch)
+
+
+def reap(pid: int) -> int:
+    """waitpid for the child `pid`: its exit status (0 when it was reaped already)."""
+    while True:
+        try:
+            _, wait_status = os.waitpid(pid, 0)
+        except ChildProcessError:
+            return 0
+        except InterruptedError:
+            continue
+        return max(0, os.waitstatus_to_exitcode(wait_status))
+
+
 def exit_after(log, what: str, body) -> NoReturn:
     """The end of every forked child: run `body()` and leave with the status it returns,
     through os._exit — a child never falls back into its parent's code, whatever it

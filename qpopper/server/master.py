@@ -273,6 +273,8 @@ class Master(Lifecycle, Admission):
         cache_fds = (password_cache.fd,) if password_cache is not None else ()
 
         def tell_master(*words: str) -> None:
+            if not all(word and word.isprintable() and " " not in word for word in words):
+                return                   # one notice is one line of words (_read_logins)
             try:
                 os.write(logins_w, " ".join((str(os.getpid()), *words)).encode() + b"\n")
             except OSError:

@@ -39,23 +39,29 @@ from qpopper.log import Logger
 from qpopper.server.reverse_lookup import ForkedReverseLookup
 from qpopper.server.channel import Channel, socket_peer
 from qpopper.server.session import DISPLACE_SIGNAL, Session, tls_mode_for_listen_port
-from qpopper.auth import challenges
+from qpopper.auth import challenges, sasl
 from qpopper.auth.policy import Authenticator
 from qpopper.pop3.auth_state import sasl_normaliser
 from qpopper.pop3.responses import PopError, RespCode, err
-from qpopper.server.children import ProtocolViolation, exit_after, log_failure  # noqa: F401 (re-exported)
+from qpopper.server.children import (ProtocolViolation, exit_after, exited_within,  # noqa: F401 (re-exported)
+                                     log_failure, reap)
 from qpopper.server.monitor_proxy import ProxiedConnection
 from qpopper.server.monitor_handover import BecomingTheSession
 
 PASSWORD_MECHANISMS = frozenset({"USER", "AUTH PLAIN", "AUTH LOGIN"})
 SCRAM_MECHANISMS = frozenset({"SCRAM-SHA-1", "SCRAM-SHA-256", "SCRAM-SHA-1-PLUS",
                               "SCRAM-SHA-256-PLUS"})
+REFUSAL_MECHANISMS = frozenset({"USER", "APOP"} | {f"AUTH {name}" for name in sasl.MECHANISMS})
+"""What REFUSE_NAME may name: the text goes into the failure's log line (fail2ban reads it)."""
 MAX_REQUESTS = 64
 """Frames one pre-login process may send: a login needs at most a handful (GSSAPI's context
 tokens are the most); more is a loop, and the connection ends."""
 DEADLINE_MARGIN_S = 30
 """The monitor waits this much longer than the login deadline the pre-login process keeps,
 then ends the connection itself."""
+PRELOGIN_LAST_WORDS_S = 5
+"""A pre-login process that ended the dialogue (the client left, or its last refusal) has at
+least this long to write its last reply and exit before the monitor ends it."""
 MAX_HOST_CHARS = 255
 UNAVAILABLE = "Unable to serve you now; try again later"
 
@@ -115,6 +121,8 @@ class Monitor(BecomingTheSession, ProxiedConnection):
         self.requests = 0
         self._closing = False                # a refusal said the connection must end
         self.prelogin_pid: int | None = None
+        # the pre-login process's end: its requests, and its last reply after them
+        self.deadline = time.monotonic() + cfg.login_timeout + DEADLINE_MARGIN_S
 
     # --- the process -----------------------------------------------------------------------
     def run(self) -> int:
@@ -210,9 +218,8 @@ class Monitor(BecomingTheSession, ProxiedConnection):
 
     # --- the requests ----------------------------------------------------------------------
     def _serve(self, sock: socket.socket, relay_end) -> None:
-        deadline = time.monotonic() + self.cfg.login_timeout + DEADLINE_MARGIN_S
         while True:
-            remaining = deadline - time.monotonic()
+            remaining = self.deadline - time.monotonic()
             if remaining <= 0 or not select.select([sock], [], [], remaining)[0]:
                 self.log(syslog.LOG_NOTICE, f"{self.client_ip}: no login within the "
                                             f"deadline; ending the connection")
@@ -321,10 +328,14 @@ class Monitor(BecomingTheSession, ProxiedConnection):
             self.login = login
             return wire.encode(wire.Kind.DATA, b"", True)
         if kind is wire.Kind.SCRAM_BINDING_FAILED:
+            if frame.text(1) not in SCRAM_MECHANISMS:
+                raise ProtocolViolation(f"SCRAM_BINDING_FAILED for {frame.text(1)!r}")
             auth.check_scram(frame.text(0), frame.text(1), False, ip,
                              client_host=self._host(frame, 2))
             raise ProtocolViolation("a refusal did not refuse")
         if kind is wire.Kind.REFUSE_NAME:
+            if frame.text(2) not in REFUSAL_MECHANISMS:
+                raise ProtocolViolation(f"REFUSE_NAME for {frame.text(2)!r}")
             auth.refuse_user_name(frame.text(0), frame.text(1), ip,
                                   client_host=self._host(frame, 3), mechanism=frame.text(2))
             raise ProtocolViolation("a refusal did not refuse")
@@ -355,15 +366,16 @@ class Monitor(BecomingTheSession, ProxiedConnection):
         return self.client_ip
 
     def _wait_prelogin(self) -> int:
-        """The pre-login process's exit status (no login was handed over)."""
-        while True:
-            try:
-                _, wait_status = os.waitpid(self.prelogin_pid, 0)
-            except ChildProcessError:
-                return 0
-            except InterruptedError:
-                continue
-            return max(0, os.waitstatus_to_exitcode(wait_status))
+        """The pre-login process's exit status (no login was handed over). It may still be
+        writing its last reply, so it has until the login deadline, and at least
+        PRELOGIN_LAST_WORDS_S; then it is ended: whatever it does, the connection ends
+        (docs/privsep.md, "The monitor's requests")."""
+        if not exited_within(self.prelogin_pid, max(self.deadline - time.monotonic(),
+                                                     PRELOGIN_LAST_WORDS_S)):
+            self.log(syslog.LOG_NOTICE, f"pre-login for {self.client_ip} did not end; "
+                                        f"ending it")
+            self._end_prelogin()
+        return reap(self.prelogin_pid)
 
 
 # --- inetd mode ------------------------------------------------------------------------------------

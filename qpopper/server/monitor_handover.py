@@ -18,7 +18,11 @@ from qpopper.server.channel import Channel
 from qpopper.server.session import Session, spool_group
 from qpopper.pop3.responses import PopError
 from qpopper.spool.paths import SpoolPaths
-from qpopper.server.children import ProtocolViolation, exit_after
+from qpopper.server.children import ProtocolViolation, exit_after, exited_within, reap
+
+RELAY_LAST_WORDS_S = 5
+"""Beyond the relay's own bound on a write to the client (timeout), how long the user
+session waits for the TLS relay to end after its last reply."""
 
 
 class BecomingTheSession:
@@ -34,7 +38,8 @@ class BecomingTheSession:
             login = dataclasses.replace(login, no_mime=True)
         client_host = self._host(frame, 2)
         bad_text = frame.text(3)
-        if not bad_text.isdigit() or int(bad_text) > limits.MAX_BAD_COMMANDS:
+        if not (bad_text.isascii() and bad_text.isdigit()) \
+                or int(bad_text) > limits.MAX_BAD_COMMANDS:
             raise ProtocolViolation("HANDOVER with a bad command count")
         if tls_active and relay_end is None:
             raise ProtocolViolation("HANDOVER inside TLS without TLS")
@@ -106,5 +111,11 @@ class BecomingTheSession:
         privsep.drop_privileges(login, spool_gid, self.log)   # verified, or _exit
         status = session.run(resume=(login, leftover, bad_commands))
         if relay_end is not None:
-            os.waitpid(self.prelogin_pid, 0)   # the relay sends the last reply, then ends
+            # the relay sends the last reply, then ends; one that does not is ended by its
+            # parent-death signal when this process exits
+            relay_end.close()
+            if exited_within(self.prelogin_pid, self.cfg.timeout + RELAY_LAST_WORDS_S):
+                reap(self.prelogin_pid)
+            else:
+                self.log(syslog.LOG_NOTICE, f"the TLS relay of {login.user} did not end")
         return status

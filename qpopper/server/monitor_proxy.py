@@ -85,6 +85,10 @@ class ProxiedConnection:
             self._closing = True            # a health check: no client, no more requests
             return wire.encode(wire.Kind.DATA, b"", True)
         ip = ipaddress.ip_address(frame.text(1))
+        if ip.version == 6 and ip.scope_id is not None:
+            # a PROXY header never carries one, and its text is free: it would reach the
+            # master's notices, the logs and the brakes' keys
+            raise ProtocolViolation("PROXIED with an IPv6 scope id")
         if ip.version == 6 and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped                  # written as IPv4, as normalize_ip does
         address = str(ip)

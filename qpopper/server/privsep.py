@@ -247,6 +247,9 @@ def enter_prelogin_sandbox(cfg, uid: int, gid: int) -> None:
         prctl(PR_SET_DUMPABLE, 0)
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)      # the monitor gone: so are we
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        # no fork: a child would outlive the monitor's SIGKILL (the parent-death signal is
+        # not inherited) and the connection (its reverse lookup was forked before this)
+        resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
         resource.setrlimit(resource.RLIMIT_NOFILE, (PRELOGIN_MAX_FILES, PRELOGIN_MAX_FILES))
         resource.setrlimit(resource.RLIMIT_AS,
                            (PRELOGIN_MAX_ADDRESS_SPACE, PRELOGIN_MAX_ADDRESS_SPACE))

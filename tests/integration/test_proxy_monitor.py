@@ -71,6 +71,9 @@ def test_ipv6_and_mapped_addresses_are_normalised():
     (("127.0.0.1", 1), TRUSTED, proxied(port="65536"), "bad port"),
     (("127.0.0.1", 1), TRUSTED, proxied(port="-1"), "bad port"),
     (("127.0.0.1", 1), TRUSTED, proxied(port="٣"), "bad port"),
+    # a scope id's text is free: it would become the notice lines the master reads
+    (("127.0.0.1", 1), TRUSTED, proxied(address="fe80::1%x\n1 203.0.113.66"), "scope id"),
+    (("127.0.0.1", 1), TRUSTED, proxied(address="fe80::1%eth0"), "scope id"),
 ])
 def test_refused_reports_end_the_connection(peer, proxy, frame, why):
     mon, reported = monitor(peer=peer, proxy=proxy)

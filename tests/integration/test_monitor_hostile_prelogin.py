@@ -1,0 +1,170 @@
+"""A pre-login process that is an attacker's (docs/privsep.md, "The monitor's requests"):
+what it may name in a refusal, what it may say about the session it hands over, and that
+it cannot keep its root monitor past the login deadline nor fork a process that would
+outlive the connection."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+
+import pytest
+
+from qpopper.auth import Login
+from qpopper.config import Config
+from qpopper.server import monitor as monitor_mod
+from qpopper.server import monitor_wire as wire
+from qpopper.server import privsep
+from tests.helpers.sysusers import PRELOGIN_USER, is_root
+
+
+class Sink(list):
+    def __call__(self, priority, text):
+        self.append(text)
+
+    def open(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def frame(kind: wire.Kind, *fields) -> wire.Frame:
+    return wire.decode(wire.encode(kind, *fields), wire.REQUESTS)
+
+
+def monitor(log: Sink) -> monitor_mod.Monitor:
+    cfg = Config.defaults().replace(auth_brakes_file=None, pop_auth_file=None,
+                                    auth_failure_delay=0, reverse_lookup=False)
+    mon = monitor_mod.Monitor(cfg, log, hostname="test.host", peer=("192.0.2.10", 4000),
+                              client=monitor_mod.Client(-1, -1, None))
+    from qpopper.auth.policy import Authenticator
+    mon.authenticator = Authenticator(cfg, log)
+    mon.authenticator.sleep = lambda seconds: None
+    return mon
+
+
+FORGED = "USER, ip=[198.51.100.77], x=y"
+"""A mechanism that would put another address into a failure's log line, for fail2ban."""
+
+
+@pytest.mark.parametrize("request_frame", [
+    frame(wire.Kind.REFUSE_NAME, "alice", "text", FORGED, ""),
+    frame(wire.Kind.SCRAM_BINDING_FAILED, "alice", FORGED, ""),
+])
+def test_a_refusal_names_only_a_mechanism_the_monitor_knows(request_frame):
+    log = Sink()
+    with pytest.raises(monitor_mod.ProtocolViolation, match="for 'USER, ip="):
+        monitor(log)._answer(request_frame)
+    assert not any("198.51.100.77" in line for line in log)
+
+
+def test_a_refusal_with_a_known_mechanism_is_logged_as_a_failure():
+    log = Sink()
+    reply = monitor(log)._answer(frame(wire.Kind.REFUSE_NAME, "alice", "text", "AUTH PLAIN",
+                                       ""))
+    assert wire.decode(reply, {wire.Kind.REFUSED}).text(0) == "text"
+    assert any(line.startswith("LOGIN FAILED, user=alice, method=PLAIN, ip=[192.0.2.10]")
+               for line in log), log
+
+
+@pytest.mark.parametrize("count", ["²", "١٠", "-1", ""])
+def test_handover_takes_only_an_ascii_count_of_bad_commands(count):
+    mon = monitor(Sink())
+    mon.login = Login("alice", 1000, 1000, None, "USER")
+    with pytest.raises(monitor_mod.ProtocolViolation, match="bad command count"):
+        mon._handover(frame(wire.Kind.HANDOVER, b"", False, "host", count, False), None, None)
+
+
+# --- real processes: a pre-login process that ends the dialogue and stays -------------------
+@pytest.fixture
+def prelogin_config(tmp_path):
+    if not is_root():
+        pytest.skip("needs root: the pre-login sandbox (chroot, the pre-login account)")
+    empty = tmp_path / "empty"
+    empty.mkdir(mode=0o755)
+    return Config.defaults().replace(prelogin_user=PRELOGIN_USER, prelogin_chroot=str(empty),
+                                     auth_brakes_file=None, pop_auth_file=None,
+                                     reverse_lookup=False, login_timeout=2)
+
+
+def run_monitor(cfg, prelogin_body, monkeypatch) -> int:
+    """Fork a monitor as the master does; its pre-login process enters the real sandbox and
+    then runs `prelogin_body(channel)` (an attacker's code) instead of the pre-login's."""
+    monkeypatch.setattr(monitor_mod, "DEADLINE_MARGIN_S", 1)
+
+    def attacker(self, sock, relay_end, uid, gid):
+        privsep.enter_prelogin_sandbox(self.cfg, uid, gid)
+        return prelogin_body(sock)
+    monkeypatch.setattr(monitor_mod.Monitor, "_run_prelogin", attacker)
+    ours, theirs = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:
+        ours.close()
+        os.setpgid(0, 0)                 # ended_within can end it and its pre-login process
+        status = 99
+        try:
+            status = monitor_mod.Monitor(
+                cfg, Sink(), hostname="test.host", peer=("192.0.2.10", 4000),
+                client=monitor_mod.Client(theirs.fileno(), theirs.fileno(), theirs)).run()
+        finally:
+            os._exit(status)
+    theirs.close()
+    ours.close()
+    return pid
+
+
+def ended_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if os.waitpid(pid, os.WNOHANG) != (0, 0):
+            return True
+        time.sleep(0.05)
+    os.killpg(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return False
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("ending", ["empty datagram", "shutdown"])
+def test_a_prelogin_process_that_stays_after_the_dialogue_is_ended(prelogin_config,
+                                                                   monkeypatch, ending):
+    """It ends the dialogue (an empty datagram reads as its end; or it shuts its side) and
+    then neither exits nor answers signals it may ignore: the monitor still ends it, at the
+    login deadline (2 s + 1 s here) or PRELOGIN_LAST_WORDS_S after, and ends itself."""
+    def stay(channel):
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        if ending == "empty datagram":
+            channel.send(b"")
+        else:
+            channel.shutdown(socket.SHUT_WR)
+        while True:
+            time.sleep(1000)
+    pid = run_monitor(prelogin_config, stay, monkeypatch)
+    assert ended_within(pid, 3 + monitor_mod.PRELOGIN_LAST_WORDS_S + 10)
+
+
+@pytest.mark.timeout(60)
+def test_the_prelogin_sandbox_cannot_fork(prelogin_config, monkeypatch):
+    """A child of the pre-login process would outlive the monitor's SIGKILL (the parent-death
+    signal is not inherited): RLIMIT_NPROC 0 refuses the fork. The answer goes back over
+    the channel as the pre-login's one request."""
+    read_end, write_end = os.pipe()
+
+    def try_to_fork(channel):
+        try:
+            child = os.fork()
+        except OSError as exc:
+            os.write(write_end, f"refused {exc.errno}".encode())
+            return 0
+        if child == 0:
+            os._exit(0)
+        os.write(write_end, b"forked")
+        return 0
+    pid = run_monitor(prelogin_config, try_to_fork, monkeypatch)
+    os.close(write_end)
+    assert ended_within(pid, 20)
+    assert os.read(read_end, 100) == b"refused 11"          # EAGAIN
+    os.close(read_end)
