@@ -191,8 +191,7 @@ class TlsIdentity:
             pem_key = _PEM_KEY_RE.search(_pread_all(self.fds[key_path])).group(0)
             if TAKES_CRYPTOGRAPHY_OBJECTS:      # checked by the master: no RSA validation
                 chain = [x509.load_pem_x509_certificate(block) for block in blocks]
-                key = serialization.load_pem_private_key(
-                    pem_key, passphrase, unsafe_skip_rsa_key_validation=True)
+                key = _checked_key(pem_key, passphrase)
             else:
                 chain = [crypto.load_certificate(crypto.FILETYPE_PEM, block) for block in blocks]
                 key = crypto.load_privatekey(crypto.FILETYPE_PEM, pem_key, passphrase=passphrase)
@@ -244,6 +243,19 @@ def open_server_tls(cfg, log=None) -> TlsIdentity | None:
     # which only adds the certificate and key to its own copy (build).
     identity.template = _context(cfg)[0]
     return identity
+
+
+def _checked_key(pem_key: bytes, passphrase: bytes | None):
+    """The key the master checked, without the RSA validation again; a passphrase given for
+    a clear key is not used, as the master's check (_load_identity) allows."""
+    try:
+        return serialization.load_pem_private_key(pem_key, passphrase,
+                                                  unsafe_skip_rsa_key_validation=True)
+    except TypeError:
+        if passphrase is None:
+            raise
+        return serialization.load_pem_private_key(pem_key, None,
+                                                  unsafe_skip_rsa_key_validation=True)
 
 
 def _check_in_child(identity: TlsIdentity, log) -> str:

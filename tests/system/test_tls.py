@@ -413,9 +413,12 @@ def test_tls_options_bits_and_workarounds_reach_openssl(world_tmp, pam_service, 
 
 
 # --- certificates --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("key_passphrase", ["correct horse", ""])
 def test_identity_file_with_encrypted_key_and_passphrase(world_tmp, pam_service, system_users,
-                                                         pki):
-    identity = pki.identity_file("identity", "correct horse")
+                                                         pki, key_passphrase):
+    """tls-passphrase decrypts the key; with a clear key it is not used (start-up and the
+    check accept that, so every connection must too)."""
+    identity = pki.identity_file("identity", key_passphrase)
     s = TlsSite(world_tmp, pam_service, tls_support="stls", clear_text_password="tls",
                 tls_identity_file=identity, tls_passphrase="correct horse")
     try:
