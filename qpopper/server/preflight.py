@@ -109,7 +109,8 @@ def check_accounts(cfg) -> None:
 # --- directories -----------------------------------------------------------------------------------
 def check_directories(cfg) -> None:
     """spool-dir (unless the spools are in the home directories), temp-dir, cache-dir,
-    bulldir and popbulldir: each an existing directory."""
+    bulldir and popbulldir: each an existing directory; with daemon, pid-file's directory
+    one the server can write in."""
     names = ["temp-dir", "cache-dir", "bulldir", "popbulldir"]
     if not cfg.home_dir_mail:
         names.insert(0, "spool-dir")
@@ -117,6 +118,12 @@ def check_directories(cfg) -> None:
         path = cfg.get(name)
         if path:
             _directory(cfg, name, path)
+    if cfg.daemon and cfg.pid_file:
+        # python-daemon writes it after detaching, where a failure is seen by nobody
+        directory = os.path.dirname(os.path.abspath(cfg.pid_file))
+        if not (os.path.isdir(directory) and os.access(directory, os.W_OK | os.X_OK)):
+            raise PreflightError(f"pid-file {cfg.pid_file}{_where(cfg, 'pid-file')}: "
+                                 f"{directory} is not a directory this server can write in")
 
 
 def _directory(cfg, name: str, path: str) -> os.stat_result:

@@ -497,6 +497,25 @@ def test_daemon_mode_detaches_and_writes_the_pid_file(site):
     wait_until(lambda: not os.path.exists(pid_file), what="the pid file to go")
 
 
+def test_daemon_mode_refuses_a_pid_file_it_could_not_write_before_detaching(site):
+    """python-daemon takes the pid file after detaching: a directory that is not there
+    failed unseen, with exit status 0 and no server. The check and the start refuse it."""
+    pid_file = os.path.join(site.root, "no-such-dir", "popper.pid")
+    popper = PopperServer(site.root, None).argv[0]
+    checked = subprocess.run([popper, "--check-config", "-f", site.config, "--daemon",
+                              f"--pid-file={pid_file}"], capture_output=True, text=True,
+                             timeout=30)
+    started = subprocess.run([popper, f"127.0.0.1:{free_port()}", "-f", site.config,
+                              "--daemon", f"--pid-file={pid_file}"],
+                             env=dict(os.environ, QPOPPER_SYSLOG_SOCKET=site.syslog.path),
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                             timeout=30)
+    line = (f"popper: pid-file {pid_file} (set at argv --pid-file): "
+            f"{os.path.dirname(pid_file)} is not a directory this server can write in\n")
+    assert (checked.returncode, checked.stderr) == (1, line)
+    assert (started.returncode, started.stderr) == (1, line)
+
+
 def test_foreground_master_writes_no_pid_file_as_its_help_says(site):
     """pid-file belongs to the detaching (daemon) master: a foreground one under systemd
     cannot write /run (ProtectSystem=strict) and has the service manager to track it."""
