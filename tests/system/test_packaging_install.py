@@ -325,7 +325,8 @@ def test_install_with_apt(packages):
     installed = run(*APT, "install", "--no-install-recommends", packages.deb)
     # postinst made the accounts, directories and certificate before running --check-config
     assert "cannot start" not in installed.stdout + installed.stderr, installed.stderr
-    assert run("popper", "--check-config", "-f", str(CONFIG)).returncode == 0
+    assert run("popper", "--check-config", "-f", str(CONFIG), "--listen=110",
+               "--tls-listen=995").returncode == 0
     assert installed_version() == "0.1.0"
     for path in ("/usr/sbin/popper", "/usr/sbin/popauth", "/etc/pam.d/pop3", str(CONFIG),
                  "/usr/share/man/man8/popper.8.gz", "/usr/share/man/man8/popauth.8.gz",
