@@ -38,6 +38,7 @@ from qpopper.server import tls as tls_mod
 from qpopper.log import Logger
 from qpopper.server.reverse_lookup import ForkedReverseLookup
 from qpopper.server.channel import Channel, socket_peer
+from qpopper.server.listeners import parse_listen
 from qpopper.server.session import DISPLACE_SIGNAL, Session, tls_mode_for_listen_port
 from qpopper.auth import challenges, sasl
 from qpopper.auth.policy import Authenticator
@@ -409,6 +410,13 @@ def serve_inetd(cfg, invocation) -> int:
             sock = probe
         else:
             probe.close()
+    if sock is not None and _wants_proxy_header(cfg, sock):
+        # it would be read as a command, and every client would have the balancer's address
+        log(syslog.LOG_ERR, f"proxy-protocol names port {sock.getsockname()[1]}, but a "
+                            f"connection from inetd is not read for a PROXY header: run "
+                            f"the standalone master on that port")
+        log.close()
+        return 1
     # Freeze what the start-up built, as the master does before it accepts: the process
     # lives for one connection, so the imports, config and TLS context live as long as it
     # does; no collection (here, in the pre-login child, or the session's own before it
@@ -426,3 +434,12 @@ def serve_inetd(cfg, invocation) -> int:
         return 1
     finally:
         log.close()
+
+
+def _wants_proxy_header(cfg, sock: socket.socket) -> bool:
+    """Whether a proxy-protocol entry names the port this inetd connection came in on."""
+    try:
+        port = sock.getsockname()[1]
+    except (OSError, IndexError):
+        return False
+    return any(parse_listen(spec)[1] == port for spec in cfg.proxy_protocol or ())

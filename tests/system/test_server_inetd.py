@@ -146,3 +146,30 @@ def test_inetd_refuses_a_listening_socket_on_stdin(site):
         listener.close()
     assert result.returncode == 1
     site.syslog.wait_for(r"stdin is a listening socket, not a connection: .*")
+
+
+def test_inetd_refuses_a_connection_on_a_proxy_protocol_port(site):
+    """A connection from inetd is not read for a PROXY header: on a port proxy-protocol
+    names, the header would be taken for a command and every client for the balancer. It is
+    closed unanswered, with one log line; another port is served."""
+    activator = Activator(site, "--inetd", "--accept")
+    named = Activator(site, "--inetd", "--accept")
+    try:
+        assert wait_for_greeting(activator.host, activator.port).startswith(b"+OK")  # it listens
+        # the first activator's port is the one proxy-protocol names
+        with open(site.config, "a") as config:
+            config.write(f"set proxy-protocol = 127.0.0.1:{activator.port}\n"
+                         f"set proxy-trusted-networks = 127.0.0.1\n")
+        with socket.create_connection((activator.host, activator.port), timeout=20) as sock:
+            sock.sendall(b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 110\r\n")
+            try:
+                answer = sock.recv(4096)
+            except ConnectionResetError:        # closed with the header unread
+                answer = b""
+            assert answer == b""
+        site.syslog.wait_for(rf"proxy-protocol names port {activator.port}, but a connection "
+                             r"from inetd is not read for a PROXY header: .*")
+        assert wait_for_greeting(named.host, named.port).startswith(b"+OK")
+    finally:
+        activator.stop()
+        named.stop()
