@@ -16,6 +16,9 @@ EXPORTER_OCTETS = 32
 context."""
 RECORD_OCTETS = 16 * 1024
 """One TLS record's worth of plaintext: writes are cut at this size."""
+ALERT_WRITE_TIMEOUT_S = 10
+"""The longest wait to hand the client a record OpenSSL wrote while reading (an alert, a
+KeyUpdate answer): a few dozen octets, which only a client that stopped reading delays."""
 RECORD_OVERHEAD_OCTETS = 256
 """More than a record adds (header, MAC or tag, padding, TLS 1.3 content type)."""
 
@@ -144,9 +147,10 @@ class TlsChannel:
         try:
             return self.conn.recv(RECORD_OCTETS)
         except SSL.WantReadError:
-            # records OpenSSL wrote meanwhile (a KeyUpdate answer) leave with the next
-            # reply: every write_all drains the output BIO
             self._input_pending = False
+            # what OpenSSL wrote meanwhile (an alert refusing a renegotiation, a KeyUpdate
+            # answer) leaves now: the client may be waiting for it, not for a reply
+            self._flush_quietly(ALERT_WRITE_TIMEOUT_S)
             return None
         except SSL.ZeroReturnError:
             self._close_notify_received = True
@@ -207,9 +211,9 @@ class TlsChannel:
         if data:
             self.raw.write_all(data, timeout_s)
 
-    def _flush_quietly(self) -> None:
+    def _flush_quietly(self, timeout_s: float = 1.0) -> None:
         try:
-            self._flush(1.0)
+            self._flush(timeout_s)
         except Exception:          # the client may already be gone; nothing to tell anyone
             pass
 

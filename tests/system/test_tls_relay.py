@@ -10,6 +10,7 @@ import os
 import select
 import socket
 import ssl
+import time
 
 import pytest
 
@@ -214,3 +215,38 @@ def test_tls_1_3_close_notify_ends_one_direction_and_the_replies_still_come(tls_
     client.send_with_close_notify("DELE 1\r\nQUIT\r\n")
     assert client.line().startswith(b"+OK") and client.line().startswith(b"+OK")
     client.sock.close()
+
+
+def test_a_renegotiation_is_refused_at_once(tls_site):
+    """A TLS 1.2 client asking to renegotiate after its login gets OpenSSL's no_renegotiation
+    alert at once, not when the session next writes (it waits for that alert, the session
+    for a command)."""
+    from OpenSSL import SSL
+    server, user, _, pki = tls_site
+    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    context.set_max_proto_version(SSL.TLS1_2_VERSION)
+    raw = socket.create_connection((server.host, server.tls_port))
+    raw.settimeout(None)                 # pyOpenSSL wants a blocking socket (test timeout)
+    client = SSL.Connection(context, raw)
+    client.set_connect_state()
+    client.do_handshake()
+    replies = b""
+    client.sendall(f"USER {user.name}\r\nPASS {user.password}\r\n".encode())
+    while replies.count(b"\r\n") < 3:                       # greeting, USER, PASS
+        replies += client.recv(4096)
+    assert replies.split(b"\r\n")[2].startswith(b"+OK"), replies
+    client.renegotiate()
+    raw.setblocking(False)
+    deadline, outcome = time.monotonic() + STALL_S, "no answer"
+    while time.monotonic() < deadline:
+        try:
+            client.do_handshake()
+            outcome = "renegotiated"
+            break
+        except SSL.WantReadError:
+            select.select([raw], [], [], 0.5)
+        except SSL.Error as exc:
+            outcome = str(exc)
+            break
+    raw.close()
+    assert "no renegotiation" in outcome, outcome
