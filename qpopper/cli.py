@@ -28,10 +28,10 @@ def popper_main(argv: list[str] | None = None) -> int:
         print(f"popper: {error}", file=sys.stderr)
         return 2
     from qpopper.auth.sasl import kerberos_refusal
-    refusal = kerberos_refusal(cfg)
+    refusal = kerberos_refusal(cfg)     # inetd mode too, which runs no site check
     if refusal:
         print(f"popper: {refusal}", file=sys.stderr)
-        return 2
+        return 1                        # what the system lacks, not a mistake in a file
     if invocation.check_config or invocation.show_config:
         from qpopper.docgen import effective_config
         if invocation.check_config:

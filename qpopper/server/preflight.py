@@ -17,6 +17,7 @@ import sqlite3
 import stat
 from dataclasses import dataclass
 
+from qpopper.auth.sasl import kerberos_refusal
 from qpopper.bulletin_records import BULLDB_DIR, BULLDB_FILE
 from qpopper.server import privsep
 from qpopper.server.listeners import parse_listen
@@ -57,6 +58,9 @@ def check_site(cfg, log=None) -> CheckedSite:
     check_directories(cfg)
     ensure_bulldb_dir(cfg)
     check_pam_service(cfg)
+    refusal = kerberos_refusal(cfg)      # here too: a reload must refuse what start-up does
+    if refusal:
+        raise PreflightError(refusal)
     try:
         return CheckedSite(tls_mod.open_server_tls(cfg, log), proxied)
     except tls_mod.TlsSetupError as exc:

@@ -323,6 +323,26 @@ def test_hup_rereads_the_configuration_for_new_connections(site):
     assert wait_for_greeting(server.host, server.port).startswith(b"+OK ready")
 
 
+def test_hup_refuses_kerberos_the_system_cannot_serve_as_start_up_does(site):
+    """A reload runs the start-up checks: `set kerberos` without python-gssapi or a keytab
+    is refused with start-up's line, and the running configuration kept (CAPA offers no
+    GSSAPI that would fail every login)."""
+    server = site.server(env={"KRB5_KTNAME": os.path.join(site.root, "no.keytab")})
+    assert wait_for_greeting(server.host, server.port).startswith(b"+OK Qpopper")
+    with open(site.config, "a") as f:
+        f.write("set kerberos\n")
+    os.kill(server.pid, signal.SIGHUP)
+    site.syslog.wait_for(r"reload failed, keeping the running configuration: "
+                         r"kerberos \(-k\): Kerberos is served as SASL GSSAPI.*")
+    with socket.create_connection((server.host, server.port), timeout=20) as sock:
+        read_greeting(sock)
+        sock.sendall(b"CAPA\r\n")
+        capa = b""
+        while not capa.endswith(b"\r\n.\r\n"):
+            capa += sock.recv(4096)
+    assert b"GSSAPI" not in capa
+
+
 def test_hup_applies_log_facility_and_tracefile_to_new_sessions(site, system_users):
     """debug, tracefile and log-facility are STARTUP options: "takes effect at start-up or
     HUP". The master's log is rebuilt on HUP; new sessions log through it."""
