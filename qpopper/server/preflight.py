@@ -56,6 +56,7 @@ def check_site(cfg, log=None) -> CheckedSite:
     check_accounts(cfg)
     proxied = check_proxy_protocol(cfg)
     check_directories(cfg)
+    check_brakes_file(cfg)
     ensure_bulldb_dir(cfg)
     check_pam_service(cfg)
     refusal = kerberos_refusal(cfg)      # here too: a reload must refuse what start-up does
@@ -111,6 +112,24 @@ def check_accounts(cfg) -> None:
 
 
 # --- directories -----------------------------------------------------------------------------------
+def check_brakes_file(cfg) -> None:
+    """auth-brakes-file's directory, when it is there already, as the brakes want it as root
+    (auth/brakes.py): root's and writable by root only. Otherwise the first failed login
+    turns the brakes off, with one log line."""
+    path = cfg.auth_brakes_file
+    if not path or os.geteuid() != 0:
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        st = os.lstat(directory)
+    except FileNotFoundError:
+        return                                  # made at the first failure, 0700
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+        raise PreflightError(f"auth-brakes-file {path}{_where(cfg, 'auth-brakes-file')}: "
+                             f"{directory} must be a directory owned by root and writable "
+                             f"by root only")
+
+
 def check_directories(cfg) -> None:
     """spool-dir (unless the spools are in the home directories), temp-dir, cache-dir,
     bulldir and popbulldir: each an existing directory; with daemon, pid-file's directory

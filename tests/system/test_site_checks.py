@@ -1,0 +1,76 @@
+"""The start-up checks a reload and `--check-config` make too (docs/operations.md): what
+start-up would refuse, or what would fail unseen after it, is refused in one line naming the
+option and where it was set."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+
+import pytest
+
+from tests.server_harness import (PopperServer, Site, free_port, read_greeting,
+                                  wait_for_greeting)
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+def site(world_tmp, pam_service):
+    s = Site(world_tmp, pam_service)
+    yield s
+    s.close()
+
+
+def test_hup_refuses_kerberos_the_system_cannot_serve_as_start_up_does(site):
+    """A reload runs the start-up checks: `set kerberos` without python-gssapi or a keytab
+    is refused with start-up's line, and the running configuration kept (CAPA offers no
+    GSSAPI that would fail every login)."""
+    server = site.server(env={"KRB5_KTNAME": os.path.join(site.root, "no.keytab")})
+    assert wait_for_greeting(server.host, server.port).startswith(b"+OK Qpopper")
+    with open(site.config, "a") as f:
+        f.write("set kerberos\n")
+    os.kill(server.pid, signal.SIGHUP)
+    site.syslog.wait_for(r"reload failed, keeping the running configuration: "
+                         r"kerberos \(-k\): Kerberos is served as SASL GSSAPI.*")
+    with socket.create_connection((server.host, server.port), timeout=20) as sock:
+        read_greeting(sock)
+        sock.sendall(b"CAPA\r\n")
+        capa = b""
+        while not capa.endswith(b"\r\n.\r\n"):
+            capa += sock.recv(4096)
+    assert b"GSSAPI" not in capa
+
+
+def test_daemon_mode_refuses_a_pid_file_it_could_not_write_before_detaching(site):
+    """python-daemon takes the pid file after detaching: a directory that is not there
+    failed unseen, with exit status 0 and no server. The check and the start refuse it."""
+    pid_file = os.path.join(site.root, "no-such-dir", "popper.pid")
+    popper = PopperServer(site.root, None).argv[0]
+    checked = subprocess.run([popper, "--check-config", "-f", site.config, "--daemon",
+                              f"--pid-file={pid_file}"], capture_output=True, text=True,
+                             timeout=30)
+    started = subprocess.run([popper, f"127.0.0.1:{free_port()}", "-f", site.config,
+                              "--daemon", f"--pid-file={pid_file}"],
+                             env=dict(os.environ, QPOPPER_SYSLOG_SOCKET=site.syslog.path),
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                             timeout=30)
+    line = (f"popper: pid-file {pid_file} (set at argv --pid-file): "
+            f"{os.path.dirname(pid_file)} is not a directory this server can write in\n")
+    assert (checked.returncode, checked.stderr) == (1, line)
+    assert (started.returncode, started.stderr) == (1, line)
+
+
+def test_a_brakes_file_in_a_directory_others_can_write_is_refused_by_the_check(site):
+    """The brakes, as root, want their directory root's and writable by root only; in /tmp
+    they turned themselves off at the first failed login. The check says so first."""
+    popper = PopperServer(site.root, None).argv[0]
+    checked = subprocess.run([popper, "--check-config", "-f", site.config,
+                              "--auth-brakes-file=/tmp/qpt-brakes.sqlite"],
+                             capture_output=True, text=True, timeout=30)
+    assert (checked.returncode, checked.stderr) == (
+        1, "popper: auth-brakes-file /tmp/qpt-brakes.sqlite (set at argv --auth-brakes-file): "
+           "/tmp must be a directory owned by root and writable by root only\n")
+    assert not os.path.exists("/tmp/qpt-brakes.sqlite")
