@@ -39,6 +39,7 @@ from qpopper.log import Logger
 from qpopper.server.reverse_lookup import ForkedReverseLookup
 from qpopper.server.channel import Channel, socket_peer
 from qpopper.server.listeners import parse_listen
+from qpopper.server.preflight import PreflightError, check_tracefile
 from qpopper.server.session import DISPLACE_SIGNAL, Session, tls_mode_for_listen_port
 from qpopper.auth import challenges, sasl
 from qpopper.auth.policy import Authenticator
@@ -383,6 +384,14 @@ class Monitor(BecomingTheSession, ProxiedConnection):
 def serve_inetd(cfg, invocation) -> int:
     """`popper [flags]` with no port: the connection is on descriptors 0 and 1 (inetd's nowait
     line, or a systemd Accept=yes unit with StandardInput=socket)."""
+    try:
+        check_tracefile(cfg)
+    except PreflightError as exc:
+        # stderr may be the client's socket (classic inetd): the log only
+        log = Logger.from_config(cfg.replace(tracefile=None))
+        log(syslog.LOG_ERR, str(exc))
+        log.close()
+        return 1
     log = Logger.from_config(cfg)
     try:
         server_tls = tls_mod.open_server_tls(cfg, log)

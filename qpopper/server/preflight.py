@@ -56,6 +56,7 @@ def check_site(cfg, log=None) -> CheckedSite:
     check_accounts(cfg)
     proxied = check_proxy_protocol(cfg)
     check_directories(cfg)
+    check_tracefile(cfg)
     check_brakes_file(cfg)
     ensure_bulldb_dir(cfg)
     check_pam_service(cfg)
@@ -112,6 +113,27 @@ def check_accounts(cfg) -> None:
 
 
 # --- directories -----------------------------------------------------------------------------------
+def check_tracefile(cfg) -> None:
+    """tracefile (-t) as the log will open it (append, created 0600, never through a
+    symbolic link), checked without creating it."""
+    path = cfg.tracefile
+    if not path:
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.islink(path):
+        problem = "is a symbolic link, which the trace never follows"
+    elif os.path.lexists(path):
+        problem = (None if os.path.isfile(path) and os.access(path, os.W_OK)
+                   else "is not a file this server can write")
+    elif not os.path.isdir(directory):
+        problem = f"{directory} is not a directory"
+    else:
+        problem = (None if os.access(directory, os.W_OK | os.X_OK)
+                   else f"{directory} is not a directory this server can write in")
+    if problem:
+        raise PreflightError(f"tracefile {path}{_where(cfg, 'tracefile')}: {problem}")
+
+
 def check_brakes_file(cfg) -> None:
     """auth-brakes-file's directory, when it is there already, as the brakes want it as root
     (auth/brakes.py): root's and writable by root only. Otherwise the first failed login

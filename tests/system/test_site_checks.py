@@ -5,6 +5,7 @@ option and where it was set."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -74,3 +75,30 @@ def test_a_brakes_file_in_a_directory_others_can_write_is_refused_by_the_check(s
         1, "popper: auth-brakes-file /tmp/qpt-brakes.sqlite (set at argv --auth-brakes-file): "
            "/tmp must be a directory owned by root and writable by root only\n")
     assert not os.path.exists("/tmp/qpt-brakes.sqlite")
+
+
+def test_a_tracefile_that_cannot_be_written_is_one_line_not_a_traceback(site):
+    """-t names a file in a directory that is not there: the check, the master and an inetd
+    connection refuse it in one line (inetd: in the log only, its stderr may be the
+    client's socket), where a traceback came before."""
+    trace = os.path.join(site.root, "no-such-dir", "trace")
+    popper = PopperServer(site.root, None).argv[0]
+    env = dict(os.environ, QPOPPER_SYSLOG_SOCKET=site.syslog.path)
+    line = (f"tracefile {trace} (set at argv -t): {os.path.dirname(trace)} is not a "
+            f"directory")
+    checked = subprocess.run([popper, "--check-config", "-f", site.config, "-t", trace],
+                             capture_output=True, text=True, timeout=30)
+    started = subprocess.run([popper, f"127.0.0.1:{free_port()}", "-f", site.config, "-t",
+                              trace], env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                             text=True, timeout=30)
+    assert (checked.returncode, checked.stderr) == (1, f"popper: {line}\n")
+    assert (started.returncode, started.stderr) == (1, f"popper: {line}\n")
+    client, connection = socket.socketpair()
+    with client, connection:
+        inetd = subprocess.run([popper, "-f", site.config, "-t", trace], env=env,
+                               stdin=connection, stdout=connection, stderr=connection,
+                               timeout=30)
+        connection.close()
+        client.settimeout(10)
+        assert (inetd.returncode, client.recv(4096)) == (1, b"")
+    site.syslog.wait_for(re.escape(line))
