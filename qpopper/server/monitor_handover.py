@@ -33,7 +33,7 @@ class BecomingTheSession:
         login = self.login
         if login is None:
             raise ProtocolViolation("HANDOVER without a verified login")
-        leftover, tls_active = frame.fields[0], frame.flag(1)
+        leftover, tls_active = frame.fields[0], self._claimed_tls(frame.flag(1))
         if frame.flag(4):                    # the name carried -no-mime (USER's rules)
             login = dataclasses.replace(login, no_mime=True)
         client_host = self._host(frame, 2)

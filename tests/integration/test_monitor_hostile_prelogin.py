@@ -35,11 +35,14 @@ def frame(kind: wire.Kind, *fields) -> wire.Frame:
     return wire.decode(wire.encode(kind, *fields), wire.REQUESTS)
 
 
-def monitor(log: Sink) -> monitor_mod.Monitor:
+def monitor(log: Sink, tls_mode: str | None = None) -> monitor_mod.Monitor:
+    """An in-process monitor; `tls_mode` as for a connection on such a port (the TLS
+    identity itself is not used by the requests)."""
     cfg = Config.defaults().replace(auth_brakes_file=None, pop_auth_file=None,
                                     auth_failure_delay=0, reverse_lookup=False)
     mon = monitor_mod.Monitor(cfg, log, hostname="test.host", peer=("192.0.2.10", 4000),
-                              client=monitor_mod.Client(-1, -1, None))
+                              client=monitor_mod.Client(-1, -1, None),
+                              tls=object() if tls_mode else None, tls_mode=tls_mode)
     from qpopper.auth.policy import Authenticator
     mon.authenticator = Authenticator(cfg, log)
     mon.authenticator.sleep = lambda seconds: None
@@ -76,6 +79,28 @@ def test_handover_takes_only_an_ascii_count_of_bad_commands(count):
     mon.login = Login("alice", 1000, 1000, None, "USER")
     with pytest.raises(monitor_mod.ProtocolViolation, match="bad command count"):
         mon._handover(frame(wire.Kind.HANDOVER, b"", False, "host", count, False), None, None)
+
+
+@pytest.mark.parametrize("tls_mode, request_frame, why", [
+    (None, frame(wire.Kind.PASSWORD, "alice", "pw", "USER", "", True, ""), "without TLS"),
+    ("implicit", frame(wire.Kind.PASSWORD, "alice", "pw", "USER", "", False, ""),
+     "on a TLS port"),
+    (None, frame(wire.Kind.SCRAM_BEGIN, "SCRAM-SHA-256-PLUS", "alice", "nonce"),
+     "without TLS"),
+])
+def test_the_tls_flag_is_believed_only_where_it_can_be_true(tls_mode, request_frame, why):
+    """clear-text-password=tls and the -PLUS mechanisms rest on the pre-login process's
+    word that TLS is on: not on a connection without TLS, and it cannot deny TLS on an
+    implicit-TLS port (STLS may or may not have been used: believed there)."""
+    with pytest.raises(monitor_mod.ProtocolViolation, match=why):
+        monitor(Sink(), tls_mode)._answer(request_frame)
+
+
+def test_handover_cannot_deny_tls_on_a_tls_port():
+    mon = monitor(Sink(), "implicit")
+    mon.login = Login("alice", 1000, 1000, None, "USER")
+    with pytest.raises(monitor_mod.ProtocolViolation, match="on a TLS port"):
+        mon._handover(frame(wire.Kind.HANDOVER, b"", False, "host", "0", False), None, None)
 
 
 # --- real processes: a pre-login process that ends the dialogue and stays -------------------
