@@ -16,6 +16,12 @@ READ_CHUNK_OCTETS = 16 * 1024
 WRITEV_PIECES = min(os.sysconf("SC_IOV_MAX"), 1024)
 """Buffers per writev(2); the rest go in the next call."""
 
+CLIENT_GONE_ERRNOS = frozenset({errno.EIO, errno.ENOTCONN, errno.EBADF, errno.EHOSTUNREACH,
+                                errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN})
+"""A write's errors that mean the client is gone (besides a reset, a broken pipe and a
+timeout): after TCP gives up on a route, the kernel reports the ICMP error it kept."""
+
+
 class ChannelClosed(Exception):
     """The client went away (EOF on write, reset, or it stopped reading past the timeout)."""
 
@@ -95,7 +101,7 @@ class Channel:
             except (BrokenPipeError, ConnectionResetError, TimeoutError) as exc:
                 raise ChannelClosed(str(exc)) from None
             except OSError as exc:
-                if exc.errno in (errno.EIO, errno.ENOTCONN, errno.EBADF):
+                if exc.errno in CLIENT_GONE_ERRNOS:
                     raise ChannelClosed(str(exc)) from None
                 raise
             if sent:

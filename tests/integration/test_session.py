@@ -8,6 +8,8 @@ log line and no reply, a client that stops reading cannot hold the session, TCP_
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import re
 import socket
 import syslog
@@ -123,6 +125,20 @@ def test_client_that_stops_reading_cannot_hold_a_write():
         with pytest.raises(ChannelClosed):
             channel.write_all(b"x" * (8 * 1024 * 1024), timeout_s=0.5)
         assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("error", [errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EPIPE])
+def test_a_write_after_the_route_to_the_client_failed_means_the_client_is_gone(monkeypatch,
+                                                                               error):
+    """After TCP gives up on a route the kernel reports the ICMP error it kept (not
+    ETIMEDOUT): the client is gone, not a fault that ends the process with a traceback."""
+    def unreachable(fd, pieces):
+        raise OSError(error, os.strerror(error))
+    monkeypatch.setattr("qpopper.server.channel.os.writev", unreachable)
+    client, server = socket.socketpair()
+    with client, server:
+        with pytest.raises(ChannelClosed):
+            Channel(server.fileno(), server.fileno(), server).write_all(b"+OK\r\n", 1.0)
 
 
 def test_eof_ends_the_session(quiet_log):
