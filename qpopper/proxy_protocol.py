@@ -121,6 +121,9 @@ def _v1_address(text: str, version: int) -> str:
         raise ProxyError(f"v1 header: {text[:45]!r} is not an address") from None
     if address.version != version:
         raise ProxyError(f"v1 header: {text!r} is not an IPv{version} address")
+    if version == 6 and address.scope_id is not None:
+        raise ProxyError(f"v1 header: {text[:45]!r} has a scope id, which names nothing "
+                         f"to this host")
     return str(address)
 
 

@@ -26,16 +26,36 @@ def log_failure(log, what: str, exc: BaseException, priority: int = syslog.LOG_E
 
 
 def exited_within(pid: int, timeout_s: float) -> bool:
-    """Whether the child `pid` has exited (not reaped) within timeout_s; True when it
-    cannot be watched (gone already)."""
+    """Whether the child `pid` has exited (left unreaped) within timeout_s; True when it is
+    gone already. Without pidfd_open (an old kernel, a seccomp profile) it is looked at
+    every EXIT_POLL_S instead."""
     try:
         watch = os.pidfd_open(pid)
-    except OSError:
+    except ProcessLookupError:
         return True
+    except OSError:
+        return _exited_by_polling(pid, timeout_s)
     try:
         return bool(select.select([watch], [], [], max(0.0, timeout_s))[0])
     finally:
         os.close(watch)
+
+
+EXIT_POLL_S = 0.05
+
+
+def _exited_by_polling(pid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            # WNOWAIT: the child stays waitable, for reap() and its status
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return True
+        except ChildProcessError:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(EXIT_POLL_S)
 
 
 def reap(pid: int) -> int:

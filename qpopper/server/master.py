@@ -360,7 +360,8 @@ def _run_daemonized(cfg, invocation, listeners, log, server_tls=None, implicit_t
     import daemon.pidfile
     import lockfile
 
-    pid_file = cfg.pid_file
+    # from where it was started, as the check looked at it: the daemon works from /
+    pid_file = os.path.abspath(cfg.pid_file) if cfg.pid_file else cfg.pid_file
     if pid_file and os.path.lexists(pid_file):
         if not _pid_file_is_stale(pid_file):
             # python-daemon takes the pid file after detaching, where nobody would see why

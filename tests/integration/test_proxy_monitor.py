@@ -6,6 +6,7 @@ listener, once, first, from a trusted real peer, and only as an address and a po
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -184,3 +185,23 @@ def test_the_reverse_lookup_waits_for_the_header_address():
         lookup = ForkedReverseLookup(None, account.pw_uid, account.pw_gid)
         lookup.begin(address)
         assert lookup.result() == name
+
+
+@pytest.mark.parametrize("entry, wanted", [
+    ("{port}", True), ("127.0.0.1:{port}", True), ("0.0.0.0:{port}", True),
+    ("[::]:{port}", True), ("127.0.0.2:{port}", False), ("[::1]:{port}", False),
+    ("127.0.0.1:{other}", False),
+])
+def test_inetd_mode_matches_proxy_protocol_entries_as_the_master_does(entry, wanted):
+    """An inetd connection is refused when an entry names its port, and its address unless
+    the entry has none (an unspecified address is every address)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        spec = entry.format(port=port, other=port + 1 if port < 65535 else port - 1)
+        cfg = Config.defaults().replace(proxy_protocol=(spec,),
+                                        proxy_trusted_networks=TRUSTED)
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = listener.accept()
+            with accepted:
+                assert monitor_mod._wants_proxy_header(cfg, accepted) is wanted
+            client.close()

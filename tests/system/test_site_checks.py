@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -13,7 +14,7 @@ import subprocess
 import pytest
 
 from tests.server_harness import (PopperServer, Site, free_port, read_greeting,
-                                  wait_for_greeting)
+                                  read_pid_file, wait_for_greeting, wait_until)
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
@@ -102,3 +103,26 @@ def test_a_tracefile_that_cannot_be_written_is_one_line_not_a_traceback(site):
         client.settimeout(10)
         assert (inetd.returncode, client.recv(4096)) == (1, b"")
     site.syslog.wait_for(re.escape(line))
+
+
+def test_a_relative_pid_file_is_where_the_check_looked(site):
+    """The check resolves a relative pid-file from where popper was started; the daemon,
+    which works from /, writes it there too (it wrote it under / before, or failed there
+    unseen)."""
+    relative = f"qpt-run-{secrets.token_hex(4)}"        # a name / does not have
+    os.makedirs(os.path.join(site.root, relative))
+    port = free_port()
+    popper = PopperServer(site.root, None).argv[0]
+    started = subprocess.run([popper, f"127.0.0.1:{port}", "-f", site.config, "--daemon",
+                              f"--pid-file={relative}/popper.pid"], cwd=site.root,
+                             env=dict(os.environ, QPOPPER_SYSLOG_SOCKET=site.syslog.path),
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                             timeout=30)
+    assert started.returncode == 0, started.stderr
+    pid_file = os.path.join(site.root, relative, "popper.pid")
+    pid = wait_until(lambda: read_pid_file(pid_file), what="the pid file")
+    try:
+        assert wait_for_greeting("127.0.0.1", port).startswith(b"+OK")
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: not os.path.exists(pid_file), what="the pid file to go")

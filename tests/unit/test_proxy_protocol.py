@@ -59,6 +59,8 @@ def test_v2_proxy_local_and_tlvs_skipped():
     (b"PROXY TCP4 1.2.3.4  5.6.7.8 1 2\r\n", "is not 'PROXY"),
     (b"PROXY UDP4 1.2.3.4 5.6.7.8 1 2\r\n", "is not 'PROXY"),
     (b"PROXY TCP4 host.example 5.6.7.8 1 2\r\n", "not an address"),
+    (b"PROXY TCP6 fe80::1%eth0 ::1 1 2\r\n", "scope id"),     # names nothing here
+    (b"PROXY TCP6 ::1 fe80::1%x 1 2\r\n", "scope id"),
     (b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\xff\r\n", "not ASCII"),
     (b"PROXY " + b"A" * 120, "without CRLF"),
     (SIG + b"\x31\x11\x00\x0c" + bytes(12), "version 3"),
