@@ -16,10 +16,11 @@ READ_CHUNK_OCTETS = 16 * 1024
 WRITEV_PIECES = min(os.sysconf("SC_IOV_MAX"), 1024)
 """Buffers per writev(2); the rest go in the next call."""
 
-CLIENT_GONE_ERRNOS = frozenset({errno.EIO, errno.ENOTCONN, errno.EBADF, errno.EHOSTUNREACH,
-                                errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN})
-"""A write's errors that mean the client is gone (besides a reset, a broken pipe and a
-timeout): after TCP gives up on a route, the kernel reports the ICMP error it kept."""
+CLIENT_GONE_ERRNOS = frozenset({errno.EIO, errno.ENOTCONN, errno.EBADF, errno.ETIMEDOUT,
+                                errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN,
+                                errno.ENETDOWN})
+"""A read's or write's errors that mean the client is gone (besides a reset and a broken
+pipe): after TCP gives up on a route, the kernel reports the ICMP error it kept."""
 
 
 class ChannelClosed(Exception):
@@ -77,7 +78,7 @@ class Channel:
             except (ConnectionResetError, BrokenPipeError, TimeoutError):
                 return b""
             except OSError as exc:
-                if exc.errno in (errno.EIO, errno.ENOTCONN, errno.ETIMEDOUT, errno.EBADF):
+                if exc.errno in CLIENT_GONE_ERRNOS:
                     return b""
                 raise
 

@@ -463,10 +463,12 @@ def serve_inetd(cfg, invocation) -> int:
 def _wants_proxy_header(cfg, sock: socket.socket) -> bool:
     """Whether a proxy-protocol entry names the address and port this inetd connection came
     in on (an entry without an address: any address), as the master matches its listeners."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return False                    # a UNIX socket: no port any entry could name
     try:
         local = sock.getsockname()
         here = normalize_ip(local[0])
-    except (OSError, IndexError, TypeError):
+    except OSError:
         return False
     for spec in cfg.proxy_protocol or ():
         host, port = parse_listen(spec)

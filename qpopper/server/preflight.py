@@ -123,8 +123,10 @@ def check_tracefile(cfg) -> None:
     if os.path.islink(path):
         problem = "is a symbolic link, which the trace never follows"
     elif os.path.lexists(path):
-        problem = (None if os.path.isfile(path) and os.access(path, os.W_OK)
-                   else "is not a file this server can write")
+        kind = os.stat(path).st_mode
+        writable = (stat.S_ISREG(kind) or stat.S_ISFIFO(kind) or stat.S_ISCHR(kind)) \
+            and os.access(path, os.W_OK)             # /dev/null and a FIFO open as files do
+        problem = None if writable else "is not a file this server can write"
     elif not os.path.isdir(directory):
         problem = f"{directory} is not a directory"
     else:

@@ -150,7 +150,12 @@ class TlsChannel:
             self._input_pending = False
             # what OpenSSL wrote meanwhile (an alert refusing a renegotiation, a KeyUpdate
             # answer) leaves now: the client may be waiting for it, not for a reply
-            self._flush_quietly(ALERT_WRITE_TIMEOUT_S)
+            try:
+                self._flush(ALERT_WRITE_TIMEOUT_S)
+            except self.closed_error as exc:
+                # taken from OpenSSL and not all sent: the stream cannot go on
+                self._closed_from = f"client gone: {exc}"
+                return b""
             return None
         except SSL.ZeroReturnError:
             self._close_notify_received = True
@@ -211,9 +216,9 @@ class TlsChannel:
         if data:
             self.raw.write_all(data, timeout_s)
 
-    def _flush_quietly(self, timeout_s: float = 1.0) -> None:
+    def _flush_quietly(self) -> None:
         try:
-            self._flush(timeout_s)
+            self._flush(1.0)
         except Exception:          # the client may already be gone; nothing to tell anyone
             pass
 

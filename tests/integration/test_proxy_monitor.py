@@ -205,3 +205,16 @@ def test_inetd_mode_matches_proxy_protocol_entries_as_the_master_does(entry, wan
             with accepted:
                 assert monitor_mod._wants_proxy_header(cfg, accepted) is wanted
             client.close()
+
+
+def test_inetd_mode_on_a_unix_socket_is_never_taken_for_a_proxy_port():
+    """stdin may be a UNIX socket (an abstract name's address is bytes): no port, no entry."""
+    cfg = Config.defaults().replace(proxy_protocol=("110",), proxy_trusted_networks=TRUSTED)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(b"\0qpt-proxy-test-" + os.urandom(4).hex().encode())
+        listener.listen()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(listener.getsockname())
+            accepted, _ = listener.accept()
+            with accepted:
+                assert monitor_mod._wants_proxy_header(cfg, accepted) is False

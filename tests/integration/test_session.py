@@ -141,6 +141,17 @@ def test_a_write_after_the_route_to_the_client_failed_means_the_client_is_gone(m
             Channel(server.fileno(), server.fileno(), server).write_all(b"+OK\r\n", 1.0)
 
 
+@pytest.mark.parametrize("error", [errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ETIMEDOUT])
+def test_a_read_after_the_route_to_the_client_failed_is_its_end(monkeypatch, error):
+    def unreachable(fd, size):
+        raise OSError(error, os.strerror(error))
+    client, server = socket.socketpair()
+    with client, server:
+        client.sendall(b"NOOP\r\n")                      # so poll says readable
+        monkeypatch.setattr("qpopper.server.channel.os.read", unreachable)
+        assert Channel(server.fileno(), server.fileno(), server).read(1.0) == b""
+
+
 def test_eof_ends_the_session(quiet_log):
     client, server = socket.socketpair()
     thread = run_session(cfg_with(), server, quiet_log)
