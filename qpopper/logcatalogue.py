@@ -53,6 +53,10 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
         ("stdin is a listening socket, not a connection: use inetd 'nowait' / systemd "
          "Accept=yes, or run `popper [ADDRESS:]PORT`", "inetd or systemd passed a listening "
                                                        "socket to the inetd mode."),
+        ("proxy-protocol names port *, but a connection from inetd is not read for a PROXY "
+         "header: run the standalone master on that port",
+         "inetd mode on a port proxy-protocol names: the connection is closed unanswered "
+         "(docs/scale-out.md)."),
     )),
     ("Connections and their limits", _lines(
         ("Refused connection from *: *", "max-children or max-children-per-address is reached "
@@ -68,6 +72,13 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
         ("pre-login for * broke the monitor protocol (*); ending it",
          "The pre-login process sent a frame out of order or malformed: it is killed. Should "
          "never happen; report it."),
+        ("pre-login for * did not end; ending it",
+         "The dialogue ended without a login, but the pre-login process did not exit by the "
+         "login deadline (at least 5 s for its last reply): it is killed. Should never "
+         "happen; report it."),
+        ("the TLS relay of * did not end",
+         "After the session, its TLS relay did not end within timeout + 5 s; it is ended with "
+         "the session (a client reading very slowly may miss the end of the output)."),
         ("the monitor did not answer: *", "The pre-login process lost its monitor; the client "
                                           "gets -ERR [SYS/TEMP]."),
         ("the monitor closed the connection", "As above."),

@@ -50,7 +50,7 @@ from qpopper.pop3.responses import PopError, RespCode, err
 from qpopper.server.children import (ProtocolViolation, exit_after, exited_within,  # noqa: F401 (re-exported)
                                      log_failure, reap)
 from qpopper.server.monitor_proxy import ProxiedConnection
-from qpopper.server.monitor_handover import BecomingTheSession
+from qpopper.server.monitor_handover import BecomingTheSession, claimed_tls
 
 PASSWORD_MECHANISMS = frozenset({"USER", "AUTH PLAIN", "AUTH LOGIN"})
 SCRAM_MECHANISMS = frozenset({"SCRAM-SHA-1", "SCRAM-SHA-256", "SCRAM-SHA-1-PLUS",
@@ -294,7 +294,7 @@ class Monitor(BecomingTheSession, ProxiedConnection):
                 raise ProtocolViolation(f"PASSWORD for mechanism {mechanism!r}")
             login = auth.check_password(frame.text(0), frame.text(1), ip,
                                         client_host=self._host(frame, 5),
-                                        tls_active=self._claimed_tls(frame.flag(4)),
+                                        tls_active=claimed_tls(self.tls_mode, frame.flag(4)),
                                         mechanism=mechanism,
                                         authid=frame.text(3) or None)
             return self._logged_in(login)
@@ -319,7 +319,7 @@ class Monitor(BecomingTheSession, ProxiedConnection):
             if mechanism not in SCRAM_MECHANISMS:
                 raise ProtocolViolation(f"SCRAM_BEGIN for {mechanism!r}")
             if mechanism.endswith("-PLUS"):
-                self._claimed_tls(True)           # channel binding binds to a TLS channel
+                claimed_tls(self.tls_mode, True)  # channel binding binds to a TLS channel
             server_first = auth.scram_begin(frame.text(1), mechanism, frame.text(2))
             return wire.encode(wire.Kind.DATA, server_first, False)
         if kind is wire.Kind.SCRAM_PROVE:
@@ -358,16 +358,6 @@ class Monitor(BecomingTheSession, ProxiedConnection):
                                              client_host=self._host(frame, 1))
             return self._logged_in(dataclasses.replace(login, no_mime=no_mime))
         raise ProtocolViolation(f"unexpected {kind.name}")
-
-    def _claimed_tls(self, claimed: bool) -> bool:
-        """The pre-login process's word that the connection runs inside TLS, checked where
-        this monitor knows better: never without TLS, always on an implicit-TLS port (STLS
-        may or may not have been used)."""
-        if claimed and self.tls_mode is None:
-            raise ProtocolViolation("TLS claimed on a connection without TLS")
-        if not claimed and self.tls_mode == "implicit":
-            raise ProtocolViolation("no TLS claimed on a TLS port")
-        return claimed
 
     def _logged_in(self, login) -> bytes:
         self.login = login

@@ -25,6 +25,17 @@ RELAY_LAST_WORDS_S = 5
 session waits for the TLS relay to end after its last reply."""
 
 
+def claimed_tls(tls_mode: str | None, claimed: bool) -> bool:
+    """The pre-login process's word that the connection runs inside TLS, checked where the
+    monitor knows better: never without TLS, always on an implicit-TLS port (STLS may or
+    may not have been used)."""
+    if claimed and tls_mode is None:
+        raise ProtocolViolation("TLS claimed on a connection without TLS")
+    if not claimed and tls_mode == "implicit":
+        raise ProtocolViolation("no TLS claimed on a TLS port")
+    return claimed
+
+
 class BecomingTheSession:
     """Part of Monitor (server/monitor.py): see the module docstring."""
 
@@ -33,7 +44,7 @@ class BecomingTheSession:
         login = self.login
         if login is None:
             raise ProtocolViolation("HANDOVER without a verified login")
-        leftover, tls_active = frame.fields[0], self._claimed_tls(frame.flag(1))
+        leftover, tls_active = frame.fields[0], claimed_tls(self.tls_mode, frame.flag(1))
         if frame.flag(4):                    # the name carried -no-mime (USER's rules)
             login = dataclasses.replace(login, no_mime=True)
         client_host = self._host(frame, 2)
