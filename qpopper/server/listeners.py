@@ -5,6 +5,7 @@ in the master, before any connection is accepted.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 
 from qpopper.addresses import normalize_ip
@@ -131,17 +132,26 @@ def open_listeners(cfg) -> tuple[list[socket.socket], list[socket.socket]]:
     return plain + implicit, implicit
 
 
+def entry_matcher(spec):
+    """A test of a socket's address (getsockname()) against one listen-style entry: its
+    port, and its address unless it has none; an unspecified address (0.0.0.0, ::) is every
+    address of the host. ListenError when the entry's name does not resolve."""
+    host, port = parse_listen(spec)
+    wanted = None if host is None else {normalize_ip(sa[0]) for _, sa, _ in
+                                        resolve_listeners([spec])}
+    anywhere = wanted is None or any(ipaddress.ip_address(w).is_unspecified for w in wanted)
+    return lambda address: address[1] == port and (anywhere
+                                                   or normalize_ip(address[0]) in wanted)
+
+
 def proxy_listeners(specs, listeners) -> list[socket.socket]:
     """The listeners named by the proxy-protocol entries (matched by port, and by address
     unless the entry has none); an entry matching none is a ListenError. The entries are the
     ones preflight.check_proxy_protocol passed: it alone requires proxy-trusted-networks."""
     chosen = []
     for spec in specs:
-        host, port = parse_listen(spec)
-        wanted = None if host is None else {normalize_ip(sa[0]) for _, sa, _ in
-                                            resolve_listeners([spec])}
-        found = [sock for sock in listeners if sock.getsockname()[1] == port
-                 and (wanted is None or normalize_ip(sock.getsockname()[0]) in wanted)]
+        names = entry_matcher(spec)
+        found = [sock for sock in listeners if names(sock.getsockname())]
         if not found:
             raise ListenError(f"proxy-protocol {spec}: no listen or tls-listen entry has "
                               f"this address")

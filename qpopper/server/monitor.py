@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import ipaddress
 import os
 import select
 import signal
@@ -38,9 +37,8 @@ from qpopper.server import prelogin
 from qpopper.server import tls as tls_mod
 from qpopper.log import Logger
 from qpopper.server.reverse_lookup import ForkedReverseLookup
-from qpopper.addresses import normalize_ip
 from qpopper.server.channel import Channel, socket_peer
-from qpopper.server.listeners import ListenError, parse_listen, resolve_listeners
+from qpopper.server.listeners import ListenError, entry_matcher
 from qpopper.server.preflight import PreflightError, check_tracefile
 from qpopper.server.session import DISPLACE_SIGNAL, Session, tls_mode_for_listen_port
 from qpopper.auth import challenges, sasl
@@ -452,25 +450,17 @@ def serve_inetd(cfg, invocation) -> int:
 
 def _wants_proxy_header(cfg, sock: socket.socket) -> bool:
     """Whether a proxy-protocol entry names the address and port this inetd connection came
-    in on (an entry without an address: any address), as the master matches its listeners."""
+    in on, matched as the master matches its listeners (listeners.entry_matcher)."""
     if sock.family not in (socket.AF_INET, socket.AF_INET6):
         return False                    # a UNIX socket: no port any entry could name
     try:
         local = sock.getsockname()
-        here = normalize_ip(local[0])
     except OSError:
         return False
     for spec in cfg.proxy_protocol or ():
-        host, port = parse_listen(spec)
-        if port != local[1]:
-            continue
-        if host is None:
-            return True
         try:
-            wanted = {normalize_ip(sa[0]) for _, sa, _ in resolve_listeners([spec])}
+            if entry_matcher(spec)(local):
+                return True
         except ListenError:
             return True                  # unresolvable now: the safe side is to refuse
-        # an unspecified address (0.0.0.0, ::) is every address of the host
-        if here in wanted or any(ipaddress.ip_address(w).is_unspecified for w in wanted):
-            return True
     return False

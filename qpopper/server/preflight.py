@@ -130,10 +130,16 @@ def check_tracefile(cfg) -> None:
     elif not os.path.isdir(directory):
         problem = f"{directory} is not a directory"
     else:
-        problem = (None if os.access(directory, os.W_OK | os.X_OK)
-                   else f"{directory} is not a directory this server can write in")
+        problem = _unwritable_directory(directory)
     if problem:
         raise PreflightError(f"tracefile {path}{_where(cfg, 'tracefile')}: {problem}")
+
+
+def _unwritable_directory(directory: str) -> str | None:
+    """Why this server cannot make a file in `directory`, or None."""
+    if os.path.isdir(directory) and os.access(directory, os.W_OK | os.X_OK):
+        return None
+    return f"{directory} is not a directory this server can write in"
 
 
 def check_brakes_file(cfg) -> None:
@@ -167,10 +173,10 @@ def check_directories(cfg) -> None:
             _directory(cfg, name, path)
     if cfg.daemon and cfg.pid_file:
         # python-daemon writes it after detaching, where a failure is seen by nobody
-        directory = os.path.dirname(os.path.abspath(cfg.pid_file))
-        if not (os.path.isdir(directory) and os.access(directory, os.W_OK | os.X_OK)):
+        problem = _unwritable_directory(os.path.dirname(os.path.abspath(cfg.pid_file)))
+        if problem:
             raise PreflightError(f"pid-file {cfg.pid_file}{_where(cfg, 'pid-file')}: "
-                                 f"{directory} is not a directory this server can write in")
+                                 f"{problem}")
 
 
 def _directory(cfg, name: str, path: str) -> os.stat_result:
