@@ -407,7 +407,11 @@ def _logging_section() -> list[str]:
               "journalctl -t popper (or -u qpopper) shows it, and /var/log/mail.log too where "
               "rsyslog runs. poppassd(8) logs under poppassd, facility authpriv. Every line "
               "an administrator can see is listed under DIAGNOSTICS; client-supplied text in "
-              "them (user names) has its control characters replaced by spaces."),
+              "them (user names) has its control characters replaced by spaces. Lines the "
+              "pre-login process logs (TLS handshakes, AUTHORIZATION's lines and -d "
+              "dialogue, the PROXY header, the TLS relay after a login) begin with \"pre-login: \": it holds no "
+              "syslog socket, its monitor writes them for it, so a process a client took over "
+              "cannot pass its lines for the monitor's (LOGIN FAILED, which fail2ban reads)."),
         ".TP", _bold("-s") + " (statistics), " + _bold("timing") + ", " + _bold("log-login"),
         _roff("Add Qpopper's Stats line at the end of each session, its Timing line, and its "
               "login line."),

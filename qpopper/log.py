@@ -73,6 +73,8 @@ class Logger:
         self._stream = stream              # demo mode: records on the terminal
         self._trace_fd: int | None = None
         self._sock: socket.socket | None = None
+        self._forwarding = False           # a pre-login process: to its monitor only
+        self._monitor: socket.socket | None = None
         if tracefile:
             # O_APPEND: master and children write whole lines to the same file.
             self._trace_fd = os.open(tracefile, os.O_WRONLY | os.O_APPEND | os.O_CREAT
@@ -97,7 +99,10 @@ class Logger:
         if priority == syslog.LOG_DEBUG and not self.debug:
             return
         text = _clean(text)
-        if self._trace_fd is not None:
+        if self._forwarding:
+            if self._monitor is not None:
+                _send_record(self._monitor, priority, text)
+        elif self._trace_fd is not None:
             self._write_trace(text)
         elif self._stream is not None:
             self._stream.write(f"{time.strftime('%H:%M:%S')} {self.ident}[{os.getpid()}]: {text}\n")
@@ -116,10 +121,24 @@ class Logger:
 
     def open(self) -> None:
         """Connect to syslog now (before chroot-like changes or daemonizing); optional."""
-        if self._trace_fd is None and self._stream is None:
+        if self._trace_fd is None and self._stream is None and not self._forwarding:
             self._connect()
 
+    def forward_to(self, monitor: socket.socket) -> None:
+        """In a pre-login process, before it reads a client byte: from now on every record
+        goes to its monitor over `monitor` (ForwardedRecords logs it), and nowhere else, ever:
+        the syslog socket and the tracefile are closed, so a process the client took over
+        can neither write records of its own nor reopen them
+        (docs/privsep.md, "The pre-login process's log records")."""
+        self.close()
+        monitor.settimeout(FORWARD_WAIT_S)
+        self._forwarding = True
+        self._monitor = monitor
+
     def close(self) -> None:
+        if self._monitor is not None:
+            self._monitor.close()
+            self._monitor = None
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -168,6 +187,85 @@ class Logger:
                 self._sock = None
                 if exc.errno not in (errno.ECONNREFUSED, errno.ENOTCONN, errno.EPIPE, errno.ENOENT):
                     return
+
+
+# --- the pre-login process's records, through its monitor ---------------------------------------
+PRELOGIN_PREFIX = "pre-login: "
+"""What the monitor writes before each record of its pre-login process: fail2ban's filter and
+every other reader anchored at the start of a record can tell them from the monitor's own
+(docs/privsep.md, "The pre-login process's log records")."""
+MAX_FORWARDED_RECORDS = 200
+"""Records one monitor takes from its pre-login process; past them it ends the process (the
+connection). A login's dialogue logs a handful; with `-d` (each command traced) the limit is
+MAX_FORWARDED_TRACE_RECORDS. Low: past the journal's rate limit (10,000 records in 30 s per
+unit by default) it drops the unit's records, the other connections' LOGIN FAILED lines too,
+and a process a client took over should need many connections (max-children-per-address)
+to get there."""
+MAX_FORWARDED_TRACE_RECORDS = 10_000
+"""The limit with `-d`: a trace of a few thousand commands before the login."""
+FORWARD_BATCH = 64
+"""Records one ForwardedRecords.forward() call takes at most: the waits that call it keep
+their deadlines even while the process sends without pause."""
+FORWARD_WAIT_S = 5
+"""How long a pre-login process waits to send a record when its monitor's queue is full. The
+monitor reads whenever it waits on the process; after a login over TLS, while the process
+relays, nobody reads until the session ends, so a record could wait in vain there."""
+_MAX_RECORD_OCTETS = 1 + 4 * MAX_LOG_LINE_CHARS      # priority, and the longest cleaned text
+
+
+def _send_record(sock: socket.socket, priority: int, text: str) -> None:
+    # one datagram per record: its priority, then the cleaned text
+    try:
+        sock.send(bytes((priority & 7,)) + text.encode("utf-8", "replace"))
+    except OSError:
+        pass            # the monitor is gone (the connection is ending) or, after the
+        #                 handover, not reading: the record is lost, nothing else is
+
+
+class ForwardedRecords:
+    """The monitor's end of its pre-login process's log socket: each record the process sent
+    is logged by `log` as the monitor's own, PRELOGIN_PREFIX first, at no higher priority than
+    LOG_CRIT (LOG_EMERG goes to every terminal), cleaned and cut as any record. Past `limit`
+    records (more with `debug`), `end_process()` is called once, after one line naming `who`,
+    and the rest are read and dropped. The process may block sending when it is not read: its
+    monitor reads this whenever it waits on the process (children.exited_within)."""
+
+    def __init__(self, sock: socket.socket, log, *, debug: bool = False, who: str = "",
+                 end_process=None):
+        self.sock = sock
+        self.log = log
+        self.limit = MAX_FORWARDED_TRACE_RECORDS if debug else MAX_FORWARDED_RECORDS
+        self.who = who
+        self.end_process = end_process
+        self.count = 0
+        sock.setblocking(False)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def forward(self) -> None:
+        """Log the records waiting now, at most FORWARD_BATCH."""
+        for _ in range(FORWARD_BATCH):
+            try:
+                data = self.sock.recv(_MAX_RECORD_OCTETS)
+            except OSError:                           # none left (or the socket broke)
+                return
+            if not data:
+                continue                              # an empty datagram: no record
+            self.count += 1
+            if self.count > self.limit:
+                if self.count == self.limit + 1:
+                    self.log(syslog.LOG_WARNING, f"pre-login for {self.who} sent more than "
+                                                 f"{self.limit} log records; ending it")
+                    if self.end_process is not None:
+                        self.end_process()
+                continue
+            priority = min(max(data[0], syslog.LOG_CRIT), syslog.LOG_DEBUG)
+            text = data[1:].decode("utf-8", "replace")
+            self.log(priority, f"{PRELOGIN_PREFIX}{text}")
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 # --- line formats -------------------------------------------------------------------------------

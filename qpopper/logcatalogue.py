@@ -69,6 +69,11 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
         ("session failed: *: *", "inetd mode: an unexpected error ended the connection."),
         ("*: no login within the deadline; ending the connection",
          "The monitor ended a pre-login process that outlived login-timeout + 30 s."),
+        ("pre-login for * sent more than * log records; ending it",
+         "The pre-login process's lines (they begin with \"pre-login: \": its monitor writes "
+         "them) are limited per connection: 200, 10,000 with -d. Past that the connection "
+         "ends. A -d trace of a client sending thousands of commands before it logs in can "
+         "reach it; otherwise, report it."),
         ("pre-login for * broke the monitor protocol (*); ending it",
          "The pre-login process sent a frame out of order or malformed: it is killed. Should "
          "never happen; report it."),

@@ -25,18 +25,29 @@ def log_failure(log, what: str, exc: BaseException, priority: int = syslog.LOG_E
         pass
 
 
-def exited_within(pid: int, timeout_s: float) -> bool:
+def exited_within(pid: int, timeout_s: float, serve=None) -> bool:
     """Whether the child `pid` has exited (left unreaped) within timeout_s; True when it is
-    gone already. Without pidfd_open (an old kernel, a seccomp profile) it is looked at
-    every EXIT_POLL_S instead."""
+    gone already. `serve`, when given, is read meanwhile (`serve.forward()` each time its
+    descriptor is readable): the log records of a pre-login process, which may be blocked
+    sending one. Without pidfd_open (an old kernel, a seccomp profile) the child is looked
+    at every EXIT_POLL_S instead."""
+    deadline = time.monotonic() + timeout_s
     try:
         watch = os.pidfd_open(pid)
     except ProcessLookupError:
         return True
     except OSError:
-        return _exited_by_polling(pid, timeout_s)
+        return _exited_by_polling(pid, deadline, serve)
     try:
-        return bool(select.select([watch], [], [], max(0.0, timeout_s))[0])
+        while True:
+            left = deadline - time.monotonic()
+            ready = select.select([watch, *([serve] if serve else [])], [], [],
+                                  max(0.0, left))[0]
+            if watch in ready:
+                return True
+            if not ready or left <= 0:       # past the deadline, whatever is still sent
+                return False
+            serve.forward()
     finally:
         os.close(watch)
 
@@ -44,8 +55,7 @@ def exited_within(pid: int, timeout_s: float) -> bool:
 EXIT_POLL_S = 0.05
 
 
-def _exited_by_polling(pid: int, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
+def _exited_by_polling(pid: int, deadline: float, serve) -> bool:
     while True:
         try:
             # WNOWAIT: the child stays waitable, for reap() and its status
@@ -55,7 +65,8 @@ def _exited_by_polling(pid: int, timeout_s: float) -> bool:
             return True
         if time.monotonic() >= deadline:
             return False
-        time.sleep(EXIT_POLL_S)
+        if select.select([serve] if serve else [], [], [], EXIT_POLL_S)[0]:
+            serve.forward()
 
 
 def reap(pid: int) -> int:
@@ -92,9 +103,19 @@ def _max_fd() -> int:
     return soft if 0 < soft < 1 << 20 else 1 << 20
 
 
-def _close_all_but(keep: Iterable[int]) -> None:
-    """Close every descriptor from 3 up except `keep`, and point 0-2 (not kept) at /dev/null:
-    in inetd mode they are the client's socket."""
+def close_fds(fds: Iterable[int]) -> None:
+    """Close each descriptor in `fds`; one closed already is no error."""
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def standard_fds_to_null(keep: Iterable[int] = ()) -> None:
+    """Point descriptors 0-2, except those in `keep`, at /dev/null: in inetd mode they are
+    the client's socket, under systemd 1 and 2 are the journal's stream (whoever writes
+    there writes journal entries under the server's name)."""
     keep = set(keep)
     try:
         null = os.open(os.devnull, os.O_RDWR)
@@ -107,6 +128,12 @@ def _close_all_but(keep: Iterable[int]) -> None:
             pass
     if null > 2 and null not in keep:
         os.close(null)
+
+
+def _close_all_but(keep: Iterable[int]) -> None:
+    """Close every descriptor from 3 up except `keep`, and point 0-2 (not kept) at /dev/null."""
+    keep = set(keep)
+    standard_fds_to_null(keep)
     low = 3
     for fd in sorted(keep):
         if fd >= low:

@@ -35,7 +35,7 @@ from qpopper.server import privsep
 from qpopper.server import monitor_wire as wire
 from qpopper.server import prelogin
 from qpopper.server import tls as tls_mod
-from qpopper.log import Logger
+from qpopper.log import ForwardedRecords, Logger
 from qpopper.server.reverse_lookup import ForkedReverseLookup
 from qpopper.server.channel import Channel, socket_peer
 from qpopper.server.listeners import ListenError, entry_matcher
@@ -46,7 +46,7 @@ from qpopper.auth.policy import Authenticator
 from qpopper.pop3.auth_state import sasl_normaliser
 from qpopper.pop3.responses import PopError, RespCode, err
 from qpopper.server.children import (ProtocolViolation, exit_after, exited_within,  # noqa: F401 (re-exported)
-                                     log_failure, reap)
+                                     close_fds, log_failure, reap, standard_fds_to_null)
 from qpopper.server.monitor_proxy import ProxiedConnection
 from qpopper.server.monitor_handover import BecomingTheSession, claimed_tls
 
@@ -80,11 +80,13 @@ class Client:
         if self.sock is not None:
             self.sock.close()
         else:
-            for fd in {self.in_fd, self.out_fd}:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+            close_fds({self.in_fd, self.out_fd})
+
+
+def _close_all(*socks) -> None:
+    for sock in socks:
+        if sock is not None:
+            sock.close()
 
 
 class Monitor(BecomingTheSession, ProxiedConnection):
@@ -123,6 +125,7 @@ class Monitor(BecomingTheSession, ProxiedConnection):
         self.requests = 0
         self._closing = False                # a refusal said the connection must end
         self.prelogin_pid: int | None = None
+        self.records: ForwardedRecords | None = None   # the pre-login process's log records
         # the pre-login process's end: its requests, and its last reply after them
         self.deadline = time.monotonic() + cfg.login_timeout + DEADLINE_MARGIN_S
 
@@ -145,38 +148,33 @@ class Monitor(BecomingTheSession, ProxiedConnection):
             self._refuse_client()
             return 1
         ours, theirs = wire.channel_pair()
+        log_ours, log_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         relay_ours = relay_theirs = None
         if self.tls_mode is not None:
             relay_ours, relay_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         pid = os.fork()
         if pid == 0:
-            ours.close()
-            if relay_ours is not None:
-                relay_ours.close()
-            self._close_for_child()
+            _close_all(ours, log_ours, relay_ours)
+            close_fds(self.close_in_children)
+            # its records go through this monitor, and it gets no journal stream on 1 and 2
+            # (docs/privsep.md, "The pre-login process's log records")
+            self.log.forward_to(log_theirs)
+            standard_fds_to_null(keep=(self.client.in_fd, self.client.out_fd))
             exit_after(self.log, f"pre-login for {self.client_ip}",
                        lambda: self._run_prelogin(theirs, relay_theirs, uid, gid))
         self.prelogin_pid = pid
-        theirs.close()
-        if relay_theirs is not None:
-            relay_theirs.close()
+        _close_all(theirs, log_theirs, relay_theirs)
+        self.records = ForwardedRecords(log_ours, self.log, who=self.client_ip,
+                                        debug=bool(self.cfg.debug or self.cfg.tracefile),
+                                        end_process=self._end_prelogin)
         if self.tls is not None:
             self.tls.close()         # the key files: a user session must not inherit them
         try:
             self._serve(ours, relay_ours)
         finally:
-            ours.close()
-            if relay_ours is not None:
-                relay_ours.close()
+            _close_all(ours, relay_ours)
             self.client.close()
         return self._wait_prelogin()
-
-    def _close_for_child(self) -> None:
-        for fd in self.close_in_children:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
 
     def _refuse_client(self) -> None:
         if self.tls_mode != "implicit":
@@ -222,11 +220,17 @@ class Monitor(BecomingTheSession, ProxiedConnection):
     def _serve(self, sock: socket.socket, relay_end) -> None:
         while True:
             remaining = self.deadline - time.monotonic()
-            if remaining <= 0 or not select.select([sock], [], [], remaining)[0]:
+            ready = select.select([sock, self.records], [], [], remaining)[0] \
+                if remaining > 0 else []
+            if not ready:
                 self.log(syslog.LOG_NOTICE, f"{self.client_ip}: no login within the "
                                             f"deadline; ending the connection")
                 self._end_prelogin()
                 return
+            if self.records in ready:
+                self.records.forward()        # logged before the request that followed them
+                if sock not in ready:
+                    continue
             try:
                 frame = wire.receive(sock, wire.REQUESTS)
                 if frame is None:
@@ -376,11 +380,14 @@ class Monitor(BecomingTheSession, ProxiedConnection):
         PRELOGIN_LAST_WORDS_S; then it is ended: whatever it does, the connection ends
         (docs/privsep.md, "The monitor's requests")."""
         if not exited_within(self.prelogin_pid, max(self.deadline - time.monotonic(),
-                                                     PRELOGIN_LAST_WORDS_S)):
+                                                     PRELOGIN_LAST_WORDS_S), self.records):
             self.log(syslog.LOG_NOTICE, f"pre-login for {self.client_ip} did not end; "
                                         f"ending it")
             self._end_prelogin()
-        return reap(self.prelogin_pid)
+        status = reap(self.prelogin_pid)
+        self.records.forward()                        # its last words
+        self.records.close()
+        return status
 
 
 # --- inetd mode ------------------------------------------------------------------------------------

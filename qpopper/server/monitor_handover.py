@@ -18,7 +18,8 @@ from qpopper.server.channel import Channel
 from qpopper.server.session import Session, spool_group
 from qpopper.pop3.responses import PopError
 from qpopper.spool.paths import SpoolPaths
-from qpopper.server.children import ProtocolViolation, exit_after, exited_within, reap
+from qpopper.server.children import (ProtocolViolation, close_fds, exit_after, exited_within,
+                                     reap)
 
 RELAY_LAST_WORDS_S = 5
 """Beyond the relay's own bound on a write to the client (timeout), how long the user
@@ -79,13 +80,15 @@ class BecomingTheSession:
         flushed its last reply before HANDOVER, is ended first, so no other process holds
         the client's socket; with TLS it goes on relaying, as this process's child."""
         sock.close()
-        self._close_for_child()
+        close_fds(self.close_in_children)
         if self.authenticator is not None:
             self.authenticator.close()
         self.authenticator = None
         if not tls_active:
             self._end_prelogin()
-            os.waitpid(self.prelogin_pid, 0)
+            reap(self.prelogin_pid)
+            self.records.forward()
+            self.records.close()
             if relay_end is not None:
                 relay_end.close()
             relay_end = None
@@ -125,8 +128,10 @@ class BecomingTheSession:
             # the relay sends the last reply, then ends; one that does not is ended by its
             # parent-death signal when this process exits
             relay_end.close()
-            if exited_within(self.prelogin_pid, self.cfg.timeout + RELAY_LAST_WORDS_S):
+            if exited_within(self.prelogin_pid, self.cfg.timeout + RELAY_LAST_WORDS_S,
+                             self.records):
                 reap(self.prelogin_pid)
+                self.records.forward()
             else:
                 self.log(syslog.LOG_NOTICE, f"the TLS relay of {login.user} did not end")
         return status

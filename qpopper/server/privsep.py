@@ -178,7 +178,8 @@ def _last_capability() -> int:
 LAST_CAPABILITY = _last_capability()
 
 PRELOGIN_MAX_FILES = 64
-"""Descriptors the pre-login process may hold: the client, the monitor, syslog, a relay."""
+"""Descriptors the pre-login process may hold: the client, its monitor's two sockets (requests
+and log records), a relay, the TLS files."""
 PRELOGIN_MAX_ADDRESS_SPACE = 2 * 1024 ** 3
 """Its address space (the interpreter and OpenSSL need ~300 MiB of mappings): bounds what a
 client can make it allocate."""

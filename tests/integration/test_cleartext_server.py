@@ -100,7 +100,7 @@ def user_refused(server, user) -> str:
 
 def assert_no_failed_login(site) -> None:
     """USER refused up front carried no password: not a failed login, no brake."""
-    site.syslog.wait_for(r"USER from .* refused before the password: clear-text-password \w+")
+    site.syslog.wait_for(r"pre-login: USER from .* refused before the password: clear-text-password \w+")
     texts = site.syslog.texts()
     assert not any("Failed attempted login" in text or "LOGIN FAILED" in text for text in texts)
 

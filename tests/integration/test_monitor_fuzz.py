@@ -11,7 +11,6 @@ from its pre-login process with pidfd_getfd) ends that connection and the master
 
 from __future__ import annotations
 
-import ctypes
 import os
 import pwd
 import random
@@ -24,6 +23,7 @@ from qpopper.server import monitor as monitor_mod
 from qpopper.server import monitor_wire as wire
 from qpopper.config import Config
 from tests.helpers import pam_service as pam_helper
+from tests.helpers.descriptors import socket_of
 from tests.helpers.sysusers import PRELOGIN_USER, is_root
 from tests.server_harness import (Site, proc_status, processes_of, read_greeting,
                                   wait_for_greeting, wait_until)
@@ -125,24 +125,6 @@ def test_a_hundred_thousand_hostile_frames_never_crash_the_monitor_or_log_anyone
 
 
 # --- against a live monitor --------------------------------------------------------------------
-SYS_pidfd_open = 434
-SYS_pidfd_getfd = 438
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def steal_fd(pid: int, fd: int) -> int:
-    pidfd = _libc.syscall(SYS_pidfd_open, pid, 0)
-    if pidfd < 0:
-        raise OSError(ctypes.get_errno(), "pidfd_open")
-    try:
-        copy = _libc.syscall(SYS_pidfd_getfd, pidfd, fd, 0)
-        if copy < 0:
-            raise OSError(ctypes.get_errno(), "pidfd_getfd")
-        return copy
-    finally:
-        os.close(pidfd)
-
-
 def has_ended(pid: int) -> bool:
     """Gone, or a zombie waiting for the master to reap it."""
     try:
@@ -153,17 +135,7 @@ def has_ended(pid: int) -> bool:
 
 def monitor_channel_of(pid: int) -> socket.socket:
     """The pre-login process's end of its monitor channel (the one SEQPACKET socket)."""
-    for name in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            if not os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:"):
-                continue
-            sock = socket.socket(fileno=steal_fd(pid, int(name)))
-        except OSError:
-            continue
-        if sock.type == socket.SOCK_SEQPACKET:
-            return sock
-        sock.close()
-    raise AssertionError("no monitor channel in the pre-login process")
+    return socket_of(pid, socket.SOCK_SEQPACKET)
 
 
 GARBAGE = [

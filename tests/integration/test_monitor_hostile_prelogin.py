@@ -14,6 +14,7 @@ import pytest
 
 from qpopper.auth import Login
 from qpopper.config import Config
+from qpopper.log import Logger
 from qpopper.server import monitor as monitor_mod
 from qpopper.server import monitor_wire as wire
 from qpopper.server import privsep
@@ -115,9 +116,10 @@ def prelogin_config(tmp_path):
                                      reverse_lookup=False, login_timeout=2)
 
 
-def run_monitor(cfg, prelogin_body, monkeypatch) -> int:
+def run_monitor(cfg, prelogin_body, monkeypatch, log_path: str = os.devnull) -> int:
     """Fork a monitor as the master does; its pre-login process enters the real sandbox and
-    then runs `prelogin_body(channel)` (an attacker's code) instead of the pre-login's."""
+    then runs `prelogin_body(channel)` (an attacker's code) instead of the pre-login's. The
+    monitor logs to `log_path` (the demo's terminal format: `HH:MM:SS popper[PID]: text`)."""
     monkeypatch.setattr(monitor_mod, "DEADLINE_MARGIN_S", 1)
 
     def attacker(self, sock, relay_end, uid, gid):
@@ -131,8 +133,9 @@ def run_monitor(cfg, prelogin_body, monkeypatch) -> int:
         os.setpgid(0, 0)                 # ended_within can end it and its pre-login process
         status = 99
         try:
+            log = Logger(stream=open(log_path, "a"), debug=True)    # closed by os._exit
             status = monitor_mod.Monitor(
-                cfg, Sink(), hostname="test.host", peer=("192.0.2.10", 4000),
+                cfg, log, hostname="test.host", peer=("192.0.2.10", 4000),
                 client=monitor_mod.Client(theirs.fileno(), theirs.fileno(), theirs)).run()
         finally:
             os._exit(status)

@@ -16,6 +16,7 @@ from qpopper.server import monitor as monitor_mod
 from qpopper.server import monitor_wire as wire
 from qpopper.addresses import parse_networks
 from qpopper.config import Config
+from qpopper.log import ForwardedRecords
 from qpopper.server.listeners import ListenError, bind_listeners, proxy_listeners
 from qpopper.server.preflight import PreflightError, check_proxy_protocol
 from tests.server_harness import POPPER, free_port, prelogin_args
@@ -95,6 +96,8 @@ def test_any_other_request_before_the_header_kills_the_prelogin_process():
     ours, theirs = wire.channel_pair()
     stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     mon.prelogin_pid = stand_in.pid
+    records_ours, records_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    mon.records = ForwardedRecords(records_ours, mon.log)
     try:
         wire.send(theirs, wire.Kind.PASSWORD, "alice", "secret", "USER", "", False, "")
         mon._serve(ours, None)
@@ -105,6 +108,8 @@ def test_any_other_request_before_the_header_kills_the_prelogin_process():
         stand_in.wait()
         ours.close()
         theirs.close()
+        mon.records.close()
+        records_theirs.close()
 
 
 def test_proxy_protocol_names_listeners():

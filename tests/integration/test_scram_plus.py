@@ -340,7 +340,7 @@ def test_tls13_port_binds_with_tls_exporter(server_site, pki):
         client = plus_client(site, "SCRAM-SHA-256-PLUS", "tls-exporter",
                              tls.binding("tls-exporter"))
         logs_in_and_quits(site, tls.pop, client, "SCRAM-SHA-256-PLUS")
-    site.syslog.wait_for(r"AUTH SCRAM-SHA-256-PLUS from 127\.0\.0\.1: channel binding type "
+    site.syslog.wait_for(r"pre-login: AUTH SCRAM-SHA-256-PLUS from 127\.0\.0\.1: channel binding type "
                          r"'tls-unique' is not available on this connection")
 
 
@@ -403,7 +403,7 @@ def test_a_binding_from_another_connection_is_refused(server_site, pki):
         flipped = bytes([own[0] ^ 1]) + own[1:]
         client = plus_client(site, "SCRAM-SHA-256-PLUS", "tls-exporter", flipped)
         assert relay.pop.scram(client, "SCRAM-SHA-256-PLUS") == FAILED_LINE
-    site.syslog.wait_for(r"AUTH SCRAM-SHA-256-PLUS from 127\.0\.0\.1: tls-exporter channel "
+    site.syslog.wait_for(r"pre-login: AUTH SCRAM-SHA-256-PLUS from 127\.0\.0\.1: tls-exporter channel "
                          r"bindings do not match: .*")
     site.syslog.wait_for(rf"LOGIN FAILED, user={site.alice.name}, method=SCRAM-SHA-256-PLUS, "
                          rf"ip=\[127\.0\.0\.1\], .*")
@@ -418,5 +418,5 @@ def test_y_flag_over_tls_is_refused_and_n_is_accepted(server_site, pki):
         assert tls.pop.scram(client, "SCRAM-SHA-256") == FAILED_LINE
         client = ScramClient("SCRAM-SHA-256", site.alice.name, SECRET, gs2="n,,")
         logs_in_and_quits(site, tls.pop, client, "SCRAM-SHA-256")
-    site.syslog.wait_for(r"AUTH SCRAM-SHA-256 from 127\.0\.0\.1: the client says it binds "
+    site.syslog.wait_for(r"pre-login: AUTH SCRAM-SHA-256 from 127\.0\.0\.1: the client says it binds "
                          r"channels but saw no SCRAM-SHA-256-PLUS: a downgrade")

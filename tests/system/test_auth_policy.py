@@ -710,14 +710,22 @@ def test_the_handover_closes_an_attempt_left_open(owned_store, tmp_path, monkeyp
                         lambda log, what, session: sessions.append(what))
     prelogin = subprocess.Popen(["sleep", "60"])
     mon.prelogin_pid = prelogin.pid
+    from qpopper.log import ForwardedRecords
+    records_ours, records_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    mon.records = ForwardedRecords(records_ours, mon.log)
+    records_theirs.send(bytes((syslog.LOG_NOTICE,)) + b"its last record")   # after HANDOVER
     ours, theirs = socket.socketpair()
     try:
         mon._become_user_session(ours, mon.login, os.getgid(), b"", False, CLIENT_HOST, 0,
                                  None)
     finally:
         theirs.close()
+        records_theirs.close()
         if prelogin.poll() is None:
             prelogin.kill()
             prelogin.wait()
     assert sessions == ["session of demo"]
     assert descriptors_on(brakes_file) == [], "the user session would hold the brakes file"
+    # what the ended pre-login process sent last is logged, and its socket closed
+    assert "pre-login: its last record" in mon.log.texts()
+    assert mon.records.sock.fileno() == -1

@@ -12,17 +12,23 @@ from __future__ import annotations
 
 import configparser
 import contextlib
+import pwd
+import re
 import shutil
 import socket
 import subprocess
+import syslog
 import time
 from pathlib import Path
 
 import pytest
 
+from qpopper.log import PRELOGIN_PREFIX
+from tests.helpers.descriptors import socket_of
+from tests.helpers.policy_site import greeted, policy_site, user_pass
 from tests.helpers.repo import REPO
-from tests.server_harness import wait_until
-from tests.helpers.policy_site import policy_site, user_pass
+from tests.helpers.sysusers import PRELOGIN_USER
+from tests.server_harness import processes_of, wait_until
 
 pytestmark = [pytest.mark.timeout(180),
               pytest.mark.skipif(shutil.which("fail2ban-client") is None,
@@ -128,12 +134,40 @@ def journal_line(pid: int, text: str) -> str:
 @pytest.mark.parametrize("form", [syslog_file_line, journal_line])
 def test_fail2ban_regex_matches_wrong_passwords_only(site, fail2ban_conf, tmp_path, form):
     records = real_lines(site)
+    assert matched(fail2ban_conf, tmp_path, form, records) == ["127.0.0.4"] * 5, records
+
+
+def matched(fail2ban_conf, tmp_path, form, records) -> list[str]:
+    """The addresses fail2ban-regex finds in `records` (pid, text), written in `form`."""
     log = tmp_path / "popper.log"
     log.write_text("".join(form(pid, text) + "\n" for pid, text in records))
     result = subprocess.run(["fail2ban-regex", "-c", str(fail2ban_conf), "-o", "ip", str(log),
                              "qpopper"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["127.0.0.4"] * 5, (result.stdout, records)
+    return result.stdout.split()
+
+
+@pytest.mark.parametrize("form", [syslog_file_line, journal_line])
+def test_a_prelogin_process_cannot_forge_a_failure(site, fail2ban_conf, tmp_path, form):
+    """A pre-login process the client took over sends what it likes on the descriptors it
+    holds: here five failures for 127.0.0.9 at LOG_EMERG on its log socket. Its monitor
+    logs them as its records, PRELOGIN_PREFIX first and at LOG_CRIT, so fail2ban matches
+    only the real wrong passwords (docs/privsep.md, "The pre-login process's log records")."""
+    forged = "LOGIN FAILED, user=x, method=USER, ip=[127.0.0.9], failures=5, brake=0s"
+    sock, _ = greeted(site, "127.0.0.5")
+    with sock:
+        prelogin_uid = pwd.getpwnam(PRELOGIN_USER).pw_uid
+        prelogin = wait_until(lambda: processes_of(site.srv, prelogin_uid),
+                              what="the pre-login process")[0]
+        with socket_of(prelogin, socket.SOCK_DGRAM) as log_end:
+            for _ in range(5):
+                log_end.send(bytes((syslog.LOG_EMERG,)) + forged.encode())
+        site.syslog.wait_for(re.escape(PRELOGIN_PREFIX + forged))
+    records = real_lines(site)
+    shown = [(priority & 7, text) for priority, _, text in site.syslog.records
+             if forged in text]
+    assert shown == [(syslog.LOG_CRIT, PRELOGIN_PREFIX + forged)] * 5
+    assert matched(fail2ban_conf, tmp_path, form, records) == ["127.0.0.4"] * 5, records
 
 
 def test_the_shipped_jail_starts_with_the_journal_backend(fail2ban_conf):

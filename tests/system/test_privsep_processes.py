@@ -265,8 +265,10 @@ def test_children_inherit_no_descriptor_of_the_master(site, system_users):
     """Forked without exec, a child has what the master had open unless it is closed: the
     listening sockets, whatever PAM's or the name service's modules opened when the master
     loaded them (docs/privsep.md, "PAM modules stay loaded in the master"), files of its
-    start-up. None of that may reach the pre-login process or the user session, except the
-    log's datagram socket, kept on purpose (a chrooted process cannot open /dev/log)."""
+    start-up. None of that may reach the pre-login process or the user session. The log's
+    datagram socket reaches the user session only: the pre-login process's records go
+    through its monitor, and its 0-2 are /dev/null (under systemd, 1 and 2 are the journal's
+    stream: docs/privsep.md, "The pre-login process's log records")."""
     user = system_users.create()
     make_spool(site.spool_dir, user, mbox(*MESSAGES))
     server = site.server()
@@ -281,9 +283,10 @@ def test_children_inherit_no_descriptor_of_the_master(site, system_users):
         raw.sendall(b"USER someone\r\n")
         assert raw.recv(100).startswith(b"+OK")
         prelogin = the_one(server, pwd.getpwnam(PRELOGIN_USER).pw_uid, "the pre-login process")
-        inherited = {fd: t for fd, t in descriptors(prelogin).items()
-                     if fd > 2 and t in master_own}
+        held = descriptors(prelogin)
+        inherited = {fd: t for fd, t in held.items() if t in master_own | log_socket}
         assert inherited == {}, f"pre-login process holds the master's {inherited}"
+        assert [held[fd] for fd in (0, 1, 2)] == ["/dev/null"] * 3, held
     client = login(server, user)
     try:
         assert client.stat()[0] == 2

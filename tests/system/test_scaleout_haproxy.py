@@ -230,22 +230,23 @@ def test_bad_header_from_the_balancer_closes(scaleout, data, why):
         sock.sendall(data)
         assert closed_without_answer(sock)
     scaleout["sites"]["b"].syslog.wait_for(
-        rf"PROXY protocol header from 127\.0\.0\.1 refused: .*{re.escape(why)}.*; closing")
+        rf"pre-login: PROXY protocol header from 127\.0\.0\.1 refused: .*{re.escape(why)}.*; "
+        rf"closing")
 
 
 def test_health_checks_answered_without_a_session(scaleout):
     admin = scaleout["admin"]
     # a few check rounds (inter 2s) after start-up
     checks = {name: int(state["chkfail"] or 0) for name, state in server_states(admin).items()}
+    answered = "pre-login: 127.0.0.1: PROXY health check answered"
     for name, site in scaleout["sites"].items():
-        site.syslog.wait_for(r"127\.0\.0\.1: PROXY health check answered", timeout=15)
-        wait_until(lambda: len([t for t in site.syslog.texts()
-                                if t == "127.0.0.1: PROXY health check answered"]) >= 3,
+        site.syslog.wait_for(re.escape(answered), timeout=15)
+        wait_until(lambda: site.syslog.texts().count(answered) >= 3,
                    timeout=20, what=f"three health checks of host-{name}")
         texts = site.syslog.texts()
         # no session of the balancer's own: nothing else logged about 127.0.0.1
         assert not [t for t in texts if BALANCER in t and not t.startswith("master listening")
-                    and t != "127.0.0.1: PROXY health check answered"], texts
+                    and t != answered], texts
     states = server_states(admin)
     assert {n: (s["status"], s["check_status"]) for n, s in states.items()} == \
         {"host-a": ("UP", "L7OK"), "host-b": ("UP", "L7OK")}

@@ -18,7 +18,7 @@ from tests.server_harness import free_port, read_greeting
 
 pytestmark = pytest.mark.timeout(120)
 
-TLS_LINE = r"TLS session with {ip}: TLSv1\.[23], [A-Z0-9_-]+, \d+ bits"
+TLS_LINE = r"pre-login: TLS session with {ip}: TLSv1\.[23], [A-Z0-9_-]+, \d+ bits"
 LOGIN_LINE = r'\(v[\d.]+\) POP login by user "{user}" at \({ip}\) {ip}'
 
 

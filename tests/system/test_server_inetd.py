@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import poplib
+import pwd
 import shutil
 import signal
 import socket
@@ -14,9 +15,10 @@ import types
 
 import pytest
 
-from tests.helpers.sysusers import make_spool
+from tests.helpers.sysusers import PRELOGIN_USER, make_spool
 from tests.helpers.messages import mbox
-from tests.server_harness import POPPER, Site, free_port, login, spool_text, wait_for_greeting
+from tests.server_harness import (POPPER, Site, descendants_of, free_port, login, proc_status,
+                                  spool_text, wait_for_greeting, wait_until)
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
@@ -173,3 +175,39 @@ def test_inetd_refuses_a_connection_on_a_proxy_protocol_port(site):
     finally:
         activator.stop()
         named.stop()
+
+
+def test_inetd_mode_prelogin_keeps_the_client_on_0_and_1_and_no_stream_on_2(site):
+    """Under an Accept=yes unit, descriptor 2 is the journal's stream (StandardError=journal):
+    whatever the pre-login process wrote there would be a journal entry under popper's name.
+    It keeps the client on 0 and 1 and has /dev/null on 2 (docs/privsep.md, "The pre-login
+    process's log records"); its monitor keeps its own 2."""
+    prelogin_uid = pwd.getpwnam(PRELOGIN_USER).pw_uid
+    client, connection = socket.socketpair()
+    stream_r, stream_w = os.pipe()                  # stands in for the journal's stream
+    proc = subprocess.Popen([POPPER, "-f", site.config], stdin=connection, stdout=connection,
+                            stderr=stream_w, start_new_session=True,
+                            env=dict(os.environ, QPOPPER_SYSLOG_SOCKET=site.syslog.path))
+    connection.close()
+    os.close(stream_w)
+    try:
+        client.settimeout(20)
+        assert client.recv(4096).startswith(b"+OK")
+
+        def prelogin():
+            return [pid for pid in descendants_of(proc.pid)
+                    if int(proc_status(pid)["Uid"].split()[1]) == prelogin_uid]
+        pid = wait_until(prelogin, what="the pre-login process")[0]
+        held = {fd: os.readlink(f"/proc/{pid}/fd/{fd}") for fd in (0, 1, 2)}
+        assert held[0].startswith("socket:") and held[1] == held[0], held
+        assert held[2] == "/dev/null", held
+        assert os.readlink(f"/proc/{proc.pid}/fd/2").startswith("pipe:")   # the monitor's
+        client.sendall(b"QUIT\r\n")
+        assert client.recv(4096).startswith(b"+OK")
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        client.close()
+        os.close(stream_r)

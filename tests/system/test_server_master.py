@@ -437,8 +437,8 @@ def test_timeout_before_login_names_the_user_even_after_a_failed_password(make_s
         assert replies.readline().startswith(b"+OK")
         assert replies.readline().startswith(b"-ERR [AUTH]")
         assert replies.readline() == b""  # the idle timeout closes it
-    s.syslog.wait_for(rf"\(v{V}\) Timeout \(1 secs\) during nw read from qpt-nobody-here "
-                      r"at 127\.0\.0\.1 \(127\.0\.0\.1\)")
+    s.syslog.wait_for(rf"pre-login: \(v{V}\) Timeout \(1 secs\) during nw read from "
+                      r"qpt-nobody-here at 127\.0\.0\.1 \(127\.0\.0\.1\)")
 
 
 def test_dual_stack_wildcards_bind_together(site):

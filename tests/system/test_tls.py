@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
 MESSAGES = (("first", "Body one.\n.dot line\n"), ("second", "Body two.\n"))
 TLS_ONLY = "Clear text passwords are permitted only over TLS; use STLS first"
-TLS_LINE = r"TLS session with 127\.0\.0\.1: TLSv1\.[23], [A-Z0-9_-]+, \d+ bits"
+TLS_LINE = r"pre-login: TLS session with 127\.0\.0\.1: TLSv1\.[23], [A-Z0-9_-]+, \d+ bits"
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +161,7 @@ def test_failed_stls_handshake_closes_the_connection(site):
         while chunk := raw.recv(4096):
             rest += chunk
     assert b"+OK" not in rest and b"-ERR" not in rest        # at most a TLS alert, then EOF
-    site.syslog.wait_for(r"TLS handshake with 127\.0\.0\.1 failed: .*")
+    site.syslog.wait_for(r"pre-login: TLS handshake with 127\.0\.0\.1 failed: .*")
 
 
 # --- port 995 ----------------------------------------------------------------------------------------
@@ -202,7 +202,7 @@ def test_alternate_port_instance_with_dash_l_2(site, user, pki):
         while chunk := raw.recv(4096):
             rest += chunk
     assert not rest.startswith(b"+OK")
-    site.syslog.wait_for(r"TLS handshake with 127\.0\.0\.1 failed: .*")
+    site.syslog.wait_for(r"pre-login: TLS handshake with 127\.0\.0\.1 failed: .*")
 
 
 def test_manual_three_configuration_files_recipe(site, user, pki):
@@ -263,7 +263,7 @@ def test_inetd_mode_with_alternate_port(site, user, pki):
     lines = replies.split(b"\r\n")
     assert lines[1].startswith(b"+OK ") and b" 2 visible messages" in lines[1]
     assert lines[2].startswith(b"+OK Pop server")
-    site.syslog.wait_for(r"TLS session with unknown: TLSv1\.3, .*")
+    site.syslog.wait_for(r"pre-login: TLS session with unknown: TLSv1\.3, .*")
 
 
 def test_inetd_mode_logs_a_bad_certificate_and_exits(site, pki):
@@ -343,7 +343,7 @@ def test_tls_1_0_and_1_1_are_refused_by_default(site, pki, version):
                             input=b"", capture_output=True, timeout=30)
     assert result.returncode != 0
     # the refusal is the server's (the client did send its hello)
-    site.syslog.wait_for(r"TLS handshake with 127\.0\.0\.1 failed: .*(unsupported protocol|"
+    site.syslog.wait_for(r"pre-login: TLS handshake with 127\.0\.0\.1 failed: .*(unsupported protocol|"
                          r"version).*")
 
 
@@ -708,7 +708,7 @@ def test_the_login_deadline_bounds_a_silent_tls_handshake(world_tmp, pam_service
         server = s.tls_server(pki)
         with socket.create_connection((server.host, server.tls_port), timeout=30) as raw:
             assert raw.recv(100) == b""          # closed by the server, long before 600 s
-        s.syslog.wait_for(r"TLS handshake with 127\.0\.0\.1 failed: timed out")
+        s.syslog.wait_for(r"pre-login: TLS handshake with 127\.0\.0\.1 failed: timed out")
     finally:
         s.close()
 
