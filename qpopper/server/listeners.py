@@ -144,6 +144,9 @@ def entry_matcher(spec):
                                                    or normalize_ip(address[0]) in wanted)
 
 
+NO_LISTENER = "no listen or tls-listen entry has this address and port"
+
+
 def proxy_listeners(specs, listeners) -> list[socket.socket]:
     """The listeners named by the proxy-protocol entries (matched by port, and by address
     unless the entry has none); an entry matching none is a ListenError. The entries are the
@@ -153,7 +156,6 @@ def proxy_listeners(specs, listeners) -> list[socket.socket]:
         names = entry_matcher(spec)
         found = [sock for sock in listeners if names(sock.getsockname())]
         if not found:
-            raise ListenError(f"proxy-protocol {spec}: no listen or tls-listen entry has "
-                              f"this address")
+            raise ListenError(f"proxy-protocol {spec}: {NO_LISTENER}")
         chosen += found
     return chosen

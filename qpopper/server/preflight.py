@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from qpopper.auth.sasl import kerberos_refusal
 from qpopper.bulletin_records import BULLDB_DIR, BULLDB_FILE
 from qpopper.server import privsep
-from qpopper.server.listeners import parse_listen
+from qpopper.options import BY_NAME
+from qpopper.server.listeners import NO_LISTENER, ListenError, entry_matcher, resolve_listeners
 from qpopper.server import tls as tls_mod
 
 PAM_DIR = "/etc/pam.d"
@@ -28,10 +29,6 @@ PAM_DIR = "/etc/pam.d"
 BULLDB_DIR_MODE = 0o2770
 """root:<spool group> 2770: every user's session (group mail) writes the database and the
 journal SQLite keeps beside it; users cannot read each other's records otherwise."""
-
-
-NO_TRUSTED_PROXIES = ("proxy-protocol needs proxy-trusted-networks: the load balancers allowed "
-                      "to send the header")
 
 
 class PreflightError(Exception):
@@ -52,7 +49,7 @@ def check_site(cfg, log=None) -> CheckedSite:
     try:
         privsep.check_prelogin_setup(cfg)
     except privsep.SandboxError as exc:
-        raise PreflightError(str(exc)) from None
+        raise PreflightError(_said_where(cfg, str(exc))) from None
     check_accounts(cfg)
     proxied = check_proxy_protocol(cfg)
     check_directories(cfg)
@@ -66,7 +63,7 @@ def check_site(cfg, log=None) -> CheckedSite:
     try:
         return CheckedSite(tls_mod.open_server_tls(cfg, log), proxied)
     except tls_mod.TlsSetupError as exc:
-        raise PreflightError(f"TLS: {exc}") from None
+        raise PreflightError(f"TLS: {_said_where(cfg, str(exc))}") from None
 
 
 def _where(cfg, name: str) -> str:
@@ -74,21 +71,38 @@ def _where(cfg, name: str) -> str:
     return "" if source == "default" else f" (set at {source})"
 
 
+def _said_where(cfg, text: str) -> str:
+    """A complaint from the TLS or sandbox code, which names its option first ("prelogin-chroot
+    /x must be empty"), with where that option was set, unless by default."""
+    name = text.split(" ", 1)[0]
+    if name not in BY_NAME or cfg.source(name) == "default":
+        return text
+    return f"{text} ({name} set at {cfg.source(name)})"
+
+
 def check_proxy_protocol(cfg) -> tuple[str, ...]:
     """proxy-protocol needs proxy-trusted-networks, and each of its entries a listen or
-    tls-listen entry with that port; returns the entries. The only check of the trusted
-    networks: the master matches the returned entries against the bound sockets at start-up
-    (listeners.proxy_listeners; sockets from systemd are only known then)."""
+    tls-listen entry it names, matched as the master matches them against its bound sockets
+    at start-up (listeners.entry_matcher against the addresses it will bind); returns the
+    entries. The only check of the trusted networks; sockets from systemd (no listen
+    entries) are only known at start-up (listeners.proxy_listeners)."""
     specs = tuple(cfg.proxy_protocol or ())
     if not specs:
         return specs
+    where = _where(cfg, "proxy-protocol")
     if not cfg.proxy_trusted_networks:
-        raise PreflightError(NO_TRUSTED_PROXIES)
-    ports = {parse_listen(spec)[1] for spec in (*cfg.listen, *cfg.tls_listen)}
+        raise PreflightError(f"proxy-protocol{where} needs proxy-trusted-networks: the load "
+                             f"balancers allowed to send the header")
+    listen = (*cfg.listen, *cfg.tls_listen)
+    if not listen:
+        return specs
     for spec in specs:
-        if ports and parse_listen(spec)[1] not in ports:
-            raise PreflightError(f"proxy-protocol {spec}: no listen or tls-listen entry has "
-                                 f"this port")
+        try:
+            names = entry_matcher(spec)
+            if not any(names(sockaddr) for _, sockaddr, _ in resolve_listeners(listen)):
+                raise PreflightError(f"proxy-protocol {spec}{where}: {NO_LISTENER}")
+        except ListenError as exc:
+            raise PreflightError(f"proxy-protocol {spec}{where}: {exc}") from None
     return specs
 
 

@@ -203,4 +203,5 @@ def test_check_config_refuses_a_missing_prelogin_account(site_args):
     result = popper("--check-config", "-f", str(EXAMPLE), *site_args,
                     "--prelogin-user=qpt-no-such-account")
     assert (result.returncode, result.stderr) == (
-        1, "popper: prelogin-user 'qpt-no-such-account': no such account\n")
+        1, "popper: prelogin-user 'qpt-no-such-account': no such account (prelogin-user set "
+           "at argv --prelogin-user)\n")

@@ -134,8 +134,54 @@ def test_the_preflight_alone_requires_trusted_networks_and_hands_over_the_entrie
     assert check_proxy_protocol(cfg.replace(proxy_protocol=())) == ()
     with pytest.raises(PreflightError, match="needs proxy-trusted-networks"):
         check_proxy_protocol(cfg.replace(proxy_trusted_networks=()))
-    with pytest.raises(PreflightError, match="no listen or tls-listen entry has this port"):
+    with pytest.raises(PreflightError, match="no listen or tls-listen entry has this address"):
         check_proxy_protocol(cfg.replace(proxy_protocol=("111",)))
+
+
+@pytest.mark.parametrize("entry, listen", [
+    ("127.0.0.2:{port}", "127.0.0.1:{port}"),        # another address, the same port
+    ("127.0.0.1:{port}", "{port}"),                  # a wildcard socket is no named address
+    ("[::1]:{port}", "127.0.0.1:{port}"),
+    ("127.0.0.1:{other}", "127.0.0.1:{port}"),
+])
+def test_the_check_refuses_every_entry_start_up_would_refuse(entry, listen):
+    """What --check-config passes, start-up binds and matches (listeners.proxy_listeners):
+    the same entries fail both, with the same words."""
+    port = free_port()
+    other = port + 1 if port < 65535 else port - 1
+    entry, listen = entry.format(port=port, other=other), listen.format(port=port, other=other)
+    cfg = Config.defaults().replace(listen=(listen,), proxy_protocol=(entry,),
+                                    proxy_trusted_networks=("127.0.0.1",))
+    with pytest.raises(PreflightError) as checked:
+        check_proxy_protocol(cfg)
+    listeners = bind_listeners([listen])
+    try:
+        with pytest.raises(ListenError) as started:
+            proxy_listeners((entry,), listeners)
+    finally:
+        for sock in listeners:
+            sock.close()
+    assert str(checked.value) == f"proxy-protocol {entry} (set at override): no listen or " \
+                                 f"tls-listen entry has this address and port"
+    assert str(started.value) == str(checked.value).replace(" (set at override)", "")
+
+
+@pytest.mark.parametrize("entry, listen", [
+    ("{port}", "127.0.0.1:{port}"), ("127.0.0.1:{port}", "127.0.0.1:{port}"),
+    ("0.0.0.0:{port}", "127.0.0.1:{port}"), ("{port}", "{port}"),
+])
+def test_the_check_passes_every_entry_start_up_takes(entry, listen):
+    port = free_port()
+    entry, listen = entry.format(port=port), listen.format(port=port)
+    cfg = Config.defaults().replace(listen=(listen,), proxy_protocol=(entry,),
+                                    proxy_trusted_networks=("127.0.0.1",))
+    assert check_proxy_protocol(cfg) == (entry,)
+    listeners = bind_listeners([listen])
+    try:
+        assert proxy_listeners((entry,), listeners) == listeners
+    finally:
+        for sock in listeners:
+            sock.close()
 
 
 def test_popper_refuses_to_start_with_a_proxy_listener_and_no_trusted_networks(tmp_path):
@@ -147,14 +193,13 @@ def test_popper_refuses_to_start_with_a_proxy_listener_and_no_trusted_networks(t
                          env=dict(os.environ, QPOPPER_SYSLOG_SOCKET=str(tmp_path / "none")))
     assert run.returncode == 1
     assert run.stderr.strip().splitlines()[-1] == (
-        "popper: proxy-protocol needs proxy-trusted-networks: the load balancers allowed to "
-        "send the header")
+        f"popper: proxy-protocol (set at {config}:1) needs proxy-trusted-networks: the load "
+        f"balancers allowed to send the header")
     # --check-config refuses what start-up refuses, with the same words.
     check = subprocess.run([POPPER, "--check-config", f"127.0.0.1:{port}", "-f", str(config),
                             *prelogin_args()], capture_output=True, text=True, timeout=30)
     assert check.returncode == 1
-    assert "proxy-protocol needs proxy-trusted-networks: the load balancers allowed to send " \
-        "the header" in check.stderr.strip().splitlines()[-1]
+    assert run.stderr.strip().splitlines()[-1] in check.stderr.strip().splitlines()[-1]
     config.write_text(f"set proxy-protocol = 127.0.0.1:{port + 1}\n"
                       "set proxy-trusted-networks = 127.0.0.1\n")
     check = subprocess.run([POPPER, "--check-config", f"127.0.0.1:{port}", "-f", str(config),

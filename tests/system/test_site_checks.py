@@ -126,3 +126,33 @@ def test_a_relative_pid_file_is_where_the_check_looked(site):
     finally:
         os.kill(pid, signal.SIGTERM)
     wait_until(lambda: not os.path.exists(pid_file), what="the pid file to go")
+
+
+def test_sandbox_and_tls_complaints_say_where_the_option_was_set(site):
+    """The pre-login sandbox's and the TLS identity's complaints name their option first;
+    the check adds where it was set, as for every other option (docs/operations.md,
+    "Start-up checks")."""
+    popper = PopperServer(site.root, None).argv[0]
+    crowded = os.path.join(site.root, "crowded")
+    os.makedirs(crowded)
+    open(os.path.join(crowded, "something"), "w").close()
+    checked = subprocess.run([popper, "--check-config", "-f", site.config,
+                              f"--prelogin-chroot={crowded}"],
+                             capture_output=True, text=True, timeout=30)
+    assert (checked.returncode, checked.stderr) == (
+        1, f"popper: prelogin-chroot {crowded} must be empty (prelogin-chroot set at argv "
+           f"--prelogin-chroot)\n")
+    config = os.path.join(site.root, "tls.config")
+    with open(site.config) as original:
+        text = original.read() + ("set tls-support = stls\n"
+                                  "set tls-server-cert-file = /nonexistent/qpt-cert.pem\n")
+    with open(config, "w") as f:
+        f.write(text)
+    line_number = text.count("\n")
+    checked = subprocess.run([popper, "--check-config", "-f", config],
+                             capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 1
+    assert checked.stderr.startswith("popper: TLS: tls-server-cert-file "
+                                     "/nonexistent/qpt-cert.pem"), checked.stderr
+    assert checked.stderr.endswith(f" (tls-server-cert-file set at {config}:{line_number})\n"), \
+        checked.stderr

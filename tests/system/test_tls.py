@@ -500,8 +500,9 @@ def test_bad_certificates_are_refused_at_start_up(world_tmp, pam_service, pki, g
         status, stderr = start_failure(world_tmp, pam_service, **options)
         assert status == 1, (options, stderr)
         lines = stderr.strip().splitlines()
-        assert len(lines) == 1 and re.fullmatch(r"popper: " + expected, lines[0]), \
-            (options, stderr)
+        # the option named first, and where the configuration file set it
+        said = re.fullmatch(r"popper: " + expected + r" \(([a-z-]+) set at \S+:\d+\)", lines[0])
+        assert len(lines) == 1 and said and said[1] == lines[0].split()[2], (options, stderr)
 
 
 def test_hup_reloads_the_certificate_for_new_connections(site, pki, good):
