@@ -162,21 +162,25 @@ class ForkedCall:
     its open file; 0-2 become /dev/null), runs no finalizer of the parent's objects and takes
     default signals; it always leaves by os._exit. The parent asks `result(deadline)`: the
     answer, or None when there is no whole one by then or it is longer than `max_octets`; the
-    child is killed if still there and reaped either way, so none is left a zombie.
+    child is killed if still there and reaped either way, so none is left a zombie (with
+    `reap=False` it is left one: its pid stays its own while this process lives, for a
+    caller whose system-call filter lets it signal that pid; the pre-login process).
     The caller checks the answer's shape. marshal is not hardened against crafted data, so
     it is only for a child no more exposed than its reader (the mbox helper: the session's
     own user, reading the session's own spool); a child that talks to the network (the
     reverse lookup) answers `raw`, with a `max_octets`."""
 
-    def __init__(self, pid: int, fd: int, raw: bool = False, max_octets: int | None = None):
+    def __init__(self, pid: int, fd: int, raw: bool = False, max_octets: int | None = None,
+                 reap: bool = True):
         self.pid = pid
         self.fd = fd
         self.raw = raw
         self.max_octets = max_octets
+        self.reap = reap
 
     @classmethod
     def start(cls, work: Callable[[], object], keep: Iterable[int] = (), *, raw: bool = False,
-              max_octets: int | None = None) -> "ForkedCall | None":
+              max_octets: int | None = None, reap: bool = True) -> "ForkedCall | None":
         """The child started, or None when no pipe or no process could be made."""
         try:
             r, w = os.pipe2(os.O_CLOEXEC)
@@ -204,7 +208,7 @@ class ForkedCall:
             finally:
                 os._exit(code)
         os.close(w)
-        return cls(pid, r, raw, max_octets)
+        return cls(pid, r, raw, max_octets, reap)
 
     def result(self, deadline: float):
         """The child's answer, or None past `deadline` (time.monotonic()) or when it ended
@@ -261,6 +265,8 @@ class ForkedCall:
             pass
         os.close(self.fd)
         self.fd = -1
+        if not self.reap:
+            return
         try:
             os.waitpid(self.pid, 0)
         except ChildProcessError:

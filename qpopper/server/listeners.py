@@ -60,6 +60,15 @@ def _has_ipv6() -> bool:
         return False
 
 
+def _resolve(host: str, port: int) -> list:
+    """getaddrinfo for a listen entry's host; ListenError when it does not resolve."""
+    try:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                  flags=socket.AI_PASSIVE | socket.AI_NUMERICSERV)
+    except socket.gaierror as exc:
+        raise ListenError(f"listen address {host}:{port}: {exc.strerror}") from None
+
+
 def resolve_listeners(specs) -> list[tuple[int, tuple, bool]]:
     """Each spec → (family, sockaddr, v6only). A bare port is every address: `[::]` dual stack
     (or 0.0.0.0 without IPv6). `[::]` is made v6-only when an IPv4 wildcard on the same port is
@@ -73,12 +82,7 @@ def resolve_listeners(specs) -> list[tuple[int, tuple, bool]]:
             else:
                 result.append((socket.AF_INET, ("0.0.0.0", port), False))
             continue
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                       flags=socket.AI_PASSIVE | socket.AI_NUMERICSERV)
-        except socket.gaierror as exc:
-            raise ListenError(f"listen address {host}:{port}: {exc.strerror}") from None
-        family, _, _, _, sockaddr = infos[0]
+        family, _, _, _, sockaddr = _resolve(host, port)[0]
         result.append((family, sockaddr, False))
     v4_wildcards = {sa[1] for fam, sa, _ in result if fam == socket.AF_INET and sa[0] == "0.0.0.0"}
     return [(fam, sa, fam == socket.AF_INET6 and sa[0] == "::" and sa[1] in v4_wildcards)
@@ -135,10 +139,11 @@ def open_listeners(cfg) -> tuple[list[socket.socket], list[socket.socket]]:
 def entry_matcher(spec):
     """A test of a socket's address (getsockname()) against one listen-style entry: its
     port, and its address unless it has none; an unspecified address (0.0.0.0, ::) is every
-    address of the host. ListenError when the entry's name does not resolve."""
+    address of the host; a name, each of its addresses (localhost: 127.0.0.1 and ::1, where
+    a listen entry binds the first only). ListenError when the name does not resolve."""
     host, port = parse_listen(spec)
-    wanted = None if host is None else {normalize_ip(sa[0]) for _, sa, _ in
-                                        resolve_listeners([spec])}
+    wanted = None if host is None else {normalize_ip(sockaddr[0]) for *_, sockaddr
+                                        in _resolve(host, port)}
     anywhere = wanted is None or any(ipaddress.ip_address(w).is_unspecified for w in wanted)
     return lambda address: address[1] == port and (anywhere
                                                    or normalize_ip(address[0]) in wanted)

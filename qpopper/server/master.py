@@ -324,7 +324,8 @@ def run_master(cfg, invocation) -> int:
     server_tls = None
     try:
         # the checks `popper --check-config` makes, from the same function
-        checked = preflight.check_site(cfg, log)
+        checked = preflight.check_site(cfg, log,
+                                       match_listen_entries=not sdnotify.passes_sockets())
         server_tls = checked.tls
         listeners, implicit_tls = open_listeners(cfg)
         proxied = proxy_listeners(checked.proxy_protocol, listeners)

@@ -12,6 +12,7 @@ from qpopper import config as config_mod
 from qpopper.auth import pam as pam_auth
 from qpopper.server import preflight, privsep
 from qpopper.server import tls as tls_mod
+from qpopper.server.listeners import ListenError, proxy_listeners
 from qpopper.log import Logger
 
 KILL_AFTER_TERM_S = 5
@@ -35,8 +36,16 @@ class Lifecycle:
         try:
             new_cfg = self.reload()
             new_log = self.log.reconfigured(new_cfg)
-            # start-up's checks (a renewed certificate is read here); the listeners stay
-            new_tls = preflight.check_site(new_cfg, new_log).tls
+            # start-up's checks (a renewed certificate is read here); the listeners stay, so
+            # the proxy-protocol entries are matched against them
+            checked = preflight.check_site(new_cfg, new_log, match_listen_entries=False)
+            new_tls = checked.tls
+            try:
+                proxy_listeners(checked.proxy_protocol, self.listeners)
+            except ListenError:
+                if new_tls is not None:
+                    new_tls.close()
+                raise
             if new_tls is None and self.implicit_tls:
                 # the tls-listen ports opened at start-up never fall back to plain text
                 raise tls_mod.TlsSetupError("the TLS listeners opened at start-up still need "

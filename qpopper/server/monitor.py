@@ -189,7 +189,8 @@ class Monitor(BecomingTheSession, ProxiedConnection):
                                       uid, gid)
                   if self.peer and self.cfg.reverse_lookup else None)
         try:
-            privsep.enter_prelogin_sandbox(self.cfg, uid, gid)
+            privsep.enter_prelogin_sandbox(self.cfg, uid, gid,
+                                           may_signal=lookup.pids() if lookup else ())
         except privsep.SandboxError as exc:
             log_failure(self.log, "the pre-login sandbox", exc, syslog.LOG_CRIT)
             return privsep.EXIT_PRIVSEP_FAILED

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import grp
 import os
+import platform
 import pwd
 import sqlite3
 import stat
+import syslog
 from dataclasses import dataclass
 
 from qpopper.auth.sasl import kerberos_refusal
 from qpopper.bulletin_records import BULLDB_DIR, BULLDB_FILE
-from qpopper.server import privsep
+from qpopper.server import prelogin_filter, privsep
 from qpopper.options import BY_NAME
 from qpopper.server.listeners import NO_LISTENER, ListenError, entry_matcher, resolve_listeners
 from qpopper.server import tls as tls_mod
@@ -44,14 +46,18 @@ class CheckedSite:
     proxy_protocol: tuple[str, ...]
 
 
-def check_site(cfg, log=None) -> CheckedSite:
-    """Every start-up check. Raises PreflightError."""
+def check_site(cfg, log=None, *, match_listen_entries: bool = True) -> CheckedSite:
+    """Every start-up check. Raises PreflightError; warnings go to `log`. Without
+    `match_listen_entries` (the master's listeners are not the listen entries': systemd's
+    sockets, or a reload's, which keeps start-up's) the master matches the proxy-protocol
+    entries against its sockets itself (listeners.proxy_listeners)."""
     try:
         privsep.check_prelogin_setup(cfg)
     except privsep.SandboxError as exc:
         raise PreflightError(_said_where(cfg, str(exc))) from None
+    warn_without_syscall_filter(log)
     check_accounts(cfg)
-    proxied = check_proxy_protocol(cfg)
+    proxied = check_proxy_protocol(cfg, match_addresses=match_listen_entries)
     check_directories(cfg)
     check_tracefile(cfg)
     check_brakes_file(cfg)
@@ -64,6 +70,15 @@ def check_site(cfg, log=None) -> CheckedSite:
         return CheckedSite(tls_mod.open_server_tls(cfg, log), proxied)
     except tls_mod.TlsSetupError as exc:
         raise PreflightError(f"TLS: {_said_where(cfg, str(exc))}") from None
+
+
+def warn_without_syscall_filter(log) -> None:
+    """The pre-login process's system-call filter knows x86_64 and aarch64 only: elsewhere
+    the administrator is told, once per start, check or reload."""
+    if log is not None and not prelogin_filter.available():
+        log(syslog.LOG_WARNING, f"no system-call filter for the pre-login process on "
+                                f"{platform.machine()} (x86_64 and aarch64 only): the rest of "
+                                f"its sandbox stands alone")
 
 
 def _where(cfg, name: str) -> str:
@@ -80,12 +95,12 @@ def _said_where(cfg, text: str) -> str:
     return f"{text} ({name} set at {cfg.source(name)})"
 
 
-def check_proxy_protocol(cfg) -> tuple[str, ...]:
+def check_proxy_protocol(cfg, match_addresses: bool = True) -> tuple[str, ...]:
     """proxy-protocol needs proxy-trusted-networks, and each of its entries a listen or
     tls-listen entry it names, matched as the master matches them against its bound sockets
     at start-up (listeners.entry_matcher against the addresses it will bind); returns the
-    entries. The only check of the trusted networks; sockets from systemd (no listen
-    entries) are only known at start-up (listeners.proxy_listeners)."""
+    entries. The only check of the trusted networks. Without `match_addresses` the caller
+    matches them against its sockets (check_site)."""
     specs = tuple(cfg.proxy_protocol or ())
     if not specs:
         return specs
@@ -94,15 +109,19 @@ def check_proxy_protocol(cfg) -> tuple[str, ...]:
         raise PreflightError(f"proxy-protocol{where} needs proxy-trusted-networks: the load "
                              f"balancers allowed to send the header")
     listen = (*cfg.listen, *cfg.tls_listen)
-    if not listen:
+    if not listen or not match_addresses:
         return specs
+    try:
+        addresses = [sockaddr for _, sockaddr, _ in resolve_listeners(listen)]
+    except ListenError as exc:
+        raise PreflightError(str(exc)) from None          # what binding would say
     for spec in specs:
         try:
             names = entry_matcher(spec)
-            if not any(names(sockaddr) for _, sockaddr, _ in resolve_listeners(listen)):
-                raise PreflightError(f"proxy-protocol {spec}{where}: {NO_LISTENER}")
         except ListenError as exc:
             raise PreflightError(f"proxy-protocol {spec}{where}: {exc}") from None
+        if not any(names(sockaddr) for sockaddr in addresses):
+            raise PreflightError(f"proxy-protocol {spec}{where}: {NO_LISTENER}")
     return specs
 
 

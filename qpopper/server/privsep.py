@@ -31,7 +31,8 @@ process model is docs/privsep.md). No module here reads a client byte as root:
 The pre-login process (server/prelogin.py, session.py, channel.py, reply_writer.py, the
 whole pop3/ package, auth/sasl.py, server/tls_channel.py's handshake,
 server/reverse_lookup.py's helper) runs as prelogin-user in the prelogin-chroot directory,
-entered with enter_prelogin_sandbox below before the first client byte.
+entered with enter_prelogin_sandbox below before the first client byte; its last step is
+server/prelogin_filter.py's system-call filter.
 Everything after `drop_privileges` — the spool, the temp drop, the cache, bulletins, the
 user option files — runs as the user with the spool directory's group (normally mail) as its
 effective and saved group (a Maildir user's session gives it up: leave_spool_group below),
@@ -57,8 +58,10 @@ import resource
 import signal
 import subprocess
 import syslog
+from typing import Iterable
 
 from qpopper import limits
+from qpopper.server import prelogin_filter
 
 SESSION_UMASK = 0o007
 """Qpopper's umask after the drop (BINMAIL_IS_SETGID): files the session creates (temp drop,
@@ -229,9 +232,11 @@ def warm_name_service(cfg) -> None:
         pass
 
 
-def enter_prelogin_sandbox(cfg, uid: int, gid: int) -> None:
+def enter_prelogin_sandbox(cfg, uid: int, gid: int, may_signal: Iterable[int] = ()) -> None:
     """Lock this process in (docs/privsep.md, "The pre-login process"); SandboxError when
-    any step fails. Call before touching the client's bytes."""
+    any step fails. Call before touching the client's bytes. The last step is the
+    system-call filter (prelogin_filter): from then on it may signal only itself and the
+    processes in `may_signal` (its reverse-lookup helper)."""
     was_root = os.geteuid() == 0
     try:
         if was_root:
@@ -258,6 +263,10 @@ def enter_prelogin_sandbox(cfg, uid: int, gid: int) -> None:
         raise SandboxError(f"entering the pre-login sandbox: {exc}") from None
     if was_root:
         _check_became(uid, gid)
+    try:
+        prelogin_filter.install(os.getpid(), may_signal)
+    except OSError as exc:
+        raise SandboxError(f"entering the pre-login sandbox: {exc}") from None
 
 
 def drop_to_account(uid: int, gid: int) -> None:

@@ -80,9 +80,13 @@ class ForkedReverseLookup:
             privsep.drop_to_account(uid, gid)
             address = ip if ip is not None else self._wait_for_address(ip_r)
             return ReverseLookup(address).result()[:NAME_LIMIT].encode("utf-8", "replace")
-        # raw bytes, bounded: this child talks to DNS, so its answer is not unmarshalled
+        # raw bytes, bounded: this child talks to DNS, so its answer is not unmarshalled.
+        # Never reaped here: its pid stays its own while the pre-login process, whose
+        # system-call filter lets it kill that pid, lives (reused, it could be another
+        # connection's process)
         self._call = ForkedCall.start(look_up, keep=(ip_r,) if ip_r >= 0 else (), raw=True,
-                                      max_octets=4 * NAME_LIMIT)
+                                      max_octets=4 * NAME_LIMIT, reap=False)
+        self._pid = self._call.pid if self._call is not None else None
         if ip_r >= 0:
             os.close(ip_r)
 
@@ -91,6 +95,10 @@ class ForkedReverseLookup:
         if not select.select([fd], [], [], limits.PROXY_HEADER_TIMEOUT_S + 1)[0]:
             raise TimeoutError("no address to look up")
         return str(ipaddress.ip_address(os.read(fd, 64).decode("ascii")))
+
+    def pids(self) -> tuple[int, ...]:
+        """The helper child, whom the pre-login process must still be able to kill."""
+        return (self._pid,) if self._pid is not None else ()
 
     def begin(self, ip: str) -> None:
         """The address to look up, when it was not known at the fork."""

@@ -29,6 +29,16 @@ def notify(state: str, environ=os.environ) -> bool:
     return True
 
 
+def passes_sockets(environ=os.environ) -> bool:
+    """Whether systemd passed this process sockets (LISTEN_PID is ours, LISTEN_FDS > 0); read
+    before listen_fds() takes them."""
+    try:
+        return (int(environ.get("LISTEN_PID", "")) == os.getpid()
+                and int(environ.get("LISTEN_FDS", "")) > 0)
+    except ValueError:
+        return False
+
+
 def listen_fds(environ=os.environ, unset: bool = True) -> list[socket.socket]:
     """The sockets systemd passed us (LISTEN_FDS / LISTEN_PID), as socket objects, marked
     close-on-exec; [] when none are meant for this process. With `unset`, the variables are

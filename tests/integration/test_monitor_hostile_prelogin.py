@@ -5,7 +5,9 @@ outlive the connection."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pwd
 import signal
 import socket
 import time
@@ -196,3 +198,71 @@ def test_the_prelogin_sandbox_cannot_fork(prelogin_config, monkeypatch):
     assert ended_within(pid, 20)
     assert os.read(read_end, 100) == b"refused 11"          # EAGAIN
     os.close(read_end)
+
+
+@pytest.mark.timeout(60)
+def test_a_taken_over_prelogin_process_logs_only_through_its_monitor(prelogin_config,
+                                                                    monkeypatch, tmp_path):
+    """Inside the real sandbox an attacker's code finds no way to a log of its own: no new
+    socket (UDP syslog), no reconnecting or addressing its log socket (an abstract syslog
+    socket), no signal for another connection's pre-login process (the same account), not
+    even through SIGIO; what it sends on its log socket comes out of the monitor prefixed
+    (docs/privsep.md, "The pre-login process's log records" and "The pre-login process's
+    system calls")."""
+    read_end, write_end = os.pipe()
+    forged = "LOGIN FAILED, user=x, method=USER, ip=[198.51.100.9], failures=5, brake=0s"
+    account = pwd.getpwnam(PRELOGIN_USER)
+    other = os.fork()                    # stands in for another connection's process
+    if other == 0:
+        os.setresgid(account.pw_gid, account.pw_gid, account.pw_gid)
+        os.setresuid(account.pw_uid, account.pw_uid, account.pw_uid)
+        time.sleep(60)
+        os._exit(0)
+
+    def attack(channel):
+        tried = {}
+        log_fd = next(fd for fd in range(3, 64) if _is_datagram_socket(fd))
+        log_socket = socket.socket(fileno=os.dup(log_fd))
+        mine, _ = socket.socketpair()
+        for name, call in (
+                ("udp socket", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM)),
+                ("reconnect", lambda: log_socket.connect("\0qpt-syslog")),
+                ("sendto", lambda: log_socket.sendto(b"x", "\0qpt-syslog")),
+                ("kill another", lambda: os.kill(other, signal.SIGKILL)),
+                ("SIGIO to another", lambda: fcntl.fcntl(mine, fcntl.F_SETOWN, other))):
+            try:
+                call()
+                tried[name] = "done"
+            except OSError as exc:
+                tried[name] = exc.errno
+        log_socket.send(bytes((0,)) + forged.encode())            # LOG_EMERG
+        os.write(write_end, repr(tried).encode())
+        channel.send(b"")                                           # the dialogue's end
+        return 0
+    log_path = tmp_path / "monitor.log"
+    try:
+        pid = run_monitor(prelogin_config, attack, monkeypatch, log_path=str(log_path))
+        os.close(write_end)
+        assert ended_within(pid, 20)
+        assert eval(os.read(read_end, 1000)) == {
+            "udp socket": 1, "reconnect": 1, "sendto": 1, "kill another": 1,
+            "SIGIO to another": 1}                                    # EPERM
+        assert os.waitpid(other, os.WNOHANG) == (0, 0)                # alive
+    finally:
+        os.kill(other, signal.SIGKILL)
+        os.waitpid(other, 0)
+        os.close(read_end)
+    lines = log_path.read_text().splitlines()
+    assert [line.split(": ", 1)[1] for line in lines if forged in line] == [
+        f"pre-login: {forged}"], lines
+
+
+def _is_datagram_socket(fd: int) -> bool:
+    try:
+        probe = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return False
+    try:
+        return probe.type == socket.SOCK_DGRAM
+    finally:
+        probe.close()

@@ -235,6 +235,7 @@ def test_the_reverse_lookup_waits_for_the_header_address():
         lookup = ForkedReverseLookup(None, account.pw_uid, account.pw_gid)
         lookup.begin(address)
         assert lookup.result() == name
+        os.waitpid(*lookup.pids(), 0)       # left a zombie: the pre-login never reaps it
 
 
 @pytest.mark.parametrize("entry, wanted", [

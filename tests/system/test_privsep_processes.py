@@ -10,6 +10,7 @@ holds no trace of the TLS private key (its memory is searched for the key's prim
 from __future__ import annotations
 
 import os
+import platform
 import pwd
 import poplib
 import socket
@@ -19,7 +20,7 @@ import subprocess
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from qpopper.server import privsep
+from qpopper.server import prelogin_filter, privsep
 from qpopper.config import Config
 from tests.helpers.sysusers import PRELOGIN_USER, in_child, is_root, make_spool
 from tests.helpers.messages import mbox
@@ -40,6 +41,11 @@ def the_one(server, uid: int, what: str) -> int:
 
 def assert_locked_in(pid: int) -> None:
     account = pwd.getpwnam(PRELOGIN_USER)
+    if platform.machine() in prelogin_filter.ARCHES:
+        # the system-call filter is the sandbox's last step (the account comes before it):
+        # the process may still be on its way in when the uid already matches
+        wait_until(lambda: proc_status(pid)["Seccomp"].strip() == "2",
+                   what="the pre-login process's system-call filter (Seccomp: 2)")
     status = proc_status(pid)
     assert status["Uid"].split() == [str(account.pw_uid)] * 4, status["Uid"]
     assert status["Gid"].split() == [str(account.pw_gid)] * 4, status["Gid"]
@@ -57,11 +63,17 @@ def site(world_tmp, pam_service):
     s.close()
 
 
-def test_authorization_runs_locked_in_and_the_monitor_above_it_is_root(site, system_users):
+def serving(site, system_users):
+    """A user with two messages, and the server once its start-up probe has ended."""
     user = system_users.create()
     make_spool(site.spool_dir, user, mbox(*MESSAGES))
     server = site.server()
     wait_until(lambda: not server.children(), what="the start-up probe to end")
+    return user, server
+
+
+def test_authorization_runs_locked_in_and_the_monitor_above_it_is_root(site, system_users):
+    user, server = serving(site, system_users)
     with socket.create_connection((server.host, server.port), timeout=10) as client:
         assert read_greeting(client).startswith(b"+OK")
         client.sendall(b"USER someone\r\n")
@@ -80,6 +92,29 @@ def test_authorization_runs_locked_in_and_the_monitor_above_it_is_root(site, sys
         assert not processes_of(server, pwd.getpwnam(PRELOGIN_USER).pw_uid)
     finally:
         client.quit()
+
+
+def test_with_reverse_lookup_the_filter_lets_it_end_its_helper(world_tmp, pam_service,
+                                                               system_users):
+    """reverse-lookup (on by default): the pre-login process kills its lookup helper once it
+    has its answer (or gave up on it); its system-call filter lets it signal that pid, and
+    no other (docs/privsep.md, "The pre-login process's system calls")."""
+    s = Site(world_tmp, pam_service, reverse_lookup=True)
+    try:
+        user, server = serving(s, system_users)
+        with socket.create_connection((server.host, server.port), timeout=10) as raw:
+            assert read_greeting(raw).startswith(b"+OK")
+            assert_locked_in(the_one(server, pwd.getpwnam(PRELOGIN_USER).pw_uid,
+                                     "the pre-login process"))
+        client = login(server, user)
+        try:
+            assert client.stat()[0] == 2
+        finally:
+            client.quit()
+        s.syslog.wait_for(rf'\(v[\d.]+\) POP login by user "{user.name}" at \(localhost\) '
+                          r'127\.0\.0\.1')
+    finally:
+        s.close()
 
 
 def test_the_tls_handshake_runs_locked_in(world_tmp, pam_service, pki, good):

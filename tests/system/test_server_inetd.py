@@ -96,6 +96,21 @@ def test_master_takes_its_socket_from_listen_fds(site, system_users):
         activator.stop()
 
 
+def master_on_fd_3(site, listener: socket.socket, config: str) -> subprocess.Popen:
+    """The standalone master with `listener` passed as systemd passes it (fd 3, LISTEN_PID
+    its pid, LISTEN_FDS=1); the port argument "1" only selects the master. Closes our copy."""
+    def place_socket():
+        os.dup2(listener.fileno(), 3)
+
+    proc = subprocess.Popen(
+        ["sh", "-c", f'LISTEN_PID=$$ LISTEN_FDS=1 exec "{POPPER}" 1 -f "{config}"'],
+        env=dict(os.environ, QPOPPER_SYSLOG_SOCKET=site.syslog.path), preexec_fn=place_socket,
+        pass_fds=(3,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True)
+    listener.close()
+    return proc
+
+
 def test_master_with_a_socket_handed_over_by_the_caller(site, system_users):
     """The LISTEN_FDS protocol done by hand: the socket at fd 3, LISTEN_PID = popper's pid."""
     user = system_users.create()
@@ -103,17 +118,38 @@ def test_master_with_a_socket_handed_over_by_the_caller(site, system_users):
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
 
-    def place_socket():
-        os.dup2(listener.fileno(), 3)
-
-    proc = subprocess.Popen(
-        ["sh", "-c", f'LISTEN_PID=$$ LISTEN_FDS=1 exec "{POPPER}" 1 -f "{site.config}"'],
-        env=dict(os.environ, QPOPPER_SYSLOG_SOCKET=site.syslog.path), preexec_fn=place_socket,
-        pass_fds=(3,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True)
-    listener.close()
+    proc = master_on_fd_3(site, listener, site.config)
     try:
         fetch_and_delete(types.SimpleNamespace(host="127.0.0.1", port=port), user, site)
+    finally:
+        proc.terminate()
+        assert proc.wait(20) == 0
+
+
+def test_proxy_protocol_on_a_socket_from_systemd_is_matched_against_that_socket(site):
+    """With sockets from systemd the listen entries do not say what is bound (here "1"):
+    the proxy-protocol entry is matched against the socket itself, at start-up and at a
+    reload, not refused because no listen entry names its address."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    config = os.path.join(site.root, "proxied.config")
+    with open(site.config) as original, open(config, "w") as f:
+        f.write(original.read() + f"set proxy-protocol = 127.0.0.1:{port}\n"
+                                  f"set proxy-trusted-networks = 127.0.0.1\n")
+    proc = master_on_fd_3(site, listener, config)
+    try:
+        site.syslog.wait_for(rf"master listening on 127\.0\.0\.1:{port}.*", timeout=30)
+        os.kill(proc.pid, signal.SIGHUP)
+        site.syslog.wait_for("configuration reloaded")
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+            sock.sendall(f"PROXY TCP4 203.0.113.7 127.0.0.1 4000 {port}\r\n".encode())
+            assert sock.recv(4096).startswith(b"+OK")
+        with open(config, "a") as f:                   # an address no socket has
+            f.write(f"set proxy-protocol = 127.0.0.2:{port}\n")
+        os.kill(proc.pid, signal.SIGHUP)
+        site.syslog.wait_for(rf"reload failed, keeping the running configuration: "
+                             rf"proxy-protocol 127\.0\.0\.2:{port}: no listen or tls-listen "
+                             rf"entry has this address and port")
     finally:
         proc.terminate()
         assert proc.wait(20) == 0

@@ -29,6 +29,17 @@ def test_the_answer_comes_back_and_the_child_is_reaped():
     assert_reaped(call.pid)
 
 
+def test_without_reap_the_child_keeps_its_pid_as_a_zombie():
+    """The pre-login process may kill its reverse-lookup helper's pid (its system-call
+    filter names it): reaped, that pid could become another connection's process."""
+    for work in (lambda: "answered", lambda: time.sleep(60)):
+        call = ForkedCall.start(work, reap=False)
+        call.result(time.monotonic() + 0.5)
+        os.kill(call.pid, 0)                          # still its own pid
+        assert os.waitpid(call.pid, 0)[0] == call.pid  # left for this process to reap
+        assert_reaped(call.pid)
+
+
 def test_the_child_keeps_no_descriptor_but_its_pipe_and_what_it_is_told(tmp_path):
     held = os.open(tmp_path / "held", os.O_CREAT | os.O_RDWR, 0o600)   # a lock, a socket
     kept_r, kept_w = os.pipe()

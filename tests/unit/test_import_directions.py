@@ -30,9 +30,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("", "limits", "addresses")),                   # "" is qpopper/__init__.py
     ("vocabulary", ("pop3.responses", "option_types", "options", "logcatalogue")),
     ("configuration", ("config",)),
-    ("services", ("log", "server.sdnotify", "server.privsep", "server.tls", "server.tls_channel",
-                  "server.monitor_wire", "server.channel", "server.children",
-                  "docgen")),
+    ("services", ("log", "server.sdnotify", "server.privsep", "server.prelogin_filter",
+                  "server.tls", "server.tls_channel", "server.monitor_wire", "server.channel",
+                  "server.children", "docgen")),
     ("domain", ("spool.*", "auth.*", "bulletins", "bulletin_records", "extensions.submit", "server.drac",
                 "server.preflight",
                 "server.reverse_lookup")),

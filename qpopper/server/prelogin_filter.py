@@ -1,0 +1,145 @@
+"""The pre-login process's system-call filter (seccomp), the last step of its sandbox
+(docs/privsep.md, "The pre-login process's system calls").
+
+The process needs no new socket and no signal for anyone but itself and its reverse-lookup
+helper: everything it talks to (the client, its monitor, the TLS relay's pair) it holds from
+the fork. So, once it has locked itself in, the kernel refuses it, with EPERM:
+
+- socket, connect, sendmsg, sendmmsg, and sendto with an address: no syslog on the network
+  or on an abstract socket, no DRAC daemon, no other host, no reconnecting the datagram
+  socket it logs through (it sends with send(), which is sendto without an address);
+- kill (but for itself and the helper), tkill, tgkill (but within itself), the queued and
+  pidfd signals: it cannot signal the other connections' pre-login processes, which run
+  under the same account;
+- naming another process to get SIGIO/SIGURG when a descriptor is ready (fcntl F_SETOWN,
+  F_SETOWN_EX, F_SETSIG; ioctl FIOSETOWN, SIOCSPGRP): the kernel checks only the uid there;
+- ptrace, process_vm_readv/writev, pidfd_getfd, io_uring_setup (io_uring makes sockets
+  without the socket call).
+
+A system call of another ABI (i386 through int 0x80, x32) kills the process: the filter
+could not read its numbers. Only x86_64 and arm64 are known; elsewhere no filter is
+installed, the rest of the sandbox stands alone, and start-up and --check-config say so.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import platform
+import struct
+from typing import Iterable
+
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+RET_KILL_PROCESS = 0x80000000
+RET_ERRNO = 0x00050000
+RET_ALLOW = 0x7FFF0000
+DENY = RET_ERRNO | errno.EPERM
+
+# classic BPF: load a word of struct seccomp_data, compare with a constant, return
+_LD_ABS = 0x20                       # BPF_LD | BPF_W | BPF_ABS
+_JEQ = 0x15                          # BPF_JMP | BPF_JEQ | BPF_K
+_JGE = 0x35                          # BPF_JMP | BPF_JGE | BPF_K
+_RET = 0x06                          # BPF_RET | BPF_K
+_NR, _ARCH = 0, 4                    # offsets in struct seccomp_data
+
+
+def _arg_low(index: int) -> int:
+    return 16 + 8 * index            # args[], little-endian: the low 32 bits first
+
+
+def _arg_high(index: int) -> int:
+    return 16 + 8 * index + 4
+
+
+X32_SYSCALL_BIT = 0x40000000
+
+ARCHES = {
+    "x86_64": (0xC000003E, dict(
+        socket=41, connect=42, sendto=44, sendmsg=46, sendmmsg=307, kill=62, tkill=200,
+        tgkill=234, rt_sigqueueinfo=129, rt_tgsigqueueinfo=297, ptrace=101,
+        process_vm_readv=310, process_vm_writev=311, pidfd_send_signal=424,
+        io_uring_setup=425, pidfd_getfd=438, fcntl=72, ioctl=16)),
+    "aarch64": (0xC00000B7, dict(
+        socket=198, connect=203, sendto=206, sendmsg=211, sendmmsg=269, kill=129, tkill=130,
+        tgkill=131, rt_sigqueueinfo=138, rt_tgsigqueueinfo=240, ptrace=117,
+        process_vm_readv=270, process_vm_writev=271, pidfd_send_signal=424,
+        io_uring_setup=425, pidfd_getfd=438, fcntl=25, ioctl=29)),
+}
+"""(AUDIT_ARCH_*, system call numbers) of each machine the filter knows."""
+
+F_SETOWN, F_SETSIG, F_SETOWN_EX = 8, 10, 15
+FIOSETOWN, SIOCSPGRP = 0x8901, 0x8902
+REFUSED_COMMANDS = (("fcntl", (F_SETOWN, F_SETSIG, F_SETOWN_EX)),
+                    ("ioctl", (FIOSETOWN, SIOCSPGRP)))
+"""Commands (the second argument) that name a process to signal when a descriptor is ready."""
+
+REFUSED = ("socket", "connect", "sendmsg", "sendmmsg", "tkill", "rt_sigqueueinfo",
+           "rt_tgsigqueueinfo", "pidfd_send_signal", "ptrace", "process_vm_readv",
+           "process_vm_writev", "pidfd_getfd", "io_uring_setup")
+
+
+def program(machine: str, own_pid: int, may_signal: Iterable[int] = ()) -> list[tuple]:
+    """The filter for `machine` as (code, jump if true, jump if false, k) instructions."""
+    audit_arch, numbers = ARCHES[machine]
+    out = [(_LD_ABS, 0, 0, _ARCH),
+           (_JEQ, 1, 0, audit_arch),
+           (_RET, 0, 0, RET_KILL_PROCESS),
+           (_LD_ABS, 0, 0, _NR),
+           (_JGE, 0, 1, X32_SYSCALL_BIT),
+           (_RET, 0, 0, RET_KILL_PROCESS)]
+    for name in REFUSED:
+        out += [(_JEQ, 0, 1, numbers[name]), (_RET, 0, 0, DENY)]
+    # sendto only without an address (args[4] == NULL): send() on what it holds
+    out += [(_JEQ, 0, 6, numbers["sendto"]),
+            (_LD_ABS, 0, 0, _arg_low(4)), (_JEQ, 0, 2, 0),
+            (_LD_ABS, 0, 0, _arg_high(4)), (_JEQ, 1, 0, 0),
+            (_RET, 0, 0, DENY), (_RET, 0, 0, RET_ALLOW),
+            (_LD_ABS, 0, 0, _NR)]
+    # kill(pid): itself and its helper; tgkill(tgid): within itself (the kernel reads a
+    # pid_t, the low 32 bits of the register)
+    for name, pids in (("kill", (own_pid, *may_signal)), ("tgkill", (own_pid,))):
+        out += _deciding_on_arg(numbers[name], 0, tuple(dict.fromkeys(pids)), RET_ALLOW, DENY)
+    for name, commands in REFUSED_COMMANDS:
+        out += _deciding_on_arg(numbers[name], 1, commands, DENY, RET_ALLOW)
+    out.append((_RET, 0, 0, RET_ALLOW))
+    return out
+
+
+def _deciding_on_arg(number: int, index: int, values: tuple[int, ...], listed: int,
+                     other: int) -> list[tuple]:
+    """For system call `number`: `listed` when the low 32 bits of args[index] are one of
+    `values`, `other` when not; any other call goes on to what follows, with the system call
+    number loaded again."""
+    out = [(_JEQ, 0, len(values) + 3, number), (_LD_ABS, 0, 0, _arg_low(index))]
+    out += [(_JEQ, len(values) - i, 0, value) for i, value in enumerate(values)]
+    return out + [(_RET, 0, 0, other), (_RET, 0, 0, listed), (_LD_ABS, 0, 0, _NR)]
+
+
+def available() -> bool:
+    """Whether this machine gets the filter."""
+    return platform.machine() in ARCHES
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+
+
+def install(own_pid: int, may_signal: Iterable[int] = ()) -> bool:
+    """Install the filter in this process (NoNewPrivs must be set: the kernel wants it of an
+    unprivileged process). False on a machine the filter does not know; OSError when the
+    kernel refuses it."""
+    if not available():
+        return False
+    code = program(platform.machine(), own_pid, may_signal)
+    data = b"".join(struct.pack("=HBBI", *instruction) for instruction in code)
+    buffer = ctypes.create_string_buffer(data, len(data))
+    fprog = _SockFprog(len(code), ctypes.addressof(buffer))
+    if _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"seccomp filter: {errno.errorcode.get(err, err)}")
+    return True

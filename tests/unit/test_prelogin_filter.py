@@ -1,0 +1,188 @@
+"""The pre-login process's system-call filter (qpopper/server/prelogin_filter.py;
+docs/privsep.md, "The pre-login process's system calls"), installed in a forked child as
+the sandbox installs it: what it refuses with EPERM, what it lets through, and that a
+system call of another ABI ends the process."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import signal
+import socket
+import time
+
+import pytest
+
+from qpopper.server import prelogin_filter, privsep
+
+pytestmark = pytest.mark.skipif(platform.machine() not in prelogin_filter.ARCHES,
+                                reason=f"no filter for {platform.machine()}")
+
+
+def sleeper() -> int:
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(60)
+        os._exit(0)
+    return pid
+
+
+def in_filtered_child(body, may_signal=()) -> tuple[int, str]:
+    """Fork, install the filter, run body() → text; (wait status, text)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            privsep.prctl(privsep.PR_SET_NO_NEW_PRIVS, 1)
+            assert prelogin_filter.install(os.getpid(), may_signal)
+            os.write(w, body().encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        text = f.read()
+    return os.waitpid(pid, 0)[1], text
+
+
+def outcome(call) -> str:
+    try:
+        call()
+    except OSError as exc:
+        return os.strerror(exc.errno)
+    return "ok"
+
+
+def test_no_new_socket_connect_or_addressed_send_but_what_it_holds_works():
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+
+    def body():
+        return repr({
+            "socket inet": outcome(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM)),
+            "socket unix": outcome(lambda: socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)),
+            "connect": outcome(lambda: a.connect("\0qpt-abstract")),
+            "sendto an address": outcome(lambda: a.sendto(b"x", "\0qpt-abstract")),
+            "sendmsg": outcome(lambda: a.sendmsg([b"x"])),
+            "send": outcome(lambda: a.send(b"held")),
+            "sendall": outcome(lambda: a.sendall(b"held")),
+            "recv": outcome(lambda: a.recv(10, socket.MSG_DONTWAIT) and None),
+        })
+    with a, b:
+        b.send(b"to the child")
+        status, text = in_filtered_child(body)
+        assert os.waitstatus_to_exitcode(status) == 0
+        refused = os.strerror(1)
+        assert eval(text) == {"socket inet": refused, "socket unix": refused,
+                              "connect": refused, "sendto an address": refused,
+                              "sendmsg": refused, "send": "ok", "sendall": "ok", "recv": "ok"}
+        assert b.recv(10) == b"held" and b.recv(10) == b"held"
+
+
+def test_it_signals_only_itself_and_its_helper():
+    helper, other = sleeper(), sleeper()
+    try:
+        def body():
+            return repr({
+                "itself": outcome(lambda: os.kill(os.getpid(), 0)),
+                "helper": outcome(lambda: os.kill(helper, 0)),
+                "another pre-login process": outcome(lambda: os.kill(other, signal.SIGKILL)),
+                "its monitor": outcome(lambda: os.kill(os.getppid(), 0)),
+                "its group": outcome(lambda: os.kill(0, 0)),
+                "another's group": outcome(lambda: os.kill(-other, 0)),
+            })
+        status, text = in_filtered_child(body, may_signal=(helper,))
+        refused = os.strerror(1)
+        assert eval(text) == {"itself": "ok", "helper": "ok",
+                              "another pre-login process": refused, "its monitor": refused,
+                              "its group": refused, "another's group": refused}
+        assert os.waitpid(other, os.WNOHANG) == (0, 0)          # still there
+    finally:
+        for pid in (helper, other):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+
+def test_every_refused_call_gets_eperm_whatever_its_arguments():
+    """Arguments that would get another error without the filter (a bad descriptor, pid or
+    size): EPERM says the filter answered."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    numbers = prelogin_filter.ARCHES[platform.machine()][1]
+
+    def body():
+        answers = {}
+        for name in prelogin_filter.REFUSED:
+            ctypes.set_errno(0)
+            result = libc.syscall(ctypes.c_long(numbers[name]), ctypes.c_long(-1),
+                                  ctypes.c_long(0), ctypes.c_long(0), ctypes.c_long(0),
+                                  ctypes.c_long(0), ctypes.c_long(0))
+            answers[name] = (result, ctypes.get_errno())
+        return repr(answers)
+    _, text = in_filtered_child(body)
+    assert eval(text) == {name: (-1, 1) for name in prelogin_filter.REFUSED}
+
+
+def test_no_process_can_be_named_for_sigio_but_descriptors_still_work():
+    """F_SETOWN and its kin would have the kernel signal another process of the same
+    account (any pre-login process) when a descriptor is ready; the kernel checks only the
+    uid. Blocking mode, flags and locks go on working."""
+    import fcntl
+    other = sleeper()
+    a, b = socket.socketpair()
+    try:
+        def body():
+            return repr({
+                "F_SETOWN": outcome(lambda: fcntl.fcntl(a, prelogin_filter.F_SETOWN, other)),
+                "F_SETSIG": outcome(lambda: fcntl.fcntl(a, prelogin_filter.F_SETSIG,
+                                                        signal.SIGKILL)),
+                "F_SETOWN_EX": outcome(lambda: fcntl.fcntl(a, prelogin_filter.F_SETOWN_EX,
+                                                           bytes(8))),
+                "FIOSETOWN": outcome(lambda: fcntl.ioctl(a, prelogin_filter.FIOSETOWN,
+                                                         other.to_bytes(4, "little"))),
+                "SIOCSPGRP": outcome(lambda: fcntl.ioctl(a, prelogin_filter.SIOCSPGRP,
+                                                         other.to_bytes(4, "little"))),
+                "setblocking": outcome(lambda: a.setblocking(False)),
+                "F_GETFL": outcome(lambda: fcntl.fcntl(a, fcntl.F_GETFL)),
+            })
+        _, text = in_filtered_child(body)
+        refused = os.strerror(1)
+        assert eval(text) == {"F_SETOWN": refused, "F_SETSIG": refused,
+                              "F_SETOWN_EX": refused, "FIOSETOWN": refused,
+                              "SIOCSPGRP": refused, "setblocking": "ok", "F_GETFL": "ok"}
+    finally:
+        a.close()
+        b.close()
+        os.kill(other, signal.SIGKILL)
+        os.waitpid(other, 0)
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="x32 is an x86_64 ABI")
+def test_a_system_call_of_another_abi_ends_the_process():
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def body():
+        libc.syscall(prelogin_filter.X32_SYSCALL_BIT | 39)      # x32 getpid
+        return "survived"
+    status, text = in_filtered_child(body)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSYS and text == ""
+
+
+def test_every_jump_lands_inside_the_program():
+    for machine in prelogin_filter.ARCHES:
+        code = prelogin_filter.program(machine, 4242, (4243, 4242))
+        assert code[-1] == (prelogin_filter._RET, 0, 0, prelogin_filter.RET_ALLOW)
+        for index, (op, jt, jf, _) in enumerate(code):
+            if op in (prelogin_filter._JEQ, prelogin_filter._JGE):
+                assert index + 1 + max(jt, jf) < len(code), (machine, index)
+
+
+def test_a_machine_without_a_filter_is_told(monkeypatch):
+    from qpopper.server import preflight
+    said = []
+    preflight.warn_without_syscall_filter(lambda priority, text: said.append(text))
+    assert said == []
+    monkeypatch.setattr(prelogin_filter.platform, "machine", lambda: "riscv64")
+    assert prelogin_filter.install(os.getpid()) is False
+    preflight.warn_without_syscall_filter(lambda priority, text: said.append(text))
+    assert said == ["no system-call filter for the pre-login process on riscv64 (x86_64 and "
+                    "aarch64 only): the rest of its sandbox stands alone"]
