@@ -27,11 +27,9 @@ def popper_main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"popper: {error}", file=sys.stderr)
         return 2
-    from qpopper.auth.sasl import kerberos_refusal
-    refusal = kerberos_refusal(cfg)     # inetd mode too, which runs no site check
-    if refusal:
-        print(f"popper: {refusal}", file=sys.stderr)
-        return 1                        # what the system lacks, not a mistake in a file
+    # Kerberos the system cannot serve is refused by each way of serving, once: the site
+    # check (--check-config, the master's start and reload), the demo, and inetd mode (in
+    # the log only: its stderr may be the client). --show-config prints without checks.
     if invocation.check_config or invocation.show_config:
         from qpopper.docgen import effective_config
         if invocation.check_config:

@@ -28,6 +28,7 @@ import time
 from qpopper import config as config_mod
 from qpopper.server import privsep
 from qpopper.auth import Login
+from qpopper.auth.sasl import kerberos_refusal
 from qpopper.auth.store import PopAuthStore
 from qpopper.log import QPOPPER_LOG_LOGIN, Logger
 from qpopper.server.listeners import ListenError, bind_listeners, format_sockaddr, parse_listen
@@ -54,6 +55,10 @@ def run_demo(invocation) -> int:
     except (config_mod.ConfigError, ValueError, ListenError) as exc:
         print(f"popper --demo: {exc}", file=sys.stderr)
         return 2
+    refusal = kerberos_refusal(base_cfg)          # the master's site check is not run here
+    if refusal:
+        print(f"popper --demo: {refusal}", file=sys.stderr)
+        return 1                        # what the system lacks, not a mistake in a file
     data_dir = os.path.abspath(DEMO_DIR)
     log = Logger(stream=sys.stderr)
     listeners: list = []

@@ -397,6 +397,9 @@ def serve_inetd(cfg, invocation) -> int:
     line, or a systemd Accept=yes unit with StandardInput=socket)."""
     try:
         check_tracefile(cfg)
+        refusal = sasl.kerberos_refusal(cfg)         # inetd mode runs no site check
+        if refusal:
+            raise PreflightError(refusal)
     except PreflightError as exc:
         # stderr may be the client's socket (classic inetd): the log only
         log = Logger.from_config(cfg.replace(tracefile=None))

@@ -63,7 +63,7 @@ def check_site(cfg, log=None, *, match_listen_entries: bool = True) -> CheckedSi
     check_brakes_file(cfg)
     ensure_bulldb_dir(cfg)
     check_pam_service(cfg)
-    refusal = kerberos_refusal(cfg)      # here too: a reload must refuse what start-up does
+    refusal = kerberos_refusal(cfg)      # start-up, a reload and --check-config (cli.py)
     if refusal:
         raise PreflightError(refusal)
     try:

@@ -177,7 +177,7 @@ def relay(tls_channel, plain: socket.socket, timeout_s: float) -> None:
     session_fd, client_fd = plain.fileno(), tls_channel.in_fd
     poller = select.poll()
     to_session = bytearray()
-    client_open, client_listens, session_told = True, True, False
+    client_open, session_told = True, False
     client_readable = True               # the login's last records may hold commands
     while True:
         if client_open and client_readable and not to_session:
@@ -188,7 +188,6 @@ def relay(tls_channel, plain: socket.socket, timeout_s: float) -> None:
             if chunks and not chunks[-1]:
                 client_open = False
                 if not tls_channel.replies_may_follow_end():
-                    client_listens = False
                     tls_channel.close()          # our close_notify at once
         if to_session:
             _send_some(plain, to_session)
@@ -214,15 +213,15 @@ def relay(tls_channel, plain: socket.socket, timeout_s: float) -> None:
             data = _session_output(plain)
             if not data:
                 if data is not None:             # the session closed: so does the relay
-                    if client_listens:
+                    if not tls_channel.closed:
                         tls_channel.close()      # close_notify, then the TCP close
                     return
-            elif client_listens:
+            elif not tls_channel.closed:
                 try:
                     tls_channel.write_all(data, timeout_s)
                 except tls_channel.closed_error:
                     # the client is gone: the session gets what it sent, then its end
-                    client_open = client_listens = False
+                    client_open = False
                     tls_channel.close()
 
 

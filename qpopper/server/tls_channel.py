@@ -45,6 +45,7 @@ class TlsChannel:
         self.closed_error = getattr(raw, "closed_error", ConnectionError)
         self._closed_from = None
         self._close_notify_received = False
+        self.closed = False                  # close() sent our close_notify: nothing more
         # ciphertext was fed since OpenSSL last said "want read": a recv() may succeed. Saves
         # a raised WantReadError (costly in pyOpenSSL) per command.
         self._input_pending = False
@@ -188,6 +189,7 @@ class TlsChannel:
         self.write_all(b"".join(pieces), timeout_s)
 
     def close(self) -> None:
+        self.closed = True
         try:
             self.conn.shutdown()                       # close_notify
         except SSL.Error:

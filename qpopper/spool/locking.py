@@ -35,6 +35,12 @@ TEMP_DROP_MODE = 0o600
 POLL_S = 0.1
 """How often a busy lock is tried again within the waiting budget."""
 
+REOPEN_ROUNDS = 3
+"""How often a lock is opened again when the file was replaced or removed as it was locked
+(another session's update renames a new spool in; a session's temporary drop is unlinked as
+it ends): each round follows a real change by another process, so three rounds without a
+stable file mean one that keeps changing, answered as busy."""
+
 NEW_SPOOL_SETTLE = (20, 0.005)
 """A delivery agent running as root that takes no dot-lock (Postfix with
 `mailbox_delivery_lock = fcntl`) creates a missing spool and then gives it to the user: an
@@ -410,7 +416,7 @@ class SpoolLock:
             raise PopError(BUSY_SPOOL_TEXT, RespCode.SYS_TEMP,
                            log=f"{self.dotlock.path} stayed busy for {timing.budget_s:g} s")
         try:
-            for _ in range(3):
+            for _ in range(REOPEN_ROUNDS):
                 try:
                     self._open_settled()
                 except (Unlinked, FileExistsError):
@@ -521,7 +527,7 @@ class SessionLock:
         self.created = False
 
     def acquire(self) -> int:
-        for _ in range(3):
+        for _ in range(REOPEN_ROUNDS):
             fd = self._open()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

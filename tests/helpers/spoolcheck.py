@@ -21,6 +21,7 @@ from typing import Callable, Iterator
 import pytest
 
 from qpopper.config import Config
+from tests.helpers.forked import forked
 from tests.helpers.messages import from_line, message, mmdf  # noqa: F401 (re-exported)
 from qpopper.spool.locking import LockTiming, SpoolLock
 from qpopper.spool.maildrop import Maildrop
@@ -295,13 +296,7 @@ def killer_at_step(step: str, nth: int = 1):
 def dies_in_child(run: Callable[[], object]) -> bool:
     """Run `run()` in a forked child; True when the child died of a signal (a real crash,
     e.g. from killer_at_step), False when it came back or raised."""
-    pid = os.fork()
-    if pid == 0:
-        try:
-            run()
-        finally:
-            os._exit(0)
-    _, status = os.waitpid(pid, 0)
+    _, status = os.waitpid(forked(run), 0)
     return os.WIFSIGNALED(status)
 
 

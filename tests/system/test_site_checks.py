@@ -83,26 +83,50 @@ def test_a_tracefile_that_cannot_be_written_is_one_line_not_a_traceback(site):
     connection refuse it in one line (inetd: in the log only, its stderr may be the
     client's socket), where a traceback came before."""
     trace = os.path.join(site.root, "no-such-dir", "trace")
+    refused_by_check_master_and_inetd(
+        site, ["-t", trace],
+        f"tracefile {trace} (set at argv -t): {os.path.dirname(trace)} is not a directory")
+
+
+def test_kerberos_the_system_cannot_serve_is_refused_by_each_way_of_serving(site):
+    """Refused once by each (the master's site check no longer repeats an earlier one); in
+    inetd mode in the log only, where it went to stderr, the client's socket under inetd.
+    --show-config prints without checks, as documented."""
+    env = {"KRB5_KTNAME": os.path.join(site.root, "no.keytab")}
+    line = refused_by_check_master_and_inetd(site, ["-k"], None, env)
+    assert line.startswith("kerberos (-k): Kerberos is served as SASL GSSAPI")
     popper = PopperServer(site.root, None).argv[0]
-    env = dict(os.environ, QPOPPER_SYSLOG_SOCKET=site.syslog.path)
-    line = (f"tracefile {trace} (set at argv -t): {os.path.dirname(trace)} is not a "
-            f"directory")
-    checked = subprocess.run([popper, "--check-config", "-f", site.config, "-t", trace],
+    shown = subprocess.run([popper, "--show-config", "-f", site.config, "-k"],
+                           env=dict(os.environ, **env), capture_output=True, text=True,
+                           timeout=30)
+    assert shown.returncode == 0 and "kerberos" in shown.stdout, shown.stderr
+
+
+def refused_by_check_master_and_inetd(site, args, line, env=None) -> str:
+    """--check-config, the standalone master and an inetd connection, each with `args`,
+    refuse with exit status 1 and the same one line (`line`, or whatever the check says
+    when None): on stderr, and for inetd in the log only (nothing reaches the client)."""
+    popper = PopperServer(site.root, None).argv[0]
+    env = dict(os.environ, QPOPPER_SYSLOG_SOCKET=site.syslog.path, **(env or {}))
+    checked = subprocess.run([popper, "--check-config", "-f", site.config, *args], env=env,
                              capture_output=True, text=True, timeout=30)
-    started = subprocess.run([popper, f"127.0.0.1:{free_port()}", "-f", site.config, "-t",
-                              trace], env=env, stdin=subprocess.DEVNULL, capture_output=True,
+    if line is None:
+        line = checked.stderr.removeprefix("popper: ").removesuffix("\n")
+    started = subprocess.run([popper, f"127.0.0.1:{free_port()}", "-f", site.config, *args],
+                             env=env, stdin=subprocess.DEVNULL, capture_output=True,
                              text=True, timeout=30)
     assert (checked.returncode, checked.stderr) == (1, f"popper: {line}\n")
     assert (started.returncode, started.stderr) == (1, f"popper: {line}\n")
     client, connection = socket.socketpair()
     with client, connection:
-        inetd = subprocess.run([popper, "-f", site.config, "-t", trace], env=env,
+        inetd = subprocess.run([popper, "-f", site.config, *args], env=env,
                                stdin=connection, stdout=connection, stderr=connection,
                                timeout=30)
         connection.close()
         client.settimeout(10)
         assert (inetd.returncode, client.recv(4096)) == (1, b"")
     site.syslog.wait_for(re.escape(line))
+    return line
 
 
 def test_a_relative_pid_file_is_where_the_check_looked(site):

@@ -17,16 +17,11 @@ import pytest
 
 from qpopper.log import PRELOGIN_PREFIX, ForwardedRecords, Logger
 from qpopper.server import children
+from tests.helpers.forked import forked
 
 
 def child(body) -> int:
-    pid = os.fork()
-    if pid == 0:
-        try:
-            body()
-        finally:
-            os._exit(7)
-    return pid
+    return forked(body, status=7)
 
 
 @pytest.fixture(params=["pidfd", "polling"])
