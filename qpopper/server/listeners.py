@@ -67,6 +67,8 @@ def _resolve(host: str, port: int) -> list:
                                   flags=socket.AI_PASSIVE | socket.AI_NUMERICSERV)
     except socket.gaierror as exc:
         raise ListenError(f"listen address {host}:{port}: {exc.strerror}") from None
+    except UnicodeError:                     # a label over 63 octets, say
+        raise ListenError(f"listen address {host}:{port}: not a valid host name") from None
 
 
 def resolve_listeners(specs) -> list[tuple[int, tuple, bool]]:

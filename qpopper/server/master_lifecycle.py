@@ -12,7 +12,7 @@ from qpopper import config as config_mod
 from qpopper.auth import pam as pam_auth
 from qpopper.server import preflight, privsep
 from qpopper.server import tls as tls_mod
-from qpopper.server.listeners import ListenError, proxy_listeners
+from qpopper.server.listeners import proxy_listeners
 from qpopper.log import Logger
 
 KILL_AFTER_TERM_S = 5
@@ -30,9 +30,10 @@ class Lifecycle:
     def on_reload(self) -> None:
         """HUP: read the configuration again for new connections; a bad one is logged and
         the running one kept. The log is rebuilt (debug, tracefile, log-facility); the
-        listeners stay as they were opened at start-up."""
+        listeners stay as they were opened at start-up, and proxy-protocol says anew which
+        of them read a PROXY header."""
         self._notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
-        new_log = None
+        new_log = new_tls = None
         try:
             new_cfg = self.reload()
             new_log = self.log.reconfigured(new_cfg)
@@ -40,23 +41,20 @@ class Lifecycle:
             # the proxy-protocol entries are matched against them
             checked = preflight.check_site(new_cfg, new_log, match_listen_entries=False)
             new_tls = checked.tls
-            try:
-                proxy_listeners(checked.proxy_protocol, self.listeners)
-            except ListenError:
-                if new_tls is not None:
-                    new_tls.close()
-                raise
+            proxied = proxy_listeners(checked.proxy_protocol, self.listeners)
             if new_tls is None and self.implicit_tls:
                 # the tls-listen ports opened at start-up never fall back to plain text
                 raise tls_mod.TlsSetupError("the TLS listeners opened at start-up still need "
                                             "tls-listen and a certificate")
         except Exception as exc:
-            if new_log is not None:
-                new_log.close()
+            for opened in (new_log, new_tls):
+                if opened is not None:
+                    opened.close()
             self.log(syslog.LOG_ERR, f"reload failed, keeping the running configuration: {exc}")
         else:
             self._replace_log(new_log)
             self.cfg = new_cfg
+            self.proxied = set(proxied)     # which listeners read a PROXY header, from now on
             if self.tls is not None:
                 self.tls.close()           # running sessions keep their own copies
             self.tls = new_tls

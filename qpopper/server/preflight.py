@@ -73,12 +73,12 @@ def check_site(cfg, log=None, *, match_listen_entries: bool = True) -> CheckedSi
 
 
 def warn_without_syscall_filter(log) -> None:
-    """The pre-login process's system-call filter knows x86_64 and aarch64 only: elsewhere
+    """The pre-login process's system-call filter knows 64-bit x86_64 and aarch64: elsewhere
     the administrator is told, once per start, check or reload."""
     if log is not None and not prelogin_filter.available():
         log(syslog.LOG_WARNING, f"no system-call filter for the pre-login process on "
-                                f"{platform.machine()} (x86_64 and aarch64 only): the rest of "
-                                f"its sandbox stands alone")
+                                f"{platform.machine()} (64-bit x86_64 and aarch64 only): the "
+                                f"rest of its sandbox stands alone")
 
 
 def _where(cfg, name: str) -> str:

@@ -13,6 +13,8 @@ the fork. So, once it has locked itself in, the kernel refuses it, with EPERM:
   under the same account;
 - naming another process to get SIGIO/SIGURG when a descriptor is ready (fcntl F_SETOWN,
   F_SETOWN_EX, F_SETSIG; ioctl FIOSETOWN, SIOCSPGRP): the kernel checks only the uid there;
+- prlimit64 on another process, setpriority, the sched_set* calls and ioprio_set: for
+  these too the kernel checks the account only, and a lowered RLIMIT_CPU kills;
 - ptrace, process_vm_readv/writev, pidfd_getfd, io_uring_setup (io_uring makes sockets
   without the socket call).
 
@@ -59,12 +61,16 @@ ARCHES = {
         socket=41, connect=42, sendto=44, sendmsg=46, sendmmsg=307, kill=62, tkill=200,
         tgkill=234, rt_sigqueueinfo=129, rt_tgsigqueueinfo=297, ptrace=101,
         process_vm_readv=310, process_vm_writev=311, pidfd_send_signal=424,
-        io_uring_setup=425, pidfd_getfd=438, fcntl=72, ioctl=16)),
+        io_uring_setup=425, pidfd_getfd=438, fcntl=72, ioctl=16, prlimit64=302,
+        setpriority=141, sched_setparam=142, sched_setscheduler=144, sched_setaffinity=203,
+        sched_setattr=314, ioprio_set=251)),
     "aarch64": (0xC00000B7, dict(
         socket=198, connect=203, sendto=206, sendmsg=211, sendmmsg=269, kill=129, tkill=130,
         tgkill=131, rt_sigqueueinfo=138, rt_tgsigqueueinfo=240, ptrace=117,
         process_vm_readv=270, process_vm_writev=271, pidfd_send_signal=424,
-        io_uring_setup=425, pidfd_getfd=438, fcntl=25, ioctl=29)),
+        io_uring_setup=425, pidfd_getfd=438, fcntl=25, ioctl=29, prlimit64=261,
+        setpriority=140, sched_setparam=118, sched_setscheduler=119, sched_setaffinity=122,
+        sched_setattr=274, ioprio_set=30)),
 }
 """(AUDIT_ARCH_*, system call numbers) of each machine the filter knows."""
 
@@ -76,7 +82,9 @@ REFUSED_COMMANDS = (("fcntl", (F_SETOWN, F_SETSIG, F_SETOWN_EX)),
 
 REFUSED = ("socket", "connect", "sendmsg", "sendmmsg", "tkill", "rt_sigqueueinfo",
            "rt_tgsigqueueinfo", "pidfd_send_signal", "ptrace", "process_vm_readv",
-           "process_vm_writev", "pidfd_getfd", "io_uring_setup")
+           "process_vm_writev", "pidfd_getfd", "io_uring_setup", "setpriority",
+           "sched_setparam", "sched_setscheduler", "sched_setaffinity", "sched_setattr",
+           "ioprio_set")
 
 
 def program(machine: str, own_pid: int, may_signal: Iterable[int] = ()) -> list[tuple]:
@@ -98,7 +106,10 @@ def program(machine: str, own_pid: int, may_signal: Iterable[int] = ()) -> list[
             (_LD_ABS, 0, 0, _NR)]
     # kill(pid): itself and its helper; tgkill(tgid): within itself (the kernel reads a
     # pid_t, the low 32 bits of the register)
-    for name, pids in (("kill", (own_pid, *may_signal)), ("tgkill", (own_pid,))):
+    # prlimit64(pid): its own limits only (0 is itself); the kernel lets a process of the
+    # same account lower another's, RLIMIT_CPU 1 s ending it
+    for name, pids in (("kill", (own_pid, *may_signal)), ("tgkill", (own_pid,)),
+                       ("prlimit64", (0, own_pid))):
         out += _deciding_on_arg(numbers[name], 0, tuple(dict.fromkeys(pids)), RET_ALLOW, DENY)
     for name, commands in REFUSED_COMMANDS:
         out += _deciding_on_arg(numbers[name], 1, commands, DENY, RET_ALLOW)
@@ -117,8 +128,10 @@ def _deciding_on_arg(number: int, index: int, values: tuple[int, ...], listed: i
 
 
 def available() -> bool:
-    """Whether this machine gets the filter."""
-    return platform.machine() in ARCHES
+    """Whether this machine gets the filter: a known machine, and this interpreter of its
+    64-bit ABI. platform.machine() is the kernel's: an i386 or armhf userland on a 64-bit
+    kernel would have every system call killed by the architecture check."""
+    return platform.machine() in ARCHES and struct.calcsize("P") == 8
 
 
 class _SockFprog(ctypes.Structure):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import os
 import pwd
+import resource
 import signal
 import socket
 import time
@@ -229,7 +230,9 @@ def test_a_taken_over_prelogin_process_logs_only_through_its_monitor(prelogin_co
                 ("reconnect", lambda: log_socket.connect("\0qpt-syslog")),
                 ("sendto", lambda: log_socket.sendto(b"x", "\0qpt-syslog")),
                 ("kill another", lambda: os.kill(other, signal.SIGKILL)),
-                ("SIGIO to another", lambda: fcntl.fcntl(mine, fcntl.F_SETOWN, other))):
+                ("SIGIO to another", lambda: fcntl.fcntl(mine, fcntl.F_SETOWN, other)),
+                ("limit another", lambda: resource.prlimit(other, resource.RLIMIT_CPU,
+                                                           (1, 1)))):
             try:
                 call()
                 tried[name] = "done"
@@ -246,7 +249,7 @@ def test_a_taken_over_prelogin_process_logs_only_through_its_monitor(prelogin_co
         assert ended_within(pid, 20)
         assert eval(os.read(read_end, 1000)) == {
             "udp socket": 1, "reconnect": 1, "sendto": 1, "kill another": 1,
-            "SIGIO to another": 1}                                    # EPERM
+            "SIGIO to another": 1, "limit another": 1}                # EPERM
         assert os.waitpid(other, os.WNOHANG) == (0, 0)                # alive
     finally:
         os.kill(other, signal.SIGKILL)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import poplib
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -128,28 +129,45 @@ def test_master_with_a_socket_handed_over_by_the_caller(site, system_users):
 
 def test_proxy_protocol_on_a_socket_from_systemd_is_matched_against_that_socket(site):
     """With sockets from systemd the listen entries do not say what is bound (here "1"):
-    the proxy-protocol entry is matched against the socket itself, at start-up and at a
-    reload, not refused because no listen entry names its address."""
+    the proxy-protocol entry is matched against the socket itself, at start-up and at each
+    reload, not refused because no listen entry names its address; and what a reload says
+    applies to the next connections."""
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     config = os.path.join(site.root, "proxied.config")
-    with open(site.config) as original, open(config, "w") as f:
-        f.write(original.read() + f"set proxy-protocol = 127.0.0.1:{port}\n"
-                                  f"set proxy-trusted-networks = 127.0.0.1\n")
+    with open(site.config) as original:
+        plain = original.read()
+    proxied = plain + (f"set proxy-protocol = 127.0.0.1:{port}\n"
+                       f"set proxy-trusted-networks = 127.0.0.1\n")
+
+    def reload(text: str, logged: str) -> None:
+        with open(config, "w") as f:
+            f.write(text)
+        before = len(site.syslog.records)
+        os.kill(proc.pid, signal.SIGHUP)
+        wait_until(lambda: any(re.fullmatch(logged, t)
+                               for _, _, t in site.syslog.records[before:]),
+                   what=f"the reload's line {logged!r}")
+
+    def greeting(header: bytes) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+            sock.sendall(header)
+            return sock.recv(4096)
+    header = f"PROXY TCP4 203.0.113.7 127.0.0.1 4000 {port}\r\n".encode()
+    with open(config, "w") as f:
+        f.write(proxied)
     proc = master_on_fd_3(site, listener, config)
     try:
         site.syslog.wait_for(rf"master listening on 127\.0\.0\.1:{port}.*", timeout=30)
-        os.kill(proc.pid, signal.SIGHUP)
-        site.syslog.wait_for("configuration reloaded")
-        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
-            sock.sendall(f"PROXY TCP4 203.0.113.7 127.0.0.1 4000 {port}\r\n".encode())
-            assert sock.recv(4096).startswith(b"+OK")
-        with open(config, "a") as f:                   # an address no socket has
-            f.write(f"set proxy-protocol = 127.0.0.2:{port}\n")
-        os.kill(proc.pid, signal.SIGHUP)
-        site.syslog.wait_for(rf"reload failed, keeping the running configuration: "
-                             rf"proxy-protocol 127\.0\.0\.2:{port}: no listen or tls-listen "
-                             rf"entry has this address and port")
+        assert greeting(header).startswith(b"+OK")
+        reload(plain, "configuration reloaded")          # no PROXY header any more
+        assert greeting(b"").startswith(b"+OK")
+        reload(proxied, "configuration reloaded")
+        assert greeting(header).startswith(b"+OK")
+        reload(proxied + f"set proxy-protocol = 127.0.0.2:{port}\n",   # no socket has it
+               rf"reload failed, keeping the running configuration: proxy-protocol "
+               rf"127\.0\.0\.2:{port}: no listen or tls-listen entry has this address and port")
+        assert greeting(header).startswith(b"+OK")
     finally:
         proc.terminate()
         assert proc.wait(20) == 0

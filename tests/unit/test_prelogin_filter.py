@@ -156,6 +156,36 @@ def test_no_process_can_be_named_for_sigio_but_descriptors_still_work():
         os.waitpid(other, 0)
 
 
+def test_it_changes_only_its_own_limits():
+    """A process of the same account may lower another's limits: RLIMIT_CPU 1 s ends it."""
+    import resource
+    other = sleeper()
+    try:
+        def body():
+            soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+            return repr({
+                "its own": outcome(lambda: resource.setrlimit(resource.RLIMIT_CORE,
+                                                              (0, hard))),
+                "its own, by pid": outcome(lambda: resource.prlimit(os.getpid(),
+                                                                    resource.RLIMIT_CORE)),
+                "another's": outcome(lambda: resource.prlimit(other, resource.RLIMIT_CPU,
+                                                              (1, 1))),
+            })
+        _, text = in_filtered_child(body)
+        assert eval(text) == {"its own": "ok", "its own, by pid": "ok",
+                              "another's": os.strerror(1)}
+    finally:
+        os.kill(other, signal.SIGKILL)
+        os.waitpid(other, 0)
+
+
+def test_a_32_bit_interpreter_on_a_64_bit_kernel_gets_no_filter(monkeypatch):
+    """platform.machine() is the kernel's; the architecture check would kill every call of
+    an i386 or armhf interpreter."""
+    monkeypatch.setattr(prelogin_filter.struct, "calcsize", lambda fmt: 4)
+    assert prelogin_filter.available() is False
+
+
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="x32 is an x86_64 ABI")
 def test_a_system_call_of_another_abi_ends_the_process():
     libc = ctypes.CDLL(None, use_errno=True)
@@ -184,5 +214,5 @@ def test_a_machine_without_a_filter_is_told(monkeypatch):
     monkeypatch.setattr(prelogin_filter.platform, "machine", lambda: "riscv64")
     assert prelogin_filter.install(os.getpid()) is False
     preflight.warn_without_syscall_filter(lambda priority, text: said.append(text))
-    assert said == ["no system-call filter for the pre-login process on riscv64 (x86_64 and "
-                    "aarch64 only): the rest of its sandbox stands alone"]
+    assert said == ["no system-call filter for the pre-login process on riscv64 (64-bit "
+                    "x86_64 and aarch64 only): the rest of its sandbox stands alone"]
