@@ -51,6 +51,10 @@ def check_site(cfg, log=None, *, match_listen_entries: bool = True) -> CheckedSi
     `match_listen_entries` (the master's listeners are not the listen entries': systemd's
     sockets, or a reload's, which keeps start-up's) the master matches the proxy-protocol
     entries against its sockets itself (listeners.proxy_listeners)."""
+    # first: what the system lacks says more than what it would have refused next
+    refusal = kerberos_refusal(cfg)      # start-up, a reload and --check-config (cli.py)
+    if refusal:
+        raise PreflightError(refusal)
     try:
         privsep.check_prelogin_setup(cfg)
     except privsep.SandboxError as exc:
@@ -63,9 +67,6 @@ def check_site(cfg, log=None, *, match_listen_entries: bool = True) -> CheckedSi
     check_brakes_file(cfg)
     ensure_bulldb_dir(cfg)
     check_pam_service(cfg)
-    refusal = kerberos_refusal(cfg)      # start-up, a reload and --check-config (cli.py)
-    if refusal:
-        raise PreflightError(refusal)
     try:
         return CheckedSite(tls_mod.open_server_tls(cfg, log), proxied)
     except tls_mod.TlsSetupError as exc:
