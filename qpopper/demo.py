@@ -111,6 +111,8 @@ def demo_config(cfg, data_dir: str):
         log_login=QPOPPER_LOG_LOGIN,
         shutdown_grace=DEMO_SHUTDOWN_GRACE_S,
         daemon=False,
+        # the demo's one listener never reads a PROXY header, not even after a reload
+        proxy_protocol=(),
     )
     config_mod.check_combinations(demo)
     return demo

@@ -48,8 +48,8 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
          "An old tls-version value; TLS 1.2 and later are used."),
         ("tls-min-version * admits TLS versions RFC 8996 deprecated: unsafe, only for clients "
          "that cannot do TLS 1.2", "tls-min-version lets TLS 1.0/1.1 in: a warning."),
-        ("no system-call filter for the pre-login process on * (64-bit x86_64 and aarch64 "
-         "only): the rest of its sandbox stands alone", "A warning at start-up, reload and "
+        ("no system-call filter for the pre-login process on * with a *-bit interpreter "
+         "(64-bit x86_64 and aarch64 only): the rest of its sandbox stands alone", "A warning at start-up, reload and "
          "--check-config on another machine: the pre-login process runs without its seccomp "
          "filter (docs/privsep.md, \"The pre-login process's system calls\")."),
         ("TLS: *", "The certificate or key cannot be used (inetd mode, or a pre-login process "

@@ -16,6 +16,7 @@ import platform
 import pwd
 import sqlite3
 import stat
+import struct
 import syslog
 from dataclasses import dataclass
 
@@ -77,9 +78,11 @@ def warn_without_syscall_filter(log) -> None:
     """The pre-login process's system-call filter knows 64-bit x86_64 and aarch64: elsewhere
     the administrator is told, once per start, check or reload."""
     if log is not None and not prelogin_filter.available():
+        bits = struct.calcsize("P") * 8
         log(syslog.LOG_WARNING, f"no system-call filter for the pre-login process on "
-                                f"{platform.machine()} (64-bit x86_64 and aarch64 only): the "
-                                f"rest of its sandbox stands alone")
+                                f"{platform.machine()} with a {bits}-bit interpreter (64-bit "
+                                f"x86_64 and aarch64 only): the rest of its sandbox stands "
+                                f"alone")
 
 
 def _where(cfg, name: str) -> str:

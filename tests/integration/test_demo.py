@@ -263,3 +263,13 @@ def test_make_run_in_a_fresh_clone_serves_the_demo_on_8110(tmp_path):
     assert result.returncode == 0, result.stderr
     assert b"Subject: Welcome to qpopper-py" in result.stdout
     assert b"curl pop3://demo:demo@127.0.0.1:8110/1" in out
+
+
+def test_the_demo_config_reads_no_proxy_header_even_after_a_reload(tmp_path):
+    """The demo's master is built without proxied listeners; a reload, which applies
+    proxy-protocol, must not make its loopback listener wait for a PROXY header."""
+    from qpopper.config import Config
+    from qpopper.demo import demo_config
+    cfg = Config.defaults().replace(proxy_protocol=("127.0.0.1:8110",),
+                                    proxy_trusted_networks=("10.0.0.0/8",))
+    assert demo_config(cfg, str(tmp_path)).proxy_protocol == ()

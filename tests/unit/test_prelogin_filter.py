@@ -214,5 +214,6 @@ def test_a_machine_without_a_filter_is_told(monkeypatch):
     monkeypatch.setattr(prelogin_filter.platform, "machine", lambda: "riscv64")
     assert prelogin_filter.install(os.getpid()) is False
     preflight.warn_without_syscall_filter(lambda priority, text: said.append(text))
-    assert said == ["no system-call filter for the pre-login process on riscv64 (64-bit "
-                    "x86_64 and aarch64 only): the rest of its sandbox stands alone"]
+    assert said == ["no system-call filter for the pre-login process on riscv64 with a "
+                    "64-bit interpreter (64-bit x86_64 and aarch64 only): the rest of its "
+                    "sandbox stands alone"]
