@@ -243,13 +243,13 @@ class ForwardedRecords:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def forward(self) -> None:
-        """Log the records waiting now, at most FORWARD_BATCH."""
-        for _ in range(FORWARD_BATCH):
+    def forward(self) -> int:
+        """Log the records waiting now, at most FORWARD_BATCH; how many were read."""
+        for taken in range(FORWARD_BATCH):
             try:
                 data = self.sock.recv(_MAX_RECORD_OCTETS)
             except OSError:                           # none left (or the socket broke)
-                return
+                return taken
             if not data:
                 continue                              # an empty datagram: no record
             self.count += 1
@@ -263,6 +263,14 @@ class ForwardedRecords:
             priority = min(max(data[0], syslog.LOG_CRIT), syslog.LOG_DEBUG)
             text = data[1:].decode("utf-8", "replace")
             self.log(priority, f"{PRELOGIN_PREFIX}{text}")
+        return FORWARD_BATCH
+
+    def finish(self) -> None:
+        """The process has ended: log every record it left (what its queue held, however
+        long), then close."""
+        while self.forward() == FORWARD_BATCH:
+            pass
+        self.close()
 
     def close(self) -> None:
         self.sock.close()

@@ -165,8 +165,7 @@ class Monitor(BecomingTheSession, ProxiedConnection):
         self.prelogin_pid = pid
         _close_all(theirs, log_theirs, relay_theirs)
         self.records = ForwardedRecords(log_ours, self.log, who=self.client_ip,
-                                        debug=bool(self.cfg.debug or self.cfg.tracefile),
-                                        end_process=self._end_prelogin)
+                                        debug=self.log.debug, end_process=self._end_prelogin)
         if self.tls is not None:
             self.tls.close()         # the key files: a user session must not inherit them
         try:
@@ -386,8 +385,7 @@ class Monitor(BecomingTheSession, ProxiedConnection):
                                         f"ending it")
             self._end_prelogin()
         status = reap(self.prelogin_pid)
-        self.records.forward()                        # its last words
-        self.records.close()
+        self.records.finish()                         # its last words
         return status
 
 

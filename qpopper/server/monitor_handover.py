@@ -87,8 +87,7 @@ class BecomingTheSession:
         if not tls_active:
             self._end_prelogin()
             reap(self.prelogin_pid)
-            self.records.forward()
-            self.records.close()
+            self.records.finish()
             if relay_end is not None:
                 relay_end.close()
             relay_end = None
@@ -131,7 +130,7 @@ class BecomingTheSession:
             if exited_within(self.prelogin_pid, self.cfg.timeout + RELAY_LAST_WORDS_S,
                              self.records):
                 reap(self.prelogin_pid)
-                self.records.forward()
+                self.records.finish()
             else:
                 self.log(syslog.LOG_NOTICE, f"the TLS relay of {login.user} did not end")
         return status

@@ -62,7 +62,7 @@ def check_site(cfg, log=None, *, match_listen_entries: bool = True) -> CheckedSi
         raise PreflightError(_said_where(cfg, str(exc))) from None
     warn_without_syscall_filter(log)
     check_accounts(cfg)
-    proxied = check_proxy_protocol(cfg, match_addresses=match_listen_entries)
+    proxied = check_proxy_protocol(cfg, match_listen_entries)
     check_directories(cfg)
     check_tracefile(cfg)
     check_brakes_file(cfg)
@@ -99,11 +99,11 @@ def _said_where(cfg, text: str) -> str:
     return f"{text} ({name} set at {cfg.source(name)})"
 
 
-def check_proxy_protocol(cfg, match_addresses: bool = True) -> tuple[str, ...]:
+def check_proxy_protocol(cfg, match_listen_entries: bool = True) -> tuple[str, ...]:
     """proxy-protocol needs proxy-trusted-networks, and each of its entries a listen or
     tls-listen entry it names, matched as the master matches them against its bound sockets
     at start-up (listeners.entry_matcher against the addresses it will bind); returns the
-    entries. The only check of the trusted networks. Without `match_addresses` the caller
+    entries. The only check of the trusted networks. Without `match_listen_entries` the caller
     matches them against its sockets (check_site)."""
     specs = tuple(cfg.proxy_protocol or ())
     if not specs:
@@ -113,7 +113,7 @@ def check_proxy_protocol(cfg, match_addresses: bool = True) -> tuple[str, ...]:
         raise PreflightError(f"proxy-protocol{where} needs proxy-trusted-networks: the load "
                              f"balancers allowed to send the header")
     listen = (*cfg.listen, *cfg.tls_listen)
-    if not listen or not match_addresses:
+    if not listen or not match_listen_entries:
         return specs
     try:
         addresses = [sockaddr for _, sockaddr, _ in resolve_listeners(listen)]

@@ -21,18 +21,16 @@ the fork. So, once it has locked itself in, the kernel refuses it, with EPERM:
 A system call of another ABI (i386 through int 0x80, x32) kills the process: the filter
 could not read its numbers. Only x86_64 and arm64 are known; elsewhere no filter is
 installed, the rest of the sandbox stands alone, and start-up and --check-config say so.
+This module only builds the filter; privsep.install_syscall_filter installs it.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import platform
 import struct
 from typing import Iterable
 
-PR_SET_SECCOMP = 22
-SECCOMP_MODE_FILTER = 2
 RET_KILL_PROCESS = 0x80000000
 RET_ERRNO = 0x00050000
 RET_ALLOW = 0x7FFF0000
@@ -44,6 +42,8 @@ _JEQ = 0x15                          # BPF_JMP | BPF_JEQ | BPF_K
 _JGE = 0x35                          # BPF_JMP | BPF_JGE | BPF_K
 _RET = 0x06                          # BPF_RET | BPF_K
 _NR, _ARCH = 0, 4                    # offsets in struct seccomp_data
+_INSTRUCTION = struct.Struct("=HBBI")  # struct sock_filter: code, jt, jf, k
+INSTRUCTION_OCTETS = _INSTRUCTION.size
 
 
 def _arg_low(index: int) -> int:
@@ -56,22 +56,24 @@ def _arg_high(index: int) -> int:
 
 X32_SYSCALL_BIT = 0x40000000
 
-ARCHES = {
-    "x86_64": (0xC000003E, dict(
-        socket=41, connect=42, sendto=44, sendmsg=46, sendmmsg=307, kill=62, tkill=200,
-        tgkill=234, rt_sigqueueinfo=129, rt_tgsigqueueinfo=297, ptrace=101,
-        process_vm_readv=310, process_vm_writev=311, pidfd_send_signal=424,
-        io_uring_setup=425, pidfd_getfd=438, fcntl=72, ioctl=16, prlimit64=302,
-        setpriority=141, sched_setparam=142, sched_setscheduler=144, sched_setaffinity=203,
-        sched_setattr=314, ioprio_set=251)),
-    "aarch64": (0xC00000B7, dict(
-        socket=198, connect=203, sendto=206, sendmsg=211, sendmmsg=269, kill=129, tkill=130,
-        tgkill=131, rt_sigqueueinfo=138, rt_tgsigqueueinfo=240, ptrace=117,
-        process_vm_readv=270, process_vm_writev=271, pidfd_send_signal=424,
-        io_uring_setup=425, pidfd_getfd=438, fcntl=25, ioctl=29, prlimit64=261,
-        setpriority=140, sched_setparam=118, sched_setscheduler=119, sched_setaffinity=122,
-        sched_setattr=274, ioprio_set=30)),
+AUDIT_ARCHES = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+"""AUDIT_ARCH_* of each machine the filter knows."""
+
+SYSCALLS = {                         # name: (x86_64, aarch64)
+    "socket": (41, 198), "connect": (42, 203), "sendto": (44, 206), "sendmsg": (46, 211),
+    "sendmmsg": (307, 269), "kill": (62, 129), "tkill": (200, 130), "tgkill": (234, 131),
+    "rt_sigqueueinfo": (129, 138), "rt_tgsigqueueinfo": (297, 240), "ptrace": (101, 117),
+    "process_vm_readv": (310, 270), "process_vm_writev": (311, 271),
+    "pidfd_send_signal": (424, 424), "io_uring_setup": (425, 425), "pidfd_getfd": (438, 438),
+    "fcntl": (72, 25), "ioctl": (16, 29), "prlimit64": (302, 261), "setpriority": (141, 140),
+    "sched_setparam": (142, 118), "sched_setscheduler": (144, 119),
+    "sched_setaffinity": (203, 122), "sched_setattr": (314, 274), "ioprio_set": (251, 30),
 }
+"""The numbers of each call the filter names, on each machine it knows (asm/unistd_64.h,
+asm-generic/unistd.h)."""
+
+ARCHES = {machine: (audit, {name: pair[i] for name, pair in SYSCALLS.items()})
+          for i, (machine, audit) in enumerate(AUDIT_ARCHES.items())}
 """(AUDIT_ARCH_*, system call numbers) of each machine the filter knows."""
 
 F_SETOWN, F_SETSIG, F_SETOWN_EX = 8, 10, 15
@@ -134,25 +136,10 @@ def available() -> bool:
     return platform.machine() in ARCHES and struct.calcsize("P") == 8
 
 
-class _SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
-
-
-def install(own_pid: int, may_signal: Iterable[int] = ()) -> bool:
-    """Install the filter in this process (NoNewPrivs must be set: the kernel wants it of an
-    unprivileged process). False on a machine the filter does not know; OSError when the
-    kernel refuses it."""
+def encoded(own_pid: int, may_signal: Iterable[int] = ()) -> bytes | None:
+    """This machine's filter as struct sock_filter octets, for privsep to install; None on a
+    machine the filter does not know (available())."""
     if not available():
-        return False
-    code = program(platform.machine(), own_pid, may_signal)
-    data = b"".join(struct.pack("=HBBI", *instruction) for instruction in code)
-    buffer = ctypes.create_string_buffer(data, len(data))
-    fprog = _SockFprog(len(code), ctypes.addressof(buffer))
-    if _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"seccomp filter: {errno.errorcode.get(err, err)}")
-    return True
+        return None
+    return b"".join(_INSTRUCTION.pack(*instruction)
+                    for instruction in program(platform.machine(), own_pid, may_signal))

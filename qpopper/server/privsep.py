@@ -166,6 +166,8 @@ PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
 
 
 def _last_capability() -> int:
@@ -195,10 +197,28 @@ class SandboxError(Exception):
     """The pre-login process could not lock itself in: it must not serve the client."""
 
 
-def prctl(option: int, value: int) -> None:
-    if _libc.prctl(option, value, 0, 0, 0) != 0:
+def prctl(option: int, value: int, arg3: int = 0) -> None:
+    if _libc.prctl(option, value, arg3, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def install_syscall_filter(own_pid: int, may_signal: Iterable[int] = ()) -> bool:
+    """prelogin_filter's filter, installed in this process (NoNewPrivs set: the kernel wants
+    it of an unprivileged process). False on a machine it does not know; OSError when the
+    kernel refuses it."""
+    code = prelogin_filter.encoded(own_pid, may_signal)
+    if code is None:
+        return False
+    buffer = ctypes.create_string_buffer(code, len(code))
+    fprog = _SockFprog(len(code) // prelogin_filter.INSTRUCTION_OCTETS,
+                       ctypes.addressof(buffer))
+    prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog))
+    return True
 
 
 def prelogin_account(cfg) -> tuple[int, int]:
@@ -264,7 +284,7 @@ def enter_prelogin_sandbox(cfg, uid: int, gid: int, may_signal: Iterable[int] = 
     if was_root:
         _check_became(uid, gid)
     try:
-        prelogin_filter.install(os.getpid(), may_signal)
+        install_syscall_filter(os.getpid(), may_signal)
     except OSError as exc:
         raise SandboxError(f"entering the pre-login sandbox: {exc}") from None
 

@@ -43,15 +43,11 @@ def listen_fds(environ=os.environ, unset: bool = True) -> list[socket.socket]:
     """The sockets systemd passed us (LISTEN_FDS / LISTEN_PID), as socket objects, marked
     close-on-exec; [] when none are meant for this process. With `unset`, the variables are
     removed so that children do not take them for theirs."""
-    try:
-        pid = int(environ.get("LISTEN_PID", ""))
-        count = int(environ.get("LISTEN_FDS", ""))
-    except ValueError:
-        return []
+    count = int(environ["LISTEN_FDS"]) if passes_sockets(environ) else 0
     if unset:
         for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
             environ.pop(name, None)
-    if pid != os.getpid() or count <= 0:
+    if count <= 0:
         return []
     sockets = []
     for fd in range(LISTEN_FDS_START, LISTEN_FDS_START + count):

@@ -138,6 +138,18 @@ def test_one_forward_takes_a_batch_so_waits_keep_their_deadlines(pair, monkeypat
     assert len(records) == 5
 
 
+def test_once_the_process_has_ended_every_record_it_left_is_logged(pair, monkeypatch):
+    """Its last words may be more than one batch (a raised net.unix.max_dgram_qlen)."""
+    monkeypatch.setattr(log_mod, "FORWARD_BATCH", 3)
+    ours, theirs = pair
+    records = Sink()
+    for i in range(7):
+        theirs.send(bytes((syslog.LOG_INFO,)) + f"r{i}".encode())
+    ForwardedRecords(ours, records).finish()
+    assert [text for _, text in records] == [f"{PRELOGIN_PREFIX}r{i}" for i in range(7)]
+    assert ours.fileno() == -1
+
+
 def test_a_monitor_gone_costs_the_record_only(pair):
     ours, theirs = pair
     logger = Logger(stream=io.StringIO())

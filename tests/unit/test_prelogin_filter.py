@@ -36,7 +36,7 @@ def in_filtered_child(body, may_signal=()) -> tuple[int, str]:
         try:
             os.close(r)
             privsep.prctl(privsep.PR_SET_NO_NEW_PRIVS, 1)
-            assert prelogin_filter.install(os.getpid(), may_signal)
+            assert privsep.install_syscall_filter(os.getpid(), may_signal)
             os.write(w, body().encode())
         finally:
             os._exit(0)
@@ -212,7 +212,7 @@ def test_a_machine_without_a_filter_is_told(monkeypatch):
     preflight.warn_without_syscall_filter(lambda priority, text: said.append(text))
     assert said == []
     monkeypatch.setattr(prelogin_filter.platform, "machine", lambda: "riscv64")
-    assert prelogin_filter.install(os.getpid()) is False
+    assert privsep.install_syscall_filter(os.getpid()) is False
     preflight.warn_without_syscall_filter(lambda priority, text: said.append(text))
     assert said == ["no system-call filter for the pre-login process on riscv64 with a "
                     "64-bit interpreter (64-bit x86_64 and aarch64 only): the rest of its "
