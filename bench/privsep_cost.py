@@ -355,10 +355,11 @@ def main(argv=None) -> int:
     bench = Path(args.bench_dir)
     if os.geteuid() == 0 and {"dovecot", "popa3d"} & set(args.servers):
         benchlib.ensure_debian_packages(DEBIAN_PACKAGES)
+    needed = {"popa3d": [("systemd-socket-activate", "systemd"), ("stunnel4", "stunnel4")],
+              "dovecot": [("dovecot", "dovecot-core")]}
     benchlib.require_runnable("privsep_cost.py", bench,
                               "it creates users, accounts, PAM files, servers",
-                              [("systemd-socket-activate", "systemd"), ("stunnel4", "stunnel4"),
-                               ("dovecot", "dovecot-core")])
+                              [tool for server in args.servers for tool in needed.get(server, ())])
     benchlib.clean_up_on_signals()
     pb = load_pop3bench(bench)
     started = time.time()
