@@ -16,7 +16,10 @@ the fork. So, once it has locked itself in, the kernel refuses it, with EPERM:
 - prlimit64 on another process, setpriority, the sched_set* calls and ioprio_set: for
   these too the kernel checks the account only, and a lowered RLIMIT_CPU kills;
 - ptrace, process_vm_readv/writev, pidfd_getfd, io_uring_setup (io_uring makes sockets
-  without the socket call).
+  without the socket call);
+- the key rings (add_key, request_key, keyctl), userfaultfd, perf_event_open, bpf, unshare
+  and setns: kernel interfaces it never needs, and a common way from a taken-over process to
+  a kernel bug.
 
 A system call of another ABI (i386 through int 0x80, x32) kills the process: the filter
 could not read its numbers. Only x86_64 and arm64 are known; elsewhere no filter is
@@ -68,6 +71,9 @@ SYSCALLS = {                         # name: (x86_64, aarch64)
     "fcntl": (72, 25), "ioctl": (16, 29), "prlimit64": (302, 261), "setpriority": (141, 140),
     "sched_setparam": (142, 118), "sched_setscheduler": (144, 119),
     "sched_setaffinity": (203, 122), "sched_setattr": (314, 274), "ioprio_set": (251, 30),
+    "add_key": (248, 217), "request_key": (249, 218), "keyctl": (250, 219),
+    "userfaultfd": (323, 282), "perf_event_open": (298, 241), "bpf": (321, 280),
+    "unshare": (272, 97), "setns": (308, 268),
 }
 """The numbers of each call the filter names, on each machine it knows (asm/unistd_64.h,
 asm-generic/unistd.h)."""
@@ -82,11 +88,17 @@ REFUSED_COMMANDS = (("fcntl", (F_SETOWN, F_SETSIG, F_SETOWN_EX)),
                     ("ioctl", (FIOSETOWN, SIOCSPGRP)))
 """Commands (the second argument) that name a process to signal when a descriptor is ready."""
 
+KERNEL_SURFACE = ("add_key", "request_key", "keyctl", "userfaultfd", "perf_event_open", "bpf",
+                  "unshare", "setns")
+"""Kernel interfaces the process never needs, and whose bugs have been a way to root: the
+key rings, userfaultfd (it holds a racing kernel thread still), perf events, BPF, and new
+namespaces (a new user namespace is refused in a chroot, but not in the demo's sandbox)."""
+
 REFUSED = ("socket", "connect", "sendmsg", "sendmmsg", "tkill", "rt_sigqueueinfo",
            "rt_tgsigqueueinfo", "pidfd_send_signal", "ptrace", "process_vm_readv",
            "process_vm_writev", "pidfd_getfd", "io_uring_setup", "setpriority",
            "sched_setparam", "sched_setscheduler", "sched_setaffinity", "sched_setattr",
-           "ioprio_set")
+           "ioprio_set", *KERNEL_SURFACE)
 
 
 def program(machine: str, own_pid: int, may_signal: Iterable[int] = ()) -> list[tuple]:

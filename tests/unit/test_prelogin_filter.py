@@ -122,6 +122,29 @@ def test_every_refused_call_gets_eperm_whatever_its_arguments():
     assert eval(text) == {name: (-1, 1) for name in prelogin_filter.REFUSED}
 
 
+def test_the_kernel_interfaces_it_never_needs_are_closed():
+    """Calls that would succeed (or fail otherwise) without the filter: the session key
+    ring's id, a no-op unshare, a userfaultfd (root may make one), a bad BPF command."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    numbers = prelogin_filter.ARCHES[platform.machine()][1]
+    calls = {"keyctl": (0, -3, 0), "unshare": (0,), "userfaultfd": (0,), "bpf": (-1, 0, 0),
+             "setns": (-1, 0), "add_key": (0, 0, 0, 0, 0), "request_key": (0, 0, 0, 0),
+             "perf_event_open": (0, 0, -1, -1, 0)}
+    assert set(calls) == set(prelogin_filter.KERNEL_SURFACE)
+    assert set(calls) <= set(prelogin_filter.REFUSED)
+
+    def run(name):
+        ctypes.set_errno(0)
+        result = libc.syscall(ctypes.c_long(numbers[name]),
+                              *(ctypes.c_long(arg) for arg in calls[name]))
+        return result, ctypes.get_errno()
+
+    unfiltered = {name: run(name) for name in ("keyctl", "unshare")}
+    assert all(result >= 0 for result, _ in unfiltered.values()), unfiltered
+    _, text = in_filtered_child(lambda: repr({name: run(name) for name in calls}))
+    assert eval(text) == {name: (-1, 1) for name in calls}
+
+
 def test_no_process_can_be_named_for_sigio_but_descriptors_still_work():
     """F_SETOWN and its kin would have the kernel signal another process of the same
     account (any pre-login process) when a descriptor is ready; the kernel checks only the
