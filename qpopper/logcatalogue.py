@@ -81,6 +81,17 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
         ("pre-login for * broke the monitor protocol (*); ending it",
          "The pre-login process sent a frame out of order or malformed: it is killed. Should "
          "never happen; report it."),
+        ("authentication for * did not end by the login deadline; ending the connection",
+         "A credential check was still running at login-timeout + 35 s (a PAM module waiting "
+         "on an unreachable directory server, say): the monitor ends it, and the "
+         "connection. Look at the PAM stack's modules."),
+        ("authentication for * ended without an outcome (*)",
+         "The process that checks a connection's credentials died (a PAM module that "
+         "crashed, the out-of-memory killer): the client gets -ERR [SYS/TEMP]. Look at the "
+         "PAM stack, and the kernel log for a signal."),
+        ("authentication for *: bad outcome (*)",
+         "The authentication process's answer to its monitor could not be read: the "
+         "connection ends. Should never happen; report it."),
         ("pre-login for * did not end; ending it",
          "The dialogue ended without a login, but the pre-login process did not exit by the "
          "login deadline (at least 5 s for its last reply): it is killed. Should never "

@@ -294,6 +294,18 @@ def proc_status(pid: int) -> dict[str, str]:
         return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
 
 
+def authentication_process_of(monitor: int) -> list[int]:
+    """The monitor's authentication process (server/monitor_auth.py), while it runs."""
+    found = []
+    for pid in children_of(monitor):
+        try:
+            if proc_title(pid).endswith(" authentication"):
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
 def proc_title(pid: int) -> str:
     with open(f"/proc/{pid}/cmdline", "rb") as f:
         return f.read().replace(b"\0", b" ").decode(errors="replace").strip()

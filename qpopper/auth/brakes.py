@@ -48,8 +48,9 @@ A store that cannot be opened (not root, read-only /run) degrades to counting no
 connections: the per-connection cap still applies, and the reason is logged once.
 One login attempt opens the file once: hold_address opens it, the rest of the attempt
 (note_failure or record_success) uses the same connection and closes it. `close()` ends it
-early; the monitor calls it before it becomes the user session, which must not hold the
-root-only file (docs/privsep.md, "The pre-login process").
+early; the authentication process calls it before it ends, and the monitor as soon as it has
+forked that process: the monitor becomes the user session, which must not hold the
+root-only file (docs/privsep.md, "The authentication process").
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
-"""The monitor's side of the authentication cache (docs/auth-cache.md).
+"""The connection's side of the authentication cache (docs/auth-cache.md).
 
-Runs as root, in the monitor, around the one PAM call of USER/PASS, AUTH PLAIN and AUTH
-LOGIN: policy.Authenticator.check_password calls pam_or_cached. The cache itself lives in a
-long-lived root process the master starts (server/auth_cache.py); a monitor reaches it
-through a socket it inherited from the master and closes before it forks the pre-login
-process.
+Runs as root, in the monitor's authentication process, around the one PAM call of
+USER/PASS, AUTH PLAIN and AUTH LOGIN: policy.Authenticator.check_password calls
+pam_or_cached. The cache itself lives in a long-lived root process the master starts
+(server/auth_cache.py); the authentication process reaches it through a socket the monitor
+inherited from the master. The pre-login process closes it first thing, and the monitor as
+soon as it has forked the authentication process.
 
 What is remembered is only what PAM's password step (pam_authenticate) said about one
 password for one account, under a key that is a salted scrypt hash:

@@ -1,8 +1,8 @@
 """The authenticator the protocol is given: who may log in, how, and from where.
 
-Runs as root, in the monitor of each connection (docs/privsep.md; in one process only in
-tests), since pwd, PAM and the store need it. It implements the protocol's authenticator
-contract (docs/internals.md, "Auth"):
+Runs as root, in the authentication process of each connection (docs/privsep.md,
+"The authentication process"; in one process only in tests), since pwd, PAM and the store
+need it. It implements the protocol's authenticator contract (docs/internals.md, "Auth"):
 
     apop_enabled, banner_timestamp,
     check_password(user, password, client_ip, *, client_host=None, tls_active=False) -> Login

@@ -213,7 +213,11 @@ class PolicyChecks:
         failure, or with `policy` (account management after a proved secret) a policy
         refusal."""
         if result.system_error:
+            # No guess was judged: not braked, not a failed login. But each one may have
+            # cost a directory timeout: it counts towards the connection's cap all the same.
+            self.failures += 1
             raise PopError(PAM_UNAVAILABLE, RespCode.SYS_TEMP,
+                           close=self.failures >= limits.MAX_AUTH_FAILURES_PER_CONNECTION,
                            log=f"PAM service {self.cfg.pam_service}: {result.reason} "
                                f"({result.code})")
         if not result.ok:

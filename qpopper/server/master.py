@@ -272,11 +272,13 @@ class Master(Lifecycle, Admission):
         password_cache = self.auth_cache.for_monitor()   # never reaches the pre-login process
         cache_fds = (password_cache.fd,) if password_cache is not None else ()
 
+        monitor_pid = str(os.getpid())   # the authentication process tells it too
+
         def tell_master(*words: str) -> None:
             if not all(word and word.isprintable() and " " not in word for word in words):
                 return                   # one notice is one line of words (_read_logins)
             try:
-                os.write(logins_w, " ".join((str(os.getpid()), *words)).encode() + b"\n")
+                os.write(logins_w, " ".join((monitor_pid, *words)).encode() + b"\n")
             except OSError:
                 pass
         return Monitor(self.cfg, self.log, hostname=self.hostname, peer=peer,

@@ -1,20 +1,23 @@
 """The monitor: one small root process per connection that never reads a client byte.
 
-    master (root) ── fork ──► monitor (root) ── fork ──► pre-login (prelogin-user, chroot)
-                                   │  ▲ frames (monitor_wire)        │ client socket, TLS,
-                                   │  └──────────────────────────────┘ AUTHORIZATION, SASL
-                                   └── after a verified login it becomes the user session
+    master (root) ─ fork ─► monitor (root) ─ fork ─► pre-login (prelogin-user, chroot)
+                              │                        │ client socket, TLS,
+                              │                        │ AUTHORIZATION, SASL
+                              ├─ fork ─► authentication (root) ◄─┘ frames (monitor_wire)
+                              │            answers them; then OUTCOME to the monitor
+                              └─ after a verified login it becomes the user session
 
-The monitor owns what needs root: PAM, the pop.auth store, the brakes file, DRAC, the
-challenges of APOP / CRAM-MD5 / SCRAM and the GSS-API context (auth/policy.py,
-auth/challenges.py), the authentication cache's socket (auth/password_cache.py), hashed
-spool directories, and the switch to the user (privsep.py). It
-answers the pre-login process's requests — one frame at a time, each decoded strictly by
-monitor_wire and checked here — and ends the connection at the first frame it does not
-expect. Once a login it verified itself is handed over, it tells the master the connection
-is logged in and becomes the user session, on the client socket (or, with TLS, on the
-plaintext socket pair the pre-login process relays).
-docs/privsep.md has the whole picture and the list of what runs as root.
+The monitor sets the connection up (the pre-login process, its log records, the APOP
+timestamp), then forks the authentication process (server/monitor_auth.py), which owns
+what checks credentials: PAM, the pop.auth store, the brakes file, DRAC, the challenges of
+APOP / CRAM-MD5 / SCRAM and the GSS-API context (auth/policy.py, auth/challenges.py), the
+authentication cache's socket (auth/password_cache.py). It answers the pre-login process's
+requests — one frame at a time, each decoded strictly by monitor_wire and checked — and
+ends the connection at the first frame it does not expect. Once a login it verified is
+handed over, the monitor checks the handover, prepares hashed spool directories, tells the
+master the connection is logged in and becomes the user session, on the client socket (or,
+with TLS, on the plaintext socket pair the pre-login process relays): a process that never
+held a credential. docs/privsep.md has the whole picture and the list of what runs as root.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import os
-import select
 import signal
 import socket
 import syslog
@@ -43,28 +45,19 @@ from qpopper.server.preflight import PreflightError, check_tracefile
 from qpopper.server.session import DISPLACE_SIGNAL, Session, tls_mode_for_listen_port
 from qpopper.auth import challenges, sasl
 from qpopper.auth.policy import Authenticator
-from qpopper.pop3.auth_state import sasl_normaliser
 from qpopper.pop3.responses import PopError, RespCode, err
 from qpopper.server.children import (ProtocolViolation, exit_after, exited_within,  # noqa: F401 (re-exported)
                                      close_fds, log_failure, reap, standard_fds_to_null)
 from qpopper.server.monitor_proxy import ProxiedConnection
-from qpopper.server.monitor_handover import BecomingTheSession, claimed_tls
+from qpopper.server.monitor_handover import BecomingTheSession
+from qpopper.server.monitor_auth import AuthenticationProcess
 
-PASSWORD_MECHANISMS = frozenset({"USER", "AUTH PLAIN", "AUTH LOGIN"})
-SCRAM_MECHANISMS = frozenset({"SCRAM-SHA-1", "SCRAM-SHA-256", "SCRAM-SHA-1-PLUS",
-                              "SCRAM-SHA-256-PLUS"})
-REFUSAL_MECHANISMS = frozenset({"USER", "APOP"} | {f"AUTH {name}" for name in sasl.MECHANISMS})
-"""What REFUSE_NAME may name: the text goes into the failure's log line (fail2ban reads it)."""
-MAX_REQUESTS = 64
-"""Frames one pre-login process may send: a login needs at most a handful (GSSAPI's context
-tokens are the most); more is a loop, and the connection ends."""
 DEADLINE_MARGIN_S = 30
 """The monitor waits this much longer than the login deadline the pre-login process keeps,
 then ends the connection itself."""
 PRELOGIN_LAST_WORDS_S = 5
 """A pre-login process that ended the dialogue (the client left, or its last refusal) has at
 least this long to write its last reply and exit before the monitor ends it."""
-MAX_HOST_CHARS = 255
 UNAVAILABLE = "Unable to serve you now; try again later"
 
 
@@ -82,6 +75,28 @@ class Client:
         else:
             close_fds({self.in_fd, self.out_fd})
 
+    def leave(self) -> None:
+        """In a child that never talks to the client: its descriptors closed; those that are
+        0-2 (inetd; classic inetd gives 2 the client's socket too) point at /dev/null, so
+        that nothing written to them reaches the client and no file opened later takes
+        their number."""
+        fds = {self.in_fd, self.out_fd}
+        if self.in_fd in (0, 1) and _same_file(2, self.in_fd):
+            fds.add(2)
+        if self.sock is not None:
+            fds.discard(self.sock.fileno())
+            self.sock.close()
+        standard_fds_to_null(keep={0, 1, 2} - fds)
+        close_fds(fds - {0, 1, 2})
+
+
+def _same_file(fd: int, other: int) -> bool:
+    try:
+        a, b = os.fstat(fd), os.fstat(other)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
 
 def _close_all(*socks) -> None:
     for sock in socks:
@@ -89,7 +104,7 @@ def _close_all(*socks) -> None:
             sock.close()
 
 
-class Monitor(BecomingTheSession, ProxiedConnection):
+class Monitor(AuthenticationProcess, BecomingTheSession, ProxiedConnection):
     """One connection's monitor; `run()` returns the process exit status."""
 
     def __init__(self, cfg, log, *, hostname: str, peer, client: Client, tls=None,
@@ -97,8 +112,9 @@ class Monitor(BecomingTheSession, ProxiedConnection):
                  proxy=None, on_client_address=None, password_cache=None):
         """`tls`: the master's tls.TlsIdentity (open files, never read here). `on_login()`:
         called once the user session runs (the master's logged-in notice). Descriptors in
-        `close_in_children` are closed in both children (the master's notice pipe, the
-        authentication cache's socket). `proxy`: the trusted proxy networks when the
+        `close_in_children` (the master's notice pipe, the authentication cache's socket)
+        are closed in the pre-login process and before the user session; the
+        authentication process uses them. `proxy`: the trusted proxy networks when the
         connection begins with a PROXY header (the pre-login process reads it;
         `on_client_address(ip)` then tells the master). `password_cache`: the
         authenticator's handle on the authentication cache (auth/password_cache.py), or
@@ -169,9 +185,13 @@ class Monitor(BecomingTheSession, ProxiedConnection):
         if self.tls is not None:
             self.tls.close()         # the key files: a user session must not inherit them
         try:
-            self._serve(ours, relay_ours)
+            handover = self._authenticate(ours, relay_ours)       # closes ours
+            if handover is not None:
+                self._handover(handover, relay_ours)     # returns only when refused
+        except (ProtocolViolation, wire.FrameError) as exc:
+            self._broke_protocol(exc)
         finally:
-            _close_all(ours, relay_ours)
+            _close_all(relay_ours)
             self.client.close()
         return self._wait_prelogin()
 
@@ -215,164 +235,6 @@ class Monitor(BecomingTheSession, ProxiedConnection):
         if session.handed_over and session.tls_active:
             prelogin.relay(session.channel, relay_end, self.cfg.timeout)
         return status
-
-    # --- the requests ----------------------------------------------------------------------
-    def _serve(self, sock: socket.socket, relay_end) -> None:
-        while True:
-            remaining = self.deadline - time.monotonic()
-            ready = select.select([sock, self.records], [], [], remaining)[0] \
-                if remaining > 0 else []
-            if not ready:
-                self.log(syslog.LOG_NOTICE, f"{self.client_ip}: no login within the "
-                                            f"deadline; ending the connection")
-                self._end_prelogin()
-                return
-            if self.records in ready:
-                self.records.forward()        # logged before the request that followed them
-                if sock not in ready:
-                    continue
-            try:
-                frame = wire.receive(sock, wire.REQUESTS)
-                if frame is None:
-                    return                            # the pre-login process ended
-                self.requests += 1
-                if self.requests > MAX_REQUESTS:
-                    raise ProtocolViolation(f"more than {MAX_REQUESTS} requests")
-                if self.proxy is not None and not self.proxied \
-                        and frame.kind is not wire.Kind.PROXIED:
-                    raise ProtocolViolation(f"{frame.kind.name} before the PROXY header")
-                if frame.kind is wire.Kind.HANDOVER:
-                    self._handover(frame, sock, relay_end)      # returns only when refused
-                    return
-                reply = self._answer(frame)
-            except (wire.FrameError, ProtocolViolation) as exc:
-                self.log(syslog.LOG_WARNING, f"pre-login for {self.client_ip} broke the "
-                                             f"monitor protocol ({exc}); ending it")
-                self._end_prelogin()
-                return
-            except OSError:
-                self._end_prelogin()
-                return
-            try:
-                sock.sendall(reply)
-            except OSError:
-                return
-            if self._closing:
-                return
-
-    def _end_prelogin(self) -> None:
-        try:
-            os.kill(self.prelogin_pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-    def _answer(self, frame: wire.Frame) -> bytes:
-        try:
-            return self._dispatch(frame)
-        except PopError as refusal:
-            if refusal.log:
-                self.log(syslog.LOG_NOTICE, refusal.log)
-            self._closing = bool(refusal.close)
-            code = refusal.code.value if refusal.code else ""
-            return wire.encode(wire.Kind.REFUSED, refusal.text[:wire.SECRET], code,
-                               bool(refusal.close))
-        except (UnicodeError, ValueError, TypeError, LookupError) as exc:
-            raise ProtocolViolation(f"{frame.kind.name}: {type(exc).__name__}") from None
-
-    def _dispatch(self, frame: wire.Frame) -> bytes:
-        auth = self.authenticator
-        kind = frame.kind
-        ip = self.client_ip
-        if self.login is not None:
-            # A verified login is followed by HANDOVER (taken in _serve) and nothing else: no
-            # second attempt may open the brakes file or PAM again in the process that is
-            # about to become the session (docs/privsep.md, "The monitor's requests").
-            raise ProtocolViolation(f"{kind.name} after a verified login")
-        if kind is wire.Kind.PROXIED:
-            return self._proxied(frame)
-        if kind is wire.Kind.PASSWORD:
-            mechanism = frame.text(2)
-            if mechanism not in PASSWORD_MECHANISMS:
-                raise ProtocolViolation(f"PASSWORD for mechanism {mechanism!r}")
-            login = auth.check_password(frame.text(0), frame.text(1), ip,
-                                        client_host=self._host(frame, 5),
-                                        tls_active=claimed_tls(self.tls_mode, frame.flag(4)),
-                                        mechanism=mechanism,
-                                        authid=frame.text(3) or None)
-            return self._logged_in(login)
-        if kind is wire.Kind.APOP:
-            if self.apop_timestamp is None:
-                raise ProtocolViolation("APOP without a banner timestamp")
-            return self._logged_in(auth.check_apop(frame.text(0), self.apop_timestamp,
-                                                   frame.text(1), ip,
-                                                   client_host=self._host(frame, 2)))
-        if kind is wire.Kind.CRAM_CHALLENGE:
-            self.cram = auth.cram_challenge(self.hostname)
-            return wire.encode(wire.Kind.DATA, self.cram, False)
-        if kind is wire.Kind.CRAM:
-            challenge, self.cram = self.cram, None
-            if challenge is None:
-                raise ProtocolViolation("CRAM without a challenge")
-            return self._logged_in(auth.check_cram_md5(frame.text(0), challenge,
-                                                       frame.text(1), ip,
-                                                       client_host=self._host(frame, 2)))
-        if kind is wire.Kind.SCRAM_BEGIN:
-            mechanism = frame.text(0)
-            if mechanism not in SCRAM_MECHANISMS:
-                raise ProtocolViolation(f"SCRAM_BEGIN for {mechanism!r}")
-            if mechanism.endswith("-PLUS"):
-                claimed_tls(self.tls_mode, True)  # channel binding binds to a TLS channel
-            server_first = auth.scram_begin(frame.text(1), mechanism, frame.text(2))
-            return wire.encode(wire.Kind.DATA, server_first, False)
-        if kind is wire.Kind.SCRAM_PROVE:
-            login, signature = auth.scram_prove(frame.text(0), frame.text(1), frame.fields[2],
-                                                ip, client_host=self._host(frame, 3))
-            # not self.login yet: only SCRAM_ACCEPTED makes it one
-            return wire.encode(wire.Kind.LOGIN, login.user, login.mechanism, login.no_mime,
-                               signature)
-        if kind is wire.Kind.SCRAM_ACCEPTED:
-            login = auth.scram_accepted(ip)
-            if login is None:
-                raise ProtocolViolation("SCRAM_ACCEPTED without a proof")
-            self.login = login
-            return wire.encode(wire.Kind.DATA, b"", True)
-        if kind is wire.Kind.SCRAM_BINDING_FAILED:
-            if frame.text(1) not in SCRAM_MECHANISMS:
-                raise ProtocolViolation(f"SCRAM_BINDING_FAILED for {frame.text(1)!r}")
-            auth.check_scram(frame.text(0), frame.text(1), False, ip,
-                             client_host=self._host(frame, 2))
-            raise ProtocolViolation("a refusal did not refuse")
-        if kind is wire.Kind.REFUSE_NAME:
-            if frame.text(2) not in REFUSAL_MECHANISMS:
-                raise ProtocolViolation(f"REFUSE_NAME for {frame.text(2)!r}")
-            auth.refuse_user_name(frame.text(0), frame.text(1), ip,
-                                  client_host=self._host(frame, 3), mechanism=frame.text(2))
-            raise ProtocolViolation("a refusal did not refuse")
-        if kind is wire.Kind.GSS_STEP:
-            out, complete = auth.gss_step(frame.fields[0], ip, first=frame.flag(1),
-                                          client_host=self._host(frame, 2))
-            return wire.encode(wire.Kind.DATA, out, complete)
-        if kind is wire.Kind.GSS_OFFER:
-            return wire.encode(wire.Kind.DATA, auth.gss_offer(ip, client_host=self._host(frame, 0)),
-                               False)
-        if kind is wire.Kind.GSS_CHOOSE:
-            login, no_mime = auth.gss_choose(frame.fields[0], sasl_normaliser(self.cfg), ip,
-                                             client_host=self._host(frame, 1))
-            return self._logged_in(dataclasses.replace(login, no_mime=no_mime))
-        raise ProtocolViolation(f"unexpected {kind.name}")
-
-    def _logged_in(self, login) -> bytes:
-        self.login = login
-        return wire.encode(wire.Kind.LOGIN, login.user, login.mechanism, login.no_mime, b"")
-
-    def _host(self, frame: wire.Frame, index: int) -> str:
-        """The client's name as the pre-login process looked it up: only a plausible host
-        name is believed (it goes into log lines); anything else is the address."""
-        text = frame.text(index)
-        if (0 < len(text) <= MAX_HOST_CHARS and text.isascii()
-                and all(ch.isalnum() or ch in ".-_:" for ch in text)):
-            return text
-        return self.client_ip
 
     def _wait_prelogin(self) -> int:
         """The pre-login process's exit status (no login was handed over). It may still be

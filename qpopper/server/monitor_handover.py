@@ -41,7 +41,10 @@ class BecomingTheSession:
     """Part of Monitor (server/monitor.py): see the module docstring."""
 
     # --- the login handed over: the user session -----------------------------------------------
-    def _handover(self, frame: wire.Frame, sock, relay_end) -> None:
+    def _handover(self, frame: wire.Frame, relay_end) -> None:
+        """The HANDOVER frame the authentication process passed on with the login it
+        verified (self.login): checked here, then the session; returns only when there is
+        no session after all (the reply was written)."""
         login = self.login
         if login is None:
             raise ProtocolViolation("HANDOVER without a verified login")
@@ -66,24 +69,22 @@ class BecomingTheSession:
             return
         if self.on_login is not None:
             self.on_login()
-        self._become_user_session(sock, login, spool_gid, leftover, tls_active, client_host,
+        self._become_user_session(login, spool_gid, leftover, tls_active, client_host,
                                   int(bad_text), relay_end)
 
-    def _become_user_session(self, sock, login, spool_gid: int, leftover: bytes,
+    def _become_user_session(self, login, spool_gid: int, leftover: bytes,
                              tls_active: bool, client_host: str, bad_commands: int,
                              relay_end) -> NoReturn:
         """After a verified login the monitor's work is done: rather than fork once more, it
-        becomes the user session itself. Nothing privileged stays open: the monitor channel,
-        the master's notice pipe and the authenticator's brakes file are closed, the
-        authenticator is dropped, the TLS identity was closed at the first fork; then the
-        verified privilege drop (privsep.drop_privileges). Without TLS the pre-login process, which
-        flushed its last reply before HANDOVER, is ended first, so no other process holds
-        the client's socket; with TLS it goes on relaying, as this process's child."""
-        sock.close()
+        becomes the user session itself. It never held a credential (the authentication
+        process checked them) nor the TLS key (closed at the first fork). Nothing privileged
+        stays open: the master's notice pipe is closed (the pre-login channel and the
+        authentication cache's socket were, when the authentication process was forked);
+        then the verified privilege drop (privsep.drop_privileges). Without TLS the pre-login
+        process, which flushed its last reply before HANDOVER, is ended first, so no other
+        process holds the client's socket; with TLS it goes on relaying, as this process's
+        child."""
         close_fds(self.close_in_children)
-        if self.authenticator is not None:
-            self.authenticator.close()
-        self.authenticator = None
         if not tls_active:
             self._end_prelogin()
             reap(self.prelogin_pid)

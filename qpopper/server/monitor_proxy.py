@@ -97,7 +97,7 @@ class ProxiedConnection:
             raise ProtocolViolation("PROXIED with a bad port")
         self.client_ip = address
         self.peer = (address, int(port))
-        setproctitle.setproctitle(f"popper: {self.client_ip} monitor")
+        setproctitle.setproctitle(f"popper: {self.client_ip} authentication")
         if self.on_client_address is not None:
             self.on_client_address(address)
         return wire.encode(wire.Kind.DATA, address, False)

@@ -1,8 +1,9 @@
-"""The frames between the unprivileged pre-login process and its root monitor.
+"""The frames between the unprivileged pre-login process and its root monitor's processes.
 
-Both ends use this module; only the monitor has to distrust what it reads (the pre-login
-process parses client bytes and may be an attacker's by now). The section
-docs/privsep.md, "The monitor's requests" lists the requests and what the monitor checks.
+Both ends use this module; only the root side — the monitor's authentication process, which
+answers the requests, and the monitor, which takes the handover — has to distrust what it
+reads (the pre-login process parses client bytes and may be an attacker's by now). The
+section docs/privsep.md, "The monitor's requests" lists the requests and what is checked.
 
 A frame is one SOCK_SEQPACKET message (so a frame can never be split or run into the next):
 
@@ -35,6 +36,7 @@ SHORT = 256                            # mechanism names, flags, host names
 TOKEN = 48 * 1024                      # GSSAPI tokens (Kerberos tickets with a PAC are big)
 LEFTOVER = limits.MAX_AUTH_LINE_OCTETS + 64 * 1024    # pipelined bytes read past the login
 CACHE_KEY = 64                         # an authentication cache key (a 32-octet hash)
+PATH = 4096                            # a home directory (PATH_MAX)
 
 
 class Kind(enum.IntEnum):
@@ -65,6 +67,11 @@ class Kind(enum.IntEnum):
     CACHE_STORE = 129       # generation, key, verdict, when PAM was asked (monotonic ns)
     CACHE_VERDICT = 192     # verdict (empty: not remembered)
 
+    # From the authentication process to its monitor, once, as it ends (docs/privsep.md,
+    # "The authentication process"); after a login the HANDOVER frame follows, as received.
+    OUTCOME = 160           # client address, port, user ("": no login), uid, gid, home flag,
+    #                         home, mechanism, no-mime flag, log records forwarded so far
+
 
 FIELD_LIMITS: dict[Kind, tuple[int, ...]] = {
     Kind.PASSWORD: (NAME, SECRET, SHORT, NAME, 1, SHORT),
@@ -87,6 +94,7 @@ FIELD_LIMITS: dict[Kind, tuple[int, ...]] = {
     Kind.CACHE_LOOKUP: (SHORT, CACHE_KEY),
     Kind.CACHE_STORE: (SHORT, CACHE_KEY, SHORT, SHORT),
     Kind.CACHE_VERDICT: (SHORT,),
+    Kind.OUTCOME: (SHORT, SHORT, NAME, SHORT, SHORT, 1, PATH, SHORT, 1, SHORT),
 }
 
 REQUESTS = frozenset(kind for kind in Kind if kind < 64)

@@ -12,17 +12,20 @@ process model is docs/privsep.md). No module here reads a client byte as root:
                                               0700 temporary directory of its own; no client byte
   qpopper/server/preflight.py                 start-up, HUP, --check-config: files, directories
                                               (makes <bulldir>/bulldb), accounts, PAM service
-  qpopper/server/monitor.py, monitor_wire.py, one per connection: answers the pre-login
-    monitor_proxy.py, monitor_handover.py     process's frames (the PROXY header's address
-                                              too), then becomes the user session
-  qpopper/auth/policy.py, policy_checks.py,   in the monitor: user lookup, PAM, the pop.auth
+  qpopper/server/monitor.py, monitor_wire.py, one per connection: forks the pre-login and
+    monitor_handover.py                       authentication processes, checks the handover,
+                                              then becomes the user session
+  qpopper/server/monitor_auth.py,             the authentication process (the monitor's
+    monitor_proxy.py                          child): answers the pre-login process's frames
+                                              (the PROXY header's address too)
+  qpopper/auth/policy.py, policy_checks.py,   in the authentication process: user lookup, PAM,
     challenges.py,
-    pam.py, store.py, brakes.py,              store, APOP/CRAM/SCRAM challenges, GSS-API, brakes,
-    password_cache.py                         the authentication cache's keys
+    pam.py, store.py, brakes.py,              the pop.auth store, APOP/CRAM/SCRAM challenges,
+    password_cache.py                         GSS-API, brakes, the authentication cache's keys
   qpopper/auth/pam.py (preload)               in the master: libpam and the PAM service's
                                               modules loaded once, nothing authenticated
   qpopper/server/auth_cache.py                the authentication cache process (master's child)
-  qpopper/server/drac.py                      in the monitor: POP-before-SMTP notices
+  qpopper/server/drac.py                      in the authentication process: DRAC notices
   qpopper/server/tls.py (TlsIdentity.open)    the certificate and key snapshot, never parsed
   qpopper/log.py                              syslog / tracefile records
   qpopper/server/sdnotify.py                  systemd's notify socket

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -288,6 +289,57 @@ def test_garbage_token_is_refused(site):
     finally:
         conn.close()
     assert reply == b"-ERR [AUTH] authentication failure\r\n"
+
+
+def keytab_keys(keytab) -> list[bytes]:
+    """The keys in `keytab`, as klist -K prints them."""
+    listing = subprocess.run(["klist", "-k", "-K", str(keytab)], capture_output=True, text=True,
+                             timeout=30, check=True).stdout
+    return [bytes.fromhex(key) for key in re.findall(r"\(0x([0-9a-f]{32,})\)", listing)]
+
+
+def holding_after(body) -> tuple[int, int, bytes]:
+    """A child that runs body() (→ bytes, written back) and then waits to be searched:
+    (pid, read end, what body said). Nothing of the keytab is read here before."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            os.write(w, body())
+            time.sleep(60)
+        finally:
+            os._exit(0)
+    os.close(w)
+    return pid, r, os.read(r, 20)
+
+
+def test_the_start_up_check_of_the_keytab_leaves_no_key_in_the_master(kdc, monkeypatch):
+    """kerberos_refusal runs in the master (start-up, reload, --check-config), whose memory
+    every connection's processes start from, the user session included: the keys libkrb5
+    read to find the service's entry must not stay there (MIT Kerberos wipes them), so only
+    the authentication process ever holds one (docs/privsep.md, "The authentication
+    process"). The same search finds the keys in a process that read the keytab file."""
+    if not is_root():
+        pytest.skip("needs root: /proc/<pid>/mem of another process")
+    from qpopper.auth.sasl import kerberos_refusal
+    from qpopper.config import Config
+    from tests.helpers.process_memory import memory_holds
+    monkeypatch.setenv("KRB5_KTNAME", str(kdc.keytab))
+    cfg = Config.defaults().replace(kerberos=True, kerberos_service=SERVICE)
+    checked = holding_after(lambda: b"served" if kerberos_refusal(cfg) is None else b"no")
+    reader = holding_after(lambda: b"read" if kdc.keytab.read_bytes() else b"empty")
+    try:
+        assert checked[2] == b"served" and reader[2] == b"read"
+        keys = keytab_keys(kdc.keytab)
+        assert keys
+        assert memory_holds(reader[0], keys)
+        assert not memory_holds(checked[0], keys)
+    finally:
+        for pid, r, _ in (checked, reader):
+            os.close(r)
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
 
 
 def test_kerberos_with_a_keytab_lacking_the_service_is_refused(kdc, tmp_path):

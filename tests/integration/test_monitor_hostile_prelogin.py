@@ -11,13 +11,14 @@ import pwd
 import resource
 import signal
 import socket
+import subprocess
 import time
 
 import pytest
 
 from qpopper.auth import Login
 from qpopper.config import Config
-from qpopper.log import Logger
+from qpopper.log import ForwardedRecords, Logger
 from qpopper.server import monitor as monitor_mod
 from qpopper.server import monitor_wire as wire
 from qpopper.server import privsep
@@ -82,7 +83,31 @@ def test_handover_takes_only_an_ascii_count_of_bad_commands(count):
     mon = monitor(Sink())
     mon.login = Login("alice", 1000, 1000, None, "USER")
     with pytest.raises(monitor_mod.ProtocolViolation, match="bad command count"):
-        mon._handover(frame(wire.Kind.HANDOVER, b"", False, "host", count, False), None, None)
+        mon._handover(frame(wire.Kind.HANDOVER, b"", False, "host", count, False), None)
+
+
+@pytest.mark.parametrize("flags", [(b"x", b"0"), (b"0", b"")])
+def test_a_handover_with_a_bad_flag_ends_the_connection(flags):
+    """The authentication process passes the HANDOVER on to the monitor, which trusts it:
+    its flags are checked where it arrives, and a bad one ends the pre-login process."""
+    log = Sink()
+    mon = monitor(log)
+    mon.login = Login("alice", 1000, 1000, None, "USER")
+    ours, theirs = wire.channel_pair()
+    records_ours, records_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    mon.records = ForwardedRecords(records_ours, log)
+    stand_in = subprocess.Popen(["sleep", "60"])          # the pre-login process
+    mon.prelogin_pid = stand_in.pid
+    try:
+        theirs.send(wire.encode(wire.Kind.HANDOVER, b"", flags[0], "host", "0", flags[1]))
+        assert mon._serve(ours) is None
+        assert stand_in.wait(10) < 0                     # killed
+        assert any("broke the monitor protocol" in line for line in log), log
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+        for sock in (ours, theirs, records_ours, records_theirs):
+            sock.close()
 
 
 @pytest.mark.parametrize("tls_mode, request_frame, why", [
@@ -104,7 +129,7 @@ def test_handover_cannot_deny_tls_on_a_tls_port():
     mon = monitor(Sink(), "implicit")
     mon.login = Login("alice", 1000, 1000, None, "USER")
     with pytest.raises(monitor_mod.ProtocolViolation, match="on a TLS port"):
-        mon._handover(frame(wire.Kind.HANDOVER, b"", False, "host", "0", False), None, None)
+        mon._handover(frame(wire.Kind.HANDOVER, b"", False, "host", "0", False), None)
 
 
 # --- real processes: a pre-login process that ends the dialogue and stays -------------------

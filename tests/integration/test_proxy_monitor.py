@@ -100,7 +100,7 @@ def test_any_other_request_before_the_header_kills_the_prelogin_process():
     mon.records = ForwardedRecords(records_ours, mon.log)
     try:
         wire.send(theirs, wire.Kind.PASSWORD, "alice", "secret", "USER", "", False, "")
-        mon._serve(ours, None)
+        mon._serve(ours)
         assert stand_in.wait(10) < 0                     # killed
         assert any("PASSWORD before the PROXY header" in line for line in mon.log)
     finally:

@@ -23,7 +23,8 @@ import pytest
 from tests.helpers.pam_service import installed_pam_service
 from tests.helpers.sysusers import PRELOGIN_USER, is_root, make_spool
 from tests.helpers.messages import mbox
-from tests.server_harness import (Site, descendants_of, login, proc_status, proc_title,
+from tests.server_harness import (Site, authentication_process_of, descendants_of, login,
+                                  proc_status, proc_title,
                                   processes_of, read_greeting, wait_until)
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
@@ -241,7 +242,10 @@ def test_the_pre_login_process_and_the_user_session_hold_nothing_of_the_cache(
         prelogin = wait_until(lambda: processes_of(server, pw_uid(PRELOGIN_USER)),
                               what="the pre-login process")[0]
         monitor = int(proc_status(prelogin)["PPid"])
-        assert socket_inodes(monitor) & ends                    # the monitor's request end
+        [authentication] = wait_until(lambda: authentication_process_of(monitor),
+                                      what="the authentication process")
+        assert socket_inodes(authentication) & ends             # its request end
+        assert not socket_inodes(monitor) & ends     # the monitor, the user session to be
         assert not socket_inodes(prelogin) & ends
     session = login(server, user)
     try:

@@ -567,10 +567,16 @@ def test_a_broken_pam_stack_is_a_temporary_system_failure(system_users):
     broken_stack = "auth required pam_qpt_no_such_module.so\naccount required pam_unix.so\n"
     with pam_files.installed_pam_service(broken_stack, tag="broken-") as service:
         auth = Authenticator(config(pam_service=service), Log())
-        error = refused(lambda: auth.check_password(kai.name, "pw-kai", CLIENT_IP))
+        errors = [refused(lambda: auth.check_password(kai.name, "pw-kai", CLIENT_IP))
+                  for _ in range(limits.MAX_AUTH_FAILURES_PER_CONNECTION)]
+    error = errors[0]
     assert error.render() == (b"-ERR [SYS/TEMP] Unable to check your credentials now; "
                               b"try again later\r\n")
     assert "Module is unknown" in error.log and service in error.log
+    # each one may have cost a directory's timeout: they count towards the connection's cap,
+    # whose last refusal closes it, as failed logins do
+    assert [e.close for e in errors] == [False] * (len(errors) - 1) + [True]
+    assert all(e.code is RespCode.SYS_TEMP for e in errors)
 
 
 # ---- SCRAM's server half (auth/challenges.py) -------------------------------------------------
@@ -681,21 +687,27 @@ def test_after_a_verified_login_the_monitor_takes_nothing_but_the_handover(owned
     assert not any("Failed attempted login" in text for _, text in auth_log.records)
 
 
-def test_the_handover_closes_an_attempt_left_open(owned_store, tmp_path, monkeypatch):
+def test_the_user_session_never_holds_what_the_authentication_process_opened(
+        owned_store, tmp_path, monkeypatch):
     """A login closes the brakes file (record_success), but an attempt begun after it stays
-    open until its outcome: a SCRAM proof is not an outcome (only ACCEPTED is). The monitor
-    refuses any request after a verified login (the test above), so only its own code could
-    leave one open; the handover closes the authenticator all the same, as a second line: the
-    user session must never hold root's descriptor on everyone's failure counts
-    (monitor_handover.py)."""
+    open until its outcome: a SCRAM proof is not an outcome (only ACCEPTED is). The requests
+    refuse any request after a verified login (the test above), so only our own code could
+    leave one open. Whatever the authenticator holds, the monitor lets go of it when it forks
+    the authentication process, which answers the requests from then on: the monitor, which
+    becomes the user session, must never hold root's descriptor on everyone's failure counts
+    (server/monitor_auth.py). Here the real authentication process is forked, takes the
+    HANDOVER, and the monitor gets the login back; then the user session's last step is kept,
+    not run."""
     import socket
+    from qpopper.log import ForwardedRecords
     from qpopper.server import monitor_handover
     from qpopper.server import monitor_wire as wire
     brakes_file = str(tmp_path / "auth-brakes.sqlite")
     mon, ask, _ = store_monitor(owned_store, auth_brakes_file=brakes_file)
     assert ask(wire.Kind.PASSWORD, "demo", "demo-pw", "USER", "", False, "").kind \
         is wire.Kind.LOGIN
-    assert mon.login is not None and descriptors_on(brakes_file) == []   # the login closed it
+    login = mon.login
+    assert login is not None and descriptors_on(brakes_file) == []   # the login closed it
     # An attempt opened behind the request channel (which refuses it after a login).
     auth = mon.authenticator
     bare = "n=demo,r=client-nonce"
@@ -703,29 +715,30 @@ def test_the_handover_closes_an_attempt_left_open(owned_store, tmp_path, monkeyp
     without_proof, proof = scram_client_proof(server_first, bare, "demo-pw")
     auth.scram_prove(bare, without_proof, proof, CLIENT_IP)
     assert descriptors_on(brakes_file) != []                  # the proof's attempt holds it open
-    # HANDOVER: the monitor closes what is privileged, ends the pre-login process (here a
-    # child of the test) and would run the user session; its last step is kept, not run.
+    prelogin = subprocess.Popen(["sleep", "60"])              # stands for the pre-login process
+    mon.prelogin_pid = prelogin.pid
+    records_ours, records_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    mon.records = ForwardedRecords(records_ours, mon.log)
+    requests, prelogin_end = wire.channel_pair()
     sessions = []
     monkeypatch.setattr(monitor_handover, "exit_after",
                         lambda log, what, session: sessions.append(what))
-    prelogin = subprocess.Popen(["sleep", "60"])
-    mon.prelogin_pid = prelogin.pid
-    from qpopper.log import ForwardedRecords
-    records_ours, records_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    mon.records = ForwardedRecords(records_ours, mon.log)
-    records_theirs.send(bytes((syslog.LOG_NOTICE,)) + b"its last record")   # after HANDOVER
-    ours, theirs = socket.socketpair()
     try:
-        mon._become_user_session(ours, mon.login, os.getgid(), b"", False, CLIENT_HOST, 0,
-                                 None)
+        wire.send(prelogin_end, wire.Kind.HANDOVER, b"", False, CLIENT_HOST, "0", False)
+        handover = mon._authenticate(requests, None)
+        assert handover is not None and handover.kind is wire.Kind.HANDOVER
+        # the login as the outcome carried it (a copy: the monitor checked nothing itself)
+        assert mon.login == login and mon.login is not login and mon.authenticator is None
+        assert descriptors_on(brakes_file) == [], "the user session would hold the brakes file"
+        records_theirs.send(bytes((syslog.LOG_NOTICE,)) + b"its last record")
+        mon._become_user_session(mon.login, os.getgid(), b"", False, CLIENT_HOST, 0, None)
     finally:
-        theirs.close()
+        prelogin_end.close()
         records_theirs.close()
         if prelogin.poll() is None:
             prelogin.kill()
             prelogin.wait()
     assert sessions == ["session of demo"]
-    assert descriptors_on(brakes_file) == [], "the user session would hold the brakes file"
     # what the ended pre-login process sent last is logged, and its socket closed
     assert "pre-login: its last record" in mon.log.texts()
     assert mon.records.sock.fileno() == -1

@@ -9,19 +9,23 @@ holds no trace of the TLS private key (its memory is searched for the key's prim
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import pwd
 import poplib
+import signal
 import socket
 import ssl
 import subprocess
+import time
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 
 from qpopper.server import prelogin_filter, privsep
 from qpopper.config import Config
+from tests.helpers.process_memory import memory_holds
 from tests.helpers.sysusers import PRELOGIN_USER, in_child, is_root, make_spool
 from tests.helpers.messages import mbox
 from tests.server_harness import Site, login, proc_status, processes_of, read_greeting, wait_until
@@ -180,24 +184,6 @@ def key_patterns(key_file: str) -> list[bytes]:
     return patterns
 
 
-def memory_holds(pid: int, patterns: list[bytes]) -> bool:
-    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
-        for line in maps:
-            fields = line.split()
-            start, end = (int(x, 16) for x in fields[0].split("-"))
-            if "r" not in fields[1] or (len(fields) > 5 and fields[5] in ("[vvar]",
-                                                                           "[vsyscall]")):
-                continue
-            try:
-                mem.seek(start)
-                data = mem.read(end - start)
-            except OSError:
-                continue
-            if any(pattern in data for pattern in patterns):
-                return True
-    return False
-
-
 def rsa_identity(directory: str) -> tuple[str, str]:
     """(certificate file, key file): a self-signed RSA certificate, so the key has primes."""
     cert, key = os.path.join(directory, "rsa.crt"), os.path.join(directory, "rsa.key")
@@ -236,6 +222,147 @@ def test_no_user_session_over_tls_holds_the_private_key(world_tmp, pam_service, 
             assert b"signing off" in tls.recv(4096)
     finally:
         s.close()
+
+
+# --- credentials ---------------------------------------------------------------------------------
+def shadow_hash(name: str) -> bytes:
+    with open("/etc/shadow", "rb") as f:
+        for line in f:
+            fields = line.split(b":")
+            if fields[0] == name.encode():
+                return fields[1]
+    raise LookupError(name)
+
+
+def test_the_user_session_never_held_a_credential(world_tmp, pam_service, system_users):
+    """The monitor becomes the user session; the authentication process it forked checked
+    every credential (server/monitor_auth.py). So the session's memory holds none of them,
+    not even freed: neither the password this user sent, nor the shadow entries PAM read, nor
+    the pop.auth store's secrets (another user's, read for an APOP attempt on the same
+    connection). The search finds them where they are: the pre-login process holds the
+    password it read from the client."""
+    from tests.helpers.popauth import owned_store
+    owner, store = owned_store(system_users, world_tmp)
+    other, user = system_users.create("ot"), system_users.create()
+    other_secret = f"apop-secret-{os.urandom(8).hex()}"
+    store.set_secret(other.name, other_secret)
+    site = Site(world_tmp, pam_service, pop_auth_file=store.path, pop_auth_owner=owner.name,
+                store_mechanisms="on")
+    try:
+        make_spool(site.spool_dir, user, mbox(*MESSAGES))
+        server = site.server()
+        client = poplib.POP3(server.host, server.port, timeout=20)
+        try:
+            with pytest.raises(poplib.error_proto):
+                client.apop(other.name, "not-the-secret")          # reads other's secret
+            client.user(other.name)
+            with pytest.raises(poplib.error_proto):
+                client.pass_("a-wrong-password")                    # PAM reads other's entry
+            client.user(user.name)
+            client.pass_(user.password)
+            assert client.stat()[0] == len(MESSAGES)
+            session = the_one(server, user.uid, "the user session")
+            secrets = [other_secret.encode(), user.password.encode(), shadow_hash(user.name),
+                       shadow_hash(other.name)]
+            for secret in secrets:
+                assert not memory_holds(session, [secret]), secret
+        finally:
+            client.quit()
+        # the search finds a password where it is (here, in a pre-login process of its own)
+        holder = poplib.POP3(server.host, server.port, timeout=20)
+        try:
+            holder.user(user.name)
+            with pytest.raises(poplib.error_proto):
+                holder.pass_(other_secret)
+            prelogin = the_one(server, pwd.getpwnam(PRELOGIN_USER).pw_uid, "pre-login")
+            assert memory_holds(prelogin, [other_secret.encode()])
+        finally:
+            holder.close()
+    finally:
+        site.close()
+
+
+def test_an_authentication_process_that_dies_is_logged_and_the_client_told(site,
+                                                                          system_users):
+    """A credential check that crashes (a PAM module's fault, the out-of-memory killer):
+    the client gets -ERR [SYS/TEMP] from its pre-login process, the log says how the
+    authentication process ended, and the connection's processes end."""
+    from tests.server_harness import authentication_process_of
+    user, server = serving(site, system_users)
+    with socket.create_connection((server.host, server.port), timeout=10) as client:
+        assert read_greeting(client).startswith(b"+OK")
+        client.sendall(f"USER {user.name}\r\n".encode())
+        assert client.recv(100).startswith(b"+OK")
+        prelogin = the_one(server, pwd.getpwnam(PRELOGIN_USER).pw_uid, "pre-login")
+        monitor = int(proc_status(prelogin)["PPid"])
+        [authentication] = wait_until(lambda: authentication_process_of(monitor),
+                                      what="the authentication process")
+        os.kill(authentication, signal.SIGKILL)
+        site.syslog.wait_for(r"authentication for 127\.0\.0\.1 ended without an outcome "
+                             r"\(killed by signal 9\)")
+        client.sendall(f"PASS {user.password}\r\n".encode())
+        assert client.recv(200).startswith(b"-ERR [SYS/TEMP] ")
+        assert client.recv(100) == b""
+    wait_until(lambda: not os.path.exists(f"/proc/{monitor}"), what="the monitor's end")
+    assert not processes_of(server, user.uid)
+
+
+def running(pid: int) -> bool:
+    """Alive, not a zombie waiting for whoever reaps it."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+HANG_S = 75
+"""How long the hanging PAM stack below takes: well past login-timeout (1 s) + 30 s + 5 s."""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(HANG_S + 30)
+def test_a_pam_stack_that_hangs_cannot_hold_the_connection_past_its_deadline(world_tmp,
+                                                                            system_users):
+    """A request the authentication process is still answering when the login deadline
+    passes (a PAM stack waiting on a dead directory server, here pam_exec running sleep) does
+    not keep a root process of the connection alive: the monitor ends the authentication
+    process at the deadline (login-timeout + 30 s, and 5 s for its last words)."""
+    from tests.helpers.pam_service import installed_pam_service
+    from tests.server_harness import authentication_process_of, children_of
+    user = system_users.create()
+    stack = f"auth required pam_exec.so /bin/sleep {HANG_S}\naccount required pam_permit.so\n"
+    hanging = []
+    with installed_pam_service(stack, tag="hang-") as service:
+        site = Site(world_tmp, service, login_timeout=1)
+        try:
+            server = site.server()
+            with socket.create_connection((server.host, server.port), timeout=10) as client:
+                assert read_greeting(client).startswith(b"+OK")
+                client.sendall(f"USER {user.name}\r\n".encode())
+                assert client.recv(100).startswith(b"+OK")
+                # PASS at once: login-timeout (1 s) runs from the connection's start
+                client.sendall(f"PASS {user.password}\r\n".encode())
+                started = time.monotonic()
+                prelogin = the_one(server, pwd.getpwnam(PRELOGIN_USER).pw_uid, "pre-login")
+                monitor = int(proc_status(prelogin)["PPid"])
+                [authentication] = wait_until(lambda: authentication_process_of(monitor),
+                                              what="the authentication process")
+                hanging = wait_until(lambda: children_of(authentication), what="pam_exec")
+                site.syslog.wait_for(r"authentication for 127\.0\.0\.1 did not end by the login "
+                                     r"deadline; ending the connection", timeout=HANG_S - 20)
+                wait_until(lambda: not os.path.exists(f"/proc/{monitor}"), timeout=10,
+                           what="the monitor's end")
+                assert not os.path.exists(f"/proc/{authentication}")
+                assert time.monotonic() - started < HANG_S - 20
+                # the PAM helper was ended with it: nothing of the connection goes on
+                wait_until(lambda: not [pid for pid in hanging if running(pid)], timeout=5,
+                           what="the end of PAM's helper")
+        finally:
+            for pid in hanging:                     # pam_exec's sleep, orphaned by the kill
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            site.close()
 
 
 def test_port_995_login_and_retr_through_the_relay(world_tmp, pam_service, pki, good,

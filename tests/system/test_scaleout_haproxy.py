@@ -145,14 +145,17 @@ def still_waiting(sock: socket.socket) -> bool:
 
 
 def _host_of_monitor(scaleout, source: str) -> str:
-    """Which host runs the monitor of a connection from `source` (it titles itself with
-    the client's address once the PROXY header is read)."""
+    """Which host runs the monitor of a connection from `source` (its authentication
+    process titles itself with the client's address once the PROXY header is read, the
+    monitor once the authentication process has ended)."""
+    titles = tuple(f"popper: {source} {kind}".encode() for kind in ("authentication", "monitor"))
+
     def find():
         for name, site in scaleout["sites"].items():
             for pid in site.servers[0].children():
                 with contextlib.suppress(OSError):
                     with open(f"/proc/{pid}/cmdline", "rb") as f:
-                        if f.read().startswith(f"popper: {source} monitor".encode()):
+                        if f.read().startswith(titles):
                             return name
         return None
     return wait_until(find, what=f"the monitor of {source}")

@@ -4,8 +4,9 @@
 runs as one real `qpt` account (pop-auth-owner), each with a spool of their own (the session
 lock is per user). Root only.
 
-Each connection costs the master a monitor and a pre-login process (docs/privsep.md), so
-500 at once are about a thousand processes and as many descriptors: the test raises its own
+Each connection costs the master a monitor, a pre-login process and, until its login, an
+authentication process (docs/privsep.md), so 500 at once are one to one and a half thousand
+processes and as many descriptors: the test raises its own
 descriptor limit (the master inherits it) and checks the process limits before it starts.
 """
 
@@ -36,7 +37,7 @@ RSS_TOLERANCE_KIB = 1024
 """Noise allowed in the master's VmRSS across the 10,000 sessions: a leak of ~100 octets per
 session (a kept record, a socket object) exceeds it."""
 SESSION_TIMEOUT = 600           # the sessions hold, idle, until the last one is logged in
-PROCESSES_PER_SESSION = 3        # monitor, pre-login process, user session (at most)
+PROCESSES_PER_SESSION = 3        # monitor, pre-login and authentication processes (at most)
 SPOOL = mbox(("hello", "A short message.\n"), ("again", "Another one.\n"))
 
 

@@ -43,6 +43,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("session", ("server.session", "server.prelogin", "server.reply_writer",
                  "server.user_options")),
     ("master", ("server.master", "server.admission", "server.master_lifecycle", "server.monitor",
+                "server.monitor_auth",
                 "server.warmup",
                 "server.monitor_proxy", "server.monitor_handover", "server.auth_cache", "server")),
     ("programs", ("demo", "tools.*")),

@@ -36,7 +36,8 @@ def test_every_file_the_root_list_names_exists():
 
 def test_the_master_the_monitor_and_the_authenticator_are_on_the_list():
     names = {str(path.relative_to(REPO)) for path in root_files()}
-    for module in ("qpopper/server/master.py", "qpopper/server/monitor.py", "qpopper/server/monitor_wire.py",
+    for module in ("qpopper/server/master.py", "qpopper/server/monitor.py",
+                   "qpopper/server/monitor_auth.py", "qpopper/server/monitor_wire.py",
                    "qpopper/auth/policy.py", "qpopper/auth/pam.py", "qpopper/server/privsep.py"):
         assert module in names
 
