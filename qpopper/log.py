@@ -267,7 +267,9 @@ class ForwardedRecords:
 
     def finish(self) -> None:
         """The process has ended: log every record it left (what its queue held, however
-        long), then close."""
+        long), then close. Past the limit it is not ended again: it was reaped, and its pid
+        may be another process's by now."""
+        self.end_process = None
         while self.forward() == FORWARD_BATCH:
             pass
         self.close()

@@ -223,9 +223,15 @@ class Monitor(AuthenticationProcess, BecomingTheSession, ProxiedConnection):
 
         def handover(session, login):
             session.flush()            # replies before the login leave before the session's
-            wire.send(sock, wire.Kind.HANDOVER, session.protocol.take_unread(),
-                      bool(session.tls_active), session.client_host,
-                      str(session.protocol.bad_commands), bool(login.no_mime))
+            try:
+                wire.send(sock, wire.Kind.HANDOVER, session.protocol.take_unread(),
+                          bool(session.tls_active), session.client_host,
+                          str(session.protocol.bad_commands), bool(login.no_mime))
+            except OSError:
+                # the authentication process is gone: no session, the protocol's
+                # [SYS/TEMP] reply to an OSError, and no relay for a session that never comes
+                session.handed_over = False
+                raise
             raise prelogin.Handover()
 
         session = Session(self.cfg, channel, log=self.log, hostname=self.hostname,

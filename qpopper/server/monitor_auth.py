@@ -155,6 +155,9 @@ class AuthenticationProcess:
         setproctitle.setproctitle(f"popper: {self.client_ip} authentication")
         if relay_end is not None:
             relay_end.close()
+        if self.proxy is None:             # the notice pipe: only for a PROXY header's address
+            cache_fd = self.password_cache.fd if self.password_cache is not None else None
+            close_fds({fd for fd in self.close_in_children if fd != cache_fd})
         self.client.leave()                # it never talks to the client
         try:
             handover = self._serve(requests)
@@ -345,23 +348,53 @@ def _close_all(*socks) -> None:
 
 
 def _kill_with_children(pid: int) -> None:
-    """SIGKILL the authentication process and the processes it forked (a PAM module's
-    helper, which would go on alone: nothing signals it when its parent dies). It is
-    stopped first, so it reaps none of them meanwhile: their pids stay theirs."""
-    try:
-        os.kill(pid, signal.SIGSTOP)
-    except ProcessLookupError:
-        return
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            children = [int(word) for word in f.read().split()]
-    except (OSError, ValueError):
-        children = []
-    for victim in (*children, pid):
+    """SIGKILL the authentication process and its process tree (a PAM module's helper and
+    what that runs: nothing signals them when their parent dies). Each process is stopped,
+    and seen stopped, before its children are read, so none reaps one meanwhile: their pids
+    stay theirs. One that left the tree (setsid and a double fork) is not found."""
+    victims: list[int] = []
+    todo = [pid]
+    while todo and len(victims) < MAX_TREE:
+        victim = todo.pop()
+        if _stopped(victim):
+            victims.append(victim)
+            todo += _children_of(victim)
+    for victim in reversed(victims):                 # the deepest first
         try:
             os.kill(victim, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+MAX_TREE = 64
+STOP_WAIT_S = 0.5
+
+
+def _stopped(pid: int) -> bool:
+    """SIGSTOP `pid` and wait (STOP_WAIT_S at most) until the kernel shows it stopped or
+    dead; False when there is no such process."""
+    try:
+        os.kill(pid, signal.SIGSTOP)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + STOP_WAIT_S
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] in ("T", "t", "Z", "X"):
+                    break
+        except (OSError, IndexError):
+            break
+        time.sleep(0.001)
+    return True
+
+
+def _children_of(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(word) for word in f.read().split()]
+    except (OSError, ValueError):
+        return []
 
 
 def _reaped(pid: int) -> str:

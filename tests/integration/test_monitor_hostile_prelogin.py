@@ -110,6 +110,82 @@ def test_a_handover_with_a_bad_flag_ends_the_connection(flags):
             sock.close()
 
 
+def stand_in_authentication(frames: list[bytes], stay: bool = True
+                            ) -> tuple[socket.socket, int]:
+    """A forked stand-in for the authentication process: it sends `frames` to the monitor
+    and, with `stay`, stays (the monitor must end it). (the monitor's end, its pid)"""
+    ours, theirs = wire.channel_pair()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ours.close()
+            for data in frames:
+                theirs.send(data)
+            if stay:
+                time.sleep(60)
+        finally:
+            os._exit(0)
+    theirs.close()
+    return ours, pid
+
+
+def outcome(user="", uid="", address="192.0.2.10", forwarded="7") -> bytes:
+    return wire.encode(wire.Kind.OUTCOME, address, "4000", user, uid, "1000", False, "",
+                       "USER" if user else "", False, forwarded)
+
+
+@pytest.mark.parametrize("frames, logged", [
+    ([outcome("alice", "x")], "bad outcome (invalid literal"),
+    ([outcome("alice", "1000")], "bad outcome (no HANDOVER after the login)"),
+    ([outcome("alice", "1000"), wire.encode(wire.Kind.DATA, b"", False)],
+     "bad outcome (DATA is not expected here)"),
+])
+def test_an_outcome_the_monitor_cannot_take_ends_the_connection(monkeypatch, frames, logged):
+    """Should never happen (the authentication process is the monitor's own code): a login
+    without its HANDOVER, or numbers that are not, end both children and give no login."""
+    from qpopper.server import monitor_auth
+    monkeypatch.setattr(monitor_auth, "AUTHENTICATION_LAST_WORDS_S", 0.5)
+    log = Sink()
+    mon = monitor(log)
+    records_ours, records_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    mon.records = ForwardedRecords(records_ours, log)
+    stand_in = subprocess.Popen(["sleep", "60"])          # the pre-login process
+    mon.prelogin_pid = stand_in.pid
+    sock, pid = stand_in_authentication(frames)
+    try:
+        assert mon._await_outcome(sock, pid) is None
+        assert mon.login is None
+        assert stand_in.wait(10) < 0                     # killed
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)                  # ended and reaped
+        assert any(logged in line for line in log), log
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+        for end in (sock, records_ours, records_theirs):
+            end.close()
+
+
+@pytest.mark.parametrize("proxy", [None, ("192.0.2.0/24",)])
+def test_the_outcome_names_the_client_only_behind_a_proxy(proxy):
+    """The address in OUTCOME is a PROXY header's: taken only on a proxy-protocol
+    connection. The count of forwarded records carries over (the cap counts them all)."""
+    log = Sink()
+    mon = monitor(log)
+    mon.proxy = proxy
+    records_ours, records_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    mon.records = ForwardedRecords(records_ours, log)
+    sock, pid = stand_in_authentication([outcome(address="198.51.100.9", forwarded="7")],
+                                        stay=False)
+    try:
+        assert mon._await_outcome(sock, pid) is None and mon.login is None
+        assert mon.client_ip == ("198.51.100.9" if proxy else "192.0.2.10")
+        assert mon.records.count == 7
+    finally:
+        for end in (sock, records_ours, records_theirs):
+            end.close()
+
+
 @pytest.mark.parametrize("tls_mode, request_frame, why", [
     (None, frame(wire.Kind.PASSWORD, "alice", "pw", "USER", "", True, ""), "without TLS"),
     ("implicit", frame(wire.Kind.PASSWORD, "alice", "pw", "USER", "", False, ""),

@@ -329,9 +329,14 @@ def test_a_pam_stack_that_hangs_cannot_hold_the_connection_past_its_deadline(wor
     not keep a root process of the connection alive: the monitor ends the authentication
     process at the deadline (login-timeout + 30 s, and 5 s for its last words)."""
     from tests.helpers.pam_service import installed_pam_service
-    from tests.server_harness import authentication_process_of, children_of
+    from tests.server_harness import authentication_process_of, descendants_of
     user = system_users.create()
-    stack = f"auth required pam_exec.so /bin/sleep {HANG_S}\naccount required pam_permit.so\n"
+    # a helper with a child of its own (the ':' keeps sh from exec'ing sleep)
+    helper = os.path.join(world_tmp, "hang.sh")
+    with open(helper, "w") as f:
+        f.write(f"#!/bin/sh\nsleep {HANG_S}\n:\n")
+    os.chmod(helper, 0o755)
+    stack = f"auth required pam_exec.so {helper}\naccount required pam_permit.so\n"
     hanging = []
     with installed_pam_service(stack, tag="hang-") as service:
         site = Site(world_tmp, service, login_timeout=1)
@@ -348,14 +353,15 @@ def test_a_pam_stack_that_hangs_cannot_hold_the_connection_past_its_deadline(wor
                 monitor = int(proc_status(prelogin)["PPid"])
                 [authentication] = wait_until(lambda: authentication_process_of(monitor),
                                               what="the authentication process")
-                hanging = wait_until(lambda: children_of(authentication), what="pam_exec")
+                hanging = wait_until(lambda: len(descendants_of(authentication)) >= 2 and
+                                     descendants_of(authentication), what="pam_exec's tree")
                 site.syslog.wait_for(r"authentication for 127\.0\.0\.1 did not end by the login "
                                      r"deadline; ending the connection", timeout=HANG_S - 20)
                 wait_until(lambda: not os.path.exists(f"/proc/{monitor}"), timeout=10,
                            what="the monitor's end")
                 assert not os.path.exists(f"/proc/{authentication}")
                 assert time.monotonic() - started < HANG_S - 20
-                # the PAM helper was ended with it: nothing of the connection goes on
+                # the PAM helper and its child were ended with it: nothing goes on
                 wait_until(lambda: not [pid for pid in hanging if running(pid)], timeout=5,
                            what="the end of PAM's helper")
         finally:

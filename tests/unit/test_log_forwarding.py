@@ -150,6 +150,23 @@ def test_once_the_process_has_ended_every_record_it_left_is_logged(pair, monkeyp
     assert ours.fileno() == -1
 
 
+def test_records_past_the_limit_after_the_end_end_nobody(pair, monkeypatch):
+    """The last words are read after the process was reaped: a limit they cross ends
+    nothing (the pid may be another process's), it is only logged."""
+    monkeypatch.setattr(log_mod, "MAX_FORWARDED_RECORDS", 3)
+    ours, theirs = pair
+    records, ended = Sink(), []
+    forwarded = ForwardedRecords(ours, records, who="192.0.2.7",
+                                 end_process=lambda: ended.append(True))
+    forwarded.count = 2                       # what was forwarded while the process lived
+    for i in range(3):
+        theirs.send(bytes((syslog.LOG_INFO,)) + f"r{i}".encode())
+    forwarded.finish()
+    assert ended == []
+    assert [text for _, text in records] == [
+        f"{PRELOGIN_PREFIX}r0", "pre-login for 192.0.2.7 sent more than 3 log records; ending it"]
+
+
 def test_a_monitor_gone_costs_the_record_only(pair):
     ours, theirs = pair
     logger = Logger(stream=io.StringIO())

@@ -140,9 +140,30 @@ def test_the_kernel_interfaces_it_never_needs_are_closed():
         return result, ctypes.get_errno()
 
     unfiltered = {name: run(name) for name in ("keyctl", "unshare")}
-    assert all(result >= 0 for result, _ in unfiltered.values()), unfiltered
+    if any(result < 0 for result, _ in unfiltered.values()):
+        pytest.skip(f"this machine refuses them already (a container's filter?): {unfiltered}")
     _, text = in_filtered_child(lambda: repr({name: run(name) for name in calls}))
     assert eval(text) == {name: (-1, 1) for name in calls}
+
+
+HEADERS = {"x86_64": "/usr/include/x86_64-linux-gnu/asm/unistd_64.h",
+           "aarch64": "/usr/include/asm-generic/unistd.h"}
+
+
+@pytest.mark.parametrize("machine", sorted(HEADERS))
+def test_the_numbers_are_the_kernel_headers(machine):
+    """The filter's numbers, checked against the kernel's own table for each machine (the
+    tests above call the calls by the filter's numbers, so they would not see a wrong one)."""
+    import re
+    try:
+        with open(HEADERS[machine]) as f:
+            text = f.read()
+    except OSError:
+        pytest.skip(f"no {HEADERS[machine]} (Debian linux-libc-dev)")
+    header = {name: int(number) for name, number
+              in re.findall(r"#define __NR(?:3264)?_(\w+)\s+(\d+)\b", text)}
+    numbers = prelogin_filter.ARCHES[machine][1]
+    assert {name: header.get(name) for name in numbers} == numbers
 
 
 def test_no_process_can_be_named_for_sigio_but_descriptors_still_work():
