@@ -70,15 +70,29 @@ def _exited_by_polling(pid: int, deadline: float, serve) -> bool:
 
 
 def reap(pid: int) -> int:
-    """waitpid for the child `pid`: its exit status (0 when it was reaped already)."""
+    """waitpid for the child `pid`: its exit status (0 when it was reaped already, or when
+    a signal ended it: reap_code tells those apart)."""
+    return max(0, reap_code(pid) or 0)
+
+
+def reap_code(pid: int) -> int | None:
+    """waitpid for the child `pid`: its exit code, minus the signal that ended it (as
+    os.waitstatus_to_exitcode), or None when it was reaped already."""
     while True:
         try:
             _, wait_status = os.waitpid(pid, 0)
         except ChildProcessError:
-            return 0
+            return None
         except InterruptedError:
             continue
-        return max(0, os.waitstatus_to_exitcode(wait_status))
+        return os.waitstatus_to_exitcode(wait_status)
+
+
+def close_sockets(*socks) -> None:
+    """Close each socket given; None stands for one there is not."""
+    for sock in socks:
+        if sock is not None:
+            sock.close()
 
 
 def exit_after(log, what: str, body) -> NoReturn:

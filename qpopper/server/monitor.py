@@ -47,7 +47,8 @@ from qpopper.auth import challenges, sasl
 from qpopper.auth.policy import Authenticator
 from qpopper.pop3.responses import PopError, RespCode, err
 from qpopper.server.children import (ProtocolViolation, exit_after, exited_within,  # noqa: F401 (re-exported)
-                                     close_fds, log_failure, reap, standard_fds_to_null)
+                                     close_fds, close_sockets, log_failure, reap,
+                                     standard_fds_to_null)
 from qpopper.server.monitor_proxy import ProxiedConnection
 from qpopper.server.monitor_handover import BecomingTheSession
 from qpopper.server.monitor_auth import AuthenticationProcess
@@ -96,12 +97,6 @@ def _same_file(fd: int, other: int) -> bool:
     except OSError:
         return False
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-
-
-def _close_all(*socks) -> None:
-    for sock in socks:
-        if sock is not None:
-            sock.close()
 
 
 class Monitor(AuthenticationProcess, BecomingTheSession, ProxiedConnection):
@@ -170,7 +165,7 @@ class Monitor(AuthenticationProcess, BecomingTheSession, ProxiedConnection):
             relay_ours, relay_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         pid = os.fork()
         if pid == 0:
-            _close_all(ours, log_ours, relay_ours)
+            close_sockets(ours, log_ours, relay_ours)
             close_fds(self.close_in_children)
             # its records go through this monitor, and it gets no journal stream on 1 and 2
             # (docs/privsep.md, "The pre-login process's log records")
@@ -179,7 +174,7 @@ class Monitor(AuthenticationProcess, BecomingTheSession, ProxiedConnection):
             exit_after(self.log, f"pre-login for {self.client_ip}",
                        lambda: self._run_prelogin(theirs, relay_theirs, uid, gid))
         self.prelogin_pid = pid
-        _close_all(theirs, log_theirs, relay_theirs)
+        close_sockets(theirs, log_theirs, relay_theirs)
         self.records = ForwardedRecords(log_ours, self.log, who=self.client_ip,
                                         debug=self.log.debug, end_process=self._end_prelogin)
         if self.tls is not None:
@@ -191,7 +186,7 @@ class Monitor(AuthenticationProcess, BecomingTheSession, ProxiedConnection):
         except (ProtocolViolation, wire.FrameError) as exc:
             self._broke_protocol(exc)
         finally:
-            _close_all(relay_ours)
+            close_sockets(relay_ours)
             self.client.close()
         return self._wait_prelogin()
 

@@ -34,8 +34,8 @@ from qpopper.pop3.auth_state import sasl_normaliser
 from qpopper.pop3.responses import PopError
 from qpopper.server import monitor_wire as wire
 from qpopper.server import privsep
-from qpopper.server.children import (ProtocolViolation, close_fds, exit_after, exited_within,
-                                     reap)
+from qpopper.server.children import (ProtocolViolation, close_fds, close_sockets, exit_after,
+                                     exited_within, reap, reap_code)
 from qpopper.server.monitor_handover import claimed_tls
 
 PASSWORD_MECHANISMS = frozenset({"USER", "AUTH PLAIN", "AUTH LOGIN"})
@@ -67,14 +67,14 @@ class AuthenticationProcess:
             pid = os.fork()
         except OSError as exc:
             self.log(syslog.LOG_ERR, f"cannot serve {self.client_ip}: {exc}")
-            _close_all(ours, theirs, requests)
+            close_sockets(ours, theirs, requests)
             self._end_prelogin()
             return None
         if pid == 0:
             ours.close()
             exit_after(self.log, f"authentication for {self.client_ip}",
                        lambda: self._run_authentication(monitor, requests, theirs, relay_end))
-        _close_all(theirs, requests)
+        close_sockets(theirs, requests)
         if self.password_cache is not None:
             close_fds({self.password_cache.fd})
             self.close_in_children = tuple(fd for fd in self.close_in_children
@@ -98,36 +98,38 @@ class AuthenticationProcess:
         if not select.select([sock], [], [], max(0.0, left))[0]:
             self.log(syslog.LOG_NOTICE, f"authentication for {self.client_ip} did not end "
                                         f"by the login deadline; ending the connection")
-            _kill_with_children(pid)
-            self._end_prelogin()
-            reap(pid)
-            return None
+            return self._end_both(pid)
         handover = None
         try:
             outcome = wire.receive(sock, {wire.Kind.OUTCOME})
             if outcome is not None:
                 self._take_outcome(outcome)
                 if self.login is not None:
-                    if not select.select([sock], [], [], AUTHENTICATION_LAST_WORDS_S)[0]:
-                        raise wire.FrameError("no HANDOVER after the login")
-                    handover = wire.receive(sock, {wire.Kind.HANDOVER})
+                    if select.select([sock], [], [], AUTHENTICATION_LAST_WORDS_S)[0]:
+                        handover = wire.receive(sock, {wire.Kind.HANDOVER})
                     if handover is None:
                         raise wire.FrameError("no HANDOVER after the login")
         except (OSError, ValueError, wire.FrameError) as exc:
             self.log(syslog.LOG_ERR, f"authentication for {self.client_ip}: bad outcome "
                                      f"({exc})")
             self.login = None
-            _kill_with_children(pid)
-            self._end_prelogin()
-            reap(pid)
-            return None
+            return self._end_both(pid)
         if not exited_within(pid, AUTHENTICATION_LAST_WORDS_S):
             _kill_with_children(pid)
-        how = _reaped(pid)
+        code = reap_code(pid)
         if outcome is None:
+            how = ("reaped already" if code is None else f"killed by signal {-code}"
+                   if code < 0 else f"exit status {code}")
             self.log(syslog.LOG_ERR, f"authentication for {self.client_ip} ended without an "
                                      f"outcome ({how})")
         return handover
+
+    def _end_both(self, pid: int) -> None:
+        """The authentication process (with its tree) and the pre-login process ended,
+        the first reaped: no outcome."""
+        _kill_with_children(pid)
+        self._end_prelogin()
+        reap(pid)
 
     def _take_outcome(self, outcome: wire.Frame) -> None:
         """The client's address (a PROXY header's, on a proxy-protocol connection), the
@@ -165,15 +167,13 @@ class AuthenticationProcess:
             self.authenticator.close()
         login = self.login if handover is not None else None
         port = str(self.peer[1]) if self.peer else ""
-        forwarded = str(self.records.count)
-        if login is None:
-            wire.send(outcome, wire.Kind.OUTCOME, self.client_ip, port, "", "", "", False, "",
-                      "", False, forwarded)
-            return 0
-        wire.send(outcome, wire.Kind.OUTCOME, self.client_ip, port, login.user, str(login.uid),
-                  str(login.gid), login.home is not None, login.home or "", login.mechanism,
-                  login.no_mime, forwarded)
-        outcome.sendall(wire.encode(wire.Kind.HANDOVER, *handover.fields))
+        said = (login.user, str(login.uid), str(login.gid), login.home is not None,
+                login.home or "", login.mechanism, login.no_mime) if login is not None \
+            else ("", "", "", False, "", "", False)
+        wire.send(outcome, wire.Kind.OUTCOME, self.client_ip, port, *said,
+                  str(self.records.count))
+        if login is not None:
+            outcome.sendall(wire.encode(wire.Kind.HANDOVER, *handover.fields))
         return 0
 
     def _serve(self, sock: socket.socket) -> wire.Frame | None:
@@ -252,8 +252,8 @@ class AuthenticationProcess:
         ip = self.client_ip
         if self.login is not None:
             # A verified login is followed by HANDOVER (taken in _serve) and nothing else: no
-            # second attempt may open the brakes file or PAM again in the process that is
-            # about to become the session (docs/privsep.md, "The monitor's requests").
+            # second attempt may open the brakes file or PAM again once a login is handed
+            # over (docs/privsep.md, "The monitor's requests").
             raise ProtocolViolation(f"{kind.name} after a verified login")
         if kind is wire.Kind.PROXIED:
             return self._proxied(frame)
@@ -342,11 +342,6 @@ class AuthenticationProcess:
         return self.client_ip
 
 
-def _close_all(*socks) -> None:
-    for sock in socks:
-        sock.close()
-
-
 def _kill_with_children(pid: int) -> None:
     """SIGKILL the authentication process and its process tree (a PAM module's helper and
     what that runs: nothing signals them when their parent dies). Each process is stopped,
@@ -395,16 +390,3 @@ def _children_of(pid: int) -> list[int]:
             return [int(word) for word in f.read().split()]
     except (OSError, ValueError):
         return []
-
-
-def _reaped(pid: int) -> str:
-    """Reap the child `pid`: how it ended, for the log."""
-    while True:
-        try:
-            _, wait_status = os.waitpid(pid, 0)
-        except ChildProcessError:
-            return "reaped already"
-        except InterruptedError:
-            continue
-        code = os.waitstatus_to_exitcode(wait_status)
-        return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
