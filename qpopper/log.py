@@ -10,6 +10,7 @@ privilege drops, reopened after a syslog restart, and pointed at a test listener
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import re
 import socket
@@ -228,7 +229,12 @@ class ForwardedRecords:
     LOG_CRIT (LOG_EMERG goes to every terminal), cleaned and cut as any record. Past `limit`
     records (more with `debug`), `end_process()` is called once, after one line naming `who`,
     and the rest are read and dropped. The process may block sending when it is not read: its
-    monitor reads this whenever it waits on the process (children.exited_within)."""
+    monitor reads this whenever it waits on the process (children.exited_within).
+
+    The count is kept in a page shared with the processes forked after this was made (the
+    authentication process forwards records while it answers requests), so the cap counts
+    every record, whoever read it, also those of a process that died without saying how
+    many. Make it after the pre-login process is forked: that process must not hold it."""
 
     def __init__(self, sock: socket.socket, log, *, debug: bool = False, who: str = "",
                  end_process=None):
@@ -237,8 +243,16 @@ class ForwardedRecords:
         self.limit = MAX_FORWARDED_TRACE_RECORDS if debug else MAX_FORWARDED_RECORDS
         self.who = who
         self.end_process = end_process
-        self.count = 0
+        self._count = mmap.mmap(-1, 8)        # anonymous, MAP_SHARED: see above
         sock.setblocking(False)
+
+    @property
+    def count(self) -> int:
+        return int.from_bytes(self._count[:8], "little")
+
+    @count.setter
+    def count(self, value: int) -> None:
+        self._count[:8] = value.to_bytes(8, "little")
 
     def fileno(self) -> int:
         return self.sock.fileno()

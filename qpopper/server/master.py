@@ -270,7 +270,6 @@ class Master(Lifecycle, Admission):
         os.close(self._logins_r)
         logins_w = self._logins_w
         password_cache = self.auth_cache.for_monitor()   # never reaches the pre-login process
-        cache_fds = (password_cache.fd,) if password_cache is not None else ()
 
         monitor_pid = str(os.getpid())   # the authentication process tells it too
 
@@ -285,8 +284,7 @@ class Master(Lifecycle, Admission):
                        client=Client(conn.fileno(), conn.fileno(), conn), tls=self.tls,
                        tls_mode=tls_mode, on_login=tell_master, proxy=proxy,
                        on_client_address=tell_master,
-                       close_in_children=(logins_w, *cache_fds),
-                       password_cache=password_cache).run()
+                       notice_fd=logins_w, password_cache=password_cache).run()
 
     # --- children ------------------------------------------------------------------------------
     def _reap(self) -> None:

@@ -103,13 +103,14 @@ class Monitor(AuthenticationProcess, BecomingTheSession, ProxiedConnection):
     """One connection's monitor; `run()` returns the process exit status."""
 
     def __init__(self, cfg, log, *, hostname: str, peer, client: Client, tls=None,
-                 tls_mode: str | None = None, on_login=None, close_in_children=(),
+                 tls_mode: str | None = None, on_login=None, notice_fd: int | None = None,
                  proxy=None, on_client_address=None, password_cache=None):
         """`tls`: the master's tls.TlsIdentity (open files, never read here). `on_login()`:
-        called once the user session runs (the master's logged-in notice). Descriptors in
-        `close_in_children` (the master's notice pipe, the authentication cache's socket)
-        are closed in the pre-login process and before the user session; the
-        authentication process uses them. `proxy`: the trusted proxy networks when the
+        called once the user session runs (the master's logged-in notice). `notice_fd`:
+        the master's notice pipe, which `on_login` and `on_client_address` write; it is
+        closed in the pre-login process and before the user session, and the
+        authentication process keeps it only for a PROXY header's address. `proxy`: the
+        trusted proxy networks when the
         connection begins with a PROXY header (the pre-login process reads it;
         `on_client_address(ip)` then tells the master). `password_cache`: the
         authenticator's handle on the authentication cache (auth/password_cache.py), or
@@ -127,7 +128,7 @@ class Monitor(AuthenticationProcess, BecomingTheSession, ProxiedConnection):
         self.tls = tls
         self.tls_mode = tls_mode if tls is not None else None
         self.on_login = on_login
-        self.close_in_children = tuple(close_in_children)
+        self.notice_fd = notice_fd
         self.password_cache = password_cache
         self.authenticator: Authenticator | None = None
         self.apop_timestamp: str | None = None
@@ -166,7 +167,7 @@ class Monitor(AuthenticationProcess, BecomingTheSession, ProxiedConnection):
         pid = os.fork()
         if pid == 0:
             close_sockets(ours, log_ours, relay_ours)
-            close_fds(self.close_in_children)
+            close_fds(self._privileged_fds())
             # its records go through this monitor, and it gets no journal stream on 1 and 2
             # (docs/privsep.md, "The pre-login process's log records")
             self.log.forward_to(log_theirs)
@@ -189,6 +190,11 @@ class Monitor(AuthenticationProcess, BecomingTheSession, ProxiedConnection):
             close_sockets(relay_ours)
             self.client.close()
         return self._wait_prelogin()
+
+    def _privileged_fds(self) -> set[int]:
+        """What no process of the connection but the authentication process needs."""
+        cache_fd = self.password_cache.fd if self.password_cache is not None else None
+        return {fd for fd in (self.notice_fd, cache_fd) if fd is not None}
 
     def _refuse_client(self) -> None:
         if self.tls_mode != "implicit":

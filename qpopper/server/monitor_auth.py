@@ -77,8 +77,6 @@ class AuthenticationProcess:
         close_sockets(theirs, requests)
         if self.password_cache is not None:
             close_fds({self.password_cache.fd})
-            self.close_in_children = tuple(fd for fd in self.close_in_children
-                                           if fd != self.password_cache.fd)
             self.password_cache = None
         self.authenticator.close()
         self.authenticator = None
@@ -132,9 +130,8 @@ class AuthenticationProcess:
         reap(pid)
 
     def _take_outcome(self, outcome: wire.Frame) -> None:
-        """The client's address (a PROXY header's, on a proxy-protocol connection), the
-        login (an empty user name: none) and how many log records of the pre-login process
-        were forwarded (its cap counts them all). ValueError for numbers that are not."""
+        """The client's address (a PROXY header's, on a proxy-protocol connection) and the
+        login (an empty user name: none). ValueError for numbers that are not."""
         if self.proxy is not None and outcome.text(0) != self.client_ip:
             self.client_ip = outcome.text(0)
             self.peer = (self.client_ip, int(outcome.text(1) or 0))
@@ -143,7 +140,6 @@ class AuthenticationProcess:
             self.login = Login(outcome.text(2), int(outcome.text(3)), int(outcome.text(4)),
                                outcome.text(6) if outcome.flag(5) else None, outcome.text(7),
                                outcome.flag(8))
-        self.records.count = int(outcome.text(9))
 
     # --- in the authentication process -------------------------------------------------------
     def _run_authentication(self, monitor: int, requests: socket.socket,
@@ -154,12 +150,14 @@ class AuthenticationProcess:
         privsep.prctl(privsep.PR_SET_PDEATHSIG, signal.SIGKILL)   # the monitor gone: so are we
         if os.getppid() != monitor:
             return 1                       # it went before the signal was asked for
+        # what a PAM helper leaves behind (setsid and a double fork) stays our child, so the
+        # monitor's deadline kill finds it (_kill_with_children)
+        privsep.prctl(privsep.PR_SET_CHILD_SUBREAPER, 1)
         setproctitle.setproctitle(f"popper: {self.client_ip} authentication")
         if relay_end is not None:
             relay_end.close()
-        if self.proxy is None:             # the notice pipe: only for a PROXY header's address
-            cache_fd = self.password_cache.fd if self.password_cache is not None else None
-            close_fds({fd for fd in self.close_in_children if fd != cache_fd})
+        if self.proxy is None and self.notice_fd is not None:
+            close_fds({self.notice_fd})    # the notice pipe: only for a PROXY header's address
         self.client.leave()                # it never talks to the client
         try:
             handover = self._serve(requests)
@@ -170,8 +168,7 @@ class AuthenticationProcess:
         said = (login.user, str(login.uid), str(login.gid), login.home is not None,
                 login.home or "", login.mechanism, login.no_mime) if login is not None \
             else ("", "", "", False, "", "", False)
-        wire.send(outcome, wire.Kind.OUTCOME, self.client_ip, port, *said,
-                  str(self.records.count))
+        wire.send(outcome, wire.Kind.OUTCOME, self.client_ip, port, *said)
         if login is not None:
             outcome.sendall(wire.encode(wire.Kind.HANDOVER, *handover.fields))
         return 0
@@ -346,14 +343,22 @@ def _kill_with_children(pid: int) -> None:
     """SIGKILL the authentication process and its process tree (a PAM module's helper and
     what that runs: nothing signals them when their parent dies). Each process is stopped,
     and seen stopped, before its children are read, so none reaps one meanwhile: their pids
-    stay theirs. One that left the tree (setsid and a double fork) is not found."""
+    stay theirs. The authentication process is a subreaper: one that left its parent (setsid
+    and a double fork) is its child, and a walk that found a new process walks again, for
+    one orphaned while the last walk went on."""
     victims: list[int] = []
-    todo = [pid]
-    while todo and len(victims) < MAX_TREE:
-        victim = todo.pop()
-        if _stopped(victim):
-            victims.append(victim)
-            todo += _children_of(victim)
+    for _ in range(MAX_WALKS):
+        todo = [pid]
+        found = False
+        while todo and len(victims) < MAX_TREE:
+            victim = todo.pop()
+            if victim not in victims and _stopped(victim):
+                victims.append(victim)
+                found = True
+            if victim in victims:
+                todo += _children_of(victim)
+        if not found:
+            break
     for victim in reversed(victims):                 # the deepest first
         try:
             os.kill(victim, signal.SIGKILL)
@@ -361,6 +366,7 @@ def _kill_with_children(pid: int) -> None:
             pass
 
 
+MAX_WALKS = 4
 MAX_TREE = 64
 STOP_WAIT_S = 0.5
 

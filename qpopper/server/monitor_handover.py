@@ -84,7 +84,7 @@ class BecomingTheSession:
         process, which flushed its last reply before HANDOVER, is ended first, so no other
         process holds the client's socket; with TLS it goes on relaying, as this process's
         child."""
-        close_fds(self.close_in_children)
+        close_fds(self._privileged_fds())
         if not tls_active:
             self._end_prelogin()
             reap(self.prelogin_pid)

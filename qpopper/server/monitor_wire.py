@@ -70,7 +70,7 @@ class Kind(enum.IntEnum):
     # From the authentication process to its monitor, once, as it ends (docs/privsep.md,
     # "The authentication process"); after a login the HANDOVER frame follows, as received.
     OUTCOME = 160           # client address, port, user ("": no login), uid, gid, home flag,
-    #                         home, mechanism, no-mime flag, log records forwarded so far
+    #                         home, mechanism, no-mime flag
 
 
 FIELD_LIMITS: dict[Kind, tuple[int, ...]] = {
@@ -94,7 +94,7 @@ FIELD_LIMITS: dict[Kind, tuple[int, ...]] = {
     Kind.CACHE_LOOKUP: (SHORT, CACHE_KEY),
     Kind.CACHE_STORE: (SHORT, CACHE_KEY, SHORT, SHORT),
     Kind.CACHE_VERDICT: (SHORT,),
-    Kind.OUTCOME: (SHORT, SHORT, NAME, SHORT, SHORT, 1, PATH, SHORT, 1, SHORT),
+    Kind.OUTCOME: (SHORT, SHORT, NAME, SHORT, SHORT, 1, PATH, SHORT, 1),
 }
 
 REQUESTS = frozenset(kind for kind in Kind if kind < 64)

@@ -329,12 +329,16 @@ def test_a_pam_stack_that_hangs_cannot_hold_the_connection_past_its_deadline(wor
     not keep a root process of the connection alive: the monitor ends the authentication
     process at the deadline (login-timeout + 30 s, and 5 s for its last words)."""
     from tests.helpers.pam_service import installed_pam_service
-    from tests.server_harness import authentication_process_of, descendants_of
+    from tests.server_harness import (authentication_process_of, descendants_of,
+                                      read_pid_file)
     user = system_users.create()
-    # a helper with a child of its own (the ':' keeps sh from exec'ing sleep)
+    # a helper with a child of its own (the ':' keeps sh from exec'ing sleep), and one
+    # process that left the tree first (setsid and a double fork: a daemon's way)
     helper = os.path.join(world_tmp, "hang.sh")
+    daemon_pidfile = os.path.join(world_tmp, "daemon.pid")
     with open(helper, "w") as f:
-        f.write(f"#!/bin/sh\nsleep {HANG_S}\n:\n")
+        f.write(f"#!/bin/sh\nsetsid sh -c 'sleep {HANG_S} & echo $! > {daemon_pidfile}'\n"
+                f"sleep {HANG_S}\n:\n")
     os.chmod(helper, 0o755)
     stack = f"auth required pam_exec.so {helper}\naccount required pam_permit.so\n"
     hanging = []
@@ -355,13 +359,16 @@ def test_a_pam_stack_that_hangs_cannot_hold_the_connection_past_its_deadline(wor
                                               what="the authentication process")
                 hanging = wait_until(lambda: len(descendants_of(authentication)) >= 2 and
                                      descendants_of(authentication), what="pam_exec's tree")
+                daemon = wait_until(lambda: read_pid_file(daemon_pidfile),
+                                    what="the daemon's pid")
+                hanging = [*hanging, daemon]
                 site.syslog.wait_for(r"authentication for 127\.0\.0\.1 did not end by the login "
                                      r"deadline; ending the connection", timeout=HANG_S - 20)
                 wait_until(lambda: not os.path.exists(f"/proc/{monitor}"), timeout=10,
                            what="the monitor's end")
                 assert not os.path.exists(f"/proc/{authentication}")
                 assert time.monotonic() - started < HANG_S - 20
-                # the PAM helper and its child were ended with it: nothing goes on
+                # the PAM helper, its child and the daemon were ended with it: nothing goes on
                 wait_until(lambda: not [pid for pid in hanging if running(pid)], timeout=5,
                            what="the end of PAM's helper")
         finally:

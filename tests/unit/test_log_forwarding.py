@@ -125,6 +125,35 @@ def test_past_the_limit_the_process_is_ended_and_the_rest_dropped(pair, monkeypa
         ours.recv(100)                   # the dropped ones were read: nobody is held up
 
 
+def test_records_a_forked_process_forwarded_count_towards_the_limit(pair, monkeypatch):
+    """The authentication process forwards records while it answers requests, and may die
+    (a PAM module that crashed) without telling its monitor how many: the count is shared,
+    so the monitor's limit still counts them (docs/privsep.md, "The authentication
+    process")."""
+    monkeypatch.setattr(log_mod, "MAX_FORWARDED_RECORDS", 4)
+    ours, theirs = pair
+    records, ended = Sink(), []
+    forwarded = ForwardedRecords(ours, records, who="192.0.2.7",
+                                 end_process=lambda: ended.append(True))
+    for i in range(3):
+        theirs.send(bytes((syslog.LOG_INFO,)) + f"r{i}".encode())
+    pid = os.fork()
+    if pid == 0:                             # the authentication process: forwards, dies
+        try:
+            forwarded.log = lambda priority, text: None
+            forwarded.forward()
+        finally:
+            os._exit(0 if forwarded.count == 3 else 1)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert forwarded.count == 3 and records == []
+    for i in range(3, 5):
+        theirs.send(bytes((syslog.LOG_INFO,)) + f"r{i}".encode())
+    forwarded.forward()
+    assert [text for _, text in records] == [
+        f"{PRELOGIN_PREFIX}r3", "pre-login for 192.0.2.7 sent more than 4 log records; ending it"]
+    assert ended == [True]
+
+
 def test_one_forward_takes_a_batch_so_waits_keep_their_deadlines(pair, monkeypatch):
     monkeypatch.setattr(log_mod, "FORWARD_BATCH", 3)
     ours, theirs = pair
