@@ -9,6 +9,7 @@ import contextlib
 import grp
 import os
 import poplib
+import random
 import re
 import signal
 import socket
@@ -32,9 +33,33 @@ def prelogin_args() -> list[str]:
     return [f"--prelogin-user={PRELOGIN_USER}"]
 
 
+PORTS_BELOW_EPHEMERAL = 12_000
+_port_choice = random.SystemRandom()      # not the global one, which pytest-randomly reseeds
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing is bound to on `host`, for a server to listen on, taken below the
+    kernel's ephemeral range (net.ipv4.ip_local_port_range). A port bind(0) returns lies in
+    that range, where every outgoing connection takes its local port: between the pick and
+    the server's bind, a readiness probe or a client of another server could take it.
+    Never the same port twice in a run."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        ephemeral_low = int(f.read().split()[0])
+    low = max(1024, ephemeral_low - PORTS_BELOW_EPHEMERAL)
+    for _ in range(200 if ephemeral_low - low >= 1000 else 0):
+        port = _port_choice.randrange(low, ephemeral_low)
+        if port in _handed_out:
+            continue
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket(family, socket.SOCK_STREAM) as s:      # an odd range: the kernel's pick
         s.bind((host, 0))
         return s.getsockname()[1]
 

@@ -13,12 +13,12 @@ import errno
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 from tests.helpers import daemons
+from tests.server_harness import free_port
 
 GANESHA = "/usr/bin/ganesha.nfsd"
 LIBNFS = "libnfs.so.13"
@@ -172,12 +172,6 @@ class NfsClient:
             self.lib.nfs_umount(self.ctx)
             self.lib.nfs_destroy_context(self.ctx)
             self.ctx = None
-
-
-def free_port(address: str) -> int:
-    with socket.socket() as s:
-        s.bind((address, 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
