@@ -36,7 +36,7 @@ from qpopper.server import monitor_wire as wire
 from qpopper.server import privsep
 from qpopper.server.children import (ProtocolViolation, close_fds, close_sockets, exit_after,
                                      exited_within, reap, reap_code)
-from qpopper.server.monitor_handover import claimed_tls
+from qpopper.server.monitor_handover import claimed_tls, handover_fields
 
 PASSWORD_MECHANISMS = frozenset({"USER", "AUTH PLAIN", "AUTH LOGIN"})
 SCRAM_MECHANISMS = frozenset({"SCRAM-SHA-1", "SCRAM-SHA-256", "SCRAM-SHA-1-PLUS",
@@ -203,7 +203,7 @@ class AuthenticationProcess:
                 if frame.kind is wire.Kind.HANDOVER:
                     if self.login is None:
                         raise ProtocolViolation("HANDOVER without a verified login")
-                    frame.flag(1), frame.flag(4)      # FrameError here: the monitor trusts it
+                    handover_fields(frame, self.tls_mode)
                     return frame
                 reply = self._answer(frame)
             except (wire.FrameError, ProtocolViolation) as exc:

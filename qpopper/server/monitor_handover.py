@@ -37,6 +37,28 @@ def claimed_tls(tls_mode: str | None, claimed: bool) -> bool:
     return claimed
 
 
+@dataclasses.dataclass(frozen=True)
+class HandoverFields:
+    leftover: bytes              # what the client sent after the login command
+    tls_active: bool
+    bad_commands: int
+    no_mime: bool                # the name carried -no-mime (USER's rules)
+
+
+def handover_fields(frame: wire.Frame, tls_mode: str | None) -> HandoverFields:
+    """The HANDOVER frame read and checked: the one parser of it, run where it arrives (the
+    authentication process: a bad frame is the pre-login process's protocol violation) and
+    again by the monitor, which trusts no other process's check. The client's host name
+    (field 2) is the monitor's to judge (_host). ProtocolViolation or wire.FrameError for a
+    frame that is not right."""
+    bad_text = frame.text(3)
+    if not (bad_text.isascii() and bad_text.isdigit()) \
+            or int(bad_text) > limits.MAX_BAD_COMMANDS:
+        raise ProtocolViolation("HANDOVER with a bad command count")
+    return HandoverFields(frame.fields[0], claimed_tls(tls_mode, frame.flag(1)), int(bad_text),
+                          frame.flag(4))
+
+
 class BecomingTheSession:
     """Part of Monitor (server/monitor.py): see the module docstring."""
 
@@ -48,14 +70,11 @@ class BecomingTheSession:
         login = self.login
         if login is None:
             raise ProtocolViolation("HANDOVER without a verified login")
-        leftover, tls_active = frame.fields[0], claimed_tls(self.tls_mode, frame.flag(1))
-        if frame.flag(4):                    # the name carried -no-mime (USER's rules)
+        fields = handover_fields(frame, self.tls_mode)
+        leftover, tls_active = fields.leftover, fields.tls_active
+        if fields.no_mime:
             login = dataclasses.replace(login, no_mime=True)
         client_host = self._host(frame, 2)
-        bad_text = frame.text(3)
-        if not (bad_text.isascii() and bad_text.isdigit()) \
-                or int(bad_text) > limits.MAX_BAD_COMMANDS:
-            raise ProtocolViolation("HANDOVER with a bad command count")
         if tls_active and relay_end is None:
             raise ProtocolViolation("HANDOVER inside TLS without TLS")
         try:
@@ -70,7 +89,7 @@ class BecomingTheSession:
         if self.on_login is not None:
             self.on_login()
         self._become_user_session(login, spool_gid, leftover, tls_active, client_host,
-                                  int(bad_text), relay_end)
+                                  fields.bad_commands, relay_end)
 
     def _become_user_session(self, login, spool_gid: int, leftover: bytes,
                              tls_active: bool, client_host: str, bad_commands: int,

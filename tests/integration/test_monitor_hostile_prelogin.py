@@ -86,10 +86,14 @@ def test_handover_takes_only_an_ascii_count_of_bad_commands(count):
         mon._handover(frame(wire.Kind.HANDOVER, b"", False, "host", count, False), None)
 
 
-@pytest.mark.parametrize("flags", [(b"x", b"0"), (b"0", b"")])
-def test_a_handover_with_a_bad_flag_ends_the_connection(flags):
-    """The authentication process passes the HANDOVER on to the monitor, which trusts it:
-    its flags are checked where it arrives, and a bad one ends the pre-login process."""
+@pytest.mark.parametrize("fields, why", [
+    ((b"x", "0", b"0"), "flag"), ((b"0", "0", b""), "flag"),
+    ((b"0", "x", b"0"), "bad command count"), ((b"1", "0", b"0"), "TLS claimed"),
+])
+def test_a_bad_handover_ends_the_connection_where_it_arrives(fields, why):
+    """The authentication process passes the HANDOVER on to the monitor: it is checked
+    where it arrives (handover_fields, the monitor's own parser), and a bad one ends the
+    pre-login process as a protocol violation."""
     log = Sink()
     mon = monitor(log)
     mon.login = Login("alice", 1000, 1000, None, "USER")
@@ -99,10 +103,11 @@ def test_a_handover_with_a_bad_flag_ends_the_connection(flags):
     stand_in = subprocess.Popen(["sleep", "60"])          # the pre-login process
     mon.prelogin_pid = stand_in.pid
     try:
-        theirs.send(wire.encode(wire.Kind.HANDOVER, b"", flags[0], "host", "0", flags[1]))
+        tls, count, no_mime = fields
+        theirs.send(wire.encode(wire.Kind.HANDOVER, b"", tls, "host", count, no_mime))
         assert mon._serve(ours) is None
         assert stand_in.wait(10) < 0                     # killed
-        assert any("broke the monitor protocol" in line for line in log), log
+        assert any("broke the monitor protocol" in line and why in line for line in log), log
     finally:
         stand_in.kill()
         stand_in.wait()
