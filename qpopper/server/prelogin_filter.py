@@ -21,6 +21,10 @@ the fork. So, once it has locked itself in, the kernel refuses it, with EPERM:
   and setns: kernel interfaces it never needs, and a common way from a taken-over process to
   a kernel bug.
 
+The pre-login process's reverse-lookup helper, which talks to DNS outside the chroot, gets
+the same filter as a resolver (`resolver=True`): new sockets, connect and addressed sends are
+let through, it signals only itself, and everything else above stays refused.
+
 A system call of another ABI (i386 through int 0x80, x32) kills the process: the filter
 could not read its numbers. Only x86_64 and arm64 are known; elsewhere no filter is
 installed, the rest of the sandbox stands alone, and start-up and --check-config say so.
@@ -101,8 +105,15 @@ REFUSED = ("socket", "connect", "sendmsg", "sendmmsg", "tkill", "rt_sigqueueinfo
            "ioprio_set", *KERNEL_SURFACE)
 
 
-def program(machine: str, own_pid: int, may_signal: Iterable[int] = ()) -> list[tuple]:
-    """The filter for `machine` as (code, jump if true, jump if false, k) instructions."""
+NETWORK = ("socket", "connect", "sendmsg", "sendmmsg")
+"""What a resolver needs (a UDP or TCP socket to the name server, nscd's Unix socket, glibc's
+sendmmsg of the A and AAAA queries), with sendto to an address."""
+
+
+def program(machine: str, own_pid: int, may_signal: Iterable[int] = (), *,
+            resolver: bool = False) -> list[tuple]:
+    """The filter for `machine` as (code, jump if true, jump if false, k) instructions;
+    with `resolver`, the reverse-lookup helper's (NETWORK and sendto allowed)."""
     audit_arch, numbers = ARCHES[machine]
     out = [(_LD_ABS, 0, 0, _ARCH),
            (_JEQ, 1, 0, audit_arch),
@@ -111,13 +122,15 @@ def program(machine: str, own_pid: int, may_signal: Iterable[int] = ()) -> list[
            (_JGE, 0, 1, X32_SYSCALL_BIT),
            (_RET, 0, 0, RET_KILL_PROCESS)]
     for name in REFUSED:
-        out += [(_JEQ, 0, 1, numbers[name]), (_RET, 0, 0, DENY)]
-    # sendto only without an address (args[4] == NULL): send() on what it holds
-    out += [(_JEQ, 0, 6, numbers["sendto"]),
-            (_LD_ABS, 0, 0, _arg_low(4)), (_JEQ, 0, 2, 0),
-            (_LD_ABS, 0, 0, _arg_high(4)), (_JEQ, 1, 0, 0),
-            (_RET, 0, 0, DENY), (_RET, 0, 0, RET_ALLOW),
-            (_LD_ABS, 0, 0, _NR)]
+        if not (resolver and name in NETWORK):
+            out += [(_JEQ, 0, 1, numbers[name]), (_RET, 0, 0, DENY)]
+    if not resolver:
+        # sendto only without an address (args[4] == NULL): send() on what it holds
+        out += [(_JEQ, 0, 6, numbers["sendto"]),
+                (_LD_ABS, 0, 0, _arg_low(4)), (_JEQ, 0, 2, 0),
+                (_LD_ABS, 0, 0, _arg_high(4)), (_JEQ, 1, 0, 0),
+                (_RET, 0, 0, DENY), (_RET, 0, 0, RET_ALLOW),
+                (_LD_ABS, 0, 0, _NR)]
     # kill(pid): itself and its helper; tgkill(tgid): within itself (the kernel reads a
     # pid_t, the low 32 bits of the register)
     # prlimit64(pid): its own limits only (0 is itself); the kernel lets a process of the
@@ -148,10 +161,12 @@ def available() -> bool:
     return platform.machine() in ARCHES and struct.calcsize("P") == 8
 
 
-def encoded(own_pid: int, may_signal: Iterable[int] = ()) -> bytes | None:
+def encoded(own_pid: int, may_signal: Iterable[int] = (), *,
+            resolver: bool = False) -> bytes | None:
     """This machine's filter as struct sock_filter octets, for privsep to install; None on a
     machine the filter does not know (available())."""
     if not available():
         return None
     return b"".join(_INSTRUCTION.pack(*instruction)
-                    for instruction in program(platform.machine(), own_pid, may_signal))
+                    for instruction in program(platform.machine(), own_pid, may_signal,
+                                               resolver=resolver))

@@ -211,11 +211,12 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-def install_syscall_filter(own_pid: int, may_signal: Iterable[int] = ()) -> bool:
-    """prelogin_filter's filter, installed in this process (NoNewPrivs set: the kernel wants
-    it of an unprivileged process). False on a machine it does not know; OSError when the
-    kernel refuses it."""
-    code = prelogin_filter.encoded(own_pid, may_signal)
+def install_syscall_filter(own_pid: int, may_signal: Iterable[int] = (), *,
+                           resolver: bool = False) -> bool:
+    """prelogin_filter's filter (`resolver`: the reverse-lookup helper's), installed in this
+    process (NoNewPrivs set: the kernel wants it of an unprivileged process). False on a
+    machine it does not know; OSError when the kernel refuses it."""
+    code = prelogin_filter.encoded(own_pid, may_signal, resolver=resolver)
     if code is None:
         return False
     buffer = ctypes.create_string_buffer(code, len(code))
@@ -295,7 +296,9 @@ def enter_prelogin_sandbox(cfg, uid: int, gid: int, may_signal: Iterable[int] = 
 
 def drop_to_account(uid: int, gid: int) -> None:
     """An unprivileged helper of the pre-login process (its reverse lookup): the pre-login
-    account without the chroot, NoNewPrivs. SandboxError when the drop fails."""
+    account without the chroot (it needs the resolver's files), NoNewPrivs, and the
+    pre-login filter in its resolver form (it talks to DNS: a reply is network input).
+    SandboxError when the drop or the filter fails."""
     if os.geteuid() == 0:
         try:
             _become(uid, gid)
@@ -303,6 +306,10 @@ def drop_to_account(uid: int, gid: int) -> None:
             raise SandboxError(f"dropping to uid {uid}: {exc}") from None
         _check_became(uid, gid)
     prctl(PR_SET_NO_NEW_PRIVS, 1)
+    try:
+        install_syscall_filter(os.getpid(), resolver=True)
+    except OSError as exc:
+        raise SandboxError(f"the lookup helper's system-call filter: {exc}") from None
 
 
 def _become(uid: int, gid: int) -> None:

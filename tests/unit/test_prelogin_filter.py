@@ -6,6 +6,7 @@ system call of another ABI ends the process."""
 from __future__ import annotations
 
 import ctypes
+import importlib
 import os
 import platform
 import signal
@@ -146,6 +147,64 @@ def test_the_kernel_interfaces_it_never_needs_are_closed():
     assert eval(text) == {name: (-1, 1) for name in calls}
 
 
+def test_the_lookup_helper_resolves_but_reaches_nothing_else():
+    """The reverse-lookup helper's drop (privsep.drop_to_account, as the pre-login account
+    when root): it may make sockets, connect and send to an address (it talks to DNS) and
+    still resolves 127.0.0.1; it signals no other process, and the rest of the filter
+    stands (ptrace, the key rings, unshare)."""
+    import pwd
+    importlib.import_module("qpopper.server.reverse_lookup")   # loads what a lookup needs
+    libc = ctypes.CDLL(None, use_errno=True)
+    numbers = prelogin_filter.ARCHES[platform.machine()][1]
+    account = pwd.getpwnam("nobody") if os.geteuid() == 0 else pwd.getpwuid(os.getuid())
+    other = sleeper()
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", 0))
+
+    def raw(name, *args):
+        ctypes.set_errno(0)
+        result = libc.syscall(ctypes.c_long(numbers[name]), *(ctypes.c_long(a) for a in args))
+        return "ok" if result >= 0 else os.strerror(ctypes.get_errno())
+
+    def body():
+        with open("/proc/self/status") as f:
+            seccomp = [line.split()[1] for line in f if line.startswith("Seccomp:")]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            sent = outcome(lambda: udp.sendto(b"query", listener.getsockname()) and None)
+        return repr({
+            "seccomp": seccomp, "sendto": sent,
+            "name": socket.gethostbyaddr("127.0.0.1")[0] != "",
+            "kill another": outcome(lambda: os.kill(other, 0)),
+            "ptrace": raw("ptrace", 0, 0, 0, 0), "keyctl": raw("keyctl", 0, -3, 0),
+            "unshare": raw("unshare", 0),
+        })
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            privsep.drop_to_account(account.pw_uid, account.pw_gid)
+            os.write(w, body().encode())
+        except BaseException as exc:
+            os.write(w, repr(repr(exc)).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        with os.fdopen(r) as f:
+            text = f.read()
+        assert os.waitpid(pid, 0)[1] == 0
+        refused = os.strerror(1)
+        assert eval(text) == {"seccomp": ["2"], "sendto": "ok", "name": True,
+                              "kill another": refused, "ptrace": refused, "keyctl": refused,
+                              "unshare": refused}
+        assert listener.recv(10) == b"query"
+    finally:
+        listener.close()
+        os.kill(other, signal.SIGKILL)
+        os.waitpid(other, 0)
+
+
 HEADERS = {"x86_64": "/usr/include/x86_64-linux-gnu/asm/unistd_64.h",
            "aarch64": "/usr/include/asm-generic/unistd.h"}
 
@@ -241,9 +300,10 @@ def test_a_system_call_of_another_abi_ends_the_process():
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSYS and text == ""
 
 
-def test_every_jump_lands_inside_the_program():
+@pytest.mark.parametrize("resolver", [False, True])
+def test_every_jump_lands_inside_the_program(resolver):
     for machine in prelogin_filter.ARCHES:
-        code = prelogin_filter.program(machine, 4242, (4243, 4242))
+        code = prelogin_filter.program(machine, 4242, (4243, 4242), resolver=resolver)
         assert code[-1] == (prelogin_filter._RET, 0, 0, prelogin_filter.RET_ALLOW)
         for index, (op, jt, jf, _) in enumerate(code):
             if op in (prelogin_filter._JEQ, prelogin_filter._JGE):
