@@ -89,6 +89,11 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
          "The process that checks a connection's credentials died (a PAM module that "
          "crashed, the out-of-memory killer): the client gets -ERR [SYS/TEMP]. Look at the "
          "PAM stack, and the kernel log for a signal."),
+        ("authentication for *: no child subreaper (*); a PAM helper's daemon could outlive "
+         "the login deadline",
+         "The kernel refused PR_SET_CHILD_SUBREAPER (a sandbox or an emulated kernel): the "
+         "login goes on, but a process a PAM module starts and detaches would not be ended "
+         "with a check that hangs."),
         ("authentication for *: bad outcome (*)",
          "The authentication process's answer to its monitor could not be read: the "
          "connection ends. Should never happen; report it."),

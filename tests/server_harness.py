@@ -33,35 +33,51 @@ def prelogin_args() -> list[str]:
     return [f"--prelogin-user={PRELOGIN_USER}"]
 
 
-PORTS_BELOW_EPHEMERAL = 12_000
+PORTS_OUTSIDE_EPHEMERAL = 12_000
 _port_choice = random.SystemRandom()      # not the global one, which pytest-randomly reseeds
 _handed_out: set[int] = set()
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing is bound to on `host`, for a server to listen on, taken below the
-    kernel's ephemeral range (net.ipv4.ip_local_port_range). A port bind(0) returns lies in
-    that range, where every outgoing connection takes its local port: between the pick and
-    the server's bind, a readiness probe or a client of another server could take it.
-    Never the same port twice in a run."""
+def free_port(host: str = "127.0.0.1", *, udp: bool = False) -> int:
+    """A port nothing is bound to on `host` (TCP, and UDP too with `udp`), for a server to
+    listen on, taken outside the kernel's ephemeral range (net.ipv4.ip_local_port_range): a
+    port bind(0) returns lies in it, where every outgoing connection takes its local port,
+    so between the pick and the server's bind a readiness probe or a client of another
+    server could take it. Below the range (up to PORTS_OUTSIDE_EPHEMERAL ports), or above
+    it when there is no room below. Never the same port twice in a run."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-        ephemeral_low = int(f.read().split()[0])
-    low = max(1024, ephemeral_low - PORTS_BELOW_EPHEMERAL)
-    for _ in range(200 if ephemeral_low - low >= 1000 else 0):
-        port = _port_choice.randrange(low, ephemeral_low)
-        if port in _handed_out:
-            continue
+    kinds = (socket.SOCK_STREAM, socket.SOCK_DGRAM) if udp else (socket.SOCK_STREAM,)
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral_low, ephemeral_high = (int(word) for word in f.read().split())
+    except (OSError, ValueError):
+        ephemeral_low, ephemeral_high = 32768, 60999
+    low = max(1024, ephemeral_low - PORTS_OUTSIDE_EPHEMERAL)
+    pool = (range(low, ephemeral_low) if ephemeral_low - low >= 1000
+            else range(ephemeral_high + 1, 65536))
+    for _ in range(200 if len(pool) >= 1000 else 0):
+        port = _port_choice.choice(pool)
+        if port not in _handed_out and _bindable(family, kinds, host, port):
+            _handed_out.add(port)
+            return port
+    for _ in range(20):                        # no room outside the range: the kernel's pick
         with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out and _bindable(family, kinds, host, port):
+            _handed_out.add(port)
+            return port
+    raise OSError(f"no free port on {host}")
+
+
+def _bindable(family, kinds, host: str, port: int) -> bool:
+    for kind in kinds:
+        with socket.socket(family, kind) as s:
             try:
                 s.bind((host, port))
             except OSError:
-                continue
-        _handed_out.add(port)
-        return port
-    with socket.socket(family, socket.SOCK_STREAM) as s:      # an odd range: the kernel's pick
-        s.bind((host, 0))
-        return s.getsockname()[1]
+                return False
+    return True
 
 
 def has_ipv6_loopback() -> bool:

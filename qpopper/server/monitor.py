@@ -110,9 +110,9 @@ class Monitor(AuthenticationProcess, BecomingTheSession, ProxiedConnection):
         the master's notice pipe, which `on_login` and `on_client_address` write; it is
         closed in the pre-login process and before the user session, and the
         authentication process keeps it only for a PROXY header's address. `proxy`: the
-        trusted proxy networks when the
-        connection begins with a PROXY header (the pre-login process reads it;
-        `on_client_address(ip)` then tells the master). `password_cache`: the
+        trusted proxy networks when the connection begins with a PROXY header (the
+        pre-login process reads it; `on_client_address(ip)` then tells the master).
+        `password_cache`: the
         authenticator's handle on the authentication cache (auth/password_cache.py), or
         None."""
         self.cfg = cfg
@@ -192,7 +192,8 @@ class Monitor(AuthenticationProcess, BecomingTheSession, ProxiedConnection):
         return self._wait_prelogin()
 
     def _privileged_fds(self) -> set[int]:
-        """What no process of the connection but the authentication process needs."""
+        """The master's notice pipe and the authentication cache's socket: never in the
+        pre-login process or the user session (the monitor holds them until then)."""
         cache_fd = self.password_cache.fd if self.password_cache is not None else None
         return {fd for fd in (self.notice_fd, cache_fd) if fd is not None}
 

@@ -150,9 +150,14 @@ class AuthenticationProcess:
         privsep.prctl(privsep.PR_SET_PDEATHSIG, signal.SIGKILL)   # the monitor gone: so are we
         if os.getppid() != monitor:
             return 1                       # it went before the signal was asked for
-        # what a PAM helper leaves behind (setsid and a double fork) stays our child, so the
+        # what a PAM helper leaves behind (setsid, its parent gone) stays our child, so the
         # monitor's deadline kill finds it (_kill_with_children)
-        privsep.prctl(privsep.PR_SET_CHILD_SUBREAPER, 1)
+        try:
+            privsep.prctl(privsep.PR_SET_CHILD_SUBREAPER, 1)
+        except OSError as exc:
+            self.log(syslog.LOG_WARNING, f"authentication for {self.client_ip}: no child "
+                                         f"subreaper ({exc}); a PAM helper's daemon could "
+                                         f"outlive the login deadline")
         setproctitle.setproctitle(f"popper: {self.client_ip} authentication")
         if relay_end is not None:
             relay_end.close()
@@ -343,9 +348,9 @@ def _kill_with_children(pid: int) -> None:
     """SIGKILL the authentication process and its process tree (a PAM module's helper and
     what that runs: nothing signals them when their parent dies). Each process is stopped,
     and seen stopped, before its children are read, so none reaps one meanwhile: their pids
-    stay theirs. The authentication process is a subreaper: one that left its parent (setsid
-    and a double fork) is its child, and a walk that found a new process walks again, for
-    one orphaned while the last walk went on."""
+    stay theirs. The authentication process is a subreaper: one that left its parent
+    (setsid, its parent gone) is its child, and a walk that found a new process walks again,
+    for one orphaned while the last walk went on. All are stopped before any is killed."""
     victims: list[int] = []
     for _ in range(MAX_WALKS):
         todo = [pid]
@@ -359,7 +364,7 @@ def _kill_with_children(pid: int) -> None:
                 todo += _children_of(victim)
         if not found:
             break
-    for victim in reversed(victims):                 # the deepest first
+    for victim in reversed(victims):
         try:
             os.kill(victim, signal.SIGKILL)
         except ProcessLookupError:

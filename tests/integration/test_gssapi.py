@@ -65,7 +65,7 @@ class Kdc:
 
     def __init__(self, root: Path):
         self.root = root
-        self.port = free_port()
+        self.port = free_port(udp=True)           # it listens on both
         self.conf = root / "krb5.conf"
         self.kdc_conf = root / "kdc.conf"
         self.keytab = root / "pop.keytab"

@@ -329,16 +329,16 @@ def test_a_pam_stack_that_hangs_cannot_hold_the_connection_past_its_deadline(wor
     not keep a root process of the connection alive: the monitor ends the authentication
     process at the deadline (login-timeout + 30 s, and 5 s for its last words)."""
     from tests.helpers.pam_service import installed_pam_service
-    from tests.server_harness import (authentication_process_of, descendants_of,
-                                      read_pid_file)
+    from tests.server_harness import authentication_process_of, read_pid_file
     user = system_users.create()
-    # a helper with a child of its own (the ':' keeps sh from exec'ing sleep), and one
-    # process that left the tree first (setsid and a double fork: a daemon's way)
+    # a helper with a child of its own, and a daemon: a process that left its parent first
+    # (setsid, its parent gone); each writes its pid
     helper = os.path.join(world_tmp, "hang.sh")
-    daemon_pidfile = os.path.join(world_tmp, "daemon.pid")
+    pidfiles = [os.path.join(world_tmp, f"{name}.pid") for name in ("helper", "child", "daemon")]
     with open(helper, "w") as f:
-        f.write(f"#!/bin/sh\nsetsid sh -c 'sleep {HANG_S} & echo $! > {daemon_pidfile}'\n"
-                f"sleep {HANG_S}\n:\n")
+        f.write(f"#!/bin/sh\necho $$ > {pidfiles[0]}\n"
+                f"setsid sh -c 'sleep {HANG_S} & echo $! > {pidfiles[2]}'\n"
+                f"sleep {HANG_S} &\necho $! > {pidfiles[1]}\nwait\n")
     os.chmod(helper, 0o755)
     stack = f"auth required pam_exec.so {helper}\naccount required pam_permit.so\n"
     hanging = []
@@ -357,11 +357,8 @@ def test_a_pam_stack_that_hangs_cannot_hold_the_connection_past_its_deadline(wor
                 monitor = int(proc_status(prelogin)["PPid"])
                 [authentication] = wait_until(lambda: authentication_process_of(monitor),
                                               what="the authentication process")
-                hanging = wait_until(lambda: len(descendants_of(authentication)) >= 2 and
-                                     descendants_of(authentication), what="pam_exec's tree")
-                daemon = wait_until(lambda: read_pid_file(daemon_pidfile),
-                                    what="the daemon's pid")
-                hanging = [*hanging, daemon]
+                hanging = [wait_until(lambda: read_pid_file(path), what=path)
+                           for path in pidfiles]
                 site.syslog.wait_for(r"authentication for 127\.0\.0\.1 did not end by the login "
                                      r"deadline; ending the connection", timeout=HANG_S - 20)
                 wait_until(lambda: not os.path.exists(f"/proc/{monitor}"), timeout=10,
@@ -372,10 +369,19 @@ def test_a_pam_stack_that_hangs_cannot_hold_the_connection_past_its_deadline(wor
                 wait_until(lambda: not [pid for pid in hanging if running(pid)], timeout=5,
                            what="the end of PAM's helper")
         finally:
-            for pid in hanging:                     # pam_exec's sleep, orphaned by the kill
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            for pid in hanging:                     # left by a failure: still the test's own?
+                if running(pid) and _command_of(pid) in ("/bin/sh", "sleep"):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
             site.close()
+
+
+def _command_of(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def test_port_995_login_and_retr_through_the_relay(world_tmp, pam_service, pki, good,
