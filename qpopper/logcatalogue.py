@@ -102,8 +102,10 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
          "login deadline (at least 5 s for its last reply): it is killed. Should never "
          "happen; report it."),
         ("the TLS relay of * did not end",
-         "After the session, its TLS relay did not end within timeout + 5 s; it is ended with "
-         "the session (a client reading very slowly may miss the end of the output)."),
+         "After the session, its TLS relay took none of the session's last output for "
+         "timeout + 5 s (or was still at it after 30 such waits): it is ended with the "
+         "session, and the client misses the end of the output (a client that stopped "
+         "reading)."),
         ("the monitor did not answer: *", "The pre-login process lost its monitor; the client "
                                           "gets -ERR [SYS/TEMP]."),
         ("the monitor closed the connection", "As above."),

@@ -5,10 +5,13 @@ its protocol state over, the monitor drops to the user (verified) and runs the s
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import os
 import signal
 import socket
+import struct
 import syslog
+import termios
 from typing import NoReturn
 
 from qpopper import limits
@@ -24,6 +27,9 @@ from qpopper.server.children import (ProtocolViolation, close_fds, exit_after, e
 RELAY_LAST_WORDS_S = 5
 """Beyond the relay's own bound on a write to the client (timeout), how long the user
 session waits for the TLS relay to end after its last reply."""
+RELAY_MAX_WINDOWS = 30
+"""How many times the wait for the TLS relay after the session is renewed while the relay
+still takes the session's output (_relay_ended): at the default timeout, about an hour."""
 
 
 def claimed_tls(tls_mode: str | None, claimed: bool) -> bool:
@@ -142,15 +148,45 @@ class BecomingTheSession:
                           peer=self.peer, client_host=client_host,
                           tls_active=tls_active, login_done=True, own_process=True)
         privsep.drop_privileges(login, spool_gid, self.log)   # verified, or _exit
+        # the session closes its channel; this end stays to tell the relay the end and to
+        # see how much of the session's output it has still to take
+        watch = relay_end.dup() if relay_end is not None else None
         status = session.run(resume=(login, leftover, bad_commands))
-        if relay_end is not None:
-            # the relay sends the last reply, then ends; one that does not is ended by its
+        if watch is not None:
+            # the relay sends the last replies, then ends; one that does not is ended by its
             # parent-death signal when this process exits
-            relay_end.close()
-            if exited_within(self.prelogin_pid, self.cfg.timeout + RELAY_LAST_WORDS_S,
-                             self.records):
+            try:
+                watch.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            if self._relay_ended(watch):
                 reap(self.prelogin_pid)
                 self.records.finish()
             else:
                 self.log(syslog.LOG_NOTICE, f"the TLS relay of {login.user} did not end")
+            watch.close()
         return status
+
+    def _relay_ended(self, watch: socket.socket) -> bool:
+        """Whether the TLS relay ended, given `timeout` + RELAY_LAST_WORDS_S, renewed (up to
+        RELAY_MAX_WINDOWS times) while it still takes the session's output: a client that
+        reads its last replies slowly, but reads, gets them all, as the kernel goes on
+        sending a plain-text session's after it exited (docs/privsep.md, "The TLS relay")."""
+        window = self.cfg.timeout + RELAY_LAST_WORDS_S
+        left = _unread(watch)
+        for _ in range(RELAY_MAX_WINDOWS):
+            if exited_within(self.prelogin_pid, window, self.records):
+                return True
+            still = _unread(watch)
+            if still >= left:
+                return False                 # nothing taken in a whole window
+            left = still
+        return False
+
+
+def _unread(sock: socket.socket) -> int:
+    """Octets this end sent that its peer has not read yet (SIOCOUTQ); 0 when unknown."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+    except OSError:
+        return 0
