@@ -103,7 +103,7 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
          "happen; report it."),
         ("the TLS relay of * did not end",
          "After the session, its TLS relay took none of the session's last output for "
-         "timeout + 5 s (or was still at it after 30 such waits): it is ended with the "
+         "timeout + 5 s (or was still at it after 8 such waits): it is ended with the "
          "session, and the client misses the end of the output (a client that stopped "
          "reading)."),
         ("the monitor did not answer: *", "The pre-login process lost its monitor; the client "

@@ -27,9 +27,11 @@ from qpopper.server.children import (ProtocolViolation, close_fds, exit_after, e
 RELAY_LAST_WORDS_S = 5
 """Beyond the relay's own bound on a write to the client (timeout), how long the user
 session waits for the TLS relay to end after its last reply."""
-RELAY_MAX_WINDOWS = 30
-"""How many times the wait for the TLS relay after the session is renewed while the relay
-still takes the session's output (_relay_ended): at the default timeout, about an hour."""
+RELAY_MAX_WINDOWS = 8
+"""How many waits of timeout + RELAY_LAST_WORDS_S, in all, the user session gives its TLS
+relay after the session while the relay still takes the session's output (_relay_ended).
+At most the socket's send buffer is queued then (~208 KiB by default) and the relay reads
+up to 64 KiB at a time: an honest relay needs ~5; more only holds a session slot longer."""
 
 
 def claimed_tls(tls_mode: str | None, claimed: bool) -> bool:
@@ -168,10 +170,11 @@ class BecomingTheSession:
         return status
 
     def _relay_ended(self, watch: socket.socket) -> bool:
-        """Whether the TLS relay ended, given `timeout` + RELAY_LAST_WORDS_S, renewed (up to
-        RELAY_MAX_WINDOWS times) while it still takes the session's output: a client that
-        reads its last replies slowly, but reads, gets them all, as the kernel goes on
-        sending a plain-text session's after it exited (docs/privsep.md, "The TLS relay")."""
+        """Whether the TLS relay ended, given waits of `timeout` + RELAY_LAST_WORDS_S (at
+        most RELAY_MAX_WINDOWS) as long as it took some of the session's output during the
+        last one: a client that reads its last replies slowly, but reads, still gets them,
+        as the kernel goes on sending a plain-text session's after it exited
+        (docs/privsep.md, "The TLS relay")."""
         window = self.cfg.timeout + RELAY_LAST_WORDS_S
         left = _unread(watch)
         for _ in range(RELAY_MAX_WINDOWS):

@@ -294,22 +294,27 @@ def enter_prelogin_sandbox(cfg, uid: int, gid: int, may_signal: Iterable[int] = 
         raise SandboxError(f"entering the pre-login sandbox: {exc}") from None
 
 
-def drop_to_account(uid: int, gid: int) -> None:
-    """An unprivileged helper of the pre-login process (its reverse lookup): the pre-login
-    account without the chroot (it needs the resolver's files), NoNewPrivs, and the
+def drop_to_account(uid: int, gid: int, parent: int) -> None:
+    """An unprivileged helper of the pre-login process `parent` (its reverse lookup): the
+    pre-login account without the chroot (it needs the resolver's files); NoNewPrivs, not
+    dumpable, no core; no fork and no thread (RLIMIT_NPROC 0: nothing it starts could
+    outlive it, nor enter a new namespace by clone); ended with its parent; and the
     pre-login filter in its resolver form (it talks to DNS: a reply is network input).
-    SandboxError when the drop or the filter fails."""
-    if os.geteuid() == 0:
-        try:
-            _become(uid, gid)
-        except OSError as exc:
-            raise SandboxError(f"dropping to uid {uid}: {exc}") from None
-        _check_became(uid, gid)
-    prctl(PR_SET_NO_NEW_PRIVS, 1)
+    SandboxError when any step fails."""
     try:
+        if os.geteuid() == 0:
+            _become(uid, gid)
+            _check_became(uid, gid)
+        prctl(PR_SET_NO_NEW_PRIVS, 1)
+        prctl(PR_SET_DUMPABLE, 0)
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)     # after the uid change, which clears it
+        if os.getppid() != parent:
+            raise SandboxError("the pre-login process is gone")
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
         install_syscall_filter(os.getpid(), resolver=True)
     except OSError as exc:
-        raise SandboxError(f"the lookup helper's system-call filter: {exc}") from None
+        raise SandboxError(f"dropping the lookup helper to uid {uid}: {exc}") from None
 
 
 def _become(uid: int, gid: int) -> None:

@@ -1,7 +1,8 @@
 """The client's host name (reverse-lookup), looked up while the client logs in.
 
 ReverseLookup runs the lookup in a thread of the session's process; the pre-login process,
-whose chroot has no resolver, uses ForkedReverseLookup (docs/privsep.md).
+whose chroot has no resolver, uses ForkedReverseLookup, whose child looks it up in its one
+thread (docs/privsep.md).
 """
 
 from __future__ import annotations
@@ -31,6 +32,18 @@ REVERSE_LOOKUP_TIMEOUT_S = 5.0
 a broken resolver does not hold the session). The lookup runs while the client logs in."""
 
 
+def verified_name(ip: str) -> str | None:
+    """The name of `ip`, when it resolves back to `ip` (Qpopper's check against DNS
+    spoofing); None otherwise."""
+    try:
+        name = socket.gethostbyaddr(ip)[0]
+        addresses = {normalize_ip(info[4][0]) for info in
+                     socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)}
+    except (OSError, UnicodeError, LookupError):
+        return None
+    return name if ip in addresses else None
+
+
 class ReverseLookup:
     """The client's host name, looked up in the background and waited for at most
     REVERSE_LOOKUP_TIMEOUT_S in total. A name counts only if it resolves back to the address
@@ -45,13 +58,7 @@ class ReverseLookup:
 
     def _lookup(self) -> None:
         try:
-            name = socket.gethostbyaddr(self.ip)[0]
-            addresses = {normalize_ip(info[4][0]) for info in
-                         socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)}
-            if self.ip in addresses:
-                self._name = name
-        except (OSError, UnicodeError, LookupError):
-            pass
+            self._name = verified_name(self.ip)
         finally:
             self._done.set()
 
@@ -64,9 +71,10 @@ class ForkedReverseLookup:
     """ReverseLookup for the pre-login process, whose chroot has no resolver: a child forked
     before the sandbox is entered (children.ForkedCall: it keeps none of the connection's
     descriptors; its answer comes back as raw bytes, bounded), running as the pre-login
-    account, does the lookup and sends the name back
-    (docs/privsep.md, "The pre-login process"). No child (no process could be made): the
-    address is the name."""
+    account (privsep.drop_to_account: no fork, no thread, the resolver's system-call filter),
+    does the lookup and sends the name back (docs/privsep.md, "The pre-login process"); the
+    pre-login process stops waiting for it at the lookup's deadline. No child (no process
+    could be made): the address is the name."""
 
     def __init__(self, ip: str | None, uid: int, gid: int):
         """`ip` None: the address is not known yet (it comes in a PROXY header, read inside
@@ -76,10 +84,13 @@ class ForkedReverseLookup:
         self._deadline = time.monotonic() + REVERSE_LOOKUP_TIMEOUT_S
         ip_r, self._ip_w = os.pipe2(os.O_CLOEXEC) if ip is None else (-1, -1)
 
+        parent = os.getpid()
+
         def look_up() -> bytes:
-            privsep.drop_to_account(uid, gid)
+            privsep.drop_to_account(uid, gid, parent)
             address = ip if ip is not None else self._wait_for_address(ip_r)
-            return ReverseLookup(address).result()[:NAME_LIMIT].encode("utf-8", "replace")
+            name = verified_name(address) or address
+            return name[:NAME_LIMIT].encode("utf-8", "replace")
         # raw bytes, bounded: this child talks to DNS, so its answer is not unmarshalled.
         # Never reaped here: its pid stays its own while the pre-login process, whose
         # system-call filter lets it kill that pid, lives (reused, it could be another

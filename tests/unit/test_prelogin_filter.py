@@ -6,11 +6,13 @@ system call of another ABI ends the process."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import importlib
 import os
 import platform
 import signal
 import socket
+import threading
 import time
 
 import pytest
@@ -52,6 +54,8 @@ def outcome(call) -> str:
         call()
     except OSError as exc:
         return os.strerror(exc.errno)
+    except RuntimeError as exc:                  # a thread that could not start
+        return str(exc)
     return "ok"
 
 
@@ -147,11 +151,16 @@ def test_the_kernel_interfaces_it_never_needs_are_closed():
     assert eval(text) == {name: (-1, 1) for name in calls}
 
 
+CLONE_NEWUSER = 0x10000000
+CLONE_NUMBERS = {"x86_64": 56, "aarch64": 220}
+
+
 def test_the_lookup_helper_resolves_but_reaches_nothing_else():
     """The reverse-lookup helper's drop (privsep.drop_to_account, as the pre-login account
     when root): it may make sockets, connect and send to an address (it talks to DNS) and
-    still resolves 127.0.0.1; it signals no other process, and the rest of the filter
-    stands (ptrace, the key rings, unshare)."""
+    still resolves 127.0.0.1; it signals no other process, the rest of the filter stands
+    (ptrace, the key rings, unshare), and it starts nothing: no fork, no thread, no clone
+    into a new user namespace (RLIMIT_NPROC 0: what it started could outlive it)."""
     import pwd
     importlib.import_module("qpopper.server.reverse_lookup")   # loads what a lookup needs
     libc = ctypes.CDLL(None, use_errno=True)
@@ -176,14 +185,29 @@ def test_the_lookup_helper_resolves_but_reaches_nothing_else():
             "name": socket.gethostbyaddr("127.0.0.1")[0] != "",
             "kill another": outcome(lambda: os.kill(other, 0)),
             "ptrace": raw("ptrace", 0, 0, 0, 0), "keyctl": raw("keyctl", 0, -3, 0),
-            "unshare": raw("unshare", 0),
+            "unshare": raw("unshare", 0), "fork": outcome(fork_once),
+            "thread": outcome(lambda: threading.Thread(target=int).start()),
+            "clone into a user namespace": clone_once(CLONE_NEWUSER | signal.SIGCHLD),
+            "dumpable": libc.prctl(3, 0, 0, 0, 0),            # PR_GET_DUMPABLE
         })
+
+    def fork_once():
+        if os.fork() == 0:
+            os._exit(0)
+
+    def clone_once(flags):
+        ctypes.set_errno(0)
+        pid = libc.syscall(ctypes.c_long(CLONE_NUMBERS[platform.machine()]), ctypes.c_long(flags),
+                           *(ctypes.c_long(0) for _ in range(4)))
+        if pid == 0:
+            os._exit(0)
+        return "ok" if pid > 0 else os.strerror(ctypes.get_errno())
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
             os.close(r)
-            privsep.drop_to_account(account.pw_uid, account.pw_gid)
+            privsep.drop_to_account(account.pw_uid, account.pw_gid, os.getppid())
             os.write(w, body().encode())
         except BaseException as exc:
             os.write(w, repr(repr(exc)).encode())
@@ -194,10 +218,12 @@ def test_the_lookup_helper_resolves_but_reaches_nothing_else():
         with os.fdopen(r) as f:
             text = f.read()
         assert os.waitpid(pid, 0)[1] == 0
-        refused = os.strerror(1)
+        refused, no_process = os.strerror(1), os.strerror(errno.EAGAIN)
         assert eval(text) == {"seccomp": ["2"], "sendto": "ok", "name": True,
                               "kill another": refused, "ptrace": refused, "keyctl": refused,
-                              "unshare": refused}
+                              "unshare": refused, "fork": no_process,
+                              "thread": "can't start new thread",
+                              "clone into a user namespace": no_process, "dumpable": 0}
         assert listener.recv(10) == b"query"
     finally:
         listener.close()
