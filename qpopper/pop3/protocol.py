@@ -116,6 +116,11 @@ class Protocol(Endings):
             return
         self._lines.append(data)
         while not self.closed:
+            if self.env.client_gone:
+                # a reply could not be written: what else the client sent is not acted on
+                # (no DELE, no QUIT's update for a client that never saw the replies before)
+                self.eof()
+                return
             continuation = self._continuation
             limit = continuation.limit if continuation else limits.MAX_COMMAND_OCTETS
             line = self._lines.next_line(limit)

@@ -112,9 +112,8 @@ class Monitor(AuthenticationProcess, BecomingTheSession, ProxiedConnection):
         authentication process keeps it only for a PROXY header's address. `proxy`: the
         trusted proxy networks when the connection begins with a PROXY header (the
         pre-login process reads it; `on_client_address(ip)` then tells the master).
-        `password_cache`: the
-        authenticator's handle on the authentication cache (auth/password_cache.py), or
-        None."""
+        `password_cache`: the authenticator's handle on the authentication cache
+        (auth/password_cache.py), or None."""
         self.cfg = cfg
         self.log = log
         self.hostname = hostname

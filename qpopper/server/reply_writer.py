@@ -24,6 +24,11 @@ class ReplyWriter:
         self._out_size = 0
         self._closed = False           # the client is gone: drop output, end at next read
 
+    @property
+    def client_gone(self) -> bool:
+        """env.client_gone: a write found the client gone (docs/internals.md, "Protocol")."""
+        return self._closed
+
     def write(self, data: bytes) -> None:
         if self._closed or not data:
             return

@@ -103,6 +103,7 @@ class Env:
         self.start_tls = start_tls
         self.authenticator = authenticator
         self.maildrops: list = []
+        self.client_gone = False          # a test sets it: a write found the client gone
 
     def write(self, data: bytes) -> None:
         assert isinstance(data, bytes)

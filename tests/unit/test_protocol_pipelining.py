@@ -197,3 +197,28 @@ def test_retr_of_every_message_pipelined(tmp_path):
     assert pop.send(b"RETR 1\r\nRETR 2\r\nRETR 3\r\n") == expected
     pop.send("QUIT")
     spool.close()
+
+
+@pytest.mark.parametrize("gone", [False, True])
+def test_commands_after_a_write_that_found_the_client_gone_are_not_acted_on(tmp_path, gone):
+    """RETR 1, DELE 1 and QUIT in one read; RETR's reply cannot be written (the client
+    reset the connection): DELE and QUIT are not acted on, the session ends as at an EOF
+    (update-on-abort off, as the packaged config has it: nothing deleted). The control:
+    the same batch with the client there deletes the message."""
+    spool = Spool(tmp_path)
+    spool.write("alice", SPOOL)
+    pop = spool.session(update_on_abort=False)
+    pop.login("alice")
+    write = pop.env.write
+
+    def write_or_find_gone(data: bytes) -> None:
+        if gone:                                      # RETR's reply finds it gone
+            pop.env.client_gone = True
+            return
+        write(data)
+    pop.env.write = write_or_find_gone
+    pop.send(b"RETR 1\r\nDELE 1\r\nQUIT\r\n")
+    spool.close()
+    assert pop.proto.closed
+    assert (spool.read("alice") == SPOOL) is gone
+    assert any("without QUIT" in text for _, text in pop.env.logs) is gone
