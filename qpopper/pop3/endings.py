@@ -23,6 +23,18 @@ class Endings:
             self.env.log(syslog.LOG_NOTICE, f"EOF from {self._who()} without QUIT")
         self._abort()
 
+    def ended_by_a_gone_client(self, *, flush: bool = False) -> bool:
+        """Whether a write (with `flush`, of what is collected now) found the client gone
+        (env.client_gone: it reset the connection), and then the end, as at an EOF: nothing
+        more it sent is acted on, not a DELE, not a QUIT's update after replies it never saw
+        (update-on-abort decides)."""
+        if flush:
+            self.env.flush()
+        if not self.env.client_gone:
+            return False
+        self.eof()
+        return True
+
     def ended_by_signal(self, reason: str) -> None:
         """A signal ends the session (the master's TERM after shutdown-grace, a SIGHUP):
         logged as that, not as the client's EOF; no reply (Qpopper's catchSIGHUP)."""

@@ -116,10 +116,7 @@ class Protocol(Endings):
             return
         self._lines.append(data)
         while not self.closed:
-            if self.env.client_gone:
-                # a reply could not be written: what else the client sent is not acted on
-                # (no DELE, no QUIT's update for a client that never saw the replies before)
-                self.eof()
+            if self.ended_by_a_gone_client():
                 return
             continuation = self._continuation
             limit = continuation.limit if continuation else limits.MAX_COMMAND_OCTETS
@@ -277,7 +274,10 @@ class Protocol(Endings):
         self._close()
 
     def quit_transaction(self) -> None:
-        """QUIT in TRANSACTION: UPDATE, then sign off (RFC 1939 §6)."""
+        """QUIT in TRANSACTION: UPDATE, then sign off (RFC 1939 §6); not for a client found
+        gone by the replies before it, written first."""
+        if self.ended_by_a_gone_client(flush=True):
+            return
         try:
             self._update(quit=True)
         except PopError as refusal:

@@ -112,6 +112,9 @@ class Env:
     def log(self, priority: int, text: str) -> None:
         self.logs.append((priority, text))
 
+    def flush(self) -> None:
+        pass                              # write() keeps everything at once
+
     def open_maildrop(self, login: Login):
         from qpopper.spool.maildrop import Maildrop
         from qpopper.spool.paths import SpoolPaths

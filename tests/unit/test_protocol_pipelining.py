@@ -222,3 +222,25 @@ def test_commands_after_a_write_that_found_the_client_gone_are_not_acted_on(tmp_
     assert pop.proto.closed
     assert (spool.read("alice") == SPOOL) is gone
     assert any("without QUIT" in text for _, text in pop.env.logs) is gone
+
+
+def test_a_quit_whose_earlier_replies_find_the_client_gone_updates_nothing(tmp_path):
+    """RETR 1, DELE 1 and QUIT in one read: RETR's reply is only collected until QUIT
+    writes what was collected, and finds the client gone (it reset the connection): no
+    update (update-on-abort off), the message stays."""
+    spool = Spool(tmp_path)
+    spool.write("alice", SPOOL)
+    pop = spool.session(update_on_abort=False)
+    pop.login("alice")
+    collected = []
+    pop.env.write = collected.append                 # collected, as the session does
+
+    def flush() -> None:
+        if collected:
+            pop.env.client_gone = True                # the flush of RETR's reply fails
+    pop.env.flush = flush
+    pop.send(b"RETR 1\r\nDELE 1\r\nQUIT\r\n")
+    spool.close()
+    assert pop.proto.closed and collected             # RETR's reply was collected
+    assert spool.read("alice") == SPOOL
+    assert any("without QUIT" in text for _, text in pop.env.logs)
