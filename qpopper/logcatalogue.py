@@ -214,6 +214,10 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
         ("* did not log in within login-timeout * s; closing",
          "login-timeout: no login in time, however the client paced its bytes."),
         ("EOF from * without QUIT", "The client closed the connection during TRANSACTION."),
+        ("* gone during a reply; what it sent after is not acted on",
+         "A reply could not be written (the client reset the connection): the commands it "
+         "had sent after it, a DELE or a QUIT among them, are not acted on; the session "
+         "ends as at an EOF (update-on-abort decides)."),
         ("Session of * ended without QUIT in *: *",
          "A signal ended the session: 'server shutdown (SIGTERM)' after shutdown-grace, or "
          "'hangup (SIGHUP)'."),

@@ -32,7 +32,10 @@ class Endings:
             self.env.flush()
         if not self.env.client_gone:
             return False
-        self.eof()
+        if self.state == State.TRANSACTION:
+            self.env.log(syslog.LOG_NOTICE, f"{self._who()} gone during a reply; what it sent "
+                                            f"after is not acted on")
+        self._abort()
         return True
 
     def ended_by_signal(self, reason: str) -> None:

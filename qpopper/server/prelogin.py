@@ -172,7 +172,8 @@ def relay(tls_channel, plain: socket.socket, timeout_s: float) -> None:
     client is read again only when the session has taken it all. The client's end of input
     reaches the session as its end of input; the session's replies to what came before
     still go to the client unless the client asked for the end of both directions (TLS
-    1.2's close_notify) or is gone: then they are read and dropped."""
+    1.2's close_notify): then they are read and dropped. A client that a write finds gone
+    ends the relay."""
     plain.setblocking(False)
     session_fd, client_fd = plain.fileno(), tls_channel.in_fd
     poller = select.poll()
@@ -220,9 +221,10 @@ def relay(tls_channel, plain: socket.socket, timeout_s: float) -> None:
                 try:
                     tls_channel.write_all(data, timeout_s)
                 except tls_channel.closed_error:
-                    # the client is gone: the session gets what it sent, then its end
-                    client_open = False
-                    tls_channel.close()
+                    # the client is gone (a reply could not be written): what it sent that
+                    # the session has not had is dropped, and the relay ends, so the
+                    # session's next write fails and it acts on no further command
+                    return
 
 
 def _send_some(plain: socket.socket, to_session: bytearray) -> None:

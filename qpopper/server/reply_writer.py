@@ -22,7 +22,7 @@ class ReplyWriter:
     def __init__(self) -> None:
         self._out: list[bytes] = []
         self._out_size = 0
-        self._closed = False           # the client is gone: drop output, end at next read
+        self._closed = False           # the client is gone: drop output, act on no command
 
     @property
     def client_gone(self) -> bool:

@@ -272,7 +272,6 @@ class Session(ReplyWriter):
                 self.flush()
                 self._set_title()
             self.flush()
-            error = error or self._closed           # the client went during a write
         except ChannelClosed:
             error = True
         except Handover:

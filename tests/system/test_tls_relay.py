@@ -10,6 +10,7 @@ import os
 import select
 import socket
 import ssl
+import struct
 import time
 
 import pytest
@@ -250,3 +251,41 @@ def test_a_renegotiation_is_refused_at_once(tls_site):
             break
     raw.close()
     assert "no renegotiation" in outcome, outcome
+
+
+def test_a_client_reset_during_retr_deletes_nothing(world_tmp, pam_service, system_users,
+                                                    tmp_path):
+    """RETR 1 (2 MB), DELE 1 and QUIT at once over TLS, then a reset once RETR's reply has
+    begun: the relay's write finds the client gone and ends, the session's next write fails
+    and it acts on no further command, so neither DELE 1 nor QUIT's UPDATE happens (the
+    packaged update-on-abort off): message 1 stays. Before, the relay dropped the replies
+    and went on passing the commands, and QUIT deleted it."""
+    pki = TestPki(str(tmp_path / "pki"))
+    site = TlsSite(world_tmp, pam_service, tls_support="stls", update_on_abort=False,
+                   tls_server_cert_file=pki.server("good").combined_file)
+    big = "".join(f"line {n:06d} of a message its client never gets whole\n"
+                  for n in range(40_000))
+    try:
+        user = system_users.create()
+        make_spool(site.spool_dir, user, mbox(("big", big), *MESSAGES))
+        spool = os.path.join(site.spool_dir, user.name)
+        before = spool_of(spool)
+        server = site.tls_server(pki)
+        raw = socket.create_connection((server.host, server.tls_port), timeout=30)
+        tls = client_context(pki).wrap_socket(raw, server_hostname="127.0.0.1")
+        try:
+            assert read_greeting(tls).startswith(b"+OK")
+            replies = pipelined(tls, f"USER {user.name}", f"PASS {user.password}")
+            assert replies[1].startswith(b"+OK"), replies
+            tls.sendall(b"RETR 1\r\nDELE 1\r\nQUIT\r\n")
+            assert tls.recv(100).startswith(b"+OK")          # RETR's reply has begun
+            tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        finally:
+            tls.close()                                       # linger 0: a reset
+        site.syslog.wait_for(rf"{user.name} at .* gone during a reply; what it sent after "
+                             r"is not acted on", timeout=30)
+        wait_until(lambda: not [t for t in site.syslog.texts() if t.startswith("Stats:")]
+                   and spool_of(spool) == before, timeout=10, what="the spool untouched")
+        assert spool_of(spool) == before
+    finally:
+        site.close()

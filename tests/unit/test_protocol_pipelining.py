@@ -221,7 +221,25 @@ def test_commands_after_a_write_that_found_the_client_gone_are_not_acted_on(tmp_
     spool.close()
     assert pop.proto.closed
     assert (spool.read("alice") == SPOOL) is gone
-    assert any("without QUIT" in text for _, text in pop.env.logs) is gone
+    assert any("gone during a reply" in text for _, text in pop.env.logs) is gone
+
+
+def test_after_a_write_found_the_client_gone_no_dele_is_marked(tmp_path):
+    """The same batch with update-on-abort on (Qpopper's default: an abort commits the
+    deletions marked before it): DELE 1 came after the failed reply, so it was never marked
+    and the abort deletes nothing (the abort rewrites Status headers: count messages)."""
+    spool = Spool(tmp_path)
+    spool.write("alice", SPOOL)
+    pop = spool.session(update_on_abort=True)
+    pop.login("alice")
+
+    def gone(data: bytes) -> None:
+        pop.env.client_gone = True
+    pop.env.write = gone
+    pop.send(b"RETR 1\r\nDELE 1\r\nQUIT\r\n")
+    spool.close()
+    assert pop.proto.closed
+    assert spool.read("alice").count(b"\nFrom ") == SPOOL.count(b"\nFrom ")
 
 
 def test_a_quit_whose_earlier_replies_find_the_client_gone_updates_nothing(tmp_path):
@@ -243,4 +261,4 @@ def test_a_quit_whose_earlier_replies_find_the_client_gone_updates_nothing(tmp_p
     spool.close()
     assert pop.proto.closed and collected             # RETR's reply was collected
     assert spool.read("alice") == SPOOL
-    assert any("without QUIT" in text for _, text in pop.env.logs)
+    assert any("gone during a reply" in text for _, text in pop.env.logs)
