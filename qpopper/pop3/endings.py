@@ -15,6 +15,10 @@ class Endings:
     own: these methods use its state, cfg, env, trans, monotonic, authorization_deadline,
     reply, _update, _close and _who."""
 
+    client_went = False
+    """Set once a write found the client gone (ended_by_a_gone_client): the session's end
+    is an error (the Timing line)."""
+
     def eof(self) -> None:
         """The client went away without QUIT (no reply: nobody is listening)."""
         if self.closed:
@@ -32,6 +36,7 @@ class Endings:
             self.env.flush()
         if not self.env.client_gone:
             return False
+        self.client_went = True
         if self.state == State.TRANSACTION:
             self.env.log(syslog.LOG_NOTICE, f"{self._who()} gone during a reply; what it sent "
                                             f"after is not acted on")

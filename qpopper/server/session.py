@@ -272,6 +272,7 @@ class Session(ReplyWriter):
                 self.flush()
                 self._set_title()
             self.flush()
+            error = error or self.protocol.client_went
         except ChannelClosed:
             error = True
         except Handover:

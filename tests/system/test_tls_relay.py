@@ -255,7 +255,7 @@ def test_a_renegotiation_is_refused_at_once(tls_site):
 
 def test_a_client_reset_during_retr_deletes_nothing(world_tmp, pam_service, system_users,
                                                     tmp_path):
-    """RETR 1 (2 MB), DELE 1 and QUIT at once over TLS, then a reset once RETR's reply has
+    """RETR 1 (22 MB), DELE 1 and QUIT at once over TLS, then a reset once RETR's reply has
     begun: the relay's write finds the client gone and ends, the session's next write fails
     and it acts on no further command, so neither DELE 1 nor QUIT's UPDATE happens (the
     packaged update-on-abort off): message 1 stays. Before, the relay dropped the replies
@@ -264,7 +264,7 @@ def test_a_client_reset_during_retr_deletes_nothing(world_tmp, pam_service, syst
     site = TlsSite(world_tmp, pam_service, tls_support="stls", update_on_abort=False,
                    tls_server_cert_file=pki.server("good").combined_file)
     big = "".join(f"line {n:06d} of a message its client never gets whole\n"
-                  for n in range(40_000))
+                  for n in range(400_000))     # far more than every buffer between holds
     try:
         user = system_users.create()
         make_spool(site.spool_dir, user, mbox(("big", big), *MESSAGES))

@@ -222,6 +222,7 @@ def test_commands_after_a_write_that_found_the_client_gone_are_not_acted_on(tmp_
     assert pop.proto.closed
     assert (spool.read("alice") == SPOOL) is gone
     assert any("gone during a reply" in text for _, text in pop.env.logs) is gone
+    assert pop.proto.client_went is gone                # the session's Timing says error
 
 
 def test_after_a_write_found_the_client_gone_no_dele_is_marked(tmp_path):
