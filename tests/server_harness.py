@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import grp
+import itertools
 import os
 import poplib
 import random
@@ -55,19 +56,19 @@ def free_port(host: str = "127.0.0.1", *, udp: bool = False) -> int:
     low = max(1024, ephemeral_low - PORTS_OUTSIDE_EPHEMERAL)
     pool = (range(low, ephemeral_low) if ephemeral_low - low >= 1000
             else range(ephemeral_high + 1, 65536))
-    for _ in range(200 if len(pool) >= 1000 else 0):
-        port = _port_choice.choice(pool)
-        if port not in _handed_out and _bindable(family, kinds, host, port):
-            _handed_out.add(port)
-            return port
-    for _ in range(20):                        # no room outside the range: the kernel's pick
-        with socket.socket(family, socket.SOCK_STREAM) as s:
-            s.bind((host, 0))
-            port = s.getsockname()[1]
+    outside = (_port_choice.choice(pool) for _ in range(200 if len(pool) >= 1000 else 0))
+    kernels = (_kernel_pick(family, host) for _ in range(20))   # no room outside the range
+    for port in itertools.chain(outside, kernels):
         if port not in _handed_out and _bindable(family, kinds, host, port):
             _handed_out.add(port)
             return port
     raise OSError(f"no free port on {host}")
+
+
+def _kernel_pick(family, host: str) -> int:
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def _bindable(family, kinds, host: str, port: int) -> bool:

@@ -116,7 +116,7 @@ class Protocol(Endings):
             return
         self._lines.append(data)
         while not self.closed:
-            if self.ended_by_a_gone_client():
+            if self.env.client_gone and self.ended_by_a_gone_client():
                 return
             continuation = self._continuation
             limit = continuation.limit if continuation else limits.MAX_COMMAND_OCTETS

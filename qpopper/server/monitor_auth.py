@@ -116,10 +116,8 @@ class AuthenticationProcess:
             _kill_with_children(pid)
         code = reap_code(pid)
         if outcome is None:
-            how = ("reaped already" if code is None else f"killed by signal {-code}"
-                   if code < 0 else f"exit status {code}")
             self.log(syslog.LOG_ERR, f"authentication for {self.client_ip} ended without an "
-                                     f"outcome ({how})")
+                                     f"outcome ({_how_it_ended(code)})")
         return handover
 
     def _end_both(self, pid: int) -> None:
@@ -351,24 +349,29 @@ def _kill_with_children(pid: int) -> None:
     stay theirs. The authentication process is a subreaper: one that left its parent
     (setsid, its parent gone) is its child, and a walk that found a new process walks again,
     for one orphaned while the last walk went on. All are stopped before any is killed."""
-    victims: list[int] = []
+    victims: dict[int, None] = {}          # stopped, in the order found
     for _ in range(MAX_WALKS):
+        known = len(victims)
         todo = [pid]
-        found = False
         while todo and len(victims) < MAX_TREE:
             victim = todo.pop()
-            if victim not in victims and _stopped(victim):
-                victims.append(victim)
-                found = True
-            if victim in victims:
+            if victim in victims or _stopped(victim):
+                victims[victim] = None
                 todo += _children_of(victim)
-        if not found:
+        if len(victims) == known:
             break
     for victim in reversed(victims):
         try:
             os.kill(victim, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def _how_it_ended(code: int | None) -> str:
+    """children.reap_code's answer, for the log."""
+    if code is None:
+        return "reaped already"
+    return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
 
 
 MAX_WALKS = 4

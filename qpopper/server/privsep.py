@@ -274,13 +274,7 @@ def enter_prelogin_sandbox(cfg, uid: int, gid: int, may_signal: Iterable[int] = 
             os.chroot(cfg.prelogin_chroot)
             os.chdir("/")
             _become(uid, gid)
-        prctl(PR_SET_NO_NEW_PRIVS, 1)
-        prctl(PR_SET_DUMPABLE, 0)
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)      # the monitor gone: so are we
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        # no fork: a child would outlive the monitor's SIGKILL (the parent-death signal is
-        # not inherited) and the connection (its reverse lookup was forked before this)
-        resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+        _confine()                                   # its reverse lookup was forked before
         resource.setrlimit(resource.RLIMIT_NOFILE, (PRELOGIN_MAX_FILES, PRELOGIN_MAX_FILES))
         resource.setrlimit(resource.RLIMIT_AS,
                            (PRELOGIN_MAX_ADDRESS_SPACE, PRELOGIN_MAX_ADDRESS_SPACE))
@@ -305,16 +299,25 @@ def drop_to_account(uid: int, gid: int, parent: int) -> None:
         if os.geteuid() == 0:
             _become(uid, gid)
             _check_became(uid, gid)
-        prctl(PR_SET_NO_NEW_PRIVS, 1)
-        prctl(PR_SET_DUMPABLE, 0)
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)     # after the uid change, which clears it
+        _confine()
         if os.getppid() != parent:
             raise SandboxError("the pre-login process is gone")
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
         install_syscall_filter(os.getpid(), resolver=True)
     except OSError as exc:
         raise SandboxError(f"dropping the lookup helper to uid {uid}: {exc}") from None
+
+
+def _confine() -> None:
+    """What every unprivileged process of a connection (the pre-login process, its lookup
+    helper) does after its uid change: NoNewPrivs, not dumpable, no core, the parent-death
+    signal (the uid change cleared it: its parent gone, so is it), and no fork or thread
+    (RLIMIT_NPROC 0: a child would outlive the parent's SIGKILL, the parent-death signal
+    not being inherited, and could clone into a new namespace). OSError when one fails."""
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+    prctl(PR_SET_DUMPABLE, 0)
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
 
 
 def _become(uid: int, gid: int) -> None:

@@ -22,15 +22,12 @@ class ReplyWriter:
     def __init__(self) -> None:
         self._out: list[bytes] = []
         self._out_size = 0
-        self._closed = False           # the client is gone: drop output, act on no command
-
-    @property
-    def client_gone(self) -> bool:
-        """env.client_gone: a write found the client gone (docs/internals.md, "Protocol")."""
-        return self._closed
+        # env.client_gone (docs/internals.md, "Protocol"): a write found the client gone;
+        # output is dropped, and the protocol acts on no further command
+        self.client_gone = False
 
     def write(self, data: bytes) -> None:
-        if self._closed or not data:
+        if self.client_gone or not data:
             return
         self._out.append(data)
         self._out_size += len(data)
@@ -41,12 +38,12 @@ class ReplyWriter:
         if not self._out:
             return
         pieces, self._out, self._out_size = self._out, [], 0
-        if self._closed:
+        if self.client_gone:
             return
         try:
             self.channel.write_vector(pieces, self.cfg.timeout)
         except ChannelClosed as exc:
-            self._closed = True
+            self.client_gone = True
             self.log(syslog.LOG_DEBUG, f"client {self.client_ip} gone during write: {exc}")
 
     def _aggregate(self) -> bool:

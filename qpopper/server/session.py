@@ -139,7 +139,7 @@ class Session(ReplyWriter):
         self.user = ""
         self.login = None
         self.protocol = None
-        ReplyWriter.__init__(self)     # the reply buffer, and _closed: the client is gone
+        ReplyWriter.__init__(self)     # the reply buffer, and client_gone
         self._hangup = False
         self._hangup_signal: int | None = None    # SIGHUP, SIGTERM: logged as such, not EOF
         self._displaced = False
@@ -240,7 +240,7 @@ class Session(ReplyWriter):
                 self.protocol.greeting()
             self.flush()
             while not self.protocol.closed:
-                if self._displaced and not self._closed:
+                if self._displaced and not self.client_gone:
                     self.protocol.displaced()
                     error = True
                     break
@@ -248,7 +248,7 @@ class Session(ReplyWriter):
                     self.protocol.ended_by_signal(HANGUP_REASONS[self._hangup_signal])
                     error = True
                     break
-                if self._closed:
+                if self.client_gone:
                     self.protocol.eof()
                     error = True
                     break
@@ -289,10 +289,10 @@ class Session(ReplyWriter):
         bytes arriving from now on are handshake bytes. A failed handshake ends the session:
         the client's TLS state is unknown and plain text cannot resume."""
         self.flush()                                   # the +OK goes out in plain text
-        if self._closed:
+        if self.client_gone:
             return False
         if not self._handshake():
-            self._closed = True
+            self.client_gone = True
             return False
         return True
 
@@ -302,7 +302,7 @@ class Session(ReplyWriter):
                 self.tls = self.tls.build(self.log)       # read the key only here
             except tls_mod.TlsSetupError as exc:
                 self.log(syslog.LOG_ERR, f"TLS: {exc}")
-                self._closed = True
+                self.client_gone = True
                 return False
         channel = TlsChannel(self.channel, self.tls.context)
         try:
@@ -312,7 +312,7 @@ class Session(ReplyWriter):
         except HandshakeFailed as exc:
             self.log(syslog.LOG_NOTICE,
                      f"TLS handshake with {self.client_ip} failed: {exc}")
-            self._closed = True
+            self.client_gone = True
             return False
         self.channel = channel
         self.tls_active = True

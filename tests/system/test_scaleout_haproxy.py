@@ -59,7 +59,8 @@ def scaleout(world_tmp, system_users, pam_service):
     if not os.path.exists(HAPROXY):
         pytest.skip("needs Debian's haproxy (make test installs it as root)")
     users = [system_users.create(password=f"Pw-{n}-secret") for n in range(len(CLIENTS))]
-    ports = {}
+    ports = {"a": free_port(), "b": free_port()}
+    front = free_port()
     sites = {}
     shared_spool = None
     with contextlib.ExitStack() as stack:
@@ -70,31 +71,17 @@ def scaleout(world_tmp, system_users, pam_service):
             site = Site(root, pam_service, debug=True,
                         **({"spool_dir": shared_spool} if shared_spool else {}))
             shared_spool = shared_spool or site.spool_dir
-            with open(site.config) as f:
-                base_config = f.read()
+            listen = f"127.0.0.1:{ports[name]}"
+            with open(site.config, "a") as f:
+                f.write(snippet("qpopper.config", LISTEN=listen, BALANCER=BALANCER,
+                                SPOOL=shared_spool))
+                f.write("set max-children-per-address = 2\n")     # the limit test's
             stack.callback(site.close)
             sites[name] = site
-            for attempt in range(3):
-                # a port picked just before its server binds it: one picked earlier can be
-                # taken meanwhile as the source port of a connection (the readiness probe
-                # of the server started before it)
-                ports[name] = free_port()
-                with open(site.config, "w") as f:
-                    f.write(base_config + snippet(
-                        "qpopper.config", LISTEN=f"127.0.0.1:{ports[name]}",
-                        BALANCER=BALANCER, SPOOL=shared_spool))
-                    f.write("set max-children-per-address = 2\n")     # the limit test's
-                srv = ProxiedServer(root, site.config, host="127.0.0.1", port=ports[name],
-                                    syslog=site.syslog)
-                try:
-                    srv.start()
-                except RuntimeError as exc:
-                    if "Address already in use" not in str(exc) or attempt == 2:
-                        raise
-                    continue
-                site.servers.append(srv)
-                break
-        front = free_port()
+            srv = ProxiedServer(root, site.config, host="127.0.0.1", port=ports[name],
+                                syslog=site.syslog)
+            site.servers.append(srv)
+            srv.start()
         for user in users:
             make_spool(shared_spool, user, mbox(("one", "first"), ("two", "second")))
         config = snippet("haproxy.cfg", FRONTEND=f"127.0.0.1:{front}",
