@@ -134,12 +134,15 @@ def _answer_one(sock: socket.socket, table: CacheTable, generation: int) -> None
             reply_to.close()
 
 
-def _lock_in(log) -> None:
-    """No core, not dumpable, memory locked (where the kernel lets us: a failure is logged,
-    not fatal — the cache is still worth having)."""
+def _lock_in(log, master: int) -> None:
+    """No core, not dumpable, ended with the `master` (Stop when it went before the signal
+    was asked for), memory locked (where the kernel lets us: a failure is logged, not fatal
+    — the cache is still worth having)."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     privsep.prctl(privsep.PR_SET_DUMPABLE, 0)
     privsep.prctl(privsep.PR_SET_PDEATHSIG, signal.SIGKILL)    # the master gone: so are we
+    if os.getppid() != master:
+        raise Stop
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) != 0:
         err = ctypes.get_errno()
@@ -174,7 +177,7 @@ class AuthCacheProcess:
         # TERM held back until the child has its own handler: a HUP right after this start
         # must still end it
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-        pid = -1
+        master, pid = os.getpid(), -1
         try:
             pid = os.fork()
         except OSError as exc:
@@ -184,7 +187,7 @@ class AuthCacheProcess:
             if pid != 0:                           # the master, whether or not it forked
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         if pid == 0:
-            self._run(cfg, log)                    # never returns
+            self._run(cfg, log, master)            # never returns
         self.pid = pid
 
     def keep_running(self, cfg, log) -> None:
@@ -241,13 +244,13 @@ class AuthCacheProcess:
         return password_cache.PasswordCache(fd, self.salt, self.generation)
 
     # --- the process ------------------------------------------------------------------------
-    def _run(self, cfg, log):
+    def _run(self, cfg, log, master: int):
         status = 1
         try:
             serving = self.serving
             _become_cache_process(keep={0, 1, 2, serving.fileno(), *log.fds()})
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-            _lock_in(log)
+            _lock_in(log, master)
             table = CacheTable(cfg.auth_cache_size, cfg.auth_cache_ttl,
                                cfg.auth_cache_negative_ttl)
             log(syslog.LOG_INFO, f"auth cache: up to {table.size} entries, {cfg.auth_cache_ttl} s, "

@@ -150,17 +150,13 @@ class BecomingTheSession:
                           peer=self.peer, client_host=client_host,
                           tls_active=tls_active, login_done=True, own_process=True)
         privsep.drop_privileges(login, spool_gid, self.log)   # verified, or _exit
-        # the session closes its channel; this end stays to tell the relay the end and to
-        # see how much of the session's output it has still to take
+        # the session shuts its channel down and closes it (the relay's end of input); this
+        # end stays to see how much of the session's output the relay has still to take
         watch = relay_end.dup() if relay_end is not None else None
         status = session.run(resume=(login, leftover, bad_commands))
         if watch is not None:
             # the relay sends the last replies, then ends; one that does not is ended by its
             # parent-death signal when this process exits
-            try:
-                watch.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             if self._relay_ended(watch):
                 reap(self.prelogin_pid)
                 self.records.finish()

@@ -25,6 +25,10 @@ pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
 
 STALL_S = 30
 """Seconds without a byte moving either way that the flood test calls a stall."""
+END_WAIT_S = 15
+"""Seconds a client waits for the end of the connection after QUIT's reply: well below the
+site's `timeout` (30) + 5 s, how long a session whose relay saw no end of its output waits
+before it gives up on the relay and exits (server/monitor_handover.py, _relay_ended)."""
 ALERT = 21
 """A TLS record's content type for an alert (close_notify among them)."""
 MESSAGES = (("first", "Body one.\n"), ("second", "Body two.\n"))
@@ -85,6 +89,16 @@ def test_commands_each_in_its_own_record_reach_the_session_in_order(logged_in):
     assert lines[40].startswith(b"+OK") and lines[41].startswith(b"+OK")
     kept = spool_of(spool)
     assert b"Body one." in kept and b"Body two." not in kept
+
+
+def test_the_connection_ends_right_after_the_session(logged_in):
+    """After QUIT's reply the client sees the end of the connection: the session shuts its
+    socket to the relay down as it closes it (Channel.close), so the relay sees the end of
+    its output even though the session keeps a duplicate to watch the relay's progress."""
+    tls, _, _ = logged_in
+    tls.sendall(b"QUIT\r\n")
+    tls.settimeout(END_WAIT_S)
+    assert read_to_the_end(tls).startswith(b"+OK")
 
 
 def test_pipelining_past_the_socket_buffers_while_reading_is_all_answered(logged_in):

@@ -131,3 +131,36 @@ def test_the_cache_process_survives_what_it_cannot_use():
             sock.close()
         os.close(pipe_r)
         os.close(pipe_w)
+
+
+def _lock_in_verdict(master_of) -> str:
+    """Fork a process that calls _lock_in with the master `master_of(parent)` names, where
+    `parent` is its real parent's pid; what it did: "stop" or "went on"."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        verdict = b"went on"
+        try:
+            os.close(read_end)
+            try:
+                auth_cache._lock_in(lambda *args: None, master_of(os.getppid()))
+            except auth_cache.Stop:
+                verdict = b"stop"
+            os.write(write_end, verdict)
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    try:
+        os.waitpid(pid, 0)
+        with os.fdopen(read_end, "rb") as f:
+            return f.read().decode()
+    except BaseException:
+        os.close(read_end)
+        raise
+
+
+def test_the_cache_process_ends_when_its_master_went_before_the_death_signal():
+    """The master dying between the fork and the parent-death signal would leave the cache
+    process running, reparented: it stops instead. With its master there it goes on."""
+    assert _lock_in_verdict(lambda parent: parent) == "went on"
+    assert _lock_in_verdict(lambda parent: parent + 1) == "stop"
