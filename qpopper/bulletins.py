@@ -22,7 +22,7 @@ from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool import mbox
 from qpopper.bulletin_records import (BULLDB_DIR, BULLDB_FILE, POPBULL_NAME, POPBULL_SUFFIX,
                                      BulletinDb, BulletinDbError, PopbullFile, Seen)
-from qpopper.spool.durable import pwrite_all, read_up_to, sha256_of_range
+from qpopper.spool.durable import pwrite_all, read_up_to, recorded_as, sha256_of_range
 from qpopper.spool.locking import LockTiming, spool_lock
 from qpopper.spool.mbox import FRAMING_LINE, padding_after
 from qpopper.spool.paths import SpoolPaths
@@ -348,7 +348,7 @@ class Delivery:
         st = os.fstat(fd)
         try:
             offset, length, digest = int(p["offset"]), int(p["length"]), str(p["sha256"])
-            same = (int(p["dev"]), int(p["ino"])) == (st.st_dev, st.st_ino)
+            same = recorded_as(st, int(p["ino"]))
             newest, stamp = int(p["newest"]), int(p["stamp"])
             numbers = {int(n) for n in p["numbers"]}
         except (KeyError, TypeError, ValueError):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from qpopper.spool import packed
-from qpopper.spool.durable import publish, read_up_to, unlink_if_present
+from qpopper.spool.durable import publish, read_up_to, recorded_as, unlink_if_present
 from qpopper.spool.mbox import Message
 
 CACHE_VERSION = 4
@@ -193,7 +193,7 @@ def load(path: str, user: str, cfg, spool_fd: int, note: Callable[[str], None] |
             note(str(error) if isinstance(error, ValueError) else f"unreadable: {error!r}")
         return None
     now = os.fstat(spool_fd)
-    if (now.st_dev, now.st_ino) != (state.dev, state.ino) or now.st_size < state.size:
+    if not recorded_as(now, state.ino) or now.st_size < state.size:
         return None
     if now.st_size == state.size and now.st_mtime_ns != state.mtime_ns:
         return None

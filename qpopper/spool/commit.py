@@ -11,7 +11,7 @@ from typing import Callable
 
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool import mbox
-from qpopper.spool.durable import (ChunkWriter, copy_range, pwrite_all, same_bytes,
+from qpopper.spool.durable import (ChunkWriter, copy_range, pwrite_all, recorded_as, same_bytes,
                                    sha256_of_range, unlink_if_present)
 from qpopper.spool.journal import JOURNAL_BAD_TEXT, Journal, open_own_file
 from qpopper.spool.locking import SpoolLock
@@ -169,7 +169,7 @@ class CommitEngine:
         st = os.fstat(spool)
         # The inode number alone does not tell: after a crash the spool may have been deleted
         # and a new one created with the same number. Its first spool_len octets do.
-        untouched = ((st.st_dev, st.st_ino) == (record["dev"], record["ino"])
+        untouched = (recorded_as(st, record["ino"])
                      and st.st_size >= record["spool_len"]
                      and sha256_of_range(spool, 0, record["spool_len"]) == record["prefix"])
         if not os.path.lexists(self.paths.new_image):
@@ -244,7 +244,7 @@ def same_spool(spool: int, st: os.stat_result, image: int, record: dict) -> bool
     first Z octets into the image's byte there, and delivery only appends, so each of the
     first len(head) octets must still be the recorded one or the image's. A version-1 record
     has no head: the inode alone decides, as before."""
-    if (st.st_dev, st.st_ino) != (record["dev"], record["ino"]):
+    if not recorded_as(st, record["ino"]):
         return False
     if "head" not in record:
         return True

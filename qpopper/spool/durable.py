@@ -18,6 +18,16 @@ from qpopper import limits
 StepHook = Callable[[str], None]
 KERNEL_COPY_OCTETS = 1024 * 1024
 """One copy_file_range(2) call's range: one step and one dot-lock refresh chance per range."""
+
+
+def recorded_as(st: os.stat_result, ino: int) -> bool:
+    """Whether the file `st` describes is the one a record kept on disk (a journal's, a
+    bulletin intent's, the cache's) noted as inode number `ino`. Not the device number: an
+    NFS client numbers its mounts itself, so hosts sharing a spool, and one host after a
+    remount, see another st_dev for the same file, and recovery on another host would take
+    the spool for another file. A reused inode number is for the content checks beside
+    each call (docs/maildrop.md, "The journal")."""
+    return st.st_ino == ino
 _KERNEL_COPY = hasattr(os, "copy_file_range")
 _NO_KERNEL_COPY_ERRNOS = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP,
                           errno.EBADF, errno.EPERM)

@@ -16,7 +16,7 @@ StepHook = Callable[[str], None]
 
 JOURNAL_VERSION = 2
 """Written by this build. Version 1 (no `head` in commit records) is still read: such a record
-is recovered by (st_dev, st_ino) alone, as the build that wrote it would have
+is recovered by the spool's inode number alone
 (docs/maildrop.md, "The journal")."""
 READABLE_JOURNAL_VERSIONS = (1, JOURNAL_VERSION)
 JOURNAL_BAD_TEXT = "Maildrop recovery needs attention; contact your administrator"

@@ -183,10 +183,12 @@ class Index:
 
 
 def _dir_stamps(path: str) -> dict[str, list[int]]:
+    """new/'s and cur/'s modification time and inode number; not the device number, which
+    another host's NFS mount of the same Maildir numbers otherwise (durable.recorded_as)."""
     stamps = {}
     for sub in SUBDIRS:
         st = os.stat(os.path.join(path, sub))
-        stamps[sub] = [st.st_mtime_ns, st.st_ino, st.st_dev]
+        stamps[sub] = [st.st_mtime_ns, st.st_ino]
     return stamps
 
 

@@ -10,8 +10,8 @@ from typing import Callable
 from qpopper import limits
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool import cache, mbox
-from qpopper.spool.durable import (copy_range, fsync_parent_dir, pwrite_all, same_bytes,
-                                   unlink_if_present)
+from qpopper.spool.durable import (copy_range, fsync_parent_dir, pwrite_all, recorded_as,
+                                   same_bytes, unlink_if_present)
 from qpopper.spool.journal import JOURNAL_BAD_TEXT
 from qpopper.spool.locking import SessionLock
 from qpopper.spool.maildrop import Maildrop
@@ -162,7 +162,7 @@ class NormalModeMaildrop(Maildrop):
             untouched = False
             if src is not None:
                 st = os.fstat(src)
-                untouched = ((st.st_dev, st.st_ino) == (record["dev"], record["ino"])
+                untouched = (recorded_as(st, record["ino"])
                              and st.st_size >= size
                              and same_bytes(src, 0, self._session.fd, start, size))
             if untouched:

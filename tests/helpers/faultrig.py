@@ -5,7 +5,9 @@ session is; a test file says only how its spool is laid out and how a session ru
 
 from __future__ import annotations
 
-from tests.helpers.spoolcheck import in_child, killer_at
+import contextlib
+
+from tests.helpers.spoolcheck import another_host, in_child, killer_at
 
 
 class FaultRig:
@@ -37,9 +39,13 @@ class FaultRig:
             return seen
         return in_child(run, self.tmp / "steps.pickle", expect_kill=False)
 
-    def next_view(self, hook=None):
-        """(messages, leftover files) of the next session."""
-        return in_child(lambda: self.view(hook), self.tmp / "snap.pickle", expect_kill=False)
+    def next_view(self, hook=None, *, other_host: bool = False):
+        """(messages, leftover files) of the next session; `other_host`: run on another host
+        of the same NFS spool, whose mount has another device number (spoolcheck.another_host)."""
+        def look():
+            with another_host() if other_host else contextlib.nullcontext():
+                return self.view(hook)
+        return in_child(look, self.tmp / "snap.pickle", expect_kill=False)
 
     def untouched(self) -> list:
         """The messages of a fresh spool no session has run on."""
@@ -51,6 +57,13 @@ class FaultRig:
         self.prepare()
         in_child(lambda: self.session(scenario, None), expect_kill=False)
         return self.next_view()[0]
+
+    def crashes_then_another_host(self, scenario: str):
+        """For each step of `scenario`: kill it there, then look from another host of the
+        NFS spool. Yields (k, step, messages, leftover files)."""
+        for k, step in enumerate(self.steps(scenario)):
+            self.crash(scenario, k)
+            yield (k, step, *self.next_view(other_host=True))
 
     def crash(self, scenario: str, k: int) -> None:
         """A fresh spool, and `scenario` killed at its k-th step."""

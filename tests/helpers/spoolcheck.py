@@ -223,6 +223,30 @@ def next_session_view(cfg, spool_dir, hook=None):
     return out, leftovers
 
 
+STAT_EXTRA_FIELDS = ("st_atime", "st_mtime", "st_ctime", "st_atime_ns", "st_mtime_ns",
+                     "st_ctime_ns", "st_blksize", "st_blocks", "st_rdev")
+
+
+@contextlib.contextmanager
+def another_host(shift: int = 1):
+    """This process as another host of an NFS spool: the client numbers its mounts itself,
+    so every file it stats has another st_dev, same st_ino (os.stat, lstat and fstat
+    patched)."""
+    def shifted(call):
+        def stat(*args, **kwargs):
+            st = call(*args, **kwargs)
+            fields = list(st)
+            fields[2] += shift                    # st_dev
+            return os.stat_result(fields, {name: getattr(st, name) for name in STAT_EXTRA_FIELDS})
+        return stat
+    saved = os.stat, os.lstat, os.fstat
+    os.stat, os.lstat, os.fstat = (shifted(call) for call in saved)
+    try:
+        yield
+    finally:
+        os.stat, os.lstat, os.fstat = saved
+
+
 def allowed_after_kill(step: str, scenario: str, untouched, before, committed) -> list:
     """What the next session may see after a kill at `step` of `scenario`: the spool as it
     was (a kill during open: mail delivered during the session comes only after open), every

@@ -4,6 +4,7 @@ headers, and the crash/failure windows of the append (qpopper/bulletins.py's doc
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import io
 import os
@@ -21,6 +22,7 @@ from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool import mbox
 from qpopper.spool.paths import SpoolPaths
 from tests.helpers.bulletin_cases import HOST, STAMP, bulletin_text, crash_at
+from tests.helpers.spoolcheck import another_host
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -512,7 +514,11 @@ CRASH_STEPS = {      # where the child dies → what the next login finds (its l
 
 @pytest.mark.parametrize("step", CRASH_STEPS)
 @pytest.mark.parametrize("store", ["popbull", "bulldb"])
-def test_crash_at_any_step_then_next_login_has_each_bulletin_exactly_once(tmp_path, step, store):
+@pytest.mark.parametrize("next_login_on", ["the same host", "another host"])
+def test_crash_at_any_step_then_next_login_has_each_bulletin_exactly_once(tmp_path, step, store,
+                                                                         next_login_on):
+    """Another host of an NFS spool (and popbulldir) sees the spool under another device
+    number: the intent still names it."""
     env = bulldb_env(tmp_path, max_bulletins=3) if store == "bulldb" else Env(tmp_path,
                                                                                max_bulletins=3)
     with open(env.paths.spool, "wb") as f:
@@ -521,7 +527,8 @@ def test_crash_at_any_step_then_next_login_has_each_bulletin_exactly_once(tmp_pa
         env.post(f"{n}.b", bulletin_text(f"{n}.b", body=b"x" * 100_000 + b"\n"))  # two chunks
     assert crash_at(env, step), "the child did not reach the step"
     os.unlink(env.paths.lock)                              # the dead session's dot-lock
-    env.deliver(stamp=STAMP + 5)
+    with another_host() if next_login_on == "another host" else contextlib.nullcontext():
+        env.deliver(stamp=STAMP + 5)
     verdicts = [t.rsplit(": ", 1)[1] for _, t in env.logged if "earlier session" in t]
     assert verdicts == ([CRASH_STEPS[step]] if CRASH_STEPS[step] else [])
     assert env.subjects() == ["ordinary mail", "1.b", "2.b"]

@@ -157,6 +157,25 @@ def test_server_mode_mail_delivered_after_a_crash_is_kept_once(tmp_path, shape, 
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("shape,fast", [("new-mail", False), ("new-mail", True),
+                                        ("new-mail-cached", False), ("all-deleted", False)])
+def test_server_mode_crash_is_recovered_by_another_host_of_the_nfs_spool(tmp_path, shape,
+                                                                          fast):
+    """Killed at every step of the update on one host; the next session runs on another host
+    sharing the spool over NFS, whose mount has another device number: recovery still knows
+    the spool, and nothing is lost, duplicated or brought back."""
+    rig = Rig(tmp_path / "spool", tmp_path, shape, fast)
+    untouched, before, committed = expected(rig)
+    checked = 0
+    for k, step, seen, leftovers in rig.crashes_then_another_host("update"):
+        where = f"{shape} fast={fast}: killed at step {k} {step!r}, next session elsewhere"
+        assert leftovers == [], where
+        assert seen in allowed_after_kill(step, "update", untouched, before, committed), where
+        checked += 1
+    assert checked >= 5
+
+
+@pytest.mark.timeout(180)
 @pytest.mark.parametrize("fast", [False, True])
 def test_server_mode_kill_during_recovery_after_a_kill_during_update(tmp_path, fast):
     rig = Rig(tmp_path / "spool", tmp_path, "new-mail", fast)

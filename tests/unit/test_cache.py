@@ -8,6 +8,7 @@ reports the region it scanned (`scan_region`)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -22,7 +23,7 @@ from qpopper.spool import cache, mbox
 from qpopper.spool.maildrop import Maildrop
 from qpopper.spool.paths import SpoolPaths
 from tests.helpers.messages import message
-from tests.helpers.spoolcheck import SHAPES
+from tests.helpers.spoolcheck import SHAPES, another_host
 
 USER = "alice"
 pytestmark = pytest.mark.timeout(60)
@@ -83,13 +84,17 @@ def test_encoded_scans_decode_to_the_same_messages(shape):
     assert [repr(m) for m in decoded] == [repr(m) for m in messages]
 
 
-def test_a_valid_cache_is_used_and_the_spool_is_not_rescanned(tmp_path):
+@pytest.mark.parametrize("next_login_on", ["the same host", "another host"])
+def test_a_valid_cache_is_used_and_the_spool_is_not_rescanned(tmp_path, next_login_on):
+    """Also on another host of an NFS spool, which sees the spool under another device
+    number."""
     cfg, paths = make(tmp_path)
     uids = warm(cfg, paths)
     size = os.path.getsize(paths.spool)
     edit_middle_keeping_size_and_mtime(paths)
     assert full_scan_uids(paths)[MIDDLE] != uids[MIDDLE]        # a rescan would notice
-    seen, region = session(cfg, paths)
+    with another_host() if next_login_on == "another host" else contextlib.nullcontext():
+        seen, region = session(cfg, paths)
     assert region == (size, size)                               # nothing scanned
     assert seen == uids                                         # the cached UID came back
 

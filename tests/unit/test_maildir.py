@@ -20,7 +20,7 @@ from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool import maildir
 from qpopper.spool.maildir_drop import JOURNAL_NAME, MaildirDrop
 from tests.helpers.maildirs import make_maildir, retr, settle, wire
-from tests.helpers.spoolcheck import dies_in_child, killer_at_step
+from tests.helpers.spoolcheck import another_host, dies_in_child, killer_at_step
 
 
 def delivered(path, key) -> bytes:
@@ -161,6 +161,16 @@ def test_one_session_per_mailbox_and_deliveries_go_on(tmp_path):
     second = MaildirDrop.open(path, "qpt")
     assert len(second.messages) == 2
     second.close()
+
+
+def test_the_index_answers_on_another_host_of_an_nfs_maildir(tmp_path):
+    """Another host sees the directories under another device number: the index it finds
+    still describes them."""
+    path, _ = make_maildir(tmp_path, [b"Subject: %d\n\nbody\n" % n for n in range(3)])
+    MaildirDrop.open(path, "qpt").close()
+    settle(path)
+    with another_host():
+        assert maildir._unchanged(maildir.load_index(path), maildir._dir_stamps(path))
 
 
 def test_the_index_answers_without_touching_message_files(tmp_path):
