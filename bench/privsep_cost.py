@@ -409,7 +409,7 @@ def main(argv=None) -> int:
                     t.roles = held["roles"]
             profiles = {} if args.no_profile else {
                 t.label: profile(bench, pb, t, users_file, args, work)
-                for t in targets if t.server in ("before", "after")}
+                for t in targets if t.server in ("before", "after", "cached")}
     except KeyboardInterrupt:
         print("privsep_cost.py: interrupted; servers stopped, users and files removed",
               file=sys.stderr)
