@@ -28,6 +28,8 @@ def recorded_as(st: os.stat_result, ino: int) -> bool:
     the spool for another file. A reused inode number is for the content checks beside
     each call (docs/maildrop.md, "The journal")."""
     return st.st_ino == ino
+
+
 _KERNEL_COPY = hasattr(os, "copy_file_range")
 _NO_KERNEL_COPY_ERRNOS = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP,
                           errno.EBADF, errno.EPERM)
