@@ -33,7 +33,7 @@ from qpopper.server.listeners import (ListenError, format_sockaddr, open_listene
 from qpopper.server.children import exit_after
 from qpopper.server.monitor import Client, Monitor
 from qpopper.server.session import tls_mode_for_listen_port
-from qpopper.spool.locking import process_gone
+from qpopper.spool.dotlock import process_gone
 from qpopper.server.admission import Admission
 from qpopper.server.master_lifecycle import REAP_INTERVAL_S, Lifecycle
 

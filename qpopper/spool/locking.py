@@ -1,6 +1,6 @@
 """Spool locks that every Debian delivery agent honours, and the one-session-per-user lock:
-`DotLock`, `SpoolLock` (dot-lock + flock + fcntl, for the short copy steps only) and
-`SessionLock` (the temporary drop's flock, for the whole session). Why each, their order and
+`SpoolLock` (the dot-lock of qpopper/spool/dotlock.py + flock + fcntl, for the short copy
+steps only) and `SessionLock` (the temporary drop's flock, for the whole session). Why each, their order and
 their waits: docs/maildrop.md, "The locking rules"; Qpopper's locks and ours:
 docs/compatibility.md, "Locks".
 """
@@ -10,30 +10,17 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import secrets
-import socket
 import stat
-import syslog
 import time
-from dataclasses import dataclass
 from typing import Callable
 
-from qpopper import limits
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool import mounts
+from qpopper.spool.dotlock import DotLock, Log, LockTiming, StepHook, no_hook, wait_for
 from qpopper.spool.durable import unlink_if_present
-
-StepHook = Callable[[str], None]
-Log = Callable[[int, str], None]
-
-DOTLOCK_MODE = 0o644
-"""liblockfile's mode: other lockers (dotlockfile runs setgid mail) can read the pid in it."""
 
 TEMP_DROP_MODE = 0o600
 """The temporary drop holds the user's mail: owner only (Qpopper accepted 0600 or 0660)."""
-
-POLL_S = 0.1
-"""How often a busy lock is tried again within the waiting budget."""
 
 REOPEN_ROUNDS = 3
 """How often a lock is opened again when the file was replaced or removed as it was locked
@@ -51,242 +38,6 @@ IN_USE_TEXT = "{name} lock busy!  Is another session active?"
 UNLOCKING_TEXT = "Maildrop being unlocked; try again."
 BUSY_SPOOL_TEXT = "Unable to lock the maildrop; try again later."
 TEMP_DROP_REFUSED_TEXT = "Unable to use your temporary maildrop; contact your administrator"
-
-
-@dataclass(frozen=True)
-class LockTiming:
-    """How long to wait for a busy lock: Qpopper's `attempts` with attempt*step_s sleeps."""
-
-    attempts: int
-    step_s: float = limits.LOCK_RETRY_STEP_S
-    poll_s: float = POLL_S
-
-    @property
-    def budget_s(self) -> float:
-        return self.step_s * sum(range(1, max(self.attempts, 1)))
-
-    @classmethod
-    def login(cls, step_s: float = limits.LOCK_RETRY_STEP_S) -> "LockTiming":
-        return cls(limits.DOTLOCK_RETRIES_LOGIN, step_s)
-
-    @classmethod
-    def update(cls, step_s: float = limits.LOCK_RETRY_STEP_S) -> "LockTiming":
-        return cls(limits.DOTLOCK_RETRIES_UPDATE, step_s)
-
-
-def _no_hook(name: str) -> None:
-    pass
-
-
-def _wait(try_once: Callable[[], bool], timing: LockTiming) -> bool:
-    """Call try_once until it succeeds or the budget is spent (at least one try)."""
-    deadline = time.monotonic() + timing.budget_s
-    while True:
-        if try_once():
-            return True
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        time.sleep(min(timing.poll_s, left))
-
-
-def lock_content(pid: int | None = None, host: str | None = None) -> bytes:
-    """Qpopper's dot-lock content: `pid@host`, no newline."""
-    return f"{os.getpid() if pid is None else pid}@{host or socket.gethostname()}".encode()
-
-
-def parse_lock_content(data: bytes) -> tuple[int, str | None]:
-    """(pid, host) from `pid@host` (Qpopper) or `pid\\n` (liblockfile -p); pid 0 when none."""
-    text = data[:256].decode("ascii", "replace").strip()
-    digits, _, host = text.partition("@")
-    digits = digits.strip()
-    pid = int(digits) if digits.isdigit() else 0
-    return pid, (host.strip() or None) if _ else None
-
-
-def process_gone(pid: int) -> bool:
-    """True when no process has this pid (a lock or pid file left by a dead holder)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-class DotLock:
-    """`<spool>.lock`. One instance per acquisition; not reentrant."""
-
-    def __init__(self, lock_path: str, *, nfs_safe: bool = False,
-                 stale_s: float = limits.DOTLOCK_STALE_S,
-                 refresh_s: float = limits.DOTLOCK_REFRESH_S,
-                 step_hook: StepHook | None = None, log: Log | None = None):
-        self.path = lock_path
-        self.nfs_safe = nfs_safe
-        self.stale_s = stale_s
-        self.refresh_s = refresh_s
-        self.hook = step_hook or _no_hook
-        self.log = log
-        self.host = socket.gethostname()
-        self.held = False
-        self._ident: tuple[int, int] | None = None     # (dev, ino) of our lock file
-        self._content = b""
-        self._refreshed = 0.0
-
-    # --- taking it ----------------------------------------------------------------------------
-    def acquire(self, timing: LockTiming) -> bool:
-        """Take the lock within `timing`'s budget; False when it stayed busy."""
-        return _wait(self.try_acquire, timing)
-
-    def try_acquire(self) -> bool:
-        """One attempt: create the lock, or take over a stale one and create it. Raises OSError
-        for anything but "someone holds it" (EEXIST)."""
-        if self.held:
-            raise RuntimeError("dot-lock already held")
-        if self._create():
-            return True
-        if self._remove_if_stale():
-            return self._create()
-        return False
-
-    def _create(self) -> bool:
-        content = self._content = lock_content(host=self.host)
-        self.hook("dotlock-create")
-        if self.nfs_safe:
-            created = self._create_by_link(content)
-        else:
-            try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                             | os.O_CLOEXEC, DOTLOCK_MODE)
-            except FileExistsError:
-                return False
-            try:
-                os.write(fd, content)
-                st = os.fstat(fd)
-            except BaseException:
-                os.close(fd)
-                os.unlink(self.path)        # an empty lock would block everyone for 5 min
-                raise
-            os.close(fd)
-            created = (st.st_dev, st.st_ino)
-        if not created:
-            return False
-        self._ident = created
-        self.held = True
-        self._refreshed = time.monotonic()
-        return True
-
-    def _create_by_link(self, content: bytes) -> tuple[int, int] | None:
-        """no-atomic-open: a unique file, then link(2) to the lock name. Over NFS link can
-        report failure after succeeding, so the link count of our file decides."""
-        directory = os.path.dirname(self.path) or "."
-        unique = os.path.join(directory, f".lk{os.getpid()}{secrets.token_hex(4)}{self.host[:16]}")
-        fd = os.open(unique, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     DOTLOCK_MODE)
-        try:
-            os.write(fd, content)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            self.hook("dotlock-link")
-            try:
-                os.link(unique, self.path)
-            except OSError:
-                pass
-            st = os.lstat(unique)
-            return (st.st_dev, st.st_ino) if st.st_nlink == 2 else None
-        finally:
-            self.hook("dotlock-unlink-unique")
-            os.unlink(unique)
-
-    def _remove_if_stale(self) -> bool:
-        """A lock whose holder is gone (its pid on this host no longer runs) or whose mtime is
-        older than stale_s is removed, as liblockfile does. True when it was removed (or had
-        vanished meanwhile)."""
-        try:
-            st = os.lstat(self.path)
-        except FileNotFoundError:
-            return True
-        why = None
-        if time.time() - st.st_mtime > self.stale_s:
-            why = f"older than {self.stale_s:g} s"
-        elif stat.S_ISREG(st.st_mode):
-            pid, host = self._read_holder()
-            # a pid without a host (dotlockfile -p) may be another host's on a shared (NFS)
-            # spool: with no-atomic-open only its age counts (docs/scale-out.md)
-            ours = host == self.host or (host is None and not self.nfs_safe)
-            if pid > 0 and ours and process_gone(pid):
-                why = f"holder pid {pid} is gone"
-        if why is None:
-            return False
-        try:
-            again = os.lstat(self.path)
-        except FileNotFoundError:
-            return True
-        if (again.st_ino, again.st_mtime_ns) != (st.st_ino, st.st_mtime_ns):
-            return False                 # someone replaced it meanwhile: not the stale one
-        self.hook("dotlock-remove-stale")
-        unlink_if_present(self.path)
-        if self.log:
-            self.log(syslog.LOG_NOTICE, f"removed stale lock {self.path} ({why})")
-        return True
-
-    def _read_holder(self) -> tuple[int, str | None]:
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
-            return 0, None
-        try:
-            return parse_lock_content(os.read(fd, 256))
-        finally:
-            os.close(fd)
-
-    # --- holding it -----------------------------------------------------------------------------
-    def still_ours(self) -> bool:
-        """The lock file is the one we created: same inode and our `pid@host` (an inode number
-        can be reused by a lock someone created after removing ours as stale)."""
-        if not self.held:
-            return False
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
-            return False
-        try:
-            st = os.fstat(fd)
-            return (st.st_dev, st.st_ino) == self._ident and os.read(fd, 256) == self._content
-        finally:
-            os.close(fd)
-
-    def refresh(self) -> None:
-        """Touch the lock so age-based lockers keep waiting."""
-        if not self.held:
-            return
-        self._refreshed = time.monotonic()
-        if not self.still_ours():
-            if self.log:
-                self.log(syslog.LOG_WARNING, f"lock {self.path} was taken from us")
-            return
-        try:
-            os.utime(self.path)
-        except OSError as exc:
-            if self.log:
-                self.log(syslog.LOG_WARNING, f"cannot refresh {self.path}: {exc.strerror}")
-
-    def refresh_if_due(self) -> None:
-        if self.held and time.monotonic() - self._refreshed >= self.refresh_s:
-            self.refresh()
-
-    def release(self) -> None:
-        """Remove the lock if it is still ours (never someone else's that replaced a stale one)."""
-        if not self.held:
-            return
-        ours = self.still_ours()
-        self.held = False
-        if ours:
-            self.hook("dotlock-unlink")
-            unlink_if_present(self.path)
 
 
 class Unlinked(FileNotFoundError):
@@ -403,7 +154,7 @@ class SpoolLock:
         self.path = spool_path
         self.create = create
         self.create_mode = create_mode
-        self.hook = step_hook or _no_hook
+        self.hook = step_hook or no_hook
         self.log = log
         self.nfs_safe = nfs_safe
         self.dotlock = DotLock(lock_path, nfs_safe=nfs_safe, step_hook=step_hook, log=log)
@@ -424,7 +175,7 @@ class SpoolLock:
                 if self.fd is None:
                     return
                 flock_too = not self.nfs_safe or mounts.on_local_disk(self.fd)
-                if not _wait(lambda: _kernel_lock(self.fd, flock_too=flock_too), timing):
+                if not wait_for(lambda: _kernel_lock(self.fd, flock_too=flock_too), timing):
                     raise PopError(BUSY_SPOOL_TEXT, RespCode.SYS_TEMP,
                                    log=f"flock/fcntl on {self.path} stayed busy")
                 if self.verify_same_file():
@@ -521,7 +272,7 @@ class SessionLock:
     def __init__(self, path: str, *, step_hook: StepHook | None = None, log: Log | None = None):
         self.path = path
         self.name = os.path.basename(path)
-        self.hook = step_hook or _no_hook
+        self.hook = step_hook or no_hook
         self.log = log
         self.fd: int | None = None
         self.created = False

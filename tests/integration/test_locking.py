@@ -13,8 +13,8 @@ import time
 import pytest
 
 from qpopper.pop3.responses import PopError, RespCode
-from qpopper.spool.locking import (DotLock, LockTiming, SessionLock, SpoolLock, Unlinked,
-                                   lock_content, open_regular, parse_lock_content)
+from qpopper.spool.dotlock import DotLock, LockTiming, lock_content, parse_lock_content
+from qpopper.spool.locking import SessionLock, SpoolLock, Unlinked, open_regular
 from tests.helpers.open_races import open_then, replace_with
 from tests.helpers.repo import REPO
 

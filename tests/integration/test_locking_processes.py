@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from qpopper.spool.locking import DotLock, LockTiming
+from qpopper.spool.dotlock import DotLock, LockTiming
 
 pytestmark = pytest.mark.timeout(120)
 

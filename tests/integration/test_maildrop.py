@@ -13,7 +13,7 @@ import pytest
 
 from qpopper.config import Config
 from qpopper.pop3.responses import PopError, RespCode
-from qpopper.spool.locking import lock_content
+from qpopper.spool.dotlock import lock_content
 from qpopper.spool.maildrop import Maildrop
 from qpopper.spool.paths import SpoolPaths
 from tests.helpers.spoolcheck import fill_up, read, retr, small_tmpfs

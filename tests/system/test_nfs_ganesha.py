@@ -17,7 +17,8 @@ import time
 import pytest
 
 from qpopper import limits
-from qpopper.spool.locking import DotLock, _kernel_lock
+from qpopper.spool.dotlock import DotLock
+from qpopper.spool.locking import _kernel_lock
 from tests.helpers import libnfs
 
 pytestmark = pytest.mark.timeout(180)
