@@ -261,6 +261,14 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
         ("flock/fcntl on * stayed busy", "The spool's kernel lock stayed taken."),
         ("removed stale lock * (*)", "A dot-lock left by a dead process was removed."),
         ("lock * was taken from us", "Another program removed our dot-lock."),
+        ("lock * changed as it was removed; put back",
+         "A dot-lock being removed (stale, or ours at release) had been replaced meanwhile by "
+         "another locker's: it was set aside, found not to be the one meant, and put back "
+         "(docs/maildrop.md, \"The locking rules\")."),
+        ("lock * of * not put back: * took the name meanwhile",
+         "As above, but while the replaced lock was set aside a third locker made a new one: "
+         "both holders believe they hold the dot-lock (the kernel locks still exclude each "
+         "other where both take them). Rare; look for a lock broken as stale by several hosts at once."),
         ("cannot refresh *: *", "The dot-lock's time could not be renewed."),
         ("user * has no home directory", "home-dir-mail/home-dir-misc need a home."),
         ("* * must contain %s and no '/'", "temp-name or cache-name is malformed."),

@@ -90,6 +90,49 @@ def process_gone(pid: int) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class LockFile:
+    """A lock file as found at a name: enough to tell it from a lock made at that name after
+    it (inode numbers are reused at once on most file systems, an mtime can repeat within a
+    clock tick, the content names the holder)."""
+
+    dev: int
+    ino: int
+    mtime_ns: int
+    content: bytes | None       # its first bytes; None when not a regular file we can read
+
+    @classmethod
+    def at(cls, path: str) -> "LockFile | None":
+        """The file at `path` (a symlink itself, not followed), or None when there is none."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return cls(st.st_dev, st.st_ino, st.st_mtime_ns, None)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError:                 # unreadable, or replaced by a symlink since the lstat
+            return cls(st.st_dev, st.st_ino, st.st_mtime_ns, None)
+        try:
+            st = os.fstat(fd)
+            return cls(st.st_dev, st.st_ino, st.st_mtime_ns,
+                       os.read(fd, 256) if stat.S_ISREG(st.st_mode) else None)
+        finally:
+            os.close(fd)
+
+    def same(self, other: "LockFile") -> bool:
+        return self == other
+
+
+def _holder(found: LockFile | None) -> str:
+    if found is None:
+        return "nobody"
+    return repr(found.content[:64].decode("ascii", "replace")) if found.content else "unknown"
+
+
 class DotLock:
     """`<spool>.lock`. One instance per acquisition; not reentrant."""
 
@@ -154,9 +197,9 @@ class DotLock:
 
     def _create_by_link(self, content: bytes) -> tuple[int, int] | None:
         """no-atomic-open: a unique file, then link(2) to the lock name. Over NFS link can
-        report failure after succeeding, so the link count of our file decides."""
-        directory = os.path.dirname(self.path) or "."
-        unique = os.path.join(directory, f".lk{os.getpid()}{secrets.token_hex(4)}{self.host[:16]}")
+        report failure after succeeding, so the link count of our file decides: 2 or more
+        (a lock breaker that moved ours aside and links it back adds a name for a moment)."""
+        unique = self._unique_name()
         fd = os.open(unique, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      DOTLOCK_MODE)
         try:
@@ -171,68 +214,105 @@ class DotLock:
             except OSError:
                 pass
             st = os.lstat(unique)
-            return (st.st_dev, st.st_ino) if st.st_nlink == 2 else None
+            return (st.st_dev, st.st_ino) if st.st_nlink >= 2 else None
         finally:
             self.hook("dotlock-unlink-unique")
             os.unlink(unique)
 
+    def _unique_name(self) -> str:
+        """A name of our own beside the lock: `.lk<pid><random><host>`, as liblockfile names
+        its temporary files."""
+        directory = os.path.dirname(self.path) or "."
+        return os.path.join(directory, f".lk{os.getpid()}{secrets.token_hex(4)}{self.host[:16]}")
+
     def _remove_if_stale(self) -> bool:
         """A lock whose holder is gone (its pid on this host no longer runs) or whose mtime is
-        older than stale_s is removed, as liblockfile does. True when it was removed (or had
-        vanished meanwhile)."""
-        try:
-            st = os.lstat(self.path)
-        except FileNotFoundError:
+        older than stale_s is removed, as liblockfile does, but only that very file
+        (_take_away). True when it was removed (or had vanished meanwhile)."""
+        found = LockFile.at(self.path)
+        if found is None:
             return True
-        why = None
-        if time.time() - st.st_mtime > self.stale_s:
-            why = f"older than {self.stale_s:g} s"
-        elif stat.S_ISREG(st.st_mode):
-            pid, host = self._read_holder()
-            # a pid without a host (dotlockfile -p) may be another host's on a shared (NFS)
-            # spool: with no-atomic-open only its age counts (docs/scale-out.md)
-            ours = host == self.host or (host is None and not self.nfs_safe)
-            if pid > 0 and ours and process_gone(pid):
-                why = f"holder pid {pid} is gone"
+        why = self._why_stale(found)
         if why is None:
             return False
-        try:
-            again = os.lstat(self.path)
-        except FileNotFoundError:
-            return True
-        if (again.st_ino, again.st_mtime_ns) != (st.st_ino, st.st_mtime_ns):
-            return False                 # someone replaced it meanwhile: not the stale one
         self.hook("dotlock-remove-stale")
-        unlink_if_present(self.path)
-        if self.log:
+        taken = self._take_away(found.same)
+        if taken is False:
+            return False                 # someone replaced it meanwhile: not the stale one
+        if taken and self.log:
             self.log(syslog.LOG_NOTICE, f"removed stale lock {self.path} ({why})")
         return True
 
-    def _read_holder(self) -> tuple[int, str | None]:
+    def _why_stale(self, found: LockFile) -> str | None:
+        if time.time() - found.mtime_ns / 1e9 > self.stale_s:
+            return f"older than {self.stale_s:g} s"
+        if found.content is None:
+            return None
+        pid, host = parse_lock_content(found.content)
+        # a pid without a host (dotlockfile -p) may be another host's on a shared (NFS)
+        # spool: with no-atomic-open only its age counts (docs/scale-out.md)
+        ours = host == self.host or (host is None and not self.nfs_safe)
+        if pid > 0 and ours and process_gone(pid):
+            return f"holder pid {pid} is gone"
+        return None
+
+    # --- removing one lock file, and only that one ----------------------------------------------
+    def _take_away(self, is_it: Callable[[LockFile], bool]) -> bool | None:
+        """Remove the file at the lock name if is_it(that file), and never another one: unlink
+        by name would remove whatever took the name since we looked (another host broke the
+        same stale lock and made its own). rename(2) moves whatever holds the name at that
+        instant, atomically on NFS too; the file moved aside is looked at there and unlinked
+        only if it is the one meant, else put back (docs/maildrop.md, "The locking rules").
+        True: removed; None: the name was empty; False: another lock held it."""
+        aside = self._unique_name()
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
-            return 0, None
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            if not os.path.lexists(aside):   # (an NFS rename retried after it succeeded fails)
+                return None
+        moved = LockFile.at(aside)
+        if moved is None:
+            return None
+        if is_it(moved):
+            unlink_if_present(aside)
+            return True
+        self._put_back(aside, moved)
+        return False
+
+    def _put_back(self, aside: str, moved: LockFile) -> None:
+        """The lock moved aside is someone's live lock: give it its name back with link(2),
+        which never replaces a lock that took the empty name meanwhile; the name's inode
+        decides (over NFS link can report failure after succeeding). If one did, two
+        lockers each believe they hold it: logged, and the newer keeps the name."""
+        self.hook("dotlock-put-back")
         try:
-            return parse_lock_content(os.read(fd, 256))
-        finally:
-            os.close(fd)
+            os.link(aside, self.path)
+        except FileExistsError:
+            pass
+        except OSError:                 # no hard link allowed (protected_hardlinks, ...)
+            if not os.path.lexists(self.path):
+                os.rename(aside, self.path)
+        now = LockFile.at(self.path)
+        unlink_if_present(aside)
+        if now is not None and (now.dev, now.ino) == (moved.dev, moved.ino):
+            if self.log:
+                self.log(syslog.LOG_NOTICE, f"lock {self.path} changed as it was removed; "
+                                            f"put back")
+        elif self.log:
+            self.log(syslog.LOG_ERR, f"lock {self.path} of {_holder(moved)} not put back: "
+                                     f"{_holder(now)} took the name meanwhile")
 
     # --- holding it -----------------------------------------------------------------------------
+    def _is_ours(self, found: LockFile) -> bool:
+        return (found.dev, found.ino) == self._ident and found.content == self._content
+
     def still_ours(self) -> bool:
         """The lock file is the one we created: same inode and our `pid@host` (an inode number
         can be reused by a lock someone created after removing ours as stale)."""
         if not self.held:
             return False
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
-            return False
-        try:
-            st = os.fstat(fd)
-            return (st.st_dev, st.st_ino) == self._ident and os.read(fd, 256) == self._content
-        finally:
-            os.close(fd)
+        found = LockFile.at(self.path)
+        return found is not None and self._is_ours(found)
 
     def refresh(self) -> None:
         """Touch the lock so age-based lockers keep waiting."""
@@ -254,11 +334,12 @@ class DotLock:
             self.refresh()
 
     def release(self) -> None:
-        """Remove the lock if it is still ours (never someone else's that replaced a stale one)."""
+        """Remove the lock if it is still ours, never someone else's that replaced it as stale
+        meanwhile (_take_away)."""
         if not self.held:
             return
         ours = self.still_ours()
         self.held = False
         if ours:
             self.hook("dotlock-unlink")
-            unlink_if_present(self.path)
+            self._take_away(self._is_ours)

@@ -204,6 +204,103 @@ def test_dotlock_never_writes_through_a_symlink(tmp_path):
     lock.release()
 
 
+# --- breaking a stale lock, or releasing ours, never removes a lock that took its name ------------
+def _stale_lock(path):
+    path.write_bytes(b"4242@crashed-host")
+    age(path, 1000)
+
+
+def _other_host_breaks_it_at(step, other):
+    """A step hook: at `step` (after this locker looked at the lock, before it removed it),
+    another host breaks the same lock and takes it: an NFS round trip or a preemption there."""
+    def hook(name):
+        if name == step and not other.held:
+            assert other.try_acquire()
+    return hook
+
+
+@pytest.mark.parametrize("nfs_safe", [True, False])
+def test_two_hosts_breaking_one_stale_lock_never_both_hold_it(tmp_path, nfs_safe):
+    """Host B judged the lock stale; before it removes it, host A removes it and makes its own.
+    B must not remove A's lock (unlink by name did, then both held it): it sets the file aside,
+    sees it is not the stale one, and puts it back."""
+    path = tmp_path / "alice.lock"
+    _stale_lock(path)
+    a = DotLock(str(path), nfs_safe=nfs_safe)
+    a.host = "host-a"
+    logged = []
+    b = DotLock(str(path), nfs_safe=nfs_safe, log=lambda p, t: logged.append(t),
+                step_hook=_other_host_breaks_it_at("dotlock-remove-stale", a))
+    b.host = "host-b"
+    assert not b.try_acquire()
+    assert a.held and a.still_ours() and not b.held
+    assert path.read_bytes() == lock_content(host="host-a")
+    assert os.listdir(tmp_path) == ["alice.lock"]            # nothing left aside
+    assert any("put back" in line for line in logged), logged
+    a.release()
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_lock_put_back_without_hard_links_is_renamed_back(tmp_path, monkeypatch):
+    """Where link(2) is refused (protected_hardlinks on another user's lock, a file system
+    without hard links) the lock set aside goes back by rename, the name being free."""
+    def no_link(*args, **kwargs):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+    monkeypatch.setattr(os, "link", no_link)
+    path = tmp_path / "alice.lock"
+    _stale_lock(path)
+    a = DotLock(str(path))
+    b = DotLock(str(path), step_hook=_other_host_breaks_it_at("dotlock-remove-stale", a))
+    assert not b.try_acquire()
+    assert a.still_ours() and os.listdir(tmp_path) == ["alice.lock"]
+    a.release()
+    assert os.listdir(tmp_path) == []
+
+
+def test_release_never_removes_a_lock_that_replaced_ours_meanwhile(tmp_path):
+    """Our lock was broken as stale (we were slow) and another locker made its own while we
+    were releasing: our release leaves that one in place."""
+    path = tmp_path / "alice.lock"
+    logged = []
+
+    def hook(name):
+        if name == "dotlock-unlink":
+            os.unlink(path)
+            path.write_bytes(b"999@other")
+    ours = DotLock(str(path), log=lambda p, t: logged.append(t), step_hook=hook)
+    assert ours.try_acquire()
+    ours.release()
+    assert path.read_bytes() == b"999@other" and os.listdir(tmp_path) == ["alice.lock"]
+    assert any("put back" in line for line in logged), logged
+
+
+def test_a_lock_made_while_another_was_set_aside_keeps_the_name(tmp_path):
+    """The race this cannot close (docs/maildrop.md, "The locking rules"): while B has A's
+    lock aside, a third locker C finds the name free and makes its own. B never replaces C's
+    lock; it drops A's and says so in the log (A and C both believe they hold it)."""
+    path = tmp_path / "alice.lock"
+    _stale_lock(path)
+    a = DotLock(str(path), nfs_safe=True)
+    a.host = "host-a"
+    c = DotLock(str(path), nfs_safe=True)
+    c.host = "host-c"
+    logged = []
+
+    def hook(name):
+        _other_host_breaks_it_at("dotlock-remove-stale", a)(name)
+        if name == "dotlock-put-back":
+            assert c.try_acquire()
+    b = DotLock(str(path), nfs_safe=True, log=lambda p, t: logged.append(t), step_hook=hook)
+    assert not b.try_acquire()
+    assert c.still_ours() and not a.still_ours() and not b.held
+    assert os.listdir(tmp_path) == ["alice.lock"]
+    assert any("not put back" in line and "host-c" in line for line in logged), logged
+    a.release()                          # not ours any more: left alone
+    assert c.still_ours()
+    c.release()
+    assert os.listdir(tmp_path) == []
+
+
 # --- spool kernel locks --------------------------------------------------------------------------
 PROBE = textwrap.dedent("""
     import fcntl, os, sys
