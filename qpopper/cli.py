@@ -7,6 +7,8 @@ work without them and start fast.
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
 
 from qpopper import QPOPPER_VERSION, __version__
@@ -25,8 +27,7 @@ def popper_main(argv: list[str] | None = None) -> int:
     try:
         cfg, invocation = load(argv)
     except ConfigError as error:
-        print(f"popper: {error}", file=sys.stderr)
-        return 2
+        return refuse_on_config_error(error)
     # Kerberos the system cannot serve is refused by each way of serving, once: the site
     # check (--check-config, the master's start and reload), the demo, and inetd mode (in
     # the log only: its stderr may be the client). --show-config prints without checks.
@@ -47,6 +48,53 @@ def popper_main(argv: list[str] | None = None) -> int:
         return run_master(cfg, invocation)
     from qpopper.server.monitor import serve_inetd
     return serve_inetd(cfg, invocation)
+
+
+CONFIG_ERROR_REPLY = b"-ERR [SYS/PERM] The POP server's configuration has an error\r\n"
+"""What an inetd client is told when the configuration does not load: a fixed text, no
+file, line or value (those go to the log)."""
+
+
+def refuse_on_config_error(error: ConfigError) -> int:
+    """A configuration that does not load: one line on stderr, exit status 2. In inetd mode
+    (stdin a socket) stderr may be the client's socket: the line goes to syslog instead, and a
+    connected client gets CONFIG_ERROR_REPLY (docs/operations.md, "Start-up checks")."""
+    connected = _stdin_socket()
+    if connected is None:
+        print(f"popper: {error}", file=sys.stderr)
+        return 2
+    import syslog
+
+    from qpopper.log import Logger
+    log = Logger()                       # the default facility: the configuration named none
+    log(syslog.LOG_ERR, f"connection refused, the configuration has an error: {error}")
+    log.close()
+    if connected:
+        try:
+            os.write(1, CONFIG_ERROR_REPLY)
+        except OSError:
+            pass                         # the client went: the log has the line
+    return 2
+
+
+def _stdin_socket() -> bool | None:
+    """None when descriptor 0 is not a socket; else whether it is a connected stream socket
+    (inetd's "nowait" connection, not a listening socket)."""
+    try:
+        fd = os.dup(0)
+    except OSError:
+        return None                      # closed
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        os.close(fd)
+        return None
+    with sock:
+        try:
+            listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        except OSError:
+            listening = True
+        return sock.type == socket.SOCK_STREAM and not listening
 
 
 def check_site(cfg) -> str | None:

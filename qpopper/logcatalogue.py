@@ -54,6 +54,9 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
          "filter (docs/privsep.md, \"The pre-login process's system calls\")."),
         ("TLS: *", "The certificate or key cannot be used (inetd mode, or a pre-login process "
                    "that cannot load the checked copy); the connection is closed."),
+        ("connection refused, the configuration has an error: *",
+         "inetd mode: the configuration did not load (FILE:LINE and what was expected); the "
+         "client got -ERR [SYS/PERM] and nothing else. popper --check-config says the same."),
         ("stdin is a listening socket, not a connection: use inetd 'nowait' / systemd "
          "Accept=yes, or run `popper [ADDRESS:]PORT`", "inetd or systemd passed a listening "
                                                        "socket to the inetd mode."),

@@ -1,5 +1,7 @@
 """`popper` as installed: --check-config, --help, --version, errors, and its dispatch."""
 
+import os
+import re
 import shutil
 import signal
 import socket
@@ -11,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.testpki import TestPki
-from tests.server_harness import free_port, prelogin_args
+from tests.server_harness import SyslogCapture, free_port, prelogin_args
 from qpopper import __version__
 from qpopper.options import OPTIONS
 from tests.helpers.repo import REPO
@@ -107,6 +109,34 @@ def test_check_config_reports_the_file_and_line_of_a_mistake(tmp_path):
     assert result.stdout == ""
     assert result.stderr == (f"popper: {bad}:2: 'tls-support' must be one of default, none, "
                              f"stls, alternate-port, got 'sometimes'\n")
+
+
+@pytest.mark.timeout(60)
+def test_in_inetd_mode_a_config_mistake_goes_to_the_log_and_the_client_gets_sys_perm(tmp_path):
+    """inetd mode (stdin a socket): stderr may be the client's socket, so the FILE:LINE line
+    goes to syslog only, and the client gets a fixed -ERR [SYS/PERM] (docs/operations.md,
+    "Start-up checks"); the exit status is still 2."""
+    bad = tmp_path / "bad.config"
+    bad.write_text("set statistics\nset tls-support = sometimes\n")
+    capture = SyslogCapture(str(tmp_path))
+    server_end, client_end = socket.socketpair()
+    try:
+        with server_end, client_end:
+            result = subprocess.run([popper_path(), "-f", str(bad)], stdin=server_end,
+                                    stdout=server_end, stderr=server_end, cwd=REPO,
+                                    env=dict(os.environ, QPOPPER_SYSLOG_SOCKET=capture.path),
+                                    timeout=30)
+            server_end.close()
+            client_end.settimeout(10)
+            answer = b""
+            while chunk := client_end.recv(4096):
+                answer += chunk
+        assert result.returncode == 2
+        assert answer == b"-ERR [SYS/PERM] The POP server's configuration has an error\r\n"
+        capture.wait_for(re.escape(f"connection refused, the configuration has an error: "
+                                   f"{bad}:2: 'tls-support' must be one of") + ".*")
+    finally:
+        capture.close()
 
 
 def test_unknown_flag_is_one_line_and_exit_2():
