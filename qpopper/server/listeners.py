@@ -91,6 +91,28 @@ def resolve_listeners(specs) -> list[tuple[int, tuple, bool]]:
             for fam, sa, _ in result]
 
 
+def clashing(resolved) -> tuple[int, int] | None:
+    """The first pair (i, j) of resolve_listeners' results that cannot both be bound: on the
+    same port, the same address twice, or a wildcard address and another address it takes (a
+    dual-stack [::] takes IPv4 too): binding the second fails, "Address already in use"."""
+    for i, first in enumerate(resolved):
+        for j in range(i + 1, len(resolved)):
+            second = resolved[j]
+            if first[1][1] == second[1][1] != 0 and (_takes(first, second)
+                                                     or _takes(second, first)):
+                return i, j
+    return None
+
+
+def _takes(wide, other) -> bool:
+    """Whether binding (family, sockaddr, v6only) `wide` takes `other`'s address."""
+    family, sockaddr, v6only = wide
+    if family == other[0]:
+        return sockaddr[0] == other[1][0] or ipaddress.ip_address(sockaddr[0]).is_unspecified
+    return (family == socket.AF_INET6 and not v6only and other[0] == socket.AF_INET
+            and ipaddress.ip_address(sockaddr[0]).is_unspecified)
+
+
 def bind_listeners(specs) -> list[socket.socket]:
     listeners = []
     try:

@@ -24,7 +24,8 @@ from qpopper.auth.sasl import kerberos_refusal
 from qpopper.bulletin_records import BULLDB_DIR, BULLDB_FILE
 from qpopper.server import prelogin_filter, privsep
 from qpopper.options import BY_NAME
-from qpopper.server.listeners import NO_LISTENER, ListenError, entry_matcher, resolve_listeners
+from qpopper.server.listeners import (NO_LISTENER, ListenError, clashing, entry_matcher,
+                                      resolve_listeners)
 from qpopper.server import tls as tls_mod
 
 PAM_DIR = "/etc/pam.d"
@@ -62,7 +63,8 @@ def check_site(cfg, log=None, *, match_listen_entries: bool = True) -> CheckedSi
         raise PreflightError(_said_where(cfg, str(exc))) from None
     warn_without_syscall_filter(log)
     check_accounts(cfg)
-    proxied = check_proxy_protocol(cfg, match_listen_entries)
+    addresses = check_listeners(cfg) if match_listen_entries else ()
+    proxied = check_proxy_protocol(cfg, addresses)
     check_directories(cfg)
     check_tracefile(cfg)
     check_brakes_file(cfg)
@@ -99,12 +101,47 @@ def _said_where(cfg, text: str) -> str:
     return f"{text} ({name} set at {cfg.source(name)})"
 
 
-def check_proxy_protocol(cfg, match_listen_entries: bool = True) -> tuple[str, ...]:
+def check_listeners(cfg) -> list[tuple]:
+    """listen and tls-listen as the master binds them (listeners.open_listeners, each list
+    resolved on its own): each entry resolves, and no two take the same address and port
+    (a bare port is every address, IPv4 too). Returns the addresses (sockaddr) it will bind;
+    none in inetd mode (no entries)."""
+    groups = [(name, tuple(cfg.get(name) or ())) for name in ("listen", "tls-listen")]
+    bound = []                  # (option, entry, (family, sockaddr, v6only))
+    for name, specs in groups:
+        if not specs:
+            continue
+        try:
+            bound += [(name, spec, address)
+                      for spec, address in zip(specs, resolve_listeners(specs))]
+        except ListenError as exc:                    # what binding would say
+            raise PreflightError(f"{exc}{_entry_where(cfg, name)}") from None
+    pair = clashing([address for *_, address in bound])
+    if pair:
+        (name_a, spec_a, _), (name_b, spec_b, _) = (bound[i] for i in pair)
+        sources = [f"{name} set at {cfg.source(name)}"
+                   for name in dict.fromkeys((name_a, name_b)) if cfg.source(name) != "default"]
+        where = f" ({', '.join(sources)})" if sources else ""
+        raise PreflightError(f"{name_a} {spec_a} and {name_b} {spec_b}{where}: cannot both be "
+                             f"bound, one takes the other's address on that port (a bare port "
+                             f"is every address, IPv4 too); keep one")
+    return [sockaddr for *_, (_, sockaddr, _) in bound]
+
+
+def _entry_where(cfg, name: str) -> str:
+    """Where a listen-style option was last set (its entries may come from several places:
+    the files, then the positional argument)."""
+    source = cfg.source(name)
+    return "" if source == "default" else f" ({name} set at {source})"
+
+
+def check_proxy_protocol(cfg, addresses=None) -> tuple[str, ...]:
     """proxy-protocol needs proxy-trusted-networks, and each of its entries a listen or
     tls-listen entry it names, matched as the master matches them against its bound sockets
-    at start-up (listeners.entry_matcher against the addresses it will bind); returns the
-    entries. The only check of the trusted networks. Without `match_listen_entries` the caller
-    matches them against its sockets (check_site)."""
+    at start-up (listeners.entry_matcher against `addresses`: by default check_listeners');
+    returns the entries. The only check of the trusted networks. With no addresses (inetd
+    mode, or sockets from systemd) the caller matches them against its sockets
+    (check_site)."""
     specs = tuple(cfg.proxy_protocol or ())
     if not specs:
         return specs
@@ -112,13 +149,10 @@ def check_proxy_protocol(cfg, match_listen_entries: bool = True) -> tuple[str, .
     if not cfg.proxy_trusted_networks:
         raise PreflightError(f"proxy-protocol{where} needs proxy-trusted-networks: the load "
                              f"balancers allowed to send the header")
-    listen = (*cfg.listen, *cfg.tls_listen)
-    if not listen or not match_listen_entries:
+    if addresses is None:
+        addresses = check_listeners(cfg)
+    if not addresses:
         return specs
-    try:
-        addresses = [sockaddr for _, sockaddr, _ in resolve_listeners(listen)]
-    except ListenError as exc:
-        raise PreflightError(str(exc)) from None          # what binding would say
     for spec in specs:
         try:
             names = entry_matcher(spec)

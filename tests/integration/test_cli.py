@@ -235,3 +235,33 @@ def test_check_config_refuses_a_missing_prelogin_account(site_args):
     assert (result.returncode, result.stderr) == (
         1, "popper: prelogin-user 'qpt-no-such-account': no such account (prelogin-user set "
            "at argv --prelogin-user)\n")
+
+
+@pytest.mark.parametrize("entries, line", [
+    (["--listen=10.0.0.300:{port}"],
+     "listen address 10.0.0.300:{port}: Name or service not known (listen set at argv "
+     "--listen)"),
+    (["--listen=qpt-no-such-host.invalid:{port}"],
+     "listen address qpt-no-such-host.invalid:{port}: Name or service not known (listen set "
+     "at argv --listen)"),
+    (["--listen={port}", "127.0.0.1:{port}"],
+     "listen {port} and listen 127.0.0.1:{port} (listen set at argv [ADDRESS:]PORT): cannot "
+     "both be bound, one takes the other's address on that port (a bare port is every "
+     "address, IPv4 too); keep one"),
+    (["--listen=127.0.0.1:{port}", "--tls-listen=0.0.0.0:{port}"],
+     "listen 127.0.0.1:{port} and tls-listen 0.0.0.0:{port} (listen set at argv --listen, "
+     "tls-listen set at argv --tls-listen): cannot both be bound, one takes the other's "
+     "address on that port (a bare port is every address, IPv4 too); keep one"),
+])
+def test_check_config_refuses_listen_entries_start_up_cannot_bind(site_args, entries, line):
+    """What --check-config accepts, the server starts with (README): an entry that does not
+    resolve, or two that take the same address and port, are refused by both, in one line
+    naming where the entries were set (docs/operations.md, "Start-up checks")."""
+    port = free_port()
+    entries = [entry.format(port=port) for entry in entries]
+    line = "popper: " + line.format(port=port) + "\n"
+    checked = popper("--check-config", "-f", str(EXAMPLE), *site_args, *entries)
+    assert (checked.returncode, checked.stdout, checked.stderr) == (1, "", line)
+    started = popper("-f", str(EXAMPLE), *site_args, *entries, stdin=subprocess.DEVNULL,
+                     env=dict(os.environ, QPOPPER_SYSLOG_SOCKET="/nonexistent"))
+    assert (started.returncode, started.stderr) == (1, line)
