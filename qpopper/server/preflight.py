@@ -21,6 +21,8 @@ import syslog
 from dataclasses import dataclass
 
 from qpopper.auth.sasl import kerberos_refusal
+from qpopper.auth.store import PopAuthStore
+from qpopper.pop3.responses import PopError, RespCode
 from qpopper.bulletin_records import BULLDB_DIR, BULLDB_FILE
 from qpopper.server import prelogin_filter, privsep
 from qpopper.options import BY_NAME
@@ -63,6 +65,7 @@ def check_site(cfg, log=None, *, match_listen_entries: bool = True) -> CheckedSi
         raise PreflightError(_said_where(cfg, str(exc))) from None
     warn_without_syscall_filter(log)
     check_accounts(cfg)
+    check_pop_auth_store(cfg)
     addresses = check_listeners(cfg) if match_listen_entries else ()
     proxied = check_proxy_protocol(cfg, addresses)
     check_directories(cfg)
@@ -181,6 +184,35 @@ def check_accounts(cfg) -> None:
             except KeyError:
                 raise PreflightError(f"{name} {group!r}{_where(cfg, name)}: no such "
                                      f"group") from None
+
+
+def check_pop_auth_store(cfg) -> None:
+    """user-database = pop-auth: every login looks the user up in pop-auth-file, so it must
+    be there and be what the lookups accept (PopAuthStore.check_file: a regular file, 0600,
+    owned by pop-auth-owner) and open as a store; otherwise every login would fail
+    [SYS/TEMP] or [SYS/PERM]. Runs after check_accounts (pop-auth-owner exists)."""
+    if cfg.user_database != "pop-auth":
+        return
+    path = cfg.pop_auth_file
+    if not path:
+        raise PreflightError(f"user-database pop-auth{_where(cfg, 'user-database')} needs "
+                             f"pop-auth-file: the store of the users and their secrets")
+    what = f"pop-auth-file {path}{_where(cfg, 'pop-auth-file')}"
+    if not os.path.lexists(path):
+        raise PreflightError(f"{what}: does not exist, and user-database is pop-auth; create "
+                             f"it with popauth -init")
+    owner = pwd.getpwnam(cfg.pop_auth_owner) if os.geteuid() == 0 else None
+    try:
+        PopAuthStore(path, owner and owner.pw_uid).list_users()
+    except PopError as exc:
+        if exc.code is RespCode.SYS_PERM:
+            account = owner.pw_name if owner else "this account"
+            raise PreflightError(f"{what}: must be a regular file, mode 0600, owned by "
+                                 f"{account} (pop-auth-owner)") from None
+        said = (exc.log or exc.text).removeprefix(f"pop.auth store {path}: ")
+        raise PreflightError(f"{what}: {said}") from None
+    except sqlite3.Error as exc:
+        raise PreflightError(f"{what}: not a pop.auth store: {exc}") from None
 
 
 # --- directories -----------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """`popper` as installed: --check-config, --help, --version, errors, and its dispatch."""
 
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -15,6 +16,7 @@ import pytest
 from tests.helpers.testpki import TestPki
 from tests.server_harness import SyslogCapture, free_port, prelogin_args
 from qpopper import __version__
+from qpopper.auth.store import PopAuthStore
 from qpopper.options import OPTIONS
 from tests.helpers.repo import REPO
 
@@ -265,3 +267,26 @@ def test_check_config_refuses_listen_entries_start_up_cannot_bind(site_args, ent
     started = popper("-f", str(EXAMPLE), *site_args, *entries, stdin=subprocess.DEVNULL,
                      env=dict(os.environ, QPOPPER_SYSLOG_SOCKET="/nonexistent"))
     assert (started.returncode, started.stderr) == (1, line)
+
+
+def test_check_config_refuses_a_missing_pop_auth_store_as_the_user_database(site_args,
+                                                                         tmp_path):
+    """user-database = pop-auth without the store: every login would fail [SYS/TEMP]; the
+    check says so, and how to make it (docs/operations.md, "Start-up checks")."""
+    store = tmp_path / "pop.auth"
+    args = [*site_args, "--user-database=pop-auth", f"--pop-auth-file={store}",
+            f"--pop-auth-owner={pwd.getpwuid(os.geteuid()).pw_name}"]
+    result = popper("--check-config", "-f", str(EXAMPLE), *args)
+    assert (result.returncode, result.stdout, result.stderr) == (
+        1, "", f"popper: pop-auth-file {store} (set at argv --pop-auth-file): does not exist, "
+               f"and user-database is pop-auth; create it with popauth -init\n")
+    store.write_text("")
+    store.chmod(0o644)
+    result = popper("--check-config", "-f", str(EXAMPLE), *args)
+    assert (result.returncode, result.stderr) == (
+        1, f"popper: pop-auth-file {store} (set at argv --pop-auth-file): must be a regular "
+           f"file, mode 0600, owned by {pwd.getpwuid(os.geteuid()).pw_name} (pop-auth-owner)\n")
+    store.unlink()
+    PopAuthStore.create(str(store))
+    result = popper("--check-config", "-f", str(EXAMPLE), *args)
+    assert result.returncode == 0, result.stderr
