@@ -31,6 +31,9 @@ NO_STORE_SECRET = ('No {mechanism} secret is stored for "{user}"; log in with US
 since the credentials are not at fault (docs/internals.md, "Store mechanisms")."""
 UID_BLOCKED = f"Access is blocked for UIDs below {limits.BLOCKED_UID_MAX}"
 PERMISSION_DENIED = "Permission denied."
+ACCESS_LIST_UNAVAILABLE = "POP access list not available"
+"""-ERR [SYS/PERM] when auth-file or nonauth-file cannot be read: the server's mistake, not
+the user's credentials ([AUTH] would make the client ask for the password again)."""
 CLEAR_TEXT_LOCAL_ONLY = "Clear text passwords are permitted only from the local host"
 PAM_UNAVAILABLE = "Unable to check your credentials now; try again later"
 NO_SHELL = "No user shell defined"
@@ -172,23 +175,22 @@ class PolicyChecks:
         Asked only after the password or proof was accepted: `Permission denied.` for a
         wrong password would tell which names the lists hold.
 
-        A configured file that cannot be read refuses everyone: it is a policy we cannot
-        honour, and the log says why."""
-        auth_file = self.cfg.auth_file
-        if auth_file:
-            listed = self._read_user_list(auth_file)
-            if listed is None or user not in listed:
+        A configured file that cannot be read (missing too) refuses everyone: it is a
+        policy we cannot honour. [SYS/PERM], not [AUTH]: the credentials were right, and it
+        does not clear without the administrator (RFC 3206); the log says why, and the
+        start-up checks refuse such a file (preflight.check_user_lists)."""
+        for name, admitted in (("auth-file", True), ("nonauth-file", False)):
+            path = self.cfg.get(name)
+            if not path:
+                continue
+            listed = self._read_user_list(path)
+            if listed is None:
+                self._refuse_policy(user, client_ip, ACCESS_LIST_UNAVAILABLE,
+                                    f"{name} {path} unreadable", RespCode.SYS_PERM)
+            if (user in listed) != admitted:
                 self._refuse_policy(user, client_ip, PERMISSION_DENIED,
-                                    f"not listed in auth-file {auth_file}" if listed is not None
-                                    else f"auth-file {auth_file} unreadable")
-        nonauth_file = self.cfg.nonauth_file
-        if nonauth_file:
-            listed = self._read_user_list(nonauth_file)
-            if listed is None or user in listed:
-                self._refuse_policy(user, client_ip, PERMISSION_DENIED,
-                                    f"listed in nonauth-file {nonauth_file}"
-                                    if listed is not None
-                                    else f"nonauth-file {nonauth_file} unreadable")
+                                    f"not listed in auth-file {path}" if admitted
+                                    else f"listed in nonauth-file {path}")
 
     def _read_user_list(self, path: str) -> set[str] | None:
         try:

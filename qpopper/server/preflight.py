@@ -66,6 +66,7 @@ def check_site(cfg, log=None, *, match_listen_entries: bool = True) -> CheckedSi
     warn_without_syscall_filter(log)
     check_accounts(cfg)
     check_pop_auth_store(cfg)
+    check_user_lists(cfg)
     addresses = check_listeners(cfg) if match_listen_entries else ()
     proxied = check_proxy_protocol(cfg, addresses)
     check_directories(cfg)
@@ -213,6 +214,21 @@ def check_pop_auth_store(cfg) -> None:
         raise PreflightError(f"{what}: {said}") from None
     except sqlite3.Error as exc:
         raise PreflightError(f"{what}: not a pop.auth store: {exc}") from None
+
+
+def check_user_lists(cfg) -> None:
+    """auth-file and nonauth-file open for reading: each login reads them, and one that
+    cannot be read (missing too) refuses everyone [SYS/PERM] (policy_checks)."""
+    for name in ("auth-file", "nonauth-file"):
+        path = cfg.get(name)
+        if not path:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise PreflightError(f"{name} {path}{_where(cfg, name)}: {exc.strerror}; while it "
+                                 f"cannot be read every login is refused") from None
 
 
 # --- directories -----------------------------------------------------------------------------------

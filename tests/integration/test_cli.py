@@ -290,3 +290,17 @@ def test_check_config_refuses_a_missing_pop_auth_store_as_the_user_database(site
     PopAuthStore.create(str(store))
     result = popper("--check-config", "-f", str(EXAMPLE), *args)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("name", ["auth-file", "nonauth-file"])
+def test_check_config_refuses_a_user_list_it_cannot_read(site_args, tmp_path, name):
+    """Every login reads auth-file and nonauth-file; one that cannot be read refuses
+    everyone, so the check refuses it (docs/operations.md, "Start-up checks")."""
+    gone = tmp_path / "gone"
+    result = popper("--check-config", "-f", str(EXAMPLE), *site_args, f"--{name}={gone}")
+    assert (result.returncode, result.stderr) == (
+        1, f"popper: {name} {gone} (set at argv --{name}): No such file or directory; while "
+           f"it cannot be read every login is refused\n")
+    gone.write_text("someone\n")
+    result = popper("--check-config", "-f", str(EXAMPLE), *site_args, f"--{name}={gone}")
+    assert result.returncode == 0, result.stderr

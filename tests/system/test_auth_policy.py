@@ -259,12 +259,15 @@ def test_auth_file_admits_only_listed_users(system_users, pam_service, tmp_path)
     assert auth.check_password(fay.name, "pw-f", CLIENT_IP).user == fay.name
     error = refused(lambda: auth.check_password(gus.name, "pw-g", CLIENT_IP))
     assert error.render() == b"-ERR [AUTH] Permission denied.\r\n"
-    # An auth-file that cannot be read admits nobody (and the log says why).
-    log = Log()
-    broken = Authenticator(config(pam_service=pam_service, auth_file=str(tmp_path / "gone")), log)
-    error = refused(lambda: broken.check_password(fay.name, "pw-f", CLIENT_IP))
-    assert error.text == "Permission denied."
-    assert any("cannot read user list" in text for text in log.texts())
+    # An auth-file or nonauth-file that cannot be read admits nobody (and the log says
+    # why), with [SYS/PERM]: the password was right, [AUTH] would have the client ask again.
+    for name in ("auth_file", "nonauth_file"):
+        log = Log()
+        broken = Authenticator(config(pam_service=pam_service, **{name: str(tmp_path / "gone")}),
+                               log)
+        error = refused(lambda: broken.check_password(fay.name, "pw-f", CLIENT_IP))
+        assert error.render() == b"-ERR [SYS/PERM] POP access list not available\r\n"
+        assert any("cannot read user list" in text for text in log.texts())
 
 
 @needs_root
