@@ -69,6 +69,12 @@ class Endings:
             return idle_timeout
         return max(0.0, min(idle_timeout, self.authorization_deadline - self.monotonic()))
 
+    def login_deadline_passed(self) -> bool:
+        """Whether the login deadline (login-timeout), not the idle timeout, ended the wait:
+        in AUTHORIZATION, once the deadline is reached."""
+        return (self.state == State.AUTHORIZATION
+                and self.monotonic() >= self.authorization_deadline)
+
     def timeout(self) -> None:
         """The client sent nothing for cfg.timeout seconds.
 
@@ -78,7 +84,7 @@ class Endings:
         """
         if self.closed:
             return
-        if self.state == State.AUTHORIZATION and self.monotonic() >= self.authorization_deadline:
+        if self.login_deadline_passed():
             self.env.log(syslog.LOG_NOTICE, f"{self._who()} did not log in within "
                                             f"login-timeout {self.cfg.login_timeout} s; closing")
         self._abort()

@@ -257,8 +257,10 @@ class Session(ReplyWriter):
                 if data is None and self._hangup:
                     continue                      # loop top ends it as a hangup
                 if data is None:
-                    self.log(syslog.LOG_NOTICE, timeout_line(
-                        self.cfg.timeout, self._protocol_user(), self.client_host, self.client_ip))
+                    if not self.protocol.login_deadline_passed():     # it logs its own line
+                        self.log(syslog.LOG_NOTICE, timeout_line(
+                            self.cfg.timeout, self._protocol_user(), self.client_host,
+                            self.client_ip))
                     self.protocol.timeout()
                     error = True
                     break

@@ -216,3 +216,6 @@ def test_a_trickling_client_is_cut_off_at_the_deadline(tmp_path):
         assert client.recv(4096) == b""                 # closed, no reply (RFC 1939 §3)
     assert 0.9 <= elapsed < 3.5
     assert "127.0.0.1 (127.0.0.1) did not log in within login-timeout 1 s; closing" in terminal.getvalue()
+    # the deadline ended the wait, not the idle timeout: no "Timeout (5 secs) during nw read"
+    # line for a timeout that never happened
+    assert "Timeout (" not in terminal.getvalue(), terminal.getvalue()
