@@ -41,9 +41,9 @@ from qpopper.log import ForwardedRecords, Logger
 from qpopper.server.reverse_lookup import ForkedReverseLookup
 from qpopper.server.channel import Channel, socket_peer
 from qpopper.server.listeners import ListenError, entry_matcher
-from qpopper.server.preflight import PreflightError, check_tracefile
+from qpopper.server.preflight import PreflightError, check_kerberos, check_tracefile
 from qpopper.server.session import DISPLACE_SIGNAL, Session, tls_mode_for_listen_port
-from qpopper.auth import challenges, sasl
+from qpopper.auth import challenges
 from qpopper.auth.policy import Authenticator
 from qpopper.pop3.responses import PopError, RespCode, err
 from qpopper.server.children import (ProtocolViolation, exit_after, exited_within,  # noqa: F401 (re-exported)
@@ -264,9 +264,7 @@ def serve_inetd(cfg, invocation) -> int:
     line, or a systemd Accept=yes unit with StandardInput=socket)."""
     try:
         check_tracefile(cfg)
-        refusal = sasl.kerberos_refusal(cfg)         # inetd mode runs no site check
-        if refusal:
-            raise PreflightError(refusal)
+        check_kerberos(cfg)                           # inetd mode runs no site check
     except PreflightError as exc:
         # stderr may be the client's socket (classic inetd): the log only
         log = Logger.from_config(cfg.replace(tracefile=None))

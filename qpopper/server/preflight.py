@@ -56,9 +56,7 @@ def check_site(cfg, log=None, *, match_listen_entries: bool = True) -> CheckedSi
     sockets, or a reload's, which keeps start-up's) the master matches the proxy-protocol
     entries against its sockets itself (listeners.proxy_listeners)."""
     # first: what the system lacks says more than what it would have refused next
-    refusal = kerberos_refusal(cfg)      # start-up, a reload and --check-config (cli.py)
-    if refusal:
-        raise PreflightError(refusal)
+    check_kerberos(cfg)             # start-up, a reload and --check-config (cli.py)
     try:
         privsep.check_prelogin_setup(cfg)
     except privsep.SandboxError as exc:
@@ -78,6 +76,14 @@ def check_site(cfg, log=None, *, match_listen_entries: bool = True) -> CheckedSi
         return CheckedSite(tls_mod.open_server_tls(cfg, log), proxied)
     except tls_mod.TlsSetupError as exc:
         raise PreflightError(f"TLS: {_said_where(cfg, str(exc))}") from None
+
+
+def check_kerberos(cfg) -> None:
+    """kerberos (-k) the system cannot serve (sasl.kerberos_refusal), with where it was set:
+    check_site's, and inetd mode's, which runs no site check (monitor.serve_inetd)."""
+    refusal = kerberos_refusal(cfg)
+    if refusal:
+        raise PreflightError(_said_where(cfg, refusal))
 
 
 def warn_without_syscall_filter(log) -> None:

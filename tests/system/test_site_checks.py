@@ -95,6 +95,13 @@ def test_kerberos_the_system_cannot_serve_is_refused_by_each_way_of_serving(site
     env = {"KRB5_KTNAME": os.path.join(site.root, "no.keytab")}
     line = refused_by_check_master_and_inetd(site, ["-k"], None, env)
     assert line.startswith("kerberos (-k): Kerberos is served as SASL GSSAPI")
+    assert line.endswith(" (kerberos set at argv -k)")      # where, as every other check
+    with open(site.config, "a") as config:
+        config.write("set kerberos\n")
+    with open(site.config) as config:
+        line_number = config.read().count("\n")
+    line = refused_by_check_master_and_inetd(site, [], None, env)
+    assert line.endswith(f" (kerberos set at {site.config}:{line_number})"), line
     popper = PopperServer(site.root, None).argv[0]
     shown = subprocess.run([popper, "--show-config", "-f", site.config, "-k"],
                            env=dict(os.environ, **env), capture_output=True, text=True,
