@@ -259,3 +259,19 @@ def test_make_debs_installs_only_build_tools_and_test_peers_have_their_own_targe
                                                                          sorted(peers)])
     readme = (REPO / "README.md").read_text()
     assert "make debs" in readme and "make test-peers" in readme
+
+
+def test_readme_debian_traces_where_the_unit_can_write_and_warns_about_fail2ban():
+    """README.Debian's -t example names a file the shipped master unit may write
+    (ProtectSystem=strict: its ReadWritePaths or RuntimeDirectory), and says that a trace
+    takes every record away from the journal, so from fail2ban."""
+    text = " ".join((REPO / "debian/README.Debian").read_text().split())
+    traces = re.findall(r"-t (/\S+?)[:,.]?\s", text)
+    assert traces, "README.Debian suggests no -t FILE"
+    service = unit("qpopper.service")["Service"]
+    writable = [path.lstrip("-") for path in
+                " ".join(multi("qpopper.service", "Service", "ReadWritePaths")).split()]
+    writable.append("/run/" + service["RuntimeDirectory"])
+    for trace in traces:
+        assert any(trace.startswith(place + "/") for place in writable), trace
+    assert "fail2ban sees no failed logins while tracing" in text
