@@ -352,7 +352,10 @@ def man_popper() -> str:
               "exists (it is created root:mail 2770 when missing) and the sessions' group "
               "may write it; the PAM service file /etc/pam.d/<pam-service> exists; the "
               "accounts and groups the options name exist; prelogin-chroot is an empty "
-              "root-owned directory. Then print every option's value and where it came "
+              "root-owned directory (created, 0755, when missing); the listen and tls-listen "
+              "entries resolve and no two take the same address and port; with "
+              "user-database pop-auth the store exists; auth-file and nonauth-file can be "
+              "read. Then print every option's value and where it came "
               "from. Exit 0 when the server would start with it; 2 with one line naming the "
               "file and line of a mistake in the configuration; 1 with one line naming the "
               "option and the file the server could not start with."),

@@ -187,3 +187,22 @@ def test_sandbox_and_tls_complaints_say_where_the_option_was_set(site):
                                      "/nonexistent/qpt-cert.pem"), checked.stderr
     assert checked.stderr.endswith(f" (tls-server-cert-file set at {config}:{line_number})\n"), \
         checked.stderr
+
+
+def test_the_check_makes_a_missing_prelogin_chroot_as_start_up_does_and_says_so(site):
+    """A missing prelogin-chroot is created by --check-config, as by every start (the
+    default is under /run, emptied at boot): on purpose, and README and docs/operations.md
+    ("Start-up checks") list it with the check's other side effects."""
+    from tests.helpers.repo import REPO
+    chroot = os.path.join(site.root, "qpt-run", "empty")
+    popper = PopperServer(site.root, None).argv[0]
+    checked = subprocess.run([popper, "--check-config", "-f", site.config,
+                              f"--prelogin-chroot={chroot}"],
+                             capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stderr
+    st = os.stat(chroot)
+    assert (st.st_uid, st.st_mode & 0o7777, os.listdir(chroot)) == (0, 0o755, [])
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert "as root it creates the empty `prelogin-chroot`, root 0755, when missing" in readme
+    operations = " ".join((REPO / "docs/operations.md").read_text().split())
+    assert "a missing `prelogin-chroot` is created, empty, root 0755, by the check" in operations
