@@ -31,6 +31,9 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
                                "serves as before, each session a little larger."),
         ("TLS certificate *", "The certificate in use (subject, file, oldest TLS version), at "
                               "start-up and after each reload."),
+        ("daemon ignored: systemd (NOTIFY_SOCKET) runs the master in the foreground",
+         "set daemon (or --daemon) under a Type=notify unit: the master stays the unit's main "
+         "process, as the option's help says; no pid file is written."),
         ("configuration reloaded", "SIGHUP: new connections use the new configuration."),
         ("reload failed, keeping the running configuration: *",
          "SIGHUP found a mistake (the same one-line text as popper --check-config); nothing "

@@ -343,7 +343,12 @@ def run_master(cfg, invocation) -> int:
     if server_tls is not None:
         log(syslog.LOG_INFO, f"TLS certificate {server_tls.description}")
     try:
-        if cfg.daemon:
+        if cfg.daemon and sdnotify.supervised():
+            # the option's promise: under systemd stay in the foreground; a detached master
+            # would leave the unit's main process gone and its READY=1 refused
+            log(syslog.LOG_NOTICE, "daemon ignored: systemd (NOTIFY_SOCKET) runs the master "
+                                   "in the foreground")
+        elif cfg.daemon:
             return _run_daemonized(cfg, invocation, listeners, log, server_tls, implicit_tls, proxied)
         return Master(cfg, invocation, listeners, log, tls=server_tls,
                       implicit_tls=implicit_tls, proxied=proxied).serve()

@@ -29,6 +29,12 @@ def notify(state: str, environ=os.environ) -> bool:
     return True
 
 
+def supervised(environ=os.environ) -> bool:
+    """Whether a service manager waits for our notifications (NOTIFY_SOCKET is set: a
+    Type=notify unit): the process it started must stay its main process."""
+    return bool(environ.get("NOTIFY_SOCKET"))
+
+
 def passes_sockets(environ=os.environ) -> bool:
     """Whether systemd passed this process sockets (LISTEN_PID is ours, LISTEN_FDS > 0); read
     before listen_fds() takes them."""

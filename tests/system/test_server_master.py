@@ -621,3 +621,28 @@ def test_a_pipelined_login_is_answered_in_order(site, system_users):
         assert lines[1].startswith(f"+OK {user.name} has 3 visible".encode()), lines
         assert lines[2].startswith(b"+OK 3 "), lines
         assert lines[3].startswith(b"+OK Pop server at"), lines
+
+
+def test_daemon_under_a_notify_unit_stays_in_the_foreground_as_its_help_says(site):
+    """`set daemon` under the shipped Type=notify unit: detaching would leave systemd's
+    main process gone and its READY=1 refused; the master stays, says so once, notifies."""
+    assert "under systemd stay in the foreground" in lookup("daemon").help
+    notify_path = os.path.join(site.root, "notify.sock")
+    pid_file = os.path.join(site.root, "notify-daemon.pid")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(notify_path)
+        notify.settimeout(15)
+        server = PopperServer(site.root, site.config, env={"NOTIFY_SOCKET": notify_path},
+                              syslog=site.syslog,
+                              extra_args=["--daemon", f"--pid-file={pid_file}"])
+        site.servers.append(server)
+        server.start()
+        assert notify.recv(4096).startswith(b"READY=1")
+        assert server.proc.poll() is None                    # still the main process
+        assert wait_for_greeting(server.host, server.port).startswith(b"+OK")
+        site.syslog.wait_for(r"daemon ignored: systemd \(NOTIFY_SOCKET\) runs the master in "
+                             r"the foreground")
+        assert not os.path.exists(pid_file)
+        os.kill(server.pid, signal.SIGTERM)
+        assert notify.recv(4096) == b"STOPPING=1"
+        assert server.proc.wait(20) == 0
