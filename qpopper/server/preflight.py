@@ -24,7 +24,7 @@ from qpopper.auth.sasl import kerberos_refusal
 from qpopper.auth.store import PopAuthStore
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.bulletin_records import BULLDB_DIR, BULLDB_FILE
-from qpopper.server import prelogin_filter, privsep
+from qpopper.server import prelogin_filter, privsep, sdnotify
 from qpopper.options import BY_NAME
 from qpopper.server.listeners import (NO_LISTENER, ListenError, clashing, entry_matcher,
                                       resolve_listeners)
@@ -287,8 +287,9 @@ def check_brakes_file(cfg) -> None:
 
 def check_directories(cfg) -> None:
     """spool-dir (unless the spools are in the home directories), temp-dir, cache-dir,
-    bulldir and popbulldir: each an existing directory; with daemon, pid-file's directory
-    one the server can write in."""
+    bulldir and popbulldir: each an existing directory; with daemon (unless systemd keeps the
+    master in the foreground: master.run_master), pid-file's directory one the server can
+    write in."""
     names = ["temp-dir", "cache-dir", "bulldir", "popbulldir"]
     if not cfg.home_dir_mail:
         names.insert(0, "spool-dir")
@@ -296,7 +297,7 @@ def check_directories(cfg) -> None:
         path = cfg.get(name)
         if path:
             _directory(cfg, name, path)
-    if cfg.daemon and cfg.pid_file:
+    if cfg.daemon and cfg.pid_file and not sdnotify.supervised():   # else not written
         # python-daemon writes it after detaching, where a failure is seen by nobody
         problem = _unwritable_directory(os.path.dirname(os.path.abspath(cfg.pid_file)))
         if problem:
