@@ -265,7 +265,9 @@ def serve_inetd(cfg, invocation) -> int:
     try:
         check_tracefile(cfg)
         check_kerberos(cfg)                           # inetd mode runs no site check
-    except PreflightError as exc:
+        # no master made prelogin-chroot since boot (/run is emptied) under socket units
+        privsep.check_prelogin_setup(cfg)
+    except (PreflightError, privsep.SandboxError) as exc:
         # stderr may be the client's socket (classic inetd): the log only
         log = Logger.from_config(cfg.replace(tracefile=None))
         log(syslog.LOG_ERR, str(exc))

@@ -192,6 +192,24 @@ def test_inetd_mode_over_pipes(site, system_users):
     site.syslog.wait_for(rf"Stats: {user.name} 1 \d+ 1 \d+ unknown unknown")
 
 
+def test_inetd_mode_makes_a_missing_prelogin_chroot(world_tmp, pam_service, system_users):
+    """After a boot /run is empty, and socket units start no master to make prelogin-chroot:
+    the first connection makes it, as start-up does, and is served."""
+    chroot = os.path.join(world_tmp, "run-qpopper", "empty")
+    site = Site(world_tmp, pam_service, prelogin_chroot=chroot)
+    try:
+        user = system_users.create()
+        make_spool(site.spool_dir, user, SPOOL)
+        script = f"USER {user.name}\r\nPASS {user.password}\r\nSTAT\r\nQUIT\r\n".encode()
+        result = subprocess.run([POPPER, "-f", site.config], input=script, capture_output=True,
+                                env=dict(os.environ, QPOPPER_SYSLOG_SOCKET=site.syslog.path),
+                                timeout=30)
+        assert result.stdout.split(b"\r\n")[3].startswith(b"+OK 2 "), result.stdout
+        assert os.stat(chroot).st_uid == 0 and os.listdir(chroot) == []
+    finally:
+        site.close()
+
+
 def test_inetd_refuses_a_listening_socket_on_stdin(site):
     listener = socket.create_server(("127.0.0.1", 0))
     try:
