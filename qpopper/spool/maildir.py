@@ -93,12 +93,13 @@ def maildir_path(pattern: str | None, user: str, home: str | None) -> str | None
 
 def wire_octets(data: bytes) -> int:
     """RETR's octet count for a message file's bytes: LF becomes CRLF, a CRLF stays, and a
-    last line without LF gets a CRLF."""
+    last line without LF gets a CRLF, or only the LF when it ends in a bare CR (RETR sends
+    that CR as the CR of its CRLF, docs/maildir.md, "What a message is")."""
     size = len(data) + data.count(b"\n")
     if b"\r" in data:                   # most files have no CR: skip the slower CRLF count
         size -= data.count(b"\r\n")
     if data and not data.endswith(b"\n"):
-        size += 2
+        size += 1 if data.endswith(b"\r") else 2
     return size
 
 

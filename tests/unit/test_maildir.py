@@ -87,6 +87,24 @@ def test_octets_are_what_retr_sends_before_dot_stuffing(tmp_path):
         drop.close()
 
 
+def test_a_file_ending_in_a_bare_cr_is_listed_with_the_octets_retr_sends(tmp_path):
+    raw = [b"Subject: a\n\nlast\r", b"Subject: b\n\ncr\r\r"]
+    path, keys = make_maildir(tmp_path, [b"a", b"b"])
+    for key, data in zip(keys, raw):            # as written: mailbox would change the CRs
+        name = os.path.join(path, "new", key)
+        st = os.stat(name)
+        with open(name, "wb") as f:
+            f.write(data)
+        os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns))
+    drop = MaildirDrop.open(path, "qpt")
+    try:
+        sent = [retr(drop, i) for i in range(len(drop.messages))]
+        assert sorted(sent) == [b"Subject: a\r\n\r\nlast\r\n", b"Subject: b\r\n\r\ncr\r\r\n"]
+        assert [m.octets for m in drop.messages] == [len(s) for s in sent]
+    finally:
+        drop.close()
+
+
 def test_uids_are_base_names_and_survive_the_move_to_cur_and_flags(tmp_path):
     path, keys = make_maildir(tmp_path, [b"Subject: %d\n\nbody\n" % n for n in range(5)])
     drop = MaildirDrop.open(path, "qpt")

@@ -13,11 +13,12 @@ from qpopper.spool.mbox import UID_MAX_CHARS, UID_MIN_CHARS, encode_uid
 
 
 def reference_octets(data: bytes) -> int:
-    """RETR's octets line by line: every line ends with CRLF on the wire."""
+    """RETR's octets line by line: every line ends with CRLF on the wire (a bare CR ending the
+    last line is that CRLF's CR)."""
     lines = data.split(b"\n")
     last = lines.pop()
     octets = sum(len(line.removesuffix(b"\r")) + 2 for line in lines)
-    return octets + (len(last) + 2 if last else 0)
+    return octets + (len(last.removesuffix(b"\r")) + 2 if last else 0)
 
 
 def reference_uid(base: str, head: bytes) -> str:
