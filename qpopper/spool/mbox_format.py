@@ -204,6 +204,16 @@ def _octets_of_range(buf: bytes, start: int, stop: int, after_cr: bool = False) 
     return n
 
 
+def closer_octets(last: bytes) -> int:
+    """What RETR adds after a message's last kept bytes, given (at least) the last of them:
+    nothing after an LF, a CRLF after a last line without one, only the LF after a bare CR,
+    which becomes the CR of that CRLF: the write-back adds an LF there, and the same bytes are
+    served after it (docs/mbox.md, "The framing line")."""
+    if not last or last[-1] == LF:
+        return 0
+    return 1 if last[-1] == CR else 2
+
+
 def separator_padding(tail: bytes) -> bytes:
     """What must follow `tail` (the end of an mbox) before another message can start there: a
     From_ message ends with its framing line (an LF first if its last line lacks one), an MMDF

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from qpopper import limits
-from qpopper.spool.mbox_format import CR, LF, _NUL_TO_SPACE, header_uid, _octets
+from qpopper.spool.mbox_format import CR, LF, _NUL_TO_SPACE, closer_octets, header_uid, _octets
 
 _HASHED_HEADERS = (b"received:", b"date:", b"message-id:", b"subject:")
 _HASHED_NAMES = frozenset(_HASHED_HEADERS)
@@ -119,7 +119,9 @@ class _Draft:
     stripped: list = field(default_factory=list)
     uidl_lines: list = field(default_factory=list)
     status_lines: list = field(default_factory=list)
-    last_line_unterminated: bool = False  # the last kept line lacks LF: RETR adds CRLF
+    closer_octets: int = 0
+    """What RETR adds after a last kept line without LF: CRLF (2), or only LF (1) after a bare
+    CR, which becomes the CR of that CRLF (docs/mbox.md, "The framing line")."""
 
 
 def set_scan_options(scanner, *, update_status_headers: bool, old_style_uid: bool,
@@ -266,7 +268,7 @@ class _HeaderScanner:
                     d.header_end = piece_at
                     d.body_start = w.pos
                     d.octets += _octets(piece)
-                    d.last_line_unterminated = False
+                    d.closer_octets = 0
                     return None
                 if self.mmdf_sep is not None and (piece == self.mmdf_sep or _bare_trailer(
                         piece, self.mmdf_sep, w.pos >= w.region_end)):
@@ -292,7 +294,7 @@ class _HeaderScanner:
                         d.status_lines[-1] = (d.status_lines[-1][0], w.pos)
                     else:
                         d.status_lines.append((line_start, w.pos))
-                d.last_line_unterminated = not piece.endswith(b"\n")
+                d.closer_octets = closer_octets(piece)
             prev_cr = piece.endswith(b"\r")
             if piece.endswith(b"\n"):
                 kind = None

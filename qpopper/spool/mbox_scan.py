@@ -18,7 +18,8 @@ from qpopper import limits
 from qpopper.spool import mbox_batch
 from qpopper.spool.mbox_format import (CONTENT_LENGTH_FUZZ, CR, LF, MMDF_SEP_CHAR, UIDL_HEADER,
                                        MboxFormatError, Message, _file_end, _NUL_TO_SPACE,
-                                       _octets_of_range, _read_at, encode_uid, is_from_line)
+                                       _octets_of_range, _read_at, closer_octets, encode_uid,
+                                       is_from_line)
 from qpopper.spool.mbox_headers import (_Draft, _HeaderScanner, _is_empty_line_before,
                                         _Window, set_scan_options)
 
@@ -101,7 +102,7 @@ class _Scanner(_HeaderScanner):
         self.digests.append(d.digest.digest())
         self.messages.append(Message(
             number=d.number, offset=d.offset, end=d.end,
-            octets=d.octets + (2 if d.last_line_unterminated else 0),
+            octets=d.octets + d.closer_octets,
             uid="", uid_from_header=False, retrieved=d.retrieved,
             hidden=self.uw_kludge and d.uw_marks >= 2,
             content_start=d.content_start, header_end=d.header_end, body_start=d.body_start,
@@ -182,8 +183,8 @@ class _Scanner(_HeaderScanner):
                     w.cur = counted
                     d.body_end = w.pos
                     d.octets += octets
-                    d.last_line_unterminated = (d.body_end > d.body_start
-                                                and buf[counted - 1] != LF)
+                    d.closer_octets = (closer_octets(buf[counted - 1:counted])
+                                       if d.body_end > d.body_start else 0)
                     if (self.mmdf_sep is None and buf[counted - 1] == LF
                             and _is_empty_line_before(buf, counted - 1)):
                         self._drop_framing_line(d, 2 if buf[counted - 2] == CR else 1)
@@ -234,7 +235,7 @@ class _Scanner(_HeaderScanner):
         d.octets -= 2
         if d.body_end < d.body_start:           # it was the blank line ending the headers
             d.body_start = d.body_end = d.header_end
-        d.last_line_unterminated = False
+        d.closer_octets = 0
 
     def _after_body(self, d: _Draft, nxt: bytes | None):
         """Close the message: MMDF trailer and junk, ends, next separator."""

@@ -8,7 +8,8 @@ import re
 from typing import BinaryIO, Callable
 
 from qpopper import limits
-from qpopper.spool.mbox_format import CR, LF, UIDL_HEADER, Message, WriteFn, _NUL_TO_SPACE, _read_at
+from qpopper.spool.mbox_format import (CR, LF, UIDL_HEADER, Message, WriteFn, _NUL_TO_SPACE,
+                                       _read_at, closer_octets)
 
 _DOT_AFTER_LF = re.compile(rb"\n\.")
 _CONVERTED = frozenset("\0\r\n")
@@ -202,9 +203,12 @@ def send_message(f: BinaryIO, msg: Message, write: WriteFn, body_lines: int | No
 
 
 def _line_closer(last_piece: bytes | memoryview) -> list[bytes]:
-    """What follows the message's last kept bytes: a last line without LF gets its CRLF (a CR
-    there stays: CR CRLF); nothing after an LF or when nothing was kept."""
-    return [b"\r\n"] if last_piece and last_piece[-1] != LF else []
+    """What follows the message's last kept bytes: a last line without LF gets its CRLF, one
+    ending in a bare CR only the LF (that CR is the CR of its CRLF, as after the write-back,
+    which adds the LF: mbox_format.closer_octets counts it); nothing after an LF or when
+    nothing was kept."""
+    closer = (b"", b"\n", b"\r\n")[closer_octets(last_piece[-1:])]
+    return [closer] if closer else []
 
 
 def _send_whole(read: Callable[[int, int], bytes], msg: Message, stop: int,

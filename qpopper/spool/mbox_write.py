@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from qpopper import limits
-from qpopper.spool.mbox_format import (FRAMING_LINE, UIDL_HEADER, Message, WriteFn, header_uid,
-                                       _octets, _read_at)
+from qpopper.spool.mbox_format import (FRAMING_LINE, UIDL_HEADER, Message, WriteFn,
+                                       closer_octets, header_uid, _octets, _read_at)
 
 class _Coalescer:
     """Collects small pieces and hands `write` buffers of about limits.COPY_CHUNK_OCTETS."""
@@ -180,7 +180,8 @@ def _relocated(f: BinaryIO, msg: Message, at: int, number: int, retrieved: bool,
     closing_len = written - body.written
     body_end = body_start + (msg.body_end - msg.body_start)
     if closing_len == 2:            # a last line without LF got one, then the framing line
-        octets += _octets(b"\n", after_cr=body.tail.endswith(b"\r")) - 2   # RETR added CRLF
+        # RETR added CRLF (only LF after a bare CR): the LF written in its place counts now
+        octets += _octets(b"\n", after_cr=body.tail.endswith(b"\r")) - closer_octets(body.tail)
         body_end += 1
     end = body_end + len(FRAMING_LINE)
     if end - at != written or closing_len not in (1, 2):

@@ -54,7 +54,8 @@ def wire_lines(text: bytes) -> bytes:
         elif line.endswith(b"\n"):
             content = line[:-1]
         else:
-            content = line                      # the last line, without LF
+            # the last line, without LF: a bare CR at its end is the CR of its CRLF
+            content = line[:-1] if line.endswith(b"\r") else line
         if content.startswith(b"."):
             content = b"." + content
         out.append(content + b"\r\n")

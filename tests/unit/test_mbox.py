@@ -90,13 +90,16 @@ def without_framing(message: bytes) -> bytes:
 
 def naive_retr(message: bytes, uid: str) -> bytes:
     """RETR data per P14, line by line: headers without Content-Length/X-UIDL, X-UIDL before
-    Status or at the end of the headers, CRLF, NUL as space, dot-stuffing."""
+    Status or at the end of the headers, CRLF (a last line's bare CR as the CR of its CRLF),
+    NUL as space, dot-stuffing."""
     lines = split_lines(message)[1:]
     out, in_headers, inserted = [], True, False
     uidl = b"X-UIDL: " + uid.encode() + b"\r\n"
     for line in lines:
         text = line.replace(b"\0", b" ")
         text = text[:-2] if text.endswith(b"\r\n") else text.rstrip(b"\n")
+        if not line.endswith(b"\n") and text.endswith(b"\r"):
+            text = text[:-1]            # a last line's bare CR: the CR of its CRLF
         if in_headers:
             if line in (b"\n", b"\r\n"):
                 in_headers = False
@@ -473,6 +476,26 @@ def test_mail_appended_after_written_back_messages_stays_separate(tmp_path):
             assert [m.uid for m in after[:-1]] == [m.uid for m in before]
             with open(dst, "rb") as f:
                 assert retr(f, after[-1]).endswith(b"\r\n\r\nnew mail\r\n")
+
+
+def test_a_last_line_ending_in_a_bare_cr_is_sent_as_after_the_write_back(tmp_path):
+    """The write-back adds the LF a last line lacks: a bare CR there becomes a CRLF, so RETR
+    sends it as one (docs/mbox.md, "The framing line"), in LIST's octets, before and after."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for last in (b"last\r", b"cr\r\r", b"Subject: headers only\r"):
+        body = last if last.startswith(b"Subject") else b"Subject: b\n\n" + last
+        src.write_bytes(b"From a@x Wed Nov 25 10:00:00 2026\nSubject: a\n\none\n\n"
+                        b"From b@x Wed Nov 25 10:00:00 2026\n" + body)
+        for update in (True, False):
+            write_back(src, dst, update_status_headers=update)
+            sent = []
+            for path in (src, dst):
+                with open(path, "rb") as f:
+                    m = scan_path(path)[-1]
+                    sent.append(retr(f, m))
+                    assert m.octets == len(sent[-1])
+            assert last + b"\n" in sent[0]
+            assert sent[0].replace(b"Status: U\r\n", b"") == sent[1].replace(b"Status: U\r\n", b"")
 
 
 def test_mmdf_trailer_in_headers_junk_and_missing_last_trailer(tmp_path):

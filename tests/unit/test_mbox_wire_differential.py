@@ -4,7 +4,8 @@ send_message converts whole blocks with bytes methods, reads in windows and spli
 line into the stream; the reference (tests/helpers/mbox_wire_reference.py) does the obvious
 thing one line at a time (end the content before the framing line, cut the stripped header
 lines, put X-UIDL at its place, then per line: NUL as space, the line end as CRLF, a CRLF
-already there kept as one, a last line without LF closed with CRLF, a leading dot doubled).
+already there kept as one, a last line without LF closed with CRLF (a bare CR ending it is
+that CRLF's CR), a leading dot doubled).
 Seeded random spools full of adversarial lines are compared message by message, for RETR and
 TOP with several line counts, with windows from 1 octet to the default, from a real file
 (pread) and from an io.BytesIO. Each test runs with both wire conversions (the compiled one
@@ -114,7 +115,7 @@ def test_the_reference_itself_on_a_known_message():
     uidl = msg.uidl_line
     assert reference_wire(raw, msg, None) == (
         b"Subject: s\r\n" + uidl + b"Status: RO\r\n\r\n..dot\r\n>From x\r\nnul \r\n"
-        b"bare\rcr\r\nlast\r\r\n")
+        b"bare\rcr\r\nlast\r\n")
     assert reference_wire(raw, msg, 1) == b"Subject: s\r\n" + uidl + b"Status: RO\r\n\r\n..dot\r\n"
     assert reference_wire(raw, msg, 0) == b"Subject: s\r\n" + uidl + b"Status: RO\r\n\r\n"
 
