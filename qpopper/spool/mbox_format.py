@@ -214,17 +214,39 @@ def closer_octets(last: bytes) -> int:
     return 1 if last[-1] == CR else 2
 
 
-def separator_padding(tail: bytes) -> bytes:
+def separator_padding(tail: bytes, mmdf_sep: bytes | None = None) -> bytes:
     """What must follow `tail` (the end of an mbox) before another message can start there: a
     From_ message ends with its framing line (an LF first if its last line lacks one), an MMDF
-    message with its trailer (docs/mbox.md, "What write-back writes"). A file ending with an
-    empty line already has its framing line."""
-    if not tail or tail.endswith((b"\n\n", b"\n\r\n", b"\x01\x01\x01\x01\n")):
+    message with its trailer (docs/mbox.md, "What write-back writes"). A From_ file ending with
+    an empty line already has its framing line; an MMDF file (`mmdf_sep`: its separator line)
+    is closed only by a whole trailer line, a line equal to that separator after an LF. Only
+    there is a trailer one: in a From_ file, or after other octets on its line, the same
+    octets are content, and new mail after them would join the message."""
+    if not tail:
+        return b""
+    if mmdf_sep is None:
+        if tail.endswith((b"\n\n", b"\n\r\n")):
+            return b""
+    elif tail.endswith(b"\n" + mmdf_sep):
         return b""
     return FRAMING_LINE if tail.endswith(b"\n") else b"\n" + FRAMING_LINE
+
+
+def mmdf_separator(first: bytes) -> bytes | None:
+    """The separator line of an MMDF file whose first octets are `first` (the scan's: its first
+    line, up to limits.MAX_SPOOL_LINE_OCTETS octets), or None for a From_ file."""
+    if not first.startswith(MMDF_SEP_CHAR):
+        return None
+    first = first[:limits.MAX_SPOOL_LINE_OCTETS]
+    eol = first.find(b"\n")
+    return first if eol == -1 else first[:eol + 1]
 
 
 def padding_after(fd: int, size: int) -> bytes:
     """separator_padding for the first `size` octets of fd (an mbox file): what must be
     written at `size` before another message can start there."""
-    return separator_padding(os.pread(fd, min(8, size), max(0, size - 8)) if size else b"")
+    if not size:
+        return b""
+    sep = mmdf_separator(os.pread(fd, min(size, limits.MAX_SPOOL_LINE_OCTETS), 0))
+    n = min(size, max(8, len(sep) + 1 if sep else 0))
+    return separator_padding(os.pread(fd, n, size - n), sep)

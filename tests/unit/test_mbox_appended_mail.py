@@ -1,0 +1,110 @@
+"""Mail appended to an mbox stays what it was delivered as: the padding written before it, the
+server-mode cache's view of it and a full scan of it agree (docs/mbox.md, "What write-back
+writes", "Content-Length")."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from qpopper.config import Config
+from qpopper.spool import mbox
+from qpopper.spool.maildrop import Maildrop
+from qpopper.spool.paths import SpoolPaths
+from tests.helpers.spoolcheck import read, retr
+
+USER = "alice"
+FROM = b"From a@b Wed Dec  2 05:53:22 1992\n"
+TRAILER = b"\x01\x01\x01\x01\n"
+pytestmark = pytest.mark.timeout(60)
+
+
+def make(tmp_path, content: bytes, **options):
+    cfg = Config.defaults().replace(spool_dir=str(tmp_path), **options)
+    paths = SpoolPaths.for_user(cfg, USER, None)
+    with open(paths.spool, "wb") as f:
+        f.write(content)
+    os.chmod(paths.spool, 0o660)
+    return cfg, paths
+
+
+def open_drop(cfg, paths) -> Maildrop:
+    return Maildrop.open(cfg, paths, USER, lock_step_s=0.05)
+
+
+def view(cfg, paths) -> list[tuple[str, int, bytes]]:
+    drop = open_drop(cfg, paths)
+    try:
+        return [(m.uid, m.octets, retr(drop, i)) for i, m in enumerate(drop.messages)]
+    finally:
+        drop.close()
+
+
+def append(path, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)
+
+
+def padding(tmp_path, data: bytes) -> bytes:
+    path = tmp_path / "padded"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return mbox.padding_after(fd, len(data))
+    finally:
+        os.close(fd)
+
+
+# --- an MMDF trailer closes a message only as a whole line of an MMDF file ----------------------
+def test_a_trailer_closes_only_a_whole_line_of_an_mmdf_file(tmp_path):
+    from_spool = FROM + b"Subject: s\n\n"
+    mmdf_spool = TRAILER + b"Subject: s\n\n"
+    assert padding(tmp_path, from_spool + b"line\n" + TRAILER) == b"\n"     # From_: content
+    assert padding(tmp_path, from_spool + b"x" + TRAILER) == b"\n"
+    assert padding(tmp_path, from_spool + b"body\n\n") == b""
+    assert padding(tmp_path, mmdf_spool + b"body\n" + TRAILER) == b""        # the trailer
+    assert padding(tmp_path, mmdf_spool + b"body\n" + TRAILER + TRAILER) == b""
+    assert padding(tmp_path, mmdf_spool + b"x" + TRAILER) == b"\n"          # not a whole line
+    assert padding(tmp_path, TRAILER) == b"\n"                      # the separator, no trailer
+    assert padding(tmp_path, mmdf_spool + b"body\n\n") == b"\n"     # no trailer: not closed
+    long_sep = b"\x01\x01\x01\x01 MMDF separator of this file\n"
+    assert padding(tmp_path, long_sep + b"Subject: s\n\nbody\n" + long_sep) == b""
+    assert padding(tmp_path, long_sep + b"Subject: s\n\nbody\n" + TRAILER) == b"\n"
+
+
+def test_mail_put_back_after_an_aborted_session_stays_its_own_message(tmp_path):
+    """Normal mode: the session ends without an update while mail arrived; the new mail goes
+    back after the old, with the framing line a From_ message needs before it, even when the
+    last line ends with the octets of an MMDF trailer."""
+    spool = (FROM + b"Subject: 1\n\none\n\n"
+             + FROM + b"Subject: 2\n\nends with\nx" + TRAILER)
+    cfg, paths = make(tmp_path, spool)
+    before = view(cfg, paths)
+    drop = open_drop(cfg, paths)
+    new_mail = FROM + b"Subject: 3\n\nthree\n\n"
+    append(paths.spool, new_mail)
+    drop.restore()
+    drop.close()
+    assert read(paths.spool) == spool + b"\n" + new_mail
+    after = view(cfg, paths)
+    assert after[:2] == before
+    assert len(after) == 3 and after[2][2].endswith(b"\r\n\r\nthree\r\n")
+
+
+def test_the_server_mode_cache_and_a_full_scan_agree_after_trailer_octets(tmp_path):
+    """Server mode: a cached From_ spool whose last line ends with the octets of an MMDF
+    trailer is not closed: a `From ` line appended right after it is content, as a full scan
+    reads it, not a message of its own."""
+    spool = (FROM + b"Subject: 1\n\none\n\n"
+             + FROM + b"Subject: 2\n\nlast line is x^A^A^A^A:\nx" + TRAILER)
+    cfg, paths = make(tmp_path, spool, server_mode=True)
+    drop = open_drop(cfg, paths)
+    drop.restore()
+    drop.close()
+    assert os.path.exists(paths.cache)
+    append(paths.spool, FROM + b"Subject: 3\n\nthree\n\n")
+    cached = view(cfg, paths)
+    os.unlink(paths.cache)
+    assert cached == view(cfg, paths)
+    assert len(cached) == 2
