@@ -35,6 +35,21 @@ def _find_from_separator(buf: bytes, start: int) -> int:
     return match.start() if match else -1
 
 
+_LINE_ENDS_OCTETS = 4
+"""The most octets _line_ends_at_end strips: two CRLFs."""
+
+
+def _line_ends_at_end(tail: bytes) -> int:
+    """How many octets of up to two line ends (LF or CRLF) end `tail`: the last line's and the
+    framing line's, before a separator or at the end of the file."""
+    n = len(tail)
+    for _ in range(2):
+        if not n or tail[n - 1] != LF:
+            break
+        n -= 2 if n >= 2 and tail[n - 2] == CR else 1
+    return len(tail) - n
+
+
 def _pattern_finder(pattern: bytes) -> Callable[[bytes, int], int]:
     return lambda buf, start: buf.find(pattern, start)
 
@@ -114,26 +129,36 @@ class _Scanner(_HeaderScanner):
 
     def _content_length_trusted(self, d: _Draft) -> bool:
         """Honour Content-Length only when it points (within the fuzz) at a separator or at the
-        region end: a forged or stale value must not swallow the messages after it."""
+        region end: a forged or stale value must not swallow the messages after it.
+
+        Both are weighed at the same point: where the content ends without its last line end
+        and the framing line (_line_ends_at_end). A write-back (which ends the last message
+        with its LF and one framing line, LF) or mail appended after the message (a separator
+        after the framing line) must not move the message into or out of the slack
+        (docs/mbox.md, "Content-Length"; a fuzzing finding, docs/fuzzing.md)."""
         target = d.body_start + d.content_length
         region_end = self.w.region_end
-        # At the end of the file, up to two trailing LFs do not count: the write-back ends
-        # the last message with its LF and one framing line, and must not move the end
-        # out of (or into) the slack (a fuzzing finding, docs/fuzzing.md).
-        tail_at = max(d.body_start, region_end - 2)
+        tail_at = max(d.body_start, region_end - _LINE_ENDS_OCTETS)
         tail = _read_at(self.f, tail_at, region_end - tail_at)
-        content_end = region_end - (len(tail) - len(tail.rstrip(b"\n")))
+        if tail and not tail.endswith(b"\n"):
+            # the write-back's LF: a last line ending in a bare CR then ends in CRLF
+            content_end = region_end + 1 - _line_ends_at_end(tail + b"\n")
+        else:
+            content_end = region_end - _line_ends_at_end(tail)
         if abs(content_end - target) <= CONTENT_LENGTH_FUZZ:
             return True
         if target > region_end:
             return False
         lo = max(d.body_start, target - CONTENT_LENGTH_FUZZ)
-        read_from = max(d.content_start, lo - 3)
+        read_from = max(d.content_start, lo - _LINE_ENDS_OCTETS - 1)
         window = _read_at(self.f, read_from,
                           target + CONTENT_LENGTH_FUZZ + limits.MAX_SPOOL_LINE_OCTETS - read_from)
         k = window.find(b"\nFrom ", lo - 1 - read_from)
-        while k != -1 and read_from + k + 1 <= target + CONTENT_LENGTH_FUZZ:
-            if _is_empty_line_before(window, k):
+        while k != -1 and read_from + k + 1 <= target + CONTENT_LENGTH_FUZZ + _LINE_ENDS_OCTETS:
+            # the separator's offset less the framing line and the last line's end
+            before = window[max(0, d.body_start - read_from, k + 1 - _LINE_ENDS_OCTETS):k + 1]
+            if (abs(read_from + k + 1 - _line_ends_at_end(before) - target) <= CONTENT_LENGTH_FUZZ
+                    and _is_empty_line_before(window, k)):
                 eol = window.find(b"\n", k + 1)
                 if is_from_line(window[k + 1:eol + 1] if eol != -1 else window[k + 1:]):
                     return True

@@ -4,12 +4,14 @@ writes", "Content-Length")."""
 
 from __future__ import annotations
 
+import io
 import os
 
 import pytest
 
 from qpopper.config import Config
 from qpopper.spool import mbox
+from qpopper.spool.mbox_format import CONTENT_LENGTH_FUZZ
 from qpopper.spool.maildrop import Maildrop
 from qpopper.spool.paths import SpoolPaths
 from tests.helpers.spoolcheck import read, retr
@@ -108,3 +110,47 @@ def test_the_server_mode_cache_and_a_full_scan_agree_after_trailer_octets(tmp_pa
     os.unlink(paths.cache)
     assert cached == view(cfg, paths)
     assert len(cached) == 2
+
+
+# --- Content-Length: the same reference point at the end of the file and at a separator -------
+def content_length_spool(eol: bytes, delta: int) -> bytes:
+    """One message whose body holds a From_ line after an empty line (a separator unless the
+    Content-Length is honoured), its Content-Length `delta` octets off the body's length."""
+    body = (b"hello" + eol + eol + FROM.replace(b"\n", eol) + b"this line was in the body" + eol
+            + b"x" * 40 + eol)
+    return (FROM.replace(b"\n", eol) + b"Subject: A" + eol
+            + b"Content-Length: %d" % (len(body) + delta) + eol + eol + body + eol)
+
+
+def first_message(data: bytes) -> tuple[int, int]:
+    """(messages, octets of the first) as a scan of `data` finds them."""
+    messages = mbox.scan(io.BytesIO(data))
+    return len(messages), messages[0].octets
+
+
+def written_back(data: bytes) -> bytes:
+    f, out = io.BytesIO(data), io.BytesIO()
+    for m in mbox.scan(f):
+        mbox.copy_for_update(f, m, out.write, retrieved=True, update_status_headers=True)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n"])
+def test_a_content_length_is_weighed_alike_while_last_after_new_mail_and_write_back(eol):
+    """Honoured or not, a Content-Length decides the same whether its message is the last of
+    the file, mail was appended after it, or the file was written back (in an LF or a CRLF
+    spool): otherwise a message RETR sent whole splits at a body `From ` line once mail
+    arrives, or the other way round."""
+    new_mail = FROM + b"Subject: B\n\n" + b"new mail " * 30 + b"\n\n"     # ends past the slack
+    decisions = set()
+    for delta in range(-2 * CONTENT_LENGTH_FUZZ, 2 * CONTENT_LENGTH_FUZZ):
+        spool = content_length_spool(eol, delta)
+        alone = first_message(spool)
+        decisions.add(alone[0])
+        padded = spool + mbox.separator_padding(spool[-8:]) + new_mail
+        assert first_message(padded) == (alone[0] + 1, alone[1]), delta
+        again = written_back(spool)
+        assert first_message(again)[0] == alone[0], delta
+        assert first_message(again + new_mail)[0] == alone[0] + 1, delta
+        assert first_message(written_back(again)) == first_message(again), delta
+    assert decisions == {1, 2}          # both sides of the slack were tried
