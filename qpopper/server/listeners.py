@@ -108,7 +108,10 @@ def _takes(wide, other) -> bool:
     """Whether binding (family, sockaddr, v6only) `wide` takes `other`'s address."""
     family, sockaddr, v6only = wide
     if family == other[0]:
-        return sockaddr[0] == other[1][0] or ipaddress.ip_address(sockaddr[0]).is_unspecified
+        # an IPv6 sockaddr's scope id is part of the address (fe80::1%eth0 is not %eth1)
+        same = (sockaddr[0] == other[1][0] and (family != socket.AF_INET6
+                                                 or sockaddr[3] == other[1][3]))
+        return same or ipaddress.ip_address(sockaddr[0]).is_unspecified
     return (family == socket.AF_INET6 and not v6only and other[0] == socket.AF_INET
             and ipaddress.ip_address(sockaddr[0]).is_unspecified)
 

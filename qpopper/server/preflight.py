@@ -208,14 +208,15 @@ def check_pop_auth_store(cfg) -> None:
     if not os.path.lexists(path):
         raise PreflightError(f"{what}: does not exist, and user-database is pop-auth; create "
                              f"it with popauth -init")
-    owner = pwd.getpwnam(cfg.pop_auth_owner) if os.geteuid() == 0 else None
+    if os.geteuid() != 0:
+        return                  # only root opens it as the logins do (as pop-auth-owner)
+    owner = pwd.getpwnam(cfg.pop_auth_owner)
     try:
-        PopAuthStore(path, owner and owner.pw_uid).list_users()
+        PopAuthStore(path, owner.pw_uid).list_users()
     except PopError as exc:
         if exc.code is RespCode.SYS_PERM:
-            account = owner.pw_name if owner else "this account"
             raise PreflightError(f"{what}: must be a regular file, mode 0600, owned by "
-                                 f"{account} (pop-auth-owner)") from None
+                                 f"{owner.pw_name} (pop-auth-owner)") from None
         said = (exc.log or exc.text).removeprefix(f"pop.auth store {path}: ")
         raise PreflightError(f"{what}: {said}") from None
     except sqlite3.Error as exc:
@@ -224,14 +225,18 @@ def check_pop_auth_store(cfg) -> None:
 
 def check_user_lists(cfg) -> None:
     """auth-file and nonauth-file open for reading: each login reads them, and one that
-    cannot be read (missing too) refuses everyone [SYS/PERM] (policy_checks)."""
+    cannot be read (missing too) refuses everyone [SYS/PERM] (policy_checks). Without root
+    (a check by another account) only that each exists: the logins read them as root."""
     for name in ("auth-file", "nonauth-file"):
         path = cfg.get(name)
         if not path:
             continue
         try:
-            with open(path, "rb"):
-                pass
+            if os.geteuid() == 0:
+                with open(path, "rb"):
+                    pass
+            else:
+                os.stat(path)
         except OSError as exc:
             raise PreflightError(f"{name} {path}{_where(cfg, name)}: {exc.strerror}; while it "
                                  f"cannot be read every login is refused") from None

@@ -6,6 +6,7 @@ docs/scale-out.md, "Locks across hosts".
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from qpopper import limits
-from qpopper.spool.durable import unlink_if_present
+from qpopper.spool.durable import rename_no_replace, unlink_if_present
 
 StepHook = Callable[[str], None]
 Log = Callable[[int, str], None]
@@ -270,12 +271,20 @@ class DotLock:
         except FileNotFoundError:
             if not os.path.lexists(aside):   # (an NFS rename retried after it succeeded fails)
                 return None
-        moved = LockFile.at(aside)
-        if moved is None:
-            return None
-        if is_it(moved):
-            unlink_if_present(aside)
-            return True
+        try:
+            moved = LockFile.at(aside)
+            if moved is None:
+                return None
+            if is_it(moved):
+                unlink_if_present(aside)
+                return True
+        except BaseException:
+            # a failure (an NFS error, a signal) must not leave a live lock without its name
+            with contextlib.suppress(OSError):
+                self._give_name_back(aside)
+                if os.path.samefile(aside, self.path):
+                    os.unlink(aside)
+            raise
         self._put_back(aside, moved)
         return False
 
@@ -285,13 +294,7 @@ class DotLock:
         decides (over NFS link can report failure after succeeding). If one did, two
         lockers each believe they hold it: logged, and the newer keeps the name."""
         self.hook("dotlock-put-back")
-        try:
-            os.link(aside, self.path)
-        except FileExistsError:
-            pass
-        except OSError:                 # no hard link allowed (protected_hardlinks, ...)
-            if not os.path.lexists(self.path):
-                os.rename(aside, self.path)
+        self._give_name_back(aside)
         now = LockFile.at(self.path)
         unlink_if_present(aside)
         if now is not None and (now.dev, now.ino) == (moved.dev, moved.ino):
@@ -301,6 +304,18 @@ class DotLock:
         elif self.log:
             self.log(syslog.LOG_ERR, f"lock {self.path} of {_holder(moved)} not put back: "
                                      f"{_holder(now)} took the name meanwhile")
+
+    def _give_name_back(self, aside: str) -> None:
+        """The lock name for the file set aside, never replacing a lock made there meanwhile:
+        link(2); where hard links are refused (protected_hardlinks on another uid's file, a
+        file system without them) a rename that does not replace (renameat2's
+        RENAME_NOREPLACE; where the file system lacks it, NFS for one, a look first)."""
+        try:
+            os.link(aside, self.path)
+        except FileExistsError:
+            pass
+        except OSError:
+            rename_no_replace(aside, self.path)
 
     # --- holding it -----------------------------------------------------------------------------
     def _is_ours(self, found: LockFile) -> bool:

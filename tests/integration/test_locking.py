@@ -13,7 +13,8 @@ import time
 import pytest
 
 from qpopper.pop3.responses import PopError, RespCode
-from qpopper.spool.dotlock import DotLock, LockTiming, lock_content, parse_lock_content
+from qpopper.spool.dotlock import (DotLock, LockFile, LockTiming, lock_content,
+                                    parse_lock_content)
 from qpopper.spool.locking import SessionLock, SpoolLock, Unlinked, open_regular
 from tests.helpers.open_races import open_then, replace_with
 from tests.helpers.repo import REPO
@@ -219,6 +220,10 @@ def _other_host_breaks_it_at(step, other):
     return hook
 
 
+def _refuse_link(*args, **kwargs):
+    raise PermissionError(errno.EPERM, "Operation not permitted")
+
+
 @pytest.mark.parametrize("nfs_safe", [True, False])
 def test_two_hosts_breaking_one_stale_lock_never_both_hold_it(tmp_path, nfs_safe):
     """Host B judged the lock stale; before it removes it, host A removes it and makes its own.
@@ -244,9 +249,7 @@ def test_two_hosts_breaking_one_stale_lock_never_both_hold_it(tmp_path, nfs_safe
 def test_a_lock_put_back_without_hard_links_is_renamed_back(tmp_path, monkeypatch):
     """Where link(2) is refused (protected_hardlinks on another user's lock, a file system
     without hard links) the lock set aside goes back by rename, the name being free."""
-    def no_link(*args, **kwargs):
-        raise PermissionError(errno.EPERM, "Operation not permitted")
-    monkeypatch.setattr(os, "link", no_link)
+    monkeypatch.setattr(os, "link", _refuse_link)
     path = tmp_path / "alice.lock"
     _stale_lock(path)
     a = DotLock(str(path))
@@ -255,6 +258,50 @@ def test_a_lock_put_back_without_hard_links_is_renamed_back(tmp_path, monkeypatc
     assert a.still_ours() and os.listdir(tmp_path) == ["alice.lock"]
     a.release()
     assert os.listdir(tmp_path) == []
+
+
+def test_a_put_back_without_hard_links_never_replaces_a_lock_made_meanwhile(tmp_path,
+                                                                             monkeypatch):
+    """Without link(2) the put-back is a rename that does not replace: a lock a third locker
+    made at the free name after B's look (os.path.lexists made to miss it, as a look just
+    before the lock appears does) keeps its name."""
+    monkeypatch.setattr(os, "link", _refuse_link)
+    path = tmp_path / "alice.lock"
+    _stale_lock(path)
+    a, c = DotLock(str(path)), DotLock(str(path))
+    c.host = "host-c"
+
+    def hook(name):
+        _other_host_breaks_it_at("dotlock-remove-stale", a)(name)
+        if name == "dotlock-put-back":
+            assert c.try_acquire()
+            monkeypatch.setattr(os.path, "lexists", lambda p: False)
+    b = DotLock(str(path), step_hook=hook)
+    assert not b.try_acquire()
+    monkeypatch.undo()
+    assert c.still_ours() and path.read_bytes() == lock_content(host="host-c")
+    c.release()
+
+
+def test_a_failure_after_setting_a_lock_aside_gives_it_its_name_back(tmp_path, monkeypatch):
+    """An error between the rename aside and the decision (an NFS error reading the file
+    there) leaves the live lock at its name, not hidden at the aside name."""
+    path = tmp_path / "alice.lock"
+    _stale_lock(path)
+    a = DotLock(str(path))
+    real_at = LockFile.at
+
+    def failing_at(name):                # B's look at the file it set aside, A's lock
+        if a.held and os.path.basename(name).startswith(".lk"):
+            raise OSError(errno.EIO, "Input/output error")
+        return real_at(name)
+    b = DotLock(str(path), step_hook=_other_host_breaks_it_at("dotlock-remove-stale", a))
+    monkeypatch.setattr(LockFile, "at", staticmethod(failing_at))
+    with pytest.raises(OSError):
+        b.try_acquire()
+    monkeypatch.undo()
+    assert a.still_ours() and os.listdir(tmp_path) == ["alice.lock"]
+    a.release()
 
 
 def test_release_never_removes_a_lock_that_replaced_ours_meanwhile(tmp_path):
