@@ -22,8 +22,9 @@ from qpopper.spool import packed
 from qpopper.spool.durable import publish, read_up_to, recorded_as, unlink_if_present
 from qpopper.spool.mbox import Message
 
-CACHE_VERSION = 4
-"""4: packed columns (qpopper/spool/packed.py) instead of JSON records; 2: a From_ message's
+CACHE_VERSION = 5
+"""5: a message ending in a bare CR counted as sent (that CR with the LF after it, one octet
+less than 4 counted); 4: packed columns (qpopper/spool/packed.py) instead of JSON records; 2: a From_ message's
 framing line (docs/mbox.md, "The framing line") is no longer part of its content. A cache of
 another version is ignored and the spool scanned again."""
 MAGIC = b"QPCACHE"

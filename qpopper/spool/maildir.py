@@ -28,9 +28,10 @@ SUBDIRS = ("new", "cur")
 INDEX_NAME = "qpopper-pop3.index"
 INDEX_TEMP_NAME = f".{INDEX_NAME}.tmp"
 INDEX_MAGIC = b"QPINDEX"
-INDEX_VERSION = 4
-"""4: packed columns with each file's inode and modification time (qpopper/spool/packed.py);
-3 had the inode only, 2 neither, 1 was JSON. Another version is ignored and the index
+INDEX_VERSION = 5
+"""5: a file ending in a bare CR measured as RETR sends it (one octet less than 4 did) and the
+directory stamps without the device number; 4: packed columns with each file's inode and
+modification time (qpopper/spool/packed.py); 3 had the inode only, 2 neither, 1 was JSON. Another version is ignored and the index
 rebuilt from a listing."""
 INODE_BITS = (1 << 63) - 1
 """Inodes and times are kept in 63 bits, as the index's int columns hold them (NFS has 64-bit

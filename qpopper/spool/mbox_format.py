@@ -224,10 +224,13 @@ def separator_padding(tail: bytes, mmdf_sep: bytes | None = None) -> bytes:
     octets are content, and new mail after them would join the message."""
     if not tail:
         return b""
-    if mmdf_sep is None:
-        if tail.endswith((b"\n\n", b"\n\r\n")):
+    if mmdf_sep is not None:
+        if tail.endswith(b"\n" + mmdf_sep):
             return b""
-    elif tail.endswith(b"\n" + mmdf_sep):
+        # its trailer: a From_ framing line would be content, and the new message's first
+        # separator line would be taken for this one's trailer
+        return (b"" if tail.endswith(b"\n") else b"\n") + mmdf_sep
+    if tail.endswith((b"\n\n", b"\n\r\n")):
         return b""
     return FRAMING_LINE if tail.endswith(b"\n") else b"\n" + FRAMING_LINE
 

@@ -184,7 +184,13 @@ class _Scanner(_HeaderScanner):
         while True:
             buf = w.buf
             k = find(buf, search)
-            if k != -1 and w.base + k + 1 < recognise_from:
+            # a separator inside the Content-Length is content; weighed where
+            # _content_length_trusted weighs it (less the line ends before it), or a CRLF
+            # spool's write-back would move it across recognise_from
+            if k != -1 and w.base + k + 1 - _LINE_ENDS_OCTETS < recognise_from and (
+                    w.base + k + 1 - _line_ends_at_end(
+                        buf[max(0, k + 1 - _LINE_ENDS_OCTETS, d.body_start - w.base):k + 1])
+                    < recognise_from):
                 search = k + 1
                 continue
             if k == -1:

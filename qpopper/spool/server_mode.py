@@ -86,7 +86,7 @@ class ServerModeMaildrop(NormalModeMaildrop):
     def _server_scan(self, fd: int, size: int) -> list[mbox.Message]:
         options = cache.scan_options(self.cfg)      # the scan's keywords, as the cache has them
         cached = cache.load(self.paths.cache, self.user, self.cfg, fd, note=self._cache_ignored)
-        if cached is not None and _tail_closed(fd, cached[1].size, size):
+        if cached is not None and _tail_closed(fd, cached[1].size, size, cached[0]):
             known, state = cached
             if state.size == size:          # no new mail: nothing to scan
                 self.scan_region = (size, size)
@@ -295,8 +295,14 @@ class ServerModeMaildrop(NormalModeMaildrop):
             self._note(syslog.LOG_WARNING, f"cannot write {self.user}'s cache: {exc}")
 
 
-def _tail_closed(fd: int, cached_len: int, size: int) -> bool:
+def _tail_closed(fd: int, cached_len: int, size: int, known: list[mbox.Message]) -> bool:
     """Can mail after the cached region be scanned on its own? Only when the region ends the
     way a separator needs (an empty line, or an MMDF trailer); otherwise a full scan decides
-    whether the appended `From ` line starts a message."""
-    return cached_len == size or not mbox.padding_after(fd, cached_len)
+    whether the appended `From ` line starts a message. So it does after a last message whose
+    Content-Length was not honoured: the mail after it can bring its end within the slack
+    (docs/mbox.md, "Content-Length"), and the cache must say what a full scan says."""
+    if cached_len == size:
+        return True
+    if known and known[-1].stale_content_length:
+        return False
+    return not mbox.padding_after(fd, cached_len)

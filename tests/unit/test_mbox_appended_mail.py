@@ -67,12 +67,29 @@ def test_a_trailer_closes_only_a_whole_line_of_an_mmdf_file(tmp_path):
     assert padding(tmp_path, from_spool + b"body\n\n") == b""
     assert padding(tmp_path, mmdf_spool + b"body\n" + TRAILER) == b""        # the trailer
     assert padding(tmp_path, mmdf_spool + b"body\n" + TRAILER + TRAILER) == b""
-    assert padding(tmp_path, mmdf_spool + b"x" + TRAILER) == b"\n"          # not a whole line
-    assert padding(tmp_path, TRAILER) == b"\n"                      # the separator, no trailer
-    assert padding(tmp_path, mmdf_spool + b"body\n\n") == b"\n"     # no trailer: not closed
+    # not closed: its trailer (the file's separator line) closes it
+    assert padding(tmp_path, mmdf_spool + b"x" + TRAILER) == TRAILER      # not a whole line
+    assert padding(tmp_path, TRAILER) == TRAILER                    # the separator, no trailer
+    assert padding(tmp_path, mmdf_spool + b"body\n\n") == TRAILER
+    assert padding(tmp_path, mmdf_spool + b"body") == b"\n" + TRAILER
     long_sep = b"\x01\x01\x01\x01 MMDF separator of this file\n"
     assert padding(tmp_path, long_sep + b"Subject: s\n\nbody\n" + long_sep) == b""
-    assert padding(tmp_path, long_sep + b"Subject: s\n\nbody\n" + TRAILER) == b"\n"
+    assert padding(tmp_path, long_sep + b"Subject: s\n\nbody\n" + TRAILER) == long_sep
+
+
+@pytest.mark.parametrize("ending", [b"body\n\n", b"body\n", b"body", b"body\r"])
+def test_mail_appended_to_an_mmdf_file_without_its_last_trailer_keeps_both_messages(ending):
+    """The padding closes the last message with a trailer: the message keeps its bytes, and
+    the new message's separator line is not taken for that trailer (its headers and body
+    would have become junk between messages)."""
+    spool = TRAILER + b"Subject: 1\n\n" + ending
+    new_mail = TRAILER + b"Subject: 2\n\nnew mail\n" + TRAILER
+    alone = mbox.scan(io.BytesIO(spool))
+    both = spool + mbox.separator_padding(spool[-8:], TRAILER) + new_mail
+    scanned = mbox.scan(io.BytesIO(both))
+    assert len(scanned) == 2
+    assert scanned[0].octets == alone[0].octets
+    assert scanned[1].octets == mbox.scan(io.BytesIO(new_mail))[0].octets
 
 
 def test_mail_put_back_after_an_aborted_session_stays_its_own_message(tmp_path):
@@ -112,6 +129,25 @@ def test_the_server_mode_cache_and_a_full_scan_agree_after_trailer_octets(tmp_pa
     assert len(cached) == 2
 
 
+def test_the_server_mode_cache_and_a_full_scan_agree_after_a_content_length_not_honoured(
+        tmp_path):
+    """A last message whose Content-Length points past the end of the file is not honoured;
+    mail appended after it can end within the slack of that length. Whatever a full scan
+    makes of it, the cached view says the same."""
+    body = b"hello\n"
+    spool = FROM + b"Subject: 1\nContent-Length: %d\n\n" % (len(body) + 40) + body + b"\n"
+    cfg, paths = make(tmp_path, spool, server_mode=True)
+    drop = open_drop(cfg, paths)
+    assert drop.messages[0].stale_content_length         # not honoured
+    drop.restore()
+    drop.close()
+    assert os.path.exists(paths.cache)
+    append(paths.spool, FROM + b"Subject: 2\n\n" + b"x" * 4 + b"\n\n")
+    cached = view(cfg, paths)
+    os.unlink(paths.cache)
+    assert cached == view(cfg, paths)
+
+
 # --- Content-Length: the same reference point at the end of the file and at a separator -------
 def content_length_spool(eol: bytes, delta: int) -> bytes:
     """One message whose body holds a From_ line after an empty line (a separator unless the
@@ -128,11 +164,27 @@ def first_message(data: bytes) -> tuple[int, int]:
     return len(messages), messages[0].octets
 
 
-def written_back(data: bytes) -> bytes:
+def written_back(data: bytes, status_headers: bool = True) -> bytes:
     f, out = io.BytesIO(data), io.BytesIO()
     for m in mbox.scan(f):
-        mbox.copy_for_update(f, m, out.write, retrieved=True, update_status_headers=True)
+        mbox.copy_for_update(f, m, out.write, retrieved=status_headers,
+                             update_status_headers=status_headers)
     return out.getvalue()
+
+
+@pytest.mark.parametrize("status_headers", [True, False])
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n"])
+def test_a_separator_inside_the_content_length_is_weighed_alike_after_write_back(eol,
+                                                                                  status_headers):
+    """A `From ` line after an empty line near the Content-Length's end: whether it is a
+    separator is decided where the length is weighed (less the line ends before it), so the
+    write-back, which turns a CRLF framing line into LF, does not merge two messages."""
+    for delta in range(-2 * CONTENT_LENGTH_FUZZ, 2 * CONTENT_LENGTH_FUZZ):
+        body = eol + eol + FROM.replace(b"\n", eol) + b"end" + eol
+        spool = (FROM + b"Subject: a" + eol + b"Content-Length: %d" % (len(body) + delta)
+                 + eol + eol + body)
+        again = written_back(spool, status_headers)
+        assert first_message(again)[0] == first_message(spool)[0], delta
 
 
 @pytest.mark.parametrize("eol", [b"\n", b"\r\n"])
