@@ -218,19 +218,18 @@ def separator_padding(tail: bytes, mmdf_sep: bytes | None = None) -> bytes:
     """What must follow `tail` (the end of an mbox) before another message can start there: a
     From_ message ends with its framing line (an LF first if its last line lacks one), an MMDF
     message with its trailer (docs/mbox.md, "What write-back writes"). A From_ file ending with
-    an empty line already has its framing line; an MMDF file (`mmdf_sep`: its separator line)
-    is closed only by a whole trailer line, a line equal to that separator after an LF. Only
-    there is a trailer one: in a From_ file, or after other octets on its line, the same
-    octets are content, and new mail after them would join the message."""
+    an empty line already has its framing line. In a From_ file the octets of an MMDF trailer
+    are content: new mail after them would join the message. In an MMDF file (`mmdf_sep`: its
+    separator line) a tail ending with a trailer, or with an empty line, is taken as closed,
+    and anything else is padded to the start of a line: what follows a trailer is junk the
+    scan skips. The tail cannot tell a message still open (its trailer missing) from junk
+    after a trailer; such an open message would take the new mail's separator line for its
+    trailer (docs/mbox.md, "What write-back writes")."""
     if not tail:
         return b""
-    if mmdf_sep is not None:
-        if tail.endswith(b"\n" + mmdf_sep):
-            return b""
-        # its trailer: a From_ framing line would be content, and the new message's first
-        # separator line would be taken for this one's trailer
-        return (b"" if tail.endswith(b"\n") else b"\n") + mmdf_sep
     if tail.endswith((b"\n\n", b"\n\r\n")):
+        return b""
+    if mmdf_sep is not None and tail.endswith((b"\x01\x01\x01\x01\n", b"\n" + mmdf_sep)):
         return b""
     return FRAMING_LINE if tail.endswith(b"\n") else b"\n" + FRAMING_LINE
 

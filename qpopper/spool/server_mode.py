@@ -303,6 +303,6 @@ def _tail_closed(fd: int, cached_len: int, size: int, known: list[mbox.Message])
     (docs/mbox.md, "Content-Length"), and the cache must say what a full scan says."""
     if cached_len == size:
         return True
-    if known and known[-1].stale_content_length:
-        return False
+    if known and known[-1].stale_content_length and not known[-1].mmdf:
+        return False                     # (an MMDF message's Content-Length is never weighed)
     return not mbox.padding_after(fd, cached_len)

@@ -67,29 +67,23 @@ def test_a_trailer_closes_only_a_whole_line_of_an_mmdf_file(tmp_path):
     assert padding(tmp_path, from_spool + b"body\n\n") == b""
     assert padding(tmp_path, mmdf_spool + b"body\n" + TRAILER) == b""        # the trailer
     assert padding(tmp_path, mmdf_spool + b"body\n" + TRAILER + TRAILER) == b""
-    # not closed: its trailer (the file's separator line) closes it
-    assert padding(tmp_path, mmdf_spool + b"x" + TRAILER) == TRAILER      # not a whole line
-    assert padding(tmp_path, TRAILER) == TRAILER                    # the separator, no trailer
-    assert padding(tmp_path, mmdf_spool + b"body\n\n") == TRAILER
-    assert padding(tmp_path, mmdf_spool + b"body") == b"\n" + TRAILER
     long_sep = b"\x01\x01\x01\x01 MMDF separator of this file\n"
     assert padding(tmp_path, long_sep + b"Subject: s\n\nbody\n" + long_sep) == b""
-    assert padding(tmp_path, long_sep + b"Subject: s\n\nbody\n" + TRAILER) == long_sep
+    # after a trailer: the junk's line ended, and an empty line (junk too: the scan skips it)
+    assert padding(tmp_path, mmdf_spool + b"body\n" + TRAILER + b"junk") == b"\n\n"
 
 
-@pytest.mark.parametrize("ending", [b"body\n\n", b"body\n", b"body", b"body\r"])
-def test_mail_appended_to_an_mmdf_file_without_its_last_trailer_keeps_both_messages(ending):
-    """The padding closes the last message with a trailer: the message keeps its bytes, and
-    the new message's separator line is not taken for that trailer (its headers and body
-    would have become junk between messages)."""
-    spool = TRAILER + b"Subject: 1\n\n" + ending
+@pytest.mark.parametrize("after_trailer", [b"", b"\n", b"junk", b"junk\n"])
+def test_mail_appended_after_an_mmdf_trailer_and_junk_keeps_both_messages(after_trailer):
+    """What follows a trailer is junk the scan skips; the padding only adds junk lines, and
+    the new message (its own separator line first) is a message of its own, whole."""
+    spool = TRAILER + b"Subject: 1\n\nbody\n" + TRAILER + after_trailer
     new_mail = TRAILER + b"Subject: 2\n\nnew mail\n" + TRAILER
     alone = mbox.scan(io.BytesIO(spool))
     both = spool + mbox.separator_padding(spool[-8:], TRAILER) + new_mail
     scanned = mbox.scan(io.BytesIO(both))
-    assert len(scanned) == 2
-    assert scanned[0].octets == alone[0].octets
-    assert scanned[1].octets == mbox.scan(io.BytesIO(new_mail))[0].octets
+    assert [m.octets for m in scanned] == [alone[0].octets,
+                                           mbox.scan(io.BytesIO(new_mail))[0].octets]
 
 
 def test_mail_put_back_after_an_aborted_session_stays_its_own_message(tmp_path):
@@ -146,6 +140,23 @@ def test_the_server_mode_cache_and_a_full_scan_agree_after_a_content_length_not_
     cached = view(cfg, paths)
     os.unlink(paths.cache)
     assert cached == view(cfg, paths)
+
+
+def test_new_mail_after_an_mmdf_message_with_a_content_length_is_scanned_alone(tmp_path):
+    """An MMDF message's Content-Length is never weighed (its trailer ends it): mail after
+    it is scanned on its own, the cached messages are not scanned again."""
+    spool = TRAILER + b"Subject: 1\nContent-Length: 5\n\nbody\n" + TRAILER
+    cfg, paths = make(tmp_path, spool, server_mode=True)
+    drop = open_drop(cfg, paths)
+    drop.restore()
+    drop.close()
+    append(paths.spool, TRAILER + b"Subject: 2\n\nnew\n" + TRAILER)
+    drop = open_drop(cfg, paths)
+    try:
+        assert len(drop.messages) == 2
+        assert drop.scan_region == (len(spool), os.path.getsize(paths.spool))
+    finally:
+        drop.close()
 
 
 # --- Content-Length: the same reference point at the end of the file and at a separator -------
