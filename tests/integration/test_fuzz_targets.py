@@ -5,6 +5,7 @@ and stops clean. The long runs are `make fuzz`; their figures are in docs/fuzzin
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -36,7 +37,9 @@ def test_a_short_fuzz_run_finds_nothing(name, tmp_path):
         cwd=REPO, capture_output=True, text=True, errors="replace", timeout=200,
         env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"Done {SMOKE_RUNS} runs" in result.stderr, result.stderr[-3000:]
+    # libFuzzer stops at the first check after -runs: a run or two more (seen under load)
+    done = re.search(r"^Done (\d+) runs", result.stderr, re.M)
+    assert done and int(done.group(1)) >= SMOKE_RUNS, result.stderr[-3000:]
     assert not list((tmp_path / "findings").iterdir())
 
 
