@@ -59,8 +59,9 @@ def refuse_on_config_error(error: ConfigError) -> int:
     """A configuration that does not load: one line on stderr, exit status 2. In inetd mode
     (stdin a socket) stderr may be the client's socket: the line goes to syslog instead, and a
     connected client gets CONFIG_ERROR_REPLY (docs/operations.md, "Start-up checks")."""
-    connected = _stdin_socket()
-    if connected is None:
+    from qpopper.server.channel import stdin_socket
+    probe, listening = stdin_socket()
+    if probe is None:
         print(f"popper: {error}", file=sys.stderr)
         return 2
     import syslog
@@ -69,32 +70,13 @@ def refuse_on_config_error(error: ConfigError) -> int:
     log = Logger()                       # the default facility: the configuration named none
     log(syslog.LOG_ERR, f"connection refused, the configuration has an error: {error}")
     log.close()
-    if connected:
-        try:
-            os.write(1, CONFIG_ERROR_REPLY)
-        except OSError:
-            pass                         # the client went: the log has the line
+    with probe:
+        if probe.type == socket.SOCK_STREAM and not listening:    # a connection: told
+            try:
+                os.write(1, CONFIG_ERROR_REPLY)
+            except OSError:
+                pass                     # the client went: the log has the line
     return 2
-
-
-def _stdin_socket() -> bool | None:
-    """None when descriptor 0 is not a socket; else whether it is a connected stream socket
-    (inetd's "nowait" connection, not a listening socket)."""
-    try:
-        fd = os.dup(0)
-    except OSError:
-        return None                      # closed
-    try:
-        sock = socket.socket(fileno=fd)
-    except OSError:
-        os.close(fd)
-        return None
-    with sock:
-        try:
-            listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-        except OSError:
-            listening = True
-        return sock.type == socket.SOCK_STREAM and not listening
 
 
 def check_site(cfg) -> str | None:

@@ -132,6 +132,25 @@ class Channel:
             self.sock.close()
 
 
+def stdin_socket() -> tuple[socket.socket | None, bool]:
+    """Descriptor 0 as inetd mode sees it: (a socket object on a duplicate of it, or None for a
+    pipe, a terminal or a closed descriptor; whether it is a listening socket, which inetd
+    "wait" or systemd Accept=no hands over, not a connection)."""
+    try:
+        fd = os.dup(0)
+    except OSError:
+        return None, False
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        os.close(fd)
+        return None, False
+    try:
+        return sock, bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+    except OSError:
+        return sock, True                # no stream socket: no connection either
+
+
 def socket_peer(sock: socket.socket | None) -> tuple[str, int] | None:
     """(normalised address, port) of an IP socket's peer; None for anything else."""
     if sock is None:

@@ -39,7 +39,7 @@ from qpopper.server import prelogin
 from qpopper.server import tls as tls_mod
 from qpopper.log import ForwardedRecords, Logger
 from qpopper.server.reverse_lookup import ForkedReverseLookup
-from qpopper.server.channel import Channel, socket_peer
+from qpopper.server.channel import Channel, socket_peer, stdin_socket
 from qpopper.server.listeners import ListenError, entry_matcher
 from qpopper.server.preflight import PreflightError, check_kerberos, check_tracefile
 from qpopper.server.session import DISPLACE_SIGNAL, Session, tls_mode_for_listen_port
@@ -282,13 +282,9 @@ def serve_inetd(cfg, invocation) -> int:
         log.close()
         return 1
     sock = None
-    fd = os.dup(0)
-    try:
-        probe = socket.socket(fileno=fd)
-    except OSError:
-        os.close(fd)                                  # a pipe or a terminal: no peer address
-    else:
-        if probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+    probe, listening = stdin_socket()                 # None: a pipe or a terminal, no peer
+    if probe is not None:
+        if listening:
             # inetd "wait" / systemd Accept=no hands over the listening socket: that is the
             # standalone master's job (`popper PORT`, which also takes LISTEN_FDS).
             probe.close()

@@ -97,9 +97,13 @@ def warn_without_syscall_filter(log) -> None:
                                 f"alone")
 
 
-def _where(cfg, name: str) -> str:
+def _where(cfg, name: str, *, named: bool = False) -> str:
+    """ (set at SOURCE)" for an option not at its default ("(NAME set at ...)" with `named`);
+    for a list option, where it was last set (its entries may come from several places)."""
     source = cfg.source(name)
-    return "" if source == "default" else f" (set at {source})"
+    if source == "default":
+        return ""
+    return f" ({name} set at {source})" if named else f" (set at {source})"
 
 
 def _said_where(cfg, text: str) -> str:
@@ -125,7 +129,7 @@ def check_listeners(cfg) -> list[tuple]:
             bound += [(name, spec, address)
                       for spec, address in zip(specs, resolve_listeners(specs))]
         except ListenError as exc:                    # what binding would say
-            raise PreflightError(f"{exc}{_entry_where(cfg, name)}") from None
+            raise PreflightError(f"{exc}{_where(cfg, name, named=True)}") from None
     pair = clashing([address for *_, address in bound])
     if pair:
         (name_a, spec_a, _), (name_b, spec_b, _) = (bound[i] for i in pair)
@@ -136,13 +140,6 @@ def check_listeners(cfg) -> list[tuple]:
                              f"bound, one takes the other's address on that port (a bare port "
                              f"is every address, IPv4 too); keep one")
     return [sockaddr for *_, (_, sockaddr, _) in bound]
-
-
-def _entry_where(cfg, name: str) -> str:
-    """Where a listen-style option was last set (its entries may come from several places:
-    the files, then the positional argument)."""
-    source = cfg.source(name)
-    return "" if source == "default" else f" ({name} set at {source})"
 
 
 def check_proxy_protocol(cfg, addresses=None) -> tuple[str, ...]:

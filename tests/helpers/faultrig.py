@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 
-from tests.helpers.spoolcheck import another_host, in_child, killer_at
+from tests.helpers.spoolcheck import allowed_after_kill, another_host, in_child, killer_at
 
 
 class FaultRig:
@@ -58,12 +58,20 @@ class FaultRig:
         in_child(lambda: self.session(scenario, None), expect_kill=False)
         return self.next_view()[0]
 
-    def crashes_then_another_host(self, scenario: str):
-        """For each step of `scenario`: kill it there, then look from another host of the
-        NFS spool. Yields (k, step, messages, leftover files)."""
-        for k, step in enumerate(self.steps(scenario)):
-            self.crash(scenario, k)
-            yield (k, step, *self.next_view(other_host=True))
+    def check_each_crash_from_another_host(self, untouched, before, committed,
+                                           label: str) -> int:
+        """Kill the update at each of its steps, then look from another host of the NFS spool:
+        no file left over, and what the next session shows is allowed after a kill there
+        (spoolcheck.allowed_after_kill). Returns how many steps were checked."""
+        steps = self.steps("update")
+        for k, step in enumerate(steps):
+            self.crash("update", k)
+            seen, leftovers = self.next_view(other_host=True)
+            where = f"{label}: killed at step {k} {step!r}, next session on another host"
+            assert leftovers == [], where
+            assert seen in allowed_after_kill(step, "update", untouched, before,
+                                              committed), where
+        return len(steps)
 
     def crash(self, scenario: str, k: int) -> None:
         """A fresh spool, and `scenario` killed at its k-th step."""
