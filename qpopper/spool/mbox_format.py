@@ -69,9 +69,9 @@ class Message:
     uidl_lines: tuple[tuple[int, int], ...] = ()    # X-UIDL header lines (dropped at update)
     status_lines: tuple[tuple[int, int], ...] = ()  # Status header lines
     stale_content_length: tuple[tuple[int, int], ...] = ()
-    """Content-Length lines the scan did not honour: the write-back drops them, since the lines
-    it adds could make them come true and swallow the next message (docs/mbox.md,
-    "Content-Length")."""
+    """Content-Length lines the scan did not honour: the write-back drops them, since what
+    moves in the new file (deleted neighbours, framing lines, added header lines) could make
+    them come true and swallow the next message (docs/mbox.md, "Content-Length")."""
     mmdf: bool = False
 
     @property
@@ -178,6 +178,13 @@ def header_uid(line: bytes) -> str | None:
     if UID_MIN_CHARS <= len(value) <= UID_MAX_CHARS and all(0x21 <= c <= 0x7E for c in value):
         return value.decode("ascii")
     return None
+
+
+def content_length_value(line: bytes) -> int | None:
+    """The octets a `Content-Length:` header line says, read from its first
+    limits.MAX_SPOOL_LINE_OCTETS as Qpopper reads it; None when that holds no number."""
+    digits = line[15:limits.MAX_SPOOL_LINE_OCTETS].strip(b" \t\r\n")
+    return int(digits) if digits.isdigit() else None
 
 
 def _read_at(f: BinaryIO, pos: int, n: int) -> bytes:

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from qpopper import limits
-from qpopper.spool.mbox_format import CR, LF, _NUL_TO_SPACE, closer_octets, header_uid, _octets
+from qpopper.spool.mbox_format import (CR, LF, _NUL_TO_SPACE, closer_octets, content_length_value,
+                                       header_uid, _octets)
 
 _HASHED_HEADERS = (b"received:", b"date:", b"message-id:", b"subject:")
 _HASHED_NAMES = frozenset(_HASHED_HEADERS)
@@ -305,9 +306,8 @@ class _HeaderScanner:
         feeds the UID digest and notes Content-Length, X-UIDL, Status and uw-kludge marks."""
         if self.content_length and line.startswith(b"Content-Length:"):
             d.digest.update(line.translate(_NUL_TO_SPACE))
-            digits = line[15:limits.MAX_SPOOL_LINE_OCTETS].strip(b" \t\r\n")
-            if digits.isdigit() and d.content_length is None:
-                d.content_length = int(digits)
+            if d.content_length is None:
+                d.content_length = content_length_value(line)
             return "clen"
         low = line[:16].lower()
         # Every name we look for is shorter than 16 octets and has no colon, so "starts with

@@ -8,7 +8,8 @@ from typing import BinaryIO
 
 from qpopper import limits
 from qpopper.spool.mbox_format import (FRAMING_LINE, UIDL_HEADER, Message, WriteFn,
-                                       closer_octets, header_uid, _octets, _read_at)
+                                       closer_octets, content_length_value, header_uid, _octets,
+                                       _read_at)
 
 class _Coalescer:
     """Collects small pieces and hands `write` buffers of about limits.COPY_CHUNK_OCTETS."""
@@ -62,7 +63,8 @@ def copy_for_update(f: BinaryIO, msg: Message, write: WriteFn, *, retrieved: boo
     With update_status_headers: the separator line, `X-UIDL: <uid>` right after it, the
     headers without other X-UIDL lines, `Status: RO` replacing existing Status lines when
     retrieved, or a new `Status: RO`/`Status: U` at the end of headers when there was none, then
-    the body as stored (LF line ends). Without it, and for a hidden message, the bytes unchanged.
+    the body as stored (LF line ends). Without it, and for a hidden message, the bytes unchanged
+    but for a Content-Length not honoured (_copy_without_stale_length).
     Either way the message is closed so what follows stays a separate message: a From_ message
     ends with one framing line (docs/mbox.md, "The framing line"; an LF first when its last
     line lacks one), an MMDF message with its trailer.
@@ -96,6 +98,8 @@ def copy_for_update(f: BinaryIO, msg: Message, write: WriteFn, *, retrieved: boo
         _copy(f, max(cur, msg.header_end), msg.body_end, out)
         if at is not None and _relocatable(msg):
             relocated = _RelocatedBody(out.total, out.tail)
+    elif _says_a_stale_length(f, msg):
+        _copy_without_stale_length(f, msg, out)
     else:
         _copy(f, msg.offset, msg.body_end, out)
     if msg.mmdf:
@@ -114,6 +118,31 @@ def copy_for_update(f: BinaryIO, msg: Message, write: WriteFn, *, retrieved: boo
     if relocated is None:
         return None
     return _relocated(f, msg, at, number, retrieved, out.total, relocated)
+
+
+def _says_a_stale_length(f: BinaryIO, msg: Message) -> bool:
+    """Has this From_ message a Content-Length with a number that its scan did not honour?
+    (An MMDF message's is never weighed; one without a number can never come true.)"""
+    return not msg.mmdf and any(
+        content_length_value(_read_at(f, a, min(b - a, limits.MAX_SPOOL_LINE_OCTETS)))
+        is not None for a, b in msg.stale_content_length)
+
+
+def _copy_without_stale_length(f: BinaryIO, msg: Message, out: _Coalescer) -> None:
+    """The unchanged copy of a From_ message, less the Content-Length lines its scan did not
+    honour: moved by the write-back (deleted neighbours, framing lines, added headers) a stale
+    value could come true and swallow the messages after it. Those lines feed the UID hash,
+    so a message whose UID did not come from an X-UIDL line gets `X-UIDL: <uid>` after its
+    separator, to scan with the same UID; RETR and LIST leave both kinds of line out, so the
+    client sees the same message (docs/mbox.md, "What write-back writes")."""
+    out.add(_read_at(f, msg.offset, msg.content_start - msg.offset))
+    if not msg.uid_from_header and out.tail.endswith(b"\n"):
+        out.add(UIDL_HEADER + msg.uid.encode("ascii") + b"\n")
+    cur = msg.content_start
+    for a, b in sorted(msg.stale_content_length):
+        _copy(f, cur, a, out)
+        cur = b
+    _copy(f, cur, msg.body_end, out)
 
 
 # --- where a written-back message lands ----------------------------------------------------------
