@@ -276,7 +276,9 @@ class Delivery:
             parts.append(message)
         if not parts:
             return b"", 0
-        return padding_after(fd, offset) + b"".join(parts), len(parts)
+        # No scan here: an MMDF spool's separator lines are counted to know whether its last
+        # message is open (docs/mbox.md, "What write-back writes").
+        return padding_after(fd, offset, open_message=None) + b"".join(parts), len(parts)
 
     def _read_bulletin(self, bulletin: Bulletin) -> bytes | None:
         path = os.path.join(self.bulldir, bulletin.name)

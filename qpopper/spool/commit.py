@@ -70,10 +70,12 @@ class CommitEngine:
     def append_spool(self, writer: ChunkWriter, lock: SpoolLock, start: int, length: int,
                      name: str) -> bool:
         """Put the spool's [start, start+length) after what `writer` wrote to the image, with
-        the separator padding it needs first. True when padding was written."""
+        the separator padding it needs first. True when padding was written. The image's
+        messages were written closed (an open MMDF message gets its trailer: mbox_write,
+        normal mode's restore)."""
         image = writer.fd
         spool = lock.fd
-        pad = mbox.padding_after(image, writer.pos)
+        pad = mbox.padding_after(image, writer.pos, open_message=False)
         if pad:
             writer.write(pad)
             writer.flush()
@@ -220,7 +222,7 @@ class CommitEngine:
                 os.ftruncate(image, image_len)
                 new_len = image_len
                 if size > eof:
-                    pad = mbox.padding_after(image, image_len)
+                    pad = mbox.padding_after(image, image_len, open_message=False)   # ours
                     if pad:
                         self.step("pad-image")
                         pwrite_all(image, pad, image_len)

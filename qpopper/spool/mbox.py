@@ -8,12 +8,13 @@ lines, UIDs), mbox_scan.py (scanning), mbox_send.py (RETR/TOP) and mbox_write.py
 
 from qpopper.spool.mbox_format import (FORMAT_ERROR_TEXT, FRAMING_LINE, UID_MAX_CHARS,
                                        UID_MIN_CHARS, UIDL_HEADER, MboxFormatError, Message,
-                                       WriteFn, encode_uid, is_from_line, padding_after,
-                                       separator_padding)
+                                       WriteFn, encode_uid, ends_open, is_from_line,
+                                       padding_after, separator_padding)
 from qpopper.spool.mbox_scan import scan
 from qpopper.spool.mbox_send import WireLines, send_message
 from qpopper.spool.mbox_write import copy_for_update
 
 __all__ = ["FORMAT_ERROR_TEXT", "FRAMING_LINE", "UID_MAX_CHARS", "UID_MIN_CHARS", "UIDL_HEADER",
            "MboxFormatError", "Message", "WireLines", "WriteFn", "copy_for_update", "encode_uid",
-           "is_from_line", "padding_after", "scan", "send_message", "separator_padding"]
+           "ends_open", "is_from_line", "padding_after", "scan", "send_message",
+           "separator_padding"]

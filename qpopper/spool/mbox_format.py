@@ -221,19 +221,22 @@ def closer_octets(last: bytes) -> int:
     return 1 if last[-1] == CR else 2
 
 
-def separator_padding(tail: bytes, mmdf_sep: bytes | None = None) -> bytes:
+def separator_padding(tail: bytes, mmdf_sep: bytes | None = None,
+                      open_message: bool = False) -> bytes:
     """What must follow `tail` (the end of an mbox) before another message can start there: a
     From_ message ends with its framing line (an LF first if its last line lacks one), an MMDF
     message with its trailer (docs/mbox.md, "What write-back writes"). A From_ file ending with
     an empty line already has its framing line. In a From_ file the octets of an MMDF trailer
     are content: new mail after them would join the message. In an MMDF file (`mmdf_sep`: its
-    separator line) a tail ending with a trailer, or with an empty line, is taken as closed,
-    and anything else is padded to the start of a line: what follows a trailer is junk the
-    scan skips. The tail cannot tell a message still open (its trailer missing) from junk
-    after a trailer; such an open message would take the new mail's separator line for its
-    trailer (docs/mbox.md, "What write-back writes")."""
+    separator line) the tail cannot tell a message still open from junk after a trailer, so
+    the caller says which (`open_message`: the last message lacks its trailer): an open one
+    gets its trailer; otherwise a tail ending with a trailer, or with an empty line, is
+    closed, and anything else (junk) is padded to the start of a line."""
     if not tail:
         return b""
+    if mmdf_sep is not None and open_message:
+        trailer = mmdf_sep if mmdf_sep.endswith(b"\n") else mmdf_sep + b"\n"
+        return trailer if tail.endswith(b"\n") else b"\n" + trailer
     if tail.endswith((b"\n\n", b"\n\r\n")):
         return b""
     if mmdf_sep is not None and tail.endswith((b"\x01\x01\x01\x01\n", b"\n" + mmdf_sep)):
@@ -251,11 +254,45 @@ def mmdf_separator(first: bytes) -> bytes | None:
     return first if eol == -1 else first[:eol + 1]
 
 
-def padding_after(fd: int, size: int) -> bytes:
+def ends_open(messages: list[Message]) -> bool:
+    """Is the last of these scanned messages an MMDF message whose trailer is missing (the
+    region ended first)? A closed one has its trailer between body_end and trailer_end."""
+    return bool(messages) and messages[-1].mmdf and (
+        messages[-1].trailer_end == messages[-1].body_end)
+
+
+def mmdf_ends_open(fd: int, size: int, sep: bytes) -> bool:
+    """ends_open for the MMDF file's first `size` octets without a scan, for appends that have
+    none (bulletins, a crashed session's drop): the scan's separator lines alternate, opening
+    and closing, from the first line, and one cut by the end of the file only closes. A
+    pass over the file in chunks (docs/mbox.md, "What write-back writes")."""
+    line = sep if sep.endswith(b"\n") else sep + b"\n"
+    closer = re.compile(re.escape(b"\n" + line[:-1]) + b"(?=\n)")
+    pos = len(sep) - 1 if sep.endswith(b"\n") else len(sep)      # the first line's LF
+    lines = 0
+    while pos < size:
+        # each chunk reads on far enough to see a whole match starting in its first part
+        step = min(limits.COPY_CHUNK_OCTETS, size - pos)
+        data = os.pread(fd, min(step + len(line), size - pos), pos)
+        if not data:
+            break
+        lines += sum(1 for m in closer.finditer(data) if m.start() < step)
+        pos += step
+    is_open = lines % 2 == 0
+    if is_open and size > len(line):
+        is_open = os.pread(fd, len(line), size - len(line)) != b"\n" + line[:-1]
+    return is_open
+
+
+def padding_after(fd: int, size: int, *, open_message: bool | None) -> bytes:
     """separator_padding for the first `size` octets of fd (an mbox file): what must be
-    written at `size` before another message can start there."""
+    written at `size` before another message can start there. `open_message`: what the
+    scan of those octets said of its last message (ends_open); None when there was no scan,
+    and an MMDF file is then counted (mmdf_ends_open)."""
     if not size:
         return b""
     sep = mmdf_separator(os.pread(fd, min(size, limits.MAX_SPOOL_LINE_OCTETS), 0))
+    if sep is not None and open_message is None:
+        open_message = mmdf_ends_open(fd, size, sep)
     n = min(size, max(8, len(sep) + 1 if sep else 0))
-    return separator_padding(os.pread(fd, n, size - n), sep)
+    return separator_padding(os.pread(fd, n, size - n), sep, bool(open_message))

@@ -70,7 +70,7 @@ class NormalModeMaildrop(Maildrop):
             return
         drop = self._session.fd
         start = os.fstat(drop).st_size
-        pad = mbox.padding_after(drop, start)
+        pad = mbox.padding_after(drop, start, open_message=None)  # a crashed session's drop
         record = {"op": "absorb", "source": source, "dev": st.st_dev, "ino": st.st_ino,
                   "temp_len": start, "pad": len(pad), "len": size}
         self._engine.journal.write(record)
@@ -107,6 +107,8 @@ class NormalModeMaildrop(Maildrop):
                 self._commit_with_lock(self._write_drop_raw)
 
     def _write_drop_raw(self, write) -> None:
+        """The drop as it is, its last message closed when the scan left it open (an MMDF
+        message without its trailer), so mail put after it stays its own."""
         drop = self._session.fd
         size = os.fstat(drop).st_size
         pos = 0
@@ -117,6 +119,8 @@ class NormalModeMaildrop(Maildrop):
             write(data)
             pos += len(data)
             self._spool.refresh_if_due()
+        if mbox.ends_open(self._all):
+            write(mbox.padding_after(drop, size, open_message=True))
 
     def _commit_with_lock(self, write_front: Callable) -> None:
         with self._holding_spool():

@@ -43,6 +43,8 @@ class ServerModeMaildrop(NormalModeMaildrop):
         if not self.server_mode:
             return super().restore()
         self._phase = "restore"
+        if self._open_message_to_close():
+            return self._rewrite(set(), set())      # nothing deleted or marked
         try:
             self._store_cache_if_stale()
         finally:
@@ -118,14 +120,30 @@ class ServerModeMaildrop(NormalModeMaildrop):
         if not self.server_mode:
             return super().update(deleted, retrieved)
         self._phase = "update"
+        self._rewrite(deleted, retrieved)
+
+    def _rewrite(self, deleted: set[int], retrieved: set[int]) -> None:
         kept, marked, any_deleted = self._kept_and_marked(deleted, retrieved)
         with self._writing_back():
-            if not any_deleted and not self._headers_to_write(marked):
+            if (not any_deleted and not self._headers_to_write(marked)
+                    and not self._open_message_to_close()):
                 self._store_cache_if_stale()
                 return
             with self._holding_spool():
                 state, known = self._rewrite_spool(kept, marked)
             self._store_cache_of_new_spool(state, known)
+
+    def _open_message_to_close(self) -> bool:
+        """Is mail after an MMDF message left open (its trailer missing)? Mail appended since
+        the scan, or after it in the list (the cache knew where the file then ended): the
+        rewrite gives the open message its trailer, else the next scan would take the mail's
+        separator line for it (docs/mbox.md, "What write-back writes")."""
+        if not self._all or not self._all[0].mmdf:
+            return False
+        if any(m.trailer_end == m.body_end for m in self._all[:-1]):
+            return True
+        return (mbox.ends_open(self._all)
+                and os.fstat(self._drop_file.fileno()).st_size > self._login.size)
 
     def _headers_to_write(self, marked) -> bool:
         """Would the write-back change any message? (X-UIDL after the From line, a Status
@@ -305,4 +323,10 @@ def _tail_closed(fd: int, cached_len: int, size: int, known: list[mbox.Message])
         return True
     if known and known[-1].stale_content_length and not known[-1].mmdf:
         return False                     # (an MMDF message's Content-Length is never weighed)
-    return not mbox.padding_after(fd, cached_len)
+    if mbox.ends_open(known):
+        # Open where the file ended when it was scanned: what follows came later, and starts
+        # a message of its own when it starts with the separator line
+        # (docs/mbox.md, "What write-back writes").
+        sep = os.pread(fd, known[0].content_start, 0)
+        return os.pread(fd, len(sep), cached_len) == sep
+    return not mbox.padding_after(fd, cached_len, open_message=False)

@@ -336,6 +336,22 @@ def read(path) -> bytes:
         return f.read()
 
 
+def spool_in(spool_dir, user: str, content: bytes, **options) -> tuple[Config, SpoolPaths]:
+    """The options with spool_dir `spool_dir`, and `user`'s spool there holding `content`."""
+    cfg = Config.defaults().replace(spool_dir=str(spool_dir), **options)
+    paths = SpoolPaths.for_user(cfg, user, None)
+    with open(paths.spool, "wb") as f:
+        f.write(content)
+    os.chmod(paths.spool, 0o660)
+    return cfg, paths
+
+
+def append(path, data: bytes) -> None:
+    """A delivery agent's append (no lock: the tests' sessions hold none while it runs)."""
+    with open(path, "ab") as f:
+        f.write(data)
+
+
 # --- a file system that runs out of room for real ------------------------------------------------
 @contextlib.contextmanager
 def small_tmpfs(mnt) -> Iterator:

@@ -9,12 +9,10 @@ import os
 
 import pytest
 
-from qpopper.config import Config
 from qpopper.spool import mbox
 from qpopper.spool.mbox_format import CONTENT_LENGTH_FUZZ
 from qpopper.spool.maildrop import Maildrop
-from qpopper.spool.paths import SpoolPaths
-from tests.helpers.spoolcheck import read, retr
+from tests.helpers.spoolcheck import append, read, retr, spool_in
 
 USER = "alice"
 FROM = b"From a@b Wed Dec  2 05:53:22 1992\n"
@@ -23,12 +21,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def make(tmp_path, content: bytes, **options):
-    cfg = Config.defaults().replace(spool_dir=str(tmp_path), **options)
-    paths = SpoolPaths.for_user(cfg, USER, None)
-    with open(paths.spool, "wb") as f:
-        f.write(content)
-    os.chmod(paths.spool, 0o660)
-    return cfg, paths
+    return spool_in(tmp_path, USER, content, **options)
 
 
 def open_drop(cfg, paths) -> Maildrop:
@@ -43,17 +36,12 @@ def view(cfg, paths) -> list[tuple[str, int, bytes]]:
         drop.close()
 
 
-def append(path, data: bytes) -> None:
-    with open(path, "ab") as f:
-        f.write(data)
-
-
 def padding(tmp_path, data: bytes) -> bytes:
     path = tmp_path / "padded"
     path.write_bytes(data)
     fd = os.open(path, os.O_RDONLY)
     try:
-        return mbox.padding_after(fd, len(data))
+        return mbox.padding_after(fd, len(data), open_message=None)
     finally:
         os.close(fd)
 
@@ -66,7 +54,9 @@ def test_a_trailer_closes_only_a_whole_line_of_an_mmdf_file(tmp_path):
     assert padding(tmp_path, from_spool + b"x" + TRAILER) == b"\n"
     assert padding(tmp_path, from_spool + b"body\n\n") == b""
     assert padding(tmp_path, mmdf_spool + b"body\n" + TRAILER) == b""        # the trailer
-    assert padding(tmp_path, mmdf_spool + b"body\n" + TRAILER + TRAILER) == b""
+    # the second separator line opens a message, empty and open: it gets its trailer
+    assert padding(tmp_path, mmdf_spool + b"body\n" + TRAILER + TRAILER) == TRAILER
+    assert padding(tmp_path, mmdf_spool + b"body\n" + TRAILER * 3) == b""
     long_sep = b"\x01\x01\x01\x01 MMDF separator of this file\n"
     assert padding(tmp_path, long_sep + b"Subject: s\n\nbody\n" + long_sep) == b""
     # after a trailer: the junk's line ended, and an empty line (junk too: the scan skips it)

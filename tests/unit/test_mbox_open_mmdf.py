@@ -1,0 +1,237 @@
+"""An MMDF message still open (its trailer missing) when mail is appended after it: the mail
+that follows stays a message of its own, whole, and the open message keeps its content, in
+normal mode, in server mode with and without the cache, and for bulletins (docs/mbox.md,
+"What write-back writes")."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+
+import pytest
+
+from qpopper import bulletins, limits
+from qpopper.auth import Login
+from qpopper.config import Config
+from qpopper.spool import mbox, mbox_format
+from qpopper.spool.mbox_format import mmdf_ends_open
+from qpopper.spool.maildrop import Maildrop
+from qpopper.spool.paths import SpoolPaths
+from tests.helpers.bulletin_cases import HOST, STAMP, bulletin_text
+from tests.helpers.spoolcheck import append, retr, spool_in
+
+USER = "alice"
+SEP = b"\x01\x01\x01\x01\n"
+pytestmark = pytest.mark.timeout(60)
+
+CLOSED = SEP + b"Subject: 1\n\none\n" + SEP
+OPEN_ENDS = {"line": b"two, open\n", "empty line": b"two, open\n\n",
+             "no final LF": b"two, open", "headers only": b""}
+NEW_MAIL = SEP + b"Subject: 3\n\nthree\n" + SEP
+
+
+def open_spool(end: str) -> bytes:
+    if end == "headers only":
+        return CLOSED + SEP + b"Subject: 2\n"
+    return CLOSED + SEP + b"Subject: 2\n\n" + OPEN_ENDS[end]
+
+
+def make(tmp_path, content: bytes, **options):
+    return spool_in(tmp_path, USER, content, **options)
+
+
+def open_drop(cfg, paths) -> Maildrop:
+    return Maildrop.open(cfg, paths, USER, lock_step_s=0.05)
+
+
+def served(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(Subject line, body) of every message a fresh scan of `data` finds."""
+    f = io.BytesIO(data)
+    out = []
+    for m in mbox.scan(f):
+        headers = data[m.content_start:m.header_end]
+        subject = [line for line in headers.split(b"\n") if line.startswith(b"Subject:")]
+        out.append((subject[0] if subject else b"", data[m.body_start:m.body_end]))
+    return out
+
+
+def wire(data: bytes) -> list[tuple[str, int, bytes]]:
+    """(UID, octets, RETR data) of every message a fresh scan of `data` finds, without the
+    `Status: U` line a write-back adds."""
+    f = io.BytesIO(data)
+    out = []
+    for m in mbox.scan(f):
+        parts = []
+        mbox.send_message(f, m, parts.append)
+        data = b"".join(parts)
+        status = b"Status: U\r\n"         # what the write-back adds (update-status-headers)
+        blank = data.find(b"\r\n\r\n")
+        head = data if blank == -1 else data[:blank + 2]
+        if status in head:
+            data = data.replace(status, b"", 1)
+        out.append((m.uid, m.octets - (len(status) if status in head else 0), data))
+    return out
+
+
+def expected(end: str, deleted: set[int]) -> list[tuple[bytes, bytes]]:
+    second = OPEN_ENDS[end]
+    if end == "no final LF":
+        second += b"\n"                 # the write-back ends the last line
+    every = [(b"Subject: 1", b"one\n"), (b"Subject: 2", second), (b"Subject: 3", b"three\n")]
+    return [m for i, m in enumerate(every) if i not in deleted]
+
+
+def spool_bytes(paths) -> bytes:
+    with open(paths.spool, "rb") as f:
+        return f.read()
+
+
+SESSIONS = [("quit", set()), ("quit", {0}), ("quit", {1}), ("restore", set())]
+
+
+@pytest.mark.parametrize("end", list(OPEN_ENDS))
+@pytest.mark.parametrize("how,deleted", SESSIONS)
+@pytest.mark.parametrize("mode", ["normal", "server", "server without update-status-headers"])
+def test_mail_appended_during_a_session_after_an_open_message(tmp_path, mode, how, deleted,
+                                                              end):
+    options = {}
+    if mode != "normal":
+        options["server_mode"] = True
+    if mode.endswith("update-status-headers"):
+        options["update_status_headers"] = False
+    cfg, paths = make(tmp_path, open_spool(end), **options)
+    drop = open_drop(cfg, paths)
+    try:
+        assert len(drop.messages) == 2
+        before = [(m.uid, m.octets, retr(drop, i)) for i, m in enumerate(drop.messages)]
+        append(paths.spool, NEW_MAIL)
+        if how == "quit":
+            drop.update(deleted, set())
+        else:
+            drop.restore()
+    finally:
+        drop.close()
+    after = spool_bytes(paths)
+    assert served(after) == expected(end, deleted)
+    # every kept message and the new mail as RETR and LIST served them, byte for byte
+    kept = [m for i, m in enumerate(before) if i not in deleted]
+    assert wire(after) == kept + wire(NEW_MAIL)
+
+
+@pytest.mark.parametrize("end", list(OPEN_ENDS))
+@pytest.mark.parametrize("update_status_headers", [True, False])
+def test_mail_appended_between_sessions_after_an_open_message_with_the_cache(
+        tmp_path, end, update_status_headers):
+    """The cache says the last message was open where the file ended: the mail after it was
+    appended since, and the next session serves it as its own message, then writes the open
+    message's trailer back."""
+    cfg, paths = make(tmp_path, open_spool(end), server_mode=True,
+                      update_status_headers=update_status_headers)
+    drop = open_drop(cfg, paths)
+    drop.update(set(), set())       # X-UIDL and Status written (when on); the cache stored
+    drop.close()
+    assert os.path.exists(paths.cache)
+    if update_status_headers:       # the write-back closed the open message
+        assert served(spool_bytes(paths)) == expected(end, {2})
+        return
+    append(paths.spool, NEW_MAIL)
+    drop = open_drop(cfg, paths)
+    try:
+        assert len(drop.messages) == 3
+        assert drop.scan_region[0] > 0          # the cache was used
+        before = [(m.uid, m.octets, retr(drop, i)) for i, m in enumerate(drop.messages)]
+        drop.update(set(), set())
+    finally:
+        drop.close()
+    assert served(spool_bytes(paths)) == expected(end, set())
+    assert wire(spool_bytes(paths)) == before
+
+
+@pytest.mark.parametrize("end", list(OPEN_ENDS))
+def test_the_scan_knows_an_open_last_message(end):
+    messages = mbox.scan(io.BytesIO(open_spool(end)))
+    assert [mbox.ends_open(messages[:i]) for i in (0, 1, 2)] == [False, False, True]
+    closed = open_spool(end) + (SEP if open_spool(end).endswith(b"\n") else b"\n" + SEP)
+    assert not mbox.ends_open(mbox.scan(io.BytesIO(closed)))
+
+
+@pytest.mark.parametrize("end", list(OPEN_ENDS))
+def test_padding_closes_an_open_message_the_scan_knows(tmp_path, end):
+    data = open_spool(end)
+    path = tmp_path / "spool"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        known = mbox.padding_after(fd, len(data), open_message=True)
+        counted = mbox.padding_after(fd, len(data), open_message=None)
+    finally:
+        os.close(fd)
+    assert known == counted
+    assert served(data + known + NEW_MAIL) == expected(end, set())
+
+
+@pytest.mark.parametrize("end", list(OPEN_ENDS) + ["closed", "junk after a trailer"])
+def test_a_bulletin_after_an_open_message_is_a_message_of_its_own(tmp_path, end):
+    """Bulletins are appended before the session's scan, as a delivery agent would: the
+    separator lines are counted to tell an open last message from junk after a trailer."""
+    spool = {"closed": CLOSED, "junk after a trailer": CLOSED + b"junk"}.get(end) or open_spool(end)
+    spool_dir, bulldir, home = tmp_path / "spool", tmp_path / "bulls", tmp_path / "home"
+    for d in (spool_dir, bulldir, home):
+        d.mkdir()
+    (bulldir / "1.b").write_bytes(bulletin_text("bulletin"))
+    cfg = Config.defaults().replace(spool_dir=str(spool_dir), bulldir=str(bulldir))
+    paths = SpoolPaths.for_user(cfg, USER, str(home))
+    with open(paths.spool, "wb") as f:
+        f.write(spool)
+    login = Login(USER, os.geteuid(), os.getegid(), str(home), "USER")
+    assert bulletins.deliver(cfg, login, paths, HOST, lambda *_: None, lock_step_s=0.05,
+                             clock=lambda: STAMP) == 1
+    got = served(spool_bytes(paths))
+    before = served(spool + b"\n" if end == "no final LF" else spool)
+    assert got[:-1] == before
+    assert got[-1] == (b"Subject: bulletin", b"Body.\n")
+
+
+def random_mmdf(rng) -> bytes:
+    sep = rng.choice([SEP, b"\x01\x01\x01\x01\r\n", b"\x01 MMDF\n"])
+    tokens = [sep, sep[:-1], SEP, b"\n", b"x", b"Subject: s\n", b"\x01\x01\x01\x01x\n", b"\r\n"]
+    return rng.choice([sep, sep[:-1]]) + b"".join(
+        rng.choice(tokens) for _ in range(rng.randrange(12)))
+
+
+@pytest.mark.parametrize("chunk", [limits.COPY_CHUNK_OCTETS, 1, 2, 7])
+def test_counting_separator_lines_agrees_with_the_scan(tmp_path, monkeypatch, chunk):
+    """mmdf_ends_open (no scan: bulletins, a crashed session's drop) says what the scan says,
+    whatever the chunks it reads the file in."""
+    monkeypatch.setattr(limits, "COPY_CHUNK_OCTETS", chunk)
+    rng = random.Random(4155 + chunk)
+    path = tmp_path / "spool"
+    for _ in range(1500):
+        data = random_mmdf(rng)
+        path.write_bytes(data)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            counted = mmdf_ends_open(fd, len(data), mbox_format.mmdf_separator(data))
+        finally:
+            os.close(fd)
+        monkeypatch.undo()
+        assert counted == mbox.ends_open(mbox.scan(io.BytesIO(data))), data
+        monkeypatch.setattr(limits, "COPY_CHUNK_OCTETS", chunk)
+
+
+@pytest.mark.parametrize("end", list(OPEN_ENDS))
+def test_mail_absorbed_after_a_crashed_sessions_open_message(tmp_path, end):
+    """A crashed session's temporary drop ends with an open message; the spool's mail is
+    moved in after it at the next login (no scan yet: the separator lines are counted)."""
+    cfg, paths = make(tmp_path, NEW_MAIL, server_mode=True)
+    with open(paths.temp_drop, "wb") as f:
+        f.write(open_spool(end))
+    os.chmod(paths.temp_drop, 0o600)
+    drop = open_drop(cfg, paths)
+    try:
+        assert not drop.server_mode and len(drop.messages) == 3
+        drop.update(set(), set())
+    finally:
+        drop.close()
+    assert served(spool_bytes(paths)) == expected(end, set())
