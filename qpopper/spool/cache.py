@@ -22,11 +22,13 @@ from qpopper.spool import packed
 from qpopper.spool.durable import publish, read_up_to, recorded_as, unlink_if_present
 from qpopper.spool.mbox import Message
 
-CACHE_VERSION = 5
-"""5: a message ending in a bare CR counted as sent (that CR with the LF after it, one octet
-less than 4 counted); 4: packed columns (qpopper/spool/packed.py) instead of JSON records; 2: a From_ message's
-framing line (docs/mbox.md, "The framing line") is no longer part of its content. A cache of
-another version is ignored and the spool scanned again."""
+CACHE_VERSION = 6
+"""6: an MMDF first line of limits.MAX_SPOOL_LINE_OCTETS or more is no separator (the spool is
+refused, as a scan refuses it); 5: a message ending in a bare CR counted as sent (that CR with
+the LF after it, one octet less than 4 counted); 4: packed columns (qpopper/spool/packed.py)
+instead of JSON records; 2: a From_ message's framing line (docs/mbox.md, "The framing line")
+is no longer part of its content. A cache of another version is ignored and the spool scanned
+again."""
 MAGIC = b"QPCACHE"
 CACHE_MODE = 0o600
 PROBE_OCTETS = 4096

@@ -251,7 +251,8 @@ def mmdf_separator(first: bytes) -> bytes | None:
         return None
     first = first[:limits.MAX_SPOOL_LINE_OCTETS]
     eol = first.find(b"\n")
-    return first if eol == -1 else first[:eol + 1]
+    line = first if eol == -1 else first[:eol + 1]
+    return line if len(line) < limits.MAX_SPOOL_LINE_OCTETS else None    # as the scan's
 
 
 def ends_open(messages: list[Message]) -> bool:

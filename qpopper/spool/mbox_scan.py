@@ -76,8 +76,8 @@ class _Scanner(_HeaderScanner):
         first = w.readline(limits.MAX_SPOOL_LINE_OCTETS)
         if not first:
             return []
-        if first.startswith(MMDF_SEP_CHAR):
-            self.mmdf_sep = first
+        if first.startswith(MMDF_SEP_CHAR) and len(first) < limits.MAX_SPOOL_LINE_OCTETS:
+            self.mmdf_sep = first       # (a longer line would be matched by its first part only)
         elif not is_from_line(first):
             raise MboxFormatError(self.start)
         sep = first

@@ -112,6 +112,8 @@ def copy_for_update(f: BinaryIO, msg: Message, write: WriteFn, *, retrieved: boo
             _copy(f, msg.trailer_end, msg.end, out)     # junk after it: as it was
         else:
             out.add(_read_at(f, msg.offset, msg.content_start - msg.offset))
+            if not out.tail.endswith(b"\n"):
+                out.add(b"\n")             # a separator cut by the end of the file
     else:
         out.add(FRAMING_LINE if out.tail.endswith(b"\n") else b"\n" + FRAMING_LINE)
     out.flush()

@@ -235,3 +235,29 @@ def test_mail_absorbed_after_a_crashed_sessions_open_message(tmp_path, end):
     finally:
         drop.close()
     assert served(spool_bytes(paths)) == expected(end, set())
+
+
+def test_a_file_of_only_a_separator_without_its_lf(tmp_path):
+    """`^A^A^A^A` alone: one message, empty and open; what follows it gets a line of its own
+    and the trailer first, and the write-back ends the separator and the trailer with LF."""
+    data = SEP[:-1]
+    path = tmp_path / "spool"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert mbox.padding_after(fd, len(data), open_message=None) == b"\n" + SEP
+    finally:
+        os.close(fd)
+    f, out = io.BytesIO(data), io.BytesIO()
+    for m in mbox.scan(f):
+        mbox.copy_for_update(f, m, out.write, retrieved=False, update_status_headers=False)
+    assert out.getvalue() == SEP + SEP
+    assert len(served(out.getvalue() + NEW_MAIL)) == 2
+
+
+def test_a_separator_line_of_max_spool_line_octets_is_not_one():
+    long_sep = b"\x01" * (limits.MAX_SPOOL_LINE_OCTETS - 1) + b"\n"
+    with pytest.raises(mbox.MboxFormatError):
+        mbox.scan(io.BytesIO(long_sep + b"Subject: s\n\nbody\n" + long_sep))
+    assert mbox_format.mmdf_separator(long_sep) is None
+    assert len(mbox.scan(io.BytesIO(long_sep[1:] + b"Subject: s\n\nbody\n" + long_sep[1:]))) == 1
