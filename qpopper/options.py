@@ -52,7 +52,7 @@ _FACILITIES = ("mail", "local0", "local1", "local2", "local3", "local4", "local5
 OPTIONS: tuple[Option, ...] = (
     integer("announce-expire", -1,
        "Days announced in CAPA as EXPIRE (-1 announces EXPIRE NEVER). Only 0 (delete each "
-       "message once it has been retrieved) is enforced; other values are the site's policy "
+       "message once it has been retrieved, as auto-delete does) is enforced; other values are the site's policy "
        "to enforce by other means.",
        flag="-e", flag_arg="expire=N", minimum=-1, maximum=_ANNOUNCED_MAX),
     integer("announce-login-delay", -1,
@@ -65,7 +65,9 @@ OPTIONS: tuple[Option, ...] = (
     boolean("auto-delete", False,
        "Delete every message retrieved with RETR at the end of the session, unconditionally. "
        "Caution: this can lose mail; tell your users before enabling it. Applies only when "
-       "update-on-abort is false or the session ends with QUIT.",
+       "update-on-abort is false or the session ends with QUIT. In an mbox this includes "
+       "messages an earlier session retrieved (Status: R); in a Maildir only those this "
+       "session retrieved, since IMAP and webmail set the seen flag too.",
        scope=Scope.NOT_HOME),
     integer("bulldb-max-tries", 75,
        "Attempts to lock the bulletin database before giving up (random waits of up to 0.5 s "

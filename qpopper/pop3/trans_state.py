@@ -84,6 +84,7 @@ class Transaction:
         self.initial_retrieved = frozenset(
             i for i, message in enumerate(self.messages) if message.retrieved)
         self.retrieved: set[int] = set(self.initial_retrieved)
+        self.retrieved_now: set[int] = set()      # RETR'd in this session (auto-delete)
         self.deleted: set[int] = set()
         # LAST: the highest message number RETR, TOP or DELE touched; 0 at
         # login. RSET sets it back to 0, as the older popper did.
@@ -111,9 +112,12 @@ class Transaction:
     def update(self, *, delete_retrieved: bool) -> None:
         """UPDATE (RFC 1939 §6): hand the outcome to the maildrop."""
         if delete_retrieved:
-            # Qpopper marks every message whose retrieved flag is set, which includes those a
-            # Status: R header marked at login.
-            self.deleted |= self.retrieved
+            # Qpopper (mbox) marks every message whose retrieved flag is set, which includes
+            # those a Status: R header marked at login. A Maildir's S flag is also set by
+            # IMAP and webmail: there only what this session RETR'd (docs/maildir.md,
+            # "What a message is").
+            self.deleted |= (self.retrieved_now if self.maildrop.others_mark_seen
+                             else self.retrieved)
         self.maildrop.update(set(self.deleted), set(self.retrieved))
 
     # --- argument parsing (shared by every verb that takes a message number) ----------------
@@ -166,6 +170,7 @@ def cmd_retr(proto: "Protocol", args: list[str]) -> None:
     index = trans.message_index(args[0])
     send_message(proto, index, None, args[1:])
     trans.retrieved.add(index)
+    trans.retrieved_now.add(index)
     trans.touch(index + 1)
 
 
@@ -229,6 +234,7 @@ def cmd_rset(proto: "Protocol", args: list[str]) -> None:
     trans = proto.trans
     trans.deleted.clear()
     trans.retrieved = set(trans.initial_retrieved)
+    trans.retrieved_now.clear()
     trans.last_msg = 0
     count, octets = trans.totals()
     proto.reply(ok(RSET_DONE.format(count=count, s=_s(count), octets=octets)))

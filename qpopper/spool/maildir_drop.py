@@ -49,6 +49,7 @@ OPEN_FAILED_TEXT = "Unable to open your Maildir; contact your administrator"
 class MaildirDrop:
     server_mode = False
     hidden_count = 0
+    others_mark_seen = True        # IMAP and webmail set the S flag too
 
     def __init__(self, path: str, lock: SessionLock, messages, step_hook, log,
                  inodes=(), mtimes=(), listed_ns: int = 0):

@@ -1,0 +1,81 @@
+"""A Maildir behind the real Protocol: what auto-delete deletes when other readers (IMAP,
+webmail) set the S flag (docs/maildir.md, "What a message is")."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from qpopper.spool.maildir_drop import MaildirDrop
+from tests.helpers.maildirs import files, make_maildir
+from tests.transcripts.harness import Spool
+
+READ_ELSEWHERE = b"Subject: read in webmail\n\nnever downloaded by POP\n"
+UNREAD = b"Subject: unread\n\nfor RETR\n"
+PEEKED = b"Subject: peeked at\n\nfor TOP\n"
+
+
+@pytest.fixture
+def maildir_session(tmp_path):
+    """(path, start): a Maildir whose first message carries the S flag (another reader's),
+    and a function that logs a session in on it with the given options."""
+    path, keys = make_maildir(tmp_path, [READ_ELSEWHERE, UNREAD, PEEKED])
+    first = next(k for k in keys if READ_ELSEWHERE in files(path)[f"new/{k}"])
+    os.rename(os.path.join(path, "new", first), os.path.join(path, "cur", first + ":2,S"))
+    spool = Spool(tmp_path / "spool")
+
+    def start(**options):
+        pop = spool.session(**options)
+
+        def open_maildrop(login):
+            drop = MaildirDrop.open(path, login.user)
+            pop.env.maildrops.append(drop)
+            return drop
+        pop.env.open_maildrop = open_maildrop
+        assert pop.login("alice").startswith(b"+OK alice has 3 visible messages")
+        return pop
+
+    yield path, start
+    spool.close()
+
+
+def number_of(pop, content: bytes) -> int:
+    """The message number of `content` in this session (by its Subject line)."""
+    subject = content.split(b"\n", 1)[0]
+    for n in (1, 2, 3):
+        if subject in pop.send(f"TOP {n} 0"):
+            return n
+    raise AssertionError(subject)
+
+
+def left(path) -> set[bytes]:
+    return set(files(path).values())
+
+
+@pytest.mark.parametrize("option", [{"auto_delete": True}, {"announce_expire": 0}],
+                         ids=["auto-delete", "expire-0"])
+def test_auto_delete_takes_only_what_this_session_retrieved(maildir_session, option):
+    path, start = maildir_session
+    pop = start(update_on_abort=False, **option)
+    assert pop.send(f"RETR {number_of(pop, UNREAD)}").startswith(b"+OK ")
+    pop.send(f"TOP {number_of(pop, PEEKED)} 1")          # TOP is not a retrieval
+    pop.send("QUIT")
+    assert left(path) == {READ_ELSEWHERE, PEEKED}
+
+
+def test_auto_delete_takes_a_seen_message_this_session_retrieved(maildir_session):
+    path, start = maildir_session
+    pop = start(auto_delete=True)
+    pop.send(f"RETR {number_of(pop, READ_ELSEWHERE)}")
+    pop.send("QUIT")
+    assert left(path) == {UNREAD, PEEKED}
+
+
+def test_rset_forgets_the_sessions_retrievals_for_auto_delete(maildir_session):
+    path, start = maildir_session
+    pop = start(auto_delete=True)
+    pop.send(f"RETR {number_of(pop, UNREAD)}")
+    assert pop.send("RSET").startswith(b"+OK ")
+    pop.send("QUIT")
+    assert left(path) == {READ_ELSEWHERE, UNREAD, PEEKED}
