@@ -108,60 +108,26 @@ class MaildirDrop:
         self._checked = (index, self._open_message(index))
 
     def send(self, index: int, write, body_lines: int | None = None) -> None:
-        """RETR (or TOP with `body_lines`) data: CRLF lines, dot-stuffed, ending with CRLF."""
+        """RETR (or TOP with `body_lines`) data: CRLF lines, dot-stuffed, ending with CRLF.
+        TOP sends the file's own bytes up to where _TopCut ends it, so its lines are RETR's."""
         fd = self._opened(index)
         try:
-            wire = WireLines(write)
-            if body_lines is None:
-                self._send_all(fd, wire)
-            else:
-                self._send_top(fd, wire, body_lines)
+            top = None if body_lines is None else _TopCut(body_lines)
+            wire, offset, last = WireLines(write), 0, b"\n"
+            while True:
+                data = os.pread(fd, limits.COPY_CHUNK_OCTETS, offset)
+                if not data:
+                    break
+                cut = None if top is None else top.cut(data)
+                if cut is not None:
+                    data = data[:cut]
+                wire.feed(data)
+                offset, last = offset + len(data), data[-1:] or last
+                if cut is not None:
+                    break
+            wire.feed(b"" if last == b"\n" else b"\n", final=True)
         finally:
             os.close(fd)
-
-    def _send_all(self, fd: int, wire) -> None:
-        offset, last = 0, b"\n"
-        while True:
-            data = os.pread(fd, limits.COPY_CHUNK_OCTETS, offset)
-            if not data:
-                break
-            wire.feed(data)
-            offset += len(data)
-            last = data[-1:]
-        wire.feed(b"" if last == b"\n" else b"\n", final=True)
-
-    def _send_top(self, fd: int, wire, body_lines: int) -> None:
-        """The header, the empty line after it, and the first `body_lines` lines of the body,
-        read in bounded chunks (CRLF in the file is read as LF; WireLines makes it CRLF)."""
-        offset, carry, in_header, remaining, at_line_start = 0, b"", True, body_lines, True
-        while True:
-            raw = os.pread(fd, limits.COPY_CHUNK_OCTETS, offset)
-            offset += len(raw)
-            data, carry = carry + raw, b""
-            if raw and data.endswith(b"\r"):           # maybe half a CRLF
-                data, carry = data[:-1], b"\r"
-            data = data.replace(b"\r\n", b"\n")
-            cut, done, i = len(data), False, 0
-            if in_header:
-                j = 0 if at_line_start and data.startswith(b"\n") else data.find(b"\n\n") + 1
-                if j > 0 or (j == 0 and at_line_start and data.startswith(b"\n")):
-                    in_header, i = False, j + 1
-                else:
-                    i = len(data)
-            if not in_header:
-                while remaining > 0 and i < len(data):
-                    k = data.find(b"\n", i)
-                    i = len(data) if k < 0 else k + 1
-                    remaining -= k >= 0
-                if remaining == 0:
-                    cut, done = i, True
-            piece = data[:cut]
-            if piece:
-                wire.feed(piece)
-                at_line_start = piece.endswith(b"\n")
-            if done or not raw:
-                break
-        wire.feed(b"" if at_line_start else b"\n", final=True)
 
     def _open_message(self, index: int) -> int:
         message = self.messages[index]
@@ -235,6 +201,40 @@ class MaildirDrop:
     def close(self) -> None:
         self._forget_checked()
         self._lock.release(unlink=False)
+
+
+class _TopCut:
+    """Where TOP's data ends, found on the file's bytes a chunk at a time: after the empty line
+    that ends the header (LF or CRLF alone) and `body_lines` more lines. Only LF ends a line;
+    a bare CR, or the first of CR CR LF, is line content, as RETR sends it."""
+
+    def __init__(self, body_lines: int):
+        self._tail = b"\n"            # the last two octets seen; the file starts a line
+        self._in_header = True
+        self._remaining = body_lines
+
+    def cut(self, data: bytes) -> int | None:
+        """The offset in `data` (the file's next chunk) where TOP ends, or None: not in it."""
+        at = 0
+        if self._in_header:
+            window = self._tail + data
+            self._tail = window[-2:]
+            ends = [j for j in (window.find(b"\n\n"), window.find(b"\n\r\n")) if j >= 0]
+            if not ends:
+                return None
+            start = min(ends)
+            at = start + (2 if window[start + 1] == 0x0A else 3) - (len(window) - len(data))
+            self._in_header = False
+        if self._remaining == 0:
+            return at
+        lines = data.count(b"\n", at)
+        if lines < self._remaining:
+            self._remaining -= lines
+            return None
+        for _ in range(self._remaining):
+            at = data.index(b"\n", at) + 1
+        self._remaining = 0
+        return at
 
 
 # --- the journal ----------------------------------------------------------------------------
