@@ -22,8 +22,7 @@ from qpopper import bulletins
 from qpopper.bulletins import Bulletin, Delivery
 from qpopper.spool import maildir
 from qpopper.spool.durable import fsync_dir, publish, unlink_if_present
-from qpopper.spool.locking import SessionLock
-from qpopper.spool.maildir_drop import LOCK_NAME
+from qpopper.spool.maildir_drop import maildir_lock
 
 _BULLETIN_NAME = re.compile(r"^[0-9]+\.bulletin-([0-9]+)\.")
 _TEMP_NAME = re.compile(r"^[0-9]+\.bulletin-[0-9]+\..+\.[0-9]+$")
@@ -84,8 +83,7 @@ class MaildirDelivery(Delivery):
         seen = self._load(store)
         if seen.last is not None and seen.last >= newest and seen.pending is None:
             return 0                                         # the common case: no lock at all
-        lock = SessionLock(os.path.join(self.path, LOCK_NAME),
-                           step_hook=lambda s: self.step(f"lock:{s}"), log=self.log)
+        lock = maildir_lock(self.path, lambda s: self.step(f"lock:{s}"), self.log)
         lock.acquire()                                       # [IN-USE] while a session runs
         try:
             return self._locked(store, every, newest)

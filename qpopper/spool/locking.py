@@ -266,11 +266,15 @@ class SessionLock:
     """The temporary drop, opened and flock'ed for the whole session.
 
     It is created if missing (O_NOFOLLOW, mode 0600) and must be a regular file owned by us,
-    with one link and no access for others, else [SYS/PERM].
+    with one link and no access for others, else [SYS/PERM] with `refused_text`. A lock that
+    holds nothing (a Maildir's) passes `private=False`: others may read it.
     """
 
-    def __init__(self, path: str, *, step_hook: StepHook | None = None, log: Log | None = None):
+    def __init__(self, path: str, *, step_hook: StepHook | None = None, log: Log | None = None,
+                 private: bool = True, refused_text: str = TEMP_DROP_REFUSED_TEXT):
         self.path = path
+        self.private = private
+        self.refused_text = refused_text
         self.name = os.path.basename(path)
         self.hook = step_hook or no_hook
         self.log = log
@@ -298,7 +302,7 @@ class SessionLock:
         that keeps changing; never [SYS/PERM], which says the file itself is wrong."""
         def open_drop(flags: int) -> int:
             return open_regular(self.path, os.O_RDWR | flags, TEMP_DROP_MODE,
-                                owner=os.geteuid(), private=True, refuse=self._refuse)
+                                owner=os.geteuid(), private=self.private, refuse=self._refuse)
         try:
             for _ in range(attempts):
                 try:
@@ -314,13 +318,13 @@ class SessionLock:
                 return fd
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                raise PopError(TEMP_DROP_REFUSED_TEXT, RespCode.SYS_PERM,
+                raise PopError(self.refused_text, RespCode.SYS_PERM,
                                log=f"{self.path} is a symbolic link") from None
             raise
         raise PopError(UNLOCKING_TEXT, RespCode.IN_USE, log=f"{self.path} kept changing")
 
     def _refuse(self, kind: str, detail: str) -> PopError:
-        return PopError(TEMP_DROP_REFUSED_TEXT, RespCode.SYS_PERM, log=f"{self.path}: {detail}")
+        return PopError(self.refused_text, RespCode.SYS_PERM, log=f"{self.path}: {detail}")
 
     def _same_file(self, fd: int) -> bool:
         both = _stat_both(fd, self.path)

@@ -44,6 +44,7 @@ times), this host's less this much stands for it: file times lag the clock a tic
 GONE_TEXT = "Message {n} was removed from your Maildir by another program"
 UPDATE_FAILED_TEXT = "Error updating your Maildir; your mail is intact, try again"
 OPEN_FAILED_TEXT = "Unable to open your Maildir; contact your administrator"
+LOCK_REFUSED_TEXT = "Unable to use the lock file in your Maildir; contact your administrator"
 
 
 class MaildirDrop:
@@ -83,8 +84,7 @@ class MaildirDrop:
         """Lock the mailbox ([IN-USE] when another session has it), finish a crashed
         session's UPDATE, list the messages. Raises PopError only."""
         hook = step_hook or (lambda name: None)
-        lock = SessionLock(os.path.join(path, LOCK_NAME), step_hook=lambda s: hook(f"open:{s}"),
-                           log=log)
+        lock = maildir_lock(path, lambda s: hook(f"open:{s}"), log)
         lock.acquire()
         try:
             finish_journal(path, lambda s: hook(f"recover:{s}"))
@@ -235,6 +235,14 @@ class _TopCut:
             at = data.index(b"\n", at) + 1
         self._remaining = 0
         return at
+
+
+def maildir_lock(path: str, step_hook, log) -> SessionLock:
+    """The Maildir's session lock: empty and never removed, so a mode that lets others read
+    it (chmod -R go+r, a restore under umask 022) exposes nothing; it must still be our own
+    regular file, never a link (docs/maildir.md, "One session per mailbox")."""
+    return SessionLock(os.path.join(path, LOCK_NAME), step_hook=step_hook, log=log,
+                       private=False, refused_text=LOCK_REFUSED_TEXT)
 
 
 # --- the journal ----------------------------------------------------------------------------

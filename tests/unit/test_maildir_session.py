@@ -1,5 +1,6 @@
-"""A Maildir behind the real Protocol: what auto-delete deletes when other readers (IMAP,
-webmail) set the S flag (docs/maildir.md, "What a message is")."""
+"""A Maildir session's edges: what auto-delete deletes when other readers (IMAP, webmail)
+set the S flag (docs/maildir.md, "What a message is"), behind the real Protocol; the lock
+file's checks (docs/maildir.md, "One session per mailbox")."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import os
 
 import pytest
 
-from qpopper.spool.maildir_drop import MaildirDrop
+from qpopper.pop3.responses import PopError, RespCode
+from qpopper.spool.maildir_drop import LOCK_NAME, LOCK_REFUSED_TEXT, MaildirDrop
 from tests.helpers.maildirs import files, make_maildir
 from tests.transcripts.harness import Spool
 
@@ -79,3 +81,29 @@ def test_rset_forgets_the_sessions_retrievals_for_auto_delete(maildir_session):
     assert pop.send("RSET").startswith(b"+OK ")
     pop.send("QUIT")
     assert left(path) == {READ_ELSEWHERE, UNREAD, PEEKED}
+
+
+# --- the lock file ----------------------------------------------------------------------------
+def test_a_lock_file_others_may_read_is_used(tmp_path):
+    path, _ = make_maildir(tmp_path, [UNREAD])
+    MaildirDrop.open(path, "qpt").close()
+    os.chmod(os.path.join(path, LOCK_NAME), 0o644)          # chmod -R go+r, umask 022
+    for _ in range(2):
+        drop = MaildirDrop.open(path, "qpt")
+        assert len(drop.messages) == 1
+        drop.close()
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "hard link"])
+def test_a_lock_file_that_is_not_our_plain_file_is_refused(tmp_path, kind):
+    path, _ = make_maildir(tmp_path, [UNREAD])
+    lock, elsewhere = os.path.join(path, LOCK_NAME), str(tmp_path / "elsewhere")
+    if kind == "fifo":
+        os.mkfifo(lock, 0o600)
+    else:
+        open(elsewhere, "wb").close()
+        (os.symlink if kind == "symlink" else os.link)(elsewhere, lock)
+    with pytest.raises(PopError) as refusal:
+        MaildirDrop.open(path, "qpt")
+    assert refusal.value.code == RespCode.SYS_PERM
+    assert refusal.value.text == LOCK_REFUSED_TEXT
