@@ -11,7 +11,8 @@
   `-ERR Command not enabled`, Qpopper's reply for a feature switched off.
 - `XTND XLST <header> [n]`: `+OK xlst command accepted; headers coming.`, then for each
   message not deleted (or message n) that has the header: `n <header line>` and its
-  continuation lines, then `.`.
+  continuation lines, then `.`. A Maildir message another program removed is left out of
+  the list (message n gets RETR's -ERR).
 - Any other subcommand: `-ERR Unknown XTND command: "<sub>".` (counted as a bad command).
 """
 
@@ -139,12 +140,15 @@ def xlst(proto: "Protocol", header: str, number: str | None) -> None:
     trans = proto.trans
     if number is not None:
         indices = [trans.message_index(number)]
+        trans.maildrop.check_available(indices[0])    # gone: RETR's -ERR, before the +OK
     else:
         indices = [n - 1 for n, _ in trans.live()]
     wanted = header.rstrip(":").encode("utf-8", "surrogateescape").lower()
 
     def lines():
         for index in indices:
+            if number is None and not _available(proto, index):
+                continue
             grabber = HeaderGrabber(wanted)
             stream_message(proto, index, grabber, 0)
             if grabber.lines:
@@ -152,6 +156,17 @@ def xlst(proto: "Protocol", header: str, number: str | None) -> None:
                 yield from grabber.lines[1:]
 
     proto.reply_lines(ok(XLST_FOLLOWS), lines())
+
+
+def _available(proto: "Protocol", index: int) -> bool:
+    """False (and logged) for a Maildir message another program removed: it has no header to
+    list, and reading it would end the session as a failed RETR does after its +OK."""
+    try:
+        proto.trans.maildrop.check_available(index)
+    except PopError as gone:
+        proto.env.log(syslog.LOG_NOTICE, gone.log or gone.text)
+        return False
+    return True
 
 
 class HeaderGrabber:

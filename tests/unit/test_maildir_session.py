@@ -1,6 +1,7 @@
 """A Maildir session's edges: what auto-delete deletes when other readers (IMAP, webmail)
-set the S flag (docs/maildir.md, "What a message is"), behind the real Protocol; the lock
-file's checks (docs/maildir.md, "One session per mailbox")."""
+set the S flag (docs/maildir.md, "What a message is") and XTND XLST over a message another
+program removed, behind the real Protocol; the lock file's checks (docs/maildir.md, "One
+session per mailbox")."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool.maildir_drop import LOCK_NAME, LOCK_REFUSED_TEXT, MaildirDrop
 from tests.helpers.maildirs import files, make_maildir
-from tests.transcripts.harness import Spool
+from tests.transcripts.harness import Spool, extended_session
 
 READ_ELSEWHERE = b"Subject: read in webmail\n\nnever downloaded by POP\n"
 UNREAD = b"Subject: unread\n\nfor RETR\n"
@@ -27,8 +28,8 @@ def maildir_session(tmp_path):
     os.rename(os.path.join(path, "new", first), os.path.join(path, "cur", first + ":2,S"))
     spool = Spool(tmp_path / "spool")
 
-    def start(**options):
-        pop = spool.session(**options)
+    def start(extended=False, **options):
+        pop = (extended_session(spool, **options) if extended else spool.session(**options))
 
         def open_maildrop(login):
             drop = MaildirDrop.open(path, login.user)
@@ -81,6 +82,23 @@ def test_rset_forgets_the_sessions_retrievals_for_auto_delete(maildir_session):
     assert pop.send("RSET").startswith(b"+OK ")
     pop.send("QUIT")
     assert left(path) == {READ_ELSEWHERE, UNREAD, PEEKED}
+
+
+# --- XTND XLST ---------------------------------------------------------------------------------
+def test_xlst_leaves_out_a_message_another_program_removed(maildir_session):
+    path, start = maildir_session
+    pop = start(extended=True)
+    gone = number_of(pop, UNREAD)
+    name = next(n for n, data in files(path).items() if data == UNREAD)
+    os.unlink(os.path.join(path, name))                     # an IMAP expunge, meanwhile
+    listing = pop.send("XTND XLST Subject")
+    assert listing.startswith(b"+OK xlst command accepted") and listing.endswith(b"\r\n.\r\n")
+    assert sorted(listing.split(b"\r\n")[1:-2]) == sorted(
+        b"%d Subject: %s" % (number_of(pop, c), c.split(b": ")[1].split(b"\n")[0])
+        for c in (READ_ELSEWHERE, PEEKED))
+    assert pop.send(f"XTND XLST Subject {gone}") == (
+        b"-ERR [SYS/TEMP] Message %d was removed from your Maildir by another program\r\n" % gone)
+    assert pop.send("NOOP") == b"+OK\r\n"                   # the session goes on
 
 
 # --- the lock file ----------------------------------------------------------------------------
