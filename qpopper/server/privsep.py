@@ -372,13 +372,13 @@ class EffectiveIdentity:
 
     def __init__(self, account: str):
         self.account = account
-        self.saved: tuple[int, int, list[int]] | None = None
+        self.saved: tuple[int, tuple[int, int, int], list[int]] | None = None
 
     def enter(self) -> None:
         if os.geteuid() != 0:
             return
         entry = pwd.getpwnam(self.account)          # KeyError: the caller goes without
-        self.saved = (os.geteuid(), os.getegid(), os.getgroups())
+        self.saved = (os.geteuid(), os.getresgid(), os.getgroups())
         os.setgroups([])
         os.setegid(entry.pw_gid)
         os.seteuid(entry.pw_uid)
@@ -386,28 +386,29 @@ class EffectiveIdentity:
     def leave(self) -> None:
         if self.saved is None:
             return
-        uid, gid, groups = self.saved
-        os.seteuid(uid)                 # first: only root may set the gid and groups back
-        os.setegid(gid)
+        uid, gids, groups = self.saved
+        os.seteuid(uid)                 # first: only root may set the gids and groups back
+        os.setresgid(*gids)             # all three: a Maildir round set real and saved too
         os.setgroups(groups)
         self.saved = None
 
 
 # --- a Maildir user's session: no spool group (docs/privsep.md, "Maildir users") -------------
-def leave_spool_group(log=None) -> None:
-    """After drop_privileges, for a user served from a Maildir: the effective gid becomes the
-    user's own (the real gid). The Maildir is the user's and the session follows the paths
-    under it, which the user controls: with the spool group it could be led (a symbolic link
-    for cur/) to read or unlink the spool group's files. The spool group stays as the saved
-    gid only, for spool_group() around the bulletin record, until drop_spool_group()."""
-    rgid, _, sgid = os.getresgid()
-    _set_gids((rgid, rgid, sgid), "leaving the spool group", log)
+def leave_spool_group(own_gid: int, log=None) -> None:
+    """After drop_privileges, for a user served from a Maildir: real and effective gid become
+    `own_gid`, the login's own group (given, not the real gid: in the master's warm-up, under
+    EffectiveIdentity, that is still root's 0). The Maildir is the user's and the session
+    follows the paths under it, which the user controls: with the spool group it could be
+    led (a symbolic link for cur/) to read or unlink the spool group's files. The spool group
+    stays as the saved gid only, for spool_group() around the bulletin record, until
+    drop_spool_group()."""
+    sgid = os.getresgid()[2]
+    _set_gids((own_gid, own_gid, sgid), "leaving the spool group", log)
 
 
-def drop_spool_group(log=None) -> None:
-    """For good: real, effective and saved gid the user's own."""
-    rgid = os.getgid()
-    _set_gids((rgid, rgid, rgid), "dropping the spool group", log)
+def drop_spool_group(own_gid: int, log=None) -> None:
+    """For good: real, effective and saved gid `own_gid`, the login's own group."""
+    _set_gids((own_gid, own_gid, own_gid), "dropping the spool group", log)
 
 
 def _set_gids(wanted: tuple[int, int, int], what: str, log) -> None:

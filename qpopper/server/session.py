@@ -194,11 +194,11 @@ class Session(ReplyWriter):
         else:
             # A Maildir's paths are the user's to point anywhere: no spool group for them
             # (docs/privsep.md, "Maildir users"); the bulletin record may still need it.
-            privsep.leave_spool_group(self.log)
+            privsep.leave_spool_group(login.gid, self.log)
             bulletins_maildir.deliver(self.cfg, login, in_maildir, self.hostname, self.log,
                                       step_hook=test_step_hook(),
                                       spool_group=privsep.spool_group)
-            privsep.drop_spool_group(self.log)
+            privsep.drop_spool_group(login.gid, self.log)
         try:
             with kept_for_the_session() if self.own_process else contextlib.nullcontext():
                 if in_maildir is not None:

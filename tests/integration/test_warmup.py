@@ -21,6 +21,8 @@ from qpopper.config import Config
 from qpopper.log import Logger
 from qpopper.server import warmup
 from qpopper.server.session import STEP_LOG_ENV
+from qpopper.spool.maildir_drop import MaildirDrop
+from qpopper.spool.maildrop import Maildrop
 from tests.helpers.messages import mbox
 from tests.helpers.repo import REPO
 from tests.helpers.sysusers import PRELOGIN_USER
@@ -180,3 +182,23 @@ def test_a_root_warm_up_runs_unprivileged_and_gives_root_back(private_tmp, monke
     assert (os.getresuid(), os.getresgid()) == ((0, 0, 0), (0, 0, 0))
     assert os.getgroups() == groups
     assert os.listdir(private_tmp) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root: the warm-up's identity")
+def test_a_root_warm_up_on_a_maildir_site_never_has_group_0(private_tmp, monkeypatch,
+                                                            prelogin_account):
+    """A Maildir round leaves the spool group for the login's own group, not the real gid
+    (root's 0 under EffectiveIdentity); the mbox rounds after it keep the account's group,
+    and the master gets all its gids back."""
+    account = pwd.getpwnam(PRELOGIN_USER)
+    seen = []
+    for kind in (MaildirDrop, Maildrop):
+        def spy(cls, *args, _real=kind.open.__func__, **kwargs):
+            seen.append((cls.__name__ == "MaildirDrop", os.getresgid()))
+            return _real(cls, *args, **kwargs)
+        monkeypatch.setattr(kind, "open", classmethod(spy))
+    cfg = Config.defaults().replace(prelogin_user=PRELOGIN_USER, maildir="/srv/mail/%u")
+    assert warmup.warm_up(cfg, Logger(stream=io.StringIO())) is True
+    gid = account.pw_gid
+    assert set(seen) == {(True, (gid, gid, gid)), (False, (0, gid, 0)), (False, (gid, gid, gid))}
+    assert (os.getresuid(), os.getresgid()) == ((0, 0, 0), (0, 0, 0))
