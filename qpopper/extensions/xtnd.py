@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Protocol as TypingProtocol
 from qpopper import limits
 from qpopper.pop3.auth_state import COMMAND_NOT_ENABLED
 from qpopper.pop3.command import CommandSyntaxError
-from qpopper.pop3.trans_state import stream_message
+from qpopper.pop3.trans_state import message_available, stream_message
 from qpopper.pop3.responses import PopError, ok
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -147,7 +147,7 @@ def xlst(proto: "Protocol", header: str, number: str | None) -> None:
 
     def lines():
         for index in indices:
-            if number is None and not _available(proto, index):
+            if number is None and not message_available(proto, index):
                 continue
             grabber = HeaderGrabber(wanted)
             stream_message(proto, index, grabber, 0)
@@ -156,17 +156,6 @@ def xlst(proto: "Protocol", header: str, number: str | None) -> None:
                 yield from grabber.lines[1:]
 
     proto.reply_lines(ok(XLST_FOLLOWS), lines())
-
-
-def _available(proto: "Protocol", index: int) -> bool:
-    """False (and logged) for a Maildir message another program removed: it has no header to
-    list, and reading it would end the session as a failed RETR does after its +OK."""
-    try:
-        proto.trans.maildrop.check_available(index)
-    except PopError as gone:
-        proto.env.log(syslog.LOG_NOTICE, gone.log or gone.text)
-        return False
-    return True
 
 
 class HeaderGrabber:

@@ -9,6 +9,7 @@ its own reply. Protocol message number n is maildrop.messages[n - 1]; the sets b
 
 from __future__ import annotations
 
+import syslog
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -215,6 +216,18 @@ def stream_message(proto: "Protocol", index: int, write, body_lines: int | None)
                        log=f"reading message {index + 1} failed: {detail}") from None
 
 
+def message_available(proto: "Protocol", index: int) -> bool:
+    """False (and logged) for a Maildir message another program removed, for a listing that
+    reads every message (EUIDL, XTND XLST): it has nothing to show, and reading it would end
+    the session as a failed RETR does after its +OK."""
+    try:
+        proto.trans.maildrop.check_available(index)
+    except PopError as gone:
+        proto.env.log(syslog.LOG_NOTICE, gone.log or gone.text)
+        return False
+    return True
+
+
 def cmd_dele(proto: "Protocol", args: list[str]) -> None:
     trans = proto.trans
     index = trans.message_index(args[0], allow_deleted=True)
@@ -264,7 +277,8 @@ def cmd_euidl(proto: "Protocol", args: list[str]) -> None:
 def euidl_line(proto: "Protocol", index: int) -> bytes:
     message = proto.trans.messages[index]
     grabber = FromHeaderGrabber()
-    stream_message(proto, index, grabber, 0)
+    if message_available(proto, index):         # a removed one is listed without From
+        stream_message(proto, index, grabber, 0)
     line = f"{index + 1} {message.uid} {message.octets}".encode("ascii", "replace")
     return line + b" " + grabber.value if grabber.value else line
 

@@ -1,6 +1,6 @@
 """A Maildir session's edges: what auto-delete deletes when other readers (IMAP, webmail)
-set the S flag (docs/maildir.md, "What a message is") and XTND XLST over a message another
-program removed, behind the real Protocol; the lock file's checks (docs/maildir.md, "One
+set the S flag (docs/maildir.md, "What a message is"); XTND XLST and EUIDL over a message
+another program removed, behind the real Protocol; the lock file's checks (docs/maildir.md, "One
 session per mailbox")."""
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def test_rset_forgets_the_sessions_retrievals_for_auto_delete(maildir_session):
 
 
 # --- XTND XLST ---------------------------------------------------------------------------------
-def test_xlst_leaves_out_a_message_another_program_removed(maildir_session):
+def test_xlst_and_euidl_survive_a_message_another_program_removed(maildir_session):
     path, start = maildir_session
     pop = start(extended=True)
     gone = number_of(pop, UNREAD)
@@ -98,6 +98,9 @@ def test_xlst_leaves_out_a_message_another_program_removed(maildir_session):
         for c in (READ_ELSEWHERE, PEEKED))
     assert pop.send(f"XTND XLST Subject {gone}") == (
         b"-ERR [SYS/TEMP] Message %d was removed from your Maildir by another program\r\n" % gone)
+    euidl = pop.send("EUIDL").split(b"\r\n")              # listed, without its From
+    assert euidl[0] == b"+OK uidl command accepted." and len(euidl[1:-2]) == 3, euidl
+    assert pop.send(f"EUIDL {gone}").startswith(b"+OK %d " % gone)
     assert pop.send("NOOP") == b"+OK\r\n"                   # the session goes on
 
 
