@@ -67,21 +67,19 @@ def test_auto_delete_takes_only_what_this_session_retrieved(maildir_session, opt
     assert left(path) == {READ_ELSEWHERE, PEEKED}
 
 
-def test_auto_delete_takes_a_seen_message_this_session_retrieved(maildir_session):
+@pytest.mark.parametrize("commands, kept", [
+    ([READ_ELSEWHERE], {UNREAD, PEEKED}),                  # seen elsewhere, retrieved here
+    ([UNREAD, "RSET"], {READ_ELSEWHERE, UNREAD, PEEKED}),  # RSET forgets the RETR
+], ids=["seen-and-retrieved", "rset"])
+def test_auto_delete_after(maildir_session, commands, kept):
+    """A message (bytes) is RETR'd, a str is sent as it is."""
     path, start = maildir_session
     pop = start(auto_delete=True)
-    pop.send(f"RETR {number_of(pop, READ_ELSEWHERE)}")
+    for item in commands:
+        reply = pop.send(f"RETR {number_of(pop, item)}" if isinstance(item, bytes) else item)
+        assert reply.startswith(b"+OK "), reply
     pop.send("QUIT")
-    assert left(path) == {UNREAD, PEEKED}
-
-
-def test_rset_forgets_the_sessions_retrievals_for_auto_delete(maildir_session):
-    path, start = maildir_session
-    pop = start(auto_delete=True)
-    pop.send(f"RETR {number_of(pop, UNREAD)}")
-    assert pop.send("RSET").startswith(b"+OK ")
-    pop.send("QUIT")
-    assert left(path) == {READ_ELSEWHERE, UNREAD, PEEKED}
+    assert left(path) == kept
 
 
 # --- XTND XLST ---------------------------------------------------------------------------------
