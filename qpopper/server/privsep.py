@@ -402,13 +402,23 @@ def leave_spool_group(own_gid: int, log=None) -> None:
     led (a symbolic link for cur/) to read or unlink the spool group's files. The spool group
     stays as the saved gid only, for spool_group() around the bulletin record, until
     drop_spool_group()."""
+    own_gid = _settable(own_gid)
     sgid = os.getresgid()[2]
     _set_gids((own_gid, own_gid, sgid), "leaving the spool group", log)
 
 
 def drop_spool_group(own_gid: int, log=None) -> None:
     """For good: real, effective and saved gid `own_gid`, the login's own group."""
+    own_gid = _settable(own_gid)
     _set_gids((own_gid, own_gid, own_gid), "dropping the spool group", log)
+
+
+def _settable(own_gid: int) -> int:
+    """`own_gid` while the real uid is root (the master's warm-up, under EffectiveIdentity);
+    else the real gid: after drop_privileges that is `own_gid` already, and in a server that
+    never had root (the demo as an ordinary user, perhaps after newgrp) the only one it may
+    take."""
+    return own_gid if os.getuid() == 0 else os.getgid()
 
 
 def _set_gids(wanted: tuple[int, int, int], what: str, log) -> None:

@@ -217,3 +217,25 @@ def test_a_drop_that_silently_did_nothing_is_caught(system_users, monkeypatch):
     assert code == privsep.EXIT_PRIVSEP_FAILED
     assert len(lines) == 1 and "not effective" in lines[0][1]
     assert "uids (0, 0, 0)" in lines[0][1] and "setuid(0) succeeded" in lines[0][1]
+
+
+def test_a_maildir_session_of_a_server_that_never_had_root_keeps_its_real_gid(system_users):
+    """The demo as an ordinary user after newgrp: its real gid is not its passwd group, which
+    it may not take. Leaving and dropping the spool group keep the real gid there, where a
+    session that had root (the master's warm-up included) takes the login's own."""
+    alice = system_users.create()
+    other_gid = alice.gid + 1 if alice.gid + 1 != sysusers.mail_gid() else alice.gid + 2
+
+    def body(report):
+        os.setgroups([])
+        os.setresgid(other_gid, other_gid, other_gid)       # newgrp: not the passwd group
+        os.setresuid(alice.uid, alice.uid, alice.uid)       # never root again
+        privsep.leave_spool_group(alice.gid)
+        report("left", os.getresgid())
+        privsep.drop_spool_group(alice.gid)
+        report("dropped", os.getresgid())
+
+    code, lines = in_child(body)
+    assert code == 0, lines
+    facts = {line[0]: line[1] for line in lines}
+    assert facts["left"] == facts["dropped"] == [other_gid] * 3
