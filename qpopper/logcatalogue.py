@@ -314,6 +314,11 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
         ("opening Maildir * of *: *", "A Maildir mailbox could not be opened ([SYS/TEMP])."),
         ("updating Maildir *: *", "UPDATE of a Maildir failed; its journal finishes it at "
                                   "the next login."),
+        ("Maildir *: * not * (*); it stays as it is",
+         "A step of a Maildir UPDATE (deleted, or marked seen) failed for good (a name too "
+         "long, another file system, a full disk, no permission): that message stays as it "
+         "is, unseen or not deleted, and the mailbox is served (docs/maildir.md, \"UPDATE "
+         "and crash safety\")."),
         ("* in * is gone", "A Maildir message vanished during the session."),
         ("* in * is a link", "A Maildir message is a symbolic link: refused."),
     )),

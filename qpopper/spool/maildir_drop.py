@@ -19,6 +19,7 @@ import errno
 import json
 import os
 import stat
+import syslog
 import time
 
 from qpopper import limits
@@ -41,6 +42,15 @@ IDENTITY_AT = {2: 3, JOURNAL_VERSION: 2}
 CLOCK_LAG_NS = 50_000_000
 """Where the file system's clock cannot be read (a FUSE file system that refuses to set
 times), this host's less this much stands for it: file times lag the clock a tick."""
+LASTING_ERRORS = frozenset({
+    errno.ENAMETOOLONG, errno.EXDEV, errno.ENOSPC, errno.EDQUOT, errno.EMLINK, errno.EACCES,
+    errno.EPERM, errno.EINVAL, errno.ENOTDIR, errno.EISDIR, errno.ENOTEMPTY})
+"""A journal step failing with one of these is skipped, logged, and its message stays as it
+is (unseen, or not deleted): trying again at every login would refuse the mailbox for good
+(docs/maildir.md, "UPDATE and crash safety"). Other errors (EIO, ESTALE, EROFS, ...) may pass:
+the journal stays and the next login tries again."""
+NAME_MAX = 255
+"""NAME_MAX where pathconf cannot tell."""
 GONE_TEXT = "Message {n} was removed from your Maildir by another program"
 UPDATE_FAILED_TEXT = "Error updating your Maildir; your mail is intact, try again"
 OPEN_FAILED_TEXT = "Unable to open your Maildir; contact your administrator"
@@ -87,7 +97,7 @@ class MaildirDrop:
         lock = maildir_lock(path, lambda s: hook(f"open:{s}"), log)
         lock.acquire()
         try:
-            finish_journal(path, lambda s: hook(f"recover:{s}"))
+            finish_journal(path, lambda s: hook(f"recover:{s}"), log)
             listed_ns = _file_system_now(lock.fd)
             messages, inodes, mtimes = maildir.scan_with_files(
                 path, log=log, step=lambda s: hook(f"open:{s}"))
@@ -158,6 +168,7 @@ class MaildirDrop:
             if st is not None:
                 steps.append(["unlink", self.messages[index].name, *file_identity(st)])
         listed = {m.name for m in self.messages}
+        name_max = _name_max(self.path)
         for index in sorted(retrieved - deleted):
             message = self.messages[index]
             if self._files.current(index) is None:
@@ -166,6 +177,8 @@ class MaildirDrop:
             if message.name.startswith("cur/") and "S" in flags:
                 continue
             new_name = f"cur/{message.base}:2,{''.join(sorted(set(flags + 'S')))}"
+            if len(os.fsencode(new_name)) - len("cur/") > name_max:
+                continue                # a name the file system refuses: it stays unseen
             if new_name in listed or os.path.lexists(os.path.join(self.path, new_name)):
                 continue                # another file has that name: it stays unseen
             steps.append(["rename", message.name, new_name])
@@ -173,7 +186,7 @@ class MaildirDrop:
             if steps:       # without steps the index written at open still holds
                 hook = lambda s: self._hook(f"update:{s}")
                 write_journal(self.path, steps, hook)
-                finish_journal(self.path, hook)
+                finish_journal(self.path, hook, self._log)
                 maildir.scan(self.path, log=self._log, step=hook)
         except OSError as error:
             raise PopError(UPDATE_FAILED_TEXT, RespCode.SYS_TEMP,
@@ -265,10 +278,11 @@ def write_journal(path: str, steps: list[list[str]], hook) -> None:
     fsync_dir(path)
 
 
-def finish_journal(path: str, hook) -> None:
+def finish_journal(path: str, hook, log=None) -> None:
     """Take every step of a committed journal that is not taken yet, then remove it. Each
     step is idempotent: an unlinked file is gone, a renamed one is at its new name; a source
-    missing for another reason (a program moved it) is skipped. A journal we cannot read is
+    missing for another reason (a program moved it) is skipped, and so is a step that fails
+    for good (LASTING_ERRORS; logged with `log(priority, text)`). A journal we cannot read is
     left for the administrator and the mailbox is refused, never guessed at."""
     journal = os.path.join(path, JOURNAL_NAME)
     unlink_if_present(os.path.join(path, f".{JOURNAL_NAME}.tmp"))   # never committed
@@ -290,20 +304,39 @@ def finish_journal(path: str, hook) -> None:
     names_by_base = _NamesByBase(path)
     for step in steps:
         hook(step[0])
-        if step[0] == "unlink" and version == 1:
-            unlink_if_present(os.path.join(path, step[1]))
-        elif step[0] == "unlink":
-            _unlink_file(path, step[1], tuple(step[IDENTITY_AT[version]:]), names_by_base)
-        else:
-            try:   # False: the name is taken (done before the crash, or another file's): no-op
-                rename_no_replace(os.path.join(path, step[1]), os.path.join(path, step[2]))
-            except FileNotFoundError:
-                pass                             # moved or removed by another program
+        try:
+            _take_step(path, step, version, names_by_base)
+        except OSError as error:
+            if error.errno not in LASTING_ERRORS:
+                raise                           # the journal stays: the next login retries
+            if log:
+                log(syslog.LOG_WARNING, f"Maildir {path}: {step[1]} not "
+                    f"{'deleted' if step[0] == 'unlink' else 'marked seen'} "
+                    f"({error.strerror}); it stays as it is")
     hook("fsync-dirs")
     maildir.sync_dirs(path)
     hook("journal-unlink")
     os.unlink(journal)
     fsync_dir(path)
+
+
+def _take_step(path: str, step: list, version: int, names_by_base) -> None:
+    if step[0] == "unlink" and version == 1:
+        unlink_if_present(os.path.join(path, step[1]))
+    elif step[0] == "unlink":
+        _unlink_file(path, step[1], tuple(step[IDENTITY_AT[version]:]), names_by_base)
+    else:
+        try:   # False: the name is taken (done before the crash, or another file's): no-op
+            rename_no_replace(os.path.join(path, step[1]), os.path.join(path, step[2]))
+        except FileNotFoundError:
+            pass                                 # moved or removed by another program
+
+
+def _name_max(path: str) -> int:
+    try:
+        return os.pathconf(os.path.join(path, "cur"), "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return NAME_MAX
 
 
 def file_identity(st: os.stat_result) -> tuple[int, int, int]:
