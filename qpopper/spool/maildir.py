@@ -37,8 +37,8 @@ INODE_BITS = (1 << 63) - 1
 """Inodes and times are kept in 63 bits, as the index's int columns hold them (NFS has 64-bit
 inode numbers; a time before 1970 is negative)."""
 SETTLE_NS = 2_000_000_000
-"""A directory changed less than this before the index was written is listed again next time:
-a rename in the same clock tick as the listing would leave its mtime unchanged."""
+"""A directory changed less than this before the index's listing began is listed again next
+time: a rename in the same clock tick as the listing would leave its mtime unchanged."""
 MAX_INDEX_OCTETS = 64 * 1024 * 1024
 """Far more than the index of a million messages takes; a bigger file is not one."""
 HEADER_PROBE_OCTETS = 64 * 1024
@@ -260,25 +260,29 @@ def store_index(path: str, index: Index, step=None) -> None:
 
 def _unchanged(index: Index | None, stamps: dict) -> bool:
     """The listing in the index is still the directories' content: same directories, same
-    mtimes, and the index written well after the last change (SETTLE_NS)."""
+    mtimes, and the index's listing begun well after the last change (SETTLE_NS)."""
     if index is None or index.stamps != stamps:
         return False
     return all(index.written_ns - stamp[0] >= SETTLE_NS for stamp in stamps.values())
 
 
-def scan(path: str, log=None, step=None) -> list[MaildirMessage]:
+def scan(path: str, log=None, step=None, now_ns: int | None = None) -> list[MaildirMessage]:
     """The messages of the Maildir at `path` in delivery order (scan_with_files)."""
-    return scan_with_files(path, log, step)[0]
+    return scan_with_files(path, log, step, now_ns)[0]
 
 
-def scan_with_files(path: str, log=None, step=None) -> tuple[list[MaildirMessage],
-                                                             Sequence[int], Sequence[int]]:
+def scan_with_files(path: str, log=None, step=None, now_ns: int | None = None
+                    ) -> tuple[list[MaildirMessage], Sequence[int], Sequence[int]]:
     """The messages of the Maildir at `path` in delivery order, their files' inodes as
     listed and their modification times when measured (INODE_BITS), from the index when
     nothing changed (two stat calls, no listing, no Python step per message but one
     constructor call), else from a listing that measures only the files the index does not
     know. The index is rewritten after a listing; a failure to write it (a full disk) is
-    logged (`log(priority, text)`) and costs only speed."""
+    logged (`log(priority, text)`) and costs only speed. `now_ns` is the file system's time
+    taken just before (this host's clock when not given): the index is written as of then,
+    before the stamps, so a change during a long listing is not judged settled
+    (docs/maildir.md, "The index")."""
+    written_ns = time.time_ns() if now_ns is None else now_ns
     stamps = _dir_stamps(path)
     index = load_index(path, log)
     if _unchanged(index, stamps):
@@ -303,7 +307,7 @@ def scan_with_files(path: str, log=None, step=None) -> tuple[list[MaildirMessage
                 continue
         entries[name] = (octets, uid)
     order = sorted(entries, key=delivery_order)
-    fresh = Index(time.time_ns(), stamps, order, [entries[name][0] for name in order],
+    fresh = Index(written_ns, stamps, order, [entries[name][0] for name in order],
                   [entries[name][1] for name in order], ["S" in flags_of(name) for name in order],
                   list(map(inodes.get, order)), list(map(mtimes.get, order)))
     try:                # even when the listing is the same: a later time makes it trusted

@@ -100,7 +100,7 @@ class MaildirDrop:
             finish_journal(path, lambda s: hook(f"recover:{s}"), log)
             listed_ns = _file_system_now(lock.fd)
             messages, inodes, mtimes = maildir.scan_with_files(
-                path, log=log, step=lambda s: hook(f"open:{s}"))
+                path, log=log, step=lambda s: hook(f"open:{s}"), now_ns=listed_ns)
         except OSError as error:
             lock.release(unlink=False)
             raise PopError(OPEN_FAILED_TEXT, RespCode.SYS_TEMP,
@@ -168,7 +168,7 @@ class MaildirDrop:
             if st is not None:
                 steps.append(["unlink", self.messages[index].name, *file_identity(st)])
         listed = {m.name for m in self.messages}
-        name_max = _name_max(self.path)
+        name_max = 0                    # asked only when a message is to be marked seen
         for index in sorted(retrieved - deleted):
             message = self.messages[index]
             if self._files.current(index) is None:
@@ -177,6 +177,7 @@ class MaildirDrop:
             if message.name.startswith("cur/") and "S" in flags:
                 continue
             new_name = f"cur/{message.base}:2,{''.join(sorted(set(flags + 'S')))}"
+            name_max = name_max or _name_max(self.path)
             if len(os.fsencode(new_name)) - len("cur/") > name_max:
                 continue                # a name the file system refuses: it stays unseen
             if new_name in listed or os.path.lexists(os.path.join(self.path, new_name)):
@@ -187,7 +188,8 @@ class MaildirDrop:
                 hook = lambda s: self._hook(f"update:{s}")
                 write_journal(self.path, steps, hook)
                 finish_journal(self.path, hook, self._log)
-                maildir.scan(self.path, log=self._log, step=hook)
+                maildir.scan(self.path, log=self._log, step=hook,
+                             now_ns=_file_system_now(self._lock.fd))
         except OSError as error:
             raise PopError(UPDATE_FAILED_TEXT, RespCode.SYS_TEMP,
                            log=f"updating Maildir {self.path}: {error}") from None

@@ -1,0 +1,43 @@
+"""The Maildir index against changes during a listing and in place (docs/maildir.md, "The
+index")."""
+
+from __future__ import annotations
+
+import os
+import time
+import types
+
+from qpopper.spool import maildir
+from qpopper.spool.maildir_drop import MaildirDrop
+from tests.helpers.maildirs import make_maildir
+
+
+def deliver(path, name, data):
+    with open(os.path.join(path, "tmp", name), "wb") as f:
+        f.write(data)
+    os.rename(os.path.join(path, "tmp", name), os.path.join(path, "new", name))
+
+
+def test_a_delivery_during_a_slow_listing_is_seen_at_the_next_login(tmp_path, monkeypatch):
+    """On a file system with one-second times new/'s stamp does not change when a message
+    arrives in the stamp's second; the listing then takes long. The index must be judged as
+    of the listing's start, not its end."""
+    path, _ = make_maildir(tmp_path, [b"Subject: old\n\nold\n"])
+    stamp = time.time_ns()
+    for sub in maildir.SUBDIRS:
+        os.utime(os.path.join(path, sub), ns=(stamp, stamp))
+    measure = maildir._measure
+
+    def slow_measure(where, name):
+        if not os.path.exists(os.path.join(path, "new", "1700000099.M2P2.host")):
+            deliver(path, "1700000099.M2P2.host", b"Subject: new\n\nhello\n")
+            os.utime(os.path.join(path, "new"), ns=(stamp, stamp))     # the same tick
+            late = time.time_ns() + 5 * maildir.SETTLE_NS              # a long listing
+            monkeypatch.setattr(maildir, "time", types.SimpleNamespace(time_ns=lambda: late))
+        return measure(where, name)
+    monkeypatch.setattr(maildir, "_measure", slow_measure)
+    MaildirDrop.open(path, "qpt").close()
+    monkeypatch.undo()
+    drop = MaildirDrop.open(path, "qpt")
+    drop.close()
+    assert "new/1700000099.M2P2.host" in [m.name for m in drop.messages]
