@@ -4,8 +4,8 @@ A Maildir is a directory with cur/, new/ and tmp/; a delivery agent writes each 
 tmp/ and renames it into new/; readers move it to cur/ and record flags after `:2,` in its
 name. Files are never rewritten, so a message's name before `:` (its base name) identifies it
 for good: it is the message's UID (unless it carries an X-UIDL header Qpopper would honour, or
-is not a valid POP3 UID), and the index keyed by it never goes stale for a file that is still
-there. This module only reads; maildir_drop.py is the session's side (lock, RETR, UPDATE).
+is not a valid POP3 UID); the index keys a file by it and its inode, and takes a file's
+measurement again only while its modification time is the one measured. This module only reads; maildir_drop.py is the session's side (lock, RETR, UPDATE).
 """
 
 from __future__ import annotations
@@ -277,7 +277,7 @@ def scan_with_files(path: str, log=None, step=None, now_ns: int | None = None
     listed and their modification times when measured (INODE_BITS), from the index when
     nothing changed (two stat calls, no listing, no Python step per message but one
     constructor call), else from a listing that measures only the files the index does not
-    know. The index is rewritten after a listing; a failure to write it (a full disk) is
+    know as they are (base name, inode and time: _known_files). The index is rewritten after a listing; a failure to write it (a full disk) is
     logged (`log(priority, text)`) and costs only speed. `now_ns` is the file system's time
     taken just before (this host's clock when not given): the index is written as of then,
     before the stamps, so a change during a long listing is not judged settled
@@ -287,24 +287,27 @@ def scan_with_files(path: str, log=None, step=None, now_ns: int | None = None
     index = load_index(path, log)
     if _unchanged(index, stamps):
         return index.messages(), index.inodes, index.mtimes
-    known = (dict(zip(index.names, zip(index.octets, index.uids, index.inodes, index.mtimes)))
-             if index else {})
+    known = _known_files(index)
     mtimes: dict[str, int] = {}
-    inodes = {f"{sub}/{entry.name}": entry.inode() & INODE_BITS for sub in SUBDIRS
+    listed = {f"{sub}/{entry.name}": entry for sub in SUBDIRS
               for entry in os.scandir(os.path.join(path, sub))
               if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False)}
+    inodes = {name: entry.inode() & INODE_BITS for name, entry in listed.items()}
     if len(set(inodes.values())) != len(inodes):
         _one_name_per_file(path, inodes)
     entries: dict[str, tuple[int, str]] = {}
     for name, inode in inodes.items():
-        kept = known.get(name)
-        if kept is not None and kept[2] == inode:
-            octets, uid, _, mtimes[name] = kept
-        else:               # new, or another file at a known name (a restore): measured
-            try:
+        kept = known.get((base_name(name), inode))
+        try:
+            # the same file (base name and inode: a rename keeps both) not changed since
+            # it was measured (its time); else measured: new, a restore, a change in place
+            if kept is not None and listed[name].stat(
+                    follow_symlinks=False).st_mtime_ns & INODE_BITS == kept[2]:
+                octets, uid, mtimes[name] = kept
+            else:
                 octets, uid, mtimes[name] = _measure(path, name)
-            except FileNotFoundError:          # moved or removed since the listing
-                continue
+        except FileNotFoundError:              # moved or removed since the listing
+            continue
         entries[name] = (octets, uid)
     order = sorted(entries, key=delivery_order)
     fresh = Index(written_ns, stamps, order, [entries[name][0] for name in order],
@@ -316,6 +319,14 @@ def scan_with_files(path: str, log=None, step=None, now_ns: int | None = None
         if log:
             log(syslog.LOG_WARNING, f"Maildir index of {path} not written: {error.strerror}")
     return fresh.messages(), fresh.inodes, fresh.mtimes
+
+
+def _known_files(index: Index | None) -> dict[tuple[str, int], tuple[int, str, int]]:
+    """The index's files by base name and inode (what a rename keeps): octets, UID, time."""
+    if index is None:
+        return {}
+    return dict(zip(zip(map(base_name, index.names), index.inodes),
+                    zip(index.octets, index.uids, index.mtimes)))
 
 
 def _one_name_per_file(path: str, inodes: dict[str, int]) -> None:

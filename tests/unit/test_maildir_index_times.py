@@ -41,3 +41,32 @@ def test_a_delivery_during_a_slow_listing_is_seen_at_the_next_login(tmp_path, mo
     drop = MaildirDrop.open(path, "qpt")
     drop.close()
     assert "new/1700000099.M2P2.host" in [m.name for m in drop.messages]
+
+
+def test_a_file_changed_in_place_is_measured_again_at_the_next_listing(tmp_path):
+    path, keys = make_maildir(tmp_path, [b"Subject: one\n\n" + b"long body line\n" * 100])
+    MaildirDrop.open(path, "qpt").close()
+    with open(os.path.join(path, "new", keys[0]), "r+b") as f:
+        f.truncate(20)
+    deliver(path, "1700000001.M2P2.host", b"Subject: two\n\nx\n")    # new/ listed again
+    drop = MaildirDrop.open(path, "qpt")
+    drop.close()
+    assert {m.name: m.octets for m in drop.messages} == {
+        f"new/{keys[0]}": len(b"Subject: one\r\n\r\nlong b\r\n"),
+        "new/1700000001.M2P2.host": len(b"Subject: two\r\n\r\nx\r\n")}
+
+
+def test_a_renamed_file_keeps_its_measurement(tmp_path, monkeypatch):
+    """UPDATE's seen-marking and another reader's flag changes rename files: their listing
+    reads none of them again."""
+    path, keys = make_maildir(tmp_path, [b"Subject: %d\n\nbody\n" % n for n in range(3)])
+    drop = MaildirDrop.open(path, "qpt")
+    measured = []
+    measure = maildir._measure
+    monkeypatch.setattr(maildir, "_measure", lambda *a: measured.append(a) or measure(*a))
+    drop.update(set(), {0, 1})
+    os.rename(os.path.join(path, "new", keys[2]), os.path.join(path, "cur", keys[2] + ":2,F"))
+    drop = MaildirDrop.open(path, "qpt")
+    drop.close()
+    assert measured == [] and sorted(m.name for m in drop.messages) == sorted(
+        [f"cur/{keys[0]}:2,S", f"cur/{keys[1]}:2,S", f"cur/{keys[2]}:2,F"])
