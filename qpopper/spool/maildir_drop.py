@@ -288,15 +288,17 @@ def finish_journal(path: str, hook, log=None) -> None:
     left for the administrator and the mailbox is refused, never guessed at."""
     journal = os.path.join(path, JOURNAL_NAME)
     unlink_if_present(os.path.join(path, f".{JOURNAL_NAME}.tmp"))   # never committed
-    try:
-        fd = os.open(journal, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:    # O_NONBLOCK: a FIFO put there must not hang the login under the lock
+        fd = os.open(journal, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         return
     try:
-        record = json.loads(read_up_to(fd, os.fstat(fd).st_size))
-        version = record.get("version")
-        readable = type(version) is int and version in READABLE_JOURNAL_VERSIONS
-        steps = record["steps"] if readable else None
+        st, steps = os.fstat(fd), None
+        if stat.S_ISREG(st.st_mode):            # else not a journal: refused, as damaged
+            record = json.loads(read_up_to(fd, st.st_size))
+            version = record.get("version")
+            readable = type(version) is int and version in READABLE_JOURNAL_VERSIONS
+            steps = record["steps"] if readable else None
     except (ValueError, KeyError, AttributeError):
         steps = None
     finally:

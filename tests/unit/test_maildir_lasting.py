@@ -7,6 +7,8 @@ from __future__ import annotations
 import errno
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -76,4 +78,16 @@ def test_a_deletion_that_fails_for_good_leaves_the_message(tmp_path, monkeypatch
         raise PermissionError(errno.EPERM, "Operation not permitted")
     monkeypatch.setattr(maildir_drop, "unlink_if_present", refused)
     MaildirDrop.open(path, "qpt").close()
+    assert files(path) == {f"new/{first}": FIRST, f"new/{second}": SECOND}
+
+
+def test_a_fifo_in_place_of_the_journal_refuses_the_mailbox_at_once(tmp_path):
+    path, first, second = two_messages(tmp_path)
+    os.mkfifo(os.path.join(path, JOURNAL_NAME))
+    code = ("import sys; from qpopper.spool.maildir_drop import MaildirDrop\n"
+            "try:\n    MaildirDrop.open(sys.argv[1], 'qpt')\n"
+            "except Exception as error:\n    print(type(error).__name__)\n")
+    result = subprocess.run([sys.executable, "-c", code, path], capture_output=True,
+                            text=True, timeout=10)
+    assert result.stdout.strip() == "PopError", result.stderr
     assert files(path) == {f"new/{first}": FIRST, f"new/{second}": SECOND}
