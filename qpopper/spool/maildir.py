@@ -28,8 +28,10 @@ SUBDIRS = ("new", "cur")
 INDEX_NAME = "qpopper-pop3.index"
 INDEX_TEMP_NAME = f".{INDEX_NAME}.tmp"
 INDEX_MAGIC = b"QPINDEX"
-INDEX_VERSION = 5
-"""5: a file ending in a bare CR measured as RETR sends it (one octet less than 4 did) and the
+INDEX_VERSION = 6
+INDEX_SECTIONS = 7
+"""6: each file's UID as served kept too (a copy's stays its own across sessions and renames);
+5: a file ending in a bare CR measured as RETR sends it (one octet less than 4 did) and the
 directory stamps without the device number; 4: packed columns with each file's inode and
 modification time (qpopper/spool/packed.py); 3 had the inode only, 2 neither, 1 was JSON. Another version is ignored and the index
 rebuilt from a listing."""
@@ -164,8 +166,8 @@ def delivery_order(name: str) -> tuple[int, int, str]:
 class Index:
     """What `qpopper-pop3.index` holds: the directories' stamps when it was written and every
     message file in delivery order with its octets, its measured UID (before duplicates are
-    told apart), its S flag, its inode and its modification time when measured
-    (docs/maildir.md, "The index")."""
+    told apart), its S flag, its inode, its modification time when measured and its UID as
+    served, unique (docs/maildir.md, "The index")."""
     written_ns: int
     stamps: dict
     names: list
@@ -174,14 +176,13 @@ class Index:
     seen: list
     inodes: Sequence[int]
     mtimes: Sequence[int]
+    served: list
 
     def entries(self) -> dict[str, tuple[int, str]]:
         return dict(zip(self.names, zip(self.octets, self.uids)))
 
     def messages(self) -> list[MaildirMessage]:
-        if len(set(self.uids)) != len(self.uids):   # a copied message's X-UIDL header
-            return _messages(self.entries())
-        return list(map(MaildirMessage, self.names, self.octets, self.uids, self.seen))
+        return list(map(MaildirMessage, self.names, self.octets, self.served, self.seen))
 
 
 def _dir_stamps(path: str) -> dict[str, list[int]]:
@@ -224,8 +225,8 @@ def load_index(path: str, log=None) -> Index | None:
 
 
 def _decode_index(data: bytes) -> Index:
-    doc, (names, octets, uids, seen, inodes, mtimes) = packed.unpack(
-        data, INDEX_MAGIC, INDEX_VERSION, 6)
+    doc, (names, octets, uids, seen, inodes, mtimes, served) = packed.unpack(
+        data, INDEX_MAGIC, INDEX_VERSION, INDEX_SECTIONS)
     n, written, stamps = doc.get("count"), doc.get("written_ns"), doc.get("stamps")
     if type(n) is not int or n < 0 or type(written) is not int or not isinstance(stamps, dict):
         raise ValueError("bad count, time or stamps")
@@ -238,8 +239,11 @@ def _decode_index(data: bytes) -> Index:
     names = packed.texts(names, n)
     if len(set(names)) != n:
         raise ValueError("a name twice")
+    served = packed.texts(served, n)
+    if len(set(served)) != n:
+        raise ValueError("a UID twice")
     return Index(written, stamps, names, packed.ints(octets, n), packed.texts(uids, n),
-                 packed.flags(seen, n), packed.ints(inodes, n), packed.ints(mtimes, n))
+                 packed.flags(seen, n), packed.ints(inodes, n), packed.ints(mtimes, n), served)
 
 
 def store_index(path: str, index: Index, step=None) -> None:
@@ -250,7 +254,8 @@ def store_index(path: str, index: Index, step=None) -> None:
                         "count": len(index.names)},
                        [packed.text_section(index.names), packed.int_section(index.octets),
                         packed.text_section(index.uids), packed.flag_section(index.seen),
-                        packed.int_section(index.inodes), packed.int_section(index.mtimes)])
+                        packed.int_section(index.inodes), packed.int_section(index.mtimes),
+                        packed.text_section(index.served)])
     # not fsync'd: an index torn by a crash fails load_index's checks and is rebuilt. One
     # temporary name, not one per process: the index is written only under the Maildir's
     # lock, so a file found there is a crashed writer's, and publish clears it.
@@ -289,6 +294,7 @@ def scan_with_files(path: str, log=None, step=None, now_ns: int | None = None
         return index.messages(), index.inodes, index.mtimes
     known = _known_files(index)
     mtimes: dict[str, int] = {}
+    kept_uids: dict[str, str] = {}
     listed = {f"{sub}/{entry.name}": entry for sub in SUBDIRS
               for entry in os.scandir(os.path.join(path, sub))
               if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False)}
@@ -303,16 +309,18 @@ def scan_with_files(path: str, log=None, step=None, now_ns: int | None = None
             # it was measured (its time); else measured: new, a restore, a change in place
             if kept is not None and listed[name].stat(
                     follow_symlinks=False).st_mtime_ns & INODE_BITS == kept[2]:
-                octets, uid, mtimes[name] = kept
+                octets, uid, mtimes[name], kept_uids[name] = kept
             else:
                 octets, uid, mtimes[name] = _measure(path, name)
         except FileNotFoundError:              # moved or removed since the listing
             continue
         entries[name] = (octets, uid)
     order = sorted(entries, key=delivery_order)
+    served = _served_uids(order, entries, kept_uids, inodes)
     fresh = Index(written_ns, stamps, order, [entries[name][0] for name in order],
                   [entries[name][1] for name in order], ["S" in flags_of(name) for name in order],
-                  list(map(inodes.get, order)), list(map(mtimes.get, order)))
+                  list(map(inodes.get, order)), list(map(mtimes.get, order)),
+                  list(map(served.get, order)))
     try:                # even when the listing is the same: a later time makes it trusted
         store_index(path, fresh, step)
     except OSError as error:
@@ -321,12 +329,13 @@ def scan_with_files(path: str, log=None, step=None, now_ns: int | None = None
     return fresh.messages(), fresh.inodes, fresh.mtimes
 
 
-def _known_files(index: Index | None) -> dict[tuple[str, int], tuple[int, str, int]]:
-    """The index's files by base name and inode (what a rename keeps): octets, UID, time."""
+def _known_files(index: Index | None) -> dict[tuple[str, int], tuple[int, str, int, str]]:
+    """The index's files by base name and inode (what a rename keeps): octets, measured UID,
+    time, UID as served."""
     if index is None:
         return {}
     return dict(zip(zip(map(base_name, index.names), index.inodes),
-                    zip(index.octets, index.uids, index.mtimes)))
+                    zip(index.octets, index.uids, index.mtimes, index.served)))
 
 
 def _one_name_per_file(path: str, inodes: dict[str, int]) -> None:
@@ -356,19 +365,33 @@ def _one_name_per_file(path: str, inodes: dict[str, int]) -> None:
         first[key] = name if drop == earlier else earlier
 
 
-def _messages(entries: dict[str, tuple[int, str]]) -> list[MaildirMessage]:
-    """The messages when two measured UIDs are alike: the first in delivery order keeps it,
-    the other falls back to its base name (or the MD5 of its name)."""
-    messages, taken = [], set()
-    for name in sorted(entries, key=delivery_order):
-        octets, uid = entries[name]
-        if uid in taken:                      # a copied message with the same X-UIDL header
-            uid = uid_of(base_name(name), b"")
-            if uid in taken:
-                uid = encode_uid(hashlib.md5(name.encode("utf-8", "surrogateescape")).digest())
+def _served_uids(order: list[str], entries: dict[str, tuple[int, str]],
+                 kept: dict[str, str], inodes: dict[str, int]) -> dict[str, str]:
+    """Each file's UID, unique, and its own for good (docs/maildir.md, "What a message is"):
+    a file the index knew keeps the UID it was served under; another takes its measured
+    UID, or when a file has that (a copy's X-UIDL header, a copy's base name) its base
+    name's, or the MD5 of its base name and inode. Never its directory or flags: a rename
+    keeps it. New files take theirs in delivery order, copies of one base name by inode."""
+    served: dict[str, str] = {}
+    taken: set[str] = set()
+    for name in order:
+        uid = kept.get(name)
+        if uid is not None and uid not in taken:
+            served[name] = uid
+            taken.add(uid)
+    for name in sorted((n for n in order if n not in served),
+                       key=lambda n: (delivery_order(n), inodes[n])):
+        base, salt = base_name(name), inodes[name]
+        uid = entries[name][1]
+        if uid in taken:
+            uid = uid_of(base, b"")
+        while uid in taken:                     # a copy of a base name: its inode tells it
+            uid = encode_uid(hashlib.md5(f"{base}\0{salt}".encode(
+                "utf-8", "surrogateescape")).digest())
+            salt = f"{salt}+"
+        served[name] = uid
         taken.add(uid)
-        messages.append(MaildirMessage(name, octets, uid, "S" in flags_of(name)))
-    return messages
+    return served
 
 
 def sync_dirs(path: str) -> None:

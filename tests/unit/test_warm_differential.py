@@ -181,14 +181,14 @@ def json_index_of_version_1(data: bytes) -> bytes:
 
 def repacked(data: bytes, change) -> bytes:
     """The index with `change(document, sections)` applied and a right checksum."""
-    doc, sections = packed.unpack(data, maildir.INDEX_MAGIC, maildir.INDEX_VERSION, 6)
+    doc, sections = packed.unpack(data, maildir.INDEX_MAGIC, maildir.INDEX_VERSION, maildir.INDEX_SECTIONS)
     change(doc, sections)
     return packed.pack(maildir.INDEX_MAGIC, maildir.INDEX_VERSION, doc, sections)
 
 
 def packed_index_of_version_2(data: bytes) -> bytes:
     """The index as version 2 wrote it: the same columns without the inodes and times."""
-    doc, sections = packed.unpack(data, maildir.INDEX_MAGIC, maildir.INDEX_VERSION, 6)
+    doc, sections = packed.unpack(data, maildir.INDEX_MAGIC, maildir.INDEX_VERSION, maildir.INDEX_SECTIONS)
     return packed.pack(maildir.INDEX_MAGIC, 2, doc, sections[:4])
 
 

@@ -1,0 +1,59 @@
+"""A Maildir message's UID is its file's for good: across sessions, another reader's renames
+and the index rebuilt, also for copies that share a base name or an X-UIDL header
+(docs/maildir.md, "What a message is")."""
+
+from __future__ import annotations
+
+import os
+
+from qpopper.spool import maildir
+from qpopper.spool.maildir_drop import MaildirDrop
+from tests.helpers.maildirs import make_maildir
+
+BASE = "1700000000.M1P1.host"
+
+
+def put(path, name, data):
+    with open(os.path.join(path, "tmp", "x"), "wb") as f:
+        f.write(data)
+    os.rename(os.path.join(path, "tmp", "x"), os.path.join(path, name))
+
+
+def uids_by_subject(path) -> dict[bytes, str]:
+    drop = MaildirDrop.open(path, "qpt")
+    try:
+        result = {}
+        for message in drop.messages:
+            with open(os.path.join(path, message.name), "rb") as f:
+                result[f.readline()] = message.uid
+        return result
+    finally:
+        drop.close()
+
+
+def test_copies_with_one_base_name_keep_their_uids_across_renames(tmp_path):
+    path, _ = make_maildir(tmp_path, [])
+    put(path, f"cur/{BASE}:2,S", b"Subject: original\n\nA\n")
+    put(path, f"new/{BASE}", b"Subject: copy\n\nB\n")
+    first = uids_by_subject(path)
+    assert len(set(first.values())) == 2 and BASE in first.values()
+    os.rename(os.path.join(path, f"cur/{BASE}:2,S"), os.path.join(path, f"cur/{BASE}:2,RS"))
+    assert uids_by_subject(path) == first
+    os.rename(os.path.join(path, f"new/{BASE}"), os.path.join(path, f"cur/{BASE}:2,S"))
+    assert uids_by_subject(path) == first
+    os.unlink(os.path.join(path, maildir.INDEX_NAME))
+    assert uids_by_subject(path) == first
+
+
+def test_a_copys_uid_stays_after_the_message_with_its_x_uidl_header_is_deleted(tmp_path):
+    header = b"X-UIDL: abcdefghijklmnop\n"
+    path, _ = make_maildir(tmp_path, [])
+    put(path, "new/1700000000.M1P1.host", header + b"Subject: A\n\nA\n")
+    put(path, "new/1700000001.M2P2.host", header + b"Subject: B\n\nB\n")
+    drop = MaildirDrop.open(path, "qpt")
+    before = [m.uid for m in drop.messages]
+    assert before == ["abcdefghijklmnop", "1700000001.M2P2.host"]
+    drop.update(deleted={0}, retrieved={1})
+    drop = MaildirDrop.open(path, "qpt")
+    drop.close()
+    assert [m.uid for m in drop.messages] == before[1:]
