@@ -76,6 +76,19 @@ def flags_of(name: str) -> str:
     return info[2:] if info.startswith("2,") else ""
 
 
+_OUR_INFO = re.compile(r"2,[A-Za-z]*")
+_OTHER_SEPARATOR_INFO = re.compile(r"[!;]2,[A-Za-z]*$")
+
+
+def may_mark_seen(name: str) -> bool:
+    """Whether UPDATE may rename the file to `cur/<base>:2,<flags>S`: its name has no info
+    part, or a `:2,` one with flag letters. Another info part (`:1,...`), or flags after
+    another separator (`!2,S`, `;2,S`: clients on file systems without `:`), is left as it
+    is (docs/maildir.md, "What a message is")."""
+    base, colon, info = name.rpartition("/")[2].partition(":")
+    return bool(_OUR_INFO.fullmatch(info)) if colon else not _OTHER_SEPARATOR_INFO.search(base)
+
+
 def is_maildir(path: str) -> bool:
     return all(os.path.isdir(os.path.join(path, sub)) for sub in ("cur", "new", "tmp"))
 

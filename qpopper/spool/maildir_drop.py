@@ -174,8 +174,9 @@ class MaildirDrop:
             if self._files.current(index) is None:
                 continue
             flags = maildir.flags_of(message.name)
-            if message.name.startswith("cur/") and "S" in flags:
-                continue
+            if (message.name.startswith("cur/") and "S" in flags
+                    or not maildir.may_mark_seen(message.name)):
+                continue                # seen, or an info part that is not ours
             new_name = f"cur/{message.base}:2,{''.join(sorted(set(flags + 'S')))}"
             name_max = name_max or _name_max(self.path)
             if len(os.fsencode(new_name)) - len("cur/") > name_max:
