@@ -5,7 +5,8 @@ tmp/ and renames it into new/; readers move it to cur/ and record flags after `:
 name. Files are never rewritten, so a message's name before `:` (its base name) identifies it
 for good: it is the message's UID (unless it carries an X-UIDL header Qpopper would honour, or
 is not a valid POP3 UID); the index keys a file by it and its inode, and takes a file's
-measurement again only while its modification time is the one measured. This module only reads; maildir_drop.py is the session's side (lock, RETR, UPDATE).
+measurement again only while its modification time is the one measured. This module only
+reads; maildir_drop.py is the session's side (lock, RETR, UPDATE).
 """
 
 from __future__ import annotations
@@ -295,8 +296,9 @@ def scan_with_files(path: str, log=None, step=None, now_ns: int | None = None
     listed and their modification times when measured (INODE_BITS), from the index when
     nothing changed (two stat calls, no listing, no Python step per message but one
     constructor call), else from a listing that measures only the files the index does not
-    know as they are (base name, inode and time: _known_files). The index is rewritten after a listing; a failure to write it (a full disk) is
-    logged (`log(priority, text)`) and costs only speed. `now_ns` is the file system's time
+    know as they are (base name, inode and time: _known_files). The index is rewritten
+    after a listing; a failure to write it (a full disk) is logged (`log(priority, text)`)
+    and costs only speed. `now_ns` is the file system's time
     taken just before (this host's clock when not given): the index is written as of then,
     before the stamps, so a change during a long listing is not judged settled
     (docs/maildir.md, "The index")."""
