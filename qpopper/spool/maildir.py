@@ -349,7 +349,8 @@ def _known_files(index: Index | None) -> dict[tuple[str, int], tuple[int, str, i
     time, UID as served."""
     if index is None:
         return {}
-    return dict(zip(zip(map(base_name, index.names), index.inodes),
+    bases = [name[4:].partition(":")[0] for name in index.names]    # new/... or cur/...
+    return dict(zip(zip(bases, index.inodes),
                     zip(index.octets, index.uids, index.mtimes, index.served)))
 
 
@@ -387,13 +388,14 @@ def _served_uids(order: list[str], entries: dict[str, tuple[int, str]],
     UID, or when a file has that (a copy's X-UIDL header, a copy's base name) its base
     name's, or the MD5 of its base name and inode. Never its directory or flags: a rename
     keeps it. New files take theirs in delivery order, copies of one base name by inode."""
-    served: dict[str, str] = {}
-    taken: set[str] = set()
-    for name in order:
-        uid = kept.get(name)
-        if uid is not None and uid not in taken:
-            served[name] = uid
-            taken.add(uid)
+    served = {name: kept[name] for name in order if name in kept}
+    taken = set(served.values())
+    if len(taken) != len(served):       # two names of one indexed file: the first keeps it
+        served, taken = {}, set()
+        for name in order:
+            if name in kept and kept[name] not in taken:
+                served[name] = kept[name]
+                taken.add(kept[name])
     for name in sorted((n for n in order if n not in served),
                        key=lambda n: (delivery_order(n), inodes[n])):
         base, salt = base_name(name), inodes[name]
