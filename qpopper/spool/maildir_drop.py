@@ -339,9 +339,10 @@ def _take_step(path: str, step: list, version: int, names_by_base) -> None:
 
 def _name_max(path: str) -> int:
     try:
-        return os.pathconf(os.path.join(path, "cur"), "PC_NAME_MAX")
+        limit = os.pathconf(os.path.join(path, "cur"), "PC_NAME_MAX")
     except (OSError, ValueError):
         return NAME_MAX
+    return limit if limit > 0 else 1 << 30     # -1: the file system sets no limit
 
 
 def file_identity(st: os.stat_result) -> tuple[int, int, int]:
