@@ -321,6 +321,8 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
          "and crash safety\")."),
         ("* in * is gone", "A Maildir message vanished during the session."),
         ("* in * is a link", "A Maildir message is a symbolic link: refused."),
+        ("* in * cannot be read: *", "A Maildir message the session's user may not read (or an "
+         "I/O error): that command is refused, the session goes on."),
     )),
     ("Bulletins", _lines(
         ("Delivered * bulletin(s) to * (up to *)", "Bulletins were appended to the spool."),

@@ -52,8 +52,8 @@ _FACILITIES = ("mail", "local0", "local1", "local2", "local3", "local4", "local5
 OPTIONS: tuple[Option, ...] = (
     integer("announce-expire", -1,
        "Days announced in CAPA as EXPIRE (-1 announces EXPIRE NEVER). Only 0 (delete each "
-       "message once it has been retrieved, as auto-delete does) is enforced; other values are the site's policy "
-       "to enforce by other means.",
+       "message once it has been retrieved, as auto-delete does) is enforced; other values "
+       "are the site's policy to enforce by other means.",
        flag="-e", flag_arg="expire=N", minimum=-1, maximum=_ANNOUNCED_MAX),
     integer("announce-login-delay", -1,
        "Seconds announced in CAPA as LOGIN-DELAY (-1 announces nothing). Not enforced.",

@@ -52,6 +52,7 @@ the journal stays and the next login tries again."""
 NAME_MAX = 255
 """NAME_MAX where pathconf cannot tell."""
 GONE_TEXT = "Message {n} was removed from your Maildir by another program"
+UNREADABLE_TEXT = "Message {n} cannot be read; contact your administrator"
 UPDATE_FAILED_TEXT = "Error updating your Maildir; your mail is intact, try again"
 OPEN_FAILED_TEXT = "Unable to open your Maildir; contact your administrator"
 LOCK_REFUSED_TEXT = "Unable to use the lock file in your Maildir; contact your administrator"
@@ -153,7 +154,11 @@ class MaildirDrop:
                 if error.errno == errno.ELOOP:
                     raise PopError(GONE_TEXT.format(n=index + 1), RespCode.SYS_PERM,
                                    log=f"{message.name} in {self.path} is a link") from None
-                raise
+                # unreadable (a root-owned 0600 file a restore left), EIO, ESTALE: this
+                # message's -ERR, not the end of the session (its DELEs still count)
+                raise PopError(UNREADABLE_TEXT.format(n=index + 1), RespCode.SYS_TEMP,
+                               log=f"{message.name} in {self.path} cannot be read: "
+                                   f"{error.strerror}") from None
         raise AssertionError("unreachable")
 
     # --- UPDATE ----------------------------------------------------------------------------

@@ -102,6 +102,34 @@ def test_xlst_and_euidl_survive_a_message_another_program_removed(maildir_sessio
     assert pop.send("NOOP") == b"+OK\r\n"                   # the session goes on
 
 
+def test_a_message_the_user_may_not_read_is_refused_alone(maildir_session, monkeypatch):
+    """A root-owned 0600 file (a restore's) in the user's Maildir: RETR, TOP, XLST and EUIDL
+    answer for it, the session goes on, and its DELEs are done at QUIT (os.open raises
+    EACCES for that file here: the tests run as root, who could read it)."""
+    path, start = maildir_session
+    pop = start(extended=True)
+    unreadable, deleted = number_of(pop, UNREAD), number_of(pop, PEEKED)
+    name = next(n for n, data in files(path).items() if data == UNREAD)
+    real_open = os.open
+
+    def refusing_open(file, flags, *args, **kwargs):
+        if str(file).endswith(name):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, flags, *args, **kwargs)
+    monkeypatch.setattr(os, "open", refusing_open)
+    assert pop.send(f"DELE {deleted}").startswith(b"+OK")
+    refusal = b"-ERR [SYS/TEMP] Message %d cannot be read; contact your administrator\r\n"
+    for command in (f"RETR {unreadable}", f"TOP {unreadable} 0",
+                    f"XTND XLST Subject {unreadable}"):
+        assert pop.send(command) == refusal % unreadable, command
+    assert pop.send("XTND XLST Subject").startswith(b"+OK xlst command accepted")
+    assert pop.send("EUIDL").startswith(b"+OK uidl command accepted.")
+    assert pop.send("NOOP") == b"+OK\r\n"
+    assert pop.send("QUIT").startswith(b"+OK")
+    monkeypatch.undo()
+    assert left(path) == {READ_ELSEWHERE, UNREAD}
+
+
 # --- the lock file ----------------------------------------------------------------------------
 def test_a_lock_file_others_may_read_is_used(tmp_path):
     path, _ = make_maildir(tmp_path, [UNREAD])
