@@ -437,9 +437,11 @@ def _set_gids(wanted: tuple[int, int, int], what: str, log) -> None:
 def spool_group():
     """The saved spool group as the effective gid for what needs it and only follows the
     administrator's paths (the bulletin directory and record), between leave_spool_group()
-    and drop_spool_group(). Nothing changes when the effective gid is already the saved one."""
+    and drop_spool_group(). Nothing changes when the effective gid is already the saved one,
+    nor when the saved one is root's (the master's warm-up under EffectiveIdentity has no
+    spool group, only root's saved gid)."""
     rgid, egid, sgid = os.getresgid()
-    if egid == sgid:
+    if egid == sgid or sgid == 0:
         yield
         return
     os.setegid(sgid)

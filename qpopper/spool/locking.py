@@ -7,6 +7,7 @@ docs/compatibility.md, "Locks".
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -262,6 +263,15 @@ def spool_lock(cfg, paths, *, create: bool, step_hook=None, log=None) -> SpoolLo
                      nfs_safe=cfg.no_atomic_open, step_hook=step_hook, log=log)
 
 
+def _owner_only(fd: int) -> None:
+    """A lock that holds nothing may have been made readable (chmod -R, a restore under umask
+    022): taken all the same, but back to 0600, since anyone who can open it can flock it
+    and keep its owner's sessions out."""
+    with contextlib.suppress(OSError):
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, TEMP_DROP_MODE)
+
+
 class SessionLock:
     """The temporary drop, opened and flock'ed for the whole session.
 
@@ -284,6 +294,8 @@ class SessionLock:
     def acquire(self) -> int:
         for _ in range(REOPEN_ROUNDS):
             fd = self._open()
+            if not self.private:
+                _owner_only(fd)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -239,3 +239,22 @@ def test_a_maildir_session_of_a_server_that_never_had_root_keeps_its_real_gid(sy
     assert code == 0, lines
     facts = {line[0]: line[1] for line in lines}
     assert facts["left"] == facts["dropped"] == [other_gid] * 3
+
+
+def test_the_spool_group_is_never_root_s_group(system_users):
+    """Under EffectiveIdentity (the master's warm-up) the saved gid is root's 0: a Maildir
+    round's spool_group() must not take it as the spool group."""
+    alice = system_users.create()
+
+    def body(report):
+        identity = privsep.EffectiveIdentity(alice.name)
+        identity.enter()
+        privsep.leave_spool_group(alice.gid)
+        with privsep.spool_group():
+            report("inside", os.getresgid())
+        identity.leave()
+
+    code, lines = in_child(body)
+    assert code == 0, lines
+    facts = {line[0]: line[1] for line in lines}
+    assert facts["inside"][1] != 0, facts

@@ -139,6 +139,8 @@ def test_a_lock_file_others_may_read_is_used(tmp_path):
         drop = MaildirDrop.open(path, "qpt")
         assert len(drop.messages) == 1
         drop.close()
+    # and back to 0600: another user who could open it could flock it and lock its owner out
+    assert os.stat(os.path.join(path, LOCK_NAME)).st_mode & 0o777 == 0o600
 
 
 @pytest.mark.parametrize("kind", ["symlink", "fifo", "hard link"])
