@@ -328,6 +328,14 @@ def _assign_uids(messages: list[Message], header_uids: list[str | None], digests
         m.octets += len(UIDL_HEADER) + len(m.uid) + 2
 
 
+def length_reaches(msg: Message, value: int, end: int) -> bool:
+    """Could a Content-Length of `value` in `msg`, not honoured by a scan of a region that
+    ended at `end`, come true once mail is appended there? Only a separator or an end of
+    file after `end` is new, weighed at its offset less at most _LINE_ENDS_OCTETS of line
+    ends, and honoured within CONTENT_LENGTH_FUZZ of the value (_content_length_trusted)."""
+    return msg.body_start + value + CONTENT_LENGTH_FUZZ + _LINE_ENDS_OCTETS >= end
+
+
 def scan(f: BinaryIO, *, start: int = 0, end: int | None = None,
          update_status_headers: bool = True, old_style_uid: bool = False,
          uw_kludge: bool = False, content_length: bool = True, unique_num: int | None = None,

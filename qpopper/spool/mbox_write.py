@@ -98,7 +98,7 @@ def copy_for_update(f: BinaryIO, msg: Message, write: WriteFn, *, retrieved: boo
         _copy(f, max(cur, msg.header_end), msg.body_end, out)
         if at is not None and _relocatable(msg):
             relocated = _RelocatedBody(out.total, out.tail)
-    elif _says_a_stale_length(f, msg):
+    elif says_a_stale_length(f, msg):
         _copy_without_stale_length(f, msg, out)
     else:
         _copy(f, msg.offset, msg.body_end, out)
@@ -122,12 +122,31 @@ def copy_for_update(f: BinaryIO, msg: Message, write: WriteFn, *, retrieved: boo
     return _relocated(f, msg, at, number, retrieved, out.total, relocated)
 
 
-def _says_a_stale_length(f: BinaryIO, msg: Message) -> bool:
-    """Has this From_ message a Content-Length with a number that its scan did not honour?
-    (An MMDF message's is never weighed; one without a number can never come true.)"""
-    return not msg.mmdf and any(
-        content_length_value(_read_at(f, a, min(b - a, limits.MAX_SPOOL_LINE_OCTETS)))
-        is not None for a, b in msg.stale_content_length)
+def stale_lengths(f: BinaryIO, msg: Message) -> list[int]:
+    """The numbers in this From_ message's Content-Length lines that its scan did not honour.
+    (An MMDF message's are never weighed; a line without a number can never come true.)"""
+    if msg.mmdf:
+        return []
+    values = (content_length_value(_read_at(f, a, min(b - a, limits.MAX_SPOOL_LINE_OCTETS)))
+              for a, b in msg.stale_content_length)
+    return [value for value in values if value is not None]
+
+
+def says_a_stale_length(f: BinaryIO, msg: Message) -> bool:
+    """Has this From_ message a Content-Length with a number that its scan did not honour?"""
+    return bool(msg.stale_content_length) and bool(stale_lengths(f, msg))
+
+
+def stale_length_edits(f: BinaryIO, msg: Message) -> list[tuple[int, int, bytes]]:
+    """What _copy_without_stale_length changes in a message that says_a_stale_length, as
+    (start, end, replacement) in file order: `X-UIDL: <uid>` after the separator line when
+    the UID did not come from such a line, and each stale Content-Length line gone."""
+    edits = []
+    if (not msg.uid_from_header and msg.content_start > msg.offset
+            and _read_at(f, msg.content_start - 1, 1) == b"\n"):
+        edits.append((msg.content_start, msg.content_start,
+                      UIDL_HEADER + msg.uid.encode("ascii") + b"\n"))
+    return edits + [(a, b, b"") for a, b in sorted(msg.stale_content_length)]
 
 
 def _copy_without_stale_length(f: BinaryIO, msg: Message, out: _Coalescer) -> None:
@@ -137,12 +156,10 @@ def _copy_without_stale_length(f: BinaryIO, msg: Message, out: _Coalescer) -> No
     so a message whose UID did not come from an X-UIDL line gets `X-UIDL: <uid>` after its
     separator, to scan with the same UID; RETR and LIST leave both kinds of line out, so the
     client sees the same message (docs/mbox.md, "What write-back writes")."""
-    out.add(_read_at(f, msg.offset, msg.content_start - msg.offset))
-    if not msg.uid_from_header and out.tail.endswith(b"\n"):
-        out.add(UIDL_HEADER + msg.uid.encode("ascii") + b"\n")
-    cur = msg.content_start
-    for a, b in sorted(msg.stale_content_length):
+    cur = msg.offset
+    for a, b, replacement in stale_length_edits(f, msg):
         _copy(f, cur, a, out)
+        out.add(replacement)
         cur = b
     _copy(f, cur, msg.body_end, out)
 

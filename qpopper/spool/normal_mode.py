@@ -108,19 +108,32 @@ class NormalModeMaildrop(Maildrop):
 
     def _write_drop_raw(self, write) -> None:
         """The drop as it is, its last message closed when the scan left it open (an MMDF
-        message without its trailer), so mail put after it stays its own."""
+        message without its trailer), so mail put after it stays its own; and without the
+        Content-Length lines its scan did not honour (an X-UIDL line keeping the UID), which
+        the mail put after it could make come true (docs/mbox.md, "What write-back writes")."""
         drop = self._session.fd
         size = os.fstat(drop).st_size
         pos = 0
-        while pos < size:
-            data = os.pread(drop, min(limits.COPY_CHUNK_OCTETS, size - pos), pos)
+        f = self._drop_file
+        for msg in self._all:
+            if msg.stale_content_length and mbox.says_a_stale_length(f, msg):
+                for start, end, replacement in mbox.stale_length_edits(f, msg):
+                    self._copy_drop(pos, start, write)
+                    write(replacement)
+                    pos = end
+        self._copy_drop(pos, size, write)
+        if mbox.ends_open(self._all):
+            write(mbox.padding_after(drop, size, open_message=True))
+
+    def _copy_drop(self, pos: int, end: int, write) -> None:
+        drop = self._session.fd
+        while pos < end:
+            data = os.pread(drop, min(limits.COPY_CHUNK_OCTETS, end - pos), pos)
             if not data:
                 break
             write(data)
             pos += len(data)
             self._spool.refresh_if_due()
-        if mbox.ends_open(self._all):
-            write(mbox.padding_after(drop, size, open_message=True))
 
     def _commit_with_lock(self, write_front: Callable) -> None:
         with self._holding_spool():

@@ -39,11 +39,13 @@ class ServerModeMaildrop(NormalModeMaildrop):
         self._open_normal()
 
     def restore(self) -> None:
-        """Abort without update: the spool was never touched, nothing to put back."""
+        """Abort without update: nothing to put back, unless later mail would join a listed
+        message (an open MMDF message, a Content-Length not honoured): then as QUIT without
+        DELE (docs/maildrop.md, "Server mode")."""
         if not self.server_mode:
             return super().restore()
         self._phase = "restore"
-        if self._open_message_to_close():
+        if self._open_message_to_close() or self._stale_length_to_drop():
             return self._rewrite(set(), set())      # nothing deleted or marked
         try:
             self._store_cache_if_stale()
@@ -88,7 +90,8 @@ class ServerModeMaildrop(NormalModeMaildrop):
     def _server_scan(self, fd: int, size: int) -> list[mbox.Message]:
         options = cache.scan_options(self.cfg)      # the scan's keywords, as the cache has them
         cached = cache.load(self.paths.cache, self.user, self.cfg, fd, note=self._cache_ignored)
-        if cached is not None and _tail_closed(fd, cached[1].size, size, cached[0]):
+        if cached is not None and _tail_closed(self._drop_file, cached[1].size, size,
+                                               cached[0]):
             known, state = cached
             if state.size == size:          # no new mail: nothing to scan
                 self.scan_region = (size, size)
@@ -147,7 +150,11 @@ class ServerModeMaildrop(NormalModeMaildrop):
 
     def _headers_to_write(self, marked) -> bool:
         """Would the write-back change any message? (X-UIDL after the From line, a Status
-        header, `Status: RO` on a message retrieved now.) Hidden messages are written as is."""
+        header, `Status: RO` on a message retrieved now; hidden ones are written as is.) Any
+        message loses a Content-Length not honoured: mail delivered later could make it come
+        true (docs/mbox.md, "What write-back writes"). One rewrite, and the line is gone."""
+        if self._stale_length_to_drop():
+            return True
         if not self.cfg.update_status_headers:
             return False
         fd = self._drop_file.fileno()
@@ -161,6 +168,10 @@ class ServerModeMaildrop(NormalModeMaildrop):
                                        for a, b in m.status_lines):
                 return True
         return False
+
+    def _stale_length_to_drop(self) -> bool:
+        f = self._drop_file
+        return any(m.stale_content_length and mbox.says_a_stale_length(f, m) for m in self._all)
 
     def _rewrite_spool(self, kept, marked) -> tuple[cache.SpoolState, "_Written | None"]:
         """Under the spool lock. Returns the new spool's state and what the rewrite knows of
@@ -313,16 +324,21 @@ class ServerModeMaildrop(NormalModeMaildrop):
             self._note(syslog.LOG_WARNING, f"cannot write {self.user}'s cache: {exc}")
 
 
-def _tail_closed(fd: int, cached_len: int, size: int, known: list[mbox.Message]) -> bool:
+def _tail_closed(f, cached_len: int, size: int, known: list[mbox.Message]) -> bool:
     """Can mail after the cached region be scanned on its own? Only when the region ends the
     way a separator needs (an empty line, or an MMDF trailer); otherwise a full scan decides
-    whether the appended `From ` line starts a message. So it does after a last message whose
-    Content-Length was not honoured: the mail after it can bring its end within the slack
-    (docs/mbox.md, "Content-Length"), and the cache must say what a full scan says."""
+    whether the appended `From ` line starts a message. So it does when a Content-Length not
+    honoured may reach the mail (any message's, the last one's in any case): the mail can
+    bring a separator or the end within its slack (docs/mbox.md, "Content-Length"), and the
+    cache must say what a full scan says."""
     if cached_len == size:
         return True
+    fd = f.fileno()
     if known and known[-1].stale_content_length and not known[-1].mmdf:
         return False                     # (an MMDF message's Content-Length is never weighed)
+    if any(mbox.length_reaches(m, value, cached_len)
+           for m in known if m.stale_content_length for value in mbox.stale_lengths(f, m)):
+        return False
     if mbox.ends_open(known):
         # Open where the file ended when it was scanned: what follows came later, and starts
         # a message of its own when it starts with the separator line

@@ -441,4 +441,7 @@ SHAPES = {
     "leftover-drop": (message(1) + message(2), message(102), {1, 2}, {0}),
     "old-drop": (message(1) + message(2), b"", {0}, {1}),
     "nfs-lock": (message(1) + message(2), message(103), {1}, {0}),
+    # a Content-Length not honoured: the restore puts the drop back without it
+    "stale-length": (message(1, extra_headers=b"Content-Length: 99999\n") + message(2),
+                     message(104), {1}, {0}),
 }

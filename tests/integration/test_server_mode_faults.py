@@ -43,6 +43,9 @@ SHAPES = {
                              {0, 1, 2}, set(), False),
     "clean": (b"".join(message(n, extra_headers=X_UIDL % n) for n in range(1, 5)), message(201),
               set(), {0, 3}, True),
+    # nothing to write but a Content-Length not honoured: QUIT and abort rewrite for it alone
+    "stale-length": (message(1, extra_headers=X_UIDL % 1 + b"Content-Length: 99999\n")
+                     + message(2, extra_headers=X_UIDL % 2), message(202), set(), {0}, False),
 }
 
 
@@ -183,3 +186,10 @@ def test_server_mode_kill_during_recovery_after_a_kill_during_update(tmp_path, f
         assert seen in (before, committed), where
         checked += 1
     assert checked >= 5
+
+
+def test_a_stale_length_alone_makes_quit_and_abort_rewrite(tmp_path):
+    """The shape above really writes (else its kills would prove nothing)."""
+    rig = Rig(tmp_path / "spool", tmp_path, "stale-length", False)
+    for scenario in ("update", "restore"):
+        assert f"{scenario}:journal-replace-rename" in rig.steps(scenario), scenario
