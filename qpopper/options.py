@@ -321,7 +321,9 @@ OPTIONS: tuple[Option, ...] = (
        "default; RFC 1939 section 6 forbids it (reset it to obey the RFC)."),
     boolean("update-status-headers", True,
        "Write Status: and X-UIDL: headers back to the spool, so read state and unique ids "
-       "survive (off: ids are recomputed each session)."),
+       "survive (off: ids are recomputed each session; but a message whose Content-Length: "
+       "was not honoured still loses that header, which its id is computed from, and gets "
+       "X-UIDL: instead)."),
     boolean("user-options", False,
        "Read ~/.qpopper-options after login (many options are refused there).",
        flag="-u", scope=Scope.NOT_USER),
