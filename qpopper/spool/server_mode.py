@@ -8,6 +8,7 @@ import os
 import stat
 import syslog
 
+from qpopper import limits
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool import cache, mbox
 from qpopper.spool.commit import UPDATE_FAILED_TEXT
@@ -40,8 +41,7 @@ class ServerModeMaildrop(NormalModeMaildrop):
 
     def restore(self) -> None:
         """Abort without update: nothing to put back, unless later mail would join a listed
-        message (an open MMDF message, a Content-Length not honoured): then as QUIT without
-        DELE (docs/maildrop.md, "Server mode")."""
+        message (an open MMDF one, a stale Content-Length; docs/maildrop.md, "Server mode")."""
         if not self.server_mode:
             return super().restore()
         self._phase = "restore"
@@ -208,8 +208,10 @@ class ServerModeMaildrop(NormalModeMaildrop):
                 if known is not None:
                     known = _Written(known, writer.pos)
                 if spool_len > login_len:
-                    if self._engine.append_spool(writer, self._spool, login_len,
-                                                 spool_len - login_len, "copy-new-mail-to-image"):
+                    start = login_len + (_closing_delivered(self._all, spool, login_len,
+                                                            spool_len) if writer.pos else 0)
+                    if self._engine.append_spool(writer, self._spool, start,
+                                                 spool_len - start, "copy-new-mail-to-image"):
                         known = None        # never after a copy: it ends with a blank line
                 if fast:
                     fast = self._dress_like_spool(image, st)
@@ -322,6 +324,22 @@ class ServerModeMaildrop(NormalModeMaildrop):
             cache.store(self.paths.cache, self.user, self.cfg, state, messages, self._step)
         except OSError as exc:
             self._note(syslog.LOG_WARNING, f"cannot write {self.user}'s cache: {exc}")
+
+
+def _closing_delivered(messages, spool: int, login_len: int, spool_len: int) -> int:
+    """The octets at the start of the mail delivered since login that only close the
+    login-time spool's last From_ message before a separator (an LF, the framing line), as a
+    delivery agent pads: the kept messages were written closed, and copied again they would
+    be empty lines of the last one (docs/maildrop.md, "Server mode: the update").
+    0 when they are anything else: content is never left out."""
+    if not messages or messages[0].mmdf:
+        return 0
+    pad = mbox.padding_after(spool, login_len, open_message=False)
+    if not pad or os.pread(spool, len(pad), login_len) != pad:
+        return 0
+    at = login_len + len(pad)
+    line = os.pread(spool, min(limits.MAX_SPOOL_LINE_OCTETS, spool_len - at), at)
+    return len(pad) if mbox.is_from_line(line[:line.find(b"\n") + 1] or line) else 0
 
 
 def _tail_closed(f, cached_len: int, size: int, known: list[mbox.Message]) -> bool:

@@ -207,3 +207,29 @@ def test_a_content_length_is_weighed_alike_while_last_after_new_mail_and_write_b
         assert first_message(again + new_mail)[0] == alone[0] + 1, delta
         assert first_message(written_back(again)) == first_message(again), delta
     assert decisions == {1, 2}          # both sides of the slack were tried
+
+
+@pytest.mark.parametrize("tail, padded", [(b"no LF", b"\n\n"), (b"one LF\n", b"\n"),
+                                          (b"one LF\n", b"\n\n"), (b"no LF", b"\n")])
+def test_a_server_mode_rewrite_does_not_copy_the_delivery_agent_s_padding_again(
+        tmp_path, tail, padded):
+    """The spool at login does not end closed; the delivery agent closes the last message
+    before its own. The rewrite (a DELE) closes it itself: the agent's padding is left out
+    only when it is exactly that closing before a separator, and the kept message is served
+    as before. Other padding is mail's content, copied (an LF short: the From line is
+    content; an LF more: an empty line of the message, as a full scan read it)."""
+    spool = FROM + b"Subject: 1\n\none\n\n" + FROM + b"Subject: 2\n\n" + tail
+    cfg, paths = make(tmp_path, spool, server_mode=True, update_status_headers=False)
+    drop = open_drop(cfg, paths)
+    before = [retr(drop, i) for i in range(len(drop.messages))]
+    new_mail = FROM + b"Subject: 3\n\nthree\n\n"
+    append(paths.spool, padded + new_mail)
+    drop.update({0}, set())
+    drop.close()
+    exact = mbox.separator_padding(spool[-8:]) == padded
+    kept = b"Subject: 2\n\n" + tail.rstrip(b"\n") + b"\n\n"
+    if exact:
+        assert read(paths.spool) == FROM + kept + new_mail
+        assert view(cfg, paths)[0][2] == before[1]
+    else:
+        assert read(paths.spool) == FROM + kept + padded + new_mail
