@@ -10,12 +10,10 @@ import os
 
 import pytest
 
-from qpopper.config import Config
 from qpopper.spool import cache, mbox
 from qpopper.spool.maildrop import Maildrop
-from qpopper.spool.paths import SpoolPaths
 from tests.helpers.messages import from_line
-from tests.helpers.spoolcheck import retr
+from tests.helpers.spoolcheck import retr, spool_in
 
 USER = "alice"
 PSEUDO_HEADERS = (b"Subject: DON'T DELETE THIS MESSAGE -- FOLDER INTERNAL DATA\n"
@@ -36,12 +34,7 @@ def past_the_end(*after: bytes, headers: bytes = b"") -> bytes:
 
 
 def setup(tmp_path, spool: bytes, **options):
-    cfg = Config.defaults().replace(spool_dir=str(tmp_path), **options)
-    paths = SpoolPaths.for_user(cfg, USER, None)
-    with open(paths.spool, "wb") as f:
-        f.write(spool)
-    os.chmod(paths.spool, 0o660)
-    return cfg, paths
+    return spool_in(tmp_path, USER, spool, **options)
 
 
 def view(cfg, paths) -> list[tuple[str, bytes]]:
