@@ -231,17 +231,32 @@ def separator_padding(tail: bytes, mmdf_sep: bytes | None = None,
     separator line) the tail cannot tell a message still open from junk after a trailer, so
     the caller says which (`open_message`: the last message lacks its trailer): an open one
     gets its trailer; otherwise a tail ending with a trailer, or with an empty line, is
-    closed, and anything else (junk) is padded to the start of a line."""
+    closed, and anything else (junk) is padded to the start of a line. A trailer cut by the
+    end is the caller's to end (closing_octets, padding_after): here a separator line cut by
+    the end is junk after a trailer, and stays junk (its LF would make it open a message)."""
     if not tail:
         return b""
     if mmdf_sep is not None and open_message:
-        trailer = mmdf_sep if mmdf_sep.endswith(b"\n") else mmdf_sep + b"\n"
+        trailer = separator_line(mmdf_sep)
         return trailer if tail.endswith(b"\n") else b"\n" + trailer
     if tail.endswith((b"\n\n", b"\n\r\n")):
         return b""
     if mmdf_sep is not None and tail.endswith((b"\x01\x01\x01\x01\n", b"\n" + mmdf_sep)):
         return b""
+    if mmdf_sep is not None and _ends_with_cut_separator(tail, mmdf_sep):
+        return b" \n" + FRAMING_LINE
     return FRAMING_LINE if tail.endswith(b"\n") else b"\n" + FRAMING_LINE
+
+
+def separator_line(sep: bytes) -> bytes:
+    """The MMDF separator line `sep` (as mmdf_separator gives it) ending with its LF."""
+    return sep if sep.endswith(b"\n") else sep + b"\n"
+
+
+def _ends_with_cut_separator(tail: bytes, sep: bytes) -> bool:
+    """Does `tail` end with a line that is the separator line but for its LF?"""
+    cut = b"\n" + separator_line(sep)[:-1]
+    return (b"\n" + tail).endswith(cut)
 
 
 def mmdf_separator(first: bytes) -> bytes | None:
@@ -265,9 +280,15 @@ def ends_open(messages: list[Message]) -> bool:
 def mmdf_ends_open(fd: int, size: int, sep: bytes) -> bool:
     """ends_open for the MMDF file's first `size` octets without a scan, for appends that have
     none (bulletins, a crashed session's drop): the scan's separator lines alternate, opening
-    and closing, from the first line, and one cut by the end of the file only closes. A
-    pass over the file in chunks (docs/mbox.md, "What write-back writes")."""
-    line = sep if sep.endswith(b"\n") else sep + b"\n"
+    and closing, from the first line, and one cut by the end of the file closes an open
+    message (after a closed one it is junk). A pass over the file in chunks (docs/mbox.md,
+    "What write-back writes")."""
+    return _mmdf_ending(fd, size, sep) == "open"
+
+
+def _mmdf_ending(fd: int, size: int, sep: bytes) -> str:
+    """"open", "cut trailer" (the closing line cut by the end: it closes) or "closed"."""
+    line = separator_line(sep)
     closer = re.compile(re.escape(b"\n" + line[:-1]) + b"(?=\n)")
     pos = len(sep) - 1 if sep.endswith(b"\n") else len(sep)      # the first line's LF
     lines = 0
@@ -279,21 +300,42 @@ def mmdf_ends_open(fd: int, size: int, sep: bytes) -> bool:
             break
         lines += sum(1 for m in closer.finditer(data) if m.start() < step)
         pos += step
-    is_open = lines % 2 == 0
-    if is_open and size > len(line):
-        is_open = os.pread(fd, len(line), size - len(line)) != b"\n" + line[:-1]
-    return is_open
+    if lines % 2:
+        return "closed"
+    if size > len(line) and os.pread(fd, len(line), size - len(line)) == b"\n" + line[:-1]:
+        return "cut trailer"
+    return "open"
 
 
 def padding_after(fd: int, size: int, *, open_message: bool | None) -> bytes:
     """separator_padding for the first `size` octets of fd (an mbox file): what must be
     written at `size` before another message can start there. `open_message`: what the
-    scan of those octets said of its last message (ends_open); None when there was no scan,
-    and an MMDF file is then counted (mmdf_ends_open)."""
+    scan of those octets said of its last message (ends_open), a trailer cut by the end
+    already ended (closing_octets); None when there was no scan, and an MMDF file is then
+    counted (mmdf_ends_open)."""
     if not size:
         return b""
     sep = mmdf_separator(os.pread(fd, min(size, limits.MAX_SPOOL_LINE_OCTETS), 0))
     if sep is not None and open_message is None:
-        open_message = mmdf_ends_open(fd, size, sep)
+        ending = _mmdf_ending(fd, size, sep)
+        if ending == "cut trailer":
+            return b"\n" + FRAMING_LINE        # its LF (then an empty line: junk)
+        open_message = ending == "open"
     n = min(size, max(8, len(sep) + 1 if sep else 0))
     return separator_padding(os.pread(fd, n, size - n), sep, bool(open_message))
+
+
+def closing_octets(fd: int, size: int, messages: list[Message]) -> bytes:
+    """What the scanned MMDF file [0, size) of fd needs at its end, so that mail written after
+    it, by us or by a delivery agent, starts a message of its own: the trailer of a last
+    message left open, the LF of a trailer cut by the end, the end of a last line of junk
+    (docs/mbox.md, "What write-back writes"). Nothing for a From_ file."""
+    if not messages or not messages[-1].mmdf or not size:
+        return b""
+    if ends_open(messages):
+        return padding_after(fd, size, open_message=True)
+    if os.pread(fd, 1, size - 1) == b"\n":
+        return b""
+    if messages[-1].trailer_end == size:
+        return b"\n"                            # a trailer cut by the end
+    return padding_after(fd, size, open_message=False)

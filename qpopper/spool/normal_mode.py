@@ -107,9 +107,9 @@ class NormalModeMaildrop(Maildrop):
                 self._commit_with_lock(self._write_drop_raw)
 
     def _write_drop_raw(self, write) -> None:
-        """The drop as it is, its last message closed when the scan left it open (an MMDF
-        message without its trailer), so mail put after it stays its own; and without the
-        Content-Length lines its scan did not honour (an X-UIDL line keeping the UID), which
+        """The drop as it is, its end closed as a server-mode login closes the spool's (an MMDF
+        message without its trailer gets it), so mail put after it stays its own; and without
+        the Content-Length lines its scan did not honour (an X-UIDL line keeping the UID), which
         the mail put after it could make come true (docs/mbox.md, "What write-back writes")."""
         drop = self._session.fd
         size = os.fstat(drop).st_size
@@ -122,8 +122,7 @@ class NormalModeMaildrop(Maildrop):
                     write(replacement)
                     pos = end
         self._copy_drop(pos, size, write)
-        if mbox.ends_open(self._all):
-            write(mbox.padding_after(drop, size, open_message=True))
+        write(mbox.closing_octets(drop, size, self._all))
 
     def _copy_drop(self, pos: int, end: int, write) -> None:
         drop = self._session.fd

@@ -3,6 +3,7 @@ rewritten only when QUIT changes something (docs/maildrop.md, "Server mode")."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import stat
@@ -12,7 +13,7 @@ from qpopper import limits
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool import cache, mbox
 from qpopper.spool.commit import UPDATE_FAILED_TEXT
-from qpopper.spool.durable import ChunkWriter, fsync_parent_dir, sha256_of_range
+from qpopper.spool.durable import ChunkWriter, fsync_parent_dir, pwrite_all, sha256_of_range
 from qpopper.spool.normal_mode import NormalModeMaildrop
 
 
@@ -41,11 +42,11 @@ class ServerModeMaildrop(NormalModeMaildrop):
 
     def restore(self) -> None:
         """Abort without update: nothing to put back, unless later mail would join a listed
-        message (an open MMDF one, a stale Content-Length; docs/maildrop.md, "Server mode")."""
+        message (a stale Content-Length; docs/maildrop.md, "Server mode")."""
         if not self.server_mode:
             return super().restore()
         self._phase = "restore"
-        if self._open_message_to_close() or self._stale_length_to_drop():
+        if self._stale_length_to_drop():
             return self._rewrite(set(), set())      # nothing deleted or marked
         try:
             self._store_cache_if_stale()
@@ -81,6 +82,7 @@ class ServerModeMaildrop(NormalModeMaildrop):
             self._drop_file = open(fd, "rb")
             size = a.st_size
             self._all = self._server_scan(fd, size)
+            size = self._close_spool_end(spool, size)
             self._login = cache.spool_state(fd, size)
         finally:
             spool.release()             # only the read-only descriptor stays open
@@ -110,6 +112,34 @@ class ServerModeMaildrop(NormalModeMaildrop):
         self.scan_region = (0, size)
         return mbox.scan(self._drop_file, end=size, **options)
 
+    def _close_spool_end(self, spool, size: int) -> int:
+        """An MMDF spool whose end is open (its last message without a trailer, a trailer or a
+        line of junk cut by the end) gets what closes it now, under the lock, appended as a
+        delivery appends: mail appended later starts a message of its own whoever reads the
+        file next, even after this session dies (docs/mbox.md, "What write-back writes").
+        Returns the spool's new size."""
+        pad = mbox.closing_octets(spool.fd, size, self._all)
+        if not pad:
+            return size
+        try:
+            self._step("close-spool-end")
+            pwrite_all(spool.fd, pad, size)
+            self._step("fsync-spool")
+            os.fsync(spool.fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(spool.fd, size)        # as it was
+            raise
+        # The last message again, as a scan of the closed file reads it (same UID and octets:
+        # what RETR served of it does not change).
+        last = self._all[-1]
+        self._all[-1:] = mbox.scan(self._drop_file, start=last.offset, end=size + len(pad),
+                                   first_number=last.number,
+                                   taken_uids={m.uid for m in self._all[:-1]},
+                                   **cache.scan_options(self.cfg))
+        self._cache_current = False
+        return size + len(pad)
+
     def _cache_ignored(self, reason: str) -> None:
         self._note(syslog.LOG_NOTICE, f"{self.user}'s cache ignored ({reason}); scanning the "
                                       "spool")
@@ -128,25 +158,12 @@ class ServerModeMaildrop(NormalModeMaildrop):
     def _rewrite(self, deleted: set[int], retrieved: set[int]) -> None:
         kept, marked, any_deleted = self._kept_and_marked(deleted, retrieved)
         with self._writing_back():
-            if (not any_deleted and not self._headers_to_write(marked)
-                    and not self._open_message_to_close()):
+            if not any_deleted and not self._headers_to_write(marked):
                 self._store_cache_if_stale()
                 return
             with self._holding_spool():
                 state, known = self._rewrite_spool(kept, marked)
             self._store_cache_of_new_spool(state, known)
-
-    def _open_message_to_close(self) -> bool:
-        """Is mail after an MMDF message left open (its trailer missing)? Mail appended since
-        the scan, or after it in the list (the cache knew where the file then ended): the
-        rewrite gives the open message its trailer, else the next scan would take the mail's
-        separator line for it (docs/mbox.md, "What write-back writes")."""
-        if not self._all or not self._all[0].mmdf:
-            return False
-        if any(m.trailer_end == m.body_end for m in self._all[:-1]):
-            return True
-        return (mbox.ends_open(self._all)
-                and os.fstat(self._drop_file.fileno()).st_size > self._login.size)
 
     def _headers_to_write(self, marked) -> bool:
         """Would the write-back change any message? (X-UIDL after the From line, a Status
@@ -358,9 +375,7 @@ def _tail_closed(f, cached_len: int, size: int, known: list[mbox.Message]) -> bo
            for m in known if m.stale_content_length for value in mbox.stale_lengths(f, m)):
         return False
     if mbox.ends_open(known):
-        # Open where the file ended when it was scanned: what follows came later, and starts
-        # a message of its own when it starts with the separator line
-        # (docs/mbox.md, "What write-back writes").
-        sep = os.pread(fd, known[0].content_start, 0)
-        return os.pread(fd, len(sep), cached_len) == sep
+        # cached open, and not closed since by a login: a full scan pairs the separator lines
+        # as every reader does (docs/mbox.md, "What write-back writes")
+        return False
     return not mbox.padding_after(fd, cached_len, open_message=False)

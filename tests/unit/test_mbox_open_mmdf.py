@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import signal
 
 import pytest
 
@@ -19,7 +20,7 @@ from qpopper.spool.mbox_format import mmdf_ends_open
 from qpopper.spool.maildrop import Maildrop
 from qpopper.spool.paths import SpoolPaths
 from tests.helpers.bulletin_cases import HOST, STAMP, bulletin_text
-from tests.helpers.spoolcheck import append, retr, spool_in
+from tests.helpers.spoolcheck import append, dies_in_child, killer_at_step, retr, spool_in
 
 USER = "alice"
 SEP = b"\x01\x01\x01\x01\n"
@@ -123,9 +124,8 @@ def test_mail_appended_during_a_session_after_an_open_message(tmp_path, mode, ho
 @pytest.mark.parametrize("update_status_headers", [True, False])
 def test_mail_appended_between_sessions_after_an_open_message_with_the_cache(
         tmp_path, end, update_status_headers):
-    """The cache says the last message was open where the file ended: the mail after it was
-    appended since, and the next session serves it as its own message, then writes the open
-    message's trailer back."""
+    """The first login closed the open message on disk (and cached it so): the mail appended
+    after it is served as its own message by the next session, which trusts the cache."""
     cfg, paths = make(tmp_path, open_spool(end), server_mode=True,
                       update_status_headers=update_status_headers)
     drop = open_drop(cfg, paths)
@@ -261,3 +261,163 @@ def test_a_separator_line_of_max_spool_line_octets_is_not_one():
         mbox.scan(io.BytesIO(long_sep + b"Subject: s\n\nbody\n" + long_sep))
     assert mbox_format.mmdf_separator(long_sep) is None
     assert len(mbox.scan(io.BytesIO(long_sep[1:] + b"Subject: s\n\nbody\n" + long_sep[1:]))) == 1
+
+
+# --- the login closes the spool's end (server mode) -------------------------------------------
+
+
+def deliver_bulletin(tmp_path, cfg) -> int:
+    bulldir, home = tmp_path / "bulls", tmp_path / "home"
+    for d in (bulldir, home):
+        d.mkdir(exist_ok=True)
+    (bulldir / "1.b").write_bytes(bulletin_text("bulletin"))
+    cfg = cfg.replace(bulldir=str(bulldir))
+    paths = SpoolPaths.for_user(cfg, USER, str(home))
+    login = Login(USER, os.geteuid(), os.getegid(), str(home), "USER")
+    return bulletins.deliver(cfg, login, paths, HOST, lambda *_: None, lock_step_s=0.05,
+                             clock=lambda: STAMP)
+
+
+BULLETIN = (b"Subject: bulletin", b"Body.\n")
+
+
+@pytest.mark.parametrize("end", list(OPEN_ENDS))
+@pytest.mark.parametrize("during", [False, True])
+@pytest.mark.parametrize("update_status_headers", [True, False])
+def test_a_bulletin_after_an_open_message_a_server_mode_session_saw(
+        tmp_path, end, during, update_status_headers):
+    """The bulletin is delivered while a session that saw the open message runs, or between
+    it and the next session, which trusts its cache: every message is served, the bulletin
+    as its own."""
+    cfg, paths = make(tmp_path, open_spool(end), server_mode=True,
+                      update_status_headers=update_status_headers)
+    drop = open_drop(cfg, paths)
+    try:
+        if during:
+            assert deliver_bulletin(tmp_path, cfg) == 1
+        drop.update(set(), set())
+    finally:
+        drop.close()
+    if not during:
+        assert deliver_bulletin(tmp_path, cfg) == 1
+    want = expected(end, {2}) + [BULLETIN]
+    assert served(spool_bytes(paths)) == want
+    drop = open_drop(cfg, paths)
+    try:
+        assert drop.server_mode and len(drop.messages) == 3
+        drop.update(set(), set())
+    finally:
+        drop.close()
+    assert served(spool_bytes(paths)) == want
+
+
+@pytest.mark.parametrize("end", list(OPEN_ENDS))
+@pytest.mark.parametrize("update_status_headers", [True, False])
+def test_the_login_closes_an_open_message_and_what_it_serves_stays(tmp_path, end,
+                                                                   update_status_headers):
+    """The trailer is appended at login: the UIDs and octets the session serves are those a
+    fresh scan gives before and after."""
+    cfg, paths = make(tmp_path, open_spool(end), server_mode=True,
+                      update_status_headers=update_status_headers)
+    drop = open_drop(cfg, paths)
+    try:
+        closed = spool_bytes(paths)
+        before = [(m.uid, m.octets, retr(drop, i)) for i, m in enumerate(drop.messages)]
+        drop.restore()
+    finally:
+        drop.close()
+    assert closed == open_spool(end) + (SEP if open_spool(end).endswith(b"\n") else b"\n" + SEP)
+    assert before == wire(open_spool(end)) == wire(closed)
+    assert served(closed + NEW_MAIL) == expected(end, set())
+
+
+@pytest.mark.parametrize("step", ["open:close-spool-end", "open:fsync-spool", "session"])
+def test_a_session_killed_after_it_saw_an_open_message(tmp_path, step):
+    """kill -9 of the login or of the session after it: mail a delivery agent appends next is
+    a message of its own (the spool closed at login), or the spool is as it was."""
+    cfg, paths = make(tmp_path, open_spool("line"), server_mode=True)
+
+    def run():
+        hook = killer_at_step(step) if step != "session" else None
+        Maildrop.open(cfg, paths, USER, step_hook=hook, lock_step_s=0.05)
+        os.kill(os.getpid(), signal.SIGKILL)        # the session dies after its login
+    assert dies_in_child(run)
+    if step == "open:close-spool-end":
+        assert spool_bytes(paths) == open_spool("line")
+        return
+    append(paths.spool, NEW_MAIL)
+    drop = open_drop(cfg, paths)
+    try:
+        assert len(drop.messages) == 3
+        drop.update(set(), set())
+    finally:
+        drop.close()
+    assert served(spool_bytes(paths)) == expected("line", set())
+
+
+# --- a separator line cut by the end after a trailer is junk ----------------------------------
+
+CRLF_SEP = b"\x01\x01\x01\x01\r\n"
+CUT_JUNK = {"LF": (CLOSED + SEP[:-1], NEW_MAIL),
+            "CR in an LF file": (CLOSED + SEP[:-1] + b"\r", NEW_MAIL),
+            "CRLF": (CRLF_SEP + b"Subject: 1\r\n\r\none\r\n" + CRLF_SEP + CRLF_SEP[:-1],
+                     CRLF_SEP + b"Subject: 3\r\n\r\nthree\r\n" + CRLF_SEP)}
+
+
+@pytest.mark.parametrize("shape", list(CUT_JUNK))
+@pytest.mark.parametrize("how", ["quit", "restore"])
+@pytest.mark.parametrize("mode", ["normal", "server", "server without update-status-headers"])
+def test_mail_after_a_separator_cut_by_the_end_after_a_trailer(tmp_path, shape, how, mode):
+    """A delivery cut after its separator's first octets is junk: mail written after it (by
+    the write-back, or by a delivery agent after a server-mode login) is its own message."""
+    spool, new_mail = CUT_JUNK[shape]
+    options = {"server_mode": mode != "normal",
+               "update_status_headers": not mode.endswith("update-status-headers")}
+    cfg, paths = make(tmp_path, spool, **options)
+    drop = open_drop(cfg, paths)
+    try:
+        before = [(m.uid, m.octets, retr(drop, i)) for i, m in enumerate(drop.messages)]
+        append(paths.spool, new_mail)
+        drop.update(set(), set()) if how == "quit" else drop.restore()
+    finally:
+        drop.close()
+    assert wire(spool_bytes(paths)) == before + wire(new_mail)
+
+
+@pytest.mark.parametrize("shape", list(CUT_JUNK))
+def test_a_bulletin_after_a_separator_cut_by_the_end_after_a_trailer(tmp_path, shape):
+    spool, _ = CUT_JUNK[shape]
+    cfg, paths = make(tmp_path, spool)
+    assert deliver_bulletin(tmp_path, cfg) == 1
+    got = served(spool_bytes(paths))
+    assert got[:-1] == served(spool) and got[-1][0] == BULLETIN[0]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_mail_after_random_mmdf_files_is_its_own(tmp_path, seed):
+    """Whatever a random MMDF file ends with, the padding (counted, or from the scan) keeps
+    its messages as they were served and makes the mail after it a message of its own."""
+    rng = random.Random(7300 + seed)
+    path = tmp_path / "spool"
+    for _ in range(400):
+        data = random_mmdf(rng)
+        line = mbox.separator_line(mbox_format.mmdf_separator(data))
+        new_mail = line + b"Subject: 3\n\nthree\n" + line
+        path.write_bytes(data)
+        messages = mbox.scan(io.BytesIO(data))
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            counted = mbox.padding_after(fd, len(data), open_message=None)
+            closing = mbox.closing_octets(fd, len(data), messages)
+        finally:
+            os.close(fd)
+        path.write_bytes(data + closing)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            closing += mbox.padding_after(fd, len(data + closing), open_message=False)
+        finally:
+            os.close(fd)
+        for pad in (counted, closing):
+            got = wire(data + pad + new_mail)
+            assert got[:-1] == wire(data), (data, pad)
+            assert got[-1][1:] == wire(new_mail)[0][1:], (data, pad)
