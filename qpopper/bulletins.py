@@ -24,7 +24,7 @@ from qpopper.bulletin_records import (BULLDB_DIR, BULLDB_FILE, POPBULL_NAME, POP
                                      BulletinDb, BulletinDbError, PopbullFile, Seen)
 from qpopper.spool.durable import pwrite_all, read_up_to, recorded_as, sha256_of_range
 from qpopper.spool.locking import LockTiming, spool_lock
-from qpopper.spool.mbox import FRAMING_LINE, padding_after
+from qpopper.spool.mbox import FRAMING_LINE, mmdf_separator, padding_after, separator_line
 from qpopper.spool.paths import SpoolPaths
 
 Log = Callable[[int, str], None]
@@ -261,7 +261,8 @@ class Delivery:
                  ) -> tuple[bytes, int]:
         """The bytes to append at `offset` (padding first) and how many bulletins they hold."""
         first = os.pread(fd, limits.MAX_SPOOL_LINE_OCTETS, 0) if offset else b""
-        mmdf = first.split(b"\n", 1)[0] + b"\n" if first.startswith(b"\x01") else None
+        sep = mmdf_separator(first)             # the scan's, as the padding's
+        mmdf = separator_line(sep) if sep is not None else None
         parts = []
         for bulletin in wanted:
             data = self._read_bulletin(bulletin)
