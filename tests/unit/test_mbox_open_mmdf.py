@@ -5,6 +5,7 @@ normal mode, in server mode with and without the cache, and for bulletins (docs/
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import random
@@ -15,7 +16,8 @@ import pytest
 from qpopper import bulletins, limits
 from qpopper.auth import Login
 from qpopper.config import Config
-from qpopper.spool import mbox, mbox_format
+from qpopper.pop3.responses import PopError
+from qpopper.spool import mbox, mbox_format, server_mode
 from qpopper.spool.mbox_format import mmdf_ends_open
 from qpopper.spool.maildrop import Maildrop
 from qpopper.spool.paths import SpoolPaths
@@ -421,3 +423,16 @@ def test_mail_after_random_mmdf_files_is_its_own(tmp_path, seed):
             got = wire(data + pad + new_mail)
             assert got[:-1] == wire(data), (data, pad)
             assert got[-1][1:] == wire(new_mail)[0][1:], (data, pad)
+
+
+def test_a_full_disk_when_the_login_closes_an_open_message(tmp_path, monkeypatch):
+    """The login's append fails part way: it is cut off again, and the session refused."""
+    def one_octet_then_full(fd, data, offset):
+        os.pwrite(fd, data[:1], offset)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    cfg, paths = make(tmp_path, open_spool("line"), server_mode=True)
+    monkeypatch.setattr(server_mode, "pwrite_all", one_octet_then_full)
+    with pytest.raises(PopError) as refused:
+        open_drop(cfg, paths)
+    assert "Overquota" in refused.value.text
+    assert spool_bytes(paths) == open_spool("line")
