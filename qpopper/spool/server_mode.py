@@ -46,7 +46,7 @@ class ServerModeMaildrop(NormalModeMaildrop):
         if not self.server_mode:
             return super().restore()
         self._phase = "restore"
-        if self._stale_length_to_drop():
+        if _stale_length_to_drop(self._drop_file, self._all):
             return self._rewrite(set(), set())      # nothing deleted or marked
         try:
             self._store_cache_if_stale()
@@ -158,37 +158,13 @@ class ServerModeMaildrop(NormalModeMaildrop):
     def _rewrite(self, deleted: set[int], retrieved: set[int]) -> None:
         kept, marked, any_deleted = self._kept_and_marked(deleted, retrieved)
         with self._writing_back():
-            if not any_deleted and not self._headers_to_write(marked):
+            if not any_deleted and not _headers_to_write(self.cfg, self._drop_file,
+                                                         self._all, marked):
                 self._store_cache_if_stale()
                 return
             with self._holding_spool():
                 state, known = self._rewrite_spool(kept, marked)
             self._store_cache_of_new_spool(state, known)
-
-    def _headers_to_write(self, marked) -> bool:
-        """Would the write-back change any message? (X-UIDL after the From line, a Status
-        header, `Status: RO` on a message retrieved now; hidden ones are written as is.) Any
-        message loses a Content-Length not honoured: mail delivered later could make it come
-        true (docs/mbox.md, "What write-back writes"). One rewrite, and the line is gone."""
-        if self._stale_length_to_drop():
-            return True
-        if not self.cfg.update_status_headers:
-            return False
-        fd = self._drop_file.fileno()
-        for m in self._all:
-            if m.hidden:
-                continue
-            if (not m.uid_from_header or len(m.uidl_lines) != 1
-                    or m.uidl_lines[0][0] != m.content_start or not m.status_lines):
-                return True
-            if id(m) in marked and any(os.pread(fd, b - a, a) != b"Status: RO\n"
-                                       for a, b in m.status_lines):
-                return True
-        return False
-
-    def _stale_length_to_drop(self) -> bool:
-        f = self._drop_file
-        return any(m.stale_content_length and mbox.says_a_stale_length(f, m) for m in self._all)
 
     def _rewrite_spool(self, kept, marked) -> tuple[cache.SpoolState, "_Written | None"]:
         """Under the spool lock. Returns the new spool's state and what the rewrite knows of
@@ -225,8 +201,8 @@ class ServerModeMaildrop(NormalModeMaildrop):
                 if known is not None:
                     known = _Written(known, writer.pos)
                 if spool_len > login_len:
-                    start = login_len + (_closing_delivered(self._all, spool, login_len,
-                                                            spool_len) if writer.pos else 0)
+                    start = login_len + _closing_delivered(self._all, spool, login_len,
+                                                           spool_len, first=not writer.pos)
                     if self._engine.append_spool(writer, self._spool, start,
                                                  spool_len - start, "copy-new-mail-to-image"):
                         known = None        # never after a copy: it ends with a blank line
@@ -343,15 +319,51 @@ class ServerModeMaildrop(NormalModeMaildrop):
             self._note(syslog.LOG_WARNING, f"cannot write {self.user}'s cache: {exc}")
 
 
-def _closing_delivered(messages, spool: int, login_len: int, spool_len: int) -> int:
+def _headers_to_write(cfg, f, messages: list[mbox.Message], marked) -> bool:
+    """Would the write-back change any message? (X-UIDL after the From line, a Status
+    header, `Status: RO` on a message retrieved now; hidden ones are written as is.) Any
+    message loses a Content-Length not honoured: mail delivered later could make it come
+    true (docs/mbox.md, "What write-back writes"). One rewrite, and the line is gone."""
+    if _stale_length_to_drop(f, messages):
+        return True
+    if not cfg.update_status_headers:
+        return False
+    fd = f.fileno()
+    for m in messages:
+        if m.hidden:
+            continue
+        if (not m.uid_from_header or len(m.uidl_lines) != 1
+                or m.uidl_lines[0][0] != m.content_start or not m.status_lines):
+            return True
+        if id(m) in marked and any(os.pread(fd, b - a, a) != b"Status: RO\n"
+                                   for a, b in m.status_lines):
+            return True
+    return False
+
+
+def _stale_length_to_drop(f, messages: list[mbox.Message]) -> bool:
+    return any(m.stale_content_length and mbox.says_a_stale_length(f, m) for m in messages)
+
+
+def _closing_delivered(messages, spool: int, login_len: int, spool_len: int, *,
+                       first: bool) -> int:
     """The octets at the start of the mail delivered since login that only close the
     login-time spool's last From_ message before a separator (an LF, the framing line), as a
     delivery agent pads: the kept messages were written closed, and copied again they would
-    be empty lines of the last one (docs/maildrop.md, "Server mode: the update").
+    be empty lines of the last one (docs/maildrop.md, "Server mode: the update"). With
+    nothing kept (`first`: the new mail starts the spool), any empty lines before its first
+    `From ` line: no message holds them, and a spool starting with them is refused.
     0 when they are anything else: content is never left out."""
     if not messages or messages[0].mmdf:
         return 0
-    pad = mbox.padding_after(spool, login_len, open_message=False)
+    if first:
+        head = os.pread(spool, min(limits.COPY_CHUNK_OCTETS, spool_len - login_len), login_len)
+        skip = len(head) - len(head.lstrip(b"\r\n"))
+        while skip and not head[:skip].endswith(b"\n"):
+            skip -= 1                   # a CR that starts the next line is not an empty line
+        pad = head[:skip]
+    else:
+        pad = mbox.padding_after(spool, login_len, open_message=False)
     if not pad or os.pread(spool, len(pad), login_len) != pad:
         return 0
     at = login_len + len(pad)

@@ -233,3 +233,22 @@ def test_a_server_mode_rewrite_does_not_copy_the_delivery_agent_s_padding_again(
         assert view(cfg, paths)[0][2] == before[1]
     else:
         assert read(paths.spool) == FROM + kept + padded + new_mail
+
+
+@pytest.mark.parametrize("tail, padded", [(b"no LF", b"\n\n"), (b"one LF\n", b"\n"),
+                                          (b"closed\n\n", b"\n"), (b"closed\n\n", b"\r\n\n")])
+def test_a_server_mode_rewrite_keeping_nothing_starts_the_spool_with_the_new_mail(
+        tmp_path, tail, padded):
+    """Every message deleted, mail delivered during the session after empty lines (the
+    agent's padding of an open end, or one that always writes an empty line first): no
+    message holds them, and a spool starting with them would be refused at every login."""
+    spool = FROM + b"Subject: 1\n\none\n\n" + FROM + b"Subject: 2\n\n" + tail
+    cfg, paths = make(tmp_path, spool, server_mode=True, update_status_headers=False)
+    drop = open_drop(cfg, paths)
+    new_mail = FROM + b"Subject: 3\n\nthree\n\n"
+    append(paths.spool, padded + new_mail)
+    drop.update({0, 1}, set())
+    drop.close()
+    assert read(paths.spool) == new_mail
+    [(_, _, served)] = view(cfg, paths)                     # the next login takes it
+    assert served.startswith(b"Subject: 3\r\n") and served.endswith(b"\r\n\r\nthree\r\n")
