@@ -46,14 +46,15 @@ LASTING_ERRORS = frozenset({
     errno.ENAMETOOLONG, errno.EXDEV, errno.ENOSPC, errno.EDQUOT, errno.EMLINK, errno.EACCES,
     errno.EPERM, errno.EINVAL, errno.ENOTDIR, errno.EISDIR, errno.ENOTEMPTY})
 """A journal step failing with one of these is skipped, logged, and its message stays as it
-is (unseen, or not deleted): trying again at every login would refuse the mailbox for good
-(docs/maildir.md, "UPDATE and crash safety"). Other errors (EIO, ESTALE, EROFS, ...) may pass:
+is (unseen, or not deleted; a session's QUIT answers -ERR for the latter): trying again at
+every login would refuse the mailbox for good (docs/maildir.md, "UPDATE and crash safety"). Other errors (EIO, ESTALE, EROFS, ...) may pass:
 the journal stays and the next login tries again."""
 NAME_MAX = 255
 """NAME_MAX where pathconf cannot tell."""
 GONE_TEXT = "Message {n} was removed from your Maildir by another program"
 UNREADABLE_TEXT = "Message {n} cannot be read; contact your administrator"
 UPDATE_FAILED_TEXT = "Error updating your Maildir; your mail is intact, try again"
+NOT_REMOVED_TEXT = "Some deleted messages were not removed"
 OPEN_FAILED_TEXT = "Unable to open your Maildir; contact your administrator"
 LOCK_REFUSED_TEXT = "Unable to use the lock file in your Maildir; contact your administrator"
 
@@ -189,11 +190,12 @@ class MaildirDrop:
             if new_name in listed or os.path.lexists(os.path.join(self.path, new_name)):
                 continue                # another file has that name: it stays unseen
             steps.append(["rename", message.name, new_name])
+        not_removed: list[str] = []
         try:
             if steps:       # without steps the index written at open still holds
                 hook = lambda s: self._hook(f"update:{s}")
                 write_journal(self.path, steps, hook)
-                finish_journal(self.path, hook, self._log)
+                not_removed = finish_journal(self.path, hook, self._log)
                 maildir.scan(self.path, log=self._log, step=hook,
                              now_ns=_file_system_now(self._lock.fd))
         except OSError as error:
@@ -201,6 +203,8 @@ class MaildirDrop:
                            log=f"updating Maildir {self.path}: {error}") from None
         finally:
             self.close()
+        if not_removed:     # RFC 1939 §6: QUIT's -ERR; the messages are served next login
+            raise PopError(NOT_REMOVED_TEXT, RespCode.SYS_TEMP)
 
     def restore(self) -> None:
         """Abort without update: nothing was changed, nothing to put back."""
@@ -286,18 +290,19 @@ def write_journal(path: str, steps: list[list[str]], hook) -> None:
     fsync_dir(path)
 
 
-def finish_journal(path: str, hook, log=None) -> None:
+def finish_journal(path: str, hook, log=None) -> list[str]:
     """Take every step of a committed journal that is not taken yet, then remove it. Each
     step is idempotent: an unlinked file is gone, a renamed one is at its new name; a source
     missing for another reason (a program moved it) is skipped, and so is a step that fails
-    for good (LASTING_ERRORS; logged with `log(priority, text)`). A journal we cannot read is
-    left for the administrator and the mailbox is refused, never guessed at."""
+    for good (LASTING_ERRORS; logged with `log(priority, text)`). Returns the names of the
+    unlink steps so skipped (the session's QUIT answers -ERR for them). A journal we cannot
+    read is left for the administrator and the mailbox is refused, never guessed at."""
     journal = os.path.join(path, JOURNAL_NAME)
     unlink_if_present(os.path.join(path, f".{JOURNAL_NAME}.tmp"))   # never committed
     try:    # O_NONBLOCK: a FIFO put there must not hang the login under the lock
         fd = os.open(journal, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
-        return
+        return []
     try:
         st, steps = os.fstat(fd), None
         if stat.S_ISREG(st.st_mode):            # else not a journal: refused, as damaged
@@ -311,7 +316,7 @@ def finish_journal(path: str, hook, log=None) -> None:
         os.close(fd)
     if not isinstance(steps, list) or not all(_valid_step(step, version) for step in steps):
         raise OSError(errno.EINVAL, f"{journal} is not a journal this version can finish")
-    names_by_base = _NamesByBase(path)
+    names_by_base, not_removed = _NamesByBase(path), []
     for step in steps:
         hook(step[0])
         try:
@@ -319,6 +324,8 @@ def finish_journal(path: str, hook, log=None) -> None:
         except OSError as error:
             if error.errno not in LASTING_ERRORS:
                 raise                           # the journal stays: the next login retries
+            if step[0] == "unlink":
+                not_removed.append(step[1])
             if log:
                 log(syslog.LOG_WARNING, f"Maildir {path}: {step[1]} not "
                     f"{'deleted' if step[0] == 'unlink' else 'marked seen'} "
@@ -328,6 +335,7 @@ def finish_journal(path: str, hook, log=None) -> None:
     hook("journal-unlink")
     os.unlink(journal)
     fsync_dir(path)
+    return not_removed
 
 
 def _take_step(path: str, step: list, version: int, names_by_base) -> None:

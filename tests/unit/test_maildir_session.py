@@ -11,7 +11,7 @@ import pytest
 
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool.maildir_drop import LOCK_NAME, LOCK_REFUSED_TEXT, MaildirDrop
-from tests.helpers.maildirs import files, make_maildir
+from tests.helpers.maildirs import files, make_maildir, retr, wire
 from tests.transcripts.harness import Spool, extended_session
 
 READ_ELSEWHERE = b"Subject: read in webmail\n\nnever downloaded by POP\n"
@@ -156,3 +156,30 @@ def test_a_lock_file_that_is_not_our_plain_file_is_refused(tmp_path, kind):
         MaildirDrop.open(path, "qpt")
     assert refusal.value.code == RespCode.SYS_PERM
     assert refusal.value.text == LOCK_REFUSED_TEXT
+
+
+def test_a_dele_whose_unlink_fails_for_good_gets_quit_s_err(maildir_session, monkeypatch):
+    """An unlink refused for good (EPERM: chattr +i; EDQUOT on a copy-on-write file system):
+    QUIT answers -ERR (RFC 1939 §6), the other DELEs are done, and the next login serves the
+    message, not refused (docs/maildir.md, "UPDATE and crash safety")."""
+    path, start = maildir_session
+    pop = start(update_on_abort=False)
+    kept, gone = number_of(pop, UNREAD), number_of(pop, PEEKED)
+    name = next(n for n, data in files(path).items() if data == UNREAD)
+    real_unlink = os.unlink
+
+    def refusing_unlink(file, *args, **kwargs):
+        if str(file).endswith(name):
+            raise PermissionError(1, "Operation not permitted", str(file))
+        return real_unlink(file, *args, **kwargs)
+    monkeypatch.setattr(os, "unlink", refusing_unlink)
+    assert pop.send(f"DELE {kept}").startswith(b"+OK")
+    assert pop.send(f"DELE {gone}").startswith(b"+OK")
+    assert pop.send("QUIT") == (
+        b"-ERR [SYS/TEMP] Some deleted messages were not removed\r\n")
+    monkeypatch.undo()
+    assert left(path) == {READ_ELSEWHERE, UNREAD}
+    again = MaildirDrop.open(path, "alice")             # served, not refused
+    assert sorted(retr(again, n) for n in range(len(again.messages))) == sorted(
+        wire(data) for data in (READ_ELSEWHERE, UNREAD))
+    again.close()
