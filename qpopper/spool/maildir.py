@@ -328,7 +328,10 @@ def scan_with_files(path: str, log=None, step=None, now_ns: int | None = None
             else:
                 octets, uid, mtimes[name] = _measure(path, name)
         except FileNotFoundError:              # moved or removed since the listing
-            continue
+            if kept is None:
+                continue
+            # renamed by another reader: listed under this name, the session finds it again
+            octets, uid, mtimes[name], kept_uids[name] = kept
         entries[name] = (octets, uid)
     order = sorted(entries, key=delivery_order)
     served = _served_uids(order, entries, kept_uids, inodes)

@@ -9,7 +9,7 @@ import types
 
 from qpopper.spool import maildir
 from qpopper.spool.maildir_drop import MaildirDrop
-from tests.helpers.maildirs import make_maildir
+from tests.helpers.maildirs import make_maildir, retr
 
 
 def deliver(path, name, data):
@@ -70,3 +70,32 @@ def test_a_renamed_file_keeps_its_measurement(tmp_path, monkeypatch):
     drop.close()
     assert measured == [] and sorted(m.name for m in drop.messages) == sorted(
         [f"cur/{keys[0]}:2,S", f"cur/{keys[1]}:2,S", f"cur/{keys[2]}:2,F"])
+
+
+def test_a_known_file_renamed_during_the_listing_stays_in_the_session(tmp_path, monkeypatch):
+    """Another reader renames a known message after the directories are listed and before
+    its lstat: the index's values stay under the listed name, and RETR finds it again."""
+    path, keys = make_maildir(tmp_path, [b"Subject: %d\n\nbody\n" % n for n in range(3)])
+    MaildirDrop.open(path, "qpt").close()
+    deliver(path, "1700000099.M2P2.host", b"Subject: new\n\nx\n")      # new/ listed again
+    moved = sorted(keys)[1]
+    listings = []
+    scandir = os.scandir
+
+    def renaming_scandir(where):
+        entries = list(scandir(where))
+        listings.append(where)
+        if len(listings) == len(maildir.SUBDIRS):            # both listed: an IMAP flag
+            os.rename(os.path.join(path, "new", moved),
+                      os.path.join(path, "cur", moved + ":2,S"))
+        return iter(entries)
+    monkeypatch.setattr(os, "scandir", renaming_scandir)
+    drop = MaildirDrop.open(path, "qpt")
+    monkeypatch.undo()
+    try:
+        assert sorted(m.base for m in drop.messages) == sorted(keys + ["1700000099.M2P2.host"])
+        index = [m.base for m in drop.messages].index(moved)
+        drop.check_available(index)
+        assert retr(drop, index) == b"Subject: 1\r\n\r\nbody\r\n"
+    finally:
+        drop.close()
