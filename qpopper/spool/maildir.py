@@ -318,20 +318,23 @@ def scan_with_files(path: str, log=None, step=None, now_ns: int | None = None
         _one_name_per_file(path, inodes)
     entries: dict[str, tuple[int, str]] = {}
     for name, inode in inodes.items():
+        # the same file (base name and inode: a rename keeps both) keeps its UID as served,
+        # and its measurement while its time is the one measured; else measured: new, a
+        # restore, a change in place (its size; a UID it measures only tells copies apart)
         kept = known.get((base_name(name), inode))
+        if kept is not None:
+            kept_uids[name] = kept[3]
         try:
-            # the same file (base name and inode: a rename keeps both) not changed since
-            # it was measured (its time); else measured: new, a restore, a change in place
             if kept is not None and listed[name].stat(
                     follow_symlinks=False).st_mtime_ns & INODE_BITS == kept[2]:
-                octets, uid, mtimes[name], kept_uids[name] = kept
+                octets, uid, mtimes[name] = kept[:3]
             else:
                 octets, uid, mtimes[name] = _measure(path, name)
         except FileNotFoundError:              # moved or removed since the listing
             if kept is None:
                 continue
             # renamed by another reader: listed under this name, the session finds it again
-            octets, uid, mtimes[name], kept_uids[name] = kept
+            octets, uid, mtimes[name] = kept[:3]
         entries[name] = (octets, uid)
     order = sorted(entries, key=delivery_order)
     served = _served_uids(order, entries, kept_uids, inodes)

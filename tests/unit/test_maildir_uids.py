@@ -5,6 +5,7 @@ and the index rebuilt, also for copies that share a base name or an X-UIDL heade
 from __future__ import annotations
 
 import os
+import time
 
 from qpopper.spool import maildir
 from qpopper.spool.maildir_drop import MaildirDrop
@@ -73,3 +74,34 @@ def test_names_with_an_info_part_not_ours_are_left_as_they_are(tmp_path):
     names = sorted(f"{sub}/{n}" for sub in ("new", "cur") for n in os.listdir(
         os.path.join(path, sub)))
     assert names == sorted(odd + ["cur/1700000009.M1P1.plain:2,S"])
+
+
+def touch(path, name, age):
+    when = time.time() - age
+    os.utime(os.path.join(path, name), (when, when))
+
+
+def test_a_touched_copy_keeps_its_uid_after_the_x_uidl_holder_is_gone(tmp_path):
+    """A file's time changed (a backup tool, touch) does not give it another UID."""
+    header = b"X-UIDL: abcdefghijklmnop\n"
+    path, _ = make_maildir(tmp_path, [])
+    put(path, "new/1700000000.M1P1.host", b"Subject: A\n" + header + b"\nA\n")
+    put(path, "new/1700000001.M2P2.host", b"Subject: B\n" + header + b"\nB\n")
+    assert uids_by_subject(path) == {b"Subject: A\n": "abcdefghijklmnop",
+                                     b"Subject: B\n": "1700000001.M2P2.host"}
+    os.unlink(os.path.join(path, "new/1700000000.M1P1.host"))     # an IMAP expunge
+    assert uids_by_subject(path) == {b"Subject: B\n": "1700000001.M2P2.host"}
+    touch(path, "new/1700000001.M2P2.host", 30)
+    assert uids_by_subject(path) == {b"Subject: B\n": "1700000001.M2P2.host"}
+
+
+def test_touched_copies_of_one_base_name_keep_their_uids(tmp_path):
+    path, _ = make_maildir(tmp_path, [])
+    put(path, f"new/{BASE}", b"Subject: original\n\nA\n")
+    first = uids_by_subject(path)
+    put(path, f"cur/{BASE}:2,S", b"Subject: copy\n\nB\n")          # a sync tool's copy
+    second = uids_by_subject(path)
+    assert second[b"Subject: original\n"] == first[b"Subject: original\n"] == BASE
+    for name, age in ((f"new/{BASE}", 20), (f"cur/{BASE}:2,S", 25)):
+        touch(path, name, age)
+    assert uids_by_subject(path) == second
