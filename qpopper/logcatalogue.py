@@ -287,6 +287,10 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
          "The server-mode cache is damaged, cut short, of another format version (an older "
          "qpopper-py) or of other options: the spool is scanned and the cache rewritten."),
         ("no cache for *: *", "The server-mode cache could not be read: the spool is scanned."),
+        ("*'s MMDF spool ended open; closed it with * octets",
+         "A server-mode login found the last MMDF message without its trailer (a delivery cut "
+         "short) and appended it, so mail delivered later stays a message of its own "
+         "(docs/mbox.md, \"What write-back writes\")."),
         ("cannot write *'s cache: *", "The server-mode cache could not be saved."),
         ("the spool was replaced or cut during a server-mode session; left as it is",
          "Someone else changed the spool: nothing is written back."),

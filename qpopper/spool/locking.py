@@ -237,6 +237,21 @@ class SpoolLock:
         a, b = both
         return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) and a.st_nlink == 1
 
+    def retake_fcntl(self, timing: LockTiming) -> bool:
+        """The fcntl lock again, after this process closed another descriptor of the spool
+        (an mmap's duplicate: that drops every fcntl lock the process held on the file; flock
+        and the dot-lock stay). False when a delivery agent took it meanwhile and keeps it
+        past the budget."""
+        def fcntl_lock() -> bool:
+            try:
+                fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EACCES):
+                    return False
+                raise
+            return True
+        return self.fd is not None and wait_for(fcntl_lock, timing)
+
     def refresh_if_due(self) -> None:
         self.dotlock.refresh_if_due()
 

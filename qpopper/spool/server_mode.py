@@ -14,6 +14,7 @@ from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool import cache, mbox
 from qpopper.spool.commit import UPDATE_FAILED_TEXT
 from qpopper.spool.durable import ChunkWriter, fsync_parent_dir, pwrite_all, sha256_of_range
+from qpopper.spool.dotlock import LockTiming
 from qpopper.spool.normal_mode import NormalModeMaildrop
 
 
@@ -121,6 +122,12 @@ class ServerModeMaildrop(NormalModeMaildrop):
         pad = mbox.closing_octets(spool.fd, size, self._all)
         if not pad:
             return size
+        # The scan's mmap closed a duplicate of the spool's descriptor, which dropped our fcntl
+        # lock: a delivery agent that locks with fcntl alone may have appended since. Locked
+        # again, the end is closed only where the scan saw it; else it stays as it is.
+        if (not spool.retake_fcntl(LockTiming.login(self._lock_step_s))
+                or os.fstat(spool.fd).st_size != size):
+            return size
         try:
             self._step("close-spool-end")
             pwrite_all(spool.fd, pad, size)
@@ -130,6 +137,8 @@ class ServerModeMaildrop(NormalModeMaildrop):
             with contextlib.suppress(OSError):
                 os.ftruncate(spool.fd, size)        # as it was
             raise
+        self._note(syslog.LOG_NOTICE, f"{self.user}'s MMDF spool ended open; closed it with "
+                                      f"{len(pad)} octets")
         # The last message again, as a scan of the closed file reads it (same UID and octets:
         # what RETR served of it does not change).
         last = self._all[-1]

@@ -436,3 +436,45 @@ def test_a_full_disk_when_the_login_closes_an_open_message(tmp_path, monkeypatch
         open_drop(cfg, paths)
     assert "Overquota" in refused.value.text
     assert spool_bytes(paths) == open_spool("line")
+
+
+FCNTL_PROBE = ("import fcntl, os, sys\n"
+               "fd = os.open(sys.argv[1], os.O_WRONLY)\n"
+               "try:\n"
+               "    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+               "except OSError:\n"
+               "    sys.exit(3)\n")
+
+
+def test_the_login_holds_the_fcntl_lock_while_it_closes_the_end(tmp_path):
+    """The scan's mmap closes a duplicate of the spool's descriptor, which drops the fcntl
+    lock: taken again before the append, so an agent that locks with fcntl alone (Postfix's
+    mailbox_delivery_lock = fcntl) waits, instead of writing where the trailer goes."""
+    import subprocess
+    import sys
+    cfg, paths = make(tmp_path, open_spool("line"), server_mode=True)
+    probes = []
+
+    def hook(step):
+        if step in ("open:close-spool-end", "open:fsync-spool"):
+            probes.append(subprocess.run([sys.executable, "-c", FCNTL_PROBE, paths.spool],
+                                         timeout=30).returncode)
+    Maildrop.open(cfg, paths, USER, step_hook=hook, lock_step_s=0.05).close()
+    assert probes == [3, 3]                 # both steps, the lock held by the login
+
+
+def test_mail_appended_before_the_lock_is_taken_again_is_left_as_it_is(tmp_path, monkeypatch):
+    """Mail an fcntl-only agent appended between the scan and the fcntl lock taken again:
+    the login closes nothing (the end it saw is no longer the file's), never writing over
+    the new mail nor cutting it off."""
+    cfg, paths = make(tmp_path, open_spool("no final LF"), server_mode=True)
+    new_mail = SEP + b"Subject: 3\n\nthree\n" + SEP
+    real = mbox.closing_octets
+
+    def then_an_agent_appends(fd, size, messages):
+        pad = real(fd, size, messages)
+        append(paths.spool, new_mail)
+        return pad
+    monkeypatch.setattr(mbox, "closing_octets", then_an_agent_appends)
+    open_drop(cfg, paths).close()
+    assert spool_bytes(paths) == open_spool("no final LF") + new_mail
