@@ -60,5 +60,5 @@ def without_status(data: bytes) -> bytes:
     """RETR's bytes less the Status header lines, which the update writes or replaces."""
     lines = data.split(b"\r\n")
     blank = lines.index(b"") if b"" in lines else len(lines)      # the end of the headers
-    return b"\r\n".join([line for line in lines[:blank] if not line.startswith(b"Status:")]
-                        + lines[blank:])
+    return b"\r\n".join([line for line in lines[:blank] if line[:7].lower() != b"status:"]
+                        + lines[blank:])            # (the scan finds Status lines in any case)

@@ -90,11 +90,18 @@ def copy_for_update(f: BinaryIO, msg: Message, write: WriteFn, *, retrieved: boo
             _copy(f, cur, a, out)
             out.add(replacement)
             cur = b
-        _copy(f, cur, msg.header_end, out)
+        # Headers running to the end of the file whose last line is a lone CR: RETR sends it as
+        # the empty line that ends them, so the new Status line goes before it, not after.
+        lone_cr = (not msg.status_lines and msg.header_end == msg.body_end > cur
+                   and _read_at(f, msg.header_end - 2, 2) == b"\n\r")
+        _copy(f, cur, msg.header_end - lone_cr, out)
         if not msg.status_lines:
             if not out.tail.endswith(b"\n"):
                 out.add(b"\n")         # headers ran to the end of the file without a final LF
             out.add(status)
+        if lone_cr:
+            out.add(b"\r")
+            at = None                  # (the scan reads the new file's headers anew)
         _copy(f, max(cur, msg.header_end), msg.body_end, out)
         if at is not None and _relocatable(msg):
             relocated = _RelocatedBody(out.total, out.tail)

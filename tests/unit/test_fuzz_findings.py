@@ -176,3 +176,19 @@ def test_a_stale_content_length_does_not_swallow_the_next_kept_message():
         copy_for_update(f, msg, out.write, retrieved=False, update_status_headers=False)
     again = scan(io.BytesIO(out.getvalue()), update_status_headers=False)
     assert [m.uid for m in again] == [messages[0].uid, messages[2].uid, messages[3].uid]
+
+
+# --- mbox: headers running to the end of the file, their last line a lone CR --------------------
+@pytest.mark.parametrize("retrieved", [False, True])
+def test_a_status_line_goes_before_a_lone_cr_that_ends_the_headers(retrieved):
+    # fuzz/corpus/mbox_writeback/finding-headers-ending-in-a-lone-cr-at-the-end's shape: a
+    # CRLF delivery cut between CR and LF. RETR sends the lone CR as the empty line ending
+    # the headers; the new Status line went after it, into the body.
+    spool = b"From a@b Wed Dec  2 05:53:22 1992\nSubject: x\n\r"
+    f, out = io.BytesIO(spool), io.BytesIO()
+    [msg] = scan(f)
+    copy_for_update(f, msg, out.write, retrieved=retrieved, update_status_headers=True)
+    status = b"Status: RO\n" if retrieved else b"Status: U\n"
+    assert out.getvalue().endswith(b"Subject: x\n" + status + b"\r\n\n")
+    [again] = scan(io.BytesIO(out.getvalue()))
+    assert again.uid == msg.uid and again.status_lines
