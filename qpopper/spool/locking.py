@@ -242,15 +242,8 @@ class SpoolLock:
         (an mmap's duplicate: that drops every fcntl lock the process held on the file; flock
         and the dot-lock stay). False when a delivery agent took it meanwhile and keeps it
         past the budget."""
-        def fcntl_lock() -> bool:
-            try:
-                fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno in (errno.EAGAIN, errno.EACCES):
-                    return False
-                raise
-            return True
-        return self.fd is not None and wait_for(fcntl_lock, timing)
+        return self.fd is not None and wait_for(
+            lambda: _kernel_lock(self.fd, flock_too=False), timing)
 
     def refresh_if_due(self) -> None:
         self.dotlock.refresh_if_due()

@@ -47,8 +47,9 @@ LASTING_ERRORS = frozenset({
     errno.EPERM, errno.EINVAL, errno.ENOTDIR, errno.EISDIR, errno.ENOTEMPTY})
 """A journal step failing with one of these is skipped, logged, and its message stays as it
 is (unseen, or not deleted; a session's QUIT answers -ERR for the latter): trying again at
-every login would refuse the mailbox for good (docs/maildir.md, "UPDATE and crash safety"). Other errors (EIO, ESTALE, EROFS, ...) may pass:
-the journal stays and the next login tries again."""
+every login would refuse the mailbox for good (docs/maildir.md, "UPDATE and crash safety").
+Other errors (EIO, ESTALE, EROFS, ...) may pass: the journal stays and the next login tries
+again."""
 NAME_MAX = 255
 """NAME_MAX where pathconf cannot tell."""
 GONE_TEXT = "Message {n} was removed from your Maildir by another program"

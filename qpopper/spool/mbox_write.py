@@ -86,10 +86,7 @@ def copy_for_update(f: BinaryIO, msg: Message, write: WriteFn, *, retrieved: boo
         edits = [(a, b, b"") for a, b in (*msg.uidl_lines, *msg.stale_content_length)]
         if retrieved:
             edits += [(a, b, status) for a, b in msg.status_lines]
-        for a, b, replacement in sorted(edits):
-            _copy(f, cur, a, out)
-            out.add(replacement)
-            cur = b
+        cur = _copy_edited(f, cur, sorted(edits), out)
         # Headers running to the end of the file whose last line is a lone CR: RETR sends it as
         # the empty line that ends them, so the new Status line goes before it, not after.
         lone_cr = (not msg.status_lines and msg.header_end == msg.body_end > cur
@@ -163,12 +160,18 @@ def _copy_without_stale_length(f: BinaryIO, msg: Message, out: _Coalescer) -> No
     so a message whose UID did not come from an X-UIDL line gets `X-UIDL: <uid>` after its
     separator, to scan with the same UID; RETR and LIST leave both kinds of line out, so the
     client sees the same message (docs/mbox.md, "What write-back writes")."""
-    cur = msg.offset
-    for a, b, replacement in stale_length_edits(f, msg):
+    cur = _copy_edited(f, msg.offset, stale_length_edits(f, msg), out)
+    _copy(f, cur, msg.body_end, out)
+
+
+def _copy_edited(f: BinaryIO, cur: int, edits, out: _Coalescer) -> int:
+    """Copy from `cur` through the (start, end, replacement) `edits`, in file order, each
+    [start, end) written as its replacement; returns where the copy stopped (the last end)."""
+    for a, b, replacement in edits:
         _copy(f, cur, a, out)
         out.add(replacement)
         cur = b
-    _copy(f, cur, msg.body_end, out)
+    return cur
 
 
 # --- where a written-back message lands ----------------------------------------------------------

@@ -116,7 +116,7 @@ class NormalModeMaildrop(Maildrop):
         pos = 0
         f = self._drop_file
         for msg in self._all:
-            if msg.stale_content_length and mbox.says_a_stale_length(f, msg):
+            if mbox.says_a_stale_length(f, msg):
                 for start, end, replacement in mbox.stale_length_edits(f, msg):
                     self._copy_drop(pos, start, write)
                     write(replacement)

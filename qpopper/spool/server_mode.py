@@ -351,7 +351,7 @@ def _headers_to_write(cfg, f, messages: list[mbox.Message], marked) -> bool:
 
 
 def _stale_length_to_drop(f, messages: list[mbox.Message]) -> bool:
-    return any(m.stale_content_length and mbox.says_a_stale_length(f, m) for m in messages)
+    return any(mbox.says_a_stale_length(f, m) for m in messages)
 
 
 def _closing_delivered(messages, spool: int, login_len: int, spool_len: int, *,
