@@ -4,11 +4,10 @@
 The protocol layer (extensions/xtnd.py) is pure; the session hands it an `MtaSubmitter`
 through the Extensions object, so running the MTA stays out of the state machine.
 
-- The message goes to `.xmitXXXXXX`, made with mkstemp (O_EXCL, mode 0600) in the directory of
-  the user's temporary drop: the spool directory (or temp-dir), which the session can write
-  as the user in the spool's group after the privilege drop, as Qpopper's spool-directory
-  choice. The name is unlinked at once: the open file is all the MTA needs, and no `.xmit`
-  file is left behind even if the session is killed.
+- The message goes to an anonymous file (memfd_create(2), `xmit`): it needs no directory, so
+  it works for every session whatever it may write (a Maildir user's session has left the
+  spool group and cannot write the spool directory: docs/maildir.md), and nothing is left
+  behind even if the session is killed. xtnd.py's limits.MAX_XMIT_OCTETS bounds it.
 - mail-command (default /usr/sbin/sendmail) runs as `<mail-command> -t -i -oem` without a
   shell, stdin the file, killed after limits.XMIT_TIMEOUT_S, through
   privsep.run_user_program: as the logged-in user with the user's own primary group only
@@ -22,14 +21,12 @@ from __future__ import annotations
 import os
 import subprocess
 import syslog
-import tempfile
 import weakref
 from typing import TYPE_CHECKING, BinaryIO
 
 from qpopper import limits
 from qpopper.server.privsep import run_user_program
 from qpopper.pop3.responses import PopError, RespCode
-from qpopper.spool.paths import SpoolPaths
 
 if TYPE_CHECKING:  # pragma: no cover
     from qpopper.pop3.protocol import Protocol
@@ -38,20 +35,19 @@ DEFAULT_MAIL_COMMAND = "/usr/sbin/sendmail"
 MTA_ARGUMENTS = ("-t", "-i", "-oem")
 """-t: recipients from the headers; -i: a lone `.` is not the end; -oem: errors by mail."""
 
-TEMP_PREFIX = ".xmit"
+MEMFD_NAME = "xmit"
+"""The draft's name in /proc/PID/fd (a memfd has no path)."""
 
 
 class MtaSubmitter:
     """Makes Drafts for XTND XMIT (one per XMIT command)."""
 
     def open_draft(self, proto: "Protocol") -> "Draft":
-        cfg, login = proto.cfg, proto.login
+        login = proto.login
         try:
-            directory = os.path.dirname(SpoolPaths.for_user(cfg, login.user, login.home)
-                                        .temp_drop)
-            fd, path = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=directory)
-            os.unlink(path)
-        except (OSError, PopError) as exc:
+            fd = os.memfd_create(MEMFD_NAME, os.MFD_CLOEXEC)
+            os.fchmod(fd, 0o600)
+        except OSError as exc:
             raise PopError("Unable to create temporary file", RespCode.SYS_TEMP,
                            log=f"XTND XMIT from {login.user}: temporary file: {exc}") from None
         return Draft(os.fdopen(fd, "w+b"), proto)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import grp
 import os
+import pathlib
 import poplib
 
 import pytest
 
+from tests.helpers.maildirs import make_maildir
 from tests.helpers.sysusers import make_spool
 from tests.server_harness import Site, login
 
@@ -139,6 +141,37 @@ def test_mail_command_runs_without_the_mail_group_or_the_servers_environment(
     assert set(variables) <= {"PATH", "HOME", "USER", "LOGNAME", "PWD", "SHLVL", "_"}, variables
     assert variables["PATH"] == "/usr/sbin:/usr/bin:/sbin:/bin"
     assert variables["USER"] == variables["LOGNAME"] == user.name
+
+
+def test_xmit_for_a_maildir_user(system_users, pam_service, world_tmp):
+    """A Maildir user's session has left the mail group (docs/privsep.md, "Maildir users"),
+    so it cannot write the spool directory: the draft needs no directory at all."""
+    user = system_users.create("xm")
+    os.chmod(user.home, 0o711)
+    make_maildir(pathlib.Path(user.home), [b"Subject: one\n\nbody\n"])
+    for top, dirs, files in os.walk(os.path.join(user.home, "Maildir")):
+        for name in [top, *(os.path.join(top, n) for n in dirs + files)]:
+            os.chown(name, user.uid, user.gid)
+    record_dir = os.path.join(world_tmp, "mta")
+    os.mkdir(record_dir, 0o700)
+    os.chown(record_dir, user.uid, user.gid)
+    mta = os.path.join(world_tmp, "fake-sendmail")
+    with open(mta, "w") as f:
+        f.write(RECORDER.format(out=record_dir))
+    os.chmod(mta, 0o755)
+    s = Site(world_tmp, pam_service, maildir="~/Maildir", mail_command=mta)
+    try:
+        client = login(s.server(), user)
+        try:
+            assert client.stat()[0] == 1
+            assert send_one_message(client) == b"+OK Message sent successfully"
+        finally:
+            client.quit()
+    finally:
+        s.close()
+    with open(os.path.join(record_dir, "stdin"), "rb") as f:
+        assert f.read() == b"To: someone@example.org\n\nhello\n"
+    assert not [n for n in os.listdir(s.spool_dir) if n.startswith(".xmit")]
 
 
 def test_xmit_switched_off_per_user_by_the_spool_options_file(site):

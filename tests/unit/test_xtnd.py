@@ -5,6 +5,7 @@ through the real server, as a real user, is tests/test_xtnd_server.py."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import syslog
@@ -13,6 +14,7 @@ import time
 import pytest
 
 from qpopper import limits
+from qpopper.extensions import submit
 from tests.transcripts.harness import (CLIENT_HOST, extended_login, extended_session, parse,
                                        run_lockstep, run_pipelined, spool_fixture)
 
@@ -221,9 +223,10 @@ def test_hung_mta_is_killed_after_the_timeout(spool, tmp_path, monkeypatch):
     assert any("took over 1 s; killed" in text for _, text in pop.env.logs)
 
 
-def test_temp_file_is_private_and_never_left(spool, tmp_path):
-    """While the message arrives the draft is an unlinked 0600 file of the user's: nothing in
-    the spool directory to find, nothing left if the session dies mid-message."""
+def test_draft_is_a_private_anonymous_file_never_left(spool, tmp_path):
+    """While the message arrives the draft is a memfd of mode 0600 (memfd_create(2)): no
+    directory is needed (a Maildir session may write none), nothing in the spool directory
+    to find, nothing left if the session dies mid-message."""
     mta, _ = make_mta(str(tmp_path))
     pop = extended_login(spool, mail_command=mta)
     pop.send("XTND XMIT")
@@ -234,22 +237,24 @@ def test_temp_file_is_private_and_never_left(spool, tmp_path):
             targets[fd] = os.readlink(f"/proc/{os.getpid()}/fd/{fd}")
         except FileNotFoundError:
             pass                              # listdir's own descriptor
-    drafts = [(fd, t) for fd, t in targets.items() if os.path.basename(t).startswith(".xmit")]
+    drafts = [(fd, t) for fd, t in targets.items() if t.startswith("/memfd:xmit")]
     assert len(drafts) == 1 and drafts[0][1].endswith(" (deleted)")
-    fd, target = drafts[0]
-    assert os.path.dirname(target) == str(spool.dir)
+    fd, _ = drafts[0]
     assert stat.S_IMODE(os.stat(f"/proc/{os.getpid()}/fd/{fd}").st_mode) == 0o600
     assert xmit_leftovers(spool) == []
     pop.proto.eof()                           # the client vanished mid-message
     assert xmit_leftovers(spool) == []
 
 
-def test_no_temporary_file_is_a_sys_temp_refusal(spool, tmp_path):
+def test_no_draft_is_a_sys_temp_refusal(spool, tmp_path, monkeypatch):
     mta, record = make_mta(str(tmp_path))
     pop = extended_login(spool, mail_command=mta)
-    pop.proto.cfg = pop.proto.cfg.replace(spool_dir=str(tmp_path / "gone"))
+
+    def no_memory(name, flags):
+        raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
+    monkeypatch.setattr(submit.os, "memfd_create", no_memory)
     assert pop.send("XTND XMIT") == b"-ERR [SYS/TEMP] Unable to create temporary file\r\n"
-    assert any("temporary file" in text and "gone" in text for _, text in pop.env.logs)
+    assert any("temporary file" in text and "memory" in text for _, text in pop.env.logs)
     assert pop.send("NOOP") == b"+OK\r\n"          # no message is being read
 
 
