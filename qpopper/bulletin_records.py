@@ -187,6 +187,8 @@ class BulletinDb:
         for attempt in range(1, self.tries + 1):
             try:
                 return operation()
+            except OverflowError as exc:       # a number over SQLite's INTEGER: never clears
+                raise BulletinDbError(f"{self.path}: {exc}") from None
             except sqlite3.Error as exc:
                 if not _clears_by_waiting(exc):
                     raise BulletinDbError(f"{self.path}: {exc}") from None

@@ -33,6 +33,8 @@ StepHook = Callable[[str], None]
 ALL_GROUP = "ALL"
 MAX_BULLETIN_OCTETS = 16 * 1024 * 1024
 """A bulletin larger than this is a mistake in bulldir, not a message for every user."""
+MAX_BULLETIN_NUMBER = 2**63 - 1
+"""The largest number a record holds (SQLite's INTEGER); a file named above it is skipped."""
 BULLDB_FAILED_TEXT = "Unable to open Bulletin database; contact your administrator"
 
 
@@ -44,16 +46,23 @@ class Bulletin:
     group: str | None       # None: everyone
 
 
-def list_bulletins(bulldir: str, group_bulletins: bool) -> list[Bulletin]:
+def list_bulletins(bulldir: str, group_bulletins: bool, log: Log) -> list[Bulletin]:
     """The bulletins in number order (ties by name). Raises OSError for an unreadable dir."""
     found = []
     for name in os.listdir(bulldir):
         digits = len(name) - len(name.lstrip("0123456789"))
         if not digits or not name[:digits].isascii():
             continue
+        number = int(name[:digits])
+        if number > MAX_BULLETIN_NUMBER:
+            # docs/bulletins.md, "What a bulletin is": the record (SQLite's INTEGER) cannot
+            # hold it, and it would stand above every later bulletin for good.
+            log(syslog.LOG_WARNING, f"Bulletin {name} skipped: its number is over "
+                                    f"{MAX_BULLETIN_NUMBER}")
+            continue
         parts = name.split(".")
         group = parts[1] if group_bulletins and len(parts) > 1 and parts[1] else None
-        found.append(Bulletin(int(name[:digits]), name, group))
+        found.append(Bulletin(number, name, group))
     found.sort(key=lambda b: (b.number, b.name))
     return found
 
@@ -180,7 +189,7 @@ class Delivery:
 
     # --- the steps --------------------------------------------------------------------------------
     def list_all(self) -> list[Bulletin]:
-        return list_bulletins(self.bulldir, self.cfg.group_bulletins)
+        return list_bulletins(self.bulldir, self.cfg.group_bulletins, self.log)
 
     def run(self) -> int:
         try:

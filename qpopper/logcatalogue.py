@@ -346,6 +346,8 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
          "The cut back failed too: check the spool."),
         ("Bulletin * skipped: it does not start with a valid 'From ' line",
          "A bulletin file is not an mbox message."),
+        ("Bulletin * skipped: its number is over *", "A bulletin file named by a number "
+         "no record can hold; rename it."),
         ("Bulletin * skipped: *", "A bulletin file cannot be read."),
         ("Bulletin * skipped: not a plain file of at most * octets", "Too big, or not a file."),
         ("Bulletin */* skipped: not world-readable", "Bulletin files must be mode 0644."),

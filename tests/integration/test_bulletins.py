@@ -143,10 +143,10 @@ def test_render_refuses_a_bulletin_without_a_valid_from_line():
 def test_bulletins_are_files_starting_with_a_digit_in_number_order(tmp_path):
     for name in ("10.ten", "9.nine", "00002.two", "x.notes", ".5.hidden", "README", "3"):
         (tmp_path / name).write_bytes(b"")
-    found = bulletins.list_bulletins(str(tmp_path), group_bulletins=False)
+    found = bulletins.list_bulletins(str(tmp_path), group_bulletins=False, log=print)
     assert [(b.number, b.name, b.group) for b in found] == [
         (2, "00002.two", None), (3, "3", None), (9, "9.nine", None), (10, "10.ten", None)]
-    grouped = bulletins.list_bulletins(str(tmp_path), group_bulletins=True)
+    grouped = bulletins.list_bulletins(str(tmp_path), group_bulletins=True, log=print)
     assert [b.group for b in grouped] == ["two", None, "nine", "ten"]
 
 
@@ -423,6 +423,33 @@ def test_bulldb_locked_by_another_writer_is_retried_then_refused(tmp_path, monke
         holder.close()
     assert env.deliver() == 1
     assert env.subjects() == ["2.b"]
+
+
+@pytest.mark.parametrize("bulldb", [False, True])
+def test_a_bulletin_numbered_over_what_a_record_holds_is_skipped_and_logged(tmp_path, bulldb):
+    """A file named by 20 digits: the bulletin database (SQLite INTEGER) cannot record it,
+    and it would stand above every later bulletin. Skipped and logged; everyone logs in."""
+    env = bulldb_env(tmp_path) if bulldb else Env(tmp_path)
+    env.post("00001.one")
+    env.post("99999999999999999999.big")
+    assert env.deliver() == 1
+    assert env.subjects() == ["00001.one"]
+    assert (syslog.LOG_WARNING, "Bulletin 99999999999999999999.big skipped: its number is over "
+            f"{2**63 - 1}") in env.logged
+    assert env.deliver() == 0
+
+
+def test_a_number_the_bulletin_database_cannot_hold_is_a_database_error(tmp_path):
+    """The backstop: SQLite's OverflowError is the database's failure (bulldb-nonfatal
+    decides), never an exception that ends every login."""
+    env = bulldb_env(tmp_path)
+    path = env.bulldir / bulletin_records.BULLDB_DIR / bulletin_records.BULLDB_FILE
+    db = bulletin_records.BulletinDb(str(path), USER, 3, env.log, None)
+    try:
+        with pytest.raises(bulletin_records.BulletinDbError, match="too large"):
+            db.save(2**64)
+    finally:
+        db.close()
 
 
 # --- groups (real groups: groupadd) -------------------------------------------------------------
