@@ -46,12 +46,23 @@ class Bulletin:
     group: str | None       # None: everyone
 
 
+LEFT_OVER_SUFFIXES = ("~", ".bak", ".swp", ".tmp", ".orig", ".dpkg-old", ".dpkg-new",
+                      ".dpkg-dist", ".dpkg-tmp", ".rpmnew", ".rpmsave")
+"""Names an editor or a package manager leaves beside a file: never bulletins."""
+
+
+def is_left_over(name: str) -> bool:
+    """An editor's backup or swap file, or a package manager's old/new copy
+    (docs/bulletins.md, "What a bulletin is")."""
+    return name.lower().endswith(LEFT_OVER_SUFFIXES)
+
+
 def list_bulletins(bulldir: str, group_bulletins: bool, log: Log) -> list[Bulletin]:
     """The bulletins in number order (ties by name). Raises OSError for an unreadable dir."""
     found = []
     for name in os.listdir(bulldir):
         digits = len(name) - len(name.lstrip("0123456789"))
-        if not digits or not name[:digits].isascii():
+        if not digits or not name[:digits].isascii() or is_left_over(name):
             continue
         number = int(name[:digits])
         if number > MAX_BULLETIN_NUMBER:

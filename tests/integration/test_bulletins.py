@@ -150,6 +150,23 @@ def test_bulletins_are_files_starting_with_a_digit_in_number_order(tmp_path):
     assert [b.group for b in grouped] == ["two", None, "nine", "ten"]
 
 
+@pytest.mark.parametrize("left_over", ["00001.notice~", "00001.notice.bak", "00001.notice.swp",
+                                       "00001.notice.dpkg-old", "00001.notice.dpkg-new",
+                                       "00001.notice.dpkg-dist", "00001.notice.rpmnew",
+                                       "00001.notice.rpmsave", "00001.notice.BAK",
+                                       "00002.draft.tmp", ".00001.notice.swp"])
+def test_editor_and_package_manager_left_overs_are_not_bulletins(tmp_path, left_over):
+    """An editor's backup of 00001.notice has the same number: delivered, it would be a second
+    bulletin with the same X-UIDL. Only the bulletin itself goes out."""
+    env = Env(tmp_path)
+    env.post("00001.notice")
+    env.post(left_over)
+    assert [b.name for b in bulletins.list_bulletins(str(env.bulldir), False, env.log)] == [
+        "00001.notice"]
+    assert env.deliver() == 1
+    assert env.subjects() == ["00001.notice"]
+
+
 # --- what a user gets ---------------------------------------------------------------------------------
 def test_new_user_gets_the_newest_max_bulletins_with_uidl_and_to(tmp_path):
     env = Env(tmp_path, max_bulletins=2)
