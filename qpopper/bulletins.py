@@ -148,6 +148,7 @@ class Delivery:
         self.lock_step_s = lock_step_s
         self.clock = clock
         self.bulldir = cfg.bulldir
+        self.skipped: list[int] = []    # numbers of the bulletins this login could not copy
 
     def step(self, name: str) -> None:
         if self.hook is not None:
@@ -197,6 +198,15 @@ class Delivery:
 
     def wanted(self, every: list[Bulletin], last: int) -> list[Bulletin]:
         return [b for b in every if b.number > last and is_for(b, self.user, self.login.gid)]
+
+    def high_water(self, last: int, newest: int, wanted: list[Bulletin]) -> int:
+        """What the record becomes (docs/bulletins.md, "Skipped bulletins"): the newest number,
+        unless bulletins were skipped above every one copied; then just below the lowest of
+        those, so they are tried again while no newer bulletin has gone out (the record is one
+        number: moving it below a copied one would copy that one twice)."""
+        copied = [b.number for b in wanted if b.number not in self.skipped]
+        pending = [n for n in self.skipped if n > max(copied, default=last)]
+        return max(last, min(pending) - 1 if pending else newest)
 
     # --- the steps --------------------------------------------------------------------------------
     def list_all(self) -> list[Bulletin]:
@@ -251,21 +261,23 @@ class Delivery:
         wanted = self.wanted(every, last)
         stamp = int(self.clock())
         offset = os.fstat(fd).st_size
+        self.skipped = []
         payload, delivered = self._payload(fd, offset, wanted, stamp)
+        record = self.high_water(last, newest, wanted)
         if not payload:
-            if seen.last != max(last, newest) or seen.empty:
-                store.save(max(last, newest))
+            if seen.last != record or seen.empty:
+                store.save(record)
             return 0
         st = os.fstat(fd)
         intent = {"dev": st.st_dev, "ino": st.st_ino, "offset": offset, "length": len(payload),
                   "sha256": hashlib.sha256(payload).hexdigest(), "stamp": stamp,
-                  "numbers": [b.number for b in wanted], "newest": newest}
+                  "numbers": [b.number for b in wanted], "newest": record}
         self.step("record-intent")
         store.save(last, intent)
         try:
             self._append(fd, offset, payload, refresh)
             self.step("record-seen")
-            store.save(max(last, newest))
+            store.save(record)
         except BaseException:
             self._cut_back(fd, offset)
             try:
@@ -293,6 +305,7 @@ class Delivery:
             if message is None:
                 self.log(syslog.LOG_WARNING, f"Bulletin {bulletin.name} skipped: it does not "
                                              "start with a valid 'From ' line")
+                self.skipped.append(bulletin.number)
                 continue
             parts.append(message)
         if not parts:
@@ -302,6 +315,13 @@ class Delivery:
         return padding_after(fd, offset, open_message=None) + b"".join(parts), len(parts)
 
     def _read_bulletin(self, bulletin: Bulletin) -> bytes | None:
+        """The file's bytes, or None (logged, and noted in `skipped`)."""
+        data = self._read_file(bulletin)
+        if data is None:
+            self.skipped.append(bulletin.number)
+        return data
+
+    def _read_file(self, bulletin: Bulletin) -> bytes | None:
         path = os.path.join(self.bulldir, bulletin.name)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)

@@ -97,7 +97,9 @@ class MaildirDelivery(Delivery):
         present = numbers_present(self.path)
         stamp = int(self.clock())
         delivered = 0
-        for bulletin in self.wanted(every, last):
+        self.skipped = []
+        wanted = self.wanted(every, last)
+        for bulletin in wanted:
             if bulletin.number in present:
                 continue                                     # an earlier, interrupted login's
             data = self._read_bulletin(bulletin)
@@ -109,6 +111,7 @@ class MaildirDelivery(Delivery):
             if message is None:
                 self.log(syslog.LOG_WARNING, f"Bulletin {bulletin.name} skipped: it does not "
                                              "start with a valid 'From ' line")
+                self.skipped.append(bulletin.number)
                 continue
             self._place(file_name(stamp, bulletin, self.hostname), message)
             delivered += 1
@@ -116,7 +119,8 @@ class MaildirDelivery(Delivery):
             self.step("fsync-new")
             fsync_dir(os.path.join(self.path, "new"))
         self.step("record-seen")
-        self._save(store, max(last, newest))                 # also drops an mbox-era intent
+        # docs/bulletins.md, "Skipped bulletins"; also drops an mbox-era intent
+        self._save(store, self.high_water(last, newest, wanted))
         if delivered:
             self.log(syslog.LOG_INFO, f"Delivered {delivered} bulletin(s) to {self.user} "
                                       f"(up to {newest})")

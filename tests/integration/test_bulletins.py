@@ -323,6 +323,69 @@ def test_mmdf_spool_gets_mmdf_wrapped_bulletins(tmp_path):
     assert env.spool().endswith(sep) and b"From qpop" not in env.spool()
 
 
+# --- skipped bulletins (docs/bulletins.md, "Skipped bulletins") ----------------------------------
+def break_bulletin(env, name: str, how: str) -> None:
+    """A bulletin the login must skip: still empty (being written), not world-readable, or
+    without its From line."""
+    path = env.bulldir / name
+    if how == "empty":
+        path.write_bytes(b"")
+    elif how == "not-world-readable":
+        path.write_bytes(bulletin_text(name))
+        os.chmod(path, 0o640)
+    else:
+        path.write_bytes(b"Subject: no envelope\n\nx\n")
+
+
+@pytest.mark.parametrize("how", ["empty", "not-world-readable", "no-from-line"])
+@pytest.mark.parametrize("store", ["popbull", "bulldb"])
+def test_a_skipped_newest_bulletin_is_delivered_once_it_is_mended(tmp_path, how, store):
+    env = bulldb_env(tmp_path, max_bulletins=5) if store == "bulldb" else Env(
+        tmp_path, max_bulletins=5)
+    env.post("1.b")
+    break_bulletin(env, "2.b", how)
+    assert env.deliver() == 1
+    assert any(p == syslog.LOG_WARNING and t.startswith("Bulletin ") and "2.b skipped: " in t
+               for p, t in env.logged)
+    assert env.deliver(stamp=STAMP + 1) == 0               # tried again, still skipped
+    env.post("2.b")                                        # mended
+    os.chmod(env.bulldir / "2.b", 0o644)
+    assert env.deliver(stamp=STAMP + 2) == 1
+    assert env.subjects() == ["1.b", "2.b"]
+    assert env.deliver(stamp=STAMP + 3) == 0
+    if store == "popbull":
+        assert env.popbull.read_bytes() == b"2\n"
+    else:
+        assert [row[:2] for row in db_rows(env)] == [(USER, 2)]
+
+
+def test_a_broken_bulletin_never_holds_back_newer_ones_nor_repeats_them(tmp_path):
+    """The record is one number: once a newer bulletin went out, a skipped older one is given
+    up (copying it later would need the record below the newer one, which would then be
+    copied twice)."""
+    env = Env(tmp_path, max_bulletins=5)
+    env.post("1.b")
+    break_bulletin(env, "2.b", "empty")
+    assert env.deliver() == 1
+    env.post("3.b")
+    assert env.deliver(stamp=STAMP + 1) == 1               # 3 goes out; 2 is still empty
+    assert env.popbull.read_bytes() == b"3\n"
+    env.post("2.b")
+    assert env.deliver(stamp=STAMP + 2) == 0
+    assert env.subjects() == ["1.b", "3.b"]
+
+
+def test_a_skipped_bulletin_below_a_copied_one_is_not_tried_again(tmp_path):
+    env = Env(tmp_path, max_bulletins=5)
+    break_bulletin(env, "1.b", "not-world-readable")
+    env.post("2.b")
+    assert env.deliver() == 1
+    assert env.popbull.read_bytes() == b"2\n"
+    os.chmod(env.bulldir / "1.b", 0o644)
+    assert env.deliver(stamp=STAMP + 1) == 0
+    assert env.subjects() == ["2.b"]
+
+
 # --- the bulletin database ------------------------------------------------------------------------
 def bulldb_env(tmp_path, **options):
     env = Env(tmp_path, bulldb=True, **options)

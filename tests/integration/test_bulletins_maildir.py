@@ -127,6 +127,20 @@ def test_a_bulletin_already_in_cur_under_flags_is_not_delivered_again(tmp_path):
     assert env.popbull.read_bytes() == b"1\n"
 
 
+def test_a_skipped_newest_bulletin_is_delivered_once_it_is_mended(tmp_path):
+    """docs/bulletins.md, "Skipped bulletins": the record stays below it while nothing newer
+    went out."""
+    env = MaildirEnv(tmp_path, max_bulletins=5)
+    env.post(1)
+    (env.bulldir / "2.b").write_bytes(b"")                 # still being written
+    assert env.deliver() == 1
+    assert env.popbull.read_bytes() == b"1\n"
+    env.post(2)
+    assert env.deliver(stamp=STAMP + 1) == 1
+    assert env.subjects() == [b"ordinary mail", b"1.b", b"2.b"]
+    assert env.popbull.read_bytes() == b"2\n"
+
+
 CRASH_POINTS = [("bulletins:write-tmp", 1), ("bulletins:fsync-tmp", 1),
                 ("bulletins:link-new", 1), ("bulletins:write-tmp", 2),
                 ("bulletins:link-new", 2), ("bulletins:fsync-new", 1),
