@@ -2,9 +2,10 @@
 temporary copy of the tree and lints them; the .deb is installed with apt-get, its units pass
 `systemd-analyze verify`, the installed /usr/sbin/popper is started exactly as each unit starts
 it (on a free loopback port instead of 110/995), a real user logs in through the installed
-/etc/pam.d/pop3 and fetches a message; postinst makes the hashed spool directories; reinstall
-and purge are idempotent and purge leaves every spool with mail untouched. The RPM is
-installed into a private rpm root.
+/etc/pam.d/pop3 and fetches a message; the built maintainer scripts, run with stub systemd
+tools, keep the socket units listening across an upgrade and stop them on removal; postinst
+makes the hashed spool directories; reinstall and purge are idempotent and purge leaves every
+spool with mail untouched. The RPM is installed into a private rpm root.
 
 The tests of this module run in file order and share one build and one installation
 (module fixture); the last test purges, and the fixture purges again whatever happened.
@@ -319,6 +320,58 @@ def test_the_deb_ships_the_administrators_documentation(packages):
     doc = f"./usr/share/doc/{PACKAGE}/"
     for name in ("README.Debian", "README.md", "operations.md", "privsep.md"):
         assert re.search(rf" {re.escape(doc + name)}(\.gz)?$", names, re.M), name
+
+
+SOCKETS = ("qpopper.socket", "qpopper-tls.socket", "poppassd.socket")
+
+
+def systemd_calls(deb: str, *steps: tuple[str, ...]) -> list[list[str]]:
+    """Run the .deb's own maintainer scripts (`(script, args...)` in order; postinst only from
+    debhelper's part on: the rest changes the system) as if systemd were PID 1, with stubs for
+    the tools they call that only record their arguments; the recorded
+    deb-systemd-invoke/systemctl calls of each step."""
+    with tempfile.TemporaryDirectory(prefix="qpt-maint-") as t:
+        run("dpkg-deb", "-e", deb, f"{t}/ctl")
+        os.makedirs(f"{t}/bin")
+        os.makedirs(f"{t}/run-systemd")
+        for tool in ("deb-systemd-invoke", "deb-systemd-helper", "systemctl", "py3compile",
+                     "py3clean"):
+            Path(f"{t}/bin/{tool}").write_text(f'#!/bin/sh\necho "{tool} $*" >> {t}/calls\n')
+            os.chmod(f"{t}/bin/{tool}", 0o755)
+        for name in ("preinst", "postinst", "prerm"):
+            if not (Path(t) / "ctl" / name).exists():      # no script: nothing to call
+                Path(f"{t}/{name}").write_text("#!/bin/sh\n")
+                continue
+            text = (Path(t) / "ctl" / name).read_text()
+            if name == "postinst":
+                text = "#!/bin/sh\nset -e\n" + text[text.index("# Automatically added by dh_"):]
+            Path(f"{t}/{name}").write_text(text.replace("/run/systemd/system", f"{t}/run-systemd"))
+        found = []
+        for script, *args in steps:
+            Path(f"{t}/calls").write_text("")
+            run("sh", f"{t}/{script}", *args, env={"PATH": f"{t}/bin:{SYS_PATH}"})
+            found.append([line.split() for line in Path(f"{t}/calls").read_text().splitlines()
+                          if line.startswith(("deb-systemd-invoke", "systemctl"))])
+        return found
+
+
+def test_socket_units_survive_an_upgrade_and_stop_on_removal(packages):
+    """An administrator who runs the socket units: the upgrade leaves them listening and
+    restarts the running ones after it; removal stops them (as the RPM's %preun); a first
+    install starts none of them (they share ports with qpopper.service)."""
+    preinst, postinst, prerm_upgrade = systemd_calls(
+        packages.deb, ("preinst", "upgrade", "0.0.9"), ("postinst", "configure", "0.0.9"),
+        ("prerm", "upgrade", "0.1.0"))
+    stopped = {u for call in preinst + prerm_upgrade if call[1] == "stop" for u in call[2:]}
+    assert not stopped & set(SOCKETS), preinst + prerm_upgrade
+    restarted = {u for call in postinst if call[1] == "try-restart" for u in call[2:]}
+    assert set(SOCKETS) <= restarted, postinst
+    (first_install,) = systemd_calls(packages.deb, ("postinst", "configure"))
+    started = {u for call in first_install if call[1] in ("start", "restart") for u in call[2:]}
+    assert started == {"qpopper.service"}, first_install
+    (prerm_remove,) = systemd_calls(packages.deb, ("prerm", "remove"))
+    stopped = {u for call in prerm_remove if call[1] == "stop" for u in call[2:]}
+    assert stopped == {"qpopper.service", *SOCKETS}, prerm_remove
 
 
 def test_install_with_apt(packages):

@@ -151,11 +151,13 @@ def test_hardening_keeps_what_the_server_needs():
 def test_only_the_masters_are_enabled_by_default():
     rules = (REPO / "debian/rules").read_text()
     assert "dh_installsystemd qpopper.service\n" in rules
-    assert "dh_installsystemd --no-enable --no-start qpopper.socket qpopper-tls.socket\n" in rules
+    assert ("dh_installsystemd --no-enable --no-start --restart-after-upgrade qpopper.socket "
+            "qpopper-tls.socket\n") in rules
     spec = (REPO / "rpm/qpopper.spec").read_text()
     assert "preset qpopper.service >" in spec
     # poppassd (clear-text passwords on port 106) is installed, never enabled or started.
-    assert "dh_installsystemd --no-enable --no-start poppassd.socket\n" in rules
+    assert ("dh_installsystemd --no-enable --no-start --restart-after-upgrade "
+            "poppassd.socket\n") in rules
     assert "preset poppassd" not in spec
 
 
@@ -208,13 +210,26 @@ def test_debian_control_relations():
 
 
 @pytest.mark.skipif(shutil.which("sh") is None, reason="no sh")
-@pytest.mark.parametrize("script", ["debian/postinst", "debian/postrm"])
+@pytest.mark.parametrize("script", ["debian/postinst", "debian/postrm", "debian/prerm"])
 def test_maintainer_scripts_are_valid_sh(script):
     result = subprocess.run(["sh", "-n", str(REPO / script)], capture_output=True, text=True,
                             timeout=30)
     assert result.returncode == 0, result.stderr
     text = (REPO / script).read_text()
-    assert "#DEBHELPER#" in text and text.startswith("#!/bin/sh\n") and "set -e" in text
+    # exactly once: debhelper replaces every occurrence, also one in a comment
+    assert text.count("#DEBHELPER#") == 1 and text.startswith("#!/bin/sh\n") and "set -e" in text
+
+
+def test_removal_stops_every_socket_unit_as_the_rpm_does():
+    """--no-start leaves the sockets' stop on removal to debian/prerm; the RPM's %preun
+    stops the same units."""
+    prerm = (REPO / "debian/prerm").read_text()
+    spec = (REPO / "rpm/qpopper.spec").read_text()
+    preun = spec.split("%preun", 1)[1].split("%postun", 1)[0]
+    for name in ("qpopper.socket", "qpopper-tls.socket", "poppassd.socket"):
+        assert name in preun
+        assert re.search(rf'"\$1" = remove .*\n.*deb-systemd-invoke stop [^\n]*\b{name}\b',
+                         prerm), name
 
 
 def test_rpm_spec_defines_fallbacks_for_missing_fedora_macros():
