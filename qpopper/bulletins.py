@@ -35,6 +35,8 @@ MAX_BULLETIN_OCTETS = 16 * 1024 * 1024
 """A bulletin larger than this is a mistake in bulldir, not a message for every user."""
 MAX_BULLETIN_NUMBER = 2**63 - 1
 """The largest number a record holds (SQLite's INTEGER); a file named above it is skipped."""
+EMPTY_SPOOL_FIRST_LINE = {"mbox": b"", "mmdf": b"\x01\x01\x01\x01\n"}
+"""What an empty spool's first line would be, by spool-format (mmdf: MMDF's usual ^A^A^A^A)."""
 BULLDB_FAILED_TEXT = "Unable to open Bulletin database; contact your administrator"
 
 
@@ -292,7 +294,10 @@ class Delivery:
     def _payload(self, fd: int, offset: int, wanted: list[Bulletin], stamp: int
                  ) -> tuple[bytes, int]:
         """The bytes to append at `offset` (padding first) and how many bulletins they hold."""
-        first = os.pread(fd, limits.MAX_SPOOL_LINE_OCTETS, 0) if offset else b""
+        # An empty spool has no first line to tell its format: spool-format says what the
+        # delivery agent writes (docs/bulletins.md, "What a bulletin is").
+        first = (os.pread(fd, limits.MAX_SPOOL_LINE_OCTETS, 0) if offset
+                 else EMPTY_SPOOL_FIRST_LINE[self.cfg.spool_format])
         sep = mmdf_separator(first)             # the scan's, as the padding's
         mmdf = separator_line(sep) if sep is not None else None
         parts = []

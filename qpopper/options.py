@@ -347,6 +347,13 @@ OPTIONS: tuple[Option, ...] = (
        "Extension: directory of the users' <user>.popbull files instead of ~/.popbull "
        "(root:mail 3770; Qpopper: configure --enable-popbulldir).",
        extension=True, scope=Scope.NOT_USER, example="/var/spool/popbull"),
+    mnemonic("spool-format", "mbox", ("mbox", "mmdf"),
+       "Extension: how the delivery agent frames messages in the spools: mbox (From_ lines) "
+       "or mmdf (^A^A^A^A separator lines; Qpopper: the compile-time MMDF_SEP_CHAR). Only "
+       "asked where a spool is empty and so cannot tell, when a bulletin is its first "
+       "message; a spool's own first line always wins. Set mmdf at an MMDF site, or the "
+       "next delivered message is read as part of such a bulletin. See docs/bulletins.md.",
+       extension=True, scope=Scope.NOT_HOME),
     string("listen", (),
        "Extension: [ADDRESS:]PORT to listen on as a standalone server (IPv6 in brackets); "
        "repeat to add more; the positional [ADDRESS:]PORT argument adds one. None: inetd "

@@ -323,6 +323,33 @@ def test_mmdf_spool_gets_mmdf_wrapped_bulletins(tmp_path):
     assert env.spool().endswith(sep) and b"From qpop" not in env.spool()
 
 
+@pytest.mark.parametrize("spool_file", ["missing", "empty"])
+def test_empty_spool_at_an_mmdf_site_gets_an_mmdf_bulletin(tmp_path, spool_file):
+    """The empty spool cannot tell its format: spool-format mmdf says it. In From_ form the
+    MMDF agent's next message would be read as part of the bulletin (and deleted with it)."""
+    env = Env(tmp_path, spool_format="mmdf")
+    sep = b"\x01\x01\x01\x01\n"
+    if spool_file == "empty":
+        open(env.paths.spool, "wb").close()
+    env.post("1.b")
+    assert env.deliver() == 1
+    assert env.spool().startswith(sep) and env.spool().endswith(sep)
+    with open(env.paths.spool, "ab") as f:                 # the delivery agent's next message
+        f.write(sep + b"Subject: mmdf mail\n\nbody\n" + sep)
+    assert env.subjects() == ["1.b", "mmdf mail"]
+
+
+@pytest.mark.parametrize("spool_format", ["mbox", "mmdf"])
+def test_a_spools_own_first_line_wins_over_spool_format(tmp_path, spool_format):
+    env = Env(tmp_path, spool_format=spool_format)
+    with open(env.paths.spool, "wb") as f:
+        f.write(SPOOL_MAIL)
+    env.post("1.b")
+    assert env.deliver() == 1
+    assert env.subjects() == ["ordinary mail", "1.b"]
+    assert b"\x01" not in env.spool()
+
+
 # --- skipped bulletins (docs/bulletins.md, "Skipped bulletins") ----------------------------------
 def break_bulletin(env, name: str, how: str) -> None:
     """A bulletin the login must skip: still empty (being written), not world-readable, or

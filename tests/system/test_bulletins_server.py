@@ -1,7 +1,8 @@
 """Bulletins end to end through the real server with real users (root only): delivered once
 after the privilege drop, files owned by the user, popbulldir, the SQLite bulletin database
-shared by users of the mail group, the [SYS/TEMP] refusal, and a session killed between the
-append and the record (the next login has the bulletin exactly once)."""
+shared by users of the mail group, the [SYS/TEMP] refusal, a session killed between the
+append and the record (the next login has the bulletin exactly once), and an MMDF site's
+empty spool (spool-format)."""
 
 from __future__ import annotations
 
@@ -238,6 +239,32 @@ def test_session_killed_after_the_append_then_next_login_has_it_once(site, syste
         assert f.read().count(b"Subject: Example bulletin") == 1   # appended, record not
     assert subjects_after_login(site.server(), user) == [b"hello", b"Example bulletin"]
     site.syslog.wait_for(r"Bulletin delivery of an earlier session of .*: delivered")
+
+
+def test_mmdf_site_bulletin_in_an_empty_spool_keeps_the_next_delivery_apart(site,
+                                                                            system_users):
+    """spool-format mmdf (docs/bulletins.md, "What a bulletin is"): the empty spool's bulletin
+    is MMDF, so the agent's next message is a message of its own, not part of the bulletin,
+    and deleting the bulletin leaves it."""
+    with open(site.config, "a") as f:
+        f.write("set spool-format = mmdf\n")
+    user = system_users.create("bm")
+    spool = make_spool(site.spool_dir, user, b"")             # an MMDF site, spool emptied
+    server = site.server()
+    assert subjects_after_login(server, user) == [b"Example bulletin"]
+    sep = b"\x01\x01\x01\x01\n"
+    with open(spool, "ab") as f:                              # the MMDF delivery agent
+        f.write(sep + b"From: friend@example.org\nSubject: real mail\n\nhello\n" + sep)
+    client = login(server, user)
+    try:
+        assert [s for s, _ in subjects_and_uids(client)] == [b"Example bulletin", b"real mail"]
+        client.dele(1)
+        client.quit()
+    finally:
+        client.close()
+    with open(spool, "rb") as f:
+        data = f.read()
+    assert b"Subject: real mail" in data and b"Example bulletin" not in data
 
 
 def test_server_mode_takes_the_bulletin_from_the_spool_once(site, system_users):
