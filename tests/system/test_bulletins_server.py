@@ -321,3 +321,39 @@ def test_maildir_user_gets_the_bulletin_once_as_a_file_of_their_own(site, system
             db.close()
     assert subjects_after_login(server, user) == [b"Example bulletin"]    # not twice
     assert not os.path.exists(os.path.join(site.spool_dir, user.name))    # no mbox made
+
+
+@pytest.mark.parametrize("mode", ["normal", "server"])
+def test_a_bulletin_delivered_during_a_session_on_an_mmdf_spool_is_served(site, system_users,
+                                                                         mode):
+    """A login during another session of the same user delivers its bulletin before it is
+    refused [IN-USE]. In normal mode the spool is empty then (its mail is in the session's
+    drop): the bulletin must still be written in the MMDF framing of the mail it joins, or
+    it becomes junk after the drop's last trailer and is never served (docs/bulletins.md)."""
+    if mode == "server":
+        with open(site.config, "a") as f:
+            f.write("set server-mode\n")
+    user = system_users.create("bm")
+    sep = b"\x01\x01\x01\x01\n"
+    make_spool(site.spool_dir, user, sep + b"Subject: mmdf mail\n\nbody\n" + sep)
+    server = site.server()
+    first = login(server, user)
+    try:
+        assert [s for s, _ in subjects_and_uids(first)] == [b"mmdf mail", b"Example bulletin"]
+        with open(os.path.join(site.options["bulldir"], "00002.Second"), "wb") as f:
+            f.write(BULLETIN.replace(b"Example bulletin", b"Second bulletin"))
+        second = poplib.POP3(server.host, server.port, timeout=20)
+        try:
+            second.user(user.name)
+            with pytest.raises(poplib.error_proto, match=r"IN-USE"):
+                second.pass_(user.password)
+        finally:
+            second.close()
+        first.quit()
+    finally:
+        first.close()
+    spool = os.path.join(site.spool_dir, user.name)
+    with open(spool, "rb") as f:
+        assert b"From qpop" not in f.read()
+    assert subjects_after_login(server, user) == [b"mmdf mail", b"Example bulletin",
+                                                  b"Second bulletin"]
