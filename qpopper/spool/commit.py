@@ -70,9 +70,11 @@ class CommitEngine:
     def append_spool(self, writer: ChunkWriter, lock: SpoolLock, start: int, length: int,
                      name: str) -> bool:
         """Put the spool's [start, start+length) after what `writer` wrote to the image, with
-        the separator padding it needs first. True when padding was written. The image's
-        messages were written closed (an open MMDF message gets its trailer: mbox_write,
-        normal mode's restore)."""
+        the separator padding it needs first, and in an MMDF image what closes its end when
+        the copied mail ends open (its separator lines counted), so the spool never ends open
+        after our write (docs/mbox.md, "What write-back writes"). True when padding was
+        written first. The image's messages were written closed (an open MMDF message gets
+        its trailer: mbox_write, normal mode's restore)."""
         image = writer.fd
         spool = lock.fd
         pad = mbox.padding_after(image, writer.pos, open_message=False)
@@ -81,7 +83,17 @@ class CommitEngine:
             writer.flush()
         copy_range(spool, start, length, image, writer.pos, self.step, name,
                    lock.refresh_if_due)
+        self._close_end(image, writer.pos, writer.pos + length)
         return bool(pad)
+
+    def _close_end(self, image: int, start: int, end: int) -> int:
+        """Close an MMDF image's end after mail copied into [start, end) (closed before it);
+        returns how many octets that wrote."""
+        closing = mbox.closing_counted(image, end, start)
+        if closing:
+            self.step("close-image-end")
+            pwrite_all(image, closing, end)
+        return len(closing)
 
     def open_image(self, *, truncate: bool) -> int:
         if truncate:
@@ -229,6 +241,7 @@ class CommitEngine:
                     copy_range(spool, eof, size - eof, image, image_len + len(pad), self.step,
                                "copy-spool-to-image", lock.refresh_if_due)
                     new_len = image_len + len(pad) + size - eof
+                    new_len += self._close_end(image, image_len + len(pad), new_len)
                 self.step("fsync-image")
                 os.fsync(image)
                 # The spool may be partly rewritten already: running out of room must

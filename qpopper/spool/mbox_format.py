@@ -286,12 +286,16 @@ def mmdf_ends_open(fd: int, size: int, sep: bytes) -> bool:
     return _mmdf_ending(fd, size, sep) == "open"
 
 
-def _mmdf_ending(fd: int, size: int, sep: bytes) -> str:
-    """"open", "cut trailer" (the closing line cut by the end: it closes) or "closed"."""
+def _mmdf_ending(fd: int, size: int, sep: bytes, start: int = 0) -> str:
+    """"open", "cut trailer" (the closing line cut by the end: it closes) or "closed", for
+    [0, size); with `start`, for [start, size) after a closed part ending with an LF at
+    start - 1 (the first line, at 0, opens)."""
     line = separator_line(sep)
     closer = re.compile(re.escape(b"\n" + line[:-1]) + b"(?=\n)")
-    pos = len(sep) - 1 if sep.endswith(b"\n") else len(sep)      # the first line's LF
-    lines = 0
+    if start:
+        pos, lines = start - 1, 1               # the LF before start; closed there
+    else:
+        pos, lines = (len(sep) - 1 if sep.endswith(b"\n") else len(sep)), 0   # its LF
     while pos < size:
         # each chunk reads on far enough to see a whole match starting in its first part
         step = min(limits.COPY_CHUNK_OCTETS, size - pos)
@@ -302,9 +306,30 @@ def _mmdf_ending(fd: int, size: int, sep: bytes) -> str:
         pos += step
     if lines % 2:
         return "closed"
-    if size > len(line) and os.pread(fd, len(line), size - len(line)) == b"\n" + line[:-1]:
+    if (size - len(line) >= max(start - 1, 1)
+            and os.pread(fd, len(line), size - len(line)) == b"\n" + line[:-1]):
         return "cut trailer"
     return "open"
+
+
+def closing_counted(fd: int, size: int, start: int = 0) -> bytes:
+    """closing_octets without a scan: what the MMDF file [0, size) of fd needs at its end,
+    its separator lines counted from `start` (0, or where a closed part ends with an LF at
+    start - 1: mail a write-back copied after the messages it wrote closed). Nothing for a
+    From_ file (docs/mbox.md, "What write-back writes")."""
+    if not size:
+        return b""
+    sep = mmdf_separator(os.pread(fd, min(size, limits.MAX_SPOOL_LINE_OCTETS), 0))
+    if sep is None or size == start:
+        return b""
+    ending = _mmdf_ending(fd, size, sep, start)
+    if ending == "cut trailer":
+        return b"\n"
+    if ending == "open":
+        return padding_after(fd, size, open_message=True)
+    if os.pread(fd, 1, size - 1) == b"\n":
+        return b""
+    return padding_after(fd, size, open_message=False)
 
 
 def padding_after(fd: int, size: int, *, open_message: bool | None) -> bytes:

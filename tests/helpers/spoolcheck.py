@@ -433,6 +433,8 @@ SHAPES = {
     "mmdf": (b"".join(mmdf(n) for n in range(1, 5)), b"", {1}, {0}),
     # its last message without a trailer (docs/mbox.md, "What write-back writes")
     "mmdf-open": (b"".join(mmdf(n) for n in range(1, 5))[:-5], mmdf(9), {1}, {0}),
+    # mail delivered during the session ends open: the write-back closes it
+    "mmdf-open-new-mail": (b"".join(mmdf(n) for n in range(1, 5)), mmdf(9)[:-5], {1}, {0}),
     "no-final-newline": (message(1) + message(2) + from_line(3) + b"Subject: cut\n\nno newline",
                          b"", {0}, {2}),
     "x-uidl": (b"".join(message(n, extra_headers=b"X-UIDL: existing-uid-%05d\nStatus: RO\n" % n)

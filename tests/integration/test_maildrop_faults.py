@@ -112,6 +112,8 @@ def test_kill_at_every_step_loses_and_duplicates_nothing(tmp_path, shape):
                     else "update:journal-commit-rename") in steps, steps
         if shape in OLD_DROPS:
             assert "open:copy-old-temp-drop" in steps
+        # mail left open during the session is closed after its copy (docs/mbox.md)
+        assert (f"{scenario}:close-image-end" in steps) == (shape == "mmdf-open-new-mail")
         for k, step in enumerate(steps):
             rig.crash(scenario, k)
             seen, leftovers = rig.next_view()

@@ -35,6 +35,9 @@ SHAPES = {
     # its last message without a trailer: the login closes it (docs/mbox.md, "What write-back
     # writes")
     "mmdf-open": (b"".join(mmdf(n) for n in range(1, 5))[:-5], mmdf(9), {1}, {0}, False),
+    # mail delivered during the session ends open: the rewrite closes it
+    "mmdf-open-new-mail": (b"".join(mmdf(n) for n in range(1, 5)), mmdf(9)[:-5], {1}, {0},
+                           False),
     "no-final-newline": (message(1) + message(2) + b"From x@y Wed Dec  2 05:53:22 1992\n"
                          b"Subject: cut\n\nno newline", b"", {0}, {2}, False),
     "new-mail": (b"".join(message(n) for n in range(1, 6)), message(100) + message(101),
@@ -126,6 +129,8 @@ def test_server_mode_kill_at_every_step_loses_and_duplicates_nothing(tmp_path, s
     for scenario in ("update", "restore"):
         steps = rig.steps(scenario)
         assert ("open:close-spool-end" in steps) == (shape == "mmdf-open"), steps
+        assert ("update:close-image-end" in steps) == (
+            scenario == "update" and shape == "mmdf-open-new-mail"), steps
         if scenario == "update" and deleted:
             assert any(s.startswith("update:") and "spool" in s for s in steps), steps
             assert ("update:rename-image-over-spool" in steps) == (

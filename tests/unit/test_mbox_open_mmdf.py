@@ -90,6 +90,17 @@ def spool_bytes(paths) -> bytes:
         return f.read()
 
 
+def end_session(drop, how: str, deleted: set[int]) -> None:
+    """QUIT (with `deleted`) or an abort, then close."""
+    try:
+        if how == "quit":
+            drop.update(deleted, set())
+        else:
+            drop.restore()
+    finally:
+        drop.close()
+
+
 SESSIONS = [("quit", set()), ("quit", {0}), ("quit", {1}), ("restore", set())]
 
 
@@ -109,12 +120,8 @@ def test_mail_appended_during_a_session_after_an_open_message(tmp_path, mode, ho
         assert len(drop.messages) == 2
         before = [(m.uid, m.octets, retr(drop, i)) for i, m in enumerate(drop.messages)]
         append(paths.spool, NEW_MAIL)
-        if how == "quit":
-            drop.update(deleted, set())
-        else:
-            drop.restore()
     finally:
-        drop.close()
+        end_session(drop, how, deleted)
     after = spool_bytes(paths)
     assert served(after) == expected(end, deleted)
     # every kept message and the new mail as RETR and LIST served them, byte for byte
@@ -478,3 +485,31 @@ def test_mail_appended_before_the_lock_is_taken_again_is_left_as_it_is(tmp_path,
     monkeypatch.setattr(mbox, "closing_octets", then_an_agent_appends)
     open_drop(cfg, paths).close()
     assert spool_bytes(paths) == open_spool("no final LF") + new_mail
+
+
+@pytest.mark.parametrize("end", list(OPEN_ENDS))
+@pytest.mark.parametrize("how,deleted", [("quit", set()), ("quit", {0}), ("restore", set())])
+@pytest.mark.parametrize("mode", ["normal", "server", "server with fast-update"])
+def test_mail_left_open_during_a_session_is_closed_by_the_write_back(tmp_path, mode, how,
+                                                                      deleted, end):
+    """Mail delivered during the session ends with an open message; the write-back copies it
+    after the kept messages and closes it (its separator lines counted), so a delivery before
+    the next login is a message of its own (docs/mbox.md, "What write-back writes")."""
+    if mode != "normal" and how == "restore":
+        pytest.skip("server mode's abort writes nothing here")
+    if mode == "normal" and deleted:
+        pytest.skip("with the drop's only message deleted normal mode writes no spool")
+    options = {}
+    if mode != "normal":
+        options["server_mode"] = True
+        options["fast_update"] = mode.endswith("fast-update")
+    cfg, paths = make(tmp_path, CLOSED, **options)
+    drop = open_drop(cfg, paths)
+    try:
+        assert drop.server_mode == (mode != "normal")
+        append(paths.spool, open_spool(end)[len(CLOSED):])
+    finally:
+        end_session(drop, how, deleted)
+    assert not mbox.ends_open(mbox.scan(io.BytesIO(spool_bytes(paths))))
+    append(paths.spool, NEW_MAIL)                   # before the next login
+    assert served(spool_bytes(paths)) == expected(end, deleted)
