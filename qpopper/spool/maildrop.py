@@ -167,11 +167,15 @@ class Maildrop:
         try:
             yield
         except OSError as exc:
-            raise self._failure(exc, UPDATE_FAILED_TEXT, OVERQUOTA_UPDATE_TEXT) from None
+            raise self._failure(exc, *self._update_failed_texts()) from None
         except PopError as refusal:
             raise self._update_refused(refusal) from None
         finally:
             self.close()
+
+    def _update_failed_texts(self) -> tuple[str, str]:
+        """The client's text for a failed write-back, and for one that ran out of room."""
+        return UPDATE_FAILED_TEXT, OVERQUOTA_UPDATE_TEXT
 
     def _step(self, name: str) -> None:
         if self._hook is not None:
@@ -191,9 +195,11 @@ class Maildrop:
                             f"{exc.strerror or exc})")
 
     def _update_refused(self, refusal: PopError) -> PopError:
-        """A lock or permission refusal at update: the mail stays in the drop (Qpopper's text)."""
-        return PopError(UPDATE_FAILED_TEXT, refusal.code or RespCode.SYS_TEMP, close=True,
-                        log=f"{UPDATE_FAILED_TEXT} ({self._phase} of {self.user}'s maildrop: "
+        """A lock or permission refusal at update: the mail stays in the drop (Qpopper's text;
+        server mode's own: its mail stays in the spool)."""
+        text = self._update_failed_texts()[0]
+        return PopError(text, refusal.code or RespCode.SYS_TEMP, close=True,
+                        log=f"{text} ({self._phase} of {self.user}'s maildrop: "
                             f"{refusal.log or refusal.text})")
 
     def _spool_lock(self, *, create: bool) -> SpoolLock:

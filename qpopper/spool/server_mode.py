@@ -17,6 +17,11 @@ from qpopper.spool.durable import ChunkWriter, fsync_parent_dir, pwrite_all, sha
 from qpopper.spool.dotlock import LockTiming
 from qpopper.spool.normal_mode import NormalModeMaildrop
 
+SERVER_UPDATE_FAILED_TEXT = ("Error updating primary drop.  Your mail is intact; this session's "
+                             "changes are not applied")
+SERVER_UPDATE_PENDING_TEXT = ("Error updating primary drop.  Your mail is intact; the update "
+                              "completes at a later login")
+
 
 @dataclasses.dataclass(frozen=True)
 class _Written:
@@ -34,6 +39,7 @@ class ServerModeMaildrop(NormalModeMaildrop):
         super().__init__(*args)
         self._login: cache.SpoolState | None = None     # the spool at login
         self._cache_current = False         # the cache already says all that
+        self._spool_emptied = False         # a rewrite's copy emptied the spool for its image
 
     def _open_mode(self) -> None:
         if self._nothing_to_recover() and self._open_server():
@@ -149,6 +155,16 @@ class ServerModeMaildrop(NormalModeMaildrop):
         self._cache_current = False
         return size + len(pad)
 
+    def _update_failed_texts(self) -> tuple[str, str]:
+        """Server mode's mail is in the spool, never in a temporary maildrop: a failed
+        rewrite left it as it was (the session's changes not applied), or, once the spool
+        was emptied for the image, the image holds it and a later login completes the update
+        (docs/maildrop.md, "Disk full and quota")."""
+        if not self.server_mode:
+            return super()._update_failed_texts()
+        text = SERVER_UPDATE_PENDING_TEXT if self._spool_emptied else SERVER_UPDATE_FAILED_TEXT
+        return text, "Overquota: e" + text[1:]     # "Overquota: error updating ..."
+
     def _cache_ignored(self, reason: str) -> None:
         self._note(syslog.LOG_NOTICE, f"{self.user}'s cache ignored ({reason}); scanning the "
                                       "spool")
@@ -233,6 +249,7 @@ class ServerModeMaildrop(NormalModeMaildrop):
             # the empty spool, exactly as normal mode applies an image.
             self._step("truncate-spool")
             os.ftruncate(spool, 0)
+            self._spool_emptied = True
             self._step("fsync-spool")
             os.fsync(spool)
             self._engine.apply(self._spool, image, image_len, 0, may_roll_back=True,

@@ -284,3 +284,43 @@ def test_a_real_quota_gives_sys_temp_and_keeps_the_mail(tmp_path):
         assert errno.EDQUOT
     finally:
         subprocess.run(["umount", "-l", str(mnt)], timeout=30)
+
+
+def test_a_server_mode_rewrite_for_a_stale_length_on_a_full_disk(world_tmp, pam_service,
+                                                                  system_users):
+    """Server mode, QUIT without DELE: a Content-Length its scan did not honour makes QUIT
+    rewrite the spool (docs/mbox.md, "What write-back writes"). On a full disk that fails:
+    `-ERR [SYS/TEMP]` with server mode's text (the mail is in the spool, unchanged, not in a
+    temporary maildrop; docs/maildrop.md, "Disk full and quota"), nothing is lost, and with
+    room again the next QUIT goes through."""
+    stale = message(1, extra_headers=b"Content-Length: 99999\n") + SPOOL
+    mnt = os.path.join(world_tmp, "small")
+    with small_tmpfs(pathlib.Path(mnt)):
+        os.chmod(mnt, 0o755)
+        spool_dir = make_spool_dir(mnt)
+        site = Site(world_tmp, pam_service, spool_dir=spool_dir, server_mode=True)
+        try:
+            user = system_users.create()
+            make_spool(spool_dir, user, stale)
+            server = site.server()
+            client = login(server, user)
+            assert client.stat()[0] == 41
+            filler = fill_up(mnt)
+            with pytest.raises(poplib.error_proto) as refused:
+                client.quit()
+            client.close()
+            reply = refused.value.args[0]
+            assert reply == (b"-ERR [SYS/TEMP] Overquota: error updating primary drop.  "
+                             b"Your mail is intact; this session's changes are not applied")
+            with open(os.path.join(spool_dir, user.name), "rb") as f:
+                assert f.read() == stale
+            os.unlink(filler)
+            client = login(server, user)
+            assert client.stat()[0] == 41
+            assert client.quit().startswith(b"+OK")
+            with open(os.path.join(spool_dir, user.name), "rb") as f:
+                assert b"Content-Length: 99999" not in f.read()
+            assert not [name for name in os.listdir(spool_dir)
+                        if name.endswith((".journal", ".new", ".tmp", ".lock"))]
+        finally:
+            site.close()

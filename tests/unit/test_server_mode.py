@@ -360,6 +360,7 @@ def test_disk_full_while_building_the_image_leaves_the_spool_alone(small_fs):
     with pytest.raises(PopError) as info:
         drop.update({0}, set())
     assert info.value.text.startswith("Overquota") and "/" not in info.value.text
+    assert info.value.text.endswith("this session's changes are not applied")
     assert read(paths.spool) == BIG
     os.unlink(filler)
     drop = open_drop(cfg, paths)
@@ -384,6 +385,7 @@ def test_disk_full_after_the_spool_was_emptied_keeps_the_image_until_there_is_ro
     with pytest.raises(PopError) as info:
         drop.update({0}, set())
     assert info.value.text.startswith("Overquota")
+    assert info.value.text.endswith("the update completes at a later login")
     assert os.path.exists(paths.journal) and os.path.exists(paths.new_image)
     assert read(paths.spool) == b""
     with pytest.raises(PopError):
