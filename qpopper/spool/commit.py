@@ -9,6 +9,7 @@ import os
 import syslog
 from typing import Callable
 
+from qpopper import limits
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool import mbox
 from qpopper.spool.durable import (ChunkWriter, copy_range, pwrite_all, recorded_as, same_bytes,
@@ -69,14 +70,25 @@ class CommitEngine:
 
     def append_spool(self, writer: ChunkWriter, lock: SpoolLock, start: int, length: int,
                      name: str) -> bool:
-        """Put the spool's [start, start+length) after what `writer` wrote to the image, with
-        the separator padding it needs first, and in an MMDF image what closes its end when
-        the copied mail ends open (its separator lines counted), so the spool never ends open
-        after our write (docs/mbox.md, "What write-back writes"). True when padding was
-        written first. The image's messages were written closed (an open MMDF message gets
-        its trailer: mbox_write, normal mode's restore)."""
+        """Put the spool's [start, start+length) after what `writer` wrote to the image. The
+        image's messages were written closed (an open MMDF message gets its trailer:
+        mbox_write, normal mode's restore), so what is padded and what is left out is
+        decided here, in one place (docs/mbox.md, "What write-back writes";
+        docs/maildrop.md, "Server mode: the update"):
+        - in a From_ image, the empty lines (LF or CRLF) the copied mail starts with before
+          its first `From ` line are left out: a delivery agent's closing of the message
+          before it, or more; copied, they would be empty lines of the last message written,
+          or start the spool (which every login would refuse);
+        - the separator padding the image's end needs goes first (True is returned then);
+        - in an MMDF image, what closes the end when the copied mail ends open (its
+          separator lines counted), so the spool never ends open after our write."""
         image = writer.fd
         spool = lock.fd
+        first = (os.pread(image, limits.MAX_SPOOL_LINE_OCTETS, 0) if writer.pos
+                 else os.pread(spool, min(limits.MAX_SPOOL_LINE_OCTETS, length), start))
+        if length and mbox.mmdf_separator(first) is None:
+            skip = mbox.empty_lines_before_from(spool, start, start + length)
+            start, length = start + skip, length - skip
         pad = mbox.padding_after(image, writer.pos, open_message=False)
         if pad:
             writer.write(pad)

@@ -8,8 +8,8 @@ lines, UIDs), mbox_scan.py (scanning), mbox_send.py (RETR/TOP) and mbox_write.py
 
 from qpopper.spool.mbox_format import (FORMAT_ERROR_TEXT, FRAMING_LINE, UID_MAX_CHARS,
                                        UID_MIN_CHARS, UIDL_HEADER, MboxFormatError, Message,
-                                       WriteFn, closing_counted, closing_octets, encode_uid,
-                                       ends_open,
+                                       WriteFn, closing_counted, closing_octets,
+                                       empty_lines_before_from, encode_uid, ends_open,
                                        is_from_line, mmdf_separator, padding_after,
                                        separator_line, separator_padding)
 from qpopper.spool.mbox_scan import length_reaches, scan
@@ -19,7 +19,8 @@ from qpopper.spool.mbox_write import (copy_for_update, says_a_stale_length, stal
 
 __all__ = ["FORMAT_ERROR_TEXT", "FRAMING_LINE", "UID_MAX_CHARS", "UID_MIN_CHARS", "UIDL_HEADER",
            "MboxFormatError", "Message", "WireLines", "WriteFn", "closing_counted",
-           "closing_octets", "copy_for_update", "encode_uid", "ends_open", "is_from_line",
+           "closing_octets", "copy_for_update", "empty_lines_before_from", "encode_uid",
+           "ends_open", "is_from_line",
            "length_reaches",
            "mmdf_separator", "padding_after", "says_a_stale_length", "scan", "send_message",
            "separator_line", "separator_padding", "stale_length_edits", "stale_lengths"]

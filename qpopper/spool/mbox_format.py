@@ -350,6 +350,21 @@ def padding_after(fd: int, size: int, *, open_message: bool | None) -> bytes:
     return separator_padding(os.pread(fd, n, size - n), sep, bool(open_message))
 
 
+def empty_lines_before_from(fd: int, start: int, end: int) -> int:
+    """How many octets of empty lines (LF or CRLF) start [start, end) of fd right before a
+    `From ` line: padding a delivery agent wrote to close the message before it, which a
+    write-back that wrote that message closed leaves out (docs/maildrop.md, "Server mode: the
+    update"). 0 when anything else follows them: content is never left out."""
+    head = os.pread(fd, min(limits.COPY_CHUNK_OCTETS, end - start), start)
+    skip = len(head) - len(head.lstrip(b"\r\n"))
+    while skip and not head[:skip].endswith(b"\n"):
+        skip -= 1                       # a CR that starts the next line is not an empty line
+    if not skip:
+        return 0
+    line = os.pread(fd, min(limits.MAX_SPOOL_LINE_OCTETS, end - start - skip), start + skip)
+    return skip if is_from_line(line[:line.find(b"\n") + 1] or line) else 0
+
+
 def closing_octets(fd: int, size: int, messages: list[Message]) -> bytes:
     """What the scanned MMDF file [0, size) of fd needs at its end, so that mail written after
     it, by us or by a delivery agent, starts a message of its own: the trailer of a last

@@ -9,7 +9,6 @@ import os
 import stat
 import syslog
 
-from qpopper import limits
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool import cache, mbox
 from qpopper.spool.commit import UPDATE_FAILED_TEXT
@@ -226,10 +225,8 @@ class ServerModeMaildrop(NormalModeMaildrop):
                 if known is not None:
                     known = _Written(known, writer.pos)
                 if spool_len > login_len:
-                    start = login_len + _closing_delivered(self._all, spool, login_len,
-                                                           spool_len, first=not writer.pos)
-                    if self._engine.append_spool(writer, self._spool, start,
-                                                 spool_len - start, "copy-new-mail-to-image"):
+                    if self._engine.append_spool(writer, self._spool, login_len,
+                                                 spool_len - login_len, "copy-new-mail-to-image"):
                         known = None        # never after a copy: it ends with a blank line
                 if fast:
                     fast = self._dress_like_spool(image, st)
@@ -369,32 +366,6 @@ def _headers_to_write(cfg, f, messages: list[mbox.Message], marked) -> bool:
 
 def _stale_length_to_drop(f, messages: list[mbox.Message]) -> bool:
     return any(mbox.says_a_stale_length(f, m) for m in messages)
-
-
-def _closing_delivered(messages, spool: int, login_len: int, spool_len: int, *,
-                       first: bool) -> int:
-    """The octets at the start of the mail delivered since login that only close the
-    login-time spool's last From_ message before a separator (an LF, the framing line), as a
-    delivery agent pads: the kept messages were written closed, and copied again they would
-    be empty lines of the last one (docs/maildrop.md, "Server mode: the update"). With
-    nothing kept (`first`: the new mail starts the spool), any empty lines before its first
-    `From ` line: no message holds them, and a spool starting with them is refused.
-    0 when they are anything else: content is never left out."""
-    if not messages or messages[0].mmdf:
-        return 0
-    if first:
-        head = os.pread(spool, min(limits.COPY_CHUNK_OCTETS, spool_len - login_len), login_len)
-        skip = len(head) - len(head.lstrip(b"\r\n"))
-        while skip and not head[:skip].endswith(b"\n"):
-            skip -= 1                   # a CR that starts the next line is not an empty line
-        pad = head[:skip]
-    else:
-        pad = mbox.padding_after(spool, login_len, open_message=False)
-    if not pad or os.pread(spool, len(pad), login_len) != pad:
-        return 0
-    at = login_len + len(pad)
-    line = os.pread(spool, min(limits.MAX_SPOOL_LINE_OCTETS, spool_len - at), at)
-    return len(pad) if mbox.is_from_line(line[:line.find(b"\n") + 1] or line) else 0
 
 
 def _tail_closed(f, cached_len: int, size: int, known: list[mbox.Message]) -> bool:
