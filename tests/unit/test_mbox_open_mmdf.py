@@ -513,3 +513,27 @@ def test_mail_left_open_during_a_session_is_closed_by_the_write_back(tmp_path, m
     assert not mbox.ends_open(mbox.scan(io.BytesIO(spool_bytes(paths))))
     append(paths.spool, NEW_MAIL)                   # before the next login
     assert served(spool_bytes(paths)) == expected(end, deleted)
+
+
+CUT_TRAILER = {"LF": (CLOSED[:-1], NEW_MAIL),
+               "CRLF": (CRLF_SEP + b"Subject: 1\r\n\r\none\r\n" + CRLF_SEP[:-1],
+                        CRLF_SEP + b"Subject: 3\r\n\r\nthree\r\n" + CRLF_SEP)}
+
+
+@pytest.mark.parametrize("shape", list(CUT_TRAILER))
+@pytest.mark.parametrize("how", ["quit", "restore"])
+@pytest.mark.parametrize("mode", ["normal", "server"])
+def test_mail_during_a_session_after_a_trailer_cut_by_the_end(tmp_path, shape, how, mode):
+    """The last trailer lacks its LF (it still closes: docs/mbox.md, "MMDF"), and mail comes
+    during the session. Normal mode's restore puts the drop back with that LF (a scan's
+    closing, not only an open message's trailer): padded as junk instead, the trailer would
+    stop being one and the new mail's separator would close message 1."""
+    spool, new_mail = CUT_TRAILER[shape]
+    cfg, paths = make(tmp_path, spool, server_mode=mode == "server")
+    drop = open_drop(cfg, paths)
+    try:
+        before = [(m.uid, m.octets, retr(drop, i)) for i, m in enumerate(drop.messages)]
+        append(paths.spool, new_mail)
+    finally:
+        end_session(drop, how, set())
+    assert wire(spool_bytes(paths)) == before + wire(new_mail)
