@@ -353,8 +353,9 @@ def padding_after(fd: int, size: int, *, open_message: bool | None) -> bytes:
 def empty_lines_before_from(fd: int, start: int, end: int) -> int:
     """How many octets of empty lines (LF or CRLF) start [start, end) of fd right before a
     `From ` line: padding a delivery agent wrote to close the message before it, which a
-    write-back that wrote that message closed leaves out (docs/maildrop.md, "Server mode: the
-    update"). 0 when anything else follows them: content is never left out."""
+    write-back that wrote that message closed leaves out
+    (docs/maildrop.md, "Server mode: the update").
+    0 when anything else follows them: content is never left out."""
     head = os.pread(fd, min(limits.COPY_CHUNK_OCTETS, end - start), start)
     skip = len(head) - len(head.lstrip(b"\r\n"))
     while skip and not head[:skip].endswith(b"\n"):

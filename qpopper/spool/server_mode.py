@@ -229,7 +229,7 @@ class ServerModeMaildrop(NormalModeMaildrop):
                                                  spool_len - login_len, "copy-new-mail-to-image"):
                         known = None        # never after a copy: it ends with a blank line
                 if fast:
-                    fast = self._dress_like_spool(image, st)
+                    fast = _dress_like_spool(image, st, self._step, self._note, self.user)
                 self._step("fsync-image")
                 os.fsync(image)
             except OSError:
@@ -255,20 +255,6 @@ class ServerModeMaildrop(NormalModeMaildrop):
             os.close(image)
         self._engine.finish()
         return cache.spool_state(spool), known
-
-    def _dress_like_spool(self, image: int, st: os.stat_result) -> bool:
-        """fast-update: the image becomes the spool, so it takes the spool's mode and group.
-        False (copy instead) when the group cannot be given."""
-        try:
-            self._step("chmod-image")
-            os.fchmod(image, stat.S_IMODE(st.st_mode))
-            if os.fstat(image).st_gid != st.st_gid:
-                os.fchown(image, -1, st.st_gid)
-        except OSError as exc:
-            self._note(syslog.LOG_NOTICE, f"fast-update of {self.user}: cannot give the image "
-                                          f"the spool's mode/group ({exc.strerror}); copying")
-            return False
-        return True
 
     def _rename_over_spool(self) -> bool:
         """rename(2) the image over the spool; False (copy instead) when it fails (another
@@ -340,6 +326,21 @@ class ServerModeMaildrop(NormalModeMaildrop):
             cache.store(self.paths.cache, self.user, self.cfg, state, messages, self._step)
         except OSError as exc:
             self._note(syslog.LOG_WARNING, f"cannot write {self.user}'s cache: {exc}")
+
+
+def _dress_like_spool(image: int, st: os.stat_result, step, note, user: str) -> bool:
+    """fast-update: the image becomes the spool, so it takes the spool's mode and group.
+    False (copy instead) when the group cannot be given."""
+    try:
+        step("chmod-image")
+        os.fchmod(image, stat.S_IMODE(st.st_mode))
+        if os.fstat(image).st_gid != st.st_gid:
+            os.fchown(image, -1, st.st_gid)
+    except OSError as exc:
+        note(syslog.LOG_NOTICE, f"fast-update of {user}: cannot give the image "
+                                f"the spool's mode/group ({exc.strerror}); copying")
+        return False
+    return True
 
 
 def _headers_to_write(cfg, f, messages: list[mbox.Message], marked) -> bool:
