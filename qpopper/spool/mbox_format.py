@@ -236,16 +236,67 @@ def separator_padding(tail: bytes, mmdf_sep: bytes | None = None,
     the end is junk after a trailer, and stays junk (its LF would make it open a message)."""
     if not tail:
         return b""
-    if mmdf_sep is not None and open_message:
-        trailer = separator_line(mmdf_sep)
+    state = "open" if mmdf_sep is not None and open_message else _tail_state(tail, mmdf_sep)
+    return end_octets(state, tail, mmdf_sep)
+
+
+END_STATES = ("open", "cut trailer", "closed", "junk line", "cut junk", "junk")
+"""How an mbox ends (docs/mbox.md, "What write-back writes"): an MMDF message still open (its
+trailer missing), its trailer cut by the end (it closes), closed (an MMDF trailer, or an
+empty line), a line of junk after a trailer (or a From_ message's last line) with its LF,
+a separator line cut by the end after a trailer (junk), other octets without a final LF."""
+_PADDING = {"cut trailer": b"\n" + FRAMING_LINE, "closed": b"", "junk line": FRAMING_LINE,
+            "cut junk": b" \n" + FRAMING_LINE, "junk": b"\n" + FRAMING_LINE}
+
+
+def end_octets(state: str, tail: bytes, sep: bytes | None, *, closing: bool = False) -> bytes:
+    """The one mapping from an end's state (END_STATES; `tail`: the file's last octets, `sep`:
+    an MMDF file's separator line) to what is written after it: before another message, or
+    with `closing` only what closes it, as a delivery agent's next message needs and a scan
+    reads the same messages: a line of junk stays as it is, a cut trailer gets its LF. An
+    open message gets its trailer; a cut separator line an octet and LF that keep it junk
+    (its LF alone would make it open a message); junk is padded to the start of a line."""
+    if state == "open":
+        trailer = separator_line(sep)
         return trailer if tail.endswith(b"\n") else b"\n" + trailer
+    if closing and state == "cut trailer":
+        return b"\n"
+    if closing and state == "junk line":
+        return b""
+    return _PADDING[state]
+
+
+def _tail_state(tail: bytes, sep: bytes | None) -> str:
+    """The state of an end whose last message the caller knows closed (or of a From_ file:
+    `sep` None), from its last octets alone."""
     if tail.endswith((b"\n\n", b"\n\r\n")):
-        return b""
-    if mmdf_sep is not None and tail.endswith((b"\x01\x01\x01\x01\n", b"\n" + mmdf_sep)):
-        return b""
-    if mmdf_sep is not None and _ends_with_cut_separator(tail, mmdf_sep):
-        return b" \n" + FRAMING_LINE
-    return FRAMING_LINE if tail.endswith(b"\n") else b"\n" + FRAMING_LINE
+        return "closed"
+    if sep is not None and tail.endswith((b"\x01\x01\x01\x01\n", b"\n" + sep)):
+        return "closed"
+    if sep is not None and _ends_with_cut_separator(tail, sep):
+        return "cut junk"
+    return "junk line" if tail.endswith(b"\n") else "junk"
+
+
+def _tail(fd: int, size: int, sep: bytes | None) -> bytes:
+    n = min(size, max(8, len(sep) + 1 if sep else 0))
+    return os.pread(fd, n, size - n)
+
+
+def mmdf_end(fd: int, size: int, sep: bytes, messages: list[Message] | None = None,
+             start: int = 0) -> str:
+    """The one rule for the state (END_STATES) of the end of the MMDF file [0, size) of fd
+    (`sep`: its separator line), from the scan's `messages`, or without a scan (None) by
+    counting separator lines from `start` (_mmdf_ending)."""
+    if messages is None:
+        state = _mmdf_ending(fd, size, sep, start)
+    elif ends_open(messages):
+        state = "open"
+    elif messages[-1].trailer_end == size and os.pread(fd, 1, size - 1) != b"\n":
+        state = "cut trailer"
+    else:
+        state = "closed"
+    return state if state != "closed" else _tail_state(_tail(fd, size, sep), sep)
 
 
 def separator_line(sep: bytes) -> bytes:
@@ -317,19 +368,18 @@ def closing_counted(fd: int, size: int, start: int = 0) -> bytes:
     its separator lines counted from `start` (0, or where a closed part ends with an LF at
     start - 1: mail a write-back copied after the messages it wrote closed). Nothing for a
     From_ file (docs/mbox.md, "What write-back writes")."""
-    if not size:
-        return b""
-    sep = mmdf_separator(os.pread(fd, min(size, limits.MAX_SPOOL_LINE_OCTETS), 0))
+    sep = _file_separator(fd, size)
     if sep is None or size == start:
         return b""
-    ending = _mmdf_ending(fd, size, sep, start)
-    if ending == "cut trailer":
-        return b"\n"
-    if ending == "open":
-        return padding_after(fd, size, open_message=True)
-    if os.pread(fd, 1, size - 1) == b"\n":
-        return b""
-    return padding_after(fd, size, open_message=False)
+    return end_octets(mmdf_end(fd, size, sep, start=start), _tail(fd, size, sep), sep,
+                      closing=True)
+
+
+def _file_separator(fd: int, size: int) -> bytes | None:
+    """The separator line of the MMDF file [0, size) of fd, None for a From_ (or empty) one."""
+    if not size:
+        return None
+    return mmdf_separator(os.pread(fd, min(size, limits.MAX_SPOOL_LINE_OCTETS), 0))
 
 
 def padding_after(fd: int, size: int, *, open_message: bool | None) -> bytes:
@@ -340,14 +390,11 @@ def padding_after(fd: int, size: int, *, open_message: bool | None) -> bytes:
     counted (mmdf_ends_open)."""
     if not size:
         return b""
-    sep = mmdf_separator(os.pread(fd, min(size, limits.MAX_SPOOL_LINE_OCTETS), 0))
+    sep = _file_separator(fd, size)
+    tail = _tail(fd, size, sep)
     if sep is not None and open_message is None:
-        ending = _mmdf_ending(fd, size, sep)
-        if ending == "cut trailer":
-            return b"\n" + FRAMING_LINE        # its LF (then an empty line: junk)
-        open_message = ending == "open"
-    n = min(size, max(8, len(sep) + 1 if sep else 0))
-    return separator_padding(os.pread(fd, n, size - n), sep, bool(open_message))
+        return end_octets(mmdf_end(fd, size, sep), tail, sep)
+    return separator_padding(tail, sep, bool(open_message))
 
 
 def empty_lines_before_from(fd: int, start: int, end: int) -> int:
@@ -371,12 +418,8 @@ def closing_octets(fd: int, size: int, messages: list[Message]) -> bytes:
     it, by us or by a delivery agent, starts a message of its own: the trailer of a last
     message left open, the LF of a trailer cut by the end, the end of a last line of junk
     (docs/mbox.md, "What write-back writes"). Nothing for a From_ file."""
-    if not messages or not messages[-1].mmdf or not size:
+    sep = _file_separator(fd, size)
+    if not messages or not messages[-1].mmdf or sep is None:
         return b""
-    if ends_open(messages):
-        return padding_after(fd, size, open_message=True)
-    if os.pread(fd, 1, size - 1) == b"\n":
-        return b""
-    if messages[-1].trailer_end == size:
-        return b"\n"                            # a trailer cut by the end
-    return padding_after(fd, size, open_message=False)
+    return end_octets(mmdf_end(fd, size, sep, messages), _tail(fd, size, sep), sep,
+                      closing=True)

@@ -212,20 +212,25 @@ def random_mmdf(rng) -> bytes:
 @pytest.mark.parametrize("chunk", [limits.COPY_CHUNK_OCTETS, 1, 2, 7])
 def test_counting_separator_lines_agrees_with_the_scan(tmp_path, monkeypatch, chunk):
     """mmdf_ends_open (no scan: bulletins, a crashed session's drop) says what the scan says,
-    whatever the chunks it reads the file in."""
+    whatever the chunks it reads the file in; and the one end rule (mmdf_end) gives the same
+    state from the count as from the scan."""
     monkeypatch.setattr(limits, "COPY_CHUNK_OCTETS", chunk)
     rng = random.Random(4155 + chunk)
     path = tmp_path / "spool"
     for _ in range(1500):
         data = random_mmdf(rng)
         path.write_bytes(data)
+        sep = mbox_format.mmdf_separator(data)
         fd = os.open(path, os.O_RDONLY)
         try:
-            counted = mmdf_ends_open(fd, len(data), mbox_format.mmdf_separator(data))
+            counted = mmdf_ends_open(fd, len(data), sep)
+            counted_end = mbox_format.mmdf_end(fd, len(data), sep)
+            monkeypatch.undo()
+            messages = mbox.scan(io.BytesIO(data))
+            assert counted == mbox.ends_open(messages), data
+            assert counted_end == mbox_format.mmdf_end(fd, len(data), sep, messages), data
         finally:
             os.close(fd)
-        monkeypatch.undo()
-        assert counted == mbox.ends_open(mbox.scan(io.BytesIO(data))), data
         monkeypatch.setattr(limits, "COPY_CHUNK_OCTETS", chunk)
 
 
