@@ -135,6 +135,30 @@ def render(data: bytes, user: str, hostname: str, uidl: str, mmdf_separator: byt
 
 
 # --- the delivery -----------------------------------------------------------------------------------
+def drop_head(paths: SpoolPaths) -> bytes:
+    """The first line of the mail an empty spool's bulletins will follow: a normal-mode
+    session's drop (its own, or one a crash left) holds the spool's mail, and the update
+    puts the spool's after it, so the bulletin takes that mail's framing (MMDF or From_;
+    docs/bulletins.md, "What a bulletin is"). b"" when there is none: spool-format decides."""
+    for path in (paths.temp_drop, paths.old_temp_drop):
+        if not path:
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                head = os.pread(fd, limits.MAX_SPOOL_LINE_OCTETS, 0)
+                if head:
+                    return head
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return b""
+
+
 class Delivery:
     """One login's bulletin delivery. Use `deliver(...)`."""
 
@@ -298,7 +322,7 @@ class Delivery:
         # follow (a session's drop) tells, else spool-format says what the delivery agent
         # writes (docs/bulletins.md, "What a bulletin is").
         first = (os.pread(fd, limits.MAX_SPOOL_LINE_OCTETS, 0) if offset
-                 else self._drop_head() or EMPTY_SPOOL_FIRST_LINE[self.cfg.spool_format])
+                 else drop_head(self.paths) or EMPTY_SPOOL_FIRST_LINE[self.cfg.spool_format])
         sep = mmdf_separator(first)             # the scan's, as the padding's
         mmdf = separator_line(sep) if sep is not None else None
         parts = []
@@ -319,29 +343,6 @@ class Delivery:
         # No scan here: an MMDF spool's separator lines are counted to know whether its last
         # message is open (docs/mbox.md, "What write-back writes").
         return padding_after(fd, offset, open_message=None) + b"".join(parts), len(parts)
-
-    def _drop_head(self) -> bytes:
-        """The first line of the mail an empty spool's bulletins will follow: a normal-mode
-        session's drop (its own, or one a crash left) holds the spool's mail, and the update
-        puts the spool's after it, so the bulletin takes that mail's framing (MMDF or From_;
-        docs/bulletins.md, "What a bulletin is"). b"" when there is none (From_)."""
-        for path in (self.paths.temp_drop, self.paths.old_temp_drop):
-            if not path:
-                continue
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-            except OSError:
-                continue
-            try:
-                if stat.S_ISREG(os.fstat(fd).st_mode):
-                    head = os.pread(fd, limits.MAX_SPOOL_LINE_OCTETS, 0)
-                    if head:
-                        return head
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
-        return b""
 
     def _read_bulletin(self, bulletin: Bulletin) -> bytes | None:
         """The file's bytes, or None (logged, and noted in `skipped`)."""
