@@ -143,12 +143,17 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
          "mechanism not offered, no secret in the store, auth-file, nonauth-file, a blocked "
          "uid, ...): not a failed guess, so neither braked nor matched by the fail2ban "
          "filter; reason says which rule."),
+        ("LOGIN REFUSED (account), user=*, method=*, ip=[*], reason=*",
+         "The password (or store secret) was right, but PAM's account step refused: an "
+         "expired account or password (chage), pam_access, pam_time; reason has PAM's words "
+         "and code. Not a guess: neither braked nor matched by the fail2ban filter. The "
+         "user needs a renewed account or password (docs/operations.md)."),
         ("*: * refused logins on one connection; closing it",
          "The per-connection cap, reached with policy refusals."),
         ("[AUTH] Failed attempted login to * from host (*) *",
          "Qpopper's line for the same failure."),
         ("login of \"*\" refused: *", "Why a login failed (no such user, PAM's answer, a "
-                                      "locked or expired account, uid 10 or below, ...)."),
+                                      "locked account, an invalid name, ...)."),
         ("*: * failed logins on one connection; closing it",
          "The per-connection failure cap is reached."),
         ("brute-force brake: * waits *s before its login attempt is checked (its brake is *s)",

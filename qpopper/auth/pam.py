@@ -34,6 +34,7 @@ from pam.__internals import PamConv, PamHandle, PamResponse, conv_func
 PAM_SUCCESS = python_pam.PAM_SUCCESS
 PAM_ACCT_EXPIRED = python_pam.PAM_ACCT_EXPIRED            # account expired (chage -E / usermod -e)
 PAM_NEW_AUTHTOK_REQD = python_pam.PAM_NEW_AUTHTOK_REQD    # password expired (chage -d 0, max age)
+PAM_AUTHTOK_EXPIRED = python_pam.PAM_AUTHTOK_EXPIRED      # ... and past its inactivity period
 PAM_RHOST = python_pam.PAM_RHOST
 PAM_AUTHTOK_ERR = python_pam.PAM_AUTHTOK_ERR              # a password module refused the new one
 PAM_MAXTRIES = python_pam.PAM_MAXTRIES                    # ... each time it asked (pwquality retry=N)
@@ -74,7 +75,8 @@ class PamResult:
     password_expired: bool = False   # acct_mgmt's only objection was an expired password
     password_code: int | None = None
     """What the password step alone (pam_authenticate) said, when it ran: all the
-    authentication cache may remember (docs/auth-cache.md); acct_mgmt's say is never kept."""
+    authentication cache may remember (docs/auth-cache.md); acct_mgmt's say is never kept.
+    On a cache hit, the remembered PAM_SUCCESS."""
 
     @property
     def system_error(self) -> bool:

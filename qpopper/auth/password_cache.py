@@ -33,7 +33,7 @@ import select
 import socket
 import struct
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from qpopper import limits
 from qpopper.auth import pam as pam_auth
@@ -142,8 +142,12 @@ def pam_or_cached(cache: PasswordCache | None, service: str, user: str, uid: int
     key = derive_key(cache.salt, service, user, uid, password)
     verdict = cache.lookup(key)
     if verdict == RIGHT:
-        return pam_auth.check_account(service, user, rhost,
-                                      check_password_expired=check_password_expired)
+        # The password step's yes, remembered: a refusal now is acct_mgmt's, as without
+        # the cache (docs/internals.md, "Failures and policy refusals").
+        return replace(
+            pam_auth.check_account(service, user, rhost,
+                                   check_password_expired=check_password_expired),
+            password_code=pam_auth.PAM_SUCCESS)
     if verdict is not None and verdict.isdigit() and int(verdict) in REMEMBERED_REFUSALS:
         code = int(verdict)
         return pam_auth.PamResult(False, code, REMEMBERED_REFUSALS[code])

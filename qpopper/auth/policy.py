@@ -30,7 +30,8 @@ and raises PopError on refusal. Order of the checks, and why:
 Two kinds of refusal (docs/internals.md, "Failures and policy refusals"): wrong credentials
 are FAILURES (_refuse: Qpopper's failure line, fail2ban's `LOGIN FAILED` line, counted by the
 brakes, auth-failure-delay or the brake waited); a refusal no other password would change is a
-POLICY refusal (_refuse_policy: its own line, not braked, answered at once). Both count
+POLICY refusal (_refuse_policy: its own line, not braked, answered at once), and so is PAM's
+account step refusing proved credentials (an expired account: `LOGIN REFUSED (account)`). Both count
 towards limits.MAX_AUTH_FAILURES_PER_CONNECTION, whose last refusal closes the connection.
 
 Mechanisms and the methods they use (each runs the same checks in the same order):
@@ -313,12 +314,13 @@ class Authenticator(PolicyChecks, challenges.GssSteps):
         raise PopError(text, RespCode.AUTH)
 
     def _refuse_policy(self, user, client_ip, text, reason,
-                       code: RespCode | None = RespCode.AUTH) -> NoReturn:
-        """A refusal that no other password would change: its own log line (not a failed
-        login: no Qpopper failure line, no `LOGIN FAILED`), no brake, no failure delay;
-        counted towards the connection's cap only. Never returns."""
-        self.log(syslog.LOG_NOTICE, policy_line(user, self._mechanism.replace("AUTH ", ""),
-                                                client_ip, reason))
+                       code: RespCode | None = RespCode.AUTH, *, line=policy_line) -> NoReturn:
+        """A refusal that no other password would change: its own log line (`line`: the
+        policy line, or account_line; not a failed login: no Qpopper failure line, no
+        `LOGIN FAILED`), no brake, no failure delay; counted towards the connection's cap
+        only. Never returns."""
+        self.log(syslog.LOG_NOTICE, line(user, self._mechanism.replace("AUTH ", ""),
+                                         client_ip, reason))
         self.failures += 1
         if self.failures >= limits.MAX_AUTH_FAILURES_PER_CONNECTION:
             raise PopError(text, code, close=True,

@@ -36,6 +36,12 @@ ACCESS_LIST_UNAVAILABLE = "POP access list not available"
 the user's credentials ([AUTH] would make the client ask for the password again)."""
 CLEAR_TEXT_LOCAL_ONLY = "Clear text passwords are permitted only from the local host"
 PAM_UNAVAILABLE = "Unable to check your credentials now; try again later"
+EXPIRED = 'The password or account of "{user}" has expired'
+"""-ERR [AUTH] when PAM's account step says so after the credentials were proved (RFC 3206
+names an expired account as an AUTH problem); told only to whoever proved them
+(docs/internals.md, "Failures and policy refusals")."""
+EXPIRY_CODES = frozenset({pam_auth.PAM_ACCT_EXPIRED, pam_auth.PAM_NEW_AUTHTOK_REQD,
+                          pam_auth.PAM_AUTHTOK_EXPIRED})
 NO_SHELL = "No user shell defined"
 SHELL_NOT_FOUND = '"{user}": shell not found.'
 
@@ -53,6 +59,14 @@ def policy_line(user: str, mechanism: str, client_ip: str, reason: str) -> str:
     filter does not count it (logged at LOG_NOTICE)."""
     shown = user.replace(",", "?") or "?"
     return (f"LOGIN REFUSED (policy), user={shown}, method={mechanism}, ip=[{client_ip}], "
+            f"reason={reason}")
+
+
+def account_line(user: str, mechanism: str, client_ip: str, reason: str) -> str:
+    """Proved credentials that PAM's account step refused (an expired account or password,
+    pam_access, pam_time): no guess, so not `LOGIN FAILED` either (logged at LOG_NOTICE)."""
+    shown = user.replace(",", "?") or "?"
+    return (f"LOGIN REFUSED (account), user={shown}, method={mechanism}, ip=[{client_ip}], "
             f"reason={reason}")
 
 
@@ -136,7 +150,7 @@ class PolicyChecks:
                                             check_password_expired=self._check_password_expired())
             self._check_pam_said_yes(result, user, host, client_ip, BAD_DIGEST,
                                      f"PAM account check ({self.cfg.pam_service})",
-                                     policy=True)
+                                     proved=True)
             self._note_password_expired(user, result)
             self._check_shell(user, account, host, client_ip)
         return self._success(user, account, mechanism, host, client_ip, authid,
@@ -209,11 +223,12 @@ class PolicyChecks:
                                 f"shell {account.pw_shell!r} not in {SHELLS_FILE}")
 
     def _check_pam_said_yes(self, result: pam_auth.PamResult, user, host, client_ip, text,
-                            what: str, *, policy: bool = False) -> None:
+                            what: str, *, proved: bool = False) -> None:
         """A PAM stack that could not decide is a system failure, not a wrong password;
-        a PAM no is refused with `text` (the log says `what` asked and PAM's reason): a
-        failure, or with `policy` (account management after a proved secret) a policy
-        refusal."""
+        a PAM no is refused with `text` (the log says `what` asked and PAM's reason) as a
+        failure, unless the credentials were proved (`proved`: a store secret; or PAM's own
+        password step said yes) and only the account step refused: then it is no guess
+        (docs/internals.md, "Failures and policy refusals")."""
         if result.system_error:
             # No guess was judged: not braked, not a failed login. But each one may have
             # cost a directory timeout: it counts towards the connection's cap all the same.
@@ -224,8 +239,10 @@ class PolicyChecks:
                                f"({result.code})")
         if not result.ok:
             reason = f"{what}: {result.reason} ({result.code})"
-            if policy:
-                self._refuse_policy(user, client_ip, text, reason)
+            if proved or result.password_code == pam_auth.PAM_SUCCESS:
+                refusal = EXPIRED if result.code in EXPIRY_CODES else PERMISSION_DENIED
+                self._refuse_policy(user, client_ip, refusal.format(user=user), reason,
+                                    line=account_line)
             self._refuse(user, host, client_ip, text, reason)
 
     def _check_password_expired(self) -> bool:

@@ -15,7 +15,8 @@ from tests.server_harness import Site
 
 def policy_site(system_users, pam_service, world_tmp) -> Site:
     """alice: a store secret (USER/PASS refused: stronger authentication required); carl:
-    listed in nonauth-file; bob and dora: ordinary system users. 127.0.0.8/29 is trusted.
+    listed in nonauth-file; bob and dora: ordinary system users; eve: an expired account.
+    127.0.0.8/29 is trusted.
     The caller closes it."""
     owner, store = owned_store(system_users, world_tmp)
     alice, bob, carl, dora = (system_users.create(p) for p in ("al", "bo", "ca", "do"))
@@ -29,6 +30,7 @@ def policy_site(system_users, pam_service, world_tmp) -> Site:
     for user in (alice, bob, carl, dora):
         make_spool(s.spool_dir, user, mbox(("hi", f"for {user.name}")))
     s.alice, s.bob, s.carl, s.dora = alice, bob, carl, dora
+    s.eve = system_users.create("ev", account_expired=True)
     s.srv = s.server()
     return s
 

@@ -106,9 +106,10 @@ def client(conf: Path, *command: str) -> subprocess.CompletedProcess:
 
 
 def real_lines(site) -> list[tuple[int, str]]:
-    """Five policy refusals with the correct password from 127.0.0.3 and five wrong passwords
-    from 127.0.0.4, through the real server: every record it logged meanwhile (pid, text)."""
-    for user in (site.alice, site.carl, site.alice, site.carl):
+    """Five policy refusals and two of an expired account, with the correct password, from
+    127.0.0.3 and five wrong passwords from 127.0.0.4, through the real server: every record
+    it logged meanwhile (pid, text)."""
+    for user in (site.alice, site.carl, site.eve, site.alice, site.carl, site.eve):
         assert user_pass(site, "127.0.0.3", user.name, user.password).startswith(b"-ERR")
     assert user_pass(site, "127.0.0.3", "daemon", "anything").startswith(b"-ERR")
     for i in range(5):
@@ -116,6 +117,7 @@ def real_lines(site) -> list[tuple[int, str]]:
     site.syslog.wait_for(r"LOGIN FAILED, .*ip=\[127\.0\.0\.4\], failures=5, .*")
     records = [(pid, text) for _, pid, text in list(site.syslog.records)]
     assert sum("LOGIN REFUSED (policy)" in text for _, text in records) == 5
+    assert sum("LOGIN REFUSED (account)" in text for _, text in records) == 2
     return records
 
 
@@ -188,7 +190,7 @@ def test_the_syslog_file_variant_bans_after_wrong_passwords_only(site, fail2ban_
     with (fail2ban_conf / "jail.d" / "qpopper.local").open("a") as f:   # README's variant
         f.write(f"backend = auto\nlogpath = {mail_log}\n")
     records = real_lines(site)
-    policy = [(pid, text) for pid, text in records if "LOGIN REFUSED (policy)" in text]
+    policy = [(pid, text) for pid, text in records if text.startswith("LOGIN REFUSED")]
     failed = [(pid, text) for pid, text in records if text.startswith("LOGIN FAILED")]
     with fail2ban_server(fail2ban_conf):
         with mail_log.open("a") as f:

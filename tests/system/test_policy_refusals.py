@@ -122,3 +122,31 @@ def test_a_trusted_network_is_never_braked(site):
     bound = limits.BRAKE_MAX_WAIT_BEFORE_CHECK_S
     # the correct password, after the guesses were answered, waited the bound at most
     assert waits[-1].startswith(f"brute-force brake: 127.0.0.6 waits {bound:.2f}s "), waits
+
+
+def test_a_right_password_on_an_expired_account_is_no_failure(site, system_users):
+    """PAM's password step says yes, its account step no (an expired account, an expired
+    password): not a guess. Each is logged `LOGIN REFUSED (account)` with PAM's reason,
+    answered `[AUTH]` with what expired, and costs no brake; a wrong password for the same
+    account is still a failure."""
+    source = "127.0.0.7"
+    gone = system_users.create("dx", account_expired=True)
+    stale = system_users.create("dp", password_expired=True)
+    for _ in range(3):
+        for user in (gone, stale):
+            reply = user_pass(site, source, user.name, user.password)
+            assert reply == (f'-ERR [AUTH] The password or account of "{user.name}" has '
+                             f'expired\r\n').encode(), reply
+    assert user_pass(site, source, gone.name, "wrong").startswith(b"-ERR [AUTH] Password supp")
+    site.syslog.wait_for(rf"LOGIN FAILED, user={gone.name}, .*ip=\[{source}\], failures=1, .*")
+    texts = site.syslog.texts()
+    account = [t for t in texts if t.startswith("LOGIN REFUSED (account), ")]
+    assert len(account) == 6, account
+    assert sum(t.startswith(f"LOGIN REFUSED (account), user={gone.name}, method=USER, "
+                            f"ip=[{source}], reason=PAM service ") and t.endswith("(13)")
+               for t in account) == 3, account
+    assert sum(f"user={stale.name}," in t and t.endswith("(12)") for t in account) == 3
+    failed, policy, waits = lines_about(site, source)
+    assert len(failed) == 1 and policy == [] and waits == [], (failed, policy, waits)
+    assert not [t for t in texts if "Failed attempted login to " + stale.name in t]
+    assert ("address", source, 1) in address_rows(site, source)
