@@ -27,7 +27,7 @@ def popper_main(argv: list[str] | None = None) -> int:
     try:
         cfg, invocation = load(argv)
     except ConfigError as error:
-        return refuse_on_config_error(error)
+        return refuse_on_config_error(error, argv)
     # Kerberos the system cannot serve is refused by each way of serving, once: the site
     # check (--check-config, the master's start and reload), the demo, and inetd mode (in
     # the log only: its stderr may be the client). --show-config prints without checks.
@@ -55,10 +55,12 @@ CONFIG_ERROR_REPLY = b"-ERR [SYS/PERM] The POP server's configuration has an err
 file, line or value (those go to the log)."""
 
 
-def refuse_on_config_error(error: ConfigError) -> int:
+def refuse_on_config_error(error: ConfigError, argv: list[str] = ()) -> int:
     """A configuration that does not load: one line on stderr, exit status 2. In inetd mode
     (stdin a socket) stderr may be the client's socket: the line goes to syslog instead, and a
-    connected client gets CONFIG_ERROR_REPLY (docs/operations.md, "Start-up checks")."""
+    connected client gets CONFIG_ERROR_REPLY, unless it expects TLS from the first byte
+    (_client_expects_tls): plain text is nothing a TLS client can read, so it is closed
+    without a word (docs/operations.md, "Start-up checks")."""
     from qpopper.server.channel import stdin_socket
     probe, listening = stdin_socket()
     if probe is None:
@@ -68,15 +70,73 @@ def refuse_on_config_error(error: ConfigError) -> int:
 
     from qpopper.log import Logger
     log = Logger()                       # the default facility: the configuration named none
-    log(syslog.LOG_ERR, f"connection refused, the configuration has an error: {error}")
-    log.close()
     with probe:
-        if probe.type == socket.SOCK_STREAM and not listening:    # a connection: told
-            try:
-                os.write(1, CONFIG_ERROR_REPLY)
-            except OSError:
-                pass                     # the client went: the log has the line
+        connection = probe.type == socket.SOCK_STREAM and not listening
+        if connection and _client_expects_tls(argv, probe):
+            log(syslog.LOG_ERR, f"connection closed without a reply (the client expects "
+                                f"TLS), the configuration has an error: {error}")
+            _drop_what_was_sent(probe)   # so the close is an end of file, not a reset
+        else:
+            log(syslog.LOG_ERR, f"connection refused, the configuration has an error: {error}")
+            if connection:                                          # told
+                try:
+                    os.write(1, CONFIG_ERROR_REPLY)
+                except OSError:
+                    pass                 # the client went: the log has the line
+    log.close()
     return 2
+
+
+TLS_HANDSHAKE_RECORD = b"\x16"
+"""The first octet of a TLS client's first record (its ClientHello)."""
+
+
+def _client_expects_tls(argv: list[str], sock: socket.socket) -> bool:
+    """Does this inetd connection start with TLS? The configuration did not load, so argv
+    says it (the last tls-support given there; the TLS socket unit passes `-l 2`, after
+    its -f), or the client: a TLS client speaks first, a POP client waits for the greeting,
+    so a handshake record already waiting to be read is one (a tls-support set in the file)."""
+    try:
+        first = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except OSError:
+        first = b""
+    return first == TLS_HANDSHAKE_RECORD or _argv_tls_support(argv) == "alternate-port"
+
+
+def _drop_what_was_sent(sock: socket.socket) -> None:
+    """Read and drop what the client has sent so far (its ClientHello), without waiting."""
+    for _ in range(16):
+        try:
+            if not sock.recv(4096, socket.MSG_DONTWAIT):
+                return
+        except OSError:
+            return
+
+
+def _argv_tls_support(argv: list[str]) -> str | None:
+    """The tls-support value argv sets last (-l N, -l WORD, --tls-support[=]WORD), read
+    leniently: the rest of argv may be what did not load."""
+    from qpopper.options import BY_FLAG, BY_NAME
+    option = BY_NAME["tls-support"]
+    value = None
+    words = iter(argv)
+    for word in words:
+        if word == "--":
+            break
+        if word.startswith("--"):
+            name, equals, text = word[2:].partition("=")
+            if name == option.name:
+                value = text if equals else next(words, "")
+        elif word.startswith("-"):
+            for index in range(1, len(word)):            # a getopt cluster: -sl2, -s -l 2
+                flag = BY_FLAG.get("-" + word[index])
+                if flag is not None and flag.flag_takes_argument:
+                    text = word[index + 1:] or next(words, "")
+                    value = text if flag is option else value
+                    break
+    if value and value.isdigit() and int(value) < len(option.flag_numbers):
+        return option.flag_numbers[int(value)]
+    return value
 
 
 def check_site(cfg) -> str | None:

@@ -60,6 +60,11 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
         ("connection refused, the configuration has an error: *",
          "inetd mode: the configuration did not load (FILE:LINE and what was expected); the "
          "client got -ERR [SYS/PERM] and nothing else. popper --check-config says the same."),
+        ("connection closed without a reply (the client expects TLS), the configuration has "
+         "an error: *",
+         "The same in inetd mode with TLS from the first byte (-l 2 on the command line, or "
+         "the client's TLS handshake already sent): a plain -ERR is nothing a TLS client can "
+         "read, so the connection is closed unanswered."),
         ("stdin is a listening socket, not a connection: use inetd 'nowait' / systemd "
          "Accept=yes, or run `popper [ADDRESS:]PORT`", "inetd or systemd passed a listening "
                                                        "socket to the inetd mode."),

@@ -6,6 +6,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -113,30 +114,69 @@ def test_check_config_reports_the_file_and_line_of_a_mistake(tmp_path):
                              f"stls, alternate-port, got 'sometimes'\n")
 
 
-@pytest.mark.timeout(60)
-def test_in_inetd_mode_a_config_mistake_goes_to_the_log_and_the_client_gets_sys_perm(tmp_path):
-    """inetd mode (stdin a socket): stderr may be the client's socket, so the FILE:LINE line
-    goes to syslog only, and the client gets a fixed -ERR [SYS/PERM] (docs/operations.md,
-    "Start-up checks"); the exit status is still 2."""
+def inetd_with_a_config_mistake(tmp_path, *args: str, first: bytes = b""):
+    """popper -f BAD ARGS in inetd mode on a socketpair whose client sent `first`: (what the
+    client got, exit status, the syslog capture, BAD). The caller closes the capture."""
     bad = tmp_path / "bad.config"
     bad.write_text("set statistics\nset tls-support = sometimes\n")
     capture = SyslogCapture(str(tmp_path))
     server_end, client_end = socket.socketpair()
+    with server_end, client_end:
+        client_end.sendall(first)
+        result = subprocess.run([popper_path(), "-f", str(bad), *args], stdin=server_end,
+                                stdout=server_end, stderr=server_end, cwd=REPO,
+                                env=dict(os.environ, QPOPPER_SYSLOG_SOCKET=capture.path),
+                                timeout=30)
+        server_end.close()
+        client_end.settimeout(10)
+        answer = b""
+        while chunk := client_end.recv(4096):
+            answer += chunk
+    return answer, result.returncode, capture, bad
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("args", [(), ("-l", "1")])
+def test_in_inetd_mode_a_config_mistake_goes_to_the_log_and_the_client_gets_sys_perm(
+        tmp_path, args):
+    """inetd mode (stdin a socket): stderr may be the client's socket, so the FILE:LINE line
+    goes to syslog only, and the client gets a fixed -ERR [SYS/PERM] (docs/operations.md,
+    "Start-up checks"); the exit status is still 2."""
+    answer, status, capture, bad = inetd_with_a_config_mistake(tmp_path, *args)
     try:
-        with server_end, client_end:
-            result = subprocess.run([popper_path(), "-f", str(bad)], stdin=server_end,
-                                    stdout=server_end, stderr=server_end, cwd=REPO,
-                                    env=dict(os.environ, QPOPPER_SYSLOG_SOCKET=capture.path),
-                                    timeout=30)
-            server_end.close()
-            client_end.settimeout(10)
-            answer = b""
-            while chunk := client_end.recv(4096):
-                answer += chunk
-        assert result.returncode == 2
+        assert status == 2
         assert answer == b"-ERR [SYS/PERM] The POP server's configuration has an error\r\n"
         capture.wait_for(re.escape(f"connection refused, the configuration has an error: "
                                    f"{bad}:2: 'tls-support' must be one of") + ".*")
+    finally:
+        capture.close()
+
+
+def client_hello() -> bytes:
+    """What a TLS client sends first: its ClientHello record."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname="pop")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("args, sends_hello", [(("-l", "2"), False), (("-sl2",), False),
+                                               (("--tls-support", "alternate-port"), False),
+                                               ((), True)])
+def test_in_inetd_mode_a_tls_client_is_closed_unanswered_on_a_config_mistake(
+        tmp_path, args, sends_hello):
+    """TLS from the first byte (the TLS socket unit's `-l 2`, after its -f; or a tls-support
+    in the file that did not load, told by the ClientHello already waiting): a plain -ERR is
+    nothing the client can read, so nothing is written; the log says why."""
+    answer, status, capture, bad = inetd_with_a_config_mistake(
+        tmp_path, *args, first=client_hello() if sends_hello else b"")
+    try:
+        assert status == 2 and answer == b""
+        capture.wait_for(re.escape(f"connection closed without a reply (the client expects "
+                                   f"TLS), the configuration has an error: {bad}:2: ") + ".*")
+        assert not [t for t in capture.texts() if t.startswith("connection refused")]
     finally:
         capture.close()
 
