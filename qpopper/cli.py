@@ -150,7 +150,7 @@ def check_site(cfg) -> str | None:
         if priority <= syslog.LOG_WARNING:
             print(f"popper: warning: {text}", file=sys.stderr)
     try:
-        identity = preflight_check(cfg, warn).tls
+        identity = preflight_check(cfg, warn, check_only=True).tls
     except PreflightError as exc:
         return str(exc)
     if identity is not None:

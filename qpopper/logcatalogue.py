@@ -34,6 +34,11 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
         ("daemon ignored: systemd (NOTIFY_SOCKET) runs the master in the foreground",
          "set daemon (or --daemon) under a Type=notify unit: the master stays the unit's main "
          "process, as the option's help says; no pid file is written."),
+        ("pid-file *: *; only a start that detaches (daemon, outside systemd's unit) writes "
+         "it, and that start refuses it",
+         "popper --check-config on a machine systemd runs, with daemon set: the pid file's "
+         "directory cannot be written. The packaged unit ignores daemon and writes none; a "
+         "start that detaches refuses this at once (docs/operations.md, \"Start-up checks\")."),
         ("configuration reloaded", "SIGHUP: new connections use the new configuration."),
         ("reload failed, keeping the running configuration: *",
          "SIGHUP found a mistake (the same one-line text as popper --check-config); nothing "

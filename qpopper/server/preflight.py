@@ -50,11 +50,14 @@ class CheckedSite:
     proxy_protocol: tuple[str, ...]
 
 
-def check_site(cfg, log=None, *, match_listen_entries: bool = True) -> CheckedSite:
+def check_site(cfg, log=None, *, match_listen_entries: bool = True,
+               check_only: bool = False) -> CheckedSite:
     """Every start-up check. Raises PreflightError; warnings go to `log`. Without
     `match_listen_entries` (the master's listeners are not the listen entries': systemd's
     sockets, or a reload's, which keeps start-up's) the master matches the proxy-protocol
-    entries against its sockets itself (listeners.proxy_listeners)."""
+    entries against its sockets itself (listeners.proxy_listeners). `check_only`:
+    --check-config, which cannot always tell how the server will be started
+    (check_pid_file)."""
     # first: what the system lacks says more than what it would have refused next
     check_kerberos(cfg)             # start-up, a reload and --check-config (cli.py)
     try:
@@ -68,6 +71,7 @@ def check_site(cfg, log=None, *, match_listen_entries: bool = True) -> CheckedSi
     addresses = check_listeners(cfg) if match_listen_entries else ()
     proxied = check_proxy_protocol(cfg, addresses)
     check_directories(cfg)
+    check_pid_file(cfg, log, check_only=check_only)
     check_tracefile(cfg)
     check_brakes_file(cfg)
     ensure_bulldb_dir(cfg)
@@ -289,9 +293,7 @@ def check_brakes_file(cfg) -> None:
 
 def check_directories(cfg) -> None:
     """spool-dir (unless the spools are in the home directories), temp-dir, cache-dir,
-    bulldir and popbulldir: each an existing directory; with daemon (unless systemd keeps the
-    master in the foreground: master.run_master), pid-file's directory one the server can
-    write in."""
+    bulldir and popbulldir: each an existing directory."""
     names = ["temp-dir", "cache-dir", "bulldir", "popbulldir"]
     if not cfg.home_dir_mail:
         names.insert(0, "spool-dir")
@@ -299,12 +301,31 @@ def check_directories(cfg) -> None:
         path = cfg.get(name)
         if path:
             _directory(cfg, name, path)
-    if cfg.daemon and cfg.pid_file and not sdnotify.supervised():   # else not written
-        # python-daemon writes it after detaching, where a failure is seen by nobody
-        problem = _unwritable_directory(os.path.dirname(os.path.abspath(cfg.pid_file)))
-        if problem:
-            raise PreflightError(f"pid-file {cfg.pid_file}{_where(cfg, 'pid-file')}: "
-                                 f"{problem}")
+
+
+def check_pid_file(cfg, log=None, *, check_only: bool = False) -> None:
+    """pid-file's directory, one the server can write in, where the start writes the file: a
+    master (listen or tls-listen entries: inetd mode never detaches) with daemon, unless
+    systemd's Type=notify unit keeps it in the foreground (master.run_master). python-daemon
+    writes it after detaching, where a failure is seen by nobody: the start refuses it first.
+    `check_only` (--check-config from a shell) on a machine systemd runs: the packaged unit's
+    start writes no pid file, a detaching one does, and the check cannot tell which will
+    come, so a problem is a warning; the detaching start still refuses it
+    (docs/operations.md, "Start-up checks")."""
+    if not (cfg.daemon and cfg.pid_file and (cfg.listen or cfg.tls_listen)):
+        return
+    if sdnotify.supervised():
+        return
+    problem = _unwritable_directory(os.path.dirname(os.path.abspath(cfg.pid_file)))
+    if not problem:
+        return
+    if check_only and sdnotify.booted():
+        if log is not None:
+            log(syslog.LOG_WARNING, f"pid-file {cfg.pid_file}{_where(cfg, 'pid-file')}: "
+                                    f"{problem}; only a start that detaches (daemon, outside "
+                                    f"systemd's unit) writes it, and that start refuses it")
+        return
+    raise PreflightError(f"pid-file {cfg.pid_file}{_where(cfg, 'pid-file')}: {problem}")
 
 
 def _directory(cfg, name: str, path: str) -> os.stat_result:

@@ -35,6 +35,11 @@ def supervised(environ=os.environ) -> bool:
     return bool(environ.get("NOTIFY_SOCKET"))
 
 
+def booted(run_dir: str = "/run/systemd/system") -> bool:
+    """sd_booted(3): whether systemd is this machine's service manager."""
+    return os.path.isdir(run_dir) and not os.path.islink(run_dir)
+
+
 def passes_sockets(environ=os.environ) -> bool:
     """Whether systemd passed this process sockets (LISTEN_PID is ours, LISTEN_FDS > 0); read
     before listen_fds() takes them."""

@@ -13,6 +13,9 @@ import subprocess
 
 import pytest
 
+from qpopper import cli
+from qpopper.config import load
+from qpopper.server import sdnotify
 from tests.server_harness import (PopperServer, Site, free_port, read_greeting,
                                   read_pid_file, wait_for_greeting, wait_until)
 
@@ -51,10 +54,11 @@ def test_daemon_mode_refuses_a_pid_file_it_could_not_write_before_detaching(site
     failed unseen, with exit status 0 and no server. The check and the start refuse it."""
     pid_file = os.path.join(site.root, "no-such-dir", "popper.pid")
     popper = PopperServer(site.root, None).argv[0]
-    checked = subprocess.run([popper, "--check-config", "-f", site.config, "--daemon",
+    listen = f"127.0.0.1:{free_port()}"
+    checked = subprocess.run([popper, "--check-config", listen, "-f", site.config, "--daemon",
                               f"--pid-file={pid_file}"], capture_output=True, text=True,
                              timeout=30)
-    started = subprocess.run([popper, f"127.0.0.1:{free_port()}", "-f", site.config,
+    started = subprocess.run([popper, listen, "-f", site.config,
                               "--daemon", f"--pid-file={pid_file}"],
                              env=dict(os.environ, QPOPPER_SYSLOG_SOCKET=site.syslog.path),
                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
@@ -63,6 +67,54 @@ def test_daemon_mode_refuses_a_pid_file_it_could_not_write_before_detaching(site
             f"{os.path.dirname(pid_file)} is not a directory this server can write in\n")
     assert (checked.returncode, checked.stderr) == (1, line)
     assert (started.returncode, started.stderr) == (1, line)
+
+
+def test_the_check_of_inetd_mode_looks_at_no_pid_file(site):
+    """Without listen entries popper serves one connection on stdin (inetd mode), which never
+    detaches nor writes a pid file, whatever daemon says: the check of that mode does not
+    look at pid-file, and the connection is served."""
+    pid_file = os.path.join(site.root, "no-such-dir", "popper.pid")
+    popper = PopperServer(site.root, None).argv[0]
+    args = ["-f", site.config, "--daemon", f"--pid-file={pid_file}"]
+    checked = subprocess.run([popper, "--check-config", *args], capture_output=True,
+                             text=True, timeout=30)
+    assert (checked.returncode, checked.stderr) == (0, "")
+    client, connection = socket.socketpair()
+    with client, connection:
+        inetd = subprocess.Popen([popper, *args], stdin=connection, stdout=connection,
+                                 stderr=subprocess.DEVNULL,
+                                 env=dict(os.environ, QPOPPER_SYSLOG_SOCKET=site.syslog.path))
+        connection.close()
+        client.settimeout(20)
+        assert read_greeting(client).startswith(b"+OK")
+        client.sendall(b"QUIT\r\n")
+        assert read_greeting(client).startswith(b"+OK")
+        assert inetd.wait(30) == 0
+    assert not os.path.exists(os.path.dirname(pid_file))
+
+
+@pytest.mark.parametrize("systemd_runs_the_machine", [False, True])
+def test_the_check_from_a_shell_of_a_pid_file_only_a_detaching_start_writes(
+        site, monkeypatch, capsys, systemd_runs_the_machine):
+    """A master with daemon, checked from a shell (no NOTIFY_SOCKET). Without systemd the
+    start will detach: the check refuses the pid-file directory as that start does. On a
+    machine systemd runs, the packaged Type=notify unit ignores daemon and writes no pid
+    file: the check warns and passes (a start that does detach still refuses, above)."""
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    monkeypatch.setattr(sdnotify, "booted", lambda: systemd_runs_the_machine)
+    pid_file = os.path.join(site.root, "no-such-dir", "popper.pid")
+    cfg, _ = load([f"127.0.0.1:{free_port()}", "-f", site.config, "--daemon",
+                   f"--pid-file={pid_file}"])
+    line = (f"pid-file {pid_file} (set at argv --pid-file): {os.path.dirname(pid_file)} is "
+            f"not a directory this server can write in")
+    problem = cli.check_site(cfg)
+    warned = capsys.readouterr().err
+    if systemd_runs_the_machine:
+        assert problem is None
+        assert warned == (f"popper: warning: {line}; only a start that detaches (daemon, "
+                          f"outside systemd's unit) writes it, and that start refuses it\n")
+    else:
+        assert (problem, warned) == (line, "")
 
 
 def test_a_brakes_file_in_a_directory_others_can_write_is_refused_by_the_check(site):
