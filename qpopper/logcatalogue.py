@@ -331,6 +331,13 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
          "The Maildir index is damaged, cut short or of another format version (an older "
          "qpopper-py): the Maildir is listed and the index rewritten."),
         ("opening Maildir * of *: *", "A Maildir mailbox could not be opened ([SYS/TEMP])."),
+        ("Maildir lock file * cannot be used: *; it must be the user's own plain file, or "
+         "absent", "The session lock in the Maildir (qpopper-pop3.lock) is another owner's "
+         "file the user may not write (root's, after a restore), or a directory, socket or "
+         "device: every login gets -ERR [SYS/PERM] until it is removed or given back."),
+        ("Maildir lock file * could not be opened: *", "The same file could not be opened or "
+         "made for a passing cause (a read-only or full file system, an I/O error): "
+         "-ERR [SYS/TEMP]."),
         ("updating Maildir *: *", "UPDATE of a Maildir failed; its journal finishes it at "
                                   "the next login."),
         ("Maildir *: * not * (*); it stays as it is",

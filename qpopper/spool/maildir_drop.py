@@ -98,7 +98,12 @@ class MaildirDrop:
         session's UPDATE, list the messages. Raises PopError only."""
         hook = step_hook or (lambda name: None)
         lock = maildir_lock(path, lambda s: hook(f"open:{s}"), log)
-        lock.acquire()
+        try:
+            lock.acquire()
+        except (FileNotFoundError, NotADirectoryError):
+            raise                       # no Maildir there: the caller's
+        except OSError as error:
+            raise lock_refusal(lock.path, error) from None
         try:
             finish_journal(path, lambda s: hook(f"recover:{s}"), log)
             listed_ns = _file_system_now(lock.fd)
@@ -261,6 +266,24 @@ class _TopCut:
             at = data.index(b"\n", at) + 1
         self._remaining = 0
         return at
+
+
+LOCK_LASTING_ERRORS = frozenset({errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENXIO,
+                                 errno.ENODEV})
+"""Why a lock file cannot be opened that no retry clears: another owner's file we may not
+write (root's, after a restore or a root-run tool), a directory, a socket or device."""
+
+
+def lock_refusal(lock_path: str, error: OSError) -> PopError:
+    """The lock file could not be opened (docs/maildir.md, "One session per mailbox"): a
+    lasting cause is [SYS/PERM], the administrator must remove or fix the file; anything
+    else (a read-only or full file system, an I/O error) [SYS/TEMP]. The log names the file."""
+    if error.errno in LOCK_LASTING_ERRORS:
+        return PopError(LOCK_REFUSED_TEXT, RespCode.SYS_PERM,
+                        log=f"Maildir lock file {lock_path} cannot be used: {error.strerror}; "
+                            f"it must be the user's own plain file, or absent")
+    return PopError(OPEN_FAILED_TEXT, RespCode.SYS_TEMP,
+                    log=f"Maildir lock file {lock_path} could not be opened: {error.strerror}")
 
 
 def maildir_lock(path: str, step_hook, log) -> SessionLock:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import mailbox
 import os
 import poplib
+import re
 import shutil
 import socket
 import subprocess
@@ -267,6 +268,35 @@ def test_a_maildir_linked_to_the_spool_directory_reaches_no_other_users_mail(
     with open(spool, "rb") as f:
         assert f.read() == before                 # still there, unchanged
     assert sorted(os.listdir(site.spool_dir)) == sorted([victim.name])
+
+
+@pytest.mark.parametrize("kind", ["root's file", "directory"])
+def test_a_lock_file_the_user_cannot_open_is_sys_perm_naming_the_file(site, maildir_user, kind):
+    """qpopper-pop3.lock left as root's 0600 file (a restore, a tool run as root) or made a
+    directory: no retry clears it, so the login gets the lock file's [SYS/PERM] reply, and
+    the log names the file (it was the generic [SYS/TEMP] "Unable to open your maildrop").
+    Once the administrator removes it, the mail is served."""
+    deliver_with_mailbox(maildir_user, [b"Subject: kept\n\nhere\n"])
+    lock = os.path.join(maildir_user.home, "Maildir", "qpopper-pop3.lock")
+    if kind == "directory":
+        os.mkdir(lock, 0o700)
+        os.chown(lock, maildir_user.uid, maildir_user.gid)
+    else:
+        with open(lock, "wb"):
+            pass
+        os.chmod(lock, 0o600)                                   # root's, as made here
+    server = site.server()
+    with pytest.raises(poplib.error_proto) as refusal:
+        login(server, maildir_user)
+    assert refusal.value.args[0] == (b"-ERR [SYS/PERM] Unable to use the lock file in your "
+                                     b"Maildir; contact your administrator")
+    site.syslog.wait_for(rf"Maildir lock file {re.escape(lock)} cannot be used: "
+                         rf"{'Is a directory' if kind == 'directory' else 'Permission denied'}"
+                         rf"; it must be the user's own plain file, or absent")
+    (os.rmdir if kind == "directory" else os.unlink)(lock)
+    client = login(server, maildir_user)
+    assert client.stat()[0] == 1
+    client.quit()
 
 
 def test_check_config_shows_the_maildir_option(site):

@@ -5,12 +5,15 @@ session per mailbox")."""
 
 from __future__ import annotations
 
+import errno
 import os
 
 import pytest
 
 from qpopper.pop3.responses import PopError, RespCode
-from qpopper.spool.maildir_drop import LOCK_NAME, LOCK_REFUSED_TEXT, MaildirDrop
+from qpopper.spool.locking import SessionLock
+from qpopper.spool.maildir_drop import (LOCK_NAME, LOCK_REFUSED_TEXT, OPEN_FAILED_TEXT,
+                                        MaildirDrop)
 from tests.helpers.maildirs import files, make_maildir, retr, wire
 from tests.transcripts.harness import Spool, extended_session
 
@@ -156,6 +159,23 @@ def test_a_lock_file_that_is_not_our_plain_file_is_refused(tmp_path, kind):
         MaildirDrop.open(path, "qpt")
     assert refusal.value.code == RespCode.SYS_PERM
     assert refusal.value.text == LOCK_REFUSED_TEXT
+
+
+def test_a_lock_file_that_cannot_be_made_for_a_passing_cause_is_sys_temp(tmp_path,
+                                                                         monkeypatch):
+    """A read-only or full file system, an I/O error: [SYS/TEMP], the log naming the lock
+    file (a root-owned file or a directory there is [SYS/PERM]: tests/system/
+    test_maildir_server.py)."""
+    path, _ = make_maildir(tmp_path, [UNREAD])
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+    monkeypatch.setattr(SessionLock, "acquire", read_only)
+    with pytest.raises(PopError) as refusal:
+        MaildirDrop.open(path, "qpt")
+    assert (refusal.value.code, refusal.value.text) == (RespCode.SYS_TEMP, OPEN_FAILED_TEXT)
+    assert refusal.value.log == (f"Maildir lock file {os.path.join(path, LOCK_NAME)} could "
+                                 f"not be opened: Read-only file system")
 
 
 def test_a_dele_whose_unlink_fails_for_good_gets_quit_s_err(maildir_session, monkeypatch):
