@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Protocol as TypingProtocol
 from qpopper import limits
 from qpopper.pop3.auth_state import COMMAND_NOT_ENABLED
 from qpopper.pop3.command import CommandSyntaxError
-from qpopper.pop3.trans_state import message_available, stream_message
+from qpopper.pop3.trans_state import message_available, sent_line, stream_message
 from qpopper.pop3.responses import PopError, ok
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -178,12 +178,10 @@ class HeaderGrabber:
             room = limits.MAX_XLST_HEADER_OCTETS + 2 - len(self._line)
             self._line += part[:max(room, 0)]
             if newline >= 0:
-                self._end_of_line(bytes(self._line).rstrip(b"\r"))
+                self._end_of_line(sent_line(bytes(self._line)))
                 self._line.clear()
 
     def _end_of_line(self, line: bytes) -> None:
-        if line.startswith(b".."):
-            line = line[1:]
         if not line:
             self._done = True                       # end of the header
             return

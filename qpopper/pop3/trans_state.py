@@ -283,6 +283,16 @@ def euidl_line(proto: "Protocol", index: int) -> bytes:
     return line + b" " + grabber.value if grabber.value else line
 
 
+def sent_line(line: bytes) -> bytes:
+    """A line of RETR or TOP data (its LF already taken off) as the message has it: without
+    the CR of its CRLF and with dot-stuffing undone. One CR only: a CR before it is the line's
+    own, as TOP and RETR take it, so a line of a lone CR does not end the header for EUIDL
+    and XTND XLST either (one header-end rule: docs/maildir.md, "What a message is")."""
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    return line[1:] if line.startswith(b"..") else line
+
+
 class FromHeaderGrabber:
     """A write() target for Maildrop.send(..., body_lines=0) that keeps only the From: header's
     value (unfolded, control characters dropped, at most EUIDL_FROM_CHARS octets)."""
@@ -302,12 +312,10 @@ class FromHeaderGrabber:
             if len(self._line) < self._MAX_KEPT:
                 self._line += part[:self._MAX_KEPT - len(self._line)]
             if newline >= 0:
-                self._end_of_line(bytes(self._line).rstrip(b"\r"))
+                self._end_of_line(sent_line(bytes(self._line)))
                 self._line.clear()
 
     def _end_of_line(self, line: bytes) -> None:
-        if line.startswith(b".."):
-            line = line[1:]                 # undo dot-stuffing
         if not line:
             self._done = True               # end of the header
         elif line[:1] in (b" ", b"\t"):

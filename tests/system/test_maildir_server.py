@@ -299,6 +299,24 @@ def test_a_lock_file_the_user_cannot_open_is_sys_perm_naming_the_file(site, mail
     client.quit()
 
 
+def test_top_xlst_and_euidl_end_the_header_at_the_same_line(site, maildir_user):
+    """A header line of a lone CR (CR CR LF) is content for TOP, so the From and X-Late
+    lines after it are header lines: XTND XLST lists X-Late and EUIDL shows that From, where
+    both took the lone CR for the header's end and found neither (docs/maildir.md, "What a
+    message is")."""
+    deliver_with_mailbox(maildir_user, [b"Subject: placeholder\n\nx\n"])
+    [name] = os.listdir(os.path.join(maildir_user.home, "Maildir", "new"))
+    with open(os.path.join(maildir_user.home, "Maildir", "new", name), "wb") as f:
+        f.write(b"Subject: s\n\r\r\nFrom: late@example.org\nX-Late: y\n\nbody\n")
+    server = site.server()
+    client = login(server, maildir_user)
+    top = client.top(1, 0)[1]
+    assert top == [b"Subject: s", b"\r", b"From: late@example.org", b"X-Late: y", b""]
+    assert client._longcmd("XTND XLST X-Late")[1] == [b"1 X-Late: y"]
+    assert client._shortcmd("EUIDL 1").endswith(b" late@example.org")
+    client.quit()
+
+
 def test_check_config_shows_the_maildir_option(site):
     result = subprocess.run([POPPER, "--check-config", "-f", site.config],
                             capture_output=True, text=True, timeout=30)

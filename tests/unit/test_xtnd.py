@@ -323,3 +323,15 @@ def test_xlst_bounds_a_huge_header(spool, tmp_path):
     reply = pop.send("XTND XLST subject")
     assert reply.startswith(b"+OK xlst command accepted; headers coming.\r\n1 Subject: sss")
     assert len(reply) < limits.MAX_XLST_HEADER_OCTETS + 100
+
+
+def test_in_an_mbox_too_xlst_and_euidl_take_a_lone_cr_line_as_top_does(spool):
+    """A header line of a lone CR (CR CR LF) is content for TOP; XLST and EUIDL read TOP's
+    data and end the header where it does (docs/maildir.md, "What a message is")."""
+    spool.write("alice", b"From a@b Mon Nov  2 10:00:00 2026\nSubject: s\n\r\r\n"
+                         b"From: late@example.org\nX-Late: y\n\nbody\n")
+    pop = extended_login(spool)
+    assert b"\r\r\nFrom: late@example.org\r\nX-Late: y\r\n" in pop.send("TOP 1 0")
+    assert pop.send("XTND XLST X-Late") == (b"+OK xlst command accepted; headers coming.\r\n"
+                                            b"1 X-Late: y\r\n.\r\n")
+    assert pop.send("EUIDL 1").endswith(b" late@example.org\r\n")
