@@ -146,13 +146,12 @@ def check_listeners(cfg) -> list[tuple]:
     return [sockaddr for *_, (_, sockaddr, _) in bound]
 
 
-def check_proxy_protocol(cfg, addresses=None) -> tuple[str, ...]:
+def check_proxy_protocol(cfg, addresses) -> tuple[str, ...]:
     """proxy-protocol needs proxy-trusted-networks, and each of its entries a listen or
     tls-listen entry it names, matched as the master matches them against its bound sockets
-    at start-up (listeners.entry_matcher against `addresses`: by default check_listeners');
-    returns the entries. The only check of the trusted networks. With no addresses (inetd
-    mode, or sockets from systemd) the caller matches them against its sockets
-    (check_site)."""
+    at start-up (listeners.entry_matcher against `addresses`, check_listeners'); returns the
+    entries. The only check of the trusted networks. With no addresses (inetd mode, or
+    sockets from systemd) the caller matches them against its sockets (check_site)."""
     specs = tuple(cfg.proxy_protocol or ())
     if not specs:
         return specs
@@ -160,8 +159,6 @@ def check_proxy_protocol(cfg, addresses=None) -> tuple[str, ...]:
     if not cfg.proxy_trusted_networks:
         raise PreflightError(f"proxy-protocol{where} needs proxy-trusted-networks: the load "
                              f"balancers allowed to send the header")
-    if addresses is None:
-        addresses = check_listeners(cfg)
     if not addresses:
         return specs
     for spec in specs:

@@ -18,7 +18,7 @@ from qpopper.addresses import parse_networks
 from qpopper.config import Config
 from qpopper.log import ForwardedRecords
 from qpopper.server.listeners import ListenError, bind_listeners, proxy_listeners
-from qpopper.server.preflight import PreflightError, check_proxy_protocol
+from qpopper.server.preflight import PreflightError, check_listeners, check_proxy_protocol
 from tests.server_harness import POPPER, free_port, prelogin_args
 
 TRUSTED = parse_networks("127.0.0.1/32, 10.0.0.0/8")
@@ -126,16 +126,21 @@ def test_proxy_protocol_names_listeners():
             sock.close()
 
 
+def checked_entries(cfg) -> tuple[str, ...]:
+    """check_proxy_protocol as check_site calls it: against the listen entries' addresses."""
+    return check_proxy_protocol(cfg, check_listeners(cfg))
+
+
 def test_the_preflight_alone_requires_trusted_networks_and_hands_over_the_entries():
     cfg = Config.defaults().replace(listen=("127.0.0.1:110",),
                                     proxy_protocol=("127.0.0.1:110",),
                                     proxy_trusted_networks=("127.0.0.1",))
-    assert check_proxy_protocol(cfg) == ("127.0.0.1:110",)
-    assert check_proxy_protocol(cfg.replace(proxy_protocol=())) == ()
+    assert checked_entries(cfg) == ("127.0.0.1:110",)
+    assert checked_entries(cfg.replace(proxy_protocol=())) == ()
     with pytest.raises(PreflightError, match="needs proxy-trusted-networks"):
-        check_proxy_protocol(cfg.replace(proxy_trusted_networks=()))
+        checked_entries(cfg.replace(proxy_trusted_networks=()))
     with pytest.raises(PreflightError, match="no listen or tls-listen entry has this address"):
-        check_proxy_protocol(cfg.replace(proxy_protocol=("111",)))
+        checked_entries(cfg.replace(proxy_protocol=("111",)))
 
 
 @pytest.mark.parametrize("entry, listen", [
@@ -153,7 +158,7 @@ def test_the_check_refuses_every_entry_start_up_would_refuse(entry, listen):
     cfg = Config.defaults().replace(listen=(listen,), proxy_protocol=(entry,),
                                     proxy_trusted_networks=("127.0.0.1",))
     with pytest.raises(PreflightError) as checked:
-        check_proxy_protocol(cfg)
+        checked_entries(cfg)
     listeners = bind_listeners([listen])
     try:
         with pytest.raises(ListenError) as started:
@@ -175,7 +180,7 @@ def test_the_check_passes_every_entry_start_up_takes(entry, listen):
     entry, listen = entry.format(port=port), listen.format(port=port)
     cfg = Config.defaults().replace(listen=(listen,), proxy_protocol=(entry,),
                                     proxy_trusted_networks=("127.0.0.1",))
-    assert check_proxy_protocol(cfg) == (entry,)
+    assert checked_entries(cfg) == (entry,)
     listeners = bind_listeners([listen])
     try:
         assert proxy_listeners((entry,), listeners) == listeners
