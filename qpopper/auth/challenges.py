@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from qpopper.options import BY_NAME
 from qpopper.pop3.responses import PopError, RespCode
-from qpopper.auth import scram
+from qpopper.auth import is_possible_user_name, scram
 
 if TYPE_CHECKING:  # pragma: no cover
     from qpopper.auth import Login
@@ -235,10 +235,19 @@ class GssSteps:
         if user is None or (authzid and authzid != user):
             self.check_external(user or "(gssapi)", "AUTH GSSAPI", False, client_ip,
                                 client_host=client_host, authid=principal)
+        # Kerberos proved `user`: the login is that name exactly. USER's rules (downcase-user,
+        # trim-domain, -no-mime) would map another principal onto it, so a principal they
+        # change is refused (docs/compatibility.md, "SASL and Kerberos").
         name, no_mime, valid = normalise(user)
         if not valid:
             self.refuse_user_name(name, AUTHENTICATION_FAILURE, client_ip, client_host=client_host,
                                   mechanism="AUTH GSSAPI")
+        if name != user:
+            shown = user if is_possible_user_name(user) else name
+            self.refuse_user_name(shown, AUTHENTICATION_FAILURE, client_ip, client_host=client_host,
+                                  mechanism="AUTH GSSAPI",
+                                  reason=f"USER's name rules would make {principal} log in "
+                                         f"as {name}")
         login = self.check_external(name, "AUTH GSSAPI", True, client_ip,
                                     client_host=client_host, authid=principal)
         return login, no_mime

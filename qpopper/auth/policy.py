@@ -121,14 +121,15 @@ class Authenticator(PolicyChecks, challenges.GssSteps):
         return self.store.get_secret(user) is not None
 
     def refuse_user_name(self, user: str, text: str, client_ip: str, *,
-                         client_host: str | None = None, mechanism: str = "USER") -> NoReturn:
+                         client_host: str | None = None, mechanism: str = "USER",
+                         reason: str = "invalid user name") -> NoReturn:
         """A name the protocol never passes on (is_possible_user_name says no; `user` is
         already printable): refused exactly as a failed login — logged, braked, delayed,
         counted towards the connection's failure cap (whose last refusal closes it) — and
         answered `-ERR [AUTH] text`. Never returns."""
         host = client_host or client_ip
         self._begin(mechanism, client_ip)
-        self._refuse(user, host, client_ip, text, "invalid user name")
+        self._refuse(user, host, client_ip, text, reason)
 
     def check_password(self, user: str, password: str, client_ip: str, *,
                        client_host: str | None = None, tls_active: bool = False,

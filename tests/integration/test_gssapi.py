@@ -168,19 +168,25 @@ def kdc(tmp_path, monkeypatch):
     server.stop()
 
 
-@pytest.fixture
-def site(kdc, system_users, pam_service, world_tmp):
-    alice = system_users.create("al")
-    kdc.add_user(alice.name, "kerberos-Pw-1")
-    keytab = Path(world_tmp) / "pop.keytab"
+def gssapi_site(kdc, alice, pam_service, root, **options) -> Site:
+    """A server offering GSSAPI with alice's mailbox, under `root` (options: the config's)."""
+    keytab = Path(root) / "pop.keytab"
     shutil.copy(kdc.keytab, keytab)
     os.chmod(keytab, 0o600)
-    s = Site(world_tmp, pam_service, sasl_log_login='sasl "%1" (%4) with %5')
+    s = Site(root, pam_service, sasl_log_login='sasl "%1" (%4) with %5', **options)
     make_spool(s.spool_dir, alice, mbox(("kerberos", "hello via GSSAPI")))
     s.alice = alice
     s.kdc = kdc
     s.srv = s.server(extra_args=["-k", "-K", SERVICE],
                      env={"KRB5_CONFIG": str(kdc.conf), "KRB5_KTNAME": str(keytab)})
+    return s
+
+
+@pytest.fixture
+def site(kdc, system_users, pam_service, world_tmp):
+    alice = system_users.create("al")
+    kdc.add_user(alice.name, "kerberos-Pw-1")
+    s = gssapi_site(kdc, alice, pam_service, world_tmp)
     yield s
     s.close()
 
@@ -280,6 +286,43 @@ def test_gssapi_principal_without_an_account_is_refused(site):
     site.kdc.add_user("qptnoaccount", "kerberos-Pw-2")
     context = client_context("qptnoaccount", "kerberos-Pw-2")
     assert gssapi_login(site.srv, context) == b"-ERR [AUTH] authentication failure\r\n"
+
+
+def assert_refused_as_a_failed_login(s, principal: str):
+    """No mailbox opened; Qpopper's failure line for the principal's own name, and why."""
+    s.syslog.wait_for(rf"\[AUTH\] Failed attempted login to {re.escape(principal)} from .*")
+    s.syslog.wait_for(rf"LOGIN FAILED, user={re.escape(principal)}, method=GSSAPI, .*")
+    s.syslog.wait_for(rf'login of "{re.escape(principal)}" refused: USER\'s name rules would '
+                      rf"make {re.escape(principal)}@{REALM} log in as {s.alice.name}")
+    assert not any(f'sasl "{s.alice.name}"' in text for text in s.syslog.texts())
+
+
+def test_a_principal_that_the_no_mime_suffix_would_change_is_refused(site):
+    """Kerberos proves `alice-no-mime`: that is not alice, whose mailbox USER's -no-mime rule
+    would open (docs/compatibility.md, "SASL and Kerberos")."""
+    principal = f"{site.alice.name}-no-mime"
+    site.kdc.add_user(principal, "kerberos-Pw-3")
+    reply = gssapi_login(site.srv, client_context(principal, "kerberos-Pw-3"))
+    assert reply == b"-ERR [AUTH] authentication failure\r\n"
+    assert_refused_as_a_failed_login(site, principal)
+
+
+def test_a_principal_that_downcase_user_would_change_is_refused(kdc, system_users, pam_service,
+                                                                world_tmp):
+    """With downcase-user, `ALICE@REALM` is another principal than `alice@REALM`: refused,
+    while alice's own principal still logs in."""
+    alice = system_users.create("al")
+    kdc.add_user(alice.name, "kerberos-Pw-1")
+    kdc.add_user(alice.name.upper(), "kerberos-Pw-4")
+    s = gssapi_site(kdc, alice, pam_service, world_tmp, downcase_user=True)
+    try:
+        reply = gssapi_login(s.srv, client_context(alice.name.upper(), "kerberos-Pw-4"))
+        assert reply == b"-ERR [AUTH] authentication failure\r\n"
+        assert_refused_as_a_failed_login(s, alice.name.upper())
+        reply = gssapi_login(s.srv, client_context(alice.name, "kerberos-Pw-1"))
+        assert reply.startswith(f"+OK {alice.name} has 1 visible".encode()), reply
+    finally:
+        s.close()
 
 
 def test_garbage_token_is_refused(site):
