@@ -17,7 +17,9 @@ sudo, with a sudoers rule that allows exactly the argument-less form:
 
     ALL ALL=(root) /usr/sbin/popauth ""
 
-Run as root through sudo with no arguments, popauth changes only the secret of SUDO_USER.
+Run as root through sudo with no arguments, popauth changes only the secret of SUDO_USER;
+with user-database pop-auth (whose names are POP-only users, not accounts) only an existing
+entry, after its current secret is typed.
 Every change is one SQLite transaction: a crash leaves the old store or the new one.
 Each misuse prints one line on stderr and exits 2 (usage) or 1 (refused / failed).
 """
@@ -25,10 +27,12 @@ Each misuse prints one line on stderr and exits 2 (usage) or 1 (refused / failed
 from __future__ import annotations
 
 import getpass
+import hmac
 import os
 import pwd
 import stat
 import sys
+import time
 
 from qpopper.auth.store import PopAuthStore, StoreError
 
@@ -38,6 +42,7 @@ EXIT_USAGE = 2
 USAGE = ("usage: popauth [-f CONFIG] [--file STORE] [--owner ACCOUNT] "
          "[-init | -user NAME [SECRET] | -delete NAME | -list | --import-dbm FILE]")
 DBM_XOR = 0xFF
+WRONG_SECRET_DELAY_S = 2
 
 
 class Refusal(Exception):
@@ -79,7 +84,8 @@ def run(argv: list[str]) -> int:
             raise Refusal(f"{verb} takes {_count(low, high)}; {USAGE}", EXIT_USAGE)
     path, owner = _store_settings(settings)
     if not verb:
-        return set_own_secret(path, owner)
+        pop_only = _load_config(settings.get("config")).user_database == "pop-auth"
+        return set_own_secret(path, owner, pop_only=pop_only)
     if verb == "-init":
         return init_store(path, owner)
     _require_root_or_owner(verb, owner)
@@ -122,9 +128,12 @@ def init_store(path: str, owner: pwd.struct_passwd) -> int:
     return 0
 
 
-def set_own_secret(path: str, owner: pwd.struct_passwd) -> int:
+def set_own_secret(path: str, owner: pwd.struct_passwd, *, pop_only: bool = False) -> int:
     """Plain `popauth`: the invoking user's own secret. Through sudo (root, SUDO_USER set)
-    the name is SUDO_USER's; root itself has no POP secret."""
+    the name is SUDO_USER's; root itself has no POP secret. `pop_only` (user-database
+    pop-auth): the store's names are POP-only users, not accounts, so an account of the same
+    name is not their owner: only an existing entry changes, and only after its current secret
+    is given (popauth(8), "no command")."""
     if os.geteuid() != 0:
         if os.geteuid() == owner.pw_uid:
             raise Refusal(f"{owner.pw_name} manages the store: use -user NAME", EXIT_USAGE)
@@ -139,9 +148,26 @@ def set_own_secret(path: str, owner: pwd.struct_passwd) -> int:
     except KeyError:
         raise Refusal(f"SUDO_USER {name!r} is not an account") from None
     store = _open_store(path, owner)
+    if pop_only:
+        _check_current_secret(store, name)
     store.set_secret(name, _ask_secret(name))
     print(f"popauth: your secret is set in {path}")
     return 0
+
+
+def _check_current_secret(store: PopAuthStore, name: str) -> None:
+    """user-database pop-auth: the entry `name` must exist and its current secret be typed."""
+    current = store.get_secret(name)
+    if current is None:
+        raise Refusal(f"{name} has no secret in the store, and with user-database pop-auth "
+                      f"only the administrator adds one (popauth -user {name})")
+    try:
+        typed = getpass.getpass(f"Current secret for {name}: ")
+    except EOFError:
+        raise Refusal("no current secret given; nothing was changed") from None
+    if not hmac.compare_digest(typed.encode(), current.encode()):
+        time.sleep(WRONG_SECRET_DELAY_S)               # as passwd(1): no quick guessing
+        raise Refusal(f"that is not the current secret of {name}; nothing was changed")
 
 
 def read_c_qpopper_dbm(path: str) -> list[tuple[str, str]]:

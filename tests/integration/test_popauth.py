@@ -230,6 +230,45 @@ def test_plain_popauth_through_sudo_sets_the_callers_own_secret(env):
     assert store(env).get_secret(env.other.name) == "mine"
 
 
+def pop_only_config(env) -> str:
+    """A configuration with user-database pop-auth: the store's names are POP-only users."""
+    config = os.path.join(os.path.dirname(env.path), "qpopper.config")
+    with open(config, "w") as f:
+        f.write(f"set user-database = pop-auth\nset pop-auth-file = {env.path}\n"
+                f"set pop-auth-owner = {env.owner.name}\n")
+    return config
+
+
+def sudo_popauth(env, config, answers):
+    return on_terminal([POPAUTH, "-f", config], answers, extra_env={"SUDO_USER": env.other.name})
+
+
+def test_with_pop_only_users_sudo_popauth_needs_the_entrys_current_secret(env):
+    """user-database pop-auth: an account named like a POP-only user is not that user; it
+    changes the entry only by typing its current secret (popauth(8), "no command")."""
+    run_root(env, "-init")
+    store(env).set_secret(env.other.name, "the-pop-users-own")
+    config = pop_only_config(env)
+    code, shown = sudo_popauth(env, config, ["guessed", "taken-over", "taken-over"])
+    assert code == 1, shown
+    assert f"that is not the current secret of {env.other.name}; nothing was changed" in shown
+    assert "New secret" not in shown and "guessed" not in shown
+    assert store(env).get_secret(env.other.name) == "the-pop-users-own"
+    code, shown = sudo_popauth(env, config, ["the-pop-users-own", "renewed", "renewed"])
+    assert code == 0, shown
+    assert f"Current secret for {env.other.name}:" in shown
+    assert store(env).get_secret(env.other.name) == "renewed"
+
+
+def test_with_pop_only_users_sudo_popauth_adds_no_entry(env):
+    run_root(env, "-init")
+    code, shown = sudo_popauth(env, pop_only_config(env), ["mine", "mine"])
+    assert code == 1, shown
+    assert (f"popauth: {env.other.name} has no secret in the store, and with user-database "
+            f"pop-auth only the administrator adds one") in shown
+    assert store(env).list_users() == []
+
+
 # --- C Qpopper's dbm file --------------------------------------------------------------------------
 MAKE_DBM = r"""
 import dbm.gnu, sys
