@@ -467,15 +467,19 @@ OPTIONS: tuple[Option, ...] = (
        extension=True, minimum=0, maximum=limits.MAX_AUTH_CACHE_ENTRIES, scope=Scope.STARTUP),
     integer("auth-cache-ttl", 3600,
        "Extension: seconds a correct password stays remembered (Dovecot's auth_cache_ttl). "
-       "Until then a changed, locked (usermod -L) or revoked password keeps working for a "
-       "client that used it; HUP (systemctl reload) forgets at once. Expiring the account "
-       "(usermod -e) and pam_access rules act at once: the account check is never cached.",
+       "A password changed or locked in the shadow file (passwd, chpasswd, usermod -L) is "
+       "forgotten at once (the shadow entry is part of the key); one changed where the "
+       "shadow file does not show it (LDAP, SSSD) or revoked by a PAM auth rule keeps "
+       "working until then for a client that used it; HUP (systemctl reload) forgets at "
+       "once. Expiring the account (usermod -e) and pam_access rules act at once: the "
+       "account check is never cached.",
        extension=True, minimum=1, maximum=limits.MAX_AUTH_CACHE_TTL_S, scope=Scope.STARTUP),
     integer("auth-cache-negative-ttl", 300,
        "Extension: seconds a wrong password stays remembered (Dovecot's "
        "auth_cache_negative_ttl); 0 remembers only correct ones. Until then that password "
-       "is refused without asking PAM, even if it has just been set (a new account, a "
-       "password change typed in before it was made). A remembered wrong password still "
+       "is refused without asking PAM, even if it has just been set where the shadow file "
+       "does not show it (an account from LDAP or SSSD; a shadow password change is a new "
+       "key, so it is asked at once). A remembered wrong password still "
        "counts as a failed login for the delays and the brute-force brakes.",
        extension=True, minimum=0, maximum=limits.MAX_AUTH_CACHE_TTL_S, scope=Scope.STARTUP),
     mnemonic("tls-min-version", "TLSv1.2", ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"),

@@ -10,7 +10,8 @@ soon as it has forked the authentication process.
 What is remembered is only what PAM's password step (pam_authenticate) said about one
 password for one account, under a key that is a salted scrypt hash:
 
-    key = scrypt(pam-service, user name, uid, password; salt random per master start)
+    key = scrypt(pam-service, user name, uid, shadow stamp, password;
+                 salt random per master start)
 
 - the password step's yes: a later login with the same name, uid and password skips
   pam_authenticate; pam_acct_mgmt (expired account, pam_access, pam_time, an expired
@@ -18,8 +19,11 @@ password for one account, under a key that is a salted scrypt hash:
 - its no (PAM_AUTH_ERR, PAM_USER_UNKNOWN only): refused as PAM would, with PAM's reason, and
   counted, delayed and braked as any failure is (the authenticator does that);
 - nothing else: system errors, acct_mgmt's refusals, PAM_MAXTRIES, ... are asked afresh.
-The uid is in the key so that a name reused for a new account never inherits the old
-account's password. The cache process never sees a name or a password, only keys.
+The uid and the shadow stamp (the account's shadow hash and its last-change day, read with
+getspnam; empty for an account without a shadow entry, e.g. from LDAP) are in the key, so that
+a name reused for a new account never inherits the old account's password, even with the same
+uid, and a changed or locked shadow password no longer matches what was remembered. The cache
+process never sees a name or a password, only keys.
 
 A login never depends on the cache: when its process does not answer within
 limits.AUTH_CACHE_REPLY_TIMEOUT_S, or its queue is full, PAM is asked.
@@ -27,6 +31,7 @@ limits.AUTH_CACHE_REPLY_TIMEOUT_S, or its queue is full, PAM is asked.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import select
@@ -57,14 +62,46 @@ REMEMBERED_REFUSALS = {
 the log line of a refusal shows whether the answer came from PAM or from the cache)."""
 
 
-def derive_key(salt: bytes, service: str, user: str, uid: int | None, password: str) -> bytes:
+def derive_key(salt: bytes, service: str, user: str, uid: int | None, password: str,
+               stamp: bytes = b"") -> bytes:
     """The cache key of one password check: every part length-prefixed, so no two different
-    checks share their material."""
-    parts = (b"qpopper auth cache 1", service.encode("utf-8", "surrogateescape"),
+    checks share their material. `stamp`: shadow_stamp's (b"": no shadow entry)."""
+    parts = (b"qpopper auth cache 2", service.encode("utf-8", "surrogateescape"),
              user.encode("utf-8", "surrogateescape"), str(-1 if uid is None else uid).encode(),
-             password.encode("utf-8", "surrogateescape"))
+             stamp, password.encode("utf-8", "surrogateescape"))
     material = b"".join(struct.pack(">I", len(part)) + part for part in parts)
     return hashlib.scrypt(material, salt=salt, dklen=KEY_OCTETS, **SCRYPT_COST)
+
+
+class _Spwd(ctypes.Structure):
+    """glibc's struct spwd (shadow.h)."""
+    _fields_ = [("sp_namp", ctypes.c_char_p), ("sp_pwdp", ctypes.c_char_p),
+                ("sp_lstchg", ctypes.c_long), ("sp_min", ctypes.c_long),
+                ("sp_max", ctypes.c_long), ("sp_warn", ctypes.c_long),
+                ("sp_inact", ctypes.c_long), ("sp_expire", ctypes.c_long),
+                ("sp_flag", ctypes.c_ulong)]
+
+
+def _getspnam():
+    getspnam = ctypes.CDLL(None).getspnam        # libc's, through NSS (nsswitch's shadow)
+    getspnam.restype = ctypes.POINTER(_Spwd)
+    getspnam.argtypes = [ctypes.c_char_p]
+    return getspnam
+
+
+def shadow_stamp(user: str) -> bytes:
+    """What changes with each account and each password set
+    (docs/auth-cache.md, "What is remembered, and under which key"): the shadow entry's hash
+    and last-change day, as one string; b"" when there is no shadow entry (an account from
+    LDAP or SSSD, an unknown name, not root). Read as root in the authentication process;
+    the spwd module would do the same but is deprecated (it warns)."""
+    if "\0" in user:
+        return b""
+    entry = _getspnam()(user.encode("utf-8", "surrogateescape"))
+    if not entry:
+        return b""
+    spwd = entry.contents
+    return (spwd.sp_pwdp or b"") + b"\0" + str(spwd.sp_lstchg).encode()
 
 
 def verdict_of(result: pam_auth.PamResult) -> str | None:
@@ -139,7 +176,7 @@ def pam_or_cached(cache: PasswordCache | None, service: str, user: str, uid: int
     if cache is None:
         return pam_auth.authenticate(service, user, password, rhost,
                                      check_password_expired=check_password_expired)
-    key = derive_key(cache.salt, service, user, uid, password)
+    key = derive_key(cache.salt, service, user, uid, password, shadow_stamp(user))
     verdict = cache.lookup(key)
     if verdict == RIGHT:
         # The password step's yes, remembered: a refusal now is acct_mgmt's, as without

@@ -170,21 +170,46 @@ def test_off_by_default_pam_checks_every_password(make_site, counted, system_use
     assert cache_processes(server) == []
 
 
-def test_a_changed_password_keeps_working_until_the_ttl_then_not(make_site, counted,
-                                                                 system_users):
-    site = make_site(**cached(ttl=SHORT_TTL_S))
+def test_a_changed_or_locked_shadow_password_is_not_remembered_any_more(make_site, counted,
+                                                                        system_users):
+    """The shadow stamp is in the key: the old password's entry no longer matches once
+    chpasswd or usermod -L changed the shadow entry (docs/auth-cache.md, "What it trades")."""
+    site = make_site(**cached())
     user = user_with_spool(site, system_users)
     server = site.server()
-    asked = time.monotonic()
     log_in_and_quit(server, user)
+    log_in_and_quit(server, user)
+    assert counted.count("auth", user) == 1                     # remembered
     set_password(user, "pw-the-new-one")
-    log_in_and_quit(server, user)                               # the old one, remembered
-    assert counted.count("auth", user) == 1
-    log_in_and_quit(server, user, "pw-the-new-one")              # not remembered: PAM says yes
+    assert refused(server, user, user.password)                 # PAM asked, and it says no
     assert counted.count("auth", user) == 2
-    wait_past(asked, SHORT_TTL_S)
-    assert refused(server, user, user.password)
+    log_in_and_quit(server, user, "pw-the-new-one")
+    log_in_and_quit(server, user, "pw-the-new-one")
     assert counted.count("auth", user) == 3
+    subprocess.run(["usermod", "--lock", user.name], check=True, capture_output=True, timeout=30)
+    assert refused(server, user, "pw-the-new-one")
+    assert counted.count("auth", user) == 4
+
+
+def test_a_recreated_account_with_the_same_name_and_uid_does_not_inherit_the_old_password(
+        make_site, counted, system_users):
+    """useradd gives the freed uid again: the shadow stamp still tells the accounts apart."""
+    site = make_site(**cached())
+    old = user_with_spool(site, system_users)
+    server = site.server()
+    log_in_and_quit(server, old)
+    os.unlink(os.path.join(site.spool_dir, old.name))
+    subprocess.run(["userdel", "-r", "-f", old.name], check=True, capture_output=True,
+                   timeout=30)
+    subprocess.run(["useradd", "--uid", str(old.uid), "--user-group", "--create-home",
+                    "--shell", "/bin/bash", old.name], check=True, capture_output=True,
+                   timeout=30)
+    set_password(old, "pw-the-new-owners")
+    assert pw_uid(old.name) == old.uid
+    make_spool(site.spool_dir, old, mbox(("new owner", "Body.\n")))      # the same uid
+    assert refused(server, old, old.password)
+    assert counted.count("auth", old) == 2                      # PAM was asked again
+    log_in_and_quit(server, old, "pw-the-new-owners")
 
 
 def test_a_wrong_password_is_remembered_for_the_negative_ttl_and_still_braked(
@@ -202,11 +227,13 @@ def test_a_wrong_password_is_remembered_for_the_negative_ttl_and_still_braked(
     refusals = [text for text in site.syslog.texts()
                 if text.startswith(f'login of "{user.name}" refused')]
     assert len(refusals) == 2 and refusals[0] == refusals[1]    # the same words either way
-    set_password(user, "pw-not-yet")
-    assert refused(server, user, "pw-not-yet")                  # set, but still remembered wrong
     wait_past(asked, SHORT_TTL_S)
-    log_in_and_quit(server, user, "pw-not-yet")
+    assert refused(server, user, "pw-not-yet")                  # forgotten: PAM asked again
     assert counted.count("auth", user) == 2
+    assert refused(server, user, "pw-not-yet")
+    set_password(user, "pw-not-yet")                            # a new shadow entry: a new key
+    log_in_and_quit(server, user, "pw-not-yet")
+    assert counted.count("auth", user) == 3
 
 
 def test_an_account_expired_since_its_password_was_remembered_is_no_failure(

@@ -25,7 +25,8 @@ def test_the_key_depends_on_every_part_and_the_salt():
     assert password_cache.derive_key(salt, *base) == key
     for changed in (("pop3x", "maida", 1001, "pw"), ("pop3", "maidb", 1001, "pw"),
                     ("pop3", "maida", 1002, "pw"), ("pop3", "maida", None, "pw"),
-                    ("pop3", "maida", 1001, "pw2"), ("pop", "3maida", 1001, "pw")):
+                    ("pop3", "maida", 1001, "pw2"), ("pop", "3maida", 1001, "pw"),
+                    ("pop3", "maida", 1001, "pw", b"$y$j9T$other\x0020000")):
         assert password_cache.derive_key(salt, *changed) != key
     assert password_cache.derive_key(password_cache.new_salt(), *base) != key
 
