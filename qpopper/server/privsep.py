@@ -434,6 +434,25 @@ def _set_gids(wanted: tuple[int, int, int], what: str, log) -> None:
 
 
 @contextlib.contextmanager
+def without_spool_group(own_gid: int):
+    """`own_gid`, the login's own group (_settable: the real gid unless the real uid is
+    root), as the effective gid for what only follows the user's paths while the session
+    still holds the spool group (~/.qpopper-options and the files it chains to:
+    docs/privsep.md, "The user's option files"); the spool group comes back after. Nothing
+    changes when the effective gid is that already."""
+    own_gid = _settable(own_gid)
+    egid = os.getegid()
+    if egid == own_gid:
+        yield
+        return
+    os.setegid(own_gid)
+    try:
+        yield
+    finally:
+        os.setegid(egid)
+
+
+@contextlib.contextmanager
 def spool_group():
     """The saved spool group as the effective gid for what needs it and only follows the
     administrator's paths (the bulletin directory and record), between leave_spool_group()

@@ -8,6 +8,7 @@ import stat
 import syslog
 
 from qpopper import config as config_mod
+from qpopper.server import privsep
 
 USER_OPTIONS_FILE = ".qpopper-options"
 
@@ -18,8 +19,12 @@ def apply(cfg, login, spool_options_file: str, owner: int, log):
     the administrator has the last word. Returns the Config with both applied."""
     if cfg.user_options and login.home:
         path = os.path.join(login.home, USER_OPTIONS_FILE)
-        if _readable_regular_file(path, log):
-            cfg = _apply_home_file(cfg, path, log)
+        # The user's file and whatever it chains to (config-file) are read with the user's
+        # own group only: with the spool group a chain to another user's 0660 spool would
+        # open it (docs/privsep.md, "The user's option files").
+        with privsep.without_spool_group(login.gid):
+            if _readable_regular_file(path, log):
+                cfg = _apply_home_file(cfg, path, log)
     if cfg.spool_options:
         cfg = config_mod.apply_spool_options_file(cfg, spool_options_file, owner, log)
     return cfg

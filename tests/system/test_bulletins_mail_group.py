@@ -4,8 +4,9 @@
 A user's ~/.qpopper-options may not set bulldir (a bulldir naming a directory of spools,
 user:mail 0660 files whose names start with a digit, would copy them in as bulletins), and a
 bulletin file that is not world-readable is skipped and logged whatever set bulldir. A file
-chained (config-file) from a user's options file is read with the mail group too: its errors
-name the line, never quote it into the log.
+chained (config-file) from a user's options file is read without the mail group (so another
+user's spool cannot be opened through it), and its errors name the line, never quote it into
+the log.
 """
 
 from __future__ import annotations
@@ -97,6 +98,31 @@ def test_bulletin_that_is_not_world_readable_is_skipped_and_logged(world_tmp, pa
             client.close()
         site.syslog.wait_for(re.escape(f"Bulletin {bulldir}/00002.group-mail-only skipped: "
                                        "not world-readable"))
+    finally:
+        site.close()
+
+
+def test_home_options_file_cannot_chain_to_another_users_spool(world_tmp, pam_service,
+                                                               system_users):
+    """~/.qpopper-options and its chains are read with the user's own group, not the mail
+    group (docs/privsep.md, "The user's option files"): a chain to another user's 0660 spool
+    is not opened, so whether that spool parses (is empty) cannot show in the user's CAPA."""
+    site = Site(world_tmp, pam_service, user_options=True)
+    try:
+        alice, bob = system_users.create("ba"), system_users.create("bv")
+        make_spool(site.spool_dir, alice, mbox(("own", "own mail")))
+        bob_spool = make_spool(site.spool_dir, bob, b"", mode=0o660)      # empty: it parses
+        owned_file(os.path.join(alice.home, ".qpopper-options"),
+                   f"set announce-login-delay = 777\nset config-file = {bob_spool}\n".encode(),
+                   alice.uid, alice.gid, 0o644)
+        client = login(site.server(), alice)
+        try:
+            capa = client._longcmd("CAPA")[1]
+            client.quit()
+        finally:
+            client.close()
+        assert b"LOGIN-DELAY 777" not in capa
+        site.syslog.wait_for(rf".*{re.escape(bob_spool)}.*Permission denied.*")
     finally:
         site.close()
 
