@@ -56,6 +56,10 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
          "An old tls-version value; TLS 1.2 and later are used."),
         ("tls-min-version * admits TLS versions RFC 8996 deprecated: unsafe, only for clients "
          "that cannot do TLS 1.2", "tls-min-version lets TLS 1.0/1.1 in: a warning."),
+        ("** is missing and this server cannot make it: SCRAM's made-up exchanges "
+         "are keyed by /etc/machine-id, which local users can read; run popauth -list once, "
+         "as root, to make it", "A warning at start-up, reload and --check-config: a store made "
+         "before popauth made the key (docs/internals.md, \"Store mechanisms\")."),
         ("no system-call filter for the pre-login process on * with a *-bit interpreter "
          "(64-bit x86_64 and aarch64 only): the rest of its sandbox stands alone", "A warning at start-up, reload and "
          "--check-config on another machine: the pre-login process runs without its seccomp "

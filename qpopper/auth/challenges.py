@@ -66,12 +66,13 @@ class ScramState:
 
     @classmethod
     def begin(cls, user: str, mechanism: str, arithmetic: str, client_nonce: str,
-              verifier: scram.Verifier | None) -> "ScramState":
+              verifier: scram.Verifier | None, decoy_key=None) -> "ScramState":
+        """`decoy_key()`: the secret keying the decoy, asked only when there is no verifier."""
         known = verifier is not None
         if not known:
             # Carry on with a made-up verifier, so that an unknown name gets the same
             # exchange as a wrong password (RFC 5802 §9); the salt is stable per name.
-            verifier = decoy_verifier(arithmetic, user)
+            verifier = decoy_verifier(arithmetic, user, decoy_key() if decoy_key else None)
         nonce = client_nonce + scram.b64(secrets.token_bytes(18))
         server_first = f"r={nonce},s={scram.b64(verifier.salt)},i={verifier.iterations}"
         return cls(user, mechanism, verifier, known, server_first)
@@ -86,9 +87,15 @@ class ScramState:
         return ok, scram.server_signature(self.verifier, auth_message)
 
 
-def decoy_verifier(mechanism: str, name: str) -> scram.Verifier:
-    key = (_machine_secret() + name.encode("utf-8", "surrogateescape")
-           + mechanism.encode("ascii"))
+def decoy_verifier(mechanism: str, name: str, secret: bytes | None) -> scram.Verifier:
+    """A made-up verifier for `name`, keyed by `secret` (the store's decoy key, which only
+    root and the store's owner can read: a local user who could compute a decoy's salt could
+    tell a name without a verifier from one with; docs/internals.md, "Store mechanisms").
+    None (no key, and none could be made; start-up warns): /etc/machine-id, stable but
+    readable by local users."""
+    secret = _machine_secret() if secret is None else secret
+    key = hmac.new(secret, b"qpopper-scram-decoy\0" + mechanism.encode("ascii") + b"\0"
+                   + name.encode("utf-8", "surrogateescape"), "sha256").digest()
     salt = hashlib.sha256(b"qpopper-scram-decoy" + key).digest()[:scram.SALT_OCTETS]
     junk = hmac.new(key, b"decoy", "sha256").digest()
     size = hashlib.new(scram.MECHANISMS[mechanism]).digest_size
@@ -96,7 +103,8 @@ def decoy_verifier(mechanism: str, name: str) -> scram.Verifier:
 
 
 def _machine_secret() -> bytes:
-    """Stable per host, not known to remote clients: /etc/machine-id when readable."""
+    """Stable per host, not known to remote clients (local users can read it):
+    /etc/machine-id when readable."""
     try:
         with open("/etc/machine-id", "rb") as f:
             return f.read().strip()

@@ -224,8 +224,9 @@ class Authenticator(PolicyChecks, challenges.GssSteps):
     def scram_begin(self, user: str, mechanism: str, client_nonce: str) -> str:
         """SCRAM server-first for `user` (a decoy for a name without a verifier)."""
         arithmetic = challenges.scram_arithmetic(mechanism)
-        self._scram = challenges.ScramState.begin(user, mechanism, arithmetic, client_nonce,
-                                                  self.scram_verifier(user, arithmetic))
+        self._scram = challenges.ScramState.begin(
+            user, mechanism, arithmetic, client_nonce, self.scram_verifier(user, arithmetic),
+            self.store.decoy_key if self.apop_enabled else None)
         self._scram_login = None
         return self._scram.server_first
 

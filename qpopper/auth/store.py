@@ -32,6 +32,8 @@ from qpopper.auth import scram
 
 SCHEMA_VERSION = 1
 STORE_MODE = 0o600
+DECOY_KEY_SUFFIX = ".decoy-key"
+DECOY_KEY_OCTETS = 32
 
 _SCHEMA = (
     """CREATE TABLE users (
@@ -196,6 +198,66 @@ class PopAuthStore:
             self.check_file()
         except PopError as exc:
             raise StoreError(exc.log or exc.text) from None
+
+    # ---- the SCRAM decoys' key ------------------------------------------------------------------
+    def decoy_key(self) -> bytes | None:
+        """The secret that keys SCRAM's decoy verifiers (auth/challenges.py, decoy_verifier):
+        DECOY_KEY_OCTETS random octets in `<store>.decoy-key`, mode 0600, owned like the
+        store, so only root and the owner can compute a decoy, and kept, so decoys stay the
+        same across restarts as real salts do (docs/internals.md, "Store mechanisms").
+        popauth makes it; so does this, when it can. None: there is none and it cannot be
+        made here (a read-only store directory, as under the systemd units). A key file that
+        is not a regular file of the right size, owner and mode is [SYS/PERM]."""
+        try:
+            return self._read_decoy_key(self.decoy_key_path)
+        except FileNotFoundError:
+            pass
+        try:
+            self.make_decoy_key()
+        except OSError:
+            return None
+        return self._read_decoy_key(self.decoy_key_path)
+
+    @property
+    def decoy_key_path(self) -> str:
+        return self.path + DECOY_KEY_SUFFIX
+
+    def make_decoy_key(self) -> None:
+        """Make the decoy key unless it exists: written whole, then linked into place, so a
+        racing reader sees none or all of it, and the first maker wins. Raises OSError."""
+        new = f"{self.decoy_key_path}.{os.getpid()}.new"
+        fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, STORE_MODE)
+        try:
+            try:
+                os.fchmod(fd, STORE_MODE)      # whatever the umask
+                if os.geteuid() == 0:
+                    os.fchown(fd, self.owner_uid, -1)
+                os.write(fd, os.urandom(DECOY_KEY_OCTETS))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(new, self.decoy_key_path)
+            except FileExistsError:
+                pass
+        finally:
+            os.unlink(new)
+
+    def _read_decoy_key(self, key_path: str) -> bytes:
+        fd = os.open(key_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            st = os.fstat(fd)
+            key = os.read(fd, DECOY_KEY_OCTETS + 1)
+        finally:
+            os.close(fd)
+        if (not stat.S_ISREG(st.st_mode) or stat.S_IMODE(st.st_mode) != STORE_MODE
+                or st.st_uid not in (0, self.owner_uid) or len(key) != DECOY_KEY_OCTETS):
+            raise PopError(f"POP authentication DB has wrong mode "
+                           f"(0{stat.S_IMODE(st.st_mode):o})", RespCode.SYS_PERM,
+                           log=f"pop.auth store {self.path}: {key_path} must be a regular "
+                               f"file of {DECOY_KEY_OCTETS} octets, mode 0600, owned by uid "
+                               f"{self.owner_uid}")
+        return key
 
     # ---- internals ----------------------------------------------------------------------------
     def _connect(self, read_only: bool, new: bool = False) -> sqlite3.Connection:

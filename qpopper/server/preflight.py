@@ -21,7 +21,8 @@ import syslog
 from dataclasses import dataclass
 
 from qpopper.auth.sasl import kerberos_refusal
-from qpopper.auth.store import PopAuthStore
+from qpopper.auth.policy_checks import store_mechanisms_offered
+from qpopper.auth.store import DECOY_KEY_SUFFIX, PopAuthStore
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.bulletin_records import BULLDB_DIR, BULLDB_FILE
 from qpopper.server import prelogin_filter, privsep, sdnotify
@@ -67,6 +68,7 @@ def check_site(cfg, log=None, *, match_listen_entries: bool = True,
     warn_without_syscall_filter(log)
     check_accounts(cfg)
     check_pop_auth_store(cfg)
+    warn_without_decoy_key(cfg, log)
     check_user_lists(cfg)
     addresses = check_listeners(cfg) if match_listen_entries else ()
     proxied = check_proxy_protocol(cfg, addresses)
@@ -219,6 +221,22 @@ def check_pop_auth_store(cfg) -> None:
         raise PreflightError(f"{what}: {said}") from None
     except sqlite3.Error as exc:
         raise PreflightError(f"{what}: not a pop.auth store: {exc}") from None
+
+
+def warn_without_decoy_key(cfg, log) -> None:
+    """SCRAM's made-up exchanges for names without a verifier are keyed by the store's decoy
+    key (docs/internals.md, "Store mechanisms"); the server makes it when it can write beside
+    the store, popauth always. Without it they fall back to /etc/machine-id, which local
+    users can read: the administrator is told how to make it."""
+    path = cfg.pop_auth_file
+    if (log is None or not path or not store_mechanisms_offered(cfg)
+            or not os.path.exists(path) or os.path.lexists(path + DECOY_KEY_SUFFIX)
+            or os.access(os.path.dirname(os.path.abspath(path)), os.W_OK)):
+        return
+    log(syslog.LOG_WARNING, f"{path}{DECOY_KEY_SUFFIX} is missing and this server cannot "
+                            f"make it: SCRAM's made-up exchanges are keyed by /etc/machine-id, "
+                            f"which local users can read; run popauth -list once, as root, to "
+                            f"make it")
 
 
 def check_user_lists(cfg) -> None:

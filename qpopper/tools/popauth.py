@@ -119,7 +119,8 @@ def init_store(path: str, owner: pwd.struct_passwd) -> int:
         os.makedirs(os.path.dirname(directory), mode=0o755, exist_ok=True)
         os.mkdir(directory, 0o700)
         os.chown(directory, owner.pw_uid, owner.pw_gid)
-    PopAuthStore.create(path, owner.pw_uid, owner.pw_gid)
+    store = PopAuthStore.create(path, owner.pw_uid, owner.pw_gid)
+    _make_decoy_key(store)
     st = os.stat(directory)
     if st.st_uid != owner.pw_uid or not st.st_mode & stat.S_IWUSR:
         print(f"popauth: warning: {directory} is not {owner.pw_name}'s: only root can change "
@@ -262,7 +263,17 @@ def _open_store(path: str, owner: pwd.struct_passwd) -> PopAuthStore:
     if not store.exists():
         raise Refusal(f"{path} does not exist; create it with popauth -init")
     store.check_file_for_change()
+    if not os.path.lexists(store.decoy_key_path):
+        _make_decoy_key(store)              # a store made before popauth made the key
     return store
+
+
+def _make_decoy_key(store: PopAuthStore) -> None:
+    """The key of SCRAM's made-up exchanges, beside the store (PopAuthStore.decoy_key)."""
+    try:
+        store.make_decoy_key()
+    except OSError as exc:
+        raise Refusal(f"{store.decoy_key_path}: cannot create: {exc.strerror}") from None
 
 
 def _ask_secret(name: str) -> str:

@@ -6,14 +6,17 @@ computed here from RFC 7677's algorithm."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import poplib
 import shutil
 import socket
+import stat
 import subprocess
 
 import pytest
 
+from qpopper.auth import challenges
 from tests.helpers.popauth import owned_store
 from tests.helpers.sysusers import make_spool
 from tests.helpers.messages import mbox
@@ -158,6 +161,43 @@ def test_scram_against_the_real_server(site, mechanism):
         reader.file.close()
     site.syslog.wait_for(rf'sasl login "{site.alice.name}" \({site.alice.name}\) with '
                          rf'{mechanism} at 127\.0\.0\.1')
+
+
+def scram_salt(srv, name: str) -> bytes:
+    """The salt of the server-first message that `name`'s SCRAM-SHA-256 exchange gets."""
+    with socket.create_connection((srv.host, srv.port), timeout=20) as sock:
+        reader = Lines(sock)
+        reader.line()
+        first = ScramClient("SCRAM-SHA-256", name, "any").first()
+        sock.sendall(b"AUTH SCRAM-SHA-256 " + base64.b64encode(first) + b"\r\n")
+        challenge = reader.line()
+        sock.sendall(b"*\r\n")
+        reader.line()
+        reader.file.close()
+    assert challenge.startswith(b"+ "), challenge
+    fields = dict(part.split(b"=", 1) for part in base64.b64decode(challenge[2:]).split(b","))
+    return base64.b64decode(fields[b"s"])
+
+
+def test_scram_decoys_are_keyed_by_a_secret_only_root_and_the_owner_can_read(site):
+    """A name without a verifier gets a made-up salt, stable across connections and
+    restarts, keyed by `<store>.decoy-key` (0600, the owner's), not by anything a local user
+    can read such as /etc/machine-id (docs/internals.md, "Store mechanisms")."""
+    ghost = "qptnosuchscramuser"
+    salt = scram_salt(site.srv, ghost)
+    assert scram_salt(site.srv, ghost) == salt
+    key_path = site.store.path + ".decoy-key"
+    st = os.lstat(key_path)
+    assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+    assert st.st_uid == os.stat(site.store.path).st_uid and st.st_size == 32
+    with open(key_path, "rb") as f:
+        key = f.read()
+    assert challenges.decoy_verifier("SCRAM-SHA-256", ghost, key).salt == salt
+    with open("/etc/machine-id", "rb") as f:
+        public = f.read().strip() + ghost.encode() + b"SCRAM-SHA-256"
+    assert hashlib.sha256(b"qpopper-scram-decoy" + public).digest()[:16] != salt
+    site.srv.stop()
+    assert scram_salt(site.server(), ghost) == salt                 # the same after a restart
 
 
 def test_plain_for_system_users_goes_through_pam_policies(site):

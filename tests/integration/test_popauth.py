@@ -77,6 +77,20 @@ def test_init_creates_the_store_and_its_directory_for_the_owner(env):
     refused(run_root(env, "-init"), 1, "already exists")
 
 
+def test_init_and_later_commands_make_the_scram_decoy_key(env):
+    """<store>.decoy-key keys SCRAM's made-up exchanges (docs/internals.md, "Store
+    mechanisms"): -init makes it, 0600 and the owner's; a store without it gets it from the
+    next command."""
+    key_path = env.path + ".decoy-key"
+    assert run_root(env, "-init").returncode == 0
+    st = os.lstat(key_path)
+    assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == env.owner.uid
+    assert st.st_size == 32
+    os.unlink(key_path)
+    assert run_root(env, "-list").returncode == 0
+    assert os.lstat(key_path).st_uid == env.owner.uid
+
+
 def test_init_needs_root(env):
     refused(run_as(env.owner.name, env, "-init"), 1, "-init must be run by root")
     assert not os.path.exists(env.path)
