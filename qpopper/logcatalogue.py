@@ -56,6 +56,11 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
          "An old tls-version value; TLS 1.2 and later are used."),
         ("tls-min-version * admits TLS versions RFC 8996 deprecated: unsafe, only for clients "
          "that cannot do TLS 1.2", "tls-min-version lets TLS 1.0/1.1 in: a warning."),
+        ("pop-auth-file * exists, but store-mechanisms * with user-database * offers none of "
+         "APOP, CRAM-MD5 and SCRAM, so clear-text-password default does not refuse clear text "
+         "to the store's users; set store-mechanisms = on once their secrets are in the store",
+         "A warning at start-up, reload and --check-config: the store is there but unused "
+         "(docs/internals.md, \"Store mechanisms\")."),
         ("** is missing and this server cannot make it: SCRAM's made-up exchanges "
          "are keyed by /etc/machine-id, which local users can read; run popauth -list once, "
          "as root, to make it", "A warning at start-up, reload and --check-config: a store made "

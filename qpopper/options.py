@@ -107,7 +107,8 @@ OPTIONS: tuple[Option, ...] = (
        choice_aliases=(("ssl", "tls"),)),
     mnemonic("clear-text-password", "default", ("default", "never", "always", "local", "tls"),
        "When USER/PASS is allowed: default (everyone except users in the pop.auth store, who "
-       "must use APOP), never, always (even for pop.auth users), local (only from 127.*), tls "
+       "must use APOP, while store-mechanisms offers it), never, always (even for pop.auth "
+       "users), local (only from 127.*), tls "
        "(only after TLS; 'ssl' is accepted for tls). -p takes 0..4 in that order.",
        flag="-p", flag_arg="0..4", flag_numbers=("default", "never", "always", "local", "tls"),
        choice_aliases=(("ssl", "tls"),), scope=Scope.NOT_USER),

@@ -15,7 +15,8 @@ from qpopper.auth import challenges
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.auth import Login, is_possible_user_name
 from qpopper.auth import pam as pam_auth
-from qpopper.auth.sasl import CLEAR_TEXT_TLS_ONLY, NEEDS_STRONGER_AUTH
+from qpopper.auth.sasl import (CLEAR_TEXT_TLS_ONLY, NEEDS_STRONGER_AUTH,
+                               stronger_auth_text)
 
 
 SHELLS_FILE = "/etc/shells"
@@ -164,7 +165,10 @@ class PolicyChecks:
         if policy == "always":
             return
         if policy == "never":
-            self._refuse_policy(user, client_ip, NEEDS_STRONGER_AUTH, "clear-text-password never")
+            # the store's mechanisms, or GSSAPI (the one other that is not clear text)
+            text = stronger_auth_text(self.apop_enabled or bool(self.cfg.kerberos),
+                                      self.apop_enabled)
+            self._refuse_policy(user, client_ip, text, "clear-text-password never")
         if policy == "local" and not is_loopback(client_ip):
             self._refuse_policy(user, client_ip, CLEAR_TEXT_LOCAL_ONLY,
                                 "clear-text-password local, client not on loopback")

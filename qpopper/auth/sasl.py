@@ -112,6 +112,8 @@ PLAINTEXT_NOT_PERMITTED = "Plaintext authentication is not permitted"
 # clear-text-password refusals (the authenticator, auth/policy.py, gives them too).
 NEEDS_STRONGER_AUTH = ("You must use stronger authentication such as AUTH or APOP to access "
                        "this account")
+NO_OTHER_WAY = ("Clear text passwords are not permitted, and this server offers no other way "
+                "to log in")
 CLEAR_TEXT_OVER_TLS_ONLY = "Clear text passwords are permitted only over TLS"
 CLEAR_TEXT_TLS_ONLY = f"{CLEAR_TEXT_OVER_TLS_ONLY}; use STLS first"
 AUTHZID_NOT_THE_USER = "Authorization identity must be empty or equal the user name"
@@ -179,8 +181,19 @@ def clear_text_refusal(cfg, env) -> str | None:
     if plaintext_policy_allows(cfg, env.tls_active):
         return None
     if cfg.clear_text_password == "never":
-        return NEEDS_STRONGER_AUTH
+        return stronger_auth_text(bool(offered_mechanisms(cfg, env)),
+                                  env.authenticator.apop_enabled)
     return CLEAR_TEXT_TLS_ONLY if env.start_tls is not None else CLEAR_TEXT_OVER_TLS_ONLY
+
+
+def stronger_auth_text(auth_offered: bool, apop_offered: bool) -> str:
+    """Qpopper's "use stronger authentication" refusal, naming only what is offered: AUTH
+    when a mechanism other than PLAIN and LOGIN is, APOP when the store mechanisms are."""
+    ways = [way for way, offered in (("AUTH", auth_offered), ("APOP", apop_offered))
+            if offered]
+    if not ways:
+        return NO_OTHER_WAY
+    return NEEDS_STRONGER_AUTH.replace("AUTH or APOP", " or ".join(ways))
 
 
 def refusal_for(name: str, cfg, env) -> PopError:

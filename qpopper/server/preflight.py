@@ -68,6 +68,7 @@ def check_site(cfg, log=None, *, match_listen_entries: bool = True,
     warn_without_syscall_filter(log)
     check_accounts(cfg)
     check_pop_auth_store(cfg)
+    warn_of_an_unused_store(cfg, log)
     warn_without_decoy_key(cfg, log)
     check_user_lists(cfg)
     addresses = check_listeners(cfg) if match_listen_entries else ()
@@ -221,6 +222,22 @@ def check_pop_auth_store(cfg) -> None:
         raise PreflightError(f"{what}: {said}") from None
     except sqlite3.Error as exc:
         raise PreflightError(f"{what}: not a pop.auth store: {exc}") from None
+
+
+def warn_of_an_unused_store(cfg, log) -> None:
+    """A pop.auth store exists, but store-mechanisms keeps APOP, CRAM-MD5 and SCRAM off (its
+    default `auto` with user-database system: docs/internals.md, "Store mechanisms"): then
+    clear-text-password `default` does not refuse clear text to the store's users either,
+    which the manual promises; the administrator is told, once per start, reload or check."""
+    path = cfg.pop_auth_file
+    if (log is None or not path or store_mechanisms_offered(cfg)
+            or not os.path.exists(path)):
+        return
+    log(syslog.LOG_WARNING, f"pop-auth-file {path} exists, but store-mechanisms "
+                            f"{cfg.store_mechanisms} with user-database {cfg.user_database} "
+                            f"offers none of APOP, CRAM-MD5 and SCRAM, so clear-text-password "
+                            f"default does not refuse clear text to the store's users; set "
+                            f"store-mechanisms = on once their secrets are in the store")
 
 
 def warn_without_decoy_key(cfg, log) -> None:

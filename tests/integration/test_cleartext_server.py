@@ -121,6 +121,22 @@ def test_p1_never(site):
         client.quit()
 
 
+@pytest.mark.parametrize("args, refusal", [
+    (["--store-mechanisms=off"],
+     "Clear text passwords are not permitted, and this server offers no other way to log in"),
+    (["--sasl-no-dictionary"],
+     "You must use stronger authentication such as APOP to access this account"),
+])
+def test_p1_never_names_only_what_is_offered(site, args, refusal):
+    """Qpopper's "such as AUTH or APOP" would send a client to what is not offered: without
+    the store's mechanisms nothing but clear text is (AUTH offers PLAIN and LOGIN only, both
+    refused under never); with sasl-no-dictionary, AUTH offers nothing but APOP is there
+    (docs/compatibility.md, "Clear-text passwords")."""
+    srv = site.server(extra_args=["-p", "1", *args])
+    assert user_refused(srv, site.bob) == f"-ERR [AUTH] {refusal}"
+    assert_no_failed_login(site)
+
+
 def test_p2_always(site):
     srv = site.server(extra_args=["-p", "2"])
     assert "USER" in capa(srv)

@@ -331,9 +331,10 @@ def test_clear_text_password_never_local_tls(system_users, pam_service):
                              Log())
         return auth.check_password(jan.name, "pw-j", client_ip, tls_active=tls_active)
 
+    # no store mechanisms and no Kerberos here: the refusal sends the client nowhere else
     assert refused(lambda: attempt("never")).render() == (
-        b"-ERR [AUTH] You must use stronger authentication such as AUTH or APOP to access "
-        b"this account\r\n")
+        b"-ERR [AUTH] Clear text passwords are not permitted, and this server offers no other "
+        b"way to log in\r\n")
     assert attempt("local", "127.0.0.1").user == jan.name
     assert attempt("local", "::1").user == jan.name
     assert refused(lambda: attempt("local", "192.0.2.7")).code is RespCode.AUTH

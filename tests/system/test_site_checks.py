@@ -130,6 +130,32 @@ def test_a_brakes_file_in_a_directory_others_can_write_is_refused_by_the_check(s
     assert not os.path.exists("/tmp/qpt-brakes.sqlite")
 
 
+def test_a_store_whose_mechanisms_are_off_is_warned_of_by_the_check_and_start_up(site):
+    """With the default store-mechanisms (auto) and user-database system, APOP and the
+    store's AUTH mechanisms are off, and so is clear-text-password default's refusal for the
+    store's users (docs/compatibility.md, "Clear-text passwords"): said, not silent."""
+    store = os.path.join(site.root, "pop.auth")
+    with open(store, "wb"):
+        pass
+    os.chmod(store, 0o600)
+    popper = PopperServer(site.root, None).argv[0]
+    warning = (f"pop-auth-file {store} exists, but store-mechanisms auto with user-database "
+               f"system offers none of APOP, CRAM-MD5 and SCRAM, so clear-text-password "
+               f"default does not refuse clear text to the store's users; set "
+               f"store-mechanisms = on once their secrets are in the store")
+    checked = subprocess.run([popper, "--check-config", "-f", site.config,
+                              f"--pop-auth-file={store}"],
+                             capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stderr
+    assert f"popper: warning: {warning}\n" in checked.stderr
+    checked = subprocess.run([popper, "--check-config", "-f", site.config,
+                              f"--pop-auth-file={store}", "--store-mechanisms=on"],
+                             capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0 and "store-mechanisms" not in checked.stderr, checked.stderr
+    site.server(extra_args=[f"--pop-auth-file={store}"])
+    site.syslog.wait_for(re.escape(warning))
+
+
 def test_a_tracefile_that_cannot_be_written_is_one_line_not_a_traceback(site):
     """-t names a file in a directory that is not there: the check, the master and an inetd
     connection refuse it in one line (inetd: in the log only, its stderr may be the
