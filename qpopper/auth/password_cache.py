@@ -13,9 +13,9 @@ password for one account, under a key that is a salted scrypt hash:
     key = scrypt(pam-service, user name, uid, shadow stamp, password;
                  salt random per master start)
 
-- the password step's yes: a later login with the same name, uid and password skips
-  pam_authenticate; pam_acct_mgmt (expired account, pam_access, pam_time, an expired
-  password) still runs every time, and so do every policy of the authenticator;
+- the password step's yes: a later login with the same name, uid, shadow stamp and
+  password skips pam_authenticate; pam_acct_mgmt (expired account, pam_access, pam_time, an
+  expired password) still runs every time, and so do every policy of the authenticator;
 - its no (PAM_AUTH_ERR, PAM_USER_UNKNOWN only): refused as PAM would, with PAM's reason, and
   counted, delayed and braked as any failure is (the authenticator does that);
 - nothing else: system errors, acct_mgmt's refusals, PAM_MAXTRIES, ... are asked afresh.
