@@ -140,6 +140,15 @@ def cache_processes(server) -> list[int]:
     return found
 
 
+def logged_lines(site, start: str, count: int) -> list[str]:
+    """The log's lines that start with `start`, once there are `count` of them: they come
+    through syslog, maybe after the replies, so they are waited for, not raced."""
+    def found():
+        lines = [text for text in site.syslog.texts() if text.startswith(start)]
+        return lines if len(lines) >= count else None
+    return wait_until(found, what=f"{count} log lines starting {start!r}")
+
+
 def wait_past(moment: float, seconds: float) -> None:
     """Sleep until `seconds` (a TTL) plus a margin have passed since `moment` (monotonic)."""
     remaining = moment + seconds + 0.5 - time.monotonic()
@@ -221,11 +230,9 @@ def test_a_wrong_password_is_remembered_for_the_negative_ttl_and_still_braked(
     assert refused(server, user, "pw-not-yet")
     assert refused(server, user, "pw-not-yet")                  # remembered
     assert counted.count("auth", user) == 1
-    failures = [text for text in site.syslog.texts()
-                if text.startswith(f"LOGIN FAILED, user={user.name},")]
+    failures = logged_lines(site, f"LOGIN FAILED, user={user.name},", 2)
     assert len(failures) == 2                                   # both counted for the brakes
-    refusals = [text for text in site.syslog.texts()
-                if text.startswith(f'login of "{user.name}" refused')]
+    refusals = logged_lines(site, f'login of "{user.name}" refused', 2)
     assert len(refusals) == 2 and refusals[0] == refusals[1]    # the same words either way
     wait_past(asked, SHORT_TTL_S)
     assert refused(server, user, "pw-not-yet")                  # forgotten: PAM asked again
