@@ -48,8 +48,9 @@ class Bulletin:
     group: str | None       # None: everyone
 
 
-LEFT_OVER_SUFFIXES = ("~", ".bak", ".swp", ".tmp", ".orig", ".dpkg-old", ".dpkg-new",
-                      ".dpkg-dist", ".dpkg-tmp", ".rpmnew", ".rpmsave")
+LEFT_OVER_SUFFIXES = ("~", ".bak", ".swp", ".swo", ".tmp", ".orig", ".dpkg-old", ".dpkg-new",
+                      ".dpkg-dist", ".dpkg-tmp", ".dpkg-bak", ".dpkg-remove", ".ucf-dist",
+                      ".ucf-old", ".ucf-new", ".rpmnew", ".rpmsave", ".rpmorig")
 """Names an editor or a package manager leaves beside a file: never bulletins."""
 
 
@@ -174,7 +175,7 @@ class Delivery:
         self.lock_step_s = lock_step_s
         self.clock = clock
         self.bulldir = cfg.bulldir
-        self.skipped: list[int] = []    # numbers of the bulletins this login could not copy
+        self.skipped: list[Bulletin] = []   # the bulletins this login could not copy
 
     def step(self, name: str) -> None:
         if self.hook is not None:
@@ -229,9 +230,11 @@ class Delivery:
         """What the record becomes (docs/bulletins.md, "Skipped bulletins"): the newest number,
         unless bulletins were skipped above every one copied; then just below the lowest of
         those, so they are tried again while no newer bulletin has gone out (the record is one
-        number: moving it below a copied one would copy that one twice)."""
-        copied = [b.number for b in wanted if b.number not in self.skipped]
-        pending = [n for n in self.skipped if n > max(copied, default=last)]
+        number: moving it below a copied one would copy that one twice, so a skipped bulletin
+        that shares its number with a copied one is given up too)."""
+        skipped = {b.name for b in self.skipped}
+        copied = [b.number for b in wanted if b.name not in skipped]
+        pending = [b.number for b in self.skipped if b.number > max(copied, default=last)]
         return max(last, min(pending) - 1 if pending else newest)
 
     # --- the steps --------------------------------------------------------------------------------
@@ -335,7 +338,7 @@ class Delivery:
             if message is None:
                 self.log(syslog.LOG_WARNING, f"Bulletin {bulletin.name} skipped: it does not "
                                              "start with a valid 'From ' line")
-                self.skipped.append(bulletin.number)
+                self.skipped.append(bulletin)
                 continue
             parts.append(message)
         if not parts:
@@ -348,7 +351,7 @@ class Delivery:
         """The file's bytes, or None (logged, and noted in `skipped`)."""
         data = self._read_file(bulletin)
         if data is None:
-            self.skipped.append(bulletin.number)
+            self.skipped.append(bulletin)
         return data
 
     def _read_file(self, bulletin: Bulletin) -> bytes | None:

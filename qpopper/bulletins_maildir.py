@@ -111,7 +111,7 @@ class MaildirDelivery(Delivery):
             if message is None:
                 self.log(syslog.LOG_WARNING, f"Bulletin {bulletin.name} skipped: it does not "
                                              "start with a valid 'From ' line")
-                self.skipped.append(bulletin.number)
+                self.skipped.append(bulletin)
                 continue
             self._place(file_name(stamp, bulletin, self.hostname), message)
             delivered += 1

@@ -141,6 +141,21 @@ def test_a_skipped_newest_bulletin_is_delivered_once_it_is_mended(tmp_path):
     assert env.popbull.read_bytes() == b"2\n"
 
 
+def test_a_skipped_bulletin_sharing_its_number_with_a_copied_one_is_given_up(tmp_path):
+    """A tie with a copied bulletin: the record passes the number, so the copied one is not
+    delivered again once the user has deleted it."""
+    env = MaildirEnv(tmp_path, max_bulletins=5)
+    (env.bulldir / "5.ALL.news").write_bytes(bulletin_text("5.ALL.news"))
+    (env.bulldir / "5.ALL.zz").write_bytes(b"")            # skipped: still being written
+    assert env.deliver() == 1
+    assert env.popbull.read_bytes() == b"5\n"
+    for sub in ("new", "cur"):                             # RETR and DELE of everything
+        for name in os.listdir(env.maildir / sub):
+            os.unlink(env.maildir / sub / name)
+    assert env.deliver(stamp=STAMP + 1) == 0
+    assert env.subjects() == []
+
+
 CRASH_POINTS = [("bulletins:write-tmp", 1), ("bulletins:fsync-tmp", 1),
                 ("bulletins:link-new", 1), ("bulletins:write-tmp", 2),
                 ("bulletins:link-new", 2), ("bulletins:fsync-new", 1),
