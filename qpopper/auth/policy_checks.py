@@ -37,12 +37,12 @@ ACCESS_LIST_UNAVAILABLE = "POP access list not available"
 the user's credentials ([AUTH] would make the client ask for the password again)."""
 CLEAR_TEXT_LOCAL_ONLY = "Clear text passwords are permitted only from the local host"
 PAM_UNAVAILABLE = "Unable to check your credentials now; try again later"
-EXPIRED = 'The password or account of "{user}" has expired'
-"""-ERR [AUTH] when PAM's account step says so after the credentials were proved (RFC 3206
-names an expired account as an AUTH problem); told only to whoever proved them
-(docs/internals.md, "Failures and policy refusals")."""
-EXPIRY_CODES = frozenset({pam_auth.PAM_ACCT_EXPIRED, pam_auth.PAM_NEW_AUTHTOK_REQD,
-                          pam_auth.PAM_AUTHTOK_EXPIRED})
+EXPIRED = 'The password of "{user}" has expired'
+"""-ERR [AUTH] when PAM's account step says the password must be changed after the credentials
+were proved (RFC 3206 names an expired account as an AUTH problem): the one refusal of the
+account step that tells whoever proved them, so the user renews instead of retyping; every
+other one is answered as a wrong guess (docs/internals.md, "Failures and policy refusals")."""
+PASSWORD_EXPIRY_CODES = frozenset({pam_auth.PAM_NEW_AUTHTOK_REQD, pam_auth.PAM_AUTHTOK_EXPIRED})
 NO_SHELL = "No user shell defined"
 SHELL_NOT_FOUND = '"{user}": shell not found.'
 
@@ -244,9 +244,12 @@ class PolicyChecks:
         if not result.ok:
             reason = f"{what}: {result.reason} ({result.code})"
             if proved or result.password_code == pam_auth.PAM_SUCCESS:
-                refusal = EXPIRED if result.code in EXPIRY_CODES else PERMISSION_DENIED
-                self._refuse_policy(user, client_ip, refusal.format(user=user), reason,
-                                    line=account_line)
+                # No guess, so neither braked nor LOGIN FAILED; but only an expired password
+                # is told: an expired account, pam_access or pam_time get the wrong guess's
+                # text, or a barred account's password could be guessed through POP.
+                told = (EXPIRED.format(user=user) if result.code in PASSWORD_EXPIRY_CODES
+                        else text)
+                self._refuse_policy(user, client_ip, told, reason, line=account_line)
             self._refuse(user, host, client_ip, text, reason)
 
     def _check_password_expired(self) -> bool:

@@ -254,7 +254,7 @@ def test_an_account_expired_since_its_password_was_remembered_is_no_failure(
     log_in_and_quit(server, user)
     subprocess.run(["usermod", "--expiredate", "1970-01-02", user.name], check=True,
                    capture_output=True, timeout=30)
-    with pytest.raises(poplib.error_proto, match=r"has expired"):
+    with pytest.raises(poplib.error_proto, match=r"is incorrect"):
         log_in_and_quit(server, user)
     assert counted.count("auth", user) == 1 and counted.count("account", user) == 2
     site.syslog.wait_for(rf"LOGIN REFUSED \(account\), user={user.name}, .*\(13\)")

@@ -186,8 +186,8 @@ def test_expired_or_locked_account_is_refused_with_the_right_password(system_use
     reasons = " ".join(log.texts())
     if state == "account_expired":
         # PAM's password step said yes: no guess (docs/internals.md, "Failures and policy
-        # refusals")
-        assert error.text == f'The password or account of "{user.name}" has expired'
+        # refusals"), but answered as one: only an expired password is told
+        assert error.text == f'Password supplied for "{user.name}" is incorrect.'
         assert "LOGIN REFUSED (account)" in reasons and "expired" in reasons
         assert "LOGIN FAILED" not in reasons
     else:
@@ -427,8 +427,7 @@ def test_apop_for_system_users_runs_pam_account_management_only(system_users, pa
     error = refused(lambda: auth.check_apop(expired.name, TIMESTAMP,
                                             apop_digest(TIMESTAMP, "apop-" + expired.name),
                                             CLIENT_IP))
-    assert error.render() == (f'-ERR [AUTH] The password or account of "{expired.name}" '
-                              f'has expired\r\n').encode()
+    assert error.render() == f"-ERR [AUTH] {policy.BAD_DIGEST}\r\n".encode()
 
 
 @needs_root

@@ -126,18 +126,19 @@ def test_a_trusted_network_is_never_braked(site):
 
 def test_a_right_password_on_an_expired_account_is_no_failure(site, system_users):
     """PAM's password step says yes, its account step no (an expired account, an expired
-    password): not a guess. Each is logged `LOGIN REFUSED (account)` with PAM's reason,
-    answered `[AUTH]` with what expired, and costs no brake; a wrong password for the same
-    account is still a failure."""
+    password): not a guess. Each is logged `LOGIN REFUSED (account)` with PAM's reason and
+    costs no brake; only the expired password is told as such, the expired account is answered
+    as a wrong guess (which tells a guesser nothing); a wrong password for the same account is
+    still a failure."""
     source = "127.0.0.7"
     gone = system_users.create("dx", account_expired=True)
     stale = system_users.create("dp", password_expired=True)
+    wrong_guess = f'-ERR [AUTH] Password supplied for "{gone.name}" is incorrect.\r\n'.encode()
     for _ in range(3):
-        for user in (gone, stale):
-            reply = user_pass(site, source, user.name, user.password)
-            assert reply == (f'-ERR [AUTH] The password or account of "{user.name}" has '
-                             f'expired\r\n').encode(), reply
-    assert user_pass(site, source, gone.name, "wrong").startswith(b"-ERR [AUTH] Password supp")
+        assert user_pass(site, source, gone.name, gone.password) == wrong_guess
+        reply = user_pass(site, source, stale.name, stale.password)
+        assert reply == f'-ERR [AUTH] The password of "{stale.name}" has expired\r\n'.encode()
+    assert user_pass(site, source, gone.name, "wrong") == wrong_guess
     site.syslog.wait_for(rf"LOGIN FAILED, user={gone.name}, .*ip=\[{source}\], failures=1, .*")
     texts = site.syslog.texts()
     account = [t for t in texts if t.startswith("LOGIN REFUSED (account), ")]
@@ -150,3 +151,38 @@ def test_a_right_password_on_an_expired_account_is_no_failure(site, system_users
     assert len(failed) == 1 and policy == [] and waits == [], (failed, policy, waits)
     assert not [t for t in texts if "Failed attempted login to " + stale.name in t]
     assert ("address", source, 1) in address_rows(site, source)
+
+
+def test_an_account_pam_access_bars_answers_its_right_password_as_a_wrong_one(system_users,
+                                                                              world_tmp):
+    """An account the site keeps out of POP with pam_access (an administrator's): PAM's
+    account step refuses after the right password, which is logged LOGIN REFUSED (account)
+    and not braked, but answered with the wrong password's text, so POP is no way to guess
+    that account's password (docs/operations.md, "An expired account or password")."""
+    from tests.helpers.messages import mbox
+    from tests.helpers.pam_service import installed_pam_service
+    from tests.helpers.sysusers import make_spool
+    from tests.server_harness import Site
+    admin = system_users.create("acx")
+    access = os.path.join(world_tmp, "access.conf")
+    with open(access, "w") as f:
+        f.write(f"-:{admin.name}:ALL\n")
+    stack = ("auth     required  pam_unix.so nodelay\n"
+             "account  required  pam_unix.so\n"
+             f"account  required  pam_access.so accessfile={access}\n")
+    with installed_pam_service(stack, tag="acx-") as service:
+        barred = Site(world_tmp, service, auth_brakes_max_delay=1)
+        make_spool(barred.spool_dir, admin, mbox(("hi", "x")))
+        barred.srv = barred.server()
+        try:
+            right = user_pass(barred, "127.0.0.21", admin.name, admin.password)
+            wrong = user_pass(barred, "127.0.0.22", admin.name, "guess-1")
+            assert right == wrong == (f'-ERR [AUTH] Password supplied for "{admin.name}" is '
+                                      f'incorrect.\r\n').encode()
+            barred.syslog.wait_for(rf"LOGIN REFUSED \(account\), user={admin.name}, "
+                                   rf"method=USER, ip=\[127\.0\.0\.21\], .*")
+            barred.syslog.wait_for(rf"LOGIN FAILED, user={admin.name}, .*ip=\[127\.0\.0\.22\].*")
+            assert not [t for t in barred.syslog.texts()
+                        if t.startswith("LOGIN FAILED") and "127.0.0.21" in t]
+        finally:
+            barred.close()
