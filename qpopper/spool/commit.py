@@ -56,7 +56,8 @@ class CommitEngine:
                 write_front(writer.write)
                 writer.flush()
                 if spool_len:
-                    self.append_spool(writer, lock, 0, spool_len, "copy-spool-to-image")
+                    self.append_spool(writer, lock, 0, spool_len, "copy-spool-to-image",
+                                      in_place=True)
                 self.step("fsync-image")
                 os.fsync(image)
             except OSError:
@@ -69,7 +70,7 @@ class CommitEngine:
         self.finish()
 
     def append_spool(self, writer: ChunkWriter, lock: SpoolLock, start: int, length: int,
-                     name: str) -> bool:
+                     name: str, *, in_place: bool) -> bool:
         """Put the spool's [start, start+length) after what `writer` wrote to the image. The
         image's messages were written closed (an open MMDF message gets its trailer:
         mbox_write, normal mode's restore), so what is padded and what is left out is
@@ -78,7 +79,10 @@ class CommitEngine:
         - in a From_ image, the empty lines (LF or CRLF) the copied mail starts with before
           its first `From ` line are left out: a delivery agent's closing of the message
           before it, or more; copied, they would be empty lines of the last message written,
-          or start the spool (which every login would refuse);
+          or start the spool (which every login would refuse); `in_place` (the image is to
+          be written over the spool's first start+length octets, which it must cover: a
+          commit, its roll-forward), only the first whole lines of them that the image's
+          octets before them and the padding make up for;
         - the separator padding the image's end needs goes first (True is returned then);
         - in an MMDF image, what closes the end when the copied mail ends open (its
           separator lines counted), so the spool never ends open after our write."""
@@ -86,10 +90,11 @@ class CommitEngine:
         spool = lock.fd
         first = (os.pread(image, limits.MAX_SPOOL_LINE_OCTETS, 0) if writer.pos
                  else os.pread(spool, min(limits.MAX_SPOOL_LINE_OCTETS, length), start))
-        if length and mbox.mmdf_separator(first) is None:
-            skip = mbox.empty_lines_before_from(spool, start, start + length)
-            start, length = start + skip, length - skip
         pad = mbox.padding_after(image, writer.pos, open_message=False)
+        if length and mbox.mmdf_separator(first) is None:
+            at_most = writer.pos + len(pad) - start if in_place else None
+            skip = mbox.empty_lines_before_from(spool, start, start + length, at_most)
+            start, length = start + skip, length - skip
         if pad:
             writer.write(pad)
             writer.flush()
@@ -244,16 +249,11 @@ class CommitEngine:
                                               f"({size - eof} octets of new mail)")
                 self.step("truncate-image")
                 os.ftruncate(image, image_len)
-                new_len = image_len
-                if size > eof:
-                    pad = mbox.padding_after(image, image_len, open_message=False)   # ours
-                    if pad:
-                        self.step("pad-image")
-                        pwrite_all(image, pad, image_len)
-                    copy_range(spool, eof, size - eof, image, image_len + len(pad), self.step,
-                               "copy-spool-to-image", lock.refresh_if_due)
-                    new_len = image_len + len(pad) + size - eof
-                    new_len += self._close_end(image, image_len + len(pad), new_len)
+                if size > eof:        # as the commit appends it: padded, less empty lines
+                    self.append_spool(ChunkWriter(image, self.step, "pad-image", image_len),
+                                      lock, eof, size - eof, "copy-spool-to-image",
+                                      in_place=True)
+                new_len = os.fstat(image).st_size
                 self.step("fsync-image")
                 os.fsync(image)
                 # The spool may be partly rewritten already: running out of room must

@@ -235,14 +235,14 @@ def publish(temp: str, final: str, data: bytes, *, mode: int = 0o600, link: bool
 class ChunkWriter:
     """Appends to a file in limits.COPY_CHUNK_OCTETS writes, one step per write."""
 
-    def __init__(self, fd: int, step: StepHook, name: str):
+    def __init__(self, fd: int, step: StepHook, name: str, start: int = 0):
         self.fd = fd
         self.step = step
         self.name = name
-        self.pos = 0
+        self.pos = start
         self.parts: list[bytes] = []
         self.size = 0
-        self.writeback = Writeback(fd)
+        self.writeback = Writeback(fd, start)
 
     def write(self, data: bytes) -> None:
         self.parts.append(bytes(data))

@@ -267,3 +267,71 @@ def test_a_server_mode_rewrite_keeping_nothing_starts_the_spool_with_the_new_mai
     assert read(paths.spool) == new_mail
     [(_, _, served)] = view(cfg, paths)                     # the next login takes it
     assert served.startswith(b"Subject: 3\r\n") and served.endswith(b"\r\n\r\nthree\r\n")
+
+
+def _bodies(data: bytes) -> list[bytes]:
+    f = io.BytesIO(data)
+    out = []
+    for m in mbox.scan(f):
+        parts: list[bytes] = []
+        mbox.send_message(f, m, parts.append)
+        out.append(b"".join(parts).split(b"\r\n\r\n", 1)[1])
+    return out
+
+
+def _update_steps(tmp_path, server: bool) -> list[int]:
+    steps: list[str] = []
+    (tmp_path / "steps").mkdir()
+    cfg, paths = make(tmp_path / "steps", FROM + b"Subject: 1\n\none\n\n", server_mode=server)
+    drop = Maildrop.open(cfg, paths, USER, lock_step_s=0.05, step_hook=steps.append)
+    append(paths.spool, FROM + b"Subject: 2\n\ntwo\n")
+    drop.update(set(), {0})
+    drop.close()
+    return [i for i, s in enumerate(steps) if s.startswith("update:")]
+
+
+@pytest.mark.parametrize("server", [False, True])
+def test_a_roll_forward_leaves_out_the_agent_s_padding_as_the_update_does(tmp_path, server):
+    """Killed at each step of the update (mail delivered during the session, its end not
+    closed), then an agent delivers after padding with an LF: the next login's roll-forward
+    appends that mail as the update does, the padding left out, so the message before it
+    gains no empty line (docs/maildrop.md, "The commit engine")."""
+    from tests.helpers.spoolcheck import dies_in_child, killer_at
+    late = FROM + b"Subject: 3\n\nthree\n\n"
+    expected = [b"one\r\n", b"two\r\n", b"three\r\n"]
+    for k in _update_steps(tmp_path, server):
+        (tmp_path / str(k)).mkdir()
+        cfg, paths = make(tmp_path / str(k), FROM + b"Subject: 1\n\none\n\n",
+                          server_mode=server)
+
+        def session():
+            drop = Maildrop.open(cfg, paths, USER, lock_step_s=0.05, step_hook=killer_at(k))
+            append(paths.spool, FROM + b"Subject: 2\n\ntwo\n")
+            drop.update(set(), {0})
+        assert dies_in_child(session), k
+        now = read(paths.spool)
+        append(paths.spool, (b"" if now.endswith(b"\n\n") or not now else b"\n") + late)
+        drop = open_drop(cfg, paths)
+        drop.restore()
+        drop.close()
+        assert _bodies(read(paths.spool)) == expected, k
+
+
+def test_a_normal_mode_update_with_more_padding_than_kept_octets_succeeds(tmp_path):
+    """The image is written over the spool in place and must cover it: when the agent's
+    empty lines outnumber the kept message's octets, only as many are left out as the image
+    makes up for, and QUIT succeeds with nothing lost (docs/maildrop.md, "The commit
+    engine")."""
+    cfg, paths = make(tmp_path, FROM + b"\nx\n\n")
+    drop = open_drop(cfg, paths)
+    new_mail = FROM + b"Subject: 2\n\ntwo\n\n"
+    append(paths.spool, b"\n" * 200 + new_mail)
+    drop.update(set(), set())
+    drop.close()
+    assert sorted(os.listdir(tmp_path)) == [USER]              # no drop, image or journal left
+    spool = read(paths.spool)
+    assert spool.endswith(b"\n\n\n" + new_mail)        # the lines the image cannot cover
+    assert len(spool) == 200 + len(new_mail)                 # left out: as many as it covers
+    served = view(cfg, paths)
+    assert len(served) == 2 and served[1][2].endswith(b"\r\n\r\ntwo\r\n")
+    assert served[0][2].split(b"\r\n\r\n", 1)[1].strip(b"\r\n") == b"x"
