@@ -267,8 +267,7 @@ class ServerModeMaildrop(NormalModeMaildrop):
             self._note(syslog.LOG_NOTICE, f"fast-update of {self.user}: rename failed "
                                           f"({exc.strerror}); copying")
             return False
-        self._step("fsync-spool-dir")
-        fsync_parent_dir(self.paths.spool)
+        _sync_renamed(self.paths.spool, self._step, self._note, self.user)
         return True
 
     # --- the cache ---------------------------------------------------------------------------
@@ -368,6 +367,18 @@ def _headers_to_write(cfg, f, messages: list[mbox.Message], marked) -> bool:
 
 def _stale_length_to_drop(f, messages: list[mbox.Message]) -> bool:
     return any(mbox.says_a_stale_length(f, m) for m in messages)
+
+
+def _sync_renamed(spool: str, step, note, user: str) -> None:
+    """fsync the spool's directory after the image was renamed over the spool. The rename is
+    done: the session's changes are applied, so a failure here is logged, and the reply
+    still says they are (docs/maildrop.md, "Server mode: the update")."""
+    try:
+        step("fsync-spool-dir")
+        fsync_parent_dir(spool)
+    except OSError as exc:
+        note(syslog.LOG_WARNING, f"fast-update of {user}: the spool was renamed but its "
+                                 f"directory not synced ({exc.strerror})")
 
 
 def _tail_closed(f, cached_len: int, size: int, known: list[mbox.Message]) -> bool:

@@ -4,6 +4,7 @@ Maildrop (send = RETR, update = QUIT, restore = abort without update)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -410,3 +411,23 @@ def test_the_uw_folder_message_stays_hidden_and_first(tmp_path):
     drop.update({0}, set())
     data = read(paths.spool)
     assert data.startswith(folder) and subjects(data)[1:] == ["message 2"]
+
+
+def test_fast_update_answers_ok_when_the_directory_sync_fails_after_the_rename(
+        tmp_path, monkeypatch):
+    """The rename over the spool applied the changes: a directory fsync failing after it is
+    logged, and QUIT does not claim the changes were not applied (docs/maildrop.md, "Server
+    mode: the update")."""
+    from qpopper.spool import server_mode
+
+    def failing(path):
+        raise OSError(errno.EIO, "Input/output error")
+    log = []
+    cfg, paths = make(tmp_path, spool_of(1, 2), fast_update=True)
+    drop = Maildrop.open(cfg, paths, USER, log=lambda p, t: log.append(t), lock_step_s=0.05)
+    monkeypatch.setattr(server_mode, "fsync_parent_dir", failing)
+    drop.update({0}, set())
+    drop.close()
+    assert subjects(read(paths.spool)) == ["message 2"]
+    assert not os.path.exists(paths.journal) and not os.path.exists(paths.new_image)
+    assert any("directory not synced" in t for t in log), log
