@@ -228,10 +228,11 @@ def warn_of_an_unused_store(cfg, log) -> None:
     """A pop.auth store exists, but store-mechanisms keeps APOP, CRAM-MD5 and SCRAM off (its
     default `auto` with user-database system: docs/internals.md, "Store mechanisms"): then
     clear-text-password `default` does not refuse clear text to the store's users either,
-    which the manual promises; the administrator is told, once per start, reload or check."""
+    which the manual promises; the administrator is told, once per start, reload or check.
+    The other clear-text-password values do not depend on the store: no warning."""
     path = cfg.pop_auth_file
-    if (log is None or not path or store_mechanisms_offered(cfg)
-            or not os.path.exists(path)):
+    if (log is None or not path or cfg.clear_text_password != "default"
+            or store_mechanisms_offered(cfg) or not os.path.exists(path)):
         return
     log(syslog.LOG_WARNING, f"pop-auth-file {path} exists, but store-mechanisms "
                             f"{cfg.store_mechanisms} with user-database {cfg.user_database} "

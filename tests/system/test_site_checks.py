@@ -152,6 +152,12 @@ def test_a_store_whose_mechanisms_are_off_is_warned_of_by_the_check_and_start_up
                               f"--pop-auth-file={store}", "--store-mechanisms=on"],
                              capture_output=True, text=True, timeout=30)
     assert checked.returncode == 0 and "store-mechanisms" not in checked.stderr, checked.stderr
+    for other in ("always", "tls", "never"):        # these do not depend on the store
+        checked = subprocess.run([popper, "--check-config", "-f", site.config,
+                                  f"--pop-auth-file={store}", f"--clear-text-password={other}"],
+                                 capture_output=True, text=True, timeout=30)
+        assert checked.returncode == 0 and "store-mechanisms" not in checked.stderr, (
+            other, checked.stderr)
     site.server(extra_args=[f"--pop-auth-file={store}"])
     site.syslog.wait_for(re.escape(warning))
 
