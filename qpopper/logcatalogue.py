@@ -347,6 +347,10 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
          "absent", "The session lock in the Maildir (qpopper-pop3.lock) is another owner's "
          "file the user may not write (root's, after a restore), or a directory, socket or "
          "device: every login gets -ERR [SYS/PERM] until it is removed or given back."),
+        ("Maildir lock file * cannot be made: *; the Maildir directory * must be writable by "
+         "the user", "There is no session lock in the Maildir and the user may not make one: "
+         "the Maildir directory is another owner's (root's, after a restore) or not writable: "
+         "every login gets -ERR [SYS/PERM] until it is given back."),
         ("Maildir lock file * could not be opened: *", "The same file could not be opened or "
          "made for a passing cause (a read-only or full file system, an I/O error): "
          "-ERR [SYS/TEMP]."),

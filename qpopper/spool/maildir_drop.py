@@ -277,7 +277,14 @@ write (root's, after a restore or a root-run tool), a directory, a socket or dev
 def lock_refusal(lock_path: str, error: OSError) -> PopError:
     """The lock file could not be opened (docs/maildir.md, "One session per mailbox"): a
     lasting cause is [SYS/PERM], the administrator must remove or fix the file; anything
-    else (a read-only or full file system, an I/O error) [SYS/TEMP]. The log names the file."""
+    else (a read-only or full file system, an I/O error) [SYS/TEMP]. The log names the file,
+    or the directory when the file is absent and the directory refuses to let it be made."""
+    if error.errno in (errno.EACCES, errno.EPERM) and not os.path.lexists(lock_path):
+        # no lock file to blame: the Maildir directory does not let the user make one
+        return PopError(LOCK_REFUSED_TEXT, RespCode.SYS_PERM,
+                        log=f"Maildir lock file {lock_path} cannot be made: {error.strerror}; "
+                            f"the Maildir directory {os.path.dirname(lock_path)} must be "
+                            f"writable by the user")
     if error.errno in LOCK_LASTING_ERRORS:
         return PopError(LOCK_REFUSED_TEXT, RespCode.SYS_PERM,
                         log=f"Maildir lock file {lock_path} cannot be used: {error.strerror}; "

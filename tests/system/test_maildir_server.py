@@ -270,6 +270,13 @@ def test_a_maildir_linked_to_the_spool_directory_reaches_no_other_users_mail(
     assert sorted(os.listdir(site.spool_dir)) == sorted([victim.name])
 
 
+def refused_for_the_lock_file(server, user) -> None:
+    with pytest.raises(poplib.error_proto) as refusal:
+        login(server, user)
+    assert refusal.value.args[0] == (b"-ERR [SYS/PERM] Unable to use the lock file in your "
+                                     b"Maildir; contact your administrator")
+
+
 @pytest.mark.parametrize("kind", ["root's file", "directory"])
 def test_a_lock_file_the_user_cannot_open_is_sys_perm_naming_the_file(site, maildir_user, kind):
     """qpopper-pop3.lock left as root's 0600 file (a restore, a tool run as root) or made a
@@ -286,14 +293,32 @@ def test_a_lock_file_the_user_cannot_open_is_sys_perm_naming_the_file(site, mail
             pass
         os.chmod(lock, 0o600)                                   # root's, as made here
     server = site.server()
-    with pytest.raises(poplib.error_proto) as refusal:
-        login(server, maildir_user)
-    assert refusal.value.args[0] == (b"-ERR [SYS/PERM] Unable to use the lock file in your "
-                                     b"Maildir; contact your administrator")
+    refused_for_the_lock_file(server, maildir_user)
     site.syslog.wait_for(rf"Maildir lock file {re.escape(lock)} cannot be used: "
                          rf"{'Is a directory' if kind == 'directory' else 'Permission denied'}"
                          rf"; it must be the user's own plain file, or absent")
     (os.rmdir if kind == "directory" else os.unlink)(lock)
+    client = login(server, maildir_user)
+    assert client.stat()[0] == 1
+    client.quit()
+
+
+def test_a_maildir_directory_the_user_cannot_write_is_named_in_the_log(site, maildir_user):
+    """No lock file, and the Maildir directory root's (a restore as root): the log names the
+    directory the user may not write in, not a lock file that is not there."""
+    deliver_with_mailbox(maildir_user, [b"Subject: kept\n\nhere\n"])
+    maildir = os.path.join(maildir_user.home, "Maildir")
+    lock = os.path.join(maildir, "qpopper-pop3.lock")
+    assert not os.path.lexists(lock)
+    os.chown(maildir, 0, 0)
+    os.chmod(maildir, 0o755)
+    server = site.server()
+    refused_for_the_lock_file(server, maildir_user)
+    site.syslog.wait_for(rf"Maildir lock file {re.escape(lock)} cannot be made: Permission "
+                         rf"denied; the Maildir directory {re.escape(maildir)} must be "
+                         rf"writable by the user")
+    assert not os.path.lexists(lock)
+    os.chown(maildir, maildir_user.uid, maildir_user.gid)
     client = login(server, maildir_user)
     assert client.stat()[0] == 1
     client.quit()
