@@ -75,7 +75,7 @@ from qpopper.auth import Login, challenges, is_possible_user_name
 from qpopper.auth.password_cache import PasswordCache, pam_or_cached
 from qpopper.auth.brakes import Brakes
 from qpopper.auth.scram import Verifier
-from qpopper.auth.store import PopAuthStore
+from qpopper.auth.store import DecoyKeyUnusable, PopAuthStore
 from qpopper.auth.policy_checks import (BAD_DIGEST, BAD_PASSWORD, USER_DB_POP_AUTH, PolicyChecks,
                                          failure_line, policy_line, store_mechanisms_offered)
 
@@ -226,7 +226,7 @@ class Authenticator(PolicyChecks, challenges.GssSteps):
         arithmetic = challenges.scram_arithmetic(mechanism)
         self._scram = challenges.ScramState.begin(
             user, mechanism, arithmetic, client_nonce, self.scram_verifier(user, arithmetic),
-            self.store.decoy_key if self.apop_enabled else None)
+            (lambda: usable_decoy_key(self.store, self.log)) if self.apop_enabled else None)
         self._scram_login = None
         return self._scram.server_first
 
@@ -375,3 +375,15 @@ def _digest_matches(timestamp: str, secret: str, digest: str) -> bool:
     expected = hashlib.md5((timestamp + secret).encode("utf-8")).hexdigest().encode("ascii")
     given = digest.strip().lower().encode("ascii", "replace")
     return hmac.compare_digest(expected, given)
+
+
+def usable_decoy_key(store: PopAuthStore, log) -> bytes | None:
+    """The store's SCRAM decoy key; one that cannot be used is logged and the decoy falls
+    back as without one, so a name without a verifier is answered as a name with one
+    (docs/internals.md, "Store mechanisms")."""
+    try:
+        return store.decoy_key()
+    except DecoyKeyUnusable as exc:
+        log(syslog.LOG_ERR, f"SCRAM decoy key {exc}; SCRAM's made-up exchanges are keyed by "
+                            f"/etc/machine-id until it is fixed")
+        return None

@@ -61,6 +61,24 @@ class StoreError(Exception):
     """A pop.auth problem for tools (popauth): one readable line."""
 
 
+class DecoyKeyUnusable(Exception):
+    """The decoy key file is there but cannot be used: one line naming the file and why."""
+
+
+def decoy_key_fault(st: os.stat_result, size: int, owner_uid: int) -> str | None:
+    """What is wrong with a decoy key file of this stat and size (None: nothing), for the
+    server (PopAuthStore.decoy_key) and the start-up checks alike."""
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if stat.S_IMODE(st.st_mode) != STORE_MODE:
+        return f"mode 0{stat.S_IMODE(st.st_mode):o}, not 0600"
+    if st.st_uid not in (0, owner_uid):
+        return f"owned by uid {st.st_uid}, not by uid {owner_uid} (the store's owner)"
+    if size != DECOY_KEY_OCTETS:
+        return f"{size} octets, not {DECOY_KEY_OCTETS}"
+    return None
+
+
 class PopAuthStore:
     """One pop.auth file. Cheap to construct; every call opens and closes its connection,
     so a session child never keeps the file open after authentication."""
@@ -207,16 +225,22 @@ class PopAuthStore:
         same across restarts as real salts do (docs/internals.md, "Store mechanisms").
         popauth makes it; so does this, when it can. None: there is none and it cannot be
         made here (a read-only store directory, as under the systemd units). A key file that
-        is not a regular file of the right size, owner and mode is [SYS/PERM]."""
+        cannot be read, or is not a regular file of the right size, owner and mode, raises
+        DecoyKeyUnusable: the caller logs it and falls back as without a key, so a name
+        without a verifier is answered as one with (never an error only such names get)."""
+        key_path = self.decoy_key_path
         try:
-            return self._read_decoy_key(self.decoy_key_path)
-        except FileNotFoundError:
-            pass
-        try:
-            self.make_decoy_key()
-        except OSError:
-            return None
-        return self._read_decoy_key(self.decoy_key_path)
+            try:
+                return self._read_decoy_key(key_path)
+            except FileNotFoundError:
+                pass
+            try:
+                self.make_decoy_key()
+            except OSError:
+                return None
+            return self._read_decoy_key(key_path)
+        except OSError as exc:                  # ELOOP (a symlink), EACCES, EIO, ...
+            raise DecoyKeyUnusable(f"{key_path}: {exc.strerror}") from None
 
     @property
     def decoy_key_path(self) -> str:
@@ -247,16 +271,12 @@ class PopAuthStore:
         fd = os.open(key_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         try:
             st = os.fstat(fd)
-            key = os.read(fd, DECOY_KEY_OCTETS + 1)
+            key = os.read(fd, DECOY_KEY_OCTETS + 1) if stat.S_ISREG(st.st_mode) else b""
         finally:
             os.close(fd)
-        if (not stat.S_ISREG(st.st_mode) or stat.S_IMODE(st.st_mode) != STORE_MODE
-                or st.st_uid not in (0, self.owner_uid) or len(key) != DECOY_KEY_OCTETS):
-            raise PopError(f"POP authentication DB has wrong mode "
-                           f"(0{stat.S_IMODE(st.st_mode):o})", RespCode.SYS_PERM,
-                           log=f"pop.auth store {self.path}: {key_path} must be a regular "
-                               f"file of {DECOY_KEY_OCTETS} octets, mode 0600, owned by uid "
-                               f"{self.owner_uid}")
+        fault = decoy_key_fault(st, len(key), self.owner_uid)
+        if fault:
+            raise DecoyKeyUnusable(f"{key_path}: {fault}")
         return key
 
     # ---- internals ----------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from qpopper.auth.sasl import kerberos_refusal
 from qpopper.auth.policy_checks import store_mechanisms_offered
-from qpopper.auth.store import DECOY_KEY_SUFFIX, PopAuthStore
+from qpopper.auth.store import DECOY_KEY_SUFFIX, PopAuthStore, decoy_key_fault
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.bulletin_records import BULLDB_DIR, BULLDB_FILE
 from qpopper.server import prelogin_filter, privsep, sdnotify
@@ -245,16 +245,41 @@ def warn_without_decoy_key(cfg, log) -> None:
     """SCRAM's made-up exchanges for names without a verifier are keyed by the store's decoy
     key (docs/internals.md, "Store mechanisms"); the server makes it when it can write beside
     the store, popauth always. Without it they fall back to /etc/machine-id, which local
-    users can read: the administrator is told how to make it."""
+    users can read: the administrator is told how to make it. A key the exchanges cannot use
+    (its kind, mode, owner or size; one that cannot be looked at, as root) is named, with
+    why, in the line those exchanges log."""
     path = cfg.pop_auth_file
-    if (log is None or not path or not store_mechanisms_offered(cfg)
-            or not os.path.exists(path) or os.path.lexists(path + DECOY_KEY_SUFFIX)
-            or os.access(os.path.dirname(os.path.abspath(path)), os.W_OK)):
+    if log is None or not path or not store_mechanisms_offered(cfg) or not os.path.exists(path):
+        return
+    key = path + DECOY_KEY_SUFFIX
+    try:
+        st = os.lstat(key)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        if os.geteuid() == 0:
+            _warn_of_decoy_key(log, f"{key}: {exc.strerror}")
+        return
+    if st is not None:
+        try:
+            owner_uid = pwd.getpwnam(cfg.pop_auth_owner).pw_uid
+        except (KeyError, TypeError):
+            owner_uid = os.stat(path).st_uid          # no such account: the store's owner
+        fault = decoy_key_fault(st, st.st_size, owner_uid)
+        if fault:
+            _warn_of_decoy_key(log, f"{key}: {fault}")
+        return
+    if os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
         return
     log(syslog.LOG_WARNING, f"{path}{DECOY_KEY_SUFFIX} is missing and this server cannot "
                             f"make it: SCRAM's made-up exchanges are keyed by /etc/machine-id, "
                             f"which local users can read; run popauth -list once, as root, to "
                             f"make it")
+
+
+def _warn_of_decoy_key(log, key_and_why: str) -> None:
+    log(syslog.LOG_WARNING, f"SCRAM decoy key {key_and_why}; SCRAM's made-up exchanges are "
+                            f"keyed by /etc/machine-id until it is fixed")
 
 
 def check_user_lists(cfg) -> None:

@@ -9,6 +9,7 @@ import base64
 import hashlib
 import os
 import poplib
+import re
 import shutil
 import socket
 import stat
@@ -198,6 +199,36 @@ def test_scram_decoys_are_keyed_by_a_secret_only_root_and_the_owner_can_read(sit
     assert hashlib.sha256(b"qpopper-scram-decoy" + public).digest()[:16] != salt
     site.srv.stop()
     assert scram_salt(site.server(), ghost) == salt                 # the same after a restart
+
+
+@pytest.mark.parametrize("fault", ["mode", "owner", "symlink", "size"])
+def test_a_decoy_key_that_cannot_be_used_answers_unknown_names_as_known_ones(site, fault):
+    """A bad `<store>.decoy-key` (mode 0640, a former owner's, a symbolic link, cut short) is
+    read only for names WITHOUT a verifier: its error was theirs alone, a list of the names
+    that hold one. Now it is logged, naming the file and why, and the decoy is keyed as
+    without a key (/etc/machine-id): every name gets a challenge (docs/internals.md, "Store
+    mechanisms")."""
+    ghost = "qptnosuchscramuser"
+    scram_salt(site.srv, ghost)                                     # the key exists
+    key = site.store.path + ".decoy-key"
+    why = {"mode": "mode 0640, not 0600",
+           "owner": rf"owned by uid {site.bob.uid}, not by uid \d+ \(the store's owner\)",
+           "symlink": "Too many levels of symbolic links", "size": "5 octets, not 32"}[fault]
+    if fault == "mode":
+        os.chmod(key, 0o640)
+    elif fault == "owner":
+        os.chown(key, site.bob.uid, -1)
+    elif fault == "symlink":
+        os.rename(key, key + ".real")
+        os.symlink(key + ".real", key)
+    else:
+        with open(key, "r+b") as f:
+            f.truncate(5)
+    scram_salt(site.srv, site.alice.name)                           # a challenge, as before
+    salt = scram_salt(site.srv, ghost)                              # a challenge too
+    assert salt == challenges.decoy_verifier("SCRAM-SHA-256", ghost, None).salt
+    site.syslog.wait_for(rf"SCRAM decoy key {re.escape(key)}: {why}; SCRAM's made-up "
+                         rf"exchanges are keyed by /etc/machine-id until it is fixed")
 
 
 def test_plain_for_system_users_goes_through_pam_policies(site):
