@@ -15,7 +15,12 @@ O_NOFOLLOW relative to its parent's descriptor and changed with fchown/fchmod.
         directory it made. debian/postinst and the RPM's %post both call this, so the option
         reading and the directory list exist once.
     /usr/bin/python3 -m qpopper.tools.maintscript own-store STORE OWNER
-        STORE (if it exists) to OWNER, mode 0600: only a regular file with one link.
+        STORE (if it exists) to OWNER, mode 0600: only a regular file with one link; then
+        the same for STORE.decoy-key, the key of SCRAM's decoys, which the server refuses
+        unless it is the store's owner's or root's (docs/internals.md, "Store mechanisms").
+    /usr/bin/python3 -m qpopper.tools.maintscript decoy-key STORE OWNER
+        STORE.decoy-key, OWNER's, mode 0600, when STORE is a regular file and the key is
+        missing (a store made before popauth made the key); prints it when made.
     /usr/bin/python3 -m qpopper.tools.maintscript make-dirs LIKE DIR...
         each missing DIR with LIKE's owner, group and mode; a DIR below LIKE is walked from LIKE
         without following any link, another DIR from its parent; prints each DIR it made
@@ -37,6 +42,7 @@ import string
 import sys
 
 from qpopper import config as config_mod
+from qpopper.auth.store import DECOY_KEY_SUFFIX, PopAuthStore
 from qpopper.spool.dirs import UnsafeComponent, make_dirs_below
 from qpopper.spool.locking import Unlinked, open_regular
 
@@ -44,7 +50,8 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_REFUSED = 3
 USAGE = ("usage: /usr/bin/python3 -m qpopper.tools.maintscript "
-         "{spool-dirs CONFIG [--adjust-existing] | own-store STORE OWNER | make-dirs LIKE DIR...}")
+         "{spool-dirs CONFIG [--adjust-existing] | own-store STORE OWNER | decoy-key STORE OWNER "
+         "| make-dirs LIKE DIR...}")
 STORE_MODE = 0o600
 SPOOL_MODE = 0o2775
 """A spool directory the package makes: root:mail, group-writable for delivery agents' and
@@ -56,11 +63,41 @@ class Refused(Exception):
 
 
 def own_store(path: str, owner_name: str) -> None:
-    """chown OWNER + chmod 0600 of the store, never through a link (a missing store: nothing)."""
+    """chown OWNER + chmod 0600 of the store and then of its decoy key, never through a link
+    (a missing one: nothing)."""
+    owner = _account(path, owner_name)
+    _own_file(path, owner)
+    _own_file(path + DECOY_KEY_SUFFIX, owner)
+
+
+def make_decoy_key(path: str, owner_name: str) -> bool:
+    """The store's missing decoy key, OWNER's 0600 (PopAuthStore.make_decoy_key: a new name
+    made with O_EXCL|O_NOFOLLOW, then linked into place, so nothing planted is followed).
+    True when made; a missing store, or one that is not a regular file: nothing."""
+    owner = _account(path, owner_name)
     try:
-        owner = pwd.getpwnam(owner_name)
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return False                  # own-store says what is wrong with it
+    except FileNotFoundError:
+        return False
+    key = path + DECOY_KEY_SUFFIX
+    if os.path.lexists(key):
+        return False
+    try:
+        PopAuthStore(path, owner.pw_uid).make_decoy_key()
+    except OSError as error:
+        raise Refused(f"{key} not made: {error.strerror}") from None
+    return True
+
+
+def _account(path: str, owner_name: str) -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(owner_name)
     except KeyError:
         raise Refused(f"{path} not changed: no account {owner_name!r}") from None
+
+
+def _own_file(path: str, owner: pwd.struct_passwd) -> None:
     def refuse(kind: str, detail: str) -> Refused:
         return Refused(f"{path} not changed: not a regular file with one link")
     for attempt in range(2):
@@ -186,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_REFUSED if refusals else 0
         if len(argv) == 3 and argv[0] == "own-store":
             own_store(argv[1], argv[2])
+        elif len(argv) == 3 and argv[0] == "decoy-key":
+            if make_decoy_key(argv[1], argv[2]):
+                print(argv[1] + DECOY_KEY_SUFFIX)
         elif len(argv) >= 2 and argv[0] == "make-dirs":
             made, refusals = make_dirs(argv[1], argv[2:])
             print("".join(f"{path}\n" for path in made), end="")

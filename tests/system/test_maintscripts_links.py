@@ -234,3 +234,48 @@ def test_maintscript_owns_a_store_replaced_as_it_opened_it(tmp_path, monkeypatch
     monkeypatch.undo()
     assert opener.done and store.read_bytes() == b"new"
     assert stat.S_IMODE(os.stat(store).st_mode) == maintscript.STORE_MODE
+
+
+def test_postinst_gives_the_decoy_key_to_the_new_owner_with_the_store(scratch, pop_owner):
+    """pop-auth-owner changed: the store AND its SCRAM decoy key follow the new owner (the
+    server refuses a key of another owner; docs/internals.md, "Store mechanisms")."""
+    store = owners_directory(scratch, pop_owner) / "pop.auth"
+    store.write_bytes(b"SQLite format 3\0")
+    key = Path(f"{store}.decoy-key")
+    key.write_bytes(b"k" * 32)
+    for path in (store, key):
+        os.chown(path, 54321, -1)                 # the former owner's
+        path.chmod(0o600)
+    store_config(scratch, pop_owner, store, spool_dir(scratch))
+    scratch.run("postinst", "configure")
+    for path in (store, key):
+        st = os.stat(path)
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (pop_owner.uid, 0o600), path
+    assert key.read_bytes() == b"k" * 32
+
+
+def test_postinst_makes_the_missing_decoy_key_of_a_store(scratch, pop_owner):
+    store = owners_directory(scratch, pop_owner) / "pop.auth"
+    store.write_bytes(b"SQLite format 3\0")
+    os.chown(store, pop_owner.uid, -1)
+    store.chmod(0o600)
+    store_config(scratch, pop_owner, store, spool_dir(scratch))
+    scratch.run("postinst", "configure")
+    st = os.lstat(f"{store}.decoy-key")
+    assert stat.S_ISREG(st.st_mode) and st.st_size == 32
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (pop_owner.uid, 0o600)
+    assert sorted(os.listdir(store.parent)) == ["pop.auth", "pop.auth.decoy-key"]
+    assert f"{store}.decoy-key" not in (scratch.state / "created").read_text()
+
+
+def test_postinst_does_not_follow_a_decoy_key_symlink(scratch, pop_owner):
+    victim = root_file(scratch)
+    store = owners_directory(scratch, pop_owner) / "pop.auth"
+    store.write_bytes(b"SQLite format 3\0")
+    key = Path(f"{store}.decoy-key")
+    key.symlink_to(victim)                         # what the owner account can plant
+    store_config(scratch, pop_owner, store, spool_dir(scratch))
+    before = state_of(victim)
+    result = scratch.run("postinst", "configure")
+    assert state_of(victim) == before and os.path.islink(key)
+    assert f"{key} not changed" in result.stderr
