@@ -401,6 +401,13 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
         ("Ignoring *: not a plain file of the user", "A .popbull file not owned by the user."),
         ("fsync of *: *", "Writing .popbull could not be made durable."),
     )),
+    ("popauth (facility authpriv, ident popauth)", _lines(
+        ("wrong current secret for * typed by SUDO_USER *; nothing was changed",
+         "sudo popauth with user-database pop-auth: the caller typed a wrong current secret "
+         "of the entry named like their account. Each check, right or wrong, takes 2 s, one "
+         "at a time, and a ^C does not cut it short (popauth(8)); many of these are someone "
+         "guessing."),
+    )),
     ("poppassd (facility authpriv, ident poppassd)", _lines(
         ("password changed for \"*\" from *", "A password was changed."),
         ("password change for \"*\" from * refused: *", "A wrong old password (also logged as "

@@ -26,15 +26,20 @@ Each misuse prints one line on stderr and exits 2 (usage) or 1 (refused / failed
 
 from __future__ import annotations
 
+import fcntl
 import getpass
 import hmac
 import os
 import pwd
+import signal
 import stat
 import sys
+import syslog
 import time
+from contextlib import contextmanager
 
 from qpopper.auth.store import PopAuthStore, StoreError
+from qpopper.log import Logger
 
 DEFAULT_CONFIG = "/etc/qpopper/qpopper.config"
 EXIT_FAILED = 1
@@ -42,7 +47,11 @@ EXIT_USAGE = 2
 USAGE = ("usage: popauth [-f CONFIG] [--file STORE] [--owner ACCOUNT] "
          "[-init | -user NAME [SECRET] | -delete NAME | -list | --import-dbm FILE]")
 DBM_XOR = 0xFF
-WRONG_SECRET_DELAY_S = 2
+SECRET_CHECK_DELAY_S = 2
+"""Spent on every check of a current secret, right or wrong, before the answer (as passwd(1)
+pauses after a wrong one): the caller learns nothing sooner, and cannot cut it short."""
+UNINTERRUPTED = (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT)
+"""What sudo relays to popauth from its caller: ignored while a secret is checked."""
 
 
 class Refusal(Exception):
@@ -166,9 +175,39 @@ def _check_current_secret(store: PopAuthStore, name: str) -> None:
         typed = getpass.getpass(f"Current secret for {name}: ")
     except EOFError:
         raise Refusal("no current secret given; nothing was changed") from None
-    if not hmac.compare_digest(typed.encode(), current.encode()):
-        time.sleep(WRONG_SECRET_DELAY_S)               # as passwd(1): no quick guessing
+    # One check at a time on the store (flock of its directory), each taking the same pause
+    # whether right or wrong, with the signals sudo relays ignored: no answer comes sooner
+    # than the pause, a ^C cannot cut it short, parallel guesses wait their turn.
+    with _checks_in_turn(store), _signals_ignored():
+        right = hmac.compare_digest(typed.encode(), current.encode())
+        if not right:
+            log = Logger(facility=syslog.LOG_AUTHPRIV, ident="popauth")
+            log(syslog.LOG_NOTICE, f"wrong current secret for {name} typed by SUDO_USER "
+                                   f"{os.environ.get('SUDO_USER', '')}; nothing was changed")
+            log.close()
+        time.sleep(SECRET_CHECK_DELAY_S)
+    if not right:
         raise Refusal(f"that is not the current secret of {name}; nothing was changed")
+
+
+@contextmanager
+def _signals_ignored():
+    before = {number: signal.signal(number, signal.SIG_IGN) for number in UNINTERRUPTED}
+    try:
+        yield
+    finally:
+        for number, handler in before.items():
+            signal.signal(number, handler)
+
+
+@contextmanager
+def _checks_in_turn(store: PopAuthStore):
+    fd = os.open(os.path.dirname(os.path.abspath(store.path)), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def read_c_qpopper_dbm(path: str) -> list[tuple[str, str]]:

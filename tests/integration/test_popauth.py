@@ -21,6 +21,7 @@ from qpopper.auth import scram
 from qpopper.auth.store import PopAuthStore
 from tests.helpers.repo import REPO
 from tests.helpers.sysusers import is_root
+from tests.server_harness import SyslogCapture
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -188,6 +189,14 @@ def test_plain_popauth_needs_sudo(env):
 
 
 # --- secrets typed on a terminal -----------------------------------------------------------------
+def read_pty(fd: int) -> bytes:
+    """What the pty has; b"" once the child closed it (EIO)."""
+    try:
+        return os.read(fd, 1024)
+    except OSError:
+        return b""
+
+
 def on_terminal(argv, answers, extra_env=None, timeout=60.0):
     """Run argv on a new pty; answer each prompt ending in ': ' with the next answer.
     Returns (exit status, everything the terminal showed)."""
@@ -201,10 +210,7 @@ def on_terminal(argv, answers, extra_env=None, timeout=60.0):
             if not ready:
                 os.kill(pid, signal.SIGKILL)
                 raise TimeoutError(shown)
-            try:
-                chunk = os.read(fd, 1024)
-            except OSError:                                  # EIO: the child closed the pty
-                break
+            chunk = read_pty(fd)
             if not chunk:
                 break
             shown += chunk
@@ -272,6 +278,46 @@ def test_with_pop_only_users_sudo_popauth_needs_the_entrys_current_secret(env):
     assert code == 0, shown
     assert f"Current secret for {env.other.name}:" in shown
     assert store(env).get_secret(env.other.name) == "renewed"
+
+
+def test_a_wrong_current_secret_is_logged_and_its_pause_outlasts_a_ctrl_c(env, world_tmp):
+    """A wrong current secret goes to syslog (authpriv) with SUDO_USER, and the pause of the
+    check cannot be cut short by the signals sudo relays (^C, TERM, HUP): the process is
+    still there after them and ends with its refusal, not killed. Before, the pause came
+    after the verdict, a right guess answered at once, so a ^C after a few ms skipped it."""
+    run_root(env, "-init")
+    store(env).set_secret(env.other.name, "the-pop-users-own")
+    config = pop_only_config(env)
+    syslog = SyslogCapture(world_tmp)
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execve(POPAUTH, [POPAUTH, "-f", config], dict(
+            os.environ, SUDO_USER=env.other.name, QPOPPER_SYSLOG_SOCKET=syslog.path))
+    shown = b""
+    try:
+        while b"Current secret" not in shown:
+            assert select.select([fd], [], [], 30)[0], shown
+            shown += os.read(fd, 1024)
+        os.write(fd, b"guessed\n")
+        syslog.wait_for(rf"wrong current secret for {env.other.name} typed by SUDO_USER "
+                        rf"{env.other.name}; nothing was changed", timeout=30)
+        os.write(fd, b"\x03")                    # ^C on the terminal, as sudo relays it
+        for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            os.kill(pid, number)
+        assert os.waitpid(pid, os.WNOHANG) == (0, 0)     # the 2 s pause goes on
+        while True:
+            assert select.select([fd], [], [], 30)[0], shown
+            chunk = read_pty(fd)
+            if not chunk:
+                break
+            shown += chunk
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(fd)
+        syslog.close()
+    assert os.waitstatus_to_exitcode(status) == 1, shown
+    assert b"that is not the current secret of" in shown
+    assert store(env).get_secret(env.other.name) == "the-pop-users-own"
 
 
 def test_with_pop_only_users_sudo_popauth_adds_no_entry(env):
