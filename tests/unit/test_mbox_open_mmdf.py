@@ -492,18 +492,20 @@ def test_mail_appended_before_the_lock_is_taken_again_is_left_as_it_is(tmp_path,
     assert spool_bytes(paths) == open_spool("no final LF") + new_mail
 
 
+# The write-backs that copy mail delivered during the session: server mode's abort writes
+# nothing, and normal mode with the drop's only message deleted writes no spool.
+WRITE_BACKS = ([("normal", "quit", set()), ("normal", "restore", set())]
+               + [(mode, "quit", deleted) for mode in ("server", "server with fast-update")
+                  for deleted in (set(), {0})])
+
+
 @pytest.mark.parametrize("end", list(OPEN_ENDS))
-@pytest.mark.parametrize("how,deleted", [("quit", set()), ("quit", {0}), ("restore", set())])
-@pytest.mark.parametrize("mode", ["normal", "server", "server with fast-update"])
+@pytest.mark.parametrize("mode,how,deleted", WRITE_BACKS)
 def test_mail_left_open_during_a_session_is_closed_by_the_write_back(tmp_path, mode, how,
                                                                       deleted, end):
     """Mail delivered during the session ends with an open message; the write-back copies it
     after the kept messages and closes it (its separator lines counted), so a delivery before
     the next login is a message of its own (docs/mbox.md, "What write-back writes")."""
-    if mode != "normal" and how == "restore":
-        pytest.skip("server mode's abort writes nothing here")
-    if mode == "normal" and deleted:
-        pytest.skip("with the drop's only message deleted normal mode writes no spool")
     options = {}
     if mode != "normal":
         options["server_mode"] = True
