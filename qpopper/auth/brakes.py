@@ -210,6 +210,17 @@ class Brakes:
                                                      brake_now))
         return delay
 
+    def wrong_guess_delay(self, client_ip: str, user: str, base_delay: float) -> float:
+        """What note_failure would ask to wait, neither counting nor logging a failure: for a
+        refusal answered as a wrong guess, which must take as long as one to tell a guesser
+        nothing (docs/operations.md, "An expired account or password")."""
+        rest_of_brake = max(0.0, self._brake - self._waited)
+        self._brake = self._waited = 0.0
+        user_delay = 0.0 if self.is_trusted(client_ip) else brake_delay(
+            self._count(USER, user) + 1, limits.BRAKE_FREE_FAILURES_PER_USER, self.max_delay)
+        self.close()
+        return rest_of_brake + max(float(base_delay), user_delay)
+
     def record_success(self, user: str) -> None:
         self._brake = self._waited = 0.0
         self._write(lambda db: db.execute("DELETE FROM failures WHERE kind = ? AND key = ?",

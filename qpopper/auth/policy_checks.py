@@ -246,10 +246,16 @@ class PolicyChecks:
             if proved or result.password_code == pam_auth.PAM_SUCCESS:
                 # No guess, so neither braked nor LOGIN FAILED; but only an expired password
                 # is told: an expired account, pam_access or pam_time get the wrong guess's
-                # text, or a barred account's password could be guessed through POP.
-                told = (EXPIRED.format(user=user) if result.code in PASSWORD_EXPIRY_CODES
-                        else text)
-                self._refuse_policy(user, client_ip, told, reason, line=account_line)
+                # text, after as long a wait, or a barred account's password could be
+                # guessed through POP.
+                if result.code in PASSWORD_EXPIRY_CODES:
+                    self._refuse_policy(user, client_ip, EXPIRED.format(user=user), reason,
+                                        line=account_line)
+                delay = self.brakes.wrong_guess_delay(client_ip, user,
+                                                      self.cfg.auth_failure_delay or 0)
+                if delay > 0:
+                    self.sleep(delay)
+                self._refuse_policy(user, client_ip, text, reason, line=account_line)
             self._refuse(user, host, client_ip, text, reason)
 
     def _check_password_expired(self) -> bool:

@@ -197,6 +197,33 @@ def test_expired_or_locked_account_is_refused_with_the_right_password(system_use
 
 
 @needs_root
+def test_an_expired_account_s_right_password_waits_as_long_as_a_wrong_one(system_users,
+                                                                          pam_service, tmp_path):
+    """Answered as a wrong guess, the refusal also takes as long as one (the failure delay,
+    and a user name's brake), or the quick answer would tell the password was right; it is
+    still not counted (docs/operations.md, "An expired account or password")."""
+    user = system_users.create(password="pw-ok", account_expired=True)
+    log = Log()
+    auth = Authenticator(config(pam_service=pam_service, auth_failure_delay=3,
+                                auth_brakes_file=str(tmp_path / "brakes.sqlite")), log)
+    waits: list[float] = []
+    auth.sleep = waits.append
+    right = refused(lambda: auth.check_password(user.name, "pw-ok", CLIENT_IP))
+    wrong = refused(lambda: auth.check_password(user.name, "nope", CLIENT_IP))
+    assert right.render() == wrong.render()
+    assert waits == [3.0, 3.0]
+    assert sum(text.startswith("LOGIN FAILED") for text in log.texts()) == 1
+    # far enough past the user name's free failures that its brake outgrows the failure
+    # delay (0.25 s doubling), both wait that brake
+    for _ in range(limits.BRAKE_FREE_FAILURES_PER_USER + 3):
+        refused(lambda: auth.check_password(user.name, "nope", "127.0.0.8"))
+    waits.clear()
+    refused(lambda: auth.check_password(user.name, "pw-ok", "127.0.0.9"))
+    refused(lambda: auth.check_password(user.name, "nope", "127.0.0.10"))
+    assert waits[0] == waits[1] > 3.0, waits
+
+
+@needs_root
 def test_expired_password_follows_check_password_expired(system_users, pam_service):
     dave = system_users.create(password="pw-dave", password_expired=True)
     strict = Authenticator(config(pam_service=pam_service), Log())
