@@ -50,8 +50,13 @@ DBM_XOR = 0xFF
 SECRET_CHECK_DELAY_S = 2
 """Spent on every check of a current secret, right or wrong, before the answer (as passwd(1)
 pauses after a wrong one): the caller learns nothing sooner, and cannot cut it short."""
-UNINTERRUPTED = (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT)
-"""What sudo relays to popauth from its caller: ignored while a secret is checked."""
+UNINTERRUPTED = (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT, signal.SIGTSTP,
+                 signal.SIGTTIN, signal.SIGTTOU)
+"""What sudo relays to popauth from its caller (or the terminal sends, as ^Z's stop):
+ignored while a secret is checked, so no caller can cut the pause short or stop popauth
+while it holds the turn."""
+CHECK_TURN_WAIT_S = 30
+"""How long a check waits for the one before it; then it is refused ("try again")."""
 
 
 class Refusal(Exception):
@@ -204,7 +209,16 @@ def _signals_ignored():
 def _checks_in_turn(store: PopAuthStore):
     fd = os.open(os.path.dirname(os.path.abspath(store.path)), os.O_RDONLY | os.O_DIRECTORY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        deadline = time.monotonic() + CHECK_TURN_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise Refusal("another check of a secret is taking its turn; try again "
+                                  "later. Nothing was changed") from None
+                time.sleep(0.1)
         yield
     finally:
         os.close(fd)

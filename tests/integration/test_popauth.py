@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pty
 import select
+import re
 import signal
 import stat
 import subprocess
@@ -282,8 +283,9 @@ def test_with_pop_only_users_sudo_popauth_needs_the_entrys_current_secret(env):
 
 def test_a_wrong_current_secret_is_logged_and_its_pause_outlasts_a_ctrl_c(env, world_tmp):
     """A wrong current secret goes to syslog (authpriv) with SUDO_USER, and the pause of the
-    check cannot be cut short by the signals sudo relays (^C, TERM, HUP): the process is
-    still there after them and ends with its refusal, not killed. Before, the pause came
+    check cannot be cut short by the signals sudo relays (^C, TERM, HUP), nor stopped (^Z)
+    while it holds the one turn every check waits for: the process is still there after them
+    and ends with its refusal, neither killed nor stopped. Before, the pause came
     after the verdict, a right guess answered at once, so a ^C after a few ms skipped it."""
     run_root(env, "-init")
     store(env).set_secret(env.other.name, "the-pop-users-own")
@@ -302,6 +304,14 @@ def test_a_wrong_current_secret_is_logged_and_its_pause_outlasts_a_ctrl_c(env, w
         syslog.wait_for(rf"wrong current secret for {env.other.name} typed by SUDO_USER "
                         rf"{env.other.name}; nothing was changed", timeout=30)
         os.write(fd, b"\x03")                    # ^C on the terminal, as sudo relays it
+        # ^Z's SIGTSTP would be dropped by the kernel here (the pty's process group is
+        # orphaned), so what it would do is read from the process: ignored, as the rest
+        with open(f"/proc/{pid}/status") as status_file:
+            status_text = status_file.read()
+        ignored = int(re.search(r"^SigIgn:\s*([0-9a-f]+)$", status_text, re.M).group(1), 16)
+        assert all(ignored >> (number - 1) & 1 for number in (
+            signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGTSTP,
+            signal.SIGTTIN, signal.SIGTTOU)), hex(ignored)
         for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             os.kill(pid, number)
         assert os.waitpid(pid, os.WNOHANG) == (0, 0)     # the 2 s pause goes on
