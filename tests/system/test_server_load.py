@@ -29,12 +29,12 @@ from tests.helpers.sysusers import mail_gid
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 CONCURRENT = 500
-SEQUENTIAL = 3_000
+SEQUENTIAL = 2_000
 SEQUENTIAL_CLIENTS = 10
-WARM_UP = 500
+WARM_UP = 300
 SAMPLES = 6                      # RSS samples after the warm-up, SEQUENTIAL / SAMPLES apart
 RSS_TOLERANCE_KIB = 300
-"""Noise allowed in the master's VmRSS across the 3,000 sessions: a leak of ~100 octets per
+"""Noise allowed in the master's VmRSS across the 2,000 sessions: a leak of ~150 octets per
 session (a kept record, a socket object) exceeds it. The master's VmRSS measured flat to the
 page here (3,500 sessions, seven samples, one value), so the margin is for an arena or two."""
 SESSION_TIMEOUT = 600           # the sessions hold, idle, until the last one is logged in
@@ -137,7 +137,7 @@ def test_500_concurrent_logged_in_sessions_complete(store_site):
 
 
 @pytest.mark.timeout(900)
-def test_master_memory_is_flat_across_3000_sessions(store_site):
+def test_master_memory_is_flat_across_2000_sessions(store_site):
     server = store_site.server()
     names = store_site.users[:SEQUENTIAL_CLIENTS]     # each client its own user
 
