@@ -440,16 +440,8 @@ def without_spool_group(own_gid: int):
     still holds the spool group (~/.qpopper-options and the files it chains to:
     docs/privsep.md, "The user's option files"); the spool group comes back after. Nothing
     changes when the effective gid is that already."""
-    own_gid = _settable(own_gid)
-    egid = os.getegid()
-    if egid == own_gid:
+    with _effective_gid(_settable(own_gid)):
         yield
-        return
-    os.setegid(own_gid)
-    try:
-        yield
-    finally:
-        os.setegid(egid)
 
 
 @contextlib.contextmanager
@@ -459,11 +451,23 @@ def spool_group():
     and drop_spool_group(). Nothing changes when the effective gid is already the saved one,
     nor when the saved one is root's (the master's warm-up under EffectiveIdentity has no
     spool group, only root's saved gid)."""
-    rgid, egid, sgid = os.getresgid()
-    if egid == sgid or sgid == 0:
+    sgid = os.getresgid()[2]
+    if sgid == 0:
         yield
         return
-    os.setegid(sgid)
+    with _effective_gid(sgid):
+        yield
+
+
+@contextlib.contextmanager
+def _effective_gid(gid: int):
+    """`gid` as the effective gid inside, the one before back after; nothing changes when it
+    is that already."""
+    egid = os.getegid()
+    if egid == gid:
+        yield
+        return
+    os.setegid(gid)
     try:
         yield
     finally:
