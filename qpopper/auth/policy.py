@@ -75,7 +75,7 @@ from qpopper.auth import Login, challenges, is_possible_user_name
 from qpopper.auth.password_cache import PasswordCache, pam_or_cached
 from qpopper.auth.brakes import Brakes
 from qpopper.auth.scram import Verifier
-from qpopper.auth.store import DecoyKeyUnusable, PopAuthStore
+from qpopper.auth.store import DecoyKeyUnusable, PopAuthStore, decoy_key_line
 from qpopper.auth.policy_checks import (BAD_DIGEST, BAD_PASSWORD, USER_DB_POP_AUTH, PolicyChecks,
                                          failure_line, policy_line, store_mechanisms_offered)
 
@@ -384,6 +384,5 @@ def usable_decoy_key(store: PopAuthStore, log) -> bytes | None:
     try:
         return store.decoy_key()
     except DecoyKeyUnusable as exc:
-        log(syslog.LOG_ERR, f"SCRAM decoy key {exc}; SCRAM's made-up exchanges are keyed by "
-                            f"/etc/machine-id until it is fixed")
+        log(syslog.LOG_ERR, decoy_key_line(str(exc)))
         return None

@@ -65,6 +65,13 @@ class DecoyKeyUnusable(Exception):
     """The decoy key file is there but cannot be used: one line naming the file and why."""
 
 
+def decoy_key_line(key_and_why: str) -> str:
+    """The log line of a decoy key that cannot be used, from the server's exchanges and the
+    start-up checks alike."""
+    return (f"SCRAM decoy key {key_and_why}; SCRAM's made-up exchanges are keyed by "
+            f"/etc/machine-id until it is fixed")
+
+
 def decoy_key_fault(st: os.stat_result, size: int, owner_uid: int) -> str | None:
     """What is wrong with a decoy key file of this stat and size (None: nothing), for the
     server (PopAuthStore.decoy_key) and the start-up checks alike."""

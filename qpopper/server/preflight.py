@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 from qpopper.auth.sasl import kerberos_refusal
 from qpopper.auth.policy_checks import store_mechanisms_offered
-from qpopper.auth.store import DECOY_KEY_SUFFIX, PopAuthStore, decoy_key_fault
+from qpopper.auth.store import (DECOY_KEY_SUFFIX, PopAuthStore, decoy_key_fault,
+                                decoy_key_line)
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.bulletin_records import BULLDB_DIR, BULLDB_FILE
 from qpopper.server import prelogin_filter, privsep, sdnotify
@@ -278,8 +279,7 @@ def warn_without_decoy_key(cfg, log) -> None:
 
 
 def _warn_of_decoy_key(log, key_and_why: str) -> None:
-    log(syslog.LOG_WARNING, f"SCRAM decoy key {key_and_why}; SCRAM's made-up exchanges are "
-                            f"keyed by /etc/machine-id until it is fixed")
+    log(syslog.LOG_WARNING, decoy_key_line(key_and_why))
 
 
 def check_user_lists(cfg) -> None:
