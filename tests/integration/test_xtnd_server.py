@@ -54,16 +54,23 @@ exit 0
 """
 
 
+def install_mta(world_tmp: str, user, name: str, script: str) -> tuple[str, str]:
+    """A fake mail-command at world_tmp/NAME from `script` (a template with {out}), recording
+    into a directory only `user` (as whom the MTA runs) may write; (mta path, record dir)."""
+    record_dir = os.path.join(world_tmp, name + "-record")
+    os.mkdir(record_dir, 0o700)
+    os.chown(record_dir, user.uid, user.gid)
+    mta = os.path.join(world_tmp, name)
+    with open(mta, "w") as f:
+        f.write(script.format(out=record_dir))
+    os.chmod(mta, 0o755)
+    return mta, record_dir
+
+
 @pytest.fixture
 def site(system_users, pam_service, world_tmp):
     user = system_users.create("xt")
-    record_dir = os.path.join(world_tmp, "mta")
-    os.mkdir(record_dir, 0o700)
-    os.chown(record_dir, user.uid, user.gid)    # only the user (as whom the MTA runs) writes
-    mta = os.path.join(world_tmp, "fake-sendmail")
-    with open(mta, "w") as f:
-        f.write(RECORDER.format(out=record_dir))
-    os.chmod(mta, 0o755)
+    mta, record_dir = install_mta(world_tmp, user, "fake-sendmail", RECORDER)
     s = Site(world_tmp, pam_service, mail_command=mta)
     make_spool(s.spool_dir, user, MULTIPART)
     s.user, s.mta, s.record_dir = user, mta, record_dir
@@ -107,13 +114,7 @@ def send_one_message(client) -> bytes:
 def test_mail_command_runs_without_the_mail_group_or_the_servers_environment(
         system_users, pam_service, world_tmp):
     user = system_users.create("xi")
-    record_dir = os.path.join(world_tmp, "identity")
-    os.mkdir(record_dir, 0o700)
-    os.chown(record_dir, user.uid, user.gid)
-    mta = os.path.join(world_tmp, "identity-sendmail")
-    with open(mta, "w") as f:
-        f.write(IDENTITY_RECORDER.format(out=record_dir))
-    os.chmod(mta, 0o755)
+    mta, record_dir = install_mta(world_tmp, user, "identity-sendmail", IDENTITY_RECORDER)
     s = Site(world_tmp, pam_service, mail_command=mta)
     try:
         make_spool(s.spool_dir, user, MULTIPART)
@@ -152,13 +153,7 @@ def test_xmit_for_a_maildir_user(system_users, pam_service, world_tmp):
     for top, dirs, files in os.walk(os.path.join(user.home, "Maildir")):
         for name in [top, *(os.path.join(top, n) for n in dirs + files)]:
             os.chown(name, user.uid, user.gid)
-    record_dir = os.path.join(world_tmp, "mta")
-    os.mkdir(record_dir, 0o700)
-    os.chown(record_dir, user.uid, user.gid)
-    mta = os.path.join(world_tmp, "fake-sendmail")
-    with open(mta, "w") as f:
-        f.write(RECORDER.format(out=record_dir))
-    os.chmod(mta, 0o755)
+    mta, record_dir = install_mta(world_tmp, user, "fake-sendmail", RECORDER)
     s = Site(world_tmp, pam_service, maildir="~/Maildir", mail_command=mta)
     try:
         client = login(s.server(), user)
