@@ -20,6 +20,10 @@ SERVER_UPDATE_FAILED_TEXT = ("Error updating primary drop.  Your mail is intact;
                              "changes are not applied")
 SERVER_UPDATE_PENDING_TEXT = ("Error updating primary drop.  Your mail is intact; the update "
                               "completes at a later login")
+OVERQUOTA_SERVER_UPDATE_FAILED_TEXT = ("Overquota: error updating primary drop.  Your mail is "
+                                       "intact; this session's changes are not applied")
+OVERQUOTA_SERVER_UPDATE_PENDING_TEXT = ("Overquota: error updating primary drop.  Your mail is "
+                                        "intact; the update completes at a later login")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,8 +165,9 @@ class ServerModeMaildrop(NormalModeMaildrop):
         (docs/maildrop.md, "Disk full and quota")."""
         if not self.server_mode:
             return super()._update_failed_texts()
-        text = SERVER_UPDATE_PENDING_TEXT if self._spool_emptied else SERVER_UPDATE_FAILED_TEXT
-        return text, "Overquota: e" + text[1:]     # "Overquota: error updating ..."
+        if self._spool_emptied:
+            return SERVER_UPDATE_PENDING_TEXT, OVERQUOTA_SERVER_UPDATE_PENDING_TEXT
+        return SERVER_UPDATE_FAILED_TEXT, OVERQUOTA_SERVER_UPDATE_FAILED_TEXT
 
     def _cache_ignored(self, reason: str) -> None:
         self._note(syslog.LOG_NOTICE, f"{self.user}'s cache ignored ({reason}); scanning the "
