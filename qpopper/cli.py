@@ -92,15 +92,18 @@ TLS_HANDSHAKE_RECORD = b"\x16"
 
 
 def _client_expects_tls(argv: list[str], sock: socket.socket) -> bool:
-    """Does this inetd connection start with TLS? The configuration did not load, so argv
-    says it (the last tls-support given there; the TLS socket unit passes `-l 2`, after
-    its -f), or the client: a TLS client speaks first, a POP client waits for the greeting,
-    so a handshake record already waiting to be read is one (a tls-support set in the file)."""
+    """Does this inetd connection start with TLS? The configuration did not load, so the
+    client says it (a TLS client speaks first, a POP client waits for the greeting: a
+    handshake record already waiting is one), or argv and its files read leniently (the
+    TLS socket unit passes `-l 2` after its -f; docs/operations.md, "Start-up checks")."""
     try:
         first = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
     except OSError:
         first = b""
-    return first == TLS_HANDSHAKE_RECORD or _argv_tls_support(argv) == "alternate-port"
+    if first == TLS_HANDSHAKE_RECORD:
+        return True
+    from qpopper.config import read_argv_leniently
+    return read_argv_leniently(argv, "tls-support") == "alternate-port"
 
 
 def _drop_what_was_sent(sock: socket.socket) -> None:
@@ -111,32 +114,6 @@ def _drop_what_was_sent(sock: socket.socket) -> None:
                 return
         except OSError:
             return
-
-
-def _argv_tls_support(argv: list[str]) -> str | None:
-    """The tls-support value argv sets last (-l N, -l WORD, --tls-support[=]WORD), read
-    leniently: the rest of argv may be what did not load."""
-    from qpopper.options import BY_FLAG, BY_NAME
-    option = BY_NAME["tls-support"]
-    value = None
-    words = iter(argv)
-    for word in words:
-        if word == "--":
-            break
-        if word.startswith("--"):
-            name, equals, text = word[2:].partition("=")
-            if name == option.name:
-                value = text if equals else next(words, "")
-        elif word.startswith("-"):
-            for index in range(1, len(word)):            # a getopt cluster: -sl2, -s -l 2
-                flag = BY_FLAG.get("-" + word[index])
-                if flag is not None and flag.flag_takes_argument:
-                    text = word[index + 1:] or next(words, "")
-                    value = text if flag is option else value
-                    break
-    if value and value.isdigit() and int(value) < len(option.flag_numbers):
-        return option.flag_numbers[int(value)]
-    return value
 
 
 def check_site(cfg) -> str | None:

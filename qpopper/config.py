@@ -282,22 +282,36 @@ def _not_the_administrators(st: os.stat_result, owner: int) -> str | None:
 
 
 # ---- argv --------------------------------------------------------------------------------------
-def _read_argv(argv: list[str], layers: _Layers) -> dict[str, bool]:
+def _read_argv(argv: list[str], layers: _Layers, *, lenient: bool = False) -> dict[str, bool]:
+    """Read argv into layers; lenient: a word that fails is skipped, not raised."""
     flags = dict.fromkeys(INVOCATION_FLAGS.values(), False)
     rest = iter(argv)
     only_positional = False
     for arg in rest:
-        if only_positional or not arg.startswith("-") or arg == "-":
-            _read_positional(arg, layers)
-        elif arg == "--":
-            only_positional = True
-        elif arg in INVOCATION_FLAGS:
-            flags[INVOCATION_FLAGS[arg]] = True
-        elif arg.startswith("--"):
-            _read_long_option(arg, rest, layers)
-        else:
-            _read_short_flags(arg, rest, layers)
+        try:
+            if only_positional or not arg.startswith("-") or arg == "-":
+                _read_positional(arg, layers)
+            elif arg == "--":
+                only_positional = True
+            elif arg in INVOCATION_FLAGS:
+                flags[INVOCATION_FLAGS[arg]] = True
+            elif arg.startswith("--"):
+                _read_long_option(arg, rest, layers)
+            else:
+                _read_short_flags(arg, rest, layers)
+        except ConfigError:
+            if not lenient:
+                raise
     return flags
+
+
+def read_argv_leniently(argv: list[str] | tuple[str, ...], name: str) -> Any:
+    """The value argv (with the files its -f name, as far as they read) gives option NAME
+    when load() refused it: read as load() reads it, skipping what fails. For an error path
+    that must still act on one setting (inetd mode's TLS, cli.py)."""
+    layers = _Layers(Config.defaults())
+    _read_argv(list(argv), layers, lenient=True)
+    return layers.values[name]
 
 
 def _read_positional(arg: str, layers: _Layers) -> None:

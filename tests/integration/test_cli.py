@@ -114,11 +114,13 @@ def test_check_config_reports_the_file_and_line_of_a_mistake(tmp_path):
                              f"stls, alternate-port, got 'sometimes'\n")
 
 
-def inetd_with_a_config_mistake(tmp_path, *args: str, first: bytes = b""):
+def inetd_with_a_config_mistake(tmp_path, *args: str, first: bytes = b"",
+                                first_line: str = "set statistics"):
     """popper -f BAD ARGS in inetd mode on a socketpair whose client sent `first`: (what the
-    client got, exit status, the syslog capture, BAD). The caller closes the capture."""
+    client got, exit status, the syslog capture, BAD, whose line 2 is the mistake). The
+    caller closes the capture."""
     bad = tmp_path / "bad.config"
-    bad.write_text("set statistics\nset tls-support = sometimes\n")
+    bad.write_text(f"{first_line}\nset tls-support = sometimes\n")
     capture = SyslogCapture(str(tmp_path))
     server_end, client_end = socket.socketpair()
     with server_end, client_end:
@@ -162,16 +164,20 @@ def client_hello() -> bytes:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("args, sends_hello", [(("-l", "2"), False), (("-sl2",), False),
-                                               (("--tls-support", "alternate-port"), False),
-                                               ((), True)])
+@pytest.mark.parametrize("args, sends_hello, first_line", [
+    (("-l", "2"), False, "set statistics"), (("-sl2",), False, "set statistics"),
+    (("--tls-support", "alternate-port"), False, "set statistics"),
+    (("-Z", "-l", "2", "--no-such"), False, "set statistics"),
+    ((), True, "set statistics"),
+    ((), False, "set tls-support = alternate-port")])
 def test_in_inetd_mode_a_tls_client_is_closed_unanswered_on_a_config_mistake(
-        tmp_path, args, sends_hello):
-    """TLS from the first byte (the TLS socket unit's `-l 2`, after its -f; or a tls-support
-    in the file that did not load, told by the ClientHello already waiting): a plain -ERR is
-    nothing the client can read, so nothing is written; the log says why."""
+        tmp_path, args, sends_hello, first_line):
+    """TLS from the first byte (the TLS socket unit's `-l 2`, after its -f, read past what
+    fails; or a tls-support in the part of the file before its mistake; or told by the
+    ClientHello already waiting): a plain -ERR is nothing the client can read, so nothing is
+    written; the log says why."""
     answer, status, capture, bad = inetd_with_a_config_mistake(
-        tmp_path, *args, first=client_hello() if sends_hello else b"")
+        tmp_path, *args, first=client_hello() if sends_hello else b"", first_line=first_line)
     try:
         assert status == 2 and answer == b""
         capture.wait_for(re.escape(f"connection closed without a reply (the client expects "
