@@ -241,22 +241,23 @@ class PolicyChecks:
                            close=self.failures >= limits.MAX_AUTH_FAILURES_PER_CONNECTION,
                            log=f"PAM service {self.cfg.pam_service}: {result.reason} "
                                f"({result.code})")
-        if not result.ok:
-            reason = f"{what}: {result.reason} ({result.code})"
-            if proved or result.password_code == pam_auth.PAM_SUCCESS:
-                # No guess, so neither braked nor LOGIN FAILED; but only an expired password
-                # is told: an expired account, pam_access or pam_time get the wrong guess's
-                # text, after as long a wait, or a barred account's password could be
-                # guessed through POP.
-                if result.code in PASSWORD_EXPIRY_CODES:
-                    self._refuse_policy(user, client_ip, EXPIRED.format(user=user), reason,
-                                        line=account_line)
-                delay = self.brakes.wrong_guess_delay(client_ip, user,
-                                                      self.cfg.auth_failure_delay or 0)
-                if delay > 0:
-                    self.sleep(delay)
-                self._refuse_policy(user, client_ip, text, reason, line=account_line)
-            self._refuse(user, host, client_ip, text, reason)
+        if result.ok:
+            return
+        reason = f"{what}: {result.reason} ({result.code})"
+        if not (proved or result.password_code == pam_auth.PAM_SUCCESS):
+            self._refuse(user, host, client_ip, text, reason)          # a wrong guess
+        # No guess, so neither braked nor LOGIN FAILED; but only an expired password is
+        # told: an expired account, pam_access or pam_time get the wrong guess's text, after
+        # as long a wait, or a barred account's password could be guessed through POP.
+        if result.code in PASSWORD_EXPIRY_CODES:
+            answer = EXPIRED.format(user=user)
+        else:
+            answer = text
+            delay = self.brakes.wrong_guess_delay(client_ip, user,
+                                                  self.cfg.auth_failure_delay or 0)
+            if delay > 0:
+                self.sleep(delay)
+        self._refuse_policy(user, client_ip, answer, reason, line=account_line)
 
     def _check_password_expired(self) -> bool:
         return bool(self.cfg.check_password_expired)
