@@ -32,6 +32,7 @@ limits.AUTH_CACHE_REPLY_TIMEOUT_S, or its queue is full, PAM is asked.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import select
@@ -82,7 +83,9 @@ class _Spwd(ctypes.Structure):
                 ("sp_flag", ctypes.c_ulong)]
 
 
+@functools.cache
 def _getspnam():
+    """libc's getspnam, typed once per process (the lookup runs at every cached login)."""
     getspnam = ctypes.CDLL(None).getspnam        # libc's, through NSS (nsswitch's shadow)
     getspnam.restype = ctypes.POINTER(_Spwd)
     getspnam.argtypes = [ctypes.c_char_p]
