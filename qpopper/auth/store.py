@@ -253,9 +253,10 @@ class PopAuthStore:
     def decoy_key_path(self) -> str:
         return self.path + DECOY_KEY_SUFFIX
 
-    def make_decoy_key(self) -> None:
+    def make_decoy_key(self) -> bool:
         """Make the decoy key unless it exists: written whole, then linked into place, so a
-        racing reader sees none or all of it, and the first maker wins. Raises OSError."""
+        racing reader sees none or all of it, and the first maker wins. True when this call
+        made it. Raises OSError."""
         new = f"{self.decoy_key_path}.{os.getpid()}.new"
         fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, STORE_MODE)
         try:
@@ -270,7 +271,8 @@ class PopAuthStore:
             try:
                 os.link(new, self.decoy_key_path)
             except FileExistsError:
-                pass
+                return False
+            return True
         finally:
             os.unlink(new)
 

@@ -80,14 +80,10 @@ def make_decoy_key(path: str, owner_name: str) -> bool:
             return False                  # own-store says what is wrong with it
     except FileNotFoundError:
         return False
-    key = path + DECOY_KEY_SUFFIX
-    if os.path.lexists(key):
-        return False
     try:
-        PopAuthStore(path, owner.pw_uid).make_decoy_key()
+        return PopAuthStore(path, owner.pw_uid).make_decoy_key()
     except OSError as error:
-        raise Refused(f"{key} not made: {error.strerror}") from None
-    return True
+        raise Refused(f"{path + DECOY_KEY_SUFFIX} not made: {error.strerror}") from None
 
 
 def _account(path: str, owner_name: str) -> pwd.struct_passwd:
