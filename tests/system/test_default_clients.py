@@ -40,7 +40,9 @@ def make_site(system_users, pam_service, world_tmp, *, store: bool, **options) -
     is offered, with a certificate of the test CA (site.pki)."""
     pki = TestPki(os.path.join(world_tmp, "pki"))
     owner, pop_auth = owned_store(system_users, world_tmp)
-    alice, bob = system_users.create("al"), system_users.create("bo")
+    # stock Debian accounts (yescrypt, through PAM), as the clients meet them
+    alice = system_users.create("al", crypt_method=None)
+    bob = system_users.create("bo", crypt_method=None)
     if store:
         pop_auth.set_secret(alice.name, SECRET)
     else:

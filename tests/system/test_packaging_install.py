@@ -170,8 +170,8 @@ def users():
 @pytest.fixture(scope="module")
 def alice(users):
     """A real user with a spool in /var/mail (the shipped spool-dir), owned user:mail 0600,
-    as Debian's delivery agents make it."""
-    user = users.create("pkg", password="S3cret-pkg-alice")
+    as Debian's delivery agents make it; a yescrypt password, as Debian's PAM sets it."""
+    user = users.create("pkg", password="S3cret-pkg-alice", crypt_method=None)
     spool = Path("/var/mail") / user.name
     fd = os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
