@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from qpopper.options import BY_NAME
 from qpopper.pop3.responses import PopError, RespCode
-from qpopper.auth import is_possible_user_name, scram
+from qpopper.auth import is_possible_user_name, krb5_names, scram
 
 if TYPE_CHECKING:  # pragma: no cover
     from qpopper.auth import Login
@@ -145,15 +145,14 @@ class GssAcceptor:
         except self._gssapi.exceptions.GSSError as exc:
             raise GssFailed(gss_text(exc)) from None
 
-    def choice(self, answer: bytes) -> tuple[bytes, str, str]:
-        """(the unwrapped choice, the client's principal, our service name)."""
+    def choice(self, answer: bytes) -> tuple[bytes, str]:
+        """(the unwrapped choice, the client's principal)."""
         self._require_complete()
         try:
             choice = self.context.unwrap(answer).message
         except self._gssapi.exceptions.GSSError as exc:
             raise GssFailed(gss_text(exc)) from None
-        target = self.context.target_name
-        return choice, str(self.context.initiator_name), str(target) if target else ""
+        return choice, str(self.context.initiator_name)
 
     def _require_complete(self) -> None:
         if not self.context.complete:
@@ -176,16 +175,6 @@ def acceptor_credentials(cfg):
 def gss_text(exc: Exception) -> str:
     text = " ".join(str(exc).split())
     return text[:200]
-
-
-def principal_to_user(principal: str, service: str) -> str | None:
-    """`user@REALM` -> `user` when REALM is the service's own realm and the principal has
-    no instance (`user/admin` is not the mailbox `user`); else None (refused)."""
-    name, at, realm = principal.rpartition("@")
-    _, service_at, service_realm = service.rpartition("@")
-    if not at or not name or "/" in name or (service_at and realm != service_realm):
-        return None
-    return name
 
 
 class GssSteps:
@@ -230,26 +219,36 @@ class GssSteps:
         try:
             if gss is None:
                 raise GssFailed("no security context")
-            choice, principal, service = gss.choice(answer)
+            choice, principal = gss.choice(answer)
         except GssFailed as exc:
             self._gss_failed(str(exc), client_ip, client_host)
         if len(choice) < 4 or not choice[0] & 0x01:
             raise PopError(BAD_EXCHANGE, RespCode.AUTH)             # a layer never offered
-        user = principal_to_user(principal, service)
         try:
             authzid = choice[4:].decode("utf-8")
         except UnicodeDecodeError:
             raise PopError(BAD_EXCHANGE, RespCode.AUTH) from None
-        if user is None or (authzid and authzid != user):
-            self.check_external(user or "(gssapi)", "AUTH GSSAPI", False, client_ip,
-                                client_host=client_host, authid=principal)
-        # Kerberos proved `user`: the login is that name exactly. USER's rules (downcase-user,
-        # trim-domain, -no-mime) would map another principal onto it, so a principal they
-        # change is refused (docs/compatibility.md, "SASL and Kerberos").
+        # Which account a principal is, krb5.conf's auth_to_local says (the administrator's
+        # mapping, as for sshd); a principal it maps to none is a failed login
+        # (docs/compatibility.md, "SASL and Kerberos").
+        try:
+            user = krb5_names.local_name(principal)
+        except krb5_names.NoLocalName as exc:
+            shown = principal if principal.isprintable() else ascii(principal)
+            self.refuse_user_name(principal if is_possible_user_name(principal) else "(gssapi)",
+                                  AUTHENTICATION_FAILURE, client_ip, client_host=client_host,
+                                  mechanism="AUTH GSSAPI",
+                                  reason=f"Kerberos maps {shown} to no local account: {exc}")
+        # The login is the name auth_to_local gave, exactly. USER's rules (downcase-user,
+        # trim-domain, -no-mime) would map another principal onto it, so a name they change
+        # is refused: a mapping belongs in auth_to_local.
         name, no_mime, valid = normalise(user)
         if not valid:
             self.refuse_user_name(name, AUTHENTICATION_FAILURE, client_ip, client_host=client_host,
                                   mechanism="AUTH GSSAPI")
+        if authzid and authzid != user:
+            self.check_external(user, "AUTH GSSAPI", False, client_ip,
+                                client_host=client_host, authid=principal)
         if name != user:
             shown = user if is_possible_user_name(user) else name
             self.refuse_user_name(shown, AUTHENTICATION_FAILURE, client_ip, client_host=client_host,

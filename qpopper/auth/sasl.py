@@ -15,7 +15,7 @@ docs/privsep.md), so this module parses and never sees a secret:
   SCRAM-SHA-1/-256      Authenticator.scram_begin + scram_prove + scram_accepted (pop.auth
   and their -PLUS       verifiers; -PLUS uses the same verifiers)
   GSSAPI                Authenticator.gss_step + gss_offer + gss_choose (Kerberos proves
-                        `user@REALM`; the realm must be the service's, no instance; PAM
+                        a principal; krb5.conf's auth_to_local names its account; PAM
                         account checks apply)
 
 Which mechanisms are offered (the sasl-* options keep Cyrus SASL's meaning; Qpopper passed

@@ -69,19 +69,7 @@ class Kdc:
         self.conf = root / "krb5.conf"
         self.kdc_conf = root / "kdc.conf"
         self.keytab = root / "pop.keytab"
-        self.conf.write_text(f"""[libdefaults]
-    default_realm = {REALM}
-    dns_canonicalize_hostname = false
-    rdns = false
-    dns_lookup_kdc = false
-    dns_lookup_realm = false
-[realms]
-    {REALM} = {{
-        kdc = 127.0.0.1:{self.port}
-    }}
-[domain_realm]
-    {HOST} = {REALM}
-""")
+        self.map_names()
         self.kdc_conf.write_text(f"""[kdcdefaults]
     kdc_listen = 127.0.0.1:{self.port}
     kdc_tcp_listen = 127.0.0.1:{self.port}
@@ -96,6 +84,23 @@ class Kdc:
 """)
         self.env = dict(os.environ, KRB5_CONFIG=str(self.conf), KRB5_KDC_PROFILE=str(self.kdc_conf))
         self.proc = None
+
+    def map_names(self, *rules: str):
+        """krb5.conf, with `rules` (auth_to_local lines) in the realm's section."""
+        mapping = "".join(f"        {rule}\n" for rule in rules)
+        self.conf.write_text(f"""[libdefaults]
+    default_realm = {REALM}
+    dns_canonicalize_hostname = false
+    rdns = false
+    dns_lookup_kdc = false
+    dns_lookup_realm = false
+[realms]
+    {REALM} = {{
+        kdc = 127.0.0.1:{self.port}
+{mapping}    }}
+[domain_realm]
+    {HOST} = {REALM}
+""")
 
     def run(self, *cmd, stdin=None):
         result = subprocess.run(cmd, env=self.env, capture_output=True, text=True, input=stdin,
@@ -320,6 +325,54 @@ def test_a_principal_that_downcase_user_would_change_is_refused(kdc, system_user
         assert reply == b"-ERR [AUTH] authentication failure\r\n"
         assert_refused_as_a_failed_login(s, alice.name.upper())
         reply = gssapi_login(s.srv, client_context(alice.name, "kerberos-Pw-1"))
+        assert reply.startswith(f"+OK {alice.name} has 1 visible".encode()), reply
+    finally:
+        s.close()
+
+
+def test_auth_to_local_maps_a_mixed_case_principal_to_its_account(kdc, system_users,
+                                                                   pam_service, world_tmp):
+    """An Active Directory site: `QPTUser@REALM` is the account `qptuser`. krb5.conf's
+    auth_to_local says so, and GSSAPI logs in that account, downcase-user or not
+    (docs/compatibility.md, "SASL and Kerberos")."""
+    alice = system_users.create("al")
+    principal = "QPT" + alice.name[3:].capitalize()
+    kdc.add_user(principal, "kerberos-Pw-5")
+    kdc.map_names(f"auth_to_local = RULE:[1:$1@$0](^{principal}@{re.escape(REALM)}$)"
+                  f"s/.*/{alice.name}/",
+                  "auth_to_local = DEFAULT")
+    s = gssapi_site(kdc, alice, pam_service, world_tmp, downcase_user=True)
+    try:
+        reply = gssapi_login(s.srv, client_context(principal, "kerberos-Pw-5"))
+        assert reply.startswith(f"+OK {alice.name} has 1 visible".encode()), reply
+        s.syslog.wait_for(rf'sasl "{alice.name}" \({principal}@{REALM}\) with GSSAPI')
+    finally:
+        s.close()
+
+
+def test_a_principal_auth_to_local_maps_to_no_account_is_refused(kdc, system_users, pam_service,
+                                                                 world_tmp):
+    """auth_to_local rules without DEFAULT map only what they name: alice's own principal is
+    then no account here, and is refused as a failed login, logged with krb5's reason; the
+    principal a rule names logs in."""
+    alice = system_users.create("al")
+    kdc.add_user(alice.name, "kerberos-Pw-1")
+    mapped = f"{alice.name}/pop"
+    kdc.add_user(mapped, "kerberos-Pw-6")
+    kdc.map_names(f"auth_to_local = RULE:[2:$1/$2@$0](^{alice.name}/pop@{re.escape(REALM)}$)"
+                  f"s/.*/{alice.name}/")
+    s = gssapi_site(kdc, alice, pam_service, world_tmp)
+    try:
+        reply = gssapi_login(s.srv, client_context(alice.name, "kerberos-Pw-1"))
+        assert reply == b"-ERR [AUTH] authentication failure\r\n"
+        principal = f"{alice.name}@{REALM}"
+        s.syslog.wait_for(rf"\[AUTH\] Failed attempted login to {re.escape(principal)} from .*")
+        s.syslog.wait_for(rf"LOGIN FAILED, user={re.escape(principal)}, method=GSSAPI, .*")
+        s.syslog.wait_for(rf'login of "{re.escape(principal)}" refused: Kerberos maps '
+                          rf"{re.escape(principal)} to no local account: no auth_to_local rule "
+                          rf"in krb5.conf maps it to a local name")
+        assert not any(f'sasl "{alice.name}"' in text for text in s.syslog.texts())
+        reply = gssapi_login(s.srv, client_context(mapped, "kerberos-Pw-6"))
         assert reply.startswith(f"+OK {alice.name} has 1 visible".encode()), reply
     finally:
         s.close()
