@@ -191,9 +191,19 @@ def check_combinations(cfg: Config) -> None:
     user-database pop-auth with home-dir-mail or home-dir-misc: pop.auth users share ONE
     account (auth/policy.py), so they would all share one mail file (or temporary drop) in
     its home directory. Their Login has no home; the session would refuse every login.
+
+    user-database pop-auth with kerberos: GSSAPI proves a Kerberos principal, which
+    auth_to_local maps to a system account; pop.auth users are no system accounts, so GSSAPI
+    would log in system accounts the site said are not its POP users
+    (docs/compatibility.md, "SASL and Kerberos").
     """
     if cfg.user_database != "pop-auth":
         return
+    if cfg.kerberos:
+        raise ConfigError(
+            f"{cfg.source('kerberos')}: 'kerberos' cannot be used with 'user-database = "
+            f"pop-auth' (set at {cfg.source('user-database')}): GSSAPI proves a Kerberos "
+            f"principal, which names a system account, not a pop.auth user")
     for name in ("home-dir-mail", "home-dir-misc"):
         if cfg.get(name):
             raise ConfigError(

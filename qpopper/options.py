@@ -417,7 +417,7 @@ OPTIONS: tuple[Option, ...] = (
        "Extension: where users and passwords come from: system (PAM and the passwd "
        "database) or pop-auth (only the pop.auth store, for mail-only users: they share the "
        "pop-auth-owner account, have no home directory, and cannot be combined with "
-       "home-dir-mail or home-dir-misc).",
+       "home-dir-mail, home-dir-misc or kerberos).",
        extension=True, scope=Scope.NOT_USER),
     mnemonic("store-mechanisms", "auto", ("auto", "on", "off"),
        "Extension: offer the mechanisms that need a secret in the pop.auth store (APOP's "

@@ -198,6 +198,8 @@ class GssSteps:
     def _new_gss_acceptor(self) -> GssAcceptor:
         if not self.cfg.kerberos:
             raise GssFailed("GSSAPI is not offered (kerberos is off)")
+        if self.cfg.user_database == "pop-auth":     # config.check_combinations refuses it
+            raise GssFailed("GSSAPI is not offered with user-database pop-auth")
         try:
             return GssAcceptor(acceptor_credentials(self.cfg))
         except Exception as exc:        # no gssapi module, no keytab: a GSS-API error

@@ -378,6 +378,38 @@ def test_a_principal_auth_to_local_maps_to_no_account_is_refused(kdc, system_use
         s.close()
 
 
+def test_kerberos_with_user_database_pop_auth_is_refused_at_start_up(tmp_path):
+    """pop.auth users are no system accounts, and a principal names a system account:
+    GSSAPI under user-database pop-auth logged in system accounts the site said were not
+    its POP users. Refused, naming both settings."""
+    config = tmp_path / "qpopper.config"
+    config.write_text("set user-database = pop-auth\n")
+    result = popper_refusal("-f", str(config), "-k")
+    assert result.returncode == 2, result.stderr            # a configuration mistake
+    assert result.stderr == (
+        f"popper: argv -k: 'kerberos' cannot be used with 'user-database = pop-auth' (set at "
+        f"{config}:1): GSSAPI proves a Kerberos principal, which names a system account, not "
+        f"a pop.auth user\n")
+
+
+def test_gssapi_is_not_offered_to_an_authenticator_of_pop_auth_users(tmp_path):
+    """The authenticator itself refuses a GSSAPI exchange under user-database pop-auth (for a
+    Config that did not come through config.load), as a failed exchange, logged."""
+    from qpopper.auth.policy import Authenticator
+    from qpopper.config import Config
+    from qpopper.pop3.responses import PopError
+    records = []
+    cfg = Config.defaults().replace(kerberos=True, user_database="pop-auth",
+                                    pop_auth_file=str(tmp_path / "pop.auth"),
+                                    auth_brakes_file=str(tmp_path / "brakes.sqlite"),
+                                    auth_failure_delay=0)
+    auth = Authenticator(cfg, lambda priority, text: records.append(text))
+    with pytest.raises(PopError) as refused:
+        auth.gss_step(b"token", "127.0.0.1", first=True)
+    assert str(refused.value) == "authentication failure"
+    assert "GSSAPI from 127.0.0.1: GSSAPI is not offered with user-database pop-auth" in records
+
+
 def test_garbage_token_is_refused(site):
     conn = Conn(site.srv)
     try:
