@@ -160,6 +160,44 @@ def drop_head(paths: SpoolPaths) -> bytes:
     return b""
 
 
+def no_from_line(log: Log, bulletin: Bulletin) -> None:
+    log(syslog.LOG_WARNING, f"Bulletin {bulletin.name} skipped: it does not start with a "
+                            "valid 'From ' line")
+
+
+def read_file(bulldir: str, bulletin: Bulletin, log: Log) -> bytes | None:
+    """The bulletin file's bytes, or None (logged) when it cannot be one."""
+    try:
+        fd = os.open(os.path.join(bulldir, bulletin.name),
+                     os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        log(syslog.LOG_WARNING, f"Bulletin {bulletin.name} skipped: {exc.strerror}")
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_BULLETIN_OCTETS:
+            log(syslog.LOG_WARNING, f"Bulletin {bulletin.name} skipped: not a plain file of at "
+                                    f"most {MAX_BULLETIN_OCTETS} octets")
+            return None
+        if not st.st_mode & stat.S_IROTH:
+            # Bulletins are for everyone; one readable only through the session's mail
+            # group (a mis-set bulldir naming a spool directory) is somebody's mail.
+            log(syslog.LOG_WARNING, f"Bulletin {bulldir}/{bulletin.name} skipped: not "
+                                    "world-readable")
+            return None
+        # docs/bulletins.md, "Skipped bulletins": a broken bulletin is tried at every login
+        # of every user it is for, under the spool lock; its first line decides before a
+        # byte more is read. A From line is shorter than the head (mbox.is_from_line), so
+        # the head's first line is the file's whenever it is one.
+        head = os.pread(fd, limits.MAX_SPOOL_LINE_OCTETS + 1, 0)
+        if not head or not mbox.is_from_line(head.splitlines(keepends=True)[0]):
+            no_from_line(log, bulletin)
+            return None
+        return read_up_to(fd, st.st_size)
+    finally:
+        os.close(fd)
+
+
 class Delivery:
     """One login's bulletin delivery. Use `deliver(...)`."""
 
@@ -335,9 +373,8 @@ class Delivery:
                 continue
             message = render(data, self.user, self.hostname, f"{stamp}.{bulletin.number % 1000:03d}",
                              mmdf)
-            if message is None:
-                self.log(syslog.LOG_WARNING, f"Bulletin {bulletin.name} skipped: it does not "
-                                             "start with a valid 'From ' line")
+            if message is None:                # changed since read_file looked at its head
+                no_from_line(self.log, bulletin)
                 self.skipped.append(bulletin)
                 continue
             parts.append(message)
@@ -349,33 +386,10 @@ class Delivery:
 
     def _read_bulletin(self, bulletin: Bulletin) -> bytes | None:
         """The file's bytes, or None (logged, and noted in `skipped`)."""
-        data = self._read_file(bulletin)
+        data = read_file(self.bulldir, bulletin, self.log)
         if data is None:
             self.skipped.append(bulletin)
         return data
-
-    def _read_file(self, bulletin: Bulletin) -> bytes | None:
-        path = os.path.join(self.bulldir, bulletin.name)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-        except OSError as exc:
-            self.log(syslog.LOG_WARNING, f"Bulletin {bulletin.name} skipped: {exc.strerror}")
-            return None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_BULLETIN_OCTETS:
-                self.log(syslog.LOG_WARNING, f"Bulletin {bulletin.name} skipped: not a plain "
-                                             f"file of at most {MAX_BULLETIN_OCTETS} octets")
-                return None
-            if not st.st_mode & stat.S_IROTH:
-                # Bulletins are for everyone; one readable only through the session's mail
-                # group (a mis-set bulldir naming a spool directory) is somebody's mail.
-                self.log(syslog.LOG_WARNING, f"Bulletin {self.bulldir}/{bulletin.name} "
-                                             "skipped: not world-readable")
-                return None
-            return read_up_to(fd, st.st_size)
-        finally:
-            os.close(fd)
 
     def _append(self, fd: int, offset: int, payload: bytes, refresh) -> None:
         """Extend, fsync, write all but the first byte, fdatasync, then the first byte, fsync."""

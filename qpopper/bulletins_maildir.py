@@ -108,9 +108,8 @@ class MaildirDelivery(Delivery):
             message = bulletins.render(data, self.user, self.hostname,
                                        f"{stamp}.{bulletin.number % 1000:03d}", None,
                                        maildir=True)
-            if message is None:
-                self.log(syslog.LOG_WARNING, f"Bulletin {bulletin.name} skipped: it does not "
-                                             "start with a valid 'From ' line")
+            if message is None:                # changed since read_file looked at its head
+                bulletins.no_from_line(self.log, bulletin)
                 self.skipped.append(bulletin)
                 continue
             self._place(file_name(stamp, bulletin, self.hostname), message)

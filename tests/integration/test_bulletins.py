@@ -402,6 +402,31 @@ def test_a_broken_bulletin_never_holds_back_newer_ones_nor_repeats_them(tmp_path
     assert env.subjects() == ["1.b", "3.b"]
 
 
+def octets_read() -> int:
+    """What this process has read so far, by read(2) and pread(2) (the kernel's rchar)."""
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
+
+
+@pytest.mark.parametrize("head", [b"Subject: no envelope\r\n\r\n", b""])
+def test_a_huge_broken_bulletin_is_skipped_by_its_head_at_every_login(tmp_path, head):
+    """A broken newest bulletin is tried again at every login, under the spool lock: its first
+    line decides before the rest is read, so a 16 MiB one (sparse here) costs a few KiB."""
+    env = Env(tmp_path, max_bulletins=5)
+    env.post("1.b")
+    with open(env.bulldir / "2.b", "wb") as f:
+        f.write(head)
+        f.truncate(bulletins.MAX_BULLETIN_OCTETS)
+    for n in range(3):
+        before = octets_read()
+        assert env.deliver(stamp=STAMP + n) == (1 if n == 0 else 0)
+        assert octets_read() - before < 256 * 1024
+    assert env.subjects() == ["1.b"]
+    assert env.popbull.read_bytes() == b"1\n"             # tried again at the next login
+    assert sum("2.b skipped: it does not start with a valid 'From ' line" in t
+               for _, t in env.logged) == 3
+
+
 def test_a_skipped_bulletin_below_a_copied_one_is_not_tried_again(tmp_path):
     env = Env(tmp_path, max_bulletins=5)
     break_bulletin(env, "1.b", "not-world-readable")

@@ -20,7 +20,7 @@ import pytest
 from qpopper import bulletin_records
 from tests.helpers.sysusers import make_spool
 from tests.helpers.messages import mbox
-from tests.server_harness import POPPER, Site, free_port, login
+from tests.server_harness import POPPER, Site, free_port, login, processes_of
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
@@ -136,6 +136,37 @@ def test_popbulldir_record_is_created_by_the_user(site, system_users):
     st = os.stat(os.path.join(popbulldir, user.name + ".popbull"))
     assert st.st_uid == user.uid
     assert not os.path.exists(os.path.join(user.home, ".popbull"))
+
+
+def octets_read(pid: int) -> int:
+    """What the process has read so far, by read(2) and pread(2) (the kernel's rchar)."""
+    with open(f"/proc/{pid}/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
+
+
+def test_a_huge_broken_newest_bulletin_costs_no_login_a_whole_read(site, system_users):
+    """A broken newest bulletin (no From line) is tried at every login, under the spool
+    lock: its head decides, and the 16 MiB file (sparse) is never read whole; the logins go
+    on and the bulletin below it goes out once."""
+    with open(os.path.join(site.root, "bulls", "00002.Broken"), "wb") as f:
+        f.write(b"Subject: no envelope\r\n\r\n")
+        f.truncate(16 * 1024 * 1024)
+    os.chmod(os.path.join(site.root, "bulls", "00002.Broken"), 0o644)
+    with open(site.config, "a") as f:
+        f.write("set max-bulletins = 5\n")
+    user = system_users.create("bh")
+    server = site.server()
+    for _ in range(2):
+        client = login(server, user)
+        try:
+            [session] = processes_of(server, user.uid)
+            assert octets_read(session) < 4 * 1024 * 1024
+            assert [s for s, _ in subjects_and_uids(client)] == [b"Example bulletin"]
+            client.quit()
+        finally:
+            client.close()
+    with open(os.path.join(user.home, ".popbull"), "rb") as f:
+        assert f.read() == b"1\n"
 
 
 def test_bulletin_database_shared_by_users_of_the_mail_group(site, system_users):
