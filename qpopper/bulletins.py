@@ -60,12 +60,27 @@ def is_left_over(name: str) -> bool:
     return name.lower().endswith(LEFT_OVER_SUFFIXES)
 
 
+def note_left_over_group(name: str, log: Log) -> None:
+    """With group-bulletins, `00007.tmp` reads as a bulletin for the group `tmp`, but its name
+    makes it a left-over: say so at every login that passes it over, as the administrator
+    may have meant it for that group (docs/bulletins.md, "What a bulletin is")."""
+    parts = name.split(".")
+    if len(parts) == 2 and "." + parts[1].lower() in LEFT_OVER_SUFFIXES:
+        log(syslog.LOG_NOTICE, f"Bulletin {name} ignored: its name ends like an editor's or "
+                               f"package manager's left-over; for group {parts[1]} name it "
+                               f"{name}.<subject>")
+
+
 def list_bulletins(bulldir: str, group_bulletins: bool, log: Log) -> list[Bulletin]:
     """The bulletins in number order (ties by name). Raises OSError for an unreadable dir."""
     found = []
     for name in os.listdir(bulldir):
         digits = len(name) - len(name.lstrip("0123456789"))
-        if not digits or not name[:digits].isascii() or is_left_over(name):
+        if not digits or not name[:digits].isascii():
+            continue
+        if is_left_over(name):
+            if group_bulletins:
+                note_left_over_group(name, log)
             continue
         number = int(name[:digits])
         if number > MAX_BULLETIN_NUMBER:

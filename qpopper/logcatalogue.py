@@ -394,6 +394,11 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
         ("Bulletin * skipped: its number is over *", "A bulletin file named by a number "
          "no record can hold; rename it."),
         ("Bulletin * skipped: *", "A bulletin file cannot be read."),
+        ("Bulletin * ignored: its name ends like an editor's or package manager's "
+         "left-over; for group * name it *.<subject>",
+         "With group-bulletins, a file NNNNN.GROUP whose GROUP is also a left-over suffix "
+         "(tmp, bak, orig, ...) is not a bulletin; logged at every login while it is there. "
+         "Meant for that group: rename it NNNNN.GROUP.subject."),
         ("Bulletin * skipped: not a plain file of at most * octets", "Too big, or not a file."),
         ("Bulletin */* skipped: not world-readable", "Bulletin files must be mode 0644."),
         ("Bulletin delivery of an earlier session of *: *", "A crashed delivery was settled."),

@@ -167,6 +167,31 @@ def test_editor_and_package_manager_left_overs_are_not_bulletins(tmp_path, left_
     assert env.subjects() == ["00001.notice"]
 
 
+@pytest.mark.parametrize("group_bulletins", [True, False])
+def test_a_group_named_like_a_left_over_suffix_is_logged_at_each_login(tmp_path,
+                                                                         group_bulletins):
+    """With group-bulletins, 00007.tmp reads as a bulletin for the group tmp: it is a
+    left-over all the same, and each login says so (once per file), so the administrator
+    who meant it for that group learns why it never goes out. A backup of a named bulletin
+    (00009.notice.bak) is the left-over it looks like, and no group: not logged."""
+    env = Env(tmp_path, group_bulletins=group_bulletins, max_bulletins=9)
+    for name in ("00001.ALL.notice", "00007.tmp", "00008.BAK", "00009.ALL.notice.bak",
+                 "00010.ALL~"):
+        env.post(name)
+    assert env.deliver() == 1
+    assert env.deliver(stamp=STAMP + 1) == 0
+    assert env.subjects() == ["00001.ALL.notice"]
+    noted = [t for p, t in env.logged if " ignored: " in t]
+    if not group_bulletins:
+        assert noted == []
+        return
+    assert all(p == syslog.LOG_NOTICE for p, t in env.logged if " ignored: " in t)
+    expected = [f"Bulletin {name} ignored: its name ends like an editor's or package "
+                f"manager's left-over; for group {group} name it {name}.<subject>"
+                for name, group in (("00007.tmp", "tmp"), ("00008.BAK", "BAK"))]
+    assert sorted(noted) == sorted(expected * 2)
+
+
 # --- what a user gets ---------------------------------------------------------------------------------
 def test_new_user_gets_the_newest_max_bulletins_with_uidl_and_to(tmp_path):
     env = Env(tmp_path, max_bulletins=2)
