@@ -61,6 +61,13 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
          "to the store's users; set store-mechanisms = on once their secrets are in the store",
          "A warning at start-up, reload and --check-config: the store is there but unused "
          "(docs/internals.md, \"Store mechanisms\")."),
+        ("tls-passphrase is set on the command line, which every local user can read (ps); "
+         "set it in a root-only file (mode 0600) named with -f or config-file",
+         "A warning at start-up, reload and --check-config (the option's help)."),
+        ("tls-passphrase is set in *, mode *, which others can read; set it in a root-only "
+         "file (mode 0600) named with -f or config-file",
+         "A warning at start-up, reload and --check-config: the packaged "
+         "/etc/qpopper/qpopper.config is world-readable (the option's help)."),
         ("** is missing and this server cannot make it: SCRAM's made-up exchanges "
          "are keyed by /etc/machine-id, which local users can read; run popauth -list once, "
          "as root, to make it", "A warning at start-up, reload and --check-config: a store made "

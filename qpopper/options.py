@@ -282,8 +282,13 @@ OPTIONS: tuple[Option, ...] = (
        "OpenSSL SSL_OP_* option bits; setting it again adds the value (Qpopper's config.c).",
        minimum=0, maximum=_TLS_OPTIONS_MAX, repeatable=True, scope=Scope.STARTUP),
     string("tls-passphrase", None,
-       "Passphrase of the private key in tls-identity-file. Keep this file readable by root "
-       "only.",
+       "Passphrase of the private key in tls-identity-file. Set it in a file of its own, "
+       "root:root mode 0600, named with a second -f on the server's command line (the "
+       "packaged units: a drop-in) or with config-file (then popauth run by pop-auth-owner "
+       "cannot read the configuration: give it --file and --owner): the packaged "
+       "/etc/qpopper/qpopper.config is mode 0644, as popauth and popper --check-config run "
+       "by other users read it, and every local user sees a value given on the command "
+       "line. Start-up and --check-config warn of a passphrase others can read.",
        scope=Scope.STARTUP, example="secret"),
     string("tls-private-key-file", None,
        "PEM file with the server's unencrypted private key. Unset: it is in "

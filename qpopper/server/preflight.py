@@ -71,6 +71,7 @@ def check_site(cfg, log=None, *, match_listen_entries: bool = True,
     check_pop_auth_store(cfg)
     warn_of_an_unused_store(cfg, log)
     warn_without_decoy_key(cfg, log)
+    warn_of_a_readable_passphrase(cfg, log)
     check_user_lists(cfg)
     addresses = check_listeners(cfg) if match_listen_entries else ()
     proxied = check_proxy_protocol(cfg, addresses)
@@ -240,6 +241,30 @@ def warn_of_an_unused_store(cfg, log) -> None:
                             f"offers none of APOP, CRAM-MD5 and SCRAM, so clear-text-password "
                             f"default does not refuse clear text to the store's users; set "
                             f"store-mechanisms = on once their secrets are in the store")
+
+
+def warn_of_a_readable_passphrase(cfg, log) -> None:
+    """tls-passphrase belongs in a root-only file (its help): the packaged configuration
+    file is world-readable, and a command line is too (ps). Told once per start, reload or
+    check."""
+    if log is None or not cfg.tls_passphrase:
+        return
+    source = cfg.source("tls-passphrase")
+    if source.startswith("argv"):
+        log(syslog.LOG_WARNING, "tls-passphrase is set on the command line, which every local "
+                                "user can read (ps); set it in a root-only file (mode 0600) "
+                                "named with -f or config-file")
+        return
+    path = source.rpartition(":")[0]
+    try:
+        st = os.stat(path)
+    except OSError:
+        return                          # not a file (an override): nothing to say
+    if st.st_mode & stat.S_IROTH or (st.st_mode & stat.S_IRGRP and st.st_gid != 0):
+        log(syslog.LOG_WARNING, f"tls-passphrase is set in {path}, mode "
+                                f"{stat.S_IMODE(st.st_mode):04o}, which others can read; set "
+                                f"it in a root-only file (mode 0600) named with -f or "
+                                f"config-file")
 
 
 def warn_without_decoy_key(cfg, log) -> None:

@@ -350,3 +350,23 @@ def test_check_config_refuses_a_user_list_it_cannot_read(site_args, tmp_path, na
     gone.write_text("someone\n")
     result = popper("--check-config", "-f", str(EXAMPLE), *site_args, f"--{name}={gone}")
     assert result.returncode == 0, result.stderr
+
+
+def test_check_config_warns_of_a_tls_passphrase_others_can_read(site_args, tmp_path):
+    """tls-passphrase's help: a file of its own, root-only, named with -f or config-file
+    (the packaged configuration file is world-readable, a command line is seen by ps)."""
+    secret = tmp_path / "tls-passphrase.config"
+    secret.write_text("set tls-passphrase = secret\n")
+    secret.chmod(0o644)
+    result = popper("--check-config", "-f", str(EXAMPLE), "-f", str(secret), *site_args)
+    assert (result.returncode, result.stderr) == (
+        0, f"popper: warning: tls-passphrase is set in {secret}, mode 0644, which others can "
+           f"read; set it in a root-only file (mode 0600) named with -f or config-file\n")
+    secret.chmod(0o600)
+    result = popper("--check-config", "-f", str(EXAMPLE), "-f", str(secret), *site_args)
+    assert (result.returncode, result.stderr) == (0, "")
+    result = popper("--check-config", "-f", str(EXAMPLE), *site_args, "--tls-passphrase=x")
+    assert (result.returncode, result.stderr) == (
+        0, "popper: warning: tls-passphrase is set on the command line, which every local "
+           "user can read (ps); set it in a root-only file (mode 0600) named with -f or "
+           "config-file\n")
