@@ -443,6 +443,7 @@ def start_failure(world_tmp, pam_service, **options) -> tuple[int, str]:
     config = os.path.join(world_tmp, "bad.config")
     write_config(config, tls_support="stls", pam_service=pam_service,
                  spool_dir=world_tmp, **options)
+    os.chmod(config, 0o600)     # root-only, as tls-passphrase asks: no warning on stderr
     checked = subprocess.run([POPPER, "--check-config", "-f", config], capture_output=True,
                              text=True, timeout=30)
     result = subprocess.run([POPPER, f"127.0.0.1:{free_port()}", "-f", config],
