@@ -148,6 +148,50 @@ def test_hardening_keeps_what_the_server_needs():
         assert "MemoryDenyWriteExecute" not in service     # ctypes closures (python-pam)
 
 
+MTA_WRITES = {
+    "postfix": ("/var/spool/postfix/maildrop",),
+    "exim4": ("/var/spool/exim4/input", "/var/spool/exim4/msglog", "/var/spool/exim4/db",
+              "/var/log/exim4/mainlog"),
+    "sendmail": ("/var/spool/mqueue-client",),
+    "nullmailer": ("/var/spool/nullmailer/queue", "/var/spool/nullmailer/tmp"),
+}
+"""Where the Debian MTAs' /usr/sbin/sendmail writes when XTND XMIT runs it inside the unit (as
+the user; Exim's is setuid root and logs each message it receives): their packages' spool and
+log directories (exim4-base's postinst, exim4-config's SPOOLDIR, sendmail's MSP queue)."""
+
+
+def writable(name: str) -> list[str]:
+    return [path.lstrip("-") for path in
+            " ".join(multi(name, "Service", "ReadWritePaths")).split()]
+
+
+def may_write(places: list[str], path: str) -> bool:
+    return any(path == place or path.startswith(place.rstrip("/") + "/") for place in places)
+
+
+@pytest.mark.parametrize("name", (*SERVICES, *SOCKETS.values()))
+def test_the_units_let_the_mta_and_the_configured_places_be_written(name):
+    """ProtectSystem=strict: what the shipped configuration writes (with the places the
+    options' help calls usual), and every Debian MTA XTND XMIT may run, is in ReadWritePaths;
+    what stays read-only (~/.popbull under /home) README.Debian tells how to open."""
+    places = writable(name)
+    for mta, paths in MTA_WRITES.items():
+        for path in paths:
+            assert may_write(places, path), (mta, path)
+    cfg = effective(name)
+    for option in ("spool-dir", "temp-dir", "cache-dir", "bulldir", "popbulldir"):
+        for path in (cfg.get(option), lookup(option).example):
+            assert path is None or may_write(places, path), (option, path)
+    assert lookup("mail-command").default == "/usr/sbin/sendmail"
+    assert lookup("xtnd-xmit").default is True
+    assert not may_write(places, "/home/someone/.popbull")
+    readme = " ".join((REPO / "debian/README.Debian").read_text().split())
+    assert "~/.popbull" in readme and "[Service] ReadWritePaths=/home" in readme
+    for place in ("/var/spool/exim4", "/var/log/exim4", "/var/spool/mqueue-client",
+                  "/var/spool/nullmailer"):
+        assert place in readme
+
+
 def test_only_the_masters_are_enabled_by_default():
     rules = (REPO / "debian/rules").read_text()
     assert "dh_installsystemd qpopper.service\n" in rules
