@@ -239,10 +239,15 @@ def _table(rows: list[tuple[str, str]]) -> list[str]:
 
 
 # ---- popper --check-config ---------------------------------------------------------------------
+SECRET_OPTIONS = ("tls-passphrase",)
+"""Printed as `(set, not shown)`: the table is pasted into mails and bug reports."""
+
+
 def effective_config(cfg: Config, invocation: Invocation) -> str:
     """Every option's canonical name, effective value and source, aligned."""
     files = ", ".join(invocation.config_files) or "none"
-    rows = [(opt.name, opt.format(value), source) for opt, value, source in cfg.items()]
+    rows = [(opt.name, "(set, not shown)" if opt.name in SECRET_OPTIONS and value
+             else opt.format(value), source) for opt, value, source in cfg.items()]
     name_width = max(len(name) for name, _, _ in rows)
     value_width = max(len(value) for _, value, _ in rows)   # no cap: a long path must not shift SOURCE
     verdict = ("configuration valid" if invocation.check_config

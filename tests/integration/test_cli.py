@@ -365,6 +365,10 @@ def test_check_config_warns_of_a_tls_passphrase_others_can_read(site_args, tmp_p
     secret.chmod(0o600)
     result = popper("--check-config", "-f", str(EXAMPLE), "-f", str(secret), *site_args)
     assert (result.returncode, result.stderr) == (0, "")
+    # the table goes into mails and bug reports: the passphrase is not in it
+    [row] = [line for line in result.stdout.splitlines() if line.startswith("tls-passphrase ")]
+    assert row.split()[1:] == ["(set,", "not", "shown)", f"{secret}:1"]
+    assert "secret" not in result.stdout.replace(str(secret), "")
     result = popper("--check-config", "-f", str(EXAMPLE), *site_args, "--tls-passphrase=x")
     assert (result.returncode, result.stderr) == (
         0, "popper: warning: tls-passphrase is set on the command line, which every local "
