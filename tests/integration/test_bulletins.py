@@ -21,7 +21,8 @@ from qpopper.config import Config
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool import mbox
 from qpopper.spool.paths import SpoolPaths
-from tests.helpers.bulletin_cases import HOST, STAMP, bulletin_text, crash_at
+from tests.helpers.bulletin_cases import (HOST, HUGE_OCTETS, STAMP, bulletin_text, crash_at,
+                                          octets_read, post_huge_broken)
 from tests.helpers.spoolcheck import another_host
 
 pytestmark = pytest.mark.timeout(60)
@@ -427,21 +428,14 @@ def test_a_broken_bulletin_never_holds_back_newer_ones_nor_repeats_them(tmp_path
     assert env.subjects() == ["1.b", "3.b"]
 
 
-def octets_read() -> int:
-    """What this process has read so far, by read(2) and pread(2) (the kernel's rchar)."""
-    with open("/proc/self/io") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
-
-
 @pytest.mark.parametrize("head", [b"Subject: no envelope\r\n\r\n", b""])
 def test_a_huge_broken_bulletin_is_skipped_by_its_head_at_every_login(tmp_path, head):
     """A broken newest bulletin is tried again at every login, under the spool lock: its first
     line decides before the rest is read, so a 16 MiB one (sparse here) costs a few KiB."""
+    assert HUGE_OCTETS == bulletins.MAX_BULLETIN_OCTETS
     env = Env(tmp_path, max_bulletins=5)
     env.post("1.b")
-    with open(env.bulldir / "2.b", "wb") as f:
-        f.write(head)
-        f.truncate(bulletins.MAX_BULLETIN_OCTETS)
+    post_huge_broken(env.bulldir / "2.b", head)
     for n in range(3):
         before = octets_read()
         assert env.deliver(stamp=STAMP + n) == (1 if n == 0 else 0)

@@ -15,7 +15,8 @@ from qpopper.auth import Login
 from qpopper.config import Config
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool.maildir_drop import MaildirDrop
-from tests.helpers.bulletin_cases import HOST, STAMP, bulletin_text, crash_at
+from tests.helpers.bulletin_cases import (HOST, STAMP, bulletin_text, crash_at, octets_read,
+                                          post_huge_broken)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -139,6 +140,20 @@ def test_a_skipped_newest_bulletin_is_delivered_once_it_is_mended(tmp_path):
     assert env.deliver(stamp=STAMP + 1) == 1
     assert env.subjects() == [b"ordinary mail", b"1.b", b"2.b"]
     assert env.popbull.read_bytes() == b"2\n"
+
+
+def test_a_huge_broken_bulletin_is_skipped_by_its_head(tmp_path):
+    """As for an mbox: the first line decides before the rest is read (docs/bulletins.md,
+    "Skipped bulletins")."""
+    env = MaildirEnv(tmp_path, max_bulletins=5)
+    env.post(1)
+    post_huge_broken(env.bulldir / "2.b")
+    for n in range(2):
+        before = octets_read()
+        assert env.deliver(stamp=STAMP + n) == (1 if n == 0 else 0)
+        assert octets_read() - before < 256 * 1024
+    assert env.subjects() == [b"ordinary mail", b"1.b"]
+    assert env.popbull.read_bytes() == b"1\n"
 
 
 def test_a_skipped_bulletin_sharing_its_number_with_a_copied_one_is_given_up(tmp_path):

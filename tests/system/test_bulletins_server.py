@@ -14,10 +14,12 @@ import socket
 import sqlite3
 import stat
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from qpopper import bulletin_records
+from tests.helpers.bulletin_cases import octets_read, post_huge_broken
 from tests.helpers.sysusers import make_spool
 from tests.helpers.messages import mbox
 from tests.server_harness import POPPER, Site, free_port, login, processes_of
@@ -138,20 +140,11 @@ def test_popbulldir_record_is_created_by_the_user(site, system_users):
     assert not os.path.exists(os.path.join(user.home, ".popbull"))
 
 
-def octets_read(pid: int) -> int:
-    """What the process has read so far, by read(2) and pread(2) (the kernel's rchar)."""
-    with open(f"/proc/{pid}/io") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
-
-
 def test_a_huge_broken_newest_bulletin_costs_no_login_a_whole_read(site, system_users):
     """A broken newest bulletin (no From line) is tried at every login, under the spool
     lock: its head decides, and the 16 MiB file (sparse) is never read whole; the logins go
     on and the bulletin below it goes out once."""
-    with open(os.path.join(site.root, "bulls", "00002.Broken"), "wb") as f:
-        f.write(b"Subject: no envelope\r\n\r\n")
-        f.truncate(16 * 1024 * 1024)
-    os.chmod(os.path.join(site.root, "bulls", "00002.Broken"), 0o644)
+    post_huge_broken(Path(site.root, "bulls", "00002.Broken"))
     with open(site.config, "a") as f:
         f.write("set max-bulletins = 5\n")
     user = system_users.create("bh")
