@@ -250,7 +250,7 @@ def warn_of_a_readable_passphrase(cfg, log) -> None:
     if log is None or not cfg.tls_passphrase:
         return
     source = cfg.source("tls-passphrase")
-    if source.startswith("argv"):
+    if source.startswith("argv "):                    # "argv --tls-passphrase"
         log(syslog.LOG_WARNING, "tls-passphrase is set on the command line, which every local "
                                 "user can read (ps); set it in a root-only file (mode 0600) "
                                 "named with -f or config-file")
