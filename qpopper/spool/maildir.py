@@ -34,8 +34,8 @@ INDEX_SECTIONS = 7
 """6: each file's UID as served kept too (a copy's stays its own across sessions and renames);
 5: a file ending in a bare CR measured as RETR sends it (one octet less than 4 did) and the
 directory stamps without the device number; 4: packed columns with each file's inode and
-modification time (qpopper/spool/packed.py); 3 had the inode only, 2 neither, 1 was JSON. Another version is ignored and the index
-rebuilt from a listing."""
+modification time (qpopper/spool/packed.py); 3 had the inode only, 2 neither, 1 was JSON.
+Another version is ignored and the index rebuilt from a listing."""
 INODE_BITS = (1 << 63) - 1
 """Inodes and times are kept in 63 bits, as the index's int columns hold them (NFS has 64-bit
 inode numbers; a time before 1970 is negative)."""

@@ -452,7 +452,8 @@ def _valid_step(step, version: int) -> bool:
     def inside(name) -> bool:
         return (isinstance(name, str) and "\0" not in name
                 and name.partition("/")[0] in maildir.SUBDIRS
-                and "/" not in name.partition("/")[2] and name.partition("/")[2] not in ("", ".", ".."))
+                and "/" not in name.partition("/")[2]
+                and name.partition("/")[2] not in ("", ".", ".."))
     if not isinstance(step, list) or not step:
         return False
     if step[0] == "unlink" and version == 1:
