@@ -349,6 +349,13 @@ OPTIONS: tuple[Option, ...] = (
        "tmp/) is served from it, everyone else from the mbox spool, by the same server and "
        "with the same options. Unset: mbox only. See docs/maildir.md.",
        extension=True, scope=Scope.NOT_HOME, example="~/Maildir"),
+    mnemonic("maildir-info-separator", "colon", ("colon", "semicolon", "exclamation"),
+       "Extension: what UPDATE writes between a Maildir message's name and its flags (2,S) "
+       "when it marks seen a message that has no flags yet: colon (:) is the Maildir "
+       "standard; semicolon (;) or exclamation (!) where the site's other readers use that "
+       "one (mbsync on Windows, a Dovecot built with another MAILDIR_INFO_SEP). A "
+       "message with flags keeps its own. See docs/maildir.md, \"Info separators\".",
+       extension=True, scope=Scope.NOT_HOME),
     string("popbulldir", None,
        "Extension: directory of the users' <user>.popbull files instead of ~/.popbull "
        "(root:mail 3770; Qpopper: configure --enable-popbulldir).",

@@ -36,7 +36,7 @@ from qpopper.server.prelogin import Handover
 from qpopper.server.reverse_lookup import ReverseLookup
 from qpopper.pop3.protocol import Protocol, SessionStats
 from qpopper.pop3.responses import PopError, RespCode
-from qpopper.spool.maildir import maildir_path
+from qpopper.spool.maildir import INFO_SEPARATORS, maildir_path
 from qpopper.spool.maildir_drop import MaildirDrop
 from qpopper.spool.maildrop import Maildrop, resolve_server_mode
 # Maildrop.open imports its two modes when called (they subclass it): imported here too, so
@@ -202,8 +202,8 @@ class Session(ReplyWriter):
         try:
             with kept_for_the_session() if self.own_process else contextlib.nullcontext():
                 if in_maildir is not None:
-                    drop = MaildirDrop.open(in_maildir, login.user, step_hook=test_step_hook(),
-                                            log=self.log)
+                    drop = MaildirDrop.open(in_maildir, login.user, test_step_hook(), self.log,
+                                            INFO_SEPARATORS[self.cfg.maildir_info_separator])
                 else:
                     drop = Maildrop.open(self.cfg, paths, login.user,
                                          step_hook=test_step_hook(), log=self.log)

@@ -2,7 +2,8 @@
 
 A Maildir is a directory with cur/, new/ and tmp/; a delivery agent writes each message to
 tmp/ and renames it into new/; readers move it to cur/ and record flags after `:2,` in its
-name. Files are never rewritten, so a message's name before `:` (its base name) identifies it
+name (or after `;2,` or `!2,`: docs/maildir.md, "Info separators"). Files are never
+rewritten, so a message's name before `:` (its base name) identifies it
 for good: it is the message's UID (unless it carries an X-UIDL header Qpopper would honour, or
 is not a valid POP3 UID); the index keys a file by it and its inode, and takes a file's
 measurement again only while its modification time is the one measured. This module only
@@ -67,27 +68,49 @@ class MaildirMessage:
         return base_name(self.name)
 
 
+INFO_SEPARATORS = {"colon": ":", "semicolon": ";", "exclamation": "!"}
+"""The option maildir-info-separator's values (docs/maildir.md, "Info separators")."""
+_OUR_INFO = re.compile(r"2,[A-Za-z]*")
+_OTHER_SEPARATOR_INFO = re.compile(r"[!;]2,[A-Za-z]*$")
+"""Flags after `!` or `;` instead of `:` (what readers on file systems without `:` write),
+in a name with no `:`."""
+
+
+def _split(name: str) -> tuple[str, str, str]:
+    """(base, separator, info) of a message file's name: `cur/B:2,S` -> (B, ":", "2,S"),
+    `cur/B;2,S` -> (B, ";", "2,S"), `new/B` -> (B, "", "")."""
+    base, colon, info = name.rpartition("/")[2].partition(":")
+    if colon or "2," not in base:
+        return base, colon, info
+    other = _OTHER_SEPARATOR_INFO.search(base)
+    if other is None:
+        return base, "", ""
+    return base[:other.start()], base[other.start()], base[other.start() + 1:]
+
+
 def base_name(name: str) -> str:
-    """`cur/1733.M1P2.host,S=12:2,S` -> `1733.M1P2.host,S=12` (what stays across renames)."""
-    return name.rpartition("/")[2].partition(":")[0]
+    """`cur/1733.M1P2.host,S=12:2,S` -> `1733.M1P2.host,S=12` (what stays across renames);
+    also with `!2,` or `;2,` for `:2,` (docs/maildir.md, "Info separators")."""
+    return _split(name)[0]
 
 
 def flags_of(name: str) -> str:
-    info = name.rpartition("/")[2].partition(":")[2]
+    info = _split(name)[2]
     return info[2:] if info.startswith("2,") else ""
 
 
-_OUR_INFO = re.compile(r"2,[A-Za-z]*")
-_OTHER_SEPARATOR_INFO = re.compile(r"[!;]2,[A-Za-z]*$")
+def info_separator(name: str, default: str = ":") -> str:
+    """The separator of the name's flags, `default` when it has none: UPDATE keeps a
+    message's own (docs/maildir.md, "Info separators")."""
+    return _split(name)[1] or default
 
 
 def may_mark_seen(name: str) -> bool:
-    """Whether UPDATE may rename the file to `cur/<base>:2,<flags>S`: its name has no info
-    part, or a `:2,` one with flag letters. Another info part (`:1,...`), or flags after
-    another separator (`!2,S`, `;2,S`: clients on file systems without `:`), is left as it
-    is (docs/maildir.md, "What a message is")."""
-    base, colon, info = name.rpartition("/")[2].partition(":")
-    return bool(_OUR_INFO.fullmatch(info)) if colon else not _OTHER_SEPARATOR_INFO.search(base)
+    """Whether UPDATE may rename the file to `cur/<base><separator>2,<flags>S`: its name has
+    no info part, or a `2,` one with flag letters (after `:`, `!` or `;`). Another info part
+    (`:1,...`) is left as it is (docs/maildir.md, "What a message is")."""
+    separator, info = _split(name)[1:]
+    return not separator or bool(_OUR_INFO.fullmatch(info))
 
 
 def is_maildir(path: str) -> bool:
@@ -355,7 +378,7 @@ def _known_files(index: Index | None) -> dict[tuple[str, int], tuple[int, str, i
     time, UID as served."""
     if index is None:
         return {}
-    bases = [name[4:].partition(":")[0] for name in index.names]    # new/... or cur/...
+    bases = [base_name(name) for name in index.names]
     return dict(zip(zip(bases, index.inodes),
                     zip(index.octets, index.uids, index.mtimes, index.served)))
 

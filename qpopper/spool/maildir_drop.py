@@ -66,8 +66,9 @@ class MaildirDrop:
     others_mark_seen = True        # IMAP and webmail set the S flag too
 
     def __init__(self, path: str, lock: SessionLock, messages, step_hook, log,
-                 inodes=(), mtimes=(), listed_ns: int = 0):
+                 inodes=(), mtimes=(), listed_ns: int = 0, info_separator: str = ":"):
         self.path = path
+        self._separator = info_separator    # for a name without flags (maildir.info_separator)
         self._lock = lock
         self.messages = messages
         self._files = MessageFiles(path, messages, (inodes, mtimes), listed_ns,
@@ -93,9 +94,11 @@ class MaildirDrop:
         return self._files.listed_ns
 
     @classmethod
-    def open(cls, path: str, user: str, step_hook=None, log=None) -> "MaildirDrop":
+    def open(cls, path: str, user: str, step_hook=None, log=None,
+             info_separator: str = ":") -> "MaildirDrop":
         """Lock the mailbox ([IN-USE] when another session has it), finish a crashed
-        session's UPDATE, list the messages. Raises PopError only."""
+        session's UPDATE, list the messages. Raises PopError only. `info_separator` goes
+        before the flags UPDATE gives a message that has none (maildir.INFO_SEPARATORS)."""
         hook = step_hook or (lambda name: None)
         lock = maildir_lock(path, lambda s: hook(f"open:{s}"), log)
         try:
@@ -116,7 +119,8 @@ class MaildirDrop:
         except BaseException:
             lock.release(unlink=False)
             raise
-        return cls(path, lock, messages, step_hook, log, inodes, mtimes, listed_ns)
+        return cls(path, lock, messages, step_hook, log, inodes, mtimes, listed_ns,
+                   info_separator)
 
     # --- RETR and TOP --------------------------------------------------------------------
     def check_available(self, index: int) -> None:
@@ -189,7 +193,9 @@ class MaildirDrop:
             if (message.name.startswith("cur/") and "S" in flags
                     or not maildir.may_mark_seen(message.name)):
                 continue                # seen, or an info part that is not ours
-            new_name = f"cur/{message.base}:2,{''.join(sorted(set(flags + 'S')))}"
+            separator = maildir.info_separator(message.name, self._separator)
+            new_name = (f"cur/{message.base}{separator}2,"
+                        f"{''.join(sorted(set(flags + 'S')))}")
             name_max = name_max or _name_max(self.path)
             if len(os.fsencode(new_name)) - len("cur/") > name_max:
                 continue                # a name the file system refuses: it stays unseen

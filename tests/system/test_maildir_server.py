@@ -126,6 +126,39 @@ def test_procmail_and_mailbox_deliveries_come_out_byte_for_byte_with_stable_uids
         again.close()
 
 
+def test_seen_marking_keeps_a_messages_separator_and_uses_the_option_for_new_ones(
+        site, maildir_user):
+    """docs/maildir.md, "Info separators": a message another reader flagged after `!` keeps
+    `!`; one in new/ gets maildir-info-separator's; their UIDs are the base names."""
+    user = maildir_user
+    deliver_with_mailbox(user, [b"Subject: new\n\nin new/\n"])
+
+    message = mailbox.MaildirMessage(b"Subject: flagged\n\nin cur/\n")   # parsed as root
+    message.set_subdir("cur")
+    message.set_flags("F")
+
+    def flagged_by_another_reader():
+        box = mailbox.Maildir(os.path.join(user.home, "Maildir"))
+        box.colon = "!"
+        box.add(message)
+        box.close()
+    as_user(user, flagged_by_another_reader)
+    site.options["maildir_info_separator"] = "semicolon"
+    write_config(site.config, **site.options)
+    bases = sorted(files_of(user))
+    client = login(site.server(), user)
+    try:
+        assert sorted(x.decode().split()[1] for x in client.uidl()[1]) == bases
+        client.retr(1)
+        client.retr(2)
+        client.quit()
+    finally:
+        client.close()
+    cur = sorted(os.listdir(os.path.join(user.home, "Maildir", "cur")))
+    assert sorted(maildir.base_name(name) for name in cur) == bases
+    assert sorted(name[len(maildir.base_name(name)):] for name in cur) == ["!2,FS", ";2,S"]
+
+
 def test_dele_rset_quit_and_abort_as_for_mbox(site, maildir_user):
     user = maildir_user
     deliver_with_mailbox(user, [b"Subject: %d\n\nbody %d\n" % (n, n) for n in range(4)])

@@ -61,19 +61,23 @@ def test_a_copys_uid_stays_after_the_message_with_its_x_uidl_header_is_deleted(t
 
 
 def test_names_with_an_info_part_not_ours_are_left_as_they_are(tmp_path):
+    """Flags after `!` or `;` are ours (tests/unit/test_maildir_separators.py): moved to cur/
+    with their separator kept."""
     path, _ = make_maildir(tmp_path, [])
-    odd = ["new/1700000003.M4P4.host:1,xyz", "new/1700000006.M7P7.host!2,S",
-           "new/1700000007.M8P8.host;2,RS", "cur/1700000008.M9P9.host:2,S:x"]
-    for name in odd + ["new/1700000009.M1P1.plain"]:
+    odd = ["new/1700000003.M4P4.host:1,xyz", "cur/1700000008.M9P9.host:2,S:x"]
+    other_separators = ["new/1700000006.M7P7.host!2,S", "new/1700000007.M8P8.host;2,RS"]
+    for name in odd + other_separators + ["new/1700000009.M1P1.plain"]:
         put(path, name, b"Subject: x\n\nbody\n")
     drop = MaildirDrop.open(path, "qpt")
     assert [m.uid for m in drop.messages] == [
-        "1700000003.M4P4.host", "1700000006.M7P7.host!2,S", "1700000007.M8P8.host;2,RS",
+        "1700000003.M4P4.host", "1700000006.M7P7.host", "1700000007.M8P8.host",
         "1700000008.M9P9.host", "1700000009.M1P1.plain"]
     drop.update(deleted=set(), retrieved=set(range(len(drop.messages))))
     names = sorted(f"{sub}/{n}" for sub in ("new", "cur") for n in os.listdir(
         os.path.join(path, sub)))
-    assert names == sorted(odd + ["cur/1700000009.M1P1.plain:2,S"])
+    assert names == sorted(odd + ["cur/1700000006.M7P7.host!2,S",
+                                  "cur/1700000007.M8P8.host;2,RS",
+                                  "cur/1700000009.M1P1.plain:2,S"])
 
 
 def touch(path, name, age):
