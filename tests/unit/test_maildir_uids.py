@@ -4,6 +4,7 @@ and the index rebuilt, also for copies that share a base name or an X-UIDL heade
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -109,3 +110,26 @@ def test_touched_copies_of_one_base_name_keep_their_uids(tmp_path):
     for name, age in ((f"new/{BASE}", 20), (f"cur/{BASE}:2,S", 25)):
         touch(path, name, age)
     assert uids_by_subject(path) == second
+
+
+def test_a_new_delivery_on_a_reused_inode_never_takes_a_gone_messages_uid(tmp_path):
+    """Inode numbers are reused after a delete (ext4 gives the next file the one just freed);
+    they tell apart only files with one base name, so a new delivery, with a base name of its
+    own, never gets a gone message's UID: a client that keeps UIDs would skip it, and delete
+    it unread (docs/maildir.md, "What a message is")."""
+    path, _ = make_maildir(tmp_path, [])
+    names = [f"new/{BASE}", f"cur/{BASE}:2,S"]
+    put(path, names[0], b"Subject: gone\n\nA\n")
+    put(path, names[1], b"Subject: gone copy\n\nA\n")        # a copy: its UID from its inode
+    gone = set(uids_by_subject(path).values())
+    assert len(gone) == 2
+    for name in names:
+        os.unlink(os.path.join(path, name))         # an IMAP expunge: the index still lists them
+    later = "1700000005.M1P1.host"
+    put(path, f"new/{later}", b"Subject: new\n\nB\n")
+    inode = os.stat(os.path.join(path, "new", later)).st_ino
+    # both gone files' inode is the new file's, as where the file system reused it
+    index = maildir.load_index(path)
+    maildir.store_index(path, dataclasses.replace(index, inodes=[inode] * len(index.names)))
+    for _ in range(2):
+        assert uids_by_subject(path) == {b"Subject: new\n": later}
