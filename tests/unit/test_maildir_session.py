@@ -85,6 +85,19 @@ def test_auto_delete_after(maildir_session, commands, kept):
     assert left(path) == kept
 
 
+def test_a_message_an_earlier_pop_session_retrieved_is_not_auto_deleted(maildir_session):
+    """The limitation docs/maildir.md states ("What a message is"): the earlier session's
+    RETR only marked it seen, as IMAP does, so a later auto-delete keeps it."""
+    path, start = maildir_session
+    pop = start()                                           # leaves mail on the server
+    assert pop.send(f"RETR {number_of(pop, UNREAD)}").startswith(b"+OK ")
+    pop.send("QUIT")
+    assert any(name.endswith(":2,S") and data == UNREAD for name, data in files(path).items())
+    later = start(auto_delete=True)
+    later.send("QUIT")
+    assert left(path) == {READ_ELSEWHERE, UNREAD, PEEKED}
+
+
 # --- XTND XLST ---------------------------------------------------------------------------------
 def test_xlst_and_euidl_survive_a_message_another_program_removed(maildir_session):
     path, start = maildir_session
