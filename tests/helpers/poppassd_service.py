@@ -33,7 +33,8 @@ class PoppassdService:
         self.port = free_port()
         self.proc = subprocess.Popen(
             ["systemd-socket-activate", "--accept", "--inetd", "-l", f"{listen_host}:{self.port}",
-             "-E", f"QPOPPER_SYSLOG_SOCKET={site.syslog.path}", POPPASSD, "-s", pam_service,
+             "-E", f"QPOPPER_SYSLOG_SOCKET={site.syslog.path}", *_pythonpath(), POPPASSD,
+             "-s", pam_service,
              "-f", site.config],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True)
@@ -58,6 +59,13 @@ class PoppassdService:
         except subprocess.TimeoutExpired:
             os.killpg(with_group, signal.SIGKILL)
             self.proc.wait(5)
+
+
+def _pythonpath() -> list[str]:
+    """systemd-socket-activate gives its child a fresh environment: the code under test (a
+    clone's, by PYTHONPATH) is passed on, or poppassd would import the installed one."""
+    path = os.environ.get("PYTHONPATH")
+    return ["-E", f"PYTHONPATH={path}"] if path else []
 
 
 class Conversation:
