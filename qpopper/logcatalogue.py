@@ -424,7 +424,10 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
     ("poppassd (facility authpriv, ident poppassd)", _lines(
         ("password changed for \"*\" from *", "A password was changed."),
         ("password change for \"*\" from * refused: *", "A wrong old password (also logged as "
-                                                        "LOGIN FAILED, method=poppassd)."),
+                                                        "LOGIN FAILED, method=poppassd), or "
+                                                        "the right one of an expired account "
+                                                        "(LOGIN REFUSED (account), "
+                                                        "method=poppassd)."),
         ("new password for \"*\" from * refused: *", "The PAM password stack refused the new "
                                                      "password."),
         ("password change for \"*\" from * failed: *", "PAM could not change it."),

@@ -25,7 +25,9 @@ hold spaces. How the password is changed, and why:
 Safety: passwords are never logged; an unknown user, a user with uid <= 10 (limits.
 BLOCKED_UID_MAX), a locked or expired account and a wrong old password all get the same
 reply (`500 Old password is incorrect.`) after the same delay (limits.POPPASSD_FAILURE_DELAY_S),
-and the connection closes; lines are bounded (POPPASSD_MAX_LINE_OCTETS), every read times
+and the connection closes (the right password of an expired account is logged as
+`LOGIN REFUSED (account)`, like popper's, neither counted by the brakes nor a LOGIN FAILED
+line: no guess was made); lines are bounded (POPPASSD_MAX_LINE_OCTETS), every read times
 out (POPPASSD_TIMEOUT_S), the whole dialogue has a deadline (POPPASSD_DEADLINE_S, --deadline),
 bad commands are counted (POPPASSD_MAX_BAD_COMMANDS).
 Qpopper's poppassd said `500 Unknown user, <name>.`: that tells a guesser which names exist.
@@ -61,6 +63,7 @@ from qpopper.addresses import normalize_ip
 from qpopper.auth import is_possible_user_name
 from qpopper.auth import pam as pam_auth
 from qpopper.auth.brakes import Brakes
+from qpopper.auth.policy_checks import account_line
 from qpopper.config import Config, ConfigError, load
 from qpopper.log import Logger
 from qpopper.tools.popauth import DEFAULT_CONFIG
@@ -259,15 +262,24 @@ class Dialogue:
             self.state = State.NEWPASS
             self.channel.write_line(ASK_NEW_PASSWORD)
             return
-        reply, reason = refusal
+        reply, reason, guessed = refusal
         self.log(syslog.LOG_NOTICE, f'password change for "{self.user}" from '
                                     f"{self.client_ip} refused: {reason}")
         if reply == BAD_OLD_PASSWORD:
             # Counted from the check's start, not from PAM's answer: an unknown name (no PAM
             # call) and a wrong password (pam_unix's own ~2 s delay) take the same time - the
             # fixed delay, or the user name's brake when that is longer.
-            delay = self.brakes.note_failure(self.client_ip, self.user, BRAKE_METHOD,
-                                             limits.POPPASSD_FAILURE_DELAY_S)
+            if guessed:
+                delay = self.brakes.note_failure(self.client_ip, self.user, BRAKE_METHOD,
+                                                 limits.POPPASSD_FAILURE_DELAY_S)
+            else:
+                # The right password, refused by PAM's account step (an expired account):
+                # no guess, so neither counted nor LOGIN FAILED, as popper logs it
+                # (docs/internals.md, "Failures and policy refusals"); told and timed as one.
+                self.log(syslog.LOG_NOTICE, account_line(self.user, BRAKE_METHOD,
+                                                         self.client_ip, reason))
+                delay = self.brakes.wrong_guess_delay(self.client_ip, self.user,
+                                                      limits.POPPASSD_FAILURE_DELAY_S)
             time.sleep(max(0.0, started + delay - time.monotonic()))
         self.channel.write_line(reply)
         self.done = True
@@ -300,29 +312,32 @@ class Dialogue:
         self.done = True
 
     # ---- checks ------------------------------------------------------------------------------
-    def _check_old_password(self, user: str, old_password: str) -> tuple[str, str] | None:
-        """None when `user` proved `old_password`; else (reply, reason for the log)."""
+    def _check_old_password(self, user: str,
+                            old_password: str) -> tuple[str, str, bool] | None:
+        """None when `user` proved `old_password`; else (reply, reason for the log, whether
+        it was a wrong guess: False when the password was right and only PAM's account step
+        refused, or PAM could not decide)."""
         # The one user-name rule, and no ":" either: it separates /etc/passwd's fields.
         if not is_possible_user_name(user) or ":" in user:
-            return BAD_OLD_PASSWORD, "invalid user name"
+            return BAD_OLD_PASSWORD, "invalid user name", True
         try:
             account = pwd.getpwnam(user)
         except KeyError:
-            return BAD_OLD_PASSWORD, "no such user"
+            return BAD_OLD_PASSWORD, "no such user", True
         if account.pw_uid <= limits.BLOCKED_UID_MAX:
-            return BAD_OLD_PASSWORD, f"uid {account.pw_uid} is blocked"
+            return BAD_OLD_PASSWORD, f"uid {account.pw_uid} is blocked", True
         try:
             old_password.encode("utf-8")
         except UnicodeEncodeError:
-            return BAD_OLD_PASSWORD, "old password is not UTF-8"
+            return BAD_OLD_PASSWORD, "old password is not UTF-8", True
         # check_password_expired=False: an expired password may (must) be changed.
         result = pam_auth.authenticate(self.pam_service, user, old_password, self.client_ip,
                                        check_password_expired=False)
+        reason = f"PAM service {self.pam_service}: {result.reason} ({result.code})"
         if result.system_error:
-            return TRY_LATER, f"PAM service {self.pam_service}: {result.reason} ({result.code})"
+            return TRY_LATER, reason, False
         if not result.ok:
-            return BAD_OLD_PASSWORD, (f"PAM service {self.pam_service}: {result.reason} "
-                                      f"({result.code})")
+            return BAD_OLD_PASSWORD, reason, result.password_code != pam_auth.PAM_SUCCESS
         return None
 
 

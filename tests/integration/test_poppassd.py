@@ -301,11 +301,12 @@ def test_hostile_user_names_are_refused_before_any_lookup(name):
     try:
         dialogue = poppassd.Dialogue(poppassd.Channel(read_fd, write_fd, 1.0),
                                      lambda priority, text: None)
+        # (reply, reason, a guess: counted by the brakes and logged as LOGIN FAILED)
         assert dialogue._check_old_password(name, "whatever") == (poppassd.BAD_OLD_PASSWORD,
-                                                                  "invalid user name")
+                                                                  "invalid user name", True)
         # A well-formed name gets as far as the account lookup.
         assert dialogue._check_old_password("qptnosuchuser", "whatever") == (
-            poppassd.BAD_OLD_PASSWORD, "no such user")
+            poppassd.BAD_OLD_PASSWORD, "no such user", True)
     finally:
         os.close(read_fd)
         os.close(write_fd)
@@ -332,3 +333,25 @@ def test_man_page_matches_the_program():
     assert f"{limits.POPPASSD_FAILURE_DELAY_S:g} seconds after" in text
     assert f"uid of {limits.BLOCKED_UID_MAX} or less" in text
     assert f"(default: {poppassd.DEFAULT_PAM_SERVICE})" in text
+
+
+def test_the_right_password_of_an_expired_account_is_no_failed_guess(service, system_users):
+    """An expired account (usermod -e) with its right old password: the client is told what
+    a wrong password is told, after as long, but the log says `LOGIN REFUSED (account)`, as
+    popper's does, not `LOGIN FAILED`: no guess was made, so the fail2ban filter must not
+    count it (a user retrying the right password would ban their own address from POP too)."""
+    expired = system_users.create("pp", account_expired=True)
+    with service.connect() as c:
+        assert c.say(f"user {expired.name}") == b"200 Your password please."
+        start = time.monotonic()
+        assert c.say(f"pass {expired.password}") == BAD_OLD
+        elapsed = time.monotonic() - start
+        assert c.closed_by_server()
+    assert limits.POPPASSD_FAILURE_DELAY_S - 0.05 <= elapsed < limits.POPPASSD_FAILURE_DELAY_S + 1
+    service.site.syslog.wait_for(rf"LOGIN REFUSED \(account\), user={expired.name}, "
+                                 r"method=poppassd, ip=\[127\.0\.0\.1\], reason=PAM service "
+                                 r".*\(13\)")
+    service.site.syslog.wait_for(rf'password change for "{expired.name}" from 127\.0\.0\.1 '
+                                 r"refused: PAM service .*")
+    assert not [text for text in service.site.syslog.texts()
+                if text.startswith("LOGIN FAILED") and expired.name in text]
