@@ -13,6 +13,7 @@ from qpopper.auth import pam as pam_auth
 from qpopper.server import preflight, privsep
 from qpopper.server import tls as tls_mod
 from qpopper.server.listeners import proxy_listeners
+from qpopper.server.session import tls_mode_for_listen_port
 from qpopper.log import Logger
 
 KILL_AFTER_TERM_S = 5
@@ -42,10 +43,11 @@ class Lifecycle:
             checked = preflight.check_site(new_cfg, new_log, match_listen_entries=False)
             new_tls = checked.tls
             proxied = proxy_listeners(checked.proxy_protocol, self.listeners)
-            if new_tls is None and self.implicit_tls:
-                # the tls-listen ports opened at start-up never fall back to plain text
+            if self._would_drop_tls(new_cfg, new_tls):
+                # a port that spoke TLS from the first byte never falls back to plain text
                 raise tls_mod.TlsSetupError("the TLS listeners opened at start-up still need "
-                                            "tls-listen and a certificate")
+                                            "tls-listen (or tls-support alternate-port) and "
+                                            "a certificate")
         except Exception as exc:
             for opened in (new_log, new_tls):
                 if opened is not None:
@@ -64,6 +66,19 @@ class Lifecycle:
                 self.log(syslog.LOG_INFO, f"TLS certificate {new_tls.description}")
         self.auth_cache.restart(self.cfg, self.log)     # HUP empties it, even if the reload failed
         self._notify("READY=1\nSTATUS=accepting connections")
+
+    def _would_drop_tls(self, new_cfg, new_tls) -> bool:
+        """Would a listener that now speaks TLS from the first byte (a tls-listen port, or
+        any listen port under tls-support alternate-port) speak plain text after the
+        reload? Each is a POP3S port to its clients, whichever option made it one."""
+        if new_tls is None:
+            still_tls = set()
+        elif tls_mode_for_listen_port(new_cfg) == "implicit":
+            still_tls = set(self.listeners)
+        else:
+            still_tls = set(self.implicit_tls)
+        return any(self._tls_mode(listener) == "implicit" and listener not in still_tls
+                   for listener in self.listeners)
 
     def _preload_pam(self) -> None:
         """libpam's bindings, the PAM service's modules and the name service's, loaded once

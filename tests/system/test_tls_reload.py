@@ -1,0 +1,52 @@
+"""TLS across a reload (SIGHUP) on the real master (root only): a port that spoke TLS from the
+first byte keeps doing so or the reload is refused, whichever option made it a TLS port."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+
+import pytest
+
+from tests.helpers.testpki import TestPki
+from tests.helpers.tls_site import TlsSite, client_context
+from tests.server_harness import read_greeting, wait_until, write_config
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return TestPki(str(tmp_path_factory.mktemp("pki")))
+
+
+def test_an_alternate_port_listener_never_falls_back_to_plain_text_on_hup(world_tmp,
+                                                                         pam_service, pki):
+    """tls-support alternate-port made the listen port a TLS port at start-up; a reload whose
+    file says no TLS (none, or stls) is refused, as one dropping tls-listen is: a POP3S port
+    that answered in clear text would greet the client's ClientHello with a banner, and a
+    client told to use that port for its password would next be asked for it in clear."""
+    good = pki.server("good")
+    site = TlsSite(world_tmp, pam_service, tls_support="alternate-port",
+                   tls_server_cert_file=good.cert_file, tls_private_key_file=good.key_file)
+    try:
+        server = site.implicit_only_server(pki, extra_args=())
+        context = client_context(pki)
+        for n, tls_support in enumerate(("none", "stls"), 1):
+            write_config(site.config, **dict(site.options, tls_support=tls_support))
+            os.kill(server.proc.pid, signal.SIGHUP)
+            wait_until(lambda: len(said(site, r"reload failed, keeping the running "
+                                              r"configuration: .*alternate-port.*")) == n
+                       or said(site, "configuration reloaded"), 15, "the reload's verdict")
+            assert not said(site, "configuration reloaded")
+            with socket.create_connection((server.host, server.port), timeout=20) as raw, \
+                    context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                assert read_greeting(tls).startswith(b"+OK")
+    finally:
+        site.close()
+
+
+def said(site, pattern: str) -> list[str]:
+    return [text for text in site.syslog.texts() if re.fullmatch(pattern, text)]
