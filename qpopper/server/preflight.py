@@ -82,9 +82,12 @@ def check_site(cfg, log=None, *, match_listen_entries: bool = True,
     ensure_bulldb_dir(cfg)
     check_pam_service(cfg)
     try:
-        return CheckedSite(tls_mod.open_server_tls(cfg, log), proxied)
+        identity = tls_mod.open_server_tls(cfg, log)
     except tls_mod.TlsSetupError as exc:
         raise PreflightError(f"TLS: {_said_where(cfg, str(exc))}") from None
+    if identity is not None and log is not None:
+        tls_mod.warn_of_exposed_secrets(cfg, log)
+    return CheckedSite(identity, proxied)
 
 
 def check_kerberos(cfg) -> None:

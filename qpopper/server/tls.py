@@ -364,6 +364,51 @@ def _identity_paths(cfg) -> list[tuple[str, str]]:
     return [cert]
 
 
+def warn_of_exposed_secrets(cfg, log) -> None:
+    """Warn of the TLS secrets every local user can read: the file holding the private key,
+    when others may read it and reach it (each directory above it searchable by others: a
+    key in a 0700 directory is safe whatever its own mode), and tls-passphrase when the file
+    that set it is readable so, or when it came from the command line (/proc/PID/cmdline,
+    ps). Start-up, reload and --check-config say them; none stops the server."""
+    paths = _identity_paths(cfg)
+    key_path = paths[1][0] if len(paths) > 1 else paths[0][0]
+    mode = _mode_if_others_can_read(key_path)
+    if mode is not None:
+        log(syslog.LOG_WARNING, f"the TLS private key in {key_path} can be read by every local "
+                                f"user (mode {mode:04o}): make it readable by root only "
+                                f"(chmod o-r)")
+    if cfg.tls_passphrase:
+        source = cfg.source("tls-passphrase")
+        where = source.rsplit(":", 1)[0]
+        if source.startswith("argv"):
+            log(syslog.LOG_WARNING, "tls-passphrase is given on the command line, which every "
+                                    "local user can read (ps): set it in a configuration file "
+                                    "readable by root only")
+        elif (mode := _mode_if_others_can_read(where)) is not None:
+            log(syslog.LOG_WARNING, f"tls-passphrase is set in {where}, which every local user "
+                                    f"can read (mode {mode:04o}): make that file readable by "
+                                    f"root only")
+
+
+def _mode_if_others_can_read(path: str) -> int | None:
+    """The file's mode when users outside its owner and group can read it through every
+    directory above it; None when they cannot (or it cannot be looked at)."""
+    real = os.path.realpath(path)
+    try:
+        mode = stat.S_IMODE(os.stat(real).st_mode)
+        if not mode & stat.S_IROTH:
+            return None
+        parent = os.path.dirname(real)
+        while True:
+            if not os.stat(parent).st_mode & stat.S_IXOTH:
+                return None
+            if parent == os.path.dirname(parent):
+                return mode
+            parent = os.path.dirname(parent)
+    except OSError:
+        return None
+
+
 def _load_identity(cfg, read):
     """(certificate chain, private key, certificate path, key path) from the options;
     `read(path, option)` gives a file's bytes."""
