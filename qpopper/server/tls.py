@@ -288,12 +288,16 @@ def _check_in_child(identity: TlsIdentity, log) -> str:
 def _snapshot(path: str) -> int:
     """A sealed in-memory copy of the file, made by the kernel (sendfile into a memfd): the
     identity stays as it was at start-up or HUP however the file is rewritten later, and the
-    bytes never pass through this process's memory."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+    bytes never pass through this process's memory. O_NONBLOCK: a FIFO put in the file's
+    place is refused at once, not waited on in open(2) (at a reload, by the master, which
+    would accept no one meanwhile)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
         size = st.st_size
         copy = os.memfd_create("qpopper-tls-identity", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:

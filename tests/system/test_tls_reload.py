@@ -3,16 +3,19 @@ first byte keeps doing so or the reload is refused, whichever option made it a T
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
+import subprocess
 
 import pytest
 
 from tests.helpers.testpki import TestPki
 from tests.helpers.tls_site import TlsSite, client_context
-from tests.server_harness import read_greeting, wait_until, write_config
+from tests.server_harness import POPPER, read_greeting, wait_until, write_config
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
@@ -50,3 +53,30 @@ def test_an_alternate_port_listener_never_falls_back_to_plain_text_on_hup(world_
 
 def said(site, pattern: str) -> list[str]:
     return [text for text in site.syslog.texts() if re.fullmatch(pattern, text)]
+
+
+def test_a_fifo_in_place_of_the_certificate_is_refused_not_waited_on(world_tmp, pam_service,
+                                                                     pki):
+    """Whoever may write the certificate's directory (a renewal account) puts a FIFO there: the
+    reload must refuse it at once, as it refuses a directory, not block the master in open(2)
+    waiting for a writer, which would stop it accepting anyone."""
+    good = pki.server("good")
+    cert = os.path.join(world_tmp, "cert.pem")
+    shutil.copy(good.combined_file, cert)
+    site = TlsSite(world_tmp, pam_service, tls_support="stls", tls_server_cert_file=cert)
+    server = site.server()
+    try:
+        os.replace(cert, cert + ".old")
+        os.mkfifo(cert, 0o600)
+        os.kill(server.proc.pid, signal.SIGHUP)
+        site.syslog.wait_for(r"reload failed, keeping the running configuration: TLS: "
+                             r"tls-server-cert-file .*/cert\.pem: not a regular file .*")
+        with socket.create_connection((server.host, server.port), timeout=20) as raw:
+            assert read_greeting(raw).startswith(b"+OK")
+        checked = subprocess.run([POPPER, "--check-config", "-f", site.config],
+                                 capture_output=True, text=True, timeout=30)
+        assert checked.returncode == 1 and "not a regular file" in checked.stderr
+    finally:
+        with contextlib.suppress(OSError):      # a master stuck in open(2) is let go
+            os.close(os.open(cert, os.O_WRONLY | os.O_NONBLOCK))
+        site.close()
