@@ -282,7 +282,8 @@ OPTIONS: tuple[Option, ...] = (
        "OpenSSL SSL_OP_* option bits; setting it again adds the value (Qpopper's config.c).",
        minimum=0, maximum=_TLS_OPTIONS_MAX, repeatable=True, scope=Scope.STARTUP),
     string("tls-passphrase", None,
-       "Passphrase of the private key in tls-identity-file. Set it in a file of its own, "
+       "Passphrase of an encrypted private key (in tls-identity-file, tls-server-cert-file "
+       "or tls-private-key-file). Set it in a file of its own, "
        "root:root mode 0600, named with a second -f on the server's command line (the "
        "packaged units: a drop-in) or with config-file (then popauth run by pop-auth-owner "
        "cannot read the configuration: give it --file and --owner): the packaged "
@@ -291,8 +292,8 @@ OPTIONS: tuple[Option, ...] = (
        "line. Start-up and --check-config warn of a passphrase others can read.",
        scope=Scope.STARTUP, example="secret"),
     string("tls-private-key-file", None,
-       "PEM file with the server's unencrypted private key. Unset: it is in "
-       "tls-server-cert-file.",
+       "PEM file with the server's private key (an encrypted one needs tls-passphrase). "
+       "Unset: it is in tls-server-cert-file.",
        scope=Scope.STARTUP, example="/etc/ssl/private/ssl-cert-snakeoil.key"),
     string("tls-server-cert-file", None,
        "PEM file with the server's certificate chain (and possibly its private key).",
