@@ -241,7 +241,8 @@ OPTIONS: tuple[Option, ...] = (
        "when nothing but the server and the delivery agent touch spools).",
        flag="-S"),
     boolean("shy", False,
-       "Do not show the version in the greeting or in CAPA IMPLEMENTATION before login.",
+       "Do not show the version in the greeting or in CAPA IMPLEMENTATION before login "
+       "(nor in poppassd's greeting).",
        scope=Scope.STARTUP),
     string("spool-dir", "/var/mail",
        "Directory holding the users' mail spools.",

@@ -4,7 +4,8 @@ One connection on standard input and output, inetd style (inetd, or systemd's
 poppassd.socket with Accept=yes, or `systemd-socket-activate --inetd -l 106 poppassd`).
 The dialogue (docs/compatibility.md, "poppassd"; Eudora's "Change Password" speaks it):
 
-    S: 200 poppassd (qpopper-py 0.1.0) hello, who are you?    (the product's version)
+    S: 200 poppassd (qpopper-py 0.1.0) hello, who are you?    (the product's version;
+                                                                 none with `shy`)
     C: user alice                S: 200 Your password please.
     C: pass OLD                  S: 200 Your new password please.
     C: newpass NEW               S: 200 Password changed, thank-you.
@@ -80,6 +81,8 @@ BRAKE_METHOD = "poppassd"
 """The `method=` of poppassd's fail2ban lines (the POP server's say USER, APOP, PLAIN, ...)."""
 
 GREETING = f"200 poppassd (qpopper-py {__version__}) hello, who are you?"
+SHY_GREETING = "200 poppassd hello, who are you?"
+"""The greeting when the configuration sets `shy`, as popper's banner then names no version."""
 ASK_PASSWORD = "200 Your password please."
 ASK_NEW_PASSWORD = "200 Your new password please."
 CHANGED = "200 Password changed, thank-you."
@@ -187,8 +190,9 @@ class Dialogue:
 
     def __init__(self, channel: Channel, log: Callable[[int, str], None], *,
                  pam_service: str = DEFAULT_PAM_SERVICE, client_ip: str = "unknown",
-                 brakes: Brakes | None = None):
+                 brakes: Brakes | None = None, greeting: str = GREETING):
         self.channel = channel
+        self.greeting = greeting
         self.log = log
         self.pam_service = pam_service
         self.client_ip = client_ip
@@ -206,7 +210,7 @@ class Dialogue:
         }
 
     def run(self) -> int:
-        self.channel.write_line(GREETING)
+        self.channel.write_line(self.greeting)
         while not self.done:
             try:
                 line = self.channel.read_line()
@@ -452,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     dialogue = Dialogue(channel, log, pam_service=settings.pam_service,
                         client_ip=peer_address(0),
-                        brakes=Brakes.from_config(cfg, log))
+                        brakes=Brakes.from_config(cfg, log),
+                        greeting=SHY_GREETING if cfg.shy else GREETING)
     try:
         return dialogue.run()
     except (BrokenPipeError, ConnectionResetError):

@@ -189,11 +189,12 @@ def test_new_password_must_be_acceptable(service, system_users):
 
 
 @contextlib.contextmanager
-def poppassd_on_a_socket_pair(world_tmp, pam_service, *flags):
+def poppassd_on_a_socket_pair(world_tmp, pam_service, *flags,
+                              config_text="# nothing: the built-in defaults\n"):
     """poppassd run directly on a socket pair (inetd's descriptors): yields (our socket, its
     process); the process is killed if the test leaves it running."""
     config = Path(world_tmp, "empty.config")
-    config.write_text("# nothing: the built-in defaults\n")
+    config.write_text(config_text)
     ours, theirs = socket.socketpair()
     with ours, theirs:
         proc = subprocess.Popen([POPPASSD, "-s", pam_service, *flags, "-f", str(config)],
@@ -216,6 +217,18 @@ def test_idle_connection_times_out(world_tmp, pam_service):
             assert f.readline() == b"500 Timeout, closing connection.\r\n"
             assert time.monotonic() - start < 3
         assert proc.wait(10) == poppassd.EXIT_FAILED
+
+
+def test_shy_hides_the_version_from_the_greeting(world_tmp, pam_service):
+    """`shy` in the configuration poppassd reads: its greeting names no version, as popper's
+    banner then does not (a version tells an attacker which flaws to try)."""
+    with poppassd_on_a_socket_pair(world_tmp, pam_service,
+                                   config_text="set shy\n") as (ours, proc):
+        with ours.makefile("rb") as f:
+            assert f.readline() == poppassd.SHY_GREETING.encode() + b"\r\n"
+            ours.sendall(b"quit\r\n")
+            assert f.readline() == b"200 Bye.\r\n"
+        assert proc.wait(10) == 0
 
 
 def test_a_trickling_client_is_cut_off_at_the_deadline(world_tmp, pam_service):
