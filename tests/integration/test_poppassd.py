@@ -368,3 +368,13 @@ def test_the_right_password_of_an_expired_account_is_no_failed_guess(service, sy
                                  r"refused: PAM service .*")
     assert not [text for text in service.site.syslog.texts()
                 if text.startswith("LOGIN FAILED") and expired.name in text]
+
+
+def test_an_expired_password_can_be_changed(service, system_users):
+    """chage -d 0 (must change at next login): POP refuses the login, poppassd takes the old
+    password and changes it, and POP then takes the new one."""
+    stale = system_users.create("pp", password_expired=True)
+    make_spool(service.site.spool_dir, stale, mbox(("hi", "there")))
+    assert not pop_login_ok(service.site, stale, stale.password)
+    assert change(service, stale, "renewed-password-8") == b"200 Password changed, thank-you."
+    assert pop_login_ok(service.site, stale, "renewed-password-8")
