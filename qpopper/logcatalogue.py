@@ -79,11 +79,6 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
         ("the TLS private key in * can be read by every local user (mode *): make it "
          "readable by root only (chmod o-r)", "A warning at start-up, reload and "
          "--check-config: any local user can copy the server's key and pose as it."),
-        ("tls-passphrase is set in *, which every local user can read (mode *): make that "
-         "file readable by root only", "A warning at start-up, reload and --check-config."),
-        ("tls-passphrase is given on the command line, which every local user can read (ps): "
-         "set it in a configuration file readable by root only",
-         "A warning at start-up, reload and --check-config."),
         ("TLS: *", "The certificate or key cannot be used (inetd mode, or a pre-login process "
                    "that cannot load the checked copy); the connection is closed."),
         ("connection refused, the configuration has an error: *",

@@ -369,11 +369,10 @@ def _identity_paths(cfg) -> list[tuple[str, str]]:
 
 
 def warn_of_exposed_secrets(cfg, log) -> None:
-    """Warn of the TLS secrets every local user can read: the file holding the private key,
-    when others may read it and reach it (each directory above it searchable by others: a
-    key in a 0700 directory is safe whatever its own mode), and tls-passphrase when the file
-    that set it is readable so, or when it came from the command line (/proc/PID/cmdline,
-    ps). Start-up, reload and --check-config say them; none stops the server."""
+    """Warn of a private key every local user can read: the file holding it, when others may
+    read it and reach it (each directory above it searchable by others: a key in a 0700
+    directory is safe whatever its own mode). Start-up, reload and --check-config say it;
+    it does not stop the server. (A readable tls-passphrase: preflight's own warning.)"""
     paths = _identity_paths(cfg)
     key_path = paths[1][0] if len(paths) > 1 else paths[0][0]
     mode = _mode_if_others_can_read(key_path)
@@ -381,17 +380,6 @@ def warn_of_exposed_secrets(cfg, log) -> None:
         log(syslog.LOG_WARNING, f"the TLS private key in {key_path} can be read by every local "
                                 f"user (mode {mode:04o}): make it readable by root only "
                                 f"(chmod o-r)")
-    if cfg.tls_passphrase:
-        source = cfg.source("tls-passphrase")
-        where = source.rsplit(":", 1)[0]
-        if source.startswith("argv"):
-            log(syslog.LOG_WARNING, "tls-passphrase is given on the command line, which every "
-                                    "local user can read (ps): set it in a configuration file "
-                                    "readable by root only")
-        elif (mode := _mode_if_others_can_read(where)) is not None:
-            log(syslog.LOG_WARNING, f"tls-passphrase is set in {where}, which every local user "
-                                    f"can read (mode {mode:04o}): make that file readable by "
-                                    f"root only")
 
 
 def _mode_if_others_can_read(path: str) -> int | None:

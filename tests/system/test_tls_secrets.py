@@ -82,11 +82,12 @@ def test_a_passphrase_others_can_read_is_warned_of(world_tmp, pam_service, pki):
     assert check_config(config) == []
     os.chmod(config, 0o644)
     assert check_config(config) == [
-        f"popper: warning: tls-passphrase is set in {config}, which every local user can read "
-        f"(mode 0644): make that file readable by root only"]
+        f"popper: warning: tls-passphrase is set in {config}, mode 0644, which others can read; "
+        f"set it in a root-only file (mode 0600) named with -f or config-file"]
     os.chmod(config, 0o600)
     checked = subprocess.run([POPPER, "--check-config", "-f", config, "--tls-passphrase=right"],
                              capture_output=True, text=True, timeout=30)
     assert checked.returncode == 0 and checked.stderr.splitlines() == [
-        "popper: warning: tls-passphrase is given on the command line, which every local user "
-        "can read (ps): set it in a configuration file readable by root only"], checked.stderr
+        "popper: warning: tls-passphrase is set on the command line, which every local user "
+        "can read (ps); set it in a root-only file (mode 0600) named with -f or config-file"
+    ], checked.stderr
