@@ -18,8 +18,9 @@ DRAC never refuses or fails a login: `notify_login` logs and returns.
 
 drac-host is a host name or address, as in Qpopper. Extension: `HOST:PORT` (or
 `[IPV6]:PORT`) names a portmapper on another port than 111 (a private test portmapper, an
-rpcbind behind a port forward). A host name is resolved by the system resolver (use an
-address to keep DNS out of the login path); IPv4 is preferred, DRAC being IPv4-only.
+rpcbind behind a port forward). A host name is resolved by the system resolver, within the
+same bound (use an address to keep DNS out of the login path); IPv4 is preferred, DRAC being
+IPv4-only.
 IPv6 clients are skipped: DRACPROC_ADD has no way to carry their address.
 """
 
@@ -30,6 +31,7 @@ import os
 import socket
 import struct
 import syslog
+import threading
 import time
 
 from qpopper import limits
@@ -137,8 +139,24 @@ def _rpc_call(address: tuple, family: int, program: int, version: int, procedure
             raise DracError(f"{what}: {exc.strerror or exc}") from None
 
 
-def _resolve(host: str, port: int) -> tuple[int, tuple]:
-    """(family, address) of drac-host, IPv4 first."""
+def _resolve(host: str, port: int, deadline: float) -> tuple[int, tuple]:
+    """(family, address) of drac-host, IPv4 first, by `deadline`: getaddrinfo has no timeout
+    of its own, so it runs in a thread that is left to finish alone when the time is up
+    (a dead DNS server must not hold the login longer than DRAC_TOTAL_TIMEOUT_S)."""
+    answer: list = []
+    lookup = threading.Thread(target=lambda: answer.append(_lookup(host, port)), daemon=True,
+                              name="drac-host lookup")
+    lookup.start()
+    lookup.join(max(0.0, deadline - time.monotonic()))
+    if not answer:
+        raise DracError(f"resolving drac-host {host!r}: no answer within "
+                        f"{limits.DRAC_TOTAL_TIMEOUT_S}s")
+    if answer[0] is None:
+        raise DracError(f"cannot resolve drac-host {host!r}")
+    return answer[0]
+
+
+def _lookup(host: str, port: int) -> tuple[int, tuple] | None:
     for family in (socket.AF_INET, socket.AF_INET6):
         try:
             found = socket.getaddrinfo(host, port, family, socket.SOCK_DGRAM)
@@ -146,7 +164,7 @@ def _resolve(host: str, port: int) -> tuple[int, tuple]:
             continue
         if found:
             return found[0][0], found[0][4]
-    raise DracError(f"cannot resolve drac-host {host!r}")
+    return None
 
 
 def dracauth(drac_host: str, client_ip: str) -> None:
@@ -158,7 +176,7 @@ def dracauth(drac_host: str, client_ip: str) -> None:
     except ValueError:
         raise DracError(f"{client_ip!r} is not an IPv4 address") from None
     host, pmap_port = parse_drac_host(drac_host)
-    family, pmap_address = _resolve(host, pmap_port)
+    family, pmap_address = _resolve(host, pmap_port, deadline)
     getport_args = struct.pack(">4I", DRAC_PROGRAM, DRAC_VERSION, IPPROTO_UDP, 0)
     results = _rpc_call(pmap_address, family, PMAP_PROGRAM, PMAP_VERSION, PMAPPROC_GETPORT,
                         getport_args, deadline, f"portmapper on {drac_host}")

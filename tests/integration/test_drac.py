@@ -15,6 +15,7 @@ import contextlib
 import poplib
 import socket
 import syslog
+import threading
 import time
 
 import pytest
@@ -95,6 +96,21 @@ def test_silent_host_is_retried_within_the_bound():
         sent = count_datagrams(silent)
     assert limits.DRAC_TOTAL_TIMEOUT_S - 0.05 <= elapsed < limits.DRAC_TOTAL_TIMEOUT_S + TOLERANCE_S
     assert sent == pytest.approx(limits.DRAC_TOTAL_TIMEOUT_S / limits.DRAC_ATTEMPT_TIMEOUT_S, abs=1)
+
+
+def test_a_name_lookup_that_hangs_is_within_the_bound(monkeypatch):
+    """getaddrinfo has no timeout (a dead DNS server): the resolver here is made to hang, as
+    one would, and the notification still ends by DRAC_TOTAL_TIMEOUT_S, saying why."""
+    release = threading.Event()
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args: release.wait(30) and [])
+    start = time.monotonic()
+    try:
+        with pytest.raises(drac.DracError, match=r"resolving drac-host 'drac\.example': no "
+                                                 r"answer within"):
+            drac.dracauth("drac.example", "127.0.0.1")
+        assert time.monotonic() - start < limits.DRAC_TOTAL_TIMEOUT_S + TOLERANCE_S
+    finally:
+        release.set()
 
 
 @pytest.mark.parametrize("value,expected", [
