@@ -158,7 +158,8 @@ from memory in well under a millisecond when alive, and UDP loses packets only r
 DRAC_TOTAL_TIMEOUT_S = 1.5
 """The whole DRAC notification (drac-host's name lookup, the portmapper lookup, then
 DRACPROC_ADD, with their retries) never takes longer than this: a dead DRAC server (or DNS
-server) must not delay a login by more than the blink of an eye, and DRAC never refuses a login anyway (its failure is only logged)."""
+server) must not delay a login by more than the blink of an eye, and DRAC never refuses a
+login anyway (its failure is only logged)."""
 
 DRAC_MAX_REPLY_OCTETS = 1024
 """ONC RPC replies to GETPORT and DRACPROC_ADD are 28-40 octets; anything longer is not ours."""
