@@ -74,6 +74,8 @@ def _declare(lib: ctypes.CDLL) -> None:
 def local_name(principal: str) -> str:
     """The account `principal` maps to under krb5.conf's auth_to_local rules (read now, from
     KRB5_CONFIG or /etc/krb5.conf). NoLocalName when none does or krb5 cannot say."""
+    if _holds_nul(principal):
+        raise NoLocalName("its name holds a NUL, where krb5's local name would end")
     try:
         lib = library()
     except OSError as exc:
@@ -103,6 +105,20 @@ def local_name(principal: str) -> str:
         if parsed:
             lib.krb5_free_principal(context, parsed)
         lib.krb5_free_context(context)
+
+
+def _holds_nul(principal: str) -> bool:
+    """Whether the principal krb5_parse_name makes of `principal` holds a NUL (written `\\0`,
+    or a NUL itself, where the C string passed would end). krb5_aname_to_localname returns a
+    C string: `alice\\0x@REALM` would be the account `alice`."""
+    if "\0" in principal:
+        return True
+    escaped = False
+    for char in principal:
+        if escaped and char == "0":
+            return True
+        escaped = not escaped and char == "\\"
+    return False
 
 
 def _error_text(lib: ctypes.CDLL, context, code: int) -> str:

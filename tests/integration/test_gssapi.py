@@ -475,3 +475,19 @@ def test_kerberos_with_a_keytab_lacking_the_service_is_refused(kdc, tmp_path):
                                                      "KRB5_KTNAME": str(kdc.keytab)})
     assert result.returncode == 1, result.stderr
     assert f"no key for imap@{HOST} in {kdc.keytab}" in result.stderr
+
+
+def test_a_principal_with_a_nul_in_its_name_maps_to_no_prefix_of_it(tmp_path, monkeypatch):
+    """`alice\\0x@REALM` (a NUL inside the name: krb5's `\\0`) is another principal than
+    `alice@REALM`, but krb5_aname_to_localname's DEFAULT rule returns a C string that ends at
+    the NUL: `alice`. The mapping refuses it (libkrb5 itself, this realm's krb5.conf; MIT's
+    KDC issues such a principal no service ticket, other KDCs may)."""
+    from qpopper.auth import krb5_names
+    conf = tmp_path / "krb5.conf"
+    conf.write_text(f"[libdefaults]\n    default_realm = {REALM}\n")
+    monkeypatch.setenv("KRB5_CONFIG", str(conf))
+    assert krb5_names.local_name(f"qptalice@{REALM}") == "qptalice"
+    assert krb5_names.local_name(f"qpt\\\\0x@{REALM}") == "qpt\\0x"   # an escaped backslash
+    for principal in (f"qptalice\\0x@{REALM}", f"qptalice\0x@{REALM}", "qptalice\0@OTHER"):
+        with pytest.raises(krb5_names.NoLocalName, match="its name holds a NUL"):
+            krb5_names.local_name(principal)
