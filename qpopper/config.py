@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator
 from qpopper import limits
 from qpopper.option_types import shown
 from qpopper.options import (BY_FLAG, BY_NAME, E_FLAG_KEYS, EXPIRE_FLAG, OPTIONS, OptType, Option,
-                             lookup)
+                             SECRET_OPTIONS, lookup)
 
 DEFAULT_SOURCE = "default"
 USER_FILE_KINDS = {"spool": "a spool-directory options file", "home": "a home-directory "
@@ -583,12 +583,12 @@ def _parse_line(line: str, location: str) -> tuple[Option, str] | None:
     if resetting:
         raise ConfigError(f"{location}: 'reset {opt.name}' takes no value, got '{_clip(rest)}'")
     if not rest.startswith("="):
-        raise ConfigError(f"{location}: expected '=' after '{opt.name}', got '{_clip(rest)}'")
+        raise ConfigError(f"{location}: expected '=' after '{opt.name}', got '{_clip(rest, opt)}'")
     value, rest = _value_token(rest[1:].lstrip(" \t"), opt, location)
     rest = rest.lstrip(" \t")
     if rest and not rest.startswith("#"):
         hint = " (quote a value that contains spaces)" if opt.type is OptType.STRING else ""
-        raise ConfigError(f"{location}: unexpected '{_clip(rest)}' after the value of "
+        raise ConfigError(f"{location}: unexpected '{_clip(rest, opt)}' after the value of "
                           f"'{opt.name}'{hint}")
     return opt, value
 
@@ -615,5 +615,5 @@ def _value_token(text: str, opt: Option, location: str) -> tuple[str, str]:
     raise ConfigError(f"{location}: unterminated quoted value for '{opt.name}'")
 
 
-def _clip(text: str) -> str:
-    return shown(text, 40)
+def _clip(text: str, opt: Option | None = None) -> str:     # may be a secret's value
+    return "(not shown)" if opt and opt.name in SECRET_OPTIONS else shown(text, 40)

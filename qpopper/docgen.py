@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from qpopper import QPOPPER_VERSION, __version__, limits
 from qpopper.config import Config, Invocation
-from qpopper.options import OPTIONS, BY_NAME, EXPIRE_FLAG, OptType, Option
+from qpopper.options import OPTIONS, BY_NAME, EXPIRE_FLAG, SECRET_OPTIONS, OptType, Option
 
 WIDTH = 78
 EXAMPLE_CONFIG_PATH = "etc/qpopper/qpopper.config"
@@ -239,13 +239,10 @@ def _table(rows: list[tuple[str, str]]) -> list[str]:
 
 
 # ---- popper --check-config ---------------------------------------------------------------------
-SECRET_OPTIONS = ("tls-passphrase",)
-"""Printed as `(set, not shown)`: the table is pasted into mails and bug reports."""
-
-
 def effective_config(cfg: Config, invocation: Invocation) -> str:
     """Every option's canonical name, effective value and source, aligned."""
     files = ", ".join(invocation.config_files) or "none"
+    # the table is pasted into mails and bug reports: a secret is not shown
     rows = [(opt.name, "(set, not shown)" if opt.name in SECRET_OPTIONS and value
              else opt.format(value), source) for opt, value, source in cfg.items()]
     name_width = max(len(name) for name, _, _ in rows)

@@ -533,6 +533,10 @@ OPTIONS: tuple[Option, ...] = (
        extension=True, scope=Scope.NOT_HOME),
 )
 
+SECRET_OPTIONS = ("tls-passphrase",)
+"""Never shown: not in --show-config's table (pasted into mails and bug reports), not in a
+configuration error (logged)."""
+
 BY_NAME: dict[str, Option] = {}
 for _opt in OPTIONS:
     for _spelling in _opt.spellings:

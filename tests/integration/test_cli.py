@@ -352,6 +352,22 @@ def test_check_config_refuses_a_user_list_it_cannot_read(site_args, tmp_path, na
     assert result.returncode == 0, result.stderr
 
 
+def test_a_tls_passphrase_line_in_error_does_not_show_the_passphrase(tmp_path):
+    """A configuration error quotes what it could not read, but never a passphrase (its
+    line goes to syslog in inetd mode): an unquoted one with spaces, or one without '='."""
+    config = tmp_path / "tls-passphrase.config"
+    for line, error in (("set tls-passphrase = open sesame 42",
+                         "unexpected '(not shown)' after the value of 'tls-passphrase' (quote a "
+                         "value that contains spaces)"),
+                        ("set tls-passphrase sesame-42",
+                         "expected '=' after 'tls-passphrase', got '(not shown)'")):
+        config.write_text(line + "\n")
+        result = popper("--check-config", "-f", str(config))
+        assert (result.returncode, result.stderr) == (2, f"popper: {config}:1: {error}\n")
+    config.write_text("set tls-support = never ever\n")      # another option's text is shown
+    assert "unexpected 'ever' after" in popper("--check-config", "-f", str(config)).stderr
+
+
 def test_check_config_warns_of_a_tls_passphrase_others_can_read(site_args, tmp_path):
     """tls-passphrase's help: a file of its own, root-only, named with -f or config-file
     (the packaged configuration file is world-readable, a command line is seen by ps)."""
