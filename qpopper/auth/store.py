@@ -257,6 +257,8 @@ class PopAuthStore:
         """Make the decoy key unless it exists: written whole, then linked into place, so a
         racing reader sees none or all of it, and the first maker wins. True when this call
         made it. Raises OSError."""
+        if os.path.lexists(self.decoy_key_path):
+            return False            # nothing written: a read-only directory is no refusal
         new = f"{self.decoy_key_path}.{os.getpid()}.new"
         fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, STORE_MODE)
         try:

@@ -268,6 +268,29 @@ def test_postinst_makes_the_missing_decoy_key_of_a_store(scratch, pop_owner):
     assert f"{store}.decoy-key" not in (scratch.state / "created").read_text()
 
 
+def test_postinst_leaves_a_store_with_its_decoy_key_in_a_directory_it_cannot_write(scratch,
+                                                                                  pop_owner):
+    """The key is there: nothing to make, so nothing is written beside it, and a directory
+    nobody may write (immutable here; a read-only mount alike) gets no warning that the key
+    was "not made" at every configure."""
+    store = owners_directory(scratch, pop_owner) / "pop.auth"
+    store.write_bytes(b"SQLite format 3\0")
+    key = Path(f"{store}.decoy-key")
+    key.write_bytes(b"k" * 32)
+    for path in (store, key):
+        os.chown(path, pop_owner.uid, -1)
+        path.chmod(0o600)
+    store_config(scratch, pop_owner, store, spool_dir(scratch))
+    subprocess.run(["chattr", "+i", str(store.parent)], check=True)
+    try:
+        result = scratch.run("postinst", "configure")
+    finally:
+        subprocess.run(["chattr", "-i", str(store.parent)], check=True)
+    assert "decoy-key" not in result.stderr, result.stderr
+    assert key.read_bytes() == b"k" * 32
+    assert sorted(os.listdir(store.parent)) == ["pop.auth", "pop.auth.decoy-key"]
+
+
 def test_postinst_does_not_follow_a_decoy_key_symlink(scratch, pop_owner):
     victim = root_file(scratch)
     store = owners_directory(scratch, pop_owner) / "pop.auth"
