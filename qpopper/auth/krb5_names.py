@@ -42,9 +42,12 @@ def library() -> ctypes.CDLL:
     global _library
     if _library is not None:
         return _library
-    found = ctypes.util.find_library("krb5")
     errors = []
-    for name in (*LIBRARIES, *((found,) if found else ())):
+    for name in (*LIBRARIES, None):
+        if name is None:        # only then: find_library runs /sbin/ldconfig -p (a fork, as root)
+            name = ctypes.util.find_library("krb5")
+            if name is None:
+                break
         try:
             lib = ctypes.CDLL(name)
         except OSError as exc:

@@ -10,6 +10,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 
 from tests.helpers.sysusers import is_root, make_spool
 from tests.helpers.messages import mbox
+from tests.helpers.repo import REPO
 from tests.server_harness import POPPER, Site, free_port
 
 pytestmark = pytest.mark.timeout(120)
@@ -491,3 +493,23 @@ def test_a_principal_with_a_nul_in_its_name_maps_to_no_prefix_of_it(tmp_path, mo
     for principal in (f"qptalice\\0x@{REALM}", f"qptalice\0x@{REALM}", "qptalice\0@OTHER"):
         with pytest.raises(krb5_names.NoLocalName, match="its name holds a NUL"):
             krb5_names.local_name(principal)
+
+
+def test_mapping_a_principal_runs_no_program(tmp_path):
+    """libkrb5 is found by its soname: ctypes.util.find_library (which runs /sbin/ldconfig
+    -p, a fork and exec in the root authentication process at each connection's first
+    GSSAPI login) is asked only when that fails. Traced in a process of its own."""
+    conf = tmp_path / "krb5.conf"
+    conf.write_text(f"[libdefaults]\n    default_realm = {REALM}\n")
+    trace = tmp_path / "execve.trace"
+    strace = shutil.which("strace")
+    assert strace, "strace is not installed (the Makefile's Debian test packages)"
+    code = ("from qpopper.auth import krb5_names; "
+            f"print(krb5_names.local_name('qptalice@{REALM}'))")
+    result = subprocess.run([strace, "-f", "-qq", "-e", "trace=execve", "-o", str(trace),
+                             sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, cwd=REPO,
+                            env=dict(os.environ, KRB5_CONFIG=str(conf), PYTHONPATH=str(REPO)))
+    assert result.stdout == "qptalice\n", result.stderr
+    programs = re.findall(r'execve\("([^"]+)"', trace.read_text())
+    assert programs == [sys.executable], programs
