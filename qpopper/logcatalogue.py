@@ -68,6 +68,9 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
          "file (mode 0600) named with -f or config-file",
          "A warning at start-up, reload and --check-config: the packaged "
          "/etc/qpopper/qpopper.config is world-readable (the option's help)."),
+        ("tls-passphrase is set in *, owned by uid *, who can read it; set it in a root-only "
+         "file (mode 0600) named with -f or config-file",
+         "A warning at start-up, reload and --check-config: the file is not root's."),
         ("** is missing and this server cannot make it: SCRAM's made-up exchanges "
          "are keyed by /etc/machine-id, which local users can read; run popauth -list once, "
          "as root, to make it", "A warning at start-up, reload and --check-config: a store made "

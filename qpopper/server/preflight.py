@@ -268,6 +268,10 @@ def warn_of_a_readable_passphrase(cfg, log) -> None:
                                 f"{stat.S_IMODE(st.st_mode):04o}, which others can read; set "
                                 f"it in a root-only file (mode 0600) named with -f or "
                                 f"config-file")
+    elif st.st_uid != 0:
+        log(syslog.LOG_WARNING, f"tls-passphrase is set in {path}, owned by uid {st.st_uid}, "
+                                f"who can read it; set it in a root-only file (mode 0600) "
+                                f"named with -f or config-file")
 
 
 def warn_without_decoy_key(cfg, log) -> None:

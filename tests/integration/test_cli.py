@@ -379,6 +379,14 @@ def test_check_config_warns_of_a_tls_passphrase_others_can_read(site_args, tmp_p
         0, f"popper: warning: tls-passphrase is set in {secret}, mode 0644, which others can "
            f"read; set it in a root-only file (mode 0600) named with -f or config-file\n")
     secret.chmod(0o600)
+    if os.geteuid() == 0:                       # 0600, but another account's: it reads it
+        os.chown(secret, 65534, -1)
+        result = popper("--check-config", "-f", str(EXAMPLE), "-f", str(secret), *site_args)
+        assert (result.returncode, result.stderr) == (
+            0, f"popper: warning: tls-passphrase is set in {secret}, owned by uid 65534, who "
+               f"can read it; set it in a root-only file (mode 0600) named with -f or "
+               f"config-file\n")
+        os.chown(secret, 0, -1)
     result = popper("--check-config", "-f", str(EXAMPLE), "-f", str(secret), *site_args)
     assert (result.returncode, result.stderr) == (0, "")
     # the table goes into mails and bug reports: the passphrase is not in it
