@@ -5,9 +5,11 @@ policy refusal: docs/internals.md, "Auth")."""
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import pwd
+import stat
 import syslog
 
 from qpopper import limits
@@ -86,6 +88,20 @@ def is_loopback(client_ip: str) -> bool:
         return False
     mapped = getattr(address, "ipv4_mapped", None)
     return (mapped or address).is_loopback
+
+
+def open_user_list(path: str):
+    """auth-file or nonauth-file, open for reading as text. O_NONBLOCK: a FIFO in its place
+    is refused at once (OSError, "not a regular file"), not waited on in open(2), which
+    would hold the login, the start-up check, or the master's reload (preflight) for good."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return open(fd, encoding="utf-8", errors="replace")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _listed_names(lines) -> set[str]:
@@ -212,7 +228,7 @@ class PolicyChecks:
 
     def _read_user_list(self, path: str) -> set[str] | None:
         try:
-            with open(path, encoding="utf-8", errors="replace") as f:
+            with open_user_list(path) as f:
                 return _listed_names(f)
         except OSError as exc:
             self.log(syslog.LOG_ERR, f"cannot read user list {path}: {exc.strerror}")

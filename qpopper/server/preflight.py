@@ -21,7 +21,7 @@ import syslog
 from dataclasses import dataclass
 
 from qpopper.auth.sasl import kerberos_refusal
-from qpopper.auth.policy_checks import store_mechanisms_offered
+from qpopper.auth.policy_checks import open_user_list, store_mechanisms_offered
 from qpopper.auth.store import (DECOY_KEY_SUFFIX, PopAuthStore, decoy_key_fault,
                                 decoy_key_line)
 from qpopper.pop3.responses import PopError, RespCode
@@ -324,7 +324,7 @@ def check_user_lists(cfg) -> None:
             continue
         try:
             if os.geteuid() == 0:
-                with open(path, "rb"):
+                with open_user_list(path):      # a FIFO there is refused, not waited on
                     pass
             else:
                 os.stat(path)

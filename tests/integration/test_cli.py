@@ -368,6 +368,23 @@ def test_a_tls_passphrase_line_in_error_does_not_show_the_passphrase(tmp_path):
     assert "unexpected 'ever' after" in popper("--check-config", "-f", str(config)).stderr
 
 
+@pytest.mark.parametrize("name", ["auth-file", "nonauth-file"])
+def test_check_config_refuses_a_fifo_as_a_user_list_at_once(site_args, tmp_path, name):
+    """A FIFO as auth-file or nonauth-file is no list: the check (start-up's and a reload's)
+    refuses it at once instead of waiting in open(2) for a writer."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    try:
+        result = subprocess.run([popper_path(), "--check-config", "-f", str(EXAMPLE),
+                                 *site_args, f"--{name}={fifo}"],
+                                capture_output=True, text=True, timeout=20, cwd=REPO)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"--check-config waited on the {name} FIFO")
+    assert (result.returncode, result.stderr) == (
+        1, f"popper: {name} {fifo} (set at argv --{name}): not a regular file; while it "
+           f"cannot be read every login is refused\n")
+
+
 def test_check_config_warns_of_a_tls_passphrase_others_can_read(site_args, tmp_path):
     """tls-passphrase's help: a file of its own, root-only, named with -f or config-file
     (the packaged configuration file is world-readable, a command line is seen by ps)."""

@@ -13,6 +13,7 @@ import pwd
 import stat
 import subprocess
 import syslog
+import threading
 import time
 
 import pytest
@@ -302,6 +303,32 @@ def test_auth_file_admits_only_listed_users(system_users, pam_service, tmp_path)
         error = refused(lambda: broken.check_password(fay.name, "pw-f", CLIENT_IP))
         assert error.render() == b"-ERR [SYS/PERM] POP access list not available\r\n"
         assert any("cannot read user list" in text for text in log.texts())
+
+
+@needs_root
+def test_a_fifo_as_auth_file_or_nonauth_file_refuses_the_login_at_once(system_users,
+                                                                      pam_service, tmp_path):
+    """A FIFO put where auth-file or nonauth-file is read (after start-up checked it) is no
+    list: the login is refused [SYS/PERM] at once, as for an unreadable one, instead of
+    waiting in open(2) for a writer that never comes."""
+    kim = system_users.create(password="pw-k")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for name in ("auth_file", "nonauth_file"):
+        log = Log()
+        auth = Authenticator(config(pam_service=pam_service, **{name: str(fifo)}), log)
+        outcome: list[PopError] = []
+        checking = threading.Thread(
+            target=lambda: outcome.append(refused(lambda: auth.check_password(
+                kim.name, "pw-k", CLIENT_IP))), daemon=True)
+        checking.start()
+        checking.join(15)
+        if checking.is_alive():             # blocked in open(2): let it go, then fail
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            checking.join(15)
+            pytest.fail(f"the login waited on the {name} FIFO")
+        assert outcome[0].render() == b"-ERR [SYS/PERM] POP access list not available\r\n"
+        assert f"cannot read user list {fifo}: not a regular file" in log.texts()
 
 
 @needs_root
