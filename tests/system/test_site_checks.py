@@ -49,6 +49,29 @@ def test_hup_refuses_kerberos_the_system_cannot_serve_as_start_up_does(site):
     assert b"GSSAPI" not in capa
 
 
+def test_hup_refuses_a_fifo_as_auth_file_at_once_and_keeps_accepting(site):
+    """A FIFO where the new auth-file is: the reload's check refuses it at once, as a file
+    it cannot read, instead of the master waiting in open(2) for a writer (accepting no one
+    meanwhile)."""
+    server = site.server()
+    assert wait_for_greeting(server.host, server.port).startswith(b"+OK Qpopper")
+    fifo = os.path.join(site.root, "auth-fifo")
+    os.mkfifo(fifo, 0o600)
+    with open(site.config, "a") as f:
+        f.write(f'set auth-file = "{fifo}"\n')
+    try:
+        os.kill(server.pid, signal.SIGHUP)
+        site.syslog.wait_for(rf"reload failed, keeping the running configuration: auth-file "
+                             rf"{re.escape(fifo)} .*: not a regular file; .*")
+        with socket.create_connection((server.host, server.port), timeout=20) as sock:
+            assert read_greeting(sock).startswith(b"+OK")
+    finally:
+        try:                                # a master stuck in open(2) is let go
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+
+
 def test_daemon_mode_refuses_a_pid_file_it_could_not_write_before_detaching(site):
     """python-daemon takes the pid file after detaching: a directory that is not there
     failed unseen, with exit status 0 and no server. The check and the start refuse it."""
