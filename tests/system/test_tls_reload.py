@@ -15,7 +15,7 @@ import pytest
 
 from tests.helpers.testpki import TestPki
 from tests.helpers.tls_site import TlsSite, client_context
-from tests.server_harness import POPPER, read_greeting, wait_until, write_config
+from tests.server_harness import POPPER, free_port, read_greeting, wait_until, write_config
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
@@ -47,6 +47,36 @@ def test_an_alternate_port_listener_never_falls_back_to_plain_text_on_hup(world_
             with socket.create_connection((server.host, server.port), timeout=20) as raw, \
                     context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
                 assert read_greeting(tls).startswith(b"+OK")
+    finally:
+        site.close()
+
+
+def test_a_tls_listen_port_stays_one_when_a_reload_drops_its_entry(world_tmp, pam_service,
+                                                                    pki):
+    """The listeners are start-up's: a reload whose file no longer names a tls-listen port
+    (TLS still configured) is accepted and the port still speaks TLS from the first byte; a
+    file with no TLS left at all is refused (docs/operations.md, "Start-up checks")."""
+    good = pki.server("listed")
+    tls_port = free_port()
+    site = TlsSite(world_tmp, pam_service, tls_support="stls",
+                   tls_server_cert_file=good.cert_file, tls_private_key_file=good.key_file,
+                   tls_listen=f"127.0.0.1:{tls_port}")
+    try:
+        server = site.server()
+        context = client_context(pki)
+        without_entry = {k: v for k, v in site.options.items() if k != "tls_listen"}
+        write_config(site.config, **without_entry)
+        os.kill(server.proc.pid, signal.SIGHUP)
+        site.syslog.wait_for("configuration reloaded")
+        with socket.create_connection((server.host, tls_port), timeout=20) as raw, \
+                context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            assert read_greeting(tls).startswith(b"+OK")
+        write_config(site.config, **dict(without_entry, tls_support="none"))
+        os.kill(server.proc.pid, signal.SIGHUP)
+        site.syslog.wait_for(r"reload failed, keeping the running configuration: .*tls-listen.*")
+        with socket.create_connection((server.host, tls_port), timeout=20) as raw, \
+                context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            assert read_greeting(tls).startswith(b"+OK")
     finally:
         site.close()
 
