@@ -441,6 +441,15 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
         ("timeout after *s from *", "--timeout passed without a line."),
         ("over-long line from *; closed", "A line too long."),
         ("configuration: *; no password changed", "The configuration file has an error."),
+        ("pre-login sandbox: *; no password changed", "prelogin-user or prelogin-chroot is "
+                                                      "wrong (as for popper's start-up)."),
+        ("pre-login for * broke the poppassd protocol (*); ending it",
+         "poppassd's pre-login process sent a frame out of order or malformed "
+         "(docs/privsep.md, \"poppassd\"): it was killed, no password changed. A bug, or "
+         "a client that took it over."),
+        ("pre-login for * did not end within * s; ending it",
+         "poppassd's pre-login process outlived --deadline and the root process's margin: "
+         "it was killed."),
     )),
 )
 

@@ -36,6 +36,7 @@ SHORT = 256                            # mechanism names, flags, host names
 TOKEN = 48 * 1024                      # GSSAPI tokens (Kerberos tickets with a PAC are big)
 LEFTOVER = limits.MAX_AUTH_LINE_OCTETS + 64 * 1024    # pipelined bytes read past the login
 CACHE_KEY = 64                         # an authentication cache key (a 32-octet hash)
+POPPASSD_LINE = limits.POPPASSD_MAX_LINE_OCTETS   # a poppassd argument (less than a line)
 PATH = 4096                            # a home directory (PATH_MAX)
 
 
@@ -67,6 +68,13 @@ class Kind(enum.IntEnum):
     CACHE_STORE = 129       # generation, key, verdict, when PAM was asked (monotonic ns)
     CACHE_VERDICT = 192     # verdict (empty: not remembered)
 
+    # poppassd's pre-login process and its root process (docs/privsep.md, "poppassd"):
+    # requests from 96, the answer 112; never read by popper's processes.
+    POPPASSD_CHECK = 96     # user, old password
+    POPPASSD_CHANGE = 97    # new password
+    POPPASSD_END = 98       # why the dialogue ended (timeout, deadline, overlong)
+    POPPASSD_VERDICT = 112  # right | wrong | later, or changed | refused | failed
+
     # From the authentication process to its monitor, once, as it ends (docs/privsep.md,
     # "The authentication process"); after a login the HANDOVER frame follows, as received.
     OUTCOME = 160           # client address, port, user ("": no login), uid, gid, home flag,
@@ -94,6 +102,10 @@ FIELD_LIMITS: dict[Kind, tuple[int, ...]] = {
     Kind.CACHE_LOOKUP: (SHORT, CACHE_KEY),
     Kind.CACHE_STORE: (SHORT, CACHE_KEY, SHORT, SHORT),
     Kind.CACHE_VERDICT: (SHORT,),
+    Kind.POPPASSD_CHECK: (POPPASSD_LINE, POPPASSD_LINE),
+    Kind.POPPASSD_CHANGE: (POPPASSD_LINE,),
+    Kind.POPPASSD_END: (SHORT,),
+    Kind.POPPASSD_VERDICT: (SHORT,),
     Kind.OUTCOME: (SHORT, SHORT, NAME, SHORT, SHORT, 1, PATH, SHORT, 1),
 }
 

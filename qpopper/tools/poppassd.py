@@ -43,6 +43,12 @@ counted for the address and the user name, logged as the fail2ban line the POP s
 the user name's brake when longer; a success clears the user name's count. So failures here
 slow POP logins from that address and the other way round, and neither is a free oracle.
 
+Processes (docs/privsep.md, "poppassd"): this root process never reads the client's bytes. It
+forks a pre-login process that enters popper's pre-login sandbox before its first read and
+speaks the whole dialogue (Dialogue, below); the checks above - PAM, the brakes, the delays,
+the log lines - stay in the root process (poppassd_monitor.PasswordKeeper), which the pre-login
+process asks over a socket pair only "is this USER's old password" and "change it to NEW".
+
 Usage: see USAGE. Log lines go to syslog (facility authpriv, ident poppassd).
 """
 
@@ -51,22 +57,18 @@ from __future__ import annotations
 import contextlib
 import enum
 import os
-import pwd
 import select
 import socket
 import sys
 import syslog
 import time
-from typing import Callable
 
 from qpopper import __version__, limits
 from qpopper.addresses import normalize_ip
-from qpopper.auth import is_possible_user_name
-from qpopper.auth import pam as pam_auth
-from qpopper.auth.brakes import Brakes
-from qpopper.auth.policy_checks import account_line
 from qpopper.config import Config, ConfigError, load
 from qpopper.log import Logger
+from qpopper.server import privsep
+from qpopper.tools import poppassd_monitor as pm
 from qpopper.tools.popauth import DEFAULT_CONFIG
 
 DEFAULT_PAM_SERVICE = "poppassd"
@@ -186,18 +188,15 @@ def peer_address(fd: int = 0) -> str:
 
 
 class Dialogue:
-    """One poppassd connection: one command table per state."""
+    """One poppassd connection, in the pre-login process: one command table per state. The
+    old password is checked, and the new one set, by the root process (`monitor`: a
+    poppassd_monitor.MonitorLink), which logs, brakes and delays (docs/privsep.md,
+    "poppassd")."""
 
-    def __init__(self, channel: Channel, log: Callable[[int, str], None], *,
-                 pam_service: str = DEFAULT_PAM_SERVICE, client_ip: str = "unknown",
-                 brakes: Brakes | None = None, greeting: str = GREETING):
+    def __init__(self, channel: Channel, monitor, *, greeting: str = GREETING):
         self.channel = channel
         self.greeting = greeting
-        self.log = log
-        self.pam_service = pam_service
-        self.client_ip = client_ip
-        # No brakes given: nothing is counted across connections (the fixed delay remains).
-        self.brakes = brakes if brakes is not None else Brakes(None, 0, log)
+        self.monitor = monitor
         self.state = State.USER
         self.user: str | None = None
         self.old_password: str | None = None
@@ -215,24 +214,22 @@ class Dialogue:
             try:
                 line = self.channel.read_line()
             except DeadlinePassed:
-                self.channel.write_line(TIMED_OUT)
-                self.log(syslog.LOG_NOTICE, f"dialogue from {self.client_ip} not finished "
-                                            f"within {self.channel.deadline_s:g} s; closed")
-                return EXIT_FAILED
+                return self._end(TIMED_OUT, "deadline")
             except TimeoutError:
-                self.channel.write_line(TIMED_OUT)
-                self.log(syslog.LOG_INFO, f"timeout after {self.channel.timeout_s}s "
-                                          f"from {self.client_ip}")
-                return EXIT_FAILED
+                return self._end(TIMED_OUT, "timeout")
             except OverflowError:
                 self.channel.discard_rest_of_line()
-                self.channel.write_line(LINE_TOO_LONG)
-                self.log(syslog.LOG_NOTICE, f"over-long line from {self.client_ip}; closed")
-                return EXIT_FAILED
+                return self._end(LINE_TOO_LONG, "overlong")
             if line is None:
                 return 0
             self.dispatch(line.decode("utf-8", "surrogateescape"))
         return 0
+
+    def _end(self, reply: str, why: str) -> int:
+        """The last reply, and why to the root process, which logs it."""
+        self.channel.write_line(reply)
+        self.monitor.ended(why)
+        return EXIT_FAILED
 
     def dispatch(self, line: str) -> None:
         verb, _, argument = line.partition(" ")
@@ -255,58 +252,27 @@ class Dialogue:
         self.channel.write_line(ASK_PASSWORD)
 
     def cmd_pass(self, old_password: str) -> None:
-        # The address's brake before anything is checked: hanging up cannot shorten it, and
-        # every new connection pays it again.
-        self.brakes.hold_address(self.client_ip)
-        started = time.monotonic()
-        refusal = self._check_old_password(self.user, old_password)
-        if refusal is None:
-            self.brakes.record_success(self.user)
+        verdict = self.monitor.check(self.user, old_password)
+        if verdict == pm.RIGHT:
             self.old_password = old_password
             self.state = State.NEWPASS
             self.channel.write_line(ASK_NEW_PASSWORD)
             return
-        reply, reason, guessed = refusal
-        self.log(syslog.LOG_NOTICE, f'password change for "{self.user}" from '
-                                    f"{self.client_ip} refused: {reason}")
-        if reply == BAD_OLD_PASSWORD:
-            # Counted from the check's start, not from PAM's answer: an unknown name (no PAM
-            # call) and a wrong password (pam_unix's own ~2 s delay) take the same time - the
-            # fixed delay, or the user name's brake when that is longer.
-            if guessed:
-                delay = self.brakes.note_failure(self.client_ip, self.user, BRAKE_METHOD,
-                                                 limits.POPPASSD_FAILURE_DELAY_S)
-            else:
-                # The right password, refused by PAM's account step (an expired account):
-                # no guess, so neither counted nor LOGIN FAILED, as popper logs it
-                # (docs/internals.md, "Failures and policy refusals"); told and timed as one.
-                self.log(syslog.LOG_NOTICE, account_line(self.user, BRAKE_METHOD,
-                                                         self.client_ip, reason))
-                delay = self.brakes.wrong_guess_delay(self.client_ip, self.user,
-                                                      limits.POPPASSD_FAILURE_DELAY_S)
-            time.sleep(max(0.0, started + delay - time.monotonic()))
-        self.channel.write_line(reply)
+        self.channel.write_line(TRY_LATER if verdict == pm.LATER else BAD_OLD_PASSWORD)
         self.done = True
 
     def cmd_newpass(self, new_password: str) -> None:
-        if not _acceptable(new_password, self.old_password):
+        if not pm.acceptable(new_password, self.old_password):
             self.channel.write_line(NEW_PASSWORD_REFUSED)
             return
-        result = pam_auth.change_password(self.pam_service, self.user, self.old_password,
-                                          new_password, self.client_ip)
-        why = f"PAM service {self.pam_service}: {result.reason} ({result.code})"
-        if result.code in pam_auth.NEW_PASSWORD_REFUSED:
-            self.log(syslog.LOG_NOTICE, f'new password for "{self.user}" from '
-                                        f"{self.client_ip} refused: {why}")
+        verdict = self.monitor.change(new_password)
+        if verdict == pm.REFUSED:
             self.channel.write_line(NEW_PASSWORD_REFUSED)
             return
-        if not result.ok:
-            self.log(syslog.LOG_ERR, f'password change for "{self.user}" from '
-                                     f"{self.client_ip} failed: {why}")
+        if verdict != pm.CHANGED:
             self.channel.write_line(NOT_CHANGED)
             self.done = True
             return
-        self.log(syslog.LOG_NOTICE, f'password changed for "{self.user}" from {self.client_ip}')
         self.channel.write_line(CHANGED)
         self.state = State.USER          # like Qpopper's: the client says quit next
         self.user = self.old_password = None
@@ -314,46 +280,6 @@ class Dialogue:
     def cmd_quit(self, _argument: str) -> None:
         self.channel.write_line(BYE)
         self.done = True
-
-    # ---- checks ------------------------------------------------------------------------------
-    def _check_old_password(self, user: str,
-                            old_password: str) -> tuple[str, str, bool] | None:
-        """None when `user` proved `old_password`; else (reply, reason for the log, whether
-        it was a wrong guess: False when the password was right and only PAM's account step
-        refused, or PAM could not decide)."""
-        # The one user-name rule, and no ":" either: it separates /etc/passwd's fields.
-        if not is_possible_user_name(user) or ":" in user:
-            return BAD_OLD_PASSWORD, "invalid user name", True
-        try:
-            account = pwd.getpwnam(user)
-        except KeyError:
-            return BAD_OLD_PASSWORD, "no such user", True
-        if account.pw_uid <= limits.BLOCKED_UID_MAX:
-            return BAD_OLD_PASSWORD, f"uid {account.pw_uid} is blocked", True
-        try:
-            old_password.encode("utf-8")
-        except UnicodeEncodeError:
-            return BAD_OLD_PASSWORD, "old password is not UTF-8", True
-        # check_password_expired=False: an expired password may (must) be changed.
-        result = pam_auth.authenticate(self.pam_service, user, old_password, self.client_ip,
-                                       check_password_expired=False)
-        reason = f"PAM service {self.pam_service}: {result.reason} ({result.code})"
-        if result.system_error:
-            return TRY_LATER, reason, False
-        if not result.ok:
-            return BAD_OLD_PASSWORD, reason, result.password_code != pam_auth.PAM_SUCCESS
-        return None
-
-
-def _acceptable(new_password: str, old_password: str | None) -> bool:
-    """Not empty, printable (no control characters), valid UTF-8, not the old one."""
-    if not new_password or not new_password.isprintable() or new_password == old_password:
-        return False
-    try:
-        new_password.encode("utf-8")
-    except UnicodeEncodeError:             # undecodable bytes came in as surrogates
-        return False
-    return True
 
 
 class Settings:
@@ -443,26 +369,37 @@ def main(argv: list[str] | None = None) -> int:
         # pam_unix reads /etc/shadow and rewrites it: only root can do either.
         print("poppassd: must run as root (from inetd or poppassd.socket)", file=sys.stderr)
         return EXIT_FAILED
-    channel = Channel(0, 1, settings.timeout, settings.deadline)
     try:
         cfg = settings.config()
-    except ConfigError as error:
+        privsep.check_prelogin_setup(cfg)
+        uid, gid = privsep.prelogin_account(cfg)
+    except (ConfigError, privsep.SandboxError) as error:
         # The administrator's mistake: said on stderr (the journal) and in the log; the
         # client is told to come back rather than left without an answer.
         print(f"poppassd: {error}", file=sys.stderr)
-        log(syslog.LOG_ERR, f"configuration: {error}; no password changed")
+        if isinstance(error, ConfigError):
+            log(syslog.LOG_ERR, f"configuration: {error}; no password changed")
+        else:
+            log(syslog.LOG_ERR, f"pre-login sandbox: {error}; no password changed")
         with contextlib.suppress(OSError):
-            channel.write_line(TRY_LATER)
+            Channel(0, 1, settings.timeout).write_line(TRY_LATER)
         return EXIT_FAILED
-    dialogue = Dialogue(channel, log, pam_service=settings.pam_service,
-                        client_ip=peer_address(0),
-                        brakes=Brakes.from_config(cfg, log),
-                        greeting=SHY_GREETING if cfg.shy else GREETING)
-    try:
-        return dialogue.run()
-    except (BrokenPipeError, ConnectionResetError):
-        return EXIT_FAILED
+    log.open()                   # before the pre-login process is forked (it forwards)
+    greeting = SHY_GREETING if cfg.shy else GREETING
 
+    def run_dialogue(monitor) -> int:
+        # In the pre-login sandbox: the first client byte is read here.
+        channel = Channel(0, 1, settings.timeout, settings.deadline)
+        try:
+            return Dialogue(channel, monitor, greeting=greeting).run()
+        except (BrokenPipeError, ConnectionResetError):
+            return EXIT_FAILED
+
+    keeper_args = dict(pam_service=settings.pam_service, client_ip=peer_address(0),
+                       timeout_s=settings.timeout, deadline_s=settings.deadline,
+                       brake_method=BRAKE_METHOD)
+    return pm.serve_connection(cfg, log, keeper_args=keeper_args, run_dialogue=run_dialogue,
+                               deadline_s=settings.deadline, uid=uid, gid=gid)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -19,7 +19,7 @@ import pytest
 
 from qpopper import QPOPPER_VERSION, __version__, limits
 from qpopper.auth import pam as pam_auth
-from qpopper.tools import poppassd
+from qpopper.tools import poppassd, poppassd_monitor
 from tests.helpers import pam_service as pam_files
 from tests.helpers.poppassd_service import BAD_OLD, POPPASSD, PoppassdService
 from tests.helpers.sysusers import make_spool
@@ -310,19 +310,15 @@ def test_an_unreadable_configuration_is_said_and_the_client_told_to_come_back(wo
 def test_hostile_user_names_are_refused_before_any_lookup(name):
     """The one user-name rule (qpopper.auth.is_possible_user_name), and no `:` (it separates
     /etc/passwd's fields): refused like a wrong password, never looked up or authenticated."""
-    read_fd, write_fd = os.pipe()
-    try:
-        dialogue = poppassd.Dialogue(poppassd.Channel(read_fd, write_fd, 1.0),
-                                     lambda priority, text: None)
-        # (reply, reason, a guess: counted by the brakes and logged as LOGIN FAILED)
-        assert dialogue._check_old_password(name, "whatever") == (poppassd.BAD_OLD_PASSWORD,
-                                                                  "invalid user name", True)
-        # A well-formed name gets as far as the account lookup.
-        assert dialogue._check_old_password("qptnosuchuser", "whatever") == (
-            poppassd.BAD_OLD_PASSWORD, "no such user", True)
-    finally:
-        os.close(read_fd)
-        os.close(write_fd)
+    # The root process checks it (docs/privsep.md, "poppassd").
+    keeper = poppassd_monitor.PasswordKeeper(lambda priority, text: None,
+                                             pam_service=poppassd.DEFAULT_PAM_SERVICE)
+    # (verdict, reason, a guess: counted by the brakes and logged as LOGIN FAILED)
+    assert keeper._check_old_password(name, "whatever") == (poppassd_monitor.WRONG,
+                                                            "invalid user name", True)
+    # A well-formed name gets as far as the account lookup.
+    assert keeper._check_old_password("qptnosuchuser", "whatever") == (
+        poppassd_monitor.WRONG, "no such user", True)
 
 
 @pytest.mark.skipif(shutil.which("man") is None, reason="man (man-db) not installed")

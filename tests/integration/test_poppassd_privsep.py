@@ -1,0 +1,142 @@
+"""poppassd's privilege separation (docs/privsep.md, "poppassd"): the process that reads the
+client's bytes is the sandboxed pre-login process, read from the kernel while a real client
+is connected; and the root process, driven over a real socket pair as a hostile pre-login
+process would drive it, changes no password out of order."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import socket
+import time
+
+import pytest
+
+from qpopper.auth import pam as pam_auth
+from qpopper.server import monitor_wire as wire
+from qpopper.server.children import ProtocolViolation
+from qpopper.tools import poppassd_monitor as pm
+from tests.helpers import pam_service as pam_files
+from tests.helpers.sysusers import PRELOGIN_USER
+from tests.integration.test_poppassd import poppassd_service
+from tests.server_harness import children_of, proc_status, wait_until
+
+pytestmark = pytest.mark.timeout(90)
+Kind = wire.Kind
+
+
+def test_the_process_reading_the_client_is_the_sandboxed_prelogin_user(world_tmp, pam_service):
+    with poppassd_service(world_tmp, pam_files.FAST_UNIX_PASSWORD) as svc:
+        with svc.connect() as c:
+            assert c.say("user someone") == b"200 Your password please."
+            [root] = wait_until(lambda: children_of(svc.proc.pid), what="poppassd")
+            [prelogin] = wait_until(lambda: children_of(root), what="its pre-login process")
+            assert proc_status(root)["Uid"].split() == ["0"] * 4
+            # the root process holds no descriptor of the client's connection
+            assert os.readlink(f"/proc/{root}/fd/0") == os.readlink(f"/proc/{root}/fd/1") \
+                == "/dev/null"
+            account = pwd.getpwnam(PRELOGIN_USER)
+            status = proc_status(prelogin)
+            assert status["Uid"].split() == [str(account.pw_uid)] * 4, status["Uid"]
+            assert status["Gid"].split() == [str(account.pw_gid)] * 4, status["Gid"]
+            assert int(status["CapEff"], 16) == 0 and int(status["CapBnd"], 16) == 0
+            assert status["NoNewPrivs"].strip() == "1"
+            assert os.readlink(f"/proc/{prelogin}/root") != "/"
+            assert os.readlink(f"/proc/{prelogin}/fd/0").startswith("socket:")
+            assert c.say("quit") == b"200 Bye."
+
+
+@pytest.fixture
+def accounts(world_tmp, pam_service, system_users):
+    """(PAM service, the attacker's own account, another user's)."""
+    with pam_files.installed_pam_service(pam_files.FAST_UNIX_PASSWORD, tag="pw-") as name:
+        yield name, system_users.create("pp"), system_users.create("pp")
+
+
+def drive(pam_service: str, *frames) -> tuple[list[str], list[str]]:
+    """The root side answering `frames` (kind, fields...; or raw bytes) sent as a pre-login
+    process would send them: (its answers, its log lines); raises what it raises."""
+    lines: list[str] = []
+    keeper = pm.PasswordKeeper(lambda priority, text: lines.append(text),
+                               pam_service=pam_service, client_ip="127.0.0.1")
+    ours, theirs = wire.channel_pair()
+    answers: list[str] = []
+    with ours, theirs:
+        for frame in frames:
+            theirs.sendall(frame if isinstance(frame, bytes) else wire.encode(*frame))
+        theirs.shutdown(socket.SHUT_WR)            # then end of file, as the process exits
+        try:
+            assert pm.serve_requests(ours, keeper, time.monotonic() + 30)
+        finally:
+            theirs.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                while (answer := wire.receive(theirs)) is not None:
+                    answers.append(answer.text(0))
+    return answers, lines
+
+
+def authenticates(pam_service: str, user, password: str) -> bool:
+    return pam_auth.authenticate(pam_service, user.name, password).ok
+
+
+def test_a_change_before_a_right_old_password_is_refused(accounts):
+    service, _, victim = accounts
+    with pytest.raises((ProtocolViolation, wire.FrameError)):
+        drive(service, (Kind.POPPASSD_CHANGE, "taken-over-1"))
+    assert authenticates(service, victim, victim.password)
+
+
+def test_a_change_after_a_wrong_old_password_is_refused(accounts):
+    service, _, victim = accounts
+    with pytest.raises((ProtocolViolation, wire.FrameError)):
+        drive(service, (Kind.POPPASSD_CHECK, victim.name, "a-guess"),
+              (Kind.POPPASSD_CHANGE, "taken-over-2"))
+    assert authenticates(service, victim, victim.password)
+
+
+def test_a_check_of_another_user_cannot_follow_a_right_one(accounts):
+    """The attacker proves their own password, then names the victim: refused before the
+    victim's check, so the change that follows can only ever be the attacker's."""
+    service, own, victim = accounts
+    with pytest.raises((ProtocolViolation, wire.FrameError)):
+        drive(service, (Kind.POPPASSD_CHECK, own.name, own.password),
+              (Kind.POPPASSD_CHECK, victim.name, victim.password),
+              (Kind.POPPASSD_CHANGE, "taken-over-3"))
+    assert authenticates(service, victim, victim.password)
+    assert authenticates(service, own, own.password)
+
+
+def test_one_change_per_right_old_password(accounts):
+    service, own, _ = accounts
+    with pytest.raises((ProtocolViolation, wire.FrameError)):
+        drive(service, (Kind.POPPASSD_CHECK, own.name, own.password),
+              (Kind.POPPASSD_CHANGE, "first-change-4"),
+              (Kind.POPPASSD_CHANGE, "second-change-5"))
+    assert authenticates(service, own, "first-change-4")
+    assert not authenticates(service, own, "second-change-5")
+
+
+def test_the_dialogue_in_order_changes_the_verified_users_password(accounts):
+    service, own, _ = accounts
+    answers, lines = drive(service, (Kind.POPPASSD_CHECK, own.name, own.password),
+                           (Kind.POPPASSD_CHANGE, own.password),        # the old one: refused
+                           (Kind.POPPASSD_CHANGE, "in-order-6"),
+                           (Kind.POPPASSD_END, "timeout"))
+    assert answers == [pm.RIGHT, pm.REFUSED, pm.CHANGED]
+    assert authenticates(service, own, "in-order-6")
+    assert lines == [f'password changed for "{own.name}" from 127.0.0.1',
+                     "timeout after 60.0s from 127.0.0.1"]
+
+
+@pytest.mark.parametrize("frame", [
+    b"\x60",                                                   # no header
+    bytes((Kind.POPPASSD_CHECK, 1, 0, 0, 0, 1)) + b"x",        # one field of two
+    bytes((Kind.PASSWORD, 0)),                                 # popper's kind
+    wire.encode(Kind.POPPASSD_END, "bored"),                   # an unknown reason
+    wire.encode(Kind.POPPASSD_VERDICT, pm.RIGHT),              # an answer, not a request
+])
+def test_malformed_frames_end_the_connection(accounts, frame):
+    service, _, _ = accounts
+    with pytest.raises((ProtocolViolation, wire.FrameError)):
+        drive(service, frame)
