@@ -34,8 +34,8 @@ def test_the_process_reading_the_client_is_the_sandboxed_prelogin_user(world_tmp
             [prelogin] = wait_until(lambda: children_of(root), what="its pre-login process")
             assert proc_status(root)["Uid"].split() == ["0"] * 4
             # the root process holds no descriptor of the client's connection
-            assert os.readlink(f"/proc/{root}/fd/0") == os.readlink(f"/proc/{root}/fd/1") \
-                == "/dev/null"
+            wait_until(lambda: {os.readlink(f"/proc/{root}/fd/{fd}") for fd in (0, 1)}
+                       == {"/dev/null"}, what="the root process to let go of the client")
             account = pwd.getpwnam(PRELOGIN_USER)
             status = proc_status(prelogin)
             assert status["Uid"].split() == [str(account.pw_uid)] * 4, status["Uid"]
