@@ -400,13 +400,14 @@ OPTIONS: tuple[Option, ...] = (
        extension=True, minimum=0, maximum=limits.MAX_SHUTDOWN_GRACE_S, scope=Scope.STARTUP),
     string("prelogin-user", "qpopper-login",
        "Extension: the unprivileged account that runs each connection until its user has "
-       "logged in (the TLS handshake, the AUTHORIZATION state, SASL): it must own nothing "
-       "and have no login. The packages create it; started as an ordinary user, the server "
-       "uses that user instead.",
+       "logged in (the TLS handshake, the AUTHORIZATION state, SASL), and poppassd's "
+       "dialogue: it must own nothing and have no login. The packages create it; started as "
+       "an ordinary user, the server uses that user instead.",
        extension=True, scope=Scope.STARTUP),
     string("prelogin-chroot", "/run/qpopper/empty",
-       "Extension: the empty root-owned directory the pre-login process is locked into "
-       "when the server runs as root (OpenSSH's /run/sshd); created at start-up if missing.",
+       "Extension: the empty root-owned directory the pre-login process (popper's, and "
+       "poppassd's) is locked into when run as root (OpenSSH's /run/sshd); created at "
+       "start-up if missing.",
        extension=True, scope=Scope.STARTUP),
     string("pam-service", "pop3",
        "Extension: PAM service name used for USER/PASS (Qpopper: configure "
