@@ -38,7 +38,6 @@ SECRET = "tea-party-2026"
 NAMES = sorted(MECHANISMS) + ["NO-SUCH-MECHANISM"]
 BINDINGS = {"tls-unique": b"\x01" * 12, "tls-exporter": b"\x02" * 32}
 PRINCIPAL = "alice@EXAMPLE.ORG"
-SERVICE = "pop/mail.example.org@EXAMPLE.ORG"
 
 
 class StandInAcceptor:
@@ -58,12 +57,12 @@ class StandInAcceptor:
             raise challenges.GssFailed("the security context is not complete")
         return challenges.LAYER_OFFER
 
-    def choice(self, answer: bytes) -> tuple[bytes, str, str]:
+    def choice(self, answer: bytes) -> tuple[bytes, str]:
         if not self.complete:
             raise challenges.GssFailed("the security context is not complete")
         choice, bar, principal = answer.partition(b"|")
         name = principal.decode("utf-8", "replace") if bar else PRINCIPAL
-        return choice, name, SERVICE
+        return choice, name
 
 
 class FuzzAuthenticator(Authenticator):
