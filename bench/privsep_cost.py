@@ -372,7 +372,9 @@ def main(argv=None) -> int:
             stack.enter_context(prelogin_account(BENCH_LOGIN))
             users = stack.enter_context(SystemUsers())
             print(f"making {n_users} users, their spools and a certificate ...", flush=True)
-            bench_users = [users.create("p", shell="/usr/sbin/nologin") for _ in range(n_users)]
+            # yescrypt, as Debian's PAM sets it: the hash is part of a login's cost
+            bench_users = [users.create("p", shell="/usr/sbin/nologin", crypt_method=None)
+                           for _ in range(n_users)]
             stack.callback(remove_popa3d_spools, bench_users)
             masters = []
             for i, _ in enumerate(bench_users):

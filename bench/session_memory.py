@@ -177,7 +177,8 @@ def main(argv=None) -> int:
         pam = stack.enter_context(installed_pam_service(STOCK_POP3, tag="mem"))
         stack.enter_context(prelogin_account(BENCH_LOGIN))
         users = stack.enter_context(SystemUsers())
-        bench_users = [users.create("m", shell="/usr/sbin/nologin") for _ in range(args.sessions)]
+        bench_users = [users.create("m", shell="/usr/sbin/nologin", crypt_method=None)
+                       for _ in range(args.sessions)]
         pki = TestPki(os.path.join(work, "pki")).server("bench")
         server, tls_port, spool_dir = stack.enter_context(benchlib.qpopper(
             work, "after", args.tree, pam, pki, args.sessions + 8, BENCH_LOGIN))

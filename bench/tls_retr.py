@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     benchlib.require_runnable("tls_retr.py", bench, "it creates a user and a PAM service")
     with world_readable_tmpdir("qpt-bench-") as work, SystemUsers() as users, \
             installed_pam_service() as pam, prelogin_account():   # the server's --prelogin-user
-        user = users.create("bn")
+        user = users.create("bn", crypt_method=None)
         spool_dir = make_spool_dir(work)
         master_copy = os.path.join(work, "big.mbox")
         summary = make_spool(bench, master_copy, seed=args.seed, user=user.name, size=args.size)

@@ -388,10 +388,12 @@ def make_mailboxes(ctx, users) -> dict:
     n_small = max(args.idle_sessions, args.clients)
     print(f"making {n_small + 2 * args.retr_clients} users, their mailboxes ({args.messages:,} messages) and a "
           "certificate ...", flush=True)
-    ctx.small_users = [users.create("p", shell="/usr/sbin/nologin") for _ in range(n_small)]
-    ctx.big_users = [users.create("b", shell="/usr/sbin/nologin")
+    # yescrypt, as Debian's PAM sets it (tests/helpers/sysusers.py): all three servers pay it
+    ctx.small_users = [users.create("p", shell="/usr/sbin/nologin", crypt_method=None)
+                       for _ in range(n_small)]
+    ctx.big_users = [users.create("b", shell="/usr/sbin/nologin", crypt_method=None)
                      for _ in range(args.retr_clients)]
-    ctx.maildir_users = [users.create("m", shell="/usr/sbin/nologin")
+    ctx.maildir_users = [users.create("m", shell="/usr/sbin/nologin", crypt_method=None)
                          for _ in range(args.retr_clients)]
     ctx.small_masters = []
     for i in range(n_small):

@@ -329,8 +329,9 @@ def main(argv=None) -> int:
             stack.enter_context(prelogin_account())     # the harness's --prelogin-user
             users = stack.enter_context(SystemUsers())
             print(f"making {n_users + 1} users and the spools ...", flush=True)
-            big_user = users.create("big", shell="/usr/sbin/nologin")
-            small_users = [users.create("s", shell="/usr/sbin/nologin") for _ in range(n_users)]
+            big_user = users.create("big", shell="/usr/sbin/nologin", crypt_method=None)
+            small_users = [users.create("s", shell="/usr/sbin/nologin", crypt_method=None)
+                           for _ in range(n_users)]
             restore = write_restore_script(work)
             master = os.path.join(work, "big.mbox")
             spool = make_spool(bench, master, seed=BIG_SEED, user=BENCH_USER, size=args.size,

@@ -16,7 +16,8 @@ Passwords are hashed with SHA-512 crypt (`chpasswd -c SHA512`, login.defs' ENCRY
 unless a test asks for PAM's own method (`crypt_method=None`: Debian's pam_unix writes
 yescrypt). pam_unix checks both the same way; yescrypt costs ~25 ms of CPU per check here
 against ~3 ms, and the suite logs in some thousands of times, so the default is the cheap
-one and the tests that stand for a stock Debian account ask for yescrypt.
+one; the tests that stand for a stock Debian account, and every benchmark in bench/ (the
+hash is part of a login's cost at a real site, for all the servers compared), ask for yescrypt.
 
 `world_readable_tmpdir()` makes a 0755 temp directory under /tmp: pytest's tmp_path lives in
 a 0700 root directory that a dropped-privilege child cannot even traverse.
