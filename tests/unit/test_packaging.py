@@ -218,6 +218,8 @@ def test_poppassd_units_serve_stdin_on_port_106():
     # the pre-login process: chroot, prelogin-user, an empty bounding set (docs/privsep.md)
     assert {"CAP_SYS_CHROOT", "CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP"} <= set(
         service["CapabilityBoundingSet"].split())
+    # ... and the root process ends it: it runs as another uid (docs/privsep.md, "poppassd")
+    assert "CAP_KILL" in service["CapabilityBoundingSet"].split()
     pam = (REPO / "pam.d/poppassd").read_text().splitlines()
     # common-password: the new password goes through PAM's password stack (pwquality, ...)
     assert [l for l in pam if l.startswith("@include")] == [
