@@ -444,9 +444,9 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
         ("pre-login sandbox: *; no password changed", "prelogin-user or prelogin-chroot is "
                                                       "wrong (as for popper's start-up)."),
         ("pre-login for * broke the poppassd protocol (*); ending it",
-         "poppassd's pre-login process sent a frame out of order or malformed "
-         "(docs/privsep.md, \"poppassd\"): it was killed, no password changed. A bug, or "
-         "a client that took it over."),
+         "poppassd's pre-login process sent a frame out of order or malformed, or more "
+         "requests than a dialogue needs (docs/privsep.md, \"poppassd\"): it was killed. "
+         "A bug, or a client that took it over."),
         ("pre-login for * did not end within * s; ending it",
          "poppassd's pre-login process outlived --deadline and the root process's margin: "
          "it was killed."),

@@ -375,8 +375,10 @@ def main(argv: list[str] | None = None) -> int:
         uid, gid = privsep.prelogin_account(cfg)
     except (ConfigError, privsep.SandboxError) as error:
         # The administrator's mistake: said on stderr (the journal) and in the log; the
-        # client is told to come back rather than left without an answer.
-        print(f"poppassd: {error}", file=sys.stderr)
+        # client is told to come back rather than left without an answer, and is not told
+        # the mistake (classic inetd gives 2 the client's socket too).
+        if not pm.client_on_stderr():
+            print(f"poppassd: {error}", file=sys.stderr)
         if isinstance(error, ConfigError):
             log(syslog.LOG_ERR, f"configuration: {error}; no password changed")
         else:

@@ -24,6 +24,7 @@ import pwd
 import select
 import signal
 import socket
+import stat
 import syslog
 import time
 
@@ -49,6 +50,11 @@ SUPERVISE_MARGIN_S = 10.0
 process has to write its last reply and exit before it is killed."""
 LAST_WORDS_S = 5.0
 """After its socket closed, how long the pre-login process has to exit."""
+MAX_REQUESTS = 64
+"""Frames one pre-login process may send: a person's dialogue needs a handful (a check, a few
+new passwords the stack refuses, a change). Each answer's time moves the deadline on, so
+without this a process that knows one password could keep the root process checking and
+changing it for hours; past it the connection ends, as popper's monitor ends it."""
 
 
 def acceptable(new_password: str, old_password: str | None) -> bool:
@@ -201,7 +207,9 @@ def serve_requests(sock: socket.socket, keeper: PasswordKeeper, deadline: float,
                    records: ForwardedRecords | None = None) -> bool:
     """Answer the pre-login process's frames on `sock` until it closes it (True) or
     `deadline` (time.monotonic) passes (False); each answer's time moves the deadline on.
-    ProtocolViolation or wire.FrameError for anything but the dialogue's frames in order."""
+    ProtocolViolation or wire.FrameError for anything but the dialogue's frames in order,
+    or for more than MAX_REQUESTS of them."""
+    requests = 0
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
@@ -215,6 +223,9 @@ def serve_requests(sock: socket.socket, keeper: PasswordKeeper, deadline: float,
         frame = wire.receive(sock, allowed=keeper.expected)
         if frame is None:
             return True
+        requests += 1
+        if requests > MAX_REQUESTS:
+            raise ProtocolViolation(f"more than {MAX_REQUESTS} requests")
         started = time.monotonic()
         verdict = keeper.answer(frame)
         deadline += time.monotonic() - started
@@ -255,6 +266,8 @@ def serve_connection(cfg, log, *, keeper_args: dict, run_dialogue, deadline_s: f
     the protocol, overran the deadline or was killed)."""
     ours, theirs = wire.channel_pair()
     log_ours, log_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    # Classic inetd gives descriptor 2 the client's socket too: then it goes as 0 and 1 do.
+    client_on_2 = client_on_stderr()
     pid = os.fork()
     if pid == 0:
         close_sockets(ours, log_ours)
@@ -263,7 +276,8 @@ def serve_connection(cfg, log, *, keeper_args: dict, run_dialogue, deadline_s: f
         exit_after(log, f"pre-login for {keeper_args['client_ip']}",
                    lambda: _prelogin(cfg, log, uid, gid, theirs, run_dialogue))
     close_sockets(theirs, log_theirs)
-    standard_fds_to_null(keep=(2,))     # the client's socket: this process never reads it
+    # the client's socket: this process never reads it, nor do the PAM modules it loads
+    standard_fds_to_null(keep=() if client_on_2 else (2,))
     client_ip = keeper_args["client_ip"]
 
     def end_prelogin() -> None:
@@ -299,6 +313,16 @@ def serve_connection(cfg, log, *, keeper_args: dict, run_dialogue, deadline_s: f
     if status is None:
         status = code if code is not None and code >= 0 else EXIT_FAILED
     return status
+
+
+def client_on_stderr() -> bool:
+    """Whether descriptor 2 is the client's socket (0), as classic inetd gives it: then
+    nothing meant for the administrator may be written there."""
+    try:
+        out, client = os.fstat(2), os.fstat(0)
+    except OSError:
+        return False
+    return stat.S_ISSOCK(client.st_mode) and os.path.samestat(out, client)
 
 
 def _prelogin(cfg, log, uid: int, gid: int, sock: socket.socket, run_dialogue) -> int:

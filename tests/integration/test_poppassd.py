@@ -303,6 +303,22 @@ def test_an_unreadable_configuration_is_said_and_the_client_told_to_come_back(wo
             assert f.read() == poppassd.TRY_LATER.encode() + b"\r\n"   # no greeting, no dialogue
 
 
+def test_under_classic_inetd_the_client_is_not_told_the_configuration_mistake(world_tmp):
+    """Classic inetd gives the client's socket to 2 as well: the mistake (the file, its line,
+    what is wrong) goes to the log only, and the client gets the 500 reply alone."""
+    config = Path(world_tmp, "bad.config")
+    config.write_text("set auth-brakes-max-dealy = 3\n")
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        result = subprocess.run([POPPASSD, "-f", str(config)], stdin=theirs.fileno(),
+                                stdout=theirs.fileno(), stderr=theirs.fileno(), timeout=30,
+                                env=dict(os.environ, QPOPPER_SYSLOG_SOCKET="/nonexistent"))
+        assert result.returncode == poppassd.EXIT_FAILED
+        theirs.close()
+        with ours.makefile("rb") as f:
+            assert f.read() == poppassd.TRY_LATER.encode() + b"\r\n"
+
+
 @pytest.mark.parametrize("name", [
     "", "root:x", "a:", "a/b", "../etc", ".hidden", "-rf", "a b", "a\tb", "x\x01y", "x\x7fy",
     "\u2028x", "\udcff", "a" * (limits.MAX_USER_NAME_OCTETS + 1),

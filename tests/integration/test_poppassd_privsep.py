@@ -9,6 +9,7 @@ import contextlib
 import os
 import pwd
 import socket
+import subprocess
 import time
 
 import pytest
@@ -18,9 +19,10 @@ from qpopper.server import monitor_wire as wire
 from qpopper.server.children import ProtocolViolation
 from qpopper.tools import poppassd_monitor as pm
 from tests.helpers import pam_service as pam_files
+from tests.helpers.poppassd_service import POPPASSD, Conversation
 from tests.helpers.sysusers import PRELOGIN_USER
 from tests.integration.test_poppassd import poppassd_service
-from tests.server_harness import children_of, proc_status, wait_until
+from tests.server_harness import Site, children_of, proc_status, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 Kind = wire.Kind
@@ -45,6 +47,35 @@ def test_the_process_reading_the_client_is_the_sandboxed_prelogin_user(world_tmp
             assert os.readlink(f"/proc/{prelogin}/root") != "/"
             assert os.readlink(f"/proc/{prelogin}/fd/0").startswith("socket:")
             assert c.say("quit") == b"200 Bye."
+
+
+def test_under_classic_inetd_the_root_process_lets_go_of_the_client_on_2_too(world_tmp,
+                                                                              pam_service):
+    """Classic inetd gives the client's socket to descriptors 0, 1 and 2: the root process
+    points all three at /dev/null (what it or a PAM module it loads writes to stderr never
+    reaches the client, and it holds no descriptor of the connection)."""
+    with pam_files.installed_pam_service(pam_files.FAST_UNIX_PASSWORD, tag="pw-") as name:
+        site = Site(world_tmp, name)
+        server_end, client_end = socket.socketpair()
+        proc = subprocess.Popen([POPPASSD, "-s", name, "-f", site.config],
+                                stdin=server_end, stdout=server_end, stderr=server_end,
+                                env=dict(os.environ, QPOPPER_SYSLOG_SOCKET=site.syslog.path))
+        server_end.close()
+        client_end.settimeout(30)
+        try:
+            c = Conversation(client_end)
+            assert c.greeting.startswith(b"200 poppassd")
+            wait_until(lambda: {os.readlink(f"/proc/{proc.pid}/fd/{fd}") for fd in (0, 1, 2)}
+                       == {"/dev/null"}, what="the root process to let go of the client")
+            assert c.say("quit") == b"200 Bye."
+            assert proc.wait(30) == 0
+            c.close()
+        finally:
+            client_end.close()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+            site.close()
 
 
 @pytest.fixture
@@ -127,6 +158,17 @@ def test_the_dialogue_in_order_changes_the_verified_users_password(accounts):
     assert authenticates(service, own, "in-order-6")
     assert lines == [f'password changed for "{own.name}" from 127.0.0.1',
                      "timeout after 60.0s from 127.0.0.1"]
+
+
+def test_a_pre_login_process_that_keeps_asking_is_ended(accounts):
+    """Each answer moves the root side's deadline on, so the number of requests is what
+    bounds its time: past MAX_REQUESTS (here refused new passwords after a right old one)
+    the connection ends, however quickly they come."""
+    service, own, _ = accounts
+    with pytest.raises(ProtocolViolation):
+        drive(service, (Kind.POPPASSD_CHECK, own.name, own.password),
+              *[(Kind.POPPASSD_CHANGE, "")] * pm.MAX_REQUESTS)
+    assert authenticates(service, own, own.password)
 
 
 @pytest.mark.parametrize("frame", [
