@@ -264,15 +264,15 @@ class ForwardedRecords:
                 data = self.sock.recv(_MAX_RECORD_OCTETS)
             except OSError:                           # none left (or the socket broke)
                 return taken
-            if not data:
-                continue                              # an empty datagram: no record
-            self.count += 1
+            self.count += 1        # an empty datagram too: it logs nothing but costs a read
             if self.count > self.limit:
                 if self.count == self.limit + 1:
                     self.log(syslog.LOG_WARNING, f"pre-login for {self.who} sent more than "
                                                  f"{self.limit} log records; ending it")
                     if self.end_process is not None:
                         self.end_process()
+                continue
+            if not data:
                 continue
             priority = min(max(data[0], syslog.LOG_CRIT), syslog.LOG_DEBUG)
             text = data[1:].decode("utf-8", "replace")

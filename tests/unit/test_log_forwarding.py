@@ -125,6 +125,24 @@ def test_past_the_limit_the_process_is_ended_and_the_rest_dropped(pair, monkeypa
         ours.recv(100)                   # the dropped ones were read: nobody is held up
 
 
+def test_empty_datagrams_count_towards_the_limit(pair, monkeypatch):
+    """An empty datagram logs nothing, but reading it costs the monitor as much as a record:
+    a process that sends nothing else is ended at the same limit, not read from for ever."""
+    monkeypatch.setattr(log_mod, "MAX_FORWARDED_RECORDS", 3)
+    ours, theirs = pair
+    records, ended = Sink(), []
+    forwarded = ForwardedRecords(ours, records, who="192.0.2.7",
+                                 end_process=lambda: ended.append(True))
+    theirs.send(bytes((syslog.LOG_INFO,)) + b"said")
+    for _ in range(5):
+        theirs.send(b"")
+    forwarded.forward()
+    assert [text for _, text in records] == [
+        f"{PRELOGIN_PREFIX}said",
+        "pre-login for 192.0.2.7 sent more than 3 log records; ending it"]
+    assert ended == [True]
+
+
 def test_records_a_forked_process_forwarded_count_towards_the_limit(pair, monkeypatch):
     """The authentication process forwards records while it answers requests, and may die
     (a PAM module that crashed) without telling its monitor how many: the count is shared,
