@@ -103,14 +103,12 @@ class CommitEngine:
         self._close_end(image, writer.pos, writer.pos + length)
         return bool(pad)
 
-    def _close_end(self, image: int, start: int, end: int) -> int:
-        """Close an MMDF image's end after mail copied into [start, end) (closed before it);
-        returns how many octets that wrote."""
+    def _close_end(self, image: int, start: int, end: int) -> None:
+        """Close an MMDF image's end after mail copied into [start, end) (closed before it)."""
         closing = mbox.closing_counted(image, end, start)
         if closing:
             self.step("close-image-end")
             pwrite_all(image, closing, end)
-        return len(closing)
 
     def open_image(self, *, truncate: bool) -> int:
         if truncate:
