@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 
 LIBRARIES = ("libkrb5.so.3", "libkrb5.so.26")
 """MIT krb5 (Debian libkrb5-3), then Heimdal's, then whatever find_library names."""
@@ -34,27 +35,27 @@ class NoLocalName(Exception):
     """The principal names no local account; the text says why (for the log)."""
 
 
-_library: ctypes.CDLL | None = None
+def _library_names():
+    """The sonames, then (only when none loaded) what find_library names: it runs
+    /sbin/ldconfig -p, a fork, in the root authentication process."""
+    yield from LIBRARIES
+    found = ctypes.util.find_library("krb5")
+    if found:
+        yield found
 
 
+@functools.cache
 def library() -> ctypes.CDLL:
-    """libkrb5, loaded once, with the prototypes used here. OSError when there is none."""
-    global _library
-    if _library is not None:
-        return _library
+    """libkrb5, loaded once, with the prototypes used here. OSError when there is none (not
+    cached: the next login tries again)."""
     errors = []
-    for name in (*LIBRARIES, None):
-        if name is None:        # only then: find_library runs /sbin/ldconfig -p (a fork, as root)
-            name = ctypes.util.find_library("krb5")
-            if name is None:
-                break
+    for name in _library_names():
         try:
             lib = ctypes.CDLL(name)
         except OSError as exc:
             errors.append(str(exc))
             continue
         _declare(lib)
-        _library = lib
         return lib
     raise OSError("no Kerberos 5 library (libkrb5): " + "; ".join(errors))
 
