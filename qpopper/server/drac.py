@@ -142,7 +142,16 @@ def _rpc_call(address: tuple, family: int, program: int, version: int, procedure
 def _resolve(host: str, port: int, deadline: float) -> tuple[int, tuple]:
     """(family, address) of drac-host, IPv4 first, by `deadline`: getaddrinfo has no timeout
     of its own, so it runs in a thread that is left to finish alone when the time is up
-    (a dead DNS server must not hold the login longer than DRAC_TOTAL_TIMEOUT_S)."""
+    (a dead DNS server must not hold the login longer than DRAC_TOTAL_TIMEOUT_S). An
+    address, as advised, needs no thread: it is parsed, not looked up."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None                          # a name (or an IPv6 address with a scope)
+    if isinstance(address, ipaddress.IPv4Address):
+        return socket.AF_INET, (host, port)
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is None:
+        return socket.AF_INET6, (host, port, 0, 0)
     answer: list = []
     lookup = threading.Thread(target=lambda: answer.append(_lookup(host, port)), daemon=True,
                               name="drac-host lookup")
