@@ -69,6 +69,15 @@ def _exited_by_polling(pid: int, deadline: float, serve) -> bool:
             serve.forward()
 
 
+def kill_quietly(pid: int) -> None:
+    """SIGKILL `pid`, a child not reaped yet (so the pid is still its own); one already gone
+    is no error."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def reap(pid: int) -> int:
     """waitpid for the child `pid`: its exit status (0 when it was reaped already, or when
     a signal ended it: reap_code tells those apart)."""
@@ -273,10 +282,7 @@ class ForkedCall:
         not reaped yet, so its pid is still its own); once only."""
         if self.fd < 0:
             return
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_quietly(self.pid)
         os.close(self.fd)
         self.fd = -1
         if not self.reap:

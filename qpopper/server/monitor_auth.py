@@ -35,7 +35,7 @@ from qpopper.pop3.responses import PopError
 from qpopper.server import monitor_wire as wire
 from qpopper.server import privsep
 from qpopper.server.children import (ProtocolViolation, close_fds, close_sockets, exit_after,
-                                     exited_within, reap, reap_code)
+                                     exited_within, kill_quietly, reap, reap_code)
 from qpopper.server.monitor_handover import claimed_tls, handover_fields
 
 PASSWORD_MECHANISMS = frozenset({"USER", "AUTH PLAIN", "AUTH LOGIN"})
@@ -228,10 +228,7 @@ class AuthenticationProcess:
         self._end_prelogin()
 
     def _end_prelogin(self) -> None:
-        try:
-            os.kill(self.prelogin_pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_quietly(self.prelogin_pid)
 
     def _answer(self, frame: wire.Frame) -> bytes:
         try:

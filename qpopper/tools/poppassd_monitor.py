@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import pwd
 import select
-import signal
 import socket
 import stat
 import syslog
@@ -37,6 +36,7 @@ from qpopper.log import ForwardedRecords
 from qpopper.server import monitor_wire as wire
 from qpopper.server import privsep
 from qpopper.server.children import (ProtocolViolation, close_sockets, exit_after,
+                                     kill_quietly,
                                      exited_within, log_failure, reap_code,
                                      standard_fds_to_null)
 
@@ -281,10 +281,7 @@ def serve_connection(cfg, log, *, keeper_args: dict, run_dialogue, deadline_s: f
     client_ip = keeper_args["client_ip"]
 
     def end_prelogin() -> None:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_quietly(pid)
 
     records = ForwardedRecords(log_ours, log, who=client_ip, end_process=end_prelogin)
     # Made after the fork: the pre-login process holds no descriptor of the brakes' file.
