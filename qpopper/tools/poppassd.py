@@ -199,7 +199,6 @@ class Dialogue:
         self.monitor = monitor
         self.state = State.USER
         self.user: str | None = None
-        self.old_password: str | None = None
         self.bad_commands = 0
         self.done = False
         self.commands = {
@@ -254,7 +253,6 @@ class Dialogue:
     def cmd_pass(self, old_password: str) -> None:
         verdict = self.monitor.check(self.user, old_password)
         if verdict == pm.RIGHT:
-            self.old_password = old_password
             self.state = State.NEWPASS
             self.channel.write_line(ASK_NEW_PASSWORD)
             return
@@ -262,9 +260,8 @@ class Dialogue:
         self.done = True
 
     def cmd_newpass(self, new_password: str) -> None:
-        if not pm.acceptable(new_password, self.old_password):
-            self.channel.write_line(NEW_PASSWORD_REFUSED)
-            return
+        # Whether NEW is acceptable (not empty, printable, not the old one) is the root
+        # process's to say, with the old password it kept: REFUSED.
         verdict = self.monitor.change(new_password)
         if verdict == pm.REFUSED:
             self.channel.write_line(NEW_PASSWORD_REFUSED)
@@ -275,7 +272,7 @@ class Dialogue:
             return
         self.channel.write_line(CHANGED)
         self.state = State.USER          # like Qpopper's: the client says quit next
-        self.user = self.old_password = None
+        self.user = None
 
     def cmd_quit(self, _argument: str) -> None:
         self.channel.write_line(BYE)
@@ -402,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
                        brake_method=BRAKE_METHOD)
     return pm.serve_connection(cfg, log, keeper_args=keeper_args, run_dialogue=run_dialogue,
                                deadline_s=settings.deadline, uid=uid, gid=gid)
+
 
 if __name__ == "__main__":
     sys.exit(main())
