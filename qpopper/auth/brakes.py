@@ -189,37 +189,37 @@ class Brakes:
         self._waited = wait
         return wait
 
-    def note_failure(self, client_ip: str, user: str, method: str, base_delay: float) -> float:
+    def note_failure(self, client_ip: str, user: str, method: str, base_delay: float, *,
+                     count: bool = True) -> float:
         """Count one wrong guess and log its fail2ban line; returns the seconds to wait before
         the refusal: the rest of the address's brake that hold_address did not wait, then
         `base_delay` (the service's own failure delay) or the user name's brake when that is
         longer. So a wrong guess costs the whole brake plus the failure delay, as when the
         brake was all waited before the check. While that wait lasts the address is held
-        (see the module docstring)."""
-        failures, user_delay = self.record_failure(client_ip, user)
+        (see the module docstring).
+        count=False is for a refusal answered as a wrong guess (the right password of an
+        expired account): neither counted nor logged, but waited and held as one, so it
+        tells a guesser nothing (docs/operations.md, "An expired account or password")."""
+        trusted = self.is_trusted(client_ip)
+        if count:
+            failures, user_delay = self.record_failure(client_ip, user)
+        else:
+            failures = 0
+            user_delay = 0.0 if trusted else brake_delay(
+                self._count(USER, user) + 1, limits.BRAKE_FREE_FAILURES_PER_USER,
+                self.max_delay)
         rest_of_brake = max(0.0, self._brake - self._waited)
         self._brake = self._waited = 0.0
         delay = rest_of_brake + max(float(base_delay), user_delay)
-        trusted = self.is_trusted(client_ip)
         if not trusted and (rest_of_brake > 0 or user_delay > 0):
             self._hold(address_group(client_ip), self.clock() + delay)
-        brake_now = 0.0 if trusted else brake_delay(
-            failures, limits.BRAKE_FREE_FAILURES_PER_ADDRESS, self.max_delay)
         self.close()               # the attempt is over: not held open across its delay
-        self.log(syslog.LOG_NOTICE, failure_log_line(user, method, client_ip, failures,
-                                                     brake_now))
+        if count:
+            brake_now = 0.0 if trusted else brake_delay(
+                failures, limits.BRAKE_FREE_FAILURES_PER_ADDRESS, self.max_delay)
+            self.log(syslog.LOG_NOTICE, failure_log_line(user, method, client_ip, failures,
+                                                         brake_now))
         return delay
-
-    def wrong_guess_delay(self, client_ip: str, user: str, base_delay: float) -> float:
-        """What note_failure would ask to wait, neither counting nor logging a failure: for a
-        refusal answered as a wrong guess, which must take as long as one to tell a guesser
-        nothing (docs/operations.md, "An expired account or password")."""
-        rest_of_brake = max(0.0, self._brake - self._waited)
-        self._brake = self._waited = 0.0
-        user_delay = 0.0 if self.is_trusted(client_ip) else brake_delay(
-            self._count(USER, user) + 1, limits.BRAKE_FREE_FAILURES_PER_USER, self.max_delay)
-        self.close()
-        return rest_of_brake + max(float(base_delay), user_delay)
 
     def record_success(self, user: str) -> None:
         self._brake = self._waited = 0.0

@@ -299,12 +299,17 @@ class Authenticator(PolicyChecks, challenges.GssSteps):
         self._mechanism = mechanism
         self.brakes.hold_address(client_ip, self.sleep)
 
+    @property
+    def _method(self) -> str:
+        """The attempt's mechanism as the log lines name it: `AUTH CRAM-MD5` as CRAM-MD5."""
+        return self._mechanism.replace("AUTH ", "")
+
     def _refuse(self, user, host, client_ip, text, reason) -> NoReturn:
         """Log, count, wait the failure delay, raise `-ERR [AUTH] text` (already formatted:
         a user name may hold braces). `reason` goes to the log only. Never returns."""
         self.log(syslog.LOG_NOTICE, failure_line(user, host, client_ip))
         self.log(syslog.LOG_INFO, f'login of "{user}" refused: {reason}')
-        delay = self.brakes.note_failure(client_ip, user, self._mechanism.replace("AUTH ", ""),
+        delay = self.brakes.note_failure(client_ip, user, self._method,
                                          self.cfg.auth_failure_delay or 0)
         if delay > 0:
             self.sleep(delay)
@@ -321,8 +326,7 @@ class Authenticator(PolicyChecks, challenges.GssSteps):
         policy line, or account_line; not a failed login: no Qpopper failure line, no
         `LOGIN FAILED`), no brake, no failure delay; counted towards the connection's cap
         only. Never returns."""
-        self.log(syslog.LOG_NOTICE, line(user, self._mechanism.replace("AUTH ", ""),
-                                         client_ip, reason))
+        self.log(syslog.LOG_NOTICE, line(user, self._method, client_ip, reason))
         self.failures += 1
         if self.failures >= limits.MAX_AUTH_FAILURES_PER_CONNECTION:
             raise PopError(text, code, close=True,

@@ -269,8 +269,8 @@ class PolicyChecks:
             answer = EXPIRED.format(user=user)
         else:
             answer = text
-            delay = self.brakes.wrong_guess_delay(client_ip, user,
-                                                  self.cfg.auth_failure_delay or 0)
+            delay = self.brakes.note_failure(client_ip, user, self._method,
+                                             self.cfg.auth_failure_delay or 0, count=False)
             if delay > 0:
                 self.sleep(delay)
         self._refuse_policy(user, client_ip, answer, reason, line=account_line)

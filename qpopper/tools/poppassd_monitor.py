@@ -147,8 +147,8 @@ class PasswordKeeper:
                 # (docs/internals.md, "Failures and policy refusals"); told and timed as one.
                 self.log(syslog.LOG_NOTICE, account_line(user, self.brake_method,
                                                          self.client_ip, reason))
-                delay = self.brakes.wrong_guess_delay(self.client_ip, user,
-                                                      limits.POPPASSD_FAILURE_DELAY_S)
+                delay = self.brakes.note_failure(self.client_ip, user, self.brake_method,
+                                                 limits.POPPASSD_FAILURE_DELAY_S, count=False)
             time.sleep(max(0.0, started + delay - time.monotonic()))
         return verdict
 

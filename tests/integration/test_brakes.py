@@ -152,6 +152,35 @@ def test_while_a_wrong_guess_is_answered_the_address_is_held(tmp_path):
     assert slept == [bound]
 
 
+def test_a_refusal_answered_as_a_wrong_guess_holds_the_address_without_counting(tmp_path):
+    """note_failure(count=False), for the right password of an expired account: it takes as
+    long as a wrong guess and holds the address as one would (else a guesser with two
+    connections could tell it apart), but counts nothing and logs no LOGIN FAILED."""
+    now = [1_000_000.0]
+    path = str(tmp_path / "b.sqlite")
+    braked(path, lambda: now[0])
+    bound = limits.BRAKE_MAX_WAIT_BEFORE_CHECK_S
+    log = []
+    first = Brakes(path, 30, lambda p, t: log.append(t), clock=lambda: now[0])
+    brake = first.address_delay("192.0.2.4")
+    first.hold_address("192.0.2.4", lambda s: None)
+    log.clear()                                         # the hold's own line
+    now[0] += bound
+    answer_in = first.note_failure("192.0.2.4", "kim", "USER", 0, count=False)
+    assert answer_in == brake - bound and log == []
+    now[0] += 1
+    slept = []
+    second = Brakes(path, 30, lambda p, t: None, clock=lambda: now[0])
+    second.hold_address("192.0.2.4", slept.append)
+    assert slept == [pytest.approx(answer_in - 1)]
+    assert second.address_delay("192.0.2.4") == brake          # nothing counted
+    second.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count FROM failures WHERE kind = 'user' AND key = 'kim'"
+                          ).fetchall() == []
+    db.close()
+
+
 def test_trusted_networks_are_neither_delayed_nor_recorded(tmp_path):
     path = str(tmp_path / "b.sqlite")
     log = []

@@ -153,6 +153,21 @@ def test_a_right_password_on_an_expired_account_is_no_failure(site, system_users
     assert ("address", source, 1) in address_rows(site, source)
 
 
+def test_an_expired_account_from_a_braked_address_holds_it_like_a_wrong_guess(site):
+    """From an address whose brake is above the bounded wait, the right password of an
+    expired account is answered as a wrong guess after as long a wait, and the address is
+    held for that wait as after a wrong guess (a guesser's second connection could otherwise
+    tell the two apart); still no failure is counted."""
+    source = "127.0.0.31"
+    for n in range(FREE + 3):                # the brake grows to 1 s (auth-brakes-max-delay)
+        user_pass(site, source, f"qptnobody{n}", "guess")
+    assert ("held", source, 0) not in address_rows(site, source)
+    reply = user_pass(site, source, site.eve.name, site.eve.password)
+    assert reply == f'-ERR [AUTH] Password supplied for "{site.eve.name}" is incorrect.\r\n'.encode()
+    rows = address_rows(site, source)
+    assert ("held", source, 0) in rows and ("address", source, FREE + 3) in rows, rows
+
+
 def test_an_account_pam_access_bars_answers_its_right_password_as_a_wrong_one(system_users,
                                                                               world_tmp):
     """An account the site keeps out of POP with pam_access (an administrator's): PAM's
