@@ -213,6 +213,7 @@ class Monitor(AuthenticationProcess, BecomingTheSession, ProxiedConnection):
                                            may_signal=lookup.pids() if lookup else ())
         except privsep.SandboxError as exc:
             log_failure(self.log, "the pre-login sandbox", exc, syslog.LOG_CRIT)
+            self._refuse_client()          # not a silent hang-up: try again later
             return privsep.EXIT_PRIVSEP_FAILED
         if self.proxy is not None and not self._take_proxy_header(sock, lookup):
             return 0

@@ -275,9 +275,8 @@ def enter_prelogin_sandbox(cfg, uid: int, gid: int, may_signal: Iterable[int] = 
             os.chdir("/")
             _become(uid, gid)
         _confine()                                   # its reverse lookup was forked before
-        resource.setrlimit(resource.RLIMIT_NOFILE, (PRELOGIN_MAX_FILES, PRELOGIN_MAX_FILES))
-        resource.setrlimit(resource.RLIMIT_AS,
-                           (PRELOGIN_MAX_ADDRESS_SPACE, PRELOGIN_MAX_ADDRESS_SPACE))
+        _limit(resource.RLIMIT_NOFILE, PRELOGIN_MAX_FILES)
+        _limit(resource.RLIMIT_AS, PRELOGIN_MAX_ADDRESS_SPACE)
     except OSError as exc:
         raise SandboxError(f"entering the pre-login sandbox: {exc}") from None
     if was_root:
@@ -318,6 +317,14 @@ def _confine() -> None:
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+
+
+def _limit(which: int, most: int) -> None:
+    """Soft and hard limit `which` at `most`, or lower where the administrator set the hard
+    limit lower already (LimitNOFILE=, LimitAS= in the unit): a limit may only go down."""
+    hard = resource.getrlimit(which)[1]
+    value = most if hard == resource.RLIM_INFINITY else min(most, hard)
+    resource.setrlimit(which, (value, value))
 
 
 def _become(uid: int, gid: int) -> None:

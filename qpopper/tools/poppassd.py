@@ -362,6 +362,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"poppassd: {exc}; {USAGE}", file=sys.stderr)
         return EXIT_USAGE
     log = Logger(facility=syslog.LOG_AUTHPRIV, ident="poppassd")
+
+    def refuse_client() -> None:
+        with contextlib.suppress(OSError):
+            Channel(0, 1, settings.timeout).write_line(TRY_LATER)
     if os.geteuid() != 0:
         # pam_unix reads /etc/shadow and rewrites it: only root can do either.
         print("poppassd: must run as root (from inetd or poppassd.socket)", file=sys.stderr)
@@ -380,8 +384,7 @@ def main(argv: list[str] | None = None) -> int:
             log(syslog.LOG_ERR, f"configuration: {error}; no password changed")
         else:
             log(syslog.LOG_ERR, f"pre-login sandbox: {error}; no password changed")
-        with contextlib.suppress(OSError):
-            Channel(0, 1, settings.timeout).write_line(TRY_LATER)
+        refuse_client()
         return EXIT_FAILED
     log.open()                   # before the pre-login process is forked (it forwards)
     greeting = SHY_GREETING if cfg.shy else GREETING
@@ -398,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
                        timeout_s=settings.timeout, deadline_s=settings.deadline,
                        brake_method=BRAKE_METHOD)
     return pm.serve_connection(cfg, log, keeper_args=keeper_args, run_dialogue=run_dialogue,
-                               deadline_s=settings.deadline, uid=uid, gid=gid)
+                               refuse_client=refuse_client, deadline_s=settings.deadline,
+                               uid=uid, gid=gid)
 
 
 if __name__ == "__main__":

@@ -259,11 +259,12 @@ class MonitorLink:
             pass
 
 
-def serve_connection(cfg, log, *, keeper_args: dict, run_dialogue, deadline_s: float,
-                     uid: int, gid: int) -> int:
+def serve_connection(cfg, log, *, keeper_args: dict, run_dialogue, refuse_client,
+                     deadline_s: float, uid: int, gid: int) -> int:
     """Fork the pre-login process (which runs `run_dialogue(MonitorLink)` in the sandbox on
-    descriptors 0 and 1), answer it, and return its exit status (EXIT_FAILED when it broke
-    the protocol, overran the deadline or was killed)."""
+    descriptors 0 and 1, or `refuse_client()` when it cannot enter the sandbox), answer it,
+    and return its exit status (EXIT_FAILED when it broke the protocol, overran the deadline
+    or was killed)."""
     ours, theirs = wire.channel_pair()
     log_ours, log_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     # Classic inetd gives descriptor 2 the client's socket too: then it goes as 0 and 1 do.
@@ -274,7 +275,8 @@ def serve_connection(cfg, log, *, keeper_args: dict, run_dialogue, deadline_s: f
         log.forward_to(log_theirs)       # docs/privsep.md, "The pre-login process's log records"
         standard_fds_to_null(keep=(0, 1))
         exit_after(log, f"pre-login for {keeper_args['client_ip']}",
-                   lambda: _prelogin(cfg, log, uid, gid, theirs, run_dialogue))
+                   lambda: _prelogin(cfg, log, uid, gid, theirs, run_dialogue,
+                                     refuse_client))
     close_sockets(theirs, log_theirs)
     # the client's socket: this process never reads it, nor do the PAM modules it loads
     standard_fds_to_null(keep=() if client_on_2 else (2,))
@@ -322,10 +324,12 @@ def client_on_stderr() -> bool:
     return stat.S_ISSOCK(client.st_mode) and os.path.samestat(out, client)
 
 
-def _prelogin(cfg, log, uid: int, gid: int, sock: socket.socket, run_dialogue) -> int:
+def _prelogin(cfg, log, uid: int, gid: int, sock: socket.socket, run_dialogue,
+              refuse_client) -> int:
     try:
         privsep.enter_prelogin_sandbox(cfg, uid, gid)
     except privsep.SandboxError as exc:
         log_failure(log, "the pre-login sandbox", exc, syslog.LOG_CRIT)
+        refuse_client()                    # not a silent hang-up: try again later
         return privsep.EXIT_PRIVSEP_FAILED
     return run_dialogue(MonitorLink(sock))

@@ -27,13 +27,15 @@ class PoppassdService:
     also takes IPv4 (dual-stack, as poppassd.socket's ListenStream=106), on loopback only;
     clients still connect to 127.0.0.1 and poppassd sees them as ::ffff:127.0.0.x."""
 
-    def __init__(self, site: Site, pam_service: str, listen_host: str = "127.0.0.1"):
+    def __init__(self, site: Site, pam_service: str, listen_host: str = "127.0.0.1",
+                 wrapper: tuple[str, ...] = ()):
+        """`wrapper`: a command poppassd runs under (setpriv with fewer capabilities)."""
         if shutil.which("systemd-socket-activate") is None:
             pytest.skip("systemd-socket-activate is not installed")
         self.port = free_port()
         self.proc = subprocess.Popen(
             ["systemd-socket-activate", "--accept", "--inetd", "-l", f"{listen_host}:{self.port}",
-             "-E", f"QPOPPER_SYSLOG_SOCKET={site.syslog.path}", *_pythonpath(), POPPASSD,
+             "-E", f"QPOPPER_SYSLOG_SOCKET={site.syslog.path}", *_pythonpath(), *wrapper, POPPASSD,
              "-s", pam_service,
              "-f", site.config],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

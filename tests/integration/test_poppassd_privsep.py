@@ -19,7 +19,7 @@ from qpopper.server import monitor_wire as wire
 from qpopper.server.children import ProtocolViolation
 from qpopper.tools import poppassd_monitor as pm
 from tests.helpers import pam_service as pam_files
-from tests.helpers.poppassd_service import POPPASSD, Conversation
+from tests.helpers.poppassd_service import POPPASSD, Conversation, PoppassdService
 from tests.helpers.sysusers import PRELOGIN_USER
 from tests.integration.test_poppassd import poppassd_service
 from tests.server_harness import Site, children_of, proc_status, wait_until
@@ -75,6 +75,27 @@ def test_under_classic_inetd_the_root_process_lets_go_of_the_client_on_2_too(wor
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
+            site.close()
+
+
+def test_a_pre_login_process_that_cannot_enter_its_sandbox_tells_the_client(world_tmp,
+                                                                            pam_service):
+    """poppassd run without CAP_SYS_CHROOT (a unit's CapabilityBoundingSet that leaves it
+    out): the pre-login process cannot chroot, reads no client byte, and the client is told
+    to try again later rather than left without a reply; the log says why."""
+    without_chroot = ("/usr/bin/setpriv", "--bounding-set", "-sys_chroot",
+                      "--inh-caps", "-sys_chroot", "--")
+    with pam_files.installed_pam_service(pam_files.FAST_UNIX_PASSWORD, tag="pw-") as name:
+        site = Site(world_tmp, name)
+        svc = PoppassdService(site, name, wrapper=without_chroot)
+        try:
+            with svc.connect() as c:
+                assert c.greeting == b"500 Server error, try again later."
+                assert c.reply() == b""
+            site.syslog.wait_for(r".*the pre-login sandbox.*entering the pre-login sandbox: "
+                                 r".*Operation not permitted.*")
+        finally:
+            svc.stop()
             site.close()
 
 

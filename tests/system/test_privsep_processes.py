@@ -13,6 +13,7 @@ import contextlib
 import os
 import platform
 import pwd
+import resource
 import poplib
 import signal
 import socket
@@ -305,6 +306,45 @@ def test_an_authentication_process_that_dies_is_logged_and_the_client_told(site,
         assert client.recv(100) == b""
     wait_until(lambda: not os.path.exists(f"/proc/{monitor}"), what="the monitor's end")
     assert not processes_of(server, user.uid)
+
+
+def test_a_prelogin_process_that_cannot_enter_its_sandbox_tells_the_client(world_tmp,
+                                                                            pam_service,
+                                                                            system_users):
+    """A sandbox step refused at run time (here: prelogin-chroot gone after start-up): the
+    pre-login process reads no client byte, and the client gets -ERR [SYS/TEMP] rather than
+    a silent hang-up; the log says why."""
+    chroot = os.path.join(world_tmp, "empty")
+    os.mkdir(chroot, 0o755)
+    site = Site(world_tmp, pam_service, prelogin_chroot=chroot)
+    try:
+        serving(site, system_users)
+        os.rename(chroot, chroot + ".gone")
+        server = site.servers[0]
+        with socket.create_connection((server.host, server.port), timeout=10) as client:
+            assert client.makefile("rb").readline() == (
+                b"-ERR [SYS/TEMP] Unable to serve you now; try again later\r\n")
+            assert client.recv(100) == b""
+        site.syslog.wait_for(r".*the pre-login sandbox.*entering the pre-login sandbox: .*")
+    finally:
+        site.close()
+
+
+def test_a_lower_limit_set_by_the_administrator_is_kept(site, system_users):
+    """The pre-login process lowers its descriptor limit to privsep.PRELOGIN_MAX_FILES; a
+    hard limit set lower already (LimitNOFILE= in the unit) is kept, not refused: logins go
+    on (before, raising it failed and every connection was dropped)."""
+    user, server = serving(site, system_users)
+    limit = privsep.PRELOGIN_MAX_FILES - 1
+    resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (limit, limit))
+    with socket.create_connection((server.host, server.port), timeout=10) as client:
+        assert read_greeting(client).startswith(b"+OK")
+        prelogin = the_one(server, pwd.getpwnam(PRELOGIN_USER).pw_uid, "pre-login")
+        with open(f"/proc/{prelogin}/limits") as f:
+            [files] = [line.split()[3:5] for line in f if line.startswith("Max open files")]
+        assert files == [str(limit), str(limit)]
+        client.sendall(b"QUIT\r\n")
+    login(server, user).quit()
 
 
 def running(pid: int) -> bool:
