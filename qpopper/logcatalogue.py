@@ -64,13 +64,12 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
         ("tls-passphrase is set on the command line, which every local user can read (ps); "
          "set it in a root-only file (mode 0600) named with -f or config-file",
          "A warning at start-up, reload and --check-config (the option's help)."),
-        ("tls-passphrase is set in *, mode *, which others can read; set it in a root-only "
-         "file (mode 0600) named with -f or config-file",
-         "A warning at start-up, reload and --check-config: the packaged "
-         "/etc/qpopper/qpopper.config is world-readable (the option's help)."),
-        ("tls-passphrase is set in *, owned by uid *, who can read it; set it in a root-only "
-         "file (mode 0600) named with -f or config-file",
-         "A warning at start-up, reload and --check-config: the file is not root's."),
+        ("tls-passphrase is set in *: *; set it in a root-only file (mode 0600) named with "
+         "-f or config-file",
+         "A warning at start-up, reload and --check-config: someone other than root can read "
+         "the file (why follows its name: the packaged /etc/qpopper/qpopper.config is "
+         "world-readable; a non-root owner; another hard link), judged as the TLS key is "
+         "(the option's help)."),
         ("** is missing and this server cannot make it: SCRAM's made-up exchanges "
          "are keyed by /etc/machine-id, which local users can read; run popauth -list once, "
          "as root, to make it", "A warning at start-up, reload and --check-config: a store made "
@@ -79,9 +78,11 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
          "(64-bit x86_64 and aarch64 only): the rest of its sandbox stands alone", "A warning at start-up, reload and "
          "--check-config on another machine: the pre-login process runs without its seccomp "
          "filter (docs/privsep.md, \"The pre-login process's system calls\")."),
-        ("the TLS private key in * can be read by every local user (mode *): make it "
-         "readable by root only (chmod o-r)", "A warning at start-up, reload and "
-         "--check-config: any local user can copy the server's key and pose as it."),
+        ("the TLS private key in *: *; make it a file of root's that others cannot read "
+         "(chown root, chmod o-r)", "A warning at start-up, reload and --check-config: "
+         "someone other than root can copy the server's key and pose as it (why follows the "
+         "name: a non-root owner, every local user through the directories above it, another "
+         "hard link; the file's group is a grant, as Debian's ssl-cert)."),
         ("TLS: *", "The certificate or key cannot be used (inetd mode, or a pre-login process "
                    "that cannot load the checked copy); the connection is closed."),
         ("connection refused, the configuration has an error: *",

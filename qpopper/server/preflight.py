@@ -26,6 +26,7 @@ from qpopper.auth.store import (DECOY_KEY_SUFFIX, PopAuthStore, decoy_key_fault,
                                 decoy_key_line)
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.bulletin_records import BULLDB_DIR, BULLDB_FILE
+from qpopper.files import who_else_can_read
 from qpopper.server import prelogin_filter, privsep, sdnotify
 from qpopper.options import BY_NAME
 from qpopper.server.listeners import (NO_LISTENER, ListenError, clashing, entry_matcher,
@@ -86,7 +87,7 @@ def check_site(cfg, log=None, *, match_listen_entries: bool = True,
     except tls_mod.TlsSetupError as exc:
         raise PreflightError(f"TLS: {_said_where(cfg, str(exc))}") from None
     if identity is not None and log is not None:
-        tls_mod.warn_of_exposed_secrets(cfg, log)
+        tls_mod.warn_of_a_readable_key(cfg, log)
     return CheckedSite(identity, proxied)
 
 
@@ -248,8 +249,9 @@ def warn_of_an_unused_store(cfg, log) -> None:
 
 def warn_of_a_readable_passphrase(cfg, log) -> None:
     """tls-passphrase belongs in a root-only file (its help): the packaged configuration
-    file is world-readable, and a command line is too (ps). Told once per start, reload or
-    check."""
+    file is world-readable, and a command line is too (ps). The file is judged as the TLS
+    key is (files.who_else_can_read: a non-root owner, every local user through the
+    directories above it, another hard link). Told once per start, reload or check."""
     if log is None or not cfg.tls_passphrase:
         return
     source = cfg.source("tls-passphrase")
@@ -259,19 +261,12 @@ def warn_of_a_readable_passphrase(cfg, log) -> None:
                                 "named with -f or config-file")
         return
     path = source.rpartition(":")[0]
-    try:
-        st = os.stat(path)
-    except OSError:
+    if not os.path.isfile(path):
         return                          # not a file (an override): nothing to say
-    if st.st_mode & stat.S_IROTH or (st.st_mode & stat.S_IRGRP and st.st_gid != 0):
-        log(syslog.LOG_WARNING, f"tls-passphrase is set in {path}, mode "
-                                f"{stat.S_IMODE(st.st_mode):04o}, which others can read; set "
-                                f"it in a root-only file (mode 0600) named with -f or "
-                                f"config-file")
-    elif st.st_uid != 0:
-        log(syslog.LOG_WARNING, f"tls-passphrase is set in {path}, owned by uid {st.st_uid}, "
-                                f"who can read it; set it in a root-only file (mode 0600) "
-                                f"named with -f or config-file")
+    why = who_else_can_read(path)
+    if why is not None:
+        log(syslog.LOG_WARNING, f"tls-passphrase is set in {path}: {why}; set it in a "
+                                f"root-only file (mode 0600) named with -f or config-file")
 
 
 def warn_without_decoy_key(cfg, log) -> None:

@@ -52,6 +52,8 @@ from cryptography.hazmat.primitives import serialization
 import OpenSSL
 from OpenSSL import SSL, crypto
 
+from qpopper.files import who_else_can_read
+
 # Imported now, not lazily at the first key load: the pre-login process loads the key inside
 # its empty chroot, where no module can be imported any more (Debian's cryptography 38 imports
 # its backend inside load_pem_private_key).
@@ -368,37 +370,18 @@ def _identity_paths(cfg) -> list[tuple[str, str]]:
     return [cert]
 
 
-def warn_of_exposed_secrets(cfg, log) -> None:
-    """Warn of a private key every local user can read: the file holding it, when others may
-    read it and reach it (each directory above it searchable by others: a key in a 0700
-    directory is safe whatever its own mode). Start-up, reload and --check-config say it;
-    it does not stop the server. (A readable tls-passphrase: preflight's own warning.)"""
+def warn_of_a_readable_key(cfg, log) -> None:
+    """Warn of a private key someone other than root can read (files.who_else_can_read: a
+    non-root owner, every local user through the directories above it, another hard link; a
+    key in a 0700 directory of root's is safe whatever its own mode). Start-up, reload and
+    --check-config say it; it does not stop the server. (A readable tls-passphrase:
+    preflight's own warning, by the same rule.)"""
     paths = _identity_paths(cfg)
     key_path = paths[1][0] if len(paths) > 1 else paths[0][0]
-    mode = _mode_if_others_can_read(key_path)
-    if mode is not None:
-        log(syslog.LOG_WARNING, f"the TLS private key in {key_path} can be read by every local "
-                                f"user (mode {mode:04o}): make it readable by root only "
-                                f"(chmod o-r)")
-
-
-def _mode_if_others_can_read(path: str) -> int | None:
-    """The file's mode when users outside its owner and group can read it through every
-    directory above it; None when they cannot (or it cannot be looked at)."""
-    real = os.path.realpath(path)
-    try:
-        mode = stat.S_IMODE(os.stat(real).st_mode)
-        if not mode & stat.S_IROTH:
-            return None
-        parent = os.path.dirname(real)
-        while True:
-            if not os.stat(parent).st_mode & stat.S_IXOTH:
-                return None
-            if parent == os.path.dirname(parent):
-                return mode
-            parent = os.path.dirname(parent)
-    except OSError:
-        return None
+    why = who_else_can_read(key_path)
+    if why is not None:
+        log(syslog.LOG_WARNING, f"the TLS private key in {key_path}: {why}; make it a file of "
+                                f"root's that others cannot read (chown root, chmod o-r)")
 
 
 def _load_identity(cfg, read):

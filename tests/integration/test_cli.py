@@ -385,22 +385,25 @@ def test_check_config_refuses_a_fifo_as_a_user_list_at_once(site_args, tmp_path,
            f"cannot be read every login is refused\n")
 
 
-def test_check_config_warns_of_a_tls_passphrase_others_can_read(site_args, tmp_path):
+def test_check_config_warns_of_a_tls_passphrase_others_can_read(site_args, world_tmp):
     """tls-passphrase's help: a file of its own, root-only, named with -f or config-file
-    (the packaged configuration file is world-readable, a command line is seen by ps)."""
-    secret = tmp_path / "tls-passphrase.config"
+    (the packaged configuration file is world-readable, a command line is seen by ps). The
+    file is in a directory every user can search (pytest's tmp_path is 0700, which would
+    keep it safe: files.who_else_can_read)."""
+    secret = Path(world_tmp) / "tls-passphrase.config"
     secret.write_text("set tls-passphrase = secret\n")
     secret.chmod(0o644)
     result = popper("--check-config", "-f", str(EXAMPLE), "-f", str(secret), *site_args)
     assert (result.returncode, result.stderr) == (
-        0, f"popper: warning: tls-passphrase is set in {secret}, mode 0644, which others can "
-           f"read; set it in a root-only file (mode 0600) named with -f or config-file\n")
+        0, f"popper: warning: tls-passphrase is set in {secret}: mode 0644, which every local "
+           f"user can read; set it in a root-only file (mode 0600) named with -f or "
+           f"config-file\n")
     secret.chmod(0o600)
     if os.geteuid() == 0:                       # 0600, but another account's: it reads it
         os.chown(secret, 65534, -1)
         result = popper("--check-config", "-f", str(EXAMPLE), "-f", str(secret), *site_args)
         assert (result.returncode, result.stderr) == (
-            0, f"popper: warning: tls-passphrase is set in {secret}, owned by uid 65534, who "
+            0, f"popper: warning: tls-passphrase is set in {secret}: owned by uid 65534, who "
                f"can read it; set it in a root-only file (mode 0600) named with -f or "
                f"config-file\n")
         os.chown(secret, 0, -1)

@@ -1,6 +1,8 @@
-"""The TLS secrets every local user could read (root only: the real start-up checks): a private
-key file others may read and reach, tls-passphrase in a file others may read or on the command
-line. `popper --check-config` and the master's start-up warn of each; none stops the server."""
+"""The TLS secrets someone other than root could read (root only: the real start-up checks): a
+private key file or a file holding tls-passphrase that others may read and reach, that a
+non-root account owns, or that has a second hard link; tls-passphrase on the command line.
+`popper --check-config` and the master's start-up warn of each; none stops the server. One rule
+judges both files (files.who_else_can_read; docs/operations.md, "Start-up checks")."""
 
 from __future__ import annotations
 
@@ -16,8 +18,11 @@ from tests.server_harness import POPPER, PopperServer, SyslogCapture, write_conf
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
-KEY_WARNING = ("popper: warning: the TLS private key in {path} can be read by every local user "
-               "(mode 0644): make it readable by root only (chmod o-r)")
+KEY_WARNING = ("popper: warning: the TLS private key in {path}: {why}; make it a file of root's "
+               "that others cannot read (chown root, chmod o-r)")
+EVERY_USER = "mode 0644, which every local user can read"
+PASSPHRASE_WARNING = ("popper: warning: tls-passphrase is set in {path}: {why}; set it in a "
+                      "root-only file (mode 0600) named with -f or config-file")
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +53,7 @@ def test_a_key_file_every_user_can_read_is_warned_of(world_tmp, pam_service, pki
     os.chmod(key, 0o644)
     config = config_with(world_tmp, pam_service, "key.config",
                          tls_server_cert_file=good.cert_file, tls_private_key_file=key)
-    warning = KEY_WARNING.format(path=key)
+    warning = KEY_WARNING.format(path=key, why=EVERY_USER)
     assert check_config(config) == [warning]
     syslog = SyslogCapture(world_tmp)
     server = PopperServer(world_tmp, config, syslog=syslog).start()   # only a warning
@@ -81,9 +86,7 @@ def test_a_passphrase_others_can_read_is_warned_of(world_tmp, pam_service, pki):
                          tls_passphrase="right")
     assert check_config(config) == []
     os.chmod(config, 0o644)
-    assert check_config(config) == [
-        f"popper: warning: tls-passphrase is set in {config}, mode 0644, which others can read; "
-        f"set it in a root-only file (mode 0600) named with -f or config-file"]
+    assert check_config(config) == [PASSPHRASE_WARNING.format(path=config, why=EVERY_USER)]
     os.chmod(config, 0o600)
     checked = subprocess.run([POPPER, "--check-config", "-f", config, "--tls-passphrase=right"],
                              capture_output=True, text=True, timeout=30)
@@ -91,3 +94,48 @@ def test_a_passphrase_others_can_read_is_warned_of(world_tmp, pam_service, pki):
         "popper: warning: tls-passphrase is set on the command line, which every local user "
         "can read (ps); set it in a root-only file (mode 0600) named with -f or config-file"
     ], checked.stderr
+
+
+def test_a_key_a_non_root_account_owns_or_with_another_link_is_warned_of(world_tmp, pam_service,
+                                                                       pki):
+    """Mode 0600 is no help when the owner is not root (a renewal account's key: it reads it,
+    and may chmod it), nor when the file has another name (a hard link left in a directory
+    others search)."""
+    good = pki.server("owned")
+    key = os.path.join(world_tmp, "owned.key")
+    shutil.copy(good.key_file, key)
+    os.chmod(key, 0o600)
+    config = config_with(world_tmp, pam_service, "owned.config",
+                         tls_server_cert_file=good.cert_file, tls_private_key_file=key)
+    assert check_config(config) == []
+    os.chown(key, 54321, -1)
+    assert check_config(config) == [KEY_WARNING.format(
+        path=key, why="owned by uid 54321, who can read it")]
+    os.chown(key, 0, -1)
+    os.link(key, os.path.join(world_tmp, "copy-of-owned.key"))
+    assert check_config(config) == [KEY_WARNING.format(
+        path=key, why="one of its 2 hard links, whose other names others may reach (keep it "
+                      "one file)")]
+    os.unlink(os.path.join(world_tmp, "copy-of-owned.key"))
+    assert check_config(config) == []
+
+
+def test_a_passphrase_file_is_judged_with_the_directories_above_it(world_tmp, pam_service, pki):
+    """The passphrase's file by the key's rule: a 0644 file in a directory only root may search
+    is safe; one a non-root account owns is not, even at 0600, when it can reach it."""
+    identity = pki.identity_file("hidden", "right")
+    private = os.path.join(world_tmp, "private-config")
+    os.mkdir(private, 0o700)
+    secret = os.path.join(private, "passphrase.config")
+    with open(secret, "w") as f:
+        f.write("set tls-passphrase = right\n")
+    os.chmod(secret, 0o644)
+    config = config_with(world_tmp, pam_service, "hidden.config", tls_identity_file=identity,
+                         config_file=secret)
+    assert check_config(config) == []                   # 0644, but in root's 0700 directory
+    os.chmod(private, 0o755)
+    assert check_config(config) == [PASSPHRASE_WARNING.format(path=secret, why=EVERY_USER)]
+    os.chmod(secret, 0o600)
+    os.chown(secret, 54321, -1)
+    assert check_config(config) == [PASSPHRASE_WARNING.format(
+        path=secret, why="owned by uid 54321, who can read it")]

@@ -27,7 +27,7 @@ PACKAGE_DIR = REPO / "qpopper"
 # Lowest first. Names are module names without the "qpopper." prefix; "pkg.*" is every module
 # of a package (and the package itself). Every name must exist (test_every_layer_name_exists).
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("base", ("", "limits", "addresses")),                   # "" is qpopper/__init__.py
+    ("base", ("", "limits", "addresses", "files")),          # "" is qpopper/__init__.py
     ("vocabulary", ("pop3.responses", "option_types", "options", "logcatalogue")),
     ("configuration", ("config",)),
     ("services", ("log", "server.sdnotify", "server.privsep", "server.prelogin_filter",

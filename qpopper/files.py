@@ -1,0 +1,67 @@
+"""Files the configuration names, as the start-up checks and the server look at them: who
+other than root can read a secret one (the TLS private key, a configuration file holding
+tls-passphrase; docs/operations.md, "Start-up checks").
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import stat
+
+
+def who_else_can_read(path: str) -> str | None:
+    """Why a secret file is exposed, as a phrase for a warning ("mode 0644, which every local
+    user can read"); None when only root (and the file's group, which an administrator grants
+    on purpose: Debian's ssl-cert keys are root:ssl-cert 0640) can read it, or when it cannot
+    be looked at. One rule for every secret file:
+    - every local user can read it when others may read it and search each directory above
+      it: a 0644 file in a 0700 directory of root's is safe;
+    - a non-root owner can read it (it may chmod the file), unless a directory above keeps
+      it out (one it cannot search and does not own);
+    - more than one hard link: another name for it may sit where others reach it.
+    The path is followed (realpath): the directories above are those of the file itself."""
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+        above = _directories_above(real)
+    except OSError:
+        return None
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & stat.S_IROTH and _searchable(above, None, ()):
+        return f"mode {mode:04o}, which every local user can read"
+    if st.st_uid != 0 and _searchable(above, st.st_uid, _groups_of(st.st_uid)):
+        return f"owned by uid {st.st_uid}, who can read it"
+    if st.st_nlink > 1:
+        return (f"one of its {st.st_nlink} hard links, whose other names others may reach "
+                f"(keep it one file)")
+    return None
+
+
+def _directories_above(real: str) -> list[os.stat_result]:
+    found, parent = [], os.path.dirname(real)
+    while True:
+        found.append(os.stat(parent))
+        if parent == os.path.dirname(parent):
+            return found
+        parent = os.path.dirname(parent)
+
+
+def _searchable(directories, uid: int | None, gids) -> bool:
+    """Can this user (None: any user, in none of the directories' groups) reach a file under
+    each of `directories`? An owner may chmod its directory, so it always can."""
+    for st in directories:
+        if uid is not None and st.st_uid == uid:
+            continue
+        bit = stat.S_IXGRP if st.st_gid in gids else stat.S_IXOTH
+        if not st.st_mode & bit:
+            return False
+    return True
+
+
+def _groups_of(uid: int) -> set[int]:
+    try:
+        account = pwd.getpwuid(uid)
+    except KeyError:
+        return set()                    # no account: no supplementary groups to name
+    return set(os.getgrouplist(account.pw_name, account.pw_gid))
