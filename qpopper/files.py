@@ -1,13 +1,35 @@
-"""Files the configuration names, as the start-up checks and the server look at them: who
-other than root can read a secret one (the TLS private key, a configuration file holding
-tls-passphrase; docs/operations.md, "Start-up checks").
+"""Files the configuration names, as the start-up checks and the server look at them: opened
+without waiting on a FIFO put in their place (open_regular_nonblocking), and who other than
+root can read a secret one (the TLS private key, a configuration file holding tls-passphrase;
+docs/operations.md, "Start-up checks").
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import pwd
 import stat
+
+
+def open_regular_nonblocking(path: str) -> int:
+    """A descriptor of the regular file at `path`, read-only, close-on-exec. O_NONBLOCK: a FIFO
+    in its place is refused at once (OSError EINVAL, "not a regular file"), not waited on in
+    open(2), which would hold a login, the start-up check, or the master's reload for good;
+    a directory is IsADirectoryError, a device EINVAL. Symbolic links are followed (these
+    are the administrator's files; spool.locking.open_regular is the spool's stricter open).
+    The descriptor stays non-blocking, which a regular file ignores."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        kind = os.fstat(fd).st_mode
+        if stat.S_ISDIR(kind):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+        if not stat.S_ISREG(kind):
+            raise OSError(errno.EINVAL, "not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def who_else_can_read(path: str) -> str | None:

@@ -150,6 +150,12 @@ MAX_CONFIG_FILE_OCTETS = 1024 * 1024
 a user's ~/.qpopper-options (a sparse file can claim terabytes) from being read whole into the
 session's memory. Each file of a config-file chain gets the same bound."""
 
+MAX_TLS_FILE_OCTETS = 1024 * 1024
+"""A certificate chain, key or identity file larger than this is refused at start-up and HUP
+(server/tls.py). A chain of ten 4096-bit certificates is ~20 KiB; the bound keeps a wrong
+path (a log, a disk image) from being copied whole into memory the master and every
+pre-login process hold."""
+
 # --- DRAC, POP-before-SMTP (qpopper/server/drac.py) ---------------------------------------------------
 DRAC_ATTEMPT_TIMEOUT_S = 0.25
 """Wait for one UDP reply (portmapper or DRAC) before sending the request again: both answer

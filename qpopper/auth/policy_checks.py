@@ -5,14 +5,13 @@ policy refusal: docs/internals.md, "Auth")."""
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import os
 import pwd
-import stat
 import syslog
 
 from qpopper import limits
+from qpopper.files import open_regular_nonblocking
 from qpopper.auth import challenges
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.auth import Login, is_possible_user_name
@@ -91,13 +90,10 @@ def is_loopback(client_ip: str) -> bool:
 
 
 def open_user_list(path: str):
-    """auth-file or nonauth-file, open for reading as text. O_NONBLOCK: a FIFO in its place
-    is refused at once (OSError, "not a regular file"), not waited on in open(2), which
-    would hold the login, the start-up check, or the master's reload (preflight) for good."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    """auth-file or nonauth-file, open for reading as text: a FIFO in its place is refused at
+    once, not waited on (files.open_regular_nonblocking)."""
+    fd = open_regular_nonblocking(path)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
         return open(fd, encoding="utf-8", errors="replace")
     except BaseException:
         os.close(fd)

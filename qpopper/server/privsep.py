@@ -28,7 +28,8 @@ process model is docs/privsep.md). No module here reads a client byte as root:
   qpopper/server/drac.py                      in the authentication process: DRAC notices
   qpopper/server/tls.py (TlsIdentity.open)    the certificate and key snapshot, never parsed
   qpopper/log.py                              syslog / tracefile records
-  qpopper/files.py                            start-up, HUP: who else can read a secret file
+  qpopper/files.py                            start-up, HUP, logins: files opened without
+                                              waiting on a FIFO; who else can read a secret
   qpopper/server/sdnotify.py                  systemd's notify socket
   qpopper/spool/paths.py, dirs.py             check-hash-dir's shared directories
   qpopper/server/privsep.py                   this file

@@ -42,7 +42,6 @@ import errno
 import fcntl
 import importlib
 import os
-import stat
 import re
 import syslog
 from dataclasses import dataclass
@@ -52,7 +51,8 @@ from cryptography.hazmat.primitives import serialization
 import OpenSSL
 from OpenSSL import SSL, crypto
 
-from qpopper.files import who_else_can_read
+from qpopper import limits
+from qpopper.files import open_regular_nonblocking, who_else_can_read
 
 # Imported now, not lazily at the first key load: the pre-login process loads the key inside
 # its empty chroot, where no module can be imported any more (Debian's cryptography 38 imports
@@ -290,17 +290,16 @@ def _check_in_child(identity: TlsIdentity, log) -> str:
 def _snapshot(path: str) -> int:
     """A sealed in-memory copy of the file, made by the kernel (sendfile into a memfd): the
     identity stays as it was at start-up or HUP however the file is rewritten later, and the
-    bytes never pass through this process's memory. O_NONBLOCK: a FIFO put in the file's
-    place is refused at once, not waited on in open(2) (at a reload, by the master, which
-    would accept no one meanwhile)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    bytes never pass through this process's memory. A FIFO put in the file's place is refused
+    at once, not waited on in open(2) (files.open_regular_nonblocking: at a reload, by the
+    master, which would accept no one meanwhile); a file larger than MAX_TLS_FILE_OCTETS is
+    refused (EFBIG: the caller names the option and the file)."""
+    fd = open_regular_nonblocking(path)
     try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
-        size = st.st_size
+        size = os.fstat(fd).st_size
+        if size > limits.MAX_TLS_FILE_OCTETS:
+            raise OSError(errno.EFBIG, f"{size} octets, more than a certificate chain or key "
+                                       f"needs (at most {limits.MAX_TLS_FILE_OCTETS})")
         copy = os.memfd_create("qpopper-tls-identity", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             offset = 0

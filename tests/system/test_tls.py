@@ -506,6 +506,29 @@ def test_bad_certificates_are_refused_at_start_up(world_tmp, pam_service, pki, g
         assert len(lines) == 1 and said and said[1] == lines[0].split()[2], (options, stderr)
 
 
+def test_a_certificate_file_larger_than_any_chain_is_refused(world_tmp, pam_service, good):
+    """A wrong path (a log, a disk image) is not copied whole into the memory every pre-login
+    process holds: past limits.MAX_TLS_FILE_OCTETS the start refuses it, naming the file. The
+    same file with its padding cut is a good one."""
+    cert = os.path.join(world_tmp, "padded.pem")
+    with open(good.combined_file, "rb") as f:
+        pem = f.read()
+    with open(cert, "wb") as f:
+        f.write(pem + b"\n" * limits.MAX_TLS_FILE_OCTETS)
+    status, stderr = start_failure(world_tmp, pam_service, tls_server_cert_file=cert)
+    assert status == 1 and re.fullmatch(
+        rf"popper: TLS: tls-server-cert-file {re.escape(cert)}: \d+ octets, more than a "
+        rf"certificate chain or key needs \(at most {limits.MAX_TLS_FILE_OCTETS}\) "
+        rf"\(tls-server-cert-file set at \S+:\d+\)\n", stderr), stderr
+    os.truncate(cert, limits.MAX_TLS_FILE_OCTETS)
+    config = os.path.join(world_tmp, "padded.config")
+    write_config(config, tls_support="stls", pam_service=pam_service, spool_dir=world_tmp,
+                 tls_server_cert_file=cert)
+    checked = subprocess.run([POPPER, "--check-config", "-f", config], capture_output=True,
+                             text=True, timeout=30)
+    assert checked.returncode == 0, checked.stderr
+
+
 def test_hup_reloads_the_certificate_for_new_connections(site, pki, good):
     server = site.tls_server(pki)
     context = client_context(pki)
