@@ -222,8 +222,9 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
         ("SCRAM decoy key *; SCRAM's made-up exchanges are keyed by /etc/machine-id until "
          "it is fixed", "<pop-auth-file>.decoy-key cannot be read or is not a regular file of "
          "32 octets, mode 0600, owned by pop-auth-owner (why follows the name); a name without "
-         "a SCRAM verifier is still answered as one with. Logged by such an exchange, and a "
-         "warning at start-up, reload and --check-config. Remove the file and run popauth -list "
+         "a SCRAM verifier is still answered as one with. A warning at start-up, reload and "
+         "--check-config; an exchange logs a fault the master did not warn of, once per "
+         "connection. Remove the file and run popauth -list "
          "as root to make a new one (docs/internals.md, \"Store mechanisms\")."),
         ("pop.auth store *: not a pop.auth database (*)", "The file is not a store."),
         ("pop.auth store *: schema version *, this server reads version *",

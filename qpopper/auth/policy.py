@@ -75,7 +75,8 @@ from qpopper.auth import Login, challenges, is_possible_user_name
 from qpopper.auth.password_cache import PasswordCache, pam_or_cached
 from qpopper.auth.brakes import Brakes
 from qpopper.auth.scram import Verifier
-from qpopper.auth.store import DecoyKeyUnusable, PopAuthStore, decoy_key_line
+from qpopper.auth.store import (NO_OWNER_UID, DecoyKeyUnusable, PopAuthStore, decoy_key_line,
+                                first_telling_of_decoy_key_fault, store_owner_uid)
 from qpopper.auth.policy_checks import (BAD_DIGEST, BAD_PASSWORD, USER_DB_POP_AUTH, PolicyChecks,
                                          failure_line, policy_line, store_mechanisms_offered)
 
@@ -278,18 +279,12 @@ class Authenticator(PolicyChecks, challenges.GssSteps):
         path = self.cfg.pop_auth_file
         if not path:
             return None
-        owner_uid = None                    # not root: the store must be our own file
-        if os.geteuid() == 0:
-            try:
-                owner_uid = pwd.getpwnam(self.cfg.pop_auth_owner).pw_uid
-            except KeyError:
-                # No such account: nothing can own the file rightly, so every lookup refuses
-                # it ([SYS/PERM]); when there is a store, say why.
-                owner_uid = -1
-                if os.path.lexists(path):
-                    self.log(syslog.LOG_ERR,
-                             f"pop-auth-owner account {self.cfg.pop_auth_owner!r} does not "
-                             f"exist: the pop.auth store {path} cannot be used")
+        owner_uid = store_owner_uid(self.cfg)   # not root: the store must be our own file
+        if owner_uid == NO_OWNER_UID and os.path.lexists(path):
+            # No such account: nothing can own the file rightly, so every lookup refuses it
+            # ([SYS/PERM]); when there is a store, say why.
+            self.log(syslog.LOG_ERR, f"pop-auth-owner account {self.cfg.pop_auth_owner!r} does "
+                                     f"not exist: the pop.auth store {path} cannot be used")
         return PopAuthStore(path, owner_uid)
 
     # ---- outcomes -------------------------------------------------------------------------
@@ -382,11 +377,13 @@ def _digest_matches(timestamp: str, secret: str, digest: str) -> bool:
 
 
 def usable_decoy_key(store: PopAuthStore, log) -> bytes | None:
-    """The store's SCRAM decoy key; one that cannot be used is logged and the decoy falls
+    """The store's SCRAM decoy key; one that cannot be used is logged (once per fault: not
+    when this process, or the master before forking it, told it already) and the decoy falls
     back as without one, so a name without a verifier is answered as a name with one
     (docs/internals.md, "Store mechanisms")."""
     try:
         return store.decoy_key()
     except DecoyKeyUnusable as exc:
-        log(syslog.LOG_ERR, decoy_key_line(str(exc)))
+        if first_telling_of_decoy_key_fault(str(exc)):
+            log(syslog.LOG_ERR, decoy_key_line(str(exc)))
         return None

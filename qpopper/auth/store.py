@@ -21,6 +21,7 @@ Schema history (PRAGMA user_version):
 from __future__ import annotations
 
 import os
+import pwd
 import sqlite3
 import stat
 import time
@@ -65,11 +66,42 @@ class DecoyKeyUnusable(Exception):
     """The decoy key file is there but cannot be used: one line naming the file and why."""
 
 
+NO_OWNER_UID = -1
+"""pop-auth-owner names no account: nothing owns the store or its decoy key rightly."""
+
+_DECOY_KEY_FAULTS_TOLD: set[str] = set()
+"""The decoy-key faults ("<key>: why") this process has logged, or its master did at start-up
+or reload before forking it (preflight.warn_without_decoy_key): the exchanges log each once,
+not at every SCRAM exchange for a name without a verifier."""
+
+
+def store_owner_uid(cfg) -> int:
+    """The uid that must own the pop.auth store and its decoy key, for the server's lookups
+    (auth/policy.py) and the start-up checks alike: pop-auth-owner's when running as root
+    (NO_OWNER_UID without such an account: the files are refused), this process's own
+    otherwise (demo mode, where the invoking user owns everything)."""
+    if os.geteuid() != 0:
+        return os.getuid()
+    try:
+        return pwd.getpwnam(cfg.pop_auth_owner).pw_uid
+    except (KeyError, TypeError):
+        return NO_OWNER_UID
+
+
 def decoy_key_line(key_and_why: str) -> str:
     """The log line of a decoy key that cannot be used, from the server's exchanges and the
     start-up checks alike."""
     return (f"SCRAM decoy key {key_and_why}; SCRAM's made-up exchanges are keyed by "
             f"/etc/machine-id until it is fixed")
+
+
+def first_telling_of_decoy_key_fault(key_and_why: str) -> bool:
+    """True the first time this process (with what its master told before forking it) meets
+    this decoy-key fault: log it then only."""
+    if key_and_why in _DECOY_KEY_FAULTS_TOLD:
+        return False
+    _DECOY_KEY_FAULTS_TOLD.add(key_and_why)
+    return True
 
 
 def decoy_key_fault(st: os.stat_result, size: int, owner_uid: int) -> str | None:
@@ -80,6 +112,8 @@ def decoy_key_fault(st: os.stat_result, size: int, owner_uid: int) -> str | None
     if stat.S_IMODE(st.st_mode) != STORE_MODE:
         return f"mode 0{stat.S_IMODE(st.st_mode):o}, not 0600"
     if st.st_uid not in (0, owner_uid):
+        if owner_uid == NO_OWNER_UID:
+            return f"owned by uid {st.st_uid}, not by root (pop-auth-owner has no account)"
         return f"owned by uid {st.st_uid}, not by uid {owner_uid} (the store's owner)"
     if size != DECOY_KEY_OCTETS:
         return f"{size} octets, not {DECOY_KEY_OCTETS}"
@@ -236,18 +270,21 @@ class PopAuthStore:
         DecoyKeyUnusable: the caller logs it and falls back as without a key, so a name
         without a verifier is answered as one with (never an error only such names get)."""
         key_path = self.decoy_key_path
+        if _missing(key_path) and not self._made_decoy_key():
+            return None                     # none, and it cannot be made here
         try:
-            try:
-                return self._read_decoy_key(key_path)
-            except FileNotFoundError:
-                pass
-            try:
-                self.make_decoy_key()
-            except OSError:
-                return None
             return self._read_decoy_key(key_path)
-        except OSError as exc:                  # ELOOP (a symlink), EACCES, EIO, ...
+        except OSError as exc:              # ELOOP (a symlink), EACCES, EIO, gone again, ...
             raise DecoyKeyUnusable(f"{key_path}: {exc.strerror}") from None
+
+    def _made_decoy_key(self) -> bool:
+        """make_decoy_key, False when it cannot (a read-only directory); True when the key
+        is there now, made here or by a racing maker."""
+        try:
+            self.make_decoy_key()
+        except OSError:
+            return False
+        return True
 
     @property
     def decoy_key_path(self) -> str:
@@ -341,6 +378,17 @@ def _write_users(db, prepared) -> int:
                        [(user, v.mechanism, v.salt, v.iterations, v.stored_key, v.server_key)
                         for v in verifiers])
     return len(prepared)
+
+
+def _missing(path: str) -> bool:
+    """No such file (one that cannot be looked at is there: reading it says why)."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        pass
+    return False
 
 
 def _check_name(user: str) -> None:

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from qpopper.auth.sasl import kerberos_refusal
 from qpopper.auth.policy_checks import open_user_list, store_mechanisms_offered
 from qpopper.auth.store import (DECOY_KEY_SUFFIX, PopAuthStore, decoy_key_fault,
-                                decoy_key_line)
+                                decoy_key_line, first_telling_of_decoy_key_fault,
+                                store_owner_uid)
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.bulletin_records import BULLDB_DIR, BULLDB_FILE
 from qpopper.files import who_else_can_read
@@ -289,11 +290,7 @@ def warn_without_decoy_key(cfg, log) -> None:
             _warn_of_decoy_key(log, f"{key}: {exc.strerror}")
         return
     if st is not None:
-        try:
-            owner_uid = pwd.getpwnam(cfg.pop_auth_owner).pw_uid
-        except (KeyError, TypeError):
-            owner_uid = os.stat(path).st_uid          # no such account: the store's owner
-        fault = decoy_key_fault(st, st.st_size, owner_uid)
+        fault = decoy_key_fault(st, st.st_size, store_owner_uid(cfg))   # the exchanges' owner
         if fault:
             _warn_of_decoy_key(log, f"{key}: {fault}")
         return
@@ -306,6 +303,9 @@ def warn_without_decoy_key(cfg, log) -> None:
 
 
 def _warn_of_decoy_key(log, key_and_why: str) -> None:
+    """Said at every start, reload and check; noted, so the exchanges of the processes the
+    master forks next do not say it again (store.first_telling_of_decoy_key_fault)."""
+    first_telling_of_decoy_key_fault(key_and_why)
     log(syslog.LOG_WARNING, decoy_key_line(key_and_why))
 
 

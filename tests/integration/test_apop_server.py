@@ -11,6 +11,7 @@ import os
 import poplib
 import re
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -229,6 +230,31 @@ def test_a_decoy_key_that_cannot_be_used_answers_unknown_names_as_known_ones(sit
     assert salt == challenges.decoy_verifier("SCRAM-SHA-256", ghost, None).salt
     site.syslog.wait_for(rf"SCRAM decoy key {re.escape(key)}: {why}; SCRAM's made-up "
                          rf"exchanges are keyed by /etc/machine-id until it is fixed")
+
+
+def test_a_decoy_key_fault_the_master_warned_of_is_not_logged_by_every_exchange(site):
+    """The master warns of a bad decoy key at start-up and reload; the processes it forks
+    next know it was said, so the SCRAM exchanges for names without a verifier do not log it
+    again, one line per exchange (store.first_telling_of_decoy_key_fault)."""
+    ghost = "qptnosuchscramuser"
+    scram_salt(site.srv, ghost)                                     # the key exists
+    key = site.store.path + ".decoy-key"
+    os.chmod(key, 0o640)
+    os.kill(site.srv.proc.pid, signal.SIGHUP)
+    site.syslog.wait_for("configuration reloaded")
+    for _ in range(3):
+        assert scram_salt(site.srv, ghost) == challenges.decoy_verifier(
+            "SCRAM-SHA-256", ghost, None).salt
+    client = poplib.POP3(site.srv.host, site.srv.port, timeout=20)  # a line after theirs
+    try:
+        with pytest.raises(poplib.error_proto):
+            client.apop(site.alice.name, "wrong")
+    finally:
+        client.close()
+    site.syslog.wait_for(r"LOGIN FAILED, user=.*")
+    told = [text for text in site.syslog.texts()
+            if text.startswith(f"SCRAM decoy key {key}: mode 0640, not 0600;")]
+    assert len(told) == 1, told
 
 
 def test_plain_for_system_users_goes_through_pam_policies(site):

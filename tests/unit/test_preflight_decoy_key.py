@@ -6,7 +6,12 @@ read-only) is warned of at start-up, reload and --check-config, with what to run
 from __future__ import annotations
 
 import os
+import pwd
 
+import pytest
+
+from qpopper.auth.policy import usable_decoy_key
+from qpopper.auth.store import DecoyKeyUnusable, PopAuthStore, store_owner_uid
 from qpopper.config import Config
 from qpopper.server import preflight
 
@@ -60,5 +65,66 @@ def test_a_key_the_exchanges_cannot_use_is_warned_of_naming_it_and_why(tmp_path)
         key.write_bytes(b"k" * 32)
         key.chmod(0o600)
         os.chown(key, 54321, -1)                  # a former pop-auth-owner's
-        assert warnings(cfg) == [f"SCRAM decoy key {key}: owned by uid 54321, not by uid "
-                                 f"{os.getuid()} (the store's owner){tail}"]
+        assert warnings(cfg.replace(pop_auth_owner="nobody")) == [
+            f"SCRAM decoy key {key}: owned by uid 54321, not by uid "
+            f"{pwd.getpwnam('nobody').pw_uid} (the store's owner){tail}"]
+        assert warnings(cfg) == [f"SCRAM decoy key {key}: owned by uid 54321, not by root "
+                                 f"(pop-auth-owner has no account){tail}"]
+
+
+@pytest.mark.parametrize("owner", ["nobody", "qpt-no-such-account"])
+def test_the_check_judges_the_keys_owner_as_the_exchanges_do(tmp_path, owner):
+    """The start-up check warns exactly of a key the exchanges refuse (store.store_owner_uid,
+    the one owner both use): as root, pop-auth-owner's uid, and none when that account is
+    missing (not the store file's owner, which the check once fell back to: a key owned like
+    the store passed the check and was refused at every exchange); not as root, the server's
+    own uid (not pop-auth-owner's, which the exchanges never use then)."""
+    store = tmp_path / "pop.auth"
+    store.write_bytes(b"")
+    key = tmp_path / "pop.auth.decoy-key"
+    key.write_bytes(b"k" * 32)
+    key.chmod(0o600)
+    cfg = Config.defaults().replace(pop_auth_file=str(store), store_mechanisms="on",
+                                    pop_auth_owner=owner)
+    if os.geteuid() == 0:
+        rightful = pwd.getpwnam(owner).pw_uid if owner == "nobody" else 0   # root's only
+        uids = [0, 54321, pwd.getpwnam("nobody").pw_uid]
+    else:
+        rightful, uids = os.getuid(), [os.getuid()]
+    for uid in uids:
+        if os.geteuid() == 0:
+            os.chown(store, uid, -1)        # the store's owner: no say in the key's
+            os.chown(key, uid, -1)
+        exchanges = PopAuthStore(str(store), store_owner_uid(cfg))
+        try:
+            exchanges.decoy_key()
+            refused = False
+        except DecoyKeyUnusable:
+            refused = True
+        assert bool(warnings(cfg)) == refused, (owner, uid)
+        assert refused == (uid not in (0, rightful)), (owner, uid)
+
+
+def test_an_exchange_logs_a_key_fault_once_and_not_after_the_start_up_warning(tmp_path):
+    """The exchanges of one process log a fault once, not at every SCRAM exchange for a name
+    without a verifier; one the master warned of at start-up or reload (before forking the
+    process) they do not log again. A new fault is logged (store.first_telling_of_decoy_key_fault)."""
+    store = tmp_path / "pop.auth"
+    store.write_bytes(b"")
+    key = tmp_path / "pop.auth.decoy-key"
+    key.write_bytes(b"k" * 31)
+    key.chmod(0o600)
+    said: list[str] = []
+
+    def log(priority, text):
+        said.append(text)
+    exchanges = PopAuthStore(str(store), os.getuid())
+    assert [usable_decoy_key(exchanges, log) for _ in range(3)] == [None] * 3
+    assert said == [f"SCRAM decoy key {key}: 31 octets, not 32; SCRAM's made-up exchanges are "
+                    f"keyed by /etc/machine-id until it is fixed"]
+    key.chmod(0o640)
+    cfg = Config.defaults().replace(pop_auth_file=str(store), store_mechanisms="on")
+    assert len(warnings(cfg)) == 1                  # the master's warning, at every start
+    assert len(warnings(cfg)) == 1
+    usable_decoy_key(exchanges, log)
+    assert len(said) == 1                           # told by the master already
