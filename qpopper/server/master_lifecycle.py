@@ -43,11 +43,10 @@ class Lifecycle:
             checked = preflight.check_site(new_cfg, new_log, match_listen_entries=False)
             new_tls = checked.tls
             proxied = proxy_listeners(checked.proxy_protocol, self.listeners)
-            if self._would_drop_tls(new_cfg, new_tls):
+            dropped = self._tls_port_dropped(new_cfg, new_tls)
+            if dropped:
                 # a port that spoke TLS from the first byte never falls back to plain text
-                raise tls_mod.TlsSetupError("the TLS listeners opened at start-up still need "
-                                            "tls-listen (or tls-support alternate-port) and "
-                                            "a certificate")
+                raise tls_mod.TlsSetupError(dropped)
         except Exception as exc:
             for opened in (new_log, new_tls):
                 if opened is not None:
@@ -67,18 +66,25 @@ class Lifecycle:
         self.auth_cache.restart(self.cfg, self.log)     # HUP empties it, even if the reload failed
         self._notify("READY=1\nSTATUS=accepting connections")
 
-    def _would_drop_tls(self, new_cfg, new_tls) -> bool:
-        """Would a listener that now speaks TLS from the first byte (a tls-listen port, or
-        any listen port under tls-support alternate-port) speak plain text after the
-        reload? Each is a POP3S port to its clients, whichever option made it one."""
-        if new_tls is None:
-            still_tls = set()
-        elif tls_mode_for_listen_port(new_cfg) == "implicit":
-            still_tls = set(self.listeners)
-        else:
-            still_tls = set(self.implicit_tls)
-        return any(self._tls_mode(listener) == "implicit" and listener not in still_tls
-                   for listener in self.listeners)
+    def _tls_port_dropped(self, new_cfg, new_tls) -> str | None:
+        """Why the reload would make a listener that now speaks TLS from the first byte (a
+        tls-listen port, or any listen port under tls-support alternate-port, set at start-up
+        or by a reload) speak plain text; None when none would. Each is a POP3S port to its
+        clients, whichever option made it one, until a restart (docs/operations.md,
+        "Start-up checks")."""
+        if new_tls is not None and tls_mode_for_listen_port(new_cfg) == "implicit":
+            return None                       # every listener speaks TLS from the first byte
+        kept = self.implicit_tls if new_tls is not None else set()
+        dropped = [listener for listener in self.listeners
+                   if self._tls_mode(listener) == "implicit" and listener not in kept]
+        if not dropped:
+            return None
+        if any(listener in self.implicit_tls for listener in dropped):
+            return ("the tls-listen ports opened at start-up speak TLS until a restart, "
+                    "whatever the file says now: they still need a certificate and TLS set up "
+                    "(tls-support stls or alternate-port, or tls-listen)")
+        return ("tls-support alternate-port made the listen ports TLS ports, which they stay "
+                "until a restart: keep tls-support alternate-port and a certificate")
 
     def _preload_pam(self) -> None:
         """libpam's bindings, the PAM service's modules and the name service's, loaded once

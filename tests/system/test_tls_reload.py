@@ -51,6 +51,37 @@ def test_an_alternate_port_listener_never_falls_back_to_plain_text_on_hup(world_
         site.close()
 
 
+def test_a_port_a_reload_made_a_tls_port_stays_one_and_the_refusal_says_why(world_tmp,
+                                                                            pam_service, pki):
+    """A plain port that a reload turned into a POP3S port (tls-support alternate-port) is one
+    to its clients from then on: a later reload back to stls is refused, as for a port
+    alternate-port made one at start-up, and the refusal names the option that did it (not
+    "opened at start-up", which this port was not as a TLS port)."""
+    good = pki.server("turned")
+    site = TlsSite(world_tmp, pam_service, tls_support="none",
+                   tls_server_cert_file=good.cert_file, tls_private_key_file=good.key_file)
+    try:
+        server = site.server()
+        context = client_context(pki)
+        write_config(site.config, **dict(site.options, tls_support="alternate-port"))
+        os.kill(server.proc.pid, signal.SIGHUP)
+        site.syslog.wait_for("configuration reloaded")
+        with socket.create_connection((server.host, server.port), timeout=20) as raw, \
+                context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            assert read_greeting(tls).startswith(b"+OK")
+        write_config(site.config, **dict(site.options, tls_support="stls"))
+        os.kill(server.proc.pid, signal.SIGHUP)
+        site.syslog.wait_for(r"reload failed, keeping the running configuration: tls-support "
+                             r"alternate-port made the listen ports TLS ports, which they stay "
+                             r"until a restart: keep tls-support alternate-port and a "
+                             r"certificate")
+        with socket.create_connection((server.host, server.port), timeout=20) as raw, \
+                context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            assert read_greeting(tls).startswith(b"+OK")
+    finally:
+        site.close()
+
+
 def test_a_tls_listen_port_stays_one_when_a_reload_drops_its_entry(world_tmp, pam_service,
                                                                     pki):
     """The listeners are start-up's: a reload whose file no longer names a tls-listen port
