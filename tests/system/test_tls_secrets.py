@@ -46,13 +46,19 @@ def config_with(world_tmp, pam_service, name: str, **options) -> str:
     return config
 
 
+def key_config(world_tmp, pam_service, pki, key: str, mode: int) -> tuple[str, str]:
+    """(KEY, a configuration naming it): a new server key copied to KEY with MODE."""
+    name = os.path.splitext(os.path.basename(key))[0]
+    identity = pki.server(name)
+    shutil.copy(identity.key_file, key)
+    os.chmod(key, mode)
+    return key, config_with(world_tmp, pam_service, f"{name}.config",
+                            tls_server_cert_file=identity.cert_file, tls_private_key_file=key)
+
+
 def test_a_key_file_every_user_can_read_is_warned_of(world_tmp, pam_service, pki):
-    good = pki.server("good")
-    key = os.path.join(world_tmp, "good.key")           # every directory above: 0755
-    shutil.copy(good.key_file, key)
-    os.chmod(key, 0o644)
-    config = config_with(world_tmp, pam_service, "key.config",
-                         tls_server_cert_file=good.cert_file, tls_private_key_file=key)
+    key, config = key_config(world_tmp, pam_service, pki,    # every directory above: 0755
+                             os.path.join(world_tmp, "good.key"), 0o644)
     warning = KEY_WARNING.format(path=key, why=EVERY_USER)
     assert check_config(config) == [warning]
     syslog = SyslogCapture(world_tmp)
@@ -69,14 +75,10 @@ def test_a_key_file_every_user_can_read_is_warned_of(world_tmp, pam_service, pki
 def test_a_readable_key_in_a_private_directory_is_not_warned_of(world_tmp, pam_service, pki):
     """A directory only root may search keeps whatever is inside it (old certbot archives:
     0644 keys under 0700 directories)."""
-    good = pki.server("inside")
     private = os.path.join(world_tmp, "private")
     os.mkdir(private, 0o700)
-    key = os.path.join(private, "inside.key")
-    os.rename(good.key_file, key)
-    os.chmod(key, 0o644)
-    config = config_with(world_tmp, pam_service, "private.config",
-                         tls_server_cert_file=good.cert_file, tls_private_key_file=key)
+    key, config = key_config(world_tmp, pam_service, pki, os.path.join(private, "inside.key"),
+                             0o644)
     assert check_config(config) == []
 
 
@@ -101,12 +103,8 @@ def test_a_key_a_non_root_account_owns_or_with_another_link_is_warned_of(world_t
     """Mode 0600 is no help when the owner is not root (a renewal account's key: it reads it,
     and may chmod it), nor when the file has another name (a hard link left in a directory
     others search)."""
-    good = pki.server("owned")
-    key = os.path.join(world_tmp, "owned.key")
-    shutil.copy(good.key_file, key)
-    os.chmod(key, 0o600)
-    config = config_with(world_tmp, pam_service, "owned.config",
-                         tls_server_cert_file=good.cert_file, tls_private_key_file=key)
+    key, config = key_config(world_tmp, pam_service, pki, os.path.join(world_tmp, "owned.key"),
+                             0o600)
     assert check_config(config) == []
     os.chown(key, 54321, -1)
     assert check_config(config) == [KEY_WARNING.format(

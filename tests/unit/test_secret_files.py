@@ -21,12 +21,16 @@ def open_dir(world_tmp):
     return world_tmp
 
 
+def secret_file(path: str, mode: int) -> str:
+    with open(path, "w") as f:
+        f.write("secret")
+    os.chmod(path, mode)
+    return path
+
+
 def test_the_files_group_is_a_grant_not_an_exposure(open_dir):
     """Debian's keys: root:ssl-cert 0640 under root:ssl-cert 0710. Its group reads on purpose."""
-    key = os.path.join(open_dir, "group.key")
-    with open(key, "w") as f:
-        f.write("secret")
-    os.chmod(key, 0o640)
+    key = secret_file(os.path.join(open_dir, "group.key"), 0o640)
     os.chown(key, 0, grp.getgrnam("mail").gr_gid)
     assert who_else_can_read(key) is None
     os.chmod(key, 0o644)
@@ -36,10 +40,7 @@ def test_the_files_group_is_a_grant_not_an_exposure(open_dir):
 def test_a_symbolic_link_is_judged_by_the_directories_of_its_target(open_dir):
     private = os.path.join(open_dir, "private")
     os.mkdir(private, 0o700)
-    key = os.path.join(private, "inside.key")
-    with open(key, "w") as f:
-        f.write("secret")
-    os.chmod(key, 0o644)
+    key = secret_file(os.path.join(private, "inside.key"), 0o644)
     os.symlink(key, os.path.join(open_dir, "link.key"))
     assert who_else_can_read(os.path.join(open_dir, "link.key")) is None   # root's 0700
 
