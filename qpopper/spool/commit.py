@@ -23,6 +23,15 @@ Log = Callable[[int, str], None]
 HEAD_OCTETS = 256
 """How much of the spool's start a commit record keeps to recognise the spool after a crash."""
 UPDATE_FAILED_TEXT = "Error updating primary drop.  Mail left in temporary maildrop"
+OVERQUOTA_PREFIX = "Overquota: "
+
+
+def overquota_text(text: str) -> str:
+    """The text of a failure that ran out of room: OVERQUOTA_PREFIX, then the failure's own
+    text (first letter lower-cased), so the two cannot drift apart."""
+    return OVERQUOTA_PREFIX + text[:1].lower() + text[1:]
+
+
 QUOTA_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 

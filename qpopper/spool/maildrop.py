@@ -18,7 +18,8 @@ from typing import Callable, Protocol
 from qpopper import limits
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool import cache, mbox
-from qpopper.spool.commit import QUOTA_ERRNOS, UPDATE_FAILED_TEXT, CommitEngine
+from qpopper.spool.commit import (OVERQUOTA_PREFIX, QUOTA_ERRNOS, UPDATE_FAILED_TEXT, CommitEngine,
+                                  overquota_text)
 from qpopper.spool.durable import fsync_parent_dir
 from qpopper.spool.journal import JOURNAL_BAD_TEXT
 from qpopper.spool.locking import LockTiming, SessionLock, SpoolLock, spool_lock
@@ -27,9 +28,9 @@ from qpopper.spool.paths import SpoolPaths
 StepHook = Callable[[str], None]
 Log = Callable[[int, str], None]
 
-OVERQUOTA_UPDATE_TEXT = "Overquota: error updating primary drop.  Mail left in temporary maildrop"
+OVERQUOTA_UPDATE_TEXT = overquota_text(UPDATE_FAILED_TEXT)
 OPEN_FAILED_TEXT = "Unable to copy your mail to the temporary maildrop; contact your administrator"
-OVERQUOTA_OPEN_TEXT = "Overquota: unable to copy your mail to the temporary maildrop"
+OVERQUOTA_OPEN_TEXT = OVERQUOTA_PREFIX + "unable to copy your mail to the temporary maildrop"
 __all__ = ["JOURNAL_BAD_TEXT", "OPEN_FAILED_TEXT", "OVERQUOTA_OPEN_TEXT", "OVERQUOTA_UPDATE_TEXT",
            "QUOTA_ERRNOS", "UPDATE_FAILED_TEXT", "Maildrop", "SessionMaildrop",
            "resolve_server_mode"]

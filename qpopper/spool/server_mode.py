@@ -11,7 +11,7 @@ import syslog
 
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool import cache, mbox
-from qpopper.spool.commit import UPDATE_FAILED_TEXT
+from qpopper.spool.commit import UPDATE_FAILED_TEXT, overquota_text
 from qpopper.spool.durable import ChunkWriter, fsync_parent_dir, pwrite_all, sha256_of_range
 from qpopper.spool.dotlock import LockTiming
 from qpopper.spool.normal_mode import NormalModeMaildrop
@@ -20,10 +20,8 @@ SERVER_UPDATE_FAILED_TEXT = ("Error updating primary drop.  Your mail is intact;
                              "changes are not applied")
 SERVER_UPDATE_PENDING_TEXT = ("Error updating primary drop.  Your mail is intact; the update "
                               "completes at a later login")
-OVERQUOTA_SERVER_UPDATE_FAILED_TEXT = ("Overquota: error updating primary drop.  Your mail is "
-                                       "intact; this session's changes are not applied")
-OVERQUOTA_SERVER_UPDATE_PENDING_TEXT = ("Overquota: error updating primary drop.  Your mail is "
-                                        "intact; the update completes at a later login")
+OVERQUOTA_SERVER_UPDATE_FAILED_TEXT = overquota_text(SERVER_UPDATE_FAILED_TEXT)
+OVERQUOTA_SERVER_UPDATE_PENDING_TEXT = overquota_text(SERVER_UPDATE_PENDING_TEXT)
 
 
 @dataclasses.dataclass(frozen=True)

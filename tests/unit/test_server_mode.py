@@ -431,3 +431,27 @@ def test_fast_update_answers_ok_when_the_directory_sync_fails_after_the_rename(
     assert subjects(read(paths.spool)) == ["message 2"]
     assert not os.path.exists(paths.journal) and not os.path.exists(paths.new_image)
     assert any("directory not synced" in t for t in log), log
+
+
+def test_the_update_failure_texts_are_pinned():
+    """What a client reads when QUIT's write-back fails (docs/maildrop.md, "Disk full and
+    quota"): each overquota text is its failure's text after `Overquota: `, word for word."""
+    from qpopper.spool import maildrop, server_mode
+    assert server_mode.SERVER_UPDATE_FAILED_TEXT == (
+        "Error updating primary drop.  Your mail is intact; this session's changes are not "
+        "applied")
+    assert server_mode.SERVER_UPDATE_PENDING_TEXT == (
+        "Error updating primary drop.  Your mail is intact; the update completes at a later "
+        "login")
+    assert server_mode.OVERQUOTA_SERVER_UPDATE_FAILED_TEXT == (
+        "Overquota: error updating primary drop.  Your mail is intact; this session's changes "
+        "are not applied")
+    assert server_mode.OVERQUOTA_SERVER_UPDATE_PENDING_TEXT == (
+        "Overquota: error updating primary drop.  Your mail is intact; the update completes "
+        "at a later login")
+    assert maildrop.UPDATE_FAILED_TEXT == (
+        "Error updating primary drop.  Mail left in temporary maildrop")
+    assert maildrop.OVERQUOTA_UPDATE_TEXT == (
+        "Overquota: error updating primary drop.  Mail left in temporary maildrop")
+    assert maildrop.OVERQUOTA_OPEN_TEXT == (
+        "Overquota: unable to copy your mail to the temporary maildrop")
