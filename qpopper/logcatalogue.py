@@ -442,9 +442,10 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
         ("dialogue from * not finished within * s; closed", "--deadline passed."),
         ("timeout after *s from *", "--timeout passed without a line."),
         ("over-long line from *; closed", "A line too long."),
-        ("configuration: *; no password changed", "The configuration file has an error."),
-        ("pre-login sandbox: *; no password changed", "prelogin-user or prelogin-chroot is "
-                                                      "wrong (as for popper's start-up)."),
+        ("*: *; no password changed", "poppassd could not set up: the configuration file has "
+                                      "an error (configuration: ...), or prelogin-user or "
+                                      "prelogin-chroot is wrong (pre-login sandbox: ..., as "
+                                      "for popper's start-up)."),
         ("pre-login for * broke the poppassd protocol (*); ending it",
          "poppassd's pre-login process sent a frame out of order or malformed, or more "
          "requests than a dialogue needs (docs/privsep.md, \"poppassd\"): it was killed. "

@@ -366,12 +366,15 @@ def main(argv: list[str] | None = None) -> int:
     def refuse_client() -> None:
         with contextlib.suppress(OSError):
             Channel(0, 1, settings.timeout).write_line(TRY_LATER)
+
     if os.geteuid() != 0:
         # pam_unix reads /etc/shadow and rewrites it: only root can do either.
         print("poppassd: must run as root (from inetd or poppassd.socket)", file=sys.stderr)
         return EXIT_FAILED
+    step = "configuration"
     try:
         cfg = settings.config()
+        step = "pre-login sandbox"
         privsep.check_prelogin_setup(cfg)
         uid, gid = privsep.prelogin_account(cfg)
     except (ConfigError, privsep.SandboxError) as error:
@@ -380,10 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         # the mistake (classic inetd gives 2 the client's socket too).
         if not pm.client_on_stderr():
             print(f"poppassd: {error}", file=sys.stderr)
-        if isinstance(error, ConfigError):
-            log(syslog.LOG_ERR, f"configuration: {error}; no password changed")
-        else:
-            log(syslog.LOG_ERR, f"pre-login sandbox: {error}; no password changed")
+        log(syslog.LOG_ERR, f"{step}: {error}; no password changed")
         refuse_client()
         return EXIT_FAILED
     log.open()                   # before the pre-login process is forked (it forwards)

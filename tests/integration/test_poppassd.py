@@ -24,7 +24,7 @@ from tests.helpers import pam_service as pam_files
 from tests.helpers.poppassd_service import BAD_OLD, POPPASSD, PoppassdService
 from tests.helpers.sysusers import make_spool
 from tests.helpers.messages import mbox
-from tests.server_harness import Site
+from tests.server_harness import Site, SyslogCapture
 from tests.helpers.repo import REPO
 
 pytestmark = pytest.mark.timeout(90)
@@ -317,6 +317,34 @@ def test_under_classic_inetd_the_client_is_not_told_the_configuration_mistake(wo
         theirs.close()
         with ours.makefile("rb") as f:
             assert f.read() == poppassd.TRY_LATER.encode() + b"\r\n"
+
+
+@pytest.mark.parametrize("config_text, line", [
+    ("set auth-brakes-max-dealy = 3\n",
+     r"configuration: .*bad\.config:1: .*auth-brakes-max-dealy.*; no password changed"),
+    ("set prelogin-user = qptnosuchaccount\n",
+     r"pre-login sandbox: prelogin-user 'qptnosuchaccount': no such account; no password "
+     r"changed"),
+])
+def test_the_log_says_which_setup_step_refused(world_tmp, config_text, line):
+    """The log line names what the administrator must mend: the configuration file, or the
+    pre-login sandbox it sets up (docs/privsep.md)."""
+    if os.geteuid() != 0:
+        pytest.skip("poppassd runs as root only")
+    config = Path(world_tmp, "bad.config")
+    config.write_text(config_text)
+    syslog = SyslogCapture(world_tmp)
+    ours, theirs = socket.socketpair()
+    try:
+        with ours, theirs:
+            result = subprocess.run([POPPASSD, "-f", str(config)], stdin=theirs.fileno(),
+                                    stdout=theirs.fileno(), stderr=subprocess.PIPE, text=True,
+                                    timeout=30,
+                                    env=dict(os.environ, QPOPPER_SYSLOG_SOCKET=syslog.path))
+            assert result.returncode == poppassd.EXIT_FAILED, result.stderr
+            syslog.wait_for(line)
+    finally:
+        syslog.close()
 
 
 @pytest.mark.parametrize("name", [
