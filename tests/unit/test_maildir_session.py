@@ -85,17 +85,28 @@ def test_auto_delete_after(maildir_session, commands, kept):
     assert left(path) == kept
 
 
-def test_a_message_an_earlier_pop_session_retrieved_is_not_auto_deleted(maildir_session):
-    """The limitation docs/maildir.md states ("What a message is"): the earlier session's
-    RETR only marked it seen, as IMAP does, so a later auto-delete keeps it."""
+@pytest.mark.parametrize("option", [{"auto_delete": True}, {"announce_expire": 0}],
+                         ids=["auto-delete", "expire-0"])
+def test_a_message_an_earlier_pop_session_retrieved_goes_only_when_retrieved_again(
+        maildir_session, option):
+    """docs/maildir.md, "What a message is" ("So a message RETR'd in an earlier POP session
+    is never auto-deleted ... unless that session RETRs it again"): an earlier session with
+    auto-delete that ended without QUIT while update-on-abort was on only marked its RETR
+    seen (auto-delete applies at QUIT alone); a later session's auto-delete keeps that
+    message as it keeps one read elsewhere, until a session RETRs it again."""
     path, start = maildir_session
-    pop = start()                                           # leaves mail on the server
-    assert pop.send(f"RETR {number_of(pop, UNREAD)}").startswith(b"+OK ")
-    pop.send("QUIT")
-    assert any(name.endswith(":2,S") and data == UNREAD for name, data in files(path).items())
-    later = start(auto_delete=True)
-    later.send("QUIT")
+    earlier = start(update_on_abort=True, **option)
+    assert earlier.send(f"RETR {number_of(earlier, UNREAD)}").startswith(b"+OK ")
+    earlier.proto.eof()                                     # the client went: no QUIT
     assert left(path) == {READ_ELSEWHERE, UNREAD, PEEKED}
+    assert any(name.endswith(":2,S") and data == UNREAD for name, data in files(path).items())
+    later = start(**option)
+    assert later.send("QUIT").startswith(b"+OK ")
+    assert left(path) == {READ_ELSEWHERE, UNREAD, PEEKED}
+    again = start(**option)
+    assert again.send(f"RETR {number_of(again, UNREAD)}").startswith(b"+OK ")
+    assert again.send("QUIT").startswith(b"+OK ")
+    assert left(path) == {READ_ELSEWHERE, PEEKED}
 
 
 # --- XTND XLST ---------------------------------------------------------------------------------
