@@ -72,7 +72,7 @@ from dataclasses import dataclass
 from typing import Callable, Generator, NoReturn
 
 from qpopper.pop3.responses import PopError, RespCode
-from qpopper.auth import challenges, scram
+from qpopper.auth import challenges, krb5_names, scram
 from qpopper.auth.challenges import BAD_EXCHANGE, PLUS_SUFFIX, acceptor_credentials, service_name
 
 PLAINTEXT_MECHANISMS = ("PLAIN", "LOGIN")
@@ -209,10 +209,12 @@ def refusal_for(name: str, cfg, env) -> PopError:
 
 def kerberos_refusal(cfg) -> str | None:
     """-k / -K (Kerberos 4 in the manual) are served as SASL GSSAPI (RFC 4752) through the
-    system Kerberos (docs/internals.md, "Auth"). That needs the python-gssapi module (an optional dependency) and a keytab
-    holding `kerberos-service/<this host>` (KRB5_KTNAME, else /etc/krb5.keytab): without
-    them Kerberos is refused at start-up, with the reason, rather than silently offering
-    nothing. None when Kerberos was not asked for or can be served."""
+    system Kerberos (docs/internals.md, "Auth"). That needs the python-gssapi module (an
+    optional dependency), libkrb5 (auth/krb5_names.py maps the principal to its account)
+    and a keytab holding `kerberos-service/<this host>` (KRB5_KTNAME, else
+    /etc/krb5.keytab): without them Kerberos is refused at start-up, with the reason, rather
+    than silently offering nothing (or refusing every login). None when Kerberos was not
+    asked for or can be served."""
     if not cfg.kerberos:
         return None
     try:
@@ -220,6 +222,10 @@ def kerberos_refusal(cfg) -> str | None:
     except ImportError:
         return GSSAPI_UNAVAILABLE.format(why="the python-gssapi module is not installed "
                                              "(pip install gssapi, or Debian's python3-gssapi)")
+    try:
+        krb5_names.library()        # a principal's account is libkrb5's to say (krb5_names.py)
+    except OSError as exc:
+        return GSSAPI_UNAVAILABLE.format(why=" ".join(str(exc).split()))
     keytab = os.environ.get("KRB5_KTNAME", "/etc/krb5.keytab")
     keytab_path = keytab.split(":", 1)[1] if keytab.startswith(("FILE:", "WRFILE:")) else keytab
     if not os.path.isfile(keytab_path) or not os.access(keytab_path, os.R_OK):

@@ -62,6 +62,31 @@ def test_kerberos_without_a_keytab_is_refused_at_start_up(tmp_path):
     assert result.stderr.startswith("popper: kerberos (-k): Kerberos is served as SASL GSSAPI")
 
 
+def test_kerberos_without_a_loadable_libkrb5_is_refused_at_start_up(monkeypatch):
+    """The principal's account comes from libkrb5 (auth/krb5_names.py), loaded through
+    ctypes beside python-gssapi: a system where it does not load would refuse every GSSAPI
+    login after the proof. Start-up, reload and --check-config say so in one line instead
+    (preflight.check_kerberos, before the keytab: what the system lacks first). Here no
+    library name the search tries exists."""
+    if gssapi is None:
+        pytest.skip("python-gssapi is not installed")
+    from qpopper.auth import krb5_names
+    from qpopper.config import Config
+    from qpopper.server.preflight import PreflightError, check_kerberos
+    monkeypatch.setattr(krb5_names, "_library_names", lambda: iter(["libqptnokrb5.so.9"]))
+    krb5_names.library.cache_clear()
+    try:
+        with pytest.raises(PreflightError) as refused:
+            check_kerberos(Config.defaults().replace(kerberos=True))
+    finally:
+        krb5_names.library.cache_clear()
+    text = str(refused.value)
+    assert "\n" not in text
+    assert text.startswith("kerberos (-k): Kerberos is served as SASL GSSAPI, which "
+                           "this installation cannot offer: no Kerberos 5 library (libkrb5): "
+                           "libqptnokrb5.so.9: "), text
+
+
 class Kdc:
     """krb5kdc on 127.0.0.1:<free port> for realm QPT.TEST, everything under `root`."""
 
