@@ -24,6 +24,7 @@ import syslog
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn
 
+from qpopper.option_types import shown
 from qpopper.options import BY_NAME
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.auth import is_possible_user_name, krb5_names, scram
@@ -172,6 +173,15 @@ def acceptor_credentials(cfg):
     return gssapi.Credentials(name=name, usage="accept")
 
 
+LOGGED_NAME_MAX = 300
+"""A principal (or a name made of it) in a log line: escaped, cut beyond this many characters."""
+
+
+def logged(name: str) -> str:
+    """`name` as a log line shows it: control characters escaped (option_types.shown)."""
+    return shown(name, LOGGED_NAME_MAX)
+
+
 def gss_text(exc: Exception) -> str:
     text = " ".join(str(exc).split())
     return text[:200]
@@ -232,33 +242,35 @@ class GssSteps:
             raise PopError(BAD_EXCHANGE, RespCode.AUTH) from None
         # Which account a principal is, krb5.conf's auth_to_local says (the administrator's
         # mapping, as for sshd); a principal it maps to none is a failed login
-        # (docs/compatibility.md, "SASL and Kerberos").
+        # (docs/compatibility.md, "SASL and Kerberos"). The principal and the names made of
+        # it go to the log escaped, as client text does (refuse_user_name takes printable
+        # names): a KDC vouches for who the client is, not for what the name holds.
         try:
             user = krb5_names.local_name(principal)
         except krb5_names.NoLocalName as exc:
-            shown = principal if principal.isprintable() else ascii(principal)
             self.refuse_user_name(principal if is_possible_user_name(principal) else "(gssapi)",
                                   AUTHENTICATION_FAILURE, client_ip, client_host=client_host,
                                   mechanism="AUTH GSSAPI",
-                                  reason=f"Kerberos maps {shown} to no local account: {exc}")
+                                  reason=f"Kerberos maps {logged(principal)} to no local "
+                                         f"account: {exc}")
         # The login is the name auth_to_local gave, exactly. USER's rules (downcase-user,
         # trim-domain, -no-mime) would map another principal onto it, so a name they change
         # is refused: a mapping belongs in auth_to_local.
         name, no_mime, valid = normalise(user)
         if not valid:
-            self.refuse_user_name(name, AUTHENTICATION_FAILURE, client_ip, client_host=client_host,
-                                  mechanism="AUTH GSSAPI")
+            self.refuse_user_name(logged(name), AUTHENTICATION_FAILURE, client_ip,
+                                  client_host=client_host, mechanism="AUTH GSSAPI")
         if authzid and authzid != user:
-            self.check_external(user, "AUTH GSSAPI", False, client_ip,
-                                client_host=client_host, authid=principal)
+            self.check_external(logged(user), "AUTH GSSAPI", False, client_ip,
+                                client_host=client_host, authid=logged(principal))
         if name != user:
-            shown = user if is_possible_user_name(user) else name
-            self.refuse_user_name(shown, AUTHENTICATION_FAILURE, client_ip, client_host=client_host,
+            self.refuse_user_name(user if is_possible_user_name(user) else logged(name),
+                                  AUTHENTICATION_FAILURE, client_ip, client_host=client_host,
                                   mechanism="AUTH GSSAPI",
-                                  reason=f"USER's name rules would make {principal} log in "
-                                         f"as {name}")
+                                  reason=f"USER's name rules would make {logged(principal)} "
+                                         f"log in as {logged(name)}")
         login = self.check_external(name, "AUTH GSSAPI", True, client_ip,
-                                    client_host=client_host, authid=principal)
+                                    client_host=client_host, authid=logged(principal))
         return login, no_mime
 
     def _gss_failed(self, why: str, client_ip, client_host) -> NoReturn:

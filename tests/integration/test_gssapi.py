@@ -437,6 +437,51 @@ def test_gssapi_is_not_offered_to_an_authenticator_of_pop_auth_users(tmp_path):
     assert "GSSAPI from 127.0.0.1: GSSAPI is not offered with user-database pop-auth" in records
 
 
+class ProvedPrincipal:
+    """A complete GSS-API context's last step, for a principal (the KDC's part is the
+    tests above): the client's layer choice, unwrapped, and who it proved to be."""
+
+    def __init__(self, principal: str):
+        self.principal = principal
+
+    def choice(self, answer: bytes) -> tuple[bytes, str]:
+        return answer, self.principal
+
+
+@pytest.mark.parametrize("principal, rule, line", [
+    (f"qpt\x1bmallory@OTHER.{REALM}", "DEFAULT",
+     r'login of "\(gssapi\)" refused: Kerberos maps qpt\\x1bmallory@OTHER\.QPT\.TEST to no '
+     r'local account: no auth_to_local rule in krb5\.conf maps it to a local name'),
+    (f"qpt\x1bmallory@{REALM}", "DEFAULT",
+     r'login of "qpt\\x1bmallory" refused: invalid user name'),
+    (f"qpt\x1bmallory@{REALM}", r"RULE:[1:$1@$0](^.*@QPT\.TEST$)s/.*/QPTALICE/",
+     r'login of "QPTALICE" refused: USER\'s name rules would make qpt\\x1bmallory@QPT\.TEST '
+     r'log in as qptalice'),
+])
+def test_a_principal_is_logged_with_its_control_characters_escaped(tmp_path, monkeypatch,
+                                                                   principal, rule, line):
+    """A principal, and a name auth_to_local made of it, go to the log as client text does
+    (option_types.shown: control characters escaped, nothing added), in every GSSAPI refusal
+    that names them: the KDC vouches for who the client is, not for what the name holds."""
+    from qpopper.auth.policy import Authenticator
+    from qpopper.config import Config
+    from qpopper.pop3.auth_state import sasl_normaliser
+    from qpopper.pop3.responses import PopError
+    conf = tmp_path / "krb5.conf"
+    conf.write_text(f"[libdefaults]\n    default_realm = {REALM}\n"
+                    f"[realms]\n    {REALM} = {{\n        auth_to_local = {rule}\n    }}\n")
+    monkeypatch.setenv("KRB5_CONFIG", str(conf))
+    records = []
+    cfg = Config.defaults().replace(kerberos=True, auth_brakes_file=None, auth_failure_delay=0,
+                                    downcase_user=True)
+    auth = Authenticator(cfg, lambda priority, text: records.append(text))
+    auth._gss = ProvedPrincipal(principal)
+    with pytest.raises(PopError):
+        auth.gss_choose(b"\x01\x00\x00\x00", sasl_normaliser(cfg), "127.0.0.1")
+    assert any(re.fullmatch(line, text) for text in records), records
+    assert all(text.isprintable() for text in records), records
+
+
 def test_garbage_token_is_refused(site):
     conn = Conn(site.srv)
     try:
