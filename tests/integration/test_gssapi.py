@@ -419,22 +419,17 @@ def test_kerberos_with_user_database_pop_auth_is_refused_at_start_up(tmp_path):
         f"a pop.auth user\n")
 
 
-def test_gssapi_is_not_offered_to_an_authenticator_of_pop_auth_users(tmp_path):
-    """The authenticator itself refuses a GSSAPI exchange under user-database pop-auth (for a
-    Config that did not come through config.load), as a failed exchange, logged."""
-    from qpopper.auth.policy import Authenticator
-    from qpopper.config import Config
-    from qpopper.pop3.responses import PopError
-    records = []
-    cfg = Config.defaults().replace(kerberos=True, user_database="pop-auth",
-                                    pop_auth_file=str(tmp_path / "pop.auth"),
-                                    auth_brakes_file=str(tmp_path / "brakes.sqlite"),
-                                    auth_failure_delay=0)
-    auth = Authenticator(cfg, lambda priority, text: records.append(text))
-    with pytest.raises(PopError) as refused:
-        auth.gss_step(b"token", "127.0.0.1", first=True)
-    assert str(refused.value) == "authentication failure"
-    assert "GSSAPI from 127.0.0.1: GSSAPI is not offered with user-database pop-auth" in records
+def test_the_demo_refuses_kerberos_for_its_pop_auth_users(tmp_path):
+    """config.check_combinations is the one rule against GSSAPI for pop.auth users (the
+    authenticator does not check again): config.load runs it (start-up, reload, inetd mode,
+    --check-config: the test above), and the demo, which puts user-database pop-auth on top
+    of its command line, runs it on the Config it serves with."""
+    from qpopper.config import Config, ConfigError
+    from qpopper.demo import demo_config
+    with pytest.raises(ConfigError) as refused:
+        demo_config(Config.defaults().replace(kerberos=True), str(tmp_path))
+    assert "'kerberos' cannot be used with 'user-database = pop-auth' (set at demo mode)" in (
+        str(refused.value))
 
 
 class ProvedPrincipal:
