@@ -11,6 +11,7 @@ import errno
 import grp
 import hashlib
 import os
+import re
 import stat
 import syslog
 import time
@@ -22,7 +23,7 @@ from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool import mbox
 from qpopper.bulletin_records import (BULLDB_DIR, BULLDB_FILE, POPBULL_NAME, POPBULL_SUFFIX,
                                      BulletinDb, BulletinDbError, PopbullFile, Seen)
-from qpopper.spool.durable import pwrite_all, read_up_to, recorded_as, sha256_of_range
+from qpopper.spool.durable import pwrite_all, recorded_as, sha256_of_range
 from qpopper.spool.locking import LockTiming, spool_lock
 from qpopper.spool.mbox import FRAMING_LINE, mmdf_separator, padding_after, separator_line
 from qpopper.spool.paths import SpoolPaths
@@ -38,6 +39,7 @@ MAX_BULLETIN_NUMBER = 2**63 - 1
 EMPTY_SPOOL_FIRST_LINE = {"mbox": b"", "mmdf": b"\x01\x01\x01\x01\n"}
 """What an empty spool's first line would be, by spool-format (mmdf: MMDF's usual ^A^A^A^A)."""
 BULLDB_FAILED_TEXT = "Unable to open Bulletin database; contact your administrator"
+NL, CR, SP, TAB = 0x0A, 0x0D, 0x20, 0x09
 
 
 # --- the bulletin directory ------------------------------------------------------------------------
@@ -108,46 +110,79 @@ def is_for(bulletin: Bulletin, user: str, gid: int) -> bool:
 
 
 # --- one bulletin as a message ------------------------------------------------------------------
-def render(data: bytes, user: str, hostname: str, uidl: str, mmdf_separator: bytes | None,
-           *, maildir: bool = False) -> bytes | None:
-    """The bulletin as it goes into the spool, or None when it lacks a valid From line.
-    For a Maildir file (`maildir`): without the From line, the `>` quoting and the framing
-    line, which only an mbox needs."""
-    lines = data.splitlines(keepends=True)
-    if not lines or not mbox.is_from_line(lines[0]):
-        return None
-    from_line = lines[0] if lines[0].endswith(b"\n") else lines[0] + b"\n"
-    out = [] if mmdf_separator or maildir else [from_line]
+SHARED_PIECE_OCTETS = 4096
+"""render() copies kept runs shorter than this; longer ones are views into the file's bytes,
+so a huge bulletin costs one copy (the message) and views of at most size/4096 runs."""
+_DROPPED_FIELD = re.compile(rb"\s*(x-uidl|status|to)\s*(?::|\Z)", re.IGNORECASE)
+"""A header line whose field name (stripped) is X-UIDL, Status or To: render drops or
+replaces it (and its continuation lines)."""
+
+
+def first_line_end(data) -> int:
+    """Where the first line of `data` ends: just past its LF, else the end (mbox lines)."""
+    return data.find(b"\n") + 1 or len(data)
+
+
+def render(data, user: str, hostname: str, uidl: str, mmdf_separator: bytes | None,
+           *, maildir: bool = False) -> bytes:
+    """The bulletin as it goes into the spool. `data` starts with a valid From line (up to its
+    LF): read_file's check, the one rule (docs/bulletins.md, "Skipped bulletins"). For a
+    Maildir file (`maildir`): without the From line, the `>` quoting and the framing line,
+    which only an mbox needs. Memory: the message, plus views into `data` (no list of its
+    lines): a 16 MiB bulletin is rendered once per user it is copied to."""
+    size = len(data)
+    view = memoryview(data)
+    pieces: list = []
+
+    def keep(start: int, end: int) -> None:
+        if end - start >= SHARED_PIECE_OCTETS:
+            pieces.append(view[start:end])
+        elif end > start:
+            pieces.append(data[start:end])
+
+    pos = first_end = first_line_end(data)
     if mmdf_separator:
-        out.insert(0, mmdf_separator)
-    out.append(f"X-UIDL: {uidl}\n".encode())
+        pieces.append(mmdf_separator)
+    elif not maildir:
+        keep(0, first_end)
+        if data[first_end - 1] != NL:
+            pieces.append(b"\n")
+    pieces.append(f"X-UIDL: {uidl}\n".encode())
     to_line = f"To: {user}@{hostname}\n".encode()
-    i, dropping = 1, False
-    while i < len(lines):
-        line = lines[i]
-        if line in (b"\n", b"\r\n"):
-            break
-        i += 1
-        if line[:1] in (b" ", b"\t"):            # a continuation of the line before
-            if not dropping:
-                out.append(line)
-            continue
-        name = line.split(b":", 1)[0].strip().lower()
-        dropping = name in (b"x-uidl", b"status", b"to")
-        if name == b"to":
-            out.append(to_line)
-        elif not dropping:
-            out.append(line)
-    for line in lines[i:]:
-        out.append(b">" + line if not maildir and mbox.is_from_line(line) else line)
-    message = b"".join(out)
-    if not message.endswith(b"\n"):
-        message += b"\n"
-    if maildir:
-        return message
-    if mmdf_separator:
-        return message + mmdf_separator
-    return message + FRAMING_LINE          # docs/mbox.md, "What write-back writes"
+    run, dropping = pos, False              # run: where the kept octets not yet in pieces start
+    while pos < size:
+        end = data.find(b"\n", pos) + 1 or size
+        if data[pos] == NL or (data[pos] == CR and end == pos + 2 and data[pos + 1] == NL):
+            break                                   # the empty line ending the header
+        if data[pos] in (SP, TAB):                  # a continuation of the line before
+            if dropping:
+                keep(run, pos)
+                run = end
+        else:
+            field = _DROPPED_FIELD.match(data, pos, end)
+            dropping = field is not None
+            if dropping:
+                keep(run, pos)
+                run = end
+                if field[1].lower() == b"to":
+                    pieces.append(to_line)
+        pos = end
+    if not maildir:                                 # body lines that would be separators
+        at = data.find(b"\nFrom ", pos)
+        while at >= 0:
+            start = at + 1
+            end = data.find(b"\n", start) + 1 or size
+            if end - start < limits.MAX_SPOOL_LINE_OCTETS and mbox.is_from_line(data[start:end]):
+                keep(run, start)
+                pieces.append(b">")
+                run = start
+            at = data.find(b"\nFrom ", end - 1)
+    keep(run, size)
+    if pieces[-1][-1] != NL:
+        pieces.append(b"\n")
+    if not maildir:
+        pieces.append(mmdf_separator or FRAMING_LINE)   # docs/mbox.md, "What write-back writes"
+    return b"".join(pieces)
 
 
 # --- the delivery -----------------------------------------------------------------------------------
@@ -181,7 +216,8 @@ def no_from_line(log: Log, bulletin: Bulletin) -> None:
 
 
 def read_file(bulldir: str, bulletin: Bulletin, log: Log) -> bytes | None:
-    """The bulletin file's bytes, or None (logged) when it cannot be one."""
+    """The bulletin file's bytes (a bytearray when read whole), or None (logged) when it
+    cannot be one."""
     try:
         fd = os.open(os.path.join(bulldir, bulletin.name),
                      os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -205,12 +241,34 @@ def read_file(bulldir: str, bulletin: Bulletin, log: Log) -> bytes | None:
         # byte more is read. A From line is shorter than the head (mbox.is_from_line), so
         # the head's first line is the file's whenever it is one.
         head = os.pread(fd, limits.MAX_SPOOL_LINE_OCTETS + 1, 0)
-        if not head or not mbox.is_from_line(head.splitlines(keepends=True)[0]):
+        first_end = first_line_end(head)
+        if not head or not mbox.is_from_line(head[:first_end]):
             no_from_line(log, bulletin)
             return None
-        return read_up_to(fd, st.st_size)
+        # The rest is read after the head, so the first line render() takes is the one
+        # checked here, even when the file changed in between (the one check of it). A head
+        # that is a From line without its LF was the whole file.
+        if not head.endswith(b"\n", 0, first_end):
+            return head[:first_end]
+        return read_after(fd, head, st.st_size)
     finally:
         os.close(fd)
+
+
+def read_after(fd: int, head: bytes, size: int) -> bytearray:
+    """`head` and what follows it in fd, up to `size` octets in all (fewer when the file
+    ends first): one buffer, filled in place (no second copy of a 16 MiB bulletin)."""
+    data = bytearray(max(size, len(head)))
+    data[:len(head)] = head
+    got = len(head)
+    with memoryview(data) as view:
+        while got < len(data):
+            n = os.preadv(fd, [view[got:]], got)
+            if not n:
+                break
+            got += n
+    del data[got:]
+    return data
 
 
 class Delivery:
@@ -384,20 +442,15 @@ class Delivery:
         parts = []
         for bulletin in wanted:
             data = self._read_bulletin(bulletin)
-            if data is None:
-                continue
-            message = render(data, self.user, self.hostname, f"{stamp}.{bulletin.number % 1000:03d}",
-                             mmdf)
-            if message is None:                # changed since read_file looked at its head
-                no_from_line(self.log, bulletin)
-                self.skipped.append(bulletin)
-                continue
-            parts.append(message)
+            if data is not None:
+                parts.append(render(data, self.user, self.hostname,
+                                    f"{stamp}.{bulletin.number % 1000:03d}", mmdf))
+            del data                           # a 16 MiB file is not kept past its message
         if not parts:
             return b"", 0
         # No scan here: an MMDF spool's separator lines are counted to know whether its last
-        # message is open (docs/mbox.md, "What write-back writes").
-        return padding_after(fd, offset, open_message=None) + b"".join(parts), len(parts)
+        # message is open (docs/mbox.md, "What write-back writes"). One join: the payload.
+        return b"".join([padding_after(fd, offset, open_message=None), *parts]), len(parts)
 
     def _read_bulletin(self, bulletin: Bulletin) -> bytes | None:
         """The file's bytes, or None (logged, and noted in `skipped`)."""

@@ -108,10 +108,7 @@ class MaildirDelivery(Delivery):
             message = bulletins.render(data, self.user, self.hostname,
                                        f"{stamp}.{bulletin.number % 1000:03d}", None,
                                        maildir=True)
-            if message is None:                # changed since read_file looked at its head
-                bulletins.no_from_line(self.log, bulletin)
-                self.skipped.append(bulletin)
-                continue
+            del data                           # a 16 MiB file is not kept past its message
             self._place(file_name(stamp, bulletin, self.hostname), message)
             delivered += 1
         if delivered:

@@ -12,6 +12,7 @@ import secrets
 import sqlite3
 import subprocess
 import syslog
+import tracemalloc
 
 import pytest
 
@@ -134,11 +135,130 @@ def test_rendered_bulletin_serves_its_own_text_without_the_framing_line(body):
     assert out.endswith(text + b"\n")
 
 
-def test_render_refuses_a_bulletin_without_a_valid_from_line():
-    assert bulletins.render(b"Subject: no envelope\n\nbody\n", "bob", HOST, "1.001", None) is None
-    assert bulletins.render(b"From nobody\nSubject: bad date\n\nx\n", "bob", HOST, "1.001",
-                            None) is None
-    assert bulletins.render(b"", "bob", HOST, "1.001", None) is None
+@pytest.mark.parametrize("data", [b"Subject: no envelope\n\nbody\n",
+                                  b"From nobody\nSubject: bad date\n\nx\n", b"",
+                                  b"From admin Wed Nov 25 10:00:00 2026\rSubject: x\n\nx\n"])
+def test_read_file_refuses_a_bulletin_without_a_valid_from_line(tmp_path, data):
+    """The one check of the first line (render takes it as given); a line ends at its LF,
+    as in the mbox the bulletin goes into."""
+    (tmp_path / "1.b").write_bytes(data)
+    logged = []
+    assert bulletins.read_file(str(tmp_path), bulletins.Bulletin(1, "1.b", None),
+                               lambda priority, text: logged.append(text)) is None
+    assert logged == ["Bulletin 1.b skipped: it does not start with a valid 'From ' line"]
+
+
+def test_the_first_line_delivered_is_the_one_checked(tmp_path):
+    """read_file checks the head's first line and reads only what follows the head: a file
+    changed between the two reads still starts, as read, with the line that was checked."""
+    path = tmp_path / "1.b"
+    path.write_bytes(b"Subject: written after the check\n\n" + b"x" * 5000 + b"\n")
+    head = b"From admin Wed Nov 25 10:00:00 2026\nSubject: checked\n"
+    with open(path, "rb") as f:
+        data = bulletins.read_after(f.fileno(), head, os.path.getsize(path))
+    assert bytes(data) == head + path.read_bytes()[len(head):]
+    assert bulletins.read_after(os.open(path, os.O_RDONLY), b"From x", 3) == b"From x"
+
+
+def reference_render(data: bytes, user: str, hostname: str, uidl: str,
+                     mmdf_separator: bytes | None, *, maildir: bool = False) -> bytes:
+    """render() as it was, line by line, with lines ending at LF as in the mbox the bulletin
+    goes into (it also broke lines at a lone CR, which no mbox reader does): what render must
+    still produce for every bulletin."""
+    lines = data.split(b"\n")
+    lines = [line + b"\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
+    from_line = lines[0] if lines[0].endswith(b"\n") else lines[0] + b"\n"
+    out = [] if mmdf_separator or maildir else [from_line]
+    if mmdf_separator:
+        out.insert(0, mmdf_separator)
+    out.append(f"X-UIDL: {uidl}\n".encode())
+    i, dropping = 1, False
+    while i < len(lines):
+        line = lines[i]
+        if line in (b"\n", b"\r\n"):
+            break
+        i += 1
+        if line[:1] in (b" ", b"\t"):
+            if not dropping:
+                out.append(line)
+            continue
+        name = line.split(b":", 1)[0].strip().lower()
+        dropping = name in (b"x-uidl", b"status", b"to")
+        if name == b"to":
+            out.append(f"To: {user}@{hostname}\n".encode())
+        elif not dropping:
+            out.append(line)
+    for line in lines[i:]:
+        out.append(b">" + line if not maildir and mbox.is_from_line(line) else line)
+    message = b"".join(out)
+    if not message.endswith(b"\n"):
+        message += b"\n"
+    if maildir:
+        return message
+    return message + (mmdf_separator or mbox.FRAMING_LINE)
+
+
+FROM = b"From admin Wed Nov 25 10:00:00 2026"
+LONG = b"x" * (bulletins.SHARED_PIECE_OCTETS + 3)
+
+
+@pytest.mark.parametrize("data", [
+    FROM,
+    FROM + b"\n",
+    FROM + b"\r\nSubject: s\r\n\r\nbody\r\n",
+    FROM + b"\nTo: a,\n b\nStatus: RO\n\tmore\nX-UIDL:  old\nSubject: " + LONG + b"\n\n" + LONG,
+    FROM + b"\nSubject: s\nStatus: RO",
+    FROM + b"\nSubject: s\nTo:\n",
+    FROM + b"\n  To : x\nTOX: kept\nto\n\n" + FROM + b"\n" + FROM + b"\r\nFrom nobody\n",
+    FROM + b"\nSubject: s\n\n" + (LONG + b"\n" + FROM + b"\n") * 3 + b"From x",
+    FROM + b"\nSubject: s\n\r\n" + FROM + b"\n\n\n",
+    FROM + b"\nSubject: \r\n\r \n" + b"From " + LONG + b"\n\r\n" + FROM,
+    FROM + b"\nSubject: s\rTo: x\n\nbody\rFrom admin Wed Nov 25 10:00:00 2026\n",
+], ids=range(11))
+@pytest.mark.parametrize("separator, maildir", [(None, False), (b"\x01\x01\x01\x01\n", False),
+                                                (None, True)], ids=["mbox", "mmdf", "maildir"])
+def test_render_gives_what_the_line_by_line_render_gave(data, separator, maildir):
+    assert bulletins.render(data, "bob", HOST, "1.001", separator, maildir=maildir) == (
+        reference_render(data, "bob", HOST, "1.001", separator, maildir=maildir))
+
+
+BIG_OCTETS = HUGE_OCTETS - 64 * 1024
+HEAD = b"From admin Wed Nov 25 10:00:00 2026\r\nSubject: big\r\nTo: all\r\n\r\n"
+
+
+@pytest.mark.parametrize("line", [b"A body line of a bulletin, seventy-odd octets, CRLF ended\r\n",
+                                  b"\r\n"], ids=["text", "empty-lines"])
+def test_rendering_a_huge_bulletin_costs_about_its_message(line):
+    """A valid bulletin of nearly MAX_BULLETIN_OCTETS is rendered once per user it goes to:
+    the message plus a bounded overhead (no list of its lines: 8 M empty lines were 17 times
+    the file's size), measured as the peak of what Python allocated."""
+    data = HEAD + line * ((BIG_OCTETS - len(HEAD)) // len(line))
+    tracemalloc.start()
+    try:
+        out = bulletins.render(data, "bob", HOST, "1.001", None)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(out) > len(data)
+    assert peak < len(out) * 1.1, peak / len(data)
+
+
+@pytest.mark.parametrize("maildir", [False, True], ids=["mbox", "maildir"])
+def test_delivering_a_huge_bulletin_costs_twice_its_size(tmp_path, maildir):
+    """The whole copy of such a bulletin (read, render, the spool's payload or the Maildir
+    file): the file's bytes and the message, never more at once."""
+    from tests.integration.test_bulletins_maildir import MaildirEnv
+    data = HEAD + b"A body line of a bulletin, seventy-odd octets, CRLF ended\r\n" * (
+        (BIG_OCTETS - len(HEAD)) // 60)
+    env = MaildirEnv(tmp_path, max_bulletins=5) if maildir else Env(tmp_path, max_bulletins=5)
+    (env.bulldir / "1.big").write_bytes(data)
+    tracemalloc.start()
+    try:
+        assert env.deliver() == 1
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < len(data) * 2.2, peak / len(data)
 
 
 def test_bulletins_are_files_starting_with_a_digit_in_number_order(tmp_path):
