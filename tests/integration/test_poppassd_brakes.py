@@ -8,8 +8,10 @@ loopback ones (127.0.0.x), the client socket bound to each."""
 from __future__ import annotations
 
 import configparser
+import os
 import re
 import socket
+import sqlite3
 import tempfile
 import time
 
@@ -271,3 +273,29 @@ def test_an_ipv4_client_of_dual_stack_poppassd_is_one_client_with_its_pop_logins
     assert f"brute-force brake: {source} waits {min(braked, BOUND):.2f}s before its login " \
            f"attempt is checked (its brake is {braked:.2f}s)" in texts
     assert not any("::ffff:" in text for text in texts), [t for t in texts if "::ffff:" in t]
+
+
+def test_an_expired_account_s_right_old_password_holds_a_braked_address(site, system_users):
+    """poppassd answers the right old password of an expired account as a wrong one, and
+    from a braked address holds the address during that answer's wait as a wrong guess
+    does, counting nothing (docs/operations.md, "An expired account or password")."""
+    import os
+    import sqlite3
+
+    def rows(source):
+        with sqlite3.connect(os.path.join(site.root, "auth-brakes.sqlite")) as db:
+            found = db.execute("SELECT kind, key, count FROM failures WHERE key = ?",
+                               (source,)).fetchall()
+        db.close()
+        return found
+
+    source = "127.0.0.33"
+    gone = system_users.create("pe", account_expired=True)
+    for n in range(FREE + 3):
+        reply, _ = pop_pass(site, source, f"qptnobody{n}", "guess")
+        assert reply.startswith(b"-ERR [AUTH]"), reply
+    assert ("held", source, 0) not in rows(source)
+    reply, _ = poppassd_pass(site, source, gone.name, gone.password)
+    assert reply == BAD_OLD
+    found = rows(source)
+    assert ("held", source, 0) in found and ("address", source, FREE + 3) in found, found
