@@ -25,6 +25,7 @@ import _ctypes
 import contextlib
 import ctypes
 import os
+import time
 from dataclasses import dataclass
 
 import pam as python_pam
@@ -36,6 +37,7 @@ PAM_ACCT_EXPIRED = python_pam.PAM_ACCT_EXPIRED            # account expired (cha
 PAM_NEW_AUTHTOK_REQD = python_pam.PAM_NEW_AUTHTOK_REQD    # password expired (chage -d 0, max age)
 PAM_AUTHTOK_EXPIRED = python_pam.PAM_AUTHTOK_EXPIRED      # ... and past its inactivity period
 PAM_RHOST = python_pam.PAM_RHOST
+PAM_FAIL_DELAY = 10                                       # _pam_types.h: the delay function
 PAM_AUTHTOK_ERR = python_pam.PAM_AUTHTOK_ERR              # a password module refused the new one
 PAM_MAXTRIES = python_pam.PAM_MAXTRIES                    # ... each time it asked (pwquality retry=N)
 
@@ -77,28 +79,50 @@ class PamResult:
     """What the password step alone (pam_authenticate) said, when it ran: all the
     authentication cache may remember (docs/auth-cache.md); acct_mgmt's say is never kept.
     On a cache hit, the remembered PAM_SUCCESS."""
+    fail_delay_s: float = 0.0
+    """After a right password that the account step refused: the failure delay the stack
+    asked for (pam_unix's 2 s unless nodelay, pam_faildelay's), as libpam drew it for this
+    attempt. A caller that answers the refusal as a wrong password waits it first, as a
+    wrong password waited it inside PAM (docs/operations.md, "An expired account or
+    password"). 0 otherwise: a failed password step has waited it already."""
 
     @property
     def system_error(self) -> bool:
         return self.code in SYSTEM_ERRORS
 
 
+_DELAY_FUNCTION = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p)
+"""void (*)(int status, unsigned usec, void *appdata): pam_fail_delay(3)'s PAM_FAIL_DELAY."""
+
+
 def _with_rhost(authenticator, rhost: str | None, replace_auth_step: bool) -> dict:
-    """Wrap the instance's pam_authenticate binding: set PAM_RHOST, then authenticate.
+    """Wrap the instance's pam_authenticate binding: set PAM_RHOST, then authenticate, and
+    wait the stack's failure delay when it fails, as libpam would.
 
     With `replace_auth_step` the password step reports success without asking any module:
     used after APOP has proved the user's secret, so the PAM stack only runs pam_acct_mgmt.
-    Returns a dict that gets the password step's own code ("code") once it has run.
+    Returns a dict that gets the password step's own code ("code") and the failure delay
+    libpam drew for it ("fail_delay_s") once it has run.
     """
     real_authenticate = authenticator.pam_authenticate
     set_item = authenticator.pam_set_item
-    asked: dict[str, int] = {}
+    asked: dict[str, int | float] = {}
+
+    def note_delay(_status, usec, _appdata):
+        asked["fail_delay_s"] = usec / 1e6
+
+    delay_function = _DELAY_FUNCTION(note_delay)
 
     def pam_authenticate(handle, flags):
         _set_rhost(set_item, handle, rhost)
         if replace_auth_step:
             return PAM_SUCCESS
+        # libpam then hands its failure delay to note_delay, after a success too, instead
+        # of waiting it itself: the wait is ours, below, and known for a later refusal.
+        set_item(handle, PAM_FAIL_DELAY, ctypes.cast(delay_function, ctypes.c_void_p))
         asked["code"] = code = real_authenticate(handle, flags)
+        if code != PAM_SUCCESS:
+            time.sleep(asked.get("fail_delay_s", 0.0))
         return code
 
     authenticator.pam_authenticate = pam_authenticate
@@ -193,6 +217,7 @@ def _run(service: str, user: str, password: str, rhost: str | None, *,
     password_code = asked.get("code")
     if code == PAM_SUCCESS:
         return PamResult(True, code, reason, password_code=password_code)
+    owed = float(asked.get("fail_delay_s", 0.0)) if password_code == PAM_SUCCESS else 0.0
     if code == PAM_NEW_AUTHTOK_REQD:
         # pam_unix's acct_mgmt: the password must be changed (chage -d 0, maximum age
         # passed). It comes only after the password (or APOP digest) was verified. Past the
@@ -200,8 +225,8 @@ def _run(service: str, user: str, password: str, rhost: str | None, *,
         # check-password-expired (manual: "Disabling prevents Qpopper from checking for
         # expired passwords") decides whether it refuses the login.
         return PamResult(not check_password_expired, code, reason, password_expired=True,
-                         password_code=password_code)
-    return PamResult(False, code, reason, password_code=password_code)
+                         password_code=password_code, fail_delay_s=owed)
+    return PamResult(False, code, reason, password_code=password_code, fail_delay_s=owed)
 
 
 def authenticate(service: str, user: str, password: str, rhost: str | None = None, *,

@@ -184,10 +184,12 @@ def pam_or_cached(cache: PasswordCache | None, service: str, user: str, uid: int
     if verdict == RIGHT:
         # The password step's yes, remembered: a refusal now is acct_mgmt's, as without
         # the cache (docs/internals.md, "Failures and policy refusals").
-        return replace(
-            pam_auth.check_account(service, user, rhost,
-                                   check_password_expired=check_password_expired),
-            password_code=pam_auth.PAM_SUCCESS)
+        account = pam_auth.check_account(service, user, rhost,
+                                         check_password_expired=check_password_expired)
+        if account.ok or account.password_expired or account.system_error:
+            return replace(account, password_code=pam_auth.PAM_SUCCESS)
+        # A refusal answered as a wrong password owes PAM's failure delay, which only the
+        # password step tells: PAM is asked whole (a rare path: a refused account).
     if verdict is not None and verdict.isdigit() and int(verdict) in REMEMBERED_REFUSALS:
         code = int(verdict)
         return pam_auth.PamResult(False, code, REMEMBERED_REFUSALS[code])

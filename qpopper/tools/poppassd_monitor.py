@@ -131,7 +131,7 @@ class PasswordKeeper:
             self.brakes.record_success(user)
             self.user, self.old_password = user, old_password
             return RIGHT
-        verdict, reason, guessed = refusal
+        verdict, reason, guessed, owed_delay = refusal
         self.log(syslog.LOG_NOTICE, f'password change for "{user}" from '
                                     f"{self.client_ip} refused: {reason}")
         if verdict == WRONG:
@@ -147,37 +147,39 @@ class PasswordKeeper:
                 # (docs/internals.md, "Failures and policy refusals"); told and timed as one.
                 self.log(syslog.LOG_NOTICE, account_line(user, self.brake_method,
                                                          self.client_ip, reason))
+                time.sleep(owed_delay)      # PAM's failure delay, which a wrong one waited
                 delay = self.brakes.note_failure(self.client_ip, user, self.brake_method,
                                                  limits.POPPASSD_FAILURE_DELAY_S, count=False)
             time.sleep(max(0.0, started + delay - time.monotonic()))
         return verdict
 
     def _check_old_password(self, user: str,
-                            old_password: str) -> tuple[str, str, bool] | None:
+                            old_password: str) -> tuple[str, str, bool, float] | None:
         """None when `user` proved `old_password`; else (verdict, reason for the log, whether
         it was a wrong guess: False when the password was right and only PAM's account step
-        refused, or PAM could not decide)."""
+        refused, or PAM could not decide; and the failure delay PAM leaves owed then)."""
         # The one user-name rule, and no ":" either: it separates /etc/passwd's fields.
         if not is_possible_user_name(user) or ":" in user:
-            return WRONG, "invalid user name", True
+            return WRONG, "invalid user name", True, 0.0
         try:
             account = pwd.getpwnam(user)
         except KeyError:
-            return WRONG, "no such user", True
+            return WRONG, "no such user", True, 0.0
         if account.pw_uid <= limits.BLOCKED_UID_MAX:
-            return WRONG, f"uid {account.pw_uid} is blocked", True
+            return WRONG, f"uid {account.pw_uid} is blocked", True, 0.0
         try:
             old_password.encode("utf-8")
         except UnicodeEncodeError:
-            return WRONG, "old password is not UTF-8", True
+            return WRONG, "old password is not UTF-8", True, 0.0
         # check_password_expired=False: an expired password may (must) be changed.
         result = pam_auth.authenticate(self.pam_service, user, old_password, self.client_ip,
                                        check_password_expired=False)
         reason = f"PAM service {self.pam_service}: {result.reason} ({result.code})"
         if result.system_error:
-            return LATER, reason, False
+            return LATER, reason, False, 0.0
         if not result.ok:
-            return WRONG, reason, result.password_code != pam_auth.PAM_SUCCESS
+            return (WRONG, reason, result.password_code != pam_auth.PAM_SUCCESS,
+                    result.fail_delay_s)
         return None
 
     # ---- the new password ----------------------------------------------------------------

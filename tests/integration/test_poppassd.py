@@ -357,12 +357,13 @@ def test_hostile_user_names_are_refused_before_any_lookup(name):
     # The root process checks it (docs/privsep.md, "poppassd").
     keeper = poppassd_monitor.PasswordKeeper(lambda priority, text: None,
                                              pam_service=poppassd.DEFAULT_PAM_SERVICE)
-    # (verdict, reason, a guess: counted by the brakes and logged as LOGIN FAILED)
+    # (verdict, reason, a guess: counted by the brakes and logged as LOGIN FAILED, no PAM
+    # failure delay owed: PAM was not asked)
     assert keeper._check_old_password(name, "whatever") == (poppassd_monitor.WRONG,
-                                                            "invalid user name", True)
+                                                            "invalid user name", True, 0.0)
     # A well-formed name gets as far as the account lookup.
     assert keeper._check_old_password("qptnosuchuser", "whatever") == (
-        poppassd_monitor.WRONG, "no such user", True)
+        poppassd_monitor.WRONG, "no such user", True, 0.0)
 
 
 @pytest.mark.skipif(shutil.which("man") is None, reason="man (man-db) not installed")
