@@ -160,7 +160,8 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
          "A proxy-protocol listener got a header it cannot use (from outside "
          "proxy-trusted-networks, malformed, too long, late); nothing else was read "
          "(docs/scale-out.md)."),
-        ("*: closed before a PROXY header", "Debug: a TCP health check that only connects."),
+        ("*: closed before a PROXY header", "Debug: a TCP health check that only connects "
+                                           "(then closes, or resets)."),
         ("*: PROXY health check answered", "Debug: HAProxy's check (v2 LOCAL, or a v1 header "
                                            "naming its own connection), answered without a "
                                            "session."),

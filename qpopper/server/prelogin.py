@@ -128,7 +128,8 @@ class MonitorAuthenticator:
 
 # --- before the greeting: the PROXY protocol header --------------------------------------------
 class NoHeader(Exception):
-    """The peer closed before sending a single octet: a TCP health check, not an error."""
+    """The peer closed (or reset) before sending a single octet: a TCP health check, not an
+    error."""
 
 
 def read_proxy_header(sock: socket.socket, timeout_s: float) -> proxy_protocol.ProxyHeader:
@@ -143,6 +144,12 @@ def read_proxy_header(sock: socket.socket, timeout_s: float) -> proxy_protocol.P
             raise proxy_protocol.ProxyError(f"no PROXY protocol header within {timeout_s:g} s")
         try:
             peeked = sock.recv(proxy_protocol.MAX_V2_OCTETS, socket.MSG_PEEK)
+        except ConnectionResetError:
+            # a health checker that aborts (SO_LINGER 0) rather than closes: no header either
+            if not taken:
+                raise NoHeader() from None
+            raise proxy_protocol.ProxyError("connection reset inside the PROXY protocol "
+                                            "header") from None
         except OSError as exc:
             raise proxy_protocol.ProxyError(f"reading the PROXY protocol header: "
                                             f"{exc.strerror}") from None
