@@ -199,7 +199,10 @@ class DotLock:
     def _create_by_link(self, content: bytes) -> tuple[int, int] | None:
         """no-atomic-open: a unique file, then link(2) to the lock name. Over NFS link can
         report failure after succeeding, so the link count of our file decides: 2 or more
-        (a lock breaker that moved ours aside and links it back adds a name for a moment)."""
+        (a lock breaker that moved ours aside and links it back adds a name for a moment).
+        The unique file goes at once; its REMOVE retried after a lost reply may find it gone
+        (fine), and when it cannot be removed the lock just made is taken away again before
+        the error is raised: nobody would release it."""
         unique = self._unique_name()
         fd = os.open(unique, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      DOTLOCK_MODE)
@@ -208,6 +211,7 @@ class DotLock:
             os.fsync(fd)
         finally:
             os.close(fd)
+        made = None
         try:
             self.hook("dotlock-link")
             try:
@@ -215,10 +219,20 @@ class DotLock:
             except OSError:
                 pass
             st = os.lstat(unique)
-            return (st.st_dev, st.st_ino) if st.st_nlink >= 2 else None
+            made = (st.st_dev, st.st_ino) if st.st_nlink >= 2 else None
         finally:
-            self.hook("dotlock-unlink-unique")
-            os.unlink(unique)
+            try:
+                self.hook("dotlock-unlink-unique")
+                # ENOENT: an NFS REMOVE retried after its reply was lost; the file is gone
+                unlink_if_present(unique)
+            except BaseException:
+                if made is not None:        # a lock nobody would release: take it away
+                    with contextlib.suppress(OSError):
+                        self._take_away(lambda found: (found.dev, found.ino) == made
+                                        and found.content == content)
+                    unlink_if_present(unique, ignore_other_errors=True)
+                raise
+        return made
 
     def _unique_name(self) -> str:
         """A name of our own beside the lock: `.lk<pid><random><host>`, as liblockfile names

@@ -1,6 +1,7 @@
 """States of a spool or a temporary drop that pass in a moment and must not be refused as
 wrong (docs/maildrop.md, "The locking rules"): a spool a delivery agent running as root has
-created and not yet given to its owner, and NFS's ESTALE for a file another host removed."""
+created and not yet given to its owner, NFS's ESTALE for a file another host removed, and
+no-atomic-open's unique file whose REMOVE is retried after a lost reply or fails."""
 
 from __future__ import annotations
 
@@ -153,3 +154,42 @@ def test_estale_that_lasts_when_opening_by_name_is_a_fault_not_a_busy_drop(tmp_p
     with pytest.raises(OSError) as fault:
         SessionLock(str(drop)).acquire()
     assert fault.value.errno == errno.ESTALE and not isinstance(fault.value, PopError)
+
+
+def _unique_files(directory) -> list[str]:
+    return [name for name in os.listdir(directory) if name.startswith(".lk")]
+
+
+def test_a_retried_unlink_of_the_unique_file_that_finds_it_gone_still_holds_the_lock(tmp_path):
+    """no-atomic-open over NFS: the REMOVE of the unique file succeeds, its reply is lost, and
+    the retried REMOVE answers ENOENT. The lock is made (the link counted 2): it is held,
+    not an error that leaves it on disk with nobody to release it."""
+    from qpopper.spool.dotlock import DotLock
+
+    def first_remove_done_reply_lost(step):
+        if step == "dotlock-unlink-unique":
+            for name in _unique_files(tmp_path):
+                os.unlink(tmp_path / name)
+    lock_path = str(tmp_path / "alice.lock")
+    lock = DotLock(lock_path, nfs_safe=True, step_hook=first_remove_done_reply_lost)
+    assert lock.try_acquire() and lock.still_ours()
+    lock.release()
+    assert not os.path.lexists(lock_path) and _unique_files(tmp_path) == []
+
+
+def test_an_unlink_of_the_unique_file_that_fails_leaves_no_lock_behind(tmp_path):
+    """The unique file cannot be removed (EIO from an NFS server): the error is the caller's,
+    and the lock made by linking that file is taken away again, not left for every other
+    locker to wait out (5 minutes on another host)."""
+    from qpopper.spool.dotlock import DotLock
+
+    def remove_fails(step):
+        if step == "dotlock-unlink-unique":
+            raise OSError(errno.EIO, "Input/output error")
+    lock_path = str(tmp_path / "alice.lock")
+    lock = DotLock(lock_path, nfs_safe=True, step_hook=remove_fails)
+    with pytest.raises(OSError) as raised:
+        lock.try_acquire()
+    assert raised.value.errno == errno.EIO and not lock.held
+    assert not os.path.lexists(lock_path)
+    assert DotLock(lock_path, nfs_safe=True).try_acquire()
