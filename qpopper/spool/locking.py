@@ -144,7 +144,8 @@ class SpoolLock:
     itself, and the fcntl lock already excludes flock users on every host (docs/scale-out.md,
     "Locks across hosts"); so on any network or unknown file system. On a local disk
     (mounts.LOCAL_DISK_TYPES: the option set where it was not needed) it is both, as without
-    the option: there only flock excludes a flock-only delivery agent.
+    the option: there only flock excludes a flock-only delivery agent. On NFS it is the fcntl
+    lock alone without the option too: both would fail every login there.
     Keep this the only descriptor of the spool in the process: closing any descriptor of a
     file drops the process's fcntl locks on it.
     """
@@ -175,7 +176,7 @@ class SpoolLock:
                     continue                # replaced or created as we opened: open again
                 if self.fd is None:
                     return
-                flock_too = not self.nfs_safe or mounts.on_local_disk(self.fd)
+                flock_too = mounts.flock_beside_fcntl(self.fd, network_safe=self.nfs_safe)
                 if not wait_for(lambda: _kernel_lock(self.fd, flock_too=flock_too), timing):
                     raise PopError(BUSY_SPOOL_TEXT, RespCode.SYS_TEMP,
                                    log=f"flock/fcntl on {self.path} stayed busy")

@@ -12,6 +12,10 @@ LOCAL_DISK_TYPES = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "
 process may hold both. Network file systems (NFS, CIFS, Ceph, ...) may map one onto the
 other, and unknown ones are taken as such."""
 
+FLOCK_IS_FCNTL_TYPES = frozenset({"nfs", "nfs4"})
+"""File systems whose flock is an fcntl lock of its own owner (the Linux NFS client, since
+2.6.12): there one process holding both refuses itself, option or not."""
+
 
 def _read(path: str) -> str | None:
     try:
@@ -53,7 +57,12 @@ def fs_type_of(fd: int) -> str | None:
     return fs_type(mount, mountinfo) if mountinfo is not None else None
 
 
-def on_local_disk(fd: int) -> bool:
-    """Whether `fd` is on a file system of LOCAL_DISK_TYPES; False when that cannot be told
-    (the caller's network-safe choice stays)."""
-    return fs_type_of(fd) in LOCAL_DISK_TYPES
+def flock_beside_fcntl(fd: int, *, network_safe: bool) -> bool:
+    """Whether the spool lock may take flock as well as fcntl on the open file `fd`: on a
+    local disk yes; on NFS never (FLOCK_IS_FCNTL_TYPES); elsewhere, or when the type cannot
+    be told, only when the site did not say the spool is shared (`network_safe`:
+    no-atomic-open)."""
+    kind = fs_type_of(fd)
+    if kind in LOCAL_DISK_TYPES:
+        return True
+    return not network_safe and kind not in FLOCK_IS_FCNTL_TYPES

@@ -129,14 +129,19 @@ def _kernel_locks_of_another_process(path: str) -> tuple[bool, bool]:
 @pytest.mark.parametrize("nfs_safe, mount, expected", [
     (False, "real", (False, False)), (True, "real", (False, False)),
     (True, "nfs4", (True, False)), (True, "nfs", (True, False)), (True, "cifs", (True, False)),
-    (True, None, (True, False)), (False, "nfs4", (False, False))])
-def test_the_spool_lock_under_no_atomic_open_off_a_local_disk_is_the_fcntl_lock_alone(
+    (True, None, (True, False)),
+    (False, "nfs4", (True, False)), (False, "nfs", (True, False)),
+    (False, "cifs", (False, False)), (False, None, (False, False))])
+def test_the_spool_lock_on_nfs_or_under_no_atomic_open_off_a_local_disk_is_fcntl_alone(
         tmp_path, monkeypatch, nfs_safe, mount, expected):
     """On NFS flock is an fcntl lock: one process taking both would refuse itself. So with
     no-atomic-open on NFS, another network file system or one that cannot be told (None),
     the fcntl lock alone; on a local disk ("real": the test directory's) both, as without
-    the option, so flock-only delivery agents are excluded too. (The test machine has no
-    NFS client: another file system is the mount table's answer, set.)"""
+    the option, so flock-only delivery agents are excluded too. On NFS the fcntl lock alone
+    without the option as well (forgotten, or the spool moved there): both would make every
+    login wait out the lock budget and fail; elsewhere without the option both, as before.
+    (The test machine has no NFS client: another file system is the mount table's answer,
+    set.)"""
     from qpopper.spool import mounts
     from qpopper.spool.locking import SpoolLock
     if mount != "real":
