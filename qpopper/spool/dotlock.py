@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from qpopper import limits
+from qpopper.spool import mounts
 from qpopper.spool.durable import rename_no_replace, unlink_if_present
 
 StepHook = Callable[[str], None]
@@ -265,11 +266,16 @@ class DotLock:
             return None
         pid, host = parse_lock_content(found.content)
         # a pid without a host (dotlockfile -p) may be another host's on a shared (NFS)
-        # spool: with no-atomic-open only its age counts (docs/scale-out.md)
-        ours = host == self.host or (host is None and not self.nfs_safe)
+        # spool: with no-atomic-open, or on NFS, only its age counts (docs/scale-out.md)
+        ours = host == self.host or (host is None and not self._shared())
         if pid > 0 and ours and process_gone(pid):
             return f"holder pid {pid} is gone"
         return None
+
+    def _shared(self) -> bool:
+        """Whether other hosts may lock here too: no-atomic-open says so, and an NFS
+        directory is shared whether the option was set or forgotten."""
+        return self.nfs_safe or mounts.directory_on_nfs(os.path.dirname(self.path) or ".")
 
     # --- removing one lock file, and only that one ----------------------------------------------
     def _take_away(self, is_it: Callable[[LockFile], bool]) -> bool | None:

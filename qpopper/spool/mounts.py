@@ -2,9 +2,12 @@
 file (/proc/self/fdinfo/<fd>, mnt_id) looked up in /proc/self/mountinfo; no statfs binding
 needed, and right where a device number is not the mount's (overlayfs layers, btrfs
 subvolumes). Used by the spool lock, which must not take flock as well as fcntl on an NFS
-mount (docs/scale-out.md, "Locks across hosts")."""
+mount, and by the dot-lock, which judges a pid-only lock there by its age alone
+(docs/scale-out.md, "Locks across hosts")."""
 
 from __future__ import annotations
+
+import os
 
 LOCAL_DISK_TYPES = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs", "zfs",
                               "jfs", "reiserfs", "bcachefs", "overlay"})
@@ -12,9 +15,10 @@ LOCAL_DISK_TYPES = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "
 process may hold both. Network file systems (NFS, CIFS, Ceph, ...) may map one onto the
 other, and unknown ones are taken as such."""
 
-FLOCK_IS_FCNTL_TYPES = frozenset({"nfs", "nfs4"})
-"""File systems whose flock is an fcntl lock of its own owner (the Linux NFS client, since
-2.6.12): there one process holding both refuses itself, option or not."""
+NFS_TYPES = frozenset({"nfs", "nfs4"})
+"""NFS, shared by hosts whatever the options say: its flock is an fcntl lock of its own owner
+(the Linux NFS client, since 2.6.12), so one process holding both refuses itself, and a pid
+in a lock there may be another host's."""
 
 
 def _read(path: str) -> str | None:
@@ -59,10 +63,22 @@ def fs_type_of(fd: int) -> str | None:
 
 def flock_beside_fcntl(fd: int, *, network_safe: bool) -> bool:
     """Whether the spool lock may take flock as well as fcntl on the open file `fd`: on a
-    local disk yes; on NFS never (FLOCK_IS_FCNTL_TYPES); elsewhere, or when the type cannot
+    local disk yes; on NFS never (NFS_TYPES); elsewhere, or when the type cannot
     be told, only when the site did not say the spool is shared (`network_safe`:
     no-atomic-open)."""
     kind = fs_type_of(fd)
     if kind in LOCAL_DISK_TYPES:
         return True
-    return not network_safe and kind not in FLOCK_IS_FCNTL_TYPES
+    return not network_safe and kind not in NFS_TYPES
+
+
+def directory_on_nfs(path: str) -> bool:
+    """Whether the directory `path` is on NFS (False when that cannot be told)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return fs_type_of(fd) in NFS_TYPES
+    finally:
+        os.close(fd)

@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -120,7 +121,6 @@ def _kernel_locks_of_another_process(path: str) -> tuple[bool, bool]:
              "        return '0'\n"
              "print(got(lambda: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)) +\n"
              "      got(lambda: fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)))\n")
-    import sys
     out = subprocess.run([sys.executable, "-c", probe, path], capture_output=True, text=True,
                          timeout=30, check=True).stdout.strip()
     return out[0] == "1", out[1] == "1"
@@ -186,3 +186,24 @@ def test_the_real_tables_know_the_test_directorys_file_system(tmp_path):
         assert mounts.fs_type_of(fd) not in (None, "")
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("nfs_safe", [False, True])
+def test_a_pid_only_lock_on_nfs_is_judged_by_its_age_without_no_atomic_open_too(
+        tmp_path, monkeypatch, nfs_safe):
+    """`dotlockfile -p` writes a pid and no host: on a spool shared over NFS that pid may run
+    on another host, live, so its absence here proves nothing, option set or not (without it
+    such a lock was broken at once, and the delivery writing under it raced our copy). (The
+    mount table's answer is set: the test machine has no NFS client.)"""
+    from qpopper.spool import mounts
+    monkeypatch.setattr(mounts, "fs_type_of", lambda fd: "nfs4")
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    lock_path = tmp_path / "alice.lock"
+    lock_path.write_bytes(b"%d\n" % finished.pid)
+    assert not DotLock(str(lock_path), nfs_safe=nfs_safe).try_acquire()
+    old = time.time() - 400
+    os.utime(lock_path, (old, old))
+    lock = DotLock(str(lock_path), nfs_safe=nfs_safe)
+    assert lock.try_acquire()
+    lock.release()
