@@ -83,8 +83,9 @@ class PamResult:
     """After a right password that the account step refused: the failure delay the stack
     asked for (pam_unix's 2 s unless nodelay, pam_faildelay's), as libpam drew it for this
     attempt. A caller that answers the refusal as a wrong password waits it first, as a
-    wrong password waited it inside PAM (docs/operations.md, "An expired account or
-    password"). 0 otherwise: a failed password step has waited it already."""
+    wrong password waited it inside PAM
+    (docs/operations.md, "An expired account or password").
+    0 otherwise: a failed password step has waited it already."""
 
     @property
     def system_error(self) -> bool:

@@ -279,9 +279,6 @@ def test_an_expired_account_s_right_old_password_holds_a_braked_address(site, sy
     """poppassd answers the right old password of an expired account as a wrong one, and
     from a braked address holds the address during that answer's wait as a wrong guess
     does, counting nothing (docs/operations.md, "An expired account or password")."""
-    import os
-    import sqlite3
-
     def rows(source):
         with sqlite3.connect(os.path.join(site.root, "auth-brakes.sqlite")) as db:
             found = db.execute("SELECT kind, key, count FROM failures WHERE key = ?",
