@@ -61,6 +61,10 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
          "to the store's users; set store-mechanisms = on once their secrets are in the store",
          "A warning at start-up, reload and --check-config: the store is there but unused "
          "(docs/internals.md, \"Store mechanisms\")."),
+        ("spool-dir * is on NFS, but no-atomic-open is off: dot-locks made by two hosts at "
+         "once may both succeed; set no-atomic-open (docs/scale-out.md)",
+         "A warning at start-up, reload and --check-config: a shared spool needs the link(2) "
+         "dot-lock (docs/scale-out.md, \"Locks across hosts\")."),
         ("tls-passphrase is set on the command line, which every local user can read (ps); "
          "set it in a root-only file (mode 0600) named with -f or config-file",
          "A warning at start-up, reload and --check-config (the option's help)."),

@@ -30,6 +30,7 @@ from qpopper.bulletin_records import BULLDB_DIR, BULLDB_FILE
 from qpopper.files import who_else_can_read
 from qpopper.server import prelogin_filter, privsep, sdnotify
 from qpopper.options import BY_NAME
+from qpopper.spool.mounts import directory_on_nfs
 from qpopper.server.listeners import (NO_LISTENER, ListenError, clashing, entry_matcher,
                                       resolve_listeners)
 from qpopper.server import tls as tls_mod
@@ -78,6 +79,7 @@ def check_site(cfg, log=None, *, match_listen_entries: bool = True,
     addresses = check_listeners(cfg) if match_listen_entries else ()
     proxied = check_proxy_protocol(cfg, addresses)
     check_directories(cfg)
+    warn_of_nfs_without_no_atomic_open(cfg, log)
     check_pid_file(cfg, log, check_only=check_only)
     check_tracefile(cfg)
     check_brakes_file(cfg)
@@ -386,6 +388,18 @@ def check_directories(cfg) -> None:
         path = cfg.get(name)
         if path:
             _directory(cfg, name, path)
+
+
+def warn_of_nfs_without_no_atomic_open(cfg, log) -> None:
+    """spool-dir on NFS without no-atomic-open: the dot-lock is then made with O_EXCL,
+    which NFS does not make atomic across hosts (docs/scale-out.md, "Locks across hosts").
+    The locks still work on one host, so it is a warning, once per start, reload or check."""
+    if log is None or cfg.no_atomic_open or cfg.home_dir_mail or not cfg.spool_dir:
+        return
+    if directory_on_nfs(cfg.spool_dir):
+        log(syslog.LOG_WARNING, f"spool-dir {cfg.spool_dir} is on NFS, but no-atomic-open is "
+                                f"off: dot-locks made by two hosts at once may both succeed; "
+                                f"set no-atomic-open (docs/scale-out.md)")
 
 
 def check_pid_file(cfg, log=None, *, check_only: bool = False) -> None:
