@@ -907,3 +907,33 @@ def test_append_makes_the_copy_durable_before_the_marker_byte(tmp_path):
                                        "bulletins:write-spool-marker")]
     assert order[-2:] == ["bulletins:fsync-spool-body", "bulletins:write-spool-marker"]
     assert "bulletins:write-spool" in order[:-2]
+
+
+def test_a_bulletin_rewritten_in_place_after_its_check_still_starts_with_the_checked_line(
+        tmp_path, monkeypatch):
+    """read_file checks the head's first line and reads only what follows the head (render()
+    no longer checks again): a file rewritten in place between the two reads must still start
+    the spool's message with the line that was checked. Were the whole file read again from
+    its start, its unchecked first line (no From line here) would join the message before it
+    in the mbox. The rewrite happens right after the head's read."""
+    env = Env(tmp_path)
+    with open(env.paths.spool, "wb") as f:
+        f.write(SPOOL_MAIL + b"\n")
+    checked = (b"From admin Wed Nov 25 10:00:00 2026\nSubject: checked\n\n"
+               + b"x" * 5000 + b"\n")
+    rewritten = b"Subject: rewritten\n\n" + b"y" * (len(checked) - 21) + b"\n"
+    env.post("1.b", checked)
+    real_pread = os.pread
+    done = []
+
+    def pread(fd, n, offset):
+        got = real_pread(fd, n, offset)
+        if offset == 0 and got.startswith(b"From admin") and not done:
+            done.append(True)
+            with open(env.bulldir / "1.b", "r+b") as f:           # in place: the same file
+                f.write(rewritten)
+        return got
+    monkeypatch.setattr(os, "pread", pread)
+    assert env.deliver() == 1
+    assert done
+    assert env.subjects() == ["ordinary mail", "checked"]
