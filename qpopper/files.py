@@ -32,11 +32,13 @@ def open_regular_nonblocking(path: str) -> int:
     return fd
 
 
-def who_else_can_read(path: str) -> str | None:
+def who_else_can_read(path: str, *, group_is_granted: bool = True) -> str | None:
     """Why a secret file is exposed, as a phrase for a warning ("mode 0644, which every local
     user can read"); None when only root (and the file's group, which an administrator grants
     on purpose: Debian's ssl-cert keys are root:ssl-cert 0640) can read it, or when it cannot
-    be looked at. One rule for every secret file:
+    be looked at. Without `group_is_granted` (a configuration file holding a passphrase,
+    which no group is meant to share) a group other than root's that can read it counts too.
+    One rule for every secret file:
     - every local user can read it when others may read it and search each directory above
       it: a 0644 file in a 0700 directory of root's is safe;
     - a non-root owner can read it (it may chmod the file), unless a directory above keeps
@@ -54,6 +56,9 @@ def who_else_can_read(path: str) -> str | None:
         return f"mode {mode:04o}, which every local user can read"
     if st.st_uid != 0 and _searchable(above, st.st_uid, _groups_of(st.st_uid)):
         return f"owned by uid {st.st_uid}, who can read it"
+    if (not group_is_granted and mode & stat.S_IRGRP and st.st_gid != 0
+            and _searchable(above, None, {st.st_gid})):
+        return f"mode {mode:04o}, which its group (gid {st.st_gid}) can read"
     if st.st_nlink > 1:
         return (f"one of its {st.st_nlink} hard links, whose other names others may reach "
                 f"(keep it one file)")

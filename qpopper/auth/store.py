@@ -95,6 +95,11 @@ def decoy_key_line(key_and_why: str) -> str:
             f"/etc/machine-id until it is fixed")
 
 
+def forget_told_decoy_key_faults() -> None:
+    """At each start-up, reload and check, before its own warning."""
+    _DECOY_KEY_FAULTS_TOLD.clear()
+
+
 def first_telling_of_decoy_key_fault(key_and_why: str) -> bool:
     """True the first time this process (with what its master told before forking it) meets
     this decoy-key fault: log it then only."""

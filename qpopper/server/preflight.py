@@ -24,7 +24,7 @@ from qpopper.auth.sasl import kerberos_refusal
 from qpopper.auth.policy_checks import open_user_list, store_mechanisms_offered
 from qpopper.auth.store import (DECOY_KEY_SUFFIX, PopAuthStore, decoy_key_fault,
                                 decoy_key_line, first_telling_of_decoy_key_fault,
-                                store_owner_uid)
+                                forget_told_decoy_key_faults, store_owner_uid)
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.bulletin_records import BULLDB_DIR, BULLDB_FILE
 from qpopper.files import who_else_can_read
@@ -254,7 +254,8 @@ def warn_of_a_readable_passphrase(cfg, log) -> None:
     """tls-passphrase belongs in a root-only file (its help): the packaged configuration
     file is world-readable, and a command line is too (ps). The file is judged as the TLS
     key is (files.who_else_can_read: a non-root owner, every local user through the
-    directories above it, another hard link). Told once per start, reload or check."""
+    directories above it, another hard link), and its group too: no group is meant to share
+    it, as the key's ssl-cert group is. Told once per start, reload or check."""
     if log is None or not cfg.tls_passphrase:
         return
     source = cfg.source("tls-passphrase")
@@ -266,7 +267,7 @@ def warn_of_a_readable_passphrase(cfg, log) -> None:
     path = source.rpartition(":")[0]
     if not os.path.isfile(path):
         return                          # not a file (an override): nothing to say
-    why = who_else_can_read(path)
+    why = who_else_can_read(path, group_is_granted=False)
     if why is not None:
         log(syslog.LOG_WARNING, f"tls-passphrase is set in {path}: {why}; set it in a "
                                 f"root-only file (mode 0600) named with -f or config-file")
@@ -280,6 +281,9 @@ def warn_without_decoy_key(cfg, log) -> None:
     (its kind, mode, owner or size; one that cannot be looked at, as root) is named, with
     why, in the line those exchanges log."""
     path = cfg.pop_auth_file
+    # What was told before is told again if still true: the processes forked after this
+    # start or reload log a fault this run did not see (one fixed, then back).
+    forget_told_decoy_key_faults()
     if log is None or not path or not store_mechanisms_offered(cfg) or not os.path.exists(path):
         return
     key = path + DECOY_KEY_SUFFIX

@@ -130,14 +130,11 @@ def test_an_exchange_logs_a_key_fault_once_and_not_after_the_start_up_warning(tm
     assert len(said) == 1                           # told by the master already
 
 
-@pytest.mark.xfail(strict=True, reason="review r110 finding: the master's set of told faults "
-                   "is never emptied, so a fault fixed by a reload and back later is logged "
-                   "by no one until the next reload")
 def test_a_fault_that_comes_back_after_a_reload_fixed_it_is_logged_again(tmp_path):
     """The master warned of a fault at start-up; the administrator fixed the key and
     reloaded (no warning then); later the same fault is back (a restore, a wrong chmod):
     the exchanges of the processes forked after that must log it, as no reload said it
-    since. (Before a4e9cab every exchange logged it.)"""
+    since."""
     store = tmp_path / "pop.auth"
     store.write_bytes(b"")
     key = tmp_path / "pop.auth.decoy-key"

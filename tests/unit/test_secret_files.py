@@ -50,12 +50,9 @@ def test_a_symbolic_link_is_judged_by_the_directories_of_its_target(open_dir):
     assert who_else_can_read(os.path.join(open_dir, "missing.key")) is None
 
 
-@pytest.mark.xfail(strict=True, reason="review r110 finding: since eb460ad the passphrase's "
-                   "file is judged by the key's rule, whose group grant silences a 0640 file "
-                   "of a non-root group (warned of before: 'root-only file (mode 0600)')")
 def test_a_passphrase_file_a_non_root_group_can_read_is_warned_of(open_dir):
     """tls-passphrase belongs in a root-only file (its help, docs/operations.md: root:root
-    0600); before eb460ad a file its non-root group could read (root:users 0640) was warned
+    0600); a file its non-root group can read (root:users 0640) is warned
     of, as the warning's own advice says. The key's group grant (Debian's ssl-cert) has no
     counterpart for a configuration file."""
     from qpopper import config
