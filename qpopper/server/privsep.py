@@ -322,11 +322,11 @@ def _confine() -> None:
 
 
 def _limit(which: int, most: int) -> None:
-    """Soft and hard limit `which` at `most`, or lower where the administrator set the hard
-    limit lower already (LimitNOFILE=, LimitAS= in the unit): a limit may only go down."""
-    hard = resource.getrlimit(which)[1]
-    value = most if hard == resource.RLIM_INFINITY else min(most, hard)
-    resource.setrlimit(which, (value, value))
+    """Hard limit `which` at `most`, or lower where the administrator set it lower already
+    (LimitNOFILE=, LimitAS= in the unit), and the soft limit no higher: neither goes up."""
+    soft, hard = (most if value == resource.RLIM_INFINITY else min(most, value)
+                  for value in resource.getrlimit(which))
+    resource.setrlimit(which, (soft, hard))
 
 
 def _become(uid: int, gid: int) -> None:

@@ -78,6 +78,8 @@ def test_under_classic_inetd_the_root_process_lets_go_of_the_client_on_2_too(wor
             site.close()
 
 
+@pytest.mark.skipif(not os.path.exists("/usr/bin/setpriv"),
+                    reason="needs setpriv (util-linux) to drop CAP_SYS_CHROOT")
 def test_a_pre_login_process_that_cannot_enter_its_sandbox_tells_the_client(world_tmp,
                                                                             pam_service):
     """poppassd run without CAP_SYS_CHROOT (a unit's CapabilityBoundingSet that leaves it

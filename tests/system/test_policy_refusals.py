@@ -166,6 +166,9 @@ def test_an_expired_account_from_a_braked_address_holds_it_like_a_wrong_guess(si
     assert reply == f'-ERR [AUTH] Password supplied for "{site.eve.name}" is incorrect.\r\n'.encode()
     rows = address_rows(site, source)
     assert ("held", source, 0) in rows and ("address", source, FREE + 3) in rows, rows
+    site.syslog.wait_for(rf"LOGIN REFUSED \(account\), user={site.eve.name}, .*")
+    assert not [t for t in site.syslog.texts()
+                if t.startswith(f"LOGIN FAILED, user={site.eve.name},")]
 
 
 def test_an_account_pam_access_bars_answers_its_right_password_as_a_wrong_one(system_users,

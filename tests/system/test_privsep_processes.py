@@ -332,17 +332,18 @@ def test_a_prelogin_process_that_cannot_enter_its_sandbox_tells_the_client(world
 
 def test_a_lower_limit_set_by_the_administrator_is_kept(site, system_users):
     """The pre-login process lowers its descriptor limit to privsep.PRELOGIN_MAX_FILES; a
-    hard limit set lower already (LimitNOFILE= in the unit) is kept, not refused: logins go
-    on (before, raising it failed and every connection was dropped)."""
+    hard limit set lower already (LimitNOFILE= in the unit) is kept, not refused, and a soft
+    limit lower still stays too: logins go on (before, raising the hard limit failed and
+    every connection was dropped)."""
     user, server = serving(site, system_users)
     limit = privsep.PRELOGIN_MAX_FILES - 1
-    resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (limit, limit))
+    resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (limit - 1, limit))
     with socket.create_connection((server.host, server.port), timeout=10) as client:
         assert read_greeting(client).startswith(b"+OK")
         prelogin = the_one(server, pwd.getpwnam(PRELOGIN_USER).pw_uid, "pre-login")
         with open(f"/proc/{prelogin}/limits") as f:
             [files] = [line.split()[3:5] for line in f if line.startswith("Max open files")]
-        assert files == [str(limit), str(limit)]
+        assert files == [str(limit - 1), str(limit)]              # neither went up
         client.sendall(b"QUIT\r\n")
     login(server, user).quit()
 
