@@ -32,6 +32,8 @@ line: no guess was made); lines are bounded (POPPASSD_MAX_LINE_OCTETS), every re
 out (POPPASSD_TIMEOUT_S), the whole dialogue has a deadline (POPPASSD_DEADLINE_S, --deadline),
 bad commands are counted (POPPASSD_MAX_BAD_COMMANDS).
 Qpopper's poppassd said `500 Unknown user, <name>.`: that tells a guesser which names exist.
+An unknown name's password goes through PAM as an existing one's does, so the stack's failure
+delay, and an outage's `500 Server error, try again later.`, are the same for both.
 
 Brute-force brakes: `pass` checks a password, so it is one more way to guess one. poppassd
 uses the POP server's brakes (auth/brakes.py) with the same counts: the same

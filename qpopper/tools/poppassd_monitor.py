@@ -135,9 +135,9 @@ class PasswordKeeper:
         self.log(syslog.LOG_NOTICE, f'password change for "{user}" from '
                                     f"{self.client_ip} refused: {reason}")
         if verdict == WRONG:
-            # Counted from the check's start, not from PAM's answer: an unknown name (no PAM
-            # call) and a wrong password (pam_unix's own ~2 s delay) take the same time - the
-            # fixed delay, or the user name's brake when that is longer.
+            # Counted from the check's start, not from PAM's answer: a blocked account (no
+            # PAM call) and a wrong password (pam_unix's own ~2 s delay) take the same time -
+            # the fixed delay, or the user name's brake when that is longer.
             if guessed:
                 delay = self.brakes.note_failure(self.client_ip, user, self.brake_method,
                                                  limits.POPPASSD_FAILURE_DELAY_S)
@@ -164,19 +164,24 @@ class PasswordKeeper:
         try:
             account = pwd.getpwnam(user)
         except KeyError:
-            return WRONG, "no such user", True, 0.0
-        if account.pw_uid <= limits.BLOCKED_UID_MAX:
+            account = None
+        if account is not None and account.pw_uid <= limits.BLOCKED_UID_MAX:
             return WRONG, f"uid {account.pw_uid} is blocked", True, 0.0
         try:
             old_password.encode("utf-8")
         except UnicodeEncodeError:
             return WRONG, "old password is not UTF-8", True, 0.0
+        # An unknown name goes through PAM too, as in popper (auth/policy.py): its failure
+        # delay (pam_faildelay's may pass POPPASSD_FAILURE_DELAY_S) and an outage's "try
+        # again later" then tell no one which names exist.
         # check_password_expired=False: an expired password may (must) be changed.
         result = pam_auth.authenticate(self.pam_service, user, old_password, self.client_ip,
                                        check_password_expired=False)
         reason = f"PAM service {self.pam_service}: {result.reason} ({result.code})"
         if result.system_error:
             return LATER, reason, False, 0.0
+        if account is None:
+            return WRONG, "no such user", True, 0.0
         if not result.ok:
             return (WRONG, reason, result.password_code != pam_auth.PAM_SUCCESS,
                     result.fail_delay_s)

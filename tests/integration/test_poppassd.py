@@ -361,9 +361,26 @@ def test_hostile_user_names_are_refused_before_any_lookup(name):
     # failure delay owed: PAM was not asked)
     assert keeper._check_old_password(name, "whatever") == (poppassd_monitor.WRONG,
                                                             "invalid user name", True, 0.0)
-    # A well-formed name gets as far as the account lookup.
+
+
+def test_an_unknown_name_goes_through_pam_as_an_existing_one_does(pam_service, system_users):
+    """A well-formed unknown name is asked of PAM too, and refused as a wrong guess after:
+    so a stack that cannot decide (here pam_exec failing: PAM_SYSTEM_ERR, as a directory out
+    of reach says) answers "try again later" for it as for an existing name, and a stack's
+    longer failure delay is waited for both; neither tells which names exist."""
+    keeper = poppassd_monitor.PasswordKeeper(lambda priority, text: None,
+                                             pam_service=pam_service)
     assert keeper._check_old_password("qptnosuchuser", "whatever") == (
         poppassd_monitor.WRONG, "no such user", True, 0.0)
+    known = system_users.create("pk")
+    outage = ("auth     required  pam_exec.so quiet /bin/false\n"
+              "account  required  pam_permit.so\n")
+    with pam_files.installed_pam_service(outage, tag="pe-") as service:
+        keeper = poppassd_monitor.PasswordKeeper(lambda priority, text: None,
+                                                 pam_service=service)
+        verdicts = [keeper._check_old_password(name, "whatever")[0]
+                    for name in ("qptnosuchuser", known.name)]
+    assert verdicts == [poppassd_monitor.LATER, poppassd_monitor.LATER]
 
 
 @pytest.mark.skipif(shutil.which("man") is None, reason="man (man-db) not installed")
