@@ -351,7 +351,6 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
          "The update is applied; a system crash before the directory reaches the disk may "
          "bring the spool before it back, without mail delivered since; the next session's "
          "journal check does not see it."),
-        ("image of * octets shorter than spool *", "An update image does not cover the spool."),
         ("recovering *'s maildrop from journal: *", "A session crashed; its journal is "
                                                     "replayed at this login."),
         ("*: unknown operation *", "A journal this version cannot read; left as is."),

@@ -14,7 +14,7 @@ from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool import mbox
 from qpopper.spool.durable import (ChunkWriter, copy_range, pwrite_all, recorded_as, same_bytes,
                                    sha256_of_range, unlink_if_present)
-from qpopper.spool.journal import JOURNAL_BAD_TEXT, Journal, open_own_file
+from qpopper.spool.journal import JOURNAL_BAD_TEXT, JOURNAL_VERSION, Journal, open_own_file
 from qpopper.spool.locking import SpoolLock
 
 StepHook = Callable[[str], None]
@@ -65,8 +65,7 @@ class CommitEngine:
                 write_front(writer.write)
                 writer.flush()
                 if spool_len:
-                    self.append_spool(writer, lock, 0, spool_len, "copy-spool-to-image",
-                                      in_place=True)
+                    self.append_spool(writer, lock, 0, spool_len, "copy-spool-to-image")
                 self.step("fsync-image")
                 os.fsync(image)
             except OSError:
@@ -79,7 +78,7 @@ class CommitEngine:
         self.finish()
 
     def append_spool(self, writer: ChunkWriter, lock: SpoolLock, start: int, length: int,
-                     name: str, *, in_place: bool) -> bool:
+                     name: str) -> bool:
         """Put the spool's [start, start+length) after what `writer` wrote to the image. The
         image's messages were written closed (an open MMDF message gets its trailer:
         mbox_write, normal mode's restore), so what is padded and what is left out is
@@ -88,10 +87,8 @@ class CommitEngine:
         - in a From_ image, the empty lines (LF or CRLF) the copied mail starts with before
           its first `From ` line are left out: a delivery agent's closing of the message
           before it, or more; copied, they would be empty lines of the last message written,
-          or start the spool (which every login would refuse); `in_place` (the image is to
-          be written over the spool's first start+length octets, which it must cover: a
-          commit, its roll-forward), only the first whole lines of them that the image's
-          octets before them and the padding make up for;
+          or start the spool (which every login would refuse). An image that comes out
+          shorter than the spool it is written over is applied with a cut (`apply`);
         - the separator padding the image's end needs goes first (True is returned then);
         - in an MMDF image, what closes the end when the copied mail ends open (its
           separator lines counted), so the spool never ends open after our write."""
@@ -101,8 +98,7 @@ class CommitEngine:
                  else os.pread(spool, min(limits.MAX_SPOOL_LINE_OCTETS, length), start))
         pad = mbox.padding_after(image, writer.pos, open_message=False)
         if length and mbox.mmdf_separator(first) is None:
-            at_most = writer.pos + len(pad) - start if in_place else None
-            skip = mbox.empty_lines_before_from(spool, start, start + length, at_most)
+            skip = mbox.empty_lines_before_from(spool, start, start + length)
             start, length = start + skip, length - skip
         if pad:
             writer.write(pad)
@@ -138,15 +134,17 @@ class CommitEngine:
         when the image holds mail found nowhere else). `only_copy`: the image is the only
         copy of the mail (server mode emptied the spool for it, the drop is empty), so
         running out of room keeps image and journal too."""
-        if image_len < spool_len:
-            raise PopError(UPDATE_FAILED_TEXT, RespCode.SYS_TEMP,
-                           log=f"image of {image_len} octets shorter than spool {spool_len}")
         spool = lock.fd
         st = os.fstat(spool)
-        head = os.pread(spool, min(spool_len, HEAD_OCTETS), 0)
+        head = os.pread(spool, min(spool_len, image_len, HEAD_OCTETS), 0)
         record = {"op": "commit", "dev": st.st_dev, "ino": st.st_ino,
                   "len": image_len, "spool_len": spool_len, "head": head.hex()}
-        self.journal.write(dict(record, only_copy=True) if only_copy else record)
+        if only_copy:
+            record["only_copy"] = True
+        if image_len < spool_len:
+            self._apply_with_cut(lock, image, record)
+            return
+        self.journal.write(record)
         if image_len > spool_len:
             self.step("extend-spool")
             os.ftruncate(spool, image_len)
@@ -174,6 +172,26 @@ class CommitEngine:
             os.fdatasync(spool)
             copy_range(image, spool_len, 1, spool, spool_len, self.step, "write-spool-marker",
                        refresh)
+        self.step("fsync-spool")
+        os.fsync(spool)
+
+    def _apply_with_cut(self, lock: SpoolLock, image: int, record: dict) -> None:
+        """The image (empty lines left out) is shorter than the spool: write it over the
+        spool's first L octets and a NUL at L (no delivered message starts with one), make
+        them durable, journal `cut`, then cut the spool to L. Until `cut` is journaled the
+        spool keeps its length, so mail delivered after a crash starts at the recorded end;
+        after it, a NUL at L says the cut is still to do and anything else that it is done
+        (docs/maildrop.md, "The commit engine")."""
+        spool, image_len = lock.fd, record["len"]
+        self.journal.write(record, version=JOURNAL_VERSION)
+        copy_range(image, 0, image_len, spool, 0, self.step, "write-spool", lock.refresh_if_due)
+        self.step("write-spool-cut-marker")
+        pwrite_all(spool, b"\0", image_len)
+        self.step("fsync-spool-body")
+        os.fdatasync(spool)
+        self.journal.write(dict(record, op="cut"), version=JOURNAL_VERSION)
+        self.step("cut-spool")
+        os.ftruncate(spool, image_len)
         self.step("fsync-spool")
         os.fsync(spool)
 
@@ -241,6 +259,12 @@ class CommitEngine:
             size = st.st_size
             if not same_spool(spool, st, image, record):
                 eof = 0                                  # a different file: all of it is new
+            elif record["op"] == "cut":                  # written; NUL at L until it is cut
+                cut = size == image_len or (size > image_len
+                                            and os.pread(spool, 1, image_len) != b"\0")
+                eof = None if cut else min(spool_len, size)
+            elif image_len < spool_len:
+                eof = min(spool_len, size)               # never cut before `cut` is journaled
             elif size >= image_len and same_bytes(spool, 0, image, 0, image_len):
                 eof = None                               # the image is in place
             elif size < image_len:
@@ -258,8 +282,7 @@ class CommitEngine:
                 os.ftruncate(image, image_len)
                 if size > eof:        # as the commit appends it: padded, less empty lines
                     self.append_spool(ChunkWriter(image, self.step, "pad-image", image_len),
-                                      lock, eof, size - eof, "copy-spool-to-image",
-                                      in_place=True)
+                                      lock, eof, size - eof, "copy-spool-to-image")
                 new_len = os.fstat(image).st_size
                 self.step("fsync-image")
                 os.fsync(image)
@@ -275,16 +298,17 @@ class CommitEngine:
 def same_spool(spool: int, st: os.stat_result, image: int, record: dict) -> bool:
     """Is this the spool the commit was rewriting, and not a file that replaced it after the
     crash (which may reuse the inode number)? Our writes only ever turn a byte of the spool's
-    first Z octets into the image's byte there, and delivery only appends, so each of the
-    first len(head) octets must still be the recorded one or the image's. A version-1 record
-    has no head: the inode alone decides, as before."""
+    first min(Z, L) octets into the image's byte there (the NUL of a cut goes at L, the cut
+    to L), and delivery only appends, so each of the first len(head) octets must still be
+    the recorded one or the image's. A version-1 record has no head: the inode alone
+    decides, as before."""
     if not recorded_as(st, record["ino"]):
         return False
     if "head" not in record:
         return True
     head = bytes.fromhex(record["head"])
     if st.st_size < len(head):
-        return False                        # we never cut the spool below Z
+        return False                        # we never cut the spool below min(Z, L)
     now = os.pread(spool, len(head), 0)
     ours = os.pread(image, len(head), 0)
     return len(now) == len(ours) == len(head) and all(

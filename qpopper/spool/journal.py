@@ -14,11 +14,14 @@ from qpopper.spool.locking import open_regular
 
 StepHook = Callable[[str], None]
 
-JOURNAL_VERSION = 2
-"""Written by this build. Version 1 (no `head` in commit records) is still read: such a record
-is recovered by the spool's inode number alone
-(docs/maildrop.md, "The journal")."""
-READABLE_JOURNAL_VERSIONS = (1, JOURNAL_VERSION)
+JOURNAL_VERSION = 3
+"""The newest version this build writes: only for the records an older build would recover
+wrongly (a commit of an image shorter than the spool, and `cut`); every other record is
+written as PLAIN_JOURNAL_VERSION, which a version-2 build still recovers. Version 1 (no
+`head` in commit records) is still read: such a record is recovered by the spool's inode
+number alone (docs/maildrop.md, "The journal")."""
+PLAIN_JOURNAL_VERSION = 2
+READABLE_JOURNAL_VERSIONS = (1, PLAIN_JOURNAL_VERSION, JOURNAL_VERSION)
 JOURNAL_BAD_TEXT = "Maildrop recovery needs attention; contact your administrator"
 IMAGE_MODE = 0o600
 
@@ -52,8 +55,8 @@ class Journal:
                            log=f"{self.path}: unreadable journal ({exc}); left as is") from None
         return record
 
-    def write(self, record: dict) -> None:
-        data = json.dumps(dict(record, v=JOURNAL_VERSION), sort_keys=True).encode() + b"\n"
+    def write(self, record: dict, version: int = PLAIN_JOURNAL_VERSION) -> None:
+        data = json.dumps(dict(record, v=version), sort_keys=True).encode() + b"\n"
         name = f"journal-{record['op']}"
         self.step(f"{name}-write")
         fd = open_own_file(self.tmp, create=True)

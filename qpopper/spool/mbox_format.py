@@ -397,14 +397,12 @@ def padding_after(fd: int, size: int, *, open_message: bool | None) -> bytes:
     return separator_padding(tail, sep, bool(open_message))
 
 
-def empty_lines_before_from(fd: int, start: int, end: int, at_most: int | None = None) -> int:
+def empty_lines_before_from(fd: int, start: int, end: int) -> int:
     """How many octets of empty lines (LF or CRLF) start [start, end) of fd right before a
     `From ` line: padding a delivery agent wrote to close the message before it, which a
     write-back that wrote that message closed leaves out
     (docs/maildrop.md, "Server mode: the update").
-    0 when anything else follows them: content is never left out. `at_most`: only the
-    first whole lines of them within that many octets, for an image written in place,
-    which must cover the spool (docs/maildrop.md, "The commit engine")."""
+    0 when anything else follows them: content is never left out."""
     head = os.pread(fd, min(limits.COPY_CHUNK_OCTETS, end - start), start)
     skip = len(head) - len(head.lstrip(b"\r\n"))
     while skip and not head[:skip].endswith(b"\n"):
@@ -414,8 +412,6 @@ def empty_lines_before_from(fd: int, start: int, end: int, at_most: int | None =
     line = os.pread(fd, min(limits.MAX_SPOOL_LINE_OCTETS, end - start - skip), start + skip)
     if not is_from_line(line[:line.find(b"\n") + 1] or line):
         return 0
-    if at_most is not None and skip > at_most:
-        skip = head.rfind(b"\n", 0, max(at_most, 0)) + 1     # whole lines only
     return skip
 
 

@@ -152,9 +152,9 @@ class NormalModeMaildrop(Maildrop):
             self._engine.journal.clear()
         elif op == "absorbed":
             self._recover_absorbed(record)
-        elif op in ("commit", "replace"):
+        elif op in ("commit", "cut", "replace"):
             with self._holding_spool():
-                if op == "commit":
+                if op != "replace":
                     self._engine.recover_commit(self._spool, record)
                 else:
                     self._engine.recover_replace(self._spool, record)

@@ -229,8 +229,7 @@ class ServerModeMaildrop(NormalModeMaildrop):
                     known = _Written(known, writer.pos)
                 if spool_len > login_len:
                     if self._engine.append_spool(writer, self._spool, login_len,
-                                                 spool_len - login_len, "copy-new-mail-to-image",
-                                                 in_place=False):
+                                                 spool_len - login_len, "copy-new-mail-to-image"):
                         known = None        # never after a copy: it ends with a blank line
                 if fast:
                     fast = _dress_like_spool(image, st, self._step, self._note, self.user)
