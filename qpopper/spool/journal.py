@@ -16,10 +16,10 @@ StepHook = Callable[[str], None]
 
 JOURNAL_VERSION = 3
 """The newest version this build writes: only for the records an older build would recover
-wrongly (a commit of an image shorter than the spool, and `cut`); every other record is
-written as PLAIN_JOURNAL_VERSION, which a version-2 build still recovers. Version 1 (no
-`head` in commit records) is still read: such a record is recovered by the spool's inode
-number alone (docs/maildrop.md, "The journal")."""
+wrongly (a commit of an image shorter than the spool, `cut`, an absorb that leaves octets
+out); every other record is written as PLAIN_JOURNAL_VERSION, which a version-2 build still
+recovers. Version 1 (no `head` in commit records) is still read: such a record is recovered
+by the spool's inode number alone (docs/maildrop.md, "The journal")."""
 PLAIN_JOURNAL_VERSION = 2
 READABLE_JOURNAL_VERSIONS = (1, PLAIN_JOURNAL_VERSION, JOURNAL_VERSION)
 JOURNAL_BAD_TEXT = "Maildrop recovery needs attention; contact your administrator"

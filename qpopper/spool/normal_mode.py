@@ -12,7 +12,7 @@ from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool import cache, mbox
 from qpopper.spool.durable import (copy_range, fsync_parent_dir, pwrite_all, recorded_as,
                                    same_bytes, unlink_if_present)
-from qpopper.spool.journal import JOURNAL_BAD_TEXT
+from qpopper.spool.journal import JOURNAL_BAD_TEXT, JOURNAL_VERSION, PLAIN_JOURNAL_VERSION
 from qpopper.spool.locking import SessionLock
 from qpopper.spool.maildrop import Maildrop
 
@@ -71,23 +71,42 @@ class NormalModeMaildrop(Maildrop):
         drop = self._session.fd
         start = os.fstat(drop).st_size
         pad = mbox.padding_after(drop, start, open_message=None)  # a crashed session's drop
+        skip = self._padding_to_leave_out(src, size, start)
         record = {"op": "absorb", "source": source, "dev": st.st_dev, "ino": st.st_ino,
                   "temp_len": start, "pad": len(pad), "len": size}
-        self._engine.journal.write(record)
+        # A version-2 build would take a copy that left octets out for a truncated source.
+        version = PLAIN_JOURNAL_VERSION
+        if skip:
+            record["skip"], version = skip, JOURNAL_VERSION
+        self._engine.journal.write(record, version)
         self._step("truncate-temp-drop")
         os.ftruncate(drop, start)
         if pad:
             self._step("pad-temp-drop")
             pwrite_all(drop, pad, start)
-        copy_range(src, 0, size, drop, start + len(pad), self._step, f"copy-{source}", refresh)
+        copy_range(src, skip, size - skip, drop, start + len(pad), self._step, f"copy-{source}",
+                   refresh)
         self._step("fsync-temp-drop")
         os.fsync(drop)
-        self._engine.journal.write(dict(record, op="absorbed"))
+        self._engine.journal.write(dict(record, op="absorbed"), version)
         self._step(f"truncate-{source}")
         os.ftruncate(src, 0)
         self._step(f"fsync-{source}")
         os.fsync(src)
         self._engine.journal.clear()
+
+    def _padding_to_leave_out(self, src: int, size: int, drop_len: int) -> int:
+        """The empty lines a From_ source starts with before its first `From ` line (a
+        delivery agent's padding) are left out after a crashed session's From_ drop, as the
+        commit leaves them out after the kept messages: copied, they would be empty lines of
+        the drop's last message (docs/maildrop.md, "Normal mode"). Into an empty drop the
+        source goes as it is (a spool that starts with them is refused, as it was)."""
+        if not drop_len:
+            return 0
+        first = os.pread(self._session.fd, limits.MAX_SPOOL_LINE_OCTETS, 0)
+        if mbox.mmdf_separator(first) is not None:
+            return 0
+        return mbox.empty_lines_before_from(src, 0, size)
 
     def update(self, deleted: set[int], retrieved: set[int]) -> None:
         """UPDATE: delete `deleted` (visible 0-based indices), mark `retrieved`, write back."""
@@ -164,7 +183,7 @@ class NormalModeMaildrop(Maildrop):
 
     def _recover_absorbed(self, record: dict) -> None:
         start = record["temp_len"] + record["pad"]
-        size = record["len"]
+        size, skip = record["len"], record.get("skip", 0)
         if record.get("source") == "old-temp-drop":
             holder = None
             if os.path.lexists(self.paths.old_temp_drop or ""):
@@ -180,7 +199,7 @@ class NormalModeMaildrop(Maildrop):
                 st = os.fstat(src)
                 untouched = (recorded_as(st, record["ino"])
                              and st.st_size >= size
-                             and same_bytes(src, 0, self._session.fd, start, size))
+                             and same_bytes(src, skip, self._session.fd, start, size - skip))
             if untouched:
                 # The source was not truncated: it still has the mail; take it again later.
                 self._cut_drop(record["temp_len"])

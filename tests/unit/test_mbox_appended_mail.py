@@ -336,3 +336,36 @@ def test_a_normal_mode_update_with_more_padding_than_kept_octets_leaves_it_all_o
     served = view(cfg, paths)
     assert len(served) == 2 and served[1][2].endswith(b"\r\n\r\ntwo\r\n")
     assert served[0][2].split(b"\r\n\r\n", 1)[1] == b"x\r\n"
+
+
+def test_a_login_after_a_crashed_session_leaves_the_agent_s_padding_out(tmp_path):
+    """A crashed session left its drop; an agent then delivered to the emptied spool after
+    an empty line: the login puts that mail after the drop's without it, as an update puts
+    it after the kept messages, so the drop's last message gains no empty line; killed at
+    each step of that login, the next one ends the same (docs/maildrop.md, "Normal mode")."""
+    import json
+    from tests.helpers.spoolcheck import dies_in_child, killer_at
+    first = FROM + b"Subject: 1\n\none\n\n"
+    late = FROM + b"Subject: 2\n\ntwo\n\n"
+
+    def crashed(where):
+        where.mkdir()
+        cfg, paths = make(where, first)
+        open_drop(cfg, paths).close()                  # the drop keeps the mail
+        append(paths.spool, b"\n\r\n" + late)
+        return cfg, paths
+    steps: list[str] = []
+    cfg, paths = crashed(tmp_path / "steps")
+    Maildrop.open(cfg, paths, USER, lock_step_s=0.05, step_hook=steps.append).close()
+    assert read(paths.temp_drop) == first + late
+    assert "open:journal-absorbed-rename" in steps
+    for k, step in enumerate(steps):
+        cfg, paths = crashed(tmp_path / str(k))
+        hook = killer_at(k)
+        assert dies_in_child(lambda: Maildrop.open(cfg, paths, USER, lock_step_s=0.05,
+                                                   step_hook=hook)), step
+        if step == "open:truncate-spool":                   # `absorbed`: written as version 3
+            assert json.loads(read(paths.journal))["v"] == 3
+        open_drop(cfg, paths).close()
+        assert read(paths.temp_drop) == first + late, step
+        assert read(paths.spool) == b"" and not os.path.lexists(paths.journal), step
