@@ -153,6 +153,7 @@ class DotLock:
         self._ident: tuple[int, int] | None = None     # (dev, ino) of our lock file
         self._content = b""
         self._refreshed = 0.0
+        self._fs_now_ns: int | None = None  # the file system's clock at this attempt
 
     # --- taking it ----------------------------------------------------------------------------
     def acquire(self, timing: LockTiming) -> bool:
@@ -164,6 +165,7 @@ class DotLock:
         for anything but "someone holds it" (EEXIST)."""
         if self.held:
             raise RuntimeError("dot-lock already held")
+        self._fs_now_ns = None
         if self._create():
             return True
         if self._remove_if_stale():
@@ -203,13 +205,16 @@ class DotLock:
         (a lock breaker that moved ours aside and links it back adds a name for a moment).
         The unique file goes at once; its REMOVE retried after a lost reply may find it gone
         (fine), and when it cannot be removed the lock just made is taken away again before
-        the error is raised: nobody would release it."""
+        the error is raised: nobody would release it. The unique file's mtime, set by the file
+        system's clock (the NFS server's) as we wrote it, is "now" for judging the age of a
+        lock found there (_why_stale)."""
         unique = self._unique_name()
         fd = os.open(unique, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      DOTLOCK_MODE)
         try:
             os.write(fd, content)
             os.fsync(fd)
+            self._fs_now_ns = os.fstat(fd).st_mtime_ns
         finally:
             os.close(fd)
         made = None
@@ -259,8 +264,17 @@ class DotLock:
             self.log(syslog.LOG_NOTICE, f"removed stale lock {self.path} ({why})")
         return True
 
+    def _now(self) -> float:
+        """Now, for a lock's age: the lock's mtime is set by the clock of the file system's
+        host (the NFS server's), so with no-atomic-open the mtime of the unique file this
+        attempt has just written there, as liblockfile does: a host whose clock runs ahead
+        of the server's would otherwise take every other host's live lock for stale, and one
+        behind would wait out its lag on top. The local clock where there is none (O_EXCL,
+        meant for a local disk: docs/scale-out.md, "Locks across hosts")."""
+        return self._fs_now_ns / 1e9 if self._fs_now_ns is not None else time.time()
+
     def _why_stale(self, found: LockFile) -> str | None:
-        if time.time() - found.mtime_ns / 1e9 > self.stale_s:
+        if self._now() - found.mtime_ns / 1e9 > self.stale_s:
             return f"older than {self.stale_s:g} s"
         if found.content is None:
             return None
