@@ -204,41 +204,68 @@ class DotLock:
         report failure after succeeding, so the link count of our file decides: 2 or more
         (a lock breaker that moved ours aside and links it back adds a name for a moment).
         The unique file goes at once; its REMOVE retried after a lost reply may find it gone
-        (fine), and when it cannot be removed the lock just made is taken away again before
-        the error is raised: nobody would release it. The unique file's mtime, set by the file
-        system's clock (the NFS server's) as we wrote it, is "now" for judging the age of a
-        lock found there (_why_stale)."""
+        (fine). When it cannot be removed, or an error (or a signal) leaves it unknown whether
+        the link made the lock, that lock is taken away again before the error is raised:
+        nobody would release it. The unique file's mtime, set by the file system's clock (the
+        NFS server's) as we wrote it, is "now" for judging the age of a lock found there
+        (_why_stale)."""
         unique = self._unique_name()
         fd = os.open(unique, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      DOTLOCK_MODE)
         try:
             os.write(fd, content)
             os.fsync(fd)
-            self._fs_now_ns = os.fstat(fd).st_mtime_ns
+            st = os.fstat(fd)
         finally:
             os.close(fd)
-        made = None
+        self._fs_now_ns = st.st_mtime_ns
+        mine = (st.st_dev, st.st_ino)
+
+        def is_mine(found: LockFile) -> bool:
+            return (found.dev, found.ino) == mine and found.content == content
         try:
             self.hook("dotlock-link")
             try:
                 os.link(unique, self.path)
             except OSError:
                 pass
-            st = os.lstat(unique)
-            made = (st.st_dev, st.st_ino) if st.st_nlink >= 2 else None
-        finally:
-            try:
-                self.hook("dotlock-unlink-unique")
-                # ENOENT: an NFS REMOVE retried after its reply was lost; the file is gone
-                unlink_if_present(unique)
-            except BaseException:
-                if made is not None:        # a lock nobody would release: take it away
-                    with contextlib.suppress(OSError):
-                        self._take_away(lambda found: (found.dev, found.ino) == made
-                                        and found.content == content)
-                    unlink_if_present(unique, ignore_other_errors=True)
-                raise
+            made = mine if self._linked(unique, mine) else None
+        except BaseException:
+            self._forget(unique, is_mine)   # the link may have made a lock nobody would release
+            raise
+        try:
+            self.hook("dotlock-unlink-unique")
+            # ENOENT: an NFS REMOVE retried after its reply was lost; the file is gone
+            unlink_if_present(unique)
+        except BaseException:
+            if made is not None:            # a lock nobody would release: take it away
+                self._forget(unique, is_mine)
+            raise
         return made
+
+    def _linked(self, unique: str, mine: tuple[int, int]) -> bool:
+        """Whether the link made the lock: our unique file has two names (or more); when it
+        cannot be looked at (an NFS error), whether the lock name is that file. An error of
+        both looks is the caller's (_forget)."""
+        try:
+            return os.lstat(unique).st_nlink >= 2
+        except OSError:
+            found = LockFile.at(self.path)
+            return found is not None and (found.dev, found.ino) == mine
+
+    def _forget(self, unique: str, is_mine: Callable[[LockFile], bool]) -> None:
+        """After an error: the lock made of our unique file, if the name holds it (or cannot
+        be looked at: _take_away looks at what it moves), is taken away, and the unique file
+        removed; best effort, the error is the caller's."""
+        with contextlib.suppress(OSError):
+            try:
+                found = LockFile.at(self.path)
+                ours = found is not None and is_mine(found)
+            except OSError:
+                ours = True
+            if ours:
+                self._take_away(is_mine)
+        unlink_if_present(unique, ignore_other_errors=True)
 
     def _unique_name(self) -> str:
         """A name of our own beside the lock: `.lk<pid><random><host>`, as liblockfile names

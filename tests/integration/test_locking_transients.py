@@ -1,7 +1,8 @@
 """States of a spool or a temporary drop that pass in a moment and must not be refused as
 wrong (docs/maildrop.md, "The locking rules"): a spool a delivery agent running as root has
 created and not yet given to its owner, NFS's ESTALE for a file another host removed, and
-no-atomic-open's unique file whose REMOVE is retried after a lost reply or fails."""
+no-atomic-open's unique file whose REMOVE is retried after a lost reply or fails, or whose
+link count cannot be read after the link."""
 
 from __future__ import annotations
 
@@ -193,3 +194,67 @@ def test_an_unlink_of_the_unique_file_that_fails_leaves_no_lock_behind(tmp_path)
     assert raised.value.errno == errno.EIO and not lock.held
     assert not os.path.lexists(lock_path)
     assert DotLock(lock_path, nfs_safe=True).try_acquire()
+
+
+def _lstat_fails(monkeypatch, tmp_path, lock_path: str, *, lock_too: bool = False):
+    """os.lstat of the unique file (the first `.lk` name looked at) fails with EIO, as an
+    NFS GETATTR can after the LINK went through; with lock_too, so does every lstat of the
+    lock name."""
+    real_lstat = os.lstat
+    state = {"unique": None, "failed": 0}
+
+    def lstat(name, *args, **kwargs):
+        name = str(name)
+        if os.path.basename(name).startswith(".lk") and state["unique"] is None:
+            state["unique"] = name
+        if name == state["unique"] or (lock_too and name == lock_path):
+            state["failed"] += 1
+            raise OSError(errno.EIO, "Input/output error", name)
+        return real_lstat(name, *args, **kwargs)
+    monkeypatch.setattr(os, "lstat", lstat)
+    return state
+
+
+def test_a_link_whose_count_cannot_be_read_is_decided_by_the_lock_name(tmp_path, monkeypatch):
+    """no-atomic-open: the link made the lock, then the look at the unique file's link count
+    fails. The lock name holds our file: the lock is ours and held, not left on disk with
+    nobody to release it (every other host would wait out the stale age)."""
+    from qpopper.spool.dotlock import DotLock
+    lock_path = str(tmp_path / "alice.lock")
+    state = _lstat_fails(monkeypatch, tmp_path, lock_path)
+    lock = DotLock(lock_path, nfs_safe=True)
+    assert lock.try_acquire() and state["failed"] == 1
+    monkeypatch.undo()
+    assert lock.held and lock.still_ours()
+    lock.release()
+    assert not os.path.lexists(lock_path) and _unique_files(tmp_path) == []
+
+
+def test_a_link_that_cannot_be_told_made_or_not_leaves_no_lock_behind(tmp_path, monkeypatch):
+    """Neither the unique file nor the lock name can be looked at after the link: the error
+    is the caller's, and the lock the link may have made is taken away first."""
+    from qpopper.spool.dotlock import DotLock
+    lock_path = str(tmp_path / "alice.lock")
+    state = _lstat_fails(monkeypatch, tmp_path, lock_path, lock_too=True)
+    lock = DotLock(lock_path, nfs_safe=True)
+    with pytest.raises(OSError) as raised:
+        lock.try_acquire()
+    monkeypatch.undo()
+    assert raised.value.errno == errno.EIO and state["failed"] >= 2 and not lock.held
+    assert not os.path.lexists(lock_path) and _unique_files(tmp_path) == []
+    assert DotLock(lock_path, nfs_safe=True).try_acquire()
+
+
+def test_a_link_lost_to_another_lock_leaves_that_lock_alone_after_an_error(tmp_path,
+                                                                           monkeypatch):
+    """The same failing look when the name holds another locker's lock (our link failed):
+    that lock is never moved."""
+    from qpopper.spool.dotlock import DotLock, LockFile, lock_content
+    lock_path = str(tmp_path / "alice.lock")
+    with open(lock_path, "wb") as other:
+        other.write(lock_content(pid=4242, host="elsewhere.example"))
+    before = LockFile.at(lock_path)
+    _lstat_fails(monkeypatch, tmp_path, lock_path)
+    assert not DotLock(lock_path, nfs_safe=True).try_acquire()
+    monkeypatch.undo()
+    assert LockFile.at(lock_path) == before and _unique_files(tmp_path) == []
