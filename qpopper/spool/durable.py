@@ -191,6 +191,24 @@ def _create_exclusive(temp: str, mode: int) -> int:
         return os.open(temp, flags, mode)
 
 
+def _renamed_already(final: str, written: os.stat_result, data: bytes) -> bool:
+    """Whether a rename that found its source missing had been done: over NFS a RENAME whose
+    reply was lost is sent again, and the retry finds the temporary name gone. Done when
+    `final` is the very file written (`written`, its fstat) and holds `data`."""
+    try:
+        if not os.path.samestat(os.lstat(final), written):     # nothing else is opened
+            return False
+        fd = os.open(final, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        return (os.path.samestat(st, written) and st.st_size == len(data)
+                and read_up_to(fd, len(data)) == data)
+    finally:
+        os.close(fd)
+
+
 def publish(temp: str, final: str, data: bytes, *, mode: int = 0o600, link: bool = False,
             sync: bool = True, step: StepHook | None = None,
             steps: tuple[str, str | None, str] = ("write", "fsync", "publish")) -> bool:
@@ -201,7 +219,10 @@ def publish(temp: str, final: str, data: bytes, *, mode: int = 0o600, link: bool
     kept: returns False) and `temp` removed. The directory's fsync is the caller's: some
     publish many files and sync once. `steps` names the write, fsync and publish steps for
     `step` (the crash tests' hook; the fsync's is None without `sync`). Returns True when
-    `final` holds `data`; raises OSError, leaving no temporary file when it can remove it."""
+    `final` holds `data` (also after a rename that reported the temporary file missing
+    because an NFS retry found its own work done: _renamed_already; a link retried so
+    reports EEXIST, which is False, the name kept); raises OSError, leaving no temporary
+    file when it can remove it."""
     write_step, sync_step, publish_step = steps
     if step:
         step(write_step)
@@ -213,12 +234,17 @@ def publish(temp: str, final: str, data: bytes, *, mode: int = 0o600, link: bool
                 if step:
                     step(sync_step)
                 os.fsync(fd)
+            written = os.fstat(fd)
         finally:
             os.close(fd)
         if step:
             step(publish_step)
         if not link:
-            os.rename(temp, final)
+            try:
+                os.rename(temp, final)
+            except FileNotFoundError:
+                if not _renamed_already(final, written, data):
+                    raise
             return True
         try:
             os.link(temp, final)

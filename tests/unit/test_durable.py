@@ -133,6 +133,42 @@ def test_a_failed_publish_leaves_no_temporary_file(tmp_path):
     assert not os.path.lexists(temp)
 
 
+def _rename_reply_lost(monkeypatch, done: bool):
+    """os.rename as an NFS client reports a RENAME whose reply was lost and whose retry finds
+    the source gone: ENOENT, after renaming (`done`) or, a true ENOENT, without."""
+    real_rename = os.rename
+
+    def rename(src, dst, **kwargs):
+        if done:
+            real_rename(src, dst, **kwargs)
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), src)
+    monkeypatch.setattr(durable.os, "rename", rename)
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_a_rename_done_whose_retry_finds_the_source_gone_is_published(tmp_path, monkeypatch,
+                                                                      sync):
+    temp, final = str(tmp_path / "tmp"), tmp_path / "final"
+    final.write_bytes(b"old")
+    _rename_reply_lost(monkeypatch, done=True)
+    assert durable.publish(temp, str(final), b"new" * 1000, sync=sync) is True
+    assert final.read_bytes() == b"new" * 1000 and not os.path.lexists(temp)
+
+
+@pytest.mark.parametrize("old", [None, b"old", b"new"])
+def test_a_rename_not_done_stays_an_error(tmp_path, monkeypatch, old):
+    """The same error without the rename done is still the caller's, also when the final
+    file already holds the same octets (another file: not ours)."""
+    temp, final = str(tmp_path / "tmp"), tmp_path / "final"
+    if old is not None:
+        final.write_bytes(old)
+    _rename_reply_lost(monkeypatch, done=False)
+    with pytest.raises(FileNotFoundError):
+        durable.publish(temp, str(final), b"new")
+    assert not os.path.lexists(temp)
+    assert (final.read_bytes() if old is not None else None) == old
+
+
 def _renameat2_refused_by_the_file_system(*args):
     ctypes.set_errno(errno.EINVAL)           # what NFS answers to RENAME_NOREPLACE
     return -1
