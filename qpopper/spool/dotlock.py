@@ -129,6 +129,24 @@ class LockFile:
         return self == other
 
 
+def file_system_now_ns(name: str) -> int | None:
+    """The clock of the file system's host (the NFS server's): the mtime of a new file
+    written at `name` and removed again; None when none can be written there."""
+    try:
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     DOTLOCK_MODE)
+    except OSError:
+        return None
+    try:
+        os.write(fd, b"\n")            # written: the server sets the mtime as it writes
+        return os.fstat(fd).st_mtime_ns
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+        unlink_if_present(name, ignore_other_errors=True)
+
+
 def _holder(found: LockFile | None) -> str:
     if found is None:
         return "nobody"
@@ -291,17 +309,26 @@ class DotLock:
             self.log(syslog.LOG_NOTICE, f"removed stale lock {self.path} ({why})")
         return True
 
-    def _now(self) -> float:
-        """Now, for a lock's age: the lock's mtime is set by the clock of the file system's
-        host (the NFS server's), so with no-atomic-open the mtime of the unique file this
-        attempt has just written there, as liblockfile does: a host whose clock runs ahead
-        of the server's would otherwise take every other host's live lock for stale, and one
-        behind would wait out its lag on top. The local clock where there is none (O_EXCL,
-        meant for a local disk: docs/scale-out.md, "Locks across hosts")."""
-        return self._fs_now_ns / 1e9 if self._fs_now_ns is not None else time.time()
+    def _age_s(self, found: LockFile) -> float:
+        """A lock's age. Its mtime is set by the clock of the file system's host (the NFS
+        server's), so it is measured against the mtime of a file this host has just written
+        there, as liblockfile does: with no-atomic-open the unique file of this attempt; on a
+        shared directory without it, a fresh one, made only when the local clock finds the
+        lock stale. A host whose clock runs ahead of the server's would otherwise take every
+        other host's live lock for stale, and one behind would wait out its lag on top. The
+        local clock on a local disk, or where no file can be written (docs/scale-out.md,
+        "Locks across hosts")."""
+        if self._fs_now_ns is None:
+            age = time.time() - found.mtime_ns / 1e9
+            if age <= self.stale_s or not self._shared():
+                return age
+            self._fs_now_ns = file_system_now_ns(self._unique_name())
+            if self._fs_now_ns is None:
+                return age
+        return (self._fs_now_ns - found.mtime_ns) / 1e9
 
     def _why_stale(self, found: LockFile) -> str | None:
-        if self._now() - found.mtime_ns / 1e9 > self.stale_s:
+        if self._age_s(found) > self.stale_s:
             return f"older than {self.stale_s:g} s"
         if found.content is None:
             return None

@@ -18,17 +18,18 @@ SKEW_S = 400
 """More than the stale age (limits.DOTLOCK_STALE_S, 300 s)."""
 
 ANOTHER_HOSTS = lock_content(pid=4242, host="elsewhere.example")
+TRUE_TIME = time.time
+"""The clock the file system's mtimes keep (the host's one is moved by the tests)."""
 
 
 def host_clock_off_by(monkeypatch, seconds: float) -> None:
-    real = time.time
-    monkeypatch.setattr(dotlock.time, "time", lambda: real() + seconds)
+    monkeypatch.setattr(dotlock.time, "time", lambda: TRUE_TIME() + seconds)
 
 
 def another_hosts_lock(path, age_s: float = 0):
     path.write_bytes(ANOTHER_HOSTS)
     if age_s:
-        then = time.time() - age_s
+        then = TRUE_TIME() - age_s
         os.utime(path, (then, then))
 
 
@@ -76,3 +77,35 @@ def test_a_lock_younger_than_the_stale_age_by_the_file_systems_clock_is_waited_f
     host_clock_off_by(monkeypatch, SKEW_S)
     assert not DotLock(str(path), nfs_safe=True, stale_s=300).try_acquire()
     assert path.read_bytes() == ANOTHER_HOSTS
+
+
+def nfs_directory(monkeypatch) -> None:
+    """The lock's directory is taken for an NFS mount (mounts.directory_on_nfs)."""
+    monkeypatch.setattr(dotlock.mounts, "directory_on_nfs", lambda path: True)
+
+
+def test_without_no_atomic_open_on_nfs_a_fresh_file_reads_the_file_systems_clock(
+        tmp_path, monkeypatch):
+    """no-atomic-open forgotten on an NFS spool (the O_EXCL dot-lock writes no unique file):
+    a lock the local clock finds stale is measured again against a file written for the
+    purpose, and removed only if the file system's clock finds it stale too."""
+    path = tmp_path / "alice.lock"
+    another_hosts_lock(path)
+    nfs_directory(monkeypatch)
+    host_clock_off_by(monkeypatch, SKEW_S)
+    assert not DotLock(str(path), stale_s=300).try_acquire()
+    assert path.read_bytes() == ANOTHER_HOSTS and unique_files(tmp_path) == []
+    another_hosts_lock(path, age_s=301)
+    lock = DotLock(str(path), stale_s=300)
+    assert lock.try_acquire() and lock.still_ours()
+    lock.release()
+    assert os.listdir(tmp_path) == []
+
+
+def test_on_a_local_disk_the_local_clock_is_the_file_systems(tmp_path, monkeypatch):
+    """The O_EXCL dot-lock on a local disk writes nothing to tell the age: the kernel's clock
+    is the one that set the mtime."""
+    path = tmp_path / "alice.lock"
+    another_hosts_lock(path, age_s=301)
+    monkeypatch.setattr(dotlock, "file_system_now_ns", None)     # never called
+    assert DotLock(str(path), stale_s=300).try_acquire()
