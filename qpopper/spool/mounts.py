@@ -17,8 +17,8 @@ other, and unknown ones are taken as such."""
 
 NFS_TYPES = frozenset({"nfs", "nfs4"})
 """NFS, shared by hosts whatever the options say: its flock is an fcntl lock of its own owner
-(the Linux NFS client, since 2.6.12), so one process holding both refuses itself, and a pid
-in a lock there may be another host's."""
+(the Linux NFS client, since 2.6.12) unless the mount keeps flock local (local_lock=), so
+one process holding both refuses itself, and a pid in a lock there may be another host's."""
 
 
 def _read(path: str) -> str | None:
@@ -38,38 +38,64 @@ def mount_id(fdinfo: str) -> str | None:
     return None
 
 
-def fs_type(mount: str, mountinfo: str) -> str | None:
-    """The type ("ext4", "nfs4", ...) of mount `mount` (its id) in a mountinfo text."""
+def _mount_fields(mount: str, mountinfo: str) -> list[str]:
+    """What follows the separator in mount `mount`'s (its id) mountinfo line: type, source,
+    super options ([] when the mount is not there)."""
     for line in mountinfo.splitlines():
         # "36 35 98:0 /root /mnt rw,noatime shared:1 - ext4 /dev/sda1 rw": the id first;
         # the optional fields end at a lone "-" (a mount point's spaces are \040), then the type
         fields = line.split(" ")
         if fields[0] == mount and "-" in fields[3:]:
-            rest = fields[fields.index("-", 3) + 1:]
-            return rest[0] if rest else None
-    return None
+            return fields[fields.index("-", 3) + 1:]
+    return []
 
 
-def fs_type_of(fd: int) -> str | None:
-    """The type of the file system the open file `fd` is on, or None when it cannot be told
-    (/proc not mounted, a kernel without mnt_id). Asked afresh each time: the kernel gives
-    a mount's id and device numbers to the next mount once it is gone, so a remembered
-    answer could call an NFS mount the tmpfs that was there before."""
+def fs_type(mount: str, mountinfo: str) -> str | None:
+    """The type ("ext4", "nfs4", ...) of mount `mount` (its id) in a mountinfo text."""
+    rest = _mount_fields(mount, mountinfo)
+    return rest[0] if rest else None
+
+
+def _fields_of(fd: int) -> list[str]:
+    """_mount_fields of the mount the open file `fd` is on ([] when it cannot be told: /proc
+    not mounted, a kernel without mnt_id). Asked afresh each time: the kernel gives a
+    mount's id and device numbers to the next mount once it is gone, so a remembered answer
+    could call an NFS mount the tmpfs that was there before."""
     fdinfo = _read(f"/proc/self/fdinfo/{fd}")
     mount = mount_id(fdinfo) if fdinfo is not None else None
     mountinfo = _read("/proc/self/mountinfo") if mount is not None else None
-    return fs_type(mount, mountinfo) if mountinfo is not None else None
+    return _mount_fields(mount, mountinfo) if mountinfo is not None else []
+
+
+def fs_type_of(fd: int) -> str | None:
+    """The type of the file system the open file `fd` is on, or None when it cannot be told."""
+    rest = _fields_of(fd)
+    return rest[0] if rest else None
+
+
+def nfs_local_lock(fd: int) -> str | None:
+    """An NFS mount's `local_lock=` (none, flock, posix or all; nfs(5): `nolock` sets all),
+    as the kernel shows it in the mount's super options; None when it does not say."""
+    rest = _fields_of(fd)
+    for option in (rest[2].split(",") if len(rest) > 2 else ()):
+        name, _, value = option.partition("=")
+        if name == "local_lock":
+            return value
+    return None
 
 
 def flock_beside_fcntl(fd: int, *, network_safe: bool) -> bool:
     """Whether the spool lock may take flock as well as fcntl on the open file `fd`: on a
-    local disk yes; on NFS never (NFS_TYPES); elsewhere, or when the type cannot
-    be told, only when the site did not say the spool is shared (`network_safe`:
-    no-atomic-open)."""
+    local disk yes; on NFS only where the client keeps flock to itself (local_lock=flock or
+    all): otherwise it sends flock to the server as an fcntl lock of another owner, which
+    refuses the process's own; elsewhere, or when the type cannot be told, only when the
+    site did not say the spool is shared (`network_safe`: no-atomic-open)."""
     kind = fs_type_of(fd)
     if kind in LOCAL_DISK_TYPES:
         return True
-    return not network_safe and kind not in NFS_TYPES
+    if kind in NFS_TYPES:
+        return nfs_local_lock(fd) in ("flock", "all")
+    return not network_safe
 
 
 def directory_on_nfs(path: str) -> bool:

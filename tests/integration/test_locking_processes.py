@@ -237,11 +237,6 @@ def _as_if_nfs(monkeypatch, directory, super_options: str) -> None:
     monkeypatch.setattr(mounts, "_read", read)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "review finding: since ad96683 the spool lock drops flock on every NFS mount without "
-    "no-atomic-open, also where flock is local (local_lock=flock or all; `nolock`, which "
-    "nfs(5) requires for an NFS /var): there flock and fcntl do not refuse each other, and "
-    "before ad96683 flock excluded a flock-only delivery agent on the same host"))
 @pytest.mark.parametrize("local_lock", ["all", "flock"])
 def test_on_nfs_with_local_flock_the_spool_lock_still_takes_flock(tmp_path, monkeypatch,
                                                                     local_lock):
