@@ -80,12 +80,13 @@ class PamResult:
     authentication cache may remember (docs/auth-cache.md); acct_mgmt's say is never kept.
     On a cache hit, the remembered PAM_SUCCESS."""
     fail_delay_s: float = 0.0
-    """After a right password that the account step refused: the failure delay the stack
-    asked for (pam_unix's 2 s unless nodelay, pam_faildelay's), as libpam drew it for this
-    attempt. A caller that answers the refusal as a wrong password waits it first, as a
+    """The failure delay the stack asked for at the password step (pam_unix's 2 s unless
+    nodelay, pam_faildelay's), as libpam drew it for this attempt; 0 when the step did not
+    run. Waited here when the step failed. After a right password that the account step
+    refused, a caller that answers the refusal as a wrong password waits it first, as a
     wrong password waited it inside PAM
-    (docs/operations.md, "An expired account or password").
-    0 otherwise: a failed password step has waited it already."""
+    (docs/operations.md, "An expired account or password");
+    the authentication cache keeps it with a wrong password, to wait it again."""
 
     @property
     def system_error(self) -> bool:
@@ -216,9 +217,9 @@ def _run(service: str, user: str, password: str, rhost: str | None, *,
         reason = reason.decode("utf-8", "replace")
     reason = str(reason or "")
     password_code = asked.get("code")
+    drawn = float(asked.get("fail_delay_s", 0.0))
     if code == PAM_SUCCESS:
-        return PamResult(True, code, reason, password_code=password_code)
-    owed = float(asked.get("fail_delay_s", 0.0)) if password_code == PAM_SUCCESS else 0.0
+        return PamResult(True, code, reason, password_code=password_code, fail_delay_s=drawn)
     if code == PAM_NEW_AUTHTOK_REQD:
         # pam_unix's acct_mgmt: the password must be changed (chage -d 0, maximum age
         # passed). It comes only after the password (or APOP digest) was verified. Past the
@@ -226,8 +227,8 @@ def _run(service: str, user: str, password: str, rhost: str | None, *,
         # check-password-expired (manual: "Disabling prevents Qpopper from checking for
         # expired passwords") decides whether it refuses the login.
         return PamResult(not check_password_expired, code, reason, password_expired=True,
-                         password_code=password_code, fail_delay_s=owed)
-    return PamResult(False, code, reason, password_code=password_code, fail_delay_s=owed)
+                         password_code=password_code, fail_delay_s=drawn)
+    return PamResult(False, code, reason, password_code=password_code, fail_delay_s=drawn)
 
 
 def authenticate(service: str, user: str, password: str, rhost: str | None = None, *,

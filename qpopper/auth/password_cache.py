@@ -55,6 +55,10 @@ cache still saves most of a login's PAM time, while a copy of the cache process'
 RIGHT = "right"
 """The verdict for a password the password step accepted."""
 
+MAX_REMEMBERED_DELAY_S = 60.0
+"""The most a remembered refusal waits (pam_faildelay's delay is the administrator's: this
+only bounds what a corrupt verdict could ask)."""
+
 REMEMBERED_REFUSALS = {
     pam_auth.python_pam.PAM_AUTH_ERR: "Authentication failure",
     pam_auth.python_pam.PAM_USER_UNKNOWN: "User not known to the underlying authentication module",
@@ -108,12 +112,24 @@ def shadow_stamp(user: str) -> bytes:
 
 
 def verdict_of(result: pam_auth.PamResult) -> str | None:
-    """What may be remembered of a PAM answer: RIGHT, a refusal code as text, or None."""
+    """What may be remembered of a PAM answer: RIGHT; a refusal, as its code and the failure
+    delay PAM waited for it ("7 1.423"), which a remembered refusal waits again; or None."""
     if result.password_code == pam_auth.PAM_SUCCESS:
         return RIGHT
     if result.password_code in REMEMBERED_REFUSALS:
-        return str(result.password_code)
+        return f"{result.password_code} {result.fail_delay_s:.3f}"
     return None
+
+
+def remembered_refusal(verdict: str | None) -> tuple[int, float] | None:
+    """(code, failure delay) of a remembered refusal (verdict_of), or None."""
+    code, _, delay = (verdict or "").partition(" ")
+    if not code.isdigit() or int(code) not in REMEMBERED_REFUSALS:
+        return None
+    try:
+        return int(code), min(max(float(delay or 0), 0.0), MAX_REMEMBERED_DELAY_S)
+    except ValueError:
+        return int(code), 0.0
 
 
 @dataclass(frozen=True)
@@ -190,9 +206,13 @@ def pam_or_cached(cache: PasswordCache | None, service: str, user: str, uid: int
             return replace(account, password_code=pam_auth.PAM_SUCCESS)
         # A refusal answered as a wrong password owes PAM's failure delay, which only the
         # password step tells: PAM is asked whole (a rare path: a refused account).
-    if verdict is not None and verdict.isdigit() and int(verdict) in REMEMBERED_REFUSALS:
-        code = int(verdict)
-        return pam_auth.PamResult(False, code, REMEMBERED_REFUSALS[code])
+    refusal = remembered_refusal(verdict)
+    if refusal is not None:
+        # PAM's failure delay again, as PAM would wait it: a remembered wrong password takes
+        # as long as a fresh one, and as a right one the account step refuses (below).
+        code, delay = refusal
+        time.sleep(delay)
+        return pam_auth.PamResult(False, code, REMEMBERED_REFUSALS[code], fail_delay_s=delay)
     asked_at = time.monotonic_ns()
     result = pam_auth.authenticate(service, user, password, rhost,
                                    check_password_expired=check_password_expired)

@@ -38,7 +38,16 @@ def test_only_the_password_steps_own_yes_and_wrong_password_are_remembered():
     assert password_cache.verdict_of(result(False, pam_auth.PAM_ACCT_EXPIRED, "",
                                             password_code=0)) == password_cache.RIGHT
     wrong = pam_auth.python_pam.PAM_AUTH_ERR
-    assert password_cache.verdict_of(result(False, wrong, "", password_code=wrong)) == str(wrong)
+    # with the failure delay PAM waited for it, which a remembered refusal waits again
+    verdict = password_cache.verdict_of(result(False, wrong, "", password_code=wrong,
+                                                fail_delay_s=1.4236))
+    assert verdict == f"{wrong} 1.424"
+    assert password_cache.remembered_refusal(verdict) == (wrong, 1.424)
+    assert password_cache.remembered_refusal(str(wrong)) == (wrong, 0.0)     # no delay kept
+    assert password_cache.remembered_refusal(f"{wrong} 1e9") == (
+        wrong, password_cache.MAX_REMEMBERED_DELAY_S)
+    for other in (password_cache.RIGHT, "", None, "4 1.0", f"{wrong} x"):
+        assert password_cache.remembered_refusal(other) in (None, (wrong, 0.0))
     for code in (pam_auth.python_pam.PAM_SYSTEM_ERR, pam_auth.PAM_MAXTRIES,
                  pam_auth.python_pam.PAM_AUTHINFO_UNAVAIL):
         assert password_cache.verdict_of(result(False, code, "", password_code=code)) is None
