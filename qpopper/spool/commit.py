@@ -177,19 +177,22 @@ class CommitEngine:
 
     def _apply_with_cut(self, lock: SpoolLock, image: int, record: dict) -> None:
         """The image (empty lines left out) is shorter than the spool: write it over the
-        spool's first L octets and a NUL at L (no delivered message starts with one), make
-        them durable, journal `cut`, then cut the spool to L. Until `cut` is journaled the
-        spool keeps its length, so mail delivered after a crash starts at the recorded end;
-        after it, a NUL at L says the cut is still to do and anything else that it is done
-        (docs/maildrop.md, "The commit engine")."""
-        spool, image_len = lock.fd, record["len"]
+        spool's first L octets and a NUL at L, make them durable, journal `cut` with the
+        SHA-256 of the spool's octets [L+1, Z) (`tail`, which our writes leave as they
+        were), then cut the spool to L. Until `cut` is journaled the spool keeps its length,
+        so mail delivered after a crash starts at the recorded end; after it, the spool is
+        not cut yet only while byte L is NUL and the tail is still there: a NUL at L alone
+        may be a bulletin's, whose append after the cut leaves its first byte NUL until it
+        is complete (docs/maildrop.md, "The commit engine")."""
+        spool, image_len, spool_len = lock.fd, record["len"], record["spool_len"]
         self.journal.write(record, version=JOURNAL_VERSION)
         copy_range(image, 0, image_len, spool, 0, self.step, "write-spool", lock.refresh_if_due)
         self.step("write-spool-cut-marker")
         pwrite_all(spool, b"\0", image_len)
         self.step("fsync-spool-body")
         os.fdatasync(spool)
-        self.journal.write(dict(record, op="cut"), version=JOURNAL_VERSION)
+        tail = sha256_of_range(spool, image_len + 1, spool_len - image_len - 1)
+        self.journal.write(dict(record, op="cut", tail=tail), version=JOURNAL_VERSION)
         self.step("cut-spool")
         os.ftruncate(spool, image_len)
         self.step("fsync-spool")
@@ -260,9 +263,7 @@ class CommitEngine:
             if not same_spool(spool, st, image, record):
                 eof = 0                                  # a different file: all of it is new
             elif record["op"] == "cut":                  # written; NUL at L until it is cut
-                cut = size == image_len or (size > image_len
-                                            and os.pread(spool, 1, image_len) != b"\0")
-                eof = None if cut else min(spool_len, size)
+                eof = spool_len if cut_pending(spool, size, record) else None
             elif image_len < spool_len:
                 eof = min(spool_len, size)               # never cut before `cut` is journaled
             elif size >= image_len and same_bytes(spool, 0, image, 0, image_len):
@@ -293,6 +294,17 @@ class CommitEngine:
         finally:
             os.close(image)
         self.finish()
+
+
+def cut_pending(spool: int, size: int, record: dict) -> bool:
+    """After `cut` was journaled: is the spool still uncut? Then it is at least Z long, byte
+    L is the NUL we wrote and [L+1, Z) still hashes as recorded. A NUL at L alone does not
+    tell: a bulletin appended after the cut starts with one until it is complete, and mail
+    then follows it (docs/maildrop.md, "The commit engine")."""
+    image_len, spool_len = record["len"], record["spool_len"]
+    tail = record.get("tail")               # None: a record from a build that kept no tail
+    return (size >= spool_len and os.pread(spool, 1, image_len) == b"\0"
+            and tail in (None, sha256_of_range(spool, image_len + 1, spool_len - image_len - 1)))
 
 
 def same_spool(spool: int, st: os.stat_result, image: int, record: dict) -> bool:

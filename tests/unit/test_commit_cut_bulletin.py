@@ -1,0 +1,68 @@
+"""The cut's marker (a NUL at L) and a bulletin append's marker (a NUL at the offset it
+appends at) are the same byte when a bulletin is appended to a spool cut by a session killed
+before it cleared its journal: the cut's recovery must not take the bulletin's NUL for "not
+cut yet" and cut off the mail delivered after it (docs/maildrop.md, "The commit engine")."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from qpopper import bulletins
+from qpopper.auth import Login
+from qpopper.spool.paths import SpoolPaths
+from tests.helpers.bulletin_cases import HOST, STAMP, bulletin_text
+from tests.helpers.spoolcheck import append, dies_in_child, killer_at_step, read, spool_in
+from tests.unit.test_commit_cut import DURING, KEPT, LATE, USER, _deliver, _taken, open_drop
+
+PADDING = 2000          # octets of empty lines the agent wrote before DURING: Z - L ~ 1900
+pytestmark = pytest.mark.timeout(120)
+
+
+def _cutting_update(cfg, paths, hook=None) -> None:
+    drop = open_drop(cfg, paths, hook)
+    append(paths.spool, b"\n" * PADDING + DURING + b"\n")
+    drop.update(set(), {0})
+
+
+def _bulletin(cfg, home, hook=None) -> int:
+    paths = SpoolPaths.for_user(cfg, USER, str(home))
+    login = Login(USER, os.geteuid(), os.getegid(), str(home), "USER")
+    return bulletins.deliver(cfg, login, paths, HOST, lambda *_: None, step_hook=hook,
+                             lock_step_s=0.05, clock=lambda: STAMP)
+
+
+@pytest.mark.parametrize("then", ["bulletin changed", "bulletins off"])
+def test_mail_after_a_half_appended_bulletin_on_a_cut_spool_is_kept(tmp_path, then):
+    bulldir, home = tmp_path / "bulls", tmp_path / "home"
+    bulldir.mkdir(), home.mkdir()
+    (bulldir / "1.b").write_bytes(bulletin_text("bulletin"))
+    (tmp_path / "ref").mkdir()
+    cfg, paths = spool_in(tmp_path / "ref", USER, KEPT)
+    _cutting_update(cfg, paths)
+    committed = read(paths.spool)
+
+    (tmp_path / "s").mkdir()
+    cfg, paths = spool_in(tmp_path / "s", USER, KEPT, bulldir=str(bulldir))
+    # 1. the session dies after the cut, before its journal is cleared
+    assert dies_in_child(lambda: _cutting_update(cfg, paths, killer_at_step("update:fsync-spool")))
+    assert read(paths.spool) == committed and os.path.exists(paths.journal)
+    # 2. the next login appends a bulletin and dies before its marker byte (a NUL at L)
+    assert dies_in_child(lambda: _bulletin(cfg, home,
+                                           killer_at_step("bulletins:write-spool-marker")))
+    assert read(paths.spool)[len(committed)] == 0
+    # 3. before the next login the bulletin is edited (or bulletins are switched off)
+    if then == "bulletin changed":
+        (bulldir / "1.b").write_bytes(bulletin_text("bulletin, edited"))
+    else:
+        cfg = cfg.replace(bulldir=None)
+    # 4. an agent delivers, after the half bulletin
+    _deliver(paths, LATE)
+    # 5. the next login: bulletins settle first (the half copy is left: its files changed),
+    # then the maildrop recovers the journal
+    if cfg.bulldir:
+        _bulletin(cfg, home)
+    got = _taken(cfg, paths)
+    assert got.startswith(committed)
+    assert LATE in got, "the mail delivered after the crash is gone"
