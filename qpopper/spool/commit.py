@@ -291,6 +291,11 @@ class CommitEngine:
                 # keep the journal and the image, the next login rolls forward again.
                 self.apply(lock, image, new_len, size, may_roll_back=False,
                            only_copy=bool(record.get("only_copy")))
+            else:
+                # Complete, but killed maybe before its last fsync (after the cut, or the
+                # marker byte): durable before the journal that tells what it is goes.
+                self.step("fsync-spool")
+                os.fsync(spool)
         finally:
             os.close(image)
         self.finish()

@@ -175,3 +175,26 @@ def test_the_cut_is_journaled_in_a_version_an_older_build_refuses(tmp_path):
     record = json.loads(read(paths.journal))
     assert (record["op"], record["v"]) == ("cut", 3) and record["len"] < record["spool_len"]
     assert read(paths.spool)[record["len"]] == 0               # the NUL: not cut yet
+
+
+@pytest.mark.parametrize("cutting", [False, True])
+def test_a_recovery_that_finds_the_commit_complete_fsyncs_the_spool_before_the_journal_goes(
+        tmp_path, monkeypatch, cutting):
+    """Killed right after the cut (the ftruncate), or after the marker byte of an image longer
+    than the spool, before the fsync that follows: the next login finds the commit complete,
+    and must make the spool durable before it clears the journal - a system crash after that
+    could otherwise bring back the uncut spool (or the marker NUL) with no journal to tell."""
+    cfg, paths = spool_in(tmp_path, USER, KEPT)
+    update = _cutting_update if cutting else _update
+    assert dies_in_child(lambda: update(cfg, paths, killer_at_step("update:fsync-spool")))
+    ino = os.stat(paths.spool).st_ino
+    events: list[str] = []
+    fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        if os.fstat(fd).st_ino == ino:
+            events.append("fsync of the spool")
+        fsync(fd)
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    _login(cfg, paths, events.append)
+    assert "fsync of the spool" in events[:events.index("recover:journal-unlink")], events
