@@ -4,11 +4,13 @@ changes and duplicates nothing (docs/maildrop.md, "The commit engine")."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 
 import pytest
 
+from qpopper.pop3.responses import PopError
 from qpopper.spool.maildrop import Maildrop
 from tests.helpers.spoolcheck import (append, dies_in_child, killer_at, killer_at_step, read,
                                       spool_in)
@@ -79,9 +81,9 @@ def test_mail_after_a_crash_of_the_commit_comes_out_as_delivered(tmp_path, serve
 PADDED = b"\n" * 200 + DURING + b"\n"         # more empty lines than the kept octets
 
 
-def _cutting_update(cfg, paths, hook=None) -> None:
+def _cutting_update(cfg, paths, hook=None, padded: bytes = PADDED) -> None:
     drop = open_drop(cfg, paths, hook)
-    append(paths.spool, PADDED)
+    append(paths.spool, padded)
     drop.update(set(), {0})
 
 
@@ -109,23 +111,27 @@ def _taken(cfg, paths) -> bytes:
         drop.close()
 
 
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n"])
 @pytest.mark.parametrize("late", [False, True])
-def test_a_kill_at_any_step_of_a_commit_that_cuts_the_spool_changes_no_mail(tmp_path, late):
-    """The update's image is shorter than the spool (200 empty lines left out): killed at
-    each step from its journal record on, with or without mail delivered after the crash,
-    the next login finds the committed spool, then that mail as delivered."""
+def test_a_kill_at_any_step_of_a_commit_that_cuts_the_spool_changes_no_mail(tmp_path, late,
+                                                                            eol):
+    """The update's image is shorter than the spool (200 empty lines, LF or CRLF, left
+    out): killed at each step from its journal record on, with or without mail delivered
+    after the crash, the next login finds the committed spool, then that mail as
+    delivered."""
+    padded = eol * 200 + DURING + b"\n"
     steps: list[str] = []
     (tmp_path / "ref").mkdir()
     cfg, paths = spool_in(tmp_path / "ref", USER, KEPT)
-    _cutting_update(cfg, paths, steps.append)
+    _cutting_update(cfg, paths, steps.append, padded)
     committed = read(paths.spool)
-    assert "update:cut-spool" in steps and len(committed) < len(KEPT) + len(PADDED)
+    assert "update:cut-spool" in steps and len(committed) < len(KEPT) + len(padded)
     first = steps.index("update:journal-commit-rename") + 1
     for k in range(first, steps.index("update:journal-unlink", first) + 1):
         where = f"killed at step {k} {steps[k]!r}"
         (tmp_path / str(k)).mkdir()
         cfg, paths = spool_in(tmp_path / str(k), USER, KEPT)
-        assert dies_in_child(lambda: _cutting_update(cfg, paths, killer_at(k))), where
+        assert dies_in_child(lambda: _cutting_update(cfg, paths, killer_at(k), padded)), where
         if late:
             _deliver(paths, LATE)
         assert _taken(cfg, paths) == (_after(committed, LATE) if late else committed), where
@@ -198,3 +204,78 @@ def test_a_recovery_that_finds_the_commit_complete_fsyncs_the_spool_before_the_j
     monkeypatch.setattr(os, "fsync", recording_fsync)
     _login(cfg, paths, events.append)
     assert "fsync of the spool" in events[:events.index("recover:journal-unlink")], events
+
+
+def _lengths(tmp_path, padding: int) -> tuple[int, int, bytes, list[str]]:
+    """An update after `padding` empty lines and DURING: the spool's length L after it, its
+    length Z before it, the spool after it, and the update's steps."""
+    (tmp_path / f"probe{padding}").mkdir()
+    cfg, paths = spool_in(tmp_path / f"probe{padding}", USER, KEPT)
+    steps: list[str] = []
+    _cutting_update(cfg, paths, steps.append, b"\n" * padding + DURING + b"\n")
+    committed = read(paths.spool)
+    return len(committed), padding + len(DURING) + 1, committed, steps
+
+
+@pytest.mark.parametrize("shorter_by", [0, 1, 2])
+def test_a_kill_at_any_step_when_the_image_is_about_as_long_as_the_spool(tmp_path, shorter_by):
+    """L == Z (no cut), L == Z - 1 (the NUL is the spool's last octet, [L+1, Z) empty) and
+    L == Z - 2: killed at each step from the commit's record on, with or without mail after
+    the crash, the next login finds the committed spool, then that mail as delivered."""
+    size, z, _, _ = _lengths(tmp_path, 300)
+    padding = 300 - (z - size) + shorter_by
+    size, z, committed, steps = _lengths(tmp_path, padding)
+    assert z - size == shorter_by and ("update:cut-spool" in steps) == (shorter_by > 0)
+    padded = b"\n" * padding + DURING + b"\n"
+    first = steps.index("update:journal-commit-rename") + 1
+    for late in (False, True):
+        for k in range(first, steps.index("update:journal-unlink", first) + 1):
+            where = f"L = Z - {shorter_by}, killed at step {k} {steps[k]!r}, late={late}"
+            (tmp_path / f"{late}-{k}").mkdir()
+            cfg, paths = spool_in(tmp_path / f"{late}-{k}", USER, KEPT)
+            assert dies_in_child(lambda: _cutting_update(cfg, paths, killer_at(k), padded)), where
+            if late:
+                _deliver(paths, LATE)
+            assert _taken(cfg, paths) == (_after(committed, LATE) if late else committed), where
+
+
+def failing_at(k: int, code: int):
+    """A step hook that raises OSError(code) at the k-th step (0-based)."""
+    count = [0]
+
+    def hook(name: str) -> None:
+        count[0] += 1
+        if count[0] - 1 == k:
+            raise OSError(code, os.strerror(code))
+    return hook
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO])
+def test_an_error_at_any_step_of_a_commit_that_cuts_the_spool_changes_no_mail(tmp_path, code):
+    """No room, or an I/O error, at each step of a cutting update from its journal record on:
+    the session fails; mail is delivered; the next login finds the committed or the
+    uncommitted spool, then that mail, as delivered."""
+    steps: list[str] = []
+    (tmp_path / "ref").mkdir()
+    cfg, paths = spool_in(tmp_path / "ref", USER, KEPT)
+    _cutting_update(cfg, paths, steps.append)
+    committed = read(paths.spool)
+    (tmp_path / "ref2").mkdir()
+    cfg, paths = spool_in(tmp_path / "ref2", USER, KEPT)
+    drop = open_drop(cfg, paths)
+    append(paths.spool, PADDED)
+    drop.close()
+    uncommitted = _taken(cfg, paths)
+    first = steps.index("update:journal-commit-write")
+    for k in range(first, steps.index("update:journal-unlink", first) + 1):
+        if "lock" in steps[k]:
+            continue                    # the spool lock's own failures: its tests
+        where = f"failed at step {k} {steps[k]!r}"
+        (tmp_path / str(k)).mkdir()
+        cfg, paths = spool_in(tmp_path / str(k), USER, KEPT)
+        try:
+            _cutting_update(cfg, paths, failing_at(k, code))
+        except PopError:
+            pass
+        _deliver(paths, LATE)
+        assert _taken(cfg, paths) in (_after(committed, LATE), _after(uncommitted, LATE)), where
