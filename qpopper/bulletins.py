@@ -397,6 +397,13 @@ class Delivery:
         if seen.pending is not None:
             self._settle(store, fd, seen, every)
             seen = store.load()
+        if os.path.lexists(self.paths.journal):
+            # A crashed session's update, recovered when the maildrop opens after us: our
+            # NUL at the spool's end could be taken for its own marker there
+            # (docs/bulletins.md, "Delivery, crash-safe").
+            self.log(syslog.LOG_NOTICE, f"Bulletins for {self.user} wait for the next login: "
+                                        "the maildrop has a journal to recover")
+            return 0
         last = self.last_seen(seen, newest)
         wanted = self.wanted(every, last)
         stamp = int(self.clock())

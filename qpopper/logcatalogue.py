@@ -421,6 +421,8 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
         ("Bulletin * skipped: not a plain file of at most * octets", "Too big, or not a file."),
         ("Bulletin */* skipped: not world-readable", "Bulletin files must be mode 0644."),
         ("Bulletin delivery of an earlier session of *: *", "A crashed delivery was settled."),
+        ("Bulletins for * wait for the next login: the maildrop has a journal to recover",
+         "A crashed session's update is recovered first (its marker is where ours would be)."),
         ("bulletin intent of * left: *", "A crashed delivery could not be settled yet."),
         ("Ignoring a malformed bulletin intent of *", "A damaged record; ignored."),
         ("Ignoring *: not a plain file of the user", "A .popbull file not owned by the user."),

@@ -817,6 +817,24 @@ def test_failure_mid_append_leaves_spool_as_before_and_number_unadvanced(tmp_pat
     assert env.subjects() == ["ordinary mail", "2.b", "3.b"]
 
 
+def test_a_maildrop_journal_makes_the_bulletins_wait_for_the_login_after_its_recovery(tmp_path):
+    """A session crashed in its update: the maildrop recovers it after the bulletins, and a
+    half-written bulletin's NUL could be taken for the update's own marker (docs/bulletins.md,
+    "Delivery, crash-safe"): nothing is appended while the journal is there."""
+    env = Env(tmp_path, max_bulletins=3)
+    with open(env.paths.spool, "wb") as f:
+        f.write(SPOOL_MAIL)
+    env.post("1.b")
+    with open(env.paths.journal, "wb") as f:
+        f.write(b"{}")
+    assert env.deliver() == 0
+    assert env.spool() == SPOOL_MAIL and not env.popbull.exists()
+    assert any("wait for the next login" in t for _, t in env.logged)
+    os.unlink(env.paths.journal)
+    assert env.deliver() == 1
+    assert env.subjects() == ["ordinary mail", "1.b"]
+
+
 CRASH_STEPS = {      # where the child dies → what the next login finds (its log line)
     "bulletins:record-intent": None,                     # no intent yet: a plain delivery
     "bulletins:extend-spool": "not delivered",

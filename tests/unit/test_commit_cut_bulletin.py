@@ -1,10 +1,12 @@
-"""The cut's marker (a NUL at L) and a bulletin append's marker (a NUL at the offset it
-appends at) are the same byte when a bulletin is appended to a spool cut by a session killed
-before it cleared its journal: the cut's recovery must not take the bulletin's NUL for "not
-cut yet" and cut off the mail delivered after it (docs/maildrop.md, "The commit engine")."""
+"""The commit's markers (a NUL at L until the cut, the extension's NUL at Z) and a bulletin
+append's marker (a NUL at the offset it appends at) are the same byte when a bulletin is
+appended to the spool of a session killed before it cleared its journal: the recovery must not
+take the bulletin's NUL for its own and cut off, or write over, the mail delivered after it
+(docs/maildrop.md, "The commit engine"; docs/bulletins.md, "Delivery, crash-safe")."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -14,7 +16,8 @@ from qpopper.auth import Login
 from qpopper.spool.paths import SpoolPaths
 from tests.helpers.bulletin_cases import HOST, STAMP, bulletin_text
 from tests.helpers.spoolcheck import append, dies_in_child, killer_at_step, read, spool_in
-from tests.unit.test_commit_cut import DURING, KEPT, LATE, USER, _deliver, _taken, open_drop
+from tests.unit.test_commit_cut import (DURING, FROM, KEPT, LATE, USER, _deliver, _taken,
+                                        open_drop)
 
 PADDING = 2000          # octets of empty lines the agent wrote before DURING: Z - L ~ 1900
 pytestmark = pytest.mark.timeout(120)
@@ -24,6 +27,17 @@ def _cutting_update(cfg, paths, hook=None) -> None:
     drop = open_drop(cfg, paths, hook)
     append(paths.spool, b"\n" * PADDING + DURING + b"\n")
     drop.update(set(), {0})
+
+
+@contextlib.contextmanager
+def journal_hidden(paths):
+    """The maildrop's journal out of sight of a bulletin delivery, as a build that does not
+    look for it sees the spool."""
+    os.rename(paths.journal, paths.journal + ".hidden")
+    try:
+        yield
+    finally:
+        os.rename(paths.journal + ".hidden", paths.journal)
 
 
 def _bulletin(cfg, home, hook=None) -> int:
@@ -48,9 +62,12 @@ def test_mail_after_a_half_appended_bulletin_on_a_cut_spool_is_kept(tmp_path, th
     # 1. the session dies after the cut, before its journal is cleared
     assert dies_in_child(lambda: _cutting_update(cfg, paths, killer_at_step("update:fsync-spool")))
     assert read(paths.spool) == committed and os.path.exists(paths.journal)
-    # 2. the next login appends a bulletin and dies before its marker byte (a NUL at L)
-    assert dies_in_child(lambda: _bulletin(cfg, home,
-                                           killer_at_step("bulletins:write-spool-marker")))
+    # 2. a login appends a bulletin and dies before its marker byte (a NUL at L): one that
+    # does not wait for the journal, as an older build on another host of the NFS spool
+    # (whose login then refuses the version-3 journal)
+    with journal_hidden(paths):
+        assert dies_in_child(lambda: _bulletin(cfg, home,
+                                               killer_at_step("bulletins:write-spool-marker")))
     assert read(paths.spool)[len(committed)] == 0
     # 3. before the next login the bulletin is edited (or bulletins are switched off)
     if then == "bulletin changed":
@@ -66,3 +83,40 @@ def test_mail_after_a_half_appended_bulletin_on_a_cut_spool_is_kept(tmp_path, th
     got = _taken(cfg, paths)
     assert got.startswith(committed)
     assert LATE in got, "the mail delivered after the crash is gone"
+
+
+BIG_KEPT = FROM + b"Subject: 1\n\n" + b"kept line\n" * 300 + b"\n"        # L - Z ~ 3000
+BIG_LATE = FROM + b"Subject: 3\n\n" + b"late line\n" * 600 + b"\n"
+
+
+@pytest.mark.parametrize("then", ["bulletin changed", "bulletins off"])
+def test_mail_after_a_half_appended_bulletin_on_a_spool_not_yet_extended_is_kept(tmp_path,
+                                                                                 then):
+    """The same with an image longer than the spool, the session killed after its `commit`
+    record but before the extension: the bulletin's NUL lands at Z, where the extension's
+    zero fill would be, and the recovery must not write the image over the mail after it."""
+    bulldir, home = tmp_path / "bulls", tmp_path / "home"
+    bulldir.mkdir(), home.mkdir()
+    (bulldir / "1.b").write_bytes(bulletin_text("bulletin"))
+    cfg, paths = spool_in(tmp_path, USER, BIG_KEPT, bulldir=str(bulldir))
+
+    def update(hook):
+        drop = open_drop(cfg, paths, hook)
+        append(paths.spool, DURING)
+        drop.update(set(), set())
+    assert dies_in_child(lambda: update(killer_at_step("update:extend-spool")))
+    # the next login's bulletin append, killed before its marker byte (a NUL at Z), if it
+    # gets that far
+    dies_in_child(lambda: _bulletin(cfg, home, killer_at_step("bulletins:write-spool-marker")))
+    if then == "bulletin changed":
+        (bulldir / "1.b").write_bytes(bulletin_text("bulletin, edited"))
+    else:
+        cfg = cfg.replace(bulldir=None)
+    _deliver(paths, BIG_LATE)
+    if cfg.bulldir:
+        _bulletin(cfg, home)
+    got = _taken(cfg, paths)
+    assert got.count(b"Subject: 1\n") == 1 and b"kept line\n" * 300 in got and DURING in got
+    assert BIG_LATE in got, "the mail delivered after the crash is gone"
+    if cfg.bulldir:                       # delivered by the login after the recovery
+        assert _bulletin(cfg, home) == 1
