@@ -47,6 +47,22 @@ def _bulletin(cfg, home, hook=None) -> int:
                              lock_step_s=0.05, clock=lambda: STAMP)
 
 
+def _then_mail_and_a_login(cfg, paths, home, then: str, mail: bytes):
+    """After a half-appended bulletin: the bulletin is edited (or bulletins switched off),
+    an agent delivers `mail`, then the next login: bulletins settle first (the half copy is
+    left: its files changed), then the maildrop recovers the journal. Its cfg, and what it
+    takes into the drop."""
+    if then == "bulletin changed":
+        with open(os.path.join(cfg.bulldir, "1.b"), "wb") as f:
+            f.write(bulletin_text("bulletin, edited"))
+    else:
+        cfg = cfg.replace(bulldir=None)
+    _deliver(paths, mail)
+    if cfg.bulldir:
+        _bulletin(cfg, home)
+    return cfg, _taken(cfg, paths)
+
+
 @pytest.mark.parametrize("then", ["bulletin changed", "bulletins off"])
 def test_mail_after_a_half_appended_bulletin_on_a_cut_spool_is_kept(tmp_path, then):
     bulldir, home = tmp_path / "bulls", tmp_path / "home"
@@ -69,18 +85,7 @@ def test_mail_after_a_half_appended_bulletin_on_a_cut_spool_is_kept(tmp_path, th
         assert dies_in_child(lambda: _bulletin(cfg, home,
                                                killer_at_step("bulletins:write-spool-marker")))
     assert read(paths.spool)[len(committed)] == 0
-    # 3. before the next login the bulletin is edited (or bulletins are switched off)
-    if then == "bulletin changed":
-        (bulldir / "1.b").write_bytes(bulletin_text("bulletin, edited"))
-    else:
-        cfg = cfg.replace(bulldir=None)
-    # 4. an agent delivers, after the half bulletin
-    _deliver(paths, LATE)
-    # 5. the next login: bulletins settle first (the half copy is left: its files changed),
-    # then the maildrop recovers the journal
-    if cfg.bulldir:
-        _bulletin(cfg, home)
-    got = _taken(cfg, paths)
+    cfg, got = _then_mail_and_a_login(cfg, paths, home, then, LATE)
     assert got.startswith(committed)
     assert LATE in got, "the mail delivered after the crash is gone"
 
@@ -108,14 +113,7 @@ def test_mail_after_a_half_appended_bulletin_on_a_spool_not_yet_extended_is_kept
     # the next login's bulletin append, killed before its marker byte (a NUL at Z), if it
     # gets that far
     dies_in_child(lambda: _bulletin(cfg, home, killer_at_step("bulletins:write-spool-marker")))
-    if then == "bulletin changed":
-        (bulldir / "1.b").write_bytes(bulletin_text("bulletin, edited"))
-    else:
-        cfg = cfg.replace(bulldir=None)
-    _deliver(paths, BIG_LATE)
-    if cfg.bulldir:
-        _bulletin(cfg, home)
-    got = _taken(cfg, paths)
+    cfg, got = _then_mail_and_a_login(cfg, paths, home, then, BIG_LATE)
     assert got.count(b"Subject: 1\n") == 1 and b"kept line\n" * 300 in got and DURING in got
     assert BIG_LATE in got, "the mail delivered after the crash is gone"
     if cfg.bulldir:                       # delivered by the login after the recovery
