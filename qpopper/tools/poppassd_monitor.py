@@ -137,7 +137,10 @@ class PasswordKeeper:
         if verdict == WRONG:
             # Counted from the check's start, not from PAM's answer: a blocked account (no
             # PAM call) and a wrong password (pam_unix's own ~2 s delay) take the same time -
-            # the fixed delay, or the user name's brake when that is longer.
+            # the fixed delay, or the user name's brake when that is longer. First the PAM
+            # failure delay a wrong password waited inside PAM, where PAM's password step
+            # said yes (an account refusal; a name NSS does not know).
+            time.sleep(owed_delay)
             if guessed:
                 delay = self.brakes.note_failure(self.client_ip, user, self.brake_method,
                                                  limits.POPPASSD_FAILURE_DELAY_S)
@@ -147,7 +150,6 @@ class PasswordKeeper:
                 # (docs/internals.md, "Failures and policy refusals"); told and timed as one.
                 self.log(syslog.LOG_NOTICE, account_line(user, self.brake_method,
                                                          self.client_ip, reason))
-                time.sleep(owed_delay)      # PAM's failure delay, which a wrong one waited
                 delay = self.brakes.note_failure(self.client_ip, user, self.brake_method,
                                                  limits.POPPASSD_FAILURE_DELAY_S, count=False)
             time.sleep(max(0.0, started + delay - time.monotonic()))
@@ -180,11 +182,14 @@ class PasswordKeeper:
         reason = f"PAM service {self.pam_service}: {result.reason} ({result.code})"
         if result.system_error:
             return LATER, reason, False, 0.0
+        # A password step that said no waited PAM's failure delay already; one that said
+        # yes leaves it owed by a refusal answered as a wrong password.
+        said_yes = result.password_code == pam_auth.PAM_SUCCESS
+        owed = result.fail_delay_s if said_yes else 0.0
         if account is None:
-            return WRONG, "no such user", True, 0.0
+            return WRONG, "no such user", True, owed
         if not result.ok:
-            return (WRONG, reason, result.password_code != pam_auth.PAM_SUCCESS,
-                    result.fail_delay_s)
+            return WRONG, reason, not said_yes, owed
         return None
 
     # ---- the new password ----------------------------------------------------------------

@@ -67,6 +67,30 @@ def test_the_popper_refusal_waits_it_before_its_own_delay(delayed_service, syste
     assert len(waits) == 2 and 0.5 * BASE_S <= waits[0] <= 1.5 * BASE_S and waits[1] == 3.0
 
 
+def test_a_name_nss_does_not_know_whose_password_pam_takes_waits_the_delay(system_users):
+    """A password step that says yes for a name NSS does not know (pam_krb5, pam_ldap
+    without NSS: here pam_permit) is still refused as "no such user", after the failure
+    delay a wrong password waits inside PAM, in popper and in poppassd."""
+    from qpopper.tools import poppassd_monitor
+    stack = (f"auth     required  pam_faildelay.so delay={int(BASE_S * 1e6)}\n"
+             "auth     required  pam_permit.so\n"
+             "account  required  pam_permit.so\n")
+    with installed_pam_service(stack, tag="fp-") as service:
+        auth = Authenticator(Config.defaults().replace(
+            pam_service=service, auth_failure_delay=0, pop_auth_file=None,
+            auth_brakes_file=None), lambda priority, text: None)
+        waits: list[float] = []
+        auth.sleep = waits.append
+        with pytest.raises(PopError):
+            auth.check_password("qptnosuchuser", "anything", "127.0.0.1")
+        assert len(waits) == 1 and 0.5 * BASE_S <= waits[0] <= 1.5 * BASE_S, waits
+        keeper = poppassd_monitor.PasswordKeeper(lambda priority, text: None,
+                                                 pam_service=service)
+        verdict, reason, guessed, owed = keeper._check_old_password("qptnosuchuser", "x")
+        assert (verdict, reason, guessed) == (poppassd_monitor.WRONG, "no such user", True)
+        assert 0.5 * BASE_S <= owed <= 1.5 * BASE_S, owed
+
+
 class RememberedRight:
     """The authentication cache's answer for a password whose step said yes before (the
     cache process itself is tested in tests/system/test_auth_cache.py)."""
