@@ -34,6 +34,18 @@ def delayed_service(pam_service):                 # pam_service: the root check,
         yield name
 
 
+def refusal_waits(service: str, name: str, password: str, *, failure_delay: int) -> list:
+    """What popper's authenticator waits (its sleep recorded, not slept) before refusing."""
+    auth = Authenticator(Config.defaults().replace(
+        pam_service=service, auth_failure_delay=failure_delay, pop_auth_file=None,
+        auth_brakes_file=None), lambda priority, text: None)
+    waits: list[float] = []
+    auth.sleep = waits.append
+    with pytest.raises(PopError):
+        auth.check_password(name, password, "127.0.0.1")
+    return waits
+
+
 def test_a_wrong_password_still_waits_the_stack_s_delay(delayed_service, system_users):
     user = system_users.create(password="pw-right")
     started = time.monotonic()
@@ -57,13 +69,7 @@ def test_the_popper_refusal_waits_it_before_its_own_delay(delayed_service, syste
     """The authenticator waits PAM's delay, then auth-failure-delay, as a wrong password
     waits them (its PAM part inside pam_auth)."""
     expired = system_users.create(password="pw-right", account_expired=True)
-    auth = Authenticator(Config.defaults().replace(
-        pam_service=delayed_service, auth_failure_delay=3, pop_auth_file=None,
-        auth_brakes_file=None), lambda priority, text: None)
-    waits: list[float] = []
-    auth.sleep = waits.append
-    with pytest.raises(PopError):
-        auth.check_password(expired.name, "pw-right", "127.0.0.1")
+    waits = refusal_waits(delayed_service, expired.name, "pw-right", failure_delay=3)
     assert len(waits) == 2 and 0.5 * BASE_S <= waits[0] <= 1.5 * BASE_S and waits[1] == 3.0
 
 
@@ -76,13 +82,7 @@ def test_a_name_nss_does_not_know_whose_password_pam_takes_waits_the_delay(syste
              "auth     required  pam_permit.so\n"
              "account  required  pam_permit.so\n")
     with installed_pam_service(stack, tag="fp-") as service:
-        auth = Authenticator(Config.defaults().replace(
-            pam_service=service, auth_failure_delay=0, pop_auth_file=None,
-            auth_brakes_file=None), lambda priority, text: None)
-        waits: list[float] = []
-        auth.sleep = waits.append
-        with pytest.raises(PopError):
-            auth.check_password("qptnosuchuser", "anything", "127.0.0.1")
+        waits = refusal_waits(service, "qptnosuchuser", "anything", failure_delay=0)
         assert len(waits) == 1 and 0.5 * BASE_S <= waits[0] <= 1.5 * BASE_S, waits
         keeper = poppassd_monitor.PasswordKeeper(lambda priority, text: None,
                                                  pam_service=service)
