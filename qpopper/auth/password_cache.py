@@ -34,6 +34,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import math
 import os
 import select
 import socket
@@ -111,14 +112,39 @@ def shadow_stamp(user: str) -> bytes:
     return (spwd.sp_pwdp or b"") + b"\0" + str(spwd.sp_lstchg).encode()
 
 
-def verdict_of(result: pam_auth.PamResult) -> str | None:
-    """What may be remembered of a PAM answer: RIGHT; a refusal, as its code and the failure
-    delay PAM waited for it ("7 1.423"), which a remembered refusal waits again; or None."""
+def verdict_of(result: pam_auth.PamResult, asked_at_ns: int = 0) -> str | None:
+    """What may be remembered of a PAM answer, with the failure delay libpam drew for it:
+    RIGHT and when PAM was asked ("right 1.423 <monotonic ns>"); a refusal's code ("7
+    1.423"); or None. A remembered refusal waits its delay again; a remembered right password
+    whose account step refuses waits it too while a wrong one would still be remembered, and
+    asks PAM whole after (pam_or_cached): repeated tries of either take alike."""
+    delay = f"{result.fail_delay_s:.3f}"
     if result.password_code == pam_auth.PAM_SUCCESS:
-        return RIGHT
+        return f"{RIGHT} {delay} {asked_at_ns}"
     if result.password_code in REMEMBERED_REFUSALS:
-        return f"{result.password_code} {result.fail_delay_s:.3f}"
+        return f"{result.password_code} {delay}"
     return None
+
+
+def is_right(verdict: str | None) -> bool:
+    return (verdict or "").partition(" ")[0] == RIGHT
+
+
+def _delay(text: str) -> float:
+    """A remembered delay, within 0 .. MAX_REMEMBERED_DELAY_S (0 for anything unreadable)."""
+    try:
+        value = float(text or 0)
+    except ValueError:
+        return 0.0
+    return min(max(value, 0.0), MAX_REMEMBERED_DELAY_S) if math.isfinite(value) else 0.0
+
+
+def remembered_right(verdict: str | None) -> tuple[float, int] | None:
+    """(failure delay, when PAM was asked in monotonic ns) of a remembered right password."""
+    if not is_right(verdict):
+        return None
+    _, delay, asked_at = (verdict.split(" ") + ["", ""])[:3]
+    return _delay(delay), int(asked_at) if asked_at.isdigit() else 0
 
 
 def remembered_refusal(verdict: str | None) -> tuple[int, float] | None:
@@ -126,10 +152,7 @@ def remembered_refusal(verdict: str | None) -> tuple[int, float] | None:
     code, _, delay = (verdict or "").partition(" ")
     if not code.isdigit() or int(code) not in REMEMBERED_REFUSALS:
         return None
-    try:
-        return int(code), min(max(float(delay or 0), 0.0), MAX_REMEMBERED_DELAY_S)
-    except ValueError:
-        return int(code), 0.0
+    return int(code), _delay(delay)
 
 
 @dataclass(frozen=True)
@@ -187,25 +210,31 @@ def new_salt() -> bytes:
 
 
 def pam_or_cached(cache: PasswordCache | None, service: str, user: str, uid: int | None,
-                 password: str, rhost: str | None, *,
-                 check_password_expired: bool) -> pam_auth.PamResult:
+                 password: str, rhost: str | None, *, check_password_expired: bool,
+                 negative_ttl_s: float = 0) -> pam_auth.PamResult:
     """pam_auth.authenticate, or its remembered password step followed by a fresh account
     check (pam_auth.check_account). `uid`: the account's, None for a name NSS does not
-    know."""
+    know. `negative_ttl_s`: auth-cache-negative-ttl, how long a wrong password is
+    remembered (and its delay replayed)."""
     if cache is None:
         return pam_auth.authenticate(service, user, password, rhost,
                                      check_password_expired=check_password_expired)
     key = derive_key(cache.salt, service, user, uid, password, shadow_stamp(user))
     verdict = cache.lookup(key)
-    if verdict == RIGHT:
+    right = remembered_right(verdict)
+    if right is not None:
         # The password step's yes, remembered: a refusal now is acct_mgmt's, as without
         # the cache (docs/internals.md, "Failures and policy refusals").
         account = pam_auth.check_account(service, user, rhost,
                                          check_password_expired=check_password_expired)
         if account.ok or account.password_expired or account.system_error:
             return replace(account, password_code=pam_auth.PAM_SUCCESS)
-        # A refusal answered as a wrong password owes PAM's failure delay, which only the
-        # password step tells: PAM is asked whole (a rare path: a refused account).
+        # Answered as a wrong password, it owes PAM's failure delay: the remembered one
+        # while a wrong password asked as long ago would still be remembered (and replay
+        # its own), PAM asked whole after, as that wrong password would be.
+        delay, asked_at = right
+        if time.monotonic_ns() - asked_at < negative_ttl_s * 1e9:
+            return replace(account, password_code=pam_auth.PAM_SUCCESS, fail_delay_s=delay)
     refusal = remembered_refusal(verdict)
     if refusal is not None:
         # PAM's failure delay again, as PAM would wait it: a remembered wrong password takes
@@ -216,7 +245,7 @@ def pam_or_cached(cache: PasswordCache | None, service: str, user: str, uid: int
     asked_at = time.monotonic_ns()
     result = pam_auth.authenticate(service, user, password, rhost,
                                    check_password_expired=check_password_expired)
-    verdict = verdict_of(result)
+    verdict = verdict_of(result, asked_at)
     if verdict is not None:
         cache.remember(key, verdict, asked_at)
     return result

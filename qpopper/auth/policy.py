@@ -164,7 +164,8 @@ class Authenticator(PolicyChecks, challenges.GssSteps):
             self._check_uid(user, account, host, client_ip)
         result = pam_or_cached(self.password_cache, self.cfg.pam_service, user,
                                account.pw_uid if account else None, password, client_ip,
-                               check_password_expired=self._check_password_expired())
+                               check_password_expired=self._check_password_expired(),
+                               negative_ttl_s=self.cfg.auth_cache_negative_ttl or 0)
         if account is None:
             # As for an existing name: an outage is [SYS/TEMP] (_check_pam_said_yes), and a
             # password step that said yes (a module that knows names NSS does not) owes

@@ -69,7 +69,7 @@ class CacheTable:
 
     def put(self, key: bytes, verdict: str, asked_at_ns: int, now_ns: int) -> None:
         """The entry lives from when PAM was asked (a slow PAM does not lengthen it)."""
-        ttl = self.ttl_ns if verdict == password_cache.RIGHT else self.negative_ttl_ns
+        ttl = self.ttl_ns if password_cache.is_right(verdict) else self.negative_ttl_ns
         if ttl <= 0:
             return
         self.entries[key] = (min(asked_at_ns, now_ns) + ttl, verdict)

@@ -115,6 +115,47 @@ def test_a_cache_hit_the_account_step_refuses_still_owes_the_delay(delayed_servi
     assert 0.5 * BASE_S <= result.fail_delay_s <= 1.5 * BASE_S, result.fail_delay_s
 
 
+class MemoryCache:
+    """The cache process's interface, kept in a dict (no TTLs: all tries are within them)."""
+
+    salt = b"r" * 32
+
+    def __init__(self):
+        self.entries: dict[bytes, str] = {}
+
+    def lookup(self, key):
+        return self.entries.get(key)
+
+    def remember(self, key, verdict, asked_at):
+        self.entries[key] = verdict
+
+
+def test_with_the_cache_a_guess_and_an_expired_account_s_right_password_repeat_alike(
+        delayed_service, system_users):
+    """Tried three times a second apart, within auth-cache-negative-ttl: a remembered wrong
+    password replays the delay libpam drew for its first try, and so does the remembered
+    right password of an account the account step refuses; a client comparing a second
+    answer's time with the first's tells nothing (libpam without getrandom seeds its draw
+    with the second)."""
+    expired = system_users.create(password="pw-right", account_expired=True)
+    cache = MemoryCache()
+
+    def delays(password: str) -> list[float]:
+        found = []
+        for attempt in range(3):
+            if attempt:
+                time.sleep(1.1)
+            result = pam_or_cached(cache, delayed_service, expired.name, expired.uid, password,
+                                   "127.0.0.1", check_password_expired=True,
+                                   negative_ttl_s=300)
+            assert not result.ok
+            found.append(round(result.fail_delay_s, 3))
+        return found
+    guess, right = delays("pw-guess"), delays("pw-right")
+    assert min(guess + right) >= 0.5 * BASE_S, (guess, right)        # each owes PAM's delay
+    assert len(set(guess)) == 1 and len(set(right)) == 1, (guess, right)
+
+
 # --- the authentication cache: each password tried twice -----------------------------------------
 CACHED_DELAYED = ("auth     required  pam_faildelay.so delay=2000000\n"
                   "auth     required  pam_unix.so nodelay\n"

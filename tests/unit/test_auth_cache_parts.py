@@ -33,10 +33,16 @@ def test_the_key_depends_on_every_part_and_the_salt():
 
 def test_only_the_password_steps_own_yes_and_wrong_password_are_remembered():
     result = pam_auth.PamResult
-    assert password_cache.verdict_of(result(True, 0, "", password_code=0)) == password_cache.RIGHT
+    # with the failure delay libpam drew and when PAM was asked
+    right = password_cache.verdict_of(result(True, 0, "", password_code=0, fail_delay_s=0.5),
+                                      123)
+    assert right == "right 0.500 123" and password_cache.is_right(right)
+    assert password_cache.remembered_right(right) == (0.5, 123)
+    assert password_cache.remembered_right(password_cache.RIGHT) == (0.0, 0)  # nothing kept
+    assert password_cache.remembered_right("7 0.5") is None
     # the password was right, the account expired: the password is still right
-    assert password_cache.verdict_of(result(False, pam_auth.PAM_ACCT_EXPIRED, "",
-                                            password_code=0)) == password_cache.RIGHT
+    assert password_cache.is_right(password_cache.verdict_of(
+        result(False, pam_auth.PAM_ACCT_EXPIRED, "", password_code=0)))
     wrong = pam_auth.python_pam.PAM_AUTH_ERR
     # with the failure delay PAM waited for it, which a remembered refusal waits again
     verdict = password_cache.verdict_of(result(False, wrong, "", password_code=wrong,
@@ -46,6 +52,7 @@ def test_only_the_password_steps_own_yes_and_wrong_password_are_remembered():
     assert password_cache.remembered_refusal(str(wrong)) == (wrong, 0.0)     # no delay kept
     assert password_cache.remembered_refusal(f"{wrong} 1e9") == (
         wrong, password_cache.MAX_REMEMBERED_DELAY_S)
+    assert password_cache.remembered_refusal(f"{wrong} nan") == (wrong, 0.0)
     for other in (password_cache.RIGHT, "", None, "4 1.0", f"{wrong} x"):
         assert password_cache.remembered_refusal(other) in (None, (wrong, 0.0))
     for code in (pam_auth.python_pam.PAM_SYSTEM_ERR, pam_auth.PAM_MAXTRIES,
@@ -72,6 +79,9 @@ def test_the_table_forgets_the_least_recently_used_and_what_expired():
     # an entry lives from when PAM was asked, never from a later moment
     table.put(b"f", password_cache.RIGHT, 50 * s, 30 * s)
     assert table.get(b"f", 40 * s) is None
+    # a right verdict with its delay and time lives the positive TTL too
+    table.put(b"g", "right 0.500 100", 100 * s, 100 * s)
+    assert table.get(b"g", 109 * s) == "right 0.500 100"
 
 
 def test_the_cache_process_answers_only_its_generation():
