@@ -39,6 +39,7 @@ MAX_BULLETIN_NUMBER = 2**63 - 1
 EMPTY_SPOOL_FIRST_LINE = {"mbox": b"", "mmdf": b"\x01\x01\x01\x01\n"}
 """What an empty spool's first line would be, by spool-format (mmdf: MMDF's usual ^A^A^A^A)."""
 BULLDB_FAILED_TEXT = "Unable to open Bulletin database; contact your administrator"
+UNSETTLED_TEXT = "Unable to finish an earlier session's bulletins; try again later"
 NL, CR, SP, TAB = 0x0A, 0x0D, 0x20, 0x09
 
 
@@ -395,7 +396,14 @@ class Delivery:
     def _locked(self, store, fd: int, every: list[Bulletin], newest: int, refresh) -> int:
         seen = store.load()                                  # again: another login may have run
         if seen.pending is not None:
-            self._settle(store, fd, seen, every)
+            try:
+                self._settle(store, fd, seen, every)
+            except OSError as exc:
+                # Left pending, the intent would be judged later against a spool this
+                # session may rewrite: no session until it is settled.
+                raise PopError(UNSETTLED_TEXT, RespCode.SYS_TEMP,
+                               log=f"Unable to settle an earlier session's bulletin copy for "
+                                   f"{self.user}: {exc.strerror or exc}") from None
             seen = store.load()
         if os.path.lexists(self.paths.journal):
             # A crashed session's update, recovered when the maildrop opens after us: our

@@ -397,6 +397,10 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
         ("No bulletins for *: no home directory for .popbull and no popbulldir",
          "Nowhere to record what the user has seen."),
         ("Unable to read bulletin directory *: *", "bulldir cannot be read."),
+        ("Unable to settle an earlier session's bulletin copy for *: *",
+         "A crashed login's bulletin copy could not be finished or taken back (an I/O error, "
+         "a full disk): the login gets -ERR [SYS/TEMP] until it can, since a session could "
+         "rewrite the spool under the copy (docs/bulletins.md)."),
         ("Unable to open Bulletin database for *: *", "The bulletin database cannot be used "
                                                       "(without bulldb-nonfatal the login gets "
                                                       "-ERR [SYS/TEMP]). Reported at once "

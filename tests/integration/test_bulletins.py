@@ -5,6 +5,7 @@ headers, and the crash/failure windows of the append (qpopper/bulletins.py's doc
 from __future__ import annotations
 
 import contextlib
+import errno
 import grp
 import io
 import os
@@ -872,6 +873,28 @@ def test_crash_at_any_step_then_next_login_has_each_bulletin_exactly_once(tmp_pa
     env.post("3.b")
     assert env.deliver(stamp=STAMP + 9) == 1
     assert env.subjects() == ["ordinary mail", "1.b", "2.b", "3.b"]
+
+
+def test_a_crashed_copy_that_cannot_be_settled_refuses_the_login_until_it_can(tmp_path):
+    """A crashed login's copy whose settling fails (an I/O error rewriting it): the login
+    gets [SYS/TEMP], so no session rewrites the spool under the pending copy; the next login
+    settles it, and each bulletin is there once."""
+    env = Env(tmp_path, max_bulletins=3)
+    with open(env.paths.spool, "wb") as f:
+        f.write(SPOOL_MAIL)
+    env.post("1.b")
+    assert crash_at(env, "bulletins:write-spool")
+    os.unlink(env.paths.lock)
+
+    def failing(step):
+        if step == "bulletins:rewrite-incomplete":
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+    with pytest.raises(PopError) as refused:
+        env.deliver(stamp=STAMP + 5, step_hook=failing)
+    assert refused.value.code is RespCode.SYS_TEMP
+    assert env.deliver(stamp=STAMP + 6) == 0
+    assert any("earlier session of alice: completed" in t for _, t in env.logged)
+    assert env.subjects() == ["ordinary mail", "1.b"]
 
 
 def test_crash_after_append_with_mail_delivered_meanwhile(tmp_path):
