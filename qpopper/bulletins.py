@@ -557,7 +557,8 @@ def deliver(cfg, login, paths: SpoolPaths, hostname: str, log: Log, *,
             clock: Callable[[], float] = time.time) -> int:
     """Append the user's new bulletins to the spool (call after the privilege drop and before
     Maildrop.open). Returns how many were delivered; 0 when bulldir is unset. Raises PopError
-    only for the bulletin database without bulldb-nonfatal, and the spool lock's refusals."""
+    for the bulletin database without bulldb-nonfatal, the spool lock's refusals, and a
+    crashed login's copy that cannot be settled."""
     if not cfg.bulldir:
         return 0
     return Delivery(cfg, login, paths, hostname, log, step_hook, lock_step_s, clock).run()

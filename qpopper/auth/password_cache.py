@@ -144,7 +144,8 @@ def remembered_right(verdict: str | None) -> tuple[float, int] | None:
     if not is_right(verdict):
         return None
     _, delay, asked_at = (verdict.split(" ") + ["", ""])[:3]
-    return _delay(delay), int(asked_at) if asked_at.isdigit() else 0
+    readable = asked_at.isascii() and asked_at.isdigit() and len(asked_at) <= 20
+    return _delay(delay), int(asked_at) if readable else 0
 
 
 def remembered_refusal(verdict: str | None) -> tuple[int, float] | None:
@@ -221,7 +222,9 @@ def pam_or_cached(cache: PasswordCache | None, service: str, user: str, uid: int
                                      check_password_expired=check_password_expired)
     key = derive_key(cache.salt, service, user, uid, password, shadow_stamp(user))
     verdict = cache.lookup(key)
-    right = remembered_right(verdict)
+    # A name NSS does not know is asked of PAM whole even on a hit: refused "no such user"
+    # after a right password, it owes the failure delay that only the password step draws.
+    right = remembered_right(verdict) if uid is not None else None
     if right is not None:
         # The password step's yes, remembered: a refusal now is acct_mgmt's, as without
         # the cache (docs/internals.md, "Failures and policy refusals").

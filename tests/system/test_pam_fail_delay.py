@@ -89,6 +89,12 @@ def test_a_name_nss_does_not_know_whose_password_pam_takes_waits_the_delay(syste
         verdict, reason, guessed, owed = keeper._check_old_password("qptnosuchuser", "x")
         assert (verdict, reason, guessed) == (poppassd_monitor.WRONG, "no such user", True)
         assert 0.5 * BASE_S <= owed <= 1.5 * BASE_S, owed
+        # with the cache, a remembered right password of such a name is asked of PAM whole:
+        # the account step alone (which says yes here) would draw no delay
+        result = pam_or_cached(RememberedRight(), service, "qptnosuchuser", None, "anything",
+                               "127.0.0.1", check_password_expired=True, negative_ttl_s=300)
+        assert result.password_code == pam_auth.PAM_SUCCESS
+        assert 0.5 * BASE_S <= result.fail_delay_s <= 1.5 * BASE_S, result.fail_delay_s
 
 
 class RememberedRight:

@@ -40,6 +40,8 @@ def test_only_the_password_steps_own_yes_and_wrong_password_are_remembered():
     assert password_cache.remembered_right(right) == (0.5, 123)
     assert password_cache.remembered_right(password_cache.RIGHT) == (0.0, 0)  # nothing kept
     assert password_cache.remembered_right("7 0.5") is None
+    for odd in ("right 2.0 \u00b2", "right 2.0 " + "9" * 5000):       # never raises
+        assert password_cache.remembered_right(odd) == (2.0, 0)
     # the password was right, the account expired: the password is still right
     assert password_cache.is_right(password_cache.verdict_of(
         result(False, pam_auth.PAM_ACCT_EXPIRED, "", password_code=0)))
