@@ -434,7 +434,10 @@ class Delivery:
             self.step("record-seen")
             store.save(record)
         except BaseException:
-            self._cut_back(fd, offset)
+            if not self._cut_back(fd, offset):
+                # The half copy stays, and so does its intent, for the next login to settle:
+                # no session meanwhile (it could rewrite the spool under the copy).
+                raise PopError(UNSETTLED_TEXT, RespCode.SYS_TEMP)
             try:
                 store.save(last)                             # forget the intent
             except (OSError, BulletinDbError) as exc:
@@ -504,8 +507,9 @@ class Delivery:
         self.step("fsync-spool")
         os.fsync(fd)
 
-    def _cut_back(self, fd: int, offset: int) -> None:
-        """After a failure: the spool as it was before the bulletins."""
+    def _cut_back(self, fd: int, offset: int) -> bool:
+        """After a failure: the spool as it was before the bulletins. False (logged) when
+        that failed too."""
         try:
             self.step("truncate-spool-back")
             os.ftruncate(fd, offset)
@@ -513,6 +517,8 @@ class Delivery:
         except OSError as exc:
             self.log(syslog.LOG_ERR, f"Unable to cut {self.user}'s spool back to {offset} "
                                      f"octets after a failed bulletin copy: {exc.strerror}")
+            return False
+        return True
 
     def _settle(self, store, fd: int, seen: Seen, every: list[Bulletin]) -> None:
         """A crashed login's intent (see the module docstring): finish or forget it."""
@@ -543,7 +549,8 @@ class Delivery:
                     os.fsync(fd)
                     verdict = "completed"
                 elif size == end:
-                    self._cut_back(fd, offset)
+                    if not self._cut_back(fd, offset):
+                        raise OSError(errno.EIO, "cannot cut the spool back")
                     verdict = "cut back"
                 else:
                     verdict = "left incomplete (the bulletin files changed)"

@@ -897,6 +897,28 @@ def test_a_crashed_copy_that_cannot_be_settled_refuses_the_login_until_it_can(tm
     assert env.subjects() == ["ordinary mail", "1.b"]
 
 
+def test_a_failed_copy_that_cannot_be_cut_back_keeps_its_intent_and_refuses_the_login(
+        tmp_path):
+    """The copy fails (an I/O error writing it) and so does cutting it back: the half copy
+    stays with its intent (not forgotten, as if nothing were there), the login gets
+    [SYS/TEMP], and the next login settles it: each bulletin once, no NUL left."""
+    env = Env(tmp_path, max_bulletins=3)
+    with open(env.paths.spool, "wb") as f:
+        f.write(SPOOL_MAIL)
+    env.post("1.b", bulletin_text("1.b", body=b"x" * 100_000 + b"\n"))       # two chunks
+
+    def failing(step):
+        if step in ("bulletins:write-spool-marker", "bulletins:truncate-spool-back"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+    with pytest.raises(PopError) as refused:
+        env.deliver(stamp=STAMP + 5, step_hook=failing)
+    assert refused.value.code is RespCode.SYS_TEMP
+    assert b"\0" in env.spool()                                   # the half copy is there
+    assert env.deliver(stamp=STAMP + 6) == 0
+    assert any("earlier session of alice: completed" in t for _, t in env.logged)
+    assert env.subjects() == ["ordinary mail", "1.b"] and b"\0" not in env.spool()
+
+
 def test_crash_after_append_with_mail_delivered_meanwhile(tmp_path):
     """The spool grew after the crash (a delivery agent): the bulletins count as delivered
     and the new mail stays."""
