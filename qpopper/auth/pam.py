@@ -92,6 +92,14 @@ class PamResult:
     def system_error(self) -> bool:
         return self.code in SYSTEM_ERRORS
 
+    @property
+    def owed_delay_s(self) -> float:
+        """What a refusal of this attempt answered as a wrong password still has to wait to
+        take as long as one: the drawn failure delay when the password step said yes (a
+        wrong password waited it inside PAM); 0 when it said no (waited already) or did
+        not run."""
+        return self.fail_delay_s if self.password_code == PAM_SUCCESS else 0.0
+
 
 _DELAY_FUNCTION = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p)
 """void (*)(int status, unsigned usec, void *appdata): pam_fail_delay(3)'s PAM_FAIL_DELAY."""

@@ -72,7 +72,6 @@ from qpopper import limits
 from qpopper.log import log_login_line
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.auth import Login, challenges, is_possible_user_name
-from qpopper.auth import pam as pam_auth
 from qpopper.auth.password_cache import PasswordCache, pam_or_cached
 from qpopper.auth.brakes import Brakes
 from qpopper.auth.scram import Verifier
@@ -166,15 +165,13 @@ class Authenticator(PolicyChecks, challenges.GssSteps):
                                account.pw_uid if account else None, password, client_ip,
                                check_password_expired=self._check_password_expired(),
                                negative_ttl_s=self.cfg.auth_cache_negative_ttl or 0)
-        if account is None:
-            # As for an existing name: an outage is [SYS/TEMP] (_check_pam_said_yes), and a
-            # password step that said yes (a module that knows names NSS does not) owes
-            # the failure delay a wrong one waited, or either would tell the name.
-            if result.system_error:
-                self._check_pam_said_yes(result, user, host, client_ip, bad_password,
-                                         f"PAM service {self.cfg.pam_service}")
-            if result.password_code == pam_auth.PAM_SUCCESS and result.fail_delay_s > 0:
-                self.sleep(result.fail_delay_s)
+        # An unknown name is refused as an existing one would be, or the answer would tell
+        # the name: during an outage [SYS/TEMP] (_check_pam_said_yes raises it, for every
+        # name), else as a wrong password, after the failure delay a password step that
+        # said yes (a module that knows names NSS does not) still owes.
+        if account is None and not result.system_error:
+            if result.owed_delay_s > 0:
+                self.sleep(result.owed_delay_s)
             self._refuse(user, host, client_ip, bad_password, "no such user")
         self._check_pam_said_yes(result, user, host, client_ip, bad_password,
                                  f"PAM service {self.cfg.pam_service}")

@@ -266,8 +266,8 @@ class PolicyChecks:
         else:
             answer = text
             # PAM's own failure delay first, where a wrong password waits it, then ours.
-            if result.fail_delay_s > 0:
-                self.sleep(result.fail_delay_s)
+            if result.owed_delay_s > 0:
+                self.sleep(result.owed_delay_s)
             delay = self.brakes.note_failure(client_ip, user, self._method,
                                              self.cfg.auth_failure_delay or 0, count=False)
             if delay > 0:

@@ -182,14 +182,11 @@ class PasswordKeeper:
         reason = f"PAM service {self.pam_service}: {result.reason} ({result.code})"
         if result.system_error:
             return LATER, reason, False, 0.0
-        # A password step that said no waited PAM's failure delay already; one that said
-        # yes leaves it owed by a refusal answered as a wrong password.
-        said_yes = result.password_code == pam_auth.PAM_SUCCESS
-        owed = result.fail_delay_s if said_yes else 0.0
         if account is None:
-            return WRONG, "no such user", True, owed
+            return WRONG, "no such user", True, result.owed_delay_s
         if not result.ok:
-            return WRONG, reason, not said_yes, owed
+            return (WRONG, reason, result.password_code != pam_auth.PAM_SUCCESS,
+                    result.owed_delay_s)
         return None
 
     # ---- the new password ----------------------------------------------------------------
