@@ -164,10 +164,11 @@ class Brakes:
         if self.is_trusted(client_ip):
             return 0, 0.0
         counts = self._bump([(ADDRESS, address_group(client_ip)), (USER, user)])
-        address_failures = counts.get(ADDRESS, 0)
-        user_delay = brake_delay(counts.get(USER, 0), limits.BRAKE_FREE_FAILURES_PER_USER,
-                                 self.max_delay)
-        return address_failures, user_delay
+        return counts.get(ADDRESS, 0), self._user_delay(counts.get(USER, 0))
+
+    def _user_delay(self, failures: int) -> float:
+        """The user name's brake after `failures` (this one included): its wait before -ERR."""
+        return brake_delay(failures, limits.BRAKE_FREE_FAILURES_PER_USER, self.max_delay)
 
     def hold_address(self, client_ip: str, sleep=time.sleep) -> float:
         """Before an attempt is checked: wait the first part of the address's brake (at most
@@ -205,9 +206,7 @@ class Brakes:
             failures, user_delay = self.record_failure(client_ip, user)
         else:
             failures = 0
-            user_delay = 0.0 if trusted else brake_delay(
-                self._count(USER, user) + 1, limits.BRAKE_FREE_FAILURES_PER_USER,
-                self.max_delay)
+            user_delay = 0.0 if trusted else self._user_delay(self._count(USER, user) + 1)
         rest_of_brake = max(0.0, self._brake - self._waited)
         self._brake = self._waited = 0.0
         delay = rest_of_brake + max(float(base_delay), user_delay)
