@@ -145,7 +145,8 @@ class SpoolLock:
     "Locks across hosts"); so on any network or unknown file system. On a local disk
     (mounts.LOCAL_DISK_TYPES: the option set where it was not needed) it is both, as without
     the option: there only flock excludes a flock-only delivery agent. On NFS it is the fcntl
-    lock alone without the option too: both would fail every login there.
+    lock alone without the option too, unless the mount keeps flock on the host
+    (mounts.flock_beside_fcntl): sent to the server, flock would refuse our own fcntl lock.
     Keep this the only descriptor of the spool in the process: closing any descriptor of a
     file drops the process's fcntl locks on it.
     """
