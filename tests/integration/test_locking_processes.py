@@ -143,7 +143,6 @@ def test_the_spool_lock_on_nfs_or_under_no_atomic_open_off_a_local_disk_is_fcntl
     (The test machine has no NFS client: another file system is the mount table's answer,
     set.)"""
     from qpopper.spool import mounts
-    from qpopper.spool.locking import SpoolLock
     if mount != "real":
         monkeypatch.setattr(mounts, "fs_type_of", lambda fd: mount)
     else:
@@ -153,13 +152,19 @@ def test_the_spool_lock_on_nfs_or_under_no_atomic_open_off_a_local_disk_is_fcntl
         finally:
             os.close(fd)
     spool = str(tmp_path / "user")
+    assert _kernel_locks_beside_the_spool_lock(spool, nfs_safe) == expected
+    assert _kernel_locks_of_another_process(spool) == (True, True)
+
+
+def _kernel_locks_beside_the_spool_lock(spool: str, nfs_safe: bool) -> tuple[bool, bool]:
+    """What another process gets (flock, fcntl) while our SpoolLock holds `spool`."""
+    from qpopper.spool.locking import SpoolLock
     lock = SpoolLock(spool, spool + ".lock", create=True, create_mode=0o600, nfs_safe=nfs_safe)
     lock.acquire(LockTiming(attempts=1))
     try:
-        assert _kernel_locks_of_another_process(spool) == expected
+        return _kernel_locks_of_another_process(spool)
     finally:
         lock.release()
-    assert _kernel_locks_of_another_process(spool) == (True, True)
 
 
 MOUNTINFO = """\
@@ -245,7 +250,6 @@ def test_on_nfs_with_local_flock_the_spool_lock_still_takes_flock(tmp_path, monk
     locks of another owner, which refuse the process's own fcntl lock. The kernel shows the
     choice in the mount's options (fs/nfs/super.c, nfs_show_mount_options)."""
     from qpopper.spool import mounts
-    from qpopper.spool.locking import SpoolLock
     _as_if_nfs(monkeypatch, tmp_path,
                f"rw,vers=3,rsize=1048576,wsize=1048576,hard,proto=tcp,local_lock={local_lock}")
     fd = os.open(tmp_path, os.O_RDONLY)
@@ -253,11 +257,5 @@ def test_on_nfs_with_local_flock_the_spool_lock_still_takes_flock(tmp_path, monk
         assert mounts.fs_type_of(fd) == "nfs"
     finally:
         os.close(fd)
-    spool = str(tmp_path / "user")
-    lock = SpoolLock(spool, spool + ".lock", create=True, create_mode=0o600, nfs_safe=False)
-    lock.acquire(LockTiming(attempts=1))
-    try:
-        # the same host's flock-only delivery agent must be refused, as on a local disk
-        assert _kernel_locks_of_another_process(spool) == (False, False)
-    finally:
-        lock.release()
+    # the same host's flock-only delivery agent must be refused, as on a local disk
+    assert _kernel_locks_beside_the_spool_lock(str(tmp_path / "user"), False) == (False, False)

@@ -22,6 +22,18 @@ def warnings(cfg) -> list[str]:
     return said
 
 
+def store_with_key(tmp_path, mode: int, owner: str):
+    """An empty store, its 32-octet decoy key of `mode`, and a configuration offering SCRAM
+    with pop-auth-owner `owner`: (store, key, cfg)."""
+    store = tmp_path / "pop.auth"
+    store.write_bytes(b"")
+    key = tmp_path / "pop.auth.decoy-key"
+    key.write_bytes(b"k" * 32)
+    key.chmod(mode)
+    return store, key, Config.defaults().replace(pop_auth_file=str(store),
+                                                 store_mechanisms="on", pop_auth_owner=owner)
+
+
 def test_a_missing_key_that_cannot_be_made_is_warned_of(tmp_path, monkeypatch):
     store = tmp_path / "pop.auth"
     store.write_bytes(b"")
@@ -79,13 +91,7 @@ def test_the_check_judges_the_keys_owner_as_the_exchanges_do(tmp_path, owner):
     missing (not the store file's owner, which the check once fell back to: a key owned like
     the store passed the check and was refused at every exchange); not as root, the server's
     own uid (not pop-auth-owner's, which the exchanges never use then)."""
-    store = tmp_path / "pop.auth"
-    store.write_bytes(b"")
-    key = tmp_path / "pop.auth.decoy-key"
-    key.write_bytes(b"k" * 32)
-    key.chmod(0o600)
-    cfg = Config.defaults().replace(pop_auth_file=str(store), store_mechanisms="on",
-                                    pop_auth_owner=owner)
+    store, key, cfg = store_with_key(tmp_path, 0o600, owner)
     if os.geteuid() == 0:
         rightful = pwd.getpwnam(owner).pw_uid if owner == "nobody" else 0   # root's only
         uids = [0, 54321, pwd.getpwnam("nobody").pw_uid]
@@ -135,13 +141,7 @@ def test_a_fault_that_comes_back_after_a_reload_fixed_it_is_logged_again(tmp_pat
     reloaded (no warning then); later the same fault is back (a restore, a wrong chmod):
     the exchanges of the processes forked after that must log it, as no reload said it
     since."""
-    store = tmp_path / "pop.auth"
-    store.write_bytes(b"")
-    key = tmp_path / "pop.auth.decoy-key"
-    key.write_bytes(b"k" * 32)
-    key.chmod(0o640)
-    cfg = Config.defaults().replace(pop_auth_file=str(store), store_mechanisms="on",
-                                    pop_auth_owner="root")
+    store, key, cfg = store_with_key(tmp_path, 0o640, "root")
     assert len(warnings(cfg)) == 1                  # start-up: the master warns
     key.chmod(0o600)
     assert warnings(cfg) == []                      # fixed, reloaded
