@@ -151,7 +151,7 @@ def remembered_right(verdict: str | None) -> tuple[float, int] | None:
 def remembered_refusal(verdict: str | None) -> tuple[int, float] | None:
     """(code, failure delay) of a remembered refusal (verdict_of), or None."""
     code, _, delay = (verdict or "").partition(" ")
-    if not code.isdigit() or int(code) not in REMEMBERED_REFUSALS:
+    if not (code.isascii() and code.isdigit()) or int(code) not in REMEMBERED_REFUSALS:
         return None
     return int(code), _delay(delay)
 

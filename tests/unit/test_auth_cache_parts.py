@@ -55,7 +55,7 @@ def test_only_the_password_steps_own_yes_and_wrong_password_are_remembered():
     assert password_cache.remembered_refusal(f"{wrong} 1e9") == (
         wrong, password_cache.MAX_REMEMBERED_DELAY_S)
     assert password_cache.remembered_refusal(f"{wrong} nan") == (wrong, 0.0)
-    for other in (password_cache.RIGHT, "", None, "4 1.0", f"{wrong} x"):
+    for other in (password_cache.RIGHT, "", None, "4 1.0", f"{wrong} x", "\u00b2 1.0"):
         assert password_cache.remembered_refusal(other) in (None, (wrong, 0.0))
     for code in (pam_auth.python_pam.PAM_SYSTEM_ERR, pam_auth.PAM_MAXTRIES,
                  pam_auth.python_pam.PAM_AUTHINFO_UNAVAIL):
