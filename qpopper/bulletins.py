@@ -395,6 +395,9 @@ class Delivery:
 
     def _locked(self, store, fd: int, every: list[Bulletin], newest: int, refresh) -> int:
         seen = store.load()                                  # again: another login may have run
+        # Settled before the journal check: a half copy's NUL (an older build's, which made
+        # it beside the journal) must be gone before the maildrop's recovery looks for its
+        # own marker there (docs/bulletins.md, "Delivery, crash-safe").
         if seen.pending is not None:
             try:
                 self._settle(store, fd, seen, every)
