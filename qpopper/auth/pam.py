@@ -101,6 +101,9 @@ class PamResult:
         return self.fail_delay_s if self.password_code == PAM_SUCCESS else 0.0
 
 
+BYPASSED_WRAPPER = ("python-pam did not call pam_authenticate through qpopper's hook "
+                    "(an unsupported python-pam version)")
+
 _DELAY_FUNCTION = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p)
 """void (*)(int status, unsigned usec, void *appdata): pam_fail_delay(3)'s PAM_FAIL_DELAY."""
 
@@ -124,6 +127,7 @@ def _with_rhost(authenticator, rhost: str | None, replace_auth_step: bool) -> di
     delay_function = _DELAY_FUNCTION(note_delay)
 
     def pam_authenticate(handle, flags):
+        asked["through_wrapper"] = True
         _set_rhost(set_item, handle, rhost)
         if replace_auth_step:
             return PAM_SUCCESS
@@ -224,6 +228,13 @@ def _run(service: str, user: str, password: str, rhost: str | None, *,
     if isinstance(reason, bytes):
         reason = reason.decode("utf-8", "replace")
     reason = str(reason or "")
+    if code in (PAM_SUCCESS, PAM_NEW_AUTHTOK_REQD) and not asked.get("through_wrapper"):
+        # python-pam is not pinned: a version that called libpam's pam_authenticate
+        # otherwise than through the instance's binding would drop PAM_RHOST and the
+        # failure delay's capture (an expired account's right password answered sooner
+        # than a wrong one) without a sound, or run APOP's password step for real. Such a
+        # yes is not trusted: every login fails loudly until qpopper is mended.
+        return PamResult(False, python_pam.PAM_SYSTEM_ERR, BYPASSED_WRAPPER)
     password_code = asked.get("code")
     drawn = float(asked.get("fail_delay_s", 0.0))
     if code == PAM_SUCCESS:

@@ -224,3 +224,25 @@ def _second_tries_alike(world_tmp, system_users, *, negative_ttl: int, pause_s: 
             return True
         finally:
             site.close()
+
+
+class _CallsLibpamDirectly(pam_auth.python_pam.PamAuthenticator):
+    """A python-pam that calls libpam's pam_authenticate through its class's binding, not
+    the instance's that qpopper wraps (as a future version might)."""
+
+    def authenticate(self, *args, **kwargs):
+        vars(self).pop("pam_authenticate", None)
+        return super().authenticate(*args, **kwargs)
+
+
+def test_a_yes_from_a_python_pam_that_bypassed_the_hook_is_a_system_error(
+        delayed_service, system_users, monkeypatch):
+    """Without the hook PAM_RHOST is unset and the failure delay is not captured (an expired
+    account's right password would be answered a delay sooner than a wrong one): such a yes
+    is refused as PAM being unusable, for USER/PASS and for APOP's account step."""
+    user = system_users.create(password="pw-right")
+    assert pam_auth.authenticate(delayed_service, user.name, "pw-right").ok
+    monkeypatch.setattr(pam_auth.python_pam, "PamAuthenticator", _CallsLibpamDirectly)
+    result = pam_auth.authenticate(delayed_service, user.name, "pw-right")
+    assert not result.ok and result.system_error and result.reason == pam_auth.BYPASSED_WRAPPER
+    assert not pam_auth.check_account(delayed_service, user.name).ok
