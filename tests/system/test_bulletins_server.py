@@ -1,8 +1,8 @@
 """Bulletins end to end through the real server with real users (root only): delivered once
 after the privilege drop, files owned by the user, popbulldir, the SQLite bulletin database
 shared by users of the mail group, the [SYS/TEMP] refusal, a session killed between the
-append and the record (the next login has the bulletin exactly once), and an MMDF site's
-empty spool (spool-format)."""
+append and the record (the next login has the bulletin exactly once), bulletins waiting
+while a crashed update's journal is there, and an MMDF site's empty spool (spool-format)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import pytest
 from qpopper import bulletin_records
 from tests.helpers.bulletin_cases import octets_read, post_huge_broken
 from tests.helpers.sysusers import make_spool
-from tests.helpers.messages import mbox
+from tests.helpers.messages import mbox, mbox_of
 from tests.server_harness import POPPER, Site, free_port, login, processes_of
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
@@ -381,3 +381,33 @@ def test_a_bulletin_delivered_during_a_session_on_an_mmdf_spool_is_served(site, 
         assert b"From qpop" not in f.read()
     assert subjects_after_login(server, user) == [b"mmdf mail", b"Example bulletin",
                                                   b"Second bulletin"]
+
+
+def test_bulletins_wait_while_a_crashed_update_s_journal_is_there(site, system_users):
+    """A session killed in its update leaves a journal; the next login's bulletins wait for
+    its recovery (docs/bulletins.md, "Delivery, crash-safe"): that login gets the recovered
+    mail without the new bulletin, and the one after gets it, once."""
+    user = system_users.create("bj")
+    spool = make_spool(site.spool_dir, user, mbox_of(b"Subject: hello\n\nordinary mail\n",
+                                                     b"Subject: bye\n\nmore mail\n"))
+    crashing = site.server(env={"QPOPPER_TEST_CRASH_AT": "update:write-spool"})
+    client = login(crashing, user)
+    try:
+        assert [s for s, _ in subjects_and_uids(client)] == [b"hello", b"bye", b"Example bulletin"]
+        client.dele(1)
+        with pytest.raises((poplib.error_proto, OSError, EOFError)):
+            client.quit()                                      # killed writing the spool
+    finally:
+        client.close()
+    crashing.stop()
+    assert [n for n in os.listdir(site.spool_dir) if n.endswith(".journal")], "no journal left"
+    with open(os.path.join(site.root, "bulls", "00002.Second_bulletin"), "wb") as f:
+        f.write(BULLETIN.replace(b"Example bulletin", b"Second bulletin"))
+    server = site.server()
+    assert subjects_after_login(server, user) == [b"bye", b"Example bulletin"]
+    site.syslog.wait_for(rf"Bulletins for {user.name} wait for the next login: the maildrop "
+                         r"has a journal to recover")
+    assert subjects_after_login(server, user) == [b"bye", b"Example bulletin",
+                                                  b"Second bulletin"]
+    with open(spool, "rb") as f:
+        assert f.read().count(b"Subject: Second bulletin") == 1
