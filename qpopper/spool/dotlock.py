@@ -129,22 +129,38 @@ class LockFile:
         return self == other
 
 
+def _write_unique(name: str, content: bytes, *, fsync: bool = False) -> os.stat_result:
+    """A new file at `name`, ours alone (O_EXCL, never through a symlink, DOTLOCK_MODE),
+    holding `content` (synced to disk when fsync), and its fstat: the mtime was set by the
+    clock of the file system's host (the NFS server's) as it wrote. An error, also one the
+    close reports (NFS tells there of a write its server refused), removes the file again
+    before it is raised; an error of the create itself (the name is taken) leaves the name
+    alone."""
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 DOTLOCK_MODE)
+    try:
+        try:
+            os.write(fd, content)
+            if fsync:
+                os.fsync(fd)
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        unlink_if_present(name, ignore_other_errors=True)
+        raise
+    return st
+
+
 def file_system_now_ns(name: str) -> int | None:
     """The clock of the file system's host (the NFS server's): the mtime of a new file
     written at `name` and removed again; None when none can be written there."""
     try:
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     DOTLOCK_MODE)
+        st = _write_unique(name, b"\n")    # written: the server sets the mtime as it writes
     except OSError:
         return None
-    try:
-        os.write(fd, b"\n")            # written: the server sets the mtime as it writes
-        return os.fstat(fd).st_mtime_ns
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-        unlink_if_present(name, ignore_other_errors=True)
+    unlink_if_present(name, ignore_other_errors=True)
+    return st.st_mtime_ns
 
 
 def _holder(found: LockFile | None) -> str:
@@ -197,18 +213,10 @@ class DotLock:
             created = self._create_by_link(content)
         else:
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                             | os.O_CLOEXEC, DOTLOCK_MODE)
+                # an error after the create removes the lock: nobody would release it
+                st = _write_unique(self.path, content)
             except FileExistsError:
                 return False
-            try:
-                os.write(fd, content)
-                st = os.fstat(fd)
-            except BaseException:
-                os.close(fd)
-                os.unlink(self.path)        # an empty lock would block everyone for 5 min
-                raise
-            os.close(fd)
             created = (st.st_dev, st.st_ino)
         if not created:
             return False
@@ -228,14 +236,7 @@ class DotLock:
         NFS server's) as we wrote it, is "now" for judging the age of a lock found there
         (_why_stale)."""
         unique = self._unique_name()
-        fd = os.open(unique, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     DOTLOCK_MODE)
-        try:
-            os.write(fd, content)
-            os.fsync(fd)
-            st = os.fstat(fd)
-        finally:
-            os.close(fd)
+        st = _write_unique(unique, content, fsync=True)
         self._fs_now_ns = st.st_mtime_ns
         mine = (st.st_dev, st.st_ino)
 

@@ -2,7 +2,8 @@
 wrong (docs/maildrop.md, "The locking rules"): a spool a delivery agent running as root has
 created and not yet given to its owner, NFS's ESTALE for a file another host removed, and
 no-atomic-open's unique file whose REMOVE is retried after a lost reply or fails, or whose
-link count cannot be read after the link."""
+link count cannot be read after the link, and a lock or unique file whose write or close
+fails."""
 
 from __future__ import annotations
 
@@ -258,3 +259,66 @@ def test_a_link_lost_to_another_lock_leaves_that_lock_alone_after_an_error(tmp_p
     assert not DotLock(lock_path, nfs_safe=True).try_acquire()
     monkeypatch.undo()
     assert LockFile.at(lock_path) == before and _unique_files(tmp_path) == []
+
+
+def _close_fails_for(monkeypatch, name: str) -> None:
+    """os.close of a file open at `name` closes it and then answers EIO, as an NFS client
+    reports there a write its server refused (a quota, a full disk) after the data was
+    cached."""
+    real_close = os.close
+
+    def close(fd):
+        try:
+            opened = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            opened = None
+        real_close(fd)
+        if opened == name:
+            raise OSError(errno.EIO, "Input/output error")
+    monkeypatch.setattr(os, "close", close)
+
+
+def test_a_unique_file_that_cannot_be_written_is_not_left_behind(tmp_path, monkeypatch):
+    """no-atomic-open: the unique file is created and its write fails (EIO from the fsync):
+    the error is the caller's, and the `.lk` file goes again, as the O_EXCL lock does,
+    instead of one more being left in the spool directory at every login."""
+    from qpopper.spool.dotlock import DotLock
+
+    def fsync_fails(fd):
+        raise OSError(errno.EIO, "Input/output error")
+    lock_path = str(tmp_path / "alice.lock")
+    monkeypatch.setattr(os, "fsync", fsync_fails)
+    lock = DotLock(lock_path, nfs_safe=True)
+    with pytest.raises(OSError) as raised:
+        lock.try_acquire()
+    monkeypatch.undo()
+    assert raised.value.errno == errno.EIO and not lock.held
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_dot_lock_whose_close_fails_is_not_left_behind(tmp_path, monkeypatch):
+    """The O_EXCL dot-lock (an NFS spool without no-atomic-open) is written and its close
+    reports the write failed: the error is the caller's and the lock goes again, not left
+    with this live process's pid for every locker to wait out (nobody would release it)."""
+    from qpopper.spool.dotlock import DotLock
+    lock_path = str(tmp_path / "alice.lock")
+    _close_fails_for(monkeypatch, lock_path)
+    lock = DotLock(lock_path)
+    with pytest.raises(OSError) as raised:
+        lock.try_acquire()
+    monkeypatch.undo()
+    assert raised.value.errno == errno.EIO and not lock.held
+    assert os.listdir(tmp_path) == []
+    assert DotLock(lock_path).try_acquire()
+
+
+def test_a_clock_file_whose_close_fails_reads_no_clock_and_goes(tmp_path, monkeypatch):
+    """The file written to read the file system's clock reports at its close that the write
+    failed: no clock can be read there (None: the local clock is used), and the file goes,
+    rather than the error failing the lock attempt and the file staying."""
+    from qpopper.spool.dotlock import file_system_now_ns
+    name = str(tmp_path / ".lkclock")
+    _close_fails_for(monkeypatch, name)
+    assert file_system_now_ns(name) is None
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == []
