@@ -437,7 +437,9 @@ class Delivery:
             self.step("record-seen")
             store.save(record)
         except BaseException:
-            if not self._cut_back(fd, offset):
+            try:
+                self._cut_back(fd, offset)
+            except OSError:
                 # The half copy stays, and so does its intent, for the next login to settle:
                 # no session meanwhile (it could rewrite the spool under the copy).
                 raise PopError(UNSETTLED_TEXT, RespCode.SYS_TEMP)
@@ -510,9 +512,9 @@ class Delivery:
         self.step("fsync-spool")
         os.fsync(fd)
 
-    def _cut_back(self, fd: int, offset: int) -> bool:
-        """After a failure: the spool as it was before the bulletins. False (logged) when
-        that failed too."""
+    def _cut_back(self, fd: int, offset: int) -> None:
+        """After a failure: the spool as it was before the bulletins. When that fails too,
+        its OSError is logged and raised."""
         try:
             self.step("truncate-spool-back")
             os.ftruncate(fd, offset)
@@ -520,8 +522,7 @@ class Delivery:
         except OSError as exc:
             self.log(syslog.LOG_ERR, f"Unable to cut {self.user}'s spool back to {offset} "
                                      f"octets after a failed bulletin copy: {exc.strerror}")
-            return False
-        return True
+            raise
 
     def _settle(self, store, fd: int, seen: Seen, every: list[Bulletin]) -> None:
         """A crashed login's intent (see the module docstring): finish or forget it."""
@@ -552,8 +553,7 @@ class Delivery:
                     os.fsync(fd)
                     verdict = "completed"
                 elif size == end:
-                    if not self._cut_back(fd, offset):
-                        raise OSError(errno.EIO, "cannot cut the spool back")
+                    self._cut_back(fd, offset)   # its OSError: the caller's refusal
                     verdict = "cut back"
                 else:
                     verdict = "left incomplete (the bulletin files changed)"

@@ -919,6 +919,46 @@ def test_a_failed_copy_that_cannot_be_cut_back_keeps_its_intent_and_refuses_the_
     assert env.subjects() == ["ordinary mail", "1.b"] and b"\0" not in env.spool()
 
 
+def crashed_copy_of_a_bulletin_changed_since(env) -> None:
+    """A login crashed in the middle of copying 1.b, whose file was then edited: the half
+    copy is no longer what the intent would write (docs/bulletins.md)."""
+    with open(env.paths.spool, "wb") as f:
+        f.write(SPOOL_MAIL)
+    env.post("1.b")
+    assert crash_at(env, "bulletins:write-spool")
+    os.unlink(env.paths.lock)
+    env.post("1.b", bulletin_text("1.b", body=b"edited since\n"))
+
+
+def test_a_crashed_copy_of_a_changed_bulletin_is_cut_back_and_delivered_anew(tmp_path):
+    env = Env(tmp_path, max_bulletins=3)
+    crashed_copy_of_a_bulletin_changed_since(env)
+    assert env.deliver(stamp=STAMP + 5) == 1
+    assert any("earlier session of alice: cut back" in t for _, t in env.logged)
+    assert env.subjects() == ["ordinary mail", "1.b"] and b"\0" not in env.spool()
+    assert b"edited since\n" in env.spool()
+
+
+def test_a_crashed_copy_that_cannot_be_cut_back_refuses_the_login_saying_why(tmp_path):
+    """Cutting the half copy back fails (an I/O error): the login gets [SYS/TEMP] and the
+    log names that error; the next login cuts it back."""
+    env = Env(tmp_path, max_bulletins=3)
+    crashed_copy_of_a_bulletin_changed_since(env)
+
+    def failing(step):
+        if step == "bulletins:truncate-spool-back":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    with pytest.raises(PopError) as refused:
+        env.deliver(stamp=STAMP + 5, step_hook=failing)
+    assert refused.value.code is RespCode.SYS_TEMP
+    assert refused.value.log == ("Unable to settle an earlier session's bulletin copy for "
+                                 f"alice: {os.strerror(errno.ENOSPC)}")
+    assert b"\0" in env.spool()                                   # the half copy is there
+    assert env.deliver(stamp=STAMP + 6) == 1
+    assert any("earlier session of alice: cut back" in t for _, t in env.logged)
+    assert env.subjects() == ["ordinary mail", "1.b"] and b"\0" not in env.spool()
+
+
 def test_crash_after_append_with_mail_delivered_meanwhile(tmp_path):
     """The spool grew after the crash (a delivery agent): the bulletins count as delivered
     and the new mail stays."""
