@@ -112,7 +112,7 @@ def shadow_stamp(user: str) -> bytes:
     return (spwd.sp_pwdp or b"") + b"\0" + str(spwd.sp_lstchg).encode()
 
 
-def verdict_of(result: pam_auth.PamResult, asked_at_ns: int = 0) -> str | None:
+def verdict_of(result: pam_auth.PamResult, asked_at_ns: int) -> str | None:
     """What may be remembered of a PAM answer, with the failure delay libpam drew for it:
     RIGHT and when PAM was asked ("right 1.423 <monotonic ns>"); a refusal's code ("7
     1.423"); or None. A remembered refusal waits its delay again; a remembered right password

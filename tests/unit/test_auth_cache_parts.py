@@ -16,6 +16,9 @@ from qpopper.auth import password_cache
 from qpopper.server import auth_cache
 from qpopper.server import monitor_wire as wire
 
+ASKED_AT_NS = 123
+"""When PAM was asked (time.monotonic_ns(), as pam_or_cached passes it)."""
+
 
 def test_the_key_depends_on_every_part_and_the_salt():
     salt = password_cache.new_salt()
@@ -35,20 +38,20 @@ def test_only_the_password_steps_own_yes_and_wrong_password_are_remembered():
     result = pam_auth.PamResult
     # with the failure delay libpam drew and when PAM was asked
     right = password_cache.verdict_of(result(True, 0, "", password_code=0, fail_delay_s=0.5),
-                                      123)
-    assert right == "right 0.500 123" and password_cache.is_right(right)
-    assert password_cache.remembered_right(right) == (0.5, 123)
+                                      ASKED_AT_NS)
+    assert right == f"right 0.500 {ASKED_AT_NS}" and password_cache.is_right(right)
+    assert password_cache.remembered_right(right) == (0.5, ASKED_AT_NS)
     assert password_cache.remembered_right(password_cache.RIGHT) == (0.0, 0)  # nothing kept
     assert password_cache.remembered_right("7 0.5") is None
     for odd in ("right 2.0 \u00b2", "right 2.0 " + "9" * 5000):       # never raises
         assert password_cache.remembered_right(odd) == (2.0, 0)
     # the password was right, the account expired: the password is still right
     assert password_cache.is_right(password_cache.verdict_of(
-        result(False, pam_auth.PAM_ACCT_EXPIRED, "", password_code=0)))
+        result(False, pam_auth.PAM_ACCT_EXPIRED, "", password_code=0), ASKED_AT_NS))
     wrong = pam_auth.python_pam.PAM_AUTH_ERR
     # with the failure delay PAM waited for it, which a remembered refusal waits again
     verdict = password_cache.verdict_of(result(False, wrong, "", password_code=wrong,
-                                                fail_delay_s=1.4236))
+                                                fail_delay_s=1.4236), ASKED_AT_NS)
     assert verdict == f"{wrong} 1.424"
     assert password_cache.remembered_refusal(verdict) == (wrong, 1.424)
     assert password_cache.remembered_refusal(str(wrong)) == (wrong, 0.0)     # no delay kept
@@ -59,8 +62,10 @@ def test_only_the_password_steps_own_yes_and_wrong_password_are_remembered():
         assert password_cache.remembered_refusal(other) in (None, (wrong, 0.0))
     for code in (pam_auth.python_pam.PAM_SYSTEM_ERR, pam_auth.PAM_MAXTRIES,
                  pam_auth.python_pam.PAM_AUTHINFO_UNAVAIL):
-        assert password_cache.verdict_of(result(False, code, "", password_code=code)) is None
-    assert password_cache.verdict_of(result(True, 0, "")) is None     # the step never ran
+        assert password_cache.verdict_of(result(False, code, "", password_code=code),
+                                         ASKED_AT_NS) is None
+    # the step never ran
+    assert password_cache.verdict_of(result(True, 0, ""), ASKED_AT_NS) is None
 
 
 def test_the_table_forgets_the_least_recently_used_and_what_expired():
