@@ -875,6 +875,18 @@ def test_crash_at_any_step_then_next_login_has_each_bulletin_exactly_once(tmp_pa
     assert env.subjects() == ["ordinary mail", "1.b", "2.b", "3.b"]
 
 
+def refused_failing_at(env, *steps: str, error: int = errno.EIO) -> PopError:
+    """A login whose delivery fails with `error` (an OSError) at each of `steps`: refused
+    [SYS/TEMP]; the refusal."""
+    def failing(step):
+        if step in steps:
+            raise OSError(error, os.strerror(error))
+    with pytest.raises(PopError) as refused:
+        env.deliver(stamp=STAMP + 5, step_hook=failing)
+    assert refused.value.code is RespCode.SYS_TEMP
+    return refused.value
+
+
 def test_a_crashed_copy_that_cannot_be_settled_refuses_the_login_until_it_can(tmp_path):
     """A crashed login's copy whose settling fails (an I/O error rewriting it): the login
     gets [SYS/TEMP], so no session rewrites the spool under the pending copy; the next login
@@ -885,13 +897,7 @@ def test_a_crashed_copy_that_cannot_be_settled_refuses_the_login_until_it_can(tm
     env.post("1.b")
     assert crash_at(env, "bulletins:write-spool")
     os.unlink(env.paths.lock)
-
-    def failing(step):
-        if step == "bulletins:rewrite-incomplete":
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-    with pytest.raises(PopError) as refused:
-        env.deliver(stamp=STAMP + 5, step_hook=failing)
-    assert refused.value.code is RespCode.SYS_TEMP
+    refused_failing_at(env, "bulletins:rewrite-incomplete")
     assert env.deliver(stamp=STAMP + 6) == 0
     assert any("earlier session of alice: completed" in t for _, t in env.logged)
     assert env.subjects() == ["ordinary mail", "1.b"]
@@ -906,13 +912,7 @@ def test_a_failed_copy_that_cannot_be_cut_back_keeps_its_intent_and_refuses_the_
     with open(env.paths.spool, "wb") as f:
         f.write(SPOOL_MAIL)
     env.post("1.b", bulletin_text("1.b", body=b"x" * 100_000 + b"\n"))       # two chunks
-
-    def failing(step):
-        if step in ("bulletins:write-spool-marker", "bulletins:truncate-spool-back"):
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-    with pytest.raises(PopError) as refused:
-        env.deliver(stamp=STAMP + 5, step_hook=failing)
-    assert refused.value.code is RespCode.SYS_TEMP
+    refused_failing_at(env, "bulletins:write-spool-marker", "bulletins:truncate-spool-back")
     assert b"\0" in env.spool()                                   # the half copy is there
     assert env.deliver(stamp=STAMP + 6) == 0
     assert any("earlier session of alice: completed" in t for _, t in env.logged)
@@ -921,7 +921,7 @@ def test_a_failed_copy_that_cannot_be_cut_back_keeps_its_intent_and_refuses_the_
 
 def crashed_copy_of_a_bulletin_changed_since(env) -> None:
     """A login crashed in the middle of copying 1.b, whose file was then edited: the half
-    copy is no longer what the intent would write (docs/bulletins.md)."""
+    copy is no longer what the intent would write (docs/bulletins.md, "Delivery, crash-safe")."""
     with open(env.paths.spool, "wb") as f:
         f.write(SPOOL_MAIL)
     env.post("1.b")
@@ -944,14 +944,8 @@ def test_a_crashed_copy_that_cannot_be_cut_back_refuses_the_login_saying_why(tmp
     log names that error; the next login cuts it back."""
     env = Env(tmp_path, max_bulletins=3)
     crashed_copy_of_a_bulletin_changed_since(env)
-
-    def failing(step):
-        if step == "bulletins:truncate-spool-back":
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    with pytest.raises(PopError) as refused:
-        env.deliver(stamp=STAMP + 5, step_hook=failing)
-    assert refused.value.code is RespCode.SYS_TEMP
-    assert refused.value.log == ("Unable to settle an earlier session's bulletin copy for "
+    refused = refused_failing_at(env, "bulletins:truncate-spool-back", error=errno.ENOSPC)
+    assert refused.log == ("Unable to settle an earlier session's bulletin copy for "
                                  f"alice: {os.strerror(errno.ENOSPC)}")
     assert b"\0" in env.spool()                                   # the half copy is there
     assert env.deliver(stamp=STAMP + 6) == 1
