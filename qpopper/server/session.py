@@ -12,6 +12,7 @@ TLS (before the banner on an alternate-port listener, or after STLS) through tls
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import os
 import signal
@@ -187,11 +188,10 @@ class Session(ReplyWriter):
         paths = SpoolPaths.for_user(self.cfg, login.user, login.home)
         in_maildir = maildir_path(self.cfg.maildir, login.user, login.home)   # docs/maildir.md
         # New bulletins go into the spool (or new/) like a delivery agent's mail, so the
-        # maildrop takes them up with its crash-safe machinery (docs/bulletins.md).
-        if in_maildir is None:
-            bulletins.deliver(self.cfg, login, paths, self.hostname, self.log,
-                              step_hook=test_step_hook())
-        else:
+        # maildrop takes them up (docs/bulletins.md); a spool's under the session lock.
+        deliver_bulletins = functools.partial(bulletins.deliver, self.cfg, login, paths,
+                                              self.hostname, self.log, step_hook=test_step_hook())
+        if in_maildir is not None:
             # A Maildir's paths are the user's to point anywhere: no spool group for them
             # (docs/privsep.md, "Maildir users"); the bulletin record may still need it.
             privsep.leave_spool_group(login.gid, self.log)
@@ -206,7 +206,8 @@ class Session(ReplyWriter):
                                             INFO_SEPARATORS[self.cfg.maildir_info_separator])
                 else:
                     drop = Maildrop.open(self.cfg, paths, login.user,
-                                         step_hook=test_step_hook(), log=self.log)
+                                         step_hook=test_step_hook(), log=self.log,
+                                         under_session_lock=deliver_bulletins)
         except OSError as exc:
             raise PopError("Unable to open your maildrop; contact your administrator",
                            RespCode.SYS_TEMP, log=f"opening maildrop of {login.user}: {exc}") from None

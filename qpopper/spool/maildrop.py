@@ -112,17 +112,18 @@ class Maildrop:
 
     @classmethod
     def open(cls, cfg, paths: SpoolPaths, user: str, step_hook: StepHook | None = None,
-             log: Log | None = None, *, lock_step_s: float = limits.LOCK_RETRY_STEP_S
-             ) -> "Maildrop":
-        """Lock the session, recover, then read the mail: moved into the temporary drop
-        (normal mode) or read in place (server mode, when there is nothing to recover).
-        Raises PopError. The modes build on this class, hence the import here."""
+             log: Log | None = None, *, lock_step_s: float = limits.LOCK_RETRY_STEP_S,
+             under_session_lock: Callable[[], object] | None = None) -> "Maildrop":
+        """Lock the session, run `under_session_lock` (the bulletins' delivery), recover,
+        then read the mail: moved into the temporary drop (normal mode) or read in place
+        (server mode, when there is nothing to recover). Raises PopError. The modes build
+        on this class, hence the import here."""
         from qpopper.spool.server_mode import ServerModeMaildrop
         from qpopper.spool.normal_mode import NormalModeMaildrop
         kind = ServerModeMaildrop if cfg.server_mode else NormalModeMaildrop
         drop = kind(cfg, paths, user, step_hook, log, lock_step_s)
         try:
-            drop._open()
+            drop._open(under_session_lock)
         except BaseException:
             drop.close()
             raise
@@ -221,7 +222,7 @@ class Maildrop:
             self._spool.release()
             self._spool = None
 
-    def _open(self) -> None:
+    def _open(self, under_session_lock: Callable[[], object] | None) -> None:
         if self.cfg.check_hash_dir:
             self.paths.ensure_hash_dirs(self._log)
         self._session = SessionLock(self.paths.temp_drop, step_hook=self._step, log=self._log)
@@ -230,6 +231,10 @@ class Maildrop:
             if self._session.created:
                 self._step("fsync-temp-drop-dir")
                 fsync_parent_dir(self.paths.temp_drop)
+            if under_session_lock is not None:
+                # Bulletins: a second login of a user in session is refused [IN-USE] before
+                # it appends any (docs/bulletins.md, "Delivery, crash-safe").
+                under_session_lock()
             self._engine.journal.remove_leftover_tmp()
             cache.remove_stale_tmp(self.paths.cache, self._step)
             self._open_mode()

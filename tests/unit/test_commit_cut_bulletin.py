@@ -13,6 +13,8 @@ import pytest
 
 from qpopper import bulletins
 from qpopper.auth import Login
+from qpopper.pop3.responses import PopError, RespCode
+from qpopper.spool.maildrop import Maildrop
 from qpopper.spool.paths import SpoolPaths
 from tests.helpers.bulletin_cases import HOST, STAMP, bulletin_text
 from tests.helpers.spoolcheck import append, dies_in_child, killer_at_step, read, spool_in
@@ -139,3 +141,30 @@ def test_mail_after_a_half_appended_bulletin_on_a_spool_not_yet_extended_is_kept
     _completed_once(got, then)
     if cfg.bulldir:                       # delivered by the login after the recovery
         assert _bulletin(cfg, home) == (0 if older else 1)
+
+
+def test_a_second_login_during_a_session_copies_no_bulletin(tmp_path):
+    """A session's update takes what the spool holds beyond its drop as new mail: a
+    bulletin copy made by a second login meanwhile, killed half way, would become mail with
+    its NUL (and the bulletin come again). The bulletins run under the session lock, so
+    that login is refused [IN-USE] first; the next login after the session delivers them."""
+    bulldir, home = tmp_path / "bulls", tmp_path / "home"
+    bulldir.mkdir(), home.mkdir()
+    (bulldir / "1.b").write_bytes(bulletin_text("bulletin"))
+    cfg, paths = spool_in(tmp_path, USER, KEPT, bulldir=str(bulldir))
+    ran = []
+
+    def second_login():
+        return Maildrop.open(cfg, paths, USER, lock_step_s=0.05,
+                             under_session_lock=lambda: ran.append(_bulletin(cfg, home)))
+    drop = open_drop(cfg, paths)
+    append(paths.spool, DURING)
+    with pytest.raises(PopError) as refused:
+        second_login()
+    assert refused.value.code == RespCode.IN_USE and ran == []
+    assert read(paths.spool) == DURING
+    drop.update(set(), set())
+    second_login().close()
+    assert ran == [1]
+    got = _taken(cfg, paths)
+    assert got.count(b"Subject: bulletin\n\nBody.\n") == 1 and b"\0" not in got
