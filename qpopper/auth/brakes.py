@@ -220,6 +220,25 @@ class Brakes:
                                                          brake_now))
         return delay
 
+    def wait_as_wrong_guess(self, result, client_ip: str, user: str, method: str,
+                            base_delay: float, *, count: bool = True, sleep=time.sleep,
+                            since: float | None = None) -> None:
+        """Take as long before a refusal as a wrong guess does, after the check: first the
+        failure delay PAM's password step drew but did not wait (`result`, a pam.PamResult:
+        its owed_delay_s, where that step said yes; None when PAM was not asked), as a wrong
+        password waited it inside PAM; then note_failure's wait (`count` as there).
+        `since` (time.monotonic): that wait counts from then, not from now, so the time
+        spent since (PAM's, the owed delay) is part of it (poppassd's shape: its fixed delay
+        runs from the check's start); None sleeps each part whole (popper's)."""
+        owed = result.owed_delay_s if result is not None else 0.0
+        if owed > 0:
+            sleep(owed)
+        delay = self.note_failure(client_ip, user, method, base_delay, count=count)
+        if since is not None:
+            delay = since + delay - time.monotonic()
+        if delay > 0:
+            sleep(delay)
+
     def record_success(self, user: str) -> None:
         self._brake = self._waited = 0.0
         self._write(lambda db: db.execute("DELETE FROM failures WHERE kind = ? AND key = ?",

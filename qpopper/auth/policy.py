@@ -170,9 +170,7 @@ class Authenticator(PolicyChecks, challenges.GssSteps):
         # name), else as a wrong password, after the failure delay a password step that
         # said yes (a module that knows names NSS does not) still owes.
         if account is None and not result.system_error:
-            if result.owed_delay_s > 0:
-                self.sleep(result.owed_delay_s)
-            self._refuse(user, host, client_ip, bad_password, "no such user")
+            self._refuse(user, host, client_ip, bad_password, "no such user", result)
         self._check_pam_said_yes(result, user, host, client_ip, bad_password,
                                  f"PAM service {self.cfg.pam_service}")
         self._check_clear_text_for_store_users(user, host, client_ip)
@@ -306,15 +304,15 @@ class Authenticator(PolicyChecks, challenges.GssSteps):
         """The attempt's mechanism as the log lines name it: `AUTH CRAM-MD5` as CRAM-MD5."""
         return self._mechanism.replace("AUTH ", "")
 
-    def _refuse(self, user, host, client_ip, text, reason) -> NoReturn:
+    def _refuse(self, user, host, client_ip, text, reason, pam_result=None) -> NoReturn:
         """Log, count, wait the failure delay, raise `-ERR [AUTH] text` (already formatted:
-        a user name may hold braces). `reason` goes to the log only. Never returns."""
+        a user name may hold braces). `reason` goes to the log only. `pam_result`: PAM's
+        answer, when its password step said yes (a name NSS does not know) and still owes its
+        failure delay (Brakes.wait_as_wrong_guess). Never returns."""
         self.log(syslog.LOG_NOTICE, failure_line(user, host, client_ip))
         self.log(syslog.LOG_INFO, f'login of "{user}" refused: {reason}')
-        delay = self.brakes.note_failure(client_ip, user, self._method,
-                                         self.cfg.auth_failure_delay or 0)
-        if delay > 0:
-            self.sleep(delay)
+        self.brakes.wait_as_wrong_guess(pam_result, client_ip, user, self._method,
+                                        self.cfg.auth_failure_delay or 0, sleep=self.sleep)
         self.failures += 1
         if self.failures >= limits.MAX_AUTH_FAILURES_PER_CONNECTION:
             raise PopError(text, RespCode.AUTH, close=True,

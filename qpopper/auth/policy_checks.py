@@ -265,13 +265,9 @@ class PolicyChecks:
             answer = EXPIRED.format(user=user)
         else:
             answer = text
-            # PAM's own failure delay first, where a wrong password waits it, then ours.
-            if result.owed_delay_s > 0:
-                self.sleep(result.owed_delay_s)
-            delay = self.brakes.note_failure(client_ip, user, self._method,
-                                             self.cfg.auth_failure_delay or 0, count=False)
-            if delay > 0:
-                self.sleep(delay)
+            self.brakes.wait_as_wrong_guess(result, client_ip, user, self._method,
+                                            self.cfg.auth_failure_delay or 0, count=False,
+                                            sleep=self.sleep)
         self._refuse_policy(user, client_ip, answer, reason, line=account_line)
 
     def _check_password_expired(self) -> bool:

@@ -131,48 +131,45 @@ class PasswordKeeper:
             self.brakes.record_success(user)
             self.user, self.old_password = user, old_password
             return RIGHT
-        verdict, reason, guessed, owed_delay = refusal
+        verdict, reason, guessed, result = refusal
         self.log(syslog.LOG_NOTICE, f'password change for "{user}" from '
                                     f"{self.client_ip} refused: {reason}")
         if verdict == WRONG:
-            # Counted from the check's start, not from PAM's answer: a blocked account (no
-            # PAM call) and a wrong password (pam_unix's own ~2 s delay) take the same time -
-            # the fixed delay, or the user name's brake when that is longer. First the PAM
-            # failure delay a wrong password waited inside PAM, where PAM's password step
-            # said yes (an account refusal; a name NSS does not know).
-            time.sleep(owed_delay)
-            if guessed:
-                delay = self.brakes.note_failure(self.client_ip, user, self.brake_method,
-                                                 limits.POPPASSD_FAILURE_DELAY_S)
-            else:
+            if not guessed:
                 # The right password, refused by PAM's account step (an expired account):
                 # no guess, so neither counted nor LOGIN FAILED, as popper logs it
                 # (docs/internals.md, "Failures and policy refusals"); told and timed as one.
                 self.log(syslog.LOG_NOTICE, account_line(user, self.brake_method,
                                                          self.client_ip, reason))
-                delay = self.brakes.note_failure(self.client_ip, user, self.brake_method,
-                                                 limits.POPPASSD_FAILURE_DELAY_S, count=False)
-            time.sleep(max(0.0, started + delay - time.monotonic()))
+            # Counted from the check's start, not from PAM's answer: a blocked account (no
+            # PAM call) and a wrong password (pam_unix's own ~2 s delay) take the same time -
+            # the fixed delay, or the user name's brake when that is longer - PAM's owed
+            # failure delay (an account refusal; a name NSS does not know) included.
+            self.brakes.wait_as_wrong_guess(result, self.client_ip, user, self.brake_method,
+                                            limits.POPPASSD_FAILURE_DELAY_S, count=guessed,
+                                            since=started)
         return verdict
 
     def _check_old_password(self, user: str,
-                            old_password: str) -> tuple[str, str, bool, float] | None:
+                            old_password: str
+                            ) -> tuple[str, str, bool, pam_auth.PamResult | None] | None:
         """None when `user` proved `old_password`; else (verdict, reason for the log, whether
         it was a wrong guess: False when the password was right and only PAM's account step
-        refused, or PAM could not decide; and the failure delay PAM leaves owed then)."""
+        refused, or PAM could not decide; and PAM's answer, None when PAM was not asked: the
+        failure delay it leaves owed, Brakes.wait_as_wrong_guess)."""
         # The one user-name rule, and no ":" either: it separates /etc/passwd's fields.
         if not is_possible_user_name(user) or ":" in user:
-            return WRONG, "invalid user name", True, 0.0
+            return WRONG, "invalid user name", True, None
         try:
             account = pwd.getpwnam(user)
         except KeyError:
             account = None
         if account is not None and account.pw_uid <= limits.BLOCKED_UID_MAX:
-            return WRONG, f"uid {account.pw_uid} is blocked", True, 0.0
+            return WRONG, f"uid {account.pw_uid} is blocked", True, None
         try:
             old_password.encode("utf-8")
         except UnicodeEncodeError:
-            return WRONG, "old password is not UTF-8", True, 0.0
+            return WRONG, "old password is not UTF-8", True, None
         # An unknown name goes through PAM too, as in popper (auth/policy.py): its failure
         # delay (pam_faildelay's may pass POPPASSD_FAILURE_DELAY_S) and an outage's "try
         # again later" then tell no one which names exist.
@@ -181,12 +178,11 @@ class PasswordKeeper:
                                        check_password_expired=False)
         reason = f"PAM service {self.pam_service}: {result.reason} ({result.code})"
         if result.system_error:
-            return LATER, reason, False, 0.0
+            return LATER, reason, False, result
         if account is None:
-            return WRONG, "no such user", True, result.owed_delay_s
+            return WRONG, "no such user", True, result
         if not result.ok:
-            return (WRONG, reason, result.password_code != pam_auth.PAM_SUCCESS,
-                    result.owed_delay_s)
+            return WRONG, reason, result.password_code != pam_auth.PAM_SUCCESS, result
         return None
 
     # ---- the new password ----------------------------------------------------------------

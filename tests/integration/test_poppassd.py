@@ -358,9 +358,9 @@ def test_hostile_user_names_are_refused_before_any_lookup(name):
     keeper = poppassd_monitor.PasswordKeeper(lambda priority, text: None,
                                              pam_service=poppassd.DEFAULT_PAM_SERVICE)
     # (verdict, reason, a guess: counted by the brakes and logged as LOGIN FAILED, no PAM
-    # failure delay owed: PAM was not asked)
+    # answer: PAM was not asked)
     assert keeper._check_old_password(name, "whatever") == (poppassd_monitor.WRONG,
-                                                            "invalid user name", True, 0.0)
+                                                            "invalid user name", True, None)
 
 
 def test_an_unknown_name_goes_through_pam_as_an_existing_one_does(pam_service, system_users):
@@ -370,7 +370,8 @@ def test_an_unknown_name_goes_through_pam_as_an_existing_one_does(pam_service, s
     longer failure delay is waited for both; neither tells which names exist."""
     keeper = poppassd_monitor.PasswordKeeper(lambda priority, text: None,
                                              pam_service=pam_service)
-    assert keeper._check_old_password("qptnosuchuser", "whatever") == (
+    verdict, reason, guessed, result = keeper._check_old_password("qptnosuchuser", "whatever")
+    assert (verdict, reason, guessed, result.owed_delay_s) == (
         poppassd_monitor.WRONG, "no such user", True, 0.0)
     known = system_users.create("pk")
     outage = ("auth     required  pam_exec.so quiet /bin/false\n"

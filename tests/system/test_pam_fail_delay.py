@@ -86,8 +86,9 @@ def test_a_name_nss_does_not_know_whose_password_pam_takes_waits_the_delay(syste
         assert len(waits) == 1 and 0.5 * BASE_S <= waits[0] <= 1.5 * BASE_S, waits
         keeper = poppassd_monitor.PasswordKeeper(lambda priority, text: None,
                                                  pam_service=service)
-        verdict, reason, guessed, owed = keeper._check_old_password("qptnosuchuser", "x")
+        verdict, reason, guessed, result = keeper._check_old_password("qptnosuchuser", "x")
         assert (verdict, reason, guessed) == (poppassd_monitor.WRONG, "no such user", True)
+        owed = result.owed_delay_s
         assert 0.5 * BASE_S <= owed <= 1.5 * BASE_S, owed
         # with the cache, a remembered right password of such a name is asked of PAM whole:
         # the account step alone (which says yes here) would draw no delay
