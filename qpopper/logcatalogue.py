@@ -184,8 +184,9 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
         ("LOGIN REFUSED (account), user=*, method=*, ip=[*], reason=*",
          "The password (or store secret) was right, but PAM's account step refused: an "
          "expired account or password (chage), pam_access, pam_time; reason has PAM's words "
-         "and code. Not a guess: neither braked nor matched by the fail2ban filter. The "
-         "user needs a renewed account or password (docs/operations.md)."),
+         "and code. Not a guess: not matched by the fail2ban filter. An expired password is "
+         "told and not braked; any other such refusal is answered as a wrong password and "
+         "braked as one. The user needs a renewed account or password (docs/operations.md)."),
         ("*: * refused logins on one connection; closing it",
          "The per-connection cap, reached with policy refusals."),
         ("[AUTH] Failed attempted login to * from host (*) *",

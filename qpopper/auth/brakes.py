@@ -3,7 +3,8 @@ logins, shared by every connection of the host.
 
 Qpopper only slept a fixed SLEEP_SECONDS after a failure: a guesser simply opened more
 connections. Here each failed guess is counted, per client address and per user name
-(refusals for policy, such as clear text outside TLS, are not guesses: auth/policy.py), and
+(refusals for policy, such as clear text outside TLS, are not guesses: auth/policy.py; a
+refusal of PAM's account step answered as a wrong guess is counted as one), and
   - an ADDRESS that failed more than limits.BRAKE_FREE_FAILURES_PER_ADDRESS times has a brake:
     each further WRONG GUESS from it costs that long before its -ERR. The brake is paid in two
     parts: up to limits.BRAKE_MAX_WAIT_BEFORE_CHECK_S before the attempt is checked (hanging up
@@ -191,29 +192,28 @@ class Brakes:
         return wait
 
     def note_failure(self, client_ip: str, user: str, method: str, base_delay: float, *,
-                     count: bool = True) -> float:
+                     guess: bool = True) -> float:
         """Count one wrong guess and log its fail2ban line; returns the seconds to wait before
         the refusal: the rest of the address's brake that hold_address did not wait, then
         `base_delay` (the service's own failure delay) or the user name's brake when that is
         longer. So a wrong guess costs the whole brake plus the failure delay, as when the
         brake was all waited before the check. While that wait lasts the address is held
         (see the module docstring).
-        count=False is for a refusal answered as a wrong guess (the right password of an
-        expired account): neither counted nor logged, but waited and held as one, so it
-        tells a guesser nothing (docs/operations.md, "An expired account or password")."""
+        guess=False is for a refusal answered as a wrong guess (the right password of an
+        expired account, of one pam_access bars): counted, waited and held exactly as one,
+        so it tells a guesser nothing, neither by the brake of the next attempt from the
+        address nor by the time the file's write takes; only its fail2ban line is not
+        logged, the caller logs `LOGIN REFUSED (account)` instead (docs/operations.md,
+        "An expired account or password")."""
         trusted = self.is_trusted(client_ip)
-        if count:
-            failures, user_delay = self.record_failure(client_ip, user)
-        else:
-            failures = 0
-            user_delay = 0.0 if trusted else self._user_delay(self._count(USER, user) + 1)
+        failures, user_delay = self.record_failure(client_ip, user)
         rest_of_brake = max(0.0, self._brake - self._waited)
         self._brake = self._waited = 0.0
         delay = rest_of_brake + max(float(base_delay), user_delay)
         if not trusted and (rest_of_brake > 0 or user_delay > 0):
             self._hold(address_group(client_ip), self.clock() + delay)
         self.close()               # the attempt is over: not held open across its delay
-        if count:
+        if guess:
             brake_now = 0.0 if trusted else brake_delay(
                 failures, limits.BRAKE_FREE_FAILURES_PER_ADDRESS, self.max_delay)
             self.log(syslog.LOG_NOTICE, failure_log_line(user, method, client_ip, failures,
@@ -221,19 +221,19 @@ class Brakes:
         return delay
 
     def wait_as_wrong_guess(self, result, client_ip: str, user: str, method: str,
-                            base_delay: float, *, count: bool = True, sleep=time.sleep,
+                            base_delay: float, *, guess: bool = True, sleep=time.sleep,
                             since: float | None = None) -> None:
         """Take as long before a refusal as a wrong guess does, after the check: first the
         failure delay PAM's password step drew but did not wait (`result`, a pam.PamResult:
         its owed_delay_s, where that step said yes; None when PAM was not asked), as a wrong
-        password waited it inside PAM; then note_failure's wait (`count` as there).
+        password waited it inside PAM; then note_failure's wait (`guess` as there).
         `since` (time.monotonic): that wait counts from then, not from now, so the time
         spent since (PAM's, the owed delay) is part of it (poppassd's shape: its fixed delay
         runs from the check's start); None sleeps each part whole (popper's)."""
         owed = result.owed_delay_s if result is not None else 0.0
         if owed > 0:
             sleep(owed)
-        delay = self.note_failure(client_ip, user, method, base_delay, count=count)
+        delay = self.note_failure(client_ip, user, method, base_delay, guess=guess)
         if since is not None:
             delay = since + delay - time.monotonic()
         if delay > 0:

@@ -31,7 +31,8 @@ Two kinds of refusal (docs/internals.md, "Failures and policy refusals"): wrong 
 are FAILURES (_refuse: Qpopper's failure line, fail2ban's `LOGIN FAILED` line, counted by the
 brakes, auth-failure-delay or the brake waited); a refusal no other password would change is a
 POLICY refusal (_refuse_policy: its own line, not braked, answered at once), and so is PAM's
-account step refusing proved credentials (an expired account: `LOGIN REFUSED (account)`). Both count
+account step refusing proved credentials (an expired account: `LOGIN REFUSED (account)`;
+answered as a wrong password, it is waited and braked as one). Both count
 towards limits.MAX_AUTH_FAILURES_PER_CONNECTION, whose last refusal closes the connection.
 
 Mechanisms and the methods they use (each runs the same checks in the same order):

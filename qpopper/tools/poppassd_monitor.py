@@ -137,8 +137,8 @@ class PasswordKeeper:
         if verdict == WRONG:
             if not guessed:
                 # The right password, refused by PAM's account step (an expired account):
-                # no guess, so neither counted nor LOGIN FAILED, as popper logs it
-                # (docs/internals.md, "Failures and policy refusals"); told and timed as one.
+                # no guess, so no LOGIN FAILED, as popper logs it (docs/internals.md,
+                # "Failures and policy refusals"); told, timed and braked as one.
                 self.log(syslog.LOG_NOTICE, account_line(user, self.brake_method,
                                                          self.client_ip, reason))
             # Counted from the check's start, not from PAM's answer: a blocked account (no
@@ -146,7 +146,7 @@ class PasswordKeeper:
             # the fixed delay, or the user name's brake when that is longer - PAM's owed
             # failure delay (an account refusal; a name NSS does not know) included.
             self.brakes.wait_as_wrong_guess(result, self.client_ip, user, self.brake_method,
-                                            limits.POPPASSD_FAILURE_DELAY_S, count=guessed,
+                                            limits.POPPASSD_FAILURE_DELAY_S, guess=guessed,
                                             since=started)
         return verdict
 

@@ -152,10 +152,11 @@ def test_while_a_wrong_guess_is_answered_the_address_is_held(tmp_path):
     assert slept == [bound]
 
 
-def test_a_refusal_answered_as_a_wrong_guess_holds_the_address_without_counting(tmp_path):
-    """note_failure(count=False), for the right password of an expired account: it takes as
-    long as a wrong guess and holds the address as one would (else a guesser with two
-    connections could tell it apart), but counts nothing and logs no LOGIN FAILED."""
+def test_a_refusal_answered_as_a_wrong_guess_counts_and_holds_as_one(tmp_path):
+    """note_failure(guess=False), for the right password of an expired account: it takes as
+    long as a wrong guess, holds the address and counts as one would (else a guesser with two
+    connections, or the next attempt's brake, could tell it apart), but logs no LOGIN
+    FAILED."""
     now = [1_000_000.0]
     path = str(tmp_path / "b.sqlite")
     braked(path, lambda: now[0])
@@ -166,18 +167,18 @@ def test_a_refusal_answered_as_a_wrong_guess_holds_the_address_without_counting(
     first.hold_address("192.0.2.4", lambda s: None)
     log.clear()                                         # the hold's own line
     now[0] += bound
-    answer_in = first.note_failure("192.0.2.4", "kim", "USER", 0, count=False)
+    answer_in = first.note_failure("192.0.2.4", "kim", "USER", 0, guess=False)
     assert answer_in == brake - bound and log == []
     now[0] += 1
     slept = []
     second = Brakes(path, 30, lambda p, t: None, clock=lambda: now[0])
     second.hold_address("192.0.2.4", slept.append)
     assert slept == [pytest.approx(answer_in - 1)]
-    assert second.address_delay("192.0.2.4") == brake          # nothing counted
     second.close()
-    with sqlite3.connect(path) as db:
-        assert db.execute("SELECT count FROM failures WHERE kind = 'user' AND key = 'kim'"
-                          ).fetchall() == []
+    with sqlite3.connect(path) as db:                            # counted as a guess
+        assert db.execute("SELECT kind, count FROM failures WHERE key IN ('192.0.2.4', 'kim') "
+                          "AND kind != 'held' ORDER BY kind").fetchall() == [("address", 13),
+                                                                            ("user", 1)]
     db.close()
 
 

@@ -275,16 +275,21 @@ def test_an_ipv4_client_of_dual_stack_poppassd_is_one_client_with_its_pop_logins
     assert not any("::ffff:" in text for text in texts), [t for t in texts if "::ffff:" in t]
 
 
+def brakes_rows(site: Site, key: str) -> list[tuple]:
+    """The shared brakes file's rows for `key` (an address or a user name)."""
+    with sqlite3.connect(os.path.join(site.root, "auth-brakes.sqlite")) as db:
+        found = db.execute("SELECT kind, key, count FROM failures WHERE key = ?",
+                           (key,)).fetchall()
+    db.close()
+    return found
+
+
 def test_an_expired_account_s_right_old_password_holds_a_braked_address(site, system_users):
     """poppassd answers the right old password of an expired account as a wrong one, and
     from a braked address holds the address during that answer's wait as a wrong guess
-    does, counting nothing (docs/operations.md, "An expired account or password")."""
+    does, and counts it as one (docs/operations.md, "An expired account or password")."""
     def rows(source):
-        with sqlite3.connect(os.path.join(site.root, "auth-brakes.sqlite")) as db:
-            found = db.execute("SELECT kind, key, count FROM failures WHERE key = ?",
-                               (source,)).fetchall()
-        db.close()
-        return found
+        return brakes_rows(site, source)
 
     source = "127.0.0.33"
     gone = system_users.create("pe", account_expired=True)
@@ -295,4 +300,25 @@ def test_an_expired_account_s_right_old_password_holds_a_braked_address(site, sy
     reply, _ = poppassd_pass(site, source, gone.name, gone.password)
     assert reply == BAD_OLD
     found = rows(source)
-    assert ("held", source, 0) in found and ("address", source, FREE + 3) in found, found
+    assert ("held", source, 0) in found and ("address", source, FREE + 4) in found, found
+
+
+def test_an_expired_account_s_right_old_password_raises_the_brakes_as_a_wrong_one(site):
+    """The right old password of an expired account, answered as a wrong one, is counted
+    in the brakes exactly as a wrong old password is (the address, the user name), so the
+    next attempt from there is braked alike; only its line is `LOGIN REFUSED (account)`,
+    not `LOGIN FAILED`."""
+    gone, lost = (site.users.create(tag, account_expired=True) for tag in ("pr", "pw"))
+    tries = (("127.0.0.51", gone, gone.password), ("127.0.0.52", lost, "guess"))
+    for source, user, password in tries:
+        reply, _ = poppassd_pass(site, source, user.name, password)
+        assert reply == BAD_OLD
+    right, wrong = ([row[::2] for row in brakes_rows(site, source) + brakes_rows(site, user.name)]
+                    for source, user, _ in tries)
+    assert right == wrong == [("address", 1), ("user", 1)], (right, wrong)
+    site.syslog.wait_for(rf"LOGIN REFUSED \(account\), user={gone.name}, method=poppassd, "
+                         r"ip=\[127\.0\.0\.51\], .*")
+    site.syslog.wait_for(rf"LOGIN FAILED, user={lost.name}, method=poppassd, "
+                         r"ip=\[127\.0\.0\.52\], failures=1, .*")
+    assert not [t for t in site.syslog.texts() if t.startswith("LOGIN FAILED")
+                and "127.0.0.51" in t]

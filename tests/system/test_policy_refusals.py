@@ -2,7 +2,9 @@
 service, a pop.auth store): refusals for policy with the CORRECT password (a store user using
 USER/PASS under clear-text-password default, nonauth-file, auth-file, the low-UID block) and
 [IN-USE] after a correct password are logged as what they are, never as `LOGIN FAILED`, and
-cost no brake; five wrong passwords still do both. Addresses in auth-brakes-trusted-networks
+cost no brake; five wrong passwords still do both. The right password of an account PAM's
+account step refuses (expired, pam_access) is no `LOGIN FAILED` either, but, answered as a
+wrong password, is braked as one. Addresses in auth-brakes-trusted-networks
 are never braked. The tests read the log lines and the brakes file, not the clock."""
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ def lines_about(site, source: str) -> tuple[list[str], list[str], list[str]]:
 
 
 def address_rows(site, source: str) -> list[tuple]:
+    """The brakes file's rows keyed by `source` (an address; or a user name)."""
     path = os.path.join(site.root, "auth-brakes.sqlite")      # server_harness.write_config
     if not os.path.exists(path):
         return []
@@ -46,6 +49,13 @@ def address_rows(site, source: str) -> list[tuple]:
                           (source,)).fetchall()
     db.close()
     return rows
+
+
+def brakes_state(site, source: str, user: str) -> tuple[list[tuple], int]:
+    """What the brakes hold against `source` and `user` ((kind, count) of their rows, 'held'
+    included) and how many of `source`'s attempts waited a brake before being checked."""
+    rows = address_rows(site, source) + address_rows(site, user)
+    return sorted((kind, count) for kind, _, count in rows), len(lines_about(site, source)[2])
 
 
 def test_five_policy_refusals_are_no_failures_five_wrong_passwords_are(site):
@@ -126,10 +136,10 @@ def test_a_trusted_network_is_never_braked(site):
 
 def test_a_right_password_on_an_expired_account_is_no_failure(site, system_users):
     """PAM's password step says yes, its account step no (an expired account, an expired
-    password): not a guess. Each is logged `LOGIN REFUSED (account)` with PAM's reason and
-    costs no brake; only the expired password is told as such, the expired account is answered
-    as a wrong guess (which tells a guesser nothing); a wrong password for the same account is
-    still a failure."""
+    password): not a guess. Each is logged `LOGIN REFUSED (account)` with PAM's reason, never
+    `LOGIN FAILED`; only the expired password is told as such, and costs no brake; the
+    expired account is answered as a wrong guess, and braked as one (which tells a guesser
+    nothing); a wrong password for the same account is a failure."""
     source = "127.0.0.7"
     gone = system_users.create("dx", account_expired=True)
     stale = system_users.create("dp", password_expired=True)
@@ -139,7 +149,8 @@ def test_a_right_password_on_an_expired_account_is_no_failure(site, system_users
         reply = user_pass(site, source, stale.name, stale.password)
         assert reply == f'-ERR [AUTH] The password of "{stale.name}" has expired\r\n'.encode()
     assert user_pass(site, source, gone.name, "wrong") == wrong_guess
-    site.syslog.wait_for(rf"LOGIN FAILED, user={gone.name}, .*ip=\[{source}\], failures=1, .*")
+    # the three account refusals of `gone` counted with its wrong password
+    site.syslog.wait_for(rf"LOGIN FAILED, user={gone.name}, .*ip=\[{source}\], failures=4, .*")
     texts = site.syslog.texts()
     account = [t for t in texts if t.startswith("LOGIN REFUSED (account), ")]
     assert len(account) == 6, account
@@ -150,14 +161,43 @@ def test_a_right_password_on_an_expired_account_is_no_failure(site, system_users
     failed, policy, waits = lines_about(site, source)
     assert len(failed) == 1 and policy == [] and waits == [], (failed, policy, waits)
     assert not [t for t in texts if "Failed attempted login to " + stale.name in t]
-    assert ("address", source, 1) in address_rows(site, source)
+    assert ("address", source, 4) in address_rows(site, source)
+    assert address_rows(site, stale.name) == []
+
+
+def test_an_account_refusal_raises_the_brakes_as_a_wrong_password_does(site, system_users):
+    """The right password of an expired account (answered as a wrong password) counts in the
+    brakes exactly as a wrong password does: the address's count and the user name's, the
+    hold, and the brake the next attempts from there wait. Else the next attempt from that
+    address, not braked, told a guesser that the password was right (and so, under
+    contention for the brakes file, did a read's time against a wrong guess's write)."""
+    right_from, wrong_from = "127.0.0.41", "127.0.0.42"
+    gone, lost = (system_users.create(tag, account_expired=True) for tag in ("dr", "dw"))
+    attempts = FREE + 3          # the user name's free failures passed: the last one is held
+    for _ in range(attempts):
+        for source, user, password in ((right_from, gone, gone.password),
+                                       (wrong_from, lost, "guess")):
+            reply = user_pass(site, source, user.name, password)
+            assert reply == (f'-ERR [AUTH] Password supplied for "{user.name}" is '
+                             f'incorrect.\r\n').encode()
+    # the last attempt's line: every line before it is in (one socket, in order)
+    site.syslog.wait_for(rf"LOGIN FAILED, user={lost.name}, .*failures={attempts}, .*")
+    assert len([t for t in site.syslog.texts() if t.startswith(
+        f"LOGIN REFUSED (account), user={gone.name}, method=USER, ip=[{right_from}]")]) == attempts
+    guessed = brakes_state(site, wrong_from, lost.name)
+    assert guessed == (sorted([("address", attempts), ("held", 0), ("user", attempts)]),
+                       attempts - (FREE + 1)), guessed
+    assert brakes_state(site, right_from, gone.name) == guessed
+    # still no failed login for fail2ban: the password was right
+    assert not [t for t in site.syslog.texts() if t.startswith("LOGIN FAILED")
+                and f"ip=[{right_from}]" in t]
 
 
 def test_an_expired_account_from_a_braked_address_holds_it_like_a_wrong_guess(site):
     """From an address whose brake is above the bounded wait, the right password of an
     expired account is answered as a wrong guess after as long a wait, and the address is
     held for that wait as after a wrong guess (a guesser's second connection could otherwise
-    tell the two apart); still no failure is counted."""
+    tell the two apart), and counted as one; still no LOGIN FAILED."""
     source = "127.0.0.31"
     for n in range(FREE + 3):                # the brake grows to 1 s (auth-brakes-max-delay)
         user_pass(site, source, f"qptnobody{n}", "guess")
@@ -165,7 +205,7 @@ def test_an_expired_account_from_a_braked_address_holds_it_like_a_wrong_guess(si
     reply = user_pass(site, source, site.eve.name, site.eve.password)
     assert reply == f'-ERR [AUTH] Password supplied for "{site.eve.name}" is incorrect.\r\n'.encode()
     rows = address_rows(site, source)
-    assert ("held", source, 0) in rows and ("address", source, FREE + 3) in rows, rows
+    assert ("held", source, 0) in rows and ("address", source, FREE + 4) in rows, rows
     site.syslog.wait_for(rf"LOGIN REFUSED \(account\), user={site.eve.name}, .*")
     assert not [t for t in site.syslog.texts()
                 if t.startswith(f"LOGIN FAILED, user={site.eve.name},")]
@@ -174,9 +214,10 @@ def test_an_expired_account_from_a_braked_address_holds_it_like_a_wrong_guess(si
 def test_an_account_pam_access_bars_answers_its_right_password_as_a_wrong_one(system_users,
                                                                               world_tmp):
     """An account the site keeps out of POP with pam_access (an administrator's): PAM's
-    account step refuses after the right password, which is logged LOGIN REFUSED (account)
-    and not braked, but answered with the wrong password's text, so POP is no way to guess
-    that account's password (docs/operations.md, "An expired account or password")."""
+    account step refuses after the right password, which is logged LOGIN REFUSED (account),
+    but answered with the wrong password's text and braked as a wrong password, so POP is no
+    way to guess that account's password (docs/operations.md, "An expired account or
+    password")."""
     from tests.helpers.messages import mbox
     from tests.helpers.pam_service import installed_pam_service
     from tests.helpers.sysusers import make_spool
@@ -202,5 +243,7 @@ def test_an_account_pam_access_bars_answers_its_right_password_as_a_wrong_one(sy
             barred.syslog.wait_for(rf"LOGIN FAILED, user={admin.name}, .*ip=\[127\.0\.0\.22\].*")
             assert not [t for t in barred.syslog.texts()
                         if t.startswith("LOGIN FAILED") and "127.0.0.21" in t]
+            assert [row[::2] for row in address_rows(barred, "127.0.0.21")] == \
+                   [row[::2] for row in address_rows(barred, "127.0.0.22")] == [("address", 1)]
         finally:
             barred.close()
