@@ -28,9 +28,10 @@ BLOCKED_UID_MAX), a locked or expired account and a wrong old password all get t
 reply (`500 Old password is incorrect.`) after the same delay (limits.POPPASSD_FAILURE_DELAY_S),
 and the connection closes (the right password of an expired account is logged as
 `LOGIN REFUSED (account)`, like popper's, not a LOGIN FAILED line: no guess was made; the
-brakes count it as a wrong one, or the next attempt's brake would tell it); lines are bounded (POPPASSD_MAX_LINE_OCTETS), every read times
-out (POPPASSD_TIMEOUT_S), the whole dialogue has a deadline (POPPASSD_DEADLINE_S, --deadline),
-bad commands are counted (POPPASSD_MAX_BAD_COMMANDS).
+brakes count it as a wrong one, or the next attempt's brake would tell it); lines are
+bounded (POPPASSD_MAX_LINE_OCTETS), every read times out (POPPASSD_TIMEOUT_S), the whole
+dialogue has a deadline (POPPASSD_DEADLINE_S, --deadline), bad commands are counted
+(POPPASSD_MAX_BAD_COMMANDS).
 Qpopper's poppassd said `500 Unknown user, <name>.`: that tells a guesser which names exist.
 An unknown name's password goes through PAM as an existing one's does, so the stack's failure
 delay, and an outage's `500 Server error, try again later.`, are the same for both.
