@@ -61,6 +61,19 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
          "to the store's users; set store-mechanisms = on once their secrets are in the store",
          "A warning at start-up, reload and --check-config: the store is there but unused "
          "(docs/internals.md, \"Store mechanisms\")."),
+        ("health checks fail: spool-dir * is on another device than at start-up or the "
+         "last reload (a mount gone?); the balancer is answered -ERR",
+         "A health check of a proxy-protocol listener found spool-dir's mount point without "
+         "what was mounted there (an NFS mount gone): it and every check after it are "
+         "answered -ERR [SYS/TEMP], so the balancer takes the host out of service; logged "
+         "once, until the state changes (docs/scale-out.md, \"The load balancer\"). A "
+         "reload records the device anew: reload only once the mount is back."),
+        ("health checks fail: spool-dir * cannot be examined (*); the balancer is answered "
+         "-ERR",
+         "As above, spool-dir gone or failing (a stale NFS handle, an I/O error; the error "
+         "follows)."),
+        ("health checks pass again: spool-dir * is back",
+         "The first health check answered +OK after failing ones."),
         ("spool-dir * is on NFS, but no-atomic-open is off: dot-locks made by two hosts at "
          "once may both succeed; set no-atomic-open (docs/scale-out.md)",
          "A warning at start-up, reload and --check-config: a shared spool needs the link(2) "

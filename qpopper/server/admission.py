@@ -78,8 +78,9 @@ class Admission:
             del self.per_address[group]          # no state left behind per address
 
     def _read_logins(self) -> None:
-        """The monitors' notices: `PID` (its user session runs) and `PID ADDRESS` (the
-        client address of a proxied connection, from its PROXY header)."""
+        """The monitors' notices: `PID` (its user session runs), `PID ADDRESS` (the
+        client address of a proxied connection, from its PROXY header) and `PID spool-dir
+        STATE` (what a health check found: Lifecycle.spool_health_found)."""
         try:
             data = os.read(self._logins_r, 4096)
         except BlockingIOError:
@@ -87,6 +88,11 @@ class Admission:
         *lines, self._notices = (self._notices + data).split(b"\n")
         for line in lines:
             words = line.decode("ascii", "replace").split()
+            if len(words) == 3 and words[1] == "spool-dir":
+                # about the host, not the child: taken even when its monitor, which ends at
+                # once after a check, was reaped before its notice was read
+                self.spool_health_found(words[2])
+                continue
             if not words or not words[0].isdigit() or int(words[0]) not in self.children:
                 continue
             pid = int(words[0])

@@ -59,15 +59,20 @@ class Master(Lifecycle, Admission):
 
     def __init__(self, cfg, invocation, listeners: list[socket.socket], log: Logger,
                  notify_systemd: bool = True, reload=None,
-                 tls: tls_mod.TlsIdentity | None = None, implicit_tls=(), proxied=()):
+                 tls: tls_mod.TlsIdentity | None = None, implicit_tls=(), proxied=(),
+                 spool_device: int | None = None):
         """`implicit_tls`: the listeners (among `listeners`) that speak TLS from the first
         byte (tls-listen); the others follow tls-support. `proxied`: those whose
         connections begin with a PROXY protocol header (proxy-protocol). `tls`: the context
-        built at start-up, inherited by every child."""
+        built at start-up, inherited by every child. `spool_device`: spool-dir's device
+        number as the start-up check found it (preflight.CheckedSite), which every health
+        check compares (server/monitor_proxy.py)."""
         self.cfg = cfg
         self.tls = tls
         self.implicit_tls = set(implicit_tls)
         self.proxied = set(proxied)
+        self.spool_device = spool_device
+        self.spool_health = "ok"                 # what the last health check found
         self.invocation = invocation
         self.reload = reload or self._load_configuration
         self.listeners = listeners
@@ -283,7 +288,8 @@ class Master(Lifecycle, Admission):
         return Monitor(self.cfg, self.log, hostname=self.hostname, peer=peer,
                        client=Client(conn.fileno(), conn.fileno(), conn), tls=self.tls,
                        tls_mode=tls_mode, on_login=tell_master, proxy=proxy,
-                       on_client_address=tell_master,
+                       on_client_address=tell_master, on_health_check=tell_master,
+                       spool_device=self.spool_device,
                        notice_fd=logins_w, password_cache=password_cache).run()
 
     # --- children ------------------------------------------------------------------------------
@@ -349,9 +355,11 @@ def run_master(cfg, invocation) -> int:
             log(syslog.LOG_NOTICE, "daemon ignored: systemd (NOTIFY_SOCKET) runs the master "
                                    "in the foreground")
         elif cfg.daemon:
-            return _run_daemonized(cfg, invocation, listeners, log, server_tls, implicit_tls, proxied)
+            return _run_daemonized(cfg, invocation, listeners, log, server_tls, implicit_tls,
+                                   proxied, checked.spool_device)
         return Master(cfg, invocation, listeners, log, tls=server_tls,
-                      implicit_tls=implicit_tls, proxied=proxied).serve()
+                      implicit_tls=implicit_tls, proxied=proxied,
+                      spool_device=checked.spool_device).serve()
     finally:
         for sock in listeners:
             sock.close()
@@ -359,7 +367,7 @@ def run_master(cfg, invocation) -> int:
 
 
 def _run_daemonized(cfg, invocation, listeners, log, server_tls=None, implicit_tls=(),
-                    proxied=()) -> int:
+                    proxied=(), spool_device=None) -> int:
     """SysV-style: detach with python-daemon, write the pid file, keep the listeners and the
     syslog socket open across the detach."""
     import daemon
@@ -394,7 +402,8 @@ def _run_daemonized(cfg, invocation, listeners, log, server_tls=None, implicit_t
         return 1
     try:
         return Master(cfg, invocation, listeners, log, notify_systemd=False, tls=server_tls,
-                      implicit_tls=implicit_tls, proxied=proxied).serve()
+                      implicit_tls=implicit_tls, proxied=proxied,
+                      spool_device=spool_device).serve()
     finally:
         context.close()
 

@@ -1,8 +1,10 @@
 """The master's reload (SIGHUP) and stop (SIGTERM, SIGINT): a new configuration for new
-connections, or no new connections and a grace period for the running ones."""
+connections, or no new connections and a grace period for the running ones; and what the
+health checks found of spool-dir, logged when it changes."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import syslog
@@ -13,6 +15,7 @@ from qpopper.auth import pam as pam_auth
 from qpopper.server import preflight, privsep
 from qpopper.server import tls as tls_mod
 from qpopper.server.listeners import proxy_listeners
+from qpopper.server.monitor_proxy import ANOTHER_DEVICE
 from qpopper.server.session import tls_mode_for_listen_port
 from qpopper.log import Logger
 
@@ -56,6 +59,7 @@ class Lifecycle:
             self._replace_log(new_log)
             self.cfg = new_cfg
             self.proxied = set(proxied)     # which listeners read a PROXY header, from now on
+            self.spool_device = checked.spool_device     # the health checks' from now on
             if self.tls is not None:
                 self.tls.close()           # running sessions keep their own copies
             self.tls = new_tls
@@ -65,6 +69,26 @@ class Lifecycle:
                 self.log(syslog.LOG_INFO, f"TLS certificate {new_tls.description}")
         self.auth_cache.restart(self.cfg, self.log)     # HUP empties it, even if the reload failed
         self._notify("READY=1\nSTATUS=accepting connections")
+
+    def spool_health_found(self, state: str) -> None:
+        """A health check's notice (server/monitor_proxy.py): "ok", ANOTHER_DEVICE
+        (spool-dir on another device than recorded) or the errno name of a failed stat.
+        Logged when it changes, not at every check (HAProxy's come every 2 s)."""
+        if state == self.spool_health or not (state in ("ok", ANOTHER_DEVICE)
+                                               or state in errno.errorcode.values()):
+            return
+        self.spool_health = state
+        path = self.cfg.spool_dir
+        if state == "ok":
+            self.log(syslog.LOG_NOTICE, f"health checks pass again: spool-dir {path} is back")
+        elif state == ANOTHER_DEVICE:
+            self.log(syslog.LOG_WARNING, f"health checks fail: spool-dir {path} is on another "
+                                         f"device than at start-up or the last reload (a "
+                                         f"mount gone?); the balancer is answered -ERR")
+        else:
+            self.log(syslog.LOG_WARNING, f"health checks fail: spool-dir {path} cannot be "
+                                         f"examined ({os.strerror(getattr(errno, state))}); "
+                                         f"the balancer is answered -ERR")
 
     def _tls_port_dropped(self, new_cfg, new_tls) -> str | None:
         """Why the reload would make a listener that now speaks TLS from the first byte (a

@@ -1,10 +1,16 @@
 """A connection behind a load balancer: the PROXY header read by the pre-login process and
 checked here (only from a trusted peer, once, before anything else), HAProxy's health checks
-answered without a session (docs/scale-out.md)."""
+answered without a session (docs/scale-out.md): +OK while spool-dir is there, on the device
+the master found it on at start-up or its last reload; -ERR [SYS/TEMP] when it is not, so
+that the balancer takes a host whose NFS mount is gone out of service. Only the
+authentication process (root) looks at spool-dir; the pre-login process writes the answer
+it is given."""
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import os
 import socket
 import syslog
 
@@ -16,8 +22,32 @@ from qpopper import proxy_protocol
 from qpopper.addresses import in_networks
 from qpopper.server import prelogin
 from qpopper.server.children import ProtocolViolation
+from qpopper.pop3.responses import RespCode, err
 
 HEALTH_CHECK_REPLY = b"+OK POP3 server ready (health check)\r\n"
+HEALTH_CHECK_SUFFIX = " (health check)"
+ANOTHER_DEVICE = "device"
+"""The state a health check reports to the master when spool-dir is on another device than
+recorded (an NFS mount gone leaves its empty mount point); otherwise the errno's name."""
+
+
+def spool_dir_trouble(cfg, recorded_device: int | None) -> tuple[str, str] | None:
+    """What is wrong with spool-dir for a health check, as (the state word for the master's
+    notice, the reply's reason), or None when it is fine. With home-dir-mail there is no
+    spool directory to look at: never a trouble. A stat that hangs (a hard NFS mount whose
+    server is gone) hangs the check, which the balancer's own check timeout then fails
+    (docs/scale-out.md, "The load balancer")."""
+    if cfg.home_dir_mail or not cfg.spool_dir:
+        return None
+    try:
+        st = os.stat(cfg.spool_dir)
+    except OSError as exc:
+        return (errno.errorcode.get(exc.errno, "EIO"),
+                f"spool-dir cannot be examined: {exc.strerror}")
+    if recorded_device is not None and st.st_dev != recorded_device:
+        return ANOTHER_DEVICE, ("spool-dir is on another device than at start-up or reload "
+                                "(mount gone?)")
+    return None
 
 
 class ProxiedConnection:
@@ -51,7 +81,7 @@ class ProxiedConnection:
         if answer is None:
             return False
         if local:
-            self._answer_health_check()
+            self._answer_health_check(answer.text(0))
             return False
         self.client_ip = answer.text(0)
         self.peer = (self.client_ip, header.source_port)
@@ -59,13 +89,16 @@ class ProxiedConnection:
             lookup.begin(self.client_ip)
         return True
 
-    def _answer_health_check(self) -> None:
-        """The proxy's own connection (v2 LOCAL, v1 UNKNOWN or its own address): one +OK
-        line for a check that expects a greeting, no session; inside implicit TLS nothing
-        (a check there only connects)."""
+    def _answer_health_check(self, trouble: str) -> None:
+        """The proxy's own connection (v2 LOCAL, v1 UNKNOWN or its own address): one line
+        for a check that expects a greeting, no session: +OK, or -ERR [SYS/TEMP] with the
+        monitor's `trouble` (spool-dir's) when it gave one; inside implicit TLS nothing (a
+        check there only connects)."""
+        reply = (err(trouble + HEALTH_CHECK_SUFFIX, RespCode.SYS_TEMP) if trouble
+                 else HEALTH_CHECK_REPLY)
         if self.tls_mode != "implicit":
             try:
-                self.client.sock.sendall(HEALTH_CHECK_REPLY)
+                self.client.sock.sendall(reply)
                 self.client.sock.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
@@ -83,7 +116,7 @@ class ProxiedConnection:
         self.proxied = True
         if frame.flag(0):
             self._closing = True            # a health check: no client, no more requests
-            return wire.encode(wire.Kind.DATA, b"", True)
+            return wire.encode(wire.Kind.DATA, self._health(), True)
         ip = ipaddress.ip_address(frame.text(1))
         if ip.version == 6 and ip.scope_id is not None:
             # a PROXY header never carries one, and its text is free: it would reach the
@@ -101,3 +134,11 @@ class ProxiedConnection:
         if self.on_client_address is not None:
             self.on_client_address(address)
         return wire.encode(wire.Kind.DATA, address, False)
+
+    def _health(self) -> str:
+        """A health check's verdict on spool-dir ("" when fine, else the -ERR reply's
+        reason), told to the master, which logs when it changes."""
+        trouble = spool_dir_trouble(self.cfg, self.spool_device)
+        if self.on_health_check is not None:
+            self.on_health_check("spool-dir", trouble[0] if trouble else "ok")
+        return trouble[1] if trouble else ""

@@ -50,9 +50,12 @@ class PreflightError(Exception):
 class CheckedSite:
     """What the checks passed: the TLS identity (None without TLS), which the caller owns
     (close it when only checking), and the proxy-protocol entries, for the master to match
-    against its bound sockets (listeners.proxy_listeners)."""
+    against its bound sockets (listeners.proxy_listeners); spool-dir's device number as the
+    check found it (None with home-dir-mail), which the health checks compare theirs with
+    (server/monitor_proxy.py; docs/scale-out.md, "The load balancer")."""
     tls: tls_mod.TlsIdentity | None
     proxy_protocol: tuple[str, ...]
+    spool_device: int | None = None
 
 
 def check_site(cfg, log=None, *, match_listen_entries: bool = True,
@@ -78,7 +81,7 @@ def check_site(cfg, log=None, *, match_listen_entries: bool = True,
     check_user_lists(cfg)
     addresses = check_listeners(cfg) if match_listen_entries else ()
     proxied = check_proxy_protocol(cfg, addresses)
-    check_directories(cfg)
+    spool_device = check_directories(cfg)
     warn_of_nfs_without_no_atomic_open(cfg, log)
     check_pid_file(cfg, log, check_only=check_only)
     check_tracefile(cfg)
@@ -91,7 +94,7 @@ def check_site(cfg, log=None, *, match_listen_entries: bool = True,
         raise PreflightError(f"TLS: {_said_where(cfg, str(exc))}") from None
     if identity is not None and log is not None:
         tls_mod.warn_of_a_readable_key(cfg, log)
-    return CheckedSite(identity, proxied)
+    return CheckedSite(identity, proxied, spool_device)
 
 
 def check_kerberos(cfg) -> None:
@@ -382,16 +385,21 @@ def check_brakes_file(cfg) -> None:
                              f"by root only")
 
 
-def check_directories(cfg) -> None:
+def check_directories(cfg) -> int | None:
     """spool-dir (unless the spools are in the home directories), temp-dir, cache-dir,
-    bulldir and popbulldir: each an existing directory."""
+    bulldir and popbulldir: each an existing directory. Returns spool-dir's device number
+    (None with home-dir-mail)."""
     names = ["temp-dir", "cache-dir", "bulldir", "popbulldir"]
     if not cfg.home_dir_mail:
         names.insert(0, "spool-dir")
+    spool_device = None
     for name in names:
         path = cfg.get(name)
         if path:
-            _directory(cfg, name, path)
+            st = _directory(cfg, name, path)
+            if name == "spool-dir":
+                spool_device = st.st_dev
+    return spool_device
 
 
 def warn_of_nfs_without_no_atomic_open(cfg, log) -> None:

@@ -17,7 +17,8 @@ process model is docs/privsep.md). No module here reads a client byte as root:
                                               then becomes the user session
   qpopper/server/monitor_auth.py,             the authentication process (the monitor's
     monitor_proxy.py                          child): answers the pre-login process's frames
-                                              (the PROXY header's address too)
+                                              (the PROXY header's address too; a health
+                                              check's stat of spool-dir)
   qpopper/auth/policy.py, policy_checks.py,   in the authentication process: user lookup, PAM,
     challenges.py,
     pam.py, store.py, brakes.py,              the pop.auth store, APOP/CRAM/SCRAM challenges,

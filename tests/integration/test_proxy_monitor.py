@@ -32,11 +32,13 @@ class Sink(list):
         pass
 
 
-def monitor(peer=("127.0.0.1", 5000), proxy=TRUSTED):
+def monitor(peer=("127.0.0.1", 5000), proxy=TRUSTED, cfg=None, spool_device=None):
     reported = []
-    mon = monitor_mod.Monitor(Config.defaults(), Sink(), hostname="test.host", peer=peer,
+    mon = monitor_mod.Monitor(cfg or Config.defaults(), Sink(), hostname="test.host", peer=peer,
                               client=monitor_mod.Client(-1, -1, None), proxy=proxy,
-                              on_client_address=reported.append)
+                              on_client_address=reported.append,
+                              on_health_check=lambda *words: reported.append(words),
+                              spool_device=spool_device)
     return mon, reported
 
 
@@ -84,11 +86,32 @@ def test_refused_reports_end_the_connection(peer, proxy, frame, why):
     assert reported == [] and mon.client_ip == peer[0]
 
 
-def test_a_health_check_ends_the_requests():
-    mon, reported = monitor()
+def health_check(**kwargs) -> tuple[str, list]:
+    """A health check's answer (the -ERR reason, "" for +OK) and what the master was told."""
+    mon, reported = monitor(**kwargs)
     reply = wire.decode(mon._answer(proxied(local=True, address="", port="0")), {wire.Kind.DATA})
     assert reply.flag(1) and mon._closing
-    assert reported == [] and mon.client_ip == "127.0.0.1"
+    assert mon.client_ip == "127.0.0.1"
+    return reply.text(0), reported
+
+
+def test_a_health_check_ends_the_requests(tmp_path):
+    cfg = Config.defaults().replace(spool_dir=str(tmp_path))
+    device = os.stat(tmp_path).st_dev
+    assert health_check(cfg=cfg, spool_device=device) == ("", [("spool-dir", "ok")])
+
+
+def test_a_health_check_looks_at_spool_dir(tmp_path):
+    """docs/scale-out.md, "The load balancer": gone, or on another device than
+    the master recorded, is -ERR; with home-dir-mail there is no spool directory to look at."""
+    gone = Config.defaults().replace(spool_dir=str(tmp_path / "gone"))
+    assert health_check(cfg=gone) == ("spool-dir cannot be examined: No such file or directory",
+                                      [("spool-dir", "ENOENT")])
+    here = Config.defaults().replace(spool_dir=str(tmp_path))
+    device = os.stat(tmp_path).st_dev
+    assert health_check(cfg=here, spool_device=device + 1)[1] == [("spool-dir", "device")]
+    assert health_check(cfg=gone.replace(home_dir_mail=".mail"), spool_device=device + 1) \
+        == ("", [("spool-dir", "ok")])
 
 
 def test_any_other_request_before_the_header_kills_the_prelogin_process():
