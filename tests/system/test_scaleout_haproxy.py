@@ -255,3 +255,22 @@ def test_health_checks_answered_without_a_session(scaleout):
     assert {n: (s["status"], s["check_status"].removeprefix("* ")) for n, s in states.items()} \
         == {"host-a": ("UP", "L7OK"), "host-b": ("UP", "L7OK")}
     assert {n: int(s["chkfail"] or 0) for n, s in states.items()} == checks
+
+
+def test_hosts_go_down_while_the_spool_directory_is_gone(scaleout):
+    """The shared spool directory gone (renamed away here, as an NFS mount that vanished): the
+    checks are answered -ERR [SYS/TEMP], HAProxy's `expect string +OK` fails and both hosts
+    go DOWN (3 failed checks 2 s apart); back, they come UP again."""
+    admin, spool = scaleout["admin"], scaleout["spool"]
+    os.rename(spool, spool + ".away")
+    try:
+        wait_until(lambda: {s["status"] for s in server_states(admin).values()} == {"DOWN"},
+                   timeout=15, what="both hosts DOWN")
+        for site in scaleout["sites"].values():
+            site.syslog.wait_for(rf"health checks fail: spool-dir {re.escape(spool)} cannot "
+                                 rf"be examined \(No such file or directory\); the balancer "
+                                 rf"is answered -ERR")
+    finally:
+        os.rename(spool + ".away", spool)
+    wait_until(lambda: {s["status"] for s in server_states(admin).values()} == {"UP"},
+               timeout=15, what="both hosts UP again")
