@@ -74,6 +74,11 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
          "follows)."),
         ("health checks pass again: spool-dir * is back",
          "The first health check answered +OK after failing ones."),
+        ("spool-dir * is on another device than before the reload; health checks take it "
+         "as it is now (a mount gone?)",
+         "A reload found spool-dir's path on another file system: right after moving the "
+         "spool to a new mount; otherwise the mount is gone and the host answers health "
+         "checks +OK from the empty mount point: mount it again, then reload."),
         ("spool-dir * is on NFS, but no-atomic-open is off: dot-locks made by two hosts at "
          "once may both succeed; set no-atomic-open (docs/scale-out.md)",
          "A warning at start-up, reload and --check-config: a shared spool needs the link(2) "

@@ -57,9 +57,17 @@ class Lifecycle:
             self.log(syslog.LOG_ERR, f"reload failed, keeping the running configuration: {exc}")
         else:
             self._replace_log(new_log)
+            moved = (new_cfg.spool_dir == self.cfg.spool_dir
+                     and None not in (self.spool_device, checked.spool_device)
+                     and checked.spool_device != self.spool_device)
             self.cfg = new_cfg
             self.proxied = set(proxied)     # which listeners read a PROXY header, from now on
             self.spool_device = checked.spool_device     # the health checks' from now on
+            if moved:
+                # a mount gone at the reload would now pass every check: say so
+                self.log(syslog.LOG_WARNING, f"spool-dir {new_cfg.spool_dir} is on another "
+                                             "device than before the reload; health checks "
+                                             "take it as it is now (a mount gone?)")
             if self.tls is not None:
                 self.tls.close()           # running sessions keep their own copies
             self.tls = new_tls

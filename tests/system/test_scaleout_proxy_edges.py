@@ -157,6 +157,9 @@ def test_health_checks_fail_while_another_file_system_is_on_spool_dir(proxied_si
     wait_reloads(site, 2)
     assert health_check(server) == HEALTHY
     assert len(lines_like(site, failing)) == 2       # fine in between: a change each time
+    moved = (rf"spool-dir {re.escape(spool)} is on another device than before the reload; "
+             r"health checks take it as it is now \(a mount gone\?\)")
+    assert len(lines_like(site, moved)) == 2         # each reload told it
 
 
 def wait_reloads(site, count: int, timeout: float = 10) -> None:
