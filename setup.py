@@ -31,7 +31,9 @@ setup(
     install_requires=[
         "python-daemon",
         "setproctitle",
-        "python-pam",
+        # auth/pam.py hooks its PamAuthenticator's per-instance libpam bindings (2.0.2, as
+        # Debian ships it, to 2.1); a login is refused if a version calls libpam otherwise.
+        "python-pam>=2.0,<3",
         "pyOpenSSL",
         "lockfile",
         # tls.py reads certificates (expiry, key match) with it directly; pyOpenSSL already

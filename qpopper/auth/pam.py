@@ -101,8 +101,8 @@ class PamResult:
         return self.fail_delay_s if self.password_code == PAM_SUCCESS else 0.0
 
 
-BYPASSED_WRAPPER = ("python-pam did not call pam_authenticate through qpopper's hook "
-                    "(an unsupported python-pam version)")
+BYPASSED_WRAPPER = ("python-pam did not call pam_authenticate and pam_acct_mgmt through "
+                    "qpopper's hooks (an unsupported python-pam version)")
 
 _DELAY_FUNCTION = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p)
 """void (*)(int status, unsigned usec, void *appdata): pam_fail_delay(3)'s PAM_FAIL_DELAY."""
@@ -118,8 +118,18 @@ def _with_rhost(authenticator, rhost: str | None, replace_auth_step: bool) -> di
     libpam drew for it ("fail_delay_s") once it has run.
     """
     real_authenticate = authenticator.pam_authenticate
+    real_start, real_account_step = authenticator.pam_start, authenticator.pam_acct_mgmt
     set_item = authenticator.pam_set_item
     asked: dict[str, int | float] = {}
+
+    def pam_start(*args):
+        code = real_start(*args)
+        asked["started"] = code == PAM_SUCCESS
+        return code
+
+    def pam_acct_mgmt(handle, flags):
+        asked["account_step"] = True
+        return real_account_step(handle, flags)
 
     def note_delay(_status, usec, _appdata):
         asked["fail_delay_s"] = usec / 1e6
@@ -140,7 +150,19 @@ def _with_rhost(authenticator, rhost: str | None, replace_auth_step: bool) -> di
         return code
 
     authenticator.pam_authenticate = pam_authenticate
+    authenticator.pam_start, authenticator.pam_acct_mgmt = pam_start, pam_acct_mgmt
     return asked
+
+
+def _bypassed(asked: dict, code: int) -> bool:
+    """Did python-pam run PAM otherwise than through the hooks (an unsupported version)?
+    A yes needs both steps through them (the password step's hook: PAM_RHOST, the failure
+    delay, APOP's replaced step; the account step: an expired account); any other answer
+    of a transaction that started needs the password step's (a refusal owes its delay)."""
+    if code in (PAM_SUCCESS, PAM_NEW_AUTHTOK_REQD):
+        return not (asked.get("through_wrapper") and asked.get("account_step"))
+    return bool(asked.get("started")) and not asked.get("through_wrapper") \
+        and code not in SYSTEM_ERRORS
 
 
 def preload(service: str | None = None) -> None:
@@ -228,12 +250,12 @@ def _run(service: str, user: str, password: str, rhost: str | None, *,
     if isinstance(reason, bytes):
         reason = reason.decode("utf-8", "replace")
     reason = str(reason or "")
-    if code in (PAM_SUCCESS, PAM_NEW_AUTHTOK_REQD) and not asked.get("through_wrapper"):
-        # python-pam is not pinned: a version that called libpam's pam_authenticate
-        # otherwise than through the instance's binding would drop PAM_RHOST and the
-        # failure delay's capture (an expired account's right password answered sooner
-        # than a wrong one) without a sound, or run APOP's password step for real. Such a
-        # yes is not trusted: every login fails loudly until qpopper is mended.
+    if _bypassed(asked, code):
+        # python-pam is not pinned: a version that called libpam otherwise than through the
+        # instance's bindings would drop PAM_RHOST and the failure delay's capture (an
+        # expired account's right password answered sooner than a wrong one), run APOP's
+        # password step for real, or skip the account step, without a sound. Not trusted:
+        # every login fails loudly until qpopper is mended.
         return PamResult(False, python_pam.PAM_SYSTEM_ERR, BYPASSED_WRAPPER)
     password_code = asked.get("code")
     drawn = float(asked.get("fail_delay_s", 0.0))

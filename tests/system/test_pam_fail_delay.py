@@ -247,3 +247,34 @@ def test_a_yes_from_a_python_pam_that_bypassed_the_hook_is_a_system_error(
     result = pam_auth.authenticate(delayed_service, user.name, "pw-right")
     assert not result.ok and result.system_error and result.reason == pam_auth.BYPASSED_WRAPPER
     assert not pam_auth.check_account(delayed_service, user.name).ok
+
+
+def test_a_bypassed_hook_is_caught_on_an_account_step_refusal_too(delayed_service,
+                                                                  system_users, monkeypatch):
+    """The case the hook exists for: a right password the account step refuses must not
+    come back as an ordinary refusal owing no delay (a wrong one waited it inside libpam)."""
+    expired = system_users.create(password="pw-right", account_expired=True)
+    monkeypatch.setattr(pam_auth.python_pam, "PamAuthenticator", _CallsLibpamDirectly)
+    right = pam_auth.authenticate(delayed_service, expired.name, "pw-right")
+    assert right.system_error and right.reason == pam_auth.BYPASSED_WRAPPER, right
+
+
+class _NoAccountStep(pam_auth.python_pam.PamAuthenticator):
+    """A python-pam whose authenticate no longer runs pam_acct_mgmt (made optional, or moved
+    to a method of its own), as a future version might: the password step still goes
+    through qpopper's hook."""
+
+    def authenticate(self, *args, **kwargs):
+        self.pam_acct_mgmt = lambda handle, flags: pam_auth.PAM_SUCCESS
+        return super().authenticate(*args, **kwargs)
+
+
+def test_a_python_pam_that_skips_the_account_step_is_a_system_error(delayed_service,
+                                                                   system_users, monkeypatch):
+    """Else an expired account would get in, by USER/PASS and by APOP's account step."""
+    expired = system_users.create(password="pw-right", account_expired=True)
+    assert not pam_auth.authenticate(delayed_service, expired.name, "pw-right").ok
+    monkeypatch.setattr(pam_auth.python_pam, "PamAuthenticator", _NoAccountStep)
+    for result in (pam_auth.check_account(delayed_service, expired.name),
+                   pam_auth.authenticate(delayed_service, expired.name, "pw-right")):
+        assert result.system_error and result.reason == pam_auth.BYPASSED_WRAPPER, result
