@@ -270,7 +270,8 @@ class CommitEngine:
                 eof = None                               # the image is in place
             elif size < image_len:
                 eof = min(spool_len, size)               # not extended yet
-            elif image_len > spool_len and os.pread(spool, 1, spool_len) == b"\0":
+            elif (image_len > spool_len and os.pread(spool, 1, spool_len) == b"\0"
+                  and extension_is_ours(spool, image, spool_len + 1, image_len)):
                 eof = image_len                          # extended, partly written
             elif image_len == spool_len:
                 eof = image_len
@@ -299,6 +300,24 @@ class CommitEngine:
         finally:
             os.close(image)
         self.finish()
+
+
+def extension_is_ours(spool: int, image: int, start: int, end: int) -> bool:
+    """After the extension's NUL at Z: is [Z+1, L) what our extension leaves there, each
+    octet the image's or still the zero fill? A NUL at Z alone does not tell: an older
+    build's half bulletin appended at Z starts with one too, and mail follows it
+    (docs/maildrop.md, "The commit engine")."""
+    pos = start
+    while pos < end:
+        n = min(limits.COPY_CHUNK_OCTETS, end - pos)
+        ours, theirs = os.pread(spool, n, pos), os.pread(image, n, pos)
+        if len(ours) != n:
+            return False
+        if ours != theirs and ours.count(0) != n:    # written, or not yet: whole chunks
+            if any(x != y and x != 0 for x, y in zip(ours, theirs)):
+                return False
+        pos += n
+    return True
 
 
 def cut_pending(spool: int, size: int, record: dict) -> bool:

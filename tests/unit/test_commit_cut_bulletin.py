@@ -168,3 +168,30 @@ def test_a_second_login_during_a_session_copies_no_bulletin(tmp_path):
     assert ran == [1]
     got = _taken(cfg, paths)
     assert got.count(b"Subject: bulletin\n\nBody.\n") == 1 and b"\0" not in got
+
+
+def test_an_older_build_s_half_copy_of_a_changed_bulletin_at_z_keeps_the_mail_after_it(
+        tmp_path):
+    """An older build's half copy at Z of a spool not yet extended, its bulletin edited
+    before the next login: the settle leaves it (its files changed), so its NUL stays at Z,
+    where the extension's zero fill would be. Its own octets after that NUL are neither the
+    image's nor zeros: the recovery takes it for mail after the crash, not for a partly
+    written extension, and does not write the image over what follows it."""
+    bulldir, home = tmp_path / "bulls", tmp_path / "home"
+    bulldir.mkdir(), home.mkdir()
+    (bulldir / "1.b").write_bytes(bulletin_text("bulletin"))
+    cfg, paths = spool_in(tmp_path, USER, BIG_KEPT, bulldir=str(bulldir))
+
+    def update():
+        drop = open_drop(cfg, paths, killer_at_step("update:extend-spool"))
+        append(paths.spool, DURING)
+        drop.update(set(), set())
+    assert dies_in_child(update)
+    z = os.path.getsize(paths.spool)
+    with journal_hidden(paths):                     # an older build's login, killed
+        assert dies_in_child(lambda: _bulletin(cfg, home,
+                                               killer_at_step("bulletins:write-spool-marker")))
+    assert read(paths.spool)[z:z + 1] == b"\0"
+    cfg, got = _then_mail_and_a_login(cfg, paths, home, "bulletin changed", BIG_LATE)
+    assert got.count(b"Subject: 1\n") == 1 and b"kept line\n" * 300 in got and DURING in got
+    assert BIG_LATE in got, "the mail delivered after the crash is gone"
