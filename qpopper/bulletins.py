@@ -25,7 +25,8 @@ from qpopper.bulletin_records import (BULLDB_DIR, BULLDB_FILE, POPBULL_NAME, POP
                                      BulletinDb, BulletinDbError, PopbullFile, Seen)
 from qpopper.spool.durable import pwrite_all, recorded_as, sha256_of_range
 from qpopper.spool.locking import LockTiming, spool_lock
-from qpopper.spool.mbox import FRAMING_LINE, mmdf_separator, padding_after, separator_line
+from qpopper.spool.mbox import (FRAMING_LINE, file_head, mmdf_separator, padding_after,
+                                separator_line)
 from qpopper.spool.paths import SpoolPaths
 
 Log = Callable[[int, str], None]
@@ -200,8 +201,9 @@ def drop_head(paths: SpoolPaths) -> bytes:
         except OSError:
             continue
         try:
-            if stat.S_ISREG(os.fstat(fd).st_mode):
-                head = os.pread(fd, limits.MAX_SPOOL_LINE_OCTETS, 0)
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode):
+                head = file_head(fd, st.st_size)
                 if head:
                     return head
         except OSError:
@@ -458,7 +460,7 @@ class Delivery:
         # An empty spool has no first line to tell its format: the mail its content will
         # follow (a session's drop) tells, else spool-format says what the delivery agent
         # writes (docs/bulletins.md, "What a bulletin is").
-        first = (os.pread(fd, limits.MAX_SPOOL_LINE_OCTETS, 0) if offset
+        first = (file_head(fd, offset) if offset      # (after empty lines it starts with)
                  else drop_head(self.paths) or EMPTY_SPOOL_FIRST_LINE[self.cfg.spool_format])
         sep = mmdf_separator(first)             # the scan's, as the padding's
         mmdf = separator_line(sep) if sep is not None else None

@@ -10,7 +10,10 @@ Only MboxFormatError (a spool that does not start with an envelope) may escape. 
 - the batch scan gives the reference scanner's Message records, field for field, with the
   compiled pass (qpopper/spool/_scan.c, when built) and with the pure-Python one; the two
   passes list the same separator candidates of the whole spool, and the compiled one's LF
-  counts are right (docs/mbox.md, "The batch scan").
+  counts are right (docs/mbox.md, "The batch scan");
+- a spool that starts with empty lines before its first separator scans as the spool without
+  them, every offset moved by their length (docs/mbox.md, "Padding before the first
+  message"), and the two passes list the same candidates from there.
 
 First byte: bit 0 update-status-headers, bit 1 old-style UIDs, bit 2 uw-kludge, bit 3
 Content-Length honoured, bit 4 a real file (pread) instead of memory, bit 5 the batch scan in
@@ -25,7 +28,8 @@ import io
 import tempfile
 
 from qpopper.spool import mbox_batch
-from qpopper.spool.mbox import Message, MboxFormatError, copy_for_update, scan, send_message
+from qpopper.spool.mbox import (Message, MboxFormatError, copy_for_update, leading_padding, scan,
+                                send_message)
 from tests.helpers.scan_passes import (assert_same_candidates, assert_same_header_block,
                                        assert_same_plain_from_lines)
 
@@ -35,6 +39,9 @@ SPLIT_OCTETS = mbox_batch.SPLIT_OCTETS
 CHUNK_OCTETS = mbox_batch.CHUNK_OCTETS
 BIG_MESSAGE_OCTETS = mbox_batch.BIG_MESSAGE_OCTETS
 FIELDS = [field.name for field in dataclasses.fields(Message)]
+OFFSETS = {"offset", "end", "content_start", "header_end", "body_start", "body_end",
+           "trailer_end", "uidl_insert_at"}
+OFFSET_PAIRS = {"stripped", "uidl_lines", "status_lines", "stale_content_length"}
 PASSES = [p for p in (mbox_batch.compiled_candidates, mbox_batch.python_candidates) if p]
 """The batch path's pass over each part: compiled (when built) and pure Python."""
 
@@ -59,6 +66,10 @@ def one_input(data: bytes) -> None:
         return
     flags, top_lines, spool = data[0], data[1], data[2:]
     same_candidates(spool)
+    padding = leading_padding(lambda at, n: spool[at:at + n], len(spool))
+    if padding:
+        same_candidates(spool, padding)
+        same_as_without_padding(spool, padding, scan_options(flags))
     small = bool(flags & 32)
     mbox_batch.SPLIT_OCTETS = 0 if small else SPLIT_OCTETS
     mbox_batch.CHUNK_OCTETS = 256 if small else CHUNK_OCTETS
@@ -99,18 +110,42 @@ def batch_scans(f, options: dict) -> list[Message]:
     return got[0]
 
 
-def same_candidates(spool: bytes) -> None:
-    """The compiled pass lists what the pure-Python one does over the whole spool, and the
-    LFs before each candidate; and each message's compiled header block is the pure-Python
-    one."""
+def same_candidates(spool: bytes, start: int = 0) -> None:
+    """The compiled pass lists what the pure-Python one does over the spool from `start`, and
+    the LFs before each candidate; and each message's compiled header block is the
+    pure-Python one."""
     if len(PASSES) == 2:
-        assert_same_candidates(spool, 0, len(spool))
-        found = mbox_batch.python_candidates(spool, 0, len(spool))
+        assert_same_candidates(spool, start, len(spool))
+        found = mbox_batch.python_candidates(spool, start, len(spool))
         if found is not None:                  # each separator and header block, both ways
             ats, eols, _ = found
             assert_same_plain_from_lines(spool, ats, eols, mbox_batch._MAX_LINE)
             for at, eol, nxt in zip(ats, eols, ats[1:] + [len(spool)]):
                 assert_same_header_block(spool, at, eol, nxt)
+
+
+def moved(m: Message, by: int) -> list:
+    """m's row with every offset moved by `by`."""
+    row = []
+    for name in FIELDS:
+        value = getattr(m, name)
+        if name in OFFSETS:
+            value += by
+        elif name in OFFSET_PAIRS:
+            value = tuple((a + by, b + by) for a, b in value)
+        row.append(value)
+    return row
+
+
+def same_as_without_padding(spool: bytes, padding: int, options: dict) -> None:
+    """The padded spool's messages are those of the spool without its padding, moved."""
+    try:
+        want = [moved(m, padding) for m in scan(io.BytesIO(spool[padding:]), **options)]
+    except MboxFormatError:
+        raise AssertionError("padding passed over before a spool that is refused") from None
+    assert rows(scan(io.BytesIO(spool), **options)) == want, "padding changed the messages"
+    assert rows(scan(io.BytesIO(spool), batch=False, **options)) == want, (
+        "padding changed the reference scan's messages")
 
 
 def check_spool(f, size: int, top_lines: int, options: dict) -> None:

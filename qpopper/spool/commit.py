@@ -87,7 +87,9 @@ class CommitEngine:
         - in a From_ image, the empty lines (LF or CRLF) the copied mail starts with before
           its first `From ` line are left out: a delivery agent's closing of the message
           before it, or more; copied, they would be empty lines of the last message written,
-          or start the spool (which every login would refuse). An image that comes out
+          or start the spool. Copied first (nothing written before them), the mail leaves
+          out the empty lines it starts with before its first separator of either format
+          (docs/mbox.md, "Padding before the first message"). An image that comes out
           shorter than the spool it is written over is applied with a cut (`apply`);
         - the separator padding the image's end needs goes first (True is returned then);
         - in an MMDF image, what closes the end when the copied mail ends open (its
@@ -97,9 +99,12 @@ class CommitEngine:
         first = (os.pread(image, limits.MAX_SPOOL_LINE_OCTETS, 0) if writer.pos
                  else os.pread(spool, min(limits.MAX_SPOOL_LINE_OCTETS, length), start))
         pad = mbox.padding_after(image, writer.pos, open_message=False)
-        if length and mbox.mmdf_separator(first) is None:
+        skip = 0
+        if length and not writer.pos:           # the copy starts the spool: no padding first
+            skip = mbox.leading_padding(lambda at, n: os.pread(spool, n, start + at), length)
+        if length and not skip and mbox.mmdf_separator(first) is None:
             skip = mbox.empty_lines_before_from(spool, start, start + length)
-            start, length = start + skip, length - skip
+        start, length = start + skip, length - skip
         if pad:
             writer.write(pad)
             writer.flush()

@@ -10,7 +10,8 @@ from qpopper.spool.mbox_format import (FORMAT_ERROR_TEXT, FRAMING_LINE, UID_MAX_
                                        UID_MIN_CHARS, UIDL_HEADER, MboxFormatError, Message,
                                        WriteFn, closing_counted, closing_octets,
                                        empty_lines_before_from, encode_uid, ends_open,
-                                       is_from_line, mmdf_separator, padding_after,
+                                       file_head, is_from_line, leading_padding, mmdf_separator,
+                                       padding_after, padding_of,
                                        separator_line, separator_padding)
 from qpopper.spool.mbox_scan import length_reaches, scan
 from qpopper.spool.mbox_send import WireLines, send_message
@@ -20,7 +21,8 @@ from qpopper.spool.mbox_write import (copy_for_update, says_a_stale_length, stal
 __all__ = ["FORMAT_ERROR_TEXT", "FRAMING_LINE", "UID_MAX_CHARS", "UID_MIN_CHARS", "UIDL_HEADER",
            "MboxFormatError", "Message", "WireLines", "WriteFn", "closing_counted",
            "closing_octets", "copy_for_update", "empty_lines_before_from", "encode_uid",
-           "ends_open", "is_from_line",
+           "ends_open", "file_head", "is_from_line", "leading_padding",
            "length_reaches",
-           "mmdf_separator", "padding_after", "says_a_stale_length", "scan", "send_message",
+           "mmdf_separator", "padding_after", "padding_of", "says_a_stale_length", "scan",
+           "send_message",
            "separator_line", "separator_padding", "stale_length_edits", "stale_lengths"]

@@ -343,10 +343,12 @@ def _mmdf_ending(fd: int, size: int, sep: bytes, start: int = 0) -> str:
     start - 1 (the first line, at 0, opens)."""
     line = separator_line(sep)
     closer = re.compile(re.escape(b"\n" + line[:-1]) + b"(?=\n)")
+    first = 0
     if start:
         pos, lines = start - 1, 1               # the LF before start; closed there
     else:
-        pos, lines = (len(sep) - 1 if sep.endswith(b"\n") else len(sep)), 0   # its LF
+        first = padding_of(fd, size)     # where the first line opens
+        pos, lines = first + (len(sep) - 1 if sep.endswith(b"\n") else len(sep)), 0   # its LF
     while pos < size:
         # each chunk reads on far enough to see a whole match starting in its first part
         step = min(limits.COPY_CHUNK_OCTETS, size - pos)
@@ -357,7 +359,7 @@ def _mmdf_ending(fd: int, size: int, sep: bytes, start: int = 0) -> str:
         pos += step
     if lines % 2:
         return "closed"
-    if (size - len(line) >= max(start - 1, 1)
+    if (size - len(line) >= max(start - 1, first + 1)
             and os.pread(fd, len(line), size - len(line)) == b"\n" + line[:-1]):
         return "cut trailer"
     return "open"
@@ -376,10 +378,55 @@ def closing_counted(fd: int, size: int, start: int = 0) -> bytes:
 
 
 def _file_separator(fd: int, size: int) -> bytes | None:
-    """The separator line of the MMDF file [0, size) of fd, None for a From_ (or empty) one."""
+    """The separator line of the MMDF file [0, size) of fd, None for a From_ (or empty) one;
+    read after the empty lines it may start with (leading_padding)."""
     if not size:
         return None
-    return mmdf_separator(os.pread(fd, min(size, limits.MAX_SPOOL_LINE_OCTETS), 0))
+    return mmdf_separator(file_head(fd, size))
+
+
+_EMPTY_LINES = re.compile(rb"(?:\r?\n)*")
+
+
+def leading_padding(read: Callable[[int, int], bytes], size: int) -> int:
+    """How many octets of empty lines (LF or CRLF) the file [0, size) starts with before its
+    first separator line, read(offset, n) giving its octets: padding a delivery agent wrote
+    before its first message, part of no message
+    (docs/mbox.md, "Padding before the first message"). The whole file when it holds nothing
+    else; 0 when it starts with a separator, and when the first line that is not empty is no
+    separator (From_ with its date, or an MMDF separator line, as the scan reads a first
+    line): that spool is refused as before."""
+    pos = 0
+    chunk = limits.MAX_SPOOL_LINE_OCTETS        # the common case: one small read, no padding
+    while pos < size:
+        data = read(pos, min(chunk, size - pos))
+        if not data:
+            return 0                            # cut under us: nothing to leave out
+        n = _EMPTY_LINES.match(data).end()
+        if n == 0 and pos == 0:
+            return 0
+        chunk = limits.COPY_CHUNK_OCTETS
+        pos += n
+        if n < len(data) - (data.endswith(b"\r") and pos + 1 < size):
+            break                               # (a CR at the chunk's end: read on from it)
+    if pos >= size:
+        return size
+    line = read(pos, min(limits.MAX_SPOOL_LINE_OCTETS, size - pos))
+    eol = line.find(b"\n")
+    line = line if eol == -1 else line[:eol + 1]
+    return pos if is_from_line(line) or mmdf_separator(line) is not None else 0
+
+
+def padding_of(fd: int, size: int) -> int:
+    """leading_padding of the mbox [0, size) of fd."""
+    return leading_padding(lambda pos, n: os.pread(fd, n, pos), size)
+
+
+def file_head(fd: int, size: int) -> bytes:
+    """The first line of the mbox [0, size) of fd that is not padding (leading_padding), with
+    what follows it, up to limits.MAX_SPOOL_LINE_OCTETS octets: what tells its format."""
+    pad = padding_of(fd, size)
+    return os.pread(fd, min(size - pad, limits.MAX_SPOOL_LINE_OCTETS), pad)
 
 
 def padding_after(fd: int, size: int, *, open_message: bool | None) -> bytes:

@@ -19,7 +19,7 @@ from qpopper.spool import mbox_batch
 from qpopper.spool.mbox_format import (CONTENT_LENGTH_FUZZ, CR, LF, MMDF_SEP_CHAR, UIDL_HEADER,
                                        MboxFormatError, Message, _file_end, _NUL_TO_SPACE,
                                        _octets_of_range, _read_at, closer_octets, encode_uid,
-                                       is_from_line)
+                                       is_from_line, leading_padding)
 from qpopper.spool.mbox_headers import (_Draft, _HeaderScanner, _is_empty_line_before,
                                         _Window, set_scan_options)
 
@@ -343,7 +343,9 @@ def scan(f: BinaryIO, *, start: int = 0, end: int | None = None,
          batch: bool = True) -> list[Message]:
     """Scan the mbox region [start, end) of the open binary file `f` (end: end of file).
 
-    `start` must be the start of a separator line; raises MboxFormatError when it is not.
+    `start` must be the start of a separator line; raises MboxFormatError when it is not. At
+    the start of the file the empty lines before the first separator are passed over
+    (leading_padding; docs/mbox.md, "Padding before the first message").
     `first_number` numbers the messages of a region scanned after others, `taken_uids` are the
     UIDs of those others (generated UIDs avoid them). `unique_num` reproduces Qpopper's
     per-session counter in the UID hash (only with update-status-headers and new-style UIDs);
@@ -353,6 +355,8 @@ def scan(f: BinaryIO, *, start: int = 0, end: int | None = None,
     docs/mbox.md, "The batch scan").
     """
     region_end = _file_end(f) if end is None else end
+    if start == 0:      # empty lines before the first separator: padding, part of no message
+        start = leading_padding(lambda pos, n: _read_at(f, pos, n), region_end)
     if region_end <= start:
         return []
     options = dict(update_status_headers=update_status_headers, old_style_uid=old_style_uid,

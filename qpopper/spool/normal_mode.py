@@ -72,6 +72,9 @@ class NormalModeMaildrop(Maildrop):
         start = os.fstat(drop).st_size
         pad = mbox.padding_after(drop, start, open_message=None)  # a crashed session's drop
         skip = self._padding_to_leave_out(src, size, start)
+        if skip and not start:
+            self._note(syslog.LOG_NOTICE, f"{self.user}'s {source} starts with {skip} octets of "
+                                          "empty lines before its first message; left out")
         record = {"op": "absorb", "source": source, "dev": st.st_dev, "ino": st.st_ino,
                   "temp_len": start, "pad": len(pad), "len": size}
         # A version-2 build would take a copy that left octets out for a truncated source.
@@ -100,9 +103,10 @@ class NormalModeMaildrop(Maildrop):
         delivery agent's padding) are left out after a crashed session's From_ drop, as the
         commit leaves them out after the kept messages: copied, they would be empty lines of
         the drop's last message (docs/maildrop.md, "Normal mode"). Into an empty drop the
-        source goes as it is (a spool that starts with them is refused, as it was)."""
+        source goes without the empty lines before its first separator of either format,
+        which are part of no message (docs/mbox.md, "Padding before the first message")."""
         if not drop_len:
-            return 0
+            return mbox.padding_of(src, size)
         first = os.pread(self._session.fd, limits.MAX_SPOOL_LINE_OCTETS, 0)
         if mbox.mmdf_separator(first) is not None:
             return 0
@@ -132,7 +136,7 @@ class NormalModeMaildrop(Maildrop):
         the mail put after it could make come true (docs/mbox.md, "What write-back writes")."""
         drop = self._session.fd
         size = os.fstat(drop).st_size
-        pos = 0
+        pos = mbox.padding_of(drop, size)       # (a drop an older version filled as it was)
         f = self._drop_file
         for msg in self._all:
             if mbox.says_a_stale_length(f, msg):

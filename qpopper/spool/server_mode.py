@@ -77,10 +77,14 @@ class ServerModeMaildrop(NormalModeMaildrop):
 
     def _open_server(self) -> bool:
         """Lock, read the spool in place (or trust the cache for what it covers), unlock, keep
-        the spool open. False when there is no spool (server mode is then forced off)."""
+        the spool open. False (server mode forced off) without a spool, or when _padded."""
         spool = self._spool_lock(create=False)
         try:
             if spool.fd is None:
+                return False
+            if _padded(spool.fd):
+                self._note(syslog.LOG_NOTICE, f"{self.user}'s spool starts with empty lines; "
+                                              "normal mode for this session")
                 return False
             fd = os.open(self.paths.spool, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             a, b = os.fstat(fd), os.fstat(spool.fd)
@@ -328,6 +332,13 @@ class ServerModeMaildrop(NormalModeMaildrop):
             cache.store(self.paths.cache, self.user, self.cfg, state, messages, self._step)
         except OSError as exc:
             self._note(syslog.LOG_WARNING, f"cannot write {self.user}'s cache: {exc}")
+
+
+def _padded(fd: int) -> bool:
+    """Does the spool start with empty lines before its first message? A normal-mode session
+    leaves them out of it, and the cache never holds offsets after them
+    (docs/mbox.md, "Padding before the first message")."""
+    return bool(mbox.padding_of(fd, os.fstat(fd).st_size))
 
 
 def _dress_like_spool(image: int, st: os.stat_result, step, note, user: str) -> bool:

@@ -470,6 +470,20 @@ def test_mmdf_spool_gets_mmdf_wrapped_bulletins(tmp_path):
     assert env.spool().endswith(sep) and b"From qpop" not in env.spool()
 
 
+@pytest.mark.parametrize("pad", [b"\n", b"\r\n\n"])
+def test_a_padded_mmdf_spool_gets_mmdf_wrapped_bulletins(tmp_path, pad):
+    """Empty lines before the first separator are padding: the format is the first
+    separator's (docs/mbox.md, "Padding before the first message")."""
+    env = Env(tmp_path)
+    sep = b"\x01\x01\x01\x01\n"
+    with open(env.paths.spool, "wb") as f:
+        f.write(pad + sep + b"Subject: mmdf mail\n\nbody\n")        # open: no trailer yet
+    env.post("1.b")
+    assert env.deliver() == 1
+    assert env.subjects() == ["mmdf mail", "1.b"]
+    assert env.spool().endswith(sep) and b"From qpop" not in env.spool()
+
+
 @pytest.mark.parametrize("spool_file", ["missing", "empty"])
 def test_empty_spool_at_an_mmdf_site_gets_an_mmdf_bulletin(tmp_path, spool_file):
     """The empty spool cannot tell its format: spool-format mmdf says it. In From_ form the

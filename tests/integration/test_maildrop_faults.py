@@ -20,14 +20,18 @@ from tests.helpers.faultrig import FaultRig
 from tests.helpers.spoolcheck import (AFTER_CRASH, AFTER_CRASH_MMDF, LOCK_STEP_S,
                                       REPLACEMENT, SHAPES, USER, allowed_after_kill, deliver,
                                       deliver_after_crash, drive_session, in_child,
-                                      message, next_session_view,
+                                      message, mmdf, next_session_view,
                                       replace_spool_keeping_inode_number)
 
-# A spool only a normal-mode login takes (a scan refuses one that starts with empty lines):
-# the login leaves them out of its copy after a crashed session's drop ('skip'), and the
-# update then cuts the spool (docs/maildrop.md, "Normal mode", "The commit engine").
+# A spool that starts with empty lines after a crashed session's drop: the login leaves them
+# out of its copy ('skip'), and the update then cuts the spool (docs/maildrop.md, "Normal
+# mode", "The commit engine"). Into an empty drop the same ('padded-spool', 'padded-mmdf'):
+# the padding is part of no message (docs/mbox.md, "Padding before the first message").
 SHAPES = dict(SHAPES, **{"padded-leftover": (b"\n\n" + message(107), b"\n" * 300 + message(108),
-                                             {0, 1}, {2})})
+                                             {0, 1}, {2}),
+                         "padded-spool": (b"\r\n\n" + message(1) + message(2), message(109),
+                                          {0}, {1}),
+                         "padded-mmdf": (b"\n\n" + mmdf(1) + mmdf(2), b"", {1}, {0})})
 # A crashed session's temporary drop that the next session must put first.
 LEFTOVER_DROPS = {"leftover-drop": message(50) + message(51),
                   "padded-leftover": message(50) + message(51)}
