@@ -12,7 +12,7 @@ import poplib
 import pytest
 
 from tests.helpers.sysusers import make_spool
-from tests.server_harness import Site, login
+from tests.server_harness import Site, login, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -138,3 +138,35 @@ def test_a_spool_with_text_before_its_first_separator_is_still_refused(site_for,
             with open(drop, "rb") as f:
                 kept = f.read()
         assert kept + spool_bytes(site, user) == content
+
+
+def make_drop(site, user, content: bytes) -> str:
+    """The temporary drop an older version left: the padded spool copied as it was (the scan
+    then refused it, and the mail stayed there)."""
+    path = os.path.join(site.spool_dir, f".{user.name}.pop")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, content)
+        os.fchown(fd, user.uid, -1)
+    finally:
+        os.close(fd)
+    return path
+
+
+@pytest.mark.parametrize("quit_, update_on_abort", [(True, True), (False, True), (False, False)],
+                         ids=["quit", "abort-update", "abort-restore"])
+def test_a_padded_drop_left_by_an_older_version_is_served_and_written_back_without_it(
+        site_for, quit_, update_on_abort):
+    site, user = site_for(update_on_abort=update_on_abort)
+    make_spool(site.spool_dir, user, MESSAGES[2])             # delivered since
+    drop = make_drop(site, user, b"\r\n\n" + MESSAGES[0] + MESSAGES[1])
+    client = login(site.server(), user)
+    try:
+        assert client.stat()[0] == 3
+        if quit_:
+            client.quit()
+    finally:
+        client.close()          # without QUIT: an update, or the drop put back (restore)
+    want = b"".join(MESSAGES)
+    wait_until(lambda: spool_bytes(site, user) == want, what="the write-back")  # (abort: async)
+    assert not os.path.exists(drop) or os.path.getsize(drop) == 0
