@@ -457,11 +457,13 @@ class Delivery:
     def _payload(self, fd: int, offset: int, wanted: list[Bulletin], stamp: int
                  ) -> tuple[bytes, int]:
         """The bytes to append at `offset` (padding first) and how many bulletins they hold."""
-        # An empty spool has no first line to tell its format: the mail its content will
-        # follow (a session's drop) tells, else spool-format says what the delivery agent
-        # writes (docs/bulletins.md, "What a bulletin is").
-        first = (file_head(fd, offset) if offset      # (after empty lines it starts with)
-                 else drop_head(self.paths) or EMPTY_SPOOL_FIRST_LINE[self.cfg.spool_format])
+        # An empty spool (or one of empty lines only:
+        # docs/mbox.md, "Padding before the first message") has no first line to tell its
+        # format: the mail its content will follow (a session's drop) tells, else
+        # spool-format says what the delivery agent writes
+        # (docs/bulletins.md, "What a bulletin is").
+        first = ((file_head(fd, offset) if offset else b"")
+                 or drop_head(self.paths) or EMPTY_SPOOL_FIRST_LINE[self.cfg.spool_format])
         sep = mmdf_separator(first)             # the scan's, as the padding's
         mmdf = separator_line(sep) if sep is not None else None
         parts = []

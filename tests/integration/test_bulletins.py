@@ -484,17 +484,20 @@ def test_a_padded_mmdf_spool_gets_mmdf_wrapped_bulletins(tmp_path, pad):
     assert env.spool().endswith(sep) and b"From qpop" not in env.spool()
 
 
-@pytest.mark.parametrize("spool_file", ["missing", "empty"])
+@pytest.mark.parametrize("spool_file", ["missing", "empty", "padding"])
 def test_empty_spool_at_an_mmdf_site_gets_an_mmdf_bulletin(tmp_path, spool_file):
     """The empty spool cannot tell its format: spool-format mmdf says it. In From_ form the
-    MMDF agent's next message would be read as part of the bulletin (and deleted with it)."""
+    MMDF agent's next message would be read as part of the bulletin (and deleted with it).
+    Nor can one of empty lines only (docs/mbox.md, "Padding before the first message")."""
     env = Env(tmp_path, spool_format="mmdf")
     sep = b"\x01\x01\x01\x01\n"
-    if spool_file == "empty":
-        open(env.paths.spool, "wb").close()
+    pad = b"\n\r\n" if spool_file == "padding" else b""
+    if spool_file != "missing":
+        with open(env.paths.spool, "wb") as f:
+            f.write(pad)
     env.post("1.b")
     assert env.deliver() == 1
-    assert env.spool().startswith(sep) and env.spool().endswith(sep)
+    assert env.spool().startswith(pad + sep) and env.spool().endswith(sep)
     with open(env.paths.spool, "ab") as f:                 # the delivery agent's next message
         f.write(sep + b"Subject: mmdf mail\n\nbody\n" + sep)
     assert env.subjects() == ["1.b", "mmdf mail"]
