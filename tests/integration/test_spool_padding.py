@@ -170,3 +170,22 @@ def test_a_padded_drop_left_by_an_older_version_is_served_and_written_back_witho
     want = b"".join(MESSAGES)
     wait_until(lambda: spool_bytes(site, user) == want, what="the write-back")  # (abort: async)
     assert not os.path.exists(drop) or os.path.getsize(drop) == 0
+
+
+@pytest.mark.parametrize("mmdf", [False, True], ids=["from", "mmdf"])
+def test_padded_mail_delivered_during_a_session_that_deletes_everything_loses_it(site_for,
+                                                                                  mmdf):
+    """Server mode: the image holds only the new mail, which starts the spool: its padding
+    is left out before a separator of either format (the commit engine's append_spool)."""
+    messages = MMDF_MESSAGES if mmdf else MESSAGES
+    site, user = site_for(server_mode=True)
+    spool = make_spool(site.spool_dir, user, messages[0])
+    client = login(site.server(), user)
+    try:
+        client.dele(1)
+        with open(spool, "ab") as f:              # a delivery agent that pads its mail
+            f.write(b"\r\n\n" + messages[1])
+        client.quit()
+    finally:
+        client.close()
+    assert spool_bytes(site, user) == messages[1]
