@@ -202,7 +202,7 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
         ("LOGIN REFUSED (account), user=*, method=*, ip=[*], reason=*",
          "The password (or store secret) was right, but PAM's account step refused: an "
          "expired account or password (chage), pam_access, pam_time; reason has PAM's words "
-         "and code. Not a guess: not matched by the fail2ban filter. An expired password is "
+         "and code. An expired password is "
          "told and not braked; any other such refusal is answered as a wrong password and "
          "braked as one. The user needs a renewed account or password (docs/operations.md)."),
         ("*: * refused logins on one connection; closing it",
@@ -472,8 +472,8 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
         ("password change for \"*\" from * refused: *", "A wrong old password (also logged as "
                                                         "LOGIN FAILED, method=poppassd), or "
                                                         "the right one of an expired account "
-                                                        "(LOGIN REFUSED (account), "
-                                                        "method=poppassd)."),
+                                                        "(LOGIN REFUSED (account) and "
+                                                        "LOGIN FAILED, method=poppassd)."),
         ("new password for \"*\" from * refused: *", "The PAM password stack refused the new "
                                                      "password."),
         ("password change for \"*\" from * failed: *", "PAM could not change it."),

@@ -191,20 +191,19 @@ class Brakes:
         self._waited = wait
         return wait
 
-    def note_failure(self, client_ip: str, user: str, method: str, base_delay: float, *,
-                     guess: bool = True) -> float:
+    def note_failure(self, client_ip: str, user: str, method: str, base_delay: float) -> float:
         """Count one wrong guess and log its fail2ban line; returns the seconds to wait before
         the refusal: the rest of the address's brake that hold_address did not wait, then
         `base_delay` (the service's own failure delay) or the user name's brake when that is
         longer. So a wrong guess costs the whole brake plus the failure delay, as when the
         brake was all waited before the check. While that wait lasts the address is held
         (see the module docstring).
-        guess=False is for a refusal answered as a wrong guess (the right password of an
-        expired account, of one pam_access bars): counted, waited and held exactly as one,
-        so it tells a guesser nothing, neither by the brake of the next attempt from the
-        address nor by the time the file's write takes; only its fail2ban line is not
-        logged, the caller logs `LOGIN REFUSED (account)` instead (docs/operations.md,
-        "An expired account or password")."""
+        A refusal answered as a wrong guess (the right password of an expired account, of
+        one pam_access bars) comes here too: counted, waited, held and logged for fail2ban
+        exactly as one, so it tells a guesser nothing, neither by the brake of the next
+        attempt from the address, nor by the time the file's write takes, nor by a ban
+        that comes one attempt late; the caller adds `LOGIN REFUSED (account)`, which says
+        why (docs/operations.md, "An expired account or password")."""
         trusted = self.is_trusted(client_ip)
         failures, user_delay = self.record_failure(client_ip, user)
         rest_of_brake = max(0.0, self._brake - self._waited)
@@ -213,27 +212,26 @@ class Brakes:
         if not trusted and (rest_of_brake > 0 or user_delay > 0):
             self._hold(address_group(client_ip), self.clock() + delay)
         self.close()               # the attempt is over: not held open across its delay
-        if guess:
-            brake_now = 0.0 if trusted else brake_delay(
-                failures, limits.BRAKE_FREE_FAILURES_PER_ADDRESS, self.max_delay)
-            self.log(syslog.LOG_NOTICE, failure_log_line(user, method, client_ip, failures,
-                                                         brake_now))
+        brake_now = 0.0 if trusted else brake_delay(
+            failures, limits.BRAKE_FREE_FAILURES_PER_ADDRESS, self.max_delay)
+        self.log(syslog.LOG_NOTICE, failure_log_line(user, method, client_ip, failures,
+                                                     brake_now))
         return delay
 
     def wait_as_wrong_guess(self, result, client_ip: str, user: str, method: str,
-                            base_delay: float, *, guess: bool = True, sleep=time.sleep,
+                            base_delay: float, *, sleep=time.sleep,
                             since: float | None = None) -> None:
         """Take as long before a refusal as a wrong guess does, after the check: first the
         failure delay PAM's password step drew but did not wait (`result`, a pam.PamResult:
         its owed_delay_s, where that step said yes; None when PAM was not asked), as a wrong
-        password waited it inside PAM; then note_failure's wait (`guess` as there).
+        password waited it inside PAM; then note_failure's wait.
         `since` (time.monotonic): that wait counts from then, not from now, so the time
         spent since (PAM's, the owed delay) is part of it (poppassd's shape: its fixed delay
         runs from the check's start); None sleeps each part whole (popper's)."""
         owed = result.owed_delay_s if result is not None else 0.0
         if owed > 0:
             sleep(owed)
-        delay = self.note_failure(client_ip, user, method, base_delay, guess=guess)
+        delay = self.note_failure(client_ip, user, method, base_delay)
         if since is not None:
             delay = since + delay - time.monotonic()
         if delay > 0:

@@ -258,16 +258,16 @@ class PolicyChecks:
         reason = f"{what}: {result.reason} ({result.code})"
         if not (proved or result.password_code == pam_auth.PAM_SUCCESS):
             self._refuse(user, host, client_ip, text, reason)          # a wrong guess
-        # No guess, so no LOGIN FAILED. Only an expired password is told (and not braked):
-        # an expired account, pam_access or pam_time get the wrong guess's text, or a barred
-        # account's password could be guessed through POP; after as long a wait, and braked
-        # as a wrong guess (else the next attempt's brake would tell them apart).
+        # Only an expired password is told (and not braked): an expired account, pam_access
+        # or pam_time get the wrong guess's text, or a barred account's password could be
+        # guessed through POP; after as long a wait, braked and logged for fail2ban as a
+        # wrong guess (else the next attempt's brake, or a ban, would tell them apart).
         if result.code in PASSWORD_EXPIRY_CODES:
             answer = EXPIRED.format(user=user)
         else:
             answer = text
             self.brakes.wait_as_wrong_guess(result, client_ip, user, self._method,
-                                            self.cfg.auth_failure_delay or 0, guess=False,
+                                            self.cfg.auth_failure_delay or 0,
                                             sleep=self.sleep)
         self._refuse_policy(user, client_ip, answer, reason, line=account_line)
 

@@ -27,8 +27,8 @@ Safety: passwords are never logged; an unknown user, a user with uid <= 10 (limi
 BLOCKED_UID_MAX), a locked or expired account and a wrong old password all get the same
 reply (`500 Old password is incorrect.`) after the same delay (limits.POPPASSD_FAILURE_DELAY_S),
 and the connection closes (the right password of an expired account is logged as
-`LOGIN REFUSED (account)`, like popper's, not a LOGIN FAILED line: no guess was made; the
-brakes count it as a wrong one, or the next attempt's brake would tell it); lines are
+`LOGIN REFUSED (account)`, like popper's, and braked and logged (LOGIN FAILED) as a wrong
+one, or the next attempt's brake or a ban would tell it); lines are
 bounded (POPPASSD_MAX_LINE_OCTETS), every read times out (POPPASSD_TIMEOUT_S), the whole
 dialogue has a deadline (POPPASSD_DEADLINE_S, --deadline), bad commands are counted
 (POPPASSD_MAX_BAD_COMMANDS).

@@ -137,8 +137,9 @@ class PasswordKeeper:
         if verdict == WRONG:
             if not guessed:
                 # The right password, refused by PAM's account step (an expired account):
-                # no guess, so no LOGIN FAILED, as popper logs it (docs/internals.md,
-                # "Failures and policy refusals"); told, timed and braked as one.
+                # this line says why, as popper logs it (docs/internals.md, "Failures and
+                # policy refusals"); told, timed, braked and logged for fail2ban as a wrong
+                # one, or a ban coming one attempt late would tell it.
                 self.log(syslog.LOG_NOTICE, account_line(user, self.brake_method,
                                                          self.client_ip, reason))
             # Counted from the check's start, not from PAM's answer: a blocked account (no
@@ -146,8 +147,7 @@ class PasswordKeeper:
             # the fixed delay, or the user name's brake when that is longer - PAM's owed
             # failure delay (an account refusal; a name NSS does not know) included.
             self.brakes.wait_as_wrong_guess(result, self.client_ip, user, self.brake_method,
-                                            limits.POPPASSD_FAILURE_DELAY_S, guess=guessed,
-                                            since=started)
+                                            limits.POPPASSD_FAILURE_DELAY_S, since=started)
         return verdict
 
     def _check_old_password(self, user: str,

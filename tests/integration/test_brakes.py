@@ -153,10 +153,9 @@ def test_while_a_wrong_guess_is_answered_the_address_is_held(tmp_path):
 
 
 def test_a_refusal_answered_as_a_wrong_guess_counts_and_holds_as_one(tmp_path):
-    """note_failure(guess=False), for the right password of an expired account: it takes as
-    long as a wrong guess, holds the address and counts as one would (else a guesser with two
-    connections, or the next attempt's brake, could tell it apart), but logs no LOGIN
-    FAILED."""
+    """note_failure, for the right password of an expired account too: it takes as long as
+    a wrong guess, holds the address, counts and logs as one would (else a guesser with two
+    connections, the next attempt's brake, or a ban could tell it apart)."""
     now = [1_000_000.0]
     path = str(tmp_path / "b.sqlite")
     braked(path, lambda: now[0])
@@ -167,8 +166,9 @@ def test_a_refusal_answered_as_a_wrong_guess_counts_and_holds_as_one(tmp_path):
     first.hold_address("192.0.2.4", lambda s: None)
     log.clear()                                         # the hold's own line
     now[0] += bound
-    answer_in = first.note_failure("192.0.2.4", "kim", "USER", 0, guess=False)
-    assert answer_in == brake - bound and log == []
+    answer_in = first.note_failure("192.0.2.4", "kim", "USER", 0)
+    assert answer_in == brake - bound and len(log) == 1 and log[0].startswith(
+        "LOGIN FAILED, user=kim, method=USER, ip=[192.0.2.4], failures=13, ")
     now[0] += 1
     slept = []
     second = Brakes(path, 30, lambda p, t: None, clock=lambda: now[0])

@@ -407,11 +407,12 @@ def test_man_page_matches_the_program():
     assert f"(default: {poppassd.DEFAULT_PAM_SERVICE})" in text
 
 
-def test_the_right_password_of_an_expired_account_is_no_failed_guess(service, system_users):
+def test_the_right_password_of_an_expired_account_is_answered_and_logged_as_a_wrong_one(
+        service, system_users):
     """An expired account (usermod -e) with its right old password: the client is told what
-    a wrong password is told, after as long, but the log says `LOGIN REFUSED (account)`, as
-    popper's does, not `LOGIN FAILED`: no guess was made, so the fail2ban filter must not
-    count it (a user retrying the right password would ban their own address from POP too)."""
+    a wrong password is told, after as long; the log says why (`LOGIN REFUSED (account)`, as
+    popper's does), and has the `LOGIN FAILED` line a wrong password gets, which fail2ban
+    counts: else a ban coming one attempt late would tell the password was right."""
     expired = system_users.create("pp", account_expired=True)
     with service.connect() as c:
         assert c.say(f"user {expired.name}") == b"200 Your password please."
@@ -425,8 +426,8 @@ def test_the_right_password_of_an_expired_account_is_no_failed_guess(service, sy
                                  r".*\(13\)")
     service.site.syslog.wait_for(rf'password change for "{expired.name}" from 127\.0\.0\.1 '
                                  r"refused: PAM service .*")
-    assert not [text for text in service.site.syslog.texts()
-                if text.startswith("LOGIN FAILED") and expired.name in text]
+    service.site.syslog.wait_for(rf"LOGIN FAILED, user={expired.name}, method=poppassd, "
+                                 r"ip=\[127\.0\.0\.1\], failures=1, .*")
 
 
 def test_an_expired_password_can_be_changed(service, system_users):

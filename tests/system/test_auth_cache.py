@@ -243,11 +243,12 @@ def test_a_wrong_password_is_remembered_for_the_negative_ttl_and_still_braked(
     assert counted.count("auth", user) == 3
 
 
-def test_an_account_expired_since_its_password_was_remembered_is_no_failure(
+def test_an_account_expired_since_its_password_was_remembered_is_refused_as_without_cache(
         make_site, counted, system_users):
     """A hit skips the password step; the account step, asked afresh, refuses: the password
     was right all the same, so the refusal is `LOGIN REFUSED (account)` as without the
-    cache, not a failed login (docs/internals.md, "Failures and policy refusals")."""
+    cache, answered and logged as a wrong password (docs/internals.md, "Failures and policy
+    refusals")."""
     site = make_site(**cached())
     user = user_with_spool(site, system_users)
     server = site.server()
@@ -261,7 +262,7 @@ def test_an_account_expired_since_its_password_was_remembered_is_no_failure(
     # (tests/system/test_pam_fail_delay.py); the password step is not asked again
     assert counted.count("auth", user) == 1 and counted.count("account", user) == 2
     site.syslog.wait_for(rf"LOGIN REFUSED \(account\), user={user.name}, .*\(13\)")
-    assert not [text for text in site.syslog.texts() if text.startswith("LOGIN FAILED")]
+    site.syslog.wait_for(rf"LOGIN FAILED, user={user.name}, method=USER, .*failures=1, .*")
 
 
 def test_hup_empties_the_cache_and_the_log_holds_only_counts(make_site, counted, system_users):

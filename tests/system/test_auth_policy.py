@@ -186,11 +186,11 @@ def test_expired_or_locked_account_is_refused_with_the_right_password(system_use
     assert error.code is RespCode.AUTH
     reasons = " ".join(log.texts())
     if state == "account_expired":
-        # PAM's password step said yes: no guess (docs/internals.md, "Failures and policy
-        # refusals"), but answered as one: only an expired password is told
+        # PAM's password step said yes (docs/internals.md, "Failures and policy refusals"),
+        # but answered and logged as a wrong guess: only an expired password is told
         assert error.text == f'Password supplied for "{user.name}" is incorrect.'
         assert "LOGIN REFUSED (account)" in reasons and "expired" in reasons
-        assert "LOGIN FAILED" not in reasons
+        assert "LOGIN FAILED" in reasons
     else:
         # usermod -L: the password step itself refuses
         assert error.text == f'Password supplied for "{user.name}" is incorrect.'
@@ -203,7 +203,7 @@ def test_an_expired_account_s_right_password_waits_as_long_as_a_wrong_one(system
     """Answered as a wrong guess, the refusal also takes as long as one (the failure delay,
     and a user name's brake), or the quick answer would tell the password was right; and it
     is counted as one, or the next attempt's brake would tell it (docs/operations.md,
-    "An expired account or password"). Only its log line is no LOGIN FAILED."""
+    "An expired account or password"); and logged as one (LOGIN FAILED), or a ban would."""
     user = system_users.create(password="pw-ok", account_expired=True)
     log = Log()
     auth = Authenticator(config(pam_service=pam_service, auth_failure_delay=3,
@@ -214,7 +214,7 @@ def test_an_expired_account_s_right_password_waits_as_long_as_a_wrong_one(system
     wrong = refused(lambda: auth.check_password(user.name, "nope", CLIENT_IP))
     assert right.render() == wrong.render()
     assert waits == [3.0, 3.0]
-    assert sum(text.startswith("LOGIN FAILED") for text in log.texts()) == 1
+    assert sum(text.startswith("LOGIN FAILED") for text in log.texts()) == 2
 
     # Two brakes files with the same history, far enough past the user name's free failures
     # that its brake outgrows the failure delay (0.25 s doubling): twice the right password

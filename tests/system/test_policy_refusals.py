@@ -134,12 +134,13 @@ def test_a_trusted_network_is_never_braked(site):
     assert waits[-1].startswith(f"brute-force brake: 127.0.0.6 waits {bound:.2f}s "), waits
 
 
-def test_a_right_password_on_an_expired_account_is_no_failure(site, system_users):
+def test_a_right_password_on_an_expired_account_is_logged_as_refused_by_the_account_step(
+        site, system_users):
     """PAM's password step says yes, its account step no (an expired account, an expired
-    password): not a guess. Each is logged `LOGIN REFUSED (account)` with PAM's reason, never
-    `LOGIN FAILED`; only the expired password is told as such, and costs no brake; the
-    expired account is answered as a wrong guess, and braked as one (which tells a guesser
-    nothing); a wrong password for the same account is a failure."""
+    password). Each is logged `LOGIN REFUSED (account)` with PAM's reason; only the expired
+    password is told as such, and costs no brake and no `LOGIN FAILED`; the expired account
+    is answered, braked and logged (`LOGIN FAILED` too) as a wrong guess, which tells a
+    guesser nothing."""
     source = "127.0.0.7"
     gone = system_users.create("dx", account_expired=True)
     stale = system_users.create("dp", password_expired=True)
@@ -159,7 +160,8 @@ def test_a_right_password_on_an_expired_account_is_no_failure(site, system_users
                for t in account) == 3, account
     assert sum(f"user={stale.name}," in t and t.endswith("(12)") for t in account) == 3
     failed, policy, waits = lines_about(site, source)
-    assert len(failed) == 1 and policy == [] and waits == [], (failed, policy, waits)
+    assert len(failed) == 4 and policy == [] and waits == [], (failed, policy, waits)
+    assert all(f"user={gone.name}," in t for t in failed), failed
     assert not [t for t in texts if "Failed attempted login to " + stale.name in t]
     assert ("address", source, 4) in address_rows(site, source)
     assert address_rows(site, stale.name) == []
@@ -188,16 +190,13 @@ def test_an_account_refusal_raises_the_brakes_as_a_wrong_password_does(site, sys
     assert guessed == (sorted([("address", attempts), ("held", 0), ("user", attempts)]),
                        attempts - (FREE + 1)), guessed
     assert brakes_state(site, right_from, gone.name) == guessed
-    # still no failed login for fail2ban: the password was right
-    assert not [t for t in site.syslog.texts() if t.startswith("LOGIN FAILED")
-                and f"ip=[{right_from}]" in t]
 
 
 def test_an_expired_account_from_a_braked_address_holds_it_like_a_wrong_guess(site):
     """From an address whose brake is above the bounded wait, the right password of an
     expired account is answered as a wrong guess after as long a wait, and the address is
     held for that wait as after a wrong guess (a guesser's second connection could otherwise
-    tell the two apart), and counted as one; still no LOGIN FAILED."""
+    tell the two apart), and counted and logged as one."""
     source = "127.0.0.31"
     for n in range(FREE + 3):                # the brake grows to 1 s (auth-brakes-max-delay)
         user_pass(site, source, f"qptnobody{n}", "guess")
@@ -207,15 +206,15 @@ def test_an_expired_account_from_a_braked_address_holds_it_like_a_wrong_guess(si
     rows = address_rows(site, source)
     assert ("held", source, 0) in rows and ("address", source, FREE + 4) in rows, rows
     site.syslog.wait_for(rf"LOGIN REFUSED \(account\), user={site.eve.name}, .*")
-    assert not [t for t in site.syslog.texts()
-                if t.startswith(f"LOGIN FAILED, user={site.eve.name},")]
+    site.syslog.wait_for(rf"LOGIN FAILED, user={site.eve.name}, .*failures={FREE + 4}, .*")
 
 
 def test_an_account_pam_access_bars_answers_its_right_password_as_a_wrong_one(system_users,
                                                                               world_tmp):
     """An account the site keeps out of POP with pam_access (an administrator's): PAM's
     account step refuses after the right password, which is logged LOGIN REFUSED (account),
-    but answered with the wrong password's text and braked as a wrong password, so POP is no
+    but answered with the wrong password's text, braked and logged (LOGIN FAILED) as a wrong
+    password, so POP is no
     way to guess that account's password (docs/operations.md, "An expired account or
     password")."""
     from tests.helpers.messages import mbox
@@ -240,10 +239,31 @@ def test_an_account_pam_access_bars_answers_its_right_password_as_a_wrong_one(sy
                                       f'incorrect.\r\n').encode()
             barred.syslog.wait_for(rf"LOGIN REFUSED \(account\), user={admin.name}, "
                                    rf"method=USER, ip=\[127\.0\.0\.21\], .*")
-            barred.syslog.wait_for(rf"LOGIN FAILED, user={admin.name}, .*ip=\[127\.0\.0\.22\].*")
-            assert not [t for t in barred.syslog.texts()
-                        if t.startswith("LOGIN FAILED") and "127.0.0.21" in t]
+            for source in ("21", "22"):
+                barred.syslog.wait_for(rf"LOGIN FAILED, user={admin.name}, method=USER, "
+                                       rf"ip=\[127\.0\.0\.{source}\], failures=1, .*")
             assert [row[::2] for row in address_rows(barred, "127.0.0.21")] == \
                    [row[::2] for row in address_rows(barred, "127.0.0.22")] == [("address", 1)]
         finally:
             barred.close()
+
+
+def test_what_fail2ban_counts_does_not_tell_an_account_refusal_from_a_wrong_password(
+        site, system_users):
+    """A guesser's view through fail2ban (maxretry N: banned after N `LOGIN FAILED` lines
+    from its address): the same replies, the same waits, the same brakes; the lines fail2ban
+    counts should be alike too, or the one attempt that does not bring the ban nearer is the
+    right password of an account PAM's account step bars from POP (docs/operations.md, "An
+    expired account or password": "cannot have its password guessed through POP")."""
+    right_from, wrong_from = "127.0.0.51", "127.0.0.52"
+    gone = system_users.create("df", account_expired=True)
+    for source, password in ((right_from, gone.password), (wrong_from, "guess")):
+        assert user_pass(site, source, gone.name, password) == (
+            f'-ERR [AUTH] Password supplied for "{gone.name}" is incorrect.\r\n').encode()
+    site.syslog.wait_for(rf"LOGIN FAILED, user={gone.name}, .*ip=\[{wrong_from}\], .*")
+    site.syslog.wait_for(rf"LOGIN REFUSED \(account\), user={gone.name}, .*ip=\[{right_from}\].*")
+
+    def counted(source):
+        return len([t for t in site.syslog.texts()
+                    if t.startswith("LOGIN FAILED") and f"ip=[{source}]" in t])
+    assert counted(right_from) == counted(wrong_from)
