@@ -137,9 +137,10 @@ class PasswordKeeper:
         if verdict == WRONG:
             if not guessed:
                 # The right password, refused by PAM's account step (an expired account):
-                # this line says why, as popper logs it (docs/internals.md, "Failures and
-                # policy refusals"); told, timed, braked and logged for fail2ban as a wrong
-                # one, or a ban coming one attempt late would tell it.
+                # this line says why, as popper logs it
+                # (docs/internals.md, "Failures and policy refusals");
+                # told, timed, braked and logged for fail2ban as a wrong one, or a ban
+                # coming one attempt late would tell it.
                 self.log(syslog.LOG_NOTICE, account_line(user, self.brake_method,
                                                          self.client_ip, reason))
             # Counted from the check's start, not from PAM's answer: a blocked account (no
