@@ -61,24 +61,27 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
          "to the store's users; set store-mechanisms = on once their secrets are in the store",
          "A warning at start-up, reload and --check-config: the store is there but unused "
          "(docs/internals.md, \"Store mechanisms\")."),
-        ("health checks fail: spool-dir * is on another device than at start-up or the "
-         "last reload (a mount gone?); the balancer is answered -ERR",
-         "A health check of a proxy-protocol listener found spool-dir's mount point without "
-         "what was mounted there (an NFS mount gone): it and every check after it are "
-         "answered -ERR [SYS/TEMP], so the balancer takes the host out of service; logged "
-         "once, until the state changes (docs/scale-out.md, \"The load balancer\"). A "
-         "reload records the device anew: reload only once the mount is back."),
+        ("health checks fail: spool-dir * is no longer on the file system mounted at *; "
+         "the balancer is answered -ERR",
+         "A health check of a proxy-protocol listener found the mount point recorded at "
+         "start-up or the last reload without what was mounted there (an NFS mount gone "
+         "leaves its empty directory), or another file system mounted on spool-dir: it and "
+         "every check after it are answered -ERR [SYS/TEMP], so the balancer takes the host "
+         "out of service; logged once, until the state changes (docs/scale-out.md, \"The "
+         "load balancer\"). Once the mount is back, under any device number, the checks "
+         "pass again without a reload."),
         ("health checks fail: spool-dir * cannot be examined (*); the balancer is answered "
          "-ERR",
          "As above, spool-dir gone or failing (a stale NFS handle, an I/O error; the error "
          "follows)."),
         ("health checks pass again: spool-dir * is back",
          "The first health check answered +OK after failing ones."),
-        ("spool-dir * is on another device than before the reload; health checks take it "
-         "as it is now (a mount gone?)",
-         "A reload found spool-dir's path on another file system: right after moving the "
-         "spool to a new mount; otherwise the mount is gone and the host answers health "
-         "checks +OK from the empty mount point: mount it again, then reload."),
+        ("spool-dir * is no longer on the file system mounted at * (now: *); health checks "
+         "take it as it is now",
+         "A reload found spool-dir's path on a file system mounted elsewhere (the mount "
+         "points follow; \"/\" is the root file system): right after moving the spool to a "
+         "new mount; otherwise the mount is gone and the host answers health checks +OK "
+         "from the empty mount point: mount it again, then reload."),
         ("spool-dir * is on NFS, but no-atomic-open is off: dot-locks made by two hosts at "
          "once may both succeed; set no-atomic-open (docs/scale-out.md)",
          "A warning at start-up, reload and --check-config: a shared spool needs the link(2) "

@@ -60,18 +60,18 @@ class Master(Lifecycle, Admission):
     def __init__(self, cfg, invocation, listeners: list[socket.socket], log: Logger,
                  notify_systemd: bool = True, reload=None,
                  tls: tls_mod.TlsIdentity | None = None, implicit_tls=(), proxied=(),
-                 spool_device: int | None = None):
+                 spool_mount: str | None = None):
         """`implicit_tls`: the listeners (among `listeners`) that speak TLS from the first
         byte (tls-listen); the others follow tls-support. `proxied`: those whose
         connections begin with a PROXY protocol header (proxy-protocol). `tls`: the context
-        built at start-up, inherited by every child. `spool_device`: spool-dir's device
-        number as the start-up check found it (preflight.CheckedSite), which every health
-        check compares (server/monitor_proxy.py)."""
+        built at start-up, inherited by every child. `spool_mount`: the mount point of
+        spool-dir's file system as the start-up check found it (preflight.CheckedSite), which
+        every health check looks at (server/monitor_proxy.py)."""
         self.cfg = cfg
         self.tls = tls
         self.implicit_tls = set(implicit_tls)
         self.proxied = set(proxied)
-        self.spool_device = spool_device
+        self.spool_mount = spool_mount
         self.spool_health = "ok"                 # what the last health check found
         self.invocation = invocation
         self.reload = reload or self._load_configuration
@@ -289,7 +289,7 @@ class Master(Lifecycle, Admission):
                        client=Client(conn.fileno(), conn.fileno(), conn), tls=self.tls,
                        tls_mode=tls_mode, on_login=tell_master, proxy=proxy,
                        on_client_address=tell_master, on_health_check=tell_master,
-                       spool_device=self.spool_device,
+                       spool_mount=self.spool_mount,
                        notice_fd=logins_w, password_cache=password_cache).run()
 
     # --- children ------------------------------------------------------------------------------
@@ -356,10 +356,10 @@ def run_master(cfg, invocation) -> int:
                                    "in the foreground")
         elif cfg.daemon:
             return _run_daemonized(cfg, invocation, listeners, log, server_tls, implicit_tls,
-                                   proxied, checked.spool_device)
+                                   proxied, checked.spool_mount)
         return Master(cfg, invocation, listeners, log, tls=server_tls,
                       implicit_tls=implicit_tls, proxied=proxied,
-                      spool_device=checked.spool_device).serve()
+                      spool_mount=checked.spool_mount).serve()
     finally:
         for sock in listeners:
             sock.close()
@@ -367,7 +367,7 @@ def run_master(cfg, invocation) -> int:
 
 
 def _run_daemonized(cfg, invocation, listeners, log, server_tls=None, implicit_tls=(),
-                    proxied=(), spool_device=None) -> int:
+                    proxied=(), spool_mount=None) -> int:
     """SysV-style: detach with python-daemon, write the pid file, keep the listeners and the
     syslog socket open across the detach."""
     import daemon
@@ -403,7 +403,7 @@ def _run_daemonized(cfg, invocation, listeners, log, server_tls=None, implicit_t
     try:
         return Master(cfg, invocation, listeners, log, notify_systemd=False, tls=server_tls,
                       implicit_tls=implicit_tls, proxied=proxied,
-                      spool_device=spool_device).serve()
+                      spool_mount=spool_mount).serve()
     finally:
         context.close()
 

@@ -15,7 +15,7 @@ from qpopper.auth import pam as pam_auth
 from qpopper.server import preflight, privsep
 from qpopper.server import tls as tls_mod
 from qpopper.server.listeners import proxy_listeners
-from qpopper.server.monitor_proxy import ANOTHER_DEVICE
+from qpopper.server.monitor_proxy import MOUNT_GONE
 from qpopper.server.session import tls_mode_for_listen_port
 from qpopper.log import Logger
 
@@ -57,17 +57,20 @@ class Lifecycle:
             self.log(syslog.LOG_ERR, f"reload failed, keeping the running configuration: {exc}")
         else:
             self._replace_log(new_log)
+            before = self.spool_mount
             moved = (new_cfg.spool_dir == self.cfg.spool_dir
-                     and None not in (self.spool_device, checked.spool_device)
-                     and checked.spool_device != self.spool_device)
+                     and None not in (before, checked.spool_mount)
+                     and checked.spool_mount != before)
             self.cfg = new_cfg
             self.proxied = set(proxied)     # which listeners read a PROXY header, from now on
-            self.spool_device = checked.spool_device     # the health checks' from now on
+            self.spool_mount = checked.spool_mount     # the health checks' from now on
             if moved:
-                # a mount gone at the reload would now pass every check: say so
-                self.log(syslog.LOG_WARNING, f"spool-dir {new_cfg.spool_dir} is on another "
-                                             "device than before the reload; health checks "
-                                             "take it as it is now (a mount gone?)")
+                # a mount gone at the reload would now pass every check: say so (a mount
+                # that came back under a new device number is the same mount point: quiet)
+                self.log(syslog.LOG_WARNING, f"spool-dir {new_cfg.spool_dir} is no longer "
+                                             f"on the file system mounted at {before} (now: "
+                                             f"{checked.spool_mount}); health checks take it "
+                                             f"as it is now")
             if self.tls is not None:
                 self.tls.close()           # running sessions keep their own copies
             self.tls = new_tls
@@ -79,20 +82,20 @@ class Lifecycle:
         self._notify("READY=1\nSTATUS=accepting connections")
 
     def spool_health_found(self, state: str) -> None:
-        """A health check's notice (server/monitor_proxy.py): "ok", ANOTHER_DEVICE
-        (spool-dir on another device than recorded) or the errno name of a failed stat.
-        Logged when it changes, not at every check (HAProxy's come every 2 s)."""
-        if state == self.spool_health or not (state in ("ok", ANOTHER_DEVICE)
+        """A health check's notice (server/monitor_proxy.py): "ok", MOUNT_GONE (spool-dir
+        no longer on the file system mounted at the recorded mount point) or the errno name
+        of a failed stat. Logged when it changes, not at every check (HAProxy's come every 2 s)."""
+        if state == self.spool_health or not (state in ("ok", MOUNT_GONE)
                                                or state in errno.errorcode.values()):
             return
         self.spool_health = state
         path = self.cfg.spool_dir
         if state == "ok":
             self.log(syslog.LOG_NOTICE, f"health checks pass again: spool-dir {path} is back")
-        elif state == ANOTHER_DEVICE:
-            self.log(syslog.LOG_WARNING, f"health checks fail: spool-dir {path} is on another "
-                                         f"device than at start-up or the last reload (a "
-                                         f"mount gone?); the balancer is answered -ERR")
+        elif state == MOUNT_GONE:
+            self.log(syslog.LOG_WARNING, f"health checks fail: spool-dir {path} is no longer "
+                                         f"on the file system mounted at {self.spool_mount}; "
+                                         f"the balancer is answered -ERR")
         else:
             self.log(syslog.LOG_WARNING, f"health checks fail: spool-dir {path} cannot be "
                                          f"examined ({os.strerror(getattr(errno, state))}); "

@@ -105,7 +105,7 @@ class Monitor(AuthenticationProcess, BecomingTheSession, ProxiedConnection):
     def __init__(self, cfg, log, *, hostname: str, peer, client: Client, tls=None,
                  tls_mode: str | None = None, on_login=None, notice_fd: int | None = None,
                  proxy=None, on_client_address=None, password_cache=None,
-                 spool_device: int | None = None, on_health_check=None):
+                 spool_mount: str | None = None, on_health_check=None):
         """`tls`: the master's tls.TlsIdentity (open files, never read here). `on_login()`:
         called once the user session runs (the master's logged-in notice). `notice_fd`:
         the master's notice pipe, which `on_login` and `on_client_address` write; it is
@@ -114,8 +114,8 @@ class Monitor(AuthenticationProcess, BecomingTheSession, ProxiedConnection):
         trusted proxy networks when the connection begins with a PROXY header (the
         pre-login process reads it; `on_client_address(ip)` then tells the master).
         `password_cache`: the authenticator's handle on the authentication cache
-        (auth/password_cache.py), or None. `spool_device`: spool-dir's device number as the
-        master found it (start-up, reload), which a health check's must match;
+        (auth/password_cache.py), or None. `spool_mount`: the mount point of spool-dir's file
+        system as the master found it (start-up, reload), which a health check looks at;
         `on_health_check("spool-dir", state)` tells the master what a health check found
         (server/monitor_proxy.py)."""
         self.cfg = cfg
@@ -133,7 +133,7 @@ class Monitor(AuthenticationProcess, BecomingTheSession, ProxiedConnection):
         self.on_login = on_login
         self.notice_fd = notice_fd
         self.password_cache = password_cache
-        self.spool_device = spool_device
+        self.spool_mount = spool_mount
         self.on_health_check = on_health_check
         self.authenticator: Authenticator | None = None
         self.apop_timestamp: str | None = None

@@ -1,8 +1,8 @@
 """A connection behind a load balancer: the PROXY header read by the pre-login process and
 checked here (only from a trusted peer, once, before anything else), HAProxy's health checks
-answered without a session (docs/scale-out.md): +OK while spool-dir is there, on the device
-the master found it on at start-up or its last reload; -ERR [SYS/TEMP] when it is not, so
-that the balancer takes a host whose NFS mount is gone out of service. Only the
+answered without a session (docs/scale-out.md): +OK while spool-dir is there, on the file
+system mounted where the master found it at start-up or its last reload; -ERR [SYS/TEMP]
+when it is not, so that the balancer takes a host whose NFS mount is gone out of service. Only the
 authentication process (root) looks at spool-dir; the pre-login process writes the answer
 it is given."""
 
@@ -23,15 +23,17 @@ from qpopper.addresses import in_networks
 from qpopper.server import prelogin
 from qpopper.server.children import ProtocolViolation
 from qpopper.pop3.responses import RespCode, err
+from qpopper.spool.mounts import off_its_mount
 
 HEALTH_CHECK_REPLY = b"+OK POP3 server ready (health check)\r\n"
 HEALTH_CHECK_SUFFIX = " (health check)"
-ANOTHER_DEVICE = "device"
-"""The state a health check reports to the master when spool-dir is on another device than
-recorded (an NFS mount gone leaves its empty mount point); otherwise the errno's name."""
+MOUNT_GONE = "unmounted"
+"""The state a health check reports to the master when spool-dir is no longer on the file
+system mounted where the master found it (an NFS mount gone leaves its empty mount point:
+mounts.off_its_mount); otherwise the errno's name."""
 
 
-def spool_dir_trouble(cfg, recorded_device: int | None) -> tuple[str, str] | None:
+def spool_dir_trouble(cfg, recorded_mount: str | None) -> tuple[str, str] | None:
     """What is wrong with spool-dir for a health check, as (the state word for the master's
     notice, the reply's reason), or None when it is fine. With home-dir-mail there is no
     spool directory to look at: never a trouble. A stat that hangs (a hard NFS mount whose
@@ -40,14 +42,12 @@ def spool_dir_trouble(cfg, recorded_device: int | None) -> tuple[str, str] | Non
     if cfg.home_dir_mail or not cfg.spool_dir:
         return None
     try:
-        st = os.stat(cfg.spool_dir)
+        os.stat(cfg.spool_dir)
+        gone = recorded_mount is not None and off_its_mount(cfg.spool_dir, recorded_mount)
     except OSError as exc:
         return (errno.errorcode.get(exc.errno, "EIO"),
                 f"spool-dir cannot be examined: {exc.strerror}")
-    if recorded_device is not None and st.st_dev != recorded_device:
-        return ANOTHER_DEVICE, ("spool-dir is on another device than at start-up or reload "
-                                "(mount gone?)")
-    return None
+    return (MOUNT_GONE, "spool-dir's mount is gone") if gone else None
 
 
 class ProxiedConnection:
@@ -138,7 +138,7 @@ class ProxiedConnection:
     def _health(self) -> str:
         """A health check's verdict on spool-dir ("" when fine, else the -ERR reply's
         reason), told to the master, which logs when it changes."""
-        trouble = spool_dir_trouble(self.cfg, self.spool_device)
+        trouble = spool_dir_trouble(self.cfg, self.spool_mount)
         if self.on_health_check is not None:
             self.on_health_check("spool-dir", trouble[0] if trouble else "ok")
         return trouble[1] if trouble else ""

@@ -30,7 +30,7 @@ from qpopper.bulletin_records import BULLDB_DIR, BULLDB_FILE
 from qpopper.files import who_else_can_read
 from qpopper.server import prelogin_filter, privsep, sdnotify
 from qpopper.options import BY_NAME
-from qpopper.spool.mounts import directory_on_nfs
+from qpopper.spool.mounts import directory_on_nfs, mount_point_of
 from qpopper.server.listeners import (NO_LISTENER, ListenError, clashing, entry_matcher,
                                       resolve_listeners)
 from qpopper.server import tls as tls_mod
@@ -50,12 +50,13 @@ class PreflightError(Exception):
 class CheckedSite:
     """What the checks passed: the TLS identity (None without TLS), which the caller owns
     (close it when only checking), and the proxy-protocol entries, for the master to match
-    against its bound sockets (listeners.proxy_listeners); spool-dir's device number as the
-    check found it (None with home-dir-mail), which the health checks compare theirs with
-    (server/monitor_proxy.py; docs/scale-out.md, "The load balancer")."""
+    against its bound sockets (listeners.proxy_listeners); the mount point of the file system
+    holding spool-dir as the check found it ("/" for the root's; None with home-dir-mail),
+    which the health checks look at (server/monitor_proxy.py;
+    docs/scale-out.md, "The load balancer")."""
     tls: tls_mod.TlsIdentity | None
     proxy_protocol: tuple[str, ...]
-    spool_device: int | None = None
+    spool_mount: str | None = None
 
 
 def check_site(cfg, log=None, *, match_listen_entries: bool = True,
@@ -81,7 +82,7 @@ def check_site(cfg, log=None, *, match_listen_entries: bool = True,
     check_user_lists(cfg)
     addresses = check_listeners(cfg) if match_listen_entries else ()
     proxied = check_proxy_protocol(cfg, addresses)
-    spool_device = check_directories(cfg)
+    spool_mount = check_directories(cfg)
     warn_of_nfs_without_no_atomic_open(cfg, log)
     check_pid_file(cfg, log, check_only=check_only)
     check_tracefile(cfg)
@@ -94,7 +95,7 @@ def check_site(cfg, log=None, *, match_listen_entries: bool = True,
         raise PreflightError(f"TLS: {_said_where(cfg, str(exc))}") from None
     if identity is not None and log is not None:
         tls_mod.warn_of_a_readable_key(cfg, log)
-    return CheckedSite(identity, proxied, spool_device)
+    return CheckedSite(identity, proxied, spool_mount)
 
 
 def check_kerberos(cfg) -> None:
@@ -385,21 +386,25 @@ def check_brakes_file(cfg) -> None:
                              f"by root only")
 
 
-def check_directories(cfg) -> int | None:
+def check_directories(cfg) -> str | None:
     """spool-dir (unless the spools are in the home directories), temp-dir, cache-dir,
-    bulldir and popbulldir: each an existing directory. Returns spool-dir's device number
-    (None with home-dir-mail)."""
+    bulldir and popbulldir: each an existing directory. Returns the mount point of
+    spool-dir's file system (mounts.mount_point_of; None with home-dir-mail, or when an
+    ancestor cannot be examined)."""
     names = ["temp-dir", "cache-dir", "bulldir", "popbulldir"]
     if not cfg.home_dir_mail:
         names.insert(0, "spool-dir")
-    spool_device = None
+    spool_mount = None
     for name in names:
         path = cfg.get(name)
         if path:
-            st = _directory(cfg, name, path)
+            _directory(cfg, name, path)
             if name == "spool-dir":
-                spool_device = st.st_dev
-    return spool_device
+                try:
+                    spool_mount = mount_point_of(path)
+                except OSError:
+                    pass                    # the health checks then only stat spool-dir
+    return spool_mount
 
 
 def warn_of_nfs_without_no_atomic_open(cfg, log) -> None:

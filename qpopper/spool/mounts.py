@@ -3,7 +3,8 @@ file (/proc/self/fdinfo/<fd>, mnt_id) looked up in /proc/self/mountinfo; no stat
 needed, and right where a device number is not the mount's (overlayfs layers, btrfs
 subvolumes). Used by the spool lock, which must not take flock as well as fcntl on an NFS
 mount, and by the dot-lock, which judges a pid-only lock there by its age alone
-(docs/scale-out.md, "Locks across hosts")."""
+(docs/scale-out.md, "Locks across hosts"). And which mount holds spool-dir, and whether it
+still does, for the health checks (docs/scale-out.md, "The load balancer")."""
 
 from __future__ import annotations
 
@@ -108,3 +109,30 @@ def directory_on_nfs(path: str) -> bool:
         return fs_type_of(fd) in NFS_TYPES
     finally:
         os.close(fd)
+
+
+def mount_point_of(path: str) -> str:
+    """The mount point of the file system that holds the directory `path`: the nearest of it
+    and its ancestors (symbolic links resolved) whose device differs from its parent's; "/"
+    for the root file system. Raises OSError."""
+    here = os.path.realpath(path)
+    while here != "/":
+        parent = os.path.dirname(here)
+        if os.stat(here).st_dev != os.stat(parent).st_dev:
+            return here
+        here = parent
+    return "/"
+
+
+def off_its_mount(path: str, mount_point: str) -> bool:
+    """Whether the directory `path`, found on the file system mounted at `mount_point`
+    (mount_point_of), is on it no longer: `mount_point` is no mount point now (what was
+    mounted there is gone, its empty directory left), or another file system is mounted on
+    `path` or between the two. Judged by the mounts, not by device numbers, which a file
+    system gets anew at each mount: an NFS mount that comes back is fine again. Raises
+    OSError."""
+    if mount_point == "/":
+        return False
+    device = os.stat(mount_point).st_dev
+    return (device == os.stat(os.path.dirname(mount_point)).st_dev
+            or os.stat(path).st_dev != device)

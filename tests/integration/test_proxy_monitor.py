@@ -19,6 +19,7 @@ from qpopper.config import Config
 from qpopper.log import ForwardedRecords
 from qpopper.server.listeners import ListenError, bind_listeners, proxy_listeners
 from qpopper.server.preflight import PreflightError, check_listeners, check_proxy_protocol
+from qpopper.spool.mounts import mount_point_of
 from tests.server_harness import POPPER, free_port, prelogin_args
 
 TRUSTED = parse_networks("127.0.0.1/32, 10.0.0.0/8")
@@ -32,13 +33,13 @@ class Sink(list):
         pass
 
 
-def monitor(peer=("127.0.0.1", 5000), proxy=TRUSTED, cfg=None, spool_device=None):
+def monitor(peer=("127.0.0.1", 5000), proxy=TRUSTED, cfg=None, spool_mount=None):
     reported = []
     mon = monitor_mod.Monitor(cfg or Config.defaults(), Sink(), hostname="test.host", peer=peer,
                               client=monitor_mod.Client(-1, -1, None), proxy=proxy,
                               on_client_address=reported.append,
                               on_health_check=lambda *words: reported.append(words),
-                              spool_device=spool_device)
+                              spool_mount=spool_mount)
     return mon, reported
 
 
@@ -97,20 +98,23 @@ def health_check(**kwargs) -> tuple[str, list]:
 
 def test_a_health_check_ends_the_requests(tmp_path):
     cfg = Config.defaults().replace(spool_dir=str(tmp_path))
-    device = os.stat(tmp_path).st_dev
-    assert health_check(cfg=cfg, spool_device=device) == ("", [("spool-dir", "ok")])
+    mount = mount_point_of(str(tmp_path))
+    assert health_check(cfg=cfg, spool_mount=mount) == ("", [("spool-dir", "ok")])
 
 
 def test_a_health_check_looks_at_spool_dir(tmp_path):
-    """docs/scale-out.md, "The load balancer": gone, or on another device than
-    the master recorded, is -ERR; with home-dir-mail there is no spool directory to look at."""
+    """docs/scale-out.md, "The load balancer": gone, or no longer on the file system mounted
+    where the master found it, is -ERR; with home-dir-mail there is no spool directory to
+    look at."""
     gone = Config.defaults().replace(spool_dir=str(tmp_path / "gone"))
     assert health_check(cfg=gone) == ("spool-dir cannot be examined: No such file or directory",
                                       [("spool-dir", "ENOENT")])
     here = Config.defaults().replace(spool_dir=str(tmp_path))
-    device = os.stat(tmp_path).st_dev
-    assert health_check(cfg=here, spool_device=device + 1)[1] == [("spool-dir", "device")]
-    assert health_check(cfg=gone.replace(home_dir_mail=".mail"), spool_device=device + 1) \
+    # recorded as a mount point, tmp_path is none now: what an NFS mount gone leaves
+    assert health_check(cfg=here, spool_mount=str(tmp_path)) \
+        == ("spool-dir's mount is gone", [("spool-dir", "unmounted")])
+    assert health_check(cfg=here, spool_mount="/")[1] == [("spool-dir", "ok")]
+    assert health_check(cfg=gone.replace(home_dir_mail=".mail"), spool_mount=str(tmp_path)) \
         == ("", [("spool-dir", "ok")])
 
 
