@@ -108,6 +108,14 @@ def test_service_units_are_notify_masters_with_reload():
         assert unit(name)["Install"]["WantedBy"] == "multi-user.target"
 
 
+def test_units_that_run_popper_start_after_the_remote_file_systems():
+    """spool-dir on NFS: a popper started before its mount would take the empty mount point
+    for the spool, and its health checks answer +OK from it (docs/scale-out.md, "The load
+    balancer")."""
+    for name in (*SERVICES, *SOCKETS.values()):
+        assert "remote-fs.target" in unit(name)["Unit"]["After"].split(), name
+
+
 def test_socket_units_pair_with_their_template_and_conflict_with_the_master():
     ports = {"qpopper.socket": "110", "qpopper-tls.socket": "995"}
     for name, template in SOCKETS.items():
