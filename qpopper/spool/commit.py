@@ -276,7 +276,8 @@ class CommitEngine:
             elif size < image_len:
                 eof = min(spool_len, size)               # not extended yet
             elif (image_len > spool_len and os.pread(spool, 1, spool_len) == b"\0"
-                  and extension_is_ours(spool, image, spool_len + 1, image_len)):
+                  and extension_is_ours(spool, image, spool_len + 1, image_len,
+                                        lock.refresh_if_due)):
                 eof = image_len                          # extended, partly written
             elif image_len == spool_len:
                 eof = image_len
@@ -307,22 +308,32 @@ class CommitEngine:
         self.finish()
 
 
-def extension_is_ours(spool: int, image: int, start: int, end: int) -> bool:
+def extension_is_ours(spool: int, image: int, start: int, end: int,
+                      refresh: Callable[[], object] = lambda: None) -> bool:
     """After the extension's NUL at Z: is [Z+1, L) what our extension leaves there, each
     octet the image's or still the zero fill? A NUL at Z alone does not tell: an older
     build's half bulletin appended at Z starts with one too, and mail follows it
-    (docs/maildrop.md, "The commit engine")."""
+    (docs/maildrop.md, "The commit engine"). Compared a chunk, then a page, at a time; only
+    a page that is neither the image's nor zeros (the one the crash cut) octet by octet.
+    `refresh`: the spool lock's, as the copies call it."""
     pos = start
     while pos < end:
         n = min(limits.COPY_CHUNK_OCTETS, end - pos)
         ours, theirs = os.pread(spool, n, pos), os.pread(image, n, pos)
         if len(ours) != n:
             return False
-        if ours != theirs and ours.count(0) != n:    # written, or not yet: whole chunks
-            if any(x != y and x != 0 for x, y in zip(ours, theirs)):
-                return False
+        if ours != theirs and ours.count(0) != n:
+            for at in range(0, n, _PAGE):
+                page, want = ours[at:at + _PAGE], theirs[at:at + _PAGE]
+                if page != want and page.count(0) != len(page) and any(
+                        x != y and x != 0 for x, y in zip(page, want)):
+                    return False
         pos += n
+        refresh()
     return True
+
+
+_PAGE = 4096
 
 
 def cut_pending(spool: int, size: int, record: dict) -> bool:
