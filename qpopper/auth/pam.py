@@ -272,19 +272,6 @@ def _run(service: str, user: str, password: str, rhost: str | None, *,
     return PamResult(False, code, reason, password_code=password_code, fail_delay_s=drawn)
 
 
-def account_step_outage(service: str, user: str, rhost: str | None, refused: PamResult, *,
-                        check_password_expired: bool = True) -> PamResult | None:
-    """After the password step said no (a wrong password, an unknown name; `refused`): PAM's
-    account step asked alone, when it cannot decide (a system error: its directory is down),
-    else None. After a right password such an account step is answered "try again later";
-    a wrong one must get that answer too, or the answer would tell the password was right
-    (docs/operations.md, "An expired account or password")."""
-    if refused.ok or refused.system_error or refused.password_code == PAM_SUCCESS:
-        return None
-    step = check_account(service, user, rhost, check_password_expired=check_password_expired)
-    return step if step.system_error else None
-
-
 def authenticate(service: str, user: str, password: str, rhost: str | None = None, *,
                  check_password_expired: bool = True) -> PamResult:
     """pam_authenticate + pam_acct_mgmt for `user` through /etc/pam.d/`service`.

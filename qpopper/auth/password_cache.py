@@ -230,11 +230,9 @@ def pam_or_cached(cache: PasswordCache | None, service: str, user: str, uid: int
         # the cache (docs/internals.md, "Failures and policy refusals").
         account = pam_auth.check_account(service, user, rhost,
                                          check_password_expired=check_password_expired)
-        if account.ok or account.password_expired:
+        if account.ok or account.password_expired or account.system_error:
             return replace(account, password_code=pam_auth.PAM_SUCCESS)
-        # Answered as a wrong password (or, when the account step could not decide, as a
-        # wrong password's account step is: auth/pam.account_step_outage), it owes PAM's
-        # failure delay: the remembered one
+        # Answered as a wrong password, it owes PAM's failure delay: the remembered one
         # while a wrong password asked as long ago would still be remembered (and replay
         # its own), PAM asked whole after, as that wrong password would be.
         delay, asked_at = right

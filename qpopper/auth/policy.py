@@ -73,7 +73,6 @@ from qpopper import limits
 from qpopper.log import log_login_line
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.auth import Login, challenges, is_possible_user_name
-from qpopper.auth import pam as pam_auth
 from qpopper.auth.password_cache import PasswordCache, pam_or_cached
 from qpopper.auth.brakes import Brakes
 from qpopper.auth.scram import Verifier
@@ -167,9 +166,6 @@ class Authenticator(PolicyChecks, challenges.GssSteps):
                                account.pw_uid if account else None, password, client_ip,
                                check_password_expired=self._check_password_expired(),
                                negative_ttl_s=self.cfg.auth_cache_negative_ttl or 0)
-        result = pam_auth.account_step_outage(
-            self.cfg.pam_service, user, client_ip, result,
-            check_password_expired=self._check_password_expired()) or result
         # An unknown name is refused as an existing one would be, or the answer would tell
         # the name: during an outage [SYS/TEMP] (_check_pam_said_yes raises it, for every
         # name), else as a wrong password, after the failure delay a password step that

@@ -248,10 +248,6 @@ class PolicyChecks:
         if result.system_error:
             # No guess was judged: not braked, not a failed login. But each one may have
             # cost a directory timeout: it counts towards the connection's cap all the same.
-            # After a right password (the account step could not decide) first the delay a
-            # wrong one waited inside PAM before its own outage answer (account_step_outage).
-            if result.owed_delay_s > 0:
-                self.sleep(result.owed_delay_s)
             self.failures += 1
             raise PopError(PAM_UNAVAILABLE, RespCode.SYS_TEMP,
                            close=self.failures >= limits.MAX_AUTH_FAILURES_PER_CONNECTION,

@@ -149,10 +149,6 @@ class PasswordKeeper:
             # failure delay (an account refusal; a name NSS does not know) included.
             self.brakes.wait_as_wrong_guess(result, self.client_ip, user, self.brake_method,
                                             limits.POPPASSD_FAILURE_DELAY_S, since=started)
-        elif result is not None and result.owed_delay_s > 0:
-            # PAM could not decide after a right password (its account step): the delay a
-            # wrong one waited inside PAM before its own "later" (account_step_outage)
-            time.sleep(result.owed_delay_s)
         return verdict
 
     def _check_old_password(self, user: str,
@@ -181,8 +177,6 @@ class PasswordKeeper:
         # check_password_expired=False: an expired password may (must) be changed.
         result = pam_auth.authenticate(self.pam_service, user, old_password, self.client_ip,
                                        check_password_expired=False)
-        result = pam_auth.account_step_outage(self.pam_service, user, self.client_ip, result,
-                                              check_password_expired=False) or result
         reason = f"PAM service {self.pam_service}: {result.reason} ({result.code})"
         if result.system_error:
             return LATER, reason, False, result

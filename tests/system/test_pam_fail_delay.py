@@ -7,6 +7,7 @@ would come the stack's delay sooner than a wrong guess's and tell the password w
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 import pytest
@@ -15,7 +16,7 @@ from qpopper.auth import pam as pam_auth
 from qpopper.auth.password_cache import RIGHT, pam_or_cached
 from qpopper.auth.policy import Authenticator
 from qpopper.config import Config
-from qpopper.pop3.responses import PopError, RespCode
+from qpopper.pop3.responses import PopError
 from tests.helpers.pam_service import installed_pam_service
 from tests.helpers.sysusers import is_root
 
@@ -280,41 +281,31 @@ def test_a_python_pam_that_skips_the_account_step_is_a_system_error(delayed_serv
         assert result.system_error and result.reason == pam_auth.BYPASSED_WRAPPER, result
 
 
-ACCOUNT_UNDECIDED = (f"auth     required  pam_faildelay.so delay={int(BASE_S * 1e6)}\n"
-                     "auth     required  pam_unix.so nodelay\n"
-                     "account  required  pam_exec.so quiet /bin/false\n")
-"""An account step that cannot decide (pam_exec's PAM_SYSTEM_ERR, as pam_sss or pam_ldap's
-PAM_AUTHINFO_UNAVAIL while their directory is down) after a password step that can."""
-
-
-def test_an_account_step_that_cannot_decide_does_not_tell_the_right_password(system_users,
-                                                                             pam_service):
-    """After a right password such an account step is "try again later"; a wrong password,
-    or an unknown name, gets that answer too (PAM's account step asked alone), and the right
-    one first waits the delay a wrong one waits inside PAM: else the reply, or its time,
-    told the password was right (docs/operations.md, "An expired account or password")."""
-    from qpopper.tools import poppassd_monitor
+def test_a_wrong_password_never_reaches_the_account_step_that_resets_faillock(
+        system_users, tmp_path):
+    """pam_faillock (and pam_tally2) count wrong passwords in the password step and reset
+    the count in the account step: a wrong password must never be followed by the account
+    step, or each POP guess would undo the lockout the site keeps (docs/operations.md, "An
+    expired account or password")."""
+    tally = tmp_path / "faillock"
+    tally.mkdir()
+    option = f"deny=5 dir={tally}"
+    stack = (f"auth     required                    pam_faillock.so preauth {option}\n"
+             "auth     [success=1 default=bad]     pam_unix.so nodelay\n"
+             f"auth     [default=die]               pam_faillock.so authfail {option}\n"
+             f"auth     sufficient                  pam_faillock.so authsucc {option}\n"
+             f"account  required                    pam_faillock.so dir={tally}\n"
+             "account  required                    pam_unix.so\n")
     user = system_users.create(password="pw-right")
-    with installed_pam_service(ACCOUNT_UNDECIDED, tag="au-") as service:
-        assert pam_auth.authenticate(service, user.name, "pw-right").password_code == \
-            pam_auth.PAM_SUCCESS                         # the password step did say yes
-
-        def refusal(name: str, password: str) -> tuple:
-            auth = Authenticator(Config.defaults().replace(
-                pam_service=service, auth_failure_delay=0, pop_auth_file=None,
-                auth_brakes_file=None), lambda priority, text: None)
-            waits: list[float] = []
-            auth.sleep = waits.append
-            with pytest.raises(PopError) as refused:
-                auth.check_password(name, password, "127.0.0.1")
-            return refused.value.code, refused.value.text, waits
-        right, wrong, nobody = (refusal(user.name, "pw-right"), refusal(user.name, "pw-wrong"),
-                                refusal("qptnosuchuser", "pw-wrong"))
-        assert right[:2] == wrong[:2] == nobody[:2] and right[0] is RespCode.SYS_TEMP, right
-        assert len(right[2]) == 1 and 0.5 * BASE_S <= right[2][0] <= 1.5 * BASE_S, right
-        assert wrong[2] == nobody[2] == []               # waited inside PAM
-        keeper = poppassd_monitor.PasswordKeeper(lambda priority, text: None,
-                                                 pam_service=service)
-        for password in ("pw-right", "pw-wrong"):
-            verdict, _, guessed, _ = keeper._check_old_password(user.name, password)
-            assert (verdict, guessed) == (poppassd_monitor.LATER, False), password
+    with installed_pam_service(stack, tag="fl-") as service:
+        auth = Authenticator(Config.defaults().replace(
+            pam_service=service, auth_failure_delay=0, pop_auth_file=None,
+            auth_brakes_file=None), lambda priority, text: None)
+        auth.sleep = lambda seconds: None
+        for _ in range(3):
+            with pytest.raises(PopError):
+                auth.check_password(user.name, "pw-wrong", "127.0.0.1")
+            auth.failures = 0
+        shown = subprocess.run(["faillock", "--dir", str(tally), "--user", user.name],
+                               capture_output=True, text=True, timeout=30, check=True).stdout
+        assert sum(" RHOST " in line for line in shown.splitlines()) == 3, shown
