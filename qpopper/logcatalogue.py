@@ -76,12 +76,15 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
          "follows)."),
         ("health checks pass again: spool-dir * is back",
          "The first health check answered +OK after failing ones."),
-        ("spool-dir * is no longer on the file system mounted at * (now: *); health checks "
-         "take it as it is now",
-         "A reload found spool-dir's path on a file system mounted elsewhere (the mount "
-         "points follow; \"/\" is the root file system): right after moving the spool to a "
-         "new mount; otherwise the mount is gone and the host answers health checks +OK "
-         "from the empty mount point: mount it again, then reload."),
+        ("spool-dir * is no longer on the file system mounted at *; health checks keep "
+         "failing until it is back",
+         "A reload found the mount that held spool-dir gone (its empty mount point left): "
+         "the recorded mount stays, so the health checks keep answering -ERR until it is "
+         "mounted again (docs/scale-out.md, \"The load balancer\")."),
+        ("spool-dir * is now on the file system mounted at * (was: *)",
+         "A reload found spool-dir on another mount, the old one still in place (the spool "
+         "moved to a new mount, or one mounted on it): the health checks judge by the new "
+         "one from now on (\"/\" is the root file system)."),
         ("spool-dir * is on NFS, but no-atomic-open is off: dot-locks made by two hosts at "
          "once may both succeed; set no-atomic-open (docs/scale-out.md)",
          "A warning at start-up, reload and --check-config: a shared spool needs the link(2) "

@@ -17,6 +17,7 @@ from qpopper.server import tls as tls_mod
 from qpopper.server.listeners import proxy_listeners
 from qpopper.server.monitor_proxy import MOUNT_GONE
 from qpopper.server.session import tls_mode_for_listen_port
+from qpopper.spool.mounts import off_its_mount
 from qpopper.log import Logger
 
 KILL_AFTER_TERM_S = 5
@@ -63,14 +64,19 @@ class Lifecycle:
                      and checked.spool_mount != before)
             self.cfg = new_cfg
             self.proxied = set(proxied)     # which listeners read a PROXY header, from now on
-            self.spool_mount = checked.spool_mount     # the health checks' from now on
-            if moved:
-                # a mount gone at the reload would now pass every check: say so (a mount
-                # that came back under a new device number is the same mount point: quiet)
+            if moved and _unmounted(new_cfg.spool_dir, before):
+                # the mount is gone now: taking the empty mount point's file system for the
+                # spool's would pass every check from here on (a mount that came back under
+                # a new device number is the same mount point: not "moved")
                 self.log(syslog.LOG_WARNING, f"spool-dir {new_cfg.spool_dir} is no longer "
-                                             f"on the file system mounted at {before} (now: "
-                                             f"{checked.spool_mount}); health checks take it "
-                                             f"as it is now")
+                                             f"on the file system mounted at {before}; "
+                                             f"health checks keep failing until it is back")
+            else:
+                if moved:                  # spool-dir moved to another mount on purpose
+                    self.log(syslog.LOG_NOTICE, f"spool-dir {new_cfg.spool_dir} is now on "
+                                                f"the file system mounted at "
+                                                f"{checked.spool_mount} (was: {before})")
+                self.spool_mount = checked.spool_mount     # the health checks' from now on
             if self.tls is not None:
                 self.tls.close()           # running sessions keep their own copies
             self.tls = new_tls
@@ -173,3 +179,12 @@ class Lifecycle:
                 os.killpg(pid, signum)
             except ProcessLookupError:
                 pass
+
+
+def _unmounted(spool_dir: str, mount_point: str) -> bool:
+    """Is spool-dir off the file system recorded as mounted at `mount_point` (or not to
+    be examined)?"""
+    try:
+        return off_its_mount(spool_dir, mount_point)
+    except OSError:
+        return True
