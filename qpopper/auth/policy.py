@@ -324,9 +324,10 @@ class Authenticator(PolicyChecks, challenges.GssSteps):
     def _refuse_policy(self, user, client_ip, text, reason,
                        code: RespCode | None = RespCode.AUTH, *, line=policy_line) -> NoReturn:
         """A refusal that no other password would change: its own log line (`line`: the
-        policy line, or account_line; not a failed login: no Qpopper failure line, no
-        `LOGIN FAILED`), no brake, no failure delay; counted towards the connection's cap
-        only. Never returns."""
+        policy line, or account_line), and here no brake, no failure delay, no Qpopper
+        failure line and no `LOGIN FAILED` (an account refusal answered as a wrong password
+        got those from Brakes.wait_as_wrong_guess before); counted towards the connection's
+        cap. Never returns."""
         self.log(syslog.LOG_NOTICE, line(user, self._method, client_ip, reason))
         self.failures += 1
         if self.failures >= limits.MAX_AUTH_FAILURES_PER_CONNECTION:

@@ -66,7 +66,8 @@ def policy_line(user: str, mechanism: str, client_ip: str, reason: str) -> str:
 
 def account_line(user: str, mechanism: str, client_ip: str, reason: str) -> str:
     """Proved credentials that PAM's account step refused (an expired account or password,
-    pam_access, pam_time): no guess, so not `LOGIN FAILED` either (logged at LOG_NOTICE)."""
+    pam_access, pam_time), logged at LOG_NOTICE: why. One answered as a wrong password is
+    logged `LOGIN FAILED` too (Brakes.note_failure); an expired password is not."""
     shown = user.replace(",", "?") or "?"
     return (f"LOGIN REFUSED (account), user={shown}, method={mechanism}, ip=[{client_ip}], "
             f"reason={reason}")
@@ -243,8 +244,9 @@ class PolicyChecks:
         """A PAM stack that could not decide is a system failure, not a wrong password;
         a PAM no is refused with `text` (the log says `what` asked and PAM's reason) as a
         failure, unless the credentials were proved (`proved`: a store secret; or PAM's own
-        password step said yes) and only the account step refused: then it is no guess
-        (docs/internals.md, "Failures and policy refusals")."""
+        password step said yes) and only the account step refused: then it is logged why,
+        and, but for an expired password, answered, waited, braked and logged as a wrong
+        guess (docs/internals.md, "Failures and policy refusals")."""
         if result.system_error:
             # No guess was judged: not braked, not a failed login. But each one may have
             # cost a directory timeout: it counts towards the connection's cap all the same.

@@ -320,7 +320,7 @@ def extension_is_ours(spool: int, image: int, start: int, end: int,
     while pos < end:
         n = min(limits.COPY_CHUNK_OCTETS, end - pos)
         ours, theirs = os.pread(spool, n, pos), os.pread(image, n, pos)
-        if len(ours) != n:
+        if len(ours) != n or len(theirs) != n:
             return False
         if ours != theirs and ours.count(0) != n:
             for at in range(0, n, _PAGE):
