@@ -6,7 +6,6 @@ another file system sits on its mount point (docs/scale-out.md, "The load balanc
 from __future__ import annotations
 
 import contextlib
-import grp
 import os
 import re
 import shutil
@@ -22,7 +21,7 @@ import pytest
 from qpopper import proxy_protocol
 from qpopper.spool.mounts import mount_point_of
 from tests.helpers.scaleout_recipe import ProxiedServer, snippet
-from tests.server_harness import Site, free_port
+from tests.server_harness import Site, free_port, make_spool_dir
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -214,14 +213,6 @@ def test_health_checks_pass_once_the_mount_is_back_under_another_device_number(p
                      (syslog.LOG_WARNING, kept_line(spool, spool))]
 
 
-def spool_dir_in(parent: str) -> str:
-    spool = os.path.join(parent, "spool")
-    os.mkdir(spool)
-    os.chown(spool, 0, grp.getgrnam("mail").gr_gid)
-    os.chmod(spool, 0o2775)
-    return spool
-
-
 def test_health_checks_of_a_spool_dir_inside_a_mounted_file_system(world_tmp, pam_service):
     """spool-dir a directory of the mounted file system, found there at start-up: another
     file system mounted on spool-dir, -ERR; the mount gone (an empty spool directory of the
@@ -233,7 +224,7 @@ def test_health_checks_of_a_spool_dir_inside_a_mounted_file_system(world_tmp, pa
     tmpfs = ["mount", "--make-private", "-t", "tmpfs", "-o", "size=1m", "qpt-spool"]
     subprocess.run([*tmpfs, mount], check=True)
     try:
-        spool = spool_dir_in(mount)
+        spool = make_spool_dir(mount)
         first = os.stat(spool).st_dev
         with proxied(world_tmp, pam_service, spool) as (site, server):
             assert health_check(server) == HEALTHY
@@ -241,11 +232,11 @@ def test_health_checks_of_a_spool_dir_inside_a_mounted_file_system(world_tmp, pa
                 assert health_check(server) == ELSEWHERE
             assert health_check(server) == HEALTHY
             subprocess.run(["umount", mount], check=True)
-            spool_dir_in(mount)                       # the empty mount point's own "spool"
+            make_spool_dir(mount)                       # the empty mount point's own "spool"
             assert health_check(server) == ELSEWHERE
             subprocess.run([*tmpfs, filler], check=True)
             subprocess.run([*tmpfs, mount], check=True)
-            spool_dir_in(mount)
+            make_spool_dir(mount)
             assert os.stat(spool).st_dev != first
             assert health_check(server, 1) == HEALTHY
             wait_count(site, f"health checks pass again: spool-dir {spool} is back", 2)
