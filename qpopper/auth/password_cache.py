@@ -139,21 +139,27 @@ def _delay(text: str) -> float:
     return min(max(value, 0.0), MAX_REMEMBERED_DELAY_S) if math.isfinite(value) else 0.0
 
 
+def stored_count(text: str) -> int | None:
+    """A count the cache stored as text (a time in ns, a PAM code): up to 20 ASCII digits,
+    else None (int() would take other digits, and any length)."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 20 else None
+
+
 def remembered_right(verdict: str | None) -> tuple[float, int] | None:
     """(failure delay, when PAM was asked in monotonic ns) of a remembered right password."""
     if not is_right(verdict):
         return None
     _, delay, asked_at = (verdict.split(" ") + ["", ""])[:3]
-    readable = asked_at.isascii() and asked_at.isdigit() and len(asked_at) <= 20
-    return _delay(delay), int(asked_at) if readable else 0
+    return _delay(delay), stored_count(asked_at) or 0
 
 
 def remembered_refusal(verdict: str | None) -> tuple[int, float] | None:
     """(code, failure delay) of a remembered refusal (verdict_of), or None."""
     code, _, delay = (verdict or "").partition(" ")
-    if not (code.isascii() and code.isdigit()) or int(code) not in REMEMBERED_REFUSALS:
+    number = stored_count(code)
+    if number not in REMEMBERED_REFUSALS:
         return None
-    return int(code), _delay(delay)
+    return number, _delay(delay)
 
 
 @dataclass(frozen=True)

@@ -126,9 +126,9 @@ def _answer_one(sock: socket.socket, table: CacheTable, generation: int) -> None
             except OSError:
                 pass                     # the monitor gave up waiting
         elif current and reply_to is None:
-            asked_at = frame.text(3)
-            if asked_at.isascii() and asked_at.isdigit() and len(asked_at) <= 20:
-                table.put(frame.fields[1], frame.text(2), int(asked_at), now)
+            asked_at = password_cache.stored_count(frame.text(3))
+            if asked_at is not None:
+                table.put(frame.fields[1], frame.text(2), asked_at, now)
     finally:
         if reply_to is not None:
             reply_to.close()
