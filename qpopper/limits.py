@@ -131,6 +131,12 @@ the brake is waited before the answer to a wrong guess (auth/brakes.py)."""
 BRAKE_WINDOW_S = 900
 """A failure is forgotten after this many seconds without another one (15 minutes)."""
 
+ACCOUNT_UNDECIDED_S = 900
+"""After right credentials whose PAM account step could not decide (its directory down),
+every wrong guess is answered as they were, "try again later", for this long, or until a
+login succeeds (auth/brakes.py, Brakes.mark_account_undecided): an outage's polling clients
+renew it, and it covers the time between their polls."""
+
 BRAKE_MAX_ROWS = 10_000
 """The brake table's bound: beyond it the oldest records are dropped (a flood of addresses
 cannot fill the disk under /run)."""

@@ -34,6 +34,16 @@ the /64 of an IPv6 address, since one host may use every address of its /64 and 
 otherwise take a fresh one for each guess. Log lines still show the client's own address.
 (Rows of an older build, keyed by a single IPv6 address, simply expire.)
 
+The file also carries one mark per PAM service: its account step could not decide after right
+credentials (pam_sss or pam_ldap in the `account` stack, their directory down). Those
+credentials are answered "try again later" ([SYS/TEMP]); while the mark lasts
+(limits.ACCOUNT_UNDECIDED_S from the last such answer, or until a login succeeds) every wrong
+guess and every refusal answered as one gets that answer too, so it does not tell a guesser
+that the password was right (docs/operations.md, "When PAM's account step cannot decide").
+The right credentials are waited, counted and held as a wrong guess, without its `LOGIN
+FAILED` line (fail2ban would ban every polling client of the outage). Each connection is a
+process of its own, so the mark must live where they all see it: here.
+
 The same brakes and the same store serve poppassd (tools/poppassd.py): checking an old password
 there is one more way to guess it, so its failures count with the POP server's, and each
 slows the other (the file is `auth-brakes-file` of the same configuration).
@@ -68,13 +78,14 @@ from qpopper.addresses import address_group, in_networks, parse_networks
 ADDRESS = "address"
 USER = "user"
 HELD = "held"            # an address whose wrong guess is being answered: `last` is when
+UNDECIDED = "undecided"  # a PAM service whose account step could not decide: `last` is when
 
 _SCHEMA = """CREATE TABLE IF NOT EXISTS failures (
-                 kind     TEXT NOT NULL,          -- 'address', 'user' or 'held'
+                 kind     TEXT NOT NULL,          -- 'address', 'user', 'held', 'undecided'
                  key      TEXT NOT NULL,
                  count    INTEGER NOT NULL,
                  last     REAL NOT NULL,          -- unix time of the last failure
-                                                  -- ('held': until when)
+                                                  -- ('held', 'undecided': until when)
                  PRIMARY KEY (kind, key))"""
 _BUSY_TIMEOUT_S = 2.0
 
@@ -117,9 +128,10 @@ def _fresh_count(db, kind: str, key: str, now: float) -> int:
     return row[0]
 
 
-def _held_until(db, group: str) -> float:
+def _until(db, kind: str, key: str) -> float:
+    """Until when a HELD or UNDECIDED row lasts; 0 without one."""
     row = db.execute("SELECT last FROM failures WHERE kind = ? AND key = ?",
-                     (HELD, _storable(group))).fetchone()
+                     (kind, _storable(key))).fetchone()
     return row[0] if row else 0.0
 
 
@@ -138,6 +150,7 @@ class Brakes:
         self._brake = 0.0          # the address's brake when its attempt under way began
         self._waited = 0.0         # ... and how much of it hold_address waited
         self._db: sqlite3.Connection | None = None     # the attempt's connection
+        self._undecided: dict[str, float] = {}   # marks this process made: without a file too
 
     @classmethod
     def from_config(cls, cfg, log) -> "Brakes":
@@ -181,7 +194,7 @@ class Brakes:
         if self._brake <= 0:
             return 0.0
         group = address_group(client_ip)
-        held_until = self._with_db(lambda db: _held_until(db, group), default=0.0)
+        held_until = self._with_db(lambda db: _until(db, HELD, group), default=0.0)
         wait = max(min(self._brake, limits.BRAKE_MAX_WAIT_BEFORE_CHECK_S),
                    min(held_until - self.clock(), float(self.max_delay)))
         self.log(syslog.LOG_INFO, f"brute-force brake: {client_ip} waits {wait:.2f}s before "
@@ -191,7 +204,8 @@ class Brakes:
         self._waited = wait
         return wait
 
-    def note_failure(self, client_ip: str, user: str, method: str, base_delay: float) -> float:
+    def note_failure(self, client_ip: str, user: str, method: str, base_delay: float, *,
+                     fail2ban_line: bool = True) -> float:
         """Count one wrong guess and log its fail2ban line; returns the seconds to wait before
         the refusal: the rest of the address's brake that hold_address did not wait, then
         `base_delay` (the service's own failure delay) or the user name's brake when that is
@@ -203,7 +217,9 @@ class Brakes:
         exactly as one, so it tells a guesser nothing, neither by the brake of the next
         attempt from the address, nor by the time the file's write takes, nor by a ban
         that comes one attempt late; the caller adds `LOGIN REFUSED (account)`, which says
-        why (docs/operations.md, "An expired account or password")."""
+        why (docs/operations.md, "An expired account or password").
+        `fail2ban_line` False: right credentials that PAM's account step could not decide
+        (mark_account_undecided): all of it but the `LOGIN FAILED` line."""
         trusted = self.is_trusted(client_ip)
         failures, user_delay = self.record_failure(client_ip, user)
         rest_of_brake = max(0.0, self._brake - self._waited)
@@ -214,13 +230,14 @@ class Brakes:
         self.close()               # the attempt is over: not held open across its delay
         brake_now = 0.0 if trusted else brake_delay(
             failures, limits.BRAKE_FREE_FAILURES_PER_ADDRESS, self.max_delay)
-        self.log(syslog.LOG_NOTICE, failure_log_line(user, method, client_ip, failures,
-                                                     brake_now))
+        if fail2ban_line:
+            self.log(syslog.LOG_NOTICE, failure_log_line(user, method, client_ip, failures,
+                                                         brake_now))
         return delay
 
     def wait_as_wrong_guess(self, result, client_ip: str, user: str, method: str,
                             base_delay: float, *, sleep=time.sleep,
-                            since: float | None = None) -> None:
+                            since: float | None = None, fail2ban_line: bool = True) -> None:
         """Take as long before a refusal as a wrong guess does, after the check: first the
         failure delay PAM's password step drew but did not wait (`result`, a pam.PamResult:
         its owed_delay_s, where that step said yes; None when PAM was not asked), as a wrong
@@ -231,16 +248,47 @@ class Brakes:
         owed = result.owed_delay_s if result is not None else 0.0
         if owed > 0:
             sleep(owed)
-        delay = self.note_failure(client_ip, user, method, base_delay)
+        delay = self.note_failure(client_ip, user, method, base_delay,
+                                  fail2ban_line=fail2ban_line)
         if since is not None:
             delay = since + delay - time.monotonic()
         if delay > 0:
             sleep(delay)
 
-    def record_success(self, user: str) -> None:
+    def mark_account_undecided(self, service: str) -> bool:
+        """PAM `service`'s account step could not decide after right credentials: from now
+        on, for limits.ACCOUNT_UNDECIDED_S, wrong guesses are answered as they are
+        (account_undecided). True when it was not marked yet: the caller says so in the log,
+        once per outage rather than once per login."""
+        until = self.clock() + limits.ACCOUNT_UNDECIDED_S
+        marked_already = self.account_undecided(service)
+        self._undecided[service] = until
+        self._write(lambda db: db.execute("INSERT OR REPLACE INTO failures (kind, key, count, "
+                                          "last) VALUES (?, ?, 0, ?)",
+                                          (UNDECIDED, _storable(service), until)))
+        return not marked_already
+
+    def account_undecided(self, service: str) -> bool:
+        """Is PAM `service`'s account step marked as unable to decide (by any connection)?"""
+        now = self.clock()
+        if self._undecided.get(service, 0.0) > now:
+            return True
+        return self._with_db(lambda db: _until(db, UNDECIDED, service), default=0.0) > now
+
+    def record_success(self, user: str, *, pam_service: str | None = None) -> None:
+        """A login: the user name's failures are forgotten, and `pam_service`'s account
+        step, which has just decided, is no longer marked undecided."""
         self._brake = self._waited = 0.0
-        self._write(lambda db: db.execute("DELETE FROM failures WHERE kind = ? AND key = ?",
-                                          (USER, _storable(user))))
+        if pam_service is not None:
+            self._undecided.pop(pam_service, None)
+
+        def forget(db):
+            db.execute("DELETE FROM failures WHERE kind = ? AND key = ?",
+                       (USER, _storable(user)))
+            if pam_service is not None:
+                db.execute("DELETE FROM failures WHERE kind = ? AND key = ?",
+                           (UNDECIDED, _storable(pam_service)))
+        self._write(forget)
         self.close()
 
     def close(self) -> None:
@@ -252,7 +300,7 @@ class Brakes:
     def _hold(self, group: str, until: float) -> None:
         """The address is being answered a wrong guess until `until` (the later of two)."""
         def hold(db):
-            until_now = max(until, _held_until(db, group))
+            until_now = max(until, _until(db, HELD, group))
             db.execute("INSERT OR REPLACE INTO failures (kind, key, count, last) "
                        "VALUES (?, ?, 0, ?)", (HELD, _storable(group), until_now))
         self._write(hold)

@@ -236,11 +236,12 @@ def pam_or_cached(cache: PasswordCache | None, service: str, user: str, uid: int
         # the cache (docs/internals.md, "Failures and policy refusals").
         account = pam_auth.check_account(service, user, rhost,
                                          check_password_expired=check_password_expired)
-        if account.ok or account.password_expired or account.system_error:
+        if account.ok or account.password_expired:
             return replace(account, password_code=pam_auth.PAM_SUCCESS)
-        # Answered as a wrong password, it owes PAM's failure delay: the remembered one
-        # while a wrong password asked as long ago would still be remembered (and replay
-        # its own), PAM asked whole after, as that wrong password would be.
+        # Answered as a wrong password (a refusal; an account step that cannot decide is
+        # answered as wrong guesses are meanwhile), it owes PAM's failure delay: the
+        # remembered one while a wrong password asked as long ago would still be remembered
+        # (and replay its own), PAM asked whole after, as that wrong password would be.
         delay, asked_at = right
         if time.monotonic_ns() - asked_at < negative_ttl_s * 1e9:
             return replace(account, password_code=pam_auth.PAM_SUCCESS, fail_delay_s=delay)

@@ -78,8 +78,9 @@ from qpopper.auth.brakes import Brakes
 from qpopper.auth.scram import Verifier
 from qpopper.auth.store import (NO_OWNER_UID, DecoyKeyUnusable, PopAuthStore, decoy_key_line,
                                 first_telling_of_decoy_key_fault, store_owner_uid)
-from qpopper.auth.policy_checks import (BAD_DIGEST, BAD_PASSWORD, USER_DB_POP_AUTH, PolicyChecks,
-                                         failure_line, policy_line, store_mechanisms_offered)
+from qpopper.auth.policy_checks import (BAD_DIGEST, BAD_PASSWORD, USER_DB_POP_AUTH,
+                                         USER_DB_SYSTEM, PolicyChecks, failure_line,
+                                         policy_line, store_mechanisms_offered)
 
 class Authenticator(PolicyChecks, challenges.GssSteps):
     """One per session (cheap): `Authenticator(cfg, log)`."""
@@ -309,17 +310,22 @@ class Authenticator(PolicyChecks, challenges.GssSteps):
         """Log, count, wait the failure delay, raise `-ERR [AUTH] text` (already formatted:
         a user name may hold braces). `reason` goes to the log only. `pam_result`: PAM's
         answer, when its password step said yes (a name NSS does not know) and still owes its
-        failure delay (Brakes.wait_as_wrong_guess). Never returns."""
+        failure delay (Brakes.wait_as_wrong_guess). While PAM's account step cannot decide,
+        the answer is right credentials' "try again later" (_wrong_guess_reply). Never
+        returns."""
+        text, code = self._wrong_guess_reply(text)
+        if code is not RespCode.AUTH:
+            reason += " (answered [SYS/TEMP]: PAM's account step cannot decide)"
         self.log(syslog.LOG_NOTICE, failure_line(user, host, client_ip))
         self.log(syslog.LOG_INFO, f'login of "{user}" refused: {reason}')
         self.brakes.wait_as_wrong_guess(pam_result, client_ip, user, self._method,
                                         self.cfg.auth_failure_delay or 0, sleep=self.sleep)
         self.failures += 1
         if self.failures >= limits.MAX_AUTH_FAILURES_PER_CONNECTION:
-            raise PopError(text, RespCode.AUTH, close=True,
+            raise PopError(text, code, close=True,
                            log=f"{client_ip}: {self.failures} failed logins on one "
                                f"connection; closing it")
-        raise PopError(text, RespCode.AUTH)
+        raise PopError(text, code)
 
     def _refuse_policy(self, user, client_ip, text, reason,
                        code: RespCode | None = RespCode.AUTH, *, line=policy_line) -> NoReturn:
@@ -371,7 +377,8 @@ class Authenticator(PolicyChecks, challenges.GssSteps):
             self.log(syslog.LOG_NOTICE, log_login_line(
                 template, user, host, client_ip, authid=(authid or user) if sasl else "",
                 mechanism=mechanism[5:] if sasl else "", ssf=0 if sasl else ""))
-        self.brakes.record_success(user)
+        self.brakes.record_success(user, pam_service=self.cfg.pam_service
+                                   if self.user_database == USER_DB_SYSTEM else None)
         # POP-before-SMTP (docs/compatibility.md, "DRAC"): bounded, logged, never refuses the login. The
         # global drac-host only: per-user option files are read after this point.
         drac.notify_login(self.cfg.drac_host, user, host, client_ip, self.log)

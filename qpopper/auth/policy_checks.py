@@ -73,6 +73,14 @@ def account_line(user: str, mechanism: str, client_ip: str, reason: str) -> str:
             f"reason={reason}")
 
 
+def account_undecided_line(service: str) -> str:
+    """Logged (LOG_WARNING) when right credentials first find PAM's account step unable to
+    decide (Brakes.mark_account_undecided)."""
+    return (f"PAM's account step (service {service}) cannot decide (its directory down?): "
+            f"until a login succeeds, or for {limits.ACCOUNT_UNDECIDED_S} s, failed logins "
+            f"are answered [SYS/TEMP] as right passwords are")
+
+
 def store_mechanisms_offered(cfg) -> bool:
     """store-mechanisms: APOP, CRAM-MD5 and SCRAM are offered (when a store exists) if `on`,
     or if `auto` and the store is the user database (docs/internals.md, "Store mechanisms")."""
@@ -248,8 +256,11 @@ class PolicyChecks:
         and, but for an expired password, answered, waited, braked and logged as a wrong
         guess (docs/internals.md, "Failures and policy refusals")."""
         if result.system_error:
-            # No guess was judged: not braked, not a failed login. But each one may have
-            # cost a directory timeout: it counts towards the connection's cap all the same.
+            if proved or result.password_code == pam_auth.PAM_SUCCESS:
+                self._account_step_undecided(user, client_ip, result)
+            # Else no guess was judged: not braked, not a failed login. But each one may
+            # have cost a directory timeout: it counts towards the connection's cap all the
+            # same.
             self.failures += 1
             raise PopError(PAM_UNAVAILABLE, RespCode.SYS_TEMP,
                            close=self.failures >= limits.MAX_AUTH_FAILURES_PER_CONNECTION,
@@ -265,13 +276,37 @@ class PolicyChecks:
         # guessed through POP; after as long a wait, braked and logged for fail2ban as a
         # wrong guess (else the next attempt's brake, or a ban, would tell them apart).
         if result.code in PASSWORD_EXPIRY_CODES:
-            answer = EXPIRED.format(user=user)
+            answer, code = EXPIRED.format(user=user), RespCode.AUTH
         else:
-            answer = text
+            answer, code = self._wrong_guess_reply(text)
             self.brakes.wait_as_wrong_guess(result, client_ip, user, self._method,
                                             self.cfg.auth_failure_delay or 0,
                                             sleep=self.sleep)
-        self._refuse_policy(user, client_ip, answer, reason, line=account_line)
+        self._refuse_policy(user, client_ip, answer, reason, code, line=account_line)
+
+    def _account_step_undecided(self, user, client_ip, result: pam_auth.PamResult) -> None:
+        """Right credentials, and PAM's account step could not decide (pam_sss, pam_ldap:
+        their directory down). Answered "try again later", as every wrong guess is from now
+        on (Brakes.mark_account_undecided), and first waited, counted and held as a wrong
+        guess, so that neither its time nor the next attempt's brake tells the credentials
+        were right; but not logged `LOGIN FAILED`: the client is not guessing, and fail2ban
+        would ban every client polling through the outage
+        (docs/operations.md, "When PAM's account step cannot decide")."""
+        service = self.cfg.pam_service
+        if self.brakes.mark_account_undecided(service):
+            self.log(syslog.LOG_WARNING, account_undecided_line(service))
+        self.brakes.wait_as_wrong_guess(result, client_ip, user, self._method,
+                                        self.cfg.auth_failure_delay or 0, sleep=self.sleep,
+                                        fail2ban_line=False)
+
+    def _wrong_guess_reply(self, text: str) -> tuple[str, RespCode]:
+        """What a wrong guess, or a refusal answered as one, is told: `text` with [AUTH];
+        while PAM's account step is marked unable to decide (_account_step_undecided),
+        the "try again later" that right credentials get meanwhile."""
+        if (self.user_database == USER_DB_SYSTEM
+                and self.brakes.account_undecided(self.cfg.pam_service)):
+            return PAM_UNAVAILABLE, RespCode.SYS_TEMP
+        return text, RespCode.AUTH
 
     def _check_password_expired(self) -> bool:
         return bool(self.cfg.check_password_expired)

@@ -31,7 +31,7 @@ from qpopper import limits
 from qpopper.auth import is_possible_user_name
 from qpopper.auth import pam as pam_auth
 from qpopper.auth.brakes import Brakes
-from qpopper.auth.policy_checks import account_line
+from qpopper.auth.policy_checks import account_line, account_undecided_line
 from qpopper.log import ForwardedRecords
 from qpopper.server import monitor_wire as wire
 from qpopper.server import privsep
@@ -128,14 +128,27 @@ class PasswordKeeper:
         started = time.monotonic()
         refusal = self._check_old_password(user, old_password)
         if refusal is None:
-            self.brakes.record_success(user)
+            self.brakes.record_success(user, pam_service=self.pam_service)
             self.user, self.old_password = user, old_password
             return RIGHT
         verdict, reason, guessed, result = refusal
+        # The right password, and PAM's account step could not decide: "try again later",
+        # as every wrong guess is told meanwhile; timed, counted and held as one, without
+        # its fail2ban line (popper's policy_checks._account_step_undecided;
+        # docs/operations.md, "When PAM's account step cannot decide").
+        undecided = (verdict == LATER and result is not None
+                     and result.password_code == pam_auth.PAM_SUCCESS)
+        as_wrong_guess = verdict == WRONG or undecided
+        if undecided:
+            if self.brakes.mark_account_undecided(self.pam_service):
+                self.log(syslog.LOG_WARNING, account_undecided_line(self.pam_service))
+        elif verdict == WRONG and self.brakes.account_undecided(self.pam_service):
+            verdict = LATER
+            reason += " (answered [SYS/TEMP]: PAM's account step cannot decide)"
         self.log(syslog.LOG_NOTICE, f'password change for "{user}" from '
                                     f"{self.client_ip} refused: {reason}")
-        if verdict == WRONG:
-            if not guessed:
+        if as_wrong_guess:
+            if not guessed and not undecided:
                 # The right password, refused by PAM's account step (an expired account):
                 # this line says why, as popper logs it
                 # (docs/internals.md, "Failures and policy refusals");
@@ -148,7 +161,8 @@ class PasswordKeeper:
             # the fixed delay, or the user name's brake when that is longer - PAM's owed
             # failure delay (an account refusal; a name NSS does not know) included.
             self.brakes.wait_as_wrong_guess(result, self.client_ip, user, self.brake_method,
-                                            limits.POPPASSD_FAILURE_DELAY_S, since=started)
+                                            limits.POPPASSD_FAILURE_DELAY_S, since=started,
+                                            fail2ban_line=not undecided)
         return verdict
 
     def _check_old_password(self, user: str,

@@ -1,0 +1,197 @@
+"""PAM's account step that cannot decide (pam_sss or pam_ldap in the `account` stack, their
+directory down; here pam_exec failing, PAM_SYSTEM_ERR) after a right password: the answer is
+"try again later", and from then on every wrong guess gets that answer too, through the brakes
+file every connection shares, until a login succeeds; the right password is timed and counted
+as a wrong guess, without its `LOGIN FAILED` line (docs/operations.md, "When PAM's account step
+cannot decide")."""
+
+from __future__ import annotations
+
+import os
+import poplib
+import re
+import sqlite3
+import syslog
+
+import pytest
+
+from qpopper.auth import pam as pam_auth
+from qpopper.auth.brakes import ADDRESS, Brakes
+from qpopper.auth.policy import Authenticator
+from qpopper.auth.policy_checks import PAM_UNAVAILABLE
+from qpopper.config import Config
+from qpopper.pop3.responses import PopError, RespCode
+from qpopper.tools import poppassd_monitor
+from tests.helpers.pam_service import FAST_UNIX, PAM_DIR, installed_pam_service
+from tests.helpers.sysusers import is_root
+from tests.server_harness import Site
+
+pytestmark = [pytest.mark.skipif(not is_root(), reason="needs root: PAM reads /etc/shadow"),
+              pytest.mark.timeout(90)]
+
+BASE_S = 0.4
+"""pam_faildelay's delay: libpam draws each attempt's from 0.5 to 1.5 times it."""
+UNDECIDED = (f"auth     required  pam_faildelay.so delay={int(BASE_S * 1e6)}\n"
+             "auth     required  pam_unix.so nodelay\n"
+             "account  required  pam_exec.so quiet /bin/false\n")
+FAILURE_DELAY = 3
+
+
+class Log:
+    def __init__(self):
+        self.records: list[tuple[int, str]] = []
+
+    def __call__(self, priority, text):
+        self.records.append((priority, text))
+
+    def count(self, pattern: str) -> int:
+        return sum(1 for _, text in self.records if re.fullmatch(pattern, text))
+
+
+@pytest.fixture
+def brakes_file(tmp_path):
+    directory = tmp_path / "brakes"
+    directory.mkdir(mode=0o700)
+    return str(directory / "auth-brakes.sqlite")
+
+
+def attempt(service, brakes_file, log, name, password, client_ip):
+    """One connection's attempt: (code, text, what it waited)."""
+    auth = Authenticator(Config.defaults().replace(
+        pam_service=service, auth_failure_delay=FAILURE_DELAY, pop_auth_file=None,
+        auth_brakes_file=brakes_file), log)
+    waits: list[float] = []
+    auth.sleep = waits.append
+    with pytest.raises(PopError) as refused:
+        auth.check_password(name, password, client_ip)
+    return refused.value.code, refused.value.text, waits
+
+
+def address_failures(brakes_file: str, client_ip: str) -> int:
+    with sqlite3.connect(brakes_file) as db:
+        row = db.execute("SELECT count FROM failures WHERE kind = ? AND key = ?",
+                         (ADDRESS, client_ip)).fetchone()
+    return row[0] if row else 0
+
+
+def test_after_a_right_password_the_account_step_cannot_decide_every_guess_is_told_the_same(
+        system_users, brakes_file):
+    user = system_users.create(password="pw-right")
+    log = Log()
+    with installed_pam_service(UNDECIDED, tag="au-") as service:
+        # before the mark: a wrong password is a wrong password
+        code, text, _ = attempt(service, brakes_file, log, user.name, "pw-wrong", "127.0.0.2")
+        assert code is RespCode.AUTH and "incorrect" in text
+        # the right one: try again later, after what a wrong one waits (PAM's drawn delay,
+        # owed, then auth-failure-delay), counted by the brakes but not LOGIN FAILED
+        code, text, waits = attempt(service, brakes_file, log, user.name, "pw-right",
+                                    "127.0.0.3")
+        assert (code, text) == (RespCode.SYS_TEMP, PAM_UNAVAILABLE)
+        assert len(waits) == 2 and 0.5 * BASE_S <= waits[0] <= 1.5 * BASE_S, waits
+        assert waits[1] == FAILURE_DELAY, waits
+        assert address_failures(brakes_file, "127.0.0.3") == 1
+        assert log.count(r"LOGIN FAILED, user=.*ip=\[127\.0\.0\.3\].*") == 0
+        assert log.count(r"PAM's account step \(service qpt-au-\w+\) cannot decide .*") == 1
+        # from now on, from any connection: a wrong password, an unknown name, the right
+        # password again, all told the same; the wrongs waited inside PAM and are LOGIN FAILED
+        answers = [attempt(service, brakes_file, log, name, password, ip)
+                   for name, password, ip in ((user.name, "pw-wrong", "127.0.0.4"),
+                                              ("qptnosuchuser", "pw-wrong", "127.0.0.5"),
+                                              (user.name, "pw-right", "127.0.0.6"))]
+        assert [answer[:2] for answer in answers] == [(RespCode.SYS_TEMP, PAM_UNAVAILABLE)] * 3
+        assert answers[0][2] == answers[1][2] == [FAILURE_DELAY]
+        assert log.count(r"LOGIN FAILED, user=.*ip=\[127\.0\.0\.[45]\].*") == 2
+        assert log.count(r"PAM's account step .* cannot decide .*") == 1     # once an outage
+        # the directory is back: the first login that succeeds ends the mark
+        with open(os.path.join(PAM_DIR, service), "w") as f:
+            f.write(FAST_UNIX)
+        auth = Authenticator(Config.defaults().replace(
+            pam_service=service, auth_failure_delay=0, pop_auth_file=None,
+            auth_brakes_file=brakes_file), log)
+        assert auth.check_password(user.name, "pw-right", "127.0.0.7").user == user.name
+        code, text, _ = attempt(service, brakes_file, log, user.name, "pw-wrong", "127.0.0.8")
+        assert code is RespCode.AUTH and "incorrect" in text
+
+
+def test_an_expired_account_is_answered_as_the_wrong_guesses_are_meanwhile(system_users,
+                                                                           brakes_file):
+    """A refusal the account step decided, answered as a wrong password, must not stand out
+    from the wrong guesses' "try again later" while the mark lasts."""
+    user = system_users.create(password="pw-right")
+    expired = system_users.create(password="pw-x", account_expired=True)
+    log = Log()
+    with installed_pam_service(UNDECIDED, tag="ae-") as service:
+        attempt(service, brakes_file, log, user.name, "pw-right", "127.0.0.2")
+        with open(os.path.join(PAM_DIR, service), "w") as f:
+            f.write(FAST_UNIX)                  # pam_unix's account step decides: expired
+        assert attempt(service, brakes_file, log, expired.name, "pw-x", "127.0.0.3")[:2] == \
+            (RespCode.SYS_TEMP, PAM_UNAVAILABLE)
+
+
+def test_poppassd_tells_the_right_old_password_and_the_wrong_ones_alike(system_users,
+                                                                        brakes_file):
+    user = system_users.create(password="pw-right")
+    log = Log()
+    with installed_pam_service(UNDECIDED, tag="ap-") as service:
+        def check(password: str, client_ip: str) -> str:
+            keeper = poppassd_monitor.PasswordKeeper(
+                log, pam_service=service, client_ip=client_ip,
+                brakes=Brakes(brakes_file, 30, log))
+            return keeper.check(user.name, password)
+        assert check("pw-wrong", "127.0.0.2") == poppassd_monitor.WRONG    # no mark yet
+        assert check("pw-right", "127.0.0.3") == poppassd_monitor.LATER
+        assert check("pw-wrong", "127.0.0.4") == poppassd_monitor.LATER
+        assert address_failures(brakes_file, "127.0.0.3") == 1
+        assert log.count(r"LOGIN FAILED, .*ip=\[127\.0\.0\.3\].*") == 0
+        assert log.count(r"LOGIN FAILED, .*ip=\[127\.0\.0\.4\].*") == 1
+
+
+def test_with_the_cache_a_remembered_right_password_waits_the_delay_too(system_users,
+                                                                        brakes_file):
+    """A cache hit skips the password step, whose delay a wrong password waits inside PAM:
+    the right password, answered "try again later" like the wrong ones, waits it first."""
+    from qpopper.auth.password_cache import pam_or_cached
+    from tests.system.test_pam_fail_delay import MemoryCache
+    user = system_users.create(password="pw-right")
+    cache = MemoryCache()
+    with installed_pam_service(UNDECIDED, tag="ac-") as service:
+        first = pam_or_cached(cache, service, user.name, user.uid, "pw-right", "127.0.0.1",
+                              check_password_expired=True, negative_ttl_s=60)
+        assert cache.entries                   # the password step's yes, remembered
+        again = pam_or_cached(cache, service, user.name, user.uid, "pw-right", "127.0.0.1",
+                              check_password_expired=True, negative_ttl_s=60)
+    for result in (first, again):
+        assert result.system_error and result.password_code == pam_auth.PAM_SUCCESS, result
+        assert 0.5 * BASE_S <= result.owed_delay_s <= 1.5 * BASE_S, result
+
+
+def test_through_the_server_each_connection_sees_the_mark(world_tmp, system_users):
+    """Each connection's authentication is a process of its own: the mark goes through the
+    brakes file, and the outage's line reaches the log once."""
+    user = system_users.create(password="pw-right")
+    stack = UNDECIDED.replace(f"delay={int(BASE_S * 1e6)}", "delay=0")
+
+    def answer(server, password: str) -> bytes:
+        client = poplib.POP3(server.host, server.port, timeout=20)
+        try:
+            client.user(user.name)
+            with pytest.raises(poplib.error_proto) as refused:
+                client.pass_(password)
+            return refused.value.args[0]
+        finally:
+            client.close()
+    with installed_pam_service(stack, tag="as-") as service:
+        site = Site(world_tmp, service)
+        try:
+            server = site.server()
+            assert answer(server, "pw-wrong").startswith(b"-ERR [AUTH] ")
+            try_later = b"-ERR [SYS/TEMP] " + PAM_UNAVAILABLE.encode()
+            assert answer(server, "pw-right") == try_later
+            assert answer(server, "pw-wrong") == try_later
+            site.syslog.wait_for(r"login of .* refused: .*\(answered \[SYS/TEMP\]: PAM's "
+                                 r"account step cannot decide\)")
+            marks = [record for record in site.syslog.records
+                     if "cannot decide (its directory down?)" in record[2]]
+            assert len(marks) == 1 and marks[0][0] & 7 == syslog.LOG_WARNING, marks
+        finally:
+            site.close()
