@@ -53,8 +53,7 @@ def _mount_fields(mount: str, mountinfo: str) -> list[str]:
 
 def fs_type(mount: str, mountinfo: str) -> str | None:
     """The type ("ext4", "nfs4", ...) of mount `mount` (its id) in a mountinfo text."""
-    rest = _mount_fields(mount, mountinfo)
-    return rest[0] if rest else None
+    return _type_in(_mount_fields(mount, mountinfo))
 
 
 def _fields_of(fd: int) -> list[str]:
@@ -68,21 +67,25 @@ def _fields_of(fd: int) -> list[str]:
     return _mount_fields(mount, mountinfo) if mountinfo is not None else []
 
 
-def fs_type_of(fd: int) -> str | None:
-    """The type of the file system the open file `fd` is on, or None when it cannot be told."""
-    rest = _fields_of(fd)
-    return rest[0] if rest else None
+def _type_in(fields: list[str]) -> str | None:
+    """The type in a mount's _mount_fields, or None when there are none."""
+    return fields[0] if fields else None
 
 
-def nfs_local_lock(fd: int) -> str | None:
+def _local_lock_in(fields: list[str]) -> str | None:
     """An NFS mount's `local_lock=` (none, flock, posix or all; nfs(5): `nolock` sets all),
-    as the kernel shows it in the mount's super options; None when it does not say."""
-    rest = _fields_of(fd)
-    for option in (rest[2].split(",") if len(rest) > 2 else ()):
+    as the kernel shows it in its super options (the last of its _mount_fields); None when
+    it does not say."""
+    for option in (fields[2].split(",") if len(fields) > 2 else ()):
         name, _, value = option.partition("=")
         if name == "local_lock":
             return value
     return None
+
+
+def fs_type_of(fd: int) -> str | None:
+    """The type of the file system the open file `fd` is on, or None when it cannot be told."""
+    return _type_in(_fields_of(fd))
 
 
 def flock_beside_fcntl(fd: int, *, network_safe: bool) -> bool:
@@ -90,12 +93,14 @@ def flock_beside_fcntl(fd: int, *, network_safe: bool) -> bool:
     local disk yes; on NFS only where the client keeps flock to itself (local_lock=flock or
     all): otherwise it sends flock to the server as an fcntl lock of another owner, which
     refuses the process's own; elsewhere, or when the type cannot be told, only when the
-    site did not say the spool is shared (`network_safe`: no-atomic-open)."""
-    kind = fs_type_of(fd)
+    site did not say the spool is shared (`network_safe`: no-atomic-open). The mount table
+    is read once: type and options from the same line."""
+    fields = _fields_of(fd)
+    kind = _type_in(fields)
     if kind in LOCAL_DISK_TYPES:
         return True
     if kind in NFS_TYPES:
-        return nfs_local_lock(fd) in ("flock", "all")
+        return _local_lock_in(fields) in ("flock", "all")
     return not network_safe
 
 

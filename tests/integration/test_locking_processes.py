@@ -144,7 +144,7 @@ def test_the_spool_lock_on_nfs_or_under_no_atomic_open_off_a_local_disk_is_fcntl
     set.)"""
     from qpopper.spool import mounts
     if mount != "real":
-        monkeypatch.setattr(mounts, "fs_type_of", lambda fd: mount)
+        _as_if_type(monkeypatch, mount)
     else:
         fd = os.open(tmp_path, os.O_RDONLY)
         try:
@@ -154,6 +154,15 @@ def test_the_spool_lock_on_nfs_or_under_no_atomic_open_off_a_local_disk_is_fcntl
     spool = str(tmp_path / "user")
     assert _kernel_locks_beside_the_spool_lock(spool, nfs_safe) == expected
     assert _kernel_locks_of_another_process(spool) == (True, True)
+
+
+def _as_if_type(monkeypatch, kind: str | None) -> None:
+    """The mount table as if every open file were on a mount of type `kind` (None: a type
+    that cannot be told), its options without local_lock=; set where the spool lock and the
+    dot-lock read it, once per question (mounts._fields_of)."""
+    from qpopper.spool import mounts
+    monkeypatch.setattr(mounts, "_fields_of",
+                        lambda fd: [kind, "filer:/mail", "rw,vers=4.2"] if kind else [])
 
 
 def _kernel_locks_beside_the_spool_lock(spool: str, nfs_safe: bool) -> tuple[bool, bool]:
@@ -200,8 +209,7 @@ def test_a_pid_only_lock_on_nfs_is_judged_by_its_age_without_no_atomic_open_too(
     on another host, live, so its absence here proves nothing, option set or not (without it
     such a lock was broken at once, and the delivery writing under it raced our copy). (The
     mount table's answer is set: the test machine has no NFS client.)"""
-    from qpopper.spool import mounts
-    monkeypatch.setattr(mounts, "fs_type_of", lambda fd: "nfs4")
+    _as_if_type(monkeypatch, "nfs4")
     finished = subprocess.Popen([sys.executable, "-c", "pass"])
     finished.wait()
     lock_path = tmp_path / "alice.lock"
@@ -214,10 +222,11 @@ def test_a_pid_only_lock_on_nfs_is_judged_by_its_age_without_no_atomic_open_too(
     lock.release()
 
 
-def _as_if_nfs(monkeypatch, directory, super_options: str) -> None:
+def _as_if_nfs(monkeypatch, directory, super_options: str) -> list[str]:
     """The mount table as if `directory`'s mount were NFS with `super_options` (mountinfo's
     last field, where the kernel shows `local_lock=`); the rest of the table is the real
-    one. (The test machine has no NFS client.)"""
+    one. (The test machine has no NFS client.) Returns the list each reading of the table
+    is added to."""
     from qpopper.spool import mounts
     real_read = mounts._read
     fd = os.open(directory, os.O_RDONLY)
@@ -226,11 +235,13 @@ def _as_if_nfs(monkeypatch, directory, super_options: str) -> None:
     finally:
         os.close(fd)
     assert mount is not None
+    reads: list[str] = []
 
     def read(path):
         text = real_read(path)
         if path != "/proc/self/mountinfo" or text is None:
             return text
+        reads.append(path)
         lines = []
         for line in text.splitlines():
             fields = line.split(" ")
@@ -240,6 +251,7 @@ def _as_if_nfs(monkeypatch, directory, super_options: str) -> None:
             lines.append(line)
         return "\n".join(lines) + "\n"
     monkeypatch.setattr(mounts, "_read", read)
+    return reads
 
 
 @pytest.mark.parametrize("local_lock", ["all", "flock"])
@@ -259,3 +271,29 @@ def test_on_nfs_with_local_flock_the_spool_lock_still_takes_flock(tmp_path, monk
         os.close(fd)
     # the same host's flock-only delivery agent must be refused, as on a local disk
     assert _kernel_locks_beside_the_spool_lock(str(tmp_path / "user"), False) == (False, False)
+
+
+@pytest.mark.parametrize("local_lock, flock_too", [("none", False), ("flock", True)])
+def test_the_spool_lock_reads_the_mount_table_once_per_lock(tmp_path, monkeypatch, local_lock,
+                                                            flock_too):
+    """On NFS the spool lock needs the mount's type and its local_lock=, both from one line
+    of /proc/self/mountinfo: one reading of the table per lock, afresh at each lock (a
+    mount's id passes to the next mount once it is gone: mounts._fields_of)."""
+    from qpopper.spool import mounts
+    from qpopper.spool.locking import SpoolLock
+    reads = _as_if_nfs(monkeypatch, tmp_path, f"rw,vers=3,hard,proto=tcp,local_lock={local_lock}")
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        assert mounts.flock_beside_fcntl(fd, network_safe=False) is flock_too
+        assert len(reads) == 1
+    finally:
+        os.close(fd)
+    spool = str(tmp_path / "user")
+    for round_ in (2, 3):
+        lock = SpoolLock(spool, spool + ".lock", create=True, create_mode=0o600)
+        lock.acquire(LockTiming(attempts=1))
+        try:
+            assert len(reads) == round_
+            assert _kernel_locks_of_another_process(spool) == (not flock_too, False)
+        finally:
+            lock.release()

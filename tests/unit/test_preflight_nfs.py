@@ -14,7 +14,8 @@ from qpopper.spool import mounts
 
 
 def warnings(tmp_path, monkeypatch, kind: str | None, **options) -> list[str]:
-    monkeypatch.setattr(mounts, "fs_type_of", lambda fd: kind)
+    monkeypatch.setattr(mounts, "_fields_of",    # one mount's line of the table, past its "-"
+                        lambda fd: [kind, "filer:/mail", "rw"] if kind else [])
     said: list[str] = []
     cfg = Config.defaults().replace(spool_dir=str(tmp_path), **options)
     preflight.warn_of_nfs_without_no_atomic_open(cfg, lambda priority, text: said.append(text))
