@@ -15,9 +15,8 @@ from qpopper.auth import pam as pam_auth
 from qpopper.server import preflight, privsep
 from qpopper.server import tls as tls_mod
 from qpopper.server.listeners import proxy_listeners
-from qpopper.server.monitor_proxy import MOUNT_GONE
 from qpopper.server.session import tls_mode_for_listen_port
-from qpopper.spool.mounts import off_its_mount
+from qpopper.spool.mounts import MOUNT_GONE, spool_mount_state
 from qpopper.log import Logger
 
 KILL_AFTER_TERM_S = 5
@@ -184,7 +183,5 @@ class Lifecycle:
 def _unmounted(spool_dir: str, mount_point: str) -> bool:
     """Is spool-dir off the file system recorded as mounted at `mount_point` (or not to
     be examined)?"""
-    try:
-        return off_its_mount(spool_dir, mount_point)
-    except OSError:
-        return True
+    # the root file system stays mounted: nothing to examine (nor a spool-dir gone to blame)
+    return mount_point != "/" and spool_mount_state(spool_dir, mount_point) != "ok"

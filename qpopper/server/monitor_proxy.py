@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import os
 import socket
 import syslog
 
@@ -23,31 +22,26 @@ from qpopper.addresses import in_networks
 from qpopper.server import prelogin
 from qpopper.server.children import ProtocolViolation
 from qpopper.pop3.responses import RespCode, err
-from qpopper.spool.mounts import off_its_mount
+from qpopper.spool.mounts import MOUNT_GONE, spool_mount_state
 
 HEALTH_CHECK_REPLY = b"+OK POP3 server ready (health check)\r\n"
 HEALTH_CHECK_SUFFIX = " (health check)"
-MOUNT_GONE = "unmounted"
-"""The state a health check reports to the master when spool-dir is no longer on the file
-system mounted where the master found it (an NFS mount gone leaves its empty mount point:
-mounts.off_its_mount); otherwise the errno's name."""
 
 
 def spool_dir_trouble(cfg, recorded_mount: str | None) -> tuple[str, str] | None:
     """What is wrong with spool-dir for a health check, as (the state word for the master's
-    notice, the reply's reason), or None when it is fine. With home-dir-mail there is no
-    spool directory to look at: never a trouble. A stat that hangs (a hard NFS mount whose
-    server is gone) hangs the check, which the balancer's own check timeout then fails
+    notice: MOUNT_GONE, or the errno's name, mounts.spool_mount_state; the reply's reason),
+    or None when it is fine. With home-dir-mail there is no spool directory to look at:
+    never a trouble. A stat that hangs (a hard NFS mount whose server is gone) hangs the
+    check, which the balancer's own check timeout then fails
     (docs/scale-out.md, "The load balancer")."""
     if cfg.home_dir_mail or not cfg.spool_dir:
         return None
-    try:
-        os.stat(cfg.spool_dir)
-        gone = recorded_mount is not None and off_its_mount(cfg.spool_dir, recorded_mount)
-    except OSError as exc:
-        return (errno.errorcode.get(exc.errno, "EIO"),
-                f"spool-dir cannot be examined: {exc.strerror}")
-    return (MOUNT_GONE, "spool-dir's mount is gone") if gone else None
+    state = spool_mount_state(cfg.spool_dir, recorded_mount)
+    if isinstance(state, OSError):
+        return (errno.errorcode.get(state.errno, "EIO"),
+                f"spool-dir cannot be examined: {state.strerror}")
+    return (MOUNT_GONE, "spool-dir's mount is gone") if state == MOUNT_GONE else None
 
 
 class ProxiedConnection:

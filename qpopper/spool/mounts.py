@@ -129,15 +129,26 @@ def mount_point_of(path: str) -> str:
     return "/"
 
 
-def off_its_mount(path: str, mount_point: str) -> bool:
+MOUNT_GONE = "unmounted"
+"""spool_mount_state's word for a directory no longer on the file system mounted where it was
+found (an NFS mount gone leaves its empty mount point); also the state a health check reports
+to the master then (server/monitor_proxy.py)."""
+
+
+def spool_mount_state(path: str, mount_point: str | None) -> str | OSError:
     """Whether the directory `path`, found on the file system mounted at `mount_point`
-    (mount_point_of), is on it no longer: `mount_point` is no mount point now (what was
-    mounted there is gone, its empty directory left), or another file system is mounted on
-    `path` or between the two. Judged by the mounts, not by device numbers, which a file
-    system gets anew at each mount: an NFS mount that comes back is fine again. Raises
-    OSError."""
-    if mount_point == "/":
-        return False
-    device = os.stat(mount_point).st_dev
-    return (device == os.stat(os.path.dirname(mount_point)).st_dev
-            or os.stat(path).st_dev != device)
+    (mount_point_of; None: not known), is there and on it still: "ok"; MOUNT_GONE when
+    `mount_point` is no mount point now (what was mounted there is gone, its empty directory
+    left), or another file system is mounted on `path` or between the two; or the OSError of
+    the first stat that failed (`path` first). Judged by the mounts, not by device numbers,
+    which a file system gets anew at each mount: an NFS mount that comes back is fine again.
+    One stat of `path`, whatever the answer."""
+    try:
+        device = os.stat(path).st_dev
+        if mount_point is None or mount_point == "/":
+            return "ok"
+        at_mount = os.stat(mount_point).st_dev
+        below_mount = os.stat(os.path.dirname(mount_point)).st_dev
+    except OSError as exc:
+        return exc
+    return MOUNT_GONE if at_mount == below_mount or device != at_mount else "ok"

@@ -20,6 +20,7 @@ from qpopper.log import ForwardedRecords
 from qpopper.server.listeners import ListenError, bind_listeners, proxy_listeners
 from qpopper.server.preflight import PreflightError, check_listeners, check_proxy_protocol
 from qpopper.spool.mounts import mount_point_of
+from tests.helpers.spoolcheck import small_tmpfs
 from tests.server_harness import POPPER, free_port, prelogin_args
 
 TRUSTED = parse_networks("127.0.0.1/32, 10.0.0.0/8")
@@ -116,6 +117,26 @@ def test_a_health_check_looks_at_spool_dir(tmp_path):
     assert health_check(cfg=here, spool_mount="/")[1] == [("spool-dir", "ok")]
     assert health_check(cfg=gone.replace(home_dir_mail=".mail"), spool_mount=str(tmp_path)) \
         == ("", [("spool-dir", "ok")])
+
+
+def test_a_health_check_stats_spool_dir_once(tmp_path, monkeypatch):
+    """One stat of spool-dir per check, on its own mount too (mounts.spool_mount_state): on
+    a hard NFS mount whose server is slow each is a round trip the balancer waits for."""
+    with small_tmpfs(tmp_path / "mnt") as mnt:
+        spool_dir = mnt / "mail"
+        spool_dir.mkdir()
+        cfg = Config.defaults().replace(spool_dir=str(spool_dir))
+        real_stat = os.stat
+        stated = []
+
+        def stat(path, *args, **kwargs):
+            stated.append(path)
+            return real_stat(path, *args, **kwargs)
+        monkeypatch.setattr(os, "stat", stat)
+        assert health_check(cfg=cfg, spool_mount=str(mnt)) == ("", [("spool-dir", "ok")])
+        assert health_check(cfg=cfg, spool_mount="/") == ("", [("spool-dir", "ok")])
+        monkeypatch.undo()
+        assert stated.count(str(spool_dir)) == 2
 
 
 def test_any_other_request_before_the_header_kills_the_prelogin_process():
