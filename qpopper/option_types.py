@@ -182,6 +182,8 @@ class Option:
     def type_text(self) -> str:
         if self.type is OptType.MNEMONIC:
             return "one of " + ", ".join(self.choices)
+        if self.check in PATH_TYPE_TEXT:
+            return PATH_TYPE_TEXT[self.check]
         if self.type is OptType.INT and (self.minimum is not None or self.maximum is not None):
             if self.maximum is None:
                 return f"integer >= {self.minimum}"
@@ -217,6 +219,30 @@ def check_networks(text: str) -> str | None:
     except ValueError as exc:
         return f"expects IPv4 or IPv6 networks ({exc})"
     return None
+
+
+def check_absolute_path(text: str) -> str | None:
+    """A file or directory the server opens: an absolute path. A relative one would be
+    looked up from the directory the server happens to work in, which is not the one it was
+    started in once it runs as a service (daemon, systemd, inetd: /) nor in its sessions: the
+    start-up checks would pass on one file and the server use another (docs/options.md,
+    "Paths")."""
+    if text.startswith("/"):
+        return None
+    return "must be an absolute path (beginning with /)"
+
+
+def check_maildir_pattern(text: str) -> str | None:
+    """maildir: an absolute path once ~ or %h is the home directory (spool/maildir.py,
+    maildir_path, serves nobody from any other)."""
+    if text.startswith(("/", "~", "%h")):
+        return None
+    return "must be an absolute path or begin with ~ or %h (the home directory)"
+
+
+PATH_TYPE_TEXT = {check_absolute_path: "absolute path",
+                  check_maildir_pattern: "path: absolute, or from ~ or %h"}
+"""How --help, the man pages and the configuration errors name a path option's type."""
 
 
 _DRAC_HOST_FORMS = (re.compile(r"\[[0-9A-Fa-f:.]+\](?::(?P<port>[0-9]{1,5}))?"),

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from qpopper import limits
 from qpopper.option_types import (OptType, Option, Scope, check_drac_host,  # noqa: F401 (re-exported)
-                                  check_listen, check_networks)
+                                  check_listen, check_maildir_pattern, check_networks)
+from qpopper.option_types import check_absolute_path as _absolute
 
 
 # ---- constructors: one per type, so each row reads `boolean("name", default, "help", ...)` ---
@@ -61,7 +62,7 @@ OPTIONS: tuple[Option, ...] = (
     string("auth-file", None,
        "File listing, one per line, the only users allowed to use the server (configure "
        "--enable-auth-file).",
-       scope=Scope.STARTUP, example="/etc/qpopper/allowed-users"),
+       scope=Scope.STARTUP, example="/etc/qpopper/allowed-users", check=_absolute),
     boolean("auto-delete", False,
        "Delete every message retrieved with RETR at the end of the session, unconditionally. "
        "Caution: this can lose mail; tell your users before enabling it. Applies only when "
@@ -83,11 +84,12 @@ OPTIONS: tuple[Option, ...] = (
        "usual place is /var/spool/bulls). Unlike Qpopper, not settable in ~/.qpopper-options: "
        "bulletins are read with the mail group, so a user's own bulldir could name other "
        "users' spools. A bulletin file that is not world-readable is skipped and logged.",
-       flag="-b", flag_arg="bulldir", scope=Scope.NOT_HOME, example="/var/spool/bulls"),
+       flag="-b", flag_arg="bulldir", scope=Scope.NOT_HOME, example="/var/spool/bulls",
+       check=_absolute),
     string("cache-dir", None,
        "Directory for the users' .user.cache files (server mode). Unset: the temp-drop "
        "directory. Not /tmp: a reboot deletes it.",
-       scope=Scope.NOT_HOME, example="/var/cache/qpopper"),
+       scope=Scope.NOT_HOME, example="/var/cache/qpopper", check=_absolute),
     string("cache-name", ".%s.cache",
        "Name of the cache file; %s is the user name. You should not normally set this.",
        scope=Scope.NOT_HOME),
@@ -200,7 +202,7 @@ OPTIONS: tuple[Option, ...] = (
     string("nonauth-file", None,
        "File listing, one per line, users refused access to the server (configure "
        "--enable-nonauth-file).",
-       scope=Scope.STARTUP, example="/etc/qpopper/denied-users"),
+       scope=Scope.STARTUP, example="/etc/qpopper/denied-users", check=_absolute),
     boolean("old-style-uid", False,
        "Generate pre-3.x (hex MD5) unique ids; only useful with update-status-headers off and "
        "old spools whose ids must not change."),
@@ -246,7 +248,7 @@ OPTIONS: tuple[Option, ...] = (
        scope=Scope.STARTUP),
     string("spool-dir", "/var/mail",
        "Directory holding the users' mail spools.",
-       scope=Scope.NOT_HOME),
+       scope=Scope.NOT_HOME, check=_absolute),
     boolean("spool-options", False,
        "Read <user>.qpopper-options in the spool directory after login. It is used only when "
        "root owns it (a server not running as root: its own account) and neither group nor "
@@ -260,7 +262,7 @@ OPTIONS: tuple[Option, ...] = (
     string("temp-dir", None,
        "Directory for the temporary drops .user.pop (same owner and mode as the spool "
        "directory). Unset: the spool directory. Not /tmp: a reboot would lose mail.",
-       scope=Scope.NOT_HOME, example="/var/spool/qpopper"),
+       scope=Scope.NOT_HOME, example="/var/spool/qpopper", check=_absolute),
     string("temp-name", ".%s.pop",
        "Name of the temporary drop; %s is the user name. You should not normally set this.",
        scope=Scope.NOT_HOME),
@@ -278,7 +280,7 @@ OPTIONS: tuple[Option, ...] = (
     string("tls-identity-file", None,
        "PEM file holding the certificate and an encrypted private key (Qpopper's SSL Plus "
        "identity file); decrypted with tls-passphrase.",
-       scope=Scope.STARTUP, example="/etc/mail/certs/identity.pem"),
+       scope=Scope.STARTUP, example="/etc/mail/certs/identity.pem", check=_absolute),
     integer("tls-options", 0,
        "OpenSSL SSL_OP_* option bits; setting it again adds the value (Qpopper's config.c).",
        minimum=0, maximum=_TLS_OPTIONS_MAX, repeatable=True, scope=Scope.STARTUP),
@@ -295,10 +297,10 @@ OPTIONS: tuple[Option, ...] = (
     string("tls-private-key-file", None,
        "PEM file with the server's private key (an encrypted one needs tls-passphrase). "
        "Unset: it is in tls-server-cert-file.",
-       scope=Scope.STARTUP, example="/etc/ssl/private/ssl-cert-snakeoil.key"),
+       scope=Scope.STARTUP, example="/etc/ssl/private/ssl-cert-snakeoil.key", check=_absolute),
     string("tls-server-cert-file", None,
        "PEM file with the server's certificate chain (and possibly its private key).",
-       scope=Scope.STARTUP, example="/etc/ssl/certs/ssl-cert-snakeoil.pem"),
+       scope=Scope.STARTUP, example="/etc/ssl/certs/ssl-cert-snakeoil.pem", check=_absolute),
     mnemonic("tls-support", "default", ("default", "none", "stls", "alternate-port"),
        "TLS: default and none (no TLS), stls (the STLS command on the normal port), "
        "alternate-port (TLS from the first byte, usually port 995). -l takes 0..2: default, "
@@ -320,7 +322,8 @@ OPTIONS: tuple[Option, ...] = (
        "writes to that descriptor. Unlike Qpopper, not settable in per-user files: the "
        "session's log is already open when they are read (and a user-chosen file could be "
        "another user's spool).",
-       flag="-t", flag_arg="logfile", scope=Scope.STARTUP, example="/var/log/qpopper.trace"),
+       flag="-t", flag_arg="logfile", scope=Scope.STARTUP, example="/var/log/qpopper.trace",
+       check=_absolute),
     boolean("trim-domain", False,
        "Remove @domain from user names before use (maida@example.org -> maida).",
        flag="-C", scope=Scope.NOT_USER),
@@ -350,7 +353,7 @@ OPTIONS: tuple[Option, ...] = (
        "%u: the user name). A user whose path is a Maildir (a directory with cur/, new/ and "
        "tmp/) is served from it, everyone else from the mbox spool, by the same server and "
        "with the same options. Unset: mbox only. See docs/maildir.md.",
-       extension=True, scope=Scope.NOT_HOME, example="~/Maildir"),
+       extension=True, scope=Scope.NOT_HOME, example="~/Maildir", check=check_maildir_pattern),
     mnemonic("maildir-info-separator", "colon", ("colon", "semicolon", "exclamation"),
        "Extension: what UPDATE writes between a Maildir message's name and its flags (2,S) "
        "when it marks seen a message that has no flags yet: colon (:) is the Maildir "
@@ -361,7 +364,7 @@ OPTIONS: tuple[Option, ...] = (
     string("popbulldir", None,
        "Extension: directory of the users' <user>.popbull files instead of ~/.popbull "
        "(root:mail 3770; Qpopper: configure --enable-popbulldir).",
-       extension=True, scope=Scope.NOT_USER, example="/var/spool/popbull"),
+       extension=True, scope=Scope.NOT_USER, example="/var/spool/popbull", check=_absolute),
     mnemonic("spool-format", "mbox", ("mbox", "mmdf"),
        "Extension: how the delivery agent frames messages in the spools: mbox (From_ lines) "
        "or mmdf (^A^A^A^A separator lines; Qpopper: the compile-time MMDF_SEP_CHAR). Only "
@@ -383,7 +386,7 @@ OPTIONS: tuple[Option, ...] = (
        "Extension: file the standalone master writes its process id to when it detaches "
        "(daemon, the SysV-style start). In the foreground (systemd, a terminal) none is "
        "written: the service manager knows the process.",
-       extension=True, scope=Scope.STARTUP),
+       extension=True, scope=Scope.STARTUP, check=_absolute),
     integer("max-children", 200,
        "Extension: most sessions served at once by the standalone master; a connection "
        "over the limit is answered -ERR [SYS/TEMP] and closed.",
@@ -408,7 +411,7 @@ OPTIONS: tuple[Option, ...] = (
        "Extension: the empty root-owned directory the pre-login process (popper's, and "
        "poppassd's) is locked into when run as root (OpenSSH's /run/sshd); created at "
        "start-up if missing.",
-       extension=True, scope=Scope.STARTUP),
+       extension=True, scope=Scope.STARTUP, check=_absolute),
     string("pam-service", "pop3",
        "Extension: PAM service name used for USER/PASS (Qpopper: configure "
        "--with-pam=service).",
@@ -417,7 +420,7 @@ OPTIONS: tuple[Option, ...] = (
        "Extension: the pop.auth store of APOP, CRAM-MD5 and SCRAM secrets, an SQLite file "
        "managed with popauth (Qpopper: configure --enable-apop=path). popauth -init makes "
        "its directory owned by pop-auth-owner: SQLite writes a journal beside the file.",
-       extension=True, scope=Scope.NOT_USER),
+       extension=True, scope=Scope.NOT_USER, check=_absolute),
     string("pop-auth-owner", "pop",
        "Extension: the account that must own the pop.auth store (mode 0600), and the account "
        "users of 'user-database pop-auth' run as when the server runs as root (Qpopper: "
@@ -457,7 +460,7 @@ OPTIONS: tuple[Option, ...] = (
        "Extension: where failed logins are counted across connections for the brute-force "
        "brakes (a growing delay per client address and per user name). Its directory is "
        "created root-only; unset it to keep only the per-connection cap.",
-       extension=True, scope=Scope.STARTUP, example="/run/qpopper/auth-brakes.sqlite"),
+       extension=True, scope=Scope.STARTUP, example="/run/qpopper/auth-brakes.sqlite", check=_absolute),
     integer("auth-brakes-max-delay", 30,
        "Extension: the longest brute-force brake delay in seconds (the delay starts at "
        "0.25 s after a few failures and doubles with each further one); 0 turns the "

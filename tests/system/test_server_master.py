@@ -497,6 +497,28 @@ def test_daemon_mode_detaches_and_writes_the_pid_file(site):
     wait_until(lambda: not os.path.exists(pid_file), what="the pid file to go")
 
 
+def test_daemon_start_refuses_a_relative_spool_dir(site):
+    """The detached master works from /: a spool-dir relative to where it was started passes
+    the start-up checks there and is looked for under / afterwards (sessions, health checks,
+    reloads). The start refuses it, naming the file and line (docs/options.md, "Paths")."""
+    relative = os.path.join(site.root, "relative.config")
+    with open(relative, "w") as f:
+        f.write("set spool-dir = spool\n")              # site.root/spool exists
+    pid_file = os.path.join(site.root, "relative.pid")
+    result = subprocess.run(
+        [PopperServer(site.root, None).argv[0], f"127.0.0.1:{free_port()}", "-f", site.config,
+         "-f", relative, "--daemon", f"--pid-file={pid_file}"],
+        env=dict(os.environ, QPOPPER_SYSLOG_SOCKET=site.syslog.path), cwd=site.root,
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+    if result.returncode == 0:              # it detached: stop it before failing
+        os.kill(wait_until(lambda: read_pid_file(pid_file), what="the pid file"),
+                signal.SIGTERM)
+    assert (result.returncode, result.stderr) == (
+        2, f"popper: {relative}:1: 'spool-dir' must be an absolute path (beginning with /), "
+           f"got 'spool'\n")
+    assert not os.path.exists(pid_file)
+
+
 def test_foreground_master_writes_no_pid_file_as_its_help_says(site):
     """pid-file belongs to the detaching (daemon) master: a foreground one under systemd
     cannot write /run (ProtectSystem=strict) and has the service manager to track it."""

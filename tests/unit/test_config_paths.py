@@ -1,0 +1,102 @@
+"""Options naming a file or directory must be absolute paths (docs/options.md, "Paths"): a
+daemon, a systemd service and an inetd child work from /, so a relative one would be checked
+at start-up in one directory and used in another. Refused as any bad value is, with the file
+and line (or the argv flag), by popper and popper --check-config alike."""
+
+import subprocess
+import sys
+import syslog
+
+import pytest
+
+from qpopper.config import Config, apply_user_file, load
+from qpopper.options import OPTIONS, lookup
+from tests.unit.test_config import Recorder, error_of, write
+
+# Written out here, not taken from the table: the table must mark every one of them.
+ABSOLUTE_PATH_OPTIONS = """
+auth-file nonauth-file bulldir popbulldir cache-dir spool-dir temp-dir tls-identity-file
+tls-private-key-file tls-server-cert-file tracefile pid-file prelogin-chroot pop-auth-file
+auth-brakes-file
+""".split()
+
+RELATIVE = ("spool", "./spool", "../var/mail", "var/spool/bulls", "~/cache", "%h/x")
+
+
+def complaint(name, text):
+    return f"'{name}' must be an absolute path (beginning with /), got '{text}'"
+
+
+@pytest.mark.parametrize("name", ABSOLUTE_PATH_OPTIONS)
+def test_a_relative_path_in_a_file_is_refused_naming_file_and_line(tmp_path, name):
+    for text in RELATIVE:
+        path = write(tmp_path, "q.config", f"# site\nset {name} = {text}\n")
+        assert error_of(load, ["-f", path]) == f"{path}:2: {complaint(name, text)}"
+    path = write(tmp_path, "q.config", f"set {name} = /srv/qpt-{name}\n")
+    assert load(["-f", path])[0].get(name) == f"/srv/qpt-{name}"
+
+
+@pytest.mark.parametrize("name", ABSOLUTE_PATH_OPTIONS)
+def test_a_relative_path_on_argv_is_refused_naming_the_flag(name):
+    assert error_of(load, [f"--{name}=spool"]) == f"argv --{name}: {complaint(name, 'spool')}"
+    flag = lookup(name).flag
+    if flag:
+        assert error_of(load, [flag, "spool"]) == f"argv {flag}: {complaint(name, 'spool')}"
+
+
+def test_the_table_marks_exactly_these_options_as_absolute_paths():
+    marked = {opt.name for opt in OPTIONS if opt.type_text == "absolute path"}
+    assert marked == set(ABSOLUTE_PATH_OPTIONS)
+    assert lookup("maildir").type_text == "path: absolute, or from ~ or %h"
+
+
+def test_the_type_is_named_where_a_value_is_missing(tmp_path):
+    path = write(tmp_path, "q.config", "set spool-dir\n")
+    assert error_of(load, ["-f", path]) == (f"{path}:1: 'spool-dir' needs '= value' "
+                                            f"(absolute path)")
+
+
+def test_maildir_is_absolute_once_the_home_directory_is_put_in():
+    """spool/maildir.py serves a Maildir only at an absolute path: a relative pattern would
+    silently serve everyone from the mbox spool."""
+    for text in ("~/Maildir", "%h/Maildir", "/var/maildirs/%u", "~"):
+        assert load([f"--maildir={text}"])[0].maildir == text
+    for text in ("Maildir", "%u/Maildir", "./Maildir"):
+        assert error_of(load, [f"--maildir={text}"]) == (
+            f"argv --maildir: 'maildir' must be an absolute path or begin with ~ or %h (the "
+            f"home directory), got '{text}'")
+
+
+def test_relative_names_that_mean_something_else_stay_allowed(tmp_path):
+    """home-dir-mail is inside each home, cache-name and temp-name inside their directories,
+    mail-command runs from / with a fixed PATH, config-file is relative to its file."""
+    write(tmp_path, "chained.config", "set home-dir-mail = .mail\n")
+    path = write(tmp_path, "q.config", "set config-file = chained.config\n"
+                                       "set cache-name = .%s.c\nset temp-name = .%s.p\n"
+                                       "set mail-command = sendmail\n")
+    cfg, _ = load(["-f", path])
+    assert (cfg.home_dir_mail, cfg.cache_name, cfg.temp_name, cfg.mail_command) == (
+        ".mail", ".%s.c", ".%s.p", "sendmail")
+
+
+def test_a_spool_options_file_with_a_relative_path_is_logged_and_ignored(tmp_path):
+    path = write(tmp_path, "qpt.qpopper-options", "set server-mode\nset temp-dir = tmp\n")
+    log = Recorder()
+    base = Config.defaults()
+    assert apply_user_file(base, path, "spool", log) is base
+    assert log.records == [(syslog.LOG_ERR, f"{path}:2: {complaint('temp-dir', 'tmp')}; "
+                                            f"options file ignored")]
+
+
+def test_check_config_stops_on_a_relative_path_with_status_2(tmp_path):
+    """What start-up refuses (the daemon's start: tests/system/test_server_master.py)."""
+    (tmp_path / "spool").mkdir()            # there, from here: what the check would have seen
+    path = write(tmp_path, "qpopper.config", "set spool-dir = spool\n")
+    child = subprocess.run([sys.executable, "-c", "import sys; from qpopper.cli import "
+                            "popper_main; sys.exit(popper_main(sys.argv[1:]))",
+                            "--check-config", "-f", path],
+                           capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                           stdin=subprocess.DEVNULL)
+    assert (child.returncode, child.stdout, child.stderr) == (
+        2, "", f"popper: {path}:1: {complaint('spool-dir', 'spool')}\n")
+
