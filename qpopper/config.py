@@ -68,6 +68,7 @@ class Invocation:
     demo: bool = False
     argv: tuple[str, ...] = ()
     config_files: tuple[str, ...] = ()         # every global file read, in order (chains included)
+    start_dir: str = ""             # where a detached master started: its reloads' relative -f
     show_help: bool = False
     show_version: bool = False
 
@@ -159,7 +160,8 @@ def _option(name: str) -> Option:
 class _Layers:
     """The values being built while files and argv are read (mutable; becomes a Config)."""
 
-    def __init__(self, base: Config):
+    def __init__(self, base: Config, start_dir: str = ""):
+        self.start_dir = start_dir                  # where argv's relative -f names are
         self.values = dict(base._values)
         self.sources = dict(base._sources)
         self.files_read: list[str] = []
@@ -172,12 +174,10 @@ class _Layers:
         return Config(self.values, self.sources)
 
 
-def load(argv: list[str] | tuple[str, ...]) -> tuple[Config, Invocation]:
-    """Parse popper's command line (reading -f files where they appear) into a Config.
-
-    Raises ConfigError with one readable line for any mistake.
-    """
-    layers = _Layers(Config.defaults())
+def load(argv: list[str] | tuple[str, ...], start_dir: str = "") -> tuple[Config, Invocation]:
+    """Parse popper's command line (reading -f files where they appear, relative names from
+    `start_dir`) into a Config. Raises ConfigError with one readable line for any mistake."""
+    layers = _Layers(Config.defaults(), start_dir)
     flags = _read_argv(list(argv), layers)
     invocation = Invocation(argv=tuple(argv), config_files=tuple(layers.files_read), **flags)
     cfg = layers.config()
@@ -395,7 +395,8 @@ def _read_e_flag(text: str, layers: _Layers) -> None:
 def _set_from_argv(layers: _Layers, opt: Option, text: str, source: str, where: str) -> None:
     """One option given on argv (flag or --name): config-file reads that file now."""
     if opt.name == "config-file":
-        _chain(layers, text, source, stack=(), kind=None, named_by=source)
+        _chain(layers, os.path.join(layers.start_dir, text), source, stack=(), kind=None,
+               named_by=source)
     else:
         _set_from_text(layers, opt, text, source, where)
 

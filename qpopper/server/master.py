@@ -376,6 +376,10 @@ def _run_daemonized(cfg, invocation, listeners, log, server_tls=None, implicit_t
 
     # from where it was started, as the check looked at it: the daemon works from /
     pid_file = os.path.abspath(cfg.pid_file) if cfg.pid_file else cfg.pid_file
+    try:                    # its reloads read argv's relative -f names from there too
+        invocation = dataclasses.replace(invocation, start_dir=os.getcwd())
+    except OSError:
+        pass                # a working directory removed: the names are left as they are
     if pid_file and os.path.lexists(pid_file):
         if not _pid_file_is_stale(pid_file):
             # python-daemon takes the pid file after detaching, where nobody would see why

@@ -138,7 +138,8 @@ class Lifecycle:
         self.log = new_log
 
     def _load_configuration(self):
-        return config_mod.load(list(self.invocation.argv))[0]
+        # relative -f names from where popper started, not from / (the detached master's)
+        return config_mod.load(list(self.invocation.argv), self.invocation.start_dir)[0]
 
     def on_stop(self, signum: int) -> None:
         self.stopping = True

@@ -519,6 +519,32 @@ def test_daemon_start_refuses_a_relative_spool_dir(site):
     assert not os.path.exists(pid_file)
 
 
+def test_daemon_reload_reads_a_relative_f_from_where_it_started(site):
+    """`popper -f qpopper.config --daemon` typed in the file's directory: the detached
+    master works from /, and its reload (SIGHUP) still reads that file, not /qpopper.config."""
+    pid_file = os.path.join(site.root, "relative-f.pid")
+    port = free_port()
+    result = subprocess.run(
+        [PopperServer(site.root, None).argv[0], f"127.0.0.1:{port}", "-f",
+         os.path.basename(site.config), "--daemon", f"--pid-file={pid_file}"],
+        env=dict(os.environ, QPOPPER_SYSLOG_SOCKET=site.syslog.path), cwd=site.root,
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    pid = wait_until(lambda: read_pid_file(pid_file), what="the pid file")
+    try:
+        assert wait_for_greeting("127.0.0.1", port).startswith(b"+OK Qpopper")
+        assert os.readlink(f"/proc/{pid}/cwd") == "/"
+        with open(site.config, "a") as f:
+            f.write("set shy\n")
+        os.kill(pid, signal.SIGHUP)
+        said = site.syslog.wait_for(r"configuration reloaded|reload failed.*")[2]
+        assert said == "configuration reloaded"
+        assert wait_for_greeting("127.0.0.1", port).startswith(b"+OK ready")
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: not os.path.exists(pid_file), what="the pid file to go")
+
+
 def test_foreground_master_writes_no_pid_file_as_its_help_says(site):
     """pid-file belongs to the detaching (daemon) master: a foreground one under systemd
     cannot write /run (ProtectSystem=strict) and has the service manager to track it."""

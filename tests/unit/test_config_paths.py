@@ -100,3 +100,19 @@ def test_check_config_stops_on_a_relative_path_with_status_2(tmp_path):
     assert (child.returncode, child.stdout, child.stderr) == (
         2, "", f"popper: {path}:1: {complaint('spool-dir', 'spool')}\n")
 
+
+
+def test_a_reload_reads_relative_f_names_from_where_popper_started(tmp_path, monkeypatch):
+    """The detached master works from /: its reloads give load() the directory it was
+    started in (Invocation.start_dir), where `-f qpopper.config` was typed."""
+    write(tmp_path, "chained.config", "set timeout = 300\n")
+    write(tmp_path, "qpopper.config", "set config-file = chained.config\n")
+    monkeypatch.chdir("/")
+    assert error_of(load, ["-f", "qpopper.config"]) == (
+        "argv -f: 'qpopper.config': cannot read configuration file: No such file or directory")
+    cfg, invocation = load(["-f", "qpopper.config"], str(tmp_path))
+    assert cfg.timeout == 300 and cfg.source("timeout") == f"{tmp_path}/chained.config:1"
+    assert invocation.config_files == (f"{tmp_path}/qpopper.config",
+                                       f"{tmp_path}/chained.config")
+    absolute = write(tmp_path, "other.config", "set timeout = 400\n")
+    assert load(["-f", absolute], "/elsewhere")[0].timeout == 400
