@@ -69,7 +69,6 @@ from typing import NoReturn
 
 from qpopper.server import drac
 
-from qpopper import limits
 from qpopper.log import log_login_line
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.auth import Login, challenges, is_possible_user_name
@@ -320,27 +319,17 @@ class Authenticator(PolicyChecks, challenges.GssSteps):
         self.log(syslog.LOG_INFO, f'login of "{user}" refused: {reason}')
         self.brakes.wait_as_wrong_guess(pam_result, client_ip, user, self._method,
                                         self.cfg.auth_failure_delay or 0, sleep=self.sleep)
-        self.failures += 1
-        if self.failures >= limits.MAX_AUTH_FAILURES_PER_CONNECTION:
-            raise PopError(text, code, close=True,
-                           log=f"{client_ip}: {self.failures} failed logins on one "
-                               f"connection; closing it")
-        raise PopError(text, code)
+        self._count_refusal(client_ip, text, code, failed=True)
 
     def _refuse_policy(self, user, client_ip, text, reason,
                        code: RespCode | None = RespCode.AUTH, *, line=policy_line) -> NoReturn:
         """A refusal that no other password would change: its own log line (`line`: the
-        policy line, or account_line), and here no brake, no failure delay, no Qpopper
-        failure line and no `LOGIN FAILED` (an account refusal answered as a wrong password
-        got those from Brakes.wait_as_wrong_guess before); counted towards the connection's
-        cap. Never returns."""
+        policy line, or account_line: an expired password), and here no brake, no failure
+        delay, no Qpopper failure line and no `LOGIN FAILED` (an account refusal answered as
+        a wrong password gets those: policy_checks._check_pam_said_yes); counted towards the
+        connection's cap. Never returns."""
         self.log(syslog.LOG_NOTICE, line(user, self._method, client_ip, reason))
-        self.failures += 1
-        if self.failures >= limits.MAX_AUTH_FAILURES_PER_CONNECTION:
-            raise PopError(text, code, close=True,
-                           log=f"{client_ip}: {self.failures} refused logins on one "
-                               f"connection; closing it")
-        raise PopError(text, code)
+        self._count_refusal(client_ip, text, code, failed=False)
 
     def _has_store_secret(self, user, mechanism) -> bool:
         """Does the store hold what `mechanism` needs for `user` (the clear secret for APOP

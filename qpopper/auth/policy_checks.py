@@ -9,6 +9,7 @@ import ipaddress
 import os
 import pwd
 import syslog
+from typing import NoReturn
 
 from qpopper import limits
 from qpopper.files import open_regular_nonblocking
@@ -276,13 +277,30 @@ class PolicyChecks:
         # guessed through POP; after as long a wait, braked and logged for fail2ban as a
         # wrong guess (else the next attempt's brake, or a ban, would tell them apart).
         if result.code in PASSWORD_EXPIRY_CODES:
-            answer, code = EXPIRED.format(user=user), RespCode.AUTH
-        else:
-            answer, code = self._wrong_guess_reply(text)
-            self.brakes.wait_as_wrong_guess(result, client_ip, user, self._method,
-                                            self.cfg.auth_failure_delay or 0,
-                                            sleep=self.sleep)
-        self._refuse_policy(user, client_ip, answer, reason, code, line=account_line)
+            self._refuse_policy(user, client_ip, EXPIRED.format(user=user), reason,
+                                line=account_line)
+        # why (LOGIN REFUSED (account)); then Qpopper's failure line and, while it is
+        # waited, `LOGIN FAILED`, as for a wrong guess (poppassd logs them in this order too)
+        answer, code = self._wrong_guess_reply(text)
+        self.log(syslog.LOG_NOTICE, account_line(user, self._method, client_ip, reason))
+        self.log(syslog.LOG_NOTICE, failure_line(user, host, client_ip))
+        self.brakes.wait_as_wrong_guess(result, client_ip, user, self._method,
+                                        self.cfg.auth_failure_delay or 0, sleep=self.sleep)
+        self._count_refusal(client_ip, answer, code, failed=True)
+
+    def _count_refusal(self, client_ip, text, code: RespCode | None, *,
+                       failed: bool) -> NoReturn:
+        """Count a refusal towards limits.MAX_AUTH_FAILURES_PER_CONNECTION and raise it; the
+        last one closes the connection (its log line says `failed` logins, answered as wrong
+        guesses, or refused ones). Never returns."""
+        self.failures += 1
+        if self.failures < limits.MAX_AUTH_FAILURES_PER_CONNECTION:
+            raise PopError(text, code)
+        if failed:
+            raise PopError(text, code, close=True, log=f"{client_ip}: {self.failures} failed "
+                                                       f"logins on one connection; closing it")
+        raise PopError(text, code, close=True, log=f"{client_ip}: {self.failures} refused "
+                                                   f"logins on one connection; closing it")
 
     def _account_step_undecided(self, user, client_ip, result: pam_auth.PamResult) -> None:
         """Right credentials, and PAM's account step could not decide (pam_sss, pam_ldap:

@@ -163,6 +163,13 @@ def test_a_right_password_on_an_expired_account_is_logged_as_refused_by_the_acco
     assert len(failed) == 4 and policy == [] and waits == [], (failed, policy, waits)
     assert all(f"user={gone.name}," in t for t in failed), failed
     assert not [t for t in texts if "Failed attempted login to " + stale.name in t]
+    # each of `gone`'s refusals logged as a wrong guess is: why first, then Qpopper's failure
+    # line and the fail2ban line (the order poppassd logs them in)
+    kinds = [kind for t in texts if f"{gone.name}," in t or f"login to {gone.name} " in t
+             for kind in ("LOGIN REFUSED (account)", "[AUTH] Failed", "LOGIN FAILED")
+             if t.startswith(kind)]
+    assert kinds == ["LOGIN REFUSED (account)", "[AUTH] Failed", "LOGIN FAILED"] * 3 + \
+        ["[AUTH] Failed", "LOGIN FAILED"], kinds
     assert ("address", source, 4) in address_rows(site, source)
     assert address_rows(site, stale.name) == []
 
