@@ -233,13 +233,13 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
         ("GSSAPI from *: *", "A Kerberos (GSSAPI) login failed; the GSS-API's reason."),
         ("PAM service *: * (*)", "PAM could not be used for a login (a broken stack, a "
                                  "directory down)."),
-        ("PAM's account step (service *) cannot decide (its directory down?): until a login "
-         "succeeds, or for * s, failed logins are answered [SYS/TEMP] as right passwords are",
+        ("PAM's account step (service *) cannot decide (its directory down?): for * s after "
+         "the last such login, failed logins are answered [SYS/TEMP] as right passwords are",
          "Right credentials found PAM's account step unable to decide (pam_sss, pam_ldap: "
          "their directory down); logged once per outage, by popper and by poppassd. Meanwhile "
          "every failed login is told \"try again later\" too, so that answer does not tell a "
          "guesser the password was right (docs/operations.md, \"When PAM's account step "
-         "cannot decide\"). Mend the directory; the first login that succeeds ends it."),
+         "cannot decide\"). Mend the directory; the mark ends that long after the last such login."),
         ("cannot read user list *: *", "auth-file or nonauth-file cannot be read: nobody is "
                                        "admitted."),
         ("refused empty user name", "A login with an empty name."),

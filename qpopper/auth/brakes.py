@@ -34,12 +34,14 @@ the /64 of an IPv6 address, since one host may use every address of its /64 and 
 otherwise take a fresh one for each guess. Log lines still show the client's own address.
 (Rows of an older build, keyed by a single IPv6 address, simply expire.)
 
-The file also carries one mark per PAM service: its account step could not decide after right
-credentials (pam_sss or pam_ldap in the `account` stack, their directory down). Those
-credentials are answered "try again later" ([SYS/TEMP]); while the mark lasts
-(limits.ACCOUNT_UNDECIDED_S from the last such answer, or until a login succeeds) every wrong
-guess and every refusal answered as one gets that answer too, so it does not tell a guesser
-that the password was right (docs/operations.md, "When PAM's account step cannot decide").
+The file also carries one mark for the host: PAM's account step could not decide after right
+credentials (pam_sss or pam_ldap in the `account` stack, their directory down), in popper or
+in poppassd. Those credentials are answered "try again later" ([SYS/TEMP]); while the mark
+lasts (limits.ACCOUNT_UNDECIDED_S from the last such answer; a login that succeeds does not
+end it: in a partial outage, with some accounts still decided, a guesser's own login would)
+every wrong guess and every refusal answered as one gets that answer too, in both programs,
+so it does not tell a guesser that the password was right
+(docs/operations.md, "When PAM's account step cannot decide").
 The right credentials are waited, counted and held as a wrong guess, without its `LOGIN
 FAILED` line (fail2ban would ban every polling client of the outage). Each connection is a
 process of its own, so the mark must live where they all see it: here.
@@ -78,7 +80,7 @@ from qpopper.addresses import address_group, in_networks, parse_networks
 ADDRESS = "address"
 USER = "user"
 HELD = "held"            # an address whose wrong guess is being answered: `last` is when
-UNDECIDED = "undecided"  # a PAM service whose account step could not decide: `last` is when
+UNDECIDED = "undecided"  # PAM's account step could not decide (key ""): `last` is until when
 
 _SCHEMA = """CREATE TABLE IF NOT EXISTS failures (
                  kind     TEXT NOT NULL,          -- 'address', 'user', 'held', 'undecided'
@@ -150,7 +152,7 @@ class Brakes:
         self._brake = 0.0          # the address's brake when its attempt under way began
         self._waited = 0.0         # ... and how much of it hold_address waited
         self._db: sqlite3.Connection | None = None     # the attempt's connection
-        self._undecided: dict[str, float] = {}   # marks this process made: without a file too
+        self._undecided_until = 0.0   # the mark as this process set it: without a file too
 
     @classmethod
     def from_config(cls, cfg, log) -> "Brakes":
@@ -255,40 +257,29 @@ class Brakes:
         if delay > 0:
             sleep(delay)
 
-    def mark_account_undecided(self, service: str) -> bool:
-        """PAM `service`'s account step could not decide after right credentials: from now
-        on, for limits.ACCOUNT_UNDECIDED_S, wrong guesses are answered as they are
-        (account_undecided). True when it was not marked yet: the caller says so in the log,
-        once per outage rather than once per login."""
+    def mark_account_undecided(self) -> bool:
+        """PAM's account step could not decide after right credentials: from now on, for
+        limits.ACCOUNT_UNDECIDED_S, wrong guesses are answered as they are, by every
+        connection of popper and poppassd (account_undecided). True when it was not marked
+        yet: the caller says so in the log, once per outage rather than once per login."""
         until = self.clock() + limits.ACCOUNT_UNDECIDED_S
-        marked_already = self.account_undecided(service)
-        self._undecided[service] = until
+        marked_already = self.account_undecided()
+        self._undecided_until = until
         self._write(lambda db: db.execute("INSERT OR REPLACE INTO failures (kind, key, count, "
-                                          "last) VALUES (?, ?, 0, ?)",
-                                          (UNDECIDED, _storable(service), until)))
+                                          "last) VALUES (?, '', 0, ?)", (UNDECIDED, until)))
         return not marked_already
 
-    def account_undecided(self, service: str) -> bool:
-        """Is PAM `service`'s account step marked as unable to decide (by any connection)?"""
+    def account_undecided(self) -> bool:
+        """Is PAM's account step marked as unable to decide (by any connection)?"""
         now = self.clock()
-        if self._undecided.get(service, 0.0) > now:
+        if self._undecided_until > now:
             return True
-        return self._with_db(lambda db: _until(db, UNDECIDED, service), default=0.0) > now
+        return self._with_db(lambda db: _until(db, UNDECIDED, ""), default=0.0) > now
 
-    def record_success(self, user: str, *, pam_service: str | None = None) -> None:
-        """A login: the user name's failures are forgotten, and `pam_service`'s account
-        step, which has just decided, is no longer marked undecided."""
+    def record_success(self, user: str) -> None:
         self._brake = self._waited = 0.0
-        if pam_service is not None:
-            self._undecided.pop(pam_service, None)
-
-        def forget(db):
-            db.execute("DELETE FROM failures WHERE kind = ? AND key = ?",
-                       (USER, _storable(user)))
-            if pam_service is not None:
-                db.execute("DELETE FROM failures WHERE kind = ? AND key = ?",
-                           (UNDECIDED, _storable(pam_service)))
-        self._write(forget)
+        self._write(lambda db: db.execute("DELETE FROM failures WHERE kind = ? AND key = ?",
+                                          (USER, _storable(user))))
         self.close()
 
     def close(self) -> None:
@@ -329,8 +320,10 @@ class Brakes:
         db.execute("DELETE FROM failures WHERE last < ?", (now - limits.BRAKE_WINDOW_S,))
         (rows,) = db.execute("SELECT COUNT(*) FROM failures").fetchone()
         if rows > limits.BRAKE_MAX_ROWS:
+            # the account step's mark is one row, not a client's: never the one dropped
             db.execute("DELETE FROM failures WHERE rowid IN (SELECT rowid FROM failures "
-                       "ORDER BY last LIMIT ?)", (rows - limits.BRAKE_MAX_ROWS,))
+                       "WHERE kind != ? ORDER BY last LIMIT ?)",
+                       (UNDECIDED, rows - limits.BRAKE_MAX_ROWS))
 
     def _write(self, change):
         return self._with_db(change, default=None, write=True)

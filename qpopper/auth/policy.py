@@ -77,9 +77,8 @@ from qpopper.auth.brakes import Brakes
 from qpopper.auth.scram import Verifier
 from qpopper.auth.store import (NO_OWNER_UID, DecoyKeyUnusable, PopAuthStore, decoy_key_line,
                                 first_telling_of_decoy_key_fault, store_owner_uid)
-from qpopper.auth.policy_checks import (BAD_DIGEST, BAD_PASSWORD, USER_DB_POP_AUTH,
-                                         USER_DB_SYSTEM, PolicyChecks, failure_line,
-                                         policy_line, store_mechanisms_offered)
+from qpopper.auth.policy_checks import (BAD_DIGEST, BAD_PASSWORD, USER_DB_POP_AUTH, PolicyChecks,
+                                         failure_line, policy_line, store_mechanisms_offered)
 
 class Authenticator(PolicyChecks, challenges.GssSteps):
     """One per session (cheap): `Authenticator(cfg, log)`."""
@@ -366,8 +365,7 @@ class Authenticator(PolicyChecks, challenges.GssSteps):
             self.log(syslog.LOG_NOTICE, log_login_line(
                 template, user, host, client_ip, authid=(authid or user) if sasl else "",
                 mechanism=mechanism[5:] if sasl else "", ssf=0 if sasl else ""))
-        self.brakes.record_success(user, pam_service=self.cfg.pam_service
-                                   if self.user_database == USER_DB_SYSTEM else None)
+        self.brakes.record_success(user)
         # POP-before-SMTP (docs/compatibility.md, "DRAC"): bounded, logged, never refuses the login. The
         # global drac-host only: per-user option files are read after this point.
         drac.notify_login(self.cfg.drac_host, user, host, client_ip, self.log)

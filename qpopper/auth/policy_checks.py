@@ -78,8 +78,8 @@ def account_undecided_line(service: str) -> str:
     """Logged (LOG_WARNING) when right credentials first find PAM's account step unable to
     decide (Brakes.mark_account_undecided)."""
     return (f"PAM's account step (service {service}) cannot decide (its directory down?): "
-            f"until a login succeeds, or for {limits.ACCOUNT_UNDECIDED_S} s, failed logins "
-            f"are answered [SYS/TEMP] as right passwords are")
+            f"for {limits.ACCOUNT_UNDECIDED_S} s after the last such login, failed logins are "
+            f"answered [SYS/TEMP] as right passwords are")
 
 
 def store_mechanisms_offered(cfg) -> bool:
@@ -310,9 +310,8 @@ class PolicyChecks:
         were right; but not logged `LOGIN FAILED`: the client is not guessing, and fail2ban
         would ban every client polling through the outage
         (docs/operations.md, "When PAM's account step cannot decide")."""
-        service = self.cfg.pam_service
-        if self.brakes.mark_account_undecided(service):
-            self.log(syslog.LOG_WARNING, account_undecided_line(service))
+        if self.brakes.mark_account_undecided():
+            self.log(syslog.LOG_WARNING, account_undecided_line(self.cfg.pam_service))
         self.brakes.wait_as_wrong_guess(result, client_ip, user, self._method,
                                         self.cfg.auth_failure_delay or 0, sleep=self.sleep,
                                         fail2ban_line=False)
@@ -322,7 +321,7 @@ class PolicyChecks:
         while PAM's account step is marked unable to decide (_account_step_undecided),
         the "try again later" that right credentials get meanwhile."""
         if (self.user_database == USER_DB_SYSTEM
-                and self.brakes.account_undecided(self.cfg.pam_service)):
+                and self.brakes.account_undecided()):
             return PAM_UNAVAILABLE, RespCode.SYS_TEMP
         return text, RespCode.AUTH
 

@@ -128,7 +128,7 @@ class PasswordKeeper:
         started = time.monotonic()
         refusal = self._check_old_password(user, old_password)
         if refusal is None:
-            self.brakes.record_success(user, pam_service=self.pam_service)
+            self.brakes.record_success(user)
             self.user, self.old_password = user, old_password
             return RIGHT
         verdict, reason, guessed, result = refusal
@@ -140,9 +140,9 @@ class PasswordKeeper:
                      and result.password_code == pam_auth.PAM_SUCCESS)
         as_wrong_guess = verdict == WRONG or undecided
         if undecided:
-            if self.brakes.mark_account_undecided(self.pam_service):
+            if self.brakes.mark_account_undecided():
                 self.log(syslog.LOG_WARNING, account_undecided_line(self.pam_service))
-        elif verdict == WRONG and self.brakes.account_undecided(self.pam_service):
+        elif verdict == WRONG and self.brakes.account_undecided():
             verdict = LATER
             reason += " (answered [SYS/TEMP]: PAM's account step cannot decide)"
         self.log(syslog.LOG_NOTICE, f'password change for "{user}" from '

@@ -296,6 +296,27 @@ def test_the_table_is_bounded(tmp_path, monkeypatch):
     db.close()
 
 
+def test_the_account_step_s_mark_is_never_the_row_the_bound_drops(tmp_path, monkeypatch):
+    """Rows are dropped oldest `last` first; held addresses whose answers are due after the
+    mark ends must not push it out (docs/operations.md, "When PAM's account step cannot
+    decide")."""
+    monkeypatch.setattr(limits, "BRAKE_MAX_ROWS", 5)
+    now = [1_000_000.0]
+    path = str(tmp_path / "b.sqlite")
+    brakes = Brakes(path, 30, lambda p, t: None, clock=lambda: now[0])
+    assert brakes.mark_account_undecided() and not brakes.mark_account_undecided()
+    for n in range(20):
+        brakes._hold(f"198.51.100.{n}", now[0] + limits.ACCOUNT_UNDECIDED_S + 60)
+        brakes.record_failure(f"198.51.100.{n}", "frank")
+    brakes.close()
+    assert Brakes(path, 30, lambda p, t: None, clock=lambda: now[0]).account_undecided()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT COUNT(*) FROM failures").fetchone()[0] <= 5
+    db.close()
+    now[0] += limits.ACCOUNT_UNDECIDED_S + 1              # and it ends by its time
+    assert not Brakes(path, 30, lambda p, t: None, clock=lambda: now[0]).account_undecided()
+
+
 def test_an_unusable_store_degrades_and_says_so(tmp_path):
     log = []
     (tmp_path / "dir").mkdir()

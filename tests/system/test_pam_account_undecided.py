@@ -7,22 +7,26 @@ cannot decide")."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import poplib
 import re
 import sqlite3
 import syslog
+import time
 
 import pytest
 
+from qpopper import limits
 from qpopper.auth import pam as pam_auth
 from qpopper.auth.brakes import ADDRESS, Brakes
 from qpopper.auth.policy import Authenticator
-from qpopper.auth.policy_checks import PAM_UNAVAILABLE
+from qpopper.auth.policy_checks import BAD_DIGEST, PAM_UNAVAILABLE
 from qpopper.config import Config
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.tools import poppassd_monitor
 from tests.helpers.pam_service import FAST_UNIX, PAM_DIR, installed_pam_service
+from tests.helpers.popauth import owned_store
 from tests.helpers.sysusers import is_root
 from tests.server_harness import Site
 
@@ -35,6 +39,7 @@ UNDECIDED = (f"auth     required  pam_faildelay.so delay={int(BASE_S * 1e6)}\n"
              "auth     required  pam_unix.so nodelay\n"
              "account  required  pam_exec.so quiet /bin/false\n")
 FAILURE_DELAY = 3
+TIMESTAMP = "<1234.5678@review.example>"
 
 
 class Log:
@@ -102,15 +107,25 @@ def test_after_a_right_password_the_account_step_cannot_decide_every_guess_is_to
         assert answers[0][2] == answers[1][2] == [FAILURE_DELAY]
         assert log.count(r"LOGIN FAILED, user=.*ip=\[127\.0\.0\.[45]\].*") == 2
         assert log.count(r"PAM's account step .* cannot decide .*") == 1     # once an outage
-        # the directory is back: the first login that succeeds ends the mark
+        # the directory is back: a login that succeeds does not end the mark (in a partial
+        # outage a guesser's own account would), the mark's time does
         with open(os.path.join(PAM_DIR, service), "w") as f:
             f.write(FAST_UNIX)
         auth = Authenticator(Config.defaults().replace(
             pam_service=service, auth_failure_delay=0, pop_auth_file=None,
             auth_brakes_file=brakes_file), log)
         assert auth.check_password(user.name, "pw-right", "127.0.0.7").user == user.name
-        code, text, _ = attempt(service, brakes_file, log, user.name, "pw-wrong", "127.0.0.8")
-        assert code is RespCode.AUTH and "incorrect" in text
+        assert attempt(service, brakes_file, log, user.name, "pw-wrong", "127.0.0.8")[:2] == \
+            (RespCode.SYS_TEMP, PAM_UNAVAILABLE)
+        later = Brakes(brakes_file, 30, log,
+                       clock=lambda: time.time() + limits.ACCOUNT_UNDECIDED_S + 1)
+        auth = Authenticator(Config.defaults().replace(
+            pam_service=service, auth_failure_delay=0, pop_auth_file=None,
+            auth_brakes_file=brakes_file), log, brakes=later)
+        auth.sleep = lambda seconds: None
+        with pytest.raises(PopError) as refused:
+            auth.check_password(user.name, "pw-wrong", "127.0.0.9")
+        assert refused.value.code is RespCode.AUTH and "incorrect" in refused.value.text
 
 
 def test_an_expired_account_is_answered_as_the_wrong_guesses_are_meanwhile(system_users,
@@ -195,3 +210,147 @@ def test_through_the_server_each_connection_sees_the_mark(world_tmp, system_user
             assert len(marks) == 1 and marks[0][0] & 7 == syslog.LOG_WARNING, marks
         finally:
             site.close()
+
+
+# ---- from the review of the mark: paths the tests above left out -------------------------
+def test_poppassd_under_its_own_service_sees_popper_s_mark(system_users, brakes_file):
+    """popper (pam-service pop3) and poppassd (-s poppassd, its default) share the brakes
+    file and the directory: the mark is the host's, so a guesser who turns to poppassd
+    during the outage that popper's polling clients marked is told the same for a wrong
+    password as for the right one (a mark per PAM service told them apart there)."""
+    victim = system_users.create(password="pw-right")
+    poller = system_users.create(password="pw-poller")
+    log = Log()
+    with installed_pam_service(UNDECIDED, tag="rp-") as pop3, \
+            installed_pam_service(UNDECIDED, tag="rq-") as poppassd_service:
+        # the outage: a POP client polls with its right password and marks it
+        assert attempt(pop3, brakes_file, log, poller.name, "pw-poller", "127.0.0.2")[:2] \
+            == (RespCode.SYS_TEMP, PAM_UNAVAILABLE)
+        assert attempt(pop3, brakes_file, log, victim.name, "pw-wrong", "127.0.0.3")[:2] \
+            == (RespCode.SYS_TEMP, PAM_UNAVAILABLE)                      # POP: no oracle
+
+        def check(password: str, client_ip: str) -> str:
+            keeper = poppassd_monitor.PasswordKeeper(
+                log, pam_service=poppassd_service, client_ip=client_ip,
+                brakes=Brakes(brakes_file, 30, log))
+            return keeper.check(victim.name, password)
+        # poppassd, same outage: the wrong guess and the right password must be told alike
+        wrong = check("pw-wrong", "127.0.0.4")
+        right = check("pw-right", "127.0.0.5")
+        assert right == poppassd_monitor.LATER
+        assert wrong == right, (wrong, right)
+
+
+ONE_USER_DECIDES = ("auth     required  pam_unix.so nodelay\n"
+                    "account  [success=done default=ignore] pam_succeed_if.so quiet user = {who}\n"
+                    "account  required  pam_exec.so quiet /bin/false\n")
+"""The directory is down for everyone but `who` (pam_localuser's shape: a local account, an
+account of a directory that is up, one sssd still decides offline)."""
+
+
+def test_another_account_s_login_does_not_end_the_mark(system_users, brakes_file):
+    """A partial outage: some accounts are still decided (pam_localuser, a directory that is
+    up). A login that succeeds must not end the mark, or a guesser's own account ended it
+    at will."""
+    victim = system_users.create(password="pw-right")
+    guesser = system_users.create(password="pw-own")   # an account whose step decides
+    log = Log()
+    stack = ONE_USER_DECIDES.format(who=guesser.name)
+    with installed_pam_service(stack, tag="rs-") as service:
+        # a polling client of the outage (here: the victim's own) marks the service
+        assert attempt(service, brakes_file, log, victim.name, "pw-right", "127.0.0.2")[:2] \
+            == (RespCode.SYS_TEMP, PAM_UNAVAILABLE)
+        assert attempt(service, brakes_file, log, victim.name, "pw-wrong", "127.0.0.3")[:2] \
+            == (RespCode.SYS_TEMP, PAM_UNAVAILABLE)
+        # the guesser logs in with an account of their own
+        auth = Authenticator(Config.defaults().replace(
+            pam_service=service, auth_failure_delay=0, pop_auth_file=None,
+            auth_brakes_file=brakes_file), log)
+        assert auth.check_password(guesser.name, "pw-own", "127.0.0.4").user == guesser.name
+        # ... and the victim's wrong and right passwords are still told alike
+        wrong = attempt(service, brakes_file, log, victim.name, "pw-wrong", "127.0.0.5")[:2]
+        right = attempt(service, brakes_file, log, victim.name, "pw-right", "127.0.0.6")[:2]
+        assert right == (RespCode.SYS_TEMP, PAM_UNAVAILABLE)
+        assert wrong == right, (wrong, right)
+
+
+def test_apop_right_proof_marks_and_wrong_proofs_are_told_alike(system_users, brakes_file,
+                                                                tmp_path):
+    """The proofs' path (APOP here; CRAM-MD5, SCRAM and GSSAPI take the same): a right proof
+    whose account step cannot decide marks, and is then told and timed as a wrong one."""
+    owner, store = owned_store(system_users, str(tmp_path))
+    victim = system_users.create(password="pw-x")
+    store.set_secret(victim.name, "apop-right")
+    log = Log()
+    with installed_pam_service(UNDECIDED, tag="ra-") as service:
+        def apop(secret: str, client_ip: str):
+            auth = Authenticator(Config.defaults().replace(
+                pam_service=service, auth_failure_delay=3, pop_auth_file=store.path,
+                pop_auth_owner=owner.name, store_mechanisms="on",
+                auth_brakes_file=brakes_file), log)
+            waits: list[float] = []
+            auth.sleep = waits.append
+            digest = hashlib.md5((TIMESTAMP + secret).encode()).hexdigest()
+            with pytest.raises(PopError) as refused:
+                auth.check_apop(victim.name, TIMESTAMP, digest, client_ip)
+            return (refused.value.code, refused.value.text), waits
+        assert apop("apop-wrong", "127.0.0.2")[0] == (RespCode.AUTH, BAD_DIGEST)
+        right, right_waits = apop("apop-right", "127.0.0.3")
+        wrong, wrong_waits = apop("apop-wrong", "127.0.0.4")
+        assert right == wrong == (RespCode.SYS_TEMP, PAM_UNAVAILABLE)
+        assert right_waits == wrong_waits == [3]
+
+
+def test_the_connection_cap_closes_right_and_wrong_alike(system_users, brakes_file):
+    """MAX_AUTH_FAILURES_PER_CONNECTION: the third refusal closes, whichever it is."""
+    victim = system_users.create(password="pw-right")
+    log = Log()
+    with installed_pam_service(UNDECIDED, tag="rc-") as service:
+        attempt(service, brakes_file, log, victim.name, "pw-right", "127.0.0.2")   # the mark
+        closes = {}
+        for last in ("pw-right", "pw-wrong"):
+            auth = Authenticator(Config.defaults().replace(
+                pam_service=service, auth_failure_delay=0, pop_auth_file=None,
+                auth_brakes_file=brakes_file), log)
+            auth.sleep = lambda _s: None
+            flags = []
+            for password in ("pw-wrong", "pw-wrong", last):
+                with pytest.raises(PopError) as refused:
+                    auth.check_password(victim.name, password, "127.0.0.3")
+                flags.append((refused.value.code, refused.value.text, refused.value.close))
+            closes[last] = flags
+        assert closes["pw-right"] == closes["pw-wrong"]
+        assert closes["pw-right"][-1][2] and not closes["pw-right"][0][2]
+
+
+def test_through_the_server_an_own_accounts_login_does_not_end_the_mark(world_tmp, system_users):
+    from tests.helpers.sysusers import make_spool
+    victim = system_users.create(password="pw-right")
+    guesser = system_users.create(password="pw-own")
+
+    def answer(server, user, password: str) -> bytes:
+        client = poplib.POP3(server.host, server.port, timeout=20)
+        try:
+            client.user(user.name)
+            try:
+                return client.pass_(password)
+            except poplib.error_proto as refused:
+                return refused.args[0]
+        finally:
+            client.close()
+    with installed_pam_service(ONE_USER_DECIDES.format(who=guesser.name), tag="rt-") as service:
+        site = Site(world_tmp, service, auth_failure_delay=0)
+        try:
+            server = site.server()
+            make_spool(site.spool_dir, guesser)
+            try_later = b"-ERR [SYS/TEMP] " + PAM_UNAVAILABLE.encode()
+            assert answer(server, victim, "pw-right") == try_later     # a polling client
+            assert answer(server, victim, "pw-wrong") == try_later     # the mark holds
+            assert answer(server, guesser, "pw-own").startswith(b"+OK")
+            wrong = answer(server, victim, "pw-wrong")
+            right = answer(server, victim, "pw-right")
+            assert right == try_later
+            assert wrong == right, (wrong, right)
+        finally:
+            site.close()
+
