@@ -24,11 +24,13 @@ from __future__ import annotations
 import _ctypes
 import contextlib
 import ctypes
+import ctypes.util
 import os
 import time
 from dataclasses import dataclass
 
 import pam as python_pam
+import pam.__internals as python_pam_internals
 from pam.__internals import PamConv, PamHandle, PamResponse, conv_func
 
 # PAM return codes we tell apart (Linux-PAM's _pam_types.h, re-exported by python-pam).
@@ -165,15 +167,41 @@ def _bypassed(asked: dict, code: int) -> bool:
         and code not in SYSTEM_ERRORS
 
 
+_found_libraries: dict[str, str] = {}
+"""find_library's answers in this process (and, inherited, in its forks): see below."""
+
+
+def _find_library_once(name: str) -> str | None:
+    """ctypes.util.find_library, each name's answer kept for the life of the process. A name
+    not found is looked up again the next time (libpam installed since)."""
+    found = _found_libraries.get(name)
+    if found is None:
+        found = ctypes.util.find_library(name)
+        if found:
+            _found_libraries[name] = found
+    return found
+
+
+# python-pam finds libpam and libpam_misc with ctypes.util.find_library, which runs
+# `/sbin/ldconfig -p`, a fork+exec each: 2.1 once per process (its bindings are the class's),
+# 2.0.x (Debian's python3-pampy) in every PamAuthenticator(), that is twice per login. Only
+# the lookup is kept: each transaction still constructs its own PamAuthenticator (its own
+# handle, conversation, messages and qpopper's hooks), whose CDLL of a soname already loaded
+# is dlopen finding it again. Replaced only where python-pam calls ctypes' own function.
+if getattr(python_pam_internals, "find_library", None) is ctypes.util.find_library:
+    python_pam_internals.find_library = _find_library_once
+
+
 def preload(service: str | None = None) -> None:
     """Load libpam's bindings now, in the master, before it forks sessions; with `service`,
     also keep that service's modules loaded (pin_modules).
 
-    python-pam binds libpam once per process, on the first PamAuthenticator, and finds the
+    python-pam binds libpam on the first PamAuthenticator (2.1: once per process; 2.0.x:
+    in every instance, from the libraries' names _find_library_once keeps), finding the
     libraries with ctypes.util.find_library, which runs `/sbin/ldconfig -p` (twice). Done in
-    the master, every forked session inherits the bindings instead of paying two fork+execs
-    per login. A missing libpam is not an error here: each session reports it as
-    [SYS/TEMP] when it tries.
+    the master, every forked session inherits the bindings and the names instead of paying
+    two fork+execs per login. A missing libpam is not an error here: each session reports
+    it as [SYS/TEMP] when it tries.
     """
     with contextlib.suppress(*_LIBPAM_UNLOADABLE):
         python_pam.PamAuthenticator()
