@@ -229,11 +229,16 @@ def _second_tries_alike(world_tmp, system_users, *, negative_ttl: int, pause_s: 
 
 
 class _CallsLibpamDirectly(pam_auth.python_pam.PamAuthenticator):
-    """A python-pam that calls libpam's pam_authenticate through its class's binding, not
-    the instance's that qpopper wraps (as a future version might)."""
+    """A python-pam that calls libpam's pam_authenticate through a binding of its own, not
+    the instance's that qpopper wraps (as a future version might). The binding is the one
+    the constructor made: 2.1's class binding, 2.0's (Debian's) per-instance one."""
+
+    def __init__(self):
+        super().__init__()
+        self._own_binding = self.pam_authenticate
 
     def authenticate(self, *args, **kwargs):
-        vars(self).pop("pam_authenticate", None)
+        self.pam_authenticate = self._own_binding
         return super().authenticate(*args, **kwargs)
 
 
