@@ -449,11 +449,11 @@ def empty_lines_before_from(fd: int, start: int, end: int) -> int:
     `From ` line: padding a delivery agent wrote to close the message before it, which a
     write-back that wrote that message closed leaves out
     (docs/maildrop.md, "Server mode: the update").
-    0 when anything else follows them: content is never left out."""
+    0 when anything else follows them: content is never left out. An empty line is the
+    scan's (and leading_padding's): LF or CRLF alone; CR CR LF is a line of content, and a
+    `From ` line after it is no separator (docs/mbox.md, "Separators")."""
     head = os.pread(fd, min(limits.COPY_CHUNK_OCTETS, end - start), start)
-    skip = len(head) - len(head.lstrip(b"\r\n"))
-    while skip and not head[:skip].endswith(b"\n"):
-        skip -= 1                       # a CR that starts the next line is not an empty line
+    skip = _EMPTY_LINES.match(head).end()
     if not skip:
         return 0
     line = os.pread(fd, min(limits.MAX_SPOOL_LINE_OCTETS, end - start - skip), start + skip)

@@ -189,3 +189,50 @@ def test_padded_mail_delivered_during_a_session_that_deletes_everything_loses_it
     finally:
         client.close()
     assert spool_bytes(site, user) == messages[1]
+
+
+@pytest.mark.parametrize("server_mode", [False, True], ids=["normal-mode", "server-mode"])
+@pytest.mark.parametrize("kept", [1, 0], ids=["one-kept", "none-kept"])
+def test_mail_delivered_after_a_cr_cr_lf_line_loses_no_octet(site_for, server_mode, kept):
+    """CR CR LF is no empty line (docs/mbox.md, "Separators"): mail delivered during a
+    session that starts with one is copied whole after the kept messages (its `From ` line
+    content, as the scan reads it); a spool that then starts with it is refused as before."""
+    site, user = site_for(server_mode=server_mode)
+    spool = make_spool(site.spool_dir, user, b"".join(MESSAGES[:2]))
+    server = site.server()
+    client = login(server, user)
+    try:
+        for n in range(kept + 1, 3):
+            client.dele(n)
+        with open(spool, "ab") as f:
+            f.write(b"\r\r\n" + MESSAGES[2])
+        client.quit()
+    finally:
+        client.close()
+    assert spool_bytes(site, user) == b"".join(MESSAGES[:kept]) + b"\r\r\n" + MESSAGES[2]
+    if kept:
+        return
+    client = poplib.POP3(server.host, server.port, timeout=20)
+    try:
+        client.user(user.name)
+        with pytest.raises(poplib.error_proto) as info:
+            client.pass_(user.password)
+        assert info.value.args[0] == REFUSED
+    finally:
+        client.close()
+
+
+def test_a_cr_cr_lf_line_after_a_crashed_sessions_drop_is_kept(site_for):
+    """Normal mode, a drop left by a crashed session: the spool's mail goes after it whole
+    when it starts with CR CR LF, that line and the `From ` line after it content of the
+    drop's last message, as a scan of the two together reads them."""
+    site, user = site_for()
+    make_spool(site.spool_dir, user, b"\r\r\n" + MESSAGES[2])
+    make_drop(site, user, MESSAGES[0] + MESSAGES[1])
+    client = login(site.server(), user)
+    try:
+        assert client.stat()[0] == 2
+        client.quit()
+    finally:
+        client.close()
+    assert spool_bytes(site, user) == MESSAGES[0] + MESSAGES[1] + b"\r\r\n" + MESSAGES[2]

@@ -171,3 +171,43 @@ def test_the_format_is_read_after_the_padding(pad):
 def test_a_file_cut_while_its_padding_is_read_has_none():
     assert mbox.leading_padding(lambda at, n: b"", 10) == 0
     assert mbox.leading_padding(lambda at, n: b"\n\n"[at:at + n], 10) == 0
+
+
+CR_CR_LF_PADS = [b"\r\r\n", b"\n\r\r\n", b"\r\n\r\r\n\n", b"\r\r\n\n", b"\n\r\n\r\r\n\r\n"]
+
+
+@pytest.mark.parametrize("pad", CR_CR_LF_PADS + PADDINGS[:4], ids=repr)
+def test_every_path_reads_cr_cr_lf_as_no_empty_line(pad):
+    """One rule for an empty line (LF or CRLF alone) in the scan, both passes, the padding
+    before the first separator and the empty lines the commit leaves out before a `From `
+    line: CR CR LF is content. A spool starting with it is refused by every scan; after mail,
+    the `From ` line it precedes is no separator, so none of it may be left out."""
+    empty = b"\r\r\n" not in pad
+    data = pad + FROM_SPOOL
+    with fd_of(data) as f:
+        fd = f.fileno()
+        assert mbox.padding_of(fd, len(data)) == (len(pad) if empty else 0)
+        assert mbox.empty_lines_before_from(fd, 0, len(data)) == (len(pad) if empty else 0)
+    if empty:
+        want = [shifted(m, len(pad)) for m in mbox.scan(io.BytesIO(FROM_SPOOL))]
+        for got in scans(data):
+            assert rows(got) == rows(want)
+    else:
+        for batch in (True, False):
+            with pytest.raises(mbox.MboxFormatError):
+                mbox.scan(io.BytesIO(data), batch=batch)
+    if len(PASSES) == 2:
+        assert_same_candidates(data, 0, len(data))
+    # the same octets after a message: the commit leaves out only empty lines right before a
+    # line the scan of the whole file reads as a separator (after CR CR LF it is content)
+    first = FROM_SPOOL[:FROM_SPOOL.index(b"From c@d")]
+    whole = first + pad + FROM_SPOOL
+    at = len(first) + len(pad)
+    with fd_of(whole) as f:
+        skip = mbox.empty_lines_before_from(f.fileno(), len(first), len(whole))
+        offsets = [m.offset for m in mbox.scan(f)]
+    assert skip == (len(pad) if empty else 0)
+    assert (at in offsets) == whole[:at].endswith((b"\n\n", b"\n\r\n"))
+    assert not skip or at in offsets
+    if len(PASSES) == 2:
+        assert_same_candidates(whole, 0, len(whole))
