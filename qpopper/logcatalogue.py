@@ -375,14 +375,18 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
          "short) and appended it, so mail delivered later stays a message of its own "
          "(docs/mbox.md, \"What write-back writes\")."),
         ("*'s spool starts with empty lines; normal mode for this session",
-         "A server-mode login found empty lines before the spool's first message (a delivery "
-         "agent's padding): this session runs in normal mode, which leaves them out of the "
-         "spool (docs/mbox.md, \"Padding before the first message\")."),
+         "A server-mode login found empty lines before the spool's first message, or a spool "
+         "of empty lines only (a delivery agent's padding): this session runs in normal mode, "
+         "which leaves them out of the spool "
+         "(docs/mbox.md, \"Padding before the first message\")."),
         ("*'s * starts with * octets of empty lines before its first message; left out",
          "A normal-mode login moved a spool (or an old-location drop) that starts with empty "
          "lines before its first message into the empty temporary drop without them: they are "
          "part of no message, and the update does not write them back "
          "(docs/mbox.md, \"Padding before the first message\")."),
+        ("*'s * is * octets of empty lines and no message; left out",
+         "As above, for a spool (or an old-location drop) of empty lines only: it is emptied, "
+         "and the session has no messages."),
         ("cannot write *'s cache: *", "The server-mode cache could not be saved."),
         ("the spool was replaced or cut during a server-mode session; left as it is",
          "Someone else changed the spool: nothing is written back."),

@@ -72,9 +72,11 @@ class NormalModeMaildrop(Maildrop):
         start = os.fstat(drop).st_size
         pad = mbox.padding_after(drop, start, open_message=None)  # a crashed session's drop
         skip = self._padding_to_leave_out(src, size, start)
-        if skip and not start:
-            self._note(syslog.LOG_NOTICE, f"{self.user}'s {source} starts with {skip} octets of "
-                                          "empty lines before its first message; left out")
+        if skip and not start:              # (nothing but empty lines: no message at all)
+            self._note(syslog.LOG_NOTICE, f"{self.user}'s {source} " + (
+                f"is {skip} octets of empty lines and no message; left out" if skip == size
+                else f"starts with {skip} octets of empty lines before its first message; "
+                     "left out"))
         record = {"op": "absorb", "source": source, "dev": st.st_dev, "ino": st.st_ino,
                   "temp_len": start, "pad": len(pad), "len": size}
         # A version-2 build would take a copy that left octets out for a truncated source.

@@ -115,6 +115,24 @@ def test_a_padded_spool_whose_session_deletes_nothing_is_written_without_it(site
 
 
 @pytest.mark.parametrize("server_mode", [False, True], ids=["normal-mode", "server-mode"])
+def test_a_spool_of_empty_lines_only_is_served_empty_and_emptied(site_for, server_mode):
+    """No message at all: the log says so (no "first message"), and the spool is emptied."""
+    site, user = site_for(server_mode=server_mode)
+    make_spool(site.spool_dir, user, b"\n\r\n\n")
+    client = login(site.server(), user)
+    try:
+        assert client.stat() == (0, 0)
+        client.quit()
+    finally:
+        client.close()
+    assert spool_bytes(site, user) == b""
+    lines = [text for text in site.syslog.texts() if user.name in text and "empty lines" in text]
+    assert any("is 4 octets of empty lines and no message; left out" in text
+               for text in lines), lines
+    assert not any("first message" in text for text in lines), lines
+
+
+@pytest.mark.parametrize("server_mode", [False, True], ids=["normal-mode", "server-mode"])
 def test_a_spool_with_text_before_its_first_separator_is_still_refused(site_for,
                                                                         server_mode):
     site, user = site_for(server_mode=server_mode)
