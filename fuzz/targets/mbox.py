@@ -66,14 +66,14 @@ def one_input(data: bytes) -> None:
         return
     flags, top_lines, spool = data[0], data[1], data[2:]
     same_candidates(spool)
-    padding = leading_padding(lambda at, n: spool[at:at + n], len(spool))
-    if padding:
-        same_candidates(spool, padding)
-        same_as_without_padding(spool, padding, scan_options(flags))
     small = bool(flags & 32)
     mbox_batch.SPLIT_OCTETS = 0 if small else SPLIT_OCTETS
     mbox_batch.CHUNK_OCTETS = 256 if small else CHUNK_OCTETS
     mbox_batch.BIG_MESSAGE_OCTETS = 128 if small else BIG_MESSAGE_OCTETS
+    padding = leading_padding(lambda at, n: spool[at:at + n], len(spool))
+    if padding:             # (after the split is set: bit 5 holds for the padded scans too)
+        same_candidates(spool, padding)
+        same_as_without_padding(spool, padding, scan_options(flags))
     if flags & 16:
         with tempfile.TemporaryFile() as f:
             f.write(spool)

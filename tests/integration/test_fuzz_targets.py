@@ -52,3 +52,27 @@ def test_an_undocumented_exception_is_a_finding(tmp_path, monkeypatch):
     monkeypatch.setattr(target, "one_input", lambda data: (_ for _ in ()).throw(
         target.ALLOWED[0]("documented")))
     harness.check(target, b"x")
+
+
+def test_the_mbox_targets_padding_check_scans_with_the_inputs_split(monkeypatch):
+    """Bit 5 (the batch scan in small parts) holds for the padded spool's scans too: the
+    padding invariant is checked after the input's split is set, not with the last input's."""
+    from qpopper.spool import mbox_batch
+    target = harness.load_target("mbox")
+    for name in ("SPLIT_OCTETS", "CHUNK_OCTETS", "BIG_MESSAGE_OCTETS"):
+        monkeypatch.setattr(mbox_batch, name, getattr(mbox_batch, name))   # restored after
+    checked = target.same_as_without_padding
+    seen = []
+
+    def same_as_without_padding(*args):
+        seen.append((mbox_batch.SPLIT_OCTETS, mbox_batch.CHUNK_OCTETS,
+                     mbox_batch.BIG_MESSAGE_OCTETS))
+        checked(*args)
+    monkeypatch.setattr(target, "same_as_without_padding", same_as_without_padding)
+    spool = b"\r\n\n" + b"".join(b"From a@b Wed Dec  2 05:53:22 1992\nSubject: %d\n\n%s\n\n"
+                                 % (n, b"x" * 300) for n in range(4))
+    for flags in (32, 0, 32 | 16):
+        target.one_input(bytes([flags, 1]) + spool)
+    small, whole = (0, 256, 128), (target.SPLIT_OCTETS, target.CHUNK_OCTETS,
+                                   target.BIG_MESSAGE_OCTETS)
+    assert seen == [small, whole, small]
