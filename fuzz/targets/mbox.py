@@ -13,7 +13,10 @@ Only MboxFormatError (a spool that does not start with an envelope) may escape. 
   counts are right (docs/mbox.md, "The batch scan");
 - a spool that starts with empty lines before its first separator scans as the spool without
   them, every offset moved by their length (docs/mbox.md, "Padding before the first
-  message"), and the two passes list the same candidates from there.
+  message"), and the two passes list the same candidates from there;
+- from a real file, the empty lines the commit leaves out before a first `From ` line
+  (empty_lines_before_from) are that padding before a From_ separator, and none otherwise:
+  one rule for an empty line (LF or CRLF alone; CR CR LF is none).
 
 First byte: bit 0 update-status-headers, bit 1 old-style UIDs, bit 2 uw-kludge, bit 3
 Content-Length honoured, bit 4 a real file (pread) instead of memory, bit 5 the batch scan in
@@ -28,8 +31,8 @@ import io
 import tempfile
 
 from qpopper.spool import mbox_batch
-from qpopper.spool.mbox import (Message, MboxFormatError, copy_for_update, leading_padding, scan,
-                                send_message)
+from qpopper.spool.mbox import (Message, MboxFormatError, copy_for_update,
+                                empty_lines_before_from, leading_padding, scan, send_message)
 from tests.helpers.scan_passes import (assert_same_candidates, assert_same_header_block,
                                        assert_same_plain_from_lines)
 
@@ -78,6 +81,7 @@ def one_input(data: bytes) -> None:
         with tempfile.TemporaryFile() as f:
             f.write(spool)
             f.flush()
+            same_leave_out(f.fileno(), spool, padding)
             check_spool(f, len(spool), top_lines, scan_options(flags))
     else:
         check_spool(io.BytesIO(spool), len(spool), top_lines, scan_options(flags))
@@ -146,6 +150,14 @@ def same_as_without_padding(spool: bytes, padding: int, options: dict) -> None:
     assert rows(scan(io.BytesIO(spool), **options)) == want, "padding changed the messages"
     assert rows(scan(io.BytesIO(spool), batch=False, **options)) == want, (
         "padding changed the reference scan's messages")
+
+
+def same_leave_out(fd: int, spool: bytes, padding: int) -> None:
+    """The commit leaves out before a first `From ` line what the scan passes over as padding,
+    and nothing before anything else."""
+    skip = empty_lines_before_from(fd, 0, len(spool))
+    want = padding if spool[padding:padding + 5] == b"From " else 0
+    assert skip == want, f"the commit leaves out {skip} octets, the padding is {want}"
 
 
 def check_spool(f, size: int, top_lines: int, options: dict) -> None:
