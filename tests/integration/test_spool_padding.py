@@ -53,6 +53,18 @@ def site_for(system_users, pam_service, world_tmp):
         site.close()
 
 
+def assert_refused(server, user) -> None:
+    """The login is refused for the spool's first line."""
+    client = poplib.POP3(server.host, server.port, timeout=20)
+    try:
+        client.user(user.name)
+        with pytest.raises(poplib.error_proto) as info:
+            client.pass_(user.password)
+        assert info.value.args[0] == REFUSED
+    finally:
+        client.close()
+
+
 def spool_bytes(site, user) -> bytes:
     with open(os.path.join(site.spool_dir, user.name), "rb") as f:
         return f.read()
@@ -140,14 +152,7 @@ def test_a_spool_with_text_before_its_first_separator_is_still_refused(site_for,
     make_spool(site.spool_dir, user, content)
     server = site.server()
     for _ in range(2):                      # at every login
-        client = poplib.POP3(server.host, server.port, timeout=20)
-        try:
-            client.user(user.name)
-            with pytest.raises(poplib.error_proto) as info:
-                client.pass_(user.password)
-            assert info.value.args[0] == REFUSED
-        finally:
-            client.close()
+        assert_refused(server, user)
         # as before: normal mode moved the mail into the temporary drop, server mode read it
         # in place; not a byte left out or lost
         drop = os.path.join(site.spool_dir, f".{user.name}.pop")
@@ -228,16 +233,8 @@ def test_mail_delivered_after_a_cr_cr_lf_line_loses_no_octet(site_for, server_mo
     finally:
         client.close()
     assert spool_bytes(site, user) == b"".join(MESSAGES[:kept]) + b"\r\r\n" + MESSAGES[2]
-    if kept:
-        return
-    client = poplib.POP3(server.host, server.port, timeout=20)
-    try:
-        client.user(user.name)
-        with pytest.raises(poplib.error_proto) as info:
-            client.pass_(user.password)
-        assert info.value.args[0] == REFUSED
-    finally:
-        client.close()
+    if not kept:
+        assert_refused(server, user)
 
 
 def test_a_cr_cr_lf_line_after_a_crashed_sessions_drop_is_kept(site_for):
