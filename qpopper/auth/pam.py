@@ -88,7 +88,13 @@ class PamResult:
     refused, a caller that answers the refusal as a wrong password waits it first, as a
     wrong password waited it inside PAM
     (docs/operations.md, "An expired account or password");
-    the authentication cache keeps it with a wrong password, to wait it again."""
+    the authentication cache keeps it with the password step's verdict, to wait it again."""
+    password_step_s: float = 0.0
+    """How long the password step itself took (pam_authenticate: pam_unix's yescrypt, a
+    directory's bind), without the failure delay, which qpopper waits after it; 0 when the
+    step did not run. The authentication cache keeps it with the verdict and waits it again
+    before a refusal answered from the cache, so that refusal costs what PAM's does
+    (docs/auth-cache.md, "What is remembered, and under which key")."""
 
     @property
     def system_error(self) -> bool:
@@ -116,8 +122,9 @@ def _with_rhost(authenticator, rhost: str | None, replace_auth_step: bool) -> di
 
     With `replace_auth_step` the password step reports success without asking any module:
     used after APOP has proved the user's secret, so the PAM stack only runs pam_acct_mgmt.
-    Returns a dict that gets the password step's own code ("code") and the failure delay
-    libpam drew for it ("fail_delay_s") once it has run.
+    Returns a dict that gets the password step's own code ("code"), its own time without
+    the failure delay ("step_s") and the failure delay libpam drew for it ("fail_delay_s")
+    once it has run.
     """
     real_authenticate = authenticator.pam_authenticate
     real_start, real_account_step = authenticator.pam_start, authenticator.pam_acct_mgmt
@@ -146,7 +153,9 @@ def _with_rhost(authenticator, rhost: str | None, replace_auth_step: bool) -> di
         # libpam then hands its failure delay to note_delay, after a success too, instead
         # of waiting it itself: the wait is ours, below, and known for a later refusal.
         set_item(handle, PAM_FAIL_DELAY, ctypes.cast(delay_function, ctypes.c_void_p))
+        started = time.monotonic()
         asked["code"] = code = real_authenticate(handle, flags)
+        asked["step_s"] = time.monotonic() - started
         if code != PAM_SUCCESS:
             time.sleep(asked.get("fail_delay_s", 0.0))
         return code
@@ -285,10 +294,11 @@ def _run(service: str, user: str, password: str, rhost: str | None, *,
         # password step for real, or skip the account step, without a sound. Not trusted:
         # every login fails loudly until qpopper is mended.
         return PamResult(False, python_pam.PAM_SYSTEM_ERR, BYPASSED_WRAPPER)
-    password_code = asked.get("code")
-    drawn = float(asked.get("fail_delay_s", 0.0))
+    said = {"password_code": asked.get("code"),
+            "fail_delay_s": float(asked.get("fail_delay_s", 0.0)),
+            "password_step_s": float(asked.get("step_s", 0.0))}
     if code == PAM_SUCCESS:
-        return PamResult(True, code, reason, password_code=password_code, fail_delay_s=drawn)
+        return PamResult(True, code, reason, **said)
     if code == PAM_NEW_AUTHTOK_REQD:
         # pam_unix's acct_mgmt: the password must be changed (chage -d 0, maximum age
         # passed). It comes only after the password (or APOP digest) was verified. Past the
@@ -296,8 +306,8 @@ def _run(service: str, user: str, password: str, rhost: str | None, *,
         # check-password-expired (manual: "Disabling prevents Qpopper from checking for
         # expired passwords") decides whether it refuses the login.
         return PamResult(not check_password_expired, code, reason, password_expired=True,
-                         password_code=password_code, fail_delay_s=drawn)
-    return PamResult(False, code, reason, password_code=password_code, fail_delay_s=drawn)
+                         **said)
+    return PamResult(False, code, reason, **said)
 
 
 def authenticate(service: str, user: str, password: str, rhost: str | None = None, *,

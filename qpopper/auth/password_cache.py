@@ -19,6 +19,10 @@ password for one account, under a key that is a salted scrypt hash:
 - its no (PAM_AUTH_ERR, PAM_USER_UNKNOWN only): refused as PAM would, with PAM's reason, and
   counted, delayed and braked as any failure is (the authenticator does that);
 - nothing else: system errors, acct_mgmt's refusals, PAM_MAXTRIES, ... are asked afresh.
+Each verdict keeps the password step's own time and the failure delay libpam drew: a refusal
+answered from the cache (a remembered wrong password; a remembered right one whose account
+step refuses or cannot decide) waits both, as PAM's refusal takes them; a login that
+succeeds waits neither.
 The uid and the shadow stamp (the account's shadow hash and its last-change day, read with
 getspnam; empty for an account without a shadow entry, e.g. from LDAP) are in the key, so that
 a name reused for a new account never inherits the old account's password, even with the same
@@ -41,6 +45,7 @@ import socket
 import struct
 import time
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from qpopper import limits
 from qpopper.auth import pam as pam_auth
@@ -57,8 +62,13 @@ RIGHT = "right"
 """The verdict for a password the password step accepted."""
 
 MAX_REMEMBERED_DELAY_S = 60.0
-"""The most a remembered refusal waits (pam_faildelay's delay is the administrator's: this
-only bounds what a corrupt verdict could ask)."""
+"""The most a remembered refusal waits of PAM's failure delay (pam_faildelay's delay is the
+administrator's: this only bounds what a corrupt verdict could ask)."""
+
+MAX_REMEMBERED_STEP_S = 30.0
+"""The most a remembered refusal waits of the password step's own time: a directory's bind
+(pam_ldap's bind_timelimit, 30 s by default) fits; a step that timed out says a system
+error, which is never remembered. Only bounds what a corrupt verdict could ask."""
 
 REMEMBERED_REFUSALS = {
     pam_auth.python_pam.PAM_AUTH_ERR: "Authentication failure",
@@ -112,54 +122,76 @@ def shadow_stamp(user: str) -> bytes:
     return (spwd.sp_pwdp or b"") + b"\0" + str(spwd.sp_lstchg).encode()
 
 
+class Replay(NamedTuple):
+    """What PAM's password step cost, kept with its verdict: a refusal answered from the
+    cache waits both again, so that it takes as long as PAM's own refusal (the step, then
+    the failure delay), and a candidate tried twice takes alike whatever PAM said of it."""
+
+    step_s: float
+    """The password step's own time (pam.PamResult.password_step_s)."""
+    delay_s: float
+    """The failure delay libpam drew for it (pam.PamResult.fail_delay_s)."""
+
+
 def verdict_of(result: pam_auth.PamResult, asked_at_ns: int) -> str | None:
-    """What may be remembered of a PAM answer, with the failure delay libpam drew for it:
-    RIGHT and when PAM was asked ("right 1.423 <monotonic ns>"); a refusal's code ("7
-    1.423"); or None. A remembered refusal waits its delay again; a remembered right password
-    whose account step refuses waits it too while a wrong one would still be remembered, and
-    asks PAM whole after (pam_or_cached): repeated tries of either take alike."""
-    delay = f"{result.fail_delay_s:.3f}"
+    """What may be remembered of a PAM answer, with the failure delay libpam drew for it and
+    the password step's own time, both in whole microseconds: RIGHT and when PAM was asked
+    (monotonic ns), "right 1423000 47210 <ns>"; a refusal's code, "7 1423000 47210"; or
+    None. A refusal answered from it waits both again (pam_or_cached)."""
+    replay = f"{_microseconds(result.fail_delay_s)} {_microseconds(result.password_step_s)}"
     if result.password_code == pam_auth.PAM_SUCCESS:
-        return f"{RIGHT} {delay} {asked_at_ns}"
+        return f"{RIGHT} {replay} {asked_at_ns}"
     if result.password_code in REMEMBERED_REFUSALS:
-        return f"{result.password_code} {delay}"
+        return f"{result.password_code} {replay}"
     return None
 
 
+def _microseconds(seconds: float) -> int:
+    return max(0, round(seconds * 1e6)) if math.isfinite(seconds) else 0
+
+
 def is_right(verdict: str | None) -> bool:
+    """Does `verdict` say right (the cache process's choice of TTL; what a lookup uses of it
+    is remembered_right's)?"""
     return (verdict or "").partition(" ")[0] == RIGHT
 
 
-def _delay(text: str) -> float:
-    """A remembered delay, within 0 .. MAX_REMEMBERED_DELAY_S (0 for anything unreadable)."""
-    try:
-        value = float(text or 0)
-    except ValueError:
-        return 0.0
-    return min(max(value, 0.0), MAX_REMEMBERED_DELAY_S) if math.isfinite(value) else 0.0
-
-
 def stored_count(text: str) -> int | None:
-    """A count the cache stored as text (a time in ns, a PAM code): up to 20 ASCII digits,
-    else None (int() would take other digits, and any length)."""
+    """A count the cache stored as text (a time in ns or µs, a PAM code): up to 20 ASCII
+    digits, else None (int() would take other digits, and any length)."""
     return int(text) if text.isascii() and text.isdigit() and len(text) <= 20 else None
 
 
-def remembered_right(verdict: str | None) -> tuple[float, int] | None:
-    """(failure delay, when PAM was asked in monotonic ns) of a remembered right password."""
-    if not is_right(verdict):
+def _replay(delay_us: str, step_us: str) -> Replay | None:
+    """A verdict's two times, each within its cap; None unless both are stored counts."""
+    delay, step = stored_count(delay_us), stored_count(step_us)
+    if delay is None or step is None:
         return None
-    _, delay, asked_at = (verdict.split(" ") + ["", ""])[:3]
-    return _delay(delay), stored_count(asked_at) or 0
+    return Replay(step_s=min(step / 1e6, MAX_REMEMBERED_STEP_S),
+                  delay_s=min(delay / 1e6, MAX_REMEMBERED_DELAY_S))
 
 
-def remembered_refusal(verdict: str | None) -> tuple[int, float] | None:
-    """(code, failure delay) of a remembered refusal (verdict_of), or None."""
-    code, _, delay = (verdict or "").partition(" ")
-    number = stored_count(code)
-    if number not in REMEMBERED_REFUSALS:
+def remembered_right(verdict: str | None) -> tuple[Replay, int] | None:
+    """(what to replay before a refusal, when PAM was asked in monotonic ns) of a remembered
+    right password; None for anything else, and for a verdict not in verdict_of's form
+    (a miss: PAM is asked)."""
+    fields = (verdict or "").split(" ")
+    if len(fields) != 4 or fields[0] != RIGHT:
         return None
-    return number, _delay(delay)
+    replay, asked_at = _replay(fields[1], fields[2]), stored_count(fields[3])
+    return None if replay is None or asked_at is None else (replay, asked_at)
+
+
+def remembered_refusal(verdict: str | None) -> tuple[int, Replay] | None:
+    """(code, what to replay) of a remembered refusal (verdict_of); None for anything else,
+    and for a verdict not in verdict_of's form (a miss: PAM is asked)."""
+    fields = (verdict or "").split(" ")
+    if len(fields) != 3:
+        return None
+    code, replay = stored_count(fields[0]), _replay(fields[1], fields[2])
+    if code not in REMEMBERED_REFUSALS or replay is None:
+        return None
+    return code, replay
 
 
 @dataclass(frozen=True)
@@ -239,19 +271,25 @@ def pam_or_cached(cache: PasswordCache | None, service: str, user: str, uid: int
         if account.ok or account.password_expired:
             return replace(account, password_code=pam_auth.PAM_SUCCESS)
         # Answered as a wrong password (a refusal; an account step that cannot decide is
-        # answered as wrong guesses are meanwhile), it owes PAM's failure delay: the
-        # remembered one while a wrong password asked as long ago would still be remembered
-        # (and replay its own), PAM asked whole after, as that wrong password would be.
-        delay, asked_at = right
+        # answered as wrong guesses are meanwhile), it owes what PAM's refusal of a wrong
+        # one costs: the remembered password step's time, waited here as PAM would have
+        # spent it, and its failure delay, which the caller waits (owed_delay_s); while a
+        # wrong password asked as long ago would still be remembered (and replay its own),
+        # PAM asked whole after, as that wrong password would be.
+        replay, asked_at = right
         if time.monotonic_ns() - asked_at < negative_ttl_s * 1e9:
-            return replace(account, password_code=pam_auth.PAM_SUCCESS, fail_delay_s=delay)
+            time.sleep(replay.step_s)
+            return replace(account, password_code=pam_auth.PAM_SUCCESS,
+                           fail_delay_s=replay.delay_s, password_step_s=replay.step_s)
     refusal = remembered_refusal(verdict)
     if refusal is not None:
-        # PAM's failure delay again, as PAM would wait it: a remembered wrong password takes
-        # as long as a fresh one, and as a right one the account step refuses (below).
-        code, delay = refusal
-        time.sleep(delay)
-        return pam_auth.PamResult(False, code, REMEMBERED_REFUSALS[code], fail_delay_s=delay)
+        # The password step's time and PAM's failure delay again, as PAM would spend them: a
+        # remembered wrong password takes as long as a fresh one, and as a right one the
+        # account step refuses (above).
+        code, replay = refusal
+        time.sleep(replay.step_s + replay.delay_s)
+        return pam_auth.PamResult(False, code, REMEMBERED_REFUSALS[code],
+                                  fail_delay_s=replay.delay_s, password_step_s=replay.step_s)
     asked_at = time.monotonic_ns()
     result = pam_auth.authenticate(service, user, password, rhost,
                                    check_password_expired=check_password_expired)

@@ -36,36 +36,67 @@ def test_the_key_depends_on_every_part_and_the_salt():
 
 def test_only_the_password_steps_own_yes_and_wrong_password_are_remembered():
     result = pam_auth.PamResult
-    # with the failure delay libpam drew and when PAM was asked
-    right = password_cache.verdict_of(result(True, 0, "", password_code=0, fail_delay_s=0.5),
-                                      ASKED_AT_NS)
-    assert right == f"right 0.500 {ASKED_AT_NS}" and password_cache.is_right(right)
-    assert password_cache.remembered_right(right) == (0.5, ASKED_AT_NS)
-    assert password_cache.remembered_right(password_cache.RIGHT) == (0.0, 0)  # nothing kept
-    assert password_cache.remembered_right("7 0.5") is None
-    for odd in ("right 2.0 \u00b2", "right 2.0 " + "9" * 5000):       # never raises
-        assert password_cache.remembered_right(odd) == (2.0, 0)
+    replay = password_cache.Replay
+    # with the failure delay libpam drew, the password step's own time, when PAM was asked
+    right = password_cache.verdict_of(result(True, 0, "", password_code=0, fail_delay_s=0.5,
+                                             password_step_s=0.0472104), ASKED_AT_NS)
+    assert right == f"right 500000 47210 {ASKED_AT_NS}" and password_cache.is_right(right)
+    assert password_cache.remembered_right(right) == (replay(0.04721, 0.5), ASKED_AT_NS)
+    assert password_cache.remembered_right("7 500000 47210") is None
     # the password was right, the account expired: the password is still right
     assert password_cache.is_right(password_cache.verdict_of(
         result(False, pam_auth.PAM_ACCT_EXPIRED, "", password_code=0), ASKED_AT_NS))
     wrong = pam_auth.python_pam.PAM_AUTH_ERR
-    # with the failure delay PAM waited for it, which a remembered refusal waits again
+    # with the failure delay PAM waited for it and the step's time, both waited again
     verdict = password_cache.verdict_of(result(False, wrong, "", password_code=wrong,
-                                                fail_delay_s=1.4236), ASKED_AT_NS)
-    assert verdict == f"{wrong} 1.424"
-    assert password_cache.remembered_refusal(verdict) == (wrong, 1.424)
-    assert password_cache.remembered_refusal(str(wrong)) == (wrong, 0.0)     # no delay kept
-    assert password_cache.remembered_refusal(f"{wrong} 1e9") == (
-        wrong, password_cache.MAX_REMEMBERED_DELAY_S)
-    assert password_cache.remembered_refusal(f"{wrong} nan") == (wrong, 0.0)
-    for other in (password_cache.RIGHT, "", None, "4 1.0", f"{wrong} x", "\u00b2 1.0"):
-        assert password_cache.remembered_refusal(other) in (None, (wrong, 0.0))
+                                                fail_delay_s=1.4236, password_step_s=0.05),
+                                        ASKED_AT_NS)
+    assert verdict == f"{wrong} 1423600 50000"
+    assert password_cache.remembered_refusal(verdict) == (wrong, replay(0.05, 1.4236))
+    assert password_cache.remembered_right(verdict) is None
     for code in (pam_auth.python_pam.PAM_SYSTEM_ERR, pam_auth.PAM_MAXTRIES,
                  pam_auth.python_pam.PAM_AUTHINFO_UNAVAIL):
         assert password_cache.verdict_of(result(False, code, "", password_code=code),
                                          ASKED_AT_NS) is None
     # the step never ran
     assert password_cache.verdict_of(result(True, 0, ""), ASKED_AT_NS) is None
+    # times that are no times are remembered as none
+    assert password_cache.verdict_of(result(False, wrong, "", password_code=wrong,
+                                            fail_delay_s=float("nan"),
+                                            password_step_s=-1.0), 0) == f"{wrong} 0 0"
+
+
+def test_a_remembered_verdict_waits_at_most_its_caps():
+    """A corrupt verdict cannot make a hit wait unboundedly: each time has its cap."""
+    wrong = pam_auth.python_pam.PAM_AUTH_ERR
+    huge = "9" * 20
+    caps = password_cache.Replay(password_cache.MAX_REMEMBERED_STEP_S,
+                                 password_cache.MAX_REMEMBERED_DELAY_S)
+    assert password_cache.remembered_refusal(f"{wrong} {huge} {huge}") == (wrong, caps)
+    assert password_cache.remembered_right(f"right {huge} {huge} 5") == (caps, 5)
+    assert password_cache.remembered_refusal(f"{wrong} 0 0") == (
+        wrong, password_cache.Replay(0.0, 0.0))
+
+
+def test_a_verdict_not_in_its_form_is_a_miss():
+    """What parsing does not understand, e.g. a verdict of the format before the password
+    step's time was kept ("right 0.500 <ns>", "7 1.424"), or a corrupt one, is no verdict:
+    PAM is asked, and nothing raises."""
+    wrong = pam_auth.python_pam.PAM_AUTH_ERR
+    for odd in (password_cache.RIGHT, "right 0.500 123", "right 500000 123",
+                "right 500000 47000 123 4", "right 500000 47000 \u00b2",
+                "right 500000 47000 " + "9" * 5000, "right 0.5 47000 123",
+                "right -1 47000 123", "right 500000 nan 123", "right  500000 47000",
+                "Right 500000 47000 123", "right 500000 47000 123\n", "", None):
+        assert password_cache.remembered_right(odd) is None, odd
+        assert password_cache.remembered_refusal(odd) is None, odd
+    for odd in (str(wrong), f"{wrong} 1.424", f"{wrong} 1424000", f"{wrong} 1e9 0",
+                f"{wrong} nan 0", f"{wrong} 1424000 x", f"{wrong} 1424000 47000 9",
+                f"{wrong} +1 0", f"{wrong} 1424000  ", "4 1424000 47000",
+                "\u00b2 1424000 47000", f"{wrong} \u00b2 0", f" {wrong} 1 1",
+                f"{wrong} 1 " + "9" * 21):
+        assert password_cache.remembered_refusal(odd) is None, odd
+        assert password_cache.remembered_right(odd) is None, odd
 
 
 def test_the_table_forgets_the_least_recently_used_and_what_expired():
@@ -86,9 +117,9 @@ def test_the_table_forgets_the_least_recently_used_and_what_expired():
     # an entry lives from when PAM was asked, never from a later moment
     table.put(b"f", password_cache.RIGHT, 50 * s, 30 * s)
     assert table.get(b"f", 40 * s) is None
-    # a right verdict with its delay and time lives the positive TTL too
-    table.put(b"g", "right 0.500 100", 100 * s, 100 * s)
-    assert table.get(b"g", 109 * s) == "right 0.500 100"
+    # a right verdict with its times lives the positive TTL too
+    table.put(b"g", "right 500000 47000 100", 100 * s, 100 * s)
+    assert table.get(b"g", 109 * s) == "right 500000 47000 100"
 
 
 def test_the_cache_process_answers_only_its_generation():
