@@ -89,6 +89,7 @@ class Option:
     repeatable: bool = False                   # setting it again adds (listen: list; tls-options: sum)
     example: str | None = None                 # a sample value for the generated example config
     check: Callable[[str], str | None] | None = None  # extra validation: returns a complaint or None
+    required: bool = False                     # STRING: `""` may not unset it (nothing works without)
 
     @property
     def attr(self) -> str:
@@ -150,6 +151,9 @@ class Option:
 
     def _parse_string(self, text: str) -> str | None:
         if text == "":
+            if self.required:
+                raise ValueError(f"'{self.name}' cannot be unset (its default: "
+                                 f"{self.format(self.default)})")
             return None                        # an empty quoted string unsets the option
         if len(text) > limits.MAX_STRING_OPTION_CHARS:
             raise ValueError(f"'{self.name}' value is longer than "
@@ -234,14 +238,26 @@ def check_absolute_path(text: str) -> str | None:
 
 def check_maildir_pattern(text: str) -> str | None:
     """maildir: an absolute path once ~ or %h is the home directory (spool/maildir.py,
-    maildir_path, serves nobody from any other)."""
-    if text.startswith(("/", "~", "%h")):
+    maildir_path, serves nobody from any other); `~x` or `%hx` would name a directory beside
+    the home (another user's, for some names), not in it."""
+    if text.startswith("/") or text in ("~", "%h") or text.startswith(("~/", "%h/")):
         return None
-    return "must be an absolute path or begin with ~ or %h (the home directory)"
+    return "must be an absolute path, or ~ or %h (the home directory) followed by / or nothing"
+
+
+def check_home_relative_path(text: str) -> str | None:
+    """home-dir-mail: a file inside each user's home (Qpopper's genpath: home "/" name). An
+    absolute name would be one file for every user; `..` would leave the home."""
+    if text.startswith("/"):
+        return "must be a path inside the home directory (not beginning with /)"
+    if ".." in text.split("/"):
+        return "must stay inside the home directory (no .. part)"
+    return None
 
 
 PATH_TYPE_TEXT = {check_absolute_path: "absolute path",
-                  check_maildir_pattern: "path: absolute, or from ~ or %h"}
+                  check_maildir_pattern: "path: absolute, or from ~/ or %h/",
+                  check_home_relative_path: "path inside the home directory"}
 """How --help, the man pages and the configuration errors name a path option's type."""
 
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from qpopper import limits
 from qpopper.option_types import (OptType, Option, Scope, check_drac_host,  # noqa: F401 (re-exported)
-                                  check_listen, check_maildir_pattern, check_networks)
+                                  check_home_relative_path, check_listen,
+                                  check_maildir_pattern, check_networks)
 from qpopper.option_types import check_absolute_path as _absolute
 
 
@@ -92,7 +93,7 @@ OPTIONS: tuple[Option, ...] = (
        scope=Scope.NOT_HOME, example="/var/cache/qpopper", check=_absolute),
     string("cache-name", ".%s.cache",
        "Name of the cache file; %s is the user name. You should not normally set this.",
-       scope=Scope.NOT_HOME),
+       scope=Scope.NOT_HOME, required=True),
     boolean("check-hash-dir", True,
        "With hash-spool, create missing hashed spool directories (mode and owner of the spool "
        "directory). Reset it when the directories are pre-created.",
@@ -163,7 +164,7 @@ OPTIONS: tuple[Option, ...] = (
     string("home-dir-mail", None,
        "Spool file inside the user's home directory instead of the spool directory "
        "(Qpopper's usual name is .mail).",
-       scope=Scope.NOT_USER, example=".mail"),
+       scope=Scope.NOT_USER, example=".mail", check=check_home_relative_path),
     boolean("home-dir-misc", False,
        "Put the .user.pop and .user.cache files in the user's home directory.",
        scope=Scope.NOT_USER),
@@ -248,7 +249,7 @@ OPTIONS: tuple[Option, ...] = (
        scope=Scope.STARTUP),
     string("spool-dir", "/var/mail",
        "Directory holding the users' mail spools.",
-       scope=Scope.NOT_HOME, check=_absolute),
+       scope=Scope.NOT_HOME, check=_absolute, required=True),
     boolean("spool-options", False,
        "Read <user>.qpopper-options in the spool directory after login. It is used only when "
        "root owns it (a server not running as root: its own account) and neither group nor "
@@ -265,7 +266,7 @@ OPTIONS: tuple[Option, ...] = (
        scope=Scope.NOT_HOME, example="/var/spool/qpopper", check=_absolute),
     string("temp-name", ".%s.pop",
        "Name of the temporary drop; %s is the user name. You should not normally set this.",
-       scope=Scope.NOT_HOME),
+       scope=Scope.NOT_HOME, required=True),
     integer("timeout", limits.IDLE_TIMEOUT_S,
        "Seconds without client input before the session is aborted. RFC 1939 asks for at "
        "least 600; Qpopper's default is 120.",
@@ -406,16 +407,16 @@ OPTIONS: tuple[Option, ...] = (
        "logged in (the TLS handshake, the AUTHORIZATION state, SASL), and poppassd's "
        "dialogue: it must own nothing and have no login. The packages create it; started as "
        "an ordinary user, the server uses that user instead.",
-       extension=True, scope=Scope.STARTUP),
+       extension=True, scope=Scope.STARTUP, required=True),
     string("prelogin-chroot", "/run/qpopper/empty",
        "Extension: the empty root-owned directory the pre-login process (popper's, and "
        "poppassd's) is locked into when run as root (OpenSSH's /run/sshd); created at "
        "start-up if missing.",
-       extension=True, scope=Scope.STARTUP, check=_absolute),
+       extension=True, scope=Scope.STARTUP, check=_absolute, required=True),
     string("pam-service", "pop3",
        "Extension: PAM service name used for USER/PASS (Qpopper: configure "
        "--with-pam=service).",
-       extension=True, scope=Scope.NOT_USER),
+       extension=True, scope=Scope.NOT_USER, required=True),
     string("pop-auth-file", "/var/lib/qpopper/popauth/pop.auth",
        "Extension: the pop.auth store of APOP, CRAM-MD5 and SCRAM secrets, an SQLite file "
        "managed with popauth (Qpopper: configure --enable-apop=path). popauth -init makes "
@@ -425,7 +426,7 @@ OPTIONS: tuple[Option, ...] = (
        "Extension: the account that must own the pop.auth store (mode 0600), and the account "
        "users of 'user-database pop-auth' run as when the server runs as root (Qpopper: "
        "configure --enable-popuid=name).",
-       extension=True, scope=Scope.NOT_USER),
+       extension=True, scope=Scope.NOT_USER, required=True),
     boolean("check-shell", False,
        "Extension: refuse users whose login shell is not listed in /etc/shells, unless "
        "/POPPER/ANY/SHELL/ is listed there (Qpopper's CHECK_SHELL compile switch; refuses "

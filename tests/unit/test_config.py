@@ -38,6 +38,8 @@ def other_value(opt):
         return "192.0.2.0/24", ("192.0.2.0/24",)          # checked: a CIDR list
     if opt.name == "drac-host":                    # checked: HOST[:PORT]
         return "drac.example.org:111", "drac.example.org:111"
+    if opt.name == "home-dir-mail":                # checked: inside the home
+        return "qpt-value/.mail", "qpt-value/.mail"
     return "/srv/qpt-value", "/srv/qpt-value"
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from qpopper.config import Config, apply_user_file, load
 from qpopper.options import OPTIONS, lookup
+from qpopper.spool.paths import SpoolPaths
 from tests.unit.test_config import Recorder, error_of, write
 
 # Written out here, not taken from the table: the table must mark every one of them.
@@ -47,7 +48,7 @@ def test_a_relative_path_on_argv_is_refused_naming_the_flag(name):
 def test_the_table_marks_exactly_these_options_as_absolute_paths():
     marked = {opt.name for opt in OPTIONS if opt.type_text == "absolute path"}
     assert marked == set(ABSOLUTE_PATH_OPTIONS)
-    assert lookup("maildir").type_text == "path: absolute, or from ~ or %h"
+    assert lookup("maildir").type_text == "path: absolute, or from ~/ or %h/"
 
 
 def test_the_type_is_named_where_a_value_is_missing(tmp_path):
@@ -63,8 +64,8 @@ def test_maildir_is_absolute_once_the_home_directory_is_put_in():
         assert load([f"--maildir={text}"])[0].maildir == text
     for text in ("Maildir", "%u/Maildir", "./Maildir"):
         assert error_of(load, [f"--maildir={text}"]) == (
-            f"argv --maildir: 'maildir' must be an absolute path or begin with ~ or %h (the "
-            f"home directory), got '{text}'")
+            f"argv --maildir: 'maildir' must be an absolute path, or ~ or %h (the home "
+            f"directory) followed by / or nothing, got '{text}'")
 
 
 def test_relative_names_that_mean_something_else_stay_allowed(tmp_path):
@@ -116,3 +117,40 @@ def test_a_reload_reads_relative_f_names_from_where_popper_started(tmp_path, mon
                                        f"{tmp_path}/chained.config")
     absolute = write(tmp_path, "other.config", "set timeout = 400\n")
     assert load(["-f", absolute], "/elsewhere")[0].timeout == 400
+
+
+def test_home_dir_mail_is_a_file_inside_each_home(tmp_path):
+    """Qpopper's genpath writes home "/" home-dir-mail: an absolute value would be one spool
+    for every user (os.path.join drops the home), a `..` part a file outside the home."""
+    for value in ("/var/mail/shared", "../shared", "mail/../../x"):
+        path = write(tmp_path, "q.config", f"set home-dir-mail = {value}\n")
+        assert error_of(load, ["-f", path]).startswith(f"{path}:1: 'home-dir-mail' must ")
+    cfg, _ = load(["--home-dir-mail=mail/.inbox", f"--spool-dir={tmp_path}"])
+    assert SpoolPaths.for_user(cfg, "qptalice", "/home/qptalice").spool == \
+        "/home/qptalice/mail/.inbox"
+
+
+def test_maildir_s_home_forms_are_followed_by_a_slash_or_nothing():
+    """`~Maildir` names a directory beside the home (the home's name with Maildir after it:
+    another user's, for some names), not in it: refused like a relative pattern."""
+    for value in ("~Maildir", "%hMaildir", "~x/Maildir"):
+        assert error_of(load, [f"--maildir={value}"]).startswith("argv --maildir:"), value
+    for value in ("~", "%h", "~/Maildir", "%h/Maildir", "/var/maildirs/%u"):
+        assert load([f"--maildir={value}"])[0].maildir == value
+
+
+@pytest.mark.parametrize("name", ["spool-dir", "temp-name", "cache-name", "prelogin-user",
+                                  "prelogin-chroot", "pam-service", "pop-auth-owner"])
+def test_options_nothing_works_without_cannot_be_unset(tmp_path, name):
+    """An empty quoted value unsets a string option; these have no meaning unset (every login
+    died in the session, --check-config raised a traceback): a configuration error naming
+    the file and line, as any bad value."""
+    path = write(tmp_path, "q.config", f'set {name} = ""\n')
+    assert error_of(load, ["-f", path]).startswith(f"{path}:1: '{name}' cannot be unset")
+
+
+def test_options_meant_to_be_unset_still_can_be(tmp_path):
+    path = write(tmp_path, "q.config", 'set pid-file = ""\nset auth-brakes-file = ""\n'
+                                       'set pop-auth-file = ""\n')
+    cfg, _ = load(["-f", path])
+    assert (cfg.pid_file, cfg.auth_brakes_file, cfg.pop_auth_file) == (None, None, None)
