@@ -33,6 +33,8 @@ import pam as python_pam
 import pam.__internals as python_pam_internals
 from pam.__internals import PamConv, PamHandle, PamResponse, conv_func
 
+from qpopper.auth import pam_delay
+
 # PAM return codes we tell apart (Linux-PAM's _pam_types.h, re-exported by python-pam).
 PAM_SUCCESS = python_pam.PAM_SUCCESS
 PAM_ACCT_EXPIRED = python_pam.PAM_ACCT_EXPIRED            # account expired (chage -E / usermod -e)
@@ -88,13 +90,17 @@ class PamResult:
     refused, a caller that answers the refusal as a wrong password waits it first, as a
     wrong password waited it inside PAM
     (docs/operations.md, "An expired account or password");
-    the authentication cache keeps it with the password step's verdict, to wait it again."""
+    the authentication cache keeps its base (fail_delay_base_us), to draw it again."""
     password_step_s: float = 0.0
     """How long the password step itself took (pam_authenticate: pam_unix's yescrypt, a
     directory's bind), without the failure delay, which qpopper waits after it; 0 when the
     step did not run. The authentication cache keeps it with the verdict and waits it again
     before a refusal answered from the cache, so that refusal costs what PAM's does
-    (docs/auth-cache.md, "What is remembered, and under which key")."""
+    (docs/auth-cache.md, "Timing")."""
+    fail_delay_base_us: int | None = None
+    """The base delay libpam drew fail_delay_s from (pam_delay.base_of), when the password
+    step ran and its draw is libpam 1.5's: the authentication cache keeps it to draw the
+    delay again in the second of a refusal it answers; None otherwise."""
 
     @property
     def system_error(self) -> bool:
@@ -141,6 +147,7 @@ def _with_rhost(authenticator, rhost: str | None, replace_auth_step: bool) -> di
         return real_account_step(handle, flags)
 
     def note_delay(_status, usec, _appdata):
+        asked["fail_delay_us"] = usec
         asked["fail_delay_s"] = usec / 1e6
 
     delay_function = _DELAY_FUNCTION(note_delay)
@@ -153,7 +160,7 @@ def _with_rhost(authenticator, rhost: str | None, replace_auth_step: bool) -> di
         # libpam then hands its failure delay to note_delay, after a success too, instead
         # of waiting it itself: the wait is ours, below, and known for a later refusal.
         set_item(handle, PAM_FAIL_DELAY, ctypes.cast(delay_function, ctypes.c_void_p))
-        started = time.monotonic()
+        started, asked["second"] = time.monotonic(), int(time.time())
         asked["code"] = code = real_authenticate(handle, flags)
         asked["step_s"] = time.monotonic() - started
         if code != PAM_SUCCESS:
@@ -297,6 +304,10 @@ def _run(service: str, user: str, password: str, rhost: str | None, *,
     said = {"password_code": asked.get("code"),
             "fail_delay_s": float(asked.get("fail_delay_s", 0.0)),
             "password_step_s": float(asked.get("step_s", 0.0))}
+    if "code" in asked:       # the base libpam drew it from, in the step's second (None: a
+        # second that turned between our clock and libpam's, or another draw)
+        said["fail_delay_base_us"] = pam_delay.base_of(int(asked.get("fail_delay_us", 0)),
+                                                       (int(asked["second"]),))
     if code == PAM_SUCCESS:
         return PamResult(True, code, reason, **said)
     if code == PAM_NEW_AUTHTOK_REQD:

@@ -15,14 +15,15 @@ password for one account, under a key that is a salted scrypt hash:
 
 - the password step's yes: a later login with the same name, uid, shadow stamp and
   password skips pam_authenticate; pam_acct_mgmt (expired account, pam_access, pam_time, an
-  expired password) still runs every time, and so do every policy of the authenticator;
-- its no (PAM_AUTH_ERR, PAM_USER_UNKNOWN only): refused as PAM would, with PAM's reason, and
-  counted, delayed and braked as any failure is (the authenticator does that);
+  expired password) still runs every time, and so do every policy of the authenticator. When
+  it does not let the user in, PAM is asked whole, as without the cache (a refusal must take
+  what a wrong password takes now);
+- its no (PAM_AUTH_ERR, PAM_USER_UNKNOWN only), with the password step's own time and the
+  base of the failure delay libpam drew: refused as PAM would, with PAM's reason, after that
+  time and the delay libpam would draw in this second (auth/pam_delay.py), and counted,
+  delayed and braked as any failure is (the authenticator does that);
 - nothing else: system errors, acct_mgmt's refusals, PAM_MAXTRIES, ... are asked afresh.
-Each verdict keeps the password step's own time and the failure delay libpam drew: a refusal
-answered from the cache (a remembered wrong password; a remembered right one whose account
-step refuses or cannot decide) waits both, as PAM's refusal takes them; a login that
-succeeds waits neither.
+A login that succeeds from the cache waits nothing.
 The uid and the shadow stamp (the account's shadow hash and its last-change day, read with
 getspnam; empty for an account without a shadow entry, e.g. from LDAP) are in the key, so that
 a name reused for a new account never inherits the old account's password, even with the same
@@ -49,6 +50,7 @@ from typing import NamedTuple
 
 from qpopper import limits
 from qpopper.auth import pam as pam_auth
+from qpopper.auth import pam_delay
 from qpopper.server import monitor_wire as wire
 
 SALT_OCTETS = 32
@@ -62,8 +64,8 @@ RIGHT = "right"
 """The verdict for a password the password step accepted."""
 
 MAX_REMEMBERED_DELAY_S = 60.0
-"""The most a remembered refusal waits of PAM's failure delay (pam_faildelay's delay is the
-administrator's: this only bounds what a corrupt verdict could ask)."""
+"""The largest base of PAM's failure delay a remembered refusal draws from (pam_faildelay's
+delay is the administrator's: this only bounds what a corrupt verdict could ask)."""
 
 MAX_REMEMBERED_STEP_S = 30.0
 """The most a remembered refusal waits of the password step's own time: a directory's bind
@@ -123,26 +125,27 @@ def shadow_stamp(user: str) -> bytes:
 
 
 class Replay(NamedTuple):
-    """What PAM's password step cost, kept with its verdict: a refusal answered from the
-    cache waits both again, so that it takes as long as PAM's own refusal (the step, then
-    the failure delay), and a candidate tried twice takes alike whatever PAM said of it."""
+    """What PAM's password step cost, kept with a wrong password's verdict: a refusal
+    answered from the cache waits the step's time again and a failure delay drawn from the
+    same base in its own second, so that it takes as long as PAM's refusal would now."""
 
     step_s: float
     """The password step's own time (pam.PamResult.password_step_s)."""
-    delay_s: float
-    """The failure delay libpam drew for it (pam.PamResult.fail_delay_s)."""
+    base_us: int
+    """The failure delay's base (pam.PamResult.fail_delay_base_us)."""
 
 
-def verdict_of(result: pam_auth.PamResult, asked_at_ns: int) -> str | None:
-    """What may be remembered of a PAM answer, with the failure delay libpam drew for it and
-    the password step's own time, both in whole microseconds: RIGHT and when PAM was asked
-    (monotonic ns), "right 1423000 47210 <ns>"; a refusal's code, "7 1423000 47210"; or
-    None. A refusal answered from it waits both again (pam_or_cached)."""
-    replay = f"{_microseconds(result.fail_delay_s)} {_microseconds(result.password_step_s)}"
+def verdict_of(result: pam_auth.PamResult) -> str | None:
+    """What may be remembered of a PAM answer: RIGHT; a refusal's code with the base of the
+    failure delay libpam drew for it and the password step's own time, both in whole
+    microseconds, "7 2000000 47210", which a refusal answered from it waits again
+    (pam_or_cached); or None. A refusal whose delay's base is not known (a libpam that
+    draws otherwise) is not remembered: replaying its draw would not be libpam's now."""
     if result.password_code == pam_auth.PAM_SUCCESS:
-        return f"{RIGHT} {replay} {asked_at_ns}"
-    if result.password_code in REMEMBERED_REFUSALS:
-        return f"{result.password_code} {replay}"
+        return RIGHT
+    if result.password_code in REMEMBERED_REFUSALS and result.fail_delay_base_us is not None:
+        return (f"{result.password_code} {result.fail_delay_base_us} "
+                f"{_microseconds(result.password_step_s)}")
     return None
 
 
@@ -151,9 +154,8 @@ def _microseconds(seconds: float) -> int:
 
 
 def is_right(verdict: str | None) -> bool:
-    """Does `verdict` say right (the cache process's choice of TTL; what a lookup uses of it
-    is remembered_right's)?"""
-    return (verdict or "").partition(" ")[0] == RIGHT
+    """Does `verdict` say right (for a lookup, and for the cache process's choice of TTL)?"""
+    return verdict == RIGHT
 
 
 def stored_count(text: str) -> int | None:
@@ -162,24 +164,13 @@ def stored_count(text: str) -> int | None:
     return int(text) if text.isascii() and text.isdigit() and len(text) <= 20 else None
 
 
-def _replay(delay_us: str, step_us: str) -> Replay | None:
+def _replay(base_us: str, step_us: str) -> Replay | None:
     """A verdict's two times, each within its cap; None unless both are stored counts."""
-    delay, step = stored_count(delay_us), stored_count(step_us)
-    if delay is None or step is None:
+    base, step = stored_count(base_us), stored_count(step_us)
+    if base is None or step is None:
         return None
     return Replay(step_s=min(step / 1e6, MAX_REMEMBERED_STEP_S),
-                  delay_s=min(delay / 1e6, MAX_REMEMBERED_DELAY_S))
-
-
-def remembered_right(verdict: str | None) -> tuple[Replay, int] | None:
-    """(what to replay before a refusal, when PAM was asked in monotonic ns) of a remembered
-    right password; None for anything else, and for a verdict not in verdict_of's form
-    (a miss: PAM is asked)."""
-    fields = (verdict or "").split(" ")
-    if len(fields) != 4 or fields[0] != RIGHT:
-        return None
-    replay, asked_at = _replay(fields[1], fields[2]), stored_count(fields[3])
-    return None if replay is None or asked_at is None else (replay, asked_at)
+                  base_us=min(base, int(MAX_REMEMBERED_DELAY_S * 1e6)))
 
 
 def remembered_refusal(verdict: str | None) -> tuple[int, Replay] | None:
@@ -249,12 +240,11 @@ def new_salt() -> bytes:
 
 
 def pam_or_cached(cache: PasswordCache | None, service: str, user: str, uid: int | None,
-                 password: str, rhost: str | None, *, check_password_expired: bool,
-                 negative_ttl_s: float = 0) -> pam_auth.PamResult:
+                 password: str, rhost: str | None, *,
+                 check_password_expired: bool) -> pam_auth.PamResult:
     """pam_auth.authenticate, or its remembered password step followed by a fresh account
-    check (pam_auth.check_account). `uid`: the account's, None for a name NSS does not
-    know. `negative_ttl_s`: auth-cache-negative-ttl, how long a wrong password is
-    remembered (and its delay replayed)."""
+    check (pam_auth.check_account) that lets the user in. `uid`: the account's, None for a
+    name NSS does not know."""
     if cache is None:
         return pam_auth.authenticate(service, user, password, rhost,
                                      check_password_expired=check_password_expired)
@@ -262,38 +252,32 @@ def pam_or_cached(cache: PasswordCache | None, service: str, user: str, uid: int
     verdict = cache.lookup(key)
     # A name NSS does not know is asked of PAM whole even on a hit: refused "no such user"
     # after a right password, it owes the failure delay that only the password step draws.
-    right = remembered_right(verdict) if uid is not None else None
-    if right is not None:
+    if is_right(verdict) and uid is not None:
         # The password step's yes, remembered: a refusal now is acct_mgmt's, as without
         # the cache (docs/internals.md, "Failures and policy refusals").
         account = pam_auth.check_account(service, user, rhost,
                                          check_password_expired=check_password_expired)
         if account.ok or account.password_expired:
             return replace(account, password_code=pam_auth.PAM_SUCCESS)
-        # Answered as a wrong password (a refusal; an account step that cannot decide is
-        # answered as wrong guesses are meanwhile), it owes what PAM's refusal of a wrong
-        # one costs: the remembered password step's time, waited here as PAM would have
-        # spent it, and its failure delay, which the caller waits (owed_delay_s); while a
-        # wrong password asked as long ago would still be remembered (and replay its own),
-        # PAM asked whole after, as that wrong password would be.
-        replay, asked_at = right
-        if time.monotonic_ns() - asked_at < negative_ttl_s * 1e9:
-            time.sleep(replay.step_s)
-            return replace(account, password_code=pam_auth.PAM_SUCCESS,
-                           fail_delay_s=replay.delay_s, password_step_s=replay.step_s)
+        # Refused or undecided, it is answered as a wrong password: PAM is asked whole, as
+        # without the cache, so it takes what a wrong password takes now (libpam 1.5 draws
+        # the failure delay from the wall-clock second: one remembered from another second
+        # stood out beside a guess sent in the same second), and in a whole outage its
+        # password step errs as a wrong one's does (docs/auth-cache.md, "Timing").
     refusal = remembered_refusal(verdict)
     if refusal is not None:
-        # The password step's time and PAM's failure delay again, as PAM would spend them: a
-        # remembered wrong password takes as long as a fresh one, and as a right one the
-        # account step refuses (above).
+        # The password step's time, and the failure delay libpam draws in this second: a
+        # remembered wrong password takes what a fresh one takes now.
         code, replay = refusal
-        time.sleep(replay.step_s + replay.delay_s)
-        return pam_auth.PamResult(False, code, REMEMBERED_REFUSALS[code],
-                                  fail_delay_s=replay.delay_s, password_step_s=replay.step_s)
+        delay_s = pam_delay.drawn_delay_us(int(time.time()), replay.base_us) / 1e6
+        time.sleep(replay.step_s + delay_s)
+        return pam_auth.PamResult(False, code, REMEMBERED_REFUSALS[code], fail_delay_s=delay_s,
+                                  password_step_s=replay.step_s,
+                                  fail_delay_base_us=replay.base_us)
     asked_at = time.monotonic_ns()
     result = pam_auth.authenticate(service, user, password, rhost,
                                    check_password_expired=check_password_expired)
-    verdict = verdict_of(result, asked_at)
+    verdict = verdict_of(result)
     if verdict is not None:
         cache.remember(key, verdict, asked_at)
     return result

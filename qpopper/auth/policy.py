@@ -163,8 +163,7 @@ class Authenticator(PolicyChecks, challenges.GssSteps):
             self._check_uid(user, account, host, client_ip)
         result = pam_or_cached(self.password_cache, self.cfg.pam_service, user,
                                account.pw_uid if account else None, password, client_ip,
-                               check_password_expired=self._check_password_expired(),
-                               negative_ttl_s=self.cfg.auth_cache_negative_ttl or 0)
+                               check_password_expired=self._check_password_expired())
         # An unknown name is refused as an existing one would be, or the answer would tell
         # the name: during an outage [SYS/TEMP] (_check_pam_said_yes raises it, for every
         # name), else as a wrong password, after the failure delay a password step that

@@ -257,10 +257,9 @@ def test_an_account_expired_since_its_password_was_remembered_is_refused_as_with
                    capture_output=True, timeout=30)
     with pytest.raises(poplib.error_proto, match=r"is incorrect"):
         log_in_and_quit(server, user)
-    # the hit's account step refused: within the negative TTL the refusal waits the failure
-    # delay remembered with the password, as a remembered wrong password waits its own
-    # (tests/system/test_pam_fail_delay.py); the password step is not asked again
-    assert counted.count("auth", user) == 1 and counted.count("account", user) == 2
+    # the hit's account step refused: PAM is then asked whole, as without the cache, so the
+    # refusal takes what a wrong password takes now (docs/auth-cache.md, "Timing")
+    assert counted.count("auth", user) == 2 and counted.count("account", user) == 3
     site.syslog.wait_for(rf"LOGIN REFUSED \(account\), user={user.name}, .*\(13\)")
     site.syslog.wait_for(rf"LOGIN FAILED, user={user.name}, method=USER, .*failures=1, .*")
 

@@ -1,7 +1,8 @@
 """PAM's account step that cannot decide (pam_sss or pam_ldap in the `account` stack, their
 directory down; here pam_exec failing, PAM_SYSTEM_ERR) after a right password: the answer is
 "try again later", and from then on every wrong guess gets that answer too, through the brakes
-file every connection shares, until a login succeeds; the right password is timed and counted
+file every connection shares, for a while after the last such answer; the right password is
+timed and counted
 as a wrong guess, without its `LOGIN FAILED` line (docs/operations.md, "When PAM's account step
 cannot decide")."""
 
@@ -164,17 +165,18 @@ def test_poppassd_tells_the_right_old_password_and_the_wrong_ones_alike(system_u
 def test_with_the_cache_a_remembered_right_password_waits_the_delay_too(system_users,
                                                                         brakes_file):
     """A cache hit skips the password step, whose delay a wrong password waits inside PAM:
-    the right password, answered "try again later" like the wrong ones, waits it first."""
+    when the account step then cannot decide, PAM is asked whole, so the right password,
+    answered "try again later" like the wrong ones, owes that delay too."""
     from qpopper.auth.password_cache import pam_or_cached
     from tests.system.test_pam_fail_delay import MemoryCache
     user = system_users.create(password="pw-right")
     cache = MemoryCache()
     with installed_pam_service(UNDECIDED, tag="ac-") as service:
         first = pam_or_cached(cache, service, user.name, user.uid, "pw-right", "127.0.0.1",
-                              check_password_expired=True, negative_ttl_s=60)
+                              check_password_expired=True)
         assert cache.entries                   # the password step's yes, remembered
         again = pam_or_cached(cache, service, user.name, user.uid, "pw-right", "127.0.0.1",
-                              check_password_expired=True, negative_ttl_s=60)
+                              check_password_expired=True)
     for result in (first, again):
         assert result.system_error and result.password_code == pam_auth.PAM_SUCCESS, result
         assert 0.5 * BASE_S <= result.owed_delay_s <= 1.5 * BASE_S, result

@@ -37,33 +37,35 @@ def test_the_key_depends_on_every_part_and_the_salt():
 def test_only_the_password_steps_own_yes_and_wrong_password_are_remembered():
     result = pam_auth.PamResult
     replay = password_cache.Replay
-    # with the failure delay libpam drew, the password step's own time, when PAM was asked
+    # right: nothing else (a refusal after it asks PAM whole: nothing of it is replayed)
     right = password_cache.verdict_of(result(True, 0, "", password_code=0, fail_delay_s=0.5,
-                                             password_step_s=0.0472104), ASKED_AT_NS)
-    assert right == f"right 500000 47210 {ASKED_AT_NS}" and password_cache.is_right(right)
-    assert password_cache.remembered_right(right) == (replay(0.04721, 0.5), ASKED_AT_NS)
-    assert password_cache.remembered_right("7 500000 47210") is None
+                                             password_step_s=0.0472104))
+    assert right == "right" and password_cache.is_right(right)
+    assert not password_cache.is_right("7 500000 47210")
     # the password was right, the account expired: the password is still right
     assert password_cache.is_right(password_cache.verdict_of(
-        result(False, pam_auth.PAM_ACCT_EXPIRED, "", password_code=0), ASKED_AT_NS))
+        result(False, pam_auth.PAM_ACCT_EXPIRED, "", password_code=0)))
     wrong = pam_auth.python_pam.PAM_AUTH_ERR
-    # with the failure delay PAM waited for it and the step's time, both waited again
+    # with the base of the failure delay libpam drew and the step's time: the step waited
+    # again, the delay drawn again from the base
     verdict = password_cache.verdict_of(result(False, wrong, "", password_code=wrong,
-                                                fail_delay_s=1.4236, password_step_s=0.05),
-                                        ASKED_AT_NS)
-    assert verdict == f"{wrong} 1423600 50000"
-    assert password_cache.remembered_refusal(verdict) == (wrong, replay(0.05, 1.4236))
-    assert password_cache.remembered_right(verdict) is None
+                                                fail_delay_s=1.4236, password_step_s=0.05,
+                                                fail_delay_base_us=2_000_000))
+    assert verdict == f"{wrong} 2000000 50000"
+    assert password_cache.remembered_refusal(verdict) == (wrong, replay(0.05, 2_000_000))
+    # a delay whose base libpam's draw does not give is not remembered
+    assert password_cache.verdict_of(result(False, wrong, "", password_code=wrong,
+                                            fail_delay_s=1.4236)) is None
+    assert not password_cache.is_right(verdict)
     for code in (pam_auth.python_pam.PAM_SYSTEM_ERR, pam_auth.PAM_MAXTRIES,
                  pam_auth.python_pam.PAM_AUTHINFO_UNAVAIL):
-        assert password_cache.verdict_of(result(False, code, "", password_code=code),
-                                         ASKED_AT_NS) is None
+        assert password_cache.verdict_of(result(False, code, "", password_code=code)) is None
     # the step never ran
-    assert password_cache.verdict_of(result(True, 0, ""), ASKED_AT_NS) is None
+    assert password_cache.verdict_of(result(True, 0, "")) is None
     # times that are no times are remembered as none
     assert password_cache.verdict_of(result(False, wrong, "", password_code=wrong,
-                                            fail_delay_s=float("nan"),
-                                            password_step_s=-1.0), 0) == f"{wrong} 0 0"
+                                            fail_delay_s=float("nan"), password_step_s=-1.0,
+                                            fail_delay_base_us=0)) == f"{wrong} 0 0"
 
 
 def test_a_remembered_verdict_waits_at_most_its_caps():
@@ -71,11 +73,10 @@ def test_a_remembered_verdict_waits_at_most_its_caps():
     wrong = pam_auth.python_pam.PAM_AUTH_ERR
     huge = "9" * 20
     caps = password_cache.Replay(password_cache.MAX_REMEMBERED_STEP_S,
-                                 password_cache.MAX_REMEMBERED_DELAY_S)
+                                 int(password_cache.MAX_REMEMBERED_DELAY_S * 1e6))
     assert password_cache.remembered_refusal(f"{wrong} {huge} {huge}") == (wrong, caps)
-    assert password_cache.remembered_right(f"right {huge} {huge} 5") == (caps, 5)
     assert password_cache.remembered_refusal(f"{wrong} 0 0") == (
-        wrong, password_cache.Replay(0.0, 0.0))
+        wrong, password_cache.Replay(0.0, 0))
 
 
 def test_a_verdict_not_in_its_form_is_a_miss():
@@ -83,12 +84,12 @@ def test_a_verdict_not_in_its_form_is_a_miss():
     step's time was kept ("right 0.500 <ns>", "7 1.424"), or a corrupt one, is no verdict:
     PAM is asked, and nothing raises."""
     wrong = pam_auth.python_pam.PAM_AUTH_ERR
-    for odd in (password_cache.RIGHT, "right 0.500 123", "right 500000 123",
+    for odd in ("right 0.500 123", "right 500000 123",
                 "right 500000 47000 123 4", "right 500000 47000 \u00b2",
                 "right 500000 47000 " + "9" * 5000, "right 0.5 47000 123",
                 "right -1 47000 123", "right 500000 nan 123", "right  500000 47000",
                 "Right 500000 47000 123", "right 500000 47000 123\n", "", None):
-        assert password_cache.remembered_right(odd) is None, odd
+        assert not password_cache.is_right(odd), odd
         assert password_cache.remembered_refusal(odd) is None, odd
     for odd in (str(wrong), f"{wrong} 1.424", f"{wrong} 1424000", f"{wrong} 1e9 0",
                 f"{wrong} nan 0", f"{wrong} 1424000 x", f"{wrong} 1424000 47000 9",
@@ -96,7 +97,7 @@ def test_a_verdict_not_in_its_form_is_a_miss():
                 "\u00b2 1424000 47000", f"{wrong} \u00b2 0", f" {wrong} 1 1",
                 f"{wrong} 1 " + "9" * 21):
         assert password_cache.remembered_refusal(odd) is None, odd
-        assert password_cache.remembered_right(odd) is None, odd
+        assert not password_cache.is_right(odd), odd
 
 
 def test_the_table_forgets_the_least_recently_used_and_what_expired():
@@ -117,9 +118,9 @@ def test_the_table_forgets_the_least_recently_used_and_what_expired():
     # an entry lives from when PAM was asked, never from a later moment
     table.put(b"f", password_cache.RIGHT, 50 * s, 30 * s)
     assert table.get(b"f", 40 * s) is None
-    # a right verdict with its times lives the positive TTL too
+    # only the verdict "right" lives the positive TTL: anything else the negative one
     table.put(b"g", "right 500000 47000 100", 100 * s, 100 * s)
-    assert table.get(b"g", 109 * s) == "right 500000 47000 100"
+    assert table.get(b"g", 101 * s) is None
 
 
 def test_the_cache_process_answers_only_its_generation():
@@ -222,3 +223,21 @@ def test_the_cache_process_ends_when_its_master_went_before_the_death_signal():
     process running, reparented: it stops instead. With its master there it goes on."""
     assert _lock_in_verdict(lambda parent: parent) == "went on"
     assert _lock_in_verdict(lambda parent: parent + 1) == "stop"
+
+
+def test_libpam_s_draw_is_worked_back_to_its_base_and_drawn_again():
+    """auth/pam_delay.py: libpam 1.5's failure delay is the base times a jitter of the
+    wall-clock second; the base is recovered from any draw and gives each second's draw."""
+    import random
+    from qpopper.auth import pam_delay
+    rng = random.Random(7)
+    for _ in range(5000):
+        second, base = rng.randrange(1, 2 ** 33), rng.randrange(1, 60_000_000)
+        drawn = pam_delay.drawn_delay_us(second, base)
+        assert 0.5 * base - 1 <= drawn <= 1.5 * base
+        found = pam_delay.base_of(drawn, (second,))
+        assert found is not None and pam_delay.drawn_delay_us(second, found) == drawn
+    assert pam_delay.base_of(0, (5,)) == 0
+    # a delay no base draws in those seconds (another libpam's): none
+    assert any(pam_delay.base_of(pam_delay.drawn_delay_us(9, base) + 1, (9,)) is None
+               for base in range(1_000_000, 1_000_050))
