@@ -4,14 +4,13 @@ byte-exact RETR/TOP, UPDATE against other programs (docs/maildir.md)."""
 from __future__ import annotations
 
 import os
-import poplib
 import socket
 import time
 
 import pytest
 
 from qpopper.spool import maildir
-from tests.server_harness import Site, login
+from tests.server_harness import Site
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
 
@@ -262,3 +261,27 @@ def test_a_root_owned_file_new_to_the_index_is_refused_alone_not_the_whole_maild
             assert client.cmd("QUIT").startswith(b"+OK")
         finally:
             client.close()
+
+
+@pytest.mark.xfail(strict=True, reason="finding: the X-UIDL probe ends the header at the "
+                   "first LF LF anywhere before it looks for CRLF CRLF")
+@pytest.mark.parametrize("data", [
+    b"Subject: crlf header\r\n\r\nbody\nX-UIDL: chosen-in-the-body-1\n\nmore\n",
+    b"Subject: lf header, crlf empty line\n\r\nX-UIDL: chosen-in-the-body-2\n\nmore\n",
+], ids=["crlf-header", "crlf-empty-line"])
+def test_an_x_uidl_line_in_the_body_is_not_the_uid(site, user, data):
+    """docs/maildir.md, "The header": the header ends at its first empty line, LF alone or
+    CR LF, "for TOP, XTND XLST, EUIDL's From and the X-UIDL header alike". TOP ends this
+    header where it should, but maildir.first_header_uid takes the first LF LF anywhere
+    (in the body here) for the header's end before it tries CRLF CRLF, so a line of the
+    body chooses the message's UID."""
+    name = deliver(user, data)
+    client = Raw(site.server(), user)
+    try:
+        assert client.greeting.startswith(b"+OK"), client.greeting
+        _, top = client.multi("TOP 1 0")
+        assert b"X-UIDL" not in top                      # TOP: not a header line
+        assert uidl(client) == {1: maildir.base_name(name)}
+        client.cmd("QUIT")
+    finally:
+        client.close()
