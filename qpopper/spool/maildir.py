@@ -150,11 +150,12 @@ _UID_TEXT = re.compile("[\x21-\x7e]+")
 
 def first_header_uid(head: bytes) -> str | None:
     """The value of the first X-UIDL header of `head` when Qpopper would keep it (the mbox
-    rule: mbox_format.header_uid)."""
-    end = head.find(b"\n\n")
-    if end < 0:
-        end = head.find(b"\r\n\r\n")
-    match = _X_UIDL_LINE.search(head if end < 0 else head[:end + 1])
+    rule: mbox_format.header_uid). The header ends at its first empty line, LF or CR LF
+    alone, as for TOP (docs/maildir.md, "What a message is"): not at a later LF LF in the
+    body of a message whose header ends in CR LF."""
+    window = b"\n" + head              # the file starts a line
+    ends = [at for at in (window.find(b"\n\n"), window.find(b"\n\r\n")) if at >= 0]
+    match = _X_UIDL_LINE.search(head[:min(ends)] if ends else head)
     return header_uid(match.group()) if match else None
 
 

@@ -22,11 +22,12 @@ def reference_octets(data: bytes) -> int:
 
 
 def reference_uid(base: str, head: bytes) -> str:
-    end = head.find(b"\n\n")
-    if end < 0:
-        end = head.find(b"\r\n\r\n")
-    header = head if end < 0 else head[:end + 1]
-    for line in header.split(b"\n"):
+    header = []
+    for line in head.split(b"\n"):
+        if line in (b"", b"\r"):           # the header's end: an empty line, LF or CR LF
+            break
+        header.append(line)
+    for line in header:
         if line[:7].lower() == b"x-uidl:":
             value = line[7:].rstrip(b"\r").strip(b" \t").strip()
             if UID_MIN_CHARS <= len(value) <= UID_MAX_CHARS and all(0x21 <= c <= 0x7E
