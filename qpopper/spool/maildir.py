@@ -182,10 +182,35 @@ def _measure(path: str, name: str) -> tuple[int, str, int]:
         mtime = st.st_mtime_ns & INODE_BITS
         if wire:
             return int(wire.group(1)), uid_of(base, os.pread(fd, HEADER_PROBE_OCTETS, 0)), mtime
-        data = read_up_to(fd, st.st_size)
-        return wire_octets(data), uid_of(base, data[:HEADER_PROBE_OCTETS]), mtime
+        octets, head = _counted(fd, st.st_size)
+        return octets, uid_of(base, head), mtime
     finally:
         os.close(fd)
+
+
+MEASURE_CHUNK_OCTETS = 1024 * 1024
+"""A message new to the index is counted in parts this size: never held whole in memory."""
+
+
+def _counted(fd: int, size: int) -> tuple[int, bytes]:
+    """wire_octets() of the file's first `size` octets, read a part at a time (a CR LF split
+    between two parts counted once), and its first HEADER_PROBE_OCTETS (for its X-UIDL)."""
+    octets, head, offset, last = 0, b"", 0, b""
+    while offset < size:
+        data = os.pread(fd, min(MEASURE_CHUNK_OCTETS, size - offset), offset)
+        if not data:
+            break
+        if len(head) < HEADER_PROBE_OCTETS:
+            head += data[:HEADER_PROBE_OCTETS - len(head)]
+        octets += len(data) + data.count(b"\n")
+        if b"\r" in data:
+            octets -= data.count(b"\r\n")
+        if last == b"\r" and data.startswith(b"\n"):
+            octets -= 1                                 # the CR LF across the parts
+        offset, last = offset + len(data), data[-1:]
+    if last and last != b"\n":
+        octets += 1 if last == b"\r" else 2
+    return octets, head
 
 
 def delivery_order(name: str) -> tuple[int, int, str]:
