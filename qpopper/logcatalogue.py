@@ -415,6 +415,10 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
          "The Maildir index is damaged, cut short or of another format version (an older "
          "qpopper-py): the Maildir is listed and the index rewritten."),
         ("opening Maildir * of *: *", "A Maildir mailbox could not be opened ([SYS/TEMP])."),
+        ("Maildir *: * cannot be read (*); left out until it can",
+         "A message file new to the Maildir index is another owner's the user may not read "
+         "(root's 0600, after a restore run as root): the session serves the other messages "
+         "without it, and every login lists the Maildir again until it is given back."),
         ("Maildir lock file * cannot be used: *; it must be the user's own plain file, or "
          "absent", "The session lock in the Maildir (qpopper-pop3.lock) is another owner's "
          "file the user may not write (root's, after a restore), or a directory, socket or "

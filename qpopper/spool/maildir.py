@@ -366,6 +366,7 @@ def scan_with_files(path: str, log=None, step=None, now_ns: int | None = None
     if len(set(inodes.values())) != len(inodes):
         _one_name_per_file(path, inodes)
     entries: dict[str, tuple[int, str]] = {}
+    unreadable = False
     for name, inode in inodes.items():
         # the same file (base name and inode: a rename keeps both) keeps its UID as served,
         # and its measurement while its time is the one measured; else measured: new, a
@@ -384,10 +385,19 @@ def scan_with_files(path: str, log=None, step=None, now_ns: int | None = None
                 continue
             # renamed by another reader: listed under this name, the session finds it again
             octets, uid, mtimes[name] = kept[:3]
+        except PermissionError as error:       # another owner's (a restore run as root)
+            if log:
+                log(syslog.LOG_WARNING, f"Maildir {path}: {name} cannot be read "
+                                        f"({error.strerror}); left out until it can")
+            unreadable = True                  # listed again next time: it may be given back
+            continue
         entries[name] = (octets, uid)
     order = sorted(entries, key=delivery_order)
     served = _served_uids(order, entries, kept_uids, inodes)
-    fresh = Index(written_ns, stamps, order, [entries[name][0] for name in order],
+    # with a file left out the index is never taken as settled (_unchanged): its owner's
+    # chown or chmod changes no directory, and the next login must measure it then
+    fresh = Index(0 if unreadable else written_ns, stamps, order,
+                  [entries[name][0] for name in order],
                   [entries[name][1] for name in order], ["S" in flags_of(name) for name in order],
                   list(map(inodes.get, order)), list(map(mtimes.get, order)),
                   list(map(served.get, order)))
