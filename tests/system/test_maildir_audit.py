@@ -364,3 +364,52 @@ def test_a_huge_message_is_measured_without_holding_it_in_memory(site, user):
         client.close()
         os.unlink(os.path.join(box, "new", name))
     assert peak_kib * 1024 < size // 2, f"peak {peak_kib} KiB for a {size >> 20} MiB message"
+
+
+def test_procmail_deliveries_during_sessions_that_delete_everything_are_each_fetched_once(
+        site, user):
+    """Debian's procmail delivers 40 messages while sessions log in one after another, RETR
+    and DELE every message they see and QUIT: each message is fetched exactly once, byte for
+    byte, and the Maildir ends empty (no delivery lost to an UPDATE, none served twice)."""
+    import shutil
+    import subprocess
+    import threading
+    if shutil.which("procmail") is None:
+        pytest.skip("procmail not installed")
+    rc = os.path.join(user.home, ".procmailrc")
+    with open(rc, "w") as f:
+        f.write(f"DEFAULT={user.home}/Maildir/\nLOGFILE=/dev/null\n")
+    os.chown(rc, user.uid, user.gid)
+    os.chmod(rc, 0o600)
+    sent = [b"From: s@example.org\nSubject: %d\n\n.dot %d\nend\n" % (n, n) for n in range(40)]
+    errors = []
+
+    def deliver_all():
+        try:
+            for data in sent:
+                subprocess.run(["procmail", "-d", user.name], input=data, check=True,
+                               timeout=30)
+        except BaseException as error:              # reported by the test below
+            errors.append(error)
+    thread = threading.Thread(target=deliver_all)
+    server = site.server()
+    fetched = []
+    thread.start()
+    try:
+        while thread.is_alive() or listing(user):
+            client = Raw(server, user)
+            try:
+                assert client.greeting.startswith(b"+OK"), client.greeting
+                for n in uidl(client):
+                    status, body = client.multi(f"RETR {n}")
+                    assert status.startswith(b"+OK"), status
+                    fetched.append(body)
+                    assert client.cmd(f"DELE {n}").startswith(b"+OK")
+                assert client.cmd("QUIT").startswith(b"+OK")
+            finally:
+                client.close()
+    finally:
+        thread.join()
+    assert not errors, errors
+    assert sorted(fetched) == sorted(expected_wire(data) for data in sent)
+    assert listing(user) == {}
