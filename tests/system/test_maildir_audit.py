@@ -469,3 +469,40 @@ def test_a_dele_is_counted_off_a_maildir_plus_plus_quota(site, user):
     with open(quota) as f:
         lines = f.read().splitlines()
     assert sum(int(line.split()[0]) for line in lines[1:]) == 0, lines
+
+
+def test_random_contents_across_chunk_boundaries_come_out_byte_for_byte(site, user):
+    """Random messages of CR, LF, dots, NUL and text, some longer than the send's parts
+    (limits.COPY_CHUNK_OCTETS) with a CR LF or a header's end at a part's edge: RETR and TOP
+    send each as the rule says, and LIST counts what RETR sends."""
+    import random
+    rng = random.Random(132)
+    edge = 64 * 1024
+    messages = []
+    for n in range(24):
+        body = bytes(rng.choice(b"\r\n\n..x\0") for _ in range(rng.randrange(0, 300)))
+        if n % 3 == 0:
+            pad = b"Subject: %d\n" % n
+            pad += b"X: " + b"y" * (edge - len(pad) - 5 - n % 3) + b"\n"
+            body = pad + b"\r\n" + body + b"z" * (edge - n) + b"\r\n.\r\n" + body
+        messages.append(body)
+    for data in messages:
+        deliver(user, data)
+    client = Raw(site.server(), user)
+    problems = []
+    try:
+        assert client.greeting.startswith(b"+OK"), client.greeting
+        sizes = dict(line.split() for line in client.multi("LIST")[1].decode().splitlines())
+        for n, data in enumerate(messages, 1):
+            _, got = client.multi(f"RETR {n}")
+            want = expected_wire(data)
+            stuffed = sum(1 for line in want.split(b"\r\n") if line.startswith(b".."))
+            if got != want or int(sizes[str(n)]) != len(want) - stuffed:
+                problems.append(("RETR", n))
+            for lines in (0, 1, 3):
+                if client.multi(f"TOP {n} {lines}")[1] != expected_top(data, lines):
+                    problems.append(("TOP", n, lines))
+        client.cmd("QUIT")
+    finally:
+        client.close()
+    assert not problems, problems
