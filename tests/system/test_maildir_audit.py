@@ -506,3 +506,59 @@ def test_random_contents_across_chunk_boundaries_come_out_byte_for_byte(site, us
     finally:
         client.close()
     assert not problems, problems
+
+
+def test_sigkill_at_a_random_moment_of_a_big_update_is_all_or_nothing(site, user):
+    """The session is sent SIGKILL from outside at a random moment after its QUIT, in an
+    UPDATE that removes 150 messages and marks 20 seen, while procmail-style deliveries go
+    on: after the next login every message not deleted is there, byte for byte, and the
+    deleted ones are all gone or (killed before the journal's commit) all there."""
+    import random
+    import signal
+    from tests.server_harness import processes_of
+    rng = random.Random(7)
+    server = site.server()
+    box = os.path.join(user.home, "Maildir")
+    for round_ in range(6):
+        for sub in ("new", "cur"):
+            for name in os.listdir(os.path.join(box, sub)):
+                os.unlink(os.path.join(box, sub, name))
+        contents = {}
+        for n in range(300):
+            data = b"Subject: %d-%d\n\nbody\n" % (round_, n)
+            contents[maildir.base_name(deliver(user, data))] = data
+        client = Raw(server, user)
+        assert client.greeting.startswith(b"+OK"), client.greeting
+        uids = uidl(client)
+        deleted = {uids[n] for n in uids if n % 2}
+        for n in uids:
+            if n % 2:
+                client.sock.sendall(b"DELE %d\r\n" % n)
+        for n in range(2, 42, 2):
+            client.sock.sendall(b"RETR %d\r\n" % n)
+        for _ in range(len(deleted) + 20):
+            line = client.line()
+            if line.startswith(b"+OK") and b"octets" in line:
+                while client.line() != b".\r\n":
+                    pass
+        [session] = processes_of(server, user.uid)
+        client.sock.sendall(b"QUIT\r\n")
+        time.sleep(rng.random() * 0.03)
+        late = deliver(user, b"Subject: during the update %d\n\nx\n" % round_)
+        contents[maildir.base_name(late)] = b"Subject: during the update %d\n\nx\n" % round_
+        try:
+            os.kill(session, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        client.close()
+        again = Raw(server, user)
+        assert again.greeting.startswith(b"+OK"), again.greeting
+        after = set(uidl(again).values())
+        again.cmd("QUIT")
+        again.close()
+        files = {maildir.base_name(name): data for name, data in listing(user).items()}
+        assert set(files) == after
+        kept = set(contents) - deleted
+        assert kept <= after, ("lost", kept - after)
+        assert after & deleted in (set(), deleted), (round_, len(after & deleted))
+        assert all(files[base] == contents[base] for base in after)
