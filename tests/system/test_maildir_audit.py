@@ -562,3 +562,63 @@ def test_sigkill_at_a_random_moment_of_a_big_update_is_all_or_nothing(site, user
         assert kept <= after, ("lost", kept - after)
         assert after & deleted in (set(), deleted), (round_, len(after & deleted))
         assert all(files[base] == contents[base] for base in after)
+
+
+def test_skewed_times_on_messages_and_directories_lose_nothing(site, user):
+    """Times from a skewed clock: messages dated 1970 and 2100 (an IMAP APPEND's date, a
+    delivery host's clock on NFS) and new/ and cur/ dated in the future. Every login lists
+    them all with stable UIDs, a delivery after the index was written is seen at once, a DELE
+    removes only its file, and a RETR'd message is marked seen without losing the others."""
+    box = os.path.join(user.home, "Maildir")
+    old = deliver(user, b"Subject: 1970\n\nold\n", age=time.time() - 1)
+    future = deliver(user, b"Subject: 2100\n\nfuture\n", age=time.time() - 4102444800)
+    for sub in ("new", "cur"):
+        os.utime(os.path.join(box, sub), (4102444800, 4102444800))
+    server = site.server()
+    client = Raw(server, user)
+    first = uidl(client)
+    client.cmd("QUIT")
+    client.close()
+    assert sorted(first.values()) == sorted(map(maildir.base_name, (old, future)))
+    late = deliver(user, b"Subject: late\n\nafter the index\n", age=0)
+    for sub in ("new", "cur"):
+        os.utime(os.path.join(box, sub), (4102444800, 4102444800))     # set ahead again
+    client = Raw(server, user)
+    second = uidl(client)
+    assert sorted(second.values()) == sorted(map(maildir.base_name, (old, future, late)))
+    by_uid = {u: n for n, u in second.items()}
+    client.multi(f"RETR {by_uid[maildir.base_name(old)]}")
+    assert client.cmd(f"DELE {by_uid[maildir.base_name(future)]}").startswith(b"+OK")
+    assert client.cmd("QUIT").startswith(b"+OK")
+    client.close()
+    left = listing(user)
+    assert sorted(map(maildir.base_name, left)) == sorted(map(maildir.base_name, (old, late)))
+    assert f"cur/{maildir.base_name(old)}:2,S" in left
+
+
+@pytest.mark.xfail(strict=True, reason="finding: the index's directory stamps are mtimes "
+                   "only; new/ set back to the stamped time hides a delivery")
+def test_a_delivery_is_seen_when_new_s_time_is_set_back_to_the_indexed_one(site, user):
+    """The index is trusted while new/'s and cur/'s (mtime, inode) are what it stamped. A
+    directory's mtime can be set back (`rsync -a`/`cp -a` of a restore or migration set it
+    to the copy's; `touch -d`; on a file system with one-second times, the clock stepped
+    back): a message delivered since is not served until new/ changes again. The
+    directory's ctime, which no program can set, would tell (it changed with the utime)."""
+    box = os.path.join(user.home, "Maildir")
+    deliver(user, b"Subject: before\n\nx\n")
+    stamped = time.time() - 60
+    for sub in ("new", "cur"):
+        os.utime(os.path.join(box, sub), (stamped, stamped))
+    server = site.server()
+    client = Raw(server, user)
+    assert len(uidl(client)) == 1
+    client.cmd("QUIT")
+    client.close()
+    deliver(user, b"Subject: after\n\ny\n")
+    os.utime(os.path.join(box, "new"), (stamped, stamped))
+    client = Raw(server, user)
+    try:
+        assert len(uidl(client)) == 2
+        client.cmd("QUIT")
+    finally:
+        client.close()
