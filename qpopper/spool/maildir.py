@@ -249,12 +249,15 @@ class Index:
 
 
 def _dir_stamps(path: str) -> dict[str, list[int]]:
-    """new/'s and cur/'s modification time and inode number; not the device number, which
-    another host's NFS mount of the same Maildir numbers otherwise (durable.recorded_as)."""
+    """new/'s and cur/'s modification time, inode number and change time; not the device
+    number, which another host's NFS mount of the same Maildir numbers otherwise
+    (durable.recorded_as). The change time because no program can set it: a modification
+    time set back (`rsync -a`, `cp -a`, `touch -d`) to the one stamped, after a delivery,
+    would hide that delivery."""
     stamps = {}
     for sub in SUBDIRS:
         st = os.stat(os.path.join(path, sub))
-        stamps[sub] = [st.st_mtime_ns, st.st_ino]
+        stamps[sub] = [st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
     return stamps
 
 
@@ -331,7 +334,8 @@ def _unchanged(index: Index | None, stamps: dict) -> bool:
     mtimes, and the index's listing begun well after the last change (SETTLE_NS)."""
     if index is None or index.stamps != stamps:
         return False
-    return all(index.written_ns - stamp[0] >= SETTLE_NS for stamp in stamps.values())
+    return all(index.written_ns - max(stamp[0], stamp[-1]) >= SETTLE_NS
+               for stamp in stamps.values())
 
 
 def scan(path: str, log=None, step=None, now_ns: int | None = None) -> list[MaildirMessage]:
