@@ -439,6 +439,8 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
          "and crash safety\")."),
         ("* in * is gone", "A Maildir message vanished during the session."),
         ("* in * is a link", "A Maildir message is a symbolic link: refused."),
+        ("* in * is not a plain file", "Something other than a file (a FIFO, a device) was "
+         "put at a Maildir message's name during the session: refused, not waited on."),
         ("* in * cannot be read: *", "A Maildir message the session's user may not read (or an "
          "I/O error): that command is refused, the session goes on."),
     )),

@@ -12,6 +12,7 @@ reads; maildir_drop.py is the session's side (lock, RETR, UPDATE).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -176,9 +177,13 @@ def _measure(path: str, name: str) -> tuple[int, str, int]:
     INODE_BITS)."""
     base = base_name(name)
     wire = _WIRE_SIZE.search(base)
-    fd = os.open(os.path.join(path, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    # O_NONBLOCK: a FIFO put at a name since the listing is not waited on, but passed over
+    fd = os.open(os.path.join(path, name),
+                 os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise FileNotFoundError(errno.ENOENT, "not a plain file since the listing", name)
         mtime = st.st_mtime_ns & INODE_BITS
         if wire:
             return int(wire.group(1)), uid_of(base, os.pread(fd, HEADER_PROBE_OCTETS, 0)), mtime

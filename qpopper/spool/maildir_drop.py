@@ -155,8 +155,15 @@ class MaildirDrop:
         message = self.messages[index]
         for attempt in (1, 2):
             try:
-                return os.open(os.path.join(self.path, message.name),
-                               os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY)
+                # O_NONBLOCK: a FIFO put at its name is not waited on (the session would hang
+                # in open(2) holding the lock, past its idle timeout); refused as not a file
+                fd = os.open(os.path.join(self.path, message.name), os.O_RDONLY | os.O_NOFOLLOW
+                             | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    os.close(fd)
+                    raise PopError(GONE_TEXT.format(n=index + 1), RespCode.SYS_PERM,
+                                   log=f"{message.name} in {self.path} is not a plain file")
+                return fd
             except FileNotFoundError:
                 if attempt == 2 or not self._files.find_again(index):
                     raise PopError(GONE_TEXT.format(n=index + 1), RespCode.SYS_TEMP,

@@ -620,3 +620,35 @@ def test_a_delivery_is_seen_when_new_s_time_is_set_back_to_the_indexed_one(site,
         client.cmd("QUIT")
     finally:
         client.close()
+
+
+def test_a_fifo_put_at_a_listed_messages_name_is_not_waited_on(site, user):
+    """A message listed at login, then replaced by a FIFO of its name (a user's tool, a
+    restore of a special file): RETR opened it without O_NONBLOCK, so the session hung in
+    open(2) for a writer that never comes, past its idle timeout (PEP 475 retries an open a
+    signal interrupts), holding the Maildir's lock: every later login got [IN-USE] until
+    someone SIGKILLed it. As for the journal and the index, a FIFO is not waited on."""
+    name = deliver(user, b"Subject: soon a fifo\n\nx\n")
+    deliver(user, b"Subject: plain\n\ny\n")
+    server = site.server()
+    client = Raw(server, user)
+    try:
+        assert client.greeting.startswith(b"+OK"), client.greeting
+        path = os.path.join(user.home, "Maildir", name)
+        os.unlink(path)
+        os.mkfifo(path, 0o600)
+        os.chown(path, user.uid, user.gid)
+        client.sock.settimeout(10)
+        reply = client.cmd("RETR 1")
+        assert reply.startswith(b"-ERR"), reply
+        _, body = client.multi("RETR 2")
+        assert body == b"Subject: plain\r\n\r\ny\r\n"
+        assert client.cmd("QUIT").startswith(b"+OK")
+    finally:
+        client.close()
+    again = Raw(server, user)
+    try:
+        assert again.greeting.startswith(b"+OK"), again.greeting
+        again.cmd("QUIT")
+    finally:
+        again.close()

@@ -32,3 +32,16 @@ def test_the_header_probe_is_the_first_part_of_a_long_file(tmp_path, monkeypatch
     with open(path, "rb") as f:
         octets, head = maildir._counted(f.fileno(), len(data))
     assert (octets, head) == (maildir.wire_octets(data), data[:maildir.HEADER_PROBE_OCTETS])
+
+
+@pytest.mark.timeout(30)
+def test_a_fifo_put_at_a_listed_name_is_passed_over_not_waited_on(tmp_path):
+    """Between the listing (regular files only) and the measurement, a FIFO put at a name:
+    opened without O_NONBLOCK, the login hung in open(2) holding the Maildir's lock; now it
+    is passed over as a file gone since the listing."""
+    import os
+    new = tmp_path / "new"
+    new.mkdir()
+    os.mkfifo(new / "1700000000.M1P1.host")
+    with pytest.raises(FileNotFoundError):
+        maildir._measure(str(tmp_path), "new/1700000000.M1P1.host")
