@@ -437,6 +437,10 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
          "long, another file system, a full disk, no permission): that message stays as it "
          "is, unseen or not deleted, and the mailbox is served (docs/maildir.md, \"UPDATE "
          "and crash safety\")."),
+        ("Maildir *: * deleted message(s) changed during the session, left in place",
+         "Another program changed a message the client deleted (its time: a backup tool, an "
+         "IMAP server, touch) while the session ran: UPDATE leaves it, and QUIT answers "
+         "-ERR [SYS/TEMP] Some deleted messages were not removed; it is served again."),
         ("* in * is gone", "A Maildir message vanished during the session."),
         ("* in * is a link", "A Maildir message is a symbolic link: refused."),
         ("* in * is not a plain file", "Something other than a file (a FIFO, a device) was "

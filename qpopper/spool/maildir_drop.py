@@ -186,10 +186,13 @@ class MaildirDrop:
         self._phase = "update"
         self._files.forget_listing()
         steps = []
+        left: list[int] = []            # a DELE not done must not look done (QUIT's -ERR)
         for index in sorted(deleted):
             st = self._files.current(index)
             if st is not None:
                 steps.append(["unlink", self.messages[index].name, *file_identity(st)])
+            elif self._files.changed_in_place(index):
+                left.append(index)
         listed = {m.name for m in self.messages}
         name_max = 0                    # asked only when a message is to be marked seen
         for index in sorted(retrieved - deleted):
@@ -222,8 +225,10 @@ class MaildirDrop:
                            log=f"updating Maildir {self.path}: {error}") from None
         finally:
             self.close()
-        if not_removed:     # RFC 1939 §6: QUIT's -ERR; the messages are served next login
-            raise PopError(NOT_REMOVED_TEXT, RespCode.SYS_TEMP)
+        if not_removed or left:     # RFC 1939 §6: QUIT's -ERR; served again next login
+            raise PopError(NOT_REMOVED_TEXT, RespCode.SYS_TEMP,
+                           log=f"Maildir {self.path}: {len(left)} deleted message(s) changed "
+                               f"during the session, left in place" if left else None)
 
     def restore(self) -> None:
         """Abort without update: nothing was changed, nothing to put back."""

@@ -174,6 +174,13 @@ class MessageFiles:
         owner[name] = index
         self.messages[index].name = name
 
+    def changed_in_place(self, index: int) -> bool:
+        """Is message `index`'s file still at its name, the same inode, though current()
+        no longer takes it for the file measured (another program changed its time during
+        the session)? UPDATE then leaves it, and QUIT must say so."""
+        st = self._lstat(self.messages[index].name)
+        return st is not None and st.st_ino & maildir.INODE_BITS == self.inodes[index]
+
     def _lstat(self, name: str) -> os.stat_result | None:
         try:
             return os.lstat(os.path.join(self.path, name))

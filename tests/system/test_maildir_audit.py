@@ -302,8 +302,6 @@ def test_an_x_uidl_line_in_the_body_is_not_the_uid(site, user, data):
         client.close()
 
 
-@pytest.mark.xfail(strict=True, reason="finding: a DELE UPDATE skips (the file's time "
-                   "changed during the session) gets QUIT's +OK; the message is served again")
 def test_a_dele_update_skips_for_a_file_touched_during_the_session_is_not_a_quiet_ok(
         site, user):
     """docs/maildir.md, "UPDATE and crash safety": "a DELE not done must not look done".

@@ -497,7 +497,9 @@ def test_mail_delivered_while_the_login_lists_is_deleted(tmp_path, monkeypatch):
 def test_a_file_written_on_a_removed_messages_inode_at_its_name_is_kept(tmp_path, its_time):
     """rm, then a different file written at the name, dated later or set into the past
     (touch -d, cp -p of another file): the freed inode (set by hand here: ext4 gives it),
-    but not the time measured for the message, and a change time after the login."""
+    but not the time measured for the message, and a change time after the login. Kept;
+    and as the session cannot tell it from its message changed in place, QUIT says a
+    deleted message was not removed (a DELE not done must not look done)."""
     path, first, second = two_messages(tmp_path)
     drop = MaildirDrop.open(path, "qpt")
     try:
@@ -507,7 +509,8 @@ def test_a_file_written_on_a_removed_messages_inode_at_its_name_is_kept(tmp_path
                  else time.time_ns() - 86400 * 1_000_000_000)
         os.utime(os.path.join(path, "new", first), ns=(stamp, stamp))
         drop.inodes[index] = os.lstat(os.path.join(path, "new", first)).st_ino
-        drop.update(deleted={index}, retrieved=set())
+        with pytest.raises(PopError, match="not removed"):
+            drop.update(deleted={index}, retrieved=set())
     finally:
         drop.close()
     assert files(path) == {f"new/{first}": COPY, f"new/{second}": SECOND}
