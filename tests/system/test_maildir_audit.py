@@ -413,35 +413,6 @@ def test_procmail_deliveries_during_sessions_that_delete_everything_are_each_fet
     assert listing(user) == {}
 
 
-@pytest.mark.xfail(strict=True, reason="finding: a rename that changes the base name "
-                   "(mbsync's ,U=) gives the message a new UID")
-def test_a_sync_tools_rename_into_its_own_naming_keeps_the_uid(site, user):
-    """mbsync (isync) keeps its UIDs in Maildir file names: it renames new/B to
-    cur/B,U=<n>:2,S (its default, no AltMap). The file, its inode and its time are the
-    message's, but the base name changed, and the UID is the base name: the next session
-    serves it under a new UID, so a client that leaves mail on the server downloads it again
-    (docs/maildir.md promises UIDs stable "across other clients' changes"). The index knows
-    the file by inode and time, which could keep its UID."""
-    name = deliver(user, b"Subject: synced\n\nbody\n")
-    server = site.server()
-    client = Raw(server, user)
-    try:
-        before = uidl(client)
-        client.cmd("QUIT")
-    finally:
-        client.close()
-    box = os.path.join(user.home, "Maildir")
-    base = maildir.base_name(name)
-    os.rename(os.path.join(box, name), os.path.join(box, "cur", f"{base},U=7:2,S"))
-    client = Raw(server, user)
-    try:
-        after = uidl(client)
-        client.cmd("QUIT")
-    finally:
-        client.close()
-    assert after == before
-
-
 @pytest.mark.xfail(strict=True, reason="finding: UPDATE's unlinks leave a Maildir++ "
                    "maildirsize file unchanged")
 def test_a_dele_is_counted_off_a_maildir_plus_plus_quota(site, user):
