@@ -441,6 +441,12 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
          "Another program changed a message the client deleted (its time: a backup tool, an "
          "IMAP server, touch) while the session ran: UPDATE leaves it, and QUIT answers "
          "-ERR [SYS/TEMP] Some deleted messages were not removed; it is served again."),
+        ("Maildir *: maildirsize not updated for * deleted message(s) of * octets (*); the "
+         "quota counts them until it is recalculated",
+         "UPDATE deleted messages but could not append their line to the Maildir++ quota "
+         "file (a symbolic link, not a plain file, another owner's, not writable, a full "
+         "disk): the quota counts too much until the delivery agent recalculates it; the "
+         "QUIT stands (docs/maildir.md, \"Maildir++ quotas\")."),
         ("* in * is gone", "A Maildir message vanished during the session."),
         ("* in * is a link", "A Maildir message is a symbolic link: refused."),
         ("* in * is not a plain file", "Something other than a file (a FIFO, a device) was "

@@ -28,6 +28,7 @@ from qpopper.spool import maildir
 from qpopper.spool.durable import fsync_dir, read_up_to, rename_no_replace, unlink_if_present
 from qpopper.spool.locking import SessionLock
 from qpopper.spool.maildir_files import MessageFiles, list_by_base
+from qpopper.spool.maildir_quota import Removed, count_off
 from qpopper.spool.mbox import WireLines
 
 LOCK_NAME = "qpopper-pop3.lock"
@@ -344,8 +345,11 @@ def finish_journal(path: str, hook, log=None) -> list[str]:
     step is idempotent: an unlinked file is gone, a renamed one is at its new name; a source
     missing for another reason (a program moved it) is skipped, and so is a step that fails
     for good (LASTING_ERRORS; logged with `log(priority, text)`). Returns the names of the
-    unlink steps so skipped (the session's QUIT answers -ERR for them). A journal we cannot
-    read is left for the administrator and the mailbox is refused, never guessed at."""
+    unlink steps so skipped (the session's QUIT answers -ERR for them). The files this call
+    unlinked are counted off a Maildir++ quota once they are durably gone (maildir_quota): a
+    crash before that leaves the quota counting them, and a file another program or an earlier
+    try removed is not counted. A journal we cannot read is left for the administrator and
+    the mailbox is refused, never guessed at."""
     journal = os.path.join(path, JOURNAL_NAME)
     unlink_if_present(os.path.join(path, f".{JOURNAL_NAME}.tmp"))   # never committed
     try:    # O_NONBLOCK: a FIFO put there must not hang the login under the lock
@@ -365,11 +369,11 @@ def finish_journal(path: str, hook, log=None) -> list[str]:
         os.close(fd)
     if not isinstance(steps, list) or not all(_valid_step(step, version) for step in steps):
         raise OSError(errno.EINVAL, f"{journal} is not a journal this version can finish")
-    names_by_base, not_removed = _NamesByBase(path), []
+    names_by_base, not_removed, removed = _NamesByBase(path), [], Removed()
     for step in steps:
         hook(step[0])
         try:
-            _take_step(path, step, version, names_by_base)
+            _take_step(path, step, version, names_by_base, removed)
         except OSError as error:
             if error.errno not in LASTING_ERRORS:
                 raise                           # the journal stays: the next login retries
@@ -381,17 +385,24 @@ def finish_journal(path: str, hook, log=None) -> list[str]:
                     f"({error.strerror}); it stays as it is")
     hook("fsync-dirs")
     maildir.sync_dirs(path)
+    hook("quota")
+    count_off(path, removed, log)
     hook("journal-unlink")
     os.unlink(journal)
     fsync_dir(path)
     return not_removed
 
 
-def _take_step(path: str, step: list, version: int, names_by_base) -> None:
+def _take_step(path: str, step: list, version: int, names_by_base, removed: Removed) -> None:
     if step[0] == "unlink" and version == 1:
-        unlink_if_present(os.path.join(path, step[1]))
+        try:
+            st = os.lstat(os.path.join(path, step[1]))
+        except FileNotFoundError:
+            return
+        if _unlinked(os.path.join(path, step[1])) and stat.S_ISREG(st.st_mode):
+            removed.add(step[1], st)
     elif step[0] == "unlink":
-        _unlink_file(path, step[1], tuple(step[IDENTITY_AT[version]:]), names_by_base)
+        _unlink_file(path, step[1], tuple(step[IDENTITY_AT[version]:]), names_by_base, removed)
     else:
         try:   # False: the name is taken (done before the crash, or another file's): no-op
             rename_no_replace(os.path.join(path, step[1]), os.path.join(path, step[2]))
@@ -426,11 +437,23 @@ def _file_system_now(fd: int) -> int:
         return time.time_ns() - CLOCK_LAG_NS
 
 
-def _unlink_file(path: str, name: str, identity: tuple, names_by_base) -> None:
+def _unlinked(file: str) -> bool:
+    """unlink(2) `file`: False when it was not there (another program, or an earlier try of
+    the journal, removed it: not this call's to count off a quota)."""
+    try:
+        os.unlink(file)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _unlink_file(path: str, name: str, identity: tuple, names_by_base,
+                 removed: Removed) -> None:
     """Remove the file the session marked deleted: at `name` when the file there is still
     that one (file_identity), and under any other name of its base name that is that file
     (another program renamed it since the journal was written, or linked it there). Another
-    file (a copy, a restored backup) is another message: it stays."""
+    file (a copy, a restored backup) is another message: it stays. The file counts once in
+    `removed`, however many of its names this call unlinked."""
     def is_it(candidate: str) -> os.stat_result | None:
         try:
             st = os.lstat(os.path.join(path, candidate))
@@ -438,14 +461,18 @@ def _unlink_file(path: str, name: str, identity: tuple, names_by_base) -> None:
             return None
         return st if file_identity(st) == identity and stat.S_ISREG(st.st_mode) else None
 
-    st = is_it(name)
+    st, counted = is_it(name), False
     if st is not None:
-        unlink_if_present(os.path.join(path, name))
+        if _unlinked(os.path.join(path, name)):
+            removed.add(name, st)
+            counted = True
         if st.st_nlink == 1:
             return                                  # its only name: the usual case
     for other in names_by_base.get(maildir.base_name(name)):
-        if other != name and is_it(other) is not None:
-            unlink_if_present(os.path.join(path, other))
+        other_st = is_it(other) if other != name else None
+        if other_st is not None and _unlinked(os.path.join(path, other)) and not counted:
+            removed.add(other, other_st)
+            counted = True
 
 
 class _NamesByBase:

@@ -413,15 +413,13 @@ def test_procmail_deliveries_during_sessions_that_delete_everything_are_each_fet
     assert listing(user) == {}
 
 
-@pytest.mark.xfail(strict=True, reason="finding: UPDATE's unlinks leave a Maildir++ "
-                   "maildirsize file unchanged")
 def test_a_dele_is_counted_off_a_maildir_plus_plus_quota(site, user):
     """A Maildir++ quota (Courier maildrop, Dovecot's maildir quota, Postfix's VDA patch)
     keeps the mailbox's size in `maildirsize`: a delivery appends `<octets> 1`, a reader
-    that removes a message appends `-<octets> -1`. UPDATE removes files and appends
-    nothing, so the quota never goes down by what POP deleted until the file is
-    recalculated (maildrop: only once over quota and the file is 15 minutes old), and
-    deliveries may bounce as over quota in the meantime."""
+    that removes a message appends `-<octets> -1`. Were UPDATE to append nothing, the quota
+    would not go down by what POP deleted until the file is recalculated (maildrop: only
+    once over quota and the file is 15 minutes old), and deliveries could bounce as over
+    quota in the meantime (docs/maildir.md, "Maildir++ quotas")."""
     data = b"Subject: counted\n\n" + b"x" * 1000 + b"\n"
     deliver(user, data, name=f"{int(time.time()) - 100}.M1P1.host,S={len(data)}")
     quota = os.path.join(user.home, "Maildir", "maildirsize")
@@ -438,6 +436,8 @@ def test_a_dele_is_counted_off_a_maildir_plus_plus_quota(site, user):
     with open(quota) as f:
         lines = f.read().splitlines()
     assert sum(int(line.split()[0]) for line in lines[1:]) == 0, lines
+    assert lines[-1] == f"-{len(data)} -1"
+    assert os.stat(quota).st_uid == user.uid
 
 
 def test_random_contents_across_chunk_boundaries_come_out_byte_for_byte(site, user):

@@ -70,13 +70,13 @@ def test_a_deletion_that_fails_for_good_leaves_the_message(tmp_path, monkeypatch
     path, first, second = two_messages(tmp_path)
     journal(path, [["unlink", f"new/{first}"]])
 
-    real = maildir_drop.unlink_if_present
+    real = maildir_drop._unlinked
 
-    def refused(name, **options):
+    def refused(name):
         if "/new/" not in name:
-            return real(name, **options)
+            return real(name)
         raise PermissionError(errno.EPERM, "Operation not permitted")
-    monkeypatch.setattr(maildir_drop, "unlink_if_present", refused)
+    monkeypatch.setattr(maildir_drop, "_unlinked", refused)
     MaildirDrop.open(path, "qpt").close()
     assert files(path) == {f"new/{first}": FIRST, f"new/{second}": SECOND}
 
