@@ -388,6 +388,26 @@ def _file_separator(fd: int, size: int) -> bytes | None:
 _EMPTY_LINES = re.compile(rb"(?:\r?\n)*")
 
 
+def _empty_lines_at(read: Callable[[int, int], bytes], size: int) -> int | None:
+    """How many octets of empty lines (LF or CRLF alone) [0, size) starts with, read(offset,
+    n) giving its octets a part at a time, however many parts they take; None when the file
+    was cut under us."""
+    pos = 0
+    chunk = limits.MAX_SPOOL_LINE_OCTETS        # the common case: one small read, no padding
+    while pos < size:
+        data = read(pos, min(chunk, size - pos))
+        if not data:
+            return None
+        n = _EMPTY_LINES.match(data).end()
+        if n == 0 and pos == 0:
+            return 0
+        chunk = limits.COPY_CHUNK_OCTETS
+        pos += n
+        if n < len(data) - (data.endswith(b"\r") and pos + 1 < size):
+            break                               # (a CR at the chunk's end: read on from it)
+    return pos
+
+
 def leading_padding(read: Callable[[int, int], bytes], size: int) -> int:
     """How many octets of empty lines (LF or CRLF) the file [0, size) starts with before its
     first separator line, read(offset, n) giving its octets: padding a delivery agent wrote
@@ -396,19 +416,9 @@ def leading_padding(read: Callable[[int, int], bytes], size: int) -> int:
     else; 0 when it starts with a separator, and when the first line that is not empty is no
     separator (From_ with its date, or an MMDF separator line, as the scan reads a first
     line): that spool is refused as before."""
-    pos = 0
-    chunk = limits.MAX_SPOOL_LINE_OCTETS        # the common case: one small read, no padding
-    while pos < size:
-        data = read(pos, min(chunk, size - pos))
-        if not data:
-            return 0                            # cut under us: nothing to leave out
-        n = _EMPTY_LINES.match(data).end()
-        if n == 0 and pos == 0:
-            return 0
-        chunk = limits.COPY_CHUNK_OCTETS
-        pos += n
-        if n < len(data) - (data.endswith(b"\r") and pos + 1 < size):
-            break                               # (a CR at the chunk's end: read on from it)
+    pos = _empty_lines_at(read, size)
+    if not pos:
+        return 0                                # none, or cut under us: nothing to leave out
     if pos >= size:
         return size
     line = read(pos, min(limits.MAX_SPOOL_LINE_OCTETS, size - pos))
@@ -452,8 +462,7 @@ def empty_lines_before_from(fd: int, start: int, end: int) -> int:
     0 when anything else follows them: content is never left out. An empty line is the
     scan's (and leading_padding's): LF or CRLF alone; CR CR LF is a line of content, and a
     `From ` line after it is no separator (docs/mbox.md, "Separators")."""
-    head = os.pread(fd, min(limits.COPY_CHUNK_OCTETS, end - start), start)
-    skip = _EMPTY_LINES.match(head).end()
+    skip = _empty_lines_at(lambda offset, n: os.pread(fd, n, start + offset), end - start)
     if not skip:
         return 0
     line = os.pread(fd, min(limits.MAX_SPOOL_LINE_OCTETS, end - start - skip), start + skip)

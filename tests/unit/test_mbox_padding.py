@@ -211,3 +211,21 @@ def test_every_path_reads_cr_cr_lf_as_no_empty_line(pad):
     assert not skip or at in offsets
     if len(PASSES) == 2:
         assert_same_candidates(whole, 0, len(whole))
+
+
+def test_empty_lines_past_one_part_are_left_out_as_the_scan_passes_them():
+    """The commit's leave-out before a `From ` line reads on as the scan's padding does: past
+    one COPY_CHUNK_OCTETS part of empty lines it left nothing out (the lines were copied, to
+    become empty lines of the last kept message)."""
+    import tempfile
+    from qpopper import limits
+    first = b"From c@d Wed Dec  2 05:53:22 1992\nSubject: x\n\nbody\n"
+    for pad in (b"\n" * (limits.COPY_CHUNK_OCTETS + 1),
+                b"\r\n" * (limits.COPY_CHUNK_OCTETS // 2) + b"\n",
+                b"\n" * (limits.COPY_CHUNK_OCTETS - 1) + b"\r\n"):
+        data = pad + first
+        with tempfile.TemporaryFile() as f:
+            f.write(data)
+            f.flush()
+            assert mbox.padding_of(f.fileno(), len(data)) == len(pad)
+            assert mbox.empty_lines_before_from(f.fileno(), 0, len(data)) == len(pad)
