@@ -174,12 +174,20 @@ class Brakes:
         return brake_delay(self._count(ADDRESS, address_group(client_ip)),
                            limits.BRAKE_FREE_FAILURES_PER_ADDRESS, self.max_delay)
 
-    def record_failure(self, client_ip: str, user: str) -> tuple[int, float]:
+    def record_failure(self, client_ip: str, user: str, *,
+                       account_undecided: bool = False) -> tuple[int, float]:
         """Count one failure; returns (failures of this address, wait before the -ERR that
-        the user name's brake asks for). A trusted network's failure is not counted: (0, 0)."""
+        the user name's brake asks for). A trusted network's failure is not counted: (0, 0).
+        `account_undecided`: the host's mark (mark_account_undecided) is written in the same
+        transaction, so that the attempt writes the file no more often than a wrong guess."""
+        if account_undecided:
+            self._undecided_until = self.clock() + limits.ACCOUNT_UNDECIDED_S
         if self.is_trusted(client_ip):
+            if account_undecided:
+                self._write(self._write_mark)
             return 0, 0.0
-        counts = self._bump([(ADDRESS, address_group(client_ip)), (USER, user)])
+        counts = self._bump([(ADDRESS, address_group(client_ip)), (USER, user)],
+                            mark_undecided=account_undecided)
         return counts.get(ADDRESS, 0), self._user_delay(counts.get(USER, 0))
 
     def _user_delay(self, failures: int) -> float:
@@ -207,7 +215,7 @@ class Brakes:
         return wait
 
     def note_failure(self, client_ip: str, user: str, method: str, base_delay: float, *,
-                     fail2ban_line: bool = True) -> float:
+                     account_undecided: bool = False) -> float:
         """Count one wrong guess and log its fail2ban line; returns the seconds to wait before
         the refusal: the rest of the address's brake that hold_address did not wait, then
         `base_delay` (the service's own failure delay) or the user name's brake when that is
@@ -220,10 +228,12 @@ class Brakes:
         attempt from the address, nor by the time the file's write takes, nor by a ban
         that comes one attempt late; the caller adds `LOGIN REFUSED (account)`, which says
         why (docs/operations.md, "An expired account or password").
-        `fail2ban_line` False: right credentials that PAM's account step could not decide
-        (mark_account_undecided): all of it but the `LOGIN FAILED` line."""
+        `account_undecided`: right credentials that PAM's account step could not decide: all
+        of it, the host's mark written with the count (record_failure), but the `LOGIN
+        FAILED` line."""
         trusted = self.is_trusted(client_ip)
-        failures, user_delay = self.record_failure(client_ip, user)
+        failures, user_delay = self.record_failure(client_ip, user,
+                                                   account_undecided=account_undecided)
         rest_of_brake = max(0.0, self._brake - self._waited)
         self._brake = self._waited = 0.0
         delay = rest_of_brake + max(float(base_delay), user_delay)
@@ -232,14 +242,14 @@ class Brakes:
         self.close()               # the attempt is over: not held open across its delay
         brake_now = 0.0 if trusted else brake_delay(
             failures, limits.BRAKE_FREE_FAILURES_PER_ADDRESS, self.max_delay)
-        if fail2ban_line:
+        if not account_undecided:
             self.log(syslog.LOG_NOTICE, failure_log_line(user, method, client_ip, failures,
                                                          brake_now))
         return delay
 
     def wait_as_wrong_guess(self, result, client_ip: str, user: str, method: str,
                             base_delay: float, *, sleep=time.sleep,
-                            since: float | None = None, fail2ban_line: bool = True) -> None:
+                            since: float | None = None, account_undecided: bool = False) -> None:
         """Take as long before a refusal as a wrong guess does, after the check: first the
         failure delay PAM's password step drew but did not wait (`result`, a pam.PamResult:
         its owed_delay_s, where that step said yes; None when PAM was not asked), as a wrong
@@ -251,7 +261,7 @@ class Brakes:
         if owed > 0:
             sleep(owed)
         delay = self.note_failure(client_ip, user, method, base_delay,
-                                  fail2ban_line=fail2ban_line)
+                                  account_undecided=account_undecided)
         if since is not None:
             delay = since + delay - time.monotonic()
         if delay > 0:
@@ -262,12 +272,14 @@ class Brakes:
         limits.ACCOUNT_UNDECIDED_S, wrong guesses are answered as they are, by every
         connection of popper and poppassd (account_undecided). True when it was not marked
         yet: the caller says so in the log, once per outage rather than once per login."""
-        until = self.clock() + limits.ACCOUNT_UNDECIDED_S
         marked_already = self.account_undecided()
-        self._undecided_until = until
-        self._write(lambda db: db.execute("INSERT OR REPLACE INTO failures (kind, key, count, "
-                                          "last) VALUES (?, '', 0, ?)", (UNDECIDED, until)))
+        self._undecided_until = self.clock() + limits.ACCOUNT_UNDECIDED_S
+        self._write(self._write_mark)
         return not marked_already
+
+    def _write_mark(self, db) -> None:
+        db.execute("INSERT OR REPLACE INTO failures (kind, key, count, last) "
+                   "VALUES (?, '', 0, ?)", (UNDECIDED, self._undecided_until))
 
     def account_undecided(self) -> bool:
         """Is PAM's account step marked as unable to decide (by any connection)?"""
@@ -301,10 +313,12 @@ class Brakes:
         return self._with_db(lambda db: _fresh_count(db, kind, _storable(key), self.clock()),
                              default=0)
 
-    def _bump(self, keys) -> dict[str, int]:
+    def _bump(self, keys, *, mark_undecided: bool = False) -> dict[str, int]:
         now = self.clock()
 
         def bump(db):
+            if mark_undecided:
+                self._write_mark(db)
             counts = {}
             for kind, key in keys:
                 key = _storable(key)

@@ -305,16 +305,16 @@ class PolicyChecks:
     def _account_step_undecided(self, user, client_ip, result: pam_auth.PamResult) -> None:
         """Right credentials, and PAM's account step could not decide (pam_sss, pam_ldap:
         their directory down). Answered "try again later", as every wrong guess is from now
-        on (Brakes.mark_account_undecided), and first waited, counted and held as a wrong
+        on (Brakes.record_failure marks it), and first waited, counted and held as a wrong
         guess, so that neither its time nor the next attempt's brake tells the credentials
         were right; but not logged `LOGIN FAILED`: the client is not guessing, and fail2ban
         would ban every client polling through the outage
         (docs/operations.md, "When PAM's account step cannot decide")."""
-        if self.brakes.mark_account_undecided():
+        if not self.brakes.account_undecided():         # a read, as a wrong guess's reply
             self.log(syslog.LOG_WARNING, account_undecided_line(self.cfg.pam_service))
         self.brakes.wait_as_wrong_guess(result, client_ip, user, self._method,
                                         self.cfg.auth_failure_delay or 0, sleep=self.sleep,
-                                        fail2ban_line=False)
+                                        account_undecided=True)
 
     def _wrong_guess_reply(self, text: str) -> tuple[str, RespCode]:
         """What a wrong guess, or a refusal answered as one, is told: `text` with [AUTH];

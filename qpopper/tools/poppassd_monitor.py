@@ -140,7 +140,7 @@ class PasswordKeeper:
                      and result.password_code == pam_auth.PAM_SUCCESS)
         as_wrong_guess = verdict == WRONG or undecided
         if undecided:
-            if self.brakes.mark_account_undecided():
+            if not self.brakes.account_undecided():
                 self.log(syslog.LOG_WARNING, account_undecided_line(self.pam_service))
         elif verdict == WRONG and self.brakes.account_undecided():
             verdict = LATER
@@ -162,7 +162,7 @@ class PasswordKeeper:
             # failure delay (an account refusal; a name NSS does not know) included.
             self.brakes.wait_as_wrong_guess(result, self.client_ip, user, self.brake_method,
                                             limits.POPPASSD_FAILURE_DELAY_S, since=started,
-                                            fail2ban_line=not undecided)
+                                            account_undecided=undecided)
         return verdict
 
     def _check_old_password(self, user: str,

@@ -419,3 +419,32 @@ def test_fifty_wrong_passwords_are_slowed_and_logged_another_address_is_not(site
     assert not any("127.0.0.1 waits" in t for t in site.syslog.texts())
     for text in failures[:3]:
         assert COURIER_AUTH.match(f"Nov 27 14:00:01 mailhost popper[42]: {text}")
+
+
+def test_undecided_right_credentials_write_the_file_as_often_as_a_wrong_guess(tmp_path,
+                                                                             monkeypatch):
+    """Right credentials whose account step cannot decide are answered as a wrong guess: the
+    host's mark is written in the count's transaction, so the attempt commits to the file as
+    often as a wrong guess does (a commit more would be a time of its own)."""
+    commits = []
+    connect = Brakes._connect
+
+    def traced(self):
+        db = connect(self)
+        db.set_trace_callback(lambda sql: commits.append(sql)
+                              if sql.strip().upper().startswith("COMMIT") else None)
+        return db
+    monkeypatch.setattr(Brakes, "_connect", traced)
+    path = str(tmp_path / "b.sqlite")
+
+    def commits_of(account_undecided: bool) -> int:
+        before = len(commits)
+        brakes = Brakes(path, 30, lambda p, t: None)
+        brakes.hold_address("192.0.2.7", sleep=lambda s: None)
+        brakes.account_undecided()                       # the reply's read, both ways
+        brakes.note_failure("192.0.2.7", "ursula", "USER", 0,
+                            account_undecided=account_undecided)
+        return len(commits) - before
+    wrong, right = commits_of(False), commits_of(True)
+    assert right == wrong >= 1, (wrong, right)
+    assert Brakes(path, 30, lambda p, t: None).account_undecided()
