@@ -140,10 +140,12 @@ def verdict_of(result: pam_auth.PamResult) -> str | None:
     failure delay libpam drew for it and the password step's own time, both in whole
     microseconds, "7 2000000 47210", which a refusal answered from it waits again
     (pam_or_cached); or None. A refusal whose delay's base is not known (a libpam that
-    draws otherwise) is not remembered: replaying its draw would not be libpam's now."""
+    draws otherwise) is not remembered: replaying its draw would not be libpam's now; nor one
+    whose step took longer than a replay may wait (MAX_REMEMBERED_STEP_S)."""
     if result.password_code == pam_auth.PAM_SUCCESS:
         return RIGHT
-    if result.password_code in REMEMBERED_REFUSALS and result.fail_delay_base_us is not None:
+    if (result.password_code in REMEMBERED_REFUSALS and result.fail_delay_base_us is not None
+            and result.password_step_s <= MAX_REMEMBERED_STEP_S):
         return (f"{result.password_code} {result.fail_delay_base_us} "
                 f"{_microseconds(result.password_step_s)}")
     return None

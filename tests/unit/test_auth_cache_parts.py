@@ -53,6 +53,10 @@ def test_only_the_password_steps_own_yes_and_wrong_password_are_remembered():
                                                 fail_delay_base_us=2_000_000))
     assert verdict == f"{wrong} 2000000 50000"
     assert password_cache.remembered_refusal(verdict) == (wrong, replay(0.05, 2_000_000))
+    # nor a step longer than a replay may wait (it would be replayed shorter)
+    assert password_cache.verdict_of(result(
+        False, wrong, "", password_code=wrong, fail_delay_base_us=2_000_000,
+        password_step_s=password_cache.MAX_REMEMBERED_STEP_S + 0.5)) is None
     # a delay whose base libpam's draw does not give is not remembered
     assert password_cache.verdict_of(result(False, wrong, "", password_code=wrong,
                                             fail_delay_s=1.4236)) is None
