@@ -122,13 +122,15 @@ _DELAY_FUNCTION = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_uint, ctypes.c_v
 """void (*)(int status, unsigned usec, void *appdata): pam_fail_delay(3)'s PAM_FAIL_DELAY."""
 
 
-def _with_rhost(authenticator, rhost: str | None, replace_auth_step: bool) -> dict:
+def _with_rhost(authenticator, rhost: str | None, replace_auth_step: bool,
+                account_answer: int | None = None) -> dict:
     """Wrap the instance's pam_authenticate binding: set PAM_RHOST, then authenticate, and
     wait the stack's failure delay when it fails, as libpam would.
 
     With `replace_auth_step` the password step reports success without asking any module:
     used after APOP has proved the user's secret, so the PAM stack only runs pam_acct_mgmt.
-    Returns a dict that gets the password step's own code ("code"), its own time without
+    With `account_answer` the account step reports that code without asking any module: it
+    has just been asked (password_cache.pam_or_cached). Returns a dict that gets the password step's own code ("code"), its own time without
     the failure delay ("step_s") and the failure delay libpam drew for it ("fail_delay_s")
     once it has run.
     """
@@ -144,6 +146,8 @@ def _with_rhost(authenticator, rhost: str | None, replace_auth_step: bool) -> di
 
     def pam_acct_mgmt(handle, flags):
         asked["account_step"] = True
+        if account_answer is not None:
+            return account_answer
         return real_account_step(handle, flags)
 
     def note_delay(_status, usec, _appdata):
@@ -160,9 +164,10 @@ def _with_rhost(authenticator, rhost: str | None, replace_auth_step: bool) -> di
         # libpam then hands its failure delay to note_delay, after a success too, instead
         # of waiting it itself: the wait is ours, below, and known for a later refusal.
         set_item(handle, PAM_FAIL_DELAY, ctypes.cast(delay_function, ctypes.c_void_p))
-        started, asked["second"] = time.monotonic(), int(time.time())
+        started, asked["second"] = time.monotonic(), pam_delay.wall_second()
         asked["code"] = code = real_authenticate(handle, flags)
         asked["step_s"] = time.monotonic() - started
+        asked["second_after"] = pam_delay.wall_second()
         if code != PAM_SUCCESS:
             time.sleep(asked.get("fail_delay_s", 0.0))
         return code
@@ -221,6 +226,7 @@ def preload(service: str | None = None) -> None:
     """
     with contextlib.suppress(*_LIBPAM_UNLOADABLE):
         python_pam.PamAuthenticator()
+        pam_delay.draws_from_the_second()       # libpam mapped now: asked once, inherited
         if service:
             pin_modules(service)
 
@@ -274,12 +280,14 @@ def _mapped_libraries() -> set[str]:
 
 
 def _run(service: str, user: str, password: str, rhost: str | None, *,
-         check_password_expired: bool, account_only: bool) -> PamResult:
+         check_password_expired: bool, account_only: bool,
+         account_answer: int | None = None) -> PamResult:
     try:
         authenticator = python_pam.PamAuthenticator()
     except _LIBPAM_UNLOADABLE as exc:
         return PamResult(False, python_pam.PAM_SYSTEM_ERR, f"cannot load libpam: {exc}")
-    asked = _with_rhost(authenticator, rhost, replace_auth_step=account_only)
+    asked = _with_rhost(authenticator, rhost, replace_auth_step=account_only,
+                        account_answer=account_answer)
     # The client's original bytes (docs/internals.md): a Latin-1 password arrives as
     # surrogate escapes, which python-pam's own str.encode("utf-8") would refuse.
     secret = password.encode("utf-8", "surrogateescape")
@@ -304,8 +312,10 @@ def _run(service: str, user: str, password: str, rhost: str | None, *,
     said = {"password_code": asked.get("code"),
             "fail_delay_s": float(asked.get("fail_delay_s", 0.0)),
             "password_step_s": float(asked.get("step_s", 0.0))}
-    if "code" in asked:       # the base libpam drew it from, in the step's second (None: a
-        # second that turned between our clock and libpam's, or another draw)
+    if ("code" in asked and asked["second"] == asked["second_after"]
+            and pam_delay.draws_from_the_second()):
+        # the base libpam drew it from, in the step's second (none when a second turned
+        # during the step: libpam's reading of the clock could be either's)
         said["fail_delay_base_us"] = pam_delay.base_of(int(asked.get("fail_delay_us", 0)),
                                                        (int(asked["second"]),))
     if code == PAM_SUCCESS:
@@ -322,15 +332,18 @@ def _run(service: str, user: str, password: str, rhost: str | None, *,
 
 
 def authenticate(service: str, user: str, password: str, rhost: str | None = None, *,
-                 check_password_expired: bool = True) -> PamResult:
+                 check_password_expired: bool = True,
+                 account_answer: int | None = None) -> PamResult:
     """pam_authenticate + pam_acct_mgmt for `user` through /etc/pam.d/`service`.
 
     Refused when the password is wrong, the user unknown, the account locked (pam_unix: the
     hash starts with `!`) or expired; an expired password refuses only when
-    `check_password_expired`.
+    `check_password_expired`. `account_answer`: what pam_acct_mgmt said a moment ago, given
+    again instead of asking its modules twice (a directory's timeout twice in an outage).
     """
     return _run(service, user, password, rhost,
-                check_password_expired=check_password_expired, account_only=False)
+                check_password_expired=check_password_expired, account_only=False,
+                account_answer=account_answer)
 
 
 def check_account(service: str, user: str, rhost: str | None = None, *,

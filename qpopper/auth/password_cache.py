@@ -265,20 +265,31 @@ def pam_or_cached(cache: PasswordCache | None, service: str, user: str, uid: int
         # without the cache, so it takes what a wrong password takes now (libpam 1.5 draws
         # the failure delay from the wall-clock second: one remembered from another second
         # stood out beside a guess sent in the same second), and in a whole outage its
-        # password step errs as a wrong one's does (docs/auth-cache.md, "Timing").
+        # password step errs as a wrong one's does (docs/auth-cache.md, "Timing"). Its
+        # account step is not asked twice: it answers what it just said.
+        return _asked_whole(cache, key, service, user, password, rhost,
+                            check_password_expired, account_answer=account.code)
     refusal = remembered_refusal(verdict)
     if refusal is not None:
         # The password step's time, and the failure delay libpam draws in this second: a
         # remembered wrong password takes what a fresh one takes now.
         code, replay = refusal
-        delay_s = pam_delay.drawn_delay_us(int(time.time()), replay.base_us) / 1e6
+        delay_s = pam_delay.drawn_delay_us(pam_delay.wall_second(), replay.base_us) / 1e6
         time.sleep(replay.step_s + delay_s)
         return pam_auth.PamResult(False, code, REMEMBERED_REFUSALS[code], fail_delay_s=delay_s,
                                   password_step_s=replay.step_s,
                                   fail_delay_base_us=replay.base_us)
+    return _asked_whole(cache, key, service, user, password, rhost, check_password_expired)
+
+
+def _asked_whole(cache: PasswordCache, key: bytes, service: str, user: str, password: str,
+                 rhost: str | None, check_password_expired: bool, *,
+                 account_answer: int | None = None) -> pam_auth.PamResult:
+    """pam_auth.authenticate, and what may be remembered of its answer, remembered."""
     asked_at = time.monotonic_ns()
     result = pam_auth.authenticate(service, user, password, rhost,
-                                   check_password_expired=check_password_expired)
+                                   check_password_expired=check_password_expired,
+                                   account_answer=account_answer)
     verdict = verdict_of(result)
     if verdict is not None:
         cache.remember(key, verdict, asked_at)

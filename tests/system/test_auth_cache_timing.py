@@ -16,6 +16,8 @@ import time
 
 import pytest
 
+from qpopper.auth import pam as pam_auth
+from qpopper.auth.password_cache import pam_or_cached
 from qpopper.auth.policy import Authenticator
 from qpopper.auth.policy_checks import PAM_UNAVAILABLE
 from qpopper.config import Config
@@ -225,3 +227,49 @@ def test_in_a_whole_outage_a_hit_and_a_miss_cost_the_same_brakes(system_users, t
         hit = attempt("pw-right", "127.0.0.4")
     assert miss[0] == hit[0]                                 # both: try again later
     assert miss[1] == hit[1], (miss, hit)
+
+
+# ---- libpam's clock, and the account step asked once (review 135) ------------------------
+def test_a_wrong_password_tried_as_a_second_turns_keeps_the_stack_s_base(system_users,
+                                                                        monkeypatch):
+    """libpam reads the second with time(NULL), the kernel's coarse clock, a few ms behind
+    time.time() after each turn: a base worked back with the wrong second would be kept for
+    the whole negative TTL (review 135)."""
+    user = system_users.create(password="pw-right")
+    stack = ("auth     required  pam_faildelay.so delay=2000000\n"
+             "auth     required  pam_unix.so nodelay\n"
+             "account  required  pam_unix.so\n")
+    monkeypatch.setattr(pam_auth.time, "sleep", lambda s: None)   # the delays: not waited
+    with installed_pam_service(stack, tag="rb-") as service:
+        pam_auth.preload(service)
+        cache = MemoryCache()
+        for attempt in range(12):          # pam_authenticate begun at or just after a turn
+            turn = int(time.time()) + 1
+            while time.time() < turn - 0.004 + attempt * 0.0005:
+                pass
+            pam_or_cached(cache, service, user.name, user.uid, f"guess-{attempt}",
+                          "127.0.0.1", check_password_expired=True)
+    bases = sorted({verdict.split()[1] for verdict in cache.entries.values()})
+    assert bases == ["2000000"], bases
+
+
+def test_a_remembered_right_password_the_account_step_refuses_runs_it_once(system_users,
+                                                                          tmp_path):
+    """PAM asked whole after the hit's account step refused is given that answer again, not
+    the modules asked twice (a directory's timeout twice in an outage; review 135)."""
+    user = system_users.create(password="pw-right")
+    ran = tmp_path / "account-step-ran"
+    stack = ("auth     required  pam_unix.so nodelay\n"
+             f"account  required  pam_exec.so quiet log={ran} /bin/echo ran\n"
+             "account  required  pam_exec.so quiet /bin/false\n")
+    with installed_pam_service(stack, tag="ra-") as service:
+        cache = MemoryCache()
+        def login():
+            return pam_or_cached(cache, service, user.name, user.uid, "pw-right",
+                                 "127.0.0.1", check_password_expired=True)
+        first = login()                                  # asked whole: remembered right
+        assert first.password_code == pam_auth.PAM_SUCCESS and not first.ok
+        runs_before = ran.read_text().count("ran")
+        login()
+        runs = ran.read_text().count("ran") - runs_before
+    assert runs == 1, runs

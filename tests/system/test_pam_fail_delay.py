@@ -156,7 +156,7 @@ def test_with_the_cache_a_guess_and_an_expired_account_s_right_password_repeat_a
         for attempt in range(3):
             if attempt:
                 time.sleep(1.1)
-            second = int(time.time())
+            second = pam_delay.wall_second()             # libpam's clock, not time.time()
             result = pam_or_cached(cache, delayed_service, expired.name, expired.uid, password,
                                    "127.0.0.1", check_password_expired=True)
             assert not result.ok
