@@ -175,11 +175,20 @@ class MessageFiles:
         self.messages[index].name = name
 
     def changed_in_place(self, index: int) -> bool:
-        """Is message `index`'s file still at its name, the same inode, though current()
-        no longer takes it for the file measured (another program changed its time during
-        the session)? UPDATE then leaves it, and QUIT must say so."""
-        st = self._lstat(self.messages[index].name)
-        return st is not None and st.st_ino & maildir.INODE_BITS == self.inodes[index]
+        """Is message `index`'s file still there, the same inode, at its name or at another
+        name of its base name that no other listed message has (another program renamed it
+        too), though current() no longer takes it for the file measured (another program
+        changed its time during the session)? UPDATE then leaves it, and QUIT must say so."""
+        message = self.messages[index]
+        if self._listing is None:
+            self._listing = DirListing(self.path, self._clock)
+        names = {message.name, *(name for name in self._listing.by_base.get(message.base, ())
+                                 if self._owner().get(name, index) == index)}
+        for name in names:
+            st = self._lstat(name)
+            if st is not None and st.st_ino & maildir.INODE_BITS == self.inodes[index]:
+                return True
+        return False
 
     def _lstat(self, name: str) -> os.stat_result | None:
         try:

@@ -45,7 +45,8 @@ def test_a_copy_under_the_base_name_is_never_taken_for_the_listed_message(tmp_pa
     and the inode tells; or has the message's inode, as a file system may give a new file
     the inode of one just removed (ext4 does; set by hand here, as the reuse is the file
     system's choice), and the time tells. RETR says the message is gone, and UPDATE's DELE
-    leaves the copy alone."""
+    leaves the copy alone; on the message's inode, QUIT cannot tell it from the message
+    changed in place, and says a deleted message was not removed."""
     path, first, second = two_messages(tmp_path)
     copy_path = os.path.join(path, "cur", first + ":2,S")
     drop = MaildirDrop.open(path, "qpt")
@@ -62,7 +63,11 @@ def test_a_copy_under_the_base_name_is_never_taken_for_the_listed_message(tmp_pa
         with pytest.raises(PopError) as gone:
             drop.check_available(index)
         assert gone.value.code is RespCode.SYS_TEMP and "removed" in str(gone.value)
-        drop.update(deleted={index}, retrieved=set())
+        if copy.startswith("given-the-inode"):
+            with pytest.raises(PopError, match="not removed"):
+                drop.update(deleted={index}, retrieved=set())
+        else:
+            drop.update(deleted={index}, retrieved=set())
     finally:
         drop.close()
     assert files(path) == {f"cur/{first}:2,S": COPY, f"new/{second}": SECOND}
@@ -549,3 +554,28 @@ def test_a_file_put_at_a_known_name_is_measured_again(tmp_path):
     finally:
         drop.close()
     assert f"cur/{first}:2,S" not in files(path) and f"new/{first}" not in files(path)
+
+
+@pytest.mark.parametrize("order", ["rename-then-touch", "touch-then-rename"])
+def test_a_dele_left_for_a_renamed_message_changed_in_place_is_not_a_quiet_ok(tmp_path, order):
+    """Another client renamed the deleted message (new -> cur, flags) and its time changed
+    (review 135): UPDATE leaves it, and QUIT must say a deleted message was not removed."""
+    from tests.helpers.maildirs import settle
+    path, first, second = two_messages(tmp_path)
+    settle(path)
+    drop = MaildirDrop.open(path, "qpt")
+    old, new = os.path.join(path, "new", first), os.path.join(path, "cur", first + ":2,S")
+    try:
+        index = [m.base for m in drop.messages].index(first)
+        time.sleep(0.02)
+        if order == "rename-then-touch":
+            os.rename(old, new)
+            os.utime(new)
+        else:
+            os.utime(old)
+            os.rename(old, new)
+        with pytest.raises(PopError, match="not removed"):
+            drop.update(deleted={index}, retrieved=set())
+    finally:
+        drop.close()
+    assert f"cur/{first}:2,S" in files(path)                # nothing lost either way
