@@ -399,8 +399,8 @@ def _empty_lines_at(read: Callable[[int, int], bytes], size: int) -> int | None:
         if not data:
             return None
         n = _EMPTY_LINES.match(data).end()
-        if n == 0 and pos == 0:
-            return 0
+        if n == 0:
+            return pos          # the first octet that starts no empty line (a lone CR cut short)
         chunk = limits.COPY_CHUNK_OCTETS
         pos += n
         if n < len(data) - (data.endswith(b"\r") and pos + 1 < size):

@@ -229,3 +229,20 @@ def test_empty_lines_past_one_part_are_left_out_as_the_scan_passes_them():
             f.flush()
             assert mbox.padding_of(f.fileno(), len(data)) == len(pad)
             assert mbox.empty_lines_before_from(f.fileno(), 0, len(data)) == len(pad)
+
+
+def test_a_file_cut_to_a_lone_cr_after_empty_lines_ends_the_read():
+    """A read at a later part that returns a lone CR (the file cut there since its size was
+    taken) starts no empty line: the count ends there, it does not read the same octet again
+    forever (review 136)."""
+    from qpopper.spool import mbox_format
+    real = b"\n" * 5000 + b"\r"
+    reads = []
+
+    def read(offset: int, n: int) -> bytes:
+        reads.append(offset)
+        assert len(reads) < 50, reads[-5:]
+        return real[offset:offset + n]
+    assert mbox_format.leading_padding(read, 100_000) == 0
+    reads.clear()
+    assert mbox_format._empty_lines_at(read, 100_000) == 5000
