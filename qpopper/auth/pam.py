@@ -97,6 +97,8 @@ class PamResult:
     step did not run. The authentication cache keeps it with the verdict and waits it again
     before a refusal answered from the cache, so that refusal costs what PAM's does
     (docs/auth-cache.md, "Timing")."""
+    account_step_ran: bool = False
+    """pam_acct_mgmt was asked (through qpopper's hook): its code is the account step's."""
     fail_delay_base_us: int | None = None
     """The base delay libpam drew fail_delay_s from (pam_delay.base_of), when the password
     step ran and its draw is libpam 1.5's: the authentication cache keeps it to draw the
@@ -310,6 +312,7 @@ def _run(service: str, user: str, password: str, rhost: str | None, *,
         # every login fails loudly until qpopper is mended.
         return PamResult(False, python_pam.PAM_SYSTEM_ERR, BYPASSED_WRAPPER)
     said = {"password_code": asked.get("code"),
+            "account_step_ran": bool(asked.get("account_step")),
             "fail_delay_s": float(asked.get("fail_delay_s", 0.0)),
             "password_step_s": float(asked.get("step_s", 0.0))}
     if ("code" in asked and asked["second"] == asked["second_after"]

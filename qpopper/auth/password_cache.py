@@ -266,9 +266,10 @@ def pam_or_cached(cache: PasswordCache | None, service: str, user: str, uid: int
         # the failure delay from the wall-clock second: one remembered from another second
         # stood out beside a guess sent in the same second), and in a whole outage its
         # password step errs as a wrong one's does (docs/auth-cache.md, "Timing"). Its
-        # account step is not asked twice: it answers what it just said.
-        return _asked_whole(cache, key, service, user, password, rhost,
-                            check_password_expired, account_answer=account.code)
+        # account step is not asked twice: it answers what it just said (when it was asked:
+        # a pam_start that failed is no answer of its).
+        return _asked_whole(cache, key, service, user, password, rhost, check_password_expired,
+                            account_answer=account.code if account.account_step_ran else None)
     refusal = remembered_refusal(verdict)
     if refusal is not None:
         # The password step's time, and the failure delay libpam draws in this second: a

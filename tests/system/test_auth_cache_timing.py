@@ -270,6 +270,8 @@ def test_a_remembered_right_password_the_account_step_refuses_runs_it_once(syste
         first = login()                                  # asked whole: remembered right
         assert first.password_code == pam_auth.PAM_SUCCESS and not first.ok
         runs_before = ran.read_text().count("ran")
-        login()
+        second = login()
         runs = ran.read_text().count("ran") - runs_before
+    assert not second.ok and second.system_error, second       # refused as the first was
+    assert second.password_code == pam_auth.PAM_SUCCESS
     assert runs == 1, runs

@@ -274,3 +274,37 @@ def test_a_draw_of_another_second_or_another_libpam_is_seldom_worked_back():
             if pam_delay.base_of(drawn, (second,)) not in (None, 2_000_000):
                 wrongly_taken += 1
     assert wrongly_taken < 20, wrongly_taken
+
+
+def test_only_an_account_step_that_ran_is_given_again(monkeypatch):
+    """After a hit whose account check did not let the user in, PAM is asked whole with the
+    account step's answer given again, not asked twice; but a check whose pam_start failed
+    (no account step ran: a stack being rewritten, no memory) gave no answer of the account
+    step's, and PAM is asked whole as it is (review 136)."""
+    given = []
+
+    def authenticate(service, user, password, rhost, *, check_password_expired,
+                     account_answer=None):
+        given.append(account_answer)
+        return pam_auth.PamResult(False, pam_auth.python_pam.PAM_ACCT_EXPIRED, "x",
+                                  password_code=0)
+
+    class Remembered:
+        salt = b"s" * 32
+
+        def lookup(self, key):
+            return password_cache.RIGHT
+
+        def remember(self, key, verdict, asked_at):
+            pass
+    monkeypatch.setattr(pam_auth, "authenticate", authenticate)
+    monkeypatch.setattr(password_cache, "shadow_stamp", lambda user: b"")
+    for ran, expected in ((True, pam_auth.python_pam.PAM_ACCT_EXPIRED),
+                          (False, None)):
+        monkeypatch.setattr(pam_auth, "check_account", lambda *a, **k: pam_auth.PamResult(
+            False, pam_auth.python_pam.PAM_ACCT_EXPIRED if ran else pam_auth.python_pam.PAM_ABORT,
+            "y", account_step_ran=ran))
+        given.clear()
+        password_cache.pam_or_cached(Remembered(), "pop3", "qptx", 1001, "pw", "127.0.0.1",
+                                     check_password_expired=True)
+        assert given == [expected], (ran, given)
