@@ -145,7 +145,9 @@ def test_an_expired_account_is_answered_as_the_wrong_guesses_are_meanwhile(syste
 
 
 def test_poppassd_tells_the_right_old_password_and_the_wrong_ones_alike(system_users,
-                                                                        brakes_file):
+                                                                        brakes_file,
+                                                                        monkeypatch):
+    monkeypatch.setattr(limits, "POPPASSD_FAILURE_DELAY_S", 0.2)     # its fixed 3 s: shorter
     user = system_users.create(password="pw-right")
     log = Log()
     with installed_pam_service(UNDECIDED, tag="ap-") as service:
@@ -215,11 +217,13 @@ def test_through_the_server_each_connection_sees_the_mark(world_tmp, system_user
 
 
 # ---- from the review of the mark: paths the tests above left out -------------------------
-def test_poppassd_under_its_own_service_sees_popper_s_mark(system_users, brakes_file):
+def test_poppassd_under_its_own_service_sees_popper_s_mark(system_users, brakes_file,
+                                                           monkeypatch):
     """popper (pam-service pop3) and poppassd (-s poppassd, its default) share the brakes
     file and the directory: the mark is the host's, so a guesser who turns to poppassd
     during the outage that popper's polling clients marked is told the same for a wrong
     password as for the right one (a mark per PAM service told them apart there)."""
+    monkeypatch.setattr(limits, "POPPASSD_FAILURE_DELAY_S", 0.2)     # its fixed 3 s: shorter
     victim = system_users.create(password="pw-right")
     poller = system_users.create(password="pw-poller")
     log = Log()

@@ -169,12 +169,12 @@ def test_with_the_cache_a_guess_and_an_expired_account_s_right_password_repeat_a
 
 
 # --- the authentication cache: each password tried twice -----------------------------------------
-CACHED_DELAYED = ("auth     required  pam_faildelay.so delay=2000000\n"
+CACHED_DELAYED = ("auth     required  pam_faildelay.so delay=1000000\n"
                   "auth     required  pam_unix.so nodelay\n"
                   "account  required  pam_unix.so\n")
-"""A stack whose failure delay libpam draws from 1 s to 3 s: a refusal that waited it took
-at least CACHED_DELAY_MIN_S, one that did not answers in a few milliseconds."""
-CACHED_DELAY_MIN_S = 1.0
+"""A stack whose failure delay libpam draws from 0.5 s to 1.5 s: a refusal that waited it
+took at least CACHED_DELAY_MIN_S, one that did not answers in a few milliseconds."""
+CACHED_DELAY_MIN_S = 0.5
 
 
 def _refusal_took(server, user, password: str) -> float:
