@@ -22,9 +22,9 @@ from qpopper.auth.policy import Authenticator
 from qpopper.auth.policy_checks import PAM_UNAVAILABLE
 from qpopper.config import Config
 from qpopper.pop3.responses import PopError, RespCode
+from tests.helpers.log_records import Log
 from tests.helpers.pam_service import PAM_DIR, installed_pam_service
 from tests.helpers.sysusers import is_root
-from tests.system.test_pam_account_undecided import Log
 from tests.system.test_pam_fail_delay import MemoryCache, _refusal_took
 
 pytestmark = [pytest.mark.skipif(not is_root(), reason="needs root: PAM reads /etc/shadow"),

@@ -28,6 +28,7 @@ from qpopper.pop3.responses import PopError, RespCode
 from qpopper.spool.paths import SpoolPaths
 from tests.helpers import pam_service as pam_files
 from tests.helpers.descriptors import descriptors_on
+from tests.helpers.log_records import Log
 from tests.helpers import sysusers
 
 pytestmark = pytest.mark.timeout(60)
@@ -39,22 +40,6 @@ LOG_LOGIN = '(v%0) POP login by user "%1" at (%2) %3'
 CLIENT_IP = "127.0.0.1"
 CLIENT_HOST = "localhost"
 TIMESTAMP = "<4242.1700000000.abcdef@mail.example>"
-
-
-class Log:
-    """The `log(priority, text)` callable, keeping what it was given."""
-
-    def __init__(self):
-        self.records: list[tuple[int, str]] = []
-
-    def __call__(self, priority, text):
-        self.records.append((priority, text))
-
-    def texts(self) -> list[str]:
-        return [text for _, text in self.records]
-
-    def assert_never_mentions(self, secret: str) -> None:
-        assert all(secret not in text for text in self.texts()), self.texts()
 
 
 def config(**changes) -> Config:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import poplib
-import re
 import sqlite3
 import syslog
 import time
@@ -26,6 +25,7 @@ from qpopper.auth.policy_checks import BAD_DIGEST, PAM_UNAVAILABLE
 from qpopper.config import Config
 from qpopper.pop3.responses import PopError, RespCode
 from qpopper.tools import poppassd_monitor
+from tests.helpers.log_records import Log
 from tests.helpers.pam_service import FAST_UNIX, PAM_DIR, installed_pam_service
 from tests.helpers.popauth import owned_store
 from tests.helpers.sysusers import is_root
@@ -41,17 +41,6 @@ UNDECIDED = (f"auth     required  pam_faildelay.so delay={int(BASE_S * 1e6)}\n"
              "account  required  pam_exec.so quiet /bin/false\n")
 FAILURE_DELAY = 3
 TIMESTAMP = "<1234.5678@review.example>"
-
-
-class Log:
-    def __init__(self):
-        self.records: list[tuple[int, str]] = []
-
-    def __call__(self, priority, text):
-        self.records.append((priority, text))
-
-    def count(self, pattern: str) -> int:
-        return sum(1 for _, text in self.records if re.fullmatch(pattern, text))
 
 
 @pytest.fixture
