@@ -134,7 +134,7 @@ BRAKE_WINDOW_S = 900
 ACCOUNT_UNDECIDED_S = 900
 """After right credentials whose PAM account step could not decide (its directory down),
 every wrong guess is answered as they were, "try again later", for this long
-(auth/brakes.py, Brakes.mark_account_undecided): an outage's polling clients renew it, and it
+(auth/brakes.py, Brakes.record_failure): an outage's polling clients renew it, and it
 covers the time between their polls; after the outage, it is how long a mistyped password
 still reads "try again later"."""
 

@@ -178,7 +178,7 @@ class Brakes:
                        account_undecided: bool = False) -> tuple[int, float]:
         """Count one failure; returns (failures of this address, wait before the -ERR that
         the user name's brake asks for). A trusted network's failure is not counted: (0, 0).
-        `account_undecided`: the host's mark (mark_account_undecided) is written in the same
+        `account_undecided`: the host's mark (_write_mark) is written in the same
         transaction, so that the attempt writes the file no more often than a wrong guess."""
         if account_undecided:
             self._undecided_until = self.clock() + limits.ACCOUNT_UNDECIDED_S
@@ -267,17 +267,10 @@ class Brakes:
         if delay > 0:
             sleep(delay)
 
-    def mark_account_undecided(self) -> bool:
-        """PAM's account step could not decide after right credentials: from now on, for
-        limits.ACCOUNT_UNDECIDED_S, wrong guesses are answered as they are, by every
-        connection of popper and poppassd (account_undecided). True when it was not marked
-        yet: the caller says so in the log, once per outage rather than once per login."""
-        marked_already = self.account_undecided()
-        self._undecided_until = self.clock() + limits.ACCOUNT_UNDECIDED_S
-        self._write(self._write_mark)
-        return not marked_already
-
     def _write_mark(self, db) -> None:
+        """The host's mark: PAM's account step could not decide after right credentials, so
+        for limits.ACCOUNT_UNDECIDED_S wrong guesses are answered as they were, by every
+        connection of popper and poppassd (account_undecided)."""
         db.execute("INSERT OR REPLACE INTO failures (kind, key, count, last) "
                    "VALUES (?, '', 0, ?)", (UNDECIDED, self._undecided_until))
 

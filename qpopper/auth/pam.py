@@ -132,9 +132,10 @@ def _with_rhost(authenticator, rhost: str | None, replace_auth_step: bool,
     With `replace_auth_step` the password step reports success without asking any module:
     used after APOP has proved the user's secret, so the PAM stack only runs pam_acct_mgmt.
     With `account_answer` the account step reports that code without asking any module: it
-    has just been asked (password_cache.pam_or_cached). Returns a dict that gets the password step's own code ("code"), its own time without
-    the failure delay ("step_s") and the failure delay libpam drew for it ("fail_delay_s")
-    once it has run.
+    has just been asked (password_cache.pam_or_cached). Returns a dict that gets the
+    password step's own code ("code"), its own time without the failure delay ("step_s"),
+    the wall-clock second around it ("second", "second_after") and the failure delay libpam
+    drew for it ("fail_delay_s", "fail_delay_us") once it has run.
     """
     real_authenticate = authenticator.pam_authenticate
     real_start, real_account_step = authenticator.pam_start, authenticator.pam_acct_mgmt

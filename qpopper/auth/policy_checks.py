@@ -76,7 +76,7 @@ def account_line(user: str, mechanism: str, client_ip: str, reason: str) -> str:
 
 def account_undecided_line(service: str) -> str:
     """Logged (LOG_WARNING) when right credentials first find PAM's account step unable to
-    decide (Brakes.mark_account_undecided)."""
+    decide (Brakes.record_failure marks it)."""
     return (f"PAM's account step (service {service}) cannot decide (its directory down?): "
             f"for {limits.ACCOUNT_UNDECIDED_S} s after the last such login, failed logins are "
             f"answered [SYS/TEMP] as right passwords are")

@@ -304,7 +304,9 @@ def test_the_account_step_s_mark_is_never_the_row_the_bound_drops(tmp_path, monk
     now = [1_000_000.0]
     path = str(tmp_path / "b.sqlite")
     brakes = Brakes(path, 30, lambda p, t: None, clock=lambda: now[0])
-    assert brakes.mark_account_undecided() and not brakes.mark_account_undecided()
+    assert not brakes.account_undecided()
+    brakes.record_failure("198.51.100.250", "frank", account_undecided=True)
+    assert brakes.account_undecided()
     for n in range(20):
         brakes._hold(f"198.51.100.{n}", now[0] + limits.ACCOUNT_UNDECIDED_S + 60)
         brakes.record_failure(f"198.51.100.{n}", "frank")
