@@ -374,9 +374,8 @@ def _run_daemonized(cfg, invocation, listeners, log, server_tls=None, implicit_t
     import daemon.pidfile
     import lockfile
 
-    # from where it was started, as the check looked at it: the daemon works from /
-    pid_file = os.path.abspath(cfg.pid_file) if cfg.pid_file else cfg.pid_file
-    try:                    # its reloads read argv's relative -f names from there too
+    pid_file = cfg.pid_file             # absolute (docs/options.md, "Paths")
+    try:        # the daemon works from /: its reloads read argv's relative -f names from here
         invocation = dataclasses.replace(invocation, start_dir=os.getcwd())
     except OSError:
         pass                # a working directory removed: the names are left as they are

@@ -432,7 +432,7 @@ def check_pid_file(cfg, log=None, *, check_only: bool = False) -> None:
         return
     if sdnotify.supervised():
         return
-    problem = _unwritable_directory(os.path.dirname(os.path.abspath(cfg.pid_file)))
+    problem = _unwritable_directory(os.path.dirname(cfg.pid_file))
     if not problem:
         return
     if check_only and sdnotify.booted():
