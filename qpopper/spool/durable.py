@@ -160,16 +160,19 @@ def fsync_parent_dir(path: str) -> None:
     fsync_dir(os.path.dirname(path) or ".")
 
 
-def unlink_if_present(path: str, *, ignore_other_errors: bool = False) -> None:
+def unlink_if_present(path: str, *, ignore_other_errors: bool = False) -> bool:
     """Remove path; a missing file is already the wanted state. Other errors propagate unless
-    ignore_other_errors (best-effort clean-up of a temporary file, where failing is harmless)."""
+    ignore_other_errors (best-effort clean-up of a temporary file, where failing is harmless).
+    True when this call removed it (what a Maildir++ quota may count off: maildir_quota)."""
     try:
         os.unlink(path)
     except FileNotFoundError:
-        pass
+        return False
     except OSError:
         if not ignore_other_errors:
             raise
+        return False
+    return True
 
 
 def _create_exclusive(temp: str, mode: int) -> int:

@@ -399,7 +399,7 @@ def _take_step(path: str, step: list, version: int, names_by_base, removed: Remo
             st = os.lstat(os.path.join(path, step[1]))
         except FileNotFoundError:
             return
-        if _unlinked(os.path.join(path, step[1])) and stat.S_ISREG(st.st_mode):
+        if unlink_if_present(os.path.join(path, step[1])) and stat.S_ISREG(st.st_mode):
             removed.add(step[1], st)
     elif step[0] == "unlink":
         _unlink_file(path, step[1], tuple(step[IDENTITY_AT[version]:]), names_by_base, removed)
@@ -437,16 +437,6 @@ def _file_system_now(fd: int) -> int:
         return time.time_ns() - CLOCK_LAG_NS
 
 
-def _unlinked(file: str) -> bool:
-    """unlink(2) `file`: False when it was not there (another program, or an earlier try of
-    the journal, removed it: not this call's to count off a quota)."""
-    try:
-        os.unlink(file)
-    except FileNotFoundError:
-        return False
-    return True
-
-
 def _unlink_file(path: str, name: str, identity: tuple, names_by_base,
                  removed: Removed) -> None:
     """Remove the file the session marked deleted: at `name` when the file there is still
@@ -463,14 +453,14 @@ def _unlink_file(path: str, name: str, identity: tuple, names_by_base,
 
     st, counted = is_it(name), False
     if st is not None:
-        if _unlinked(os.path.join(path, name)):
+        if unlink_if_present(os.path.join(path, name)):
             removed.add(name, st)
             counted = True
         if st.st_nlink == 1:
             return                                  # its only name: the usual case
     for other in names_by_base.get(maildir.base_name(name)):
         other_st = is_it(other) if other != name else None
-        if other_st is not None and _unlinked(os.path.join(path, other)) and not counted:
+        if other_st is not None and unlink_if_present(os.path.join(path, other)) and not counted:
             removed.add(other, other_st)
             counted = True
 

@@ -62,10 +62,10 @@ def test_fsync_parent_dir_of_a_bare_name_is_the_working_directory(tmp_path, monk
 def test_unlink_if_present(tmp_path):
     path = tmp_path / "f"
     path.write_bytes(b"x")
-    durable.unlink_if_present(str(path))
+    assert durable.unlink_if_present(str(path)) is True     # this call removed it
     assert not path.exists()
-    durable.unlink_if_present(str(path))                    # already gone: the wanted state
-    durable.unlink_if_present(str(path), ignore_other_errors=True)
+    assert durable.unlink_if_present(str(path)) is False    # already gone: the wanted state
+    assert durable.unlink_if_present(str(path), ignore_other_errors=True) is False
 
 
 def test_unlink_if_present_raises_other_errors_unless_told(tmp_path):

@@ -70,13 +70,13 @@ def test_a_deletion_that_fails_for_good_leaves_the_message(tmp_path, monkeypatch
     path, first, second = two_messages(tmp_path)
     journal(path, [["unlink", f"new/{first}"]])
 
-    real = maildir_drop._unlinked
+    real = maildir_drop.unlink_if_present
 
-    def refused(name):
+    def refused(name, **options):
         if "/new/" not in name:
-            return real(name)
+            return real(name, **options)
         raise PermissionError(errno.EPERM, "Operation not permitted")
-    monkeypatch.setattr(maildir_drop, "_unlinked", refused)
+    monkeypatch.setattr(maildir_drop, "unlink_if_present", refused)
     MaildirDrop.open(path, "qpt").close()
     assert files(path) == {f"new/{first}": FIRST, f"new/{second}": SECOND}
 
