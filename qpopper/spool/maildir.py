@@ -136,11 +136,22 @@ def wire_octets(data: bytes) -> int:
     """RETR's octet count for a message file's bytes: LF becomes CRLF, a CRLF stays, and a
     last line without LF gets a CRLF, or only the LF when it ends in a bare CR (RETR sends
     that CR as the CR of its CRLF, docs/maildir.md, "What a message is")."""
-    size = len(data) + data.count(b"\n")
-    if b"\r" in data:                   # most files have no CR: skip the slower CRLF count
-        size -= data.count(b"\r\n")
-    if data and not data.endswith(b"\n"):
-        size += 1 if data.endswith(b"\r") else 2
+    return _wire_octets_of((data,))
+
+
+def _wire_octets_of(parts) -> int:
+    """wire_octets() of the parts' concatenation, a part at a time: a CR LF split between two
+    parts is counted once."""
+    size, last = 0, b""
+    for data in parts:
+        size += len(data) + data.count(b"\n")
+        if b"\r" in data:               # most files have no CR: skip the slower CRLF count
+            size -= data.count(b"\r\n")
+        if last == b"\r" and data.startswith(b"\n"):
+            size -= 1                                   # the CR LF across the parts
+        last = data[-1:] or last
+    if last and last != b"\n":
+        size += 1 if last == b"\r" else 2
     return size
 
 
@@ -200,22 +211,20 @@ MEASURE_CHUNK_OCTETS = 1024 * 1024
 def _counted(fd: int, size: int) -> tuple[int, bytes]:
     """wire_octets() of the file's first `size` octets, read a part at a time (a CR LF split
     between two parts counted once), and its first HEADER_PROBE_OCTETS (for its X-UIDL)."""
-    octets, head, offset, last = 0, b"", 0, b""
-    while offset < size:
-        data = os.pread(fd, min(MEASURE_CHUNK_OCTETS, size - offset), offset)
-        if not data:
-            break
-        if len(head) < HEADER_PROBE_OCTETS:
-            head += data[:HEADER_PROBE_OCTETS - len(head)]
-        octets += len(data) + data.count(b"\n")
-        if b"\r" in data:
-            octets -= data.count(b"\r\n")
-        if last == b"\r" and data.startswith(b"\n"):
-            octets -= 1                                 # the CR LF across the parts
-        offset, last = offset + len(data), data[-1:]
-    if last and last != b"\n":
-        octets += 1 if last == b"\r" else 2
-    return octets, head
+    head = bytearray()
+
+    def parts():
+        offset = 0
+        while offset < size:
+            data = os.pread(fd, min(MEASURE_CHUNK_OCTETS, size - offset), offset)
+            if not data:
+                return
+            if len(head) < HEADER_PROBE_OCTETS:
+                head.extend(data[:HEADER_PROBE_OCTETS - len(head)])
+            offset += len(data)
+            yield data
+    octets = _wire_octets_of(parts())
+    return octets, bytes(head)
 
 
 def delivery_order(name: str) -> tuple[int, int, str]:
