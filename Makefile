@@ -24,7 +24,7 @@ DEB_TEST_PACKAGES := curl socat iproute2 openssl procps strace passwd login libp
 	ssl-cert adduser systemd python3-gdbm \
 	krb5-kdc krb5-admin-server libkrb5-dev gcc mpop fail2ban python3-systemd fetchmail e2fsprogs quota \
 	haproxy nfs-ganesha nfs-ganesha-vfs libnfs13
-PIP_TEST_PACKAGES := pytest pytest-timeout atheris pyflakes
+PIP_TEST_PACKAGES := pytest pytest-timeout pytest-xdist atheris pyflakes
 # Waits for another apt/dpkg run instead of failing.
 APT_GET := apt-get -o DPkg::Lock::Timeout=600
 
@@ -72,12 +72,15 @@ test: debs test-peers
 	@$(VPY) -c "import gssapi" 2>/dev/null || $(VPY) -m pip install --quiet gssapi \
 	  || if [ "$$(id -u)" = 0 ]; then echo "pip install gssapi failed: the GSSAPI tests need it"; exit 1; \
 	     else echo "python-gssapi not installed: the GSSAPI tests skip (not root)"; fi
-	$(VPY) -m pytest
+	@# The pure layer in one worker per core (its tests share nothing), then the rest in one
+	@# process: the system tier's timing tests must not share the cores with other tests.
+	$(VPY) -m pytest -n auto tests/unit
+	$(VPY) -m pytest tests/integration tests/system
 
 # The pure layer (tests/unit): the protocol by byte scripts and single-process module tests;
 # no root, no Debian packages, under a minute.
 test-fast: $(STAMP)
-	$(VPY) -m pytest tests/unit -q
+	$(VPY) -m pytest -n auto tests/unit -q
 
 # Every target in turn; new corpus entries go to .fuzz-work/<target>, findings to
 # fuzz-findings/. Fails when any target found something.

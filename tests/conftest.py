@@ -30,10 +30,13 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def prelogin_account():
+def prelogin_account(request):
     """As root, the account the pre-login processes of every server a test starts run as
-    (the harness passes --prelogin-user): made once for the run, removed at its end."""
-    if not _users.is_root():
+    (the harness passes --prelogin-user): made once for the run, removed at its end. A run
+    of tests/unit alone starts no server and makes none: `make test` runs that tier in
+    several pytest-xdist workers, each a session of its own."""
+    pure = all(item.get_closest_marker("unit") for item in request.session.items)
+    if not _users.is_root() or pure:
         yield None
         return
     with _users.prelogin_account() as name:
