@@ -26,6 +26,7 @@ a 0700 root directory that a dropped-privilege child cannot even traverse.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import grp
 import os
 import pwd
@@ -39,6 +40,8 @@ PREFIX = "qpt"
 MAX_NAME = 32                     # useradd's limit on Debian
 PRELOGIN_USER = "qpt-prelogin"
 """The servers' prelogin-user in tests (the packages create qpopper-login)."""
+PRELOGIN_LOCK = "/run/lock/qpt-prelogin.lock"
+"""Held (shared) by every test run that uses PRELOGIN_USER: see prelogin_account."""
 
 
 def is_root() -> bool:
@@ -144,20 +147,35 @@ def make_spool(directory: str, user: SysUser, content: bytes = b"", mode: int = 
 @contextlib.contextmanager
 def prelogin_account(name: str = PRELOGIN_USER):
     """`name` (PRELOGIN_USER) as a system account without a home or a shell, for the test
-    run, and removed at its end by the run that made it (another run at the same time
-    reuses it)."""
+    run. Test runs at the same time share it: each holds a shared lock on PRELOGIN_LOCK while
+    it runs (added under the exclusive lock, so two runs never both add it), and the last run
+    to end removes it; removed by the first run to end, it failed the other's logins."""
+    fd = os.open(PRELOGIN_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        pwd.getpwnam(name)
-        made = False
-    except KeyError:
-        _run("useradd", "--system", "--user-group", "--no-create-home", "--home-dir",
-             "/nonexistent", "--shell", "/usr/sbin/nologin", name)
-        made = True
-    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        if not _account_exists(name):
+            fcntl.flock(fd, fcntl.LOCK_EX)          # waits for the runs that still use it
+            if not _account_exists(name):
+                _run("useradd", "--system", "--user-group", "--no-create-home", "--home-dir",
+                     "/nonexistent", "--shell", "/usr/sbin/nologin", name)
+            fcntl.flock(fd, fcntl.LOCK_SH)
         yield name
     finally:
-        if made:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass                                    # another run still uses it
+        else:
             subprocess.run(["userdel", name], capture_output=True, timeout=30)
+        os.close(fd)
+
+
+def _account_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 def in_child(body) -> str:
