@@ -40,8 +40,8 @@ PREFIX = "qpt"
 MAX_NAME = 32                     # useradd's limit on Debian
 PRELOGIN_USER = "qpt-prelogin"
 """The servers' prelogin-user in tests (the packages create qpopper-login)."""
-PRELOGIN_LOCK = "/run/lock/qpt-prelogin.lock"
-"""Held (shared) by every test run that uses PRELOGIN_USER: see prelogin_account."""
+PRELOGIN_LOCKS = "/run/lock/{name}.lock"
+"""Held (shared) by every test run that uses the account `name`: see prelogin_account."""
 
 
 def is_root() -> bool:
@@ -147,10 +147,10 @@ def make_spool(directory: str, user: SysUser, content: bytes = b"", mode: int = 
 @contextlib.contextmanager
 def prelogin_account(name: str = PRELOGIN_USER):
     """`name` (PRELOGIN_USER) as a system account without a home or a shell, for the test
-    run. Test runs at the same time share it: each holds a shared lock on PRELOGIN_LOCK while
+    run. Test runs at the same time share it: each holds a shared lock on PRELOGIN_LOCKS while
     it runs (added under the exclusive lock, so two runs never both add it), and the last run
     to end removes it; removed by the first run to end, it failed the other's logins."""
-    fd = os.open(PRELOGIN_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(PRELOGIN_LOCKS.format(name=name), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)
         if not _account_exists(name):
