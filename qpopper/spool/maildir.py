@@ -410,6 +410,7 @@ def scan_with_files(path: str, log=None, step=None, now_ns: int | None = None
             unreadable = True                  # listed again next time: it may be given back
             continue
         entries[name] = (octets, uid)
+    _renamed_with_a_tail(known, inodes, entries, mtimes, kept_uids)
     order = sorted(entries, key=delivery_order)
     served = _served_uids(order, entries, kept_uids, inodes)
     # with a file left out the index is never taken as settled (_unchanged): its owner's
@@ -435,6 +436,33 @@ def _known_files(index: Index | None) -> dict[tuple[str, int], tuple[int, str, i
     bases = [base_name(name) for name in index.names]
     return dict(zip(zip(bases, index.inodes),
                     zip(index.octets, index.uids, index.mtimes, index.served)))
+
+
+def _renamed_with_a_tail(known: dict, inodes: dict[str, int], entries: dict,
+                         mtimes: dict[str, int], kept_uids: dict[str, str]) -> None:
+    """A file new to the index whose base name is a gone file's base name, `,` and a tail
+    (mbsync's `,U=<n>`, offlineimap's `,U=<n>,FMD5=<hex>`: they rename a message into a base
+    name of their own) is that file renamed when it has its inode, octets and modification
+    time (a rename keeps all three): it keeps that file's UID as served (in `kept_uids`).
+    A gone file's UID goes to one file at most, and only where no file listed now has that
+    file's base name and inode; a new delivery's base name never begins with another
+    delivery's followed by `,` (docs/maildir.md, "What a message is")."""
+    new = [name for name in entries if name not in kept_uids and "," in base_name(name)]
+    if not new:
+        return
+    taken = {(base_name(name), inode) for name, inode in inodes.items()}
+    for name in sorted(new, key=lambda n: (delivery_order(n), inodes[n])):
+        base, inode = base_name(name), inodes[name]
+        at = base.find(",", 1)
+        while at > 0:
+            key = (base[:at], inode)
+            was = known.get(key)
+            if (was is not None and key not in taken and was[0] == entries[name][0]
+                    and was[2] == mtimes[name]):
+                kept_uids[name] = was[3]
+                taken.add(key)                      # its UID goes to this file only
+                break
+            at = base.find(",", at + 1)
 
 
 def _one_name_per_file(path: str, inodes: dict[str, int]) -> None:

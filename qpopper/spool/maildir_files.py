@@ -49,7 +49,10 @@ class DirListing:
 
 def list_by_base(path: str) -> tuple[dict[str, list[str]], dict[str, int]]:
     """The message files of new/ and cur/ (regular, no dot names): their names by base name,
-    and each name's directory-entry inode (maildir.INODE_BITS)."""
+    each also under every part of its base name before a `,` (a program that renames a
+    message into a base name of its own appends `,` and a tail: mbsync's `,U=<n>`), and
+    each name's directory-entry inode (maildir.INODE_BITS). A caller takes a name for a
+    message's file only when it is that file (its inode and time)."""
     by_base: dict[str, list[str]] = {}
     entry_inodes: dict[str, int] = {}
     for sub in maildir.SUBDIRS:
@@ -58,7 +61,12 @@ def list_by_base(path: str) -> tuple[dict[str, list[str]], dict[str, int]]:
                 if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
                     continue
                 name = f"{sub}/{entry.name}"
-                by_base.setdefault(maildir.base_name(entry.name), []).append(name)
+                base = maildir.base_name(entry.name)
+                by_base.setdefault(base, []).append(name)
+                at = base.find(",", 1)
+                while at > 0:
+                    by_base.setdefault(base[:at], []).append(name)
+                    at = base.find(",", at + 1)
                 entry_inodes[name] = entry.inode() & maildir.INODE_BITS
     return by_base, entry_inodes
 
