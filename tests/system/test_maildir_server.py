@@ -214,6 +214,46 @@ def test_a_second_session_is_in_use_and_a_delivery_during_it_is_kept(site, maild
         after.close()
 
 
+def uidl_by_subject(server, user) -> dict[bytes, str]:
+    """{Subject line: UID} of one session, ended with QUIT (RETR'd messages marked seen)."""
+    client = login(server, user)
+    try:
+        result = {}
+        for line in client.uidl()[1]:
+            number, uid = line.decode().split()
+            result[client.top(int(number), 0)[1][0]] = uid
+            client.retr(int(number))
+        client.quit()
+        return result
+    finally:
+        client.close()
+
+
+def test_a_message_mbsync_renames_into_its_own_base_name_keeps_its_uidl(site, maildir_user):
+    """mbsync keeps its UID in the base name (`new/B` -> `cur/B,U=7:2,S`): a client that leaves
+    mail on the server must not fetch it again. A copy under a gone message's base name and a
+    tail (another inode, the same size and time: cp -p) is another file: no UID of the gone
+    one (docs/maildir.md, "What a message is")."""
+    user = maildir_user
+    deliver_with_mailbox(user, [b"Subject: synced\n\nA\n", b"Subject: copied\n\nB\n"])
+    server = site.server()
+    first = uidl_by_subject(server, user)
+    synced, copied = first[b"Subject: synced"], first[b"Subject: copied"]
+    box = os.path.join(user.home, "Maildir")
+    cur = os.listdir(os.path.join(box, "cur"))
+    assert sorted(cur) == sorted([f"{synced}:2,S", f"{copied}:2,S"])    # marked seen at QUIT
+    os.rename(os.path.join(box, "cur", f"{synced}:2,S"),
+              os.path.join(box, "cur", f"{synced},U=7:2,F"))             # mbsync's rename
+    as_user(user, lambda: shutil.copy2(os.path.join(box, "cur", f"{copied}:2,S"),
+                                       os.path.join(box, "cur", f"{copied},U=8:2,S")))
+    os.unlink(os.path.join(box, "cur", f"{copied}:2,S"))
+    assert uidl_by_subject(server, user) == {b"Subject: synced": synced,
+                                             b"Subject: copied": f"{copied},U=8"}
+    # UPDATE marked it seen under its new base name: `cur/B,U=7:2,FS`, the same UID after
+    assert f"{synced},U=7:2,FS" in os.listdir(os.path.join(box, "cur"))
+    assert uidl_by_subject(server, user)[b"Subject: synced"] == synced
+
+
 @needs_fetchmail
 def test_curl_and_fetchmail_fetch_the_delivered_bytes(site, maildir_user, world_tmp):
     user = maildir_user
