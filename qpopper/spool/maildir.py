@@ -5,8 +5,10 @@ tmp/ and renames it into new/; readers move it to cur/ and record flags after `:
 name (or after `;2,` or `!2,`: docs/maildir.md, "Info separators"). Files are never
 rewritten, so a message's name before `:` (its base name) identifies it
 for good: it is the message's UID (unless it carries an X-UIDL header Qpopper would honour, or
-is not a valid POP3 UID); the index keys a file by it and its inode, and takes a file's
-measurement again only while its modification time is the one measured. This module only
+is not a valid POP3 UID); the index keys a file by it and its inode (and knows a file
+renamed into that base name with a `,` and a tail, as sync tools do, by its inode, size and
+time), and takes a file's measurement again only while its modification time is the one
+measured. This module only
 reads; maildir_drop.py is the session's side (lock, RETR, UPDATE).
 """
 
@@ -383,6 +385,7 @@ def scan_with_files(path: str, log=None, step=None, now_ns: int | None = None
     inodes = {name: entry.inode() & INODE_BITS for name, entry in listed.items()}
     if len(set(inodes.values())) != len(inodes):
         _one_name_per_file(path, inodes)
+        _gone_before_a_tail(path, inodes)
     entries: dict[str, tuple[int, str]] = {}
     unreadable = False
     for name, inode in inodes.items():
@@ -463,6 +466,22 @@ def _renamed_with_a_tail(known: dict, inodes: dict[str, int], entries: dict,
                 taken.add(key)                      # its UID goes to this file only
                 break
             at = base.find(",", at + 1)
+
+
+def _gone_before_a_tail(path: str, inodes: dict[str, int]) -> None:
+    """Leave out of `inodes` a name that is gone now and whose inode is listed under its base
+    name with a tail too: another program renamed the file into that name while new/ and cur/
+    were listed (mbsync: `new/B` -> `cur/B,U=7:2,S`). It is one message, found as the file
+    renamed (_renamed_with_a_tail). While both names are there (a link), two files."""
+    by_inode: dict[int, list[str]] = {}
+    for name, inode in inodes.items():
+        by_inode.setdefault(inode, []).append(name)
+    for names in (names for names in by_inode.values() if len(names) > 1):
+        bases = [base_name(name) + "," for name in names]
+        for name, base in zip(names, bases):
+            if (any(other.startswith(base) and other != base for other in bases)
+                    and not os.path.lexists(os.path.join(path, name))):
+                del inodes[name]
 
 
 def _one_name_per_file(path: str, inodes: dict[str, int]) -> None:

@@ -440,8 +440,9 @@ def _file_system_now(fd: int) -> int:
 def _unlink_file(path: str, name: str, identity: tuple, names_by_base,
                  removed: Removed) -> None:
     """Remove the file the session marked deleted: at `name` when the file there is still
-    that one (file_identity), and under any other name of its base name that is that file
-    (another program renamed it since the journal was written, or linked it there). Another
+    that one (file_identity), and under any other name of its base name, or of that base
+    name with a tail (list_by_base), that is that file (another program renamed it since
+    the journal was written, or linked it there). Another
     file (a copy, a restored backup) is another message: it stays. The file counts once in
     `removed`, however many of its names this call unlinked."""
     def is_it(candidate: str) -> os.stat_result | None:

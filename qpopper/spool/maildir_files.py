@@ -114,8 +114,9 @@ class MessageFiles:
         raise AssertionError("unreachable")
 
     def find_again(self, index: int) -> bool:
-        """Another program renamed message `index` (flags, new -> cur): its file found again
-        by base name and identity (_as_it), never at a name the session lists for another
+        """Another program renamed message `index` (flags, new -> cur, a tail after its base
+        name: mbsync's `,U=<n>`): its file found again by base name (list_by_base) and
+        identity (_as_it), never at a name the session lists for another
         message. Sets its .name; False when it is gone."""
         for attempt in (1, 2):
             if self._listing is None:

@@ -155,3 +155,24 @@ def test_a_journalled_delete_finds_the_file_renamed_with_a_tail_since(tmp_path):
     rename(path, f"new/{first}", f"cur/{first},U=7:2,S")
     assert finish_journal(path, lambda step: None) == []
     assert list(files(path)) == [f"new/{second}"]
+
+
+def test_renamed_with_a_tail_while_the_directories_are_listed_it_is_one_message(tmp_path,
+                                                                               monkeypatch):
+    """new/ is listed, then mbsync renames a message into cur/ with a tail before cur/ is
+    listed: one inode under both names. One message, under its new name and its UID."""
+    path, first, second = two_messages(tmp_path)
+    put(path, "new/1999999999.M1P1.other", b"Subject: third\n\nx\n")    # new/ changed: listed
+    real_scandir = os.scandir
+
+    def scandir_then_rename(directory):
+        if str(directory).endswith("/cur"):
+            rename(path, f"new/{first}", f"cur/{first},U=7:2,S")
+        return real_scandir(directory)
+    monkeypatch.setattr(maildir.os, "scandir", scandir_then_rename)
+    messages = maildir.scan(path)
+    monkeypatch.undo()
+    assert [(m.name, m.uid) for m in messages] == [
+        (f"cur/{first},U=7:2,S", first), (f"new/{second}", second),
+        ("new/1999999999.M1P1.other", "1999999999.M1P1.other")]
+    assert [m.uid for m in maildir.scan(path)] == [m.uid for m in messages]
