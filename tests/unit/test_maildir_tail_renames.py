@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
+import shutil
 
 import pytest
 
@@ -176,3 +178,48 @@ def test_renamed_with_a_tail_while_the_directories_are_listed_it_is_one_message(
         (f"cur/{first},U=7:2,S", first), (f"new/{second}", second),
         ("new/1999999999.M1P1.other", "1999999999.M1P1.other")]
     assert [m.uid for m in maildir.scan(path)] == [m.uid for m in messages]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_uids_stay_unique_and_renames_keep_them_whatever_programs_do(tmp_path, seed):
+    """Deliveries, renames (flags; a tail, as sync tools do), copies under a name with a tail
+    (cp -p: the size and time kept), links and deletes in a random order, the Maildir listed
+    after each: no UID is served for two files, and a renamed file with one name keeps its
+    UID."""
+    rng = random.Random(seed)
+    path, _ = make_maildir(tmp_path, [])
+    uid_of_inode: dict[int, str] = {}
+    for step in range(14):
+        names = sorted(files(path))
+        op = rng.choice(["deliver", "flags", "tail", "tail", "copy", "link", "unlink"]
+                        if names else ["deliver"])
+        renamed = None
+        if op == "deliver":
+            put(path, f"new/17000000{step:02}.M{step}P{seed}.host,S=9", b"Subject: %d\n\nx\n" % step)
+        else:
+            name = rng.choice(names)
+            base, flags = maildir.base_name(name), maildir.flags_of(name)
+            tail = f"{base},U={step}:2,{flags}"
+            if op == "flags":
+                renamed, new = name, f"cur/{base}:2,{flags or 'S'}R"
+            elif op == "tail":
+                renamed, new = name, f"cur/{tail}"
+            if op in ("flags", "tail") and not os.path.exists(os.path.join(path, new)):
+                rename(path, name, new)
+            elif op == "copy":
+                shutil.copy2(os.path.join(path, name), os.path.join(path, f"cur/{tail}"))
+            elif op == "link":
+                os.link(os.path.join(path, name), os.path.join(path, f"cur/{tail}"))
+            elif op == "unlink":
+                os.unlink(os.path.join(path, name))
+            else:
+                renamed = None
+        messages, inodes, _ = maildir.scan_with_files(path)
+        uids = [m.uid for m in messages]
+        assert len(set(uids)) == len(uids), (op, [m.name for m in messages])
+        if renamed is not None:
+            inode = os.lstat(os.path.join(path, new)).st_ino
+            if os.lstat(os.path.join(path, new)).st_nlink == 1 and inode in uid_of_inode:
+                assert uids[list(inodes).index(inode)] == uid_of_inode[inode], (op, renamed, new)
+        uid_of_inode = {inode: uid for inode, uid in zip(inodes, uids)
+                        if list(inodes).count(inode) == 1}
