@@ -10,12 +10,15 @@ import dataclasses
 import os
 import random
 import shutil
+import time
 
 import pytest
 
+from qpopper.pop3.responses import PopError
 from qpopper.spool import maildir
 from qpopper.spool.maildir_drop import MaildirDrop, file_identity, finish_journal, write_journal
-from tests.helpers.maildirs import FIRST, files, make_maildir, retr, two_messages, wire
+from tests.helpers.maildirs import (FIRST, files, make_maildir, retr, settle, two_messages,
+                                    wire)
 from tests.unit.test_maildir_uids import put, uids_by_subject
 
 BASE = "1700000000.M1P1.host,S=18"
@@ -223,3 +226,22 @@ def test_uids_stay_unique_and_renames_keep_them_whatever_programs_do(tmp_path, s
                 assert uids[list(inodes).index(inode)] == uid_of_inode[inode], (op, renamed, new)
         uid_of_inode = {inode: uid for inode, uid in zip(inodes, uids)
                         if list(inodes).count(inode) == 1}
+
+
+def test_a_dele_left_for_a_message_renamed_with_a_tail_and_touched_is_not_a_quiet_ok(
+        tmp_path):
+    """Renamed with a tail and its time changed during the session: UPDATE leaves it, and QUIT
+    says a deleted message was not removed (docs/maildir.md, "UPDATE and crash safety")."""
+    path, first, second = two_messages(tmp_path)
+    settle(path)
+    drop = MaildirDrop.open(path, "qpt")
+    try:
+        index = [m.base for m in drop.messages].index(first)
+        time.sleep(0.02)
+        rename(path, f"new/{first}", f"cur/{first},U=7:2,S")
+        os.utime(os.path.join(path, f"cur/{first},U=7:2,S"))
+        with pytest.raises(PopError, match="not removed"):
+            drop.update(deleted={index}, retrieved=set())
+    finally:
+        drop.close()
+    assert f"cur/{first},U=7:2,S" in files(path)
