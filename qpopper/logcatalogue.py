@@ -374,6 +374,11 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
          "A server-mode login found the last MMDF message without its trailer (a delivery cut "
          "short) and appended it, so mail delivered later stays a message of its own "
          "(docs/mbox.md, \"What write-back writes\")."),
+        ("*'s From_ spool's last message was not closed; closed it with * octets",
+         "A server-mode login found the last message without its final newline or the empty "
+         "line after it (a delivery cut short, a writer that ends mail without one) and "
+         "appended them, so mail a delivery agent appends later stays a message of its own "
+         "(docs/mbox.md, \"What write-back writes\")."),
         ("*'s spool starts with empty lines; normal mode for this session",
          "A server-mode login found empty lines before the spool's first message, or a spool "
          "of empty lines only (a delivery agent's padding): this session runs in normal mode, "

@@ -32,6 +32,17 @@ class _Written:
     end: int
 
 
+def _end_closer(fd: int, size: int, messages: list[mbox.Message]) -> bytes:
+    """What closes the scanned spool [0, size) of fd: an MMDF end left open (its last message
+    without a trailer, a trailer or a line of junk cut by the end) gets mbox.closing_octets; a
+    From_ last message without its final LF or the empty line after it gets them, as the
+    write-back writes them (a delivery agent's `From ` line after anything else is no
+    separator, and its mail would join that message)."""
+    if messages and not messages[-1].mmdf:
+        return mbox.padding_after(fd, size, open_message=False)
+    return mbox.closing_octets(fd, size, messages)
+
+
 class ServerModeMaildrop(NormalModeMaildrop):
     """Server mode when there is nothing to recover and the spool exists; normal mode (the
     parent class) otherwise: `server_mode` says which."""
@@ -125,12 +136,11 @@ class ServerModeMaildrop(NormalModeMaildrop):
         return mbox.scan(self._drop_file, end=size, **options)
 
     def _close_spool_end(self, spool, size: int) -> int:
-        """An MMDF spool whose end is open (its last message without a trailer, a trailer or a
-        line of junk cut by the end) gets what closes it now, under the lock, appended as a
-        delivery appends: mail appended later starts a message of its own whoever reads the
-        file next, even after this session dies (docs/mbox.md, "What write-back writes").
-        Returns the spool's new size."""
-        pad = mbox.closing_octets(spool.fd, size, self._all)
+        """A spool whose end is open (_end_closer) gets what closes it now, under the lock,
+        appended as a delivery appends: mail appended later starts a message of its own
+        whoever reads the file next (docs/mbox.md, "What write-back writes"). Returns the new
+        size."""
+        pad = _end_closer(spool.fd, size, self._all)
         if not pad:
             return size
         # The scan's mmap closed a duplicate of the spool's descriptor, which dropped our fcntl
@@ -149,7 +159,8 @@ class ServerModeMaildrop(NormalModeMaildrop):
                 os.ftruncate(spool.fd, size)        # as it was
             raise
         self._note(syslog.LOG_NOTICE, f"{self.user}'s MMDF spool ended open; closed it with "
-                                      f"{len(pad)} octets")
+                   f"{len(pad)} octets" if self._all[-1].mmdf else f"{self.user}'s From_ spool's "
+                   f"last message was not closed; closed it with {len(pad)} octets")
         # The last message again, as a scan of the closed file reads it (same UID and octets:
         # what RETR served of it does not change).
         last = self._all[-1]

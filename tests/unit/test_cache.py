@@ -292,17 +292,22 @@ def test_cache_files_are_private(tmp_path):
     assert os.stat(paths.cache).st_mode & 0o777 == 0o600
 
 
-def test_mail_glued_to_a_region_without_an_empty_line_is_scanned_with_it(tmp_path):
+def test_mail_after_a_region_without_an_empty_line_is_its_own_once_the_login_closed_it(
+        tmp_path):
     """A spool whose last message lacks the closing empty line: a `From ` line appended right
-    after it is not a separator (S11), so the cached region cannot be extended on its own."""
+    after it would be no separator (S11), so the login appends the empty line first
+    (docs/mbox.md, "What write-back writes"); the mail appended after the session is then a
+    message of its own, scanned after the cached region, as a full scan reads it."""
     content = message(1) + message(2)[:-1]                  # no empty line at the end
     cfg, paths = make(tmp_path, content, update_status_headers=False)
     session(cfg, paths)                                      # clean QUIT: cache written
+    with open(paths.spool, "rb") as f:
+        assert f.read() == content + b"\n"
     with open(paths.spool, "ab") as f:
         f.write(message(3))
     seen, region = session(cfg, paths)
-    assert region[0] == 0
-    assert seen == full_scan_uids(paths, update_status_headers=False) and len(seen) == 2
+    assert region[0] == len(content) + 1
+    assert seen == full_scan_uids(paths, update_status_headers=False) and len(seen) == 3
 
 
 def test_a_packed_document_nested_too_deep_is_damage_not_a_crash():

@@ -96,9 +96,10 @@ def test_mail_put_back_after_an_aborted_session_stays_its_own_message(tmp_path):
 
 
 def test_the_server_mode_cache_and_a_full_scan_agree_after_trailer_octets(tmp_path):
-    """Server mode: a cached From_ spool whose last line ends with the octets of an MMDF
-    trailer is not closed: a `From ` line appended right after it is content, as a full scan
-    reads it, not a message of its own."""
+    """Server mode: a From_ spool whose last line ends with the octets of an MMDF trailer is
+    not closed by them (in a From_ file they are content): the login closes it with the
+    empty line, so the mail appended after the session is a message of its own, in the
+    cached view as in a full scan."""
     spool = (FROM + b"Subject: 1\n\none\n\n"
              + FROM + b"Subject: 2\n\nlast line is x^A^A^A^A:\nx" + TRAILER)
     cfg, paths = make(tmp_path, spool, server_mode=True)
@@ -110,7 +111,7 @@ def test_the_server_mode_cache_and_a_full_scan_agree_after_trailer_octets(tmp_pa
     cached = view(cfg, paths)
     os.unlink(paths.cache)
     assert cached == view(cfg, paths)
-    assert len(cached) == 2
+    assert len(cached) == 3 and cached[2][2].endswith(b"\r\n\r\nthree\r\n")
 
 
 def test_the_server_mode_cache_and_a_full_scan_agree_after_a_content_length_not_honoured(
