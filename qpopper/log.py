@@ -77,9 +77,12 @@ class Logger:
         self._forwarding = False           # a pre-login process: to its monitor only
         self._monitor: socket.socket | None = None
         if tracefile:
-            # O_APPEND: master and children write whole lines to the same file.
+            # O_APPEND: master and children write whole lines to the same file. O_NONBLOCK
+            # for the open only: a FIFO no process reads is ENXIO at once, not a wait in
+            # open(2) (preflight.opened_log says it); writes block as before.
             self._trace_fd = os.open(tracefile, os.O_WRONLY | os.O_APPEND | os.O_CREAT
-                                     | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+                                     | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+            os.set_blocking(self._trace_fd, True)
 
     @classmethod
     def from_config(cls, cfg, **kw) -> "Logger":

@@ -116,10 +116,14 @@ def _takes(wide, other) -> bool:
             and ipaddress.ip_address(sockaddr[0]).is_unspecified)
 
 
-def bind_listeners(specs) -> list[socket.socket]:
+def bind_listeners(specs, option: str | None = None, where: str = "") -> list[socket.socket]:
+    """A bound, listening socket for each spec. A bind that fails is one ListenError line;
+    with `option` (and `where`, " (listen set at FILE:LINE)") it names the entry and where it
+    was set, as the start-up checks' lines do (docs/operations.md, "Start-up checks")."""
     listeners = []
+    named = list(specs) or [str(DEFAULT_PORT)]
     try:
-        for family, sockaddr, v6only in resolve_listeners(specs):
+        for spec, (family, sockaddr, v6only) in zip(named, resolve_listeners(specs)):
             sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
             listeners.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -128,8 +132,9 @@ def bind_listeners(specs) -> list[socket.socket]:
             try:
                 sock.bind(sockaddr)
             except OSError as exc:
-                raise ListenError(f"cannot listen on {format_sockaddr(sockaddr)}: "
-                                  f"{exc.strerror}") from None
+                entry = f"{option} {spec}: " if option else ""
+                raise ListenError(f"{entry}cannot listen on {format_sockaddr(sockaddr)}: "
+                                  f"{exc.strerror}{where}") from None
             sock.listen(LISTEN_BACKLOG)
     except BaseException:
         for sock in listeners:
@@ -153,14 +158,22 @@ def open_listeners(cfg) -> tuple[list[socket.socket], list[socket.socket]]:
         tls_ports = {parse_listen(spec)[1] for spec in tls_specs}
         return passed, [s for s in passed if s.getsockname()[1] in tls_ports]
     plain_specs = list(cfg.listen or ())
-    plain = bind_listeners(plain_specs) if plain_specs or not tls_specs else []
+    plain = (bind_listeners(plain_specs, "listen", _set_where(cfg, "listen"))
+             if plain_specs or not tls_specs else [])
     try:
-        implicit = bind_listeners(tls_specs) if tls_specs else []
+        implicit = (bind_listeners(tls_specs, "tls-listen", _set_where(cfg, "tls-listen"))
+                    if tls_specs else [])
     except BaseException:
         for sock in plain:
             sock.close()
         raise
     return plain + implicit, implicit
+
+
+def _set_where(cfg, name: str) -> str:
+    """" (NAME set at SOURCE)", or "" for an option at its default."""
+    source = cfg.source(name)
+    return "" if source == "default" else f" ({name} set at {source})"
 
 
 def entry_matcher(spec):

@@ -322,10 +322,10 @@ def run_master(cfg, invocation) -> int:
     """`popper [ADDRESS:]PORT ...`: serve until TERM/INT. Returns the exit status."""
     try:
         preflight.check_tracefile(cfg)          # the log opens it before the other checks
+        log = preflight.opened_log(cfg, lambda: Logger.from_config(cfg))
     except preflight.PreflightError as exc:
         print(f"popper: {exc}", file=sys.stderr)
         return 1
-    log = Logger.from_config(cfg)
     listeners: list[socket.socket] = []
     server_tls = None
     try:

@@ -40,7 +40,8 @@ class Lifecycle:
         new_log = new_tls = None
         try:
             new_cfg = self.reload()
-            new_log = self.log.reconfigured(new_cfg)
+            preflight.check_tracefile(new_cfg)
+            new_log = preflight.opened_log(new_cfg, lambda: self.log.reconfigured(new_cfg))
             # start-up's checks (a renewed certificate is read here); the listeners stay, so
             # the proxy-protocol entries are matched against them
             checked = preflight.check_site(new_cfg, new_log, match_listen_entries=False)

@@ -41,7 +41,8 @@ from qpopper.log import ForwardedRecords, Logger
 from qpopper.server.reverse_lookup import ForkedReverseLookup
 from qpopper.server.channel import Channel, socket_peer, stdin_socket
 from qpopper.server.listeners import ListenError, entry_matcher
-from qpopper.server.preflight import PreflightError, check_kerberos, check_tracefile
+from qpopper.server.preflight import (PreflightError, check_kerberos, check_tracefile,
+                                      opened_log)
 from qpopper.server.session import DISPLACE_SIGNAL, Session, tls_mode_for_listen_port
 from qpopper.auth import challenges
 from qpopper.auth.policy import Authenticator
@@ -274,13 +275,13 @@ def serve_inetd(cfg, invocation) -> int:
         check_kerberos(cfg)                           # inetd mode runs no site check
         # no master made prelogin-chroot since boot (/run is emptied) under socket units
         privsep.check_prelogin_setup(cfg)
+        log = opened_log(cfg, lambda: Logger.from_config(cfg))
     except (PreflightError, privsep.SandboxError) as exc:
         # stderr may be the client's socket (classic inetd): the log only
         log = Logger.from_config(cfg.replace(tracefile=None))
         log(syslog.LOG_ERR, str(exc))
         log.close()
         return 1
-    log = Logger.from_config(cfg)
     try:
         server_tls = tls_mod.open_server_tls(cfg, log)
     except tls_mod.TlsSetupError as exc:

@@ -10,6 +10,7 @@ themselves, so they must stop the start (or the reload) at once, not fail every 
 
 from __future__ import annotations
 
+import errno
 import grp
 import os
 import platform
@@ -359,6 +360,19 @@ def check_tracefile(cfg) -> None:
         problem = _unwritable_directory(directory)
     if problem:
         raise PreflightError(f"tracefile {path}{_where(cfg, 'tracefile')}: {problem}")
+
+
+def opened_log(cfg, make):
+    """`make()`, the Logger writing to cfg's tracefile, or a PreflightError naming tracefile
+    and where it was set when it cannot be opened: check_tracefile passes a FIFO, which
+    --check-config cannot know will have a reader at the start; the start and a reload
+    that find none are refused at once, never left waiting in open(2)."""
+    try:
+        return make()
+    except OSError as exc:
+        why = "a FIFO no process reads" if exc.errno == errno.ENXIO else exc.strerror
+        raise PreflightError(f"tracefile {cfg.tracefile}{_where(cfg, 'tracefile')}: "
+                             f"{why}") from None
 
 
 def _unwritable_directory(directory: str) -> str | None:

@@ -1,0 +1,128 @@
+"""The administrator's refusals (README.md, "Check a configuration"; docs/operations.md,
+"Start-up checks"): what the server cannot start with is one line naming the option and
+where it was set, at once, never a start or a reload left waiting."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+
+import pytest
+
+from tests.server_harness import POPPER, Site, prelogin_args, wait_for_greeting
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+def site(world_tmp, pam_service):
+    s = Site(world_tmp, pam_service)
+    yield s
+    s.close()
+
+
+def _last_line(path: str) -> int:
+    with open(path) as f:
+        return len(f.read().splitlines())
+
+
+def _held_port() -> socket.socket:
+    """A loopback port another program listens on."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    return holder
+
+
+def test_a_start_on_a_port_in_use_names_the_entry_and_where_it_was_set(site):
+    """Binding fails at start-up only (--check-config cannot refuse a port the running
+    server holds: the documented check before a reload): the line still names the option,
+    the entry and where it was set, as every other refusal does."""
+    with _held_port() as holder:
+        port = holder.getsockname()[1]
+        with open(site.config, "a") as f:
+            f.write(f"set listen = 127.0.0.1:{port}\n")
+        line_no = _last_line(site.config)
+        started = subprocess.run([POPPER, "-f", site.config, *prelogin_args()],
+                                 capture_output=True, text=True, timeout=30,
+                                 stdin=subprocess.DEVNULL)
+    assert started.returncode == 1
+    assert re.fullmatch(rf"popper: listen 127\.0\.0\.1:{port}: cannot listen on "
+                        rf"127\.0\.0\.1:{port}: Address already in use \(listen set at "
+                        rf"{re.escape(site.config)}:{line_no}\)\n", started.stderr), started.stderr
+
+
+def _fifo(site) -> str:
+    path = os.path.join(site.root, "trace-fifo")
+    os.mkfifo(path, 0o600)
+    return path
+
+
+def test_a_fifo_tracefile_no_process_reads_refuses_the_start_at_once(site):
+    """open(2) for writing waits for a FIFO's reader: the start stayed in it, no port
+    opened, no line said why. It is refused at once, naming the option and where it was
+    set; --check-config, which cannot know whether a reader will be there, passes it."""
+    fifo = _fifo(site)
+    with open(site.config, "a") as f:
+        f.write(f'set tracefile = "{fifo}"\n')
+    line_no = _last_line(site.config)
+    listen = "127.0.0.1:1"                      # never bound: the log opens first
+    try:
+        started = subprocess.run([POPPER, listen, "-f", site.config, *prelogin_args()],
+                                 capture_output=True, text=True, timeout=30,
+                                 stdin=subprocess.DEVNULL)
+    finally:                                    # a master stuck in open(2) is let go
+        try:
+            os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+    assert started.returncode == 1
+    assert started.stderr == (f"popper: tracefile {fifo} (set at {site.config}:{line_no}): "
+                              f"a FIFO no process reads\n")
+
+
+def test_a_fifo_tracefile_a_process_reads_gets_the_records(site):
+    """A FIFO with a reader stays a tracefile as before (the refusal above is for none)."""
+    fifo = _fifo(site)
+    got: list[bytes] = []
+
+    def read() -> None:
+        with open(fifo, "rb") as f:
+            got.append(f.read())
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    with open(site.config, "a") as f:
+        f.write(f'set tracefile = "{fifo}"\n')
+    server = site.server()
+    try:
+        assert wait_for_greeting(server.host, server.port).startswith(b"+OK")
+    finally:
+        server.stop()
+        reader.join(10)
+    assert re.search(rb"^\w{3} [ \d]\d \d\d:\d\d:\d\d\.\d{3} \d{4} \[\d+\] ", b"".join(got), re.M)
+
+
+def test_hup_to_a_fifo_tracefile_no_process_reads_is_refused_and_keeps_accepting(site):
+    """A reload that would open such a FIFO: refused in one line, the running configuration
+    kept, the master accepting (it was stuck in open(2), accepting no one)."""
+    server = site.server()
+    assert wait_for_greeting(server.host, server.port).startswith(b"+OK")
+    fifo = _fifo(site)
+    with open(site.config, "a") as f:
+        f.write(f'set tracefile = "{fifo}"\n')
+    line_no = _last_line(site.config)
+    try:
+        os.kill(server.pid, signal.SIGHUP)
+        site.syslog.wait_for(rf"reload failed, keeping the running configuration: tracefile "
+                             rf"{re.escape(fifo)} \(set at {re.escape(site.config)}:{line_no}\): "
+                             rf"a FIFO no process reads")
+        assert wait_for_greeting(server.host, server.port, timeout=10).startswith(b"+OK")
+    finally:
+        try:
+            os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
