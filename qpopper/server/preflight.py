@@ -413,6 +413,8 @@ def check_directories(cfg) -> str | None:
         path = cfg.get(name)
         if path:
             _directory(cfg, name, path)
+            if name != "bulldir" or cfg.bulldb:       # bulldb is written under bulldir
+                _refuse_read_only(cfg, name, path)
             if name == "spool-dir":
                 try:
                     spool_mount = mount_point_of(path)
@@ -456,6 +458,22 @@ def check_pid_file(cfg, log=None, *, check_only: bool = False) -> None:
                                     f"systemd's unit) writes it, and that start refuses it")
         return
     raise PreflightError(f"pid-file {cfg.pid_file}{_where(cfg, 'pid-file')}: {problem}")
+
+
+def _refuse_read_only(cfg, name: str, path: str) -> None:
+    """A directory the sessions write in (the spool's temporary drop and dot-lock, the cache,
+    the bulletin records) on a file system mounted read-only where the server runs: every
+    login would fail. A systemd unit's ProtectSystem=strict makes every place outside its
+    ReadWritePaths one; --check-config from a shell, outside the unit, cannot see it
+    (debian/README.Debian; docs/operations.md, "Start-up checks")."""
+    try:
+        read_only = os.statvfs(path).f_flag & os.ST_RDONLY
+    except OSError:
+        return                          # _directory has just looked at it
+    if read_only:
+        raise PreflightError(f"{name} {path}{_where(cfg, name)}: on a file system mounted "
+                             f"read-only here (under the packaged systemd units, a place "
+                             f"not in ReadWritePaths: add it in a drop-in)")
 
 
 def _directory(cfg, name: str, path: str) -> os.stat_result:

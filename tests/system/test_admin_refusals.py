@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from tests.server_harness import POPPER, Site, prelogin_args, wait_for_greeting
+from tests.server_harness import POPPER, Site, free_port, prelogin_args, wait_for_greeting
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
@@ -126,3 +126,25 @@ def test_hup_to_a_fifo_tracefile_no_process_reads_is_refused_and_keeps_accepting
             os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
         except OSError:
             pass
+
+
+def test_a_spool_dir_mounted_read_only_where_the_server_runs_refuses_the_start(site):
+    """The packaged units' ProtectSystem=strict leaves a spool-dir outside their
+    ReadWritePaths read-only: the master started, and every login failed writing its
+    temporary drop. Here a mount namespace of the start's own mounts spool-dir read-only,
+    as the unit would: the start refuses it in one line naming the option and where it
+    was set."""
+    spool = site.spool_dir
+    script = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
+    argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", spool,
+            POPPER, f"127.0.0.1:{free_port()}", "-f", site.config, *prelogin_args()]
+    try:
+        started = subprocess.run(argv, capture_output=True, text=True, timeout=20,
+                                 stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the master started with a read-only spool-dir")
+    assert started.returncode == 1
+    assert re.fullmatch(rf"popper: spool-dir {re.escape(spool)} \(set at "
+                        rf"{re.escape(site.config)}:\d+\): on a file system mounted read-only "
+                        rf"here \(under the packaged systemd units, a place not in "
+                        rf"ReadWritePaths: add it in a drop-in\)\n", started.stderr), started.stderr
