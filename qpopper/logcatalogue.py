@@ -40,6 +40,10 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
          "directory cannot be written. The packaged unit ignores daemon and writes none; a "
          "start that detaches refuses this at once (docs/operations.md, \"Start-up checks\")."),
         ("configuration reloaded", "SIGHUP: new connections use the new configuration."),
+        ("listen and tls-listen changed: the listeners stay those start-up opened until a "
+         "restart", "SIGHUP read listen or tls-listen entries other than those the master "
+         "started with: the rest of the configuration is applied, the ports are not. "
+         "Restart the server to open them."),
         ("reload failed, keeping the running configuration: *",
          "SIGHUP found a mistake (the same one-line text as popper --check-config); nothing "
          "changed. Fix it and reload again."),

@@ -35,7 +35,7 @@ from qpopper.server.monitor import Client, Monitor
 from qpopper.server.session import tls_mode_for_listen_port
 from qpopper.spool.dotlock import process_gone
 from qpopper.server.admission import Admission
-from qpopper.server.master_lifecycle import REAP_INTERVAL_S, Lifecycle
+from qpopper.server.master_lifecycle import REAP_INTERVAL_S, Lifecycle, listen_entries
 
 ACCEPT_BATCH = 128
 """Connections accepted per wake-up before signals are looked at again (the listen backlog
@@ -76,6 +76,7 @@ class Master(Lifecycle, Admission):
         self.invocation = invocation
         self.reload = reload or self._load_configuration
         self.listeners = listeners
+        self.opened_for = listen_entries(cfg)    # a reload keeps these listeners
         self.log = log
         self._startup_log = log                  # its owner (run_master) closes it
         self.notify_systemd = notify_systemd

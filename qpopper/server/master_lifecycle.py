@@ -82,6 +82,9 @@ class Lifecycle:
             self.tls = new_tls
             self._preload_pam()            # a changed service, an upgraded module file
             self.log(syslog.LOG_NOTICE, "configuration reloaded")
+            if listen_entries(new_cfg) != self.opened_for:
+                self.log(syslog.LOG_NOTICE, "listen and tls-listen changed: the listeners "
+                                            "stay those start-up opened until a restart")
             if new_tls is not None:
                 self.log(syslog.LOG_INFO, f"TLS certificate {new_tls.description}")
         self.auth_cache.restart(self.cfg, self.log)     # HUP empties it, even if the reload failed
@@ -180,6 +183,12 @@ class Lifecycle:
                 os.killpg(pid, signum)
             except ProcessLookupError:
                 pass
+
+
+def listen_entries(cfg) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The listen and tls-listen entries, which only a start applies (docs/operations.md,
+    "Start-up checks"): a reload that changes them is told so, not silently half-applied."""
+    return tuple(cfg.listen or ()), tuple(cfg.tls_listen or ())
 
 
 def _unmounted(spool_dir: str, mount_point: str) -> bool:

@@ -148,3 +148,25 @@ def test_a_spool_dir_mounted_read_only_where_the_server_runs_refuses_the_start(s
                         rf"{re.escape(site.config)}:\d+\): on a file system mounted read-only "
                         rf"here \(under the packaged systemd units, a place not in "
                         rf"ReadWritePaths: add it in a drop-in\)\n", started.stderr), started.stderr
+
+
+def test_hup_with_new_listen_entries_says_they_wait_for_a_restart(site):
+    """The listeners stay those start-up opened (docs/operations.md): a reload that reads
+    other listen entries applies the rest and says so, instead of a port silently not
+    opened. A reload that leaves them alone says nothing of them."""
+    server = site.server()
+    assert wait_for_greeting(server.host, server.port).startswith(b"+OK")
+    os.kill(server.pid, signal.SIGHUP)
+    site.syslog.wait_for("configuration reloaded")
+    added = free_port()
+    with open(site.config, "a") as f:
+        f.write(f"set listen = 127.0.0.1:{added}\n")
+    os.kill(server.pid, signal.SIGHUP)
+    site.syslog.wait_for("listen and tls-listen changed: the listeners stay those start-up "
+                         "opened until a restart")
+    texts = [text for *_, text in site.syslog.records]
+    assert texts.count("configuration reloaded") == 2
+    assert texts.count("listen and tls-listen changed: the listeners stay those start-up "
+                       "opened until a restart") == 1
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", added), timeout=5).close()
