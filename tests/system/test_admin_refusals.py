@@ -13,7 +13,8 @@ import threading
 
 import pytest
 
-from tests.server_harness import POPPER, Site, free_port, prelogin_args, wait_for_greeting
+from tests.server_harness import (POPPER, Site, free_port, prelogin_args, wait_for_greeting,
+                                  wait_until)
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
@@ -170,3 +171,37 @@ def test_hup_with_new_listen_entries_says_they_wait_for_a_restart(site):
                        "opened until a restart") == 1
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", added), timeout=5).close()
+
+
+def test_a_second_detaching_master_names_pid_file_and_where_it_was_set(site):
+    """A pid file a running master holds: the second start's line names the option and
+    where it was set, like every other refusal at start-up."""
+    pid_file = os.path.join(site.root, "popper.pid")
+    with open(site.config, "a") as f:
+        f.write(f'set pid-file = "{pid_file}"\n')
+    line_no = _last_line(site.config)
+    env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+    env["QPOPPER_SYSLOG_SOCKET"] = site.syslog.path
+
+    def start() -> subprocess.CompletedProcess:
+        return subprocess.run([POPPER, f"127.0.0.1:{free_port()}", "-f", site.config,
+                               "--daemon", *prelogin_args()], env=env, capture_output=True,
+                              text=True, timeout=30, stdin=subprocess.DEVNULL)
+    first = start()
+    assert first.returncode == 0, first.stderr
+    wait_until(lambda: _pid_in(pid_file), what="the detached master's pid file")
+    try:
+        second = start()
+        assert second.returncode == 1
+        assert second.stderr == (f"popper: pid-file {pid_file} (set at {site.config}:"
+                                 f"{line_no}): held by a running master\n")
+    finally:
+        os.kill(_pid_in(pid_file), signal.SIGTERM)
+
+
+def _pid_in(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
