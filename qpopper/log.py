@@ -14,6 +14,7 @@ import mmap
 import os
 import re
 import socket
+import stat
 import syslog
 import time
 
@@ -77,12 +78,14 @@ class Logger:
         self._forwarding = False           # a pre-login process: to its monitor only
         self._monitor: socket.socket | None = None
         if tracefile:
-            # O_APPEND: master and children write whole lines to the same file. O_NONBLOCK
-            # for the open only: a FIFO no process reads is ENXIO at once, not a wait in
-            # open(2) (preflight.opened_log says it); writes block as before.
+            # O_APPEND: master and children write whole lines to the same file. O_NONBLOCK:
+            # a FIFO no process reads is ENXIO at once, not a wait in open(2)
+            # (preflight.opened_log says it); and a FIFO whose reader stops reading drops
+            # records (EAGAIN) instead of stopping the master and every session in write(2).
             self._trace_fd = os.open(tracefile, os.O_WRONLY | os.O_APPEND | os.O_CREAT
                                      | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
-            os.set_blocking(self._trace_fd, True)
+            if not stat.S_ISFIFO(os.fstat(self._trace_fd).st_mode):
+                os.set_blocking(self._trace_fd, True)
 
     @classmethod
     def from_config(cls, cfg, **kw) -> "Logger":

@@ -4,6 +4,7 @@ where it was set, at once, never a start or a reload left waiting."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import signal
@@ -13,7 +14,8 @@ import threading
 
 import pytest
 
-from tests.server_harness import (POPPER, Site, free_port, prelogin_args, wait_for_greeting,
+from tests.server_harness import (POPPER, Site, free_port, prelogin_args, read_greeting,
+                                  wait_for_greeting,
                                   wait_until)
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
@@ -205,3 +207,28 @@ def _pid_in(path: str) -> int | None:
             return int(f.read())
     except (OSError, ValueError):
         return None
+
+
+def test_a_fifo_tracefile_whose_reader_stops_reading_drops_records_not_clients(site):
+    """A FIFO's reader that keeps it open but reads no more (a stalled logger): once the
+    pipe is full, a write(2) waited for it, the master or every connection's processes with
+    it, and clients got no greeting. Records are dropped instead; clients are served."""
+    fifo = _fifo(site)
+    stalled = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)    # open, never read
+    try:
+        fcntl.fcntl(stalled, F_SETPIPE_SZ, 4096)            # full after a few records
+        with open(site.config, "a") as f:
+            f.write(f'set tracefile = "{fifo}"\n')
+        server = site.server()
+        for _ in range(40):
+            with socket.create_connection((server.host, server.port), timeout=10) as sock:
+                assert read_greeting(sock).startswith(b"+OK")
+                sock.sendall(b"QUIT\r\n")
+                assert sock.recv(100).startswith(b"+OK")
+        assert len(os.read(stalled, 65536)) > 0                 # the records that fitted
+    finally:
+        os.close(stalled)
+
+
+F_SETPIPE_SZ = 1031
+"""fcntl's F_SETPIPE_SZ (Linux; the fcntl module names it from Python 3.10 on)."""
