@@ -390,6 +390,8 @@ def check_brakes_file(cfg) -> None:
     if not path or os.geteuid() != 0:
         return
     directory = os.path.dirname(os.path.abspath(path))
+    _refuse_read_only(cfg, "auth-brakes-file", path, _nearest_existing(directory),
+                      "failed logins would not be counted")
     try:
         st = os.lstat(directory)
     except FileNotFoundError:
@@ -460,20 +462,31 @@ def check_pid_file(cfg, log=None, *, check_only: bool = False) -> None:
     raise PreflightError(f"pid-file {cfg.pid_file}{_where(cfg, 'pid-file')}: {problem}")
 
 
-def _refuse_read_only(cfg, name: str, path: str) -> None:
+def _refuse_read_only(cfg, name: str, path: str, examined: str | None = None,
+                      what: str = "") -> None:
     """A directory the sessions write in (the spool's temporary drop and dot-lock, the cache,
-    the bulletin records) on a file system mounted read-only where the server runs: every
-    login would fail. A systemd unit's ProtectSystem=strict makes every place outside its
-    ReadWritePaths one; --check-config from a shell, outside the unit, cannot see it
-    (debian/README.Debian; docs/operations.md, "Start-up checks")."""
+    the bulletin records, the brakes' counts) on a file system mounted read-only where the
+    server runs (`examined`: the place looked at, `path` by default): every login would fail
+    (or, `what`, what would not be done). A systemd unit's ProtectSystem=strict makes every
+    place outside its ReadWritePaths one; --check-config from a shell, outside the unit,
+    cannot see it (debian/README.Debian; docs/operations.md, "Start-up checks")."""
     try:
-        read_only = os.statvfs(path).f_flag & os.ST_RDONLY
+        read_only = os.statvfs(examined or path).f_flag & os.ST_RDONLY
     except OSError:
         return                          # _directory has just looked at it
     if read_only:
-        raise PreflightError(f"{name} {path}{_where(cfg, name)}: on a file system mounted "
-                             f"read-only here (under the packaged systemd units, a place "
-                             f"not in ReadWritePaths: add it in a drop-in)")
+        said = (f"{examined} is on a file system mounted read-only here: {what}" if examined
+                else "on a file system mounted read-only here")
+        raise PreflightError(f"{name} {path}{_where(cfg, name)}: {said} (under the packaged "
+                             f"systemd units, a place not in ReadWritePaths: add it in a "
+                             f"drop-in)")
+
+
+def _nearest_existing(directory: str) -> str:
+    """`directory`, or its nearest ancestor that exists (where a makedirs would begin)."""
+    while not os.path.lexists(directory) and directory != os.path.dirname(directory):
+        directory = os.path.dirname(directory)
+    return directory
 
 
 def _directory(cfg, name: str, path: str) -> os.stat_result:

@@ -138,14 +138,7 @@ def test_a_spool_dir_mounted_read_only_where_the_server_runs_refuses_the_start(s
     as the unit would: the start refuses it in one line naming the option and where it
     was set."""
     spool = site.spool_dir
-    script = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
-    argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", spool,
-            POPPER, f"127.0.0.1:{free_port()}", "-f", site.config, *prelogin_args()]
-    try:
-        started = subprocess.run(argv, capture_output=True, text=True, timeout=20,
-                                 stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        pytest.fail("the master started with a read-only spool-dir")
+    started = _start_with_read_only(site, spool)
     assert started.returncode == 1
     assert re.fullmatch(rf"popper: spool-dir {re.escape(spool)} \(set at "
                         rf"{re.escape(site.config)}:\d+\): on a file system mounted read-only "
@@ -232,3 +225,35 @@ def test_a_fifo_tracefile_whose_reader_stops_reading_drops_records_not_clients(s
 
 F_SETPIPE_SZ = 1031
 """fcntl's F_SETPIPE_SZ (Linux; the fcntl module names it from Python 3.10 on)."""
+
+
+def test_auth_brakes_file_under_a_read_only_mount_refuses_the_start(site):
+    """auth-brakes-file where the server cannot write (outside the units' ReadWritePaths):
+    the master started, and each failed login turned the brakes off for its connection,
+    counting no guess across connections. The start refuses it, naming the option."""
+    place = os.path.join(site.root, "ro")
+    os.mkdir(place, 0o755)
+    brakes = os.path.join(place, "qpopper", "auth-brakes.sqlite")    # made at a failure
+    with open(site.config, "a") as f:
+        f.write(f'set auth-brakes-file = "{brakes}"\n')
+    line_no = _last_line(site.config)
+    started = _start_with_read_only(site, place)
+    assert started.returncode == 1
+    assert started.stderr == (f"popper: auth-brakes-file {brakes} (set at {site.config}:"
+                              f"{line_no}): {place} is on a file system mounted read-only "
+                              f"here: failed logins would not be counted (under the packaged "
+                              f"systemd units, a place not in ReadWritePaths: add it in a "
+                              f"drop-in)\n")
+
+
+def _start_with_read_only(site, place: str) -> subprocess.CompletedProcess:
+    """The master started in a mount namespace of its own where `place` is read-only, as a
+    unit's ProtectSystem=strict leaves it (a start still running after 20 s fails)."""
+    script = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
+    argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", place,
+            POPPER, f"127.0.0.1:{free_port()}", "-f", site.config, *prelogin_args()]
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=20,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the master started with {place} read-only")
