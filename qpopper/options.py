@@ -67,9 +67,9 @@ OPTIONS: tuple[Option, ...] = (
     boolean("auto-delete", False,
        "Delete every message retrieved with RETR at the end of the session, unconditionally. "
        "Caution: this can lose mail; tell your users before enabling it. Applies only when "
-       "update-on-abort is false or the session ends with QUIT. In an mbox this includes "
-       "messages an earlier session retrieved (Status: R); in a Maildir only those this "
-       "session retrieved, since IMAP and webmail set the seen flag too.",
+       "update-on-abort is false or the session ends with QUIT. Only messages this session "
+       "retrieved: not those a Status: R header or a Maildir's seen flag marks (a sender "
+       "can write the header; mail readers, IMAP and webmail set them).",
        scope=Scope.NOT_HOME),
     integer("bulldb-max-tries", 75,
        "Attempts to lock the bulletin database before giving up (random waits of up to 0.5 s "

@@ -113,12 +113,12 @@ class Transaction:
     def update(self, *, delete_retrieved: bool) -> None:
         """UPDATE (RFC 1939 §6): hand the outcome to the maildrop."""
         if delete_retrieved:
-            # Qpopper (mbox) marks every message whose retrieved flag is set, which includes
-            # those a Status: R header marked at login. A Maildir's S flag is also set by
-            # IMAP and webmail: there only what this session RETR'd (docs/maildir.md,
-            # "What a message is").
-            self.deleted |= (self.retrieved_now if self.maildrop.others_mark_seen
-                             else self.retrieved)
+            # Only what this session RETR'd. Qpopper also took every message a Status: R
+            # header marked at login; but a sender can write that header into a message,
+            # which then vanished unread, and mail readers and IMAP set it (or a Maildir's S
+            # flag) for mail never downloaded
+            # (docs/compatibility.md, "QUIT, timeouts and update-on-abort").
+            self.deleted |= self.retrieved_now
         self.maildrop.update(set(self.deleted), set(self.retrieved))
 
     # --- argument parsing (shared by every verb that takes a message number) ----------------

@@ -64,7 +64,6 @@ LOCK_REFUSED_TEXT = "Unable to use the lock file in your Maildir; contact your a
 class MaildirDrop:
     server_mode = False
     hidden_count = 0
-    others_mark_seen = True        # IMAP and webmail set the S flag too
 
     def __init__(self, path: str, lock: SessionLock, messages, step_hook, log,
                  inodes=(), mtimes=(), listed_ns: int = 0, info_separator: str = ":"):

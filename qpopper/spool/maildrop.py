@@ -72,9 +72,6 @@ class SessionMaildrop(Protocol):
     messages: list
     hidden_count: int
     server_mode: bool
-    others_mark_seen: bool
-    """True where other readers (IMAP, webmail) set what counts as retrieved at login (a
-    Maildir's S flag): auto-delete then takes only this session's RETRs."""
 
     def check_available(self, index: int) -> None: ...
     def send(self, index: int, write, body_lines: int | None = None) -> None: ...
@@ -87,10 +84,9 @@ class Maildrop:
     """One user's maildrop for one session. Build it with `Maildrop.open`.
 
     What the session uses: `messages` (visible, protocol number n is messages[n-1]),
-    `hidden_count`, `server_mode`, `others_mark_seen`, `send`, `update`, `restore`, `close`."""
+    `hidden_count`, `server_mode`, `send`, `update`, `restore`, `close`."""
 
     server_mode = False
-    others_mark_seen = False       # Status: R is Qpopper's own mark
 
     def __init__(self, cfg, paths: SpoolPaths, user: str, step_hook: StepHook | None,
                  log: Log | None, lock_step_s: float):

@@ -24,13 +24,12 @@ def parameters(function) -> list[tuple[str, object]]:
 
 def test_the_interface_is_what_the_protocol_calls():
     assert sorted(METHODS) == ["check_available", "close", "restore", "send", "update"]
-    assert ATTRIBUTES == ["hidden_count", "messages", "others_mark_seen", "server_mode"]
+    assert ATTRIBUTES == ["hidden_count", "messages", "server_mode"]
 
 
 @pytest.mark.parametrize("kind", [NormalModeMaildrop, ServerModeMaildrop, MaildirDrop],
                          ids=lambda kind: kind.__name__)
 def test_every_mailbox_kind_implements_every_method_alike(kind):
-    assert kind.others_mark_seen is (kind is MaildirDrop)     # a Maildir's S flag: IMAP's too
     for name in METHODS:
         method = getattr(kind, name)
         assert method is not getattr(SessionMaildrop, name), f"{kind.__name__}.{name} missing"
