@@ -14,7 +14,8 @@ import threading
 
 import pytest
 
-from tests.server_harness import (POPPER, Site, free_port, prelogin_args, read_greeting,
+from tests.server_harness import (POPPER, PopperServer, Site, free_port, login, prelogin_args,
+                                  read_greeting,
                                   wait_for_greeting,
                                   wait_until)
 
@@ -257,3 +258,154 @@ def _start_with_read_only(site, place: str) -> subprocess.CompletedProcess:
                               stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         pytest.fail(f"the master started with {place} read-only")
+
+
+# --- review: legitimate configurations the read-only checks refuse ---------------------------
+def _in_namespace(server, read_only: str, writable: str = ""):
+    """`server` (not started yet) run in a mount namespace of its own where `read_only` is
+    read-only and `writable`, a place under it, writable: as a unit's ProtectSystem=strict
+    with a ReadWritePaths= of that place leaves them."""
+    script = ('mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && '
+              'if [ -n "$2" ]; then mount --bind "$2" "$2" && '
+              'mount -o remount,bind,rw "$2"; fi && shift 2 && exec "$@"')
+    server.argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+                   read_only, writable, *server.argv]
+    return server
+
+
+def test_a_maildir_site_with_a_read_only_spool_dir_starts_and_serves(world_tmp, pam_service,
+                                                                     system_users):
+    """A Maildir user's session writes nothing in spool-dir (its lock and journal are in the
+    Maildir; docs/maildir.md): a site whose users all have Maildirs is served with spool-dir
+    on a read-only mount (a read-only root file system, the packaged unit without /var/mail).
+    The read-only check refuses that start."""
+    from tests.system.test_maildir_server import deliver_with_mailbox
+    site = Site(world_tmp, pam_service, maildir="~/Maildir")
+    try:
+        user = system_users.create()
+        os.chmod(user.home, 0o711)
+        deliver_with_mailbox(user, [b"Subject: one\n\nbody\n"])
+        server = _in_namespace(PopperServer(site.root, site.config, syslog=site.syslog),
+                               site.spool_dir)
+        site.servers.append(server)
+        server.start()
+        client = login(server, user)
+        try:
+            assert client.stat()[0] == 1
+        finally:
+            client.quit()
+    finally:
+        site.close()
+
+
+def test_bulldb_with_a_read_only_bulldir_and_a_writable_bulldb_directory_starts(site):
+    """With bulldb the sessions write <bulldir>/bulldb/bulldb.sqlite only; the bulletins
+    themselves are read. A unit that makes only that directory writable (ReadWritePaths=
+    /var/spool/bulls/bulldb, the least a drop-in needs) is refused: the check looks at
+    bulldir."""
+    bulldir = os.path.join(site.root, "bulls")
+    os.mkdir(bulldir, 0o755)
+    with open(site.config, "a") as f:
+        f.write(f'set bulldir = "{bulldir}"\nset bulldb\n')
+    checked = subprocess.run([POPPER, "--check-config", "-f", site.config, *prelogin_args()],
+                             capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stderr          # made <bulldir>/bulldb
+    server = _in_namespace(PopperServer(site.root, site.config, syslog=site.syslog),
+                           bulldir, os.path.join(bulldir, "bulldb"))
+    site.servers.append(server)
+    server.start()
+
+
+def test_home_dir_misc_with_a_read_only_temp_dir_it_does_not_use_starts(site):
+    """home-dir-misc puts the temporary drop and the cache in the home directory: temp-dir
+    and cache-dir are not used (spool/paths.py). Read-only, they are refused all the same."""
+    unused = os.path.join(site.root, "unused-temp")
+    os.mkdir(unused, 0o755)
+    with open(site.config, "a") as f:
+        f.write(f'set home-dir-misc\nset temp-dir = "{unused}"\n')
+    server = _in_namespace(PopperServer(site.root, site.config, syslog=site.syslog), unused)
+    site.servers.append(server)
+    server.start()
+
+
+# --- review: read-only places the checks pass, where every login fails ----------------------
+def test_a_read_only_bulldb_directory_under_a_writable_bulldir_refuses_the_start(site):
+    """With bulldb the sessions write <bulldir>/bulldb/bulldb.sqlite: that directory on a
+    read-only mount (its own mount, or a unit whose ReadWritePaths= names bulldir's parent
+    and a ReadOnlyPaths= the database) fails every login with bulletins [SYS/TEMP] (without
+    bulldb-nonfatal). The check looks at bulldir only, and passes it."""
+    bulldir = os.path.join(site.root, "bulls")
+    os.mkdir(bulldir, 0o755)
+    with open(os.path.join(bulldir, "00001.Example_bulletin"), "wb") as f:
+        f.write(b"From qpop Wed Nov  9 13:31:08 1994\nSubject: Example bulletin\n\nbody\n")
+    with open(site.config, "a") as f:
+        f.write(f'set bulldir = "{bulldir}"\nset bulldb\n')
+    checked = subprocess.run([POPPER, "--check-config", "-f", site.config, *prelogin_args()],
+                             capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stderr          # made <bulldir>/bulldb
+    bulldb = os.path.join(bulldir, "bulldb")
+    server = _in_namespace(PopperServer(site.root, site.config, syslog=site.syslog), bulldb)
+    site.servers.append(server)
+    with pytest.raises(RuntimeError, match=r"popper: bulldb.* read-only"):
+        server.start()
+
+
+def test_home_dir_mail_with_the_temporary_drops_in_a_read_only_spool_dir_refuses_the_start(
+        site):
+    """home-dir-mail without temp-dir or home-dir-misc: the temporary drops are made in
+    spool-dir (spool/paths.py), so a read-only spool-dir fails every login; the check skips
+    spool-dir with home-dir-mail, and passes it."""
+    with open(site.config, "a") as f:
+        f.write('set home-dir-mail = ".mail"\n')
+    server = _in_namespace(PopperServer(site.root, site.config, syslog=site.syslog),
+                           site.spool_dir)
+    site.servers.append(server)
+    with pytest.raises(RuntimeError, match=r"popper: spool-dir.* read-only"):
+        server.start()
+
+
+# --- review: the tracefile FIFO's non-blocking writes ---------------------------------------
+def test_a_record_longer_than_pipe_buf_reaches_a_fifo_tracefile_whole_or_not_at_all(world_tmp):
+    """Writes of at most PIPE_BUF (4096) octets to a non-blocking pipe are whole or EAGAIN;
+    a longer one is cut where the pipe is full. A record of 2048 characters (the cap) that
+    are not ASCII (a client's undecodable octets are U+FFFD, three octets each) is over
+    4096: its head is written without its line end, the rest dropped, and the next record
+    is glued to it: one line, two records."""
+    import syslog
+    from qpopper.log import Logger
+    fifo = os.path.join(world_tmp, "trace.fifo")
+    os.mkfifo(fifo, 0o600)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        fcntl.fcntl(reader, F_SETPIPE_SZ, 4096)
+        log = Logger(tracefile=fifo)
+        try:
+            log(syslog.LOG_INFO, "\ufffd" * 2000)         # the pipe is empty: room for 4096
+            first = os.read(reader, 65536)
+            log(syslog.LOG_INFO, "the next record")
+            second = os.read(reader, 65536)
+        finally:
+            log.close()
+    finally:
+        os.close(reader)
+    records = (first + second).decode("utf-8", "replace").splitlines(keepends=True)
+    stamp = re.compile(r"\w{3} [ \d]\d \d\d:\d\d:\d\d\.\d{3} \d{4} \[\d+\] ")
+    for record in records:
+        assert record.endswith("\n") and len(stamp.findall(record)) == 1, \
+            (len(first), record[:60] + "..." + record[-60:])
+
+
+def test_a_device_tracefile_with_no_driver_is_not_called_a_fifo(site):
+    """opened_log words every ENXIO "a FIFO no process reads"; a character device whose
+    driver is not there (check_tracefile accepts character devices: /dev/null, a terminal)
+    opens with ENXIO too, and is no FIFO."""
+    device = os.path.join(site.root, "trace.dev")
+    os.mknod(device, 0o600 | 0o020000, os.makedev(240, 0))   # S_IFCHR; 240: local/experimental
+    with open(site.config, "a") as f:
+        f.write(f'set tracefile = "{device}"\n')
+    started = subprocess.run([POPPER, f"127.0.0.1:{free_port()}", "-f", site.config,
+                              *prelogin_args()], capture_output=True, text=True, timeout=30,
+                             stdin=subprocess.DEVNULL)
+    assert started.returncode == 1
+    assert started.stderr.startswith(f"popper: tracefile {device} (set at ")
+    assert "FIFO" not in started.stderr, started.stderr
