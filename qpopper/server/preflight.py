@@ -370,9 +370,17 @@ def opened_log(cfg, make):
     try:
         return make()
     except OSError as exc:
-        why = "a FIFO no process reads" if exc.errno == errno.ENXIO else exc.strerror
+        fifo = exc.errno == errno.ENXIO and _is_fifo(cfg.tracefile)
+        why = "a FIFO no process reads" if fifo else exc.strerror
         raise PreflightError(f"tracefile {cfg.tracefile}{_where(cfg, 'tracefile')}: "
                              f"{why}") from None
+
+
+def _is_fifo(path: str) -> bool:
+    try:
+        return stat.S_ISFIFO(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _unwritable_directory(directory: str) -> str | None:
@@ -403,26 +411,45 @@ def check_brakes_file(cfg) -> None:
 
 
 def check_directories(cfg) -> str | None:
-    """spool-dir (unless the spools are in the home directories), temp-dir, cache-dir,
-    bulldir and popbulldir: each an existing directory. Returns the mount point of
-    spool-dir's file system (mounts.mount_point_of; None with home-dir-mail, or when an
-    ancestor cannot be examined)."""
+    """spool-dir (unless the spools are in the home directories and the temporary drops
+    elsewhere), temp-dir, cache-dir, bulldir and popbulldir: each an existing directory; those
+    an mbox session writes in not on a read-only mount (_written_by_sessions). Returns the
+    mount point of spool-dir's file system (mounts.mount_point_of; None with home-dir-mail,
+    or when an ancestor cannot be examined)."""
     names = ["temp-dir", "cache-dir", "bulldir", "popbulldir"]
-    if not cfg.home_dir_mail:
+    written = _written_by_sessions(cfg)
+    if not cfg.home_dir_mail or "spool-dir" in written:
         names.insert(0, "spool-dir")
     spool_mount = None
     for name in names:
         path = cfg.get(name)
         if path:
             _directory(cfg, name, path)
-            if name != "bulldir" or cfg.bulldb:       # bulldb is written under bulldir
+            if name in written:
                 _refuse_read_only(cfg, name, path)
-            if name == "spool-dir":
+            if name == "spool-dir" and not cfg.home_dir_mail:
                 try:
                     spool_mount = mount_point_of(path)
                 except OSError:
                     pass                    # the health checks then only stat spool-dir
     return spool_mount
+
+
+def _written_by_sessions(cfg) -> set[str]:
+    """The directory options a session writes in (spool/paths.py): spool-dir for the spools,
+    their dot-locks, and the temporary drops unless temp-dir or home-dir-misc moves them;
+    temp-dir and cache-dir unless home-dir-misc; popbulldir. (bulldb's directory:
+    ensure_bulldb_dir.) With maildir set, which users have an mbox is not known before they
+    log in, and a Maildir session writes only in the Maildir: the mbox places are not
+    judged then."""
+    written = {"popbulldir"}
+    if cfg.maildir:
+        return written
+    if not cfg.home_dir_mail or not (cfg.temp_dir or cfg.home_dir_misc):
+        written.add("spool-dir")
+    if not cfg.home_dir_misc:
+        written |= {"temp-dir", "cache-dir"}
+    return written
 
 
 def warn_of_nfs_without_no_atomic_open(cfg, log) -> None:
@@ -515,6 +542,7 @@ def ensure_bulldb_dir(cfg) -> None:
         raise PreflightError(f"{what}: {exc.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise PreflightError(f"{what}: not a directory")
+    _refuse_read_only(cfg, "bulldb", path)          # the sessions write bulldb.sqlite in it
     if root:
         group = _spool_gid(cfg)
         if st.st_uid != 0 or st.st_gid != group or st.st_mode & 0o070 != 0o070:
