@@ -13,6 +13,7 @@ import errno
 import mmap
 import os
 import re
+import select
 import socket
 import stat
 import syslog
@@ -74,6 +75,7 @@ class Logger:
         self.socket_path = socket_path or os.environ.get(SYSLOG_SOCKET_ENV) or DEFAULT_SYSLOG_SOCKET
         self._stream = stream              # demo mode: records on the terminal
         self._trace_fd: int | None = None
+        self._trace_to_fifo = False
         self._sock: socket.socket | None = None
         self._forwarding = False           # a pre-login process: to its monitor only
         self._monitor: socket.socket | None = None
@@ -84,7 +86,8 @@ class Logger:
             # records (EAGAIN) instead of stopping the master and every session in write(2).
             self._trace_fd = os.open(tracefile, os.O_WRONLY | os.O_APPEND | os.O_CREAT
                                      | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
-            if not stat.S_ISFIFO(os.fstat(self._trace_fd).st_mode):
+            self._trace_to_fifo = stat.S_ISFIFO(os.fstat(self._trace_fd).st_mode)
+            if not self._trace_to_fifo:
                 os.set_blocking(self._trace_fd, True)
 
     @classmethod
@@ -161,8 +164,14 @@ class Logger:
         millis = int((now % 1) * 1000)
         year = time.strftime("%Y", time.localtime(now))
         line = f"{stamp}.{millis:03d} {year} [{os.getpid()}] {text}\n"
+        data = line.encode("utf-8", "replace")
+        if self._trace_to_fifo and len(data) > select.PIPE_BUF:
+            # a longer write to a non-blocking pipe may be cut where it is full, and the next
+            # record glued to the part: cut the record instead (a whole UTF-8 character)
+            data = (data[:select.PIPE_BUF - 1].decode("utf-8", "ignore").encode("utf-8")
+                    + b"\n")
         try:
-            os.write(self._trace_fd, line.encode("utf-8", "replace"))
+            os.write(self._trace_fd, data)
         except OSError:
             pass   # a full disk must not end the session; nothing else to tell
 
