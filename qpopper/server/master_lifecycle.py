@@ -185,10 +185,11 @@ class Lifecycle:
                 pass
 
 
-def listen_entries(cfg) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def listen_entries(cfg) -> tuple[frozenset[str], frozenset[str]]:
     """The listen and tls-listen entries, which only a start applies (docs/operations.md,
-    "Start-up checks"): a reload that changes them is told so, not silently half-applied."""
-    return tuple(cfg.listen or ()), tuple(cfg.tls_listen or ())
+    "Start-up checks"): a reload that changes them is told so, not silently half-applied.
+    Their order opens nothing new: compared as sets."""
+    return frozenset(cfg.listen or ()), frozenset(cfg.tls_listen or ())
 
 
 def _unmounted(spool_dir: str, mount_point: str) -> bool:
