@@ -3,7 +3,6 @@ rewritten only when QUIT changes something (docs/maildrop.md, "Server mode")."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import stat
@@ -136,10 +135,8 @@ class ServerModeMaildrop(NormalModeMaildrop):
         return mbox.scan(self._drop_file, end=size, **options)
 
     def _close_spool_end(self, spool, size: int) -> int:
-        """A spool whose end is open (_end_closer) gets what closes it now, under the lock,
-        appended as a delivery appends: mail appended later starts a message of its own
-        whoever reads the file next (docs/mbox.md, "What write-back writes"). Returns the new
-        size."""
+        """A spool whose end is open (_end_closer) gets what closes it now, under the lock, as
+        a delivery appends (docs/mbox.md, "What write-back writes"). Returns the new size."""
         pad = _end_closer(spool.fd, size, self._all)
         if not pad:
             return size
@@ -154,10 +151,11 @@ class ServerModeMaildrop(NormalModeMaildrop):
             pwrite_all(spool.fd, pad, size)
             self._step("fsync-spool")
             os.fsync(spool.fd)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.ftruncate(spool.fd, size)        # as it was
-            raise
+        except OSError as exc:       # a precaution: on a full disk the user may still delete
+            os.ftruncate(spool.fd, size)            # as it was (else the error stands)
+            self._note(syslog.LOG_WARNING, f"{self.user}'s spool's end left open: closing it "
+                                           f"failed: {exc.strerror}")
+            return size
         self._note(syslog.LOG_NOTICE, f"{self.user}'s MMDF spool ended open; closed it with "
                    f"{len(pad)} octets" if self._all[-1].mmdf else f"{self.user}'s From_ spool's "
                    f"last message was not closed; closed it with {len(pad)} octets")

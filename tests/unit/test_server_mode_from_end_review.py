@@ -1,6 +1,6 @@
-"""Review of the server-mode login that closes a From_ spool's unclosed end: what still goes
-wrong. Each test is marked xfail (strict): it fails today, and passes once the finding is
-fixed (then drop the mark)."""
+"""The server-mode login that closes a From_ spool's unclosed end (docs/mbox.md, "What
+write-back writes"): a full disk, and a known difference marked xfail (strict: it fails
+today, and passes once mended)."""
 
 from __future__ import annotations
 
@@ -15,13 +15,10 @@ FROM_NO_BLANK = (b"From one@example.org Wed Nov 25 10:00:00 2026\nSubject: one\n
                  b"From two@example.org Wed Nov 25 10:05:00 2026\nSubject: two\n\nsecond\n")
 
 
-@pytest.mark.xfail(strict=True, reason="a failed closing append refuses the login")
 def test_a_full_disk_does_not_lock_a_user_out_of_a_from_spool(tmp_path, monkeypatch):
-    """Before the login closed From_ spools this session read its mail (server mode writes
-    nothing here); the closing is a precaution for mail delivered later. With the disk full
-    the login is refused ("Overquota: unable to copy your mail to the temporary maildrop",
-    though server mode copies nothing) until space is freed, for every spool whose last
-    message lacks its empty line."""
+    """The login's closing of a From_ spool's end is a precaution for mail delivered later:
+    with the disk full it is left open, the spool as it was, and the session reads its mail
+    (it was refused: "Overquota: unable to copy your mail to the temporary maildrop")."""
     def full(fd, data, offset):
         raise OSError(errno.ENOSPC, "No space left on device")
     cfg, paths = make(tmp_path, FROM_NO_BLANK, server_mode=True, update_status_headers=False)
