@@ -217,7 +217,8 @@ class MaildirDrop:
             if steps:       # without steps the index written at open still holds
                 hook = lambda s: self._hook(f"update:{s}")
                 write_journal(self.path, steps, hook)
-                not_removed = finish_journal(self.path, hook, self._log)
+                not_removed = finish_journal(self.path, hook, self._log,
+                                             frozenset(m.name for m in self.messages))
                 maildir.scan(self.path, log=self._log, step=hook,
                              now_ns=_file_system_now(self._lock.fd))
         except OSError as error:
@@ -339,7 +340,8 @@ def write_journal(path: str, steps: list[list[str]], hook) -> None:
     fsync_dir(path)
 
 
-def finish_journal(path: str, hook, log=None) -> list[str]:
+def finish_journal(path: str, hook, log=None, others: frozenset[str] = frozenset()
+                   ) -> list[str]:
     """Take every step of a committed journal that is not taken yet, then remove it. Each
     step is idempotent: an unlinked file is gone, a renamed one is at its new name; a source
     missing for another reason (a program moved it) is skipped, and so is a step that fails
@@ -348,7 +350,9 @@ def finish_journal(path: str, hook, log=None) -> list[str]:
     unlinked are counted off a Maildir++ quota once they are durably gone (maildir_quota): a
     crash before that leaves the quota counting them, and a file another program or an earlier
     try removed is not counted. A journal we cannot read is left for the administrator and
-    the mailbox is refused, never guessed at."""
+    the mailbox is refused, never guessed at. `others`: the names the session lists as
+    messages, none of which an unlink step takes for another name of its file (_unlink_file;
+    a crashed session's are not known)."""
     journal = os.path.join(path, JOURNAL_NAME)
     unlink_if_present(os.path.join(path, f".{JOURNAL_NAME}.tmp"))   # never committed
     try:    # O_NONBLOCK: a FIFO put there must not hang the login under the lock
@@ -372,7 +376,7 @@ def finish_journal(path: str, hook, log=None) -> list[str]:
     for step in steps:
         hook(step[0])
         try:
-            _take_step(path, step, version, names_by_base, removed)
+            _take_step(path, step, version, names_by_base, removed, others)
         except OSError as error:
             if error.errno not in LASTING_ERRORS:
                 raise                           # the journal stays: the next login retries
@@ -392,7 +396,8 @@ def finish_journal(path: str, hook, log=None) -> list[str]:
     return not_removed
 
 
-def _take_step(path: str, step: list, version: int, names_by_base, removed: Removed) -> None:
+def _take_step(path: str, step: list, version: int, names_by_base, removed: Removed,
+               others: frozenset[str]) -> None:
     if step[0] == "unlink" and version == 1:
         try:
             st = os.lstat(os.path.join(path, step[1]))
@@ -401,7 +406,8 @@ def _take_step(path: str, step: list, version: int, names_by_base, removed: Remo
         if unlink_if_present(os.path.join(path, step[1])) and stat.S_ISREG(st.st_mode):
             removed.add(step[1], st)
     elif step[0] == "unlink":
-        _unlink_file(path, step[1], tuple(step[IDENTITY_AT[version]:]), names_by_base, removed)
+        _unlink_file(path, step[1], tuple(step[IDENTITY_AT[version]:]), names_by_base, removed,
+                     others)
     else:
         try:   # False: the name is taken (done before the crash, or another file's): no-op
             rename_no_replace(os.path.join(path, step[1]), os.path.join(path, step[2]))
@@ -437,13 +443,16 @@ def _file_system_now(fd: int) -> int:
 
 
 def _unlink_file(path: str, name: str, identity: tuple, names_by_base,
-                 removed: Removed) -> None:
+                 removed: Removed, others: frozenset[str] = frozenset()) -> None:
     """Remove the file the session marked deleted: at `name` when the file there is still
-    that one (file_identity), and under any other name of its base name, or of that base
-    name with a tail (list_by_base), that is that file (another program renamed it since
-    the journal was written, or linked it there). Another
-    file (a copy, a restored backup) is another message: it stays. The file counts once in
-    `removed`, however many of its names this call unlinked."""
+    that one (file_identity), with any other name of its own base name that is that file (a
+    link: one message). Only when `name` is no longer that file, under another name of its
+    base name or of that base name with a tail (list_by_base) that is that file: another
+    program renamed it since the journal was written. A name with a tail linked to a file
+    still at `name` is another message (docs/maildir.md, "What a message is"), and so is
+    any name in `others` (the session lists it as one): they stay. Another file (a copy, a
+    restored backup) is another message too. The file counts once in `removed`, however
+    many of its names this call unlinked."""
     def is_it(candidate: str) -> os.stat_result | None:
         try:
             st = os.lstat(os.path.join(path, candidate))
@@ -451,15 +460,18 @@ def _unlink_file(path: str, name: str, identity: tuple, names_by_base,
             return None
         return st if file_identity(st) == identity and stat.S_ISREG(st.st_mode) else None
 
-    st, counted = is_it(name), False
+    st, counted, base = is_it(name), False, maildir.base_name(name)
     if st is not None:
         if unlink_if_present(os.path.join(path, name)):
             removed.add(name, st)
             counted = True
         if st.st_nlink == 1:
             return                                  # its only name: the usual case
-    for other in names_by_base.get(maildir.base_name(name)):
-        other_st = is_it(other) if other != name else None
+    for other in names_by_base.get(base):
+        if other == name or other in others or (
+                st is not None and maildir.base_name(other) != base):
+            continue
+        other_st = is_it(other)
         if other_st is not None and unlink_if_present(os.path.join(path, other)) and not counted:
             removed.add(other, other_st)
             counted = True

@@ -116,8 +116,9 @@ class MessageFiles:
     def find_again(self, index: int) -> bool:
         """Another program renamed message `index` (flags, new -> cur, a tail after its base
         name: mbsync's `,U=<n>`): its file found again by base name (list_by_base) and
-        identity (_as_it), never at a name the session lists for another
-        message. Sets its .name; False when it is gone."""
+        identity (_as_it), under a name of its own base name before one with a tail, never
+        at a name the session lists for another message. Sets its .name; False when it is
+        gone."""
         for attempt in (1, 2):
             if self._listing is None:
                 self._listing = DirListing(self.path, self._clock)
@@ -126,7 +127,10 @@ class MessageFiles:
                     break                       # a new listing would say the same
                 self._listing = DirListing(self.path, self._clock)
             message = self.messages[index]
-            for name in self._listing.by_base.get(message.base, ()):
+            names = self._listing.by_base.get(message.base, ())
+            # its own base name first: a name with a tail linked to it is taken only when
+            # no name of its own base name is its file (_unlink_file's rule)
+            for name in sorted(names, key=lambda n: maildir.base_name(n) != message.base):
                 if self._owner().get(name, index) != index:
                     continue                            # another listed message's file
                 st = self._lstat(name)

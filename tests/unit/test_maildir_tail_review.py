@@ -1,6 +1,7 @@
-"""Review of the Maildir tail renames (a message renamed by mbsync or offlineimap into its base
-name, `,` and a tail keeps its UID): what still goes wrong. Each test is marked xfail
-(strict): it fails today, and passes once the finding is fixed (then drop the mark)."""
+"""Review of the Maildir tail renames (a message renamed by mbsync into its base name, `,` and
+a tail keeps its UID): a name with a tail linked to a message's file that is still at its
+own name is another message, and a listing that misses a rename keeps the UID
+(docs/maildir.md, "What a message is", "Changes by other programs")."""
 
 from __future__ import annotations
 
@@ -9,13 +10,11 @@ import os
 import pytest
 
 from qpopper.spool import maildir
-from qpopper.spool.maildir_drop import MaildirDrop
-from tests.helpers.maildirs import files, two_messages
-from tests.unit.test_maildir_tail_renames import BASE, rename, two_deliveries
+from qpopper.spool.maildir_drop import MaildirDrop, file_identity, finish_journal, write_journal
+from tests.helpers.maildirs import files, retr, two_messages
+from tests.unit.test_maildir_tail_renames import BASE, OTHER, rename, two_deliveries
 
 
-@pytest.mark.xfail(strict=True, reason="list_by_base files B,U=7 under B: UPDATE's "
-                                       "_unlink_file removes every linked name of it")
 def test_dele_of_a_linked_name_leaves_the_other_listed_message_with_a_tail(tmp_path):
     """new/B linked as cur/B,U=7:2,S: two messages, two UIDs (docs/maildir.md, "What a
     message is"). A DELE of new/B alone must not remove cur/B,U=7:2,S, a message the client
@@ -30,6 +29,52 @@ def test_dele_of_a_linked_name_leaves_the_other_listed_message_with_a_tail(tmp_p
     finally:
         drop.close()
     assert f"cur/{BASE},U=7:2,S" in files(path)
+
+
+def test_a_journalled_delete_leaves_a_link_with_a_tail_while_its_name_is_there(tmp_path):
+    """The crash recovery's side: the file is still at the name journalled, so it is the one
+    removed, and cur/B,U=7:2,S (another message at the next login) stays."""
+    path, _ = two_deliveries(tmp_path)
+    st = os.lstat(os.path.join(path, f"new/{BASE}"))
+    write_journal(path, [["unlink", f"new/{BASE}", *file_identity(st)]], lambda step: None)
+    os.link(os.path.join(path, f"new/{BASE}"), os.path.join(path, f"cur/{BASE},U=7:2,S"))
+    assert finish_journal(path, lambda step: None) == []
+    assert sorted(files(path)) == [f"cur/{BASE},U=7:2,S", f"new/{OTHER}"]
+
+
+def test_a_delete_whose_name_goes_meanwhile_never_takes_another_listed_message(tmp_path):
+    """new/B and its link cur/B,U=7:2,S are two listed messages; new/B is removed by another
+    program after the journal is written: the unlink step does not take the other message's
+    name for new/B renamed."""
+    path, _ = two_deliveries(tmp_path)
+    os.link(os.path.join(path, f"new/{BASE}"), os.path.join(path, f"cur/{BASE},U=7:2,S"))
+
+    def remove_it_first(step):
+        if step == "update:unlink":
+            os.unlink(os.path.join(path, f"new/{BASE}"))
+    drop = MaildirDrop.open(path, "qpt", step_hook=remove_it_first)
+    try:
+        names = [m.name for m in drop.messages]
+        drop.update(deleted={names.index(f"new/{BASE}")}, retrieved=set())
+    finally:
+        drop.close()
+    assert sorted(files(path)) == [f"cur/{BASE},U=7:2,S", f"new/{OTHER}"]
+
+
+def test_a_message_found_again_under_its_own_base_name_before_a_link_with_a_tail(tmp_path):
+    """Another program moves new/B to cur/B:2,F and links it as new/B,U=7 (listed first):
+    the session finds its message at cur/B:2,F and marks that name seen."""
+    path, _ = two_deliveries(tmp_path)
+    drop = MaildirDrop.open(path, "qpt")
+    try:
+        index = [m.name for m in drop.messages].index(f"new/{BASE}")
+        os.link(os.path.join(path, f"new/{BASE}"), os.path.join(path, f"new/{BASE},U=7"))
+        rename(path, f"new/{BASE}", f"cur/{BASE}:2,F")
+        assert retr(drop, index) == b"Subject: synced\r\n\r\nA\r\n"
+        drop.update(deleted=set(), retrieved={index})
+    finally:
+        drop.close()
+    assert sorted(files(path)) == [f"cur/{BASE}:2,FS", f"new/{BASE},U=7", f"new/{OTHER}"]
 
 
 class _Hiding:
