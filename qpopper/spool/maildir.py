@@ -379,9 +379,7 @@ def scan_with_files(path: str, log=None, step=None, now_ns: int | None = None
     known = _known_files(index)
     mtimes: dict[str, int] = {}
     kept_uids: dict[str, str] = {}
-    listed = {f"{sub}/{entry.name}": entry for sub in SUBDIRS
-              for entry in os.scandir(os.path.join(path, sub))
-              if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False)}
+    listed, stamps = _listed(path, stamps)
     inodes = {name: entry.inode() & INODE_BITS for name, entry in listed.items()}
     if len(set(inodes.values())) != len(inodes):
         _one_name_per_file(path, inodes)
@@ -429,6 +427,29 @@ def scan_with_files(path: str, log=None, step=None, now_ns: int | None = None
         if log:
             log(syslog.LOG_WARNING, f"Maildir index of {path} not written: {error.strerror}")
     return fresh.messages(), fresh.inodes, fresh.mtimes
+
+
+LISTINGS = 3
+"""How many times new/ and cur/ are listed for one scan at most while they change (_listed)."""
+
+
+def _listed(path: str, stamps: dict) -> tuple[dict[str, os.DirEntry], dict]:
+    """The message files of new/ and cur/ (regular, no dot names) by name, and the stamps
+    taken before the listing they come from. A directory read while another program renames
+    a file inside it may return neither name (POSIX leaves readdir(3) open there; ext4's
+    htree moves the entry to its new hash), and a file left out is forgotten by the index: a
+    rename into a tail after its base name (mbsync's first run renames every new/B to
+    new/B,U=7) would lose its UID. So when a directory's stamps changed during the listing it
+    is made again, LISTINGS times at most (docs/maildir.md, "Changes by other programs")."""
+    for attempt in range(LISTINGS):
+        listed = {f"{sub}/{entry.name}": entry for sub in SUBDIRS
+                  for entry in os.scandir(os.path.join(path, sub))
+                  if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False)}
+        after = _dir_stamps(path)
+        if after == stamps or attempt == LISTINGS - 1:
+            return listed, stamps
+        stamps = after
+    raise AssertionError("unreachable")
 
 
 def _known_files(index: Index | None) -> dict[tuple[str, int], tuple[int, str, int, str]]:

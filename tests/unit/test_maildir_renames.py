@@ -86,17 +86,21 @@ def test_a_copy_put_at_the_messages_own_name_during_the_session_is_not_deleted(t
                            f"cur/{second}:2,S": SECOND}
 
 
+@pytest.mark.parametrize("listings", [1, maildir.LISTINGS])
 def test_a_message_renamed_while_the_directories_are_listed_is_one_message(tmp_path,
-                                                                            monkeypatch):
+                                                                            monkeypatch, listings):
     """new/ is listed, then another program moves a message to cur/ before cur/ is listed:
-    the listing has it under both names (one inode). It is one message, under its new name."""
+    the listing has it under both names (one inode). It is one message, under its new name,
+    whether the directories' stamps moved (a listing made again: maildir.LISTINGS) or not
+    (the clock tick of the change before: one listing, as with 1)."""
+    monkeypatch.setattr(maildir, "LISTINGS", listings)
     path, first, second = two_messages(tmp_path)
     with open(os.path.join(path, "new", "1999999999.M1P1.other"), "wb") as f:
         f.write(b"Subject: third\n\nx\n")                         # new/ changed: a listing
     real_scandir = os.scandir
 
     def scandir_then_move(directory):
-        if str(directory).endswith("/cur"):
+        if str(directory).endswith("/cur") and os.path.exists(os.path.join(path, "new", first)):
             os.rename(os.path.join(path, "new", first), os.path.join(path, "cur", first + ":2,S"))
         return real_scandir(directory)
     monkeypatch.setattr(maildir.os, "scandir", scandir_then_move)

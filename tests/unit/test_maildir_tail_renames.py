@@ -162,16 +162,19 @@ def test_a_journalled_delete_finds_the_file_renamed_with_a_tail_since(tmp_path):
     assert list(files(path)) == [f"new/{second}"]
 
 
-def test_renamed_with_a_tail_while_the_directories_are_listed_it_is_one_message(tmp_path,
-                                                                               monkeypatch):
+@pytest.mark.parametrize("listings", [1, maildir.LISTINGS])
+def test_renamed_with_a_tail_while_the_directories_are_listed_it_is_one_message(
+        tmp_path, monkeypatch, listings):
     """new/ is listed, then mbsync renames a message into cur/ with a tail before cur/ is
-    listed: one inode under both names. One message, under its new name and its UID."""
+    listed: one inode under both names. One message, under its new name and its UID, whether
+    the listing is made again (the stamps moved) or not (1: as in one clock tick)."""
+    monkeypatch.setattr(maildir, "LISTINGS", listings)
     path, first, second = two_messages(tmp_path)
     put(path, "new/1999999999.M1P1.other", b"Subject: third\n\nx\n")    # new/ changed: listed
     real_scandir = os.scandir
 
     def scandir_then_rename(directory):
-        if str(directory).endswith("/cur"):
+        if str(directory).endswith("/cur") and os.path.exists(os.path.join(path, "new", first)):
             rename(path, f"new/{first}", f"cur/{first},U=7:2,S")
         return real_scandir(directory)
     monkeypatch.setattr(maildir.os, "scandir", scandir_then_rename)
