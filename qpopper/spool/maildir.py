@@ -465,9 +465,9 @@ def _known_files(index: Index | None) -> dict[tuple[str, int], tuple[int, str, i
 def _renamed_with_a_tail(known: dict, inodes: dict[str, int], entries: dict,
                          mtimes: dict[str, int], kept_uids: dict[str, str]) -> None:
     """A file new to the index whose base name is a gone file's base name, `,` and a tail
-    (mbsync's `,U=<n>`, offlineimap's `,U=<n>,FMD5=<hex>`: they rename a message into a base
-    name of their own) is that file renamed when it has its inode, octets and modification
-    time (a rename keeps all three): it keeps that file's UID as served (in `kept_uids`).
+    (mbsync's `,U=<n>`: it renames a message into a base name of its own) is that file
+    renamed when it has its inode, octets and modification time (a rename keeps all three):
+    it keeps that file's UID as served (in `kept_uids`).
     A gone file's UID goes to one file at most, and only where no file listed now has that
     file's base name and inode; a new delivery's base name never begins with another
     delivery's followed by `,` (docs/maildir.md, "What a message is")."""

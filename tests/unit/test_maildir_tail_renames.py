@@ -1,5 +1,5 @@
 """A message another program renames into a base name of its own, its base name followed by
-`,` and a tail (mbsync's `,U=<n>`, offlineimap's `,U=<n>,FMD5=<hex>`), keeps its UID: at
+`,` and a tail (mbsync's `,U=<n>`, or more than one attribute), keeps its UID: at
 the next login, in the session that saw the rename, and through UPDATE's journal. A file
 that only has such a name (a copy, a file on a reused inode with another time or size) gets
 none, and no UID goes to two files (docs/maildir.md, "What a message is")."""
@@ -24,7 +24,7 @@ from tests.unit.test_maildir_uids import put, uids_by_subject
 BASE = "1700000000.M1P1.host,S=18"
 """A delivery's base name with a `,` of its own (Dovecot's and Courier's `,S=<octets>`)."""
 OTHER = "1700000001.M2P2.host"
-TAILS = {"mbsync": ",U=7:2,S", "offlineimap": ",U=7,FMD5=0123456789abcdef0123456789abcdef:2,S",
+TAILS = {"mbsync": ",U=7:2,S", "two-attributes": ",U=7,X=0123456789abcdef:2,S",
          "mbsync-windows": ",U=7!2,S"}
 
 
@@ -67,6 +67,22 @@ def test_a_message_with_an_x_uidl_header_keeps_its_uid_as_served(tmp_path):
     rename(path, f"new/{BASE}", f"cur/{BASE},U=3:2,S")
     rename(path, f"new/{OTHER}", f"cur/{OTHER},U=4:2,S")
     assert uids_by_subject(path) == first
+
+
+@pytest.mark.parametrize("renamed", [
+    f"cur/{BASE},U=12:2,S",                                     # mbsync, after UIDVALIDITY
+    "cur/1700000500_0.4242.laptop,U=7,FMD5=0123456789abcdef0123456789abcdef:2,S"])
+def test_a_rename_that_rewrites_the_base_name_gives_a_new_uid(tmp_path, renamed):
+    """mbsync rewrites `,U=7` to `,U=12` after the folder's UIDVALIDITY changed; offlineimap's
+    change_message_uid renames to a whole new name: neither is the old base name with a
+    tail, so the file is served under its new base name (docs/maildir.md, "What a message
+    is")."""
+    path, first = two_deliveries(tmp_path)
+    rename(path, f"new/{BASE}", f"cur/{BASE},U=7:2,S")
+    assert uids_by_subject(path) == first
+    rename(path, f"cur/{BASE},U=7:2,S", renamed)
+    assert uids_by_subject(path) == {b"Subject: synced\n": maildir.base_name(renamed[4:]),
+                                     b"Subject: other\n": OTHER}
 
 
 def test_a_copy_under_a_gone_messages_name_with_a_tail_gets_a_uid_of_its_own(tmp_path):
