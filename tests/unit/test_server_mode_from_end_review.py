@@ -48,3 +48,45 @@ def test_the_login_closing_keeps_retr_of_a_message_cut_in_its_headers(tmp_path):
     finally:
         drop.close()
     assert got == wire(data)
+
+
+SEP = b"\x01\x01\x01\x01\n"
+MMDF_OPEN_END = (SEP + b"From: a@example.org\nSubject: one\n\nfirst\n" + SEP
+                 + SEP + b"From: b@example.org\nSubject: two\n\nsecond\n")    # no trailer
+MMDF_DELIVERY = SEP + b"From: c@example.org\nSubject: three\n\nthird\n" + SEP
+
+
+@pytest.mark.parametrize("how", ["abort", "quit"])
+def test_mail_delivered_after_a_failed_mmdf_closing_is_served_and_kept(tmp_path, monkeypatch,
+                                                                        how):
+    """The login's closing of an MMDF spool's open end fails (a full disk): the session goes
+    on, the end left open. The log line says mail delivered before the end is closed "may
+    join that message"; in an MMDF file the delivery's opening separator ends the open
+    message instead, its text falls between two messages (junk the scan skips), and its
+    closing separator opens an empty message. The delivered mail must still be served and
+    survive the next session's write-back."""
+    def full(fd, data, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    cfg, paths = make(tmp_path, MMDF_OPEN_END, server_mode=True, update_status_headers=False)
+    with monkeypatch.context() as patched:
+        patched.setattr(server_mode, "pwrite_all", full)
+        drop = open_drop(cfg, paths)
+        try:
+            assert len(drop.messages) == 2
+            drop.restore()
+        finally:
+            drop.close()
+    assert spool_bytes(paths) == MMDF_OPEN_END
+    with open(paths.spool, "ab") as spool:        # a delivery agent, the disk freed
+        spool.write(MMDF_DELIVERY)
+    drop = open_drop(cfg, paths)
+    try:
+        bodies = [retr(drop, i) for i in range(len(drop.messages))]
+        if how == "quit":
+            drop.update({0}, set())               # the user deletes message 1
+        else:
+            drop.restore()
+    finally:
+        drop.close()
+    assert b"third" in spool_bytes(paths)                   # holds: the text stays
+    assert any(b"third" in body for body in bodies), bodies  # fails: never served
