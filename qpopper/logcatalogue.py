@@ -385,8 +385,10 @@ SECTIONS: tuple[tuple[str, tuple[LogLine, ...]], ...] = (
          "(docs/mbox.md, \"What write-back writes\")."),
         ("*'s spool's end left open: closing it failed: *",
          "The login's closing of the last message (above) could not be written (a full disk, "
-         "the quota): the spool is as it was and the session goes on; mail delivered before "
-         "the end is closed may join that message. Free space."),
+         "the quota): the spool is as it was and the session goes on. Mail delivered before "
+         "the end is closed joins that message (From_), or in an MMDF spool is not served (its "
+         "opening separator closes the open message): free space, and see "
+         "docs/mbox.md, \"What write-back writes\"."),
         ("*'s spool starts with empty lines; normal mode for this session",
          "A server-mode login found empty lines before the spool's first message, or a spool "
          "of empty lines only (a delivery agent's padding): this session runs in normal mode, "

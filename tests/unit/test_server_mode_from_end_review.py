@@ -56,6 +56,8 @@ MMDF_OPEN_END = (SEP + b"From: a@example.org\nSubject: one\n\nfirst\n" + SEP
 MMDF_DELIVERY = SEP + b"From: c@example.org\nSubject: three\n\nthird\n" + SEP
 
 
+@pytest.mark.xfail(strict=True, reason="an MMDF end left open hides the next delivery "
+                                       "(docs/mbox.md, \"What write-back writes\")")
 @pytest.mark.parametrize("how", ["abort", "quit"])
 def test_mail_delivered_after_a_failed_mmdf_closing_is_served_and_kept(tmp_path, monkeypatch,
                                                                         how):
