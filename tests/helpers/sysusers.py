@@ -42,6 +42,8 @@ PRELOGIN_USER = "qpt-prelogin"
 """The servers' prelogin-user in tests (the packages create qpopper-login)."""
 PRELOGIN_LOCKS = "/run/lock/{name}.lock"
 """Held (shared) by every test run that uses the account `name`: see prelogin_account."""
+PRELOGIN_CHANGE_LOCKS = "/run/lock/{name}.change.lock"
+"""Held (exclusive) by the test run that adds or removes the account `name`."""
 
 
 def is_root() -> bool:
@@ -148,29 +150,41 @@ def make_spool(directory: str, user: SysUser, content: bytes = b"", mode: int = 
 def prelogin_account(name: str = PRELOGIN_USER):
     """`name` (PRELOGIN_USER) as a system account without a home or a shell, for the test
     run. Test runs at the same time share it: each holds a shared lock on PRELOGIN_LOCKS while
-    it runs (added under the exclusive lock, so two runs never both add it), and the last run
-    to end removes it; removed by the first run to end, it failed the other's logins."""
-    fd = os.open(PRELOGIN_LOCKS.format(name=name), os.O_RDWR | os.O_CREAT, 0o600)
+    it uses it, and the last run to end removes it (removed by the first, it failed the
+    other's logins). Adding it and removing it happen under PRELOGIN_CHANGE_LOCKS, and a
+    run takes its shared lock before it lets go of that one: a run ending meanwhile sees it
+    used; two runs starting together never wait for each other's whole run."""
+    users = os.open(PRELOGIN_LOCKS.format(name=name), os.O_RDWR | os.O_CREAT, 0o600)
+    change = os.open(PRELOGIN_CHANGE_LOCKS.format(name=name), os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        if not _account_exists(name):
-            fcntl.flock(fd, fcntl.LOCK_EX)          # waits for the runs that still use it
-            if not _account_exists(name):
+        with _exclusive(change):
+            if not account_exists(name):
                 _run("useradd", "--system", "--user-group", "--no-create-home", "--home-dir",
                      "/nonexistent", "--shell", "/usr/sbin/nologin", name)
-            fcntl.flock(fd, fcntl.LOCK_SH)
+            fcntl.flock(users, fcntl.LOCK_SH)
         yield name
     finally:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pass                                    # another run still uses it
-        else:
-            subprocess.run(["userdel", name], capture_output=True, timeout=30)
-        os.close(fd)
+        with _exclusive(change):
+            try:
+                fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pass                                # another run still uses it
+            else:
+                subprocess.run(["userdel", name], capture_output=True, timeout=30)
+        os.close(users)
+        os.close(change)
 
 
-def _account_exists(name: str) -> bool:
+@contextlib.contextmanager
+def _exclusive(fd: int):
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def account_exists(name: str) -> bool:
     try:
         pwd.getpwnam(name)
     except KeyError:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.sysusers import PRELOGIN_LOCKS
+from tests.helpers.sysusers import PRELOGIN_CHANGE_LOCKS, PRELOGIN_LOCKS, account_exists
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
@@ -26,12 +26,12 @@ RUN = r"""
 import os, sys, time
 from tests.helpers import sysusers
 me, other, name, rendezvous = sys.argv[1:5]
-real = sysusers._account_exists
+real = sysusers.account_exists
 calls = []
 
-def meet(tag):
+def meet(tag, seconds):
     open(os.path.join(rendezvous, f"{tag}-{me}"), "w").close()
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + seconds
     while not os.path.exists(os.path.join(rendezvous, f"{tag}-{other}")):
         if time.monotonic() > deadline:
             return False
@@ -41,12 +41,12 @@ def meet(tag):
 def first_look_together(account):
     if not calls:
         calls.append(1)
-        meet("checked")
+        meet("checked", 2)       # looks made one at a time never meet: on after 2 s
     return real(account)
 
-sysusers._account_exists = first_look_together
+sysusers.account_exists = first_look_together
 with sysusers.prelogin_account(name):
-    if not meet("using"):
+    if not meet("using", 20):
         sys.exit(f"run {me}: run {other} could not use the account while run {me} did")
 """
 
@@ -62,12 +62,17 @@ def test_two_runs_that_start_together_both_use_the_account_at_once(tmp_path):
                              cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
             for me, other in (("a", "b"), ("b", "a"))]
     try:
-        results = [(run.wait(timeout=90), run.stderr.read()) for run in runs]
+        results = [(run.returncode, err) for run in runs
+                   for _, err in [run.communicate(timeout=90)]]
     finally:
         for run in runs:
             if run.poll() is None:
                 run.kill()
-                run.wait()
+                run.communicate()
+        gone = not account_exists(NAME)
         subprocess.run(["userdel", NAME], capture_output=True, timeout=30)
-        Path(PRELOGIN_LOCKS.format(name=NAME)).unlink(missing_ok=True)
+        for locks in (PRELOGIN_LOCKS, PRELOGIN_CHANGE_LOCKS):
+            Path(locks.format(name=NAME)).unlink(missing_ok=True)
     assert results == [(0, ""), (0, "")]
+    assert gone, f"{NAME} is left after both runs ended"
+
