@@ -235,12 +235,16 @@ def test_a_wrong_password_is_remembered_for_the_negative_ttl_and_still_braked(
     refusals = logged_lines(site, f'login of "{user.name}" refused', 2)
     assert len(refusals) == 2 and refusals[0] == refusals[1]    # the same words either way
     wait_past(asked, SHORT_TTL_S)
+    asked_again = time.monotonic()
     assert refused(server, user, "pw-not-yet")                  # forgotten: PAM asked again
     assert counted.count("auth", user) == 2
     assert refused(server, user, "pw-not-yet")
+    # remembered again, unless the braked attempts outlasted the TTL (a loaded machine)
+    pam_asked = 2 if time.monotonic() - asked_again < SHORT_TTL_S else 3
+    assert counted.count("auth", user) == pam_asked
     set_password(user, "pw-not-yet")                            # a new shadow entry: a new key
     log_in_and_quit(server, user, "pw-not-yet")
-    assert counted.count("auth", user) == 3
+    assert counted.count("auth", user) == pam_asked + 1
 
 
 def test_an_account_expired_since_its_password_was_remembered_is_refused_as_without_cache(

@@ -491,7 +491,7 @@ def test_daemon_mode_detaches_and_writes_the_pid_file(site):
             [PopperServer(site.root, None).argv[0], f"127.0.0.1:{free_port()}", "-f",
              site.config, "--daemon", f"--pid-file={pid_file}"],
             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
-        assert again.returncode == 1 and "pid file" in again.stderr
+        assert again.returncode == 1 and "held by a running master" in again.stderr
     finally:
         os.kill(pid, signal.SIGTERM)
     wait_until(lambda: not os.path.exists(pid_file), what="the pid file to go")
