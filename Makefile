@@ -74,8 +74,11 @@ test: debs test-peers
 	     else echo "python-gssapi not installed: the GSSAPI tests skip (not root)"; fi
 	@# The pure layer in one worker per core (its tests share nothing), then the rest in one
 	@# process: the system tier's timing tests must not share the cores with other tests.
-	$(VPY) -m pytest -n auto tests/unit
-	$(VPY) -m pytest tests/integration tests/system
+	@# Both run whatever the first says; the status fails if either failed.
+	status=0; \
+	  $(VPY) -m pytest -n auto tests/unit || status=1; \
+	  $(VPY) -m pytest tests/integration tests/system || status=1; \
+	  exit $$status
 
 # The pure layer (tests/unit): the protocol by byte scripts and single-process module tests;
 # no root, no Debian packages, under a minute.
