@@ -367,13 +367,6 @@ def run_master(cfg, invocation) -> int:
         log.close()
 
 
-def _set_at(cfg) -> str:
-    """" (set at SOURCE)" for a pid-file not at its default: where to look, as every other
-    start-up refusal says (docs/operations.md, "Start-up checks")."""
-    source = cfg.source("pid-file")
-    return "" if source == "default" else f" (set at {source})"
-
-
 def _run_daemonized(cfg, invocation, listeners, log, server_tls=None, implicit_tls=(),
                     proxied=(), spool_mount=None) -> int:
     """SysV-style: detach with python-daemon, write the pid file, keep the listeners and the
@@ -391,7 +384,8 @@ def _run_daemonized(cfg, invocation, listeners, log, server_tls=None, implicit_t
         if not _pid_file_is_stale(pid_file):
             # python-daemon takes the pid file after detaching, where nobody would see why
             # it failed: refuse here, on the administrator's terminal.
-            print(f"popper: pid-file {pid_file}{_set_at(cfg)}: held by a running master",
+            where = preflight.where_set(cfg, "pid-file")
+            print(f"popper: pid-file {pid_file}{where}: held by a running master",
                   file=sys.stderr)
             return 1
         os.unlink(pid_file)
@@ -410,7 +404,8 @@ def _run_daemonized(cfg, invocation, listeners, log, server_tls=None, implicit_t
     try:
         context.open()
     except lockfile.Error as exc:
-        print(f"popper: pid-file {pid_file}{_set_at(cfg)}: {exc or 'held by a running master'}",
+        where = preflight.where_set(cfg, "pid-file")
+        print(f"popper: pid-file {pid_file}{where}: {exc or 'held by a running master'}",
               file=sys.stderr)
         return 1
     try:

@@ -118,7 +118,7 @@ def warn_without_syscall_filter(log) -> None:
                                 f"alone")
 
 
-def _where(cfg, name: str, *, named: bool = False) -> str:
+def where_set(cfg, name: str, *, named: bool = False) -> str:
     """ (set at SOURCE)" for an option not at its default ("(NAME set at ...)" with `named`);
     for a list option, where it was last set (its entries may come from several places)."""
     source = cfg.source(name)
@@ -150,7 +150,7 @@ def check_listeners(cfg) -> list[tuple]:
             bound += [(name, spec, address)
                       for spec, address in zip(specs, resolve_listeners(specs))]
         except ListenError as exc:                    # what binding would say
-            raise PreflightError(f"{exc}{_where(cfg, name, named=True)}") from None
+            raise PreflightError(f"{exc}{where_set(cfg, name, named=True)}") from None
     pair = clashing([address for *_, address in bound])
     if pair:
         (name_a, spec_a, _), (name_b, spec_b, _) = (bound[i] for i in pair)
@@ -172,7 +172,7 @@ def check_proxy_protocol(cfg, addresses) -> tuple[str, ...]:
     specs = tuple(cfg.proxy_protocol or ())
     if not specs:
         return specs
-    where = _where(cfg, "proxy-protocol")
+    where = where_set(cfg, "proxy-protocol")
     if not cfg.proxy_trusted_networks:
         raise PreflightError(f"proxy-protocol{where} needs proxy-trusted-networks: the load "
                              f"balancers allowed to send the header")
@@ -197,14 +197,14 @@ def check_accounts(cfg) -> None:
             pwd.getpwnam(cfg.pop_auth_owner)
         except KeyError:
             raise PreflightError(f"pop-auth-owner {cfg.pop_auth_owner!r}"
-                                 f"{_where(cfg, 'pop-auth-owner')}: no such account") from None
+                                 f"{where_set(cfg, 'pop-auth-owner')}: no such account") from None
     for name in ("group-server-mode", "group-no-server-mode"):
         group = cfg.get(name)
         if group:
             try:
                 grp.getgrnam(group)
             except KeyError:
-                raise PreflightError(f"{name} {group!r}{_where(cfg, name)}: no such "
+                raise PreflightError(f"{name} {group!r}{where_set(cfg, name)}: no such "
                                      f"group") from None
 
 
@@ -217,9 +217,9 @@ def check_pop_auth_store(cfg) -> None:
         return
     path = cfg.pop_auth_file
     if not path:
-        raise PreflightError(f"user-database pop-auth{_where(cfg, 'user-database')} needs "
+        raise PreflightError(f"user-database pop-auth{where_set(cfg, 'user-database')} needs "
                              f"pop-auth-file: the store of the users and their secrets")
-    what = f"pop-auth-file {path}{_where(cfg, 'pop-auth-file')}"
+    what = f"pop-auth-file {path}{where_set(cfg, 'pop-auth-file')}"
     if not os.path.lexists(path):
         raise PreflightError(f"{what}: does not exist, and user-database is pop-auth; create "
                              f"it with popauth -init")
@@ -335,7 +335,7 @@ def check_user_lists(cfg) -> None:
             else:
                 os.stat(path)
         except OSError as exc:
-            raise PreflightError(f"{name} {path}{_where(cfg, name)}: {exc.strerror}; while it "
+            raise PreflightError(f"{name} {path}{where_set(cfg, name)}: {exc.strerror}; while it "
                                  f"cannot be read every login is refused") from None
 
 
@@ -359,7 +359,7 @@ def check_tracefile(cfg) -> None:
     else:
         problem = _unwritable_directory(directory)
     if problem:
-        raise PreflightError(f"tracefile {path}{_where(cfg, 'tracefile')}: {problem}")
+        raise PreflightError(f"tracefile {path}{where_set(cfg, 'tracefile')}: {problem}")
 
 
 def opened_log(cfg, make):
@@ -372,7 +372,7 @@ def opened_log(cfg, make):
     except OSError as exc:
         fifo = exc.errno == errno.ENXIO and _is_fifo(cfg.tracefile)
         why = "a FIFO no process reads" if fifo else exc.strerror
-        raise PreflightError(f"tracefile {cfg.tracefile}{_where(cfg, 'tracefile')}: "
+        raise PreflightError(f"tracefile {cfg.tracefile}{where_set(cfg, 'tracefile')}: "
                              f"{why}") from None
 
 
@@ -405,7 +405,7 @@ def check_brakes_file(cfg) -> None:
     except FileNotFoundError:
         return                                  # made at the first failure, 0700
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
-        raise PreflightError(f"auth-brakes-file {path}{_where(cfg, 'auth-brakes-file')}: "
+        raise PreflightError(f"auth-brakes-file {path}{where_set(cfg, 'auth-brakes-file')}: "
                              f"{directory} must be a directory owned by root and writable "
                              f"by root only")
 
@@ -482,11 +482,11 @@ def check_pid_file(cfg, log=None, *, check_only: bool = False) -> None:
         return
     if check_only and sdnotify.booted():
         if log is not None:
-            log(syslog.LOG_WARNING, f"pid-file {cfg.pid_file}{_where(cfg, 'pid-file')}: "
+            log(syslog.LOG_WARNING, f"pid-file {cfg.pid_file}{where_set(cfg, 'pid-file')}: "
                                     f"{problem}; only a start that detaches (daemon, outside "
                                     f"systemd's unit) writes it, and that start refuses it")
         return
-    raise PreflightError(f"pid-file {cfg.pid_file}{_where(cfg, 'pid-file')}: {problem}")
+    raise PreflightError(f"pid-file {cfg.pid_file}{where_set(cfg, 'pid-file')}: {problem}")
 
 
 def _refuse_read_only(cfg, name: str, path: str, examined: str | None = None,
@@ -504,7 +504,7 @@ def _refuse_read_only(cfg, name: str, path: str, examined: str | None = None,
     if read_only:
         said = (f"{examined} is on a file system mounted read-only here: {what}" if examined
                 else "on a file system mounted read-only here")
-        raise PreflightError(f"{name} {path}{_where(cfg, name)}: {said} (under the packaged "
+        raise PreflightError(f"{name} {path}{where_set(cfg, name)}: {said} (under the packaged "
                              f"systemd units, a place not in ReadWritePaths: add it in a "
                              f"drop-in)")
 
@@ -520,9 +520,9 @@ def _directory(cfg, name: str, path: str) -> os.stat_result:
     try:
         st = os.stat(path)
     except OSError as exc:
-        raise PreflightError(f"{name} {path}{_where(cfg, name)}: {exc.strerror}") from None
+        raise PreflightError(f"{name} {path}{where_set(cfg, name)}: {exc.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
-        raise PreflightError(f"{name} {path}{_where(cfg, name)}: not a directory")
+        raise PreflightError(f"{name} {path}{where_set(cfg, name)}: not a directory")
     return st
 
 
@@ -532,7 +532,7 @@ def ensure_bulldb_dir(cfg) -> None:
     if not (cfg.bulldb and cfg.bulldir):
         return
     path = os.path.join(cfg.bulldir, BULLDB_DIR)
-    what = f"bulldb {path}{_where(cfg, 'bulldb')}"
+    what = f"bulldb {path}{where_set(cfg, 'bulldb')}"
     root = os.geteuid() == 0
     try:
         st = os.lstat(path)
@@ -606,5 +606,5 @@ def check_pam_service(cfg) -> None:
     service = cfg.pam_service
     path = os.path.join(PAM_DIR, service)
     if "/" in service or not os.path.isfile(path):
-        raise PreflightError(f"pam-service {service!r}{_where(cfg, 'pam-service')}: {path} "
+        raise PreflightError(f"pam-service {service!r}{where_set(cfg, 'pam-service')}: {path} "
                              f"does not exist")
