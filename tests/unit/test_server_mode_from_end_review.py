@@ -19,17 +19,25 @@ def test_a_full_disk_does_not_lock_a_user_out_of_a_from_spool(tmp_path, monkeypa
     """The login's closing of a From_ spool's end is a precaution for mail delivered later:
     with the disk full it is left open, the spool as it was, and the session reads its mail
     (it was refused: "Overquota: unable to copy your mail to the temporary maildrop")."""
+    cfg, paths = make(tmp_path, FROM_NO_BLANK, server_mode=True, update_status_headers=False)
+    assert _messages_of_a_login_on_a_full_disk(cfg, paths, monkeypatch) == 2
+    assert spool_bytes(paths) == FROM_NO_BLANK
+
+
+def _messages_of_a_login_on_a_full_disk(cfg, paths, monkeypatch) -> int:
+    """A session that opens the spool while every write fails ENOSPC, then ends without an
+    update: how many messages it had."""
     def full(fd, data, offset):
         raise OSError(errno.ENOSPC, "No space left on device")
-    cfg, paths = make(tmp_path, FROM_NO_BLANK, server_mode=True, update_status_headers=False)
-    monkeypatch.setattr(server_mode, "pwrite_all", full)
-    drop = open_drop(cfg, paths)
-    try:
-        assert len(drop.messages) == 2
-        drop.restore()
-    finally:
-        drop.close()
-    assert spool_bytes(paths) == FROM_NO_BLANK
+    with monkeypatch.context() as patched:
+        patched.setattr(server_mode, "pwrite_all", full)
+        drop = open_drop(cfg, paths)
+        try:
+            count = len(drop.messages)
+            drop.restore()
+        finally:
+            drop.close()
+    return count
 
 
 @pytest.mark.xfail(strict=True, reason="the closing LF turns a last CR into the header end")
@@ -67,17 +75,8 @@ def test_mail_delivered_after_a_failed_mmdf_closing_is_served_and_kept(tmp_path,
     message instead, its text falls between two messages (junk the scan skips), and its
     closing separator opens an empty message. The delivered mail must still be served and
     survive the next session's write-back."""
-    def full(fd, data, offset):
-        raise OSError(errno.ENOSPC, "No space left on device")
     cfg, paths = make(tmp_path, MMDF_OPEN_END, server_mode=True, update_status_headers=False)
-    with monkeypatch.context() as patched:
-        patched.setattr(server_mode, "pwrite_all", full)
-        drop = open_drop(cfg, paths)
-        try:
-            assert len(drop.messages) == 2
-            drop.restore()
-        finally:
-            drop.close()
+    assert _messages_of_a_login_on_a_full_disk(cfg, paths, monkeypatch) == 2
     assert spool_bytes(paths) == MMDF_OPEN_END
     with open(paths.spool, "ab") as spool:        # a delivery agent, the disk freed
         spool.write(MMDF_DELIVERY)
